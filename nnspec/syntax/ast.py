@@ -1,0 +1,179 @@
+"""The abstract syntax tree: frozen dataclasses, each carrying the span of the text it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nnspec.diagnostics import Source, Span
+
+
+@dataclass(frozen=True)
+class Node:
+    span: Span = field(repr=False, compare=False)
+
+
+# ---- expressions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Name(Node):
+    id: str
+
+
+@dataclass(frozen=True)
+class Number(Node):
+    value: int | float
+
+
+@dataclass(frozen=True)
+class String(Node):
+    value: str
+
+
+@dataclass(frozen=True)
+class Constant(Node):
+    """`true`, `false`, `none`."""
+
+    value: bool | None
+
+
+@dataclass(frozen=True)
+class ListExpr(Node):
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Kwarg(Node):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Call(Node):
+    func: str
+    func_span: Span = field(repr=False, compare=False)
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+
+
+@dataclass(frozen=True)
+class BinOp(Node):
+    """Arithmetic, comparison and boolean operators: `+ - * / % ^ == != < <= > >= and or`."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Unary(Node):
+    op: str  # "-" or "not"
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Stage(Node):
+    """One `-> layer [as name]` step of a pipeline."""
+
+    layer: Expr
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline(Node):
+    head: Expr
+    stages: tuple[Stage, ...]
+
+
+@dataclass(frozen=True)
+class Conditional(Node):
+    """`a if cond else b`: only the chosen branch is built."""
+
+    then: Expr
+    cond: Expr
+    otherwise: Expr
+
+
+Expr = Name | Number | String | Constant | ListExpr | Call | BinOp | Unary | Pipeline | Conditional
+
+
+# ---- statements and definitions ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorTypeExpr(Node):
+    dtype: str  # "float" or "int"
+    dims: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Input(Node):
+    name: str
+    type: TensorTypeExpr | None
+
+
+@dataclass(frozen=True)
+class Assign(Node):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Output(Node):
+    value: Expr
+
+
+Stmt = Input | Assign | Output
+
+
+@dataclass(frozen=True)
+class Param(Node):
+    name: str
+    default: Expr | None
+
+
+@dataclass(frozen=True)
+class Definition(Node):
+    """A `model`, `block` or `fn`: a named, parameterised body of statements."""
+
+    kind: str
+    name: str
+    name_span: Span = field(repr=False, compare=False)
+    params: tuple[Param, ...] = ()
+    body: tuple[Stmt, ...] = ()
+
+
+@dataclass(frozen=True)
+class Setting(Node):
+    key: str
+    values: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Train(Node):
+    model: str
+    model_span: Span = field(repr=False, compare=False)
+    settings: tuple[Setting, ...] = ()
+
+
+@dataclass(frozen=True)
+class Const(Node):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Program:
+    source: Source
+    items: tuple[Definition | Train | Const, ...]
+
+    def definitions(self, kind: str) -> list[Definition]:
+        return [i for i in self.items if isinstance(i, Definition) and i.kind == kind]
+
+    @property
+    def trains(self) -> list[Train]:
+        return [i for i in self.items if isinstance(i, Train)]
+
+    @property
+    def consts(self) -> list[Const]:
+        return [i for i in self.items if isinstance(i, Const)]

@@ -1,0 +1,323 @@
+"""Text -> AST. Lark (LALR) builds the AST directly through an inline transformer.
+
+Newlines end statements, except inside brackets, after a token that cannot end an
+expression (`->`, `+`, `,`, ...) and before a line that starts with `->`, so long
+pipelines can be written one stage per line.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+
+from nnspec.diagnostics import Diagnostic, Source, Span, SpecError
+from nnspec.syntax import ast
+
+_OPENERS = {"(", "["}
+_CLOSERS = {")", "]"}
+_CONTINUE_AFTER = {"->", "+", "-", "*", "/", "%", "^", "**", ",", "=", "==", "!=", "<", "<=",
+                   ">", ">=", "and", "or", "not", "if", "else", ":", "(", "["}
+
+
+class _Newlines:
+    """Lark post-lexer that drops the newlines which do not end a statement."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth = 0
+        pending = None
+        previous = None
+        for tok in stream:
+            if tok.type == "_NL":
+                if depth == 0 and previous is not None and previous.value not in _CONTINUE_AFTER:
+                    pending = tok
+                continue
+            if pending is not None:
+                if tok.value != "->":
+                    yield pending
+                pending = None
+            if tok.value in _OPENERS and tok.type != "STRING":
+                depth += 1
+            elif tok.value in _CLOSERS and tok.type != "STRING":
+                depth = max(0, depth - 1)
+            previous = tok
+            yield tok
+        if pending is not None:
+            yield pending
+
+
+class _ToAst(Transformer):
+    """Parse tree -> AST; every node gets the span of its text."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _span(self, meta) -> Span:
+        if getattr(meta, "empty", True):
+            return Span(self.source, 1, 1, 1, 1)
+        return Span(self.source, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok(self, tok: Token) -> Span:
+        return Span(self.source, tok.line, tok.column, tok.end_line, tok.end_column)
+
+    # -- items
+    @v_args(meta=True)
+    def start(self, meta, items):
+        return ast.Program(self.source, tuple(items))
+
+    def _definition(self, kind, meta, children):
+        name, params, body = children
+        return ast.Definition(self._span(meta), kind, str(name), self._tok(name),
+                              tuple(params or ()), tuple(body))
+
+    @v_args(meta=True)
+    def model(self, meta, children):
+        return self._definition("model", meta, children)
+
+    @v_args(meta=True)
+    def block(self, meta, children):
+        return self._definition("block", meta, children)
+
+    @v_args(meta=True)
+    def fn(self, meta, children):
+        return self._definition("fn", meta, children)
+
+    @v_args(meta=True)
+    def train(self, meta, children):
+        name, settings = children
+        return ast.Train(self._span(meta), str(name), self._tok(name), tuple(settings))
+
+    @v_args(meta=True)
+    def const(self, meta, children):
+        name, value = children
+        return ast.Const(self._span(meta), str(name), value)
+
+    def params(self, children):
+        return [c for c in children if c is not None]
+
+    @v_args(meta=True)
+    def param(self, meta, children):
+        name, default = children
+        return ast.Param(self._span(meta), str(name), default)
+
+    def body(self, children):
+        return [c for c in children if c is not None]
+
+    train_body = body
+
+    @v_args(meta=True)
+    def setting(self, meta, children):
+        return ast.Setting(self._span(meta), str(children[0]), tuple(children[1:]))
+
+    # -- statements
+    @v_args(meta=True)
+    def input(self, meta, children):
+        name, type_ = children
+        return ast.Input(self._span(meta), str(name), type_)
+
+    @v_args(meta=True)
+    def tensor_type(self, meta, children):
+        dtype, *dims = children
+        return ast.TensorTypeExpr(self._span(meta), str(dtype) if dtype else "float",
+                                  tuple(d for d in dims if d is not None))
+
+    def dim(self, children):
+        return children[0]
+
+    @v_args(meta=True)
+    def assign(self, meta, children):
+        name, value = children
+        return ast.Assign(self._span(meta), str(name), value)
+
+    @v_args(meta=True)
+    def output(self, meta, children):
+        return ast.Output(self._span(meta), children[0])
+
+    # -- expressions
+    @v_args(meta=True)
+    def conditional(self, meta, children):
+        then, cond, otherwise = children
+        return ast.Conditional(self._span(meta), then, cond, otherwise)
+
+    @v_args(meta=True)
+    def pipeline(self, meta, children):
+        head, stage = children
+        if isinstance(head, ast.Pipeline):
+            return ast.Pipeline(self._span(meta), head.head, head.stages + (stage,))
+        return ast.Pipeline(self._span(meta), head, (stage,))
+
+    @v_args(meta=True)
+    def stage(self, meta, children):
+        layer, label = children
+        return ast.Stage(self._span(meta), layer, str(label) if label is not None else None)
+
+    def _binary(op):
+        @v_args(meta=True)
+        def rule(self, meta, children):
+            left, right = children[0], children[-1]
+            return ast.BinOp(self._span(meta), op, left, right)
+
+        return rule
+
+    or_ = _binary("or")
+    and_ = _binary("and")
+    eq = _binary("==")
+    ne = _binary("!=")
+    lt = _binary("<")
+    le = _binary("<=")
+    gt = _binary(">")
+    ge = _binary(">=")
+    add = _binary("+")
+    sub = _binary("-")
+    mul = _binary("*")
+    div = _binary("/")
+    mod = _binary("%")
+    pow = _binary("^")
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return ast.Unary(self._span(meta), "-", children[0])
+
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return ast.Unary(self._span(meta), "not", children[0])
+
+    @v_args(meta=True)
+    def name(self, meta, children):
+        return ast.Name(self._span(meta), str(children[0]))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        func, args = children
+        positional = tuple(a for a in (args or ()) if not isinstance(a, ast.Kwarg))
+        keywords = tuple(a for a in (args or ()) if isinstance(a, ast.Kwarg))
+        return ast.Call(self._span(meta), str(func), self._tok(func), positional, keywords)
+
+    def args(self, children):
+        return [c for c in children if c is not None]
+
+    @v_args(meta=True)
+    def kwarg(self, meta, children):
+        name, value = children
+        return ast.Kwarg(self._span(meta), str(name), value)
+
+    @v_args(meta=True)
+    def number(self, meta, children):
+        text = str(children[0])
+        is_int = text.isdigit()
+        return ast.Number(self._span(meta), int(text) if is_int else float(text))
+
+    @v_args(meta=True)
+    def string(self, meta, children):
+        raw = str(children[0])[1:-1]
+        return ast.String(self._span(meta), raw.encode().decode("unicode_escape"))
+
+    @v_args(meta=True)
+    def true(self, meta, children):
+        return ast.Constant(self._span(meta), True)
+
+    @v_args(meta=True)
+    def false(self, meta, children):
+        return ast.Constant(self._span(meta), False)
+
+    @v_args(meta=True)
+    def none(self, meta, children):
+        return ast.Constant(self._span(meta), None)
+
+    @v_args(meta=True)
+    def list(self, meta, children):
+        return ast.ListExpr(self._span(meta), tuple(c for c in children if c is not None))
+
+
+@functools.cache
+def _lark() -> Lark:
+    grammar = resources.files("nnspec").joinpath("grammar/nnspec.lark").read_text()
+    return Lark(grammar, parser="lalr", lexer="basic", postlex=_Newlines(), propagate_positions=True,
+                maybe_placeholders=True)
+
+
+_TOKEN_WORDS = {
+    "RPAR": "`)`", "LPAR": "`(`", "RSQB": "`]`", "LSQB": "`[`", "LBRACE": "`{`", "RBRACE": "`}`",
+    "COMMA": "`,`", "EQUAL": "`=`", "COLON": "`:`", "NAME": "a name", "NUMBER": "a number",
+    "STRING": "a string", "_NL": "a new line", "$END": "the end of the file", "SEMICOLON": "`;`",
+}
+
+
+def _describe(tok_type: str, value: str | None = None) -> str:
+    if tok_type in _TOKEN_WORDS:
+        return _TOKEN_WORDS[tok_type]
+    return f"`{value}`" if value else tok_type.lower()
+
+
+def _syntax_diagnostic(err: UnexpectedInput, source: Source) -> Diagnostic:
+    line, col = max(err.line, 1), max(err.column, 1)
+    if isinstance(err, UnexpectedCharacters):
+        char = source.text[err.pos_in_stream] if err.pos_in_stream < len(source.text) else ""
+        span = Span(source, line, col, line, col + 1)
+        hint = "strings use double quotes" if char == "'" else None
+        return Diagnostic("E001", f"unexpected character `{char}`", span, hint)
+    tok = err.token if isinstance(err, UnexpectedToken) else None
+    expected = sorted(getattr(err, "expected", ()) or ())
+    if tok is None or tok.type == "$END":
+        last = len(source.text.splitlines()) or 1
+        span = Span(source, last, len(source.line(last)) + 1, last, len(source.line(last)) + 1)
+        opened = source.text.count("{") - source.text.count("}")
+        hint = "a `{` is never closed: add `}`" if opened > 0 else None
+        return Diagnostic("E002", "the file ends in the middle of a definition", span, hint)
+    span = Span(source, tok.line, tok.column, tok.end_line or tok.line,
+                tok.end_column or tok.column + 1)
+    words = [_describe(t) for t in expected if t in _TOKEN_WORDS]
+    found = _describe(tok.type, tok.value)
+    message = f"unexpected {found}"
+    hint = None
+    if words:
+        hint = "expected " + ", ".join(sorted(set(words))[:6])
+    if tok.type == "_NL":
+        message = "this line ends too early"
+        if "RPAR" in expected:
+            hint = "a `(` is not closed on this line: add `)`"
+    elif tok.type == "RBRACE" and "RPAR" in expected:
+        hint = "a `(` is never closed: add `)`"
+    return Diagnostic("E001", message, span, hint)
+
+
+_ITEM_START = re.compile(r"^(model|block|fn|train)\b", re.M)
+
+
+def _first_syntax_error(text: str, source: Source) -> Diagnostic | None:
+    try:
+        _lark().parse(text)
+    except UnexpectedInput as err:
+        return _syntax_diagnostic(err, source)
+    return None
+
+
+def parse(text: str, path: str = "<string>") -> ast.Program:
+    """Parse spec text, or raise SpecError with the first syntax error of each definition.
+
+    LALR recovery inside a broken definition mostly produces noise, so each top-level
+    definition is re-parsed alone (blank lines keep the line numbers) to find its own error.
+    """
+    source = Source(path, text)
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput:
+        starts = [m.start() for m in _ITEM_START.finditer(text)] or [0]
+        starts = [0] + [s for s in starts if s > 0] + [len(text)]
+        errors = []
+        for lo, hi in zip(starts, starts[1:]):
+            chunk = "\n" * text.count("\n", 0, lo) + text[lo:hi]
+            diag = _first_syntax_error(chunk, source)
+            if diag is not None:
+                errors.append(diag)
+        raise SpecError(errors or [_first_syntax_error(text, source)]) from None
+    try:
+        return _ToAst(source).transform(tree)
+    except VisitError as err:
+        raise err.orig_exc from None
