@@ -1,0 +1,341 @@
+"""Optimizers with torch.optim's update rules and defaults, over a flat ParamBuffer.
+
+Each ``step()`` is a short sequence of whole-buffer in-place ufunc calls into
+preallocated scratch arrays. The order of operations follows torch's single-tensor
+code path (the one torch uses on CPU), so both backends round alike and training runs
+stay together step for step. ``buf.grad`` is only read, never changed, as in torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+import numpy as np
+
+from nnspec.backends.numpy.params import ParamBuffer
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+class Optimizer:
+    """Shared machinery: the step counter, named flat state arrays and scratch space.
+
+    ``lr`` is a plain attribute so that learning-rate schedules can set it between steps.
+    """
+
+    #: AdamW applies weight decay to the parameters directly instead of through the gradient.
+    _decoupled = False
+
+    def __init__(self, buf: ParamBuffer, lr: float, weight_decay: float, maximize: bool):
+        _require(lr >= 0.0, f"the learning rate must be >= 0, not {lr}")
+        _require(weight_decay >= 0.0, f"weight_decay must be >= 0, not {weight_decay}")
+        self.buf = buf
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.maximize = bool(maximize)
+        self.step_count = 0
+        self._state: dict[str, np.ndarray] = {}
+        self._tmp = np.empty_like(buf.data)
+        self._update_buf = np.empty_like(buf.data)
+        needs_own_grad = self.maximize or (self.weight_decay != 0.0 and not self._decoupled)
+        self._grad = np.empty_like(buf.data) if needs_own_grad else None
+
+    def _new_state(self, name: str, fill: float = 0.0) -> np.ndarray:
+        array = np.full_like(self.buf.data, fill)
+        self._state[name] = array
+        return array
+
+    def _gradient(self) -> np.ndarray:
+        """The gradient the update follows: negated to maximize, plus L2 weight decay."""
+        grad = self.buf.grad
+        if self._grad is None:
+            return grad
+        if self.maximize:
+            np.negative(grad, out=self._grad)
+            grad = self._grad
+        if self.weight_decay != 0.0 and not self._decoupled:
+            np.multiply(self.buf.data, self.weight_decay, out=self._tmp)
+            np.add(grad, self._tmp, out=self._grad)
+        return self._grad
+
+    def step(self) -> None:
+        """Update ``buf.data`` in place from ``buf.grad``."""
+        self.step_count += 1
+        self._update(self._gradient())
+
+    def _update(self, grad: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the step count (a 0-d array) and the flat state arrays, safetensors-ready."""
+        state = {"step": np.array(self.step_count, dtype=np.int64)}
+        state.update({name: array.copy() for name, array in self._state.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` saved, so training continues exactly where it stopped."""
+        expected = {"step", *self._state}
+        _require(
+            set(state) == expected,
+            f"{type(self).__name__} state needs exactly {', '.join(sorted(expected))}; "
+            f"got {', '.join(sorted(state))}",
+        )
+        for name, array in self._state.items():
+            _require(
+                np.shape(state[name]) == array.shape,
+                f"optimizer state '{name}' has shape {np.shape(state[name])}, "
+                f"but the parameters need {array.shape}",
+            )
+        self.step_count = int(state["step"])
+        for name, array in self._state.items():
+            np.copyto(array, state[name], casting="same_kind")
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, as torch.optim.SGD."""
+
+    def __init__(
+        self,
+        buf: ParamBuffer,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ):
+        _require(momentum >= 0.0, f"momentum must be >= 0, not {momentum}")
+        _require(
+            not nesterov or (momentum > 0.0 and dampening == 0.0),
+            "nesterov momentum needs momentum > 0 and dampening = 0",
+        )
+        super().__init__(buf, lr, weight_decay, maximize)
+        self.momentum = float(momentum)
+        self.dampening = float(dampening)
+        self.nesterov = bool(nesterov)
+        if self.momentum != 0.0:
+            self._new_state("momentum_buffer")
+
+    def _update(self, grad: np.ndarray) -> None:
+        tmp, data = self._tmp, self.buf.data
+        if self.momentum != 0.0:
+            velocity = self._state["momentum_buffer"]
+            if self.step_count == 1:  # torch starts the buffer at the first gradient
+                np.copyto(velocity, grad)
+            else:
+                velocity *= self.momentum
+                np.multiply(grad, 1.0 - self.dampening, out=tmp)
+                velocity += tmp
+            if self.nesterov:
+                np.multiply(velocity, self.momentum, out=tmp)
+                grad = np.add(grad, tmp, out=tmp)
+            else:
+                grad = velocity
+        np.multiply(grad, -self.lr, out=tmp)
+        data += tmp
+
+
+class Adam(Optimizer):
+    """Adam with bias correction and optional AMSGrad, as torch.optim.Adam."""
+
+    def __init__(
+        self,
+        buf: ParamBuffer,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        maximize: bool = False,
+    ):
+        beta1, beta2 = (float(b) for b in betas)
+        _require(0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0, f"betas must lie in [0, 1), not {betas}")
+        _require(eps >= 0.0, f"eps must be >= 0, not {eps}")
+        super().__init__(buf, lr, weight_decay, maximize)
+        self.betas = (beta1, beta2)
+        self.eps = float(eps)
+        self.amsgrad = bool(amsgrad)
+        self._new_state("exp_avg")
+        self._new_state("exp_avg_sq")
+        if self.amsgrad:
+            self._new_state("max_exp_avg_sq")
+
+    def _update(self, grad: np.ndarray) -> None:
+        beta1, beta2 = self.betas
+        tmp, update, data = self._tmp, self._update_buf, self.buf.data
+        exp_avg, exp_avg_sq = self._state["exp_avg"], self._state["exp_avg_sq"]
+        if self._decoupled and self.weight_decay != 0.0:
+            data *= 1.0 - self.lr * self.weight_decay
+        np.subtract(grad, exp_avg, out=tmp)  # exp_avg.lerp_(grad, 1 - beta1)
+        tmp *= 1.0 - beta1
+        exp_avg += tmp
+        np.multiply(grad, 1.0 - beta2, out=tmp)
+        tmp *= grad
+        exp_avg_sq *= beta2
+        exp_avg_sq += tmp
+        second_moment = exp_avg_sq
+        if self.amsgrad:
+            second_moment = np.maximum(self._state["max_exp_avg_sq"], exp_avg_sq,
+                                       out=self._state["max_exp_avg_sq"])
+        bias_correction1 = 1.0 - beta1**self.step_count
+        bias_correction2_sqrt = (1.0 - beta2**self.step_count) ** 0.5
+        denom = np.sqrt(second_moment, out=tmp)
+        denom /= bias_correction2_sqrt
+        denom += self.eps
+        np.multiply(exp_avg, -self.lr / bias_correction1, out=update)
+        update /= denom
+        data += update
+
+
+class AdamW(Adam):
+    """Adam with weight decay applied to the parameters, not the gradient, as torch.optim.AdamW."""
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        buf: ParamBuffer,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+    ):
+        super().__init__(buf, lr, betas, eps, weight_decay, amsgrad, maximize)
+
+
+class RMSprop(Optimizer):
+    """RMSprop with optional centering and momentum, as torch.optim.RMSprop."""
+
+    def __init__(
+        self,
+        buf: ParamBuffer,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        maximize: bool = False,
+    ):
+        _require(alpha >= 0.0, f"alpha must be >= 0, not {alpha}")
+        _require(eps >= 0.0, f"eps must be >= 0, not {eps}")
+        _require(momentum >= 0.0, f"momentum must be >= 0, not {momentum}")
+        super().__init__(buf, lr, weight_decay, maximize)
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.centered = bool(centered)
+        self._new_state("square_avg")
+        if self.momentum > 0.0:
+            self._new_state("momentum_buffer")
+        if self.centered:
+            self._new_state("grad_avg")
+
+    def _update(self, grad: np.ndarray) -> None:
+        alpha = self.alpha
+        tmp, update, data = self._tmp, self._update_buf, self.buf.data
+        square_avg = self._state["square_avg"]
+        square_avg *= alpha
+        np.multiply(grad, 1.0 - alpha, out=tmp)
+        tmp *= grad
+        square_avg += tmp
+        if self.centered:
+            grad_avg = self._state["grad_avg"]
+            np.subtract(grad, grad_avg, out=tmp)  # grad_avg.lerp_(grad, 1 - alpha)
+            tmp *= 1.0 - alpha
+            grad_avg += tmp
+            np.multiply(grad_avg, grad_avg, out=tmp)
+            np.subtract(square_avg, tmp, out=tmp)
+            avg = np.sqrt(tmp, out=tmp)
+        else:
+            avg = np.sqrt(square_avg, out=tmp)
+        avg += self.eps
+        if self.momentum > 0.0:
+            velocity = self._state["momentum_buffer"]
+            velocity *= self.momentum
+            np.divide(grad, avg, out=update)
+            velocity += update
+            np.multiply(velocity, -self.lr, out=update)
+        else:
+            np.multiply(grad, -self.lr, out=update)
+            update /= avg
+        data += update
+
+
+class Adagrad(Optimizer):
+    """Adagrad with optional learning-rate decay, as torch.optim.Adagrad."""
+
+    def __init__(
+        self,
+        buf: ParamBuffer,
+        lr: float = 1e-2,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        maximize: bool = False,
+    ):
+        _require(lr_decay >= 0.0, f"lr_decay must be >= 0, not {lr_decay}")
+        _require(
+            initial_accumulator_value >= 0.0,
+            f"initial_accumulator_value must be >= 0, not {initial_accumulator_value}",
+        )
+        _require(eps >= 0.0, f"eps must be >= 0, not {eps}")
+        super().__init__(buf, lr, weight_decay, maximize)
+        self.lr_decay = float(lr_decay)
+        self.eps = float(eps)
+        self._new_state("sum", fill=initial_accumulator_value)
+
+    def _update(self, grad: np.ndarray) -> None:
+        tmp, update, data = self._tmp, self._update_buf, self.buf.data
+        decayed_lr = self.lr / (1.0 + (self.step_count - 1) * self.lr_decay)
+        squared_sum = self._state["sum"]
+        np.multiply(grad, grad, out=tmp)
+        squared_sum += tmp
+        std = np.sqrt(squared_sum, out=tmp)
+        std += self.eps
+        np.multiply(grad, -decayed_lr, out=update)
+        update /= std
+        data += update
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "rmsprop": RMSprop,
+    "adagrad": Adagrad,
+}
+
+
+def hyperparameters(name: str) -> dict[str, object]:
+    """The hyperparameters optimizer ``name`` accepts, with their defaults (torch's)."""
+    signature = inspect.signature(OPTIMIZERS[name].__init__)
+    return {
+        param.name: param.default
+        for param in list(signature.parameters.values())[2:]  # skip self and buf
+    }
+
+
+def make_optimizer(name: str, buf: ParamBuffer, **hyper: object) -> Optimizer:
+    """Build optimizer ``name`` over ``buf``, rejecting unknown names and hyperparameters."""
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"there is no optimizer called '{name}'; choose one of {', '.join(OPTIMIZERS)}"
+        )
+    valid = hyperparameters(name)
+    for key in hyper:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(
+                f"{name} has no hyperparameter '{key}'{hint}; "
+                f"its hyperparameters are {', '.join(valid)}"
+            )
+    return OPTIMIZERS[name](buf, **hyper)
