@@ -1,0 +1,373 @@
+"""Convolution, pooling and batch-norm kernels: torch as the oracle, central differences in float64."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
+from nnspec.backends.numpy.kernels.norm_batch import batch_norm
+from nnspec.backends.numpy.kernels.pool import (
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    avg_pool1d,
+    avg_pool2d,
+    max_pool1d,
+    max_pool2d,
+)
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+FEW = settings(max_examples=20, deadline=None)
+CONV = {1: conv1d, 2: conv2d}
+MAX_POOL = {1: max_pool1d, 2: max_pool2d}
+AVG_POOL = {1: avg_pool1d, 2: avg_pool2d}
+
+
+@pytest.fixture(autouse=True)
+def strict_numerics():
+    with np.errstate(all="raise"):
+        yield
+
+
+def assert_gradients_match(kernel, arrays, differentiable, eps=1e-6):
+    """The kernel's backward of sum(out * probe) equals central differences, all in float64."""
+    arrays = [None if a is None else np.array(a, dtype=np.float64) for a in arrays]
+    out, backward = kernel(*arrays)
+    probe = np.random.default_rng(1).standard_normal(out.shape)
+    grads = backward(probe)
+    assert len(grads) == len(arrays)
+    for index, (array, grad) in enumerate(zip(arrays, grads)):
+        if index not in differentiable or array is None:
+            assert grad is None
+            continue
+        numeric = np.zeros_like(array)
+        for element in np.ndindex(array.shape):
+            original = array[element]
+            array[element] = original + eps
+            plus = np.sum(kernel(*arrays)[0] * probe)
+            array[element] = original - eps
+            minus = np.sum(kernel(*arrays)[0] * probe)
+            array[element] = original
+            numeric[element] = (plus - minus) / (2 * eps)
+        assert grad.dtype == np.float64
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+def as_torch(array):
+    return None if array is None else torch.tensor(array, requires_grad=True)
+
+
+def torch_pad(pairs):
+    """F.pad's argument order: last spatial dim first."""
+    return [side for pair in reversed(pairs) for side in pair]
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=1e-5):
+    expected = expected.detach().numpy()
+    assert actual.dtype == np.float32
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+# --- convolution -------------------------------------------------------------------------
+
+
+@st.composite
+def conv_cases(draw, nd):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(nd))
+    spatial = []
+    for k, d, (lo, hi) in zip(kernel, dilation, padding):
+        smallest = max(1, d * (k - 1) + 1 - lo - hi)
+        spatial.append(draw(st.integers(smallest, smallest + 5)))
+    return {
+        "batch": draw(st.integers(1, 3)),
+        "in_channels": groups * draw(st.integers(1, 3)),
+        "out_channels": groups * draw(st.integers(1, 3)),
+        "spatial": tuple(spatial),
+        "kernel": kernel,
+        "has_bias": draw(st.booleans()),
+        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
+    }
+
+
+def conv_arrays(case, seed):
+    rng = np.random.default_rng(seed)
+    attrs = case["attrs"]
+    x = rng.standard_normal((case["batch"], case["in_channels"], *case["spatial"]), np.float32)
+    weight_shape = (case["out_channels"], case["in_channels"] // attrs["groups"], *case["kernel"])
+    weight = rng.standard_normal(weight_shape, np.float32)
+    bias = rng.standard_normal(case["out_channels"], np.float32) if case["has_bias"] else None
+    return x, weight, bias
+
+
+def check_conv_against_torch(nd, case):
+    attrs = case["attrs"]
+    x, weight, bias = conv_arrays(case, seed=0)
+    y, backward = CONV[nd](x, weight, bias, **attrs)
+    tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
+    torch_conv = {1: F.conv1d, 2: F.conv2d}[nd]
+    ty = torch_conv(
+        F.pad(tx, torch_pad(attrs["padding"])), tweight, tbias,
+        stride=attrs["stride"], dilation=attrs["dilation"], groups=attrs["groups"],
+    )
+    assert_close(y, ty)
+    dy = np.random.default_rng(2).standard_normal(y.shape, np.float32)
+    ty.backward(torch.tensor(dy))
+    dx, dweight, dbias = backward(dy)
+    assert_close(dx, tx.grad)
+    assert_close(dweight, tweight.grad, atol=1e-4)
+    if bias is None:
+        assert dbias is None
+    else:
+        assert_close(dbias, tbias.grad, atol=1e-4)
+
+
+@pytest.mark.torch
+@FEW
+@given(conv_cases(nd=1))
+def test_conv1d_matches_torch(case):
+    check_conv_against_torch(1, case)
+
+
+@pytest.mark.torch
+@FEW
+@given(conv_cases(nd=2))
+def test_conv2d_matches_torch(case):
+    check_conv_against_torch(2, case)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("kernel", [(2, 4), (3, 4), (5, 2)])
+def test_same_padding_pairs_put_the_extra_on_the_high_side_like_torch(kernel):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 6), np.float32)
+    weight = rng.standard_normal((4, 3, *kernel), np.float32)
+    dilation = (1, 2)
+    totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    padding = tuple((total // 2, total - total // 2) for total in totals)
+    y, _ = conv2d(x, weight, None, stride=(1, 1), padding=padding, dilation=dilation, groups=1)
+    expected = F.conv2d(torch.tensor(x), torch.tensor(weight), padding="same", dilation=dilation)
+    assert y.shape == x.shape[:1] + (4,) + x.shape[2:]
+    assert_close(y, expected)
+
+
+@pytest.mark.torch
+def test_depthwise_conv2d_matches_torch():
+    case = {
+        "batch": 2, "in_channels": 6, "out_channels": 12, "spatial": (9, 8), "kernel": (3, 3),
+        "has_bias": True,
+        "attrs": {"stride": (2, 2), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 6},
+    }
+    check_conv_against_torch(2, case)
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_conv_gradients_match_central_differences(nd, has_bias):
+    case = {
+        "batch": 2, "in_channels": 4, "out_channels": 2, "spatial": (5, 4)[:nd],
+        "kernel": (3, 2)[:nd], "has_bias": has_bias,
+        "attrs": {
+            "stride": (2, 1)[:nd], "padding": ((1, 2), (0, 1))[:nd],
+            "dilation": (1, 2)[:nd], "groups": 2,
+        },
+    }
+
+    def kernel(x, weight, bias):
+        return CONV[nd](x, weight, bias, **case["attrs"])
+
+    assert_gradients_match(kernel, conv_arrays(case, seed=4), differentiable={0, 1, 2})
+
+
+def test_conv_rejects_a_window_larger_than_the_padded_input():
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    weight = np.zeros((1, 1, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv2d(x, weight, None, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1)
+
+
+# --- pooling -----------------------------------------------------------------------------
+
+
+@st.composite
+def pool_cases(draw, nd):
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(
+        (draw(st.integers(0, k // 2)), draw(st.integers(0, k // 2))) for k in kernel
+    )
+    spatial = tuple(
+        draw(st.integers(max(1, k - lo - hi), 9)) for k, (lo, hi) in zip(kernel, padding)
+    )
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), *spatial)
+    return shape, {"kernel": kernel, "stride": stride, "padding": padding}
+
+
+def torch_pool(kind, nd, tx, attrs):
+    """torch's pooling; asymmetric padding goes through F.pad since torch only pads evenly."""
+    pooling = {
+        ("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d,
+        ("avg", 1): F.avg_pool1d, ("avg", 2): F.avg_pool2d,
+    }[kind, nd]
+    pairs = attrs["padding"]
+    if all(lo == hi for lo, hi in pairs):
+        return pooling(tx, attrs["kernel"], attrs["stride"], tuple(lo for lo, _ in pairs))
+    fill = -float("inf") if kind == "max" else 0.0
+    return pooling(F.pad(tx, torch_pad(pairs), value=fill), attrs["kernel"], attrs["stride"])
+
+
+def check_pool_against_torch(kind, nd, x, attrs):
+    pooling = {"max": MAX_POOL, "avg": AVG_POOL}[kind][nd]
+    y, backward = pooling(x, **attrs)
+    tx = as_torch(x)
+    ty = torch_pool(kind, nd, tx, attrs)
+    assert_close(y, ty)
+    dy = np.random.default_rng(5).standard_normal(y.shape, np.float32)
+    ty.backward(torch.tensor(dy))
+    (dx,) = backward(dy)
+    assert_close(dx, tx.grad)
+
+
+@pytest.mark.torch
+@FEW
+@given(st.sampled_from(["max", "avg"]), st.sampled_from([1, 2]), st.data())
+def test_pooling_matches_torch(kind, nd, data):
+    shape, attrs = data.draw(pool_cases(nd))
+    x = np.random.default_rng(6).standard_normal(shape, np.float32)
+    check_pool_against_torch(kind, nd, x, attrs)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2)])
+def test_max_pool_routes_ties_to_the_first_maximum_like_torch(stride):
+    x = np.random.default_rng(7).integers(0, 2, (2, 3, 6, 6)).astype(np.float32)
+    attrs = {"kernel": (2, 2), "stride": stride, "padding": ((1, 1), (1, 1))}
+    check_pool_against_torch("max", 2, x, attrs)
+
+
+@pytest.mark.torch
+@FEW
+@given(
+    st.sampled_from([1, 2]),
+    st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    st.tuples(st.integers(1, 7), st.integers(1, 7)),
+)
+def test_adaptive_avg_pool_matches_torch(nd, spatial, output_size):
+    spatial, output_size = spatial[:nd], output_size[:nd]
+    x = np.random.default_rng(8).standard_normal((2, 3, *spatial), np.float32)
+    pooling = {1: adaptive_avg_pool1d, 2: adaptive_avg_pool2d}[nd]
+    torch_pooling = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d}[nd]
+    y, backward = pooling(x, output_size=output_size)
+    tx = as_torch(x)
+    ty = torch_pooling(tx, output_size)
+    assert_close(y, ty)
+    dy = np.random.default_rng(9).standard_normal(y.shape, np.float32)
+    ty.backward(torch.tensor(dy))
+    assert_close(backward(dy)[0], tx.grad)
+
+
+@pytest.mark.torch
+def test_global_average_pooling_is_the_spatial_mean():
+    x = np.random.default_rng(10).standard_normal((4, 8, 7, 7), np.float32)
+    y, _ = adaptive_avg_pool2d(x, output_size=(1, 1))
+    np.testing.assert_allclose(y, x.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pooling, attrs",
+    [
+        (max_pool2d, {"kernel": (3, 2), "stride": (1, 2), "padding": ((1, 0), (1, 1))}),
+        (avg_pool2d, {"kernel": (3, 2), "stride": (1, 2), "padding": ((1, 0), (1, 1))}),
+        (max_pool1d, {"kernel": (3,), "stride": (2,), "padding": ((1, 1),)}),
+        (avg_pool1d, {"kernel": (3,), "stride": (2,), "padding": ((0, 1),)}),
+        (adaptive_avg_pool2d, {"output_size": (3, 2)}),
+        (adaptive_avg_pool1d, {"output_size": (4,)}),
+    ],
+)
+def test_pooling_gradients_match_central_differences(pooling, attrs):
+    nd = 2 if pooling in (max_pool2d, avg_pool2d, adaptive_avg_pool2d) else 1
+    x = np.random.default_rng(11).standard_normal((2, 2, 5, 6)[: 2 + nd])
+    assert_gradients_match(lambda a: pooling(a, **attrs), [x], differentiable={0})
+
+
+# --- batch norm --------------------------------------------------------------------------
+
+BATCH_NORM_SHAPES = [(6, 3), (4, 3, 5), (3, 2, 4, 5)]
+
+
+def batch_norm_arrays(shape, affine, seed):
+    rng = np.random.default_rng(seed)
+    channels = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    weight = rng.standard_normal(channels).astype(np.float32) if affine else None
+    bias = rng.standard_normal(channels).astype(np.float32) if affine else None
+    running_mean = rng.standard_normal(channels).astype(np.float32)
+    running_var = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    return x, weight, bias, running_mean, running_var
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape", BATCH_NORM_SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_matches_torch(shape, affine, train):
+    x, weight, bias, running_mean, running_var = batch_norm_arrays(shape, affine, seed=12)
+    torch_mean, torch_var = torch.tensor(running_mean), torch.tensor(running_var)
+    tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
+    for step in range(3):
+        y, backward = batch_norm(
+            x, weight, bias, running_mean, running_var, train=train, momentum=0.1, eps=1e-5
+        )
+        ty = F.batch_norm(tx, torch_mean, torch_var, tweight, tbias, training=train)
+        assert_close(y, ty)
+        np.testing.assert_allclose(running_mean, torch_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(running_var, torch_var.numpy(), rtol=1e-5, atol=1e-6)
+        assert running_mean.dtype == running_var.dtype == np.float32
+    dy = np.random.default_rng(13).standard_normal(y.shape, np.float32)
+    ty.backward(torch.tensor(dy))
+    dx, dweight, dbias, dmean, dvar = backward(dy)
+    assert dmean is None and dvar is None
+    assert_close(dx, tx.grad, atol=1e-4)
+    if affine:
+        assert_close(dweight, tweight.grad, atol=1e-4)
+        assert_close(dbias, tbias.grad, atol=1e-4)
+    else:
+        assert dweight is None and dbias is None
+
+
+@pytest.mark.torch
+def test_batch_norm_statistics_stay_accurate_in_float32_on_large_offset_batches():
+    rng = np.random.default_rng(14)
+    x = (rng.standard_normal((64, 4, 32, 32)) * 0.1 + 50).astype(np.float32)
+    running_mean, running_var = np.zeros(4, np.float32), np.ones(4, np.float32)
+    torch_mean, torch_var = torch.zeros(4), torch.ones(4)
+    y, _ = batch_norm(x, None, None, running_mean, running_var, train=True)
+    ty = F.batch_norm(torch.tensor(x), torch_mean, torch_var, training=True)
+    assert_close(y, ty, atol=1e-3)
+    np.testing.assert_allclose(running_var, torch_var.numpy(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", BATCH_NORM_SHAPES)
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_gradients_match_central_differences(shape, train):
+    x, weight, bias, running_mean, running_var = batch_norm_arrays(shape, True, seed=15)
+
+    def kernel(x, weight, bias, running_mean, running_var):
+        # copies: training updates the buffers, which must not drift between probes
+        return batch_norm(x, weight, bias, running_mean.copy(), running_var.copy(), train=train)
+
+    arrays = [x, weight, bias, running_mean, running_var]
+    assert_gradients_match(kernel, arrays, differentiable={0, 1, 2})
+
+
+def test_batch_norm_refuses_a_single_value_per_channel_in_training():
+    x = np.ones((1, 3), np.float32)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        batch_norm(x, None, None, np.zeros(3, np.float32), np.ones(3, np.float32), train=True)
