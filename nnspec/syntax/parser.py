@@ -38,7 +38,7 @@ class _Newlines:
                     pending = tok
                 continue
             if pending is not None:
-                if tok.value != "->":
+                if tok.value not in ("->", "else"):
                     yield pending
                 pending = None
             if tok.value in _OPENERS and tok.type != "STRING":

@@ -1,0 +1,94 @@
+"""The IR: one node type, nodes in topological order, parameters named the PyTorch way.
+
+A `Graph` is what every backend consumes. Nodes name their inputs by node name; each node
+keeps the span of the spec text that made it, so any later stage can point at the user's
+line. Parametric nodes own a `module` path (their `state_dict` prefix) and map local
+parameter names (`weight`) to full ones (`encoder.0.attn.in_proj_weight`); tied or shared
+layers map to the same full names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnspec.diagnostics import Span
+from nnspec.ir.ops import ParamSpec
+from nnspec.ir.types import TensorType
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A block instance or a repeat, for summaries and diagram clusters."""
+
+    path: str  # e.g. "blocks" or "blocks.3"
+    kind: str  # block | repeat
+    label: str  # block name, or "repeat"
+    span: Span | None = None
+    count: int = 1  # for repeats
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    op: str  # an op of the catalogue, or "input"
+    inputs: tuple[str, ...]
+    attrs: dict[str, Any]
+    type: TensorType | None  # None when its shape rule failed
+    span: Span | None
+    module: str | None = None
+    params: dict[str, str] = field(default_factory=dict)  # local -> full parameter name
+    scope: str = ""  # the innermost Scope path that holds it ("" at top level)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    spec: ParamSpec
+    owner: str  # the node that created it
+    tied_from: tuple[str, ...] = ()  # other layers that use it
+
+
+@dataclass
+class Graph:
+    name: str
+    nodes: list[Node]
+    params: dict[str, Param]
+    inputs: list[str]
+    outputs: list[str]
+    scopes: dict[str, Scope]
+    hyper: dict[str, Any]
+
+    def node(self, name: str) -> Node:
+        return self._index[name]
+
+    def __post_init__(self):
+        self._index = {n.name: n for n in self.nodes}
+
+    @property
+    def output_type(self) -> TensorType | None:
+        return self.node(self.outputs[0]).type
+
+    def trainable(self) -> dict[str, Param]:
+        return {k: p for k, p in self.params.items() if p.spec.trainable}
+
+    def consumers(self) -> dict[str, list[str]]:
+        users: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                users[i].append(n.name)
+        return users
+
+    def verify(self) -> None:
+        """Internal invariants; a failure here is a compiler bug, not a user error."""
+        seen: set[str] = set()
+        for n in self.nodes:
+            assert n.name not in seen, f"duplicate node {n.name}"
+            for i in n.inputs:
+                assert i in seen, f"{n.name} uses {i} before it is defined"
+            for full in n.params.values():
+                assert full in self.params, f"{n.name} refers to unknown parameter {full}"
+            seen.add(n.name)
+        for o in self.outputs:
+            assert o in seen, f"unknown output {o}"

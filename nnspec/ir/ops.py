@@ -1,0 +1,843 @@
+"""The op catalogue: the one place that says which ops exist.
+
+Each `OpDef` holds an op's attributes (types, defaults, checks), its shape rule, the
+shapes of its parameters (PyTorch's names and layouts) and its multiply-add count per
+sample. It imports neither numpy nor torch; backends look ops up here by name and a test
+fails when a backend lacks one.
+
+Shape rules see per-sample `TensorType`s (batch implicit) and raise `ShapeError`, a small
+span-free error; the IR builder attaches the span of the layer and where its input came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnspec.ir.types import (
+    Dim,
+    TensorType,
+    broadcast,
+    dim_add,
+    dim_floordiv,
+    dim_mul,
+    dim_prod,
+    is_concrete,
+)
+
+
+class ShapeError(Exception):
+    """A shape rule's complaint, with an optional hint; spans are added by the caller."""
+
+    def __init__(self, message: str, hint: str | None = None, code: str = "E301"):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.code = code
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An op attribute. `kind` is one of: int, float, bool, str, ints, padding, layer."""
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    optional: bool = False  # None is an allowed value
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter or buffer: PyTorch shape and the init scheme both backends follow."""
+
+    shape: tuple[int, ...]
+    init: str  # uniform_fan_in | kaiming_uniform | normal | ones | zeros | rnn_uniform
+    fan_in: int = 0
+    trainable: bool = True
+    dtype: str = "float32"
+
+
+class Attrs(dict):
+    """Resolved attributes; read as `a.kernel` or `a["kernel"]`."""
+
+    __getattr__ = dict.__getitem__
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    family: str  # linear conv pool norm recurrent attention embedding activation merge shape
+    #              math regularization loss
+    doc: str
+    infer: Callable[[list[TensorType], Attrs], TensorType]
+    attrs: tuple[Attr, ...] = ()
+    arity: tuple[int, int | None] = (1, 1)  # (min, max) tensor inputs; max None = variadic
+    params: Callable[[list[TensorType], Attrs], dict[str, ParamSpec]] | None = None
+    macs: Callable[[list[TensorType], TensorType, Attrs], Dim] | None = None
+    inputs_doc: str = "[..]"
+    outputs_doc: str = "same"
+    aliases: tuple[str, ...] = field(default=())
+
+    def attr(self, name: str) -> Attr | None:
+        return next((a for a in self.attrs if a.name == name), None)
+
+    @property
+    def has_params(self) -> bool:
+        return self.params is not None
+
+
+# ---- helpers used by the shape rules -------------------------------------------------------
+
+
+def _ints(value, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    if len(value) != n:
+        raise ShapeError(f"`{name}` needs {n} values here, got {len(value)}")
+    return tuple(value)
+
+
+def _require_rank(x: TensorType, ranks: tuple[int, ...], op: str, layout: str, hint=None):
+    if x.rank not in ranks:
+        fix = hint
+        if fix is None and x.rank < min(ranks):
+            fix = f"add `reshape` to give it the {layout} layout"
+        elif fix is None:
+            fix = "add `flatten` or `reshape` first"
+        raise ShapeError(f"{op} expects {layout} but got {x}", fix, code="E302")
+
+
+def _require_float(x: TensorType, op: str):
+    if x.dtype != "float32":
+        raise ShapeError(f"{op} needs float values but got integer tokens {x}",
+                         "integer inputs go through `embedding` first", code="E303")
+
+
+def conv_pads(a: Attrs, spatial: int) -> tuple[tuple[int, int], ...]:
+    """Explicit (low, high) padding per spatial dim; `same` puts the extra on the high side
+    as torch does."""
+    kernel = _ints(a.kernel, spatial, "kernel")
+    dilation = _ints(a.get("dilation", 1), spatial, "dilation")
+    if a.padding == "valid":
+        return ((0, 0),) * spatial
+    if a.padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return tuple((t // 2, t - t // 2) for t in total)
+    return tuple((p, p) for p in _ints(a.padding, spatial, "padding"))
+
+
+def _window_out(size: Dim, kernel: int, stride: int, pads: tuple[int, int], dilation: int,
+                ceil: bool = False) -> Dim:
+    span = dilation * (kernel - 1) + 1
+    if isinstance(size, int):
+        full = size + pads[0] + pads[1] - span
+        if full < 0:
+            raise ShapeError(f"the window ({span}) is larger than the padded input ({size + sum(pads)})",
+                             "use a smaller kernel or more padding, or remove a pooling layer",
+                             code="E304")
+        return (-(-full // stride) if ceil else full // stride) + 1
+    return dim_add(dim_floordiv(dim_add(size, sum(pads) - span), stride), 1)
+
+
+def _channels_check(c_in: Dim, groups: int, out: int, op: str):
+    if not isinstance(c_in, int):
+        raise ShapeError(f"{op} needs a known number of input channels, got `{c_in}`")
+    if c_in % groups or out % groups:
+        raise ShapeError(f"{op}: groups={groups} must divide both the input channels ({c_in}) "
+                         f"and the output channels ({out})")
+
+
+def _in_features(x: TensorType, op: str) -> int:
+    last = x.shape[-1] if x.shape else None
+    if not isinstance(last, int):
+        raise ShapeError(f"{op} needs a known feature size as the last dim, got {x}",
+                         "declare that dim as a number")
+    return last
+
+
+def _same(ins, a):
+    return ins[0]
+
+
+def _same_float(op):
+    def rule(ins, a):
+        _require_float(ins[0], op)
+        return ins[0]
+
+    return rule
+
+
+def _dim_index(rank: int, dim: int, op: str) -> int:
+    if not -rank <= dim < rank:
+        raise ShapeError(f"{op}: dim {dim} is out of range for a {rank}-d sample shape",
+                         f"per-sample dims run from 0 to {rank - 1} (or -1 for the last); "
+                         "the batch dim is implicit")
+    return dim % rank
+
+
+def _bias(units: int, fan_in: int, bias: bool) -> dict[str, ParamSpec]:
+    return {"bias": ParamSpec((units,), "uniform_fan_in", fan_in)} if bias else {}
+
+
+# ---- feed-forward ------------------------------------------------------------------------
+
+
+def _dense_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "dense")
+    if x.rank == 0:
+        raise ShapeError("dense needs at least one feature dim", code="E302")
+    _in_features(x, "dense")
+    return x.with_shape(x.shape[:-1] + (a.units,))
+
+
+def _dense_params(ins, a):
+    fan_in = ins[0].shape[-1]
+    weight = {"weight": ParamSpec((a.units, fan_in), "kaiming_uniform", fan_in)}
+    return weight | _bias(a.units, fan_in, a.bias)
+
+
+def _dense_macs(ins, out, a):
+    return dim_mul(out.numel, ins[0].shape[-1])
+
+
+def _flatten_infer(ins, a):
+    return ins[0].with_shape((dim_prod(ins[0].shape),))
+
+
+def _reshape_infer(ins, a):
+    target = list(a.shape)
+    x = ins[0]
+    if target.count(-1) > 1:
+        raise ShapeError("reshape: only one dim can be -1")
+    if any(d == 0 or (isinstance(d, int) and d < -1) for d in target):
+        raise ShapeError(f"reshape: dims must be positive (or one -1), got {target}")
+    if not is_concrete(x.shape):
+        if -1 in target:
+            raise ShapeError(f"reshape with -1 needs a known input shape, got {x}")
+        return x.with_shape(tuple(target))
+    total = math.prod(x.shape)
+    known = math.prod(d for d in target if d != -1)
+    if -1 in target:
+        if total % known:
+            raise ShapeError(f"cannot reshape {x} ({total} values) into {a.shape}")
+        target[target.index(-1)] = total // known
+    elif known != total:
+        raise ShapeError(f"cannot reshape {x} ({total} values) into {list(target)} ({known} values)")
+    return x.with_shape(tuple(target))
+
+
+# ---- convolution and pooling ---------------------------------------------------------------
+
+
+def _conv_rule(spatial: int):
+    op = f"conv{spatial}d"
+    layout = "[C, L]" if spatial == 1 else "[C, H, W]"
+
+    def infer(ins, a):
+        x = ins[0]
+        _require_float(x, op)
+        _require_rank(x, (spatial + 1,), op, layout)
+        _channels_check(x.shape[0], a.groups, a.channels, op)
+        kernel = _ints(a.kernel, spatial, "kernel")
+        stride = _ints(a.stride, spatial, "stride")
+        dilation = _ints(a.dilation, spatial, "dilation")
+        if a.padding == "same" and any(s != 1 for s in stride):
+            raise ShapeError(f"{op}: padding=\"same\" needs stride 1 (as in PyTorch)")
+        pads = conv_pads(a, spatial)
+        sizes = tuple(_window_out(n, k, s, p, d)
+                      for n, k, s, p, d in zip(x.shape[1:], kernel, stride, pads, dilation))
+        return x.with_shape((a.channels,) + sizes)
+
+    def params(ins, a):
+        c_in = ins[0].shape[0]
+        kernel = _ints(a.kernel, spatial, "kernel")
+        fan_in = c_in // a.groups * math.prod(kernel)
+        weight = {"weight": ParamSpec((a.channels, c_in // a.groups) + kernel, "kaiming_uniform",
+                                      fan_in)}
+        return weight | _bias(a.channels, fan_in, a.bias)
+
+    def macs(ins, out, a):
+        kernel = _ints(a.kernel, spatial, "kernel")
+        return dim_mul(out.numel, ins[0].shape[0] // a.groups * math.prod(kernel))
+
+    return infer, params, macs
+
+
+def _pool_rank(x: TensorType, op: str, spatial: int | None) -> int:
+    ranks = (spatial + 1,) if spatial else (2, 3)
+    layout = {2: "[C, L]", 3: "[C, H, W]"}
+    _require_rank(x, ranks, op, " or ".join(layout[r] for r in ranks))
+    return x.rank - 1
+
+
+def _pool_rule(kind: str, spatial: int | None):
+    op = f"{kind}pool{spatial or ''}{'d' if spatial else ''}"
+
+    def infer(ins, a):
+        x = ins[0]
+        _require_float(x, op)
+        n = _pool_rank(x, op, spatial)
+        kernel = _ints(a.kernel, n, "kernel")
+        stride = _ints(a.stride if a.stride is not None else kernel, n, "stride")
+        padding = _ints(a.padding, n, "padding")
+        if any(2 * p > k for p, k in zip(padding, kernel)):
+            raise ShapeError(f"{op}: padding must be at most half the kernel (as in PyTorch)")
+        sizes = tuple(_window_out(s, k, st, (p, p), 1, a.ceil_mode)
+                      for s, k, st, p in zip(x.shape[1:], kernel, stride, padding))
+        return x.with_shape(x.shape[:1] + sizes)
+
+    return infer
+
+
+def _pool_macs(ins, out, a):
+    return 0
+
+
+def _adaptive_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "adaptive_avgpool")
+    n = _pool_rank(x, "adaptive_avgpool", None)
+    return x.with_shape(x.shape[:1] + _ints(a.size, n, "size"))
+
+
+def _global_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "global_avgpool")
+    _pool_rank(x, "global_avgpool", None)
+    return x.with_shape(x.shape[:1])
+
+
+# ---- normalisation -------------------------------------------------------------------------
+
+
+def _batchnorm_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "batchnorm")
+    _require_rank(x, (1, 2, 3), "batchnorm", "[C], [C, L] or [C, H, W]")
+    if not isinstance(x.shape[0], int):
+        raise ShapeError(f"batchnorm needs a known channel count, got {x}")
+    return x
+
+
+def _batchnorm_params(ins, a):
+    c = ins[0].shape[0]
+    out = {}
+    if a.affine:
+        out = {"weight": ParamSpec((c,), "ones"), "bias": ParamSpec((c,), "zeros")}
+    return out | {
+        "running_mean": ParamSpec((c,), "zeros", trainable=False),
+        "running_var": ParamSpec((c,), "ones", trainable=False),
+        "num_batches_tracked": ParamSpec((), "zeros", trainable=False, dtype="int64"),
+    }
+
+
+def _layernorm_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "layernorm")
+    if x.rank < a.dims:
+        raise ShapeError(f"layernorm over the last {a.dims} dims needs a rank >= {a.dims}, got {x}")
+    if not is_concrete(x.shape[-a.dims:]):
+        raise ShapeError(f"layernorm needs known sizes for the normalised dims, got {x}")
+    return x
+
+
+def _layernorm_params(ins, a):
+    shape = tuple(ins[0].shape[-a.dims:])
+    if not a.affine:
+        return {}
+    return {"weight": ParamSpec(shape, "ones"), "bias": ParamSpec(shape, "zeros")}
+
+
+# ---- embeddings and positions --------------------------------------------------------------
+
+
+def _embedding_infer(ins, a):
+    x = ins[0]
+    if x.dtype != "int64":
+        raise ShapeError(f"embedding looks up integer tokens but got float values {x}",
+                         "declare the input as `int[...]`", code="E303")
+    if a.padding_idx is not None and not 0 <= a.padding_idx < a.num:
+        raise ShapeError(f"padding_idx {a.padding_idx} is outside the vocabulary (0..{a.num - 1})")
+    return TensorType(x.shape + (a.dim,), "float32", x.batched)
+
+
+def _embedding_params(ins, a):
+    return {"weight": ParamSpec((a.num, a.dim), "normal")}
+
+
+def _positions_infer(ins, a):
+    if not ins:
+        return TensorType((a.max_len, a.dim), "float32", batched=False)
+    x = ins[0]
+    if x.rank == 0:
+        raise ShapeError("positions needs a sequence input [T, ...]", code="E302")
+    length = x.shape[0]
+    if isinstance(length, int) and length > a.max_len:
+        raise ShapeError(f"the sequence ({length}) is longer than max_len ({a.max_len})",
+                         f"raise max_len to at least {length}")
+    return TensorType((length, a.dim), "float32", batched=False)
+
+
+def _positions_params(ins, a):
+    return {"weight": ParamSpec((a.max_len, a.dim), "normal")}
+
+
+# ---- attention and recurrence --------------------------------------------------------------
+
+
+def _attention_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "attention")
+    _require_rank(x, (2,), "attention", "[T, E] (a sequence of vectors)")
+    e = _in_features(x, "attention")
+    if e % a.heads:
+        raise ShapeError(f"attention: the embedding size {e} is not divisible by heads={a.heads}",
+                         f"pick heads dividing {e}")
+    return x
+
+
+def _attention_params(ins, a):
+    e = ins[0].shape[-1]
+    out = {"in_proj_weight": ParamSpec((3 * e, e), "xavier_uniform", e)}
+    if a.bias:
+        out["in_proj_bias"] = ParamSpec((3 * e,), "zeros")
+    out["out_proj.weight"] = ParamSpec((e, e), "kaiming_uniform", e)
+    if a.bias:
+        out["out_proj.bias"] = ParamSpec((e,), "zeros")
+    return out
+
+
+def _attention_macs(ins, out, a):
+    t, e = ins[0].shape
+    projections = dim_mul(t, 4 * e * e)
+    scores = dim_mul(dim_mul(t, t), 2 * e)  # q @ k^T and attn @ v
+    return dim_add(projections, scores)
+
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _recurrent_rule(mode: str):
+    def infer(ins, a):
+        x = ins[0]
+        _require_float(x, mode)
+        _require_rank(x, (2,), mode, "[T, F] (a sequence of feature vectors)")
+        _in_features(x, mode)
+        width = a.hidden * (2 if a.bidirectional else 1)
+        return x.with_shape((width,) if a.last else (x.shape[0], width))
+
+    def params(ins, a):
+        gates = _GATES[mode] * a.hidden
+        dirs = ("", "_reverse") if a.bidirectional else ("",)
+        out = {}
+        for layer in range(a.layers):
+            fan = ins[0].shape[-1] if layer == 0 else a.hidden * len(dirs)
+            for suffix in dirs:
+                k = f"l{layer}{suffix}"
+                out[f"weight_ih_{k}"] = ParamSpec((gates, fan), "rnn_uniform", a.hidden)
+                out[f"weight_hh_{k}"] = ParamSpec((gates, a.hidden), "rnn_uniform", a.hidden)
+                if a.bias:
+                    out[f"bias_ih_{k}"] = ParamSpec((gates,), "rnn_uniform", a.hidden)
+                    out[f"bias_hh_{k}"] = ParamSpec((gates,), "rnn_uniform", a.hidden)
+        return out
+
+    def macs(ins, out, a):
+        dirs = 2 if a.bidirectional else 1
+        per_step = 0
+        for layer in range(a.layers):
+            fan = ins[0].shape[-1] if layer == 0 else a.hidden * dirs
+            per_step += dirs * _GATES[mode] * a.hidden * (fan + a.hidden)
+        return dim_mul(ins[0].shape[0], per_step)
+
+    return infer, params, macs
+
+
+# ---- elementwise, merges, reductions -------------------------------------------------------
+
+
+def _broadcast_infer(op):
+    def infer(ins, a):
+        x, y = ins
+        shape = broadcast(x, y)
+        if shape is None:
+            raise ShapeError(f"`{op}` cannot combine {x} and {y}: the shapes do not match",
+                             "make both sides the same shape (e.g. a `dense` to match the "
+                             "feature size)", code="E305")
+        if x.dtype != y.dtype and "int64" in (x.dtype, y.dtype) and op in ("add", "sub", "mul"):
+            raise ShapeError(f"`{op}` mixes integer tokens {x if x.dtype == 'int64' else y} "
+                             "with float values", "embed the tokens first", code="E303")
+        dtype = "float32" if "float32" in (x.dtype, y.dtype) else x.dtype
+        return TensorType(shape, dtype, x.batched or y.batched)
+
+    return infer
+
+
+def _compare_infer(ins, a):
+    out = _broadcast_infer("compare")(ins, a)
+    return TensorType(out.shape, "bool", out.batched)
+
+
+def _where_infer(ins, a):
+    cond, x, y = ins
+    first = broadcast(cond, x)
+    shape = broadcast(TensorType(first, batched=cond.batched), y) if first is not None else None
+    if shape is None:
+        raise ShapeError(f"where: {cond}, {x} and {y} do not broadcast together", code="E305")
+    return TensorType(shape, "float32", cond.batched or x.batched or y.batched)
+
+
+def _concat_infer(ins, a):
+    first = ins[0]
+    for other in ins[1:]:
+        if other.rank != first.rank:
+            raise ShapeError(f"concat needs inputs of the same rank, got {first} and {other}",
+                             code="E305")
+    axis = _dim_index(first.rank, a.dim, "concat")
+    for other in ins[1:]:
+        for i, (p, q) in enumerate(zip(first.shape, other.shape)):
+            if i != axis and p != q:
+                raise ShapeError(f"concat along dim {a.dim}: {first} and {other} differ in dim {i}",
+                                 code="E305")
+    total: Dim = 0
+    for x in ins:
+        total = dim_add(total, x.shape[axis])
+    shape = first.shape[:axis] + (total,) + first.shape[axis + 1:]
+    return TensorType(shape, first.dtype, any(x.batched for x in ins))
+
+
+def _reduce_infer(op):
+    def infer(ins, a):
+        x = ins[0]
+        if a.dim is None:
+            return TensorType((1,) * x.rank if a.keepdim else (), "float32", batched=False)
+        dims = (a.dim,) if isinstance(a.dim, int) else tuple(a.dim)
+        axes = {_dim_index(x.rank, d, op) for d in dims}
+        shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape) if a.keepdim or i not in axes)
+        return x.with_shape(shape)
+
+    return infer
+
+
+def _softmax_infer(op):
+    def infer(ins, a):
+        x = ins[0]
+        _require_float(x, op)
+        if x.rank == 0:
+            raise ShapeError(f"{op} needs at least one dim to normalise over", code="E302")
+        _dim_index(x.rank, a.dim, op)
+        return x
+
+    return infer
+
+
+def _scalar_infer(ins, a):
+    return TensorType((), "float32", batched=False)
+
+
+def _pow_infer(ins, a):
+    return _broadcast_infer("pow")(ins, a)
+
+
+# ---- losses --------------------------------------------------------------------------------
+
+
+def _loss_same_shape(op):
+    def infer(ins, a):
+        pred, target = ins
+        if broadcast(pred, target) != pred.shape:
+            raise ShapeError(f"{op}: the target {target} does not match the prediction {pred}",
+                             code="E305")
+        return TensorType((), "float32", batched=False)
+
+    return infer
+
+
+def _cross_entropy_infer(ins, a):
+    logits, target = ins
+    if logits.rank == 0:
+        raise ShapeError("cross_entropy needs class scores [C] (or [T, C]) but the model gives a "
+                         "scalar", code="E302")
+    if target.dtype == "int64":
+        if target.shape != logits.shape[:-1]:
+            raise ShapeError(f"cross_entropy: class indices {target} do not match the scores "
+                             f"{logits} (expected int{list(logits.shape[:-1])})", code="E305")
+    elif target.shape != logits.shape:
+        raise ShapeError(f"cross_entropy: class probabilities {target} do not match the scores "
+                         f"{logits}", code="E305")
+    return TensorType((), "float32", batched=False)
+
+
+# ---- the catalogue -------------------------------------------------------------------------
+
+_BIAS = Attr("bias", "bool", True, "add a learned bias")
+_conv1 = _conv_rule(1)
+_conv2 = _conv_rule(2)
+_rnn, _lstm, _gru = (_recurrent_rule(m) for m in ("rnn", "lstm", "gru"))
+
+
+def _conv_attrs() -> tuple[Attr, ...]:
+    return (
+        Attr("channels", "int", doc="output channels", minimum=1),
+        Attr("kernel", "ints", doc="kernel size (one int or one per spatial dim)", minimum=1),
+        Attr("stride", "ints", 1, minimum=1),
+        Attr("padding", "padding", 0, 'ints, "same" or "valid"'),
+        Attr("dilation", "ints", 1, minimum=1),
+        Attr("groups", "int", 1, minimum=1),
+        _BIAS,
+    )
+
+
+def _pool_attrs() -> tuple[Attr, ...]:
+    return (
+        Attr("kernel", "ints", doc="window size", minimum=1),
+        Attr("stride", "ints", None, "defaults to the kernel size", minimum=1, optional=True),
+        Attr("padding", "ints", 0, minimum=0),
+        Attr("ceil_mode", "bool", False, "round the output size up"),
+    )
+
+
+def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
+    attrs = (
+        Attr("hidden", "int", doc="hidden size", minimum=1),
+        Attr("layers", "int", 1, "stacked layers", minimum=1),
+        Attr("bidirectional", "bool", False),
+        Attr("last", "bool", False, "return only the last step [H] instead of the sequence [T, H]"),
+        _BIAS,
+    )
+    if mode == "rnn":
+        attrs += (Attr("nonlinearity", "str", "tanh", choices=("tanh", "relu")),)
+    return attrs
+
+
+def _activation(name, doc, attrs=(), aliases=()):
+    return OpDef(name, "activation", doc, _same_float(name), attrs, aliases=aliases)
+
+
+def _unary_math(name, doc):
+    return OpDef(name, "math", doc, _same_float(name))
+
+
+def _binary(name, family, doc, infer=None):
+    return OpDef(name, family, doc, infer or _broadcast_infer(name), arity=(2, 2),
+                 inputs_doc="a, b", outputs_doc="broadcast of a and b")
+
+
+_REDUCE_ATTRS = (
+    Attr("dim", "ints", None, "per-sample dim(s); none reduces everything incl. the batch",
+         optional=True),
+    Attr("keepdim", "bool", False),
+)
+
+OPS: dict[str, OpDef] = {}
+
+
+def _register(*defs: OpDef):
+    for d in defs:
+        OPS[d.name] = d
+
+
+_register(
+    OpDef("dense", "linear", "Fully connected layer over the last dim (torch.nn.Linear).",
+          _dense_infer, (Attr("units", "int", doc="output features", minimum=1), _BIAS,
+                         Attr("tie", "layer", None, "share the weight of a named layer "
+                              "(e.g. an embedding)", optional=True)),
+          params=_dense_params, macs=_dense_macs, inputs_doc="[..., F]",
+          outputs_doc="[..., units]", aliases=("linear",)),
+    OpDef("dropout", "regularization", "Zeroes values with probability p while training.",
+          _same, (Attr("p", "float", 0.5, minimum=0.0, maximum=1.0),)),
+    OpDef("flatten", "shape", "Flattens each sample to one dim.", _flatten_infer,
+          outputs_doc="[prod(dims)]"),
+    OpDef("reshape", "shape", "Reshapes each sample; one dim may be -1.", _reshape_infer,
+          (Attr("shape", "ints", doc="the new per-sample shape"),), outputs_doc="shape"),
+    OpDef("conv1d", "conv", "1-d convolution (torch.nn.Conv1d).", _conv1[0], _conv_attrs(),
+          params=_conv1[1], macs=_conv1[2], inputs_doc="[C, L]", outputs_doc="[channels, L']"),
+    OpDef("conv2d", "conv", "2-d convolution (torch.nn.Conv2d).", _conv2[0], _conv_attrs(),
+          params=_conv2[1], macs=_conv2[2], inputs_doc="[C, H, W]",
+          outputs_doc="[channels, H', W']"),
+    OpDef("maxpool", "pool", "Max pooling; 1-d or 2-d follows the input.",
+          _pool_rule("max", None), _pool_attrs(), macs=_pool_macs,
+          inputs_doc="[C, L] or [C, H, W]"),
+    OpDef("maxpool1d", "pool", "1-d max pooling.", _pool_rule("max", 1), _pool_attrs(),
+          macs=_pool_macs, inputs_doc="[C, L]"),
+    OpDef("maxpool2d", "pool", "2-d max pooling.", _pool_rule("max", 2), _pool_attrs(),
+          macs=_pool_macs, inputs_doc="[C, H, W]"),
+    OpDef("avgpool", "pool", "Average pooling (padding counts as zeros, as in torch); "
+          "1-d or 2-d follows the input.", _pool_rule("avg", None), _pool_attrs(),
+          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]"),
+    OpDef("avgpool1d", "pool", "1-d average pooling.", _pool_rule("avg", 1), _pool_attrs(),
+          macs=_pool_macs, inputs_doc="[C, L]"),
+    OpDef("avgpool2d", "pool", "2-d average pooling.", _pool_rule("avg", 2), _pool_attrs(),
+          macs=_pool_macs, inputs_doc="[C, H, W]"),
+    OpDef("adaptive_avgpool", "pool", "Average pooling to a fixed output size.",
+          _adaptive_infer, (Attr("size", "ints", doc="output size per spatial dim", minimum=1),),
+          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", outputs_doc="[C, size...]"),
+    OpDef("global_avgpool", "pool", "Averages over all spatial positions.", _global_infer,
+          macs=_pool_macs, inputs_doc="[C, ...]", outputs_doc="[C]"),
+    OpDef("batchnorm", "norm", "Batch normalisation over the channel dim (BatchNorm1d/2d by "
+          "rank); running statistics with torch's momentum.", _batchnorm_infer,
+          (Attr("eps", "float", 1e-5, minimum=0.0), Attr("momentum", "float", 0.1, minimum=0.0,
+                                                          maximum=1.0),
+           Attr("affine", "bool", True)), params=_batchnorm_params,
+          inputs_doc="[C], [C, L] or [C, H, W]", aliases=("batchnorm1d", "batchnorm2d")),
+    OpDef("layernorm", "norm", "Layer normalisation over the last `dims` dims.",
+          _layernorm_infer, (Attr("eps", "float", 1e-5, minimum=0.0), Attr("affine", "bool", True),
+                             Attr("dims", "int", 1, "how many trailing dims to normalise",
+                                  minimum=1)), params=_layernorm_params),
+    OpDef("embedding", "embedding", "Looks up a learned vector per integer token.",
+          _embedding_infer, (Attr("num", "int", doc="vocabulary size", minimum=1),
+                             Attr("dim", "int", doc="vector size", minimum=1),
+                             Attr("padding_idx", "int", None, optional=True)),
+          params=_embedding_params, inputs_doc="int[...]", outputs_doc="[..., dim]"),
+    OpDef("positions", "embedding", "Learned position embeddings; with an input, as many "
+          "positions as its first dim.", _positions_infer,
+          (Attr("max_len", "int", minimum=1), Attr("dim", "int", minimum=1)),
+          arity=(0, 1), params=_positions_params, inputs_doc="optional [T, ...]",
+          outputs_doc="[T, dim] (or [max_len, dim])"),
+    OpDef("sinusoidal", "embedding", "Fixed sine/cosine position encodings (Vaswani et al.).",
+          _positions_infer, (Attr("max_len", "int", minimum=1), Attr("dim", "int", minimum=2)),
+          arity=(0, 1), inputs_doc="optional [T, ...]", outputs_doc="[T, dim] (or [max_len, dim])"),
+    OpDef("attention", "attention", "Multi-head self-attention (torch.nn.MultiheadAttention "
+          "layout: packed q,k,v in_proj).", _attention_infer,
+          (Attr("heads", "int", minimum=1), Attr("causal", "bool", False, "mask future positions"),
+           _BIAS, Attr("dropout", "float", 0.0, minimum=0.0, maximum=1.0)),
+          params=_attention_params, macs=_attention_macs, inputs_doc="[T, E]",
+          outputs_doc="[T, E]"),
+    OpDef("rnn", "recurrent", "Elman RNN (torch.nn.RNN).", _rnn[0], _recurrent_attrs("rnn"),
+          params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]"),
+    OpDef("lstm", "recurrent", "LSTM, gates i,f,g,o (torch.nn.LSTM).", _lstm[0],
+          _recurrent_attrs("lstm"), params=_lstm[1], macs=_lstm[2], inputs_doc="[T, F]",
+          outputs_doc="[T, H] or [H]"),
+    OpDef("gru", "recurrent", "GRU, gates r,z,n (torch.nn.GRU).", _gru[0], _recurrent_attrs("gru"),
+          params=_gru[1], macs=_gru[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]"),
+    _activation("relu", "max(x, 0)"),
+    _activation("sigmoid", "1 / (1 + exp(-x))"),
+    _activation("tanh", "hyperbolic tangent"),
+    OpDef("softmax", "activation", "Normalises to probabilities along `dim`.",
+          _softmax_infer("softmax"), (Attr("dim", "int", -1),)),
+    OpDef("log_softmax", "activation", "log(softmax(x)), computed stably.",
+          _softmax_infer("log_softmax"), (Attr("dim", "int", -1),)),
+    _activation("gelu", "Gaussian error linear unit (exact erf form by default).",
+                (Attr("approximate", "str", "none", choices=("none", "tanh")),)),
+    _activation("leaky_relu", "x if x > 0 else negative_slope * x",
+                (Attr("negative_slope", "float", 0.01),)),
+    _activation("elu", "x if x > 0 else alpha * (exp(x) - 1)", (Attr("alpha", "float", 1.0),)),
+    _activation("silu", "x * sigmoid(x) (swish)", aliases=("swish",)),
+    _binary("add", "merge", "Elementwise sum (`a + b`), broadcasting."),
+    _binary("sub", "merge", "Elementwise difference (`a - b`)."),
+    _binary("mul", "merge", "Elementwise product (`a * b`)."),
+    _binary("div", "math", "Elementwise quotient (`a / b`)."),
+    _binary("pow", "math", "Elementwise power (`a ^ b`).", _pow_infer),
+    _binary("maximum", "math", "Elementwise maximum."),
+    _binary("minimum", "math", "Elementwise minimum."),
+    OpDef("concat", "merge", "Joins inputs along a per-sample dim.", _concat_infer,
+          (Attr("dim", "int", -1),), arity=(2, None), inputs_doc="a, b, ...",
+          outputs_doc="joined along dim"),
+    _unary_math("neg", "-x"),
+    _unary_math("abs", "|x|"),
+    _unary_math("exp", "e^x"),
+    _unary_math("log", "natural logarithm"),
+    _unary_math("sqrt", "square root"),
+    OpDef("clip", "math", "Clamps values into [min, max].", _same_float("clip"),
+          (Attr("min", "float", None, optional=True), Attr("max", "float", None, optional=True))),
+    OpDef("where", "math", "Picks a where cond holds, else b.", _where_infer, arity=(3, 3),
+          inputs_doc="cond, a, b", outputs_doc="broadcast"),
+    *(OpDef(name, "math", f"Elementwise comparison `{sym}` (a mask; no gradient).",
+            _compare_infer, arity=(2, 2), inputs_doc="a, b", outputs_doc="bool mask")
+      for name, sym in (("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">="), ("eq", "=="),
+                        ("ne", "!="))),
+    OpDef("mean", "math", "Mean over dims (all dims incl. the batch by default).",
+          _reduce_infer("mean"), _REDUCE_ATTRS),
+    OpDef("sum", "math", "Sum over dims (all dims incl. the batch by default).",
+          _reduce_infer("sum"), _REDUCE_ATTRS),
+    OpDef("max", "math", "Maximum over dims (all dims incl. the batch by default).",
+          _reduce_infer("max"), _REDUCE_ATTRS),
+    OpDef("scalar", "math", "A number used as a tensor operand.", _scalar_infer,
+          (Attr("value", "float"),), arity=(0, 0), outputs_doc="scalar"),
+    OpDef("mse", "loss", "Mean squared error.", _loss_same_shape("mse"), arity=(2, 2),
+          inputs_doc="pred, target", outputs_doc="scalar"),
+    OpDef("l1", "loss", "Mean absolute error.", _loss_same_shape("l1"), arity=(2, 2),
+          inputs_doc="pred, target", outputs_doc="scalar"),
+    OpDef("cross_entropy", "loss", "Cross-entropy from logits over the last dim; targets are "
+          "class indices or probabilities.", _cross_entropy_infer,
+          (Attr("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0),
+           Attr("ignore_index", "int", -100)), arity=(2, 2), inputs_doc="logits [..., C], target",
+          outputs_doc="scalar"),
+    OpDef("binary_cross_entropy", "loss", "Binary cross-entropy of probabilities (or of "
+          "logits with logits=true, computed stably).", _loss_same_shape("binary_cross_entropy"),
+          (Attr("logits", "bool", False, "the prediction is a logit, not a probability"),),
+          arity=(2, 2), inputs_doc="pred, target", outputs_doc="scalar"),
+)
+
+ALIASES: dict[str, str] = {alias: d.name for d in OPS.values() for alias in d.aliases}
+
+
+def lookup(name: str) -> OpDef | None:
+    return OPS.get(ALIASES.get(name, name))
+
+
+LOSSES = tuple(name for name, d in OPS.items() if d.family == "loss")
+
+# ---- optimizers, schedules, metrics: hyperparameters and torch.optim's defaults -------------
+
+
+@dataclass(frozen=True)
+class OptimizerDef:
+    name: str
+    doc: str
+    hyper: tuple[Attr, ...]
+
+
+OPTIMIZERS: dict[str, OptimizerDef] = {
+    d.name: d
+    for d in (
+        OptimizerDef("sgd", "torch.optim.SGD", (
+            Attr("lr", "float", 1e-3, minimum=0.0), Attr("momentum", "float", 0.0, minimum=0.0),
+            Attr("dampening", "float", 0.0), Attr("nesterov", "bool", False),
+            Attr("weight_decay", "float", 0.0, minimum=0.0))),
+        OptimizerDef("adam", "torch.optim.Adam", (
+            Attr("lr", "float", 1e-3, minimum=0.0), Attr("betas", "floats", (0.9, 0.999)),
+            Attr("eps", "float", 1e-8, minimum=0.0), Attr("weight_decay", "float", 0.0, minimum=0.0),
+            Attr("amsgrad", "bool", False))),
+        OptimizerDef("adamw", "torch.optim.AdamW", (
+            Attr("lr", "float", 1e-3, minimum=0.0), Attr("betas", "floats", (0.9, 0.999)),
+            Attr("eps", "float", 1e-8, minimum=0.0), Attr("weight_decay", "float", 1e-2, minimum=0.0),
+            Attr("amsgrad", "bool", False))),
+        OptimizerDef("rmsprop", "torch.optim.RMSprop", (
+            Attr("lr", "float", 1e-2, minimum=0.0), Attr("alpha", "float", 0.99),
+            Attr("eps", "float", 1e-8, minimum=0.0), Attr("weight_decay", "float", 0.0, minimum=0.0),
+            Attr("momentum", "float", 0.0, minimum=0.0), Attr("centered", "bool", False))),
+        OptimizerDef("adagrad", "torch.optim.Adagrad", (
+            Attr("lr", "float", 1e-2, minimum=0.0), Attr("lr_decay", "float", 0.0, minimum=0.0),
+            Attr("weight_decay", "float", 0.0, minimum=0.0),
+            Attr("initial_accumulator_value", "float", 0.0, minimum=0.0),
+            Attr("eps", "float", 1e-10, minimum=0.0))),
+    )
+}
+
+SCHEDULES: dict[str, OptimizerDef] = {
+    d.name: d
+    for d in (
+        OptimizerDef("step", "multiply the lr by gamma every step_size epochs (StepLR)", (
+            Attr("step_size", "int", minimum=1), Attr("gamma", "float", 0.1, minimum=0.0),
+            Attr("warmup", "int", 0, "linear warm-up epochs", minimum=0))),
+        OptimizerDef("cosine", "cosine annealing to eta_min over the run (CosineAnnealingLR)", (
+            Attr("eta_min", "float", 0.0, minimum=0.0),
+            Attr("warmup", "int", 0, "linear warm-up epochs", minimum=0))),
+    )
+}
+
+METRICS = {
+    "accuracy": "fraction of samples (or positions) whose arg-max class equals the label",
+    "mae": "mean absolute error",
+    "mse": "mean squared error",
+}

@@ -1,0 +1,103 @@
+"""Tensor types of the IR: per-sample shapes whose dims are ints or named symbols.
+
+The batch dimension is implicit (`batched=True`); a loss or a full reduction drops it.
+Symbolic dims are strings (`"T"`); arithmetic on them builds a readable expression
+(`"T-2"`) so a shape can still be printed and compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Dim = int | str
+
+
+def _wrap(d: Dim) -> str:
+    text = str(d)
+    return f"({text})" if isinstance(d, str) and any(c in text for c in "+-*/") else text
+
+
+def dim_add(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    if b == 0:
+        return a
+    if isinstance(b, int) and b < 0:
+        return f"{a}-{-b}"
+    return f"{a}+{_wrap(b)}"
+
+
+def dim_mul(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return a * b
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    return f"{_wrap(a)}*{_wrap(b)}"
+
+
+def dim_floordiv(a: Dim, b: int) -> Dim:
+    if isinstance(a, int):
+        return a // b
+    return a if b == 1 else f"{_wrap(a)}/{b}"
+
+
+def dim_prod(dims) -> Dim:
+    out: Dim = 1
+    for d in dims:
+        out = dim_mul(out, d)
+    return out
+
+
+def is_concrete(dims) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"  # float32 | int64 | bool
+    batched: bool = True
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> Dim:
+        return dim_prod(self.shape)
+
+    def with_shape(self, shape) -> TensorType:
+        return TensorType(tuple(shape), self.dtype, self.batched)
+
+    def __str__(self) -> str:
+        prefix = {"float32": "", "int64": "int", "bool": "bool"}[self.dtype]
+        body = "[" + ", ".join(str(d) for d in self.shape) + "]"
+        if not self.batched and not self.shape:
+            return prefix + "scalar"
+        return prefix + body
+
+    def with_batch(self, batch: str = "B") -> str:
+        """The shape as a full tensor, e.g. `(B, 3, 32, 32)`."""
+        dims = ((batch,) if self.batched else ()) + self.shape
+        return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def broadcast(a: TensorType, b: TensorType) -> tuple[Dim, ...] | None:
+    """NumPy broadcasting of per-sample shapes; None when they do not broadcast."""
+    out = []
+    for x, y in zip(reversed((1,) * (b.rank - a.rank) + a.shape),
+                    reversed((1,) * (a.rank - b.rank) + b.shape)):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(reversed(out))
+
+
+def numel_int(shape) -> int | None:
+    return math.prod(shape) if is_concrete(shape) else None
