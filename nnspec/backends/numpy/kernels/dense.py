@@ -1,0 +1,23 @@
+"""Fully connected layer over the last axis, with torch's weight layout [out, in]."""
+
+from __future__ import annotations
+
+
+def linear(x, weight, bias):
+    """y = x @ weight.T + bias for x of shape (..., in); backward gives (dx, dweight, dbias)."""
+    in_features = weight.shape[1]
+    if x.shape[-1] != in_features:
+        raise ValueError(f"linear expects {in_features} input features, got shape {x.shape}")
+    rows = x.reshape(-1, in_features)
+    y = rows @ weight.T
+    if bias is not None:
+        y += bias
+
+    def backward(dy):
+        dy_rows = dy.reshape(-1, weight.shape[0])
+        dx = (dy_rows @ weight).reshape(x.shape)
+        dweight = dy_rows.T @ rows
+        dbias = None if bias is None else dy_rows.sum(axis=0)
+        return dx, dweight, dbias
+
+    return y.reshape(*x.shape[:-1], weight.shape[0]), backward
