@@ -211,6 +211,18 @@ def test_step_reads_gradients_without_changing_them(name, hyper):
     assert buf.data.dtype == np.float32
 
 
+@pytest.mark.parametrize(("name", "hyper"), CASES, ids=CASE_IDS)
+def test_tiny_gradients_underflow_quietly(name, hyper):
+    buf = ParamBuffer(SHAPES)
+    buf.data[...] = 1.0
+    buf.grad[...] = 1e-30
+    optimizer = make_optimizer(name, buf, **hyper)
+    with np.errstate(all="raise"):
+        for _ in range(3):
+            optimizer.step()
+    assert np.isfinite(buf.data).all()
+
+
 def test_lr_is_read_at_every_step():
     buf = ParamBuffer({"w": (4,)})
     buf.grad[...] = 1.0
@@ -238,6 +250,7 @@ def test_make_optimizer_explains_unknown_hyperparameters():
         ("sgd", {"nesterov": True}, "nesterov momentum needs momentum > 0"),
         ("sgd", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}, "dampening = 0"),
         ("adam", {"betas": (0.9, 1.0)}, r"betas must lie in \[0, 1\)"),
+        ("adam", {"betas": (0.9,)}, r"betas must be a pair"),
         ("adamw", {"weight_decay": -0.1}, "weight_decay must be >= 0"),
         ("rmsprop", {"alpha": -0.5}, "alpha must be >= 0"),
         ("adagrad", {"lr_decay": -1.0}, "lr_decay must be >= 0"),

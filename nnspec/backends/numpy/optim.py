@@ -63,9 +63,14 @@ class Optimizer:
         return self._grad
 
     def step(self) -> None:
-        """Update ``buf.data`` in place from ``buf.grad``."""
+        """Update ``buf.data`` in place from ``buf.grad``.
+
+        Moments of tiny gradients decaying into float32's subnormal range is normal
+        operation, so underflow is never an error here, even under ``np.seterr``.
+        """
         self.step_count += 1
-        self._update(self._gradient())
+        with np.errstate(under="ignore"):
+            self._update(self._gradient())
 
     def _update(self, grad: np.ndarray) -> None:
         raise NotImplementedError
@@ -152,6 +157,7 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         maximize: bool = False,
     ):
+        _require(len(betas) == 2, f"betas must be a pair (beta1, beta2), not {betas}")
         beta1, beta2 = (float(b) for b in betas)
         _require(0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0, f"betas must lie in [0, 1), not {betas}")
         _require(eps >= 0.0, f"eps must be >= 0, not {eps}")
