@@ -76,7 +76,10 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the step count (a 0-d array) and the flat state arrays, safetensors-ready."""
+        """Copies of the step count (a 0-d array) and the flat state arrays, safetensors-ready.
+
+        ``lr`` is not saved: it comes from the spec, or from a schedule's own state.
+        """
         state = {"step": np.array(self.step_count, dtype=np.int64)}
         state.update({name: array.copy() for name, array in self._state.items()})
         return state

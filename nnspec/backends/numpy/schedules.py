@@ -3,8 +3,9 @@
 A schedule counts its ``step()`` calls, exactly like a torch scheduler's ``last_epoch``,
 and sets ``optimizer.lr`` to a closed-form function of that count. What one step means
 (an epoch or an iteration) is the caller's choice, as in torch: the training loop must
-call ``step()`` at the same place the generated PyTorch code calls ``scheduler.step()``,
-and nnspec's convention is once per epoch, after that epoch's optimizer steps.
+call ``step()`` at the same place the generated PyTorch code calls ``scheduler.step()``.
+torch's documented pattern, and the one nnspec follows, is once per epoch, after that
+epoch's optimizer steps.
 
 Construction applies the value for count 0, as torch's constructors do, so the first
 optimizer step already uses the scheduled learning rate.
