@@ -744,7 +744,7 @@ class Builder:
         node_name = frame.qualify(local)
         if node_name in self.node_names:
             node_name = self.unique(node_name)
-        attrs_out = {k: v for k, v in attrs.items() if not isinstance(v, Layer)}
+        attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
         input_names = tuple(t.node for t in tensors)
         if any(t.type is None for t in tensors):
             self.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,

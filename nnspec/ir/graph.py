@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nnspec.diagnostics import Span
-from nnspec.ir.ops import ParamSpec
+from nnspec.ir.ops import Attrs, ParamSpec
 from nnspec.ir.types import TensorType
 
 
@@ -33,7 +33,7 @@ class Node:
     name: str
     op: str  # an op of the catalogue, or "input"
     inputs: tuple[str, ...]
-    attrs: dict[str, Any]
+    attrs: Attrs
     type: TensorType | None  # None when its shape rule failed
     span: Span | None
     module: str | None = None

@@ -1,0 +1,251 @@
+"""The `train` section -> a checked `TrainConfig`, with the loss as a small graph of its own.
+
+Every setting is validated against the catalogue (losses, optimizers with torch.optim's
+defaults, schedules, metrics) so a typo in `optimizer adma(lr = 1e-3)` is reported at
+`nnspec check` time, not after the first epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span, did_you_mean
+from nnspec.ir import ops
+from nnspec.ir.build import POISON, Builder, Layer, Tensor, _Frame, _show
+from nnspec.ir.graph import Graph, Node
+from nnspec.ir.types import TensorType
+from nnspec.syntax import ast
+
+DATA_SOURCES = ("csv", "npz", "npy")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    args: dict[str, Any]
+    span: Span | None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    data: Setting | None
+    loss: Setting
+    loss_graph: Graph
+    optimizer: Setting
+    schedule: Setting | None = None
+    epochs: int = 10
+    batch: int = 32
+    metrics: tuple[str, ...] = ()
+    seed: int = 0
+    val: float = 0.2
+    clip: float | None = None
+    early_stop: int = 0
+    fused_softmax: bool = False
+    spans: dict[str, Span] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict:
+        def setting(s: Setting | None):
+            return None if s is None else {"name": s.name, **s.args}
+
+        return {"model": self.model, "data": setting(self.data), "loss": setting(self.loss),
+                "optimizer": setting(self.optimizer), "schedule": setting(self.schedule),
+                "epochs": self.epochs, "batch": self.batch, "metrics": list(self.metrics),
+                "seed": self.seed, "val": self.val, "clip": self.clip,
+                "early_stop": self.early_stop}
+
+
+_SCALARS = {  # key: (kind, default, minimum)
+    "epochs": ("int", 10, 1),
+    "batch": ("int", 32, 1),
+    "seed": ("int", 0, 0),
+    "val": ("float", 0.2, 0.0),
+    "clip": ("float", None, 0.0),
+    "early_stop": ("int", 0, 0),
+}
+KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS)
+
+
+def default_target(loss: str, pred: TensorType) -> TensorType:
+    """The target a built-in loss expects for this prediction."""
+    if loss == "cross_entropy":
+        return TensorType(pred.shape[:-1], "int64")
+    return TensorType(pred.shape, "float32")
+
+
+def build_train(builder: Builder, train: ast.Train, model: Graph) -> TrainConfig:
+    """Check one train section against its (already built) model; errors go to builder."""
+    seen: dict[str, ast.Setting] = {}
+    for s in train.settings:
+        if s.key not in KEYS:
+            builder.error("E201", f"unknown train setting `{s.key}`", s.span,
+                          did_you_mean(s.key, KEYS) or f"settings: {', '.join(KEYS)}")
+        elif s.key in seen:
+            builder.error("E202", f"`{s.key}` is set twice", s.span,
+                          notes=[Note(seen[s.key].span, "first set here")])
+        else:
+            seen[s.key] = s
+    frame = _Frame("", {}, "const")
+    values: dict[str, Any] = {}
+    for key, (kind, default, minimum) in _SCALARS.items():
+        values[key] = default
+        if key in seen:
+            values[key] = builder.guard(lambda key=key: _scalar(builder, seen[key], kind, minimum,
+                                                              frame), default)
+    if values["val"] is not None and not 0 <= values["val"] < 1:
+        builder.error("E203", "`val` is the held-out fraction and must be below 1",
+                      seen["val"].span)
+    data = builder.guard(lambda: _data(builder, seen.get("data"), frame), None)
+    optimizer = builder.guard(lambda: _hyper(builder, seen.get("optimizer"), ops.OPTIMIZERS,
+                                             "optimizer", frame), None)
+    schedule = builder.guard(lambda: _hyper(builder, seen.get("schedule"), ops.SCHEDULES,
+                                            "schedule", frame), None) if "schedule" in seen else None
+    metrics = builder.guard(lambda: _metrics(seen.get("metrics")), ())
+    if optimizer is None and "optimizer" not in seen:
+        optimizer = Setting("adam", {a.name: a.default for a in ops.OPTIMIZERS["adam"].hyper}, None)
+    loss, loss_graph, fused = None, None, False
+    if "loss" not in seen:
+        builder.error("E204", f"train `{train.model}` needs a `loss`", train.span,
+                      "add e.g. `loss cross_entropy` or `loss mse`")
+    elif model.output_type is not None:
+        result = builder.guard(lambda: build_loss(builder, seen["loss"], model), None)
+        if result is not None:
+            loss, loss_graph = result
+            out = model.node(model.outputs[0])
+            fused = loss.name == "cross_entropy" and out.op == "softmax"
+            if fused:
+                builder.diagnostics.append(Diagnostic(
+                    "N001", "the final softmax is fused into cross_entropy: training computes "
+                    "the stable log-softmax of the logits, and predictions still give "
+                    "probabilities", out.span, severity="note",
+                    notes=(Note(seen["loss"].span, "the loss is chosen here"),)))
+    return TrainConfig(train.model, data, loss, loss_graph, optimizer, schedule,
+                       values["epochs"], values["batch"], metrics, values["seed"], values["val"],
+                       values["clip"], values["early_stop"], fused,
+                       {k: s.span for k, s in seen.items()})
+
+
+def _single(setting: ast.Setting) -> ast.Expr:
+    if len(setting.values) != 1:
+        raise DiagnosticError("E205", f"`{setting.key}` takes one value", setting.span)
+    return setting.values[0]
+
+
+def _scalar(builder: Builder, setting: ast.Setting, kind: str, minimum, frame):
+    expr = _single(setting)
+    value = builder.value(builder.eval(expr, frame), expr)
+    ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        noun = "an integer" if kind == "int" else "a number"
+        raise DiagnosticError("E206", f"`{setting.key}` must be {noun}, got {_show(value)}",
+                              expr.span)
+    if value < minimum:
+        raise DiagnosticError("E206", f"`{setting.key}` must be at least {minimum}", expr.span)
+    return float(value) if kind == "float" else value
+
+
+def _call_parts(builder: Builder, expr: ast.Expr, frame) -> tuple[str, list, dict, Span]:
+    if isinstance(expr, ast.Name):
+        return expr.id, [], {}, expr.span
+    if isinstance(expr, ast.Call):
+        args = [builder.value(builder.eval(a, frame), a) for a in expr.args]
+        kwargs = {k.name: builder.value(builder.eval(k.value, frame), k.value) for k in expr.kwargs}
+        return expr.func, args, kwargs, expr.func_span
+    raise DiagnosticError("E207", "expected a name or a call like `adam(lr = 1e-3)`", expr.span)
+
+
+def _hyper(builder: Builder, setting: ast.Setting | None, table: dict, what: str, frame):
+    if setting is None:
+        return None
+    expr = _single(setting)
+    name, args, kwargs, span = _call_parts(builder, expr, frame)
+    if name not in table:
+        raise DiagnosticError("E208", f"unknown {what} `{name}`", span,
+                              did_you_mean(name, table) or f"choose one of: {', '.join(table)}")
+    definition = table[name]
+    fake = ops.OpDef(name, what, definition.doc, lambda ins, a: None, definition.hyper)
+    return Setting(name, dict(builder.resolve_attrs(fake, args, kwargs, None, expr.span)),
+                   expr.span)
+
+
+def _metrics(setting: ast.Setting | None) -> tuple[str, ...]:
+    if setting is None:
+        return ()
+    names = []
+    for expr in setting.values:
+        if not isinstance(expr, ast.Name) or expr.id not in ops.METRICS:
+            word = expr.id if isinstance(expr, ast.Name) else "this"
+            raise DiagnosticError("E209", f"unknown metric `{word}`", expr.span,
+                                  did_you_mean(word, ops.METRICS)
+                                  or f"metrics: {', '.join(ops.METRICS)}")
+        names.append(expr.id)
+    return tuple(names)
+
+
+def _data(builder: Builder, setting: ast.Setting | None, frame) -> Setting | None:
+    if setting is None:
+        return None
+    expr = _single(setting)
+    name, args, kwargs, span = _call_parts(builder, expr, frame)
+    if name in DATA_SOURCES:
+        if len(args) != 1 or not isinstance(args[0], str):
+            raise DiagnosticError("E210", f'{name} needs a file name: `{name}("file.{name}")`',
+                                  expr.span)
+        return Setting(name, {"path": args[0], **kwargs}, expr.span)
+    from nnspec.training.datasets import DATASETS  # numpy-only; checked lazily
+
+    if name not in DATASETS:
+        raise DiagnosticError("E211", f"unknown data set `{name}`", span,
+                              did_you_mean(name, [*DATASETS, *DATA_SOURCES])
+                              or f"built-in sets: {', '.join(DATASETS)}; or csv(...), npz(...)")
+    if args:
+        raise DiagnosticError("E212", "built-in data sets take keyword options only", expr.span)
+    return Setting(name, dict(kwargs), expr.span)
+
+
+def build_loss(builder: Builder, setting: ast.Setting, model: Graph) -> tuple[Setting, Graph]:
+    """The loss as a graph from inputs `pred` and `target` to a scalar."""
+    expr = _single(setting)
+    frame = _Frame("loss", {}, "fn")
+    name, args, kwargs, span = _call_parts(builder, expr, frame)
+    pred_type = model.output_type
+    builder.nodes, builder.node_names = [], set()
+    saved_params = builder.params
+    builder.params = {}
+    try:
+        definition = builder.defs.get(name)
+        if definition is not None and definition.kind == "fn":
+            target_type = pred_type
+        elif ops.lookup(name) is not None and ops.lookup(name).family == "loss":
+            name = ops.lookup(name).name
+            target_type = default_target(name, pred_type)
+        else:
+            candidates = [*ops.LOSSES, *(d.name for d in builder.program.definitions("fn"))]
+            raise DiagnosticError("E213", f"unknown loss `{name}`", span,
+                                  did_you_mean(name, candidates)
+                                  or f"losses: {', '.join(candidates)}, or a `fn` of yours")
+        nodes = [Node("pred", "input", (), {}, pred_type, model.node(model.outputs[0]).span),
+                 Node("target", "input", (), {}, target_type, setting.span)]
+        for n in nodes:
+            builder.add_node(n)
+        pred = Tensor("pred", pred_type, nodes[0].span, "the model's output")
+        target = Tensor("target", target_type, setting.span, "the data's targets")
+        kw = tuple((k, v, expr.span) for k, v in kwargs.items())
+        if definition is not None:
+            layer = Layer("fn", name, expr.span, args=tuple(args), kwargs=kw)
+        else:
+            layer = Layer("op", name, expr.span, args=tuple(args), kwargs=kw)
+        out = builder.apply(layer, [pred, target], frame, None, expr.span)
+        if out is POISON:
+            raise DiagnosticError("E214", f"the loss `{name}` could not be built", expr.span)
+        if out.type is not None and (out.type.shape != () or out.type.batched):
+            raise DiagnosticError("E215", f"a loss must reduce to a scalar, but `{name}` gives "
+                                  f"{out.type}", expr.span,
+                                  "wrap the result in `mean(...)`")
+        attrs = dict(kwargs)
+        graph = Graph(f"{model.name}.loss", builder.nodes, builder.params, ["pred", "target"],
+                      [out.node], {}, attrs)
+        return Setting(name, attrs, expr.span), graph
+    finally:
+        builder.params = saved_params
