@@ -210,6 +210,17 @@ def _dense_macs(ins, out, a):
     return dim_mul(out.numel, ins[0].shape[-1])
 
 
+def _select_infer(ins, a):
+    x = ins[0]
+    if x.rank == 0:
+        raise ShapeError("select needs at least one dim", code="E302")
+    axis = _dim_index(x.rank, a.dim, "select")
+    size = x.shape[axis]
+    if isinstance(size, int) and not -size <= a.index < size:
+        raise ShapeError(f"select: index {a.index} is out of range for dim {a.dim} of size {size}")
+    return x.with_shape(x.shape[:axis] + x.shape[axis + 1:])
+
+
 def _flatten_infer(ins, a):
     return ins[0].with_shape((dim_prod(ins[0].shape),))
 
@@ -659,6 +670,9 @@ _register(
           outputs_doc="[prod(dims)]"),
     OpDef("reshape", "shape", "Reshapes each sample; one dim may be -1.", _reshape_infer,
           (Attr("shape", "ints", doc="the new per-sample shape"),), outputs_doc="shape"),
+    OpDef("select", "shape", "Takes one position along a per-sample dim, dropping that dim "
+          "(e.g. the first token: `select(0)`; the last: `select(-1)`).", _select_infer,
+          (Attr("index", "int"), Attr("dim", "int", 0)), outputs_doc="shape without dim"),
     OpDef("conv1d", "conv", "1-d convolution (torch.nn.Conv1d).", _conv1[0], _conv_attrs(),
           params=_conv1[1], macs=_conv1[2], inputs_doc="[C, L]", outputs_doc="[channels, L']"),
     OpDef("conv2d", "conv", "2-d convolution (torch.nn.Conv2d).", _conv2[0], _conv_attrs(),
