@@ -1,0 +1,469 @@
+"""Read the user's own data files, split them, and cut them into minibatches.
+
+A user's data file is user input like their spec: every way it can be malformed (missing,
+empty, ragged, non-numeric, NaN, wrong keys) becomes a `DataError` whose message names the
+file, the line or array, and the column, so the CLI prints a sentence instead of a traceback.
+
+Dtype conventions, shared with the built-in data sets: features are float32 (integer
+features, e.g. token ids, stay int64); targets are int64 class ids when every target is an
+integer or the target column holds strings (mapped to ids in sorted order), float32 otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(Exception):
+    """A problem with the user's data, told as a sentence plus an optional hint for the fix."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass(frozen=True, eq=False)
+class UserData:
+    """Arrays read from a user file; the validation split is present only if the file had one."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+
+def suggest(word: str, candidates: Sequence[str]) -> str | None:
+    """A "did you mean" hint for a misspelt name, or None when nothing is close."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def load_csv(
+    path: str | os.PathLike,
+    *,
+    target: str = "y",
+    features: Sequence[str] | None = None,
+    delimiter: str = ",",
+) -> UserData:
+    """Read a CSV file with a header row: numeric feature columns and one target column.
+
+    `features` picks and orders the feature columns (default: every column but the target).
+    Blank lines are skipped; line numbers in errors are the file's own, as an editor shows them.
+    """
+    text = _read_text(path)
+    header, rows, line_numbers = _parse_rows(path, text, delimiter)
+    if target not in header:
+        raise DataError(
+            f"{path}: no column named `{target}`; the columns are: {', '.join(header)}",
+            hint=suggest(target, header) or 'name the target column with target="..."',
+        )
+    feature_names = _choose_features(path, header, target, features)
+    columns = list(zip(*rows))
+    x = np.empty((len(rows), len(feature_names)), dtype=np.float32)
+    for j, name in enumerate(feature_names):
+        cells = columns[header.index(name)]
+        x[:, j] = _numeric_column(path, name, cells, line_numbers)
+    y, class_names = _target_column(path, target, columns[header.index(target)], line_numbers)
+    return UserData(x=x, y=y, class_names=class_names)
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a data file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: is not UTF-8 text (undecodable byte at offset {error.start})",
+            hint="save the file as UTF-8 CSV",
+        ) from None
+
+
+def _sibling_hint(path: Path) -> str | None:
+    """Suggest a file with a similar name in the same folder: typos in paths are common."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        siblings = [entry.name for entry in folder.iterdir() if entry.is_file()]
+    except OSError:
+        return None
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    return f"did you mean `{folder / close[0]}`?" if close else None
+
+
+def _parse_rows(
+    path: str | os.PathLike, text: str, delimiter: str
+) -> tuple[list[str], list[list[str]], list[int]]:
+    """Split text into a header and equal-length rows, remembering each row's line number."""
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty", hint="a CSV needs a header row and data rows")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    line_numbers: list[int] = []
+    try:
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue
+            if header is None:
+                header = _check_header(path, [cell.strip() for cell in cells], reader.line_num)
+                continue
+            if len(cells) != len(header):
+                raise DataError(
+                    f"{path}:{reader.line_num}: this row has {len(cells)} cells but the header "
+                    f"names {len(header)} columns",
+                    hint="every row needs one value per column",
+                )
+            rows.append(cells)
+            line_numbers.append(reader.line_num)
+    except csv.Error as error:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
+    assert header is not None  # the text was not blank, so some row had a non-blank cell
+    if not rows:
+        raise DataError(f"{path}: the header is there but no data rows follow it")
+    return header, rows, line_numbers
+
+
+def _check_header(path: str | os.PathLike, names: list[str], line: int) -> list[str]:
+    for index, name in enumerate(names, start=1):
+        if not name:
+            raise DataError(
+                f"{path}:{line}: column {index} of the header has no name",
+                hint="the first row must name every column",
+            )
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}:{line}: the header names column `{name}` twice")
+        seen.add(name)
+    if len(names) < 2:
+        other = next((sep for sep in (";", "\t", "|") if sep in names[0]), None)
+        raise DataError(
+            f"{path}:{line}: the header names only one column",
+            hint=f"the columns seem to be separated by {other!r}: pass delimiter={other!r}"
+            if other
+            else "a CSV needs feature columns and a target column",
+        )
+    return names
+
+
+def _choose_features(
+    path: str | os.PathLike, header: list[str], target: str, features: Sequence[str] | None
+) -> list[str]:
+    if features is None:
+        chosen = [name for name in header if name != target]
+    else:
+        chosen = list(features)
+        for name in chosen:
+            if name not in header:
+                raise DataError(
+                    f"{path}: no column named `{name}`; the columns are: {', '.join(header)}",
+                    hint=suggest(name, header),
+                )
+        if target in chosen:
+            raise DataError(f"{path}: column `{target}` is the target and cannot be a feature")
+    if not chosen:
+        raise DataError(f"{path}: there are no feature columns besides the target `{target}`")
+    return chosen
+
+
+def _numeric_column(
+    path: str | os.PathLike, name: str, cells: Sequence[str], line_numbers: list[int]
+) -> np.ndarray:
+    """Parse one column as finite floats, pointing at the first offending cell otherwise."""
+    try:
+        values = np.asarray(cells).astype(np.float64)
+    except ValueError:
+        values = np.array(
+            [_parse_cell(path, name, cell, line) for cell, line in zip(cells, line_numbers)]
+        )
+    with np.errstate(over="ignore"):
+        bad = np.flatnonzero(~np.isfinite(values.astype(np.float32)))
+    if bad.size:
+        first = int(bad[0])
+        raise DataError(
+            f"{path}:{line_numbers[first]}: column `{name}` holds `{cells[first].strip()}`, "
+            "which is not a finite float32 number",
+            hint="remove or fill in rows with missing or infinite values",
+        )
+    return values
+
+
+def _parse_cell(path: str | os.PathLike, name: str, cell: str, line: int) -> float:
+    if not cell.strip():
+        raise DataError(
+            f"{path}:{line}: column `{name}` is empty",
+            hint="remove or fill in rows with missing values",
+        )
+    try:
+        return float(cell)
+    except ValueError:
+        raise DataError(
+            f"{path}:{line}: column `{name}` holds `{cell.strip()}`, which is not a number",
+            hint="feature columns must be numeric; only the target column may hold labels",
+        ) from None
+
+
+def _target_column(
+    path: str | os.PathLike, name: str, cells: Sequence[str], line_numbers: list[int]
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Numeric targets stay numbers; a column with any non-number is a column of labels."""
+    labels = [cell.strip() for cell in cells]
+    for label, line in zip(labels, line_numbers):
+        if not label:
+            raise DataError(
+                f"{path}:{line}: the target column `{name}` is empty",
+                hint="every row needs a target value",
+            )
+    try:
+        [float(label) for label in labels]
+    except ValueError:
+        return _class_ids(np.asarray(labels))
+    values = _numeric_column(path, name, cells, line_numbers)
+    return _numeric_targets(values), None
+
+
+def _class_ids(labels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    names, ids = np.unique(labels, return_inverse=True)
+    return ids.astype(np.int64).reshape(labels.shape), tuple(str(name) for name in names)
+
+
+def _numeric_targets(values: np.ndarray) -> np.ndarray:
+    if np.all(values == np.round(values)):
+        return values.astype(np.int64)
+    return values.astype(np.float32)
+
+
+# ---------------------------------------------------------------- NumPy files
+
+
+def load_npz(path: str | os.PathLike) -> UserData:
+    """Read arrays `x`, `y` (and optionally `x_val`, `y_val`) from an .npz archive."""
+    archive = _open_numpy(path)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(
+            f"{path}: holds a single array, not an .npz archive of `x` and `y`",
+            hint="save training data with np.savez(path, x=features, y=targets)",
+        )
+    with archive:
+        present = list(archive.files)
+        for key in ("x", "y"):
+            if key not in present:
+                raise DataError(
+                    f"{path}: has no array named `{key}`; it holds: "
+                    + (", ".join(f"`{name}`" for name in present) or "nothing"),
+                    hint=suggest(key, present)
+                    or "save it with np.savez(path, x=features, y=targets)",
+                )
+        if ("x_val" in present) != ("y_val" in present):
+            given, missing = ("x_val", "y_val") if "x_val" in present else ("y_val", "x_val")
+            raise DataError(f"{path}: has `{given}` but not `{missing}`; give both or neither")
+        arrays = {key: _read_member(path, archive, key) for key in present if key in _NPZ_KEYS}
+    x = _features(path, "x", arrays["x"])
+    x_val = _features(path, "x_val", arrays["x_val"]) if "x_val" in arrays else None
+    y, y_val, class_names = _npz_targets(path, arrays["y"], arrays.get("y_val"))
+    _check_pair(path, "x", x, "y", y)
+    if x_val is not None and y_val is not None:
+        _check_pair(path, "x_val", x_val, "y_val", y_val)
+        if x_val.shape[1:] != x.shape[1:]:
+            raise DataError(
+                f"{path}: samples in `x` have shape {x.shape[1:]} but samples in `x_val` "
+                f"have shape {x_val.shape[1:]}"
+            )
+    return UserData(x=x, y=y, x_val=x_val, y_val=y_val, class_names=class_names)
+
+
+_NPZ_KEYS = ("x", "y", "x_val", "y_val")
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """Read prediction inputs from an .npy file; the first axis counts samples."""
+    array = _open_numpy(path)
+    if isinstance(array, np.lib.npyio.NpzFile):
+        array.close()
+        raise DataError(
+            f"{path}: is an .npz archive, but prediction inputs are one array in an .npy file",
+            hint="save the inputs with np.save(path, inputs)",
+        )
+    return _features(path, "the array", array)
+
+
+def _open_numpy(path: str | os.PathLike):
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a data file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except EOFError:
+        raise DataError(f"{path}: the file is empty") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        if "allow_pickle" in str(error):
+            raise DataError(
+                f"{path}: holds Python objects (a pickle), which nnspec does not load",
+                hint="save plain numeric arrays with np.save/np.savez",
+            ) from None
+        raise DataError(
+            f"{path}: is not a NumPy .npy/.npz file ({error})",
+            hint="write it with np.save or np.savez; for text data use csv(...)",
+        ) from None
+
+
+def _read_member(path: str | os.PathLike, archive, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DataError(
+                f"{path}: array `{key}` holds Python objects, which nnspec does not load",
+                hint="store numbers (or, for `y`, strings) rather than object arrays",
+            ) from None
+        raise DataError(f"{path}: array `{key}` cannot be read ({error})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise DataError(f"{path}: array `{key}` is damaged ({error})") from None
+
+
+def _features(path: str | os.PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    """Features as float32 (integers stay int64 for token ids), at least one axis of samples."""
+    name = key if key.startswith("the ") else f"`{key}`"
+    if array.ndim == 0:
+        raise DataError(f"{path}: {name} is a single number, not an array of samples")
+    if array.shape[0] == 0:
+        raise DataError(f"{path}: {name} has no samples")
+    if array.dtype.kind in "iu":
+        features = array.astype(np.int64)
+    elif array.dtype.kind in "fb":
+        features = array.astype(np.float32)
+        _check_finite(path, name, features)
+    else:
+        raise DataError(
+            f"{path}: {name} has dtype {array.dtype}, but features must be numbers",
+            hint="convert it with array.astype(np.float32) before saving",
+        )
+    return features.reshape(-1, 1) if features.ndim == 1 else features
+
+
+def _check_finite(path: str | os.PathLike, name: str, array: np.ndarray) -> None:
+    bad = np.argwhere(~np.isfinite(array))
+    if bad.size:
+        index = tuple(int(i) for i in bad[0])
+        raise DataError(
+            f"{path}: {name} holds {array[index]} at index {list(index)}"
+            f" ({len(bad)} non-finite value{'s' if len(bad) > 1 else ''} in all)",
+            hint="remove or fill in samples with missing or infinite values",
+        )
+
+
+def _npz_targets(
+    path: str | os.PathLike, y: np.ndarray, y_val: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
+    """Targets of train and validation together, so string labels share one set of ids."""
+    if y.dtype.kind in "US" or (y_val is not None and y_val.dtype.kind in "US"):
+        if y_val is None:
+            ids, names = _class_ids(y)
+            return ids, None, names
+        both, names = _class_ids(np.concatenate([y.astype(str).ravel(), y_val.astype(str).ravel()]))
+        return both[: y.size].reshape(y.shape), both[y.size :].reshape(y_val.shape), names
+    targets = _numeric_array(path, "y", y)
+    return targets, (None if y_val is None else _numeric_array(path, "y_val", y_val)), None
+
+
+def _numeric_array(path: str | os.PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    if array.ndim == 0:
+        raise DataError(f"{path}: `{key}` is a single number, not an array of targets")
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64)
+    if array.dtype.kind != "f":
+        raise DataError(
+            f"{path}: `{key}` has dtype {array.dtype}, but targets must be numbers or labels"
+        )
+    _check_finite(path, f"`{key}`", array)
+    return _numeric_targets(array.astype(np.float64))
+
+
+def _check_pair(
+    path: str | os.PathLike, x_key: str, x: np.ndarray, y_key: str, y: np.ndarray
+) -> None:
+    if len(x) != len(y):
+        raise DataError(
+            f"{path}: `{x_key}` has {len(x)} samples but `{y_key}` has {len(y)}",
+            hint="the first axis of both arrays counts samples",
+        )
+
+
+# ---------------------------------------------------------------- splitting and batching
+
+
+def train_val_split(
+    x: np.ndarray, y: np.ndarray, val: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out `val` samples (a fraction in (0, 1) or a count) after a seeded shuffle.
+
+    Returns (x_train, y_train, x_val, y_val); the same seed always holds out the same samples.
+    """
+    if len(x) != len(y):
+        raise DataError(f"features have {len(x)} samples but targets have {len(y)}")
+    n = len(x)
+    if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)):
+        raise DataError(f"the validation split must be a fraction or a count, not {val!r}")
+    if isinstance(val, (float, np.floating)):
+        if not 0.0 < val < 1.0:
+            raise DataError(f"a validation fraction must lie strictly between 0 and 1, not {val}")
+        n_val = max(1, round(n * float(val)))
+    else:
+        n_val = int(val)
+    if not 0 < n_val < n:
+        raise DataError(
+            f"cannot hold out {n_val} of {n} samples for validation",
+            hint="both the training and the validation part need at least one sample",
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    held_out, kept = order[:n_val], order[n_val:]
+    return x[kept], y[kept], x[held_out], y[held_out]
+
+
+def iterate_minibatches(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch: int,
+    rng: np.random.Generator,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x, y) batches as contiguous views, in an order fixed by the generator's state.
+
+    Shuffling gathers the epoch's permutation once, so every batch is a contiguous slice
+    rather than a fancy-indexed copy. `drop_last` skips a short final batch, for callers
+    that preallocate buffers for one batch shape.
+    """
+    if batch < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    if shuffle:
+        order = rng.permutation(len(x))
+        x, y = x[order], y[order]
+    for start in range(0, len(x), batch):
+        stop = start + batch
+        if drop_last and stop > len(x):
+            return
+        yield x[start:stop], y[start:stop]
