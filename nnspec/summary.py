@@ -90,7 +90,7 @@ def _fold_point(graph: Graph, node: Node, depth: int | None, expand: bool) -> st
         scope = graph.scopes[path]
         if depth is not None and level + 1 >= depth:
             return path
-        if scope.kind == "repeat" and not expand:
+        if scope.kind in ("repeat", "fn") and not expand:
             return path
     return None
 
@@ -104,7 +104,7 @@ def summarize(graph: Graph, depth: int | None = None, expand: bool = False) -> S
         row = scope_rows.get(path)
         if row is None:
             scope = graph.scopes[path]
-            label = scope.label if scope.kind == "block" else _repeat_label(graph, path)
+            label = _repeat_label(graph, path) if scope.kind == "repeat" else scope.label
             row = Row(path, label, shape, 0, 0, len(_scope_chain(graph, path)) - 1, scope.count)
             scope_rows[path] = row
             rows.append(row)

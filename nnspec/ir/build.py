@@ -569,7 +569,9 @@ class Builder:
                 return self.run_body(definition, layer, tensors, values, inner, span)
             local = label or frame.fresh(layer.name)
             frame.used.add(local)
-            inner = _Frame(frame.qualify(local), {}, "fn")
+            path = frame.qualify(local)
+            self.scopes[path] = Scope(path, "fn", layer.name, span)
+            inner = _Frame(path, {}, "fn")
             positional = list(tensors) + list(values)
             return self.run_body(definition, layer, [], positional, inner, span)
         finally:

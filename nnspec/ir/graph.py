@@ -19,11 +19,11 @@ from nnspec.ir.types import TensorType
 
 @dataclass(frozen=True)
 class Scope:
-    """A block instance or a repeat, for summaries and diagram clusters."""
+    """A block instance, a repeat or a fn call, for summaries and diagram clusters."""
 
     path: str  # e.g. "blocks" or "blocks.3"
-    kind: str  # block | repeat
-    label: str  # block name, or "repeat"
+    kind: str  # block | repeat | fn
+    label: str  # block or fn name, or "repeat"
     span: Span | None = None
     count: int = 1  # for repeats
 

@@ -59,6 +59,19 @@ def windows(x_padded, kernel, stride, dilation):
     return view[step]
 
 
+def kernel_offsets(kernel):
+    """Every position inside a window, in row-major order (torch's scan order)."""
+    return list(itertools.product(*(range(k) for k in kernel)))
+
+
+def offset_index(offset, stride, dilation, out):
+    """Index of the (N, C, *out) strided view of the input element at ``offset`` of every window."""
+    return (slice(None), slice(None)) + tuple(
+        slice(o * d, o * d + s * (n - 1) + 1, s)
+        for o, d, s, n in zip(offset, dilation, stride, out)
+    )
+
+
 def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out, dtype):
     """Sum window gradients back into the padded input: one strided add per kernel offset.
 
@@ -66,12 +79,8 @@ def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out,
     at ``offset`` inside every window.
     """
     grad = np.zeros(padded_shape, dtype=dtype)
-    for offset in itertools.product(*(range(k) for k in kernel)):
-        target = (slice(None), slice(None)) + tuple(
-            slice(o * d, o * d + s * (n - 1) + 1, s)
-            for o, d, s, n in zip(offset, dilation, stride, out)
-        )
-        grad[target] += grad_at_offset(offset)
+    for offset in kernel_offsets(kernel):
+        grad[offset_index(offset, stride, dilation, out)] += grad_at_offset(offset)
     return grad
 
 

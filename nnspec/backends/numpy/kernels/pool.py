@@ -7,11 +7,18 @@ maximum of its window; average pooling counts padded zeros (torch's count_includ
 
 from __future__ import annotations
 
-import math
+import functools
 
 import numpy as np
 
-from .conv import crop_padding, output_size, pad_spatial, scatter_windows, windows
+from .conv import (
+    crop_padding,
+    kernel_offsets,
+    offset_index,
+    output_size,
+    pad_spatial,
+    scatter_windows,
+)
 
 
 def max_pool1d(x, *, kernel, stride, padding):
@@ -39,30 +46,16 @@ def avg_pool2d(x, *, kernel, stride, padding):
 
 
 def adaptive_avg_pool1d(x, *, output_size):
-    """Average (N, C, L) into ``output_size`` bins (a 1-tuple or int); backward gives (dx,)."""
+    """Average (N, C, L) into ``output_size`` = (oL,) or oL bins; backward gives (dx,)."""
     _check_rank("adaptive_avg_pool1d", x, 3)
-    (length,) = _per_dim(output_size, 1)
-    bins = _bin_matrix(x.shape[2], length, x.dtype)
-    y = x @ bins.T
-
-    def backward(dy):
-        return (dy @ bins,)
-
-    return y, backward
+    return _adaptive_avg_pool(x, output_size)
 
 
 def adaptive_avg_pool2d(x, *, output_size):
-    """Average (N, C, H, W) into ``output_size`` = (oH, oW) bins; backward gives (dx,)."""
+    """Average (N, C, H, W) into ``output_size`` = (oH, oW) bins (an int for both); backward
+    gives (dx,). Global average pooling is output_size 1."""
     _check_rank("adaptive_avg_pool2d", x, 4)
-    out_h, out_w = _per_dim(output_size, 2)
-    rows = _bin_matrix(x.shape[2], out_h, x.dtype)
-    cols = _bin_matrix(x.shape[3], out_w, x.dtype)
-    y = rows @ (x @ cols.T)
-
-    def backward(dy):
-        return (rows.T @ (dy @ cols),)
-
-    return y, backward
+    return _adaptive_avg_pool(x, output_size)
 
 
 def _check_rank(name, x, rank):
@@ -70,16 +63,32 @@ def _check_rank(name, x, rank):
         raise ValueError(f"{name} expects a {rank}-d input, got shape {x.shape}")
 
 
-def _per_dim(size, nd):
-    return (size,) * nd if isinstance(size, int) else tuple(size)
+def _adaptive_avg_pool(x, output_size):
+    """One matrix product over each flattened (N*C) plane: pooling is linear and separable, so
+    the pooling matrix is the Kronecker product of per-axis bin-averaging matrices."""
+    spatial = x.shape[2:]
+    if isinstance(output_size, int):
+        output_size = (output_size,) * len(spatial)
+    if len(output_size) != len(spatial):
+        raise ValueError(f"output_size {tuple(output_size)} does not match input shape {x.shape}")
+    pooling = functools.reduce(
+        np.kron, (_bin_matrix(size, bins, x.dtype) for size, bins in zip(spatial, output_size))
+    )
+    planes = x.reshape(-1, pooling.shape[1])
+    y = (planes @ pooling.T).reshape(*x.shape[:2], *output_size)
+
+    def backward(dy):
+        dy_planes = dy.reshape(-1, pooling.shape[0])
+        # With one bin (global pooling) the product is an outer product, which BLAS does
+        # about ten times slower than a broadcast multiply.
+        dx = dy_planes * pooling if pooling.shape[0] == 1 else dy_planes @ pooling
+        return (dx.reshape(x.shape),)
+
+    return y, backward
 
 
 def _bin_matrix(length, bins, dtype):
-    """(bins, length) averaging matrix with torch's bins [floor(i*L/n), ceil((i+1)*L/n)).
-
-    Adaptive pooling is separable, so per-axis matrix products compute it and its gradient
-    exactly, whatever the ratio of input to output size.
-    """
+    """(bins, length) averaging matrix with torch's bins [floor(i*L/n), ceil((i+1)*L/n))."""
     matrix = np.zeros((bins, length), dtype=dtype)
     for i in range(bins):
         start = (i * length) // bins
@@ -89,45 +98,47 @@ def _bin_matrix(length, bins, dtype):
 
 
 def _max_pool(x, kernel, stride, padding):
-    nd = len(kernel)
+    """Running maximum over the kernel offsets; backward finds each window's first maximum."""
+    unit = (1,) * len(kernel)
     x_padded = pad_spatial(x, padding, value=-np.inf)
-    out = output_size(x_padded.shape[2:], kernel, stride, (1,) * nd)
-    flat_windows = windows(x_padded, kernel, stride, (1,) * nd).reshape(
-        *x.shape[:2], *out, math.prod(kernel)
-    )
-    argmax = flat_windows.argmax(axis=-1)  # first maximum, as torch picks it
-    y = np.take_along_axis(flat_windows, argmax[..., None], axis=-1)[..., 0]
+    out = output_size(x_padded.shape[2:], kernel, stride, unit)
+    offsets = kernel_offsets(kernel)
+    y = x_padded[offset_index(offsets[0], stride, unit, out)].copy()
+    for offset in offsets[1:]:
+        np.maximum(y, x_padded[offset_index(offset, stride, unit, out)], out=y)
 
     def backward(dy):
-        offsets = np.unravel_index(argmax, kernel)
-        positions = tuple(
-            np.arange(n).reshape((n,) + (1,) * (nd - 1 - axis)) * s + offset
-            for axis, (n, s, offset) in enumerate(zip(out, stride, offsets))
-        )
-        plane = math.prod(x_padded.shape[2:])
-        planes = np.arange(x.shape[0] * x.shape[1]).reshape(*x.shape[:2], *(1,) * nd) * plane
-        flat_index = (planes + np.ravel_multi_index(positions, x_padded.shape[2:])).ravel()
-        dx_padded = np.zeros(x_padded.size, dtype=x.dtype)
-        if all(s >= k for s, k in zip(stride, kernel)):
-            dx_padded[flat_index] = dy.ravel()  # disjoint windows: every target is distinct
-        else:
-            np.add.at(dx_padded, flat_index, dy.ravel())
-        return (crop_padding(dx_padded.reshape(x_padded.shape), padding),)
+        # Scanning offsets in torch's order, the first element equal to the maximum wins the
+        # window's gradient; ``claimed`` keeps later ties from taking a share.
+        claimed = np.zeros(y.shape, dtype=bool)
+
+        def routed(offset):
+            wins = x_padded[offset_index(offset, stride, unit, out)] == y
+            wins &= ~claimed
+            np.logical_or(claimed, wins, out=claimed)
+            return dy * wins
+
+        dx_padded = scatter_windows(routed, x_padded.shape, kernel, stride, unit, out, x.dtype)
+        return (crop_padding(dx_padded, padding),)
 
     return y, backward
 
 
 def _avg_pool(x, kernel, stride, padding):
-    nd = len(kernel)
+    """Sum of the strided views at every kernel offset, divided by the window size."""
+    unit = (1,) * len(kernel)
     x_padded = pad_spatial(x, padding)
-    out = output_size(x_padded.shape[2:], kernel, stride, (1,) * nd)
-    window_axes = tuple(range(2 + nd, 2 + 2 * nd))
-    y = windows(x_padded, kernel, stride, (1,) * nd).mean(axis=window_axes)
+    out = output_size(x_padded.shape[2:], kernel, stride, unit)
+    offsets = kernel_offsets(kernel)
+    y = x_padded[offset_index(offsets[0], stride, unit, out)].copy()
+    for offset in offsets[1:]:
+        y += x_padded[offset_index(offset, stride, unit, out)]
+    y *= 1.0 / len(offsets)
 
     def backward(dy):
-        share = dy / math.prod(kernel)
+        share = dy * (1.0 / len(offsets))
         dx_padded = scatter_windows(
-            lambda offset: share, x_padded.shape, kernel, stride, (1,) * nd, out, x.dtype
+            lambda offset: share, x_padded.shape, kernel, stride, unit, out, x.dtype
         )
         return (crop_padding(dx_padded, padding),)
 

@@ -1,0 +1,34 @@
+# Everything a fresh Debian machine needs; each target installs what it uses.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+NOTORCH_VENV ?= /tmp/nnspec-notorch
+
+.PHONY: setup demo test test-notorch bench docs
+
+setup:
+	@command -v dot >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq graphviz)
+	$(PIP) install -q -e ".[test]"
+
+# The main job: check every example spec and summarise two of them.
+demo: setup
+	nnspec check specs/*.nn
+	nnspec summary specs/digits_mlp.nn
+	nnspec summary specs/resnet18.nn --depth 2
+
+# The whole test suite, plus the proof that a plain install without torch serves the
+# commands that do not need it.
+test: setup
+	$(PYTHON) -m pytest
+	$(MAKE) test-notorch
+
+test-notorch:
+	rm -rf $(NOTORCH_VENV) && $(PYTHON) -m venv $(NOTORCH_VENV)
+	$(NOTORCH_VENV)/bin/pip install -q .
+	cd /tmp && $(NOTORCH_VENV)/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch leaked into the plain install'"
+	$(NOTORCH_VENV)/bin/nnspec check specs/*.nn
+	$(NOTORCH_VENV)/bin/nnspec summary specs/resnet18.nn --format json > /dev/null
+	$(NOTORCH_VENV)/bin/nnspec summary specs/gpt2_small.nn > /dev/null
+	@echo "plain install without torch: ok"
+
+bench: setup
+	$(PYTHON) bench/bench_compile.py

@@ -1,0 +1,308 @@
+"""Broadcasting arithmetic, comparisons, reductions and concat: the ops user-written fns and
+merges are made of, with torch's gradient conventions.
+
+Each kernel returns ``(out, backward)``; ``backward(d_out)`` returns one gradient per operand.
+An operand gets ``None`` when it is not a float array: Python numbers (constants in a spec),
+boolean masks and integer arrays. A gradient is summed back to its operand's shape when the
+operand was broadcast, and may share memory with ``d_out`` or another gradient (``add`` passes
+``d_out`` to both sides), so callers must not modify gradients in place.
+
+``abs``, ``pow``, ``sum`` and ``max`` shadow Python builtins on purpose: every kernel is named
+after its op in the catalogue. This module therefore never calls those builtins itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _differentiable(operand):
+    return isinstance(operand, np.ndarray) and operand.dtype.kind == "f"
+
+
+def _float_dtype(*operands):
+    """The float dtype an op computes in: its float array operands', else float32."""
+    dtypes = [o.dtype for o in operands if _differentiable(o)]
+    return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+
+
+def _as_arrays(*operands):
+    """Operands as arrays; Python numbers become 0-d arrays of the op's float dtype, so that
+    NumPy's scalar rules never widen float32 to float64."""
+    dtype = _float_dtype(*operands)
+    return tuple(o if isinstance(o, np.ndarray) else np.asarray(o, dtype=dtype) for o in operands)
+
+
+def unbroadcast(grad, shape):
+    """Sums a gradient over the axes along which an operand of ``shape`` was broadcast."""
+    if grad.shape == tuple(shape):
+        return grad
+    leading = grad.ndim - len(shape)
+    stretched = tuple(
+        leading + i for i, size in enumerate(shape) if size == 1 and grad.shape[leading + i] != 1
+    )
+    return grad.sum(axis=tuple(range(leading)) + stretched).reshape(shape)
+
+
+def _grad_for(operand, grad):
+    """The gradient an operand receives: None if not differentiable, else un-broadcast."""
+    return unbroadcast(grad, operand.shape) if _differentiable(operand) else None
+
+
+# ---- binary arithmetic ------------------------------------------------------------------------
+
+
+def add(a, b):
+    out = np.add(*_as_arrays(a, b))
+
+    def backward(d_out):
+        return _grad_for(a, d_out), _grad_for(b, d_out)
+
+    return out, backward
+
+
+def sub(a, b):
+    out = np.subtract(*_as_arrays(a, b))
+
+    def backward(d_out):
+        d_b = _grad_for(b, -d_out) if _differentiable(b) else None
+        return _grad_for(a, d_out), d_b
+
+    return out, backward
+
+
+def mul(a, b):
+    out = np.multiply(*_as_arrays(a, b))
+
+    def backward(d_out):
+        d_a = _grad_for(a, d_out * b) if _differentiable(a) else None
+        d_b = _grad_for(b, d_out * a) if _differentiable(b) else None
+        return d_a, d_b
+
+    return out, backward
+
+
+def div(a, b):
+    array_a, array_b = _as_arrays(a, b)
+    out = np.divide(array_a, array_b)
+
+    def backward(d_out):
+        d_numerator = d_out / array_b
+        d_b = _grad_for(b, -(d_numerator * out)) if _differentiable(b) else None
+        return _grad_for(a, d_numerator), d_b
+
+    return out, backward
+
+
+def pow(a, b):
+    """a ** b with torch's gradients: zero base-gradient where b == 0, and zero exponent-gradient
+    where a == 0 and b >= 0 (where log(a) would give 0 * -inf)."""
+    array_a, array_b = _as_arrays(a, b)
+    out = np.power(array_a, array_b)
+
+    def backward(d_out):
+        d_a = d_b = None
+        if _differentiable(a):
+            slope = np.where(array_b == 0, 0, array_b * np.power(array_a, array_b - 1))
+            d_a = _grad_for(a, d_out * slope)
+        if _differentiable(b):
+            with np.errstate(divide="ignore", invalid="ignore"):  # torch's -inf/nan for a <= 0
+                slope = out * np.log(array_a)
+            slope = np.where((array_a == 0) & (array_b >= 0), 0, slope)
+            d_b = _grad_for(b, d_out * slope)
+        return d_a, d_b
+
+    return out, backward
+
+
+def maximum(a, b):
+    """Elementwise max; like torch, a tie sends half the gradient to each side."""
+    return _pick_one(a, b, np.maximum, np.greater)
+
+
+def minimum(a, b):
+    """Elementwise min; like torch, a tie sends half the gradient to each side."""
+    return _pick_one(a, b, np.minimum, np.less)
+
+
+def _pick_one(a, b, pick, a_wins):
+    array_a, array_b = _as_arrays(a, b)
+    out = pick(array_a, array_b)
+
+    def backward(d_out):
+        share_a = a_wins(array_a, array_b).astype(d_out.dtype)
+        share_a += 0.5 * (array_a == array_b)
+        d_a = _grad_for(a, d_out * share_a) if _differentiable(a) else None
+        d_b = _grad_for(b, d_out * (1 - share_a)) if _differentiable(b) else None
+        return d_a, d_b
+
+    return out, backward
+
+
+def where(cond, a, b):
+    """a where cond holds, else b; cond is a mask and gets no gradient."""
+    mask = np.asarray(cond, dtype=bool)
+    array_a, array_b = _as_arrays(a, b)
+    out = np.where(mask, array_a, array_b)
+
+    def backward(d_out):
+        d_a = _grad_for(a, np.where(mask, d_out, 0)) if _differentiable(a) else None
+        d_b = _grad_for(b, np.where(mask, 0, d_out)) if _differentiable(b) else None
+        return None, d_a, d_b
+
+    return out, backward
+
+
+# ---- comparisons: boolean masks, like torch; no gradient ---------------------------------------
+
+
+def _comparison(ufunc):
+    def compare(a, b):
+        def backward(d_out):
+            return None, None
+
+        return ufunc(a, b), backward
+
+    compare.__name__ = ufunc.__name__
+    compare.__doc__ = f"Elementwise `{ufunc.__name__}` as a boolean mask (no gradient)."
+    return compare
+
+
+lt = _comparison(np.less)
+le = _comparison(np.less_equal)
+gt = _comparison(np.greater)
+ge = _comparison(np.greater_equal)
+eq = _comparison(np.equal)
+ne = _comparison(np.not_equal)
+
+
+# ---- unary math ---------------------------------------------------------------------------------
+
+
+def neg(x):
+    def backward(d_out):
+        return (-d_out,)
+
+    return np.negative(x), backward
+
+
+def abs(x):
+    """|x|; the gradient at 0 is 0, as torch's sign()."""
+
+    def backward(d_out):
+        return (d_out * np.sign(x),)
+
+    return np.abs(x), backward
+
+
+def exp(x):
+    out = np.exp(x)
+
+    def backward(d_out):
+        return (d_out * out,)
+
+    return out, backward
+
+
+def log(x):
+    def backward(d_out):
+        return (d_out / x,)
+
+    return np.log(x), backward
+
+
+def sqrt(x):
+    out = np.sqrt(x)
+
+    def backward(d_out):
+        d_x = d_out / out
+        d_x *= 0.5
+        return (d_x,)
+
+    return out, backward
+
+
+def clip(x, *, lo=None, hi=None):
+    """Clamps into [lo, hi] (either bound may be None); like torch, values on a bound keep
+    their gradient."""
+    if lo is None and hi is None:
+        raise ValueError("clip needs at least one of lo and hi")
+    out = np.clip(x, lo, hi)
+
+    def backward(d_out):
+        inside = np.ones(x.shape, dtype=bool)
+        if lo is not None:
+            inside &= x >= lo
+        if hi is not None:
+            inside &= x <= hi
+        return (d_out * inside,)
+
+    return out, backward
+
+
+# ---- reductions -------------------------------------------------------------------------------
+
+
+def _reduced_axes(axis, ndim):
+    """``axis`` (None, an int or a tuple, negatives allowed) as a sorted tuple of axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _kept_shape(shape, axes):
+    return tuple(1 if i in axes else size for i, size in enumerate(shape))
+
+
+def sum(x, *, axis=None, keepdims=False):
+    axes = _reduced_axes(axis, x.ndim)
+    out = np.asarray(np.sum(x, axis=axes, keepdims=keepdims))
+
+    def backward(d_out):
+        return (np.broadcast_to(d_out.reshape(_kept_shape(x.shape, axes)), x.shape),)
+
+    return out, backward
+
+
+def mean(x, *, axis=None, keepdims=False):
+    axes = _reduced_axes(axis, x.ndim)
+    out = np.asarray(np.mean(x, axis=axes, keepdims=keepdims))
+    count = math.prod(x.shape[i] for i in axes)
+
+    def backward(d_out):
+        d_kept = d_out.reshape(_kept_shape(x.shape, axes)) / count
+        return (np.broadcast_to(d_kept, x.shape),)
+
+    return out, backward
+
+
+def max(x, *, axis=None, keepdims=False):
+    """Largest value over ``axis``; the gradient goes to the first maximum, as torch.max(dim)."""
+    axes = _reduced_axes(axis, x.ndim)
+    out = np.asarray(np.max(x, axis=axes, keepdims=keepdims))
+
+    def backward(d_out):
+        # Reduced axes moved last and flattened: one argmax finds the first maximum in C order.
+        order = [i for i in range(x.ndim) if i not in axes] + list(axes)
+        moved_shape = [x.shape[i] for i in order]
+        rows = np.transpose(x, order).reshape(*moved_shape[: x.ndim - len(axes)], -1)
+        first = np.argmax(rows, axis=-1)[..., None]
+        d_rows = np.zeros_like(rows)
+        np.put_along_axis(d_rows, first, d_out.reshape(first.shape), axis=-1)
+        return (np.transpose(d_rows.reshape(moved_shape), np.argsort(order)),)
+
+    return out, backward
+
+
+def concat(xs, *, axis):
+    """Joins arrays along ``axis``; backward returns one gradient (a view of d_out) per input."""
+    out = np.concatenate(xs, axis=axis)
+    boundaries = np.cumsum([x.shape[axis] for x in xs])[:-1]
+
+    def backward(d_out):
+        return tuple(np.split(d_out, boundaries, axis=axis))
+
+    return out, backward
