@@ -21,8 +21,8 @@ elementwise call is then one contiguous run:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
         raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {sorted(_CELLS)}")
     if mode == "rnn" and nonlinearity not in _ACTIVATIONS:
         raise ValueError(f"rnn nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    batch, steps, features = x.shape
+    batch, steps, _ = x.shape
     directions = 2 if bidirectional else 1
     layer_input = _feature_major_with_ones(x.transpose(2, 1, 0))
     layer_backwards = []

@@ -1,0 +1,69 @@
+"""Multi-head self-attention with the packed projections of torch's nn.MultiheadAttention."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def multi_head_attention(
+    x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, *, heads, causal
+):
+    """Self-attention over ``x`` (N, T, E), as ``nn.MultiheadAttention(E, heads,
+    batch_first=True)(x, x, x, attn_mask=causal_mask, need_weights=False)`` computes it.
+
+    ``in_proj_weight`` (3E, E) packs the query, key and value projections; either bias may be
+    None. With ``causal``, a position attends only to itself and earlier ones. Backward gives
+    ``(dx, d_in_proj_weight, d_in_proj_bias, d_out_proj_weight, d_out_proj_bias)``.
+    """
+    batch, steps, embed = x.shape
+    if embed % heads:
+        raise ValueError(f"attention needs heads ({heads}) to divide the embedding size ({embed})")
+    head_dim = embed // heads
+    # the 1/sqrt(head_dim) score scale is folded into the query rows of the projection
+    row_scale = np.ones((3 * embed, 1), x.dtype)
+    row_scale[:embed] = 1 / math.sqrt(head_dim)
+    in_weight = in_proj_weight * row_scale
+    rows = x.reshape(-1, embed)
+    qkv = rows @ in_weight.T
+    if in_proj_bias is not None:
+        qkv += in_proj_bias * row_scale[:, 0]
+    # (N, T, 3, heads, d) viewed as three (N, heads, T, d) stacks, no copies
+    q, k, v = qkv.reshape(batch, steps, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
+    probs = q @ k.transpose(0, 1, 3, 2)
+    if causal:
+        probs += np.triu(np.full((steps, steps), -np.inf, x.dtype), 1)
+    probs -= probs.max(axis=-1, keepdims=True)
+    np.exp(probs, out=probs)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    context = np.empty((batch, steps, heads, head_dim), x.dtype)
+    np.matmul(probs, v, out=context.transpose(0, 2, 1, 3))
+    context_rows = context.reshape(-1, embed)
+    y = context_rows @ out_proj_weight.T
+    if out_proj_bias is not None:
+        y += out_proj_bias
+
+    def backward(dy):
+        dy_rows = dy.reshape(-1, embed)
+        d_out_weight = dy_rows.T @ context_rows
+        d_out_bias = None if out_proj_bias is None else dy_rows.sum(axis=0)
+        d_context = (dy_rows @ out_proj_weight).reshape(batch, steps, heads, head_dim)
+        d_context = d_context.transpose(0, 2, 1, 3)
+        d_scores = d_context @ v.transpose(0, 1, 3, 2)
+        # softmax backward: p * (dp - sum(dp * p)); masked positions have p = 0
+        d_scores -= np.sum(d_scores * probs, axis=-1, keepdims=True)
+        d_scores *= probs
+        d_qkv = np.empty((batch, steps, 3, heads, head_dim), x.dtype)
+        d_q, d_k, d_v = d_qkv.transpose(2, 0, 3, 1, 4)
+        np.matmul(d_scores, k, out=d_q)
+        np.matmul(d_scores.transpose(0, 1, 3, 2), q, out=d_k)
+        np.matmul(probs.transpose(0, 1, 3, 2), d_context, out=d_v)
+        d_rows = d_qkv.reshape(-1, 3 * embed)
+        dx = (d_rows @ in_weight).reshape(x.shape)
+        d_in_weight = d_rows.T @ rows
+        d_in_weight *= row_scale
+        d_in_bias = None if in_proj_bias is None else d_rows.sum(axis=0) * row_scale[:, 0]
+        return dx, d_in_weight, d_in_bias, d_out_weight, d_out_bias
+
+    return y.reshape(batch, steps, embed), backward
