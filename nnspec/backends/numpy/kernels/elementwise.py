@@ -105,7 +105,8 @@ def pow(a, b):
     def backward(d_out):
         d_a = d_b = None
         if _differentiable(a):
-            slope = np.where(array_b == 0, 0, array_b * np.power(array_a, array_b - 1))
+            # b * a^(b - 1) with b = 0 rewritten as 0 * a^0, so 0^-1 is never formed.
+            slope = array_b * np.power(array_a, np.where(array_b == 0, 1, array_b) - 1)
             d_a = _grad_for(a, d_out * slope)
         if _differentiable(b):
             with np.errstate(divide="ignore", invalid="ignore"):  # torch's -inf/nan for a <= 0
@@ -132,8 +133,7 @@ def _pick_one(a, b, pick, a_wins):
     out = pick(array_a, array_b)
 
     def backward(d_out):
-        share_a = a_wins(array_a, array_b).astype(d_out.dtype)
-        share_a += 0.5 * (array_a == array_b)
+        share_a = np.where(array_a == array_b, 0.5, a_wins(array_a, array_b)).astype(d_out.dtype)
         d_a = _grad_for(a, d_out * share_a) if _differentiable(a) else None
         d_b = _grad_for(b, d_out * (1 - share_a)) if _differentiable(b) else None
         return d_a, d_b

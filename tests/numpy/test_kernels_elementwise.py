@@ -1,0 +1,335 @@
+"""Elementwise, comparison, reduction and concat kernels: torch as the oracle in float32 (with
+broadcasting and Python-number operands), central differences in float64."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from nnspec.backends.numpy.kernels import elementwise as ew
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.torch
+
+FEW = settings(max_examples=15, deadline=None)
+
+
+@pytest.fixture(autouse=True)
+def strict_numerics():
+    """Overflow, division by zero and NaN raise; underflow of tiny gradients to 0 is benign."""
+    with np.errstate(all="raise", under="ignore"):
+        yield
+
+
+def normal(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def away_from_zero(rng, shape):
+    return (rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
+
+
+def positive(rng, shape):
+    return rng.uniform(0.5, 2.0, shape).astype(np.float32)
+
+
+def run_numpy(kernel, operands):
+    out, backward = kernel(*operands)
+    probe = np.asarray(np.random.default_rng(99).standard_normal(out.shape), dtype=out.dtype)
+    return out, probe, backward(probe)
+
+
+def is_float_array(operand):
+    return isinstance(operand, np.ndarray) and operand.dtype.kind == "f"
+
+
+def assert_matches_torch(kernel, torch_fn, operands, rtol=1e-4, atol=1e-5):
+    """Forward and the gradients of sum(out * probe) agree with torch; non-float operands
+    (Python numbers, masks) get no gradient."""
+    out, probe, grads = run_numpy(kernel, operands)
+    tensors = [
+        torch.tensor(o, requires_grad=is_float_array(o)) if isinstance(o, np.ndarray) else o
+        for o in operands
+    ]
+    out_torch = torch_fn(*tensors)
+    assert out.dtype == np.float32
+    assert out.shape == tuple(out_torch.shape)
+    np.testing.assert_allclose(out, out_torch.detach().numpy(), rtol=rtol, atol=atol)
+    (out_torch * torch.tensor(probe)).sum().backward()
+    assert len(grads) == len(operands)
+    for operand, tensor, grad in zip(operands, tensors, grads):
+        if not is_float_array(operand):
+            assert grad is None
+            continue
+        assert grad.dtype == np.float32 and grad.shape == operand.shape
+        np.testing.assert_allclose(grad, tensor.grad.numpy(), rtol=rtol, atol=atol)
+
+
+def assert_gradients_match_central_differences(kernel, operands, eps=1e-6):
+    """In float64, every float operand's gradient equals the central differences."""
+    operands = [o.astype(np.float64) if is_float_array(o) else o for o in operands]
+    _, probe, grads = run_numpy(kernel, operands)
+    for position, (operand, grad) in enumerate(zip(operands, grads)):
+        if not is_float_array(operand):
+            assert grad is None
+            continue
+        numeric = np.zeros_like(operand)
+        for index in np.ndindex(operand.shape):
+            shifted = list(operands)
+            for sign in (1, -1):
+                moved = operand.copy()
+                moved[index] += sign * eps
+                shifted[position] = moved
+                numeric[index] += sign * np.sum(kernel(*shifted)[0] * probe) / (2 * eps)
+        assert grad.dtype == np.float64
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+# name -> (NumPy kernel, torch function, sampler of the first operand, of the second)
+BINARY = {
+    "add": (ew.add, torch.add, normal, normal),
+    "sub": (ew.sub, torch.sub, normal, normal),
+    "mul": (ew.mul, torch.mul, normal, normal),
+    "div": (ew.div, torch.div, normal, away_from_zero),
+    "pow": (ew.pow, torch.pow, positive, normal),
+    "maximum": (ew.maximum, torch.maximum, normal, normal),
+    "minimum": (ew.minimum, torch.minimum, normal, normal),
+}
+
+broadcast_pairs = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4,
+                                                    max_side=4)
+
+
+@pytest.mark.parametrize("name", BINARY)
+@FEW
+@given(shapes=broadcast_pairs, seed=st.integers(0, 2**16))
+def test_binary_ops_broadcast_like_torch(name, shapes, seed):
+    kernel, torch_fn, sample_a, sample_b = BINARY[name]
+    rng = np.random.default_rng(seed)
+    shape_a, shape_b = shapes.input_shapes
+    operands = [sample_a(rng, shape_a), sample_b(rng, shape_b)]
+    assert_matches_torch(kernel, torch_fn, operands)
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_binary_gradients_match_central_differences(name):
+    kernel, _, sample_a, sample_b = BINARY[name]
+    rng = np.random.default_rng(5)
+    assert_gradients_match_central_differences(kernel, [sample_a(rng, (2, 3)),
+                                                        sample_b(rng, (3,))])
+    assert_gradients_match_central_differences(kernel, [sample_a(rng, (2, 1)),
+                                                        sample_b(rng, (1, 3))])
+
+
+SCALAR_CASES = {
+    "x + 2": (ew.add, torch.add, [normal, 2.0]),
+    "2 - x": (ew.sub, torch.sub, [2.0, normal]),
+    "x * 0.5": (ew.mul, torch.mul, [normal, 0.5]),
+    "1 / x": (ew.div, torch.div, [1.0, away_from_zero]),
+    "x / 4": (ew.div, torch.div, [normal, 4.0]),
+    "x ^ 2": (ew.pow, torch.pow, [normal, 2]),
+    "x ^ 3.0": (ew.pow, torch.pow, [normal, 3.0]),
+    "x ^ 0.5": (ew.pow, torch.pow, [positive, 0.5]),
+    "x ^ -1.5": (ew.pow, torch.pow, [positive, -1.5]),
+    "x ^ 0": (ew.pow, torch.pow, [normal, 0]),
+    "2 ^ x": (ew.pow, torch.pow, [2.0, normal]),
+    "maximum(x, 0)": (ew.maximum, lambda a, b: torch.clamp(a, min=b), [normal, 0.0]),
+    "minimum(x, 1)": (ew.minimum, lambda a, b: torch.clamp(a, max=b), [normal, 1.0]),
+}
+
+
+@pytest.mark.parametrize("case", SCALAR_CASES)
+def test_python_number_operands_keep_float32_and_get_no_gradient(case):
+    kernel, torch_fn, samplers = SCALAR_CASES[case]
+    rng = np.random.default_rng(0)
+    operands = [s(rng, (3, 4)) if callable(s) else s for s in samplers]
+    assert_matches_torch(kernel, torch_fn, operands)
+    assert_gradients_match_central_differences(kernel, operands)
+
+
+def test_pow_gradients_at_zero_base_and_zero_exponent_match_torch():
+    base = np.array([0.0, 0.0, 2.0, 3.0], np.float32)
+    exponent = np.array([0.0, 2.0, 0.0, 1.5], np.float32)
+    assert_matches_torch(ew.pow, torch.pow, [base, exponent])
+
+
+def test_maximum_and_minimum_split_ties_like_torch():
+    a = np.array([1.0, 2.0, 3.0, -1.0], np.float32)
+    b = np.array([1.0, 0.0, 3.0, 5.0], np.float32)
+    assert_matches_torch(ew.maximum, torch.maximum, [a, b])
+    assert_matches_torch(ew.minimum, torch.minimum, [a, b])
+
+
+@FEW
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=4),
+       seed=st.integers(0, 2**16))
+def test_where_broadcasts_and_gives_the_mask_no_gradient(shapes, seed):
+    rng = np.random.default_rng(seed)
+    shape_cond, shape_a, shape_b = shapes.input_shapes
+    cond = np.asarray(rng.random(shape_cond) < 0.5)
+    operands = [cond, normal(rng, shape_a), normal(rng, shape_b)]
+    assert_matches_torch(ew.where, torch.where, operands)
+    assert_gradients_match_central_differences(ew.where, operands)
+
+
+def test_where_with_number_branches_and_a_comparison_mask():
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    mask, _ = ew.lt(x, 0.0)
+    assert_matches_torch(ew.where, torch.where, [mask, x, 0.5])
+    assert_matches_torch(ew.where, torch.where, [mask, -1.0, x])
+
+
+COMPARISONS = {
+    "lt": (ew.lt, torch.lt),
+    "le": (ew.le, torch.le),
+    "gt": (ew.gt, torch.gt),
+    "ge": (ew.ge, torch.ge),
+    "eq": (ew.eq, torch.eq),
+    "ne": (ew.ne, torch.ne),
+}
+
+
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_comparisons_are_boolean_masks_without_gradient(name):
+    kernel, torch_fn = COMPARISONS[name]
+    a = np.array([[0.0, 1.0, 2.0], [3.0, 1.0, -1.0]], np.float32)
+    b = np.array([1.0, 1.0, 0.0], np.float32)
+    for right in (b, 1.0):
+        mask, backward = kernel(a, right)
+        assert mask.dtype == bool
+        np.testing.assert_array_equal(mask, torch_fn(torch.tensor(a), torch.tensor(right)))
+        assert backward(np.ones(mask.shape, np.float32)) == (None, None)
+
+
+UNARY = {
+    "neg": (ew.neg, torch.neg, normal),
+    "abs": (ew.abs, torch.abs, normal),
+    "exp": (ew.exp, torch.exp, normal),
+    "log": (ew.log, torch.log, positive),
+    "sqrt": (ew.sqrt, torch.sqrt, positive),
+    "clip": (lambda x: ew.clip(x, lo=-0.5, hi=0.7), lambda x: torch.clamp(x, -0.5, 0.7), normal),
+    "clip_lo": (lambda x: ew.clip(x, lo=0.1), lambda x: torch.clamp(x, min=0.1), normal),
+    "clip_hi": (lambda x: ew.clip(x, hi=-0.2), lambda x: torch.clamp(x, max=-0.2), normal),
+}
+
+
+@pytest.mark.parametrize("name", UNARY)
+@FEW
+@given(shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=5), seed=st.integers(0, 2**16))
+def test_unary_ops_match_torch(name, shape, seed):
+    kernel, torch_fn, sample = UNARY[name]
+    assert_matches_torch(kernel, torch_fn, [sample(np.random.default_rng(seed), shape)])
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_unary_gradients_match_central_differences(name):
+    kernel, _, sample = UNARY[name]
+    assert_gradients_match_central_differences(kernel, [sample(np.random.default_rng(2), (3, 4))])
+
+
+def test_abs_and_clip_gradients_at_their_kinks_follow_torch():
+    x = np.array([-1.0, -0.5, 0.0, 0.7, 2.0], np.float32)
+    assert_matches_torch(ew.abs, torch.abs, [x])
+    assert_matches_torch(lambda v: ew.clip(v, lo=-0.5, hi=0.7),
+                         lambda v: torch.clamp(v, -0.5, 0.7), [x])
+
+
+def test_clip_needs_a_bound():
+    with pytest.raises(ValueError, match="lo and hi"):
+        ew.clip(np.zeros(2, np.float32))
+
+
+def torch_dims(axis, ndim):
+    return tuple(range(ndim)) if axis is None else axis
+
+
+REDUCTIONS = {
+    "sum": (ew.sum, lambda x, axis, keep: torch.sum(x, dim=torch_dims(axis, x.ndim),
+                                                       keepdim=keep)),
+    "mean": (ew.mean, lambda x, axis, keep: torch.mean(x, dim=torch_dims(axis, x.ndim),
+                                                          keepdim=keep)),
+    "max": (ew.max, lambda x, axis, keep: torch.amax(x, dim=torch_dims(axis, x.ndim),
+                                                       keepdim=keep)),
+}
+
+
+@st.composite
+def reduction_cases(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4))
+    ndim = len(shape)
+    axis = draw(st.one_of(
+        st.none(),
+        st.integers(-ndim, ndim - 1),
+        st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True).map(tuple),
+    ))
+    return shape, axis, draw(st.booleans()), draw(st.integers(0, 2**16))
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+@settings(max_examples=25, deadline=None)
+@given(case=reduction_cases())
+def test_reductions_match_torch(name, case):
+    shape, axis, keepdims, seed = case
+    kernel, torch_fn = REDUCTIONS[name]
+    x = normal(np.random.default_rng(seed), shape)
+    assert_matches_torch(lambda v: kernel(v, axis=axis, keepdims=keepdims),
+                         lambda v: torch_fn(v, axis, keepdims), [x])
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+@pytest.mark.parametrize("axis", [None, 1, -1, (0, 2)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reduction_gradients_match_central_differences(name, axis, keepdims):
+    kernel, _ = REDUCTIONS[name]
+    x = normal(np.random.default_rng(4), (2, 3, 2))
+    assert_gradients_match_central_differences(
+        lambda v: kernel(v, axis=axis, keepdims=keepdims), [x])
+
+
+def test_max_sends_the_gradient_to_the_first_maximum_like_torch_max_dim():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], np.float32)
+    for dim in (0, 1):
+        assert_matches_torch(lambda v, d=dim: ew.max(v, axis=d),
+                             lambda v, d=dim: torch.max(v, dim=d).values, [x])
+    (grad,) = ew.max(x)[1](np.float32(1.0))
+    np.testing.assert_array_equal(grad, [[0, 1, 0], [0, 0, 0]])
+    (grad,) = ew.max(x, axis=(0, 1), keepdims=True)[1](np.ones((1, 1), np.float32))
+    np.testing.assert_array_equal(grad, [[0, 1, 0], [0, 0, 0]])
+
+
+def test_reductions_stay_float32_and_return_arrays():
+    x = np.ones((3, 4), np.float32)
+    for kernel in (ew.sum, ew.mean, ew.max):
+        out, _ = kernel(x)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == ()
+
+
+@FEW
+@given(count=st.integers(1, 4), axis=st.integers(-3, 2), seed=st.integers(0, 2**16))
+def test_concat_matches_torch_cat(count, axis, seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, count)
+    arrays = []
+    for size in sizes:
+        shape = [2, 3, 2]
+        shape[axis] = int(size)
+        arrays.append(normal(rng, tuple(shape)))
+
+    def kernel(*xs):
+        return ew.concat(xs, axis=axis)
+
+    def torch_fn(*xs):
+        return torch.cat(xs, dim=axis)
+
+    assert_matches_torch(kernel, torch_fn, arrays)
+    assert_gradients_match_central_differences(kernel, arrays)
+
+
+def test_unbroadcast_sums_back_to_each_operand_shape():
+    grad = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(ew.unbroadcast(grad, (4,)), grad.sum(axis=(0, 1)))
+    np.testing.assert_array_equal(ew.unbroadcast(grad, (3, 1)), grad.sum(axis=(0, 2))[:, None])
+    np.testing.assert_array_equal(ew.unbroadcast(grad, ()), grad.sum())
+    assert ew.unbroadcast(grad, (2, 3, 4)) is grad
