@@ -23,7 +23,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
             )
         mean = _channel_sum(x) / count
         centered = x - mean.reshape(shape)
-        var = _channel_sum(centered * centered) / count
+        var = _channel_dot(centered, centered) / count
         if running_mean is not None:
             running_mean *= 1.0 - momentum
             running_mean += momentum * mean
@@ -33,21 +33,21 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
         centered = x - running_mean.reshape(shape)
         var = running_var
     inv_std = 1.0 / np.sqrt(var + eps)
-    x_hat = centered * inv_std.reshape(shape)
-    y = x_hat if weight is None else x_hat * weight.reshape(shape)
+    scale = inv_std if weight is None else inv_std * weight
+    y = centered * scale.reshape(shape)
     if bias is not None:
-        y = y + bias.reshape(shape)
+        y += bias.reshape(shape)
 
     def backward(dy):
+        # x_hat = centered * inv_std is never stored: every use folds inv_std into a
+        # per-channel factor, which saves full-size passes over the activations.
         sum_dy = _channel_sum(dy)
-        sum_dy_x_hat = _channel_sum(dy * x_hat)
-        gain = inv_std if weight is None else inv_std * weight
+        sum_dy_x_hat = _channel_dot(dy, centered) * inv_std
+        dx = dy * scale.reshape(shape)
         if train:
-            # d(x_hat)/dx includes the batch mean and variance, which depend on every x
-            dx = dy - (sum_dy / count).reshape(shape) - x_hat * (sum_dy_x_hat / count).reshape(shape)
-            dx *= gain.reshape(shape)
-        else:
-            dx = dy * gain.reshape(shape)
+            # the batch mean and variance depend on every x, which adds two terms
+            dx -= centered * (scale * inv_std * sum_dy_x_hat / count).reshape(shape)
+            dx -= (scale * sum_dy / count).reshape(shape)
         dweight = None if weight is None else sum_dy_x_hat
         dbias = None if bias is None else sum_dy
         return dx, dweight, dbias, None, None
@@ -55,6 +55,15 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
     return y, backward
 
 
+def _per_channel(a):
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
 def _channel_sum(a):
     """Per-channel sum: contiguous (pairwise, vectorised) reduction first, batch axis second."""
-    return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).sum(axis=0)
+    return _per_channel(a).sum(axis=2).sum(axis=0)
+
+
+def _channel_dot(a, b):
+    """Per-channel sum of a * b without a full-size temporary."""
+    return np.einsum("nci,nci->nc", _per_channel(a), _per_channel(b)).sum(axis=0)
