@@ -135,8 +135,7 @@ def conv_pads(a: Attrs, spatial: int) -> tuple[tuple[int, int], ...]:
     return tuple((p, p) for p in _ints(a.padding, spatial, "padding"))
 
 
-def _window_out(size: Dim, kernel: int, stride: int, pads: tuple[int, int], dilation: int,
-                ceil: bool = False) -> Dim:
+def _window_out(size: Dim, kernel: int, stride: int, pads: tuple[int, int], dilation: int) -> Dim:
     span = dilation * (kernel - 1) + 1
     if isinstance(size, int):
         full = size + pads[0] + pads[1] - span
@@ -144,7 +143,7 @@ def _window_out(size: Dim, kernel: int, stride: int, pads: tuple[int, int], dila
             raise ShapeError(f"the window ({span}) is larger than the padded input ({size + sum(pads)})",
                              "use a smaller kernel or more padding, or remove a pooling layer",
                              code="E304")
-        return (-(-full // stride) if ceil else full // stride) + 1
+        return full // stride + 1
     return dim_add(dim_floordiv(dim_add(size, sum(pads) - span), stride), 1)
 
 
@@ -303,7 +302,7 @@ def _pool_rule(kind: str, spatial: int | None):
         padding = _ints(a.padding, n, "padding")
         if any(2 * p > k for p, k in zip(padding, kernel)):
             raise ShapeError(f"{op}: padding must be at most half the kernel (as in PyTorch)")
-        sizes = tuple(_window_out(s, k, st, (p, p), 1, a.ceil_mode)
+        sizes = tuple(_window_out(s, k, st, (p, p), 1)
                       for s, k, st, p in zip(x.shape[1:], kernel, stride, padding))
         return x.with_shape(x.shape[:1] + sizes)
 
@@ -613,7 +612,6 @@ def _pool_attrs() -> tuple[Attr, ...]:
         Attr("kernel", "ints", doc="window size", minimum=1),
         Attr("stride", "ints", None, "defaults to the kernel size", minimum=1, optional=True),
         Attr("padding", "ints", 0, minimum=0),
-        Attr("ceil_mode", "bool", False, "round the output size up"),
     )
 
 
@@ -723,7 +721,7 @@ _register(
     OpDef("attention", "attention", "Multi-head self-attention (torch.nn.MultiheadAttention "
           "layout: packed q,k,v in_proj).", _attention_infer,
           (Attr("heads", "int", minimum=1), Attr("causal", "bool", False, "mask future positions"),
-           _BIAS, Attr("dropout", "float", 0.0, minimum=0.0, maximum=1.0)),
+           _BIAS),
           params=_attention_params, macs=_attention_macs, inputs_doc="[T, E]",
           outputs_doc="[T, E]"),
     OpDef("rnn", "recurrent", "Elman RNN (torch.nn.RNN).", _rnn[0], _recurrent_attrs("rnn"),
