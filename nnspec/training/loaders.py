@@ -45,8 +45,9 @@ class UserData:
 
 def suggest(word: str, candidates: Sequence[str]) -> str | None:
     """A "did you mean" hint for a misspelt name, or None when nothing is close."""
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    by_lower = {candidate.lower(): candidate for candidate in sorted(set(candidates))}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"did you mean `{by_lower[close[0]]}`?" if close else None
 
 
 # ---------------------------------------------------------------- CSV
@@ -91,8 +92,9 @@ def _read_text(path: str | os.PathLike) -> str:
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
     except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
         raise DataError(
-            f"{path}: is not UTF-8 text (undecodable byte at offset {error.start})",
+            f"{path}:{line}: is not UTF-8 text (byte {error.object[error.start]:#04x} cannot be decoded)",
             hint="save the file as UTF-8 CSV",
         ) from None
 
@@ -114,14 +116,14 @@ def _parse_rows(
     """Split text into a header and equal-length rows, remembering each row's line number."""
     if not text.strip():
         raise DataError(f"{path}: the file is empty", hint="a CSV needs a header row and data rows")
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     rows: list[list[str]] = []
     line_numbers: list[int] = []
     try:
         for cells in reader:
-            if not any(cell.strip() for cell in cells):
-                continue
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue  # a blank line
             if header is None:
                 header = _check_header(path, [cell.strip() for cell in cells], reader.line_num)
                 continue
@@ -189,7 +191,7 @@ def _numeric_column(
 ) -> np.ndarray:
     """Parse one column as finite floats, pointing at the first offending cell otherwise."""
     try:
-        values = np.asarray(cells).astype(np.float64)
+        values = np.fromiter(map(float, cells), dtype=np.float64, count=len(cells))
     except ValueError:
         values = np.array(
             [_parse_cell(path, name, cell, line) for cell, line in zip(cells, line_numbers)]
@@ -305,8 +307,28 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
     return _features(path, "the array", array)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL = b"\x80"
+
+
 def _open_numpy(path: str | os.PathLike):
+    """np.load, after checking the file's first bytes: np.load takes anything else for a pickle."""
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
+        if not head:
+            raise DataError(f"{path}: the file is empty")
+        if head.startswith(_PICKLE_PROTOCOL):
+            raise DataError(
+                f"{path}: holds Python objects (a pickle), which nnspec does not load",
+                hint="save plain numeric arrays with np.save or np.savez",
+            )
+        if not head.startswith((_NPY_MAGIC, _ZIP_MAGIC)):
+            raise DataError(
+                f"{path}: is not a NumPy .npy/.npz file",
+                hint="write it with np.save or np.savez; for text data use csv(...)",
+            )
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None
@@ -314,23 +336,24 @@ def _open_numpy(path: str | os.PathLike):
         raise DataError(f"{path}: is a directory, not a data file") from None
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
-    except EOFError:
-        raise DataError(f"{path}: the file is empty") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         if "allow_pickle" in str(error):
             raise DataError(
-                f"{path}: holds Python objects (a pickle), which nnspec does not load",
-                hint="save plain numeric arrays with np.save/np.savez",
+                f"{path}: holds Python objects, which nnspec does not load",
+                hint="save plain numeric arrays with np.save or np.savez",
             ) from None
         raise DataError(
-            f"{path}: is not a NumPy .npy/.npz file ({error})",
-            hint="write it with np.save or np.savez; for text data use csv(...)",
+            f"{path}: is a damaged NumPy file ({error})",
+            hint="write it again with np.save or np.savez",
         ) from None
 
 
 def _read_member(path: str | os.PathLike, archive, key: str) -> np.ndarray:
     try:
-        return archive[key]
+        member = archive[key]
+        if not isinstance(member, np.ndarray):  # np.load hands back raw bytes of a non-.npy member
+            raise DataError(f"{path}: member `{key}` of the archive is not a NumPy array")
+        return member
     except ValueError as error:
         if "allow_pickle" in str(error):
             raise DataError(
@@ -366,9 +389,9 @@ def _check_finite(path: str | os.PathLike, name: str, array: np.ndarray) -> None
     bad = np.argwhere(~np.isfinite(array))
     if bad.size:
         index = tuple(int(i) for i in bad[0])
+        others = f", and {len(bad) - 1} more non-finite values" if len(bad) > 1 else ""
         raise DataError(
-            f"{path}: {name} holds {array[index]} at index {list(index)}"
-            f" ({len(bad)} non-finite value{'s' if len(bad) > 1 else ''} in all)",
+            f"{path}: {name} holds {array[index]} at index {list(index)}{others}",
             hint="remove or fill in samples with missing or infinite values",
         )
 
