@@ -22,13 +22,18 @@ def _target_gradient(target, grad):
     return unbroadcast(grad, target.shape) if target.dtype.kind == "f" else None
 
 
+def _difference(pred, target):
+    """pred - target in pred's dtype, even for integer targets."""
+    return pred - target.astype(pred.dtype, copy=False)
+
+
 def _scalar(value, dtype):
     return np.asarray(value, dtype=dtype)
 
 
 def mse(pred, target):
     """mean((pred - target)^2)."""
-    diff = pred - target
+    diff = _difference(pred, target)
     loss = _scalar(np.mean(np.square(diff)), pred.dtype)
 
     def backward(d_loss):
@@ -40,7 +45,7 @@ def mse(pred, target):
 
 def l1(pred, target):
     """mean(|pred - target|); the gradient at pred == target is 0, as torch's sign()."""
-    diff = pred - target
+    diff = _difference(pred, target)
     loss = _scalar(np.mean(np.abs(diff)), pred.dtype)
 
     def backward(d_loss):

@@ -1,0 +1,238 @@
+"""Loss kernels: torch's reduction="mean" as the oracle in float32 (gradients for predictions and
+float targets), central differences in float64, and saturating inputs."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnspec.backends.numpy.kernels import losses
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+pytestmark = pytest.mark.torch
+
+FEW = settings(max_examples=20, deadline=None)
+
+
+@pytest.fixture(autouse=True)
+def strict_numerics():
+    """Overflow, division by zero and NaN raise; underflow of tiny gradients to 0 is benign."""
+    with np.errstate(all="raise", under="ignore"):
+        yield
+
+
+def is_float_array(operand):
+    return operand.dtype.kind == "f"
+
+
+def assert_matches_torch(kernel, torch_fn, pred, target, d_loss=0.7, rtol=1e-4, atol=1e-5,
+                         check_target_grad=True):
+    """The loss and the gradients of d_loss * loss agree with torch; float targets included."""
+    loss, backward = kernel(pred, target)
+    d_pred, d_target = backward(np.asarray(d_loss, dtype=pred.dtype))
+    pred_torch = torch.tensor(pred, requires_grad=True)
+    target_torch = torch.tensor(target, requires_grad=is_float_array(target))
+    loss_torch = torch_fn(pred_torch, target_torch)
+    (loss_torch * d_loss).backward()
+    assert isinstance(loss, np.ndarray) and loss.shape == () and loss.dtype == np.float32
+    np.testing.assert_allclose(loss, loss_torch.item(), rtol=rtol, atol=atol)
+    assert d_pred.dtype == np.float32 and d_pred.shape == pred.shape
+    np.testing.assert_allclose(d_pred, pred_torch.grad.numpy(), rtol=rtol, atol=atol)
+    if not is_float_array(target):
+        assert d_target is None
+    elif check_target_grad:
+        assert d_target.dtype == np.float32 and d_target.shape == target.shape
+        np.testing.assert_allclose(d_target, target_torch.grad.numpy(), rtol=rtol, atol=atol)
+
+
+def assert_gradients_match_central_differences(kernel, pred, target, eps=1e-6):
+    """In float64, d loss / d pred (and d target when it is float) equal central differences."""
+    operands = [o.astype(np.float64) if is_float_array(o) else o for o in (pred, target)]
+    _, backward = kernel(*operands)
+    grads = backward(np.asarray(1.0))
+    for position, (operand, grad) in enumerate(zip(operands, grads)):
+        if not is_float_array(operand):
+            assert grad is None
+            continue
+        numeric = np.zeros_like(operand)
+        for index in np.ndindex(operand.shape):
+            shifted = list(operands)
+            for sign in (1, -1):
+                moved = operand.copy()
+                moved[index] += sign * eps
+                shifted[position] = moved
+                numeric[index] += sign * kernel(*shifted)[0] / (2 * eps)
+        assert grad.dtype == np.float64
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+def class_last_to_torch(logits):
+    """Our class dim is last; torch's F.cross_entropy wants it at position 1."""
+    return logits.movedim(-1, 1)
+
+
+def torch_cross_entropy(label_smoothing=0.0, ignore_index=-100):
+    def loss(logits, target):
+        return F.cross_entropy(class_last_to_torch(logits),
+                               class_last_to_torch(target) if target.is_floating_point()
+                               else target,
+                               label_smoothing=label_smoothing, ignore_index=ignore_index)
+    return loss
+
+
+def numpy_cross_entropy(label_smoothing=0.0, ignore_index=-100):
+    def loss(logits, target):
+        return losses.cross_entropy(logits, target, label_smoothing=label_smoothing,
+                                    ignore_index=ignore_index)
+    return loss
+
+
+batch_shapes = st.sampled_from([(5,), (1,), (3, 4), (2, 7)])  # (N,) or (N, T)
+
+
+@FEW
+@given(batch=batch_shapes, classes=st.integers(2, 9), smoothing=st.sampled_from([0.0, 0.1, 0.35]),
+       ignored=st.sampled_from([0.0, 0.3]), scale=st.sampled_from([1.0, 10.0]),
+       seed=st.integers(0, 2**16))
+def test_cross_entropy_with_class_indices_matches_torch(batch, classes, smoothing, ignored, scale,
+                                                        seed):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((*batch, classes)) * scale).astype(np.float32)
+    target = rng.integers(0, classes, batch)
+    target[rng.random(batch) < ignored] = -100
+    target.flat[0] = 0  # at least one position counts
+    assert_matches_torch(numpy_cross_entropy(smoothing), torch_cross_entropy(smoothing),
+                         logits, target)
+
+
+@FEW
+@given(batch=batch_shapes, classes=st.integers(2, 9), smoothing=st.sampled_from([0.0, 0.2]),
+       seed=st.integers(0, 2**16))
+def test_cross_entropy_with_class_probabilities_matches_torch(batch, classes, smoothing, seed):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((*batch, classes)) * 3).astype(np.float32)
+    target = rng.dirichlet(np.ones(classes), batch).astype(np.float32)
+    assert_matches_torch(numpy_cross_entropy(smoothing), torch_cross_entropy(smoothing),
+                         logits, target)
+
+
+def test_cross_entropy_honours_a_custom_ignore_index():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    target = rng.integers(0, 5, (4, 3))
+    target[:, 0] = 2  # class 2 is ignored, including where it is the label
+    assert_matches_torch(numpy_cross_entropy(0.1, ignore_index=2),
+                         torch_cross_entropy(0.1, ignore_index=2), logits, target)
+
+
+def test_cross_entropy_with_every_position_ignored_is_nan_with_zero_gradient_like_torch():
+    logits = np.ones((3, 4), np.float32)
+    target = np.full(3, -100)
+    loss, backward = losses.cross_entropy(logits, target)
+    assert np.isnan(loss)
+    d_logits, d_target = backward(np.asarray(1.0, np.float32))
+    np.testing.assert_array_equal(d_logits, 0)
+    assert d_target is None
+
+
+def test_softmax_cross_entropy_is_cross_entropy_on_the_pre_softmax_logits():
+    assert losses.softmax_cross_entropy is losses.cross_entropy
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.25])
+def test_cross_entropy_on_huge_logits_is_finite_and_matches_torch(smoothing):
+    logits = np.array([[1000.0, -1000.0, 0.0], [-1000.0, -1000.0, 1000.0],
+                       [88.0, 89.0, -90.0]], np.float32)
+    target = np.array([0, 0, 1])
+    with np.errstate(all="raise"):
+        loss, backward = losses.cross_entropy(logits, target, label_smoothing=smoothing)
+        d_logits, _ = backward(np.asarray(1.0, np.float32))
+    assert np.isfinite(loss) and np.isfinite(d_logits).all()
+    assert_matches_torch(numpy_cross_entropy(smoothing), torch_cross_entropy(smoothing), logits,
+                         target)
+    probabilities = np.eye(3, dtype=np.float32)[[1, 2, 0]]
+    assert_matches_torch(numpy_cross_entropy(smoothing), torch_cross_entropy(smoothing), logits,
+                         probabilities)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_cross_entropy_gradients_match_central_differences(smoothing):
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((3, 2, 4))
+    indices = np.array([[0, 3], [-100, 1], [2, 2]])
+    probabilities = rng.dirichlet(np.ones(4), (3, 2))
+    kernel = numpy_cross_entropy(smoothing)
+    assert_gradients_match_central_differences(kernel, logits, indices)
+    assert_gradients_match_central_differences(kernel, logits, probabilities)
+
+
+SAME_SHAPE = {
+    "mse": (losses.mse, F.mse_loss),
+    "l1": (losses.l1, F.l1_loss),
+    "binary_cross_entropy": (losses.binary_cross_entropy, F.binary_cross_entropy),
+    "binary_cross_entropy_with_logits": (losses.binary_cross_entropy_with_logits,
+                                         F.binary_cross_entropy_with_logits),
+}
+
+
+def prediction_for(name, rng, shape):
+    if name == "binary_cross_entropy":
+        return rng.uniform(0.02, 0.98, shape).astype(np.float32)
+    return (rng.standard_normal(shape) * 2).astype(np.float32)
+
+
+def target_for(name, rng, shape):
+    if name.startswith("binary"):
+        return rng.random(shape).astype(np.float32)  # soft labels exercise the target gradient
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", SAME_SHAPE)
+@FEW
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple),
+       seed=st.integers(0, 2**16))
+def test_same_shape_losses_match_torch(name, shape, seed):
+    kernel, torch_fn = SAME_SHAPE[name]
+    rng = np.random.default_rng(seed)
+    pred, target = prediction_for(name, rng, shape), target_for(name, rng, shape)
+    assert_matches_torch(kernel, torch_fn, pred, target)
+
+
+@pytest.mark.parametrize("name", SAME_SHAPE)
+def test_same_shape_loss_gradients_match_central_differences(name):
+    rng = np.random.default_rng(2)
+    pred, target = prediction_for(name, rng, (3, 4)), target_for(name, rng, (3, 4))
+    assert_gradients_match_central_differences(SAME_SHAPE[name][0], pred, target)
+
+
+def test_binary_cross_entropy_clamps_log_at_minus_100_like_torch():
+    probs = np.array([0.0, 1.0, 0.0, 1.0, 0.5], np.float32)
+    target = np.array([1.0, 0.0, 0.0, 1.0, 0.25], np.float32)
+    with np.errstate(all="raise"):
+        loss, backward = losses.binary_cross_entropy(probs, target)
+        _, d_target = backward(np.asarray(1.0, np.float32))
+    np.testing.assert_allclose(loss, (100 + 100 + 0 + 0 + np.log(2)) / 5, rtol=1e-6)
+    assert np.isfinite(d_target).all()  # torch's -logit(p) is infinite at 0 and 1
+    assert_matches_torch(losses.binary_cross_entropy, F.binary_cross_entropy, probs, target,
+                         rtol=1e-5, check_target_grad=False)
+
+
+def test_binary_cross_entropy_with_logits_is_stable_for_huge_logits():
+    logits = np.array([-1000.0, -100.0, -20.0, 0.0, 20.0, 100.0, 1000.0], np.float32)
+    target = np.array([1.0, 0.0, 1.0, 0.5, 0.0, 1.0, 0.0], np.float32)
+    with np.errstate(all="raise"):
+        loss, backward = losses.binary_cross_entropy_with_logits(logits, target)
+        d_logits, d_target = backward(np.asarray(1.0, np.float32))
+    assert np.isfinite(loss) and np.isfinite(d_logits).all() and np.isfinite(d_target).all()
+    assert_matches_torch(losses.binary_cross_entropy_with_logits,
+                         F.binary_cross_entropy_with_logits, logits, target)
+
+
+def test_integer_targets_of_mse_get_no_gradient():
+    pred = np.array([0.5, 2.0], np.float32)
+    loss, backward = losses.mse(pred, np.array([1, 2]))
+    np.testing.assert_allclose(loss, 0.125)
+    d_pred, d_target = backward(np.asarray(1.0, np.float32))
+    assert d_pred.dtype == np.float32 and d_target is None
