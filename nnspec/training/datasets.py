@@ -116,8 +116,7 @@ def load_dataset(name: str, *, seed: int = 0, **options: object) -> Dataset:
         if option not in allowed:
             raise DataError(
                 f"data set `{name}` has no option `{option}`",
-                hint=suggest(option, list(allowed))
-                or (f"its options are: {', '.join(allowed)}" if allowed else "it takes no options"),
+                hint=suggest(option, list(allowed)) or f"its options are: {', '.join(allowed)}",
             )
     return info.make(seed=seed, **options)
 
