@@ -33,7 +33,10 @@ def strict_numerics():
 
 def assert_gradients_match(kernel, arrays, differentiable, eps=1e-6):
     """The kernel's backward of sum(out * probe) equals central differences, all in float64."""
-    arrays = [None if a is None else np.array(a, dtype=np.float64) for a in arrays]
+    arrays = [
+        a.astype(np.float64) if a is not None and np.issubdtype(a.dtype, np.floating) else a
+        for a in arrays
+    ]
     out, backward = kernel(*arrays)
     probe = np.random.default_rng(1).standard_normal(out.shape)
     grads = backward(probe)
@@ -184,6 +187,20 @@ def test_conv_gradients_match_central_differences(nd, has_bias):
         return CONV[nd](x, weight, bias, **case["attrs"])
 
     assert_gradients_match(kernel, conv_arrays(case, seed=4), differentiable={0, 1, 2})
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"stride": 1, "padding": ((0, 0), (0, 0)), "dilation": (1, 1)}, "stride needs one entry"),
+        ({"stride": (1, 1), "padding": ((0, 0),), "dilation": (1, 1)}, "padding needs one entry"),
+    ],
+)
+def test_conv_names_an_attribute_without_one_entry_per_spatial_dim(attrs, message):
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    weight = np.zeros((1, 1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=message):
+        conv2d(x, weight, None, groups=1, **attrs)
 
 
 def test_conv_rejects_a_window_larger_than_the_padded_input():

@@ -86,19 +86,23 @@ def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out,
 
 def conv1d(x, weight, bias, *, stride, padding, dilation, groups):
     """Convolve (N, C, L) with weight [out, C/groups, k]; backward gives (dx, dweight, dbias)."""
-    _check_rank("conv1d", x, 3)
+    check_spatial("conv1d", x, 1, stride=stride, padding=padding, dilation=dilation)
     return _conv(x, weight, bias, stride, padding, dilation, groups)
 
 
 def conv2d(x, weight, bias, *, stride, padding, dilation, groups):
     """Convolve (N, C, H, W) with weight [out, C/groups, kH, kW]; backward gives (dx, dweight, dbias)."""
-    _check_rank("conv2d", x, 4)
+    check_spatial("conv2d", x, 2, stride=stride, padding=padding, dilation=dilation)
     return _conv(x, weight, bias, stride, padding, dilation, groups)
 
 
-def _check_rank(name, x, rank):
-    if x.ndim != rank:
-        raise ValueError(f"{name} expects a {rank}-d input, got shape {x.shape}")
+def check_spatial(name, x, nd, **attrs):
+    """Reject an input without ``nd`` spatial dims, or an attribute without one entry per dim."""
+    if x.ndim != nd + 2:
+        raise ValueError(f"{name} expects a {nd + 2}-d input, got shape {x.shape}")
+    for key, value in attrs.items():
+        if isinstance(value, int) or len(value) != nd:
+            raise ValueError(f"{name}: {key} needs one entry per spatial dim ({nd}), got {value!r}")
 
 
 def _conv(x, weight, bias, stride, padding, dilation, groups):

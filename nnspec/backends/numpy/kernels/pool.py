@@ -12,6 +12,7 @@ import functools
 import numpy as np
 
 from .conv import (
+    check_spatial,
     crop_padding,
     kernel_offsets,
     offset_index,
@@ -23,44 +24,39 @@ from .conv import (
 
 def max_pool1d(x, *, kernel, stride, padding):
     """Max over each window of (N, C, L); backward gives (dx,)."""
-    _check_rank("max_pool1d", x, 3)
+    check_spatial("max_pool1d", x, 1, kernel=kernel, stride=stride, padding=padding)
     return _max_pool(x, kernel, stride, padding)
 
 
 def max_pool2d(x, *, kernel, stride, padding):
     """Max over each window of (N, C, H, W); backward gives (dx,)."""
-    _check_rank("max_pool2d", x, 4)
+    check_spatial("max_pool2d", x, 2, kernel=kernel, stride=stride, padding=padding)
     return _max_pool(x, kernel, stride, padding)
 
 
 def avg_pool1d(x, *, kernel, stride, padding):
     """Mean over each window of (N, C, L), padded zeros included; backward gives (dx,)."""
-    _check_rank("avg_pool1d", x, 3)
+    check_spatial("avg_pool1d", x, 1, kernel=kernel, stride=stride, padding=padding)
     return _avg_pool(x, kernel, stride, padding)
 
 
 def avg_pool2d(x, *, kernel, stride, padding):
     """Mean over each window of (N, C, H, W), padded zeros included; backward gives (dx,)."""
-    _check_rank("avg_pool2d", x, 4)
+    check_spatial("avg_pool2d", x, 2, kernel=kernel, stride=stride, padding=padding)
     return _avg_pool(x, kernel, stride, padding)
 
 
 def adaptive_avg_pool1d(x, *, output_size):
     """Average (N, C, L) into ``output_size`` = (oL,) or oL bins; backward gives (dx,)."""
-    _check_rank("adaptive_avg_pool1d", x, 3)
+    check_spatial("adaptive_avg_pool1d", x, 1)
     return _adaptive_avg_pool(x, output_size)
 
 
 def adaptive_avg_pool2d(x, *, output_size):
     """Average (N, C, H, W) into ``output_size`` = (oH, oW) bins (an int for both); backward
     gives (dx,). Global average pooling is output_size 1."""
-    _check_rank("adaptive_avg_pool2d", x, 4)
+    check_spatial("adaptive_avg_pool2d", x, 2)
     return _adaptive_avg_pool(x, output_size)
-
-
-def _check_rank(name, x, rank):
-    if x.ndim != rank:
-        raise ValueError(f"{name} expects a {rank}-d input, got shape {x.shape}")
 
 
 def _adaptive_avg_pool(x, output_size):
