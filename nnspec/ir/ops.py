@@ -63,6 +63,7 @@ class ParamSpec:
     init: str  # uniform_fan_in | kaiming_uniform | normal | ones | zeros | rnn_uniform
     fan_in: int = 0
     trainable: bool = True
+    std: float = 1.0  # for "normal"
     dtype: str = "float32"
 
 
@@ -382,7 +383,7 @@ def _embedding_infer(ins, a):
 
 
 def _embedding_params(ins, a):
-    return {"weight": ParamSpec((a.num, a.dim), "normal")}
+    return {"weight": ParamSpec((a.num, a.dim), "normal", std=a.std)}
 
 
 def _positions_infer(ins, a):
@@ -399,7 +400,7 @@ def _positions_infer(ins, a):
 
 
 def _positions_params(ins, a):
-    return {"weight": ParamSpec((a.max_len, a.dim), "normal")}
+    return {"weight": ParamSpec((a.max_len, a.dim), "normal", std=a.std)}
 
 
 # ---- attention and recurrence --------------------------------------------------------------
@@ -708,11 +709,14 @@ _register(
     OpDef("embedding", "embedding", "Looks up a learned vector per integer token.",
           _embedding_infer, (Attr("num", "int", doc="vocabulary size", minimum=1),
                              Attr("dim", "int", doc="vector size", minimum=1),
-                             Attr("padding_idx", "int", None, optional=True)),
+                             Attr("padding_idx", "int", None, optional=True),
+                             Attr("std", "float", 1.0, "std of the normal initialisation "
+                                  "(torch's default 1; GPT-style models use 0.02)", minimum=0.0)),
           params=_embedding_params, inputs_doc="int[...]", outputs_doc="[..., dim]"),
     OpDef("positions", "embedding", "Learned position embeddings; with an input, as many "
           "positions as its first dim.", _positions_infer,
-          (Attr("max_len", "int", minimum=1), Attr("dim", "int", minimum=1)),
+          (Attr("max_len", "int", minimum=1), Attr("dim", "int", minimum=1),
+           Attr("std", "float", 1.0, "std of the normal initialisation", minimum=0.0)),
           arity=(0, 1), params=_positions_params, inputs_doc="optional [T, ...]",
           outputs_doc="[T, dim] (or [max_len, dim])"),
     OpDef("sinusoidal", "embedding", "Fixed sine/cosine position encodings (Vaswani et al.).",

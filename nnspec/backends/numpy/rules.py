@@ -1,0 +1,413 @@
+"""How each op of the catalogue runs in NumPy: a thin rule per op over the kernels.
+
+A rule takes the node, its input arrays (batch first, PyTorch layout), its parameters by
+local name and the run context, and returns `(out, backward)`; `backward(d_out)` returns
+`(input_grads, param_grads)`. Per-sample dims of the IR (batch implicit) become array axes
+here. `RULES` must cover every op of `nnspec.ir.ops.OPS` — a test checks it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnspec.backends.numpy.kernels import (
+    activations,
+    attention,
+    conv,
+    dense,
+    dropout,
+    elementwise,
+    embedding,
+    losses,
+    norm_batch,
+    norm_layer,
+    pool,
+    recurrent,
+)
+from nnspec.ir.graph import Node
+from nnspec.ir.ops import conv_pads
+
+
+@dataclass
+class Context:
+    train: bool
+    rng: np.random.Generator
+    buffers: dict[str, np.ndarray]  # batchnorm running statistics, updated in place
+
+
+def _tuple(value, n: int) -> tuple[int, ...]:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def _axis(node: Node, dim: int) -> int:
+    """A per-sample dim as an axis of the array (batch first when the tensor is batched)."""
+    return dim + 1 if dim >= 0 and node.type.batched else dim
+
+
+def _inputs_only(kernel_out):
+    """Wrap a kernel whose backward returns only input gradients."""
+    out, backward = kernel_out
+
+    def rule_backward(d_out):
+        return tuple(backward(d_out)), {}
+
+    return out, rule_backward
+
+
+def _with_params(kernel_out, n_inputs: int, names: tuple[str, ...]):
+    """Wrap a kernel whose backward returns (inputs..., params...) in argument order."""
+    out, backward = kernel_out
+
+    def rule_backward(d_out):
+        grads = backward(d_out)
+        return tuple(grads[:n_inputs]), {n: g for n, g in zip(names, grads[n_inputs:])
+                                        if g is not None}
+
+    return out, rule_backward
+
+
+RULES = {}
+
+
+def rule(*names):
+    def register(fn):
+        for name in names:
+            RULES[name] = fn
+        return fn
+
+    return register
+
+
+# ---- feed-forward and shape --------------------------------------------------------------
+
+
+@rule("dense")
+def _dense(node, ins, params, ctx):
+    return _with_params(dense.linear(ins[0], params["weight"], params.get("bias")), 1,
+                        ("weight", "bias"))
+
+
+@rule("dropout")
+def _dropout(node, ins, params, ctx):
+    return _inputs_only(dropout.dropout(ins[0], p=node.attrs.p, train=ctx.train, rng=ctx.rng))
+
+
+def _reshape_to(x, shape):
+    out = x.reshape(shape)
+
+    def backward(d_out):
+        return (d_out.reshape(x.shape),), {}
+
+    return out, backward
+
+
+@rule("flatten")
+def _flatten(node, ins, params, ctx):
+    return _reshape_to(ins[0], (ins[0].shape[0], -1))
+
+
+@rule("reshape")
+def _reshape(node, ins, params, ctx):
+    return _reshape_to(ins[0], (ins[0].shape[0],) + tuple(node.type.shape))
+
+
+@rule("select")
+def _select(node, ins, params, ctx):
+    x = ins[0]
+    axis = _axis(node, node.attrs.dim)
+    out = np.take(x, node.attrs.index, axis=axis)
+
+    def backward(d_out):
+        dx = np.zeros_like(x)
+        index = [slice(None)] * x.ndim
+        index[axis] = node.attrs.index
+        dx[tuple(index)] = d_out
+        return (dx,), {}
+
+    return out, backward
+
+
+# ---- convolution and pooling ---------------------------------------------------------------
+
+
+def _conv(spatial, kernel_fn):
+    def run(node, ins, params, ctx):
+        a = node.attrs
+        out = kernel_fn(ins[0], params["weight"], params.get("bias"),
+                        stride=_tuple(a.stride, spatial), padding=conv_pads(a, spatial),
+                        dilation=_tuple(a.dilation, spatial), groups=a.groups)
+        return _with_params(out, 1, ("weight", "bias"))
+
+    return run
+
+
+RULES["conv1d"] = _conv(1, conv.conv1d)
+RULES["conv2d"] = _conv(2, conv.conv2d)
+
+
+def _pool(kind):
+    def run(node, ins, params, ctx):
+        x = ins[0]
+        spatial = x.ndim - 2
+        a = node.attrs
+        kernel = _tuple(a.kernel, spatial)
+        stride = _tuple(a.stride if a.stride is not None else kernel, spatial)
+        padding = tuple((p, p) for p in _tuple(a.padding, spatial))
+        fn = getattr(pool, f"{kind}_pool{spatial}d")
+        return _inputs_only(fn(x, kernel=kernel, stride=stride, padding=padding))
+
+    return run
+
+
+for _name in ("maxpool", "maxpool1d", "maxpool2d"):
+    RULES[_name] = _pool("max")
+for _name in ("avgpool", "avgpool1d", "avgpool2d"):
+    RULES[_name] = _pool("avg")
+
+
+@rule("adaptive_avgpool")
+def _adaptive(node, ins, params, ctx):
+    x = ins[0]
+    spatial = x.ndim - 2
+    fn = getattr(pool, f"adaptive_avg_pool{spatial}d")
+    return _inputs_only(fn(x, output_size=_tuple(node.attrs.size, spatial)))
+
+
+@rule("global_avgpool")
+def _global_avgpool(node, ins, params, ctx):
+    x = ins[0]
+    axes = tuple(range(2, x.ndim))
+    count = math.prod(x.shape[2:])
+    out = x.mean(axis=axes) if axes else x.copy()
+
+    def backward(d_out):
+        dx = np.broadcast_to((d_out / count).reshape(d_out.shape + (1,) * len(axes)), x.shape)
+        return (np.ascontiguousarray(dx),), {}
+
+    return out, backward
+
+
+# ---- normalisation -------------------------------------------------------------------------
+
+
+@rule("batchnorm")
+def _batchnorm(node, ins, params, ctx):
+    a = node.attrs
+    mean_name, var_name = node.params["running_mean"], node.params["running_var"]
+    out = norm_batch.batch_norm(ins[0], params.get("weight"), params.get("bias"),
+                                ctx.buffers[mean_name], ctx.buffers[var_name], train=ctx.train,
+                                momentum=a.momentum, eps=a.eps)
+    if ctx.train:
+        ctx.buffers[node.params["num_batches_tracked"]] += 1
+    return _with_params(out, 1, ("weight", "bias"))
+
+
+@rule("layernorm")
+def _layernorm(node, ins, params, ctx):
+    a = node.attrs
+    out = norm_layer.layer_norm(ins[0], params.get("weight"), params.get("bias"),
+                                normalized_ndim=a.dims, eps=a.eps)
+    return _with_params(out, 1, ("weight", "bias"))
+
+
+# ---- embeddings and positions --------------------------------------------------------------
+
+
+@rule("embedding")
+def _embedding(node, ins, params, ctx):
+    out = embedding.embedding(ins[0], params["weight"], padding_idx=node.attrs.padding_idx)
+    return _with_params(out, 1, ("weight",))
+
+
+def _length(node, ins) -> int:
+    return ins[0].shape[1] if ins else node.attrs.max_len
+
+
+@rule("positions")
+def _positions(node, ins, params, ctx):
+    steps = _length(node, ins)
+    weight = params["weight"]
+    out = weight[:steps]
+
+    def backward(d_out):
+        d_weight = np.zeros_like(weight)
+        d_weight[:steps] = d_out
+        return (None,) * len(ins), {"weight": d_weight}
+
+    return out, backward
+
+
+def sinusoidal_table(steps: int, dim: int) -> np.ndarray:
+    """sin on even features, cos on odd ones, wavelengths 2*pi .. 10000*2*pi (Vaswani et al.)."""
+    position = np.arange(steps, dtype=np.float64)[:, None]
+    rate = np.exp(np.arange(0, dim, 2, dtype=np.float64) * (-math.log(10000.0) / dim))
+    table = np.zeros((steps, dim), dtype=np.float64)
+    table[:, 0::2] = np.sin(position * rate)
+    table[:, 1::2] = np.cos(position * rate[: dim // 2])
+    return table.astype(np.float32)
+
+
+@rule("sinusoidal")
+def _sinusoidal(node, ins, params, ctx):
+    out = sinusoidal_table(_length(node, ins), node.attrs.dim)
+    return out, lambda d_out: ((None,) * len(ins), {})
+
+
+# ---- attention and recurrence --------------------------------------------------------------
+
+
+@rule("attention")
+def _attention(node, ins, params, ctx):
+    out = attention.multi_head_attention(
+        ins[0], params["in_proj_weight"], params.get("in_proj_bias"), params["out_proj.weight"],
+        params.get("out_proj.bias"), heads=node.attrs.heads, causal=node.attrs.causal)
+    return _with_params(out, 1, ("in_proj_weight", "in_proj_bias", "out_proj.weight",
+                                 "out_proj.bias"))
+
+
+def _recurrent(mode):
+    def run(node, ins, params, ctx):
+        a = node.attrs
+        output, backward = recurrent.rnn(ins[0], params, mode=mode, hidden=a.hidden,
+                                         layers=a.layers, bidirectional=a.bidirectional,
+                                         nonlinearity=a.get("nonlinearity", "tanh"))
+        if not a.last:
+            def sequence_backward(d_out):
+                dx, d_params = backward(d_out)
+                return (dx,), d_params
+
+            return output, sequence_backward
+        summary, summary_backward = recurrent.last_step(output, hidden=a.hidden,
+                                                        bidirectional=a.bidirectional)
+
+        def last_backward(d_summary):
+            dx, d_params = backward(summary_backward(d_summary)[0])
+            return (dx,), d_params
+
+        return summary, last_backward
+
+    return run
+
+
+for _name in ("rnn", "lstm", "gru"):
+    RULES[_name] = _recurrent(_name)
+
+
+# ---- activations ---------------------------------------------------------------------------
+
+
+def _activation(fn, **attr_names):
+    def run(node, ins, params, ctx):
+        kwargs = {kernel_name: node.attrs[attr] for kernel_name, attr in attr_names.items()}
+        return _inputs_only(fn(ins[0], **kwargs))
+
+    return run
+
+
+RULES.update({
+    "relu": _activation(activations.relu),
+    "sigmoid": _activation(activations.sigmoid),
+    "tanh": _activation(activations.tanh),
+    "gelu": _activation(activations.gelu, approximate="approximate"),
+    "leaky_relu": _activation(activations.leaky_relu, negative_slope="negative_slope"),
+    "elu": _activation(activations.elu, alpha="alpha"),
+    "silu": _activation(activations.silu),
+})
+
+
+def _softmax_like(fn):
+    def run(node, ins, params, ctx):
+        return _inputs_only(fn(ins[0], dim=_axis(node, node.attrs.dim)))
+
+    return run
+
+
+RULES["softmax"] = _softmax_like(activations.softmax)
+RULES["log_softmax"] = _softmax_like(activations.log_softmax)
+
+
+# ---- elementwise, merges, reductions -------------------------------------------------------
+
+
+def _binary(fn):
+    def run(node, ins, params, ctx):
+        return _inputs_only(fn(ins[0], ins[1]))
+
+    return run
+
+
+for _name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum",
+              "lt", "le", "gt", "ge", "eq", "ne"):
+    RULES[_name] = _binary(getattr(elementwise, _name))
+
+for _name in ("neg", "abs", "exp", "log", "sqrt"):
+    RULES[_name] = _activation(getattr(elementwise, _name))
+
+
+@rule("clip")
+def _clip(node, ins, params, ctx):
+    return _inputs_only(elementwise.clip(ins[0], lo=node.attrs.min, hi=node.attrs.max))
+
+
+@rule("where")
+def _where(node, ins, params, ctx):
+    return _inputs_only(elementwise.where(*ins))
+
+
+@rule("concat")
+def _concat(node, ins, params, ctx):
+    out, backward = elementwise.concat(ins, axis=_axis(node, node.attrs.dim))
+    return out, lambda d_out: (tuple(backward(d_out)), {})
+
+
+def _reduction(fn):
+    def run(node, ins, params, ctx):
+        a = node.attrs
+        if a.dim is None:
+            axis = None
+        else:
+            dims = (a.dim,) if isinstance(a.dim, int) else tuple(a.dim)
+            axis = tuple(_axis(node, d) for d in dims)
+        return _inputs_only(fn(ins[0], axis=axis, keepdims=a.keepdim))
+
+    return run
+
+
+RULES["mean"] = _reduction(elementwise.mean)
+RULES["sum"] = _reduction(elementwise.sum)
+RULES["max"] = _reduction(elementwise.max)
+
+
+@rule("scalar")
+def _scalar(node, ins, params, ctx):
+    return np.asarray(node.attrs.value, dtype=np.float32), lambda d_out: ((), {})
+
+
+# ---- losses --------------------------------------------------------------------------------
+
+
+@rule("mse")
+def _mse(node, ins, params, ctx):
+    return _inputs_only(losses.mse(ins[0], ins[1]))
+
+
+@rule("l1")
+def _l1(node, ins, params, ctx):
+    return _inputs_only(losses.l1(ins[0], ins[1]))
+
+
+@rule("cross_entropy")
+def _cross_entropy(node, ins, params, ctx):
+    a = node.attrs
+    return _inputs_only(losses.cross_entropy(ins[0], ins[1], label_smoothing=a.label_smoothing,
+                                             ignore_index=a.ignore_index))
+
+
+@rule("binary_cross_entropy")
+def _bce(node, ins, params, ctx):
+    fn = losses.binary_cross_entropy_with_logits if node.attrs.logits else (
+        losses.binary_cross_entropy)
+    return _inputs_only(fn(ins[0], ins[1]))
