@@ -64,18 +64,16 @@ def cross_entropy(logits, target, *, label_smoothing=0.0, ignore_index=-100):
     targets of the logits' shape are class probabilities and get a gradient too. With label
     smoothing eps, the target mixes (1 - eps) of the given one with eps of the uniform one.
     """
-    num_classes = logits.shape[-1]
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+    row_max = logits.max(axis=-1, keepdims=True)
+    exp_shifted = logits - row_max
     with np.errstate(under="ignore"):  # classes far below the best underflow to their limit, 0
-        exp_shifted = np.exp(shifted)
+        np.exp(exp_shifted, out=exp_shifted)
     sum_exp = exp_shifted.sum(axis=-1, keepdims=True)
+    # Backward turns exp_shifted into the softmax in place: exp_shifted / sum_exp.
+    saved = (logits, row_max, exp_shifted, sum_exp)
     if target.dtype.kind == "f":
-        return _cross_entropy_probabilities(
-            shifted, exp_shifted, sum_exp, target, label_smoothing, num_classes
-        )
-    return _cross_entropy_indices(
-        shifted, exp_shifted, sum_exp, target, label_smoothing, ignore_index, num_classes
-    )
+        return _cross_entropy_probabilities(*saved, target, label_smoothing)
+    return _cross_entropy_indices(*saved, target, label_smoothing, ignore_index)
 
 
 # The interpreter fuses a model's trailing softmax with a cross_entropy loss: it skips the
@@ -85,30 +83,29 @@ softmax_cross_entropy = cross_entropy
 
 
 def _cross_entropy_indices(
-    shifted, exp_shifted, sum_exp, target, label_smoothing, ignore_index, num_classes
+    logits, row_max, exp_shifted, sum_exp, target, label_smoothing, ignore_index
 ):
-    log_sum_exp = np.log(sum_exp)[..., 0]
+    """Per position (1 - eps) * (lse - z_y) + eps * (lse - mean(z)), all relative to the row
+    max, so no full-size log-probability array is ever formed."""
+    log_normaliser = np.log(sum_exp)[..., 0]
     kept = target != ignore_index
     classes = np.where(kept, target, 0)[..., None]
-    target_score = np.take_along_axis(shifted, classes, axis=-1)[..., 0]
-    per_position = (1 - label_smoothing) * (log_sum_exp - target_score)
+    target_logit = np.take_along_axis(logits, classes, axis=-1) - row_max
+    per_position = (1 - label_smoothing) * (log_normaliser - target_logit[..., 0])
     if label_smoothing:
-        per_position += label_smoothing * (log_sum_exp - shifted.mean(axis=-1))
+        mean_logit = logits.mean(axis=-1) - row_max[..., 0]
+        per_position += label_smoothing * (log_normaliser - mean_logit)
     count = int(np.count_nonzero(kept))
     total = np.sum(per_position, where=kept)
-    loss = _scalar(total / count if count else np.nan, shifted.dtype)
+    loss = _scalar(total / count if count else np.nan, logits.dtype)
 
     def backward(d_loss):
         d_logits = exp_shifted
         d_logits /= sum_exp
         if label_smoothing:
-            d_logits -= label_smoothing / num_classes
-        np.put_along_axis(
-            d_logits,
-            classes,
-            np.take_along_axis(d_logits, classes, axis=-1) - (1 - label_smoothing),
-            axis=-1,
-        )
+            d_logits -= label_smoothing / logits.shape[-1]
+        picked = np.take_along_axis(d_logits, classes, axis=-1)
+        np.put_along_axis(d_logits, classes, picked - (1 - label_smoothing), axis=-1)
         d_logits *= (d_loss / count) if count else 0
         if count < kept.size:
             d_logits *= kept[..., None]
@@ -117,15 +114,14 @@ def _cross_entropy_indices(
     return loss, backward
 
 
-def _cross_entropy_probabilities(
-    shifted, exp_shifted, sum_exp, target, label_smoothing, num_classes
-):
-    log_probs = shifted - np.log(sum_exp)
+def _cross_entropy_probabilities(logits, row_max, exp_shifted, sum_exp, target, label_smoothing):
+    log_probs = logits - row_max
+    log_probs -= np.log(sum_exp)
     smoothed = target
     if label_smoothing:
-        smoothed = target * (1 - label_smoothing) + label_smoothing / num_classes
-    positions = log_probs.size // num_classes
-    loss = _scalar(-np.sum(smoothed * log_probs) / positions, shifted.dtype)
+        smoothed = target * (1 - label_smoothing) + label_smoothing / logits.shape[-1]
+    positions = log_probs.size // logits.shape[-1]
+    loss = _scalar(-np.sum(smoothed * log_probs) / positions, logits.dtype)
 
     def backward(d_loss):
         scale = d_loss / positions
