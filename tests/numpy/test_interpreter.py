@@ -1,0 +1,211 @@
+"""The interpreter over whole graphs: every op has a rule, and models equal hand-written torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnspec.backends.numpy.model import InputError, NumpyModel
+from nnspec.backends.numpy.rules import RULES
+from nnspec.ir import ops
+from nnspec.spec import load_text
+
+
+@pytest.mark.parametrize("name", sorted([*ops.OPS, *ops.ALIASES]))
+def test_every_catalogue_op_has_a_numpy_rule(name):
+    assert ops.lookup(name).name in RULES, f"no NumPy rule for `{name}`"
+
+
+def _model(text: str, seed: int = 0) -> NumpyModel:
+    return NumpyModel.from_spec(load_text(text, "test.nn"), seed=seed)
+
+
+RESIDUAL = """
+model Residual {
+  input x: [6]
+  shared = dense(6)
+  h = x -> dense(6) as inp -> tanh
+  h = h + (h -> shared -> relu)          # a residual: h feeds two consumers
+  h = h -> shared                        # the shared layer applied a second time
+  h -> dense(3) as out -> softmax
+}
+train Residual { loss cross_entropy; optimizer sgd(lr = 0.1) }
+"""
+
+
+def _torch_residual(torch, params):
+    def forward(x):
+        lin = torch.nn.functional.linear
+        h = torch.tanh(lin(x, params["inp.weight"], params["inp.bias"]))
+        h = h + torch.relu(lin(h, params["shared.weight"], params["shared.bias"]))
+        h = lin(h, params["shared.weight"], params["shared.bias"])
+        return lin(h, params["out.weight"], params["out.bias"])
+
+    return forward
+
+
+@pytest.mark.torch
+def test_residual_and_shared_layer_gradients_accumulate_like_torch():
+    torch = pytest.importorskip("torch")
+    model = _model(RESIDUAL)
+    assert set(model.params) == {"inp.weight", "inp.bias", "shared.weight", "shared.bias",
+                                 "out.weight", "out.bias"}
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    loss = model.loss(x, y)
+    grads = model.backward()
+
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
+    tx = torch.tensor(x, requires_grad=True)
+    logits = _torch_residual(torch, params)(tx)
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    for name, p in params.items():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    probs = model(x)
+    np.testing.assert_allclose(probs, torch.softmax(logits, -1).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.torch
+def test_input_gradients_after_a_recorded_forward():
+    torch = pytest.importorskip("torch")
+    model = _model(RESIDUAL)
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    d_out = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
+    model.forward(x, record=True)
+    model.backward(d_out)
+    params = {k: torch.tensor(v) for k, v in model.state_dict().items()}
+    tx = torch.tensor(x, requires_grad=True)
+    out = torch.softmax(_torch_residual(torch, params)(tx), -1)
+    out.backward(torch.tensor(d_out))
+    np.testing.assert_allclose(model.input_grads["x"], tx.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+TIED = """
+model Tied(vocab = 11, d = 8) {
+  input tokens: int[5]
+  h = (tokens -> embedding(vocab, d) as wte) + (tokens -> positions(5, d) as wpe)
+  h -> layernorm as ln -> attention(2, causal = true) as attn -> dense(vocab, bias = false, tie = wte)
+}
+train Tied { loss cross_entropy }
+"""
+
+
+@pytest.mark.torch
+def test_tied_embedding_and_causal_attention_match_torch():
+    torch = pytest.importorskip("torch")
+    model = _model(TIED, seed=3)
+    assert "lm_head.weight" not in model.params and "wte.weight" in model.params
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(0, 11, (3, 5))
+    targets = rng.integers(0, 11, (3, 5))
+    loss = model.loss(tokens, targets)
+    grads = model.backward()
+
+    sd = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(sd["attn.in_proj_weight"])
+        mha.in_proj_bias.copy_(sd["attn.in_proj_bias"])
+        mha.out_proj.weight.copy_(sd["attn.out_proj.weight"])
+        mha.out_proj.bias.copy_(sd["attn.out_proj.bias"])
+    tt = torch.tensor(tokens)
+    h = sd["wte.weight"][tt] + sd["wpe.weight"][:5]
+    h = torch.nn.functional.layer_norm(h, (8,), sd["ln.weight"], sd["ln.bias"])
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(5)
+    h, _ = mha(h, h, h, attn_mask=mask, need_weights=False)
+    logits = h @ sd["wte.weight"].T
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 11),
+                                                 torch.tensor(targets).reshape(-1))
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    np.testing.assert_allclose(grads["wte.weight"], sd["wte.weight"].grad.numpy(), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(grads["attn.in_proj_weight"], mha.in_proj_weight.grad.numpy(),
+                               rtol=1e-4, atol=1e-6)
+
+
+BN = """
+model BN {
+  input x: [2, 5, 5]
+  x -> conv2d(3, 3, padding = "same") -> batchnorm as bn -> relu -> global_avgpool -> dense(2)
+}
+train BN { loss cross_entropy }
+"""
+
+
+@pytest.mark.torch
+def test_batchnorm_running_statistics_follow_torch_in_both_modes():
+    torch = pytest.importorskip("torch")
+    model = _model(BN)
+    bn = torch.nn.BatchNorm2d(3)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = rng.standard_normal((4, 2, 5, 5)).astype(np.float32)
+        model.loss(x, rng.integers(0, 2, 4))
+        conv = torch.nn.functional.conv2d(torch.tensor(x),
+                                          torch.tensor(model.params["conv2d_1.weight"]),
+                                          torch.tensor(model.params["conv2d_1.bias"]), padding=1)
+        bn.train()(conv)
+    state = model.state_dict()
+    np.testing.assert_allclose(state["bn.running_mean"], bn.running_mean.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(state["bn.running_var"], bn.running_var.numpy(), rtol=1e-5)
+    assert int(state["bn.num_batches_tracked"]) == 3 == int(bn.num_batches_tracked)
+
+
+def test_weights_round_trip_through_safetensors(tmp_path):
+    model = _model(BN, seed=1)
+    model.save(tmp_path / "w.safetensors")
+    other = _model(BN, seed=2)
+    assert not np.array_equal(other.params["bn.weight"] + other.params["conv2d_1.weight"].sum(),
+                              model.params["bn.weight"] + model.params["conv2d_1.weight"].sum())
+    other.load(tmp_path / "w.safetensors")
+    for name, array in model.state_dict().items():
+        np.testing.assert_array_equal(other.state_dict()[name], array)
+
+
+def test_weights_of_another_model_are_refused_without_change():
+    model = _model(BN)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="conv2d_1.weight"):
+        wrong = dict(before)
+        wrong["conv2d_1.weight"] = np.zeros((4, 2, 3, 3), np.float32)
+        model.load_state_dict(wrong)
+    for name, array in model.state_dict().items():
+        np.testing.assert_array_equal(before[name], array)
+
+
+def test_inputs_are_checked_against_the_declared_shape():
+    model = _model(BN)
+    with pytest.raises(InputError, match=r"\[2, 5, 5\]"):
+        model(np.zeros((4, 3, 5, 5), np.float32))
+    with pytest.raises(InputError, match="out of range"):
+        model.loss(np.zeros((2, 2, 5, 5), np.float32), np.array([0, 7]))
+
+
+def test_symbolic_dims_resolve_from_the_batch():
+    model = _model("""
+model Seq {
+  input x: [T, 4]
+  x -> lstm(6) -> dense(3)
+}""")
+    assert model(np.zeros((2, 7, 4), np.float32)).shape == (2, 7, 3)
+    assert model(np.zeros((1, 3, 4), np.float32)).shape == (1, 3, 3)
+
+
+def test_same_seed_same_weights_and_different_seed_different_weights():
+    a, b, c = _model(RESIDUAL, 7), _model(RESIDUAL, 7), _model(RESIDUAL, 8)
+    assert np.array_equal(a.buffer.data, b.buffer.data)
+    assert not np.array_equal(a.buffer.data, c.buffer.data)
+
+
+def test_init_follows_torch_bounds():
+    model = _model(RESIDUAL)
+    bound = 1 / np.sqrt(6)
+    assert np.abs(model.params["inp.weight"]).max() <= bound
+    assert np.abs(model.params["inp.weight"]).max() > 0.8 * bound
