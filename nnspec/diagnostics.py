@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,13 @@ class Source:
     path: str
     text: str
 
+    @cached_property
+    def lines(self) -> list[str]:
+        """Split once: messages quote lines of large generated specs thousands of times."""
+        return self.text.splitlines()
+
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines
         return lines[number - 1] if 0 < number <= len(lines) else ""
 
 

@@ -11,8 +11,8 @@ import functools
 import re
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from nnspec.diagnostics import Diagnostic, Source, Span, SpecError
 from nnspec.syntax import ast
@@ -51,11 +51,15 @@ class _Newlines:
             yield pending
 
 
-class _ToAst(Transformer):
-    """Parse tree -> AST; every node gets the span of its text."""
+class _ToAst:
+    """Parse tree -> AST; every node gets the span of its text.
+
+    One method per grammar rule, each called as `rule(meta, children)`; a plain class
+    rather than a Lark `Transformer` because its per-call wrappers cost a third of the
+    parse time on large specs.
+    """
 
     def __init__(self, source: Source):
-        super().__init__()
         self.source = source
 
     def _span(self, meta) -> Span:
@@ -67,7 +71,6 @@ class _ToAst(Transformer):
         return Span(self.source, tok.line, tok.column, tok.end_line, tok.end_column)
 
     # -- items
-    @v_args(meta=True)
     def start(self, meta, items):
         return ast.Program(self.source, tuple(items))
 
@@ -76,89 +79,74 @@ class _ToAst(Transformer):
         return ast.Definition(self._span(meta), kind, str(name), self._tok(name),
                               tuple(params or ()), tuple(body))
 
-    @v_args(meta=True)
     def model(self, meta, children):
         return self._definition("model", meta, children)
 
-    @v_args(meta=True)
     def block(self, meta, children):
         return self._definition("block", meta, children)
 
-    @v_args(meta=True)
     def fn(self, meta, children):
         return self._definition("fn", meta, children)
 
-    @v_args(meta=True)
     def train(self, meta, children):
         name, settings = children
         return ast.Train(self._span(meta), str(name), self._tok(name), tuple(settings))
 
-    @v_args(meta=True)
     def const(self, meta, children):
         name, value = children
         return ast.Const(self._span(meta), str(name), value)
 
-    def params(self, children):
+    def params(self, meta, children):
         return [c for c in children if c is not None]
 
-    @v_args(meta=True)
     def param(self, meta, children):
         name, default = children
         return ast.Param(self._span(meta), str(name), default)
 
-    def body(self, children):
+    def body(self, meta, children):
         return [c for c in children if c is not None]
 
     train_body = body
 
-    @v_args(meta=True)
     def setting(self, meta, children):
         return ast.Setting(self._span(meta), str(children[0]), tuple(children[1:]))
 
     # -- statements
-    @v_args(meta=True)
     def input(self, meta, children):
         name, type_ = children
         return ast.Input(self._span(meta), str(name), type_)
 
-    @v_args(meta=True)
     def tensor_type(self, meta, children):
         dtype, *dims = children
         return ast.TensorTypeExpr(self._span(meta), str(dtype) if dtype else "float",
                                   tuple(d for d in dims if d is not None))
 
-    def dim(self, children):
+    def dim(self, meta, children):
         return children[0]
 
-    @v_args(meta=True)
     def assign(self, meta, children):
         name, value = children
         return ast.Assign(self._span(meta), str(name), value)
 
-    @v_args(meta=True)
     def output(self, meta, children):
         return ast.Output(self._span(meta), children[0])
 
     # -- expressions
-    @v_args(meta=True)
     def conditional(self, meta, children):
         then, cond, otherwise = children
         return ast.Conditional(self._span(meta), then, cond, otherwise)
 
-    @v_args(meta=True)
     def pipeline(self, meta, children):
         head, stage = children
         if isinstance(head, ast.Pipeline):
             return ast.Pipeline(self._span(meta), head.head, head.stages + (stage,))
         return ast.Pipeline(self._span(meta), head, (stage,))
 
-    @v_args(meta=True)
     def stage(self, meta, children):
         layer, label = children
         return ast.Stage(self._span(meta), layer, str(label) if label is not None else None)
 
     def _binary(op):
-        @v_args(meta=True)
         def rule(self, meta, children):
             left, right = children[0], children[-1]
             return ast.BinOp(self._span(meta), op, left, right)
@@ -180,57 +168,46 @@ class _ToAst(Transformer):
     mod = _binary("%")
     pow = _binary("^")
 
-    @v_args(meta=True)
     def neg(self, meta, children):
         return ast.Unary(self._span(meta), "-", children[0])
 
-    @v_args(meta=True)
     def not_(self, meta, children):
         return ast.Unary(self._span(meta), "not", children[0])
 
-    @v_args(meta=True)
     def name(self, meta, children):
         return ast.Name(self._span(meta), str(children[0]))
 
-    @v_args(meta=True)
     def call(self, meta, children):
         func, args = children
         positional = tuple(a for a in (args or ()) if not isinstance(a, ast.Kwarg))
         keywords = tuple(a for a in (args or ()) if isinstance(a, ast.Kwarg))
         return ast.Call(self._span(meta), str(func), self._tok(func), positional, keywords)
 
-    def args(self, children):
+    def args(self, meta, children):
         return [c for c in children if c is not None]
 
-    @v_args(meta=True)
     def kwarg(self, meta, children):
         name, value = children
         return ast.Kwarg(self._span(meta), str(name), value)
 
-    @v_args(meta=True)
     def number(self, meta, children):
         text = str(children[0])
         is_int = text.isdigit()
         return ast.Number(self._span(meta), int(text) if is_int else float(text))
 
-    @v_args(meta=True)
     def string(self, meta, children):
         raw = str(children[0])[1:-1]
         return ast.String(self._span(meta), raw.encode().decode("unicode_escape"))
 
-    @v_args(meta=True)
     def true(self, meta, children):
         return ast.Constant(self._span(meta), True)
 
-    @v_args(meta=True)
     def false(self, meta, children):
         return ast.Constant(self._span(meta), False)
 
-    @v_args(meta=True)
     def none(self, meta, children):
         return ast.Constant(self._span(meta), None)
 
-    @v_args(meta=True)
     def list(self, meta, children):
         return ast.ListExpr(self._span(meta), tuple(c for c in children if c is not None))
 
@@ -317,7 +294,24 @@ def parse(text: str, path: str = "<string>") -> ast.Program:
             if diag is not None:
                 errors.append(diag)
         raise SpecError(errors or [_first_syntax_error(text, source)]) from None
-    try:
-        return _ToAst(source).transform(tree)
-    except VisitError as err:
-        raise err.orig_exc from None
+    return _transform(_ToAst(source), tree)
+
+
+def _transform(transformer: _ToAst, tree: Tree):
+    """Bottom-up transform with an explicit stack: a 10,000-stage pipeline is a parse tree
+    10,000 levels deep (`->` is left-recursive), too deep for a recursive transform."""
+    results: list = []
+    stack: list[tuple[Tree, bool]] = [(tree, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if not isinstance(node, Tree):
+            results.append(node)
+        elif children_done:
+            first = len(results) - len(node.children)
+            children = results[first:]
+            del results[first:]
+            results.append(getattr(transformer, node.data)(node.meta, children))
+        else:
+            stack.append((node, True))
+            stack.extend((child, False) for child in reversed(node.children))
+    return results[0]
