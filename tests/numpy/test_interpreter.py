@@ -209,3 +209,60 @@ def test_init_follows_torch_bounds():
     bound = 1 / np.sqrt(6)
     assert np.abs(model.params["inp.weight"]).max() <= bound
     assert np.abs(model.params["inp.weight"]).max() > 0.8 * bound
+
+
+HUBER = """
+fn huber(pred, target, delta = 1.0) {
+  err = abs(pred - target)
+  mean(where(err < delta, 0.5 * err ^ 2, delta * (err - 0.5 * delta)))
+}
+fn scaled_swish(x, beta = 1.0) {
+  x * sigmoid(beta * x)
+}
+model Reg {
+  input x: [3]
+  x -> dense(4) as a -> scaled_swish(beta = 2.0) -> dense(2) as b
+}
+train Reg { loss huber(delta = 0.5) }
+"""
+
+
+@pytest.mark.torch
+def test_custom_fn_activation_and_loss_are_differentiated_like_torch():
+    torch = pytest.importorskip("torch")
+    model = _model(HUBER)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 2)).astype(np.float32)
+    loss = model.loss(x, y)
+    grads = model.backward()
+    sd = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
+    h = torch.nn.functional.linear(torch.tensor(x), sd["a.weight"], sd["a.bias"])
+    h = h * torch.sigmoid(2.0 * h)
+    pred = torch.nn.functional.linear(h, sd["b.weight"], sd["b.bias"])
+    expected = torch.nn.functional.huber_loss(pred, torch.tensor(y), delta=0.5)
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    for name, p in sd.items():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-4, atol=1e-7,
+                                   err_msg=name)
+
+
+def test_the_public_api_trains_a_spec():
+    import nnspec
+    from nnspec.training.datasets import load_dataset
+
+    spec = nnspec.load_text(HUBER.replace("train Reg { loss huber(delta = 0.5) }",
+                                          "train Reg { loss mse; optimizer adam(lr = 0.05) }"))
+    model = nnspec.NumpyModel.from_spec(spec, seed=0)
+    optimizer = nnspec.make_optimizer(spec, model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3)).astype(np.float32)
+    y = np.stack([x[:, 0] - x[:, 1], x[:, 2] * 0.5], axis=1).astype(np.float32)
+    first = model.loss(x, y)
+    for _ in range(200):
+        model.loss(x, y)
+        model.backward()
+        optimizer.step()
+    assert model.loss(x, y) < 0.05 * first
+    assert load_dataset  # the data sets are importable from the same environment
