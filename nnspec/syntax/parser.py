@@ -14,7 +14,7 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from nnspec.diagnostics import Diagnostic, Source, Span, SpecError
+from nnspec.diagnostics import Diagnostic, Source, Span, SpecError, did_you_mean
 from nnspec.syntax import ast
 
 _OPENERS = {"(", "["}
@@ -61,6 +61,7 @@ class _ToAst:
 
     def __init__(self, source: Source):
         self.source = source
+        self.errors: list[Diagnostic] = []
 
     def _span(self, meta) -> Span:
         if getattr(meta, "empty", True):
@@ -179,6 +180,15 @@ class _ToAst:
 
     def call(self, meta, children):
         func, args = children
+        seen_keyword = False
+        for a in args or ():
+            if isinstance(a, ast.Kwarg):
+                seen_keyword = True
+            elif seen_keyword:
+                self.errors.append(Diagnostic(
+                    "E003", "a positional argument after a keyword argument", a.span,
+                    "put positional arguments first, or name this one too"))
+                break
         positional = tuple(a for a in (args or ()) if not isinstance(a, ast.Kwarg))
         keywords = tuple(a for a in (args or ()) if isinstance(a, ast.Kwarg))
         return ast.Call(self._span(meta), str(func), self._tok(func), positional, keywords)
@@ -219,49 +229,131 @@ def _lark() -> Lark:
                 maybe_placeholders=True)
 
 
-_TOKEN_WORDS = {
-    "RPAR": "`)`", "LPAR": "`(`", "RSQB": "`]`", "LSQB": "`[`", "LBRACE": "`{`", "RBRACE": "`}`",
-    "COMMA": "`,`", "EQUAL": "`=`", "COLON": "`:`", "NAME": "a name", "NUMBER": "a number",
-    "STRING": "a string", "_NL": "a new line", "$END": "the end of the file", "SEMICOLON": "`;`",
-}
+_WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE": "a dtype",
+          "_NL": "a new line", "$END": "the end of the file"}
+# Which expected tokens a hint lists first: closing what is open beats starting something new.
+_PRIORITY = (")", "]", "}", ",", "=", ":", "{", "(", "[", "->", "a name", "a number", "a string")
+_KEYWORDS = ("model", "block", "fn", "train", "input")
+_RESERVED = {"model", "block", "fn", "train", "input", "as", "if", "else", "and", "or", "not",
+             "true", "false", "none"}
+_CLOSES = {")": "(", "]": "[", "}": "{"}
+_FIXES = {"\u2192": "->", "\u2212": "-", "\u00d7": "*", "\u201c": '"', "\u201d": '"'}
 
 
-def _describe(tok_type: str, value: str | None = None) -> str:
-    if tok_type in _TOKEN_WORDS:
-        return _TOKEN_WORDS[tok_type]
-    return f"`{value}`" if value else tok_type.lower()
+def _expected_words(expected) -> list[str]:
+    """Lark's terminal names -> what a person types, most useful first."""
+    literals = {t.name: t.pattern.value for t in _lark().terminals
+                if t.pattern.type == "str"}
+    words = {f"`{literals[t]}`" if t in literals else _WORDS.get(t) for t in expected}
+    words.discard(None)
+
+    def rank(word):
+        bare = word.strip("`")
+        return (_PRIORITY.index(bare) if bare in _PRIORITY else len(_PRIORITY), word)
+
+    return sorted(words, key=rank)
 
 
-def _syntax_diagnostic(err: UnexpectedInput, source: Source) -> Diagnostic:
+def _found(tok: Token) -> str:
+    if tok.type in ("NAME", "NUMBER"):
+        return f"{_WORDS[tok.type][2:]} `{tok.value}`"
+    if tok.type == "STRING":
+        return f"string {tok.value}"
+    return f"`{tok.value}`"
+
+
+def _tokens_before(text: str, pos: int | None) -> list[Token]:
+    """The tokens in front of an error (newlines inside brackets already dropped)."""
+    tokens = []
+    try:
+        for tok in _lark().lex(text):
+            if pos is not None and tok.start_pos >= pos:
+                break
+            tokens.append(tok)
+    except UnexpectedInput:
+        pass
+    return tokens
+
+
+def _unclosed(tokens: list[Token]) -> list[Token]:
+    stack: list[Token] = []
+    for tok in tokens:
+        if tok.type in ("LPAR", "LSQB", "LBRACE"):
+            stack.append(tok)
+        elif tok.value in _CLOSES and tok.type != "STRING" and stack \
+                and stack[-1].value == _CLOSES[tok.value]:
+            stack.pop()
+    return stack
+
+
+def _tok_span(source: Source, tok: Token) -> Span:
+    return Span(source, tok.line, tok.column, tok.end_line or tok.line,
+                tok.end_column or tok.column + 1)
+
+
+def _syntax_diagnostic(err: UnexpectedInput, text: str, source: Source) -> Diagnostic:
+    """The first syntax error as a diagnostic that points where the fix goes: an unclosed
+    bracket at the bracket, a dangling `->` at the arrow, a misspelt keyword at the word."""
     line, col = max(err.line, 1), max(err.column, 1)
     if isinstance(err, UnexpectedCharacters):
-        char = source.text[err.pos_in_stream] if err.pos_in_stream < len(source.text) else ""
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
         span = Span(source, line, col, line, col + 1)
-        hint = "strings use double quotes" if char == "'" else None
+        if char == '"':
+            return Diagnostic("E001", "this string is never closed", span,
+                              'end it with `"` on the same line')
+        hint = "strings use double quotes" if char == "'" else (
+            f"write `{_FIXES[char]}`" if char in _FIXES else None)
         return Diagnostic("E001", f"unexpected character `{char}`", span, hint)
     tok = err.token if isinstance(err, UnexpectedToken) else None
-    expected = sorted(getattr(err, "expected", ()) or ())
-    if tok is None or tok.type == "$END":
-        last = len(source.text.splitlines()) or 1
-        span = Span(source, last, len(source.line(last)) + 1, last, len(source.line(last)) + 1)
-        opened = source.text.count("{") - source.text.count("}")
-        hint = "a `{` is never closed: add `}`" if opened > 0 else None
-        return Diagnostic("E002", "the file ends in the middle of a definition", span, hint)
-    span = Span(source, tok.line, tok.column, tok.end_line or tok.line,
-                tok.end_column or tok.column + 1)
-    words = [_describe(t) for t in expected if t in _TOKEN_WORDS]
-    found = _describe(tok.type, tok.value)
-    message = f"unexpected {found}"
-    hint = None
-    if words:
-        hint = "expected " + ", ".join(sorted(set(words))[:6])
+    at_end = tok is None or tok.type == "$END"
+    tokens = _tokens_before(text, None if at_end else tok.start_pos)
+    prev = tokens[-1] if tokens else None
+    before_prev = tokens[-2] if len(tokens) > 1 else None
+    open_ = _unclosed(tokens)
+    inner = open_[-1] if open_ else None
+    expected = set(getattr(err, "expected", ()) or ())
+
+    if (prev is not None and prev.type == "NAME" and not at_end
+            and (before_prev is None or before_prev.value in ("{", ";") or
+                 before_prev.type == "_NL")):
+        close = did_you_mean(prev.value, _KEYWORDS)
+        if close:
+            return Diagnostic("E001", f"unknown keyword `{prev.value}`", _tok_span(source, prev),
+                              close)
+    if inner is not None and inner.type != "LBRACE":
+        closer = ")" if inner.type == "LPAR" else "]"
+        starts_line = (not at_end and tok.type != "RBRACE" and prev is not None
+                       and prev.line < tok.line)
+        if at_end or tok.type == "RBRACE" or starts_line:
+            hint = f"add `{closer}`" + (" (or a `,` if the list goes on)" if starts_line else "")
+            return Diagnostic("E001", f"this `{inner.value}` is never closed",
+                              _tok_span(source, inner), hint)
+    if at_end:
+        if inner is not None:
+            return Diagnostic("E002", "this `{` is never closed",
+                              _tok_span(source, inner), "add `}` at the end of the definition")
+        last = len(source.lines) or 1
+        end = len(source.line(last)) + 1
+        return Diagnostic("E002", "the file ends in the middle of a definition",
+                          Span(source, last, end, last, end))
+    span = _tok_span(source, tok)
+    if prev is not None and prev.type not in ("LPAR", "LSQB", "LBRACE", "COLON") \
+            and prev.value in _CONTINUE_AFTER and tok.type in ("RBRACE", "RPAR", "RSQB", "_NL"):
+        return Diagnostic("E001", f"`{prev.value}` needs something after it",
+                          _tok_span(source, prev), "finish the expression or remove the "
+                          f"`{prev.value}`")
+    if tok.value in _CLOSES and tok.type != "STRING":
+        opener = _CLOSES[tok.value]
+        if inner is None or inner.value != opener:
+            return Diagnostic("E001", f"`{tok.value}` closes nothing", span,
+                              f"remove it, or add the `{opener}` it closes")
+    words = _expected_words(expected)
+    hint = ("expected " + ", ".join(words[:6])) if words else None
     if tok.type == "_NL":
-        message = "this line ends too early"
-        if "RPAR" in expected:
-            hint = "a `(` is not closed on this line: add `)`"
-    elif tok.type == "RBRACE" and "RPAR" in expected:
-        hint = "a `(` is never closed: add `)`"
-    return Diagnostic("E001", message, span, hint)
+        return Diagnostic("E001", "this line ends too early", span, hint)
+    if tok.value in _RESERVED and tok.type != "NAME":
+        hint = f"`{tok.value}` is a reserved word; pick another name"
+    return Diagnostic("E001", f"unexpected {_found(tok)}", span, hint)
 
 
 _ITEM_START = re.compile(r"^(model|block|fn|train)\b", re.M)
@@ -271,7 +363,7 @@ def _first_syntax_error(text: str, source: Source) -> Diagnostic | None:
     try:
         _lark().parse(text)
     except UnexpectedInput as err:
-        return _syntax_diagnostic(err, source)
+        return _syntax_diagnostic(err, text, source)
     return None
 
 
@@ -294,7 +386,11 @@ def parse(text: str, path: str = "<string>") -> ast.Program:
             if diag is not None:
                 errors.append(diag)
         raise SpecError(errors or [_first_syntax_error(text, source)]) from None
-    return _transform(_ToAst(source), tree)
+    to_ast = _ToAst(source)
+    program = _transform(to_ast, tree)
+    if to_ast.errors:
+        raise SpecError(to_ast.errors)
+    return program
 
 
 def _transform(transformer: _ToAst, tree: Tree):
