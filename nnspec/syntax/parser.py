@@ -17,6 +17,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from nnspec.diagnostics import Diagnostic, Source, Span, SpecError, did_you_mean
 from nnspec.syntax import ast
 
+_ESCAPE = re.compile(r"\\(.)")
+_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}  # not unicode_escape: it mangles UTF-8
 _OPENERS = {"(", "["}
 _CLOSERS = {")", "]"}
 _CONTINUE_AFTER = {"->", "+", "-", "*", "/", "%", "^", "**", ",", "=", "==", "!=", "<", "<=",
@@ -207,7 +209,12 @@ class _ToAst:
 
     def string(self, meta, children):
         raw = str(children[0])[1:-1]
-        return ast.String(self._span(meta), raw.encode().decode("unicode_escape"))
+        bad = next((m for m in _ESCAPE.finditer(raw) if m.group(1) not in _ESCAPES), None)
+        if bad is not None:
+            self.errors.append(Diagnostic("E001", f"unknown escape `{bad.group(0)}` in a string",
+                                          self._span(meta), r'escapes are \", \\, \n and \t'))
+        text = _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(0)), raw)
+        return ast.String(self._span(meta), text)
 
     def true(self, meta, children):
         return ast.Constant(self._span(meta), True)
