@@ -39,6 +39,7 @@ class Layer:
     name: str  # op or definition name
     span: Span
     args: tuple = ()  # evaluated positional arguments (tensors first, then values)
+    arg_spans: tuple = ()  # spans of the non-tensor positional arguments
     kwargs: tuple = ()  # ((name, value, span), ...)
     parts: tuple[Layer, ...] = ()  # seq parts, or the repeated layer
     count: int = 1
@@ -57,6 +58,21 @@ POISON = _Poison()
 _BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "<": "lt", "<=": "le",
            ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _BUILTIN_FUNCS = {"min": min, "max": max, "int": int, "float": float, "round": round}
+_MAX_INT_BITS = 4096  # `9 ^ 9 ^ 9` would take the compiler forever; no size needs more bits
+
+
+def _divide(left, right):
+    """`/` of two integers that divide exactly stays an integer (`d / heads`)."""
+    if isinstance(left, int) and isinstance(right, int) and left % right == 0:
+        return left // right
+    return left / right
+
+
+_ARITHMETIC = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": _divide,
+    "%": lambda a, b: a % b, "^": lambda a, b: a ** b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}
 
 
 def snake(name: str) -> str:
@@ -120,13 +136,21 @@ class Builder:
         self.params: dict[str, Param] = {}
         self.modules: dict[str, tuple[str, dict[str, str]]] = {}  # path -> (op, local->full)
         self.scopes: dict[str, Scope] = {}
-        self.depth = 0
+        self.call_stack: list[tuple[str, Span]] = []
         self._index_definitions()
 
     # ---- diagnostics --------------------------------------------------------------------
 
     def error(self, code, message, span, hint=None, notes=()):
-        self.diagnostics.append(Diagnostic(code, message, span, hint, "error", tuple(notes)))
+        self.report(Diagnostic(code, message, span, hint, "error", tuple(notes)))
+
+    def report(self, diagnostic: Diagnostic):
+        """Record an error; inside blocks and fns, note the chain of uses that led there."""
+        uses = tuple(Note(site, f"in `{name}`, used here") for name, site in
+                     reversed(self.call_stack))
+        if uses:
+            diagnostic = replace(diagnostic, notes=diagnostic.notes + uses)
+        self.diagnostics.append(diagnostic)
 
     def _index_definitions(self):
         for item in self.program.items:
@@ -151,7 +175,7 @@ class Builder:
         try:
             return thunk()
         except DiagnosticError as err:
-            self.diagnostics.append(err.diagnostic)
+            self.report(err.diagnostic)
             return default
 
     # ---- models -------------------------------------------------------------------------
@@ -359,21 +383,17 @@ class Builder:
                                   f"{_describe_value(right)}", expr.span)
         if op in ("/", "%") and right == 0:
             raise DiagnosticError("E132", "division by zero", expr.span)
-        if op == "+":
-            return left + right
-        if op == "-":
-            return left - right
-        if op == "*":
-            return left * right
-        if op == "/":
-            exact = isinstance(left, int) and isinstance(right, int) and left % right == 0
-            return left // right if exact else left / right
-        if op == "%":
-            return left % right
-        if op == "^":
-            return left ** right
-        return {"<": left < right, "<=": left <= right, ">": left > right,
-                ">=": left >= right}[op]
+        if op == "^" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+                and abs(left) > 1 and right * abs(left).bit_length() > _MAX_INT_BITS:
+            raise DiagnosticError("E131", f"`{left} ^ {right}` is too large a number", expr.span)
+        try:
+            result = _ARITHMETIC[op](left, right)
+        except ArithmeticError:
+            raise DiagnosticError("E131", f"`{_text(expr.span)}` has no finite value",
+                                  expr.span) from None
+        if isinstance(result, complex):
+            raise DiagnosticError("E131", f"`{_text(expr.span)}` is not a real number", expr.span)
+        return result
 
     def eval_Conditional(self, expr, frame):
         cond = self.value(self.eval(expr.cond, frame), expr.cond)
@@ -413,12 +433,10 @@ class Builder:
     def eval_Call(self, expr, frame):
         if expr.func == "repeat":
             return self.repeat_layer(expr, frame)
-        if expr.func in _BUILTIN_FUNCS and self.lookup_optional(expr.func, frame) is None:
-            args = [self.value(self.eval(a, frame), a) for a in expr.args]
-            try:
-                return _BUILTIN_FUNCS[expr.func](*args)
-            except (TypeError, ValueError) as err:
-                raise DiagnosticError("E131", f"`{expr.func}`: {err}", expr.span) from None
+        builtin = expr.func in _BUILTIN_FUNCS and not (
+            expr.func in frame.vars or expr.func in self.consts or expr.func in self.defs)
+        if builtin and ops.lookup(expr.func) is None:
+            return self.builtin_call(expr, [self.eval(a, frame) for a in expr.args])
         callee = self.eval_Name(ast.Name(expr.func_span, expr.func), frame)
         if not isinstance(callee, Layer):
             raise DiagnosticError("E151", f"`{expr.func}` is {_describe_value(callee)}, not "
@@ -427,6 +445,9 @@ class Builder:
         kwargs = tuple((k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs)
         if POISON in args or any(v is POISON for _, v, _ in kwargs):
             return POISON
+        if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
+                                                       for a in args):
+            return self.builtin_call(expr, args)  # `max(a, b)` on numbers; `max(x)` reduces x
         tensors = []
         while args and isinstance(args[0], Tensor):
             tensors.append(args.pop(0))
@@ -441,10 +462,29 @@ class Builder:
             layer = callee
         else:
             layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
+                            arg_spans=tuple(a.span for a in expr.args[len(tensors):]),
                             text=_text(expr.span))
         if tensors:
             return self.apply(layer, tensors, frame, None, expr.span)
         return layer
+
+    def builtin_call(self, expr: ast.Call, args: list):
+        if POISON in args:
+            return POISON
+        values = [self.value(a, node) for a, node in zip(args, expr.args)]
+        variadic = expr.func in ("min", "max")
+        wanted = "two or more numbers" if variadic else "one number"
+        if (len(values) < 2) if variadic else (len(values) != 1):
+            raise DiagnosticError("E131", f"`{expr.func}` takes {wanted}, got {len(values)}",
+                                  expr.span)
+        for value, node in zip(values, expr.args):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DiagnosticError("E131", f"`{expr.func}` takes {wanted}, got "
+                                      f"{_describe_value(value)}", node.span)
+        try:
+            return _BUILTIN_FUNCS[expr.func](*values)
+        except (ValueError, ArithmeticError) as err:
+            raise DiagnosticError("E131", f"`{expr.func}`: {err}", expr.span) from None
 
     def arity(self, layer: Layer) -> tuple[int, int | None]:
         if layer.kind == "op":
@@ -555,9 +595,9 @@ class Builder:
         definition = self.defs[layer.name]
         if definition.kind == "fn" and not tensors:
             raise DiagnosticError("E154", f"`{layer.name}` needs a tensor argument", span)
-        self.depth += 1
+        self.call_stack.append((layer.name, span))
         try:
-            if self.depth > 64:
+            if len(self.call_stack) > 64:
                 raise DiagnosticError("E155", f"`{layer.name}` calls itself too deeply "
                                       "(blocks cannot be recursive)", span)
             if definition.kind == "block":
@@ -575,7 +615,7 @@ class Builder:
             positional = list(tensors) + list(values)
             return self.run_body(definition, layer, [], positional, inner, span)
         finally:
-            self.depth -= 1
+            self.call_stack.pop()
 
     def run_body(self, definition: ast.Definition, layer: Layer, tensors, values, frame, span):
         keywords = {k: v for k, v, _ in layer.kwargs}
@@ -636,10 +676,22 @@ class Builder:
 
     # ---- ops ----------------------------------------------------------------------------
 
-    def resolve_attrs(self, opdef: ops.OpDef, values: list, keywords: dict, layer: Layer | None,
-                      span: Span) -> ops.Attrs:
-        spans = {k: s for k, _, s in (layer.kwargs if layer else ())}
+    @staticmethod
+    def argument_spans(opdef: ops.OpDef, layer: Layer | None) -> dict[str, Span]:
+        """Where each argument of a layer was written, for errors about one argument."""
+        if layer is None:
+            return {}
         settable = [a for a in opdef.attrs if a.kind != "layer"]
+        spans = {a.name: s for a, s in zip(settable, layer.arg_spans)}
+        spans.update((k, s) for k, _, s in layer.kwargs)
+        return spans
+
+    def resolve_attrs(self, opdef: ops.OpDef, values: list, keywords: dict,
+                      spans: dict[str, Span], span: Span) -> ops.Attrs:
+        settable = [a for a in opdef.attrs if a.kind != "layer"]
+        if settable and settable[-1].variadic and len(values) > len(settable):
+            keep = len(settable) - 1
+            values = values[:keep] + [list(values[keep:])]
         if len(values) > len(settable):
             raise DiagnosticError("E140", f"`{opdef.name}` takes at most {len(settable)} "
                                   f"argument(s) but got {len(values)}", span,
@@ -732,7 +784,8 @@ class Builder:
                  label: str | None = None, layer: Layer | None = None,
                  values: list | None = None):
         opdef = ops.lookup(name)
-        attrs = self.resolve_attrs(opdef, list(values or []), keywords, layer, span)
+        attrs = self.resolve_attrs(opdef, list(values or []), keywords,
+                                   self.argument_spans(opdef, layer), span)
         low, high = opdef.arity
         if len(tensors) < low or (high is not None and len(tensors) > high):
             want = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
