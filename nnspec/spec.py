@@ -60,7 +60,7 @@ def _build_one(builder: Builder, definition: ast.Definition, program: ast.Progra
     graph = builder.build_model(definition.name, overrides)
     train = None
     for section in program.trains:
-        if section.model == definition.name and not _errors(builder.diagnostics):
+        if section.model == definition.name:
             train = build_train(builder, section, graph)
     return graph, train
 

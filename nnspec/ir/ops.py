@@ -53,6 +53,7 @@ class Attr:
     minimum: float | None = None
     maximum: float | None = None
     optional: bool = False  # None is an allowed value
+    variadic: bool = False  # the last attribute may collect extra positional arguments
 
 
 @dataclass(frozen=True)
@@ -476,12 +477,16 @@ def _recurrent_rule(mode: str):
 # ---- elementwise, merges, reductions -------------------------------------------------------
 
 
+_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "^"}
+
+
 def _broadcast_infer(op):
     def infer(ins, a):
         x, y = ins
         shape = broadcast(x, y)
         if shape is None:
-            raise ShapeError(f"`{op}` cannot combine {x} and {y}: the shapes do not match",
+            raise ShapeError(f"`{_SYMBOLS.get(op, op)}` cannot combine {x} and {y}: the shapes "
+                             "do not match",
                              "make both sides the same shape (e.g. a `dense` to match the "
                              "feature size)", code="E305")
         if x.dtype != y.dtype and "int64" in (x.dtype, y.dtype) and op in ("add", "sub", "mul"):
@@ -668,7 +673,8 @@ _register(
     OpDef("flatten", "shape", "Flattens each sample to one dim.", _flatten_infer,
           outputs_doc="[prod(dims)]"),
     OpDef("reshape", "shape", "Reshapes each sample; one dim may be -1.", _reshape_infer,
-          (Attr("shape", "ints", doc="the new per-sample shape"),), outputs_doc="shape"),
+          (Attr("shape", "ints", doc="the new per-sample shape: `reshape(8, 8)` or "
+                "`reshape([8, 8])`", variadic=True),), outputs_doc="shape"),
     OpDef("select", "shape", "Takes one position along a per-sample dim, dropping that dim "
           "(e.g. the first token: `select(0)`; the last: `select(-1)`).", _select_infer,
           (Attr("index", "int"), Attr("dim", "int", 0)), outputs_doc="shape without dim"),

@@ -108,7 +108,13 @@ def build_train(builder: Builder, train: ast.Train, model: Graph) -> TrainConfig
     if "loss" not in seen:
         builder.error("E204", f"train `{train.model}` needs a `loss`", train.span,
                       "add e.g. `loss cross_entropy` or `loss mse`")
-    elif model.output_type is not None:
+    elif not (model.outputs and model.output_type is not None):
+        expr = seen["loss"].values[0]
+        name, span = (expr.id, expr.span) if isinstance(expr, ast.Name) else (
+            (expr.func, expr.func_span) if isinstance(expr, ast.Call) else (None, None))
+        if name is not None:
+            builder.guard(lambda: _loss_kind(builder, name, span), None)
+    else:
         result = builder.guard(lambda: build_loss(builder, seen["loss"], model), None)
         if result is not None:
             loss, loss_graph = result
@@ -152,6 +158,14 @@ def _call_parts(builder: Builder, expr: ast.Expr, frame) -> tuple[str, list, dic
         args = [builder.value(builder.eval(a, frame), a) for a in expr.args]
         kwargs = {k.name: builder.value(builder.eval(k.value, frame), k.value) for k in expr.kwargs}
         return expr.func, args, kwargs, expr.func_span
+
+
+def _argument_spans(expr: ast.Expr, definition) -> dict[str, Span]:
+    if not isinstance(expr, ast.Call):
+        return {}
+    spans = {a.name: arg.span for a, arg in zip(definition.hyper, expr.args)}
+    spans.update((k.name, k.span) for k in expr.kwargs)
+    return spans
     raise DiagnosticError("E207", "expected a name or a call like `adam(lr = 1e-3)`", expr.span)
 
 
@@ -165,7 +179,8 @@ def _hyper(builder: Builder, setting: ast.Setting | None, table: dict, what: str
                               did_you_mean(name, table) or f"choose one of: {', '.join(table)}")
     definition = table[name]
     fake = ops.OpDef(name, what, definition.doc, lambda ins, a: None, definition.hyper)
-    return Setting(name, dict(builder.resolve_attrs(fake, args, kwargs, None, expr.span)),
+    spans = _argument_spans(expr, definition)
+    return Setting(name, dict(builder.resolve_attrs(fake, args, kwargs, spans, expr.span)),
                    expr.span)
 
 
@@ -204,6 +219,19 @@ def _data(builder: Builder, setting: ast.Setting | None, frame) -> Setting | Non
     return Setting(name, dict(kwargs), expr.span)
 
 
+def _loss_kind(builder: Builder, name: str, span: Span) -> str:
+    """"fn" for a loss written in the spec, "op" for a built-in one; else E213."""
+    definition = builder.defs.get(name)
+    if definition is not None and definition.kind == "fn":
+        return "fn"
+    if ops.lookup(name) is not None and ops.lookup(name).family == "loss":
+        return "op"
+    candidates = [*ops.LOSSES, *(d.name for d in builder.program.definitions("fn"))]
+    raise DiagnosticError("E213", f"unknown loss `{name}`", span,
+                          did_you_mean(name, candidates)
+                          or f"losses: {', '.join(candidates)}, or a `fn` of yours")
+
+
 def build_loss(builder: Builder, setting: ast.Setting, model: Graph) -> tuple[Setting, Graph]:
     """The loss as a graph from inputs `pred` and `target` to a scalar."""
     expr = _single(setting)
@@ -214,17 +242,13 @@ def build_loss(builder: Builder, setting: ast.Setting, model: Graph) -> tuple[Se
     saved_params = builder.params
     builder.params = {}
     try:
-        definition = builder.defs.get(name)
-        if definition is not None and definition.kind == "fn":
+        kind = _loss_kind(builder, name, span)
+        definition = builder.defs[name] if kind == "fn" else None
+        if kind == "fn":
             target_type = pred_type
-        elif ops.lookup(name) is not None and ops.lookup(name).family == "loss":
+        else:
             name = ops.lookup(name).name
             target_type = default_target(name, pred_type)
-        else:
-            candidates = [*ops.LOSSES, *(d.name for d in builder.program.definitions("fn"))]
-            raise DiagnosticError("E213", f"unknown loss `{name}`", span,
-                                  did_you_mean(name, candidates)
-                                  or f"losses: {', '.join(candidates)}, or a `fn` of yours")
         nodes = [Node("pred", "input", (), {}, pred_type, model.node(model.outputs[0]).span),
                  Node("target", "input", (), {}, target_type, setting.span)]
         for n in nodes:
