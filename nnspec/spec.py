@@ -133,11 +133,11 @@ def check_text(text: str, path: str = "<string>") -> list[Diagnostic]:
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
-    """A block used by two models reports its error once."""
+    """A block used by two models reports its error once; errors come in file order."""
     seen, out = set(), []
     for d in diagnostics:
         key = (d.code, d.message, d.span and (d.span.line, d.span.col))
         if key not in seen:
             seen.add(key)
             out.append(d)
-    return out
+    return sorted(out, key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))

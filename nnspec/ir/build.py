@@ -155,6 +155,7 @@ class Builder:
     def _index_definitions(self):
         for item in self.program.items:
             if isinstance(item, ast.Definition):
+                self._check_inputs_first(item)
                 if item.name in self.defs:
                     first = self.defs[item.name]
                     self.error("E120", f"`{item.name}` is defined twice", item.name_span,
@@ -170,6 +171,16 @@ class Builder:
             value = self.guard(lambda item=item: self.value(self.eval(item.value, frame), item.value))
             self.consts[item.name] = value
             frame.vars[item.name] = value
+
+    def _check_inputs_first(self, definition: ast.Definition):
+        """`input`s open a body; one after other statements is a misplaced line."""
+        started = False
+        for stmt in definition.body:
+            if not isinstance(stmt, ast.Input):
+                started = True
+            elif started:
+                self.error("E114", "`input` belongs at the top of a model or block, before "
+                           "other statements", stmt.span, "move this line up")
 
     def guard(self, thunk, default=POISON):
         try:
@@ -682,20 +693,21 @@ class Builder:
         if layer is None:
             return {}
         settable = [a for a in opdef.attrs if a.kind != "layer"]
-        spans = {a.name: s for a, s in zip(settable, layer.arg_spans)}
+        spans: dict[str | int, Span] = {a.name: s for a, s in zip(settable, layer.arg_spans)}
+        spans.update(enumerate(layer.arg_spans))  # by position too, for surplus arguments
         spans.update((k, s) for k, _, s in layer.kwargs)
         return spans
 
     def resolve_attrs(self, opdef: ops.OpDef, values: list, keywords: dict,
-                      spans: dict[str, Span], span: Span) -> ops.Attrs:
+                      spans: dict[str | int, Span], span: Span) -> ops.Attrs:
         settable = [a for a in opdef.attrs if a.kind != "layer"]
         if settable and settable[-1].variadic and len(values) > len(settable):
             keep = len(settable) - 1
             values = values[:keep] + [list(values[keep:])]
         if len(values) > len(settable):
             raise DiagnosticError("E140", f"`{opdef.name}` takes at most {len(settable)} "
-                                  f"argument(s) but got {len(values)}", span,
-                                  self.signature_hint(opdef))
+                                  f"argument(s) but got {len(values)}",
+                                  spans.get(len(settable), span), self.signature_hint(opdef))
         resolved = ops.Attrs()
         given = dict(zip((a.name for a in settable), values))
         for key, value in keywords.items():
