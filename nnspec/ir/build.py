@@ -864,10 +864,14 @@ class Builder:
             for local, spec in specs.items():
                 full = existing.get(local)
                 if op != opdef.name or full is None or self.params[full].spec.shape != spec.shape:
-                    have = self.params[full].spec.shape if full else None
+                    have = list(self.params[full].spec.shape) if full else None
+                    owner = self.params[full].owner if full else None
+                    first = next((n.span for n in self.nodes if n.name == owner), None)
+                    notes = (Note(first, "first applied here"),) if first else ()
                     raise DiagnosticError("E170", f"the shared layer `{module}` was built with "
-                                          f"{local} {have}; here it would need {spec.shape}",
-                                          span, "a shared layer must see inputs of one shape")
+                                          f"{local} {have}; here it would need "
+                                          f"{list(spec.shape)}", span,
+                                          "a shared layer must see inputs of one shape", notes)
             return dict(existing)
         mapping = {}
         for local, spec in specs.items():
