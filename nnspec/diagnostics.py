@@ -21,8 +21,10 @@ class Source:
 
     @cached_property
     def lines(self) -> list[str]:
-        """Split once: messages quote lines of large generated specs thousands of times."""
-        return self.text.splitlines()
+        """Split once (messages quote lines of large specs thousands of times), and only at
+        `\n` as the lexer counts lines: `str.splitlines` also splits at form feeds and
+        other separators, which would quote the wrong line."""
+        return [line.removesuffix("\r") for line in self.text.split("\n")]
 
     def line(self, number: int) -> str:
         lines = self.lines
