@@ -82,6 +82,8 @@ def load_text(text: str, path: str = "<string>", model: str | None = None,
     builder = Builder(program)
     _check_train_targets(builder, program)
     definition = pick_model(program, model)
+    if builder.defs.get(definition.name) is not definition:
+        raise SpecError(_errors(builder.diagnostics))  # its E120/E121 says why
     unknown = set(overrides or {}) - {p.name for p in definition.params}
     if unknown:
         name = sorted(unknown)[0]
@@ -125,6 +127,8 @@ def check_text(text: str, path: str = "<string>") -> list[Diagnostic]:
         builder.error("E103", f"{path} defines no model", None,
                       "add `model Name { input x: [..] ... }`")
     for definition in models:
+        if builder.defs.get(definition.name) is not definition:
+            continue  # a second `model Net` or a model named like an op: already reported
         try:
             _build_one(builder, definition, program, None)
         except DiagnosticError as err:
