@@ -158,6 +158,7 @@ def _call_parts(builder: Builder, expr: ast.Expr, frame) -> tuple[str, list, dic
         args = [builder.value(builder.eval(a, frame), a) for a in expr.args]
         kwargs = {k.name: builder.value(builder.eval(k.value, frame), k.value) for k in expr.kwargs}
         return expr.func, args, kwargs, expr.func_span
+    raise DiagnosticError("E207", "expected a name or a call like `adam(lr = 1e-3)`", expr.span)
 
 
 def _argument_spans(expr: ast.Expr, definition) -> dict[str, Span]:
@@ -166,7 +167,6 @@ def _argument_spans(expr: ast.Expr, definition) -> dict[str, Span]:
     spans = {a.name: arg.span for a, arg in zip(definition.hyper, expr.args)}
     spans.update((k.name, k.span) for k in expr.kwargs)
     return spans
-    raise DiagnosticError("E207", "expected a name or a call like `adam(lr = 1e-3)`", expr.span)
 
 
 def _hyper(builder: Builder, setting: ast.Setting | None, table: dict, what: str, frame):
