@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 errors in a spec (or its data), 2 wrong usage. Heavy im
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -146,6 +147,261 @@ def summary(file: str, fmt: str, depth: int | None, expand: bool, model: str | N
                  "json": summary_mod.render_json, "csv": summary_mod.render_csv,
                  "md": summary_mod.render_markdown}
     click.echo(renderers[fmt](result))
+
+
+# ---- training, prediction and evaluation on the NumPy interpreter ---------------------------
+
+
+def _fail_plain(message: str, hint: str | None = None, code: int = 1) -> None:
+    """A user error that has no line in a spec (a run directory, a weights file)."""
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"  hint: {hint}", err=True)
+    sys.exit(code)
+
+
+def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weights: Path):
+    """The spec, a NumPy model with `weights` loaded, and the weights' metadata."""
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.training.rundir import RunDirError, digest, fingerprint, load_weights
+
+    spec = load_or_exit(file, model, parse_overrides(overrides), notes=False)
+    net = NumpyModel.from_spec(spec)
+    try:
+        path, metadata = load_weights(net, weights)
+    except RunDirError as err:
+        _fail_plain(err.message, err.hint)
+    fp = fingerprint(spec)
+    current = digest({"params": fp["params"], "nodes": fp["nodes"]})
+    if metadata.get("model_hash", current) != current:
+        click.echo(f"warning: {path} was trained from a different version of this model "
+                   "(same parameters, other layers or arguments)", err=True)
+    return spec, net, metadata
+
+
+@main.command()
+@click.argument("file", required=False, type=SPEC)
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Run directory [default: runs/<spec name>, or runs/<spec name>-2, ... if "
+              "that one is taken].")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Continue the run in DIR exactly where it stopped (FILE defaults to the "
+              "spec it started from).")
+@click.option("--force", is_flag=True, help="Start over in an --out that already holds a run.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the train section's epochs.")
+@click.option("--batch", type=click.IntRange(min=1), help="Override the batch size.")
+@click.option("--lr", type=click.FloatRange(min=0.0), help="Override the learning rate.")
+@click.option("--optimizer", metavar="NAME[(ARGS)]",
+              help='Replace the optimizer, e.g. "sgd(lr = 0.1, momentum = 0.9)".')
+@click.option("--seed", type=click.IntRange(min=0),
+              help="Seed of the initial weights, dropout and batch order.")
+@click.option("--val", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Held-out fraction for data without a validation split of its own.")
+@click.option("--data", metavar="DATA", help='Train on other data: a built-in set '
+              '("digits(shape = [1, 8, 8])") or a file (train.csv, data.npz).')
+@click.option("--early-stop", type=click.IntRange(min=0), metavar="N",
+              help="Stop after N epochs without a better validation loss (0: never).")
+@click.option("--model", default=None, help="Which model of the file (default: the trained one).")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override a model hyperparameter.")
+def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
+          epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
+          seed: int | None, val: float | None, data: str | None, early_stop: int | None,
+          model: str | None, overrides: tuple[str, ...]):
+    """Train the model of FILE on the NumPy interpreter, as its train section says.
+
+    Writes the run directory: config.json, best/last.safetensors, resume.safetensors,
+    metrics.csv and loss.png. Ctrl-C saves a checkpoint (exit 130); a non-finite loss
+    stops the run (exit 1). See docs/training.md.
+    """
+    from nnspec.training import loop
+    from nnspec.training.progress import make_progress
+    from nnspec.training.rundir import RunDir, RunDirError
+
+    progress = make_progress()
+    try:
+        if resume is not None:
+            given = {"--epochs": epochs, "--batch": batch, "--lr": lr, "--optimizer": optimizer,
+                     "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
+                     "--model": model, "--set": overrides or None, "--force": force or None}
+            clash = [flag for flag, value in given.items() if value is not None]
+            if clash:
+                raise click.UsageError(f"--resume continues a run with the settings it started "
+                                       f"with, so {clash[0]} cannot be combined with it")
+            if out is not None and out.resolve() != resume.resolve():
+                raise click.UsageError("--resume DIR writes to DIR; leave out --out")
+            trainer = loop.resume(RunDir(resume), file, progress)
+            at = trainer.at
+            progress.info(f"resuming {resume} at epoch {at.epoch + 1}"
+                          + (f", batch {at.batch + 1}" if at.batch else "")
+                          + f" (step {at.step})")
+        else:
+            if file is None:
+                raise click.UsageError("give the spec FILE to train, or --resume DIR")
+            spec = load_or_exit(file, model, parse_overrides(overrides))
+            if spec.train is None:
+                _fail_plain(f"{file}: has no train section for `{spec.name}`",
+                            f"add `train {spec.name} {{ data ... loss ... }}`")
+            config = loop.apply_overrides(
+                spec.train, epochs=epochs, batch=batch, lr=lr, seed=seed, val=val,
+                early_stop=early_stop,
+                optimizer=loop.parse_setting("optimizer", optimizer) if optimizer else None,
+                data=loop.parse_setting("data", data) if data else None)
+            held_out = val if val is not None else (
+                spec.train.val if "val" in spec.train.spans else None)
+            default_out = Path("runs") / Path(file).stem
+            trainer, note = loop.start(
+                spec, file, config, out=out, default_out=default_out, force=force,
+                model_overrides=parse_overrides(overrides), data_from_cli=data is not None,
+                val=held_out, progress=progress)
+            if note:
+                click.echo(f"note: {note}", err=True)
+            _train_header(trainer)
+        outcome = trainer.run_to_end()
+    except SpecError as err:
+        fail(err.diagnostics)
+    except RunDirError as err:
+        _fail_plain(err.message, err.hint)
+    except loop.OverrideError as err:
+        raise click.UsageError(str(err)) from None
+    except KeyboardInterrupt:
+        progress.close()
+        _fail_plain("interrupted; the last checkpoint saved (if any) is kept", code=130)
+    if outcome.status == "interrupted":
+        _fail_plain(outcome.message, code=130)
+    if outcome.status == "diverged":
+        _fail_plain(outcome.message)
+    click.echo(outcome.message)
+    if outcome.status != "done_before":
+        run = trainer.run
+        click.echo(f"weights: {run.file('best.safetensors')} (best), last.safetensors; "
+                   f"metrics.csv" + (", loss.png" if run.exists("loss.png") else ""))
+
+
+def _train_header(trainer) -> None:
+    from nnspec.training.loop import describe_optimizer
+
+    t, data, config = trainer.train, trainer.data, trainer.config
+    params = sum(a.size for a in trainer.model.params.values())
+    trainer.progress.info(
+        f"{trainer.spec.name} ({params:,} parameters) on {config['data']['setting']['name']}: "
+        f"{len(data.x_train)} training / {len(data.x_val)} validation samples "
+        f"({config['data']['split']})")
+    schedule = f", {t.schedule.name} schedule" if t.schedule else ""
+    trainer.progress.info(
+        f"{t.epochs} epochs, batch {t.batch}, {describe_optimizer(t.optimizer)}{schedule}, "
+        f"seed {t.seed} -> {trainer.run}")
+
+
+@main.command()
+@click.argument("file", type=SPEC)
+@click.option("--weights", "-w", required=True, type=click.Path(path_type=Path),
+              help="A .safetensors file, or a run directory (its best weights).")
+@click.option("--input", "-i", "inputs", required=True, type=click.Path(path_type=Path),
+              help="Samples to predict: .npy (first axis counts samples), .npz (`x`) or "
+              ".csv (a header and feature columns).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the raw outputs to this .npy file instead of printing them.")
+@click.option("--model", default=None, help="Which model of the file.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override a model hyperparameter (as when training).")
+def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: str | None,
+            overrides: tuple[str, ...]):
+    """Run the trained model of FILE on new samples. Prints one line per sample (the class
+    for classifiers, else the output values), or saves every output with -o."""
+    import io
+
+    import numpy as np
+
+    from nnspec.training.data import fit_inputs, load_inputs
+    from nnspec.training.loaders import DataError
+    from nnspec.training.loop import EVAL_CHUNK
+    from nnspec.training.rundir import write_atomic
+
+    spec, net, metadata = _load_trained(file, model, overrides, weights)
+    data = spec.train.data if spec.train else None
+    target = data.args.get("target", "y") if data is not None and data.name == "csv" else None
+    try:
+        x = load_inputs(inputs, drop_column=target)
+    except DataError as err:
+        _fail_plain(err.message, err.hint)
+    try:
+        x = fit_inputs(net, x, None, what=f"the samples in {inputs}")
+    except SpecError as err:
+        fail(err.diagnostics)
+    with np.errstate(all="ignore"):
+        y = np.concatenate([net(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
+    if output is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, y)
+        try:
+            write_atomic(output, buffer.getvalue())
+        except OSError as err:
+            _fail_plain(f"{output}: cannot write ({err.strerror or err})")
+        click.echo(f"wrote {len(y)} predictions of shape {list(y.shape[1:])} to {output}")
+        return
+    classifier = spec.train is not None and spec.train.loss.name == "cross_entropy"
+    names = metadata.get("class_names")
+    names = json.loads(names) if names else None
+    for row in y:
+        if classifier:
+            ids = np.atleast_1d(row.argmax(axis=-1))
+            click.echo(" ".join(names[i] if names and i < len(names) else str(i) for i in ids))
+        else:
+            click.echo(" ".join(f"{v:.6g}" for v in row.ravel()))
+
+
+@main.command("eval")
+@click.argument("file", type=SPEC)
+@click.option("--weights", "-w", required=True, type=click.Path(path_type=Path),
+              help="A .safetensors file, or a run directory (its best weights).")
+@click.option("--data", metavar="DATA", default=None,
+              help="Evaluate on other data (as in `train --data`) [default: the spec's].")
+@click.option("--split", type=click.Choice(["val", "train", "all"]), default=None,
+              help="Which samples [default: val for the spec's data, all for --data].")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--model", default=None, help="Which model of the file.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override a model hyperparameter (as when training).")
+def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt: str,
+             model: str | None, overrides: tuple[str, ...]):
+    """Print the loss and the train section's metrics of trained weights on a data set."""
+    import numpy as np
+
+    from nnspec.training import loop
+
+    spec, net, _ = _load_trained(file, model, overrides, weights)
+    if spec.train is None:
+        _fail_plain(f"{file}: has no train section for `{spec.name}`, so no loss or metrics",
+                    f"add `train {spec.name} {{ data ... loss ... metrics ... }}`")
+    try:
+        config = loop.apply_overrides(
+            spec.train, data=loop.parse_setting("data", data) if data else None)
+        held_out = spec.train.val if "val" in spec.train.spans else None
+        base = Path.cwd() if data else Path(file).parent
+        dataset, _, _ = loop.prepare(spec, config, val=held_out, base_dir=base)
+    except SpecError as err:
+        fail(err.diagnostics)
+    except loop.OverrideError as err:
+        raise click.UsageError(str(err)) from None
+    split = split or ("all" if data else "val")
+    parts = {"train": [(dataset.x_train, dataset.y_train)], "val": [(dataset.x_val,
+             dataset.y_val)]}
+    parts["all"] = parts["train"] + parts["val"]
+    x = np.concatenate([p[0] for p in parts[split]])
+    y = np.concatenate([p[1] for p in parts[split]])
+    with np.errstate(all="ignore"):
+        scores = loop.evaluate(net, config, x, y)
+    name = config.data.name if config.data.name not in ("csv", "npz", "npy") else \
+        Path(config.data.args["path"]).name
+    if fmt == "json":
+        click.echo(json.dumps({"model": spec.name, "data": name, "split": split,
+                               "samples": len(x), **scores}, indent=2))
+        return
+    click.echo(f"{spec.name} on {name} ({split} split, {len(x)} samples)")
+    for key, value in scores.items():
+        click.echo(f"  {key:<10} {value:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,280 @@
+"""From a `data` setting to arrays that fit the model, checked before the first step.
+
+A `data` setting (the train section's line, or `--data` on the command line) names a
+built-in set or a file: `csv("f.csv", target = "y")`, `npz("f.npz")`,
+`npy("x.npy", target = "y.npy")`. Every problem becomes a `SpecError` whose diagnostic
+points at the spec's `data` line (no span for `--data`), with a note at the model's
+`input` or `loss` line when the arrays do not fit them:
+
+    E216  the data cannot be loaded (missing or malformed file, bad option)
+    E217  the samples do not fit the model's input (shape, dtype, token range)
+    E218  the targets do not fit the loss (shape, dtype, labels out of range)
+    E219  a metric cannot be computed on these targets
+
+Relative file names in a spec are relative to the spec's folder; on the command line,
+to the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+
+from nnspec.diagnostics import Diagnostic, Note, Span, SpecError
+from nnspec.ir.train import Setting
+from nnspec.training import loaders
+from nnspec.training.datasets import DATASETS, Dataset, from_user_data, load_dataset
+from nnspec.training.loaders import DataError
+from nnspec.training.metrics import MetricError, accuracy_kind
+
+DATA_SEED = 0  # the data and its split do not depend on --seed: runs compare on the same samples
+
+
+def data_error(code: str, message: str, span: Span | None, hint: str | None = None,
+               notes: tuple[Note, ...] = ()) -> SpecError:
+    return SpecError([Diagnostic(code, message, span, hint, "error", notes)])
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_data(setting: Setting, *, base_dir: Path, val: float | None, loss: str
+              ) -> tuple[Dataset, str]:
+    """The data set a setting names, and where its validation samples come from; `val` (if
+    given) is the held-out fraction for data without a split of its own. A user file's
+    targets are class ids only for cross_entropy; for other losses they are numbers to
+    regress on, whatever they look like. SpecError: E216."""
+    try:
+        return _load(setting, base_dir, val, None if loss == "cross_entropy" else "regression")
+    except DataError as error:
+        raise data_error("E216", error.message, setting.span, error.hint) from None
+
+
+def _load(setting: Setting, base_dir: Path, val: float | None, task: str | None
+          ) -> tuple[Dataset, str]:
+    args = dict(setting.args)
+    if setting.name in DATASETS:
+        own_split = "val" not in DATASETS[setting.name].options
+        if val is not None and not own_split:
+            args["val"] = val
+        dataset = load_dataset(setting.name, seed=DATA_SEED, **args)
+        return dataset, "the set's own split" if own_split else _held_out(dataset)
+    path = base_dir / args.pop("path")
+    if setting.name == "csv":
+        _check_options("csv", args, loaders.load_csv)
+        data = loaders.load_csv(path, **args)
+    elif setting.name == "npz":
+        _check_options("npz", args, loaders.load_npz)
+        data = loaders.load_npz(path)
+    else:
+        target = args.pop("target", None)
+        _check_options("npy", args, None)
+        if target is None:
+            raise DataError(f"{path}: an .npy file holds only the inputs; training needs targets",
+                            hint=f'name them: npy("{path.name}", target = "targets.npy"), '
+                                 "or use one .npz with `x` and `y`")
+        data = loaders.UserData(x=loaders.load_npy(path), y=loaders.load_npy(base_dir / target))
+    dataset = from_user_data(data, task=task, val=0.2 if val is None else val, seed=DATA_SEED,
+                             name=path.name)
+    own_split = data.x_val is not None
+    return dataset, "the file's own split" if own_split else _held_out(dataset)
+
+
+def _held_out(dataset: Dataset) -> str:
+    share = len(dataset.x_val) / (len(dataset.x_val) + len(dataset.x_train))
+    return f"{share:.0%} held out"
+
+
+def _check_options(source: str, args: dict, reader) -> None:
+    allowed = [] if reader is None else [
+        name for name, p in inspect.signature(reader).parameters.items()
+        if p.kind is p.KEYWORD_ONLY]
+    if source == "npy":
+        allowed = ["target"]
+    for option in args:
+        if option not in allowed:
+            raise DataError(f"{source}(...) has no option `{option}`",
+                            hint=loaders.suggest(option, allowed)
+                            or (f"its options are: {', '.join(allowed)}" if allowed
+                                else f"{source}(...) takes only the file name"))
+
+
+def load_inputs(path: str | Path, drop_column: str | None = None) -> np.ndarray:
+    """Inputs for `predict`: an .npy array, an .npz's `x`, or a CSV of feature columns with a
+    header (the training target column, if present, is dropped). Raises DataError."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return loaders.load_npy(path)
+    if suffix == ".npz":
+        return loaders.load_npz(path).x
+    if suffix == ".csv":
+        return _csv_features(path, drop_column)
+    raise DataError(f"{path}: inputs are read from .npy, .npz or .csv files",
+                    hint="save the inputs with np.save(path, inputs)")
+
+
+def _csv_features(path: Path, drop_column: str | None) -> np.ndarray:
+    header, rows, lines = loaders._parse_rows(path, loaders._read_text(path), ",")
+    names = [name for name in header if name != drop_column]
+    columns = list(zip(*rows))
+    x = np.empty((len(rows), len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        x[:, j] = loaders._numeric_column(path, name, columns[header.index(name)], lines)
+    return x
+
+
+# ---------------------------------------------------------------- fitting to the model
+
+
+def fit_inputs(model, x: np.ndarray, span: Span | None, what: str = "the data's samples"
+               ) -> np.ndarray:
+    """`x` converted to the model's input dtype, after checking its per-sample shape and,
+    for token inputs, that every id has a row in each embedding it feeds (E217)."""
+    graph = model.graph
+    if len(graph.inputs) != 1:
+        raise data_error("E217", f"the model takes {len(graph.inputs)} inputs "
+                         f"({', '.join(graph.inputs)}), but a data set gives one array",
+                         span, notes=_input_notes(graph))
+    declared = graph.node(graph.inputs[0]).type
+    name = graph.inputs[0]
+    shape = tuple(x.shape[1:])
+    symbols: dict[str, int] = {}
+    fits = len(shape) == declared.rank and all(
+        got == dim if isinstance(dim, int) else symbols.setdefault(dim, got) == got
+        for got, dim in zip(shape, declared.shape))
+    if not fits:
+        hint = None
+        if math.prod(shape) == _numel(declared.shape) and _numel(declared.shape):
+            hint = ("the sizes agree: reshape the data (a built-in set may take "
+                    f"`shape = {list(declared.shape)}`) or add `reshape`/`flatten` to the model")
+        raise data_error("E217", f"the model's input `{name}` takes samples shaped {declared}, "
+                         f"but {what} are shaped {list(shape)}", span, hint, _input_notes(graph))
+    if declared.dtype == "int64":
+        if x.dtype.kind == "f":
+            if not np.all(x == np.round(x)):
+                raise data_error("E217", f"the model's input `{name}` takes integer token ids, "
+                                 f"but {what} hold fractional numbers", span,
+                                 notes=_input_notes(graph))
+            x = x.astype(np.int64)
+        _check_token_range(graph, name, x, span, what)
+    elif x.dtype != np.float32:
+        x = x.astype(np.float32)
+    return x
+
+
+def _numel(shape) -> int:
+    return math.prod(shape) if all(isinstance(d, int) for d in shape) else 0
+
+
+def _input_notes(graph) -> tuple[Note, ...]:
+    return tuple(Note(graph.node(n).span, f"the input `{n}` is declared here")
+                 for n in graph.inputs if graph.node(n).span is not None)
+
+
+def _check_token_range(graph, name: str, x: np.ndarray, span: Span | None, what: str) -> None:
+    for node in graph.nodes:
+        if node.op != "embedding" or node.inputs[0] != name or not x.size:
+            continue
+        rows = node.attrs.num
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= rows:
+            bad = low if low < 0 else high
+            raise data_error("E217", f"{what} hold the token id {bad}, but the embedding "
+                             f"`{node.module or node.name}` has rows 0..{rows - 1}", span,
+                             f"make the vocabulary at least {high + 1}" if high >= rows else None,
+                             (Note(node.span, "the embedding is made here"),))
+
+
+def fit_dataset(model, train, dataset: Dataset) -> Dataset:
+    """The data set with inputs and targets converted for this model and loss, or SpecError.
+
+    Everything is checked on the arrays before training starts, so a mismatch is reported
+    at once with the line it concerns, not as a failure in the first (or the 90th) step.
+    """
+    span = train.data.span if train.data is not None else None
+    x_train = fit_inputs(model, dataset.x_train, span)
+    x_val = fit_inputs(model, dataset.x_val, span)
+    pred_shape = tuple(model(x_train[:1]).shape[1:])
+    y_train, y_val = (fit_targets(train, y, pred_shape, span) for y in (dataset.y_train,
+                                                                          dataset.y_val))
+    _check_metrics(train, y_train, pred_shape)
+    task = ("regression" if y_train.dtype != np.int64 else
+            "classification" if y_train.ndim == 1 else "sequence_classification")
+    return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val,
+                               y_val=y_val, task=task)
+
+
+def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | None
+                 ) -> np.ndarray:
+    loss = train.loss.name
+    notes = (Note(train.loss.span, f"the loss `{loss}` is chosen here"),) if train.loss.span \
+        else ()
+    shape = tuple(y.shape[1:])
+    if loss == "cross_entropy":
+        ids_shape = pred_shape[:-1]
+        if y.dtype.kind == "f":
+            if shape == pred_shape:
+                return y.astype(np.float32)  # class probabilities
+            raise data_error("E218", "cross_entropy needs class ids, but the data's targets "
+                             "are fractional numbers", span,
+                             "for regression use `loss mse`; for classes store ids 0..K-1",
+                             notes)
+        y = _reshape_targets(y, ids_shape)
+        if tuple(y.shape[1:]) != ids_shape:
+            raise data_error("E218", f"cross_entropy needs one class id per "
+                             f"{'position ' + str(list(ids_shape)) if ids_shape else 'sample'}"
+                             f" for the model's output {list(pred_shape)}, but the data's "
+                             f"targets are shaped {list(shape)}", span, None, notes)
+        classes = pred_shape[-1]
+        ignore = train.loss.args.get("ignore_index", -100)
+        labels = y[y != ignore]
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            bad = int(labels.max()) if labels.max() >= classes else int(labels.min())
+            hint = (f"the last layer needs at least {bad + 1} outputs, e.g. `dense({bad + 1})`"
+                    if bad >= classes else "labels are numbered 0..K-1")
+            raise data_error("E218", f"the label {bad} is out of range: the model gives "
+                             f"{classes} class scores, so labels must be 0..{classes - 1}",
+                             span, hint, notes)
+        return y.astype(np.int64)
+    y = _reshape_targets(y, pred_shape)
+    if tuple(y.shape[1:]) != pred_shape:
+        kind = "class ids" if y.dtype.kind in "iu" else "numbers"
+        hint = "for class ids use `loss cross_entropy`" if kind == "class ids" and \
+            pred_shape and pred_shape != (1,) else None
+        raise data_error("E218", f"the loss `{loss}` compares the model's output "
+                         f"{list(pred_shape)} with targets of the same shape, but the data's "
+                         f"targets are {kind} shaped {list(shape)}", span, hint, notes)
+    y = y.astype(np.float32)
+    if loss == "binary_cross_entropy" and y.size and (y.min() < 0 or y.max() > 1):
+        raise data_error("E218", "binary_cross_entropy needs targets between 0 and 1, but the "
+                         f"data's targets range from {y.min():g} to {y.max():g}", span,
+                         None, notes)
+    return y
+
+
+def _reshape_targets(y: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
+    """Targets of shape (N,) for a [1] output, or (N, 1) for one id per sample, are fine."""
+    if tuple(y.shape[1:]) != want and math.prod(y.shape[1:]) == math.prod(want) and \
+            (y.ndim <= 2 and len(want) <= 1):
+        return y.reshape((len(y), *want))
+    return y
+
+
+def _check_metrics(train, y: np.ndarray, pred_shape: tuple[int, ...]) -> None:
+    span = train.spans.get("metrics")
+    ids = y.dtype == np.int64
+    for name in train.metrics:
+        if name == "accuracy":
+            try:
+                accuracy_kind(train.loss.name, train.loss.args, ids)
+            except MetricError as error:
+                raise data_error("E219", str(error), span) from None
+        elif ids:
+            raise data_error("E219", f"`{name}` compares outputs with targets of the same "
+                             f"shape, but the targets are class ids", span,
+                             "use `accuracy` for classification")

@@ -1,0 +1,52 @@
+"""The loss-curve plot of a run: train and validation loss, and the metrics, per epoch.
+
+matplotlib is optional (`pip install "nnspec[plot]"`) and imported only here, with the
+non-interactive Agg backend so a run never needs a display. The PNG is written atomically
+like every other file of the run directory.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from nnspec.training.rundir import write_atomic
+
+
+def plot_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    """Loss curves on the left (log scale when they span a decade), metrics on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    metrics = [key for key in history[0] if key.startswith("val_") and key != "val_loss"]
+    figure = Figure(figsize=(10 if metrics else 6, 4), dpi=100, layout="constrained")
+    axes = figure.subplots(1, 2 if metrics else 1, squeeze=False)[0]
+    losses = axes[0]
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        losses.plot(epochs, [row[key] for row in history], marker="." if len(epochs) < 50
+                    else None, label=label)
+    values = [row[k] for row in history for k in ("train_loss", "val_loss")]
+    if min(values) > 0 and max(values) / min(values) > 10:
+        losses.set_yscale("log")
+    losses.set(xlabel="epoch", ylabel="loss", title=title)
+    losses.legend()
+    losses.grid(alpha=0.3)
+    if metrics:
+        panel = axes[1]
+        for key in metrics:
+            panel.plot(epochs, [row[key] for row in history], label=key.removeprefix("val_"))
+        panel.set(xlabel="epoch", title="validation metrics")
+        panel.legend()
+        panel.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_atomic(path, buffer.getvalue())
