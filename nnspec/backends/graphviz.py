@@ -920,6 +920,8 @@ class _Writer:
                  f'{_font(_esc(name), 9)}</TD>' for fill, line, name in chips]
         if any(e.skip for e in self.view.edges):
             cells.append(f'<TD>{_font("<B>→</B> residual", 9, SKIP_EDGE)}</TD>')
+        if not cells:
+            return ""
         return ('<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="4" CELLPADDING="2"><TR>'
                 + "".join(cells) + "</TR></TABLE>")
 

@@ -1,0 +1,438 @@
+"""Diagrams: golden DOT for every spec, real rendering through Graphviz `dot`, and drawings of
+specs with errors.
+
+Golden files live in tests/golden/dot/; `pytest --update-golden` rewrites them. Tests that run
+the real `dot` are marked `dot` and fail (never skip) with the install command when it is
+missing: CI installs Graphviz.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nnspec.backends import graphviz as gv
+from nnspec.backends.graphviz import (
+    MAX_VISIBLE_NODES,
+    RenderError,
+    RenderWarning,
+    render,
+    render_svg,
+    to_dot,
+)
+from nnspec.diagnostics import DiagnosticError, SpecError
+from nnspec.ir import ops
+from nnspec.ir.build import Builder, pick_model
+from nnspec.ir.graph import Graph, Node
+from nnspec.ir.types import TensorType
+from nnspec.spec import load, load_text
+from nnspec.syntax.parser import parse
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "specs").glob("*.nn"))
+GOLDEN = Path(__file__).parent / "golden" / "dot"
+ERRORS = sorted((Path(__file__).parent / "errors").glob("*.nn"))
+NODE_LINE = re.compile(r'^\s*"([^"]+)" \[')
+
+
+@pytest.fixture(autouse=True)
+def _dot_binary(request):
+    """Tests marked `dot` fail, never skip, when Graphviz is missing."""
+    if request.node.get_closest_marker("dot") and shutil.which("dot") is None:
+        pytest.fail("the Graphviz `dot` binary is missing; install it with "
+                    "`apt-get install graphviz` (CI does)", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return {path.stem: load(path) for path in SPECS}
+
+
+def boxes(dot: str) -> list[str]:
+    """Ids of the drawn nodes (not edges, not the footer)."""
+    return [m.group(1) for line in dot.splitlines() if " -> " not in line
+            for m in [NODE_LINE.match(line)] if m and m.group(1) != "@train"]
+
+
+def shown_layers(graph: Graph) -> list[str]:
+    """IR layers a default drawing shows: not scalars, not instances 1.. of a repeat."""
+    repeats = [p for p, s in graph.scopes.items() if s.kind == "repeat"]
+    out = []
+    for node in graph.nodes:
+        later = any(node.name.startswith(r + ".") and
+                    node.name[len(r) + 1:].split(".")[0] != "0" for r in repeats)
+        if node.op != "scalar" and not later:
+            out.append(node.name)
+    return out
+
+
+def svg_text(svg: str) -> str:
+    """Every title, tooltip and text of an SVG (it must parse as XML)."""
+    root = ET.fromstring(svg)
+    parts = []
+    for element in root.iter():
+        parts.append(element.text or "")
+        parts.extend(v for k, v in element.attrib.items() if k.endswith("title"))
+    return "\n".join(parts)
+
+
+def partial_graph(text: str, path: str = "<test>") -> tuple[Graph, list]:
+    builder = Builder(parse(text, path))
+    graph = builder.build_model(pick_model(builder.program, None).name)
+    return graph, builder.diagnostics
+
+
+# ---- golden DOT, determinism ------------------------------------------------------------
+
+
+def test_there_are_specs_to_draw():
+    assert len(SPECS) >= 3
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_dot_matches_golden(path, request):
+    dot = to_dot(load(path))
+    golden = GOLDEN / f"{path.stem}.dot"
+    if request.config.getoption("--update-golden"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(dot, encoding="utf-8")
+        return
+    assert golden.exists(), f"no golden file for {path.name}: run `pytest --update-golden`"
+    assert dot == golden.read_text(encoding="utf-8"), (
+        f"DOT for {path.name} changed; if intended, run `pytest --update-golden` and review the diff")
+
+
+def test_golden_files_have_specs():
+    stale = sorted({p.stem for p in GOLDEN.glob("*.dot")} - {p.stem for p in SPECS})
+    assert not stale, f"golden files without a spec: {stale}"
+
+
+@pytest.mark.parametrize("options", [{}, {"detail": "full"}, {"depth": 1}, {"expand": True},
+                                     {"direction": "LR", "detail": "min"}])
+def test_same_spec_same_bytes(options):
+    for path in SPECS:
+        assert to_dot(load(path), **options) == to_dot(load(path), **options), path.name
+
+
+def test_node_ids_are_ir_names_and_quoted(specs):
+    graph = specs["resnet18"].graph
+    dot = to_dot(graph)
+    names = {n.name for n in graph.nodes}
+    for node_id in boxes(dot):
+        assert node_id in names or node_id.startswith("@"), node_id
+    assert '"layer1.b0.conv1" [' in dot
+
+
+# ---- what a drawing shows -----------------------------------------------------------------
+
+
+def test_layers_carry_op_key_attributes_and_params(specs):
+    dot = to_dot(specs["resnet18"])
+    assert "<B>conv2d</B> 64, 7×7, s2" in dot
+    assert "<B>conv2d</B> 128, 1×1, s2" in dot
+    assert "<B>maxpool</B> 3×3, s2" in dot
+    assert "conv1 · 9.54k params" in dot  # conv 64*3*7*7 + its batchnorm 2*64
+    assert "11,689,512 parameters" in dot
+
+
+def test_edges_carry_shapes_with_a_batch_dim(specs):
+    dot = to_dot(specs["resnet18"])
+    assert 'label="  (B, 64, 112, 112)"' in dot
+    assert 'label="  (B, 1000)"' in dot
+    assert 'label="  int (B, 1024)"' in to_dot(specs["gpt2_small"])
+
+
+def test_symbolic_dims_are_shown_by_name():
+    dot = to_dot(load_text("model Seq {\n  input x: [T, 8]\n  x -> dense(4) -> relu\n}"))
+    assert "(B, T, 8)" in dot and "(B, T, 4)" in dot
+
+
+def test_inputs_and_outputs_are_their_own_nodes(specs):
+    dot = to_dot(specs["bert_base"])
+    assert '"tokens" [' in dot and '"segments" [' in dot
+    assert '"@output" [' in dot and "<B>output</B>" in dot
+
+
+def test_followers_fuse_into_one_box_unless_full_detail(specs):
+    spec = specs["resnet18"]
+    normal, full = to_dot(spec), to_dot(spec, detail="full")
+    assert '"bn1" [' not in normal and "batchnorm" in normal
+    assert '"bn1" [' in full and '"relu_1" [' in full
+    assert len(boxes(full)) > len(boxes(normal))
+
+
+def test_every_op_family_has_a_colour():
+    families = {d.family for d in ops.OPS.values()}
+    assert families <= set(gv.FAMILY_STYLES), families - set(gv.FAMILY_STYLES)
+
+
+def _example_value(attr: ops.Attr):
+    if attr.default is not ops.REQUIRED:
+        return attr.default
+    if attr.choices:
+        return attr.choices[0]
+    return {"int": 3, "float": 0.5, "bool": True, "ints": 3, "padding": 1, "floats": (0.5,),
+            "str": "x"}.get(attr.kind)
+
+
+@pytest.mark.parametrize("name", sorted(ops.OPS))
+def test_every_op_of_the_catalogue_has_a_label(name):
+    opdef = ops.OPS[name]
+    attrs = ops.Attrs((a.name, _example_value(a)) for a in opdef.attrs)
+    node = Node("n", name, (), attrs, TensorType((3, 8, 8)), None)
+    op, _ = gv.op_text(node)
+    assert op
+
+
+def test_colour_per_family_and_legend(specs):
+    dot = to_dot(specs["gpt2_small"])
+    fill, line, _ = gv.FAMILY_STYLES["attention"]
+    assert f'fillcolor="{fill}", color="{line}"' in dot
+    for legend in ("attention", "normalisation", "embedding", "residual"):
+        assert f">{legend}</FONT>" in dot or f"> {legend}</FONT>" in dot
+
+
+def test_residual_edges_read_clearly(specs):
+    dot = to_dot(specs["resnet18"])
+    skips = [line for line in dot.splitlines() if gv.SKIP_EDGE in line and " -> " in line]
+    # identity shortcut: the block's input straight into the `+`
+    assert any('"maxpool_1" -> "layer1.b0.add_1"' in line for line in skips)
+    # projection shortcut: the whole 1x1 conv path is coloured
+    assert any('-> "layer2.b0.conv2d_1"' in line for line in skips)
+    assert any('"layer2.b0.conv2d_1" -> "layer2.b0.add_1"' in line for line in skips)
+    assert '"layer1.b0.add_1" [label="+"' in dot
+
+
+def test_blocks_are_labelled_clusters(specs):
+    dot = to_dot(specs["resnet18"])
+    assert 'subgraph "cluster_layer2" {' in dot and 'subgraph "cluster_layer2.b0" {' in dot
+    assert "<B>BasicBlock</B>" in dot and "<B>Stage</B>" in dot
+
+
+def test_depth_folds_blocks_into_single_nodes(specs):
+    spec = specs["resnet18"]
+    one = to_dot(spec, depth=1)
+    assert {"layer1", "layer2", "layer3", "layer4"} <= set(boxes(one))
+    assert "cluster_" not in one
+    two = to_dot(spec, depth=2)
+    assert 'subgraph "cluster_layer1" {' in two and '"layer1.b0" [' in two
+    assert "cluster_layer1.b0" not in two
+    assert len(boxes(one)) < len(boxes(two)) < len(boxes(to_dot(spec)))
+
+
+def test_repeats_are_drawn_once_marked_xN(specs):
+    spec = specs["gpt2_small"]
+    dot = to_dot(spec)
+    assert "<B>Block ×12</B>" in dot
+    assert '"h.0.attn" [' in dot and '"h.1.attn" [' not in dot
+    assert '"h.0.add_2" -> "h.0.ln_1"' not in dot  # the loop that xN stands for
+    expanded = to_dot(spec, expand=True)
+    assert '"h.11.attn" [' in expanded and "cluster_h.11" in expanded
+    folded = to_dot(spec, depth=1)
+    assert '"h" [' in folded and "<B>Block ×12</B>" in folded
+
+
+def test_a_repeat_of_one_box_is_that_box_marked_xN(specs):
+    dot = to_dot(specs["vgg16"])
+    assert "<B>×3</B>" in dot and "<B>×2</B>" in dot
+    assert "cluster_convs_1.convs" not in dot
+
+
+def test_scalars_fold_into_their_consumer():
+    spec = load_text("""
+model Scaled {
+  input x: [4]
+  h = x -> dense(4)
+  0.5 * h - 1
+}""")
+    dot = to_dot(spec)
+    assert "scalar" not in dot
+    assert "<B>× 0.5</B>" in dot and "<B>· − 1</B>" in dot
+    assert not any(n.startswith("scalar") for n in boxes(dot))
+
+
+def test_train_section_is_a_footer(specs):
+    dot = to_dot(specs["digits_cnn"])
+    assert '"@train" [' in dot
+    assert "<B>loss</B> cross_entropy(label_smoothing=0.05)" in dot
+    assert "<B>optimizer</B> adamw(lr=0.002, weight_decay=0.0001)" in dot
+    assert "<B>schedule</B> cosine" in dot
+    assert '"@train"' not in to_dot(specs["resnet18"])  # no train section
+
+
+def test_tall_networks_wrap_into_columns_joined_by_connectors(specs):
+    dot = to_dot(specs["resnet18"])
+    assert '"@A.out" [' in dot and '"@A.in" [' in dot
+    assert '"@A.in" -> "layer2.b0.conv1"' in dot
+    assert '"@A.out"' not in to_dot(specs["gpt2_small"])  # short enough for one column
+
+
+def test_options_are_checked(specs):
+    spec = specs["digits_mlp"]
+    for bad in ({"direction": "BT"}, {"detail": "max"}, {"depth": 0}):
+        with pytest.raises(ValueError):
+            to_dot(spec, **bad)
+
+
+# ---- graphs with errors -------------------------------------------------------------------
+
+BROKEN = """
+block Res(c) {
+  input x: [C, H, W]
+  x + (x -> conv2d(c, 3, padding = 1) -> relu)
+}
+
+model Broken(classes = 10) {
+  input image: [3, 32, 32]
+  image -> conv2d(16, 3) -> Res(32) as res
+        -> flatten -> dense(classes) -> softmax
+}
+"""
+
+
+def test_the_failing_layer_is_red_with_its_error_as_label():
+    graph, diagnostics = partial_graph(BROKEN)
+    assert diagnostics and graph.node("res.add_1").error
+    dot = to_dot(graph)
+    failed = next(line for line in dot.splitlines() if line.strip().startswith('"res.add_1" ['))
+    assert gv.ERROR_LINE in failed and gv.ERROR_FILL in failed
+    assert "cannot combine [16, 30, 30] and [32, 30, 30]" in failed.replace("<BR/>", " ")
+    later = next(line for line in dot.splitlines() if line.strip().startswith('"dense_1" ['))
+    assert "not checked" in later and "dashed" in later
+    assert 'label="  ?"' in dot  # unknown shapes after the failure
+
+
+@pytest.mark.dot
+def test_a_graph_with_errors_renders(tmp_path):
+    graph, _ = partial_graph(BROKEN)
+    svg = svg_text(render_svg(graph))
+    assert "cannot combine" in svg and "res.add_1" in svg
+
+
+@pytest.mark.dot
+def test_every_broken_spec_of_the_error_corpus_still_draws():
+    drawn = 0
+    for path in ERRORS:
+        try:
+            graph, _ = partial_graph(path.read_text(encoding="utf-8"), str(path))
+        except (SpecError, DiagnosticError, KeyError):
+            continue  # nothing to draw: a syntax error, or no model at all
+        ET.fromstring(gv._pipe(to_dot(graph), "svg"))
+        drawn += 1
+    assert drawn >= len(ERRORS) // 3
+
+
+# ---- big graphs -----------------------------------------------------------------------------
+
+
+@pytest.mark.dot
+def test_thousands_of_layers_are_folded_with_a_warning():
+    body = " -> ".join(["dense(8) -> relu"] * 1500)
+    spec = load_text(f"model Deep {{\n  input x: [8]\n  x -> {body}\n}}")
+    with pytest.warns(RenderWarning, match="too many"):
+        dot = to_dot(spec)
+    assert len(boxes(dot)) <= MAX_VISIBLE_NODES + 100  # connectors come on top
+    assert "layers</B>" in dot
+    start = time.perf_counter()
+    gv._pipe(dot, "svg")
+    assert time.perf_counter() - start < 10
+
+
+def test_expanded_repeats_fold_by_depth_first():
+    spec = load_text("""
+block B(d) {
+  input x: [d]
+  x + (x -> dense(d) -> relu -> dense(d))
+}
+model Wide {
+  input x: [8]
+  x -> repeat(500, B(8)) as blocks -> dense(2)
+}""")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_dot(spec)  # drawn once, marked x500: no warning
+    with pytest.warns(RenderWarning, match="folded from depth"):
+        dot = to_dot(spec, expand=True)
+    assert len(boxes(dot)) <= MAX_VISIBLE_NODES
+
+
+# ---- rendering through dot -------------------------------------------------------------------
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_spec_renders_to_svg_naming_every_layer(path, tmp_path):
+    spec = load(path)
+    out = render(spec, tmp_path / f"{path.stem}.svg")
+    text = svg_text(out.read_text(encoding="utf-8"))
+    missing = [name for name in shown_layers(spec.graph) if name not in text]
+    assert not missing, f"{path.name}: layers not named in the SVG: {missing}"
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG"), ("pdf", b"%PDF")])
+def test_every_spec_renders_to_png_and_pdf(fmt, magic, tmp_path):
+    for path in SPECS:
+        out = render(load(path), tmp_path / f"{path.stem}.{fmt}")
+        assert out.read_bytes().startswith(magic), path.name
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("name", ["resnet18", "gpt2_small"])
+def test_big_architectures_render_in_under_two_seconds(name, tmp_path):
+    start = time.perf_counter()
+    render(load(ROOT / "specs" / f"{name}.nn"), tmp_path / f"{name}.svg")
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("name", ["resnet18", "gpt2_small"])
+def test_big_architectures_fit_one_page(name, specs):
+    svg = render_svg(specs[name])
+    width, height = (int(v) for v in re.search(r'width="(\d+)pt" height="(\d+)pt"', svg).groups())
+    assert width <= 17 * 72 and height <= 17 * 72, (width / 72, height / 72)  # inches
+
+
+def test_dot_format_needs_no_graphviz(specs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = render(specs["digits_mlp"], tmp_path / "mlp.dot")
+    assert out.read_text(encoding="utf-8") == to_dot(specs["digits_mlp"])
+    assert render(specs["digits_mlp"], tmp_path / "mlp.gv").exists()
+
+
+def test_missing_dot_is_a_clear_error(specs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RenderError, match="apt-get install graphviz"):
+        render(specs["digits_mlp"], tmp_path / "mlp.svg")
+
+
+def test_format_follows_the_suffix_unless_given(specs, tmp_path):
+    assert gv.format_for("a/b.SVG") == "svg"
+    assert gv.format_for("model.out", "pdf") == "pdf"
+    with pytest.raises(RenderError, match="cannot write"):
+        render(specs["digits_mlp"], tmp_path / "mlp.jpeg")
+
+
+@pytest.mark.dot
+def test_a_loaded_spec_shows_its_diagram_in_notebooks(specs):
+    svg = specs["digits_mlp"]._repr_svg_()
+    assert svg.lstrip().startswith("<?xml") and "DigitsMLP" in svg_text(svg)
+
+
+@pytest.mark.dot
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(SPECS), depth=st.sampled_from([None, 1, 2, 3]),
+       direction=st.sampled_from(gv.DIRECTIONS), detail=st.sampled_from(gv.DETAILS),
+       expand=st.booleans())
+def test_every_option_combination_gives_dot_that_dot_accepts(path, depth, direction, detail,
+                                                             expand):
+    dot = to_dot(load(path), depth=depth, direction=direction, detail=detail, expand=expand)
+    ET.fromstring(gv._pipe(dot, "svg"))
