@@ -40,7 +40,7 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
     out = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
-        if not sep or not name.strip().isidentifier():
+        if not sep or not name.strip().isidentifier() or not text.strip():
             raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--set")
         try:
             program = parse(f"{name.strip()} = {text}", "--set")
