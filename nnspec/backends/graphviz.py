@@ -50,6 +50,7 @@ INSTALL_HINT = ("install Graphviz: `apt-get install graphviz` (Debian/Ubuntu) or
 _PAGE = (10.0, 7.5)
 _READABLE_SCALE = 0.75
 _MAX_COLUMNS = 8
+_MIN_COLUMN_SHARE = 0.3  # no column shorter than this share of the tallest
 _RANK_INCHES, _BOX_INCHES, _CLUSTER_INCHES, _TITLE_INCHES = 0.8, 1.8, 1.0, 1.0
 _RANK_INCHES_LR, _BOX_INCHES_LR, _CLUSTER_INCHES_LR = 2.4, 0.8, 0.3
 
@@ -402,11 +403,22 @@ def _balanced_columns(heights: list[float], n: int) -> list[int]:
     return _columns(heights, candidates[low])
 
 
-def _page_scale(columns: list[int], heights: list[float], widths: list[int], lr: bool) -> float:
-    """How much the picture must shrink to fit the page, upright or sideways (1: not at all)."""
+def _page_scale(columns: list[int], heights: list[float], rows: list[dict[int, int]],
+                lr: bool) -> float:
+    """How much the picture must shrink to fit the page, upright or sideways (1: not at all).
+
+    `rows[i]` counts unit i's boxes on each rank: the widest rank of a column sets its width.
+    """
     count = columns[-1] + 1
     along = max(sum(h for h, c in zip(heights, columns) if c == k) for k in range(count))
-    across = sum(max(w for w, c in zip(widths, columns) if c == k) for k in range(count))
+    across = 0
+    for k in range(count):
+        per_rank: dict[int, int] = {}
+        for unit_rows, c in zip(rows, columns):
+            if c == k:
+                for rank, boxes in unit_rows.items():
+                    per_rank[rank] = per_rank.get(rank, 0) + boxes
+        across += max(per_rank.values())
     across *= _BOX_INCHES_LR if lr else _BOX_INCHES
     w, h = (along, across + _TITLE_INCHES) if lr else (across, along + _TITLE_INCHES)
     return max(min(a / w, b / h, 1.0) for a, b in (_PAGE, _PAGE[::-1]))
@@ -425,27 +437,31 @@ def _wrap_columns(view: _View, lr: bool) -> list[tuple[str, str]]:
                for key, item in view.items.items()}
     units = list(dict.fromkeys(unit_of.values()))
     order = {k: i for i, k in enumerate(view.items)}
-    level = dict.fromkeys(view.items, 1)  # longest path within its unit
+    rank = dict.fromkeys(view.items, 0)  # longest path from an input
     for e in sorted(view.edges, key=lambda e: order[e.dst]):
-        if unit_of[e.src] == unit_of[e.dst]:
-            level[e.dst] = max(level[e.dst], level[e.src] + 1)
-    ranks = dict.fromkeys(units, 0)
+        rank[e.dst] = max(rank[e.dst], rank[e.src] + 1)
+    rows: dict[str, dict[int, int]] = {u: {} for u in units}
     clusters: dict[str, set[str]] = {u: set() for u in units}
-    per_level: dict[tuple[str, int], int] = {}
     for key, unit in unit_of.items():
-        ranks[unit] = max(ranks[unit], level[key])
+        rows[unit][rank[key]] = rows[unit].get(rank[key], 0) + 1
         clusters[unit].update(view.items[key].clusters)
-        per_level[unit, level[key]] = per_level.get((unit, level[key]), 0) + 1
-    widths = [max(count for (u, _), count in per_level.items() if u == unit) for unit in units]
     rank_inches, cluster_inches = ((_RANK_INCHES_LR, _CLUSTER_INCHES_LR) if lr
                                    else (_RANK_INCHES, _CLUSTER_INCHES))
-    heights = [ranks[u] * rank_inches + len(clusters[u]) * cluster_inches for u in units]
+    heights, reached = [], -1  # a unit adds the ranks it reaches below those before it
+    for u in units:
+        deepest = max(rows[u])
+        heights.append(max(deepest - reached, 0) * rank_inches + len(clusters[u]) * cluster_inches)
+        reached = max(reached, deepest)
+    unit_rows = [rows[u] for u in units]
     best, best_scale = [0] * len(units), 0.0
     for n in range(1, min(len(units), _MAX_COLUMNS) + 1):
         if best_scale >= _READABLE_SCALE:
             break
         columns = _balanced_columns(heights, n)
-        scale = _page_scale(columns, heights, widths, lr)
+        tall = [sum(h for h, c in zip(heights, columns) if c == k) for k in range(columns[-1] + 1)]
+        if min(tall) < _MIN_COLUMN_SHARE * max(tall):
+            continue  # a stub column (the tail of a tall block) reads worse than no wrapping
+        scale = _page_scale(columns, heights, unit_rows, lr)
         if scale > best_scale + 0.05:  # another column must earn its place
             best, best_scale = columns, scale
     column_of = dict(zip(units, best))
