@@ -8,8 +8,11 @@ missing: CI installs Graphviz.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 import warnings
 import xml.etree.ElementTree as ET
@@ -120,6 +123,17 @@ def test_golden_files_have_specs():
 def test_same_spec_same_bytes(options):
     for path in SPECS:
         assert to_dot(load(path), **options) == to_dot(load(path), **options), path.name
+
+
+def test_same_bytes_across_processes():
+    """No set or dict order that depends on string hashing leaks into the DOT."""
+    script = ("import sys; from nnspec.spec import load; from nnspec.backends.graphviz import to_dot;"
+              "sys.stdout.write(to_dot(load(sys.argv[1]), expand=True))")
+    outputs = {subprocess.run([sys.executable, "-c", script, str(ROOT / "specs" / "resnet18.nn")],
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2")}
+    assert len(outputs) == 1
 
 
 def test_node_ids_are_ir_names_and_quoted(specs):
