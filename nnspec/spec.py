@@ -75,9 +75,24 @@ def _check_train_targets(builder: Builder, program: ast.Program):
                           section.model_span, did_you_mean(section.model, models))
 
 
+def _too_deep(path: str) -> Diagnostic:
+    """The builder recurses once per nesting level of an expression, so a thousand-term
+    `a + b + ...` exhausts Python's stack: a diagnostic, not a crash."""
+    return Diagnostic("E004", f"an expression in {path} nests too deeply to compile", None,
+                      "split long sums or nested calls into named steps (`h = ...`)")
+
+
 def load_text(text: str, path: str = "<string>", model: str | None = None,
               overrides: dict[str, Any] | None = None) -> Spec:
     """Parse and build one model (the trained one, else the last); raise SpecError on errors."""
+    try:
+        return _load_text(text, path, model, overrides)
+    except RecursionError:
+        raise SpecError([_too_deep(path)]) from None
+
+
+def _load_text(text: str, path: str, model: str | None,
+               overrides: dict[str, Any] | None) -> Spec:
     program = parse(text, path)
     builder = Builder(program)
     _check_train_targets(builder, program)
@@ -116,6 +131,13 @@ def load(path: str | Path, model: str | None = None,
 
 def check_text(text: str, path: str = "<string>") -> list[Diagnostic]:
     """Every diagnostic of a file: all models and train sections are built."""
+    try:
+        return _check_text(text, path)
+    except RecursionError:
+        return [_too_deep(path)]
+
+
+def _check_text(text: str, path: str) -> list[Diagnostic]:
     try:
         program = parse(text, path)
     except SpecError as err:
