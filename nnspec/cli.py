@@ -379,7 +379,7 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
         config = loop.apply_overrides(
             spec.train, data=loop.parse_setting("data", data) if data else None)
         held_out = spec.train.val if "val" in spec.train.spans else None
-        base = Path.cwd() if data else Path(file).parent
+        base = Path() if data else Path(file).parent
         dataset, _, _ = loop.prepare(spec, config, val=held_out, base_dir=base)
     except SpecError as err:
         fail(err.diagnostics)

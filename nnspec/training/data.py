@@ -197,8 +197,11 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
     at once with the line it concerns, not as a failure in the first (or the 90th) step.
     """
     span = train.data.span if train.data is not None else None
-    x_train = fit_inputs(model, dataset.x_train, span)
-    x_val = fit_inputs(model, dataset.x_val, span)
+    source = Path(train.data.args["path"]).name if "path" in train.data.args else \
+        train.data.name
+    what = f"the samples of {source}"
+    x_train = fit_inputs(model, dataset.x_train, span, what)
+    x_val = fit_inputs(model, dataset.x_val, span, what)
     pred_shape = tuple(model(x_train[:1]).shape[1:])
     y_train, y_val = (fit_targets(train, y, pred_shape, span) for y in (dataset.y_train,
                                                                           dataset.y_val))

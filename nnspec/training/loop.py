@@ -388,7 +388,8 @@ class Trainer:
         kept = (f"the last good checkpoint (end of epoch {self.at.epoch})" if self.at.epoch
                 else "the initial weights")
         lr = self.optimizer.lr
-        return Outcome("diverged", f"{what}; training stopped. {kept} stay in {self.run}. "
+        return Outcome("diverged", f"{what}; training stopped. {kept[0].upper()}{kept[1:]} "
+                       f"stay in {self.run}. "
                        f"Try a lower learning rate (it is {lr:g}: --lr {lr / 10:g}) or "
                        "gradient clipping (`clip 1.0` in the train section)", self.at.history)
 
@@ -436,7 +437,7 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
           progress) -> tuple[Trainer, str | None]:
     """A new run: data checked, run directory claimed, config and first checkpoint written.
     Returns the trainer and a note about the directory chosen (or None)."""
-    base_dir = Path.cwd() if data_from_cli else Path(spec_path).parent
+    base_dir = Path() if data_from_cli else Path(spec_path).parent
     dataset, split, model = prepare(spec, train, val=val, base_dir=base_dir)
     fp = rundir.fingerprint(spec)
     spec_hash = rundir.digest(fp)
@@ -487,7 +488,7 @@ def resume(run: RunDir, spec_path: str | None, progress) -> Trainer:
                           "it started with; start a new run with --out (or --force)")
     train = _train_from_json(spec, config)
     from_cli = config["data"]["from"] != "spec"
-    base_dir = Path.cwd() if from_cli else Path(path).parent
+    base_dir = Path() if from_cli else Path(path).parent
     dataset, _, model = prepare(spec, train, val=config["data"]["val"], base_dir=base_dir)
     run.remove_partials()
     trainer = Trainer(spec, train, dataset, model, run, progress, config)

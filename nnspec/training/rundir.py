@@ -88,7 +88,7 @@ def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str]) -> None:
     from safetensors.numpy import save
 
-    arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    arrays = {name: np.require(array, requirements="C") for name, array in tensors.items()}
     write_atomic(path, save(arrays, metadata=dict(metadata)))
 
 
