@@ -475,8 +475,10 @@ class Builder:
             layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
                             arg_spans=tuple(a.span for a in expr.args[len(tensors):]),
                             text=_text(expr.span))
-        if tensors:
+        if tensors and len(tensors) >= self.arity(layer)[0]:
             return self.apply(layer, tensors, frame, None, expr.span)
+        if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first
+            layer = replace(layer, args=(*tensors, *layer.args))
         return layer
 
     def builtin_call(self, expr: ast.Call, args: list):
