@@ -8,6 +8,7 @@ Symbolic dims are strings (`"T"`); arithmetic on them builds a readable expressi
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 Dim = int | str
@@ -18,19 +19,30 @@ def _wrap(d: Dim) -> str:
     return f"({text})" if isinstance(d, str) and any(c in text for c in "+-*/") else text
 
 
+_OFFSET = re.compile(r"(.*[^+\-*/(])([+-]\d+)")
+
+
 def dim_add(a: Dim, b: Dim) -> Dim:
+    """Sum of dims; constant offsets of a symbol fold (`T-3` + 1 is `T-2`, not `T-3+1`)."""
     if isinstance(a, int) and isinstance(b, int):
         return a + b
+    if isinstance(a, int):
+        a, b = b, a  # the symbol first: `T+1`, never `0+T`
     if b == 0:
         return a
-    if isinstance(b, int) and b < 0:
-        return f"{a}-{-b}"
+    if isinstance(b, int):
+        match = _OFFSET.fullmatch(a)
+        base, offset = (match[1], int(match[2])) if match else (a, 0)
+        total = offset + b
+        return base if total == 0 else f"{base}{total:+d}"
     return f"{a}+{_wrap(b)}"
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a * b
+    if a == 0 or b == 0:
+        return 0
     if a == 1:
         return b
     if b == 1:
