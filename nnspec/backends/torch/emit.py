@@ -1,0 +1,522 @@
+"""How each op of the catalogue is written in PyTorch: an `nn.*` constructor for layers with
+weights, and the `forward` expression(s) for every op.
+
+The NumPy interpreter is the meaning of each op; these rules say the same thing in torch.
+Per-sample dims of the IR become torch dims one further right when the value is batched.
+Every number goes through a `Num`, so a block class can turn it into a constructor argument.
+`FORWARD` must cover every op of `nnspec.ir.ops.OPS` (a test checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nnspec.backends.torch.source import Expr, Group, Num, Stmt, call, expr, list_of
+from nnspec.backends.torch.source import is_simple_power_operand as _simple
+from nnspec.ir.graph import Node
+from nnspec.ir.ops import conv_pads
+from nnspec.ir.types import TensorType
+
+
+@dataclass
+class Site:
+    """Where an op is written: its node, input expressions and types, and how to reach its
+    module (`self.conv1`, or a loop variable)."""
+
+    node: Node
+    args: list[Expr]
+    types: list[TensorType]
+    module: Expr = ()
+    target: str = "x"  # the variable the op's value goes to (multi-line ops reuse it)
+    training: str = "self.training"
+    helpers: set[str] = field(default_factory=set)
+
+    @property
+    def x(self) -> Expr:
+        return self.args[0]
+
+    @property
+    def a(self):
+        return self.node.attrs
+
+    @property
+    def out(self) -> TensorType:
+        return self.node.type
+
+
+@dataclass(frozen=True)
+class Line:
+    """One forward assignment. `unpack`: the call returns a pair whose first item is kept
+    (`h, _ = self.lstm(h)`); `shape`: the value's type when it is not the node's own."""
+
+    value: Expr
+    unpack: bool = False
+    shape: TensorType | None = None
+
+
+def torch_dim(dim: int, t: TensorType) -> int:
+    """A per-sample dim as a torch dim: negative dims count from the end either way."""
+    return dim + 1 if dim >= 0 and t.batched else dim
+
+
+def _ints(value, n: int) -> tuple[int, ...]:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def _one(value):
+    """`3` for `(3, 3)`: torch accepts either, and the short form reads better."""
+    return value[0] if isinstance(value, tuple) and len(set(value)) == 1 else value
+
+
+# ---- constructors of layers with weights ---------------------------------------------------
+
+
+def _conv(spatial: int):
+    def init(node: Node, ins: list[TensorType]) -> Group:
+        a = node.attrs
+        kwargs = {}
+        if _one(a.stride) != 1:
+            kwargs["stride"] = Num(_one(a.stride), "stride")
+        if a.padding == "same":
+            kwargs["padding"] = Num("same", "padding")
+        else:
+            pads = tuple(low for low, _ in conv_pads(a, spatial))
+            if any(pads):
+                kwargs["padding"] = Num(_one(pads), "padding")
+        if _one(a.dilation) != 1:
+            kwargs["dilation"] = Num(_one(a.dilation), "dilation")
+        if a.groups != 1:
+            kwargs["groups"] = Num(a.groups, "groups")
+        if not a.bias:
+            kwargs["bias"] = Num(False, "bias")
+        return call(f"nn.Conv{spatial}d", Num(ins[0].shape[0], "in_channels", False),
+                    Num(a.channels, "out_channels"), Num(_one(a.kernel), "kernel_size"),
+                    **kwargs)
+
+    return init
+
+
+def _dense(node, ins):
+    kwargs = {} if node.attrs.bias else {"bias": Num(False, "bias")}
+    return call("nn.Linear", Num(ins[0].shape[-1], "in_features", False),
+                Num(node.attrs.units, "out_features"), **kwargs)
+
+
+def _batchnorm(node, ins):
+    a = node.attrs
+    kwargs = {}
+    if a.eps != 1e-5:
+        kwargs["eps"] = Num(a.eps, "eps")
+    if a.momentum != 0.1:
+        kwargs["momentum"] = Num(a.momentum, "momentum")
+    if not a.affine:
+        kwargs["affine"] = Num(False, "affine")
+    kind = "2d" if ins[0].rank == 3 else "1d"
+    return call(f"nn.BatchNorm{kind}", Num(ins[0].shape[0], "num_features", False), **kwargs)
+
+
+def _layernorm(node, ins):
+    a = node.attrs
+    shape = tuple(ins[0].shape[-a.dims:])
+    kwargs = {}
+    if a.eps != 1e-5:
+        kwargs["eps"] = Num(a.eps, "eps")
+    if not a.affine:
+        kwargs["elementwise_affine"] = Num(False, "elementwise_affine")
+    return call("nn.LayerNorm", Num(shape[0] if len(shape) == 1 else shape, "normalized_shape",
+                                    False), **kwargs)
+
+
+def _embedding(node, ins):
+    a = node.attrs
+    kwargs = {}
+    if a.padding_idx is not None:
+        kwargs["padding_idx"] = Num(a.padding_idx, "padding_idx")
+    return call("nn.Embedding", Num(a.num, "num_embeddings"), Num(a.dim, "embedding_dim"),
+                **kwargs)
+
+
+def _positions(node, ins):
+    return call("nn.Embedding", Num(node.attrs.max_len, "max_len"), Num(node.attrs.dim, "dim"))
+
+
+def _attention(node, ins):
+    kwargs = {} if node.attrs.bias else {"bias": Num(False, "bias")}
+    return call("nn.MultiheadAttention", Num(ins[0].shape[-1], "embed_dim", False),
+                Num(node.attrs.heads, "num_heads"), **kwargs, batch_first="True")
+
+
+def _recurrent(cls: str):
+    def init(node, ins):
+        a = node.attrs
+        kwargs = {}
+        if a.layers != 1:
+            kwargs["num_layers"] = Num(a.layers, "num_layers")
+        if a.get("nonlinearity", "tanh") != "tanh":
+            kwargs["nonlinearity"] = Num(a.nonlinearity, "nonlinearity")
+        if not a.bias:
+            kwargs["bias"] = Num(False, "bias")
+        kwargs["batch_first"] = "True"
+        if a.bidirectional:
+            kwargs["bidirectional"] = "True"
+        return call(f"nn.{cls}", Num(ins[0].shape[-1], "input_size", False),
+                    Num(a.hidden, "hidden_size"), **kwargs)
+
+    return init
+
+
+INIT: dict[str, Callable[[Node, list[TensorType]], Group]] = {
+    "dense": _dense,
+    "conv1d": _conv(1),
+    "conv2d": _conv(2),
+    "batchnorm": _batchnorm,
+    "layernorm": _layernorm,
+    "embedding": _embedding,
+    "positions": _positions,
+    "attention": _attention,
+    "rnn": _recurrent("RNN"),
+    "lstm": _recurrent("LSTM"),
+    "gru": _recurrent("GRU"),
+}
+
+
+def init_extra(node: Node, module: Expr) -> list[Stmt]:
+    """Initialisation the spec asks for beyond torch's default (an embedding's `std`)."""
+    std = node.attrs.get("std", 1.0)
+    if node.op in ("embedding", "positions") and std != 1.0:
+        return [Stmt(None, expr(call("nn.init.normal_", expr(module, ".weight"),
+                                     std=Num(std, "std"))))]
+    return []
+
+
+# ---- forward expressions -------------------------------------------------------------------
+
+
+def _module_call(s: Site) -> list[Line]:
+    return [Line(expr(call(s.module, s.x)))]
+
+
+def _dropout(s: Site) -> list[Line]:
+    return [Line(expr(call("F.dropout", s.x, p=Num(s.a.p, "p"), training=s.training)))]
+
+
+def _flatten(s: Site) -> list[Line]:
+    return [Line(expr(s.x, ".flatten(1)" if s.types[0].batched else ".flatten()"))]
+
+
+def _reshape(s: Site) -> list[Line]:
+    dims = [Num(d, "size") for d in s.a.shape]
+    if s.types[0].batched:
+        dims.insert(0, expr(s.x, ".shape[0]"))
+    return [Line(expr(call(expr(s.x, ".reshape"), *dims)))]
+
+
+def _select(s: Site) -> list[Line]:
+    dim = torch_dim(s.a.dim, s.types[0])
+    return [Line(expr(call(expr(s.x, ".select"), Num(dim, "dim"), Num(s.a.index, "index"))))]
+
+
+def _batch_axis(s: Site, line: Line) -> list[Line]:
+    """Run an op that needs a batch on an unbatched value: add a batch of one, drop it."""
+    if s.types[0].batched:
+        return [line]
+    return [Line(expr(call(s.module, expr(s.x, "[None]")), "[0]"))]
+
+
+def _pool(kind: str):
+    def forward(s: Site) -> list[Line]:
+        spatial = s.types[0].rank - 1
+        kwargs = {}
+        if s.a.stride is not None:
+            kwargs["stride"] = Num(_one(s.a.stride), "stride")
+        if _one(s.a.padding) != 0:
+            kwargs["padding"] = Num(_one(s.a.padding), "padding")
+        return [Line(expr(call(f"F.{kind}_pool{spatial}d", s.x, Num(_one(s.a.kernel), "kernel_size"),
+                               **kwargs)))]
+
+    return forward
+
+
+def _adaptive(s: Site) -> list[Line]:
+    spatial = s.types[0].rank - 1
+    size = _ints(s.a.size, spatial)
+    return [Line(expr(call(f"F.adaptive_avg_pool{spatial}d", s.x, Num(_one(size), "output_size"))))]
+
+
+def _global_avgpool(s: Site) -> list[Line]:
+    t = s.types[0]
+    dims = tuple(torch_dim(d, t) for d in range(1, t.rank))
+    if not dims:
+        return [Line(s.x)]
+    return [Line(expr(call(expr(s.x, ".mean"), dim=_dims_text(dims))))]
+
+
+def _dims_text(dims: tuple[int, ...]) -> str:
+    return str(dims[0]) if len(dims) == 1 else "(" + ", ".join(map(str, dims)) + ")"
+
+
+def _positions_forward(s: Site) -> list[Line]:
+    if not s.args:
+        return [Line(expr(s.module, ".weight"))]
+    steps = expr(s.x, ".shape[1]" if s.types[0].batched else ".shape[0]")
+    return [Line(expr(call(s.module, call("torch.arange", steps, device=expr(s.x, ".device")))))]
+
+
+def _sinusoidal(s: Site) -> list[Line]:
+    s.helpers.add("sinusoidal_positions")
+    if not s.args:
+        return [Line(expr(call("sinusoidal_positions", Num(s.a.max_len, "max_len"),
+                               Num(s.a.dim, "dim"))))]
+    steps = expr(s.x, ".shape[1]" if s.types[0].batched else ".shape[0]")
+    return [Line(expr(call("sinusoidal_positions", steps, Num(s.a.dim, "dim"),
+                           expr(s.x, ".device"))))]
+
+
+def _attention_forward(s: Site) -> list[Line]:
+    x = s.x
+    kwargs = {}
+    if s.a.causal:
+        s.helpers.add("causal_mask")
+        kwargs["attn_mask"] = expr(call("causal_mask", x))
+    kwargs["need_weights"] = "False"
+    if s.a.causal:
+        kwargs["is_causal"] = "True"
+    return [Line(expr(call(s.module, x, x, x, **kwargs)), unpack=True)]
+
+
+def _recurrent_forward(s: Site) -> list[Line]:
+    t = s.types[0]
+    a = s.a
+    dirs = 2 if a.bidirectional else 1
+    if not a.last:
+        return [Line(expr(call(s.module, s.x)), unpack=True)]
+    sequence = t.with_shape((t.shape[0], a.hidden * dirs))
+    lines = [Line(expr(call(s.module, s.x)), unpack=True, shape=sequence)]
+    batch = ":, " if t.batched else ""
+    if a.bidirectional:  # forward direction's last step, backward direction's first
+        h = Num(a.hidden, "hidden_size")
+        last = expr(s.target, "[", batch, "-1, :", h, "]")
+        first = expr(s.target, "[", batch, "0, ", h, ":]")
+        lines.append(Line(expr(call("torch.cat", list_of([last, first]), dim="-1"))))
+    else:
+        lines.append(Line(expr(s.target, f"[{batch}-1]")))
+    return lines
+
+
+def _function(name: str, **attrs):
+    """`name(x, **attrs)`, leaving out attributes at their default."""
+
+    def forward(s: Site) -> list[Line]:
+        kwargs = {}
+        for key, (attr, default) in attrs.items():
+            if s.a[attr] != default:
+                kwargs[key] = Num(s.a[attr], key)
+        return [Line(expr(call(name, s.x, **kwargs)))]
+
+    return forward
+
+
+def _softmax(name: str):
+    def forward(s: Site) -> list[Line]:
+        dim = torch_dim(s.a.dim, s.types[0])
+        return [Line(expr(call(name, s.x, dim=Num(dim, "dim"))))]
+
+    return forward
+
+
+def _aligned(s: Site, i: int) -> Expr:
+    """An operand of a broadcasting op. IR broadcasting aligns per-sample shapes, so a batched
+    operand of lower rank gets its missing dims after the batch dim (`a[:, None]`); an
+    unbatched one lines up from the right as torch does by itself."""
+    t = s.types[i]
+    missing = s.out.rank - t.rank
+    if t.batched and missing > 0:
+        return expr(s.args[i], "[:, " + ", ".join(["None"] * missing) + "]")
+    return s.args[i]
+
+
+def _operator(symbol: str):
+    def forward(s: Site) -> list[Line]:
+        left, right = _aligned(s, 0), _aligned(s, 1)
+        if symbol == "**":
+            hug = _simple(_plain(left)) and _simple(_plain(right))
+            return [Line(expr(left, "**" if hug else " ** ", right))]
+        return [Line(expr(left, f" {symbol} ", right))]
+
+    return forward
+
+
+def _plain(e: Expr) -> str:
+    """Operand text for the `**` spacing rule (a literal counts as a number)."""
+    return "".join(p if isinstance(p, str) else _num_text(p) for p in e)
+
+
+def _num_text(n) -> str:
+    value = getattr(n, "value", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "-1" if value < 0 else "1"
+    return "x"
+
+
+def _pick(name: str):
+    return lambda s: [Line(expr(call(name, _aligned(s, 0), _aligned(s, 1))))]
+
+
+def _concat(s: Site) -> list[Line]:
+    batched = s.out.batched
+    parts = []
+    for e, t in zip(s.args, s.types):
+        if batched and not t.batched:  # a shared table joins each sample: give it a batch
+            sample = next(a for a, u in zip(s.args, s.types) if u.batched)
+            e = expr(call(expr(e, ".expand"), expr(sample, ".shape[0]"),
+                          *(["-1"] * t.rank)))
+        parts.append(e)
+    dim = torch_dim(s.a.dim, s.out)
+    return [Line(expr(call("torch.cat", list_of(parts), dim=Num(dim, "dim"))))]
+
+
+def _unary(name: str):
+    return lambda s: [Line(expr(call(name, s.x)))]
+
+
+def _neg(s: Site) -> list[Line]:
+    return [Line(expr("-", s.x))]
+
+
+def _clip(s: Site) -> list[Line]:
+    kwargs = {}
+    if s.a.min is not None:
+        kwargs["min"] = Num(s.a.min, "min")
+    if s.a.max is not None:
+        kwargs["max"] = Num(s.a.max, "max")
+    return [Line(expr(call("torch.clamp", s.x, **kwargs)))]
+
+
+def _where(s: Site) -> list[Line]:
+    return [Line(expr(call("torch.where", *(_aligned(s, i) for i in range(3)))))]
+
+
+def _reduction(method: str):
+    def forward(s: Site) -> list[Line]:
+        a = s.a
+        t = s.types[0]
+        if a.dim is None:
+            value = expr(s.x, f".{method}()")
+            if a.keepdim and t.rank:
+                value = expr(value, ".reshape(" + ", ".join(["1"] * t.rank) + ")")
+            return [Line(value)]
+        dims = (a.dim,) if isinstance(a.dim, int) else tuple(a.dim)
+        dims = tuple(torch_dim(d % t.rank, t) for d in dims)
+        kwargs = {"dim": Num(dims[0] if len(dims) == 1 else dims, "dim")}
+        if a.keepdim:
+            kwargs["keepdim"] = "True"
+        if method == "max":
+            if len(dims) == 1:  # gradient to the first maximum, as the interpreter does
+                return [Line(expr(call(expr(s.x, ".max"), **kwargs), ".values"))]
+            return [Line(expr(call("torch.amax", s.x, **kwargs)))]
+        return [Line(expr(call(expr(s.x, f".{method}"), **kwargs)))]
+
+    return forward
+
+
+def _scalar(s: Site) -> list[Line]:
+    return [Line(expr(Num(s.a.value, "c")))]
+
+
+def _loss(name: str):
+    return lambda s: [Line(expr(call(name, s.args[0], s.args[1])))]
+
+
+def _cross_entropy(s: Site) -> list[Line]:
+    pred, target = s.args
+    if s.types[0].rank > 1:  # [T, C] scores: every position is a sample
+        pred = expr(pred, ".flatten(0, -2)")
+        target = expr(target, ".flatten()" if s.types[1].dtype == "int64" else ".flatten(0, -2)")
+    kwargs = {}
+    if s.a.label_smoothing:
+        kwargs["label_smoothing"] = Num(s.a.label_smoothing, "label_smoothing")
+    if s.a.ignore_index != -100:
+        kwargs["ignore_index"] = Num(s.a.ignore_index, "ignore_index")
+    return [Line(expr(call("F.cross_entropy", pred, target, **kwargs)))]
+
+
+def _binary_cross_entropy(s: Site) -> list[Line]:
+    name = "F.binary_cross_entropy_with_logits" if s.a.logits else "F.binary_cross_entropy"
+    return [Line(expr(call(name, s.args[0], s.args[1])))]
+
+
+def _needs_batch(forward):
+    def wrapped(s: Site) -> list[Line]:
+        return _batch_axis(s, forward(s)[0])
+
+    return wrapped
+
+
+FORWARD: dict[str, Callable[[Site], list[Line]]] = {
+    "dense": _module_call,
+    "dropout": _dropout,
+    "flatten": _flatten,
+    "reshape": _reshape,
+    "select": _select,
+    "conv1d": _needs_batch(_module_call),
+    "conv2d": _needs_batch(_module_call),
+    "maxpool": _pool("max"),
+    "maxpool1d": _pool("max"),
+    "maxpool2d": _pool("max"),
+    "avgpool": _pool("avg"),
+    "avgpool1d": _pool("avg"),
+    "avgpool2d": _pool("avg"),
+    "adaptive_avgpool": _adaptive,
+    "global_avgpool": _global_avgpool,
+    "batchnorm": _needs_batch(_module_call),
+    "layernorm": _module_call,
+    "embedding": _module_call,
+    "positions": _positions_forward,
+    "sinusoidal": _sinusoidal,
+    "attention": _attention_forward,
+    "rnn": _recurrent_forward,
+    "lstm": _recurrent_forward,
+    "gru": _recurrent_forward,
+    "relu": _unary("F.relu"),
+    "sigmoid": _unary("torch.sigmoid"),
+    "tanh": _unary("torch.tanh"),
+    "softmax": _softmax("F.softmax"),
+    "log_softmax": _softmax("F.log_softmax"),
+    "gelu": _function("F.gelu", approximate=("approximate", "none")),
+    "leaky_relu": _function("F.leaky_relu", negative_slope=("negative_slope", 0.01)),
+    "elu": _function("F.elu", alpha=("alpha", 1.0)),
+    "silu": _unary("F.silu"),
+    "add": _operator("+"),
+    "sub": _operator("-"),
+    "mul": _operator("*"),
+    "div": _operator("/"),
+    "pow": _operator("**"),
+    "maximum": _pick("torch.maximum"),
+    "minimum": _pick("torch.minimum"),
+    "concat": _concat,
+    "neg": _neg,
+    "abs": _unary("torch.abs"),
+    "exp": _unary("torch.exp"),
+    "log": _unary("torch.log"),
+    "sqrt": _unary("torch.sqrt"),
+    "clip": _clip,
+    "where": _where,
+    "lt": _operator("<"),
+    "le": _operator("<="),
+    "gt": _operator(">"),
+    "ge": _operator(">="),
+    "eq": _operator("=="),
+    "ne": _operator("!="),
+    "mean": _reduction("mean"),
+    "sum": _reduction("sum"),
+    "max": _reduction("max"),
+    "scalar": _scalar,
+    "mse": _loss("F.mse_loss"),
+    "l1": _loss("F.l1_loss"),
+    "cross_entropy": _cross_entropy,
+    "binary_cross_entropy": _binary_cross_entropy,
+}
+
+# Ops whose torch form reads the module's training flag: they cannot live in a plain function.
+USES_TRAINING_FLAG = frozenset({"dropout"})

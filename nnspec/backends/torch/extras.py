@@ -1,0 +1,116 @@
+"""The parts of a generated file that do not come from the network's graph: helper functions
+some ops need, the optimizer and schedule of the train section, and the weight-file helpers.
+"""
+
+from __future__ import annotations
+
+from nnspec.backends.torch.names import checked_identifier, literal
+from nnspec.backends.torch.source import Stmt, call, expr, layout, list_of
+from nnspec.ir.train import TrainConfig
+
+HELPERS = {
+    "causal_mask": '''\
+def causal_mask(x):
+    """(T, T) mask of a sequence batch (B, T, E): True where a step would see a later one."""
+    steps = x.shape[-2]
+    return torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)''',
+    "sinusoidal_positions": '''\
+def sinusoidal_positions(steps, dim, device=None):
+    """(steps, dim) fixed encodings (Vaswani et al.): sin on even features, cos on odd ones."""
+    position = torch.arange(steps, dtype=torch.float64)[:, None]
+    even = torch.arange(0, dim, 2, dtype=torch.float64)
+    rate = torch.exp(even * (-math.log(10000.0) / dim))
+    table = torch.zeros(steps, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate[: dim // 2])
+    return table.to(device=device, dtype=torch.float32)''',
+}
+
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop",
+              "adagrad": "Adagrad"}
+
+FIXED_NAMES = ("loss_fn", "make_optimizer", "make_scheduler", "save_weights", "load_weights",
+               "TIED_WEIGHTS", *HELPERS)
+
+
+def _kwargs(args: dict) -> dict:
+    return {checked_identifier(k): literal(tuple(v) if isinstance(v, list) else v)
+            for k, v in args.items()}
+
+
+def make_optimizer(train: TrainConfig, where: str) -> str:
+    opt = train.optimizer
+    body = Stmt(None, expr(call(f"torch.optim.{OPTIMIZERS[opt.name]}", "model.parameters()",
+                                **_kwargs(opt.args))), keyword="return")
+    lines = ["def make_optimizer(model):",
+             f'    """`{opt.name}` of the train section ({where}), every setting spelled out."""']
+    return "\n".join(lines + layout([body], str, "    "))
+
+
+def make_scheduler(train: TrainConfig, where: str) -> str:
+    """The spec's lr schedule, stepped once per epoch as nnspec's trainer does. A warm-up
+    ramps from lr / (warmup + 1) to lr over `warmup` epochs, then the schedule starts."""
+    sched = train.schedule
+    warmup = sched.args.get("warmup", 0)
+    lr = "torch.optim.lr_scheduler"
+    if sched.name == "step":
+        main = call(f"{lr}.StepLR", "optimizer", step_size=literal(sched.args["step_size"]),
+                    gamma=literal(sched.args["gamma"]))
+    else:
+        main = call(f"{lr}.CosineAnnealingLR", "optimizer",
+                    T_max=literal(max(1, train.epochs - warmup)),
+                    eta_min=literal(sched.args["eta_min"]))
+    doc = f'    """`{sched.name}` schedule ({where}): call `scheduler.step()` once per epoch."""'
+    if not warmup:
+        return "\n".join(["def make_scheduler(optimizer):", doc]
+                         + layout([Stmt(None, expr(main), keyword="return")], str, "    "))
+    ramp = call(f"{lr}.LinearLR", "optimizer", start_factor=literal(1.0 / (warmup + 1)),
+                total_iters=literal(warmup))
+    sequence = call(f"{lr}.SequentialLR", "optimizer", list_of(["warmup", "schedule"]),
+                    milestones=list_of([literal(warmup)]))
+    body = [Stmt("warmup", expr(ramp)), Stmt("schedule", expr(main)),
+            Stmt(None, expr(sequence), keyword="return")]
+    return "\n".join(["def make_scheduler(optimizer):", doc] + layout(body, str, "    "))
+
+
+def weight_helpers(ties: dict[str, str]) -> str:
+    """save_weights/load_weights through safetensors. A tied weight is one tensor under two
+    state_dict keys; nnspec stores it once (under the layer that owns it), and safetensors
+    refuses shared tensors, so the copies listed in TIED_WEIGHTS are left out and come back
+    by themselves when the owner is loaded."""
+    if not ties:
+        return '''\
+def save_weights(model, path):
+    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), path)
+
+
+def load_weights(model, path):
+    """Load a safetensors file written by nnspec or by save_weights."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path))'''
+    entries = [Stmt(None, expr(f'"{copy}": "{owner}",')) for copy, owner in ties.items()]
+    table = ["# state_dict keys that are tied copies of another key (not stored in weight files)",
+             "TIED_WEIGHTS = {"] + layout(entries, str, "    ") + ["}"]
+    return "\n".join(table) + '''
+
+
+def save_weights(model, path):
+    """Write the weights as safetensors under nnspec's names, each tied weight once."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    save_file({k: v for k, v in state.items() if k not in TIED_WEIGHTS}, path)
+
+
+def load_weights(model, path):
+    """Load a safetensors file written by nnspec or by save_weights; tied copies follow
+    the weight they share."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(path), strict=False)
+    if unexpected or set(missing) - set(TIED_WEIGHTS):
+        raise KeyError(f"missing {missing}, unexpected {unexpected}")'''
