@@ -292,3 +292,153 @@ def test_a_thousand_layers_check_in_under_half_a_second():
     assert len(graph.nodes) == 1001
     assert sum(math.prod(p.spec.shape) for p in graph.params.values()) == 334 * (
         64 * 64 + 64) + 333 * 128
+
+
+# ---- MACs against torch.utils.flop_counter (FLOPs / 2) -------------------------------------
+#
+# The catalogue counts the multiply-adds of matrix products and convolutions per sample, as
+# torchvision publishes them. FlopCounterMode sees matrix products and convolutions only
+# when they run as separate aten ops: it counts 0 for the fused CPU kernels of nn.LSTM/GRU/
+# RNN and of scaled_dot_product_attention (nn.MultiheadAttention with need_weights=False).
+# So recurrent layers are run here as the explicit per-step products torch's modules compute
+# (checked against the modules' outputs), and attention with need_weights=True, whose q @ k^T
+# and weights @ v are plain bmm calls. Both conventions then agree exactly.
+
+
+def catalogue_macs(text: str) -> int:
+    from nnspec.summary import node_macs
+
+    graph = build(text)
+    [node] = [n for n in graph.nodes if n.op != "input"]
+    return node_macs(graph, node)
+
+
+def torch_macs(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    flops = counter.get_total_flops()
+    assert flops % 2 == 0
+    return flops // 2
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape,units", [((16,), 8), ((10, 16), 8), ((3, 5, 7), 4)])
+def test_dense_macs_match_torch(shape, units):
+    torch = pytest.importorskip("torch")
+    layer = torch.nn.Linear(shape[-1], units)
+    x = torch.randn(1, *shape)
+    dims = ", ".join(map(str, shape))
+    text = f"model M {{\n  input x: [{dims}]\n  x -> dense({units})\n}}\n"
+    assert catalogue_macs(text) == torch_macs(lambda: layer(x))
+
+
+CONVS = [  # (spatial, c_in, size, channels, kernel, stride, padding, dilation, groups)
+    (1, 4, 20, 6, 3, 1, 0, 1, 1), (1, 4, 21, 8, 5, 2, 2, 1, 2), (1, 6, 30, 6, 3, 1, 2, 2, 3),
+    (2, 3, 12, 8, 3, 1, 1, 1, 1), (2, 4, 13, 8, 3, 2, 0, 1, 4), (2, 6, 16, 4, 5, 1, 4, 2, 2),
+    (2, 8, 9, 8, 1, 1, 0, 1, 8),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("case", CONVS, ids=[str(c) for c in CONVS])
+def test_conv_macs_match_torch(case):
+    torch = pytest.importorskip("torch")
+    spatial, c_in, size, channels, kernel, stride, padding, dilation, groups = case
+    conv = (torch.nn.Conv1d if spatial == 1 else torch.nn.Conv2d)(
+        c_in, channels, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    x = torch.randn(1, c_in, *(size,) * spatial)
+    dims = ", ".join(map(str, (c_in, *(size,) * spatial)))
+    text = (f"model M {{\n  input x: [{dims}]\n  x -> conv{spatial}d({channels}, {kernel}, "
+            f"stride = {stride}, padding = {padding}, dilation = {dilation}, "
+            f"groups = {groups})\n}}\n")
+    assert catalogue_macs(text) == torch_macs(lambda: conv(x))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("steps,embed,heads,causal", [(10, 16, 4, False), (7, 24, 3, True),
+                                                      (1, 8, 1, False)])
+def test_attention_macs_match_torch(steps, embed, heads, causal):
+    torch = pytest.importorskip("torch")
+    attention = torch.nn.MultiheadAttention(embed, heads, batch_first=True)
+    x = torch.randn(1, steps, embed)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(steps) if causal else None
+    text = (f"model M {{\n  input x: [{steps}, {embed}]\n  x -> attention({heads}, "
+            f"causal = {str(causal).lower()})\n}}\n")
+    assert catalogue_macs(text) == torch_macs(
+        lambda: attention(x, x, x, attn_mask=mask, need_weights=True))
+
+
+def _recurrent_by_steps(torch, module, mode: str, x):
+    """What nn.RNN/LSTM/GRU compute, as explicit per-step products (batch 1, batch first)."""
+    F = torch.nn.functional
+    layer_input = x[0]
+    directions = ("", "_reverse") if module.bidirectional else ("",)
+    for layer in range(module.num_layers):
+        outputs = []
+        for suffix in directions:
+            w_ih, w_hh = (getattr(module, f"weight_{k}_l{layer}{suffix}") for k in ("ih", "hh"))
+            b_ih, b_hh = (getattr(module, f"bias_{k}_l{layer}{suffix}") for k in ("ih", "hh"))
+            h = torch.zeros(1, module.hidden_size)
+            c = torch.zeros(1, module.hidden_size)
+            steps = range(layer_input.shape[0])
+            seq = [None] * len(steps)
+            for t in (reversed(steps) if suffix else steps):
+                gi = F.linear(layer_input[t:t + 1], w_ih, b_ih)
+                gh = F.linear(h, w_hh, b_hh)
+                if mode == "lstm":
+                    i, f, g, o = (gi + gh).chunk(4, dim=1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                elif mode == "gru":
+                    ir, iz, in_ = gi.chunk(3, dim=1)
+                    hr, hz, hn = gh.chunk(3, dim=1)
+                    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                    h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
+                else:
+                    h = torch.tanh(gi + gh)
+                seq[t] = h
+            outputs.append(torch.cat(seq, dim=0))
+        layer_input = torch.cat(outputs, dim=1)
+    return layer_input
+
+
+RECURRENT = [("rnn", 6, 5, 8, 1, False), ("lstm", 6, 5, 8, 1, False),
+             ("gru", 6, 5, 8, 1, False), ("lstm", 4, 3, 5, 2, True), ("gru", 5, 7, 4, 2, True),
+             ("rnn", 3, 2, 6, 3, True)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode,steps,features,hidden,layers,bidirectional", RECURRENT,
+                         ids=[f"{c[0]}-l{c[4]}-bi{int(c[5])}" for c in RECURRENT])
+def test_recurrent_macs_match_torch(mode, steps, features, hidden, layers, bidirectional):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[mode](
+        features, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    x = torch.randn(1, steps, features)
+    with torch.no_grad():
+        expected = module(x)[0][0]
+        by_steps = _recurrent_by_steps(torch, module, mode, x)
+        assert torch.allclose(by_steps, expected, atol=1e-5)  # really the module's computation
+        macs = torch_macs(lambda: _recurrent_by_steps(torch, module, mode, x))
+    text = (f"model M {{\n  input x: [{steps}, {features}]\n  x -> {mode}({hidden}, "
+            f"layers = {layers}, bidirectional = {str(bidirectional).lower()})\n}}\n")
+    assert catalogue_macs(text) == macs
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("layer,shape", [("maxpool(2)", (3, 8, 8)), ("avgpool(2)", (3, 8, 8)),
+                                         ("global_avgpool", (3, 8, 8)), ("batchnorm", (3, 8, 8)),
+                                         ("layernorm", (5, 8)), ("relu", (8,))])
+def test_ops_without_products_count_zero_as_in_torch(layer, shape):
+    torch = pytest.importorskip("torch")
+    modules = {"maxpool(2)": torch.nn.MaxPool2d(2), "avgpool(2)": torch.nn.AvgPool2d(2),
+               "global_avgpool": torch.nn.AdaptiveAvgPool2d(1),
+               "batchnorm": torch.nn.BatchNorm2d(3), "layernorm": torch.nn.LayerNorm(8),
+               "relu": torch.nn.ReLU()}
+    x = torch.randn(2, *shape)
+    dims = ", ".join(map(str, shape))
+    assert catalogue_macs(f"model M {{\n  input x: [{dims}]\n  x -> {layer}\n}}\n") == 0
+    assert torch_macs(lambda: modules[layer](x)) == 0
