@@ -166,6 +166,7 @@ class Builder:
                                item.name_span, "pick another name")
                     continue
                 self.defs[item.name] = item
+                self.check_unused_expressions(item)
         frame = _Frame("", {}, "const")
         for item in self.program.consts:
             value = self.guard(lambda item=item: self.value(self.eval(item.value, frame), item.value))
@@ -181,6 +182,16 @@ class Builder:
             elif started:
                 self.error("E114", "`input` belongs at the top of a model or block, before "
                            "other statements", stmt.span, "move this line up")
+
+    def check_unused_expressions(self, definition: ast.Definition):
+        """Only a body's last expression is its output; an earlier bare expression would be
+        silently dropped (often a continuation line the parser read as a new statement)."""
+        for stmt in definition.body[:-1]:
+            if isinstance(stmt, ast.Output):
+                self.error("E115", "this expression is computed but never used: only the last "
+                           f"expression of `{definition.name}` is its output", stmt.span,
+                           "assign it (`name = ...`), or join it to the line above if it "
+                           "continues it")
 
     def guard(self, thunk, default=POISON):
         try:

@@ -21,6 +21,10 @@ _ESCAPE = re.compile(r"\\(.)")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}  # not unicode_escape: it mangles UTF-8
 _OPENERS = {"(", "["}
 _CLOSERS = {")", "]"}
+# A line that starts with one of these continues the previous one. `-` is not among them:
+# a statement may start with a unary minus.
+_CONTINUE_BEFORE = {"->", "else", "if", "+", "*", "/", "%", "^", "**", "==", "!=", "<", "<=",
+                    ">", ">=", "and", "or"}
 _CONTINUE_AFTER = {"->", "+", "-", "*", "/", "%", "^", "**", ",", "=", "==", "!=", "<", "<=",
                    ">", ">=", "and", "or", "not", "if", "else", ":", "(", "["}
 
@@ -40,7 +44,7 @@ class _Newlines:
                     pending = tok
                 continue
             if pending is not None:
-                if tok.value not in ("->", "else"):
+                if tok.value not in _CONTINUE_BEFORE or tok.type == "STRING":
                     yield pending
                 pending = None
             if tok.value in _OPENERS and tok.type != "STRING":
