@@ -40,6 +40,11 @@ def test_graphs_are_topological_with_spans_and_types(path: Path):
         assert node.op == "input" or ops.lookup(node.op) is not None
     names = [n.name for n in graph.nodes]
     assert len(names) == len(set(names))
+    live = set(graph.outputs)  # no layer is built and then dropped on the way to the output
+    for node in reversed(graph.nodes):
+        if node.name in live:
+            live.update(node.inputs)
+    assert [n for n in names if n not in live] == []
 
 
 def test_auto_names_count_per_op_and_labels_win():
