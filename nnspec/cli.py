@@ -201,13 +201,17 @@ def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weig
               '("digits(shape = [1, 8, 8])") or a file (train.csv, data.npz).')
 @click.option("--early-stop", type=click.IntRange(min=0), metavar="N",
               help="Stop after N epochs without a better validation loss (0: never).")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0.0), default=2.0,
+              show_default=True, metavar="SECONDS",
+              help="Commit a checkpoint at the end of an epoch once this many seconds have "
+              "passed (0: every epoch); the last epoch and Ctrl-C always commit.")
 @click.option("--model", default=None, help="Which model of the file (default: the trained one).")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter.")
 def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
           epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
           seed: int | None, val: float | None, data: str | None, early_stop: int | None,
-          model: str | None, overrides: tuple[str, ...]):
+          checkpoint_every: float, model: str | None, overrides: tuple[str, ...]):
     """Train the model of FILE on the NumPy interpreter, as its train section says.
 
     Writes the run directory: config.json, best/last.safetensors, resume.safetensors,
@@ -230,7 +234,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                                        f"with, so {clash[0]} cannot be combined with it")
             if out is not None and out.resolve() != resume.resolve():
                 raise click.UsageError("--resume DIR writes to DIR; leave out --out")
-            trainer = loop.resume(RunDir(resume), file, progress)
+            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every)
             at = trainer.at
             progress.info(f"resuming {resume} at epoch {at.epoch + 1}"
                           + (f", batch {at.batch + 1}" if at.batch else "")
@@ -253,7 +257,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             trainer, note = loop.start(
                 spec, file, config, out=out, default_out=default_out, force=force,
                 model_overrides=parse_overrides(overrides), data_from_cli=data is not None,
-                val=held_out, progress=progress)
+                val=held_out, progress=progress, checkpoint_every=checkpoint_every)
             if note:
                 click.echo(f"note: {note}", err=True)
             _train_header(trainer)

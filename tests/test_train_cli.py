@@ -359,6 +359,7 @@ def test_sigkill_at_any_moment_leaves_every_file_readable(tmp_path):
     rng = np.random.default_rng(0)
     for attempt in range(3):
         args = ("tiny.nn", "--out", "run") if attempt == 0 else ("--resume", "run")
+        args += ("--checkpoint-every", "0")  # commit every epoch: most kills land mid-write
         process = subprocess_train(*args, cwd=tmp_path)
         wait_for_line(process, "epoch ")
         time.sleep(rng.uniform(0.0, 0.3))

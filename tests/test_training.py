@@ -55,12 +55,12 @@ class Quiet(PlainProgress):
             signal.raise_signal(signal.SIGINT)
 
 
-def start(spec_path: Path, out: Path, progress=None, **overrides):
+def start(spec_path: Path, out: Path, progress=None, every: float = 0.0, **overrides):
     spec = load(spec_path)
     train = loop.apply_overrides(spec.train, **overrides)
     trainer, _ = loop.start(spec, str(spec_path), train, out=out, default_out=out, force=False,
                             model_overrides={}, data_from_cli=False, val=None,
-                            progress=progress or Quiet())
+                            progress=progress or Quiet(), checkpoint_every=every)
     return trainer
 
 
@@ -96,11 +96,13 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
                             tmp_path / "c" / "last.safetensors")
 
 
-@pytest.mark.parametrize("interrupt_at", [5, 12, 31])  # mid-epoch, end of epoch 1, epoch 3
-def test_interrupt_then_resume_is_bit_identical(tmp_path, interrupt_at):
+@pytest.mark.parametrize("interrupt_at, every", [
+    (5, 0.0), (12, 0.0), (31, 0.0), (31, 1e9),  # mid-epoch, end of epoch 1, epoch 3
+])
+def test_interrupt_then_resume_is_bit_identical(tmp_path, interrupt_at, every):
     spec = write_spec(tmp_path)
     whole = start(spec, tmp_path / "whole").run_to_end()
-    stopped = start(spec, tmp_path / "cut", Quiet(interrupt_at)).run_to_end()
+    stopped = start(spec, tmp_path / "cut", Quiet(interrupt_at), every).run_to_end()
     assert stopped.status == "interrupted"
     assert "--resume" in stopped.message
     resumed = loop.resume(RunDir(tmp_path / "cut"), None, Quiet())
@@ -158,6 +160,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     saved = weights(tmp_path / "run" / "last.safetensors")
     assert all(np.array_equal(saved[k], initial[k]) for k in initial)
     assert RunDir(tmp_path / "run").read_checkpoint()[3]["step"] == 0
+
+
+def test_checkpoints_wait_for_their_interval_but_the_last_epoch_commits(tmp_path):
+    spec = write_spec(tmp_path)
+    trainer = start(spec, tmp_path / "run", every=1e9)
+    commits = []
+    trainer.run.write_checkpoint = lambda *args: commits.append(args[3]["epoch"])
+    assert trainer.run_to_end().status == "finished"
+    assert commits == [4]
 
 
 def test_early_stop_after_epochs_without_improvement(tmp_path):

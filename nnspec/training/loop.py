@@ -7,7 +7,9 @@ and its split never depend on it. Each epoch shuffles once with the batch-order 
 steps the optimizer once per batch, evaluates on the held-out split, steps the lr schedule
 (once per epoch, as torch's documented pattern) and commits a checkpoint.
 
-A checkpoint holds the generators' states, the generator state at the start of the epoch
+Checkpoints are committed at the end of an epoch once `checkpoint_every` seconds have passed
+since the last one, and always at the last epoch, an early stop or a signal, so runs of
+many tiny epochs do not spend their time in fsync. A checkpoint holds the generators' states, the generator state at the start of the epoch
 and the number of batches done in it, so a run stopped between two steps (Ctrl-C) resumes
 with the same permutation at the same batch and ends with bit-identical weights.
 """
@@ -42,6 +44,7 @@ from nnspec.training.plot import plot_available, plot_history
 from nnspec.training.rundir import RunDir, RunDirError
 
 EVAL_CHUNK = 512  # samples per forward pass when evaluating
+CHECKPOINT_EVERY = 2.0  # seconds: an atomic write costs 2-10 ms of fsync, an epoch can be 5 ms
 
 
 class OverrideError(ValueError):
@@ -221,7 +224,8 @@ class Trainer:
     """One run of one spec on one data set into one run directory."""
 
     def __init__(self, spec, train: TrainConfig, dataset: Dataset, model: NumpyModel,
-                 run: RunDir, progress, config: dict):
+                 run: RunDir, progress, config: dict,
+                 checkpoint_every: float = CHECKPOINT_EVERY):
         self.spec = spec
         self.train = train
         self.data = dataset
@@ -233,6 +237,9 @@ class Trainer:
         self.schedule = nnspec.make_schedule(spec, self.optimizer, train.epochs)
         self.batches = shuffle_rng(train.seed)
         self.at = _Position()
+        self.checkpoint_every = checkpoint_every
+        self._committed = (time.monotonic(), 0)  # when, and after which epoch
+        self._unsaved_best: tuple[dict, dict] | None = None  # best weights not yet on disk
         self.columns = ["epoch", "step", "train_loss", "val_loss",
                         *(f"val_{m}" for m in train.metrics), "lr", "seconds"]
         self.weights_meta = {
@@ -249,9 +256,10 @@ class Trainer:
         return {**self.weights_meta, **extra}
 
     def checkpoint(self) -> None:
-        """Commit the run's state: the resume file first (the commit point), then the
-        plain weights and the metrics table, each written atomically."""
+        """Commit the run's state: new best weights, the resume file (the commit point),
+        then the plain weights and the metrics table, each written atomically."""
         at = self.at
+        self._flush_best()
         state = dataclasses.asdict(at)
         state.update(spec_hash=self.config["spec_hash"],
                      batches=self.batches.bit_generator.state,
@@ -262,6 +270,12 @@ class Trainer:
         last_val = at.history[-1]["val_loss"] if at.history else None
         self.run.write_weights(rundir.LAST, weights, self._meta(at.epoch, last_val))
         rundir.write_metrics(self.run.file(rundir.METRICS), self.columns, at.history)
+        self._committed = (time.monotonic(), at.epoch)
+
+    def _flush_best(self) -> None:
+        if self._unsaved_best is not None:
+            self.run.write_weights(rundir.BEST, *self._unsaved_best)
+            self._unsaved_best = None
 
     def restore(self) -> None:
         """Continue from the run directory's resume file."""
@@ -281,6 +295,7 @@ class Trainer:
         self.model.rng.bit_generator.state = state.pop("dropout")
         state.pop("spec_hash")
         self.at = _Position(**state)
+        self._committed = (time.monotonic(), self.at.epoch)
         if self.at.history:
             rundir.write_metrics(self.run.file(rundir.METRICS), self.columns, self.at.history)
 
@@ -294,17 +309,16 @@ class Trainer:
         """Train until the last epoch, an early stop, a signal or a non-finite loss."""
         at = self.at
         if at.status in ("finished", "early_stop"):
-            return Outcome("done_before", f"{self.run} already finished ({self._best()}); "
+            return Outcome("done_before", f"{self.run} already finished ({self._best_summary()}); "
                            "nothing to do", at.history)
+        at.status = "running"
         try:
             with _StopRequest() as stop, np.errstate(all="ignore"):
                 while at.epoch < self.train.epochs:
                     outcome = self._epoch(stop)
                     if outcome is not None:
                         return outcome
-            at.status = "finished"
-            self.checkpoint()
-            return Outcome("finished", f"finished {at.epoch} epochs: {self._best()}",
+            return Outcome("finished", f"finished {at.epoch} epochs: {self._best_summary()}",
                            at.history)
         finally:
             self.progress.close()
@@ -355,8 +369,7 @@ class Trainer:
         at.history.append(row)
         if at.best_val_loss is None or val_loss < at.best_val_loss:
             at.best_val_loss, at.best_epoch, at.bad_epochs = val_loss, number, 0
-            self.run.write_weights(rundir.BEST, self.model.state_dict(),
-                                   self._meta(number, val_loss))
+            self._unsaved_best = (self.model.state_dict(), self._meta(number, val_loss))
         else:
             at.bad_epochs += 1
         if self.schedule is not None:
@@ -365,11 +378,15 @@ class Trainer:
         stopping = train.early_stop and at.bad_epochs >= train.early_stop
         if stopping:
             at.status = "early_stop"
-        self.checkpoint()
+        elif at.epoch == train.epochs:
+            at.status = "finished"
+        due = time.monotonic() - self._committed[0] >= self.checkpoint_every
+        if due or stopping or stop.signal is not None or at.epoch == train.epochs:
+            self.checkpoint()
         self.progress.epoch_finished(epoch_line(row, train.epochs))
         if stopping:
             return Outcome("early_stop", f"early stop: no better val_loss for {at.bad_epochs} "
-                           f"epochs; {self._best()}", at.history)
+                           f"epochs; {self._best_summary()}", at.history)
         if stop.signal is not None and at.epoch < train.epochs:
             return self._interrupted(stop.signal)
         return None
@@ -385,15 +402,17 @@ class Trainer:
                        f"{self.run}`", self.at.history)
 
     def _diverged(self, what: str) -> Outcome:
-        kept = (f"the last good checkpoint (end of epoch {self.at.epoch})" if self.at.epoch
-                else "the initial weights")
+        self._flush_best()
+        epoch = self._committed[1]
+        kept = f"the last good checkpoint (end of epoch {epoch})" if epoch else \
+            "the initial weights"
         lr = self.optimizer.lr
         return Outcome("diverged", f"{what}; training stopped. {kept[0].upper()}{kept[1:]} "
                        f"stay in {self.run}. "
                        f"Try a lower learning rate (it is {lr:g}: --lr {lr / 10:g}) or "
                        "gradient clipping (`clip 1.0` in the train section)", self.at.history)
 
-    def _best(self) -> str:
+    def _best_summary(self) -> str:
         at = self.at
         if not at.history:
             return "no epoch finished"
@@ -434,7 +453,7 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path
 
 def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default_out: Path,
           force: bool, model_overrides: dict, data_from_cli: bool, val: float | None,
-          progress) -> tuple[Trainer, str | None]:
+          progress, checkpoint_every: float = CHECKPOINT_EVERY) -> tuple[Trainer, str | None]:
     """A new run: data checked, run directory claimed, config and first checkpoint written.
     Returns the trainer and a note about the directory chosen (or None)."""
     base_dir = Path() if data_from_cli else Path(spec_path).parent
@@ -463,12 +482,13 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
         "fingerprint": fp,
     }
     run.write_config(_json_ready(config))
-    trainer = Trainer(spec, train, dataset, model, run, progress, config)
+    trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every)
     trainer.checkpoint()
     return trainer, note
 
 
-def resume(run: RunDir, spec_path: str | None, progress) -> Trainer:
+def resume(run: RunDir, spec_path: str | None, progress,
+           checkpoint_every: float = CHECKPOINT_EVERY) -> Trainer:
     """Continue the run in `run`, after checking that the spec still fingerprints the same."""
     from nnspec.spec import load
 
@@ -491,7 +511,7 @@ def resume(run: RunDir, spec_path: str | None, progress) -> Trainer:
     base_dir = Path() if from_cli else Path(path).parent
     dataset, _, model = prepare(spec, train, val=config["data"]["val"], base_dir=base_dir)
     run.remove_partials()
-    trainer = Trainer(spec, train, dataset, model, run, progress, config)
+    trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every)
     if run.exists(rundir.RESUME):
         trainer.restore()
     return trainer
