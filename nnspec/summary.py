@@ -64,29 +64,9 @@ def _numel(t: TensorType | None) -> Dim:
     return 0 if t is None else dim_prod(t.shape)
 
 
-def _owned_params(graph: Graph, node: Node) -> int:
-    total = 0
-    for full in node.params.values():
-        p = graph.params[full]
-        if p.owner == node.name and p.spec.trainable:
-            total += math.prod(p.spec.shape)
-    return total
-
-
-def _scope_chain(graph: Graph, scope: str) -> list[str]:
-    """Scope paths from the outermost to `scope` itself."""
-    chain = []
-    path = scope
-    while path:
-        if path in graph.scopes:
-            chain.append(path)
-        path = path.rsplit(".", 1)[0] if "." in path else ""
-    return list(reversed(chain))
-
-
 def _fold_point(graph: Graph, node: Node, depth: int | None, expand: bool) -> str | None:
     """The scope whose single row stands for this node, or None to show the node itself."""
-    for level, path in enumerate(_scope_chain(graph, node.scope)):
+    for level, path in enumerate(graph.scope_chain(node.scope)):
         scope = graph.scopes[path]
         if depth is not None and level + 1 >= depth:
             return path
@@ -105,7 +85,7 @@ def summarize(graph: Graph, depth: int | None = None, expand: bool = False) -> S
         if row is None:
             scope = graph.scopes[path]
             label = _repeat_label(graph, path) if scope.kind == "repeat" else scope.label
-            row = Row(path, label, shape, 0, 0, len(_scope_chain(graph, path)) - 1, scope.count)
+            row = Row(path, label, shape, 0, 0, len(graph.scope_chain(path)) - 1, scope.count)
             scope_rows[path] = row
             rows.append(row)
         return row
@@ -114,10 +94,10 @@ def summarize(graph: Graph, depth: int | None = None, expand: bool = False) -> S
         if node.op == "scalar":
             continue
         shape = str(node.type) if node.type is not None else "?"
-        params = _owned_params(graph, node)
+        params = graph.owned_param_count(node)
         macs = node_macs(graph, node)
         point = _fold_point(graph, node, depth, expand)
-        chain = _scope_chain(graph, node.scope)
+        chain = graph.scope_chain(node.scope)
         if point is not None:
             chain = chain[:chain.index(point) + 1]
         for path in chain:

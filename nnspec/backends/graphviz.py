@@ -36,7 +36,6 @@ from nnspec.ir import ops
 from nnspec.ir.build import snake
 from nnspec.ir.graph import Graph, Node
 from nnspec.ir.types import TensorType
-from nnspec.summary import _owned_params, _scope_chain
 
 MAX_VISIBLE_NODES = 400  # dot lays out ~400 labelled boxes in well under a second
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -185,7 +184,7 @@ class _Scopes:
 
     def placement(self, node: Node) -> tuple[tuple[str, ...], str | None]:
         """(clusters around the node, the scope it folds into or None)."""
-        chain = _scope_chain(self.graph, self.canonical(node.scope) if node.scope else "")
+        chain = self.graph.scope_chain(self.canonical(node.scope) if node.scope else "")
         clusters: list[str] = []
         for level, path in enumerate(chain):
             is_instance = self._is_shown_instance(path)
@@ -348,7 +347,7 @@ def _fold_runs(view: _View, limit: int) -> None:
 
 
 def _max_depth(graph: Graph) -> int:
-    return max((len(_scope_chain(graph, path)) for path in graph.scopes), default=0)
+    return max((len(graph.scope_chain(path)) for path in graph.scopes), default=0)
 
 
 def _fitting_view(graph: Graph, depth: int | None, expand: bool, fuse: bool) -> _View:
@@ -710,9 +709,9 @@ class _Writer:
     def _scope_params(self) -> dict[str, int]:
         totals = dict.fromkeys(self.graph.scopes, 0)
         for node in self.graph.nodes:
-            count = _owned_params(self.graph, node) if node.params else 0
+            count = self.graph.owned_param_count(node) if node.params else 0
             if count:
-                for path in _scope_chain(self.graph, node.scope):
+                for path in self.graph.scope_chain(node.scope):
                     totals[path] += count
         return totals
 
@@ -793,7 +792,7 @@ class _Writer:
         if item.repeat is not None:
             notes.append(self.params_text(self.scope_params[item.repeat], " in all"))
         else:
-            notes.append(self.params_text(sum(_owned_params(self.graph, n) for n in item.nodes)))
+            notes.append(self.params_text(sum(self.graph.owned_param_count(n) for n in item.nodes)))
         notes += [f"tied to {owner}" for owner in self._tied_owners(item.nodes)]
         rows.append(_font(_esc(" · ".join(n for n in notes if n)), 9, MUTED) if any(notes)
                     else "")
@@ -837,7 +836,7 @@ class _Writer:
         kinds = ", ".join(f"{op} ×{c}" if c > 1 else op for op, c in counts.items())
         rows = [f"<B>{len(item.nodes)} layers</B>", _font(_esc(kinds), 10)]
         if self.detail != "min":
-            params = self.params_text(sum(_owned_params(self.graph, n) for n in item.nodes))
+            params = self.params_text(sum(self.graph.owned_param_count(n) for n in item.nodes))
             notes = [f"{item.nodes[0].name} … {item.nodes[-1].name}", params]
             rows.append(_font(_esc(" · ".join(n for n in notes if n)), 9, MUTED))
         return _table(rows)

@@ -9,6 +9,7 @@ layers map to the same full names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,26 @@ class Graph:
             for i in n.inputs:
                 users[i].append(n.name)
         return users
+
+    def scope_chain(self, scope: str) -> list[str]:
+        """Scope paths from the outermost down to `scope` itself."""
+        chain = []
+        path = scope
+        while path:
+            if path in self.scopes:
+                chain.append(path)
+            path = path.rsplit(".", 1)[0] if "." in path else ""
+        return list(reversed(chain))
+
+    def owned_param_count(self, node: Node) -> int:
+        """Trainable values first created by this node (a tied or shared weight counts once,
+        at its owner)."""
+        total = 0
+        for full in node.params.values():
+            p = self.params[full]
+            if p.owner == node.name and p.spec.trainable:
+                total += math.prod(p.spec.shape)
+        return total
 
     def verify(self) -> None:
         """Internal invariants; a failure here is a compiler bug, not a user error."""
