@@ -34,7 +34,7 @@ def fail(diagnostics: list[Diagnostic]) -> None:
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict:
     """`--set d=64 --set act="gelu"` -> {"d": 64, "act": "gelu"}; values use the .nn syntax."""
-    from nnspec.ir.build import Builder, _Frame
+    from nnspec.ir.build import Builder
     from nnspec.syntax.parser import parse
 
     out = {}
@@ -81,6 +81,7 @@ def main():
     Quick start:
       nnspec check specs/digits_mlp.nn
       nnspec summary specs/resnet18.nn
+      nnspec render specs/resnet18.nn -o resnet18.svg
     The language is described in docs/language.md.
     """
 
@@ -406,6 +407,81 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
     click.echo(f"{spec.name} on {name} ({split} split, {len(x)} samples)")
     for key, value in scores.items():
         click.echo(f"  {key:<10} {value:.4f}")
+
+
+
+def _partial_graph(path: str, model: str | None, overrides: dict):
+    """What could be built of a spec with errors, for a diagram that shows where they are."""
+    from nnspec.diagnostics import DiagnosticError
+    from nnspec.ir.build import Builder, pick_model
+    from nnspec.syntax.parser import parse
+
+    try:
+        program = parse(Path(path).read_text(encoding="utf-8"), path)
+        builder = Builder(program)
+        return builder.build_model(pick_model(program, model).name, overrides)
+    except (SpecError, DiagnosticError, OSError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+@main.command()
+@click.argument("file", type=SPEC)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: FILE's name with the format's suffix).")
+@click.option("--format", "fmt", type=click.Choice(["svg", "png", "pdf", "dot"]), default=None,
+              help="Default: the output's suffix, else svg.")
+@click.option("--depth", type=click.IntRange(min=1), default=None,
+              help="Fold blocks nested N levels deep into one box each.")
+@click.option("--direction", type=click.Choice(["TB", "LR"]), default="TB", show_default=True)
+@click.option("--detail", type=click.Choice(["min", "normal", "full"]), default="normal",
+              show_default=True)
+@click.option("--expand", is_flag=True, help="Draw every copy of a repeat.")
+@click.option("--model", default=None, help="Which model of the file.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override a model hyperparameter.")
+def render(file: str, out: str | None, fmt: str | None, depth: int | None, direction: str,
+           detail: str, expand: bool, model: str | None, overrides: tuple[str, ...]):
+    """Draw the model in FILE with Graphviz (svg, png, pdf, or dot text).
+
+    A spec with errors still draws what could be built, the failing layer in red, and the
+    command exits 1.
+    """
+    import warnings
+
+    from nnspec.backends import graphviz as gv
+    from nnspec.spec import load
+
+    values = parse_overrides(overrides)
+    if out is None:
+        out = str(Path(Path(file).name).with_suffix("." + (fmt or "svg")))
+    try:
+        fmt = gv.format_for(out, fmt)
+    except gv.RenderError as err:
+        raise click.BadParameter(str(err), param_hint="--output") from None
+    failed: list[Diagnostic] = []
+    try:
+        target = load(file, model, values)
+    except SpecError as err:
+        failed = err.diagnostics
+        target = _partial_graph(file, model, values)
+        if target is None:
+            fail(failed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", gv.RenderWarning)
+        try:
+            written = gv.render(target, out, fmt, depth=depth, direction=direction,
+                                detail=detail, expand=expand)
+        except gv.RenderError as err:
+            report(failed)
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    if failed:
+        report(failed)
+        click.echo(f"drew what could be built, failing layers in red: {written}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {written}")
 
 
 if __name__ == "__main__":
