@@ -106,7 +106,7 @@ def test_check_json_gives_every_diagnostic_with_code_and_span(broken: Path):
     result = run("check", "--format", "json", str(broken), str(SMALL))
     assert result.returncode == 1
     data = json.loads(result.stdout)
-    assert [d["code"] for d in data] == ["E100", "E302", "N001"]
+    assert [d["code"] for d in data] == ["E115", "E100", "E302", "N001"]
     for d in data:
         assert set(d) == {"code", "severity", "message", "span", "hint", "notes"}
         assert d["severity"] in ("error", "note")
