@@ -20,7 +20,7 @@ ROOT = Path(__file__).parent.parent
 SMALL = ROOT / "specs" / "digits_mlp.nn"
 BROKEN = """model Net {
   input x: [64]
-  x -> dense(10) -> rleu
+  y = x -> dense(10) -> rleu
   x -> conv2d(4, 3)
 }
 """
@@ -51,8 +51,8 @@ def test_exit_0_for_valid_specs():
 def test_exit_1_for_spec_errors(broken: Path):
     result = run("check", str(SMALL), str(broken))
     assert result.returncode == 1
-    assert f"{broken}:3:21: error[E100]: unknown name `rleu`" in result.stderr
-    assert "3 errors in 1 file" in result.stderr  # line 3 is also an unused expression (E115)
+    assert f"{broken}:3:25: error[E100]: unknown name `rleu`" in result.stderr
+    assert "2 errors in 1 file" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -106,7 +106,7 @@ def test_check_json_gives_every_diagnostic_with_code_and_span(broken: Path):
     result = run("check", "--format", "json", str(broken), str(SMALL))
     assert result.returncode == 1
     data = json.loads(result.stdout)
-    assert [d["code"] for d in data] == ["E115", "E100", "E302", "N001"]
+    assert [d["code"] for d in data] == ["E100", "E302", "N001"]
     for d in data:
         assert set(d) == {"code", "severity", "message", "span", "hint", "notes"}
         assert d["severity"] in ("error", "note")
@@ -115,8 +115,8 @@ def test_check_json_gives_every_diagnostic_with_code_and_span(broken: Path):
         for note in d["notes"]:
             assert set(note) == {"message", "span"}
     rleu = data[0]
-    assert rleu["span"] == {"file": str(broken), "line": 3, "col": 21, "end_line": 3,
-                            "end_col": 25}
+    assert rleu["span"] == {"file": str(broken), "line": 3, "col": 25, "end_line": 3,
+                            "end_col": 29}
     assert rleu["hint"] == "did you mean `relu`?"
     assert data[1]["notes"][0]["span"]["line"] == 2  # where the bad shape came from
 
