@@ -9,11 +9,14 @@ setup:
 	@command -v dot >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq graphviz)
 	$(PIP) install -q -e ".[test]"
 
-# The main job: check every example spec and summarise two of them.
+# The main job: check every example spec, summarise two of them, then train the digits MLP
+# on the NumPy interpreter (runs/digits_mlp/: weights, metrics.csv, loss.png) and evaluate it.
 demo: setup
 	nnspec check specs/*.nn
 	nnspec summary specs/digits_mlp.nn
 	nnspec summary specs/resnet18.nn --depth 2
+	nnspec train specs/digits_mlp.nn --out runs/digits_mlp --force
+	nnspec eval specs/digits_mlp.nn --weights runs/digits_mlp
 
 # The whole test suite, plus the proof that a plain install without torch serves the
 # commands that do not need it.

@@ -57,12 +57,11 @@ class RichProgress:
             TimeElapsedColumn(), console=self.console, transient=True)
         self.task = None
         self._loss_sum = 0.0
-        self._steps = 0
-        self._started = 0.0
-        self._shown = 0.0
+        self._steps = self._done = self._total = 0
+        self._started = self._shown = 0.0
 
     def info(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def epoch_started(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
         fields = {"epoch": f"{epoch}/{epochs}", "loss": "-", "rate": "-"}
@@ -73,13 +72,13 @@ class RichProgress:
             self.progress.reset(self.task, total=steps, completed=done, **fields)
         self._loss_sum, self._steps = 0.0, 0
         self._started = self._shown = time.perf_counter()
-        self._done = done
+        self._done, self._total = done, steps
 
     def step(self, loss: float) -> None:
         self._loss_sum += loss
         self._steps += 1
         now = time.perf_counter()
-        if now - self._shown >= _REFRESH:
+        if now - self._shown >= _REFRESH or self._done + self._steps == self._total:
             self._shown = now
             self.progress.update(self.task, completed=self._done + self._steps,
                                  loss=f"{self._loss_sum / self._steps:.4f}",
