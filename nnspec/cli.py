@@ -348,12 +348,15 @@ def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: 
     classifier = spec.train is not None and spec.train.loss.name == "cross_entropy"
     names = metadata.get("class_names")
     names = json.loads(names) if names else None
-    for row in y:
-        if classifier:
-            ids = np.atleast_1d(row.argmax(axis=-1))
-            click.echo(" ".join(names[i] if names and i < len(names) else str(i) for i in ids))
-        else:
+    if not classifier:
+        for row in y:
             click.echo(" ".join(f"{v:.6g}" for v in row.ravel()))
+        return
+    labels = [name.encode("unicode_escape").decode() for name in names or []]
+    glue = "" if labels and all(len(name) == 1 for name in names) else " "  # characters
+    for row in y:
+        ids = np.atleast_1d(row.argmax(axis=-1))
+        click.echo(glue.join(labels[i] if i < len(labels) else str(i) for i in ids))
 
 
 @main.command("eval")

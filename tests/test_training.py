@@ -264,6 +264,11 @@ def test_a_missing_file_points_at_the_data_line(tmp_path):
     assert d.code == "E216" and "no such file" in d.message and d.span.line == 8
 
 
+def test_no_data_points_at_the_train_section(tmp_path):
+    d = diagnostic(TINY.replace("  data      moons(n = 240)\n", ""), tmp_path)
+    assert d.code == "E216" and "names no data" in d.message and d.span.line == 7
+
+
 def test_user_csv_trains_with_string_labels(tmp_path):
     rows = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'yes' if i % 2 else 'no'}"
                             for i in range(40)]

@@ -442,7 +442,7 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path
     if train.data is None:
         from nnspec.training.data import data_error
 
-        span = spec.train.spans.get("data") if spec.train else None
+        span = next((t.span for t in spec.program.trains if t.model == spec.graph.name), None)
         raise data_error("E216", f"train `{spec.graph.name}` names no data", span,
                          "add a `data` line (e.g. `data digits`) or pass --data")
     dataset, split = load_data(train.data, base_dir=base_dir, val=val, loss=train.loss.name)
