@@ -269,6 +269,9 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
         _fail_plain(err.message, err.hint)
     except loop.OverrideError as err:
         raise click.UsageError(str(err)) from None
+    except OSError as err:  # a full disk or a read-only run directory
+        _fail_plain(f"cannot write {err.filename or 'the run directory'}: "
+                    f"{err.strerror or err}")
     except KeyboardInterrupt:
         progress.close()
         _fail_plain("interrupted; the last checkpoint saved (if any) is kept", code=130)

@@ -129,12 +129,13 @@ def test_a_nan_loss_exits_1_naming_epoch_and_step(spec, tmp_path):
 
 @pytest.mark.parametrize("args, phrase", [
     (["--optimizer", "adma"], "did you mean `adam`"),
-    (["--optimizer", "sgd(lr = -1)"], "learning rate must be >= 0"),
+    (["--optimizer", "sgd(lr = -1)"], "`lr` must be at least 0"),
+    (["--optimizer", "adam(betas = [0.9, 1.5])"], "--optimizer: betas must lie in [0, 1)"),
     (["--data", "moons(n = "], "cannot read --data"),
     (["--data", "digts"], "did you mean `digits`"),
     (["--set", "width=3"], None),
     (["--val", "1.5"], "1.5"),
-], ids=["optimizer", "optimizer-value", "data-syntax", "data-name", "set", "val"])
+], ids=["optimizer", "optimizer-value", "betas", "data-syntax", "data-name", "set", "val"])
 def test_bad_overrides(spec, tmp_path, args, phrase):
     result = run("train", str(spec), "--out", str(tmp_path / "run"), *args)
     if args[0] == "--set":  # a spec error: E104 at the model's name

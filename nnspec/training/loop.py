@@ -32,7 +32,7 @@ import nnspec
 from nnspec.backends.numpy.model import NumpyModel
 from nnspec.backends.numpy.optim import make_optimizer
 from nnspec.backends.numpy.schedules import clip_grad_norm
-from nnspec.diagnostics import DiagnosticError, SpecError
+from nnspec.diagnostics import Diagnostic, DiagnosticError, SpecError
 from nnspec.ir import ops
 from nnspec.ir.train import Setting, TrainConfig
 from nnspec.training import rundir
@@ -62,9 +62,11 @@ def shuffle_rng(seed: int) -> np.random.Generator:
 def parse_setting(key: str, text: str) -> Setting:
     """`--data` / `--optimizer` text in the spec's syntax, e.g. `digits(shape = [1, 8, 8])`,
     `csv("f.csv", target = "y")`, `sgd(lr = 0.1, momentum = 0.9)`; a bare file name ending in
-    .csv/.npz/.npy is also a data setting. Raises OverrideError."""
+    .csv/.npz/.npy is also a data setting. An optimizer keeps only the hyperparameters the
+    text gives (checked like the spec's), so `apply_overrides` can tell what to carry over.
+    Raises OverrideError."""
     from nnspec.ir.build import Builder, _Frame
-    from nnspec.ir.train import _data
+    from nnspec.ir.train import _data, _hyper
     from nnspec.syntax import ast
     from nnspec.syntax.parser import parse
 
@@ -80,14 +82,14 @@ def parse_setting(key: str, text: str) -> Setting:
         frame = _Frame("", {}, "const")
         if key == "data":
             return _data(builder, setting, frame)
+        resolved = _hyper(builder, setting, ops.OPTIMIZERS, "optimizer", frame)
         expr = setting.values[0]
-        if isinstance(expr, ast.Name):
-            return Setting(expr.id, {}, None)
-        if not isinstance(expr, ast.Call) or expr.args:
-            raise OverrideError(f"--{key} takes a name or a call with keywords, like "
-                                "`sgd(lr = 0.1, momentum = 0.9)`")
-        return Setting(expr.func, {k.name: builder.value(builder.eval(k.value, frame), k.value)
-                                   for k in expr.kwargs}, None)
+        given = set()
+        if isinstance(expr, ast.Call):
+            hyper = [a.name for a in ops.OPTIMIZERS[resolved.name].hyper]
+            given = {*hyper[:len(expr.args)], *(k.name for k in expr.kwargs)}
+        return Setting(resolved.name, {k: v for k, v in resolved.args.items() if k in given},
+                       None)
     except SpecError as error:
         raise OverrideError(f"cannot read --{key} {text!r}: {error.diagnostics[0].message}"
                             ) from None
@@ -135,8 +137,10 @@ def build_optimizer(setting: Setting, model: NumpyModel):
         args["betas"] = tuple(args["betas"])
     try:
         return make_optimizer(setting.name, model.buffer, **args)
-    except ValueError as error:
-        raise OverrideError(str(error)) from None
+    except ValueError as error:  # values the catalogue's checks let through, e.g. betas >= 1
+        if setting.span is not None:
+            raise SpecError([Diagnostic("E163", str(error), setting.span)]) from None
+        raise OverrideError(f"--optimizer: {error}") from None
 
 
 def describe_optimizer(setting: Setting) -> str:
@@ -458,6 +462,7 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
     Returns the trainer and a note about the directory chosen (or None)."""
     base_dir = Path() if data_from_cli else Path(spec_path).parent
     dataset, split, model = prepare(spec, train, val=val, base_dir=base_dir)
+    build_optimizer(train.optimizer, model)  # bad hyperparameters fail before any file is written
     fp = rundir.fingerprint(spec)
     spec_hash = rundir.digest(fp)
     run, note = claim(out, default_out, spec_hash, force)
