@@ -186,12 +186,12 @@ class Builder:
     def check_unused_expressions(self, definition: ast.Definition):
         """Only a body's last expression is its output; an earlier bare expression would be
         silently dropped (often a continuation line the parser read as a new statement)."""
-        for stmt in definition.body[:-1]:
-            if isinstance(stmt, ast.Output):
-                self.error("E115", "this expression is computed but never used: only the last "
-                           f"expression of `{definition.name}` is its output", stmt.span,
-                           "assign it (`name = ...`), or join it to the line above if it "
-                           "continues it")
+        outputs = [stmt for stmt in definition.body if isinstance(stmt, ast.Output)]
+        for stmt in outputs[:-1]:
+            self.error("E115", "this expression is computed but never used: only the last "
+                       f"expression of `{definition.name}` is its output", stmt.span,
+                       "assign it (`name = ...`), or join it to the line above if it "
+                       "continues it")
 
     def guard(self, thunk, default=POISON):
         try:
