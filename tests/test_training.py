@@ -299,10 +299,10 @@ def test_explicit_out_with_another_run_is_refused_unless_forced(tmp_path):
 
 def test_a_taken_default_directory_moves_to_a_numbered_one(tmp_path):
     default = tmp_path / "runs" / "tiny"
-    first, note = loop.claim(None, default, "hash", force=False)
+    first, note = rundir.claim(None, default, "hash", force=False)
     assert first.path == default and note is None
     (default / "config.json").write_text("{}")
-    second, note = loop.claim(None, default, "hash", force=False)
+    second, note = rundir.claim(None, default, "hash", force=False)
     assert second.path == tmp_path / "runs" / "tiny-2" and "--resume" in note
 
 
@@ -310,7 +310,7 @@ def test_force_replaces_only_the_run_files(tmp_path):
     spec = write_spec(tmp_path)
     start(spec, tmp_path / "run", epochs=1).run_to_end()
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    run, _ = loop.claim(tmp_path / "run", tmp_path / "run", "other", force=True)
+    run, _ = rundir.claim(tmp_path / "run", tmp_path / "run", "other", force=True)
     assert sorted(p.name for p in run.path.iterdir()) == ["notes.txt"]
 
 

@@ -9,9 +9,10 @@ steps the optimizer once per batch, evaluates on the held-out split, steps the l
 
 Checkpoints are committed at the end of an epoch once `checkpoint_every` seconds have passed
 since the last one, and always at the last epoch, an early stop or a signal, so runs of
-many tiny epochs do not spend their time in fsync. A checkpoint holds the generators' states, the generator state at the start of the epoch
-and the number of batches done in it, so a run stopped between two steps (Ctrl-C) resumes
-with the same permutation at the same batch and ends with bit-identical weights.
+many tiny epochs do not spend their time in fsync. A checkpoint holds the generators'
+states, the batch-order generator's state at the start of the epoch and the number of
+batches done in it, so a run stopped between two steps (Ctrl-C) resumes with the same
+permutation at the same batch and ends with bit-identical weights.
 """
 
 from __future__ import annotations
@@ -465,7 +466,7 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
     build_optimizer(train.optimizer, model)  # bad hyperparameters fail before any file is written
     fp = rundir.fingerprint(spec)
     spec_hash = rundir.digest(fp)
-    run, note = claim(out, default_out, spec_hash, force)
+    run, note = rundir.claim(out, default_out, spec_hash, force)
     data = dict(train.data.args)
     if "path" in data:
         data["path"] = str((base_dir / data["path"]).resolve())
@@ -540,48 +541,3 @@ def _train_from_json(spec, config: dict) -> TrainConfig:
 def _json_ready(value):
     """Through JSON and back: tuples become lists, as they will be when read from disk."""
     return json.loads(json.dumps(value))
-
-
-def claim(out: Path | None, default_out: Path, spec_hash: str, force: bool
-          ) -> tuple[RunDir, str | None]:
-    """The run directory for a new run.
-
-    An explicit --out that already holds a run is an error (resume it, or --force to start
-    over); a directory with other files in it is an error unless --force. Without --out, a
-    busy default (runs/<spec stem>) moves the new run to the first free runs/<stem>-2, -3...
-    """
-    if out is None:
-        candidate, number = default_out, 1
-        while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-            number += 1
-            candidate = default_out.with_name(f"{default_out.name}-{number}")
-        note = None
-        if candidate != default_out:
-            note = (f"{default_out} is taken, so this run goes to {candidate} "
-                    f"(to continue the earlier run: nnspec train --resume {default_out})")
-        run = RunDir(candidate)
-        run.create()
-        return run, note
-    run = RunDir(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out}: is a file, not a directory", "choose another --out")
-    if run.is_run() and not force:
-        try:
-            config = run.read_config()
-        except RunDirError:
-            config = {}
-        if config.get("spec_hash") == spec_hash:
-            raise RunDirError(f"{out} already holds a run of this spec",
-                              f"continue it with `nnspec train --resume {out}`, or start it "
-                              "over with --force")
-        model = config.get("model", "another model")
-        raise RunDirError(f"{out} holds a run of another model (`{model}` from "
-                          f"{config.get('spec', 'an unknown spec')})",
-                          "choose another --out, or --force to replace that run")
-    if out.is_dir() and any(out.iterdir()) and not run.is_run() and not force:
-        raise RunDirError(f"{out} is not empty and is not an nnspec run directory",
-                          "choose a new or empty directory, or --force to write into it")
-    run.create()
-    if force:
-        run.clear()
-    return run, None

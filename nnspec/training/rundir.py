@@ -326,3 +326,48 @@ def load_weights(model, path: Path) -> tuple[Path, dict[str, str]]:
                           "these weights come from another spec (or other --set values)"
                           ) from None
     return path, metadata
+
+
+def claim(out: Path | None, default_out: Path, spec_hash: str, force: bool
+          ) -> tuple[RunDir, str | None]:
+    """The run directory for a new run.
+
+    An explicit --out that already holds a run is an error (resume it, or --force to start
+    over); a directory with other files in it is an error unless --force. Without --out, a
+    busy default (runs/<spec stem>) moves the new run to the first free runs/<stem>-2, -3...
+    """
+    if out is None:
+        candidate, number = default_out, 1
+        while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+            number += 1
+            candidate = default_out.with_name(f"{default_out.name}-{number}")
+        note = None
+        if candidate != default_out:
+            note = (f"{default_out} is taken, so this run goes to {candidate} "
+                    f"(to continue the earlier run: nnspec train --resume {default_out})")
+        run = RunDir(candidate)
+        run.create()
+        return run, note
+    run = RunDir(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: is a file, not a directory", "choose another --out")
+    if run.is_run() and not force:
+        try:
+            config = run.read_config()
+        except RunDirError:
+            config = {}
+        if config.get("spec_hash") == spec_hash:
+            raise RunDirError(f"{out} already holds a run of this spec",
+                              f"continue it with `nnspec train --resume {out}`, or start it "
+                              "over with --force")
+        model = config.get("model", "another model")
+        raise RunDirError(f"{out} holds a run of another model (`{model}` from "
+                          f"{config.get('spec', 'an unknown spec')})",
+                          "choose another --out, or --force to replace that run")
+    if out.is_dir() and any(out.iterdir()) and not run.is_run() and not force:
+        raise RunDirError(f"{out} is not empty and is not an nnspec run directory",
+                          "choose a new or empty directory, or --force to write into it")
+    run.create()
+    if force:
+        run.clear()
+    return run, None
