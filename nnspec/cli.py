@@ -282,8 +282,9 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     click.echo(outcome.message)
     if outcome.status != "done_before":
         run = trainer.run
+        plot = ", loss.png" if run.exists("loss.png") else " (pip install matplotlib for loss.png)"
         click.echo(f"weights: {run.file('best.safetensors')} (best), last.safetensors; "
-                   f"metrics.csv" + (", loss.png" if run.exists("loss.png") else ""))
+                   f"metrics.csv{plot}")
 
 
 def _train_header(trainer) -> None:
