@@ -1,0 +1,447 @@
+"""The PyTorch code generator.
+
+For every spec in specs/: the generated file matches its golden file, passes `ruff check`
+and is stable under `ruff format`; run in a fresh process where nnspec cannot be imported, it
+builds a module whose state_dict is exactly the spec's parameters, runs a batch, survives
+`torch.export` and a safetensors round trip; and with the interpreter's weights it gives the
+interpreter's outputs and gradients. Hostile names and values never reach the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnspec.backends.torch import compile_to_file, generate
+from nnspec.backends.torch.emit import FORWARD, INIT
+from nnspec.backends.torch.names import MODULE_ATTRIBUTES
+from nnspec.diagnostics import SpecError
+from nnspec.ir.ops import OPS
+from nnspec.spec import load, load_text
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = sorted((ROOT / "specs").glob("*.nn"))
+GOLDEN = ROOT / "tests" / "golden" / "torch"
+
+# Sizes for running (the golden files use each spec as written): the full GPT-2 and BERT
+# take seconds to build and run, and their layers are the same at any width.
+SMALL = {
+    "gpt2_small": {"layers": 2, "d": 64, "vocab": 100, "ctx": 16, "heads": 4},
+    "bert_base": {"layers": 2, "d": 64, "vocab": 100, "seq": 16, "max_len": 32, "heads": 4},
+    "char_lstm_lm": {"ctx": 16, "hidden": 32},
+}
+SYMBOL_SIZE = 5  # a symbolic dim such as T, when running
+LARGE = 5_000_000  # parameters above which the interpreter comparison is skipped (too slow)
+
+
+def _load(path: Path):
+    return load(path, overrides=SMALL.get(path.stem))
+
+
+def _ruff() -> list[str]:
+    if shutil.which("ruff"):
+        return ["ruff"]
+    pytest.importorskip("ruff")
+    return [sys.executable, "-m", "ruff"]
+
+
+def _module(code: str, name: str = "generated") -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(code, f"<{name}>", "exec"), module.__dict__)  # noqa: S102 - code under test
+    return module
+
+
+def _shape(t) -> list[int]:
+    return ([2] if t.batched else []) + [d if isinstance(d, int) else SYMBOL_SIZE for d in t.shape]
+
+
+# ---- text: golden files, ruff, determinism ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_golden(path, request):
+    text = generate(load(path))
+    golden = GOLDEN / f"{path.stem}.py"
+    if request.config.getoption("--update-golden"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no golden file for {path.name}: run pytest --update-golden"
+    assert text == golden.read_text(encoding="utf-8"), (
+        f"generated code for {path.name} changed; if intended, run pytest --update-golden")
+
+
+def test_generation_is_deterministic():
+    path = ROOT / "specs" / "resnet18.nn"
+    assert generate(load(path)) == generate(load(path))
+
+
+def test_ruff_check_and_format_accept_every_generated_file(tmp_path):
+    for path in SPECS:
+        (tmp_path / f"{path.stem}.py").write_text(generate(load(path)), encoding="utf-8")
+    (tmp_path / "everything.py").write_text(generate(load_text(EVERYTHING, "everything.nn")))
+    ruff = _ruff()
+    for args in (["check", "--isolated", "--no-cache"],
+                 ["format", "--isolated", "--no-cache", "--check", "--diff"]):
+        done = subprocess.run([*ruff, *args, str(tmp_path)], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_op_has_an_emission_rule():
+    assert set(FORWARD) == set(OPS), "ops without (or with stale) torch forward rules"
+    with_weights = {name for name, op in OPS.items() if op.has_params}
+    assert set(INIT) == with_weights, "layers with weights need an nn.* constructor"
+
+
+def test_compile_to_file_writes_atomically(tmp_path):
+    spec = load(ROOT / "specs" / "digits_mlp.nn")
+    out = compile_to_file(spec, tmp_path / "deep" / "mlp.py")
+    assert out.read_text(encoding="utf-8") == generate(spec)
+    assert [p.name for p in out.parent.iterdir()] == ["mlp.py"]
+
+
+# ---- running the generated code -------------------------------------------------------------
+
+RUNNER = r'''
+import sys
+sys.modules["nnspec"] = None  # the generated code must not need nnspec
+import importlib.util, json
+import torch
+
+torch.manual_seed(0)
+report = {}
+for entry in json.load(open(sys.argv[1])):
+    spec = importlib.util.spec_from_file_location(entry["stem"], entry["file"])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = getattr(module, entry["class"])()
+    tied = getattr(module, "TIED_WEIGHTS", {})
+    state = {k: list(v.shape) for k, v in model.state_dict().items() if k not in tied}
+    inputs = [torch.randint(0, 2, shape) if dtype == "int64" else torch.randn(shape)
+              for shape, dtype in entry["inputs"]]
+    model.eval()
+    with torch.no_grad():
+        out = model(*inputs)
+    exported = torch.export.export(model, tuple(inputs)).module()
+    with torch.no_grad():
+        export_error = (exported(*inputs) - out).abs().max().item()
+    path = entry["file"] + ".safetensors"
+    module.save_weights(model, path)
+    fresh = getattr(module, entry["class"])()
+    module.load_weights(fresh, path)
+    reloaded = fresh.state_dict()
+    same = all(torch.equal(v, reloaded[k]) for k, v in model.state_dict().items())
+    shared = all(fresh.get_parameter(k) is fresh.get_parameter(v) for k, v in tied.items())
+    report[entry["stem"]] = {"state": state, "out": list(out.shape),
+                             "export_error": export_error, "reloaded": same and shared,
+                             "tied": dict(tied)}
+print(json.dumps(report))
+'''
+
+
+@pytest.mark.torch
+def test_generated_files_run_export_and_reload_without_nnspec(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    manifest, specs = [], {}
+    for path in SPECS:
+        spec = _load(path)
+        specs[path.stem] = spec
+        file = tmp_path / f"{path.stem}.py"
+        file.write_text(generate(spec), encoding="utf-8")
+        inputs = [(_shape(spec.graph.node(n).type), spec.graph.node(n).type.dtype)
+                  for n in spec.graph.inputs]
+        manifest.append({"stem": path.stem, "file": str(file), "class": spec.graph.name,
+                         "inputs": inputs})
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "runner.py").write_text(RUNNER)
+    done = subprocess.run([sys.executable, "-I", str(tmp_path / "runner.py"),
+                           str(tmp_path / "manifest.json")], capture_output=True, text=True,
+                          cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for stem, spec in specs.items():
+        got = report[stem]
+        expected = {name: list(p.spec.shape) for name, p in spec.graph.params.items()}
+        assert got["state"] == expected, f"{stem}: state_dict differs from the spec's parameters"
+        assert got["out"] == _shape(spec.graph.output_type), stem
+        assert got["export_error"] < 1e-4 and got["reloaded"], (stem, got)
+        ties = {f"{spec.graph.node(user).module}.weight": name
+                for name, p in spec.graph.params.items() for user in p.tied_from}
+        assert got["tied"] == ties, stem
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_torch_compile_runs_a_transformer_without_graph_breaks(tmp_path):
+    pytest.importorskip("torch")
+    file = tmp_path / "tiny_gpt.py"
+    file.write_text(generate(load(ROOT / "specs" / "tiny_gpt.nn")))
+    script = (
+        "import importlib.util, torch\n"
+        f"spec = importlib.util.spec_from_file_location('tiny_gpt', {str(file)!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "model = m.TinyGPT().eval()\n"
+        "x = torch.randint(0, 28, (2, 64))\n"
+        "out = torch.compile(model, fullgraph=True)(x)\n"
+        "assert torch.allclose(out, model(x), atol=1e-5)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ---- same meaning as the interpreter -----------------------------------------------------------
+
+
+def _compare_with_interpreter(spec, seed=0):
+    """Copy the interpreter's weights into the generated module; outputs and gradients of
+    sum(out * d) must agree in float32 (eval mode: no dropout, batchnorm running stats)."""
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.numpy.model import NumpyModel
+
+    graph = spec.graph
+    reference = NumpyModel(graph, seed=seed)
+    module = _module(generate(spec))
+    model = getattr(module, graph.name)()
+    weights = {k: torch.from_numpy(v.copy()) for k, v in reference.state_dict().items()}
+    model.load_state_dict(weights, strict=False)
+    model.eval()
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for name in graph.inputs:
+        t = graph.node(name).type
+        arrays.append(rng.integers(0, 2, _shape(t)) if t.dtype == "int64"
+                      else rng.standard_normal(_shape(t)).astype(np.float32))
+    expected = reference.forward(tuple(arrays) if len(arrays) > 1 else arrays[0], record=True)
+    d_out = rng.standard_normal(expected.shape).astype(np.float32)
+    grads = reference.backward(d_out)
+    out = model(*(torch.from_numpy(a) for a in arrays))
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-4, atol=1e-5)
+    (out * torch.from_numpy(d_out)).sum().backward()
+    params = dict(model.named_parameters())
+    for name, grad in grads.items():
+        got = params[name].grad
+        got = np.zeros_like(grad) if got is None else got.numpy()
+        np.testing.assert_allclose(got, grad, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_same_outputs_and_gradients_as_the_interpreter(path):
+    spec = _load(path)
+    if sum(math.prod(p.spec.shape) for p in spec.graph.params.values()) > LARGE:
+        pytest.skip("too large for the interpreter in a unit test")
+    _compare_with_interpreter(spec)
+
+
+EVERYTHING = """
+fn huber(pred, target, delta = 1.0) {
+  err = abs(pred - target)
+  mean(where(err < delta, 0.5 * err ^ 2, delta * (err - 0.5 * delta)))
+}
+fn scaled_swish(x, beta = 1.0) {
+  x * sigmoid(beta * x)
+}
+block Mix(width) {
+  input a: [T, F]
+  input b: [T, F]
+  concat(a -> dense(width), b -> dense(width), dim = -1) -> layernorm
+}
+model Everything(d = 8) {
+  input seq: [T, 6]
+  input img: [3, 12, 12]
+  f = dense(6)
+  p = sinusoidal(16, 6) * 1.0
+  s = (seq -> f -> scaled_swish) + (seq -> sinusoidal(16, 6))
+      + (seq -> f -> scaled_swish(beta = 2.0))
+  m = Mix(s, seq, d) -> attention(2, bias = false) -> rnn(5, nonlinearity = "relu")
+  c1 = img -> conv2d(4, [3, 5], padding = "same", dilation = 2) -> batchnorm -> elu(alpha = 0.5)
+        -> avgpool(2, padding = 1) -> maxpool2d([2, 1], stride = 1) -> adaptive_avgpool([3, 2])
+  flat = c1 -> flatten -> batchnorm -> leaky_relu(negative_slope = 0.2) -> dense(10)
+  r = c1 -> reshape([4, -1]) -> conv1d(3, 2, stride = 2) -> batchnorm -> silu -> avgpool1d(1)
+        -> layernorm(dims = 2)
+  q = r -> global_avgpool
+  mm = m -> select(-1, dim = 0) -> (dense(3) -> tanh) as head
+  z = (maximum(mm, mm * 0.5) + minimum(q, 1.0 - q) * clip(q, min = -1.0)
+       - sqrt(exp(q) + 1.0) / log(abs(q) + 2.0))
+  w = where(z > 0.5, z, -z) ^ 2 + mean(flat, dim = 0, keepdim = true)
+  g = seq -> gru(4, layers = 2, bidirectional = true, last = true)
+  rep = g -> repeat(2, dense(8) -> relu) as stack -> repeat(2, dense(8)) as lin
+  u = concat(w, max(flat, dim = -1, keepdim = true),
+             sum(flat, dim = [0], keepdim = true) * 0.0 + flat -> sigmoid -> dense(3), dim = 0)
+  (u -> log_softmax) + mean(p) + max(p) + sum(p) + (rep -> dense(7) as tail)
+}
+train Everything {
+  loss huber(delta = 0.5)
+  optimizer adagrad(lr = 0.01)
+  schedule step(step_size = 3, warmup = 2)
+}
+"""
+
+
+@pytest.mark.torch
+def test_every_kind_of_op_and_structure_matches_the_interpreter():
+    spec = load_text(EVERYTHING, "everything.nn")
+    code = generate(spec)
+    for expected in ("class Mix(nn.Module)", "class StackLayer(nn.Module)",
+                     "def scaled_swish(x, c):", "self.lin = nn.ModuleList(",
+                     "for layer in self.lin:", 'self.head = nn.ModuleDict({"dense_1"'):
+        assert expected in code, expected
+    _compare_with_interpreter(spec)
+
+
+@pytest.mark.xfail(strict=True, reason="build_loss records the loss's fn scopes in the model "
+                   "graph instead of the loss graph (front end); remove once fixed")
+def test_a_custom_loss_calls_its_fn_as_a_function():
+    code = generate(load(ROOT / "specs" / "sine_huber.nn"))
+    assert "def huber(pred, target):" in code
+    assert "return huber(pred, target)" in code
+
+
+@pytest.mark.torch
+def test_train_section_builds_the_spec_optimizer_schedule_and_loss():
+    torch = pytest.importorskip("torch")
+    module = _module(generate(load_text(EVERYTHING, "everything.nn")))
+    model = module.Everything()
+    optimizer = module.make_optimizer(model)
+    assert isinstance(optimizer, torch.optim.Adagrad)
+    assert optimizer.defaults["lr"] == 0.01
+    scheduler = module.make_scheduler(optimizer)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(lrs, [0.01 / 3, 0.02 / 3, 0.01, 0.01, 0.01, 0.001])
+    pred, target = torch.tensor([[0.0, 2.0]]), torch.tensor([[0.2, 0.0]])
+    # huber with delta 0.5: 0.5 * 0.2^2 for the small error, 0.5 * (2 - 0.25) for the large
+    np.testing.assert_allclose(module.loss_fn(pred, target).item(), (0.02 + 0.875) / 2,
+                               rtol=1e-6)
+
+
+@pytest.mark.torch
+def test_fused_softmax_model_gives_logits_to_the_loss():
+    torch = pytest.importorskip("torch")
+    spec = load(ROOT / "specs" / "digits_mlp.nn")
+    module = _module(generate(spec))
+    model = module.DigitsMLP().eval()
+    x = torch.randn(3, 64)
+    logits = model(x, return_logits=True)
+    torch.testing.assert_close(model(x), torch.softmax(logits, dim=-1))
+    target = torch.tensor([1, 2, 3])
+    torch.testing.assert_close(module.loss_fn(logits, target),
+                               torch.nn.functional.cross_entropy(logits, target))
+
+
+@pytest.mark.torch
+def test_module_attribute_list_covers_this_torch():
+    torch = pytest.importorskip("torch")
+    names = set()
+    for cls in (torch.nn.Module, torch.nn.ModuleDict, torch.nn.ModuleList):
+        names |= {n for n in dir(cls()) if not n.startswith("_")}
+    assert names <= MODULE_ATTRIBUTES, sorted(names - MODULE_ATTRIBUTES)
+
+
+# ---- names and values that must not reach the code --------------------------------------------
+
+
+@pytest.mark.parametrize("label", ["forward", "training", "state_dict", "_private", "class",
+                                   "lambda", "match"])
+def test_labels_that_cannot_name_a_submodule_are_rejected(label):
+    spec = load_text(f"model M {{\n  input x: [4]\n  x -> dense(3) as {label}\n}}\n", "m.nn")
+    with pytest.raises(SpecError) as err:
+        generate(spec)
+    diagnostic = err.value.diagnostics[0]
+    assert diagnostic.code == "E501" and label in diagnostic.message
+    assert diagnostic.span is not None and diagnostic.span.line == 3
+
+
+HOSTILE = ['x"); import os; os.system("echo pwned', "dense\nimport os", "__import__",
+           "d\u0435nse", "\uff44ense", "a b", "1abc", ""]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_layer_names_in_the_ir_are_rejected(name):
+    """The grammar admits only ASCII identifiers; an IR built another way is checked too."""
+    spec = load_text("model M {\n  input x: [4]\n  x -> dense(3) as d\n}\n", "m.nn")
+    graph = spec.graph
+    node = graph.node("d")
+    bad = dataclasses.replace(node, module=name,
+                              params={local: f"{name}.{local}" for local in node.params})
+    params = {f"{name}.{local}": dataclasses.replace(graph.params[full], name=f"{name}.{local}")
+              for local, full in node.params.items()}
+    hostile = dataclasses.replace(graph, nodes=[bad if n is node else n for n in graph.nodes],
+                                  params=params)
+    with pytest.raises(SpecError) as err:
+        generate(dataclasses.replace(spec, graph=hostile))
+    assert err.value.diagnostics[0].code == "E501"
+
+
+@pytest.mark.parametrize("value", ['same"); import os; ("', "tanh\n", 1j, object()])
+def test_hostile_attribute_values_are_rejected(value):
+    spec = load_text("model M {\n  input x: [4]\n  x -> gelu\n}\n", "m.nn")
+    graph = spec.graph
+    node = graph.node("gelu_1")
+    bad = dataclasses.replace(node, attrs=type(node.attrs)(approximate=value))
+    hostile = dataclasses.replace(graph, nodes=[bad if n is node else n for n in graph.nodes])
+    with pytest.raises(SpecError) as err:
+        generate(dataclasses.replace(spec, graph=hostile))
+    assert err.value.diagnostics[0].code == "E501"
+
+
+def test_a_hostile_file_name_stays_inside_comments():
+    spec = load_text("model M {\n  input x: [4]\n  x -> dense(3)\n}\n",
+                     "/tmp/evil\nimport os; os.system('x') #.nn")
+    code = generate(spec)
+    assert "\nimport os" not in code
+    compile(code, "generated", "exec")
+    assert all(line.startswith(("#", "import", "from", "def", "class", " ", '"""', ")"))
+               or not line for line in code.splitlines())
+
+
+@pytest.mark.torch
+def test_names_that_would_shadow_python_or_generated_code_are_renamed():
+    torch = pytest.importorskip("torch")
+    text = """
+fn h(x) { x * 2.0 }
+fn print(x) { x + 1.0 }
+block list(n) {
+  input torch: [F]
+  torch -> dense(n) -> h -> print
+}
+model M {
+  input F: [3]
+  input self: [3]
+  input lambda: [3]
+  (F + self + lambda) -> list(4) -> list(4) -> relu
+}
+"""
+    spec = load_text(text, "shadow.nn")
+    code = generate(spec)
+    module = _module(code)
+    out = module.M()(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3))
+    assert out.shape == (2, 4)
+    for banned in ("def print(", "class list(", "def h(", "def forward(self, F,",
+                   "def forward(self, self", "lambda,"):
+        assert banned not in code, banned
+    _compare_with_interpreter(spec)
+
+
+@pytest.mark.torch
+def test_infinite_and_nan_constants_are_written_through_math():
+    torch = pytest.importorskip("torch")
+    text = "model M {\n  input x: [3]\n  x -> clip(min = -1e999, max = 1e999 - 1e999)\n}\n"
+    code = generate(load_text(text, "inf.nn"))
+    assert "min=-math.inf" in code and "max=math.nan" in code and "import math" in code
+    module = _module(code)
+    assert module.M()(torch.zeros(1, 3)).shape == (1, 3)
