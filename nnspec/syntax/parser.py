@@ -101,14 +101,14 @@ class _ToAst:
 
     def const(self, meta, children):
         name, value = children
-        return ast.Const(self._span(meta), str(name), value)
+        return ast.Const(self._span(meta), str(name), self._expr(value))
 
     def params(self, meta, children):
         return [c for c in children if c is not None]
 
     def param(self, meta, children):
         name, default = children
-        return ast.Param(self._span(meta), str(name), default)
+        return ast.Param(self._span(meta), str(name), self._expr(default))
 
     def body(self, meta, children):
         return [c for c in children if c is not None]
@@ -116,7 +116,8 @@ class _ToAst:
     train_body = body
 
     def setting(self, meta, children):
-        return ast.Setting(self._span(meta), str(children[0]), tuple(children[1:]))
+        return ast.Setting(self._span(meta), str(children[0]),
+                           tuple(self._expr(c) for c in children[1:]))
 
     # -- statements
     def input(self, meta, children):
@@ -129,33 +130,46 @@ class _ToAst:
                                   tuple(d for d in dims if d is not None))
 
     def dim(self, meta, children):
-        return children[0]
+        return self._expr(children[0])
 
     def assign(self, meta, children):
         name, value = children
-        return ast.Assign(self._span(meta), str(name), value)
+        return ast.Assign(self._span(meta), str(name), self._expr(value))
 
     def output(self, meta, children):
-        return ast.Output(self._span(meta), children[0])
+        return ast.Output(self._span(meta), self._expr(children[0]))
 
     # -- expressions
+    def _expr(self, node):
+        """Names, numbers and strings reach their parents as bare tokens (the grammar does not
+        wrap them in a tree, which halves the work of Lark's position propagation through the
+        ten precedence levels above an atom); make them AST nodes here."""
+        if isinstance(node, Token):
+            if node.type == "NAME":
+                return ast.Name(self._tok(node), str(node))
+            if node.type == "NUMBER":
+                return self._number(node)
+            return self._string(node)
+        return node
+
     def conditional(self, meta, children):
-        then, cond, otherwise = children
+        then, cond, otherwise = (self._expr(c) for c in children)
         return ast.Conditional(self._span(meta), then, cond, otherwise)
 
     def pipeline(self, meta, children):
-        head, stage = children
+        head, stage = self._expr(children[0]), children[1]
         if isinstance(head, ast.Pipeline):
             return ast.Pipeline(self._span(meta), head.head, head.stages + (stage,))
         return ast.Pipeline(self._span(meta), head, (stage,))
 
     def stage(self, meta, children):
         layer, label = children
-        return ast.Stage(self._span(meta), layer, str(label) if label is not None else None)
+        return ast.Stage(self._span(meta), self._expr(layer),
+                         str(label) if label is not None else None)
 
     def _binary(op):
         def rule(self, meta, children):
-            left, right = children[0], children[-1]
+            left, right = self._expr(children[0]), self._expr(children[-1])
             return ast.BinOp(self._span(meta), op, left, right)
 
         return rule
@@ -176,13 +190,10 @@ class _ToAst:
     pow = _binary("^")
 
     def neg(self, meta, children):
-        return ast.Unary(self._span(meta), "-", children[0])
+        return ast.Unary(self._span(meta), "-", self._expr(children[0]))
 
     def not_(self, meta, children):
-        return ast.Unary(self._span(meta), "not", children[0])
-
-    def name(self, meta, children):
-        return ast.Name(self._span(meta), str(children[0]))
+        return ast.Unary(self._span(meta), "not", self._expr(children[0]))
 
     def call(self, meta, children):
         func, args = children
@@ -200,25 +211,24 @@ class _ToAst:
         return ast.Call(self._span(meta), str(func), self._tok(func), positional, keywords)
 
     def args(self, meta, children):
-        return [c for c in children if c is not None]
+        return [self._expr(c) for c in children if c is not None]
 
     def kwarg(self, meta, children):
         name, value = children
-        return ast.Kwarg(self._span(meta), str(name), value)
+        return ast.Kwarg(self._span(meta), str(name), self._expr(value))
 
-    def number(self, meta, children):
-        text = str(children[0])
-        is_int = text.isdigit()
-        return ast.Number(self._span(meta), int(text) if is_int else float(text))
+    def _number(self, tok: Token) -> ast.Number:
+        text = str(tok)
+        return ast.Number(self._tok(tok), int(text) if text.isdigit() else float(text))
 
-    def string(self, meta, children):
-        raw = str(children[0])[1:-1]
+    def _string(self, tok: Token) -> ast.String:
+        raw = str(tok)[1:-1]
         bad = next((m for m in _ESCAPE.finditer(raw) if m.group(1) not in _ESCAPES), None)
         if bad is not None:
             self.errors.append(Diagnostic("E001", f"unknown escape `{bad.group(0)}` in a string",
-                                          self._span(meta), r'escapes are \", \\, \n and \t'))
+                                          self._tok(tok), r'escapes are \", \\, \n and \t'))
         text = _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(0)), raw)
-        return ast.String(self._span(meta), text)
+        return ast.String(self._tok(tok), text)
 
     def true(self, meta, children):
         return ast.Constant(self._span(meta), True)
@@ -230,7 +240,8 @@ class _ToAst:
         return ast.Constant(self._span(meta), None)
 
     def list(self, meta, children):
-        return ast.ListExpr(self._span(meta), tuple(c for c in children if c is not None))
+        return ast.ListExpr(self._span(meta),
+                            tuple(self._expr(c) for c in children if c is not None))
 
 
 @functools.cache
