@@ -8,8 +8,11 @@ pipelines can be written one stage per line.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
 from importlib import resources
+from pathlib import Path
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -248,7 +251,20 @@ class _ToAst:
 def _lark() -> Lark:
     grammar = resources.files("nnspec").joinpath("grammar/nnspec.lark").read_text()
     return Lark(grammar, parser="lalr", lexer="basic", postlex=_Newlines(), propagate_positions=True,
-                maybe_placeholders=True)
+                maybe_placeholders=True, cache=_table_cache())
+
+
+def _table_cache() -> str | bool:
+    """Where Lark keeps the analysed LALR tables between runs (a third of `nnspec check`'s
+    start-up): the user's own cache directory, never a shared /tmp, where another user
+    could plant the pickle Lark loads. Lark stores a hash of the grammar, its options and
+    versions in the file and rebuilds a stale one; without a writable home, no cache."""
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnspec"
+        base.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):
+        return False
+    return str(base / f"grammar-py{sys.version_info[0]}{sys.version_info[1]}.lark-tables")
 
 
 _WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE": "a dtype",
