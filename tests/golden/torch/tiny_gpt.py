@@ -94,7 +94,7 @@ def make_scheduler(optimizer):
         optimizer, start_factor=0.5, total_iters=1
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=7, eta_min=0.0
+        optimizer, T_max=19, eta_min=0.0
     )
     return torch.optim.lr_scheduler.SequentialLR(
         optimizer, [warmup, schedule], milestones=[1]
