@@ -60,6 +60,17 @@ class _Newlines:
             yield pending
 
 
+class _Chain:
+    """A pipeline while it is parsed: `a -> b -> c` arrives one stage at a time, and
+    appending in place keeps a 10,000-stage chain linear (a tuple would be copied at each
+    stage). `_ToAst._expr` turns it into an `ast.Pipeline` where it is used."""
+
+    __slots__ = ("span", "head", "stages")
+
+    def __init__(self, span: Span, head, stages: list):
+        self.span, self.head, self.stages = span, head, stages
+
+
 class _ToAst:
     """Parse tree -> AST; every node gets the span of its text.
 
@@ -146,13 +157,16 @@ class _ToAst:
     def _expr(self, node):
         """Names, numbers and strings reach their parents as bare tokens (the grammar does not
         wrap them in a tree, which halves the work of Lark's position propagation through the
-        ten precedence levels above an atom); make them AST nodes here."""
+        ten precedence levels above an atom), and pipelines as a growing `_Chain`; make them
+        AST nodes here."""
         if isinstance(node, Token):
             if node.type == "NAME":
                 return ast.Name(self._tok(node), str(node))
             if node.type == "NUMBER":
                 return self._number(node)
             return self._string(node)
+        if isinstance(node, _Chain):
+            return ast.Pipeline(node.span, node.head, tuple(node.stages))
         return node
 
     def conditional(self, meta, children):
@@ -160,10 +174,14 @@ class _ToAst:
         return ast.Conditional(self._span(meta), then, cond, otherwise)
 
     def pipeline(self, meta, children):
-        head, stage = self._expr(children[0]), children[1]
-        if isinstance(head, ast.Pipeline):
-            return ast.Pipeline(self._span(meta), head.head, head.stages + (stage,))
-        return ast.Pipeline(self._span(meta), head, (stage,))
+        head, stage = children
+        if isinstance(head, _Chain):
+            head.stages.append(stage)
+            head.span = self._span(meta)
+            return head
+        if isinstance(head, ast.Pipeline):  # `(a -> b) -> c` is `a -> b -> c`
+            return _Chain(self._span(meta), head.head, [*head.stages, stage])
+        return _Chain(self._span(meta), self._expr(head), [stage])
 
     def stage(self, meta, children):
         layer, label = children
