@@ -65,7 +65,7 @@ class _Chain:
     appending in place keeps a 10,000-stage chain linear (a tuple would be copied at each
     stage). `_ToAst._expr` turns it into an `ast.Pipeline` where it is used."""
 
-    __slots__ = ("span", "head", "stages")
+    __slots__ = ("head", "span", "stages")
 
     def __init__(self, span: Span, head, stages: list):
         self.span, self.head, self.stages = span, head, stages
