@@ -243,7 +243,8 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
         else:
             if file is None:
                 raise click.UsageError("give the spec FILE to train, or --resume DIR")
-            spec = load_or_exit(file, model, parse_overrides(overrides))
+            hyper = parse_overrides(overrides)
+            spec = load_or_exit(file, model, hyper)
             if spec.train is None:
                 _fail_plain(f"{file}: has no train section for `{spec.name}`",
                             f"add `train {spec.name} {{ data ... loss ... }}`")
@@ -257,7 +258,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             default_out = Path("runs") / Path(file).stem
             trainer, note = loop.start(
                 spec, file, config, out=out, default_out=default_out, force=force,
-                model_overrides=parse_overrides(overrides), data_from_cli=data is not None,
+                model_overrides=hyper, data_from_cli=data is not None,
                 val=held_out, progress=progress, checkpoint_every=checkpoint_every)
             if note:
                 click.echo(f"note: {note}", err=True)
