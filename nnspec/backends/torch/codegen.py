@@ -76,6 +76,7 @@ class Generator:
         self.shared: list[Shared] = []
         self._groups: dict[tuple, Shared] = {}
         self._rendered: dict[int, Rendered] = {}
+        self._consumers: dict[int, dict[str, list[str]]] = {}
         self.local_taken = frozenset({"self", "torch", "nn", "F", "math", "return_logits",
                                       *extras.FIXED_NAMES})
         inputs = {s.name for d in self.program.items if isinstance(d, ast.Definition)
@@ -90,12 +91,17 @@ class Generator:
                training: str) -> Rendered:
         if id(region) in self._rendered:
             return self._rendered[id(region)]
-        inputs, output = boundary(region, graph, graph.consumers(), set(graph.outputs))
+        inputs, output = boundary(region, self.consumers(graph), set(graph.outputs))
         writer = Writer(self, graph, table, owner, region, training=training)
         rendered = writer.write(inputs, self._input_names(region, len(inputs)), output)
         self._join(rendered)
         self._rendered[id(region)] = rendered
         return rendered
+
+    def consumers(self, graph: Graph) -> dict[str, list[str]]:
+        if id(graph) not in self._consumers:
+            self._consumers[id(graph)] = graph.consumers()
+        return self._consumers[id(graph)]
 
     def _input_names(self, region: Region, count: int) -> list[str]:
         """A block's or fn's own name for its one input; `x`, `y`, ... for several, since
@@ -124,7 +130,7 @@ class Generator:
                 return f"<{item.unit.shared.index}>({inner})"
             return "\0"
 
-        text = flat(tuple(rendered.params), key_text) + "\n".join(
+        text = ", ".join(rendered.params) + "\n" + "\n".join(
             layout(rendered.init + rendered.forward, key_text))
         key = (rendered.kind, rendered.region.kind, rendered.region.label, text)
         shared = self._groups.get(key)

@@ -247,8 +247,6 @@ def _adaptive(s: Site) -> list[Line]:
 def _global_avgpool(s: Site) -> list[Line]:
     t = s.types[0]
     dims = tuple(torch_dim(d, t) for d in range(1, t.rank))
-    if not dims:
-        return [Line(s.x)]
     return [Line(expr(call(expr(s.x, ".mean"), dim=_dims_text(dims))))]
 
 

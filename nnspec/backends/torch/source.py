@@ -120,14 +120,6 @@ class Block:
 
     header: Expr
     body: list = field(default_factory=list)
-    comment: Expr = ()
-
-
-@dataclass(frozen=True, eq=False)
-class Line:
-    """A line of text kept as it is (a comment, `super().__init__()`, a docstring)."""
-
-    text: str
 
 
 
@@ -146,7 +138,6 @@ def walk(node) -> Iterator[Num | Instance]:
         yield from walk(node.comment)
     elif isinstance(node, Block):
         yield from walk(node.header)
-        yield from walk(node.comment)
         yield from walk(node.body)
 
 
@@ -195,12 +186,8 @@ def layout(statements: list, resolve: Resolver, indent: str = "") -> list[str]:
     its own line above the statement, which the formatter leaves alone."""
     lines: list[str] = []
     for s in statements:
-        if isinstance(s, Line):
-            lines.append(indent + s.text if s.text else "")
-            continue
         if isinstance(s, Block):
-            lines += _with_comment(indent, [indent + flat(s.header, resolve) + ":"], s.comment,
-                                   resolve)
+            lines.append(indent + flat(s.header, resolve) + ":")
             lines += layout(s.body, resolve, indent + INDENT)
             continue
         head = f"{s.keyword} " if s.keyword else ""

@@ -58,7 +58,7 @@ def regions(graph: Graph, kind: str,
     may become a class or function."""
     root = Region("", kind, graph.name, None)
     table: dict[str, Region] = {"": root}
-    names = [n.name for n in graph.nodes]
+    prefixes = {n.name.rsplit(".", k)[0] for n in graph.nodes for k in range(1, n.name.count(".") + 1)}
     for path, scope in graph.scopes.items():
         table[path] = Region(path, scope.kind, scope.label, scope.span, count=scope.count)
     for path, scope in graph.scopes.items():
@@ -66,7 +66,7 @@ def regions(graph: Graph, kind: str,
             continue
         for i in range(scope.count):
             item = f"{path}.{i}"
-            if item not in table and any(name.startswith(item + ".") for name in names):
+            if item not in table and item in prefixes:
                 label = camel(path.rsplit(".", 1)[-1]) + "Layer"
                 table[item] = Region(item, "item", label, scope.span)
     for path, region in table.items():
@@ -100,7 +100,7 @@ def _role(region: Region, keep_whole: str | None) -> str:
         return "class" if region.kind == "model" else "function"
     if not region.members or any(n.name == keep_whole for n in region.members):
         return "inline"
-    layers = [n for n in region.members if n.module]
+    layers = [n for n in region.members if n.module is not None]
     owns_all = all(n.module.startswith(region.prefix)
                    and all(p.startswith(region.prefix) for p in n.params.values())
                    for n in layers)
@@ -116,7 +116,7 @@ def _role(region: Region, keep_whole: str | None) -> str:
     return "inline"
 
 
-def boundary(region: Region, graph: Graph, consumers: dict[str, list[str]],
+def boundary(region: Region, consumers: dict[str, list[str]],
              outputs: set[str]) -> tuple[list[str], str]:
     """A region's inputs (values from outside, in order of first use) and its output (the
     one value used outside, or its last node when nothing outside uses it)."""

@@ -24,7 +24,6 @@ from nnspec.backends.torch.source import (
     expr,
     flat,
     module_list,
-    walk,
 )
 from nnspec.backends.torch.structure import Region, boundary
 from nnspec.diagnostics import Span
@@ -54,16 +53,6 @@ class Rendered:
     forward: list = field(default_factory=list)
     shared: object = None  # the codegen.Shared it joined
 
-    def values(self) -> tuple:
-        """Its code numbers in order, nested instances included: equal values, equal code."""
-        out = []
-        for item in walk([self.init, self.forward]):
-            if isinstance(item, Instance):
-                out.append((item.unit.shared.index, item.unit.values()))
-            elif not item.comment:
-                out.append((type(item.value).__name__, item.value))
-        return tuple(out)
-
 
 @dataclass
 class _Step:
@@ -83,7 +72,6 @@ class Writer:
         self.owner = owner
         self.region = region
         self.training = training
-        self.consumers = graph.consumers()
         self.leaves: dict[str, Expr] = {}  # relative module path -> constructor
         self.declared: set[str] = set()
         self.extras: list = []
@@ -133,7 +121,7 @@ class Writer:
                 continue
             unit = None
             for r in self.region.chain_to(self.owner[node.name]):
-                if r.role == "loop" and not self._loopable(r):
+                if r.role == "loop" and r.path not in seen and not self._loopable(r):
                     r.role = "inline"
                 if r.role in ("class", "function", "loop"):
                     unit = r
@@ -142,7 +130,7 @@ class Writer:
                 steps.append(_Step("op", node, None, list(node.inputs), node.name))
             elif unit.path not in seen:
                 seen.add(unit.path)
-                inputs, out = boundary(unit, self.graph, self.consumers, outputs)
+                inputs, out = boundary(unit, self.gen.consumers(self.graph), outputs)
                 kind = "loop" if unit.role == "loop" else "unit"
                 steps.append(_Step(kind, None, unit, inputs, out))
         return steps
@@ -150,9 +138,10 @@ class Writer:
     # ---- values and variables --------------------------------------------------------------
 
     def value(self, name: str) -> Expr:
+        """A value's expression: its variable, or the literal of a number in the spec."""
         node = self.graph.node(name)
         if node.op == "scalar":
-            return expr(Num(node.attrs.value, "c"))
+            return FORWARD["scalar"](Site(node, [], []))[0].value
         return self.env[name]
 
     def _target(self, step: _Step, i: int, last_use: dict[str, int], output: str) -> str:
@@ -180,7 +169,7 @@ class Writer:
         args = [self.value(v) for v in step.inputs]
         if step.kind == "op":
             node = step.node
-            if node.module:
+            if node.module is not None:
                 self._declare(node)
             target = self._target(step, i, last_use, output)
             stmts = self._op_lines(node, args, self._module_access(node), target)
@@ -224,25 +213,30 @@ class Writer:
             in_type = self.graph.node(step.inputs[0]).type
             stmts.append(Stmt(target, args[0], self.comment(in_type, region.span)))
         if all(isinstance(item, Region) for item in items):
-            var = self.names.claim("block")
+            var = self._loop_variable("block")
             for item in items:
                 child = self.gen.render(self.graph, self.table, self.owner, item, self.training)
                 self._leaf(item.path[len(self.region.prefix):], expr(Instance(child)))
             body = [Stmt(target, expr(call(var, target)), self.comment(out_type, region.span))]
         else:
-            var = self.names.claim("layer")
+            var = self._loop_variable("layer")
             for node in items:
                 self._declare(node)
             body = self._op_lines(items[-1], [(target,)], (var,), target)
         stmts.append(Block(("for ", var, " in ", self._access(rel, region.span)), body))
         return stmts
 
+    def _loop_variable(self, wanted: str) -> str:
+        """Loops end before the next begins, so each may use the same name."""
+        return wanted if wanted not in self.names.taken else self.names.claim(wanted)
+
     def _items(self, region: Region) -> list:
         regions = [self.table.get(f"{region.path}.{i}") for i in range(region.count)]
         if all(r is not None and r.role == "class" for r in regions):
             return regions
         nodes = region.members
-        if len(nodes) == region.count and all(n.name == f"{region.path}.{i}" and n.module
+        if len(nodes) == region.count and all(n.name == f"{region.path}.{i}"
+                                              and n.module is not None
                                               for i, n in enumerate(nodes)):
             return nodes
         return []
@@ -282,7 +276,9 @@ class Writer:
                                   ("tied weights: one tensor under two names",)))
 
     def _module_access(self, node: Node) -> Expr:
-        return self._access(self.region.relative(node.module), node.span) if node.module else ()
+        if node.module is None:
+            return ()
+        return self._access(self.region.relative(node.module), node.span)
 
     def _leaf(self, rel: str, value: Expr) -> None:
         self.leaves[rel] = value
