@@ -293,6 +293,7 @@ _KEYWORDS = ("model", "block", "fn", "train", "input")
 _RESERVED = {"model", "block", "fn", "train", "input", "as", "if", "else", "and", "or", "not",
              "true", "false", "none"}
 _CLOSES = {")": "(", "]": "[", "}": "{"}
+_OPERAND_ENDS = ("NAME", "NUMBER", "STRING", "RPAR", "RSQB", "TRUE", "FALSE", "NONE")
 _FIXES = {"\u2192": "->", "\u2212": "-", "\u00d7": "*", "\u201c": '"', "\u201d": '"'}
 
 
@@ -403,7 +404,24 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, source: Source) -> Diagn
         if inner is None or inner.value != opener:
             return Diagnostic("E001", f"`{tok.value}` closes nothing", span,
                               f"remove it, or add the `{opener}` it closes")
-    words = _expected_words(expected)
+    if inner is not None and inner.type in ("LPAR", "LSQB"):
+        # inside brackets, only their own closer can come next, whatever LALR's merged
+        # lookaheads say
+        other = {"LPAR": ("`]`", "`}`"), "LSQB": ("`)`", "`}`")}[inner.type]
+        expected_words = [w for w in _expected_words(expected) if w not in other]
+        ends_operand = prev is not None and (prev.type in _OPERAND_ENDS)
+        starts_operand = tok.type in ("NAME", "NUMBER", "STRING", "LPAR", "LSQB")
+        if ends_operand and starts_operand:
+            return Diagnostic("E001", f"unexpected {_found(tok)}", span,
+                              "a `,` is missing before it")
+        before = next((tokens[i - 1] for i, t in enumerate(tokens) if t is inner and i), None)
+        if tok.type == "COMMA" and inner.type == "LPAR" and (before is None or
+                                                              before.type != "NAME"):
+            return Diagnostic("E001", "unexpected `,` inside parentheses", span,
+                              "parentheses only group; a list is written `[a, b]`")
+    else:
+        expected_words = _expected_words(expected)
+    words = expected_words
     hint = ("expected " + ", ".join(words[:6])) if words else None
     if tok.type == "_NL":
         return Diagnostic("E001", "this line ends too early", span, hint)
