@@ -389,10 +389,15 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, source: Source) -> Diagn
         if inner is not None:
             return Diagnostic("E002", "this `{` is never closed",
                               _tok_span(source, inner), "add `}` at the end of the definition")
+        words = _expected_words(expected)
+        hint = ("expected " + ", ".join(words[:6])) if words else None
+        if prev is not None:  # point at the last thing written, not at an empty last line
+            return Diagnostic("E002", f"the file ends after {_found(prev)}",
+                              _tok_span(source, prev), hint)
         last = len(source.lines) or 1
         end = len(source.line(last)) + 1
         return Diagnostic("E002", "the file ends in the middle of a definition",
-                          Span(source, last, end, last, end))
+                          Span(source, last, end, last, end), hint)
     span = _tok_span(source, tok)
     if prev is not None and prev.type not in ("LPAR", "LSQB", "LBRACE", "COLON") \
             and prev.value in _CONTINUE_AFTER and tok.type in ("RBRACE", "RPAR", "RSQB", "_NL"):
