@@ -396,7 +396,7 @@ def test_layers_that_need_a_batch_accept_a_shared_table():
             "  x + (sinusoidal(16, 6) -> conv1d(2, 3) -> batchnorm)\n}\n")
     spec = load_text(text, "u.nn")
     module = _module(generate(spec))
-    out = module.U().train()(torch.zeros(3, 2, 4))
+    out = module.U().train()(torch.zeros(_shape(spec.graph.node("x").type)))
     assert list(out.shape) == _shape(spec.graph.output_type)
 
 
