@@ -8,7 +8,8 @@
 Prints the median wall time (time.perf_counter) of a few runs, the CPU time of the same
 runs (time.process_time: what the compiler costs even when other processes share the
 cores), the time per layer, and the growth from one size to the next (10x the layers should
-cost about 10x). Fails if 10,000 layers take 12x the time of 1,000 or more than 1 s.
+cost about 10x). Fails if 10,000 layers take more than 1 s, or 12x the CPU time of 1,000
+(growth is judged on CPU time: on a busy machine the wall-time ratio swings by 20%).
 
 Run: python bench/bench_compile.py
 """
@@ -70,22 +71,24 @@ def main() -> int:
     print(f"load average {load:.1f} on {os.cpu_count()} cores"
           + (" (busy: wall times include waiting for a core)" if load > 1 else ""))
     print(f"{'style':<11} {'layers':>7} {'wall (ms)':>10} {'cpu (ms)':>9} {'us/layer':>9} "
-          f"{'x prev size':>12}")
+          f"{'x prev (wall, cpu)':>19}")
     failures = []
     for style, make in STYLES.items():
-        results = {}
+        results: dict[int, tuple[float, float]] = {}
         for size in SIZES:
             wall, cpu = measure(make(size), runs=7 if size < 10_000 else 3)
             previous = results.get(size // 10)
-            results[size] = wall
-            growth = f"{wall / previous:.1f}" if previous else "-"
+            results[size] = wall, cpu
+            growth = (f"{wall / previous[0]:.1f}, {cpu / previous[1]:.1f}" if previous
+                      else "-")
             print(f"{style:<11} {size:>7} {wall * 1e3:>10.1f} {cpu * 1e3:>9.1f} "
-                  f"{wall / size * 1e6:>9.1f} {growth:>12}")
-        ratio = results[10_000] / results[1_000]
+                  f"{wall / size * 1e6:>9.1f} {growth:>19}")
+        ratio = results[10_000][1] / results[1_000][1]
         if ratio >= 12:
-            failures.append(f"{style}: 10,000 layers took {ratio:.1f}x the time of 1,000")
-        if results[10_000] >= 1.0:
-            failures.append(f"{style}: 10,000 layers took {results[10_000]:.2f} s (target < 1 s)")
+            failures.append(f"{style}: 10,000 layers took {ratio:.1f}x the CPU time of 1,000")
+        if results[10_000][0] >= 1.0:
+            failures.append(f"{style}: 10,000 layers took {results[10_000][0]:.2f} s "
+                            "(target < 1 s)")
     for failure in failures:
         print("FAIL", failure)
     return 1 if failures else 0
