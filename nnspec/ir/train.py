@@ -242,8 +242,8 @@ def build_loss(builder: Builder, setting: ast.Setting, model: Graph) -> tuple[Se
     name, args, kwargs, span = _call_parts(builder, expr, frame)
     pred_type = model.output_type
     builder.nodes, builder.node_names = [], set()
-    saved_params = builder.params
-    builder.params = {}
+    saved_params, saved_scopes = builder.params, builder.scopes
+    builder.params, builder.scopes = {}, {}
     try:
         kind = _loss_kind(builder, name, span)
         definition = builder.defs[name] if kind == "fn" else None
@@ -272,7 +272,7 @@ def build_loss(builder: Builder, setting: ast.Setting, model: Graph) -> tuple[Se
                                   "wrap the result in `mean(...)`")
         attrs = dict(kwargs)
         graph = Graph(f"{model.name}.loss", builder.nodes, builder.params, ["pred", "target"],
-                      [out.node], {}, attrs)
+                      [out.node], builder.scopes, attrs)
         return Setting(name, attrs, expr.span), graph
     finally:
-        builder.params = saved_params
+        builder.params, builder.scopes = saved_params, saved_scopes

@@ -19,7 +19,13 @@ import numpy as np
 
 from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.params import ParamBuffer
-from nnspec.backends.numpy.rules import RULES, Context
+from nnspec.backends.numpy.rules import (
+    ELEMENTWISE,
+    RULES,
+    Context,
+    align_batched,
+    needs_batch_of_one,
+)
 from nnspec.ir.graph import Graph
 from nnspec.ir.types import TensorType
 
@@ -65,6 +71,30 @@ def _check_array(name: str, declared: TensorType, array, symbols: dict) -> np.nd
             raise InputError(f"`{name}`: the symbolic dim {dim} is {symbols[dim]} elsewhere "
                              f"but {got} here")
     return array
+
+
+def _apply(graph: Graph, node, arrays, params, ctx):
+    """Run a node's rule, adapting operands whose batch layout the kernel cannot see."""
+    rule = RULES[node.op]
+    in_types = [graph.node(i).type for i in node.inputs]
+    if node.op in ELEMENTWISE:
+        aligned, restore = align_batched(node, in_types, arrays)
+        out, backward = rule(node, aligned, params, ctx)
+
+        def aligned_backward(d_out):
+            grads, param_grads = backward(d_out)
+            return restore(grads), param_grads
+
+        return out, aligned_backward
+    if needs_batch_of_one(node, in_types):
+        out, backward = rule(node, [a[None] for a in arrays], params, ctx)
+
+        def unbatched_backward(d_out):
+            grads, param_grads = backward(d_out[None])
+            return tuple(g if g is None else g[0] for g in grads), param_grads
+
+        return out[0], unbatched_backward
+    return rule(node, arrays, params, ctx)
 
 
 class NumpyModel:
@@ -153,7 +183,7 @@ class NumpyModel:
         if isinstance(x, dict):
             unknown = set(x) - set(names)
             if unknown:
-                raise InputError(f"unknown input `{sorted(unknown)[0]}`; the model takes "
+                raise InputError(f"unknown input `{min(unknown)}`; the model takes "
                                  f"{', '.join(names)}")
             values = x
         elif isinstance(x, (tuple, list)) and len(names) > 1:
@@ -179,7 +209,7 @@ class NumpyModel:
                 continue
             local = {k: params[full] if full in params else self.buffers[full]
                      for k, full in node.params.items()}
-            out, backward = RULES[node.op](node, [values[i] for i in node.inputs], local, ctx)
+            out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)
             values[node.name] = out
             if record:
                 self._tape.append(_Step(node.name, node.inputs, node.params, backward))

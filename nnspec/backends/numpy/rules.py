@@ -339,6 +339,37 @@ def _binary(fn):
     return run
 
 
+ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "lt", "le", "gt", "ge",
+               "eq", "ne", "where"}
+
+
+def align_batched(node: Node, in_types, arrays):
+    """Per-sample broadcasting with the batch first: a batched operand of lower rank gets
+    unit axes after its batch axis (NumPy alone would align it against the batch axis).
+    Returns the arrays and a function that reshapes their gradients back."""
+    rank = node.type.rank
+    shapes = [a.shape for a in arrays]
+    aligned = [a.reshape(a.shape[:1] + (1,) * (rank - t.rank) + a.shape[1:])
+               if t.batched and t.rank < rank else a for a, t in zip(arrays, in_types)]
+
+    def restore(grads):
+        return tuple(g if g is None else g.reshape(shape) for g, shape in zip(grads, shapes))
+
+    return aligned, restore
+
+
+_LAYOUT_FREE = {"activation", "merge", "math", "embedding", "loss", "regularization", "linear"}
+
+
+def needs_batch_of_one(node: Node, in_types) -> bool:
+    """Layers written for batches (conv, pooling, norms, recurrence, attention, reshapes) run
+    on an unbatched input (e.g. a position table) as a batch of one."""
+    from nnspec.ir.ops import lookup
+
+    return (bool(in_types) and lookup(node.op).family not in _LAYOUT_FREE
+            and not any(t.batched for t in in_types))
+
+
 for _name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum",
               "lt", "le", "gt", "ge", "eq", "ne"):
     RULES[_name] = _binary(getattr(elementwise, _name))

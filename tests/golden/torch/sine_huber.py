@@ -24,9 +24,9 @@ class SineMLP(nn.Module):
         return self.dense_3(x)  # (B, 1)  sine_huber.nn:10
 
 
-def loss_fn(pred, target):
-    """The training loss of sine_huber.nn:15."""
-    x = pred - target  # (B, 1)  sine_huber.nn:4
+def huber(x, y):
+    """`fn huber` of sine_huber.nn:3."""
+    x = x - y  # (B, 1)  sine_huber.nn:4
     x = torch.abs(x)  # (B, 1)  sine_huber.nn:4
     h = x < 0.5  # (B, 1)  sine_huber.nn:5
     h2 = x**2.0  # (B, 1)  sine_huber.nn:5
@@ -35,6 +35,11 @@ def loss_fn(pred, target):
     x = 0.5 * x  # (B, 1)  sine_huber.nn:5
     h = torch.where(h, h2, x)  # (B, 1)  sine_huber.nn:5
     return h.mean()  # scalar  sine_huber.nn:5
+
+
+def loss_fn(pred, target):
+    """The training loss of sine_huber.nn:15."""
+    return huber(pred, target)  # scalar  sine_huber.nn:15
 
 
 def make_optimizer(model):
