@@ -31,7 +31,16 @@ test-notorch:
 	$(NOTORCH_VENV)/bin/nnspec check specs/*.nn
 	$(NOTORCH_VENV)/bin/nnspec summary specs/resnet18.nn --format json > /dev/null
 	$(NOTORCH_VENV)/bin/nnspec summary specs/gpt2_small.nn > /dev/null
+	$(NOTORCH_VENV)/bin/nnspec render specs/resnet18.nn -o $(NOTORCH_VENV)/resnet18.svg
+	$(NOTORCH_VENV)/bin/nnspec train specs/sine_huber.nn --epochs 3 --out $(NOTORCH_VENV)/run --force
 	@echo "plain install without torch: ok"
 
+# Benchmarks print ratios against PyTorch eager measured in one run.
 bench: setup
 	$(PYTHON) bench/bench_compile.py
+	$(PYTHON) bench/bench_train.py
+
+# Regenerate the generated parts of docs/: op tables and the diagrams of the example specs.
+docs: setup
+	$(PYTHON) scripts/gen_docs.py
+	$(PYTHON) scripts/render_docs.py
