@@ -44,7 +44,6 @@ class Layer:
     parts: tuple[Layer, ...] = ()  # seq parts, or the repeated layer
     count: int = 1
     module: str | None = None  # set when bound to a name: applications share weights
-    text: str = ""
 
 
 class _Poison:
@@ -338,9 +337,9 @@ class Builder:
             definition = self.defs[name]
             if definition.kind == "model":
                 return None
-            return Layer(definition.kind, name, definition.name_span, text=name)
+            return Layer(definition.kind, name, definition.name_span)
         if ops.lookup(name) is not None:
-            return Layer("op", ops.lookup(name).name, None, text=name)
+            return Layer("op", ops.lookup(name).name, None)
         return None
 
     def eval_Name(self, expr, frame):
@@ -432,8 +431,7 @@ class Builder:
             stages = [self.stage_layer(s, frame) for s in expr.stages]
             if POISON in stages:
                 return POISON
-            return Layer("seq", "pipeline", expr.span, parts=(current, *stages),
-                         text=_text(expr.span))
+            return Layer("seq", "pipeline", expr.span, parts=(current, *stages))
         current = self.tensor(current, expr.head, frame)
         for stage in expr.stages:
             layer = self.stage_layer(stage, frame)
@@ -484,8 +482,7 @@ class Builder:
             layer = callee
         else:
             layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
-                            arg_spans=tuple(a.span for a in expr.args[len(tensors):]),
-                            text=_text(expr.span))
+                            arg_spans=tuple(a.span for a in expr.args[len(tensors):]))
         if tensors and len(tensors) >= self.arity(layer)[0]:
             return self.apply(layer, tensors, frame, None, expr.span)
         if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first
@@ -535,8 +532,7 @@ class Builder:
         if not isinstance(inner, Layer):
             raise DiagnosticError("E146", f"repeat needs a layer to repeat, got "
                                   f"{_describe_value(inner)}", expr.args[1].span)
-        return Layer("repeat", "repeat", expr.span, parts=(inner,), count=count,
-                     text=_text(expr.span))
+        return Layer("repeat", "repeat", expr.span, parts=(inner,), count=count)
 
     # ---- coercions ----------------------------------------------------------------------
 
@@ -578,7 +574,7 @@ class Builder:
         if label is not None:
             self.claim(label, frame, span)
         if layer.kind == "op":
-            out = self.apply_op(layer.name, tensors, dict((k, v) for k, v, _ in layer.kwargs),
+            out = self.apply_op(layer.name, tensors, {k: v for k, v, _ in layer.kwargs},
                                 span, frame, label, layer, values)
             if label is not None and layer.module is None:
                 frame.vars[label] = replace(layer, module=frame.qualify(label))

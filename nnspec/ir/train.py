@@ -96,8 +96,9 @@ def build_train(builder: Builder, train: ast.Train, model: Graph) -> TrainConfig
     for key, (kind, default, minimum) in _SCALARS.items():
         values[key] = default
         if key in seen:
-            values[key] = builder.guard(lambda key=key: _scalar(builder, seen[key], kind, minimum,
-                                                              frame), default)
+            values[key] = builder.guard(
+                lambda key=key, kind=kind, minimum=minimum: _scalar(builder, seen[key], kind,
+                                                                    minimum, frame), default)
     if values["val"] is not None and not 0 <= values["val"] < 1:
         builder.error("E203", "`val` is the held-out fraction and must be below 1",
                       seen["val"].span)

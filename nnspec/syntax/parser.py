@@ -8,6 +8,7 @@ pipelines can be written one stage per line.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 import sys
@@ -435,7 +436,7 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, source: Source) -> Diagn
     return Diagnostic("E001", f"unexpected {_found(tok)}", span, hint)
 
 
-_ITEM_START = re.compile(r"^(model|block|fn|train)\b", re.M)
+_ITEM_START = re.compile(r"^(model|block|fn|train)\b", re.MULTILINE)
 
 
 def _first_syntax_error(text: str, source: Source) -> Diagnostic | None:
@@ -459,7 +460,7 @@ def parse(text: str, path: str = "<string>") -> ast.Program:
         starts = [m.start() for m in _ITEM_START.finditer(text)] or [0]
         starts = [0] + [s for s in starts if s > 0] + [len(text)]
         errors = []
-        for lo, hi in zip(starts, starts[1:]):
+        for lo, hi in itertools.pairwise(starts):
             chunk = "\n" * text.count("\n", 0, lo) + text[lo:hi]
             diag = _first_syntax_error(chunk, source)
             if diag is not None:
