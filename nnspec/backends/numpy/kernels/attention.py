@@ -31,14 +31,18 @@ def multi_head_attention(
         qkv += in_proj_bias * row_scale[:, 0]
     # (N, T, 3, heads, d) viewed as three (N, heads, T, d) stacks, no copies
     q, k, v = qkv.reshape(batch, steps, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
-    probs = q @ k.transpose(0, 1, 3, 2)
+    # Scores are stored key-major, probs[key, n, head, query]: the softmax then reduces over
+    # the first axis, which NumPy vectorises across rows, several times faster than
+    # reducing short last-axis rows.
+    probs = np.empty((steps, batch, heads, steps), x.dtype)
+    np.matmul(k, q.transpose(0, 1, 3, 2), out=probs.transpose(1, 2, 0, 3))
     if causal:
-        probs += np.triu(np.full((steps, steps), -np.inf, x.dtype), 1)
-    probs -= probs.max(axis=-1, keepdims=True)
+        probs += np.tril(np.full((steps, steps), -np.inf, x.dtype), -1)[:, None, None, :]
+    probs -= probs.max(axis=0)
     np.exp(probs, out=probs)
-    probs /= probs.sum(axis=-1, keepdims=True)
+    probs *= 1 / probs.sum(axis=0)
     context = np.empty((batch, steps, heads, head_dim), x.dtype)
-    np.matmul(probs, v, out=context.transpose(0, 2, 1, 3))
+    np.matmul(probs.transpose(1, 2, 3, 0), v, out=context.transpose(0, 2, 1, 3))
     context_rows = context.reshape(-1, embed)
     y = context_rows @ out_proj_weight.T
     if out_proj_bias is not None:
@@ -50,15 +54,16 @@ def multi_head_attention(
         d_out_bias = None if out_proj_bias is None else dy_rows.sum(axis=0)
         d_context = (dy_rows @ out_proj_weight).reshape(batch, steps, heads, head_dim)
         d_context = d_context.transpose(0, 2, 1, 3)
-        d_scores = d_context @ v.transpose(0, 1, 3, 2)
+        d_scores = np.empty_like(probs)  # key-major, like probs
+        np.matmul(v, d_context.transpose(0, 1, 3, 2), out=d_scores.transpose(1, 2, 0, 3))
         # softmax backward: p * (dp - sum(dp * p)); masked positions have p = 0
-        d_scores -= np.sum(d_scores * probs, axis=-1, keepdims=True)
+        d_scores -= np.sum(d_scores * probs, axis=0)
         d_scores *= probs
         d_qkv = np.empty((batch, steps, 3, heads, head_dim), x.dtype)
         d_q, d_k, d_v = d_qkv.transpose(2, 0, 3, 1, 4)
-        np.matmul(d_scores, k, out=d_q)
-        np.matmul(d_scores.transpose(0, 1, 3, 2), q, out=d_k)
-        np.matmul(probs.transpose(0, 1, 3, 2), d_context, out=d_v)
+        np.matmul(d_scores.transpose(1, 2, 3, 0), k, out=d_q)
+        np.matmul(d_scores.transpose(1, 2, 0, 3), q, out=d_k)
+        np.matmul(probs.transpose(1, 2, 0, 3), d_context, out=d_v)
         d_rows = d_qkv.reshape(-1, 3 * embed)
         dx = (d_rows @ in_weight).reshape(x.shape)
         d_in_weight = d_rows.T @ rows

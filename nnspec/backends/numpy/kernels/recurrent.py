@@ -3,19 +3,18 @@
 At the API, sequences are batch first, ``(N, T, F)``, and parameters carry torch's names,
 shapes and gate order, so weights move to ``nn.RNN``/``nn.LSTM``/``nn.GRU`` unchanged.
 
-Inside, the batch is the innermost axis, because a recurrence is many small steps and each
-elementwise call is then one contiguous run:
+Inside, sequences are time-major with the batch innermost, ``(T, rows, N)``: a recurrence is
+many small steps, and each step's elementwise calls then run over contiguous blocks.
 
-- a layer's input is kept *feature-major*, ``(F + 1, T, N)``, with a last row of ones, so
-  the input projection of every step (bias included) is one matrix product, and the bias
-  gradient falls out of the weight-gradient product;
-- each direction keeps its hidden states as ``(T + 1, H + 1, N)`` (state 0 is the zero
-  initial state, the last row is ones), so one fused product per step applies every gate's
-  recurrent weights and bias;
-- gates are reordered so that every sigmoid gate comes first, and their rows are pre-scaled
-  by one half: one ``tanh`` over the whole gate block then yields all of them, since
-  ``sigmoid(a) = 0.5 + 0.5 * tanh(a / 2)``;
-- before the reverse loop of the backward pass, everything that does not depend on the
+- A layer's input carries a last row of ones, ``(T, F + 1, N)``, so the input projection of
+  every step, bias included, is computed before the loop; each direction's hidden states are
+  kept as ``(T + 1, H + 1, N)`` (state 0 is the zero initial state, the last row is ones), so
+  one product per step applies every gate's recurrent weights and bias. Both bias gradients
+  then fall out of the weight-gradient products.
+- Gates are reordered so that the sigmoid gates come first, and their rows are pre-scaled by
+  one half: one ``tanh`` over the whole gate block then yields all of them, since
+  ``sigmoid(a) = 0.5 + 0.5 * tanh(a / 2)``.
+- Before the reverse loop of the backward pass, everything that does not depend on the
   incoming gradient is computed for all steps at once.
 """
 
@@ -43,11 +42,15 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
         raise ValueError(f"rnn nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     batch, steps, _ = x.shape
     directions = 2 if bidirectional else 1
-    layer_input = _feature_major_with_ones(x.transpose(2, 1, 0))
+    layer_input = _with_ones_row(x.transpose(1, 2, 0))
+    result = np.empty((batch, steps, directions * hidden), x.dtype)
     layer_backwards = []
     for layer in range(layers):
-        output = np.empty((directions * hidden + 1, steps, batch), x.dtype)
-        output[-1] = 1
+        if layer == layers - 1:
+            output = result.transpose(1, 2, 0)
+        else:
+            output = np.empty((steps, directions * hidden + 1, batch), x.dtype)
+            output[:, -1] = 1
         direction_backwards = []
         for direction in range(directions):
             names = _parameter_names(layer, direction)
@@ -55,29 +58,29 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
                 cell, layer_input, *(params.get(name) for name in names),
                 reverse=direction == 1, nonlinearity=nonlinearity,
             )
-            output[direction * hidden:(direction + 1) * hidden] = states.transpose(1, 0, 2)
+            output[:, direction * hidden:(direction + 1) * hidden] = states
             direction_backwards.append((names, direction_backward))
-        layer_backwards.append(direction_backwards)
+        layer_backwards.append((layer_input, direction_backwards))
         layer_input = output
-    result = np.ascontiguousarray(layer_input[:-1].transpose(2, 1, 0))
 
     def backward(d_output):
         d_params = {}
-        d_layer_output = d_output.transpose(2, 1, 0)
-        for direction_backwards in reversed(layer_backwards):
+        d_layer_output = d_output.transpose(1, 2, 0)
+        for layer_input, direction_backwards in reversed(layer_backwards):
+            input_rows = _feature_major(layer_input)
             d_layer_input = None
             for direction, (names, direction_backward) in enumerate(direction_backwards):
-                d_states = d_layer_output[direction * hidden:(direction + 1) * hidden]
-                d_input, *d_weights = direction_backward(d_states.transpose(1, 0, 2))
+                d_states = d_layer_output[:, direction * hidden:(direction + 1) * hidden]
+                d_input_rows, *d_weights = direction_backward(d_states, input_rows)
                 if d_layer_input is None:
-                    d_layer_input = d_input
+                    d_layer_input = d_input_rows
                 else:
-                    d_layer_input += d_input
+                    d_layer_input += d_input_rows
                 for name, grad in zip(names, d_weights):
                     if name in params:
                         d_params[name] = grad
-            d_layer_output = d_layer_input.reshape(-1, steps, batch)
-        dx = np.ascontiguousarray(d_layer_output.transpose(2, 1, 0))
+            d_layer_output = d_layer_input.reshape(-1, steps, batch).transpose(1, 0, 2)
+        dx = np.ascontiguousarray(d_layer_output.transpose(2, 0, 1))
         return dx, d_params
 
     return result, backward
@@ -119,61 +122,69 @@ def _parameter_names(layer, direction):
     return tuple(f"{kind}{suffix}" for kind in ("weight_ih", "bias_ih", "weight_hh", "bias_hh"))
 
 
-def _feature_major_with_ones(features_time_batch):
-    """Copy an (F, T, N) view into a contiguous (F + 1, T, N) array whose last row is ones."""
-    rows, steps, batch = features_time_batch.shape
-    extended = np.empty((rows + 1, steps, batch), features_time_batch.dtype)
-    extended[:-1] = features_time_batch
-    extended[-1] = 1
+def _with_ones_row(time_rows_batch):
+    """Copy a (T, F, N) view into a contiguous (T, F + 1, N) array whose last row is ones."""
+    steps, rows, batch = time_rows_batch.shape
+    extended = np.empty((steps, rows + 1, batch), time_rows_batch.dtype)
+    extended[:, :-1] = time_rows_batch
+    extended[:, -1] = 1
     return extended
 
 
-def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, *, reverse, nonlinearity):
-    """One direction of one layer: returns its states (T, H, N) in time order and a backward.
+def _feature_major(time_rows_batch):
+    """(T, R, N) -> contiguous (R, T * N): every step's columns side by side, for one product
+    that sums a weight gradient over all steps."""
+    steps, rows, batch = time_rows_batch.shape
+    return np.ascontiguousarray(time_rows_batch.transpose(1, 0, 2)).reshape(rows, steps * batch)
 
-    The backward takes d_states (T, H, N) in time order and returns
-    ``(d_input (F + 1, T * N) minus the ones row, d_w_ih, d_b_ih, d_w_hh, d_b_hh)``.
+
+def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, *, reverse, nonlinearity):
+    """One direction of one layer over ``layer_input`` (T, F + 1, N).
+
+    Returns its states (T, H, N) in time order and ``backward(d_states, input_rows)``, which
+    takes d_states (T, H, N) in time order and the input as ``_feature_major`` rows and returns
+    ``(d_input as (F, T * N) rows, d_w_ih, d_b_ih, d_w_hh, d_b_hh)``.
     """
-    rows, steps, batch = layer_input.shape
+    steps, _, batch = layer_input.shape
     hidden = w_hh.shape[1]
-    gates = len(cell.gate_order)
+    gate_rows = len(cell.gate_order) * hidden
     order = np.concatenate(
         [np.arange(block * hidden, (block + 1) * hidden) for block in cell.gate_order]
     )
     input_weights = _with_bias_column(w_ih, b_ih)[order]
     recurrent_weights = _with_bias_column(w_hh, b_hh)[order]
-    scale = np.ones((gates * hidden, 1), layer_input.dtype)
+    scale = np.ones((gate_rows, 1), layer_input.dtype)
     scale[: cell.sigmoid_gates * hidden] = 0.5
-    flat_input = layer_input.reshape(rows, steps * batch)
-    pre = ((input_weights * scale) @ flat_input).reshape(gates * hidden, steps, batch)
-    if reverse:
-        pre = pre[:, ::-1]
+    pre = np.matmul(input_weights * scale, layer_input)
     states = np.empty((steps + 1, hidden + 1, batch), layer_input.dtype)
     states[0, :hidden] = 0
     states[:, hidden] = 1
     recurrent_weight_t = np.ascontiguousarray(recurrent_weights[:, :hidden].T)
-    steps_backward = cell.run(pre, recurrent_weights * scale, recurrent_weight_t, states, nonlinearity)
-    outputs = states[1:, :hidden]
+    steps_backward = cell.run(
+        pre[::-1] if reverse else pre, recurrent_weights * scale, recurrent_weight_t, states,
+        nonlinearity,
+    )
 
-    def backward(d_states):
-        if reverse:
-            d_states = d_states[::-1]
-        d_pre, d_recurrent = steps_backward(np.ascontiguousarray(d_states))
-        if reverse:
-            d_pre = d_pre[::-1]
-        d_pre = np.ascontiguousarray(d_pre.transpose(1, 0, 2)).reshape(gates * hidden, -1)
-        d_recurrent = np.ascontiguousarray(d_recurrent.transpose(1, 0, 2)).reshape(gates * hidden, -1)
-        previous_states = np.ascontiguousarray(states[:-1].transpose(1, 0, 2)).reshape(hidden + 1, -1)
-        d_input_weights = _to_torch_order(d_pre @ flat_input.T, order)
-        d_recurrent_weights = _to_torch_order(d_recurrent @ previous_states.T, order)
-        d_input = input_weights[:, :-1].T @ d_pre
+    def in_time_order(per_step):
+        return per_step[::-1] if reverse else per_step
+
+    def backward(d_states, input_rows):
+        d_pre, d_recurrent = steps_backward(np.ascontiguousarray(in_time_order(d_states)))
+        d_pre_rows = _feature_major(in_time_order(d_pre))
+        if d_recurrent is d_pre:
+            d_recurrent_rows = d_pre_rows
+        else:
+            d_recurrent_rows = _feature_major(in_time_order(d_recurrent))
+        previous_states = _feature_major(in_time_order(states[:-1]))
+        d_input_weights = _to_torch_order(d_pre_rows @ input_rows.T, order)
+        d_recurrent_weights = _to_torch_order(d_recurrent_rows @ previous_states.T, order)
         return (
-            d_input,
+            input_weights[:, :-1].T @ d_pre_rows,
             d_input_weights[:, :-1], d_input_weights[:, -1],
             d_recurrent_weights[:, :-1], d_recurrent_weights[:, -1],
         )
 
-    return (outputs[::-1] if reverse else outputs), backward
+    return in_time_order(states[1:, :hidden]), backward
 
 
 def _with_bias_column(weight, bias):
@@ -187,76 +198,90 @@ def _to_torch_order(internal, order):
     return result
 
 
+def _project_state(recurrent, state, t, out):
+    """out = recurrent @ state; the zero initial state (t = 0) leaves only the bias column."""
+    if t == 0:
+        np.copyto(out, recurrent[:, -1:])
+    else:
+        np.matmul(recurrent, state, out=out)
+
+
 def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
-    """LSTM recurrence with internal gate order (o, i, f, g): sigmoid gates first, and the
-    three gates the cell-state gradient drives (i, f, g) adjacent."""
-    gate_rows, steps, batch = pre.shape
+    """LSTM recurrence with internal gate order (o, i, f, g): the sigmoid gates first."""
+    steps, gate_rows, batch = pre.shape
     hidden = gate_rows // 4
     dtype = pre.dtype
     gates = np.empty((steps, gate_rows, batch), dtype)
     cells = np.empty((steps + 1, hidden, batch), dtype)
     cells[0] = 0
     tanh_cells = np.empty((steps, hidden, batch), dtype)
-    input_times_candidate = np.empty((hidden, batch), dtype)
+    input_times_candidate = np.empty((steps, hidden, batch), dtype)
     o, i, f, g = (slice(k * hidden, (k + 1) * hidden) for k in range(4))
-    for t in range(steps):
-        gate = gates[t]
-        np.matmul(recurrent, states[t], out=gate)
-        gate += pre[:, t]
+    sigmoids = slice(0, 3 * hidden)
+    outputs = states[1:, :hidden]
+    # iterating over per-step views costs less interpreter time than indexing every array
+    per_step = zip(pre, gates, states[:-1], outputs, cells[:-1], cells[1:],
+                   input_times_candidate, tanh_cells)
+    for t, (pre_t, gate, h_prev, h, c_prev, c, i_times_g, tanh_c) in enumerate(per_step):
+        _project_state(recurrent, h_prev, t, gate)
+        gate += pre_t
         np.tanh(gate, out=gate)
-        sigmoids = gate[: 3 * hidden]
-        sigmoids *= 0.5
-        sigmoids += 0.5
-        np.multiply(gate[f], cells[t], out=cells[t + 1])
-        np.multiply(gate[i], gate[g], out=input_times_candidate)
-        cells[t + 1] += input_times_candidate
-        np.tanh(cells[t + 1], out=tanh_cells[t])
-        np.multiply(gate[o], tanh_cells[t], out=states[t + 1, :hidden])
+        gate[sigmoids] *= 0.5
+        gate[sigmoids] += 0.5
+        np.multiply(gate[f], c_prev, out=c)
+        np.multiply(gate[i], gate[g], out=i_times_g)
+        c += i_times_g
+        np.tanh(c, out=tanh_c)
+        np.multiply(gate[o], tanh_c, out=h)
 
     def backward(d_states):
-        # local[t] holds, per step, the factors that turn d_h into (d_c, d_o) (rows 0:2H)
-        # and d_c into (d_i, d_f, d_g) (rows 2H:5H); grads[t] is laid out the same way, so
-        # grads[t, H:] is the gradient of the pre-activations (o, i, f, g) in one block.
-        local = np.empty((steps, 5 * hidden, batch), dtype)
-        sigmoid_slope = gates[:, : 3 * hidden] * (1 - gates[:, : 3 * hidden])
-        dh_to_dc = local[:, :hidden]
-        np.square(tanh_cells, out=dh_to_dc)
-        np.subtract(1, dh_to_dc, out=dh_to_dc)
-        dh_to_dc *= gates[:, o]
-        np.multiply(tanh_cells, sigmoid_slope[:, o], out=local[:, hidden:2 * hidden])
-        np.multiply(gates[:, g], sigmoid_slope[:, i], out=local[:, 2 * hidden:3 * hidden])
-        np.multiply(cells[:-1], sigmoid_slope[:, f], out=local[:, 3 * hidden:4 * hidden])
-        dc_to_dg = local[:, 4 * hidden:]
-        np.square(gates[:, g], out=dc_to_dg)
-        np.subtract(1, dc_to_dg, out=dc_to_dg)
-        dc_to_dg *= gates[:, i]
-        del sigmoid_slope
+        # The factors that turn d_h into d_c and d_o, and d_c into d_i, d_f and d_g, each in
+        # two passes from the saved products h = o tanh c and i g. They overwrite saved arrays
+        # the rest of the backward no longer reads (it runs once), as do d_gates and d_cells.
+        gate_o, gate_i, gate_f, gate_g = (gates[:, block] for block in (o, i, f, g))
+        dh_dc = tanh_cells  # o (1 - tanh^2 c)
+        np.multiply(outputs, tanh_cells, out=dh_dc)
+        np.subtract(gate_o, dh_dc, out=dh_dc)
+        dc_dg = gate_g  # i (1 - g^2)
+        np.multiply(input_times_candidate, gate_g, out=dc_dg)
+        np.subtract(gate_i, dc_dg, out=dc_dg)
+        dc_di = gate_i  # g i (1 - i)
+        np.multiply(input_times_candidate, gate_i, out=dc_di)
+        np.subtract(input_times_candidate, dc_di, out=dc_di)
+        dh_do = gate_o  # tanh c o (1 - o)
+        np.multiply(outputs, gate_o, out=dh_do)
+        np.subtract(outputs, dh_do, out=dh_do)
+        dc_df = input_times_candidate  # c_prev f (1 - f)
+        np.multiply(gate_f, gate_f, out=dc_df)
+        np.subtract(gate_f, dc_df, out=dc_df)
+        dc_df *= cells[:-1]
 
-        grads = np.empty((steps, 5 * hidden, batch), dtype)
+        # d_gates[t] holds the gradient of the pre-activations (o, i, f, g) in one block
+        d_gates = pre
+        d_cells = cells[1:]
         dh_buffer = np.empty((hidden, batch), dtype)
         carried = np.empty((hidden, batch), dtype)
-        for t in reversed(range(steps)):
-            if t == steps - 1:
-                dh = d_states[t]
+        later = None  # d_gates, d_cells and the forget gate of step t + 1
+        per_step = zip(*(a[::-1] for a in (d_states, dh_dc, dh_do, dc_di, dc_df, dc_dg,
+                                            d_gates, d_cells, gate_f)))
+        for d_out, dc_from_dh, do_from_dh, di_from_dc, df_from_dc, dg_from_dc, d_gate, dc, \
+                forget in per_step:
+            if later is None:
+                dh = d_out
             else:
                 dh = dh_buffer
-                np.matmul(recurrent_weight_t, grads[t + 1, hidden:], out=dh)
-                dh += d_states[t]
-            grad = grads[t]
-            np.multiply(
-                local[t, : 2 * hidden].reshape(2, hidden, batch), dh,
-                out=grad[: 2 * hidden].reshape(2, hidden, batch),
-            )
-            dc = grad[:hidden]
-            if t < steps - 1:
-                np.multiply(gates[t + 1, f], grads[t + 1, :hidden], out=carried)
+                np.matmul(recurrent_weight_t, later[0], out=dh)
+                dh += d_out
+            np.multiply(dh, do_from_dh, out=d_gate[o])
+            np.multiply(dh, dc_from_dh, out=dc)
+            if later is not None:
+                np.multiply(later[2], later[1], out=carried)
                 dc += carried
-            np.multiply(
-                local[t, 2 * hidden:].reshape(3, hidden, batch), dc,
-                out=grad[2 * hidden:].reshape(3, hidden, batch),
-            )
-        d_pre = grads[:, hidden:]
-        return d_pre, d_pre
+            np.multiply(dc, di_from_dc, out=d_gate[i])
+            np.multiply(dc, df_from_dc, out=d_gate[f])
+            np.multiply(dc, dg_from_dc, out=d_gate[g])
+            later = d_gate, dc, forget
+        return d_gates, d_gates
 
     return backward
 
@@ -264,42 +289,42 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
 def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
     """GRU recurrence in torch's gate order (r, z, n), with torch's
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and h' = (1 - z) * n + z * h."""
-    gate_rows, steps, batch = pre.shape
+    steps, gate_rows, batch = pre.shape
     hidden = gate_rows // 3
     dtype = pre.dtype
     projections = np.empty((steps, gate_rows, batch), dtype)
     resets_updates = np.empty((steps, 2 * hidden, batch), dtype)
     candidates = np.empty((steps, hidden, batch), dtype)
-    r, z, n = (slice(k * hidden, (k + 1) * hidden) for k in range(3))
+    resets, updates = resets_updates[:, :hidden], resets_updates[:, hidden:]
+    projected_n = projections[:, 2 * hidden:]
+    pre_rz, pre_n = pre[:, : 2 * hidden], pre[:, 2 * hidden:]
+    previous, outputs = states[:-1, :hidden], states[1:, :hidden]
     for t in range(steps):
-        projection = projections[t]
-        np.matmul(recurrent, states[t], out=projection)
+        _project_state(recurrent, states[t], t, projections[t])
         gate = resets_updates[t]
-        np.add(projection[: 2 * hidden], pre[: 2 * hidden, t], out=gate)
+        np.add(projections[t, : 2 * hidden], pre_rz[t], out=gate)
         np.tanh(gate, out=gate)
         gate *= 0.5
         gate += 0.5
         candidate = candidates[t]
-        np.multiply(gate[r], projection[n], out=candidate)
-        candidate += pre[n, t]
+        np.multiply(resets[t], projected_n[t], out=candidate)
+        candidate += pre_n[t]
         np.tanh(candidate, out=candidate)
-        state = states[t + 1, :hidden]
-        np.subtract(states[t, :hidden], candidate, out=state)
-        state *= gate[z]
-        state += candidate
+        np.subtract(previous[t], candidate, out=outputs[t])
+        outputs[t] *= updates[t]
+        outputs[t] += candidate
 
     def backward(d_states):
-        resets, updates = resets_updates[:, r], resets_updates[:, z]
-        dh_to_dn = (1 - updates) * (1 - candidates * candidates)
-        # local[t]: factors from d_h to the gradient of the recurrent projection (r, z, n)
-        local = np.empty((steps, gate_rows, batch), dtype)
-        np.multiply(dh_to_dn * projections[:, n], resets * (1 - resets), out=local[:, r])
-        np.multiply(
-            states[:-1, :hidden] - candidates, updates * (1 - updates), out=local[:, z]
-        )
-        np.multiply(dh_to_dn, resets, out=local[:, n])
+        dh_dn = (1 - updates) * (1 - candidates * candidates)  # through n's tanh
+        # factors from d_h to the gradient of the recurrent projection (r, z, n)
+        factors = np.empty((steps, gate_rows, batch), dtype)
+        dh_dr, dh_dz, dh_dhn = (factors[:, k * hidden:(k + 1) * hidden] for k in range(3))
+        np.multiply(dh_dn * projected_n, resets * (1 - resets), out=dh_dr)
+        np.multiply(previous - candidates, updates * (1 - updates), out=dh_dz)
+        np.multiply(dh_dn, resets, out=dh_dhn)
 
-        d_projections = np.empty((steps, gate_rows, batch), dtype)
+        d_projections = projections  # read only above; the backward runs once
+        d_r, d_z, d_hn = (d_projections[:, k * hidden:(k + 1) * hidden] for k in range(3))
         dhs = np.empty((steps, hidden, batch), dtype)
         carried = np.empty((hidden, batch), dtype)
         for t in reversed(range(steps)):
@@ -311,13 +336,12 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
                 dh += d_states[t]
                 np.multiply(updates[t + 1], dhs[t + 1], out=carried)
                 dh += carried
-            np.multiply(
-                local[t].reshape(3, hidden, batch), dh,
-                out=d_projections[t].reshape(3, hidden, batch),
-            )
-        d_pre = np.empty_like(d_projections)
+            np.multiply(dh, dh_dr[t], out=d_r[t])
+            np.multiply(dh, dh_dz[t], out=d_z[t])
+            np.multiply(dh, dh_dhn[t], out=d_hn[t])
+        d_pre = pre
         d_pre[:, : 2 * hidden] = d_projections[:, : 2 * hidden]
-        np.multiply(dhs, dh_to_dn, out=d_pre[:, n])
+        np.multiply(dhs, dh_dn, out=d_pre[:, 2 * hidden:])
         return d_pre, d_projections
 
     return backward
@@ -325,21 +349,20 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
 
 def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity):
     """Elman recurrence h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
-    hidden, steps, batch = pre.shape
+    steps, hidden, _ = pre.shape
     activation = _ACTIVATIONS[nonlinearity]
+    outputs = states[1:, :hidden]
     for t in range(steps):
-        state = states[t + 1, :hidden]
-        np.matmul(recurrent, states[t], out=state)
-        state += pre[:, t]
-        activation(state, out=state)
+        _project_state(recurrent, states[t], t, outputs[t])
+        outputs[t] += pre[t]
+        activation(outputs[t], out=outputs[t])
 
     def backward(d_states):
-        outputs = states[1:, :hidden]
         if nonlinearity == "tanh":
             slope = 1 - outputs * outputs
         else:
             slope = (outputs > 0).astype(pre.dtype)
-        d_pre = np.empty((steps, hidden, batch), pre.dtype)
+        d_pre = pre  # the backward runs once; the input projection is no longer needed
         for t in reversed(range(steps)):
             grad = d_pre[t]
             if t == steps - 1:
