@@ -33,7 +33,8 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
     (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...) to arrays; a missing bias means the layer
     has none (torch's ``bias=False``). ``nonlinearity`` ("tanh" or "relu") applies to "rnn".
     Returns the output sequence (N, T, dirs * H), as ``nn.LSTM(batch_first=True)`` does, and
-    ``backward(d_output) -> (dx, d_params)`` with ``d_params`` keyed like ``params``.
+    ``backward(d_output) -> (dx, d_params)`` with ``d_params`` keyed like ``params``;
+    ``last_step`` turns the output into the top layer's final state.
     """
     cell = _CELLS.get(mode)
     if cell is None:
@@ -110,11 +111,19 @@ def last_step(output, *, hidden, bidirectional):
 
 @dataclass(frozen=True)
 class _Cell:
-    """How one recurrent mode arranges its gates and runs its recurrence."""
+    """How one recurrent mode arranges its gates and runs its recurrence.
+
+    ``run(pre, recurrent, recurrent_weight_t, states, nonlinearity)`` gets the input
+    projections (T, G, N) in processing order, the recurrent weights with their bias column
+    (G, H + 1), both with sigmoid rows halved, the plain W_hh.T for the backward, and the
+    ``states`` array to fill; it returns ``backward(d_states) -> (d_pre, d_recurrent)``, the
+    gradients (T, G, N) of the (unhalved) input and recurrent projections. The backward runs
+    once, so it may overwrite ``pre`` and whatever ``run`` saved.
+    """
 
     gate_order: tuple[int, ...]  # torch's gate block for each internal block
     sigmoid_gates: int  # the leading internal blocks that pass through a sigmoid
-    run: Callable  # (pre, recurrent, recurrent_weight, states, nonlinearity) -> backward
+    run: Callable
 
 
 def _parameter_names(layer, direction):
@@ -261,26 +270,25 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
         d_cells = cells[1:]
         dh_buffer = np.empty((hidden, batch), dtype)
         carried = np.empty((hidden, batch), dtype)
-        later = None  # d_gates, d_cells and the forget gate of step t + 1
+        next_d_gate = next_dc = next_forget = None  # of step t + 1
         per_step = zip(*(a[::-1] for a in (d_states, dh_dc, dh_do, dc_di, dc_df, dc_dg,
                                             d_gates, d_cells, gate_f)))
-        for d_out, dc_from_dh, do_from_dh, di_from_dc, df_from_dc, dg_from_dc, d_gate, dc, \
-                forget in per_step:
-            if later is None:
+        for d_out, dh_dc_t, dh_do_t, dc_di_t, dc_df_t, dc_dg_t, d_gate, dc, forget in per_step:
+            if next_d_gate is None:
                 dh = d_out
             else:
                 dh = dh_buffer
-                np.matmul(recurrent_weight_t, later[0], out=dh)
+                np.matmul(recurrent_weight_t, next_d_gate, out=dh)
                 dh += d_out
-            np.multiply(dh, do_from_dh, out=d_gate[o])
-            np.multiply(dh, dc_from_dh, out=dc)
-            if later is not None:
-                np.multiply(later[2], later[1], out=carried)
+            np.multiply(dh, dh_do_t, out=d_gate[o])
+            np.multiply(dh, dh_dc_t, out=dc)
+            if next_d_gate is not None:
+                np.multiply(next_forget, next_dc, out=carried)
                 dc += carried
-            np.multiply(dc, di_from_dc, out=d_gate[i])
-            np.multiply(dc, df_from_dc, out=d_gate[f])
-            np.multiply(dc, dg_from_dc, out=d_gate[g])
-            later = d_gate, dc, forget
+            np.multiply(dc, dc_di_t, out=d_gate[i])
+            np.multiply(dc, dc_df_t, out=d_gate[f])
+            np.multiply(dc, dc_dg_t, out=d_gate[g])
+            next_d_gate, next_dc, next_forget = d_gate, dc, forget
         return d_gates, d_gates
 
     return backward
@@ -323,7 +331,7 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
         np.multiply(previous - candidates, updates * (1 - updates), out=dh_dz)
         np.multiply(dh_dn, resets, out=dh_dhn)
 
-        d_projections = projections  # read only above; the backward runs once
+        d_projections = projections  # only the factors above read them
         d_r, d_z, d_hn = (d_projections[:, k * hidden:(k + 1) * hidden] for k in range(3))
         dhs = np.empty((steps, hidden, batch), dtype)
         carried = np.empty((hidden, batch), dtype)
