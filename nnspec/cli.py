@@ -209,11 +209,16 @@ def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weig
 @click.option("--model", default=None, help="Which model of the file (default: the trained one).")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter.")
+@click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None,
+              help="numpy: the built-in interpreter [default]; torch: the generated PyTorch "
+              "module, in this process (needs torch).")
 def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
           epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
           seed: int | None, val: float | None, data: str | None, early_stop: int | None,
-          checkpoint_every: float, model: str | None, overrides: tuple[str, ...]):
-    """Train the model of FILE on the NumPy interpreter, as its train section says.
+          checkpoint_every: float, model: str | None, overrides: tuple[str, ...],
+          backend: str | None):
+    """Train the model of FILE on the NumPy interpreter (or, with --backend torch, through
+    its generated PyTorch module), as its train section says.
 
     Writes the run directory: config.json, best/last.safetensors, resume.safetensors,
     metrics.csv and loss.png. Ctrl-C saves a checkpoint (exit 130); a non-finite loss
@@ -228,7 +233,8 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
         if resume is not None:
             given = {"--epochs": epochs, "--batch": batch, "--lr": lr, "--optimizer": optimizer,
                      "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
-                     "--model": model, "--set": overrides or None, "--force": force or None}
+                     "--model": model, "--set": overrides or None, "--force": force or None,
+                     "--backend": backend}
             clash = [flag for flag, value in given.items() if value is not None]
             if clash:
                 raise click.UsageError(f"--resume continues a run with the settings it started "
@@ -259,7 +265,8 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             trainer, note = loop.start(
                 spec, file, config, out=out, default_out=default_out, force=force,
                 model_overrides=hyper, data_from_cli=data is not None,
-                val=held_out, progress=progress, checkpoint_every=checkpoint_every)
+                val=held_out, progress=progress, checkpoint_every=checkpoint_every,
+                backend=backend or "numpy")
             if note:
                 click.echo(f"note: {note}", err=True)
             _train_header(trainer)
@@ -276,6 +283,11 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     except KeyboardInterrupt:
         progress.close()
         _fail_plain("interrupted; the last checkpoint saved (if any) is kept", code=130)
+    except ImportError as err:
+        if err.name != "torch":
+            raise
+        progress.close()
+        _fail_plain("the torch backend needs PyTorch", _NEEDS_TORCH)
     if outcome.status == "interrupted":
         _fail_plain(outcome.message, code=130)
     if outcome.status == "diverged":
@@ -298,9 +310,10 @@ def _train_header(trainer) -> None:
         f"{len(data.x_train)} training / {len(data.x_val)} validation samples "
         f"({config['data']['split']})")
     schedule = f", {t.schedule.name} schedule" if t.schedule else ""
+    backend = ", on PyTorch" if config["backend"] == "torch" else ""
     trainer.progress.info(
         f"{t.epochs} epochs, batch {t.batch}, {describe_optimizer(t.optimizer)}{schedule}, "
-        f"seed {t.seed} -> {trainer.run}")
+        f"seed {t.seed}{backend} -> {trainer.run}")
 
 
 @main.command()
@@ -416,6 +429,97 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
     for key, value in scores.items():
         click.echo(f"  {key:<10} {value:.4f}")
 
+
+
+# ---- PyTorch: generated code and ONNX ------------------------------------------------------
+
+_NEEDS_TORCH = 'pip install "nnspec[torch]"'
+
+
+@main.command("compile")
+@click.argument("file", type=SPEC)
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
+              help="The target: a standalone PyTorch file.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Output file [default: FILE's name with .py; - for stdout].")
+@click.option("--train-script", is_flag=True,
+              help="Add a command-line training entry point (python out.py --help; runs "
+              "data-parallel under torchrun).")
+@click.option("--model", default=None, help="Which model of the file.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override a model hyperparameter.")
+def compile_command(file: str, backend: str, out: Path | None, train_script: bool,
+                    model: str | None, overrides: tuple[str, ...]):
+    """Compile the model of FILE to one readable PyTorch file that runs without nnspec:
+    a module class per block, the train section's loss_fn, make_optimizer and
+    make_scheduler, and save_weights/load_weights for nnspec's safetensors files."""
+    from nnspec.backends.torch.codegen import generate
+
+    spec = load_or_exit(file, model, parse_overrides(overrides))
+    if train_script and spec.train is None:
+        _fail_plain(f"{file}: has no train section for `{spec.name}`, so no training script",
+                    f"add `train {spec.name} {{ data ... loss ... }}`")
+    try:
+        text = generate(spec, train_script=train_script)
+    except SpecError as err:
+        fail(err.diagnostics)
+    except ValueError as err:  # a train script for a model it cannot feed
+        _fail_plain(f"{file}: {err}")
+    if str(out) == "-":
+        click.echo(text, nl=False)
+        return
+    out = out or Path(Path(file).stem + ".py")
+    try:
+        compile(text, str(out), "exec")  # the file is valid Python before it is written
+        from nnspec.training.rundir import write_atomic
+
+        write_atomic(out, text.encode("utf-8"))
+    except SyntaxError as err:  # a generator bug, never the user's: say so plainly
+        _fail_plain(f"the generated code does not parse ({err}); please report this spec")
+    except OSError as err:
+        _fail_plain(f"{out}: cannot write ({err.strerror or err})")
+    click.echo(f"wrote {out}" + (" (run it with --help for training)" if train_script else ""))
+
+
+@main.command("export")
+@click.argument("file", type=SPEC)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx",
+              show_default=True)
+@click.option("--weights", "-w", type=click.Path(path_type=Path), default=None,
+              help="A .safetensors file or a run directory [default: nnspec's seeded "
+              "initial weights].")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Output file [default: FILE's name with .onnx].")
+@click.option("--model", default=None, help="Which model of the file.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override a model hyperparameter (as when training).")
+def export_command(file: str, fmt: str, weights: Path | None, out: Path | None,
+                   model: str | None, overrides: tuple[str, ...]):
+    """Export the model of FILE, with trained weights, to ONNX through torch.onnx. The file
+    passes onnx.checker; its batch and symbolic dims stay dynamic."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        _fail_plain("export goes through PyTorch, which is not installed", _NEEDS_TORCH)
+    if weights is None:
+        from nnspec.backends.numpy.model import NumpyModel
+
+        spec = load_or_exit(file, model, parse_overrides(overrides))
+        state = NumpyModel.from_spec(spec).state_dict()
+    else:
+        spec, net, _ = _load_trained(file, model, overrides, weights)
+        state = net.state_dict()
+    from nnspec.backends.torch.export import ExportError, export_onnx
+
+    out = out or Path(Path(file).stem + ".onnx")
+    try:
+        written = export_onnx(spec, out, state)
+    except ExportError as err:
+        _fail_plain(str(err))
+    except OSError as err:
+        _fail_plain(f"{out}: cannot write ({err.strerror or err})")
+    source = "initial weights" if weights is None else f"weights of {weights}"
+    click.echo(f"wrote {written} ({spec.name}, {source}; checked by onnx.checker)")
 
 
 def _partial_graph(path: str, model: str | None, overrides: dict):

@@ -133,10 +133,14 @@ def apply_overrides(train: TrainConfig, *, epochs: int | None = None, batch: int
 
 
 def build_optimizer(setting: Setting, model: NumpyModel):
+    """The optimizer of `setting` over the model's parameters. A TorchModel makes its own
+    (the generated `make_optimizer`, generated from the same setting)."""
     args = dict(setting.args)
     if "betas" in args:
         args["betas"] = tuple(args["betas"])
     try:
+        if not isinstance(model, NumpyModel):
+            return model.make_optimizer()
         return make_optimizer(setting.name, model.buffer, **args)
     except ValueError as error:  # values the catalogue's checks let through, e.g. betas >= 1
         if setting.span is not None:
@@ -149,6 +153,44 @@ def describe_optimizer(setting: Setting) -> str:
     shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
              for k, v in setting.args.items() if k == "lr" or v != defaults.get(k)]
     return f"{setting.name}({', '.join(shown)})"
+
+
+# ---------------------------------------------------------------- the model's backend
+#
+# The loop drives a NumpyModel, or a TorchModel (nnspec.backends.torch.runtime: the generated
+# PyTorch module) with the same interface. They differ only in how the optimizer is made,
+# gradients are clipped and the dropout generator's state is kept; these helpers hide that.
+
+BACKENDS = ("numpy", "torch")
+
+
+def on_backend(backend: str, spec, train: TrainConfig, model: NumpyModel):
+    """The model to train: the interpreter itself, or the generated torch module starting
+    from the interpreter's (seeded) weights."""
+    if backend == "numpy":
+        return model
+    from nnspec.backends.torch.runtime import TorchModel
+
+    return TorchModel.from_numpy(spec, train, model)
+
+
+def _clip(model, max_norm: float) -> None:
+    if isinstance(model, NumpyModel):
+        clip_grad_norm(model.buffer, max_norm)
+    else:
+        model.clip_grad_norm(max_norm)
+
+
+def _dropout_state(model):
+    return model.rng.bit_generator.state if isinstance(model, NumpyModel) else \
+        model.dropout_state
+
+
+def _restore_dropout_state(model, state) -> None:
+    if isinstance(model, NumpyModel):
+        model.rng.bit_generator.state = state
+    else:
+        model.dropout_state = state
 
 
 # ---------------------------------------------------------------- evaluation
@@ -268,7 +310,7 @@ class Trainer:
         state = dataclasses.asdict(at)
         state.update(spec_hash=self.config["spec_hash"],
                      batches=self.batches.bit_generator.state,
-                     dropout=self.model.rng.bit_generator.state)
+                     dropout=_dropout_state(self.model))
         weights = self.model.state_dict()
         self.run.write_checkpoint(weights, self.optimizer.state_dict(),
                                   self.schedule.state_dict() if self.schedule else None, state)
@@ -297,7 +339,7 @@ class Trainer:
             raise RunDirError(f"{self.run.file(rundir.RESUME)}: does not fit the model "
                               f"({error})") from None
         self.batches.bit_generator.state = state.pop("batches")
-        self.model.rng.bit_generator.state = state.pop("dropout")
+        _restore_dropout_state(self.model, state.pop("dropout"))
         state.pop("spec_hash")
         self.at = _Position(**state)
         self._committed = (time.monotonic(), self.at.epoch)
@@ -341,7 +383,7 @@ class Trainer:
                                              self.batches), at.batch, None)
         self.progress.epoch_started(number, train.epochs, steps, at.batch)
         started = time.perf_counter()
-        clip, buffer, progress = train.clip, model.buffer, self.progress
+        clip, progress = train.clip, self.progress
         for x, y in batches:
             loss = model.loss(x, y)
             if not math.isfinite(loss):
@@ -349,7 +391,7 @@ class Trainer:
                                       f"step {at.step + 1} (batch {at.batch + 1} of {steps})")
             model.backward()
             if clip:
-                clip_grad_norm(buffer, clip)
+                _clip(model, clip)
             optimizer.step()
             at.step += 1
             at.batch += 1
@@ -458,12 +500,15 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path
 
 def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default_out: Path,
           force: bool, model_overrides: dict, data_from_cli: bool, val: float | None,
-          progress, checkpoint_every: float = CHECKPOINT_EVERY) -> tuple[Trainer, str | None]:
-    """A new run: data checked, run directory claimed, config and first checkpoint written.
-    Returns the trainer and a note about the directory chosen (or None)."""
+          progress, checkpoint_every: float = CHECKPOINT_EVERY, backend: str = "numpy"
+          ) -> tuple[Trainer, str | None]:
+    """A new run on `backend` (numpy or torch): data checked, run directory claimed, config
+    and first checkpoint written. Returns the trainer and a note about the directory chosen
+    (or None)."""
     base_dir = Path() if data_from_cli else Path(spec_path).parent
     dataset, split, model = prepare(spec, train, val=val, base_dir=base_dir)
     build_optimizer(train.optimizer, model)  # bad hyperparameters fail before any file is written
+    model = on_backend(backend, spec, train, model)
     fp = rundir.fingerprint(spec)
     spec_hash = rundir.digest(fp)
     run, note = rundir.claim(out, default_out, spec_hash, force)
@@ -472,7 +517,7 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
         data["path"] = str((base_dir / data["path"]).resolve())
     config = {
         "nnspec_version": nnspec.__version__,
-        "backend": "numpy",
+        "backend": backend,
         "spec": str(Path(spec_path).resolve()),
         "model": spec.graph.name,
         "overrides": model_overrides,
@@ -516,6 +561,7 @@ def resume(run: RunDir, spec_path: str | None, progress,
     from_cli = config["data"]["from"] != "spec"
     base_dir = Path() if from_cli else Path(path).parent
     dataset, _, model = prepare(spec, train, val=config["data"]["val"], base_dir=base_dir)
+    model = on_backend(config.get("backend", "numpy"), spec, train, model)
     run.remove_partials()
     trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every)
     if run.exists(rundir.RESUME):

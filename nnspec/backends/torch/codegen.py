@@ -67,7 +67,8 @@ class _Globals(Namespace):
 
 
 class Generator:
-    def __init__(self, spec):
+    def __init__(self, spec, reserved: tuple[str, ...] = ()):
+        """`reserved`: more module-level names the output defines (the train script's)."""
         self.spec = spec
         self.graph: Graph = spec.graph
         self.program: ast.Program = spec.program
@@ -78,12 +79,13 @@ class Generator:
         self._rendered: dict[int, Rendered] = {}
         self._consumers: dict[int, dict[str, list[str]]] = {}
         self.local_taken = frozenset({"self", "torch", "nn", "F", "math", "return_logits",
-                                      *extras.FIXED_NAMES})
+                                      *extras.FIXED_NAMES, *reserved})
         inputs = {s.name for d in self.program.items if isinstance(d, ast.Definition)
                   for s in d.body if isinstance(s, ast.Input)}
         inputs |= {p.name for d in self.program.definitions("fn") for p in d.params}
         self.globals = _Globals(self.local_taken, inputs)
         self.fused = bool(spec.train and spec.train.fused_softmax)
+        self.model_class = ""  # the model's class name, once resolved
 
     # ---- writing the regions -----------------------------------------------------------------
 
@@ -163,7 +165,7 @@ class Generator:
     def resolve(self, shared: Shared) -> None:
         region = shared.members[0].region
         if region.kind == "model":
-            shared.name = self.globals.claim(region.label)
+            shared.name = self.model_class = self.globals.claim(region.label)
         elif region.kind == "loss":
             shared.name = "loss_fn"
         else:
@@ -339,7 +341,9 @@ class Generator:
                         out[_param_key(f"{node.module}.{local}")] = _param_key(full)
         return out
 
-    def text(self) -> str:
+    def text(self, script=None) -> str:
+        """The whole file; `script(model_class)` gives text to append after everything
+        else (the train script), whose imports join the file's own."""
         self.model()
         train = self.spec.train
         if train is not None and train.loss_graph is not None:
@@ -353,8 +357,11 @@ class Generator:
             if train.schedule is not None:
                 parts.append(extras.make_scheduler(train, self._line_of("schedule")))
         parts.append(extras.weight_helpers(self.ties()))
+        if script is not None:
+            parts.append(script(self.model_class))
         body = "\n\n\n".join(parts)
-        return self._header() + "\n\n" + _imports(body) + "\n\n\n" + body + "\n"
+        imports = _imports(body, script_modules=script is not None)
+        return self._header() + "\n\n" + imports + "\n\n\n" + body + "\n"
 
     def _line_of(self, key: str) -> str:
         span = self.spec.train.spans.get(key)
@@ -405,33 +412,48 @@ def _param_key(name: str) -> str:
     return name
 
 
-def _imports(body: str) -> str:
+# Standard modules only a train script uses (it reserves their names, and `np`, `dist`).
+_SCRIPT_STDLIB = ("argparse", "csv", "os", "time")
+
+
+def _imports(body: str, script_modules: bool = False) -> str:
     """Only the imports the code uses (names read as `module.attr` in the code itself)."""
     used = set()
     tokens = list(tokenize.generate_tokens(io.StringIO(body).readline))
     for tok, after in itertools.pairwise(tokens):
         if tok.type == tokenize.NAME and after.string == ".":
             used.add(tok.string)
-    lines = []
-    if "math" in used:
-        lines += ["import math", ""]
+    standard = ["math", *(_SCRIPT_STDLIB if script_modules else ())]
+    lines = [f"import {m}" for m in sorted(standard) if m in used]
+    if lines:
+        lines.append("")
+    if script_modules and "np" in used:
+        lines.append("import numpy as np")
     if "torch" in used:
         lines.append("import torch")
+    if script_modules and "dist" in used:
+        lines.append("import torch.distributed as dist")
     if "F" in used:
         lines.append("import torch.nn.functional as F")
     lines.append("from torch import nn")
     return "\n".join(lines)
 
 
-def generate(spec) -> str:
-    """The PyTorch source of a loaded spec (`nnspec.spec.load`): one standalone file."""
-    return Generator(spec).text()
+def generate(spec, *, train_script: bool = False) -> str:
+    """The PyTorch source of a loaded spec (`nnspec.spec.load`): one standalone file.
+    `train_script=True` appends a command-line training entry point (`train_script.py`)."""
+    if not train_script:
+        return Generator(spec).text()
+    from nnspec.backends.torch import train_script as script
+
+    generator = Generator(spec, reserved=script.RESERVED)
+    return generator.text(lambda model_class: script.script_text(spec, model_class))
 
 
-def compile_to_file(spec, out_path: str | Path) -> Path:
+def compile_to_file(spec, out_path: str | Path, *, train_script: bool = False) -> Path:
     """Write `generate(spec)` to `out_path` atomically (a temp file, then a rename)."""
     out_path = Path(out_path)
-    text = generate(spec)
+    text = generate(spec, train_script=train_script)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
     try:

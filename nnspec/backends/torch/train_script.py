@@ -1,0 +1,352 @@
+"""The `--train-script` part of a generated file: a command-line entry point that trains the
+model as its spec's train section says, on one process or data-parallel under torchrun.
+
+The script is fixed text; only a settings dict and three small choices (the model's class,
+whether its final softmax is fused into the loss, whether there is a schedule) come from the
+spec, and each is printed by `literal` or checked as an identifier, as for the model code.
+File names in a spec are text, so they never reach the script: data files are passed on its
+command line, and nnspec's sample sets are named by their (checked) registry names.
+"""
+
+from __future__ import annotations
+
+from nnspec.backends.torch.names import checked_identifier, file_label, literal, reject
+from nnspec.backends.torch.source import Group, Stmt, expr, layout
+from nnspec.training.datasets import DATASETS
+from nnspec.training.metrics import NAMES as METRIC_NAMES
+
+# Module-level names the script defines or imports; the generator keeps them free.
+RESERVED = ("TRAIN_SECTION", "read_data_file", "read_sample_set", "hold_out", "as_inputs",
+            "as_targets", "metric_sums", "evaluate", "setup_processes", "save_atomically", "parse_args",
+            "main", "argparse", "csv", "os", "time", "np", "dist")
+
+_SCRIPT = '''\
+# ---- training entry point ----------------------------------------------------------------
+#   python FILE.py --help
+#   python FILE.py --data train.npz --device cuda          one process, CPU or one GPU
+#   torchrun --nproc_per_node=N FILE.py [options]          data-parallel over N processes
+
+
+def read_data_file(path, target):
+    """(x, y, x_val, y_val) from an .npz (`x`, `y`, optionally `x_val`, `y_val`) or a CSV
+    file (a header row; the `target` column holds the targets, the others are features)."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as arrays:
+            found = {key: arrays[key] for key in arrays.files}
+        return found["x"], found["y"], found.get("x_val"), found.get("y_val")
+    with open(path, newline="", encoding="utf-8") as f:
+        header, *rows = [row for row in csv.reader(f) if row]
+    if target not in header:
+        raise SystemExit(f"{path}: no column {target!r} (choose one with --target)")
+    column = header.index(target)
+    x = np.array([[float(v) for i, v in enumerate(row) if i != column] for row in rows])
+    labels = [row[column] for row in rows]
+    try:
+        y = np.array([float(v) for v in labels])
+    except ValueError:  # class names, numbered in sorted order
+        names = sorted(set(labels))
+        y = np.array([names.index(v) for v in labels])
+    return x, y, None, None
+
+
+def read_sample_set(name, options):
+    """nnspec's built-in data set `name` and its validation split (needs nnspec)."""
+    try:
+        from nnspec.training.datasets import load_dataset
+    except ImportError:
+        raise SystemExit(
+            f"the spec trains on nnspec's `{name}` set: pip install nnspec, or pass --data"
+        ) from None
+    data = load_dataset(name, seed=0, **options)
+    return data.x_train, data.y_train, data.x_val, data.y_val
+
+
+def hold_out(x, y, fraction):
+    """A seeded split: the same samples are held out in every process and every run."""
+    order = np.random.default_rng(0).permutation(len(x))
+    held = max(1, round(len(x) * fraction))
+    return x[order[held:]], y[order[held:]], x[order[:held]], y[order[:held]]
+
+
+def as_inputs(x):
+    """Samples as the model takes them: token ids or float32 features."""
+    dtype = torch.long if TRAIN_SECTION["token_input"] else torch.float32
+    return torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+def as_targets(y, output_shape):
+    """Targets as the loss takes them: class ids for cross_entropy unless shaped like the
+    output (class probabilities), else values shaped like the output."""
+    y = np.asarray(y)
+    if TRAIN_SECTION["class_targets"] and tuple(y.shape[1:]) != output_shape:
+        return torch.as_tensor(y).long()
+    return torch.as_tensor(y, dtype=torch.float32).reshape(len(y), *output_shape)
+
+
+def metric_sums(name, out, y):
+    """(sum, count) of a metric over one batch: accuracy, mae or mse."""
+    if name == "mae":
+        return (out - y).abs().sum(), y.numel()
+    if name == "mse":
+        return ((out - y) ** 2).sum(), y.numel()
+    threshold = TRAIN_SECTION["threshold"]
+    if threshold is not None:  # binary_cross_entropy: probabilities or logits
+        hits = (out > threshold) == (y > 0.5)
+        return hits.sum(), hits.numel()
+    if y.is_floating_point():  # class probabilities as targets
+        hits = out.argmax(-1) == y.argmax(-1)
+        return hits.sum(), hits.numel()
+    counted = y != TRAIN_SECTION["ignore_index"]
+    return ((out.argmax(-1) == y) & counted).sum(), counted.sum()
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch, rank, world):
+    """Validation loss (mean over samples) and metrics. Each process scores every
+    world-th sample; the sums are added up across processes."""
+    model.eval()
+    metrics = TRAIN_SECTION["metrics"]
+    device = next(model.parameters()).device
+    sums = torch.zeros(2 + 2 * len(metrics), dtype=torch.float64, device=device)
+    x, y = x[rank::world], y[rank::world]
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch].to(device)
+        yb = y[start : start + batch].to(device)
+        out = model(xb)
+        loss = loss_fn(__LOGITS__, yb)
+        sums[0] += loss * len(xb)
+        sums[1] += len(xb)
+        for i, name in enumerate(metrics):
+            total, count = metric_sums(name, out, yb)
+            sums[2 + 2 * i] += total
+            sums[3 + 2 * i] += count
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    scores = {"val_loss": (sums[0] / sums[1]).item()}
+    for i, name in enumerate(metrics):
+        scores[f"val_{name}"] = (sums[2 + 2 * i] / sums[3 + 2 * i]).item()
+    return scores
+
+
+def setup_processes(requested):
+    """(rank, world size, device). Under torchrun (which sets WORLD_SIZE) this process joins
+    the group first: NCCL with one GPU per process for CUDA, Gloo for the CPU."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device(requested)
+    if requested.startswith("cuda"):
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl")
+    else:
+        device = torch.device(requested)
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def save_atomically(model, path):
+    """Whole to a hidden partial file, then renamed: a killed run never leaves half a file."""
+    folder, name = os.path.split(path)
+    partial = os.path.join(folder, f".{name}.partial")
+    save_weights(model, partial)
+    os.replace(partial, path)
+
+
+def parse_args(argv=None):
+    section = TRAIN_SECTION
+    parser = argparse.ArgumentParser(
+        description="Train __MODEL__ as its spec's train section says. --batch is the "
+        "global batch: under torchrun each of N processes takes batch / N of it."
+    )
+    parser.add_argument("--data", help=".npz (x, y[, x_val, y_val]) or .csv file")
+    parser.add_argument("--target", default="y", help="a CSV's target column")
+    parser.add_argument("--epochs", type=int, default=section["epochs"])
+    parser.add_argument("--batch", type=int, default=section["batch"])
+    parser.add_argument("--lr", type=float, help="replace the learning rate")
+    parser.add_argument("--seed", type=int, default=section["seed"])
+    parser.add_argument("--val", type=float, default=section["val"])
+    parser.add_argument("--steps", type=int, default=0, help="stop after N steps")
+    parser.add_argument("--log-every", type=int, default=0, metavar="N")
+    parser.add_argument("--weights", help="start from these safetensors weights")
+    parser.add_argument("--out", default="checkpoints", help="folder for the weights")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help="cpu, cuda, cuda:1")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = setup_processes(args.device)
+    if args.batch % world:
+        raise SystemExit(f"--batch {args.batch} does not split over {world} processes")
+    torch.manual_seed(args.seed)  # the same initial weights in every process
+    model = __MODEL__()
+    if args.weights:
+        load_weights(model, args.weights)
+    model.to(device)
+    if args.data:
+        x, y, x_val, y_val = read_data_file(args.data, args.target)
+    elif TRAIN_SECTION["sample_set"] is not None:
+        x, y, x_val, y_val = read_sample_set(*TRAIN_SECTION["sample_set"])
+    else:
+        raise SystemExit("the spec reads its data from a file: pass it with --data")
+    if x_val is None:
+        x, y, x_val, y_val = hold_out(x, y, args.val)
+    x, x_val = as_inputs(x), as_inputs(x_val)
+    with torch.no_grad():
+        output_shape = tuple(model.eval()(x[:1].to(device)).shape[1:])
+    y, y_val = as_targets(y, output_shape), as_targets(y_val, output_shape)
+    data = torch.utils.data.TensorDataset(x, y)
+    sampler = torch.utils.data.DistributedSampler(
+        data, num_replicas=world, rank=rank, shuffle=True, seed=args.seed
+    )
+    loader = torch.utils.data.DataLoader(data, args.batch // world, sampler=sampler)
+    optimizer = make_optimizer(model)
+    if args.lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr
+    scheduler = __SCHEDULER__
+    net = model
+    if dist.is_initialized():
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    torch.manual_seed(args.seed + 1 + rank)  # dropout: its own stream in each process
+    os.makedirs(args.out, exist_ok=True)
+    if rank == 0:
+        print(
+            f"__MODEL__: {len(x)} training / {len(x_val)} validation samples, "
+            f"{world} process{'es' if world > 1 else ''} on {device}, global batch {args.batch}"
+        )
+    clip, patience = TRAIN_SECTION["clip"], TRAIN_SECTION["early_stop"]
+    step, best, bad_epochs = 0, None, 0
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        seen = torch.zeros(2, dtype=torch.float64, device=device)
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            loss = loss_fn(net(__INPUT__), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            step += 1
+            count = seen.new_tensor(len(xb))
+            batch_sums = torch.stack([loss.detach().double() * count, count])
+            seen += batch_sums
+            if args.log_every and step % args.log_every == 0:
+                if dist.is_initialized():
+                    dist.all_reduce(batch_sums)
+                mean = (batch_sums[0] / batch_sums[1]).item()
+                if rank == 0:
+                    print(f"step {step}  loss {mean:.6f}")
+            if step == args.steps:
+                break
+        if dist.is_initialized():
+            dist.all_reduce(seen)
+        train_loss = (seen[0] / seen[1]).item()
+        scores = evaluate(model, x_val, y_val, args.batch, rank, world)
+        if scheduler is not None:
+            scheduler.step()
+        if not np.isfinite(train_loss) or not np.isfinite(scores["val_loss"]):
+            raise SystemExit(f"the loss became {train_loss} in epoch {epoch + 1}")
+        improved = best is None or scores["val_loss"] < best[0]
+        if improved:
+            best, bad_epochs = (scores["val_loss"], epoch + 1), 0
+        else:
+            bad_epochs += 1
+        if rank == 0:
+            if improved:
+                save_atomically(model, os.path.join(args.out, "best.safetensors"))
+            save_atomically(model, os.path.join(args.out, "last.safetensors"))
+            parts = [f"epoch {epoch + 1}/{args.epochs}", f"train_loss {train_loss:.4f}"]
+            parts += [f"{key} {value:.4f}" for key, value in scores.items()]
+            parts += [f"lr {lr:.3g}", f"{time.perf_counter() - started:.2f}s"]
+            print("  ".join(parts))
+        if step == args.steps or (patience and bad_epochs >= patience):
+            break
+    if rank == 0:
+        print(f"best val_loss {best[0]:.4f} at epoch {best[1]}; weights in {args.out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()'''
+
+
+def script_text(spec, model_class: str) -> str:
+    """The training entry point for `spec`, whose model class is `model_class`."""
+    train = spec.train
+    if train is None or train.loss_graph is None:
+        raise ValueError("the spec has no train section to make a training script from")
+    if len(spec.graph.inputs) != 1:
+        raise ValueError(f"the training script feeds one input array, but the model takes "
+                         f"{len(spec.graph.inputs)}")
+    model_class = checked_identifier(model_class)
+    settings = _settings(spec)
+    fused = bool(train.fused_softmax)
+    text = (_SCRIPT
+            .replace("__LOGITS__", "model(xb, return_logits=True)" if fused else "out")
+            .replace("__INPUT__", "xb, return_logits=True" if fused else "xb")
+            .replace("__SCHEDULER__", "make_scheduler(optimizer)" if train.schedule else "None")
+            .replace("__MODEL__", model_class))
+    return settings + "\n\n\n" + text
+
+
+def _settings(spec) -> str:
+    """`TRAIN_SECTION = {...}`: the train section's numbers and the few facts about the
+    model and loss the script needs, laid out as `ruff format` would."""
+    train = spec.train
+    loss = train.loss
+    threshold = None
+    if loss.name == "binary_cross_entropy":
+        threshold = 0.0 if loss.args.get("logits") else 0.5
+    metrics = tuple(_checked_metric(m) for m in train.metrics)
+    entries = [
+        ("epochs", literal(train.epochs)),
+        ("batch", literal(train.batch)),
+        ("seed", literal(train.seed)),
+        ("val", literal(float(train.val))),
+        ("clip", literal(None if train.clip is None else float(train.clip))),
+        ("early_stop", literal(train.early_stop)),
+        ("metrics", "(" + ", ".join(metrics) + ("," if len(metrics) == 1 else "") + ")"),
+        ("sample_set", _sample_set(train)),
+        ("token_input", literal(spec.graph.node(spec.graph.inputs[0]).type.dtype == "int64")),
+        ("class_targets", literal(loss.name == "cross_entropy")),
+        ("ignore_index", literal(int(loss.args.get("ignore_index", -100))
+                                 if loss.name == "cross_entropy" else -100)),
+        ("threshold", literal(threshold)),
+    ]
+    where = file_label(spec.program.source.path)
+    span = train.spans.get("data") or train.spans.get("loss")
+    if span is not None:
+        where += f":{span.line}"
+    head = [f"# The train section of {where}; the command-line options override it. `batch`",
+            "# is the global batch: under torchrun each of N processes takes batch / N of it.",
+            "# `sample_set` names nnspec's built-in data (used when nnspec is installed); with",
+            "# None, the spec reads a file: pass it with --data."]
+    value = Group((), "{", tuple(expr(f'"{key}": ', text) for key, text in entries), "}")
+    return "\n".join(head + layout([Stmt("TRAIN_SECTION", expr(value))], str))
+
+
+def _checked_metric(name: str) -> str:
+    if name not in METRIC_NAMES:
+        raise reject(f"the metric {name!r} cannot be written into generated code", None)
+    return f'"{name}"'
+
+
+def _sample_set(train) -> str:
+    """`("digits", {"shape": (1, 8, 8)})` for a built-in set, else `None` (a file)."""
+    data = train.data
+    if data is None or data.name not in DATASETS:
+        return "None"
+    options = dict(data.args)
+    if "val" in train.spans and "val" in DATASETS[data.name].options and "val" not in options:
+        options["val"] = train.val
+    pairs = ", ".join(f'"{checked_identifier(k)}": '
+                      + literal(tuple(v) if isinstance(v, list) else v)
+                      for k, v in options.items())
+    return f'("{checked_identifier(data.name)}", {{{pairs}}})'
