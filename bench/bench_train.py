@@ -2,7 +2,9 @@
 interpreter and of an idiomatic hand-written PyTorch model on four workloads, interleaved
 in one process, and print the ratio numpy/torch (lower is better).
 
-Run: python bench/bench_train.py [--repeats 30]
+Run: python bench/bench_train.py [--repeats 15] [--block 10]
+Some machines here set OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (for old OpenBLAS builds); they
+slow a current NumPy, so `make bench` unsets both for the benchmark command alone.
 """
 
 from __future__ import annotations
@@ -121,21 +123,33 @@ def torch_step(module_cls, make_opt, shape, target_kind, rng):
     return step
 
 
-def timed(fn) -> float:
+def timed(fn, steps: int) -> float:
+    """Seconds per step over a block of steps: alternating single steps lets the two
+    libraries' spinning worker threads slow each other down."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def _blas() -> str:
+    from threadpoolctl import threadpool_info
+
+    info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} x{i['num_threads']}"
+                     for i in info) or "?"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--block", type=int, default=10, help="steps per timed block")
     args = parser.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    print(f"one training step, median of {args.repeats} interleaved runs, torch threads "
-          f"{threads}")
+    print(f"one training step: median of {args.repeats} interleaved blocks of {args.block} "
+          f"steps, torch threads {threads}, numpy BLAS {_blas()}")
     print(f"{'workload':<52}{'numpy ms':>10}{'torch ms':>10}{'ratio':>8}")
     for name, spec, module_cls, make_opt, shape, kind in WORKLOADS:
         ours = numpy_step(HERE / spec, shape, kind, rng)
@@ -145,8 +159,8 @@ def main():
             theirs()
         a, b = [], []
         for _ in range(args.repeats):
-            a.append(timed(ours))
-            b.append(timed(theirs))
+            a.append(timed(ours, args.block))
+            b.append(timed(theirs, args.block))
         na, nb = statistics.median(a) * 1e3, statistics.median(b) * 1e3
         print(f"{name:<52}{na:>10.2f}{nb:>10.2f}{na / nb:>8.2f}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnspec.backends.numpy.allocator import keep_freed_memory
 from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.params import ParamBuffer
 from nnspec.backends.numpy.rules import (
@@ -109,6 +110,7 @@ class NumpyModel:
 
     def __init__(self, graph: Graph, *, seed: int = 0, loss_graph: Graph | None = None,
                  fused_softmax: bool = False):
+        keep_freed_memory()
         self.graph = graph
         self.loss_graph = loss_graph
         self.fused_softmax = fused_softmax
