@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnspec.backends.numpy.gradcheck import check_gradients
 from nnspec.backends.numpy.kernels.dense import linear
 from nnspec.backends.numpy.kernels.dropout import dropout
 from nnspec.backends.numpy.kernels.embedding import embedding
@@ -21,31 +22,6 @@ def strict_numerics():
         yield
 
 
-def assert_gradients_match(kernel, arrays, differentiable, eps=1e-6):
-    """The kernel's backward of sum(out * probe) equals central differences, all in float64."""
-    arrays = [
-        a.astype(np.float64) if a is not None and np.issubdtype(a.dtype, np.floating) else a
-        for a in arrays
-    ]
-    out, backward = kernel(*arrays)
-    probe = np.random.default_rng(1).standard_normal(out.shape)
-    grads = backward(probe)
-    assert len(grads) == len(arrays)
-    for index, (array, grad) in enumerate(zip(arrays, grads)):
-        if index not in differentiable or array is None:
-            assert grad is None
-            continue
-        numeric = np.zeros_like(array)
-        for element in np.ndindex(array.shape):
-            original = array[element]
-            array[element] = original + eps
-            plus = np.sum(kernel(*arrays)[0] * probe)
-            array[element] = original - eps
-            minus = np.sum(kernel(*arrays)[0] * probe)
-            array[element] = original
-            numeric[element] = (plus - minus) / (2 * eps)
-        assert grad.dtype == np.float64
-        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
 
 
 def as_torch(array):
@@ -96,7 +72,7 @@ def test_linear_gradients_match_central_differences(has_bias):
     x = rng.standard_normal((2, 3, 4))
     weight = rng.standard_normal((5, 4))
     bias = rng.standard_normal(5) if has_bias else None
-    assert_gradients_match(linear, [x, weight, bias], differentiable={0, 1, 2})
+    check_gradients(linear, [x, weight, bias], differentiable={0, 1, 2})
 
 
 def test_linear_names_the_feature_mismatch():
@@ -143,7 +119,7 @@ def test_embedding_gradients_match_central_differences():
     rng = np.random.default_rng(3)
     indices = rng.integers(0, 5, (3, 4))
     weight = rng.standard_normal((5, 3))
-    assert_gradients_match(embedding, [indices, weight], differentiable={1})
+    check_gradients(embedding, [indices, weight], differentiable={1})
 
 
 @pytest.mark.parametrize("bad", [[0, 5], [-1, 2]])
@@ -201,7 +177,7 @@ def test_dropout_is_reproducible_from_the_generator_seed():
 
 def test_dropout_gradients_match_central_differences():
     x = np.random.default_rng(12).standard_normal((4, 5))
-    assert_gradients_match(
+    check_gradients(
         lambda a: dropout(a, p=0.4, train=True, rng=np.random.default_rng(13)),
         [x], differentiable={0},
     )

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnspec.backends.numpy.gradcheck import numeric_gradient
 from nnspec.backends.numpy.kernels.recurrent import last_step, rnn
 
 torch = pytest.importorskip("torch")
@@ -141,18 +142,6 @@ def test_last_step_is_torch_final_state(mode, bidirectional):
         assert_close(d_params[name], parameter.grad)
 
 
-def numeric_gradient(loss, array, eps=1e-6):
-    """Central differences of loss() with respect to every element of array, in place."""
-    grad = np.zeros_like(array)
-    for element in np.ndindex(array.shape):
-        original = array[element]
-        array[element] = original + eps
-        plus = loss()
-        array[element] = original - eps
-        minus = loss()
-        array[element] = original
-        grad[element] = (plus - minus) / (2 * eps)
-    return grad
 
 
 @pytest.mark.parametrize(("mode", "nonlinearity"),
