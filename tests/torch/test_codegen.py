@@ -522,3 +522,82 @@ def test_infinite_and_nan_constants_are_written_through_math():
     assert "min=-math.inf" in code and "max=math.nan" in code and "import math" in code
     module = _module(code)
     assert module.M()(torch.zeros(1, 3)).shape == (1, 3)
+
+
+# One small model per op of the catalogue (losses have their own torch-oracle tests in
+# tests/numpy/test_kernels_losses.py). A new op fails `test_every_op_has_a_case` until it
+# gets a case here, and then must give torch's outputs and gradients through both backends.
+OP_CASES = {
+    "dense": ("[4, 6]", "x -> dense(3)"),
+    "dropout": ("[4, 6]", "x -> dropout(0.5) -> tanh"),
+    "flatten": ("[2, 3, 4]", "x -> flatten -> tanh"),
+    "reshape": ("[2, 6]", "x -> reshape(3, 4) -> tanh"),
+    "select": ("[4, 6]", "x -> select(1) -> tanh"),
+    "conv1d": ("[3, 10]", "x -> conv1d(4, 3, stride = 2, padding = 1, dilation = 2)"),
+    "conv2d": ("[4, 7, 7]", "x -> conv2d(6, 3, stride = 2, padding = 1, groups = 2)"),
+    "maxpool": ("[3, 8, 8]", "x -> maxpool(2)"),
+    "maxpool1d": ("[3, 9]", "x -> maxpool1d(3, stride = 2, padding = 1)"),
+    "maxpool2d": ("[3, 8, 8]", "x -> maxpool2d([2, 3], stride = [2, 1])"),
+    "avgpool": ("[3, 9]", "x -> avgpool(3, stride = 2, padding = 1)"),
+    "avgpool1d": ("[3, 9]", "x -> avgpool1d(2)"),
+    "avgpool2d": ("[3, 8, 8]", "x -> avgpool2d(3, stride = 2, padding = 1)"),
+    "adaptive_avgpool": ("[3, 7, 9]", "x -> adaptive_avgpool([3, 4])"),
+    "global_avgpool": ("[3, 5, 5]", "x -> global_avgpool"),
+    "batchnorm": ("[3, 5, 5]", "x -> batchnorm -> tanh"),
+    "layernorm": ("[4, 6]", "x -> layernorm"),
+    "embedding": ("int[5]", "x -> embedding(11, 4, padding_idx = 0) -> tanh"),
+    "positions": ("int[5]", "(x -> embedding(11, 4)) + (x -> positions(8, 4))"),
+    "sinusoidal": ("[4, 6]", "x + sinusoidal(4, 6)"),
+    "attention": ("[5, 8]", "x -> attention(2, causal = true)"),
+    "rnn": ("[5, 3]", "x -> rnn(4, layers = 2, bidirectional = true)"),
+    "lstm": ("[5, 3]", "x -> lstm(4, layers = 2, bidirectional = true, last = true)"),
+    "gru": ("[5, 3]", "x -> gru(4, bidirectional = true)"),
+    "relu": ("[4, 6]", "x -> relu"),
+    "sigmoid": ("[4, 6]", "x -> sigmoid"),
+    "tanh": ("[4, 6]", "x -> tanh"),
+    "softmax": ("[4, 6]", "x -> softmax(dim = 0)"),
+    "log_softmax": ("[4, 6]", "x -> log_softmax"),
+    "gelu": ("[4, 6]", "(x -> gelu) + (x -> gelu(approximate = \"tanh\"))"),
+    "leaky_relu": ("[4, 6]", "x -> leaky_relu(0.2)"),
+    "elu": ("[4, 6]", "x -> elu(alpha = 0.5)"),
+    "silu": ("[4, 6]", "x -> silu"),
+    "add": ("[4, 6]", "x + (x -> tanh)"),
+    "sub": ("[4, 6]", "x - (x -> tanh)"),
+    "mul": ("[4, 6]", "x * (x -> tanh)"),
+    "div": ("[4, 6]", "x / (exp(x) + 1.0)"),
+    "pow": ("[4, 6]", "abs(x) ^ (x -> sigmoid)"),
+    "maximum": ("[4, 6]", "maximum(x, x -> tanh)"),
+    "minimum": ("[4, 6]", "minimum(x, x -> tanh)"),
+    "concat": ("[4, 6]", "concat(x, x -> tanh, dim = 0)"),
+    "neg": ("[4, 6]", "-x"),
+    "abs": ("[4, 6]", "abs(x)"),
+    "exp": ("[4, 6]", "exp(x)"),
+    "log": ("[4, 6]", "log(abs(x) + 1.0)"),
+    "sqrt": ("[4, 6]", "sqrt(abs(x) + 1.0)"),
+    "clip": ("[4, 6]", "clip(x, min = -0.5, max = 0.5)"),
+    "where": ("[4, 6]", "where(x > 0.0, x, x * 0.1)"),
+    "lt": ("[4, 6]", "where(x < 0.2, x, -x)"),
+    "le": ("[4, 6]", "where(x <= 0.2, x, -x)"),
+    "gt": ("[4, 6]", "where(x > 0.2, x, -x)"),
+    "ge": ("[4, 6]", "where(x >= 0.2, x, -x)"),
+    "eq": ("[4, 6]", "where(x == 0.0, x + 1.0, x)"),
+    "ne": ("[4, 6]", "where(x != 0.0, x, x + 1.0)"),
+    "mean": ("[4, 6]", "x * mean(x, dim = 1, keepdim = true)"),
+    "sum": ("[4, 6]", "x * sum(x, dim = 0)"),
+    "max": ("[4, 6]", "x * max(x, dim = -1, keepdim = true)"),
+    "scalar": ("[4, 6]", "x * 2.0"),
+}
+
+
+def test_every_op_has_a_case():
+    losses = {name for name, op in OPS.items() if op.family == "loss"}
+    assert set(OP_CASES) == set(OPS) - losses
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", sorted(OP_CASES))
+def test_each_op_matches_the_interpreter(name):
+    shape, body = OP_CASES[name]
+    spec = load_text(f"model Op {{\n  input x: {shape}\n  {body}\n}}\n", f"{name}.nn")
+    assert name in {n.op for n in spec.graph.nodes}
+    _compare_with_interpreter(spec)
