@@ -473,6 +473,7 @@ def compile_command(file: str, backend: str, out: Path | None, train_script: boo
         compile(text, str(out), "exec")  # the file is valid Python before it is written
         from nnspec.training.rundir import write_atomic
 
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, text.encode("utf-8"))
     except SyntaxError as err:  # a generator bug, never the user's: say so plainly
         _fail_plain(f"the generated code does not parse ({err}); please report this spec")

@@ -413,7 +413,7 @@ def _param_key(name: str) -> str:
 
 
 # Standard modules only a train script uses (it reserves their names, and `np`, `dist`).
-_SCRIPT_STDLIB = ("argparse", "csv", "os", "time")
+_SCRIPT_STDLIB = ("argparse", "csv", "gc", "os", "time")
 
 
 def _imports(body: str, script_modules: bool = False) -> str:

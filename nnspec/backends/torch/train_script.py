@@ -17,8 +17,8 @@ from nnspec.training.metrics import NAMES as METRIC_NAMES
 
 # Module-level names the script defines or imports; the generator keeps them free.
 RESERVED = ("TRAIN_SECTION", "read_data_file", "read_sample_set", "hold_out", "as_inputs",
-            "as_targets", "metric_sums", "evaluate", "setup_processes", "save_atomically", "parse_args",
-            "main", "argparse", "csv", "os", "time", "np", "dist")
+            "as_targets", "metric_sums", "evaluate", "setup_processes", "save_atomically",
+            "parse_args", "main", "train", "argparse", "csv", "gc", "os", "time", "np", "dist")
 
 _SCRIPT = '''\
 # ---- training entry point ----------------------------------------------------------------
@@ -178,6 +178,17 @@ def main(argv=None):
     rank, world, device = setup_processes(args.device)
     if args.batch % world:
         raise SystemExit(f"--batch {args.batch} does not split over {world} processes")
+    train(args, rank, world, device)
+    if dist.is_initialized():
+        # DistributedDataParallel sits in a reference cycle: free it while the group is
+        # up, then leave together (a peer gone mid-teardown aborts the others).
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def train(args, rank, world, device):
+    """The spec's training loop on this process's share of every global batch."""
     torch.manual_seed(args.seed)  # the same initial weights in every process
     model = __MODEL__()
     if args.weights:
@@ -269,8 +280,6 @@ def main(argv=None):
             break
     if rank == 0:
         print(f"best val_loss {best[0]:.4f} at epoch {best[1]}; weights in {args.out}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
