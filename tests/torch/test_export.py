@@ -1,0 +1,99 @@
+"""`nnspec export --format onnx`: the generated module with nnspec's weights through
+torch.onnx. The file passes onnx.checker, and onnxruntime gives the NumPy interpreter's
+outputs, with the batch (and any symbolic dim) left dynamic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nnspec.backends.numpy.model import NumpyModel
+from nnspec.cli import main
+from nnspec.spec import load, load_text
+
+pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+from nnspec.backends.torch.export import export_onnx
+
+pytestmark = pytest.mark.torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _inputs(graph, batch: int, steps: int, rng) -> list[np.ndarray]:
+    arrays = []
+    for name in graph.inputs:
+        t = graph.node(name).type
+        shape = (batch, *(d if isinstance(d, int) else steps for d in t.shape))
+        arrays.append(rng.integers(0, 20, shape) if t.dtype == "int64"
+                      else rng.standard_normal(shape).astype(np.float32))
+    return arrays
+
+
+def _agrees_with_the_interpreter(spec, path: Path, reference: NumpyModel,
+                                 shapes=((2, 4), (5, 4))) -> None:
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(spec.graph.inputs)
+    rng = np.random.default_rng(0)
+    for batch, steps in shapes:
+        arrays = _inputs(spec.graph, batch, steps, rng)
+        got = session.run(None, dict(zip(spec.graph.inputs, arrays)))[0]
+        expected = reference.forward(tuple(arrays) if len(arrays) > 1 else arrays[0])
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "recall_lstm", "tiny_gpt"])
+def test_exported_specs_give_the_interpreters_outputs(name, tmp_path):
+    spec = load(ROOT / "specs" / f"{name}.nn")
+    reference = NumpyModel.from_spec(spec, seed=3)
+    path = export_onnx(spec, tmp_path / f"{name}.onnx", reference.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.onnx"]  # no partial left
+    _agrees_with_the_interpreter(spec, path, reference)
+
+
+def test_a_symbolic_dim_stays_dynamic(tmp_path):
+    text = """
+model Tagger {
+  input seq: [T, 6]
+  seq -> gru(8, bidirectional = true) -> layernorm -> dense(3) -> log_softmax
+}
+"""
+    spec = load_text(text, "tagger.nn")
+    reference = NumpyModel.from_spec(spec, seed=0)
+    path = export_onnx(spec, tmp_path / "tagger.onnx", reference.state_dict())
+    _agrees_with_the_interpreter(spec, path, reference, shapes=((2, 4), (3, 9)))
+
+
+def _cli(*args: str, cwd: Path):
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def test_cli_exports_trained_weights(tmp_path):
+    spec_path = tmp_path / "moons.nn"
+    spec_path.write_text((ROOT / "specs" / "moons_swish.nn").read_text())
+    trained = _cli("train", str(spec_path), "--epochs", "2", "--out", "run", cwd=tmp_path)
+    assert trained.exit_code == 0, trained.output
+    done = _cli("export", str(spec_path), "--weights", "run", "-o", "m.onnx", cwd=tmp_path)
+    assert done.exit_code == 0, done.output
+    assert "wrote m.onnx" in done.stdout and "checked by onnx.checker" in done.stdout
+    spec = load(spec_path)
+    reference = NumpyModel.from_spec(spec)
+    reference.load(tmp_path / "run" / "best.safetensors")
+    _agrees_with_the_interpreter(spec, tmp_path / "m.onnx", reference)
+    other = tmp_path / "other.nn"
+    other.write_text(spec_path.read_text().replace("width = 32", "width = 33"))
+    refused = _cli("export", str(other), "--weights", "run", cwd=tmp_path)
+    assert refused.exit_code == 1 and "do not fit this model" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "other.onnx").exists()
