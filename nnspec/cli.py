@@ -500,8 +500,10 @@ def export_command(file: str, fmt: str, weights: Path | None, out: Path | None,
     passes onnx.checker; its batch and symbolic dims stay dynamic."""
     import importlib.util
 
-    if importlib.util.find_spec("torch") is None:
-        _fail_plain("export goes through PyTorch, which is not installed", _NEEDS_TORCH)
+    missing = [m for m in ("torch", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        _fail_plain(f"export goes through torch.onnx, which needs {' and '.join(missing)}",
+                    'pip install "nnspec[onnx]"')
     if weights is None:
         from nnspec.backends.numpy.model import NumpyModel
 

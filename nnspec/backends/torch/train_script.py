@@ -154,22 +154,42 @@ def save_atomically(model, path):
 def parse_args(argv=None):
     section = TRAIN_SECTION
     parser = argparse.ArgumentParser(
-        description="Train __MODEL__ as its spec's train section says. --batch is the "
-        "global batch: under torchrun each of N processes takes batch / N of it."
+        description="Train __MODEL__ as its spec's train section says."
     )
-    parser.add_argument("--data", help=".npz (x, y[, x_val, y_val]) or .csv file")
-    parser.add_argument("--target", default="y", help="a CSV's target column")
-    parser.add_argument("--epochs", type=int, default=section["epochs"])
-    parser.add_argument("--batch", type=int, default=section["batch"])
-    parser.add_argument("--lr", type=float, help="replace the learning rate")
-    parser.add_argument("--seed", type=int, default=section["seed"])
-    parser.add_argument("--val", type=float, default=section["val"])
-    parser.add_argument("--steps", type=int, default=0, help="stop after N steps")
-    parser.add_argument("--log-every", type=int, default=0, metavar="N")
-    parser.add_argument("--weights", help="start from these safetensors weights")
-    parser.add_argument("--out", default="checkpoints", help="folder for the weights")
+    add = parser.add_argument
+    add("--data", help=".npz file (x, y[, x_val, y_val]) or .csv file with a header")
+    add("--target", default="y", help="the target column of a .csv file (%(default)s)")
+    add(
+        "--epochs",
+        type=int,
+        default=section["epochs"],
+        help="passes over the data (%(default)s)",
+    )
+    add(
+        "--batch",
+        type=int,
+        default=section["batch"],
+        help="global batch size, all processes together (%(default)s)",
+    )
+    add("--lr", type=float, help="replace the learning rate of make_optimizer")
+    add(
+        "--seed",
+        type=int,
+        default=section["seed"],
+        help="initial weights and batch order (%(default)s)",
+    )
+    add(
+        "--val",
+        type=float,
+        default=section["val"],
+        help="held-out fraction when the data has no x_val (%(default)s)",
+    )
+    add("--steps", type=int, default=0, help="stop after N optimizer steps (0: never)")
+    add("--log-every", type=int, default=0, metavar="N", help="print every Nth loss")
+    add("--weights", help="start from these safetensors weights")
+    add("--out", default="checkpoints", help="folder for the weights (%(default)s)")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--device", default=default_device, help="cpu, cuda, cuda:1")
+    add("--device", default=default_device, help="cpu, cuda or cuda:N (%(default)s)")
     return parser.parse_args(argv)
 
 
