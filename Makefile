@@ -32,6 +32,7 @@ test-notorch:
 	$(NOTORCH_VENV)/bin/nnspec summary specs/resnet18.nn --format json > /dev/null
 	$(NOTORCH_VENV)/bin/nnspec summary specs/gpt2_small.nn > /dev/null
 	$(NOTORCH_VENV)/bin/nnspec render specs/resnet18.nn -o $(NOTORCH_VENV)/resnet18.svg
+	$(NOTORCH_VENV)/bin/nnspec compile specs/tiny_gpt.nn -o $(NOTORCH_VENV)/tiny_gpt.py
 	$(NOTORCH_VENV)/bin/nnspec train specs/sine_huber.nn --epochs 3 --out $(NOTORCH_VENV)/run --force
 	@echo "plain install without torch: ok"
 
@@ -39,6 +40,7 @@ test-notorch:
 bench: setup
 	$(PYTHON) bench/bench_compile.py
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) bench/bench_train.py
+	$(PYTHON) bench/bench_codegen.py
 
 # Regenerate the generated parts of docs/: op tables and the diagrams of the example specs.
 docs: setup
