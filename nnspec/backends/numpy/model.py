@@ -203,12 +203,14 @@ class NumpyModel:
         return arrays
 
     def _run(self, graph: Graph, values: dict[str, np.ndarray], *, train: bool, record: bool,
-             skip: str | None = None) -> dict[str, np.ndarray]:
+             skip: str | None = None, input_grads: bool = True) -> dict[str, np.ndarray]:
         ctx = Context(train, self.rng, self.buffers)
         params = self.buffer.params
+        inputs = set(graph.inputs)
         for node in graph.nodes:
             if node.op == "input" or node.name == skip:
                 continue
+            ctx.input_grad = input_grads or not inputs.issuperset(node.inputs)
             local = {k: params[full] if full in params else self.buffers[full]
                      for k, full in node.params.items()}
             out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)
@@ -226,14 +228,18 @@ class NumpyModel:
 
     __call__ = forward
 
-    def loss(self, x, target, *, train: bool = True) -> float:
-        """Forward and loss in one pass, keeping the tape; then call `backward()`."""
+    def loss(self, x, target, *, train: bool = True, input_grads: bool = False) -> float:
+        """Forward and loss in one pass, keeping the tape; then call `backward()`.
+
+        Gradients with respect to the inputs are skipped unless `input_grads=True` (a first
+        convolution's input gradient costs as much as its weight gradient)."""
         if self.loss_graph is None:
             raise ValueError("this model has no loss: its spec has no train section")
         self._tape = []
         output = self.graph.node(self.graph.outputs[0])
         skip = output.name if self.fused_softmax else None
-        values = self._run(self.graph, self.feeds(x), train=train, record=True, skip=skip)
+        values = self._run(self.graph, self.feeds(x), train=train, record=True, skip=skip,
+                           input_grads=input_grads)
         pred = values[output.inputs[0]] if skip else values[output.name]
         target_type = self.loss_graph.node("target").type
         target = np.asarray(target)

@@ -36,6 +36,7 @@ class Context:
     train: bool
     rng: np.random.Generator
     buffers: dict[str, np.ndarray]  # batchnorm running statistics, updated in place
+    input_grad: bool = True  # False while running a node whose inputs need no gradient
 
 
 def _tuple(value, n: int) -> tuple[int, ...]:
@@ -136,10 +137,12 @@ def _select(node, ins, params, ctx):
 def _conv(spatial, kernel_fn):
     def run(node, ins, params, ctx):
         a = node.attrs
-        out = kernel_fn(ins[0], params["weight"], params.get("bias"),
-                        stride=_tuple(a.stride, spatial), padding=conv_pads(a, spatial),
-                        dilation=_tuple(a.dilation, spatial), groups=a.groups)
-        return _with_params(out, 1, ("weight", "bias"))
+        y, backward = kernel_fn(ins[0], params["weight"], params.get("bias"),
+                                stride=_tuple(a.stride, spatial), padding=conv_pads(a, spatial),
+                                dilation=_tuple(a.dilation, spatial), groups=a.groups)
+        input_grad = ctx.input_grad
+        return _with_params((y, lambda dy: backward(dy, input_grad=input_grad)), 1,
+                            ("weight", "bias"))
 
     return run
 
