@@ -2,7 +2,7 @@
 interpreter and of an idiomatic hand-written PyTorch model on four workloads, interleaved
 in one process, and print the ratio numpy/torch (lower is better).
 
-Run: python bench/bench_train.py [--repeats 15] [--block 10]
+Run: python bench/bench_train.py [--repeats 11] [--block 40]
 Some machines here set OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (for old OpenBLAS builds); they
 slow a current NumPy, so `make bench` unsets both for the benchmark command alone.
 """
@@ -142,8 +142,8 @@ def _blas() -> str:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--block", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--block", type=int, default=40, help="steps per timed block")
     args = parser.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
