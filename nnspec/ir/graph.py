@@ -101,6 +101,22 @@ class Graph:
                 total += math.prod(p.spec.shape)
         return total
 
+    def check_weights(self, arrays) -> None:
+        """Every parameter and buffer by name and shape, and nothing else; ValueError naming
+        the first mismatch (weights from another spec are a user error, not a bug)."""
+        expected = {n: tuple(p.spec.shape) for n, p in self.params.items()}
+        missing = [n for n in expected if n not in arrays]
+        unexpected = [n for n in arrays if n not in expected]
+        if missing or unexpected:
+            first = f"missing `{missing[0]}`" if missing else f"unexpected `{unexpected[0]}`"
+            raise ValueError(f"the weights do not fit this model: {first} "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected)")
+        for name, shape in expected.items():
+            got = tuple(arrays[name].shape)
+            if got != shape:
+                raise ValueError(f"the weights do not fit this model: `{name}` is "
+                                 f"{list(got)} in the file but {list(shape)} in the model")
+
     def verify(self) -> None:
         """Internal invariants; a failure here is a compiler bug, not a user error."""
         seen: set[str] = set()

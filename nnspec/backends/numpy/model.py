@@ -151,18 +151,7 @@ class NumpyModel:
     def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
         """Load weights; every name and shape must match (raises ValueError naming the first
         mismatch), and nothing changes if any does not."""
-        expected = {n: p.spec.shape for n, p in self.graph.params.items()}
-        missing = [n for n in expected if n not in arrays]
-        unexpected = [n for n in arrays if n not in expected]
-        if missing or unexpected:
-            first = f"missing `{missing[0]}`" if missing else f"unexpected `{unexpected[0]}`"
-            raise ValueError(f"the weights do not fit this model: {first} "
-                             f"({len(missing)} missing, {len(unexpected)} unexpected)")
-        for name, shape in expected.items():
-            if tuple(np.shape(arrays[name])) != tuple(shape):
-                raise ValueError(f"the weights do not fit this model: `{name}` is "
-                                 f"{list(np.shape(arrays[name]))} in the file but "
-                                 f"{list(shape)} in the model")
+        self.graph.check_weights(arrays)
         self.buffer.load({n: arrays[n] for n in self.buffer.params})
         for name, array in self.buffers.items():
             array[...] = arrays[name]

@@ -33,26 +33,9 @@ def load_generated(spec) -> tuple[types.ModuleType, type]:
     return module, getattr(module, generator.model_class)
 
 
-def check_weights(graph: Graph, arrays) -> None:
-    """Every parameter and buffer of the graph, by name and shape, and nothing else
-    (ValueError naming the first mismatch, as NumpyModel.load_state_dict)."""
-    expected = {n: tuple(p.spec.shape) for n, p in graph.params.items()}
-    missing = [n for n in expected if n not in arrays]
-    unexpected = [n for n in arrays if n not in expected]
-    if missing or unexpected:
-        first = f"missing `{missing[0]}`" if missing else f"unexpected `{unexpected[0]}`"
-        raise ValueError(f"the weights do not fit this model: {first} "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
-    for name, shape in expected.items():
-        if tuple(np.shape(arrays[name])) != shape:
-            raise ValueError(f"the weights do not fit this model: `{name}` is "
-                             f"{list(np.shape(arrays[name]))} in the file but {list(shape)} "
-                             "in the model")
-
-
 def load_numpy_state(net: torch.nn.Module, graph: Graph, arrays) -> None:
     """Copy nnspec-named NumPy arrays into the module; tied copies follow their owner."""
-    check_weights(graph, arrays)
+    graph.check_weights(arrays)
     tensors = {n: torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in graph.params}
     net.load_state_dict(tensors, strict=False)
 
