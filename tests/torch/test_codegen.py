@@ -325,7 +325,9 @@ def _chains(draw, width: int):
             stages.append(f"dense({width}, bias = {draw(st.sampled_from(['true', 'false']))})")
         elif kind == "act":
             stages.append(draw(st.sampled_from(ACTIVATIONS)))
-        elif kind == "norm" and width > 1:  # over one value torch returns rounding noise / eps
+        elif kind == "norm" and width > 3:
+            # over one or two values the normalised output is +-1 up to eps, and its
+            # gradient is a cancellation of O(1) terms: float32 rounding noise on both sides
             stages.append("layernorm")
         elif kind == "res":
             stages.append(f"Res({width}, {draw(st.integers(1, 5))})")
