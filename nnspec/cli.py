@@ -82,6 +82,7 @@ def main():
       nnspec check specs/digits_mlp.nn
       nnspec summary specs/resnet18.nn
       nnspec render specs/resnet18.nn -o resnet18.svg
+      nnspec train specs/digits_mlp.nn
     The language is described in docs/language.md.
     """
 
