@@ -35,7 +35,29 @@ def dim_add(a: Dim, b: Dim) -> Dim:
         base, offset = (match[1], int(match[2])) if match else (a, 0)
         total = offset + b
         return base if total == 0 else f"{base}{total:+d}"
-    return f"{a}+{_wrap(b)}"
+    merged = _add_terms(a, b)
+    return merged if merged is not None else f"{a}+{_wrap(b)}"
+
+
+# A monomial: a product of symbols times an optional integer, e.g. `T*T*200`.
+_MONOMIAL = re.compile(r"([A-Za-z_]\w*(?:\*[A-Za-z_]\w*)*)(?:\*(\d+))?")
+
+
+def _monomial(text: str) -> tuple[str, int] | None:
+    match = _MONOMIAL.fullmatch(text)
+    return (match[1], int(match[2] or 1)) if match else None
+
+
+def _add_terms(a: str, b: str) -> str | None:
+    """Sums of monomials collect like terms (`T*640000+T*200` is `T*640200`); None when
+    either side is not such a sum."""
+    terms = [_monomial(t) for t in a.split("+")] + [_monomial(t) for t in b.split("+")]
+    if any(t is None for t in terms):
+        return None
+    collected: dict[str, int] = {}
+    for base, factor in terms:
+        collected[base] = collected.get(base, 0) + factor
+    return "+".join(base if k == 1 else f"{base}*{k}" for base, k in collected.items())
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:
@@ -47,6 +69,16 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
         return b
     if b == 1:
         return a
+    if isinstance(a, int):
+        a, b = b, a  # the symbol first: `T*200`
+    term = _monomial(a)
+    if term is not None and isinstance(b, int):
+        base, factor = term
+        return f"{base}*{factor * b}"
+    if term is not None and isinstance(b, str) and _monomial(b) is not None:
+        (base, factor), (other, other_factor) = term, _monomial(b)
+        k = factor * other_factor
+        return f"{base}*{other}" if k == 1 else f"{base}*{other}*{k}"
     return f"{_wrap(a)}*{_wrap(b)}"
 
 
