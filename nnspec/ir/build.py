@@ -645,9 +645,13 @@ class Builder:
             raise DiagnosticError("E147", f"block `{definition.name}` takes {len(inputs)} input(s) "
                                   f"but gets {len(tensors)}", span,
                                   notes=(Note(definition.name_span, "defined here"),))
-        self.bind_params(definition, values, keywords, frame, span, keyword_spans=spans)
+        bound = self.bind_params(definition, values, keywords, frame, span, keyword_spans=spans)
         for stmt, tensor in zip(inputs, tensors):
             self.bind_input(stmt, tensor, frame, span)
+        names = [(s.name, t.node) for s, t in zip(inputs, tensors)]
+        names += [(k, v.node) for k, v in bound.items() if isinstance(v, Tensor)]
+        if frame.path in self.scopes:
+            self.scopes[frame.path] = replace(self.scopes[frame.path], inputs=tuple(names))
         result = POISON
         outputs = 0
         for stmt in definition.body:

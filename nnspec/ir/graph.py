@@ -27,6 +27,7 @@ class Scope:
     label: str  # block or fn name, or "repeat"
     span: Span | None = None
     count: int = 1  # for repeats
+    inputs: tuple[tuple[str, str], ...] = ()  # (declared name, node bound to it), blocks/fns
 
 
 @dataclass(frozen=True)

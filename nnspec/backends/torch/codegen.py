@@ -95,7 +95,7 @@ class Generator:
             return self._rendered[id(region)]
         inputs, output = boundary(region, self.consumers(graph), set(graph.outputs))
         writer = Writer(self, graph, table, owner, region, training=training)
-        rendered = writer.write(inputs, self._input_names(region, len(inputs)), output)
+        rendered = writer.write(inputs, self._input_names(graph, region, inputs), output)
         self._join(rendered)
         self._rendered[id(region)] = rendered
         return rendered
@@ -105,9 +105,15 @@ class Generator:
             self._consumers[id(graph)] = graph.consumers()
         return self._consumers[id(graph)]
 
-    def _input_names(self, region: Region, count: int) -> list[str]:
-        """A block's or fn's own name for its one input; `x`, `y`, ... for several, since
-        the IR does not say which outside value went to which declared input."""
+    def _input_names(self, graph: Graph, region: Region, inputs: list[str]) -> list[str]:
+        """A block's or fn's own names for its inputs (the IR's scope records which value
+        went to which declared input); `x`, `y`, ... where that is ambiguous."""
+        count = len(inputs)
+        scope = graph.scopes.get(region.path)
+        declared = {node: name for name, node in scope.inputs} if scope else {}
+        names = [declared.get(node) for node in inputs]
+        if count > 1 and None not in names and len(set(names)) == count:
+            return names
         if count == 1:
             definition = self._definition(region)
             if definition is not None:

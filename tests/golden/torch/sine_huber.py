@@ -24,9 +24,9 @@ class SineMLP(nn.Module):
         return self.dense_3(x)  # (B, 1)  sine_huber.nn:10
 
 
-def huber(x, y):
+def huber(pred, target):
     """`fn huber` of sine_huber.nn:3."""
-    x = x - y  # (B, 1)  sine_huber.nn:4
+    x = pred - target  # (B, 1)  sine_huber.nn:4
     x = torch.abs(x)  # (B, 1)  sine_huber.nn:4
     h = x < 0.5  # (B, 1)  sine_huber.nn:5
     h2 = x**2.0  # (B, 1)  sine_huber.nn:5
