@@ -650,8 +650,10 @@ class Builder:
             self.bind_input(stmt, tensor, frame, span)
         names = [(s.name, t.node) for s, t in zip(inputs, tensors)]
         names += [(k, v.node) for k, v in bound.items() if isinstance(v, Tensor)]
+        values = tuple((k, v) for k, v in bound.items() if not isinstance(v, (Tensor, Layer)))
         if frame.path in self.scopes:
-            self.scopes[frame.path] = replace(self.scopes[frame.path], inputs=tuple(names))
+            self.scopes[frame.path] = replace(self.scopes[frame.path], inputs=tuple(names),
+                                              params=values)
         result = POISON
         outputs = 0
         for stmt in definition.body:

@@ -28,6 +28,7 @@ class Scope:
     span: Span | None = None
     count: int = 1  # for repeats
     inputs: tuple[tuple[str, str], ...] = ()  # (declared name, node bound to it), blocks/fns
+    params: tuple[tuple[str, Any], ...] = ()  # the hyperparameters it was built with
 
 
 @dataclass(frozen=True)

@@ -304,7 +304,7 @@ def test_every_kind_of_op_and_structure_matches_the_interpreter():
     spec = load_text(EVERYTHING, "everything.nn")
     code = generate(spec)
     for expected in ("class Mix(nn.Module)", "class StackLayer(nn.Module)",
-                     "def scaled_swish(x, c):", "self.lin = nn.ModuleList(",
+                     "def scaled_swish(x, beta):", "self.lin = nn.ModuleList(",
                      "for layer in self.lin:", 'self.head = nn.ModuleDict({"dense_1"'):
         assert expected in code, expected
     _compare_with_interpreter(spec)

@@ -197,7 +197,7 @@ class Generator:
                     firsts.append(j)
                 hints[params[values]].append((nums[0].hint, nums[0].primary))
                 texts.append(("param", params[values]))
-        names = self._param_names(hints)
+        names = self._param_names(hints, self._spec_names(shared, params))
         shared.params = names
         for j, t in enumerate(texts):
             if isinstance(t, tuple) and t[0] == "param":
@@ -232,19 +232,41 @@ class Generator:
             else:
                 shared.texts[id(item)] = parts[0]
 
-    def _param_names(self, hints: list[list[tuple[str, bool]]]) -> list[str]:
-        """Name each varying number after what it is; a number that is both a layer's
-        input and output width (`in_channels` and `out_channels`) is just `channels`."""
+    def _param_names(self, hints: list[list[tuple[str, bool]]],
+                     spec_names: dict[int, str]) -> list[str]:
+        """Name each varying number after the spec's hyperparameter that holds it, else after
+        what it is; a number that is both a layer's input and output width (`in_channels`
+        and `out_channels`) is just `channels`."""
         scope = Namespace(self.globals.taken | {"self"})
         names = []
-        for group in hints:
+        for index, group in enumerate(hints):
             seen = [h for h, _ in group]
-            wanted = next((h[3:] for h in seen if h.startswith("in_") and f"out_{h[3:]}" in seen),
-                          None)
+            wanted = spec_names.get(index) or next(
+                (h[3:] for h in seen if h.startswith("in_") and f"out_{h[3:]}" in seen), None)
             if wanted is None:
                 wanted = next((h for h, primary in group if primary), seen[0])
             names.append(scope.claim(wanted))
         return names
+
+    def _spec_names(self, shared: Shared, params: dict[tuple, int]) -> dict[int, str]:
+        """Varying numbers whose values, instance by instance, are exactly one of the
+        block's or fn's hyperparameters take that hyperparameter's name."""
+        graphs = [self.graph] + ([self.spec.train.loss_graph] if self.spec.train else [])
+        scopes = []
+        for member in shared.members:
+            path = member.region.path
+            scope = next((g.scopes[path] for g in graphs if path in g.scopes), None)
+            if scope is None or not scope.params:
+                return {}
+            scopes.append(dict(scope.params))
+        candidates: dict[tuple, list[str]] = {}
+        for name in scopes[0]:
+            values = [s.get(name) for s in scopes]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                key = tuple((type(v).__name__, repr(v)) for v in values)
+                candidates.setdefault(key, []).append(name)
+        return {index: candidates[key][0] for key, index in params.items()
+                if len(candidates.get(key, ())) == 1}
 
     def _comment_dim(self, nums, params, names, shared: Shared, num: Num) -> str:
         """A dim in a shape comment of a shared class: its size when all uses agree, else

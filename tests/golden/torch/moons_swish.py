@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def scaled_swish(x, c):
+def scaled_swish(x, beta):
     """`fn scaled_swish` of moons_swish.nn:3.
 
     Used as scaled_swish_1, scaled_swish_2.
     """
-    h = c * x  # (B, 32)  moons_swish.nn:4
+    h = beta * x  # (B, 32)  moons_swish.nn:4
     h = torch.sigmoid(h)  # (B, 32)  moons_swish.nn:4
     return x * h  # (B, 32)  moons_swish.nn:4
 
