@@ -33,6 +33,7 @@ PUBLISHED = {
     "vgg16": 138_357_544,       # torchvision.models.vgg16()
     "bert_base": 109_482_240,   # transformers BertModel (with pooler)
     "lenet5": 61_706,           # LeCun et al. 1998 layout on 1x28x28 with padding 2
+    "mobilenet_v2": 3_504_872,  # torchvision.models.mobilenet_v2()
 }
 # torchvision's published GFLOPS (which are multiply-adds of conv and linear layers).
 PUBLISHED_GMACS = {"resnet18": 1.814, "vgg16": 15.470}

@@ -754,6 +754,7 @@ _register(
                 (Attr("negative_slope", "float", 0.01),)),
     _activation("elu", "x if x > 0 else alpha * (exp(x) - 1)", (Attr("alpha", "float", 1.0),)),
     _activation("silu", "x * sigmoid(x) (swish)", aliases=("swish",)),
+    _activation("relu6", "min(max(x, 0), 6) (MobileNet)"),
     _binary("add", "merge", "Elementwise sum (`a + b`), broadcasting."),
     _binary("sub", "merge", "Elementwise difference (`a - b`)."),
     _binary("mul", "merge", "Elementwise product (`a * b`)."),

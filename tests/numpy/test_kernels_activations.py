@@ -38,6 +38,7 @@ ACTIVATIONS = {
     "elu": (act.elu, F.elu),
     "elu_alpha_0.5": (lambda x: act.elu(x, alpha=0.5), lambda x: F.elu(x, alpha=0.5)),
     "silu": (act.silu, F.silu),
+    "relu6": (act.relu6, F.relu6),
 }
 
 

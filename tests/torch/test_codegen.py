@@ -563,6 +563,7 @@ OP_CASES = {
     "leaky_relu": ("[4, 6]", "x -> leaky_relu(0.2)"),
     "elu": ("[4, 6]", "x -> elu(alpha = 0.5)"),
     "silu": ("[4, 6]", "x -> silu"),
+    "relu6": ("[4, 6]", "x * 4.0 -> relu6"),
     "add": ("[4, 6]", "x + (x -> tanh)"),
     "sub": ("[4, 6]", "x - (x -> tanh)"),
     "mul": ("[4, 6]", "x * (x -> tanh)"),

@@ -318,6 +318,7 @@ RULES.update({
     "leaky_relu": _activation(activations.leaky_relu, negative_slope="negative_slope"),
     "elu": _activation(activations.elu, alpha="alpha"),
     "silu": _activation(activations.silu),
+    "relu6": _activation(activations.relu6),
 })
 
 

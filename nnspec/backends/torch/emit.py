@@ -485,6 +485,7 @@ FORWARD: dict[str, Callable[[Site], list[Line]]] = {
     "leaky_relu": _function("F.leaky_relu", negative_slope=("negative_slope", 0.01)),
     "elu": _function("F.elu", alpha=("alpha", 1.0)),
     "silu": _unary("F.silu"),
+    "relu6": _unary("F.relu6"),
     "add": _operator("+"),
     "sub": _operator("-"),
     "mul": _operator("*"),

@@ -209,6 +209,17 @@ def elu(x, *, alpha=1.0):
     return out, backward
 
 
+def relu6(x):
+    """min(max(x, 0), 6); like torch, the gradient is 1 strictly inside (0, 6)."""
+    inside = (x > 0) & (x < 6)
+    out = np.clip(x, 0, 6)
+
+    def backward(d_out):
+        return (d_out * inside,)
+
+    return out, backward
+
+
 def silu(x):
     s = _sigmoid(x)
     out = x * s
