@@ -217,6 +217,10 @@ class NumpyModel:
 
     __call__ = forward
 
+    def activations(self, x, *, train: bool = False) -> dict[str, np.ndarray]:
+        """Every node's value for a batch, by node name (inputs included), for inspection."""
+        return self._run(self.graph, self.feeds(x), train=train, record=False)
+
     def loss(self, x, target, *, train: bool = True, input_grads: bool = False) -> float:
         """Forward and loss in one pass, keeping the tape; then call `backward()`.
 
