@@ -38,8 +38,6 @@ def make_optimizer(spec: Spec, model: NumpyModel, **overrides):
     name = setting.name if setting else "adam"
     hyper = dict(setting.args) if setting else {}
     hyper.update(overrides)
-    if "betas" in hyper:
-        hyper["betas"] = tuple(hyper["betas"])
     return build(name, model.buffer, **hyper)
 
 

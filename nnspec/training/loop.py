@@ -135,13 +135,10 @@ def apply_overrides(train: TrainConfig, *, epochs: int | None = None, batch: int
 def build_optimizer(setting: Setting, model: NumpyModel):
     """The optimizer of `setting` over the model's parameters. A TorchModel makes its own
     (the generated `make_optimizer`, generated from the same setting)."""
-    args = dict(setting.args)
-    if "betas" in args:
-        args["betas"] = tuple(args["betas"])
     try:
         if not isinstance(model, NumpyModel):
             return model.make_optimizer()
-        return make_optimizer(setting.name, model.buffer, **args)
+        return make_optimizer(setting.name, model.buffer, **setting.args)
     except ValueError as error:  # values the catalogue's checks let through, e.g. betas >= 1
         if setting.span is not None:
             raise SpecError([Diagnostic("E163", str(error), setting.span)]) from None

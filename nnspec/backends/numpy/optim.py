@@ -347,4 +347,6 @@ def make_optimizer(name: str, buf: ParamBuffer, **hyper: object) -> Optimizer:
                 f"{name} has no hyperparameter '{key}'{hint}; "
                 f"its hyperparameters are {', '.join(valid)}"
             )
+    if "betas" in hyper:  # a list when it comes back from a run directory's JSON
+        hyper["betas"] = tuple(hyper["betas"])
     return OPTIMIZERS[name](buf, **hyper)

@@ -28,7 +28,7 @@ from nnspec.backends.numpy.kernels import (
     recurrent,
 )
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import conv_pads
+from nnspec.ir.ops import conv_pads, lookup
 
 
 @dataclass
@@ -368,8 +368,6 @@ _LAYOUT_FREE = {"activation", "merge", "math", "embedding", "loss", "regularizat
 def needs_batch_of_one(node: Node, in_types) -> bool:
     """Layers written for batches (conv, pooling, norms, recurrence, attention, reshapes) run
     on an unbatched input (e.g. a position table) as a batch of one."""
-    from nnspec.ir.ops import lookup
-
     return (bool(in_types) and lookup(node.op).family not in _LAYOUT_FREE
             and not any(t.batched for t in in_types))
 
