@@ -339,7 +339,7 @@ def test_every_broken_spec_of_the_error_corpus_still_draws():
             graph, _ = partial_graph(path.read_text(encoding="utf-8"), str(path))
         except (SpecError, DiagnosticError, KeyError, RecursionError):
             continue  # nothing to draw: a syntax error, no model, an expression nested too deep
-        ET.fromstring(gv._pipe(to_dot(graph), "svg"))
+        ET.fromstring(gv.pipe(to_dot(graph), "svg"))
         drawn += 1
     assert drawn >= len(ERRORS) // 3
 
@@ -356,7 +356,7 @@ def test_thousands_of_layers_are_folded_with_a_warning():
     assert len(boxes(dot)) <= MAX_VISIBLE_NODES + 100  # connectors come on top
     assert "layers</B>" in dot
     start = time.perf_counter()
-    gv._pipe(dot, "svg")
+    gv.pipe(dot, "svg")
     assert time.perf_counter() - start < 10
 
 
@@ -449,4 +449,4 @@ def test_a_loaded_spec_shows_its_diagram_in_notebooks(specs):
 def test_every_option_combination_gives_dot_that_dot_accepts(path, depth, direction, detail,
                                                              expand):
     dot = to_dot(load(path), depth=depth, direction=direction, detail=detail, expand=expand)
-    ET.fromstring(gv._pipe(dot, "svg"))
+    ET.fromstring(gv.pipe(dot, "svg"))

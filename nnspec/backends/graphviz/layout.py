@@ -1,0 +1,132 @@
+"""Column layout: a network too tall for a page is cut into side-by-side columns.
+
+Decided before `dot` runs, from average box sizes, so the DOT text stays a pure function
+of the graph.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from nnspec.backends.graphviz.view import Edge, View
+
+# A long network is cut into columns so that it fits this page (inches, inside margins) at
+# this scale or better. The sizes below are averages measured on rendered diagrams.
+_PAGE = (10.0, 7.5)
+_READABLE_SCALE = 0.75
+_MAX_COLUMNS = 8
+_MIN_COLUMN_SHARE = 0.3  # no column shorter than this share of the tallest
+_RANK_INCHES, _BOX_INCHES, _CLUSTER_INCHES, _TITLE_INCHES = 0.8, 1.8, 1.0, 1.0
+_RANK_INCHES_LR, _BOX_INCHES_LR, _CLUSTER_INCHES_LR = 2.4, 0.8, 0.3
+
+
+def _columns(heights: list[float], limit: float) -> list[int]:
+    """Greedy cut of unit heights, in order, into columns no taller than `limit`."""
+    out, column, filled = [], 0, 0.0
+    for h in heights:
+        if filled and filled + h > limit + 1e-9:
+            column, filled = column + 1, 0.0
+        out.append(column)
+        filled += h
+    return out
+
+
+def _balanced_columns(heights: list[float], n: int) -> list[int]:
+    """Units cut into at most n columns in order, the tallest column as short as possible."""
+    prefix = [0.0]
+    for h in heights:
+        prefix.append(prefix[-1] + h)
+    candidates = sorted({b - a for i, a in enumerate(prefix) for b in prefix[i + 1:]})
+    candidates = candidates[bisect.bisect_left(candidates, max(heights)):]
+    low, high = 0, len(candidates) - 1
+    while low < high:  # the fewest columns needed falls as the limit grows
+        mid = (low + high) // 2
+        if _columns(heights, candidates[mid])[-1] < n:
+            high = mid
+        else:
+            low = mid + 1
+    return _columns(heights, candidates[low])
+
+
+def _page_scale(columns: list[int], heights: list[float], rows: list[dict[int, int]],
+                lr: bool) -> float:
+    """How much the picture must shrink to fit the page, upright or sideways (1: not at all).
+
+    `rows[i]` counts unit i's boxes on each rank: the widest rank of a column sets its width.
+    """
+    count = columns[-1] + 1
+    along = max(sum(h for h, c in zip(heights, columns) if c == k) for k in range(count))
+    across = 0
+    for k in range(count):
+        per_rank: dict[int, int] = {}
+        for unit_rows, c in zip(rows, columns):
+            if c == k:
+                for rank, boxes in unit_rows.items():
+                    per_rank[rank] = per_rank.get(rank, 0) + boxes
+        across += max(per_rank.values())
+    across *= _BOX_INCHES_LR if lr else _BOX_INCHES
+    w, h = (along, across + _TITLE_INCHES) if lr else (across, along + _TITLE_INCHES)
+    return max(min(a / w, b / h, 1.0) for a, b in (_PAGE, _PAGE[::-1]))
+
+
+def wrap_columns(view: View, lr: bool) -> list[tuple[str, str]]:
+    """Lay a tall network out in side-by-side columns; return the connectors to draw.
+
+    A ResNet is ~30 boxes tall; in one column it needs a 30-inch page. Its top-level
+    sequence (never the inside of a block) is cut into as few columns as make the picture
+    fit a page at a readable scale. An edge that would cross to another column ends in a
+    lettered circle at the bottom of its column and starts again from the same letter at
+    the top of the next, as off-page connectors do in flow charts. Returns (id, letter).
+    """
+    unit_of = {key: (item.clusters[0] if item.clusters else key)
+               for key, item in view.items.items()}
+    units = list(dict.fromkeys(unit_of.values()))
+    order = {k: i for i, k in enumerate(view.items)}
+    rank = dict.fromkeys(view.items, 0)  # longest path from an input
+    for e in sorted(view.edges, key=lambda e: order[e.dst]):
+        rank[e.dst] = max(rank[e.dst], rank[e.src] + 1)
+    rows: dict[str, dict[int, int]] = {u: {} for u in units}
+    clusters: dict[str, set[str]] = {u: set() for u in units}
+    for key, unit in unit_of.items():
+        rows[unit][rank[key]] = rows[unit].get(rank[key], 0) + 1
+        clusters[unit].update(view.items[key].clusters)
+    rank_inches, cluster_inches = ((_RANK_INCHES_LR, _CLUSTER_INCHES_LR) if lr
+                                   else (_RANK_INCHES, _CLUSTER_INCHES))
+    heights, reached = [], -1  # a unit adds the ranks it reaches below those before it
+    for u in units:
+        deepest = max(rows[u])
+        heights.append(max(deepest - reached, 0) * rank_inches + len(clusters[u]) * cluster_inches)
+        reached = max(reached, deepest)
+    unit_rows = [rows[u] for u in units]
+    best, best_scale = [0] * len(units), 0.0
+    for n in range(1, min(len(units), _MAX_COLUMNS) + 1):
+        if best_scale >= _READABLE_SCALE:
+            break
+        columns = _balanced_columns(heights, n)
+        tall = [sum(h for h, c in zip(heights, columns) if c == k) for k in range(columns[-1] + 1)]
+        if min(tall) < _MIN_COLUMN_SHARE * max(tall):
+            continue  # a stub column (the tail of a tall block) reads worse than no wrapping
+        scale = _page_scale(columns, heights, unit_rows, lr)
+        if scale > best_scale + 0.05:  # another column must earn its place
+            best, best_scale = columns, scale
+    column_of = dict(zip(units, best))
+    connectors: list[tuple[str, str]] = []
+    letter_of: dict[str, str] = {}
+    edges = []
+    for e in view.edges:
+        if column_of[unit_of[e.src]] == column_of[unit_of[e.dst]]:
+            edges.append(e)
+            continue
+        if e.src not in letter_of:
+            letter = letter_of[e.src] = _connector_letter(len(letter_of))
+            connectors += [(f"@{letter}.out", letter), (f"@{letter}.in", letter)]
+            edges.append(Edge(e.src, f"@{letter}.out", e.type, e.skip))
+        edges.append(Edge(f"@{letter_of[e.src]}.in", e.dst, e.type, e.skip, e.label))
+    view.edges = edges
+    return connectors
+
+
+def _connector_letter(index: int) -> str:
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I or O: they read as 1 and 0
+    cycle, i = divmod(index, len(letters))
+    return letters[i] + (str(cycle + 1) if cycle else "")
