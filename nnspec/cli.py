@@ -542,8 +542,9 @@ def _partial_graph(path: str, model: str | None, overrides: dict):
 
 @main.command()
 @click.argument("file", type=SPEC)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
-              help="Output file (default: FILE's name with the format's suffix).")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, allow_dash=True),
+              default=None, help="Output file [default: FILE's name with the format's suffix; "
+              "- for stdout].")
 @click.option("--format", "fmt", type=click.Choice(["svg", "png", "pdf", "dot"]), default=None,
               help="Default: the output's suffix, else svg.")
 @click.option("--depth", type=click.IntRange(min=1), default=None,
@@ -593,11 +594,13 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
             sys.exit(1)
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
+    where = "stdout" if out == gv.STDOUT else written
     if failed:
         report(failed)
-        click.echo(f"drew what could be built, failing layers in red: {written}", err=True)
+        click.echo(f"drew what could be built, failing layers in red: {where}", err=True)
         sys.exit(1)
-    click.echo(f"wrote {written}")
+    if written.is_file():  # not stdout or a device: those hold the diagram itself
+        click.echo(f"wrote {written}")
 
 
 if __name__ == "__main__":

@@ -450,3 +450,82 @@ def test_every_option_combination_gives_dot_that_dot_accepts(path, depth, direct
                                                              expand):
     dot = to_dot(load(path), depth=depth, direction=direction, detail=detail, expand=expand)
     ET.fromstring(gv.pipe(dot, "svg"))
+
+
+# ---- hostile lengths: any name gives DOT that `dot` accepts -------------------------------------
+
+LONG = "n" * 1_000_000
+
+
+@pytest.mark.dot
+def test_long_names_give_short_unique_ids_that_dot_accepts():
+    a, b = LONG[:300] + "a", LONG[:300] + "b"  # the same first 300 characters
+    spec = load_text(f"model {LONG.upper()} {{\n  input {LONG}: [4]\n"
+                     f"  {LONG} -> dense(4) as {a} -> dense(4) as {b}\n}}")
+    dot = to_dot(spec)
+    ids = boxes(dot)
+    assert len(ids) == len(set(ids)) == 4  # input, two layers, output
+    assert all(len(i) <= 200 for i in ids)
+    assert len(dot) < 20_000
+    titles = [t.text for t in ET.fromstring(gv.pipe(dot, "svg")).iter("{http://www.w3.org/2000/svg}title")]
+    nodes = [t for t in titles if "->" not in t and t.startswith("n" * 100)]
+    assert len(nodes) == len(set(nodes)) == 3
+
+
+def test_label_text_is_clipped_with_an_ellipsis():
+    block, dim = "B" * 1_000_000, "T" * 1_000_000
+    spec = load_text(f"block {block}(d) {{\n  input x: [T, d]\n  x -> dense(d) -> relu\n}}\n"
+                     f"model M {{\n  input x: [{dim}, 4]\n  x -> {block}(4)\n}}")
+    dot = to_dot(spec, detail="full")
+    texts = re.findall(r'>([^<>"\n]+)<', dot)  # the text of every HTML-like label
+    assert max(len(t) for t in texts) <= 80
+    assert "B" * 79 + "…" in dot and "T" * 20 in dot
+    assert len(dot) < 20_000
+
+
+def test_a_long_error_stays_a_few_lines_in_its_box():
+    graph, _ = partial_graph(f"model M {{\n  input x: [{'T' * 1_000_000}]\n  x -> conv2d(4, 3)\n}}")
+    failed = next(line for line in to_dot(graph).splitlines() if gv.ERROR_LINE in line
+                  and "conv2d" in line)
+    error = re.search(rf'COLOR="{gv.style.ERROR_TEXT}">(.*?)</FONT>', failed).group(1)
+    assert "conv2d expects" in error and error.endswith("…")
+    assert error.count("<BR/>") <= 6
+
+
+def test_fused_followers_beyond_four_are_counted():
+    spec = load_text("model M {\n  input x: [4]\n  x -> dense(4)" + " -> relu" * 3000 + "\n}")
+    dot = to_dot(spec)
+    assert "… 2996 more" in dot
+    assert len(dot) < 20_000
+
+
+# ---- where a diagram is written ---------------------------------------------------------------
+
+
+def test_stdout_and_devices_get_svg_unless_a_format_is_given():
+    assert gv.format_for("-") == "svg" and gv.format_for("-", "dot") == "dot"
+    assert gv.format_for(os.devnull) == "svg"
+    with pytest.raises(RenderError, match="output name is empty"):
+        gv.format_for("")
+
+
+def test_a_device_is_written_into_and_a_file_replaced(specs, tmp_path):
+    render(specs["digits_mlp"], os.devnull, "dot")
+    assert Path(os.devnull).is_char_device()
+    out = tmp_path / "m.dot"
+    out.write_text("old")
+    link = tmp_path / "link.dot"
+    link.symlink_to(out)
+    render(specs["digits_mlp"], link)
+    assert link.is_symlink() and out.read_text(encoding="utf-8") == to_dot(specs["digits_mlp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.dot", "m.dot"]  # no partials
+
+
+def test_unwritable_places_raise_render_error(specs, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    cases = {tmp_path / "afile" / "m.dot": "afile is a file, not a folder",
+             tmp_path: "it is a folder",
+             Path("/proc/m.dot"): "cannot create a file in /proc"}
+    for where, message in cases.items():
+        with pytest.raises(RenderError, match=re.escape(message)):
+            render(specs["digits_mlp"], where, "dot")

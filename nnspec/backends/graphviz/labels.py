@@ -33,6 +33,7 @@ from nnspec.ir.types import TensorType
 MAX_LABEL_CHARS = 80  # one line of a label: about seven inches at the diagram's font sizes
 MAX_ERROR_CHARS = 240  # an error message in its red box: at most seven lines
 MAX_TOOLTIP_LINES = 40
+MAX_FOLLOWERS = 4  # fused ops written under a layer; the tooltip lists every one
 SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "pow": "^", "lt": "<", "le": "≤",
            "gt": ">", "ge": "≥", "eq": "=", "ne": "≠"}
 _COMMUTATIVE = ("add", "mul", "eq", "ne")
@@ -187,7 +188,8 @@ def _auto_named(node: Node) -> bool:
 
 def _auto_scope_name(label: str, local: str) -> bool:
     """A block, fn or repeat instance named by the builder (`scaled_swish_1`)."""
-    return re.fullmatch(rf"({re.escape(label)}|{re.escape(snake(label))})_\d+", local) is not None
+    stem, _, number = local.rpartition("_")
+    return number.isdecimal() and stem in (label, snake(label))
 
 
 def _scope_title(graph: Graph, path: str) -> str:
@@ -273,7 +275,7 @@ class Labels:
 
     def input(self, item: Item) -> Html:
         return _table([f"<B>{esc(item.id)}</B>",
-                       _font(f"input {esc(shape_text(item.head.type))}", 9, MUTED)])
+                       _font(esc(f"input {shape_text(item.head.type)}"), 9, MUTED)])
 
     def output(self, out: Output) -> Html:
         rows = ["<B>output</B>"] + ([_font(esc(out.node.name), 9, MUTED)]
@@ -318,10 +320,13 @@ class Labels:
     def followers(self, item: Item) -> str:
         """The fused shape-preserving ops after a layer, each in its family's colour."""
         parts = []
-        for node in item.nodes[1:]:
+        for node in item.nodes[1:1 + MAX_FOLLOWERS]:
             op, attrs = op_text(node, self.detail == "full")
             text = esc(op + (f" {attrs}" if attrs and self.detail != "min" else ""))
             parts.append(_font(text, color=style(family(node.op))[1]))
+        hidden = len(item.nodes) - 1 - MAX_FOLLOWERS
+        if hidden > 0:
+            parts.append(f"… {hidden} more")
         return _font(" · ".join(parts), 10) if parts else ""
 
     def _tied_owners(self, nodes: list[Node]) -> list[str]:

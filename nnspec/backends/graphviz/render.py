@@ -46,9 +46,13 @@ def _with_dpi(dot: str, dpi: int) -> str:
 def format_for(out_path, fmt: str | None = None) -> str:
     """The output format: `fmt` if given, else the file's suffix (`.gv` is DOT too).
 
-    Standard output (`-`) has no suffix and gets SVG, as when no output is named.
+    Standard output (`-`) and devices (`/dev/stdout`) have no suffix and get SVG, as when
+    no output is named.
     """
-    if fmt is None and str(out_path) == STDOUT:
+    name = str(out_path)
+    if not name:
+        raise RenderError("the output name is empty; name a file, or `-` for stdout")
+    if fmt is None and (name == STDOUT or _is_device(name)):
         return "svg"
     fmt = (fmt or Path(out_path).suffix.lstrip(".")).lower()
     fmt = "dot" if fmt == "gv" else fmt
@@ -95,22 +99,27 @@ def write_output(data: bytes, out_path) -> None:
         return
     if not name:
         raise RenderError("the output name is empty; name a file, or `-` for stdout")
-    path = Path(os.path.realpath(name))  # through a symlink, to the file it names
     try:
-        mode = path.stat().st_mode
-    except OSError:
-        mode = None
-    if mode is not None and stat.S_ISDIR(mode):
-        raise RenderError(f"cannot write {name}: it is a directory")
-    try:
-        if mode is not None and not stat.S_ISREG(mode):
-            with open(path, "wb") as stream:
+        if _is_device(name):
+            with open(name, "wb") as stream:
                 stream.write(data)
             return
+        path = Path(os.path.realpath(name))  # through a symlink, to the file it names
+        if path.is_dir():
+            raise RenderError(f"cannot write {name}: it is a folder")
         _make_parent(path.parent, name)
-        _replace(path, data)
+        _replace(path, data, name)
     except OSError as err:
         raise RenderError(f"cannot write {name}: {err.strerror or err}") from None
+
+
+def _is_device(name: str) -> bool:
+    """An existing output that is neither a regular file nor a folder (`/dev/null`, a pipe)."""
+    try:
+        mode = os.stat(name).st_mode
+    except (OSError, ValueError):
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _write_stdout(data: bytes) -> None:
@@ -138,12 +147,12 @@ def _make_parent(parent: Path, name: str) -> None:
                           f"({err.strerror or err})") from None
 
 
-def _replace(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes, name: str) -> None:
     partial = path.with_name(f".{path.name[:200]}.{os.getpid()}.partial")
     try:  # 0o666 minus the umask: the permissions a plain `open(path, "wb")` would give
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as err:
-        raise RenderError(f"cannot write {path}: cannot create a file in {path.parent} "
+        raise RenderError(f"cannot write {name}: cannot create a file in {path.parent} "
                           f"({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as stream:
