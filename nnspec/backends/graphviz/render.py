@@ -109,8 +109,8 @@ def write_output(data: bytes, out_path) -> None:
             raise RenderError(f"cannot write {name}: it is a folder")
         _make_parent(path.parent, name)
         _replace(path, data, name)
-    except OSError as err:
-        raise RenderError(f"cannot write {name}: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL character in the name
+        raise RenderError(f"cannot write {name}: {getattr(err, 'strerror', None) or err}") from None
 
 
 def _is_device(name: str) -> bool:
