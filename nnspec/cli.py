@@ -599,7 +599,7 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
         report(failed)
         click.echo(f"drew what could be built, failing layers in red: {where}", err=True)
         sys.exit(1)
-    if written.is_file():  # not stdout or a device: those hold the diagram itself
+    if out != gv.STDOUT and written.is_file():  # stdout or a device holds the diagram itself
         click.echo(f"wrote {written}")
 
 

@@ -72,11 +72,12 @@ def test_an_unknown_suffix_is_a_usage_error(tmp_path):
 
 def test_dash_writes_dot_text_to_stdout_and_no_file(tmp_path):
     spec = str(ROOT / "specs" / "resnet18.nn")
+    (tmp_path / "-").write_text("left by an older nnspec")
     result = run(spec, "-o", "-", "--format", "dot", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert run(spec, "-o", "r.dot", cwd=tmp_path).returncode == 0
     assert result.stdout == (tmp_path / "r.dot").read_text(encoding="utf-8")
-    assert not (tmp_path / "-").exists()
+    assert (tmp_path / "-").read_text() == "left by an older nnspec"
 
 
 @pytest.mark.dot
