@@ -529,3 +529,21 @@ def test_unwritable_places_raise_render_error(specs, tmp_path):
     for where, message in cases.items():
         with pytest.raises(RenderError, match=re.escape(message)):
             render(specs["digits_mlp"], where, "dot")
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path):
+    """A file-size limit makes the write fail half way, as a full disk would."""
+    out = tmp_path / "m.dot"
+    out.write_text("the diagram from before")
+    script = ("import resource, signal, sys; from nnspec.spec import load;"
+              "from nnspec.backends.graphviz import RenderError, render;"
+              "spec = load(sys.argv[1]);"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000));\n"
+              "try: render(spec, sys.argv[2])\n"
+              "except RenderError as err: print(err)")
+    result = subprocess.run([sys.executable, "-c", script, str(ROOT / "specs" / "resnet18.nn"),
+                             str(out)], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith(f"cannot write {out}: File too large"), result.stdout
+    assert out.read_text() == "the diagram from before"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.dot"]
