@@ -24,9 +24,14 @@ test: setup
 	$(PYTHON) -m pytest
 	$(MAKE) test-notorch
 
+# The tests that run without torch: those marked `torch` skip one by one, the rest (the kernel
+# gradchecks among them) run against the plain install.
+NOTORCH_TESTS = tests/numpy tests/test_build.py tests/torch/test_codegen.py \
+	tests/torch/test_train_script.py
+
 test-notorch:
 	rm -rf $(NOTORCH_VENV) && $(PYTHON) -m venv $(NOTORCH_VENV)
-	$(NOTORCH_VENV)/bin/pip install -q .
+	$(NOTORCH_VENV)/bin/pip install -q . "pytest>=8" "hypothesis>=6.100"
 	cd /tmp && $(NOTORCH_VENV)/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch leaked into the plain install'"
 	$(NOTORCH_VENV)/bin/nnspec check specs/*.nn
 	$(NOTORCH_VENV)/bin/nnspec summary specs/resnet18.nn --format json > /dev/null
@@ -34,6 +39,7 @@ test-notorch:
 	$(NOTORCH_VENV)/bin/nnspec render specs/resnet18.nn -o $(NOTORCH_VENV)/resnet18.svg
 	$(NOTORCH_VENV)/bin/nnspec compile specs/tiny_gpt.nn -o $(NOTORCH_VENV)/tiny_gpt.py
 	$(NOTORCH_VENV)/bin/nnspec train specs/sine_huber.nn --epochs 3 --out $(NOTORCH_VENV)/run --force
+	$(NOTORCH_VENV)/bin/pytest -q -p no:cacheprovider $(NOTORCH_TESTS)
 	@echo "plain install without torch: ok"
 
 # Benchmarks print ratios against PyTorch eager measured in one run.

@@ -9,6 +9,7 @@ from nnspec.backends.numpy.model import InputError, NumpyModel
 from nnspec.backends.numpy.rules import RULES
 from nnspec.ir import ops
 from nnspec.spec import load_text
+from tests.numpy.helpers import torch
 
 
 @pytest.mark.parametrize("name", sorted([*ops.OPS, *ops.ALIASES]))
@@ -46,7 +47,6 @@ def _torch_residual(torch, params):
 
 @pytest.mark.torch
 def test_residual_and_shared_layer_gradients_accumulate_like_torch():
-    torch = pytest.importorskip("torch")
     model = _model(RESIDUAL)
     assert set(model.params) == {"inp.weight", "inp.bias", "shared.weight", "shared.bias",
                                  "out.weight", "out.bias"}
@@ -72,7 +72,6 @@ def test_residual_and_shared_layer_gradients_accumulate_like_torch():
 
 @pytest.mark.torch
 def test_input_gradients_after_a_recorded_forward():
-    torch = pytest.importorskip("torch")
     model = _model(RESIDUAL)
     x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
     d_out = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
@@ -97,7 +96,6 @@ train Tied { loss cross_entropy }
 
 @pytest.mark.torch
 def test_tied_embedding_and_causal_attention_match_torch():
-    torch = pytest.importorskip("torch")
     model = _model(TIED, seed=3)
     assert "lm_head.weight" not in model.params and "wte.weight" in model.params
     rng = np.random.default_rng(4)
@@ -140,7 +138,6 @@ train BN { loss cross_entropy }
 
 @pytest.mark.torch
 def test_batchnorm_running_statistics_follow_torch_in_both_modes():
-    torch = pytest.importorskip("torch")
     model = _model(BN)
     bn = torch.nn.BatchNorm2d(3)
     rng = np.random.default_rng(5)
@@ -229,7 +226,6 @@ train Reg { loss huber(delta = 0.5) }
 
 @pytest.mark.torch
 def test_custom_fn_activation_and_loss_are_differentiated_like_torch():
-    torch = pytest.importorskip("torch")
     model = _model(HUBER)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((8, 3)).astype(np.float32)

@@ -1,11 +1,11 @@
-"""Convolution, pooling and batch-norm kernels: torch as the oracle, central differences in float64."""
+"""Convolution, pooling and batch-norm kernels: torch as the oracle (central differences in
+test_kernel_gradients.py)."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.backends.numpy.gradcheck import check_gradients
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
 from nnspec.backends.numpy.kernels.pool import (
@@ -16,9 +16,9 @@ from nnspec.backends.numpy.kernels.pool import (
     max_pool1d,
     max_pool2d,
 )
+from tests.numpy.helpers import F, as_torch, assert_close, torch
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+pytestmark = pytest.mark.strict_numerics
 
 FEW = settings(max_examples=20, deadline=None)
 CONV = {1: conv1d, 2: conv2d}
@@ -26,28 +26,9 @@ MAX_POOL = {1: max_pool1d, 2: max_pool2d}
 AVG_POOL = {1: avg_pool1d, 2: avg_pool2d}
 
 
-@pytest.fixture(autouse=True)
-def strict_numerics():
-    with np.errstate(all="raise"):
-        yield
-
-
-
-
-def as_torch(array):
-    return None if array is None else torch.tensor(array, requires_grad=True)
-
-
 def torch_pad(pairs):
     """F.pad's argument order: last spatial dim first."""
     return [side for pair in reversed(pairs) for side in pair]
-
-
-def assert_close(actual, expected, rtol=1e-4, atol=1e-5):
-    expected = expected.detach().numpy()
-    assert actual.dtype == np.float32
-    assert actual.shape == expected.shape
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 # --- convolution -------------------------------------------------------------------------
@@ -145,24 +126,6 @@ def test_depthwise_conv2d_matches_torch():
         "attrs": {"stride": (2, 2), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 6},
     }
     check_conv_against_torch(2, case)
-
-
-@pytest.mark.parametrize("nd", [1, 2])
-@pytest.mark.parametrize("has_bias", [True, False])
-def test_conv_gradients_match_central_differences(nd, has_bias):
-    case = {
-        "batch": 2, "in_channels": 4, "out_channels": 2, "spatial": (5, 4)[:nd],
-        "kernel": (3, 2)[:nd], "has_bias": has_bias,
-        "attrs": {
-            "stride": (2, 1)[:nd], "padding": ((1, 2), (0, 1))[:nd],
-            "dilation": (1, 2)[:nd], "groups": 2,
-        },
-    }
-
-    def kernel(x, weight, bias):
-        return CONV[nd](x, weight, bias, **case["attrs"])
-
-    check_gradients(kernel, conv_arrays(case, seed=4), differentiable={0, 1, 2})
 
 
 @pytest.mark.parametrize(
@@ -266,28 +229,10 @@ def test_adaptive_avg_pool_matches_torch(nd, spatial, output_size):
     assert_close(backward(dy)[0], tx.grad)
 
 
-@pytest.mark.torch
 def test_global_average_pooling_is_the_spatial_mean():
     x = np.random.default_rng(10).standard_normal((4, 8, 7, 7), np.float32)
     y, _ = adaptive_avg_pool2d(x, output_size=(1, 1))
     np.testing.assert_allclose(y, x.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "pooling, attrs",
-    [
-        (max_pool2d, {"kernel": (3, 2), "stride": (1, 2), "padding": ((1, 0), (1, 1))}),
-        (avg_pool2d, {"kernel": (3, 2), "stride": (1, 2), "padding": ((1, 0), (1, 1))}),
-        (max_pool1d, {"kernel": (3,), "stride": (2,), "padding": ((1, 1),)}),
-        (avg_pool1d, {"kernel": (3,), "stride": (2,), "padding": ((0, 1),)}),
-        (adaptive_avg_pool2d, {"output_size": (3, 2)}),
-        (adaptive_avg_pool1d, {"output_size": (4,)}),
-    ],
-)
-def test_pooling_gradients_match_central_differences(pooling, attrs):
-    nd = 2 if pooling in (max_pool2d, avg_pool2d, adaptive_avg_pool2d) else 1
-    x = np.random.default_rng(11).standard_normal((2, 2, 5, 6)[: 2 + nd])
-    check_gradients(lambda a: pooling(a, **attrs), [x], differentiable={0})
 
 
 # --- batch norm --------------------------------------------------------------------------
@@ -345,19 +290,6 @@ def test_batch_norm_statistics_stay_accurate_in_float32_on_large_offset_batches(
     ty = F.batch_norm(torch.tensor(x), torch_mean, torch_var, training=True)
     assert_close(y, ty, atol=1e-3)
     np.testing.assert_allclose(running_var, torch_var.numpy(), rtol=1e-4)
-
-
-@pytest.mark.parametrize("shape", BATCH_NORM_SHAPES)
-@pytest.mark.parametrize("train", [True, False])
-def test_batch_norm_gradients_match_central_differences(shape, train):
-    x, weight, bias, running_mean, running_var = batch_norm_arrays(shape, True, seed=15)
-
-    def kernel(x, weight, bias, running_mean, running_var):
-        # copies: training updates the buffers, which must not drift between probes
-        return batch_norm(x, weight, bias, running_mean.copy(), running_var.copy(), train=train)
-
-    arrays = [x, weight, bias, running_mean, running_var]
-    check_gradients(kernel, arrays, differentiable={0, 1, 2})
 
 
 def test_batch_norm_refuses_a_single_value_per_channel_in_training():

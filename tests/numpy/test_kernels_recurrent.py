@@ -1,48 +1,24 @@
-"""RNN, LSTM and GRU kernels: torch's nn modules as the oracle, central differences in float64."""
+"""RNN, LSTM and GRU kernels: torch's nn modules as the oracle (central differences in
+test_kernel_gradients.py)."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.backends.numpy.gradcheck import numeric_gradient
 from nnspec.backends.numpy.kernels.recurrent import last_step, rnn
+from tests.numpy.helpers import assert_close, recurrent_params, torch
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.strict_numerics
 
 FEW = settings(max_examples=25, deadline=None)
-MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-
-
-@pytest.fixture(autouse=True)
-def strict_numerics():
-    with np.errstate(all="raise"):
-        yield
-
-
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-
-
-def random_params(mode, features, hidden, layers, bidirectional, has_bias, seed):
-    """Parameters under torch's names and shapes, drawn from a seeded NumPy generator."""
-    rng = np.random.default_rng(seed)
-    rows = GATES[mode] * hidden
-    params = {}
-    for layer in range(layers):
-        inputs = features if layer == 0 else hidden * (2 if bidirectional else 1)
-        for suffix in ("", "_reverse") if bidirectional else ("",):
-            shapes = {"weight_ih": (rows, inputs), "weight_hh": (rows, hidden)}
-            if has_bias:
-                shapes |= {"bias_ih": (rows,), "bias_hh": (rows,)}
-            for kind, shape in shapes.items():
-                params[f"{kind}_l{layer}{suffix}"] = rng.uniform(-0.6, 0.6, shape).astype(np.float32)
-    return params
+MODES = ("gru", "lstm", "rnn")
 
 
 def make_module(mode, params, features, hidden, layers, bidirectional, nonlinearity):
     """The torch module with the same parameters; load_state_dict checks names and shapes."""
     options = {"nonlinearity": nonlinearity} if mode == "rnn" else {}
-    module = MODULES[mode](
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[mode](
         features, hidden, num_layers=layers, bidirectional=bidirectional,
         bias="bias_ih_l0" in params, batch_first=True, **options,
     )
@@ -53,7 +29,8 @@ def make_module(mode, params, features, hidden, layers, bidirectional, nonlinear
 def run_both(mode, batch, steps, features, hidden, layers, bidirectional,
              nonlinearity="tanh", has_bias=True, seed=0):
     """Forward and backward of the kernel and of torch on the same weights, input and probe."""
-    params = random_params(mode, features, hidden, layers, bidirectional, has_bias, seed)
+    params = recurrent_params(mode, features, hidden, layers, bidirectional, has_bias,
+                              np.random.default_rng(seed))
     module = make_module(mode, params, features, hidden, layers, bidirectional, nonlinearity)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((batch, steps, features), np.float32)
@@ -68,13 +45,6 @@ def run_both(mode, batch, steps, features, hidden, layers, bidirectional,
     return (out, dx, d_params), (t_out, tx.grad, module)
 
 
-def assert_close(actual, expected, rtol=1e-4, atol=1e-5):
-    expected = expected.detach().numpy()
-    assert actual.dtype == np.float32
-    assert actual.shape == expected.shape
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
 def assert_matches_torch(ours, theirs, atol=1e-5):
     (out, dx, d_params), (t_out, t_dx, module) = ours, theirs
     assert_close(out, t_out, atol=atol)
@@ -87,7 +57,7 @@ def assert_matches_torch(ours, theirs, atol=1e-5):
 @pytest.mark.torch
 @FEW
 @given(
-    mode=st.sampled_from(sorted(MODULES)),
+    mode=st.sampled_from(MODES),
     batch=st.integers(1, 3),
     steps=st.integers(1, 6),
     features=st.integers(1, 4),
@@ -105,7 +75,7 @@ def test_rnn_matches_torch(mode, batch, steps, features, hidden, layers, bidirec
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("mode", sorted(MODULES))
+@pytest.mark.parametrize("mode", MODES)
 def test_long_sequences_match_torch(mode):
     """Errors compound over a long recurrence; 30 steps of two bidirectional layers stay close."""
     ours, theirs = run_both(mode, batch=4, steps=30, features=6, hidden=16, layers=2,
@@ -115,11 +85,12 @@ def test_long_sequences_match_torch(mode):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("mode", sorted(MODULES))
+@pytest.mark.parametrize("mode", MODES)
 def test_last_step_is_torch_final_state(mode, bidirectional):
     """last_step gives the top layer's h_n, and its gradient flows back through rnn."""
     hidden, layers = 3, 2
-    params = random_params(mode, 2, hidden, layers, bidirectional, True, seed=3)
+    params = recurrent_params(mode, 2, hidden, layers, bidirectional, True,
+                              np.random.default_rng(3))
     module = make_module(mode, params, 2, hidden, layers, bidirectional, "tanh")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 5, 2), np.float32)
@@ -140,31 +111,6 @@ def test_last_step_is_torch_final_state(mode, bidirectional):
     assert_close(dx, tx.grad)
     for name, parameter in module.named_parameters():
         assert_close(d_params[name], parameter.grad)
-
-
-
-
-@pytest.mark.parametrize(("mode", "nonlinearity"),
-                         [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
-def test_gradients_match_central_differences(mode, nonlinearity):
-    rng = np.random.default_rng(5)
-    options = {"mode": mode, "hidden": 2, "layers": 2, "bidirectional": True,
-               "nonlinearity": nonlinearity}
-    params = {name: array.astype(np.float64)
-              for name, array in random_params(mode, 2, 2, 2, True, True, seed=6).items()}
-    x = rng.standard_normal((2, 3, 2))
-    out, backward = rnn(x, params, **options)
-    probe = rng.standard_normal(out.shape)
-    dx, d_params = backward(probe)
-
-    def loss():
-        return np.sum(rnn(x, params, **options)[0] * probe)
-
-    assert dx.dtype == np.float64
-    np.testing.assert_allclose(dx, numeric_gradient(loss, x), rtol=1e-5, atol=1e-7)
-    for name, array in params.items():
-        np.testing.assert_allclose(d_params[name], numeric_gradient(loss, array),
-                                   rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_unknown_mode_and_nonlinearity_are_rejected():

@@ -9,6 +9,7 @@ import pytest
 
 from nnspec.backends.numpy.optim import OPTIMIZERS, hyperparameters, make_optimizer
 from nnspec.backends.numpy.params import ParamBuffer
+from tests.numpy.helpers import torch
 
 SHAPES = {"conv.weight": (4, 3, 3, 3), "conv.bias": (4,), "fc.weight": (10, 36), "scale": ()}
 STEPS = 20
@@ -126,7 +127,6 @@ def test_load_rejects_missing_and_unexpected_names():
 @pytest.mark.torch
 @pytest.mark.parametrize(("name", "hyper"), CASES, ids=CASE_IDS)
 def test_steps_match_torch(name, hyper, trajectory):
-    torch = pytest.importorskip("torch")
     torch_classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam,
                      "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
                      "adagrad": torch.optim.Adagrad}
@@ -150,7 +150,6 @@ def test_steps_match_torch(name, hyper, trajectory):
 @pytest.mark.torch
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_defaults_are_torchs(name):
-    torch = pytest.importorskip("torch")
     torch_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
                    "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[name]
     torch_defaults = {p.name: p.default

@@ -15,6 +15,7 @@ from nnspec.backends.numpy.schedules import (
     StepLR,
     clip_grad_norm,
 )
+from tests.numpy.helpers import torch
 
 STEPS = 30
 BASE_LR = 0.3
@@ -33,7 +34,6 @@ def numpy_lrs(make_schedule, steps=STEPS):
 
 
 def torch_lrs(make_scheduler, steps=STEPS):
-    torch = pytest.importorskip("torch")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=BASE_LR)
     scheduler = make_scheduler(torch.optim.lr_scheduler, optimizer)
     lrs = [optimizer.param_groups[0]["lr"]]
@@ -164,7 +164,6 @@ CLIP_SHAPES = {"a.weight": (16, 8), "a.bias": (16,), "b.weight": (3, 16)}
     max_norm=st.floats(1e-2, 50.0),
 )
 def test_clip_grad_norm_matches_torch(seed, grad_scale, max_norm):
-    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(seed)
     buf = ParamBuffer(CLIP_SHAPES)
     buf.grad[...] = grad_scale * rng.standard_normal(buf.grad.size)

@@ -1,0 +1,414 @@
+"""Central differences in float64 for every kernel: the backward of sum(out * probe) for every
+input and parameter. Needs no torch, so the plain install runs it; a coverage test fails when a
+public kernel has no case here."""
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from nnspec.backends.numpy import kernels
+from nnspec.backends.numpy.gradcheck import check_gradients
+from nnspec.backends.numpy.kernels import activations as act
+from nnspec.backends.numpy.kernels import elementwise as ew
+from nnspec.backends.numpy.kernels import losses
+from nnspec.backends.numpy.kernels.attention import multi_head_attention
+from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
+from nnspec.backends.numpy.kernels.dense import linear
+from nnspec.backends.numpy.kernels.dropout import dropout
+from nnspec.backends.numpy.kernels.embedding import embedding
+from nnspec.backends.numpy.kernels.norm_batch import batch_norm
+from nnspec.backends.numpy.kernels.norm_layer import layer_norm
+from nnspec.backends.numpy.kernels.pool import (
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    avg_pool1d,
+    avg_pool2d,
+    max_pool1d,
+    max_pool2d,
+)
+from nnspec.backends.numpy.kernels.recurrent import last_step, rnn
+from tests.numpy.helpers import recurrent_params
+
+pytestmark = pytest.mark.strict_numerics
+
+
+@dataclass(frozen=True)
+class Case:
+    """`call` is `kernel` with its attributes bound (the kernel itself by default); `arrays`
+    draws its arguments from a seeded generator; `differentiable` as in check_gradients."""
+
+    kernel: Callable
+    arrays: Callable[[np.random.Generator], list]
+    call: Callable | None = None
+    differentiable: frozenset | None = None
+    atol: float = 1e-6
+
+
+CASES: dict[str, Case] = {}
+
+
+def normal(*shape):
+    return lambda rng: [rng.standard_normal(shape)]
+
+
+# --- activations -------------------------------------------------------------------------
+
+
+def off_the_kinks(rng):
+    """Values across every activation's range that stay clear of relu's, leaky_relu's, elu's
+    and relu6's kinks at 0 and 6."""
+    x = rng.standard_normal((3, 5)) * 4
+    x[np.abs(x) < 1e-2] = 0.5
+    x[np.abs(x - 6) < 1e-2] = 5.5
+    x[0, :2] = [6.5, 7.0]  # above relu6's cap
+    return [x]
+
+
+ACTIVATIONS = {
+    "relu": (act.relu, act.relu),
+    "sigmoid": (act.sigmoid, act.sigmoid),
+    "tanh": (act.tanh, act.tanh),
+    "gelu": (act.gelu, act.gelu),
+    "gelu_tanh": (act.gelu, lambda x: act.gelu(x, approximate="tanh")),
+    "leaky_relu": (act.leaky_relu, act.leaky_relu),
+    "leaky_relu_0.2": (act.leaky_relu, lambda x: act.leaky_relu(x, negative_slope=0.2)),
+    "elu": (act.elu, act.elu),
+    "elu_alpha_0.5": (act.elu, lambda x: act.elu(x, alpha=0.5)),
+    "silu": (act.silu, act.silu),
+    "relu6": (act.relu6, act.relu6),
+    "softmax": (act.softmax, act.softmax),
+    "log_softmax": (act.log_softmax, act.log_softmax),
+}
+for name, (kernel, call) in ACTIVATIONS.items():
+    CASES[name] = Case(kernel, off_the_kinks, call)
+CASES["softmax_dim0"] = Case(act.softmax, normal(3, 4, 2), lambda x: act.softmax(x, dim=0))
+CASES["log_softmax_dim1"] = Case(act.log_softmax, normal(3, 4, 2),
+                                 lambda x: act.log_softmax(x, dim=1))
+
+
+# --- recurrent ---------------------------------------------------------------------------
+
+FEATURES, HIDDEN = 2, 2
+
+
+def recurrent(mode, layers, bidirectional, has_bias=True, nonlinearity="tanh", summary=False):
+    """rnn with its parameter dict spread into arguments; `summary` adds last_step on top."""
+    names = list(recurrent_params(mode, FEATURES, HIDDEN, layers, bidirectional, has_bias,
+                                  np.random.default_rng(0)))
+    options = {"mode": mode, "hidden": HIDDEN, "layers": layers, "bidirectional": bidirectional,
+               "nonlinearity": nonlinearity}
+
+    def arrays(rng):
+        params = recurrent_params(mode, FEATURES, HIDDEN, layers, bidirectional, has_bias, rng,
+                                  np.float64)
+        return [rng.standard_normal((2, 3, FEATURES)), *params.values()]
+
+    def call(x, *weights):
+        out, backward = rnn(x, dict(zip(names, weights)), **options)
+        summary_backward = None
+        if summary:
+            out, summary_backward = last_step(out, hidden=HIDDEN, bidirectional=bidirectional)
+
+        def spread_backward(d_out):
+            if summary_backward:
+                (d_out,) = summary_backward(d_out)
+            dx, d_params = backward(d_out)
+            return (dx, *(d_params[name] for name in names))
+
+        return out, spread_backward
+
+    return Case(rnn, arrays, call, atol=1e-7)
+
+
+for mode, nonlinearity in [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]:
+    prefix = f"{mode}_{nonlinearity}" if mode == "rnn" else mode
+    CASES[f"{prefix}_2_layers_bidirectional"] = recurrent(mode, 2, True, nonlinearity=nonlinearity)
+for mode in ("rnn", "lstm", "gru"):
+    CASES[f"{mode}_3_layers"] = recurrent(mode, 3, False)
+    CASES[f"{mode}_without_bias"] = recurrent(mode, 1, True, has_bias=False)
+    CASES[f"{mode}_last_step"] = recurrent(mode, 2, True, summary=True)
+for bidirectional in (False, True):
+    CASES[f"last_step_{'bidirectional' if bidirectional else 'forward'}"] = Case(
+        last_step, normal(2, 4, (1 + bidirectional) * HIDDEN),
+        lambda x, b=bidirectional: last_step(x, hidden=HIDDEN, bidirectional=b))
+
+
+# --- attention, dense, embedding, dropout --------------------------------------------------
+
+
+def attention(causal, has_bias):
+    def arrays(rng):
+        def draw(*shape):
+            return rng.uniform(-0.5, 0.5, shape)
+        return [rng.standard_normal((2, 4, 6)), draw(18, 6), draw(18) if has_bias else None,
+                draw(6, 6), draw(6) if has_bias else None]
+
+    return Case(multi_head_attention, arrays,
+                lambda *a: multi_head_attention(*a, heads=2, causal=causal), atol=1e-7)
+
+
+for causal in (False, True):
+    for has_bias in (True, False):
+        CASES[f"attention{'_causal' * causal}{'_no_bias' * (not has_bias)}"] = attention(
+            causal, has_bias)
+
+CASES["linear"] = Case(linear, lambda rng: [rng.standard_normal((2, 3, 4)),
+                                            rng.standard_normal((5, 4)), rng.standard_normal(5)])
+CASES["linear_no_bias"] = Case(linear, lambda rng: [rng.standard_normal((2, 4)),
+                                                    rng.standard_normal((5, 4)), None])
+CASES["linear_vector"] = Case(linear, lambda rng: [rng.standard_normal(4),
+                                                   rng.standard_normal((3, 4)),
+                                                   rng.standard_normal(3)])
+CASES["embedding"] = Case(embedding, lambda rng: [rng.integers(0, 5, (3, 4)),
+                                                  rng.standard_normal((5, 3))])
+CASES["embedding_3d_indices"] = Case(embedding, lambda rng: [rng.integers(0, 4, (2, 3, 2)),
+                                                             rng.standard_normal((4, 2))])
+for label, p, train in [("train", 0.4, True), ("eval", 0.4, False), ("p_one", 1.0, True)]:
+    # a fresh generator with the same seed at every call: the same mask for every probe
+    CASES[f"dropout_{label}"] = Case(
+        dropout, normal(4, 5),
+        lambda x, p=p, train=train: dropout(x, p=p, train=train, rng=np.random.default_rng(13)))
+
+
+# --- convolution and pooling -------------------------------------------------------------
+
+
+def convolution(nd, has_bias, groups=2, stride=(2, 1), padding=((1, 2), (0, 1)),
+                dilation=(1, 2), channels=(4, 2)):
+    attrs = {"stride": stride[:nd], "padding": padding[:nd], "dilation": dilation[:nd],
+             "groups": groups}
+    in_channels, out_channels = channels
+    kernel = {1: conv1d, 2: conv2d}[nd]
+
+    def arrays(rng):
+        return [rng.standard_normal((2, in_channels, *(5, 4)[:nd])),
+                rng.standard_normal((out_channels, in_channels // groups, *(3, 2)[:nd])),
+                rng.standard_normal(out_channels) if has_bias else None]
+
+    return Case(kernel, arrays, lambda x, w, b: kernel(x, w, b, **attrs))
+
+
+for nd in (1, 2):
+    CASES[f"conv{nd}d"] = convolution(nd, True)
+    CASES[f"conv{nd}d_no_bias"] = convolution(nd, False)
+CASES["conv2d_depthwise"] = convolution(2, True, groups=3, stride=(2, 2),
+                                        padding=((1, 1), (1, 1)), dilation=(1, 1),
+                                        channels=(3, 6))
+
+POOLS = {
+    "max_pool2d": (max_pool2d, {"kernel": (3, 2), "stride": (1, 2),
+                                "padding": ((1, 0), (1, 1))}),
+    "max_pool2d_stride_2": (max_pool2d, {"kernel": (2, 2), "stride": (2, 2),
+                                         "padding": ((0, 0), (0, 0))}),
+    "avg_pool2d": (avg_pool2d, {"kernel": (3, 2), "stride": (1, 2), "padding": ((1, 0), (1, 1))}),
+    "max_pool1d": (max_pool1d, {"kernel": (3,), "stride": (2,), "padding": ((1, 1),)}),
+    "avg_pool1d": (avg_pool1d, {"kernel": (3,), "stride": (2,), "padding": ((0, 1),)}),
+    "adaptive_avg_pool2d": (adaptive_avg_pool2d, {"output_size": (3, 2)}),
+    "global_avg_pool2d": (adaptive_avg_pool2d, {"output_size": 1}),
+    "adaptive_avg_pool1d": (adaptive_avg_pool1d, {"output_size": (4,)}),
+}
+for name, (kernel, attrs) in POOLS.items():
+    shape = (2, 2, 5, 6) if kernel in (max_pool2d, avg_pool2d, adaptive_avg_pool2d) else (2, 2, 5)
+    CASES[name] = Case(kernel, normal(*shape), lambda x, k=kernel, a=attrs: k(x, **a))
+
+
+# --- normalisation -----------------------------------------------------------------------
+
+
+def batch_normalisation(shape, train, affine=True):
+    def arrays(rng):
+        channels = shape[1]
+        return [rng.standard_normal(shape) * 2 + 0.5,
+                rng.standard_normal(channels) if affine else None,
+                rng.standard_normal(channels) if affine else None,
+                rng.standard_normal(channels), rng.uniform(0.5, 2.0, channels)]
+
+    def call(x, weight, bias, running_mean, running_var):
+        # copies: training updates the buffers, which must not drift between probes
+        return batch_norm(x, weight, bias, running_mean.copy(), running_var.copy(), train=train)
+
+    return Case(batch_norm, arrays, call, frozenset({0, 1, 2}) if affine else frozenset({0}))
+
+
+for shape in [(6, 3), (4, 3, 5), (3, 2, 4, 5)]:
+    for train in (True, False):
+        CASES[f"batch_norm_{len(shape)}d_{'train' if train else 'eval'}"] = batch_normalisation(
+            shape, train)
+CASES["batch_norm_no_affine"] = batch_normalisation((4, 3, 5), True, affine=False)
+
+
+def layer_normalisation(normalized_ndim, affine):
+    normalized = (2, 3, 4)[3 - normalized_ndim:]
+
+    def arrays(rng):
+        return [rng.standard_normal((2, 3, 4)),
+                rng.standard_normal(normalized) if affine else None,
+                rng.standard_normal(normalized) if affine else None]
+
+    return Case(layer_norm, arrays,
+                lambda *a: layer_norm(*a, normalized_ndim=normalized_ndim), atol=1e-7)
+
+
+for normalized_ndim in (1, 2):
+    for affine in (True, False):
+        CASES[f"layer_norm_{normalized_ndim}d{'' if affine else '_no_affine'}"] = (
+            layer_normalisation(normalized_ndim, affine))
+
+
+# --- elementwise, comparisons, reductions, concat -----------------------------------------
+
+
+def positive(*shape):
+    return lambda rng: rng.uniform(0.5, 2.0, shape)
+
+
+def away_from_zero(*shape):
+    return lambda rng: rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def gaussian(*shape):
+    return lambda rng: rng.standard_normal(shape)
+
+
+def operands(*samplers):
+    """Arguments drawn by samplers; plain numbers pass as they are (they get no gradient)."""
+    return lambda rng: [s(rng) if callable(s) else s for s in samplers]
+
+
+BINARY = {"add": (ew.add, gaussian), "sub": (ew.sub, gaussian), "mul": (ew.mul, gaussian),
+          "div": (ew.div, away_from_zero), "pow": (ew.pow, gaussian),
+          "maximum": (ew.maximum, gaussian), "minimum": (ew.minimum, gaussian)}
+for name, (kernel, second) in BINARY.items():
+    first = positive if name == "pow" else gaussian
+    CASES[f"{name}_broadcast_row"] = Case(kernel, operands(first(2, 3), second(3)))
+    CASES[f"{name}_broadcast_outer"] = Case(kernel, operands(first(2, 1), second(1, 3)))
+
+NUMBER_OPERANDS = {
+    "x + 2": (ew.add, [gaussian(3, 4), 2.0]),
+    "2 - x": (ew.sub, [2.0, gaussian(3, 4)]),
+    "x * 0.5": (ew.mul, [gaussian(3, 4), 0.5]),
+    "1 / x": (ew.div, [1.0, away_from_zero(3, 4)]),
+    "x / 4": (ew.div, [gaussian(3, 4), 4.0]),
+    "x ^ 2": (ew.pow, [gaussian(3, 4), 2]),
+    "x ^ 3.0": (ew.pow, [gaussian(3, 4), 3.0]),
+    "x ^ 0.5": (ew.pow, [positive(3, 4), 0.5]),
+    "x ^ -1.5": (ew.pow, [positive(3, 4), -1.5]),
+    "x ^ 0": (ew.pow, [gaussian(3, 4), 0]),
+    "2 ^ x": (ew.pow, [2.0, gaussian(3, 4)]),
+    "maximum(x, 0)": (ew.maximum, [gaussian(3, 4), 0.0]),
+    "minimum(x, 1)": (ew.minimum, [gaussian(3, 4), 1.0]),
+}
+for name, (kernel, samplers) in NUMBER_OPERANDS.items():
+    CASES[name] = Case(kernel, operands(*samplers))
+
+UNARY = {
+    "neg": (ew.neg, gaussian, ew.neg), "abs": (ew.abs, gaussian, ew.abs),
+    "exp": (ew.exp, gaussian, ew.exp), "log": (ew.log, positive, ew.log),
+    "sqrt": (ew.sqrt, positive, ew.sqrt),
+    "clip": (ew.clip, gaussian, lambda x: ew.clip(x, lo=-0.5, hi=0.7)),
+    "clip_lo": (ew.clip, gaussian, lambda x: ew.clip(x, lo=0.1)),
+    "clip_hi": (ew.clip, gaussian, lambda x: ew.clip(x, hi=-0.2)),
+}
+for name, (kernel, sample, call) in UNARY.items():
+    CASES[name] = Case(kernel, operands(sample(3, 4)), call)
+
+
+def mask(*shape):
+    return lambda rng: rng.random(shape) < 0.5
+
+
+CASES["where"] = Case(ew.where, operands(mask(2, 1, 3), gaussian(2, 3), gaussian(3)))
+CASES["where_number_branch"] = Case(ew.where, operands(mask(4, 3), gaussian(4, 3), 0.5))
+for name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    # a mask has no gradient: check_gradients asserts None for both operands
+    CASES[name] = Case(getattr(ew, name), operands(gaussian(2, 3), gaussian(3)),
+                       differentiable=frozenset())
+
+for name, kernel in {"sum": ew.sum, "mean": ew.mean, "max": ew.max}.items():
+    for axis in (None, 1, -1, (0, 2)):
+        for keepdims in (False, True):
+            CASES[f"{name}_axis_{axis}{'_keepdims' * keepdims}"] = Case(
+                kernel, normal(2, 3, 2),
+                lambda x, k=kernel, a=axis, keep=keepdims: k(x, axis=a, keepdims=keep))
+CONCATS = {1: operands(gaussian(2, 1, 3), gaussian(2, 2, 3), gaussian(2, 3, 3)),
+           -1: operands(gaussian(2, 3, 1), gaussian(2, 3, 2))}
+for axis, arrays in CONCATS.items():
+    CASES[f"concat_axis_{axis}"] = Case(ew.concat, arrays,
+                                        lambda *xs, a=axis: ew.concat(xs, axis=a))
+
+
+# --- losses ------------------------------------------------------------------------------
+
+
+def class_indices(rng):
+    return [rng.standard_normal((3, 2, 4)), np.array([[0, 3], [-100, 1], [2, 2]])]
+
+
+def class_probabilities(rng):
+    return [rng.standard_normal((3, 2, 4)), rng.dirichlet(np.ones(4), (3, 2))]
+
+
+for smoothing in (0.0, 0.3):
+    for label, arrays in [("indices", class_indices), ("probabilities", class_probabilities)]:
+        CASES[f"cross_entropy_{label}_smoothing_{smoothing}"] = Case(
+            losses.cross_entropy, arrays,
+            lambda *a, s=smoothing: losses.cross_entropy(*a, label_smoothing=s), atol=1e-7)
+CASES["cross_entropy_ignore_index_2"] = Case(
+    losses.cross_entropy, lambda rng: [rng.standard_normal((5, 3)), np.array([2, 0, 1, 2, 1])],
+    lambda *a: losses.cross_entropy(*a, ignore_index=2), atol=1e-7)
+
+CASES["mse"] = Case(losses.mse, operands(gaussian(3, 4), gaussian(3, 4)), atol=1e-7)
+CASES["mse_integer_target"] = Case(
+    losses.mse, lambda rng: [rng.standard_normal(4), rng.integers(-2, 3, 4)], atol=1e-7)
+CASES["l1"] = Case(losses.l1, operands(gaussian(3, 4), gaussian(3, 4)), atol=1e-7)
+CASES["binary_cross_entropy"] = Case(
+    losses.binary_cross_entropy, lambda rng: [rng.uniform(0.02, 0.98, (3, 4)),
+                                              rng.random((3, 4))], atol=1e-7)
+CASES["binary_cross_entropy_with_logits"] = Case(
+    losses.binary_cross_entropy_with_logits, lambda rng: [rng.standard_normal((3, 4)) * 2,
+                                                          rng.random((3, 4))], atol=1e-7)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradients_match_central_differences(name):
+    case = CASES[name]
+    arrays = case.arrays(np.random.default_rng(sum(map(ord, name))))  # a fixed seed per case
+    check_gradients(case.call or case.kernel, arrays, case.differentiable, atol=case.atol)
+
+
+# --- coverage ----------------------------------------------------------------------------
+
+# Public functions of the kernel modules that are not kernels (no `(out, backward)`).
+NOT_KERNELS = {
+    "activations.erf",
+    "conv.check_spatial", "conv.crop_padding", "conv.kernel_offsets", "conv.offset_index",
+    "conv.output_size", "conv.pad_spatial", "conv.scatter_windows", "conv.windows",
+    "elementwise.unbroadcast",
+}
+
+
+def public_functions():
+    """'module.name' -> function for every public function defined in a kernel module."""
+    found = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        for name, value in vars(module).items():
+            if (inspect.isfunction(value) and not name.startswith("_")
+                    and value.__module__ == module.__name__):
+                found[f"{info.name}.{name}"] = value
+    return found
+
+
+def test_every_public_kernel_has_a_gradient_case():
+    functions = public_functions()
+    checked = {case.kernel for case in CASES.values()}
+    missing = sorted(name for name, function in functions.items()
+                     if name not in NOT_KERNELS and function not in checked)
+    assert not missing, f"kernels without a case in CASES: {missing}"
+    assert NOT_KERNELS <= functions.keys(), "NOT_KERNELS names a function that is gone"
+    assert len(functions) - len(NOT_KERNELS) >= 45  # the discovery itself finds the kernels
