@@ -781,8 +781,7 @@ register(
           label=("{shape}",)),
     OpDef("select", "shape", "Takes one position along a per-sample dim, dropping that dim "
           "(e.g. the first token: `select(0)`; the last: `select(-1)`).", _select_infer,
-          (Attr("index", "int"), Attr("dim", "int", 0)), outputs_doc="shape without dim",
-          needs_batch=True),
+          (Attr("index", "int"), Attr("dim", "int", 0)), outputs_doc="shape without dim"),
     OpDef("conv1d", "conv", "1-d convolution (torch.nn.Conv1d).", _conv1[0], _conv_attrs(),
           params=_conv1[1], macs=_conv1[2], inputs_doc="[C, L]", outputs_doc="[channels, L']",
           needs_batch=True),
