@@ -689,6 +689,12 @@ def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
     return attrs
 
 
+def _recurrent_torch(mode: str) -> Torch:
+    """`batch_first=True` and the `bidirectional` flag are the torch backend's to write."""
+    keywords = ("num_layers=layers",) + (("nonlinearity",) if mode == "rnn" else ()) + ("bias",)
+    return Torch(f"nn.{mode.upper()}", ("input_size=input[-1]", "hidden_size=hidden"), keywords)
+
+
 def _recurrent_label(mode: str) -> tuple[str, ...]:
     flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step")
     return flags + (("nonlinearity?{nonlinearity}",) if mode == "rnn" else ())
@@ -711,8 +717,9 @@ def _binary(name, family, doc, symbol="", torch=""):
 
 
 def _loss(name, doc, infer, torch="", attrs=(), inputs_doc="pred, target"):
+    torch_form = Torch(torch, keywords=tuple(a.name for a in attrs)) if torch else None
     return OpDef(name, "loss", doc, infer, attrs, arity=(2, 2), inputs_doc=inputs_doc,
-                 outputs_doc="scalar", torch=Torch(torch) if torch else None)
+                 outputs_doc="scalar", torch=torch_form)
 
 
 _REDUCE_ATTRS = (
@@ -814,11 +821,13 @@ register(
                                                           maximum=1.0),
            Attr("affine", "bool", True)), params=_batchnorm_params,
           inputs_doc="[C], [C, L] or [C, H, W]", aliases=("batchnorm1d", "batchnorm2d"),
-          needs_batch=True),
+          needs_batch=True, torch=Torch("nn.BatchNorm1d", ("num_features=input[0]",),
+                                        ("eps", "momentum", "affine"))),
     OpDef("layernorm", "norm", "Layer normalisation over the last `dims` dims.",
           _layernorm_infer, (Attr("eps", "float", 1e-5, minimum=0.0), Attr("affine", "bool", True),
                              Attr("dims", "int", 1, "how many trailing dims to normalise",
-                                  minimum=1)), params=_layernorm_params),
+                                  minimum=1)), params=_layernorm_params,
+          torch=Torch("nn.LayerNorm", keywords=("eps", "elementwise_affine=affine"))),
     OpDef("embedding", "embedding", "Looks up a learned vector per integer token.",
           _embedding_infer, (Attr("num", "int", doc="vocabulary size", minimum=1),
                              Attr("dim", "int", doc="vector size", minimum=1),
@@ -847,16 +856,21 @@ register(
            _BIAS),
           params=_attention_params, macs=_attention_macs, inputs_doc="[T, E]",
           outputs_doc="[T, E]", needs_batch=True,
+          torch=Torch("nn.MultiheadAttention", ("embed_dim=input[-1]", "num_heads=heads"),
+                      ("bias",)),
           label=("{heads} heads", "causal?causal", "bias?no bias")),
     OpDef("rnn", "recurrent", "Elman RNN (torch.nn.RNN).", _rnn[0], _recurrent_attrs("rnn"),
           params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
-          needs_batch=True, label=_recurrent_label("rnn")),
+          needs_batch=True, torch=_recurrent_torch("rnn"),
+          label=_recurrent_label("rnn")),
     OpDef("lstm", "recurrent", "LSTM, gates i,f,g,o (torch.nn.LSTM).", _lstm[0],
           _recurrent_attrs("lstm"), params=_lstm[1], macs=_lstm[2], inputs_doc="[T, F]",
-          outputs_doc="[T, H] or [H]", needs_batch=True, label=_recurrent_label("lstm")),
+          outputs_doc="[T, H] or [H]", needs_batch=True, torch=_recurrent_torch("lstm"),
+          label=_recurrent_label("lstm")),
     OpDef("gru", "recurrent", "GRU, gates r,z,n (torch.nn.GRU).", _gru[0], _recurrent_attrs("gru"),
           params=_gru[1], macs=_gru[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
-          needs_batch=True, label=_recurrent_label("gru")),
+          needs_batch=True, torch=_recurrent_torch("gru"),
+          label=_recurrent_label("gru")),
     _activation("relu", "max(x, 0)", "F.relu"),
     _activation("sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid"),
     _activation("tanh", "hyperbolic tangent", "torch.tanh"),
@@ -910,7 +924,7 @@ register(
     _loss("mse", "Mean squared error.", _loss_same_shape("mse"), "F.mse_loss"),
     _loss("l1", "Mean absolute error.", _loss_same_shape("l1"), "F.l1_loss"),
     _loss("cross_entropy", "Cross-entropy from logits over the last dim; targets are class "
-          "indices or probabilities.", _cross_entropy_infer,
+          "indices or probabilities.", _cross_entropy_infer, "F.cross_entropy",
           attrs=(Attr("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0),
                  Attr("ignore_index", "int", -100)), inputs_doc="logits [..., C], target"),
     _loss("binary_cross_entropy", "Binary cross-entropy of probabilities (or of logits with "

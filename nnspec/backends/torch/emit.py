@@ -75,11 +75,15 @@ def _one(value):
 # ---- constructors of layers with weights ---------------------------------------------------
 
 
+def _default(node: Node, name: str):
+    return OPS[node.op].attr(name).default
+
+
 def _conv(spatial: int):
     def init(node: Node, ins: list[TensorType]) -> Group:
         a = node.attrs
         kwargs = {}
-        if _one(a.stride) != 1:
+        if _one(a.stride) != _default(node, "stride"):
             kwargs["stride"] = Num(_one(a.stride), "stride")
         if a.padding == "same":
             kwargs["padding"] = Num("same", "padding")
@@ -87,12 +91,12 @@ def _conv(spatial: int):
             pads = tuple(low for low, _ in conv_pads(a, spatial))
             if any(pads):
                 kwargs["padding"] = Num(_one(pads), "padding")
-        if _one(a.dilation) != 1:
+        if _one(a.dilation) != _default(node, "dilation"):
             kwargs["dilation"] = Num(_one(a.dilation), "dilation")
-        if a.groups != 1:
+        if a.groups != _default(node, "groups"):
             kwargs["groups"] = Num(a.groups, "groups")
-        if not a.bias:
-            kwargs["bias"] = Num(False, "bias")
+        if a.bias != _default(node, "bias"):
+            kwargs["bias"] = Num(a.bias, "bias")
         return call(f"nn.Conv{spatial}d", Num(ins[0].shape[0], "in_channels", False),
                     Num(a.channels, "out_channels"), Num(_one(a.kernel), "kernel_size"),
                     **kwargs)
@@ -100,54 +104,29 @@ def _conv(spatial: int):
     return init
 
 
+def _module_args(node: Node, ins: list[TensorType]) -> list[Num]:
+    return [_value(source, node.attrs, ins, hint)
+            for hint, source in map(_binding, OPS[node.op].torch.args)]
+
+
 def _batchnorm(node, ins):
-    a = node.attrs
-    kwargs = {}
-    if a.eps != 1e-5:
-        kwargs["eps"] = Num(a.eps, "eps")
-    if a.momentum != 0.1:
-        kwargs["momentum"] = Num(a.momentum, "momentum")
-    if not a.affine:
-        kwargs["affine"] = Num(False, "affine")
     kind = "2d" if ins[0].rank == 3 else "1d"
-    return call(f"nn.BatchNorm{kind}", Num(ins[0].shape[0], "num_features", False), **kwargs)
+    return call(f"nn.BatchNorm{kind}", *_module_args(node, ins),
+                **_keywords(OPS[node.op], node.attrs, ins))
 
 
 def _layernorm(node, ins):
-    a = node.attrs
-    shape = tuple(ins[0].shape[-a.dims:])
-    kwargs = {}
-    if a.eps != 1e-5:
-        kwargs["eps"] = Num(a.eps, "eps")
-    if not a.affine:
-        kwargs["elementwise_affine"] = Num(False, "elementwise_affine")
+    shape = tuple(ins[0].shape[-node.attrs.dims:])
     return call("nn.LayerNorm", Num(shape[0] if len(shape) == 1 else shape, "normalized_shape",
-                                    False), **kwargs)
+                                    False), **_keywords(OPS[node.op], node.attrs, ins))
 
 
-def _attention(node, ins):
-    kwargs = {} if node.attrs.bias else {"bias": Num(False, "bias")}
-    return call("nn.MultiheadAttention", Num(ins[0].shape[-1], "embed_dim", False),
-                Num(node.attrs.heads, "num_heads"), **kwargs, batch_first="True")
-
-
-def _recurrent(cls: str):
-    def init(node, ins):
-        a = node.attrs
-        kwargs = {}
-        if a.layers != 1:
-            kwargs["num_layers"] = Num(a.layers, "num_layers")
-        if a.get("nonlinearity", "tanh") != "tanh":
-            kwargs["nonlinearity"] = Num(a.nonlinearity, "nonlinearity")
-        if not a.bias:
-            kwargs["bias"] = Num(False, "bias")
-        kwargs["batch_first"] = "True"
-        if a.bidirectional:
-            kwargs["bidirectional"] = "True"
-        return call(f"nn.{cls}", Num(ins[0].shape[-1], "input_size", False),
-                    Num(a.hidden, "hidden_size"), **kwargs)
-
-    return init
+def _batch_first(node, ins):
+    """The module form, batch first (and `bidirectional=True`, a flag torch takes last)."""
+    kwargs = {**_keywords(OPS[node.op], node.attrs, ins), "batch_first": "True"}
+    if node.attrs.get("bidirectional"):
+        kwargs["bidirectional"] = "True"
+    return call(OPS[node.op].torch.name, *_module_args(node, ins), **kwargs)
 
 
 Init = Callable[[Node, list[TensorType]], Group]
@@ -188,8 +167,7 @@ def _keywords(opdef: OpDef, attrs, ins: list[TensorType]) -> dict[str, Num]:
     """The torch form's keywords whose attribute differs from the catalogue default."""
     out = {}
     for hint, source in map(_binding, opdef.torch.keywords):
-        attr = opdef.attr(source)
-        if attr is None or attrs[source] != attr.default:
+        if source.startswith("input[") or attrs[source] != opdef.attr(source).default:
             out[hint] = _value(source, attrs, ins, hint)
     return out
 
@@ -212,10 +190,10 @@ INIT: dict[str, Init] = _Table(derived_init, {
     "conv2d": _conv(2),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
-    "attention": _attention,
-    "rnn": _recurrent("RNN"),
-    "lstm": _recurrent("LSTM"),
-    "gru": _recurrent("GRU"),
+    "attention": _batch_first,
+    "rnn": _batch_first,
+    "lstm": _batch_first,
+    "gru": _batch_first,
 })
 
 
@@ -256,9 +234,9 @@ def _pool(kind: str):
     def forward(s: Site) -> list[Line]:
         spatial = s.types[0].rank - 1
         kwargs = {}
-        if s.a.stride is not None:
+        if s.a.stride != _default(s.node, "stride"):
             kwargs["stride"] = Num(_one(s.a.stride), "stride")
-        if _one(s.a.padding) != 0:
+        if _one(s.a.padding) != _default(s.node, "padding"):
             kwargs["padding"] = Num(_one(s.a.padding), "padding")
         return [Line(expr(call(f"F.{kind}_pool{spatial}d", s.x, Num(_one(s.a.kernel), "kernel_size"),
                                **kwargs)))]
@@ -414,11 +392,7 @@ def _cross_entropy(s: Site) -> list[Line]:
     if s.types[0].rank > 1:  # [T, C] scores: every position is a sample
         pred = expr(pred, ".flatten(0, -2)")
         target = expr(target, ".flatten()" if s.types[1].dtype == "int64" else ".flatten(0, -2)")
-    kwargs = {}
-    if s.a.label_smoothing:
-        kwargs["label_smoothing"] = Num(s.a.label_smoothing, "label_smoothing")
-    if s.a.ignore_index != -100:
-        kwargs["ignore_index"] = Num(s.a.ignore_index, "ignore_index")
+    kwargs = _keywords(OPS["cross_entropy"], s.a, s.types)
     return [Line(expr(call("F.cross_entropy", pred, target, **kwargs)))]
 
 
