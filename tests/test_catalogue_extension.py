@@ -150,14 +150,24 @@ def test_a_toy_op_draws_with_a_label(toy):
     assert toy.opdef.name in gv.to_dot(toy.spec)
 
 
-def test_a_toy_op_appears_in_the_generated_reference(toy):
+def _gen_docs() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
-    gen_docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen_docs)
-    text = gen_docs.generate()
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_toy_op_appears_in_the_generated_reference(toy):
+    text = _gen_docs().generate()
     assert f"#### `{toy.opdef.name}`\n\n{toy.opdef.doc}" in text
     for attr in toy.opdef.attrs:
         assert f"| `{attr.name}` | {attr.kind} |" in text
+
+
+def test_an_op_of_a_new_family_needs_a_section_in_the_reference():
+    with ops.registered(ops.OpDef("toy_op", "toy_family", "", _same_shape)):
+        with pytest.raises(ValueError, match="toy_family"):
+            _gen_docs().generate()
 
 
 def test_registration_refuses_a_taken_name_and_cleans_up():
