@@ -72,61 +72,7 @@ def _one(value):
     return value[0] if isinstance(value, tuple) and len(set(value)) == 1 else value
 
 
-# ---- constructors of layers with weights ---------------------------------------------------
-
-
-def _default(node: Node, name: str):
-    return OPS[node.op].attr(name).default
-
-
-def _conv(spatial: int):
-    def init(node: Node, ins: list[TensorType]) -> Group:
-        a = node.attrs
-        kwargs = {}
-        if _one(a.stride) != _default(node, "stride"):
-            kwargs["stride"] = Num(_one(a.stride), "stride")
-        if a.padding == "same":
-            kwargs["padding"] = Num("same", "padding")
-        else:
-            pads = tuple(low for low, _ in conv_pads(a, spatial))
-            if any(pads):
-                kwargs["padding"] = Num(_one(pads), "padding")
-        if _one(a.dilation) != _default(node, "dilation"):
-            kwargs["dilation"] = Num(_one(a.dilation), "dilation")
-        if a.groups != _default(node, "groups"):
-            kwargs["groups"] = Num(a.groups, "groups")
-        if a.bias != _default(node, "bias"):
-            kwargs["bias"] = Num(a.bias, "bias")
-        return call(f"nn.Conv{spatial}d", Num(ins[0].shape[0], "in_channels", False),
-                    Num(a.channels, "out_channels"), Num(_one(a.kernel), "kernel_size"),
-                    **kwargs)
-
-    return init
-
-
-def _module_args(node: Node, ins: list[TensorType]) -> list[Num]:
-    return [_value(source, node.attrs, ins, hint)
-            for hint, source in map(_binding, OPS[node.op].torch.args)]
-
-
-def _batchnorm(node, ins):
-    kind = "2d" if ins[0].rank == 3 else "1d"
-    return call(f"nn.BatchNorm{kind}", *_module_args(node, ins),
-                **_keywords(OPS[node.op], node.attrs, ins))
-
-
-def _layernorm(node, ins):
-    shape = tuple(ins[0].shape[-node.attrs.dims:])
-    return call("nn.LayerNorm", Num(shape[0] if len(shape) == 1 else shape, "normalized_shape",
-                                    False), **_keywords(OPS[node.op], node.attrs, ins))
-
-
-def _batch_first(node, ins):
-    """The module form, batch first (and `bidirectional=True`, a flag torch takes last)."""
-    kwargs = {**_keywords(OPS[node.op], node.attrs, ins), "batch_first": "True"}
-    if node.attrs.get("bidirectional"):
-        kwargs["bidirectional"] = "True"
-    return call(OPS[node.op].torch.name, *_module_args(node, ins), **kwargs)
+# ---- the catalogue's `Torch` forms ---------------------------------------------------------
 
 
 Init = Callable[[Node, list[TensorType]], Group]
@@ -170,6 +116,63 @@ def _keywords(opdef: OpDef, attrs, ins: list[TensorType]) -> dict[str, Num]:
         if source.startswith("input[") or attrs[source] != opdef.attr(source).default:
             out[hint] = _value(source, attrs, ins, hint)
     return out
+
+
+def _module_args(node: Node, ins: list[TensorType]) -> list[Num]:
+    return [_value(source, node.attrs, ins, hint)
+            for hint, source in map(_binding, OPS[node.op].torch.args)]
+
+
+def _default(node: Node, name: str):
+    return OPS[node.op].attr(name).default
+
+
+# ---- constructors of layers with weights ---------------------------------------------------
+
+
+def _conv(spatial: int):
+    def init(node: Node, ins: list[TensorType]) -> Group:
+        a = node.attrs
+        kwargs = {}
+        if _one(a.stride) != _default(node, "stride"):
+            kwargs["stride"] = Num(_one(a.stride), "stride")
+        if a.padding == "same":
+            kwargs["padding"] = Num("same", "padding")
+        else:
+            pads = tuple(low for low, _ in conv_pads(a, spatial))
+            if any(pads):
+                kwargs["padding"] = Num(_one(pads), "padding")
+        if _one(a.dilation) != _default(node, "dilation"):
+            kwargs["dilation"] = Num(_one(a.dilation), "dilation")
+        if a.groups != _default(node, "groups"):
+            kwargs["groups"] = Num(a.groups, "groups")
+        if a.bias != _default(node, "bias"):
+            kwargs["bias"] = Num(a.bias, "bias")
+        return call(f"nn.Conv{spatial}d", Num(ins[0].shape[0], "in_channels", False),
+                    Num(a.channels, "out_channels"), Num(_one(a.kernel), "kernel_size"),
+                    **kwargs)
+
+    return init
+
+
+def _batchnorm(node, ins):
+    kind = "2d" if ins[0].rank == 3 else "1d"
+    return call(f"nn.BatchNorm{kind}", *_module_args(node, ins),
+                **_keywords(OPS[node.op], node.attrs, ins))
+
+
+def _layernorm(node, ins):
+    shape = tuple(ins[0].shape[-node.attrs.dims:])
+    return call("nn.LayerNorm", Num(shape[0] if len(shape) == 1 else shape, "normalized_shape",
+                                    False), **_keywords(OPS[node.op], node.attrs, ins))
+
+
+def _batch_first(node, ins):
+    """The module form, batch first (and `bidirectional=True`, a flag torch takes last)."""
+    kwargs = {**_keywords(OPS[node.op], node.attrs, ins), "batch_first": "True"}
+    if node.attrs.get("bidirectional"):
+        kwargs["bidirectional"] = "True"
+    return call(OPS[node.op].torch.name, *_module_args(node, ins), **kwargs)
 
 
 def derived_init(opdef: OpDef) -> Init | None:
