@@ -435,11 +435,15 @@ def derived_rule(opdef: OpDef) -> Rule | None:
     if unknown:
         raise AssertionError(f"the kernel of `{opdef.name}` takes {unknown}, which are neither "
                              "attributes of the op nor `train`/`rng` of a random op")
-    if weights:
+    if weights and attrs:
         def run(node, ins, params, ctx):
             out = kernel(*ins, *[params.get(w) for w in weights],
                          **{a: node.attrs[a] for a in attrs})
             return _with_params(out, n_inputs, weights)
+    elif weights:
+        def run(node, ins, params, ctx):
+            return _with_params(kernel(*ins, *[params.get(w) for w in weights]), n_inputs,
+                                weights)
     elif opdef.random:
         def run(node, ins, params, ctx):
             kwargs = {a: node.attrs[a] for a in attrs}
