@@ -55,6 +55,9 @@ def _attr_rows(attrs) -> list[str]:
 
 
 def generate() -> str:
+    unlisted = sorted({op.family for op in ops.OPS.values()} - {f for f, _ in FAMILIES})
+    if unlisted:
+        raise ValueError(f"op families without a section in FAMILIES: {', '.join(unlisted)}")
     out = [BEGIN, ""]
     for family, title in FAMILIES:
         out += [f"### {title}", ""]

@@ -1,9 +1,12 @@
 """The op catalogue: the one place that says which ops exist.
 
 Each `OpDef` holds an op's attributes (types, defaults, checks), its shape rule, the
-shapes of its parameters (PyTorch's names and layouts) and its multiply-add count per
-sample. It imports neither numpy nor torch; backends look ops up here by name and a test
-fails when a backend lacks one.
+shapes of its parameters (PyTorch's names and layouts), its multiply-add count per sample
+and its traits: whether it needs a batch axis, broadcasts, draws random numbers, is written
+as an operator, its PyTorch name, its NumPy kernel and its diagram label. Backends derive
+the regular ops from those traits and keep hand-written code only for irregular ones (the
+way sqlglot's generator prints any function from its arguments). It imports neither numpy
+nor torch; `register` adds ops (a plugin's, a test's) after import.
 
 Shape rules see per-sample `TensorType`s (batch implicit) and raise `ShapeError`, a small
 span-free error; the IR builder attaches the span of the layer and where its input came from.
@@ -12,9 +15,10 @@ span-free error; the IR builder attaches the span of the layer and where its inp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from nnspec.ir.types import (
     Dim,
@@ -40,13 +44,15 @@ class ShapeError(Exception):
 
 REQUIRED = object()
 
+AttrKind = Literal["int", "float", "bool", "str", "ints", "floats", "padding", "layer"]
+
 
 @dataclass(frozen=True)
 class Attr:
-    """An op attribute. `kind` is one of: int, float, bool, str, ints, padding, layer."""
+    """An op attribute (or an optimizer's hyperparameter) with its type, default and checks."""
 
     name: str
-    kind: str
+    kind: AttrKind
     default: Any = REQUIRED
     doc: str = ""
     choices: tuple = ()
@@ -71,11 +77,60 @@ class ParamSpec:
 class Attrs(dict):
     """Resolved attributes; read as `a.kernel` or `a["kernel"]`."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(frozen=True)
+class Torch:
+    """How a regular op reads in PyTorch, so the torch backend needs no code for it.
+
+    `name` is a function called on the op's inputs (`F.relu`, `torch.tanh`) or, for an op
+    with weights, the `nn.*` module built in `__init__` and called in `forward`. `args` are a
+    module's positional constructor values, `keywords` its keyword arguments (a function's
+    too): `"hint=source"` or just `"source"` (then the hint is the same name), where the
+    source is an attribute or `input[i]`, the first input's per-sample dim i. A keyword is
+    written only when its attribute differs from the catalogue default, so defaults are
+    stated once, here. `weight_std` names the attribute holding the std of a module's
+    normal weight initialisation (written when it differs from its default).
+    """
+
+    name: str
+    args: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    weight_std: str = ""
+
+    @property
+    def is_module(self) -> bool:
+        return self.name.startswith("nn.")
 
 
 @dataclass(frozen=True)
 class OpDef:
+    """An op of the catalogue: its attributes, shape rule, weights and traits.
+
+    Traits (what backends derive the regular ops from):
+    - `needs_batch`: its kernels see a leading batch axis, so an unbatched input (a position
+      table) runs as a batch of one.
+    - `broadcast`: operands broadcast per sample (a batched operand of lower rank gets unit
+      dims after its batch dim).
+    - `random`: draws random numbers while training; the NumPy kernel takes `train` and
+      `rng`, the torch call reads the module's training flag.
+    - `symbol`: the operator in spec text (`+`, `^`, `<=`), with one input a prefix (`-`).
+    - `torch`: the PyTorch function or module (see `Torch`).
+    - `kernel`: the NumPy kernel, `"function"` in `nnspec.backends.numpy.kernels` or
+      `"module:function"` anywhere; empty means a kernel function named like the op. Its
+      leading positional parameters take the inputs, the next ones the weights (by local
+      name), its keyword-only ones the attributes of the same name.
+    - `label`: what a diagram writes after the op's name (None: required values, then
+      `name=value` for attributes off their default). Each entry is a template over the
+      attributes (`"{heads} heads"`, `"{num} → {dim}"`), or `"attr?template"`, written only
+      when `attr` differs from its default (`"bias?no bias"`).
+    """
+
     name: str
     family: str  # linear conv pool norm recurrent attention embedding activation merge shape
     #              math regularization loss
@@ -88,6 +143,13 @@ class OpDef:
     inputs_doc: str = "[..]"
     outputs_doc: str = "same"
     aliases: tuple[str, ...] = field(default=())
+    needs_batch: bool = False
+    broadcast: bool = False
+    random: bool = False
+    symbol: str = ""
+    torch: Torch | None = None
+    kernel: str = ""
+    label: tuple[str, ...] | None = None
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)
@@ -477,15 +539,12 @@ def _recurrent_rule(mode: str):
 # ---- elementwise, merges, reductions -------------------------------------------------------
 
 
-_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "^"}
-
-
-def _broadcast_infer(op):
+def _broadcast_infer(op, shown):
     def infer(ins, a):
         x, y = ins
         shape = broadcast(x, y)
         if shape is None:
-            raise ShapeError(f"`{_SYMBOLS.get(op, op)}` cannot combine {x} and {y}: the shapes "
+            raise ShapeError(f"`{shown}` cannot combine {x} and {y}: the shapes "
                              "do not match",
                              "make both sides the same shape (e.g. a `dense` to match the "
                              "feature size)", code="E305")
@@ -499,7 +558,7 @@ def _broadcast_infer(op):
 
 
 def _compare_infer(ins, a):
-    out = _broadcast_infer("compare")(ins, a)
+    out = _broadcast_infer("compare", "compare")(ins, a)
     return TensorType(out.shape, "bool", out.batched)
 
 
@@ -558,10 +617,6 @@ def _softmax_infer(op):
 
 def _scalar_infer(ins, a):
     return TensorType((), "float32", batched=False)
-
-
-def _pow_infer(ins, a):
-    return _broadcast_infer("pow")(ins, a)
 
 
 # ---- losses --------------------------------------------------------------------------------
@@ -634,17 +689,37 @@ def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
     return attrs
 
 
-def _activation(name, doc, attrs=(), aliases=()):
-    return OpDef(name, "activation", doc, _same_float(name), attrs, aliases=aliases)
+def _recurrent_torch(mode: str) -> Torch:
+    """`batch_first=True` and the `bidirectional` flag are the torch backend's to write."""
+    keywords = ("num_layers=layers",) + (("nonlinearity",) if mode == "rnn" else ()) + ("bias",)
+    return Torch(f"nn.{mode.upper()}", ("input_size=input[-1]", "hidden_size=hidden"), keywords)
 
 
-def _unary_math(name, doc):
-    return OpDef(name, "math", doc, _same_float(name))
+def _recurrent_label(mode: str) -> tuple[str, ...]:
+    flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step")
+    return flags + (("nonlinearity?{nonlinearity}",) if mode == "rnn" else ())
 
 
-def _binary(name, family, doc, infer=None):
-    return OpDef(name, family, doc, infer or _broadcast_infer(name), arity=(2, 2),
-                 inputs_doc="a, b", outputs_doc="broadcast of a and b")
+def _activation(name, doc, torch, attrs=(), aliases=(), label=None):
+    return OpDef(name, "activation", doc, _same_float(name), attrs, aliases=aliases,
+                 torch=Torch(torch, keywords=tuple(a.name for a in attrs)), label=label)
+
+
+def _unary_math(name, doc, torch="", symbol=""):
+    return OpDef(name, "math", doc, _same_float(name), symbol=symbol,
+                 torch=Torch(torch) if torch else None)
+
+
+def _binary(name, family, doc, symbol="", torch=""):
+    return OpDef(name, family, doc, _broadcast_infer(name, symbol or name), arity=(2, 2),
+                 inputs_doc="a, b", outputs_doc="broadcast of a and b", broadcast=True,
+                 symbol=symbol, torch=Torch(torch) if torch else None)
+
+
+def _loss(name, doc, infer, torch="", attrs=(), inputs_doc="pred, target"):
+    torch_form = Torch(torch, keywords=tuple(a.name for a in attrs)) if torch else None
+    return OpDef(name, "loss", doc, infer, attrs, arity=(2, 2), inputs_doc=inputs_doc,
+                 outputs_doc="scalar", torch=torch_form)
 
 
 _REDUCE_ATTRS = (
@@ -656,126 +731,186 @@ _REDUCE_ATTRS = (
 OPS: dict[str, OpDef] = {}
 
 
-def _register(*defs: OpDef):
+ALIASES: dict[str, str] = {}
+LOSSES: tuple[str, ...] = ()
+
+
+def register(*defs: OpDef) -> None:
+    """Add ops to the catalogue. An op whose traits say how it runs (a `torch` form, a NumPy
+    kernel) then works in every backend; irregular ops also need their hand-written rules."""
+    global LOSSES
     for d in defs:
+        taken = [n for n in (d.name, *d.aliases) if n in OPS or n in ALIASES]
+        if taken:
+            raise ValueError(f"the catalogue already has an op `{taken[0]}`")
         OPS[d.name] = d
+        ALIASES.update((alias, d.name) for alias in d.aliases)
+    LOSSES = tuple(name for name, d in OPS.items() if d.family == "loss")
 
 
-_register(
+def unregister(*names: str) -> None:
+    """Remove ops `register` added (a test's toy ops)."""
+    global LOSSES
+    for name in names:
+        d = OPS.pop(name)
+        for alias in d.aliases:
+            del ALIASES[alias]
+    LOSSES = tuple(name for name, d in OPS.items() if d.family == "loss")
+
+
+@contextmanager
+def registered(*defs: OpDef) -> Iterator[None]:
+    """The catalogue with `defs` added, for the duration of a `with` block."""
+    register(*defs)
+    try:
+        yield
+    finally:
+        unregister(*(d.name for d in defs))
+
+
+register(
     OpDef("dense", "linear", "Fully connected layer over the last dim (torch.nn.Linear).",
           _dense_infer, (Attr("units", "int", doc="output features", minimum=1), _BIAS,
                          Attr("tie", "layer", None, "share the weight of a named layer "
                               "(e.g. an embedding)", optional=True)),
           params=_dense_params, macs=_dense_macs, inputs_doc="[..., F]",
-          outputs_doc="[..., units]", aliases=("linear",)),
+          outputs_doc="[..., units]", aliases=("linear",), kernel="linear",
+          torch=Torch("nn.Linear", ("in_features=input[-1]", "out_features=units"), ("bias",)),
+          label=("{units}", "bias?no bias")),
     OpDef("dropout", "regularization", "Zeroes values with probability p while training.",
-          _same, (Attr("p", "float", 0.5, minimum=0.0, maximum=1.0),)),
+          _same, (Attr("p", "float", 0.5, minimum=0.0, maximum=1.0),), random=True,
+          label=("{p}",)),
     OpDef("flatten", "shape", "Flattens each sample to one dim.", _flatten_infer,
-          outputs_doc="[prod(dims)]"),
+          outputs_doc="[prod(dims)]", needs_batch=True),
     OpDef("reshape", "shape", "Reshapes each sample; one dim may be -1.", _reshape_infer,
           (Attr("shape", "ints", doc="the new per-sample shape: `reshape(8, 8)` or "
-                "`reshape([8, 8])`", variadic=True),), outputs_doc="shape"),
+                "`reshape([8, 8])`", variadic=True),), outputs_doc="shape", needs_batch=True,
+          label=("{shape}",)),
     OpDef("select", "shape", "Takes one position along a per-sample dim, dropping that dim "
           "(e.g. the first token: `select(0)`; the last: `select(-1)`).", _select_infer,
           (Attr("index", "int"), Attr("dim", "int", 0)), outputs_doc="shape without dim"),
     OpDef("conv1d", "conv", "1-d convolution (torch.nn.Conv1d).", _conv1[0], _conv_attrs(),
-          params=_conv1[1], macs=_conv1[2], inputs_doc="[C, L]", outputs_doc="[channels, L']"),
+          params=_conv1[1], macs=_conv1[2], inputs_doc="[C, L]", outputs_doc="[channels, L']",
+          needs_batch=True),
     OpDef("conv2d", "conv", "2-d convolution (torch.nn.Conv2d).", _conv2[0], _conv_attrs(),
           params=_conv2[1], macs=_conv2[2], inputs_doc="[C, H, W]",
-          outputs_doc="[channels, H', W']"),
+          outputs_doc="[channels, H', W']", needs_batch=True),
     OpDef("maxpool", "pool", "Max pooling; 1-d or 2-d follows the input.",
           _pool_rule("max", None), _pool_attrs(), macs=_pool_macs,
-          inputs_doc="[C, L] or [C, H, W]"),
+          inputs_doc="[C, L] or [C, H, W]", needs_batch=True),
     OpDef("maxpool1d", "pool", "1-d max pooling.", _pool_rule("max", 1), _pool_attrs(),
-          macs=_pool_macs, inputs_doc="[C, L]"),
+          macs=_pool_macs, inputs_doc="[C, L]", needs_batch=True),
     OpDef("maxpool2d", "pool", "2-d max pooling.", _pool_rule("max", 2), _pool_attrs(),
-          macs=_pool_macs, inputs_doc="[C, H, W]"),
+          macs=_pool_macs, inputs_doc="[C, H, W]", needs_batch=True),
     OpDef("avgpool", "pool", "Average pooling (padding counts as zeros, as in torch); "
           "1-d or 2-d follows the input.", _pool_rule("avg", None), _pool_attrs(),
-          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]"),
+          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", needs_batch=True),
     OpDef("avgpool1d", "pool", "1-d average pooling.", _pool_rule("avg", 1), _pool_attrs(),
-          macs=_pool_macs, inputs_doc="[C, L]"),
+          macs=_pool_macs, inputs_doc="[C, L]", needs_batch=True),
     OpDef("avgpool2d", "pool", "2-d average pooling.", _pool_rule("avg", 2), _pool_attrs(),
-          macs=_pool_macs, inputs_doc="[C, H, W]"),
+          macs=_pool_macs, inputs_doc="[C, H, W]", needs_batch=True),
     OpDef("adaptive_avgpool", "pool", "Average pooling to a fixed output size.",
           _adaptive_infer, (Attr("size", "ints", doc="output size per spatial dim", minimum=1),),
-          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", outputs_doc="[C, size...]"),
+          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", outputs_doc="[C, size...]",
+          needs_batch=True),
     OpDef("global_avgpool", "pool", "Averages over all spatial positions.", _global_infer,
-          macs=_pool_macs, inputs_doc="[C, ...]", outputs_doc="[C]"),
+          macs=_pool_macs, inputs_doc="[C, ...]", outputs_doc="[C]", needs_batch=True),
     OpDef("batchnorm", "norm", "Batch normalisation over the channel dim (BatchNorm1d/2d by "
           "rank); running statistics with torch's momentum.", _batchnorm_infer,
           (Attr("eps", "float", 1e-5, minimum=0.0), Attr("momentum", "float", 0.1, minimum=0.0,
                                                           maximum=1.0),
            Attr("affine", "bool", True)), params=_batchnorm_params,
-          inputs_doc="[C], [C, L] or [C, H, W]", aliases=("batchnorm1d", "batchnorm2d")),
+          inputs_doc="[C], [C, L] or [C, H, W]", aliases=("batchnorm1d", "batchnorm2d"),
+          needs_batch=True, torch=Torch("nn.BatchNorm1d", ("num_features=input[0]",),
+                                        ("eps", "momentum", "affine"))),
     OpDef("layernorm", "norm", "Layer normalisation over the last `dims` dims.",
           _layernorm_infer, (Attr("eps", "float", 1e-5, minimum=0.0), Attr("affine", "bool", True),
                              Attr("dims", "int", 1, "how many trailing dims to normalise",
-                                  minimum=1)), params=_layernorm_params),
+                                  minimum=1)), params=_layernorm_params,
+          torch=Torch("nn.LayerNorm", keywords=("eps", "elementwise_affine=affine"))),
     OpDef("embedding", "embedding", "Looks up a learned vector per integer token.",
           _embedding_infer, (Attr("num", "int", doc="vocabulary size", minimum=1),
                              Attr("dim", "int", doc="vector size", minimum=1),
                              Attr("padding_idx", "int", None, optional=True),
                              Attr("std", "float", 1.0, "std of the normal initialisation "
                                   "(torch's default 1; GPT-style models use 0.02)", minimum=0.0)),
-          params=_embedding_params, inputs_doc="int[...]", outputs_doc="[..., dim]"),
+          params=_embedding_params, inputs_doc="int[...]", outputs_doc="[..., dim]",
+          torch=Torch("nn.Embedding", ("num_embeddings=num", "embedding_dim=dim"),
+                      ("padding_idx",), weight_std="std"),
+          label=("{num} → {dim}",)),
     OpDef("positions", "embedding", "Learned position embeddings; with an input, as many "
           "positions as its first dim.", _positions_infer,
           (Attr("max_len", "int", minimum=1), Attr("dim", "int", minimum=1),
            Attr("std", "float", 1.0, "std of the normal initialisation", minimum=0.0)),
           arity=(0, 1), params=_positions_params, inputs_doc="optional [T, ...]",
-          outputs_doc="[T, dim] (or [max_len, dim])"),
+          outputs_doc="[T, dim] (or [max_len, dim])",
+          torch=Torch("nn.Embedding", ("max_len", "dim"), weight_std="std"),
+          label=("{max_len} × {dim}",)),
     OpDef("sinusoidal", "embedding", "Fixed sine/cosine position encodings (Vaswani et al.).",
           _positions_infer, (Attr("max_len", "int", minimum=1), Attr("dim", "int", minimum=2)),
-          arity=(0, 1), inputs_doc="optional [T, ...]", outputs_doc="[T, dim] (or [max_len, dim])"),
+          arity=(0, 1), inputs_doc="optional [T, ...]", outputs_doc="[T, dim] (or [max_len, dim])",
+          label=("{max_len} × {dim}",)),
     OpDef("attention", "attention", "Multi-head self-attention (torch.nn.MultiheadAttention "
           "layout: packed q,k,v in_proj).", _attention_infer,
           (Attr("heads", "int", minimum=1), Attr("causal", "bool", False, "mask future positions"),
            _BIAS),
           params=_attention_params, macs=_attention_macs, inputs_doc="[T, E]",
-          outputs_doc="[T, E]"),
+          outputs_doc="[T, E]", needs_batch=True,
+          torch=Torch("nn.MultiheadAttention", ("embed_dim=input[-1]", "num_heads=heads"),
+                      ("bias",)),
+          label=("{heads} heads", "causal?causal", "bias?no bias")),
     OpDef("rnn", "recurrent", "Elman RNN (torch.nn.RNN).", _rnn[0], _recurrent_attrs("rnn"),
-          params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]"),
+          params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
+          needs_batch=True, torch=_recurrent_torch("rnn"),
+          label=_recurrent_label("rnn")),
     OpDef("lstm", "recurrent", "LSTM, gates i,f,g,o (torch.nn.LSTM).", _lstm[0],
           _recurrent_attrs("lstm"), params=_lstm[1], macs=_lstm[2], inputs_doc="[T, F]",
-          outputs_doc="[T, H] or [H]"),
+          outputs_doc="[T, H] or [H]", needs_batch=True, torch=_recurrent_torch("lstm"),
+          label=_recurrent_label("lstm")),
     OpDef("gru", "recurrent", "GRU, gates r,z,n (torch.nn.GRU).", _gru[0], _recurrent_attrs("gru"),
-          params=_gru[1], macs=_gru[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]"),
-    _activation("relu", "max(x, 0)"),
-    _activation("sigmoid", "1 / (1 + exp(-x))"),
-    _activation("tanh", "hyperbolic tangent"),
+          params=_gru[1], macs=_gru[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
+          needs_batch=True, torch=_recurrent_torch("gru"),
+          label=_recurrent_label("gru")),
+    _activation("relu", "max(x, 0)", "F.relu"),
+    _activation("sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid"),
+    _activation("tanh", "hyperbolic tangent", "torch.tanh"),
     OpDef("softmax", "activation", "Normalises to probabilities along `dim`.",
           _softmax_infer("softmax"), (Attr("dim", "int", -1),)),
     OpDef("log_softmax", "activation", "log(softmax(x)), computed stably.",
           _softmax_infer("log_softmax"), (Attr("dim", "int", -1),)),
-    _activation("gelu", "Gaussian error linear unit (exact erf form by default).",
-                (Attr("approximate", "str", "none", choices=("none", "tanh")),)),
-    _activation("leaky_relu", "x if x > 0 else negative_slope * x",
+    _activation("gelu", "Gaussian error linear unit (exact erf form by default).", "F.gelu",
+                (Attr("approximate", "str", "none", choices=("none", "tanh")),),
+                label=("approximate?{approximate}",)),
+    _activation("leaky_relu", "x if x > 0 else negative_slope * x", "F.leaky_relu",
                 (Attr("negative_slope", "float", 0.01),)),
-    _activation("elu", "x if x > 0 else alpha * (exp(x) - 1)", (Attr("alpha", "float", 1.0),)),
-    _activation("silu", "x * sigmoid(x) (swish)", aliases=("swish",)),
-    _activation("relu6", "min(max(x, 0), 6) (MobileNet)"),
-    _binary("add", "merge", "Elementwise sum (`a + b`), broadcasting."),
-    _binary("sub", "merge", "Elementwise difference (`a - b`)."),
-    _binary("mul", "merge", "Elementwise product (`a * b`)."),
-    _binary("div", "math", "Elementwise quotient (`a / b`)."),
-    _binary("pow", "math", "Elementwise power (`a ^ b`).", _pow_infer),
-    _binary("maximum", "math", "Elementwise maximum."),
-    _binary("minimum", "math", "Elementwise minimum."),
+    _activation("elu", "x if x > 0 else alpha * (exp(x) - 1)", "F.elu",
+                (Attr("alpha", "float", 1.0),)),
+    _activation("silu", "x * sigmoid(x) (swish)", "F.silu", aliases=("swish",)),
+    _activation("relu6", "min(max(x, 0), 6) (MobileNet)", "F.relu6"),
+    _binary("add", "merge", "Elementwise sum (`a + b`), broadcasting.", symbol="+"),
+    _binary("sub", "merge", "Elementwise difference (`a - b`).", symbol="-"),
+    _binary("mul", "merge", "Elementwise product (`a * b`).", symbol="*"),
+    _binary("div", "math", "Elementwise quotient (`a / b`).", symbol="/"),
+    _binary("pow", "math", "Elementwise power (`a ^ b`).", symbol="^"),
+    _binary("maximum", "math", "Elementwise maximum.", torch="torch.maximum"),
+    _binary("minimum", "math", "Elementwise minimum.", torch="torch.minimum"),
     OpDef("concat", "merge", "Joins inputs along a per-sample dim.", _concat_infer,
           (Attr("dim", "int", -1),), arity=(2, None), inputs_doc="a, b, ...",
           outputs_doc="joined along dim"),
-    _unary_math("neg", "-x"),
-    _unary_math("abs", "|x|"),
-    _unary_math("exp", "e^x"),
-    _unary_math("log", "natural logarithm"),
-    _unary_math("sqrt", "square root"),
+    _unary_math("neg", "-x", symbol="-"),
+    _unary_math("abs", "|x|", "torch.abs"),
+    _unary_math("exp", "e^x", "torch.exp"),
+    _unary_math("log", "natural logarithm", "torch.log"),
+    _unary_math("sqrt", "square root", "torch.sqrt"),
     OpDef("clip", "math", "Clamps values into [min, max].", _same_float("clip"),
-          (Attr("min", "float", None, optional=True), Attr("max", "float", None, optional=True))),
+          (Attr("min", "float", None, optional=True), Attr("max", "float", None, optional=True)),
+          torch=Torch("torch.clamp", keywords=("min", "max"))),
     OpDef("where", "math", "Picks a where cond holds, else b.", _where_infer, arity=(3, 3),
-          inputs_doc="cond, a, b", outputs_doc="broadcast"),
+          inputs_doc="cond, a, b", outputs_doc="broadcast", broadcast=True,
+          torch=Torch("torch.where")),
     *(OpDef(name, "math", f"Elementwise comparison `{sym}` (a mask; no gradient).",
-            _compare_infer, arity=(2, 2), inputs_doc="a, b", outputs_doc="bool mask")
+            _compare_infer, arity=(2, 2), inputs_doc="a, b", outputs_doc="bool mask",
+            broadcast=True, symbol=sym)
       for name, sym in (("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">="), ("eq", "=="),
                         ("ne", "!="))),
     OpDef("mean", "math", "Mean over dims (all dims incl. the batch by default).",
@@ -786,29 +921,21 @@ _register(
           _reduce_infer("max"), _REDUCE_ATTRS),
     OpDef("scalar", "math", "A number used as a tensor operand.", _scalar_infer,
           (Attr("value", "float"),), arity=(0, 0), outputs_doc="scalar"),
-    OpDef("mse", "loss", "Mean squared error.", _loss_same_shape("mse"), arity=(2, 2),
-          inputs_doc="pred, target", outputs_doc="scalar"),
-    OpDef("l1", "loss", "Mean absolute error.", _loss_same_shape("l1"), arity=(2, 2),
-          inputs_doc="pred, target", outputs_doc="scalar"),
-    OpDef("cross_entropy", "loss", "Cross-entropy from logits over the last dim; targets are "
-          "class indices or probabilities.", _cross_entropy_infer,
-          (Attr("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0),
-           Attr("ignore_index", "int", -100)), arity=(2, 2), inputs_doc="logits [..., C], target",
-          outputs_doc="scalar"),
-    OpDef("binary_cross_entropy", "loss", "Binary cross-entropy of probabilities (or of "
-          "logits with logits=true, computed stably).", _loss_same_shape("binary_cross_entropy"),
-          (Attr("logits", "bool", False, "the prediction is a logit, not a probability"),),
-          arity=(2, 2), inputs_doc="pred, target", outputs_doc="scalar"),
+    _loss("mse", "Mean squared error.", _loss_same_shape("mse"), "F.mse_loss"),
+    _loss("l1", "Mean absolute error.", _loss_same_shape("l1"), "F.l1_loss"),
+    _loss("cross_entropy", "Cross-entropy from logits over the last dim; targets are class "
+          "indices or probabilities.", _cross_entropy_infer, "F.cross_entropy",
+          attrs=(Attr("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0),
+                 Attr("ignore_index", "int", -100)), inputs_doc="logits [..., C], target"),
+    _loss("binary_cross_entropy", "Binary cross-entropy of probabilities (or of logits with "
+          "logits=true, computed stably).", _loss_same_shape("binary_cross_entropy"),
+          attrs=(Attr("logits", "bool", False, "the prediction is a logit, not a probability"),)),
 )
-
-ALIASES: dict[str, str] = {alias: d.name for d in OPS.values() for alias in d.aliases}
 
 
 def lookup(name: str) -> OpDef | None:
     return OPS.get(ALIASES.get(name, name))
 
-
-LOSSES = tuple(name for name, d in OPS.items() if d.family == "loss")
 
 # ---- optimizers, schedules, metrics: hyperparameters and torch.optim's defaults -------------
 

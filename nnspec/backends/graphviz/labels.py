@@ -102,8 +102,6 @@ def _window_attrs(node: Node, full: bool) -> list[str]:
         out.append(f"g{a.groups}")
     if full and a.get("bias") is False:
         out.append("no bias")
-    if a.get("ceil_mode"):
-        out.append("ceil")
     return out
 
 
@@ -123,43 +121,57 @@ def _non_default_attrs(node: Node) -> list[str]:
     return out
 
 
+def _label_value(value) -> str:
+    return _int(value) if isinstance(value, int) and not isinstance(value, bool) else _num(value)
+
+
+def _label_part(template: str, node: Node, opdef: ops.OpDef) -> str:
+    """One entry of the catalogue's `label`: `"{heads} heads"`, or `"bias?no bias"` (only
+    when `bias` differs from its default)."""
+    name, conditional, text = template.partition("?")
+    if conditional:
+        if node.attrs.get(name) == opdef.attr(name).default:
+            return ""
+        template = text
+    return template.format_map({k: _label_value(v) for k, v in node.attrs.items()})
+
+
+def _conv_label(node: Node, full: bool) -> tuple[str, str]:
+    return node.op, ", ".join([str(node.attrs.channels)] + _window_attrs(node, full))
+
+
+def _pool_label(node: Node, full: bool) -> tuple[str, str]:
+    return node.op, ", ".join(_window_attrs(node, full))
+
+
+def _adaptive_label(node: Node, full: bool) -> tuple[str, str]:
+    return "adaptive avgpool", _pair(node.attrs.size, _spatial_dims(node))
+
+
+# Ops whose label the catalogue's `label` templates cannot say (window sizes by rank).
+_IRREGULAR_LABELS = {
+    "conv1d": _conv_label,
+    "conv2d": _conv_label,
+    **dict.fromkeys(_POOLS, _pool_label),
+    "adaptive_avgpool": _adaptive_label,
+    "global_avgpool": lambda node, full: ("global avgpool", ""),
+}
+
+
 def op_text(node: Node, full: bool = False) -> tuple[str, str]:
-    """(op, key attributes) as drawn, e.g. ("conv2d", "64, 3×3, s2")."""
-    a, op = node.attrs, node.op
-    if op in ("conv1d", "conv2d"):
-        return op, ", ".join([str(a.channels)] + _window_attrs(node, full))
-    if op in _POOLS:
-        return op, ", ".join(_window_attrs(node, full))
-    if op == "adaptive_avgpool":
-        return "adaptive avgpool", _pair(a.size, _spatial_dims(node))
-    if op == "global_avgpool":
-        return "global avgpool", ""
-    if op == "dense":
-        return op, ", ".join([_int(a.units)] + ([] if a.bias else ["no bias"]))
-    if op == "embedding":
-        return op, f"{_int(a.num)} → {a.dim}"
-    if op in ("positions", "sinusoidal"):
-        return op, f"{_int(a.max_len)} × {a.dim}"
-    if op == "attention":
-        parts = [f"{a.heads} heads"] + (["causal"] if a.causal else [])
-        parts += ([] if a.get("bias", True) else ["no bias"])
-        parts += [f"dropout {_num(a.dropout)}"] if a.get("dropout") else []
-        return op, ", ".join(parts)
-    if op in ("rnn", "lstm", "gru"):
-        parts = [str(a.hidden)] + ([f"{a.layers} layers"] if a.layers > 1 else [])
-        parts += (["bidirectional"] if a.bidirectional else []) + (["last step"] if a.last else [])
-        if a.get("nonlinearity", "tanh") != "tanh":
-            parts.append(a.nonlinearity)
-        return op, ", ".join(parts)
-    if op == "dropout":
-        return op, _num(a.p)
-    if op == "gelu":
-        return op, "tanh" if a.approximate == "tanh" else ""
-    if op == "reshape":
-        return op, _num(a.shape)
-    if op in ("batchnorm", "layernorm") and not full:
-        return op, ""
-    return op, ", ".join(_non_default_attrs(node))
+    """(op, key attributes) as drawn, e.g. ("conv2d", "64, 3×3, s2"): the catalogue's `label`
+    templates (norms bare unless in full detail), else the generic `_non_default_attrs`."""
+    irregular = _IRREGULAR_LABELS.get(node.op)
+    if irregular is not None:
+        return irregular(node, full)
+    opdef = ops.lookup(node.op)
+    if opdef is not None and opdef.family == "norm" and not full:
+        return node.op, ""
+    if opdef is None or opdef.label is None:
+        return node.op, ", ".join(_non_default_attrs(node))
+    parts = (_label_part(template, node, opdef) for template in opdef.label)
+    return node.op, ", ".join(part for part in parts if part)
+
 
 
 def _scalar_text(item: Item) -> str:

@@ -20,14 +20,9 @@ import numpy as np
 from nnspec.backends.numpy.allocator import keep_freed_memory
 from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.params import ParamBuffer
-from nnspec.backends.numpy.rules import (
-    ELEMENTWISE,
-    RULES,
-    Context,
-    align_batched,
-    needs_batch_of_one,
-)
+from nnspec.backends.numpy.rules import RULES, Context, align_batched, needs_batch_of_one
 from nnspec.ir.graph import Graph
+from nnspec.ir.ops import OPS
 from nnspec.ir.types import TensorType
 
 _DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
@@ -78,7 +73,8 @@ def _apply(graph: Graph, node, arrays, params, ctx):
     """Run a node's rule, adapting operands whose batch layout the kernel cannot see."""
     rule = RULES[node.op]
     in_types = [graph.node(i).type for i in node.inputs]
-    if node.op in ELEMENTWISE:
+    op = OPS[node.op]
+    if op.broadcast:
         aligned, restore = align_batched(node, in_types, arrays)
         out, backward = rule(node, aligned, params, ctx)
 
@@ -87,7 +83,7 @@ def _apply(graph: Graph, node, arrays, params, ctx):
             return restore(grads), param_grads
 
         return out, aligned_backward
-    if needs_batch_of_one(node, in_types):
+    if needs_batch_of_one(op, in_types):
         out, backward = rule(node, [a[None] for a in arrays], params, ctx)
 
         def unbatched_backward(d_out):

@@ -3,12 +3,17 @@
 A rule takes the node, its input arrays (batch first, PyTorch layout), its parameters by
 local name and the run context, and returns `(out, backward)`; `backward(d_out)` returns
 `(input_grads, param_grads)`. Per-sample dims of the IR (batch implicit) become array axes
-here. `RULES` must cover every op of `nnspec.ir.ops.OPS` — a test checks it.
+here. Regular ops get a rule derived from their catalogue entry (`derived_rule`: the kernel
+called on inputs, weights and attributes); the irregular ones below are written by hand and
+win. `RULES` must cover every op of `nnspec.ir.ops.OPS` — a test checks it.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +33,7 @@ from nnspec.backends.numpy.kernels import (
     recurrent,
 )
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import conv_pads, lookup
+from nnspec.ir.ops import OPS, OpDef, conv_pads
 
 
 @dataclass
@@ -70,7 +75,31 @@ def _with_params(kernel_out, n_inputs: int, names: tuple[str, ...]):
     return out, rule_backward
 
 
-RULES = {}
+Rule = Callable[[Node, list, dict, Context], tuple]
+
+
+class _Rules(dict):
+    """Hand-written rules, then derived ones. An op registered after import (a plugin's, a
+    test's) has its rule derived when it is looked up, and remembered while its catalogue
+    entry stays the same."""
+
+    def __init__(self):
+        super().__init__()
+        self._late: dict[str, tuple[OpDef, Rule]] = {}
+
+    def __missing__(self, op: str) -> Rule:
+        opdef = OPS.get(op)
+        seen = self._late.get(op)
+        if seen is not None and seen[0] is opdef:
+            return seen[1]
+        derived = derived_rule(opdef) if opdef is not None else None
+        if derived is None:
+            raise KeyError(op)
+        self._late[op] = (opdef, derived)
+        return derived
+
+
+RULES: dict[str, Rule] = _Rules()
 
 
 def rule(*names):
@@ -83,17 +112,6 @@ def rule(*names):
 
 
 # ---- feed-forward and shape --------------------------------------------------------------
-
-
-@rule("dense")
-def _dense(node, ins, params, ctx):
-    return _with_params(dense.linear(ins[0], params["weight"], params.get("bias")), 1,
-                        ("weight", "bias"))
-
-
-@rule("dropout")
-def _dropout(node, ins, params, ctx):
-    return _inputs_only(dropout.dropout(ins[0], p=node.attrs.p, train=ctx.train, rng=ctx.rng))
 
 
 def _reshape_to(x, shape):
@@ -219,12 +237,6 @@ def _layernorm(node, ins, params, ctx):
 # ---- embeddings and positions --------------------------------------------------------------
 
 
-@rule("embedding")
-def _embedding(node, ins, params, ctx):
-    out = embedding.embedding(ins[0], params["weight"], padding_idx=node.attrs.padding_idx)
-    return _with_params(out, 1, ("weight",))
-
-
 def _length(node, ins) -> int:
     return ins[0].shape[1] if ins else node.attrs.max_len
 
@@ -302,26 +314,6 @@ for _name in ("rnn", "lstm", "gru"):
 # ---- activations ---------------------------------------------------------------------------
 
 
-def _activation(fn, **attr_names):
-    def run(node, ins, params, ctx):
-        kwargs = {kernel_name: node.attrs[attr] for kernel_name, attr in attr_names.items()}
-        return _inputs_only(fn(ins[0], **kwargs))
-
-    return run
-
-
-RULES.update({
-    "relu": _activation(activations.relu),
-    "sigmoid": _activation(activations.sigmoid),
-    "tanh": _activation(activations.tanh),
-    "gelu": _activation(activations.gelu, approximate="approximate"),
-    "leaky_relu": _activation(activations.leaky_relu, negative_slope="negative_slope"),
-    "elu": _activation(activations.elu, alpha="alpha"),
-    "silu": _activation(activations.silu),
-    "relu6": _activation(activations.relu6),
-})
-
-
 def _softmax_like(fn):
     def run(node, ins, params, ctx):
         return _inputs_only(fn(ins[0], dim=_axis(node, node.attrs.dim)))
@@ -334,17 +326,6 @@ RULES["log_softmax"] = _softmax_like(activations.log_softmax)
 
 
 # ---- elementwise, merges, reductions -------------------------------------------------------
-
-
-def _binary(fn):
-    def run(node, ins, params, ctx):
-        return _inputs_only(fn(ins[0], ins[1]))
-
-    return run
-
-
-ELEMENTWISE = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "lt", "le", "gt", "ge",
-               "eq", "ne", "where"}
 
 
 def align_batched(node: Node, in_types, arrays):
@@ -362,32 +343,15 @@ def align_batched(node: Node, in_types, arrays):
     return aligned, restore
 
 
-_LAYOUT_FREE = {"activation", "merge", "math", "embedding", "loss", "regularization", "linear"}
-
-
-def needs_batch_of_one(node: Node, in_types) -> bool:
-    """Layers written for batches (conv, pooling, norms, recurrence, attention, reshapes) run
-    on an unbatched input (e.g. a position table) as a batch of one."""
-    return (bool(in_types) and lookup(node.op).family not in _LAYOUT_FREE
-            and not any(t.batched for t in in_types))
-
-
-for _name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum",
-              "lt", "le", "gt", "ge", "eq", "ne"):
-    RULES[_name] = _binary(getattr(elementwise, _name))
-
-for _name in ("neg", "abs", "exp", "log", "sqrt"):
-    RULES[_name] = _activation(getattr(elementwise, _name))
+def needs_batch_of_one(op: OpDef, in_types) -> bool:
+    """Layers written for batches (conv, pooling, batchnorm, recurrence, attention, reshapes)
+    run on an unbatched input (e.g. a position table) as a batch of one."""
+    return op.needs_batch and bool(in_types) and not any(t.batched for t in in_types)
 
 
 @rule("clip")
 def _clip(node, ins, params, ctx):
     return _inputs_only(elementwise.clip(ins[0], lo=node.attrs.min, hi=node.attrs.max))
-
-
-@rule("where")
-def _where(node, ins, params, ctx):
-    return _inputs_only(elementwise.where(*ins))
 
 
 @rule("concat")
@@ -422,25 +386,77 @@ def _scalar(node, ins, params, ctx):
 # ---- losses --------------------------------------------------------------------------------
 
 
-@rule("mse")
-def _mse(node, ins, params, ctx):
-    return _inputs_only(losses.mse(ins[0], ins[1]))
-
-
-@rule("l1")
-def _l1(node, ins, params, ctx):
-    return _inputs_only(losses.l1(ins[0], ins[1]))
-
-
-@rule("cross_entropy")
-def _cross_entropy(node, ins, params, ctx):
-    a = node.attrs
-    return _inputs_only(losses.cross_entropy(ins[0], ins[1], label_smoothing=a.label_smoothing,
-                                             ignore_index=a.ignore_index))
-
-
 @rule("binary_cross_entropy")
 def _bce(node, ins, params, ctx):
     fn = losses.binary_cross_entropy_with_logits if node.attrs.logits else (
         losses.binary_cross_entropy)
     return _inputs_only(fn(ins[0], ins[1]))
+
+
+# ---- regular ops: rules derived from the catalogue -----------------------------------------
+
+KERNEL_MODULES = (activations, attention, conv, dense, dropout, elementwise, embedding, losses,
+                  norm_batch, norm_layer, pool, recurrent)
+
+
+def find_kernel(opdef: OpDef) -> Callable | None:
+    """The kernel the catalogue names (`opdef.kernel`), else the kernel function named like
+    the op; None when there is none."""
+    reference = opdef.kernel or opdef.name
+    if ":" in reference:
+        module, _, name = reference.partition(":")
+        return getattr(importlib.import_module(module), name)
+    found = {id(f): f for m in KERNEL_MODULES
+             if inspect.isfunction(f := getattr(m, reference, None))}
+    if len(found) > 1:
+        raise AssertionError(f"several kernels are called `{reference}`: name one in the "
+                             f"catalogue entry of `{opdef.name}`")
+    return next(iter(found.values()), None)
+
+
+def derived_rule(opdef: OpDef) -> Rule | None:
+    """The rule of a regular op: its kernel called on the inputs, then the weights (its next
+    positional parameters, by local name), with its keyword-only parameters taken from the
+    attributes of the same name (and `train`, `rng` for a random op). The signature is read
+    once, here, not per call. None for an op without a kernel or with a variable arity."""
+    kernel = find_kernel(opdef)
+    n_inputs, most = opdef.arity
+    if kernel is None or most != n_inputs:
+        return None
+    parameters = inspect.signature(kernel).parameters.values()
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY,
+                                                           p.POSITIONAL_OR_KEYWORD)]
+    weights = tuple(positional[n_inputs:])
+    keyword_only = [p for p in parameters if p.kind is p.KEYWORD_ONLY]
+    attrs = tuple(p.name for p in keyword_only if opdef.attr(p.name) is not None)
+    context = ("train", "rng") if opdef.random else ()
+    unknown = [p.name for p in keyword_only
+               if p.name not in attrs + context and p.default is p.empty]
+    if unknown:
+        raise AssertionError(f"the kernel of `{opdef.name}` takes {unknown}, which are neither "
+                             "attributes of the op nor `train`/`rng` of a random op")
+    if weights and attrs:
+        def run(node, ins, params, ctx):
+            out = kernel(*ins, *[params.get(w) for w in weights],
+                         **{a: node.attrs[a] for a in attrs})
+            return _with_params(out, n_inputs, weights)
+    elif weights:
+        def run(node, ins, params, ctx):
+            return _with_params(kernel(*ins, *[params.get(w) for w in weights]), n_inputs,
+                                weights)
+    elif opdef.random:
+        def run(node, ins, params, ctx):
+            kwargs = {a: node.attrs[a] for a in attrs}
+            return _inputs_only(kernel(*ins, **kwargs, train=ctx.train, rng=ctx.rng))
+    elif attrs:
+        def run(node, ins, params, ctx):
+            return _inputs_only(kernel(*ins, **{a: node.attrs[a] for a in attrs}))
+    else:
+        def run(node, ins, params, ctx):
+            return _inputs_only(kernel(*ins))
+    return run
+
+
+for _name, _opdef in OPS.items():
+    if _name not in RULES and (_derived := derived_rule(_opdef)) is not None:
+        RULES[_name] = _derived

@@ -4,7 +4,10 @@ weights, and the `forward` expression(s) for every op.
 The NumPy interpreter is the meaning of each op; these rules say the same thing in torch.
 Per-sample dims of the IR become torch dims one further right when the value is batched.
 Every number goes through a `Num`, so a block class can turn it into a constructor argument.
-`FORWARD` must cover every op of `nnspec.ir.ops.OPS` (a test checks it).
+Regular ops are written from their catalogue traits (`derived_forward`, `derived_init`: an
+operator, a `Torch` function or module, a module call for a layer with weights); the
+irregular ones below are written by hand and win. `FORWARD` must cover every op of
+`nnspec.ir.ops.OPS` (a test checks it).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from nnspec.backends.torch.source import Expr, Group, Num, Stmt, call, expr, list_of
 from nnspec.backends.torch.source import is_simple_power_operand as _simple
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import conv_pads
+from nnspec.ir.ops import OPS, OpDef, conv_pads
 from nnspec.ir.types import TensorType
 
 
@@ -69,6 +72,61 @@ def _one(value):
     return value[0] if isinstance(value, tuple) and len(set(value)) == 1 else value
 
 
+# ---- the catalogue's `Torch` forms ---------------------------------------------------------
+
+
+Init = Callable[[Node, list[TensorType]], Group]
+Forward = Callable[[Site], list[Line]]
+
+
+class _Table(dict):
+    """Hand-written and derived entries; an op registered after import (a plugin's, a
+    test's) gets its derived entry when it is looked up."""
+
+    def __init__(self, derive: Callable[[OpDef], Callable | None], entries: dict):
+        super().__init__(entries)
+        self._derive = derive
+
+    def __missing__(self, op: str):
+        opdef = OPS.get(op)
+        derived = self._derive(opdef) if opdef is not None else None
+        if derived is None:
+            raise KeyError(op)
+        return derived
+
+
+def _binding(text: str) -> tuple[str, str]:
+    """`"in_features=input[-1]"` -> (hint, source); a bare name is both."""
+    hint, _, source = text.partition("=")
+    return hint, source or hint
+
+
+def _value(source: str, attrs, ins: list[TensorType], hint: str) -> Num:
+    """An attribute's value, or `input[i]`: the first input's per-sample dim i (derived from
+    the input, so a block's constructor names it after the layer's own values)."""
+    if source.startswith("input["):
+        return Num(ins[0].shape[int(source[len("input["):-1])], hint, False)
+    return Num(attrs[source], hint)
+
+
+def _keywords(opdef: OpDef, attrs, ins: list[TensorType]) -> dict[str, Num]:
+    """The torch form's keywords whose attribute differs from the catalogue default."""
+    out = {}
+    for hint, source in map(_binding, opdef.torch.keywords):
+        if source.startswith("input[") or attrs[source] != opdef.attr(source).default:
+            out[hint] = _value(source, attrs, ins, hint)
+    return out
+
+
+def _module_args(node: Node, ins: list[TensorType]) -> list[Num]:
+    return [_value(source, node.attrs, ins, hint)
+            for hint, source in map(_binding, OPS[node.op].torch.args)]
+
+
+def _default(node: Node, name: str):
+    return OPS[node.op].attr(name).default
+
+
 # ---- constructors of layers with weights ---------------------------------------------------
 
 
@@ -76,7 +134,7 @@ def _conv(spatial: int):
     def init(node: Node, ins: list[TensorType]) -> Group:
         a = node.attrs
         kwargs = {}
-        if _one(a.stride) != 1:
+        if _one(a.stride) != _default(node, "stride"):
             kwargs["stride"] = Num(_one(a.stride), "stride")
         if a.padding == "same":
             kwargs["padding"] = Num("same", "padding")
@@ -84,12 +142,12 @@ def _conv(spatial: int):
             pads = tuple(low for low, _ in conv_pads(a, spatial))
             if any(pads):
                 kwargs["padding"] = Num(_one(pads), "padding")
-        if _one(a.dilation) != 1:
+        if _one(a.dilation) != _default(node, "dilation"):
             kwargs["dilation"] = Num(_one(a.dilation), "dilation")
-        if a.groups != 1:
+        if a.groups != _default(node, "groups"):
             kwargs["groups"] = Num(a.groups, "groups")
-        if not a.bias:
-            kwargs["bias"] = Num(False, "bias")
+        if a.bias != _default(node, "bias"):
+            kwargs["bias"] = Num(a.bias, "bias")
         return call(f"nn.Conv{spatial}d", Num(ins[0].shape[0], "in_channels", False),
                     Num(a.channels, "out_channels"), Num(_one(a.kernel), "kernel_size"),
                     **kwargs)
@@ -97,104 +155,62 @@ def _conv(spatial: int):
     return init
 
 
-def _dense(node, ins):
-    kwargs = {} if node.attrs.bias else {"bias": Num(False, "bias")}
-    return call("nn.Linear", Num(ins[0].shape[-1], "in_features", False),
-                Num(node.attrs.units, "out_features"), **kwargs)
-
-
 def _batchnorm(node, ins):
-    a = node.attrs
-    kwargs = {}
-    if a.eps != 1e-5:
-        kwargs["eps"] = Num(a.eps, "eps")
-    if a.momentum != 0.1:
-        kwargs["momentum"] = Num(a.momentum, "momentum")
-    if not a.affine:
-        kwargs["affine"] = Num(False, "affine")
     kind = "2d" if ins[0].rank == 3 else "1d"
-    return call(f"nn.BatchNorm{kind}", Num(ins[0].shape[0], "num_features", False), **kwargs)
+    return call(f"nn.BatchNorm{kind}", *_module_args(node, ins),
+                **_keywords(OPS[node.op], node.attrs, ins))
 
 
 def _layernorm(node, ins):
-    a = node.attrs
-    shape = tuple(ins[0].shape[-a.dims:])
-    kwargs = {}
-    if a.eps != 1e-5:
-        kwargs["eps"] = Num(a.eps, "eps")
-    if not a.affine:
-        kwargs["elementwise_affine"] = Num(False, "elementwise_affine")
+    shape = tuple(ins[0].shape[-node.attrs.dims:])
     return call("nn.LayerNorm", Num(shape[0] if len(shape) == 1 else shape, "normalized_shape",
-                                    False), **kwargs)
+                                    False), **_keywords(OPS[node.op], node.attrs, ins))
 
 
-def _embedding(node, ins):
-    a = node.attrs
-    kwargs = {}
-    if a.padding_idx is not None:
-        kwargs["padding_idx"] = Num(a.padding_idx, "padding_idx")
-    return call("nn.Embedding", Num(a.num, "num_embeddings"), Num(a.dim, "embedding_dim"),
-                **kwargs)
+def _batch_first(node, ins):
+    """The module form, batch first (and `bidirectional=True`, a flag torch takes last)."""
+    kwargs = {**_keywords(OPS[node.op], node.attrs, ins), "batch_first": "True"}
+    if node.attrs.get("bidirectional"):
+        kwargs["bidirectional"] = "True"
+    return call(OPS[node.op].torch.name, *_module_args(node, ins), **kwargs)
 
 
-def _positions(node, ins):
-    return call("nn.Embedding", Num(node.attrs.max_len, "max_len"), Num(node.attrs.dim, "dim"))
+def derived_init(opdef: OpDef) -> Init | None:
+    """`nn.Module(args..., keywords...)` from the op's `Torch` module form."""
+    if opdef.torch is None or not opdef.torch.is_module:
+        return None
+    args = [_binding(a) for a in opdef.torch.args]
 
-
-def _attention(node, ins):
-    kwargs = {} if node.attrs.bias else {"bias": Num(False, "bias")}
-    return call("nn.MultiheadAttention", Num(ins[0].shape[-1], "embed_dim", False),
-                Num(node.attrs.heads, "num_heads"), **kwargs, batch_first="True")
-
-
-def _recurrent(cls: str):
-    def init(node, ins):
-        a = node.attrs
-        kwargs = {}
-        if a.layers != 1:
-            kwargs["num_layers"] = Num(a.layers, "num_layers")
-        if a.get("nonlinearity", "tanh") != "tanh":
-            kwargs["nonlinearity"] = Num(a.nonlinearity, "nonlinearity")
-        if not a.bias:
-            kwargs["bias"] = Num(False, "bias")
-        kwargs["batch_first"] = "True"
-        if a.bidirectional:
-            kwargs["bidirectional"] = "True"
-        return call(f"nn.{cls}", Num(ins[0].shape[-1], "input_size", False),
-                    Num(a.hidden, "hidden_size"), **kwargs)
+    def init(node: Node, ins: list[TensorType]) -> Group:
+        values = [_value(source, node.attrs, ins, hint) for hint, source in args]
+        return call(opdef.torch.name, *values, **_keywords(opdef, node.attrs, ins))
 
     return init
 
 
-INIT: dict[str, Callable[[Node, list[TensorType]], Group]] = {
-    "dense": _dense,
+INIT: dict[str, Init] = _Table(derived_init, {
     "conv1d": _conv(1),
     "conv2d": _conv(2),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
-    "embedding": _embedding,
-    "positions": _positions,
-    "attention": _attention,
-    "rnn": _recurrent("RNN"),
-    "lstm": _recurrent("LSTM"),
-    "gru": _recurrent("GRU"),
-}
+    "attention": _batch_first,
+    "rnn": _batch_first,
+    "lstm": _batch_first,
+    "gru": _batch_first,
+})
 
 
 def init_extra(node: Node, module: Expr) -> list[Stmt]:
     """Initialisation the spec asks for beyond torch's default (an embedding's `std`)."""
-    std = node.attrs.get("std", 1.0)
-    if node.op in ("embedding", "positions") and std != 1.0:
-        return [Stmt(None, expr(call("nn.init.normal_", expr(module, ".weight"),
-                                     std=Num(std, "std"))))]
-    return []
+    torch = OPS[node.op].torch
+    attr = OPS[node.op].attr(torch.weight_std) if torch is not None and torch.weight_std else None
+    if attr is None or node.attrs[attr.name] == attr.default:
+        return []
+    return [Stmt(None, expr(call("nn.init.normal_", expr(module, ".weight"),
+                                 std=Num(node.attrs[attr.name], attr.name))))]
 
 
 # ---- forward expressions -------------------------------------------------------------------
-
-
-def _module_call(s: Site) -> list[Line]:
-    return [Line(expr(call(s.module, s.x)))]
 
 
 def _dropout(s: Site) -> list[Line]:
@@ -217,20 +233,13 @@ def _select(s: Site) -> list[Line]:
     return [Line(expr(call(expr(s.x, ".select"), Num(dim, "dim"), Num(s.a.index, "index"))))]
 
 
-def _batch_axis(s: Site, line: Line) -> list[Line]:
-    """Run an op that needs a batch on an unbatched value: add a batch of one, drop it."""
-    if s.types[0].batched:
-        return [line]
-    return [Line(expr(call(s.module, expr(s.x, "[None]")), "[0]"))]
-
-
 def _pool(kind: str):
     def forward(s: Site) -> list[Line]:
         spatial = s.types[0].rank - 1
         kwargs = {}
-        if s.a.stride is not None:
+        if s.a.stride != _default(s.node, "stride"):
             kwargs["stride"] = Num(_one(s.a.stride), "stride")
-        if _one(s.a.padding) != 0:
+        if _one(s.a.padding) != _default(s.node, "padding"):
             kwargs["padding"] = Num(_one(s.a.padding), "padding")
         return [Line(expr(call(f"F.{kind}_pool{spatial}d", s.x, Num(_one(s.a.kernel), "kernel_size"),
                                **kwargs)))]
@@ -302,19 +311,6 @@ def _recurrent_forward(s: Site) -> list[Line]:
     return lines
 
 
-def _function(name: str, **attrs):
-    """`name(x, **attrs)`, leaving out attributes at their default."""
-
-    def forward(s: Site) -> list[Line]:
-        kwargs = {}
-        for key, (attr, default) in attrs.items():
-            if s.a[attr] != default:
-                kwargs[key] = Num(s.a[attr], key)
-        return [Line(expr(call(name, s.x, **kwargs)))]
-
-    return forward
-
-
 def _softmax(name: str):
     def forward(s: Site) -> list[Line]:
         dim = torch_dim(s.a.dim, s.types[0])
@@ -334,15 +330,12 @@ def _aligned(s: Site, i: int) -> Expr:
     return s.args[i]
 
 
-def _operator(symbol: str):
-    def forward(s: Site) -> list[Line]:
-        left, right = _aligned(s, 0), _aligned(s, 1)
-        if symbol == "**":
-            hug = _simple(_plain(left)) and _simple(_plain(right))
-            return [Line(expr(left, "**" if hug else " ** ", right))]
-        return [Line(expr(left, f" {symbol} ", right))]
-
-    return forward
+def _binary_operator(s: Site, symbol: str) -> list[Line]:
+    left, right = _aligned(s, 0), _aligned(s, 1)
+    if symbol == "**":
+        hug = _simple(_plain(left)) and _simple(_plain(right))
+        return [Line(expr(left, "**" if hug else " ** ", right))]
+    return [Line(expr(left, f" {symbol} ", right))]
 
 
 def _plain(e: Expr) -> str:
@@ -357,10 +350,6 @@ def _num_text(n) -> str:
     return "x"
 
 
-def _pick(name: str):
-    return lambda s: [Line(expr(call(name, _aligned(s, 0), _aligned(s, 1))))]
-
-
 def _concat(s: Site) -> list[Line]:
     batched = s.out.batched
     parts = []
@@ -372,27 +361,6 @@ def _concat(s: Site) -> list[Line]:
         parts.append(e)
     dim = torch_dim(s.a.dim, s.out)
     return [Line(expr(call("torch.cat", list_of(parts), dim=Num(dim, "dim"))))]
-
-
-def _unary(name: str):
-    return lambda s: [Line(expr(call(name, s.x)))]
-
-
-def _neg(s: Site) -> list[Line]:
-    return [Line(expr("-", s.x))]
-
-
-def _clip(s: Site) -> list[Line]:
-    kwargs = {}
-    if s.a.min is not None:
-        kwargs["min"] = Num(s.a.min, "min")
-    if s.a.max is not None:
-        kwargs["max"] = Num(s.a.max, "max")
-    return [Line(expr(call("torch.clamp", s.x, **kwargs)))]
-
-
-def _where(s: Site) -> list[Line]:
-    return [Line(expr(call("torch.where", *(_aligned(s, i) for i in range(3)))))]
 
 
 def _reduction(method: str):
@@ -422,20 +390,12 @@ def _scalar(s: Site) -> list[Line]:
     return [Line(expr(Num(s.a.value, "c")))]
 
 
-def _loss(name: str):
-    return lambda s: [Line(expr(call(name, s.args[0], s.args[1])))]
-
-
 def _cross_entropy(s: Site) -> list[Line]:
     pred, target = s.args
     if s.types[0].rank > 1:  # [T, C] scores: every position is a sample
         pred = expr(pred, ".flatten(0, -2)")
         target = expr(target, ".flatten()" if s.types[1].dtype == "int64" else ".flatten(0, -2)")
-    kwargs = {}
-    if s.a.label_smoothing:
-        kwargs["label_smoothing"] = Num(s.a.label_smoothing, "label_smoothing")
-    if s.a.ignore_index != -100:
-        kwargs["ignore_index"] = Num(s.a.ignore_index, "ignore_index")
+    kwargs = _keywords(OPS["cross_entropy"], s.a, s.types)
     return [Line(expr(call("F.cross_entropy", pred, target, **kwargs)))]
 
 
@@ -444,21 +404,40 @@ def _binary_cross_entropy(s: Site) -> list[Line]:
     return [Line(expr(call(name, s.args[0], s.args[1])))]
 
 
-def _needs_batch(forward):
-    def wrapped(s: Site) -> list[Line]:
-        return _batch_axis(s, forward(s)[0])
+def derived_forward(opdef: OpDef) -> Forward | None:
+    """An operator (`a + b`, `-x`), a layer with weights called as its module (with a batch
+    of one for an unbatched input when the op needs a batch), or the `Torch` function called
+    on the inputs with the keywords off their default (and the training flag if random)."""
+    if opdef.symbol:
+        symbol = "**" if opdef.symbol == "^" else opdef.symbol
+        if opdef.arity == (1, 1):
+            return lambda s: [Line(expr(symbol, s.x))]
+        return lambda s: _binary_operator(s, symbol)
+    if opdef.has_params:
+        def module_call(s: Site) -> list[Line]:
+            if opdef.needs_batch and not s.types[0].batched:
+                return [Line(expr(call(s.module, expr(s.x, "[None]")), "[0]"))]
+            return [Line(expr(call(s.module, *s.args)))]
 
-    return wrapped
+        return module_call
+    if opdef.torch is None or opdef.torch.is_module:
+        return None
+
+    def function_call(s: Site) -> list[Line]:
+        args = [_aligned(s, i) for i in range(len(s.args))] if opdef.broadcast else s.args
+        kwargs = _keywords(opdef, s.a, s.types)
+        if opdef.random:
+            kwargs["training"] = s.training
+        return [Line(expr(call(opdef.torch.name, *args, **kwargs)))]
+
+    return function_call
 
 
-FORWARD: dict[str, Callable[[Site], list[Line]]] = {
-    "dense": _module_call,
+FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "dropout": _dropout,
     "flatten": _flatten,
     "reshape": _reshape,
     "select": _select,
-    "conv1d": _needs_batch(_module_call),
-    "conv2d": _needs_batch(_module_call),
     "maxpool": _pool("max"),
     "maxpool1d": _pool("max"),
     "maxpool2d": _pool("max"),
@@ -467,55 +446,24 @@ FORWARD: dict[str, Callable[[Site], list[Line]]] = {
     "avgpool2d": _pool("avg"),
     "adaptive_avgpool": _adaptive,
     "global_avgpool": _global_avgpool,
-    "batchnorm": _needs_batch(_module_call),
-    "layernorm": _module_call,
-    "embedding": _module_call,
     "positions": _positions_forward,
     "sinusoidal": _sinusoidal,
     "attention": _attention_forward,
     "rnn": _recurrent_forward,
     "lstm": _recurrent_forward,
     "gru": _recurrent_forward,
-    "relu": _unary("F.relu"),
-    "sigmoid": _unary("torch.sigmoid"),
-    "tanh": _unary("torch.tanh"),
     "softmax": _softmax("F.softmax"),
     "log_softmax": _softmax("F.log_softmax"),
-    "gelu": _function("F.gelu", approximate=("approximate", "none")),
-    "leaky_relu": _function("F.leaky_relu", negative_slope=("negative_slope", 0.01)),
-    "elu": _function("F.elu", alpha=("alpha", 1.0)),
-    "silu": _unary("F.silu"),
-    "relu6": _unary("F.relu6"),
-    "add": _operator("+"),
-    "sub": _operator("-"),
-    "mul": _operator("*"),
-    "div": _operator("/"),
-    "pow": _operator("**"),
-    "maximum": _pick("torch.maximum"),
-    "minimum": _pick("torch.minimum"),
     "concat": _concat,
-    "neg": _neg,
-    "abs": _unary("torch.abs"),
-    "exp": _unary("torch.exp"),
-    "log": _unary("torch.log"),
-    "sqrt": _unary("torch.sqrt"),
-    "clip": _clip,
-    "where": _where,
-    "lt": _operator("<"),
-    "le": _operator("<="),
-    "gt": _operator(">"),
-    "ge": _operator(">="),
-    "eq": _operator("=="),
-    "ne": _operator("!="),
     "mean": _reduction("mean"),
     "sum": _reduction("sum"),
     "max": _reduction("max"),
     "scalar": _scalar,
-    "mse": _loss("F.mse_loss"),
-    "l1": _loss("F.l1_loss"),
     "cross_entropy": _cross_entropy,
     "binary_cross_entropy": _binary_cross_entropy,
-}
+})
 
-# Ops whose torch form reads the module's training flag: they cannot live in a plain function.
-USES_TRAINING_FLAG = frozenset({"dropout"})
+for _table, _derive in ((FORWARD, derived_forward), (INIT, derived_init)):
+    for _name, _opdef in OPS.items():
+        if _name not in _table and (_derived := _derive(_opdef)) is not None:
+            _table[_name] = _derived

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnspec.backends.torch.emit import USES_TRAINING_FLAG
 from nnspec.backends.torch.names import camel
 from nnspec.diagnostics import Span
 from nnspec.ir.graph import Graph, Node
+from nnspec.ir.ops import OPS
 
 
 @dataclass(eq=False)
@@ -108,7 +108,7 @@ def _role(region: Region, keep_whole: str | None) -> str:
         return "class"
     if region.kind == "item" and owns_all and layers:
         return "class"
-    if region.kind == "fn" and not layers and not any(n.op in USES_TRAINING_FLAG
+    if region.kind == "fn" and not layers and not any(OPS[n.op].random
                                                        for n in region.members):
         return "function"
     if region.kind == "repeat":
