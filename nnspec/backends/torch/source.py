@@ -10,8 +10,8 @@ statement are ever split, which is all the generator produces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 WIDTH = 88
@@ -39,7 +39,7 @@ class Instance:
     """Placeholder for `ClassName(args)` (or a call of a generated function); the arguments
     are known only once every instance of the callee has been seen."""
 
-    unit: Any  # the callee's rendered instance (codegen.Rendered)
+    unit: Hashable  # the callee's key (structure.UnitKey)
     call_args: tuple = ()  # leading tensor arguments of a function call
 
 
@@ -122,7 +122,6 @@ class Block:
     body: list = field(default_factory=list)
 
 
-
 def walk(node) -> Iterator[Num | Instance]:
     """Every Num and Instance in a statement or expression, in source order."""
     if isinstance(node, (Num, Instance)):
@@ -139,6 +138,27 @@ def walk(node) -> Iterator[Num | Instance]:
     elif isinstance(node, Block):
         yield from walk(node.header)
         yield from walk(node.body)
+
+
+def substitute(node, texts: Iterator[str]):
+    """`node` with each Num and Instance replaced by the next of `texts`, in `walk`'s order:
+    source as plain text, ready to print."""
+    if isinstance(node, (Num, Instance)):
+        return next(texts)
+    if isinstance(node, Group):
+        prefix = substitute(node.prefix, texts)
+        return replace(node, prefix=prefix, items=tuple(substitute(i, texts) for i in node.items))
+    if isinstance(node, tuple):
+        return tuple(substitute(item, texts) for item in node)
+    if isinstance(node, list):
+        return [substitute(item, texts) for item in node]
+    if isinstance(node, Stmt):
+        value = substitute(node.value, texts)
+        return replace(node, value=value, comment=substitute(node.comment, texts))
+    if isinstance(node, Block):
+        header = substitute(node.header, texts)
+        return replace(node, header=header, body=substitute(node.body, texts))
+    return node
 
 
 # ---- layout ----------------------------------------------------------------------------------
@@ -159,7 +179,7 @@ def flat(e, resolve: Resolver) -> str:
     return "".join(flat(p, resolve) for p in e)
 
 
-def _split(indent: str, head: str, e: Expr, tail: str, resolve: Resolver) -> list[str]:
+def split_statement(indent: str, head: str, e: Expr, tail: str, resolve: Resolver) -> list[str]:
     """`ruff format`'s right-hand split: break inside the trailing bracket pair, first with
     the contents on one indented line, else one item per line (with a trailing comma when
     there are several)."""
@@ -177,11 +197,11 @@ def _split(indent: str, head: str, e: Expr, tail: str, resolve: Resolver) -> lis
     lines = [opening]
     comma = "," if len(group.items) > 1 and not group.comprehension else ""
     for item in group.items:
-        lines += _split(inner, "", item, comma, resolve)
+        lines += split_statement(inner, "", item, comma, resolve)
     return lines + [closing]
 
 
-def layout(statements: list, resolve: Resolver, indent: str = "") -> list[str]:
+def layout(statements, resolve: Resolver, indent: str = "") -> list[str]:
     """Statements as lines. A trailing comment that would make its line too long goes on
     its own line above the statement, which the formatter leaves alone."""
     lines: list[str] = []
@@ -193,7 +213,7 @@ def layout(statements: list, resolve: Resolver, indent: str = "") -> list[str]:
         head = f"{s.keyword} " if s.keyword else ""
         if s.target is not None:
             head += f"{s.target} = "
-        lines += _with_comment(indent, _split(indent, head, s.value, "", resolve), s.comment,
+        lines += _with_comment(indent, split_statement(indent, head, s.value, "", resolve), s.comment,
                                resolve)
     return lines
 
