@@ -35,6 +35,8 @@ class Generator:
         """`reserved`: more module-level names the output defines (the train script's)."""
         self.spec = spec
         self.reserved = reserved
+        self.file = file_label(spec.program.source.path)
+        self.fused = bool(spec.train and spec.train.fused_softmax)
         self.model_class = ""
 
     def text(self, script=None) -> str:
@@ -55,37 +57,28 @@ class Generator:
         if script is not None:
             parts.append(script(self.model_class))
         body = "\n\n\n".join(parts)
-        head = printer.header(self._file, spec.graph.name, spec.graph.hyper)
+        head = printer.header(self.file, spec.graph.name, spec.graph.hyper)
         imports = printer.imports(body, script_modules=script is not None)
         return head + "\n\n" + imports + "\n\n\n" + body + "\n"
-
-    @property
-    def _file(self) -> str:
-        return file_label(self.spec.program.source.path)
 
     def _units(self) -> list[lower.Unit]:
         """Phase 1: the model's units, then the loss's."""
         spec = self.spec
         graph: Graph = spec.graph
-        context = lower.Context(spec.program, self._file,
+        context = lower.Context(spec.program, self.file,
                                 frozenset({*_FIXED_LOCALS, *self.reserved}))
-        fused = self._fused
         output = graph.outputs[0]
         names = tuple(checked_identifier(n, graph.node(n).span) for n in graph.inputs)
-        model = lower.Top(tuple(graph.inputs), names, output, "self.training",
-                          logits_switch=fused)
-        units = lower.lower(graph, regions(graph, "model", output if fused else None), context,
-                            model)
+        model = lower.Root(tuple(graph.inputs), names, output, "self.training",
+                           logits_switch=self.fused)
+        keep_whole = output if self.fused else None  # the fused softmax stays in the model
+        units = lower.lower(graph, regions(graph, "model", keep_whole), context, model)
         loss_graph = spec.train.loss_graph if spec.train is not None else None
         if loss_graph is not None:
-            loss = lower.Top(("pred", "target"), ("pred", "target"), loss_graph.outputs[0],
-                             "True")
+            loss = lower.Root(("pred", "target"), ("pred", "target"), loss_graph.outputs[0],
+                              "True")
             units += lower.lower(loss_graph, regions(loss_graph, "loss", None), context, loss)
         return units
-
-    @property
-    def _fused(self) -> bool:
-        return bool(self.spec.train and self.spec.train.fused_softmax)
 
     def _share_context(self) -> share.Context:
         spec = self.spec
@@ -94,8 +87,8 @@ class Generator:
         loss_span = train.spans.get("loss") if train is not None else None
         scopes = {"model": spec.graph.scopes,
                   "loss": loss_graph.scopes if loss_graph is not None else {}}
-        return share.Context(spec.program, self._file, scopes,
-                             loss_span.line if loss_span is not None else None, self._fused)
+        return share.Context(spec.program, self.file, scopes,
+                             loss_span.line if loss_span is not None else None, self.fused)
 
     def _globals(self) -> share.Globals:
         """Module-level names avoid the spec's input names, which locals take."""
@@ -107,7 +100,7 @@ class Generator:
 
     def _line_of(self, key: str) -> str:
         span = self.spec.train.spans.get(key)
-        return f"{self._file}:{span.line}" if span else self._file
+        return f"{self.file}:{span.line}" if span else self.file
 
 
 def tied_weights(graph: Graph) -> dict[str, str]:

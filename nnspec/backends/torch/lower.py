@@ -84,8 +84,9 @@ class Context:
 
 
 @dataclass(frozen=True)
-class Top:
-    """How the graph's own unit is written: its inputs, their names and its output."""
+class Root:
+    """The graph's own unit (the model class or the loss function): its inputs, their
+    names, its output and how its code reads the training flag."""
 
     inputs: tuple[str, ...]
     names: tuple[str, ...]
@@ -94,31 +95,25 @@ class Top:
     logits_switch: bool = False  # `return_logits` returns the input of the output node
 
 
-def lower(graph: Graph, regions: Regions, context: Context, top: Top) -> list[Unit]:
-    """Every unit of a graph, each after the units it uses (the order definitions print)."""
+def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[Unit]:
+    """Every unit of a graph, each after the units it uses (the order definitions print).
+    Each region is the child of one unit only, so each is written once."""
     consumers = graph.consumers()
     outputs = set(graph.outputs)
-    done: dict[str, Unit] = {}
     order: list[Unit] = []
 
-    def visit(region: Region) -> None:
-        inputs, output = boundary(region, consumers, outputs)
-        names = _input_names(graph, context.program, region, inputs)
-        writer = _Writer(graph, regions, region, consumers, context, top.training)
-        unit = writer.write(inputs, names, output)
-        done[region.path] = unit
+    def write(region: Region, inputs: list[str], names: list[str], output: str,
+              logits_switch: bool = False) -> None:
+        writer = _Writer(graph, regions, region, consumers, context, root.training)
+        unit = writer.write(inputs, names, output, logits_switch)
         for child in unit.children:
-            if child.path not in done:
-                visit(regions.by_path[child.path])
+            inner = regions.by_path[child.path]
+            values, value = boundary(inner, consumers, outputs)
+            write(inner, values, _input_names(graph, context.program, inner, values), value)
         order.append(unit)
 
-    root = regions.root
-    writer = _Writer(graph, regions, root, consumers, context, top.training)
-    unit = writer.write(list(top.inputs), list(top.names), top.output, top.logits_switch)
-    for child in unit.children:
-        if child.path not in done:
-            visit(regions.by_path[child.path])
-    return [*order, unit]
+    write(regions.root, list(root.inputs), list(root.names), root.output, root.logits_switch)
+    return order
 
 
 def _input_names(graph: Graph, program: ast.Program, region: Region,

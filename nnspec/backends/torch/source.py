@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 WIDTH = 88
 INDENT = "    "
@@ -111,7 +111,7 @@ class Stmt:
     target: str | None
     value: Expr
     comment: Expr = ()
-    keyword: str = ""  # "return" for a return statement
+    keyword: Literal["", "return"] = ""
 
 
 @dataclass(frozen=True, eq=False)
