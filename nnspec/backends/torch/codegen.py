@@ -1,15 +1,22 @@
-"""A checked spec -> one standalone PyTorch file, in three phases:
+"""A checked spec -> one standalone PyTorch file, in phases:
 
-1. **lower** (`structure.py`, `lower.py`): the graph's scopes become regions with their
-   roles (class, function, loop, inline), and every class or function instance becomes a
-   `Unit` whose numbers are still `Num`s and whose calls of other units are keys;
+1. **lower** (`structure.py`, `lower.py`): the graph's scopes become frozen regions, each
+   with its role (class, function, loop, inline) decided from the graph alone; then every
+   class or function instance becomes a `Unit` whose numbers are still `Num`s and whose
+   calls of other units are `Instance`s of a `UnitKey` (graph and path);
 2. **share** (`share.py`): units that read the same up to their numbers become one
    `Definition`; the numbers that differ become its arguments, and every name is chosen;
 3. **print** (`printer.py`, `extras.py`): definitions, children first, then the train
-   section and the weight helpers, as text.
+   section and the weight helpers, as text, deciding nothing.
 
 Each phase reads the previous one's frozen output and changes nothing of it. The output
 depends only on the spec, never on dict order or the clock.
+
+Classes parameterised like the spec's blocks change the sharing phase: which units share a
+definition (`share._sharing_key`), what its arguments are and what they are called
+(`share._Parameterise`); a config dataclass is one more kind of definition to print. A
+labelled chain as `nn.Sequential` is one more role (`structure.py`) that lowering writes
+as one call.
 """
 
 from __future__ import annotations

@@ -114,62 +114,61 @@ class _Parameterise:
         self.by_unit = by_unit
 
     def definition(self) -> Definition:
-        first_unit = self.members[0]
-        region = first_unit.region
-        if region.kind == "model":
-            name = self.names.claim(region.label)
-        elif region.kind == "loss":
-            name = "loss_fn"
-        else:
-            name = self.names.claim(checked_identifier(region.label))
-        columns = [self._positions(m) for m in self.members]
+        first = self.members[0]
+        name = self._name(first.region)
+        columns = [self._numbers(m) for m in self.members]
         assert len({len(c) for c in columns}) == 1, "instances of one definition differ"
-        first = columns[0]
-        vectors = [tuple(col[j][1] for col in columns) for j in range(len(first))]
-        params: dict[tuple, int] = {}  # the values of a varying number -> its parameter
+        vectors = list(zip(*columns))  # each number of the definition, member by member
+        varying: dict[tuple, int] = {}  # the values of a varying number -> its argument
         hints: list[list[tuple[str, bool]]] = []
-        firsts: list[int] = []  # where each parameter first occurs
-        texts: list[str | tuple] = []
+        firsts: list[int] = []  # where each argument first occurs
         for j, nums in enumerate(vectors):
             values = _key(nums)
-            if nums[0].comment:
-                texts.append(("comment", values))
-            elif len(set(values)) == 1:
-                texts.append(literal(nums[0].value))
-            else:
-                if values not in params:
-                    params[values] = len(hints)
-                    hints.append([])
-                    firsts.append(j)
-                hints[params[values]].append((nums[0].hint, nums[0].primary))
-                texts.append(("param", params[values]))
-        arg_names = self._param_names(hints, self._spec_names(params))
-        for j, t in enumerate(texts):
-            if isinstance(t, tuple) and t[0] == "param":
-                texts[j] = arg_names[t[1]]
-            elif isinstance(t, tuple):
-                texts[j] = self._comment_dim(vectors[j], params, arg_names, first[j][0])
-        arguments = {member.key: tuple(Num(column[firsts[i]][1].value, arg_names[i])
-                                       for i in range(len(arg_names)))
-                     for member, column in zip(self.members, columns)}
+            if nums[0].comment or len(set(values)) == 1:
+                continue
+            if values not in varying:
+                varying[values] = len(hints)
+                hints.append([])
+                firsts.append(j)
+            hints[varying[values]].append((nums[0].hint, nums[0].primary))
+        arg_names = self._param_names(hints, self._spec_names(varying))
+        texts = [self._text(nums, varying, arg_names) for nums in vectors]
+        arguments = {member.key: tuple(Num(vectors[j][m].value, arg_names[i])
+                                       for i, j in enumerate(firsts))
+                     for m, member in enumerate(self.members)}
         item_texts = iter(self._item_texts(texts))
-        init = substitute(first_unit.init, item_texts)
-        forward = substitute(first_unit.forward, item_texts)
-        forward_params = first_unit.params
-        if region.kind == "model" and self.context.fused:
+        init = substitute(first.init, item_texts)
+        forward = substitute(first.forward, item_texts)
+        forward_params = first.params
+        if first.region.kind == "model" and self.context.fused:
             forward_params += ("return_logits=False",)
-        return Definition(first_unit.kind, name, region, tuple(self.members), tuple(arg_names),
+        return Definition(first.kind, name, first.region, tuple(self.members), tuple(arg_names),
                           forward_params, arguments, init, forward, tuple(self._docstring()))
 
-    def _positions(self, member: Unit) -> list[tuple[Num | Instance, Num]]:
-        """Every number of a unit, an instance's arguments in its place."""
+    def _name(self, region: Region) -> str:
+        if region.kind == "model":
+            return self.names.claim(region.label)
+        if region.kind == "loss":
+            return "loss_fn"
+        return self.names.claim(checked_identifier(region.label))
+
+    def _numbers(self, member: Unit) -> list[Num]:
+        """Every number of a unit in `walk`'s order, an instance's arguments in its place."""
         out = []
         for item in walk([member.init, member.forward]):
             if isinstance(item, Instance):
-                out += [(item, a) for a in self.by_unit[item.unit].arguments[item.unit]]
+                out += self.by_unit[item.unit].arguments[item.unit]
             else:
-                out.append((item, item))
+                out.append(item)
         return out
+
+    def _text(self, nums: tuple[Num, ...], varying: dict[tuple, int], names: list[str]) -> str:
+        values = _key(nums)
+        if nums[0].comment:
+            return self._comment_dim(nums, varying, names)
+        if len(set(values)) == 1:
+            return literal(nums[0].value)
+        return names[varying[values]]
 
     def _item_texts(self, texts: list[str]) -> list[str]:
         """The text of each number and instance of the first member, in `walk`'s order
@@ -205,7 +204,7 @@ class _Parameterise:
             names.append(scope.claim(wanted))
         return names
 
-    def _spec_names(self, params: dict[tuple, int]) -> dict[int, str]:
+    def _spec_names(self, varying: dict[tuple, int]) -> dict[int, str]:
         """Varying numbers whose values, instance by instance, are exactly one of the
         block's or fn's hyperparameters take that hyperparameter's name."""
         scopes = []
@@ -220,20 +219,21 @@ class _Parameterise:
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 key = tuple((type(v).__name__, repr(v)) for v in values)
                 candidates.setdefault(key, []).append(name)
-        return {index: candidates[key][0] for key, index in params.items()
+        return {index: candidates[key][0] for key, index in varying.items()
                 if len(candidates.get(key, ())) == 1}
 
-    def _comment_dim(self, nums, params, names, num: Num) -> str:
+    def _comment_dim(self, nums: tuple[Num, ...], varying: dict[tuple, int],
+                     names: list[str]) -> str:
         """A dim in a shape comment of a shared class: its size when all uses agree, else
         the parameter or input dim (`H`, `H/2`) it follows, else `?`."""
         values = _key(nums)
         if len(set(values)) == 1:
             return _dim_text(nums[0].value)
-        if values in params:
-            return names[params[values]]
+        if values in varying:
+            return names[varying[values]]
         raw = [n.value for n in nums]
         symbols = self._input_symbols()
-        symbols.sort(key=lambda s: s[0] != num.hint)  # the same position first: W, not H
+        symbols.sort(key=lambda s: s[0] != nums[0].hint)  # the same position first: W, not H
         for _, symbol, dims in symbols:
             if dims == raw:
                 return symbol
