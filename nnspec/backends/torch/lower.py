@@ -194,9 +194,9 @@ class _Writer:
         body: list = []
         for i, step in enumerate(steps):
             if logits_switch and step.node is not None and step.node.name == output:
-                body.append(Block(("if return_logits",), [
+                body.append(Block(("if return_logits",), (
                     Stmt(None, self.env[step.node.inputs[0]], keyword="return",
-                         comment=("logits for the loss, which fuses this softmax",))]))
+                         comment=("logits for the loss, which fuses this softmax",)),)))
             body += self._write_step(step, i, last_use, output)
         last = body[-1] if body else None
         if isinstance(last, Stmt) and (last.target,) == self.value(output):
@@ -318,7 +318,7 @@ class _Writer:
             for node in items:
                 self._declare(node)
             body = self._op_lines(items[-1], [(target,)], (var,), target)
-        stmts.append(Block(("for ", var, " in ", self._access(rel, region.span)), body))
+        stmts.append(Block(("for ", var, " in ", self._access(rel, region.span)), tuple(body)))
         return stmts
 
     def _loop_variable(self, wanted: str) -> str:

@@ -11,7 +11,7 @@ statement are ever split, which is all the generator produces.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 WIDTH = 88
@@ -119,7 +119,7 @@ class Block:
     """A compound statement: `header:` followed by an indented body."""
 
     header: Expr
-    body: list = field(default_factory=list)
+    body: tuple = ()
 
 
 def walk(node) -> Iterator[Num | Instance]:
