@@ -1,8 +1,9 @@
 """Python source as data, laid out the way `ruff format` lays it out.
 
 Generated code is built from small values instead of strings so that two things stay easy:
-literal numbers remain `Num`s until the very end (so instances of one block that differ
-only in their numbers can share a class whose constructor takes those numbers), and long
+literal numbers remain `Num`s until sharing has decided them (so instances of one block that
+differ only in their numbers can share a class whose constructor takes those numbers;
+`substitute` then puts in their text), and long
 statements are split exactly as `ruff format` splits them at its default width of 88, so a
 generated file is stable under the formatter. Only bracketed groups at the end of a
 statement are ever split, which is all the generator produces.
@@ -39,7 +40,7 @@ class Instance:
     """Placeholder for `ClassName(args)` (or a call of a generated function); the arguments
     are known only once every instance of the callee has been seen."""
 
-    unit: Hashable  # the callee's key (structure.UnitKey)
+    unit: Hashable  # the callee's key (lower.UnitKey)
     call_args: tuple = ()  # leading tensor arguments of a function call
 
 
@@ -213,8 +214,8 @@ def layout(statements, resolve: Resolver, indent: str = "") -> list[str]:
         head = f"{s.keyword} " if s.keyword else ""
         if s.target is not None:
             head += f"{s.target} = "
-        lines += _with_comment(indent, split_statement(indent, head, s.value, "", resolve), s.comment,
-                               resolve)
+        code = split_statement(indent, head, s.value, "", resolve)
+        lines += _with_comment(indent, code, s.comment, resolve)
     return lines
 
 
