@@ -1,8 +1,9 @@
 """Python source as data, laid out the way `ruff format` lays it out.
 
 Generated code is built from small values instead of strings so that two things stay easy:
-literal numbers remain `Num`s until the very end (so instances of one block that differ
-only in their numbers can share a class whose constructor takes those numbers), and long
+literal numbers remain `Num`s until sharing has decided them (so instances of one block that
+differ only in their numbers can share a class whose constructor takes those numbers;
+`substitute` then puts in their text), and long
 statements are split exactly as `ruff format` splits them at its default width of 88, so a
 generated file is stable under the formatter. Only bracketed groups at the end of a
 statement are ever split, which is all the generator produces.
@@ -10,9 +11,9 @@ statement are ever split, which is all the generator produces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 WIDTH = 88
 INDENT = "    "
@@ -39,7 +40,7 @@ class Instance:
     """Placeholder for `ClassName(args)` (or a call of a generated function); the arguments
     are known only once every instance of the callee has been seen."""
 
-    unit: Any  # the callee's rendered instance (codegen.Rendered)
+    unit: Hashable  # the callee's key (lower.UnitKey)
     call_args: tuple = ()  # leading tensor arguments of a function call
 
 
@@ -111,7 +112,7 @@ class Stmt:
     target: str | None
     value: Expr
     comment: Expr = ()
-    keyword: str = ""  # "return" for a return statement
+    keyword: Literal["", "return"] = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,8 +120,7 @@ class Block:
     """A compound statement: `header:` followed by an indented body."""
 
     header: Expr
-    body: list = field(default_factory=list)
-
+    body: tuple = ()
 
 
 def walk(node) -> Iterator[Num | Instance]:
@@ -141,6 +141,27 @@ def walk(node) -> Iterator[Num | Instance]:
         yield from walk(node.body)
 
 
+def substitute(node, texts: Iterator[str]):
+    """`node` with each Num and Instance replaced by the next of `texts`, in `walk`'s order:
+    source as plain text, ready to print."""
+    if isinstance(node, (Num, Instance)):
+        return next(texts)
+    if isinstance(node, Group):
+        prefix = substitute(node.prefix, texts)
+        return replace(node, prefix=prefix, items=tuple(substitute(i, texts) for i in node.items))
+    if isinstance(node, tuple):
+        return tuple(substitute(item, texts) for item in node)
+    if isinstance(node, list):
+        return [substitute(item, texts) for item in node]
+    if isinstance(node, Stmt):
+        value = substitute(node.value, texts)
+        return replace(node, value=value, comment=substitute(node.comment, texts))
+    if isinstance(node, Block):
+        header = substitute(node.header, texts)
+        return replace(node, header=header, body=substitute(node.body, texts))
+    return node
+
+
 # ---- layout ----------------------------------------------------------------------------------
 
 Resolver = Callable[[Any], str]  # Num or Instance -> its text
@@ -159,7 +180,7 @@ def flat(e, resolve: Resolver) -> str:
     return "".join(flat(p, resolve) for p in e)
 
 
-def _split(indent: str, head: str, e: Expr, tail: str, resolve: Resolver) -> list[str]:
+def split_statement(indent: str, head: str, e: Expr, tail: str, resolve: Resolver) -> list[str]:
     """`ruff format`'s right-hand split: break inside the trailing bracket pair, first with
     the contents on one indented line, else one item per line (with a trailing comma when
     there are several)."""
@@ -177,11 +198,11 @@ def _split(indent: str, head: str, e: Expr, tail: str, resolve: Resolver) -> lis
     lines = [opening]
     comma = "," if len(group.items) > 1 and not group.comprehension else ""
     for item in group.items:
-        lines += _split(inner, "", item, comma, resolve)
+        lines += split_statement(inner, "", item, comma, resolve)
     return lines + [closing]
 
 
-def layout(statements: list, resolve: Resolver, indent: str = "") -> list[str]:
+def layout(statements, resolve: Resolver, indent: str = "") -> list[str]:
     """Statements as lines. A trailing comment that would make its line too long goes on
     its own line above the statement, which the formatter leaves alone."""
     lines: list[str] = []
@@ -193,8 +214,8 @@ def layout(statements: list, resolve: Resolver, indent: str = "") -> list[str]:
         head = f"{s.keyword} " if s.keyword else ""
         if s.target is not None:
             head += f"{s.target} = "
-        lines += _with_comment(indent, _split(indent, head, s.value, "", resolve), s.comment,
-                               resolve)
+        code = split_statement(indent, head, s.value, "", resolve)
+        lines += _with_comment(indent, code, s.comment, resolve)
     return lines
 
 

@@ -1,5 +1,7 @@
-"""Writes one class or function of the generated file: its `__init__` layers and the lines
-of its `forward`, one line per IR node with the value's shape and spec line as a comment.
+"""Lowering: the regions of a graph -> `Unit`s, one per class or function instance, each
+with its `__init__` layers and the lines of its `forward`, one line per IR node with the
+value's shape and spec line as a comment. Numbers stay `Num`s and calls of other units stay
+`Instance`s (by key), so the sharing phase can still turn them into arguments.
 
 Values get short variable names the way people write them: a chain of ops keeps reusing
 one variable (`x = self.conv1(x)`, `x = F.relu(x)`), and a new one (`h`, `h2`, ...) starts
@@ -8,8 +10,9 @@ only while an earlier value is still needed, e.g. for a residual `x = x + h`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from nnspec.backends.torch.emit import FORWARD, INIT, Site, init_extra
 from nnspec.backends.torch.names import Namespace, checked_identifier, module_component
@@ -25,13 +28,20 @@ from nnspec.backends.torch.source import (
     flat,
     module_list,
 )
-from nnspec.backends.torch.structure import Region, boundary
+from nnspec.backends.torch.structure import (
+    GraphKind,
+    Region,
+    Regions,
+    boundary,
+    loop_items,
+    spec_definition,
+)
 from nnspec.diagnostics import Span
 from nnspec.ir.graph import Graph, Node
 from nnspec.ir.types import TensorType
+from nnspec.syntax import ast
 
-if TYPE_CHECKING:
-    from nnspec.backends.torch.codegen import Generator
+UnitKind = Literal["class", "function"]
 
 _GENERIC = ("x", "h")
 
@@ -40,37 +50,120 @@ def _generic(name: str) -> bool:
     return name in _GENERIC or (name[:1] == "h" and name[1:].isdigit())
 
 
-@dataclass(eq=False)
-class Rendered:
-    """One region written out with its numbers still as `Num`s; instances that render to
-    the same text up to those numbers share one class (or function)."""
+@dataclass(frozen=True, order=True)
+class UnitKey:
+    """A class or function instance of the output: its graph and its region's path."""
 
+    graph: GraphKind
+    path: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One region written out with its numbers still as `Num`s; units that read the same up
+    to those numbers share one class (or function)."""
+
+    key: UnitKey
     region: Region
-    kind: str  # class | function
-    params: list[str]  # forward's tensor arguments
-    input_types: list[TensorType]
-    init: list = field(default_factory=list)
-    forward: list = field(default_factory=list)
-    shared: object = None  # the codegen.Shared it joined
+    kind: UnitKind
+    params: tuple[str, ...]  # forward's tensor arguments
+    input_types: tuple[TensorType, ...]
+    init: tuple
+    forward: tuple
+    children: tuple[UnitKey, ...]  # units it instantiates or calls, in order of first use
+    helpers: frozenset[str]  # module-level helper functions its code calls
 
 
-@dataclass
+@dataclass(frozen=True)
+class Context:
+    """What lowering needs from outside the graph."""
+
+    program: ast.Program
+    file: str  # the spec's file name for comments
+    local_taken: frozenset[str]  # names a function body must not use for a local
+
+
+@dataclass(frozen=True)
+class Root:
+    """The graph's own unit (the model class or the loss function): its inputs, their
+    names, its output and how its code reads the training flag."""
+
+    inputs: tuple[str, ...]
+    names: tuple[str, ...]
+    output: str
+    training: str  # the expression of the training flag
+    logits_switch: bool = False  # `return_logits` returns the input of the output node
+
+
+def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[Unit]:
+    """Every unit of a graph, each after the units it uses (the order definitions print).
+    Each region is the child of one unit only, so each is written once."""
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+    order: list[Unit] = []
+
+    def write(region: Region, inputs: list[str], names: list[str], output: str,
+              logits_switch: bool = False) -> None:
+        writer = _Writer(graph, regions, region, consumers, context, root.training)
+        unit = writer.write(inputs, names, output, logits_switch)
+        for child in unit.children:
+            inner = regions.by_path[child.path]
+            values, value = boundary(inner, consumers, outputs)
+            write(inner, values, _input_names(graph, context.program, inner, values), value)
+        order.append(unit)
+
+    write(regions.root, list(root.inputs), list(root.names), root.output, root.logits_switch)
+    return order
+
+
+def _input_names(graph: Graph, program: ast.Program, region: Region,
+                 inputs: list[str]) -> list[str]:
+    """A block's or fn's own names for its inputs (the IR's scope records which value went
+    to which declared input); `x`, `y`, ... where that is ambiguous."""
+    count = len(inputs)
+    scope = graph.scopes.get(region.path)
+    declared = {node: name for name, node in scope.inputs} if scope else {}
+    names = [declared.get(node) for node in inputs]
+    if count > 1 and None not in names and len(set(names)) == count:
+        return names
+    if count == 1:
+        definition = spec_definition(program, region)
+        if definition is not None:
+            if definition.kind == "fn" and definition.params:
+                return [definition.params[0].name]
+            declared = [s.name for s in definition.body if isinstance(s, ast.Input)]
+            if len(declared) == 1:
+                return declared
+        return ["x"]
+    return (["x", "y", "z"] + [f"x{i}" for i in range(3, count)])[:count]
+
+
+def unit_kind(region: Region) -> UnitKind:
+    return "class" if region.role == "class" else "function"
+
+
+StepKind = Literal["op", "unit", "loop"]
+
+
+@dataclass(frozen=True)
 class _Step:
-    kind: str  # op | unit | loop
+    kind: StepKind
     node: Node | None
     region: Region | None
-    inputs: list[str]
+    inputs: tuple[str, ...]
     output: str
 
 
-class Writer:
-    def __init__(self, gen: Generator, graph: Graph, table: dict[str, Region],
-                 owner: dict[str, Region], region: Region, *, training: str):
-        self.gen = gen
+class _Writer:
+    """Writes one unit; it reads the regions and the graph and changes neither."""
+
+    def __init__(self, graph: Graph, regions: Regions, region: Region,
+                 consumers: Mapping[str, list[str]], context: Context, training: str):
         self.graph = graph
-        self.table = table
-        self.owner = owner
+        self.regions = regions
         self.region = region
+        self.consumers = consumers
+        self.context = context
         self.training = training
         self.leaves: dict[str, Expr] = {}  # relative module path -> constructor
         self.declared: set[str] = set()
@@ -78,12 +171,14 @@ class Writer:
         self.ties: list = []
         self.env: dict[str, Expr] = {}  # value -> expression
         self.live: dict[str, str] = {}  # variable name -> value it holds
-        self.names = Namespace(gen.local_taken)
+        self.names = Namespace(context.local_taken)
+        self.children: list[UnitKey] = []
+        self.helpers: set[str] = set()
 
     # ---- the whole unit ---------------------------------------------------------------------
 
     def write(self, inputs: list[str], wanted_names: list[str], output: str,
-              logits_switch: bool = False) -> Rendered:
+              logits_switch: bool = False) -> Unit:
         params = []
         for value, wanted in zip(inputs, wanted_names):
             name = self.names.claim(wanted)
@@ -99,41 +194,42 @@ class Writer:
         body: list = []
         for i, step in enumerate(steps):
             if logits_switch and step.node is not None and step.node.name == output:
-                body.append(Block(("if return_logits",), [
+                body.append(Block(("if return_logits",), (
                     Stmt(None, self.env[step.node.inputs[0]], keyword="return",
-                         comment=("logits for the loss, which fuses this softmax",))]))
+                         comment=("logits for the loss, which fuses this softmax",)),)))
             body += self._write_step(step, i, last_use, output)
         last = body[-1] if body else None
         if isinstance(last, Stmt) and (last.target,) == self.value(output):
             body[-1] = Stmt(None, last.value, last.comment, keyword="return")
         else:
             body.append(Stmt(None, self.value(output), keyword="return"))
-        kind = "class" if self.region.role == "class" else "function"
-        types = [self.graph.node(v).type for v in inputs]
-        return Rendered(self.region, kind, params, types, self._init(), body)
+        types = tuple(self.graph.node(v).type for v in inputs)
+        return Unit(UnitKey(self.regions.graph, self.region.path), self.region,
+                    unit_kind(self.region), tuple(params), types, tuple(self._init()),
+                    tuple(body), tuple(self.children), frozenset(self.helpers))
 
     def _steps(self) -> list[_Step]:
         steps: list[_Step] = []
         seen: set[str] = set()
-        outputs = set(self.graph.outputs)
         for node in self.region.members:
             if node.op == "scalar":
                 continue
-            unit = None
-            for r in self.region.chain_to(self.owner[node.name]):
-                if r.role == "loop" and r.path not in seen and not self._loopable(r):
-                    r.role = "inline"
-                if r.role in ("class", "function", "loop"):
-                    unit = r
-                    break
+            unit = next((r for r in self.regions.chain(self.region, node.name)
+                         if r.role != "inline"), None)
             if unit is None:
-                steps.append(_Step("op", node, None, list(node.inputs), node.name))
+                steps.append(_Step("op", node, None, node.inputs, node.name))
             elif unit.path not in seen:
                 seen.add(unit.path)
-                inputs, out = boundary(unit, self.gen.consumers(self.graph), outputs)
+                inputs, out = boundary(unit, self.consumers, set(self.graph.outputs))
                 kind = "loop" if unit.role == "loop" else "unit"
-                steps.append(_Step(kind, None, unit, inputs, out))
+                steps.append(_Step(kind, None, unit, tuple(inputs), out))
         return steps
+
+    def _child(self, region: Region) -> Instance:
+        key = UnitKey(self.regions.graph, region.path)
+        if key not in self.children:
+            self.children.append(key)
+        return Instance(key)
 
     # ---- values and variables --------------------------------------------------------------
 
@@ -157,7 +253,7 @@ class Writer:
             n = 0
             while True:
                 name = _GENERIC[n] if n < len(_GENERIC) else f"h{n}"
-                if name not in self.live and name not in self.gen.local_taken:
+                if name not in self.live and name not in self.context.local_taken:
                     break
                 n += 1
         self.live[name] = step.output
@@ -184,7 +280,7 @@ class Writer:
 
     def _op_lines(self, node: Node, args: list[Expr], module: Expr, target: str) -> list:
         types = [self.graph.node(v).type for v in node.inputs]
-        site = Site(node, args, types, module, target, self.training, self.gen.helpers)
+        site = Site(node, args, types, module, target, self.training, self.helpers)
         stmts = []
         for line in FORWARD[node.op](site):
             lhs = f"{target}, _" if line.unpack else target
@@ -193,20 +289,20 @@ class Writer:
 
     def _unit_call(self, step: _Step, args: list[Expr], target: str) -> Stmt:
         region = step.region
-        child = self.gen.render(self.graph, self.table, self.owner, region, self.training)
+        instance = self._child(region)
         out_type = self.graph.node(step.output).type
-        if child.kind == "function":
-            return Stmt(target, expr(Instance(child, tuple(args))),
+        if unit_kind(region) == "function":
+            return Stmt(target, expr(Instance(instance.unit, tuple(args))),
                         self.comment(out_type, region.span))
         rel = self.region.relative(region.path)
-        self._leaf(rel, expr(Instance(child)))
+        self.leaves[rel] = expr(instance)
         return Stmt(target, expr(call(self._access(rel, region.span), *args)),
                     self.comment(out_type, region.span))
 
     def _loop(self, step: _Step, args: list[Expr], target: str) -> list:
         region = step.region
         rel = self.region.relative(region.path)
-        items = self._items(region)
+        items = loop_items(region, self.regions.by_path)
         out_type = self.graph.node(step.output).type
         stmts = []
         if args[0] != (target,):
@@ -215,44 +311,19 @@ class Writer:
         if all(isinstance(item, Region) for item in items):
             var = self._loop_variable("block")
             for item in items:
-                child = self.gen.render(self.graph, self.table, self.owner, item, self.training)
-                self._leaf(item.path[len(self.region.prefix):], expr(Instance(child)))
+                self.leaves[self.region.relative(item.path)] = expr(self._child(item))
             body = [Stmt(target, expr(call(var, target)), self.comment(out_type, region.span))]
         else:
             var = self._loop_variable("layer")
             for node in items:
                 self._declare(node)
             body = self._op_lines(items[-1], [(target,)], (var,), target)
-        stmts.append(Block(("for ", var, " in ", self._access(rel, region.span)), body))
+        stmts.append(Block(("for ", var, " in ", self._access(rel, region.span)), tuple(body)))
         return stmts
 
     def _loop_variable(self, wanted: str) -> str:
         """Loops end before the next begins, so each may use the same name."""
         return wanted if wanted not in self.names.taken else self.names.claim(wanted)
-
-    def _items(self, region: Region) -> list:
-        regions = [self.table.get(f"{region.path}.{i}") for i in range(region.count)]
-        if all(r is not None and r.role == "class" for r in regions):
-            return regions
-        nodes = region.members
-        if len(nodes) == region.count and all(n.name == f"{region.path}.{i}"
-                                              and n.module is not None
-                                              for i, n in enumerate(nodes)):
-            return nodes
-        return []
-
-    def _loopable(self, region: Region) -> bool:
-        items = self._items(region)
-        if not items:
-            return False
-        if isinstance(items[0], Region):
-            return True
-        forwards = set()
-        for node in items:
-            types = [self.graph.node(v).type for v in node.inputs]
-            site = Site(node, [("x",)], types, ("layer",), "x", self.training, set())
-            forwards.add(tuple(flat(line.value, _fingerprint) for line in FORWARD[node.op](site)))
-        return len(forwards) == 1
 
     # ---- layers: declaration, access, containers ------------------------------------------------
 
@@ -262,7 +333,7 @@ class Writer:
         self.declared.add(node.module)
         rel = self.region.relative(node.module)
         types = [self.graph.node(v).type for v in node.inputs]
-        self._leaf(rel, expr(INIT[node.op](node, types)))
+        self.leaves[rel] = expr(INIT[node.op](node, types))
         access = self._access(rel, node.span)
         self.extras += init_extra(node, access)
         for local, full in node.params.items():
@@ -279,9 +350,6 @@ class Writer:
         if node.module is None:
             return ()
         return self._access(self.region.relative(node.module), node.span)
-
-    def _leaf(self, rel: str, value: Expr) -> None:
-        self.leaves[rel] = value
 
     def _access(self, rel: str, span: Span | None) -> Expr:
         parts = rel.split(".")
@@ -318,7 +386,8 @@ class Writer:
                     parts += [", " if k else "", d]
                 parts.append(",)" if len(dims) == 1 else ")")
         if span is not None:
-            parts.append(f"  {self.gen.file}:{span.line}" if parts else f"{self.gen.file}:{span.line}")
+            where = f"{self.context.file}:{span.line}"
+            parts.append(f"  {where}" if parts else where)
         return expr(*parts)
 
 
@@ -331,7 +400,3 @@ def _container(sub) -> Expr:
         assert keys == [str(i) for i in range(len(keys))], f"gaps in a module list: {keys}"
         return expr(module_list([_container(sub[k]) for k in keys]))
     return expr(call("nn.ModuleDict", dict_of([(k, _container(sub[k])) for k in keys])))
-
-
-def _fingerprint(num: Num) -> str:
-    return f"<{type(num.value).__name__}:{num.value!r}>"
