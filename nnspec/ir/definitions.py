@@ -9,13 +9,11 @@ so a recursive block is an error even when a condition would stop it: the langua
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from itertools import pairwise
-from typing import Any
 
 from nnspec.diagnostics import Diagnostic, Note, Span
 from nnspec.ir import ops
-from nnspec.ir.values import Layer
 from nnspec.syntax import ast
 
 
@@ -69,7 +67,7 @@ def _unused_expressions(definition: ast.Definition) -> list[Diagnostic]:
 
 
 def find_recursion(defs: dict[str, ast.Definition],
-                   consts: dict[str, Any]) -> tuple[set[str], list[Diagnostic]]:
+                   consts: Collection[str]) -> tuple[set[str], list[Diagnostic]]:
     """The blocks and fns on a cycle of the call graph, and one E155 per cycle, at the call
     in its first definition that leads back to it."""
     calls = {name: _calls(d, defs, consts) for name, d in defs.items()
@@ -92,10 +90,10 @@ def _recursion_error(cycle: list[str], calls: dict[str, dict[str, Span]],
     first = cycle[0]
     what = f"{defs[first].kind} `{first}`"
     if len(cycle) == 2:
-        message = f"{what} calls itself: blocks and fns cannot be recursive"
+        message = f"{what} calls itself; blocks and fns cannot be recursive"
     else:
         path = " -> ".join(f"`{name}`" for name in cycle)
-        message = f"{what} calls itself through {path}: blocks and fns cannot be recursive"
+        message = f"{what} calls itself ({path}); blocks and fns cannot be recursive"
     notes = tuple(Note(calls[a][b], f"`{a}` calls `{b}` here")
                   for a, b in pairwise(cycle[1:]))
     return Diagnostic("E155", message, calls[first][cycle[1]],
@@ -104,22 +102,17 @@ def _recursion_error(cycle: list[str], calls: dict[str, dict[str, Span]],
 
 
 def _calls(definition: ast.Definition, defs: dict[str, ast.Definition],
-           consts: dict[str, Any]) -> dict[str, Span]:
-    """The blocks and fns a definition's body names (directly or through a constant),
-    each with where it is first named; names bound in the body are skipped."""
+           consts: Collection[str]) -> dict[str, Span]:
+    """The blocks and fns a definition's body names, each with where it is first named;
+    names bound in the body (and constants, which are plain values) are not them."""
     local: set[str] = set()
     found: dict[str, Span] = {}
 
     def visit(expr: ast.Expr):
         for name, span in _names(expr):
-            if name in local:
-                continue
-            if name in consts:
-                targets = _definitions_in(consts[name])
-            else:
-                targets = [name] if name in defs and defs[name].kind in ("block", "fn") else []
-            for target in targets:
-                found.setdefault(target, span)
+            if name not in local and name not in consts and name in defs \
+                    and defs[name].kind in ("block", "fn"):
+                found.setdefault(name, span)
 
     for param in definition.params:
         if param.default is not None:
@@ -163,7 +156,8 @@ def _names(expr: ast.Expr) -> Iterator[tuple[str, Span]]:
         yield from _names(expr.otherwise)
 
 
-def _op_labels(expr: ast.Expr, local: set[str], defs: dict, consts: dict) -> Iterator[str]:
+def _op_labels(expr: ast.Expr, local: set[str], defs: dict[str, ast.Definition],
+               consts: Collection[str]) -> Iterator[str]:
     """`as` labels that bind a name in the body (those of ops; a block's label does not)."""
     stack = [expr]
     while stack:
@@ -180,17 +174,6 @@ def _op_labels(expr: ast.Expr, local: set[str], defs: dict, consts: dict) -> Ite
                     yield stage.label
         elif isinstance(expr, ast.Conditional):
             stack += [expr.then, expr.otherwise]
-
-
-def _definitions_in(value) -> list[str]:
-    """The blocks and fns a constant's layer value would apply."""
-    if not isinstance(value, Layer):
-        return []
-    found = [value.name] if value.kind in ("block", "fn") else []
-    inner = [*value.parts, *value.args, *(v for _, v, _ in value.kwargs)]
-    for part in inner:
-        found += _definitions_in(part)
-    return found
 
 
 def _strongly_connected(calls: dict[str, dict[str, Span]]) -> list[list[str]]:
@@ -210,8 +193,8 @@ def _strongly_connected(calls: dict[str, dict[str, Span]]) -> list[list[str]]:
         stack.append(root)
         on_stack.add(root)
         while work:
-            name, callees = work[-1]
-            for callee in callees:
+            name, pending = work[-1]
+            for callee in pending:
                 if callee not in calls:
                     continue
                 if callee not in index:

@@ -39,14 +39,14 @@ class Layer:
     module: str | None = None  # set when bound to a name: applications share weights
 
 
-class Poison:
-    """The type of `POISON`."""
+class _Poison:
+    """The type of `POISON` (its name shows in a message about a value that failed)."""
 
     def __repr__(self):
         return "<error>"
 
 
-POISON = Poison()
+POISON = _Poison()
 
 
 def source_text(span: Span | None) -> str:
