@@ -55,7 +55,7 @@ def bind_attrs(name: str, schema: Sequence[ops.Attr], values: list, keywords: di
                               f"argument(s) but got {len(values)}",
                               spans.get(len(positional), span), signature_hint(name, schema))
     given = dict(zip((a.name for a in positional), values))
-    names = [a.name for a in schema]
+    names = [a.name for a in schema] if keywords else []
     for key, value in keywords.items():
         if key not in names:
             hint = did_you_mean(key, names) or signature_hint(name, schema)

@@ -130,30 +130,29 @@ def _calls(definition: ast.Definition, defs: dict[str, ast.Definition],
 
 
 def _names(expr: ast.Expr) -> Iterator[tuple[str, Span]]:
-    """Every name an expression reads, in source order, with its span."""
-    if isinstance(expr, ast.Name):
-        yield expr.id, expr.span
-    elif isinstance(expr, ast.Call):
-        if expr.func != "repeat":
-            yield expr.func, expr.func_span
-        for arg in (*expr.args, *(k.value for k in expr.kwargs)):
-            yield from _names(arg)
-    elif isinstance(expr, ast.BinOp):
-        yield from _names(expr.left)
-        yield from _names(expr.right)
-    elif isinstance(expr, ast.Unary):
-        yield from _names(expr.operand)
-    elif isinstance(expr, ast.ListExpr):
-        for item in expr.items:
-            yield from _names(item)
-    elif isinstance(expr, ast.Pipeline):
-        yield from _names(expr.head)
-        for stage in expr.stages:
-            yield from _names(stage.layer)
-    elif isinstance(expr, ast.Conditional):
-        yield from _names(expr.then)
-        yield from _names(expr.cond)
-        yield from _names(expr.otherwise)
+    """Every name an expression reads, in source order, with its span (iteratively: a sum
+    of a thousand terms must not exhaust Python's stack)."""
+    stack = [expr]
+    while stack:
+        expr = stack.pop()
+        children: tuple = ()
+        if isinstance(expr, ast.Name):
+            yield expr.id, expr.span
+        elif isinstance(expr, ast.Call):
+            if expr.func != "repeat":
+                yield expr.func, expr.func_span
+            children = (*expr.args, *(k.value for k in expr.kwargs))
+        elif isinstance(expr, ast.BinOp):
+            children = (expr.left, expr.right)
+        elif isinstance(expr, ast.Unary):
+            children = (expr.operand,)
+        elif isinstance(expr, ast.ListExpr):
+            children = expr.items
+        elif isinstance(expr, ast.Pipeline):
+            children = (expr.head, *(stage.layer for stage in expr.stages))
+        elif isinstance(expr, ast.Conditional):
+            children = (expr.then, expr.cond, expr.otherwise)
+        stack.extend(reversed(children))
 
 
 def _op_labels(expr: ast.Expr, local: set[str], defs: dict[str, ast.Definition],

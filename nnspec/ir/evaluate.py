@@ -40,8 +40,7 @@ class Evaluator:
         self.call_stack: list[tuple[str, Span]] = []
         frame = constant_frame()
         for item in program.consts:
-            value = self.guard(lambda item=item: self.value(self.eval(item.value, frame),
-                                                            item.value))
+            value = self.guard(lambda item=item: self.eval_value(item.value, frame))
             self.consts[item.name] = value
             frame.vars[item.name] = value
         self.recursive, problems = find_recursion(self.defs, self.consts)
@@ -89,7 +88,8 @@ class Evaluator:
         return method(expr, frame)
 
     def eval_value(self, expr, frame: Frame):
-        """A plain value (a number, string, list...): E134 for a tensor or a layer."""
+        """A plain value (a number, string, list...): E134 for a tensor or a layer. (Nested
+        expressions call `value(eval(...))` directly: one Python frame less per level.)"""
         return self.value(self.eval(expr, frame), expr)
 
     def eval_Number(self, expr, frame):
@@ -263,7 +263,7 @@ class Evaluator:
         if len(expr.args) != 2 or expr.kwargs:
             raise DiagnosticError("E144", "repeat takes a count and a layer: "
                                   "`repeat(4, Block(d))`", expr.span)
-        count = self.value(self.eval(expr.args[0], frame), expr.args[0])
+        count = self.eval_value(expr.args[0], frame)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise DiagnosticError("E145", f"repeat needs a positive count, got "
                                   f"{describe(count)}", expr.args[0].span)
@@ -435,7 +435,7 @@ class Evaluator:
             if isinstance(dim_expr, ast.Name) and self.lookup_optional(dim_expr.id, frame) is None:
                 frame.vars[dim_expr.id] = dim
                 continue
-            expected = self.value(self.eval(dim_expr, frame), dim_expr)
+            expected = self.eval_value(dim_expr, frame)
             if expected != dim:
                 raise DiagnosticError("E301", f"`{stmt.name}` expects {shown} "
                                       f"= {self.show_dims(declared, frame)} but gets {actual}",
@@ -444,6 +444,6 @@ class Evaluator:
     def show_dims(self, declared: ast.TensorTypeExpr, frame: Frame) -> str:
         shown = []
         for d in declared.dims:
-            value = self.guard(lambda d=d: self.value(self.eval(d, frame), d), None)
+            value = self.guard(lambda d=d: self.eval_value(d, frame), None)
             shown.append(str(value) if value is not None else source_text(d.span))
         return "[" + ", ".join(shown) + "]"
