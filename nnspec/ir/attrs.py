@@ -46,15 +46,17 @@ def bind_attrs(name: str, schema: Sequence[ops.Attr], values: list, keywords: di
                spans: dict[str | int, Span], span: Span) -> ops.Attrs:
     """Every attribute of `schema` from the call `name(*values, **keywords)`, checked, with
     defaults filled in; DiagnosticError at the offending argument (else at `span`)."""
-    positional = settable(schema)
-    if positional and positional[-1].variadic and len(values) > len(positional):
-        keep = len(positional) - 1
-        values = values[:keep] + [list(values[keep:])]
-    if len(values) > len(positional):
-        raise DiagnosticError("E140", f"`{name}` takes at most {len(positional)} "
-                              f"argument(s) but got {len(values)}",
-                              spans.get(len(positional), span), signature_hint(name, schema))
-    given = dict(zip((a.name for a in positional), values))
+    given = {}
+    if values:
+        positional = settable(schema)
+        if positional and positional[-1].variadic and len(values) > len(positional):
+            keep = len(positional) - 1
+            values = values[:keep] + [list(values[keep:])]
+        if len(values) > len(positional):
+            raise DiagnosticError("E140", f"`{name}` takes at most {len(positional)} "
+                                  f"argument(s) but got {len(values)}",
+                                  spans.get(len(positional), span), signature_hint(name, schema))
+        given = dict(zip((a.name for a in positional), values))
     names = [a.name for a in schema] if keywords else []
     for key, value in keywords.items():
         if key not in names:

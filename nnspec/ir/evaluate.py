@@ -435,7 +435,7 @@ class Evaluator:
             if isinstance(dim_expr, ast.Name) and self.lookup_optional(dim_expr.id, frame) is None:
                 frame.vars[dim_expr.id] = dim
                 continue
-            expected = self.eval_value(dim_expr, frame)
+            expected = self.value(self.eval(dim_expr, frame), dim_expr)
             if expected != dim:
                 raise DiagnosticError("E301", f"`{stmt.name}` expects {shown} "
                                       f"= {self.show_dims(declared, frame)} but gets {actual}",

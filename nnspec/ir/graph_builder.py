@@ -35,9 +35,7 @@ class GraphBuilder:
         self.node_names.add(node.name)
 
     def unique_name(self, name: str) -> str:
-        """`name`, or `name_1`, `name_2`, ... if a node already has it."""
-        if name not in self.node_names:
-            return name
+        """`name_1`, `name_2`, ...: the first no node has (for a name that one has)."""
         i = 1
         while f"{name}_{i}" in self.node_names:
             i += 1

@@ -22,8 +22,9 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     after the layer's module, or made up). A shape error is reported and gives a node
     without a type, so the graph still shows where it happened."""
     opdef = ops.lookup(name)
-    spans = argument_spans(opdef.attrs, layer.arg_spans,
-                           ((k, s) for k, _, s in layer.kwargs)) if layer else {}
+    spans = {}
+    if layer is not None and (layer.arg_spans or layer.kwargs):  # most layers have none
+        spans = argument_spans(opdef.attrs, layer.arg_spans, ((k, s) for k, _, s in layer.kwargs))
     attrs = bind_attrs(opdef.name, opdef.attrs, list(values or []), keywords, spans, span)
     low, high = opdef.arity
     if len(tensors) < low or (high is not None and len(tensors) > high):
@@ -39,7 +40,9 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     else:
         local, named = frame.fresh(opdef.name), False
     frame.used.add(local)
-    node_name = graph.unique_name(frame.qualify(local))
+    node_name = frame.qualify(local)
+    if node_name in graph.node_names:
+        node_name = graph.unique_name(node_name)
     attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
     input_names = tuple(t.node for t in tensors)
     scope = graph.scope_of(frame.path)
