@@ -269,6 +269,171 @@ model M {
     assert [d.code for d in diagnostics] == ["E100"]
 
 
+def test_the_graph_records_which_names_the_spec_gave():
+    graph = build("""
+block Unit(d) {
+  input x: [d]
+  x -> dense(d) -> relu
+}
+model M {
+  input x: [8]
+  f = dense(8)
+  h = x -> dense(8) -> relu as relu_2 -> f
+  h -> repeat(2, Unit(8)) as blocks -> Unit(8) -> Unit(8) as last -> repeat(2, relu)
+}
+""")
+    named = {n.name: n.named for n in graph.nodes}
+    assert named == {
+        "x": True, "dense_1": False, "relu_2": True, "f": True,  # `relu_2` is a label here
+        "blocks.0.dense_1": False, "blocks.0.relu_1": False,
+        "blocks.1.dense_1": False, "blocks.1.relu_1": False,
+        "unit_1.dense_1": False, "unit_1.relu_1": False,
+        "last.dense_1": False, "last.relu_1": False,
+        "repeat_1.0": False, "repeat_1.1": False}
+    assert {path: s.named for path, s in graph.scopes.items()} == {
+        "blocks": True, "blocks.0": False, "blocks.1": False, "unit_1": False, "last": True,
+        "repeat_1": False}
+
+
+def test_the_loss_is_a_graph_of_its_own_and_leaves_the_model_alone():
+    text = """
+fn mse_plus(pred, target, w = 0.5) {
+  mean((pred - target) ^ 2) + w * mean(abs(pred))
+}
+model M {
+  input x: [4]
+  x -> dense(3) as head
+}
+train M {
+  loss mse_plus(w = 0.25)
+}
+"""
+    spec = load_text(text)
+    assert [n.name for n in spec.graph.nodes] == ["x", "head"]
+    assert list(spec.graph.scopes) == []
+    loss = spec.train.loss_graph
+    assert loss.name == "M.loss" and loss.inputs == ["pred", "target"]
+    assert loss.node("pred").type == spec.graph.output_type
+    assert list(loss.scopes) == ["loss.mse_plus_1"] and loss.params == {}
+    assert not loss.node("pred").named  # the language's names, not the spec's
+    loss.verify()
+    assert spec.train.loss.args == {"w": 0.25}
+
+
+def test_optimizer_hyperparameters_bind_through_the_attribute_schema():
+    from nnspec.diagnostics import DiagnosticError
+    from nnspec.ir.attrs import bind_attrs
+
+    adam = ops.OPTIMIZERS["adam"].hyper
+    bound = bind_attrs("adam", adam, [0.01], {"betas": [0.8, 0.9]}, {}, None)
+    assert dict(bound) == {"lr": 0.01, "betas": (0.8, 0.9), "eps": 1e-8, "weight_decay": 0.0,
+                           "amsgrad": False}
+    with pytest.raises(DiagnosticError) as info:
+        bind_attrs("adam", adam, [], {"lr": -1}, {}, None)
+    assert info.value.diagnostic.code == "E163"
+    [d] = check_text("model M {\n  input x: [2]\n  x\n}\n"
+                     "train M {\n  loss mse\n  optimizer adam(lr = 1, betas = 3)\n}\n")
+    assert (d.code, d.span.line, d.span.col) == ("E160", 7, 26)
+    assert d.message == "`adam`'s `betas` must be a list of numbers, got the number 3"
+
+
+# ---- recursion and nesting ------------------------------------------------------------------
+
+
+def _errors(text: str):
+    return [(d.code, d.span.line, d.span.col, d.message) for d in check_text(text)
+            if d.severity == "error"]
+
+
+def test_recursion_is_an_error_even_with_a_base_case():
+    text = """
+block Stack(n) {
+  input x: [8]
+  x -> dense(8) -> Stack(n - 1) if n > 1 else x
+}
+model M {
+  input x: [8]
+  x -> Stack(3)
+}
+"""
+    assert _errors(text) == [("E155", 4, 20, "block `Stack` calls itself; blocks and fns "
+                                             "cannot be recursive")]
+
+
+def test_recursion_through_other_definitions_names_the_cycle():
+    text = """
+fn odd(x) {
+  even(x) * 2
+}
+fn even(x) {
+  odd(x)
+}
+block Unused(d) {
+  input x: [d]
+  x -> Unused(d)
+}
+model M {
+  input x: [8]
+  x -> odd
+}
+"""
+    diagnostics = [d for d in check_text(text) if d.severity == "error"]
+    assert [(d.code, d.span.line, d.span.col) for d in diagnostics] == [
+        ("E155", 3, 3), ("E155", 10, 8)]
+    through = diagnostics[0]
+    assert through.message == ("fn `odd` calls itself (`odd` -> `even` -> `odd`); "
+                               "blocks and fns cannot be recursive")
+    assert [(n.span.line, n.message) for n in through.notes] == [(6, "`even` calls `odd` here")]
+
+
+def test_local_names_are_not_calls():
+    """A parameter, input or variable named like a definition is not a use of it."""
+    text = """
+block Wrap(Wrap = 2) {
+  input x: [4]
+  x * Wrap
+}
+block Outer(d) {
+  input Outer: [d]
+  Outer -> relu
+}
+model M {
+  input x: [4]
+  x -> Wrap -> Outer(4)
+}
+"""
+    assert _errors(text) == []
+
+
+def nested(levels: int) -> str:
+    blocks = [f"block B{i} {{ input x: [4]\n  x -> B{i + 1} }}" for i in range(1, levels)]
+    blocks.append(f"block B{levels} {{ input x: [4]\n  x -> relu }}")
+    return "\n".join(blocks) + "\nmodel M { input x: [4]\n  x -> B1 }\n"
+
+
+def test_nesting_is_allowed_to_the_limit_and_reported_truthfully_beyond():
+    graph = build(nested(64))
+    assert len(graph.scopes) == 64 and graph.nodes[-1].name == ".".join(
+        f"b{i}_1" for i in range(1, 65)) + ".relu_1"
+    [error] = [d for d in check_text(nested(65)) if d.severity == "error"]
+    assert (error.code, error.span.line) == ("E157", 2 * 64)
+    assert error.message == "blocks and fns are nested 65 deep here; the limit is 64"
+
+
+def test_a_layer_handed_to_itself_is_stopped_by_the_nesting_limit():
+    text = """
+block R(f) {
+  input x: [4]
+  x -> f(f)
+}
+model M {
+  input x: [4]
+  x -> R(R)
+}
+"""
+    assert [code for code, *_ in _errors(text)] == ["E157"]
+
+
 def test_the_data_set_names_match_the_implementations():
     datasets = pytest.importorskip("nnspec.training.datasets")
     assert set(DATASETS) == set(datasets.DATASETS)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from nnspec.diagnostics import Span
 from nnspec.ir.ops import Attrs, ParamSpec
 from nnspec.ir.types import TensorType
+
+ScopeKind = Literal["block", "repeat", "fn"]
 
 
 @dataclass(frozen=True)
@@ -23,12 +25,13 @@ class Scope:
     """A block instance, a repeat or a fn call, for summaries and diagram clusters."""
 
     path: str  # e.g. "blocks" or "blocks.3"
-    kind: str  # block | repeat | fn
+    kind: ScopeKind
     label: str  # block or fn name, or "repeat"
     span: Span | None = None
     count: int = 1  # for repeats
     inputs: tuple[tuple[str, str], ...] = ()  # (declared name, node bound to it), blocks/fns
     params: tuple[tuple[str, Any], ...] = ()  # the hyperparameters it was built with
+    named: bool = False  # its last path part was given by the spec (`as enc`), not made up
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Node:
     params: dict[str, str] = field(default_factory=dict)  # local -> full parameter name
     scope: str = ""  # the innermost Scope path that holds it ("" at top level)
     error: str | None = None
+    named: bool = False  # its local name was given by the spec (an input, `as`, `f = ...`),
+    #                      not made up by the builder (`relu_2`, a repeat's `3`)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,13 @@ from typing import Any
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span, did_you_mean
 from nnspec.ir import ops
-from nnspec.ir.build import POISON, Builder, Layer, Tensor, _Frame, _show
+from nnspec.ir.attrs import bind_attrs
+from nnspec.ir.evaluate import Evaluator
+from nnspec.ir.frames import Frame, constant_frame
 from nnspec.ir.graph import Graph, Node
+from nnspec.ir.graph_builder import GraphBuilder
 from nnspec.ir.types import TensorType
+from nnspec.ir.values import POISON, Layer, Tensor, show
 from nnspec.syntax import ast
 
 DATA_SOURCES = ("csv", "npz", "npy")
@@ -79,7 +83,7 @@ def default_target(loss: str, pred: TensorType) -> TensorType:
     return TensorType(pred.shape, "float32")
 
 
-def build_train(builder: Builder, train: ast.Train, model: Graph) -> TrainConfig:
+def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConfig:
     """Check one train section against its (already built) model; errors go to builder."""
     seen: dict[str, ast.Setting] = {}
     for s in train.settings:
@@ -91,7 +95,7 @@ def build_train(builder: Builder, train: ast.Train, model: Graph) -> TrainConfig
                           notes=[Note(seen[s.key].span, "first set here")])
         else:
             seen[s.key] = s
-    frame = _Frame("", {}, "const")
+    frame = constant_frame()
     values: dict[str, Any] = {}
     for key, (kind, default, minimum) in _SCALARS.items():
         values[key] = default
@@ -102,11 +106,11 @@ def build_train(builder: Builder, train: ast.Train, model: Graph) -> TrainConfig
     if values["val"] is not None and not 0 <= values["val"] < 1:
         builder.error("E203", "`val` is the held-out fraction and must be below 1",
                       seen["val"].span)
-    data = builder.guard(lambda: _data(builder, seen.get("data"), frame), None)
-    optimizer = builder.guard(lambda: _hyper(builder, seen.get("optimizer"), ops.OPTIMIZERS,
-                                             "optimizer", frame), None)
-    schedule = builder.guard(lambda: _hyper(builder, seen.get("schedule"), ops.SCHEDULES,
-                                            "schedule", frame), None) if "schedule" in seen else None
+    data = builder.guard(lambda: data_setting(builder, seen.get("data")), None)
+    optimizer = builder.guard(lambda: hyper_setting(builder, seen.get("optimizer"),
+                                                    ops.OPTIMIZERS, "optimizer"), None)
+    schedule = builder.guard(lambda: hyper_setting(builder, seen.get("schedule"), ops.SCHEDULES,
+                                                   "schedule"), None) if "schedule" in seen else None
     metrics = builder.guard(lambda: _metrics(seen.get("metrics")), ())
     if optimizer is None and "optimizer" not in seen:
         optimizer = Setting("adam", {a.name: a.default for a in ops.OPTIMIZERS["adam"].hyper}, None)
@@ -144,49 +148,53 @@ def _single(setting: ast.Setting) -> ast.Expr:
     return setting.values[0]
 
 
-def _scalar(builder: Builder, setting: ast.Setting, kind: str, minimum, frame):
+def _scalar(builder: Evaluator, setting: ast.Setting, kind: str, minimum, frame: Frame):
     expr = _single(setting)
-    value = builder.value(builder.eval(expr, frame), expr)
+    value = builder.eval_value(expr, frame)
     ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
         noun = "an integer" if kind == "int" else "a number"
-        raise DiagnosticError("E206", f"`{setting.key}` must be {noun}, got {_show(value)}",
+        raise DiagnosticError("E206", f"`{setting.key}` must be {noun}, got {show(value)}",
                               expr.span)
     if value < minimum:
         raise DiagnosticError("E206", f"`{setting.key}` must be at least {minimum}", expr.span)
     return float(value) if kind == "float" else value
 
 
-def _call_parts(builder: Builder, expr: ast.Expr, frame) -> tuple[str, list, dict, Span]:
+def _call_parts(builder: Evaluator, expr: ast.Expr, frame: Frame) -> tuple[str, list, dict, Span]:
     if isinstance(expr, ast.Name):
         return expr.id, [], {}, expr.span
     if isinstance(expr, ast.Call):
-        args = [builder.value(builder.eval(a, frame), a) for a in expr.args]
-        kwargs = {k.name: builder.value(builder.eval(k.value, frame), k.value) for k in expr.kwargs}
+        args = [builder.eval_value(a, frame) for a in expr.args]
+        kwargs = {k.name: builder.eval_value(k.value, frame) for k in expr.kwargs}
         return expr.func, args, kwargs, expr.func_span
     raise DiagnosticError("E207", "expected a name or a call like `adam(lr = 1e-3)`", expr.span)
 
 
-def _argument_spans(expr: ast.Expr, definition) -> dict[str, Span]:
+def _argument_spans(expr: ast.Expr, definition: ops.OptimizerDef) -> dict[str | int, Span]:
+    """Spans by argument name only: a surplus positional argument is reported at the call."""
     if not isinstance(expr, ast.Call):
         return {}
-    spans = {a.name: arg.span for a, arg in zip(definition.hyper, expr.args)}
+    spans: dict[str | int, Span] = {a.name: arg.span
+                                    for a, arg in zip(definition.hyper, expr.args)}
     spans.update((k.name, k.span) for k in expr.kwargs)
     return spans
 
 
-def _hyper(builder: Builder, setting: ast.Setting | None, table: dict, what: str, frame):
+def hyper_setting(builder: Evaluator, setting: ast.Setting | None,
+                  table: dict[str, ops.OptimizerDef], what: str) -> Setting | None:
+    """An `optimizer` or `schedule` line: a name of `table` and its hyperparameters, checked
+    against their schema with torch's defaults filled in."""
     if setting is None:
         return None
     expr = _single(setting)
-    name, args, kwargs, span = _call_parts(builder, expr, frame)
+    name, args, kwargs, span = _call_parts(builder, expr, constant_frame())
     if name not in table:
         raise DiagnosticError("E208", f"unknown {what} `{name}`", span,
                               did_you_mean(name, table) or f"choose one of: {', '.join(table)}")
     definition = table[name]
-    fake = ops.OpDef(name, what, definition.doc, lambda ins, a: None, definition.hyper)
     spans = _argument_spans(expr, definition)
-    return Setting(name, dict(builder.resolve_attrs(fake, args, kwargs, spans, expr.span)),
+    return Setting(name, dict(bind_attrs(name, definition.hyper, args, kwargs, spans, expr.span)),
                    expr.span)
 
 
@@ -204,11 +212,12 @@ def _metrics(setting: ast.Setting | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _data(builder: Builder, setting: ast.Setting | None, frame) -> Setting | None:
+def data_setting(builder: Evaluator, setting: ast.Setting | None) -> Setting | None:
+    """A `data` line: a file source (`csv("f.csv", target = "y")`) or a built-in set."""
     if setting is None:
         return None
     expr = _single(setting)
-    name, args, kwargs, span = _call_parts(builder, expr, frame)
+    name, args, kwargs, span = _call_parts(builder, expr, constant_frame())
     if name in DATA_SOURCES:
         if len(args) != 1 or not isinstance(args[0], str):
             raise DiagnosticError("E210", f'{name} needs a file name: `{name}("file.{name}")`',
@@ -223,7 +232,7 @@ def _data(builder: Builder, setting: ast.Setting | None, frame) -> Setting | Non
     return Setting(name, dict(kwargs), expr.span)
 
 
-def _loss_kind(builder: Builder, name: str, span: Span) -> str:
+def _loss_kind(builder: Evaluator, name: str, span: Span) -> str:
     """"fn" for a loss written in the spec, "op" for a built-in one; else E213."""
     definition = builder.defs.get(name)
     if definition is not None and definition.kind == "fn":
@@ -236,44 +245,31 @@ def _loss_kind(builder: Builder, name: str, span: Span) -> str:
                           or f"losses: {', '.join(candidates)}, or a `fn` of yours")
 
 
-def build_loss(builder: Builder, setting: ast.Setting, model: Graph) -> tuple[Setting, Graph]:
-    """The loss as a graph from inputs `pred` and `target` to a scalar."""
+def build_loss(builder: Evaluator, setting: ast.Setting, model: Graph) -> tuple[Setting, Graph]:
+    """The loss as a graph of its own from inputs `pred` and `target` to a scalar, built as a
+    model's body is: a fn or op applied in a frame whose nodes go to the loss graph."""
     expr = _single(setting)
-    frame = _Frame("loss", {}, "fn")
+    graph = GraphBuilder(f"{model.name}.loss")
+    frame = Frame("loss", {}, "fn", graph)
     name, args, kwargs, span = _call_parts(builder, expr, frame)
     pred_type = model.output_type
-    builder.nodes, builder.node_names = [], set()
-    saved_params, saved_scopes = builder.params, builder.scopes
-    builder.params, builder.scopes = {}, {}
-    try:
-        kind = _loss_kind(builder, name, span)
-        definition = builder.defs[name] if kind == "fn" else None
-        if kind == "fn":
-            target_type = pred_type
-        else:
-            name = ops.lookup(name).name
-            target_type = default_target(name, pred_type)
-        nodes = [Node("pred", "input", (), {}, pred_type, model.node(model.outputs[0]).span),
-                 Node("target", "input", (), {}, target_type, setting.span)]
-        for n in nodes:
-            builder.add_node(n)
-        pred = Tensor("pred", pred_type, nodes[0].span, "the model's output")
-        target = Tensor("target", target_type, setting.span, "the data's targets")
-        kw = tuple((k, v, expr.span) for k, v in kwargs.items())
-        if definition is not None:
-            layer = Layer("fn", name, expr.span, args=tuple(args), kwargs=kw)
-        else:
-            layer = Layer("op", name, expr.span, args=tuple(args), kwargs=kw)
-        out = builder.apply(layer, [pred, target], frame, None, expr.span)
-        if out is POISON:
-            raise DiagnosticError("E214", f"the loss `{name}` could not be built", expr.span)
-        if out.type is not None and (out.type.shape != () or out.type.batched):
-            raise DiagnosticError("E215", f"a loss must reduce to a scalar, but `{name}` gives "
-                                  f"{out.type}", expr.span,
-                                  "wrap the result in `mean(...)`")
-        attrs = dict(kwargs)
-        graph = Graph(f"{model.name}.loss", builder.nodes, builder.params, ["pred", "target"],
-                      [out.node], builder.scopes, attrs)
-        return Setting(name, attrs, expr.span), graph
-    finally:
-        builder.params, builder.scopes = saved_params, saved_scopes
+    kind = _loss_kind(builder, name, span)
+    if kind == "fn":
+        target_type = pred_type
+    else:
+        name = ops.lookup(name).name
+        target_type = default_target(name, pred_type)
+    pred = Tensor("pred", pred_type, model.node(model.outputs[0]).span, "the model's output")
+    target = Tensor("target", target_type, setting.span, "the data's targets")
+    for tensor in (pred, target):
+        graph.add_node(Node(tensor.node, "input", (), {}, tensor.type, tensor.span))
+    kw = tuple((k, v, expr.span) for k, v in kwargs.items())
+    layer = Layer(kind, name, expr.span, args=tuple(args), kwargs=kw)
+    out = builder.apply(layer, [pred, target], frame, None, expr.span)
+    if out is POISON:
+        raise DiagnosticError("E214", f"the loss `{name}` could not be built", expr.span)
+    if out.type is not None and (out.type.shape != () or out.type.batched):
+        raise DiagnosticError("E215", f"a loss must reduce to a scalar, but `{name}` gives "
+                              f"{out.type}", expr.span, "wrap the result in `mean(...)`")
+    attrs = dict(kwargs)
+    return Setting(name, attrs, expr.span), graph.finish(["pred", "target"], [out.node], attrs)

@@ -66,8 +66,8 @@ def parse_setting(key: str, text: str) -> Setting:
     .csv/.npz/.npy is also a data setting. An optimizer keeps only the hyperparameters the
     text gives (checked like the spec's), so `apply_overrides` can tell what to carry over.
     Raises OverrideError."""
-    from nnspec.ir.build import Builder, _Frame
-    from nnspec.ir.train import _data, _hyper
+    from nnspec.ir.build import Builder
+    from nnspec.ir.train import data_setting, hyper_setting
     from nnspec.syntax import ast
     from nnspec.syntax.parser import parse
 
@@ -80,10 +80,9 @@ def parse_setting(key: str, text: str) -> Setting:
         if len(setting.values) != 1 or len(program.trains[0].settings) != 1:
             raise OverrideError(f"--{key} takes one value, got {text!r}")
         builder = Builder(program)
-        frame = _Frame("", {}, "const")
         if key == "data":
-            return _data(builder, setting, frame)
-        resolved = _hyper(builder, setting, ops.OPTIMIZERS, "optimizer", frame)
+            return data_setting(builder, setting)
+        resolved = hyper_setting(builder, setting, ops.OPTIMIZERS, "optimizer")
         expr = setting.values[0]
         given = set()
         if isinstance(expr, ast.Call):

@@ -1,0 +1,449 @@
+"""Evaluating definitions' bodies: expressions to values, and layers applied to tensors,
+which expands blocks, repeats and fns into nodes of a graph with hierarchical names.
+
+Hyperparameters are evaluated here (they may be arithmetic on other hyperparameters), so
+the evaluator is also the type checker: each layer's shape rule runs as its node is made.
+Errors become diagnostics and evaluation goes on with `POISON`, so one run reports every
+independent error and never cascades one mistake into ten.
+
+Each `Frame` knows the graph its nodes go to (see frames.py); ops become nodes in nodes.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span, did_you_mean
+from nnspec.ir import ops
+from nnspec.ir.arithmetic import BUILTIN_FUNCS, call_builtin, combine
+from nnspec.ir.attrs import bind_params
+from nnspec.ir.definitions import find_recursion, index_definitions
+from nnspec.ir.frames import Frame, constant_frame, snake
+from nnspec.ir.graph import Scope
+from nnspec.ir.nodes import apply_op
+from nnspec.ir.values import POISON, Layer, Tensor, describe, source_text
+from nnspec.syntax import ast
+
+MAX_NESTING = 64  # blocks and fns inside one another; deeper is a mistake, not a network
+_TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "<": "lt",
+               "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+
+
+class Evaluator:
+    """A program's definitions and constants, and the diagnostics of evaluating them."""
+
+    def __init__(self, program: ast.Program):
+        self.program = program
+        self.defs, self.diagnostics = index_definitions(program)
+        self.consts: dict[str, Any] = {}
+        self.call_stack: list[tuple[str, Span]] = []
+        frame = constant_frame()
+        for item in program.consts:
+            value = self.guard(lambda item=item: self.eval_value(item.value, frame))
+            self.consts[item.name] = value
+            frame.vars[item.name] = value
+        self.recursive, problems = find_recursion(self.defs, self.consts)
+        self.diagnostics += problems
+
+    # ---- diagnostics --------------------------------------------------------------------
+
+    def error(self, code, message, span, hint=None, notes=()):
+        self.report(Diagnostic(code, message, span, hint, "error", tuple(notes)))
+
+    def report(self, diagnostic: Diagnostic):
+        """Record an error; inside blocks and fns, note the chain of uses that led there."""
+        uses = tuple(Note(site, f"in `{name}`, used here") for name, site in
+                     reversed(self.call_stack))
+        if uses:
+            diagnostic = replace(diagnostic, notes=diagnostic.notes + uses)
+        self.diagnostics.append(diagnostic)
+
+    def guard(self, thunk, default=POISON):
+        try:
+            return thunk()
+        except DiagnosticError as err:
+            self.report(err.diagnostic)
+            return default
+
+    # ---- statements ---------------------------------------------------------------------
+
+    def statement(self, stmt, frame: Frame):
+        if isinstance(stmt, ast.Assign):
+            value = self.guard(lambda: self.eval(stmt.value, frame))
+            if isinstance(value, Layer) and value.module is None and value.kind in ("op", "seq"):
+                value = replace(value, module=frame.qualify(stmt.name))
+            frame.vars[stmt.name] = value
+            return value
+        if isinstance(stmt, ast.Output):
+            return self.guard(lambda: self.tensor(self.eval(stmt.value, frame), stmt.value, frame))
+        if isinstance(stmt, ast.Input):
+            self.error("E114", "`input` belongs at the top of a model or block", stmt.span)
+        return POISON
+
+    # ---- expressions --------------------------------------------------------------------
+
+    def eval(self, expr, frame: Frame):
+        method = getattr(self, f"eval_{type(expr).__name__}")
+        return method(expr, frame)
+
+    def eval_value(self, expr, frame: Frame):
+        """A plain value (a number, string, list...): E134 for a tensor or a layer. (Nested
+        expressions call `value(eval(...))` directly: one Python frame less per level.)"""
+        return self.value(self.eval(expr, frame), expr)
+
+    def eval_Number(self, expr, frame):
+        return expr.value
+
+    def eval_String(self, expr, frame):
+        return expr.value
+
+    def eval_Constant(self, expr, frame):
+        return expr.value
+
+    def eval_ListExpr(self, expr, frame):
+        return [self.value(self.eval(item, frame), item) for item in expr.items]
+
+    def lookup_optional(self, name: str, frame: Frame):
+        if name in frame.vars:
+            return frame.vars[name]
+        if name in self.consts:
+            return self.consts[name]
+        if name in self.defs:
+            definition = self.defs[name]
+            if definition.kind == "model":
+                return None
+            return Layer(definition.kind, name, definition.name_span)
+        if ops.lookup(name) is not None:
+            return Layer("op", ops.lookup(name).name, None)
+        return None
+
+    def eval_Name(self, expr, frame):
+        value = self.lookup_optional(expr.id, frame)
+        if value is None:
+            if expr.id in self.defs:
+                raise DiagnosticError("E101", f"`{expr.id}` is a model; only blocks and fns can be "
+                                      "used inside another definition", expr.span,
+                                      f"declare it as `block {expr.id}`")
+            raise DiagnosticError("E100", f"unknown name `{expr.id}`", expr.span,
+                                  did_you_mean(expr.id, self.known_names(frame)))
+        if isinstance(value, Layer) and value.span is None:
+            value = replace(value, span=expr.span)
+        return value
+
+    def known_names(self, frame: Frame):
+        return [*frame.vars, *self.consts, *self.defs, *ops.OPS, *ops.ALIASES, "repeat"]
+
+    def eval_Unary(self, expr, frame):
+        operand = self.eval(expr.operand, frame)
+        if operand is POISON:
+            return POISON
+        if expr.op == "not":
+            return not self.value(operand, expr.operand)
+        if isinstance(operand, (Tensor, Layer)):
+            return apply_op("neg", [self.tensor(operand, expr.operand, frame)], {}, expr.span,
+                            frame, self.report)
+        value = self.value(operand, expr.operand)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise DiagnosticError("E131", f"cannot negate {describe(value)}", expr.span)
+        return -value
+
+    def eval_BinOp(self, expr, frame):
+        if expr.op in ("and", "or"):
+            left = self.value(self.eval(expr.left, frame), expr.left)
+            if expr.op == "and":
+                return left and self.value(self.eval(expr.right, frame), expr.right)
+            return left or self.value(self.eval(expr.right, frame), expr.right)
+        left = self.eval(expr.left, frame)
+        right = self.eval(expr.right, frame)
+        if left is POISON or right is POISON:
+            return POISON
+        if isinstance(left, (Tensor, Layer)) or isinstance(right, (Tensor, Layer)):
+            if expr.op == "%":
+                raise DiagnosticError("E131", "`%` works on numbers, not tensors", expr.span)
+            a = self.tensor_or_scalar(left, expr.left, frame)
+            b = self.tensor_or_scalar(right, expr.right, frame)
+            if a is POISON or b is POISON:
+                return POISON
+            return apply_op(_TENSOR_OPS[expr.op], [a, b], {}, expr.span, frame, self.report)
+        return combine(expr.op, left, right, expr.span)
+
+    def eval_Conditional(self, expr, frame):
+        cond = self.value(self.eval(expr.cond, frame), expr.cond)
+        if not isinstance(cond, bool):
+            raise DiagnosticError("E133", f"a condition must be true or false, got "
+                                  f"{describe(cond)}", expr.cond.span)
+        return self.eval(expr.then if cond else expr.otherwise, frame)
+
+    def eval_Pipeline(self, expr, frame):
+        current = self.eval(expr.head, frame)
+        if current is POISON:
+            return POISON
+        if isinstance(current, Layer) and not self.nullary(current):
+            stages = [self.stage_layer(s, frame) for s in expr.stages]
+            if POISON in stages:
+                return POISON
+            return Layer("seq", "pipeline", expr.span, parts=(current, *stages))
+        current = self.tensor(current, expr.head, frame)
+        for stage in expr.stages:
+            layer = self.stage_layer(stage, frame)
+            if layer is POISON or current is POISON:
+                return POISON
+            current = self.apply(layer, [current], frame, stage.label, stage.span)
+        return current
+
+    def stage_layer(self, stage: ast.Stage, frame: Frame):
+        value = self.eval(stage.layer, frame)
+        if value is POISON or isinstance(value, Layer):
+            return value
+        hint = None
+        if isinstance(value, Tensor):
+            hint = "to combine two values use an operator (`a + b`) or `concat(a, b)`"
+        raise DiagnosticError("E150", "`->` needs a layer on its right, but "
+                              f"`{source_text(stage.layer.span)}` is {describe(value)}",
+                              stage.layer.span, hint)
+
+    def eval_Call(self, expr, frame):
+        if expr.func == "repeat":
+            return self.repeat_layer(expr, frame)
+        builtin = expr.func in BUILTIN_FUNCS and not (
+            expr.func in frame.vars or expr.func in self.consts or expr.func in self.defs)
+        if builtin and ops.lookup(expr.func) is None:
+            return self.builtin_call(expr, [self.eval(a, frame) for a in expr.args])
+        callee = self.eval_Name(ast.Name(expr.func_span, expr.func), frame)
+        if not isinstance(callee, Layer):
+            raise DiagnosticError("E151", f"`{expr.func}` is {describe(callee)}, not "
+                                  "something that can be called", expr.func_span)
+        args = [self.eval(a, frame) for a in expr.args]
+        kwargs = tuple((k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs)
+        if POISON in args or any(v is POISON for _, v, _ in kwargs):
+            return POISON
+        if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
+                                                       for a in args):
+            return self.builtin_call(expr, args)  # `max(a, b)` on numbers; `max(x)` reduces x
+        tensors = []
+        while args and isinstance(args[0], Tensor):
+            tensors.append(args.pop(0))
+        for a, node in zip(args, expr.args[len(tensors):]):
+            if isinstance(a, Tensor):
+                raise DiagnosticError("E152", "tensor arguments must come before the other "
+                                      "arguments", node.span)
+        if callee.args or callee.kwargs:
+            if args or kwargs:
+                raise DiagnosticError("E153", f"`{expr.func}` already has its arguments; pass "
+                                      "only tensors to it", expr.span)
+            layer = callee
+        else:
+            layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
+                            arg_spans=tuple(a.span for a in expr.args[len(tensors):]))
+        if tensors and len(tensors) >= self.arity(layer)[0]:
+            return self.apply(layer, tensors, frame, None, expr.span)
+        if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first
+            layer = replace(layer, args=(*tensors, *layer.args))
+        return layer
+
+    def builtin_call(self, expr: ast.Call, args: list):
+        if POISON in args:
+            return POISON
+        values = [self.value(a, node) for a, node in zip(args, expr.args)]
+        return call_builtin(expr.func, values, [a.span for a in expr.args], expr.span)
+
+    def arity(self, layer: Layer) -> tuple[int, int | None]:
+        if layer.kind == "op":
+            return ops.lookup(layer.name).arity
+        if layer.kind == "block":
+            n = sum(isinstance(s, ast.Input) for s in self.defs[layer.name].body)
+            return (n, n)
+        return (1, None)
+
+    def nullary(self, value) -> bool:
+        return isinstance(value, Layer) and value.kind == "op" and self.arity(value)[0] == 0
+
+    def repeat_layer(self, expr: ast.Call, frame: Frame):
+        if len(expr.args) != 2 or expr.kwargs:
+            raise DiagnosticError("E144", "repeat takes a count and a layer: "
+                                  "`repeat(4, Block(d))`", expr.span)
+        count = self.eval_value(expr.args[0], frame)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise DiagnosticError("E145", f"repeat needs a positive count, got "
+                                  f"{describe(count)}", expr.args[0].span)
+        inner = self.eval(expr.args[1], frame)
+        if inner is POISON:
+            return POISON
+        if not isinstance(inner, Layer):
+            raise DiagnosticError("E146", f"repeat needs a layer to repeat, got "
+                                  f"{describe(inner)}", expr.args[1].span)
+        return Layer("repeat", "repeat", expr.span, parts=(inner,), count=count)
+
+    # ---- coercions ----------------------------------------------------------------------
+
+    def value(self, value, expr):
+        """A plain (non-tensor) value, e.g. a hyperparameter or an op argument."""
+        if isinstance(value, Tensor):
+            raise DiagnosticError("E134", f"`{source_text(expr.span)}` is a tensor; a number is "
+                                  "needed here", expr.span)
+        if isinstance(value, Layer):
+            raise DiagnosticError("E134", f"`{source_text(expr.span)}` is a layer; a number is "
+                                  "needed here", expr.span)
+        return value
+
+    def tensor(self, value, expr, frame: Frame):
+        """A tensor operand; nullary layers such as `positions(ctx, d)` are applied here."""
+        if value is POISON or isinstance(value, Tensor):
+            return value
+        if self.nullary(value):
+            return self.apply(value, [], frame, None, expr.span)
+        if isinstance(value, Layer):
+            raise DiagnosticError("E135", f"`{source_text(expr.span)}` is a layer, not a value",
+                                  expr.span,
+                                  f"apply it to an input: `x -> {source_text(expr.span)}`")
+        raise DiagnosticError("E135", f"a tensor is needed here, got {describe(value)}",
+                              expr.span)
+
+    def tensor_or_scalar(self, value, expr, frame: Frame):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return apply_op("scalar", [], {"value": float(value)}, expr.span, frame,
+                            self.report)
+        return self.tensor(value, expr, frame)
+
+    # ---- applying layers ----------------------------------------------------------------
+
+    def apply(self, layer: Layer, inputs: list, frame: Frame, label: str | None, span: Span,
+              named: bool = True):
+        """`layer` applied to `inputs`; `label` names its node or scope (`as enc`, or made
+        up by the caller when `named` is false: a repeat's `3`)."""
+        tensors = list(inputs) + [a for a in layer.args if isinstance(a, Tensor)]
+        values = [a for a in layer.args if not isinstance(a, Tensor)]
+        if any(t is POISON for t in tensors):
+            return POISON
+        if label is not None:
+            self.claim(label, frame, span)
+        if layer.kind == "op":
+            out = apply_op(layer.name, tensors, {k: v for k, v, _ in layer.kwargs}, span, frame,
+                           self.report, label, layer, values, named)
+            if label is not None and layer.module is None:
+                frame.vars[label] = replace(layer, module=frame.qualify(label))
+            return out
+        if layer.kind == "seq":
+            path = frame.qualify(label) if label else None
+            inner = Frame(path, frame.vars, frame.kind, frame.graph) if path else frame
+            current = tensors[0]
+            for part in layer.parts:
+                if current is POISON:
+                    return POISON
+                current = self.apply(part, [current], inner, None, part.span or span)
+            return current
+        named = label is not None and named
+        if layer.kind == "repeat":
+            return self.apply_repeat(layer, tensors, frame, label, named, span)
+        return self.apply_definition(layer, tensors, values, frame, label, named, span)
+
+    def claim(self, local: str, frame: Frame, span: Span):
+        if local in frame.used:
+            raise DiagnosticError("E123", f"the name `{local}` is already used here", span,
+                                  "pick another name after `as`")
+        frame.used.add(local)
+
+    def apply_repeat(self, layer: Layer, tensors, frame: Frame, label: str | None, named: bool,
+                     span):
+        local = label or frame.fresh("repeat")
+        frame.used.add(local)
+        path = frame.qualify(local)
+        frame.graph.add_scope(Scope(path, "repeat", "repeat", span, layer.count, named=named))
+        inner = frame.inner(path, "repeat")
+        current = tensors[0]
+        for i in range(layer.count):
+            if current is POISON:
+                return POISON
+            current = self.apply(layer.parts[0], [current], inner, str(i), span, named=False)
+        return current
+
+    def apply_definition(self, layer: Layer, tensors, values, frame: Frame, label: str | None,
+                         named: bool, span):
+        if layer.name in self.recursive:
+            return POISON  # E155 was reported with the definitions
+        definition = self.defs[layer.name]
+        if definition.kind == "fn" and not tensors:
+            raise DiagnosticError("E154", f"`{layer.name}` needs a tensor argument", span)
+        self.call_stack.append((layer.name, span))
+        try:
+            if len(self.call_stack) > MAX_NESTING:
+                raise DiagnosticError("E157", f"blocks and fns are nested {len(self.call_stack)} "
+                                      f"deep here; the limit is {MAX_NESTING}", span,
+                                      "merge some levels, or use `repeat` for a stack of "
+                                      "identical layers")
+            local = label or frame.fresh(snake(layer.name) if definition.kind == "block"
+                                         else layer.name)
+            frame.used.add(local)
+            path = frame.qualify(local)
+            frame.graph.add_scope(Scope(path, definition.kind, layer.name, span, named=named))
+            inner = frame.inner(path, definition.kind)
+            if definition.kind == "block":
+                return self.run_body(definition, layer, tensors, values, inner, span)
+            return self.run_body(definition, layer, [], list(tensors) + list(values), inner, span)
+        finally:
+            self.call_stack.pop()
+
+    def run_body(self, definition: ast.Definition, layer: Layer, tensors, values, frame: Frame,
+                 span):
+        keywords = {k: v for k, v, _ in layer.kwargs}
+        spans = {k: s for k, _, s in layer.kwargs}
+        inputs = [s for s in definition.body if isinstance(s, ast.Input)]
+        if definition.kind == "block" and len(tensors) != len(inputs):
+            raise DiagnosticError("E147", f"block `{definition.name}` takes {len(inputs)} input(s) "
+                                  f"but gets {len(tensors)}", span,
+                                  notes=(Note(definition.name_span, "defined here"),))
+        bound = bind_params(definition, values, keywords, frame.vars,
+                            lambda expr: self.eval_value(expr, frame), span, spans)
+        for stmt, tensor in zip(inputs, tensors):
+            self.bind_input(stmt, tensor, frame, span)
+        names = [(s.name, t.node) for s, t in zip(inputs, tensors)]
+        names += [(k, v.node) for k, v in bound.items() if isinstance(v, Tensor)]
+        values = tuple((k, v) for k, v in bound.items() if not isinstance(v, (Tensor, Layer)))
+        frame.graph.bind_scope(frame.path, tuple(names), values)
+        result = POISON
+        outputs = 0
+        for stmt in definition.body:
+            if isinstance(stmt, ast.Input):
+                continue
+            value = self.statement(stmt, frame)
+            if isinstance(stmt, ast.Output):
+                result, outputs = value, outputs + 1
+        if outputs == 0:
+            raise DiagnosticError("E110", f"`{definition.name}` has no output", span,
+                                  "end its body with the expression to return",
+                                  (Note(definition.name_span, "defined here"),))
+        return result
+
+    def bind_input(self, stmt: ast.Input, tensor: Tensor, frame: Frame, span: Span):
+        """Match a block's `input x: [T, d]` against the incoming shape, binding new names."""
+        frame.vars[stmt.name] = tensor
+        if stmt.type is None or tensor.type is None:
+            return
+        actual = tensor.type
+        declared = stmt.type
+        shown = source_text(declared.span)
+        note = Note(stmt.span, f"`{stmt.name}` is declared as {shown} here")
+        came = Note(tensor.span, f"the input comes from {tensor.origin}, which gives {actual}")
+        if (declared.dtype == "int") != (actual.dtype == "int64"):
+            raise DiagnosticError("E303", f"`{stmt.name}` expects {shown} but gets {actual}",
+                                  span, notes=(note, came))
+        if len(declared.dims) != actual.rank:
+            raise DiagnosticError("E302", f"`{stmt.name}` expects {shown} but gets {actual}",
+                                  span, notes=(note, came))
+        for dim_expr, dim in zip(declared.dims, actual.shape):
+            if isinstance(dim_expr, ast.Name) and self.lookup_optional(dim_expr.id, frame) is None:
+                frame.vars[dim_expr.id] = dim
+                continue
+            expected = self.value(self.eval(dim_expr, frame), dim_expr)
+            if expected != dim:
+                raise DiagnosticError("E301", f"`{stmt.name}` expects {shown} "
+                                      f"= {self.show_dims(declared, frame)} but gets {actual}",
+                                      span, notes=(note, came))
+
+    def show_dims(self, declared: ast.TensorTypeExpr, frame: Frame) -> str:
+        shown = []
+        for d in declared.dims:
+            value = self.guard(lambda d=d: self.eval_value(d, frame), None)
+            shown.append(str(value) if value is not None else source_text(d.span))
+        return "[" + ", ".join(shown) + "]"

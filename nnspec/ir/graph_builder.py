@@ -1,0 +1,105 @@
+"""One graph under construction: its nodes in order, unique names, scopes, and parameters
+(created once per module path; a shared layer reuses them, a tied one points at another's).
+
+A model and its loss are each built into a `GraphBuilder` of their own; `finish` gives the
+`Graph`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from nnspec.diagnostics import DiagnosticError, Note, Span
+from nnspec.ir import ops
+from nnspec.ir.graph import Graph, Node, Param, Scope
+from nnspec.ir.types import TensorType
+
+
+class GraphBuilder:
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.node_names: set[str] = set()
+        self.params: dict[str, Param] = {}
+        self.modules: dict[str, tuple[str, dict[str, str]]] = {}  # path -> (op, local->full)
+        self.scopes: dict[str, Scope] = {}
+
+    def finish(self, inputs: list[str], outputs: list[str], hyper: dict[str, Any]) -> Graph:
+        return Graph(self.name, self.nodes, self.params, inputs, outputs, self.scopes, hyper)
+
+    # ---- nodes and scopes ---------------------------------------------------------------
+
+    def add_node(self, node: Node):
+        self.nodes.append(node)
+        self.node_names.add(node.name)
+
+    def unique_name(self, name: str) -> str:
+        """`name_1`, `name_2`, ...: the first no node has (for a name that one has)."""
+        i = 1
+        while f"{name}_{i}" in self.node_names:
+            i += 1
+        return f"{name}_{i}"
+
+    def add_scope(self, scope: Scope):
+        self.scopes[scope.path] = scope
+
+    def bind_scope(self, path: str, inputs: tuple[tuple[str, str], ...],
+                   params: tuple[tuple[str, Any], ...]):
+        """Record what a block or fn instance was given, once its arguments are bound."""
+        if path in self.scopes:
+            self.scopes[path] = replace(self.scopes[path], inputs=inputs, params=params)
+
+    def scope_of(self, path: str) -> str:
+        """The innermost scope that holds a node made under `path`."""
+        while path and path not in self.scopes:
+            path = path.rsplit(".", 1)[0] if "." in path else ""
+        return path
+
+    # ---- parameters ---------------------------------------------------------------------
+
+    def register_params(self, opdef: ops.OpDef, in_types: list[TensorType], attrs: ops.Attrs,
+                        module: str, node_name: str, span: Span,
+                        tie: str | None = None) -> dict[str, str]:
+        """The full names of the parameters of `opdef` applied as `module` (local -> full);
+        the first application creates them, later ones must see the same shapes. `tie` is
+        the module path whose weight this layer's weight is."""
+        specs = opdef.params(in_types, attrs)
+        if module in self.modules:
+            op, existing = self.modules[module]
+            for local, spec in specs.items():
+                full = existing.get(local)
+                if op != opdef.name or full is None or self.params[full].spec.shape != spec.shape:
+                    have = list(self.params[full].spec.shape) if full else None
+                    owner = self.params[full].owner if full else None
+                    first = next((n.span for n in self.nodes if n.name == owner), None)
+                    notes = (Note(first, "first applied here"),) if first else ()
+                    raise DiagnosticError("E170", f"the shared layer `{module}` was built with "
+                                          f"{local} {have}; here it would need "
+                                          f"{list(spec.shape)}", span,
+                                          "a shared layer must see inputs of one shape", notes)
+            return dict(existing)
+        mapping = {}
+        for local, spec in specs.items():
+            full = f"{module}.{local}"
+            if local == "weight" and tie is not None:
+                full = self.tied_weight(tie, spec, span)
+                owner = self.params[full]
+                self.params[full] = replace(owner, tied_from=owner.tied_from + (node_name,))
+            else:
+                self.params[full] = Param(full, spec, node_name)
+            mapping[local] = full
+        self.modules[module] = (opdef.name, mapping)
+        return mapping
+
+    def tied_weight(self, module: str, spec: ops.ParamSpec, span: Span) -> str:
+        entry = self.modules.get(module)
+        if entry is None or "weight" not in entry[1]:
+            raise DiagnosticError("E171", f"`{module}` has no weight to tie to (it must be "
+                                  "applied before the layer that ties to it)", span)
+        full = entry[1]["weight"]
+        have = self.params[full].spec.shape
+        if have != spec.shape:
+            raise DiagnosticError("E172", f"cannot tie to `{full}`: it is {list(have)} but this "
+                                  f"layer's weight is {list(spec.shape)}", span)
+        return full

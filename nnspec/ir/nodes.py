@@ -1,0 +1,75 @@
+"""Making one op node: its arguments bound and checked, its shape rule run, its
+parameters registered (the shape rule's complaint gets the layer's span and where each
+input came from)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span
+from nnspec.ir import ops
+from nnspec.ir.attrs import argument_spans, bind_attrs
+from nnspec.ir.frames import Frame
+from nnspec.ir.graph import Node
+from nnspec.ir.values import Layer, Tensor, source_text
+
+
+def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame: Frame,
+             report: Callable[[Diagnostic], None], label: str | None = None,
+             layer: Layer | None = None, values: list | None = None,
+             named: bool = True) -> Tensor:
+    """The op `name` applied to `tensors` as a node of `frame`'s graph, named `label` (or
+    after the layer's module, or made up). A shape error is reported and gives a node
+    without a type, so the graph still shows where it happened."""
+    opdef = ops.lookup(name)
+    spans = {}
+    if layer is not None and (layer.arg_spans or layer.kwargs):  # most layers have none
+        spans = argument_spans(opdef.attrs, layer.arg_spans, ((k, s) for k, _, s in layer.kwargs))
+    attrs = bind_attrs(opdef.name, opdef.attrs, list(values or []), keywords, spans, span)
+    low, high = opdef.arity
+    if len(tensors) < low or (high is not None and len(tensors) > high):
+        want = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
+        raise DiagnosticError("E148", f"`{opdef.name}` takes {want} input(s) but gets "
+                              f"{len(tensors)}", span)
+    graph = frame.graph
+    module = layer.module if layer else None
+    if label is not None:
+        local = label
+    elif module is not None:
+        local, named = module.rsplit(".", 1)[-1], True
+    else:
+        local, named = frame.fresh(opdef.name), False
+    frame.used.add(local)
+    node_name = frame.qualify(local)
+    if node_name in graph.node_names:
+        node_name = graph.unique_name(node_name)
+    attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
+    input_names = tuple(t.node for t in tensors)
+    scope = graph.scope_of(frame.path)
+    origin = f"`{source_text(span)}`"
+    if any(t.type is None for t in tensors):
+        graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
+                            scope=scope, named=named))
+        return Tensor(node_name, None, span, origin)
+    try:
+        out_type = opdef.infer([t.type for t in tensors], attrs)
+    except ops.ShapeError as err:
+        notes = tuple(Note(t.span, f"the input comes from {t.origin}, which gives {t.type}")
+                      for t in tensors if t.span is not None)
+        report(Diagnostic(err.code, err.message, span, err.hint, notes=notes))
+        graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
+                            scope=scope, error=err.message, named=named))
+        return Tensor(node_name, None, span, origin)
+    params = {}
+    module_path = None
+    if opdef.has_params:
+        if frame.kind == "fn":
+            raise DiagnosticError("E156", f"`{opdef.name}` has weights, which a `fn` cannot "
+                                  "hold", span, "use a `block` for layers with weights")
+        module_path = module or node_name
+        tie = attrs.get("tie")
+        params = graph.register_params(opdef, [t.type for t in tensors], attrs, module_path,
+                                       node_name, span, tie.module if tie else None)
+    graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, out_type, span,
+                        module_path, params, scope, named=named))
+    return Tensor(node_name, out_type, span, origin)
