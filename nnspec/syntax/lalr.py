@@ -26,7 +26,7 @@ from nnspec.syntax.lexing import Newlines
 GRAMMAR = "grammar/nnspec.lark"
 TABLES = "grammar/nnspec.tables.json"
 # `start` parses a file; `value` parses one expression on its own (`--set d=64`).
-_OPTIONS = {"parser": "lalr", "lexer": "basic", "propagate_positions": True,
+OPTIONS = {"parser": "lalr", "lexer": "basic", "propagate_positions": True,
             "maybe_placeholders": True, "start": ["start", "value"]}
 _INT_KEYS = "int_keyed"  # JSON objects have string keys; Lark's tables are keyed by numbers
 
@@ -51,7 +51,7 @@ def _load(postlex) -> Lark:
     grammar = grammar_text()
     tables = _shipped_tables()
     if tables is None or any(tables.get(k) != v for k, v in _fingerprint(grammar).items()):
-        return Lark(grammar, postlex=postlex, **_OPTIONS)
+        return Lark(grammar, postlex=postlex, **OPTIONS)
     return Lark._load_from_dict(tables["data"], tables["memo"], postlex=postlex)
 
 
@@ -71,7 +71,7 @@ def _shipped_tables() -> dict | None:
 
 def build_tables(grammar: str) -> dict:
     """Analyse the grammar; the result is what `grammar/nnspec.tables.json` holds."""
-    analysed = Lark(grammar, postlex=Newlines(), **_OPTIONS)
+    analysed = Lark(grammar, postlex=Newlines(), **OPTIONS)
     data, memo = analysed.memo_serialize([TerminalDef, Rule])
     data["options"] = {k: v for k, v in data["options"].items() if k != "postlex"}
     data["parser"]["parser"] = _canonical(data["parser"]["parser"])
