@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Span, SpecError, did_you_mean
@@ -100,6 +101,8 @@ def analyze(text: str, path: str = "<string>", model: str | None = None,
     """Parse `text` and build one model (`model`, else the trained one, else the last) with
     `overrides` replacing its hyperparameters, or with `every_model` all of them (what
     `nnspec check` and editors want). Never raises for a mistake in the spec."""
+    if every_model and model is not None:
+        raise ValueError("analyze: give `model` or `every_model`, not both")
     overrides = dict(overrides or {})
     try:
         with _no_collector_pauses():
@@ -156,7 +159,8 @@ def _analyze(text: str, path: str, model: str | None, overrides: dict[str, Any],
                 trains[definition.name] = build_train(builder, section, graph)
         except DiagnosticError as err:
             builder.diagnostics.append(err.diagnostic)
-    return Analysis(program, graphs, trains, _sorted(builder.diagnostics), model, overrides)
+    return Analysis(program, MappingProxyType(graphs), MappingProxyType(trains),
+                    _sorted(builder.diagnostics), model, overrides)
 
 
 def _known_overrides(builder: Builder, definition: ast.Definition,
