@@ -271,19 +271,23 @@ def many_models(count: int) -> str:
     return "".join(parts)
 
 
-def test_checking_and_loading_many_models_is_linear():
+@pytest.mark.slow
+def test_checking_many_models_is_linear():
     """A file of 20,000 models took minutes: each model looked through every item for its
-    train section, and picking the default model compared each train with each model.
-    Ten times the models must cost about ten times the CPU, not a hundred."""
+    train section (and picking the default model compared each train with each model), and
+    a syntax error re-parsed each definition behind a run of newlines as long as the file
+    before it. Twenty times the models must cost about twenty times the CPU (up to 26
+    measured on a busy machine); the old code took 47 and 75 times, more for larger files."""
     def cpu(run, text):
         start = time.process_time()
         run(text)
         return time.process_time() - start
 
-    small, large = many_models(300), many_models(3000)
-    for run in (lambda t: check_text(t, "m.nn"), lambda t: load_text(t, "m.nn")):
+    small, large = many_models(250), many_models(5000)
+    broken = "model Bad {\n  input x: [4]\n  x -> dense(3\n}\n"
+    for run in (lambda t: check_text(t, "m.nn"), lambda t: check_text(t + broken, "m.nn")):
         ratio = min(cpu(run, large) for _ in range(2)) / min(cpu(run, small) for _ in range(3))
-        assert ratio < 25, ratio
+        assert ratio < 35, ratio
 
 
 def test_a_planted_pickle_in_the_cache_directory_never_runs(tmp_path: Path):

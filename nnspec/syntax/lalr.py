@@ -27,7 +27,7 @@ GRAMMAR = "grammar/nnspec.lark"
 TABLES = "grammar/nnspec.tables.json"
 # `start` parses a file; `value` parses one expression on its own (`--set d=64`).
 OPTIONS = {"parser": "lalr", "lexer": "basic", "propagate_positions": True,
-            "maybe_placeholders": True, "start": ["start", "value"]}
+           "maybe_placeholders": True, "start": ["start", "value"]}
 _INT_KEYS = "int_keyed"  # JSON objects have string keys; Lark's tables are keyed by numbers
 
 

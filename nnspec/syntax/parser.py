@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import replace
 
 from lark import Token, Tree
 from lark.exceptions import UnexpectedInput
@@ -268,23 +269,39 @@ def parse(text: str, path: str = "<string>") -> ast.Program:
     """Parse spec text, or raise SpecError with the first syntax error of each definition.
 
     LALR recovery inside a broken definition mostly produces noise, so each top-level
-    definition is re-parsed alone (blank lines keep the line numbers) to find its own error.
+    definition is re-parsed alone to find its own error.
     """
     text = text.removeprefix(BOM)
     source = Source(path, text)
     try:
         tree = lalr.parser().parse(text, start="start")
     except UnexpectedInput:
-        starts = [m.start() for m in _ITEM_START.finditer(text)] or [0]
-        starts = [0] + [s for s in starts if s > 0] + [len(text)]
-        errors = []
-        for lo, hi in itertools.pairwise(starts):
-            chunk = "\n" * text.count("\n", 0, lo) + text[lo:hi]
-            diag = _first_syntax_error(chunk, source)
-            if diag is not None:
-                errors.append(diag)
-        raise SpecError(errors or [_first_syntax_error(text, source)]) from None
+        raise SpecError(_errors_per_definition(text, source)) from None
     return _to_ast(tree, source)
+
+
+def _errors_per_definition(text: str, source: Source) -> list[Diagnostic]:
+    """Each definition is parsed as a text of its own (definitions start at a line's start,
+    so only line numbers move); linear in the file, however many definitions it has."""
+    starts = [m.start() for m in _ITEM_START.finditer(text)] or [0]
+    starts = [0] + [s for s in starts if s > 0] + [len(text)]
+    errors, line = [], 0
+    for lo, hi in itertools.pairwise(starts):
+        chunk = text[lo:hi]
+        diag = _first_syntax_error(chunk, Source(source.path, chunk))
+        if diag is not None:
+            errors.append(_moved(diag, source, line))
+        line += chunk.count("\n")
+    return errors or [_first_syntax_error(text, source)]
+
+
+def _moved(diag: Diagnostic, source: Source, lines: int) -> Diagnostic:
+    """A diagnostic about a definition parsed alone, placed in the whole file."""
+    span = diag.span
+    if span is None:
+        return diag
+    return replace(diag, span=Span(source, span.line + lines, span.col, span.end_line + lines,
+                                   span.end_col))
 
 
 def parse_value(text: str, path: str = "<value>") -> ast.Expr:
