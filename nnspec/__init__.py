@@ -4,6 +4,7 @@ The public API, for notebooks and scripts::
 
     import nnspec
     spec = nnspec.load("specs/digits_mlp.nn")      # parse, build, check (SpecError on errors)
+    analysis = nnspec.analyze(text, "net.nn")      # never raises: graphs, diagnostics, symbols
     spec.summary()                                  # shapes, params, MACs (from the IR)
     model = nnspec.NumpyModel.from_spec(spec, seed=0)
     probs = model(x)                                # NumPy forward
@@ -19,14 +20,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nnspec.diagnostics import Diagnostic, SpecError
+from nnspec.frontend import Analysis, Symbol, analyze
 from nnspec.spec import Spec, check_text, load, load_text
 
 if TYPE_CHECKING:
     from nnspec.backends.numpy.model import NumpyModel
 
 __version__ = "0.1.0"
-__all__ = ["Diagnostic", "NumpyModel", "Spec", "SpecError", "check_text", "load", "load_text",
-           "make_optimizer", "make_schedule"]
+__all__ = ["Analysis", "Diagnostic", "NumpyModel", "Spec", "SpecError", "Symbol", "analyze",
+           "check_text", "load", "load_text", "make_optimizer", "make_schedule"]
 
 
 def make_optimizer(spec: Spec, model: NumpyModel, **overrides):

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from nnspec import __version__
-from nnspec.diagnostics import Diagnostic, SpecError, render_json, render_text
+from nnspec.diagnostics import Diagnostic, SpecError, render_inline, render_json, render_text
 
 
 def _color(stream) -> bool:
@@ -33,9 +33,10 @@ def fail(diagnostics: list[Diagnostic]) -> None:
 
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict:
-    """`--set d=64 --set act="gelu"` -> {"d": 64, "act": "gelu"}; values use the .nn syntax."""
-    from nnspec.ir.build import Builder
-    from nnspec.syntax.parser import parse
+    """`--set d=64 --set act="gelu"` -> {"d": 64, "act": "gelu"}; values use the .nn syntax
+    and may compute (`--set d=4*64`). A value that does not read is a usage error that
+    points into it."""
+    from nnspec.frontend import evaluate_value
 
     out = {}
     for pair in pairs:
@@ -43,15 +44,11 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
         if not sep or not name.strip().isidentifier() or not text.strip():
             raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--set")
         try:
-            program = parse(f"{name.strip()} = {text}", "--set")
-            builder = Builder(program)
-            value = builder.consts[name.strip()]
+            out[name.strip()] = evaluate_value(text, f"--set {name.strip()}")
         except SpecError as err:
             raise click.BadParameter(f"cannot read the value {text!r}: "
-                                     f"{err.diagnostics[0].message}", param_hint="--set") from None
-        if builder.diagnostics:
-            raise click.BadParameter(builder.diagnostics[0].message, param_hint="--set")
-        out[name.strip()] = value
+                                     f"{render_inline(err.diagnostics[0])}",
+                                     param_hint="--set") from None
     return out
 
 
@@ -68,7 +65,7 @@ def load_or_exit(path: str, model: str | None = None, overrides: dict | None = N
     return spec
 
 
-SPEC = click.Path(dir_okay=False, path_type=str)
+SPEC = click.Path(path_type=str)  # a directory is the spec's error (E000), not a usage error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -96,19 +93,12 @@ def check(files: tuple[str, ...], fmt: str):
 
     Exits 0 when every file is valid, 1 when any has errors. Never imports torch.
     """
-    from nnspec.spec import check_text
+    from nnspec.frontend import analyze_file
 
     everything: list[Diagnostic] = []
     failed = 0
     for path in files:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else (
-                err.strerror or str(err))
-            diagnostics = [Diagnostic("E000", f"cannot read {path}: {reason}", None)]
-        else:
-            diagnostics = check_text(text, path)
+        diagnostics = list(analyze_file(path, every_model=True).diagnostics)
         errors = [d for d in diagnostics if d.severity == "error"]
         failed += bool(errors)
         everything.extend(diagnostics)
@@ -526,18 +516,18 @@ def export_command(file: str, fmt: str, weights: Path | None, out: Path | None,
     click.echo(f"wrote {written} ({spec.name}, {source}; checked by onnx.checker)")
 
 
-def _partial_graph(path: str, model: str | None, overrides: dict):
-    """What could be built of a spec with errors, for a diagram that shows where they are."""
-    from nnspec.diagnostics import DiagnosticError
-    from nnspec.ir.build import Builder, pick_model
-    from nnspec.syntax.parser import parse
+def _spec_or_partial_graph(path: str, model: str | None, overrides: dict):
+    """The spec, or for a spec with errors what could be built of it (for a diagram that
+    shows where they are) with the errors; exits 1 when nothing could be built."""
+    from nnspec.frontend import analyze_file
+    from nnspec.spec import Spec
 
-    try:
-        program = parse(Path(path).read_text(encoding="utf-8"), path)
-        builder = Builder(program)
-        return builder.build_model(pick_model(program, model).name, overrides)
-    except (SpecError, DiagnosticError, OSError, UnicodeDecodeError, RecursionError):
-        return None
+    analysis = analyze_file(path, model, overrides)
+    if analysis.ok:
+        return Spec.from_analysis(analysis), []
+    if analysis.graph is None:
+        fail(list(analysis.errors))
+    return analysis.graph, list(analysis.errors)
 
 
 @main.command()
@@ -566,7 +556,6 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
     import warnings
 
     from nnspec.backends import graphviz as gv
-    from nnspec.spec import load
 
     values = parse_overrides(overrides)
     if out is None:
@@ -575,14 +564,7 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
         fmt = gv.format_for(out, fmt)
     except gv.RenderError as err:
         raise click.BadParameter(str(err), param_hint="--output") from None
-    failed: list[Diagnostic] = []
-    try:
-        target = load(file, model, values)
-    except SpecError as err:
-        failed = err.diagnostics
-        target = _partial_graph(file, model, values)
-        if target is None:
-            fail(failed)
+    target, failed = _spec_or_partial_graph(file, model, values)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", gv.RenderWarning)
         try:

@@ -149,3 +149,17 @@ def _quote(span: Span, tint: str, reset: str) -> list[str]:
 
 def render_json(diagnostics: list[Diagnostic]) -> str:
     return json.dumps([d.to_json() for d in diagnostics], indent=2)
+
+
+def render_inline(diagnostic: Diagnostic) -> str:
+    """A diagnostic about a one-line value (a command-line option): the sentence, the value
+    with a caret under the place, and the hint, for a usage error's message."""
+    out = [diagnostic.message]
+    span = diagnostic.span
+    if span is not None and span.source.line(span.line).strip():
+        text = span.source.line(span.line)
+        width = span.end_col - span.col if span.end_line == span.line else 1
+        out += ["    " + text, "    " + " " * (span.col - 1) + "^" + "~" * max(0, width - 1)]
+    if diagnostic.hint:
+        out.append(f"  hint: {diagnostic.hint}")
+    return "\n".join(out)

@@ -42,6 +42,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_ships_the_grammar_and_the_sample_data(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "nnspec/grammar/nnspec.lark" in names
+    assert "nnspec/grammar/nnspec.tables.json" in names  # the parser tables, not analysed at start
     assert "nnspec/data/digits.npz" in names
     assert not any(name.startswith(("tests/", "specs/")) for name in names)
 

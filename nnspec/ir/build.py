@@ -97,7 +97,6 @@ def pick_model(program: ast.Program, name: str | None) -> ast.Definition:
     if not models:
         raise SpecError([Diagnostic("E103", f"{program.source.path} defines no model", None,
                                     "add `model Name { input x: [..] ... }`")])
-    trained = [t.model for t in program.trains if any(m.name == t.model for m in models)]
-    if trained:
-        return next(m for m in models if m.name == trained[0])
-    return models[-1]
+    by_name = {m.name: m for m in reversed(models)}  # the first of a duplicated name
+    trained = [t.model for t in program.trains if t.model in by_name]
+    return by_name[trained[0]] if trained else models[-1]

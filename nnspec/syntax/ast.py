@@ -110,6 +110,7 @@ class TensorTypeExpr(Node):
 class Input(Node):
     name: str
     type: TensorTypeExpr | None
+    name_span: Span | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

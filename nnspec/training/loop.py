@@ -66,19 +66,19 @@ def parse_setting(key: str, text: str) -> Setting:
     .csv/.npz/.npy is also a data setting. An optimizer keeps only the hyperparameters the
     text gives (checked like the spec's), so `apply_overrides` can tell what to carry over.
     Raises OverrideError."""
+    from nnspec.diagnostics import render_inline
     from nnspec.ir.build import Builder
     from nnspec.ir.train import data_setting, hyper_setting
     from nnspec.syntax import ast
-    from nnspec.syntax.parser import parse
+    from nnspec.syntax.parser import parse_value
 
     suffix = Path(text).suffix.lower()
     if key == "data" and "(" not in text and suffix in (".csv", ".npz", ".npy"):
         return Setting(suffix[1:], {"path": text}, None)
     try:
-        program = parse(f"train _ {{\n  {key} {text}\n}}\n", f"--{key}")
-        setting = program.trains[0].settings[0]
-        if len(setting.values) != 1 or len(program.trains[0].settings) != 1:
-            raise OverrideError(f"--{key} takes one value, got {text!r}")
+        expr = parse_value(text, f"--{key}")
+        setting = ast.Setting(expr.span, key, (expr,))
+        program = ast.Program(expr.span.source, ())
         builder = Builder(program)
         if key == "data":
             return data_setting(builder, setting)
@@ -91,8 +91,8 @@ def parse_setting(key: str, text: str) -> Setting:
         return Setting(resolved.name, {k: v for k, v in resolved.args.items() if k in given},
                        None)
     except SpecError as error:
-        raise OverrideError(f"cannot read --{key} {text!r}: {error.diagnostics[0].message}"
-                            ) from None
+        raise OverrideError(f"cannot read --{key} {text!r}: "
+                            f"{render_inline(error.diagnostics[0])}") from None
     except DiagnosticError as error:
         d = error.diagnostic
         raise OverrideError(f"--{key} {text!r}: {d.message}" + (f" ({d.hint})" if d.hint else "")
