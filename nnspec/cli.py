@@ -6,14 +6,20 @@ Exit codes: 0 success, 1 errors in a spec (or its data), 2 wrong usage. Heavy im
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-import click
+try:  # a Ctrl-C while these load (the first tenth of a second) ends as quietly as a later one
+    import json
+    from pathlib import Path
 
-from nnspec import __version__
-from nnspec.diagnostics import Diagnostic, SpecError, render_json, render_text
+    import click
+
+    from nnspec import __version__
+    from nnspec.diagnostics import Diagnostic, SpecError, render_json, render_text
+except KeyboardInterrupt:
+    sys.exit(130)
+
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
 
 def _color(stream) -> bool:
@@ -71,7 +77,30 @@ def load_or_exit(path: str, model: str | None = None, overrides: dict | None = N
 SPEC = click.Path(dir_okay=False, path_type=str)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _interrupted() -> None:
+    click.echo("interrupted", err=True)
+    sys.exit(INTERRUPTED)
+
+
+class _Commands(click.Group):
+    """The command group; Ctrl-C while reading the options or running a command exits 130
+    without a traceback (train catches it itself, to save a checkpoint first)."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted()
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="nnspec")
 def main():
     """nnspec: write a neural network as a short .nn spec; check its shapes, summarise it,
@@ -160,6 +189,24 @@ def _fail_plain(message: str, hint: str | None = None, code: int = 1) -> None:
     if hint:
         click.echo(f"  hint: {hint}", err=True)
     sys.exit(code)
+
+
+OUTPUT = click.Path(dir_okay=False, allow_dash=True)  # a str, checked by nnspec.outputs
+
+
+def _write_or_exit(target: str, data: bytes) -> str:
+    """Write a command's output through nnspec.outputs; a user-facing error exits 1."""
+    from nnspec.outputs import OutputError, write_output
+
+    try:
+        return write_output(target, data, make_parents=True)
+    except OutputError as err:
+        _fail_plain(err.message, err.hint)
+
+
+def _wrote(message: str, where: str) -> None:
+    """`wrote ...`, kept off standard output when the output itself went there."""
+    click.echo(f"wrote {message}", err=where == "standard output")
 
 
 def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weights: Path):
@@ -324,12 +371,13 @@ def _train_header(trainer) -> None:
 @click.option("--input", "-i", "inputs", required=True, type=click.Path(path_type=Path),
               help="Samples to predict: .npy (first axis counts samples), .npz (`x`) or "
               ".csv (a header and feature columns).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the raw outputs to this .npy file instead of printing them.")
+@click.option("--output", "-o", type=OUTPUT, default=None,
+              help="Write the raw outputs to this .npy file (- for stdout) instead of "
+              "printing them.")
 @click.option("--model", default=None, help="Which model of the file.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter (as when training).")
-def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: str | None,
+def predict(file: str, weights: Path, inputs: Path, output: str | None, model: str | None,
             overrides: tuple[str, ...]):
     """Run the trained model of FILE on new samples. Prints one line per sample (the class
     for classifiers, else the output values), or saves every output with -o."""
@@ -340,7 +388,6 @@ def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: 
     from nnspec.training.data import fit_inputs, load_inputs
     from nnspec.training.loaders import DataError
     from nnspec.training.loop import EVAL_CHUNK
-    from nnspec.training.rundir import write_atomic
 
     spec, net, metadata = _load_trained(file, model, overrides, weights)
     data = spec.train.data if spec.train else None
@@ -358,11 +405,8 @@ def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: 
     if output is not None:
         buffer = io.BytesIO()
         np.save(buffer, y)
-        try:
-            write_atomic(output, buffer.getvalue())
-        except OSError as err:
-            _fail_plain(f"{output}: cannot write ({err.strerror or err})")
-        click.echo(f"wrote {len(y)} predictions of shape {list(y.shape[1:])} to {output}")
+        where = _write_or_exit(output, buffer.getvalue())
+        _wrote(f"{len(y)} predictions of shape {list(y.shape[1:])} to {where}", where)
         return
     classifier = spec.train is not None and spec.train.loss.name == "cross_entropy"
     names = metadata.get("class_names")
@@ -441,15 +485,15 @@ _NEEDS_TORCH = 'pip install "nnspec[torch]"'
 @click.argument("file", type=SPEC)
 @click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
               help="The target: a standalone PyTorch file.")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Output file [default: FILE's name with .py; - for stdout].")
+@click.option("-o", "--output", "out", type=OUTPUT, default=None,
+              help="Output file [default: FILE's name with .py; - for stdout].")
 @click.option("--train-script", is_flag=True,
               help="Add a command-line training entry point (python out.py --help; runs "
               "data-parallel under torchrun).")
 @click.option("--model", default=None, help="Which model of the file.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter.")
-def compile_command(file: str, backend: str, out: Path | None, train_script: bool,
+def compile_command(file: str, backend: str, out: str | None, train_script: bool,
                     model: str | None, overrides: tuple[str, ...]):
     """Compile the model of FILE to one readable PyTorch file that runs without nnspec:
     a module class per block, the train section's loss_fn, make_optimizer and
@@ -466,20 +510,14 @@ def compile_command(file: str, backend: str, out: Path | None, train_script: boo
         fail(err.diagnostics)
     except ValueError as err:  # a train script for a model it cannot feed
         _fail_plain(f"{file}: {err}")
-    if str(out) == "-":
-        click.echo(text, nl=False)
-        return
-    out = out or Path(Path(file).stem + ".py")
+    out = out if out is not None else Path(file).stem + ".py"
     try:
-        compile(text, str(out), "exec")  # the file is valid Python before it is written
-        from nnspec.training.rundir import write_atomic
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, text.encode("utf-8"))
+        compile(text, out, "exec")  # the file is valid Python before it is written
     except SyntaxError as err:  # a generator bug, never the user's: say so plainly
         _fail_plain(f"the generated code does not parse ({err}); please report this spec")
-    except OSError as err:
-        _fail_plain(f"{out}: cannot write ({err.strerror or err})")
+    where = _write_or_exit(out, text.encode("utf-8"))
+    if where == "standard output":
+        return
     click.echo(f"wrote {out}" + (" (run it with --help for training)" if train_script else ""))
 
 
@@ -490,12 +528,12 @@ def compile_command(file: str, backend: str, out: Path | None, train_script: boo
 @click.option("--weights", "-w", type=click.Path(path_type=Path), default=None,
               help="A .safetensors file or a run directory [default: nnspec's seeded "
               "initial weights].")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Output file [default: FILE's name with .onnx].")
+@click.option("-o", "--output", "out", type=OUTPUT, default=None,
+              help="Output file [default: FILE's name with .onnx; - for stdout].")
 @click.option("--model", default=None, help="Which model of the file.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter (as when training).")
-def export_command(file: str, fmt: str, weights: Path | None, out: Path | None,
+def export_command(file: str, fmt: str, weights: Path | None, out: str | None,
                    model: str | None, overrides: tuple[str, ...]):
     """Export the model of FILE, with trained weights, to ONNX through torch.onnx. The file
     passes onnx.checker; its batch and symbolic dims stay dynamic."""
@@ -514,16 +552,17 @@ def export_command(file: str, fmt: str, weights: Path | None, out: Path | None,
         spec, net, _ = _load_trained(file, model, overrides, weights)
         state = net.state_dict()
     from nnspec.backends.torch.export import ExportError, export_onnx
+    from nnspec.outputs import OutputError
 
-    out = out or Path(Path(file).stem + ".onnx")
+    out = out if out is not None else Path(file).stem + ".onnx"
     try:
         written = export_onnx(spec, out, state)
     except ExportError as err:
         _fail_plain(str(err))
-    except OSError as err:
-        _fail_plain(f"{out}: cannot write ({err.strerror or err})")
+    except OutputError as err:
+        _fail_plain(err.message, err.hint)
     source = "initial weights" if weights is None else f"weights of {weights}"
-    click.echo(f"wrote {written} ({spec.name}, {source}; checked by onnx.checker)")
+    _wrote(f"{written} ({spec.name}, {source}; checked by onnx.checker)", written)
 
 
 def _partial_graph(path: str, model: str | None, overrides: dict):
@@ -601,4 +640,7 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # between the imports and the first command
+        sys.exit(INTERRUPTED)

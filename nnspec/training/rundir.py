@@ -1,9 +1,10 @@
 """The run directory: what a training run leaves behind, written so a crash never corrupts it.
 
-Every file is written whole to a hidden `.NAME.partial` sibling, flushed to disk (fsync)
-and renamed over NAME, so a reader (or a run killed at any instant) sees either the old
-file or the new one, never half of one. A `.partial` file left by a killed run is removed
-when the directory is next opened.
+Every file is written by `nnspec.outputs.write_atomic`: whole to a hidden `.NAME.partial`
+sibling, flushed to disk (fsync) and renamed over NAME, so a reader (or a run killed at any
+instant) sees either the old file or the new one, never half of one; a failed write removes
+its partial file. A `.partial` file left by a killed run is removed when the directory is
+next opened.
 
 Layout (see docs/training.md):
 
@@ -23,11 +24,12 @@ import csv
 import hashlib
 import io
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from nnspec.outputs import write_atomic
 
 CONFIG = "config.json"
 RESUME = "resume.safetensors"
@@ -53,31 +55,6 @@ class RunDirError(Exception):
 
 
 # ---------------------------------------------------------------- atomic writes
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is always either the old or the new file."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json(path: Path, value) -> None:
