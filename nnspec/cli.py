@@ -274,7 +274,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     """
     from nnspec.training import loop
     from nnspec.training.progress import make_progress
-    from nnspec.training.rundir import RunDir, RunDirError
+    from nnspec.training.rundir import RunDir, RunDirError, release_runs
 
     progress = make_progress()
     try:
@@ -336,6 +336,8 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             raise
         progress.close()
         _fail_plain("the torch backend needs PyTorch", _NEEDS_TORCH)
+    finally:
+        release_runs()  # the run directory is free for the next train or --resume
     if outcome.status == "interrupted":
         _fail_plain(outcome.message, code=130)
     if outcome.status == "diverged":
@@ -409,8 +411,7 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
         _wrote(f"{len(y)} predictions of shape {list(y.shape[1:])} to {where}", where)
         return
     classifier = spec.train is not None and spec.train.loss.name == "cross_entropy"
-    names = metadata.get("class_names")
-    names = json.loads(names) if names else None
+    names = _class_names(metadata, weights)
     if not classifier:
         for row in y:
             click.echo(" ".join(f"{v:.6g}" for v in row.ravel()))
@@ -420,6 +421,23 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
     for row in y:
         ids = np.atleast_1d(row.argmax(axis=-1))
         click.echo(glue.join(labels[i] if i < len(labels) else str(i) for i in ids))
+
+
+def _class_names(metadata: dict, weights: Path) -> list[str] | None:
+    """The weights' `class_names` metadata (a JSON list of strings), or None with a warning
+    when it is something else (a hand-edited or foreign file)."""
+    text = metadata.get("class_names")
+    if not text:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        click.echo(f"warning: {weights}: the class_names metadata is not a JSON list of "
+                   "strings; printing class numbers", err=True)
+        return None
+    return names
 
 
 @main.command("eval")

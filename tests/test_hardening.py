@@ -178,6 +178,114 @@ def test_importing_the_package_loads_nothing_heavy():
     assert result.stdout.strip() == "['nnspec']"
 
 
+# ---- damaged weights, odd metadata, huge labels ---------------------------------------------
+
+
+def _rewrite(path: Path, change_tensors=None, metadata=None) -> None:
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        meta = dict(handle.metadata() or {})
+    tensors = load_file(str(path))
+    if change_tensors:
+        change_tensors(tensors)
+    meta.update(metadata or {})
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> Path:
+    run = _trained_run(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((3, 64), np.float32))
+    return run
+
+
+@pytest.mark.parametrize("names", ["not json {", "[1, 2, 3]", '{"a": 1}'])
+def test_class_names_that_are_not_a_list_of_strings_give_class_numbers(trained: Path,
+                                                                       names: str):
+    _rewrite(trained / "best.safetensors", metadata={"class_names": names})
+    result = invoke("predict", SMALL, "-w", trained, "-i", trained.parent / "x.npy")
+    assert result.exit_code == 0, result.output
+    assert "the class_names metadata is not a JSON list of strings" in result.output
+    assert all(line.isdigit() for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda t: t["dense_1.weight"].__setitem__(..., np.nan), "NaN or infinite"),
+    (lambda t: t["dense_1.bias"].__setitem__(0, np.inf), "1 NaN or infinite value "),
+    (lambda t: t["dense_1.weight"].__setitem__((0, 0), 3e27), "beyond any trained weight"),
+])
+@pytest.mark.parametrize("command", ["predict", "eval", "resume"])
+def test_damaged_weights_are_refused(trained: Path, damage, words: str, command: str):
+    name = "resume.safetensors" if command == "resume" else "best.safetensors"
+    key_prefix = "model." if command == "resume" else ""
+
+    def hit(tensors):
+        view = {k[len(key_prefix):]: v for k, v in tensors.items() if k.startswith(key_prefix)}
+        damage(view)
+
+    _rewrite(trained / name, hit)
+    args = {"predict": ["predict", SMALL, "-w", trained, "-i", trained.parent / "x.npy"],
+            "eval": ["eval", SMALL, "-w", trained],
+            "resume": ["train", "--resume", trained]}[command]
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output
+    assert words in result.output and name in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_huge_whole_number_label_is_out_of_range_not_negative(tmp_path: Path):
+    (tmp_path / "lab.csv").write_text("a,y\n1,0\n2,1e23\n3,1\n4,0\n")
+    (tmp_path / "lab.nn").write_text(
+        "model M {\n  input x: [1]\n  x -> dense(2) -> softmax\n}\n"
+        'train M {\n  data csv("lab.csv")\n  loss cross_entropy\n  epochs 1\n}\n')
+    result = run("train", "lab.nn", "--out", "r", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "the label 1e+23 is out of range" in result.stderr
+    assert "Warning" not in result.stderr and "-9223372036854775808" not in result.stderr
+
+
+# ---- one process per run --------------------------------------------------------------------
+
+HOLD_RUN = """
+import sys
+from nnspec.training.rundir import RunDir
+RunDir(sys.argv[1]).lock()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_run_in_use_by_another_process_is_refused(trained: Path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(trained)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for args in (["train", "--resume", str(trained)],
+                     ["train", str(SMALL), "--out", str(trained), "--force"]):
+            result = run(*args)
+            assert result.returncode == 1, result.stderr
+            assert f"run {trained} is in use by process {holder.pid}" in result.stderr
+    finally:
+        holder.communicate("")
+    result = run("train", "--resume", str(trained))  # free again once the holder is gone
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_resumes_at_once_train_the_run_once(tmp_path: Path):
+    out = tmp_path / "run"
+    assert invoke("train", SMALL, "--epochs", "40", "--out", out, "--seed", "1").exit_code == 0
+    (out / "resume.safetensors").unlink()  # resume from scratch: both would train 40 epochs
+    both = [subprocess.Popen([sys.executable, "-m", "nnspec.cli", "train", "--resume",
+                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    assert any("is in use by process" in err for _, err in results)
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 

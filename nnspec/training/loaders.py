@@ -247,8 +247,13 @@ def _class_ids(labels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     return ids.astype(np.int64).reshape(labels.shape), tuple(str(name) for name in names)
 
 
+EXACT_INTEGERS = 2**53  # whole numbers beyond this are not ids; float64 cannot tell them apart
+
+
 def _numeric_targets(values: np.ndarray) -> np.ndarray:
-    if np.all(values == np.round(values)):
+    """Whole numbers become int64 ids (checked before the cast, which would wrap 1e23 round
+    to a negative number); anything else stays a float target."""
+    if np.all(values == np.round(values)) and np.all(np.abs(values) < EXACT_INTEGERS):
         return values.astype(np.int64)
     return values.astype(np.float32)
 

@@ -541,6 +541,7 @@ def resume(run: RunDir, spec_path: str | None, progress,
     from nnspec.spec import load
 
     config = run.read_config()
+    run.lock()
     path = spec_path or config["spec"]
     if not Path(path).is_file():
         raise RunDirError(f"the run's spec {path} is gone",
