@@ -182,8 +182,8 @@ def test_importing_the_package_loads_nothing_heavy():
 
 
 def _rewrite(path: Path, change_tensors=None, metadata=None) -> None:
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     with safe_open(str(path), framework="numpy") as handle:
         meta = dict(handle.metadata() or {})
