@@ -293,7 +293,7 @@ def test_compile_refuses_a_script_it_cannot_make(tmp_path, spec_name, phrase):
 
 
 def _hostile_inputs(folder: Path) -> None:
-    import pickle  # noqa: S403 - writing the hostile file the script must refuse
+    import pickle  # only to write the hostile file the script must refuse
 
     _write_data(folder)
     (folder / "pickled.npz").write_bytes(pickle.dumps({"x": [1.0]}))
