@@ -209,12 +209,27 @@ def _wrote(message: str, where: str) -> None:
     click.echo(f"wrote {message}", err=where == "standard output")
 
 
-def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weights: Path):
+def _fits_or_exit(spec, what: str, param_copies: int, batch: int | None = None) -> None:
+    """Refuse (exit 1, with the numbers) a model whose weights would not fit in memory,
+    before a byte of them is allocated."""
+    from nnspec.training.budget import TooBig, check_fits
+    from nnspec.training.loop import EVAL_CHUNK
+
+    try:
+        check_fits(spec.graph, what=f"{what} {spec.name}", batch=batch or EVAL_CHUNK,
+                   param_copies=param_copies)
+    except TooBig as err:
+        _fail_plain(err.message, err.hint)
+
+
+def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weights: Path,
+                  param_copies: int = 2):
     """The spec, a NumPy model with `weights` loaded, and the weights' metadata."""
     from nnspec.backends.numpy.model import NumpyModel
     from nnspec.training.rundir import RunDirError, digest, fingerprint, load_weights
 
     spec = load_or_exit(file, model, parse_overrides(overrides), notes=False)
+    _fits_or_exit(spec, "loading", param_copies, 1)  # the model and the file's tensors
     net = NumpyModel.from_spec(spec)
     try:
         path, metadata = load_weights(net, weights)
@@ -273,6 +288,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     stops the run (exit 1). See docs/training.md.
     """
     from nnspec.training import loop
+    from nnspec.training.budget import TooBig
     from nnspec.training.progress import make_progress
     from nnspec.training.rundir import RunDir, RunDirError, release_runs
 
@@ -321,7 +337,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
         outcome = trainer.run_to_end()
     except SpecError as err:
         fail(err.diagnostics)
-    except RunDirError as err:
+    except (RunDirError, TooBig) as err:
         _fail_plain(err.message, err.hint)
     except loop.OverrideError as err:
         raise click.UsageError(str(err)) from None
@@ -402,6 +418,7 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
         x = fit_inputs(net, x, None, what=f"the samples in {inputs}")
     except SpecError as err:
         fail(err.diagnostics)
+    _fits_or_exit(spec, "predicting with", 1, min(len(x), EVAL_CHUNK))
     with np.errstate(all="ignore"):
         y = np.concatenate([net(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
     if output is not None:
@@ -459,6 +476,7 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
     import numpy as np
 
     from nnspec.training import loop
+    from nnspec.training.budget import TooBig
 
     spec, net, _ = _load_trained(file, model, overrides, weights)
     if spec.train is None:
@@ -469,9 +487,11 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
             spec.train, data=loop.parse_setting("data", data) if data else None)
         held_out = spec.train.val if "val" in spec.train.spans else None
         base = Path() if data else Path(file).parent
-        dataset, _, _ = loop.prepare(spec, config, val=held_out, base_dir=base)
+        dataset, _, _ = loop.prepare(spec, config, val=held_out, base_dir=base, training=False)
     except SpecError as err:
         fail(err.diagnostics)
+    except TooBig as err:
+        _fail_plain(err.message, err.hint)
     except loop.OverrideError as err:
         raise click.UsageError(str(err)) from None
     split = split or ("all" if data else "val")
@@ -561,13 +581,16 @@ def export_command(file: str, fmt: str, weights: Path | None, out: str | None,
     if missing:
         _fail_plain(f"export goes through torch.onnx, which needs {' and '.join(missing)}",
                     'pip install "nnspec[onnx]"')
+    from nnspec.training.budget import EXPORT_BATCH, EXPORT_PARAM_COPIES
+
     if weights is None:
         from nnspec.backends.numpy.model import NumpyModel
 
         spec = load_or_exit(file, model, parse_overrides(overrides))
+        _fits_or_exit(spec, "exporting", EXPORT_PARAM_COPIES, EXPORT_BATCH)
         state = NumpyModel.from_spec(spec).state_dict()
     else:
-        spec, net, _ = _load_trained(file, model, overrides, weights)
+        spec, net, _ = _load_trained(file, model, overrides, weights, EXPORT_PARAM_COPIES + 1)
         state = net.state_dict()
     from nnspec.backends.torch.export import ExportError, export_onnx
     from nnspec.outputs import OutputError

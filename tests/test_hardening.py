@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -284,6 +285,153 @@ def test_two_resumes_at_once_train_the_run_once(tmp_path: Path):
     codes = sorted(code for code, _ in results)
     assert codes == [0, 1], results
     assert any("is in use by process" in err for _, err in results)
+
+
+# ---- bounded memory: refuse before allocating -----------------------------------------------
+
+BIG = """model Big {{
+  input x: [64]
+  x -> dense({units}) -> softmax
+}}
+train Big {{
+  data digits
+  loss cross_entropy
+}}
+"""
+
+
+@pytest.mark.parametrize("units", ["1000000000000", "10" + "0" * 40])
+@pytest.mark.parametrize("command", ["train", "export", "predict", "eval"])
+def test_a_model_too_big_for_memory_is_refused_with_the_numbers(tmp_path: Path, units: str,
+                                                                command: str):
+    spec = tmp_path / "big.nn"
+    spec.write_text(BIG.format(units=units))
+    np.save(tmp_path / "x.npy", np.zeros((3, 64), np.float32))
+    args = {"train": ["train", spec, "--out", tmp_path / "run"], "export": ["export", spec],
+            "predict": ["predict", spec, "-w", tmp_path / "w.safetensors", "-i",
+                        tmp_path / "x.npy"],
+            "eval": ["eval", spec, "-w", tmp_path / "w.safetensors"]}[command]
+    result = run(*map(str, args), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "of memory (" in result.stderr and "is available" in result.stderr
+    assert "--set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_limit_follows_ulimit_v(tmp_path: Path):
+    """2 GiB of weights trained under a 3 GiB address-space limit: refused up front."""
+    import resource
+
+    spec = tmp_path / "wide.nn"
+    spec.write_text(BIG.format(units="8000000"))  # 64 x 8e6 floats: 2 GiB
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    result = subprocess.run([sys.executable, "-m", "nnspec.cli", "train", str(spec),
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=120, preexec_fn=limit, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "training Big would need about" in result.stderr
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+
+
+def _npy_claiming(handle, rows: int) -> None:
+    from numpy.lib import format as npy
+
+    npy.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                        "shape": (rows, 64)})
+    handle.write(b"\0" * 256)
+
+
+def test_a_numpy_header_that_lies_about_its_size_is_refused(tmp_path: Path):
+    import zipfile
+
+    with open(tmp_path / "huge.npy", "wb") as handle:
+        _npy_claiming(handle, 10**11)
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        with archive.open("x.npy", "w") as member:
+            _npy_claiming(member, 10**11)
+        with archive.open("y.npy", "w") as member:
+            np.lib.format.write_array(member, np.zeros(4, np.int64))
+    trained = _trained_run(tmp_path)
+    result = run("predict", str(SMALL), "-w", str(trained), "-i", str(tmp_path / "huge.npy"))
+    assert result.returncode == 1
+    assert "declares shape [100000000000, 64] (23.3 TiB), but the file holds only 256 bytes" \
+        in result.stderr
+    result = run("train", str(SMALL), "--data", str(tmp_path / "huge.npz"), "--out",
+                 str(tmp_path / "r2"))
+    assert result.returncode == 1
+    assert "the header of `x` declares shape [100000000000, 64]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("data, words", [
+    ("moons(n = 100000000000)", "option `n` is 100,000,000,000; the most"),
+    ("spirals(classes = 1000000000)", "option `classes` is 1,000,000,000; the most"),
+    ("spirals(n = 100, classes = 1000)", "1,000 spiral arms need at least as many points"),
+    ("recall(n = 10000000, length = 100000)", "the most a generated set holds"),
+])
+def test_generated_sets_have_documented_bounds(tmp_path: Path, data: str, words: str):
+    result = run("train", str(SMALL), "--data", data, "--out", str(tmp_path / "r"))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- no pickle anywhere ----------------------------------------------------------------------
+
+_PICKLERS = r"(pickle|cPickle|_pickle|dill|shelve|marshal|joblib)"
+PICKLE_PATTERNS = [re.compile(p) for p in (
+    rf"\bimport\s+[\w., ]*\b{_PICKLERS}\b", rf"\bfrom\s+{_PICKLERS}\b",
+    rf"\b{_PICKLERS}\.\w+", r"allow_pickle\s*=\s*True",
+    r"torch\.load\((?![^)]*weights_only\s*=\s*True)")]
+KNOWN_PICKLE = {"nnspec/syntax/parser.py"}  # the grammar cache, being replaced elsewhere
+
+
+# Lark's table cache is a pickle it loads back (cache=False is the only safe value).
+LARK_CACHE = re.compile(r"\bLark\((?:[^()]|\([^()]*\))*\bcache\s*=(?!\s*False\b)")
+
+
+def _pickle_uses(name: str, text: str) -> list[str]:
+    found = [f"{name}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
+             if any(p.search(line) for p in PICKLE_PATTERNS)]
+    if cache := LARK_CACHE.search(text):
+        found.append(f"{name}:{text.count(chr(10), 0, cache.start()) + 1}: a Lark cache")
+    return found
+
+
+def test_the_package_holds_no_pickle():
+    found = []
+    for path in sorted((ROOT / "nnspec").rglob("*")):
+        if path.suffix in (".py", ".lark", ".txt", ".json") and path.is_file():
+            name = path.relative_to(ROOT).as_posix()
+            if name not in KNOWN_PICKLE:
+                found += _pickle_uses(name, path.read_text(encoding="utf-8"))
+    assert found == []
+
+
+def test_generated_code_holds_no_pickle():
+    from nnspec.backends.torch import generate
+    from nnspec.spec import load
+
+    found = []
+    for path in sorted((ROOT / "specs").glob("*.nn")):
+        spec = load(path)
+        script = spec.train is not None and len(spec.graph.inputs) == 1
+        found += _pickle_uses(path.name, generate(spec, train_script=script))
+    assert found == []
+
+
+def test_the_scan_would_see_pickle():
+    text = ("import pickle\nnp.load(p, allow_pickle=True)\ntorch.load(path)\n"
+            "torch.load(path, weights_only=True)\nimport os, marshal\n"
+            "data = pickle.loads(blob)\nfrom dill import loads\n# a pickle, in words\n"
+            "Lark(grammar, parser='lalr',\n     cache=path)\nLark(grammar, cache=False)\n")
+    assert [hit.split(":")[1] for hit in _pickle_uses("x", text)] == [
+        "1", "2", "3", "5", "6", "7", "9"]
+    assert _pickle_uses("parser.py", (ROOT / "nnspec/syntax/parser.py").read_text()) or \
+        "nnspec/syntax/parser.py" not in KNOWN_PICKLE  # the exemption is still needed
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnspec.training.npy_sizes import size_problem
+
 
 class DataError(Exception):
     """A problem with the user's data, told as a sentence plus an optional hint for the fix."""
@@ -334,6 +336,10 @@ def _open_numpy(path: str | os.PathLike):
                 f"{path}: is not a NumPy .npy/.npz file",
                 hint="write it with np.save or np.savez; for text data use csv(...)",
             )
+        problem = size_problem(path)  # np.load allocates what the header claims
+        if problem:
+            raise DataError(f"{path}: {problem}",
+                            hint="write it again with np.save or np.savez, or use less data")
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None
