@@ -88,6 +88,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        if error.filename is None:  # a failed write() names no file: name the one meant
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -147,6 +147,35 @@ def test_a_regular_file_is_replaced_atomically_through_a_symlink(tmp_path: Path)
     assert link.is_symlink() and real.read_text() == "new"
 
 
+def test_predict_to_standard_output_is_a_loadable_npy(trained: Path):
+    import io
+
+    result = subprocess.run([sys.executable, "-m", "nnspec.cli", "predict", str(SMALL), "-w",
+                             str(trained), "-i", str(trained.parent / "x.npy"), "-o", "-"],
+                            capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert np.load(io.BytesIO(result.stdout)).shape == (3, 10)
+    assert b"wrote 3 predictions" in result.stderr
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="making a device node needs root")
+def test_export_into_a_device_node_keeps_it(tmp_path: Path):
+    pytest.importorskip("onnx")
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    result = invoke("export", SMALL, "-o", null)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    assert no_partials(tmp_path) == []
+
+
+def test_a_run_on_a_full_disk_stops_cleanly_without_partials(tmpfs: Path):
+    result = run("train", str(SMALL), "--out", str(tmpfs / "run"))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "cannot write" in result.stderr and "Traceback" not in result.stderr
+    assert no_partials(tmpfs) == []
+
+
 # ---- Ctrl-C ----------------------------------------------------------------------------------
 
 INTERRUPT_AT_IMPORT = """

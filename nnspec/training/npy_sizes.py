@@ -46,6 +46,8 @@ def size_problem(path: str | Path) -> str | None:
 def _member_problem(name: str, stream, size: int) -> str | None:
     """Compare one .npy header's declared data size with the `size` bytes of its file."""
     declared = _declared(stream)
+    if declared is None:  # not an array at all: np.load says so in its own words
+        return None
     if isinstance(declared, str):
         return f"{name} has a damaged header ({declared})"
     offset, shape, nbytes = declared
@@ -63,11 +65,12 @@ def _memory_problem(name: str, nbytes: int) -> str | None:
     return None
 
 
-def _declared(stream) -> tuple[int, tuple[int, ...], int] | str:
-    """(header length, shape, data bytes) of an .npy stream, or what is wrong with it."""
+def _declared(stream) -> tuple[int, tuple[int, ...], int] | str | None:
+    """(header length, shape, data bytes) of an .npy stream, what is wrong with its header,
+    or None when it is no .npy."""
     prefix = stream.read(8)
     if len(prefix) < 8 or not prefix.startswith(MAGIC):
-        return "no .npy magic"
+        return None
     major = prefix[6]
     width = 2 if major == 1 else 4
     length = int.from_bytes(stream.read(width), "little")
