@@ -396,6 +396,33 @@ def test_a_numpy_header_that_lies_about_its_size_is_refused(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
+def test_data_bigger_than_memory_is_refused_before_reading(tmp_path: Path):
+    """Honest headers and sizes (sparse files), under a 3 GiB address-space limit."""
+    import resource
+
+    with open(tmp_path / "x.npy", "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (20_000_000, 64)})
+        handle.truncate(handle.tell() + 20_000_000 * 64 * 4)
+    with open(tmp_path / "big.csv", "wb") as handle:
+        handle.truncate(400 << 20)
+    trained = _trained_run(tmp_path)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    for args, words in (
+            (["predict", str(SMALL), "-w", str(trained), "-i", str(tmp_path / "x.npy")],
+             "loading the array takes 4.8 GiB of memory, but only"),
+            (["train", str(SMALL), "--data", str(tmp_path / "big.csv"), "--out",
+              str(tmp_path / "r")], "reading big.csv takes 7.8 GiB of memory")):
+        result = subprocess.run([sys.executable, "-m", "nnspec.cli", *args],
+                                capture_output=True, text=True, timeout=120,
+                                preexec_fn=limit, check=False)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert words in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("data, words", [
     ("moons(n = 100000000000)", "option `n` is 100,000,000,000; the most"),
     ("spirals(classes = 1000000000)", "option `classes` is 1,000,000,000; the most"),

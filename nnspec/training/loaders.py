@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnspec.training.npy_sizes import size_problem
+from nnspec.training.npy_sizes import memory_problem, size_problem
 
 
 class DataError(Exception):
@@ -84,8 +84,16 @@ def load_csv(
     return UserData(x=x, y=y, class_names=class_names)
 
 
+CSV_MEMORY_FACTOR = 20  # parsed into Python rows, a CSV takes about this many times its size
+
+
 def _read_text(path: str | os.PathLike) -> str:
     try:
+        needed = os.stat(path).st_size * CSV_MEMORY_FACTOR
+        problem = memory_problem(f"reading {Path(path).name}", needed)
+        if problem:
+            raise DataError(f"{path}: {problem}", hint="convert it to .npz (np.savez), which "
+                            "loads without parsing")
         return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None

@@ -40,7 +40,7 @@ def size_problem(path: str | Path) -> str | None:
             if problem:
                 return problem
             total += info.file_size
-        return _memory_problem("the arrays", total)
+        return memory_problem("loading the arrays", total)
 
 
 def _member_problem(name: str, stream, size: int) -> str | None:
@@ -54,14 +54,14 @@ def _member_problem(name: str, stream, size: int) -> str | None:
     if nbytes > size - offset:
         return (f"the header of {name} declares shape {list(shape)} ({human(nbytes)}), but "
                 f"the file holds only {human(max(0, size - offset))} of data")
-    return _memory_problem(name, nbytes)
+    return memory_problem(f"loading {name}", nbytes)
 
 
-def _memory_problem(name: str, nbytes: int) -> str | None:
+def memory_problem(what: str, nbytes: int) -> str | None:
+    """`what` (taking `nbytes`) would not fit in the memory available: say so, else None."""
     available = available_bytes()
     if available is not None and nbytes > available:
-        return (f"loading {name} takes {human(nbytes)} of memory, but only "
-                f"{human(available)} is available")
+        return f"{what} takes {human(nbytes)} of memory, but only {human(available)} is available"
     return None
 
 
