@@ -1,7 +1,7 @@
 """The `nnspec` command: the one edge where diagnostics are rendered and exit codes chosen.
 
-Exit codes: 0 success, 1 errors in a spec (or its data), 2 wrong usage. Heavy imports
-(torch, numpy backends) happen inside the commands that need them.
+Exit codes: 0 success, 1 errors in a spec (or its data), 2 wrong usage, 130 Ctrl-C. Heavy
+imports (torch, numpy backends) happen inside the commands that need them.
 """
 
 from __future__ import annotations
