@@ -86,6 +86,12 @@ class _Commands(click.Group):
     """The command group; Ctrl-C while reading the options or running a command exits 130
     without a traceback (train catches it itself, to save a checkpoint first)."""
 
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except KeyboardInterrupt:  # in click's own work around the command
+            _interrupted()
+
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
