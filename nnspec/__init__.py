@@ -17,14 +17,14 @@ Heavy parts (NumPy backend, torch code generation) are imported on first use.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
-
-from nnspec.diagnostics import Diagnostic, SpecError
-from nnspec.frontend import Analysis, Symbol, analyze
-from nnspec.spec import Spec, check_text, load, load_text
 
 if TYPE_CHECKING:
     from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.diagnostics import Diagnostic, SpecError
+    from nnspec.frontend import Analysis, Symbol, analyze
+    from nnspec.spec import Spec, check_text, load, load_text
 
 __version__ = "0.1.0"
 __all__ = ["Analysis", "Diagnostic", "NumpyModel", "Spec", "SpecError", "Symbol", "analyze",
@@ -62,9 +62,15 @@ def make_schedule(spec: Spec, optimizer, epochs: int | None = None):
     return after
 
 
-def __getattr__(name: str):
-    if name == "NumpyModel":
-        from nnspec.backends.numpy.model import NumpyModel
+# Where each public name lives. Importing the package itself stays cheap, so the `nnspec`
+# command can catch a Ctrl-C from its very first line (see nnspec.cli).
+_LAZY = {"Analysis": "nnspec.frontend", "Symbol": "nnspec.frontend", "analyze": "nnspec.frontend",
+         "Diagnostic": "nnspec.diagnostics", "SpecError": "nnspec.diagnostics",
+         "Spec": "nnspec.spec", "check_text": "nnspec.spec", "load": "nnspec.spec",
+         "load_text": "nnspec.spec", "NumpyModel": "nnspec.backends.numpy.model"}
 
-        return NumpyModel
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'nnspec' has no attribute {name!r}")

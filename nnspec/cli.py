@@ -1,19 +1,25 @@
 """The `nnspec` command: the one edge where diagnostics are rendered and exit codes chosen.
 
-Exit codes: 0 success, 1 errors in a spec (or its data), 2 wrong usage. Heavy imports
-(torch, numpy backends) happen inside the commands that need them.
+Exit codes: 0 success, 1 errors in a spec (or its data), 2 wrong usage, 130 Ctrl-C. Heavy
+imports (torch, numpy backends) happen inside the commands that need them.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-import click
+try:  # a Ctrl-C while these load (the first tenth of a second) ends as quietly as a later one
+    import json
+    from pathlib import Path
 
-from nnspec import __version__
-from nnspec.diagnostics import Diagnostic, SpecError, render_inline, render_json, render_text
+    import click
+
+    from nnspec import __version__
+    from nnspec.diagnostics import Diagnostic, SpecError, render_inline, render_json, render_text
+except KeyboardInterrupt:
+    sys.exit(130)
+
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
 
 def _color(stream) -> bool:
@@ -68,7 +74,36 @@ def load_or_exit(path: str, model: str | None = None, overrides: dict | None = N
 SPEC = click.Path(path_type=str)  # a directory is the spec's error (E000), not a usage error
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _interrupted() -> None:
+    click.echo("interrupted", err=True)
+    sys.exit(INTERRUPTED)
+
+
+class _Commands(click.Group):
+    """The command group; Ctrl-C while reading the options or running a command exits 130
+    without a traceback (train catches it itself, to save a checkpoint first)."""
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except KeyboardInterrupt:  # in click's own work around the command
+            _interrupted()
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted()
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="nnspec")
 def main():
     """nnspec: write a neural network as a short .nn spec; check its shapes, summarise it,
@@ -152,12 +187,45 @@ def _fail_plain(message: str, hint: str | None = None, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weights: Path):
+OUTPUT = click.Path(dir_okay=False, allow_dash=True)  # a str, checked by nnspec.outputs
+
+
+def _write_or_exit(target: str, data: bytes) -> str:
+    """Write a command's output through nnspec.outputs; a user-facing error exits 1."""
+    from nnspec.outputs import OutputError, write_output
+
+    try:
+        return write_output(target, data, make_parents=True)
+    except OutputError as err:
+        _fail_plain(err.message, err.hint)
+
+
+def _wrote(message: str, where: str) -> None:
+    """`wrote ...`, kept off standard output when the output itself went there."""
+    click.echo(f"wrote {message}", err=where == "standard output")
+
+
+def _fits_or_exit(spec, what: str, param_copies: int, batch: int | None = None) -> None:
+    """Refuse (exit 1, with the numbers) a model whose weights would not fit in memory,
+    before a byte of them is allocated."""
+    from nnspec.training.budget import TooBig, check_fits
+    from nnspec.training.loop import EVAL_CHUNK
+
+    try:
+        check_fits(spec.graph, what=f"{what} {spec.name}", batch=batch or EVAL_CHUNK,
+                   param_copies=param_copies)
+    except TooBig as err:
+        _fail_plain(err.message, err.hint)
+
+
+def _load_trained(file: str, model: str | None, overrides: tuple[str, ...], weights: Path,
+                  param_copies: int = 2):
     """The spec, a NumPy model with `weights` loaded, and the weights' metadata."""
     from nnspec.backends.numpy.model import NumpyModel
     from nnspec.training.rundir import RunDirError, digest, fingerprint, load_weights
 
     spec = load_or_exit(file, model, parse_overrides(overrides), notes=False)
+    _fits_or_exit(spec, "loading", param_copies, 1)  # the model and the file's tensors
     net = NumpyModel.from_spec(spec)
     try:
         path, metadata = load_weights(net, weights)
@@ -216,8 +284,9 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     stops the run (exit 1). See docs/training.md.
     """
     from nnspec.training import loop
+    from nnspec.training.budget import TooBig
     from nnspec.training.progress import make_progress
-    from nnspec.training.rundir import RunDir, RunDirError
+    from nnspec.training.rundir import RunDir, RunDirError, release_runs
 
     progress = make_progress()
     try:
@@ -264,7 +333,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
         outcome = trainer.run_to_end()
     except SpecError as err:
         fail(err.diagnostics)
-    except RunDirError as err:
+    except (RunDirError, TooBig) as err:
         _fail_plain(err.message, err.hint)
     except loop.OverrideError as err:
         raise click.UsageError(str(err)) from None
@@ -279,6 +348,8 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             raise
         progress.close()
         _fail_plain("the torch backend needs PyTorch", _NEEDS_TORCH)
+    finally:
+        release_runs()  # the run directory is free for the next train or --resume
     if outcome.status == "interrupted":
         _fail_plain(outcome.message, code=130)
     if outcome.status == "diverged":
@@ -314,12 +385,13 @@ def _train_header(trainer) -> None:
 @click.option("--input", "-i", "inputs", required=True, type=click.Path(path_type=Path),
               help="Samples to predict: .npy (first axis counts samples), .npz (`x`) or "
               ".csv (a header and feature columns).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the raw outputs to this .npy file instead of printing them.")
+@click.option("--output", "-o", type=OUTPUT, default=None,
+              help="Write the raw outputs to this .npy file (- for stdout) instead of "
+              "printing them.")
 @click.option("--model", default=None, help="Which model of the file.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter (as when training).")
-def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: str | None,
+def predict(file: str, weights: Path, inputs: Path, output: str | None, model: str | None,
             overrides: tuple[str, ...]):
     """Run the trained model of FILE on new samples. Prints one line per sample (the class
     for classifiers, else the output values), or saves every output with -o."""
@@ -330,7 +402,6 @@ def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: 
     from nnspec.training.data import fit_inputs, load_inputs
     from nnspec.training.loaders import DataError
     from nnspec.training.loop import EVAL_CHUNK
-    from nnspec.training.rundir import write_atomic
 
     spec, net, metadata = _load_trained(file, model, overrides, weights)
     data = spec.train.data if spec.train else None
@@ -343,20 +414,17 @@ def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: 
         x = fit_inputs(net, x, None, what=f"the samples in {inputs}")
     except SpecError as err:
         fail(err.diagnostics)
+    _fits_or_exit(spec, "predicting with", 1, min(len(x), EVAL_CHUNK))
     with np.errstate(all="ignore"):
         y = np.concatenate([net(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
     if output is not None:
         buffer = io.BytesIO()
         np.save(buffer, y)
-        try:
-            write_atomic(output, buffer.getvalue())
-        except OSError as err:
-            _fail_plain(f"{output}: cannot write ({err.strerror or err})")
-        click.echo(f"wrote {len(y)} predictions of shape {list(y.shape[1:])} to {output}")
+        where = _write_or_exit(output, buffer.getvalue())
+        _wrote(f"{len(y)} predictions of shape {list(y.shape[1:])} to {where}", where)
         return
     classifier = spec.train is not None and spec.train.loss.name == "cross_entropy"
-    names = metadata.get("class_names")
-    names = json.loads(names) if names else None
+    names = _class_names(metadata, weights)
     if not classifier:
         for row in y:
             click.echo(" ".join(f"{v:.6g}" for v in row.ravel()))
@@ -366,6 +434,23 @@ def predict(file: str, weights: Path, inputs: Path, output: Path | None, model: 
     for row in y:
         ids = np.atleast_1d(row.argmax(axis=-1))
         click.echo(glue.join(labels[i] if i < len(labels) else str(i) for i in ids))
+
+
+def _class_names(metadata: dict, weights: Path) -> list[str] | None:
+    """The weights' `class_names` metadata (a JSON list of strings), or None with a warning
+    when it is something else (a hand-edited or foreign file)."""
+    text = metadata.get("class_names")
+    if not text:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        click.echo(f"warning: {weights}: the class_names metadata is not a JSON list of "
+                   "strings; printing class numbers", err=True)
+        return None
+    return names
 
 
 @main.command("eval")
@@ -387,6 +472,7 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
     import numpy as np
 
     from nnspec.training import loop
+    from nnspec.training.budget import TooBig
 
     spec, net, _ = _load_trained(file, model, overrides, weights)
     if spec.train is None:
@@ -397,9 +483,11 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
             spec.train, data=loop.parse_setting("data", data) if data else None)
         held_out = spec.train.val if "val" in spec.train.spans else None
         base = Path() if data else Path(file).parent
-        dataset, _, _ = loop.prepare(spec, config, val=held_out, base_dir=base)
+        dataset, _, _ = loop.prepare(spec, config, val=held_out, base_dir=base, training=False)
     except SpecError as err:
         fail(err.diagnostics)
+    except TooBig as err:
+        _fail_plain(err.message, err.hint)
     except loop.OverrideError as err:
         raise click.UsageError(str(err)) from None
     split = split or ("all" if data else "val")
@@ -431,15 +519,15 @@ _NEEDS_TORCH = 'pip install "nnspec[torch]"'
 @click.argument("file", type=SPEC)
 @click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
               help="The target: a standalone PyTorch file.")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Output file [default: FILE's name with .py; - for stdout].")
+@click.option("-o", "--output", "out", type=OUTPUT, default=None,
+              help="Output file [default: FILE's name with .py; - for stdout].")
 @click.option("--train-script", is_flag=True,
               help="Add a command-line training entry point (python out.py --help; runs "
               "data-parallel under torchrun).")
 @click.option("--model", default=None, help="Which model of the file.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter.")
-def compile_command(file: str, backend: str, out: Path | None, train_script: bool,
+def compile_command(file: str, backend: str, out: str | None, train_script: bool,
                     model: str | None, overrides: tuple[str, ...]):
     """Compile the model of FILE to one readable PyTorch file that runs without nnspec:
     a module class per block, the train section's loss_fn, make_optimizer and
@@ -456,20 +544,14 @@ def compile_command(file: str, backend: str, out: Path | None, train_script: boo
         fail(err.diagnostics)
     except ValueError as err:  # a train script for a model it cannot feed
         _fail_plain(f"{file}: {err}")
-    if str(out) == "-":
-        click.echo(text, nl=False)
-        return
-    out = out or Path(Path(file).stem + ".py")
+    out = out if out is not None else Path(file).stem + ".py"
     try:
-        compile(text, str(out), "exec")  # the file is valid Python before it is written
-        from nnspec.training.rundir import write_atomic
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, text.encode("utf-8"))
+        compile(text, out, "exec")  # the file is valid Python before it is written
     except SyntaxError as err:  # a generator bug, never the user's: say so plainly
         _fail_plain(f"the generated code does not parse ({err}); please report this spec")
-    except OSError as err:
-        _fail_plain(f"{out}: cannot write ({err.strerror or err})")
+    where = _write_or_exit(out, text.encode("utf-8"))
+    if where == "standard output":
+        return
     click.echo(f"wrote {out}" + (" (run it with --help for training)" if train_script else ""))
 
 
@@ -480,12 +562,12 @@ def compile_command(file: str, backend: str, out: Path | None, train_script: boo
 @click.option("--weights", "-w", type=click.Path(path_type=Path), default=None,
               help="A .safetensors file or a run directory [default: nnspec's seeded "
               "initial weights].")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Output file [default: FILE's name with .onnx].")
+@click.option("-o", "--output", "out", type=OUTPUT, default=None,
+              help="Output file [default: FILE's name with .onnx; - for stdout].")
 @click.option("--model", default=None, help="Which model of the file.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override a model hyperparameter (as when training).")
-def export_command(file: str, fmt: str, weights: Path | None, out: Path | None,
+def export_command(file: str, fmt: str, weights: Path | None, out: str | None,
                    model: str | None, overrides: tuple[str, ...]):
     """Export the model of FILE, with trained weights, to ONNX through torch.onnx. The file
     passes onnx.checker; its batch and symbolic dims stay dynamic."""
@@ -495,25 +577,29 @@ def export_command(file: str, fmt: str, weights: Path | None, out: Path | None,
     if missing:
         _fail_plain(f"export goes through torch.onnx, which needs {' and '.join(missing)}",
                     'pip install "nnspec[onnx]"')
+    from nnspec.training.budget import EXPORT_BATCH, EXPORT_PARAM_COPIES
+
     if weights is None:
         from nnspec.backends.numpy.model import NumpyModel
 
         spec = load_or_exit(file, model, parse_overrides(overrides))
+        _fits_or_exit(spec, "exporting", EXPORT_PARAM_COPIES, EXPORT_BATCH)
         state = NumpyModel.from_spec(spec).state_dict()
     else:
-        spec, net, _ = _load_trained(file, model, overrides, weights)
+        spec, net, _ = _load_trained(file, model, overrides, weights, EXPORT_PARAM_COPIES + 1)
         state = net.state_dict()
     from nnspec.backends.torch.export import ExportError, export_onnx
+    from nnspec.outputs import OutputError
 
-    out = out or Path(Path(file).stem + ".onnx")
+    out = out if out is not None else Path(file).stem + ".onnx"
     try:
         written = export_onnx(spec, out, state)
     except ExportError as err:
         _fail_plain(str(err))
-    except OSError as err:
-        _fail_plain(f"{out}: cannot write ({err.strerror or err})")
+    except OutputError as err:
+        _fail_plain(err.message, err.hint)
     source = "initial weights" if weights is None else f"weights of {weights}"
-    click.echo(f"wrote {written} ({spec.name}, {source}; checked by onnx.checker)")
+    _wrote(f"{written} ({spec.name}, {source}; checked by onnx.checker)", written)
 
 
 def _spec_or_partial_graph(path: str, model: str | None, overrides: dict):
@@ -586,4 +672,7 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # between the imports and the first command
+        sys.exit(INTERRUPTED)

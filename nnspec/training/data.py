@@ -223,6 +223,12 @@ def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | 
         if y.dtype.kind == "f":
             if shape == pred_shape:
                 return y.astype(np.float32)  # class probabilities
+            if np.all(y == np.round(y)):  # whole numbers, too large to be read as ids
+                bad = y.flat[int(np.argmax(np.abs(y)))]
+                raise data_error("E218", f"the label {bad:g} is out of range: the model gives "
+                                 f"{pred_shape[-1]} class scores, so labels must be "
+                                 f"0..{pred_shape[-1] - 1}", span, "labels are numbered 0..K-1",
+                                 notes)
             raise data_error("E218", "cross_entropy needs class ids, but the data's targets "
                              "are fractional numbers", span,
                              "for regression use `loss mse`; for classes store ids 0..K-1",

@@ -200,12 +200,30 @@ def _count_classes(
 # ---------------------------------------------------------------- option checks
 
 
+# Upper bounds of the generated sets' options (docs/training.md): far above any use, far
+# below what would take a machine down before a single sample is made.
+MAXIMUM = {"n": 10_000_000, "length": 100_000, "classes": 100_000, "vocab": 1_000_000,
+           "chars": 100_000_000, "shape": 64}
+MAX_NUMBERS = 200_000_000  # numbers in one generated set (800 MB of float32)
+
+
 def _count(option: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise DataError(
             f"option `{option}` must be a whole number of at least {minimum}, not {value!r}"
         )
+    if value > MAXIMUM[option]:
+        raise DataError(f"option `{option}` is {value:,}; the most a generated set takes is "
+                        f"{MAXIMUM[option]:,}", hint="for more data, use a file (npz, csv)")
     return int(value)
+
+
+def _check_size(name: str, numbers: int) -> None:
+    """Refuse options that together would make a set too big to hold (n x length x ...)."""
+    if numbers > MAX_NUMBERS:
+        raise DataError(f"these options make `{name}` hold {numbers:,} numbers; the most a "
+                        f"generated set holds is {MAX_NUMBERS:,}",
+                        hint="lower `n`, `length`, `classes`, `vocab` or `chars`")
 
 
 def _amount(option: str, value: object) -> float:
@@ -304,6 +322,9 @@ def make_spirals(
 ) -> Dataset:
     """Arms wound `turns` times around the origin: needs a deep or wide non-linear model."""
     n, classes = _count("n", n, 2), _count("classes", classes, 2)
+    if classes > n:
+        raise DataError(f"{classes:,} spiral arms need at least as many points, not {n:,}",
+                        hint="raise `n` or lower `classes`")
     turns, noise = _amount("turns", turns), _amount("noise", noise)
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int64) % classes
@@ -419,6 +440,7 @@ def make_adding(*, seed: int, n: int = 2000, length: int = 30, val: float = 0.2)
     the constant 1.0 scores MSE 1/6, so a model that remembers goes well below it.
     """
     n, length = _count("n", n, 2), _count("length", length, 2)
+    _check_size("adding", n * length * 2)
     rng = np.random.default_rng(seed)
     half = length // 2
     x = np.zeros((n, length, 2), dtype=np.float32)
@@ -456,6 +478,7 @@ def make_recall(
         _count("length", length, 2),
         _count("classes", classes, 2),
     )
+    _check_size("recall", n * length * (classes + 2))
     rng = np.random.default_rng(seed)
     digits = rng.integers(0, classes, size=(n, length))
     marked = rng.integers(0, max(1, length // 2), size=n)
@@ -525,6 +548,7 @@ def make_sort(
 
 def _random_tokens(seed: int, n: object, length: object, vocab: object) -> np.ndarray:
     n, length, vocab = _count("n", n, 2), _count("length", length), _count("vocab", vocab, 2)
+    _check_size("tokens", n * length * 2)
     return np.random.default_rng(seed).integers(0, vocab, size=(n, length), dtype=np.int64)
 
 
@@ -597,6 +621,7 @@ def make_char_lm(*, seed: int, chars: int = 60000, length: int = 64, val: float 
     whole, so no validation window overlaps training text.
     """
     chars, length = _count("chars", chars, 4), _count("length", length)
+    _check_size("char_lm", chars * length * 2)
     if not 0.0 < val < 1.0:
         raise DataError(f"option `val` must lie strictly between 0 and 1, not {val!r}")
     text = _sentences(np.random.default_rng(seed), chars + 1)

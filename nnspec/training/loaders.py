@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnspec.training.npy_sizes import memory_problem, size_problem
+
 
 class DataError(Exception):
     """A problem with the user's data, told as a sentence plus an optional hint for the fix."""
@@ -82,8 +84,16 @@ def load_csv(
     return UserData(x=x, y=y, class_names=class_names)
 
 
+CSV_MEMORY_FACTOR = 20  # parsed into Python rows, a CSV takes about this many times its size
+
+
 def _read_text(path: str | os.PathLike) -> str:
     try:
+        needed = os.stat(path).st_size * CSV_MEMORY_FACTOR
+        problem = memory_problem(f"reading {Path(path).name}", needed)
+        if problem:
+            raise DataError(f"{path}: {problem}", hint="convert it to .npz (np.savez), which "
+                            "loads without parsing")
         return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None
@@ -247,8 +257,13 @@ def _class_ids(labels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     return ids.astype(np.int64).reshape(labels.shape), tuple(str(name) for name in names)
 
 
+EXACT_INTEGERS = 2**53  # whole numbers beyond this are not ids; float64 cannot tell them apart
+
+
 def _numeric_targets(values: np.ndarray) -> np.ndarray:
-    if np.all(values == np.round(values)):
+    """Whole numbers become int64 ids (checked before the cast, which would wrap 1e23 round
+    to a negative number); anything else stays a float target."""
+    if np.all(values == np.round(values)) and np.all(np.abs(values) < EXACT_INTEGERS):
         return values.astype(np.int64)
     return values.astype(np.float32)
 
@@ -329,6 +344,10 @@ def _open_numpy(path: str | os.PathLike):
                 f"{path}: is not a NumPy .npy/.npz file",
                 hint="write it with np.save or np.savez; for text data use csv(...)",
             )
+        problem = size_problem(path)  # np.load allocates what the header claims
+        if problem:
+            raise DataError(f"{path}: {problem}",
+                            hint="write it again with np.save or np.savez, or use less data")
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None

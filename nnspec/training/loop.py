@@ -36,7 +36,7 @@ from nnspec.backends.numpy.schedules import clip_grad_norm
 from nnspec.diagnostics import Diagnostic, DiagnosticError, SpecError
 from nnspec.ir import ops
 from nnspec.ir.train import Setting, TrainConfig
-from nnspec.training import rundir
+from nnspec.training import budget, rundir
 from nnspec.training.data import fit_dataset, load_data
 from nnspec.training.datasets import Dataset
 from nnspec.training.loaders import iterate_minibatches
@@ -478,10 +478,12 @@ def epoch_line(row: dict, epochs: int) -> str:
 # ---------------------------------------------------------------- starting and resuming
 
 
-def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path
-            ) -> tuple[Dataset, str, NumpyModel]:
+def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path,
+            training: bool = True) -> tuple[Dataset, str, NumpyModel]:
     """The data, checked against a freshly initialised model and the loss (SpecError:
-    E216-E219), where its validation samples come from, and that model."""
+    E216-E219), where its validation samples come from, and that model. Raises
+    budget.TooBig first when training (or, with training=False, evaluating) the model
+    would not fit in memory."""
     if train.data is None:
         from nnspec.training.data import data_error
 
@@ -489,6 +491,15 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path
         raise data_error("E216", f"train `{spec.graph.name}` names no data", span,
                          "add a `data` line (e.g. `data digits`) or pass --data")
     dataset, split = load_data(train.data, base_dir=base_dir, val=val, loss=train.loss.name)
+    samples = len(dataset.x_train) + len(dataset.x_val)
+    if training:
+        budget.check_fits(spec.graph, what=f"training {spec.graph.name}",
+                          batch=min(train.batch, samples),
+                          param_copies=budget.TRAIN_PARAM_COPIES,
+                          activation_copies=budget.TRAIN_ACTIVATION_COPIES, training=True)
+    else:  # a second copy of the weights beside the loaded model
+        budget.check_fits(spec.graph, what=f"evaluating {spec.graph.name}",
+                          batch=min(EVAL_CHUNK, samples), param_copies=2)
     probe = NumpyModel(spec.graph, seed=train.seed, loss_graph=train.loss_graph,
                        fused_softmax=train.fused_softmax)
     return fit_dataset(probe, train, dataset), split, probe
@@ -540,6 +551,7 @@ def resume(run: RunDir, spec_path: str | None, progress,
     from nnspec.spec import load
 
     config = run.read_config()
+    run.lock()
     path = spec_path or config["spec"]
     if not Path(path).is_file():
         raise RunDirError(f"the run's spec {path} is gone",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from nnspec.training.rundir import write_atomic
+from nnspec.outputs import write_atomic
 
 
 def plot_available() -> bool:

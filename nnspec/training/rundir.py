@@ -1,9 +1,10 @@
 """The run directory: what a training run leaves behind, written so a crash never corrupts it.
 
-Every file is written whole to a hidden `.NAME.partial` sibling, flushed to disk (fsync)
-and renamed over NAME, so a reader (or a run killed at any instant) sees either the old
-file or the new one, never half of one. A `.partial` file left by a killed run is removed
-when the directory is next opened.
+Every file is written by `nnspec.outputs.write_atomic`: whole to a hidden `.NAME.partial`
+sibling, flushed to disk (fsync) and renamed over NAME, so a reader (or a run killed at any
+instant) sees either the old file or the new one, never half of one; a failed write removes
+its partial file. A `.partial` file left by a killed run is removed when the directory is
+next opened.
 
 Layout (see docs/training.md):
 
@@ -15,6 +16,8 @@ Layout (see docs/training.md):
     best.safetensors     the weights with the lowest validation loss so far
     metrics.csv          one row per finished epoch
     loss.png             the loss and metric curves
+
+The process training a run holds an exclusive flock() on the directory itself.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from nnspec.outputs import write_atomic
+
 CONFIG = "config.json"
 RESUME = "resume.safetensors"
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 METRICS = "metrics.csv"
 PLOT = "loss.png"
+_HELD: dict[str, int] = {}  # resolved run path -> its flock()ed directory descriptor
 RUN_FILES = (CONFIG, RESUME, LAST, BEST, METRICS, PLOT)
 FORMAT = "nnspec-run-1"
 
@@ -52,32 +58,7 @@ class RunDirError(Exception):
         self.hint = hint
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is always either the old or the new file."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+# ---------------------------------------------------------------- files
 
 
 def write_json(path: Path, value) -> None:
@@ -249,7 +230,32 @@ class RunDir:
         except OSError as error:
             raise RunDirError(f"{self.path}: cannot create the run directory "
                               f"({error.strerror or error})") from None
+        self.lock()
         self.remove_partials()
+
+    def lock(self) -> None:
+        """Hold the run for this process until `release_runs()` (or its exit): a second
+        `train` or `--resume` of the directory from another process is refused instead of
+        training it twice over. The lock is flock() on the directory itself, so no file is
+        added to it and a killed process lets go at once."""
+        import fcntl
+
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as error:
+            raise RunDirError(f"{self.path}: cannot open the run directory "
+                              f"({error.strerror or error})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            raise RunDirError(f"run {self.path} is in use by process {owner}",
+                              "wait for it to finish, or stop it first") from None
+        _HELD[key] = fd
 
     def remove_partials(self) -> None:
         """Drop writes that a killed run left unfinished (the real files are intact)."""
@@ -303,8 +309,34 @@ class RunDir:
             for prefix, part in zip((_MODEL, _OPTIM, _SCHEDULE), parts):
                 if name.startswith(prefix):
                     part[name[len(prefix):]] = array
+        check_weights(self.file(RESUME), parts[0])
         return (*parts, state)
 
+
+
+WEIGHT_LIMIT = 1e15  # far beyond any trained weight; a flipped exponent bit lands past it
+
+
+def check_weights(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+    """Refuse weights no training leaves behind (NaN, infinities, absurd magnitudes): they
+    come from a damaged file, and would otherwise give garbage losses and classes silently."""
+    for name, array in tensors.items():
+        if array.dtype.kind != "f" or not array.size:
+            continue
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = array.size - int(finite.sum())
+            raise RunDirError(f"{path}: the weight `{name}` holds {bad:,} NaN or infinite "
+                              f"value{'s' if bad != 1 else ''} (of {array.size:,})",
+                              _DAMAGED)
+        largest = float(np.abs(array).max())
+        if largest > WEIGHT_LIMIT:
+            raise RunDirError(f"{path}: the weight `{name}` holds {largest:.3g}, beyond any "
+                              f"trained weight (the limit is {WEIGHT_LIMIT:g})", _DAMAGED)
+
+
+_DAMAGED = ("the file is damaged, or was saved by a run that diverged; use another "
+            "checkpoint (best.safetensors, last.safetensors) or train again")
 
 
 def load_weights(model, path: Path) -> tuple[Path, dict[str, str]]:
@@ -319,6 +351,7 @@ def load_weights(model, path: Path) -> tuple[Path, dict[str, str]]:
                               "pass a .safetensors file or a run directory of `nnspec train`")
         path = found[0]
     tensors, metadata = read_safetensors(path)
+    check_weights(path, tensors)
     try:
         model.load_state_dict(tensors)
     except ValueError as error:
@@ -371,3 +404,25 @@ def claim(out: Path | None, default_out: Path, spec_hash: str, force: bool
     if force:
         run.clear()
     return run, None
+
+
+def release_runs() -> None:
+    """Let go of every run this process holds."""
+    while _HELD:
+        os.close(_HELD.popitem()[1])
+
+
+def _lock_owner(fd: int) -> str:
+    """The process holding the flock on `fd`'s file, from /proc/locks (Linux)."""
+    inode = os.fstat(fd).st_ino
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another process"
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == \
+                str(inode):
+            return fields[4]
+    return "another process"
+

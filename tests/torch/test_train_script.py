@@ -287,3 +287,61 @@ def test_compile_refuses_a_script_it_cannot_make(tmp_path, spec_name, phrase):
     done = _cli("compile", str(two_inputs), "--train-script", cwd=tmp_path)
     assert done.exit_code == 1 and "feeds one input array" in done.output
     assert not (tmp_path / "two.py").exists()
+
+
+# ---- hostile arguments and files: plain messages, never a traceback -------------------------
+
+
+def _hostile_inputs(folder: Path) -> None:
+    import pickle  # only to write the hostile file the script must refuse
+
+    _write_data(folder)
+    (folder / "pickled.npz").write_bytes(pickle.dumps({"x": [1.0]}))
+    np.savez(folder / "objects.npz", x=np.array([{"a": 1}] * 4, dtype=object), y=np.zeros(4))
+    rng = np.random.default_rng(0)
+    np.savez(folder / "labels.npz", x=rng.standard_normal((20, 6)).astype(np.float32),
+             y=np.full(20, 7))
+    np.savez(folder / "short.npz", x=np.zeros((20, 6), np.float32), y=np.zeros(5, np.int64))
+    (folder / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("args, code, words", [
+    (["--data", "missing.npz"], 1, "missing.npz: no such file"),
+    (["--data", "pickled.npz"], 1, "pickled.npz: cannot read the data"),
+    (["--data", "objects.npz"], 1, "which are not loaded"),
+    (["--data", "data.npz", "--epochs", "-1"], 2, "--epochs must be 1 or more"),
+    (["--data", "data.npz", "--batch", "0"], 2, "--batch must be 1 or more"),
+    (["--data", "data.npz", "--val", "1.5"], 2, "--val must be between 0 and 1"),
+    (["--data", "data.npz", "--weights", "truncated.safetensors"], 1,
+     "truncated.safetensors: cannot load the weights"),
+    (["--data", "data.npz", "--weights", "nope.safetensors"], 1, "no such file"),
+    (["--data", "labels.npz"], 1, "the label 7 is out of range"),
+    (["--data", "short.npz"], 1, "x has 20 samples, y 5"),
+    (["--data", "data.npz", "--out", "data.npz/ck"], 1, "cannot create it"),
+])
+def test_the_script_checks_its_arguments_and_files(tmp_path, args, code, words):
+    pytest.importorskip("torch")
+    _hostile_inputs(tmp_path)
+    script = _script(tmp_path)
+    done = _run([sys.executable, str(script), "--steps", "1", *args], tmp_path)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.torch
+def test_the_script_refuses_weights_holding_nan(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _write_data(tmp_path)
+    script = _script(tmp_path)
+    assert _run([sys.executable, str(script), "--data", "data.npz", "--epochs", "1",
+                 "--out", "ck"], tmp_path).returncode == 0
+    weights = load_file(str(tmp_path / "ck" / "best.safetensors"))
+    weights[next(iter(weights))][...] = np.nan
+    save_file(weights, str(tmp_path / "nan.safetensors"))
+    done = _run([sys.executable, str(script), "--data", "data.npz", "--weights",
+                 "nan.safetensors"], tmp_path)
+    assert done.returncode == 1 and "holds NaN or infinite values" in done.stderr
+    assert "Traceback" not in done.stderr

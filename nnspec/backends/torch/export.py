@@ -12,14 +12,13 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from nnspec.backends.torch.runtime import load_generated, load_numpy_state
+from nnspec.outputs import STDOUT, staged
 
 EXAMPLE_BATCH = 2  # torch.export treats sizes 0 and 1 as constants; 2 stays symbolic
 EXAMPLE_DIM = 4  # the size given to a symbolic dim while tracing
@@ -47,34 +46,34 @@ def example_inputs(graph) -> tuple[tuple[torch.Tensor, ...], tuple[dict, ...]]:
     return tuple(tensors), tuple(dynamic)
 
 
-def export_onnx(spec, out_path: str | Path, weights: dict[str, np.ndarray]) -> Path:
-    """Write the model of `spec` with `weights` (nnspec's names) to `out_path` as ONNX,
-    atomically, after `onnx.checker.check_model` accepted it. Raises ExportError."""
+def export_onnx(spec, out_path, weights: dict[str, np.ndarray]):
+    """Write the model of `spec` with `weights` (nnspec's names) to `out_path` (a file, `-` or
+    a device, through nnspec.outputs) as ONNX, after `onnx.checker.check_model` accepted it.
+    Returns how to name the output. Raises ExportError, or OutputError for the path."""
     import onnx
 
-    out_path = Path(out_path)
     _, model_class = load_generated(spec)
     net = model_class()
     load_numpy_state(net, spec.graph, weights)
     net.eval()
     inputs, dynamic = example_inputs(spec.graph)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial",
-                               dir=out_path.parent)
-    os.close(fd)
     chatter = io.StringIO()
-    try:
-        with _quiet(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            torch.onnx.export(net, inputs, tmp, input_names=list(spec.graph.inputs),
-                              output_names=["output"], dynamic_shapes=dynamic, dynamo=True,
-                              external_data=False)
-        onnx.checker.check_model(tmp, full_check=True)
-        os.replace(tmp, out_path)
-    except Exception as error:  # the exporter's many error types all mean "cannot export"
-        Path(tmp).unlink(missing_ok=True)
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"torch.onnx could not export {spec.graph.name}: {first}") from error
-    return out_path
+    with staged(out_path, make_parents=True) as tmp:
+        try:
+            with _quiet(), contextlib.redirect_stdout(chatter), \
+                    contextlib.redirect_stderr(chatter):
+                torch.onnx.export(net, inputs, str(tmp), input_names=list(spec.graph.inputs),
+                                  output_names=["output"], dynamic_shapes=dynamic, dynamo=True,
+                                  external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except OSError:
+            raise  # the disk, not the model: nnspec.outputs explains it
+        except Exception as error:  # the exporter's many error types all mean "cannot export"
+            text = str(error).strip()
+            first = text.splitlines()[0] if text else type(error).__name__
+            raise ExportError(f"torch.onnx could not export {spec.graph.name}: {first}"
+                              ) from error
+    return "standard output" if os.fspath(out_path) == STDOUT else out_path
 
 
 @contextlib.contextmanager

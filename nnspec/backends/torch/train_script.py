@@ -16,8 +16,8 @@ from nnspec.training.datasets import DATASETS
 from nnspec.training.metrics import NAMES as METRIC_NAMES
 
 # Module-level names the script defines or imports; the generator keeps them free.
-RESERVED = ("TRAIN_SECTION", "read_data_file", "read_sample_set", "hold_out", "as_inputs",
-            "as_targets", "metric_sums", "evaluate", "setup_processes", "save_atomically",
+RESERVED = ("TRAIN_SECTION", "read_data_file", "read_arrays", "start_from", "read_sample_set",
+            "check_counts", "hold_out", "as_inputs", "as_targets", "metric_sums", "evaluate", "setup_processes", "save_atomically",
             "parse_args", "main", "train", "argparse", "csv", "gc", "os", "time", "np", "dist")
 
 _SCRIPT = '''\
@@ -29,7 +29,23 @@ _SCRIPT = '''\
 
 def read_data_file(path, target):
     """(x, y, x_val, y_val) from an .npz (`x`, `y`, optionally `x_val`, `y_val`) or a CSV
-    file (a header row; the `target` column holds the targets, the others are features)."""
+    file (a header row; the `target` column holds the targets, the others are features).
+    A file that cannot be read ends the script with a sentence, not a traceback."""
+    import zipfile
+
+    try:
+        return read_arrays(path, target)
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: no such file") from None
+    except KeyError as error:
+        raise SystemExit(f"{path}: has no array {error} (it needs x and y)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if "pickle" in str(error):
+            error = "it holds Python objects (a pickle), which are not loaded"
+        raise SystemExit(f"{path}: cannot read the data: {error}") from None
+
+
+def read_arrays(path, target):
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as arrays:
             found = {key: arrays[key] for key in arrays.files}
@@ -61,6 +77,14 @@ def read_sample_set(name, options):
     return data.x_train, data.y_train, data.x_val, data.y_val
 
 
+def check_counts(x, y, x_name, y_name):
+    """Samples there are, and a target for each."""
+    if np.ndim(x) == 0 or len(x) == 0:
+        raise SystemExit(f"the data has no samples in {x_name}")
+    if np.ndim(y) == 0 or len(y) != len(x):
+        raise SystemExit(f"{x_name} has {len(x)} samples, {y_name} {np.size(y)}")
+
+
 def hold_out(x, y, fraction):
     """A seeded split: the same samples are held out in every process and every run."""
     order = np.random.default_rng(0).permutation(len(x))
@@ -78,8 +102,25 @@ def as_targets(y, output_shape):
     """Targets as the loss takes them: class ids for cross_entropy unless shaped like the
     output (class probabilities), else values shaped like the output."""
     y = np.asarray(y)
+    if y.dtype.kind not in "iufb":
+        raise SystemExit(f"the targets have dtype {y.dtype}, but must be numbers")
     if TRAIN_SECTION["class_targets"] and tuple(y.shape[1:]) != output_shape:
-        return torch.as_tensor(y).long()
+        if not np.all(y == np.round(y)):
+            raise SystemExit("cross_entropy needs whole-number class ids as targets")
+        classes = output_shape[-1]
+        counted = y[y != TRAIN_SECTION["ignore_index"]]
+        if counted.size and (counted.min() < 0 or counted.max() >= classes):
+            bad = counted.max() if counted.max() >= classes else counted.min()
+            raise SystemExit(
+                f"the label {bad:g} is out of range: the model gives {classes} class "
+                f"scores, so labels must be 0..{classes - 1}"
+            )
+        return torch.as_tensor(y.astype(np.int64))
+    if y.size != len(y) * int(np.prod(output_shape)):
+        raise SystemExit(
+            f"the targets are shaped {list(y.shape[1:])} per sample, but the model's "
+            f"output is {list(output_shape)}"
+        )
     return torch.as_tensor(y, dtype=torch.float32).reshape(len(y), *output_shape)
 
 
@@ -147,8 +188,29 @@ def save_atomically(model, path):
     """Whole to a hidden partial file, then renamed: a killed run never leaves half a file."""
     folder, name = os.path.split(path)
     partial = os.path.join(folder, f".{name}.partial")
-    save_weights(model, partial)
-    os.replace(partial, path)
+    try:
+        save_weights(model, partial)
+        os.replace(partial, path)
+    except OSError as error:  # a full disk: no partial file is left behind
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise SystemExit(f"{path}: cannot write ({error.strerror or error})")
+
+
+def start_from(model, path):
+    """Load --weights, refusing a file that is missing, damaged or holds NaN or infinities."""
+    from safetensors import SafetensorError
+
+    try:
+        load_weights(model, path)
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: no such file") from None
+    except (OSError, KeyError, RuntimeError, ValueError, SafetensorError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"{path}: cannot load the weights: {first}") from None
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise SystemExit(f"{path}: the weight {name} holds NaN or infinite values")
 
 
 def parse_args(argv=None):
@@ -190,7 +252,16 @@ def parse_args(argv=None):
     add("--out", default="checkpoints", help="folder for the weights (%(default)s)")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     add("--device", default=default_device, help="cpu, cuda or cuda:N (%(default)s)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    lowest = {"epochs": 1, "batch": 1, "seed": 0, "steps": 0, "log_every": 0}
+    for name, low in lowest.items():
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be {low} or more")
+    if not 0 < args.val < 1:
+        parser.error("--val must be between 0 and 1")
+    if args.lr is not None and not 0 <= args.lr < float("inf"):
+        parser.error("--lr must be a number, 0 or more")
+    return args
 
 
 def main(argv=None):
@@ -212,7 +283,7 @@ def train(args, rank, world, device):
     torch.manual_seed(args.seed)  # the same initial weights in every process
     model = __MODEL__()
     if args.weights:
-        load_weights(model, args.weights)
+        start_from(model, args.weights)
     model.to(device)
     if args.data:
         x, y, x_val, y_val = read_data_file(args.data, args.target)
@@ -220,11 +291,17 @@ def train(args, rank, world, device):
         x, y, x_val, y_val = read_sample_set(*TRAIN_SECTION["sample_set"])
     else:
         raise SystemExit("the spec reads its data from a file: pass it with --data")
+    check_counts(x, y, "x", "y")
     if x_val is None:
         x, y, x_val, y_val = hold_out(x, y, args.val)
+    check_counts(x_val, y_val, "x_val", "y_val")
     x, x_val = as_inputs(x), as_inputs(x_val)
-    with torch.no_grad():
-        output_shape = tuple(model.eval()(x[:1].to(device)).shape[1:])
+    try:
+        with torch.no_grad():
+            output_shape = tuple(model.eval()(x[:1].to(device)).shape[1:])
+    except (RuntimeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise SystemExit(f"samples shaped {list(x.shape[1:])} do not fit: {first}")
     y, y_val = as_targets(y, output_shape), as_targets(y_val, output_shape)
     data = torch.utils.data.TensorDataset(x, y)
     sampler = torch.utils.data.DistributedSampler(
@@ -241,7 +318,10 @@ def train(args, rank, world, device):
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     torch.manual_seed(args.seed + 1 + rank)  # dropout: its own stream in each process
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"{args.out}: cannot create it ({error.strerror or error})")
     if rank == 0:
         print(
             f"__MODEL__: {len(x)} training / {len(x_val)} validation samples, "
