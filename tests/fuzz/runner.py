@@ -9,6 +9,7 @@ import itertools
 import json
 import multiprocessing
 import random
+import re
 import resource
 import signal
 import time
@@ -347,13 +348,11 @@ class Campaign:
 
 
 def case_name(finding: Finding) -> str:
-    """`traceback-syntax-parser-ValueError-1f2e3d4c.nn`: kind, where, a digest of the text."""
-    words = finding.signature.replace("nnspec/", "").split()
-    kind, where = words[0], next((w for w in words if w.endswith(".py") or ".py:" in w), "")
-    where = where.split(":")[0].removesuffix(".py").replace("/", "-")
-    what = words[1] if kind == "traceback" else words[2]
+    """`traceback-ValueError-in-check_text-at-syntax-parser-py-244-_number-1f2e3d4c.nn`: the
+    signature as a file name, then a digest of the text."""
+    slug = re.sub(r"[^A-Za-z0-9_]+", "-", finding.signature.replace("nnspec/", "")).strip("-")
     digest = hashlib.sha256(finding.text.encode("utf-8")).hexdigest()[:8]
-    return f"{kind}-{where or 'oracle'}-{what}-{digest}.nn"
+    return f"{slug[:90]}-{digest}.nn"
 
 
 def save_cases(findings, directory: Path) -> list[Path]:
