@@ -28,13 +28,36 @@ TIME_LIMIT = 2.0
 UNBOUNDED = ("unbounded work: refused with a located diagnostic once the front end has "
              "resource limits (issue 9, deliverable 1)")
 # Saved cases whose fix belongs to another change; the lead removes a line with its fix.
+SLOW_PARSE = ("more than 10 s to parse and report a syntax error in a large mutated file "
+              "(thousands of long sums): syntax/parser.py")
+LONG_INTEGER = ("an integer literal of more than 4,300 digits crashes int() in "
+                "syntax/parser.py _number (issue 9: every integer literal bounded)")
+BUILTIN_NAMED_MODEL = ("`model dense {...}`: `nnspec render` builds the partial graph of a "
+                       "model named like an op: KeyError in ir/build.py build_model")
 EXPECTED_FAILURES = {
-    "hang-known-repeat_billion.nn": UNBOUNDED,
-    "hang-known-lstm_layers_billion.nn": UNBOUNDED,
+    "hang-backends-graphviz-to_dot-253ba34b.nn": UNBOUNDED,
+    "hang-backends-graphviz-to_dot-28e889f3.nn": UNBOUNDED,
+    "hang-ir-build-build_model-677685a1.nn": UNBOUNDED,
+    "hang-ir-build-build_model-d4d43a04.nn": UNBOUNDED,
+    "hang-ir-build-check_text-1aa16031.nn": UNBOUNDED,
+    "hang-ir-build-check_text-2a8ccd58.nn": UNBOUNDED,
+    "hang-ir-build-check_text-536bbf90.nn": UNBOUNDED,
+    "hang-ir-build-check_text-5b4a7280.nn": UNBOUNDED,
+    "hang-ir-build-check_text-6b1219fb.nn": UNBOUNDED,
+    "hang-ir-build-check_text-9f11babf.nn": UNBOUNDED,
+    "hang-ir-build-check_text-c5476127.nn": UNBOUNDED,
+    "hang-ir-build-check_text-ed20d1a2.nn": UNBOUNDED,
+    "hang-ir-ops-check_text-3e53386c.nn": UNBOUNDED,
+    "hang-ir-ops-check_text-3e6ad000.nn": UNBOUNDED,
+    "hang-ir-ops-check_text-8edc1105.nn": UNBOUNDED,
     "hang-known-doubling_blocks.nn": UNBOUNDED,
-    "traceback-ValueError-in-check_text-at-syntax-parser-py-244-_number-d928221a.nn":
-        "an integer literal of more than 4,300 digits crashes int() in syntax/parser.py "
-        "(issue 9: every integer literal bounded with a located error)",
+    "hang-known-lstm_layers_billion.nn": UNBOUNDED,
+    "hang-known-repeat_billion.nn": UNBOUNDED,
+    "hang-syntax-parser-check_text-0a2cce6d.nn": SLOW_PARSE,
+    "hang-syntax-parser-check_text-0dbb4d8d.nn": SLOW_PARSE,
+    "hang-syntax-parser-check_text-e8a07430.nn": SLOW_PARSE,
+    "traceback-ir-build-KeyError-92d5be4b.nn": BUILTIN_NAMED_MODEL,
+    "traceback-syntax-parser-ValueError-03390ec3.nn": LONG_INTEGER,
 }
 
 
@@ -42,13 +65,24 @@ def _seed() -> str:
     return "ci" if os.environ.get("CI") else os.urandom(4).hex()
 
 
+def _known_signatures() -> set[str]:
+    """The tracebacks of the expected-failing saved cases: met again by chance, they warn
+    instead of failing (each already fails its own replay below)."""
+    paths = [CASES / name for name in EXPECTED_FAILURES if name.startswith("traceback-")]
+    return {run_one(p.read_text(encoding="utf-8"), None, TIME_LIMIT).signature for p in paths}
+
+
 def test_mutated_and_generated_specs_give_results_or_diagnostics():
+    known = _known_signatures()
     seed, start, index = _seed(), time.monotonic(), 0
     outcomes = []
     while time.monotonic() - start < SECONDS:
         text, origin, options = make_input(seed, index)
         result = run_one(text, options, TIME_LIMIT)
-        assert result.outcome != "traceback", (
+        if result.signature in known:
+            warnings.warn(f"input {index} of seed {seed}: known {result.signature}",
+                          stacklevel=1)
+        assert result.outcome != "traceback" or result.signature in known, (
             f"input {index} of seed {seed} ({origin}, options {options}) gave\n{result.detail}"
             f"\n---- input ----\n{text}")
         if result.outcome in ("hang", "memory"):  # a failure once limits land (UNBOUNDED)
