@@ -35,8 +35,6 @@ LONG_INTEGER = ("an integer literal of more than 4,300 digits crashes int() in "
 BUILTIN_NAMED_MODEL = ("`model dense {...}`: `nnspec render` builds the partial graph of a "
                        "model named like an op: KeyError in ir/build.py build_model")
 EXPECTED_FAILURES = {
-    "hang-backends-graphviz-to_dot-253ba34b.nn": UNBOUNDED,
-    "hang-backends-graphviz-to_dot-28e889f3.nn": UNBOUNDED,
     "hang-ir-build-build_model-677685a1.nn": UNBOUNDED,
     "hang-ir-build-build_model-d4d43a04.nn": UNBOUNDED,
     "hang-ir-build-check_text-1aa16031.nn": UNBOUNDED,
