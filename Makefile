@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 NOTORCH_VENV ?= /tmp/nnspec-notorch
 
-.PHONY: setup demo test test-notorch bench docs
+.PHONY: setup demo test test-notorch bench docs fuzz
 
 setup:
 	@command -v dot >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq graphviz)
@@ -52,3 +52,11 @@ bench: setup
 docs: setup
 	$(PYTHON) scripts/gen_docs.py
 	$(PYTHON) scripts/render_docs.py
+
+# Fuzz check, summary, render (DOT) and compile with FUZZ_COUNT mutated and generated specs in
+# 2 worker processes (10 s and 3 GiB per input); every crasher and hang is saved under
+# tests/fuzz_cases/, which the test suite replays. FUZZ_SEED reruns one campaign.
+FUZZ_COUNT ?= 100000
+FUZZ_SEED ?=
+fuzz:
+	$(PYTHON) scripts/fuzz.py --count $(FUZZ_COUNT) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))

@@ -1,0 +1,137 @@
+"""Fuzzing as a habit: mutated and generated specs through check, summary, render (DOT) and
+compile (torch source) give a result or diagnostics, never another exception.
+
+A few seconds of it run here (a fixed seed on CI, a fresh one locally: a failure prints the
+seed, the input number and the text, and `python scripts/fuzz.py --seed S --count N+1`
+reruns the same inputs). `make fuzz` runs 100,000 inputs under time and memory limits and
+saves every crasher and hang under tests/fuzz_cases/, which `test_saved_case` replays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fuzz import oracle
+from fuzz.runner import Pool, make_input, run_one
+
+CASES = Path(__file__).parent / "fuzz_cases"
+SECONDS = 4.0  # of inputs per run; the last input may add its time limit
+TIME_LIMIT = 2.0
+UNBOUNDED = ("unbounded work: refused with a located diagnostic once the front end has "
+             "resource limits (issue 9, deliverable 1)")
+# Saved cases whose fix belongs to another change; the lead removes a line with its fix.
+SLOW_PARSE = ("more than 10 s to parse and report a syntax error in a large mutated file "
+              "(thousands of long sums): syntax/parser.py")
+LONG_INTEGER = ("an integer literal of more than 4,300 digits crashes int() in "
+                "syntax/parser.py _number (issue 9: every integer literal bounded)")
+BUILTIN_NAMED_MODEL = ("`model dense {...}`: `nnspec render` builds the partial graph of a "
+                       "model named like an op: KeyError in ir/build.py build_model")
+EXPECTED_FAILURES = {
+    "hang-ir-build-build_model-677685a1.nn": UNBOUNDED,
+    "hang-ir-build-build_model-d4d43a04.nn": UNBOUNDED,
+    "hang-ir-build-check_text-1aa16031.nn": UNBOUNDED,
+    "hang-ir-build-check_text-2a8ccd58.nn": UNBOUNDED,
+    "hang-ir-build-check_text-536bbf90.nn": UNBOUNDED,
+    "hang-ir-build-check_text-5b4a7280.nn": UNBOUNDED,
+    "hang-ir-build-check_text-6b1219fb.nn": UNBOUNDED,
+    "hang-ir-build-check_text-9f11babf.nn": UNBOUNDED,
+    "hang-ir-build-check_text-c5476127.nn": UNBOUNDED,
+    "hang-ir-build-check_text-ed20d1a2.nn": UNBOUNDED,
+    "hang-ir-ops-check_text-3e53386c.nn": UNBOUNDED,
+    "hang-ir-ops-check_text-3e6ad000.nn": UNBOUNDED,
+    "hang-ir-ops-check_text-8edc1105.nn": UNBOUNDED,
+    "hang-known-doubling_blocks.nn": UNBOUNDED,
+    "hang-known-lstm_layers_billion.nn": UNBOUNDED,
+    "hang-known-repeat_billion.nn": UNBOUNDED,
+    "hang-syntax-parser-check_text-0a2cce6d.nn": SLOW_PARSE,
+    "hang-syntax-parser-check_text-0dbb4d8d.nn": SLOW_PARSE,
+    "hang-syntax-parser-check_text-e8a07430.nn": SLOW_PARSE,
+    "traceback-ir-build-KeyError-92d5be4b.nn": BUILTIN_NAMED_MODEL,
+    "traceback-syntax-parser-ValueError-03390ec3.nn": LONG_INTEGER,
+}
+
+
+def _seed() -> str:
+    return "ci" if os.environ.get("CI") else os.urandom(4).hex()
+
+
+def _known_signatures() -> set[str]:
+    """The tracebacks of the expected-failing saved cases: met again by chance, they warn
+    instead of failing (each already fails its own replay below)."""
+    paths = [CASES / name for name in EXPECTED_FAILURES if name.startswith("traceback-")]
+    return {run_one(p.read_text(encoding="utf-8"), None, TIME_LIMIT).signature for p in paths}
+
+
+def test_mutated_and_generated_specs_give_results_or_diagnostics():
+    known = _known_signatures()
+    seed, start, index = _seed(), time.monotonic(), 0
+    outcomes = []
+    while time.monotonic() - start < SECONDS:
+        text, origin, options = make_input(seed, index)
+        result = run_one(text, options, TIME_LIMIT)
+        if result.signature in known:
+            warnings.warn(f"input {index} of seed {seed}: known {result.signature}",
+                          stacklevel=1)
+        assert result.outcome != "traceback" or result.signature in known, (
+            f"input {index} of seed {seed} ({origin}, options {options}) gave\n{result.detail}"
+            f"\n---- input ----\n{text}")
+        if result.outcome in ("hang", "memory"):  # a failure once limits land (UNBOUNDED)
+            warnings.warn(f"input {index} of seed {seed} hit the limit: {result.signature}",
+                          stacklevel=1)
+        outcomes.append(result.outcome)
+        index += 1
+    # Generated programs mostly build, so the backends are reached, not only error paths.
+    assert "built" in outcomes and "diagnostics" in outcomes, (seed, outcomes)
+
+
+def _case_params():
+    for path in sorted(CASES.glob("*.nn")):
+        reason = EXPECTED_FAILURES.get(path.name)
+        marks = []
+        if reason:
+            # A hang costs its whole time limit and memory: `scripts/fuzz.py --replay` runs
+            # those under the limits; here they are listed, not run.
+            hangs = path.name.startswith(("hang-", "memory-", "died-"))
+            marks.append(pytest.mark.xfail(reason=reason, strict=True, run=not hangs))
+        yield pytest.param(path, marks=marks, id=path.name)
+
+
+@pytest.mark.parametrize("path", list(_case_params()))
+def test_saved_case(path):
+    """Each crasher the fuzzer found gives a result or diagnostics with every option set."""
+    text = path.read_text(encoding="utf-8")
+    result = run_one(text, None, 10.0)
+    assert not result.failed, f"{result.signature}\n{result.detail}"
+
+
+def test_every_expected_failure_is_a_saved_case():
+    assert set(EXPECTED_FAILURES) <= {p.name for p in CASES.glob("*.nn")}
+
+
+def test_the_harness_survives_a_hang_and_reports_a_traceback(monkeypatch):
+    hang = (CASES / "hang-known-repeat_billion.nn").read_text(encoding="utf-8")
+    assert run_one(hang, {}, 0.5).outcome == "hang"
+    pool = Pool(2, "test", time_limit=2.0, memory_limit=2 << 30)
+    results = []
+    try:
+        pool.run([["replay", hang, "hang"], ["replay", "model M {\n input x: [4]\n x\n}\n",
+                                             "fine"]],
+                 lambda job, result: results.append((job[2], result.outcome)))
+    finally:
+        pool.close()
+    assert sorted(results) == [("fine", "built"), ("hang", "hang")]
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(oracle, "load_text", broken)
+    result = run_one("model M {\n input x: [4]\n x\n}\n", {}, 2.0)
+    assert result.outcome == "traceback" and "KeyError" in result.signature
