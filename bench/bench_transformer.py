@@ -27,9 +27,9 @@ HERE = Path(__file__).parent / "specs"
 
 # name, spec file, the model parameter holding the sequence length, vocabulary (None: floats)
 WORKLOADS = [
-    ("ViT encoder 64x48 d128 L4 h4, batch 32", "vit_encoder.nn", "patches", None),
-    ("tiny GPT T64 d128 L4 h4, batch 32", "tiny_gpt.nn", "ctx", 65),
-    ("char GRU LM T64 H256, batch 32", "char_gru_lm.nn", "ctx", 65),
+    ("ViT encoder 64x48 d128 L4 h4", "vit_encoder.nn", "patches", None),
+    ("tiny GPT T64 d128 L4 h4", "tiny_gpt.nn", "ctx", 65),
+    ("char GRU LM T64 H256", "char_gru_lm.nn", "ctx", 65),
 ]
 
 
@@ -99,8 +99,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     rng = np.random.default_rng(0)
-    print(f"load average {os.getloadavg()[0]:.1f}; median of {args.repeats} interleaved "
-          f"blocks of {args.block} steps")
+    print(f"load average {os.getloadavg()[0]:.1f}; batch {args.batch}; median of "
+          f"{args.repeats} interleaved blocks of {args.block} steps; threads "
+          f"{torch.get_num_threads()}")
     print(f"{'workload':<44}{'numpy ms':>10}{'torch ms':>10}{'ratio':>8}")
     chosen = [w for w in WORKLOADS if args.only in w[0]]
     for name, file, length_param, vocab in chosen:
@@ -117,7 +118,7 @@ def main():
             steps = steps_for(spec_at_length(file, length_param, length), vocab, args.batch, rng)
             na, nb, ratio = compare(*steps, max(3, args.repeats // 2), max(1, args.block // 2))
             cells.append(f"T{length}: {na:.0f}/{nb:.0f} {ratio:.2f}")
-        print(f"{name.split(',')[0]:<30}" + "  ".join(cells), flush=True)
+        print(f"{name:<30}" + "  ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
