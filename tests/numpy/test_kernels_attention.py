@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.backends.numpy.kernels.attention import multi_head_attention
+from nnspec.backends.numpy.kernels.attention import CAUSAL_BLOCK, multi_head_attention
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
 from tests.numpy.helpers import F, as_torch, assert_close, torch
 
@@ -36,13 +36,23 @@ def attention_arrays(rng, batch, steps, embed, has_bias, dtype=np.float32):
 @FEW
 @given(
     batch=st.integers(1, 3),
-    steps=st.integers(1, 6),
+    steps=st.sampled_from([1, 2, 3, 5, 6, CAUSAL_BLOCK - 1, CAUSAL_BLOCK + 1]),
     heads=st.integers(1, 3),
     head_dim=st.integers(1, 4),
     causal=st.booleans(),
     has_bias=st.booleans(),
 )
 def test_attention_matches_torch(batch, steps, heads, head_dim, causal, has_bias):
+    check_attention_against_torch(batch, steps, heads, head_dim, causal, has_bias)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("steps", [CAUSAL_BLOCK + 1, 2 * CAUSAL_BLOCK + 7])
+def test_causal_attention_over_several_query_blocks_matches_torch(steps):
+    check_attention_against_torch(2, steps, 2, 3, True, True)
+
+
+def check_attention_against_torch(batch, steps, heads, head_dim, causal, has_bias):
     embed = heads * head_dim
     rng = np.random.default_rng(0)
     x, in_weight, in_bias, out_weight, out_bias = attention_arrays(

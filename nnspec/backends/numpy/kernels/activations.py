@@ -15,6 +15,7 @@ import numpy as np
 # its largest relative error on [0, 4] is 2.0e-9, far below float32's 6e-8 half-ulp. Past 4,
 # 1 - erf(x) < 1.6e-8 rounds away in float32, so |x| is clamped there.
 _ERF_CLAMP = 4.0
+_ERF_SATURATED = 3.9
 _ERF_P = (
     1.1283791693774032,
     0.18520311595347408,
@@ -48,6 +49,16 @@ def _horner(coefficients, t):
     return acc
 
 
+def _erf_rational(clamped, t):
+    """x * P(x^2) / Q(x^2) for ``clamped`` = clip(x, -4, 4) and ``t`` = its square, both in
+    the dtype to evaluate in; ``t`` is reused as the result's storage."""
+    numerator = _horner(_ERF_P, t)
+    denominator = _horner(_ERF_Q, t)
+    numerator *= clamped
+    numerator /= denominator
+    return numerator
+
+
 def erf(x):
     """The error function, elementwise, to within 1 float32 ulp (NumPy has none).
 
@@ -56,12 +67,7 @@ def erf(x):
     """
     work_dtype = np.promote_types(x.dtype, np.float64)
     clamped = np.clip(x, -_ERF_CLAMP, _ERF_CLAMP, dtype=work_dtype)
-    t = np.square(clamped)
-    numerator = _horner(_ERF_P, t)
-    denominator = _horner(_ERF_Q, t)
-    numerator *= clamped
-    numerator /= denominator
-    return numerator.astype(x.dtype, copy=False)
+    return _erf_rational(clamped, np.square(clamped)).astype(x.dtype, copy=False)
 
 
 def _sigmoid(x):
@@ -137,19 +143,31 @@ def log_softmax(x, *, dim=-1):
 
 
 def gelu(x, *, approximate="none"):
-    """x * Phi(x) with the exact normal CDF (torch's default), or torch's tanh approximation."""
+    """x * Phi(x) with the exact normal CDF (torch's default), or torch's tanh approximation.
+
+    The erf inside is evaluated in the input's dtype, not widened as `erf` does: in float32
+    that costs at most 7 ulp of erf (4e-7 absolute), far inside the 1e-4 agreement with
+    torch, and is six times faster than a float64 pass with its conversions.
+    """
     if approximate == "tanh":
         return _gelu_tanh(x)
     if approximate != "none":
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    cdf = erf(x * _SQRT_HALF)
+    scaled = x * _SQRT_HALF
+    half_square = np.square(scaled)  # x^2 / 2, also the exponent of the density in backward
+    cdf = _erf_rational(scaled, np.minimum(half_square, _ERF_CLAMP**2))
+    # Past |x / sqrt(2)| = 3.9 erf rounds to +-1 in float32; setting it exactly there (which
+    # also covers the unclamped, meaningless rational beyond 4) keeps x * Phi(x) exactly 0 for
+    # very negative x, where a float32 ulp of erf times a large |x| would show.
+    np.copysign(1, scaled, out=cdf, where=half_square >= _ERF_SATURATED**2)
     cdf += 1
     cdf *= 0.5
     out = x * cdf
 
     def backward(d_out):
+        density = np.negative(half_square)
         with np.errstate(under="ignore"):  # the density underflows to 0 for |x| > ~14
-            density = np.exp(np.square(x) * -0.5)
+            np.exp(density, out=density)
         density *= _INV_SQRT_2PI
         density *= x
         density += cdf

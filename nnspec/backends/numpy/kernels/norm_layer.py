@@ -1,4 +1,9 @@
-"""Layer normalisation over the trailing dimensions, as torch's F.layer_norm computes it."""
+"""Layer normalisation over the trailing dimensions, as torch's F.layer_norm computes it.
+
+Row statistics come from BLAS matrix-vector products and `einsum` row dots (one pass each,
+no squared temporary), and every broadcast product writes into a fresh `empty_like` array:
+NumPy's own allocation for a (rows, size) * (size,) product measured 4-8x slower here.
+"""
 
 from __future__ import annotations
 
@@ -16,27 +21,40 @@ def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
     normalized_shape = x.shape[x.ndim - normalized_ndim:]
     size = math.prod(normalized_shape)
     rows = x.reshape(-1, size)
-    mean = rows.mean(axis=1, keepdims=True)
-    centered = rows - mean
-    var = np.mean(centered * centered, axis=1, keepdims=True)
-    inv_std = 1 / np.sqrt(var + eps)
-    x_hat = centered
+    averaging = np.full(size, 1 / size, rows.dtype)  # rows @ averaging: the row means
+    x_hat = np.subtract(rows, (rows @ averaging)[:, None], out=np.empty_like(rows))
+    var = np.einsum("ij,ij->i", x_hat, x_hat)
+    var *= 1 / size
+    var += eps
+    inv_std = np.sqrt(var, out=var)
+    np.reciprocal(inv_std, out=inv_std)
+    inv_std = inv_std[:, None]
     x_hat *= inv_std
-    y = x_hat.copy() if weight is None else x_hat * weight.reshape(size)
+    if weight is None:
+        y = x_hat.copy()
+    else:
+        y = np.multiply(x_hat, weight.reshape(size), out=np.empty_like(x_hat))
     if bias is not None:
         y += bias.reshape(size)
 
     def backward(dy):
         dy_rows = dy.reshape(-1, size)
-        d_x_hat = dy_rows if weight is None else dy_rows * weight.reshape(size)
+        if weight is None:
+            d_x_hat = dy_rows
+        else:
+            d_x_hat = np.multiply(dy_rows, weight.reshape(size), out=np.empty_like(dy_rows))
         # x_hat has zero mean and unit variance per row, which removes those two directions
-        d_mean = d_x_hat.mean(axis=1, keepdims=True)
-        d_scale = np.mean(d_x_hat * x_hat, axis=1, keepdims=True)
-        dx = d_x_hat - d_mean
-        dx -= x_hat * d_scale
+        d_mean = d_x_hat @ averaging
+        d_scale = np.einsum("ij,ij->i", d_x_hat, x_hat)
+        d_scale *= 1 / size
+        dx = np.multiply(x_hat, d_scale[:, None], out=np.empty_like(x_hat))
+        np.subtract(d_x_hat, dx, out=dx)
+        dx -= d_mean[:, None]
         dx *= inv_std
-        dweight = None if weight is None else (dy_rows * x_hat).sum(axis=0).reshape(weight.shape)
-        dbias = None if bias is None else dy_rows.sum(axis=0).reshape(bias.shape)
+        dweight = None if weight is None else (
+            np.einsum("ij,ij->j", dy_rows, x_hat).reshape(weight.shape))
+        dbias = None if bias is None else (
+            np.ones(len(dy_rows), dy_rows.dtype) @ dy_rows).reshape(bias.shape)
         return dx.reshape(x.shape), dweight, dbias
 
     return y.reshape(x.shape), backward
