@@ -12,11 +12,6 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-# Largest per-chunk weight-gradient intermediate, in elements: bounds memory on wide layers
-# while letting small layers (LeNet) do the whole batch in one batched product.
-_WEIGHT_GRAD_CHUNK_ELEMENTS = 1 << 20
-
-
 def pad_spatial(x, padding, value=0.0):
     """Pad the trailing spatial dims of (N, C, *spatial) by explicit (lo, hi) pairs."""
     if all(lo == 0 and hi == 0 for lo, hi in padding):
@@ -84,16 +79,18 @@ def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out,
     return grad
 
 
-def conv1d(x, weight, bias, *, stride, padding, dilation, groups):
-    """Convolve (N, C, L) with weight [out, C/groups, k]; backward gives (dx, dweight, dbias)."""
+def conv1d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True):
+    """Convolve (N, C, L) with weight [out, C/groups, k]; backward gives (dx, dweight, dbias),
+    dx None when ``input_grad`` is False."""
     check_spatial("conv1d", x, 1, stride=stride, padding=padding, dilation=dilation)
-    return _conv(x, weight, bias, stride, padding, dilation, groups)
+    return _conv(x, weight, bias, stride, padding, dilation, groups, input_grad)
 
 
-def conv2d(x, weight, bias, *, stride, padding, dilation, groups):
-    """Convolve (N, C, H, W) with weight [out, C/groups, kH, kW]; backward gives (dx, dweight, dbias)."""
+def conv2d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True):
+    """Convolve (N, C, H, W) with weight [out, C/groups, kH, kW]; backward gives (dx, dweight,
+    dbias), dx None when ``input_grad`` is False."""
     check_spatial("conv2d", x, 2, stride=stride, padding=padding, dilation=dilation)
-    return _conv(x, weight, bias, stride, padding, dilation, groups)
+    return _conv(x, weight, bias, stride, padding, dilation, groups, input_grad)
 
 
 def check_spatial(name, x, nd, **attrs):
@@ -105,8 +102,12 @@ def check_spatial(name, x, nd, **attrs):
             raise ValueError(f"{name}: {key} needs one entry per spatial dim ({nd}), got {value!r}")
 
 
-def _conv(x, weight, bias, stride, padding, dilation, groups):
-    """Any-rank convolution: columns (N, groups, C/groups * K, P) times weight (groups, O/groups, ...)."""
+def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
+    """Any-rank convolution as one product per group with the batch folded into the columns:
+    weight (O/g, C/g*K) times columns (C/g*K, N*P). Inside, maps are channels first and
+    batch second, (C, N, *spatial), so the columns, the output's rows and the input
+    gradient's kernel offsets are all contiguous runs; the layout at the boundary stays
+    torch's."""
     n, channels = x.shape[:2]
     out_channels, group_channels = weight.shape[:2]
     kernel = weight.shape[2:]
@@ -114,63 +115,49 @@ def _conv(x, weight, bias, stride, padding, dilation, groups):
         raise ValueError(
             f"conv with {groups} groups: input has {channels} channels, weight {weight.shape}"
         )
-    x_padded = pad_spatial(x, padding)
+    x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
     out = output_size(x_padded.shape[2:], kernel, stride, dilation)
-    nd = len(kernel)
-    window_view = windows(x_padded, kernel, stride, dilation)
-    to_columns = (0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
-    columns = window_view.transpose(to_columns).reshape(
-        n, groups, group_channels * math.prod(kernel), math.prod(out)
-    )
-    weight_matrix = weight.reshape(groups, out_channels // groups, -1)
-    y = np.matmul(weight_matrix, columns).reshape(n, out_channels, *out)
+    columns = _im2col(x_padded, kernel, stride, dilation, out)
+    weight_groups = weight.reshape(groups, out_channels // groups, -1)
+    y_rows = _grouped_product(weight_groups, columns.reshape(groups, -1, columns.shape[1]))
     if bias is not None:
-        y += bias.reshape(out_channels, *(1,) * nd)
+        y_rows += bias[:, None]
+    y = np.ascontiguousarray(np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1))
 
-    def backward(dy, input_grad=True):
-        """`input_grad=False` skips dx (None): a first layer's input needs no gradient."""
-        dy_groups = dy.reshape(n, groups, out_channels // groups, -1)
-        dweight = _weight_grad(dy_groups, columns).reshape(weight.shape)
-        dbias = None if bias is None else dy.sum(axis=(0, *range(2, 2 + nd)))
+    def backward(dy):
+        dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(groups, -1, columns.shape[1])
+        dweight = _grouped_product(dy_rows, columns.reshape(groups, -1, columns.shape[1]),
+                                   transpose_b=True).reshape(weight.shape)
+        dbias = None if bias is None else dy_rows.reshape(out_channels, -1).sum(axis=1)
         if not input_grad:
             return None, dweight, dbias
-        dx_padded = _input_grad(dy, weight_matrix, kernel, x_padded.shape, stride, dilation,
-                                groups)
-        return np.ascontiguousarray(crop_padding(dx_padded, padding)), dweight, dbias
+        dcolumns = _grouped_product(weight_groups, dy_rows, transpose_a=True)
+        dcolumns = dcolumns.reshape(channels, *kernel, n, *out)
+        dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
+                                    x_padded.shape, kernel, stride, dilation, out, dy.dtype)
+        dx = np.ascontiguousarray(np.swapaxes(crop_padding(dx_padded, padding), 0, 1))
+        return dx, dweight, dbias
 
     return y, backward
 
 
-def _input_grad(dy, weight_matrix, kernel, padded_shape, stride, dilation, groups):
-    """col2im with the batch innermost: one product for every group's columns, then one
-    strided add per kernel offset whose rows are contiguous runs of the batch (three times
-    faster than adding (N, C, *out) blocks). Returns a (N, C, *padded) view."""
-    n, out_channels, *out = dy.shape
-    channels = padded_shape[1]
-    batch_last = np.ascontiguousarray(np.moveaxis(dy, 0, -1))
-    dcolumns = np.matmul(weight_matrix.transpose(0, 2, 1),
-                         batch_last.reshape(groups, out_channels // groups, -1))
-    dcolumns = dcolumns.reshape(channels, *kernel, *out, n)
-    grad = np.zeros((channels, *padded_shape[2:], n), dtype=dy.dtype)
-    for offset in kernel_offsets(kernel):
-        target = (slice(None),) + tuple(slice(o * d, o * d + s * (m - 1) + 1, s)
-                                        for o, d, s, m in zip(offset, dilation, stride, out))
-        grad[target] += dcolumns[(slice(None), *offset)]
-    return np.moveaxis(grad, -1, 0)
+def _im2col(x_padded, kernel, stride, dilation, out):
+    """Columns (C * K, N * P) of a (C, N, *padded) map: one strided copy per kernel offset."""
+    channels, n = x_padded.shape[:2]
+    columns = np.empty((channels, math.prod(kernel), n, *out), dtype=x_padded.dtype)
+    for number, offset in enumerate(kernel_offsets(kernel)):
+        columns[:, number] = x_padded[offset_index(offset, stride, dilation, out)]
+    return columns.reshape(channels * math.prod(kernel), -1)
 
 
-def _weight_grad(dy_groups, columns):
-    """Sum over the batch of dy[n] @ columns[n].T, in batch chunks that bound the intermediate."""
-    n, groups, out_per_group = dy_groups.shape[:3]
-    per_sample = groups * out_per_group * columns.shape[2]
-    chunk = max(1, _WEIGHT_GRAD_CHUNK_ELEMENTS // per_sample)
-    total = None
-    for start in range(0, n, chunk):
-        part = np.matmul(
-            dy_groups[start:start + chunk], columns[start:start + chunk].transpose(0, 1, 3, 2)
-        ).sum(axis=0)
-        if total is None:
-            total = part
-        else:
-            total += part
-    return total
+def _grouped_product(a, b, *, transpose_a=False, transpose_b=False):
+    """a[g] @ b[g] for every group g (one BLAS call each) as a (rows of all groups, columns)
+    matrix; a transposed operand is a view, which BLAS reads as it is."""
+    if transpose_a:
+        a = a.transpose(0, 2, 1)
+    if transpose_b:
+        b = b.transpose(0, 2, 1)
+    if a.shape[0] == 1:
+        return a[0] @ b[0]
+    product = np.matmul(a, b)
+    return product.reshape(-1, product.shape[2])
