@@ -1,7 +1,8 @@
-"""Convolutions as im2col + one batched matrix product, and the sliding-window helpers pooling shares.
+"""Convolutions as im2col + one matrix product per group, and the window helpers pooling shares.
 
-The window view comes from ``sliding_window_view`` (no Python loop over output pixels); the
-backward scatters window gradients back with one strided add per kernel offset (col2im).
+Every window sweep (im2col, col2im, pooling) is one strided view per kernel offset of the
+padded map (no Python loop over samples or output pixels); gradients go back through
+``scatter_windows``, one strided add per offset.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import itertools
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 def pad_spatial(x, padding, value=0.0):
     """Pad the trailing spatial dims of (N, C, *spatial) by explicit (lo, hi) pairs."""
@@ -44,16 +44,6 @@ def output_size(padded, kernel, stride, dilation):
     return sizes
 
 
-def windows(x_padded, kernel, stride, dilation):
-    """A view (N, C, *out, *kernel) of every window; copies nothing."""
-    nd = len(kernel)
-    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
-    view = sliding_window_view(x_padded, spans, axis=tuple(range(2, 2 + nd)))
-    step = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)
-    step += tuple(slice(None, None, d) for d in dilation)
-    return view[step]
-
-
 def kernel_offsets(kernel):
     """Every position inside a window, in row-major order (torch's scan order)."""
     return list(itertools.product(*(range(k) for k in kernel)))
@@ -70,8 +60,9 @@ def offset_index(offset, stride, dilation, out):
 def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out, dtype):
     """Sum window gradients back into the padded input: one strided add per kernel offset.
 
-    ``grad_at_offset(offset)`` gives the (N, C, *out) gradient that flows to the input element
-    at ``offset`` inside every window.
+    ``grad_at_offset(offset)`` gives the gradient that flows to the input element at
+    ``offset`` inside every window, shaped like the two leading dims of ``padded_shape``
+    (batch and channels, in either order) and ``out``.
     """
     grad = np.zeros(padded_shape, dtype=dtype)
     for offset in kernel_offsets(kernel):
