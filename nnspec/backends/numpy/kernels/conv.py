@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+
 def pad_spatial(x, padding, value=0.0):
     """Pad the trailing spatial dims of (N, C, *spatial) by explicit (lo, hi) pairs."""
     if all(lo == 0 and hi == 0 for lo, hi in padding):
@@ -117,8 +118,13 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
 
     def backward(dy):
         dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(groups, -1, columns.shape[1])
-        dweight = _grouped_product(dy_rows, columns.reshape(groups, -1, columns.shape[1]),
-                                   transpose_b=True).reshape(weight.shape)
+        # columns @ dy.T, then transposed: OpenBLAS runs this orientation about twice as
+        # fast as dy @ columns.T when the inner dimension (N * P) is long
+        dweight_t = _grouped_product(columns.reshape(groups, -1, columns.shape[1]), dy_rows,
+                                     transpose_b=True)
+        dweight = np.ascontiguousarray(
+            dweight_t.reshape(groups, -1, out_channels // groups).transpose(0, 2, 1)
+        ).reshape(weight.shape)
         dbias = None if bias is None else dy_rows.reshape(out_channels, -1).sum(axis=1)
         if not input_grad:
             return None, dweight, dbias
