@@ -128,10 +128,14 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         dbias = None if bias is None else dy_rows.reshape(out_channels, -1).sum(axis=1)
         if not input_grad:
             return None, dweight, dbias
-        dcolumns = _grouped_product(weight_groups, dy_rows, transpose_a=True)
-        dcolumns = dcolumns.reshape(channels, *kernel, n, *out)
-        dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
-                                    x_padded.shape, kernel, stride, dilation, out, dy.dtype)
+        if all(s == 1 for s in stride):
+            dx_padded = _unit_stride_col2im(dy_rows.reshape(out_channels, n, *out),
+                                            weight_groups, x_padded.shape, kernel, dilation)
+        else:
+            dcolumns = _grouped_product(weight_groups, dy_rows, transpose_a=True)
+            dcolumns = dcolumns.reshape(channels, *kernel, n, *out)
+            dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
+                                        x_padded.shape, kernel, stride, dilation, out, dy.dtype)
         dx = np.ascontiguousarray(np.swapaxes(crop_padding(dx_padded, padding), 0, 1))
         return dx, dweight, dbias
 
@@ -145,6 +149,27 @@ def _im2col(x_padded, kernel, stride, dilation, out):
     for number, offset in enumerate(kernel_offsets(kernel)):
         columns[:, number] = x_padded[offset_index(offset, stride, dilation, out)]
     return columns.reshape(channels * math.prod(kernel), -1)
+
+
+def _unit_stride_col2im(dy, weight_groups, padded_shape, kernel, dilation):
+    """The input gradient of a stride-1 convolution, (C, N, *padded), with one add of long
+    contiguous runs per kernel offset. ``dy`` (O, N, *out) is placed at its positions in the
+    padded frame (zeros between rows), so every offset's window gradients form one
+    contiguous stretch of each flattened (c, n) plane; the zeros add nothing."""
+    out_channels, n, *out = dy.shape
+    channels, padded = padded_shape[0], padded_shape[2:]
+    wide = np.zeros((out_channels, n, out[0], *padded[1:]), dtype=dy.dtype)
+    wide[(slice(None), slice(None), slice(None), *(slice(0, o) for o in out[1:]))] = dy
+    groups = weight_groups.shape[0]
+    dcolumns = _grouped_product(weight_groups, wide.reshape(groups, out_channels // groups, -1),
+                                transpose_a=True).reshape(channels, -1, n, wide[0, 0].size)
+    flat_strides = [math.prod(padded[i + 1:]) for i in range(len(padded))]
+    length = 1 + sum((o - 1) * f for o, f in zip(out, flat_strides))
+    grad = np.zeros((channels, n, math.prod(padded)), dtype=dy.dtype)
+    for number, offset in enumerate(kernel_offsets(kernel)):
+        start = sum(k * d * f for k, d, f in zip(offset, dilation, flat_strides))
+        grad[:, :, start:start + length] += dcolumns[:, number, :, :length]
+    return grad.reshape(padded_shape)
 
 
 def _grouped_product(a, b, *, transpose_a=False, transpose_b=False):
