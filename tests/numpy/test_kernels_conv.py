@@ -348,3 +348,37 @@ def test_conv_stays_float32():
                          padding=((1, 1), (1, 1)), dilation=(1, 1), groups=2)
     grads = backward(np.ones_like(y))
     assert y.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
+
+
+def test_the_interpreter_tells_a_kernel_whether_its_input_needs_a_gradient(monkeypatch):
+    """Only the first convolution (behind a parameter-free op on the input) is told that its
+    input needs no gradient; with `input_grads=True` none is, and the input gradient comes."""
+    from nnspec.backends.numpy import rules
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.spec import load_text
+
+    told = []
+    plain = rules.RULES["conv2d"]
+
+    def recording(node, ins, params, ctx):
+        told.append(ctx.input_grad)
+        return plain(node, ins, params, ctx)
+
+    monkeypatch.setitem(rules.RULES, "conv2d", recording)
+    spec = load_text("""
+model Two {
+  input image: [2, 6, 6]
+  image -> relu -> conv2d(4, 3) -> relu -> conv2d(3, 3) -> flatten -> dense(5)
+}
+train Two { loss cross_entropy; optimizer sgd(lr = 0.1); batch 4 }
+""")
+    model = NumpyModel.from_spec(spec)
+    x = np.random.default_rng(0).standard_normal((4, 2, 6, 6)).astype(np.float32)
+    target = np.arange(4) % 5
+    model.loss(x, target)
+    model.backward()
+    assert told == [False, True] and model.input_grads == {}
+    told.clear()
+    model.loss(x, target, input_grads=True)
+    model.backward()
+    assert told == [True, True] and model.input_grads["image"].shape == x.shape
