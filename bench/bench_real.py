@@ -10,7 +10,9 @@ before them) and the achieved GFLOP/s of each
 against the machine's float32 GEMM rate, measured first. FLOPs per step are counted as
 3 x 2 x MACs x batch (forward, then input and weight gradients), from `nnspec summary`'s MACs.
 
-Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet]
+Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet] [--batches 8,64,256]
+(`--batches` times every chosen workload at each batch size instead of its own, to show how
+the step time grows with the batch.)
 Ratios from interleaved blocks in one process are steadier than absolute times (which move
 20-30% with the machine's load); the load average is printed with the figures.
 """
@@ -18,6 +20,7 @@ Ratios from interleaved blocks in one process are steadier than absolute times (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import statistics
@@ -173,6 +176,7 @@ def main():
     parser.add_argument("--block", type=int, default=5, help="steps per timed block")
     parser.add_argument("--only", default="", help="run the workloads whose name contains this")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep")
     args = parser.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
@@ -184,9 +188,11 @@ def main():
           "clear_refs), one process per backend")
     print(f"{'workload':<40}{'numpy ms':>9}{'torch ms':>9}{'ratio':>7}"
           f"{'np MiB':>8}{'pt MiB':>8}{'np GF/s':>8}{'pt GF/s':>8}{'% GEMM':>7}")
-    for workload in WORKLOADS:
-        if args.only.lower() not in workload.name.lower():
-            continue
+    chosen = [w for w in WORKLOADS if args.only.lower() in w.name.lower()]
+    if args.batches:
+        chosen = [dataclasses.replace(w, name=f"{w.name} b{batch}", batch=batch)
+                  for w in chosen for batch in map(int, args.batches.split(","))]
+    for workload in chosen:
         ours, theirs = make_steps(workload)
         for _ in range(2):
             ours()
