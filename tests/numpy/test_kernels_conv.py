@@ -296,3 +296,89 @@ def test_batch_norm_refuses_a_single_value_per_channel_in_training():
     x = np.ones((1, 3), np.float32)
     with pytest.raises(ValueError, match="more than one value per channel"):
         batch_norm(x, None, None, np.zeros(3, np.float32), np.ones(3, np.float32), train=True)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "nd, channels, out_channels, groups, stride, dilation, padding",
+    [
+        (2, 8, 8, 8, (1, 1), (1, 1), ((1, 1), (1, 1))),      # depthwise
+        (2, 6, 12, 6, (2, 1), (1, 2), ((2, 1), (0, 2))),     # depthwise, multiplier 2
+        (2, 8, 12, 4, (2, 2), (2, 1), ((1, 0), (1, 1))),     # grouped
+        (2, 16, 32, 1, (2, 2), (1, 1), ((0, 0), (0, 0))),    # strided 1x1 projection
+        (1, 8, 8, 8, (2,), (2,), ((2, 1),)),                 # depthwise 1d
+        (1, 6, 9, 3, (1,), (3,), ((0, 3),)),                 # grouped 1d
+    ],
+)
+def test_grouped_depthwise_and_projection_convolutions_match_torch(
+        nd, channels, out_channels, groups, stride, dilation, padding):
+    kernel = (1,) * nd if channels == 16 else (3,) * nd
+    case = {
+        "batch": 5, "in_channels": channels, "out_channels": out_channels,
+        "spatial": (9, 7)[:nd], "kernel": kernel, "has_bias": True,
+        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
+    }
+    check_conv_against_torch(nd, case)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_conv_told_its_input_needs_no_gradient_skips_only_the_input_gradient(groups):
+    case = {
+        "batch": 3, "in_channels": 6, "out_channels": 6, "spatial": (6, 5), "kernel": (3, 2),
+        "has_bias": True,
+        "attrs": {"stride": (1, 2), "padding": ((1, 1), (0, 1)), "dilation": (1, 1),
+                  "groups": groups},
+    }
+    x, weight, bias = conv_arrays(case, seed=4)
+    y, backward = conv2d(x, weight, bias, **case["attrs"])
+    y_skip, backward_skip = conv2d(x, weight, bias, **case["attrs"], input_grad=False)
+    dy = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    dx, dweight, dbias = backward(dy)
+    no_dx, dweight_skip, dbias_skip = backward_skip(dy)
+    assert dx.shape == x.shape and no_dx is None
+    np.testing.assert_array_equal(y_skip, y)
+    np.testing.assert_array_equal(dweight_skip, dweight)
+    np.testing.assert_array_equal(dbias_skip, dbias)
+
+
+def test_conv_stays_float32():
+    x = np.ones((2, 4, 5, 5), np.float32)
+    weight = np.ones((4, 2, 3, 3), np.float32)
+    y, backward = conv2d(x, weight, np.ones(4, np.float32), stride=(1, 1),
+                         padding=((1, 1), (1, 1)), dilation=(1, 1), groups=2)
+    grads = backward(np.ones_like(y))
+    assert y.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
+
+
+def test_the_interpreter_tells_a_kernel_whether_its_input_needs_a_gradient(monkeypatch):
+    """Only the first convolution (behind a parameter-free op on the input) is told that its
+    input needs no gradient; with `input_grads=True` none is, and the input gradient comes."""
+    from nnspec.backends.numpy import rules
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.spec import load_text
+
+    told = []
+    plain = rules.RULES["conv2d"]
+
+    def recording(node, ins, params, ctx):
+        told.append(ctx.input_grad)
+        return plain(node, ins, params, ctx)
+
+    monkeypatch.setitem(rules.RULES, "conv2d", recording)
+    spec = load_text("""
+model Two {
+  input image: [2, 6, 6]
+  image -> relu -> conv2d(4, 3) -> relu -> conv2d(3, 3) -> flatten -> dense(5)
+}
+train Two { loss cross_entropy; optimizer sgd(lr = 0.1); batch 4 }
+""")
+    model = NumpyModel.from_spec(spec)
+    x = np.random.default_rng(0).standard_normal((4, 2, 6, 6)).astype(np.float32)
+    target = np.arange(4) % 5
+    model.loss(x, target)
+    model.backward()
+    assert told == [False, True] and model.input_grads == {}
+    told.clear()
+    model.loss(x, target, input_grads=True)
+    model.backward()
+    assert told == [True, True] and model.input_grads["image"].shape == x.shape

@@ -191,11 +191,15 @@ class NumpyModel:
              skip: str | None = None, input_grads: bool = True) -> dict[str, np.ndarray]:
         ctx = Context(train, self.rng, self.buffers)
         params = self.buffer.params
-        inputs = set(graph.inputs)
+        # a value needs a gradient when it depends on a trainable parameter or on an input
+        # whose gradient is wanted; a node is told whether any of its inputs does
+        needs_grad = dict.fromkeys(graph.inputs, input_grads)
         for node in graph.nodes:
             if node.op == "input" or node.name == skip:
                 continue
-            ctx.input_grad = input_grads or not inputs.issuperset(node.inputs)
+            ctx.input_grad = any(needs_grad.get(i, False) for i in node.inputs)
+            needs_grad[node.name] = ctx.input_grad or any(full in params
+                                                          for full in node.params.values())
             local = {k: params[full] if full in params else self.buffers[full]
                      for k, full in node.params.items()}
             out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)

@@ -41,7 +41,11 @@ class Context:
     train: bool
     rng: np.random.Generator
     buffers: dict[str, np.ndarray]  # batchnorm running statistics, updated in place
-    input_grad: bool = True  # False while running a node whose inputs need no gradient
+    # False while running a node none of whose inputs needs a gradient (none depends on a
+    # trainable parameter or on an input whose gradient is wanted): a kernel that takes
+    # `input_grad` is told, and skips its input gradient (a first convolution's costs as much
+    # as its weight gradient)
+    input_grad: bool = True
 
 
 def _tuple(value, n: int) -> tuple[int, ...]:
@@ -155,12 +159,11 @@ def _select(node, ins, params, ctx):
 def _conv(spatial, kernel_fn):
     def run(node, ins, params, ctx):
         a = node.attrs
-        y, backward = kernel_fn(ins[0], params["weight"], params.get("bias"),
-                                stride=_tuple(a.stride, spatial), padding=conv_pads(a, spatial),
-                                dilation=_tuple(a.dilation, spatial), groups=a.groups)
-        input_grad = ctx.input_grad
-        return _with_params((y, lambda dy: backward(dy, input_grad=input_grad)), 1,
-                            ("weight", "bias"))
+        out = kernel_fn(ins[0], params["weight"], params.get("bias"),
+                        stride=_tuple(a.stride, spatial), padding=conv_pads(a, spatial),
+                        dilation=_tuple(a.dilation, spatial), groups=a.groups,
+                        input_grad=ctx.input_grad)
+        return _with_params(out, 1, ("weight", "bias"))
 
     return run
 
@@ -418,7 +421,8 @@ def derived_rule(opdef: OpDef) -> Rule | None:
     """The rule of a regular op: its kernel called on the inputs, then the weights (its next
     positional parameters, by local name), with its keyword-only parameters taken from the
     attributes of the same name (and `train`, `rng` for a random op). The signature is read
-    once, here, not per call. None for an op without a kernel or with a variable arity."""
+    once, here, not per call. A kernel with a keyword `input_grad` is told whether its
+    inputs need a gradient. None for an op without a kernel or with a variable arity."""
     kernel = find_kernel(opdef)
     n_inputs, most = opdef.arity
     if kernel is None or most != n_inputs:
@@ -430,12 +434,18 @@ def derived_rule(opdef: OpDef) -> Rule | None:
     keyword_only = [p for p in parameters if p.kind is p.KEYWORD_ONLY]
     attrs = tuple(p.name for p in keyword_only if opdef.attr(p.name) is not None)
     context = ("train", "rng") if opdef.random else ()
+    told_input_grad = any(p.name == "input_grad" for p in keyword_only)
     unknown = [p.name for p in keyword_only
                if p.name not in attrs + context and p.default is p.empty]
     if unknown:
         raise AssertionError(f"the kernel of `{opdef.name}` takes {unknown}, which are neither "
                              "attributes of the op nor `train`/`rng` of a random op")
-    if weights and attrs:
+    if told_input_grad and not opdef.random:
+        def run(node, ins, params, ctx):
+            out = kernel(*ins, *[params.get(w) for w in weights],
+                         **{a: node.attrs[a] for a in attrs}, input_grad=ctx.input_grad)
+            return _with_params(out, n_inputs, weights)
+    elif weights and attrs:
         def run(node, ins, params, ctx):
             out = kernel(*ins, *[params.get(w) for w in weights],
                          **{a: node.attrs[a] for a in attrs})

@@ -1,0 +1,214 @@
+"""Time one training step of real workloads through the NumPy interpreter and through the
+spec's generated PyTorch module (same weights, same batch), interleaved in one process.
+
+Each workload is one `.nn` spec under bench/specs/ plus a batch size: `WORKLOADS` below is the
+only list to extend. Per workload it prints ms per step of each backend, the ratio
+numpy/torch (lower is better), the peak memory of each backend's steps (in a fresh child
+process per backend: the resident peak `VmHWM` is reset through /proc/self/clear_refs after
+the model is built, and the figure is that peak over three steps minus the resident size
+before them) and the achieved GFLOP/s of each
+against the machine's float32 GEMM rate, measured first. FLOPs per step are counted as
+3 x 2 x MACs x batch (forward, then input and weight gradients), from `nnspec summary`'s MACs.
+
+Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet] [--batches 8,64,256]
+(`--batches` times every chosen workload at each batch size instead of its own, to show how
+the step time grows with the batch.)
+Ratios from interleaved blocks in one process are steadier than absolute times (which move
+20-30% with the machine's load); the load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SPECS = Path(__file__).parent / "specs"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A spec and the batch it is timed at; `dims` fixes the symbolic dims of its inputs
+    (e.g. {"T": 64}), `vocab` bounds integer token inputs."""
+
+    name: str
+    spec: str
+    batch: int
+    dims: dict = field(default_factory=dict)
+    vocab: int = 0
+
+
+WORKLOADS = [
+    Workload("residual CNN 1x8x8 w32 bn", "digits_resnet.nn", 64),
+    Workload("CIFAR ResNet-20 3x32x32 16/32/64 bn", "resnet_cifar.nn", 32),
+    Workload("MobileNetV2-style depthwise 3x32x32", "mobilenet_cifar.nn", 32),
+]
+
+
+def make_batch(spec, workload: Workload, rng) -> tuple:
+    """Random inputs of the declared types and targets shaped like the model's output."""
+    from nnspec.backends.numpy.model import NumpyModel
+
+    arrays = []
+    for name in spec.graph.inputs:
+        declared = spec.graph.node(name).type
+        shape = (workload.batch, *(workload.dims.get(d, d) for d in declared.shape))
+        if declared.dtype == "int64":
+            arrays.append(rng.integers(0, workload.vocab, shape))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(np.float32))
+    x = arrays[0] if len(arrays) == 1 else tuple(arrays)
+    out = NumpyModel.from_spec(spec)(x)
+    target_type = spec.train.loss_graph.node("target").type
+    if target_type.dtype == "int64":
+        target = rng.integers(0, out.shape[-1], out.shape[:-1])
+    else:
+        target = rng.standard_normal(out.shape).astype(np.float32)
+    return x, target
+
+
+def make_steps(workload: Workload, seed: int = 0):
+    """(numpy step, torch step): one training step each, from the same weights and batch."""
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.backends.numpy.optim import make_optimizer
+    from nnspec.backends.torch.runtime import TorchModel
+    from nnspec.spec import load
+
+    spec = load(SPECS / workload.spec)
+    x, target = make_batch(spec, workload, np.random.default_rng(seed))
+    ours = NumpyModel.from_spec(spec, seed=seed)
+    setting = spec.train.optimizer
+    our_optimizer = make_optimizer(setting.name, ours.buffer, **setting.args)
+    theirs = TorchModel(spec, ours.state_dict(), seed)
+    their_optimizer = theirs.make_optimizer()
+
+    def numpy_step():
+        ours.loss(x, target)
+        ours.backward()
+        our_optimizer.step()
+
+    def torch_step():
+        theirs.loss(x, target)
+        theirs.backward()
+        their_optimizer.step()
+
+    return numpy_step, torch_step
+
+
+def step_flops(workload: Workload) -> float:
+    from nnspec.spec import load
+    from nnspec.summary import summarize
+
+    macs = summarize(load(SPECS / workload.spec).graph).macs
+    return 6.0 * macs * workload.batch if isinstance(macs, int) else float("nan")
+
+
+def gemm_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """The best float32 GEMM rate of NumPy's BLAS on this machine, in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    best = min(_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    return 2.0 * size**3 / best / 1e9
+
+
+def _seconds(fn, steps: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def _peak_growth(workload: Workload, backend: int, steps: int, queue) -> None:
+    """In a child process: the resident peak of a backend's first steps above the resident
+    size before them (MiB)."""
+    step = make_steps(workload)[backend]
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM to the current resident size
+    before = _status_kib("VmRSS")
+    for _ in range(steps):
+        step()
+    queue.put((_status_kib("VmHWM") - before) / 1024.0)
+
+
+def peak_memory_mib(workload: Workload, steps: int = 3) -> tuple[float, float]:
+    """(numpy, torch) growth of the resident peak over a few steps, each in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    peaks = []
+    for backend in (0, 1):
+        queue = context.Queue()
+        child = context.Process(target=_peak_growth, args=(workload, backend, steps, queue))
+        child.start()
+        peaks.append(queue.get())
+        child.join()
+    return peaks[0], peaks[1]
+
+
+def _blas() -> str:
+    from threadpoolctl import threadpool_info
+
+    info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} x{i['num_threads']}"
+                     for i in info) or "?"
+
+
+def main():
+    import torch
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved blocks per backend")
+    parser.add_argument("--block", type=int, default=5, help="steps per timed block")
+    parser.add_argument("--only", default="", help="run the workloads whose name contains this")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep")
+    args = parser.parse_args()
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    torch.set_num_threads(threads)
+    gemm = gemm_gflops()
+    print(f"one training step: median of {args.repeats} interleaved blocks of {args.block} "
+          f"steps; torch threads {threads}; numpy BLAS {_blas()}; float32 GEMM "
+          f"{gemm:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
+    print("MiB = resident peak over 3 steps above the resident size before them (VmHWM after "
+          "clear_refs), one process per backend")
+    print(f"{'workload':<40}{'numpy ms':>9}{'torch ms':>9}{'ratio':>7}"
+          f"{'np MiB':>8}{'pt MiB':>8}{'np GF/s':>8}{'pt GF/s':>8}{'% GEMM':>7}")
+    chosen = [w for w in WORKLOADS if args.only.lower() in w.name.lower()]
+    if args.batches:
+        chosen = [dataclasses.replace(w, name=f"{w.name} b{batch}", batch=batch)
+                  for w in chosen for batch in map(int, args.batches.split(","))]
+    for workload in chosen:
+        ours, theirs = make_steps(workload)
+        for _ in range(2):
+            ours()
+            theirs()
+        a, b = [], []
+        for _ in range(args.repeats):
+            a.append(_seconds(ours, args.block))
+            b.append(_seconds(theirs, args.block))
+        na, nb = statistics.median(a), statistics.median(b)
+        mem = (float("nan"),) * 2 if args.no_memory else peak_memory_mib(workload)
+        flops = step_flops(workload)
+        print(f"{workload.name:<40}{na * 1e3:>9.1f}{nb * 1e3:>9.1f}{na / nb:>7.2f}"
+              f"{mem[0]:>8.1f}{mem[1]:>8.1f}{flops / na / 1e9:>8.1f}{flops / nb / 1e9:>8.1f}"
+              f"{100 * flops / na / 1e9 / gemm:>7.0f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
