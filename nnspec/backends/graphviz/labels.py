@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import textwrap
 
 from nnspec.backends.graphviz.style import (
@@ -26,7 +25,6 @@ from nnspec.backends.graphviz.style import (
 )
 from nnspec.backends.graphviz.view import Item, Output, View
 from nnspec.ir import ops
-from nnspec.ir.build import snake
 from nnspec.ir.graph import Graph, Node
 from nnspec.ir.types import TensorType
 
@@ -192,18 +190,6 @@ def shape_text(t: TensorType | None) -> str:
     return {"int64": "int ", "bool": "bool "}.get(t.dtype, "") + t.with_batch("B")
 
 
-def _auto_named(node: Node) -> bool:
-    """Named by the builder (`relu_2`, a repeat's `3`), not by the spec's `as`."""
-    local = node.name.rsplit(".", 1)[-1]
-    return local.isdigit() or re.fullmatch(rf"{re.escape(node.op)}_\d+", local) is not None
-
-
-def _auto_scope_name(label: str, local: str) -> bool:
-    """A block, fn or repeat instance named by the builder (`scaled_swish_1`)."""
-    stem, _, number = local.rpartition("_")
-    return number.isdecimal() and stem in (label, snake(label))
-
-
 def _scope_title(graph: Graph, path: str) -> str:
     """`Stage`, or for a repeat `Block ×12` (just `×3` when it repeats plain layers)."""
     scope = graph.scopes[path]
@@ -316,9 +302,9 @@ class Labels:
         if self.detail == "full":
             notes.append(head.name)
         elif item.repeat is not None:
-            local = item.repeat.rsplit(".", 1)[-1]
-            notes += [] if _auto_scope_name("repeat", local) else [local]
-        elif not _auto_named(head):
+            if self.graph.scopes[item.repeat].named:
+                notes.append(item.repeat.rsplit(".", 1)[-1])
+        elif head.named:
             notes.append(head.name.rsplit(".", 1)[-1])
         if item.repeat is not None:
             notes.append(self.params_text(self.scope_params[item.repeat], " in all"))
@@ -398,7 +384,7 @@ class Labels:
         scope = self.graph.scopes[path]
         local = path.rsplit(".", 1)[-1]
         notes = []
-        if self.detail == "full" or not _auto_scope_name(scope.label, local):
+        if self.detail == "full" or scope.named:
             notes.append(path if self.detail == "full" else local)
         notes.append(self.params_text(self.scope_params[path],
                                       " in all" if scope.kind == "repeat" else ""))
