@@ -58,12 +58,21 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
     return out
 
 
+def layer_budget() -> int:
+    """The layer budget of this run: `nnspec --max-layers N`, else the front end's default."""
+    from nnspec.ir.graph_builder import MAX_LAYERS
+
+    ctx = click.get_current_context(silent=True)
+    given = ctx.find_root().params.get("max_layers") if ctx is not None else None
+    return given or MAX_LAYERS
+
+
 def load_or_exit(path: str, model: str | None = None, overrides: dict | None = None,
                  notes: bool = True):
     from nnspec.spec import load
 
     try:
-        spec = load(path, model, overrides)
+        spec = load(path, model, overrides, max_layers=layer_budget())
     except SpecError as err:
         fail(err.diagnostics)
     if notes:
@@ -105,7 +114,9 @@ class _Commands(click.Group):
 @click.group(cls=_Commands,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="nnspec")
-def main():
+@click.option("--max-layers", type=click.IntRange(1), default=None, metavar="N",
+              help="Refuse a model that expands to more than N layers (default 100,000).")
+def main(max_layers: int | None):
     """nnspec: write a neural network as a short .nn spec; check its shapes, summarise it,
     draw it, train it in NumPy or compile it to PyTorch.
 
@@ -133,7 +144,8 @@ def check(files: tuple[str, ...], fmt: str):
     everything: list[Diagnostic] = []
     failed = 0
     for path in files:
-        diagnostics = list(analyze_file(path, every_model=True).diagnostics)
+        diagnostics = list(analyze_file(path, every_model=True,
+                                        max_layers=layer_budget()).diagnostics)
         errors = [d for d in diagnostics if d.severity == "error"]
         failed += bool(errors)
         everything.extend(diagnostics)
@@ -608,7 +620,7 @@ def _spec_or_partial_graph(path: str, model: str | None, overrides: dict):
     from nnspec.frontend import analyze_file
     from nnspec.spec import Spec
 
-    analysis = analyze_file(path, model, overrides)
+    analysis = analyze_file(path, model, overrides, max_layers=layer_budget())
     if analysis.ok:
         return Spec.from_analysis(analysis), []
     if analysis.graph is None:

@@ -21,6 +21,7 @@ from typing import Any
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Span, SpecError, did_you_mean
 from nnspec.ir.build import Builder, pick_model
 from nnspec.ir.graph import Graph
+from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.train import TrainConfig, build_train
 from nnspec.syntax import ast
 from nnspec.syntax.parser import parse, parse_value
@@ -86,27 +87,29 @@ def read_spec(path: str | Path) -> str:
 
 def analyze_file(path: str | Path, model: str | None = None,
                  overrides: Mapping[str, Any] | None = None, *,
-                 every_model: bool = False) -> Analysis:
+                 every_model: bool = False, max_layers: int = MAX_LAYERS) -> Analysis:
     """`analyze` of a file; a file that cannot be read gives its E000 as the diagnostic."""
     try:
         text = read_spec(path)
     except SpecError as err:
         return Analysis(None, {}, {}, tuple(err.diagnostics), model, dict(overrides or {}))
-    return analyze(text, str(path), model, overrides, every_model=every_model)
+    return analyze(text, str(path), model, overrides, every_model=every_model,
+                   max_layers=max_layers)
 
 
 def analyze(text: str, path: str = "<string>", model: str | None = None,
             overrides: Mapping[str, Any] | None = None, *,
-            every_model: bool = False) -> Analysis:
+            every_model: bool = False, max_layers: int = MAX_LAYERS) -> Analysis:
     """Parse `text` and build one model (`model`, else the trained one, else the last) with
     `overrides` replacing its hyperparameters, or with `every_model` all of them (what
-    `nnspec check` and editors want). Never raises for a mistake in the spec."""
+    `nnspec check` and editors want). A model may have at most `max_layers` nodes after
+    `repeat`s and blocks are expanded (E401). Never raises for a mistake in the spec."""
     if every_model and model is not None:
         raise ValueError("analyze: give `model` or `every_model`, not both")
     overrides = dict(overrides or {})
     try:
         with _no_collector_pauses():
-            return _analyze(text, path, model, overrides, every_model)
+            return _analyze(text, path, model, overrides, every_model, max_layers)
     except RecursionError:
         return Analysis(None, {}, {}, (_too_deep(path),), model, overrides)
 
@@ -123,12 +126,12 @@ def evaluate_value(text: str, path: str = "<value>"):
 
 
 def _analyze(text: str, path: str, model: str | None, overrides: dict[str, Any],
-             every_model: bool) -> Analysis:
+             every_model: bool, max_layers: int) -> Analysis:
     try:
         program = parse(text, path)
     except SpecError as err:
         return Analysis(None, {}, {}, _sorted(err.diagnostics), model, overrides)
-    builder = Builder(program)
+    builder = Builder(program, max_layers)
     _check_train_targets(builder, program)
     if every_model:
         wanted = program.definitions("model")

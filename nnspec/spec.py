@@ -13,6 +13,7 @@ from typing import Any
 from nnspec.diagnostics import Diagnostic, SpecError
 from nnspec.frontend import Analysis, analyze, analyze_file
 from nnspec.ir.graph import Graph
+from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.train import TrainConfig
 from nnspec.syntax import ast
 
@@ -61,17 +62,18 @@ class Spec:
 
 
 def load_text(text: str, path: str = "<string>", model: str | None = None,
-              overrides: dict[str, Any] | None = None) -> Spec:
+              overrides: dict[str, Any] | None = None, *, max_layers: int = MAX_LAYERS) -> Spec:
     """Parse and build one model (the trained one, else the last); raise SpecError on errors."""
-    return Spec.from_analysis(analyze(text, path, model, overrides))
+    return Spec.from_analysis(analyze(text, path, model, overrides, max_layers=max_layers))
 
 
 def load(path: str | Path, model: str | None = None,
-         overrides: dict[str, Any] | None = None) -> Spec:
+         overrides: dict[str, Any] | None = None, *, max_layers: int = MAX_LAYERS) -> Spec:
     """Load a `.nn` file; raise SpecError (every error, with spans) if it does not check."""
-    return Spec.from_analysis(analyze_file(path, model, overrides))
+    return Spec.from_analysis(analyze_file(path, model, overrides, max_layers=max_layers))
 
 
-def check_text(text: str, path: str = "<string>") -> list[Diagnostic]:
+def check_text(text: str, path: str = "<string>", *, max_layers: int = MAX_LAYERS
+               ) -> list[Diagnostic]:
     """Every diagnostic of a file: all models and train sections are built."""
-    return list(analyze(text, path, every_model=True).diagnostics)
+    return list(analyze(text, path, every_model=True, max_layers=max_layers).diagnostics)

@@ -25,37 +25,19 @@ from fuzz.runner import Pool, make_input, run_one
 CASES = Path(__file__).parent / "fuzz_cases"
 SECONDS = 4.0  # of inputs per run; the last input may add its time limit
 TIME_LIMIT = 2.0
-UNBOUNDED = ("unbounded work: refused with a located diagnostic once the front end has "
-             "resource limits (issue 9, deliverable 1)")
+UNBOUNDED = ("refused with E401, but only after the 100,000-node budget is built: about 20 s "
+             "here, over the 10 s limit (the builder's speed, issue 15)")
 # Saved cases whose fix belongs to another change; the lead removes a line with its fix.
 SLOW_PARSE = ("more than 10 s to parse and report a syntax error in a large mutated file "
               "(thousands of long sums): syntax/parser.py")
-LONG_INTEGER = ("an integer literal of more than 4,300 digits crashes int() in "
-                "syntax/parser.py _number (issue 9: every integer literal bounded)")
-BUILTIN_NAMED_MODEL = ("`model dense {...}`: `nnspec render` builds the partial graph of a "
-                       "model named like an op: KeyError in ir/build.py build_model")
+SLOW_BUILD = ("not a hang: 32 x 8 block copies whose shape rules fail take about 3 s per "
+              "pass, 10 s over every option set (the builder's speed, issue 15)")
 EXPECTED_FAILURES = {
-    "hang-ir-build-build_model-677685a1.nn": UNBOUNDED,
-    "hang-ir-build-build_model-d4d43a04.nn": UNBOUNDED,
-    "hang-ir-build-check_text-1aa16031.nn": UNBOUNDED,
-    "hang-ir-build-check_text-2a8ccd58.nn": UNBOUNDED,
-    "hang-ir-build-check_text-536bbf90.nn": UNBOUNDED,
-    "hang-ir-build-check_text-5b4a7280.nn": UNBOUNDED,
-    "hang-ir-build-check_text-6b1219fb.nn": UNBOUNDED,
-    "hang-ir-build-check_text-9f11babf.nn": UNBOUNDED,
-    "hang-ir-build-check_text-c5476127.nn": UNBOUNDED,
-    "hang-ir-build-check_text-ed20d1a2.nn": UNBOUNDED,
-    "hang-ir-ops-check_text-3e53386c.nn": UNBOUNDED,
-    "hang-ir-ops-check_text-3e6ad000.nn": UNBOUNDED,
-    "hang-ir-ops-check_text-8edc1105.nn": UNBOUNDED,
+    "hang-ir-build-build_model-d4d43a04.nn": SLOW_BUILD,
     "hang-known-doubling_blocks.nn": UNBOUNDED,
-    "hang-known-lstm_layers_billion.nn": UNBOUNDED,
-    "hang-known-repeat_billion.nn": UNBOUNDED,
     "hang-syntax-parser-check_text-0a2cce6d.nn": SLOW_PARSE,
     "hang-syntax-parser-check_text-0dbb4d8d.nn": SLOW_PARSE,
     "hang-syntax-parser-check_text-e8a07430.nn": SLOW_PARSE,
-    "traceback-ir-build-KeyError-92d5be4b.nn": BUILTIN_NAMED_MODEL,
-    "traceback-syntax-parser-ValueError-03390ec3.nn": LONG_INTEGER,
 }
 
 
@@ -117,7 +99,7 @@ def test_every_expected_failure_is_a_saved_case():
 
 
 def test_the_harness_survives_a_hang_and_reports_a_traceback(monkeypatch):
-    hang = (CASES / "hang-known-repeat_billion.nn").read_text(encoding="utf-8")
+    hang = (CASES / "hang-known-doubling_blocks.nn").read_text(encoding="utf-8")
     assert run_one(hang, {}, 0.5).outcome == "hang"
     pool = Pool(2, "test", time_limit=2.0, memory_limit=2 << 30)
     results = []

@@ -21,6 +21,7 @@ from nnspec.ir.attrs import bind_params
 from nnspec.ir.definitions import find_recursion, index_definitions
 from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
+from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.nodes import apply_op
 from nnspec.ir.values import POISON, Layer, Tensor, describe, source_text
 from nnspec.syntax import ast
@@ -33,8 +34,9 @@ _TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "<": 
 class Evaluator:
     """A program's definitions and constants, and the diagnostics of evaluating them."""
 
-    def __init__(self, program: ast.Program):
+    def __init__(self, program: ast.Program, max_layers: int = MAX_LAYERS):
         self.program = program
+        self.max_layers = max_layers
         self.defs, self.diagnostics = index_definitions(program)
         self.consts: dict[str, Any] = {}
         self.call_stack: list[tuple[str, Span]] = []
@@ -351,11 +353,16 @@ class Evaluator:
         path = frame.qualify(local)
         frame.graph.add_scope(Scope(path, "repeat", "repeat", span, layer.count, named=named))
         inner = frame.inner(path, "repeat")
+        graph = frame.graph
+        graph.check_repeat(layer.count, 1, span)
         current = tensors[0]
         for i in range(layer.count):
             if current is POISON:
                 return POISON
+            before = len(graph.nodes)
             current = self.apply(layer.parts[0], [current], inner, str(i), span, named=False)
+            if i == 0:
+                graph.check_repeat(layer.count, len(graph.nodes) - before, span)
         return current
 
     def apply_definition(self, layer: Layer, tensors, values, frame: Frame, label: str | None,

@@ -15,10 +15,13 @@ from nnspec.ir import ops
 from nnspec.ir.graph import Graph, Node, Param, Scope
 from nnspec.ir.types import TensorType
 
+MAX_LAYERS = 100_000  # nodes per graph; `--max-layers` / `analyze(max_layers=...)` change it
+
 
 class GraphBuilder:
-    def __init__(self, name: str):
+    def __init__(self, name: str, max_layers: int = MAX_LAYERS):
         self.name = name
+        self.max_layers = max_layers
         self.nodes: list[Node] = []
         self.node_names: set[str] = set()
         self.params: dict[str, Param] = {}
@@ -31,8 +34,21 @@ class GraphBuilder:
     # ---- nodes and scopes ---------------------------------------------------------------
 
     def add_node(self, node: Node):
+        if len(self.nodes) >= self.max_layers:
+            raise DiagnosticError("E401", f"this model builds more than {self.max_layers:,} "
+                                  f"layers; the limit is {self.max_layers:,}", node.span,
+                                  "build a smaller configuration (`--set`), or raise the limit "
+                                  "with `--max-layers`")
         self.nodes.append(node)
         self.node_names.add(node.name)
+
+    def check_repeat(self, count: int, per_copy: int, span: Span):
+        """Refuse a `repeat` whose copies would pass the layer budget, before building them."""
+        total = count * max(per_copy, 1)
+        if len(self.nodes) + total - per_copy > self.max_layers:
+            raise DiagnosticError("E401", f"repeat({count:,}, ...) would build {total:,} "
+                                  f"layers; the limit is {self.max_layers:,}", span,
+                                  "repeat fewer times, or raise the limit with `--max-layers`")
 
     def unique_name(self, name: str) -> str:
         """`name_1`, `name_2`, ...: the first no node has (for a name that one has)."""

@@ -679,7 +679,7 @@ def _pool_attrs() -> tuple[Attr, ...]:
 def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
     attrs = (
         Attr("hidden", "int", doc="hidden size", minimum=1),
-        Attr("layers", "int", 1, "stacked layers", minimum=1),
+        Attr("layers", "int", 1, "stacked layers", minimum=1, maximum=1000),
         Attr("bidirectional", "bool", False),
         Attr("last", "bool", False, "return only the last step [H] instead of the sequence [T, H]"),
         _BIAS,

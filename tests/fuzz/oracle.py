@@ -15,10 +15,9 @@ import warnings
 from nnspec import summary as summary_mod
 from nnspec.backends.graphviz import RenderWarning, to_dot
 from nnspec.backends.torch.codegen import generate
-from nnspec.diagnostics import Diagnostic, DiagnosticError, SpecError, render_json, render_text
-from nnspec.ir.build import Builder, pick_model
+from nnspec.diagnostics import Diagnostic, SpecError, render_json, render_text
+from nnspec.frontend import analyze
 from nnspec.spec import check_text, load_text
-from nnspec.syntax.parser import parse
 
 PATH = "fuzz.nn"
 # The command-line options that change what summary, render and compile do.
@@ -53,12 +52,8 @@ def check_diagnostics(diagnostics, text: str) -> None:
 
 
 def _partial_graph(text: str):
-    """What `nnspec render` draws of a spec with errors (cli._partial_graph)."""
-    try:
-        program = parse(text, PATH)
-        return Builder(program).build_model(pick_model(program, None).name, None)
-    except (SpecError, DiagnosticError, RecursionError):
-        return None
+    """What `nnspec render` draws of a spec with errors (the front end's partial graph)."""
+    return analyze(text, PATH).graph
 
 
 def _dot(target, options: dict) -> str:
