@@ -356,8 +356,8 @@ model M {
   x -> Stack(3)
 }
 """
-    assert _errors(text) == [("E155", 4, 20, "block `Stack` calls itself; blocks and fns "
-                                             "cannot be recursive")]
+    assert _errors(text) == [("E155", 4, 20, ("block `Stack` calls itself; blocks and fns "
+                                              "cannot be recursive"))]
 
 
 def test_recursion_through_other_definitions_names_the_cycle():
