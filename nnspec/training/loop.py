@@ -31,12 +31,11 @@ import numpy as np
 
 import nnspec
 from nnspec.backends.numpy.model import NumpyModel
-from nnspec.backends.numpy.optim import make_optimizer
-from nnspec.backends.numpy.schedules import clip_grad_norm
 from nnspec.diagnostics import Diagnostic, DiagnosticError, SpecError
 from nnspec.ir import ops
 from nnspec.ir.train import Setting, TrainConfig
 from nnspec.training import budget, rundir
+from nnspec.training.backend import TrainableModel
 from nnspec.training.data import fit_dataset, load_data
 from nnspec.training.datasets import Dataset
 from nnspec.training.loaders import iterate_minibatches
@@ -131,13 +130,11 @@ def apply_overrides(train: TrainConfig, *, epochs: int | None = None, batch: int
                                **{k: v for k, v in changes.items() if v is not None})
 
 
-def build_optimizer(setting: Setting, model: NumpyModel):
-    """The optimizer of `setting` over the model's parameters. A TorchModel makes its own
-    (the generated `make_optimizer`, generated from the same setting)."""
+def build_optimizer(setting: Setting, model: TrainableModel):
+    """The optimizer of `setting` over the model's parameters; a user's value the
+    optimizer refuses is located at the spec's setting or the `--optimizer` option."""
     try:
-        if not isinstance(model, NumpyModel):
-            return model.make_optimizer()
-        return make_optimizer(setting.name, model.buffer, **setting.args)
+        return model.make_optimizer(setting)
     except ValueError as error:  # values the catalogue's checks let through, e.g. betas >= 1
         if setting.span is not None:
             raise SpecError([Diagnostic("E163", str(error), setting.span)]) from None
@@ -153,14 +150,13 @@ def describe_optimizer(setting: Setting) -> str:
 
 # ---------------------------------------------------------------- the model's backend
 #
-# The loop drives a NumpyModel, or a TorchModel (nnspec.backends.torch.runtime: the generated
-# PyTorch module) with the same interface. They differ only in how the optimizer is made,
-# gradients are clipped and the dropout generator's state is kept; these helpers hide that.
+# The loop drives any `TrainableModel` (nnspec.training.backend): the NumpyModel, or a
+# TorchModel (nnspec.backends.torch.runtime: the generated PyTorch module).
 
 BACKENDS = ("numpy", "torch")
 
 
-def on_backend(backend: str, spec, train: TrainConfig, model: NumpyModel):
+def on_backend(backend: str, spec, train: TrainConfig, model: NumpyModel) -> TrainableModel:
     """The model to train: the interpreter itself, or the generated torch module starting
     from the interpreter's (seeded) weights."""
     if backend == "numpy":
@@ -170,29 +166,10 @@ def on_backend(backend: str, spec, train: TrainConfig, model: NumpyModel):
     return TorchModel.from_numpy(spec, train, model)
 
 
-def _clip(model, max_norm: float) -> None:
-    if isinstance(model, NumpyModel):
-        clip_grad_norm(model.buffer, max_norm)
-    else:
-        model.clip_grad_norm(max_norm)
-
-
-def _dropout_state(model):
-    return model.rng.bit_generator.state if isinstance(model, NumpyModel) else \
-        model.dropout_state
-
-
-def _restore_dropout_state(model, state) -> None:
-    if isinstance(model, NumpyModel):
-        model.rng.bit_generator.state = state
-    else:
-        model.dropout_state = state
-
-
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate(model: NumpyModel, train: TrainConfig, x: np.ndarray, y: np.ndarray,
+def evaluate(model: TrainableModel, train: TrainConfig, x: np.ndarray, y: np.ndarray,
              chunk: int = EVAL_CHUNK) -> dict[str, float]:
     """The loss and the train section's metrics on (x, y), in eval mode (no dropout, batch
     norm's running statistics); the loss is averaged over samples."""
@@ -266,7 +243,7 @@ class _StopRequest:
 class Trainer:
     """One run of one spec on one data set into one run directory."""
 
-    def __init__(self, spec, train: TrainConfig, dataset: Dataset, model: NumpyModel,
+    def __init__(self, spec, train: TrainConfig, dataset: Dataset, model: TrainableModel,
                  run: RunDir, progress, config: dict,
                  checkpoint_every: float = CHECKPOINT_EVERY):
         self.spec = spec
@@ -306,7 +283,7 @@ class Trainer:
         state = dataclasses.asdict(at)
         state.update(spec_hash=self.config["spec_hash"],
                      batches=self.batches.bit_generator.state,
-                     dropout=_dropout_state(self.model))
+                     dropout=self.model.dropout_state)
         weights = self.model.state_dict()
         self.run.write_checkpoint(weights, self.optimizer.state_dict(),
                                   self.schedule.state_dict() if self.schedule else None, state)
@@ -335,7 +312,7 @@ class Trainer:
             raise RunDirError(f"{self.run.file(rundir.RESUME)}: does not fit the model "
                               f"({error})") from None
         self.batches.bit_generator.state = state.pop("batches")
-        _restore_dropout_state(self.model, state.pop("dropout"))
+        self.model.dropout_state = state.pop("dropout")
         state.pop("spec_hash")
         self.at = _Position(**state)
         self._committed = (time.monotonic(), self.at.epoch)
@@ -387,7 +364,7 @@ class Trainer:
                                       f"step {at.step + 1} (batch {at.batch + 1} of {steps})")
             model.backward()
             if clip:
-                _clip(model, clip)
+                model.clip_grad_norm(clip)
             optimizer.step()
             at.step += 1
             at.batch += 1

@@ -152,6 +152,28 @@ class NumpyModel:
         for name, array in self.buffers.items():
             array[...] = arrays[name]
 
+    # ---- what the training loop needs (nnspec.training.backend.TrainableModel) ---------
+
+    def make_optimizer(self, setting):
+        """The optimizer of a train section's `Setting` over the flat parameter buffer."""
+        from nnspec.backends.numpy.optim import make_optimizer
+
+        return make_optimizer(setting.name, self.buffer, **setting.args)
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        from nnspec.backends.numpy.schedules import clip_grad_norm
+
+        return clip_grad_norm(self.buffer, max_norm)
+
+    @property
+    def dropout_state(self) -> dict:
+        """The dropout generator's state (JSON-ready), for exact resume."""
+        return self.rng.bit_generator.state
+
+    @dropout_state.setter
+    def dropout_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         from safetensors.numpy import save_file
 

@@ -155,9 +155,10 @@ class TorchModel:
         self._loss.backward()
         self._loss = None
 
-    # ---- what the loop needs beyond NumpyModel's interface ------------------------------
+    # ---- the rest of the loop's TrainableModel interface (nnspec.training.backend) ------
 
-    def make_optimizer(self) -> TorchOptimizer:
+    def make_optimizer(self, setting=None) -> TorchOptimizer:
+        """The generated `make_optimizer` (written from the same train section `setting`)."""
         names = [n for n, _ in self.net.named_parameters()]
         return TorchOptimizer(self.code.make_optimizer(self.net), names)
 
