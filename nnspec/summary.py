@@ -169,9 +169,9 @@ def _inference_peak_bytes(graph: Graph) -> Dim:
 def _human(n: Dim, unit: str = "") -> str:
     if not isinstance(n, int):
         return str(n)
-    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for factor, suffix in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "k")):
         if n >= factor:
-            return f"{n / factor:.2f}{suffix}{unit}"
+            return f"{_scaled(n, factor)}{suffix}{unit}"
     return f"{n}{unit}" if unit else str(n)
 
 
@@ -180,8 +180,17 @@ def _bytes_text(n: Dim) -> str:
         return str(n)
     for factor, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= factor:
-            return f"{n / factor:.2f} {suffix}"
+            return f"{_scaled(n, factor)} {suffix}"
     return f"{n} B"
+
+
+def _scaled(n: int, factor: int) -> str:
+    """`n / factor` to two decimals; past 1e308 (a fuzzed `dense(10 ^ 200)`) there is no
+    float, so the whole part alone."""
+    try:
+        return f"{n / factor:.2f}"
+    except OverflowError:
+        return f"{n // factor:,}"
 
 
 def _footer(s: Summary) -> list[tuple[str, str]]:

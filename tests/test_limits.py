@@ -57,3 +57,14 @@ def test_the_cli_takes_max_layers(tmp_path):
     allowed = subprocess.run([*command, "--max-layers", "200000", "check", str(spec)],
                              capture_output=True, text=True, check=False)
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_a_summary_of_sizes_past_any_float_has_no_traceback(tmp_path):
+    """Found by `make fuzz` (seed after-merge): parameter bytes beyond 1e308."""
+    spec = tmp_path / "huge.nn"
+    spec.write_text("model Huge {\n  input x: [8]\n  x -> dense(10 ^ 200) -> dense(10 ^ 200)\n}\n")
+    for fmt in ("table", "md", "json", "csv"):
+        done = subprocess.run([sys.executable, "-m", "nnspec.cli", "summary", str(spec),
+                               "--format", fmt], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
