@@ -11,8 +11,9 @@ against the machine's float32 GEMM rate, measured first. FLOPs per step are coun
 3 x 2 x MACs x batch (forward, then input and weight gradients), from `nnspec summary`'s MACs.
 
 Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet] [--batches 8,64,256]
-(`--batches` times every chosen workload at each batch size instead of its own, to show how
-the step time grows with the batch.)
+[--lengths 32,64,128,256,512]
+(`--batches` times every chosen workload at each batch size instead of its own, `--lengths`
+every sequence workload at each length, to show how the step time grows.)
 Ratios from interleaved blocks in one process are steadier than absolute times (which move
 20-30% with the machine's load); the load average is printed with the figures.
 """
@@ -36,20 +37,32 @@ SPECS = Path(__file__).parent / "specs"
 @dataclass(frozen=True)
 class Workload:
     """A spec and the batch it is timed at; `dims` fixes the symbolic dims of its inputs
-    (e.g. {"T": 64}), `vocab` bounds integer token inputs."""
+    (e.g. {"T": 64}), `vocab` bounds integer token inputs, `hyper` overrides the model's
+    hyperparameters (as `--set` does) and `length` names the one `--lengths` sweeps."""
 
     name: str
     spec: str
     batch: int
     dims: dict = field(default_factory=dict)
     vocab: int = 0
+    hyper: dict = field(default_factory=dict)
+    length: str = ""
 
 
 WORKLOADS = [
     Workload("residual CNN 1x8x8 w32 bn", "digits_resnet.nn", 64),
     Workload("CIFAR ResNet-20 3x32x32 16/32/64 bn", "resnet_cifar.nn", 32),
     Workload("MobileNetV2-style depthwise 3x32x32", "mobilenet_cifar.nn", 32),
+    Workload("ViT encoder 64x48 d128 L4 h4", "vit_encoder.nn", 32, length="patches"),
+    Workload("tiny GPT T64 d128 L4 h4", "tiny_gpt.nn", 32, vocab=65, length="ctx"),
+    Workload("char GRU LM T64 H256", "char_gru_lm.nn", 32, vocab=65, length="ctx"),
 ]
+
+
+def load_workload(workload: Workload):
+    from nnspec.spec import load
+
+    return load(SPECS / workload.spec, overrides=workload.hyper)
 
 
 def make_batch(spec, workload: Workload, rng) -> tuple:
@@ -77,17 +90,14 @@ def make_batch(spec, workload: Workload, rng) -> tuple:
 def make_steps(workload: Workload, seed: int = 0):
     """(numpy step, torch step): one training step each, from the same weights and batch."""
     from nnspec.backends.numpy.model import NumpyModel
-    from nnspec.backends.numpy.optim import make_optimizer
     from nnspec.backends.torch.runtime import TorchModel
-    from nnspec.spec import load
 
-    spec = load(SPECS / workload.spec)
+    spec = load_workload(workload)
     x, target = make_batch(spec, workload, np.random.default_rng(seed))
     ours = NumpyModel.from_spec(spec, seed=seed)
-    setting = spec.train.optimizer
-    our_optimizer = make_optimizer(setting.name, ours.buffer, **setting.args)
     theirs = TorchModel(spec, ours.state_dict(), seed)
-    their_optimizer = theirs.make_optimizer()
+    our_optimizer = ours.make_optimizer(spec.train.optimizer)
+    their_optimizer = theirs.make_optimizer(spec.train.optimizer)
 
     def numpy_step():
         ours.loss(x, target)
@@ -103,10 +113,9 @@ def make_steps(workload: Workload, seed: int = 0):
 
 
 def step_flops(workload: Workload) -> float:
-    from nnspec.spec import load
     from nnspec.summary import summarize
 
-    macs = summarize(load(SPECS / workload.spec).graph).macs
+    macs = summarize(load_workload(workload).graph).macs
     return 6.0 * macs * workload.batch if isinstance(macs, int) else float("nan")
 
 
@@ -177,6 +186,8 @@ def main():
     parser.add_argument("--only", default="", help="run the workloads whose name contains this")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep")
+    parser.add_argument("--lengths", default="",
+                        help="comma-separated sequence lengths to sweep (sequence workloads)")
     args = parser.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
@@ -192,6 +203,9 @@ def main():
     if args.batches:
         chosen = [dataclasses.replace(w, name=f"{w.name} b{batch}", batch=batch)
                   for w in chosen for batch in map(int, args.batches.split(","))]
+    if args.lengths:
+        chosen = [dataclasses.replace(w, name=f"{w.name} T{n}", hyper={w.length: n})
+                  for w in chosen if w.length for n in map(int, args.lengths.split(","))]
     for workload in chosen:
         ours, theirs = make_steps(workload)
         for _ in range(2):
