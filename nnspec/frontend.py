@@ -242,6 +242,9 @@ def _definition_symbols(definition: ast.Definition):
         elif isinstance(stmt, ast.Assign):
             yield Symbol(stmt.name, "value", _leading_name(stmt.span, stmt.name), stmt.span,
                          owner)
+        elif isinstance(stmt, ast.Unpack):
+            for name, span in zip(stmt.names, stmt.name_spans):
+                yield Symbol(name, "value", span, stmt.span, owner)
         value = getattr(stmt, "value", None)
         if value is not None:
             for stage in _labelled_stages(value):

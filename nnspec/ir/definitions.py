@@ -125,6 +125,8 @@ def _calls(definition: ast.Definition, defs: dict[str, ast.Definition],
         visit(stmt.value)
         if isinstance(stmt, ast.Assign):
             local.add(stmt.name)
+        elif isinstance(stmt, ast.Unpack):
+            local.update(stmt.names)
         local.update(_op_labels(stmt.value, local, defs, consts))
     return found
 

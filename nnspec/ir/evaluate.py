@@ -23,7 +23,7 @@ from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.nodes import apply_op
-from nnspec.ir.values import POISON, Layer, Tensor, describe, source_text
+from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
 from nnspec.syntax import ast
 
 MAX_NESTING = 64  # blocks and fns inside one another; deeper is a mistake, not a network
@@ -77,11 +77,38 @@ class Evaluator:
                 value = replace(value, module=frame.qualify(stmt.name))
             frame.vars[stmt.name] = value
             return value
+        if isinstance(stmt, ast.Unpack):
+            return self.unpack(stmt, frame)
         if isinstance(stmt, ast.Output):
-            return self.guard(lambda: self.tensor(self.eval(stmt.value, frame), stmt.value, frame))
+            results = [self.guard(lambda v=v: self.tensor(self.eval(v, frame), v, frame))
+                       for v in stmt.values]
+            if len(results) == 1:
+                return results[0]
+            if POISON in results:
+                return POISON
+            return Tensors(tuple(results), stmt.span)
         if isinstance(stmt, ast.Input):
             self.error("E114", "`input` belongs at the top of a model or block", stmt.span)
         return POISON
+
+    def unpack(self, stmt: ast.Unpack, frame: Frame):
+        value = self.guard(lambda: self.eval(stmt.value, frame))
+        for name in stmt.names:
+            frame.vars[name] = POISON
+        if value is POISON:
+            return POISON
+        if not isinstance(value, Tensors):
+            self.error("E116", f"`{', '.join(stmt.names)} = ...` needs {len(stmt.names)} "
+                       f"tensors, but `{source_text(stmt.value.span)}` gives "
+                       f"{describe(value)}", stmt.value.span)
+            return POISON
+        if len(value.items) != len(stmt.names):
+            self.error("E116", f"{len(stmt.names)} names for {len(value.items)} tensors",
+                       stmt.span, f"write {len(value.items)} names before the `=`")
+            return POISON
+        for name, tensor in zip(stmt.names, value.items):
+            frame.vars[name] = tensor
+        return value
 
     # ---- expressions --------------------------------------------------------------------
 
@@ -216,7 +243,12 @@ class Evaluator:
         if not isinstance(callee, Layer):
             raise DiagnosticError("E151", f"`{expr.func}` is {describe(callee)}, not "
                                   "something that can be called", expr.func_span)
-        args = [self.eval(a, frame) for a in expr.args]
+        args, arg_nodes = [], []
+        for node in expr.args:
+            value = self.eval(node, frame)
+            items = value.items if isinstance(value, Tensors) else (value,)
+            args.extend(items)
+            arg_nodes.extend([node] * len(items))
         kwargs = tuple((k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs)
         if POISON in args or any(v is POISON for _, v, _ in kwargs):
             return POISON
@@ -226,7 +258,7 @@ class Evaluator:
         tensors = []
         while args and isinstance(args[0], Tensor):
             tensors.append(args.pop(0))
-        for a, node in zip(args, expr.args[len(tensors):]):
+        for a, node in zip(args, arg_nodes[len(tensors):]):
             if isinstance(a, Tensor):
                 raise DiagnosticError("E152", "tensor arguments must come before the other "
                                       "arguments", node.span)
@@ -237,7 +269,7 @@ class Evaluator:
             layer = callee
         else:
             layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
-                            arg_spans=tuple(a.span for a in expr.args[len(tensors):]))
+                            arg_spans=tuple(a.span for a in arg_nodes[len(tensors):]))
         if tensors and len(tensors) >= self.arity(layer)[0]:
             return self.apply(layer, tensors, frame, None, expr.span)
         if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first
@@ -295,6 +327,11 @@ class Evaluator:
             return value
         if self.nullary(value):
             return self.apply(value, [], frame, None, expr.span)
+        if isinstance(value, Tensors):
+            names = ", ".join(f"t{i}" for i in range(len(value.items)))
+            raise DiagnosticError("E135", f"one tensor is needed here, but "
+                                  f"`{source_text(expr.span)}` gives {describe(value)}",
+                                  expr.span, f"unpack them first: `{names} = ...`")
         if isinstance(value, Layer):
             raise DiagnosticError("E135", f"`{source_text(expr.span)}` is a layer, not a value",
                                   expr.span,

@@ -27,6 +27,15 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class Tensors:
+    """Several tensors as one value: a block with several outputs, an op with several
+    results. `a, b = value` unpacks it; passed to a layer it counts as its tensors in order."""
+
+    items: tuple[Tensor, ...]
+    span: Span | None
+
+
+@dataclass(frozen=True)
 class Layer:
     kind: LayerKind
     name: str  # op or definition name ("pipeline" for a seq, "repeat" for a repeat)
@@ -62,6 +71,8 @@ def describe(value) -> str:
     """A value as a message's noun phrase: "a tensor [64]", "the number 3"."""
     if isinstance(value, Tensor):
         return f"a tensor {value.type}" if value.type else "a tensor"
+    if isinstance(value, Tensors):
+        return f"{len(value.items)} tensors"
     if isinstance(value, Layer):
         return f"the layer `{value.name}`"
     if isinstance(value, bool):

@@ -120,11 +120,27 @@ class Assign(Node):
 
 
 @dataclass(frozen=True)
-class Output(Node):
+class Unpack(Node):
+    """`a, b = expr`: one name per tensor of a value that holds several."""
+
+    names: tuple[str, ...]
+    name_spans: tuple[Span, ...] = field(repr=False, compare=False)
     value: Expr
 
 
-Stmt = Input | Assign | Output
+@dataclass(frozen=True)
+class Output(Node):
+    """The last bare statement of a body: one expression, or several (`mu, logvar`)."""
+
+    values: tuple[Expr, ...]
+
+    @property
+    def value(self) -> Expr:
+        """The whole output as one expression, for passes that only read it."""
+        return self.values[0] if len(self.values) == 1 else ListExpr(self.span, self.values)
+
+
+Stmt = Input | Assign | Unpack | Output
 
 
 @dataclass(frozen=True)

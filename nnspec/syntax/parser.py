@@ -114,8 +114,24 @@ class _ToAst:
         name, value = children
         return ast.Assign(self._span(meta), str(name), self._expr(value))
 
+    def unpack(self, meta, children):
+        targets, value = children
+        for target in targets:
+            if not isinstance(target, ast.Name):
+                self.errors.append(Diagnostic(
+                    "E006", "only names can be assigned to, one per tensor: `a, b = ...`",
+                    target.span))
+        names = tuple(t for t in targets if isinstance(t, ast.Name))
+        return ast.Unpack(self._span(meta), tuple(n.id for n in names),
+                          tuple(n.span for n in names), self._expr(value))
+
     def output(self, meta, children):
-        return ast.Output(self._span(meta), self._expr(children[0]))
+        (value,) = children
+        values = tuple(value) if isinstance(value, list) else (self._expr(value),)
+        return ast.Output(self._span(meta), values)
+
+    def exprs(self, meta, children):
+        return [self._expr(c) for c in children]
 
     # -- expressions
     def _expr(self, node):
