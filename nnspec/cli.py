@@ -15,6 +15,7 @@ try:  # a Ctrl-C while these load (the first tenth of a second) ends as quietly 
     import click
 
     from nnspec import __version__
+    from nnspec.cli_editor import fmt_command, lsp_command
     from nnspec.diagnostics import Diagnostic, SpecError, render_inline, render_json, render_text
 except KeyboardInterrupt:
     sys.exit(130)
@@ -128,6 +129,10 @@ def main(max_layers: int | None):
       nnspec train specs/digits_mlp.nn
     The language is described in docs/language.md.
     """
+
+
+main.add_command(fmt_command)
+main.add_command(lsp_command)
 
 
 @main.command()
