@@ -477,8 +477,7 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path,
     else:  # a second copy of the weights beside the loaded model
         budget.check_fits(spec.graph, what=f"evaluating {spec.graph.name}",
                           batch=min(EVAL_CHUNK, samples), param_copies=2)
-    probe = NumpyModel(spec.graph, seed=train.seed, loss_graph=train.loss_graph,
-                       fused_softmax=train.fused_softmax)
+    probe = NumpyModel(spec.graph, seed=train.seed, train=train)
     return fit_dataset(probe, train, dataset), split, probe
 
 
