@@ -23,9 +23,11 @@ class FusedSoftmax:
 
 def fuse_softmax(model: Graph, loss: Graph, bindings: tuple[Binding, ...]
                  ) -> FusedSoftmax | None:
-    """The rewrite when the loss's only use of a softmax output (over the last dim) is as
-    the logits of `cross_entropy`; else None."""
+    """The rewrite when the loss's only use of the model's one output, a softmax over the
+    last dim, is as the logits of `cross_entropy`; else None."""
     outputs = model.named_outputs
+    if len(outputs) != 1:
+        return None
     users = loss.consumers()
     for i, binding in enumerate(bindings):
         if binding.source != "output":

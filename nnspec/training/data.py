@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nnspec.diagnostics import Diagnostic, Note, Span, SpecError
+from nnspec.ir import ops
 from nnspec.ir.train import Setting
 from nnspec.training import loaders
 from nnspec.training.datasets import DATASETS, Dataset, from_user_data, load_dataset
@@ -202,9 +203,12 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
     what = f"the samples of {source}"
     x_train = fit_inputs(model, dataset.x_train, span, what)
     x_val = fit_inputs(model, dataset.x_val, span, what)
-    pred_shape = tuple(model(x_train[:1]).shape[1:])
-    y_train, y_val = (fit_targets(train, y, pred_shape, span) for y in (dataset.y_train,
-                                                                          dataset.y_val))
+    if not train.targets:  # the loss reads outputs and inputs only (an autoencoder)
+        return dataclasses.replace(dataset, x_train=x_train, x_val=x_val)
+    loss, pred = target_use(train)
+    pred_shape = tuple(model.activations(x_train[:1])[train.output_node(pred)].shape[1:])
+    y_train, y_val = (fit_targets(train, y, pred_shape, span, loss)
+                      for y in (dataset.y_train, dataset.y_val))
     _check_metrics(train, y_train, pred_shape)
     task = ("regression" if y_train.dtype != np.int64 else
             "classification" if y_train.ndim == 1 else "sequence_classification")
@@ -212,9 +216,23 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
                                y_val=y_val, task=task)
 
 
-def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | None
-                 ) -> np.ndarray:
-    loss = train.loss.name
+def target_use(train) -> tuple[str, str]:
+    """The loss that takes the data's one target (`cross_entropy`, `mse`, a fn's name) and
+    the output it is compared with."""
+    graph = train.loss_graph
+    target = next(b.node for b in train.bindings if b.source == "target")
+    by_node = {b.node: b.name for b in train.bindings}
+    for user in graph.consumers()[target]:
+        node = graph.node(user)
+        if ops.OPS[node.op].family == "loss" and node.inputs[0] in by_node:
+            return node.op, by_node[node.inputs[0]]
+    return train.loss.name, next(b.name for b in train.bindings if b.source == "output")
+
+
+def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | None,
+                loss: str | None = None) -> np.ndarray:
+    """The data's targets converted for the loss `loss` (the train section's by default)."""
+    loss = loss or train.loss.name
     notes = (Note(train.loss.span, f"the loss `{loss}` is chosen here"),) if train.loss.span \
         else ()
     shape = tuple(y.shape[1:])

@@ -228,7 +228,8 @@ class NumpyModel:
             local = {k: params[full] if full in params else self.buffers[full]
                      for k, full in node.params.items()}
             out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)
-            values[node.name] = out
+            # a loss gives a NumPy scalar; as an operand (`64 * bce(...)`) it must be an array
+            values[node.name] = out if isinstance(out, np.ndarray) else np.asarray(out)
             if record:
                 self._tape.append(_Step(node.name, node.inputs, node.params, backward))
         return values
