@@ -51,10 +51,10 @@ class Builder(Evaluator):
             self.error("E110", f"model `{name}` has no output", definition.name_span,
                        "end the body with the expression that gives the model's output")
         out_nodes, out_given = [], []
-        for value, name in zip(outputs, given):
+        for value, given_name in zip(outputs, given):
             if isinstance(value, Tensor):
                 out_nodes.append(value.node)
-                out_given.append(name)
+                out_given.append(given_name)
             elif value is not POISON:
                 self.error("E112", f"a model's output must be a tensor, got "
                            f"{describe(value)}", definition.body[-1].span)

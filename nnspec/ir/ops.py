@@ -936,7 +936,7 @@ register(
 # ---- sampling ------------------------------------------------------------------------------
 
 register(
-    OpDef("noise", "regularization", "Standard-normal samples shaped like x (torch.randn_like) "
+    OpDef("noise", "math", "Standard-normal samples shaped like x (torch.randn_like) "
           "while training, drawn from the run's seeded generator; zeros at eval, the mean, so "
           "a VAE's `mu + exp(0.5 * logvar) * noise(mu)` predicts from the mean. No gradient "
           "flows to x.", _same_float("noise"), random=True, outputs_doc="same as x",

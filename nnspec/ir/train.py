@@ -16,8 +16,8 @@ from nnspec.ir.attrs import bind_attrs
 from nnspec.ir.evaluate import Evaluator
 from nnspec.ir.frames import Frame, constant_frame
 from nnspec.ir.graph import Binding, BindingSource, Graph, Node
-from nnspec.ir.rewrite import fuse_softmax
 from nnspec.ir.graph_builder import GraphBuilder
+from nnspec.ir.rewrite import fuse_softmax
 from nnspec.ir.types import TensorType
 from nnspec.ir.values import POISON, Layer, Tensor, show, source_text
 from nnspec.syntax import ast

@@ -204,35 +204,39 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
     x_train = fit_inputs(model, dataset.x_train, span, what)
     x_val = fit_inputs(model, dataset.x_val, span, what)
     if not train.targets:  # the loss reads outputs and inputs only (an autoencoder)
+        if train.metrics:
+            raise data_error("E219", "metrics compare an output with the data's targets, but "
+                             "this loss reads no target", train.spans.get("metrics"),
+                             "remove the `metrics` line")
         return dataclasses.replace(dataset, x_train=x_train, x_val=x_val)
-    loss, pred = target_use(train)
+    loss, pred, args = target_use(train)
     pred_shape = tuple(model.activations(x_train[:1])[train.output_node(pred)].shape[1:])
-    y_train, y_val = (fit_targets(train, y, pred_shape, span, loss)
+    y_train, y_val = (fit_targets(train, y, pred_shape, span, loss, args)
                       for y in (dataset.y_train, dataset.y_val))
-    _check_metrics(train, y_train, pred_shape)
+    _check_metrics(train, y_train, loss, args)
     task = ("regression" if y_train.dtype != np.int64 else
             "classification" if y_train.ndim == 1 else "sequence_classification")
     return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val,
                                y_val=y_val, task=task)
 
 
-def target_use(train) -> tuple[str, str]:
-    """The loss that takes the data's one target (`cross_entropy`, `mse`, a fn's name) and
-    the output it is compared with."""
+def target_use(train) -> tuple[str, str, dict]:
+    """The loss that takes the data's one target (`cross_entropy`, `mse`, a fn's name), the
+    output it is compared with, and the loss's arguments."""
     graph = train.loss_graph
     target = next(b.node for b in train.bindings if b.source == "target")
     by_node = {b.node: b.name for b in train.bindings}
     for user in graph.consumers()[target]:
         node = graph.node(user)
         if ops.OPS[node.op].family == "loss" and node.inputs[0] in by_node:
-            return node.op, by_node[node.inputs[0]]
-    return train.loss.name, next(b.name for b in train.bindings if b.source == "output")
+            return node.op, by_node[node.inputs[0]], dict(node.attrs)
+    output = next(b.name for b in train.bindings if b.source == "output")
+    return train.loss.name, output, train.loss.args
 
 
 def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | None,
-                loss: str | None = None) -> np.ndarray:
-    """The data's targets converted for the loss `loss` (the train section's by default)."""
-    loss = loss or train.loss.name
+                loss: str, loss_args: dict) -> np.ndarray:
+    """The data's targets converted for the loss `loss` that takes them."""
     notes = (Note(train.loss.span, f"the loss `{loss}` is chosen here"),) if train.loss.span \
         else ()
     shape = tuple(y.shape[1:])
@@ -258,7 +262,7 @@ def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | 
                              f" for the model's output {list(pred_shape)}, but the data's "
                              f"targets are shaped {list(shape)}", span, None, notes)
         classes = pred_shape[-1]
-        ignore = train.loss.args.get("ignore_index", -100)
+        ignore = loss_args.get("ignore_index", -100)
         labels = y[y != ignore]
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             bad = int(labels.max()) if labels.max() >= classes else int(labels.min())
@@ -292,13 +296,13 @@ def _reshape_targets(y: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
     return y
 
 
-def _check_metrics(train, y: np.ndarray, pred_shape: tuple[int, ...]) -> None:
+def _check_metrics(train, y: np.ndarray, loss: str, loss_args: dict) -> None:
     span = train.spans.get("metrics")
     ids = y.dtype == np.int64
     for name in train.metrics:
         if name == "accuracy":
             try:
-                accuracy_kind(train.loss.name, train.loss.args, ids)
+                accuracy_kind(loss, loss_args, ids)
             except MetricError as error:
                 raise data_error("E219", str(error), span) from None
         elif ids:

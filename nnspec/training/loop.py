@@ -36,7 +36,7 @@ from nnspec.ir import ops
 from nnspec.ir.train import Setting, TrainConfig
 from nnspec.training import budget, rundir
 from nnspec.training.backend import TrainableModel
-from nnspec.training.data import fit_dataset, load_data
+from nnspec.training.data import fit_dataset, load_data, target_use
 from nnspec.training.datasets import Dataset
 from nnspec.training.loaders import iterate_minibatches
 from nnspec.training.metrics import MetricSums, accuracy_kind
@@ -174,17 +174,26 @@ def evaluate(model: TrainableModel, train: TrainConfig, x: np.ndarray, y: np.nda
     """The loss and the train section's metrics on (x, y), in eval mode (no dropout, batch
     norm's running statistics); the loss is averaged over samples."""
     ids = y.dtype == np.int64
-    kind = accuracy_kind(train.loss.name, train.loss.args, ids) \
-        if "accuracy" in train.metrics else None
-    ignore = train.loss.args.get("ignore_index") if train.loss.name == "cross_entropy" else None
+    loss, _, args = target_use(train) if train.metrics else (None, None, {})
+    kind = accuracy_kind(loss, args, ids) if "accuracy" in train.metrics else None
+    ignore = args.get("ignore_index") if loss == "cross_entropy" else None
     sums = MetricSums(train.metrics, kind, ignore)
     total = 0.0
     for start in range(0, len(x), chunk):
         xb, yb = x[start:start + chunk], y[start:start + chunk]
         total += model.loss(xb, yb, train=False) * len(xb)
         if train.metrics:
-            sums.update(model(xb), yb)
+            sums.update(_compared_output(model(xb), train), yb)
     return {"loss": total / len(x), **sums.values()}
+
+
+def _compared_output(out, train: TrainConfig) -> np.ndarray:
+    """Of several outputs, the one the loss compares with the data's target (metrics
+    score that one)."""
+    if not isinstance(out, tuple):
+        return out
+    _, name, _ = target_use(train)
+    return out[[n for n, _ in train.outputs].index(name)]
 
 
 # ---------------------------------------------------------------- the run

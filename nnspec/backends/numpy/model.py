@@ -22,9 +22,9 @@ from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.params import ParamBuffer
 from nnspec.backends.numpy.rules import RULES, Context, align_batched, needs_batch_of_one
 from nnspec.ir.graph import Graph
+from nnspec.ir.ops import OPS
 from nnspec.ir.rewrite import unread_nodes
 from nnspec.ir.train import TrainConfig
-from nnspec.ir.ops import OPS
 from nnspec.ir.types import TensorType
 
 _DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
