@@ -419,7 +419,7 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
     data = spec.train.data if spec.train else None
     target = data.args.get("target", "y") if data is not None and data.name == "csv" else None
     try:
-        x = load_inputs(inputs, drop_column=target)
+        x = load_inputs(inputs, drop_column=target, inputs=spec.graph.inputs)
     except DataError as err:
         _fail_plain(err.message, err.hint)
     try:

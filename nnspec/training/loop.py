@@ -36,7 +36,7 @@ from nnspec.ir import ops
 from nnspec.ir.train import Setting, TrainConfig
 from nnspec.training import budget, rundir
 from nnspec.training.backend import TrainableModel
-from nnspec.training.data import fit_dataset, load_data, target_use
+from nnspec.training.data import fit_dataset, load_data, read_by_name, target_use
 from nnspec.training.datasets import Dataset
 from nnspec.training.loaders import iterate_minibatches
 from nnspec.training.metrics import MetricSums, accuracy_kind
@@ -476,7 +476,8 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path,
         span = next((t.span for t in spec.program.trains if t.model == spec.graph.name), None)
         raise data_error("E216", f"train `{spec.graph.name}` names no data", span,
                          "add a `data` line (e.g. `data digits`) or pass --data")
-    dataset, split = load_data(train.data, base_dir=base_dir, val=val, loss=train.loss.name)
+    dataset, split = load_data(train.data, base_dir=base_dir, val=val, loss=train.loss.name,
+                               names=read_by_name(spec.graph, train))
     samples = len(dataset.x_train) + len(dataset.x_val)
     if training:
         budget.check_fits(spec.graph, what=f"training {spec.graph.name}",

@@ -191,6 +191,8 @@ class NumpyModel:
     def feeds(self, x) -> dict[str, np.ndarray]:
         """Model inputs by name: a dict, a tuple in declaration order, or one array."""
         names = self.graph.inputs
+        if isinstance(x, np.ndarray) and x.dtype.names:  # a structured array: a field each
+            x = {name: x[name] for name in x.dtype.names}
         if isinstance(x, dict):
             unknown = set(x) - set(names)
             if unknown:
@@ -292,6 +294,8 @@ class NumpyModel:
         wanted = [b for b in self.train.bindings if b.source == "target"]
         if not wanted:
             return {}
+        if isinstance(target, np.ndarray) and target.dtype.names:  # a field per target
+            target = {name: target[name] for name in target.dtype.names}
         if not isinstance(target, dict):
             if len(wanted) > 1:
                 raise InputError(f"the loss takes {len(wanted)} targets "

@@ -124,7 +124,7 @@ class TorchModel:
     # ---- running ------------------------------------------------------------------------
 
     def _inputs(self, x) -> list[torch.Tensor]:
-        if isinstance(x, dict):
+        if isinstance(x, dict) or (isinstance(x, np.ndarray) and x.dtype.names):
             arrays = [x[name] for name in self.graph.inputs]
         else:
             arrays = list(x) if isinstance(x, (tuple, list)) and len(self.graph.inputs) > 1 else [x]
@@ -148,7 +148,9 @@ class TorchModel:
         else:
             outputs = dict(zip(self.graph.output_names, out if isinstance(out, tuple) else (out,)))
         targets = [b for b in self.train.bindings if b.source == "target"]
-        if not isinstance(target, dict):
+        if isinstance(target, np.ndarray) and target.dtype.names:  # a field per target
+            target = {name: target[name] for name in target.dtype.names}
+        elif not isinstance(target, dict):
             target = {b.name: target for b in targets}
         args = []
         for b in self.train.bindings:
