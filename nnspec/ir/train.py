@@ -305,21 +305,17 @@ def build_loss(builder: Evaluator, setting: ast.Setting, model: Graph
 
 def _loss_tensors(builder: Evaluator, expr: ast.Expr, model: Graph, known: dict
                   ) -> dict[str, tuple[BindingSource, TensorType, Span]]:
-    """The tensors a loss expression reads, by name: outputs, inputs and targets. A target
-    is a name the expression gives a loss (or a `fn`) as its second argument after an
-    output or input; its type is what that loss expects for that prediction."""
+    """The tensors a loss expression reads, by name and in the order it reads them (the
+    generated `loss_fn` takes them so): outputs, inputs and targets. A target is a name
+    the expression gives a loss (or a `fn`) as its second argument after an output or
+    input; its type is what that loss expects for that prediction."""
     outputs = model.named_outputs
-    found: dict[str, tuple[BindingSource, TensorType, Span]] = {}
-    for name in _names_in(expr):
-        if name.id in known and name.id not in found:
-            kind = "output" if name.id in outputs else "input"
-            span = model.node(outputs.get(name.id, name.id)).span
-            found[name.id] = (kind, known[name.id], span)
+    targets: dict[str, tuple[BindingSource, TensorType, Span]] = {}
     for call in _calls_in(expr):
         if len(call.args) < 2 or not isinstance(call.args[1], ast.Name):
             continue
         pred, target = call.args[0], call.args[1].id
-        if target in known or target in found or builder.lookup_optional(
+        if target in known or target in targets or builder.lookup_optional(
                 target, constant_frame()) is not None:
             continue
         if not (isinstance(pred, ast.Name) and pred.id in known):
@@ -331,7 +327,14 @@ def _loss_tensors(builder: Evaluator, expr: ast.Expr, model: Graph, known: dict
         pred_type = known[pred.id]
         type_ = pred_type if kind == "fn" else default_target(ops.lookup(call.func).name,
                                                               pred_type)
-        found[target] = ("target", type_, call.args[1].span)
+        targets[target] = ("target", type_, call.args[1].span)
+    found: dict[str, tuple[BindingSource, TensorType, Span]] = {}
+    for name in _names_in(expr):  # in the order the expression reads them
+        if name.id in known and name.id not in found:
+            kind = "output" if name.id in outputs else "input"
+            found[name.id] = (kind, known[name.id], model.node(outputs.get(name.id, name.id)).span)
+        elif name.id in targets:
+            found.setdefault(name.id, targets[name.id])
     return found
 
 
