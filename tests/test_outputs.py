@@ -274,3 +274,18 @@ def test_metrics_need_a_target(tmp_path):
 
         loop.prepare(spec, spec.train, val=None, base_dir=tmp_path)
     assert error.value.diagnostics[0].code == "E219"
+
+
+def test_a_fn_or_a_pipe_over_the_outputs_gives_the_same_loss():
+    text = VAE.read_text()
+    as_fn = text.replace("fn kl_normal", "fn vae_loss(recon, x, mu, logvar) {\n"
+                         "  64 * binary_cross_entropy(recon, x) + kl_normal(mu, logvar)\n}\n\n"
+                         "fn kl_normal").replace(
+        "loss      64 * binary_cross_entropy(recon, x) + kl_normal(mu, logvar)",
+        "loss      vae_loss(recon, x, mu, logvar)")
+    as_pipe = text.replace("64 * binary_cross_entropy(recon, x)",
+                           "64 * (recon -> binary_cross_entropy(x))")
+    x = np.random.default_rng(0).random((4, 64)).astype(np.float32)
+    losses = [NumpyModel.from_spec(load_text(t), seed=0).loss(x, train=False)
+              for t in (text, as_fn, as_pipe)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) == pytest.approx(losses[2], rel=1e-6)
