@@ -263,16 +263,21 @@ def _outputs(model: Graph) -> tuple[tuple[str, str], ...]:
     return tuple(model.named_outputs.items())
 
 
-def _names_in(expr) -> list[ast.Name]:
-    """Every name an expression reads (not the functions it calls)."""
-    if isinstance(expr, ast.Name):
-        return [expr]
+def _walk(expr):
+    """An expression and every expression inside it, outermost first, left to right."""
+    yield expr
     children = {ast.Call: lambda e: [*e.args, *(k.value for k in e.kwargs)],
                 ast.BinOp: lambda e: [e.left, e.right], ast.Unary: lambda e: [e.operand],
                 ast.ListExpr: lambda e: list(e.items),
                 ast.Pipeline: lambda e: [e.head, *(s.layer for s in e.stages)],
                 ast.Conditional: lambda e: [e.then, e.cond, e.otherwise]}.get(type(expr))
-    return [n for child in (children(expr) if children else ()) for n in _names_in(child)]
+    for child in children(expr) if children else ():
+        yield from _walk(child)
+
+
+def _names_in(expr) -> list[ast.Name]:
+    """Every name an expression reads (not the functions it calls), in reading order."""
+    return [e for e in _walk(expr) if isinstance(e, ast.Name)]
 
 
 def build_loss(builder: Evaluator, setting: ast.Setting, model: Graph
@@ -311,7 +316,7 @@ def _loss_tensors(builder: Evaluator, expr: ast.Expr, model: Graph, known: dict
     input; its type is what that loss expects for that prediction."""
     outputs = model.named_outputs
     targets: dict[str, tuple[BindingSource, TensorType, Span]] = {}
-    for call in _calls_in(expr):
+    for call in (e for e in _walk(expr) if isinstance(e, ast.Call)):
         if len(call.args) < 2 or not isinstance(call.args[1], ast.Name):
             continue
         pred, target = call.args[0], call.args[1].id
@@ -336,14 +341,6 @@ def _loss_tensors(builder: Evaluator, expr: ast.Expr, model: Graph, known: dict
         elif name.id in targets:
             found.setdefault(name.id, targets[name.id])
     return found
-
-
-def _calls_in(expr) -> list[ast.Call]:
-    calls = [expr] if isinstance(expr, ast.Call) else []
-    children = {ast.Call: lambda e: [*e.args, *(k.value for k in e.kwargs)],
-                ast.BinOp: lambda e: [e.left, e.right], ast.Unary: lambda e: [e.operand],
-                ast.Conditional: lambda e: [e.then, e.otherwise]}.get(type(expr))
-    return calls + [c for child in (children(expr) if children else ()) for c in _calls_in(child)]
 
 
 def _check_scalar(out, what: str, span: Span) -> None:
