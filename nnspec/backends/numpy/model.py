@@ -120,7 +120,7 @@ class NumpyModel:
         self.input_grads: dict[str, np.ndarray] = {}
         self._tape: list[_Step] = []
         self._loss_tape: list[_Step] = []
-        self._seeds: dict[str, str] = {}  # model node -> loss input whose gradient it gets
+        self._seeds: dict[str, str] = {}  # loss input -> the model node its gradient goes to
         self._unread = unread_nodes(graph, train) if train is not None else frozenset()
 
     @classmethod
