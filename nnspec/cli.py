@@ -424,7 +424,7 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
     data = spec.train.data if spec.train else None
     target = data.args.get("target", "y") if data is not None and data.name == "csv" else None
     try:
-        x = load_inputs(inputs, drop_column=target)
+        x = load_inputs(inputs, drop_column=target, inputs=spec.graph.inputs)
     except DataError as err:
         _fail_plain(err.message, err.hint)
     try:
@@ -433,7 +433,12 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
         fail(err.diagnostics)
     _fits_or_exit(spec, "predicting with", 1, min(len(x), EVAL_CHUNK))
     with np.errstate(all="ignore"):
-        y = np.concatenate([net(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
+        chunks = [net.outputs(x[i:i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)]
+    outputs = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+    if len(outputs) > 1:
+        _predict_outputs(outputs, output)
+        return
+    y = next(iter(outputs.values()))
     if output is not None:
         buffer = io.BytesIO()
         np.save(buffer, y)
@@ -451,6 +456,36 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
     for row in y:
         ids = np.atleast_1d(row.argmax(axis=-1))
         click.echo(glue.join(labels[i] if i < len(labels) else str(i) for i in ids))
+
+
+def _predict_outputs(outputs: dict, output: str | None) -> None:
+    """A model with several outputs: with -o, one .npy file per output named after it
+    (`-o pred.npy` writes pred.recon.npy, pred.mu.npy, ...; `-` writes one .npz of them all
+    to stdout); else each output's rows under a `# name` line."""
+    import io
+
+    import numpy as np
+
+    from nnspec.outputs import STDOUT
+
+    if output is None:
+        for name, y in outputs.items():
+            click.echo(f"# {name}")
+            for row in y:
+                click.echo(" ".join(f"{v:.6g}" for v in np.ravel(row)))
+        return
+    if output == STDOUT:
+        buffer = io.BytesIO()
+        np.savez(buffer, **outputs)
+        where = _write_or_exit(output, buffer.getvalue())
+        _wrote(f"{len(outputs)} outputs ({', '.join(outputs)}) as .npz to {where}", where)
+        return
+    stem = output.removesuffix(".npy")
+    for name, y in outputs.items():
+        buffer = io.BytesIO()
+        np.save(buffer, y)
+        where = _write_or_exit(f"{stem}.{name}.npy", buffer.getvalue())
+        _wrote(f"{len(y)} `{name}` predictions of shape {list(y.shape[1:])} to {where}", where)
 
 
 def _class_names(metadata: dict, weights: Path) -> list[str] | None:

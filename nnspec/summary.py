@@ -44,7 +44,7 @@ class Summary:
     infer_activation_bytes: Dim
     tied: list[tuple[str, list[str]]]
     inputs: list[str]
-    outputs: list[str]
+    outputs: list[str]  # "name [shape]", in the model's order
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -118,7 +118,7 @@ def summarize(graph: Graph, depth: int | None = None, expand: bool = False) -> S
     return Summary(graph.name, rows, total, total, buffers, param_bytes, macs,
                    _training_bytes(graph), _inference_peak_bytes(graph), tied,
                    [f"{n} {graph.node(n).type}" for n in graph.inputs],
-                   [f"{n} {graph.node(n).type}" for n in graph.outputs])
+                   [f"{name} {graph.node(n).type}" for name, n in graph.named_outputs.items()])
 
 
 def _repeat_label(graph: Graph, path: str) -> str:
@@ -205,6 +205,8 @@ def _footer(s: Summary) -> list[tuple[str, str]]:
     ]
     for param, users in s.tied:
         lines.append(("Tied", f"{param} (counted once) also used by {', '.join(users)}"))
+    if len(s.outputs) > 1:
+        lines.append(("Outputs", ", ".join(s.outputs)))
     return lines
 
 

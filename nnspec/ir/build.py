@@ -14,10 +14,10 @@ from nnspec.diagnostics import Diagnostic, DiagnosticError, SpecError, did_you_m
 from nnspec.ir.attrs import bind_params
 from nnspec.ir.evaluate import Evaluator
 from nnspec.ir.frames import Frame, snake
-from nnspec.ir.graph import Graph, Node
+from nnspec.ir.graph import Graph, Node, output_names
 from nnspec.ir.graph_builder import GraphBuilder
 from nnspec.ir.types import TensorType
-from nnspec.ir.values import POISON, Tensor, describe
+from nnspec.ir.values import POISON, Tensor, Tensors, describe
 from nnspec.syntax import ast
 
 __all__ = ["Builder", "pick_model", "snake"]
@@ -32,7 +32,7 @@ class Builder(Evaluator):
         hyper = self.guard(lambda: bind_params(definition, [], dict(overrides or {}), frame.vars,
                                                lambda expr: self.eval_value(expr, frame),
                                                definition.name_span), {})
-        inputs, outputs = [], []
+        inputs, outputs, given = [], [], []
         for stmt in definition.body:
             if isinstance(stmt, ast.Input):
                 tensor = self.guard(lambda stmt=stmt: self.model_input(stmt, frame))
@@ -42,21 +42,24 @@ class Builder(Evaluator):
             else:
                 result = self.statement(stmt, frame)
                 if isinstance(stmt, ast.Output):
-                    outputs = [result]
+                    outputs = list(result.items) if isinstance(result, Tensors) else [result]
+                    given = [v.id if isinstance(v, ast.Name) else None for v in stmt.values]
         if not inputs and not any(isinstance(s, ast.Input) for s in definition.body):
             self.error("E111", f"model `{name}` declares no input", definition.name_span,
                        "add a line like `input x: [64]`")
         if not outputs:
             self.error("E110", f"model `{name}` has no output", definition.name_span,
                        "end the body with the expression that gives the model's output")
-        out_names = []
-        for value in outputs:
+        out_nodes, out_given = [], []
+        for value, given_name in zip(outputs, given):
             if isinstance(value, Tensor):
-                out_names.append(value.node)
+                out_nodes.append(value.node)
+                out_given.append(given_name)
             elif value is not POISON:
                 self.error("E112", f"a model's output must be a tensor, got "
                            f"{describe(value)}", definition.body[-1].span)
-        return frame.graph.finish(inputs, out_names, hyper)
+        return frame.graph.finish(inputs, out_nodes, hyper,
+                                  output_names(out_given, inputs))
 
     def model_input(self, stmt: ast.Input, frame: Frame) -> Tensor:
         if stmt.type is None:

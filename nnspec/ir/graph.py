@@ -18,6 +18,7 @@ from nnspec.ir.ops import Attrs, ParamSpec
 from nnspec.ir.types import TensorType
 
 ScopeKind = Literal["block", "repeat", "fn"]
+BindingSource = Literal["output", "input", "target"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,16 @@ class Param:
     tied_from: tuple[str, ...] = ()  # other layers that use it
 
 
+@dataclass(frozen=True)
+class Binding:
+    """What feeds one input of a loss graph: a model output, a model input or a target of
+    the data, by name."""
+
+    node: str  # the loss graph's input node
+    source: BindingSource
+    name: str
+
+
 @dataclass
 class Graph:
     name: str
@@ -67,15 +78,24 @@ class Graph:
     outputs: list[str]
     scopes: dict[str, Scope]
     hyper: dict[str, Any]
+    output_names: list[str] = field(default_factory=list)  # one per output, in order
 
     def node(self, name: str) -> Node:
         return self._index[name]
 
     def __post_init__(self):
         self._index = {n.name: n for n in self.nodes}
+        if len(self.output_names) != len(self.outputs):
+            self.output_names = output_names([None] * len(self.outputs), self.inputs)
+
+    @property
+    def named_outputs(self) -> dict[str, str]:
+        """Output name -> the node that gives it, in the spec's order (`recon`, `mu`, ...)."""
+        return dict(zip(self.output_names, self.outputs))
 
     @property
     def output_type(self) -> TensorType | None:
+        """The type of a single-output graph's output (the first one's when several)."""
         return self.node(self.outputs[0]).type
 
     def trainable(self) -> dict[str, Param]:
@@ -136,3 +156,21 @@ class Graph:
             seen.add(n.name)
         for o in self.outputs:
             assert o in seen, f"unknown output {o}"
+        assert len(set(self.output_names)) == len(self.outputs), "output names not unique"
+
+
+def output_names(given: list[str | None], taken=()) -> list[str]:
+    """Each output's name: the variable it was written as (`mu, logvar`) when no input or
+    earlier output has that name, else a made-up `output`, `output_1`, ..."""
+    names: list[str] = []
+    used = set(taken)
+    for name in given:
+        if name is None or name in used:
+            name = "output"
+            i = 0
+            while name in used:
+                i += 1
+                name = f"output_{i}"
+        names.append(name)
+        used.add(name)
+    return names

@@ -28,8 +28,11 @@ class GraphBuilder:
         self.modules: dict[str, tuple[str, dict[str, str]]] = {}  # path -> (op, local->full)
         self.scopes: dict[str, Scope] = {}
 
-    def finish(self, inputs: list[str], outputs: list[str], hyper: dict[str, Any]) -> Graph:
-        return Graph(self.name, self.nodes, self.params, inputs, outputs, self.scopes, hyper)
+    def finish(self, inputs: list[str], outputs: list[str], hyper: dict[str, Any],
+               names: list[str] | None = None) -> Graph:
+        """The graph; `names` are the outputs' names (made up when not given)."""
+        return Graph(self.name, self.nodes, self.params, inputs, outputs, self.scopes, hyper,
+                     names or [])
 
     # ---- nodes and scopes ---------------------------------------------------------------
 

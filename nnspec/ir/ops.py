@@ -933,6 +933,17 @@ register(
 )
 
 
+# ---- sampling ------------------------------------------------------------------------------
+
+register(
+    OpDef("noise", "math", "Standard-normal samples shaped like x (torch.randn_like) "
+          "while training, drawn from the run's seeded generator; zeros at eval, the mean, so "
+          "a VAE's `mu + exp(0.5 * logvar) * noise(mu)` predicts from the mean. No gradient "
+          "flows to x.", _same_float("noise"), random=True, outputs_doc="same as x",
+          kernel="nnspec.backends.numpy.kernels.noise:noise"),
+)
+
+
 def lookup(name: str) -> OpDef | None:
     return OPS.get(ALIASES.get(name, name))
 

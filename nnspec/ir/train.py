@@ -15,10 +15,11 @@ from nnspec.ir import ops
 from nnspec.ir.attrs import bind_attrs
 from nnspec.ir.evaluate import Evaluator
 from nnspec.ir.frames import Frame, constant_frame
-from nnspec.ir.graph import Graph, Node
+from nnspec.ir.graph import Binding, BindingSource, Graph, Node
 from nnspec.ir.graph_builder import GraphBuilder
+from nnspec.ir.rewrite import fuse_softmax
 from nnspec.ir.types import TensorType
-from nnspec.ir.values import POISON, Layer, Tensor, show
+from nnspec.ir.values import POISON, Layer, Tensor, show, source_text
 from nnspec.syntax import ast
 
 DATA_SOURCES = ("csv", "npz", "npy")
@@ -51,8 +52,19 @@ class TrainConfig:
     val: float = 0.2
     clip: float | None = None
     early_stop: int = 0
-    fused_softmax: bool = False
+    fused_softmax: bool = False  # the rewrite `fuse_softmax` applied: the loss reads `logits`
     spans: dict[str, Span] = field(default_factory=dict, compare=False)
+    bindings: tuple[Binding, ...] = ()  # what feeds each input of loss_graph
+    outputs: tuple[tuple[str, str], ...] = ()  # (name, model node): the outputs training reads
+
+    @property
+    def targets(self) -> dict[str, TensorType]:
+        """The data's targets the loss takes, by name (`target` for `loss mse`)."""
+        return {b.name: self.loss_graph.node(b.node).type for b in self.bindings
+                if b.source == "target"}
+
+    def output_node(self, name: str) -> str:
+        return dict(self.outputs)[name]
 
     def to_json(self) -> dict:
         def setting(s: Setting | None):
@@ -114,23 +126,24 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
     metrics = builder.guard(lambda: _metrics(seen.get("metrics")), ())
     if optimizer is None and "optimizer" not in seen:
         optimizer = Setting("adam", {a.name: a.default for a in ops.OPTIMIZERS["adam"].hyper}, None)
-    loss, loss_graph, fused = None, None, False
+    loss, loss_graph, bindings, fused = None, None, (), None
     if "loss" not in seen:
         builder.error("E204", f"train `{train.model}` needs a `loss`", train.span,
                       "add e.g. `loss cross_entropy` or `loss mse`")
-    elif not (model.outputs and model.output_type is not None):
+    elif not (model.outputs and all(model.node(o).type is not None for o in model.outputs)):
         expr = seen["loss"].values[0]
         name, span = (expr.id, expr.span) if isinstance(expr, ast.Name) else (
             (expr.func, expr.func_span) if isinstance(expr, ast.Call) else (None, None))
-        if name is not None:
+        if name is not None and name not in model.output_names:
             builder.guard(lambda: _loss_kind(builder, name, span), None)
     else:
         result = builder.guard(lambda: build_loss(builder, seen["loss"], model), None)
         if result is not None:
-            loss, loss_graph = result
-            out = model.node(model.outputs[0])
-            fused = loss.name == "cross_entropy" and out.op == "softmax"
-            if fused:
+            loss, loss_graph, bindings = result
+            fused = fuse_softmax(model, loss_graph, bindings)
+            if fused is not None:
+                bindings = fused.bindings
+                out = model.node(fused.softmax)
                 builder.diagnostics.append(Diagnostic(
                     "N001", "the final softmax is fused into cross_entropy: training computes "
                     "the stable log-softmax of the logits, and predictions still give "
@@ -138,8 +151,9 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
                     notes=(Note(seen["loss"].span, "the loss is chosen here"),)))
     return TrainConfig(train.model, data, loss, loss_graph, optimizer, schedule,
                        values["epochs"], values["batch"], metrics, values["seed"], values["val"],
-                       values["clip"], values["early_stop"], fused,
-                       {k: s.span for k, s in seen.items()})
+                       values["clip"], values["early_stop"], fused is not None,
+                       {k: s.span for k, s in seen.items()}, tuple(bindings),
+                       fused.outputs if fused is not None else _outputs(model))
 
 
 def _single(setting: ast.Setting) -> ast.Expr:
@@ -245,15 +259,111 @@ def _loss_kind(builder: Evaluator, name: str, span: Span) -> str:
                           or f"losses: {', '.join(candidates)}, or a `fn` of yours")
 
 
-def build_loss(builder: Evaluator, setting: ast.Setting, model: Graph) -> tuple[Setting, Graph]:
-    """The loss as a graph of its own from inputs `pred` and `target` to a scalar, built as a
-    model's body is: a fn or op applied in a frame whose nodes go to the loss graph."""
+def _outputs(model: Graph) -> tuple[tuple[str, str], ...]:
+    return tuple(model.named_outputs.items())
+
+
+def _walk(expr):
+    """An expression and every expression inside it, outermost first, left to right."""
+    yield expr
+    children = {ast.Call: lambda e: [*e.args, *(k.value for k in e.kwargs)],
+                ast.BinOp: lambda e: [e.left, e.right], ast.Unary: lambda e: [e.operand],
+                ast.ListExpr: lambda e: list(e.items),
+                ast.Pipeline: lambda e: [e.head, *(s.layer for s in e.stages)],
+                ast.Conditional: lambda e: [e.then, e.cond, e.otherwise]}.get(type(expr))
+    for child in children(expr) if children else ():
+        yield from _walk(child)
+
+
+def _names_in(expr) -> list[ast.Name]:
+    """Every name an expression reads (not the functions it calls), in reading order."""
+    return [e for e in _walk(expr) if isinstance(e, ast.Name)]
+
+
+def build_loss(builder: Evaluator, setting: ast.Setting, model: Graph
+               ) -> tuple[Setting, Graph, tuple[Binding, ...]]:
+    """The loss as a graph of its own from the tensors it reads to a scalar, built as a
+    model's body is. `loss mse` applies a loss to the model's one output (`pred`) and the
+    data's `target`; an expression that names outputs or inputs (`mse(recon, x) + kl(mu,
+    logvar)`) reads those, and every other name it gives a loss as its target is a target
+    of the data, shaped as that loss expects for its prediction."""
     expr = _single(setting)
+    known = {**{i: model.node(i).type for i in model.inputs},
+             **{name: model.node(node).type for name, node in model.named_outputs.items()}}
+    if not any(n.id in known for n in _names_in(expr)):
+        return _applied_loss(builder, setting, expr, model)
+    graph = GraphBuilder(f"{model.name}.loss")
+    frame = Frame("loss", {}, "fn", graph)
+    bindings = []
+    for name, (kind, type_, span) in _loss_tensors(builder, expr, model, known).items():
+        node = Node(name, "input", (), {}, type_, span, named=True)
+        graph.add_node(node)
+        frame.vars[name] = Tensor(name, type_, span, f"the {kind} `{name}`")
+        frame.used.add(name)
+        bindings.append(Binding(name, kind, name))
+    out = builder.tensor(builder.eval(expr, frame), expr, frame)
+    text = source_text(expr.span)
+    _check_scalar(out, text, expr.span)
+    return (Setting(text, {}, expr.span), graph.finish([b.node for b in bindings], [out.node], {}),
+            tuple(bindings))
+
+
+def _loss_tensors(builder: Evaluator, expr: ast.Expr, model: Graph, known: dict
+                  ) -> dict[str, tuple[BindingSource, TensorType, Span]]:
+    """The tensors a loss expression reads, by name and in the order it reads them (the
+    generated `loss_fn` takes them so): outputs, inputs and targets. A target is a name
+    the expression gives a loss (or a `fn`) as its second argument after an output or
+    input; its type is what that loss expects for that prediction."""
+    outputs = model.named_outputs
+    targets: dict[str, tuple[BindingSource, TensorType, Span]] = {}
+    for call in (e for e in _walk(expr) if isinstance(e, ast.Call)):
+        if len(call.args) < 2 or not isinstance(call.args[1], ast.Name):
+            continue
+        pred, target = call.args[0], call.args[1].id
+        if target in known or target in targets or builder.lookup_optional(
+                target, constant_frame()) is not None:
+            continue
+        if not (isinstance(pred, ast.Name) and pred.id in known):
+            raise DiagnosticError("E221", f"the target `{target}` needs a prediction named "
+                                  f"before it", call.args[1].span,
+                                  f"give `{call.func}` an output or input by name first: "
+                                  f"`{call.func}(name, {target})`")
+        kind = _loss_kind(builder, call.func, call.func_span)
+        pred_type = known[pred.id]
+        type_ = pred_type if kind == "fn" else default_target(ops.lookup(call.func).name,
+                                                              pred_type)
+        targets[target] = ("target", type_, call.args[1].span)
+    found: dict[str, tuple[BindingSource, TensorType, Span]] = {}
+    for name in _names_in(expr):  # in the order the expression reads them
+        if name.id in known and name.id not in found:
+            kind = "output" if name.id in outputs else "input"
+            found[name.id] = (kind, known[name.id], model.node(outputs.get(name.id, name.id)).span)
+        elif name.id in targets:
+            found.setdefault(name.id, targets[name.id])
+    return found
+
+
+def _check_scalar(out, what: str, span: Span) -> None:
+    if out is POISON:
+        raise DiagnosticError("E214", f"the loss `{what}` could not be built", span)
+    if out.type is not None and (out.type.shape != () or out.type.batched):
+        raise DiagnosticError("E215", f"a loss must reduce to a scalar, but `{what}` gives "
+                              f"{out.type}", span, "wrap the result in `mean(...)`")
+
+
+def _applied_loss(builder: Evaluator, setting: ast.Setting, expr: ast.Expr, model: Graph
+                  ) -> tuple[Setting, Graph, tuple[Binding, ...]]:
+    """`loss cross_entropy`, `loss my_fn`: applied to `pred` (the one output) and `target`."""
     graph = GraphBuilder(f"{model.name}.loss")
     frame = Frame("loss", {}, "fn", graph)
     name, args, kwargs, span = _call_parts(builder, expr, frame)
-    pred_type = model.output_type
     kind = _loss_kind(builder, name, span)
+    if len(model.outputs) != 1:
+        raise DiagnosticError("E220", f"`{model.name}` has {len(model.outputs)} outputs "
+                              f"({', '.join(model.output_names)}); name the ones the loss "
+                              "takes", expr.span,
+                              f"e.g. `loss {name}({model.output_names[0]}, target)`")
+    pred_type = model.output_type
     if kind == "fn":
         target_type = pred_type
     else:
@@ -266,10 +376,9 @@ def build_loss(builder: Evaluator, setting: ast.Setting, model: Graph) -> tuple[
     kw = tuple((k, v, expr.span) for k, v in kwargs.items())
     layer = Layer(kind, name, expr.span, args=tuple(args), kwargs=kw)
     out = builder.apply(layer, [pred, target], frame, None, expr.span)
-    if out is POISON:
-        raise DiagnosticError("E214", f"the loss `{name}` could not be built", expr.span)
-    if out.type is not None and (out.type.shape != () or out.type.batched):
-        raise DiagnosticError("E215", f"a loss must reduce to a scalar, but `{name}` gives "
-                              f"{out.type}", expr.span, "wrap the result in `mean(...)`")
+    _check_scalar(out, name, expr.span)
     attrs = dict(kwargs)
-    return Setting(name, attrs, expr.span), graph.finish(["pred", "target"], [out.node], attrs)
+    bindings = (Binding("pred", "output", model.output_names[0]),
+                Binding("target", "target", "target"))
+    return Setting(name, attrs, expr.span), graph.finish(["pred", "target"], [out.node], attrs), \
+        bindings

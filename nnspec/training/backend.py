@@ -17,11 +17,12 @@ from nnspec.ir.train import Setting
 class TrainableModel(Protocol):
     graph: Graph
 
-    def forward(self, x) -> np.ndarray:
-        """The model's output for a batch, in eval mode."""
+    def forward(self, x) -> np.ndarray | tuple[np.ndarray, ...]:
+        """The model's output for a batch, in eval mode (a tuple when it has several)."""
 
     def loss(self, x, target, *, train: bool = True) -> float:
-        """Forward and loss; in training mode the tape is kept for `backward()`."""
+        """Forward and loss; in training mode the tape is kept for `backward()`. `x` and
+        `target` are arrays, or structured arrays with a field per input / target."""
 
     def backward(self) -> Any:
         """Gradients of the last training `loss()` into the parameters."""

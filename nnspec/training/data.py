@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nnspec.diagnostics import Diagnostic, Note, Span, SpecError
+from nnspec.ir import ops
 from nnspec.ir.train import Setting
 from nnspec.training import loaders
 from nnspec.training.datasets import DATASETS, Dataset, from_user_data, load_dataset
@@ -42,16 +43,45 @@ def data_error(code: str, message: str, span: Span | None, hint: str | None = No
 # ---------------------------------------------------------------- loading
 
 
-def load_data(setting: Setting, *, base_dir: Path, val: float | None, loss: str
-              ) -> tuple[Dataset, str]:
+def load_data(setting: Setting, *, base_dir: Path, val: float | None, loss: str,
+              names: tuple[list[str], list[str]] | None = None) -> tuple[Dataset, str]:
     """The data set a setting names, and where its validation samples come from; `val` (if
     given) is the held-out fraction for data without a split of its own. A user file's
     targets are class ids only for cross_entropy; for other losses they are numbers to
-    regress on, whatever they look like. SpecError: E216."""
+    regress on, whatever they look like. `names`: the model's inputs and the loss's targets
+    when an .npz is read by name (several of either). SpecError: E216."""
     try:
+        if names is not None and setting.name == "npz":
+            return _load_named(setting, base_dir, val, *names)
         return _load(setting, base_dir, val, None if loss == "cross_entropy" else "regression")
     except DataError as error:
         raise data_error("E216", error.message, setting.span, error.hint) from None
+
+
+def read_by_name(graph, train) -> tuple[list[str], list[str]] | None:
+    """The input and target names an .npz is read by, when the model takes several inputs
+    or its loss several targets (or none); None for the classic `x` and `y`."""
+    inputs, targets = list(graph.inputs), list(train.targets)
+    return None if len(inputs) == 1 and len(targets) == 1 else (inputs, targets)
+
+
+def _load_named(setting: Setting, base_dir: Path, val: float | None, inputs: list[str],
+                targets: list[str]) -> tuple[Dataset, str]:
+    args = dict(setting.args)
+    path = base_dir / args.pop("path")
+    _check_options("npz", args, loaders.load_npz)
+    data = loaders.load_named_npz(path, inputs, targets)
+    if data.x_val is not None:
+        parts, split = (data.x, data.y, data.x_val, data.y_val), "the file's own split"
+    else:
+        parts = loaders.train_val_split(data.x, data.y, 0.2 if val is None else val, DATA_SEED)
+        split = None
+    x_train, y_train, x_val, y_val = parts
+    dataset = Dataset(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, task="named",
+                      num_classes=None, input_shape=(), attribution="supplied by the user",
+                      description=f"{path.name}: {len(x_train)} training and {len(x_val)} "
+                      "validation samples", name=path.name)
+    return dataset, split or _held_out(dataset)
 
 
 def _load(setting: Setting, base_dir: Path, val: float | None, task: str | None
@@ -103,14 +133,18 @@ def _check_options(source: str, args: dict, reader) -> None:
                                 else f"{source}(...) takes only the file name"))
 
 
-def load_inputs(path: str | Path, drop_column: str | None = None) -> np.ndarray:
-    """Inputs for `predict`: an .npy array, an .npz's `x`, or a CSV of feature columns with a
-    header (the training target column, if present, is dropped). Raises DataError."""
+def load_inputs(path: str | Path, drop_column: str | None = None,
+                inputs: list[str] | None = None) -> np.ndarray:
+    """Inputs for `predict`: an .npy array, an .npz's `x` (for a model with several
+    `inputs`, its arrays named like them), or a CSV of feature columns with a header (the
+    training target column, if present, is dropped). Raises DataError."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return loaders.load_npy(path)
     if suffix == ".npz":
+        if inputs is not None and len(inputs) > 1:
+            return loaders.load_named_npz(path, inputs, []).x
         return loaders.load_npz(path).x
     if suffix == ".csv":
         return _csv_features(path, drop_column)
@@ -136,12 +170,19 @@ def fit_inputs(model, x: np.ndarray, span: Span | None, what: str = "the data's 
     """`x` converted to the model's input dtype, after checking its per-sample shape and,
     for token inputs, that every id has a row in each embedding it feeds (E217)."""
     graph = model.graph
+    if x.dtype.names:  # read by name: a field per input
+        return loaders.named_arrays({name: _fit_input(graph, name, x[name], span, what)
+                                     for name in x.dtype.names})
     if len(graph.inputs) != 1:
         raise data_error("E217", f"the model takes {len(graph.inputs)} inputs "
                          f"({', '.join(graph.inputs)}), but a data set gives one array",
-                         span, notes=_input_notes(graph))
-    declared = graph.node(graph.inputs[0]).type
-    name = graph.inputs[0]
+                         span, "give an .npz with an array named like each input",
+                         notes=_input_notes(graph))
+    return _fit_input(graph, graph.inputs[0], x, span, what)
+
+
+def _fit_input(graph, name: str, x: np.ndarray, span: Span | None, what: str) -> np.ndarray:
+    declared = graph.node(name).type
     shape = tuple(x.shape[1:])
     symbols: dict[str, int] = {}
     fits = len(shape) == declared.rank and all(
@@ -202,19 +243,58 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
     what = f"the samples of {source}"
     x_train = fit_inputs(model, dataset.x_train, span, what)
     x_val = fit_inputs(model, dataset.x_val, span, what)
-    pred_shape = tuple(model(x_train[:1]).shape[1:])
-    y_train, y_val = (fit_targets(train, y, pred_shape, span) for y in (dataset.y_train,
-                                                                          dataset.y_val))
-    _check_metrics(train, y_train, pred_shape)
+    if not train.targets:  # the loss reads outputs and inputs only (an autoencoder)
+        if train.metrics:
+            raise data_error("E219", "metrics compare an output with the data's targets, but "
+                             "this loss reads no target", train.spans.get("metrics"),
+                             "remove the `metrics` line")
+        return dataclasses.replace(dataset, x_train=x_train, x_val=x_val)
+    values = model.activations(x_train[:1])
+    if dataset.y_train.dtype.names:  # read by name: a field per target
+        if train.metrics:
+            raise data_error("E219", "metrics score one output against one target, but this "
+                             "loss takes several", train.spans.get("metrics"),
+                             "remove the `metrics` line")
+        fitted = []
+        for y in (dataset.y_train, dataset.y_val):
+            fields = {}
+            for name in y.dtype.names:
+                loss, pred, args = target_use(train, name)
+                pred_shape = tuple(values[train.output_node(pred)].shape[1:])
+                fields[name] = fit_targets(train, y[name], pred_shape, span, loss, args)
+            fitted.append(loaders.named_arrays(fields))
+        return dataclasses.replace(dataset, x_train=x_train, y_train=fitted[0], x_val=x_val,
+                                   y_val=fitted[1])
+    loss, pred, args = target_use(train)
+    pred_shape = tuple(values[train.output_node(pred)].shape[1:])
+    y_train, y_val = (fit_targets(train, y, pred_shape, span, loss, args)
+                      for y in (dataset.y_train, dataset.y_val))
+    _check_metrics(train, y_train, loss, args)
     task = ("regression" if y_train.dtype != np.int64 else
             "classification" if y_train.ndim == 1 else "sequence_classification")
     return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val,
                                y_val=y_val, task=task)
 
 
-def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | None
-                 ) -> np.ndarray:
-    loss = train.loss.name
+def target_use(train, name: str | None = None) -> tuple[str, str, dict]:
+    """The loss that takes the data's target `name` (the one target by default) —
+    `cross_entropy`, `mse`, a fn's name —, the output it is compared with, and the loss's
+    arguments."""
+    graph = train.loss_graph
+    target = next(b.node for b in train.bindings
+                  if b.source == "target" and name in (None, b.name))
+    by_node = {b.node: b.name for b in train.bindings}
+    for user in graph.consumers()[target]:
+        node = graph.node(user)
+        if ops.OPS[node.op].family == "loss" and node.inputs[0] in by_node:
+            return node.op, by_node[node.inputs[0]], dict(node.attrs)
+    output = next(b.name for b in train.bindings if b.source == "output")
+    return train.loss.name, output, train.loss.args
+
+
+def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | None,
+                loss: str, loss_args: dict) -> np.ndarray:
+    """The data's targets converted for the loss `loss` that takes them."""
     notes = (Note(train.loss.span, f"the loss `{loss}` is chosen here"),) if train.loss.span \
         else ()
     shape = tuple(y.shape[1:])
@@ -240,7 +320,7 @@ def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | 
                              f" for the model's output {list(pred_shape)}, but the data's "
                              f"targets are shaped {list(shape)}", span, None, notes)
         classes = pred_shape[-1]
-        ignore = train.loss.args.get("ignore_index", -100)
+        ignore = loss_args.get("ignore_index", -100)
         labels = y[y != ignore]
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             bad = int(labels.max()) if labels.max() >= classes else int(labels.min())
@@ -274,13 +354,13 @@ def _reshape_targets(y: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
     return y
 
 
-def _check_metrics(train, y: np.ndarray, pred_shape: tuple[int, ...]) -> None:
+def _check_metrics(train, y: np.ndarray, loss: str, loss_args: dict) -> None:
     span = train.spans.get("metrics")
     ids = y.dtype == np.int64
     for name in train.metrics:
         if name == "accuracy":
             try:
-                accuracy_kind(train.loss.name, train.loss.args, ids)
+                accuracy_kind(loss, loss_args, ids)
             except MetricError as error:
                 raise data_error("E219", str(error), span) from None
         elif ids:

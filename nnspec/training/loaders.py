@@ -310,6 +310,56 @@ def load_npz(path: str | os.PathLike) -> UserData:
 _NPZ_KEYS = ("x", "y", "x_val", "y_val")
 
 
+def load_named_npz(path: str | os.PathLike, inputs: Sequence[str], targets: Sequence[str]
+                   ) -> UserData:
+    """Arrays named like a model's inputs and its loss's targets (and optionally each with
+    `_val` for a split of its own), as structured arrays: `x` with a field per input, `y`
+    with a field per target, so shuffling and batching keep the samples together."""
+    archive = _open_numpy(path)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds a single array, not an .npz archive of named arrays",
+                        hint="save it with np.savez(path, " + ", ".join(
+                            f"{n}=..." for n in (*inputs, *targets)) + ")")
+    with archive:
+        present = list(archive.files)
+        for key in (*inputs, *targets):
+            if key not in present:
+                raise DataError(
+                    f"{path}: has no array named `{key}` (the model's inputs and the loss's "
+                    f"targets are read by name); it holds: "
+                    + (", ".join(f"`{name}`" for name in present) or "nothing"),
+                    hint=suggest(key, present) or f"save it with np.savez(path, {key}=...)")
+        has_val = [f"{key}_val" in present for key in (*inputs, *targets)]
+        if any(has_val) and not all(has_val):
+            raise DataError(f"{path}: some arrays have a `_val` split and some do not; give "
+                            "every input and target one, or none")
+        read = {key: _read_member(path, archive, key) for key in present
+                if key.removesuffix("_val") in (*inputs, *targets)}
+    def part(suffix: str):
+        x = {k: _features(path, k + suffix, read[k + suffix]) for k in inputs}
+        y = {k: _numeric_array(path, k + suffix, read[k + suffix]) for k in targets}
+        counts = {len(a) for a in (*x.values(), *y.values())}
+        if len(counts) > 1:
+            raise DataError(f"{path}: the arrays{' of the split' if suffix else ''} have "
+                            f"different numbers of samples: {sorted(counts)}",
+                            hint="the first axis of every array counts samples")
+        return named_arrays(x), named_arrays(y)
+
+    x, y = part("")
+    x_val, y_val = part("_val") if all(has_val) else (None, None)
+    return UserData(x=x, y=y, x_val=x_val, y_val=y_val)
+
+
+def named_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Several arrays with one first axis as one structured array, a field per name (an
+    empty dict gives zero-width records)."""
+    count = len(next(iter(arrays.values()))) if arrays else 0
+    out = np.empty(count, [(name, a.dtype, a.shape[1:]) for name, a in arrays.items()])
+    for name, array in arrays.items():
+        out[name] = array
+    return out
+
+
 def load_npy(path: str | os.PathLike) -> np.ndarray:
     """Read prediction inputs from an .npy file; the first axis counts samples."""
     array = _open_numpy(path)

@@ -36,7 +36,7 @@ from nnspec.ir import ops
 from nnspec.ir.train import Setting, TrainConfig
 from nnspec.training import budget, rundir
 from nnspec.training.backend import TrainableModel
-from nnspec.training.data import fit_dataset, load_data
+from nnspec.training.data import fit_dataset, load_data, read_by_name, target_use
 from nnspec.training.datasets import Dataset
 from nnspec.training.loaders import iterate_minibatches
 from nnspec.training.metrics import MetricSums, accuracy_kind
@@ -174,17 +174,26 @@ def evaluate(model: TrainableModel, train: TrainConfig, x: np.ndarray, y: np.nda
     """The loss and the train section's metrics on (x, y), in eval mode (no dropout, batch
     norm's running statistics); the loss is averaged over samples."""
     ids = y.dtype == np.int64
-    kind = accuracy_kind(train.loss.name, train.loss.args, ids) \
-        if "accuracy" in train.metrics else None
-    ignore = train.loss.args.get("ignore_index") if train.loss.name == "cross_entropy" else None
+    loss, _, args = target_use(train) if train.metrics else (None, None, {})
+    kind = accuracy_kind(loss, args, ids) if "accuracy" in train.metrics else None
+    ignore = args.get("ignore_index") if loss == "cross_entropy" else None
     sums = MetricSums(train.metrics, kind, ignore)
     total = 0.0
     for start in range(0, len(x), chunk):
         xb, yb = x[start:start + chunk], y[start:start + chunk]
         total += model.loss(xb, yb, train=False) * len(xb)
         if train.metrics:
-            sums.update(model(xb), yb)
+            sums.update(_compared_output(model(xb), train), yb)
     return {"loss": total / len(x), **sums.values()}
+
+
+def _compared_output(out, train: TrainConfig) -> np.ndarray:
+    """Of several outputs, the one the loss compares with the data's target (metrics
+    score that one)."""
+    if not isinstance(out, tuple):
+        return out
+    _, name, _ = target_use(train)
+    return out[[n for n, _ in train.outputs].index(name)]
 
 
 # ---------------------------------------------------------------- the run
@@ -467,7 +476,8 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path,
         span = next((t.span for t in spec.program.trains if t.model == spec.graph.name), None)
         raise data_error("E216", f"train `{spec.graph.name}` names no data", span,
                          "add a `data` line (e.g. `data digits`) or pass --data")
-    dataset, split = load_data(train.data, base_dir=base_dir, val=val, loss=train.loss.name)
+    dataset, split = load_data(train.data, base_dir=base_dir, val=val, loss=train.loss.name,
+                               names=read_by_name(spec.graph, train))
     samples = len(dataset.x_train) + len(dataset.x_val)
     if training:
         budget.check_fits(spec.graph, what=f"training {spec.graph.name}",
@@ -477,8 +487,7 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path,
     else:  # a second copy of the weights beside the loaded model
         budget.check_fits(spec.graph, what=f"evaluating {spec.graph.name}",
                           batch=min(EVAL_CHUNK, samples), param_copies=2)
-    probe = NumpyModel(spec.graph, seed=train.seed, loss_graph=train.loss_graph,
-                       fused_softmax=train.fused_softmax)
+    probe = NumpyModel(spec.graph, seed=train.seed, train=train)
     return fit_dataset(probe, train, dataset), split, probe
 
 

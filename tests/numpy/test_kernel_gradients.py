@@ -20,6 +20,7 @@ from nnspec.backends.numpy.kernels.attention import multi_head_attention
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.dense import linear
 from nnspec.backends.numpy.kernels.dropout import dropout
+from nnspec.backends.numpy.kernels.noise import noise
 from nnspec.backends.numpy.kernels.embedding import embedding
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
@@ -173,6 +174,13 @@ for label, p, train in [("train", 0.4, True), ("eval", 0.4, False), ("p_one", 1.
     CASES[f"dropout_{label}"] = Case(
         dropout, normal(4, 5),
         lambda x, p=p, train=train: dropout(x, p=p, train=train, rng=np.random.default_rng(13)))
+
+for label, train in [("train", True), ("eval", False)]:
+    # only x's shape is used: x gets no gradient
+    CASES[f"noise_{label}"] = Case(
+        noise, normal(4, 5),
+        lambda x, train=train: noise(x, train=train, rng=np.random.default_rng(13)),
+        differentiable=frozenset())
 
 
 # --- convolution and pooling -------------------------------------------------------------

@@ -133,9 +133,10 @@ for entry in json.load(open(sys.argv[1])):
     model.eval()
     with torch.no_grad():
         out = model(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
     exported = torch.export.export(model, tuple(inputs))
-    export_shape = list(exported.module().graph.find_nodes(op="output")[0].args[0][0]
-                        .meta["val"].shape)
+    export_shape = [list(value.meta["val"].shape) for value in
+                    exported.module().graph.find_nodes(op="output")[0].args[0]]
     path = entry["file"] + ".safetensors"
     module.save_weights(model, path)
     fresh = getattr(module, entry["class"])()
@@ -143,7 +144,7 @@ for entry in json.load(open(sys.argv[1])):
     reloaded = fresh.state_dict()
     same = all(torch.equal(v, reloaded[k]) for k, v in model.state_dict().items())
     shared = all(fresh.get_parameter(k) is fresh.get_parameter(v) for k, v in tied.items())
-    report[entry["stem"]] = {"state": state, "out": list(out.shape),
+    report[entry["stem"]] = {"state": state, "out": [list(o.shape) for o in outs],
                              "export_shape": export_shape, "reloaded": same and shared,
                              "tied": dict(tied)}
 print(json.dumps(report))
@@ -175,7 +176,7 @@ def test_generated_files_run_export_and_reload_without_nnspec(tmp_path):
         got = report[stem]
         expected = {name: list(p.spec.shape) for name, p in spec.graph.params.items()}
         assert got["state"] == expected, f"{stem}: state_dict differs from the spec's parameters"
-        assert got["out"] == _shape(spec.graph.output_type), stem
+        assert got["out"] == [_shape(spec.graph.node(o).type) for o in spec.graph.outputs], stem
         assert got["export_shape"] == got["out"] and got["reloaded"], (stem, got)
         ties = {f"{spec.graph.node(user).module}.weight": name
                 for name, p in spec.graph.params.items() for user in p.tied_from}
@@ -225,13 +226,17 @@ def _compare_with_interpreter(spec, seed=0):
         arrays.append(rng.integers(0, 2, _shape(t)) if t.dtype == "int64"
                       else rng.standard_normal(_shape(t)).astype(np.float32))
     expected = reference.forward(tuple(arrays) if len(arrays) > 1 else arrays[0], record=True)
-    d_out = rng.standard_normal(expected.shape).astype(np.float32)
-    grads = reference.backward(d_out)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    d_outs = [rng.standard_normal(e.shape).astype(np.float32) for e in expected]
+    grads = reference.backward(tuple(d_outs) if len(d_outs) > 1 else d_outs[0])
     inputs = [torch.tensor(a, requires_grad=a.dtype == np.float32) for a in arrays]
     out = model(*inputs)
-    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-4, atol=1e-5)
-    if out.requires_grad:
-        (out * torch.from_numpy(d_out)).sum().backward()
+    outs = out if isinstance(out, tuple) else (out,)
+    assert len(outs) == len(expected)
+    for got, want in zip(outs, expected):
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-4, atol=1e-5)
+    if any(o.requires_grad for o in outs):
+        sum((o * torch.from_numpy(d)).sum() for o, d in zip(outs, d_outs)).backward()
     params = dict(model.named_parameters())
     for name, grad in grads.items():
         got = params[name].grad
@@ -534,6 +539,7 @@ def test_infinite_and_nan_constants_are_written_through_math():
 OP_CASES = {
     "dense": ("[4, 6]", "x -> dense(3)"),
     "dropout": ("[4, 6]", "x -> dropout(0.5) -> tanh"),
+    "noise": ("[4, 6]", "x * noise(x) + x -> tanh"),
     "flatten": ("[2, 3, 4]", "x -> flatten -> tanh"),
     "reshape": ("[2, 6]", "x -> reshape(3, 4) -> tanh"),
     "select": ("[4, 6]", "x -> select(1) -> tanh"),

@@ -71,6 +71,20 @@ model Tagger {
     _agrees_with_the_interpreter(spec, path, reference, shapes=((2, 4), (3, 9)))
 
 
+def test_several_outputs_are_exported_by_name(tmp_path):
+    spec = load(ROOT / "specs" / "vae.nn")
+    reference = NumpyModel.from_spec(spec, seed=1)
+    path = export_onnx(spec, tmp_path / "vae.onnx", reference.state_dict())
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["recon", "mu", "logvar"]
+    x = np.random.default_rng(0).random((5, 64)).astype(np.float32)
+    got = session.run(None, {"x": x})
+    expected = reference.outputs(x)  # eval mode: the noise is its mean, zero
+    for array, name in zip(got, ["recon", "mu", "logvar"]):
+        np.testing.assert_allclose(array, expected[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def _cli(*args: str, cwd: Path):
     old = Path.cwd()
     os.chdir(cwd)

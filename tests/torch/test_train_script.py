@@ -30,7 +30,8 @@ from nnspec.spec import load, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTABLE = [p for p in sorted((ROOT / "specs").glob("*.nn"))
-              if (s := load(p)).train is not None and len(s.graph.inputs) == 1]
+              if (s := load(p)).train is not None and len(s.graph.inputs) == 1
+              and [b.node for b in s.train.bindings] == ["pred", "target"]]
 
 # No dropout and no batch norm: one process and two see the same function of the batch.
 PLAIN = """
@@ -277,6 +278,7 @@ def test_compile_writes_a_checked_file(tmp_path):
 
 @pytest.mark.parametrize("spec_name, phrase", [
     ("resnet18.nn", "has no train section"),
+    ("vae.nn", "but this loss reads recon, x, mu, logvar"),
 ])
 def test_compile_refuses_a_script_it_cannot_make(tmp_path, spec_name, phrase):
     done = _cli("compile", str(ROOT / "specs" / spec_name), "--train-script", cwd=tmp_path)

@@ -276,8 +276,9 @@ class Labels:
                        _font(esc(f"input {shape_text(item.head.type)}"), 9, MUTED)])
 
     def output(self, out: Output) -> Html:
-        rows = ["<B>output</B>"] + ([_font(esc(out.node.name), 9, MUTED)]
-                                    if self.detail == "full" else [])
+        head = [f"<B>{esc(out.name)}</B>", _font("output", 9, MUTED)] if out.name else \
+            ["<B>output</B>"]
+        rows = head + ([_font(esc(out.node.name), 9, MUTED)] if self.detail == "full" else [])
         return _table(rows)
 
     def layer(self, item: Item) -> Html:

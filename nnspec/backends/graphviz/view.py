@@ -52,6 +52,7 @@ class Output:
     id: str  # "@output", "@output2", ...: `@` never starts an IR name
     source: str  # the item that produces it
     node: Node
+    name: str = ""  # the output's name when the model has several (`mu`, `logvar`)
 
 
 @dataclass
@@ -150,7 +151,9 @@ def _build_view(graph: Graph, depth: int | None, expand: bool, fuse: bool) -> Vi
                     items[target].scalars.append((index, graph.node(name).attrs.value))
             elif source != target and not scopes.crosses_instances(name, node.name):
                 edges.setdefault((source, target), Edge(source, target, graph.node(name).type))
-    outputs = [Output("@output" + (str(i + 1) if i else ""), item_of[name], graph.node(name))
+    several = len(graph.outputs) > 1
+    outputs = [Output("@output" + (str(i + 1) if i else ""), item_of[name], graph.node(name),
+                      graph.output_names[i] if several else "")
                for i, name in enumerate(graph.outputs) if item_of.get(name) is not None]
     view = View(items, list(edges.values()), outputs, depth)
     if fuse:

@@ -23,6 +23,8 @@ from nnspec.backends.numpy.params import ParamBuffer
 from nnspec.backends.numpy.rules import RULES, Context, align_batched, needs_batch_of_one
 from nnspec.ir.graph import Graph
 from nnspec.ir.ops import OPS
+from nnspec.ir.rewrite import unread_nodes
+from nnspec.ir.train import TrainConfig
 from nnspec.ir.types import TensorType
 
 _DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
@@ -104,12 +106,11 @@ class NumpyModel:
     >>> grads = model.backward()             # {parameter name: gradient}
     """
 
-    def __init__(self, graph: Graph, *, seed: int = 0, loss_graph: Graph | None = None,
-                 fused_softmax: bool = False):
+    def __init__(self, graph: Graph, *, seed: int = 0, train: TrainConfig | None = None):
+        """`train`: the train section whose loss `loss()` computes (None: forward only)."""
         keep_freed_memory()
         self.graph = graph
-        self.loss_graph = loss_graph
-        self.fused_softmax = fused_softmax
+        self.train = train
         state = initial_state(graph, seed)
         trainable = {n: p.spec.shape for n, p in graph.params.items() if p.spec.trainable}
         self.buffer = ParamBuffer(trainable)
@@ -118,15 +119,16 @@ class NumpyModel:
         self.rng = np.random.default_rng(seed + 1)
         self.input_grads: dict[str, np.ndarray] = {}
         self._tape: list[_Step] = []
-        self._seed_node: str | None = None
+        self._loss_tape: list[_Step] = []
+        self._seeds: dict[str, str] = {}  # loss input -> the model node its gradient goes to
+        self._unread = unread_nodes(graph, train) if train is not None else frozenset()
 
     @classmethod
     def from_spec(cls, spec, seed: int | None = None) -> NumpyModel:
         train = spec.train
         if seed is None:
             seed = train.seed if train is not None else 0
-        return cls(spec.graph, seed=seed, loss_graph=train.loss_graph if train else None,
-                   fused_softmax=bool(train and train.fused_softmax))
+        return cls(spec.graph, seed=seed, train=train)
 
     # ---- weights ------------------------------------------------------------------------
 
@@ -189,6 +191,8 @@ class NumpyModel:
     def feeds(self, x) -> dict[str, np.ndarray]:
         """Model inputs by name: a dict, a tuple in declaration order, or one array."""
         names = self.graph.inputs
+        if isinstance(x, np.ndarray) and x.dtype.names:  # a structured array: a field each
+            x = {name: x[name] for name in x.dtype.names}
         if isinstance(x, dict):
             unknown = set(x) - set(names)
             if unknown:
@@ -210,14 +214,15 @@ class NumpyModel:
         return arrays
 
     def _run(self, graph: Graph, values: dict[str, np.ndarray], *, train: bool, record: bool,
-             skip: str | None = None, input_grads: bool = True) -> dict[str, np.ndarray]:
+             skip: frozenset[str] = frozenset(), input_grads: bool = True
+             ) -> dict[str, np.ndarray]:
         ctx = Context(train, self.rng, self.buffers)
         params = self.buffer.params
         # a value needs a gradient when it depends on a trainable parameter or on an input
         # whose gradient is wanted; a node is told whether any of its inputs does
         needs_grad = dict.fromkeys(graph.inputs, input_grads)
         for node in graph.nodes:
-            if node.op == "input" or node.name == skip:
+            if node.op == "input" or node.name in skip:
                 continue
             ctx.input_grad = any(needs_grad.get(i, False) for i in node.inputs)
             needs_grad[node.name] = ctx.input_grad or any(full in params
@@ -225,83 +230,145 @@ class NumpyModel:
             local = {k: params[full] if full in params else self.buffers[full]
                      for k, full in node.params.items()}
             out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)
-            values[node.name] = out
+            # a loss gives a NumPy scalar; as an operand (`64 * bce(...)`) it must be an array
+            values[node.name] = out if isinstance(out, np.ndarray) else np.asarray(out)
             if record:
                 self._tape.append(_Step(node.name, node.inputs, node.params, backward))
         return values
 
-    def forward(self, x, *, train: bool = False, record: bool = False) -> np.ndarray:
-        """The model's output for a batch; `record=True` keeps the tape for `backward`."""
+    def forward(self, x, *, train: bool = False, record: bool = False):
+        """The model's output for a batch, a tuple in the spec's order when it has several
+        (`recon, mu, logvar`); `record=True` keeps the tape for `backward`."""
         self._tape = []
         values = self._run(self.graph, self.feeds(x), train=train, record=record)
-        self._seed_node = self.graph.outputs[0]
-        return values[self.graph.outputs[0]]
+        self._seeds = {}
+        outputs = tuple(values[o] for o in self.graph.outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     __call__ = forward
+
+    def outputs(self, x, *, train: bool = False) -> dict[str, np.ndarray]:
+        """The model's outputs for a batch by name (`{"recon": ..., "mu": ...}`)."""
+        values = self._run(self.graph, self.feeds(x), train=train, record=False)
+        return {name: values[node] for name, node in self.graph.named_outputs.items()}
 
     def activations(self, x, *, train: bool = False) -> dict[str, np.ndarray]:
         """Every node's value for a batch, by node name (inputs included), for inspection."""
         return self._run(self.graph, self.feeds(x), train=train, record=False)
 
-    def loss(self, x, target, *, train: bool = True, input_grads: bool = False) -> float:
-        """Forward and loss in one pass, keeping the tape; then call `backward()`.
+    def loss(self, x, target=None, *, train: bool = True, input_grads: bool = False) -> float:
+        """Forward and loss in one pass, keeping the tape; then call `backward()`. `target`
+        is the data's one target, or the targets by name (a dict) when the loss takes
+        several; a loss that reads no target ignores it.
 
         Gradients with respect to the inputs are skipped unless `input_grads=True` (a first
         convolution's input gradient costs as much as its weight gradient)."""
-        if self.loss_graph is None:
+        if self.train is None:
             raise ValueError("this model has no loss: its spec has no train section")
+        config = self.train
         self._tape = []
-        output = self.graph.node(self.graph.outputs[0])
-        skip = output.name if self.fused_softmax else None
-        values = self._run(self.graph, self.feeds(x), train=train, record=True, skip=skip,
+        feeds = self.feeds(x)
+        values = self._run(self.graph, feeds, train=train, record=True, skip=self._unread,
                            input_grads=input_grads)
-        pred = values[output.inputs[0]] if skip else values[output.name]
-        target_type = self.loss_graph.node("target").type
-        target = np.asarray(target)
-        if target_type.dtype == "int64" and target.dtype.kind == "f" and target.ndim == pred.ndim:
-            target_type = TensorType(tuple(pred.shape[1:]), "float32")  # class probabilities
-        target = _check_array("target", target_type, target, {})
-        if target.shape[0] != pred.shape[0]:
-            raise InputError(f"{target.shape[0]} targets for {pred.shape[0]} samples")
-        self._check_classes(target, pred)
+        outputs = dict(config.outputs)
+        loss_feeds, self._seeds = {}, {}
+        for b in config.bindings:
+            if b.source == "output":
+                loss_feeds[b.node] = values[outputs[b.name]]
+                self._seeds[b.node] = outputs[b.name]
+            elif b.source == "input":
+                loss_feeds[b.node] = feeds[b.name]
+                self._seeds[b.node] = b.name
+        batch = next(iter(feeds.values())).shape[0]
+        for b, array in self._targets(target).items():
+            loss_feeds[b.node] = self._check_target(b, array, loss_feeds, batch)
         model_tape = self._tape
         self._tape = []
-        loss_values = self._run(self.loss_graph, {"pred": pred, "target": target}, train=train,
-                                record=True)
+        loss_values = self._run(config.loss_graph, loss_feeds, train=train, record=True)
         self._loss_tape = self._tape
         self._tape = model_tape
-        self._seed_node = "loss"
-        self._pred_node = output.inputs[0] if skip else output.name
-        return float(loss_values[self.loss_graph.outputs[0]])
+        return float(loss_values[config.loss_graph.outputs[0]])
 
-    def _check_classes(self, target: np.ndarray, pred: np.ndarray) -> None:
-        """Class indices must name one of the model's outputs (or be ignore_index)."""
-        loss = self.loss_graph.node(self.loss_graph.outputs[0])
-        if target.dtype != np.int64 or loss.op != "cross_entropy":
-            return
-        classes = pred.shape[-1]
-        valid = (target >= 0) & (target < classes) | (target == loss.attrs.ignore_index)
-        if not valid.all():
-            bad = target[~valid].flat[0]
-            raise InputError(f"the label {bad} is out of range: the model gives {classes} "
-                             f"class scores, so labels must be 0..{classes - 1}")
+    def _targets(self, target) -> dict:
+        """The data's targets by binding: one array for one target, else a dict by name."""
+        wanted = [b for b in self.train.bindings if b.source == "target"]
+        if not wanted:
+            return {}
+        if isinstance(target, np.ndarray) and target.dtype.names:  # a field per target
+            target = {name: target[name] for name in target.dtype.names}
+        if not isinstance(target, dict):
+            if len(wanted) > 1:
+                raise InputError(f"the loss takes {len(wanted)} targets "
+                                 f"({', '.join(b.name for b in wanted)}); pass them by name")
+            if target is None:
+                raise InputError(f"the loss needs the target `{wanted[0].name}`")
+            return {wanted[0]: target}
+        names = {b.name for b in wanted}
+        unknown = sorted(set(target) - names)
+        if unknown:
+            raise InputError(f"unknown target `{unknown[0]}`; the loss takes "
+                             f"{', '.join(sorted(names))}")
+        missing = [b.name for b in wanted if b.name not in target]
+        if missing:
+            raise InputError(f"the loss needs the target `{missing[0]}`")
+        return {b: target[b.name] for b in wanted}
 
-    def backward(self, d_output: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def _check_target(self, binding, target, loss_feeds: dict, batch: int) -> np.ndarray:
+        """A target checked against what its loss expects for its prediction; class ids
+        must name one of the prediction's classes (or be ignore_index)."""
+        loss_graph = self.train.loss_graph
+        declared = loss_graph.node(binding.node).type
+        use = next((loss_graph.node(u) for u in loss_graph.consumers()[binding.node]), None)
+        pred = loss_feeds.get(use.inputs[0]) if use is not None else None
+        target = np.asarray(target)
+        if (declared.dtype == "int64" and target.dtype.kind == "f" and pred is not None
+                and target.ndim == pred.ndim):
+            declared = TensorType(tuple(pred.shape[1:]), "float32")  # class probabilities
+        target = _check_array(binding.name, declared, target, {})
+        if target.shape[0] != batch:
+            raise InputError(f"{target.shape[0]} targets for {batch} samples")
+        if target.dtype == np.int64 and use is not None and use.op == "cross_entropy" \
+                and pred is not None:
+            classes = pred.shape[-1]
+            valid = (target >= 0) & (target < classes) | (target == use.attrs.ignore_index)
+            if not valid.all():
+                bad = target[~valid].flat[0]
+                raise InputError(f"the label {bad} is out of range: the model gives {classes} "
+                                 f"class scores, so labels must be 0..{classes - 1}")
+        return target
+
+    def backward(self, d_output=None) -> dict[str, np.ndarray]:
         """Gradients of the last `loss()` (or of `sum(output * d_output)` after a recorded
-        `forward`) into `grads`; input gradients go to `input_grads`."""
+        `forward`: one array, or one per output in order or by name) into `grads`; input
+        gradients go to `input_grads`."""
         self.buffer.zero_grad()
-        if self._seed_node == "loss":
-            loss_grads = {self.loss_graph.outputs[0]: np.ones((), np.float32)}
+        grads: dict[str, np.ndarray] = {}
+        if self._seeds:
+            loss_grads = {self.train.loss_graph.outputs[0]: np.ones((), np.float32)}
             self._reverse(self._loss_tape, loss_grads)
-            grads = {self._pred_node: loss_grads["pred"]}
+            for loss_input, node in self._seeds.items():
+                if loss_input in loss_grads:
+                    grad = loss_grads[loss_input]
+                    grads[node] = grads[node] + grad if node in grads else grad
         else:
             if d_output is None:
                 raise ValueError("backward after forward needs d_output (the output's gradient)")
-            grads = {self.graph.outputs[0]: np.asarray(d_output, np.float32)}
+            for node, grad in self._output_grads(d_output).items():
+                grads[node] = np.asarray(grad, np.float32)
         self._reverse(self._tape, grads)
         self.input_grads = {n: grads[n] for n in self.graph.inputs if n in grads}
         self._tape = []
         return self.buffer.grads
+
+    def _output_grads(self, d_output) -> dict[str, object]:
+        outputs = self.graph.named_outputs
+        if isinstance(d_output, dict):
+            return {outputs[name]: g for name, g in d_output.items() if g is not None}
+        if len(outputs) == 1:
+            return {self.graph.outputs[0]: d_output}
+        if len(d_output) != len(outputs):
+            raise ValueError(f"backward needs {len(outputs)} gradients, one per output")
+        return {node: g for node, g in zip(self.graph.outputs, d_output) if g is not None}
 
     def _reverse(self, tape: list[_Step], grads: dict[str, np.ndarray]) -> None:
         param_grads = self.buffer.grads

@@ -74,15 +74,15 @@ class Generator:
         graph: Graph = spec.graph
         context = lower.Context(spec.program, self.file,
                                 frozenset({*_FIXED_LOCALS, *self.reserved}))
-        output = graph.outputs[0]
         names = tuple(checked_identifier(n, graph.node(n).span) for n in graph.inputs)
-        model = lower.Root(tuple(graph.inputs), names, output, "self.training",
+        model = lower.Root(tuple(graph.inputs), names, tuple(graph.outputs), "self.training",
                            logits_switch=self.fused)
-        keep_whole = output if self.fused else None  # the fused softmax stays in the model
+        keep_whole = graph.outputs[0] if self.fused else None  # the fused softmax stays whole
         units = lower.lower(graph, regions(graph, "model", keep_whole), context, model)
         loss_graph = spec.train.loss_graph if spec.train is not None else None
         if loss_graph is not None:
-            loss = lower.Root(("pred", "target"), ("pred", "target"), loss_graph.outputs[0],
+            names = tuple(checked_identifier(n) for n in loss_graph.inputs)
+            loss = lower.Root(tuple(loss_graph.inputs), names, tuple(loss_graph.outputs),
                               "True")
             units += lower.lower(loss_graph, regions(loss_graph, "loss", None), context, loss)
         return units

@@ -404,6 +404,12 @@ def _binary_cross_entropy(s: Site) -> list[Line]:
     return [Line(expr(call(name, s.args[0], s.args[1])))]
 
 
+def _noise(s: Site) -> list[Line]:
+    """Samples while training (torch's generator, seeded by the run), the mean at eval."""
+    s.helpers.add("noise_like")
+    return [Line(expr(call("noise_like", s.x, s.training)))]
+
+
 def derived_forward(opdef: OpDef) -> Forward | None:
     """An operator (`a + b`, `-x`), a layer with weights called as its module (with a batch
     of one for an unbatched input when the op needs a batch), or the `Torch` function called
@@ -461,6 +467,7 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "scalar": _scalar,
     "cross_entropy": _cross_entropy,
     "binary_cross_entropy": _binary_cross_entropy,
+    "noise": _noise,
 })
 
 for _table, _derive in ((FORWARD, derived_forward), (INIT, derived_init)):

@@ -49,7 +49,9 @@ def example_inputs(graph) -> tuple[tuple[torch.Tensor, ...], tuple[dict, ...]]:
 def export_onnx(spec, out_path, weights: dict[str, np.ndarray]):
     """Write the model of `spec` with `weights` (nnspec's names) to `out_path` (a file, `-` or
     a device, through nnspec.outputs) as ONNX, after `onnx.checker.check_model` accepted it.
-    Returns how to name the output. Raises ExportError, or OutputError for the path."""
+    The ONNX outputs are named like the model's (`output` for one made-up name; `recon`,
+    `mu`, `logvar` for a model ending in those). Returns how to name the output. Raises
+    ExportError, or OutputError for the path."""
     import onnx
 
     _, model_class = load_generated(spec)
@@ -63,7 +65,7 @@ def export_onnx(spec, out_path, weights: dict[str, np.ndarray]):
             with _quiet(), contextlib.redirect_stdout(chatter), \
                     contextlib.redirect_stderr(chatter):
                 torch.onnx.export(net, inputs, str(tmp), input_names=list(spec.graph.inputs),
-                                  output_names=["output"], dynamic_shapes=dynamic, dynamo=True,
+                                  output_names=list(spec.graph.output_names), dynamic_shapes=dynamic, dynamo=True,
                                   external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
         except OSError:

@@ -9,6 +9,10 @@ from nnspec.backends.torch.source import Stmt, call, expr, layout, list_of
 from nnspec.ir.train import TrainConfig
 
 HELPERS = {
+    "noise_like": '''\
+def noise_like(x, training):
+    """Standard-normal samples shaped like x while training; zeros (the mean) at eval."""
+    return torch.randn_like(x) if training else torch.zeros_like(x)''',
     "causal_mask": '''\
 def causal_mask(x):
     """(T, T) mask of a sequence batch (B, T, E): True where a step would see a later one."""

@@ -86,11 +86,12 @@ class Context:
 @dataclass(frozen=True)
 class Root:
     """The graph's own unit (the model class or the loss function): its inputs, their
-    names, its output and how its code reads the training flag."""
+    names, its outputs (a tuple is returned when several) and how its code reads the
+    training flag."""
 
     inputs: tuple[str, ...]
     names: tuple[str, ...]
-    output: str
+    outputs: tuple[str, ...]
     training: str  # the expression of the training flag
     logits_switch: bool = False  # `return_logits` returns the input of the output node
 
@@ -102,17 +103,17 @@ def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[
     outputs = set(graph.outputs)
     order: list[Unit] = []
 
-    def write(region: Region, inputs: list[str], names: list[str], output: str,
+    def write(region: Region, inputs: list[str], names: list[str], output: tuple[str, ...],
               logits_switch: bool = False) -> None:
         writer = _Writer(graph, regions, region, consumers, context, root.training)
         unit = writer.write(inputs, names, output, logits_switch)
         for child in unit.children:
             inner = regions.by_path[child.path]
             values, value = boundary(inner, consumers, outputs)
-            write(inner, values, _input_names(graph, context.program, inner, values), value)
+            write(inner, values, _input_names(graph, context.program, inner, values), (value,))
         order.append(unit)
 
-    write(regions.root, list(root.inputs), list(root.names), root.output, root.logits_switch)
+    write(regions.root, list(root.inputs), list(root.names), root.outputs, root.logits_switch)
     return order
 
 
@@ -177,8 +178,9 @@ class _Writer:
 
     # ---- the whole unit ---------------------------------------------------------------------
 
-    def write(self, inputs: list[str], wanted_names: list[str], output: str,
+    def write(self, inputs: list[str], wanted_names: list[str], outputs: tuple[str, ...],
               logits_switch: bool = False) -> Unit:
+        output = outputs[-1]
         params = []
         for value, wanted in zip(inputs, wanted_names):
             name = self.names.claim(wanted)
@@ -190,7 +192,8 @@ class _Writer:
         for i, step in enumerate(steps):
             for v in step.inputs:
                 last_use[v] = i
-        last_use[output] = len(steps)
+        for value in outputs:
+            last_use[value] = len(steps)
         body: list = []
         for i, step in enumerate(steps):
             if logits_switch and step.node is not None and step.node.name == output:
@@ -199,7 +202,11 @@ class _Writer:
                          comment=("logits for the loss, which fuses this softmax",)),)))
             body += self._write_step(step, i, last_use, output)
         last = body[-1] if body else None
-        if isinstance(last, Stmt) and (last.target,) == self.value(output):
+        if len(outputs) > 1:
+            values = [self.value(v) for v in outputs]
+            body.append(Stmt(None, expr(*[(v, ", ") for v in values[:-1]], values[-1]),
+                             keyword="return"))
+        elif isinstance(last, Stmt) and (last.target,) == self.value(output):
             body[-1] = Stmt(None, last.value, last.comment, keyword="return")
         else:
             body.append(Stmt(None, self.value(output), keyword="return"))

@@ -92,6 +92,7 @@ class TorchModel:
     def __init__(self, spec, weights: dict[str, np.ndarray], seed: int):
         train = spec.train
         self.graph = spec.graph
+        self.train = train
         self.fused_softmax = bool(train and train.fused_softmax)
         self.code, model_class = load_generated(spec)
         self.net = model_class()
@@ -123,21 +124,43 @@ class TorchModel:
     # ---- running ------------------------------------------------------------------------
 
     def _inputs(self, x) -> list[torch.Tensor]:
-        arrays = list(x) if isinstance(x, (tuple, list)) and len(self.graph.inputs) > 1 else [x]
+        if isinstance(x, dict) or (isinstance(x, np.ndarray) and x.dtype.names):
+            arrays = [x[name] for name in self.graph.inputs]
+        else:
+            arrays = list(x) if isinstance(x, (tuple, list)) and len(self.graph.inputs) > 1 else [x]
         return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
 
-    def forward(self, x) -> np.ndarray:
-        """The model's output for a batch, in eval mode."""
+    def forward(self, x):
+        """The model's output for a batch (a tuple when several), in eval mode."""
         self.net.eval()
         with torch.no_grad():
-            return self.net(*self._inputs(x)).numpy()
+            out = self.net(*self._inputs(x))
+        return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
 
     __call__ = forward
 
     def _loss_of(self, x, target) -> torch.Tensor:
         logits = {"return_logits": True} if self.fused_softmax else {}
-        pred = self.net(*self._inputs(x), **logits)
-        return self.code.loss_fn(pred, torch.from_numpy(np.ascontiguousarray(target)))
+        inputs = self._inputs(x)
+        out = self.net(*inputs, **logits)
+        if self.fused_softmax:  # the one output the loss reads is the rewrite's `logits`
+            outputs = {b.name: out for b in self.train.bindings if b.source == "output"}
+        else:
+            outputs = dict(zip(self.graph.output_names, out if isinstance(out, tuple) else (out,)))
+        targets = [b for b in self.train.bindings if b.source == "target"]
+        if isinstance(target, np.ndarray) and target.dtype.names:  # a field per target
+            target = {name: target[name] for name in target.dtype.names}
+        elif not isinstance(target, dict):
+            target = {b.name: target for b in targets}
+        args = []
+        for b in self.train.bindings:
+            if b.source == "output":
+                args.append(outputs[b.name])
+            elif b.source == "input":
+                args.append(inputs[self.graph.inputs.index(b.name)])
+            else:
+                args.append(torch.from_numpy(np.ascontiguousarray(target[b.name])))
+        return self.code.loss_fn(*args)
 
     def loss(self, x, target, *, train: bool = True) -> float:
         """Forward and loss; in training mode the graph is kept for `backward()`."""

@@ -394,6 +394,10 @@ def script_text(spec, model_class: str) -> str:
     if len(spec.graph.inputs) != 1:
         raise ValueError(f"the training script feeds one input array, but the model takes "
                          f"{len(spec.graph.inputs)}")
+    if [b.node for b in train.bindings] != ["pred", "target"]:
+        raise ValueError("the training script gives the loss the model's one output and one "
+                         "target array, but this loss reads "
+                         + ", ".join(b.name for b in train.bindings))
     model_class = checked_identifier(model_class)
     settings = _settings(spec)
     fused = bool(train.fused_softmax)
