@@ -620,6 +620,21 @@ def _scalar_infer(ins, a):
 
 
 # ---- losses --------------------------------------------------------------------------------
+# Every built-in loss takes torch's `reduction`. "none" gives the losses themselves (a
+# tensor, e.g. for a custom loss that weighs them); a `train` loss must be a scalar (E215).
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduction_attr(choices=_REDUCTIONS) -> Attr:
+    return Attr("reduction", "str", "mean", "mean or sum of the per-element losses, or "
+                "none: the losses themselves (a tensor, not a training loss)", choices=choices)
+
+
+def _loss_value(per_element: TensorType, a) -> TensorType:
+    if a.reduction == "none":
+        return per_element
+    return TensorType((), "float32", batched=False)
 
 
 def _loss_same_shape(op):
@@ -628,9 +643,29 @@ def _loss_same_shape(op):
         if broadcast(pred, target) != pred.shape:
             raise ShapeError(f"{op}: the target {target} does not match the prediction {pred}",
                              code="E305")
-        return TensorType((), "float32", batched=False)
+        if a.get("pos_weight") is not None:
+            _pos_weight_check(pred, a)
+        return _loss_value(TensorType(pred.shape, "float32", pred.batched or target.batched), a)
 
     return infer
+
+
+def _pos_weight_check(pred: TensorType, a):
+    if not a.logits:
+        raise ShapeError("binary_cross_entropy: `pos_weight` needs `logits = true` (torch's "
+                         "binary_cross_entropy of probabilities has none)", code="E161")
+    classes = pred.shape[-1] if pred.shape else 1
+    if len(a.pos_weight) != 1 and len(a.pos_weight) != classes:
+        raise ShapeError(f"binary_cross_entropy: `pos_weight` has {len(a.pos_weight)} values "
+                         f"but the prediction {pred} has {classes} classes in its last dim",
+                         "give one number per class, or one for all", code="E305")
+
+
+def _class_weight_check(op: str, scores: TensorType, a):
+    classes = scores.shape[-1]
+    if a.weight is not None and isinstance(classes, int) and len(a.weight) != classes:
+        raise ShapeError(f"{op}: `weight` has {len(a.weight)} values but there are {classes} "
+                         "classes", "give one weight per class", code="E305")
 
 
 def _cross_entropy_infer(ins, a):
@@ -645,7 +680,28 @@ def _cross_entropy_infer(ins, a):
     elif target.shape != logits.shape:
         raise ShapeError(f"cross_entropy: class probabilities {target} do not match the scores "
                          f"{logits}", code="E305")
-    return TensorType((), "float32", batched=False)
+    _class_weight_check("cross_entropy", logits, a)
+    return _loss_value(logits.with_shape(logits.shape[:-1]), a)
+
+
+def _nll_infer(ins, a):
+    log_probs, target = ins
+    _require_float(log_probs, "nll")
+    if log_probs.rank == 0:
+        raise ShapeError("nll needs log-probabilities [C] (or [T, C]) but gets a scalar",
+                         code="E302")
+    if target.dtype != "int64" or target.shape != log_probs.shape[:-1]:
+        raise ShapeError(f"nll: the target {target} must be class indices "
+                         f"int{list(log_probs.shape[:-1])} for the log-probabilities "
+                         f"{log_probs}", code="E305")
+    _class_weight_check("nll", log_probs, a)
+    return _loss_value(log_probs.with_shape(log_probs.shape[:-1]), a)
+
+
+def _kl_div_infer(ins, a):
+    if a.reduction == "batchmean":
+        a = Attrs(a, reduction="mean")
+    return _loss_same_shape("kl_div")(ins, a)
 
 
 # ---- the catalogue -------------------------------------------------------------------------
@@ -719,7 +775,7 @@ def _binary(name, family, doc, symbol="", torch=""):
 def _loss(name, doc, infer, torch="", attrs=(), inputs_doc="pred, target"):
     torch_form = Torch(torch, keywords=tuple(a.name for a in attrs)) if torch else None
     return OpDef(name, "loss", doc, infer, attrs, arity=(2, 2), inputs_doc=inputs_doc,
-                 outputs_doc="scalar", torch=torch_form)
+                 outputs_doc='scalar (per element with reduction="none")', torch=torch_form)
 
 
 _REDUCE_ATTRS = (
@@ -921,15 +977,43 @@ register(
           _reduce_infer("max"), _REDUCE_ATTRS),
     OpDef("scalar", "math", "A number used as a tensor operand.", _scalar_infer,
           (Attr("value", "float"),), arity=(0, 0), outputs_doc="scalar"),
-    _loss("mse", "Mean squared error.", _loss_same_shape("mse"), "F.mse_loss"),
-    _loss("l1", "Mean absolute error.", _loss_same_shape("l1"), "F.l1_loss"),
+    # ---- losses (the losses helper's block) ----
+    _loss("mse", "Mean squared error.", _loss_same_shape("mse"), "F.mse_loss",
+          (_reduction_attr(),)),
+    _loss("l1", "Mean absolute error.", _loss_same_shape("l1"), "F.l1_loss",
+          (_reduction_attr(),)),
+    _loss("huber", "Huber loss: 0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta) "
+          "(F.huber_loss).", _loss_same_shape("huber"), "F.huber_loss",
+          (Attr("delta", "float", 1.0, minimum=0.0), _reduction_attr())),
+    _loss("smooth_l1", "Smooth L1: 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta "
+          "(F.smooth_l1_loss).", _loss_same_shape("smooth_l1"), "F.smooth_l1_loss",
+          (Attr("beta", "float", 1.0, minimum=0.0), _reduction_attr())),
     _loss("cross_entropy", "Cross-entropy from logits over the last dim; targets are class "
           "indices or probabilities.", _cross_entropy_infer, "F.cross_entropy",
           attrs=(Attr("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0),
-                 Attr("ignore_index", "int", -100)), inputs_doc="logits [..., C], target"),
+                 Attr("ignore_index", "int", -100),
+                 Attr("weight", "floats", None, "a weight per class; the mean is weighted",
+                      optional=True),
+                 _reduction_attr()),
+          inputs_doc="logits [..., C], target"),
+    _loss("nll", "Negative log-likelihood of log-probabilities over the last dim (after "
+          "`log_softmax`); targets are class indices (F.nll_loss).", _nll_infer, "F.nll_loss",
+          attrs=(Attr("weight", "floats", None, "a weight per class; the mean is weighted",
+                      optional=True),
+                 Attr("ignore_index", "int", -100), _reduction_attr()),
+          inputs_doc="log_probs [..., C], int target"),
+    _loss("kl_div", "KL divergence as torch's F.kl_div: the input is log-probabilities, the "
+          "target probabilities (or log-probabilities with log_target).", _kl_div_infer,
+          "F.kl_div", (_reduction_attr(("mean", "batchmean", "sum", "none")),
+                       Attr("log_target", "bool", False)),
+          inputs_doc="log_probs, target"),
     _loss("binary_cross_entropy", "Binary cross-entropy of probabilities (or of logits with "
           "logits=true, computed stably).", _loss_same_shape("binary_cross_entropy"),
-          attrs=(Attr("logits", "bool", False, "the prediction is a logit, not a probability"),)),
+          attrs=(Attr("logits", "bool", False, "the prediction is a logit, not a probability"),
+                 Attr("pos_weight", "floats", None, "weight of the positive term, one per "
+                      "class of the last dim or one for all (needs logits=true)",
+                      optional=True),
+                 _reduction_attr())),
 )
 
 

@@ -373,6 +373,40 @@ CASES["binary_cross_entropy_with_logits"] = Case(
     losses.binary_cross_entropy_with_logits, lambda rng: [rng.standard_normal((3, 4)) * 2,
                                                           rng.random((3, 4))], atol=1e-7)
 
+WEIGHTS = [0.5, 2.0, 1.0, 3.0]
+for reduction in ("sum", "none"):
+    for label, arrays in [("indices", class_indices), ("probabilities", class_probabilities)]:
+        CASES[f"cross_entropy_{label}_weighted_{reduction}"] = Case(
+            losses.cross_entropy, arrays,
+            lambda *a, r=reduction: losses.cross_entropy(*a, weight=WEIGHTS, reduction=r,
+                                                         label_smoothing=0.2), atol=1e-7)
+    CASES[f"mse_{reduction}"] = Case(
+        losses.mse, operands(gaussian(3, 4), gaussian(3, 4)),
+        lambda *a, r=reduction: losses.mse(*a, reduction=r), atol=1e-7)
+CASES["cross_entropy_indices_weighted_mean"] = Case(
+    losses.cross_entropy, class_indices,
+    lambda *a: losses.cross_entropy(*a, weight=WEIGHTS, label_smoothing=0.1), atol=1e-7)
+CASES["nll_weighted"] = Case(
+    losses.nll, class_indices, lambda *a: losses.nll(*a, weight=WEIGHTS), atol=1e-7)
+CASES["nll_none"] = Case(losses.nll, class_indices,
+                         lambda *a: losses.nll(*a, reduction="none"), atol=1e-7)
+for log_target in (False, True):
+    CASES[f"kl_div_log_target_{log_target}"] = Case(
+        losses.kl_div, lambda rng, lt=log_target: [
+            rng.standard_normal((3, 4)),
+            np.log(rng.dirichlet(np.ones(4), 3)) if lt else rng.dirichlet(np.ones(4), 3)],
+        lambda *a, lt=log_target: losses.kl_div(*a, reduction="batchmean", log_target=lt),
+        atol=1e-7)
+CASES["huber"] = Case(losses.huber, operands(gaussian(3, 4), gaussian(3, 4)),
+                      lambda *a: losses.huber(*a, delta=0.6), atol=1e-7)
+CASES["smooth_l1"] = Case(losses.smooth_l1, operands(gaussian(3, 4), gaussian(3, 4)),
+                          lambda *a: losses.smooth_l1(*a, beta=0.6), atol=1e-7)
+CASES["binary_cross_entropy_with_logits_pos_weight"] = Case(
+    losses.binary_cross_entropy_with_logits,
+    lambda rng: [rng.standard_normal((3, 4)) * 2, rng.random((3, 4))],
+    lambda *a: losses.binary_cross_entropy_with_logits(*a, pos_weight=[0.5, 2.0, 1.0, 3.0],
+                                                       reduction="sum"), atol=1e-7)
+
 
 @pytest.mark.parametrize("name", CASES)
 def test_gradients_match_central_differences(name):

@@ -391,9 +391,11 @@ def _scalar(node, ins, params, ctx):
 
 @rule("binary_cross_entropy")
 def _bce(node, ins, params, ctx):
-    fn = losses.binary_cross_entropy_with_logits if node.attrs.logits else (
-        losses.binary_cross_entropy)
-    return _inputs_only(fn(ins[0], ins[1]))
+    a = node.attrs
+    if a.logits:
+        return _inputs_only(losses.binary_cross_entropy_with_logits(
+            ins[0], ins[1], pos_weight=a.pos_weight, reduction=a.reduction))
+    return _inputs_only(losses.binary_cross_entropy(ins[0], ins[1], reduction=a.reduction))
 
 
 # ---- regular ops: rules derived from the catalogue -----------------------------------------

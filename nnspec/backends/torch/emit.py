@@ -390,18 +390,42 @@ def _scalar(s: Site) -> list[Line]:
     return [Line(expr(Num(s.a.value, "c")))]
 
 
-def _cross_entropy(s: Site) -> list[Line]:
-    pred, target = s.args
-    if s.types[0].rank > 1:  # [T, C] scores: every position is a sample
-        pred = expr(pred, ".flatten(0, -2)")
-        target = expr(target, ".flatten()" if s.types[1].dtype == "int64" else ".flatten(0, -2)")
-    kwargs = _keywords(OPS["cross_entropy"], s.a, s.types)
-    return [Line(expr(call("F.cross_entropy", pred, target, **kwargs)))]
+# ---- losses (the losses helper's block) ----
+
+
+def _class_loss(function: str):
+    """cross_entropy / nll with the class dim last: [T, C] scores flatten so every position
+    is a sample (the losses come back shaped per position with reduction="none"); a class
+    `weight` becomes a tensor on the scores' device."""
+
+    def forward(s: Site) -> list[Line]:
+        pred, target = s.args
+        scores = pred
+        if s.types[0].rank > 1:
+            pred = expr(pred, ".flatten(0, -2)")
+            target = expr(target, ".flatten()" if s.types[1].dtype == "int64"
+                          else ".flatten(0, -2)")
+        kwargs = _keywords(OPS[s.node.op], s.a, s.types)
+        if s.a.weight is not None:
+            kwargs["weight"] = expr(call("torch.tensor", list_of(
+                [Num(w, "weight") for w in s.a.weight]), device=expr(scores, ".device")))
+        value = expr(call(function, pred, target, **kwargs))
+        if s.a.reduction == "none" and s.types[0].rank > 1:
+            value = expr(call(expr(value, ".reshape"), expr(scores, ".shape[:-1]")))
+        return [Line(value)]
+
+    return forward
 
 
 def _binary_cross_entropy(s: Site) -> list[Line]:
     name = "F.binary_cross_entropy_with_logits" if s.a.logits else "F.binary_cross_entropy"
-    return [Line(expr(call(name, s.args[0], s.args[1])))]
+    kwargs = {}
+    if s.a.pos_weight is not None:
+        kwargs["pos_weight"] = expr(call("torch.tensor", list_of(
+            [Num(w, "pos_weight") for w in s.a.pos_weight]), device=expr(s.args[0], ".device")))
+    if s.a.reduction != "mean":
+        kwargs["reduction"] = Num(s.a.reduction, "reduction")
+    return [Line(expr(call(name, s.args[0], s.args[1], **kwargs)))]
 
 
 def derived_forward(opdef: OpDef) -> Forward | None:
@@ -459,7 +483,8 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "sum": _reduction("sum"),
     "max": _reduction("max"),
     "scalar": _scalar,
-    "cross_entropy": _cross_entropy,
+    "cross_entropy": _class_loss("F.cross_entropy"),
+    "nll": _class_loss("F.nll_loss"),
     "binary_cross_entropy": _binary_cross_entropy,
 })
 
