@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span, did_you_mean
+from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span
 from nnspec.ir import ops
 from nnspec.ir.arithmetic import BUILTIN_FUNCS, call_builtin, combine
 from nnspec.ir.attrs import bind_params
@@ -23,6 +23,7 @@ from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.nodes import apply_op
+from nnspec.ir.suggest import unknown_name_hint
 from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
 from nnspec.syntax import ast
 
@@ -155,13 +156,11 @@ class Evaluator:
                                       "used inside another definition", expr.span,
                                       f"declare it as `block {expr.id}`")
             raise DiagnosticError("E100", f"unknown name `{expr.id}`", expr.span,
-                                  did_you_mean(expr.id, self.known_names(frame)))
+                                  unknown_name_hint(expr.id, [*frame.vars, *self.consts,
+                                                              *self.defs]))
         if isinstance(value, Layer) and value.span is None:
             value = replace(value, span=expr.span)
         return value
-
-    def known_names(self, frame: Frame):
-        return [*frame.vars, *self.consts, *self.defs, *ops.OPS, *ops.ALIASES, "repeat"]
 
     def eval_Unary(self, expr, frame):
         operand = self.eval(expr.operand, frame)
