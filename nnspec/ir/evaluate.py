@@ -217,11 +217,15 @@ class Evaluator:
             layer = self.stage_layer(stage, frame)
             if layer is POISON or current is POISON:
                 return POISON
-            current = self.apply(layer, [current], frame, stage.label, stage.span)
+            inputs = list(current.items) if isinstance(current, Tensors) else [current]
+            current = self.apply(layer, inputs, frame, stage.label, stage.span)
         return current
 
     def stage_layer(self, stage: ast.Stage, frame: Frame):
-        value = self.eval(stage.layer, frame)
+        if isinstance(stage.layer, ast.Call):  # `x -> f(a, ...)`: x is f's first tensor
+            value = self.eval_Call(stage.layer, frame, piped=True)
+        else:
+            value = self.eval(stage.layer, frame)
         if value is POISON or isinstance(value, Layer):
             return value
         hint = None
@@ -231,7 +235,7 @@ class Evaluator:
                               f"`{source_text(stage.layer.span)}` is {describe(value)}",
                               stage.layer.span, hint)
 
-    def eval_Call(self, expr, frame):
+    def eval_Call(self, expr, frame, piped=False):
         if expr.func == "repeat":
             return self.repeat_layer(expr, frame)
         builtin = expr.func in BUILTIN_FUNCS and not (
@@ -269,7 +273,7 @@ class Evaluator:
         else:
             layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
                             arg_spans=tuple(a.span for a in arg_nodes[len(tensors):]))
-        if tensors and len(tensors) >= self.arity(layer)[0]:
+        if tensors and len(tensors) >= self.arity(layer)[0] and not piped:
             return self.apply(layer, tensors, frame, None, expr.span)
         if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first
             layer = replace(layer, args=(*tensors, *layer.args))

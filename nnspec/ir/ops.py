@@ -125,6 +125,11 @@ class OpDef:
       `"module:function"` anywhere; empty means a kernel function named like the op. Its
       leading positional parameters take the inputs, the next ones the weights (by local
       name), its keyword-only ones the attributes of the same name.
+    - `results`: for an op that can give several tensors (a recurrent layer's final states),
+      their names and types in order, the main output first (types None when called with
+      `None` for the inputs' types: its shape rule failed); empty when it gives one. The
+      builder then makes a `result` node per tensor (see `result`) and the op's own value is
+      the tuple of them.
     - `label`: what a diagram writes after the op's name (None: required values, then
       `name=value` for attributes off their default). Each entry is a template over the
       attributes (`"{heads} heads"`, `"{num} → {dim}"`), or `"attr?template"`, written only
@@ -150,6 +155,8 @@ class OpDef:
     torch: Torch | None = None
     kernel: str = ""
     label: tuple[str, ...] | None = None
+    results: Callable[[list[TensorType] | None, Attrs],
+                      tuple[tuple[str, TensorType | None], ...]] | None = None
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)
@@ -502,13 +509,45 @@ _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def _recurrent_rule(mode: str):
+    kinds = ("h_n", "c_n") if mode == "lstm" else ("h_n",)
+
+    def state_type(x: TensorType, a) -> TensorType:
+        """torch's h_n / c_n layout per sample: [layers * directions, hidden]."""
+        return TensorType((a.layers * (2 if a.bidirectional else 1), a.hidden), "float32",
+                          x.batched)
+
     def infer(ins, a):
         x = ins[0]
         _require_float(x, mode)
         _require_rank(x, (2,), mode, "[T, F] (a sequence of feature vectors)")
         _in_features(x, mode)
+        _initial_states(x, ins[1:], a)
         width = a.hidden * (2 if a.bidirectional else 1)
         return x.with_shape((width,) if a.last else (x.shape[0], width))
+
+    def _initial_states(x, starts, a):
+        if starts and len(starts) != len(kinds):
+            raise ShapeError(f"{mode} starts from {' and '.join(kinds)}: give "
+                             f"{len(kinds)} initial states, not {len(starts)}",
+                             "`x -> lstm(state, 64)` with `state` from `out, h, c = ... "
+                             "lstm(64, states = true)`, or `lstm(x, h0, c0, 64)`")
+        want = state_type(x, a)
+        for kind, start in zip(kinds, starts):
+            if start.shape != want.shape or start.dtype != "float32":
+                raise ShapeError(f"{mode}: the initial {kind[0]} must be {want} "
+                                 f"([layers * directions, hidden], as torch's {kind[0]}_0 per "
+                                 f"sample), got {start}", code="E301")
+        if (a.states or starts) and not x.batched:
+            raise ShapeError(f"{mode} with states needs a batch of sequences, but {x} is one "
+                             "table for every sample", code="E302")
+
+    def results(ins, a):
+        """None types when `ins` is None (the layer's shape rule failed)."""
+        if not a.states:
+            return ()
+        if ins is None:
+            return tuple((kind, None) for kind in ("output", *kinds))
+        return (("output", infer(ins, a)), *((kind, state_type(ins[0], a)) for kind in kinds))
 
     def params(ins, a):
         gates = _GATES[mode] * a.hidden
@@ -533,7 +572,7 @@ def _recurrent_rule(mode: str):
             per_step += dirs * _GATES[mode] * a.hidden * (fan + a.hidden)
         return dim_mul(ins[0].shape[0], per_step)
 
-    return infer, params, macs
+    return infer, params, macs, results
 
 
 # ---- elementwise, merges, reductions -------------------------------------------------------
@@ -712,6 +751,11 @@ _conv2 = _conv_rule(2)
 _rnn, _lstm, _gru = (_recurrent_rule(m) for m in ("rnn", "lstm", "gru"))
 
 
+def _result_infer(ins, a):
+    raise ShapeError("`result` is made by layers that give several tensors; unpack those "
+                     "instead: `out, h = x -> gru(64, states = true)`", code="E302")
+
+
 def _conv_attrs() -> tuple[Attr, ...]:
     return (
         Attr("channels", "int", doc="output channels", minimum=1),
@@ -739,6 +783,11 @@ def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
         Attr("bidirectional", "bool", False),
         Attr("last", "bool", False, "return only the last step [H] instead of the sequence [T, H]"),
         _BIAS,
+        Attr("states", "bool", False, "also give the final states, torch's h_n (and an lstm's "
+             "c_n), each [layers * directions, hidden]: `out, h = x -> gru(64, states = "
+             "true)`"),
+        Attr("dropout", "float", 0.0, "dropout on the outputs of every layer but the last, "
+             "while training", minimum=0.0, maximum=1.0),
     )
     if mode == "rnn":
         attrs += (Attr("nonlinearity", "str", "tanh", choices=("tanh", "relu")),)
@@ -747,12 +796,14 @@ def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
 
 def _recurrent_torch(mode: str) -> Torch:
     """`batch_first=True` and the `bidirectional` flag are the torch backend's to write."""
-    keywords = ("num_layers=layers",) + (("nonlinearity",) if mode == "rnn" else ()) + ("bias",)
+    keywords = ("num_layers=layers",) + (("nonlinearity",) if mode == "rnn" else ()) + (
+        "bias", "dropout")
     return Torch(f"nn.{mode.upper()}", ("input_size=input[-1]", "hidden_size=hidden"), keywords)
 
 
 def _recurrent_label(mode: str) -> tuple[str, ...]:
-    flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step")
+    flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step",
+             "dropout?dropout {dropout}", "states?+ states")
     return flags + (("nonlinearity?{nonlinearity}",) if mode == "rnn" else ())
 
 
@@ -915,18 +966,25 @@ register(
           torch=Torch("nn.MultiheadAttention", ("embed_dim=input[-1]", "num_heads=heads"),
                       ("bias",)),
           label=("{heads} heads", "causal?causal", "bias?no bias")),
+    # ---- recurrent (the losses helper's block) ----
     OpDef("rnn", "recurrent", "Elman RNN (torch.nn.RNN).", _rnn[0], _recurrent_attrs("rnn"),
-          params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
-          needs_batch=True, torch=_recurrent_torch("rnn"),
-          label=_recurrent_label("rnn")),
+          arity=(1, 2), params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F], optional h0",
+          outputs_doc="[T, H] or [H]; with states: and h_n", needs_batch=True,
+          torch=_recurrent_torch("rnn"), label=_recurrent_label("rnn"), results=_rnn[3]),
     OpDef("lstm", "recurrent", "LSTM, gates i,f,g,o (torch.nn.LSTM).", _lstm[0],
-          _recurrent_attrs("lstm"), params=_lstm[1], macs=_lstm[2], inputs_doc="[T, F]",
-          outputs_doc="[T, H] or [H]", needs_batch=True, torch=_recurrent_torch("lstm"),
-          label=_recurrent_label("lstm")),
+          _recurrent_attrs("lstm"), arity=(1, 3), params=_lstm[1], macs=_lstm[2],
+          inputs_doc="[T, F], optional h0, c0", outputs_doc="[T, H] or [H]; with states: "
+          "and h_n, c_n", needs_batch=True, torch=_recurrent_torch("lstm"),
+          label=_recurrent_label("lstm"), results=_lstm[3]),
     OpDef("gru", "recurrent", "GRU, gates r,z,n (torch.nn.GRU).", _gru[0], _recurrent_attrs("gru"),
-          params=_gru[1], macs=_gru[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
-          needs_batch=True, torch=_recurrent_torch("gru"),
-          label=_recurrent_label("gru")),
+          arity=(1, 2), params=_gru[1], macs=_gru[2], inputs_doc="[T, F], optional h0",
+          outputs_doc="[T, H] or [H]; with states: and h_n", needs_batch=True,
+          torch=_recurrent_torch("gru"), label=_recurrent_label("gru"), results=_gru[3]),
+    OpDef("result", "shape", "One tensor of a layer that gives several (made by the builder "
+          "when such a layer is applied: `out, h, c = x -> lstm(64, states = true)`).",
+          _result_infer, (Attr("index", "int", minimum=0), Attr("name", "str")),
+          inputs_doc="a layer's results", outputs_doc="its index-th tensor",
+          label=("{name}",)),
     _activation("relu", "max(x, 0)", "F.relu"),
     _activation("sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid"),
     _activation("tanh", "hyperbolic tangent", "torch.tanh"),

@@ -286,26 +286,46 @@ def _attention(node, ins, params, ctx):
                                  "out_proj.bias"))
 
 
+class ResultGrads(tuple):
+    """The gradients of a multi-result op's tensors (None where one got none). The reverse
+    pass adds the gradients a value gets from several consumers; these add result by
+    result."""
+
+    def __add__(self, other):
+        return ResultGrads(b if a is None else a if b is None else a + b
+                           for a, b in zip(self, other, strict=True))
+
+
+@rule("result")
+def _result(node, ins, params, ctx):
+    index, count = node.attrs.index, len(ins[0])
+
+    def backward(d_out):
+        return (ResultGrads(d_out if i == index else None for i in range(count)),), {}
+
+    return ins[0][index], backward
+
+
 def _recurrent(mode):
     def run(node, ins, params, ctx):
         a = node.attrs
-        output, backward = recurrent.rnn(ins[0], params, mode=mode, hidden=a.hidden,
-                                         layers=a.layers, bidirectional=a.bidirectional,
-                                         nonlinearity=a.get("nonlinearity", "tanh"))
-        if not a.last:
-            def sequence_backward(d_out):
-                dx, d_params = backward(d_out)
-                return (dx,), d_params
+        (output, *finals), backward = recurrent.rnn_states(
+            ins[0], tuple(ins[1:]), params, mode=mode, hidden=a.hidden, layers=a.layers,
+            bidirectional=a.bidirectional, nonlinearity=a.get("nonlinearity", "tanh"),
+            dropout=a.dropout, rng=ctx.rng if ctx.train else None)
+        summary_backward = None
+        if a.last:
+            output, summary_backward = recurrent.last_step(output, hidden=a.hidden,
+                                                           bidirectional=a.bidirectional)
 
-            return output, sequence_backward
-        summary, summary_backward = recurrent.last_step(output, hidden=a.hidden,
-                                                        bidirectional=a.bidirectional)
+        def run_backward(d_out):
+            d_output, *d_finals = d_out if a.states else (d_out,)
+            if d_output is not None and summary_backward is not None:
+                (d_output,) = summary_backward(d_output)
+            dx, *d_initial, d_params = backward(d_output, *d_finals)
+            return (dx, *d_initial), d_params
 
-        def last_backward(d_summary):
-            dx, d_params = backward(summary_backward(d_summary)[0])
-            return (dx,), d_params
-
-        return summary, last_backward
+        return ((output, *finals) if a.states else output), run_backward
 
     return run
 

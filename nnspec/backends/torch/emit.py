@@ -292,23 +292,56 @@ def _attention_forward(s: Site) -> list[Line]:
     return [Line(expr(call(s.module, x, x, x, **kwargs)), unpack=True)]
 
 
+def _initial_state(s: Site, i: int) -> Expr:
+    """An initial state in torch's (layers * dirs, B, H) layout: ours is batch first, or one
+    state for every sample."""
+    if s.types[i].batched:
+        return expr(call(expr(s.args[i], ".transpose"), "0", "1"), ".contiguous()")
+    batch = expr(s.x, ".shape[0]")
+    return expr(call(expr(s.args[i], "[:, None].expand"), "-1", batch, "-1"), ".contiguous()")
+
+
 def _recurrent_forward(s: Site) -> list[Line]:
+    """`out, _ = self.lstm(x)`; from initial states `self.lstm(x, (h0, c0))`; with
+    `states = true` the value is the tuple (out, h_n[, c_n]), states batch first, that the
+    `result` nodes pick from."""
     t = s.types[0]
     a = s.a
     dirs = 2 if a.bidirectional else 1
-    if not a.last:
-        return [Line(expr(call(s.module, s.x)), unpack=True)]
-    sequence = t.with_shape((t.shape[0], a.hidden * dirs))
-    lines = [Line(expr(call(s.module, s.x)), unpack=True, shape=sequence)]
-    batch = ":, " if t.batched else ""
-    if a.bidirectional:  # forward direction's last step, backward direction's first
-        h = Num(a.hidden, "hidden_size")
-        last = expr(s.target, "[", batch, "-1, :", h, "]")
-        first = expr(s.target, "[", batch, "0, ", h, ":]")
-        lines.append(Line(expr(call("torch.cat", list_of([last, first]), dim="-1"))))
-    else:
-        lines.append(Line(expr(s.target, f"[{batch}-1]")))
-    return lines
+    starts = [_initial_state(s, i) for i in range(1, len(s.args))]
+    args = [s.x]
+    if starts:
+        args.append(Group((), "(", tuple(starts), ")") if len(starts) > 1 else starts[0])
+    module_call = expr(call(s.module, *args))
+    if not a.states:
+        if not a.last:
+            return [Line(module_call, unpack=True)]
+        sequence = t.with_shape((t.shape[0], a.hidden * dirs))
+        return [Line(module_call, unpack=True, shape=sequence),
+                Line(_last_step(s, (s.target,)))]
+    output = expr(s.target, "[0]")
+    if a.last:
+        output = _last_step(s, output)
+    finals = [expr(s.target, "[1]")] if s.node.op != "lstm" else [
+        expr(s.target, "[1][0]"), expr(s.target, "[1][1]")]
+    finals = [expr(call(expr(f, ".transpose"), "0", "1")) for f in finals]
+    return [Line(module_call), Line(expr(Group((), "(", (output, *finals), ")")))]
+
+
+def _last_step(s: Site, sequence: Expr) -> Expr:
+    """The top layer's final state from the output sequence: the forward direction's last
+    step, and the backward direction's first."""
+    batch = ":, " if s.types[0].batched else ""
+    if s.a.bidirectional:
+        h = Num(s.a.hidden, "hidden_size")
+        last = expr(sequence, "[", batch, "-1, :", h, "]")
+        first = expr(sequence, "[", batch, "0, ", h, ":]")
+        return expr(call("torch.cat", list_of([last, first]), dim="-1"))
+    return expr(sequence, f"[{batch}-1]")
+
+
+def _result(s: Site) -> list[Line]:
+    return [Line(expr(s.x, f"[{s.a.index}]"))]
 
 
 def _softmax(name: str):
@@ -476,6 +509,7 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "rnn": _recurrent_forward,
     "lstm": _recurrent_forward,
     "gru": _recurrent_forward,
+    "result": _result,
     "softmax": _softmax("F.softmax"),
     "log_softmax": _softmax("F.log_softmax"),
     "concat": _concat,
