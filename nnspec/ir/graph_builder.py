@@ -29,7 +29,11 @@ class GraphBuilder:
         self.scopes: dict[str, Scope] = {}
 
     def finish(self, inputs: list[str], outputs: list[str], hyper: dict[str, Any]) -> Graph:
-        return Graph(self.name, self.nodes, self.params, inputs, outputs, self.scopes, hyper)
+        """The graph, without the `result` nodes nothing reads (an lstm's unused output when
+        only its final states are wanted): they compute nothing, so they are not drawn."""
+        read = {i for n in self.nodes for i in n.inputs} | set(outputs)
+        nodes = [n for n in self.nodes if n.op != "result" or n.name in read]
+        return Graph(self.name, nodes, self.params, inputs, outputs, self.scopes, hyper)
 
     # ---- nodes and scopes ---------------------------------------------------------------
 

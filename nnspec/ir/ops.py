@@ -511,35 +511,39 @@ _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 def _recurrent_rule(mode: str):
     kinds = ("h_n", "c_n") if mode == "lstm" else ("h_n",)
 
-    def state_type(x: TensorType, a) -> TensorType:
+    def state_type(ins, a) -> TensorType:
         """torch's h_n / c_n layout per sample: [layers * directions, hidden]."""
         return TensorType((a.layers * (2 if a.bidirectional else 1), a.hidden), "float32",
-                          x.batched)
+                          any(t.batched for t in ins))
 
     def infer(ins, a):
         x = ins[0]
         _require_float(x, mode)
         _require_rank(x, (2,), mode, "[T, F] (a sequence of feature vectors)")
         _in_features(x, mode)
-        _initial_states(x, ins[1:], a)
+        _initial_states(ins, a)
         width = a.hidden * (2 if a.bidirectional else 1)
-        return x.with_shape((width,) if a.last else (x.shape[0], width))
+        # one sequence for every sample (a position table) from per-sample states: a batch
+        out = TensorType((width,) if a.last else (x.shape[0], width), "float32",
+                         any(t.batched for t in ins))
+        return out
 
-    def _initial_states(x, starts, a):
+    def _initial_states(ins, a):
+        starts = ins[1:]
         if starts and len(starts) != len(kinds):
             raise ShapeError(f"{mode} starts from {' and '.join(kinds)}: give "
                              f"{len(kinds)} initial states, not {len(starts)}",
                              "`x -> lstm(state, 64)` with `state` from `out, h, c = ... "
                              "lstm(64, states = true)`, or `lstm(x, h0, c0, 64)`")
-        want = state_type(x, a)
+        want = state_type(ins, a)
         for kind, start in zip(kinds, starts):
             if start.shape != want.shape or start.dtype != "float32":
                 raise ShapeError(f"{mode}: the initial {kind[0]} must be {want} "
                                  f"([layers * directions, hidden], as torch's {kind[0]}_0 per "
                                  f"sample), got {start}", code="E301")
-        if (a.states or starts) and not x.batched:
-            raise ShapeError(f"{mode} with states needs a batch of sequences, but {x} is one "
-                             "table for every sample", code="E302")
+        if a.states and not any(t.batched for t in ins):
+            raise ShapeError(f"{mode} with states = true needs a batch of sequences, but "
+                             f"{ins[0]} is one table for every sample", code="E302")
 
     def results(ins, a):
         """None types when `ins` is None (the layer's shape rule failed)."""
@@ -547,7 +551,7 @@ def _recurrent_rule(mode: str):
             return ()
         if ins is None:
             return tuple((kind, None) for kind in ("output", *kinds))
-        return (("output", infer(ins, a)), *((kind, state_type(ins[0], a)) for kind in kinds))
+        return (("output", infer(ins, a)), *((kind, state_type(ins, a)) for kind in kinds))
 
     def params(ins, a):
         gates = _GATES[mode] * a.hidden

@@ -48,6 +48,14 @@ model S {
   x -> gru(h0, 4, layers = 2, dropout = 0.3)
 }
 """,
+    "one_learned_sequence_decoded_from_each_samples_states": """
+model S {
+  input x: [5, 3]
+  out, h = x -> gru(4, states = true)
+  queries = positions(6, 2) * 1.0
+  queries -> gru(h, 4) -> dense(3)
+}
+""",
     "bidirectional_last_step_from_states": """
 model S {
   input x: [5, 3]
@@ -110,11 +118,13 @@ model S {
     assert np.abs(grads["encoder_1.lstm_1.weight_ih_l0"]).sum() > 0  # through the states
 
 
-def test_the_summary_lists_each_final_state_with_torchs_shape():
+def test_the_summary_lists_each_final_state_read_with_torchs_shape():
     spec = load_text(SPECS["encoder_state_starts_the_decoder"], "s.nn")
     results = {n.name: (n.op, list(n.type.shape)) for n in spec.graph.nodes if n.op == "result"}
-    assert results == {"lstm_1_output": ("result", [5, 6]), "lstm_1_h_n": ("result", [2, 6]),
-                       "lstm_1_c_n": ("result", [2, 6])}
+    assert results == {"lstm_1_h_n": ("result", [2, 6]), "lstm_1_c_n": ("result", [2, 6])}
+    # the unused output sequence has no node; the lstm's value still holds it
+    assert [n.inputs for n in spec.graph.nodes if n.op == "lstm"][1] == (
+        "y", "lstm_1_h_n", "lstm_1_c_n")
 
 
 @pytest.mark.parametrize("body, code, words", [

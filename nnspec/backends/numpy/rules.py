@@ -309,8 +309,13 @@ def _result(node, ins, params, ctx):
 def _recurrent(mode):
     def run(node, ins, params, ctx):
         a = node.attrs
+        x = ins[0]
+        shared = x.ndim == 2  # one sequence (a position table) for every sample's states
+        if shared:
+            batch = next(state.shape[0] for state in ins[1:] if state.ndim == 3)
+            x = np.broadcast_to(x, (batch, *x.shape))
         (output, *finals), backward = recurrent.rnn_states(
-            ins[0], tuple(ins[1:]), params, mode=mode, hidden=a.hidden, layers=a.layers,
+            x, tuple(ins[1:]), params, mode=mode, hidden=a.hidden, layers=a.layers,
             bidirectional=a.bidirectional, nonlinearity=a.get("nonlinearity", "tanh"),
             dropout=a.dropout, rng=ctx.rng if ctx.train else None)
         summary_backward = None
@@ -323,7 +328,7 @@ def _recurrent(mode):
             if d_output is not None and summary_backward is not None:
                 (d_output,) = summary_backward(d_output)
             dx, *d_initial, d_params = backward(d_output, *d_finals)
-            return (dx, *d_initial), d_params
+            return (dx.sum(axis=0) if shared else dx, *d_initial), d_params
 
         return ((output, *finals) if a.states else output), run_backward
 

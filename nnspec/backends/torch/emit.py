@@ -297,7 +297,7 @@ def _initial_state(s: Site, i: int) -> Expr:
     state for every sample."""
     if s.types[i].batched:
         return expr(call(expr(s.args[i], ".transpose"), "0", "1"), ".contiguous()")
-    batch = expr(s.x, ".shape[0]")
+    batch = expr(s.x, ".shape[0]")  # the sequences are batched when a state is not
     return expr(call(expr(s.args[i], "[:, None].expand"), "-1", batch, "-1"), ".contiguous()")
 
 
@@ -310,6 +310,9 @@ def _recurrent_forward(s: Site) -> list[Line]:
     dirs = 2 if a.bidirectional else 1
     starts = [_initial_state(s, i) for i in range(1, len(s.args))]
     args = [s.x]
+    if not t.batched and s.out.batched:  # one sequence for every sample's states
+        batch = expr(next(e for e, u in zip(s.args, s.types) if u.batched), ".shape[0]")
+        args = [expr(call(expr(s.x, "[None].expand"), batch, "-1", "-1"))]
     if starts:
         args.append(Group((), "(", tuple(starts), ")") if len(starts) > 1 else starts[0])
     module_call = expr(call(s.module, *args))
