@@ -667,6 +667,9 @@ def _scalar_infer(ins, a):
 # tensor, e.g. for a custom loss that weighs them); a `train` loss must be a scalar (E215).
 
 _REDUCTIONS = ("mean", "sum", "none")
+# losses whose targets are class indices (int [..] for scores [.., C]): data, metrics and
+# predictions treat their models as classifiers
+CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
 
 
 def _reduction_attr(choices=_REDUCTIONS) -> Attr:

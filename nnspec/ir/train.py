@@ -78,7 +78,7 @@ KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS)
 
 def default_target(loss: str, pred: TensorType) -> TensorType:
     """The target a built-in loss expects for this prediction."""
-    if loss in ("cross_entropy", "nll"):
+    if loss in ops.CLASS_INDEX_LOSSES:
         return TensorType(pred.shape[:-1], "int64")
     return TensorType(pred.shape, "float32")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nnspec.diagnostics import Diagnostic, Note, Span, SpecError
+from nnspec.ir import ops
 from nnspec.ir.train import Setting
 from nnspec.training import loaders
 from nnspec.training.datasets import DATASETS, Dataset, from_user_data, load_dataset
@@ -49,7 +50,7 @@ def load_data(setting: Setting, *, base_dir: Path, val: float | None, loss: str
     targets are class ids only for cross_entropy; for other losses they are numbers to
     regress on, whatever they look like. SpecError: E216."""
     try:
-        return _load(setting, base_dir, val, None if loss == "cross_entropy" else "regression")
+        return _load(setting, base_dir, val, None if loss in ops.CLASS_INDEX_LOSSES else "regression")
     except DataError as error:
         raise data_error("E216", error.message, setting.span, error.hint) from None
 
@@ -218,7 +219,7 @@ def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | 
     notes = (Note(train.loss.span, f"the loss `{loss}` is chosen here"),) if train.loss.span \
         else ()
     shape = tuple(y.shape[1:])
-    if loss == "cross_entropy":
+    if loss in ops.CLASS_INDEX_LOSSES:
         ids_shape = pred_shape[:-1]
         if y.dtype.kind == "f":
             if shape == pred_shape:

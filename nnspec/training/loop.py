@@ -176,7 +176,7 @@ def evaluate(model: TrainableModel, train: TrainConfig, x: np.ndarray, y: np.nda
     ids = y.dtype == np.int64
     kind = accuracy_kind(train.loss.name, train.loss.args, ids) \
         if "accuracy" in train.metrics else None
-    ignore = train.loss.args.get("ignore_index") if train.loss.name == "cross_entropy" else None
+    ignore = train.loss.args.get("ignore_index") if train.loss.name in ops.CLASS_INDEX_LOSSES else None
     sums = MetricSums(train.metrics, kind, ignore)
     total = 0.0
     for start in range(0, len(x), chunk):

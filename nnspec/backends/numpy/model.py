@@ -22,7 +22,7 @@ from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.params import ParamBuffer
 from nnspec.backends.numpy.rules import RULES, Context, align_batched, needs_batch_of_one
 from nnspec.ir.graph import Graph
-from nnspec.ir.ops import OPS
+from nnspec.ir.ops import CLASS_INDEX_LOSSES, OPS
 from nnspec.ir.types import TensorType
 
 _DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
@@ -277,7 +277,7 @@ class NumpyModel:
     def _check_classes(self, target: np.ndarray, pred: np.ndarray) -> None:
         """Class indices must name one of the model's outputs (or be ignore_index)."""
         loss = self.loss_graph.node(self.loss_graph.outputs[0])
-        if target.dtype != np.int64 or loss.op != "cross_entropy":
+        if target.dtype != np.int64 or loss.op not in CLASS_INDEX_LOSSES:
             return
         classes = pred.shape[-1]
         valid = (target >= 0) & (target < classes) | (target == loss.attrs.ignore_index)
