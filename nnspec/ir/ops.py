@@ -790,15 +790,16 @@ def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
         Attr("bidirectional", "bool", False),
         Attr("last", "bool", False, "return only the last step [H] instead of the sequence [T, H]"),
         _BIAS,
+    )
+    if mode == "rnn":
+        attrs += (Attr("nonlinearity", "str", "tanh", choices=("tanh", "relu")),)
+    return attrs + (
         Attr("states", "bool", False, "also give the final states, torch's h_n (and an lstm's "
              "c_n), each [layers * directions, hidden]: `out, h = x -> gru(64, states = "
              "true)`"),
         Attr("dropout", "float", 0.0, "dropout on the outputs of every layer but the last, "
              "while training", minimum=0.0, maximum=1.0),
     )
-    if mode == "rnn":
-        attrs += (Attr("nonlinearity", "str", "tanh", choices=("tanh", "relu")),)
-    return attrs
 
 
 def _recurrent_torch(mode: str) -> Torch:

@@ -269,7 +269,10 @@ def build_loss(builder: Evaluator, setting: ast.Setting, model: Graph) -> tuple[
     if out is POISON:
         raise DiagnosticError("E214", f"the loss `{name}` could not be built", expr.span)
     if out.type is not None and (out.type.shape != () or out.type.batched):
+        unreduced = kwargs.get("reduction") == "none"
         raise DiagnosticError("E215", f"a loss must reduce to a scalar, but `{name}` gives "
-                              f"{out.type}", expr.span, "wrap the result in `mean(...)`")
+                              f"{out.type}", expr.span,
+                              'leave out `reduction = "none"` (its mean is the default)'
+                              if unreduced else "wrap the result in `mean(...)`")
     attrs = dict(kwargs)
     return Setting(name, attrs, expr.span), graph.finish(["pred", "target"], [out.node], attrs)

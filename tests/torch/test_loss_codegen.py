@@ -81,6 +81,7 @@ def test_an_unreduced_loss_is_not_a_training_loss():
     [error] = [d for d in check_text(text, "m.nn") if d.severity == "error"]
     assert (error.code, error.span.line) == ("E215", 6)
     assert "must reduce to a scalar" in error.message
+    assert error.hint == 'leave out `reduction = "none"` (its mean is the default)'
 
 
 @pytest.mark.parametrize("loss, code, words", [
