@@ -445,7 +445,9 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
         where = _write_or_exit(output, buffer.getvalue())
         _wrote(f"{len(y)} predictions of shape {list(y.shape[1:])} to {where}", where)
         return
-    classifier = spec.train is not None and spec.train.loss.name == "cross_entropy"
+    from nnspec.ir.ops import CLASS_INDEX_LOSSES
+
+    classifier = spec.train is not None and spec.train.loss.name in CLASS_INDEX_LOSSES
     names = _class_names(metadata, weights)
     if not classifier:
         for row in y:

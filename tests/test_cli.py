@@ -117,7 +117,7 @@ def test_check_json_gives_every_diagnostic_with_code_and_span(broken: Path):
     rleu = data[0]
     assert rleu["span"] == {"file": str(broken), "line": 3, "col": 25, "end_line": 3,
                             "end_col": 29}
-    assert rleu["hint"] == "did you mean `relu`?"
+    assert rleu["hint"] == "did you mean `relu`? Every op is in docs/language.md#op-reference"
     assert data[1]["notes"][0]["span"]["line"] == 2  # where the bad shape came from
 
 

@@ -31,13 +31,19 @@ def index_definitions(program: ast.Program) -> tuple[dict[str, ast.Definition], 
                                        notes=(Note(defs[item.name].name_span,
                                                    "first defined here"),)))
             continue
-        if ops.lookup(item.name) is not None:
+        if ops.lookup(item.name) is not None and not _own_loss(item):
             problems.append(Diagnostic("E121", f"`{item.name}` is the name of a built-in op",
                                        item.name_span, "pick another name"))
             continue
         defs[item.name] = item
         problems += _unused_expressions(item)
     return defs, problems
+
+
+def _own_loss(definition: ast.Definition) -> bool:
+    """A `fn` may take the name of a built-in loss: a spec's own `huber` predates the
+    built-in one, and within that spec its own definition wins."""
+    return definition.kind == "fn" and ops.lookup(definition.name).family == "loss"
 
 
 def _inputs_first(definition: ast.Definition) -> list[Diagnostic]:

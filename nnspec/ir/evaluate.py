@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span, did_you_mean
+from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span
 from nnspec.ir import ops
 from nnspec.ir.arithmetic import BUILTIN_FUNCS, call_builtin, combine
 from nnspec.ir.attrs import bind_params
@@ -23,6 +23,7 @@ from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.nodes import apply_op
+from nnspec.ir.suggest import unknown_name_hint
 from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
 from nnspec.syntax import ast
 
@@ -155,13 +156,11 @@ class Evaluator:
                                       "used inside another definition", expr.span,
                                       f"declare it as `block {expr.id}`")
             raise DiagnosticError("E100", f"unknown name `{expr.id}`", expr.span,
-                                  did_you_mean(expr.id, self.known_names(frame)))
+                                  unknown_name_hint(expr.id, [*frame.vars, *self.consts,
+                                                              *self.defs]))
         if isinstance(value, Layer) and value.span is None:
             value = replace(value, span=expr.span)
         return value
-
-    def known_names(self, frame: Frame):
-        return [*frame.vars, *self.consts, *self.defs, *ops.OPS, *ops.ALIASES, "repeat"]
 
     def eval_Unary(self, expr, frame):
         operand = self.eval(expr.operand, frame)
@@ -218,11 +217,15 @@ class Evaluator:
             layer = self.stage_layer(stage, frame)
             if layer is POISON or current is POISON:
                 return POISON
-            current = self.apply(layer, [current], frame, stage.label, stage.span)
+            inputs = list(current.items) if isinstance(current, Tensors) else [current]
+            current = self.apply(layer, inputs, frame, stage.label, stage.span)
         return current
 
     def stage_layer(self, stage: ast.Stage, frame: Frame):
-        value = self.eval(stage.layer, frame)
+        if isinstance(stage.layer, ast.Call):  # `x -> f(a, ...)`: x is f's first tensor
+            value = self.eval_Call(stage.layer, frame, piped=True)
+        else:
+            value = self.eval(stage.layer, frame)
         if value is POISON or isinstance(value, Layer):
             return value
         hint = None
@@ -232,7 +235,7 @@ class Evaluator:
                               f"`{source_text(stage.layer.span)}` is {describe(value)}",
                               stage.layer.span, hint)
 
-    def eval_Call(self, expr, frame):
+    def eval_Call(self, expr, frame, piped=False):
         if expr.func == "repeat":
             return self.repeat_layer(expr, frame)
         builtin = expr.func in BUILTIN_FUNCS and not (
@@ -270,7 +273,7 @@ class Evaluator:
         else:
             layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
                             arg_spans=tuple(a.span for a in arg_nodes[len(tensors):]))
-        if tensors and len(tensors) >= self.arity(layer)[0]:
+        if tensors and len(tensors) >= self.arity(layer)[0] and not piped:
             return self.apply(layer, tensors, frame, None, expr.span)
         if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first
             layer = replace(layer, args=(*tensors, *layer.args))

@@ -30,8 +30,12 @@ class GraphBuilder:
 
     def finish(self, inputs: list[str], outputs: list[str], hyper: dict[str, Any],
                names: list[str] | None = None) -> Graph:
-        """The graph; `names` are the outputs' names (made up when not given)."""
-        return Graph(self.name, self.nodes, self.params, inputs, outputs, self.scopes, hyper,
+        """The graph; `names` are the outputs' names (made up when not given). The `result`
+        nodes nothing reads (an lstm's unused output when only its final states are wanted)
+        compute nothing, so they are left out."""
+        read = {i for n in self.nodes for i in n.inputs} | set(outputs)
+        nodes = [n for n in self.nodes if n.op != "result" or n.name in read]
+        return Graph(self.name, nodes, self.params, inputs, outputs, self.scopes, hyper,
                      names or [])
 
     # ---- nodes and scopes ---------------------------------------------------------------

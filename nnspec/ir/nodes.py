@@ -11,13 +11,13 @@ from nnspec.ir import ops
 from nnspec.ir.attrs import argument_spans, bind_attrs
 from nnspec.ir.frames import Frame
 from nnspec.ir.graph import Node
-from nnspec.ir.values import Layer, Tensor, source_text
+from nnspec.ir.values import Layer, Tensor, Tensors, source_text
 
 
 def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame: Frame,
              report: Callable[[Diagnostic], None], label: str | None = None,
              layer: Layer | None = None, values: list | None = None,
-             named: bool = True) -> Tensor:
+             named: bool = True) -> Tensor | Tensors:
     """The op `name` applied to `tensors` as a node of `frame`'s graph, named `label` (or
     after the layer's module, or made up). A shape error is reported and gives a node
     without a type, so the graph still shows where it happened."""
@@ -50,7 +50,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     if any(t.type is None for t in tensors):
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
-        return Tensor(node_name, None, span, origin)
+        return _results(opdef, None, attrs, Tensor(node_name, None, span, origin), frame)
     try:
         out_type = opdef.infer([t.type for t in tensors], attrs)
     except ops.ShapeError as err:
@@ -59,7 +59,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         report(Diagnostic(err.code, err.message, span, err.hint, notes=notes))
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, error=err.message, named=named))
-        return Tensor(node_name, None, span, origin)
+        return _results(opdef, None, attrs, Tensor(node_name, None, span, origin), frame)
     params = {}
     module_path = None
     if opdef.has_params:
@@ -72,4 +72,23 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
                                        node_name, span, tie.module if tie else None)
     graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, out_type, span,
                         module_path, params, scope, named=named))
-    return Tensor(node_name, out_type, span, origin)
+    return _results(opdef, [t.type for t in tensors], attrs,
+                    Tensor(node_name, out_type, span, origin), frame)
+
+
+def _results(opdef: ops.OpDef, in_types, attrs, made: Tensor, frame: Frame) -> Tensor | Tensors:
+    """`made` itself, or for an op giving several tensors one `result` node per tensor
+    (`lstm_h_n`), each reading `made`, whose value is then the tuple of them."""
+    results = opdef.results(in_types, attrs) if opdef.results is not None else ()
+    if not results:
+        return made
+    graph = frame.graph
+    picked = []
+    for index, (name, result_type) in enumerate(results):
+        node_name = graph.unique_name(f"{made.node}_{name}") if (
+            f"{made.node}_{name}" in graph.node_names) else f"{made.node}_{name}"
+        graph.add_node(Node(node_name, "result", (made.node,),
+                            ops.Attrs(index=index, name=name), result_type, made.span,
+                            scope=graph.scope_of(frame.path)))
+        picked.append(Tensor(node_name, result_type, made.span, f"the {name} of {made.origin}"))
+    return Tensors(tuple(picked), made.span)

@@ -125,6 +125,11 @@ class OpDef:
       `"module:function"` anywhere; empty means a kernel function named like the op. Its
       leading positional parameters take the inputs, the next ones the weights (by local
       name), its keyword-only ones the attributes of the same name.
+    - `results`: for an op that can give several tensors (a recurrent layer's final states),
+      their names and types in order, the main output first (types None when called with
+      `None` for the inputs' types: its shape rule failed); empty when it gives one. The
+      builder then makes a `result` node per tensor (see `result`) and the op's own value is
+      the tuple of them.
     - `label`: what a diagram writes after the op's name (None: required values, then
       `name=value` for attributes off their default). Each entry is a template over the
       attributes (`"{heads} heads"`, `"{num} → {dim}"`), or `"attr?template"`, written only
@@ -150,6 +155,8 @@ class OpDef:
     torch: Torch | None = None
     kernel: str = ""
     label: tuple[str, ...] | None = None
+    results: Callable[[list[TensorType] | None, Attrs],
+                      tuple[tuple[str, TensorType | None], ...]] | None = None
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)
@@ -502,13 +509,49 @@ _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def _recurrent_rule(mode: str):
+    kinds = ("h_n", "c_n") if mode == "lstm" else ("h_n",)
+
+    def state_type(ins, a) -> TensorType:
+        """torch's h_n / c_n layout per sample: [layers * directions, hidden]."""
+        return TensorType((a.layers * (2 if a.bidirectional else 1), a.hidden), "float32",
+                          any(t.batched for t in ins))
+
     def infer(ins, a):
         x = ins[0]
         _require_float(x, mode)
         _require_rank(x, (2,), mode, "[T, F] (a sequence of feature vectors)")
         _in_features(x, mode)
+        _initial_states(ins, a)
         width = a.hidden * (2 if a.bidirectional else 1)
-        return x.with_shape((width,) if a.last else (x.shape[0], width))
+        # one sequence for every sample (a position table) from per-sample states: a batch
+        out = TensorType((width,) if a.last else (x.shape[0], width), "float32",
+                         any(t.batched for t in ins))
+        return out
+
+    def _initial_states(ins, a):
+        starts = ins[1:]
+        if starts and len(starts) != len(kinds):
+            raise ShapeError(f"{mode} starts from {' and '.join(kinds)}: give "
+                             f"{len(kinds)} initial states, not {len(starts)}",
+                             "`x -> lstm(state, 64)` with `state` from `out, h, c = ... "
+                             "lstm(64, states = true)`, or `lstm(x, h0, c0, 64)`")
+        want = state_type(ins, a)
+        for kind, start in zip(kinds, starts):
+            if start.shape != want.shape or start.dtype != "float32":
+                raise ShapeError(f"{mode}: the initial {kind[0]} must be {want} "
+                                 f"([layers * directions, hidden], as torch's {kind[0]}_0 per "
+                                 f"sample), got {start}", code="E301")
+        if a.states and not any(t.batched for t in ins):
+            raise ShapeError(f"{mode} with states = true needs a batch of sequences, but "
+                             f"{ins[0]} is one table for every sample", code="E302")
+
+    def results(ins, a):
+        """None types when `ins` is None (the layer's shape rule failed)."""
+        if not a.states:
+            return ()
+        if ins is None:
+            return tuple((kind, None) for kind in ("output", *kinds))
+        return (("output", infer(ins, a)), *((kind, state_type(ins, a)) for kind in kinds))
 
     def params(ins, a):
         gates = _GATES[mode] * a.hidden
@@ -533,7 +576,7 @@ def _recurrent_rule(mode: str):
             per_step += dirs * _GATES[mode] * a.hidden * (fan + a.hidden)
         return dim_mul(ins[0].shape[0], per_step)
 
-    return infer, params, macs
+    return infer, params, macs, results
 
 
 # ---- elementwise, merges, reductions -------------------------------------------------------
@@ -620,6 +663,24 @@ def _scalar_infer(ins, a):
 
 
 # ---- losses --------------------------------------------------------------------------------
+# Every built-in loss takes torch's `reduction`. "none" gives the losses themselves (a
+# tensor, e.g. for a custom loss that weighs them); a `train` loss must be a scalar (E215).
+
+_REDUCTIONS = ("mean", "sum", "none")
+# losses whose targets are class indices (int [..] for scores [.., C]): data, metrics and
+# predictions treat their models as classifiers
+CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
+
+
+def _reduction_attr(choices=_REDUCTIONS) -> Attr:
+    return Attr("reduction", "str", "mean", "mean or sum of the per-element losses, or "
+                "none: the losses themselves (a tensor, not a training loss)", choices=choices)
+
+
+def _loss_value(per_element: TensorType, a) -> TensorType:
+    if a.reduction == "none":
+        return per_element
+    return TensorType((), "float32", batched=False)
 
 
 def _loss_same_shape(op):
@@ -628,9 +689,29 @@ def _loss_same_shape(op):
         if broadcast(pred, target) != pred.shape:
             raise ShapeError(f"{op}: the target {target} does not match the prediction {pred}",
                              code="E305")
-        return TensorType((), "float32", batched=False)
+        if a.get("pos_weight") is not None:
+            _pos_weight_check(pred, a)
+        return _loss_value(TensorType(pred.shape, "float32", pred.batched or target.batched), a)
 
     return infer
+
+
+def _pos_weight_check(pred: TensorType, a):
+    if not a.logits:
+        raise ShapeError("binary_cross_entropy: `pos_weight` needs `logits = true` (torch's "
+                         "binary_cross_entropy of probabilities has none)", code="E161")
+    classes = pred.shape[-1] if pred.shape else 1
+    if len(a.pos_weight) != 1 and len(a.pos_weight) != classes:
+        raise ShapeError(f"binary_cross_entropy: `pos_weight` has {len(a.pos_weight)} values "
+                         f"but the prediction {pred} has {classes} classes in its last dim",
+                         "give one number per class, or one for all", code="E305")
+
+
+def _class_weight_check(op: str, scores: TensorType, a):
+    classes = scores.shape[-1]
+    if a.weight is not None and isinstance(classes, int) and len(a.weight) != classes:
+        raise ShapeError(f"{op}: `weight` has {len(a.weight)} values but there are {classes} "
+                         "classes", "give one weight per class", code="E305")
 
 
 def _cross_entropy_infer(ins, a):
@@ -645,7 +726,28 @@ def _cross_entropy_infer(ins, a):
     elif target.shape != logits.shape:
         raise ShapeError(f"cross_entropy: class probabilities {target} do not match the scores "
                          f"{logits}", code="E305")
-    return TensorType((), "float32", batched=False)
+    _class_weight_check("cross_entropy", logits, a)
+    return _loss_value(logits.with_shape(logits.shape[:-1]), a)
+
+
+def _nll_infer(ins, a):
+    log_probs, target = ins
+    _require_float(log_probs, "nll")
+    if log_probs.rank == 0:
+        raise ShapeError("nll needs log-probabilities [C] (or [T, C]) but gets a scalar",
+                         code="E302")
+    if target.dtype != "int64" or target.shape != log_probs.shape[:-1]:
+        raise ShapeError(f"nll: the target {target} must be class indices "
+                         f"int{list(log_probs.shape[:-1])} for the log-probabilities "
+                         f"{log_probs}", code="E305")
+    _class_weight_check("nll", log_probs, a)
+    return _loss_value(log_probs.with_shape(log_probs.shape[:-1]), a)
+
+
+def _kl_div_infer(ins, a):
+    if a.reduction == "batchmean":
+        a = Attrs(a, reduction="mean")
+    return _loss_same_shape("kl_div")(ins, a)
 
 
 # ---- the catalogue -------------------------------------------------------------------------
@@ -654,6 +756,11 @@ _BIAS = Attr("bias", "bool", True, "add a learned bias")
 _conv1 = _conv_rule(1)
 _conv2 = _conv_rule(2)
 _rnn, _lstm, _gru = (_recurrent_rule(m) for m in ("rnn", "lstm", "gru"))
+
+
+def _result_infer(ins, a):
+    raise ShapeError("`result` is made by layers that give several tensors; unpack those "
+                     "instead: `out, h = x -> gru(64, states = true)`", code="E302")
 
 
 def _conv_attrs() -> tuple[Attr, ...]:
@@ -686,17 +793,25 @@ def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
     )
     if mode == "rnn":
         attrs += (Attr("nonlinearity", "str", "tanh", choices=("tanh", "relu")),)
-    return attrs
+    return attrs + (
+        Attr("states", "bool", False, "also give the final states, torch's h_n (and an lstm's "
+             "c_n), each [layers * directions, hidden]: `out, h = x -> gru(64, states = "
+             "true)`"),
+        Attr("dropout", "float", 0.0, "dropout on the outputs of every layer but the last, "
+             "while training", minimum=0.0, maximum=1.0),
+    )
 
 
 def _recurrent_torch(mode: str) -> Torch:
     """`batch_first=True` and the `bidirectional` flag are the torch backend's to write."""
-    keywords = ("num_layers=layers",) + (("nonlinearity",) if mode == "rnn" else ()) + ("bias",)
+    keywords = ("num_layers=layers",) + (("nonlinearity",) if mode == "rnn" else ()) + (
+        "bias", "dropout")
     return Torch(f"nn.{mode.upper()}", ("input_size=input[-1]", "hidden_size=hidden"), keywords)
 
 
 def _recurrent_label(mode: str) -> tuple[str, ...]:
-    flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step")
+    flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step",
+             "dropout?dropout {dropout}", "states?+ states")
     return flags + (("nonlinearity?{nonlinearity}",) if mode == "rnn" else ())
 
 
@@ -719,7 +834,7 @@ def _binary(name, family, doc, symbol="", torch=""):
 def _loss(name, doc, infer, torch="", attrs=(), inputs_doc="pred, target"):
     torch_form = Torch(torch, keywords=tuple(a.name for a in attrs)) if torch else None
     return OpDef(name, "loss", doc, infer, attrs, arity=(2, 2), inputs_doc=inputs_doc,
-                 outputs_doc="scalar", torch=torch_form)
+                 outputs_doc='scalar (per element with reduction="none")', torch=torch_form)
 
 
 _REDUCE_ATTRS = (
@@ -859,18 +974,25 @@ register(
           torch=Torch("nn.MultiheadAttention", ("embed_dim=input[-1]", "num_heads=heads"),
                       ("bias",)),
           label=("{heads} heads", "causal?causal", "bias?no bias")),
+    # ---- recurrent (the losses helper's block) ----
     OpDef("rnn", "recurrent", "Elman RNN (torch.nn.RNN).", _rnn[0], _recurrent_attrs("rnn"),
-          params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
-          needs_batch=True, torch=_recurrent_torch("rnn"),
-          label=_recurrent_label("rnn")),
+          arity=(1, 2), params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F], optional h0",
+          outputs_doc="[T, H] or [H]; with states: and h_n", needs_batch=True,
+          torch=_recurrent_torch("rnn"), label=_recurrent_label("rnn"), results=_rnn[3]),
     OpDef("lstm", "recurrent", "LSTM, gates i,f,g,o (torch.nn.LSTM).", _lstm[0],
-          _recurrent_attrs("lstm"), params=_lstm[1], macs=_lstm[2], inputs_doc="[T, F]",
-          outputs_doc="[T, H] or [H]", needs_batch=True, torch=_recurrent_torch("lstm"),
-          label=_recurrent_label("lstm")),
+          _recurrent_attrs("lstm"), arity=(1, 3), params=_lstm[1], macs=_lstm[2],
+          inputs_doc="[T, F], optional h0, c0", outputs_doc="[T, H] or [H]; with states: "
+          "and h_n, c_n", needs_batch=True, torch=_recurrent_torch("lstm"),
+          label=_recurrent_label("lstm"), results=_lstm[3]),
     OpDef("gru", "recurrent", "GRU, gates r,z,n (torch.nn.GRU).", _gru[0], _recurrent_attrs("gru"),
-          params=_gru[1], macs=_gru[2], inputs_doc="[T, F]", outputs_doc="[T, H] or [H]",
-          needs_batch=True, torch=_recurrent_torch("gru"),
-          label=_recurrent_label("gru")),
+          arity=(1, 2), params=_gru[1], macs=_gru[2], inputs_doc="[T, F], optional h0",
+          outputs_doc="[T, H] or [H]; with states: and h_n", needs_batch=True,
+          torch=_recurrent_torch("gru"), label=_recurrent_label("gru"), results=_gru[3]),
+    OpDef("result", "shape", "One tensor of a layer that gives several (made by the builder "
+          "when such a layer is applied: `out, h, c = x -> lstm(64, states = true)`).",
+          _result_infer, (Attr("index", "int", minimum=0), Attr("name", "str")),
+          inputs_doc="a layer's results", outputs_doc="its index-th tensor",
+          label=("{name}",)),
     _activation("relu", "max(x, 0)", "F.relu"),
     _activation("sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid"),
     _activation("tanh", "hyperbolic tangent", "torch.tanh"),
@@ -921,15 +1043,43 @@ register(
           _reduce_infer("max"), _REDUCE_ATTRS),
     OpDef("scalar", "math", "A number used as a tensor operand.", _scalar_infer,
           (Attr("value", "float"),), arity=(0, 0), outputs_doc="scalar"),
-    _loss("mse", "Mean squared error.", _loss_same_shape("mse"), "F.mse_loss"),
-    _loss("l1", "Mean absolute error.", _loss_same_shape("l1"), "F.l1_loss"),
+    # ---- losses (the losses helper's block) ----
+    _loss("mse", "Mean squared error.", _loss_same_shape("mse"), "F.mse_loss",
+          (_reduction_attr(),)),
+    _loss("l1", "Mean absolute error.", _loss_same_shape("l1"), "F.l1_loss",
+          (_reduction_attr(),)),
+    _loss("huber", "Huber loss: 0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta) "
+          "(F.huber_loss).", _loss_same_shape("huber"), "F.huber_loss",
+          (Attr("delta", "float", 1.0, minimum=0.0), _reduction_attr())),
+    _loss("smooth_l1", "Smooth L1: 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta "
+          "(F.smooth_l1_loss).", _loss_same_shape("smooth_l1"), "F.smooth_l1_loss",
+          (Attr("beta", "float", 1.0, minimum=0.0), _reduction_attr())),
     _loss("cross_entropy", "Cross-entropy from logits over the last dim; targets are class "
           "indices or probabilities.", _cross_entropy_infer, "F.cross_entropy",
           attrs=(Attr("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0),
-                 Attr("ignore_index", "int", -100)), inputs_doc="logits [..., C], target"),
+                 Attr("ignore_index", "int", -100),
+                 Attr("weight", "floats", None, "a weight per class; the mean is weighted",
+                      optional=True),
+                 _reduction_attr()),
+          inputs_doc="logits [..., C], target"),
+    _loss("nll", "Negative log-likelihood of log-probabilities over the last dim (after "
+          "`log_softmax`); targets are class indices (F.nll_loss).", _nll_infer, "F.nll_loss",
+          attrs=(Attr("weight", "floats", None, "a weight per class; the mean is weighted",
+                      optional=True),
+                 Attr("ignore_index", "int", -100), _reduction_attr()),
+          inputs_doc="log_probs [..., C], int target"),
+    _loss("kl_div", "KL divergence as torch's F.kl_div: the input is log-probabilities, the "
+          "target probabilities (or log-probabilities with log_target).", _kl_div_infer,
+          "F.kl_div", (_reduction_attr(("mean", "batchmean", "sum", "none")),
+                       Attr("log_target", "bool", False)),
+          inputs_doc="log_probs, target"),
     _loss("binary_cross_entropy", "Binary cross-entropy of probabilities (or of logits with "
           "logits=true, computed stably).", _loss_same_shape("binary_cross_entropy"),
-          attrs=(Attr("logits", "bool", False, "the prediction is a logit, not a probability"),)),
+          attrs=(Attr("logits", "bool", False, "the prediction is a logit, not a probability"),
+                 Attr("pos_weight", "floats", None, "weight of the positive term, one per "
+                      "class of the last dim or one for all (needs logits=true)",
+                      optional=True),
+                 _reduction_attr())),
 )
 
 

@@ -90,7 +90,7 @@ KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS)
 
 def default_target(loss: str, pred: TensorType) -> TensorType:
     """The target a built-in loss expects for this prediction."""
-    if loss == "cross_entropy":
+    if loss in ops.CLASS_INDEX_LOSSES:
         return TensorType(pred.shape[:-1], "int64")
     return TensorType(pred.shape, "float32")
 
@@ -343,12 +343,14 @@ def _loss_tensors(builder: Evaluator, expr: ast.Expr, model: Graph, known: dict
     return found
 
 
-def _check_scalar(out, what: str, span: Span) -> None:
+def _check_scalar(out, what: str, span: Span, unreduced: bool = False) -> None:
     if out is POISON:
         raise DiagnosticError("E214", f"the loss `{what}` could not be built", span)
     if out.type is not None and (out.type.shape != () or out.type.batched):
         raise DiagnosticError("E215", f"a loss must reduce to a scalar, but `{what}` gives "
-                              f"{out.type}", span, "wrap the result in `mean(...)`")
+                              f"{out.type}", span,
+                              'leave out `reduction = "none"` (its mean is the default)'
+                              if unreduced else "wrap the result in `mean(...)`")
 
 
 def _applied_loss(builder: Evaluator, setting: ast.Setting, expr: ast.Expr, model: Graph
@@ -376,7 +378,7 @@ def _applied_loss(builder: Evaluator, setting: ast.Setting, expr: ast.Expr, mode
     kw = tuple((k, v, expr.span) for k, v in kwargs.items())
     layer = Layer(kind, name, expr.span, args=tuple(args), kwargs=kw)
     out = builder.apply(layer, [pred, target], frame, None, expr.span)
-    _check_scalar(out, name, expr.span)
+    _check_scalar(out, name, expr.span, kwargs.get("reduction") == "none")
     attrs = dict(kwargs)
     bindings = (Binding("pred", "output", model.output_names[0]),
                 Binding("target", "target", "target"))

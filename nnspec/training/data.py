@@ -53,7 +53,7 @@ def load_data(setting: Setting, *, base_dir: Path, val: float | None, loss: str,
     try:
         if names is not None and setting.name == "npz":
             return _load_named(setting, base_dir, val, *names)
-        return _load(setting, base_dir, val, None if loss == "cross_entropy" else "regression")
+        return _load(setting, base_dir, val, None if loss in ops.CLASS_INDEX_LOSSES else "regression")
     except DataError as error:
         raise data_error("E216", error.message, setting.span, error.hint) from None
 
@@ -298,7 +298,7 @@ def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | 
     notes = (Note(train.loss.span, f"the loss `{loss}` is chosen here"),) if train.loss.span \
         else ()
     shape = tuple(y.shape[1:])
-    if loss == "cross_entropy":
+    if loss in ops.CLASS_INDEX_LOSSES:
         ids_shape = pred_shape[:-1]
         if y.dtype.kind == "f":
             if shape == pred_shape:

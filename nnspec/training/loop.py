@@ -176,7 +176,7 @@ def evaluate(model: TrainableModel, train: TrainConfig, x: np.ndarray, y: np.nda
     ids = y.dtype == np.int64
     loss, _, args = target_use(train) if train.metrics else (None, None, {})
     kind = accuracy_kind(loss, args, ids) if "accuracy" in train.metrics else None
-    ignore = args.get("ignore_index") if loss == "cross_entropy" else None
+    ignore = args.get("ignore_index") if loss in ops.CLASS_INDEX_LOSSES else None
     sums = MetricSums(train.metrics, kind, ignore)
     total = 0.0
     for start in range(0, len(x), chunk):

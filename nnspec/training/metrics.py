@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nnspec.ir import ops
+
 NAMES = ("accuracy", "mae", "mse")
 
 
@@ -24,7 +26,7 @@ class MetricError(ValueError):
 
 def accuracy_kind(loss: str, loss_args: dict, target_is_ids: bool) -> str:
     """How `accuracy` reads a prediction for this loss: 'argmax', 'probs' or 'logits'."""
-    if loss == "cross_entropy":
+    if loss in ops.CLASS_INDEX_LOSSES:
         return "argmax" if target_is_ids else "argmax_probs"
     if loss == "binary_cross_entropy":
         return "logits" if loss_args.get("logits") else "probs"

@@ -32,7 +32,7 @@ from nnspec.backends.numpy.kernels.pool import (
     max_pool1d,
     max_pool2d,
 )
-from nnspec.backends.numpy.kernels.recurrent import last_step, rnn
+from nnspec.backends.numpy.kernels.recurrent import last_step, rnn, rnn_states
 from tests.numpy.helpers import recurrent_params
 
 pytestmark = pytest.mark.strict_numerics
@@ -133,6 +133,47 @@ for mode in ("rnn", "lstm", "gru"):
     CASES[f"{mode}_3_layers"] = recurrent(mode, 3, False)
     CASES[f"{mode}_without_bias"] = recurrent(mode, 1, True, has_bias=False)
     CASES[f"{mode}_last_step"] = recurrent(mode, 2, True, summary=True)
+def recurrent_states(mode, bidirectional, unbatched_start=False, dropout=0.0):
+    """rnn_states from given initial states; its results flattened into one output, so one
+    probe checks the gradients through the sequence and every final state at once."""
+    layers = 2
+    names = list(recurrent_params(mode, FEATURES, HIDDEN, layers, bidirectional, True,
+                                  np.random.default_rng(0)))
+    kinds = 2 if mode == "lstm" else 1
+    directions = 2 if bidirectional else 1
+
+    def arrays(rng):
+        params = recurrent_params(mode, FEATURES, HIDDEN, layers, bidirectional, True, rng,
+                                  np.float64)
+        shape = (layers * directions, HIDDEN) if unbatched_start else (
+            2, layers * directions, HIDDEN)
+        starts = [rng.standard_normal(shape) for _ in range(kinds)]
+        return [rng.standard_normal((2, 3, FEATURES)), *starts, *params.values()]
+
+    def call(x, *rest):
+        starts, weights = rest[:kinds], rest[kinds:]
+        rng = np.random.default_rng(5) if dropout else None  # the same mask every call
+        outs, backward = rnn_states(x, starts, dict(zip(names, weights)), mode=mode,
+                                    hidden=HIDDEN, layers=layers, bidirectional=bidirectional,
+                                    dropout=dropout, rng=rng)
+        flat = np.concatenate([o.reshape(2, -1) for o in outs], axis=1)
+
+        def spread_backward(d_flat):
+            pieces = np.split(d_flat, np.cumsum([o[0].size for o in outs])[:-1], axis=1)
+            dx, *d_starts, d_params = backward(*(p.reshape(o.shape)
+                                                 for p, o in zip(pieces, outs)))
+            return (dx, *d_starts, *(d_params[name] for name in names))
+
+        return flat, spread_backward
+
+    return Case(rnn_states, arrays, call, atol=1e-7)
+
+
+for mode in ("rnn", "lstm", "gru"):
+    CASES[f"{mode}_states_bidirectional"] = recurrent_states(mode, True)
+    CASES[f"{mode}_states_one_start_for_all"] = recurrent_states(mode, False, True)
+    CASES[f"{mode}_states_dropout"] = recurrent_states(mode, False, dropout=0.4)
+
 for bidirectional in (False, True):
     CASES[f"last_step_{'bidirectional' if bidirectional else 'forward'}"] = Case(
         last_step, normal(2, 4, (1 + bidirectional) * HIDDEN),
@@ -380,6 +421,40 @@ CASES["binary_cross_entropy"] = Case(
 CASES["binary_cross_entropy_with_logits"] = Case(
     losses.binary_cross_entropy_with_logits, lambda rng: [rng.standard_normal((3, 4)) * 2,
                                                           rng.random((3, 4))], atol=1e-7)
+
+WEIGHTS = [0.5, 2.0, 1.0, 3.0]
+for reduction in ("sum", "none"):
+    for label, arrays in [("indices", class_indices), ("probabilities", class_probabilities)]:
+        CASES[f"cross_entropy_{label}_weighted_{reduction}"] = Case(
+            losses.cross_entropy, arrays,
+            lambda *a, r=reduction: losses.cross_entropy(*a, weight=WEIGHTS, reduction=r,
+                                                         label_smoothing=0.2), atol=1e-7)
+    CASES[f"mse_{reduction}"] = Case(
+        losses.mse, operands(gaussian(3, 4), gaussian(3, 4)),
+        lambda *a, r=reduction: losses.mse(*a, reduction=r), atol=1e-7)
+CASES["cross_entropy_indices_weighted_mean"] = Case(
+    losses.cross_entropy, class_indices,
+    lambda *a: losses.cross_entropy(*a, weight=WEIGHTS, label_smoothing=0.1), atol=1e-7)
+CASES["nll_weighted"] = Case(
+    losses.nll, class_indices, lambda *a: losses.nll(*a, weight=WEIGHTS), atol=1e-7)
+CASES["nll_none"] = Case(losses.nll, class_indices,
+                         lambda *a: losses.nll(*a, reduction="none"), atol=1e-7)
+for log_target in (False, True):
+    CASES[f"kl_div_log_target_{log_target}"] = Case(
+        losses.kl_div, lambda rng, lt=log_target: [
+            rng.standard_normal((3, 4)),
+            np.log(rng.dirichlet(np.ones(4), 3)) if lt else rng.dirichlet(np.ones(4), 3)],
+        lambda *a, lt=log_target: losses.kl_div(*a, reduction="batchmean", log_target=lt),
+        atol=1e-7)
+CASES["huber"] = Case(losses.huber, operands(gaussian(3, 4), gaussian(3, 4)),
+                      lambda *a: losses.huber(*a, delta=0.6), atol=1e-7)
+CASES["smooth_l1"] = Case(losses.smooth_l1, operands(gaussian(3, 4), gaussian(3, 4)),
+                          lambda *a: losses.smooth_l1(*a, beta=0.6), atol=1e-7)
+CASES["binary_cross_entropy_with_logits_pos_weight"] = Case(
+    losses.binary_cross_entropy_with_logits,
+    lambda rng: [rng.standard_normal((3, 4)) * 2, rng.random((3, 4))],
+    lambda *a: losses.binary_cross_entropy_with_logits(*a, pos_weight=[0.5, 2.0, 1.0, 3.0],
+                                                       reduction="sum"), atol=1e-7)
 
 
 @pytest.mark.parametrize("name", CASES)

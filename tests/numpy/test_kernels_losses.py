@@ -194,3 +194,142 @@ def test_integer_targets_of_mse_get_no_gradient():
     np.testing.assert_allclose(loss, 0.125)
     d_pred, d_target = backward(np.asarray(1.0, np.float32))
     assert d_pred.dtype == np.float32 and d_target is None
+
+
+# ---- weights, reductions and the losses of issue 10 -------------------------------------
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def assert_loss_matches_torch(kernel, torch_fn, pred, target, rtol=1e-4, atol=1e-5,
+                              check_target_grad=True):
+    """Like assert_matches_torch, for any reduction: d_loss has the loss's shape."""
+    loss, backward = kernel(pred, target)
+    rng = np.random.default_rng(1)
+    d_loss = (rng.standard_normal(np.shape(loss)) + 0.5).astype(np.float32)
+    d_pred, d_target = backward(np.asarray(d_loss, dtype=pred.dtype))
+    pred_torch = torch.tensor(pred, requires_grad=True)
+    target_torch = torch.tensor(target, requires_grad=is_float_array(target))
+    loss_torch = torch_fn(pred_torch, target_torch)
+    (loss_torch * torch.tensor(d_loss)).sum().backward()
+    assert np.shape(loss) == tuple(loss_torch.shape) and loss.dtype == np.float32
+    assert_close(loss, loss_torch.detach(), rtol=rtol, atol=atol)
+    assert_close(d_pred, pred_torch.grad, rtol=rtol, atol=atol)
+    if not is_float_array(target):
+        assert d_target is None
+    elif check_target_grad:
+        assert_close(d_target, target_torch.grad, rtol=rtol, atol=atol)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("batch", [(6,), (3, 4)])
+def test_weighted_cross_entropy_with_class_indices_matches_torch(reduction, smoothing, weighted,
+                                                                 batch):
+    rng = np.random.default_rng(len(batch) * 7 + weighted)
+    classes = 5
+    logits = (rng.standard_normal((*batch, classes)) * 3).astype(np.float32)
+    target = rng.integers(0, classes, batch)
+    target.flat[1] = -100
+    weight = [0.5, 2.0, 1.0, 3.0, 0.25] if weighted else None
+    assert_loss_matches_torch(
+        lambda x, t: losses.cross_entropy(x, t, weight=weight, reduction=reduction,
+                                          label_smoothing=smoothing),
+        lambda x, t: F.cross_entropy(class_last_to_torch(x), t, reduction=reduction,
+                                     weight=None if weight is None else torch.tensor(weight),
+                                     label_smoothing=smoothing), logits, target)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_weighted_cross_entropy_with_class_probabilities_matches_torch(reduction, smoothing):
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((4, 3, 5)) * 2).astype(np.float32)
+    target = rng.dirichlet(np.ones(5), (4, 3)).astype(np.float32)
+    weight = [0.5, 2.0, 1.0, 3.0, 0.25]
+    assert_loss_matches_torch(
+        lambda x, t: losses.cross_entropy(x, t, weight=weight, reduction=reduction,
+                                          label_smoothing=smoothing),
+        lambda x, t: F.cross_entropy(class_last_to_torch(x), class_last_to_torch(t),
+                                     weight=torch.tensor(weight), reduction=reduction,
+                                     label_smoothing=smoothing), logits, target)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nll_of_log_probabilities_matches_torch(reduction, weighted):
+    rng = np.random.default_rng(5)
+    log_probs = F.log_softmax(torch.tensor(rng.standard_normal((4, 3, 6))), -1).float().numpy()
+    target = rng.integers(0, 6, (4, 3))
+    target[0, 0] = 4
+    weight = [1.0, 0.5, 2.0, 1.5, 3.0, 0.1] if weighted else None
+    assert_loss_matches_torch(
+        lambda x, t: losses.nll(x, t, weight=weight, reduction=reduction, ignore_index=4),
+        lambda x, t: F.nll_loss(class_last_to_torch(x), t, reduction=reduction, ignore_index=4,
+                                weight=None if weight is None else torch.tensor(weight)),
+        log_probs, target)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction", ["mean", "batchmean", "sum", "none"])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_matches_torch(reduction, log_target):
+    rng = np.random.default_rng(7)
+    log_probs = F.log_softmax(torch.tensor(rng.standard_normal((5, 4))), -1).float().numpy()
+    probs = rng.dirichlet(np.ones(4), 5).astype(np.float32)
+    target = np.log(probs) if log_target else probs
+    assert_loss_matches_torch(
+        lambda x, t: losses.kl_div(x, t, reduction=reduction, log_target=log_target),
+        lambda x, t: F.kl_div(x, t, reduction=reduction, log_target=log_target),
+        log_probs, target)
+
+
+@pytest.mark.torch
+def test_kl_div_counts_a_zero_target_probability_as_zero_like_torch():
+    log_probs = np.log(np.array([[0.2, 0.3, 0.5]], np.float32))
+    target = np.array([[0.0, 0.4, 0.6]], np.float32)
+    assert_loss_matches_torch(losses.kl_div, F.kl_div, log_probs, target,
+                              check_target_grad=False)
+
+
+POINTWISE = {
+    "mse": (losses.mse, F.mse_loss, {}),
+    "l1": (losses.l1, F.l1_loss, {}),
+    "huber": (losses.huber, F.huber_loss, {"delta": 0.7}),
+    "smooth_l1": (losses.smooth_l1, F.smooth_l1_loss, {"beta": 0.6}),
+    "smooth_l1_beta_0": (losses.smooth_l1, F.smooth_l1_loss, {"beta": 0.0}),
+    "binary_cross_entropy": (losses.binary_cross_entropy, F.binary_cross_entropy, {}),
+    "binary_cross_entropy_with_logits": (losses.binary_cross_entropy_with_logits,
+                                         F.binary_cross_entropy_with_logits, {}),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", POINTWISE)
+def test_pointwise_losses_match_torch_under_every_reduction(name, reduction):
+    kernel, torch_fn, options = POINTWISE[name]
+    rng = np.random.default_rng(11)
+    base = name.removesuffix("_beta_0")
+    pred, target = prediction_for(base, rng, (4, 3)), target_for(base, rng, (4, 3))
+    assert_loss_matches_torch(lambda p, t: kernel(p, t, reduction=reduction, **options),
+                              lambda p, t: torch_fn(p, t, reduction=reduction, **options),
+                              pred, target)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("pos_weight", [[3.0], [0.5, 2.0, 4.0]])
+def test_binary_cross_entropy_with_logits_and_pos_weight_matches_torch(reduction, pos_weight):
+    rng = np.random.default_rng(13)
+    logits = (rng.standard_normal((5, 3)) * 4).astype(np.float32)
+    target = rng.random((5, 3)).astype(np.float32)
+    assert_loss_matches_torch(
+        lambda x, t: losses.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight,
+                                                             reduction=reduction),
+        lambda x, t: F.binary_cross_entropy_with_logits(x, t, pos_weight=torch.tensor(pos_weight),
+                                                        reduction=reduction), logits, target)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.backends.numpy.kernels.recurrent import last_step, rnn
+from nnspec.backends.numpy.kernels.recurrent import last_step, rnn, rnn_states
 from tests.numpy.helpers import assert_close, recurrent_params, torch
 
 pytestmark = pytest.mark.strict_numerics
@@ -119,3 +119,85 @@ def test_unknown_mode_and_nonlinearity_are_rejected():
         rnn(x, {}, mode="transformer", hidden=2, layers=1, bidirectional=False)
     with pytest.raises(ValueError, match="nonlinearity"):
         rnn(x, {}, mode="rnn", hidden=2, layers=1, bidirectional=False, nonlinearity="gelu")
+
+
+# ---- initial and final states, dropout between layers ------------------------------------
+
+
+def torch_states(mode, tensors, batch, unbatched):
+    """Our (N, L * D, H) states (or one (L * D, H) for every sample) as torch's h_0 layout."""
+    states = [t[:, None].expand(-1, batch, -1) if unbatched else t.transpose(0, 1)
+              for t in tensors]
+    states = [s.contiguous() for s in states]
+    return tuple(states) if mode == "lstm" else states[0]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_initial_and_final_states_match_torch_with_gradients_through_both(mode, bidirectional,
+                                                                          unbatched):
+    layers, features, hidden, batch, steps = 2, 3, 4, 5, 6
+    directions = 2 if bidirectional else 1
+    params = recurrent_params(mode, features, hidden, layers, bidirectional, True,
+                              np.random.default_rng(0))
+    module = make_module(mode, params, features, hidden, layers, bidirectional, "tanh")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, steps, features)).astype(np.float32)
+    shape = (layers * directions, hidden) if unbatched else (batch, layers * directions, hidden)
+    initial = [rng.standard_normal(shape).astype(np.float32)
+               for _ in range(2 if mode == "lstm" else 1)]
+    outs, backward = rnn_states(x, tuple(initial), params, mode=mode, hidden=hidden,
+                                layers=layers, bidirectional=bidirectional)
+    probes = [rng.standard_normal(o.shape).astype(np.float32) for o in outs]
+    dx, *d_initial, d_params = backward(*probes)
+
+    tx = torch.tensor(x, requires_grad=True)
+    t_initial = [torch.tensor(s, requires_grad=True) for s in initial]
+    t_out, t_final = module(tx, torch_states(mode, t_initial, batch, unbatched))
+    t_final = list(t_final) if mode == "lstm" else [t_final]
+    t_outs = [t_out] + [f.transpose(0, 1) for f in t_final]
+    sum((o * torch.from_numpy(p)).sum() for o, p in zip(t_outs, probes)).backward()
+    for ours, theirs in zip(outs, t_outs):
+        assert ours.shape == tuple(theirs.shape)
+        assert_close(ours, theirs, atol=1e-5)
+    assert_close(dx, tx.grad, atol=1e-5)
+    for ours, theirs in zip(d_initial, t_initial):
+        assert ours.shape == tuple(theirs.shape)
+        assert_close(ours, theirs.grad, atol=1e-5)
+    for name, parameter in module.named_parameters():
+        assert_close(d_params[name], parameter.grad, atol=1e-5)
+
+
+@pytest.mark.torch
+def test_a_gradient_of_the_final_state_alone_reaches_the_input():
+    params = recurrent_params("lstm", 3, 4, 1, False, True, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 5, 3)).astype(np.float32)
+    (_out, _h_n, c_n), backward = rnn_states(x, (), params, mode="lstm", hidden=4, layers=1,
+                                           bidirectional=False)
+    dx, _d_params = backward(None, None, np.ones_like(c_n))
+    module = make_module("lstm", params, 3, 4, 1, False, "tanh")
+    tx = torch.tensor(x, requires_grad=True)
+    _, (_, t_c) = module(tx)
+    t_c.sum().backward()
+    assert_close(c_n, t_c.transpose(0, 1), atol=1e-6)
+    assert_close(dx, tx.grad, atol=1e-6)
+
+
+def test_dropout_between_layers_zeroes_and_rescales_only_lower_layers_outputs():
+    params = recurrent_params("gru", 3, 64, 2, False, True, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((8, 5, 3)).astype(np.float32)
+    options = {"mode": "gru", "hidden": 64, "layers": 2, "bidirectional": False}
+    (plain, _), _ = rnn_states(x, (), params, **options)
+    (evaluated, _), _ = rnn_states(x, (), params, **options, dropout=0.5, rng=None)
+    (dropped, _), _ = rnn_states(x, (), params, **options, dropout=0.5,
+                                 rng=np.random.default_rng(2))
+    np.testing.assert_array_equal(plain, evaluated)  # no rng: evaluation, no dropout
+    assert not np.allclose(plain, dropped)
+    one_layer = {**options, "layers": 1}
+    (first, _), _ = rnn_states(x, (), {k: v for k, v in params.items() if k.endswith("0")},
+                               **one_layer, dropout=0.5, rng=np.random.default_rng(2))
+    (first_plain, _), _ = rnn_states(x, (), {k: v for k, v in params.items()
+                                             if k.endswith("0")}, **one_layer)
+    np.testing.assert_array_equal(first, first_plain)  # never after the last layer

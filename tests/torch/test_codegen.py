@@ -562,6 +562,8 @@ OP_CASES = {
     "rnn": ("[5, 3]", "x -> rnn(4, layers = 2, bidirectional = true)"),
     "lstm": ("[5, 3]", "x -> lstm(4, layers = 2, bidirectional = true, last = true)"),
     "gru": ("[5, 3]", "x -> gru(4, bidirectional = true)"),
+    "result": ("[5, 3]", ("out, h, c = x -> lstm(4, layers = 2, last = true, states = true)\n"
+                         "  concat(out, h -> flatten, c -> flatten)")),
     "relu": ("[4, 6]", "x -> relu"),
     "sigmoid": ("[4, 6]", "x -> sigmoid"),
     "tanh": ("[4, 6]", "x -> tanh"),

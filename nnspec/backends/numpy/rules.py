@@ -286,26 +286,51 @@ def _attention(node, ins, params, ctx):
                                  "out_proj.bias"))
 
 
+class ResultGrads(tuple):
+    """The gradients of a multi-result op's tensors (None where one got none). The reverse
+    pass adds the gradients a value gets from several consumers; these add result by
+    result."""
+
+    def __add__(self, other):
+        return ResultGrads(b if a is None else a if b is None else a + b
+                           for a, b in zip(self, other, strict=True))
+
+
+@rule("result")
+def _result(node, ins, params, ctx):
+    index, count = node.attrs.index, len(ins[0])
+
+    def backward(d_out):
+        return (ResultGrads(d_out if i == index else None for i in range(count)),), {}
+
+    return ins[0][index], backward
+
+
 def _recurrent(mode):
     def run(node, ins, params, ctx):
         a = node.attrs
-        output, backward = recurrent.rnn(ins[0], params, mode=mode, hidden=a.hidden,
-                                         layers=a.layers, bidirectional=a.bidirectional,
-                                         nonlinearity=a.get("nonlinearity", "tanh"))
-        if not a.last:
-            def sequence_backward(d_out):
-                dx, d_params = backward(d_out)
-                return (dx,), d_params
+        x = ins[0]
+        shared = x.ndim == 2  # one sequence (a position table) for every sample's states
+        if shared:
+            batch = next(state.shape[0] for state in ins[1:] if state.ndim == 3)
+            x = np.broadcast_to(x, (batch, *x.shape))
+        (output, *finals), backward = recurrent.rnn_states(
+            x, tuple(ins[1:]), params, mode=mode, hidden=a.hidden, layers=a.layers,
+            bidirectional=a.bidirectional, nonlinearity=a.get("nonlinearity", "tanh"),
+            dropout=a.dropout, rng=ctx.rng if ctx.train else None)
+        summary_backward = None
+        if a.last:
+            output, summary_backward = recurrent.last_step(output, hidden=a.hidden,
+                                                           bidirectional=a.bidirectional)
 
-            return output, sequence_backward
-        summary, summary_backward = recurrent.last_step(output, hidden=a.hidden,
-                                                        bidirectional=a.bidirectional)
+        def run_backward(d_out):
+            d_output, *d_finals = d_out if a.states else (d_out,)
+            if d_output is not None and summary_backward is not None:
+                (d_output,) = summary_backward(d_output)
+            dx, *d_initial, d_params = backward(d_output, *d_finals)
+            return (dx.sum(axis=0) if shared else dx, *d_initial), d_params
 
-        def last_backward(d_summary):
-            dx, d_params = backward(summary_backward(d_summary)[0])
-            return (dx,), d_params
-
-        return summary, last_backward
+        return ((output, *finals) if a.states else output), run_backward
 
     return run
 
@@ -391,9 +416,11 @@ def _scalar(node, ins, params, ctx):
 
 @rule("binary_cross_entropy")
 def _bce(node, ins, params, ctx):
-    fn = losses.binary_cross_entropy_with_logits if node.attrs.logits else (
-        losses.binary_cross_entropy)
-    return _inputs_only(fn(ins[0], ins[1]))
+    a = node.attrs
+    if a.logits:
+        return _inputs_only(losses.binary_cross_entropy_with_logits(
+            ins[0], ins[1], pos_weight=a.pos_weight, reduction=a.reduction))
+    return _inputs_only(losses.binary_cross_entropy(ins[0], ins[1], reduction=a.reduction))
 
 
 # ---- regular ops: rules derived from the catalogue -----------------------------------------

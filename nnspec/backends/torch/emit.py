@@ -292,23 +292,59 @@ def _attention_forward(s: Site) -> list[Line]:
     return [Line(expr(call(s.module, x, x, x, **kwargs)), unpack=True)]
 
 
+def _initial_state(s: Site, i: int) -> Expr:
+    """An initial state in torch's (layers * dirs, B, H) layout: ours is batch first, or one
+    state for every sample."""
+    if s.types[i].batched:
+        return expr(call(expr(s.args[i], ".transpose"), "0", "1"), ".contiguous()")
+    batch = expr(s.x, ".shape[0]")  # the sequences are batched when a state is not
+    return expr(call(expr(s.args[i], "[:, None].expand"), "-1", batch, "-1"), ".contiguous()")
+
+
 def _recurrent_forward(s: Site) -> list[Line]:
+    """`out, _ = self.lstm(x)`; from initial states `self.lstm(x, (h0, c0))`; with
+    `states = true` the value is the tuple (out, h_n[, c_n]), states batch first, that the
+    `result` nodes pick from."""
     t = s.types[0]
     a = s.a
     dirs = 2 if a.bidirectional else 1
-    if not a.last:
-        return [Line(expr(call(s.module, s.x)), unpack=True)]
-    sequence = t.with_shape((t.shape[0], a.hidden * dirs))
-    lines = [Line(expr(call(s.module, s.x)), unpack=True, shape=sequence)]
-    batch = ":, " if t.batched else ""
-    if a.bidirectional:  # forward direction's last step, backward direction's first
-        h = Num(a.hidden, "hidden_size")
-        last = expr(s.target, "[", batch, "-1, :", h, "]")
-        first = expr(s.target, "[", batch, "0, ", h, ":]")
-        lines.append(Line(expr(call("torch.cat", list_of([last, first]), dim="-1"))))
-    else:
-        lines.append(Line(expr(s.target, f"[{batch}-1]")))
-    return lines
+    starts = [_initial_state(s, i) for i in range(1, len(s.args))]
+    args = [s.x]
+    if not t.batched and s.out.batched:  # one sequence for every sample's states
+        batch = expr(next(e for e, u in zip(s.args, s.types) if u.batched), ".shape[0]")
+        args = [expr(call(expr(s.x, "[None].expand"), batch, "-1", "-1"))]
+    if starts:
+        args.append(Group((), "(", tuple(starts), ")") if len(starts) > 1 else starts[0])
+    module_call = expr(call(s.module, *args))
+    if not a.states:
+        if not a.last:
+            return [Line(module_call, unpack=True)]
+        sequence = t.with_shape((t.shape[0], a.hidden * dirs))
+        return [Line(module_call, unpack=True, shape=sequence),
+                Line(_last_step(s, (s.target,)))]
+    output = expr(s.target, "[0]")
+    if a.last:
+        output = _last_step(s, output)
+    finals = [expr(s.target, "[1]")] if s.node.op != "lstm" else [
+        expr(s.target, "[1][0]"), expr(s.target, "[1][1]")]
+    finals = [expr(call(expr(f, ".transpose"), "0", "1")) for f in finals]
+    return [Line(module_call), Line(expr(Group((), "(", (output, *finals), ")")))]
+
+
+def _last_step(s: Site, sequence: Expr) -> Expr:
+    """The top layer's final state from the output sequence: the forward direction's last
+    step, and the backward direction's first."""
+    batch = ":, " if s.types[0].batched else ""
+    if s.a.bidirectional:
+        h = Num(s.a.hidden, "hidden_size")
+        last = expr(sequence, "[", batch, "-1, :", h, "]")
+        first = expr(sequence, "[", batch, "0, ", h, ":]")
+        return expr(call("torch.cat", list_of([last, first]), dim="-1"))
+    return expr(sequence, f"[{batch}-1]")
+
+
+def _result(s: Site) -> list[Line]:
+    return [Line(expr(s.x, f"[{s.a.index}]"))]
 
 
 def _softmax(name: str):
@@ -390,18 +426,42 @@ def _scalar(s: Site) -> list[Line]:
     return [Line(expr(Num(s.a.value, "c")))]
 
 
-def _cross_entropy(s: Site) -> list[Line]:
-    pred, target = s.args
-    if s.types[0].rank > 1:  # [T, C] scores: every position is a sample
-        pred = expr(pred, ".flatten(0, -2)")
-        target = expr(target, ".flatten()" if s.types[1].dtype == "int64" else ".flatten(0, -2)")
-    kwargs = _keywords(OPS["cross_entropy"], s.a, s.types)
-    return [Line(expr(call("F.cross_entropy", pred, target, **kwargs)))]
+# ---- losses (the losses helper's block) ----
+
+
+def _class_loss(function: str):
+    """cross_entropy / nll with the class dim last: [T, C] scores flatten so every position
+    is a sample (the losses come back shaped per position with reduction="none"); a class
+    `weight` becomes a tensor on the scores' device."""
+
+    def forward(s: Site) -> list[Line]:
+        pred, target = s.args
+        scores = pred
+        if s.types[0].rank > 1:
+            pred = expr(pred, ".flatten(0, -2)")
+            target = expr(target, ".flatten()" if s.types[1].dtype == "int64"
+                          else ".flatten(0, -2)")
+        kwargs = _keywords(OPS[s.node.op], s.a, s.types)
+        if s.a.weight is not None:
+            kwargs["weight"] = expr(call("torch.tensor", list_of(
+                [Num(w, "weight") for w in s.a.weight]), device=expr(scores, ".device")))
+        value = expr(call(function, pred, target, **kwargs))
+        if s.a.reduction == "none" and s.types[0].rank > 1:
+            value = expr(call(expr(value, ".reshape"), expr(scores, ".shape[:-1]")))
+        return [Line(value)]
+
+    return forward
 
 
 def _binary_cross_entropy(s: Site) -> list[Line]:
     name = "F.binary_cross_entropy_with_logits" if s.a.logits else "F.binary_cross_entropy"
-    return [Line(expr(call(name, s.args[0], s.args[1])))]
+    kwargs = {}
+    if s.a.pos_weight is not None:
+        kwargs["pos_weight"] = expr(call("torch.tensor", list_of(
+            [Num(w, "pos_weight") for w in s.a.pos_weight]), device=expr(s.args[0], ".device")))
+    if s.a.reduction != "mean":
+        kwargs["reduction"] = Num(s.a.reduction, "reduction")
+    return [Line(expr(call(name, s.args[0], s.args[1], **kwargs)))]
 
 
 def _noise(s: Site) -> list[Line]:
@@ -458,6 +518,7 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "rnn": _recurrent_forward,
     "lstm": _recurrent_forward,
     "gru": _recurrent_forward,
+    "result": _result,
     "softmax": _softmax("F.softmax"),
     "log_softmax": _softmax("F.log_softmax"),
     "concat": _concat,
@@ -465,7 +526,8 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "sum": _reduction("sum"),
     "max": _reduction("max"),
     "scalar": _scalar,
-    "cross_entropy": _cross_entropy,
+    "cross_entropy": _class_loss("F.cross_entropy"),
+    "nll": _class_loss("F.nll_loss"),
     "binary_cross_entropy": _binary_cross_entropy,
     "noise": _noise,
 })

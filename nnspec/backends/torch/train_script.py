@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from nnspec.backends.torch.names import checked_identifier, file_label, literal, reject
 from nnspec.backends.torch.source import Group, Stmt, expr, layout
+from nnspec.ir import ops
 from nnspec.training.datasets import DATASETS
 from nnspec.training.metrics import NAMES as METRIC_NAMES
 
@@ -428,9 +429,9 @@ def _settings(spec) -> str:
         ("metrics", "(" + ", ".join(metrics) + ("," if len(metrics) == 1 else "") + ")"),
         ("sample_set", _sample_set(train)),
         ("token_input", literal(spec.graph.node(spec.graph.inputs[0]).type.dtype == "int64")),
-        ("class_targets", literal(loss.name == "cross_entropy")),
+        ("class_targets", literal(loss.name in ops.CLASS_INDEX_LOSSES)),
         ("ignore_index", literal(int(loss.args.get("ignore_index", -100))
-                                 if loss.name == "cross_entropy" else -100)),
+                                 if loss.name in ops.CLASS_INDEX_LOSSES else -100)),
         ("threshold", literal(threshold)),
     ]
     where = file_label(spec.program.source.path)

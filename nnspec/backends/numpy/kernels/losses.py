@@ -1,8 +1,10 @@
-"""Loss kernels with torch's ``reduction="mean"`` semantics; each returns a 0-d array.
+"""Loss kernels with torch's semantics and `reduction` ("mean", "sum" or "none").
 
-``backward(d_loss)`` returns ``(d_pred, d_target)``. Targets get a gradient whenever they are
-float arrays, because in a custom loss the target can itself be a model output; class-index
-targets get ``None``. Logits-based losses use log-sum-exp so no input can overflow them.
+Each returns the loss (a 0-d array, or the per-element losses for "none") and
+``backward(d_loss) -> (d_pred, d_target)``; ``d_loss`` has the loss's shape. Targets get a
+gradient whenever they are float arrays, because in a custom loss the target can itself be
+a model output; class-index targets get ``None``. Logits-based losses use log-sum-exp so no
+input can overflow them. Class dims are LAST (``(..., C)``), where torch puts them at 1.
 """
 
 from __future__ import annotations
@@ -31,38 +33,77 @@ def _scalar(value, dtype):
     return np.asarray(value, dtype=dtype)
 
 
-def mse(pred, target):
-    """mean((pred - target)^2)."""
+def _reduce(values, reduction, dtype, denominator=None):
+    """The loss of per-element `values` and `scale(d_loss)`, each element's share of the
+    loss's gradient (a number for "mean" and "sum", an array for "none"). "mean" divides by
+    `denominator` (the number of elements unless given: a weighted mean's weights)."""
+    if reduction == "none":
+        return values.astype(dtype, copy=False), lambda d_loss: d_loss
+    total = np.sum(values)
+    if reduction == "sum":
+        return _scalar(total, dtype), lambda d_loss: d_loss
+    count = values.size if denominator is None else denominator
+    return _scalar(total / count, dtype), lambda d_loss: d_loss / count
+
+
+def _pointwise(pred, target, reduction, value, slope):
+    """A loss of the difference pred - target (broadcast), from its value and its slope
+    per element."""
     diff = _difference(pred, target)
-    loss = _scalar(np.mean(np.square(diff)), pred.dtype)
+    loss, scale = _reduce(value(diff), reduction, pred.dtype)
 
     def backward(d_loss):
-        d_pred = diff * (2 * d_loss / diff.size)
+        d_pred = slope(diff)
+        d_pred *= scale(d_loss)
         return unbroadcast(d_pred, pred.shape), _target_gradient(target, -d_pred)
 
     return loss, backward
 
 
-def l1(pred, target):
-    """mean(|pred - target|); the gradient at pred == target is 0, as torch's sign()."""
-    diff = _difference(pred, target)
-    loss = _scalar(np.mean(np.abs(diff)), pred.dtype)
-
-    def backward(d_loss):
-        d_pred = np.sign(diff)
-        d_pred *= d_loss / diff.size
-        return unbroadcast(d_pred, pred.shape), _target_gradient(target, -d_pred)
-
-    return loss, backward
+def mse(pred, target, *, reduction="mean"):
+    """(pred - target)^2."""
+    return _pointwise(pred, target, reduction, np.square, lambda diff: 2 * diff)
 
 
-def cross_entropy(logits, target, *, label_smoothing=0.0, ignore_index=-100):
+def l1(pred, target, *, reduction="mean"):
+    """|pred - target|; the gradient at pred == target is 0, as torch's sign()."""
+    return _pointwise(pred, target, reduction, np.abs, np.sign)
+
+
+def huber(pred, target, *, delta=1.0, reduction="mean"):
+    """F.huber_loss: 0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta)."""
+    def value(diff):
+        size = np.abs(diff)
+        return np.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta))
+
+    return _pointwise(pred, target, reduction, value, lambda diff: np.clip(diff, -delta, delta))
+
+
+def smooth_l1(pred, target, *, beta=1.0, reduction="mean"):
+    """F.smooth_l1_loss: 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (l1 for
+    beta 0, as in torch)."""
+    if beta == 0:
+        return l1(pred, target, reduction=reduction)
+
+    def value(diff):
+        size = np.abs(diff)
+        return np.where(size < beta, 0.5 * diff * diff / beta, size - 0.5 * beta)
+
+    return _pointwise(pred, target, reduction, value, lambda diff: np.clip(diff / beta, -1, 1))
+
+
+# ---- cross-entropy and nll ------------------------------------------------------------------
+
+
+def cross_entropy(logits, target, *, weight=None, reduction="mean", label_smoothing=0.0,
+                  ignore_index=-100):
     """F.cross_entropy with the class dimension LAST: logits (..., C), e.g. (N, C) or (N, T, C).
 
     Integer targets (...,) are class indices; positions equal to ``ignore_index`` add nothing
-    and the mean runs over the rest (NaN when every position is ignored, as in torch). Float
-    targets of the logits' shape are class probabilities and get a gradient too. With label
-    smoothing eps, the target mixes (1 - eps) of the given one with eps of the uniform one.
+    and the mean runs over the rest, weighted by the classes' ``weight`` (NaN when every
+    position is ignored, as in torch). Float targets of the logits' shape are class
+    probabilities and get a gradient too; their mean is over positions. With label smoothing
+    eps, the target mixes (1 - eps) of the given one with eps of the uniform one.
     """
     row_max = logits.max(axis=-1, keepdims=True)
     exp_shifted = logits - row_max
@@ -71,9 +112,11 @@ def cross_entropy(logits, target, *, label_smoothing=0.0, ignore_index=-100):
     sum_exp = exp_shifted.sum(axis=-1, keepdims=True)
     # Backward turns exp_shifted into the softmax in place: exp_shifted / sum_exp.
     saved = (logits, row_max, exp_shifted, sum_exp)
+    weight = None if weight is None else np.asarray(weight, logits.dtype)
     if target.dtype.kind == "f":
-        return _cross_entropy_probabilities(*saved, target, label_smoothing)
-    return _cross_entropy_indices(*saved, target, label_smoothing, ignore_index)
+        return _cross_entropy_probabilities(*saved, target, weight, reduction, label_smoothing)
+    return _cross_entropy_indices(*saved, target, weight, reduction, label_smoothing,
+                                  ignore_index)
 
 
 # The interpreter fuses a model's trailing softmax with a cross_entropy loss: it skips the
@@ -82,63 +125,154 @@ def cross_entropy(logits, target, *, label_smoothing=0.0, ignore_index=-100):
 softmax_cross_entropy = cross_entropy
 
 
-def _cross_entropy_indices(
-    logits, row_max, exp_shifted, sum_exp, target, label_smoothing, ignore_index
-):
-    """Per position (1 - eps) * (lse - z_y) + eps * (lse - mean(z)), all relative to the row
-    max, so no full-size log-probability array is ever formed."""
+def _class_reduce(per_position, kept, target_weight, reduction, dtype):
+    """Reduce per-position losses of class-index targets as torch's nll_loss does: ignored
+    positions count as 0, and "mean" divides by the kept positions' class weights."""
+    if reduction == "none":
+        return np.where(kept, per_position, 0).astype(dtype, copy=False), lambda d: d * kept
+    total = np.sum(per_position, where=kept)
+    if reduction == "sum":
+        return _scalar(total, dtype), lambda d: d * kept
+    denominator = np.sum(target_weight, where=kept) if target_weight is not None else int(
+        np.count_nonzero(kept))
+    loss = _scalar(total / denominator if denominator else np.nan, dtype)
+    return loss, lambda d: (d / denominator) * kept if denominator else np.zeros(kept.shape)
+
+
+def _cross_entropy_indices(logits, row_max, exp_shifted, sum_exp, target, weight, reduction,
+                           label_smoothing, ignore_index):
+    """Per position (1 - eps) w_y (lse - z_y) + eps / C sum_c w_c (lse - z_c), all relative
+    to the row max, so no full-size log-probability array is ever formed."""
+    classes_count = logits.shape[-1]
     log_normaliser = np.log(sum_exp)[..., 0]
     kept = target != ignore_index
     classes = np.where(kept, target, 0)[..., None]
-    target_logit = np.take_along_axis(logits, classes, axis=-1) - row_max
-    per_position = (1 - label_smoothing) * (log_normaliser - target_logit[..., 0])
+    target_logit = np.take_along_axis(logits, classes, axis=-1)[..., 0] - row_max[..., 0]
+    target_weight = None if weight is None else weight[classes[..., 0]]
+    per_position = (1 - label_smoothing) * (log_normaliser - target_logit)
+    if target_weight is not None:
+        per_position *= target_weight
     if label_smoothing:
-        mean_logit = logits.mean(axis=-1) - row_max[..., 0]
-        per_position += label_smoothing * (log_normaliser - mean_logit)
-    count = int(np.count_nonzero(kept))
-    total = np.sum(per_position, where=kept)
-    loss = _scalar(total / count if count else np.nan, logits.dtype)
+        if weight is None:
+            mean_logit = logits.mean(axis=-1) - row_max[..., 0]
+            per_position += label_smoothing * (log_normaliser - mean_logit)
+        else:
+            weighted = weight.sum() * log_normaliser - (logits - row_max) @ weight
+            per_position += label_smoothing / classes_count * weighted
+    loss, scale = _class_reduce(per_position, kept, target_weight, reduction, logits.dtype)
 
     def backward(d_loss):
+        # d/dz = (1 - eps) w_y (p - e_y) + eps / C (W p - w), times each position's share
+        share = np.asarray(scale(d_loss), logits.dtype)  # 0 where ignored
         d_logits = exp_shifted
         d_logits /= sum_exp
+        if weight is None:
+            d_logits *= share[..., None]
+        else:
+            row = (1 - label_smoothing) * target_weight + label_smoothing / classes_count * (
+                weight.sum())
+            d_logits *= (row * share)[..., None]
         if label_smoothing:
-            d_logits -= label_smoothing / logits.shape[-1]
+            spread = share[..., None] if weight is None else share[..., None] * weight
+            d_logits -= (label_smoothing / classes_count) * spread
+        coefficient = (1 - label_smoothing) * share
+        if target_weight is not None:
+            coefficient *= target_weight
         picked = np.take_along_axis(d_logits, classes, axis=-1)
-        np.put_along_axis(d_logits, classes, picked - (1 - label_smoothing), axis=-1)
-        d_logits *= (d_loss / count) if count else 0
-        if count < kept.size:
-            d_logits *= kept[..., None]
+        np.put_along_axis(d_logits, classes, picked - coefficient[..., None], axis=-1)
         return d_logits, None
 
     return loss, backward
 
 
-def _cross_entropy_probabilities(logits, row_max, exp_shifted, sum_exp, target, label_smoothing):
+def _cross_entropy_probabilities(logits, row_max, exp_shifted, sum_exp, target, weight,
+                                 reduction, label_smoothing):
     log_probs = logits - row_max
     log_probs -= np.log(sum_exp)
     smoothed = target
     if label_smoothing:
         smoothed = target * (1 - label_smoothing) + label_smoothing / logits.shape[-1]
-    positions = log_probs.size // logits.shape[-1]
-    loss = _scalar(-np.sum(smoothed * log_probs) / positions, logits.dtype)
+    weighted = smoothed if weight is None else smoothed * weight
+    per_position = -np.sum(weighted * log_probs, axis=-1)
+    loss, scale = _reduce(per_position, reduction, logits.dtype)
 
     def backward(d_loss):
-        scale = d_loss / positions
+        share = np.asarray(scale(d_loss), logits.dtype)
+        share = share[..., None] if share.ndim else share
         d_logits = exp_shifted
         d_logits /= sum_exp
-        d_logits *= smoothed.sum(axis=-1, keepdims=True)
-        d_logits -= smoothed
-        d_logits *= scale
+        d_logits *= weighted.sum(axis=-1, keepdims=True)
+        d_logits -= weighted
+        d_logits *= share
         d_target = log_probs
-        d_target *= -(1 - label_smoothing) * scale
+        d_target *= -(1 - label_smoothing) * share
+        if weight is not None:
+            d_target *= weight
         return d_logits, d_target
 
     return loss, backward
 
 
-def binary_cross_entropy(probs, target):
-    """-mean(t log p + (1 - t) log(1 - p)), each log clamped at -100 as torch does.
+def nll(log_probs, target, *, weight=None, reduction="mean", ignore_index=-100):
+    """F.nll_loss on log-probabilities (..., C) with class-index targets (...,): per position
+    -w_y x_y; ignored positions count as 0 and "mean" divides by the kept classes' weights."""
+    kept = target != ignore_index
+    classes = np.where(kept, target, 0)[..., None]
+    weight = None if weight is None else np.asarray(weight, log_probs.dtype)
+    target_weight = None if weight is None else weight[classes[..., 0]]
+    per_position = -np.take_along_axis(log_probs, classes, axis=-1)[..., 0]
+    if target_weight is not None:
+        per_position *= target_weight
+    loss, scale = _class_reduce(per_position, kept, target_weight, reduction, log_probs.dtype)
+
+    def backward(d_loss):
+        share = np.asarray(scale(d_loss), log_probs.dtype)
+        picked = -np.broadcast_to(share, kept.shape)
+        if target_weight is not None:
+            picked = picked * target_weight
+        d_log_probs = np.zeros_like(log_probs)
+        np.put_along_axis(d_log_probs, classes, picked[..., None].astype(log_probs.dtype),
+                          axis=-1)
+        return d_log_probs, None
+
+    return loss, backward
+
+
+def kl_div(log_probs, target, *, reduction="mean", log_target=False):
+    """F.kl_div: the input is log-probabilities, the target probabilities (log-probabilities
+    with ``log_target``); per element t (log t - x), 0 where t = 0. "batchmean" divides the
+    sum by the batch size (the first axis), as torch does."""
+    if log_target:
+        target_probs = np.exp(target)
+        per_element = target_probs * (target - log_probs)
+    else:
+        target_probs = target
+        log_t = np.log(np.where(target > 0, target, 1))  # t log t is 0 at t = 0
+        per_element = target * (log_t - log_probs)
+    if reduction == "batchmean":
+        batch = log_probs.shape[0] if log_probs.ndim else 1
+        loss, scale = _reduce(per_element, "mean", log_probs.dtype, denominator=batch)
+    else:
+        loss, scale = _reduce(per_element, reduction, log_probs.dtype)
+
+    def backward(d_loss):
+        share = scale(d_loss)
+        d_input = -target_probs * share
+        if log_target:
+            d_target = target_probs * (target - log_probs + 1) * share
+        else:
+            d_target = (log_t + 1 - log_probs) * share
+        return unbroadcast(d_input.astype(log_probs.dtype, copy=False), log_probs.shape), \
+            _target_gradient(target, d_target)
+
+    return loss, backward
+
+
+# ---- binary cross-entropy -----------------------------------------------------------------
+
+
+def binary_cross_entropy(probs, target, *, reduction="mean"):
+    """-(t log p + (1 - t) log(1 - p)), each log clamped at -100 as torch does.
 
     The target gradient log(1 - p) - log(p) uses the clamped logs, so it stays finite at
     p = 0 or 1 where torch's -logit(p) is infinite.
@@ -148,32 +282,48 @@ def binary_cross_entropy(probs, target):
         log_not_p = np.maximum(np.log1p(-probs), _BCE_LOG_FLOOR)
     per_element = target * (log_p - log_not_p)
     per_element += log_not_p
-    loss = _scalar(-np.mean(per_element), probs.dtype)
+    per_element = -per_element
+    loss, scale = _reduce(per_element, reduction, probs.dtype)
 
     def backward(d_loss):
-        scale = d_loss / per_element.size
+        share = scale(d_loss)
         denominator = np.maximum(probs * (1 - probs), _BCE_EPSILON)
         d_probs = (probs - target) / denominator
-        d_probs *= scale
+        d_probs *= share
         d_target = log_not_p - log_p
-        d_target *= scale
+        d_target *= share
         return unbroadcast(d_probs, probs.shape), _target_gradient(target, d_target)
 
     return loss, backward
 
 
-def binary_cross_entropy_with_logits(logits, target):
-    """mean(max(x, 0) - x t + log(1 + exp(-|x|))): the sigmoid never saturates to log(0)."""
+def binary_cross_entropy_with_logits(logits, target, *, pos_weight=None, reduction="mean"):
+    """pw t softplus(-x) + (1 - t) softplus(x), softplus computed stably
+    (max(x, 0) + log(1 + exp(-|x|))): the sigmoid never saturates to log(0). ``pos_weight``
+    (one number or one per class of the last dim) weighs the positive term."""
     with np.errstate(under="ignore"):
         softplus_tail = np.log1p(np.exp(-np.abs(logits)))
-    per_element = np.maximum(logits, 0) - logits * target
-    per_element += softplus_tail
-    loss = _scalar(np.mean(per_element), logits.dtype)
+    if pos_weight is None:
+        per_element = np.maximum(logits, 0) - logits * target
+        per_element += softplus_tail
+    else:
+        pos_weight = np.asarray(pos_weight, logits.dtype)
+        softplus_neg = np.maximum(-logits, 0) + softplus_tail  # -log sigmoid(x)
+        softplus_pos = softplus_neg + logits  # -log(1 - sigmoid(x))
+        per_element = pos_weight * target * softplus_neg + (1 - target) * softplus_pos
+    loss, scale = _reduce(per_element, reduction, logits.dtype)
 
     def backward(d_loss):
-        scale = d_loss / per_element.size
-        d_logits = sigmoid(logits)[0] - target
-        d_logits *= scale
-        return unbroadcast(d_logits, logits.shape), _target_gradient(target, -logits * scale)
+        share = scale(d_loss)
+        probs = sigmoid(logits)[0]
+        if pos_weight is None:
+            d_logits = probs - target
+            d_target = -logits * share
+        else:
+            d_logits = (1 - target) * probs - pos_weight * target * (1 - probs)
+            d_target = (pos_weight * softplus_neg - softplus_pos) * share
+        d_logits *= share
+        return unbroadcast(d_logits.astype(logits.dtype, copy=False), logits.shape), \
+            _target_gradient(target, d_target)
 
     return loss, backward

@@ -8,7 +8,8 @@ many small steps, and each step's elementwise calls then run over contiguous blo
 
 - A layer's input carries a last row of ones, ``(T, F + 1, N)``, so the input projection of
   every step, bias included, is computed before the loop; each direction's hidden states are
-  kept as ``(T + 1, H + 1, N)`` (state 0 is the zero initial state, the last row is ones), so
+  kept as ``(T + 1, H + 1, N)`` (state 0 is the initial state, zero unless given; the last
+  row is ones), so
   one product per step applies every gate's recurrent weights and bias. Both bias gradients
   then fall out of the weight-gradient products.
 - Gates are reordered so that the sigmoid gates come first, and their rows are pre-scaled by
@@ -36,6 +37,48 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
     ``backward(d_output) -> (dx, d_params)`` with ``d_params`` keyed like ``params``;
     ``last_step`` turns the output into the top layer's final state.
     """
+    output, _, backward = _stack(x, params, (), mode, hidden, layers, bidirectional,
+                                 nonlinearity, 0.0, None)
+
+    def output_backward(d_output):
+        dx, _, d_params = backward(d_output, ())
+        return dx, d_params
+
+    return output, output_backward
+
+
+def rnn_states(x, initial, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh",
+               dropout=0.0, rng=None):
+    """``rnn`` from given initial states, also giving the final ones, as torch's modules do.
+
+    ``initial`` is ``()`` (zero states), ``(h0,)`` or, for an LSTM, ``(h0, c0)``: arrays
+    (N, layers * dirs, H) — torch's ``h_0`` with the batch first — or (layers * dirs, H), one
+    state for every sample. ``dropout`` (with an ``rng``; None while evaluating) zeroes
+    outputs of every layer but the last, scaled by 1 / (1 - p), as torch does while training.
+    Returns ``(output, h_n[, c_n])``, each final state (N, layers * dirs, H), and
+    ``backward(d_output, d_h_n[, d_c_n]) -> (dx, d_h0[, d_c0], d_params)``; any gradient may
+    be None (no gradient), and an initial state's gradient has its shape.
+    """
+    kinds = 2 if mode == "lstm" else 1
+    if initial and len(initial) != kinds:
+        raise ValueError(f"{mode} takes {kinds} initial state(s), got {len(initial)}")
+    output, finals, backward = _stack(x, params, initial, mode, hidden, layers, bidirectional,
+                                      nonlinearity, dropout if rng is not None else 0.0, rng)
+
+    def states_backward(d_output, *d_finals):
+        if d_output is None:
+            d_output = np.zeros_like(output)
+        dx, d_initial, d_params = backward(d_output, d_finals)
+        d_initial = tuple(d if state.ndim == 3 else d.sum(axis=0)
+                          for d, state in zip(d_initial, initial))
+        return (dx, *d_initial, d_params)
+
+    return (output, *finals[:kinds]), states_backward
+
+
+def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity, dropout, rng):
+    """The layers one after another: the output, the final states [h_n, c_n] (N, L * D, H),
+    and ``backward(d_output, d_finals) -> (dx, d_initial, d_params)``."""
     cell = _CELLS.get(mode)
     if cell is None:
         raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {sorted(_CELLS)}")
@@ -43,9 +86,15 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
         raise ValueError(f"rnn nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     batch, steps, _ = x.shape
     directions = 2 if bidirectional else 1
+    # initial states as (L * D, H, N), the layout a direction's states array takes
+    starts = [np.broadcast_to(state if state.ndim == 3 else state[None],
+                              (batch, layers * directions, hidden)).transpose(1, 2, 0)
+              for state in initial]
+    finals = [np.empty((batch, layers * directions, hidden), x.dtype) for _ in range(2)]
     layer_input = _with_ones_row(x.transpose(1, 2, 0))
     result = np.empty((batch, steps, directions * hidden), x.dtype)
     layer_backwards = []
+    masks = []
     for layer in range(layers):
         if layer == layers - 1:
             output = result.transpose(1, 2, 0)
@@ -55,24 +104,40 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
         direction_backwards = []
         for direction in range(directions):
             names = _parameter_names(layer, direction)
-            states, direction_backward = _run_direction(
+            index = layer * directions + direction
+            states, final, direction_backward = _run_direction(
                 cell, layer_input, *(params.get(name) for name in names),
+                tuple(start[index] for start in starts),
                 reverse=direction == 1, nonlinearity=nonlinearity,
             )
             output[:, direction * hidden:(direction + 1) * hidden] = states
-            direction_backwards.append((names, direction_backward))
+            for kind, state in enumerate(final):
+                finals[kind][:, index] = state.T
+            direction_backwards.append((names, index, direction_backward))
+        if dropout and layer < layers - 1:
+            keep = rng.random(output[:, :-1].shape) >= dropout
+            masks.append(keep.astype(x.dtype) / np.asarray(1 - dropout, x.dtype))
+            output[:, :-1] *= masks[-1]
         layer_backwards.append((layer_input, direction_backwards))
         layer_input = output
 
-    def backward(d_output):
+    def backward(d_output, d_finals):
         d_params = {}
+        d_initial = [np.zeros((layers * directions, hidden, batch), x.dtype) for _ in starts]
         d_layer_output = d_output.transpose(1, 2, 0)
-        for layer_input, direction_backwards in reversed(layer_backwards):
+        for layer, (layer_input, direction_backwards) in reversed(list(enumerate(
+                layer_backwards))):
+            if layer < len(masks):
+                d_layer_output = d_layer_output * masks[layer]
             input_rows = _feature_major(layer_input)
             d_layer_input = None
-            for direction, (names, direction_backward) in enumerate(direction_backwards):
+            for direction, (names, index, direction_backward) in enumerate(direction_backwards):
                 d_states = d_layer_output[:, direction * hidden:(direction + 1) * hidden]
-                d_input_rows, *d_weights = direction_backward(d_states, input_rows)
+                d_last = tuple(None if d is None else d[:, index].T for d in d_finals)
+                d_input_rows, d_start, *d_weights = direction_backward(d_states, input_rows,
+                                                                       d_last)
+                for kind, grad in enumerate(d_start):
+                    d_initial[kind][index] = grad
                 if d_layer_input is None:
                     d_layer_input = d_input_rows
                 else:
@@ -82,9 +147,10 @@ def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
                         d_params[name] = grad
             d_layer_output = d_layer_input.reshape(-1, steps, batch).transpose(1, 0, 2)
         dx = np.ascontiguousarray(d_layer_output.transpose(2, 0, 1))
-        return dx, d_params
+        return dx, tuple(np.ascontiguousarray(d.transpose(2, 0, 1)) for d in d_initial), \
+            d_params
 
-    return result, backward
+    return result, finals, backward
 
 
 def last_step(output, *, hidden, bidirectional):
@@ -113,12 +179,15 @@ def last_step(output, *, hidden, bidirectional):
 class _Cell:
     """How one recurrent mode arranges its gates and runs its recurrence.
 
-    ``run(pre, recurrent, recurrent_weight_t, states, nonlinearity)`` gets the input
+    ``run(pre, recurrent, recurrent_weight_t, states, nonlinearity, start)`` gets the input
     projections (T, G, N) in processing order, the recurrent weights with their bias column
-    (G, H + 1), both with sigmoid rows halved, the plain W_hh.T for the backward, and the
-    ``states`` array to fill; it returns ``backward(d_states) -> (d_pre, d_recurrent)``, the
-    gradients (T, G, N) of the (unhalved) input and recurrent projections. The backward runs
-    once, so it may overwrite ``pre`` and whatever ``run`` saved.
+    (G, H + 1), both with sigmoid rows halved, the plain W_hh.T for the backward, the
+    ``states`` array to fill (its state 0 already the initial one) and ``start``, the given
+    initial states (``()`` when zero; an LSTM's cell state is its second). It returns
+    ``backward(d_states, d_final_cell) -> (d_pre, d_recurrent, d_start)``, the gradients
+    (T, G, N) of the (unhalved) input and recurrent projections and those of the given
+    initial states, and the final cell state (an LSTM's; else None). The backward runs once,
+    so it may overwrite ``pre`` and whatever ``run`` saved.
     """
 
     gate_order: tuple[int, ...]  # torch's gate block for each internal block
@@ -147,12 +216,15 @@ def _feature_major(time_rows_batch):
     return np.ascontiguousarray(time_rows_batch.transpose(1, 0, 2)).reshape(rows, steps * batch)
 
 
-def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, *, reverse, nonlinearity):
-    """One direction of one layer over ``layer_input`` (T, F + 1, N).
+def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse, nonlinearity):
+    """One direction of one layer over ``layer_input`` (T, F + 1, N) from ``start``: ``()``
+    for zero states, or its initial (h,) or (h, c), each (H, N).
 
-    Returns its states (T, H, N) in time order and ``backward(d_states, input_rows)``, which
-    takes d_states (T, H, N) in time order and the input as ``_feature_major`` rows and returns
-    ``(d_input as (F, T * N) rows, d_w_ih, d_b_ih, d_w_hh, d_b_hh)``.
+    Returns its states (T, H, N) in time order, its final (h,) or (h, c) (H, N), and
+    ``backward(d_states, input_rows, d_final)``, which takes d_states (T, H, N) in time order,
+    the input as ``_feature_major`` rows and the final states' gradients (each may be None)
+    and returns ``(d_input as (F, T * N) rows, d_start, d_w_ih, d_b_ih, d_w_hh, d_b_hh)``,
+    ``d_start`` holding the gradients of the given initial states.
     """
     steps, _, batch = layer_input.shape
     hidden = w_hh.shape[1]
@@ -166,19 +238,26 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, *, reverse, nonlin
     scale[: cell.sigmoid_gates * hidden] = 0.5
     pre = np.matmul(input_weights * scale, layer_input)
     states = np.empty((steps + 1, hidden + 1, batch), layer_input.dtype)
-    states[0, :hidden] = 0
+    states[0, :hidden] = start[0] if start else 0
     states[:, hidden] = 1
     recurrent_weight_t = np.ascontiguousarray(recurrent_weights[:, :hidden].T)
-    steps_backward = cell.run(
+    steps_backward, final_cell = cell.run(
         pre[::-1] if reverse else pre, recurrent_weights * scale, recurrent_weight_t, states,
-        nonlinearity,
+        nonlinearity, start,
     )
+    final = (states[-1, :hidden].copy(),) + ((final_cell,) if final_cell is not None else ())
 
     def in_time_order(per_step):
         return per_step[::-1] if reverse else per_step
 
-    def backward(d_states, input_rows):
-        d_pre, d_recurrent = steps_backward(np.ascontiguousarray(in_time_order(d_states)))
+    def backward(d_states, input_rows, d_final):
+        d_states = in_time_order(d_states)
+        d_final_h, d_final_cell = (*d_final, None, None)[:2]
+        if d_final_h is not None:
+            d_states = np.array(d_states)
+            d_states[-1] += d_final_h
+        d_pre, d_recurrent, d_start = steps_backward(np.ascontiguousarray(d_states),
+                                                     d_final_cell)
         d_pre_rows = _feature_major(in_time_order(d_pre))
         if d_recurrent is d_pre:
             d_recurrent_rows = d_pre_rows
@@ -188,12 +267,12 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, *, reverse, nonlin
         d_input_weights = _to_torch_order(d_pre_rows @ input_rows.T, order)
         d_recurrent_weights = _to_torch_order(d_recurrent_rows @ previous_states.T, order)
         return (
-            input_weights[:, :-1].T @ d_pre_rows,
+            input_weights[:, :-1].T @ d_pre_rows, d_start,
             d_input_weights[:, :-1], d_input_weights[:, -1],
             d_recurrent_weights[:, :-1], d_recurrent_weights[:, -1],
         )
 
-    return in_time_order(states[1:, :hidden]), backward
+    return in_time_order(states[1:, :hidden]), final, backward
 
 
 def _with_bias_column(weight, bias):
@@ -207,22 +286,22 @@ def _to_torch_order(internal, order):
     return result
 
 
-def _project_state(recurrent, state, t, out):
-    """out = recurrent @ state; the zero initial state (t = 0) leaves only the bias column."""
-    if t == 0:
+def _project_state(recurrent, state, zero, out):
+    """out = recurrent @ state; a zero state leaves only the bias column."""
+    if zero:
         np.copyto(out, recurrent[:, -1:])
     else:
         np.matmul(recurrent, state, out=out)
 
 
-def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
+def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start):
     """LSTM recurrence with internal gate order (o, i, f, g): the sigmoid gates first."""
     steps, gate_rows, batch = pre.shape
     hidden = gate_rows // 4
     dtype = pre.dtype
     gates = np.empty((steps, gate_rows, batch), dtype)
     cells = np.empty((steps + 1, hidden, batch), dtype)
-    cells[0] = 0
+    cells[0] = start[1] if start else 0
     tanh_cells = np.empty((steps, hidden, batch), dtype)
     input_times_candidate = np.empty((steps, hidden, batch), dtype)
     o, i, f, g = (slice(k * hidden, (k + 1) * hidden) for k in range(4))
@@ -232,7 +311,7 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
     per_step = zip(pre, gates, states[:-1], outputs, cells[:-1], cells[1:],
                    input_times_candidate, tanh_cells)
     for t, (pre_t, gate, h_prev, h, c_prev, c, i_times_g, tanh_c) in enumerate(per_step):
-        _project_state(recurrent, h_prev, t, gate)
+        _project_state(recurrent, h_prev, t == 0 and not start, gate)
         gate += pre_t
         np.tanh(gate, out=gate)
         gate[sigmoids] *= 0.5
@@ -242,8 +321,9 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
         c += i_times_g
         np.tanh(c, out=tanh_c)
         np.multiply(gate[o], tanh_c, out=h)
+    final_cell = cells[-1].copy()
 
-    def backward(d_states):
+    def backward(d_states, d_final_cell):
         # The factors that turn d_h into d_c and d_o, and d_c into d_i, d_f and d_g, each in
         # two passes from the saved products h = o tanh c and i g. They overwrite saved arrays
         # the rest of the backward no longer reads (it runs once), as do d_gates and d_cells.
@@ -285,16 +365,21 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
             if next_d_gate is not None:
                 np.multiply(next_forget, next_dc, out=carried)
                 dc += carried
+            elif d_final_cell is not None:
+                dc += d_final_cell
             np.multiply(dc, dc_di_t, out=d_gate[i])
             np.multiply(dc, dc_df_t, out=d_gate[f])
             np.multiply(dc, dc_dg_t, out=d_gate[g])
             next_d_gate, next_dc, next_forget = d_gate, dc, forget
-        return d_gates, d_gates
+        d_start = ()
+        if start:  # through step 0's recurrent projection, and its forget gate
+            d_start = (recurrent_weight_t @ next_d_gate, next_forget * next_dc)
+        return d_gates, d_gates, d_start
 
-    return backward
+    return backward, final_cell
 
 
-def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
+def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start):
     """GRU recurrence in torch's gate order (r, z, n), with torch's
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and h' = (1 - z) * n + z * h."""
     steps, gate_rows, batch = pre.shape
@@ -308,7 +393,7 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
     pre_rz, pre_n = pre[:, : 2 * hidden], pre[:, 2 * hidden:]
     previous, outputs = states[:-1, :hidden], states[1:, :hidden]
     for t in range(steps):
-        _project_state(recurrent, states[t], t, projections[t])
+        _project_state(recurrent, states[t], t == 0 and not start, projections[t])
         gate = resets_updates[t]
         np.add(projections[t, : 2 * hidden], pre_rz[t], out=gate)
         np.tanh(gate, out=gate)
@@ -322,7 +407,7 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
         outputs[t] *= updates[t]
         outputs[t] += candidate
 
-    def backward(d_states):
+    def backward(d_states, _d_final_cell):
         dh_dn = (1 - updates) * (1 - candidates * candidates)  # through n's tanh
         # factors from d_h to the gradient of the recurrent projection (r, z, n)
         factors = np.empty((steps, gate_rows, batch), dtype)
@@ -347,25 +432,28 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity):
             np.multiply(dh, dh_dr[t], out=d_r[t])
             np.multiply(dh, dh_dz[t], out=d_z[t])
             np.multiply(dh, dh_dhn[t], out=d_hn[t])
+        d_start = ()
+        if start:  # through step 0's recurrent projection and its update gate
+            d_start = (recurrent_weight_t @ d_projections[0] + updates[0] * dhs[0],)
         d_pre = pre
         d_pre[:, : 2 * hidden] = d_projections[:, : 2 * hidden]
         np.multiply(dhs, dh_dn, out=d_pre[:, 2 * hidden:])
-        return d_pre, d_projections
+        return d_pre, d_projections, d_start
 
-    return backward
+    return backward, None
 
 
-def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity):
+def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity, start):
     """Elman recurrence h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
     steps, hidden, _ = pre.shape
     activation = _ACTIVATIONS[nonlinearity]
     outputs = states[1:, :hidden]
     for t in range(steps):
-        _project_state(recurrent, states[t], t, outputs[t])
+        _project_state(recurrent, states[t], t == 0 and not start, outputs[t])
         outputs[t] += pre[t]
         activation(outputs[t], out=outputs[t])
 
-    def backward(d_states):
+    def backward(d_states, _d_final_cell):
         if nonlinearity == "tanh":
             slope = 1 - outputs * outputs
         else:
@@ -379,9 +467,10 @@ def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity):
                 np.matmul(recurrent_weight_t, d_pre[t + 1], out=grad)
                 grad += d_states[t]
             grad *= slope[t]
-        return d_pre, d_pre
+        d_start = (recurrent_weight_t @ d_pre[0],) if start else ()
+        return d_pre, d_pre, d_start
 
-    return backward
+    return backward, None
 
 
 def _relu(a, out):
