@@ -22,13 +22,14 @@ from nnspec.ir.definitions import find_recursion, index_definitions
 from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
+from nnspec.ir.indexing import SPLITS, declare_param, split_call, subscript, subscript_item
 from nnspec.ir.nodes import apply_op
 from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
 from nnspec.syntax import ast
 
 MAX_NESTING = 64  # blocks and fns inside one another; deeper is a mistake, not a network
 _TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "<": "lt",
-               "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+               "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "@": "matmul"}
 
 
 class Evaluator:
@@ -79,6 +80,10 @@ class Evaluator:
             return value
         if isinstance(stmt, ast.Unpack):
             return self.unpack(stmt, frame)
+        if isinstance(stmt, ast.ParamDecl):
+            value = self.guard(lambda: self.learned_param(stmt, frame))
+            frame.vars[stmt.name] = value
+            return value
         if isinstance(stmt, ast.Output):
             results = [self.guard(lambda v=v: self.tensor(self.eval(v, frame), v, frame))
                        for v in stmt.values]
@@ -161,7 +166,8 @@ class Evaluator:
         return value
 
     def known_names(self, frame: Frame):
-        return [*frame.vars, *self.consts, *self.defs, *ops.OPS, *ops.ALIASES, "repeat"]
+        return [*frame.vars, *self.consts, *self.defs, *ops.OPS, *ops.ALIASES, "repeat",
+                *SPLITS]
 
     def eval_Unary(self, expr, frame):
         operand = self.eval(expr.operand, frame)
@@ -187,6 +193,10 @@ class Evaluator:
         right = self.eval(expr.right, frame)
         if left is POISON or right is POISON:
             return POISON
+        if expr.op == "@" and not any(isinstance(v, (Tensor, Layer)) for v in (left, right)):
+            raise DiagnosticError("E131", "`@` multiplies tensors (a matrix product), not "
+                                  f"{describe(left)} and {describe(right)}", expr.span,
+                                  "use `*` for numbers")
         if isinstance(left, (Tensor, Layer)) or isinstance(right, (Tensor, Layer)):
             if expr.op == "%":
                 raise DiagnosticError("E131", "`%` works on numbers, not tensors", expr.span)
@@ -196,6 +206,34 @@ class Evaluator:
                 return POISON
             return apply_op(_TENSOR_OPS[expr.op], [a, b], {}, expr.span, frame, self.report)
         return combine(expr.op, left, right, expr.span)
+
+    def eval_Subscript(self, expr, frame):
+        value = self.eval(expr.value, frame)
+        if value is POISON:
+            return POISON
+        if isinstance(value, Tensors) and len(expr.items) == 1:  # `chunk(x, 3)[0]`
+            index = self.value(self.eval(expr.items[0], frame), expr.items[0])
+            if isinstance(index, int) and not isinstance(index, bool) \
+                    and -len(value.items) <= index < len(value.items):
+                return value.items[index]
+            raise DiagnosticError("E164", f"`{source_text(expr.value.span)}` gives "
+                                  f"{len(value.items)} tensors; {describe(index)} is not one "
+                                  "of their positions", expr.items[0].span)
+        tensor = self.tensor(value, expr.value, frame)
+        items = [subscript_item(item, lambda e: self.eval(e, frame)) for item in expr.items]
+        return subscript(tensor, items, expr.span, frame, self.report)
+
+    def split_call(self, expr: ast.Call, frame: Frame):
+        """`chunk(x, 3, dim = -1)` / `split(x, 64)`: several tensors (see indexing.py)."""
+        if not expr.args:
+            raise DiagnosticError("E154", f"`{expr.func}` needs a tensor to split", expr.span)
+        tensor = self.tensor(self.eval(expr.args[0], frame), expr.args[0], frame)
+        return split_call(expr, tensor, lambda e: self.eval_value(e, frame), frame,
+                          self.report)
+
+    def learned_param(self, stmt: ast.ParamDecl, frame: Frame) -> Tensor:
+        self.claim(stmt.name, frame, stmt.name_span)
+        return declare_param(stmt, lambda e: self.eval_value(e, frame), frame, self.report)
 
     def eval_Conditional(self, expr, frame):
         cond = self.value(self.eval(expr.cond, frame), expr.cond)
@@ -235,8 +273,10 @@ class Evaluator:
     def eval_Call(self, expr, frame):
         if expr.func == "repeat":
             return self.repeat_layer(expr, frame)
-        builtin = expr.func in BUILTIN_FUNCS and not (
-            expr.func in frame.vars or expr.func in self.consts or expr.func in self.defs)
+        shadowed = expr.func in frame.vars or expr.func in self.consts or expr.func in self.defs
+        if expr.func in SPLITS and not shadowed:
+            return self.split_call(expr, frame)
+        builtin = expr.func in BUILTIN_FUNCS and not shadowed
         if builtin and ops.lookup(expr.func) is None:
             return self.builtin_call(expr, [self.eval(a, frame) for a in expr.args])
         callee = self.eval_Name(ast.Name(expr.func_span, expr.func), frame)
@@ -255,6 +295,10 @@ class Evaluator:
         if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
                                                        for a in args):
             return self.builtin_call(expr, args)  # `max(a, b)` on numbers; `max(x)` reduces x
+        most = self.arity(callee)[1]
+        for i, (a, node) in enumerate(zip(args, arg_nodes)):
+            if self.nullary(a) and (most is None or i < most):  # `concat(positions(1, d), p)`
+                args[i] = self.tensor(a, node, frame)
         tensors = []
         while args and isinstance(args[0], Tensor):
             tensors.append(args.pop(0))
@@ -298,9 +342,10 @@ class Evaluator:
             raise DiagnosticError("E144", "repeat takes a count and a layer: "
                                   "`repeat(4, Block(d))`", expr.span)
         count = self.eval_value(expr.args[0], frame)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise DiagnosticError("E145", f"repeat needs a positive count, got "
-                                  f"{describe(count)}", expr.args[0].span)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise DiagnosticError("E145", f"repeat needs a count of 0 or more, got "
+                                  f"{describe(count)}", expr.args[0].span,
+                                  "repeat(0, ...) is the identity, as an empty nn.Sequential")
         inner = self.eval(expr.args[1], frame)
         if inner is POISON:
             return POISON
@@ -385,6 +430,8 @@ class Evaluator:
 
     def apply_repeat(self, layer: Layer, tensors, frame: Frame, label: str | None, named: bool,
                      span):
+        if layer.count == 0:
+            return tensors[0]  # the identity, as an empty nn.Sequential
         local = label or frame.fresh("repeat")
         frame.used.add(local)
         path = frame.qualify(local)

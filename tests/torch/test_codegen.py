@@ -591,6 +591,14 @@ OP_CASES = {
     "sum": ("[4, 6]", "x * sum(x, dim = 0)"),
     "max": ("[4, 6]", "x * max(x, dim = -1, keepdim = true)"),
     "scalar": ("[4, 6]", "x * 2.0"),
+    # tensor ops (subscripts, learned parameters)
+    "transpose": ("[3, 4, 5]", "transpose(x, 0, -1) -> tanh"),
+    "permute": ("[2, 3, 4]", "permute(x, 2, 0, 1) -> tanh"),
+    "matmul": ("[3, 4, 5]", "(x @ transpose(x, -1, -2)) @ (x[0] -> dense(2))"),
+    "slice": ("[4, 6]", "x[1:3, ::2] * x[:-2, 3:]"),
+    "stack": ("[4, 6]", "stack(x, x -> tanh, dim = -1)"),
+    "pad": ("[3, 4]", "pad(x -> tanh, [1, 2, 0, 1], value = 0.5)"),
+    "parameter": ("[4, 6]", "param w: [6, 3] = normal(std = 0.5)\n  x @ w"),
 }
 
 
