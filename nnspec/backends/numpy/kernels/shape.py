@@ -36,7 +36,7 @@ def matmul(a, b):
     right, broadcast leading dims); gradients summed back over what was broadcast."""
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
-    out = np.matmul(a, b)
+    out = np.asarray(np.matmul(a, b))
 
     def backward(d_out):
         d2 = d_out
