@@ -227,7 +227,12 @@ class Evaluator:
         """`chunk(x, 3, dim = -1)` / `split(x, 64)`: several tensors (see indexing.py)."""
         if not expr.args:
             raise DiagnosticError("E154", f"`{expr.func}` needs a tensor to split", expr.span)
-        tensor = self.tensor(self.eval(expr.args[0], frame), expr.args[0], frame)
+        first = self.eval(expr.args[0], frame)
+        if not isinstance(first, (Tensor, Tensors, Layer)) and first is not POISON:
+            raise DiagnosticError("E154", f"`{expr.func}` takes the tensor to split first: "
+                                  f"`{expr.func}(x, ...)`", expr.span, "it gives several "
+                                  "tensors, so it is not a layer to apply with `->`")
+        tensor = self.tensor(first, expr.args[0], frame)
         return split_call(expr, tensor, lambda e: self.eval_value(e, frame), frame,
                           self.report)
 

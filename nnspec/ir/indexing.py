@@ -44,7 +44,19 @@ Report = Callable[[Diagnostic], None]
 Evaluate = Callable[[ast.Expr], object]
 
 
-def subscript_item(item, evaluate: Evaluate) -> Item:
+def subscript_item(item, evaluate: Evaluate) -> Item | None:
+    """One subscript evaluated; None when its expression already reported an error."""
+    try:
+        return _item(item, evaluate)
+    except _Poisoned:
+        return None
+
+
+class _Poisoned(Exception):
+    """A subscript's expression already failed (and said so)."""
+
+
+def _item(item, evaluate: Evaluate) -> Item:
     if isinstance(item, ast.EllipsisItem):
         return Item("ellipsis", None, item.span)
     if isinstance(item, ast.Slice):
@@ -57,7 +69,7 @@ def subscript_item(item, evaluate: Evaluate) -> Item:
 def _index(expr, evaluate: Evaluate) -> int:
     value = evaluate(expr)
     if value is POISON:
-        raise DiagnosticError("E160", "this subscript could not be evaluated", expr.span)
+        raise _Poisoned
     if isinstance(value, bool) or not isinstance(value, int):
         raise DiagnosticError("E160", f"a subscript takes integers and slices `a:b`, but "
                               f"`{source_text(expr.span)}` is {describe(value)}", expr.span)
@@ -68,7 +80,7 @@ def subscript(tensor: Tensor, items: list[Item], span: Span, frame: Frame,
               report: Report) -> Tensor:
     """`tensor[items]`: slices first (they keep every dim), then indexes from the last dim
     to the first, so each index's dim is still where the spec wrote it."""
-    if tensor.type is None:
+    if tensor is POISON or tensor.type is None or None in items:
         return POISON
     rank = tensor.type.rank
     ellipses = [i for i in items if i.kind == "ellipsis"]
@@ -165,6 +177,8 @@ def declare_param(stmt: ast.ParamDecl, evaluate: Evaluate, frame: Frame,
     shape = []
     for dim in stmt.type.dims:
         value = evaluate(dim)
+        if value is POISON:
+            return POISON
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DiagnosticError("E130", f"a parameter's dims must be positive integers, got "
                                   f"{describe(value)}", dim.span)
@@ -172,21 +186,23 @@ def declare_param(stmt: ast.ParamDecl, evaluate: Evaluate, frame: Frame,
     if not shape:
         raise DiagnosticError("E130", "a parameter needs at least one dim", stmt.type.span,
                               f"write `param {stmt.name}: [1]` for a single number")
-    init, keywords, spans = "zeros", {}, {}
+    std_attr = ops.OPS["parameter"].attr("std")
+    init, values, keywords, spans = "zeros", [], {}, {}
     if isinstance(stmt.init, ast.Name):
         init = stmt.init.id
-    elif isinstance(stmt.init, ast.Call) and not stmt.init.args:
+    elif isinstance(stmt.init, ast.Call):
         init = stmt.init.func
+        values = [evaluate(a) for a in stmt.init.args]
         keywords = {k.name: evaluate(k.value) for k in stmt.init.kwargs}
-        spans = {k.name: k.span for k in stmt.init.kwargs}
+        spans = argument_spans((std_attr,), [a.span for a in stmt.init.args],
+                               ((k.name, k.span) for k in stmt.init.kwargs))
     elif stmt.init is not None:
         init = source_text(stmt.init.span)
-    if init not in ops.PARAM_INITS or (keywords and init != "normal"):
+    if init not in ops.PARAM_INITS or ((values or keywords) and init != "normal"):
         raise DiagnosticError("E161", f"a parameter starts as zeros, ones or normal(std = ...),"
                               f" not `{source_text(stmt.init.span)}`", stmt.init.span,
                               did_you_mean(init, ops.PARAM_INITS))
-    std_attr = ops.OPS["parameter"].attr("std")
-    std = bind_attrs("normal", (std_attr,), [], keywords, spans,
+    std = bind_attrs("normal", (std_attr,), values, keywords, spans,
                      stmt.init.span if stmt.init else stmt.span)["std"]
     return apply_op("parameter", [], {"shape": shape, "init": init, "std": std}, stmt.span,
                     frame, report, stmt.name)

@@ -1009,7 +1009,7 @@ def _matmul_infer(ins, a):
     for t in ins:
         _require_float(t, "matmul")
         if t.rank == 0:
-            raise ShapeError(f"`@` multiplies vectors and matrices, got a scalar {t}",
+            raise ShapeError("`@` multiplies vectors and matrices, not a scalar",
                              "use `*` to scale by a number", code="E302")
     if x.batched and x.rank == 1 and (y.batched or y.rank > 2):
         raise ShapeError(f"`@`: a batched vector {x} multiplies only a shared matrix or vector",
@@ -1097,13 +1097,17 @@ def _pad_infer(ins, a):
     return x.with_shape(shape)
 
 
+def param_shape(a: Attrs) -> tuple[int, ...]:
+    return (a.shape,) if isinstance(a.shape, int) else tuple(a.shape)
+
+
 def _parameter_infer(ins, a):
-    return TensorType(tuple(a.shape), "float32", batched=False)
+    return TensorType(param_shape(a), "float32", batched=False)
 
 
 def _parameter_params(ins, a):
     """The one tensor, named after the node itself (its local name is empty)."""
-    return {"": ParamSpec(tuple(a.shape), a.init, std=a.std)}
+    return {"": ParamSpec(param_shape(a), a.init, std=a.std)}
 
 
 PARAM_INITS = ("zeros", "ones", "normal")

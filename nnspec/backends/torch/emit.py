@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from nnspec.backends.torch.source import Expr, Group, Num, Stmt, call, expr, list_of
 from nnspec.backends.torch.source import is_simple_power_operand as _simple
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import OPS, OpDef, conv_pads, permutation
+from nnspec.ir.ops import OPS, OpDef, conv_pads, param_shape, permutation
 from nnspec.ir.types import TensorType
 
 
@@ -457,7 +457,7 @@ def _pad(s: Site) -> list[Line]:
 def _parameter_init(node: Node, ins: list[TensorType]) -> Group:
     """`nn.Parameter(torch.zeros(1, 768))`; normal draws `torch.empty(...).normal_(std=...)`."""
     a = node.attrs
-    dims = [Num(d, "size") for d in a.shape]
+    dims = [Num(d, "size") for d in param_shape(a)]
     if a.init == "normal":
         value = call(expr(call("torch.empty", *dims), ".normal_"), std=Num(a.std, "std"))
     else:
