@@ -258,3 +258,36 @@ model M(d = 8) {
 """
     spec = load_text(text, "t.nn")
     _compare_with_interpreter(spec)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("which", ["vit", "attention"])
+def test_onnx_export_of_the_tensor_ops_gives_the_interpreters_outputs(which, tmp_path):
+    """Subscripts, chunk, permute, `@`, symbolic reshape and params through torch.onnx and
+    onnxruntime, with the batch (and T) left dynamic."""
+    pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from pathlib import Path
+
+    from nnspec.backends.torch.export import export_onnx
+    from nnspec.spec import load
+
+    if which == "vit":
+        root = Path(__file__).resolve().parents[1]
+        spec = load(root / "specs" / "vit_b16.nn", overrides={
+            "image": 32, "patch": 8, "d": 16, "depth": 2, "heads": 2, "mlp": 32, "classes": 10})
+        shapes = [(2, 3, 32, 32), (3, 3, 32, 32)]
+    else:
+        spec = load_text(ATTENTION, "attn.nn")
+        shapes = [(2, 5, 8), (3, 7, 8)]
+    reference = NumpyModel(spec.graph, seed=3)
+    path = export_onnx(spec, tmp_path / "m.onnx", reference.state_dict())
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = session.run(None, {spec.graph.inputs[0]: x})[0]
+        np.testing.assert_allclose(got, reference.forward(x), rtol=1e-4, atol=1e-5)
