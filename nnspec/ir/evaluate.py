@@ -22,7 +22,15 @@ from nnspec.ir.definitions import find_recursion, index_definitions
 from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
-from nnspec.ir.indexing import SPLITS, declare_param, split_call, subscript, subscript_item
+from nnspec.ir.indexing import (
+    SPLITS,
+    check_split_target,
+    declare_param,
+    pick,
+    split_call,
+    subscript,
+    subscript_item,
+)
 from nnspec.ir.nodes import apply_op
 from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
 from nnspec.syntax import ast
@@ -212,26 +220,15 @@ class Evaluator:
         if value is POISON:
             return POISON
         if isinstance(value, Tensors) and len(expr.items) == 1:  # `chunk(x, 3)[0]`
-            index = self.value(self.eval(expr.items[0], frame), expr.items[0])
-            if isinstance(index, int) and not isinstance(index, bool) \
-                    and -len(value.items) <= index < len(value.items):
-                return value.items[index]
-            raise DiagnosticError("E164", f"`{source_text(expr.value.span)}` gives "
-                                  f"{len(value.items)} tensors; {describe(index)} is not one "
-                                  "of their positions", expr.items[0].span)
+            return pick(value, expr, self.value(self.eval(expr.items[0], frame), expr.items[0]))
         tensor = self.tensor(value, expr.value, frame)
         items = [subscript_item(item, lambda e: self.eval(e, frame)) for item in expr.items]
         return subscript(tensor, items, expr.span, frame, self.report)
 
     def split_call(self, expr: ast.Call, frame: Frame):
         """`chunk(x, 3, dim = -1)` / `split(x, 64)`: several tensors (see indexing.py)."""
-        if not expr.args:
-            raise DiagnosticError("E154", f"`{expr.func}` needs a tensor to split", expr.span)
-        first = self.eval(expr.args[0], frame)
-        if not isinstance(first, (Tensor, Tensors, Layer)) and first is not POISON:
-            raise DiagnosticError("E154", f"`{expr.func}` takes the tensor to split first: "
-                                  f"`{expr.func}(x, ...)`", expr.span, "it gives several "
-                                  "tensors, so it is not a layer to apply with `->`")
+        first = self.eval(expr.args[0], frame) if expr.args else None
+        check_split_target(expr, first)
         tensor = self.tensor(first, expr.args[0], frame)
         return split_call(expr, tensor, lambda e: self.eval_value(e, frame), frame,
                           self.report)

@@ -20,7 +20,7 @@ from nnspec.ir.attrs import argument_spans, bind_attrs
 from nnspec.ir.frames import Frame
 from nnspec.ir.nodes import apply_op
 from nnspec.ir.ops import Attr
-from nnspec.ir.values import POISON, Tensor, Tensors, describe, source_text
+from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
 from nnspec.syntax import ast
 
 SPLITS = {
@@ -119,6 +119,24 @@ def subscript(tensor: Tensor, items: list[Item], span: Span, frame: Frame,
         current = apply_op("select", [current], {"index": item.value, "dim": dim}, span,
                            frame, report)
     return current
+
+
+def pick(value: Tensors, expr: ast.Subscript, index) -> Tensor:
+    """One tensor of several: `chunk(x, 3)[0]`."""
+    if isinstance(index, int) and not isinstance(index, bool) \
+            and -len(value.items) <= index < len(value.items):
+        return value.items[index]
+    raise DiagnosticError("E164", f"`{source_text(expr.value.span)}` gives {len(value.items)} "
+                          f"tensors; {describe(index)} is not one of their positions",
+                          expr.items[0].span)
+
+
+def check_split_target(expr: ast.Call, first) -> None:
+    """`chunk(x, ...)` takes its tensor first (it is not a layer for `->`)."""
+    if not expr.args or not (isinstance(first, (Tensor, Tensors, Layer)) or first is POISON):
+        raise DiagnosticError("E154", f"`{expr.func}` takes the tensor to split first: "
+                              f"`{expr.func}(x, ...)`", expr.span, "it gives several tensors, "
+                              "so it is not a layer to apply with `->`")
 
 
 def split_call(expr: ast.Call, tensor: Tensor, evaluate: Evaluate, frame: Frame,
