@@ -239,6 +239,8 @@ def _definition_symbols(definition: ast.Definition):
     for stmt in definition.body:
         if isinstance(stmt, ast.Input):
             yield Symbol(stmt.name, "input", stmt.name_span or stmt.span, stmt.span, owner)
+        elif isinstance(stmt, ast.ParamDecl):
+            yield Symbol(stmt.name, "value", stmt.name_span, stmt.span, owner)
         elif isinstance(stmt, ast.Assign):
             yield Symbol(stmt.name, "value", _leading_name(stmt.span, stmt.name), stmt.span,
                          owner)
@@ -278,6 +280,8 @@ def _children(node) -> tuple:
         return (node.then, node.cond, node.otherwise)
     if isinstance(node, ast.ListExpr):
         return node.items
+    if isinstance(node, ast.Subscript):
+        return (node.value,)
     return ()
 
 

@@ -34,9 +34,11 @@ PUBLISHED = {
     "bert_base": 109_482_240,   # transformers BertModel (with pooler)
     "lenet5": 61_706,           # LeCun et al. 1998 layout on 1x28x28 with padding 2
     "mobilenet_v2": 3_504_872,  # torchvision.models.mobilenet_v2()
+    "vit_b16": 86_567_656,      # torchvision.models.vit_b_16()
 }
 # torchvision's published GFLOPS (which are multiply-adds of conv and linear layers).
-PUBLISHED_GMACS = {"resnet18": 1.814, "vgg16": 15.470}
+PUBLISHED_GMACS = {"resnet18": 1.814, "vgg16": 15.470,
+                   "vit_b16": 17.564}  # conv, linear, and attention's q@k^T and attn@v
 
 
 def spec_path(stem: str) -> Path:

@@ -1,5 +1,5 @@
 """Arithmetic on plain values (hyperparameters, dims, arguments): what `+ - * / % ^`, the
-comparisons and `min`/`max`/`int`/`float`/`round` mean on numbers, and their limits.
+comparisons and `min`/`max`/`int`/`float`/`round`/`sqrt`/`exp`/`log`/`abs` mean on numbers, and their limits.
 
 `/` of two integers that divide exactly stays an integer (`d / heads` is a size), and no
 result may need more than `MAX_INT_BITS` bits (`9 ^ 9 ^ 9` would take the compiler forever).
@@ -7,10 +7,13 @@ result may need more than `MAX_INT_BITS` bits (`9 ^ 9 ^ 9` would take the compil
 
 from __future__ import annotations
 
+import math
+
 from nnspec.diagnostics import DiagnosticError, Span
 from nnspec.ir.values import describe, source_text
 
-BUILTIN_FUNCS = {"min": min, "max": max, "int": int, "float": float, "round": round}
+BUILTIN_FUNCS = {"min": min, "max": max, "int": int, "float": float, "round": round,
+                 "sqrt": math.sqrt, "exp": math.exp, "log": math.log, "abs": abs}
 MAX_INT_BITS = 4096
 
 
@@ -56,7 +59,8 @@ def combine(op: str, left, right, span: Span):
 
 
 def call_builtin(name: str, values: list, arg_spans: list[Span], span: Span):
-    """`min`/`max` of two or more numbers, `int`/`float`/`round` of one."""
+    """`min`/`max` of two or more numbers, `int`/`float`/`round`/`sqrt`/... of one (a
+    tensor's `sqrt(x)` is the op of that name)."""
     variadic = name in ("min", "max")
     wanted = "two or more numbers" if variadic else "one number"
     if (len(values) < 2) if variadic else (len(values) != 1):

@@ -19,6 +19,7 @@ from nnspec.syntax import ast
 
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false",
              "str": "a string", "ints": "an integer or a list of integers",
+             "dims": "a dim (an integer or a symbolic dim) or a list of dims",
              "padding": 'an integer, a list, "same" or "valid"', "floats": "a list of numbers"}
 
 
@@ -111,6 +112,13 @@ def check_attr(owner: str, attr: ops.Attr, value, span: Span):
             value = tuple(value) if ok else value
         else:
             ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "dims":  # symbolic dims are names bound by an input pattern (`T`)
+        items = value if isinstance(value, list) else [value]
+        ok = bool(items) and all(isinstance(v, str) and v.isidentifier() or
+                                 isinstance(v, int) and not isinstance(v, bool) for v in items)
+        value = tuple(value) if ok and isinstance(value, list) else value
+        if ok:
+            return value
     elif kind == "layer":
         if not isinstance(value, Layer) or value.module is None:
             raise DiagnosticError("E162", f"{where} must name a layer (label one with "

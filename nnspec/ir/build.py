@@ -67,8 +67,9 @@ class Builder(Evaluator):
                                   stmt.span, f"write `input {stmt.name}: [64]`")
         dims = []
         for d in stmt.type.dims:
-            if isinstance(d, ast.Name) and self.lookup_optional(d.id, frame) is None:
-                dims.append(d.id)  # a symbolic dim
+            if isinstance(d, ast.Name) and self.lookup_optional(d.id, frame) in (None, d.id):
+                dims.append(d.id)  # a symbolic dim, a name in the body (`reshape(x, T, 4)`)
+                frame.vars[d.id] = d.id
             else:
                 dims.append(self.dim_value(d, frame))
         dtype = "int64" if stmt.type.dtype == "int" else "float32"

@@ -125,7 +125,7 @@ def _calls(definition: ast.Definition, defs: dict[str, ast.Definition],
             visit(param.default)
         local.add(param.name)
     for stmt in definition.body:
-        if isinstance(stmt, ast.Input):
+        if isinstance(stmt, (ast.Input, ast.ParamDecl)):
             local.add(stmt.name)
             continue
         visit(stmt.value)
@@ -160,6 +160,8 @@ def _names(expr: ast.Expr) -> Iterator[tuple[str, Span]]:
             children = (expr.head, *(stage.layer for stage in expr.stages))
         elif isinstance(expr, ast.Conditional):
             children = (expr.then, expr.cond, expr.otherwise)
+        elif isinstance(expr, ast.Subscript):
+            children = (expr.value,)
         stack.extend(reversed(children))
 
 

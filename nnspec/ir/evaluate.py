@@ -22,6 +22,15 @@ from nnspec.ir.definitions import find_recursion, index_definitions
 from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
+from nnspec.ir.indexing import (
+    SPLITS,
+    check_split_target,
+    declare_param,
+    pick,
+    split_call,
+    subscript,
+    subscript_item,
+)
 from nnspec.ir.nodes import apply_op
 from nnspec.ir.suggest import unknown_name_hint
 from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
@@ -29,7 +38,7 @@ from nnspec.syntax import ast
 
 MAX_NESTING = 64  # blocks and fns inside one another; deeper is a mistake, not a network
 _TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "<": "lt",
-               "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+               "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "@": "matmul"}
 
 
 class Evaluator:
@@ -80,6 +89,10 @@ class Evaluator:
             return value
         if isinstance(stmt, ast.Unpack):
             return self.unpack(stmt, frame)
+        if isinstance(stmt, ast.ParamDecl):
+            value = self.guard(lambda: self.learned_param(stmt, frame))
+            frame.vars[stmt.name] = value
+            return value
         if isinstance(stmt, ast.Output):
             results = [self.guard(lambda v=v: self.tensor(self.eval(v, frame), v, frame))
                        for v in stmt.values]
@@ -157,7 +170,7 @@ class Evaluator:
                                       f"declare it as `block {expr.id}`")
             raise DiagnosticError("E100", f"unknown name `{expr.id}`", expr.span,
                                   unknown_name_hint(expr.id, [*frame.vars, *self.consts,
-                                                              *self.defs]))
+                                                              *self.defs, *SPLITS]))
         if isinstance(value, Layer) and value.span is None:
             value = replace(value, span=expr.span)
         return value
@@ -186,6 +199,10 @@ class Evaluator:
         right = self.eval(expr.right, frame)
         if left is POISON or right is POISON:
             return POISON
+        if expr.op == "@" and not any(isinstance(v, (Tensor, Layer)) for v in (left, right)):
+            raise DiagnosticError("E131", "`@` multiplies tensors (a matrix product), not "
+                                  f"{describe(left)} and {describe(right)}", expr.span,
+                                  "use `*` for numbers")
         if isinstance(left, (Tensor, Layer)) or isinstance(right, (Tensor, Layer)):
             if expr.op == "%":
                 raise DiagnosticError("E131", "`%` works on numbers, not tensors", expr.span)
@@ -195,6 +212,28 @@ class Evaluator:
                 return POISON
             return apply_op(_TENSOR_OPS[expr.op], [a, b], {}, expr.span, frame, self.report)
         return combine(expr.op, left, right, expr.span)
+
+    def eval_Subscript(self, expr, frame):
+        value = self.eval(expr.value, frame)
+        if value is POISON:
+            return POISON
+        if isinstance(value, Tensors) and len(expr.items) == 1:  # `chunk(x, 3)[0]`
+            return pick(value, expr, self.value(self.eval(expr.items[0], frame), expr.items[0]))
+        tensor = self.tensor(value, expr.value, frame)
+        items = [subscript_item(item, lambda e: self.eval(e, frame)) for item in expr.items]
+        return subscript(tensor, items, expr.span, frame, self.report)
+
+    def split_call(self, expr: ast.Call, frame: Frame):
+        """`chunk(x, 3, dim = -1)` / `split(x, 64)`: several tensors (see indexing.py)."""
+        first = self.eval(expr.args[0], frame) if expr.args else None
+        check_split_target(expr, first)
+        tensor = self.tensor(first, expr.args[0], frame)
+        return split_call(expr, tensor, lambda e: self.eval_value(e, frame), frame,
+                          self.report)
+
+    def learned_param(self, stmt: ast.ParamDecl, frame: Frame) -> Tensor:
+        self.claim(stmt.name, frame, stmt.name_span)
+        return declare_param(stmt, lambda e: self.eval_value(e, frame), frame, self.report)
 
     def eval_Conditional(self, expr, frame):
         cond = self.value(self.eval(expr.cond, frame), expr.cond)
@@ -238,8 +277,10 @@ class Evaluator:
     def eval_Call(self, expr, frame, piped=False):
         if expr.func == "repeat":
             return self.repeat_layer(expr, frame)
-        builtin = expr.func in BUILTIN_FUNCS and not (
-            expr.func in frame.vars or expr.func in self.consts or expr.func in self.defs)
+        shadowed = expr.func in frame.vars or expr.func in self.consts or expr.func in self.defs
+        if expr.func in SPLITS and not shadowed:
+            return self.split_call(expr, frame)
+        builtin = expr.func in BUILTIN_FUNCS and not shadowed
         if builtin and ops.lookup(expr.func) is None:
             return self.builtin_call(expr, [self.eval(a, frame) for a in expr.args])
         callee = self.eval_Name(ast.Name(expr.func_span, expr.func), frame)
@@ -258,6 +299,10 @@ class Evaluator:
         if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
                                                        for a in args):
             return self.builtin_call(expr, args)  # `max(a, b)` on numbers; `max(x)` reduces x
+        most = self.arity(callee)[1]
+        for i, (a, node) in enumerate(zip(args, arg_nodes)):
+            if self.nullary(a) and (most is None or i < most):  # `concat(positions(1, d), p)`
+                args[i] = self.tensor(a, node, frame)
         tensors = []
         while args and isinstance(args[0], Tensor):
             tensors.append(args.pop(0))
@@ -301,9 +346,10 @@ class Evaluator:
             raise DiagnosticError("E144", "repeat takes a count and a layer: "
                                   "`repeat(4, Block(d))`", expr.span)
         count = self.eval_value(expr.args[0], frame)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise DiagnosticError("E145", f"repeat needs a positive count, got "
-                                  f"{describe(count)}", expr.args[0].span)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise DiagnosticError("E145", f"repeat needs a count of 0 or more, got "
+                                  f"{describe(count)}", expr.args[0].span,
+                                  "repeat(0, ...) is the identity, as an empty nn.Sequential")
         inner = self.eval(expr.args[1], frame)
         if inner is POISON:
             return POISON
@@ -388,6 +434,8 @@ class Evaluator:
 
     def apply_repeat(self, layer: Layer, tensors, frame: Frame, label: str | None, named: bool,
                      span):
+        if layer.count == 0:
+            return tensors[0]  # the identity, as an empty nn.Sequential
         local = label or frame.fresh("repeat")
         frame.used.add(local)
         path = frame.qualify(local)

@@ -18,6 +18,12 @@ from nnspec.ir.types import TensorType
 MAX_LAYERS = 100_000  # nodes per graph; `--max-layers` / `analyze(max_layers=...)` change it
 
 
+def param_name(module: str, local: str) -> str:
+    """A parameter's full name; a learned tensor of its own (`param cls: ...`) has an empty
+    local name and is named like its node."""
+    return f"{module}.{local}" if local else module
+
+
 class GraphBuilder:
     def __init__(self, name: str, max_layers: int = MAX_LAYERS):
         self.name = name
@@ -104,7 +110,7 @@ class GraphBuilder:
             return dict(existing)
         mapping = {}
         for local, spec in specs.items():
-            full = f"{module}.{local}"
+            full = param_name(module, local)
             if local == "weight" and tie is not None:
                 full = self.tied_weight(tie, spec, span)
                 owner = self.params[full]

@@ -44,7 +44,7 @@ class ShapeError(Exception):
 
 REQUIRED = object()
 
-AttrKind = Literal["int", "float", "bool", "str", "ints", "floats", "padding", "layer"]
+AttrKind = Literal["int", "float", "bool", "str", "ints", "dims", "floats", "padding", "layer"]
 
 
 @dataclass(frozen=True)
@@ -295,26 +295,64 @@ def _flatten_infer(ins, a):
     return ins[0].with_shape((dim_prod(ins[0].shape),))
 
 
+def _monomial_of(d: Dim) -> tuple[tuple[str, ...], int] | None:
+    """A dim as (its symbols sorted, its integer factor), to compare products written in
+    any order (`T*8` is `8*T`); None for a dim that is not a product (`T-1`)."""
+    if isinstance(d, int):
+        return (), d
+    symbols, factor = [], 1
+    for part in d.split("*"):
+        if part.isdigit():
+            factor *= int(part)
+        elif part.isidentifier():
+            symbols.append(part)
+        else:
+            return None
+    return tuple(sorted(symbols)), factor
+
+
 def _reshape_infer(ins, a):
-    target = list(a.shape)
+    target = [a.shape] if isinstance(a.shape, (int, str)) else list(a.shape)
     x = ins[0]
-    if target.count(-1) > 1:
-        raise ShapeError("reshape: only one dim can be -1")
-    if any(d == 0 or (isinstance(d, int) and d < -1) for d in target):
+    if any(isinstance(d, int) and (d == 0 or d < -1) for d in target):
         raise ShapeError(f"reshape: dims must be positive (or one -1), got {target}")
-    if not is_concrete(x.shape):
+    unknown = [d for d in target if d == -1 or isinstance(d, str)]
+    if len(unknown) > 1:
+        raise ShapeError(f"reshape: at most one dim can be -1 or symbolic, got {target}",
+                         "give the other dims as numbers")
+    if is_concrete(x.shape) and is_concrete(target):
+        total = math.prod(x.shape)
+        known = math.prod(d for d in target if d != -1)
         if -1 in target:
-            raise ShapeError(f"reshape with -1 needs a known input shape, got {x}")
+            if total % known:
+                raise ShapeError(f"cannot reshape {x} ({total} values) into {list(target)}")
+            target[target.index(-1)] = total // known
+        elif known != total:
+            raise ShapeError(f"cannot reshape {x} ({total} values) into {list(target)} "
+                             f"({known} values)")
         return x.with_shape(tuple(target))
-    total = math.prod(x.shape)
-    known = math.prod(d for d in target if d != -1)
+    have = _monomial_of(x.numel)
+    want = _monomial_of(dim_prod(d for d in target if d != -1))
     if -1 in target:
-        if total % known:
-            raise ShapeError(f"cannot reshape {x} ({total} values) into {a.shape}")
-        target[target.index(-1)] = total // known
-    elif known != total:
-        raise ShapeError(f"cannot reshape {x} ({total} values) into {list(target)} ({known} values)")
+        rest = _divide_monomials(have, want)
+        if rest is None:
+            raise ShapeError(f"reshape with -1 cannot tell the missing size of {x} into "
+                             f"{list(target)}", "name the dim instead of -1")
+        target[target.index(-1)] = rest
+    elif have is not None and want is not None and have != want:
+        raise ShapeError(f"cannot reshape {x} ({x.numel} values) into {list(target)}")
     return x.with_shape(tuple(target))
+
+
+def _divide_monomials(have, want) -> Dim | None:
+    if have is None or want is None or have[1] % want[1]:
+        return None
+    symbols = list(have[0])
+    for s in want[0]:
+        if s not in symbols:
+            return None
+        symbols.remove(s)
+    return dim_prod([*symbols, have[1] // want[1]])
 
 
 # ---- convolution and pooling ---------------------------------------------------------------
@@ -898,8 +936,9 @@ register(
     OpDef("flatten", "shape", "Flattens each sample to one dim.", _flatten_infer,
           outputs_doc="[prod(dims)]", needs_batch=True),
     OpDef("reshape", "shape", "Reshapes each sample; one dim may be -1.", _reshape_infer,
-          (Attr("shape", "ints", doc="the new per-sample shape: `reshape(8, 8)` or "
-                "`reshape([8, 8])`", variadic=True),), outputs_doc="shape", needs_batch=True,
+          (Attr("shape", "dims", doc="the new per-sample shape: `reshape(8, 8)`, "
+                "`reshape([8, 8])`, `reshape(T, heads, d / heads)`", variadic=True),),
+          outputs_doc="shape", needs_batch=True,
           label=("{shape}",)),
     OpDef("select", "shape", "Takes one position along a per-sample dim, dropping that dim "
           "(e.g. the first token: `select(0)`; the last: `select(-1)`).", _select_infer,
@@ -1091,6 +1130,182 @@ register(
           "a VAE's `mu + exp(0.5 * logvar) * noise(mu)` predicts from the mean. No gradient "
           "flows to x.", _same_float("noise"), random=True, outputs_doc="same as x",
           kernel="nnspec.backends.numpy.kernels.noise:noise"),
+)
+
+
+# ---- tensor ops: transpose, permute, matmul, slicing, stack, pad, learned parameters -----
+
+
+def _transpose_infer(ins, a):
+    x = ins[0]
+    if x.rank < 2:
+        raise ShapeError(f"transpose needs two per-sample dims to swap, got {x}",
+                         "the batch dim is implicit and cannot be moved", code="E302")
+    i, j = _dim_index(x.rank, a.dim0, "transpose"), _dim_index(x.rank, a.dim1, "transpose")
+    shape = list(x.shape)
+    shape[i], shape[j] = shape[j], shape[i]
+    return x.with_shape(shape)
+
+
+def permutation(rank: int, dims) -> tuple[int, ...]:
+    """`permute`'s dims as non-negative per-sample dims (checked by its shape rule)."""
+    return tuple(d % rank for d in ((dims,) if isinstance(dims, int) else dims))
+
+
+def _permute_infer(ins, a):
+    x = ins[0]
+    dims = (a.dims,) if isinstance(a.dims, int) else tuple(a.dims)
+    if len(dims) != x.rank:
+        raise ShapeError(f"permute needs one dim per per-sample dim of {x} ({x.rank}), got "
+                         f"{len(dims)}", "the batch dim is implicit and stays first",
+                         code="E302")
+    axes = tuple(_dim_index(x.rank, d, "permute") for d in dims)
+    if sorted(axes) != list(range(x.rank)):
+        raise ShapeError(f"permute: {list(dims)} is not an order of the dims 0..{x.rank - 1}")
+    return x.with_shape(tuple(x.shape[i] for i in axes))
+
+
+def _matmul_infer(ins, a):
+    x, y = ins
+    for t in ins:
+        _require_float(t, "matmul")
+        if t.rank == 0:
+            raise ShapeError("`@` multiplies vectors and matrices, not a scalar",
+                             "use `*` to scale by a number", code="E302")
+    if x.batched and x.rank == 1 and (y.batched or y.rank > 2):
+        raise ShapeError(f"`@`: a batched vector {x} multiplies only a shared matrix or vector",
+                         "reshape it to one row first: `reshape(1, n)`", code="E302")
+    if y.batched and y.rank == 1:
+        raise ShapeError(f"`@`: a batched vector {y} cannot be the right operand",
+                         "reshape it to one column first: `reshape(n, 1)`", code="E302")
+    left = x.shape if x.rank > 1 else (1,) + x.shape
+    right = y.shape if y.rank > 1 else y.shape + (1,)
+    if left[-1] != right[-2]:
+        raise ShapeError(f"`@` cannot multiply {x} by {y}: {left[-1]} != {right[-2]} (the last "
+                         "dim of the left operand must equal the second-to-last of the right)",
+                         "transpose one side, e.g. `a @ transpose(b, -1, -2)`", code="E305")
+    lead = broadcast(TensorType(left[:-2], batched=x.batched),
+                     TensorType(right[:-2], batched=y.batched))
+    if lead is None:
+        raise ShapeError(f"`@` cannot broadcast the leading dims of {x} and {y}", code="E305")
+    shape = lead + left[-2:-1] * (x.rank > 1) + right[-1:] * (y.rank > 1)
+    return TensorType(shape, "float32", x.batched or y.batched)
+
+
+def _matmul_macs(ins, out, a):
+    return dim_mul(out.numel, ins[0].shape[-1])
+
+
+def slice_size(size: Dim, start: int | None, stop: int | None, step: int) -> Dim:
+    """How many positions `start:stop:step` takes from a dim of `size` (NumPy's rule); a
+    symbolic size is sliced only where the count does not depend on it, or by a fixed
+    offset with step 1 (`x[1:]` of T is T-1)."""
+    if isinstance(size, int):
+        count = len(range(size)[start:stop:step])
+        if count == 0:
+            raise ShapeError(f"the slice {_slice_text(start, stop, step)} of a dim of size "
+                             f"{size} is empty", code="E304")
+        return count
+    first = start or 0
+    if step == 1 and stop is None:
+        return -first if first < 0 else dim_add(size, -first)
+    if step == 1 and (first < 0) == (stop < 0) and stop > first:
+        return stop - first  # both counted from the start, or both from the end
+    if step == 1 and first >= 0 > stop:
+        return dim_add(size, stop - first)
+    raise ShapeError(f"the slice {_slice_text(start, stop, step)} of the symbolic dim {size} "
+                     "has no size known in advance", "declare that dim as a number",
+                     code="E301")
+
+
+def _slice_text(start, stop, step) -> str:
+    text = f"{'' if start is None else start}:{'' if stop is None else stop}"
+    return text + (f":{step}" if step != 1 else "")
+
+
+def _slice_infer(ins, a):
+    x = ins[0]
+    if x.rank == 0:
+        raise ShapeError("slice needs at least one per-sample dim", code="E302")
+    axis = _dim_index(x.rank, a.dim, "slice")
+    size = slice_size(x.shape[axis], a.start, a.stop, a.step)
+    return x.with_shape(x.shape[:axis] + (size,) + x.shape[axis + 1:])
+
+
+def _stack_infer(ins, a):
+    first = ins[0]
+    for other in ins[1:]:
+        if other.shape != first.shape:
+            raise ShapeError(f"stack needs inputs of one shape, got {first} and {other}",
+                             code="E305")
+    axis = _dim_index(first.rank + 1, a.dim, "stack")
+    shape = first.shape[:axis] + (len(ins),) + first.shape[axis:]
+    return TensorType(shape, first.dtype, any(x.batched for x in ins))
+
+
+def _pad_infer(ins, a):
+    x = ins[0]
+    pads = (a.pads,) if isinstance(a.pads, int) else tuple(a.pads)
+    if len(pads) % 2:
+        raise ShapeError(f"pad takes pairs (before, after), last dim first as torch's F.pad, "
+                         f"got {len(pads)} values")
+    if len(pads) // 2 > x.rank:
+        raise ShapeError(f"pad: {len(pads) // 2} dims padded but {x} has {x.rank} per-sample "
+                         "dims", "the batch dim is implicit and cannot be padded", code="E302")
+    shape = list(x.shape)
+    for i in range(len(pads) // 2):
+        shape[-1 - i] = dim_add(shape[-1 - i], pads[2 * i] + pads[2 * i + 1])
+    return x.with_shape(shape)
+
+
+def param_shape(a: Attrs) -> tuple[int, ...]:
+    return (a.shape,) if isinstance(a.shape, int) else tuple(a.shape)
+
+
+def _parameter_infer(ins, a):
+    return TensorType(param_shape(a), "float32", batched=False)
+
+
+def _parameter_params(ins, a):
+    """The one tensor, named after the node itself (its local name is empty)."""
+    return {"": ParamSpec(param_shape(a), a.init, std=a.std)}
+
+
+PARAM_INITS = ("zeros", "ones", "normal")
+
+register(
+    OpDef("transpose", "shape", "Swaps two per-sample dims (`transpose(k, -1, -2)`).",
+          _transpose_infer, (Attr("dim0", "int"), Attr("dim1", "int")),
+          outputs_doc="dims dim0 and dim1 swapped", label=("{dim0} ↔ {dim1}",)),
+    OpDef("permute", "shape", "Reorders the per-sample dims (the batch stays first).",
+          _permute_infer, (Attr("dims", "ints", doc="the new order of the per-sample dims",
+                                variadic=True),),
+          outputs_doc="dims reordered", label=("{dims}",)),
+    OpDef("matmul", "math", "Matrix product (`a @ b`, torch.matmul) with broadcast leading "
+          "dims; a shared (unbatched) operand applies to every sample.", _matmul_infer,
+          arity=(2, 2), macs=_matmul_macs, inputs_doc="a [..., n, k], b [..., k, m]",
+          outputs_doc="[..., n, m]", broadcast=True, symbol="@"),
+    OpDef("slice", "shape", "Positions start:stop:step of one per-sample dim (`x[:, 1:3]` "
+          "writes it).", _slice_infer,
+          (Attr("start", "int", None, optional=True), Attr("stop", "int", None, optional=True),
+           Attr("step", "int", 1, minimum=1), Attr("dim", "int", 0)),
+          outputs_doc="dim cut to the slice"),
+    OpDef("stack", "merge", "Joins same-shaped inputs along a new per-sample dim.",
+          _stack_infer, (Attr("dim", "int", 0),), arity=(2, None), inputs_doc="a, b, ...",
+          outputs_doc="[n, ...] at dim"),
+    OpDef("pad", "shape", "Constant padding as torch's F.pad: (before, after) pairs from the "
+          "last dim backwards.", _pad_infer,
+          (Attr("pads", "ints", doc="[before, after] of the last dim, then of the one before...",
+                minimum=0), Attr("value", "float", 0.0)),
+          outputs_doc="padded", torch=Torch("F.pad", keywords=("value",)),
+          label=("{pads}", "value?value {value}")),
+    OpDef("parameter", "embedding", "A learned tensor of its own (written `param name: "
+          "[dims] = init`); shared by every sample.", _parameter_infer,
+          (Attr("shape", "ints", doc="its shape", minimum=1, variadic=True),
+           Attr("init", "str", "zeros", choices=PARAM_INITS),
+           Attr("std", "float", 1.0, "std of the normal initialisation", minimum=0.0)),
+          arity=(0, 0), params=_parameter_params, inputs_doc="none", outputs_doc="shape",
+          label=("{shape}", "init?{init}")),
 )
 
 

@@ -58,7 +58,7 @@ class Call(Node):
 
 @dataclass(frozen=True)
 class BinOp(Node):
-    """Arithmetic, comparison and boolean operators: `+ - * / % ^ == != < <= > >= and or`."""
+    """Arithmetic, comparison and boolean operators: `+ - * / % ^ @ == != < <= > >= and or`."""
 
     op: str
     left: Expr
@@ -94,7 +94,29 @@ class Conditional(Node):
     otherwise: Expr
 
 
-Expr = Name | Number | String | Constant | ListExpr | Call | BinOp | Unary | Pipeline | Conditional
+@dataclass(frozen=True)
+class Slice(Node):
+    """`start:stop:step` inside a subscript; a missing part is None."""
+
+    start: Expr | None
+    stop: Expr | None
+    step: Expr | None
+
+
+@dataclass(frozen=True)
+class EllipsisItem(Node):
+    """`...` inside a subscript: as many whole dims as the others leave."""
+
+
+@dataclass(frozen=True)
+class Subscript(Node):
+    """`x[0]`, `x[:, 1:3]`, `x[..., :d]`: indexes and slices of per-sample dims."""
+
+    value: Expr
+    items: tuple[Expr | Slice | EllipsisItem, ...]
+
+
+Expr = Name | Number | String | Constant | ListExpr | Call | BinOp | Unary | Pipeline | Conditional | Subscript
 
 
 # ---- statements and definitions ------------------------------------------------------------
@@ -111,6 +133,16 @@ class Input(Node):
     name: str
     type: TensorTypeExpr | None
     name_span: Span | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ParamDecl(Node):
+    """`param cls: [1, d] = zeros`: a learned tensor of the model or block, with its init."""
+
+    name: str
+    name_span: Span = field(repr=False, compare=False)
+    type: TensorTypeExpr
+    init: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +172,7 @@ class Output(Node):
         return self.values[0] if len(self.values) == 1 else ListExpr(self.span, self.values)
 
 
-Stmt = Input | Assign | Unpack | Output
+Stmt = Input | ParamDecl | Assign | Unpack | Output
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ _WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE":
 # Which expected tokens a hint lists first: closing what is open beats starting something new.
 _PRIORITY = (")", "]", "}", ",", "=", ":", "{", "(", "[", "->", "a name", "a number", "a string")
 _KEYWORDS = ("model", "block", "fn", "train", "input")
-_RESERVED = {"model", "block", "fn", "train", "input", "as", "if", "else", "and", "or", "not",
+_RESERVED = {"model", "block", "fn", "train", "input", "param", "as", "if", "else", "and", "or", "not",
              "true", "false", "none"}
 _CLOSES = {")": "(", "]": "[", "}": "{"}
 _OPERAND_ENDS = ("NAME", "NUMBER", "STRING", "RPAR", "RSQB", "TRUE", "FALSE", "NONE")
@@ -169,7 +169,11 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, source: Source,
     hint = ("expected " + ", ".join(words[:6])) if words else None
     if tok.type == "_NL":
         return Diagnostic("E001", "this line ends too early", span, hint)
-    if tok.value in _RESERVED and tok.type != "NAME":
+    if tok.value == "as" and tok.type != "NAME":
+        hint = ("`as` names a layer where a pipeline applies it: `(x -> layer as name)`, with "
+                "the parentheses around the whole application; a layer on its own is named by "
+                "assigning it: `name = layer(...)`")
+    elif tok.value in _RESERVED and tok.type != "NAME":
         hint = f"`{tok.value}` is a reserved word; pick another name"
     return Diagnostic("E001", f"unexpected {_found(tok)}", span, hint)
 

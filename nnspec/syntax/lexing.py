@@ -12,9 +12,9 @@ OPENERS = {"(", "["}
 CLOSERS = {")", "]"}
 # A line that starts with one of these continues the previous one. `-` is not among them:
 # a statement may start with a unary minus.
-CONTINUE_BEFORE = {"->", "else", "if", "+", "*", "/", "%", "^", "**", "==", "!=", "<", "<=",
+CONTINUE_BEFORE = {"->", "else", "if", "+", "*", "/", "%", "^", "**", "@", "==", "!=", "<", "<=",
                    ">", ">=", "and", "or"}
-CONTINUE_AFTER = {"->", "+", "-", "*", "/", "%", "^", "**", ",", "=", "==", "!=", "<", "<=",
+CONTINUE_AFTER = {"->", "+", "-", "*", "/", "%", "^", "**", "@", ",", "=", "==", "!=", "<", "<=",
                   ">", ">=", "and", "or", "not", "if", "else", ":", "(", "["}
 
 

@@ -110,6 +110,11 @@ class _ToAst:
     def dim(self, meta, children):
         return self._expr(children[0])
 
+    def param_decl(self, meta, children):
+        name, type_, init = children
+        return ast.ParamDecl(self._span(meta), str(name), self._tok(name), type_,
+                             self._expr(init) if init is not None else None)
+
     def assign(self, meta, children):
         name, value = children
         return ast.Assign(self._span(meta), str(name), self._expr(value))
@@ -189,6 +194,21 @@ class _ToAst:
     div = _binary("/")
     mod = _binary("%")
     pow = _binary("^")
+    matmul = _binary("@")
+
+    def subscript(self, meta, children):
+        value, items = children
+        return ast.Subscript(self._span(meta), self._expr(value), tuple(items))
+
+    def subscripts(self, meta, children):
+        return [self._expr(c) for c in children if c is not None]
+
+    def slice(self, meta, children):
+        start, stop, step = (None if c is None else self._expr(c) for c in children)
+        return ast.Slice(self._span(meta), start, stop, step)
+
+    def ellipsis(self, meta, children):
+        return ast.EllipsisItem(self._span(meta))
 
     def neg(self, meta, children):
         return ast.Unary(self._span(meta), "-", self._expr(children[0]))

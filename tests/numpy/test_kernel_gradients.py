@@ -16,6 +16,7 @@ from nnspec.backends.numpy.gradcheck import check_gradients
 from nnspec.backends.numpy.kernels import activations as act
 from nnspec.backends.numpy.kernels import elementwise as ew
 from nnspec.backends.numpy.kernels import losses
+from nnspec.backends.numpy.kernels import shape as shape_kernels
 from nnspec.backends.numpy.kernels.attention import multi_head_attention
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.dense import linear
@@ -389,6 +390,24 @@ CONCATS = {1: operands(gaussian(2, 1, 3), gaussian(2, 2, 3), gaussian(2, 3, 3)),
 for axis, arrays in CONCATS.items():
     CASES[f"concat_axis_{axis}"] = Case(ew.concat, arrays,
                                         lambda *xs, a=axis: ew.concat(xs, axis=a))
+
+
+# --- shape kernels: transpose, permute, slicing, stack, pad, matmul ----------------------
+
+CASES["transpose"] = Case(shape_kernels.transpose, normal(2, 3, 4),
+                          lambda x: shape_kernels.transpose(x, axis0=0, axis1=2))
+CASES["permute"] = Case(shape_kernels.permute, normal(2, 3, 4),
+                        lambda x: shape_kernels.permute(x, axes=(1, 2, 0)))
+CASES["slice_axis_step_2"] = Case(shape_kernels.slice_axis, normal(2, 7, 3),
+                                  lambda x: shape_kernels.slice_axis(x, axis=1, start=1, stop=-1, step=2))
+CASES["stack_axis_1"] = Case(shape_kernels.stack, operands(gaussian(2, 3), gaussian(2, 3)),
+                             lambda *xs: shape_kernels.stack(xs, axis=1))
+CASES["pad"] = Case(shape_kernels.pad, normal(2, 3, 4),
+                    lambda x: shape_kernels.pad(x, widths=((0, 0), (1, 2), (3, 0)), value=0.5))
+for left, right in [((2, 3, 4), (4, 5)), ((4,), (2, 4, 3)), ((2, 1, 3, 4), (3, 4, 2)),
+                    ((3, 4), (4,))]:
+    CASES[f"matmul_{left}_{right}"] = Case(shape_kernels.matmul, operands(gaussian(*left),
+                                                                 gaussian(*right)))
 
 
 # --- losses ------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ SMALL = {
     "gpt2_small": {"layers": 2, "d": 64, "vocab": 100, "ctx": 16, "heads": 4},
     "bert_base": {"layers": 2, "d": 64, "vocab": 100, "seq": 16, "max_len": 32, "heads": 4},
     "char_lstm_lm": {"ctx": 16, "hidden": 32},
+    "vit_b16": {"image": 32, "patch": 8, "d": 16, "depth": 2, "heads": 2, "mlp": 32,
+                "classes": 10},
 }
 SYMBOL_SIZE = 5  # a symbolic dim such as T, when running
 LARGE = 5_000_000  # parameters above which the interpreter comparison is skipped (too slow)
@@ -599,6 +601,14 @@ OP_CASES = {
     "sum": ("[4, 6]", "x * sum(x, dim = 0)"),
     "max": ("[4, 6]", "x * max(x, dim = -1, keepdim = true)"),
     "scalar": ("[4, 6]", "x * 2.0"),
+    # tensor ops (subscripts, learned parameters)
+    "transpose": ("[3, 4, 5]", "transpose(x, 0, -1) -> tanh"),
+    "permute": ("[2, 3, 4]", "permute(x, 2, 0, 1) -> tanh"),
+    "matmul": ("[3, 4, 5]", "(x @ transpose(x, -1, -2)) @ (x[0] -> dense(2))"),
+    "slice": ("[4, 6]", "x[1:3, ::2] * x[:-2, 3:]"),
+    "stack": ("[4, 6]", "stack(x, x -> tanh, dim = -1)"),
+    "pad": ("[3, 4]", "pad(x -> tanh, [1, 2, 0, 1], value = 0.5)"),
+    "parameter": ("[4, 6]", "param w: [6, 3] = normal(std = 0.5)\n  x @ w"),
 }
 
 

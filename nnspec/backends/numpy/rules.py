@@ -31,9 +31,10 @@ from nnspec.backends.numpy.kernels import (
     norm_layer,
     pool,
     recurrent,
+    shape,
 )
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import OPS, OpDef, conv_pads
+from nnspec.ir.ops import OPS, OpDef, conv_pads, permutation
 
 
 @dataclass
@@ -134,7 +135,9 @@ def _flatten(node, ins, params, ctx):
 
 @rule("reshape")
 def _reshape(node, ins, params, ctx):
-    return _reshape_to(ins[0], (ins[0].shape[0],) + tuple(node.type.shape))
+    """A symbolic dim (at most one, the shape rule checks) is the one NumPy works out."""
+    dims = tuple(d if isinstance(d, int) else -1 for d in node.type.shape)
+    return _reshape_to(ins[0], (ins[0].shape[0],) + dims)
 
 
 @rule("select")
@@ -382,10 +385,26 @@ def _clip(node, ins, params, ctx):
     return _inputs_only(elementwise.clip(ins[0], lo=node.attrs.min, hi=node.attrs.max))
 
 
+def batch_shared(ins, batched_ndim: int):
+    """Inputs joined with batched ones: a shared (unbatched) array, one axis short, is
+    repeated for every sample; its gradient sums over the batch."""
+    batch = next((a.shape[0] for a in ins if a.ndim == batched_ndim), None)
+    if batch is None:
+        return list(ins), lambda grads: tuple(grads)
+    shared = [a.ndim < batched_ndim for a in ins]
+    arrays = [np.broadcast_to(a, (batch,) + a.shape) if s else a for a, s in zip(ins, shared)]
+
+    def restore(grads):
+        return tuple(g.sum(axis=0) if s else g for g, s in zip(grads, shared))
+
+    return arrays, restore
+
+
 @rule("concat")
 def _concat(node, ins, params, ctx):
-    out, backward = elementwise.concat(ins, axis=_axis(node, node.attrs.dim))
-    return out, lambda d_out: (tuple(backward(d_out)), {})
+    arrays, restore = batch_shared(ins, node.type.rank + node.type.batched)
+    out, backward = elementwise.concat(arrays, axis=_axis(node, node.attrs.dim))
+    return out, lambda d_out: (restore(backward(d_out)), {})
 
 
 def _reduction(fn):
@@ -423,10 +442,61 @@ def _bce(node, ins, params, ctx):
     return _inputs_only(losses.binary_cross_entropy(ins[0], ins[1], reduction=a.reduction))
 
 
+# ---- tensor ops: transpose, permute, slicing, stack, pad, learned parameters ---------------
+
+
+def _axis_of(node: Node, dim: int, rank: int) -> int:
+    """A per-sample dim of a `rank`-d sample as a non-negative array axis."""
+    return dim % rank + (1 if node.type.batched else 0)
+
+
+@rule("transpose")
+def _transpose(node, ins, params, ctx):
+    rank = node.type.rank
+    return _inputs_only(shape.transpose(ins[0], axis0=_axis_of(node, node.attrs.dim0, rank),
+                                        axis1=_axis_of(node, node.attrs.dim1, rank)))
+
+
+@rule("permute")
+def _permute(node, ins, params, ctx):
+    dims = permutation(node.type.rank, node.attrs.dims)
+    axes = (0, *(d + 1 for d in dims)) if node.type.batched else dims
+    return _inputs_only(shape.permute(ins[0], axes=axes))
+
+
+@rule("slice")
+def _slice(node, ins, params, ctx):
+    a = node.attrs
+    return _inputs_only(shape.slice_axis(ins[0], axis=_axis_of(node, a.dim, node.type.rank),
+                                         start=a.start, stop=a.stop, step=a.step))
+
+
+@rule("stack")
+def _stack(node, ins, params, ctx):
+    arrays, restore = batch_shared(ins, node.type.rank + node.type.batched - 1)
+    out, backward = shape.stack(arrays, axis=_axis_of(node, node.attrs.dim, node.type.rank))
+    return out, lambda d_out: (restore(backward(d_out)), {})
+
+
+@rule("pad")
+def _pad(node, ins, params, ctx):
+    x = ins[0]
+    pads = (node.attrs.pads,) if isinstance(node.attrs.pads, int) else node.attrs.pads
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pads) // 2):
+        widths[x.ndim - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    return _inputs_only(shape.pad(x, widths=tuple(widths), value=node.attrs.value))
+
+
+@rule("parameter")
+def _parameter(node, ins, params, ctx):
+    return params[""], lambda d_out: ((), {"": d_out})
+
+
 # ---- regular ops: rules derived from the catalogue -----------------------------------------
 
 KERNEL_MODULES = (activations, attention, conv, dense, dropout, elementwise, embedding, losses,
-                  norm_batch, norm_layer, pool, recurrent)
+                  norm_batch, norm_layer, pool, recurrent, shape)
 
 
 def find_kernel(opdef: OpDef) -> Callable | None:

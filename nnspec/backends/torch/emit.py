@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from nnspec.backends.torch.source import Expr, Group, Num, Stmt, call, expr, list_of
 from nnspec.backends.torch.source import is_simple_power_operand as _simple
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import OPS, OpDef, conv_pads
+from nnspec.ir.ops import OPS, OpDef, conv_pads, param_shape, permutation
 from nnspec.ir.types import TensorType
 
 
@@ -222,7 +222,9 @@ def _flatten(s: Site) -> list[Line]:
 
 
 def _reshape(s: Site) -> list[Line]:
-    dims = [Num(d, "size") for d in s.a.shape]
+    """A symbolic dim (at most one, the shape rule checks) is the one torch works out."""
+    shape = (s.a.shape,) if isinstance(s.a.shape, (int, str)) else s.a.shape
+    dims = [Num(d, "size") if isinstance(d, int) else "-1" for d in shape]
     if s.types[0].batched:
         dims.insert(0, expr(s.x, ".shape[0]"))
     return [Line(expr(call(expr(s.x, ".reshape"), *dims)))]
@@ -470,6 +472,65 @@ def _noise(s: Site) -> list[Line]:
     return [Line(expr(call("noise_like", s.x, s.training)))]
 
 
+# ---- tensor ops: transpose, permute, slicing, stack, pad, learned parameters ---------------
+
+
+def _transpose(s: Site) -> list[Line]:
+    t = s.types[0]
+    dims = (Num(torch_dim(d, t), "dim") for d in (s.a.dim0, s.a.dim1))
+    return [Line(expr(call(expr(s.x, ".transpose"), *dims)))]
+
+
+def _permute(s: Site) -> list[Line]:
+    t = s.types[0]
+    dims = [torch_dim(d, t) for d in permutation(t.rank, s.a.dims)]
+    if t.batched:
+        dims.insert(0, 0)
+    return [Line(expr(call(expr(s.x, ".permute"), *(Num(d, "dim") for d in dims))))]
+
+
+def _slice(s: Site) -> list[Line]:
+    """`x[:, 1:3]`, `x[..., :64]`: NumPy's subscript, the batch dim kept whole."""
+    a, t = s.a, s.types[0]
+    parts: list = [str(a.start) if a.start is not None else "", ":",
+                   str(a.stop) if a.stop is not None else ""]
+    if a.step != 1:
+        parts += [":", str(a.step)]
+    if a.dim < 0:
+        index = ["..., ", *parts, ", :" * (-a.dim - 1)]
+    else:
+        index = [":, " * (a.dim + t.batched), *parts]
+    return [Line(expr(s.x, "[", *index, "]"))]
+
+
+def _stack(s: Site) -> list[Line]:
+    parts = []
+    for e, t in zip(s.args, s.types):
+        if s.out.batched and not t.batched:  # a shared tensor joins each sample
+            sample = next(a for a, u in zip(s.args, s.types) if u.batched)
+            e = expr(call(expr(e, ".expand"), expr(sample, ".shape[0]"), *(["-1"] * t.rank)))
+        parts.append(e)
+    dim = torch_dim(s.a.dim, s.out)
+    return [Line(expr(call("torch.stack", list_of(parts), dim=Num(dim, "dim"))))]
+
+
+def _pad(s: Site) -> list[Line]:
+    pads = (s.a.pads,) if isinstance(s.a.pads, int) else s.a.pads
+    widths = Group((), "(", tuple(expr(Num(p, "pad")) for p in pads), ")")
+    return [Line(expr(call("F.pad", s.x, widths, **_keywords(OPS["pad"], s.a, s.types))))]
+
+
+def _parameter_init(node: Node, ins: list[TensorType]) -> Group:
+    """`nn.Parameter(torch.zeros(1, 768))`; normal draws `torch.empty(...).normal_(std=...)`."""
+    a = node.attrs
+    dims = [Num(d, "size") for d in param_shape(a)]
+    if a.init == "normal":
+        value = call(expr(call("torch.empty", *dims), ".normal_"), std=Num(a.std, "std"))
+    else:
+        value = call(f"torch.{a.init}", *dims)
+    return call("nn.Parameter", value)
+
+
 def derived_forward(opdef: OpDef) -> Forward | None:
     """An operator (`a + b`, `-x`), a layer with weights called as its module (with a batch
     of one for an unbatched input when the op needs a batch), or the `Torch` function called
@@ -530,7 +591,14 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "nll": _class_loss("F.nll_loss"),
     "binary_cross_entropy": _binary_cross_entropy,
     "noise": _noise,
+    "transpose": _transpose,
+    "permute": _permute,
+    "slice": _slice,
+    "stack": _stack,
+    "pad": _pad,
+    "parameter": lambda s: [Line(expr(s.module))],
 })
+INIT["parameter"] = _parameter_init
 
 for _table, _derive in ((FORWARD, derived_forward), (INIT, derived_init)):
     for _name, _opdef in OPS.items():

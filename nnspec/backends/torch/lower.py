@@ -38,6 +38,7 @@ from nnspec.backends.torch.structure import (
 )
 from nnspec.diagnostics import Span
 from nnspec.ir.graph import Graph, Node
+from nnspec.ir.graph_builder import param_name
 from nnspec.ir.types import TensorType
 from nnspec.syntax import ast
 
@@ -344,7 +345,7 @@ class _Writer:
         access = self._access(rel, node.span)
         self.extras += init_extra(node, access)
         for local, full in node.params.items():
-            if full == f"{node.module}.{local}":
+            if full == param_name(node.module, local):
                 continue
             owner = self.graph.node(self.graph.params[full].owner).module
             theirs = self._access(self.region.relative(owner), node.span)
