@@ -48,13 +48,19 @@ OP_LIST = "docs/language.md#op-reference"
 
 
 @pytest.mark.parametrize("word, unlike", [("randn", "rnn"), ("matmul", "mul"), ("pad", "add"),
-                                          ("softplus", "softmax"), ("permte", "permute")])
+                                          ("softplus", "softmax")])
 def test_a_far_spelling_is_not_suggested_but_the_op_list_is(word, unlike):
     text = "model M {\n  input x: [4]\n  x -> " + word + "\n}\n"
     hints = [d.hint for d in check_text(text, "m.nn") if d.code == "E100"]
     if ops.lookup(word) is None and word not in FOREIGN_NAMES:  # else: an op since the merge
         assert hints == [f"not a name defined here nor an op; every op is in {OP_LIST}"]
     assert not any(f"`{unlike}`" in hint for hint in hints)
+
+
+def test_a_near_spelling_of_an_op_is_suggested():
+    text = "model M {\n  input x: [4]\n  x -> permte(0)\n}\n"
+    (hint,) = [d.hint for d in check_text(text, "m.nn") if d.code == "E100"]
+    assert hint.startswith("did you mean `permute`?")
 
 
 def test_every_foreign_name_leads_to_an_op_of_the_catalogue_or_of_this_session():
