@@ -42,7 +42,7 @@ MODULE_ATTRIBUTES = frozenset((
 
 # Option strings a spec may choose (each attribute validates its choices); nothing else of
 # the spec's text is ever printed inside quotes.
-OPTION_STRINGS = frozenset({"same", "valid", "none", "tanh", "relu"})
+OPTION_STRINGS = frozenset({"same", "valid", "none", "tanh", "relu", "nearest", "linear", "bilinear"})
 
 
 def reject(message: str, span: Span | None, hint: str | None = None) -> SpecError:
