@@ -678,7 +678,7 @@ def _transposed_out(size: Dim, kernel: int, stride: int, padding: int, output_pa
                              f"{dilation * (kernel - 1)} + output_padding {output_padding} + 1",
                              "use less padding or a larger kernel", code="E304")
         return out
-    return dim_add(dim_mul(dim_add(size, -1), stride), grown)
+    return dim_add(dim_mul(size, stride), grown - stride)  # `H*2`, not `(H-1)*2+2`
 
 
 def _conv_transpose_rule(spatial: int):

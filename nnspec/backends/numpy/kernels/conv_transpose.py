@@ -33,7 +33,7 @@ def conv_transpose2d(x, weight, bias, *, stride=1, padding=0, output_padding=0, 
                            groups, input_grad)
 
 
-def per_dim(value, nd: int) -> tuple[int, ...]:
+def _per_dim(value, nd: int) -> tuple[int, ...]:
     """An attribute as one int per spatial dim (torch takes an int for all of them)."""
     return (value,) * nd if isinstance(value, int) else tuple(value)
 
@@ -41,7 +41,7 @@ def per_dim(value, nd: int) -> tuple[int, ...]:
 def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilation, groups,
                     input_grad):
     stride, padding, output_padding, dilation = (
-        per_dim(v, nd) for v in (stride, padding, output_padding, dilation))
+        _per_dim(v, nd) for v in (stride, padding, output_padding, dilation))
     check_spatial(f"conv_transpose{nd}d", x, nd, stride=stride, padding=padding,
                   output_padding=output_padding, dilation=dilation)
     n, channels, *size = x.shape

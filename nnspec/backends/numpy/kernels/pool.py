@@ -74,7 +74,7 @@ def adaptive_max_pool2d(x, *, output_size):
     return _adaptive_max_pool(x, output_size)
 
 
-def ceil_padding(size, kernel, stride, padding, ceil_mode):
+def _ceil_padding(size, kernel, stride, padding, ceil_mode):
     """(lo, hi) padding per spatial dim with the high side grown so that ceil_mode's last
     window fits (torch's output length rule)."""
     pads = []
@@ -126,7 +126,7 @@ def _bin_matrix(length, bins, dtype):
 def _max_pool(x, kernel, stride, padding, ceil_mode):
     """Running maximum over the kernel offsets; backward finds each window's first maximum."""
     unit = (1,) * len(kernel)
-    padding = ceil_padding(x.shape[2:], kernel, stride, padding, ceil_mode)
+    padding = _ceil_padding(x.shape[2:], kernel, stride, padding, ceil_mode)
     x_padded = pad_spatial(x, padding, value=-np.inf)
     out = output_size(x_padded.shape[2:], kernel, stride, unit)
     offsets = kernel_offsets(kernel)
@@ -155,7 +155,7 @@ def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad):
     """Sum of the strided views at every kernel offset, divided by each window's count."""
     unit = (1,) * len(kernel)
     size = x.shape[2:]
-    grown = ceil_padding(size, kernel, stride, padding, ceil_mode)
+    grown = _ceil_padding(size, kernel, stride, padding, ceil_mode)
     x_padded = pad_spatial(x, grown)
     out = output_size(x_padded.shape[2:], kernel, stride, unit)
     offsets = kernel_offsets(kernel)
