@@ -592,18 +592,17 @@ OP_CASES = {
     "sum": ("[4, 6]", "x * sum(x, dim = 0)"),
     "max": ("[4, 6]", "x * max(x, dim = -1, keepdim = true)"),
     "scalar": ("[4, 6]", "x * 2.0"),
-    "conv_transpose1d": ("[4, 5]", "x -> conv_transpose1d(6, 3, stride = 2, padding = 1, "
-                         "output_padding = 1, groups = 2)"),
-    "conv_transpose2d": ("[4, 5, 4]", "x -> conv_transpose2d(3, [3, 2], stride = [2, 1], "
-                         "padding = 1, dilation = [1, 2], output_padding = [1, 0])"),
-    "upsample": ("[3, 5, 4]", "(x -> upsample(2)) + (x -> upsample(size = [10, 8], "
-                 "mode = \"bilinear\", align_corners = true))"),
+    "conv_transpose1d": ("[4, 5]", "x -> conv_transpose1d(6, 3, 2, 1, output_padding = 1, groups = 2)"),
+    "conv_transpose2d": ("[4, 5, 4]",
+                         "x -> conv_transpose2d(3, [3, 2], [2, 1], 1, [1, 0], dilation = [1, 2])"),
+    "upsample": ("[3, 5, 4]",
+                 "(x -> upsample(2)) + (x -> upsample(size = [10, 8], mode = \"bilinear\"))"),
     "pixel_shuffle": ("[8, 3, 4]", "x -> pixel_shuffle(2) -> tanh"),
     "pixel_unshuffle": ("[2, 6, 4]", "x -> pixel_unshuffle(2) -> tanh"),
     "adaptive_maxpool": ("[3, 7, 9]", "x -> adaptive_maxpool([3, 4])"),
     "groupnorm": ("[6, 4, 5]", "x -> groupnorm(3) -> tanh"),
-    "instancenorm": ("[3, 5, 4]", "x -> instancenorm(affine = true, track_running_stats = true) "
-                     "-> tanh"),
+    "instancenorm": ("[3, 5, 4]",
+                     "x -> instancenorm(affine = true, track_running_stats = true) -> tanh"),
 }
 
 
