@@ -673,9 +673,9 @@ def _transposed_out(size: Dim, kernel: int, stride: int, padding: int, output_pa
     if isinstance(size, int):
         out = (size - 1) * stride + grown
         if out < 1:
-            raise ShapeError(f"the output would be {out} long: (input {size} - 1) x stride "
-                             f"{stride} - 2 x padding {padding} + dilation x (kernel - 1) "
-                             f"{dilation * (kernel - 1)} + output_padding {output_padding} + 1",
+            raise ShapeError(f"a transposed convolution of an input of {size} would give "
+                             f"{out}: (L - 1) * stride - 2 * padding + dilation * (kernel - 1) "
+                             "+ output_padding + 1 must be at least 1",
                              "use less padding or a larger kernel", code="E304")
         return out
     return dim_add(dim_mul(size, stride), grown - stride)  # `H*2`, not `(H-1)*2+2`
