@@ -77,14 +77,28 @@ def _resample(x, axis, plan):
 
 
 def _resample_grad(dy, axis, length, plan):
+    positions, weights = plan[0]
+    repeats = dy.shape[axis] // length
+    if len(plan) == 1 and weights is None and repeats * length == dy.shape[axis] and \
+            np.array_equal(positions, np.arange(dy.shape[axis]) // repeats):
+        # whole-number nearest up-sampling: each input position's copies are every
+        # `repeats`-th output position, so the gradient is a sum of strided views
+        def every(j):
+            return dy[(slice(None),) * axis + (slice(j, None, repeats),)]
+
+        dx = every(0).copy()
+        for j in range(1, repeats):
+            dx += every(j)
+        return dx
     shape = list(dy.shape)
     shape[axis] = length
     dx = np.zeros(shape, dtype=dy.dtype)
     for positions, weights in plan:
         contribution = dy if weights is None else dy * _along(weights, axis, dy.ndim)
         targets, starts = np.unique(positions, return_index=True)
-        index = (slice(None),) * axis + (targets,)
-        dx[index] += np.add.reduceat(contribution, starts, axis=axis)
+        span = slice(targets[0], targets[-1] + 1) if \
+            targets[-1] - targets[0] + 1 == len(targets) else targets
+        dx[(slice(None),) * axis + (span,)] += np.add.reduceat(contribution, starts, axis=axis)
     return dx
 
 
