@@ -17,7 +17,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "language.md"
 
 FAMILIES = [
     ("linear", "Feed-forward"), ("shape", "Shape"), ("regularization", "Regularisation"),
-    ("conv", "Convolution"), ("pool", "Pooling"), ("norm", "Normalisation"),
+    ("conv", "Convolution"), ("pool", "Pooling and up-sampling"), ("norm", "Normalisation"),
     ("embedding", "Embeddings and positions"), ("attention", "Attention"),
     ("recurrent", "Recurrent"), ("activation", "Activations"), ("merge", "Merges"),
     ("math", "Elementwise math and reductions (for `fn`s)"), ("loss", "Losses"),

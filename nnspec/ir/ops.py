@@ -411,22 +411,37 @@ def _pool_rule(kind: str, spatial: int | None):
         padding = _ints(a.padding, n, "padding")
         if any(2 * p > k for p, k in zip(padding, kernel)):
             raise ShapeError(f"{op}: padding must be at most half the kernel (as in PyTorch)")
-        sizes = tuple(_window_out(s, k, st, (p, p), 1)
+        sizes = tuple(pool_out(s, k, st, p, a.ceil_mode)
                       for s, k, st, p in zip(x.shape[1:], kernel, stride, padding))
         return x.with_shape(x.shape[:1] + sizes)
 
     return infer
 
 
+def pool_out(size: Dim, kernel: int, stride: int, padding: int, ceil_mode: bool) -> Dim:
+    """torch's pooling output length: with `ceil_mode` a last, partial window counts when it
+    starts inside the input or its left padding."""
+    if not ceil_mode:
+        return _window_out(size, kernel, stride, (padding, padding), 1)
+    if not isinstance(size, int):
+        return dim_add(dim_floordiv(dim_add(size, 2 * padding - kernel + stride - 1), stride), 1)
+    _window_out(size, kernel, stride, (padding, padding), 1)  # the same check for a window
+    out = (size + 2 * padding - kernel + stride - 1) // stride + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
+
+
 def _pool_macs(ins, out, a):
     return 0
 
 
-def _adaptive_infer(ins, a):
-    x = ins[0]
-    _require_float(x, "adaptive_avgpool")
-    n = _pool_rank(x, "adaptive_avgpool", None)
-    return x.with_shape(x.shape[:1] + _ints(a.size, n, "size"))
+def _adaptive_rule(op: str):
+    def infer(ins, a):
+        x = ins[0]
+        _require_float(x, op)
+        n = _pool_rank(x, op, None)
+        return x.with_shape(x.shape[:1] + _ints(a.size, n, "size"))
+
+    return infer
 
 
 def _global_infer(ins, a):
@@ -788,6 +803,189 @@ def _kl_div_infer(ins, a):
     return _loss_same_shape("kl_div")(ins, a)
 
 
+# ---- decoders: transposed convolution, resampling, group and instance norm -----------------
+
+
+def _transposed_out(size: Dim, kernel: int, stride: int, padding: int, output_padding: int,
+                    dilation: int) -> Dim:
+    """torch's rule: (L - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1."""
+    grown = dilation * (kernel - 1) + output_padding + 1 - 2 * padding
+    if isinstance(size, int):
+        out = (size - 1) * stride + grown
+        if out < 1:
+            raise ShapeError(f"a transposed convolution of an input of {size} would give "
+                             f"{out}: (L - 1) * stride - 2 * padding + dilation * (kernel - 1) "
+                             "+ output_padding + 1 must be at least 1",
+                             "use less padding or a larger kernel", code="E304")
+        return out
+    return dim_add(dim_mul(size, stride), grown - stride)  # `H*2`, not `(H-1)*2+2`
+
+
+def _conv_transpose_rule(spatial: int):
+    op = f"conv_transpose{spatial}d"
+    layout = "[C, L]" if spatial == 1 else "[C, H, W]"
+
+    def infer(ins, a):
+        x = ins[0]
+        _require_float(x, op)
+        _require_rank(x, (spatial + 1,), op, layout)
+        _channels_check(x.shape[0], a.groups, a.channels, op)
+        kernel, stride, padding, output_padding, dilation = (
+            _ints(a[name], spatial, name)
+            for name in ("kernel", "stride", "padding", "output_padding", "dilation"))
+        for extra, s, d in zip(output_padding, stride, dilation):
+            if extra >= s and extra >= d:
+                raise ShapeError(f"{op}: output_padding ({extra}) must be smaller than either "
+                                 f"stride ({s}) or dilation ({d}), as in PyTorch",
+                                 "output_padding only picks among the sizes a strided "
+                                 "convolution maps to the same output")
+        sizes = tuple(_transposed_out(*dims) for dims in zip(x.shape[1:], kernel, stride,
+                                                               padding, output_padding, dilation))
+        return x.with_shape((a.channels,) + sizes)
+
+    def params(ins, a):
+        kernel = _ints(a.kernel, spatial, "kernel")
+        fan_in = a.channels // a.groups * math.prod(kernel)  # torch: weight.size(1) * kernel
+        weight = {"weight": ParamSpec((ins[0].shape[0], a.channels // a.groups) + kernel,
+                                      "kaiming_uniform", fan_in)}
+        return weight | _bias(a.channels, fan_in, a.bias)
+
+    def macs(ins, out, a):
+        """FlopCounterMode's count: every input position times the whole (grouped) kernel."""
+        kernel = _ints(a.kernel, spatial, "kernel")
+        per_position = ins[0].shape[0] * (a.channels // a.groups) * math.prod(kernel)
+        return dim_mul(dim_prod(ins[0].shape[1:]), per_position)
+
+    return infer, params, macs
+
+
+def _conv_transpose_attrs() -> tuple[Attr, ...]:
+    return (
+        Attr("channels", "int", doc="output channels", minimum=1),
+        Attr("kernel", "ints", doc="kernel size (one int or one per spatial dim)", minimum=1),
+        Attr("stride", "ints", 1, minimum=1),
+        Attr("padding", "ints", 0, "cut from both ends of the output", minimum=0),
+        Attr("output_padding", "ints", 0, "added to the high end of the output (below stride "
+             "or dilation)", minimum=0),
+        Attr("dilation", "ints", 1, minimum=1),
+        Attr("groups", "int", 1, minimum=1),
+        _BIAS,
+    )
+
+
+def _conv_transpose_torch(spatial: int) -> Torch:
+    return Torch(f"nn.ConvTranspose{spatial}d",
+                 ("in_channels=input[0]", "out_channels=channels", "kernel_size=kernel"),
+                 ("stride", "padding", "output_padding", "groups", "bias", "dilation"))
+
+
+def _upsample_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "upsample")
+    n = _pool_rank(x, "upsample", None)
+    if (a.size is None) == (a.scale_factor is None):
+        raise ShapeError("upsample needs exactly one of `size` and `scale_factor`",
+                         "`upsample(2)` doubles every spatial dim; `upsample(size = [32, 32])` "
+                         "gives that size")
+    needed = {"linear": 1, "bilinear": 2}.get(a.mode)
+    if needed is not None and n != needed:
+        fix = {1: '"linear"', 2: '"bilinear"'}[n]
+        raise ShapeError(f'upsample: mode "{a.mode}" needs a {needed + 1}-d sample '
+                         f"({'[C, L]' if needed == 1 else '[C, H, W]'}), got {x}",
+                         f"use mode {fix} or \"nearest\" for this input", code="E302")
+    if a.align_corners and needed is None:
+        raise ShapeError("upsample: align_corners applies only to the interpolating modes "
+                         '("linear", "bilinear"), as in PyTorch')
+    if a.size is not None:
+        return x.with_shape(x.shape[:1] + _ints(a.size, n, "size"))
+    return x.with_shape(x.shape[:1] + tuple(_scaled(d, a.scale_factor) for d in x.shape[1:]))
+
+
+def _scaled(size: Dim, scale: float) -> Dim:
+    if not isinstance(size, int):
+        if scale != int(scale):
+            raise ShapeError(f"upsample by {scale:g} needs known spatial sizes, got `{size}`",
+                             "use a whole scale_factor or a fixed `size`")
+        return dim_mul(size, int(scale))
+    out = math.floor(size * scale)  # torch: floor(double(size) * scale)
+    if out < 1:
+        raise ShapeError(f"upsample by {scale:g} turns a size of {size} into {out}",
+                         code="E304")
+    return out
+
+
+def _pixel_shuffle_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "pixel_shuffle")
+    _require_rank(x, (3,), "pixel_shuffle", "[C, H, W]")
+    c, h, w = x.shape
+    r = a.upscale
+    if not isinstance(c, int) or c % (r * r):
+        raise ShapeError(f"pixel_shuffle({r}) needs channels divisible by {r * r}, got {x}",
+                         f"give the layer before it a multiple of {r * r} channels")
+    return x.with_shape((c // (r * r), dim_mul(h, r), dim_mul(w, r)))
+
+
+def _pixel_unshuffle_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "pixel_unshuffle")
+    _require_rank(x, (3,), "pixel_unshuffle", "[C, H, W]")
+    c, h, w = x.shape
+    r = a.downscale
+    if not is_concrete(x.shape) or h % r or w % r:
+        raise ShapeError(f"pixel_unshuffle({r}) needs known height and width divisible by {r}, "
+                         f"got {x}")
+    return x.with_shape((c * r * r, h // r, w // r))
+
+
+def _channel_count(x: TensorType, op: str) -> int:
+    if x.rank == 0 or not isinstance(x.shape[0], int):
+        raise ShapeError(f"{op} needs a known channel count as the first dim, got {x}",
+                         code="E302")
+    return x.shape[0]
+
+
+def _groupnorm_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "groupnorm")
+    c = _channel_count(x, "groupnorm")
+    if c % a.groups:
+        raise ShapeError(f"groupnorm: {a.groups} groups must divide the channels ({c}), "
+                         "as in PyTorch", f"pick groups dividing {c}")
+    return x
+
+
+def _affine_params(ins, a):
+    c = ins[0].shape[0]
+    return {"weight": ParamSpec((c,), "ones"), "bias": ParamSpec((c,), "zeros")} if a.affine \
+        else {}
+
+
+def _instancenorm_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "instancenorm")
+    _require_rank(x, (2, 3), "instancenorm", "[C, L] or [C, H, W]")
+    _channel_count(x, "instancenorm")
+    if is_concrete(x.shape[1:]) and math.prod(x.shape[1:]) < 2:
+        raise ShapeError(f"instancenorm needs more than one spatial value per channel, got {x}",
+                         code="E302")
+    return x
+
+
+def _instancenorm_params(ins, a):
+    c = ins[0].shape[0]
+    out = _affine_params(ins, a)
+    if a.track_running_stats:
+        out |= {"running_mean": ParamSpec((c,), "zeros", trainable=False),
+                "running_var": ParamSpec((c,), "ones", trainable=False),
+                "num_batches_tracked": ParamSpec((), "zeros", trainable=False, dtype="int64")}
+    return out
+
+
+_conv_t1 = _conv_transpose_rule(1)
+_conv_t2 = _conv_transpose_rule(2)
+
+
 # ---- the catalogue -------------------------------------------------------------------------
 
 _BIAS = Attr("bias", "bool", True, "add a learned bias")
@@ -813,12 +1011,17 @@ def _conv_attrs() -> tuple[Attr, ...]:
     )
 
 
-def _pool_attrs() -> tuple[Attr, ...]:
-    return (
+def _pool_attrs(kind: str = "max") -> tuple[Attr, ...]:
+    attrs = (
         Attr("kernel", "ints", doc="window size", minimum=1),
         Attr("stride", "ints", None, "defaults to the kernel size", minimum=1, optional=True),
         Attr("padding", "ints", 0, minimum=0),
+        Attr("ceil_mode", "bool", False, "round the output size up: a last, partial window "
+             "counts (torch's ceil_mode)"),
     )
+    if kind == "avg":
+        attrs += (Attr("count_include_pad", "bool", True, "padded zeros count in the divisor"),)
+    return attrs
 
 
 def _recurrent_attrs(mode: str) -> tuple[Attr, ...]:
@@ -956,15 +1159,15 @@ register(
           macs=_pool_macs, inputs_doc="[C, L]", needs_batch=True),
     OpDef("maxpool2d", "pool", "2-d max pooling.", _pool_rule("max", 2), _pool_attrs(),
           macs=_pool_macs, inputs_doc="[C, H, W]", needs_batch=True),
-    OpDef("avgpool", "pool", "Average pooling (padding counts as zeros, as in torch); "
-          "1-d or 2-d follows the input.", _pool_rule("avg", None), _pool_attrs(),
+    OpDef("avgpool", "pool", "Average pooling (padded zeros count in the divisor unless "
+          "count_include_pad=false, as in torch); 1-d or 2-d follows the input.", _pool_rule("avg", None), _pool_attrs("avg"),
           macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", needs_batch=True),
-    OpDef("avgpool1d", "pool", "1-d average pooling.", _pool_rule("avg", 1), _pool_attrs(),
+    OpDef("avgpool1d", "pool", "1-d average pooling.", _pool_rule("avg", 1), _pool_attrs("avg"),
           macs=_pool_macs, inputs_doc="[C, L]", needs_batch=True),
-    OpDef("avgpool2d", "pool", "2-d average pooling.", _pool_rule("avg", 2), _pool_attrs(),
+    OpDef("avgpool2d", "pool", "2-d average pooling.", _pool_rule("avg", 2), _pool_attrs("avg"),
           macs=_pool_macs, inputs_doc="[C, H, W]", needs_batch=True),
     OpDef("adaptive_avgpool", "pool", "Average pooling to a fixed output size.",
-          _adaptive_infer, (Attr("size", "ints", doc="output size per spatial dim", minimum=1),),
+          _adaptive_rule("adaptive_avgpool"), (Attr("size", "ints", doc="output size per spatial dim", minimum=1),),
           macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", outputs_doc="[C, size...]",
           needs_batch=True),
     OpDef("global_avgpool", "pool", "Averages over all spatial positions.", _global_infer,
@@ -1306,6 +1509,70 @@ register(
            Attr("std", "float", 1.0, "std of the normal initialisation", minimum=0.0)),
           arity=(0, 0), params=_parameter_params, inputs_doc="none", outputs_doc="shape",
           label=("{shape}", "init?{init}")),
+)
+
+
+register(
+    OpDef("conv_transpose1d", "conv", "1-d transposed convolution (torch.nn.ConvTranspose1d): "
+          "the gradient of conv1d with respect to its input; weight [C, channels / groups, k].",
+          _conv_t1[0], _conv_transpose_attrs(), params=_conv_t1[1], macs=_conv_t1[2],
+          inputs_doc="[C, L]", outputs_doc="[channels, L']", needs_batch=True,
+          torch=_conv_transpose_torch(1)),
+    OpDef("conv_transpose2d", "conv", "2-d transposed convolution (torch.nn.ConvTranspose2d): "
+          "H' = (H - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1.",
+          _conv_t2[0], _conv_transpose_attrs(), params=_conv_t2[1], macs=_conv_t2[2],
+          inputs_doc="[C, H, W]", outputs_doc="[channels, H', W']", needs_batch=True,
+          torch=_conv_transpose_torch(2)),
+    OpDef("upsample", "pool", "Up-sampling by `scale_factor` or to `size` (torch.nn.Upsample): "
+          "nearest, or linear interpolation (\"linear\" for [C, L], \"bilinear\" for [C, H, W]).",
+          _upsample_infer,
+          (Attr("scale_factor", "float", None, "multiplies every spatial size (floor)",
+                minimum=0.0, optional=True),
+           Attr("size", "ints", None, "output size per spatial dim", minimum=1, optional=True),
+           Attr("mode", "str", "nearest", choices=("nearest", "linear", "bilinear")),
+           Attr("align_corners", "bool", False, "corner pixels of input and output line up")),
+          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", outputs_doc="[C, size...]",
+          needs_batch=True,
+          torch=Torch("F.interpolate", keywords=("size", "scale_factor", "mode",
+                                                 "align_corners")),
+          label=("scale_factor?×{scale_factor}", "size?{size}", "mode?{mode}",
+                 "align_corners?align corners")),
+    OpDef("pixel_shuffle", "shape", "Moves channels into space: [C * r², H, W] -> "
+          "[C, H * r, W * r] (torch.nn.PixelShuffle, sub-pixel convolution).",
+          _pixel_shuffle_infer, (Attr("upscale", "int", doc="r", minimum=1),),
+          inputs_doc="[C * r², H, W]", outputs_doc="[C, H * r, W * r]",
+          torch=Torch("F.pixel_shuffle", keywords=("upscale_factor=upscale",)),
+          label=("×{upscale}",)),
+    OpDef("pixel_unshuffle", "shape", "The inverse of pixel_shuffle: [C, H * r, W * r] -> "
+          "[C * r², H, W] (torch.nn.PixelUnshuffle).",
+          _pixel_unshuffle_infer, (Attr("downscale", "int", doc="r", minimum=1),),
+          inputs_doc="[C, H * r, W * r]", outputs_doc="[C * r², H, W]",
+          torch=Torch("F.pixel_unshuffle", keywords=("downscale_factor=downscale",)),
+          label=("÷{downscale}",)),
+    OpDef("adaptive_maxpool", "pool", "Max pooling to a fixed output size (torch's bins; the "
+          "gradient goes to each bin's first maximum).", _adaptive_rule("adaptive_maxpool"),
+          (Attr("size", "ints", doc="output size per spatial dim", minimum=1),),
+          macs=_pool_macs, inputs_doc="[C, L] or [C, H, W]", outputs_doc="[C, size...]",
+          needs_batch=True),
+    OpDef("groupnorm", "norm", "Group normalisation (torch.nn.GroupNorm): statistics per "
+          "sample over each group of channels and all positions.", _groupnorm_infer,
+          (Attr("groups", "int", doc="channel groups (num_groups)", minimum=1),
+           Attr("eps", "float", 1e-5, minimum=0.0), Attr("affine", "bool", True)),
+          params=_affine_params, inputs_doc="[C, ...]", needs_batch=True, kernel="group_norm",
+          torch=Torch("nn.GroupNorm", ("num_groups=groups", "num_channels=input[0]"),
+                      ("eps", "affine"))),
+    OpDef("instancenorm", "norm", "Instance normalisation (InstanceNorm1d/2d by rank): "
+          "statistics per sample and channel; running statistics only with "
+          "track_running_stats.", _instancenorm_infer,
+          (Attr("eps", "float", 1e-5, minimum=0.0),
+           Attr("momentum", "float", 0.1, minimum=0.0, maximum=1.0),
+           Attr("affine", "bool", False, "a learned per-channel scale and shift (torch's "
+                "default: none)"),
+           Attr("track_running_stats", "bool", False, "keep running statistics and use them "
+                "in evaluation")),
+          params=_instancenorm_params, inputs_doc="[C, L] or [C, H, W]", needs_batch=True,
+          torch=Torch("nn.InstanceNorm1d", ("num_features=input[0]",),
+                      ("eps", "momentum", "affine", "track_running_stats"))),
 )
 
 

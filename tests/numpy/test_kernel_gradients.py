@@ -19,21 +19,26 @@ from nnspec.backends.numpy.kernels import losses
 from nnspec.backends.numpy.kernels import shape as shape_kernels
 from nnspec.backends.numpy.kernels.attention import multi_head_attention
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
+from nnspec.backends.numpy.kernels.conv_transpose import conv_transpose1d, conv_transpose2d
 from nnspec.backends.numpy.kernels.dense import linear
 from nnspec.backends.numpy.kernels.dropout import dropout
 from nnspec.backends.numpy.kernels.noise import noise
 from nnspec.backends.numpy.kernels.embedding import embedding
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
+from nnspec.backends.numpy.kernels.norm_group import group_norm, instance_norm
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
 from nnspec.backends.numpy.kernels.pool import (
     adaptive_avg_pool1d,
     adaptive_avg_pool2d,
+    adaptive_max_pool1d,
+    adaptive_max_pool2d,
     avg_pool1d,
     avg_pool2d,
     max_pool1d,
     max_pool2d,
 )
 from nnspec.backends.numpy.kernels.recurrent import last_step, rnn, rnn_states
+from nnspec.backends.numpy.kernels.resample import pixel_shuffle, pixel_unshuffle, upsample
 from tests.numpy.helpers import recurrent_params
 
 pytestmark = pytest.mark.strict_numerics
@@ -474,6 +479,98 @@ CASES["binary_cross_entropy_with_logits_pos_weight"] = Case(
     lambda rng: [rng.standard_normal((3, 4)) * 2, rng.random((3, 4))],
     lambda *a: losses.binary_cross_entropy_with_logits(*a, pos_weight=[0.5, 2.0, 1.0, 3.0],
                                                        reduction="sum"), atol=1e-7)
+
+
+# --- decoders: transposed convolution, resampling, group and instance norm, pooling options --
+
+
+def transposed_convolution(nd, has_bias, groups=2, stride=(2, 1), padding=(1, 0),
+                           output_padding=(1, 1), dilation=(1, 2)):
+    attrs = {"stride": stride[:nd], "padding": padding[:nd],
+             "output_padding": output_padding[:nd], "dilation": dilation[:nd], "groups": groups}
+    kernel = {1: conv_transpose1d, 2: conv_transpose2d}[nd]
+
+    def arrays(rng):
+        return [rng.standard_normal((2, 4, *(3, 4)[:nd])),
+                rng.standard_normal((4, 6 // groups, *(3, 2)[:nd])),
+                rng.standard_normal(6) if has_bias else None]
+
+    return Case(kernel, arrays, lambda x, w, b: kernel(x, w, b, **attrs))
+
+
+for nd in (1, 2):
+    CASES[f"conv_transpose{nd}d"] = transposed_convolution(nd, True)
+    CASES[f"conv_transpose{nd}d_no_bias"] = transposed_convolution(nd, False, groups=1)
+CASES["conv_transpose2d_unet_up"] = transposed_convolution(
+    2, True, groups=1, stride=(2, 2), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1))
+
+DECODER_POOLS = {
+    "max_pool2d_ceil": (max_pool2d, {"kernel": (3, 3), "stride": (2, 2),
+                                     "padding": ((0, 0), (1, 1)), "ceil_mode": True}),
+    "avg_pool2d_ceil": (avg_pool2d, {"kernel": (3, 2), "stride": (2, 2),
+                                     "padding": ((1, 1), (0, 0)), "ceil_mode": True}),
+    "avg_pool1d_exclude_pad": (avg_pool1d, {"kernel": (3,), "stride": (2,),
+                                            "padding": ((1, 1),), "count_include_pad": False}),
+    "adaptive_max_pool2d": (adaptive_max_pool2d, {"output_size": (3, 4)}),
+    "adaptive_max_pool1d": (adaptive_max_pool1d, {"output_size": (3,)}),
+}
+for name, (kernel, attrs) in DECODER_POOLS.items():
+    shape = (2, 2, 5) if kernel.__name__.endswith("1d") else (2, 2, 6, 7)
+    CASES[name] = Case(kernel, normal(*shape), lambda x, k=kernel, a=attrs: k(x, **a))
+
+UPSAMPLES = {
+    "nearest_2d_scale": ((2, 2, 3, 4), {"scale_factor": 2.0}),
+    "nearest_1d_size": ((2, 2, 5), {"size": (8,)}),
+    "linear_1d_scale": ((2, 2, 4), {"scale_factor": 1.5, "mode": "linear"}),
+    "bilinear_2d": ((2, 2, 3, 4), {"scale_factor": 2.0, "mode": "bilinear"}),
+    "bilinear_2d_align_corners": ((2, 2, 3, 4), {"size": (5, 7), "mode": "bilinear",
+                                                 "align_corners": True}),
+}
+for name, (shape, attrs) in UPSAMPLES.items():
+    CASES[f"upsample_{name}"] = Case(upsample, normal(*shape),
+                                     lambda x, a=attrs: upsample(x, **a))
+CASES["pixel_shuffle"] = Case(pixel_shuffle, normal(2, 8, 2, 3),
+                              lambda x: pixel_shuffle(x, upscale=2))
+CASES["pixel_unshuffle"] = Case(pixel_unshuffle, normal(2, 2, 4, 6),
+                                lambda x: pixel_unshuffle(x, downscale=2))
+
+
+def group_normalisation(shape, affine, groups):
+    def arrays(rng):
+        channels = shape[1]
+        return [rng.standard_normal(shape) * 2 + 0.5,
+                rng.standard_normal(channels) if affine else None,
+                rng.standard_normal(channels) if affine else None]
+
+    return Case(group_norm, arrays, lambda *a: group_norm(*a, groups=groups), atol=1e-7)
+
+
+def instance_normalisation(affine, tracked, use_input_stats):
+    def arrays(rng):
+        return [rng.standard_normal((2, 3, 4)) * 2 + 0.5,
+                rng.standard_normal(3) if affine else None,
+                rng.standard_normal(3) if affine else None,
+                rng.standard_normal(3) if tracked else None,
+                rng.uniform(0.5, 2.0, 3) if tracked else None]
+
+    def call(x, weight, bias, running_mean, running_var):
+        # copies: the running buffers move in training and must not drift between probes
+        def copy(a):
+            return None if a is None else a.copy()
+
+        return instance_norm(x, weight, bias, copy(running_mean), copy(running_var),
+                             use_input_stats=use_input_stats)
+
+    return Case(instance_norm, arrays, call, frozenset({0, 1, 2}), atol=1e-7)
+
+
+for affine in (True, False):
+    suffix = "" if affine else "_no_affine"
+    CASES[f"group_norm{suffix}"] = group_normalisation((2, 6, 3, 2), affine, groups=3)
+    CASES[f"instance_norm{suffix}"] = instance_normalisation(affine, False, True)
+CASES["group_norm_1d"] = group_normalisation((3, 4, 5), True, groups=2)
+CASES["instance_norm_tracked_train"] = instance_normalisation(True, True, True)
+CASES["instance_norm_tracked_eval"] = instance_normalisation(True, True, False)
 
 
 @pytest.mark.parametrize("name", CASES)

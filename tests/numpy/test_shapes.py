@@ -15,6 +15,7 @@ SPECS = sorted((Path(__file__).parent.parent.parent / "specs").glob("*.nn"))
 SMALLER = {  # the big published models, shrunk through their hyperparameters
     "gpt2_small": {"vocab": 50, "ctx": 8, "d": 16, "layers": 2, "heads": 2},
     "bert_base": {"vocab": 50, "max_len": 16, "seq": 8, "d": 16, "layers": 2, "heads": 2},
+    "unet": {"base": 4, "size": 32},
 }
 TOO_BIG = 5_000_000  # parameters; the 224x224 image models are checked by the shape rules only
 

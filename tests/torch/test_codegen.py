@@ -42,6 +42,7 @@ SMALL = {
     "char_lstm_lm": {"ctx": 16, "hidden": 32},
     "vit_b16": {"image": 32, "patch": 8, "d": 16, "depth": 2, "heads": 2, "mlp": 32,
                 "classes": 10},
+    "unet": {"base": 4, "size": 32},
 }
 SYMBOL_SIZE = 5  # a symbolic dim such as T, when running
 LARGE = 5_000_000  # parameters above which the interpreter comparison is skipped (too slow)
@@ -609,6 +610,17 @@ OP_CASES = {
     "stack": ("[4, 6]", "stack(x, x -> tanh, dim = -1)"),
     "pad": ("[3, 4]", "pad(x -> tanh, [1, 2, 0, 1], value = 0.5)"),
     "parameter": ("[4, 6]", "param w: [6, 3] = normal(std = 0.5)\n  x @ w"),
+    "conv_transpose1d": ("[4, 5]", "x -> conv_transpose1d(6, 3, 2, 1, output_padding = 1, groups = 2)"),
+    "conv_transpose2d": ("[4, 5, 4]",
+                         "x -> conv_transpose2d(3, [3, 2], [2, 1], 1, [1, 0], dilation = [1, 2])"),
+    "upsample": ("[3, 5, 4]",
+                 "(x -> upsample(2)) + (x -> upsample(size = [10, 8], mode = \"bilinear\"))"),
+    "pixel_shuffle": ("[8, 3, 4]", "x -> pixel_shuffle(2) -> tanh"),
+    "pixel_unshuffle": ("[2, 6, 4]", "x -> pixel_unshuffle(2) -> tanh"),
+    "adaptive_maxpool": ("[3, 7, 9]", "x -> adaptive_maxpool([3, 4])"),
+    "groupnorm": ("[6, 4, 5]", "x -> groupnorm(3) -> tanh"),
+    "instancenorm": ("[3, 5, 4]",
+                     "x -> instancenorm(affine = true, track_running_stats = true) -> tanh"),
 }
 
 

@@ -143,7 +143,8 @@ def _pool_label(node: Node, full: bool) -> tuple[str, str]:
 
 
 def _adaptive_label(node: Node, full: bool) -> tuple[str, str]:
-    return "adaptive avgpool", _pair(node.attrs.size, _spatial_dims(node))
+    kind = node.op.removeprefix("adaptive_")
+    return f"adaptive {kind}", _pair(node.attrs.size, _spatial_dims(node))
 
 
 # Ops whose label the catalogue's `label` templates cannot say (window sizes by rank).
@@ -152,6 +153,9 @@ _IRREGULAR_LABELS = {
     "conv2d": _conv_label,
     **dict.fromkeys(_POOLS, _pool_label),
     "adaptive_avgpool": _adaptive_label,
+    "adaptive_maxpool": _adaptive_label,
+    "conv_transpose1d": _conv_label,
+    "conv_transpose2d": _conv_label,
     "global_avgpool": lambda node, full: ("global avgpool", ""),
 }
 

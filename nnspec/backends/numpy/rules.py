@@ -22,15 +22,18 @@ from nnspec.backends.numpy.kernels import (
     activations,
     attention,
     conv,
+    conv_transpose,
     dense,
     dropout,
     elementwise,
     embedding,
     losses,
     norm_batch,
+    norm_group,
     norm_layer,
     pool,
     recurrent,
+    resample,
     shape,
 )
 from nnspec.ir.graph import Node
@@ -184,7 +187,9 @@ def _pool(kind):
         stride = _tuple(a.stride if a.stride is not None else kernel, spatial)
         padding = tuple((p, p) for p in _tuple(a.padding, spatial))
         fn = getattr(pool, f"{kind}_pool{spatial}d")
-        return _inputs_only(fn(x, kernel=kernel, stride=stride, padding=padding))
+        counting = {"count_include_pad": a.count_include_pad} if kind == "avg" else {}
+        return _inputs_only(fn(x, kernel=kernel, stride=stride, padding=padding,
+                               ceil_mode=a.ceil_mode, **counting))
 
     return run
 
@@ -195,12 +200,18 @@ for _name in ("avgpool", "avgpool1d", "avgpool2d"):
     RULES[_name] = _pool("avg")
 
 
-@rule("adaptive_avgpool")
-def _adaptive(node, ins, params, ctx):
-    x = ins[0]
-    spatial = x.ndim - 2
-    fn = getattr(pool, f"adaptive_avg_pool{spatial}d")
-    return _inputs_only(fn(x, output_size=_tuple(node.attrs.size, spatial)))
+def _adaptive(kind):
+    def run(node, ins, params, ctx):
+        x = ins[0]
+        spatial = x.ndim - 2
+        fn = getattr(pool, f"adaptive_{kind}_pool{spatial}d")
+        return _inputs_only(fn(x, output_size=_tuple(node.attrs.size, spatial)))
+
+    return run
+
+
+RULES["adaptive_avgpool"] = _adaptive("avg")
+RULES["adaptive_maxpool"] = _adaptive("max")
 
 
 @rule("global_avgpool")
@@ -237,6 +248,20 @@ def _layernorm(node, ins, params, ctx):
     a = node.attrs
     out = norm_layer.layer_norm(ins[0], params.get("weight"), params.get("bias"),
                                 normalized_ndim=a.dims, eps=a.eps)
+    return _with_params(out, 1, ("weight", "bias"))
+
+
+@rule("instancenorm")
+def _instancenorm(node, ins, params, ctx):
+    """Running statistics only with track_running_stats; torch's InstanceNorm never counts
+    `num_batches_tracked` up."""
+    a = node.attrs
+    tracked = a.track_running_stats
+    mean = ctx.buffers[node.params["running_mean"]] if tracked else None
+    var = ctx.buffers[node.params["running_var"]] if tracked else None
+    out = norm_group.instance_norm(ins[0], params.get("weight"), params.get("bias"), mean, var,
+                                   use_input_stats=ctx.train or not tracked,
+                                   momentum=a.momentum, eps=a.eps)
     return _with_params(out, 1, ("weight", "bias"))
 
 
@@ -496,7 +521,8 @@ def _parameter(node, ins, params, ctx):
 # ---- regular ops: rules derived from the catalogue -----------------------------------------
 
 KERNEL_MODULES = (activations, attention, conv, dense, dropout, elementwise, embedding, losses,
-                  norm_batch, norm_layer, pool, recurrent, shape)
+                  norm_batch, norm_layer, pool, recurrent, shape,
+                  conv_transpose, norm_group, resample)
 
 
 def find_kernel(opdef: OpDef) -> Callable | None:

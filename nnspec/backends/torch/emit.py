@@ -161,6 +161,12 @@ def _batchnorm(node, ins):
                 **_keywords(OPS[node.op], node.attrs, ins))
 
 
+def _instancenorm(node, ins):
+    kind = "2d" if ins[0].rank == 3 else "1d"
+    return call(f"nn.InstanceNorm{kind}", *_module_args(node, ins),
+                **_keywords(OPS[node.op], node.attrs, ins))
+
+
 def _layernorm(node, ins):
     shape = tuple(ins[0].shape[-node.attrs.dims:])
     return call("nn.LayerNorm", Num(shape[0] if len(shape) == 1 else shape, "normalized_shape",
@@ -193,6 +199,7 @@ INIT: dict[str, Init] = _Table(derived_init, {
     "conv2d": _conv(2),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
+    "instancenorm": _instancenorm,
     "attention": _batch_first,
     "rnn": _batch_first,
     "lstm": _batch_first,
@@ -243,16 +250,32 @@ def _pool(kind: str):
             kwargs["stride"] = Num(_one(s.a.stride), "stride")
         if _one(s.a.padding) != _default(s.node, "padding"):
             kwargs["padding"] = Num(_one(s.a.padding), "padding")
+        if s.a.ceil_mode:
+            kwargs["ceil_mode"] = "True"
+        if not s.a.get("count_include_pad", True):
+            kwargs["count_include_pad"] = "False"
         return [Line(expr(call(f"F.{kind}_pool{spatial}d", s.x, Num(_one(s.a.kernel), "kernel_size"),
                                **kwargs)))]
 
     return forward
 
 
-def _adaptive(s: Site) -> list[Line]:
-    spatial = s.types[0].rank - 1
-    size = _ints(s.a.size, spatial)
-    return [Line(expr(call(f"F.adaptive_avg_pool{spatial}d", s.x, Num(_one(size), "output_size"))))]
+def _adaptive(kind: str):
+    def forward(s: Site) -> list[Line]:
+        spatial = s.types[0].rank - 1
+        size = _ints(s.a.size, spatial)
+        return [Line(expr(call(f"F.adaptive_{kind}_pool{spatial}d", s.x,
+                               Num(_one(size), "output_size"))))]
+
+    return forward
+
+
+def _upsample(s: Site) -> list[Line]:
+    """F.interpolate reads a sample's first dim as the batch: an unbatched input gets one."""
+    kwargs = _keywords(OPS["upsample"], s.a, s.types)
+    if s.types[0].batched:
+        return [Line(expr(call("F.interpolate", s.x, **kwargs)))]
+    return [Line(expr(call("F.interpolate", expr(s.x, "[None]"), **kwargs), "[0]"))]
 
 
 def _global_avgpool(s: Site) -> list[Line]:
@@ -571,8 +594,10 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "avgpool": _pool("avg"),
     "avgpool1d": _pool("avg"),
     "avgpool2d": _pool("avg"),
-    "adaptive_avgpool": _adaptive,
+    "adaptive_avgpool": _adaptive("avg"),
+    "adaptive_maxpool": _adaptive("max"),
     "global_avgpool": _global_avgpool,
+    "upsample": _upsample,
     "positions": _positions_forward,
     "sinusoidal": _sinusoidal,
     "attention": _attention_forward,

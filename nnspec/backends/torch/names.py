@@ -43,7 +43,8 @@ MODULE_ATTRIBUTES = frozenset((
 # Option strings a spec may choose (each attribute validates its choices); nothing else of
 # the spec's text is ever printed inside quotes.
 OPTION_STRINGS = frozenset({"same", "valid", "none", "tanh", "relu",
-                            "mean", "sum", "batchmean"})  # loss reductions
+                            "mean", "sum", "batchmean",  # loss reductions
+                            "nearest", "linear", "bilinear"})  # upsample modes
 
 
 def reject(message: str, span: Span | None, hint: str | None = None) -> SpecError:

@@ -1,8 +1,11 @@
-"""Max, average and adaptive average pooling over (N, C, L) and (N, C, H, W), torch's semantics.
+"""Max, average and adaptive pooling over (N, C, L) and (N, C, H, W), torch's semantics.
 
 ``kernel`` and ``stride`` are tuples per spatial dim and ``padding`` is explicit (lo, hi) pairs,
 as for the convolutions. Max pooling pads with -inf and routes each gradient to the first
-maximum of its window; average pooling counts padded zeros (torch's count_include_pad=True).
+maximum of its window. Average pooling divides by the window's size, padded zeros included
+(torch's count_include_pad=True) or only the input's own positions (False). With
+``ceil_mode`` a last, partial window counts when it starts inside the input or its left
+padding: the input is padded further on the high side, and that padding never counts.
 """
 
 from __future__ import annotations
@@ -22,28 +25,28 @@ from .conv import (
 )
 
 
-def max_pool1d(x, *, kernel, stride, padding):
+def max_pool1d(x, *, kernel, stride, padding, ceil_mode=False):
     """Max over each window of (N, C, L); backward gives (dx,)."""
     check_spatial("max_pool1d", x, 1, kernel=kernel, stride=stride, padding=padding)
-    return _max_pool(x, kernel, stride, padding)
+    return _max_pool(x, kernel, stride, padding, ceil_mode)
 
 
-def max_pool2d(x, *, kernel, stride, padding):
+def max_pool2d(x, *, kernel, stride, padding, ceil_mode=False):
     """Max over each window of (N, C, H, W); backward gives (dx,)."""
     check_spatial("max_pool2d", x, 2, kernel=kernel, stride=stride, padding=padding)
-    return _max_pool(x, kernel, stride, padding)
+    return _max_pool(x, kernel, stride, padding, ceil_mode)
 
 
-def avg_pool1d(x, *, kernel, stride, padding):
-    """Mean over each window of (N, C, L), padded zeros included; backward gives (dx,)."""
+def avg_pool1d(x, *, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
+    """Mean over each window of (N, C, L); backward gives (dx,)."""
     check_spatial("avg_pool1d", x, 1, kernel=kernel, stride=stride, padding=padding)
-    return _avg_pool(x, kernel, stride, padding)
+    return _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad)
 
 
-def avg_pool2d(x, *, kernel, stride, padding):
-    """Mean over each window of (N, C, H, W), padded zeros included; backward gives (dx,)."""
+def avg_pool2d(x, *, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
+    """Mean over each window of (N, C, H, W); backward gives (dx,)."""
     check_spatial("avg_pool2d", x, 2, kernel=kernel, stride=stride, padding=padding)
-    return _avg_pool(x, kernel, stride, padding)
+    return _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad)
 
 
 def adaptive_avg_pool1d(x, *, output_size):
@@ -57,6 +60,33 @@ def adaptive_avg_pool2d(x, *, output_size):
     gives (dx,). Global average pooling is output_size 1."""
     check_spatial("adaptive_avg_pool2d", x, 2)
     return _adaptive_avg_pool(x, output_size)
+
+
+def adaptive_max_pool1d(x, *, output_size):
+    """Max of (N, C, L) over ``output_size`` bins; backward gives (dx,)."""
+    check_spatial("adaptive_max_pool1d", x, 1)
+    return _adaptive_max_pool(x, output_size)
+
+
+def adaptive_max_pool2d(x, *, output_size):
+    """Max of (N, C, H, W) over ``output_size`` = (oH, oW) bins; backward gives (dx,)."""
+    check_spatial("adaptive_max_pool2d", x, 2)
+    return _adaptive_max_pool(x, output_size)
+
+
+def _ceil_padding(size, kernel, stride, padding, ceil_mode):
+    """(lo, hi) padding per spatial dim with the high side grown so that ceil_mode's last
+    window fits (torch's output length rule)."""
+    pads = []
+    for length, k, s, (lo, hi) in zip(size, kernel, stride, padding):
+        extra = 0
+        if ceil_mode:
+            out = (length + lo + hi - k + s - 1) // s + 1
+            if (out - 1) * s >= length + lo:
+                out -= 1
+            extra = max(0, (out - 1) * s + k - (length + lo + hi))
+        pads.append((lo, hi + extra))
+    return tuple(pads)
 
 
 def _adaptive_avg_pool(x, output_size):
@@ -93,9 +123,10 @@ def _bin_matrix(length, bins, dtype):
     return matrix
 
 
-def _max_pool(x, kernel, stride, padding):
+def _max_pool(x, kernel, stride, padding, ceil_mode):
     """Running maximum over the kernel offsets; backward finds each window's first maximum."""
     unit = (1,) * len(kernel)
+    padding = _ceil_padding(x.shape[2:], kernel, stride, padding, ceil_mode)
     x_padded = pad_spatial(x, padding, value=-np.inf)
     out = output_size(x_padded.shape[2:], kernel, stride, unit)
     offsets = kernel_offsets(kernel)
@@ -120,22 +151,84 @@ def _max_pool(x, kernel, stride, padding):
     return y, backward
 
 
-def _avg_pool(x, kernel, stride, padding):
-    """Sum of the strided views at every kernel offset, divided by the window size."""
+def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad):
+    """Sum of the strided views at every kernel offset, divided by each window's count."""
     unit = (1,) * len(kernel)
-    x_padded = pad_spatial(x, padding)
+    size = x.shape[2:]
+    grown = _ceil_padding(size, kernel, stride, padding, ceil_mode)
+    x_padded = pad_spatial(x, grown)
     out = output_size(x_padded.shape[2:], kernel, stride, unit)
     offsets = kernel_offsets(kernel)
     y = x_padded[offset_index(offsets[0], stride, unit, out)].copy()
     for offset in offsets[1:]:
         y += x_padded[offset_index(offset, stride, unit, out)]
-    y *= 1.0 / len(offsets)
+    if grown == padding and count_include_pad:
+        scale = np.asarray(1.0 / len(offsets), dtype=x.dtype)
+    else:
+        scale = _inverse_counts(size, kernel, stride, padding, out, count_include_pad, x.dtype)
+    y *= scale
 
     def backward(dy):
-        share = dy * (1.0 / len(offsets))
+        share = dy * scale
         dx_padded = scatter_windows(
             lambda offset: share, x_padded.shape, kernel, stride, unit, out, x.dtype
         )
-        return (crop_padding(dx_padded, padding),)
+        return (crop_padding(dx_padded, grown),)
+
+    return y, backward
+
+
+def _inverse_counts(size, kernel, stride, padding, out, count_include_pad, dtype):
+    """1 / the divisor of every window, (*out): per spatial dim the window clipped to the
+    padded input (torch's count_include_pad) or to the input itself, then the outer product
+    (windows are boxes, so counts multiply)."""
+    counts = np.ones((), dtype=np.float64)
+    for length, k, s, (lo, hi), n in zip(size, kernel, stride, padding, out):
+        start = np.arange(n) * s - lo
+        if count_include_pad:
+            count = np.minimum(start + k, length + hi) - start
+        else:
+            count = np.minimum(start + k, length) - np.maximum(start, 0)
+        counts = np.multiply.outer(counts, count)
+    return (1.0 / counts).astype(dtype)
+
+
+def _adaptive_max_pool(x, output_size):
+    """Every bin gathered as a (…, bins, width) block: a bin narrower than the widest repeats
+    its last position (the maximum and the first maximum stay the same), so one fancy index
+    per spatial dim reads every window; the gradient goes back by ``np.bincount``."""
+    spatial = x.shape[2:]
+    if isinstance(output_size, int):
+        output_size = (output_size,) * len(spatial)
+    if len(output_size) != len(spatial):
+        raise ValueError(f"output_size {tuple(output_size)} does not match input shape {x.shape}")
+    nd = len(spatial)
+    index = []  # per dim: (bins, width) positions, laid out for broadcasting across dims
+    for axis, (length, bins) in enumerate(zip(spatial, output_size)):
+        starts = (np.arange(bins) * length) // bins
+        ends = -((-(np.arange(1, bins + 1)) * length) // bins)
+        width = int((ends - starts).max())
+        positions = np.minimum(starts[:, None] + np.arange(width), ends[:, None] - 1)
+        shape = [1] * (2 * nd)
+        shape[2 * axis], shape[2 * axis + 1] = bins, width
+        index.append(positions.reshape(shape))
+    # flat position of every window element within one (n, c) plane, (oH, kH, oW, kW)
+    flat = functools.reduce(lambda acc, pair: acc * pair[0] + pair[1],
+                            zip(spatial[1:], index[1:]), index[0])
+    planes = x.reshape(-1, int(np.prod(spatial)))
+    window_order = [2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)]
+    flat = flat.transpose(window_order).reshape(*output_size, -1)  # (*out, window) row-major
+    windows = planes[:, flat]  # (N*C, *out, window)
+    first_max = windows.argmax(axis=-1)
+    chosen = np.take_along_axis(flat[None], first_max[..., None], axis=-1)[..., 0]
+    y = np.take_along_axis(windows, first_max[..., None], axis=-1)[..., 0]
+    y = y.reshape(*x.shape[:2], *output_size)
+
+    def backward(dy):
+        plane = planes.shape[1]
+        targets = (chosen + plane * np.arange(planes.shape[0]).reshape(
+            (-1,) + (1,) * nd)).ravel()
+        dx = np.bincount(targets, weights=dy.ravel(), minlength=planes.size)
+        return (dx.astype(x.dtype).reshape(x.shape),)
 
     return y, backward

@@ -1,0 +1,132 @@
+"""Up-sampling (nearest, linear, bilinear) and pixel shuffles over (N, C, L) / (N, C, H, W).
+
+Interpolation is separable: each spatial axis is resampled in turn by gathering at most two
+source positions per output position with their weights, computed as torch computes them
+(single precision, torch's source-index rules), so the outputs agree bit for bit in the
+common cases. The source positions never decrease along an axis, so the gradient of each
+axis is one ``np.add.reduceat`` over the runs of equal positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def upsample(x, *, scale_factor=None, size=None, mode="nearest", align_corners=False):
+    """Resample the spatial dims of (N, C, *spatial) to ``size`` or floor(size * scale);
+    backward gives (dx,)."""
+    spatial = x.shape[2:]
+    if size is not None:
+        out = (size,) * len(spatial) if isinstance(size, int) else tuple(size)
+    else:
+        out = tuple(math.floor(length * scale_factor) for length in spatial)
+    if len(out) != len(spatial):
+        raise ValueError(f"size {out} does not match input shape {x.shape}")
+    plans = []
+    y = x
+    for axis, (length, target) in enumerate(zip(spatial, out), start=2):
+        plan = _axis_plan(length, target, scale_factor if size is None else None, mode,
+                          align_corners, x.dtype)
+        plans.append((axis, length, plan))
+        y = _resample(y, axis, plan)
+
+    def backward(dy):
+        for axis, length, plan in reversed(plans):
+            dy = _resample_grad(dy, axis, length, plan)
+        return (dy,)
+
+    return y, backward
+
+
+def _axis_plan(length, target, scale, mode, align_corners, dtype):
+    """Source positions and weights along one axis: [(positions, weights or None), ...]."""
+    outputs = np.arange(target, dtype=np.float32)
+    if mode == "nearest":
+        if target == length:
+            return [(np.arange(target), None)]
+        step = np.float32(1.0 / scale) if scale else np.float32(length) / np.float32(target)
+        source = np.floor(outputs * step).astype(np.int64)
+        return [(np.minimum(source, length - 1), None)]
+    if align_corners:
+        step = np.float32(length - 1) / np.float32(target - 1) if target > 1 else np.float32(0)
+        source = outputs * step
+    else:
+        step = np.float32(1.0 / scale) if scale else np.float32(length) / np.float32(target)
+        source = np.maximum(step * (outputs + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    low = source.astype(np.int64)
+    high = low + (low < length - 1)
+    upper = np.clip(source - low.astype(np.float32), 0, 1)
+    lower = np.float32(1) - upper
+    return [(low, lower.astype(dtype)), (high, upper.astype(dtype))]
+
+
+def _along(weights, axis, ndim):
+    return weights.reshape((-1,) + (1,) * (ndim - axis - 1))
+
+
+def _resample(x, axis, plan):
+    out = None
+    for positions, weights in plan:
+        part = np.take(x, positions, axis=axis)
+        if weights is not None:
+            part *= _along(weights, axis, x.ndim)
+        out = part if out is None else np.add(out, part, out=out)
+    return out
+
+
+def _resample_grad(dy, axis, length, plan):
+    positions, weights = plan[0]
+    repeats = dy.shape[axis] // length
+    if len(plan) == 1 and weights is None and repeats * length == dy.shape[axis] and \
+            np.array_equal(positions, np.arange(dy.shape[axis]) // repeats):
+        # whole-number nearest up-sampling: each input position's copies are every
+        # `repeats`-th output position, so the gradient is a sum of strided views
+        def every(j):
+            return dy[(slice(None),) * axis + (slice(j, None, repeats),)]
+
+        dx = every(0).copy()
+        for j in range(1, repeats):
+            dx += every(j)
+        return dx
+    shape = list(dy.shape)
+    shape[axis] = length
+    dx = np.zeros(shape, dtype=dy.dtype)
+    for positions, weights in plan:
+        contribution = dy if weights is None else dy * _along(weights, axis, dy.ndim)
+        targets, starts = np.unique(positions, return_index=True)
+        span = slice(targets[0], targets[-1] + 1) if \
+            targets[-1] - targets[0] + 1 == len(targets) else targets
+        dx[(slice(None),) * axis + (span,)] += np.add.reduceat(contribution, starts, axis=axis)
+    return dx
+
+
+def pixel_shuffle(x, *, upscale):
+    """(N, C * r * r, H, W) -> (N, C, H * r, W * r), channel c * r * r + i * r + j going to
+    row offset i and column offset j as in torch; backward gives (dx,)."""
+    n, channels, height, width = x.shape
+    r = upscale
+    blocks = x.reshape(n, channels // (r * r), r, r, height, width)
+    y = blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, channels // (r * r), height * r, width * r)
+
+    def backward(dy):
+        dx = dy.reshape(n, channels // (r * r), height, r, width, r).transpose(0, 1, 3, 5, 2, 4)
+        return (dx.reshape(x.shape),)
+
+    return y, backward
+
+
+def pixel_unshuffle(x, *, downscale):
+    """(N, C, H * r, W * r) -> (N, C * r * r, H, W), the inverse of ``pixel_shuffle``;
+    backward gives (dx,)."""
+    n, channels, height, width = x.shape
+    r = downscale
+    blocks = x.reshape(n, channels, height // r, r, width // r, r)
+    y = blocks.transpose(0, 1, 3, 5, 2, 4).reshape(n, channels * r * r, height // r, width // r)
+
+    def backward(dy):
+        dx = dy.reshape(n, channels, r, r, height // r, width // r).transpose(0, 1, 4, 2, 5, 3)
+        return (dx.reshape(x.shape),)
+
+    return y, backward

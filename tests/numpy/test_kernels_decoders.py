@@ -1,0 +1,237 @@
+"""Transposed convolution, up-sampling, pixel shuffles, adaptive max pooling, pooling with
+ceil_mode / count_include_pad, group and instance norm: torch as the oracle for outputs and
+gradients (central differences in test_kernel_gradients.py)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnspec.backends.numpy.kernels import pool
+from nnspec.backends.numpy.kernels.conv_transpose import conv_transpose1d, conv_transpose2d
+from nnspec.backends.numpy.kernels.norm_group import group_norm, instance_norm
+from nnspec.backends.numpy.kernels.resample import pixel_shuffle, pixel_unshuffle, upsample
+from tests.numpy.helpers import F, as_torch, assert_close, torch
+
+pytestmark = [pytest.mark.strict_numerics, pytest.mark.torch]
+
+FEW = settings(max_examples=25, deadline=None)
+
+
+def check_against_torch(ours, theirs, arrays, atol=1e-5):
+    """Outputs and every array argument's gradient of sum(out * probe) agree with torch."""
+    out, backward = ours(*arrays)
+    tensors = [as_torch(a) for a in arrays]
+    expected = theirs(*tensors)
+    assert_close(out, expected, atol=atol)
+    probe = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+    expected.backward(torch.tensor(probe))
+    grads = backward(probe)
+    for grad, tensor in zip(grads, tensors):
+        if tensor is None:
+            assert grad is None
+        else:
+            assert_close(grad, tensor.grad, atol=atol * 10)
+
+
+# --- transposed convolution ----------------------------------------------------------------
+
+
+@st.composite
+def transposed_cases(draw, nd):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    # torch: output_padding below the stride or the dilation
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    padding = tuple(draw(st.integers(0, 2)) for _ in range(nd))
+    spatial = []
+    for k, s, p, extra, d in zip(kernel, stride, padding, output_padding, dilation):
+        smallest = 1
+        while (smallest - 1) * s - 2 * p + d * (k - 1) + extra + 1 < 1:
+            smallest += 1
+        spatial.append(draw(st.integers(smallest, smallest + 4)))
+    return {
+        "shape": (draw(st.integers(1, 3)), groups * draw(st.integers(1, 3)), *spatial),
+        "weight": (groups * draw(st.integers(1, 2)), draw(st.integers(1, 3)), *kernel),
+        "bias": draw(st.booleans()),
+        "attrs": {"stride": stride, "padding": padding, "output_padding": output_padding,
+                  "dilation": dilation, "groups": groups},
+    }
+
+
+def check_transposed(nd, case):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(case["shape"]).astype(np.float32)
+    in_channels = case["shape"][1]
+    weight = rng.standard_normal((in_channels, *case["weight"][1:])).astype(np.float32)
+    out_channels = case["weight"][1] * case["attrs"]["groups"]
+    bias = rng.standard_normal(out_channels).astype(np.float32) if case["bias"] else None
+    ours = {1: conv_transpose1d, 2: conv_transpose2d}[nd]
+    theirs = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[nd]
+    attrs = case["attrs"]
+    check_against_torch(lambda *a: ours(*a, **attrs), lambda *t: theirs(*t, **attrs),
+                        [x, weight, bias], atol=1e-4)
+
+
+@FEW
+@given(transposed_cases(nd=1))
+def test_conv_transpose1d_matches_torch(case):
+    check_transposed(1, case)
+
+
+@FEW
+@given(transposed_cases(nd=2))
+def test_conv_transpose2d_matches_torch(case):
+    check_transposed(2, case)
+
+
+def test_unet_up_convolution_matches_torch():
+    """ConvTranspose2d(c, c/2, 2, stride 2): the windows tile the output without overlap."""
+    case = {"shape": (2, 8, 5, 6), "weight": (8, 4, 2, 2), "bias": True,
+            "attrs": {"stride": (2, 2), "padding": (0, 0), "output_padding": (0, 0),
+                      "dilation": (1, 1), "groups": 1}}
+    check_transposed(2, case)
+
+
+def test_conv_transpose_told_its_input_needs_no_gradient_skips_only_that():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    attrs = {"stride": 2, "padding": 1, "output_padding": 1}
+    y, backward = conv_transpose2d(x, weight, None, **attrs)
+    _, backward_skip = conv_transpose2d(x, weight, None, **attrs, input_grad=False)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dweight, _ = backward(dy)
+    no_dx, dweight_skip, _ = backward_skip(dy)
+    assert dx.shape == x.shape and no_dx is None
+    np.testing.assert_array_equal(dweight, dweight_skip)
+
+
+# --- up-sampling and pixel shuffles ----------------------------------------------------------
+
+
+UPSAMPLES = [
+    (shape, mode, options, align)
+    for mode, shapes in [("nearest", [(2, 3, 5), (2, 3, 4, 5)]), ("linear", [(2, 3, 5)]),
+                         ("bilinear", [(2, 3, 4, 5), (1, 2, 1, 3)])]
+    for shape in shapes
+    for options in [{"scale_factor": 2.0}, {"scale_factor": 1.5}, {"scale_factor": 0.5},
+                    {"scale_factor": 3.0}, {"size": (7, 3)[:len(shape) - 2]},
+                    {"size": (2, 11)[:len(shape) - 2]}]
+    for align in ([False, True] if mode != "nearest" else [False])
+    if not (options.get("scale_factor") == 0.5 and min(shape[2:]) < 2)
+]
+
+
+@pytest.mark.parametrize("shape, mode, options, align", UPSAMPLES)
+def test_upsample_matches_torch_interpolate(shape, mode, options, align):
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    check_against_torch(
+        lambda a: upsample(a, mode=mode, align_corners=align, **options),
+        lambda t: F.interpolate(t, mode=mode, align_corners=align if mode != "nearest" else None,
+                                **options),
+        [x])
+
+
+def test_pixel_shuffle_and_unshuffle_match_torch_and_invert_each_other():
+    x = np.random.default_rng(5).standard_normal((2, 18, 2, 3)).astype(np.float32)
+    check_against_torch(lambda a: pixel_shuffle(a, upscale=3), lambda t: F.pixel_shuffle(t, 3),
+                        [x])
+    shuffled, _ = pixel_shuffle(x, upscale=3)
+    check_against_torch(lambda a: pixel_unshuffle(a, downscale=3),
+                        lambda t: F.pixel_unshuffle(t, 3), [shuffled])
+    np.testing.assert_array_equal(pixel_unshuffle(shuffled, downscale=3)[0], x)
+
+
+# --- pooling options -------------------------------------------------------------------------
+
+
+POOL_OPTIONS = [
+    (nd, shape, kernel, stride, padding, ceil_mode)
+    for nd, shape in [(1, (2, 3, 9)), (2, (2, 3, 7, 8)), (2, (1, 2, 6, 5))]
+    for kernel, stride, padding in [(3, 2, 0), (3, 2, 1), (2, 3, 1), (3, 3, 0), (2, 2, 0)]
+    for ceil_mode in (False, True)
+]
+
+
+@pytest.mark.parametrize("nd, shape, kernel, stride, padding, ceil_mode", POOL_OPTIONS)
+def test_max_pool_with_ceil_mode_matches_torch(nd, shape, kernel, stride, padding, ceil_mode):
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    ours = getattr(pool, f"max_pool{nd}d")
+    theirs = getattr(F, f"max_pool{nd}d")
+    check_against_torch(
+        lambda a: ours(a, kernel=(kernel,) * nd, stride=(stride,) * nd,
+                       padding=((padding, padding),) * nd, ceil_mode=ceil_mode),
+        lambda t: theirs(t, kernel, stride, padding, ceil_mode=ceil_mode), [x])
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("nd, shape, kernel, stride, padding, ceil_mode", POOL_OPTIONS)
+def test_avg_pool_with_ceil_mode_and_count_include_pad_matches_torch(
+        nd, shape, kernel, stride, padding, ceil_mode, count_include_pad):
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    ours = getattr(pool, f"avg_pool{nd}d")
+    theirs = getattr(F, f"avg_pool{nd}d")
+    check_against_torch(
+        lambda a: ours(a, kernel=(kernel,) * nd, stride=(stride,) * nd,
+                       padding=((padding, padding),) * nd, ceil_mode=ceil_mode,
+                       count_include_pad=count_include_pad),
+        lambda t: theirs(t, kernel, stride, padding, ceil_mode=ceil_mode,
+                         count_include_pad=count_include_pad), [x])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([1, 2]), st.tuples(st.integers(1, 10), st.integers(1, 10)),
+       st.tuples(st.integers(1, 6), st.integers(1, 6)), st.booleans())
+def test_adaptive_max_pool_matches_torch(nd, spatial, output_size, ties):
+    rng = np.random.default_rng(8)
+    shape = (2, 3, *spatial[:nd])
+    # small integers make ties, which must go to the first maximum as in torch
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    ours = getattr(pool, f"adaptive_max_pool{nd}d")
+    theirs = getattr(F, f"adaptive_max_pool{nd}d")
+    check_against_torch(lambda a: ours(a, output_size=output_size[:nd]),
+                        lambda t: theirs(t, output_size[:nd]), [x])
+
+
+# --- group and instance norm -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 6, 5, 4), 3), ((3, 4, 7), 2), ((2, 4), 4),
+                                           ((2, 6, 3, 3), 1), ((2, 6, 3, 3), 6)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_matches_torch(shape, groups, affine):
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    weight = rng.standard_normal(shape[1]).astype(np.float32) if affine else None
+    bias = rng.standard_normal(shape[1]).astype(np.float32) if affine else None
+    check_against_torch(lambda *a: group_norm(*a, groups=groups, eps=1e-5),
+                        lambda *t: F.group_norm(t[0], groups, t[1], t[2], eps=1e-5),
+                        [x, weight, bias], atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (3, 4, 7)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("tracked, train", [(False, True), (False, False), (True, True),
+                                            (True, False)])
+def test_instance_norm_matches_torch_with_its_running_statistics(shape, affine, tracked, train):
+    rng = np.random.default_rng(10)
+    channels = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    weight = rng.standard_normal(channels).astype(np.float32) if affine else None
+    bias = rng.standard_normal(channels).astype(np.float32) if affine else None
+    mean = rng.standard_normal(channels).astype(np.float32) if tracked else None
+    var = rng.uniform(0.5, 2, channels).astype(np.float32) if tracked else None
+    torch_mean, torch_var = (None if a is None else torch.tensor(a) for a in (mean, var))
+    use_input_stats = train or not tracked
+    for _ in range(2):  # the running statistics move the same way twice
+        check_against_torch(
+            lambda *a: instance_norm(*a, mean, var, use_input_stats=use_input_stats),
+            lambda *t: F.instance_norm(t[0], torch_mean, torch_var, t[1], t[2],
+                                       use_input_stats=use_input_stats),
+            [x, weight, bias], atol=1e-4)
+        if tracked:
+            np.testing.assert_allclose(mean, torch_mean.numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(var, torch_var.numpy(), rtol=1e-5, atol=1e-6)
