@@ -231,7 +231,8 @@ class NumpyModel:
                      for k, full in node.params.items()}
             out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)
             # a loss gives a NumPy scalar; as an operand (`64 * bce(...)`) it must be an array
-            values[node.name] = out if isinstance(out, np.ndarray) else np.asarray(out)
+            # (a layer with several results gives their tuple, which `result` nodes read)
+            values[node.name] = out if isinstance(out, (np.ndarray, tuple)) else np.asarray(out)
             if record:
                 self._tape.append(_Step(node.name, node.inputs, node.params, backward))
         return values
