@@ -380,8 +380,10 @@ class Evaluator:
     def apply_numbered(self, layer: Layer, current, frame: Frame, label: str | None, span):
         """A `seq`'s layers named 0, 1, 2... under its label; without one, in the enclosing
         scope itself (a block whose body is a `seq` is an nn.Sequential)."""
-        inner = Frame(frame.qualify(label), frame.vars, frame.kind, frame.graph) if label \
-            else frame
+        inner = frame
+        if label:
+            inner = Frame(frame.qualify(label), frame.vars, frame.kind, frame.graph)
+            frame.graph.add_scope(Scope(inner.path, "block", "seq", span, named=True))
         for index, part in enumerate(layer.parts):
             if current is POISON:
                 return POISON
