@@ -683,6 +683,15 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
         click.echo(f"wrote {written}")
 
 
+def _add_weight_commands() -> None:
+    from nnspec.cli_weights import export_weights, import_weights
+
+    main.add_command(import_weights)
+    main.add_command(export_weights)
+
+
+_add_weight_commands()
+
 if __name__ == "__main__":
     try:
         main()

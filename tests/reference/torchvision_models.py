@@ -152,7 +152,7 @@ class Conv2dNormActivation(nn.Sequential):
 class InvertedResidual(nn.Module):
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int):
         super().__init__()
-        hidden_dim = int(round(inp * expand_ratio))
+        hidden_dim = round(inp * expand_ratio)
         self.use_res_connect = stride == 1 and inp == oup
         layers: list[nn.Module] = []
         if expand_ratio != 1:
@@ -165,15 +165,17 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
+MOBILENET_V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))  # t, c, n, s
+
+
 class MobileNetV2(nn.Module):
-    SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1],
-               [6, 160, 3, 2], [6, 320, 1, 1]]  # t, c, n, s (width_mult 1.0)
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
         input_channel, last_channel = 32, 1280
         features: list[nn.Module] = [Conv2dNormActivation(3, input_channel, stride=2)]
-        for t, c, n, s in self.SETTING:
+        for t, c, n, s in MOBILENET_V2_SETTING:
             for i in range(n):
                 features.append(InvertedResidual(input_channel, c, s if i == 0 else 1, t))
                 input_channel = c

@@ -16,10 +16,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nnspec.backends.numpy.model import NumpyModel  # noqa: E402
-from nnspec.backends.torch.runtime import load_generated  # noqa: E402
-from nnspec.spec import load  # noqa: E402
-from tests.reference import torchvision_models as tv  # noqa: E402
+from nnspec.backends.numpy.model import NumpyModel
+from nnspec.backends.torch.runtime import load_generated
+from nnspec.spec import load
+from tests.reference import torchvision_models as tv
 
 pytestmark = pytest.mark.torch
 SPECS = Path(__file__).resolve().parents[2] / "specs"
