@@ -684,10 +684,13 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
 
 
 def _add_weight_commands() -> None:
-    from nnspec.cli_weights import export_weights, import_weights
+    from nnspec.cli_weights import weight_commands
 
-    main.add_command(import_weights)
-    main.add_command(export_weights)
+    def load_spec(file: str, model: str | None, overrides: tuple[str, ...]):
+        return load_or_exit(file, model, parse_overrides(overrides), notes=False)
+
+    for command in weight_commands(load_spec):
+        main.add_command(command)
 
 
 _add_weight_commands()

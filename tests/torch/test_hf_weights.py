@@ -98,3 +98,30 @@ def test_bert_weights_import_run_and_export(tmp_path):
                {"vocab": 80, "max_len": 24, "seq": 12, "d": 32, "layers": 2, "heads": 4},
                (tokens, segments),
                lambda model, t, s: model(input_ids=t, token_type_ids=s).pooler_output)
+
+
+@pytest.mark.slow
+def test_gpt2_small_at_full_size_through_torch(tmp_path):
+    """specs/gpt2_small.nn as written (124M parameters): import, generated module, export."""
+    torch.manual_seed(0)
+    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    reference.save_pretrained(tmp_path / "ref", safe_serialization=True)
+    spec_file, layout = SPECS / "gpt2_small.nn", SPECS / "gpt2_small.layout"
+    imported = tmp_path / "imported.safetensors"
+    nnspec_cli("import-weights", spec_file, tmp_path / "ref" / "model.safetensors",
+               "--layout", layout, "-o", imported)
+    spec = load(spec_file)
+    arrays, _ = read_safetensors(imported)
+    _, model_class = load_generated(spec)
+    generated = model_class().eval()
+    load_numpy_state(generated, spec.graph, arrays)
+    tokens = torch.randint(0, 50257, (1, 1024), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = reference(input_ids=tokens).logits.numpy()
+        assert_agree(generated(tokens).numpy(), want)
+    del generated
+    exported = tmp_path / "exported.safetensors"
+    nnspec_cli("export-weights", spec_file, imported, "--layout", layout, "-o", exported)
+    back, _ = read_safetensors(exported)
+    assert {k: v.shape for k, v in back.items()} == {
+        k: tuple(v.shape) for k, v in reference.state_dict().items()}
