@@ -172,3 +172,23 @@ def test_allow_pickle_reads_a_plain_state_dict(tmp_path):
 def test_the_example_layouts_read():
     for path in SPECS.glob("*.layout"):
         assert parse_layout(path.read_text(), str(path)).rules
+
+
+def test_imported_weights_load_into_the_interpreter_buffers_included(tmp_path):
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.spec import load
+
+    spec = tmp_path / "bn.nn"
+    spec.write_text("model BN {\n  input x: [4]\n  x -> dense(3) as fc -> batchnorm as bn\n}\n")
+    rng = np.random.default_rng(0)
+    ckpt = tmp_path / "bn.safetensors"
+    save_file({"fc.weight": rng.standard_normal((3, 4)).astype(np.float32),
+               "fc.bias": np.zeros(3, np.float32), "bn.weight": np.ones(3, np.float32),
+               "bn.bias": np.zeros(3, np.float32), "bn.running_mean": np.zeros(3, np.float32),
+               "bn.running_var": np.ones(3, np.float32),
+               "bn.num_batches_tracked": np.array(7, np.int64)}, str(ckpt))
+    out = tmp_path / "w.safetensors"
+    assert invoke("import-weights", spec, ckpt, "-o", out).exit_code == 0
+    model = NumpyModel(load(spec).graph)
+    model.load(out)  # a 0-d buffer stays 0-d
+    assert model.state_dict()["bn.num_batches_tracked"] == 7

@@ -214,7 +214,7 @@ def to_spec(tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple],
             problems.mismatched.append((param, tuple(want), tuple(array.shape),
                                         ", ".join(names)))
             continue
-        out[param] = np.ascontiguousarray(array)
+        out[param] = np.array(array, order="C")
     problems.unexpected = [(name, tuple(tensors[name].shape)) for name in tensors
                            if name not in used and not layout.is_ignored(name)]
     return out, problems
@@ -234,5 +234,5 @@ def from_spec(arrays: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.
             for name, part in zip(names, parts):
                 if rule is not None and rule.transpose and part.ndim >= 2:
                     part = np.swapaxes(part, -1, -2)
-                out[name] = np.ascontiguousarray(part)
+                out[name] = np.array(part, order="C")
     return out
