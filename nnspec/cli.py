@@ -725,6 +725,18 @@ def render(file: str, out: str | None, fmt: str | None, depth: int | None, direc
         click.echo(f"wrote {written}")
 
 
+def _add_weight_commands() -> None:
+    from nnspec.cli_weights import weight_commands
+
+    def load_spec(file: str, model: str | None, overrides: tuple[str, ...]):
+        return load_or_exit(file, model, parse_overrides(overrides), notes=False)
+
+    for command in weight_commands(load_spec):
+        main.add_command(command)
+
+
+_add_weight_commands()
+
 if __name__ == "__main__":
     try:
         main()

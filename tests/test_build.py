@@ -63,15 +63,15 @@ model M {
 def test_hierarchical_names_follow_blocks_and_repeats():
     graph = load(SPECS / "gpt2_small.nn").graph
     assert "h.11.attn.in_proj_weight" in graph.params
-    assert "h.0.c_fc.weight" in graph.params
+    assert "h.0.mlp.c_fc.weight" in graph.params
     assert graph.scopes["h"].kind == "repeat" and graph.scopes["h"].count == 12
     assert graph.scopes["h.3"].kind == "block" and graph.scopes["h.3"].label == "Block"
     assert graph.node("h.3.attn").scope == "h.3"
     resnet = load(SPECS / "resnet18.nn").graph
-    assert "layer4.b1.conv2.weight" in resnet.params
+    assert "layer4.1.conv2.weight" in resnet.params
     # the conditional shortcut builds only the chosen branch
-    assert "layer1.b0.downsample.weight" not in resnet.params
-    assert "layer2.b0.downsample.running_var" in resnet.params
+    assert "layer1.0.downsample.0.weight" not in resnet.params
+    assert "layer2.0.downsample.1.running_var" in resnet.params
 
 
 def test_unlabelled_block_instances_are_numbered_in_snake_case():

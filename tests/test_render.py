@@ -142,7 +142,7 @@ def test_node_ids_are_ir_names_and_quoted(specs):
     names = {n.name for n in graph.nodes}
     for node_id in boxes(dot):
         assert node_id in names or node_id.startswith("@"), node_id
-    assert '"layer1.b0.conv1" [' in dot
+    assert '"layer1.0.conv1" [' in dot
 
 
 # ---- what a drawing shows -----------------------------------------------------------------
@@ -218,17 +218,17 @@ def test_residual_edges_read_clearly(specs):
     dot = to_dot(specs["resnet18"])
     skips = [line for line in dot.splitlines() if gv.SKIP_EDGE in line and " -> " in line]
     # identity shortcut: the block's input straight into the `+`
-    assert any('"maxpool_1" -> "layer1.b0.add_1"' in line for line in skips)
+    assert any('"maxpool_1" -> "layer1.0.add_1"' in line for line in skips)
     # projection shortcut: the whole 1x1 conv path is coloured
-    assert any('-> "layer2.b0.conv2d_1"' in line for line in skips)
-    assert any('"layer2.b0.conv2d_1" -> "layer2.b0.add_1"' in line for line in skips)
-    assert '"layer1.b0.add_1" [label="+"' in dot
+    assert any('-> "layer2.0.downsample.0"' in line for line in skips)
+    assert any('"layer2.0.downsample.0" -> "layer2.0.add_1"' in line for line in skips)
+    assert '"layer1.0.add_1" [label="+"' in dot
 
 
 def test_blocks_are_labelled_clusters(specs):
     dot = to_dot(specs["resnet18"])
-    assert 'subgraph "cluster_layer2" {' in dot and 'subgraph "cluster_layer2.b0" {' in dot
-    assert "<B>BasicBlock</B>" in dot and "<B>Stage</B>" in dot
+    assert 'subgraph "cluster_layer2" {' in dot and 'subgraph "cluster_layer2.0" {' in dot
+    assert "<B>BasicBlock</B>" in dot and "<B>seq</B>" in dot
 
 
 def test_depth_folds_blocks_into_single_nodes(specs):
@@ -237,8 +237,8 @@ def test_depth_folds_blocks_into_single_nodes(specs):
     assert {"layer1", "layer2", "layer3", "layer4"} <= set(boxes(one))
     assert "cluster_" not in one
     two = to_dot(spec, depth=2)
-    assert 'subgraph "cluster_layer1" {' in two and '"layer1.b0" [' in two
-    assert "cluster_layer1.b0" not in two
+    assert 'subgraph "cluster_layer1" {' in two and '"layer1.0" [' in two
+    assert "cluster_layer1.0" not in two
     assert len(boxes(one)) < len(boxes(two)) < len(boxes(to_dot(spec)))
 
 
@@ -254,8 +254,20 @@ def test_repeats_are_drawn_once_marked_xN(specs):
     assert '"h" [' in folded and "<B>Block ×12</B>" in folded
 
 
-def test_a_repeat_of_one_box_is_that_box_marked_xN(specs):
-    dot = to_dot(specs["vgg16"])
+VGG_STAGES = """
+block Convs(channels, n) {
+  input x: [C, H, W]
+  x -> repeat(n, conv2d(channels, 3, padding = 1) -> relu) as convs -> maxpool(2)
+}
+model VGG(classes = 10) {
+  input image: [3, 32, 32]
+  image -> Convs(64, 2) -> Convs(128, 3) -> flatten -> dense(classes)
+}
+"""
+
+
+def test_a_repeat_of_one_box_is_that_box_marked_xN():
+    dot = to_dot(load_text(VGG_STAGES))
     assert "<B>×3</B>" in dot and "<B>×2</B>" in dot
     assert "cluster_convs_1.convs" not in dot
 
@@ -285,7 +297,7 @@ def test_train_section_is_a_footer(specs):
 def test_tall_networks_wrap_into_columns_joined_by_connectors(specs):
     dot = to_dot(specs["resnet18"])
     assert '"@A.out" [' in dot and '"@A.in" [' in dot
-    assert '"@A.in" -> "layer2.b0.conv1"' in dot
+    assert '"@A.in" -> "layer2.0.conv1"' in dot
     assert '"@A.out"' not in to_dot(specs["gpt2_small"])  # short enough for one column
 
 

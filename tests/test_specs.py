@@ -98,7 +98,7 @@ def test_resnet_buffers_are_batchnorm_statistics():
     assert all(n.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked")
                for n in buffers)
     assert summarize(graph).buffers == 9_620  # torchvision: state_dict numel - parameters
-    assert "layer2.b0.downsample.running_mean" in buffers
+    assert "layer2.0.downsample.1.running_mean" in buffers
 
 
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
@@ -137,13 +137,13 @@ def test_depth_folds_blocks_into_one_row():
     path = str(spec_path("resnet18"))
     top = summary_json(path, "--depth", "1")["rows"]
     assert all("." not in r["name"] for r in top)
-    assert [r["name"] for r in top if r["op"] == "Stage"] == ["layer1", "layer2", "layer3",
+    assert [r["name"] for r in top if r["op"] == "seq"] == ["layer1", "layer2", "layer3",
                                                               "layer4"]
     two = {r["name"] for r in summary_json(path, "--depth", "2")["rows"]}
-    assert {"layer1.b0", "layer4.b1"} <= two
+    assert {"layer1.0", "layer4.1"} <= two
     assert not any(name.count(".") > 1 for name in two)
     full = {r["name"] for r in summary_json(path)["rows"]}
-    assert "layer2.b0.downsample" in full
+    assert "layer2.0.downsample" in full
 
 
 def test_every_format_parses():

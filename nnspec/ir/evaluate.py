@@ -277,6 +277,8 @@ class Evaluator:
     def eval_Call(self, expr, frame, piped=False):
         if expr.func == "repeat":
             return self.repeat_layer(expr, frame)
+        if expr.func == "seq":
+            return self.seq_layer(expr, frame)
         shadowed = expr.func in frame.vars or expr.func in self.consts or expr.func in self.defs
         if expr.func in SPLITS and not shadowed:
             return self.split_call(expr, frame)
@@ -358,6 +360,28 @@ class Evaluator:
                                   f"{describe(inner)}", expr.args[1].span)
         return Layer("repeat", "repeat", expr.span, parts=(inner,), count=count)
 
+    def seq_layer(self, expr: ast.Call, frame: Frame):
+        """`seq(a, b -> c, repeat(2, d))`: the layers in order, named 0, 1, 2... as
+        nn.Sequential names them. Chains and repeats among the arguments are spliced in (one
+        number per layer); a block, an op or another `seq` is one numbered entry."""
+        if expr.kwargs or not expr.args:
+            raise DiagnosticError("E149", "seq takes layers: `seq(conv2d(64, 3), batchnorm, "
+                                  "relu)`", expr.span)
+        entries: list[Layer] = []
+        for arg in expr.args:
+            value = self.eval(arg, frame)
+            if value is POISON:
+                return POISON
+            if not isinstance(value, Layer) or self.nullary(value):
+                raise DiagnosticError("E149", f"seq takes layers, but `{source_text(arg.span)}` "
+                                      f"is {describe(value)}", arg.span)
+            if len(entries) + _entry_count(value) > self.max_layers:
+                raise DiagnosticError("E401", f"this seq would hold more than "
+                                      f"{self.max_layers:,} layers", arg.span,
+                                      "build a smaller configuration (`--set`)")
+            entries += _spliced(value)
+        return Layer("seq", "seq", expr.span, parts=tuple(entries), numbered=True)
+
     # ---- coercions ----------------------------------------------------------------------
 
     def value(self, value, expr):
@@ -412,6 +436,8 @@ class Evaluator:
             if label is not None and layer.module is None:
                 frame.vars[label] = replace(layer, module=frame.qualify(label))
             return out
+        if layer.kind == "seq" and layer.numbered:
+            return self.apply_numbered(layer, tensors[0], frame, label, span)
         if layer.kind == "seq":
             path = frame.qualify(label) if label else None
             inner = Frame(path, frame.vars, frame.kind, frame.graph) if path else frame
@@ -427,10 +453,28 @@ class Evaluator:
         return self.apply_definition(layer, tensors, values, frame, label, named, span)
 
     def claim(self, local: str, frame: Frame, span: Span):
-        if local in frame.used:
+        clash = frame.clash(local)
+        if clash == local:
             raise DiagnosticError("E123", f"the name `{local}` is already used here", span,
                                   "pick another name after `as`")
-        frame.used.add(local)
+        if clash is not None:
+            raise DiagnosticError("E124", f"the name `{local}` clashes with `{clash}` used "
+                                  "here: one layer's name cannot also hold other layers",
+                                  span, "pick another name after `as`")
+        frame.take(local)
+
+    def apply_numbered(self, layer: Layer, current, frame: Frame, label: str | None, span):
+        """A `seq`'s layers named 0, 1, 2... under its label; without one, in the enclosing
+        scope itself (a block whose body is a `seq` is an nn.Sequential)."""
+        inner = frame
+        if label:
+            inner = Frame(frame.qualify(label), frame.vars, frame.kind, frame.graph)
+            frame.graph.add_scope(Scope(inner.path, "block", "seq", span, named=True))
+        for index, part in enumerate(layer.parts):
+            if current is POISON:
+                return POISON
+            current = self.apply(part, [current], inner, str(index), part.span or span)
+        return current
 
     def apply_repeat(self, layer: Layer, tensors, frame: Frame, label: str | None, named: bool,
                      span):
@@ -542,3 +586,20 @@ class Evaluator:
             value = self.guard(lambda d=d: self.eval_value(d, frame), None)
             shown.append(str(value) if value is not None else source_text(d.span))
         return "[" + ", ".join(shown) + "]"
+
+
+def _spliced(layer: Layer) -> list[Layer]:
+    """The entries a layer gives a `seq`: a chain's and a repeat's layers one by one."""
+    if layer.kind == "seq" and not layer.numbered:
+        return [entry for part in layer.parts for entry in _spliced(part)]
+    if layer.kind == "repeat":
+        return _spliced(layer.parts[0]) * layer.count
+    return [layer]
+
+
+def _entry_count(layer: Layer) -> int:
+    if layer.kind == "seq" and not layer.numbered:
+        return sum(_entry_count(part) for part in layer.parts)
+    if layer.kind == "repeat":
+        return _entry_count(layer.parts[0]) * layer.count
+    return 1

@@ -32,6 +32,25 @@ class Frame:
     graph: GraphBuilder  # where the nodes made in this frame go
     counters: dict[str, int] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
+    containers: set[str] = field(default_factory=set)  # proper prefixes of dotted labels
+
+    def clash(self, local: str) -> str | None:
+        """The name already used here that `local` would collide with in the weights: the
+        same name, or one that is a container of the other (`layer1` and `layer1.0`)."""
+        if local in self.used or local in self.containers:
+            return next((u for u in sorted(self.used)
+                         if u == local or u.startswith(local + ".")), local)
+        parts = local.split(".")
+        for cut in range(1, len(parts)):
+            prefix = ".".join(parts[:cut])
+            if prefix in self.used:
+                return prefix
+        return None
+
+    def take(self, local: str) -> None:
+        self.used.add(local)
+        parts = local.split(".")
+        self.containers.update(".".join(parts[:cut]) for cut in range(1, len(parts)))
 
     def qualify(self, local: str) -> str:
         return f"{self.path}.{local}" if self.path else local

@@ -85,7 +85,7 @@ def unknown_name_hint(word: str, local_names: Iterable[str]) -> str:
     op = _op_named(word)
     if op is not None:
         return f"`{word}` is `{op}` here; every op is in {OP_LIST}"
-    op = close_spelling(word, [*ops.OPS, *ops.ALIASES, "repeat"])
+    op = close_spelling(word, [*ops.OPS, *ops.ALIASES, "repeat", "seq"])
     if op is not None:
         return f"did you mean `{op}`? Every op is in {OP_LIST}"
     return f"not a name defined here nor an op; every op is in {OP_LIST}"

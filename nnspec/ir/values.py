@@ -46,6 +46,7 @@ class Layer:
     parts: tuple[Layer, ...] = ()  # seq parts, or the repeated layer
     count: int = 1
     module: str | None = None  # set when bound to a name: applications share weights
+    numbered: bool = False  # a `seq(...)`: its parts are named 0, 1, 2... like nn.Sequential
 
 
 class _Poison:

@@ -169,7 +169,11 @@ class _ToAst:
         return _Chain(self._span(meta), self._expr(head), [stage])
 
     def stage(self, meta, children):
-        layer, label = children
+        layer, label = children if len(children) == 2 else (children[0], None)
+        if label is not None and label.type == "NUMBER" and not label.isdigit():
+            self.errors.append(Diagnostic("E007", f"`{label}` cannot name a layer", self._tok(label),
+                                          "a label is a name, a whole number (`as 0`) or a "
+                                          "dotted path of them (`as layer1.0`)"))
         return ast.Stage(self._span(meta), self._expr(layer),
                          str(label) if label is not None else None)
 

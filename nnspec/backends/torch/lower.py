@@ -404,7 +404,8 @@ def _container(sub) -> Expr:
     if not isinstance(sub, dict):
         return sub
     keys = list(sub)
-    if all(k.isdigit() for k in keys):
-        assert keys == [str(i) for i in range(len(keys))], f"gaps in a module list: {keys}"
-        return expr(module_list([_container(sub[k]) for k in keys]))
+    if all(k.isdigit() for k in keys):  # a `seq`'s layers without weights leave gaps
+        last = max(int(k) for k in keys)
+        return expr(module_list([_container(sub[str(i)]) if str(i) in sub
+                                 else expr(call("nn.Identity")) for i in range(last + 1)]))
     return expr(call("nn.ModuleDict", dict_of([(k, _container(sub[k])) for k in keys])))

@@ -138,9 +138,12 @@ def _role(kind: RegionKind, path: str, members: list[Node], keep_whole: str | No
     owns_all = all(n.module.startswith(prefix)
                    and all(p.startswith(prefix) for p in n.params.values())
                    for n in layers)
-    if kind == "block" and owns_all:
+    # a block whose body is a `seq` names its layers 0, 1, ...: no attribute can hold them,
+    # so it is written inline and reaches them through an nn.ModuleList
+    numbered = any(n.module[len(prefix):].split(".")[0].isdigit() for n in layers)
+    if kind == "block" and owns_all and not numbered:
         return "class"
-    if kind == "item" and owns_all and layers:
+    if kind == "item" and owns_all and layers and not numbered:
         return "class"
     if kind == "fn" and not layers and not any(OPS[n.op].random for n in members):
         return "function"

@@ -9,62 +9,75 @@ from torch import nn
 
 
 class EncoderLayer(nn.Module):
-    """`block EncoderLayer` of bert_base.nn:4.
+    """`block EncoderLayer` of bert_base.nn:6.
 
-    Used as encoder.0, encoder.1, encoder.2 and 9 more.
+    Used as encoder.layer.0, encoder.layer.1, encoder.layer.2 and 9 more.
     """
 
     def __init__(self):
         super().__init__()
-        self.attention = nn.MultiheadAttention(768, 12, batch_first=True)
-        self.ln_1 = nn.LayerNorm(768, eps=1e-12)
-        self.intermediate = nn.Linear(768, 3072)
-        self.output = nn.Linear(3072, 768)
-        self.ln_2 = nn.LayerNorm(768, eps=1e-12)
+        self.attention = nn.ModuleDict(
+            {
+                "self": nn.MultiheadAttention(768, 12, batch_first=True),
+                "output": nn.ModuleDict({"LayerNorm": nn.LayerNorm(768, eps=1e-12)}),
+            }
+        )
+        self.intermediate = nn.ModuleDict({"dense": nn.Linear(768, 3072)})
+        self.output = nn.ModuleDict(
+            {"dense": nn.Linear(3072, 768), "LayerNorm": nn.LayerNorm(768, eps=1e-12)}
+        )
 
     def forward(self, x):
-        # (B, 128, 768)  bert_base.nn:6
-        h, _ = self.attention(x, x, x, need_weights=False)
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, 128, 768)  bert_base.nn:6
-        x = x + h  # (B, 128, 768)  bert_base.nn:6
-        x = self.ln_1(x)  # (B, 128, 768)  bert_base.nn:6
-        h = self.intermediate(x)  # (B, 128, 3072)  bert_base.nn:7
-        h = F.gelu(h)  # (B, 128, 3072)  bert_base.nn:7
-        h = self.output(h)  # (B, 128, 768)  bert_base.nn:7
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, 128, 768)  bert_base.nn:7
-        x = x + h  # (B, 128, 768)  bert_base.nn:7
-        return self.ln_2(x)  # (B, 128, 768)  bert_base.nn:8
+        # (B, 128, 768)  bert_base.nn:8
+        h, _ = self.attention["self"](x, x, x, need_weights=False)
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, 128, 768)  bert_base.nn:8
+        x = x + h  # (B, 128, 768)  bert_base.nn:8
+        x = self.attention["output"]["LayerNorm"](x)  # (B, 128, 768)  bert_base.nn:9
+        h = self.intermediate["dense"](x)  # (B, 128, 3072)  bert_base.nn:10
+        h = F.gelu(h)  # (B, 128, 3072)  bert_base.nn:10
+        h = self.output["dense"](h)  # (B, 128, 768)  bert_base.nn:10
+        # (B, 128, 768)  bert_base.nn:10
+        h = F.dropout(h, p=0.1, training=self.training)
+        x = x + h  # (B, 128, 768)  bert_base.nn:10
+        return self.output["LayerNorm"](x)  # (B, 128, 768)  bert_base.nn:11
 
 
 class BertBase(nn.Module):
-    """`model BertBase` of bert_base.nn:11."""
+    """`model BertBase` of bert_base.nn:14."""
 
     def __init__(self):
         super().__init__()
-        self.word_embeddings = nn.Embedding(30522, 768)
-        self.position_embeddings = nn.Embedding(512, 768)
-        self.token_type_embeddings = nn.Embedding(2, 768)
-        self.embeddings_ln = nn.LayerNorm(768, eps=1e-12)
-        self.encoder = nn.ModuleList([EncoderLayer() for _ in range(12)])
-        self.pooler = nn.Linear(768, 768)
+        self.embeddings = nn.ModuleDict(
+            {
+                "word_embeddings": nn.Embedding(30522, 768),
+                "position_embeddings": nn.Embedding(512, 768),
+                "token_type_embeddings": nn.Embedding(2, 768),
+                "LayerNorm": nn.LayerNorm(768, eps=1e-12),
+            }
+        )
+        self.encoder = nn.ModuleDict(
+            {"layer": nn.ModuleList([EncoderLayer() for _ in range(12)])}
+        )
+        self.pooler = nn.ModuleDict({"dense": nn.Linear(768, 768)})
 
     def forward(self, tokens, segments):
-        x = self.word_embeddings(tokens)  # (B, 128, 768)  bert_base.nn:14
-        # (128, 768)  bert_base.nn:15
-        h = self.position_embeddings(
+        x = self.embeddings["word_embeddings"](tokens)  # (B, 128, 768)  bert_base.nn:17
+        # (128, 768)  bert_base.nn:18
+        h = self.embeddings["position_embeddings"](
             torch.arange(tokens.shape[1], device=tokens.device)
         )
-        x = x + h  # (B, 128, 768)  bert_base.nn:14
-        h = self.token_type_embeddings(segments)  # (B, 128, 768)  bert_base.nn:16
-        x = x + h  # (B, 128, 768)  bert_base.nn:14
-        x = self.embeddings_ln(x)  # (B, 128, 768)  bert_base.nn:17
-        # (B, 128, 768)  bert_base.nn:17
+        x = x + h  # (B, 128, 768)  bert_base.nn:17
+        # (B, 128, 768)  bert_base.nn:19
+        h = self.embeddings["token_type_embeddings"](segments)
+        x = x + h  # (B, 128, 768)  bert_base.nn:17
+        x = self.embeddings["LayerNorm"](x)  # (B, 128, 768)  bert_base.nn:20
+        # (B, 128, 768)  bert_base.nn:20
         x = F.dropout(x, p=0.1, training=self.training)
-        for block in self.encoder:
-            x = block(x)  # (B, 128, 768)  bert_base.nn:18
-        x = x.select(1, 0)  # (B, 768)  bert_base.nn:19
-        x = self.pooler(x)  # (B, 768)  bert_base.nn:20
-        return torch.tanh(x)  # (B, 768)  bert_base.nn:20
+        for block in self.encoder["layer"]:
+            x = block(x)  # (B, 128, 768)  bert_base.nn:21
+        x = x.select(1, 0)  # (B, 768)  bert_base.nn:22
+        x = self.pooler["dense"](x)  # (B, 768)  bert_base.nn:23
+        return torch.tanh(x)  # (B, 768)  bert_base.nn:23
 
 
 def save_weights(model, path):

@@ -15,7 +15,7 @@ def causal_mask(x):
 
 
 class Block(nn.Module):
-    """`block Block` of gpt2_small.nn:4.
+    """`block Block` of gpt2_small.nn:6.
 
     Used as h.0, h.1, h.2 and 9 more.
     """
@@ -25,25 +25,26 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(768)
         self.attn = nn.MultiheadAttention(768, 12, batch_first=True)
         self.ln_2 = nn.LayerNorm(768)
-        self.c_fc = nn.Linear(768, 3072)
-        self.c_proj = nn.Linear(3072, 768)
+        self.mlp = nn.ModuleDict(
+            {"c_fc": nn.Linear(768, 3072), "c_proj": nn.Linear(3072, 768)}
+        )
 
     def forward(self, x):
-        h = self.ln_1(x)  # (B, 1024, 768)  gpt2_small.nn:6
-        # (B, 1024, 768)  gpt2_small.nn:6
+        h = self.ln_1(x)  # (B, 1024, 768)  gpt2_small.nn:8
+        # (B, 1024, 768)  gpt2_small.nn:8
         h, _ = self.attn(
             h, h, h, attn_mask=causal_mask(h), need_weights=False, is_causal=True
         )
-        x = x + h  # (B, 1024, 768)  gpt2_small.nn:6
-        h = self.ln_2(x)  # (B, 1024, 768)  gpt2_small.nn:7
-        h = self.c_fc(h)  # (B, 1024, 3072)  gpt2_small.nn:7
-        h = F.gelu(h, approximate="tanh")  # (B, 1024, 3072)  gpt2_small.nn:7
-        h = self.c_proj(h)  # (B, 1024, 768)  gpt2_small.nn:8
-        return x + h  # (B, 1024, 768)  gpt2_small.nn:7
+        x = x + h  # (B, 1024, 768)  gpt2_small.nn:8
+        h = self.ln_2(x)  # (B, 1024, 768)  gpt2_small.nn:9
+        h = self.mlp["c_fc"](h)  # (B, 1024, 3072)  gpt2_small.nn:9
+        h = F.gelu(h, approximate="tanh")  # (B, 1024, 3072)  gpt2_small.nn:9
+        h = self.mlp["c_proj"](h)  # (B, 1024, 768)  gpt2_small.nn:10
+        return x + h  # (B, 1024, 768)  gpt2_small.nn:9
 
 
 class GPT2Small(nn.Module):
-    """`model GPT2Small` of gpt2_small.nn:11."""
+    """`model GPT2Small` of gpt2_small.nn:13."""
 
     def __init__(self):
         super().__init__()
@@ -58,14 +59,14 @@ class GPT2Small(nn.Module):
         self.lm_head.weight = self.wte.weight
 
     def forward(self, tokens):
-        x = self.wte(tokens)  # (B, 1024, 768)  gpt2_small.nn:13
-        # (1024, 768)  gpt2_small.nn:14
+        x = self.wte(tokens)  # (B, 1024, 768)  gpt2_small.nn:15
+        # (1024, 768)  gpt2_small.nn:16
         h = self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
-        x = x + h  # (B, 1024, 768)  gpt2_small.nn:13
+        x = x + h  # (B, 1024, 768)  gpt2_small.nn:15
         for block in self.h:
-            x = block(x)  # (B, 1024, 768)  gpt2_small.nn:15
-        x = self.ln_f(x)  # (B, 1024, 768)  gpt2_small.nn:16
-        return self.lm_head(x)  # (B, 1024, 50257)  gpt2_small.nn:17
+            x = block(x)  # (B, 1024, 768)  gpt2_small.nn:17
+        x = self.ln_f(x)  # (B, 1024, 768)  gpt2_small.nn:18
+        return self.lm_head(x)  # (B, 1024, 50257)  gpt2_small.nn:19
 
 
 # state_dict keys that are tied copies of another key (not stored in weight files)

@@ -1,0 +1,152 @@
+"""`nnspec import-weights` and `nnspec export-weights`: other programs' checkpoints in, the
+same names out, through a declared layout (nnspec/weights/layout.py).
+
+cli.py registers them on the `nnspec` group with its spec loader (`weight_commands`), so
+this module does not import cli.py. Like every command, they print user errors (a pickle, a
+checkpoint that does not fit, a layout that does not read) and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+SPEC = click.Path(path_type=str)
+LAYOUT_HELP = ("A layout file: how the checkpoint's names and layouts map to the spec's "
+               "(docs/weights.md). Without one, the names must be the spec's own.")
+
+
+def _fail(message: str, hint: str | None = None) -> None:
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"  hint: {hint}", err=True)
+    sys.exit(1)
+
+
+def _layout_or_exit(path: Path | None):
+    from nnspec.weights.layout import Layout, LayoutError, read_layout
+
+    if path is None:
+        return Layout()
+    try:
+        return read_layout(path)
+    except LayoutError as err:
+        _fail(str(err))
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def weight_commands(load_spec: Callable) -> list[click.Command]:
+    """The two commands; `load_spec(file, model, overrides)` gives the checked spec (or
+    prints its diagnostics and exits)."""
+
+    @click.command("import-weights")
+    @click.argument("file", type=SPEC)
+    @click.argument("checkpoint", type=click.Path(path_type=Path))
+    @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+                  help="The weights file to write (.safetensors, under the spec's names), "
+                  "for `nnspec predict/eval --weights` and the generated load_weights.")
+    @click.option("--layout", type=click.Path(path_type=Path), default=None, help=LAYOUT_HELP)
+    @click.option("--fresh", "fresh", multiple=True, metavar="PATTERN",
+                  help="Parameters that start from a fresh initialisation instead of the "
+                  "checkpoint, e.g. a new head: --fresh 'fc.*'. Repeatable.")
+    @click.option("--allow-pickle", is_flag=True,
+                  help="Read a .pt/.bin pickle. Loading a pickle can run any code its author put "
+                  "in it; nnspec then uses torch's restricted loader, but prefer safetensors.")
+    @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                  help="Seed of the fresh initialisation (--fresh).")
+    @click.option("--model", default=None, help="Which model of the file.")
+    @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+                  help="Override a model hyperparameter (e.g. a new number of classes).")
+    def import_weights(file: str, checkpoint: Path, out: Path, layout: Path | None,
+                       fresh: tuple[str, ...], allow_pickle: bool, seed: int, model: str | None,
+                       overrides: tuple[str, ...]):
+        """Check CHECKPOINT against the spec FILE (every name and shape, through --layout) and
+        write its weights under the spec's names. Differences are listed as a table (exit 1)."""
+        import numpy as np
+
+        from nnspec.training.rundir import RunDirError, write_safetensors
+        from nnspec.weights.checkpoint import CheckpointError, read_checkpoint
+        from nnspec.weights.layout import to_spec
+
+        spec = load_spec(file, model, overrides)
+        rules = _layout_or_exit(layout)
+        try:
+            tensors = read_checkpoint(checkpoint, allow_pickle)
+        except CheckpointError as err:
+            _fail(err.message, err.hint)
+        graph = spec.graph
+        shapes = {name: tuple(p.spec.shape) for name, p in graph.params.items()}
+        is_fresh = lambda name: any(fnmatch.fnmatchcase(name, p) for p in fresh)
+        arrays, problems = to_spec(tensors, shapes, rules, is_fresh)
+        if problems:
+            click.echo(f"error: {checkpoint} does not fit {graph.name} of {file}"
+                       f"{' through ' + str(layout) if layout else ''}:", err=True)
+            click.echo(_table(problems.rows(), ("problem", "spec name", "checkpoint name",
+                                               "detail")), err=True)
+            click.echo(f"  {len(problems.missing)} missing, {len(problems.mismatched)} of another "
+                       f"shape, {len(problems.unexpected)} unexpected", err=True)
+            click.echo("  hint: fix the spec's names (`as`, `seq`) or write a layout "
+                       "(docs/weights.md); --fresh PATTERN starts a replaced layer afresh",
+                       err=True)
+            sys.exit(1)
+        if any(is_fresh(name) for name in shapes):
+            from nnspec.backends.numpy.model import NumpyModel
+
+            initial = NumpyModel(graph, seed=seed).state_dict()
+            arrays.update({n: initial[n] for n in shapes if is_fresh(n)})
+        arrays = {n: np.asarray(arrays[n], dtype=graph.params[n].spec.dtype) for n in shapes}
+        try:
+            write_safetensors(out, arrays, {"model": graph.name, "imported_from": checkpoint.name})
+        except (OSError, RunDirError) as err:
+            _fail(f"cannot write {out}: {err}")
+        kept = sum(1 for n in shapes if not is_fresh(n))
+        click.echo(f"wrote {out}: {kept} of {len(shapes)} tensors from {checkpoint}"
+                   + (f", {len(shapes) - kept} fresh" if kept < len(shapes) else ""))
+
+
+    @click.command("export-weights")
+    @click.argument("file", type=SPEC)
+    @click.argument("weights", type=click.Path(path_type=Path))
+    @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+                  help="The .safetensors file to write, under the checkpoint's names.")
+    @click.option("--layout", type=click.Path(path_type=Path), default=None, help=LAYOUT_HELP)
+    @click.option("--model", default=None, help="Which model of the file.")
+    @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+                  help="Override a model hyperparameter (as when the weights were made).")
+    def export_weights(file: str, weights: Path, out: Path, layout: Path | None,
+                       model: str | None, overrides: tuple[str, ...]):
+        """Write WEIGHTS (a weights file or run directory of the spec FILE) under the names and
+        layouts of --layout, so the reference implementation loads them (strict)."""
+        from nnspec.training.rundir import RunDirError, read_safetensors, write_safetensors
+        from nnspec.weights.layout import from_spec
+
+        spec = load_spec(file, model, overrides)
+        rules = _layout_or_exit(layout)
+        source = weights
+        if weights.is_dir():
+            source = next((weights / n for n in ("best.safetensors", "last.safetensors")
+                           if (weights / n).is_file()), weights / "best.safetensors")
+        try:
+            arrays, _ = read_safetensors(source)
+            spec.graph.check_weights(arrays)
+            converted = from_spec(arrays, rules)
+            write_safetensors(out, converted, {"format": "pt"})
+        except RunDirError as err:
+            _fail(err.message, err.hint)
+        except ValueError as err:
+            _fail(f"{source}: {err}")
+        except OSError as err:
+            _fail(f"cannot write {out}: {err}")
+        click.echo(f"wrote {out}: {len(converted)} tensors")
+
+    return [import_weights, export_weights]

@@ -1,0 +1,194 @@
+"""Checkpoints in and out: layouts (names, transposes, packed parts, tied aliases), the
+import-weights table of differences, pickle refusal, a fresh head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file, save_file
+
+from nnspec.cli import main
+from nnspec.weights.layout import LayoutError, from_spec, parse_layout, to_spec
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+TINY = """
+model Tiny(classes = 3) {
+  input x: [4]
+  x -> seq(dense(8), relu) as body -> dense(classes) as fc
+}
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_a_layout_renames_transposes_packs_and_aliases():
+    layout = parse_layout("""
+        # comment
+        blocks.{i}.qkv_weight <- enc.{i}.q.weight, enc.{i}.k.weight,
+                                 enc.{i}.v.weight   transpose
+        emb.weight <- model.emb.weight | head.weight
+        {name} <- model.{name}
+        ignore model.mask
+    """)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3)).astype(np.float32) for _ in range(3))
+    emb = rng.standard_normal((5, 2)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    file = {"enc.0.q.weight": q, "enc.0.k.weight": k, "enc.0.v.weight": v,
+            "model.emb.weight": emb, "head.weight": emb, "model.blocks.0.bias": bias,
+            "model.mask": np.zeros(1, np.float32)}
+    shapes = {"blocks.0.qkv_weight": (9, 2), "emb.weight": (5, 2), "blocks.0.bias": (6,)}
+    arrays, problems = to_spec(file, shapes, layout)
+    assert not problems
+    np.testing.assert_array_equal(arrays["blocks.0.qkv_weight"],
+                                  np.concatenate([q.T, k.T, v.T]))
+    back = from_spec(arrays, layout)
+    assert set(back) == set(file) - {"model.mask"}
+    for name, array in back.items():
+        np.testing.assert_array_equal(array, file[name])
+
+
+def test_differences_are_listed_one_by_one():
+    layout = parse_layout("a.weight <- x.weight transpose")
+    _, problems = to_spec({"x.weight": np.zeros((2, 3)), "extra": np.zeros(1)},
+                          {"a.weight": (2, 3), "b.bias": (3,)}, layout)
+    assert problems.mismatched == [("a.weight", (2, 3), (3, 2), "x.weight")]
+    assert problems.missing == [("b.bias", "b.bias")]
+    assert problems.unexpected == [("extra", (1,))]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("a <- ", 1, "separated by"),
+    ("\n\na.{i} <- b.{j}", 3, "`{j}` is not on the left"),
+    ("a b <- c", 1, "a rule reads"),
+    ("a <- b, c | d", 1, "as many parts"),
+    ("ignore", 1, "needs the checkpoint names"),
+])
+def test_layout_mistakes_name_their_line(text, line, words):
+    with pytest.raises(LayoutError) as caught:
+        parse_layout(text, "l.layout")
+    assert caught.value.line == line and words in caught.value.message
+
+
+def _tiny_checkpoint(tmp_path, **shapes) -> Path:
+    rng = np.random.default_rng(0)
+    tensors = {"body.0.weight": (8, 4), "body.0.bias": (8,), "fc.weight": (3, 8),
+               "fc.bias": (3,)}
+    tensors.update(shapes)
+    path = tmp_path / "ckpt.safetensors"
+    save_file({k: rng.standard_normal(s).astype(np.float32) for k, s in tensors.items()
+               if s is not None}, str(path))
+    return path
+
+
+def test_import_writes_the_spec_names_and_a_mismatch_is_a_table(tmp_path):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    good = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "w.safetensors"
+    result = invoke("import-weights", spec, good, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert load_file(str(out)).keys() == load_file(str(good)).keys()
+
+    bad = _tiny_checkpoint(tmp_path, **{"fc.weight": (5, 8), "fc.bias": None,
+                                        "head.weight": (2, 2)})
+    result = invoke("import-weights", spec, bad, "-o", tmp_path / "no.safetensors")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.splitlines()
+    assert any(line.split()[:2] == ["shape", "fc.weight"] and "spec [3, 8], file gives [5, 8]"
+               in line for line in lines)
+    assert any(line.split()[:2] == ["missing", "fc.bias"] for line in lines)
+    assert any(line.split()[:3] == ["unexpected", "-", "head.weight"] for line in lines)
+    assert not (tmp_path / "no.safetensors").exists()
+
+
+def test_a_new_head_starts_fresh(tmp_path):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    ckpt = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "w.safetensors"
+    result = invoke("import-weights", spec, ckpt, "--set", "classes=10", "--fresh", "fc.*",
+                    "-o", out)
+    assert result.exit_code == 0, result.output
+    got, given = load_file(str(out)), load_file(str(ckpt))
+    assert got["fc.weight"].shape == (10, 8)
+    np.testing.assert_array_equal(got["body.0.weight"], given["body.0.weight"])
+
+
+# A protocol-0 pickle whose loading would run `touch <marker>`: written as bytes, never
+# made by the pickle module.
+def _hostile(marker: Path) -> bytes:
+    return b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+
+
+@pytest.mark.parametrize("name", ["evil.pt", "evil.bin", "evil.safetensors"])
+def test_a_pickle_is_refused_and_nothing_in_it_runs(tmp_path, name):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    marker = tmp_path / "ran"
+    evil = tmp_path / name
+    evil.write_bytes(_hostile(marker))
+    result = invoke("import-weights", spec, evil, "-o", tmp_path / "w.safetensors")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    if name != "evil.safetensors":
+        assert "--allow-pickle" in result.output and "run any code" in result.output
+    assert not marker.exists()
+
+
+@pytest.mark.torch
+def test_allow_pickle_still_refuses_code(tmp_path):
+    pytest.importorskip("torch")
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(_hostile(marker))
+    result = invoke("import-weights", spec, evil, "--allow-pickle", "-o", tmp_path / "w.st")
+    assert result.exit_code == 1 and "restricted loader refused" in result.output
+    assert not marker.exists()
+
+
+@pytest.mark.torch
+def test_allow_pickle_reads_a_plain_state_dict(tmp_path):
+    torch = pytest.importorskip("torch")
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    given = load_file(str(_tiny_checkpoint(tmp_path)))
+    path = tmp_path / "plain.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in given.items()}, path)
+    out = tmp_path / "w.safetensors"
+    assert invoke("import-weights", spec, path, "-o", out).exit_code == 1
+    result = invoke("import-weights", spec, path, "--allow-pickle", "-o", out)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(load_file(str(out))["fc.weight"], given["fc.weight"])
+
+
+def test_the_example_layouts_read():
+    for path in SPECS.glob("*.layout"):
+        assert parse_layout(path.read_text(), str(path)).rules
+
+
+def test_imported_weights_load_into_the_interpreter_buffers_included(tmp_path):
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.spec import load
+
+    spec = tmp_path / "bn.nn"
+    spec.write_text("model BN {\n  input x: [4]\n  x -> dense(3) as fc -> batchnorm as bn\n}\n")
+    rng = np.random.default_rng(0)
+    ckpt = tmp_path / "bn.safetensors"
+    save_file({"fc.weight": rng.standard_normal((3, 4)).astype(np.float32),
+               "fc.bias": np.zeros(3, np.float32), "bn.weight": np.ones(3, np.float32),
+               "bn.bias": np.zeros(3, np.float32), "bn.running_mean": np.zeros(3, np.float32),
+               "bn.running_var": np.ones(3, np.float32),
+               "bn.num_batches_tracked": np.array(7, np.int64)}, str(ckpt))
+    out = tmp_path / "w.safetensors"
+    assert invoke("import-weights", spec, ckpt, "-o", out).exit_code == 0
+    model = NumpyModel(load(spec).graph)
+    model.load(out)  # a 0-d buffer stays 0-d
+    assert model.state_dict()["bn.num_batches_tracked"] == 7
