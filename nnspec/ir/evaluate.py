@@ -106,7 +106,8 @@ class Evaluator:
     def eval_ListExpr(self, expr, frame):
         return [self.value(self.eval(item, frame), item) for item in expr.items]
 
-    def lookup_optional(self, name: str, frame: Frame):
+    def lookup_optional(self, name: str, frame: Frame, span: Span | None = None):
+        """What `name` means here, or None; an op's layer is placed at `span`."""
         if name in frame.vars:
             return frame.vars[name]
         if name in self.consts:
@@ -116,12 +117,13 @@ class Evaluator:
             if definition.kind == "model":
                 return None
             return Layer(definition.kind, name, definition.name_span)
-        if ops.lookup(name) is not None:
-            return Layer("op", ops.lookup(name).name, None)
+        opdef = ops.lookup(name)
+        if opdef is not None:
+            return Layer("op", opdef.name, span)
         return None
 
     def eval_Name(self, expr, frame):
-        value = self.lookup_optional(expr.id, frame)
+        value = self.lookup_optional(expr.id, frame, expr.span)
         if value is None:
             if expr.id in self.defs:
                 raise DiagnosticError("E101", f"`{expr.id}` is a model; only blocks and fns can be "
