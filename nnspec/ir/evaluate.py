@@ -19,6 +19,7 @@ from nnspec.ir import ops
 from nnspec.ir.arithmetic import BUILTIN_FUNCS, call_builtin, combine
 from nnspec.ir.attrs import bind_params
 from nnspec.ir.definitions import find_recursion, index_definitions
+from nnspec.ir.estimate import LayerFloor
 from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
@@ -47,6 +48,7 @@ class Evaluator:
             frame.vars[item.name] = value
         self.recursive, problems = find_recursion(self.defs, self.consts)
         self.diagnostics += problems
+        self.floor = LayerFloor(self.defs, self.consts, self.recursive)
 
     # ---- diagnostics --------------------------------------------------------------------
 
@@ -356,7 +358,7 @@ class Evaluator:
         frame.graph.add_scope(Scope(path, "repeat", "repeat", span, layer.count, named=named))
         inner = frame.inner(path, "repeat")
         graph = frame.graph
-        graph.check_repeat(layer.count, 1, span)
+        graph.check_repeat(layer.count, max(1, self.floor.of_layer(layer.parts[0])), span)
         current = tensors[0]
         for i in range(layer.count):
             if current is POISON:
@@ -404,6 +406,8 @@ class Evaluator:
                                   notes=(Note(definition.name_span, "defined here"),))
         bound = bind_params(definition, values, keywords, frame.vars,
                             lambda expr: self.eval_value(expr, frame), span, spans)
+        frame.graph.check_room(self.floor.of_definition(definition, bound),
+                               f"`{definition.name}`", span)
         for stmt, tensor in zip(inputs, tensors):
             self.bind_input(stmt, tensor, frame, span)
         names = [(s.name, t.node) for s, t in zip(inputs, tensors)]
