@@ -26,16 +26,7 @@ CASES = Path(__file__).parent / "fuzz_cases"
 SECONDS = 4.0  # of inputs per run; the last input may add its time limit
 TIME_LIMIT = 2.0
 # Saved cases whose fix belongs to another change; the lead removes a line with its fix.
-SLOW_PARSE = ("more than 10 s to parse and report a syntax error in a large mutated file "
-              "(thousands of long sums): syntax/parser.py")
-SLOW_BUILD = ("not a hang: 32 x 8 block copies whose shape rules fail take about 3 s per "
-              "pass, 10 s over every option set (the builder's speed, issue 15)")
-EXPECTED_FAILURES = {
-    "hang-ir-build-build_model-d4d43a04.nn": SLOW_BUILD,
-    "hang-syntax-parser-check_text-0a2cce6d.nn": SLOW_PARSE,
-    "hang-syntax-parser-check_text-0dbb4d8d.nn": SLOW_PARSE,
-    "hang-syntax-parser-check_text-e8a07430.nn": SLOW_PARSE,
-}
+EXPECTED_FAILURES: dict[str, str] = {}
 
 
 def _seed() -> str:

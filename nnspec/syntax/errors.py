@@ -12,7 +12,7 @@ import unicodedata
 
 from nnspec.diagnostics import Diagnostic, Source, Span, did_you_mean
 from nnspec.syntax import lalr
-from nnspec.syntax.lexing import CONTINUE_AFTER, MAX_BRACKETS, Lexeme, TooDeep, statement_newlines
+from nnspec.syntax.lexing import CONTINUE_AFTER, MAX_BRACKETS, Lexeme, TooDeep
 
 _WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE": "a dtype",
           "_NL": "a new line", "$END": "the end of the file"}
@@ -46,19 +46,6 @@ def _found(tok: Lexeme) -> str:
     if tok.type == "STRING":
         return f"string {tok.value}"
     return f"`{tok.value}`"
-
-
-def _tokens_before(text: str, pos: int | None) -> list[Lexeme]:
-    """The tokens in front of an error (newlines inside brackets already dropped)."""
-    tokens = []
-    try:
-        for tok in statement_newlines(lalr.tables().lex(text)):
-            if pos is not None and tok.start_pos >= pos:
-                break
-            tokens.append(tok)
-    except (lalr.SyntaxFailure, TooDeep):
-        pass
-    return tokens
 
 
 def _unclosed(tokens: list[Lexeme]) -> list[Lexeme]:
@@ -97,7 +84,7 @@ def syntax_diagnostic(err: lalr.SyntaxFailure, text: str, source: Source,
         return Diagnostic("E001", f"unexpected character `{char}`", span, hint)
     tok = err.token
     at_end = tok.type == lalr.END
-    tokens = _tokens_before(text, None if at_end else tok.start_pos)
+    tokens = err.before  # newlines inside brackets already dropped
     prev = tokens[-1] if tokens else None
     before_prev = tokens[-2] if len(tokens) > 1 else None
     open_ = _unclosed(tokens)

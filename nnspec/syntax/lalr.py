@@ -33,17 +33,19 @@ FORMAT = 2  # of the tables file; a file in another format is not used
 STARTS = ("start", "value")  # `start` parses a file; `value` one expression (`--set d=64`)
 END = "$END"
 _BAD_CHAR = "BAD_CHAR_"  # the lexer's last alternative: a character no terminal starts with
+_AT_END = "AT_END_"  # the end of the text, after ignored text
 
 
 class SyntaxFailure(Exception):
     """Where parsing stopped. A token the grammar does not allow there (`token`, with the
     terminals that `expected` could have come instead; `token.type` is "$END" at the end of
-    the text), or a character no token starts with (`token` is None)."""
+    the text, and `before` the tokens the parser took), or a character no token starts
+    with (`token` is None)."""
 
     def __init__(self, token: Lexeme | None, expected: frozenset, pos: int, line: int,
-                 column: int):
+                 column: int, before: list[Lexeme] | None = None):
         super().__init__(f"syntax error at {line}:{column}")
-        self.token, self.expected = token, expected
+        self.token, self.expected, self.before = token, expected, before or []
         self.pos, self.line, self.column = pos, line, column
 
 
@@ -121,8 +123,16 @@ class Tables:
         self.end_states: dict[str, int] = data["end_states"]
         self.rules = [Reduction(*rule) for rule in data["rules"]]
         self.units: dict[tuple[int, int, str], int] = {}  # memo of `_after_units`
-        alternatives = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals]
-        self.scanner = re.compile("|".join([*alternatives, rf"(?P<{_BAD_CHAR}>[\s\S])"]))
+        bad = rf"(?P<{_BAD_CHAR}>[\s\S])"
+        every = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals]
+        self.every_token = re.compile("|".join([*every, bad]))
+        # What the parser reads: ignored text (spaces, comments) is skipped before each token
+        # rather than found as a token of its own; at the end only ignored text remains.
+        ignored = "|".join(regexp for name, regexp in self.terminals if name in self.ignore)
+        kept = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals
+                if name not in self.ignore]
+        self.next_token = re.compile(f"(?:{ignored})*(?:" + "|".join(
+            [*kept, rf"(?P<{_AT_END}>\Z)", bad]) + ")")
 
     def callbacks(self) -> set[str]:
         """The builder methods the rules call."""
@@ -133,20 +143,25 @@ class Tables:
     def lex(self, text: str, keep_ignored: bool = False):
         """The lexemes of `text` (spaces and comments too with `keep_ignored`); raises
         SyntaxFailure at a character no token starts with, when the lexer reaches it."""
-        ignore = frozenset() if keep_ignored else self.ignore
+        scanner = self.every_token if keep_ignored else self.next_token
         keywords = self.keywords
         line, line_start = 1, 0
-        for match in self.scanner.finditer(text):
-            kind, value, start = match.lastgroup, match.group(), match.start()
+        for match in scanner.finditer(text):
+            kind = match.lastgroup
+            start, skipped = match.start(kind), match.start()
+            if skipped < start and "\n" in text[skipped:start]:  # a `\` that joins lines
+                line += text.count("\n", skipped, start)
+                line_start = text.rindex("\n", skipped, start) + 1
             column = start - line_start + 1
+            if kind == _AT_END:
+                return
             if kind == _BAD_CHAR:
                 raise SyntaxFailure(None, frozenset(), start, line, column)
+            value = match.group(kind)
             first_line = line
             if "\n" in value:
                 line += value.count("\n")
                 line_start = start + value.rindex("\n") + 1
-            if kind in ignore:
-                continue
             if kind in keywords:
                 kind = keywords[kind].get(value, kind)
             yield Lexeme(kind, value, start, first_line, column, line,
@@ -164,12 +179,14 @@ class Tables:
         end_state = self.end_states[start]
         values: list = []
         places: list = []  # (line, col, end_line, end_col) of each value, None if empty
+        taken: list[Lexeme] = []  # every token so far, for the message of a syntax error
         for tok in itertools.chain(statement_newlines(self.lex(text)), (_END,)):
             kind = tok.type
+            taken.append(tok)
             while True:
                 action = actions[states[-1]].get(kind)
                 if action is None:
-                    raise self._unexpected(tok, states[-1])
+                    raise self._unexpected(tok, states[-1], taken[:-1])
                 if action >= 0:
                     states.append(action)
                     values.append(tok)
@@ -185,11 +202,11 @@ class Tables:
                     continue
                 size = rule.size
                 if size:
-                    taken, where = values[-size:], places[-size:]
+                    popped, where = values[-size:], places[-size:]
                     del values[-size:], places[-size:], states[-size:]
                 else:
-                    taken, where = [], []
-                value, place = rule.reduce(taken, where, methods, source)
+                    popped, where = [], []
+                value, place = rule.reduce(popped, where, methods, source)
                 states.append(actions[states[-1]][rule.origin])
                 values.append(value)
                 places.append(place)
@@ -204,9 +221,9 @@ class Tables:
             action = self.states[top].get(kind)
         return top
 
-    def _unexpected(self, tok: Lexeme, state: int) -> SyntaxFailure:
+    def _unexpected(self, tok: Lexeme, state: int, before: list[Lexeme]) -> SyntaxFailure:
         expected = frozenset(s for s in self.states[state] if s.isupper())
-        return SyntaxFailure(tok, expected, tok.start_pos, tok.line, tok.column)
+        return SyntaxFailure(tok, expected, tok.start_pos, tok.line, tok.column, before)
 
 
 _END = Lexeme(END, "", 0, 1, 1, 1, 1)  # after the last token (messages do not show its place)

@@ -287,18 +287,26 @@ def parse(text: str, path: str = "<string>") -> ast.Program:
         program = lalr.tables().parse(text, "start", builder, source)
     except TooDeep as err:
         raise SpecError([nesting_diagnostic(err, source)]) from None
-    except lalr.SyntaxFailure:
-        raise SpecError(_errors_per_definition(text, source)) from None
+    except lalr.SyntaxFailure as err:
+        raise SpecError(_errors_per_definition(text, source, err)) from None
     if builder.errors:
         raise SpecError(builder.errors)
     return program
 
 
-def _errors_per_definition(text: str, source: Source) -> list[Diagnostic]:
+def _errors_per_definition(text: str, source: Source,
+                           failure: lalr.SyntaxFailure) -> list[Diagnostic]:
     """Each definition is parsed as a text of its own (definitions start at a line's start,
-    so only line numbers move); linear in the file, however many definitions it has."""
+    so only line numbers move); linear in the file, however many definitions it has.
+
+    When the whole text failed (`failure`) at its end or inside its last definition, the
+    parser took every definition keyword at the top level: the ones before are whole, and
+    the last one's error is the failure itself."""
     starts = [m.start() for m in _ITEM_START.finditer(text)] or [0]
     starts = [0] + [s for s in starts if s > 0] + [len(text)]
+    token = failure.token
+    if token is not None and (token.type == lalr.END or token.start_pos > starts[-2]):
+        return [syntax_diagnostic(failure, text, source)]
     errors, line = [], 0
     for lo, hi in itertools.pairwise(starts):
         chunk = text[lo:hi]
