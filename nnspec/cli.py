@@ -6,19 +6,27 @@ imports (torch, numpy backends) happen inside the commands that need them.
 
 from __future__ import annotations
 
+import signal
 import sys
 
-try:  # a Ctrl-C while these load (the first tenth of a second) ends as quietly as a later one
-    import json
-    from pathlib import Path
+# A Ctrl-C while the modules load and the commands are defined (the first ~50 ms, before
+# they can catch it) exits 130 as quietly as a later one; the usual KeyboardInterrupt is
+# back at the end of this module. (Not in another thread, which cannot set handlers.)
+_UNTIL_LOADED = signal.getsignal(signal.SIGINT)
+if _UNTIL_LOADED is signal.default_int_handler:
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+    except ValueError:
+        _UNTIL_LOADED = None
 
-    import click
+import json
+from pathlib import Path
 
-    from nnspec import __version__
-    from nnspec.cli_editor import fmt_command, lsp_command
-    from nnspec.diagnostics import Diagnostic, SpecError, render_inline, render_json, render_text
-except KeyboardInterrupt:
-    sys.exit(130)
+import click
+
+from nnspec import __version__
+from nnspec.cli_editor import fmt_command, lsp_command
+from nnspec.diagnostics import Diagnostic, SpecError, render_inline, render_json, render_text
 
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
@@ -736,6 +744,9 @@ def _add_weight_commands() -> None:
 
 
 _add_weight_commands()
+
+if _UNTIL_LOADED is signal.default_int_handler:  # loaded: the commands catch Ctrl-C now
+    signal.signal(signal.SIGINT, _UNTIL_LOADED)
 
 if __name__ == "__main__":
     try:

@@ -202,12 +202,16 @@ def _sorted(diagnostics: list[Diagnostic]) -> tuple[Diagnostic, ...]:
 def _no_collector_pauses():
     """Compiling allocates hundreds of thousands of small objects (tokens, AST, IR) and no
     reference cycles, so the cyclic collector only rescans them: a quarter of the time of a
-    10,000-layer check. It is paused while the front end runs and restored after."""
+    10,000-layer check. It is paused while the front end runs and restored after, with what
+    survived moved to the oldest generation (freeze, unfreeze): otherwise the first
+    collection after the pause rescans all of it at once."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
+        gc.unfreeze()
         if enabled:
             gc.enable()
 

@@ -68,3 +68,39 @@ def test_a_summary_of_sizes_past_any_float_has_no_traceback(tmp_path):
                                "--format", fmt], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
+
+
+def test_doubling_blocks_are_refused_before_any_is_built():
+    """Thirty blocks that each apply the one below twice: 2^30 layers, known from the text."""
+    levels = ["block B0 { input x: [4]\n  x -> dense(4) }"]
+    levels += [f"block B{i} {{ input x: [4]\n  x -> B{i - 1} -> B{i - 1} }}" for i in range(1, 31)]
+    text = "\n".join(levels) + "\nmodel M { input x: [4]\n  x -> B30 }\n"
+    start = time.perf_counter()
+    analysis = analyze(text)
+    assert time.perf_counter() - start < 1
+    assert _codes(analysis) == ["E401"]
+    assert "`B30` would build at least 1,073,741,824 layers" in analysis.diagnostics[0].message
+    assert analysis.diagnostics[0].span.line == 64  # `x -> B30`, two lines per block
+
+
+SIZED = """block Stack(n, wide = false) {{
+  input x: [4]
+  h = x -> repeat(n, dense(4))
+  (h -> repeat(1000, relu)) if wide else h
+}}
+
+model M {{
+  input x: [4]
+  x -> Stack({n}) -> repeat(2, Stack({n}, wide = {wide}))
+}}
+"""
+
+
+def test_the_estimate_counts_arguments_and_never_refuses_a_model_that_fits():
+    """Stack(50) is 50 layers, Stack(50, wide = true) 1,050: the input and 150 or 2,150."""
+    assert analyze(SIZED.format(n=50, wide="false"), max_layers=151).ok
+    assert _codes(analyze(SIZED.format(n=50, wide="false"), max_layers=150)) == ["E401"]
+    assert analyze(SIZED.format(n=50, wide="true"), max_layers=2_151).ok
+    refused = analyze(SIZED.format(n=50, wide="true"), max_layers=2_150)
+    assert _codes(refused) == ["E401"]
+    assert refused.diagnostics[0].span.line == 9  # before the repeat's first copy

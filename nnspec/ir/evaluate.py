@@ -19,6 +19,7 @@ from nnspec.ir import ops
 from nnspec.ir.arithmetic import BUILTIN_FUNCS, call_builtin, combine
 from nnspec.ir.attrs import bind_params
 from nnspec.ir.definitions import find_recursion, index_definitions
+from nnspec.ir.estimate import LayerFloor
 from nnspec.ir.frames import Frame, constant_frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.graph_builder import MAX_LAYERS
@@ -57,6 +58,7 @@ class Evaluator:
             frame.vars[item.name] = value
         self.recursive, problems = find_recursion(self.defs, self.consts)
         self.diagnostics += problems
+        self.floor = LayerFloor(self.defs, self.consts, self.recursive)
 
     # ---- diagnostics --------------------------------------------------------------------
 
@@ -147,7 +149,8 @@ class Evaluator:
     def eval_ListExpr(self, expr, frame):
         return [self.value(self.eval(item, frame), item) for item in expr.items]
 
-    def lookup_optional(self, name: str, frame: Frame):
+    def lookup_optional(self, name: str, frame: Frame, span: Span | None = None):
+        """What `name` means here, or None; an op's layer is placed at `span`."""
         if name in frame.vars:
             return frame.vars[name]
         if name in self.consts:
@@ -157,12 +160,13 @@ class Evaluator:
             if definition.kind == "model":
                 return None
             return Layer(definition.kind, name, definition.name_span)
-        if ops.lookup(name) is not None:
-            return Layer("op", ops.lookup(name).name, None)
+        opdef = ops.lookup(name)
+        if opdef is not None:
+            return Layer("op", opdef.name, span)
         return None
 
     def eval_Name(self, expr, frame):
-        value = self.lookup_optional(expr.id, frame)
+        value = self.lookup_optional(expr.id, frame, expr.span)
         if value is None:
             if expr.id in self.defs:
                 raise DiagnosticError("E101", f"`{expr.id}` is a model; only blocks and fns can be "
@@ -486,7 +490,7 @@ class Evaluator:
         frame.graph.add_scope(Scope(path, "repeat", "repeat", span, layer.count, named=named))
         inner = frame.inner(path, "repeat")
         graph = frame.graph
-        graph.check_repeat(layer.count, 1, span)
+        graph.check_repeat(layer.count, max(1, self.floor.of_layer(layer.parts[0])), span)
         current = tensors[0]
         for i in range(layer.count):
             if current is POISON:
@@ -534,6 +538,8 @@ class Evaluator:
                                   notes=(Note(definition.name_span, "defined here"),))
         bound = bind_params(definition, values, keywords, frame.vars,
                             lambda expr: self.eval_value(expr, frame), span, spans)
+        frame.graph.check_room(self.floor.of_definition(definition, bound),
+                               f"`{definition.name}`", span)
         for stmt, tensor in zip(inputs, tensors):
             self.bind_input(stmt, tensor, frame, span)
         names = [(s.name, t.node) for s, t in zip(inputs, tensors)]

@@ -63,6 +63,15 @@ class GraphBuilder:
                                   f"layers; the limit is {self.max_layers:,}", span,
                                   "repeat fewer times, or raise the limit with `--max-layers`")
 
+    def check_room(self, layers: int, what: str, span: Span):
+        """Refuse `what`, which builds at least `layers` layers, before building it when the
+        budget has no room for them."""
+        if len(self.nodes) + layers > self.max_layers:
+            raise DiagnosticError("E401", f"{what} would build at least {layers:,} layers; "
+                                  f"the limit is {self.max_layers:,}", span,
+                                  "build a smaller configuration (`--set`), or raise the limit "
+                                  "with `--max-layers`")
+
     def unique_name(self, name: str) -> str:
         """`name_1`, `name_2`, ...: the first no node has (for a name that one has)."""
         i = 1

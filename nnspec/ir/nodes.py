@@ -43,16 +43,19 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     node_name = frame.qualify(local)
     if node_name in graph.node_names:
         node_name = graph.unique_name(node_name)
-    attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
+    attrs_out = attrs
+    if any(isinstance(v, Layer) for v in attrs.values()):  # `tie = wte` is not an attribute
+        attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
     input_names = tuple(t.node for t in tensors)
+    in_types = [t.type for t in tensors]
     scope = graph.scope_of(frame.path)
     origin = f"`{source_text(span)}`"
-    if any(t.type is None for t in tensors):
+    if None in in_types:
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
         return _results(opdef, None, attrs, Tensor(node_name, None, span, origin), frame)
     try:
-        out_type = opdef.infer([t.type for t in tensors], attrs)
+        out_type = opdef.infer(in_types, attrs)
     except ops.ShapeError as err:
         notes = tuple(Note(t.span, f"the input comes from {t.origin}, which gives {t.type}")
                       for t in tensors if t.span is not None)
@@ -68,7 +71,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
                                   "hold", span, "use a `block` for layers with weights")
         module_path = module or node_name
         tie = attrs.get("tie")
-        params = graph.register_params(opdef, [t.type for t in tensors], attrs, module_path,
+        params = graph.register_params(opdef, in_types, attrs, module_path,
                                        node_name, span, tie.module if tie else None)
     graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, out_type, span,
                         module_path, params, scope, named=named))

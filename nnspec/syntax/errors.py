@@ -2,7 +2,7 @@
 bracket, a dangling `->` at the arrow, a misspelt keyword at the word, an invisible
 character by its name.
 
-Lark reports the first token it could not take; these rules turn that into a sentence a
+The parser reports the first token it could not take; these rules turn that into a sentence a
 person can act on, with the tokens a person would type next as the hint.
 """
 
@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import unicodedata
 
-from lark import Token
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
-
 from nnspec.diagnostics import Diagnostic, Source, Span, did_you_mean
 from nnspec.syntax import lalr
-from nnspec.syntax.lexing import CONTINUE_AFTER
+from nnspec.syntax.lexing import CONTINUE_AFTER, MAX_BRACKETS, Lexeme, TooDeep
 
 _WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE": "a dtype",
           "_NL": "a new line", "$END": "the end of the file"}
@@ -30,9 +27,8 @@ _FIXES = {"\u2192": "->", "\u2212": "-", "\u00d7": "*", "\u201c": '"', "\u201d":
 
 
 def _expected_words(expected, whole: str = "the file") -> list[str]:
-    """Lark's terminal names -> what a person types, most useful first."""
-    literals = {t.name: t.pattern.value for t in lalr.parser().terminals
-                if t.pattern.type == "str"}
+    """The grammar's terminal names -> what a person types, most useful first."""
+    literals = lalr.tables().literals
     names = {**_WORDS, "$END": f"the end of {whole}"}
     words = {f"`{literals[t]}`" if t in literals else names.get(t) for t in expected}
     words.discard(None)
@@ -44,7 +40,7 @@ def _expected_words(expected, whole: str = "the file") -> list[str]:
     return sorted(words, key=rank)
 
 
-def _found(tok: Token) -> str:
+def _found(tok: Lexeme) -> str:
     if tok.type in ("NAME", "NUMBER"):
         return f"{_WORDS[tok.type][2:]} `{tok.value}`"
     if tok.type == "STRING":
@@ -52,21 +48,8 @@ def _found(tok: Token) -> str:
     return f"`{tok.value}`"
 
 
-def _tokens_before(text: str, pos: int | None) -> list[Token]:
-    """The tokens in front of an error (newlines inside brackets already dropped)."""
-    tokens = []
-    try:
-        for tok in lalr.parser().lex(text):
-            if pos is not None and tok.start_pos >= pos:
-                break
-            tokens.append(tok)
-    except UnexpectedInput:
-        pass
-    return tokens
-
-
-def _unclosed(tokens: list[Token]) -> list[Token]:
-    stack: list[Token] = []
+def _unclosed(tokens: list[Lexeme]) -> list[Lexeme]:
+    stack: list[Lexeme] = []
     for tok in tokens:
         if tok.type in ("LPAR", "LSQB", "LBRACE"):
             stack.append(tok)
@@ -76,18 +59,18 @@ def _unclosed(tokens: list[Token]) -> list[Token]:
     return stack
 
 
-def _tok_span(source: Source, tok: Token) -> Span:
+def _tok_span(source: Source, tok: Lexeme) -> Span:
     return Span(source, tok.line, tok.column, tok.end_line or tok.line,
                 tok.end_column or tok.column + 1)
 
 
-def syntax_diagnostic(err: UnexpectedInput, text: str, source: Source,
+def syntax_diagnostic(err: lalr.SyntaxFailure, text: str, source: Source,
                       whole: str = "the file") -> Diagnostic:
     """The first syntax error of `text` (`whole` names it in messages: "the file", "the
     value")."""
     line, col = max(err.line, 1), max(err.column, 1)
-    if isinstance(err, UnexpectedCharacters):
-        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
+    if err.token is None:  # a character no token starts with
+        char = text[err.pos] if err.pos < len(text) else ""
         span = Span(source, line, col, line, col + 1)
         if char == '"':
             return Diagnostic("E001", "this string is never closed", span,
@@ -99,14 +82,14 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, source: Source,
         hint = "strings use double quotes" if char == "'" else (
             f"write `{_FIXES[char]}`" if char in _FIXES else None)
         return Diagnostic("E001", f"unexpected character `{char}`", span, hint)
-    tok = err.token if isinstance(err, UnexpectedToken) else None
-    at_end = tok is None or tok.type == "$END"
-    tokens = _tokens_before(text, None if at_end else tok.start_pos)
+    tok = err.token
+    at_end = tok.type == lalr.END
+    tokens = err.before  # newlines inside brackets already dropped
     prev = tokens[-1] if tokens else None
     before_prev = tokens[-2] if len(tokens) > 1 else None
     open_ = _unclosed(tokens)
     inner = open_[-1] if open_ else None
-    expected = set(getattr(err, "expected", ()) or ())
+    expected = set(err.expected)
 
     if (prev is not None and prev.type == "NAME" and not at_end
             and (before_prev is None or before_prev.value in ("{", ";") or
@@ -176,6 +159,13 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, source: Source,
     elif tok.value in _RESERVED and tok.type != "NAME":
         hint = f"`{tok.value}` is a reserved word; pick another name"
     return Diagnostic("E001", f"unexpected {_found(tok)}", span, hint)
+
+
+def nesting_diagnostic(err: TooDeep, source: Source) -> Diagnostic:
+    """Brackets nested past the limit: the compiler would recurse once per level."""
+    return Diagnostic("E004", f"brackets nest more than {MAX_BRACKETS} deep here",
+                      _tok_span(source, err.bracket),
+                      "split the expression into named steps (`h = ...`)")
 
 
 def _unseen(char: str) -> bool:

@@ -1,81 +1,341 @@
-"""The LALR parser of nnspec/grammar/nnspec.lark, loaded from tables shipped beside it.
+"""The LALR(1) parser of nnspec/grammar/nnspec.lark: a lexer and a table-driven parser whose
+reductions call the AST builder directly, so no parse tree is ever made.
 
-Analysing the grammar takes a third of a cold `nnspec check`, and Lark's own cache is a
-pickle that every run would load from a directory other users or programs can write to.
-So the analysed tables ship as plain JSON (`grammar/nnspec.tables.json`, made by
-`python scripts/gen_grammar_tables.py`), loaded through Lark's deserialiser, the one its
-standalone parsers use. The file records the grammar's hash and Lark's version; when
-either differs (an edited grammar, another Lark) the grammar is analysed instead, so the
-grammar file stays the single source of the syntax. A test keeps the shipped file current.
+Lark analyses the grammar; `python scripts/gen_grammar_tables.py` writes what it found to
+`grammar/nnspec.tables.json` (plain JSON: no pickle, no cache), and running needs only that
+file, not Lark. The file records the grammar's hash: when it differs (an edited grammar) the
+grammar is analysed with Lark instead, so the grammar file stays the single source of the
+syntax. A test keeps the shipped file current.
+
+Each rule of the grammar is reduced the way Lark would shape its tree (tokens written as
+"quoted strings" dropped, `_rule`s spliced into their parent, `?rule`s with one child
+replaced by it, `[optional]` parts that are absent given as None), then handed to the
+builder's method named after the rule (or its `-> alias`) as `method(span, children)`. The
+span runs from the first to the last token of the rule, as Lark's positions do: a child in
+parentheses counts its parentheses, a bare token does not.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
+import re
 from importlib import resources
 
-import lark
-from lark import Lark
-from lark.grammar import Rule
-from lark.lexer import TerminalDef
-
-from nnspec.syntax.lexing import Newlines
+from nnspec.diagnostics import Source, Span
+from nnspec.syntax.lexing import Lexeme, statement_newlines
 
 GRAMMAR = "grammar/nnspec.lark"
 TABLES = "grammar/nnspec.tables.json"
-# `start` parses a file; `value` parses one expression on its own (`--set d=64`).
-OPTIONS = {"parser": "lalr", "lexer": "basic", "propagate_positions": True,
-           "maybe_placeholders": True, "start": ["start", "value"]}
-_INT_KEYS = "int_keyed"  # JSON objects have string keys; Lark's tables are keyed by numbers
+FORMAT = 2  # of the tables file; a file in another format is not used
+STARTS = ("start", "value")  # `start` parses a file; `value` one expression (`--set d=64`)
+END = "$END"
+_BAD_CHAR = "BAD_CHAR_"  # the lexer's last alternative: a character no terminal starts with
+_AT_END = "AT_END_"  # the end of the text, after ignored text
 
 
-@functools.cache
-def parser() -> Lark:
-    """The parser: newlines that do not end a statement are dropped before it sees them."""
-    return _load(Newlines())
+class SyntaxFailure(Exception):
+    """Where parsing stopped. A token the grammar does not allow there (`token`, with the
+    terminals that `expected` could have come instead; `token.type` is "$END" at the end of
+    the text, and `before` the tokens the parser took), or a character no token starts
+    with (`token` is None)."""
+
+    def __init__(self, token: Lexeme | None, expected: frozenset, pos: int, line: int,
+                 column: int, before: list[Lexeme] | None = None):
+        super().__init__(f"syntax error at {line}:{column}")
+        self.token, self.expected, self.before = token, expected, before or []
+        self.pos, self.line, self.column = pos, line, column
 
 
-@functools.cache
-def lexer() -> Lark:
-    """The same tables without the post-lexer, for a token stream that keeps every newline."""
-    return _load(None)
+class Reduction:
+    """One grammar rule: how many stack entries it takes, which of them are its children,
+    and which builder method makes its value."""
+
+    __slots__ = ("callback", "expand1", "identity", "inline", "origin", "passes", "plan",
+                 "size", "trailing", "unit")
+
+    def __init__(self, origin: str, size: int, callback: str, expand1: bool,
+                 plan: list, trailing: int):
+        self.origin, self.size, self.callback = origin, size, callback
+        self.expand1 = expand1
+        self.inline = origin.startswith("_")
+        self.plan = tuple((index, splice, nones) for index, splice, nones in plan)
+        self.trailing = trailing
+        # every entry is a child, as it is: no token left out, spliced or absent
+        self.identity = not trailing and self.plan == tuple((i, False, 0) for i in range(size))
+        # `?atom: "(" expr ")"`: always one child, which is the value
+        self.passes = expand1 and not any(splice for _, splice, _ in self.plan) and (
+            len(self.plan) + sum(nones for *_, nones in self.plan) + trailing == 1)
+        # `?sum: product`: the child is the value and has its place; only the state changes
+        self.unit = self.passes and size == 1
+
+    def children(self, values: list) -> list:
+        if self.identity:
+            return values
+        out: list = []
+        for index, splice, nones in self.plan:
+            if nones:
+                out += [None] * nones
+            if not splice:
+                out.append(values[index])
+            elif out:
+                out += values[index]
+            else:  # a left-recursive `_list` grows in place: linear in its length
+                out = values[index]
+        if self.trailing:
+            out += [None] * self.trailing
+        return out
+
+    def reduce(self, values: list, places: list, methods: dict, source: Source):
+        """The rule's value made of the stack entries `values` (at `places`), and its place."""
+        place = None
+        if places:
+            first, final = places[0], places[-1]
+            if first is None or final is None:  # an empty rule's value takes no room
+                placed = [p for p in places if p is not None]
+                first, final = (placed[0], placed[-1]) if placed else (None, None)
+            if first is not None:
+                place = (first[0], first[1], final[2], final[3])
+        children = self.children(values)
+        if self.inline:
+            return children, place
+        if self.expand1 and len(children) == 1:
+            child = children[0]
+            if isinstance(child, Lexeme):  # a bare token keeps its own place, not its brackets'
+                return child, (child.line, child.column, child.end_line, child.end_column)
+            return child, place
+        span = Span(source, *place) if place else Span(source, 1, 1, 1, 1)
+        return methods[self.callback](span, children), place
+
+
+class Tables:
+    """The analysed grammar: the lexer's terminals and the parser's actions."""
+
+    def __init__(self, data: dict):
+        self.terminals = [tuple(t) for t in data["terminals"]]  # (name, regexp), in match order
+        self.keywords: dict[str, dict[str, str]] = data["keywords"]  # NAME -> {"model": "MODEL"}
+        self.ignore = frozenset(data["ignore"])
+        self.literals: dict[str, str] = data["literals"]  # LPAR -> "(": for messages
+        self.states: list[dict[str, int]] = data["states"]  # >= 0 shift/goto, < 0 reduce ~n
+        self.start_states: dict[str, int] = data["start_states"]
+        self.end_states: dict[str, int] = data["end_states"]
+        self.rules = [Reduction(*rule) for rule in data["rules"]]
+        self.units: dict[tuple[int, int, str], int] = {}  # memo of `_after_units`
+        bad = rf"(?P<{_BAD_CHAR}>[\s\S])"
+        every = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals]
+        self.every_token = re.compile("|".join([*every, bad]))
+        # What the parser reads: ignored text (spaces, comments) is skipped before each token
+        # rather than found as a token of its own; at the end only ignored text remains.
+        ignored = "|".join(regexp for name, regexp in self.terminals if name in self.ignore)
+        kept = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals
+                if name not in self.ignore]
+        self.next_token = re.compile(f"(?:{ignored})*(?:" + "|".join(
+            [*kept, rf"(?P<{_AT_END}>\Z)", bad]) + ")")
+
+    def callbacks(self) -> set[str]:
+        """The builder methods the rules call."""
+        return {r.callback for r in self.rules if not r.passes and not r.inline}
+
+    # ---- lexing ---------------------------------------------------------------------------
+
+    def lex(self, text: str, keep_ignored: bool = False):
+        """The lexemes of `text` (spaces and comments too with `keep_ignored`); raises
+        SyntaxFailure at a character no token starts with, when the lexer reaches it."""
+        scanner = self.every_token if keep_ignored else self.next_token
+        keywords = self.keywords
+        line, line_start = 1, 0
+        for match in scanner.finditer(text):
+            kind = match.lastgroup
+            start, skipped = match.start(kind), match.start()
+            if skipped < start and "\n" in text[skipped:start]:  # a `\` that joins lines
+                line += text.count("\n", skipped, start)
+                line_start = text.rindex("\n", skipped, start) + 1
+            column = start - line_start + 1
+            if kind == _AT_END:
+                return
+            if kind == _BAD_CHAR:
+                raise SyntaxFailure(None, frozenset(), start, line, column)
+            value = match.group(kind)
+            first_line = line
+            if "\n" in value:
+                line += value.count("\n")
+                line_start = start + value.rindex("\n") + 1
+            if kind in keywords:
+                kind = keywords[kind].get(value, kind)
+            yield Lexeme(kind, value, start, first_line, column, line,
+                         start + len(value) - line_start + 1)
+
+    # ---- parsing --------------------------------------------------------------------------
+
+    def parse(self, text: str, start: str, builder, source: Source):
+        """Parse `text` from the rule `start`, calling `builder`'s methods as rules are
+        reduced; the value of the whole text, or SyntaxFailure (lexing.TooDeep for
+        brackets nested past the limit)."""
+        actions, rules, units = self.states, self.rules, self.units
+        methods = {name: getattr(builder, name) for name in self.callbacks()}
+        states = [self.start_states[start]]
+        end_state = self.end_states[start]
+        values: list = []
+        places: list = []  # (line, col, end_line, end_col) of each value, None if empty
+        taken: list[Lexeme] = []  # every token so far, for the message of a syntax error
+        for tok in itertools.chain(statement_newlines(self.lex(text)), (_END,)):
+            kind = tok.type
+            taken.append(tok)
+            while True:
+                action = actions[states[-1]].get(kind)
+                if action is None:
+                    raise self._unexpected(tok, states[-1], taken[:-1])
+                if action >= 0:
+                    states.append(action)
+                    values.append(tok)
+                    places.append((tok.line, tok.column, tok.end_line, tok.end_column))
+                    break
+                rule = rules[~action]
+                if rule.unit:  # `x` becomes an atom, a power, ..., an expression at once
+                    key = (states[-2], states[-1], kind)
+                    top = units.get(key)
+                    if top is None:
+                        top = units[key] = self._after_units(*key)
+                    states[-1] = top
+                    continue
+                size = rule.size
+                if size:
+                    popped, where = values[-size:], places[-size:]
+                    del values[-size:], places[-size:], states[-size:]
+                else:
+                    popped, where = [], []
+                value, place = rule.reduce(popped, where, methods, source)
+                states.append(actions[states[-1]][rule.origin])
+                values.append(value)
+                places.append(place)
+                if kind == END and states[-1] == end_state:
+                    return values[-1]
+
+    def _after_units(self, below: int, top: int, kind: str) -> int:
+        """The state after every unit reduction that `kind` asks for in `top` over `below`."""
+        action = self.states[top].get(kind)
+        while action is not None and action < 0 and self.rules[~action].unit:
+            top = self.states[below][self.rules[~action].origin]
+            action = self.states[top].get(kind)
+        return top
+
+    def _unexpected(self, tok: Lexeme, state: int, before: list[Lexeme]) -> SyntaxFailure:
+        expected = frozenset(s for s in self.states[state] if s.isupper())
+        return SyntaxFailure(tok, expected, tok.start_pos, tok.line, tok.column, before)
+
+
+_END = Lexeme(END, "", 0, 1, 1, 1, 1)  # after the last token (messages do not show its place)
+
+
+# ---- the tables: shipped, or analysed from an edited grammar --------------------------------
 
 
 def grammar_text() -> str:
     return resources.files("nnspec").joinpath(GRAMMAR).read_text(encoding="utf-8")
 
 
-def _load(postlex) -> Lark:
-    grammar = grammar_text()
-    tables = _shipped_tables()
-    if tables is None or any(tables.get(k) != v for k, v in _fingerprint(grammar).items()):
-        return Lark(grammar, postlex=postlex, **OPTIONS)
-    return Lark._load_from_dict(tables["data"], tables["memo"], postlex=postlex)
-
-
-def _fingerprint(grammar: str) -> dict:
-    return {"grammar_sha256": hashlib.sha256(grammar.encode("utf-8")).hexdigest(),
-            "lark": lark.__version__}
-
-
 @functools.cache
+def tables() -> Tables:
+    grammar = grammar_text()
+    shipped = _shipped_tables()
+    if shipped is None or shipped.get("grammar_sha256") != _sha256(grammar) \
+            or shipped.get("format") != FORMAT:
+        shipped = build_tables(grammar)
+    return Tables(shipped)
+
+
+def _sha256(grammar: str) -> str:
+    return hashlib.sha256(grammar.encode("utf-8")).hexdigest()
+
+
 def _shipped_tables() -> dict | None:
     try:
-        text = resources.files("nnspec").joinpath(TABLES).read_text(encoding="utf-8")
-        return json.loads(text, object_hook=_from_json)
+        return json.loads(resources.files("nnspec").joinpath(TABLES).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
+def tables_json(grammar: str) -> str:
+    return json.dumps(build_tables(grammar), separators=(",", ":")) + "\n"
+
+
 def build_tables(grammar: str) -> dict:
-    """Analyse the grammar; the result is what `grammar/nnspec.tables.json` holds."""
-    analysed = Lark(grammar, postlex=Newlines(), **OPTIONS)
+    """Analyse the grammar with Lark; the result is what `grammar/nnspec.tables.json` holds."""
+    from lark import Lark
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+
+    analysed = Lark(grammar, parser="lalr", lexer="basic", maybe_placeholders=True,
+                    start=list(STARTS))
     data, memo = analysed.memo_serialize([TerminalDef, Rule])
-    data["options"] = {k: v for k, v in data["options"].items() if k != "postlex"}
-    data["parser"]["parser"] = _canonical(data["parser"]["parser"])
-    return {**_fingerprint(grammar), "data": _to_json(data), "memo": _to_json(memo)}
+    rules = {i: r for i, r in memo.items() if r["__type__"] == "Rule"}
+    rule_ids = {memo_id: n for n, memo_id in enumerate(sorted(rules))}
+    lexer_conf = data["parser"]["lexer_conf"]
+    terminals = [memo[t["@"]] if "@" in t else t for t in lexer_conf["terminals"]]
+    table = _canonical(data["parser"]["parser"])
+    names = table["tokens"]
+    states = [{names[token]: (arg if action == 0 else ~rule_ids[arg["@"]])
+               for token, (action, arg) in table["states"][state].items()}
+              for state in range(len(table["states"]))]
+    return {"grammar_sha256": _sha256(grammar), "format": FORMAT,
+            **_lexer_tables(terminals, lexer_conf["ignore"]),
+            "states": states, "start_states": table["start_states"],
+            "end_states": table["end_states"],
+            "rules": [_rule_entry(rules[memo_id]) for memo_id in sorted(rules)]}
+
+
+def _lexer_tables(terminals: list[dict], ignore: list[str]) -> dict:
+    """Terminals in the order Lark's basic lexer tries them; string terminals that another
+    terminal also matches (`model` is a NAME) become keywords of that terminal."""
+    def width(t):
+        return t["pattern"]["_width"][1] if "_width" in t["pattern"] else len(
+            t["pattern"]["value"])
+
+    def regexp(t):
+        value = t["pattern"]["value"]
+        return re.escape(value) if t["pattern"]["__type__"] == "PatternStr" else value
+
+    ordered = sorted(terminals, key=lambda t: (-t["priority"], -width(t),
+                                               -len(t["pattern"]["value"]), t["name"]))
+    strings = [t for t in ordered if t["pattern"]["__type__"] == "PatternStr"]
+    keywords: dict[str, dict[str, str]] = {}
+    for t in ordered:
+        if t["pattern"]["__type__"] != "PatternRE":
+            continue
+        for s in strings:
+            value = s["pattern"]["value"]
+            found = re.match(regexp(t), value)
+            if s["priority"] == t["priority"] and found and found.group(0) == value:
+                keywords.setdefault(t["name"], {})[value] = s["name"]
+    embedded = {name for words in keywords.values() for name in words.values()}
+    return {"terminals": [(t["name"], regexp(t)) for t in ordered if t["name"] not in embedded],
+            "keywords": keywords, "ignore": sorted(ignore),
+            "literals": {s["name"]: s["pattern"]["value"] for s in strings}}
+
+
+def _rule_entry(rule: dict) -> list:
+    """[origin, size, callback, expand1, plan, trailing]: what Lark's tree builder would do
+    with the rule's children (see Reduction)."""
+    expansion, options = rule["expansion"], rule["options"]
+    empty = list(options["empty_indices"] or ())
+    if empty:  # how many absent `[optional]` parts come before each symbol, and after all
+        bits = "".join(str(int(b)) for b in empty)
+        nones_at = [len(ones) for ones in bits.split("0")]
+    else:
+        nones_at = [0] * (len(expansion) + 1)
+    plan, nones = [], 0
+    for i, symbol in enumerate(expansion):
+        nones += nones_at[i]
+        terminal = symbol["__type__"] == "Terminal"
+        if options["keep_all_tokens"] or not (terminal and symbol.get("filter_out")):
+            plan.append((i, not terminal and symbol["name"].startswith("_"), nones))
+            nones = 0
+    trailing = nones + nones_at[len(expansion)]
+    callback = rule["alias"] or options["template_source"] or rule["origin"]["name"]
+    return [rule["origin"]["name"], len(expansion), callback,
+            bool(options["expand1"] and not rule["alias"]), plan, trailing]
 
 
 def _canonical(table: dict) -> dict:
@@ -108,23 +368,3 @@ def _canonical(table: dict) -> dict:
             "states": dict(sorted(states.items())),
             "start_states": {k: renumber[v] for k, v in sorted(table["start_states"].items())},
             "end_states": {k: renumber[v] for k, v in sorted(table["end_states"].items())}}
-
-
-def tables_json(grammar: str) -> str:
-    return json.dumps(build_tables(grammar), separators=(",", ":")) + "\n"
-
-
-def _to_json(value):
-    if isinstance(value, dict):
-        if value and all(isinstance(k, int) for k in value):
-            return {_INT_KEYS: [[k, _to_json(v)] for k, v in value.items()]}
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    return value
-
-
-def _from_json(obj: dict):
-    pairs = obj.get(_INT_KEYS)
-    return dict(pairs) if pairs is not None and len(obj) == 1 else obj
-

@@ -1,8 +1,16 @@
-"""Text -> AST. Lark (LALR) builds the AST directly through an inline transformer.
+"""Text -> AST in one pass: the LALR parser (syntax/lalr.py) calls `AstBuilder`'s method
+for each grammar rule as it reduces it, so no parse tree is made.
 
 `parse` reads a file, `parse_value` one expression on its own (a command-line value).
 Which newlines end a statement is decided before the parser sees them (syntax/lexing.py);
 syntax errors become diagnostics in syntax/errors.py.
+
+A new grammar rule `name: ...` (or alternative `... -> name`) needs a method `name(self,
+span, children)` here: `children` are the values of the rule's parts in order (a
+builder method's result, a `Lexeme` for a NAME, NUMBER or STRING, None for an absent
+`[optional]` part; quoted keywords and punctuation are left out), `span` covers the rule's
+text. Then `python scripts/gen_grammar_tables.py`; tests/test_syntax_tables.py fails while
+a rule has no method.
 """
 
 from __future__ import annotations
@@ -11,13 +19,10 @@ import itertools
 import re
 from dataclasses import replace
 
-from lark import Token, Tree
-from lark.exceptions import UnexpectedInput
-
 from nnspec.diagnostics import Diagnostic, Source, Span, SpecError
 from nnspec.syntax import ast, lalr
-from nnspec.syntax.errors import syntax_diagnostic
-from nnspec.syntax.lexing import BOM
+from nnspec.syntax.errors import nesting_diagnostic, syntax_diagnostic
+from nnspec.syntax.lexing import BOM, Lexeme, TooDeep
 
 MAX_INT = 2**63 - 1  # the largest integer literal: int64, which every size, count and seed fits
 _ESCAPE = re.compile(r"\\(.)")
@@ -27,7 +32,7 @@ _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}  # not unicode_escape: i
 class _Chain:
     """A pipeline while it is parsed: `a -> b -> c` arrives one stage at a time, and
     appending in place keeps a 10,000-stage chain linear (a tuple would be copied at each
-    stage). `_ToAst._expr` turns it into an `ast.Pipeline` where it is used."""
+    stage). `AstBuilder._expr` turns it into an `ast.Pipeline` where it is used."""
 
     __slots__ = ("head", "span", "stages")
 
@@ -35,91 +40,82 @@ class _Chain:
         self.span, self.head, self.stages = span, head, stages
 
 
-class _ToAst:
-    """Parse tree -> AST; every node gets the span of its text.
-
-    One method per grammar rule, each called as `rule(meta, children)`; a plain class
-    rather than a Lark `Transformer` because its per-call wrappers cost a third of the
-    parse time on large specs.
-    """
+class AstBuilder:
+    """The AST, built one grammar rule at a time as the parser reduces it; every node gets
+    the span of its text. One method per rule (or `-> alias`) of the grammar."""
 
     def __init__(self, source: Source):
         self.source = source
         self.errors: list[Diagnostic] = []
 
-    def _span(self, meta) -> Span:
-        if getattr(meta, "empty", True):
-            return Span(self.source, 1, 1, 1, 1)
-        return Span(self.source, meta.line, meta.column, meta.end_line, meta.end_column)
-
-    def _tok(self, tok: Token) -> Span:
+    def _tok(self, tok: Lexeme) -> Span:
         return Span(self.source, tok.line, tok.column, tok.end_line, tok.end_column)
 
     # -- items
-    def start(self, meta, items):
+    def start(self, span, items):
         return ast.Program(self.source, tuple(items))
 
-    def _definition(self, kind, meta, children):
+    def _definition(self, kind, span, children):
         name, params, body = children
-        return ast.Definition(self._span(meta), kind, str(name), self._tok(name),
+        return ast.Definition(span, kind, name.value, self._tok(name),
                               tuple(params or ()), tuple(body))
 
-    def model(self, meta, children):
-        return self._definition("model", meta, children)
+    def model(self, span, children):
+        return self._definition("model", span, children)
 
-    def block(self, meta, children):
-        return self._definition("block", meta, children)
+    def block(self, span, children):
+        return self._definition("block", span, children)
 
-    def fn(self, meta, children):
-        return self._definition("fn", meta, children)
+    def fn(self, span, children):
+        return self._definition("fn", span, children)
 
-    def train(self, meta, children):
+    def train(self, span, children):
         name, settings = children
-        return ast.Train(self._span(meta), str(name), self._tok(name), tuple(settings))
+        return ast.Train(span, name.value, self._tok(name), tuple(settings))
 
-    def const(self, meta, children):
+    def const(self, span, children):
         name, value = children
-        return ast.Const(self._span(meta), str(name), self._expr(value))
+        return ast.Const(span, name.value, self._expr(value))
 
-    def params(self, meta, children):
+    def params(self, span, children):
         return [c for c in children if c is not None]
 
-    def param(self, meta, children):
+    def param(self, span, children):
         name, default = children
-        return ast.Param(self._span(meta), str(name), self._expr(default))
+        return ast.Param(span, name.value, self._expr(default))
 
-    def body(self, meta, children):
+    def body(self, span, children):
         return [c for c in children if c is not None]
 
     train_body = body
 
-    def setting(self, meta, children):
-        return ast.Setting(self._span(meta), str(children[0]),
+    def setting(self, span, children):
+        return ast.Setting(span, children[0].value,
                            tuple(self._expr(c) for c in children[1:]))
 
     # -- statements
-    def input(self, meta, children):
+    def input(self, span, children):
         name, type_ = children
-        return ast.Input(self._span(meta), str(name), type_, self._tok(name))
+        return ast.Input(span, name.value, type_, self._tok(name))
 
-    def tensor_type(self, meta, children):
+    def tensor_type(self, span, children):
         dtype, *dims = children
-        return ast.TensorTypeExpr(self._span(meta), str(dtype) if dtype else "float",
+        return ast.TensorTypeExpr(span, dtype.value if dtype else "float",
                                   tuple(d for d in dims if d is not None))
 
-    def dim(self, meta, children):
+    def dim(self, span, children):
         return self._expr(children[0])
 
-    def param_decl(self, meta, children):
+    def param_decl(self, span, children):
         name, type_, init = children
-        return ast.ParamDecl(self._span(meta), str(name), self._tok(name), type_,
+        return ast.ParamDecl(span, name.value, self._tok(name), type_,
                              self._expr(init) if init is not None else None)
 
-    def assign(self, meta, children):
+    def assign(self, span, children):
         name, value = children
-        return ast.Assign(self._span(meta), str(name), self._expr(value))
+        return ast.Assign(span, name.value, self._expr(value))
 
-    def unpack(self, meta, children):
+    def unpack(self, span, children):
         targets, value = children
         for target in targets:
             if not isinstance(target, ast.Name):
@@ -127,15 +123,15 @@ class _ToAst:
                     "E006", "only names can be assigned to, one per tensor: `a, b = ...`",
                     target.span))
         names = tuple(t for t in targets if isinstance(t, ast.Name))
-        return ast.Unpack(self._span(meta), tuple(n.id for n in names),
+        return ast.Unpack(span, tuple(n.id for n in names),
                           tuple(n.span for n in names), self._expr(value))
 
-    def output(self, meta, children):
+    def output(self, span, children):
         (value,) = children
         values = tuple(value) if isinstance(value, list) else (self._expr(value),)
-        return ast.Output(self._span(meta), values)
+        return ast.Output(span, values)
 
-    def exprs(self, meta, children):
+    def exprs(self, span, children):
         return [self._expr(c) for c in children]
 
     # -- expressions
@@ -144,9 +140,9 @@ class _ToAst:
         wrap them in a tree, which halves the work of Lark's position propagation through the
         ten precedence levels above an atom), and pipelines as a growing `_Chain`; make them
         AST nodes here."""
-        if isinstance(node, Token):
+        if isinstance(node, Lexeme):
             if node.type == "NAME":
-                return ast.Name(self._tok(node), str(node))
+                return ast.Name(self._tok(node), node.value)
             if node.type == "NUMBER":
                 return self._number(node)
             return self._string(node)
@@ -154,33 +150,33 @@ class _ToAst:
             return ast.Pipeline(node.span, node.head, tuple(node.stages))
         return node
 
-    def conditional(self, meta, children):
+    def conditional(self, span, children):
         then, cond, otherwise = (self._expr(c) for c in children)
-        return ast.Conditional(self._span(meta), then, cond, otherwise)
+        return ast.Conditional(span, then, cond, otherwise)
 
-    def pipeline(self, meta, children):
+    def pipeline(self, span, children):
         head, stage = children
         if isinstance(head, _Chain):
             head.stages.append(stage)
-            head.span = self._span(meta)
+            head.span = span
             return head
         if isinstance(head, ast.Pipeline):  # `(a -> b) -> c` is `a -> b -> c`
-            return _Chain(self._span(meta), head.head, [*head.stages, stage])
-        return _Chain(self._span(meta), self._expr(head), [stage])
+            return _Chain(span, head.head, [*head.stages, stage])
+        return _Chain(span, self._expr(head), [stage])
 
-    def stage(self, meta, children):
-        layer, label = children if len(children) == 2 else (children[0], None)
-        if label is not None and label.type == "NUMBER" and not label.isdigit():
-            self.errors.append(Diagnostic("E007", f"`{label}` cannot name a layer", self._tok(label),
+    def stage(self, span, children):
+        layer, label = children if len(children) == 2 else (children[0], None)  # `_label` inlined
+        if label is not None and label.type == "NUMBER" and not label.value.isdigit():
+            self.errors.append(Diagnostic("E007", f"`{label.value}` cannot name a layer",
+                                          self._tok(label),
                                           "a label is a name, a whole number (`as 0`) or a "
                                           "dotted path of them (`as layer1.0`)"))
-        return ast.Stage(self._span(meta), self._expr(layer),
-                         str(label) if label is not None else None)
+        return ast.Stage(span, self._expr(layer), label.value if label is not None else None)
 
     def _binary(op):
-        def rule(self, meta, children):
+        def rule(self, span, children):
             left, right = self._expr(children[0]), self._expr(children[-1])
-            return ast.BinOp(self._span(meta), op, left, right)
+            return ast.BinOp(span, op, left, right)
 
         return rule
 
@@ -200,27 +196,27 @@ class _ToAst:
     pow = _binary("^")
     matmul = _binary("@")
 
-    def subscript(self, meta, children):
+    def subscript(self, span, children):
         value, items = children
-        return ast.Subscript(self._span(meta), self._expr(value), tuple(items))
+        return ast.Subscript(span, self._expr(value), tuple(items))
 
-    def subscripts(self, meta, children):
+    def subscripts(self, span, children):
         return [self._expr(c) for c in children if c is not None]
 
-    def slice(self, meta, children):
+    def slice(self, span, children):
         start, stop, step = (None if c is None else self._expr(c) for c in children)
-        return ast.Slice(self._span(meta), start, stop, step)
+        return ast.Slice(span, start, stop, step)
 
-    def ellipsis(self, meta, children):
-        return ast.EllipsisItem(self._span(meta))
+    def ellipsis(self, span, children):
+        return ast.EllipsisItem(span)
 
-    def neg(self, meta, children):
-        return ast.Unary(self._span(meta), "-", self._expr(children[0]))
+    def neg(self, span, children):
+        return ast.Unary(span, "-", self._expr(children[0]))
 
-    def not_(self, meta, children):
-        return ast.Unary(self._span(meta), "not", self._expr(children[0]))
+    def not_(self, span, children):
+        return ast.Unary(span, "not", self._expr(children[0]))
 
-    def call(self, meta, children):
+    def call(self, span, children):
         func, args = children
         seen_keyword = False
         for a in args or ():
@@ -233,23 +229,23 @@ class _ToAst:
                 break
         positional = tuple(a for a in (args or ()) if not isinstance(a, ast.Kwarg))
         keywords = tuple(a for a in (args or ()) if isinstance(a, ast.Kwarg))
-        return ast.Call(self._span(meta), str(func), self._tok(func), positional, keywords)
+        return ast.Call(span, func.value, self._tok(func), positional, keywords)
 
-    def args(self, meta, children):
+    def args(self, span, children):
         return [self._expr(c) for c in children if c is not None]
 
-    def kwarg(self, meta, children):
+    def kwarg(self, span, children):
         name, value = children
-        return ast.Kwarg(self._span(meta), str(name), self._expr(value))
+        return ast.Kwarg(span, name.value, self._expr(value))
 
-    def value(self, meta, children):
+    def value(self, span, children):
         return self._expr(children[0])
 
-    def _number(self, tok: Token) -> ast.Number:
+    def _number(self, tok: Lexeme) -> ast.Number:
         """Integers are bounded before `int()` reads them (it refuses 4,300 digits, and a
         thousand-digit layer count would only fail later, slowly); a float that overflows
         to infinity is an error too."""
-        text, span = str(tok), self._tok(tok)
+        text, span = tok.value, self._tok(tok)
         if text.isdigit():
             digits = text.lstrip("0") or "0"
             if len(digits) <= len(str(MAX_INT)) and int(digits) <= MAX_INT:
@@ -265,8 +261,8 @@ class _ToAst:
             return ast.Number(span, 0.0)
         return ast.Number(span, value)
 
-    def _string(self, tok: Token) -> ast.String:
-        raw = str(tok)[1:-1]
+    def _string(self, tok: Lexeme) -> ast.String:
+        raw = tok.value[1:-1]
         bad = next((m for m in _ESCAPE.finditer(raw) if m.group(1) not in _ESCAPES), None)
         if bad is not None:
             self.errors.append(Diagnostic("E001", f"unknown escape `{bad.group(0)}` in a string",
@@ -274,17 +270,17 @@ class _ToAst:
         text = _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(0)), raw)
         return ast.String(self._tok(tok), text)
 
-    def true(self, meta, children):
-        return ast.Constant(self._span(meta), True)
+    def true(self, span, children):
+        return ast.Constant(span, True)
 
-    def false(self, meta, children):
-        return ast.Constant(self._span(meta), False)
+    def false(self, span, children):
+        return ast.Constant(span, False)
 
-    def none(self, meta, children):
-        return ast.Constant(self._span(meta), None)
+    def none(self, span, children):
+        return ast.Constant(span, None)
 
-    def list(self, meta, children):
-        return ast.ListExpr(self._span(meta),
+    def list(self, span, children):
+        return ast.ListExpr(span,
                             tuple(self._expr(c) for c in children if c is not None))
 
 
@@ -297,11 +293,24 @@ def _shorten(literal: str) -> str:
 _ITEM_START = re.compile(r"^(model|block|fn|train)\b", re.MULTILINE)
 
 
+class _Recognizer:
+    """A builder that builds nothing: for finding where a text stops parsing."""
+
+    def __getattr__(self, name):
+        return _nothing
+
+
+def _nothing(span, children):
+    return None
+
+
 def _first_syntax_error(text: str, source: Source) -> Diagnostic | None:
     try:
-        lalr.parser().parse(text, start="start")
-    except UnexpectedInput as err:
+        lalr.tables().parse(text, "start", _Recognizer(), source)
+    except lalr.SyntaxFailure as err:
         return syntax_diagnostic(err, text, source)
+    except TooDeep as err:
+        return nesting_diagnostic(err, source)
     return None
 
 
@@ -313,18 +322,31 @@ def parse(text: str, path: str = "<string>") -> ast.Program:
     """
     text = text.removeprefix(BOM)
     source = Source(path, text)
+    builder = AstBuilder(source)
     try:
-        tree = lalr.parser().parse(text, start="start")
-    except UnexpectedInput:
-        raise SpecError(_errors_per_definition(text, source)) from None
-    return _to_ast(tree, source)
+        program = lalr.tables().parse(text, "start", builder, source)
+    except TooDeep as err:
+        raise SpecError([nesting_diagnostic(err, source)]) from None
+    except lalr.SyntaxFailure as err:
+        raise SpecError(_errors_per_definition(text, source, err)) from None
+    if builder.errors:
+        raise SpecError(builder.errors)
+    return program
 
 
-def _errors_per_definition(text: str, source: Source) -> list[Diagnostic]:
+def _errors_per_definition(text: str, source: Source,
+                           failure: lalr.SyntaxFailure) -> list[Diagnostic]:
     """Each definition is parsed as a text of its own (definitions start at a line's start,
-    so only line numbers move); linear in the file, however many definitions it has."""
+    so only line numbers move); linear in the file, however many definitions it has.
+
+    When the whole text failed (`failure`) at its end or inside its last definition, the
+    parser took every definition keyword at the top level: the ones before are whole, and
+    the last one's error is the failure itself."""
     starts = [m.start() for m in _ITEM_START.finditer(text)] or [0]
     starts = [0] + [s for s in starts if s > 0] + [len(text)]
+    token = failure.token
+    if token is not None and (token.type == lalr.END or token.start_pos > starts[-2]):
+        return [syntax_diagnostic(failure, text, source)]
     errors, line = [], 0
     for lo, hi in itertools.pairwise(starts):
         chunk = text[lo:hi]
@@ -350,36 +372,13 @@ def parse_value(text: str, path: str = "<value>") -> ast.Expr:
     text came from in messages, e.g. "--set hidden"."""
     text = text.removeprefix(BOM)
     source = Source(path, text)
+    builder = AstBuilder(source)
     try:
-        tree = lalr.parser().parse(text, start="value")
-    except UnexpectedInput as err:
+        value = lalr.tables().parse(text, "value", builder, source)
+    except TooDeep as err:
+        raise SpecError([nesting_diagnostic(err, source)]) from None
+    except lalr.SyntaxFailure as err:
         raise SpecError([syntax_diagnostic(err, text, source, whole="the value")]) from None
-    return _to_ast(tree, source)
-
-
-def _to_ast(tree: Tree, source: Source):
-    to_ast = _ToAst(source)
-    result = _transform(to_ast, tree)
-    if to_ast.errors:
-        raise SpecError(to_ast.errors)
-    return result
-
-
-def _transform(transformer: _ToAst, tree: Tree):
-    """Bottom-up transform with an explicit stack: a 10,000-stage pipeline is a parse tree
-    10,000 levels deep (`->` is left-recursive), too deep for a recursive transform."""
-    results: list = []
-    stack: list[tuple[Tree, bool]] = [(tree, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if not isinstance(node, Tree):
-            results.append(node)
-        elif children_done:
-            first = len(results) - len(node.children)
-            children = results[first:]
-            del results[first:]
-            results.append(getattr(transformer, node.data)(node.meta, children))
-        else:
-            stack.append((node, True))
-            stack.extend((child, False) for child in reversed(node.children))
-    return results[0]
+    if builder.errors:
+        raise SpecError(builder.errors)
+    return value

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lark.exceptions import UnexpectedInput
-
 from nnspec.diagnostics import Source, Span, SpecError
 from nnspec.syntax import lalr
-from nnspec.syntax.errors import syntax_diagnostic
-from nnspec.syntax.lexing import BOM, Newlines
+from nnspec.syntax.errors import nesting_diagnostic, syntax_diagnostic
+from nnspec.syntax.lexing import BOM, Lexeme, TooDeep, statement_newlines
 
 _KINDS = {"NAME": "name", "NUMBER": "number", "STRING": "string", "DTYPE": "dtype",
           "COMMENT": "comment", "_NL": "newline"}
@@ -42,23 +40,26 @@ def tokens(text: str, path: str = "<string>") -> list[Token]:
     text = text.removeprefix(BOM)
     source = Source(path, text)
     try:
-        raw = list(lalr.lexer().lex(text, dont_ignore=True))
-    except UnexpectedInput as err:
+        raw = list(lalr.tables().lex(text, keep_ignored=True))
+    except lalr.SyntaxFailure as err:
         raise SpecError([syntax_diagnostic(err, text, source)]) from None
     raw = [tok for tok in raw if _kind(tok) is not None]
     meaningful = [tok for tok in raw if tok.type != "COMMENT" and _kind(tok) != "line_join"]
-    kept = {tok.start_pos for tok in Newlines().process(iter(meaningful)) if tok.type == "_NL"}
-    return [Token(_kind(tok), str(tok), Span(source, tok.line, tok.column, tok.end_line,
+    try:
+        kept = {tok.start_pos for tok in statement_newlines(meaningful) if tok.type == "_NL"}
+    except TooDeep as err:
+        raise SpecError([nesting_diagnostic(err, source)]) from None
+    return [Token(_kind(tok), tok.value, Span(source, tok.line, tok.column, tok.end_line,
                                               tok.end_column), tok.start_pos,
                   tok.type == "_NL" and tok.start_pos in kept)
             for tok in raw]
 
 
-def _kind(tok) -> str | None:
+def _kind(tok: Lexeme) -> str | None:
     """None for the spaces between tokens, which the positions already tell."""
     if tok.type in _KINDS:
         return _KINDS[tok.type]
-    value = str(tok)
+    value = tok.value
     if value.startswith(_LINE_JOIN):
         return "line_join"
     if not value.strip():
