@@ -22,8 +22,8 @@ from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.conv_transpose import conv_transpose1d, conv_transpose2d
 from nnspec.backends.numpy.kernels.dense import linear
 from nnspec.backends.numpy.kernels.dropout import dropout
-from nnspec.backends.numpy.kernels.noise import noise
 from nnspec.backends.numpy.kernels.embedding import embedding
+from nnspec.backends.numpy.kernels.noise import noise
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
 from nnspec.backends.numpy.kernels.norm_group import group_norm, instance_norm
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
