@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from nnspec.backends.torch.lower import Unit, UnitKey, UnitKind
 from nnspec.backends.torch.names import Namespace, checked_identifier, literal
-from nnspec.backends.torch.source import Instance, Num, flat, layout, substitute, walk
+from nnspec.backends.torch.source import Instance, Num, Stmt, flat, layout, substitute, walk
 from nnspec.backends.torch.structure import GraphKind, Region, spec_definition
 from nnspec.ir.graph import Scope
 from nnspec.syntax import ast
@@ -133,17 +133,34 @@ class _Parameterise:
             hints[varying[values]].append((nums[0].hint, nums[0].primary))
         arg_names = self._param_names(hints, self._spec_names(varying))
         texts = [self._text(nums, varying, arg_names) for nums in vectors]
+        stored = self._stored_in_forward(first, vectors, texts, arg_names)
         arguments = {member.key: tuple(Num(vectors[j][m].value, arg_names[i])
                                        for i, j in enumerate(firsts))
                      for m, member in enumerate(self.members)}
         item_texts = iter(self._item_texts(texts))
         init = substitute(first.init, item_texts)
         forward = substitute(first.forward, item_texts)
+        init = tuple(Stmt(f"self.{arg}", (arg,)) for arg in stored) + init
         forward_params = first.params
         if first.region.kind == "model" and self.context.fused:
             forward_params += ("return_logits=False",)
         return Definition(first.kind, name, first.region, tuple(self.members), tuple(arg_names),
                           forward_params, arguments, init, forward, tuple(self._docstring()))
+
+    def _stored_in_forward(self, first: Unit, vectors: list[tuple[Num, ...]], texts: list[str],
+                           names: list[str]) -> list[str]:
+        """A class's `forward` reads its constructor arguments as attributes (`self.C`):
+        rewrites those texts in place and returns the arguments to store."""
+        if first.kind != "class":
+            return []
+        init_count = len(self._numbers(first, [first.init]))
+        stored = []
+        for j in range(init_count, len(texts)):
+            if texts[j] in names and not vectors[j][0].comment:
+                if texts[j] not in stored:
+                    stored.append(texts[j])
+                texts[j] = f"self.{texts[j]}"
+        return stored
 
     def _name(self, region: Region) -> str:
         if region.kind == "model":
@@ -152,10 +169,11 @@ class _Parameterise:
             return "loss_fn"
         return self.names.claim(checked_identifier(region.label))
 
-    def _numbers(self, member: Unit) -> list[Num]:
-        """Every number of a unit in `walk`'s order, an instance's arguments in its place."""
+    def _numbers(self, member: Unit, parts=None) -> list[Num]:
+        """Every number of a unit (or of some of its `parts`) in `walk`'s order, an instance's
+        arguments in its place."""
         out = []
-        for item in walk([member.init, member.forward]):
+        for item in walk([member.init, member.forward] if parts is None else parts):
             if isinstance(item, Instance):
                 out += self.by_unit[item.unit].arguments[item.unit]
             else:
