@@ -30,7 +30,7 @@ model Net(classes = 10) {
 
 def _module(code: str) -> types.ModuleType:
     module = types.ModuleType("generated")
-    exec(compile(code, "<generated>", "exec"), module.__dict__)  # noqa: S102 - code under test
+    exec(compile(code, "<generated>", "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - code under test
     return module
 
 
@@ -56,3 +56,66 @@ def test_a_reshape_by_an_input_dim_in_a_shared_class_runs():
     code = generate(spec)
     assert code.count("class SE(") == 1
     _run_like_the_interpreter(spec)
+
+
+# Each spec's generated file, instantiated with other hyperparameters through its config,
+# must be the model nnspec builds with those values (`--set`): same weights, same outputs.
+OTHER_SIZES = {
+    "gpt2_small": {"layers": 3, "d": 48, "vocab": 50, "ctx": 8, "heads": 6},
+    "tiny_gpt": {"layers": 3, "d": 32, "vocab": 20, "ctx": 8, "heads": 2},
+    "bert_base": {"layers": 1, "d": 32, "vocab": 40, "seq": 8, "max_len": 16, "heads": 2},
+    "digits_cnn": {"classes": 7},
+    "resnet18": {"classes": 5},
+}
+
+
+def _weights_and_inputs(spec):
+    from nnspec.backends.numpy.model import NumpyModel
+
+    graph = spec.graph
+    reference = NumpyModel(graph, seed=0)
+    rng = np.random.default_rng(0)
+    arrays = []
+    for name in graph.inputs:
+        t = graph.node(name).type
+        shape = [2, *(d if isinstance(d, int) else 5 for d in t.shape)]
+        arrays.append(rng.integers(0, 2, shape) if t.dtype == "int64"
+                      else rng.standard_normal(shape).astype(np.float32))
+    expected = reference.forward(tuple(arrays) if len(arrays) > 1 else arrays[0])
+    return reference.state_dict(), arrays, expected
+
+
+@pytest.mark.parametrize("stem", sorted(OTHER_SIZES))
+def test_the_config_gives_the_model_built_with_other_hyperparameters(stem):
+    from nnspec.spec import load
+
+    path = f"specs/{stem}.nn"
+    other = OTHER_SIZES[stem]
+    module = _module(generate(load(path)))
+    model_class = getattr(module, load(path).graph.name)
+    config = getattr(module, f"{model_class.__name__}Config")(**other)
+    model = model_class(config)
+    resized = load(path, overrides=other)
+    weights, arrays, expected = _weights_and_inputs(resized)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(v.copy()) for k, v in weights.items()}, strict=False)
+    assert not unexpected
+    assert set(missing) <= {k for k in model.state_dict() if k not in weights}
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(int(np.prod(p.spec.shape)) for p in resized.graph.params.values()
+                        if p.spec.trainable)
+    model.eval()
+    out = model(*(torch.from_numpy(a) for a in arrays))
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_one_class_per_block_with_the_spec_parameters_as_arguments():
+    from nnspec.spec import load
+
+    code = generate(load("specs/gpt2_small.nn"))
+    assert code.count("class Block(") == 1
+    assert "def __init__(self, d, heads):" in code
+    assert "nn.Linear(d, 4 * d)" in code
+    assert "[Block(config.d, config.heads) for _ in range(config.layers)]" in code
+    for literal in ("768", "3072", "50257"):
+        assert literal not in code.split("class GPT2SmallConfig")[0].split("class Block(")[1]

@@ -25,7 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from nnspec.backends.torch import extras, lower, printer, share
+from nnspec.backends.torch import extras, lower, printer, probe, share
 from nnspec.backends.torch.names import INDEX, checked_identifier, file_label
 from nnspec.backends.torch.structure import regions
 from nnspec.ir.graph import Graph
@@ -50,7 +50,10 @@ class Generator:
         """The whole file; `script(model_class)` gives text to append after everything
         else (the train script), whose imports join the file's own."""
         spec = self.spec
-        definitions = share.share(self._units(), self._share_context(), self._globals())
+        graphs = probe.probes(spec.program, spec.graph.name, spec.graph.hyper, spec.overrides)
+        probes = tuple(self._model_units(g) for g in graphs)
+        context = self._share_context((spec.graph, *graphs))
+        definitions = share.share(self._units(), context, self._globals(), probes)
         self.model_class = next(d.name for d in definitions if d.region.kind == "model")
         helpers = set().union(*(u.helpers for d in definitions for u in d.members))
         parts = [extras.HELPERS[h] for h in extras.HELPERS if h in helpers]
@@ -68,18 +71,25 @@ class Generator:
         imports = printer.imports(body, script_modules=script is not None)
         return head + "\n\n" + imports + "\n\n\n" + body + "\n"
 
-    def _units(self) -> list[lower.Unit]:
-        """Phase 1: the model's units, then the loss's."""
-        spec = self.spec
-        graph: Graph = spec.graph
-        context = lower.Context(spec.program, self.file,
-                                frozenset({*_FIXED_LOCALS, *self.reserved}))
+    def _model_units(self, graph: Graph) -> list[lower.Unit]:
+        """Phase 1 for a model graph: the spec's, or a probe of it."""
+        context = self._lower_context()
         output = graph.outputs[0]
         names = tuple(checked_identifier(n, graph.node(n).span) for n in graph.inputs)
         model = lower.Root(tuple(graph.inputs), names, output, "self.training",
                            logits_switch=self.fused)
         keep_whole = output if self.fused else None  # the fused softmax stays in the model
-        units = lower.lower(graph, regions(graph, "model", keep_whole), context, model)
+        return lower.lower(graph, regions(graph, "model", keep_whole), context, model)
+
+    def _lower_context(self) -> lower.Context:
+        return lower.Context(self.spec.program, self.file,
+                             frozenset({*_FIXED_LOCALS, *self.reserved}))
+
+    def _units(self) -> list[lower.Unit]:
+        """Phase 1: the model's units, then the loss's."""
+        spec = self.spec
+        context = self._lower_context()
+        units = self._model_units(spec.graph)
         loss_graph = spec.train.loss_graph if spec.train is not None else None
         if loss_graph is not None:
             loss = lower.Root(("pred", "target"), ("pred", "target"), loss_graph.outputs[0],
@@ -87,7 +97,7 @@ class Generator:
             units += lower.lower(loss_graph, regions(loss_graph, "loss", None), context, loss)
         return units
 
-    def _share_context(self) -> share.Context:
+    def _share_context(self, builds: tuple[Graph, ...]) -> share.Context:
         spec = self.spec
         train = spec.train
         loss_graph = train.loss_graph if train is not None else None
@@ -95,7 +105,8 @@ class Generator:
         scopes = {"model": spec.graph.scopes,
                   "loss": loss_graph.scopes if loss_graph is not None else {}}
         return share.Context(spec.program, self.file, scopes,
-                             loss_span.line if loss_span is not None else None, self.fused)
+                             loss_span.line if loss_span is not None else None, self.fused,
+                             tuple(g.scopes for g in builds), tuple(g.hyper for g in builds))
 
     def _globals(self) -> share.Globals:
         """Module-level names avoid the spec's input names, which locals take."""

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,57 +16,75 @@ class EncoderLayer(nn.Module):
     Used as encoder.0, encoder.1, encoder.2 and 9 more.
     """
 
-    def __init__(self):
+    def __init__(self, d, heads, ff):
         super().__init__()
-        self.attention = nn.MultiheadAttention(768, 12, batch_first=True)
-        self.ln_1 = nn.LayerNorm(768, eps=1e-12)
-        self.intermediate = nn.Linear(768, 3072)
-        self.output = nn.Linear(3072, 768)
-        self.ln_2 = nn.LayerNorm(768, eps=1e-12)
+        self.attention = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_1 = nn.LayerNorm(d, eps=1e-12)
+        self.intermediate = nn.Linear(d, ff)
+        self.output = nn.Linear(ff, d)
+        self.ln_2 = nn.LayerNorm(d, eps=1e-12)
 
     def forward(self, x):
-        # (B, 128, 768)  bert_base.nn:6
-        h, _ = self.attention(x, x, x, need_weights=False)
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, 128, 768)  bert_base.nn:6
-        x = x + h  # (B, 128, 768)  bert_base.nn:6
-        x = self.ln_1(x)  # (B, 128, 768)  bert_base.nn:6
-        h = self.intermediate(x)  # (B, 128, 3072)  bert_base.nn:7
-        h = F.gelu(h)  # (B, 128, 3072)  bert_base.nn:7
-        h = self.output(h)  # (B, 128, 768)  bert_base.nn:7
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, 128, 768)  bert_base.nn:7
-        x = x + h  # (B, 128, 768)  bert_base.nn:7
-        return self.ln_2(x)  # (B, 128, 768)  bert_base.nn:8
+        h, _ = self.attention(x, x, x, need_weights=False)  # (B, T, d)  bert_base.nn:6
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  bert_base.nn:6
+        x = x + h  # (B, T, d)  bert_base.nn:6
+        x = self.ln_1(x)  # (B, T, d)  bert_base.nn:6
+        h = self.intermediate(x)  # (B, T, ff)  bert_base.nn:7
+        h = F.gelu(h)  # (B, T, ff)  bert_base.nn:7
+        h = self.output(h)  # (B, T, d)  bert_base.nn:7
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  bert_base.nn:7
+        x = x + h  # (B, T, d)  bert_base.nn:7
+        return self.ln_2(x)  # (B, T, d)  bert_base.nn:8
+
+
+@dataclass
+class BertBaseConfig:
+    """Hyperparameters of `model BertBase`."""
+
+    vocab: int = 30522
+    max_len: int = 512
+    seq: int = 128
+    d: int = 768
+    layers: int = 12
+    heads: int = 12
 
 
 class BertBase(nn.Module):
     """`model BertBase` of bert_base.nn:11."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.word_embeddings = nn.Embedding(30522, 768)
-        self.position_embeddings = nn.Embedding(512, 768)
-        self.token_type_embeddings = nn.Embedding(2, 768)
-        self.embeddings_ln = nn.LayerNorm(768, eps=1e-12)
-        self.encoder = nn.ModuleList([EncoderLayer() for _ in range(12)])
-        self.pooler = nn.Linear(768, 768)
+        if config is None:
+            config = BertBaseConfig()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab, config.d)
+        self.position_embeddings = nn.Embedding(config.max_len, config.d)
+        self.token_type_embeddings = nn.Embedding(2, config.d)
+        self.embeddings_ln = nn.LayerNorm(config.d, eps=1e-12)
+        self.encoder = nn.ModuleList(
+            [
+                EncoderLayer(config.d, config.heads, 4 * config.d)
+                for _ in range(config.layers)
+            ]
+        )
+        self.pooler = nn.Linear(config.d, config.d)
 
     def forward(self, tokens, segments):
-        x = self.word_embeddings(tokens)  # (B, 128, 768)  bert_base.nn:14
-        # (128, 768)  bert_base.nn:15
+        x = self.word_embeddings(tokens)  # (B, seq, d)  bert_base.nn:14
+        # (seq, d)  bert_base.nn:15
         h = self.position_embeddings(
             torch.arange(tokens.shape[1], device=tokens.device)
         )
-        x = x + h  # (B, 128, 768)  bert_base.nn:14
-        h = self.token_type_embeddings(segments)  # (B, 128, 768)  bert_base.nn:16
-        x = x + h  # (B, 128, 768)  bert_base.nn:14
-        x = self.embeddings_ln(x)  # (B, 128, 768)  bert_base.nn:17
-        # (B, 128, 768)  bert_base.nn:17
-        x = F.dropout(x, p=0.1, training=self.training)
+        x = x + h  # (B, seq, d)  bert_base.nn:14
+        h = self.token_type_embeddings(segments)  # (B, seq, d)  bert_base.nn:16
+        x = x + h  # (B, seq, d)  bert_base.nn:14
+        x = self.embeddings_ln(x)  # (B, seq, d)  bert_base.nn:17
+        x = F.dropout(x, p=0.1, training=self.training)  # (B, seq, d)  bert_base.nn:17
         for block in self.encoder:
-            x = block(x)  # (B, 128, 768)  bert_base.nn:18
-        x = x.select(1, 0)  # (B, 768)  bert_base.nn:19
-        x = self.pooler(x)  # (B, 768)  bert_base.nn:20
-        return torch.tanh(x)  # (B, 768)  bert_base.nn:20
+            x = block(x)  # (B, seq, d)  bert_base.nn:18
+        x = x.select(1, 0)  # (B, d)  bert_base.nn:19
+        x = self.pooler(x)  # (B, d)  bert_base.nn:20
+        return torch.tanh(x)  # (B, d)  bert_base.nn:20
 
 
 def save_weights(model, path):

@@ -3,24 +3,39 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class CharLSTMConfig:
+    """Hyperparameters of `model CharLSTM`."""
+
+    vocab: int = 28
+    ctx: int = 64
+    d: int = 64
+    hidden: int = 128
+
+
 class CharLSTM(nn.Module):
     """`model CharLSTM` of char_lstm_lm.nn:3."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.embedding_1 = nn.Embedding(28, 64)
-        self.lstm_1 = nn.LSTM(64, 128, num_layers=2, batch_first=True)
-        self.dense_1 = nn.Linear(128, 28)
+        if config is None:
+            config = CharLSTMConfig()
+        self.config = config
+        self.embedding_1 = nn.Embedding(config.vocab, config.d)
+        self.lstm_1 = nn.LSTM(config.d, config.hidden, num_layers=2, batch_first=True)
+        self.dense_1 = nn.Linear(config.hidden, config.vocab)
 
     def forward(self, chars):
-        x = self.embedding_1(chars)  # (B, 64, 64)  char_lstm_lm.nn:5
-        x, _ = self.lstm_1(x)  # (B, 64, 128)  char_lstm_lm.nn:5
-        return self.dense_1(x)  # (B, 64, 28)  char_lstm_lm.nn:5
+        x = self.embedding_1(chars)  # (B, ctx, d)  char_lstm_lm.nn:5
+        x, _ = self.lstm_1(x)  # (B, ctx, hidden)  char_lstm_lm.nn:5
+        return self.dense_1(x)  # (B, ctx, vocab)  char_lstm_lm.nn:5
 
 
 def loss_fn(pred, target):

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,52 +22,68 @@ class Block(nn.Module):
     Used as h.0, h.1, h.2 and 9 more.
     """
 
-    def __init__(self):
+    def __init__(self, d, heads):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(768)
-        self.attn = nn.MultiheadAttention(768, 12, batch_first=True)
-        self.ln_2 = nn.LayerNorm(768)
-        self.c_fc = nn.Linear(768, 3072)
-        self.c_proj = nn.Linear(3072, 768)
+        self.ln_1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(d)
+        self.c_fc = nn.Linear(d, 4 * d)
+        self.c_proj = nn.Linear(4 * d, d)
 
     def forward(self, x):
-        h = self.ln_1(x)  # (B, 1024, 768)  gpt2_small.nn:6
-        # (B, 1024, 768)  gpt2_small.nn:6
+        h = self.ln_1(x)  # (B, T, d)  gpt2_small.nn:6
+        # (B, T, d)  gpt2_small.nn:6
         h, _ = self.attn(
             h, h, h, attn_mask=causal_mask(h), need_weights=False, is_causal=True
         )
-        x = x + h  # (B, 1024, 768)  gpt2_small.nn:6
-        h = self.ln_2(x)  # (B, 1024, 768)  gpt2_small.nn:7
-        h = self.c_fc(h)  # (B, 1024, 3072)  gpt2_small.nn:7
-        h = F.gelu(h, approximate="tanh")  # (B, 1024, 3072)  gpt2_small.nn:7
-        h = self.c_proj(h)  # (B, 1024, 768)  gpt2_small.nn:8
-        return x + h  # (B, 1024, 768)  gpt2_small.nn:7
+        x = x + h  # (B, T, d)  gpt2_small.nn:6
+        h = self.ln_2(x)  # (B, T, d)  gpt2_small.nn:7
+        h = self.c_fc(h)  # (B, T, 4 * d)  gpt2_small.nn:7
+        h = F.gelu(h, approximate="tanh")  # (B, T, 4 * d)  gpt2_small.nn:7
+        h = self.c_proj(h)  # (B, T, d)  gpt2_small.nn:8
+        return x + h  # (B, T, d)  gpt2_small.nn:7
+
+
+@dataclass
+class GPT2SmallConfig:
+    """Hyperparameters of `model GPT2Small`."""
+
+    vocab: int = 50257
+    ctx: int = 1024
+    d: int = 768
+    layers: int = 12
+    heads: int = 12
 
 
 class GPT2Small(nn.Module):
     """`model GPT2Small` of gpt2_small.nn:11."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.wte = nn.Embedding(50257, 768)
-        self.wpe = nn.Embedding(1024, 768)
-        self.h = nn.ModuleList([Block() for _ in range(12)])
-        self.ln_f = nn.LayerNorm(768)
-        self.lm_head = nn.Linear(768, 50257, bias=False)
+        if config is None:
+            config = GPT2SmallConfig()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab, config.d)
+        self.wpe = nn.Embedding(config.ctx, config.d)
+        self.h = nn.ModuleList(
+            [Block(config.d, config.heads) for _ in range(config.layers)]
+        )
+        self.ln_f = nn.LayerNorm(config.d)
+        self.lm_head = nn.Linear(config.d, config.vocab, bias=False)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.02)
         # tied weights: one tensor under two names
         self.lm_head.weight = self.wte.weight
 
     def forward(self, tokens):
-        x = self.wte(tokens)  # (B, 1024, 768)  gpt2_small.nn:13
-        # (1024, 768)  gpt2_small.nn:14
+        x = self.wte(tokens)  # (B, ctx, d)  gpt2_small.nn:13
+        # (ctx, d)  gpt2_small.nn:14
         h = self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
-        x = x + h  # (B, 1024, 768)  gpt2_small.nn:13
+        x = x + h  # (B, ctx, d)  gpt2_small.nn:13
         for block in self.h:
-            x = block(x)  # (B, 1024, 768)  gpt2_small.nn:15
-        x = self.ln_f(x)  # (B, 1024, 768)  gpt2_small.nn:16
-        return self.lm_head(x)  # (B, 1024, 50257)  gpt2_small.nn:17
+            x = block(x)  # (B, ctx, d)  gpt2_small.nn:15
+        x = self.ln_f(x)  # (B, ctx, d)  gpt2_small.nn:16
+        return self.lm_head(x)  # (B, ctx, vocab)  gpt2_small.nn:17
 
 
 # state_dict keys that are tied copies of another key (not stored in weight files)

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -10,7 +12,7 @@ from torch import nn
 class InvertedResidual(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:4."""
 
-    def __init__(self):
+    def __init__(self, out, stride, expand):
         super().__init__()
         self.conv2d_1 = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(32)
@@ -28,9 +30,9 @@ class InvertedResidual(nn.Module):
 class Stage(nn.Module):
     """`block Stage` of mobilenet_v2.nn:14."""
 
-    def __init__(self):
+    def __init__(self, out, n, stride, expand):
         super().__init__()
-        self.inverted_residual_1 = InvertedResidual()
+        self.inverted_residual_1 = InvertedResidual(out, 1, 1)
 
     def forward(self, x):
         return self.inverted_residual_1(x)  # (B, 16, 112, 112)  mobilenet_v2.nn:16
@@ -42,12 +44,12 @@ class InvertedResidual2(nn.Module):
     Used as stage_2.inverted_residual_1, stage_3.inverted_residual_1, stage_4.inverted_residual_1 and 1 more.
     """
 
-    def __init__(self, in_channels, channels, out):
+    def __init__(self, in_channels, channels, out, stride, expand):
         super().__init__()
         self.conv2d_1 = nn.Conv2d(in_channels, channels, 1, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(channels)
         self.conv2d_2 = nn.Conv2d(
-            channels, channels, 3, stride=2, padding=1, groups=channels, bias=False
+            channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False
         )
         self.batchnorm_2 = nn.BatchNorm2d(channels)
         self.conv2d_3 = nn.Conv2d(channels, out, 1, bias=False)
@@ -70,7 +72,7 @@ class InvertedResidual3(nn.Module):
     Used as stage_2.repeat_1.0, stage_3.repeat_1.0, stage_3.repeat_1.1 and 7 more.
     """
 
-    def __init__(self, out, channels):
+    def __init__(self, channels, out, stride, expand):
         super().__init__()
         self.conv2d_1 = nn.Conv2d(out, channels, 1, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(channels)
@@ -94,31 +96,18 @@ class InvertedResidual3(nn.Module):
 
 
 class Stage2(nn.Module):
-    """`block Stage` of mobilenet_v2.nn:14."""
-
-    def __init__(self):
-        super().__init__()
-        self.inverted_residual_1 = InvertedResidual2(16, 96, 24)
-        self.repeat_1 = nn.ModuleList([InvertedResidual3(24, 144)])
-
-    def forward(self, x):
-        x = self.inverted_residual_1(x)  # (B, 24, 56, 56)  mobilenet_v2.nn:16
-        for block in self.repeat_1:
-            x = block(x)  # (B, 24, 56, 56)  mobilenet_v2.nn:17
-        return x
-
-
-class Stage3(nn.Module):
     """`block Stage` of mobilenet_v2.nn:14.
 
-    Used as stage_3, stage_6.
+    Used as stage_2, stage_3, stage_4 and 1 more.
     """
 
-    def __init__(self, in_channels, channels, out, channels2):
+    def __init__(self, in_channels, channels, channels2, out, n, stride, expand):
         super().__init__()
-        self.inverted_residual_1 = InvertedResidual2(in_channels, channels, out)
+        self.inverted_residual_1 = InvertedResidual2(
+            in_channels, channels, out, stride, expand
+        )
         self.repeat_1 = nn.ModuleList(
-            [InvertedResidual3(out, channels2) for _ in range(2)]
+            [InvertedResidual3(channels2, out, 1, expand) for _ in range(n - 1)]
         )
 
     def forward(self, x):
@@ -128,28 +117,13 @@ class Stage3(nn.Module):
         return x
 
 
-class Stage4(nn.Module):
-    """`block Stage` of mobilenet_v2.nn:14."""
-
-    def __init__(self):
-        super().__init__()
-        self.inverted_residual_1 = InvertedResidual2(32, 192, 64)
-        self.repeat_1 = nn.ModuleList([InvertedResidual3(64, 384) for _ in range(3)])
-
-    def forward(self, x):
-        x = self.inverted_residual_1(x)  # (B, 64, 14, 14)  mobilenet_v2.nn:16
-        for block in self.repeat_1:
-            x = block(x)  # (B, 64, 14, 14)  mobilenet_v2.nn:17
-        return x
-
-
 class InvertedResidual4(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:4.
 
     Used as stage_5.inverted_residual_1, stage_7.inverted_residual_1.
     """
 
-    def __init__(self, in_channels, channels, out):
+    def __init__(self, in_channels, channels, out, stride, expand):
         super().__init__()
         self.conv2d_1 = nn.Conv2d(in_channels, channels, 1, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(channels)
@@ -171,13 +145,15 @@ class InvertedResidual4(nn.Module):
         return self.batchnorm_3(x)  # (B, out, H, W)  mobilenet_v2.nn:10
 
 
-class Stage5(nn.Module):
+class Stage3(nn.Module):
     """`block Stage` of mobilenet_v2.nn:14."""
 
-    def __init__(self):
+    def __init__(self, out, n, stride, expand):
         super().__init__()
-        self.inverted_residual_1 = InvertedResidual4(64, 384, 96)
-        self.repeat_1 = nn.ModuleList([InvertedResidual3(96, 576) for _ in range(2)])
+        self.inverted_residual_1 = InvertedResidual4(64, 384, out, 1, expand)
+        self.repeat_1 = nn.ModuleList(
+            [InvertedResidual3(576, out, 1, expand) for _ in range(2)]
+        )
 
     def forward(self, x):
         x = self.inverted_residual_1(x)  # (B, 96, 14, 14)  mobilenet_v2.nn:16
@@ -186,34 +162,44 @@ class Stage5(nn.Module):
         return x
 
 
-class Stage6(nn.Module):
+class Stage4(nn.Module):
     """`block Stage` of mobilenet_v2.nn:14."""
 
-    def __init__(self):
+    def __init__(self, out, n, stride, expand):
         super().__init__()
-        self.inverted_residual_1 = InvertedResidual4(160, 960, 320)
+        self.inverted_residual_1 = InvertedResidual4(160, 960, out, 1, expand)
 
     def forward(self, x):
         return self.inverted_residual_1(x)  # (B, 320, 7, 7)  mobilenet_v2.nn:16
 
 
+@dataclass
+class MobileNetV2Config:
+    """Hyperparameters of `model MobileNetV2`."""
+
+    classes: int = 1000
+
+
 class MobileNetV2(nn.Module):
     """`model MobileNetV2` of mobilenet_v2.nn:20."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = MobileNetV2Config()
+        self.config = config
         self.conv2d_1 = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
         self.batchnorm_1 = nn.BatchNorm2d(32)
-        self.stage_1 = Stage()
-        self.stage_2 = Stage2()
-        self.stage_3 = Stage3(24, 144, 32, 192)
-        self.stage_4 = Stage4()
-        self.stage_5 = Stage5()
-        self.stage_6 = Stage3(96, 576, 160, 960)
-        self.stage_7 = Stage6()
+        self.stage_1 = Stage(16, 1, 1, 1)
+        self.stage_2 = Stage2(16, 96, 144, 24, 2, 2, 6)
+        self.stage_3 = Stage2(24, 144, 192, 32, 3, 2, 6)
+        self.stage_4 = Stage2(32, 192, 384, 64, 4, 2, 6)
+        self.stage_5 = Stage3(96, 3, 1, 6)
+        self.stage_6 = Stage2(96, 576, 960, 160, 3, 2, 6)
+        self.stage_7 = Stage4(320, 1, 1, 6)
         self.conv2d_2 = nn.Conv2d(320, 1280, 1, bias=False)
         self.batchnorm_2 = nn.BatchNorm2d(1280)
-        self.dense_1 = nn.Linear(1280, 1000)
+        self.dense_1 = nn.Linear(1280, config.classes)
 
     def forward(self, image):
         x = self.conv2d_1(image)  # (B, 32, 112, 112)  mobilenet_v2.nn:22
@@ -231,7 +217,7 @@ class MobileNetV2(nn.Module):
         x = F.relu6(x)  # (B, 1280, 7, 7)  mobilenet_v2.nn:26
         x = x.mean(dim=(2, 3))  # (B, 1280)  mobilenet_v2.nn:27
         x = F.dropout(x, p=0.2, training=self.training)  # (B, 1280)  mobilenet_v2.nn:27
-        return self.dense_1(x)  # (B, 1000)  mobilenet_v2.nn:27
+        return self.dense_1(x)  # (B, classes)  mobilenet_v2.nn:27
 
 
 def save_weights(model, path):

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -13,7 +15,7 @@ class BasicBlock(nn.Module):
     Used as layer1.b0, layer1.b1, layer2.b1 and 2 more.
     """
 
-    def __init__(self, channels):
+    def __init__(self, channels, stride=1):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
@@ -33,10 +35,10 @@ class BasicBlock(nn.Module):
 class Stage(nn.Module):
     """`block Stage` of resnet18.nn:15."""
 
-    def __init__(self):
+    def __init__(self, channels, stride):
         super().__init__()
-        self.b0 = BasicBlock(64)
-        self.b1 = BasicBlock(64)
+        self.b0 = BasicBlock(channels)
+        self.b1 = BasicBlock(channels)
 
     def forward(self, x):
         x = self.b0(x)  # (B, 64, 56, 56)  resnet18.nn:17
@@ -49,15 +51,15 @@ class BasicBlock2(nn.Module):
     Used as layer2.b0, layer3.b0, layer4.b0.
     """
 
-    def __init__(self, in_channels, channels):
+    def __init__(self, in_channels, channels, stride=1):
         super().__init__()
         self.conv1 = nn.Conv2d(
-            in_channels, channels, 3, stride=2, padding=1, bias=False
+            in_channels, channels, 3, stride=stride, padding=1, bias=False
         )
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.conv2d_1 = nn.Conv2d(in_channels, channels, 1, stride=2, bias=False)
+        self.conv2d_1 = nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False)
         self.downsample = nn.BatchNorm2d(channels)
 
     def forward(self, x):
@@ -78,9 +80,9 @@ class Stage2(nn.Module):
     Used as layer2, layer3, layer4.
     """
 
-    def __init__(self, in_channels, channels):
+    def __init__(self, in_channels, channels, stride):
         super().__init__()
-        self.b0 = BasicBlock2(in_channels, channels)
+        self.b0 = BasicBlock2(in_channels, channels, stride)
         self.b1 = BasicBlock(channels)
 
     def forward(self, x):
@@ -88,18 +90,28 @@ class Stage2(nn.Module):
         return self.b1(x)  # (B, channels, H/2, W/2)  resnet18.nn:17
 
 
+@dataclass
+class ResNet18Config:
+    """Hyperparameters of `model ResNet18`."""
+
+    classes: int = 1000
+
+
 class ResNet18(nn.Module):
     """`model ResNet18` of resnet18.nn:20."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = ResNet18Config()
+        self.config = config
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = Stage()
-        self.layer2 = Stage2(64, 128)
-        self.layer3 = Stage2(128, 256)
-        self.layer4 = Stage2(256, 512)
-        self.fc = nn.Linear(512, 1000)
+        self.layer1 = Stage(64, 1)
+        self.layer2 = Stage2(64, 128, 2)
+        self.layer3 = Stage2(128, 256, 2)
+        self.layer4 = Stage2(256, 512, 2)
+        self.fc = nn.Linear(512, config.classes)
 
     def forward(self, image):
         x = self.conv1(image)  # (B, 64, 112, 112)  resnet18.nn:22
@@ -111,7 +123,7 @@ class ResNet18(nn.Module):
         x = self.layer3(x)  # (B, 256, 14, 14)  resnet18.nn:27
         x = self.layer4(x)  # (B, 512, 7, 7)  resnet18.nn:28
         x = x.mean(dim=(2, 3))  # (B, 512)  resnet18.nn:29
-        return self.fc(x)  # (B, 1000)  resnet18.nn:30
+        return self.fc(x)  # (B, classes)  resnet18.nn:30
 
 
 def save_weights(model, path):

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -28,7 +30,7 @@ class Convs(nn.Module):
     Used as convs_1, convs_2.
     """
 
-    def __init__(self, in_channels, channels):
+    def __init__(self, in_channels, channels, n):
         super().__init__()
         self.convs = nn.ModuleList(
             [ConvsLayer(in_channels, channels), ConvsLayer(channels, channels)]
@@ -46,7 +48,7 @@ class Convs2(nn.Module):
     Used as convs_3, convs_4, convs_5.
     """
 
-    def __init__(self, in_channels, channels):
+    def __init__(self, in_channels, channels, n):
         super().__init__()
         self.convs = nn.ModuleList(
             [
@@ -62,19 +64,29 @@ class Convs2(nn.Module):
         return F.max_pool2d(x, 2)  # (B, channels, H/2, W/2)  vgg16.nn:5
 
 
+@dataclass
+class VGG16Config:
+    """Hyperparameters of `model VGG16`."""
+
+    classes: int = 1000
+
+
 class VGG16(nn.Module):
     """`model VGG16` of vgg16.nn:8."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.convs_1 = Convs(3, 64)
-        self.convs_2 = Convs(64, 128)
-        self.convs_3 = Convs2(128, 256)
-        self.convs_4 = Convs2(256, 512)
-        self.convs_5 = Convs2(512, 512)
+        if config is None:
+            config = VGG16Config()
+        self.config = config
+        self.convs_1 = Convs(3, 64, 2)
+        self.convs_2 = Convs(64, 128, 2)
+        self.convs_3 = Convs2(128, 256, 3)
+        self.convs_4 = Convs2(256, 512, 3)
+        self.convs_5 = Convs2(512, 512, 3)
         self.dense_1 = nn.Linear(25088, 4096)
         self.dense_2 = nn.Linear(4096, 4096)
-        self.dense_3 = nn.Linear(4096, 1000)
+        self.dense_3 = nn.Linear(4096, config.classes)
 
     def forward(self, image):
         x = self.convs_1(image)  # (B, 64, 112, 112)  vgg16.nn:10
@@ -90,7 +102,7 @@ class VGG16(nn.Module):
         x = self.dense_2(x)  # (B, 4096)  vgg16.nn:13
         x = F.relu(x)  # (B, 4096)  vgg16.nn:13
         x = F.dropout(x, p=0.5, training=self.training)  # (B, 4096)  vgg16.nn:13
-        return self.dense_3(x)  # (B, 1000)  vgg16.nn:14
+        return self.dense_3(x)  # (B, classes)  vgg16.nn:14
 
 
 def save_weights(model, path):
