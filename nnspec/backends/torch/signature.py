@@ -23,6 +23,7 @@ def default_expression(spec: ast.Definition, param: ast.Param, params: list[str]
         return found[0].text(names, integral=False)
     return literal(None)
 
+
 def trailing_defaults(spec: ast.Definition | None, params: list[str], envs: list[dict]) -> int:
     """How many of the last parameters every use leaves at their default, so calls
     leave them out (`Block(d, heads)`, not `Block(d, heads, 4 * d)`)."""
