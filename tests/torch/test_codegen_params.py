@@ -114,8 +114,42 @@ def test_one_class_per_block_with_the_spec_parameters_as_arguments():
 
     code = generate(load("specs/gpt2_small.nn"))
     assert code.count("class Block(") == 1
-    assert "def __init__(self, d, heads):" in code
+    # the causal mask's length is not a parameter of the block: it comes first, as a number
+    # no parameter gives (here the model's ctx)
+    assert "def __init__(self, steps, d, heads):" in code
     assert "nn.Linear(d, 4 * d)" in code
-    assert "[Block(config.d, config.heads) for _ in range(config.layers)]" in code
+    assert "[Block(config.ctx, config.d, config.heads) for _ in range(config.layers)]" in code
     for literal in ("768", "3072", "50257"):
         assert literal not in code.split("class GPT2SmallConfig")[0].split("class Block(")[1]
+
+
+def test_the_causal_mask_is_a_buffer_built_once_not_saved():
+    from nnspec.spec import load
+
+    module = _module(generate(load("specs/tiny_gpt.nn", overrides={"layers": 2, "d": 16,
+                                                                   "heads": 2, "ctx": 8})))
+    model = module.TinyGPT()
+    assert "causal_mask(" not in generate(load("specs/tiny_gpt.nn"))
+    masks = [b for n, b in model.named_buffers() if n.endswith("causal_mask")]
+    assert len(masks) == 2 and all(m.shape == (8, 8) for m in masks)
+    assert not any("causal_mask" in k for k in model.state_dict())
+    model.eval()
+    tokens = torch.randint(0, 28, (2, 8))
+    out = model(tokens)
+    # causal: the first five outputs do not depend on the last three tokens
+    changed = tokens.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % 28
+    torch.testing.assert_close(model(changed)[:, :5], out[:, :5])
+
+
+def test_onnx_names_the_batch_axis_batch(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.backends.torch.export import export_onnx
+    from nnspec.spec import load
+
+    spec = load("specs/tiny_gpt.nn", overrides={"layers": 1, "d": 16, "heads": 2, "ctx": 8})
+    export_onnx(spec, tmp_path / "m.onnx", NumpyModel(spec.graph, seed=0).state_dict())
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    for value in [*graph.input, *graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"

@@ -10,31 +10,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def causal_mask(x):
-    """(T, T) mask of a sequence batch (B, T, E): True where a step would see a later one."""
-    steps = x.shape[-2]
-    return torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
-
-
 class Block(nn.Module):
     """`block Block` of gpt2_small.nn:4.
 
     Used as h.0, h.1, h.2 and 9 more.
     """
 
-    def __init__(self, d, heads):
+    def __init__(self, steps, d, heads):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(d)
         self.c_fc = nn.Linear(d, 4 * d)
         self.c_proj = nn.Linear(4 * d, d)
+        self.attn.register_buffer(
+            "causal_mask",
+            torch.ones(steps, steps, dtype=torch.bool).triu(1),
+            persistent=False,
+        )
 
     def forward(self, x):
         h = self.ln_1(x)  # (B, T, d)  gpt2_small.nn:6
         # (B, T, d)  gpt2_small.nn:6
         h, _ = self.attn(
-            h, h, h, attn_mask=causal_mask(h), need_weights=False, is_causal=True
+            h,
+            h,
+            h,
+            attn_mask=self.attn.causal_mask[: h.shape[-2], : h.shape[-2]],
+            need_weights=False,
+            is_causal=True,
         )
         x = x + h  # (B, T, d)  gpt2_small.nn:6
         h = self.ln_2(x)  # (B, T, d)  gpt2_small.nn:7
@@ -66,7 +70,7 @@ class GPT2Small(nn.Module):
         self.wte = nn.Embedding(config.vocab, config.d)
         self.wpe = nn.Embedding(config.ctx, config.d)
         self.h = nn.ModuleList(
-            [Block(config.d, config.heads) for _ in range(config.layers)]
+            [Block(config.ctx, config.d, config.heads) for _ in range(config.layers)]
         )
         self.ln_f = nn.LayerNorm(config.d)
         self.lm_head = nn.Linear(config.d, config.vocab, bias=False)

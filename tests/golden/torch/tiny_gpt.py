@@ -10,19 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def causal_mask(x):
-    """(T, T) mask of a sequence batch (B, T, E): True where a step would see a later one."""
-    steps = x.shape[-2]
-    return torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
-
-
 class TransformerBlock(nn.Module):
     """`block TransformerBlock` of tiny_gpt.nn:4.
 
     Used as blocks.0, blocks.1.
     """
 
-    def __init__(self, d, heads, ff=None):
+    def __init__(self, steps, d, heads, ff=None):
         super().__init__()
         if ff is None:
             ff = 4 * d
@@ -31,12 +25,22 @@ class TransformerBlock(nn.Module):
         self.layernorm_2 = nn.LayerNorm(d)
         self.dense_1 = nn.Linear(d, ff)
         self.dense_2 = nn.Linear(ff, d)
+        self.attn.register_buffer(
+            "causal_mask",
+            torch.ones(steps, steps, dtype=torch.bool).triu(1),
+            persistent=False,
+        )
 
     def forward(self, x):
         h = self.layernorm_1(x)  # (B, T, d)  tiny_gpt.nn:6
         # (B, T, d)  tiny_gpt.nn:6
         h, _ = self.attn(
-            h, h, h, attn_mask=causal_mask(h), need_weights=False, is_causal=True
+            h,
+            h,
+            h,
+            attn_mask=self.attn.causal_mask[: h.shape[-2], : h.shape[-2]],
+            need_weights=False,
+            is_causal=True,
         )
         h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  tiny_gpt.nn:6
         x = x + h  # (B, T, d)  tiny_gpt.nn:6
@@ -70,7 +74,10 @@ class TinyGPT(nn.Module):
         self.wte = nn.Embedding(config.vocab, config.d)
         self.wpe = nn.Embedding(config.ctx, config.d)
         self.blocks = nn.ModuleList(
-            [TransformerBlock(config.d, config.heads) for _ in range(config.layers)]
+            [
+                TransformerBlock(config.ctx, config.d, config.heads)
+                for _ in range(config.layers)
+            ]
         )
         self.ln_f = nn.LayerNorm(config.d)
         self.lm_head = nn.Linear(config.d, config.vocab, bias=False)
