@@ -81,10 +81,11 @@ def weight_helpers(ties: dict[str, str]) -> str:
     if not ties:
         return '''\
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):
@@ -99,10 +100,11 @@ def load_weights(model, path):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names, each tied weight once."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names,
+    each tied weight once."""
     from safetensors.torch import save_file
 
-    state = model.state_dict()
+    state = model if isinstance(model, dict) else model.state_dict()
     save_file({k: v for k, v in state.items() if k not in TIED_WEIGHTS}, path)
 
 

@@ -135,10 +135,11 @@ TIED_WEIGHTS = {
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names, each tied weight once."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names,
+    each tied weight once."""
     from safetensors.torch import save_file
 
-    state = model.state_dict()
+    state = model if isinstance(model, dict) else model.state_dict()
     save_file({k: v for k, v in state.items() if k not in TIED_WEIGHTS}, path)
 
 
