@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 from nnspec.backends.torch import extras, lower, printer, probe, share
-from nnspec.backends.torch.names import INDEX, checked_identifier, file_label
-from nnspec.backends.torch.structure import regions
+from nnspec.backends.torch.names import INDEX, checked_identifier, file_label, literal
+from nnspec.backends.torch.structure import regions, spec_definition
 from nnspec.ir.graph import Graph
 from nnspec.syntax import ast
 
@@ -57,7 +57,10 @@ class Generator:
         self.model_class = next(d.name for d in definitions if d.region.kind == "model")
         helpers = set().union(*(u.helpers for d in definitions for u in d.members))
         parts = [extras.HELPERS[h] for h in extras.HELPERS if h in helpers]
-        parts += [printer.definition_text(d) for d in definitions]
+        sampling = self._generate_method(definitions)
+        parts += [printer.definition_text(d) + ("\n" + sampling if d.region.kind == "model"
+                                                and sampling else "")
+                  for d in definitions]
         train = spec.train
         if train is not None:
             parts.append(extras.make_optimizer(train, self._line_of("optimizer")))
@@ -70,6 +73,30 @@ class Generator:
         head = printer.header(self.file, spec.graph.name, spec.graph.hyper)
         imports = printer.imports(body, script_modules=script is not None)
         return head + "\n\n" + imports + "\n\n\n" + body + "\n"
+
+    def _generate_method(self, definitions: list[share.Definition]) -> str:
+        """`generate` for a language model: one input of token ids [T] and an output of
+        scores [T, vocab]; empty for any other model."""
+        graph = self.spec.graph
+        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+            return ""
+        given, out = graph.node(graph.inputs[0]).type, graph.node(graph.outputs[0]).type
+        if given.dtype != "int64" or given.rank != 1 or out is None or out.rank != 2 \
+                or out.shape[0] != given.shape[0]:
+            return ""
+        model = next(d for d in definitions if d.region.kind == "model")
+        length = given.shape[0]
+        if not isinstance(length, int):
+            return ""
+        context = literal(length)
+        definition = spec_definition(self.spec.program, model.region)
+        declared = [s for s in definition.body if isinstance(s, ast.Input)]
+        dim = declared[0].type.dims[0] if declared and declared[0].type else None
+        if isinstance(dim, ast.Name) and dim.id in dict(model.config):
+            context = f"self.config.{dim.id}"
+        window = "tokens[:, -context:]"
+        scores = f"self({window}, return_logits=True)" if self.fused else f"self({window})"
+        return extras.GENERATE.replace("__CONTEXT__", context).replace("__SCORES__", scores)
 
     def _model_units(self, graph: Graph) -> list[lower.Unit]:
         """Phase 1 for a model graph: the spec's, or a probe of it."""
