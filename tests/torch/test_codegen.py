@@ -61,7 +61,7 @@ def _ruff() -> list[str]:
 
 def _module(code: str, name: str = "generated") -> types.ModuleType:
     module = types.ModuleType(name)
-    exec(compile(code, f"<{name}>", "exec"), module.__dict__)  # noqa: S102 - code under test
+    exec(compile(code, f"<{name}>", "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - code under test
     return module
 
 

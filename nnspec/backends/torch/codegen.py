@@ -25,9 +25,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from nnspec.backends.torch import extras, lower, printer, share
-from nnspec.backends.torch.names import INDEX, checked_identifier, file_label
-from nnspec.backends.torch.structure import regions
+from nnspec.backends.torch import extras, lower, printer, probe, share
+from nnspec.backends.torch.names import INDEX, checked_identifier, file_label, literal
+from nnspec.backends.torch.structure import regions, spec_definition
 from nnspec.ir.graph import Graph
 from nnspec.syntax import ast
 
@@ -50,11 +50,17 @@ class Generator:
         """The whole file; `script(model_class)` gives text to append after everything
         else (the train script), whose imports join the file's own."""
         spec = self.spec
-        definitions = share.share(self._units(), self._share_context(), self._globals())
+        graphs = probe.probes(spec.program, spec.graph.name, spec.graph.hyper, spec.overrides)
+        probes = tuple(self._model_units(g) for g in graphs)
+        context = self._share_context((spec.graph, *graphs))
+        definitions = share.share(self._units(), context, self._globals(), probes)
         self.model_class = next(d.name for d in definitions if d.region.kind == "model")
         helpers = set().union(*(u.helpers for d in definitions for u in d.members))
         parts = [extras.HELPERS[h] for h in extras.HELPERS if h in helpers]
-        parts += [printer.definition_text(d) for d in definitions]
+        sampling = self._generate_method(definitions)
+        parts += [printer.definition_text(d) + ("\n" + sampling if d.region.kind == "model"
+                                                and sampling else "")
+                  for d in definitions]
         train = spec.train
         if train is not None:
             parts.append(extras.make_optimizer(train, self._line_of("optimizer")))
@@ -68,17 +74,48 @@ class Generator:
         imports = printer.imports(body, script_modules=script is not None)
         return head + "\n\n" + imports + "\n\n\n" + body + "\n"
 
-    def _units(self) -> list[lower.Unit]:
-        """Phase 1: the model's units, then the loss's."""
-        spec = self.spec
-        graph: Graph = spec.graph
-        context = lower.Context(spec.program, self.file,
-                                frozenset({*_FIXED_LOCALS, *self.reserved}))
+    def _generate_method(self, definitions: list[share.Definition]) -> str:
+        """`generate` for a language model: one input of token ids [T] and an output of
+        scores [T, vocab]; empty for any other model."""
+        graph = self.spec.graph
+        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+            return ""
+        given, out = graph.node(graph.inputs[0]).type, graph.node(graph.outputs[0]).type
+        if given.dtype != "int64" or given.rank != 1 or out is None or out.rank != 2 \
+                or out.shape[0] != given.shape[0]:
+            return ""
+        model = next(d for d in definitions if d.region.kind == "model")
+        length = given.shape[0]
+        if not isinstance(length, int):
+            return ""
+        context = literal(length)
+        definition = spec_definition(self.spec.program, model.region)
+        declared = [s for s in definition.body if isinstance(s, ast.Input)]
+        dim = declared[0].type.dims[0] if declared and declared[0].type else None
+        if isinstance(dim, ast.Name) and dim.id in dict(model.config):
+            context = f"self.config.{dim.id}"
+        window = "tokens[:, -context:]"
+        scores = f"self({window}, return_logits=True)" if self.fused else f"self({window})"
+        return extras.GENERATE.replace("__CONTEXT__", context).replace("__SCORES__", scores)
+
+    def _model_units(self, graph: Graph) -> list[lower.Unit]:
+        """Phase 1 for a model graph: the spec's, or a probe of it."""
+        context = self._lower_context()
         names = tuple(checked_identifier(n, graph.node(n).span) for n in graph.inputs)
         model = lower.Root(tuple(graph.inputs), names, tuple(graph.outputs), "self.training",
                            logits_switch=self.fused)
         keep_whole = graph.outputs[0] if self.fused else None  # the fused softmax stays whole
-        units = lower.lower(graph, regions(graph, "model", keep_whole), context, model)
+        return lower.lower(graph, regions(graph, "model", keep_whole), context, model)
+
+    def _lower_context(self) -> lower.Context:
+        return lower.Context(self.spec.program, self.file,
+                             frozenset({*_FIXED_LOCALS, *self.reserved}))
+
+    def _units(self) -> list[lower.Unit]:
+        """Phase 1: the model's units, then the loss's."""
+        spec = self.spec
+        context = self._lower_context()
+        units = self._model_units(spec.graph)
         loss_graph = spec.train.loss_graph if spec.train is not None else None
         if loss_graph is not None:
             names = tuple(checked_identifier(n) for n in loss_graph.inputs)
@@ -87,7 +124,7 @@ class Generator:
             units += lower.lower(loss_graph, regions(loss_graph, "loss", None), context, loss)
         return units
 
-    def _share_context(self) -> share.Context:
+    def _share_context(self, builds: tuple[Graph, ...]) -> share.Context:
         spec = self.spec
         train = spec.train
         loss_graph = train.loss_graph if train is not None else None
@@ -95,7 +132,8 @@ class Generator:
         scopes = {"model": spec.graph.scopes,
                   "loss": loss_graph.scopes if loss_graph is not None else {}}
         return share.Context(spec.program, self.file, scopes,
-                             loss_span.line if loss_span is not None else None, self.fused)
+                             loss_span.line if loss_span is not None else None, self.fused,
+                             tuple(g.scopes for g in builds), tuple(g.hyper for g in builds))
 
     def _globals(self) -> share.Globals:
         """Module-level names avoid the spec's input names, which locals take."""

@@ -208,13 +208,34 @@ INIT: dict[str, Init] = _Table(derived_init, {
 
 
 def init_extra(node: Node, module: Expr) -> list[Stmt]:
-    """Initialisation the spec asks for beyond torch's default (an embedding's `std`)."""
+    """Initialisation the spec asks for beyond torch's default (an embedding's `std`), and
+    state built once instead of in every forward (a causal mask)."""
     torch = OPS[node.op].torch
     attr = OPS[node.op].attr(torch.weight_std) if torch is not None and torch.weight_std else None
     if attr is None or node.attrs[attr.name] == attr.default:
-        return []
+        return _causal_buffer(node, module)
     return [Stmt(None, expr(call("nn.init.normal_", expr(module, ".weight"),
                                  std=Num(node.attrs[attr.name], attr.name))))]
+
+
+def _causal_steps(node: Node) -> int | None:
+    """The fixed sequence length of a causal attention layer (None if symbolic)."""
+    if node.op != "attention" or not node.attrs.get("causal") or node.type is None:
+        return None
+    steps = node.type.shape[-2] if node.type.rank >= 2 else None
+    return steps if isinstance(steps, int) else None
+
+
+def _causal_buffer(node: Node, module: Expr) -> list[Stmt]:
+    """The causal mask as a buffer of the attention module (not saved with the weights),
+    built once at the layer's full length; `forward` takes its top-left corner."""
+    steps = _causal_steps(node)
+    if steps is None:
+        return []
+    ones = call("torch.ones", Num(steps, "steps"), Num(steps, "steps"), dtype="torch.bool")
+    mask = expr(ones, ".triu(1)")
+    return [Stmt(None, expr(call(expr(module, ".register_buffer"), '"causal_mask"', mask,
+                                 persistent="False")))]
 
 
 # ---- forward expressions -------------------------------------------------------------------
@@ -308,7 +329,10 @@ def _sinusoidal(s: Site) -> list[Line]:
 def _attention_forward(s: Site) -> list[Line]:
     x = s.x
     kwargs = {}
-    if s.a.causal:
+    if s.a.causal and _causal_steps(s.node) is not None:
+        steps = expr(x, ".shape[-2]")
+        kwargs["attn_mask"] = expr(s.module, ".causal_mask[: ", steps, ", : ", steps, "]")
+    elif s.a.causal:
         s.helpers.add("causal_mask")
         kwargs["attn_mask"] = expr(call("causal_mask", x))
     kwargs["need_weights"] = "False"

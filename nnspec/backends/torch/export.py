@@ -31,6 +31,7 @@ class ExportError(Exception):
 def example_inputs(graph) -> tuple[tuple[torch.Tensor, ...], tuple[dict, ...]]:
     """Inputs to trace with, and which of their dims are dynamic (batch and symbols)."""
     tensors, dynamic = [], []
+    named: dict[str, torch.export.Dim] = {}  # one per name: the ONNX axes take these names
     for name in graph.inputs:
         t = graph.node(name).type
         shape = [EXAMPLE_BATCH] if t.batched else []
@@ -38,10 +39,10 @@ def example_inputs(graph) -> tuple[tuple[torch.Tensor, ...], tuple[dict, ...]]:
         tensors.append(torch.zeros(shape, dtype=torch.long) if t.dtype == "int64"
                        else torch.zeros(shape))
         first = 1 if t.batched else 0
-        dims = {first + i: torch.export.Dim.AUTO for i, d in enumerate(t.shape)
-                if not isinstance(d, int)}
+        dims = {first + i: named.setdefault(d, torch.export.Dim(d))
+                for i, d in enumerate(t.shape) if not isinstance(d, int)}
         if t.batched:
-            dims[0] = torch.export.Dim.AUTO
+            dims[0] = named.setdefault("batch", torch.export.Dim("batch"))
         dynamic.append(dims)
     return tuple(tensors), tuple(dynamic)
 

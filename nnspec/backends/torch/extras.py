@@ -30,6 +30,30 @@ def sinusoidal_positions(steps, dim, device=None):
     return table.to(device=device, dtype=torch.float32)''',
 }
 
+# Sampling for a language model (token ids in, scores per position and token out), as
+# nanoGPT's `generate`; __CONTEXT__ is the expression of the model's context length.
+GENERATE = '''
+    @torch.no_grad()
+    def generate(self, tokens, new_tokens, temperature=1.0, top_k=None, generator=None):
+        """`tokens` (B, T) followed by `new_tokens` sampled one at a time, each from the
+        scores at the last position of the model's context (its last `context` tokens):
+        divided by `temperature` (0: always the most likely token), only the `top_k`
+        best kept."""
+        context = __CONTEXT__
+        for _ in range(new_tokens):
+            scores = __SCORES__[:, -1, :]
+            if temperature == 0:
+                following = scores.argmax(dim=-1, keepdim=True)
+            else:
+                scores = scores / temperature
+                if top_k is not None:
+                    best = torch.topk(scores, min(top_k, scores.shape[-1])).values
+                    scores = scores.masked_fill(scores < best[:, -1:], -math.inf)
+                probabilities = F.softmax(scores, dim=-1)
+                following = torch.multinomial(probabilities, 1, generator=generator)
+            tokens = torch.cat([tokens, following], dim=1)
+        return tokens'''
+
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop",
               "adagrad": "Adagrad"}
 
@@ -85,10 +109,11 @@ def weight_helpers(ties: dict[str, str]) -> str:
     if not ties:
         return '''\
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):
@@ -103,10 +128,11 @@ def load_weights(model, path):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names, each tied weight once."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names,
+    each tied weight once."""
     from safetensors.torch import save_file
 
-    state = model.state_dict()
+    state = model if isinstance(model, dict) else model.state_dict()
     save_file({k: v for k, v in state.items() if k not in TIED_WEIGHTS}, path)
 
 

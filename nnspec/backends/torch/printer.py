@@ -26,7 +26,7 @@ def definition_text(definition: Definition) -> str:
         signature = expr(call(definition.name, *definition.forward_params, *definition.params))
         head = split_statement("", "def ", signature, ":", _text_only)
         return "\n".join(head + doc + layout(definition.forward, _text_only, "    "))
-    lines = [f"class {definition.name}(nn.Module):", *doc, ""]
+    lines = [*_config_lines(definition), f"class {definition.name}(nn.Module):", *doc, ""]
     if definition.init or definition.params:
         signature = expr(call("__init__", "self", *definition.params))
         lines += split_statement("    ", "def ", signature, ":", _text_only)
@@ -35,6 +35,19 @@ def definition_text(definition: Definition) -> str:
     signature = expr(call("forward", "self", *definition.forward_params))
     lines += split_statement("    ", "def ", signature, ":", _text_only)
     return "\n".join(lines + layout(definition.forward, _text_only, "        "))
+
+
+def _config_lines(definition: Definition) -> list[str]:
+    """The model's hyperparameters as a dataclass, its defaults the values it was built with."""
+    if not definition.config_name:
+        return []
+    lines = ["@dataclass", f"class {definition.config_name}:",
+             f'    """Hyperparameters of `model {definition.region.label}`."""', ""]
+    for name, default in definition.config:
+        kind = {"T": "bool", "F": "bool", "(": "tuple"}.get(default[:1])
+        kind = kind or ("float" if any(c in default for c in ".en") else "int")
+        lines.append(f"    {name}: {kind} = {default}")
+    return lines + ["", ""]
 
 
 def _docstring_lines(lines: tuple[str, ...]) -> list[str]:
@@ -75,6 +88,8 @@ def imports(body: str, script_modules: bool = False) -> str:
             used.add(tok.string)
     standard = ["math", *(_SCRIPT_STDLIB if script_modules else ())]
     lines = [f"import {m}" for m in sorted(standard) if m in used]
+    if "@dataclass" in body:
+        lines.append("from dataclasses import dataclass")
     if lines:
         lines.append("")
     if script_modules and "np" in used:

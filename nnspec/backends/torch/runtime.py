@@ -29,7 +29,7 @@ def load_generated(spec) -> tuple[types.ModuleType, type]:
     filename = f"<nnspec generated {generator.model_class}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType(f"nnspec_generated_{generator.model_class}")
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own output
+    exec(compile(source, filename, "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - our own output
     return module, getattr(module, generator.model_class)
 
 

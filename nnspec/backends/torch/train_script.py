@@ -18,7 +18,8 @@ from nnspec.training.metrics import NAMES as METRIC_NAMES
 
 # Module-level names the script defines or imports; the generator keeps them free.
 RESERVED = ("TRAIN_SECTION", "read_data_file", "read_arrays", "start_from", "read_sample_set",
-            "check_counts", "hold_out", "as_inputs", "as_targets", "metric_sums", "evaluate", "setup_processes", "save_atomically",
+            "check_counts", "hold_out", "as_inputs", "as_targets", "metric_sums", "evaluate",
+            "setup_processes", "save_atomically", "pick_device", "shard_by_block", "cpu_state",
             "parse_args", "main", "train", "argparse", "csv", "gc", "os", "time", "np", "dist")
 
 _SCRIPT = '''\
@@ -26,6 +27,8 @@ _SCRIPT = '''\
 #   python FILE.py --help
 #   python FILE.py --data train.npz --device cuda          one process, CPU or one GPU
 #   torchrun --nproc_per_node=N FILE.py [options]          data-parallel over N processes
+#   torchrun ... FILE.py --strategy fsdp                   weights sharded block by block
+#   python FILE.py --precision bf16 --compile              mixed precision, torch.compile
 
 
 def read_data_file(path, target):
@@ -150,7 +153,7 @@ def evaluate(model, x, y, batch, rank, world):
     metrics = TRAIN_SECTION["metrics"]
     device = next(model.parameters()).device
     sums = torch.zeros(2 + 2 * len(metrics), dtype=torch.float64, device=device)
-    x, y = x[rank::world], y[rank::world]
+    x, y = x[rank::world], y[rank::world]  # (world 1 under FSDP: all run every batch)
     for start in range(0, len(x), batch):
         xb = x[start : start + batch].to(device)
         yb = y[start : start + batch].to(device)
@@ -162,12 +165,46 @@ def evaluate(model, x, y, batch, rank, world):
             total, count = metric_sums(name, out, yb)
             sums[2 + 2 * i] += total
             sums[3 + 2 * i] += count
-    if dist.is_initialized():
+    if world > 1:
         dist.all_reduce(sums)
     scores = {"val_loss": (sums[0] / sums[1]).item()}
     for i, name in enumerate(metrics):
         scores[f"val_{name}"] = (sums[2 + 2 * i] / sums[3 + 2 * i]).item()
     return scores
+
+
+def pick_device(requested):
+    """`auto`: CUDA if there is a GPU, else Apple's MPS, else the CPU."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def shard_by_block(model):
+    """FSDP2: each instance of the spec's blocks (the classes of this file), innermost
+    first, then the whole model, holds only its share of the weights between uses."""
+    from torch.distributed.fsdp import fully_shard
+
+    ours = type(model).__module__
+    for module in reversed(list(model.modules())[1:]):
+        if type(module).__module__ == ours:
+            fully_shard(module)
+    fully_shard(model)
+
+
+def cpu_state(model):
+    """The whole state dict on the CPU, so checkpoints load on any device; under FSDP every
+    process takes part in gathering the shards."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if hasattr(value, "full_tensor"):
+            value = value.full_tensor()
+        state[key] = value.detach().cpu()
+    return state
 
 
 def setup_processes(requested):
@@ -185,12 +222,12 @@ def setup_processes(requested):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def save_atomically(model, path):
+def save_atomically(state, path):
     """Whole to a hidden partial file, then renamed: a killed run never leaves half a file."""
     folder, name = os.path.split(path)
     partial = os.path.join(folder, f".{name}.partial")
     try:
-        save_weights(model, partial)
+        save_weights(state, partial)
         os.replace(partial, path)
     except OSError as error:  # a full disk: no partial file is left behind
         if os.path.exists(partial):
@@ -251,8 +288,24 @@ def parse_args(argv=None):
     add("--log-every", type=int, default=0, metavar="N", help="print every Nth loss")
     add("--weights", help="start from these safetensors weights")
     add("--out", default="checkpoints", help="folder for the weights (%(default)s)")
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    add("--device", default=default_device, help="cpu, cuda or cuda:N (%(default)s)")
+    add(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N, mps or auto (%(default)s: cuda, else mps, else cpu)",
+    )
+    add(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="autocast to this type; fp16 adds a gradient scaler (%(default)s)",
+    )
+    add("--compile", action="store_true", help="run the model through torch.compile")
+    add(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="under torchrun: replicate the model, or shard it block by block (%(default)s)",
+    )
     args = parser.parse_args(argv)
     lowest = {"epochs": 1, "batch": 1, "seed": 0, "steps": 0, "log_every": 0}
     for name, low in lowest.items():
@@ -267,7 +320,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device = setup_processes(args.device)
+    rank, world, device = setup_processes(pick_device(args.device))
     if args.batch % world:
         raise SystemExit(f"--batch {args.batch} does not split over {world} processes")
     train(args, rank, world, device)
@@ -309,15 +362,22 @@ def train(args, rank, world, device):
         data, num_replicas=world, rank=rank, shuffle=True, seed=args.seed
     )
     loader = torch.utils.data.DataLoader(data, args.batch // world, sampler=sampler)
+    fsdp = dist.is_initialized() and args.strategy == "fsdp"
+    if fsdp:  # before the optimizer, which must hold the sharded parameters
+        shard_by_block(model)
     optimizer = make_optimizer(model)
     if args.lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = args.lr
     scheduler = __SCHEDULER__
     net = model
-    if dist.is_initialized():
+    if dist.is_initialized() and not fsdp:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if args.compile:
+        net = torch.compile(net)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     torch.manual_seed(args.seed + 1 + rank)  # dropout: its own stream in each process
     try:
         os.makedirs(args.out, exist_ok=True)
@@ -338,12 +398,15 @@ def train(args, rank, world, device):
         seen = torch.zeros(2, dtype=torch.float64, device=device)
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
-            loss = loss_fn(net(__INPUT__), yb)
+            with torch.autocast(device.type, dtype=low, enabled=low is not None):
+                loss = loss_fn(net(__INPUT__), yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if clip is not None:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             count = seen.new_tensor(len(xb))
             batch_sums = torch.stack([loss.detach().double() * count, count])
@@ -359,7 +422,8 @@ def train(args, rank, world, device):
         if dist.is_initialized():
             dist.all_reduce(seen)
         train_loss = (seen[0] / seen[1]).item()
-        scores = evaluate(model, x_val, y_val, args.batch, rank, world)
+        shares = (0, 1) if fsdp else (rank, world)
+        scores = evaluate(model, x_val, y_val, args.batch, *shares)
         if scheduler is not None:
             scheduler.step()
         if not np.isfinite(train_loss) or not np.isfinite(scores["val_loss"]):
@@ -369,10 +433,11 @@ def train(args, rank, world, device):
             best, bad_epochs = (scores["val_loss"], epoch + 1), 0
         else:
             bad_epochs += 1
+        state = cpu_state(model)
         if rank == 0:
             if improved:
-                save_atomically(model, os.path.join(args.out, "best.safetensors"))
-            save_atomically(model, os.path.join(args.out, "last.safetensors"))
+                save_atomically(state, os.path.join(args.out, "best.safetensors"))
+            save_atomically(state, os.path.join(args.out, "last.safetensors"))
             parts = [f"epoch {epoch + 1}/{args.epochs}", f"train_loss {train_loss:.4f}"]
             parts += [f"{key} {value:.4f}" for key, value in scores.items()]
             parts += [f"lr {lr:.3g}", f"{time.perf_counter() - started:.2f}s"]

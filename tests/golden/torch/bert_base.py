@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,77 +16,98 @@ class EncoderLayer(nn.Module):
     Used as encoder.layer.0, encoder.layer.1, encoder.layer.2 and 9 more.
     """
 
-    def __init__(self):
+    def __init__(self, d, heads, ff):
         super().__init__()
         self.attention = nn.ModuleDict(
             {
-                "self": nn.MultiheadAttention(768, 12, batch_first=True),
-                "output": nn.ModuleDict({"LayerNorm": nn.LayerNorm(768, eps=1e-12)}),
+                "self": nn.MultiheadAttention(d, heads, batch_first=True),
+                "output": nn.ModuleDict({"LayerNorm": nn.LayerNorm(d, eps=1e-12)}),
             }
         )
-        self.intermediate = nn.ModuleDict({"dense": nn.Linear(768, 3072)})
+        self.intermediate = nn.ModuleDict({"dense": nn.Linear(d, ff)})
         self.output = nn.ModuleDict(
-            {"dense": nn.Linear(3072, 768), "LayerNorm": nn.LayerNorm(768, eps=1e-12)}
+            {"dense": nn.Linear(ff, d), "LayerNorm": nn.LayerNorm(d, eps=1e-12)}
         )
 
     def forward(self, x):
-        # (B, 128, 768)  bert_base.nn:8
+        # (B, T, d)  bert_base.nn:8
         h, _ = self.attention["self"](x, x, x, need_weights=False)
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, 128, 768)  bert_base.nn:8
-        x = x + h  # (B, 128, 768)  bert_base.nn:8
-        x = self.attention["output"]["LayerNorm"](x)  # (B, 128, 768)  bert_base.nn:9
-        h = self.intermediate["dense"](x)  # (B, 128, 3072)  bert_base.nn:10
-        h = F.gelu(h)  # (B, 128, 3072)  bert_base.nn:10
-        h = self.output["dense"](h)  # (B, 128, 768)  bert_base.nn:10
-        # (B, 128, 768)  bert_base.nn:10
-        h = F.dropout(h, p=0.1, training=self.training)
-        x = x + h  # (B, 128, 768)  bert_base.nn:10
-        return self.output["LayerNorm"](x)  # (B, 128, 768)  bert_base.nn:11
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  bert_base.nn:8
+        x = x + h  # (B, T, d)  bert_base.nn:8
+        x = self.attention["output"]["LayerNorm"](x)  # (B, T, d)  bert_base.nn:9
+        h = self.intermediate["dense"](x)  # (B, T, ff)  bert_base.nn:10
+        h = F.gelu(h)  # (B, T, ff)  bert_base.nn:10
+        h = self.output["dense"](h)  # (B, T, d)  bert_base.nn:10
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  bert_base.nn:10
+        x = x + h  # (B, T, d)  bert_base.nn:10
+        return self.output["LayerNorm"](x)  # (B, T, d)  bert_base.nn:11
+
+
+@dataclass
+class BertBaseConfig:
+    """Hyperparameters of `model BertBase`."""
+
+    vocab: int = 30522
+    max_len: int = 512
+    seq: int = 128
+    d: int = 768
+    layers: int = 12
+    heads: int = 12
 
 
 class BertBase(nn.Module):
     """`model BertBase` of bert_base.nn:14."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = BertBaseConfig()
+        self.config = config
         self.embeddings = nn.ModuleDict(
             {
-                "word_embeddings": nn.Embedding(30522, 768),
-                "position_embeddings": nn.Embedding(512, 768),
-                "token_type_embeddings": nn.Embedding(2, 768),
-                "LayerNorm": nn.LayerNorm(768, eps=1e-12),
+                "word_embeddings": nn.Embedding(config.vocab, config.d),
+                "position_embeddings": nn.Embedding(config.max_len, config.d),
+                "token_type_embeddings": nn.Embedding(2, config.d),
+                "LayerNorm": nn.LayerNorm(config.d, eps=1e-12),
             }
         )
         self.encoder = nn.ModuleDict(
-            {"layer": nn.ModuleList([EncoderLayer() for _ in range(12)])}
+            {
+                "layer": nn.ModuleList(
+                    [
+                        EncoderLayer(config.d, config.heads, 4 * config.d)
+                        for _ in range(config.layers)
+                    ]
+                )
+            }
         )
-        self.pooler = nn.ModuleDict({"dense": nn.Linear(768, 768)})
+        self.pooler = nn.ModuleDict({"dense": nn.Linear(config.d, config.d)})
 
     def forward(self, tokens, segments):
-        x = self.embeddings["word_embeddings"](tokens)  # (B, 128, 768)  bert_base.nn:17
-        # (128, 768)  bert_base.nn:18
+        x = self.embeddings["word_embeddings"](tokens)  # (B, seq, d)  bert_base.nn:17
+        # (seq, d)  bert_base.nn:18
         h = self.embeddings["position_embeddings"](
             torch.arange(tokens.shape[1], device=tokens.device)
         )
-        x = x + h  # (B, 128, 768)  bert_base.nn:17
-        # (B, 128, 768)  bert_base.nn:19
+        x = x + h  # (B, seq, d)  bert_base.nn:17
+        # (B, seq, d)  bert_base.nn:19
         h = self.embeddings["token_type_embeddings"](segments)
-        x = x + h  # (B, 128, 768)  bert_base.nn:17
-        x = self.embeddings["LayerNorm"](x)  # (B, 128, 768)  bert_base.nn:20
-        # (B, 128, 768)  bert_base.nn:20
-        x = F.dropout(x, p=0.1, training=self.training)
+        x = x + h  # (B, seq, d)  bert_base.nn:17
+        x = self.embeddings["LayerNorm"](x)  # (B, seq, d)  bert_base.nn:20
+        x = F.dropout(x, p=0.1, training=self.training)  # (B, seq, d)  bert_base.nn:20
         for block in self.encoder["layer"]:
-            x = block(x)  # (B, 128, 768)  bert_base.nn:21
-        x = x.select(1, 0)  # (B, 768)  bert_base.nn:22
-        x = self.pooler["dense"](x)  # (B, 768)  bert_base.nn:23
-        return torch.tanh(x)  # (B, 768)  bert_base.nn:23
+            x = block(x)  # (B, seq, d)  bert_base.nn:21
+        x = x.select(1, 0)  # (B, d)  bert_base.nn:22
+        x = self.pooler["dense"](x)  # (B, d)  bert_base.nn:23
+        return torch.tanh(x)  # (B, d)  bert_base.nn:23
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

@@ -3,24 +3,61 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class CharLSTMConfig:
+    """Hyperparameters of `model CharLSTM`."""
+
+    vocab: int = 28
+    ctx: int = 64
+    d: int = 64
+    hidden: int = 128
+
+
 class CharLSTM(nn.Module):
     """`model CharLSTM` of char_lstm_lm.nn:3."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.embedding_1 = nn.Embedding(28, 64)
-        self.lstm_1 = nn.LSTM(64, 128, num_layers=2, batch_first=True)
-        self.dense_1 = nn.Linear(128, 28)
+        if config is None:
+            config = CharLSTMConfig()
+        self.config = config
+        self.embedding_1 = nn.Embedding(config.vocab, config.d)
+        self.lstm_1 = nn.LSTM(config.d, config.hidden, num_layers=2, batch_first=True)
+        self.dense_1 = nn.Linear(config.hidden, config.vocab)
 
     def forward(self, chars):
-        x = self.embedding_1(chars)  # (B, 64, 64)  char_lstm_lm.nn:5
-        x, _ = self.lstm_1(x)  # (B, 64, 128)  char_lstm_lm.nn:5
-        return self.dense_1(x)  # (B, 64, 28)  char_lstm_lm.nn:5
+        x = self.embedding_1(chars)  # (B, ctx, d)  char_lstm_lm.nn:5
+        x, _ = self.lstm_1(x)  # (B, ctx, hidden)  char_lstm_lm.nn:5
+        return self.dense_1(x)  # (B, ctx, vocab)  char_lstm_lm.nn:5
+
+    @torch.no_grad()
+    def generate(self, tokens, new_tokens, temperature=1.0, top_k=None, generator=None):
+        """`tokens` (B, T) followed by `new_tokens` sampled one at a time, each from the
+        scores at the last position of the model's context (its last `context` tokens):
+        divided by `temperature` (0: always the most likely token), only the `top_k`
+        best kept."""
+        context = self.config.ctx
+        for _ in range(new_tokens):
+            scores = self(tokens[:, -context:])[:, -1, :]
+            if temperature == 0:
+                following = scores.argmax(dim=-1, keepdim=True)
+            else:
+                scores = scores / temperature
+                if top_k is not None:
+                    best = torch.topk(scores, min(top_k, scores.shape[-1])).values
+                    scores = scores.masked_fill(scores < best[:, -1:], -math.inf)
+                probabilities = F.softmax(scores, dim=-1)
+                following = torch.multinomial(probabilities, 1, generator=generator)
+            tokens = torch.cat([tokens, following], dim=1)
+        return tokens
 
 
 def loss_fn(pred, target):
@@ -42,10 +79,11 @@ def make_optimizer(model):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

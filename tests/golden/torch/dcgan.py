@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,36 +29,51 @@ class UpBlock(nn.Module):
         return F.relu(x)  # (B, features, ?, ?)  dcgan.nn:21
 
 
+@dataclass
+class GeneratorConfig:
+    """Hyperparameters of `model Generator`."""
+
+    nz: int = 100
+    ngf: int = 64
+    nc: int = 3
+
+
 class Generator(nn.Module):
     """`model Generator` of dcgan.nn:24."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.conv_transpose2d_1 = nn.ConvTranspose2d(100, 512, 4, bias=False)
-        self.batchnorm_1 = nn.BatchNorm2d(512)
-        self.up_block_1 = UpBlock(512, 256)
-        self.up_block_2 = UpBlock(256, 128)
-        self.up_block_3 = UpBlock(128, 64)
+        if config is None:
+            config = GeneratorConfig()
+        self.config = config
+        self.conv_transpose2d_1 = nn.ConvTranspose2d(
+            config.nz, config.ngf * 8, 4, bias=False
+        )
+        self.batchnorm_1 = nn.BatchNorm2d(config.ngf * 8)
+        self.up_block_1 = UpBlock(config.ngf * 8, config.ngf * 4)
+        self.up_block_2 = UpBlock(config.ngf * 4, config.ngf * 2)
+        self.up_block_3 = UpBlock(config.ngf * 2, config.ngf)
         self.conv_transpose2d_2 = nn.ConvTranspose2d(
-            64, 3, 4, stride=2, padding=1, bias=False
+            config.ngf, config.nc, 4, stride=2, padding=1, bias=False
         )
 
     def forward(self, noise):
-        x = self.conv_transpose2d_1(noise)  # (B, 512, 4, 4)  dcgan.nn:26
-        x = self.batchnorm_1(x)  # (B, 512, 4, 4)  dcgan.nn:26
-        x = F.relu(x)  # (B, 512, 4, 4)  dcgan.nn:26
-        x = self.up_block_1(x)  # (B, 256, 8, 8)  dcgan.nn:27
-        x = self.up_block_2(x)  # (B, 128, 16, 16)  dcgan.nn:27
-        x = self.up_block_3(x)  # (B, 64, 32, 32)  dcgan.nn:27
-        x = self.conv_transpose2d_2(x)  # (B, 3, 64, 64)  dcgan.nn:28
-        return torch.tanh(x)  # (B, 3, 64, 64)  dcgan.nn:28
+        x = self.conv_transpose2d_1(noise)  # (B, ngf * 8, 4, 4)  dcgan.nn:26
+        x = self.batchnorm_1(x)  # (B, ngf * 8, 4, 4)  dcgan.nn:26
+        x = F.relu(x)  # (B, ngf * 8, 4, 4)  dcgan.nn:26
+        x = self.up_block_1(x)  # (B, ngf * 4, 8, 8)  dcgan.nn:27
+        x = self.up_block_2(x)  # (B, ngf * 2, 16, 16)  dcgan.nn:27
+        x = self.up_block_3(x)  # (B, ngf, 32, 32)  dcgan.nn:27
+        x = self.conv_transpose2d_2(x)  # (B, nc, 64, 64)  dcgan.nn:28
+        return torch.tanh(x)  # (B, nc, 64, 64)  dcgan.nn:28
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

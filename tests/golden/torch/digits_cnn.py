@@ -3,22 +3,34 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class DigitsCNNConfig:
+    """Hyperparameters of `model DigitsCNN`."""
+
+    classes: int = 10
+
+
 class DigitsCNN(nn.Module):
     """`model DigitsCNN` of digits_cnn.nn:3."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = DigitsCNNConfig()
+        self.config = config
         self.conv2d_1 = nn.Conv2d(1, 16, 3, padding="same")
         self.batchnorm_1 = nn.BatchNorm2d(16)
         self.conv2d_2 = nn.Conv2d(16, 32, 3, padding="same")
         self.batchnorm_2 = nn.BatchNorm2d(32)
         self.dense_1 = nn.Linear(512, 64)
-        self.dense_2 = nn.Linear(64, 10)
+        self.dense_2 = nn.Linear(64, config.classes)
 
     def forward(self, image):
         x = self.conv2d_1(image)  # (B, 16, 8, 8)  digits_cnn.nn:5
@@ -32,7 +44,7 @@ class DigitsCNN(nn.Module):
         x = self.dense_1(x)  # (B, 64)  digits_cnn.nn:9
         x = F.relu(x)  # (B, 64)  digits_cnn.nn:9
         x = F.dropout(x, p=0.2, training=self.training)  # (B, 64)  digits_cnn.nn:9
-        return self.dense_2(x)  # (B, 10)  digits_cnn.nn:10
+        return self.dense_2(x)  # (B, classes)  digits_cnn.nn:10
 
 
 def loss_fn(pred, target):
@@ -59,10 +71,11 @@ def make_scheduler(optimizer):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

@@ -3,26 +3,38 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class DigitsMLPConfig:
+    """Hyperparameters of `model DigitsMLP`."""
+
+    hidden: int = 128
+
+
 class DigitsMLP(nn.Module):
     """`model DigitsMLP` of digits_mlp.nn:3."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.dense_1 = nn.Linear(64, 128)
-        self.dense_2 = nn.Linear(128, 128)
-        self.dense_3 = nn.Linear(128, 10)
+        if config is None:
+            config = DigitsMLPConfig()
+        self.config = config
+        self.dense_1 = nn.Linear(64, config.hidden)
+        self.dense_2 = nn.Linear(config.hidden, config.hidden)
+        self.dense_3 = nn.Linear(config.hidden, 10)
 
     def forward(self, x, return_logits=False):
-        x = self.dense_1(x)  # (B, 128)  digits_mlp.nn:5
-        x = F.relu(x)  # (B, 128)  digits_mlp.nn:5
-        x = F.dropout(x, p=0.1, training=self.training)  # (B, 128)  digits_mlp.nn:5
-        x = self.dense_2(x)  # (B, 128)  digits_mlp.nn:6
-        x = F.relu(x)  # (B, 128)  digits_mlp.nn:6
+        x = self.dense_1(x)  # (B, hidden)  digits_mlp.nn:5
+        x = F.relu(x)  # (B, hidden)  digits_mlp.nn:5
+        x = F.dropout(x, p=0.1, training=self.training)  # (B, hidden)  digits_mlp.nn:5
+        x = self.dense_2(x)  # (B, hidden)  digits_mlp.nn:6
+        x = F.relu(x)  # (B, hidden)  digits_mlp.nn:6
         x = self.dense_3(x)  # (B, 10)  digits_mlp.nn:7
         if return_logits:
             return x  # logits for the loss, which fuses this softmax
@@ -56,10 +68,11 @@ def make_scheduler(optimizer):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

@@ -3,15 +3,12 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def causal_mask(x):
-    """(T, T) mask of a sequence batch (B, T, E): True where a step would see a later one."""
-    steps = x.shape[-2]
-    return torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
 
 
 class Block(nn.Module):
@@ -20,53 +17,100 @@ class Block(nn.Module):
     Used as h.0, h.1, h.2 and 9 more.
     """
 
-    def __init__(self):
+    def __init__(self, steps, d, heads):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(768)
-        self.attn = nn.MultiheadAttention(768, 12, batch_first=True)
-        self.ln_2 = nn.LayerNorm(768)
+        self.ln_1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(d)
         self.mlp = nn.ModuleDict(
-            {"c_fc": nn.Linear(768, 3072), "c_proj": nn.Linear(3072, 768)}
+            {"c_fc": nn.Linear(d, 4 * d), "c_proj": nn.Linear(4 * d, d)}
+        )
+        self.attn.register_buffer(
+            "causal_mask",
+            torch.ones(steps, steps, dtype=torch.bool).triu(1),
+            persistent=False,
         )
 
     def forward(self, x):
-        h = self.ln_1(x)  # (B, 1024, 768)  gpt2_small.nn:8
-        # (B, 1024, 768)  gpt2_small.nn:8
+        h = self.ln_1(x)  # (B, T, d)  gpt2_small.nn:8
+        # (B, T, d)  gpt2_small.nn:8
         h, _ = self.attn(
-            h, h, h, attn_mask=causal_mask(h), need_weights=False, is_causal=True
+            h,
+            h,
+            h,
+            attn_mask=self.attn.causal_mask[: h.shape[-2], : h.shape[-2]],
+            need_weights=False,
+            is_causal=True,
         )
-        x = x + h  # (B, 1024, 768)  gpt2_small.nn:8
-        h = self.ln_2(x)  # (B, 1024, 768)  gpt2_small.nn:9
-        h = self.mlp["c_fc"](h)  # (B, 1024, 3072)  gpt2_small.nn:9
-        h = F.gelu(h, approximate="tanh")  # (B, 1024, 3072)  gpt2_small.nn:9
-        h = self.mlp["c_proj"](h)  # (B, 1024, 768)  gpt2_small.nn:10
-        return x + h  # (B, 1024, 768)  gpt2_small.nn:9
+        x = x + h  # (B, T, d)  gpt2_small.nn:8
+        h = self.ln_2(x)  # (B, T, d)  gpt2_small.nn:9
+        h = self.mlp["c_fc"](h)  # (B, T, 4 * d)  gpt2_small.nn:9
+        h = F.gelu(h, approximate="tanh")  # (B, T, 4 * d)  gpt2_small.nn:9
+        h = self.mlp["c_proj"](h)  # (B, T, d)  gpt2_small.nn:10
+        return x + h  # (B, T, d)  gpt2_small.nn:9
+
+
+@dataclass
+class GPT2SmallConfig:
+    """Hyperparameters of `model GPT2Small`."""
+
+    vocab: int = 50257
+    ctx: int = 1024
+    d: int = 768
+    layers: int = 12
+    heads: int = 12
 
 
 class GPT2Small(nn.Module):
     """`model GPT2Small` of gpt2_small.nn:13."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.wte = nn.Embedding(50257, 768)
-        self.wpe = nn.Embedding(1024, 768)
-        self.h = nn.ModuleList([Block() for _ in range(12)])
-        self.ln_f = nn.LayerNorm(768)
-        self.lm_head = nn.Linear(768, 50257, bias=False)
+        if config is None:
+            config = GPT2SmallConfig()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab, config.d)
+        self.wpe = nn.Embedding(config.ctx, config.d)
+        self.h = nn.ModuleList(
+            [Block(config.ctx, config.d, config.heads) for _ in range(config.layers)]
+        )
+        self.ln_f = nn.LayerNorm(config.d)
+        self.lm_head = nn.Linear(config.d, config.vocab, bias=False)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.02)
         # tied weights: one tensor under two names
         self.lm_head.weight = self.wte.weight
 
     def forward(self, tokens):
-        x = self.wte(tokens)  # (B, 1024, 768)  gpt2_small.nn:15
-        # (1024, 768)  gpt2_small.nn:16
+        x = self.wte(tokens)  # (B, ctx, d)  gpt2_small.nn:15
+        # (ctx, d)  gpt2_small.nn:16
         h = self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
-        x = x + h  # (B, 1024, 768)  gpt2_small.nn:15
+        x = x + h  # (B, ctx, d)  gpt2_small.nn:15
         for block in self.h:
-            x = block(x)  # (B, 1024, 768)  gpt2_small.nn:17
-        x = self.ln_f(x)  # (B, 1024, 768)  gpt2_small.nn:18
-        return self.lm_head(x)  # (B, 1024, 50257)  gpt2_small.nn:19
+            x = block(x)  # (B, ctx, d)  gpt2_small.nn:17
+        x = self.ln_f(x)  # (B, ctx, d)  gpt2_small.nn:18
+        return self.lm_head(x)  # (B, ctx, vocab)  gpt2_small.nn:19
+
+    @torch.no_grad()
+    def generate(self, tokens, new_tokens, temperature=1.0, top_k=None, generator=None):
+        """`tokens` (B, T) followed by `new_tokens` sampled one at a time, each from the
+        scores at the last position of the model's context (its last `context` tokens):
+        divided by `temperature` (0: always the most likely token), only the `top_k`
+        best kept."""
+        context = self.config.ctx
+        for _ in range(new_tokens):
+            scores = self(tokens[:, -context:])[:, -1, :]
+            if temperature == 0:
+                following = scores.argmax(dim=-1, keepdim=True)
+            else:
+                scores = scores / temperature
+                if top_k is not None:
+                    best = torch.topk(scores, min(top_k, scores.shape[-1])).values
+                    scores = scores.masked_fill(scores < best[:, -1:], -math.inf)
+                probabilities = F.softmax(scores, dim=-1)
+                following = torch.multinomial(probabilities, 1, generator=generator)
+            tokens = torch.cat([tokens, following], dim=1)
+        return tokens
 
 
 # state_dict keys that are tied copies of another key (not stored in weight files)
@@ -76,10 +120,11 @@ TIED_WEIGHTS = {
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names, each tied weight once."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names,
+    each tied weight once."""
     from safetensors.torch import save_file
 
-    state = model.state_dict()
+    state = model if isinstance(model, dict) else model.state_dict()
     save_file({k: v for k, v in state.items() if k not in TIED_WEIGHTS}, path)
 
 

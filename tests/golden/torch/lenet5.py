@@ -3,20 +3,32 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class LeNet5Config:
+    """Hyperparameters of `model LeNet5`."""
+
+    classes: int = 10
 
 
 class LeNet5(nn.Module):
     """`model LeNet5` of lenet5.nn:3."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = LeNet5Config()
+        self.config = config
         self.c1 = nn.Conv2d(1, 6, 5, padding=2)
         self.c3 = nn.Conv2d(6, 16, 5)
         self.f5 = nn.Linear(400, 120)
         self.f6 = nn.Linear(120, 84)
-        self.output = nn.Linear(84, 10)
+        self.output = nn.Linear(84, config.classes)
 
     def forward(self, image):
         x = self.c1(image)  # (B, 6, 28, 28)  lenet5.nn:5
@@ -30,14 +42,15 @@ class LeNet5(nn.Module):
         x = F.relu(x)  # (B, 120)  lenet5.nn:8
         x = self.f6(x)  # (B, 84)  lenet5.nn:9
         x = F.relu(x)  # (B, 84)  lenet5.nn:9
-        return self.output(x)  # (B, 10)  lenet5.nn:10
+        return self.output(x)  # (B, classes)  lenet5.nn:10
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -10,7 +12,7 @@ from torch import nn
 class InvertedResidual(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13."""
 
-    def __init__(self):
+    def __init__(self, out, stride, expand):
         super().__init__()
         self.conv = nn.ModuleList(
             [
@@ -26,11 +28,11 @@ class InvertedResidual(nn.Module):
         )
 
     def forward(self, x):
-        x = self.conv[0][0](x)  # (B, 32, 112, 112)  mobilenet_v2.nn:8
-        x = self.conv[0][1](x)  # (B, 32, 112, 112)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, 32, 112, 112)  mobilenet_v2.nn:10
-        x = self.conv[1](x)  # (B, 16, 112, 112)  mobilenet_v2.nn:17
-        return self.conv[2](x)  # (B, 16, 112, 112)  mobilenet_v2.nn:17
+        x = self.conv[0][0](x)  # (B, 32, H, W)  mobilenet_v2.nn:8
+        x = self.conv[0][1](x)  # (B, 32, H, W)  mobilenet_v2.nn:10
+        x = F.relu6(x)  # (B, 32, H, W)  mobilenet_v2.nn:10
+        x = self.conv[1](x)  # (B, 16, H, W)  mobilenet_v2.nn:17
+        return self.conv[2](x)  # (B, 16, H, W)  mobilenet_v2.nn:17
 
 
 class InvertedResidual2(nn.Module):
@@ -39,7 +41,7 @@ class InvertedResidual2(nn.Module):
     Used as features.2, features.4, features.7 and 1 more.
     """
 
-    def __init__(self, in_channels, channels, out):
+    def __init__(self, in_channels, channels, out, stride, expand):
         super().__init__()
         self.conv = nn.ModuleList(
             [
@@ -55,7 +57,7 @@ class InvertedResidual2(nn.Module):
                             channels,
                             channels,
                             3,
-                            stride=2,
+                            stride=stride,
                             padding=1,
                             groups=channels,
                             bias=False,
@@ -85,7 +87,7 @@ class InvertedResidual3(nn.Module):
     Used as features.3, features.5, features.6 and 7 more.
     """
 
-    def __init__(self, out, channels):
+    def __init__(self, channels, out, stride, expand):
         super().__init__()
         self.conv = nn.ModuleList(
             [
@@ -128,7 +130,7 @@ class InvertedResidual4(nn.Module):
     Used as features.11, features.17.
     """
 
-    def __init__(self, in_channels, channels, out):
+    def __init__(self, in_channels, channels, out, stride, expand):
         super().__init__()
         self.conv = nn.ModuleList(
             [
@@ -167,11 +169,22 @@ class InvertedResidual4(nn.Module):
         return self.conv[3](x)  # (B, out, H, W)  mobilenet_v2.nn:17
 
 
+@dataclass
+class MobileNetV2Config:
+    """Hyperparameters of `model MobileNetV2`."""
+
+    classes: int = 1000
+    size: int = 224
+
+
 class MobileNetV2(nn.Module):
     """`model MobileNetV2` of mobilenet_v2.nn:23."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = MobileNetV2Config()
+        self.config = config
         self.features = nn.ModuleList(
             [
                 nn.ModuleList(
@@ -180,64 +193,67 @@ class MobileNetV2(nn.Module):
                         nn.BatchNorm2d(32),
                     ]
                 ),
-                InvertedResidual(),
-                InvertedResidual2(16, 96, 24),
-                InvertedResidual3(24, 144),
-                InvertedResidual2(24, 144, 32),
-                InvertedResidual3(32, 192),
-                InvertedResidual3(32, 192),
-                InvertedResidual2(32, 192, 64),
-                InvertedResidual3(64, 384),
-                InvertedResidual3(64, 384),
-                InvertedResidual3(64, 384),
-                InvertedResidual4(64, 384, 96),
-                InvertedResidual3(96, 576),
-                InvertedResidual3(96, 576),
-                InvertedResidual2(96, 576, 160),
-                InvertedResidual3(160, 960),
-                InvertedResidual3(160, 960),
-                InvertedResidual4(160, 960, 320),
+                InvertedResidual(16, 1, 1),
+                InvertedResidual2(16, 96, 24, 2, 6),
+                InvertedResidual3(144, 24, 1, 6),
+                InvertedResidual2(24, 144, 32, 2, 6),
+                InvertedResidual3(192, 32, 1, 6),
+                InvertedResidual3(192, 32, 1, 6),
+                InvertedResidual2(32, 192, 64, 2, 6),
+                InvertedResidual3(384, 64, 1, 6),
+                InvertedResidual3(384, 64, 1, 6),
+                InvertedResidual3(384, 64, 1, 6),
+                InvertedResidual4(64, 384, 96, 1, 6),
+                InvertedResidual3(576, 96, 1, 6),
+                InvertedResidual3(576, 96, 1, 6),
+                InvertedResidual2(96, 576, 160, 2, 6),
+                InvertedResidual3(960, 160, 1, 6),
+                InvertedResidual3(960, 160, 1, 6),
+                InvertedResidual4(160, 960, 320, 1, 6),
                 nn.ModuleList(
                     [nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280)]
                 ),
             ]
         )
-        self.classifier = nn.ModuleList([nn.Identity(), nn.Linear(1280, 1000)])
+        self.classifier = nn.ModuleList(
+            [nn.Identity(), nn.Linear(1280, config.classes)]
+        )
 
     def forward(self, image):
-        x = self.features[0][0](image)  # (B, 32, 112, 112)  mobilenet_v2.nn:8
-        x = self.features[0][1](x)  # (B, 32, 112, 112)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, 32, 112, 112)  mobilenet_v2.nn:10
-        x = self.features[1](x)  # (B, 16, 112, 112)  mobilenet_v2.nn:26
-        x = self.features[2](x)  # (B, 24, 56, 56)  mobilenet_v2.nn:27
-        x = self.features[3](x)  # (B, 24, 56, 56)  mobilenet_v2.nn:27
-        x = self.features[4](x)  # (B, 32, 28, 28)  mobilenet_v2.nn:28
-        x = self.features[5](x)  # (B, 32, 28, 28)  mobilenet_v2.nn:28
-        x = self.features[6](x)  # (B, 32, 28, 28)  mobilenet_v2.nn:28
-        x = self.features[7](x)  # (B, 64, 14, 14)  mobilenet_v2.nn:29
-        x = self.features[8](x)  # (B, 64, 14, 14)  mobilenet_v2.nn:29
-        x = self.features[9](x)  # (B, 64, 14, 14)  mobilenet_v2.nn:29
-        x = self.features[10](x)  # (B, 64, 14, 14)  mobilenet_v2.nn:29
-        x = self.features[11](x)  # (B, 96, 14, 14)  mobilenet_v2.nn:30
-        x = self.features[12](x)  # (B, 96, 14, 14)  mobilenet_v2.nn:30
-        x = self.features[13](x)  # (B, 96, 14, 14)  mobilenet_v2.nn:30
-        x = self.features[14](x)  # (B, 160, 7, 7)  mobilenet_v2.nn:31
-        x = self.features[15](x)  # (B, 160, 7, 7)  mobilenet_v2.nn:31
-        x = self.features[16](x)  # (B, 160, 7, 7)  mobilenet_v2.nn:31
-        x = self.features[17](x)  # (B, 320, 7, 7)  mobilenet_v2.nn:32
-        x = self.features[18][0](x)  # (B, 1280, 7, 7)  mobilenet_v2.nn:8
-        x = self.features[18][1](x)  # (B, 1280, 7, 7)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, 1280, 7, 7)  mobilenet_v2.nn:10
+        x = self.features[0][0](image)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:8
+        x = self.features[0][1](x)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:10
+        x = F.relu6(x)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:10
+        x = self.features[1](x)  # (B, 16, H/2, W/2)  mobilenet_v2.nn:26
+        x = self.features[2](x)  # (B, 24, H/4, W/4)  mobilenet_v2.nn:27
+        x = self.features[3](x)  # (B, 24, H/4, W/4)  mobilenet_v2.nn:27
+        x = self.features[4](x)  # (B, 32, H/8, W/8)  mobilenet_v2.nn:28
+        x = self.features[5](x)  # (B, 32, H/8, W/8)  mobilenet_v2.nn:28
+        x = self.features[6](x)  # (B, 32, H/8, W/8)  mobilenet_v2.nn:28
+        x = self.features[7](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
+        x = self.features[8](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
+        x = self.features[9](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
+        x = self.features[10](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
+        x = self.features[11](x)  # (B, 96, H/16, W/16)  mobilenet_v2.nn:30
+        x = self.features[12](x)  # (B, 96, H/16, W/16)  mobilenet_v2.nn:30
+        x = self.features[13](x)  # (B, 96, H/16, W/16)  mobilenet_v2.nn:30
+        x = self.features[14](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
+        x = self.features[15](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
+        x = self.features[16](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
+        x = self.features[17](x)  # (B, 320, H/32, W/32)  mobilenet_v2.nn:32
+        x = self.features[18][0](x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:8
+        x = self.features[18][1](x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:10
+        x = F.relu6(x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:10
         x = x.mean(dim=(2, 3))  # (B, 1280)  mobilenet_v2.nn:34
         x = F.dropout(x, p=0.2, training=self.training)  # (B, 1280)  mobilenet_v2.nn:35
-        return self.classifier[1](x)  # (B, 1000)  mobilenet_v2.nn:35
+        return self.classifier[1](x)  # (B, classes)  mobilenet_v2.nn:35
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,25 +15,35 @@ def scaled_swish(x, beta):
 
     Used as scaled_swish_1, scaled_swish_2.
     """
-    h = beta * x  # (B, 32)  moons_swish.nn:4
-    h = torch.sigmoid(h)  # (B, 32)  moons_swish.nn:4
-    return x * h  # (B, 32)  moons_swish.nn:4
+    h = beta * x  # (B, F)  moons_swish.nn:4
+    h = torch.sigmoid(h)  # (B, F)  moons_swish.nn:4
+    return x * h  # (B, F)  moons_swish.nn:4
+
+
+@dataclass
+class MoonsNetConfig:
+    """Hyperparameters of `model MoonsNet`."""
+
+    width: int = 32
 
 
 class MoonsNet(nn.Module):
     """`model MoonsNet` of moons_swish.nn:7."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.dense_1 = nn.Linear(2, 32)
-        self.dense_2 = nn.Linear(32, 32)
-        self.dense_3 = nn.Linear(32, 2)
+        if config is None:
+            config = MoonsNetConfig()
+        self.config = config
+        self.dense_1 = nn.Linear(2, config.width)
+        self.dense_2 = nn.Linear(config.width, config.width)
+        self.dense_3 = nn.Linear(config.width, 2)
 
     def forward(self, point):
-        x = self.dense_1(point)  # (B, 32)  moons_swish.nn:9
-        x = scaled_swish(x, 1.0)  # (B, 32)  moons_swish.nn:9
-        x = self.dense_2(x)  # (B, 32)  moons_swish.nn:9
-        x = scaled_swish(x, 2.0)  # (B, 32)  moons_swish.nn:9
+        x = self.dense_1(point)  # (B, width)  moons_swish.nn:9
+        x = scaled_swish(x, 1.0)  # (B, width)  moons_swish.nn:9
+        x = self.dense_2(x)  # (B, width)  moons_swish.nn:9
+        x = scaled_swish(x, 2.0)  # (B, width)  moons_swish.nn:9
         return self.dense_3(x)  # (B, 2)  moons_swish.nn:9
 
 
@@ -53,10 +65,11 @@ def make_optimizer(model):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

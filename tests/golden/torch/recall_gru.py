@@ -3,24 +3,39 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class RecallGRUConfig:
+    """Hyperparameters of `model RecallGRU`."""
+
+    steps: int = 20
+    features: int = 11
+
+
 class RecallGRU(nn.Module):
     """`model RecallGRU` of recall_gru.nn:4."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.gru_1 = nn.GRU(11, 32, num_layers=2, batch_first=True, bidirectional=True)
-        self.rnn_1 = nn.RNN(11, 32, batch_first=True)
+        if config is None:
+            config = RecallGRUConfig()
+        self.config = config
+        self.gru_1 = nn.GRU(
+            config.features, 32, num_layers=2, batch_first=True, bidirectional=True
+        )
+        self.rnn_1 = nn.RNN(config.features, 32, batch_first=True)
         self.dense_1 = nn.Linear(96, 10)
 
     def forward(self, seq):
-        x, _ = self.gru_1(seq)  # (B, 20, 64)  recall_gru.nn:6
+        x, _ = self.gru_1(seq)  # (B, steps, 64)  recall_gru.nn:6
         x = torch.cat([x[:, -1, :32], x[:, 0, 32:]], dim=-1)  # (B, 64)  recall_gru.nn:6
-        h, _ = self.rnn_1(seq)  # (B, 20, 32)  recall_gru.nn:7
+        h, _ = self.rnn_1(seq)  # (B, steps, 32)  recall_gru.nn:7
         h = h[:, -1]  # (B, 32)  recall_gru.nn:7
         x = torch.cat([x, h], dim=-1)  # (B, 96)  recall_gru.nn:8
         return self.dense_1(x)  # (B, 10)  recall_gru.nn:8
@@ -45,10 +60,11 @@ def make_optimizer(model):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

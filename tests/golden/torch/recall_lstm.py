@@ -3,22 +3,36 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class RecallLSTMConfig:
+    """Hyperparameters of `model RecallLSTM`."""
+
+    steps: int = 20
+    features: int = 11
+    hidden: int = 64
+
+
 class RecallLSTM(nn.Module):
     """`model RecallLSTM` of recall_lstm.nn:3."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.lstm_1 = nn.LSTM(11, 64, batch_first=True)
-        self.dense_1 = nn.Linear(64, 10)
+        if config is None:
+            config = RecallLSTMConfig()
+        self.config = config
+        self.lstm_1 = nn.LSTM(config.features, config.hidden, batch_first=True)
+        self.dense_1 = nn.Linear(config.hidden, 10)
 
     def forward(self, seq):
-        x, _ = self.lstm_1(seq)  # (B, 20, 64)  recall_lstm.nn:5
-        x = x[:, -1]  # (B, 64)  recall_lstm.nn:5
+        x, _ = self.lstm_1(seq)  # (B, steps, hidden)  recall_lstm.nn:5
+        x = x[:, -1]  # (B, hidden)  recall_lstm.nn:5
         return self.dense_1(x)  # (B, 10)  recall_lstm.nn:5
 
 
@@ -40,10 +54,11 @@ def make_optimizer(model):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

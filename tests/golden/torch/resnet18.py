@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -13,7 +15,7 @@ class BasicBlock(nn.Module):
     Used as layer1.0, layer1.1, layer2.1 and 2 more.
     """
 
-    def __init__(self, channels):
+    def __init__(self, channels, stride=1):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
@@ -36,17 +38,17 @@ class BasicBlock2(nn.Module):
     Used as layer2.0, layer3.0, layer4.0.
     """
 
-    def __init__(self, in_channels, channels):
+    def __init__(self, in_channels, channels, stride=1):
         super().__init__()
         self.conv1 = nn.Conv2d(
-            in_channels, channels, 3, stride=2, padding=1, bias=False
+            in_channels, channels, 3, stride=stride, padding=1, bias=False
         )
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
         self.downsample = nn.ModuleList(
             [
-                nn.Conv2d(in_channels, channels, 1, stride=2, bias=False),
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(channels),
             ]
         )
@@ -63,41 +65,53 @@ class BasicBlock2(nn.Module):
         return F.relu(h)  # (B, channels, H/2, W/2)  resnet18.nn:14
 
 
+@dataclass
+class ResNet18Config:
+    """Hyperparameters of `model ResNet18`."""
+
+    classes: int = 1000
+    size: int = 224
+
+
 class ResNet18(nn.Module):
     """`model ResNet18` of resnet18.nn:17."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = ResNet18Config()
+        self.config = config
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = nn.ModuleList([BasicBlock(64) for _ in range(2)])
-        self.layer2 = nn.ModuleList([BasicBlock2(64, 128), BasicBlock(128)])
-        self.layer3 = nn.ModuleList([BasicBlock2(128, 256), BasicBlock(256)])
-        self.layer4 = nn.ModuleList([BasicBlock2(256, 512), BasicBlock(512)])
-        self.fc = nn.Linear(512, 1000)
+        self.layer2 = nn.ModuleList([BasicBlock2(64, 128, 2), BasicBlock(128)])
+        self.layer3 = nn.ModuleList([BasicBlock2(128, 256, 2), BasicBlock(256)])
+        self.layer4 = nn.ModuleList([BasicBlock2(256, 512, 2), BasicBlock(512)])
+        self.fc = nn.Linear(512, config.classes)
 
     def forward(self, image):
-        x = self.conv1(image)  # (B, 64, 112, 112)  resnet18.nn:19
-        x = self.bn1(x)  # (B, 64, 112, 112)  resnet18.nn:20
-        x = F.relu(x)  # (B, 64, 112, 112)  resnet18.nn:20
-        x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, 64, 56, 56)  resnet18.nn:21
-        x = self.layer1[0](x)  # (B, 64, 56, 56)  resnet18.nn:22
-        x = self.layer1[1](x)  # (B, 64, 56, 56)  resnet18.nn:22
-        x = self.layer2[0](x)  # (B, 128, 28, 28)  resnet18.nn:23
-        x = self.layer2[1](x)  # (B, 128, 28, 28)  resnet18.nn:23
-        x = self.layer3[0](x)  # (B, 256, 14, 14)  resnet18.nn:24
-        x = self.layer3[1](x)  # (B, 256, 14, 14)  resnet18.nn:24
-        x = self.layer4[0](x)  # (B, 512, 7, 7)  resnet18.nn:25
-        x = self.layer4[1](x)  # (B, 512, 7, 7)  resnet18.nn:25
+        x = self.conv1(image)  # (B, 64, H/2, W/2)  resnet18.nn:19
+        x = self.bn1(x)  # (B, 64, H/2, W/2)  resnet18.nn:20
+        x = F.relu(x)  # (B, 64, H/2, W/2)  resnet18.nn:20
+        x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, 64, H/4, W/4)  resnet18.nn:21
+        x = self.layer1[0](x)  # (B, 64, H/4, W/4)  resnet18.nn:22
+        x = self.layer1[1](x)  # (B, 64, H/4, W/4)  resnet18.nn:22
+        x = self.layer2[0](x)  # (B, 128, H/8, W/8)  resnet18.nn:23
+        x = self.layer2[1](x)  # (B, 128, H/8, W/8)  resnet18.nn:23
+        x = self.layer3[0](x)  # (B, 256, H/16, W/16)  resnet18.nn:24
+        x = self.layer3[1](x)  # (B, 256, H/16, W/16)  resnet18.nn:24
+        x = self.layer4[0](x)  # (B, 512, H/32, W/32)  resnet18.nn:25
+        x = self.layer4[1](x)  # (B, 512, H/32, W/32)  resnet18.nn:25
         x = x.mean(dim=(2, 3))  # (B, 512)  resnet18.nn:26
-        return self.fc(x)  # (B, 1000)  resnet18.nn:27
+        return self.fc(x)  # (B, classes)  resnet18.nn:27
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

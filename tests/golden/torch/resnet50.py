@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -10,7 +12,7 @@ from torch import nn
 class Bottleneck(nn.Module):
     """`block Bottleneck` of resnet50.nn:4."""
 
-    def __init__(self):
+    def __init__(self, planes, stride=1):
         super().__init__()
         self.conv1 = nn.Conv2d(64, 64, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -23,18 +25,18 @@ class Bottleneck(nn.Module):
         )
 
     def forward(self, x):
-        h = self.conv1(x)  # (B, 64, 56, 56)  resnet50.nn:6
-        h = self.bn1(h)  # (B, 64, 56, 56)  resnet50.nn:6
-        h = F.relu(h)  # (B, 64, 56, 56)  resnet50.nn:6
-        h = self.conv2(h)  # (B, 64, 56, 56)  resnet50.nn:7
-        h = self.bn2(h)  # (B, 64, 56, 56)  resnet50.nn:8
-        h = F.relu(h)  # (B, 64, 56, 56)  resnet50.nn:8
-        h = self.conv3(h)  # (B, 256, 56, 56)  resnet50.nn:9
-        h = self.bn3(h)  # (B, 256, 56, 56)  resnet50.nn:9
-        x = self.downsample[0](x)  # (B, 256, 56, 56)  resnet50.nn:11
-        x = self.downsample[1](x)  # (B, 256, 56, 56)  resnet50.nn:11
-        h = h + x  # (B, 256, 56, 56)  resnet50.nn:13
-        return F.relu(h)  # (B, 256, 56, 56)  resnet50.nn:13
+        h = self.conv1(x)  # (B, 64, H, W)  resnet50.nn:6
+        h = self.bn1(h)  # (B, 64, H, W)  resnet50.nn:6
+        h = F.relu(h)  # (B, 64, H, W)  resnet50.nn:6
+        h = self.conv2(h)  # (B, 64, H, W)  resnet50.nn:7
+        h = self.bn2(h)  # (B, 64, H, W)  resnet50.nn:8
+        h = F.relu(h)  # (B, 64, H, W)  resnet50.nn:8
+        h = self.conv3(h)  # (B, 256, H, W)  resnet50.nn:9
+        h = self.bn3(h)  # (B, 256, H, W)  resnet50.nn:9
+        x = self.downsample[0](x)  # (B, 256, H, W)  resnet50.nn:11
+        x = self.downsample[1](x)  # (B, 256, H, W)  resnet50.nn:11
+        h = h + x  # (B, 256, H, W)  resnet50.nn:13
+        return F.relu(h)  # (B, 256, H, W)  resnet50.nn:13
 
 
 class Bottleneck2(nn.Module):
@@ -43,14 +45,14 @@ class Bottleneck2(nn.Module):
     Used as layer1.1, layer1.2, layer2.1 and 9 more.
     """
 
-    def __init__(self, channels, planes):
+    def __init__(self, planes, stride=1):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, planes, 1, bias=False)
+        self.conv1 = nn.Conv2d(4 * planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(channels)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
 
     def forward(self, x):
         h = self.conv1(x)  # (B, planes, H, W)  resnet50.nn:6
@@ -59,10 +61,10 @@ class Bottleneck2(nn.Module):
         h = self.conv2(h)  # (B, planes, H, W)  resnet50.nn:7
         h = self.bn2(h)  # (B, planes, H, W)  resnet50.nn:8
         h = F.relu(h)  # (B, planes, H, W)  resnet50.nn:8
-        h = self.conv3(h)  # (B, channels, H, W)  resnet50.nn:9
-        h = self.bn3(h)  # (B, channels, H, W)  resnet50.nn:9
-        h = h + x  # (B, channels, H, W)  resnet50.nn:13
-        return F.relu(h)  # (B, channels, H, W)  resnet50.nn:13
+        h = self.conv3(h)  # (B, 4 * planes, H, W)  resnet50.nn:9
+        h = self.bn3(h)  # (B, 4 * planes, H, W)  resnet50.nn:9
+        h = h + x  # (B, 4 * planes, H, W)  resnet50.nn:13
+        return F.relu(h)  # (B, 4 * planes, H, W)  resnet50.nn:13
 
 
 class Bottleneck3(nn.Module):
@@ -71,18 +73,18 @@ class Bottleneck3(nn.Module):
     Used as layer2.0, layer3.0, layer4.0.
     """
 
-    def __init__(self, in_channels, planes, out_channels):
+    def __init__(self, in_channels, planes, stride=1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=2, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
         self.downsample = nn.ModuleList(
             [
-                nn.Conv2d(in_channels, out_channels, 1, stride=2, bias=False),
-                nn.BatchNorm2d(out_channels),
+                nn.Conv2d(in_channels, 4 * planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(4 * planes),
             ]
         )
 
@@ -93,81 +95,87 @@ class Bottleneck3(nn.Module):
         h = self.conv2(h)  # (B, planes, H/2, W/2)  resnet50.nn:7
         h = self.bn2(h)  # (B, planes, H/2, W/2)  resnet50.nn:8
         h = F.relu(h)  # (B, planes, H/2, W/2)  resnet50.nn:8
-        h = self.conv3(h)  # (B, out_channels, H/2, W/2)  resnet50.nn:9
-        h = self.bn3(h)  # (B, out_channels, H/2, W/2)  resnet50.nn:9
-        x = self.downsample[0](x)  # (B, out_channels, H/2, W/2)  resnet50.nn:11
-        x = self.downsample[1](x)  # (B, out_channels, H/2, W/2)  resnet50.nn:11
-        h = h + x  # (B, out_channels, H/2, W/2)  resnet50.nn:13
-        return F.relu(h)  # (B, out_channels, H/2, W/2)  resnet50.nn:13
+        h = self.conv3(h)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:9
+        h = self.bn3(h)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:9
+        x = self.downsample[0](x)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:11
+        x = self.downsample[1](x)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:11
+        h = h + x  # (B, 4 * planes, H/2, W/2)  resnet50.nn:13
+        return F.relu(h)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:13
+
+
+@dataclass
+class ResNet50Config:
+    """Hyperparameters of `model ResNet50`."""
+
+    classes: int = 1000
+    size: int = 224
 
 
 class ResNet50(nn.Module):
     """`model ResNet50` of resnet50.nn:16."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = ResNet50Config()
+        self.config = config
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = nn.ModuleList(
-            [Bottleneck(), Bottleneck2(256, 64), Bottleneck2(256, 64)]
-        )
+        self.layer1 = nn.ModuleList([Bottleneck(64), Bottleneck2(64), Bottleneck2(64)])
         self.layer2 = nn.ModuleList(
             [
-                Bottleneck3(256, 128, 512),
-                Bottleneck2(512, 128),
-                Bottleneck2(512, 128),
-                Bottleneck2(512, 128),
+                Bottleneck3(256, 128, 2),
+                Bottleneck2(128),
+                Bottleneck2(128),
+                Bottleneck2(128),
             ]
         )
         self.layer3 = nn.ModuleList(
             [
-                Bottleneck3(512, 256, 1024),
-                Bottleneck2(1024, 256),
-                Bottleneck2(1024, 256),
-                Bottleneck2(1024, 256),
-                Bottleneck2(1024, 256),
-                Bottleneck2(1024, 256),
+                Bottleneck3(512, 256, 2),
+                Bottleneck2(256),
+                Bottleneck2(256),
+                Bottleneck2(256),
+                Bottleneck2(256),
+                Bottleneck2(256),
             ]
         )
         self.layer4 = nn.ModuleList(
-            [
-                Bottleneck3(1024, 512, 2048),
-                Bottleneck2(2048, 512),
-                Bottleneck2(2048, 512),
-            ]
+            [Bottleneck3(1024, 512, 2), Bottleneck2(512), Bottleneck2(512)]
         )
-        self.fc = nn.Linear(2048, 1000)
+        self.fc = nn.Linear(2048, config.classes)
 
     def forward(self, image):
-        x = self.conv1(image)  # (B, 64, 112, 112)  resnet50.nn:18
-        x = self.bn1(x)  # (B, 64, 112, 112)  resnet50.nn:19
-        x = F.relu(x)  # (B, 64, 112, 112)  resnet50.nn:19
-        x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, 64, 56, 56)  resnet50.nn:20
-        x = self.layer1[0](x)  # (B, 256, 56, 56)  resnet50.nn:21
-        x = self.layer1[1](x)  # (B, 256, 56, 56)  resnet50.nn:21
-        x = self.layer1[2](x)  # (B, 256, 56, 56)  resnet50.nn:21
-        x = self.layer2[0](x)  # (B, 512, 28, 28)  resnet50.nn:22
-        x = self.layer2[1](x)  # (B, 512, 28, 28)  resnet50.nn:22
-        x = self.layer2[2](x)  # (B, 512, 28, 28)  resnet50.nn:22
-        x = self.layer2[3](x)  # (B, 512, 28, 28)  resnet50.nn:22
-        x = self.layer3[0](x)  # (B, 1024, 14, 14)  resnet50.nn:23
-        x = self.layer3[1](x)  # (B, 1024, 14, 14)  resnet50.nn:23
-        x = self.layer3[2](x)  # (B, 1024, 14, 14)  resnet50.nn:23
-        x = self.layer3[3](x)  # (B, 1024, 14, 14)  resnet50.nn:23
-        x = self.layer3[4](x)  # (B, 1024, 14, 14)  resnet50.nn:23
-        x = self.layer3[5](x)  # (B, 1024, 14, 14)  resnet50.nn:23
-        x = self.layer4[0](x)  # (B, 2048, 7, 7)  resnet50.nn:24
-        x = self.layer4[1](x)  # (B, 2048, 7, 7)  resnet50.nn:24
-        x = self.layer4[2](x)  # (B, 2048, 7, 7)  resnet50.nn:24
+        x = self.conv1(image)  # (B, 64, H/2, W/2)  resnet50.nn:18
+        x = self.bn1(x)  # (B, 64, H/2, W/2)  resnet50.nn:19
+        x = F.relu(x)  # (B, 64, H/2, W/2)  resnet50.nn:19
+        x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, 64, H/4, W/4)  resnet50.nn:20
+        x = self.layer1[0](x)  # (B, 256, H/4, W/4)  resnet50.nn:21
+        x = self.layer1[1](x)  # (B, 256, H/4, W/4)  resnet50.nn:21
+        x = self.layer1[2](x)  # (B, 256, H/4, W/4)  resnet50.nn:21
+        x = self.layer2[0](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
+        x = self.layer2[1](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
+        x = self.layer2[2](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
+        x = self.layer2[3](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
+        x = self.layer3[0](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
+        x = self.layer3[1](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
+        x = self.layer3[2](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
+        x = self.layer3[3](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
+        x = self.layer3[4](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
+        x = self.layer3[5](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
+        x = self.layer4[0](x)  # (B, 2048, H/32, W/32)  resnet50.nn:24
+        x = self.layer4[1](x)  # (B, 2048, H/32, W/32)  resnet50.nn:24
+        x = self.layer4[2](x)  # (B, 2048, H/32, W/32)  resnet50.nn:24
         x = x.mean(dim=(2, 3))  # (B, 2048)  resnet50.nn:25
-        return self.fc(x)  # (B, 1000)  resnet50.nn:26
+        return self.fc(x)  # (B, classes)  resnet50.nn:26
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

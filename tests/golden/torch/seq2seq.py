@@ -3,37 +3,74 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class Seq2SeqConfig:
+    """Hyperparameters of `model Seq2Seq`."""
+
+    vocab: int = 10
+    steps: int = 8
+    d: int = 32
+    hidden: int = 128
+
+
 class Seq2Seq(nn.Module):
     """`model Seq2Seq` of seq2seq.nn:7."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.embedding_1 = nn.Embedding(10, 32)
-        self.lstm_1 = nn.LSTM(32, 128, batch_first=True)
-        self.positions_1 = nn.Embedding(8, 32)
-        self.lstm_2 = nn.LSTM(32, 128, batch_first=True)
-        self.dense_1 = nn.Linear(128, 10)
+        if config is None:
+            config = Seq2SeqConfig()
+        self.config = config
+        self.embedding_1 = nn.Embedding(config.vocab, config.d)
+        self.lstm_1 = nn.LSTM(config.d, config.hidden, batch_first=True)
+        self.positions_1 = nn.Embedding(config.steps, config.d)
+        self.lstm_2 = nn.LSTM(config.d, config.hidden, batch_first=True)
+        self.dense_1 = nn.Linear(config.hidden, config.vocab)
 
     def forward(self, tokens):
-        x = self.embedding_1(tokens)  # (B, 8, 32)  seq2seq.nn:9
-        x = self.lstm_1(x)  # (B, 8, 128)  seq2seq.nn:10
-        # (B, 8, 128)  seq2seq.nn:10
+        x = self.embedding_1(tokens)  # (B, steps, d)  seq2seq.nn:9
+        x = self.lstm_1(x)  # (B, steps, hidden)  seq2seq.nn:10
+        # (B, steps, hidden)  seq2seq.nn:10
         x = (x[0], x[1][0].transpose(0, 1), x[1][1].transpose(0, 1))
-        h = x[1]  # (B, 1, 128)  seq2seq.nn:10
-        x = x[2]  # (B, 1, 128)  seq2seq.nn:10
-        h2 = self.positions_1.weight  # (8, 32)  seq2seq.nn:11
-        h2 = h2 * 1.0  # (8, 32)  seq2seq.nn:11
-        # (B, 8, 128)  seq2seq.nn:12
+        h = x[1]  # (B, 1, hidden)  seq2seq.nn:10
+        x = x[2]  # (B, 1, hidden)  seq2seq.nn:10
+        h2 = self.positions_1.weight  # (steps, d)  seq2seq.nn:11
+        h2 = h2 * 1.0  # (steps, d)  seq2seq.nn:11
+        # (B, steps, hidden)  seq2seq.nn:12
         h2, _ = self.lstm_2(
             h2[None].expand(h.shape[0], -1, -1),
             (h.transpose(0, 1).contiguous(), x.transpose(0, 1).contiguous()),
         )
-        return self.dense_1(h2)  # (B, 8, 10)  seq2seq.nn:12
+        return self.dense_1(h2)  # (B, steps, vocab)  seq2seq.nn:12
+
+    @torch.no_grad()
+    def generate(self, tokens, new_tokens, temperature=1.0, top_k=None, generator=None):
+        """`tokens` (B, T) followed by `new_tokens` sampled one at a time, each from the
+        scores at the last position of the model's context (its last `context` tokens):
+        divided by `temperature` (0: always the most likely token), only the `top_k`
+        best kept."""
+        context = self.config.steps
+        for _ in range(new_tokens):
+            scores = self(tokens[:, -context:])[:, -1, :]
+            if temperature == 0:
+                following = scores.argmax(dim=-1, keepdim=True)
+            else:
+                scores = scores / temperature
+                if top_k is not None:
+                    best = torch.topk(scores, min(top_k, scores.shape[-1])).values
+                    scores = scores.masked_fill(scores < best[:, -1:], -math.inf)
+                probabilities = F.softmax(scores, dim=-1)
+                following = torch.multinomial(probabilities, 1, generator=generator)
+            tokens = torch.cat([tokens, following], dim=1)
+        return tokens
 
 
 def loss_fn(pred, target):
@@ -55,10 +92,11 @@ def make_optimizer(model):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

@@ -3,24 +3,36 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass
+class SineMLPConfig:
+    """Hyperparameters of `model SineMLP`."""
+
+    width: int = 64
 
 
 class SineMLP(nn.Module):
     """`model SineMLP` of sine_huber.nn:8."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.dense_1 = nn.Linear(1, 64)
-        self.dense_2 = nn.Linear(64, 64)
-        self.dense_3 = nn.Linear(64, 1)
+        if config is None:
+            config = SineMLPConfig()
+        self.config = config
+        self.dense_1 = nn.Linear(1, config.width)
+        self.dense_2 = nn.Linear(config.width, config.width)
+        self.dense_3 = nn.Linear(config.width, 1)
 
     def forward(self, x):
-        x = self.dense_1(x)  # (B, 64)  sine_huber.nn:10
-        x = torch.tanh(x)  # (B, 64)  sine_huber.nn:10
-        x = self.dense_2(x)  # (B, 64)  sine_huber.nn:10
-        x = torch.tanh(x)  # (B, 64)  sine_huber.nn:10
+        x = self.dense_1(x)  # (B, width)  sine_huber.nn:10
+        x = torch.tanh(x)  # (B, width)  sine_huber.nn:10
+        x = self.dense_2(x)  # (B, width)  sine_huber.nn:10
+        x = torch.tanh(x)  # (B, width)  sine_huber.nn:10
         return self.dense_3(x)  # (B, 1)  sine_huber.nn:10
 
 
@@ -60,10 +72,11 @@ def make_scheduler(optimizer):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

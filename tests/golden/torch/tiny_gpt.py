@@ -3,15 +3,12 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def causal_mask(x):
-    """(T, T) mask of a sequence batch (B, T, E): True where a step would see a later one."""
-    steps = x.shape[-2]
-    return torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
 
 
 class TransformerBlock(nn.Module):
@@ -20,54 +17,106 @@ class TransformerBlock(nn.Module):
     Used as blocks.0, blocks.1.
     """
 
-    def __init__(self):
+    def __init__(self, steps, d, heads, ff=None):
         super().__init__()
-        self.layernorm_1 = nn.LayerNorm(64)
-        self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
-        self.layernorm_2 = nn.LayerNorm(64)
-        self.dense_1 = nn.Linear(64, 256)
-        self.dense_2 = nn.Linear(256, 64)
+        if ff is None:
+            ff = 4 * d
+        self.layernorm_1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.layernorm_2 = nn.LayerNorm(d)
+        self.dense_1 = nn.Linear(d, ff)
+        self.dense_2 = nn.Linear(ff, d)
+        self.attn.register_buffer(
+            "causal_mask",
+            torch.ones(steps, steps, dtype=torch.bool).triu(1),
+            persistent=False,
+        )
 
     def forward(self, x):
-        h = self.layernorm_1(x)  # (B, 64, 64)  tiny_gpt.nn:6
-        # (B, 64, 64)  tiny_gpt.nn:6
+        h = self.layernorm_1(x)  # (B, T, d)  tiny_gpt.nn:6
+        # (B, T, d)  tiny_gpt.nn:6
         h, _ = self.attn(
-            h, h, h, attn_mask=causal_mask(h), need_weights=False, is_causal=True
+            h,
+            h,
+            h,
+            attn_mask=self.attn.causal_mask[: h.shape[-2], : h.shape[-2]],
+            need_weights=False,
+            is_causal=True,
         )
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, 64, 64)  tiny_gpt.nn:6
-        x = x + h  # (B, 64, 64)  tiny_gpt.nn:6
-        h = self.layernorm_2(x)  # (B, 64, 64)  tiny_gpt.nn:7
-        h = self.dense_1(h)  # (B, 64, 256)  tiny_gpt.nn:7
-        h = F.gelu(h)  # (B, 64, 256)  tiny_gpt.nn:7
-        h = self.dense_2(h)  # (B, 64, 64)  tiny_gpt.nn:7
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, 64, 64)  tiny_gpt.nn:7
-        return x + h  # (B, 64, 64)  tiny_gpt.nn:7
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  tiny_gpt.nn:6
+        x = x + h  # (B, T, d)  tiny_gpt.nn:6
+        h = self.layernorm_2(x)  # (B, T, d)  tiny_gpt.nn:7
+        h = self.dense_1(h)  # (B, T, ff)  tiny_gpt.nn:7
+        h = F.gelu(h)  # (B, T, ff)  tiny_gpt.nn:7
+        h = self.dense_2(h)  # (B, T, d)  tiny_gpt.nn:7
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  tiny_gpt.nn:7
+        return x + h  # (B, T, d)  tiny_gpt.nn:7
+
+
+@dataclass
+class TinyGPTConfig:
+    """Hyperparameters of `model TinyGPT`."""
+
+    vocab: int = 28
+    ctx: int = 64
+    d: int = 64
+    heads: int = 4
+    layers: int = 2
 
 
 class TinyGPT(nn.Module):
     """`model TinyGPT` of tiny_gpt.nn:10."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.wte = nn.Embedding(28, 64)
-        self.wpe = nn.Embedding(64, 64)
-        self.blocks = nn.ModuleList([TransformerBlock() for _ in range(2)])
-        self.ln_f = nn.LayerNorm(64)
-        self.lm_head = nn.Linear(64, 28, bias=False)
+        if config is None:
+            config = TinyGPTConfig()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab, config.d)
+        self.wpe = nn.Embedding(config.ctx, config.d)
+        self.blocks = nn.ModuleList(
+            [
+                TransformerBlock(config.ctx, config.d, config.heads)
+                for _ in range(config.layers)
+            ]
+        )
+        self.ln_f = nn.LayerNorm(config.d)
+        self.lm_head = nn.Linear(config.d, config.vocab, bias=False)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.02)
         # tied weights: one tensor under two names
         self.lm_head.weight = self.wte.weight
 
     def forward(self, tokens):
-        x = self.wte(tokens)  # (B, 64, 64)  tiny_gpt.nn:12
-        # (64, 64)  tiny_gpt.nn:13
+        x = self.wte(tokens)  # (B, ctx, d)  tiny_gpt.nn:12
+        # (ctx, d)  tiny_gpt.nn:13
         h = self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
-        x = x + h  # (B, 64, 64)  tiny_gpt.nn:12
+        x = x + h  # (B, ctx, d)  tiny_gpt.nn:12
         for block in self.blocks:
-            x = block(x)  # (B, 64, 64)  tiny_gpt.nn:14
-        x = self.ln_f(x)  # (B, 64, 64)  tiny_gpt.nn:15
-        return self.lm_head(x)  # (B, 64, 28)  tiny_gpt.nn:16
+            x = block(x)  # (B, ctx, d)  tiny_gpt.nn:14
+        x = self.ln_f(x)  # (B, ctx, d)  tiny_gpt.nn:15
+        return self.lm_head(x)  # (B, ctx, vocab)  tiny_gpt.nn:16
+
+    @torch.no_grad()
+    def generate(self, tokens, new_tokens, temperature=1.0, top_k=None, generator=None):
+        """`tokens` (B, T) followed by `new_tokens` sampled one at a time, each from the
+        scores at the last position of the model's context (its last `context` tokens):
+        divided by `temperature` (0: always the most likely token), only the `top_k`
+        best kept."""
+        context = self.config.ctx
+        for _ in range(new_tokens):
+            scores = self(tokens[:, -context:])[:, -1, :]
+            if temperature == 0:
+                following = scores.argmax(dim=-1, keepdim=True)
+            else:
+                scores = scores / temperature
+                if top_k is not None:
+                    best = torch.topk(scores, min(top_k, scores.shape[-1])).values
+                    scores = scores.masked_fill(scores < best[:, -1:], -math.inf)
+                probabilities = F.softmax(scores, dim=-1)
+                following = torch.multinomial(probabilities, 1, generator=generator)
+            tokens = torch.cat([tokens, following], dim=1)
+        return tokens
 
 
 def loss_fn(pred, target):
@@ -108,10 +157,11 @@ TIED_WEIGHTS = {
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names, each tied weight once."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names,
+    each tied weight once."""
     from safetensors.torch import save_file
 
-    state = model.state_dict()
+    state = model if isinstance(model, dict) else model.state_dict()
     save_file({k: v for k, v in state.items() if k not in TIED_WEIGHTS}, path)
 
 

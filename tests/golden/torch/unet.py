@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +39,7 @@ class Down(nn.Module):
         self.conv = DoubleConv(in_channels, features)
 
     def forward(self, x):
-        x = F.max_pool2d(x, 2)  # (B, in_channels, H/2, W/2)  unet.nn:14
+        x = F.max_pool2d(x, 2)  # (B, C, H/2, W/2)  unet.nn:14
         return self.conv(x)  # (B, features, H/2, W/2)  unet.nn:14
 
 
@@ -58,40 +60,53 @@ class Up(nn.Module):
         return self.conv(x)  # (B, features, ?, ?)  unet.nn:23
 
 
+@dataclass
+class UNetConfig:
+    """Hyperparameters of `model UNet`."""
+
+    base: int = 64
+    size: int = 512
+    classes: int = 2
+
+
 class UNet(nn.Module):
     """`model UNet` of unet.nn:26."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.inc = DoubleConv(1, 64)
-        self.down1 = Down(64, 128)
-        self.down2 = Down(128, 256)
-        self.down3 = Down(256, 512)
-        self.down4 = Down(512, 1024)
-        self.up1 = Up(1024, 512)
-        self.up2 = Up(512, 256)
-        self.up3 = Up(256, 128)
-        self.up4 = Up(128, 64)
-        self.outc = nn.Conv2d(64, 2, 1)
+        if config is None:
+            config = UNetConfig()
+        self.config = config
+        self.inc = DoubleConv(1, config.base)
+        self.down1 = Down(config.base, config.base * 2)
+        self.down2 = Down(config.base * 2, config.base * 4)
+        self.down3 = Down(config.base * 4, config.base * 8)
+        self.down4 = Down(config.base * 8, config.base * 16)
+        self.up1 = Up(config.base * 16, config.base * 8)
+        self.up2 = Up(config.base * 8, config.base * 4)
+        self.up3 = Up(config.base * 4, config.base * 2)
+        self.up4 = Up(config.base * 2, config.base)
+        self.outc = nn.Conv2d(config.base, config.classes, 1)
 
     def forward(self, image):
-        x = self.inc(image)  # (B, 64, 512, 512)  unet.nn:28
-        h = self.down1(x)  # (B, 128, 256, 256)  unet.nn:29
-        h2 = self.down2(h)  # (B, 256, 128, 128)  unet.nn:30
-        h3 = self.down3(h2)  # (B, 512, 64, 64)  unet.nn:31
-        h4 = self.down4(h3)  # (B, 1024, 32, 32)  unet.nn:32
-        h4 = self.up1(h4, h3)  # (B, 512, 64, 64)  unet.nn:33
-        h4 = self.up2(h4, h2)  # (B, 256, 128, 128)  unet.nn:34
-        h4 = self.up3(h4, h)  # (B, 128, 256, 256)  unet.nn:35
-        h4 = self.up4(h4, x)  # (B, 64, 512, 512)  unet.nn:36
-        return self.outc(h4)  # (B, 2, 512, 512)  unet.nn:37
+        x = self.inc(image)  # (B, base, size, size)  unet.nn:28
+        h = self.down1(x)  # (B, base * 2, H/2, W/2)  unet.nn:29
+        h2 = self.down2(h)  # (B, base * 4, H/4, W/4)  unet.nn:30
+        h3 = self.down3(h2)  # (B, base * 8, H/8, W/8)  unet.nn:31
+        h4 = self.down4(h3)  # (B, base * 16, H/16, W/16)  unet.nn:32
+        h4 = self.up1(h4, h3)  # (B, base * 8, H/8, W/8)  unet.nn:33
+        h4 = self.up2(h4, h2)  # (B, base * 4, H/4, W/4)  unet.nn:34
+        h4 = self.up3(h4, h)  # (B, base * 2, H/2, W/2)  unet.nn:35
+        h4 = self.up4(h4, x)  # (B, base, size, size)  unet.nn:36
+        return self.outc(h4)  # (B, classes, size, size)  unet.nn:37
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

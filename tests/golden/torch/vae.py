@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,29 +15,40 @@ def noise_like(x, training):
     return torch.randn_like(x) if training else torch.zeros_like(x)
 
 
+@dataclass
+class DigitsVAEConfig:
+    """Hyperparameters of `model DigitsVAE`."""
+
+    hidden: int = 128
+    latent: int = 8
+
+
 class DigitsVAE(nn.Module):
     """`model DigitsVAE` of vae.nn:11."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.dense_1 = nn.Linear(64, 128)
-        self.dense_2 = nn.Linear(128, 8)
-        self.dense_3 = nn.Linear(128, 8)
-        self.dense_4 = nn.Linear(8, 128)
-        self.dense_5 = nn.Linear(128, 64)
+        if config is None:
+            config = DigitsVAEConfig()
+        self.config = config
+        self.dense_1 = nn.Linear(64, config.hidden)
+        self.dense_2 = nn.Linear(config.hidden, config.latent)
+        self.dense_3 = nn.Linear(config.hidden, config.latent)
+        self.dense_4 = nn.Linear(config.latent, config.hidden)
+        self.dense_5 = nn.Linear(config.hidden, 64)
 
     def forward(self, x):
-        x = self.dense_1(x)  # (B, 128)  vae.nn:13
-        x = F.relu(x)  # (B, 128)  vae.nn:13
-        h = self.dense_2(x)  # (B, 8)  vae.nn:14
-        x = self.dense_3(x)  # (B, 8)  vae.nn:15
-        h2 = 0.5 * x  # (B, 8)  vae.nn:16
-        h2 = torch.exp(h2)  # (B, 8)  vae.nn:16
-        h3 = noise_like(h, self.training)  # (B, 8)  vae.nn:16
-        h2 = h2 * h3  # (B, 8)  vae.nn:16
-        h2 = h + h2  # (B, 8)  vae.nn:16
-        h2 = self.dense_4(h2)  # (B, 128)  vae.nn:17
-        h2 = F.relu(h2)  # (B, 128)  vae.nn:17
+        x = self.dense_1(x)  # (B, hidden)  vae.nn:13
+        x = F.relu(x)  # (B, hidden)  vae.nn:13
+        h = self.dense_2(x)  # (B, latent)  vae.nn:14
+        x = self.dense_3(x)  # (B, latent)  vae.nn:15
+        h2 = 0.5 * x  # (B, latent)  vae.nn:16
+        h2 = torch.exp(h2)  # (B, latent)  vae.nn:16
+        h3 = noise_like(h, self.training)  # (B, latent)  vae.nn:16
+        h2 = h2 * h3  # (B, latent)  vae.nn:16
+        h2 = h + h2  # (B, latent)  vae.nn:16
+        h2 = self.dense_4(h2)  # (B, hidden)  vae.nn:17
+        h2 = F.relu(h2)  # (B, hidden)  vae.nn:17
         h2 = self.dense_5(h2)  # (B, 64)  vae.nn:17
         h2 = torch.sigmoid(h2)  # (B, 64)  vae.nn:17
         return h2, h, x
@@ -74,10 +87,11 @@ def make_optimizer(model):
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

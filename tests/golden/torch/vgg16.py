@@ -3,15 +3,28 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class VGG16Config:
+    """Hyperparameters of `model VGG16`."""
+
+    classes: int = 1000
+    size: int = 224
 
 
 class VGG16(nn.Module):
     """`model VGG16` of vgg16.nn:5."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
+        if config is None:
+            config = VGG16Config()
+        self.config = config
         self.features = nn.ModuleList(
             [
                 nn.Conv2d(3, 64, 3, padding=1),
@@ -53,42 +66,42 @@ class VGG16(nn.Module):
                 nn.Linear(4096, 4096),
                 nn.Identity(),
                 nn.Identity(),
-                nn.Linear(4096, 1000),
+                nn.Linear(4096, config.classes),
             ]
         )
 
     def forward(self, image):
-        x = self.features[0](image)  # (B, 64, 224, 224)  vgg16.nn:7
-        x = F.relu(x)  # (B, 64, 224, 224)  vgg16.nn:7
-        x = self.features[2](x)  # (B, 64, 224, 224)  vgg16.nn:7
-        x = F.relu(x)  # (B, 64, 224, 224)  vgg16.nn:7
-        x = F.max_pool2d(x, 2)  # (B, 64, 112, 112)  vgg16.nn:7
-        x = self.features[5](x)  # (B, 128, 112, 112)  vgg16.nn:8
-        x = F.relu(x)  # (B, 128, 112, 112)  vgg16.nn:8
-        x = self.features[7](x)  # (B, 128, 112, 112)  vgg16.nn:8
-        x = F.relu(x)  # (B, 128, 112, 112)  vgg16.nn:8
-        x = F.max_pool2d(x, 2)  # (B, 128, 56, 56)  vgg16.nn:8
-        x = self.features[10](x)  # (B, 256, 56, 56)  vgg16.nn:9
-        x = F.relu(x)  # (B, 256, 56, 56)  vgg16.nn:9
-        x = self.features[12](x)  # (B, 256, 56, 56)  vgg16.nn:9
-        x = F.relu(x)  # (B, 256, 56, 56)  vgg16.nn:9
-        x = self.features[14](x)  # (B, 256, 56, 56)  vgg16.nn:9
-        x = F.relu(x)  # (B, 256, 56, 56)  vgg16.nn:9
-        x = F.max_pool2d(x, 2)  # (B, 256, 28, 28)  vgg16.nn:9
-        x = self.features[17](x)  # (B, 512, 28, 28)  vgg16.nn:10
-        x = F.relu(x)  # (B, 512, 28, 28)  vgg16.nn:10
-        x = self.features[19](x)  # (B, 512, 28, 28)  vgg16.nn:10
-        x = F.relu(x)  # (B, 512, 28, 28)  vgg16.nn:10
-        x = self.features[21](x)  # (B, 512, 28, 28)  vgg16.nn:10
-        x = F.relu(x)  # (B, 512, 28, 28)  vgg16.nn:10
-        x = F.max_pool2d(x, 2)  # (B, 512, 14, 14)  vgg16.nn:10
-        x = self.features[24](x)  # (B, 512, 14, 14)  vgg16.nn:11
-        x = F.relu(x)  # (B, 512, 14, 14)  vgg16.nn:11
-        x = self.features[26](x)  # (B, 512, 14, 14)  vgg16.nn:11
-        x = F.relu(x)  # (B, 512, 14, 14)  vgg16.nn:11
-        x = self.features[28](x)  # (B, 512, 14, 14)  vgg16.nn:11
-        x = F.relu(x)  # (B, 512, 14, 14)  vgg16.nn:11
-        x = F.max_pool2d(x, 2)  # (B, 512, 7, 7)  vgg16.nn:11
+        x = self.features[0](image)  # (B, 64, size, size)  vgg16.nn:7
+        x = F.relu(x)  # (B, 64, size, size)  vgg16.nn:7
+        x = self.features[2](x)  # (B, 64, size, size)  vgg16.nn:7
+        x = F.relu(x)  # (B, 64, size, size)  vgg16.nn:7
+        x = F.max_pool2d(x, 2)  # (B, 64, H/2, W/2)  vgg16.nn:7
+        x = self.features[5](x)  # (B, 128, H/2, W/2)  vgg16.nn:8
+        x = F.relu(x)  # (B, 128, H/2, W/2)  vgg16.nn:8
+        x = self.features[7](x)  # (B, 128, H/2, W/2)  vgg16.nn:8
+        x = F.relu(x)  # (B, 128, H/2, W/2)  vgg16.nn:8
+        x = F.max_pool2d(x, 2)  # (B, 128, H/4, W/4)  vgg16.nn:8
+        x = self.features[10](x)  # (B, 256, H/4, W/4)  vgg16.nn:9
+        x = F.relu(x)  # (B, 256, H/4, W/4)  vgg16.nn:9
+        x = self.features[12](x)  # (B, 256, H/4, W/4)  vgg16.nn:9
+        x = F.relu(x)  # (B, 256, H/4, W/4)  vgg16.nn:9
+        x = self.features[14](x)  # (B, 256, H/4, W/4)  vgg16.nn:9
+        x = F.relu(x)  # (B, 256, H/4, W/4)  vgg16.nn:9
+        x = F.max_pool2d(x, 2)  # (B, 256, H/8, W/8)  vgg16.nn:9
+        x = self.features[17](x)  # (B, 512, H/8, W/8)  vgg16.nn:10
+        x = F.relu(x)  # (B, 512, H/8, W/8)  vgg16.nn:10
+        x = self.features[19](x)  # (B, 512, H/8, W/8)  vgg16.nn:10
+        x = F.relu(x)  # (B, 512, H/8, W/8)  vgg16.nn:10
+        x = self.features[21](x)  # (B, 512, H/8, W/8)  vgg16.nn:10
+        x = F.relu(x)  # (B, 512, H/8, W/8)  vgg16.nn:10
+        x = F.max_pool2d(x, 2)  # (B, 512, H/16, W/16)  vgg16.nn:10
+        x = self.features[24](x)  # (B, 512, H/16, W/16)  vgg16.nn:11
+        x = F.relu(x)  # (B, 512, H/16, W/16)  vgg16.nn:11
+        x = self.features[26](x)  # (B, 512, H/16, W/16)  vgg16.nn:11
+        x = F.relu(x)  # (B, 512, H/16, W/16)  vgg16.nn:11
+        x = self.features[28](x)  # (B, 512, H/16, W/16)  vgg16.nn:11
+        x = F.relu(x)  # (B, 512, H/16, W/16)  vgg16.nn:11
+        x = F.max_pool2d(x, 2)  # (B, 512, H/32, W/32)  vgg16.nn:11
         x = F.adaptive_avg_pool2d(x, 7)  # (B, 512, 7, 7)  vgg16.nn:12
         x = x.flatten(1)  # (B, 25088)  vgg16.nn:12
         x = self.classifier[0](x)  # (B, 4096)  vgg16.nn:13
@@ -97,14 +110,15 @@ class VGG16(nn.Module):
         x = self.classifier[3](x)  # (B, 4096)  vgg16.nn:14
         x = F.relu(x)  # (B, 4096)  vgg16.nn:14
         x = F.dropout(x, p=0.5, training=self.training)  # (B, 4096)  vgg16.nn:14
-        return self.classifier[6](x)  # (B, 1000)  vgg16.nn:15
+        return self.classifier[6](x)  # (B, classes)  vgg16.nn:15
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):

@@ -3,6 +3,8 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,15 +16,15 @@ class Mlp(nn.Module):
     Used as encoder.layers.0.mlp, encoder.layers.1.mlp, encoder.layers.2.mlp and 9 more.
     """
 
-    def __init__(self):
+    def __init__(self, d, hidden):
         super().__init__()
-        self.linear_1 = nn.Linear(768, 3072)
-        self.linear_2 = nn.Linear(3072, 768)
+        self.linear_1 = nn.Linear(d, hidden)
+        self.linear_2 = nn.Linear(hidden, d)
 
     def forward(self, x):
-        x = self.linear_1(x)  # (B, 197, 3072)  vit_b16.nn:10
-        x = F.gelu(x)  # (B, 197, 3072)  vit_b16.nn:10
-        return self.linear_2(x)  # (B, 197, 768)  vit_b16.nn:10
+        x = self.linear_1(x)  # (B, T, hidden)  vit_b16.nn:10
+        x = F.gelu(x)  # (B, T, hidden)  vit_b16.nn:10
+        return self.linear_2(x)  # (B, T, d)  vit_b16.nn:10
 
 
 class EncoderBlock(nn.Module):
@@ -31,80 +33,105 @@ class EncoderBlock(nn.Module):
     Used as encoder.layers.0, encoder.layers.1, encoder.layers.2 and 9 more.
     """
 
-    def __init__(self):
+    def __init__(self, d, heads, mlp):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(768, eps=1e-06)
-        self.self_attention = nn.MultiheadAttention(768, 12, batch_first=True)
-        self.ln_2 = nn.LayerNorm(768, eps=1e-06)
-        self.mlp = Mlp()
+        self.ln_1 = nn.LayerNorm(d, eps=1e-06)
+        self.self_attention = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(d, eps=1e-06)
+        self.mlp = Mlp(d, mlp)
 
     def forward(self, x):
-        h = self.ln_1(x)  # (B, 197, 768)  vit_b16.nn:15
-        # (B, 197, 768)  vit_b16.nn:15
+        h = self.ln_1(x)  # (B, T, d)  vit_b16.nn:15
+        # (B, T, d)  vit_b16.nn:15
         h, _ = self.self_attention(h, h, h, need_weights=False)
-        x = x + h  # (B, 197, 768)  vit_b16.nn:15
-        h = self.ln_2(x)  # (B, 197, 768)  vit_b16.nn:16
-        h = self.mlp(h)  # (B, 197, 768)  vit_b16.nn:16
-        return x + h  # (B, 197, 768)  vit_b16.nn:16
+        x = x + h  # (B, T, d)  vit_b16.nn:15
+        h = self.ln_2(x)  # (B, T, d)  vit_b16.nn:16
+        h = self.mlp(h)  # (B, T, d)  vit_b16.nn:16
+        return x + h  # (B, T, d)  vit_b16.nn:16
 
 
 class Encoder(nn.Module):
     """`block Encoder` of vit_b16.nn:19."""
 
-    def __init__(self):
+    def __init__(self, length, d, depth, heads, mlp):
         super().__init__()
-        self.pos_embedding = nn.Parameter(torch.empty(1, 197, 768).normal_(std=0.02))
-        self.layers = nn.ModuleList([EncoderBlock() for _ in range(12)])
-        self.ln = nn.LayerNorm(768, eps=1e-06)
+        self.pos_embedding = nn.Parameter(torch.empty(1, length, d).normal_(std=0.02))
+        self.layers = nn.ModuleList([EncoderBlock(d, heads, mlp) for _ in range(depth)])
+        self.ln = nn.LayerNorm(d, eps=1e-06)
 
     def forward(self, x):
-        h = self.pos_embedding  # (1, 197, 768)  vit_b16.nn:21
-        h = h.select(0, 0)  # (197, 768)  vit_b16.nn:22
-        x = x + h  # (B, 197, 768)  vit_b16.nn:22
+        h = self.pos_embedding  # (1, length, d)  vit_b16.nn:21
+        h = h.select(0, 0)  # (length, d)  vit_b16.nn:22
+        x = x + h  # (B, length, d)  vit_b16.nn:22
         for block in self.layers:
-            x = block(x)  # (B, 197, 768)  vit_b16.nn:23
-        return self.ln(x)  # (B, 197, 768)  vit_b16.nn:24
+            x = block(x)  # (B, length, d)  vit_b16.nn:23
+        return self.ln(x)  # (B, length, d)  vit_b16.nn:24
 
 
 class Heads(nn.Module):
     """`block Heads` of vit_b16.nn:27."""
 
-    def __init__(self):
+    def __init__(self, in_features, classes):
         super().__init__()
-        self.head = nn.Linear(768, 1000)
+        self.head = nn.Linear(in_features, classes)
 
     def forward(self, x):
-        return self.head(x)  # (B, 1000)  vit_b16.nn:29
+        return self.head(x)  # (B, classes)  vit_b16.nn:29
+
+
+@dataclass
+class VitB16Config:
+    """Hyperparameters of `model VitB16`."""
+
+    image: int = 224
+    patch: int = 16
+    d: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp: int = 3072
+    classes: int = 1000
 
 
 class VitB16(nn.Module):
     """`model VitB16` of vit_b16.nn:32."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.conv_proj = nn.Conv2d(3, 768, 16, stride=16)
-        self.class_token = nn.Parameter(torch.zeros(1, 1, 768))
-        self.encoder = Encoder()
-        self.heads = Heads()
+        if config is None:
+            config = VitB16Config()
+        self.config = config
+        self.conv_proj = nn.Conv2d(3, config.d, config.patch, stride=config.patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, config.d))
+        self.encoder = Encoder(
+            (config.image // config.patch) ** 2 + 1,
+            config.d,
+            config.depth,
+            config.heads,
+            config.mlp,
+        )
+        self.heads = Heads(config.d, config.classes)
 
     def forward(self, images):
-        x = self.conv_proj(images)  # (B, 768, 14, 14)  vit_b16.nn:35
-        x = x.reshape(x.shape[0], 768, -1)  # (B, 768, 196)  vit_b16.nn:36
-        x = x.permute(0, 2, 1)  # (B, 196, 768)  vit_b16.nn:36
-        h = self.class_token  # (1, 1, 768)  vit_b16.nn:37
-        h = h.select(0, 0)  # (1, 768)  vit_b16.nn:38
-        # (B, 197, 768)  vit_b16.nn:38
+        # (B, d, image // patch, image // patch)  vit_b16.nn:35
+        x = self.conv_proj(images)
+        # (B, d, (image // patch) ** 2)  vit_b16.nn:36
+        x = x.reshape(x.shape[0], self.config.d, -1)
+        x = x.permute(0, 2, 1)  # (B, (image // patch) ** 2, d)  vit_b16.nn:36
+        h = self.class_token  # (1, 1, d)  vit_b16.nn:37
+        h = h.select(0, 0)  # (1, d)  vit_b16.nn:38
+        # (B, (image // patch) ** 2 + 1, d)  vit_b16.nn:38
         h = torch.cat([h.expand(x.shape[0], -1, -1), x], dim=1)
-        h = self.encoder(h)  # (B, 197, 768)  vit_b16.nn:39
-        h = h.select(1, 0)  # (B, 768)  vit_b16.nn:40
-        return self.heads(h)  # (B, 1000)  vit_b16.nn:40
+        h = self.encoder(h)  # (B, (image // patch) ** 2 + 1, d)  vit_b16.nn:39
+        h = h.select(1, 0)  # (B, d)  vit_b16.nn:40
+        return self.heads(h)  # (B, classes)  vit_b16.nn:40
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):
