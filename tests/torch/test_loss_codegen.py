@@ -39,7 +39,8 @@ fn weighted(pred, target) {
 
 
 def _target(loss: str, model: NumpyModel, rng, batch: int) -> np.ndarray:
-    target_type = model.loss_graph.node("target").type
+    (binding,) = [b for b in model.train.bindings if b.source == "target"]
+    target_type = model.train.loss_graph.node(binding.node).type
     shape = (batch, *target_type.shape)
     if target_type.dtype == "int64":
         return rng.integers(0, 4, shape)
