@@ -24,6 +24,68 @@ def sinusoidal_positions(steps, dim, device=None):
     table[:, 0::2] = torch.sin(position * rate)
     table[:, 1::2] = torch.cos(position * rate[: dim // 2])
     return table.to(device=device, dtype=torch.float32)''',
+    "rotary_embedding": '''\
+def rotary_embedding(x, theta, seq_dim=-2):
+    """x rotated by its position along seq_dim (LLaMA's rotary embedding: frequency i of
+    the first half of the last dim repeats in the second, `rotate_half`)."""
+    steps, dim = x.shape[seq_dim], x.shape[-1]
+    even = torch.arange(0, dim, 2, dtype=torch.float64, device=x.device)
+    position = torch.arange(steps, dtype=torch.float64, device=x.device)
+    angles = position[:, None] / theta ** (even / dim)
+    angles = torch.cat([angles, angles], dim=-1)
+    shape = [1] * x.dim()
+    shape[seq_dim], shape[-1] = steps, dim
+    cos, sin = (t.to(x.dtype).reshape(shape) for t in (angles.cos(), angles.sin()))
+    half = dim // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin''',
+    "GroupedQueryAttention": '''\
+class GroupedQueryAttention(nn.Module):
+    """Attention with LLaMA's projections (q_proj, k_proj, v_proj, o_proj): kv_heads
+    key/value heads each serve a group of query heads; rope_theta rotates queries and keys;
+    a boolean mask hides what is True (as nn.MultiheadAttention), a float mask is added."""
+
+    def __init__(self, embed_dim, num_heads, kv_heads=None, kdim=None, bias=True, dropout=0.0,
+                 rope_theta=None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.kv_heads = kv_heads or num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.rope_theta = rope_theta
+        kv_dim = self.kv_heads * self.head_dim
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(kdim or embed_dim, kv_dim, bias=bias)
+        self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    def forward(self, x, memory=None, key_padding_mask=None, attn_mask=None, is_causal=False):
+        memory = x if memory is None else memory
+        batch, steps, keys = x.shape[0], x.shape[1], memory.shape[1]
+        q = self.q_proj(x).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(memory).view(batch, keys, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(memory).view(batch, keys, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope_theta is not None:
+            q, k = rotary_embedding(q, self.rope_theta), rotary_embedding(k, self.rope_theta)
+        bias = None
+        for mask in (attn_mask, key_padding_mask):
+            if mask is None:
+                continue
+            if mask is key_padding_mask:  # (B, S) -> (B, 1, 1, S)
+                mask = mask[..., None, None, :]
+            else:  # (T, S) or (B, T, S) -> (B, 1, T, S)
+                mask = mask.unsqueeze(-3)
+            if mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                    mask, float("-inf"))
+            bias = mask if bias is None else bias + mask
+        if is_causal and bias is not None:
+            hidden = torch.ones(steps, keys, dtype=torch.bool, device=x.device).triu(1)
+            causal = torch.zeros(steps, keys, dtype=q.dtype, device=x.device)
+            bias, is_causal = bias + causal.masked_fill(hidden, float("-inf")), False
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal, enable_gqa=self.kv_heads != self.num_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))''',
 }
 
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop",
