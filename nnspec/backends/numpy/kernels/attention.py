@@ -93,7 +93,9 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         probs = np.empty((keys, batch, kv_heads, group * width), dtype)
         np.matmul(kt[:, :, :keys], qb.transpose(0, 1, 3, 2), out=probs.transpose(1, 2, 0, 3))
         bias = _block_bias(padding, mask, causal, start, end, keys, dtype)
-        if bias is not None:
+        if bias is not None and group == 1:
+            probs += bias[:, :, None]
+        elif bias is not None:
             probs.reshape(keys, batch, kv_heads, group, width)[...] += bias[:, :, None, None]
         probs -= probs.max(axis=0)
         np.exp(probs, out=probs)
@@ -102,26 +104,37 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         if dropping:
             keep = (rng.random(probs.shape, dtype=np.float32) >= dropout) / dtype.type(1 - dropout)
             used = probs * keep
-        out = used.transpose(1, 2, 3, 0) @ vt[:, :, :keys]
-        context[:, start:end] = out.reshape(batch, kv_heads, group, width, dim).transpose(
-            0, 3, 1, 2, 4)
+        if group == 1:  # straight into (N, heads, T, d)
+            np.matmul(used.transpose(1, 2, 3, 0), vt[:, :, :keys],
+                      out=context[:, :, :, 0].transpose(0, 2, 1, 3)[:, :, start:end])
+        else:
+            out = used.transpose(1, 2, 3, 0) @ vt[:, :, :keys]
+            context[:, start:end] = out.reshape(batch, kv_heads, group, width, dim).transpose(
+                0, 3, 1, 2, 4)
         saved.append((qb, probs, used, keep))
 
     def backward(d_context):
         d_context = d_context.reshape(batch, steps, kv_heads, group, dim)
         dq = np.empty((batch, steps, kv_heads, group, dim), dtype)
-        dk = np.zeros((batch, kv_heads, keys_total, dim), dtype)
-        dv = np.zeros((batch, kv_heads, keys_total, dim), dtype)
+        several = len(blocks) > 1  # then the keys of a block are also every later block's
+        dk = (np.zeros if several else np.empty)((batch, kv_heads, keys_total, dim), dtype)
+        dv = (np.zeros if several else np.empty)((batch, kv_heads, keys_total, dim), dtype)
         d_padding = np.zeros_like(padding) if padding_grad else None
         d_mask = np.zeros_like(mask) if mask_grad else None
         for (start, end, keys), (qb, probs, used, keep) in zip(blocks, saved):
             width = end - start
-            dcb = np.ascontiguousarray(d_context[:, start:end].transpose(0, 2, 3, 1, 4))
-            dcb = dcb.reshape(batch, kv_heads, group * width, dim)
+            if group == 1:
+                dcb = d_context[:, start:end, :, 0].transpose(0, 2, 1, 3)
+            else:
+                dcb = np.ascontiguousarray(d_context[:, start:end].transpose(0, 2, 3, 1, 4))
+                dcb = dcb.reshape(batch, kv_heads, group * width, dim)
             d_scores = np.empty_like(probs)  # key-major, like probs
             np.matmul(vt[:, :, :keys], dcb.transpose(0, 1, 3, 2),
                       out=d_scores.transpose(1, 2, 0, 3))
-            dv[:, :, :keys] += used.transpose(1, 2, 0, 3) @ dcb
+            if several:
+                dv[:, :, :keys] += used.transpose(1, 2, 0, 3) @ dcb
+            else:
+                np.matmul(used.transpose(1, 2, 0, 3), dcb, out=dv)
             if keep is not None:
                 d_scores *= keep
             # softmax backward: p * (dp - sum(dp * p)); masked positions have p = 0 (the sum
@@ -131,11 +144,18 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             if padding_grad or mask_grad:
                 d_bias = d_scores.reshape(keys, batch, kv_heads, group, width).sum(axis=(2, 3))
                 _accumulate_mask_grads(d_bias, d_padding, d_mask, start, end, keys)
-            dqb = d_scores.transpose(1, 2, 3, 0) @ kt[:, :, :keys]
-            dqb *= scale
-            dq[:, start:end] = dqb.reshape(batch, kv_heads, group, width, dim).transpose(
-                0, 3, 1, 2, 4)
-            dk[:, :, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb
+            if group == 1:
+                np.matmul(d_scores.transpose(1, 2, 3, 0), kt[:, :, :keys],
+                          out=dq[:, :, :, 0].transpose(0, 2, 1, 3)[:, :, start:end])
+            else:
+                dqb = d_scores.transpose(1, 2, 3, 0) @ kt[:, :, :keys]
+                dq[:, start:end] = dqb.reshape(batch, kv_heads, group, width, dim).transpose(
+                    0, 3, 1, 2, 4)
+            if several:
+                dk[:, :, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb
+            else:
+                np.matmul(d_scores.transpose(1, 2, 0, 3), qb, out=dk)
+        dq *= scale
         return (dq.reshape(q.shape), dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3),
                 d_padding, d_mask)
 
