@@ -510,6 +510,10 @@ def _attention_infer(ins, a):
         raise ShapeError(f"attention: rotary embeddings need an even head size, got "
                          f"{e // a.heads}")
     steps, keys = x.shape[0], memory.shape[0]
+    if a.causal and steps != keys:
+        raise ShapeError(f"attention: causal attention needs as many keys as queries, got "
+                         f"{keys} keys for {steps} queries",
+                         "mask cross-attention with `attn_mask` instead")
     given = tensor_keywords(OPS["attention"], a)
     if "key_padding_mask" in given:
         _mask_check(ins[given["key_padding_mask"]], (keys,), "key_padding_mask", "[S]")

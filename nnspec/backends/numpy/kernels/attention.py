@@ -116,7 +116,8 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     def backward(d_context):
         d_context = d_context.reshape(batch, steps, kv_heads, group, dim)
         dq = np.empty((batch, steps, kv_heads, group, dim), dtype)
-        several = len(blocks) > 1  # then the keys of a block are also every later block's
+        # with several blocks the keys of a block are also every later block's
+        several = len(blocks) > 1 or blocks[0][2] != keys_total
         dk = (np.zeros if several else np.empty)((batch, kv_heads, keys_total, dim), dtype)
         dv = (np.zeros if several else np.empty)((batch, kv_heads, keys_total, dim), dtype)
         d_padding = np.zeros_like(padding) if padding_grad else None
