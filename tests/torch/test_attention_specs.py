@@ -34,8 +34,7 @@ CASES = {
     "grouped_causal": ([X], "x -> attention(4, kv_heads = 2, causal = true, dropout = 0.1)"),
     "multi_query_rope": ([X], "x -> attention(4, kv_heads = 1, rope = true, bias = false)"),
     "grouped_cross_masks": ([X, NARROW_MEMORY, PADDING, MASK],
-                            "x -> attention(m, 4, kv_heads = 2, key_padding_mask = p, "
-                            "attn_mask = q)"),
+                            "x -> attention(m, 4, kv_heads = 2, key_padding_mask = p, attn_mask = q)"),
     "rope_causal_mask": ([X, ("q", "[6, 6]")],
                          "x -> attention(2, rope = true, causal = true, attn_mask = q)"),
 }

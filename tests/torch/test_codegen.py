@@ -552,8 +552,8 @@ OP_CASES = {
     "embedding": ("int[5]", "x -> embedding(11, 4, padding_idx = 0) -> tanh"),
     "positions": ("int[5]", "(x -> embedding(11, 4)) + (x -> positions(8, 4))"),
     "sinusoidal": ("[4, 6]", "x + sinusoidal(4, 6)"),
-    "attention": ("[5, 8]", "x -> attention(x -> dense(6), 4, kv_heads = 2, rope = true, "
-                  "causal = true, attn_mask = x -> dense(5))"),
+    "attention": ("[5, 8]", ("x -> attention(x -> dense(6), 4, kv_heads = 2, rope = true, "
+                             "causal = true, attn_mask = x -> dense(5))")),
     "rope": ("[5, 8]", "x -> reshape(5, 2, 4) -> rope(theta = 100) -> tanh"),
     "rmsnorm": ("[4, 6]", "x -> rmsnorm(1e-6)"),
     "rnn": ("[5, 3]", "x -> rnn(4, layers = 2, bidirectional = true)"),

@@ -68,8 +68,9 @@ def test_a_tiny_llama_gives_llama_for_causal_lms_logits(spec, kv_heads):
         expected = reference(torch.from_numpy(tokens)).logits.numpy()
 
     module = types.ModuleType("generated")
-    exec(compile(generate(load(SPECS / spec, overrides=TINY | {"kv_heads": kv_heads})),
-                 "<generated>", "exec"), module.__dict__)  # noqa: S102
+    code = compile(generate(load(SPECS / spec, overrides=TINY | {"kv_heads": kv_heads})),
+                   "<generated>", "exec")
+    exec(code, module.__dict__)  # noqa: S102
     model = getattr(module, graph.name)().eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     with torch.no_grad():
