@@ -56,19 +56,20 @@ def _additive(mask):
 
 
 def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal=False,
-                       dropout=0.0, train=False, rng=None):
+                       dropout=0.0, train=False, rng=None, scale=None):
     """softmax(q k^T / sqrt(d) + masks) v per head, with ``q`` (N, T, H, d) and ``k``, ``v``
     (N, S, KVH, d); query head h reads key/value head h // (H / KVH) (grouped-query).
 
     ``key_padding_mask`` is (N, S) or (S,), ``attn_mask`` (T, S) or (N, T, S); either is
     boolean (True hides the key) or float (added to the scores). With ``causal``, query t
-    sees keys up to t. Returns the context (N, T, H, d); backward gives
+    sees keys up to t. ``scale`` multiplies the scores (None: 1/sqrt(d), as torch's
+    scaled_dot_product_attention). Returns the context (N, T, H, d); backward gives
     ``(dq, dk, dv, d_key_padding_mask, d_attn_mask)`` (None for boolean or absent masks).
     """
     batch, steps, heads, dim = q.shape
     keys_total, kv_heads = k.shape[1], k.shape[2]
     group = heads // kv_heads
-    scale = 1 / math.sqrt(dim)
+    scale = 1 / math.sqrt(dim) if scale is None else scale
     dtype = q.dtype
     padding, padding_grad = _additive(key_padding_mask)
     mask, mask_grad = _additive(attn_mask)
@@ -84,9 +85,12 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     for start, end, keys in blocks:
         width = end - start
         # this block's queries, scaled, as (N, KVH, G * Tq, d): one score product per kv head
-        qb = np.empty((batch, kv_heads, group, width, dim), dtype)
-        np.multiply(q5[:, start:end].transpose(0, 2, 3, 1, 4), scale, out=qb)
-        qb = qb.reshape(batch, kv_heads, group * width, dim)
+        if group == 1 and scale == 1:  # a view, no copy
+            qb = q5[:, start:end, :, 0].transpose(0, 2, 1, 3)
+        else:
+            qb = np.empty((batch, kv_heads, group, width, dim), dtype)
+            np.multiply(q5[:, start:end].transpose(0, 2, 3, 1, 4), scale, out=qb)
+            qb = qb.reshape(batch, kv_heads, group * width, dim)
         # Scores are stored key-major, probs[key, n, kv, g * query]: the softmax then reduces
         # over the first axis, which NumPy vectorises across whole rows, about twice as fast
         # as reducing many short last-axis rows.
@@ -118,8 +122,10 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         dq = np.empty((batch, steps, kv_heads, group, dim), dtype)
         # with several blocks the keys of a block are also every later block's
         several = len(blocks) > 1 or blocks[0][2] != keys_total
-        dk = (np.zeros if several else np.empty)((batch, kv_heads, keys_total, dim), dtype)
-        dv = (np.zeros if several else np.empty)((batch, kv_heads, keys_total, dim), dtype)
+        # (N, S, KVH, d) like k and v, written through (N, KVH, S, d) views
+        dk_rows = (np.zeros if several else np.empty)((batch, keys_total, kv_heads, dim), dtype)
+        dv_rows = (np.zeros if several else np.empty)((batch, keys_total, kv_heads, dim), dtype)
+        dk, dv = dk_rows.transpose(0, 2, 1, 3), dv_rows.transpose(0, 2, 1, 3)
         d_padding = np.zeros_like(padding) if padding_grad else None
         d_mask = np.zeros_like(mask) if mask_grad else None
         for (start, end, keys), (qb, probs, used, keep) in zip(blocks, saved):
@@ -156,8 +162,9 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
                 dk[:, :, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb
             else:
                 np.matmul(d_scores.transpose(1, 2, 0, 3), qb, out=dk)
-        dq *= scale
-        return (dq.reshape(q.shape), dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3),
+        if scale != 1:
+            dq *= scale
+        return (dq.reshape(q.shape), dk_rows, dv_rows,
                 d_padding, d_mask)
 
     return context.reshape(batch, steps, heads, dim), backward
@@ -233,13 +240,16 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
     keys = source.shape[1]
     (wq, bq, nq, sq), (wk, bk, nk, sk), (wv, bv, nv, sv), (wo, bo, no, _) = _projections(
         weights, embed)
+    # the 1/sqrt(head_dim) score scale is folded into the query projection (rope is linear)
+    scale = 1 / math.sqrt(head_dim)
+    wq = wq * scale
+    bq = None if bq is None else bq * scale
     x_rows = x.reshape(-1, embed)
     src_rows = source.reshape(-1, source.shape[-1])
-    fused = memory is None and nq == nk == nv == "in_proj_weight"
-    if fused:  # one GEMM for the three projections of self-attention
-        qkv = x_rows @ weights["in_proj_weight"].T
+    if memory is None and nq == nk == nv == "in_proj_weight":  # one GEMM for q, k and v
+        qkv = x_rows @ np.concatenate([wq, wk, wv]).T
         if bq is not None:
-            qkv += weights["in_proj_bias"]
+            qkv += np.concatenate([bq, bk, bv])
         q, k, v = (qkv[:, i * embed:(i + 1) * embed] for i in range(3))
     else:
         q, k, v = (_linear(rows, w, b) for rows, w, b in ((x_rows, wq, bq), (src_rows, wk, bk),
@@ -252,7 +262,7 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
         k, k_rope_back = rope(k, theta=rope_theta)
     context, attend_back = scaled_dot_product(q, k, v, key_padding_mask, attn_mask,
                                               causal=causal, dropout=dropout, train=train,
-                                              rng=rng)
+                                              rng=rng, scale=1.0)
     context_rows = context.reshape(-1, embed)
     y = _linear(context_rows, wo, bo)
 
@@ -266,20 +276,16 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
             (dq,) = q_rope_back(dq)
             (dk,) = k_rope_back(dk)
         dq, dk, dv = (d.reshape(-1, d.shape[2] * head_dim) for d in (dq, dk, dv))
-        if fused:
-            d_qkv = np.concatenate([dq, dk, dv], axis=1)
-            dx = d_qkv @ weights["in_proj_weight"]
-            grads["in_proj_weight"] = d_qkv.T @ x_rows
-            if bq is not None:
-                grads["in_proj_bias"] = d_qkv.sum(axis=0)
-            return dx.reshape(x.shape), None, grads, d_padding, d_mask
         dx = dq @ wq
-        d_source = dk @ wk + dv @ wv
-        for d, rows, name, part, b in ((dq, x_rows, nq, sq, bq), (dk, src_rows, nk, sk, bk),
-                                       (dv, src_rows, nv, sv, bv)):
-            _weight_grads(grads, name, part, d, rows, b is not None, weights)
+        d_source = dk @ wk
+        d_source += dv @ wv
+        for d, rows, name, part, b, factor in (
+                (dq, x_rows, nq, sq, bq, scale), (dk, src_rows, nk, sk, bk, 1),
+                (dv, src_rows, nv, sv, bv, 1)):
+            _weight_grads(grads, name, part, d, rows, b is not None, weights, factor)
         if memory is None:
-            return (dx + d_source).reshape(x.shape), None, grads, d_padding, d_mask
+            dx += d_source
+            return dx.reshape(x.shape), None, grads, d_padding, d_mask
         return dx.reshape(x.shape), d_source.reshape(memory.shape), grads, d_padding, d_mask
 
     return y.reshape(batch, steps, embed), backward
@@ -292,20 +298,24 @@ def _linear(rows, weight, bias):
     return out
 
 
-def _weight_grads(grads, name, rows, d_out, inputs, has_bias, weights=None):
-    """A projection's weight and bias gradients under its parameter names: `q_proj.weight`
-    and `q_proj.bias`, `q_proj_weight`, or `rows` of the packed `in_proj_weight`; the biases
-    of nn.MultiheadAttention's projections are `rows` of `in_proj_bias`."""
+def _weight_grads(grads, name, rows, d_out, inputs, has_bias, weights=None, factor=1):
+    """A projection's weight and bias gradients (times `factor`, a scale folded into the
+    projection) under its parameter names: `q_proj.weight` and `q_proj.bias`,
+    `q_proj_weight`, or `rows` of the packed `in_proj_weight`; the biases of
+    nn.MultiheadAttention's projections are `rows` of `in_proj_bias`."""
     d_weight = d_out.T @ inputs
+    d_bias = d_out.sum(axis=0) if has_bias else None
+    if factor != 1:
+        d_weight *= factor
+        d_bias = None if d_bias is None else d_bias * factor
     if rows is None:
         grads[f"{name}.weight"] = d_weight
         if has_bias:
-            grads[f"{name}.bias"] = d_out.sum(axis=0)
+            grads[f"{name}.bias"] = d_bias
         return
     if name == "in_proj_weight":
         grads.setdefault(name, np.zeros_like(weights[name]))[rows] = d_weight
     else:
         grads[name] = d_weight
     if has_bias:
-        grads.setdefault("in_proj_bias", np.zeros_like(weights["in_proj_bias"]))[rows] = (
-            d_out.sum(axis=0))
+        grads.setdefault("in_proj_bias", np.zeros_like(weights["in_proj_bias"]))[rows] = d_bias
