@@ -40,6 +40,10 @@ SMALL = {
     "gpt2_small": {"layers": 2, "d": 64, "vocab": 100, "ctx": 16, "heads": 4},
     "bert_base": {"layers": 2, "d": 64, "vocab": 100, "seq": 16, "max_len": 32, "heads": 4},
     "char_lstm_lm": {"ctx": 16, "hidden": 32},
+    "tinyllama": {"vocab": 50, "ctx": 6, "d": 16, "layers": 1, "heads": 4, "kv_heads": 2,
+                  "ff": 24},
+    "llama2_7b": {"vocab": 50, "ctx": 6, "d": 16, "layers": 1, "heads": 4, "kv_heads": 4,
+                  "ff": 24},
 }
 SYMBOL_SIZE = 5  # a symbolic dim such as T, when running
 LARGE = 5_000_000  # parameters above which the interpreter comparison is skipped (too slow)

@@ -25,11 +25,20 @@ def rotary_embedding(x, theta, seq_dim=-2):
 
 class GroupedQueryAttention(nn.Module):
     """Attention with LLaMA's projections (q_proj, k_proj, v_proj, o_proj): kv_heads
-    key/value heads each serve a group of query heads; rope_theta rotates queries and keys;
-    a boolean mask hides what is True (as nn.MultiheadAttention), a float mask is added."""
+    key/value heads each serve a group of query heads; rope_theta rotates queries and
+    keys; a boolean mask hides what is True (as nn.MultiheadAttention), a float mask is
+    added to the scores."""
 
-    def __init__(self, embed_dim, num_heads, kv_heads=None, kdim=None, bias=True, dropout=0.0,
-                 rope_theta=None):
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        kv_heads=None,
+        kdim=None,
+        bias=True,
+        dropout=0.0,
+        rope_theta=None,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.kv_heads = kv_heads or num_heads
@@ -42,34 +51,44 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(kdim or embed_dim, kv_dim, bias=bias)
         self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
-    def forward(self, x, memory=None, key_padding_mask=None, attn_mask=None, is_causal=False):
+    def heads(self, x, count):
+        """(B, T, count * head_dim) -> (B, count, T, head_dim)"""
+        return x.view(x.shape[0], x.shape[1], count, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, x, memory=None, key_padding_mask=None, attn_mask=None, is_causal=False
+    ):
         memory = x if memory is None else memory
-        batch, steps, keys = x.shape[0], x.shape[1], memory.shape[1]
-        q = self.q_proj(x).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(memory).view(batch, keys, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(memory).view(batch, keys, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = self.heads(self.q_proj(x), self.num_heads)
+        k = self.heads(self.k_proj(memory), self.kv_heads)
+        v = self.heads(self.v_proj(memory), self.kv_heads)
         if self.rope_theta is not None:
-            q, k = rotary_embedding(q, self.rope_theta), rotary_embedding(k, self.rope_theta)
+            q = rotary_embedding(q, self.rope_theta)
+            k = rotary_embedding(k, self.rope_theta)
         bias = None
-        for mask in (attn_mask, key_padding_mask):
-            if mask is None:
-                continue
-            if mask is key_padding_mask:  # (B, S) -> (B, 1, 1, S)
-                mask = mask[..., None, None, :]
-            else:  # (T, S) or (B, T, S) -> (B, 1, T, S)
-                mask = mask.unsqueeze(-3)
-            if mask.dtype == torch.bool:
-                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                    mask, float("-inf"))
-            bias = mask if bias is None else bias + mask
+        if attn_mask is not None:  # (T, S) or (B, T, S) -> (B, 1, T, S)
+            bias = self.additive(attn_mask.unsqueeze(-3), q.dtype)
+        if key_padding_mask is not None:  # (B, S) -> (B, 1, 1, S)
+            padding = self.additive(key_padding_mask[..., None, None, :], q.dtype)
+            bias = padding if bias is None else bias + padding
         if is_causal and bias is not None:
-            hidden = torch.ones(steps, keys, dtype=torch.bool, device=x.device).triu(1)
-            causal = torch.zeros(steps, keys, dtype=q.dtype, device=x.device)
-            bias, is_causal = bias + causal.masked_fill(hidden, float("-inf")), False
+            hidden = torch.ones(x.shape[1], memory.shape[1], dtype=torch.bool).triu(1)
+            bias = bias + self.additive(hidden.to(x.device), q.dtype)
+            is_causal = False
+        dropout = self.dropout if self.training else 0.0
+        grouped = self.kv_heads != self.num_heads
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal, enable_gqa=self.kv_heads != self.num_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
+            q, k, v, bias, dropout, is_causal, enable_gqa=grouped
+        )
+        return self.o_proj(out.transpose(1, 2).flatten(2))
+
+    @staticmethod
+    def additive(mask, dtype):
+        """A boolean mask (True hides) as -inf/0 to add to scores; a float one as it is."""
+        if mask.dtype != torch.bool:
+            return mask
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return zeros.masked_fill(mask, float("-inf"))
 
 
 class LlamaMLP(nn.Module):
