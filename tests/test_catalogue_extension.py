@@ -1,7 +1,8 @@
 """An op is its catalogue entry plus its kernel: the backends derive the rest from its traits.
 
-Two toy ops are defined here, in the test module, from nothing but an `OpDef` and a NumPy
-kernel: an elementwise `toy_softsign` and a module op with a weight, `toy_rmsnorm`. Once
+Three toy ops are defined here, in the test module, from nothing but an `OpDef` and a NumPy
+kernel: an elementwise `toy_softsign`, a module op with a weight, `toy_rmsnorm`, and
+`toy_add`, whose second operand is a tensor keyword (as attention's masks are). Once
 registered they check and summarise, run and differentiate in the interpreter, generate
 PyTorch code that gives the interpreter's outputs and gradients, draw in a diagram and appear
 in the generated reference. The coverage tests fail when any op of the catalogue lacks a
@@ -61,6 +62,16 @@ def toy_rmsnorm(x, weight, *, eps):
     return out, backward
 
 
+def toy_add(x, *, other):
+    """x + other, `other` a tensor keyword; backward gives (dx, d_other)."""
+    out = x if other is None else x + other
+
+    def backward(dy):
+        return dy, None if other is None else dy
+
+    return out, backward
+
+
 def _same_shape(ins, a):
     return ins[0]
 
@@ -76,10 +87,17 @@ RMSNORM = ops.OpDef(
     torch=ops.Torch("nn.RMSNorm", ("normalized_shape=input[-1]",), ("eps",)),
     kernel=f"{__name__}:toy_rmsnorm")
 
+ADD = ops.OpDef(
+    "toy_add", "math", "x + other, the second operand a tensor keyword.", _same_shape,
+    (ops.Attr("other", "tensor", None, "a tensor the shape of x"),),
+    torch=ops.Torch("torch.add"), kernel=f"{__name__}:toy_add")
+
 TOYS = {
     "toy_softsign": (SOFTSIGN, "[4, 6]", "x * 3.0 -> toy_softsign", "return F.softsign(x)"),
     "toy_rmsnorm": (RMSNORM, "[5, 6]", "x -> toy_rmsnorm(1e-3) -> dense(3)",
                     "self.toy_rmsnorm_1 = nn.RMSNorm(6, eps=0.001)"),
+    "toy_add": (ADD, "[4, 6]", "y = x * x\n  x -> toy_add(other = y) -> tanh",
+                "torch.add(x, other=h)"),
 }
 
 

@@ -14,18 +14,20 @@ from typing import Any
 
 from nnspec.diagnostics import DiagnosticError, Note, Span, did_you_mean
 from nnspec.ir import ops
-from nnspec.ir.values import Layer, describe, show
+from nnspec.ir.values import Layer, Tensor, describe, show
 from nnspec.syntax import ast
 
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false",
              "str": "a string", "ints": "an integer or a list of integers",
              "dims": "a dim (an integer or a symbolic dim) or a list of dims",
-             "padding": 'an integer, a list, "same" or "valid"', "floats": "a list of numbers"}
+             "padding": 'an integer, a list, "same" or "valid"', "floats": "a list of numbers",
+             "tensor": "a tensor"}
 
 
 def settable(schema: Sequence[ops.Attr]) -> list[ops.Attr]:
-    """The attributes a call may pass by position (a `layer` one only by keyword)."""
-    return [a for a in schema if a.kind != "layer"]
+    """The attributes a call may pass by position (`layer` and `tensor` ones only by
+    keyword)."""
+    return [a for a in schema if a.kind not in ("layer", "tensor")]
 
 
 def argument_spans(schema: Sequence[ops.Attr], positional: Sequence[Span],
@@ -119,6 +121,11 @@ def check_attr(owner: str, attr: ops.Attr, value, span: Span):
         value = tuple(value) if ok and isinstance(value, list) else value
         if ok:
             return value
+    elif kind == "tensor":
+        if not isinstance(value, Tensor):
+            raise DiagnosticError("E160", f"{where} must be a tensor, got {describe(value)}",
+                                  span)
+        return value
     elif kind == "layer":
         if not isinstance(value, Layer) or value.module is None:
             raise DiagnosticError("E162", f"{where} must name a layer (label one with "

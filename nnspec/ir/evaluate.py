@@ -265,7 +265,7 @@ class Evaluator:
         return current
 
     def stage_layer(self, stage: ast.Stage, frame: Frame):
-        if isinstance(stage.layer, ast.Call):  # `x -> f(a, ...)`: x is f's first tensor
+        if isinstance(stage.layer, ast.Call) and stage.layer.func != "repeat":
             value = self.eval_Call(stage.layer, frame, piped=True)
         else:
             value = self.eval(stage.layer, frame)
@@ -278,7 +278,9 @@ class Evaluator:
                               f"`{source_text(stage.layer.span)}` is {describe(value)}",
                               stage.layer.span, hint)
 
-    def eval_Call(self, expr, frame, piped=False):
+    def eval_Call(self, expr, frame, piped: bool = False):
+        """A call; `piped` (right of `->`) keeps it a layer while it can take one more tensor,
+        so `x -> attention(memory, 8)` gets `x` first."""
         if expr.func == "repeat":
             return self.repeat_layer(expr, frame)
         if expr.func == "seq":
@@ -324,7 +326,9 @@ class Evaluator:
         else:
             layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
                             arg_spans=tuple(a.span for a in arg_nodes[len(tensors):]))
-        if tensors and len(tensors) >= self.arity(layer)[0] and not piped:
+        low, high = self.arity(layer)
+        room = piped and (high is None or len(tensors) < high)
+        if tensors and len(tensors) >= low and not room:
             return self.apply(layer, tensors, frame, None, expr.span)
         if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first
             layer = replace(layer, args=(*tensors, *layer.args))

@@ -31,6 +31,11 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         want = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
         raise DiagnosticError("E148", f"`{opdef.name}` takes {want} input(s) but gets "
                               f"{len(tensors)}", span)
+    tensors = list(tensors)
+    for attr in opdef.attrs:  # tensor keywords (masks) become inputs after the positional ones
+        if attr.kind == "tensor" and attrs[attr.name] is not None:
+            tensors.append(attrs[attr.name])
+            attrs[attr.name] = len(tensors) - 1
     graph = frame.graph
     module = layer.module if layer else None
     if label is not None:

@@ -44,12 +44,18 @@ class ShapeError(Exception):
 
 REQUIRED = object()
 
-AttrKind = Literal["int", "float", "bool", "str", "ints", "dims", "floats", "padding", "layer"]
+AttrKind = Literal["int", "float", "bool", "str", "ints", "dims", "floats", "padding", "layer",
+                   "tensor"]
 
 
 @dataclass(frozen=True)
 class Attr:
-    """An op attribute (or an optimizer's hyperparameter) with its type, default and checks."""
+    """An op attribute (or an optimizer's hyperparameter) with its type, default and checks.
+
+    A `tensor` attribute is a keyword whose value is a tensor (a mask): it is passed by
+    keyword only, defaults to None, and becomes an extra input of the node, after the
+    positional ones; the resolved attribute holds that input's index (see `tensor_keywords`).
+    """
 
     name: str
     kind: AttrKind
@@ -529,20 +535,84 @@ def _positions_params(ins, a):
 # ---- attention and recurrence --------------------------------------------------------------
 
 
+def attention_layout(ins, a) -> str:
+    """Which parameter layout an attention layer has: `packed` (nn.MultiheadAttention's
+    in_proj_weight: self-attention, or keys/values of the query's size), `separate` (its
+    q_proj_weight, k_proj_weight, v_proj_weight: keys/values of another size), or `llama`
+    (q_proj, k_proj, v_proj, o_proj: grouped-query heads or rotary embeddings, which
+    nn.MultiheadAttention cannot express)."""
+    if a.rope or (a.kv_heads is not None and a.kv_heads != a.heads):
+        return "llama"
+    memory = attention_memory(ins, a)
+    return "separate" if memory.shape[-1] != ins[0].shape[-1] else "packed"
+
+
+def attention_memory(ins, a):
+    """The keys' and values' source: the second positional input, else the queries."""
+    return ins[1] if positional_arity(OPS["attention"], a, len(ins)) == 2 else ins[0]
+
+
 def _attention_infer(ins, a):
     x = ins[0]
-    _require_float(x, "attention")
-    _require_rank(x, (2,), "attention", "[T, E] (a sequence of vectors)")
+    memory = attention_memory(ins, a)
+    for t, what in ((x, "queries"), (memory, "keys/values")):
+        _require_float(t, "attention")
+        _require_rank(t, (2,), "attention", f"{what} [T, E] (a sequence of vectors)")
     e = _in_features(x, "attention")
+    _in_features(memory, "attention")
     if e % a.heads:
         raise ShapeError(f"attention: the embedding size {e} is not divisible by heads={a.heads}",
                          f"pick heads dividing {e}")
+    kv_heads = a.kv_heads or a.heads
+    if a.heads % kv_heads:
+        raise ShapeError(f"attention: kv_heads={kv_heads} must divide heads={a.heads}",
+                         "each key/value head serves a group of query heads")
+    if a.rope and (e // a.heads) % 2:
+        raise ShapeError(f"attention: rotary embeddings need an even head size, got "
+                         f"{e // a.heads}")
+    steps, keys = x.shape[0], memory.shape[0]
+    if a.causal and steps != keys:
+        raise ShapeError(f"attention: causal attention needs as many keys as queries, got "
+                         f"{keys} keys for {steps} queries",
+                         "mask cross-attention with `attn_mask` instead")
+    given = tensor_keywords(OPS["attention"], a)
+    if "key_padding_mask" in given:
+        _mask_check(ins[given["key_padding_mask"]], (keys,), "key_padding_mask", "[S]")
+    if "attn_mask" in given:
+        _mask_check(ins[given["attn_mask"]], (steps, keys), "attn_mask", "[T, S]")
     return x
+
+
+def _mask_check(mask: TensorType, shape: tuple, name: str, layout: str):
+    if mask.dtype == "int64":
+        raise ShapeError(f"attention: `{name}` must be boolean (true = masked out) or float "
+                         f"(added to the scores), got integer tokens {mask}",
+                         "compare to make a boolean mask, e.g. `tokens == 0`", code="E303")
+    if mask.rank != len(shape) or any(isinstance(m, int) and isinstance(s, int) and m != s
+                                      for m, s in zip(mask.shape, shape)):
+        shown = ", ".join(str(d) for d in shape)
+        raise ShapeError(f"attention: `{name}` must be {layout} = [{shown}] per sample, got "
+                         f"{mask}", code="E305")
 
 
 def _attention_params(ins, a):
     e = ins[0].shape[-1]
-    out = {"in_proj_weight": ParamSpec((3 * e, e), "xavier_uniform", e)}
+    m = attention_memory(ins, a).shape[-1]
+    layout = attention_layout(ins, a)
+    if layout == "llama":
+        kv = (a.kv_heads or a.heads) * (e // a.heads)
+        out = {}
+        for name, rows, fan in (("q_proj", e, e), ("k_proj", kv, m), ("v_proj", kv, m),
+                                ("o_proj", e, e)):
+            out[f"{name}.weight"] = ParamSpec((rows, fan), "kaiming_uniform", fan)
+            if a.bias:
+                out[f"{name}.bias"] = ParamSpec((rows,), "uniform_fan_in", fan)
+        return out
+    if layout == "packed":
+        out = {"in_proj_weight": ParamSpec((3 * e, e), "xavier_uniform", e)}
+    else:
+        out = {f"{p}_proj_weight": ParamSpec((e, e if p == "q" else m), "xavier_uniform", e)
+               for p in "qkv"}
     if a.bias:
         out["in_proj_bias"] = ParamSpec((3 * e,), "zeros")
     out["out_proj.weight"] = ParamSpec((e, e), "kaiming_uniform", e)
@@ -552,10 +622,35 @@ def _attention_params(ins, a):
 
 
 def _attention_macs(ins, out, a):
-    t, e = ins[0].shape
-    projections = dim_mul(t, 4 * e * e)
-    scores = dim_mul(dim_mul(t, t), 2 * e)  # q @ k^T and attn @ v
+    (t, e), memory = ins[0].shape, attention_memory(ins, a)
+    s, m = memory.shape
+    kv = (a.kv_heads or a.heads) * (e // a.heads)
+    projections = dim_add(dim_mul(t, 2 * e * e), dim_mul(s, 2 * m * kv))
+    scores = dim_mul(dim_mul(t, s), 2 * e)  # q @ k^T and attn @ v
     return dim_add(projections, scores)
+
+
+def _rope_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "rope")
+    _require_rank(x, (3,), "rope", "[T, heads, head_dim]",
+                  "reshape first: `reshape(T, heads, d / heads)`")
+    if not isinstance(x.shape[-1], int) or x.shape[-1] % 2:
+        raise ShapeError(f"rope needs a known, even head size as the last dim, got {x}")
+    return x
+
+
+def _rmsnorm_infer(ins, a):
+    x = ins[0]
+    _require_float(x, "rmsnorm")
+    if x.rank == 0:
+        raise ShapeError("rmsnorm needs a feature dim to normalise over", code="E302")
+    _in_features(x, "rmsnorm")
+    return x
+
+
+def _rmsnorm_params(ins, a):
+    return {"weight": ParamSpec((ins[0].shape[-1],), "ones")} if a.affine else {}
 
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -1207,15 +1302,43 @@ register(
           _positions_infer, (Attr("max_len", "int", minimum=1), Attr("dim", "int", minimum=2)),
           arity=(0, 1), inputs_doc="optional [T, ...]", outputs_doc="[T, dim] (or [max_len, dim])",
           label=("{max_len} × {dim}",)),
-    OpDef("attention", "attention", "Multi-head self-attention (torch.nn.MultiheadAttention "
-          "layout: packed q,k,v in_proj).", _attention_infer,
+    OpDef("attention", "attention", "Multi-head attention: self-attention, or cross-attention "
+          "with keys/values from a second input (`x -> attention(memory, 8)`); masks, "
+          "grouped-query heads, rotary embeddings. torch.nn.MultiheadAttention's parameters "
+          "(packed in_proj), or LLaMA's q_proj, k_proj, v_proj, o_proj with kv_heads < heads "
+          "or rope.", _attention_infer,
           (Attr("heads", "int", minimum=1), Attr("causal", "bool", False, "mask future positions"),
-           _BIAS),
-          params=_attention_params, macs=_attention_macs, inputs_doc="[T, E]",
-          outputs_doc="[T, E]", needs_batch=True,
+           _BIAS,
+           Attr("kv_heads", "int", None, "key/value heads, dividing heads (grouped-query; 1: "
+                "multi-query); none: as many as heads", optional=True, minimum=1),
+           Attr("dropout", "float", 0.0, "dropout on the attention weights while training",
+                minimum=0.0, maximum=1.0),
+           Attr("rope", "bool", False, "rotary position embedding of queries and keys (LLaMA)"),
+           Attr("rope_theta", "float", 10000.0, "the rotary embedding's base", minimum=1.0),
+           Attr("key_padding_mask", "tensor", None, "[S] per sample: true hides that key "
+                "(padding), or a float added to its scores"),
+           Attr("attn_mask", "tensor", None, "[T, S]: true hides key s from query t, or a "
+                "float added to the scores")),
+          arity=(1, 2), params=_attention_params, macs=_attention_macs,
+          inputs_doc="[T, E], optional memory [S, M]", outputs_doc="[T, E]", needs_batch=True,
+          random=True,
           torch=Torch("nn.MultiheadAttention", ("embed_dim=input[-1]", "num_heads=heads"),
-                      ("bias",)),
-          label=("{heads} heads", "causal?causal", "bias?no bias")),
+                      ("dropout", "bias")),
+          label=("{heads} heads", "kv_heads?{kv_heads} kv heads", "causal?causal", "rope?rope",
+                 "dropout?dropout {dropout}", "bias?no bias",
+                 "key_padding_mask?padding mask", "attn_mask?mask")),
+    OpDef("rope", "embedding", "Rotary position embedding (LLaMA's rotate_half convention) of "
+          "a [T, heads, head_dim] tensor, positions along T.", _rope_infer,
+          (Attr("theta", "float", 10000.0, "the base of the rotation frequencies", minimum=1.0),),
+          inputs_doc="[T, heads, head_dim]", needs_batch=True,
+          label=("theta?θ {theta}",)),
+    OpDef("rmsnorm", "norm", "Root-mean-square normalisation over the last dim with a learned "
+          "scale (torch.nn.RMSNorm; eps none: the float32 machine epsilon, as torch).",
+          _rmsnorm_infer, (Attr("eps", "float", None, optional=True, minimum=0.0),
+                           Attr("affine", "bool", True)),
+          params=_rmsnorm_params, kernel="nnspec.backends.numpy.kernels.norm_rms:rms_norm",
+          torch=Torch("nn.RMSNorm", ("normalized_shape=input[-1]",),
+                      ("eps", "elementwise_affine=affine"))),
     # ---- recurrent (the losses helper's block) ----
     OpDef("rnn", "recurrent", "Elman RNN (torch.nn.RNN).", _rnn[0], _recurrent_attrs("rnn"),
           arity=(1, 2), params=_rnn[1], macs=_rnn[2], inputs_doc="[T, F], optional h0",
@@ -1578,6 +1701,18 @@ register(
 
 def lookup(name: str) -> OpDef | None:
     return OPS.get(ALIASES.get(name, name))
+
+
+def tensor_keywords(opdef: OpDef, attrs) -> dict[str, int]:
+    """The tensor keywords a node was given, each with the index of its input (they follow
+    the positional inputs, in the order of the op's attributes)."""
+    return {a.name: attrs[a.name] for a in opdef.attrs
+            if a.kind == "tensor" and attrs.get(a.name) is not None}
+
+
+def positional_arity(opdef: OpDef, attrs, inputs: int) -> int:
+    """How many of a node's `inputs` were passed by position (the rest are tensor keywords)."""
+    return inputs - len(tensor_keywords(opdef, attrs))
 
 
 # ---- optimizers, schedules, metrics: hyperparameters and torch.optim's defaults -------------

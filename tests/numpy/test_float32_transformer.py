@@ -75,7 +75,7 @@ def test_a_transformer_training_step_creates_no_float64_arrays():
     x = rng.integers(0, 11, (3, 6))
     y = rng.integers(0, 11, (3, 6))
     found, seen = traced_step(model, x, y)
-    assert {"layer_norm", "multi_head_attention", "gelu", "backward"} <= seen
+    assert {"layer_norm", "attention", "gelu", "backward"} <= seen
     assert found == []
     activations_by_node = model.activations(x, train=True)
     assert {n: a.dtype for n, a in activations_by_node.items()

@@ -17,7 +17,7 @@ from nnspec.backends.numpy.kernels import activations as act
 from nnspec.backends.numpy.kernels import elementwise as ew
 from nnspec.backends.numpy.kernels import losses
 from nnspec.backends.numpy.kernels import shape as shape_kernels
-from nnspec.backends.numpy.kernels.attention import multi_head_attention
+from nnspec.backends.numpy.kernels.attention import attention, rope, scaled_dot_product
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.conv_transpose import conv_transpose1d, conv_transpose2d
 from nnspec.backends.numpy.kernels.dense import linear
@@ -27,6 +27,7 @@ from nnspec.backends.numpy.kernels.noise import noise
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
 from nnspec.backends.numpy.kernels.norm_group import group_norm, instance_norm
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
+from nnspec.backends.numpy.kernels.norm_rms import rms_norm
 from nnspec.backends.numpy.kernels.pool import (
     adaptive_avg_pool1d,
     adaptive_avg_pool2d,
@@ -189,21 +190,64 @@ for bidirectional in (False, True):
 # --- attention, dense, embedding, dropout --------------------------------------------------
 
 
-def attention(causal, has_bias):
+def attention_case(names, memory, kv_heads=2, causal=False, rope_theta=None,
+                   masks=(), shapes=None, embed=6):
+    """The attention kernel with its weights (by `names`) and float masks as positional
+    arrays, so every one of them is checked (a memory of 5 features, or none)."""
     def arrays(rng):
-        def draw(*shape):
-            return rng.uniform(-0.5, 0.5, shape)
-        return [rng.standard_normal((2, 4, 6)), draw(18, 6), draw(18) if has_bias else None,
-                draw(6, 6), draw(6) if has_bias else None]
+        found = [rng.standard_normal((2, 4, embed)),
+                 rng.standard_normal((2, 3, 5)) if memory else None]
+        found += [rng.uniform(-0.5, 0.5, shapes[n]) for n in names]
+        return found + [rng.standard_normal(m) for m in masks]
 
-    return Case(multi_head_attention, arrays,
-                lambda *a: multi_head_attention(*a, heads=2, causal=causal), atol=1e-7)
+    def call(x, source, *rest):
+        weights = dict(zip(names, rest[:len(names)]))
+        out, backward = attention(x, source, weights, *rest[len(names):], heads=2,
+                                  kv_heads=kv_heads, causal=causal, dropout=0.0,
+                                  rope_theta=rope_theta)
+
+        def flat_backward(d_out):
+            dx, d_memory, d_weights, d_padding, d_mask = backward(d_out)
+            grads = (dx, d_memory, *(d_weights.get(n) for n in names))
+            return grads + (d_padding, d_mask)[:len(masks)]
+
+        return out, flat_backward
+
+    return Case(attention, arrays, call, atol=1e-7)
 
 
+PACKED = {"in_proj_weight": (18, 6), "in_proj_bias": (18,), "out_proj.weight": (6, 6),
+          "out_proj.bias": (6,)}
+SEPARATE = {"q_proj_weight": (6, 6), "k_proj_weight": (6, 5), "v_proj_weight": (6, 5),
+            "in_proj_bias": (18,), "out_proj.weight": (6, 6)}
+LLAMA = {"q_proj.weight": (8, 8), "k_proj.weight": (4, 5), "v_proj.weight": (4, 5),
+         "o_proj.weight": (8, 8), "o_proj.bias": (8,)}
+LLAMA_SELF = LLAMA | {"k_proj.weight": (8, 8), "v_proj.weight": (8, 8), "q_proj.bias": (8,)}
 for causal in (False, True):
-    for has_bias in (True, False):
-        CASES[f"attention{'_causal' * causal}{'_no_bias' * (not has_bias)}"] = attention(
-            causal, has_bias)
+    CASES[f"attention{'_causal' * causal}"] = attention_case(tuple(PACKED), False, causal=causal,
+                                                             shapes=PACKED)
+    CASES[f"attention_packed_no_bias{'_causal' * causal}"] = attention_case(
+        ("in_proj_weight", "out_proj.weight"), False, causal=causal, shapes=PACKED)
+CASES["attention_cross_masks"] = attention_case(tuple(SEPARATE), True, masks=((2, 3), (4, 3)),
+                                                shapes=SEPARATE)
+CASES["attention_cross_per_sample_mask"] = attention_case(
+    tuple(SEPARATE), True, masks=((3,), (2, 4, 3)), shapes=SEPARATE)
+CASES["attention_multi_query_rope"] = attention_case(tuple(LLAMA), True, kv_heads=1,
+                                                     rope_theta=100.0, shapes=LLAMA, embed=8)
+CASES["attention_grouped_rope_causal"] = attention_case(
+    tuple(LLAMA_SELF), False, kv_heads=2, causal=True, rope_theta=100.0, shapes=LLAMA_SELF, embed=8)
+CASES["scaled_dot_product_grouped"] = Case(
+    scaled_dot_product, lambda rng: [rng.standard_normal((2, 5, 4, 3)),
+                                     rng.standard_normal((2, 6, 2, 3)),
+                                     rng.standard_normal((2, 6, 2, 3)),
+                                     rng.standard_normal((2, 6)), rng.standard_normal((5, 6))],
+    lambda q, k, v, pad, mask: scaled_dot_product(q, k, v, pad, mask, causal=True), atol=1e-7)
+CASES["rope"] = Case(rope, normal(2, 5, 3, 4), lambda x: rope(x, theta=50.0))
+CASES["rms_norm"] = Case(rms_norm, lambda rng: [rng.standard_normal((2, 3, 5)),
+                                                rng.standard_normal(5)],
+                         lambda x, w: rms_norm(x, w, eps=1e-6))
+CASES["rms_norm_no_weight"] = Case(rms_norm, lambda rng: [rng.standard_normal((2, 3, 5)), None],
+                                   lambda x, w: rms_norm(x, w, eps=None))
 
 CASES["linear"] = Case(linear, lambda rng: [rng.standard_normal((2, 3, 4)),
                                             rng.standard_normal((5, 4)), rng.standard_normal(5)])
@@ -585,6 +629,7 @@ def test_gradients_match_central_differences(name):
 # Public functions of the kernel modules that are not kernels (no `(out, backward)`).
 NOT_KERNELS = {
     "activations.erf",
+    "attention.rotary_tables",
     "conv.check_spatial", "conv.crop_padding", "conv.kernel_offsets", "conv.offset_index",
     "conv.output_size", "conv.pad_spatial", "conv.scatter_windows",
     "elementwise.unbroadcast",

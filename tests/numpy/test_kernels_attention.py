@@ -1,35 +1,56 @@
-"""Multi-head self-attention and layer norm kernels: torch as the oracle (central differences in
+"""Attention, rotary embedding, RMSNorm and layer norm kernels: torch's nn.MultiheadAttention and
+transformers' LlamaAttention / LlamaRMSNorm as the oracles (central differences in
 test_kernel_gradients.py)."""
+
+import importlib.util
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.backends.numpy.kernels.attention import CAUSAL_BLOCK, multi_head_attention
+from nnspec.backends.numpy.kernels.attention import CAUSAL_BLOCK, attention, rope
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
+from nnspec.backends.numpy.kernels.norm_rms import rms_norm
 from tests.numpy.helpers import F, as_torch, assert_close, torch
 
 pytestmark = pytest.mark.strict_numerics
 
 FEW = settings(max_examples=25, deadline=None)
+needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                        reason="needs transformers (the LLaMA oracle)")
 
 
-def attention_arrays(rng, batch, steps, embed, has_bias, dtype=np.float32):
-    """Input and parameters in nn.MultiheadAttention's layout: x, in_proj w/b, out_proj w/b."""
-    def draw(*shape):
-        return rng.uniform(-0.5, 0.5, shape).astype(dtype)
-
-    return [
-        rng.standard_normal((batch, steps, embed)).astype(dtype),
-        draw(3 * embed, embed),
-        draw(3 * embed) if has_bias else None,
-        draw(embed, embed),
-        draw(embed) if has_bias else None,
-    ]
+def draw(rng, *shape):
+    return rng.uniform(-0.5, 0.5, shape).astype(np.float32)
 
 
-# --- multi-head attention ----------------------------------------------------------------
+def mha_weights(rng, embed, kdim, has_bias):
+    """nn.MultiheadAttention's parameters: packed in_proj when kdim == embed, else separate."""
+    if kdim == embed:
+        weights = {"in_proj_weight": draw(rng, 3 * embed, embed)}
+    else:
+        weights = {"q_proj_weight": draw(rng, embed, embed),
+                   "k_proj_weight": draw(rng, embed, kdim), "v_proj_weight": draw(rng, embed, kdim)}
+    weights["out_proj.weight"] = draw(rng, embed, embed)
+    if has_bias:
+        weights |= {"in_proj_bias": draw(rng, 3 * embed), "out_proj.bias": draw(rng, embed)}
+    return weights
+
+
+def load_into(module, weights):
+    with torch.no_grad():
+        for name, value in weights.items():
+            module.get_parameter(name).copy_(torch.from_numpy(value))
+
+
+def check_weight_grads(module, weights, d_weights):
+    assert set(d_weights) == set(weights)
+    for name, grad in d_weights.items():
+        assert_close(grad, module.get_parameter(name).grad)
+
+
+# --- multi-head attention against nn.MultiheadAttention ------------------------------------
 
 
 @pytest.mark.torch
@@ -42,64 +63,228 @@ def attention_arrays(rng, batch, steps, embed, has_bias, dtype=np.float32):
     causal=st.booleans(),
     has_bias=st.booleans(),
 )
-def test_attention_matches_torch(batch, steps, heads, head_dim, causal, has_bias):
-    check_attention_against_torch(batch, steps, heads, head_dim, causal, has_bias)
+def test_self_attention_matches_torch(batch, steps, heads, head_dim, causal, has_bias):
+    check_self_attention(batch, steps, heads, head_dim, causal, has_bias)
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize("steps", [CAUSAL_BLOCK + 1, 2 * CAUSAL_BLOCK + 7])
 def test_causal_attention_over_several_query_blocks_matches_torch(steps):
-    check_attention_against_torch(2, steps, 2, 3, True, True)
+    check_self_attention(2, steps, 2, 3, True, True)
 
 
-def check_attention_against_torch(batch, steps, heads, head_dim, causal, has_bias):
+def check_self_attention(batch, steps, heads, head_dim, causal, has_bias):
     embed = heads * head_dim
     rng = np.random.default_rng(0)
-    x, in_weight, in_bias, out_weight, out_bias = attention_arrays(
-        rng, batch, steps, embed, has_bias
-    )
-    y, backward = multi_head_attention(x, in_weight, in_bias, out_weight, out_bias,
-                                       heads=heads, causal=causal)
-    probe = rng.standard_normal(y.shape, np.float32)
-    dx, d_in_weight, d_in_bias, d_out_weight, d_out_bias = backward(probe)
+    x = rng.standard_normal((batch, steps, embed)).astype(np.float32)
+    weights = mha_weights(rng, embed, embed, has_bias)
+    y, backward = attention(x, None, weights, heads=heads, kv_heads=heads, causal=causal,
+                            dropout=0.0)
+    probe = rng.standard_normal(y.shape).astype(np.float32)
+    dx, d_memory, d_weights, _, _ = backward(probe)
 
     module = torch.nn.MultiheadAttention(embed, heads, bias=has_bias, batch_first=True)
-    with torch.no_grad():
-        module.in_proj_weight.copy_(torch.from_numpy(in_weight))
-        module.out_proj.weight.copy_(torch.from_numpy(out_weight))
-        if has_bias:
-            module.in_proj_bias.copy_(torch.from_numpy(in_bias))
-            module.out_proj.bias.copy_(torch.from_numpy(out_bias))
+    load_into(module, weights)
     mask = torch.triu(torch.full((steps, steps), float("-inf")), 1) if causal else None
-    tx = torch.tensor(x, requires_grad=True)
+    tx = as_torch(x)
     ty, _ = module(tx, tx, tx, attn_mask=mask, need_weights=False)
     ty.backward(torch.from_numpy(probe))
-
     assert_close(y, ty)
     assert_close(dx, tx.grad)
-    assert_close(d_in_weight, module.in_proj_weight.grad)
-    assert_close(d_out_weight, module.out_proj.weight.grad)
-    if has_bias:
-        assert_close(d_in_bias, module.in_proj_bias.grad)
-        assert_close(d_out_bias, module.out_proj.bias.grad)
+    assert d_memory is None
+    check_weight_grads(module, weights, d_weights)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kdim", [8, 5], ids=["packed", "separate"])
+@pytest.mark.parametrize("masks", ["bool", "float"])
+@pytest.mark.parametrize("per_sample_mask", [False, True])
+def test_cross_attention_with_both_masks_matches_torch(kdim, masks, per_sample_mask):
+    """Queries from x, keys/values from memory; a key-padding mask and an attention mask,
+    boolean (True hides) or additive float (which also gets its gradient)."""
+    rng = np.random.default_rng(1)
+    batch, steps, keys, embed, heads = 3, 4, 6, 8, 2
+    x = rng.standard_normal((batch, steps, embed)).astype(np.float32)
+    memory = rng.standard_normal((batch, keys, kdim)).astype(np.float32)
+    mask_shape = (batch, steps, keys) if per_sample_mask else (steps, keys)
+    if masks == "bool":
+        padding = np.zeros((batch, keys), bool)
+        padding[0, -2:] = padding[2, 0] = True
+        mask = rng.random(mask_shape) < 0.3
+        mask[..., 1] = False  # every query keeps a key
     else:
-        assert d_in_bias is None and d_out_bias is None
+        padding = rng.standard_normal((batch, keys)).astype(np.float32)
+        mask = rng.standard_normal(mask_shape).astype(np.float32)
+    weights = mha_weights(rng, embed, kdim, True)
+    y, backward = attention(x, memory, weights, padding, mask, heads=heads, kv_heads=heads,
+                            causal=False, dropout=0.0)
+    probe = rng.standard_normal(y.shape).astype(np.float32)
+    dx, d_memory, d_weights, d_padding, d_mask = backward(probe)
+
+    module = torch.nn.MultiheadAttention(embed, heads, kdim=kdim, vdim=kdim, batch_first=True)
+    load_into(module, weights)
+    tx, tm = as_torch(x), as_torch(memory)
+    tp, tmask = (torch.tensor(padding), torch.tensor(mask)) if masks == "bool" else (
+        as_torch(padding), as_torch(mask))
+    torch_mask = tmask.repeat_interleave(heads, 0) if per_sample_mask else tmask
+    ty, _ = module(tx, tm, tm, key_padding_mask=tp, attn_mask=torch_mask, need_weights=False)
+    ty.backward(torch.from_numpy(probe))
+    assert_close(y, ty)
+    assert_close(dx, tx.grad)
+    assert_close(d_memory, tm.grad)
+    check_weight_grads(module, weights, d_weights)
+    if masks == "bool":
+        assert d_padding is None and d_mask is None
+    else:
+        assert_close(d_padding, tp.grad)
+        assert_close(d_mask, tmask.grad)
 
 
 def test_causal_attention_ignores_the_future():
     """Changing the last position leaves every earlier output unchanged."""
-    x, *params = attention_arrays(np.random.default_rng(3), 2, 5, 4, True)
-    before, _ = multi_head_attention(x, *params, heads=2, causal=True)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    weights = mha_weights(rng, 4, 4, True)
+    before, _ = attention(x, None, weights, heads=2, kv_heads=2, causal=True, dropout=0.0)
     x[:, -1] += 1
-    after, _ = multi_head_attention(x, *params, heads=2, causal=True)
+    after, _ = attention(x, None, weights, heads=2, kv_heads=2, causal=True, dropout=0.0)
     np.testing.assert_array_equal(before[:, :-1], after[:, :-1])
     assert not np.allclose(before[:, -1], after[:, -1])
 
 
-def test_attention_rejects_heads_that_do_not_divide_the_embedding():
-    x, *params = attention_arrays(np.random.default_rng(4), 1, 2, 6, True)
-    with pytest.raises(ValueError, match="divide"):
-        multi_head_attention(x, *params, heads=4, causal=False)
+def test_attention_dropout_only_while_training_and_reproducibly():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    weights = mha_weights(rng, 4, 4, True)
+
+    def run(train, seed):
+        return attention(x, None, weights, heads=2, kv_heads=2, causal=False, dropout=0.5,
+                         train=train, rng=np.random.default_rng(seed))[0]
+
+    plain, _ = attention(x, None, weights, heads=2, kv_heads=2, causal=False, dropout=0.0)
+    np.testing.assert_array_equal(run(False, 0), plain)
+    np.testing.assert_array_equal(run(True, 0), run(True, 0))
+    assert not np.allclose(run(True, 0), plain)
+    assert not np.allclose(run(True, 0), run(True, 1))
+
+
+# --- LLaMA: grouped-query heads and rotary embeddings against transformers ----------------------
+
+
+def llama_config(embed, heads, kv_heads, has_bias, theta):
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=embed, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, attention_bias=has_bias,
+                         rope_theta=theta, intermediate_size=2 * embed, vocab_size=11,
+                         num_hidden_layers=1)
+    config._attn_implementation = "eager"
+    return config
+
+
+@pytest.mark.torch
+@needs_transformers
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 1), (4, 4)])
+@pytest.mark.parametrize("use_rope", [True, False])
+@pytest.mark.parametrize("has_bias", [False, True])
+@pytest.mark.parametrize("steps", [5, CAUSAL_BLOCK + 3])
+def test_grouped_query_attention_matches_llama(heads, kv_heads, use_rope, has_bias, steps):
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+
+    rng = np.random.default_rng(5)
+    batch, head_dim, theta = 2, 4, 500.0
+    embed = heads * head_dim
+    x = rng.standard_normal((batch, steps, embed)).astype(np.float32)
+    config = llama_config(embed, heads, kv_heads, has_bias, theta)
+    module = LlamaAttention(config, layer_idx=0)
+    weights = {name: draw(rng, *p.shape) for name, p in module.named_parameters()}
+    y, backward = attention(x, None, weights, heads=heads, kv_heads=kv_heads, causal=True,
+                            dropout=0.0, rope_theta=theta if use_rope else None)
+    probe = rng.standard_normal(y.shape).astype(np.float32)
+    dx, _, d_weights, _, _ = backward(probe)
+
+    load_into(module, weights)
+    tx = as_torch(x)
+    if use_rope:
+        cos, sin = LlamaRotaryEmbedding(config)(tx, torch.arange(steps)[None])
+    else:  # the identity rotation
+        cos, sin = torch.ones(1, steps, head_dim), torch.zeros(1, steps, head_dim)
+    causal = torch.triu(torch.full((steps, steps), float("-inf")), 1)[None, None]
+    ty, _ = module(tx, position_embeddings=(cos, sin), attention_mask=causal)
+    ty.backward(torch.from_numpy(probe))
+    assert_close(y, ty)
+    assert_close(dx, tx.grad)
+    check_weight_grads(module, weights, d_weights)
+
+
+@pytest.mark.torch
+@needs_transformers
+def test_rope_matches_llamas_apply_rotary_pos_emb():
+    from transformers.models.llama.modeling_llama import (
+        LlamaRotaryEmbedding,
+        apply_rotary_pos_emb,
+    )
+
+    rng = np.random.default_rng(6)
+    batch, steps, heads, head_dim = 2, 7, 3, 6
+    x = rng.standard_normal((batch, steps, heads, head_dim)).astype(np.float32)
+    y, backward = rope(x, theta=10000.0)
+    probe = rng.standard_normal(y.shape).astype(np.float32)
+    (dx,) = backward(probe)
+    config = llama_config(heads * head_dim, heads, heads, False, 10000.0)
+    tx = as_torch(x)
+    cos, sin = LlamaRotaryEmbedding(config)(tx, torch.arange(steps)[None])
+    as_heads = tx.transpose(1, 2)  # transformers' (B, heads, T, d)
+    ty, _ = apply_rotary_pos_emb(as_heads, as_heads, cos, sin)
+    ty = ty.transpose(1, 2)
+    ty.backward(torch.from_numpy(probe))
+    assert_close(y, ty)
+    assert_close(dx, tx.grad)
+
+
+# --- RMSNorm ------------------------------------------------------------------------------
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("eps", [None, 1e-6])
+@pytest.mark.parametrize("has_weight", [True, False])
+def test_rms_norm_matches_torch(eps, has_weight):
+    rng = np.random.default_rng(7)
+    x = (2 * rng.standard_normal((3, 4, 6)) + 0.5).astype(np.float32)
+    weight = rng.standard_normal(6).astype(np.float32) if has_weight else None
+    y, backward = rms_norm(x, weight, eps=eps)
+    probe = rng.standard_normal(y.shape).astype(np.float32)
+    dx, d_weight = backward(probe)
+    tx, tw = as_torch(x), as_torch(weight)
+    ty = F.rms_norm(tx, (6,), tw, eps)
+    ty.backward(torch.from_numpy(probe))
+    assert_close(y, ty)
+    assert_close(dx, tx.grad)
+    if has_weight:
+        assert_close(d_weight, tw.grad)
+    else:
+        assert d_weight is None
+
+
+@pytest.mark.torch
+@needs_transformers
+def test_rms_norm_matches_llama_rms_norm():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    weight = rng.standard_normal(8).astype(np.float32)
+    y, backward = rms_norm(x, weight, eps=1e-5)
+    probe = rng.standard_normal(y.shape).astype(np.float32)
+    dx, d_weight = backward(probe)
+    module = LlamaRMSNorm(8, eps=1e-5)
+    load_into(module, {"weight": weight})
+    tx = as_torch(x)
+    ty = module(tx)
+    ty.backward(torch.from_numpy(probe))
+    assert_close(y, ty)
+    assert_close(dx, tx.grad)
+    assert_close(d_weight, module.weight.grad)
 
 
 # --- layer norm --------------------------------------------------------------------------

@@ -43,6 +43,10 @@ SMALL = {
     "vit_b16": {"image": 32, "patch": 8, "d": 16, "depth": 2, "heads": 2, "mlp": 32,
                 "classes": 10},
     "unet": {"base": 4, "size": 32},
+    "tinyllama": {"vocab": 50, "ctx": 6, "d": 16, "layers": 1, "heads": 4, "kv_heads": 2,
+                  "ff": 24},
+    "llama2_7b": {"vocab": 50, "ctx": 6, "d": 16, "layers": 1, "heads": 4, "kv_heads": 4,
+                  "ff": 24},
 }
 SYMBOL_SIZE = 5  # a symbolic dim such as T, when running
 LARGE = 5_000_000  # parameters above which the interpreter comparison is skipped (too slow)
@@ -561,7 +565,10 @@ OP_CASES = {
     "embedding": ("int[5]", "x -> embedding(11, 4, padding_idx = 0) -> tanh"),
     "positions": ("int[5]", "(x -> embedding(11, 4)) + (x -> positions(8, 4))"),
     "sinusoidal": ("[4, 6]", "x + sinusoidal(4, 6)"),
-    "attention": ("[5, 8]", "x -> attention(2, causal = true)"),
+    "attention": ("[5, 8]", ("x -> attention(x -> dense(6), 4, kv_heads = 2, rope = true, "
+                             "causal = true, attn_mask = x -> dense(5))")),
+    "rope": ("[5, 8]", "x -> reshape(5, 2, 4) -> rope(theta = 100) -> tanh"),
+    "rmsnorm": ("[4, 6]", "x -> rmsnorm(1e-6)"),
     "rnn": ("[5, 3]", "x -> rnn(4, layers = 2, bidirectional = true)"),
     "lstm": ("[5, 3]", "x -> lstm(4, layers = 2, bidirectional = true, last = true)"),
     "gru": ("[5, 3]", "x -> gru(4, bidirectional = true)"),

@@ -111,7 +111,9 @@ def _non_default_attrs(node: Node) -> list[str]:
     out = []
     for attr in opdef.attrs:
         value = node.attrs.get(attr.name)
-        if attr.default is ops.REQUIRED:
+        if attr.kind == "tensor":  # a mask: its edge shows where it comes from
+            out += [attr.name] if value is not None else []
+        elif attr.default is ops.REQUIRED:
             out.append(_num(value) if attr.kind in ("int", "float") else
                        f"{attr.name}={_num(value)}")
         elif value is not None and value != attr.default:

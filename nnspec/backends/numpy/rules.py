@@ -37,7 +37,7 @@ from nnspec.backends.numpy.kernels import (
     shape,
 )
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import OPS, OpDef, conv_pads, permutation
+from nnspec.ir.ops import OPS, OpDef, conv_pads, permutation, tensor_keywords
 
 
 @dataclass
@@ -307,11 +307,22 @@ def _sinusoidal(node, ins, params, ctx):
 
 @rule("attention")
 def _attention(node, ins, params, ctx):
-    out = attention.multi_head_attention(
-        ins[0], params["in_proj_weight"], params.get("in_proj_bias"), params["out_proj.weight"],
-        params.get("out_proj.bias"), heads=node.attrs.heads, causal=node.attrs.causal)
-    return _with_params(out, 1, ("in_proj_weight", "in_proj_bias", "out_proj.weight",
-                                 "out_proj.bias"))
+    a = node.attrs
+    given = tensor_keywords(OPS["attention"], a)
+    memory = ins[1] if len(ins) - len(given) == 2 else None
+    masks = {name: ins[i] for name, i in given.items()}
+    out, backward = attention.attention(
+        ins[0], memory, params, heads=a.heads, kv_heads=a.kv_heads or a.heads, causal=a.causal,
+        dropout=a.dropout, rope_theta=a.rope_theta if a.rope else None, train=ctx.train,
+        rng=ctx.rng, **masks)
+
+    def rule_backward(d_out):
+        dx, d_memory, d_params, d_padding, d_mask = backward(d_out)
+        mask_grads = {"key_padding_mask": d_padding, "attn_mask": d_mask}
+        inputs = (dx,) + ((d_memory,) if memory is not None else ())
+        return inputs + tuple(mask_grads[name] for name in given), d_params
+
+    return out, rule_backward
 
 
 class ResultGrads(tuple):
@@ -555,14 +566,19 @@ def derived_rule(opdef: OpDef) -> Rule | None:
                                                            p.POSITIONAL_OR_KEYWORD)]
     weights = tuple(positional[n_inputs:])
     keyword_only = [p for p in parameters if p.kind is p.KEYWORD_ONLY]
-    attrs = tuple(p.name for p in keyword_only if opdef.attr(p.name) is not None)
+    kinds = {p.name: opdef.attr(p.name).kind for p in keyword_only if opdef.attr(p.name)}
+    attrs = tuple(name for name, kind in kinds.items() if kind != "tensor")
+    tensors = tuple(name for name, kind in kinds.items() if kind == "tensor")
     context = ("train", "rng") if opdef.random else ()
     told_input_grad = any(p.name == "input_grad" for p in keyword_only)
     unknown = [p.name for p in keyword_only
-               if p.name not in attrs + context and p.default is p.empty]
+               if p.name not in attrs + tensors + context and p.default is p.empty]
     if unknown:
         raise AssertionError(f"the kernel of `{opdef.name}` takes {unknown}, which are neither "
                              "attributes of the op nor `train`/`rng` of a random op")
+    if tensors:
+        return _rule_with_tensor_keywords(opdef, kernel, weights, attrs, tensors,
+                                          told_input_grad)
     if told_input_grad and not opdef.random:
         def run(node, ins, params, ctx):
             out = kernel(*ins, *[params.get(w) for w in weights],
@@ -587,6 +603,37 @@ def derived_rule(opdef: OpDef) -> Rule | None:
     else:
         def run(node, ins, params, ctx):
             return _inputs_only(kernel(*ins))
+    return run
+
+
+def _rule_with_tensor_keywords(opdef: OpDef, kernel: Callable, weights: tuple[str, ...],
+                               attrs: tuple[str, ...], tensors: tuple[str, ...],
+                               told_input_grad: bool) -> Rule:
+    """The general derived rule: tensor keywords (masks) go to the kernel's keyword-only
+    parameters of the same name (None when not given); its backward returns the positional
+    inputs' gradients, the weights', then the tensor keywords' in its keyword order."""
+
+    def run(node, ins, params, ctx):
+        given = tensor_keywords(opdef, node.attrs)
+        positional = len(ins) - len(given)
+        kwargs = {a: node.attrs[a] for a in attrs}
+        kwargs.update({t: ins[given[t]] if t in given else None for t in tensors})
+        if opdef.random:
+            kwargs.update(train=ctx.train, rng=ctx.rng)
+        if told_input_grad:
+            kwargs["input_grad"] = ctx.input_grad
+        out, backward = kernel(*ins[:positional], *[params.get(w) for w in weights], **kwargs)
+
+        def rule_backward(d_out):
+            grads = backward(d_out)
+            end = positional + len(weights)
+            by_keyword = dict(zip(tensors, grads[end:]))
+            input_grads = tuple(grads[:positional]) + tuple(by_keyword.get(t) for t in given)
+            return input_grads, {w: g for w, g in zip(weights, grads[positional:end])
+                                 if g is not None}
+
+        return out, rule_backward
+
     return run
 
 

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from nnspec.backends.torch.source import Expr, Group, Num, Stmt, call, expr, list_of
 from nnspec.backends.torch.source import is_simple_power_operand as _simple
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import OPS, OpDef, conv_pads, param_shape, permutation
+from nnspec.ir.ops import (
+    OPS,
+    OpDef,
+    attention_layout,
+    attention_memory,
+    conv_pads,
+    param_shape,
+    permutation,
+    tensor_keywords,
+)
 from nnspec.ir.types import TensorType
 
 
@@ -181,6 +190,31 @@ def _batch_first(node, ins):
     return call(OPS[node.op].torch.name, *_module_args(node, ins), **kwargs)
 
 
+def _attention_init(node, ins):
+    """nn.MultiheadAttention where it can express the layer, else the generated file's
+    GroupedQueryAttention (LLaMA's parameter names)."""
+    a = node.attrs
+    memory = attention_memory(ins, a)
+    if attention_layout(ins, a) != "llama":
+        kwargs = _keywords(OPS["attention"], a, ins)
+        if memory is not ins[0] and memory.shape[-1] != ins[0].shape[-1]:
+            kwargs["kdim"] = kwargs["vdim"] = Num(memory.shape[-1], "kdim", False)
+        return call("nn.MultiheadAttention", *_module_args(node, ins), **kwargs,
+                    batch_first="True")
+    kwargs = {}
+    if a.kv_heads is not None and a.kv_heads != a.heads:
+        kwargs["kv_heads"] = Num(a.kv_heads, "kv_heads")
+    if memory.shape[-1] != ins[0].shape[-1]:
+        kwargs["kdim"] = Num(memory.shape[-1], "kdim", False)
+    if not a.bias:
+        kwargs["bias"] = "False"
+    if a.dropout:
+        kwargs["dropout"] = Num(a.dropout, "dropout")
+    if a.rope:
+        kwargs["rope_theta"] = Num(a.rope_theta, "rope_theta")
+    return call("GroupedQueryAttention", *_module_args(node, ins), **kwargs)
+
+
 def derived_init(opdef: OpDef) -> Init | None:
     """`nn.Module(args..., keywords...)` from the op's `Torch` module form."""
     if opdef.torch is None or not opdef.torch.is_module:
@@ -200,7 +234,7 @@ INIT: dict[str, Init] = _Table(derived_init, {
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
     "instancenorm": _instancenorm,
-    "attention": _batch_first,
+    "attention": _attention_init,
     "rnn": _batch_first,
     "lstm": _batch_first,
     "gru": _batch_first,
@@ -219,8 +253,12 @@ def init_extra(node: Node, module: Expr) -> list[Stmt]:
 
 
 def _causal_steps(node: Node) -> int | None:
-    """The fixed sequence length of a causal attention layer (None if symbolic)."""
-    if node.op != "attention" or not node.attrs.get("causal") or node.type is None:
+    """The fixed sequence length of a causal self-attention layer in nn.MultiheadAttention
+    that is given no mask of its own (None if symbolic)."""
+    a = node.attrs
+    if node.op != "attention" or not a.get("causal") or node.type is None \
+            or a.get("attn_mask") is not None or a.get("rope") \
+            or a.get("kv_heads") not in (None, a.get("heads")):
         return None
     steps = node.type.shape[-2] if node.type.rank >= 2 else None
     return steps if isinstance(steps, int) else None
@@ -327,18 +365,55 @@ def _sinusoidal(s: Site) -> list[Line]:
 
 
 def _attention_forward(s: Site) -> list[Line]:
-    x = s.x
+    """`x, _ = self.attn(x, m, m, key_padding_mask=..., attn_mask=..., need_weights=False)`
+    for nn.MultiheadAttention (a causal mask joined to a given one; a per-sample mask
+    repeated per head, as it wants); `self.attn(x, m, ...)` for GroupedQueryAttention."""
+    (x, *rest), masks = split_args(s)
+    memory = rest[0] if rest else x
+    given = tensor_keywords(OPS["attention"], s.a)
+    types = {name: s.types[i] for name, i in given.items()}
+    llama = attention_layout(s.types, s.a) == "llama"
+    batched = s.types[0].batched
     kwargs = {}
-    if s.a.causal and _causal_steps(s.node) is not None:
+    if "key_padding_mask" in masks:
+        pad = masks["key_padding_mask"]
+        if batched and not types["key_padding_mask"].batched and not llama:
+            pad = expr(call(expr(pad, ".expand"), expr(x, ".shape[0]"), "-1"))
+        kwargs["key_padding_mask"] = pad
+    if "attn_mask" in masks:
+        mask = masks["attn_mask"]
+        if s.a.causal and not llama:
+            s.helpers.add("causal_mask")
+            hidden = expr(call("causal_mask", x))
+            mask = (expr(mask, " | ", hidden) if types["attn_mask"].dtype == "bool" else
+                    expr(call(expr(mask, ".masked_fill"), hidden, 'float("-inf")')))
+        if types["attn_mask"].batched and not llama:  # (B * heads, T, S), as torch wants
+            mask = expr(call(expr(mask, ".repeat_interleave"), Num(s.a.heads, "num_heads"), "0"))
+        kwargs["attn_mask"] = mask
+    elif s.a.causal and _causal_steps(s.node) is not None:
         steps = expr(x, ".shape[-2]")
         kwargs["attn_mask"] = expr(s.module, ".causal_mask[: ", steps, ", : ", steps, "]")
-    elif s.a.causal:
+    elif s.a.causal and not llama:
         s.helpers.add("causal_mask")
         kwargs["attn_mask"] = expr(call("causal_mask", x))
+    if llama:
+        s.helpers.update(("rotary_embedding", "GroupedQueryAttention"))
+        if s.a.causal:
+            kwargs["is_causal"] = "True"
+        args = (x, memory) if rest else (x,)
+        if not batched:
+            return [Line(expr(call(s.module, *(expr(a, "[None]") for a in args), **kwargs),
+                              "[0]"))]
+        return [Line(expr(call(s.module, *args, **kwargs)))]
     kwargs["need_weights"] = "False"
-    if s.a.causal:
+    if s.a.causal and "attn_mask" not in masks:
         kwargs["is_causal"] = "True"
-    return [Line(expr(call(s.module, x, x, x, **kwargs)), unpack=True)]
+    return [Line(expr(call(s.module, x, memory, memory, **kwargs)), unpack=True)]
+
+
+def _rope_forward(s: Site) -> list[Line]:
+    s.helpers.add("rotary_embedding")
+    return [Line(expr(call("rotary_embedding", s.x, Num(s.a.theta, "theta"), seq_dim="-3")))]
 
 
 def _initial_state(s: Site, i: int) -> Expr:
@@ -578,6 +653,13 @@ def _parameter_init(node: Node, ins: list[TensorType]) -> Group:
     return call("nn.Parameter", value)
 
 
+def split_args(s: Site) -> tuple[list[Expr], dict[str, Expr]]:
+    """A site's positional input expressions, and its tensor keywords (masks) by name."""
+    given = tensor_keywords(OPS[s.node.op], s.a)
+    positional = len(s.args) - len(given)
+    return s.args[:positional], {name: s.args[i] for name, i in given.items()}
+
+
 def derived_forward(opdef: OpDef) -> Forward | None:
     """An operator (`a + b`, `-x`), a layer with weights called as its module (with a batch
     of one for an unbatched input when the op needs a batch), or the `Torch` function called
@@ -589,17 +671,20 @@ def derived_forward(opdef: OpDef) -> Forward | None:
         return lambda s: _binary_operator(s, symbol)
     if opdef.has_params:
         def module_call(s: Site) -> list[Line]:
+            args, tensors = split_args(s)
             if opdef.needs_batch and not s.types[0].batched:
-                return [Line(expr(call(s.module, expr(s.x, "[None]")), "[0]"))]
-            return [Line(expr(call(s.module, *s.args)))]
+                return [Line(expr(call(s.module, expr(s.x, "[None]"), **tensors), "[0]"))]
+            return [Line(expr(call(s.module, *args, **tensors)))]
 
         return module_call
     if opdef.torch is None or opdef.torch.is_module:
         return None
 
     def function_call(s: Site) -> list[Line]:
-        args = [_aligned(s, i) for i in range(len(s.args))] if opdef.broadcast else s.args
-        kwargs = _keywords(opdef, s.a, s.types)
+        args, tensors = split_args(s)
+        if opdef.broadcast:
+            args = [_aligned(s, i) for i in range(len(args))]
+        kwargs = {**_keywords(opdef, s.a, s.types), **tensors}
         if opdef.random:
             kwargs["training"] = s.training
         return [Line(expr(call(opdef.torch.name, *args, **kwargs)))]
@@ -625,6 +710,7 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "positions": _positions_forward,
     "sinusoidal": _sinusoidal,
     "attention": _attention_forward,
+    "rope": _rope_forward,
     "rnn": _recurrent_forward,
     "lstm": _recurrent_forward,
     "gru": _recurrent_forward,

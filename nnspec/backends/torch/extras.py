@@ -28,6 +28,87 @@ def sinusoidal_positions(steps, dim, device=None):
     table[:, 0::2] = torch.sin(position * rate)
     table[:, 1::2] = torch.cos(position * rate[: dim // 2])
     return table.to(device=device, dtype=torch.float32)''',
+    "rotary_embedding": '''\
+def rotary_embedding(x, theta, seq_dim=-2):
+    """x rotated by its position along seq_dim (LLaMA's rotary embedding: frequency i of
+    the first half of the last dim repeats in the second, `rotate_half`)."""
+    steps, dim = x.shape[seq_dim], x.shape[-1]
+    even = torch.arange(0, dim, 2, dtype=torch.float64, device=x.device)
+    position = torch.arange(steps, dtype=torch.float64, device=x.device)
+    angles = position[:, None] / theta ** (even / dim)
+    angles = torch.cat([angles, angles], dim=-1)
+    shape = [1] * x.dim()
+    shape[seq_dim], shape[-1] = steps, dim
+    cos, sin = (t.to(x.dtype).reshape(shape) for t in (angles.cos(), angles.sin()))
+    half = dim // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin''',
+    "GroupedQueryAttention": '''\
+class GroupedQueryAttention(nn.Module):
+    """Attention with LLaMA's projections (q_proj, k_proj, v_proj, o_proj): kv_heads
+    key/value heads each serve a group of query heads; rope_theta rotates queries and
+    keys; a boolean mask hides what is True (as nn.MultiheadAttention), a float mask is
+    added to the scores."""
+
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        kv_heads=None,
+        kdim=None,
+        bias=True,
+        dropout=0.0,
+        rope_theta=None,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.kv_heads = kv_heads or num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.rope_theta = rope_theta
+        kv_dim = self.kv_heads * self.head_dim
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(kdim or embed_dim, kv_dim, bias=bias)
+        self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    def heads(self, x, count):
+        """(B, T, count * head_dim) -> (B, count, T, head_dim)"""
+        return x.view(x.shape[0], x.shape[1], count, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, x, memory=None, key_padding_mask=None, attn_mask=None, is_causal=False
+    ):
+        memory = x if memory is None else memory
+        q = self.heads(self.q_proj(x), self.num_heads)
+        k = self.heads(self.k_proj(memory), self.kv_heads)
+        v = self.heads(self.v_proj(memory), self.kv_heads)
+        if self.rope_theta is not None:
+            q = rotary_embedding(q, self.rope_theta)
+            k = rotary_embedding(k, self.rope_theta)
+        bias = None
+        if attn_mask is not None:  # (T, S) or (B, T, S) -> (B, 1, T, S)
+            bias = self.additive(attn_mask.unsqueeze(-3), q.dtype)
+        if key_padding_mask is not None:  # (B, S) -> (B, 1, 1, S)
+            padding = self.additive(key_padding_mask[..., None, None, :], q.dtype)
+            bias = padding if bias is None else bias + padding
+        if is_causal and bias is not None:
+            hidden = torch.ones(x.shape[1], memory.shape[1], dtype=torch.bool).triu(1)
+            bias = bias + self.additive(hidden.to(x.device), q.dtype)
+            is_causal = False
+        dropout = self.dropout if self.training else 0.0
+        grouped = self.kv_heads != self.num_heads
+        out = F.scaled_dot_product_attention(
+            q, k, v, bias, dropout, is_causal, enable_gqa=grouped
+        )
+        return self.o_proj(out.transpose(1, 2).flatten(2))
+
+    @staticmethod
+    def additive(mask, dtype):
+        """A boolean mask (True hides) as -inf/0 to add to scores; a float one as it is."""
+        if mask.dtype != torch.bool:
+            return mask
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return zeros.masked_fill(mask, float("-inf"))''',
 }
 
 # Sampling for a language model (token ids in, scores per position and token out), as
