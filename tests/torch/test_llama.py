@@ -69,7 +69,7 @@ def test_a_tiny_llama_gives_llama_for_causal_lms_logits(spec, kv_heads):
 
     module = types.ModuleType("generated")
     code = compile(generate(load(SPECS / spec, overrides=TINY | {"kv_heads": kv_heads})),
-                   "<generated>", "exec")
+                   "<generated>", "exec", dont_inherit=True)
     exec(code, module.__dict__)  # noqa: S102
     model = getattr(module, graph.name)().eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})

@@ -3,6 +3,9 @@
 # state_dict keys are nnspec's parameter names: weights move between nnspec and
 # this file as safetensors (save_weights, load_weights).
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,18 +100,18 @@ class LlamaMLP(nn.Module):
     Used as layers.0.mlp, layers.1.mlp, layers.2.mlp and 29 more.
     """
 
-    def __init__(self):
+    def __init__(self, d, ff):
         super().__init__()
-        self.gate_proj = nn.Linear(4096, 11008, bias=False)
-        self.up_proj = nn.Linear(4096, 11008, bias=False)
-        self.down_proj = nn.Linear(11008, 4096, bias=False)
+        self.gate_proj = nn.Linear(d, ff, bias=False)
+        self.up_proj = nn.Linear(d, ff, bias=False)
+        self.down_proj = nn.Linear(ff, d, bias=False)
 
     def forward(self, x):
-        h = self.gate_proj(x)  # (B, 4096, 11008)  llama2_7b.nn:8
-        h = F.silu(h)  # (B, 4096, 11008)  llama2_7b.nn:8
-        x = self.up_proj(x)  # (B, 4096, 11008)  llama2_7b.nn:8
-        h = h * x  # (B, 4096, 11008)  llama2_7b.nn:8
-        return self.down_proj(h)  # (B, 4096, 4096)  llama2_7b.nn:9
+        h = self.gate_proj(x)  # (B, T, ff)  llama2_7b.nn:8
+        h = F.silu(h)  # (B, T, ff)  llama2_7b.nn:8
+        x = self.up_proj(x)  # (B, T, ff)  llama2_7b.nn:8
+        h = h * x  # (B, T, ff)  llama2_7b.nn:8
+        return self.down_proj(h)  # (B, T, d)  llama2_7b.nn:9
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -117,46 +120,99 @@ class LlamaDecoderLayer(nn.Module):
     Used as layers.0, layers.1, layers.2 and 29 more.
     """
 
-    def __init__(self):
+    def __init__(self, rope_theta, d, heads, kv_heads, ff, eps, theta):
         super().__init__()
-        self.input_layernorm = nn.RMSNorm(4096, eps=1e-05)
-        self.self_attn = GroupedQueryAttention(4096, 32, bias=False, rope_theta=10000.0)
-        self.post_attention_layernorm = nn.RMSNorm(4096, eps=1e-05)
-        self.mlp = LlamaMLP()
+        self.input_layernorm = nn.RMSNorm(d, eps=eps)
+        self.self_attn = GroupedQueryAttention(d, 32, bias=False, rope_theta=rope_theta)
+        self.post_attention_layernorm = nn.RMSNorm(d, eps=eps)
+        self.mlp = LlamaMLP(d, ff)
 
     def forward(self, x):
-        h = self.input_layernorm(x)  # (B, 4096, 4096)  llama2_7b.nn:14
-        h = self.self_attn(h, is_causal=True)  # (B, 4096, 4096)  llama2_7b.nn:15
-        x = x + h  # (B, 4096, 4096)  llama2_7b.nn:14
-        h = self.post_attention_layernorm(x)  # (B, 4096, 4096)  llama2_7b.nn:17
-        h = self.mlp(h)  # (B, 4096, 4096)  llama2_7b.nn:17
-        return x + h  # (B, 4096, 4096)  llama2_7b.nn:17
+        h = self.input_layernorm(x)  # (B, T, d)  llama2_7b.nn:14
+        h = self.self_attn(h, is_causal=True)  # (B, T, d)  llama2_7b.nn:15
+        x = x + h  # (B, T, d)  llama2_7b.nn:14
+        h = self.post_attention_layernorm(x)  # (B, T, d)  llama2_7b.nn:17
+        h = self.mlp(h)  # (B, T, d)  llama2_7b.nn:17
+        return x + h  # (B, T, d)  llama2_7b.nn:17
+
+
+@dataclass
+class Llama2Config:
+    """Hyperparameters of `model Llama2`."""
+
+    vocab: int = 32000
+    ctx: int = 4096
+    d: int = 4096
+    layers: int = 32
+    heads: int = 32
+    kv_heads: int = 32
+    ff: int = 11008
+    eps: float = 1e-05
+    theta: int = 10000
 
 
 class Llama2(nn.Module):
     """`model Llama2` of llama2_7b.nn:20."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(32000, 4096)
-        self.layers = nn.ModuleList([LlamaDecoderLayer() for _ in range(32)])
-        self.norm = nn.RMSNorm(4096, eps=1e-05)
-        self.lm_head = nn.Linear(4096, 32000, bias=False)
+        if config is None:
+            config = Llama2Config()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab, config.d)
+        self.layers = nn.ModuleList(
+            [
+                LlamaDecoderLayer(
+                    10000.0,
+                    config.d,
+                    config.heads,
+                    config.kv_heads,
+                    config.ff,
+                    config.eps,
+                    config.theta,
+                )
+                for _ in range(config.layers)
+            ]
+        )
+        self.norm = nn.RMSNorm(config.d, eps=config.eps)
+        self.lm_head = nn.Linear(config.d, config.vocab, bias=False)
         nn.init.normal_(self.embed_tokens.weight, std=0.02)
 
     def forward(self, tokens):
-        x = self.embed_tokens(tokens)  # (B, 4096, 4096)  llama2_7b.nn:23
+        x = self.embed_tokens(tokens)  # (B, ctx, d)  llama2_7b.nn:23
         for block in self.layers:
-            x = block(x)  # (B, 4096, 4096)  llama2_7b.nn:24
-        x = self.norm(x)  # (B, 4096, 4096)  llama2_7b.nn:25
-        return self.lm_head(x)  # (B, 4096, 32000)  llama2_7b.nn:26
+            x = block(x)  # (B, ctx, d)  llama2_7b.nn:24
+        x = self.norm(x)  # (B, ctx, d)  llama2_7b.nn:25
+        return self.lm_head(x)  # (B, ctx, vocab)  llama2_7b.nn:26
+
+    @torch.no_grad()
+    def generate(self, tokens, new_tokens, temperature=1.0, top_k=None, generator=None):
+        """`tokens` (B, T) followed by `new_tokens` sampled one at a time, each from the
+        scores at the last position of the model's context (its last `context` tokens):
+        divided by `temperature` (0: always the most likely token), only the `top_k`
+        best kept."""
+        context = self.config.ctx
+        for _ in range(new_tokens):
+            scores = self(tokens[:, -context:])[:, -1, :]
+            if temperature == 0:
+                following = scores.argmax(dim=-1, keepdim=True)
+            else:
+                scores = scores / temperature
+                if top_k is not None:
+                    best = torch.topk(scores, min(top_k, scores.shape[-1])).values
+                    scores = scores.masked_fill(scores < best[:, -1:], -math.inf)
+                probabilities = F.softmax(scores, dim=-1)
+                following = torch.multinomial(probabilities, 1, generator=generator)
+            tokens = torch.cat([tokens, following], dim=1)
+        return tokens
 
 
 def save_weights(model, path):
-    """Write the weights as safetensors under nnspec's names (nnspec can load the file)."""
+    """Write the weights (of a model, or a state dict) as safetensors under nnspec's names
+    (nnspec can load the file)."""
     from safetensors.torch import save_file
 
-    save_file(model.state_dict(), path)
+    save_file(model if isinstance(model, dict) else model.state_dict(), path)
 
 
 def load_weights(model, path):
