@@ -25,9 +25,9 @@ needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers")
 
 
 def llama_name(name: str) -> str:
-    """nnspec's name of a LlamaForCausalLM key: the same without the `model.` prefix (the
-    labels of a spec cannot start with the reserved word `model`)."""
-    return name.removeprefix("model.")
+    """nnspec's name of a LlamaForCausalLM key: the same (the specs label their layers
+    `model.embed_tokens`, `model.layers`, `model.norm`)."""
+    return name
 
 
 @pytest.mark.parametrize("spec, total", [("tinyllama.nn", 1_100_048_384),

@@ -97,7 +97,7 @@ class GroupedQueryAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """`block LlamaMLP` of tinyllama.nn:7.
 
-    Used as layers.0.mlp, layers.1.mlp, layers.2.mlp and 19 more.
+    Used as model.layers.0.mlp, model.layers.1.mlp, model.layers.2.mlp and 19 more.
     """
 
     def __init__(self, d, ff):
@@ -117,7 +117,7 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """`block LlamaDecoderLayer` of tinyllama.nn:13.
 
-    Used as layers.0, layers.1, layers.2 and 19 more.
+    Used as model.layers.0, model.layers.1, model.layers.2 and 19 more.
     """
 
     def __init__(self, rope_theta, d, heads, kv_heads, ff, eps, theta):
@@ -161,30 +161,34 @@ class TinyLlama(nn.Module):
         if config is None:
             config = TinyLlamaConfig()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab, config.d)
-        self.layers = nn.ModuleList(
-            [
-                LlamaDecoderLayer(
-                    10000.0,
-                    config.d,
-                    config.heads,
-                    config.kv_heads,
-                    config.ff,
-                    config.eps,
-                    config.theta,
-                )
-                for _ in range(config.layers)
-            ]
+        self.model = nn.ModuleDict(
+            {
+                "embed_tokens": nn.Embedding(config.vocab, config.d),
+                "layers": nn.ModuleList(
+                    [
+                        LlamaDecoderLayer(
+                            10000.0,
+                            config.d,
+                            config.heads,
+                            config.kv_heads,
+                            config.ff,
+                            config.eps,
+                            config.theta,
+                        )
+                        for _ in range(config.layers)
+                    ]
+                ),
+                "norm": nn.RMSNorm(config.d, eps=config.eps),
+            }
         )
-        self.norm = nn.RMSNorm(config.d, eps=config.eps)
         self.lm_head = nn.Linear(config.d, config.vocab, bias=False)
-        nn.init.normal_(self.embed_tokens.weight, std=0.02)
+        nn.init.normal_(self.model["embed_tokens"].weight, std=0.02)
 
     def forward(self, tokens):
-        x = self.embed_tokens(tokens)  # (B, ctx, d)  tinyllama.nn:24
-        for block in self.layers:
+        x = self.model["embed_tokens"](tokens)  # (B, ctx, d)  tinyllama.nn:24
+        for block in self.model["layers"]:
             x = block(x)  # (B, ctx, d)  tinyllama.nn:25
-        x = self.norm(x)  # (B, ctx, d)  tinyllama.nn:26
+        x = self.model["norm"](x)  # (B, ctx, d)  tinyllama.nn:26
         return self.lm_head(x)  # (B, ctx, vocab)  tinyllama.nn:27
 
     @torch.no_grad()
