@@ -22,7 +22,15 @@ def test_the_decoder_knows_the_tokens_only_through_the_encoders_states():
     assert [(s.op, s.attrs.get("name")) for s in sources[1:]] == [("result", "h_n"),
                                                                  ("result", "c_n")]
     assert all(s.inputs == (encoder.name,) for s in sources[1:])
-    assert graph.node(sources[0].inputs[0]).op == "positions"  # no token reaches it directly
+    assert sources[0].op == "positions"  # no token reaches it directly
+
+
+def test_each_decoder_step_attends_over_the_encoders_outputs():
+    graph = load(SPEC).graph
+    attention = graph.node("cross_attention")
+    queries, memory = (graph.node(i) for i in attention.inputs)
+    assert queries.name == "decoder" and memory.op == "result"
+    assert memory.attrs.get("name") == "output" or memory.attrs.get("index") == 0
 
 
 @pytest.mark.slow

@@ -22,7 +22,11 @@ def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
     size = math.prod(normalized_shape)
     rows = x.reshape(-1, size)
     averaging = np.full(size, 1 / size, rows.dtype)  # rows @ averaging: the row means
-    x_hat = np.subtract(rows, (rows @ averaging)[:, None], out=np.empty_like(rows))
+    # OpenBLAS's gemv may raise FE_INVALID on finite data (numpy#24067): a NaN in x still
+    # gives NaN means, so only the spurious flag is silenced
+    with np.errstate(invalid="ignore"):
+        means = rows @ averaging
+    x_hat = np.subtract(rows, means[:, None], out=np.empty_like(rows))
     var = np.einsum("ij,ij->i", x_hat, x_hat)
     var *= 1 / size
     var += eps
