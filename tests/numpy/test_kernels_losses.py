@@ -297,14 +297,16 @@ def test_kl_div_counts_a_zero_target_probability_as_zero_like_torch():
 
 
 POINTWISE = {
-    "mse": (losses.mse, F.mse_loss, {}),
-    "l1": (losses.l1, F.l1_loss, {}),
-    "huber": (losses.huber, F.huber_loss, {"delta": 0.7}),
-    "smooth_l1": (losses.smooth_l1, F.smooth_l1_loss, {"beta": 0.6}),
-    "smooth_l1_beta_0": (losses.smooth_l1, F.smooth_l1_loss, {"beta": 0.0}),
-    "binary_cross_entropy": (losses.binary_cross_entropy, F.binary_cross_entropy, {}),
+    "mse": (losses.mse, torch_op("nn.functional.mse_loss"), {}),
+    "l1": (losses.l1, torch_op("nn.functional.l1_loss"), {}),
+    "huber": (losses.huber, torch_op("nn.functional.huber_loss"), {"delta": 0.7}),
+    "smooth_l1": (losses.smooth_l1, torch_op("nn.functional.smooth_l1_loss"), {"beta": 0.6}),
+    "smooth_l1_beta_0": (losses.smooth_l1, torch_op("nn.functional.smooth_l1_loss"),
+                         {"beta": 0.0}),
+    "binary_cross_entropy": (losses.binary_cross_entropy,
+                             torch_op("nn.functional.binary_cross_entropy"), {}),
     "binary_cross_entropy_with_logits": (losses.binary_cross_entropy_with_logits,
-                                         F.binary_cross_entropy_with_logits, {}),
+                                         torch_op("nn.functional.binary_cross_entropy_with_logits"), {}),
 }
 
 
