@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -268,3 +269,13 @@ def test_queries_answer_on_a_spec_with_errors():
     analysis = analyze(text, every_model=True)
     assert [d.code for d in analysis.diagnostics] == ["E100"]
     assert "**[4]**" in queries.hover(analysis, 3, 8)
+
+
+def test_spec_code_in_the_docs_is_fenced_as_nnspec_and_highlights_cleanly():
+    lexer = get_lexer_by_name("nnspec")
+    blocks = [block for path in [*(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+              for block in re.findall(r"^```nnspec\n(.*?)^```", path.read_text(),
+                                      re.MULTILINE | re.DOTALL)]
+    assert len(blocks) >= 15
+    for block in blocks:
+        assert Error not in [kind for kind, _ in lexer.get_tokens(block)], block
