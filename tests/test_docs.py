@@ -88,3 +88,18 @@ def test_every_snippet_in_the_reference_parses_or_is_a_sketch():
             continue
         wrapped = "model Snippet {\n" + block + "\n}\n"
         parse(wrapped, "snippet")  # raises SpecError on a syntax error
+
+
+def test_every_cookbook_excerpt_is_code_of_the_spec_it_cites():
+    """The cookbook quotes the example specs, which the other tests check; a quoted line
+    that drifts from its spec fails here."""
+    cookbook = (LANGUAGE.parent / "cookbook.md").read_text()
+    sections = re.split(r"^## ", cookbook, flags=re.MULTILINE)[1:]
+    assert len(sections) >= 6
+    for section in sections:
+        cited = re.search(r"`specs/(\w+)\.nn`", section).group(1)
+        spec = (LANGUAGE.parent.parent / "specs" / f"{cited}.nn").read_text()
+        for block in re.findall(r"```nnspec\n(.*?)```", section, re.DOTALL):
+            for line in block.splitlines():
+                code = line.split("#")[0].strip()
+                assert not code or code in spec, f"{cited}: {code}"
