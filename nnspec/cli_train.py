@@ -1,0 +1,157 @@
+"""`nnspec train`: a run directory from a spec's train section, on either backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from nnspec.cli_common import (
+    NEEDS_TORCH,
+    SPEC,
+    fail,
+    fail_plain,
+    load_or_exit,
+    parse_overrides,
+)
+from nnspec.diagnostics import SpecError
+
+
+@click.command()
+@click.argument("file", required=False, type=SPEC)
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Run directory [default: runs/<spec name>, or runs/<spec name>-2, ... if "
+              "that one is taken].")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Continue the run in DIR exactly where it stopped (FILE defaults to the "
+              "spec it started from).")
+@click.option("--force", is_flag=True, help="Start over in an --out that already holds a run.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the train section's epochs.")
+@click.option("--batch", type=click.IntRange(min=1), help="Override the batch size.")
+@click.option("--lr", type=click.FloatRange(min=0.0), help="Override the learning rate.")
+@click.option("--optimizer", metavar="NAME[(ARGS)]",
+              help='Replace the optimizer, e.g. "sgd(lr = 0.1, momentum = 0.9)".')
+@click.option("--seed", type=click.IntRange(min=0),
+              help="Seed of the initial weights, dropout and batch order.")
+@click.option("--val", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Held-out fraction for data without a validation split of its own.")
+@click.option("--data", metavar="DATA", help='Train on other data: a built-in set '
+              '("digits(shape = [1, 8, 8])") or a file (train.csv, data.npz).')
+@click.option("--early-stop", type=click.IntRange(min=0), metavar="N",
+              help="Stop after N epochs without a better validation loss (0: never).")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0.0), default=2.0,
+              show_default=True, metavar="SECONDS",
+              help="Commit a checkpoint at the end of an epoch once this many seconds have "
+              "passed (0: every epoch); the last epoch and Ctrl-C always commit.")
+@click.option("--model", default=None, help="Which model of the file (default: the trained one).")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override a model hyperparameter.")
+@click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None,
+              help="numpy: the built-in interpreter [default]; torch: the generated PyTorch "
+              "module, in this process (needs torch).")
+def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
+          epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
+          seed: int | None, val: float | None, data: str | None, early_stop: int | None,
+          checkpoint_every: float, model: str | None, overrides: tuple[str, ...],
+          backend: str | None):
+    """Train the model of FILE on the NumPy interpreter (or, with --backend torch, through
+    its generated PyTorch module), as its train section says.
+
+    Writes the run directory: config.json, best/last.safetensors, resume.safetensors,
+    metrics.csv and loss.png. Ctrl-C saves a checkpoint (exit 130); a non-finite loss
+    stops the run (exit 1). See docs/training.md.
+    """
+    from nnspec.training import loop
+    from nnspec.training.budget import TooBig
+    from nnspec.training.progress import make_progress
+    from nnspec.training.rundir import RunDir, RunDirError, release_runs
+
+    progress = make_progress()
+    try:
+        if resume is not None:
+            given = {"--epochs": epochs, "--batch": batch, "--lr": lr, "--optimizer": optimizer,
+                     "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
+                     "--model": model, "--set": overrides or None, "--force": force or None,
+                     "--backend": backend}
+            clash = [flag for flag, value in given.items() if value is not None]
+            if clash:
+                raise click.UsageError(f"--resume continues a run with the settings it started "
+                                       f"with, so {clash[0]} cannot be combined with it")
+            if out is not None and out.resolve() != resume.resolve():
+                raise click.UsageError("--resume DIR writes to DIR; leave out --out")
+            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every)
+            at = trainer.at
+            progress.info(f"resuming {resume} at epoch {at.epoch + 1}"
+                          + (f", batch {at.batch + 1}" if at.batch else "")
+                          + f" (step {at.step})")
+        else:
+            if file is None:
+                raise click.UsageError("give the spec FILE to train, or --resume DIR")
+            hyper = parse_overrides(overrides)
+            spec = load_or_exit(file, model, hyper)
+            if spec.train is None:
+                fail_plain(f"{file}: has no train section for `{spec.name}`",
+                            f"add `train {spec.name} {{ data ... loss ... }}`")
+            config = loop.apply_overrides(
+                spec.train, epochs=epochs, batch=batch, lr=lr, seed=seed, val=val,
+                early_stop=early_stop,
+                optimizer=loop.parse_setting("optimizer", optimizer) if optimizer else None,
+                data=loop.parse_setting("data", data) if data else None)
+            held_out = val if val is not None else (
+                spec.train.val if "val" in spec.train.spans else None)
+            default_out = Path("runs") / Path(file).stem
+            trainer, note = loop.start(
+                spec, file, config, out=out, default_out=default_out, force=force,
+                model_overrides=hyper, data_from_cli=data is not None,
+                val=held_out, progress=progress, checkpoint_every=checkpoint_every,
+                backend=backend or "numpy")
+            if note:
+                click.echo(f"note: {note}", err=True)
+            _train_header(trainer)
+        outcome = trainer.run_to_end()
+    except SpecError as err:
+        fail(err.diagnostics)
+    except (RunDirError, TooBig) as err:
+        fail_plain(err.message, err.hint)
+    except loop.OverrideError as err:
+        raise click.UsageError(str(err)) from None
+    except OSError as err:  # a full disk or a read-only run directory
+        fail_plain(f"cannot write {err.filename or 'the run directory'}: "
+                    f"{err.strerror or err}")
+    except KeyboardInterrupt:
+        progress.close()
+        fail_plain("interrupted; the last checkpoint saved (if any) is kept", code=130)
+    except ImportError as err:
+        if err.name != "torch":
+            raise
+        progress.close()
+        fail_plain("the torch backend needs PyTorch", NEEDS_TORCH)
+    finally:
+        release_runs()  # the run directory is free for the next train or --resume
+    if outcome.status == "interrupted":
+        fail_plain(outcome.message, code=130)
+    if outcome.status == "diverged":
+        fail_plain(outcome.message)
+    click.echo(outcome.message)
+    if outcome.status != "done_before":
+        run = trainer.run
+        plot = ", loss.png" if run.exists("loss.png") else " (pip install matplotlib for loss.png)"
+        click.echo(f"weights: {run.file('best.safetensors')} (best), last.safetensors; "
+                   f"metrics.csv{plot}")
+
+
+def _train_header(trainer) -> None:
+    from nnspec.training.loop import describe_optimizer
+
+    t, data, config = trainer.train, trainer.data, trainer.config
+    params = sum(a.size for a in trainer.model.params.values())
+    trainer.progress.info(
+        f"{trainer.spec.name} ({params:,} parameters) on {config['data']['setting']['name']}: "
+        f"{len(data.x_train)} training / {len(data.x_val)} validation samples "
+        f"({config['data']['split']})")
+    schedule = f", {t.schedule.name} schedule" if t.schedule else ""
+    backend = ", on PyTorch" if config["backend"] == "torch" else ""
+    trainer.progress.info(
+        f"{t.epochs} epochs, batch {t.batch}, {describe_optimizer(t.optimizer)}{schedule}, "
+        f"seed {t.seed}{backend} -> {trainer.run}")
+
