@@ -64,16 +64,24 @@ def _op_named(name: str) -> str | None:
 
 def close_spelling(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate one typo from `word` (two for words of 8 or more letters), if any; the
-    nearest wins, then the first."""
+    nearest wins, then the one sharing the longest start with `word` (a typo is rarely the
+    first letter: `padd` is `pad`, not `add`), then the first."""
     allowed = 1 if len(word) < 8 else 2
-    best, best_distance = None, allowed + 1
+    best, best_rank = None, (allowed + 1, 0)
     for candidate in dict.fromkeys(candidates):
         if abs(len(candidate) - len(word)) > allowed or candidate == word:
             continue
-        distance = _distance(word, candidate)
-        if distance < best_distance:
-            best, best_distance = candidate, distance
+        rank = (_distance(word, candidate), -_shared_start(word, candidate))
+        if rank < best_rank:
+            best, best_rank = candidate, rank
     return best
+
+
+def _shared_start(a: str, b: str) -> int:
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
 
 
 def unknown_name_hint(word: str, local_names: Iterable[str]) -> str:
