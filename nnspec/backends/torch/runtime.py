@@ -197,3 +197,22 @@ class TorchModel:
     def dropout_state(self, state: str) -> None:
         raw = np.frombuffer(base64.b64decode(state), dtype=np.uint8).copy()
         torch.set_rng_state(torch.from_numpy(raw))
+
+
+def generate_tokens(spec, weights: dict[str, np.ndarray], ids: list[int], new_tokens: int, *,
+                    temperature: float, top_k: int | None, seed: int) -> list[int]:
+    """`ids` followed by `new_tokens` tokens from the generated module's `generate` (its
+    draws from a torch generator seeded with `seed`); ValueError when the generated module
+    has no `generate` (not a language model with a fixed context)."""
+    _, model_class = load_generated(spec)
+    if not hasattr(model_class, "generate"):
+        raise ValueError(f"the generated `{model_class.__name__}` has no `generate`: it is "
+                         "written for a language model with a fixed context (`int[ctx]`)")
+    net = model_class()
+    load_numpy_state(net, spec.graph, weights)
+    net.eval()
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.tensor([ids], dtype=torch.int64)
+    out = net.generate(tokens, new_tokens, temperature=temperature, top_k=top_k,
+                       generator=generator)
+    return out[0].tolist()
