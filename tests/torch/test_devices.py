@@ -26,7 +26,7 @@ from nnspec.training.progress import PlainProgress
 from nnspec.training.rundir import RunDir
 
 torch = pytest.importorskip("torch")
-from nnspec.backends.torch.runtime import TorchModel  # noqa: E402
+from nnspec.backends.torch.runtime import TorchModel
 
 pytestmark = pytest.mark.torch
 CUDA = torch.cuda.is_available()
