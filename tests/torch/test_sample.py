@@ -7,6 +7,8 @@ model's context (both crop to the last `ctx` tokens); user mistakes exit 1 with 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,16 @@ from nnspec.spec import load, load_text
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One token at a time of a tiny model gains nothing from threads, and on a busy
+    2-core machine torch's spinning workers make it 20 times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "char_lm(chars = 12000, length = 32)"
@@ -88,6 +100,18 @@ def test_top_k_one_is_greedy_and_seeds_repeat(trained, backend):
     drawn = [_sample(trained, "gpt", *common, "--temperature", "2", "--seed", str(s))
              for s in (1, 1, 2)]
     assert drawn[0] == drawn[1] and drawn[0] != drawn[2]
+
+
+def test_the_interpreter_samples_without_importing_torch(trained):
+    spec, overrides, run = trained["lstm"]
+    code = ("import sys\nfrom nnspec.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as done:\n"
+            "    print('torch' in sys.modules, done.code)")
+    done = subprocess.run([sys.executable, "-c", code, "sample", spec, *_sets(overrides),
+                           "-w", str(run), "-p", "the ", "-n", "5"],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines()[-1] == "False 0", done.stdout + done.stderr
+    assert done.stdout.startswith("the ")
 
 
 def test_token_ids_in_and_out(trained):
