@@ -113,7 +113,7 @@ def test_low_precision_trains_close_to_fp32_but_is_not_fp32(precision):
 def test_compiled_module_gives_eagers_losses():
     eager, _ = _curve(TorchSettings(), steps=4)
     compiled, model = _curve(TorchSettings(compile=True), steps=4)
-    assert model.run is not model.net  # trained through torch.compile's wrapper
+    assert model.call is not model.net  # trained through torch.compile's wrapper
     np.testing.assert_allclose(compiled, eager, rtol=1e-4)
 
 

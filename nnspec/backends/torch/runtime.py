@@ -169,7 +169,7 @@ class TorchModel:
         self.code, model_class = load_generated(spec)
         self.net = model_class().to(self.device)
         load_numpy_state(self.net, self.graph, weights)
-        self.run = torch.compile(self.net) if settings.compile else self.net
+        self.call = torch.compile(self.net) if settings.compile else self.net  # what runs
         torch.manual_seed(seed + 1)
         self._loss: torch.Tensor | None = None
         self._optimizer: TorchOptimizer | None = None
@@ -221,7 +221,7 @@ class TorchModel:
         """The model's output for a batch (a tuple when several), in eval mode."""
         self.net.eval()
         with torch.no_grad(), self._autocast():
-            out = self.run(*self._inputs(x))
+            out = self.call(*self._inputs(x))
         return tuple(_numpy(o) for o in out) if isinstance(out, tuple) else _numpy(out)
 
     __call__ = forward
@@ -229,7 +229,7 @@ class TorchModel:
     def _loss_of(self, x, target) -> torch.Tensor:
         logits = {"return_logits": True} if self.fused_softmax else {}
         inputs = self._inputs(x)
-        out = self.run(*inputs, **logits)
+        out = self.call(*inputs, **logits)
         if self.fused_softmax:  # the one output the loss reads is the rewrite's `logits`
             outputs = {b.name: out for b in self.train.bindings if b.source == "output"}
         else:
