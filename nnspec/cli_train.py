@@ -51,7 +51,7 @@ from nnspec.diagnostics import SpecError
               "module, in this process (needs torch).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "mps", "auto"]), default=None,
               help="With --backend torch: where to train; auto picks a GPU if there is one "
-              "[default: cpu].")
+              "[default: cpu]. With --resume: continue a torch run there.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="With --backend torch: autocast to this type (weights stay float32; fp16 "
               "adds a gradient scaler) [default: fp32].")
@@ -81,7 +81,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             given = {"--epochs": epochs, "--batch": batch, "--lr": lr, "--optimizer": optimizer,
                      "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
                      "--model": model, "--set": overrides or None, "--force": force or None,
-                     "--backend": backend, "--device": device, "--precision": precision,
+                     "--backend": backend, "--precision": precision,
                      "--compile": compiled or None}
             clash = [flag for flag, value in given.items() if value is not None]
             if clash:
@@ -89,7 +89,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                                        f"with, so {clash[0]} cannot be combined with it")
             if out is not None and out.resolve() != resume.resolve():
                 raise click.UsageError("--resume DIR writes to DIR; leave out --out")
-            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every)
+            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every, device)
             at = trainer.at
             progress.info(f"resuming {resume} at epoch {at.epoch + 1}"
                           + (f", batch {at.batch + 1}" if at.batch else "")

@@ -534,11 +534,14 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
 
 
 def resume(run: RunDir, spec_path: str | None, progress,
-           checkpoint_every: float = CHECKPOINT_EVERY) -> Trainer:
-    """Continue the run in `run`, after checking that the spec still fingerprints the same."""
+           checkpoint_every: float = CHECKPOINT_EVERY, device: str | None = None) -> Trainer:
+    """Continue the run in `run`, after checking that the spec still fingerprints the same;
+    a torch run may continue on another `device` (its checkpoints are CPU arrays)."""
     from nnspec.spec import load
 
     config = run.read_config()
+    if device is not None and config.get("backend", "numpy") != "torch":
+        raise OverrideError(f"--device: {run} trains on the NumPy interpreter (CPU)")
     run.lock()
     path = spec_path or config["spec"]
     if not Path(path).is_file():
@@ -557,8 +560,10 @@ def resume(run: RunDir, spec_path: str | None, progress,
     from_cli = config["data"]["from"] != "spec"
     base_dir = Path() if from_cli else Path(path).parent
     dataset, _, model = prepare(spec, train, val=config["data"]["val"], base_dir=base_dir)
-    model = on_backend(config.get("backend", "numpy"), spec, train, model,
-                       TorchSettings.from_json(config.get("torch")))
+    settings = TorchSettings.from_json(config.get("torch"))
+    if device is not None:
+        settings = dataclasses.replace(settings, device=device)
+    model = on_backend(config.get("backend", "numpy"), spec, train, model, settings)
     run.remove_partials()
     trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every)
     if run.exists(rundir.RESUME):

@@ -133,10 +133,10 @@ class _Quiet(PlainProgress):
             signal.raise_signal(signal.SIGINT)
 
 
-def _start(folder: Path, out: Path, settings: TorchSettings, progress=None):
+def _start(folder: Path, out: Path, settings: TorchSettings, progress=None, text=TINY):
     path = folder / "tiny.nn"
     if not path.exists():
-        path.write_text(TINY)
+        path.write_text(text)
     spec = load(path)
     trainer, _ = loop.start(spec, str(path), spec.train, out=out, default_out=out,
                             force=False, model_overrides={}, data_from_cli=False, val=None,
@@ -203,6 +203,12 @@ def test_resume_keeps_the_settings_it_started_with(tmp_path):
     assert done.exit_code == 0, done.output
     again = _nnspec("train", "--resume", tmp_path / "run", "--precision", "bf16")
     assert again.exit_code == 2 and "--precision cannot be combined" in again.output
+    elsewhere = _nnspec("train", "--resume", tmp_path / "run", "--device", "auto")
+    assert elsewhere.exit_code == 0 and "already finished" in elsewhere.output
+    done = _nnspec("train", spec, "--epochs", "1", "--out", tmp_path / "numpy")
+    assert done.exit_code == 0, done.output
+    again = _nnspec("train", "--resume", tmp_path / "numpy", "--device", "cpu")
+    assert again.exit_code == 2 and "trains on the NumPy interpreter" in again.output
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has a GPU")
@@ -243,3 +249,19 @@ def test_cuda_run_resumes_exactly_from_cpu_checkpoints(tmp_path, precision):
 
     weights = load_file(tmp_path / "cut" / "last.safetensors")
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in weights.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_a_cpu_run_continues_on_cuda(tmp_path):
+    """Without dropout (the CPU's and the GPU's generators draw other masks)."""
+    no_dropout = TINY.replace("-> dropout(0.2) ", "")
+    whole = _start(tmp_path, tmp_path / "whole", TorchSettings(), text=no_dropout).run_to_end()
+    stopped = _start(tmp_path, tmp_path / "cut", TorchSettings(), _Quiet(interrupt_at=17)
+                     ).run_to_end()
+    assert stopped.status == "interrupted"
+    resumed = loop.resume(RunDir(tmp_path / "cut"), None, _Quiet(), device="cuda")
+    assert resumed.model.device.type == "cuda"
+    outcome = resumed.run_to_end()
+    np.testing.assert_allclose([r["val_loss"] for r in outcome.history],
+                               [r["val_loss"] for r in whole.history], rtol=1e-4)
