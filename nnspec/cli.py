@@ -27,6 +27,7 @@ from nnspec import __version__
 from nnspec.cli_common import SPEC, color, fail, layer_budget, load_or_exit, parse_overrides, report
 from nnspec.cli_editor import fmt_command, lsp_command
 from nnspec.cli_run import evaluate, predict
+from nnspec.cli_sample import sample
 from nnspec.cli_torch import compile_command, export_command
 from nnspec.cli_train import train
 from nnspec.cli_weights import weight_commands
@@ -85,7 +86,7 @@ def main(max_layers: int | None):
 main.add_command(fmt_command)
 main.add_command(lsp_command)
 
-for command in (train, predict, evaluate, compile_command, export_command):
+for command in (train, predict, evaluate, sample, compile_command, export_command):
     main.add_command(command)
 
 

@@ -49,11 +49,19 @@ from nnspec.diagnostics import SpecError
 @click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None,
               help="numpy: the built-in interpreter [default]; torch: the generated PyTorch "
               "module, in this process (needs torch).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps", "auto"]), default=None,
+              help="With --backend torch: where to train; auto picks a GPU if there is one "
+              "[default: cpu]. With --resume: continue a torch run there.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="With --backend torch: autocast to this type (weights stay float32; fp16 "
+              "adds a gradient scaler) [default: fp32].")
+@click.option("--compile", "compiled", is_flag=True,
+              help="With --backend torch: run the module through torch.compile.")
 def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
           epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
           seed: int | None, val: float | None, data: str | None, early_stop: int | None,
           checkpoint_every: float, model: str | None, overrides: tuple[str, ...],
-          backend: str | None):
+          backend: str | None, device: str | None, precision: str | None, compiled: bool):
     """Train the model of FILE on the NumPy interpreter (or, with --backend torch, through
     its generated PyTorch module), as its train section says.
 
@@ -62,6 +70,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     stops the run (exit 1). See docs/training.md.
     """
     from nnspec.training import loop
+    from nnspec.training.backend import BackendError
     from nnspec.training.budget import TooBig
     from nnspec.training.progress import make_progress
     from nnspec.training.rundir import RunDir, RunDirError, release_runs
@@ -72,14 +81,15 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             given = {"--epochs": epochs, "--batch": batch, "--lr": lr, "--optimizer": optimizer,
                      "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
                      "--model": model, "--set": overrides or None, "--force": force or None,
-                     "--backend": backend}
+                     "--backend": backend, "--precision": precision,
+                     "--compile": compiled or None}
             clash = [flag for flag, value in given.items() if value is not None]
             if clash:
                 raise click.UsageError(f"--resume continues a run with the settings it started "
                                        f"with, so {clash[0]} cannot be combined with it")
             if out is not None and out.resolve() != resume.resolve():
                 raise click.UsageError("--resume DIR writes to DIR; leave out --out")
-            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every)
+            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every, device)
             at = trainer.at
             progress.info(f"resuming {resume} at epoch {at.epoch + 1}"
                           + (f", batch {at.batch + 1}" if at.batch else "")
@@ -87,6 +97,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
         else:
             if file is None:
                 raise click.UsageError("give the spec FILE to train, or --resume DIR")
+            torch_settings = _torch_settings(backend, device, precision, compiled)
             hyper = parse_overrides(overrides)
             spec = load_or_exit(file, model, hyper)
             if spec.train is None:
@@ -104,14 +115,14 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                 spec, file, config, out=out, default_out=default_out, force=force,
                 model_overrides=hyper, data_from_cli=data is not None,
                 val=held_out, progress=progress, checkpoint_every=checkpoint_every,
-                backend=backend or "numpy")
+                backend=backend or "numpy", torch_settings=torch_settings)
             if note:
                 click.echo(f"note: {note}", err=True)
             _train_header(trainer)
         outcome = trainer.run_to_end()
     except SpecError as err:
         fail(err.diagnostics)
-    except (RunDirError, TooBig) as err:
+    except (RunDirError, TooBig, BackendError) as err:
         fail_plain(err.message, err.hint)
     except loop.OverrideError as err:
         raise click.UsageError(str(err)) from None
@@ -140,6 +151,21 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                    f"metrics.csv{plot}")
 
 
+def _torch_settings(backend: str | None, device: str | None, precision: str | None,
+                    compiled: bool):
+    """--device/--precision/--compile, which only the torch backend takes."""
+    from nnspec.training.backend import TorchSettings
+
+    given = [flag for flag, value in (("--device", device), ("--precision", precision),
+                                      ("--compile", compiled)) if value]
+    if backend != "torch":
+        if given:
+            raise click.UsageError(f"{given[0]} needs --backend torch (the NumPy interpreter "
+                                   "runs on the CPU in float32)")
+        return None
+    return TorchSettings(device or "cpu", precision or "fp32", compiled)
+
+
 def _train_header(trainer) -> None:
     from nnspec.training.loop import describe_optimizer
 
@@ -150,7 +176,7 @@ def _train_header(trainer) -> None:
         f"{len(data.x_train)} training / {len(data.x_val)} validation samples "
         f"({config['data']['split']})")
     schedule = f", {t.schedule.name} schedule" if t.schedule else ""
-    backend = ", on PyTorch" if config["backend"] == "torch" else ""
+    backend = f", on PyTorch ({trainer.model.describe()})" if config["backend"] == "torch" else ""
     trainer.progress.info(
         f"{t.epochs} epochs, batch {t.batch}, {describe_optimizer(t.optimizer)}{schedule}, "
         f"seed {t.seed}{backend} -> {trainer.run}")

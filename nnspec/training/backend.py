@@ -2,10 +2,13 @@
 
 `NumpyModel` (the interpreter) and `TorchModel` (the generated PyTorch module behind the
 same interface) both implement it; the loop, evaluation and run directories see only this.
+`TorchSettings` are the torch backend's device, precision and compilation
+(`train --device/--precision/--compile`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,3 +48,35 @@ class TrainableModel(Protocol):
 
     @dropout_state.setter
     def dropout_state(self, state: Any) -> None: ...
+
+
+DEVICES = ("cpu", "cuda", "mps", "auto")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TorchSettings:
+    """Where and how `train --backend torch` runs, as given (`auto` is resolved when the
+    model is made, again on resume); kept in config.json so a resumed run runs the same way.
+    `precision` is what autocast computes in (the weights stay float32); `compile` runs the
+    module through torch.compile."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
+
+    def to_json(self) -> dict:
+        return {"device": self.device, "precision": self.precision, "compile": self.compile}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> TorchSettings:
+        return cls(**data) if data else cls()
+
+
+class BackendError(ValueError):
+    """A device or precision this machine or this PyTorch cannot run (a user error)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint

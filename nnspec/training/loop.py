@@ -35,7 +35,7 @@ from nnspec.diagnostics import Diagnostic, DiagnosticError, SpecError
 from nnspec.ir import ops
 from nnspec.ir.train import Setting, TrainConfig
 from nnspec.training import budget, rundir
-from nnspec.training.backend import TrainableModel
+from nnspec.training.backend import TorchSettings, TrainableModel
 from nnspec.training.data import fit_dataset, load_data, read_by_name, target_use
 from nnspec.training.datasets import Dataset
 from nnspec.training.loaders import iterate_minibatches
@@ -156,14 +156,15 @@ def describe_optimizer(setting: Setting) -> str:
 BACKENDS = ("numpy", "torch")
 
 
-def on_backend(backend: str, spec, train: TrainConfig, model: NumpyModel) -> TrainableModel:
+def on_backend(backend: str, spec, train: TrainConfig, model: NumpyModel,
+               settings: TorchSettings | None = None) -> TrainableModel:
     """The model to train: the interpreter itself, or the generated torch module starting
-    from the interpreter's (seeded) weights."""
+    from the interpreter's (seeded) weights, on the device and precision of `settings`."""
     if backend == "numpy":
         return model
     from nnspec.backends.torch.runtime import TorchModel
 
-    return TorchModel.from_numpy(spec, train, model)
+    return TorchModel.from_numpy(spec, train, model, settings)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -493,15 +494,15 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path,
 
 def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default_out: Path,
           force: bool, model_overrides: dict, data_from_cli: bool, val: float | None,
-          progress, checkpoint_every: float = CHECKPOINT_EVERY, backend: str = "numpy"
-          ) -> tuple[Trainer, str | None]:
-    """A new run on `backend` (numpy or torch): data checked, run directory claimed, config
-    and first checkpoint written. Returns the trainer and a note about the directory chosen
-    (or None)."""
+          progress, checkpoint_every: float = CHECKPOINT_EVERY, backend: str = "numpy",
+          torch_settings: TorchSettings | None = None) -> tuple[Trainer, str | None]:
+    """A new run on `backend` (numpy or torch, with `torch_settings`): data checked, run
+    directory claimed, config and first checkpoint written. Returns the trainer and a note
+    about the directory chosen (or None)."""
     base_dir = Path() if data_from_cli else Path(spec_path).parent
     dataset, split, model = prepare(spec, train, val=val, base_dir=base_dir)
     build_optimizer(train.optimizer, model)  # bad hyperparameters fail before any file is written
-    model = on_backend(backend, spec, train, model)
+    model = on_backend(backend, spec, train, model, torch_settings)
     fp = rundir.fingerprint(spec)
     spec_hash = rundir.digest(fp)
     run, note = rundir.claim(out, default_out, spec_hash, force)
@@ -511,6 +512,7 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
     config = {
         "nnspec_version": nnspec.__version__,
         "backend": backend,
+        **({"torch": (torch_settings or TorchSettings()).to_json()} if backend == "torch" else {}),
         "spec": str(Path(spec_path).resolve()),
         "model": spec.graph.name,
         "overrides": model_overrides,
@@ -532,11 +534,14 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
 
 
 def resume(run: RunDir, spec_path: str | None, progress,
-           checkpoint_every: float = CHECKPOINT_EVERY) -> Trainer:
-    """Continue the run in `run`, after checking that the spec still fingerprints the same."""
+           checkpoint_every: float = CHECKPOINT_EVERY, device: str | None = None) -> Trainer:
+    """Continue the run in `run`, after checking that the spec still fingerprints the same;
+    a torch run may continue on another `device` (its checkpoints are CPU arrays)."""
     from nnspec.spec import load
 
     config = run.read_config()
+    if device is not None and config.get("backend", "numpy") != "torch":
+        raise OverrideError(f"--device: {run} trains on the NumPy interpreter (CPU)")
     run.lock()
     path = spec_path or config["spec"]
     if not Path(path).is_file():
@@ -555,7 +560,10 @@ def resume(run: RunDir, spec_path: str | None, progress,
     from_cli = config["data"]["from"] != "spec"
     base_dir = Path() if from_cli else Path(path).parent
     dataset, _, model = prepare(spec, train, val=config["data"]["val"], base_dir=base_dir)
-    model = on_backend(config.get("backend", "numpy"), spec, train, model)
+    settings = TorchSettings.from_json(config.get("torch"))
+    if device is not None:
+        settings = dataclasses.replace(settings, device=device)
+    model = on_backend(config.get("backend", "numpy"), spec, train, model, settings)
     run.remove_partials()
     trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every)
     if run.exists(rundir.RESUME):
