@@ -44,8 +44,8 @@ class ShapeError(Exception):
 
 REQUIRED = object()
 
-AttrKind = Literal["int", "float", "bool", "str", "ints", "dims", "floats", "padding", "layer",
-                   "tensor"]
+AttrKind = Literal["int", "float", "bool", "str", "ints", "dims", "floats", "scales", "padding",
+                   "layer", "tensor"]  # scales: a number, or one per spatial dim
 
 
 @dataclass(frozen=True)
@@ -993,7 +993,18 @@ def _upsample_infer(ins, a):
                          '("linear", "bilinear"), as in PyTorch')
     if a.size is not None:
         return x.with_shape(x.shape[:1] + _ints(a.size, n, "size"))
-    return x.with_shape(x.shape[:1] + tuple(_scaled(d, a.scale_factor) for d in x.shape[1:]))
+    scales = _per_axis(a.scale_factor, n, "scale_factor")
+    return x.with_shape(x.shape[:1] + tuple(_scaled(d, s) for d, s in zip(x.shape[1:], scales)))
+
+
+def _per_axis(value, n: int, name: str) -> tuple:
+    """A number for every spatial dim, or a list with one per dim (`scale_factor = [2, 3]`)."""
+    if not isinstance(value, tuple):
+        return (value,) * n
+    if len(value) != n:
+        raise ShapeError(f"`{name}` needs {n} values here (one per spatial dim), got "
+                         f"{len(value)}", "a single number scales every dim")
+    return value
 
 
 def _scaled(size: Dim, scale: float) -> Dim:
@@ -1147,7 +1158,7 @@ def _recurrent_torch(mode: str) -> Torch:
 
 def _recurrent_label(mode: str) -> tuple[str, ...]:
     flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step",
-             "dropout?dropout {dropout}", "states?+ states")
+             "dropout?dropout {dropout}")
     return flags + (("nonlinearity?{nonlinearity}",) if mode == "rnn" else ())
 
 
@@ -1649,8 +1660,8 @@ register(
     OpDef("upsample", "pool", "Up-sampling by `scale_factor` or to `size` (torch.nn.Upsample): "
           "nearest, or linear interpolation (\"linear\" for [C, L], \"bilinear\" for [C, H, W]).",
           _upsample_infer,
-          (Attr("scale_factor", "float", None, "multiplies every spatial size (floor)",
-                minimum=0.0, optional=True),
+          (Attr("scale_factor", "scales", None, "multiplies the spatial sizes (floor): one "
+                "number for all, or one per dim (`[2, 3]`)", minimum=0.0, optional=True),
            Attr("size", "ints", None, "output size per spatial dim", minimum=1, optional=True),
            Attr("mode", "str", "nearest", choices=("nearest", "linear", "bilinear")),
            Attr("align_corners", "bool", False, "corner pixels of input and output line up")),
