@@ -20,6 +20,7 @@ from importlib import resources
 
 import numpy as np
 
+from nnspec.training import segmentation
 from nnspec.training.loaders import DataError, UserData, suggest, train_val_split
 
 # "named": several inputs or targets, each a field of a structured array (npz by name)
@@ -545,6 +546,24 @@ def make_sort(
         description=DATASETS["sort"].summary,
         class_names=tuple(str(k) for k in range(vocab)),
     )
+
+
+@_register("shapes", segmentation.SUMMARY)
+def make_shapes(*, seed: int, n: int = 400, size: int = 32, classes: int = 3,
+                val: float = 0.2) -> Dataset:
+    """Segmentation (nnspec/training/segmentation.py): per-pixel class ids, [C, H, W] scores."""
+    n = _count("n", n, 2)
+    if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 512:
+        raise DataError(f"option `size` of `shapes` must be a whole number from 4 to 512, "
+                        f"not {size!r}")
+    if classes not in segmentation.CLASS_NAMES:
+        raise DataError(f"option `classes` of `shapes` must be 2 or 3, not {classes!r}")
+    _check_size("shapes", n * size * size * 3)
+    images, masks = segmentation.draw_shapes(np.random.default_rng(seed), n, size, classes)
+    return _generated("shapes", images, masks, val=val, seed=seed,
+                      task="sequence_classification", num_classes=classes,
+                      description=DATASETS["shapes"].summary,
+                      class_names=segmentation.CLASS_NAMES[classes])
 
 
 def _random_tokens(seed: int, n: object, length: object, vocab: object) -> np.ndarray:
