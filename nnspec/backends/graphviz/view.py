@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 from nnspec.backends.graphviz.style import family
 from nnspec.ir import ops
@@ -26,10 +27,14 @@ class RenderWarning(UserWarning):
     """The diagram was folded beyond what was asked, so that `dot` stays fast."""
 
 
+ItemKind = Literal["layer", "input", "folded", "run"]  # folded: a block or repeat as one box;
+#                                                       run: n layers merged into one box
+
+
 @dataclass
 class Item:
     id: str
-    kind: str  # layer | input | folded (a block or repeat as one box) | run (n layers)
+    kind: ItemKind
     nodes: list[Node]  # a layer and its fused followers; every node of a folded block or run
     clusters: tuple[str, ...]  # drawn scope paths holding it, outermost first
     scalars: list[tuple[int, float]] = field(default_factory=list)  # (operand index, value)
