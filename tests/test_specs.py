@@ -218,3 +218,21 @@ def test_small_training_runs_alike_on_both_backends(stem: str, tmp_path: Path):
         for column in ("train_loss", "val_loss", "val_accuracy"):
             assert float(ours[column]) == pytest.approx(float(theirs[column]), rel=2e-3), column
     assert float(numpy_rows[-1]["train_loss"]) < float(numpy_rows[0]["train_loss"])
+
+
+# ---- the DCGAN pair: two models of one file, each checked, summarised, drawn ---------------
+
+
+@pytest.mark.parametrize("model, params", [("Generator", 3_576_704),
+                                           ("Discriminator", 2_765_568)])
+def test_each_dcgan_model_summarises_and_draws(model: str, params: int, tmp_path: Path):
+    """Adversarial training is not a train section (docs/cookbook.md); each network is a
+    model of its own, run forward and backward in both backends by tests/torch/test_decoders."""
+    path = str(spec_path("dcgan"))
+    assert summary_json(path, "--model", model)["total_params"] == params
+    out = tmp_path / f"{model}.svg"
+    result = CliRunner().invoke(main, ["render", path, "--model", model, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    svg = out.read_text(encoding="utf-8")
+    assert model in svg and f"{params:,} parameters" in svg
+    assert ("conv_transpose2d" in svg) == (model == "Generator")
