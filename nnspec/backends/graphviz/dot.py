@@ -186,7 +186,8 @@ def to_dot(spec_or_graph, *, depth: int | None = None, direction: str = "TB",
     `depth`: blocks nested this deep or deeper are drawn as one box each (None: no limit).
     `direction`: "TB" (top to bottom) or "LR". `detail`: "min" (ops only), "normal" (key
     attributes, shapes, parameter counts, shape-preserving followers fused into one box)
-    or "full" (every IR node its own box, full names, all attributes).
+    or "full" (every IR node its own box — a recurrent layer's final states stay named edges
+    of its box —, full names, all attributes).
     `expand`: draw every instance of a `repeat` instead of one marked `xN`.
     `train`: the `TrainConfig` for the footer (a `Spec`'s own when not given).
     Issues a `RenderWarning` through `warnings` when the graph had to be folded further.
