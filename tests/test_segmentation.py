@@ -152,3 +152,10 @@ def test_accuracy_counts_pixels_by_their_arg_max_class():
     sums = MetricSums(["accuracy"], "argmax")
     sums.update(scores, np.array([[[2, 1], [1, 0]]]))
     assert sums.values()["accuracy"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("dim, fused", [(0, True), (-3, True), (-1, False)])
+def test_a_softmax_fuses_into_pixel_cross_entropy_only_over_the_classes(dim, fused):
+    spec = load_text(SEGMENTER.format(loss="cross_entropy").replace(
+        "conv2d(3, 1)", f"conv2d(3, 1) -> softmax(dim = {dim})"))
+    assert ("logits" in dict(spec.train.outputs)) == fused
