@@ -125,6 +125,8 @@ class OpDef:
       dims after its batch dim).
     - `random`: draws random numbers while training; the NumPy kernel takes `train` and
       `rng`, the torch call reads the module's training flag.
+    - `shape_only`: reads nothing of its input but the shape (`randn_like`); diagrams draw
+      that edge dotted, and it makes no residual branch.
     - `symbol`: the operator in spec text (`+`, `^`, `<=`), with one input a prefix (`-`).
     - `torch`: the PyTorch function or module (see `Torch`).
     - `kernel`: the NumPy kernel, `"function"` in `nnspec.backends.numpy.kernels` or
@@ -157,6 +159,7 @@ class OpDef:
     needs_batch: bool = False
     broadcast: bool = False
     random: bool = False
+    shape_only: bool = False
     symbol: str = ""
     torch: Torch | None = None
     kernel: str = ""
@@ -1483,7 +1486,8 @@ register(
     OpDef("noise", "math", "Standard-normal samples shaped like x (torch.randn_like) "
           "while training, drawn from the run's seeded generator; zeros at eval, the mean, so "
           "a VAE's `mu + exp(0.5 * logvar) * noise(mu)` predicts from the mean. No gradient "
-          "flows to x.", _same_float("noise"), random=True, outputs_doc="same as x",
+          "flows to x.", _same_float("noise"), random=True, shape_only=True,
+          outputs_doc="same as x",
           kernel="nnspec.backends.numpy.kernels.noise:noise"),
 )
 

@@ -20,7 +20,6 @@ from nnspec.ir.types import TensorType
 
 MAX_VISIBLE_NODES = 400  # dot lays out ~400 labelled boxes in well under a second
 _FUSIBLE = ("norm", "activation", "regularization")  # shape-preserving followers
-_SHAPE_ONLY = ("noise",)  # ops that read only their input's shape (`randn_like`)
 
 
 class RenderWarning(UserWarning):
@@ -182,7 +181,7 @@ def _build_view(graph: Graph, depth: int | None, expand: bool, fuse: bool) -> Vi
                 carries = keyword_of.get(index) or port(value)
                 edges.setdefault((source, target, carries),
                                  Edge(source, target, value.type, port=carries,
-                                      shape_only=node.op in _SHAPE_ONLY))
+                                      shape_only=opdef is not None and opdef.shape_only))
     several = len(graph.outputs) > 1
     outputs = [Output("@output" + (str(i + 1) if i else ""), item_of[name], graph.node(name),
                       graph.output_names[i] if several else "", port(graph.node(name)))
