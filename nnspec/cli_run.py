@@ -70,7 +70,7 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
         where = write_or_exit(output, buffer.getvalue())
         wrote(f"{len(y)} predictions of shape {list(y.shape[1:])} to {where}", where)
         return
-    from nnspec.ir.ops import CLASS_INDEX_LOSSES
+    from nnspec.ir.ops import CLASS_INDEX_LOSSES, class_dim
 
     classifier = spec.train is not None and spec.train.loss.name in CLASS_INDEX_LOSSES
     names = _class_names(metadata, weights)
@@ -81,7 +81,7 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
     labels = [name.encode("unicode_escape").decode() for name in names or []]
     glue = "" if labels and all(len(name) == 1 for name in names) else " "  # characters
     for row in y:
-        ids = np.atleast_1d(row.argmax(axis=-1))
+        ids = np.atleast_1d(row.argmax(axis=class_dim(row.ndim))).ravel()  # pixels row by row
         click.echo(glue.join(labels[i] if i < len(labels) else str(i) for i in ids))
 
 

@@ -55,9 +55,14 @@ writes a file, and a loaded `Spec` shows its diagram in Jupyter.
   (`(B, T, 768)`). Each shape is written once per producing layer.
 - A layer followed by shape-preserving ops that nothing else reads is **one box**: `conv2d`
   over `batchnorm · relu`. `--detail full` draws every op on its own.
-- **Residual paths** are blue: the shortcut into a `+`, including a projection
+- **Residual paths** are blue: the shortcut into a `+` or `concat` from a layer that also
+  feeds its other input (`x + f(x)`, a U-Net's skips), including a projection
   (`conv2d 1×1` + `batchnorm`) on the way. An activation right after a `+` stands beside
   the circle, as in the ResNet paper.
+- Some edges are **named**: a recurrent layer's final states leave its box as edges `h_n`
+  and `c_n` (`out, h, c = x -> lstm(64, states = true)`), a mask enters attention as an
+  edge named by its keyword (`key_padding_mask`), and a dotted edge is read only for its
+  shape (`noise(mu)`).
 - **Blocks** are labelled frames (block name, instance name, parameters). A **repeat** is drawn
   once, framed and marked `×N` (a repeated single layer is one box marked `×N`);
   `--expand` draws every copy. `--depth N` folds blocks nested N deep into one box each.

@@ -1,11 +1,12 @@
 """An op is its catalogue entry plus its kernel: the backends derive the rest from its traits.
 
-Three toy ops are defined here, in the test module, from nothing but an `OpDef` and a NumPy
-kernel: an elementwise `toy_softsign`, a module op with a weight, `toy_rmsnorm`, and
-`toy_add`, whose second operand is a tensor keyword (as attention's masks are). Once
-registered they check and summarise, run and differentiate in the interpreter, generate
-PyTorch code that gives the interpreter's outputs and gradients, draw in a diagram and appear
-in the generated reference. The coverage tests fail when any op of the catalogue lacks a
+Four toy ops are defined here, in the test module, from nothing but an `OpDef` and a NumPy
+kernel: an elementwise `toy_softsign`, a module op with a weight, `toy_rmsnorm`,
+`toy_add`, whose second operand is a tensor keyword (as attention's masks are), and a loss,
+`toy_soft_margin`. Once registered they check and summarise, run and differentiate in the
+interpreter, generate PyTorch code that gives the interpreter's outputs and gradients (the
+loss: trains alike through both backends), draw in a diagram and appear in the generated
+reference. The coverage tests fail when any op of the catalogue lacks a
 NumPy rule, a torch emission or a diagram label, or has traits its backends cannot use.
 """
 
@@ -72,8 +73,35 @@ def toy_add(x, *, other):
     return out, backward
 
 
+def toy_soft_margin(pred, target, *, reduction):
+    """log(1 + exp(-target * pred)) per element (F.soft_margin_loss), reduced; backward
+    gives (d_pred, d_target)."""
+    margin = -target * pred
+    per_element = np.logaddexp(0, margin)
+    if reduction == "none":
+        loss, share = per_element, lambda d: d
+    else:
+        count = per_element.size if reduction == "mean" else 1
+        loss = np.asarray(per_element.sum() / count, pred.dtype)
+        share = lambda d: np.full_like(per_element, d / count)
+    sigmoid = 1 / (1 + np.exp(-margin))
+
+    def backward(d_loss):
+        g = share(d_loss) * sigmoid
+        return (-target * g).astype(pred.dtype), (-pred * g).astype(target.dtype)
+
+    return loss.astype(pred.dtype), backward
+
+
 def _same_shape(ins, a):
     return ins[0]
+
+
+def _scalar_loss(ins, a):
+    pred, target = ins
+    if target.shape != pred.shape:
+        raise ops.ShapeError(f"the target {target} does not match the prediction {pred}")
+    return pred if a.reduction == "none" else TensorType((), "float32", batched=False)
 
 
 SOFTSIGN = ops.OpDef(
@@ -91,6 +119,12 @@ ADD = ops.OpDef(
     "toy_add", "math", "x + other, the second operand a tensor keyword.", _same_shape,
     (ops.Attr("other", "tensor", None, "a tensor the shape of x"),),
     torch=ops.Torch("torch.add"), kernel=f"{__name__}:toy_add")
+
+SOFT_MARGIN = ops.OpDef(
+    "toy_soft_margin", "loss", "Two-class logistic loss of targets -1 or 1.", _scalar_loss,
+    (ops.Attr("reduction", "str", "mean", choices=("mean", "sum", "none")),), arity=(2, 2),
+    torch=ops.Torch("F.soft_margin_loss", keywords=("reduction",)),
+    kernel=f"{__name__}:toy_soft_margin")
 
 TOYS = {
     "toy_softsign": (SOFTSIGN, "[4, 6]", "x * 3.0 -> toy_softsign", "return F.softsign(x)"),
@@ -145,6 +179,9 @@ def _both_backends(spec, seed: int = 0):
 def test_the_toy_kernels_have_the_gradients_of_central_differences():
     x = np.random.default_rng(0).standard_normal((3, 5))
     check_gradients(toy_softsign, [x])
+    signs = np.sign(np.random.default_rng(2).standard_normal((3, 5)))
+    for reduction in ("mean", "sum", "none"):
+        check_gradients(lambda p, t, r=reduction: toy_soft_margin(p, t, reduction=r), [x, signs])
     weight = np.random.default_rng(1).standard_normal(5)
     check_gradients(lambda x, w: toy_rmsnorm(x, w, eps=1e-3), [x, weight])
 
@@ -166,6 +203,44 @@ def test_a_toy_op_draws_with_a_label(toy):
     node = next(n for n in toy.spec.graph.nodes if n.op == toy.opdef.name)
     assert gv.op_text(node)[0] == toy.opdef.name
     assert toy.opdef.name in gv.to_dot(toy.spec)
+
+
+TOY_LOSS_SPEC = """
+model Scorer {
+  input x: [6]
+  x -> dense(8) -> tanh -> dense(3)
+}
+train Scorer { loss toy_soft_margin; optimizer sgd(lr = 0.5); batch 8 }
+"""
+
+
+def test_a_toy_loss_trains_alike_through_both_backends_and_draws():
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.runtime import TorchModel
+    from nnspec.training.loop import build_optimizer
+
+    with ops.registered(SOFT_MARGIN):
+        spec = load_text(TOY_LOSS_SPEC, "toy_loss.nn")
+        assert "F.soft_margin_loss(pred, target)" in generate(spec)  # the loss_fn
+        reference = NumpyModel.from_spec(spec, seed=0)
+        twin = TorchModel.from_numpy(spec, spec.train, reference)
+        optimizers = [build_optimizer(spec.train.optimizer, m) for m in (reference, twin)]
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, 6)).astype(np.float32)
+        y = np.sign(rng.standard_normal((8, 3))).astype(np.float32)
+        curves: list[list[float]] = [[], []]
+        torch.manual_seed(0)
+        for _ in range(5):
+            for model, optimizer, curve in zip((reference, twin), optimizers, curves):
+                curve.append(model.loss(x, y))
+                model.backward()
+                optimizer.step()
+        np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5)
+        assert curves[0][-1] < curves[0][0]
+        node = Node("n", "toy_soft_margin", ("p", "t"), ops.Attrs(reduction="sum"),
+                    TensorType(()), None)
+        assert gv.op_text(node) == ("toy_soft_margin", "reduction=sum")
+        assert "#### `toy_soft_margin`" in _gen_docs().generate()
 
 
 def _gen_docs() -> types.ModuleType:

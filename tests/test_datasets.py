@@ -45,7 +45,8 @@ def test_builtin_sets_are_consistent(name: str) -> None:
         else:
             assert y.dtype == np.int64
             assert 0 <= y.min() and y.max() < data.num_classes
-            assert y.shape[1:] == ((x.shape[1],) if data.task == "sequence_classification" else ())
+            assert y.shape[1:] == {"sequence_classification": (x.shape[1],),
+                                   "segmentation": x.shape[2:]}.get(data.task, ())
         if x.dtype == np.float32:
             assert np.all(np.isfinite(x))
     assert data.class_names is None or len(data.class_names) == data.num_classes

@@ -66,13 +66,14 @@ def boxes(dot: str) -> list[str]:
 
 
 def shown_layers(graph: Graph) -> list[str]:
-    """IR layers a default drawing shows: not scalars, not instances 1.. of a repeat."""
+    """IR layers a default drawing shows: not scalars, not `result`s (edges of their layer),
+    not instances 1.. of a repeat."""
     repeats = [p for p, s in graph.scopes.items() if s.kind == "repeat"]
     out = []
     for node in graph.nodes:
         later = any(node.name.startswith(r + ".") and
                     node.name[len(r) + 1:].split(".")[0] != "0" for r in repeats)
-        if node.op != "scalar" and not later:
+        if node.op not in ("scalar", "result") and not later:
             out.append(node.name)
     return out
 
@@ -223,6 +224,83 @@ def test_residual_edges_read_clearly(specs):
     assert any('-> "layer2.0.downsample.0"' in line for line in skips)
     assert any('"layer2.0.downsample.0" -> "layer2.0.add_1"' in line for line in skips)
     assert '"layer1.0.add_1" [label="+"' in dot
+
+
+def edge_lines(dot: str, src: str, dst: str) -> list[str]:
+    return [line for line in dot.splitlines() if f'"{src}" -> "{dst}"' in line]
+
+
+def test_recurrent_states_are_named_edges_of_the_recurrent_box(specs):
+    graph = specs["seq2seq"].graph
+    dot = to_dot(graph)
+    results = [n.name for n in graph.nodes if n.op == "result"]
+    assert results and not set(results) & set(boxes(dot))  # no `result` boxes
+    assert "<B>result</B>" not in dot
+    encoder = next(n.name for n in graph.nodes if n.op == "lstm" and n.name != "decoder")
+    h_n, c_n = (f'label="  {port} (B, 1, 128)"' for port in ("h_n", "c_n"))
+    into_decoder = edge_lines(dot, encoder, "decoder")
+    assert len(into_decoder) == 2
+    assert any(h_n in line for line in into_decoder) and any(c_n in line for line in into_decoder)
+    # the sequence output goes on to the cross-attention unnamed, with its shape
+    assert any('label="  (B, 8, 128)"' in line
+               for line in edge_lines(dot, encoder, "cross_attention"))
+    # in minimal detail the shapes go, the names stay
+    minimal = to_dot(graph, detail="min")
+    assert {line.split("label=")[1][:7] for line in edge_lines(minimal, encoder, "decoder")} == \
+        {'"  h_n"', '"  c_n"'}
+
+
+def test_a_state_given_as_an_output_is_named_on_its_output_edge():
+    dot = to_dot(load_text("""
+model Enc {
+  input x: [5, 3]
+  out, h = x -> gru(4, states = true)
+  out, h
+}"""))
+    assert '"@output2" [label=<' in dot and "<B>h</B>" in dot
+    assert any('label="  h_n (B, 1, 4)"' in line for line in edge_lines(dot, "gru_1", "@output2"))
+    assert any('label="  (B, 5, 4)"' in line for line in edge_lines(dot, "gru_1", "@output"))
+
+
+MASKED = """
+model Masked(vocab = 50, d = 16) {
+  input tokens: int[6]
+  input src: int[5]
+  input scores: [6, 5]
+  memory = src -> embedding(vocab, d)
+  h = tokens -> embedding(vocab, d)
+  h -> attention(memory, 4, key_padding_mask = src == 0, attn_mask = scores > 0.5) as cross
+}
+"""
+
+
+def test_masks_are_edges_named_by_their_keyword():
+    dot = to_dot(load_text(MASKED))
+    into = [line for line in dot.splitlines() if '-> "cross"' in line]
+    assert len(into) == 4  # queries, keys/values, two masks
+    assert sum('label="  key_padding_mask bool (B, 5)"' in line for line in into) == 1
+    assert sum('label="  attn_mask bool (B, 6, 5)"' in line for line in into) == 1
+    assert "<B>· = 0</B>" in dot and "<B>· &gt; 0.5</B>" in dot
+
+
+def test_noise_reads_only_a_shape_and_makes_no_residual(specs):
+    dot = to_dot(specs["vae"])
+    noise = [line for line in dot.splitlines() if '-> "noise_1"' in line]
+    assert len(noise) == 1 and 'style="dotted"' in noise[0]
+    assert gv.SKIP_EDGE not in "\n".join(line for line in dot.splitlines() if " -> " in line)
+    # a real shortcut is still one: seq2seq's decoder output joins its attended context
+    assert any(gv.SKIP_EDGE in line for line in edge_lines(to_dot(specs["seq2seq"]), "decoder",
+                                                           "concat_1"))
+
+
+def test_subscripts_read_as_the_spec_writes_them():
+    dot = to_dot(load_text("""
+model Sub {
+  input x: [6, 8]
+  x[0] + x[-1] + (x[1:3, ::2] -> flatten) + x[..., :16 - 8][2]
+}"""))
+    for text in ("[0]", "[-1]", "[1:3]", "[:, ::2]", "[..., :8]"):
+        assert f"<B>select</B> {text}" in dot or f"<B>slice</B> {text}" in dot, text
 
 
 def test_blocks_are_labelled_clusters(specs):

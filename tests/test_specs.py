@@ -181,3 +181,58 @@ model Seq {
     assert s.rows[-1].shape == "[T, 4]"
     assert s.total_params == 4 * 32 * (16 + 32) + 8 * 32 + 32 * 4 + 4
     assert "T" in str(s.macs)
+
+
+# ---- train sections on a small configuration, through both backends ----------------------
+
+# (--set overrides, --data) that make a spec's train section quick; a spec with a train
+# section and no entry here is trained by its own tests (vae, seq2seq, digits ...).
+SMALL_TRAINING = {
+    "unet": (["base=2", "size=16", "classes=3"], "shapes(n = 40, size = 16, classes = 3)"),
+}
+
+
+def _train_small(stem: str, backend: str, out: Path) -> list[dict]:
+    overrides, data = SMALL_TRAINING[stem]
+    args = ["train", str(spec_path(stem)), "--epochs", "2", "--batch", "8", "--data", data,
+            "--backend", backend, "-o", str(out)]
+    for override in overrides:
+        args += ["--set", override]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("stem", sorted(SMALL_TRAINING))
+def test_small_training_runs_alike_on_both_backends(stem: str, tmp_path: Path):
+    """Same start, same batches: the interpreter's and the generated module's loss curves
+    agree (and the metrics the train section asks for are computed)."""
+    pytest.importorskip("torch")
+    assert load(spec_path(stem)).train is not None, f"{stem} has no train section"
+    numpy_rows = _train_small(stem, "numpy", tmp_path / "numpy")
+    torch_rows = _train_small(stem, "torch", tmp_path / "torch")
+    assert len(numpy_rows) == len(torch_rows) == 2
+    for ours, theirs in zip(numpy_rows, torch_rows):
+        for column in ("train_loss", "val_loss", "val_accuracy"):
+            assert float(ours[column]) == pytest.approx(float(theirs[column]), rel=2e-3), column
+    assert float(numpy_rows[-1]["train_loss"]) < float(numpy_rows[0]["train_loss"])
+
+
+# ---- the DCGAN pair: two models of one file, each checked, summarised, drawn ---------------
+
+
+@pytest.mark.parametrize("model, params", [("Generator", 3_576_704),
+                                           ("Discriminator", 2_765_568)])
+def test_each_dcgan_model_summarises_and_draws(model: str, params: int, tmp_path: Path):
+    """Adversarial training is not a train section (docs/cookbook.md); each network is a
+    model of its own, run forward and backward in both backends by tests/torch/test_decoders."""
+    path = str(spec_path("dcgan"))
+    assert summary_json(path, "--model", model)["total_params"] == params
+    out = tmp_path / f"{model}.svg"
+    result = CliRunner().invoke(main, ["render", path, "--model", model, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    svg = out.read_text(encoding="utf-8")
+    assert model in svg and f"{params:,} parameters" in svg
+    assert ("conv_transpose2d" in svg) == (model == "Generator")

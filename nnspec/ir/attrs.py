@@ -21,6 +21,7 @@ _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false",
              "str": "a string", "ints": "an integer or a list of integers",
              "dims": "a dim (an integer or a symbolic dim) or a list of dims",
              "padding": 'an integer, a list, "same" or "valid"', "floats": "a list of numbers",
+             "scales": "a number or a list of numbers",
              "tensor": "a tensor"}
 
 
@@ -98,9 +99,14 @@ def check_attr(owner: str, attr: ops.Attr, value, span: Span):
         ok = isinstance(value, bool)
     elif kind == "str":
         ok = isinstance(value, str)
-    elif kind == "floats":
-        ok = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+    elif kind == "floats" or kind == "scales" and isinstance(value, list):
+        ok = isinstance(value, list) and all(isinstance(v, (int, float)) and
+                                             not isinstance(v, bool) for v in value)
+        ok = ok and (kind == "floats" or bool(value))
         value = tuple(float(v) for v in value) if ok else value
+    elif kind == "scales":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
     elif kind == "ints" or kind == "padding":
         if kind == "padding" and isinstance(value, str):
             if value not in ("same", "valid"):

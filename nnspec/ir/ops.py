@@ -44,8 +44,8 @@ class ShapeError(Exception):
 
 REQUIRED = object()
 
-AttrKind = Literal["int", "float", "bool", "str", "ints", "dims", "floats", "padding", "layer",
-                   "tensor"]
+AttrKind = Literal["int", "float", "bool", "str", "ints", "dims", "floats", "scales", "padding",
+                   "layer", "tensor"]  # scales: a number, or one per spatial dim
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,8 @@ class OpDef:
       dims after its batch dim).
     - `random`: draws random numbers while training; the NumPy kernel takes `train` and
       `rng`, the torch call reads the module's training flag.
+    - `shape_only`: reads nothing of its input but the shape (`randn_like`); diagrams draw
+      that edge dotted, and it makes no residual branch.
     - `symbol`: the operator in spec text (`+`, `^`, `<=`), with one input a prefix (`-`).
     - `torch`: the PyTorch function or module (see `Torch`).
     - `kernel`: the NumPy kernel, `"function"` in `nnspec.backends.numpy.kernels` or
@@ -157,6 +159,7 @@ class OpDef:
     needs_batch: bool = False
     broadcast: bool = False
     random: bool = False
+    shape_only: bool = False
     symbol: str = ""
     torch: Torch | None = None
     kernel: str = ""
@@ -815,9 +818,23 @@ def _scalar_infer(ins, a):
 # tensor, e.g. for a custom loss that weighs them); a `train` loss must be a scalar (E215).
 
 _REDUCTIONS = ("mean", "sum", "none")
-# losses whose targets are class indices (int [..] for scores [.., C]): data, metrics and
-# predictions treat their models as classifiers
+# losses whose targets are class indices (int [..] for scores [.., C], [H, W] for [C, H, W]):
+# data, metrics and predictions treat their models as classifiers
 CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
+
+
+def class_dim(rank: int) -> int:
+    """The per-sample dim of class scores of this rank that holds the classes (for
+    `CLASS_INDEX_LOSSES`): the last of [C] and [T, C] (a class per position), the first of
+    [C, H, W] and [C, D, H, W] — torch's channels, a class per pixel, as a U-Net gives them.
+    A batched array's class axis is one more."""
+    return 0 if rank >= 3 else rank - 1
+
+
+def without_class_dim(scores: TensorType) -> tuple:
+    """The shape of the class ids for these scores: one id per position or pixel."""
+    dim = class_dim(scores.rank)
+    return scores.shape[:dim] + scores.shape[dim + 1:]
 
 
 def _reduction_attr(choices=_REDUCTIONS) -> Attr:
@@ -856,7 +873,7 @@ def _pos_weight_check(pred: TensorType, a):
 
 
 def _class_weight_check(op: str, scores: TensorType, a):
-    classes = scores.shape[-1]
+    classes = scores.shape[class_dim(scores.rank)]
     if a.weight is not None and isinstance(classes, int) and len(a.weight) != classes:
         raise ShapeError(f"{op}: `weight` has {len(a.weight)} values but there are {classes} "
                          "classes", "give one weight per class", code="E305")
@@ -865,31 +882,32 @@ def _class_weight_check(op: str, scores: TensorType, a):
 def _cross_entropy_infer(ins, a):
     logits, target = ins
     if logits.rank == 0:
-        raise ShapeError("cross_entropy needs class scores [C] (or [T, C]) but the model gives a "
-                         "scalar", code="E302")
+        raise ShapeError("cross_entropy needs class scores [C] (or [T, C], [C, H, W]) but the "
+                         "model gives a scalar", code="E302")
+    ids = without_class_dim(logits)
     if target.dtype == "int64":
-        if target.shape != logits.shape[:-1]:
+        if target.shape != ids:
             raise ShapeError(f"cross_entropy: class indices {target} do not match the scores "
-                             f"{logits} (expected int{list(logits.shape[:-1])})", code="E305")
+                             f"{logits} (expected int{list(ids)})", code="E305")
     elif target.shape != logits.shape:
         raise ShapeError(f"cross_entropy: class probabilities {target} do not match the scores "
                          f"{logits}", code="E305")
     _class_weight_check("cross_entropy", logits, a)
-    return _loss_value(logits.with_shape(logits.shape[:-1]), a)
+    return _loss_value(logits.with_shape(ids), a)
 
 
 def _nll_infer(ins, a):
     log_probs, target = ins
     _require_float(log_probs, "nll")
     if log_probs.rank == 0:
-        raise ShapeError("nll needs log-probabilities [C] (or [T, C]) but gets a scalar",
-                         code="E302")
-    if target.dtype != "int64" or target.shape != log_probs.shape[:-1]:
+        raise ShapeError("nll needs log-probabilities [C] (or [T, C], [C, H, W]) but gets a "
+                         "scalar", code="E302")
+    ids = without_class_dim(log_probs)
+    if target.dtype != "int64" or target.shape != ids:
         raise ShapeError(f"nll: the target {target} must be class indices "
-                         f"int{list(log_probs.shape[:-1])} for the log-probabilities "
-                         f"{log_probs}", code="E305")
+                         f"int{list(ids)} for the log-probabilities {log_probs}", code="E305")
     _class_weight_check("nll", log_probs, a)
-    return _loss_value(log_probs.with_shape(log_probs.shape[:-1]), a)
+    return _loss_value(log_probs.with_shape(ids), a)
 
 
 def _kl_div_infer(ins, a):
@@ -993,7 +1011,18 @@ def _upsample_infer(ins, a):
                          '("linear", "bilinear"), as in PyTorch')
     if a.size is not None:
         return x.with_shape(x.shape[:1] + _ints(a.size, n, "size"))
-    return x.with_shape(x.shape[:1] + tuple(_scaled(d, a.scale_factor) for d in x.shape[1:]))
+    scales = _per_axis(a.scale_factor, n, "scale_factor")
+    return x.with_shape(x.shape[:1] + tuple(_scaled(d, s) for d, s in zip(x.shape[1:], scales)))
+
+
+def _per_axis(value, n: int, name: str) -> tuple:
+    """A number for every spatial dim, or a list with one per dim (`scale_factor = [2, 3]`)."""
+    if not isinstance(value, tuple):
+        return (value,) * n
+    if len(value) != n:
+        raise ShapeError(f"`{name}` needs {n} values here (one per spatial dim), got "
+                         f"{len(value)}", "a single number scales every dim")
+    return value
 
 
 def _scaled(size: Dim, scale: float) -> Dim:
@@ -1147,7 +1176,7 @@ def _recurrent_torch(mode: str) -> Torch:
 
 def _recurrent_label(mode: str) -> tuple[str, ...]:
     flags = ("{hidden}", "layers?{layers} layers", "bidirectional?bidirectional", "last?last step",
-             "dropout?dropout {dropout}", "states?+ states")
+             "dropout?dropout {dropout}")
     return flags + (("nonlinearity?{nonlinearity}",) if mode == "rnn" else ())
 
 
@@ -1369,7 +1398,8 @@ register(
                 (Attr("approximate", "str", "none", choices=("none", "tanh")),),
                 label=("approximate?{approximate}",)),
     _activation("leaky_relu", "x if x > 0 else negative_slope * x", "F.leaky_relu",
-                (Attr("negative_slope", "float", 0.01),)),
+                (Attr("negative_slope", "float", 0.01),),
+                label=("negative_slope?{negative_slope}",)),
     _activation("elu", "x if x > 0 else alpha * (exp(x) - 1)", "F.elu",
                 (Attr("alpha", "float", 1.0),)),
     _activation("silu", "x * sigmoid(x) (swish)", "F.silu", aliases=("swish",)),
@@ -1419,20 +1449,22 @@ register(
     _loss("smooth_l1", "Smooth L1: 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta "
           "(F.smooth_l1_loss).", _loss_same_shape("smooth_l1"), "F.smooth_l1_loss",
           (Attr("beta", "float", 1.0, minimum=0.0), _reduction_attr())),
-    _loss("cross_entropy", "Cross-entropy from logits over the last dim; targets are class "
+    _loss("cross_entropy", "Cross-entropy from logits over the class dim (the last of [C] and "
+          "[T, C], the first of [C, H, W]: a class per pixel, as torch); targets are class "
           "indices or probabilities.", _cross_entropy_infer, "F.cross_entropy",
           attrs=(Attr("label_smoothing", "float", 0.0, minimum=0.0, maximum=1.0),
                  Attr("ignore_index", "int", -100),
                  Attr("weight", "floats", None, "a weight per class; the mean is weighted",
                       optional=True),
                  _reduction_attr()),
-          inputs_doc="logits [..., C], target"),
-    _loss("nll", "Negative log-likelihood of log-probabilities over the last dim (after "
-          "`log_softmax`); targets are class indices (F.nll_loss).", _nll_infer, "F.nll_loss",
+          inputs_doc="logits [..., C] or [C, H, W], target"),
+    _loss("nll", "Negative log-likelihood of log-probabilities over the class dim, as "
+          "cross_entropy's (after `log_softmax`); targets are class indices (F.nll_loss).",
+          _nll_infer, "F.nll_loss",
           attrs=(Attr("weight", "floats", None, "a weight per class; the mean is weighted",
                       optional=True),
                  Attr("ignore_index", "int", -100), _reduction_attr()),
-          inputs_doc="log_probs [..., C], int target"),
+          inputs_doc="log_probs [..., C] or [C, H, W], int target"),
     _loss("kl_div", "KL divergence as torch's F.kl_div: the input is log-probabilities, the "
           "target probabilities (or log-probabilities with log_target).", _kl_div_infer,
           "F.kl_div", (_reduction_attr(("mean", "batchmean", "sum", "none")),
@@ -1454,7 +1486,8 @@ register(
     OpDef("noise", "math", "Standard-normal samples shaped like x (torch.randn_like) "
           "while training, drawn from the run's seeded generator; zeros at eval, the mean, so "
           "a VAE's `mu + exp(0.5 * logvar) * noise(mu)` predicts from the mean. No gradient "
-          "flows to x.", _same_float("noise"), random=True, outputs_doc="same as x",
+          "flows to x.", _same_float("noise"), random=True, shape_only=True,
+          outputs_doc="same as x",
           kernel="nnspec.backends.numpy.kernels.noise:noise"),
 )
 
@@ -1649,8 +1682,8 @@ register(
     OpDef("upsample", "pool", "Up-sampling by `scale_factor` or to `size` (torch.nn.Upsample): "
           "nearest, or linear interpolation (\"linear\" for [C, L], \"bilinear\" for [C, H, W]).",
           _upsample_infer,
-          (Attr("scale_factor", "float", None, "multiplies every spatial size (floor)",
-                minimum=0.0, optional=True),
+          (Attr("scale_factor", "scales", None, "multiplies the spatial sizes (floor): one "
+                "number for all, or one per dim (`[2, 3]`)", minimum=0.0, optional=True),
            Attr("size", "ints", None, "output size per spatial dim", minimum=1, optional=True),
            Attr("mode", "str", "nearest", choices=("nearest", "linear", "bilinear")),
            Attr("align_corners", "bool", False, "corner pixels of input and output line up")),

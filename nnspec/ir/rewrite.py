@@ -1,8 +1,8 @@
 """Graph rewrites for training: what the loss reads may differ from what the model predicts.
 
-`fuse_softmax`: a model whose output is a softmax, trained with `cross_entropy` on that
-output, is trained on the softmax's input instead (exposed as the output `logits`), because
-cross-entropy of logits is computed stably as one log-softmax. Predictions still give
+`fuse_softmax`: a model whose output is a softmax over the classes, trained with
+`cross_entropy` on that output, is trained on the softmax's input instead (exposed as the
+output `logits`), because cross-entropy of logits is computed stably as one log-softmax. Predictions still give
 probabilities; every backend trains from the same rewritten bindings, so none special-cases
 the softmax.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from nnspec.ir import ops
 from nnspec.ir.graph import Binding, Graph
 
 
@@ -34,7 +35,7 @@ def fuse_softmax(model: Graph, loss: Graph, bindings: tuple[Binding, ...]
             continue
         node = model.node(outputs[binding.name])
         uses = [loss.node(u) for u in users[binding.node]]
-        if node.op != "softmax" or node.attrs.dim not in (-1, node.type.rank - 1) or not uses:
+        if node.op != "softmax" or not uses or not _over_classes(node):
             continue
         if all(u.op == "cross_entropy" and u.inputs[0] == binding.node
                and binding.node not in u.inputs[1:] for u in uses):
@@ -43,6 +44,13 @@ def fuse_softmax(model: Graph, loss: Graph, bindings: tuple[Binding, ...]
             return FusedSoftmax(node.name, (*outputs.items(), (logits, node.inputs[0])),
                                 (*bindings[:i], fused, *bindings[i + 1:]))
     return None
+
+
+def _over_classes(softmax) -> bool:
+    """The softmax runs over the dim cross_entropy reads the classes from (`ops.class_dim`:
+    the last of [T, C], the first of [C, H, W])."""
+    rank = softmax.type.rank
+    return rank > 0 and softmax.attrs.dim % rank == ops.class_dim(rank)
 
 
 def _free_name(name: str, *taken) -> str:

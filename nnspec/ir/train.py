@@ -27,7 +27,7 @@ DATA_SOURCES = ("csv", "npz", "npy")
 # which `nnspec check` must not import (it doubled the start-up time); a test keeps the
 # two lists equal.
 DATASETS = ("xor", "moons", "spirals", "sine", "digits", "adding", "recall", "reverse", "sort",
-            "char_lm")
+            "shapes", "char_lm")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS)
 def default_target(loss: str, pred: TensorType) -> TensorType:
     """The target a built-in loss expects for this prediction."""
     if loss in ops.CLASS_INDEX_LOSSES:
-        return TensorType(pred.shape[:-1], "int64")
+        return TensorType(ops.without_class_dim(pred), "int64")
     return TensorType(pred.shape, "float32")
 
 

@@ -299,15 +299,16 @@ def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | 
         else ()
     shape = tuple(y.shape[1:])
     if loss in ops.CLASS_INDEX_LOSSES:
-        ids_shape = pred_shape[:-1]
+        dim = ops.class_dim(len(pred_shape))  # [T, C]: last; [C, H, W]: first
+        ids_shape, classes = pred_shape[:dim] + pred_shape[dim + 1:], pred_shape[dim]
         if y.dtype.kind == "f":
             if shape == pred_shape:
                 return y.astype(np.float32)  # class probabilities
             if np.all(y == np.round(y)):  # whole numbers, too large to be read as ids
                 bad = y.flat[int(np.argmax(np.abs(y)))]
                 raise data_error("E218", f"the label {bad:g} is out of range: the model gives "
-                                 f"{pred_shape[-1]} class scores, so labels must be "
-                                 f"0..{pred_shape[-1] - 1}", span, "labels are numbered 0..K-1",
+                                 f"{classes} class scores, so labels must be "
+                                 f"0..{classes - 1}", span, "labels are numbered 0..K-1",
                                  notes)
             raise data_error("E218", "cross_entropy needs class ids, but the data's targets "
                              "are fractional numbers", span,
@@ -319,7 +320,6 @@ def fit_targets(train, y: np.ndarray, pred_shape: tuple[int, ...], span: Span | 
                              f"{'position ' + str(list(ids_shape)) if ids_shape else 'sample'}"
                              f" for the model's output {list(pred_shape)}, but the data's "
                              f"targets are shaped {list(shape)}", span, None, notes)
-        classes = pred_shape[-1]
         ignore = loss_args.get("ignore_index", -100)
         labels = y[y != ignore]
         if labels.size and (labels.min() < 0 or labels.max() >= classes):

@@ -1,7 +1,7 @@
 """The metrics a train section can ask for, computed the same way by `train` and `eval`.
 
-- `accuracy`: the fraction of samples (or of positions, for `[T, C]` outputs) whose arg-max
-  class equals the label; with `binary_cross_entropy` the prediction is thresholded instead
+- `accuracy`: the fraction of samples (or of positions for `[T, C]`, of pixels for `[C, H, W]`
+  outputs) whose arg-max class equals the label; with `binary_cross_entropy` the prediction is thresholded instead
   (0.5 on probabilities, 0 on logits). Labels equal to cross_entropy's `ignore_index` are
   not counted.
 - `mae`, `mse`: mean absolute / squared error over every output element.
@@ -63,12 +63,13 @@ class MetricSums:
     def _accuracy(self, pred: np.ndarray, target: np.ndarray) -> tuple[float, int]:
         kind = self.accuracy
         if kind == "argmax":
-            correct = pred.argmax(axis=-1) == target
+            correct = pred.argmax(axis=ops.class_dim(pred.ndim - 1) + 1) == target
             if self.ignore_index is not None:
                 counted = target != self.ignore_index
                 return float(np.count_nonzero(correct & counted)), int(np.count_nonzero(counted))
         elif kind == "argmax_probs":
-            correct = pred.argmax(axis=-1) == target.argmax(axis=-1)
+            axis = ops.class_dim(pred.ndim - 1) + 1
+            correct = pred.argmax(axis=axis) == target.argmax(axis=axis)
         else:
             threshold = 0.0 if kind == "logits" else 0.5
             correct = (pred > threshold) == (target > 0.5)

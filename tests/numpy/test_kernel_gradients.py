@@ -569,6 +569,8 @@ UPSAMPLES = {
     "bilinear_2d": ((2, 2, 3, 4), {"scale_factor": 2.0, "mode": "bilinear"}),
     "bilinear_2d_align_corners": ((2, 2, 3, 4), {"size": (5, 7), "mode": "bilinear",
                                                  "align_corners": True}),
+    "bilinear_2d_per_axis": ((2, 2, 3, 4), {"scale_factor": (2.0, 1.5), "mode": "bilinear"}),
+    "nearest_2d_per_axis": ((2, 2, 3, 4), {"scale_factor": (3.0, 2.0)}),
 }
 for name, (shape, attrs) in UPSAMPLES.items():
     CASES[f"upsample_{name}"] = Case(upsample, normal(*shape),

@@ -122,6 +122,10 @@ UPSAMPLES = [
                     {"size": (2, 11)[:len(shape) - 2]}]
     for align in ([False, True] if mode != "nearest" else [False])
     if not (options.get("scale_factor") == 0.5 and min(shape[2:]) < 2)
+] + [  # a scale per axis, as torch takes a tuple
+    ((2, 3, 4, 5), mode, {"scale_factor": scales}, align)
+    for mode in ("nearest", "bilinear") for scales in [(2.0, 3.0), (1.5, 0.5), (1.0, 2.5)]
+    for align in ([False, True] if mode != "nearest" else [False])
 ]
 
 

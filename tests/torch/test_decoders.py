@@ -100,6 +100,8 @@ def test_ceil_mode_pooling_gives_torchs_sizes():
     ("upsample(2)", (3, 5, 7)), ("upsample(1.5, mode = \"linear\")", (3, 5)),
     ("upsample(size = [9, 4], mode = \"bilinear\", align_corners = true)", (3, 5, 7)),
     ("upsample(0.5)", (2, 9, 8)),
+    ("upsample([2, 3])", (3, 5, 7)), ("upsample(scale_factor = [1.5, 0.5], mode = \"bilinear\")",
+                                       (2, 6, 9)),
 ])
 def test_upsample_gives_nn_upsamples_sizes(body, shape):
     graph = _model(str(list(shape)), body)
@@ -133,6 +135,10 @@ OPTIONS = {
     "upsample_nearest_size": ("[3, 5]", "upsample(size = 8)"),
     "upsample_linear": ("[3, 5]", "upsample(2.5, mode = \"linear\")"),
     "upsample_bilinear": ("[2, 4, 3]", "upsample(2, mode = \"bilinear\")"),
+    "upsample_nearest_per_axis": ("[2, 3, 4]", "upsample([2, 3])"),
+    "upsample_bilinear_per_axis": ("[2, 4, 3]", "upsample([1.5, 2], mode = \"bilinear\")"),
+    "upsample_bilinear_size_per_axis": ("[2, 4, 3]",
+                                        "upsample(size = [6, 9], mode = \"bilinear\")"),
     "conv_transpose_no_bias": ("[4, 3, 3]", "conv_transpose2d(2, 3, stride = 3, bias = false)"),
     "groupnorm_no_affine": ("[4, 5]", "groupnorm(2, affine = false, eps = 0.001)"),
     "instancenorm_1d": ("[3, 6]", "instancenorm(eps = 0.01)"),
@@ -144,6 +150,17 @@ def test_each_option_matches_the_interpreter(name):
     shape, body = OPTIONS[name]
     _compare_with_interpreter(load_text(f"model Op {{\n  input x: {shape}\n  x -> {body} -> tanh"
                                         "\n}\n", f"{name}.nn"))
+
+
+@pytest.mark.parametrize("body, message", [
+    ("upsample([2, 3, 4])", "needs 2 values here (one per spatial dim), got 3"),
+    ("upsample(scale_factor = [])", "must be a number or a list of numbers"),
+    ("upsample([2, true])", "must be a number or a list of numbers"),
+    ("upsample([2, 0.1])", "turns a size of 4 into 0"),
+])
+def test_a_wrong_per_axis_scale_is_a_diagnostic(body, message):
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _model("[2, 5, 4]", body)
 
 
 def test_a_shared_table_goes_through_upsample_as_a_batch_of_one():

@@ -165,8 +165,14 @@ class _Writer:
 
     # -- edges -----------------------------------------------------------------------------
 
-    def edge(self, src: str, dst: str, t: TensorType | None, label: bool, skip: bool) -> str:
-        attrs: dict = {"label": self.labels.edge(t) if label and self.detail != "min" else None}
+    def edge(self, src: str, dst: str, t: TensorType | None, label: bool, skip: bool,
+             port: str = "", shape_only: bool = False) -> str:
+        """An edge; one carrying an extra result (`h_n`) always names it, shape or not; one
+        read only for its shape (`noise(mu)`) is dotted."""
+        shape = label and self.detail != "min"
+        attrs: dict = {"label": self.labels.edge(t, port, shape) if shape or port else None}
+        if shape_only:
+            attrs.update(style="dotted", tooltip="only its shape is read")
         if t is None:
             attrs.update(style="dashed", color=UNCHECKED_LINE, fontcolor=ERROR_TEXT)
         attrs.update({"color": SKIP_EDGE, "penwidth": 1.6, "weight": 1} if skip else {"weight": 4})
@@ -180,7 +186,8 @@ def to_dot(spec_or_graph, *, depth: int | None = None, direction: str = "TB",
     `depth`: blocks nested this deep or deeper are drawn as one box each (None: no limit).
     `direction`: "TB" (top to bottom) or "LR". `detail`: "min" (ops only), "normal" (key
     attributes, shapes, parameter counts, shape-preserving followers fused into one box)
-    or "full" (every IR node its own box, full names, all attributes).
+    or "full" (every IR node its own box — a recurrent layer's final states stay named edges
+    of its box —, full names, all attributes).
     `expand`: draw every instance of a `repeat` instead of one marked `xN`.
     `train`: the `TrainConfig` for the footer (a `Spec`'s own when not given).
     Issues a `RenderWarning` through `warnings` when the graph had to be folded further.
@@ -212,8 +219,9 @@ def to_dot(spec_or_graph, *, depth: int | None = None, direction: str = "TB",
     writer.tree(lines, bottom_up=direction == "LR" and bool(connectors))
     lines += ["  " + writer.connector(node_id, letter) for node_id, letter in connectors]
     lines += ["  " + writer.output(out) for out in view.outputs]
-    lines += ["  " + writer.edge(e.src, e.dst, e.type, e.label, e.skip) for e in view.edges]
-    lines += ["  " + writer.edge(out.source, out.id, out.node.type, True, False)
+    lines += ["  " + writer.edge(e.src, e.dst, e.type, e.label, e.skip, e.port, e.shape_only)
+              for e in view.edges]
+    lines += ["  " + writer.edge(out.source, out.id, out.node.type, True, False, out.port)
               for out in view.outputs]
     if train is not None:
         lines.append('  "@train" ' + _attrs(label=writer.labels.train(train), shape="plaintext",

@@ -34,7 +34,7 @@ MAX_TOOLTIP_LINES = 40
 MAX_FOLLOWERS = 4  # fused ops written under a layer; the tooltip lists every one
 SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "pow": "^", "lt": "<", "le": "≤",
            "gt": ">", "ge": "≥", "eq": "=", "ne": "≠"}
-_COMMUTATIVE = ("add", "mul", "eq", "ne")
+_COMMUTATIVE = ("add", "mul")  # `× 0.5`; a comparison reads `· = 0`
 _POOLS = ("maxpool", "avgpool", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d")
 
 
@@ -149,7 +149,26 @@ def _adaptive_label(node: Node, full: bool) -> tuple[str, str]:
     return f"adaptive {kind}", _pair(node.attrs.size, _spatial_dims(node))
 
 
-# Ops whose label the catalogue's `label` templates cannot say (window sizes by rank).
+def _subscript(position: str, dim: int) -> str:
+    """`position` at per-sample `dim` as the spec writes it: `[0]`, `[:, 1:3]`, `[..., :32]`."""
+    if dim >= 0:
+        return "[" + ":, " * dim + position + "]"
+    return "[..., " + position + ", :" * (-dim - 1) + "]"
+
+
+def _select_label(node: Node, full: bool) -> tuple[str, str]:
+    return "select", _subscript(str(node.attrs.index), node.attrs.dim)
+
+
+def _slice_label(node: Node, full: bool) -> tuple[str, str]:
+    a = node.attrs
+    position = ("" if a.start is None else str(a.start)) + ":" + \
+        ("" if a.stop is None else str(a.stop)) + ("" if a.step == 1 else f":{a.step}")
+    return "slice", _subscript(position, a.dim)
+
+
+# Ops whose label the catalogue's `label` templates cannot say (window sizes by rank,
+# subscripts).
 _IRREGULAR_LABELS = {
     "conv1d": _conv_label,
     "conv2d": _conv_label,
@@ -159,6 +178,8 @@ _IRREGULAR_LABELS = {
     "conv_transpose1d": _conv_label,
     "conv_transpose2d": _conv_label,
     "global_avgpool": lambda node, full: ("global avgpool", ""),
+    "select": _select_label,
+    "slice": _slice_label,
 }
 
 
@@ -381,8 +402,13 @@ class Labels:
         return "\n".join(lines)
 
     @staticmethod
-    def edge(t: TensorType | None) -> str:
-        return "  " + clip(shape_text(t))
+    def edge(t: TensorType | None, port: str = "", shape: bool = True) -> str:
+        """`  (B, 8, 128)`, or for an extra result `  h_n (B, 1, 128)` (`  h_n` alone
+        when the shape is not written)."""
+        parts = [port] if port else []
+        if shape:
+            parts.append(shape_text(t))
+        return "  " + clip(" ".join(parts))
 
     # -- clusters, title, legend, footer ---------------------------------------------------
 

@@ -111,17 +111,18 @@ def wrap_columns(view: View, lr: bool) -> list[tuple[str, str]]:
             best, best_scale = columns, scale
     column_of = dict(zip(units, best))
     connectors: list[tuple[str, str]] = []
-    letter_of: dict[str, str] = {}
+    letter_of: dict[tuple[str, str], str] = {}  # one connector per source and port
     edges = []
     for e in view.edges:
         if column_of[unit_of[e.src]] == column_of[unit_of[e.dst]]:
             edges.append(e)
             continue
-        if e.src not in letter_of:
-            letter = letter_of[e.src] = _connector_letter(len(letter_of))
+        if (e.src, e.port) not in letter_of:
+            letter = letter_of[e.src, e.port] = _connector_letter(len(letter_of))
             connectors += [(f"@{letter}.out", letter), (f"@{letter}.in", letter)]
-            edges.append(Edge(e.src, f"@{letter}.out", e.type, e.skip))
-        edges.append(Edge(f"@{letter_of[e.src]}.in", e.dst, e.type, e.skip, e.label))
+            edges.append(Edge(e.src, f"@{letter}.out", e.type, e.skip, port=e.port))
+        edges.append(Edge(f"@{letter_of[e.src, e.port]}.in", e.dst, e.type, e.skip, e.label,
+                          e.port, e.shape_only))
     view.edges = edges
     return connectors
 

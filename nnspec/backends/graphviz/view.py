@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 from nnspec.backends.graphviz.style import family
+from nnspec.ir import ops
 from nnspec.ir.graph import Graph, Node
 from nnspec.ir.types import TensorType
 
@@ -24,10 +26,14 @@ class RenderWarning(UserWarning):
     """The diagram was folded beyond what was asked, so that `dot` stays fast."""
 
 
+ItemKind = Literal["layer", "input", "folded", "run"]  # folded: a block or repeat as one box;
+#                                                       run: n layers merged into one box
+
+
 @dataclass
 class Item:
     id: str
-    kind: str  # layer | input | folded (a block or repeat as one box) | run (n layers)
+    kind: ItemKind
     nodes: list[Node]  # a layer and its fused followers; every node of a folded block or run
     clusters: tuple[str, ...]  # drawn scope paths holding it, outermost first
     scalars: list[tuple[int, float]] = field(default_factory=list)  # (operand index, value)
@@ -44,7 +50,10 @@ class Edge:
     dst: str
     type: TensorType | None
     skip: bool = False  # on a residual (shortcut) path
-    label: bool = True  # write the shape (once per source)
+    label: bool = True  # write the shape (once per source and port)
+    port: str = ""  # the name it carries: an extra result of its source (`h_n`) or the
+    #                 tensor keyword its target reads it as (`key_padding_mask`)
+    shape_only: bool = False  # the target reads only the shape (`noise(mu)`): drawn dotted
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Output:
     source: str  # the item that produces it
     node: Node
     name: str = ""  # the output's name when the model has several (`mu`, `logvar`)
+    port: str = ""  # the extra result of the source it is (`h_n`)
 
 
 @dataclass
@@ -121,13 +131,27 @@ class _Scopes:
         return parent in self.representative and path == parent + ".0"
 
 
+def port(node: Node) -> str:
+    """The name an edge from `node` carries: an extra result of a layer that gives several
+    tensors (`h_n`, `c_n` of a recurrent layer); "" for any other value, its main output too."""
+    if node.op == "result" and node.attrs.get("index", 0) > 0:
+        return node.attrs.name
+    return ""
+
+
 def _build_view(graph: Graph, depth: int | None, expand: bool, fuse: bool) -> View:
+    """Boxes and edges. A `result` node (one tensor of a layer that gives several) is no box:
+    its producer's box has an extra outgoing edge named after it (`h_n`), as torch's
+    `output, (h_n, c_n) = lstm(x)` reads."""
     scopes = _Scopes(graph, depth, expand)
     items: dict[str, Item] = {}
     item_of: dict[str, str | None] = {}  # IR node -> item id; None for folded scalars
     for node in graph.nodes:
         if node.op == "scalar":
             item_of[node.name] = None
+            continue
+        if node.op == "result" and node.inputs and node.inputs[0] in item_of:
+            item_of[node.name] = item_of[node.inputs[0]]
             continue
         clusters, folded = scopes.placement(node)
         if folded is not None:
@@ -137,11 +161,14 @@ def _build_view(graph: Graph, depth: int | None, expand: bool, fuse: bool) -> Vi
         key = item_of[node.name] = scopes.canonical(node.name)
         if key not in items:
             items[key] = Item(key, "input" if node.op == "input" else "layer", [node], clusters)
-    edges: dict[tuple[str, str], Edge] = {}
+    edges: dict[tuple[str, str, str], Edge] = {}
     for node in graph.nodes:
         target = item_of.get(node.name)
-        if target is None:
+        if target is None or node.op == "result":
             continue
+        opdef = ops.lookup(node.op)
+        keyword_of = ({i: k for k, i in ops.tensor_keywords(opdef, node.attrs).items()}
+                      if opdef is not None and node.error is None else {})
         for index, name in enumerate(node.inputs):
             if name not in item_of:  # a partial graph may lack a failed producer
                 continue
@@ -150,10 +177,14 @@ def _build_view(graph: Graph, depth: int | None, expand: bool, fuse: bool) -> Vi
                 if node is items[target].head:
                     items[target].scalars.append((index, graph.node(name).attrs.value))
             elif source != target and not scopes.crosses_instances(name, node.name):
-                edges.setdefault((source, target), Edge(source, target, graph.node(name).type))
+                value = graph.node(name)
+                carries = keyword_of.get(index) or port(value)
+                edges.setdefault((source, target, carries),
+                                 Edge(source, target, value.type, port=carries,
+                                      shape_only=opdef is not None and opdef.shape_only))
     several = len(graph.outputs) > 1
     outputs = [Output("@output" + (str(i + 1) if i else ""), item_of[name], graph.node(name),
-                      graph.output_names[i] if several else "")
+                      graph.output_names[i] if several else "", port(graph.node(name)))
                for i, name in enumerate(graph.outputs) if item_of.get(name) is not None]
     view = View(items, list(edges.values()), outputs, depth)
     if fuse:
@@ -172,7 +203,7 @@ def _fuse_followers(view: View) -> None:
             continue
         node, edge = item.head, incoming[key][0]
         base = view.items[edge.src]
-        if (family(node.op) not in _FUSIBLE or node.error or node.type is None
+        if (family(node.op) not in _FUSIBLE or edge.port or node.error or node.type is None
                 or base.kind != "layer" or base.head.error or base.scalars
                 or len(outgoing[base.id]) != 1 or base.id in produces_output
                 or base.clusters != item.clusters or base.nodes[-1].type != node.type):
@@ -205,9 +236,11 @@ def _badge_single_repeats(graph: Graph, view: View) -> None:
 def mark_edges(view: View) -> None:
     """Colour residual paths; write each tensor shape once per source.
 
-    An input of a merge (`+`, `concat`) that comes from fewer layers back than another is
-    the shortcut; the path leading to it from its branch point (a projection `conv 1x1 ->
-    batchnorm`, say) is coloured with it.
+    An input of a merge (`+`, `concat`) that comes from fewer layers back than another, and
+    whose branch point feeds that other input too, is the shortcut (`x + f(x)`); the path
+    leading to it from its branch point (a projection `conv 1x1 -> batchnorm`, say) is
+    coloured with it. An edge read only for its shape (`noise(mu)`) makes no branch: the
+    reparameterisation `mu + sigma * noise(mu)` is no residual.
     """
     order = {k: i for i, k in enumerate(view.items)}
     level = dict.fromkeys(view.items, 0)  # longest path from an input, in boxes
@@ -220,16 +253,34 @@ def mark_edges(view: View) -> None:
             continue
         deepest = max(level[e.src] for e in edges)
         for e in edges:
-            if level[e.src] < deepest:
-                e.skip = True
-                source = e.src
-                while len(incoming[source]) == 1 and len(outgoing[source]) == 1:
-                    incoming[source][0].skip = True
-                    source = incoming[source][0].src
-    labelled: set[str] = set()
+            if level[e.src] >= deepest:
+                continue
+            path, source = [e], e.src
+            while (len(incoming[source]) == 1 and len(outgoing[source]) == 1
+                   and not incoming[source][0].shape_only):
+                path.append(incoming[source][0])
+                source = incoming[source][0].src
+            others = [o.src for o in edges if o is not e]
+            if _feeds(source, others, incoming):
+                for step in path:
+                    step.skip = True
+    labelled: set[tuple[str, str]] = set()
     for e in sorted(view.edges, key=lambda e: (e.skip, order[e.src], order[e.dst])):
-        e.label = e.src not in labelled
-        labelled.add(e.src)
+        e.label = (e.src, e.port) not in labelled
+        labelled.add((e.src, e.port))
+
+
+def _feeds(source: str, targets: list[str], incoming: dict[str, list[Edge]]) -> bool:
+    """Whether `source` is one of `targets` or lies upstream of one (shape-only edges aside)."""
+    seen, stack = set(), list(targets)
+    while stack:
+        key = stack.pop()
+        if key == source:
+            return True
+        if key not in seen:
+            seen.add(key)
+            stack += [e.src for e in incoming[key] if not e.shape_only]
+    return False
 
 
 # ---- folding what is too big for dot ---------------------------------------------------------

@@ -22,7 +22,7 @@ from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.params import ParamBuffer
 from nnspec.backends.numpy.rules import RULES, Context, align_batched, needs_batch_of_one
 from nnspec.ir.graph import Graph
-from nnspec.ir.ops import CLASS_INDEX_LOSSES, OPS
+from nnspec.ir.ops import CLASS_INDEX_LOSSES, OPS, class_dim
 from nnspec.ir.rewrite import unread_nodes
 from nnspec.ir.train import TrainConfig
 from nnspec.ir.types import TensorType
@@ -330,7 +330,7 @@ class NumpyModel:
             raise InputError(f"{target.shape[0]} targets for {batch} samples")
         if target.dtype == np.int64 and use is not None and use.op in CLASS_INDEX_LOSSES \
                 and pred is not None:
-            classes = pred.shape[-1]
+            classes = pred.shape[class_dim(pred.ndim - 1) + 1]
             valid = (target >= 0) & (target < classes) | (target == use.attrs.get("ignore_index"))
             if not valid.all():
                 bad = target[~valid].flat[0]

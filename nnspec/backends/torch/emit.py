@@ -23,6 +23,7 @@ from nnspec.ir.ops import (
     OpDef,
     attention_layout,
     attention_memory,
+    class_dim,
     conv_pads,
     param_shape,
     permutation,
@@ -555,13 +556,15 @@ def _scalar(s: Site) -> list[Line]:
 
 def _class_loss(function: str):
     """cross_entropy / nll with the class dim last: [T, C] scores flatten so every position
-    is a sample (the losses come back shaped per position with reduction="none"); a class
-    `weight` becomes a tensor on the scores' device."""
+    is a sample (the losses come back shaped per position with reduction="none"); [C, H, W]
+    scores have it first, as torch reads them; a class `weight` becomes a tensor on the
+    scores' device."""
 
     def forward(s: Site) -> list[Line]:
         pred, target = s.args
         scores = pred
-        if s.types[0].rank > 1:
+        sequence = s.types[0].rank > 1 and class_dim(s.types[0].rank) != 0
+        if sequence:
             pred = expr(pred, ".flatten(0, -2)")
             target = expr(target, ".flatten()" if s.types[1].dtype == "int64"
                           else ".flatten(0, -2)")
@@ -570,7 +573,7 @@ def _class_loss(function: str):
             kwargs["weight"] = expr(call("torch.tensor", list_of(
                 [Num(w, "weight") for w in s.a.weight]), device=expr(scores, ".device")))
         value = expr(call(function, pred, target, **kwargs))
-        if s.a.reduction == "none" and s.types[0].rank > 1:
+        if s.a.reduction == "none" and sequence:
             value = expr(call(expr(value, ".reshape"), expr(scores, ".shape[:-1]")))
         return [Line(value)]
 

@@ -111,7 +111,7 @@ def as_targets(y, output_shape):
     if TRAIN_SECTION["class_targets"] and tuple(y.shape[1:]) != output_shape:
         if not np.all(y == np.round(y)):
             raise SystemExit("cross_entropy needs whole-number class ids as targets")
-        classes = output_shape[-1]
+        classes = output_shape[0 if len(output_shape) >= 3 else -1]  # [C, H, W]: first
         counted = y[y != TRAIN_SECTION["ignore_index"]]
         if counted.size and (counted.min() < 0 or counted.max() >= classes):
             bad = counted.max() if counted.max() >= classes else counted.min()
@@ -138,11 +138,12 @@ def metric_sums(name, out, y):
     if threshold is not None:  # binary_cross_entropy: probabilities or logits
         hits = (out > threshold) == (y > 0.5)
         return hits.sum(), hits.numel()
+    classes = 1 if out.dim() >= 4 else -1  # (B, C, H, W) as torch; else the last dim
     if y.is_floating_point():  # class probabilities as targets
-        hits = out.argmax(-1) == y.argmax(-1)
+        hits = out.argmax(classes) == y.argmax(classes)
         return hits.sum(), hits.numel()
     counted = y != TRAIN_SECTION["ignore_index"]
-    return ((out.argmax(-1) == y) & counted).sum(), counted.sum()
+    return ((out.argmax(classes) == y) & counted).sum(), counted.sum()
 
 
 @torch.no_grad()

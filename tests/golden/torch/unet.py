@@ -11,7 +11,7 @@ from torch import nn
 
 
 class DoubleConv(nn.Module):
-    """`block DoubleConv` of unet.nn:5.
+    """`block DoubleConv` of unet.nn:7.
 
     Used as inc, down1.conv, down2.conv and 6 more.
     """
@@ -22,14 +22,14 @@ class DoubleConv(nn.Module):
         self.conv2 = nn.Conv2d(features, features, 3, padding=1)
 
     def forward(self, x):
-        x = self.conv1(x)  # (B, features, H, W)  unet.nn:7
-        x = F.relu(x)  # (B, features, H, W)  unet.nn:7
-        x = self.conv2(x)  # (B, features, H, W)  unet.nn:8
-        return F.relu(x)  # (B, features, H, W)  unet.nn:8
+        x = self.conv1(x)  # (B, features, H, W)  unet.nn:9
+        x = F.relu(x)  # (B, features, H, W)  unet.nn:9
+        x = self.conv2(x)  # (B, features, H, W)  unet.nn:10
+        return F.relu(x)  # (B, features, H, W)  unet.nn:10
 
 
 class Down(nn.Module):
-    """`block Down` of unet.nn:12.
+    """`block Down` of unet.nn:14.
 
     Used as down1, down2, down3 and 1 more.
     """
@@ -39,12 +39,12 @@ class Down(nn.Module):
         self.conv = DoubleConv(in_channels, features)
 
     def forward(self, x):
-        x = F.max_pool2d(x, 2)  # (B, C, H/2, W/2)  unet.nn:14
-        return self.conv(x)  # (B, features, H/2, W/2)  unet.nn:14
+        x = F.max_pool2d(x, 2)  # (B, C, H/2, W/2)  unet.nn:16
+        return self.conv(x)  # (B, features, H/2, W/2)  unet.nn:16
 
 
 class Up(nn.Module):
-    """`block Up` of unet.nn:19.
+    """`block Up` of unet.nn:21.
 
     Used as up1, up2, up3 and 1 more.
     """
@@ -55,9 +55,9 @@ class Up(nn.Module):
         self.conv = DoubleConv(in_channels, features)
 
     def forward(self, x, skip):
-        x = self.up(x)  # (B, features, ?, ?)  unet.nn:22
-        x = torch.cat([skip, x], dim=1)  # (B, in_channels, ?, ?)  unet.nn:23
-        return self.conv(x)  # (B, features, ?, ?)  unet.nn:23
+        x = self.up(x)  # (B, features, ?, ?)  unet.nn:24
+        x = torch.cat([skip, x], dim=1)  # (B, in_channels, ?, ?)  unet.nn:25
+        return self.conv(x)  # (B, features, ?, ?)  unet.nn:25
 
 
 @dataclass
@@ -70,7 +70,7 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """`model UNet` of unet.nn:26."""
+    """`model UNet` of unet.nn:28."""
 
     def __init__(self, config=None):
         super().__init__()
@@ -89,16 +89,33 @@ class UNet(nn.Module):
         self.outc = nn.Conv2d(config.base, config.classes, 1)
 
     def forward(self, image):
-        x = self.inc(image)  # (B, base, size, size)  unet.nn:28
-        h = self.down1(x)  # (B, base * 2, H/2, W/2)  unet.nn:29
-        h2 = self.down2(h)  # (B, base * 4, H/4, W/4)  unet.nn:30
-        h3 = self.down3(h2)  # (B, base * 8, H/8, W/8)  unet.nn:31
-        h4 = self.down4(h3)  # (B, base * 16, H/16, W/16)  unet.nn:32
-        h4 = self.up1(h4, h3)  # (B, base * 8, H/8, W/8)  unet.nn:33
-        h4 = self.up2(h4, h2)  # (B, base * 4, H/4, W/4)  unet.nn:34
-        h4 = self.up3(h4, h)  # (B, base * 2, H/2, W/2)  unet.nn:35
-        h4 = self.up4(h4, x)  # (B, base, size, size)  unet.nn:36
-        return self.outc(h4)  # (B, classes, size, size)  unet.nn:37
+        x = self.inc(image)  # (B, base, size, size)  unet.nn:30
+        h = self.down1(x)  # (B, base * 2, H/2, W/2)  unet.nn:31
+        h2 = self.down2(h)  # (B, base * 4, H/4, W/4)  unet.nn:32
+        h3 = self.down3(h2)  # (B, base * 8, H/8, W/8)  unet.nn:33
+        h4 = self.down4(h3)  # (B, base * 16, H/16, W/16)  unet.nn:34
+        h4 = self.up1(h4, h3)  # (B, base * 8, H/8, W/8)  unet.nn:35
+        h4 = self.up2(h4, h2)  # (B, base * 4, H/4, W/4)  unet.nn:36
+        h4 = self.up3(h4, h)  # (B, base * 2, H/2, W/2)  unet.nn:37
+        h4 = self.up4(h4, x)  # (B, base, size, size)  unet.nn:38
+        return self.outc(h4)  # (B, classes, size, size)  unet.nn:39
+
+
+def loss_fn(pred, target):
+    """The training loss of unet.nn:47."""
+    return F.cross_entropy(pred, target)  # scalar  unet.nn:47
+
+
+def make_optimizer(model):
+    """`adam` of the train section (unet.nn:48), every setting spelled out."""
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=0.01,
+        betas=(0.9, 0.999),
+        eps=1e-08,
+        weight_decay=0.0,
+        amsgrad=False,
+    )
 
 
 def save_weights(model, path):

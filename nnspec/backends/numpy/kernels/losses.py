@@ -4,10 +4,13 @@ Each returns the loss (a 0-d array, or the per-element losses for "none") and
 ``backward(d_loss) -> (d_pred, d_target)``; ``d_loss`` has the loss's shape. Targets get a
 gradient whenever they are float arrays, because in a custom loss the target can itself be
 a model output; class-index targets get ``None``. Logits-based losses use log-sum-exp so no
-input can overflow them. Class dims are LAST (``(..., C)``), where torch puts them at 1.
+input can overflow them. Class dims are LAST (``(..., C)``), where torch puts them at 1,
+except for (N, C, H, W) scores (a class per pixel), which have them at 1 as torch.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -95,9 +98,33 @@ def smooth_l1(pred, target, *, beta=1.0, reduction="mean"):
 # ---- cross-entropy and nll ------------------------------------------------------------------
 
 
+def _classes_last(kernel):
+    """A class-index loss over batched scores with the classes at `ops.class_dim`: axis 1 of
+    (N, C, H, W) as torch (moved last for the kernel, and its gradient moved back), the last
+    axis of (N, C) and (N, T, C)."""
+
+    @functools.wraps(kernel)
+    def loss(scores, target, **attrs):
+        if scores.ndim < 4:
+            return kernel(scores, target, **attrs)
+        probabilities = target.dtype.kind == "f"
+        value, backward = kernel(np.moveaxis(scores, 1, -1),
+                                 np.moveaxis(target, 1, -1) if probabilities else target, **attrs)
+
+        def moved_back(d_loss):
+            return tuple(None if g is None else np.moveaxis(g, -1, 1)
+                         for g in backward(d_loss))
+
+        return value, moved_back
+
+    return loss
+
+
+@_classes_last
 def cross_entropy(logits, target, *, weight=None, reduction="mean", label_smoothing=0.0,
                   ignore_index=-100):
-    """F.cross_entropy with the class dimension LAST: logits (..., C), e.g. (N, C) or (N, T, C).
+    """F.cross_entropy with the class dimension LAST: logits (..., C), e.g. (N, C) or (N, T, C)
+    (and (N, C, H, W) through `_classes_last`).
 
     Integer targets (...,) are class indices; positions equal to ``ignore_index`` add nothing
     and the mean runs over the rest, weighted by the classes' ``weight`` (NaN when every
@@ -213,6 +240,7 @@ def _cross_entropy_probabilities(logits, row_max, exp_shifted, sum_exp, target, 
     return loss, backward
 
 
+@_classes_last
 def nll(log_probs, target, *, weight=None, reduction="mean", ignore_index=-100):
     """F.nll_loss on log-probabilities (..., C) with class-index targets (...,): per position
     -w_y x_y; ignored positions count as 0 and "mean" divides by the kept classes' weights."""

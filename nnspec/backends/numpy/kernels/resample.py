@@ -15,20 +15,22 @@ import numpy as np
 
 
 def upsample(x, *, scale_factor=None, size=None, mode="nearest", align_corners=False):
-    """Resample the spatial dims of (N, C, *spatial) to ``size`` or floor(size * scale);
-    backward gives (dx,)."""
+    """Resample the spatial dims of (N, C, *spatial) to ``size`` or floor(size * scale), the
+    size or scale one for all dims or one per dim; backward gives (dx,)."""
     spatial = x.shape[2:]
     if size is not None:
         out = (size,) * len(spatial) if isinstance(size, int) else tuple(size)
+        scales = (None,) * len(spatial)
     else:
-        out = tuple(math.floor(length * scale_factor) for length in spatial)
-    if len(out) != len(spatial):
+        scales = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else \
+            (scale_factor,) * len(spatial)
+        out = tuple(math.floor(length * scale) for length, scale in zip(spatial, scales))
+    if len(out) != len(spatial) or len(scales) != len(spatial):
         raise ValueError(f"size {out} does not match input shape {x.shape}")
     plans = []
     y = x
-    for axis, (length, target) in enumerate(zip(spatial, out), start=2):
-        plan = _axis_plan(length, target, scale_factor if size is None else None, mode,
-                          align_corners, x.dtype)
+    for axis, (length, target, scale) in enumerate(zip(spatial, out, scales), start=2):
+        plan = _axis_plan(length, target, scale, mode, align_corners, x.dtype)
         plans.append((axis, length, plan))
         y = _resample(y, axis, plan)
 
