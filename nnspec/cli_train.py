@@ -141,7 +141,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
 
 
 def _train_header(trainer) -> None:
-    from nnspec.training.loop import describe_optimizer
+    from nnspec.training.settings import describe_optimizer
 
     t, data, config = trainer.train, trainer.data, trainer.config
     params = sum(a.size for a in trainer.model.params.values())
