@@ -42,8 +42,8 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
     import numpy as np
 
     from nnspec.training.data import fit_inputs, load_inputs
-    from nnspec.training.loaders import DataError
     from nnspec.training.evaluation import EVAL_CHUNK
+    from nnspec.training.loaders import DataError
 
     spec, net, metadata = load_trained(file, model, overrides, weights)
     data = spec.train.data if spec.train else None

@@ -30,7 +30,7 @@ from nnspec.ir.train import Setting
 from nnspec.training import loaders
 from nnspec.training.datasets import DATASETS, Dataset, from_user_data, load_dataset
 from nnspec.training.loaders import DataError
-from nnspec.training.metrics import MetricError, accuracy_kind
+from nnspec.training.metrics import MetricError, check_metric
 
 DATA_SEED = 0  # the data and its split do not depend on --seed: runs compare on the same samples
 
@@ -269,7 +269,7 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
     pred_shape = tuple(values[train.output_node(pred)].shape[1:])
     y_train, y_val = (fit_targets(train, y, pred_shape, span, loss, args)
                       for y in (dataset.y_train, dataset.y_val))
-    _check_metrics(train, y_train, loss, args)
+    _check_metrics(train, y_train, loss, args, pred_shape[-1] if pred_shape else 1)
     task = ("regression" if y_train.dtype != np.int64 else
             "classification" if y_train.ndim == 1 else "sequence_classification")
     return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val,
@@ -354,16 +354,9 @@ def _reshape_targets(y: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
     return y
 
 
-def _check_metrics(train, y: np.ndarray, loss: str, loss_args: dict) -> None:
-    span = train.spans.get("metrics")
-    ids = y.dtype == np.int64
+def _check_metrics(train, y: np.ndarray, loss: str, loss_args: dict, classes: int) -> None:
     for name in train.metrics:
-        if name == "accuracy":
-            try:
-                accuracy_kind(loss, loss_args, ids)
-            except MetricError as error:
-                raise data_error("E219", str(error), span) from None
-        elif ids:
-            raise data_error("E219", f"`{name}` compares outputs with targets of the same "
-                             f"shape, but the targets are class ids", span,
-                             "use `accuracy` for classification")
+        try:
+            check_metric(name, loss, loss_args, y.dtype == np.int64, classes)
+        except MetricError as error:
+            raise data_error("E219", str(error), train.spans.get("metrics")) from None

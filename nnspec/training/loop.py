@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import nnspec
@@ -29,7 +30,7 @@ from nnspec.training.settings import (
 )
 from nnspec.training.trainer import CHECKPOINT_EVERY, Outcome, Trainer, epoch_line
 
-__all__ = ["BACKENDS", "CHECKPOINT_EVERY", "EVAL_CHUNK", "Outcome", "OverrideError", "Trainer",
+__all__ = ["BACKENDS", "CHECKPOINT_EVERY", "EVAL_CHUNK", "LOGS", "Outcome", "OverrideError", "Trainer",
            "apply_overrides", "build_optimizer", "describe_optimizer", "epoch_line", "evaluate",
            "on_backend", "parse_setting", "prepare", "resume", "start"]
 
@@ -75,8 +76,8 @@ def prepare(spec, train: TrainConfig, *, val: float | None, base_dir: Path,
 
 def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default_out: Path,
           force: bool, model_overrides: dict, data_from_cli: bool, val: float | None,
-          progress, checkpoint_every: float = CHECKPOINT_EVERY, backend: str = "numpy"
-          ) -> tuple[Trainer, str | None]:
+          progress, checkpoint_every: float = CHECKPOINT_EVERY, backend: str = "numpy",
+          callbacks=(), log: str | None = None) -> tuple[Trainer, str | None]:
     """A new run on `backend` (numpy or torch): data checked, run directory claimed, config
     and first checkpoint written. Returns the trainer and a note about the directory chosen
     (or None)."""
@@ -106,16 +107,19 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
                  "val_samples": len(dataset.x_val), "input_shape": list(dataset.input_shape),
                  "class_names": dataset.class_names},
         "fingerprint": fp,
+        "log": log,
     }
     run.write_config(_json_ready(config))
-    trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every)
+    trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every,
+                      callbacks, _logger(log, run, train, dataset))
     trainer.checkpoint()
     return trainer, note
 
 
 def resume(run: RunDir, spec_path: str | None, progress,
-           checkpoint_every: float = CHECKPOINT_EVERY) -> Trainer:
-    """Continue the run in `run`, after checking that the spec still fingerprints the same."""
+           checkpoint_every: float = CHECKPOINT_EVERY, callbacks=()) -> Trainer:
+    """Continue the run in `run`, after checking that the spec still fingerprints the same
+    (logging as it started: `log` of config.json)."""
     from nnspec.spec import load
 
     config = run.read_config()
@@ -139,10 +143,24 @@ def resume(run: RunDir, spec_path: str | None, progress,
     dataset, _, model = prepare(spec, train, val=config["data"]["val"], base_dir=base_dir)
     model = on_backend(config.get("backend", "numpy"), spec, train, model)
     run.remove_partials()
-    trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every)
+    trainer = Trainer(spec, train, dataset, model, run, progress, config, checkpoint_every,
+                      callbacks, _logger(config.get("log"), run, train, dataset))
     if run.exists(rundir.RESUME):
         trainer.restore()
     return trainer
+
+
+LOGS = ("tensorboard",)
+
+
+def _logger(log: str | None, run: RunDir, train: TrainConfig, dataset: Dataset):
+    """The run's logger besides metrics.csv (`--log tensorboard`), or None."""
+    if log is None:
+        return None
+    from nnspec.training.tensorboard_log import TensorBoardLogger
+
+    steps = math.ceil(len(dataset.x_train) / train.batch)
+    return TensorBoardLogger(run.file(rundir.TENSORBOARD), steps)
 
 
 def _train_from_json(spec, config: dict) -> TrainConfig:
@@ -157,6 +175,8 @@ def _train_from_json(spec, config: dict) -> TrainConfig:
     return dataclasses.replace(
         own, epochs=saved["epochs"], batch=saved["batch"], seed=saved["seed"], val=saved["val"],
         clip=saved["clip"], early_stop=saved["early_stop"], metrics=tuple(saved["metrics"]),
+        early_stop_metric=saved.get("early_stop_metric", "val_loss"),
+        early_stop_mode=saved.get("early_stop_mode", "min"),
         optimizer=own.optimizer if same else Setting(name, optimizer, None), data=data_setting)
 
 

@@ -33,13 +33,15 @@ from nnspec.ir.train import TrainConfig
 from nnspec.training import rundir
 from nnspec.training.backend import TrainableModel
 from nnspec.training.datasets import Dataset
-from nnspec.training.evaluation import evaluate
+from nnspec.training.eta import RunEstimate
+from nnspec.training.evaluation import classifies, evaluate
 from nnspec.training.loaders import iterate_minibatches
-from nnspec.training.plot import plot_available, plot_history
+from nnspec.training.plot import plot_available, plot_confusion, plot_history
 from nnspec.training.rundir import RunDir, RunDirError
 from nnspec.training.settings import build_optimizer
 
 CHECKPOINT_EVERY = 2.0  # seconds: an atomic write costs 2-10 ms of fsync, an epoch can be 5 ms
+CONFUSION_MAX_CLASSES = 100  # a larger matrix is no longer a picture anyone reads
 
 
 def shuffle_rng(seed: int) -> np.random.Generator:
@@ -50,7 +52,8 @@ def shuffle_rng(seed: int) -> np.random.Generator:
 
 @dataclass
 class Outcome:
-    """How a run ended: finished | early_stop | interrupted | diverged | done_before."""
+    """How a run ended: finished | early_stop | stopped (by a callback) | interrupted |
+    diverged | done_before."""
 
     status: str
     message: str
@@ -67,7 +70,7 @@ class _Position:
     epoch_rng: dict | None = None  # batch-order generator state at the start of this epoch
     loss_sum: float = 0.0  # this epoch's sum of batch loss * batch size
     samples: int = 0
-    best_val_loss: float | None = None
+    best_score: float | None = None  # of the column early stopping watches (val_loss)
     best_epoch: int = 0
     bad_epochs: int = 0
     status: str = "running"
@@ -103,7 +106,10 @@ class Trainer:
 
     def __init__(self, spec, train: TrainConfig, dataset: Dataset, model: TrainableModel,
                  run: RunDir, progress, config: dict,
-                 checkpoint_every: float = CHECKPOINT_EVERY):
+                 checkpoint_every: float = CHECKPOINT_EVERY, callbacks=(), logger=None):
+        """`callbacks` are called with each epoch's history row after it is committed; one
+        returning True stops the run there (resumable). `logger` (a TensorBoardLogger or
+        None) receives every step and every epoch."""
         self.spec = spec
         self.train = train
         self.data = dataset
@@ -116,6 +122,8 @@ class Trainer:
         self.batches = shuffle_rng(train.seed)
         self.at = _Position()
         self.checkpoint_every = checkpoint_every
+        self.callbacks = tuple(callbacks)
+        self.logger = logger
         self._committed = (time.monotonic(), 0)  # when, and after which epoch
         self._unsaved_best: tuple[dict, dict] | None = None  # best weights not yet on disk
         self.columns = ["epoch", "step", "train_loss", "val_loss",
@@ -172,6 +180,8 @@ class Trainer:
         self.batches.bit_generator.state = state.pop("batches")
         self.model.dropout_state = state.pop("dropout")
         state.pop("spec_hash")
+        if "best_val_loss" in state:  # a run started before early stopping watched any column
+            state["best_score"] = state.pop("best_val_loss")
         self.at = _Position(**state)
         self._committed = (time.monotonic(), self.at.epoch)
         if self.at.history:
@@ -180,6 +190,20 @@ class Trainer:
     def plot(self) -> None:
         if self.at.history and plot_available():
             plot_history(self.at.history, self.run.file(rundir.PLOT), self.spec.graph.name)
+            if self.at.status in ("finished", "early_stop"):
+                self._plot_confusion()
+
+    def _plot_confusion(self) -> None:
+        """confusion.png of the validation split with the run's last weights."""
+        data = self.data
+        if not len(data.x_val) or not classifies(self.train, data.y_val):
+            return
+        with np.errstate(all="ignore"):
+            matrix = evaluate(self.model, self.train, data.x_val, data.y_val,
+                              confusion=True)["confusion"]
+        if len(matrix) <= CONFUSION_MAX_CLASSES:
+            plot_confusion(matrix, data.class_names, self.run.file(rundir.CONFUSION),
+                           f"{self.spec.graph.name}: validation, epoch {self.at.epoch}")
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -190,6 +214,9 @@ class Trainer:
             return Outcome("done_before", f"{self.run} already finished ({self._best_summary()}); "
                            "nothing to do", at.history)
         at.status = "running"
+        steps = math.ceil(len(self.data.x_train) / self.train.batch)
+        self.estimate = RunEstimate(self.config.get("backend", "numpy"),
+                                    (self.train.epochs - at.epoch) * steps - at.batch)
         try:
             with _StopRequest() as stop, np.errstate(all="ignore"):
                 while at.epoch < self.train.epochs:
@@ -200,6 +227,8 @@ class Trainer:
                            at.history)
         finally:
             self.progress.close()
+            if self.logger is not None:
+                self.logger.close()
             self.plot()
 
     def _epoch(self, stop: _StopRequest) -> Outcome | None:
@@ -214,21 +243,25 @@ class Trainer:
                                              self.batches), at.batch, None)
         self.progress.epoch_started(number, train.epochs, steps, at.batch)
         started = time.perf_counter()
-        clip, progress = train.clip, self.progress
+        clip, progress, logger, estimate = train.clip, self.progress, self.logger, self.estimate
         for x, y in batches:
             loss = model.loss(x, y)
             if not math.isfinite(loss):
                 return self._diverged(f"the training loss became {loss} at epoch {number}, "
                                       f"step {at.step + 1} (batch {at.batch + 1} of {steps})")
             model.backward()
-            if clip:
-                model.clip_grad_norm(clip)
+            norm = model.clip_grad_norm(clip or math.inf) if clip or logger else None
             optimizer.step()
             at.step += 1
             at.batch += 1
             at.loss_sum += loss * len(x)
             at.samples += len(x)
             progress.step(loss)
+            if logger is not None:
+                logger.step(at.step, loss, norm)
+            if not estimate.done:
+                for line in estimate.step():
+                    progress.info(line)
             if stop.signal is not None and at.batch < steps:
                 return self._interrupted(stop.signal)
         return self._end_epoch(number, started, stop)
@@ -245,8 +278,8 @@ class Trainer:
                "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()},
                "lr": self.optimizer.lr, "seconds": round(seconds, 3)}
         at.history.append(row)
-        if at.best_val_loss is None or val_loss < at.best_val_loss:
-            at.best_val_loss, at.best_epoch, at.bad_epochs = val_loss, number, 0
+        if self._improves(row):
+            at.best_score, at.best_epoch, at.bad_epochs = row[train.early_stop_metric], number, 0
             self._unsaved_best = (self.model.state_dict(), self._meta(number, val_loss))
         else:
             at.bad_epochs += 1
@@ -262,12 +295,29 @@ class Trainer:
         if due or stopping or stop.signal is not None or at.epoch == train.epochs:
             self.checkpoint()
         self.progress.epoch_finished(epoch_line(row, train.epochs))
+        if self.logger is not None:
+            self.logger.epoch(row)
         if stopping:
-            return Outcome("early_stop", f"early stop: no better val_loss for {at.bad_epochs} "
-                           f"epochs; {self._best_summary()}", at.history)
+            return Outcome("early_stop", f"early stop: no better {train.early_stop_metric} "
+                           f"for {at.bad_epochs} epochs; {self._best_summary()}", at.history)
+        wants_stop = [callback(dict(row)) for callback in self.callbacks]  # each one is called
+        if any(wants_stop) and at.epoch < train.epochs:
+            at.status = "stopped"
+            self.checkpoint()
+            return Outcome("stopped", f"stopped by a callback after epoch {at.epoch}; "
+                           f"{self._best_summary()}", at.history)
         if stop.signal is not None and at.epoch < train.epochs:
             return self._interrupted(stop.signal)
         return None
+
+    def _improves(self, row: dict) -> bool:
+        """Whether the watched column beats the best so far (NaN never does)."""
+        value, best = row[self.train.early_stop_metric], self.at.best_score
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value < best if self.train.early_stop_mode == "min" else value > best
 
     def _interrupted(self, signum: int) -> Outcome:
         self.at.status = "interrupted"
@@ -294,10 +344,13 @@ class Trainer:
         at = self.at
         if not at.history:
             return "no epoch finished"
+        if not at.best_epoch:
+            return f"no epoch improved {self.train.early_stop_metric}"
         row = at.history[at.best_epoch - 1]
+        watched = self.train.early_stop_metric
         extra = "".join(f", {k} {v:.4f}" for k, v in row.items()
-                        if k.startswith("val_") and k != "val_loss")
-        return f"best val_loss {at.best_val_loss:.4f} at epoch {at.best_epoch}{extra}"
+                        if k.startswith("val_") and k != watched)
+        return f"best {watched} {row[watched]:.4f} at epoch {at.best_epoch}{extra}"
 
 
 def epoch_line(row: dict, epochs: int) -> str:
@@ -305,6 +358,6 @@ def epoch_line(row: dict, epochs: int) -> str:
     width = len(str(epochs))
     parts = [f"epoch {row['epoch']:>{width}}/{epochs}"]
     parts += [f"{key} {value:.4f}" for key, value in row.items()
-              if key.endswith(("loss", "accuracy", "mae", "mse"))]
+              if key.endswith("loss") or key.startswith("val_")]
     parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.2f}s"]
     return "  ".join(parts)
