@@ -184,7 +184,8 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
                                "samples": len(x), **scores}, indent=2))
         return
     click.echo(f"{spec.name} on {name} ({split} split, {len(x)} samples)")
+    width = max(map(len, scores))
     for key, value in scores.items():
-        click.echo(f"  {key:<10} {value:.4f}")
+        click.echo(f"  {key:<{width}}  {value:.4f}")
 
 
