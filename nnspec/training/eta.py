@@ -51,6 +51,6 @@ class RunEstimate:
                   f"{self._steps} steps; evaluation not included)")]
         if self.backend == "numpy" and total > SUGGEST_TORCH and torch_installed():
             lines.append("note: PyTorch is installed; `--backend torch` trains the same spec "
-                         "through its generated PyTorch module, which is often faster for "
+                         "through its generated PyTorch module, which can be much faster for "
                          "convolutional and large models")
         return lines
