@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from nnspec.diagnostics import Diagnostic, SpecError
     from nnspec.frontend import Analysis, Symbol, analyze
     from nnspec.spec import Spec, check_text, load, load_text
-    from nnspec.training.datasets import Dataset, load_dataset
-    from nnspec.training.fit import History, fit
 
 __version__ = "0.1.0"
 __all__ = ["Analysis", "Dataset", "Diagnostic", "History", "NumpyModel", "Spec", "SpecError",
