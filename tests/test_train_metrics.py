@@ -185,3 +185,90 @@ def test_eval_prints_the_new_metrics(tmp_path):
         assert 0 < scores[name] < (10 if name == "perplexity" else 1.0 + 1e-9), name
     text = CliRunner().invoke(main, ["eval", str(path), "-w", str(tmp_path / "run")]).output
     assert "top2_accuracy" in text and "perplexity" in text
+
+
+# ---------------------------------------------------------------- metrics of named outputs
+
+TWO_HEADS = """
+model TwoHeads(width = 16) {
+  input image: [8]
+  input meta: [2]
+  h = concat(image, meta) -> dense(width) -> relu
+  kind = h -> dense(3)
+  size = h -> dense(1)
+  kind, size
+}
+
+train TwoHeads {
+  data      npz("heads.npz")
+  loss      cross_entropy(kind, label) + 0.5 * mse(size, value)
+  optimizer adam(lr = 1e-2)
+  epochs    4
+  batch     32
+{lines}
+}
+"""
+
+
+def heads(folder, lines: str):
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((300, 8)).astype(np.float32)
+    meta = rng.standard_normal((300, 2)).astype(np.float32)
+    label = (image[:, 0] > 0).astype(np.int64) + (meta[:, 0] > 1).astype(np.int64)
+    value = (image[:, 1] + meta[:, 1]).astype(np.float32)
+    np.savez(folder / "heads.npz", image=image, meta=meta, label=label, value=value)
+    path = folder / "heads.nn"
+    path.write_text(TWO_HEADS.replace("{lines}", lines))
+    return path, {"image": image, "meta": meta}, label, value
+
+
+def test_metrics_name_the_output_they_score(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from nnspec import NumpyModel, fit, load
+    from nnspec.cli import main
+
+    path, x, label, value = heads(tmp_path, "  metrics   accuracy(kind), f1(kind), mae(size)\n"
+                                            "  early_stop 3, val_kind_accuracy")
+    train = load(path).train
+    assert train.metrics == ("kind_accuracy", "kind_f1", "size_mae")
+    assert train.early_stop_mode == "max"
+    history = fit(path, out=tmp_path / "run", progress=False)
+    assert {"val_kind_accuracy", "val_kind_f1", "val_size_mae"} <= set(history[-1])
+    result = CliRunner().invoke(main, ["eval", str(path), "-w", str(tmp_path / "run"),
+                                       "--data", str(tmp_path / "heads.npz"), "--format",
+                                       "json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    model = NumpyModel.from_spec(load(path))
+    model.load(tmp_path / "run" / "best.safetensors")
+    out = model.outputs(x)
+    guess = out["kind"].argmax(axis=1)
+    assert scores["kind_accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(label, guess))
+    assert scores["kind_f1"] == pytest.approx(
+        sklearn_metrics.f1_score(label, guess, average="macro", zero_division=0))
+    assert scores["size_mae"] == pytest.approx(
+        sklearn_metrics.mean_absolute_error(value, out["size"][:, 0]), rel=1e-5)
+
+
+def test_a_metric_of_several_targets_must_name_its_output(tmp_path):
+    from nnspec import load
+    from nnspec.training import loop
+
+    path, *_ = heads(tmp_path, "  metrics   accuracy")
+    spec = load(path)
+    with pytest.raises(SpecError) as error:
+        loop.prepare(spec, spec.train, val=None, base_dir=tmp_path)
+    diagnostic = error.value.diagnostics[0]
+    assert diagnostic.code == "E219" and "`accuracy(kind)`" in diagnostic.hint
+    with pytest.raises(SpecError) as error:
+        heads(tmp_path, "  metrics   accuracy(knd)") and load(path)
+    diagnostic = error.value.diagnostics[0]
+    assert diagnostic.code == "E209" and "did you mean `kind`" in diagnostic.hint
+    path, *_ = heads(tmp_path, "  metrics   mae(kind)")
+    spec = load(path)
+    with pytest.raises(SpecError) as error:
+        loop.prepare(spec, spec.train, val=None, base_dir=tmp_path)
+    assert "class ids" in error.value.diagnostics[0].message

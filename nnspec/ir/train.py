@@ -60,12 +60,19 @@ class TrainConfig:
     outputs: tuple[tuple[str, str], ...] = ()  # (name, model node): the outputs training reads
     early_stop_metric: str = "val_loss"  # the history column early stopping and `best` watch
     early_stop_mode: str = "min"  # min: lower is better; max: higher is better
+    metric_outputs: tuple[tuple[str, str], ...] = ()  # (metric, output): `accuracy(kind)`
 
     @property
     def targets(self) -> dict[str, TensorType]:
         """The data's targets the loss takes, by name (`target` for `loss mse`)."""
         return {b.name: self.loss_graph.node(b.node).type for b in self.bindings
                 if b.source == "target"}
+
+    def metric(self, name: str) -> tuple[str, str | None]:
+        """A metric column's kind and the output it scores: `kind_accuracy` ->
+        ("accuracy", "kind"); ("accuracy", None) scores the output the loss compares."""
+        output = dict(self.metric_outputs).get(name)
+        return (name.removeprefix(f"{output}_"), output) if output else (name, None)
 
     def output_node(self, name: str) -> str:
         return dict(self.outputs)[name]
@@ -79,7 +86,8 @@ class TrainConfig:
                 "epochs": self.epochs, "batch": self.batch, "metrics": list(self.metrics),
                 "seed": self.seed, "val": self.val, "clip": self.clip,
                 "early_stop": self.early_stop, "early_stop_metric": self.early_stop_metric,
-                "early_stop_mode": self.early_stop_mode}
+                "early_stop_mode": self.early_stop_mode,
+                "metric_outputs": [list(pair) for pair in self.metric_outputs]}
 
 
 _SCALARS = {  # key: (kind, default, minimum)
@@ -127,7 +135,8 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
                                                     ops.OPTIMIZERS, "optimizer"), None)
     schedule = builder.guard(lambda: hyper_setting(builder, seen.get("schedule"), ops.SCHEDULES,
                                                    "schedule"), None) if "schedule" in seen else None
-    metrics = builder.guard(lambda: _metrics(builder, seen.get("metrics")), ())
+    metrics, metric_outputs = builder.guard(
+        lambda: _metrics(builder, seen.get("metrics"), model.output_names), ((), ()))
     stop = builder.guard(lambda: _early_stop(builder, seen.get("early_stop"), metrics),
                          (0, "val_loss", "min"))
     if optimizer is None and "optimizer" not in seen:
@@ -160,7 +169,8 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
                        values["clip"], stop[0], fused is not None,
                        {k: s.span for k, s in seen.items()}, tuple(bindings),
                        fused.outputs if fused is not None else _outputs(model),
-                       early_stop_metric=stop[1], early_stop_mode=stop[2])
+                       early_stop_metric=stop[1], early_stop_mode=stop[2],
+                       metric_outputs=metric_outputs)
 
 
 def _single(setting: ast.Setting) -> ast.Expr:
@@ -219,29 +229,46 @@ def hyper_setting(builder: Evaluator, setting: ast.Setting | None,
                    expr.span)
 
 
-def _metrics(builder: Evaluator, setting: ast.Setting | None) -> tuple[str, ...]:
-    """Metric names as the history's columns call them: `top_k_accuracy(k = 5)` is
-    `top5_accuracy` (which may also be written)."""
+def _metrics(builder: Evaluator, setting: ast.Setting | None, outputs: list[str]
+             ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Metric names as the history's columns call them, and the outputs they score.
+
+    `top_k_accuracy(k = 5)` is `top5_accuracy` (which may also be written); a metric of one
+    of several outputs names it first, `accuracy(kind)`, and is called `kind_accuracy`.
+    """
     if setting is None:
-        return ()
-    names = []
+        return (), ()
+    names, scored = [], []
     for expr in setting.values:
-        if isinstance(expr, ast.Call) and expr.func == "top_k_accuracy":
-            k = bind_attrs("top_k_accuracy", (ops.Attr("k", "int", 5, minimum=1),),
-                           [builder.eval_value(a, constant_frame()) for a in expr.args],
-                           {k.name: builder.eval_value(k.value, constant_frame())
-                            for k in expr.kwargs}, {}, expr.span)["k"]
-            names.append(f"top{k}_accuracy")
-            continue
-        word = expr.id if isinstance(expr, ast.Name) else "this"
+        output, word = None, expr.id if isinstance(expr, ast.Name) else "this"
+        if isinstance(expr, ast.Call):
+            args, word = list(expr.args), expr.func
+            if args and isinstance(args[0], ast.Name):
+                output = args.pop(0).id
+                if output not in outputs:
+                    raise DiagnosticError(
+                        "E209", f"`{word}({output})` scores an output, but the model has no "
+                        f"output `{output}`", expr.args[0].span,
+                        did_you_mean(output, outputs) or f"outputs: {', '.join(outputs)}")
+            if word == "top_k_accuracy":
+                k = bind_attrs(word, (ops.Attr("k", "int", 5, minimum=1),),
+                               [builder.eval_value(a, constant_frame()) for a in args],
+                               {k.name: builder.eval_value(k.value, constant_frame())
+                                for k in expr.kwargs}, {}, expr.span)["k"]
+                word = f"top{k}_accuracy"
+            elif args or expr.kwargs:
+                raise DiagnosticError("E209", f"`{word}` takes only the output it scores: "
+                                      f"`{word}(name)`", expr.span)
         if word == "top_k_accuracy":  # its default k
             word = "top5_accuracy"
         if not (word in ops.METRICS or _TOP_K.fullmatch(word)):
             raise DiagnosticError("E209", f"unknown metric `{word}`", expr.span,
                                   did_you_mean(word, ops.METRICS)
                                   or f"metrics: {', '.join(ops.METRICS)}")
-        names.append(word)
-    return tuple(names)
+        names.append(f"{output}_{word}" if output else word)
+        if output:
+            scored.append((names[-1], output))
+    return tuple(names), tuple(scored)
 
 
 def _early_stop(builder: Evaluator, setting: ast.Setting | None, metrics: tuple[str, ...]

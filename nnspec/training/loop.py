@@ -177,6 +177,7 @@ def _train_from_json(spec, config: dict) -> TrainConfig:
         clip=saved["clip"], early_stop=saved["early_stop"], metrics=tuple(saved["metrics"]),
         early_stop_metric=saved.get("early_stop_metric", "val_loss"),
         early_stop_mode=saved.get("early_stop_mode", "min"),
+        metric_outputs=tuple(tuple(pair) for pair in saved.get("metric_outputs", ())),
         optimizer=own.optimizer if same else Setting(name, optimizer, None), data=data_setting)
 
 
