@@ -38,7 +38,8 @@ from nnspec.diagnostics import SpecError
 @click.option("--data", metavar="DATA", help='Train on other data: a built-in set '
               '("digits(shape = [1, 8, 8])") or a file (train.csv, data.npz).')
 @click.option("--early-stop", type=click.IntRange(min=0), metavar="N",
-              help="Stop after N epochs without a better validation loss (0: never).")
+              help="Stop after N epochs without a better val_loss, or the column the "
+              "train section's `early_stop` watches (0: never).")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0.0), default=2.0,
               show_default=True, metavar="SECONDS",
               help="Commit a checkpoint at the end of an epoch once this many seconds have "

@@ -51,7 +51,8 @@ class PlainProgress:
         self.log_every = log_every
         self._epoch = self._epochs = self._total = self._done = self._steps = 0
         self._loss_sum = 0.0
-        self._started = self._last_line = 0.0
+        self._started = 0.0
+        self._last_line: float | None = None  # when the last line was written
 
     def info(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -60,7 +61,7 @@ class PlainProgress:
         self._epoch, self._epochs, self._total, self._done = epoch, epochs, steps, done
         self._steps, self._loss_sum = 0, 0.0
         self._started = time.perf_counter()
-        if epoch == 1 or done:  # otherwise the last epoch line keeps its place
+        if self._last_line is None:  # later epochs count from the last epoch line
             self._last_line = self._started
 
     def step(self, loss: float) -> None:
