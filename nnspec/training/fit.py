@@ -96,6 +96,7 @@ def fit(spec, data: str | None = None, *, epochs: int | None = None, backend: st
             if note:
                 reporter.info(f"note: {note}")
         outcome = trainer.run_to_end()
+        reporter.info(outcome.message)
     finally:
         release_runs()
     return History(outcome.history, outcome.status, outcome.message, trainer.run.path)
