@@ -208,7 +208,33 @@ def test_tensorboard_events_hold_what_metrics_csv_holds(tiny, tmp_path):
         assert [e.value for e in logged] == pytest.approx([float(r[column]) for r in rows],
                                                           rel=1e-5)  # csv: 6 digits
     norms = [e.value for e in events.Scalars("step/grad_norm")]
-    assert len(norms) == int(rows[-1]["step"]) and all(n > 0 for n in norms)
+    assert 1 <= len(norms) <= int(rows[-1]["step"]) and all(n > 0 for n in norms)
+
+
+def test_step_points_are_window_means_and_spaced_in_time(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboardX")
+    accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    from nnspec.training import tensorboard_log
+
+    clock = FakeClock()
+    monkeypatch.setattr(tensorboard_log, "time", clock)
+    logger = tensorboard_log.TensorBoardLogger(tmp_path, steps_per_epoch=1000)  # window 5
+    for step in range(1, 21):
+        clock.now += 0.1
+        logger.step(step, float(step), 2.0 * step)
+    for step in range(21, 51):  # 1 ms apart: the time floor merges windows
+        clock.now += 0.001
+        logger.step(step, 1.0, None)
+    logger.close()
+    events = accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    loss = events.Scalars("step/loss")
+    assert [e.step for e in loss][:4] == [5, 10, 15, 20]
+    assert [e.value for e in loss][:4] == pytest.approx([3, 8, 13, 18])
+    assert [e.value for e in events.Scalars("step/grad_norm")] == pytest.approx([6, 16, 26, 36])
+    assert len(loss) == 4 + 1  # 30 fast steps give one more point, after 20 ms
+    assert loss[-1].step in (40, 41) and loss[-1].value == pytest.approx(1.0)
 
 
 def test_tensorboard_is_resumed_into_the_same_directory(tiny, tmp_path):
