@@ -52,7 +52,7 @@ from nnspec.diagnostics import SpecError
               "module, in this process (needs torch).")
 @click.option("--log", "log", type=click.Choice(["tensorboard"]), default=None,
               help="Also write TensorBoard event files into the run directory's tensorboard/ "
-              "(needs tensorboardX: pip install \"nnspec[tensorboard]\").")
+              "(needs tensorboard: pip install \"nnspec[tensorboard]\").")
 @click.option("--log-every", type=click.IntRange(min=1), default=None, metavar="STEPS",
               help="Print a progress line every STEPS steps.")
 @click.option("--log-every-seconds", type=click.FloatRange(min=0.0), default=10.0,
@@ -78,7 +78,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     from nnspec.training.rundir import RunDir, RunDirError, release_runs
 
     if log == "tensorboard" and not tensorboard_log.available():
-        fail_plain("--log tensorboard needs tensorboardX", tensorboard_log.INSTALL)
+        fail_plain("--log tensorboard needs the tensorboard package", tensorboard_log.INSTALL)
     progress = make_progress(log_every_seconds=log_every_seconds, log_every=log_every)
     try:
         if resume is not None:
