@@ -2,13 +2,15 @@
 
 The writer is TensorBoard's own event file writer (`pip install "nnspec[tensorboard]"`, the
 package that also serves the dashboard): it needs neither TensorFlow nor torch and imports
-in a third of a second. (tensorboardX was tried first: it imports torch whenever torch is
-installed, 4 s, and a NumPy run trained 1.5x slower beside it.) Per step: the training
-loss and the gradient norm (before clipping), averaged over windows so an epoch gives at
-most `POINTS_PER_EPOCH` points and a point is written at most every `MIN_INTERVAL` seconds
-(an event costs tens of microseconds, more than a small model's step); per epoch: the train and validation loss, every metric and
-the learning rate, all against the optimizer step. A resumed run appends a new event file
-to the same directory, and TensorBoard joins them.
+in a third of a second (tensorboardX imports torch whenever torch is installed: 4 s).
+
+Per step: the training loss averaged over windows of steps, so an epoch gives at most
+`POINTS_PER_EPOCH` points and a point is written at most every `MIN_INTERVAL` seconds (an
+event costs about 0.1 ms, more than a small model's step), and the gradient norm (before
+clipping) of the step each point is written at (the trainer computes it only then: see
+`due`). Per epoch: the train and validation loss, every metric and the learning rate. All
+against the optimizer step. A resumed run appends a new event file to the same directory,
+and TensorBoard joins them.
 """
 
 from __future__ import annotations
@@ -43,22 +45,26 @@ class TensorBoardLogger:
         directory.mkdir(parents=True, exist_ok=True)
         self.writer = EventFileWriter(str(directory))
         self.window = max(1, steps_per_epoch // POINTS_PER_EPOCH)
-        self._loss = self._norm = 0.0
+        self._loss = 0.0
         self._count = 0
         self._written = 0.0
 
+    def due(self) -> bool:
+        """Whether the next step writes a point (so its gradient norm is wanted)."""
+        return (self._count + 1 >= self.window
+                and time.perf_counter() - self._written >= MIN_INTERVAL)
+
     def step(self, step: int, loss: float, grad_norm: float | None) -> None:
+        """One optimizer step; a point is written when `due()` said so before it."""
         self._loss += loss
-        self._norm += grad_norm if grad_norm is not None else math.nan
         self._count += 1
-        now = time.perf_counter()
-        if self._count >= self.window and now - self._written >= MIN_INTERVAL:
-            self._written = now
+        if self._count >= self.window and time.perf_counter() - self._written >= MIN_INTERVAL:
+            self._written = time.perf_counter()
             values = {"step/loss": self._loss / self._count}
-            if math.isfinite(self._norm):
-                values["step/grad_norm"] = self._norm / self._count
+            if grad_norm is not None and math.isfinite(grad_norm):
+                values["step/grad_norm"] = grad_norm
             self._write(values, step)
-            self._loss = self._norm = 0.0
+            self._loss = 0.0
             self._count = 0
 
     def epoch(self, row: dict) -> None:

@@ -250,7 +250,9 @@ class Trainer:
                 return self._diverged(f"the training loss became {loss} at epoch {number}, "
                                       f"step {at.step + 1} (batch {at.batch + 1} of {steps})")
             model.backward()
-            norm = model.clip_grad_norm(clip or math.inf) if clip or logger else None
+            norm = model.clip_grad_norm(clip) if clip else None
+            if norm is None and logger is not None and logger.due():
+                norm = model.clip_grad_norm(math.inf)  # the norm alone, for the log
             optimizer.step()
             at.step += 1
             at.batch += 1
