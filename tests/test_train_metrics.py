@@ -10,7 +10,11 @@ from nnspec.diagnostics import SpecError
 from nnspec.spec import load_text
 from nnspec.training.metrics import MetricError, MetricSums, check_metric
 
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+@pytest.fixture
+def sklearn_metrics():
+    """scikit-learn's metrics, the oracle (in the test extra)."""
+    return pytest.importorskip("sklearn.metrics")
 
 SECTION = """
 model Net {{
@@ -37,7 +41,7 @@ def batches(n: int, size: int):
 
 
 @pytest.mark.parametrize("size", [7, 64, 500])
-def test_classification_metrics_agree_with_scikit_learn_at_any_batch_size(size):
+def test_classification_metrics_agree_with_scikit_learn_at_any_batch_size(size, sklearn_metrics):
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(300, 6)).astype(np.float32)
     labels = rng.integers(0, 6, 300)
@@ -60,7 +64,7 @@ def test_classification_metrics_agree_with_scikit_learn_at_any_batch_size(size):
                                   sklearn_metrics.confusion_matrix(labels, guess, labels=range(6)))
 
 
-def test_binary_precision_recall_over_thresholded_logits():
+def test_binary_precision_recall_over_thresholded_logits(sklearn_metrics):
     rng = np.random.default_rng(4)
     logits = rng.normal(size=(200, 1)).astype(np.float32)
     truth = (rng.random((200, 1)) < 0.3).astype(np.float32)
@@ -222,7 +226,7 @@ def heads(folder, lines: str):
     return path, {"image": image, "meta": meta}, label, value
 
 
-def test_metrics_name_the_output_they_score(tmp_path):
+def test_metrics_name_the_output_they_score(tmp_path, sklearn_metrics):
     import json
 
     from click.testing import CliRunner
