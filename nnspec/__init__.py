@@ -11,6 +11,8 @@ The public API, for notebooks and scripts::
     loss = model.loss(x, y); grads = model.backward()
     opt = nnspec.make_optimizer(spec, model); opt.step()
     model.save("weights.safetensors")
+    history = nnspec.fit("specs/digits_mlp.nn", epochs=5)  # `nnspec train` (docs/python-api.md)
+    data = nnspec.load_dataset("digits")           # a built-in data set's arrays
 
 Heavy parts (NumPy backend, torch code generation) are imported on first use.
 """
@@ -27,8 +29,9 @@ if TYPE_CHECKING:
     from nnspec.spec import Spec, check_text, load, load_text
 
 __version__ = "0.1.0"
-__all__ = ["Analysis", "Diagnostic", "NumpyModel", "Spec", "SpecError", "Symbol", "analyze",
-           "check_text", "load", "load_text", "make_optimizer", "make_schedule"]
+__all__ = ["Analysis", "Dataset", "Diagnostic", "History", "NumpyModel", "Spec", "SpecError",
+           "Symbol", "analyze", "check_text", "fit", "load", "load_dataset", "load_text",
+           "make_optimizer", "make_schedule"]
 
 
 def make_optimizer(spec: Spec, model: NumpyModel, **overrides):
@@ -67,7 +70,9 @@ def make_schedule(spec: Spec, optimizer, epochs: int | None = None):
 _LAZY = {"Analysis": "nnspec.frontend", "Symbol": "nnspec.frontend", "analyze": "nnspec.frontend",
          "Diagnostic": "nnspec.diagnostics", "SpecError": "nnspec.diagnostics",
          "Spec": "nnspec.spec", "check_text": "nnspec.spec", "load": "nnspec.spec",
-         "load_text": "nnspec.spec", "NumpyModel": "nnspec.backends.numpy.model"}
+         "load_text": "nnspec.spec", "NumpyModel": "nnspec.backends.numpy.model",
+         "fit": "nnspec.training.fit", "History": "nnspec.training.fit",
+         "load_dataset": "nnspec.training.datasets", "Dataset": "nnspec.training.datasets"}
 
 
 def __getattr__(name: str):

@@ -66,8 +66,8 @@ def load_or_exit(path: str, model: str | None = None, overrides: dict | None = N
         spec = load(path, model, overrides, max_layers=layer_budget())
     except SpecError as err:
         fail(err.diagnostics)
-    if notes:
-        report(spec.notes)
+    if notes:  # warnings; notes (N001, the fused softmax) are `nnspec check`'s to say
+        report([d for d in spec.notes if d.severity != "note"])
     return spec
 
 

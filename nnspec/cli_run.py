@@ -42,8 +42,8 @@ def predict(file: str, weights: Path, inputs: Path, output: str | None, model: s
     import numpy as np
 
     from nnspec.training.data import fit_inputs, load_inputs
+    from nnspec.training.evaluation import EVAL_CHUNK
     from nnspec.training.loaders import DataError
-    from nnspec.training.loop import EVAL_CHUNK
 
     spec, net, metadata = load_trained(file, model, overrides, weights)
     data = spec.train.data if spec.train else None
@@ -184,7 +184,8 @@ def evaluate(file: str, weights: Path, data: str | None, split: str | None, fmt:
                                "samples": len(x), **scores}, indent=2))
         return
     click.echo(f"{spec.name} on {name} ({split} split, {len(x)} samples)")
+    width = max(map(len, scores))
     for key, value in scores.items():
-        click.echo(f"  {key:<10} {value:.4f}")
+        click.echo(f"  {key:<{width}}  {value:.4f}")
 
 

@@ -38,7 +38,8 @@ from nnspec.diagnostics import SpecError
 @click.option("--data", metavar="DATA", help='Train on other data: a built-in set '
               '("digits(shape = [1, 8, 8])") or a file (train.csv, data.npz).')
 @click.option("--early-stop", type=click.IntRange(min=0), metavar="N",
-              help="Stop after N epochs without a better validation loss (0: never).")
+              help="Stop after N epochs without a better val_loss, or the column the "
+              "train section's `early_stop` watches (0: never).")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0.0), default=2.0,
               show_default=True, metavar="SECONDS",
               help="Commit a checkpoint at the end of an epoch once this many seconds have "
@@ -57,39 +58,52 @@ from nnspec.diagnostics import SpecError
               "adds a gradient scaler) [default: fp32].")
 @click.option("--compile", "compiled", is_flag=True,
               help="With --backend torch: run the module through torch.compile.")
+@click.option("--log", "log", type=click.Choice(["tensorboard"]), default=None,
+              help="Also write TensorBoard event files into the run directory's tensorboard/ "
+              "(needs tensorboard: pip install \"nnspec[tensorboard]\").")
+@click.option("--log-every", type=click.IntRange(min=1), default=None, metavar="STEPS",
+              help="Print a progress line every STEPS steps.")
+@click.option("--log-every-seconds", type=click.FloatRange(min=0.0), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="When the output is not a terminal, print a progress line at most this "
+              "often (0: epoch lines only).")
 def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
           epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
           seed: int | None, val: float | None, data: str | None, early_stop: int | None,
           checkpoint_every: float, model: str | None, overrides: tuple[str, ...],
-          backend: str | None, device: str | None, precision: str | None, compiled: bool):
+          backend: str | None, device: str | None, precision: str | None, compiled: bool,
+          log: str | None, log_every: int | None, log_every_seconds: float):
     """Train the model of FILE on the NumPy interpreter (or, with --backend torch, through
     its generated PyTorch module), as its train section says.
 
     Writes the run directory: config.json, best/last.safetensors, resume.safetensors,
-    metrics.csv and loss.png. Ctrl-C saves a checkpoint (exit 130); a non-finite loss
-    stops the run (exit 1). See docs/training.md.
+    metrics.csv, loss.png and (classification) confusion.png. Ctrl-C saves a checkpoint
+    (exit 130); a non-finite loss stops the run (exit 1). See docs/training.md.
     """
-    from nnspec.training import loop
+    from nnspec.training import loop, tensorboard_log
     from nnspec.training.backend import BackendError
     from nnspec.training.budget import TooBig
     from nnspec.training.progress import make_progress
     from nnspec.training.rundir import RunDir, RunDirError, release_runs
 
-    progress = make_progress()
+    if log == "tensorboard" and not tensorboard_log.available():
+        fail_plain("--log tensorboard needs the tensorboard package", tensorboard_log.INSTALL)
+    progress = make_progress(log_every_seconds=log_every_seconds, log_every=log_every)
     try:
         if resume is not None:
             given = {"--epochs": epochs, "--batch": batch, "--lr": lr, "--optimizer": optimizer,
                      "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
                      "--model": model, "--set": overrides or None, "--force": force or None,
                      "--backend": backend, "--precision": precision,
-                     "--compile": compiled or None}
+                     "--compile": compiled or None, "--log": log}
             clash = [flag for flag, value in given.items() if value is not None]
             if clash:
                 raise click.UsageError(f"--resume continues a run with the settings it started "
                                        f"with, so {clash[0]} cannot be combined with it")
             if out is not None and out.resolve() != resume.resolve():
                 raise click.UsageError("--resume DIR writes to DIR; leave out --out")
-            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every, device)
+            trainer = loop.resume(RunDir(resume), file, progress, checkpoint_every,
+                                  device=device)
             at = trainer.at
             progress.info(f"resuming {resume} at epoch {at.epoch + 1}"
                           + (f", batch {at.batch + 1}" if at.batch else "")
@@ -115,7 +129,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                 spec, file, config, out=out, default_out=default_out, force=force,
                 model_overrides=hyper, data_from_cli=data is not None,
                 val=held_out, progress=progress, checkpoint_every=checkpoint_every,
-                backend=backend or "numpy", torch_settings=torch_settings)
+                backend=backend or "numpy", torch_settings=torch_settings, log=log)
             if note:
                 click.echo(f"note: {note}", err=True)
             _train_header(trainer)
@@ -147,6 +161,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
     if outcome.status != "done_before":
         run = trainer.run
         plot = ", loss.png" if run.exists("loss.png") else " (pip install matplotlib for loss.png)"
+        plot += ", confusion.png" if run.exists("confusion.png") else ""
         click.echo(f"weights: {run.file('best.safetensors')} (best), last.safetensors; "
                    f"metrics.csv{plot}")
 
@@ -167,7 +182,7 @@ def _torch_settings(backend: str | None, device: str | None, precision: str | No
 
 
 def _train_header(trainer) -> None:
-    from nnspec.training.loop import describe_optimizer
+    from nnspec.training.settings import describe_optimizer
 
     t, data, config = trainer.train, trainer.data, trainer.config
     params = sum(a.size for a in trainer.model.params.values())

@@ -117,17 +117,23 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
     @click.command("export-weights")
     @click.argument("file", type=SPEC)
     @click.argument("weights", type=click.Path(path_type=Path))
-    @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-                  help="The .safetensors file to write, under the checkpoint's names.")
+    @click.option("-o", "--output", "out", required=True,
+                  type=click.Path(dir_okay=False, allow_dash=True),
+                  help="The .safetensors file to write, under the checkpoint's names (- for "
+                  "stdout).")
     @click.option("--layout", type=click.Path(path_type=Path), default=None, help=LAYOUT_HELP)
     @click.option("--model", default=None, help="Which model of the file.")
     @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
                   help="Override a model hyperparameter (as when the weights were made).")
-    def export_weights(file: str, weights: Path, out: Path, layout: Path | None,
+    def export_weights(file: str, weights: Path, out: str, layout: Path | None,
                        model: str | None, overrides: tuple[str, ...]):
         """Write WEIGHTS (a weights file or run directory of the spec FILE) under the names and
         layouts of --layout, so the reference implementation loads them (strict)."""
-        from nnspec.training.rundir import RunDirError, read_safetensors, write_safetensors
+        import numpy as np
+        from safetensors.numpy import save
+
+        from nnspec.outputs import OutputError, write_output
+        from nnspec.training.rundir import RunDirError, read_safetensors
         from nnspec.weights.layout import from_spec
 
         spec = load_spec(file, model, overrides)
@@ -140,13 +146,15 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
             arrays, _ = read_safetensors(source)
             spec.graph.check_weights(arrays)
             converted = from_spec(arrays, rules)
-            write_safetensors(out, converted, {"format": "pt"})
-        except RunDirError as err:
+            where = write_output(out, save({n: np.require(a, requirements="C")
+                                            for n, a in converted.items()},
+                                           metadata={"format": "pt"}), make_parents=True)
+        except (RunDirError, OutputError) as err:
             _fail(err.message, err.hint)
         except ValueError as err:
             _fail(f"{source}: {err}")
         except OSError as err:
             _fail(f"cannot write {out}: {err}")
-        click.echo(f"wrote {out}: {len(converted)} tensors")
+        click.echo(f"wrote {where}: {len(converted)} tensors", err=where == "standard output")
 
     return [import_weights, export_weights]

@@ -6,6 +6,7 @@ softmax travel with the loaded `Spec`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,19 @@ class Spec:
     def source(self):
         return self.program.source
 
+    def __repr__(self) -> str:
+        """Short, for notebooks: `Spec(name='DigitsMLP', 1 input [64], 7 layers, 9,610
+        params)` (the dataclass's own repr would print the whole source)."""
+        graph = self.graph
+        inputs = [graph.node(name) for name in graph.inputs]
+        shown = ", ".join(_type_text(node.type) for node in inputs[:3])
+        more = ", ..." if len(inputs) > 3 else ""
+        layers = sum(node.op not in ("input", "scalar") for node in graph.nodes)
+        params = sum(math.prod(p.spec.shape) for p in graph.params.values() if p.spec.trainable)
+        noun = "input" if len(inputs) == 1 else "inputs"
+        return (f"Spec(name={self.name!r}, {len(inputs)} {noun} {shown}{more}, "
+                f"{layers} layers, {params:,} params)")
+
     def summary(self, depth: int | None = None):
         from nnspec.summary import summarize
 
@@ -77,3 +91,8 @@ def check_text(text: str, path: str = "<string>", *, max_layers: int = MAX_LAYER
                ) -> list[Diagnostic]:
     """Every diagnostic of a file: all models and train sections are built."""
     return list(analyze(text, path, every_model=True, max_layers=max_layers).diagnostics)
+
+
+def _type_text(tensor) -> str:
+    dtype = "int" if tensor.dtype.startswith("int") else ""
+    return dtype + "[" + ", ".join(str(d) for d in tensor.shape) + "]"

@@ -86,7 +86,7 @@ def test_train_writes_the_run_directory_and_plain_lines(spec, tmp_path):
     assert "best val_loss" in result.stdout
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert names == {"config.json", "resume.safetensors", "last.safetensors",
-                     "best.safetensors", "metrics.csv", "loss.png"}
+                     "best.safetensors", "metrics.csv", "loss.png", "confusion.png"}
     with open(tmp_path / "run" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]

@@ -357,7 +357,7 @@ def test_progress_is_plain_on_pipes_and_rich_on_terminals():
         def isatty(self):
             return True
 
-    assert isinstance(make_progress(io.StringIO()), PlainProgress)
+    assert type(make_progress(io.StringIO())) is PlainProgress
     terminal = Terminal()
     progress = make_progress(terminal)
     assert isinstance(progress, RichProgress)

@@ -1797,8 +1797,14 @@ SCHEDULES: dict[str, OptimizerDef] = {
     )
 }
 
-METRICS = {
+METRICS = {  # nnspec/training/metrics.py computes them
     "accuracy": "fraction of samples (or positions) whose arg-max class equals the label",
+    "top_k_accuracy": "`top_k_accuracy(k = 5)`: the label is among the k highest scores "
+                      "(its column: `top5_accuracy`)",
+    "perplexity": "exp of the mean negative log-likelihood of the labels",
+    "precision": "macro-averaged precision over the classes",
+    "recall": "macro-averaged recall over the classes",
+    "f1": "macro-averaged F1 score over the classes",
     "mae": "mean absolute error",
     "mse": "mean squared error",
 }

@@ -7,6 +7,7 @@ defaults, schedules, metrics) so a typo in `optimizer adma(lr = 1e-3)` is report
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from nnspec.ir.values import POISON, Layer, Tensor, show, source_text
 from nnspec.syntax import ast
 
 DATA_SOURCES = ("csv", "npz", "npy")
+_TOP_K = re.compile(r"top[1-9][0-9]*_accuracy")
 # The built-in data sets by name. nnspec/training/datasets.py implements them with NumPy,
 # which `nnspec check` must not import (it doubled the start-up time); a test keeps the
 # two lists equal.
@@ -51,17 +53,26 @@ class TrainConfig:
     seed: int = 0
     val: float = 0.2
     clip: float | None = None
-    early_stop: int = 0
+    early_stop: int = 0  # patience in epochs (0: never stop early)
     fused_softmax: bool = False  # the rewrite `fuse_softmax` applied: the loss reads `logits`
     spans: dict[str, Span] = field(default_factory=dict, compare=False)
     bindings: tuple[Binding, ...] = ()  # what feeds each input of loss_graph
     outputs: tuple[tuple[str, str], ...] = ()  # (name, model node): the outputs training reads
+    early_stop_metric: str = "val_loss"  # the history column early stopping and `best` watch
+    early_stop_mode: str = "min"  # min: lower is better; max: higher is better
+    metric_outputs: tuple[tuple[str, str], ...] = ()  # (metric, output): `accuracy(kind)`
 
     @property
     def targets(self) -> dict[str, TensorType]:
         """The data's targets the loss takes, by name (`target` for `loss mse`)."""
         return {b.name: self.loss_graph.node(b.node).type for b in self.bindings
                 if b.source == "target"}
+
+    def metric(self, name: str) -> tuple[str, str | None]:
+        """A metric column's kind and the output it scores: `kind_accuracy` ->
+        ("accuracy", "kind"); ("accuracy", None) scores the output the loss compares."""
+        output = dict(self.metric_outputs).get(name)
+        return (name.removeprefix(f"{output}_"), output) if output else (name, None)
 
     def output_node(self, name: str) -> str:
         return dict(self.outputs)[name]
@@ -74,7 +85,9 @@ class TrainConfig:
                 "optimizer": setting(self.optimizer), "schedule": setting(self.schedule),
                 "epochs": self.epochs, "batch": self.batch, "metrics": list(self.metrics),
                 "seed": self.seed, "val": self.val, "clip": self.clip,
-                "early_stop": self.early_stop}
+                "early_stop": self.early_stop, "early_stop_metric": self.early_stop_metric,
+                "early_stop_mode": self.early_stop_mode,
+                "metric_outputs": [list(pair) for pair in self.metric_outputs]}
 
 
 _SCALARS = {  # key: (kind, default, minimum)
@@ -83,9 +96,8 @@ _SCALARS = {  # key: (kind, default, minimum)
     "seed": ("int", 0, 0),
     "val": ("float", 0.2, 0.0),
     "clip": ("float", None, 0.0),
-    "early_stop": ("int", 0, 0),
 }
-KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS)
+KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS, "early_stop")
 
 
 def default_target(loss: str, pred: TensorType) -> TensorType:
@@ -123,7 +135,10 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
                                                     ops.OPTIMIZERS, "optimizer"), None)
     schedule = builder.guard(lambda: hyper_setting(builder, seen.get("schedule"), ops.SCHEDULES,
                                                    "schedule"), None) if "schedule" in seen else None
-    metrics = builder.guard(lambda: _metrics(seen.get("metrics")), ())
+    metrics, metric_outputs = builder.guard(
+        lambda: _metrics(builder, seen.get("metrics"), model.output_names), ((), ()))
+    stop = builder.guard(lambda: _early_stop(builder, seen.get("early_stop"), metrics),
+                         (0, "val_loss", "min"))
     if optimizer is None and "optimizer" not in seen:
         optimizer = Setting("adam", {a.name: a.default for a in ops.OPTIMIZERS["adam"].hyper}, None)
     loss, loss_graph, bindings, fused = None, None, (), None
@@ -151,9 +166,11 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
                     notes=(Note(seen["loss"].span, "the loss is chosen here"),)))
     return TrainConfig(train.model, data, loss, loss_graph, optimizer, schedule,
                        values["epochs"], values["batch"], metrics, values["seed"], values["val"],
-                       values["clip"], values["early_stop"], fused is not None,
+                       values["clip"], stop[0], fused is not None,
                        {k: s.span for k, s in seen.items()}, tuple(bindings),
-                       fused.outputs if fused is not None else _outputs(model))
+                       fused.outputs if fused is not None else _outputs(model),
+                       early_stop_metric=stop[1], early_stop_mode=stop[2],
+                       metric_outputs=metric_outputs)
 
 
 def _single(setting: ast.Setting) -> ast.Expr:
@@ -212,18 +229,81 @@ def hyper_setting(builder: Evaluator, setting: ast.Setting | None,
                    expr.span)
 
 
-def _metrics(setting: ast.Setting | None) -> tuple[str, ...]:
+def _metrics(builder: Evaluator, setting: ast.Setting | None, outputs: list[str]
+             ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Metric names as the history's columns call them, and the outputs they score.
+
+    `top_k_accuracy(k = 5)` is `top5_accuracy` (which may also be written); a metric of one
+    of several outputs names it first, `accuracy(kind)`, and is called `kind_accuracy`.
+    """
     if setting is None:
-        return ()
-    names = []
+        return (), ()
+    names, scored = [], []
     for expr in setting.values:
-        if not isinstance(expr, ast.Name) or expr.id not in ops.METRICS:
-            word = expr.id if isinstance(expr, ast.Name) else "this"
+        output, word = None, expr.id if isinstance(expr, ast.Name) else "this"
+        if isinstance(expr, ast.Call):
+            args, word = list(expr.args), expr.func
+            if args and isinstance(args[0], ast.Name):
+                output = args.pop(0).id
+                if output not in outputs:
+                    raise DiagnosticError(
+                        "E209", f"`{word}({output})` scores an output, but the model has no "
+                        f"output `{output}`", expr.args[0].span,
+                        did_you_mean(output, outputs) or f"outputs: {', '.join(outputs)}")
+            if word == "top_k_accuracy":
+                k = bind_attrs(word, (ops.Attr("k", "int", 5, minimum=1),),
+                               [builder.eval_value(a, constant_frame()) for a in args],
+                               {k.name: builder.eval_value(k.value, constant_frame())
+                                for k in expr.kwargs}, {}, expr.span)["k"]
+                word = f"top{k}_accuracy"
+            elif args or expr.kwargs:
+                raise DiagnosticError("E209", f"`{word}` takes only the output it scores: "
+                                      f"`{word}(name)`", expr.span)
+        if word == "top_k_accuracy":  # its default k
+            word = "top5_accuracy"
+        if not (word in ops.METRICS or _TOP_K.fullmatch(word)):
             raise DiagnosticError("E209", f"unknown metric `{word}`", expr.span,
                                   did_you_mean(word, ops.METRICS)
                                   or f"metrics: {', '.join(ops.METRICS)}")
-        names.append(expr.id)
-    return tuple(names)
+        names.append(f"{output}_{word}" if output else word)
+        if output:
+            scored.append((names[-1], output))
+    return tuple(names), tuple(scored)
+
+
+def _early_stop(builder: Evaluator, setting: ast.Setting | None, metrics: tuple[str, ...]
+                ) -> tuple[int, str, str]:
+    """`early_stop 5` (val_loss), `early_stop 5, val_accuracy` (a score: higher is better),
+    `early_stop 5, val_f1, max`: patience, the column watched, and its mode."""
+    if setting is None:
+        return 0, "val_loss", "min"
+    first = ast.Setting(setting.span, setting.key, setting.values[:1])
+    patience = _scalar(builder, first, "int", 0, constant_frame())
+    if len(setting.values) > 3:
+        raise DiagnosticError("E205", "`early_stop` takes a patience, a metric and a mode "
+                              "(`early_stop 5, val_accuracy, max`)", setting.span)
+    columns = ("val_loss", "train_loss", *(f"val_{m}" for m in metrics))
+    metric = "val_loss"
+    if len(setting.values) > 1:
+        expr = setting.values[1]
+        word = expr.id if isinstance(expr, ast.Name) else None
+        metric = word if word in columns or word is None else f"val_{word}"
+        if metric not in columns:
+            raise DiagnosticError("E222", f"early stopping watches `{word or 'this'}`, which "
+                                  "the run does not record", expr.span,
+                                  did_you_mean(metric, columns)
+                                  or f"columns: {', '.join(columns)} (add a metric to "
+                                  "`metrics` to watch it)")
+    mode = "min" if metric.endswith(("loss", "perplexity", "mae", "mse")) else "max"
+    if len(setting.values) > 2:
+        expr = setting.values[2]
+        word = expr.id if isinstance(expr, ast.Name) else builder.eval_value(
+            expr, constant_frame())
+        if word not in ("min", "max"):
+            raise DiagnosticError("E222", "the mode of `early_stop` is `min` (lower is "
+                                  "better) or `max`", expr.span)
+        mode = word
+    return patience, metric, mode
 
 
 def data_setting(builder: Evaluator, setting: ast.Setting | None) -> Setting | None:

@@ -30,7 +30,7 @@ from nnspec.ir.train import Setting
 from nnspec.training import loaders
 from nnspec.training.datasets import DATASETS, Dataset, from_user_data, load_dataset
 from nnspec.training.loaders import DataError
-from nnspec.training.metrics import MetricError, accuracy_kind
+from nnspec.training.metrics import MetricError, check_metric
 
 DATA_SEED = 0  # the data and its split do not depend on --seed: runs compare on the same samples
 
@@ -251,10 +251,12 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
         return dataclasses.replace(dataset, x_train=x_train, x_val=x_val)
     values = model.activations(x_train[:1])
     if dataset.y_train.dtype.names:  # read by name: a field per target
-        if train.metrics:
-            raise data_error("E219", "metrics score one output against one target, but this "
-                             "loss takes several", train.spans.get("metrics"),
-                             "remove the `metrics` line")
+        unnamed = [m for m in train.metrics if train.metric(m)[1] is None]
+        if unnamed:
+            raise data_error("E219", f"`{unnamed[0]}` scores one output against one target, "
+                             "but this loss takes several", train.spans.get("metrics"),
+                             f"name the output it scores: `{unnamed[0]}("
+                             f"{train.outputs[0][0]})`")
         fitted = []
         for y in (dataset.y_train, dataset.y_val):
             fields = {}
@@ -263,17 +265,23 @@ def fit_dataset(model, train, dataset: Dataset) -> Dataset:
                 pred_shape = tuple(values[train.output_node(pred)].shape[1:])
                 fields[name] = fit_targets(train, y[name], pred_shape, span, loss, args)
             fitted.append(loaders.named_arrays(fields))
+        _check_named_metrics(train, fitted[0], values)
         return dataclasses.replace(dataset, x_train=x_train, y_train=fitted[0], x_val=x_val,
                                    y_val=fitted[1])
     loss, pred, args = target_use(train)
     pred_shape = tuple(values[train.output_node(pred)].shape[1:])
     y_train, y_val = (fit_targets(train, y, pred_shape, span, loss, args)
                       for y in (dataset.y_train, dataset.y_val))
-    _check_metrics(train, y_train, loss, args)
+    _check_metrics(train, y_train, loss, args, pred_shape[-1] if pred_shape else 1)
     task = ("regression" if y_train.dtype != np.int64 else
             "classification" if y_train.ndim == 1 else "sequence_classification")
     return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val,
                                y_val=y_val, task=task)
+
+
+def target_of(train, output: str) -> str | None:
+    """The data's target the loss compares `output` with, or None."""
+    return next((name for name in train.targets if target_use(train, name)[1] == output), None)
 
 
 def target_use(train, name: str | None = None) -> tuple[str, str, dict]:
@@ -354,16 +362,27 @@ def _reshape_targets(y: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
     return y
 
 
-def _check_metrics(train, y: np.ndarray, loss: str, loss_args: dict) -> None:
-    span = train.spans.get("metrics")
-    ids = y.dtype == np.int64
+def _check_metrics(train, y: np.ndarray, loss: str, loss_args: dict, classes: int) -> None:
     for name in train.metrics:
-        if name == "accuracy":
-            try:
-                accuracy_kind(loss, loss_args, ids)
-            except MetricError as error:
-                raise data_error("E219", str(error), span) from None
-        elif ids:
-            raise data_error("E219", f"`{name}` compares outputs with targets of the same "
-                             f"shape, but the targets are class ids", span,
-                             "use `accuracy` for classification")
+        try:
+            check_metric(train.metric(name)[0], loss, loss_args, y.dtype == np.int64, classes)
+        except MetricError as error:
+            raise data_error("E219", str(error), train.spans.get("metrics")) from None
+
+
+def _check_named_metrics(train, y: np.ndarray, values: dict) -> None:
+    """Each `accuracy(kind)` against the target the loss compares `kind` with."""
+    for name in train.metrics:
+        kind, output = train.metric(name)
+        target = target_of(train, output)
+        if target is None:
+            raise data_error("E219", f"`{name}`: the loss compares `{output}` with no target "
+                             "of the data, so there is nothing to score it against",
+                             train.spans.get("metrics"))
+        loss, _, args = target_use(train, target)
+        shape = values[train.output_node(output)].shape[1:]
+        try:
+            check_metric(kind, loss, args, y[target].dtype == np.int64,
+                         shape[-1] if shape else 1)
+        except MetricError as error:
+            raise data_error("E219", f"`{name}`: {error}", train.spans.get("metrics")) from None

@@ -50,3 +50,36 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     write_atomic(path, buffer.getvalue())
+
+
+def plot_confusion(matrix, class_names: list[str] | None, path: Path, title: str) -> None:
+    """A confusion matrix (rows: true class, columns: predicted), each row's share of its
+    samples as the colour and the count written in the cell when the matrix is small."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    classes = len(matrix)
+    names = [str(n) for n in class_names] if class_names and len(class_names) == classes \
+        else [str(i) for i in range(classes)]
+    side = min(12.0, 3.0 + 0.4 * classes)
+    figure = Figure(figsize=(side + 1, side), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="share of the true class")
+    if classes <= 20:
+        ticks = range(classes)
+        axes.set_xticks(ticks, names, rotation=90 if classes > 10 else 0)
+        axes.set_yticks(ticks, names)
+        for row in ticks:
+            for col in ticks:
+                axes.text(col, row, str(matrix[row, col]), ha="center", va="center",
+                          color="white" if shares[row, col] > 0.5 else "black", fontsize=8)
+    axes.set(xlabel="predicted", ylabel="true", title=title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_atomic(path, buffer.getvalue())

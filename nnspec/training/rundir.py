@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,8 +41,10 @@ LAST = "last.safetensors"
 BEST = "best.safetensors"
 METRICS = "metrics.csv"
 PLOT = "loss.png"
+CONFUSION = "confusion.png"  # classification runs
+TENSORBOARD = "tensorboard"  # a directory of event files, with `--log tensorboard`
 _HELD: dict[str, int] = {}  # resolved run path -> its flock()ed directory descriptor
-RUN_FILES = (CONFIG, RESUME, LAST, BEST, METRICS, PLOT)
+RUN_FILES = (CONFIG, RESUME, LAST, BEST, METRICS, PLOT, CONFUSION)
 FORMAT = "nnspec-run-1"
 
 _MODEL = "model."
@@ -266,6 +269,7 @@ class RunDir:
         """Remove the files a run writes (and nothing else), for --force."""
         for name in RUN_FILES:
             self.file(name).unlink(missing_ok=True)
+        shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
         self.remove_partials()
 
     def read_config(self) -> dict:

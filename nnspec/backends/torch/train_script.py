@@ -14,7 +14,8 @@ from nnspec.backends.torch.names import checked_identifier, file_label, literal,
 from nnspec.backends.torch.source import Group, Stmt, expr, layout
 from nnspec.ir import ops
 from nnspec.training.datasets import DATASETS
-from nnspec.training.metrics import NAMES as METRIC_NAMES
+
+SCRIPT_METRICS = ("accuracy", "mae", "mse")  # what `metric_sums` in the script computes
 
 # Module-level names the script defines or imports; the generator keeps them free.
 RESERVED = ("TRAIN_SECTION", "read_data_file", "read_arrays", "start_from", "read_sample_set",
@@ -484,7 +485,11 @@ def _settings(spec) -> str:
     threshold = None
     if loss.name == "binary_cross_entropy":
         threshold = 0.0 if loss.args.get("logits") else 0.5
-    metrics = tuple(_checked_metric(m) for m in train.metrics)
+    metrics = tuple(_checked_metric(m, train.spans.get("metrics")) for m in train.metrics)
+    if train.early_stop_metric != "val_loss":
+        raise reject("the generated training script stops early on val_loss only, not on "
+                     f"{train.early_stop_metric}", train.spans.get("early_stop"),
+                     "write `early_stop N` for --train-script")
     entries = [
         ("epochs", literal(train.epochs)),
         ("batch", literal(train.batch)),
@@ -512,9 +517,11 @@ def _settings(spec) -> str:
     return "\n".join(head + layout([Stmt("TRAIN_SECTION", expr(value))], str))
 
 
-def _checked_metric(name: str) -> str:
-    if name not in METRIC_NAMES:
-        raise reject(f"the metric {name!r} cannot be written into generated code", None)
+def _checked_metric(name: str, span) -> str:
+    if name not in SCRIPT_METRICS:
+        raise reject(f"the generated training script computes {', '.join(SCRIPT_METRICS)}; "
+                     f"`{name}` is `nnspec train`'s only", span,
+                     "leave it out of `metrics` for --train-script, or train with nnspec")
     return f'"{name}"'
 
 
