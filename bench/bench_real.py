@@ -144,9 +144,17 @@ def _status_kib(field_name: str) -> int:
     raise KeyError(field_name)
 
 
-def _peak_growth(workload: Workload, backend: int, steps: int, queue) -> None:
+def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
+                 queue) -> None:
     """In a child process: the resident peak of a backend's first steps above the resident
     size before them (MiB)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
+    if backend == 1:
+        import torch
+
+        torch.set_num_threads(threads)
     step = make_steps(workload)[backend]
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size
@@ -156,13 +164,14 @@ def _peak_growth(workload: Workload, backend: int, steps: int, queue) -> None:
     queue.put((_status_kib("VmHWM") - before) / 1024.0)
 
 
-def peak_memory_mib(workload: Workload, steps: int = 3) -> tuple[float, float]:
+def peak_memory_mib(workload: Workload, threads: int, steps: int = 3
+                    ) -> tuple[float, float]:
     """(numpy, torch) growth of the resident peak over a few steps, each in a fresh process."""
     context = multiprocessing.get_context("spawn")
     peaks = []
     for backend in (0, 1):
         queue = context.Queue()
-        child = context.Process(target=_peak_growth, args=(workload, backend, steps, queue))
+        child = context.Process(target=_peak_growth, args=(workload, backend, threads, steps, queue))
         child.start()
         peaks.append(queue.get())
         child.join()
@@ -179,6 +188,7 @@ def _blas() -> str:
 
 def main():
     import torch
+    from threadpoolctl import threadpool_limits
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7, help="interleaved blocks per backend")
@@ -191,6 +201,8 @@ def main():
     args = parser.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
+    # the same thread count for NumPy's BLAS, whatever OMP_NUM_THREADS says
+    threadpool_limits(threads, user_api="blas")
     gemm = gemm_gflops()
     print(f"one training step: median of {args.repeats} interleaved blocks of {args.block} "
           f"steps; torch threads {threads}; numpy BLAS {_blas()}; float32 GEMM "
@@ -216,7 +228,7 @@ def main():
             a.append(_seconds(ours, args.block))
             b.append(_seconds(theirs, args.block))
         na, nb = statistics.median(a), statistics.median(b)
-        mem = (float("nan"),) * 2 if args.no_memory else peak_memory_mib(workload)
+        mem = (float("nan"),) * 2 if args.no_memory else peak_memory_mib(workload, threads)
         flops = step_flops(workload)
         print(f"{workload.name:<40}{na * 1e3:>9.1f}{nb * 1e3:>9.1f}{na / nb:>7.2f}"
               f"{mem[0]:>8.1f}{mem[1]:>8.1f}{flops / na / 1e9:>8.1f}{flops / nb / 1e9:>8.1f}"
