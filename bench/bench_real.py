@@ -56,6 +56,8 @@ WORKLOADS = [
     Workload("ViT encoder 64x48 d128 L4 h4", "vit_encoder.nn", 32, length="patches"),
     Workload("tiny GPT T64 d128 L4 h4", "tiny_gpt.nn", 32, vocab=65, length="ctx"),
     Workload("char GRU LM T64 H256", "char_gru_lm.nn", 32, vocab=65, length="ctx"),
+    Workload("U-Net 1x64x64 16/32/64 (tconv, upsample)", "unet_small.nn", 8),
+    Workload("LeNet-5 1x28x28", "lenet5.nn", 64),
 ]
 
 
@@ -193,7 +195,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7, help="interleaved blocks per backend")
     parser.add_argument("--block", type=int, default=5, help="steps per timed block")
-    parser.add_argument("--only", default="", help="run the workloads whose name contains this")
+    parser.add_argument("--only", default="",
+                        help="run the workloads whose name contains this (or any of a|b)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep")
     parser.add_argument("--lengths", default="",
@@ -211,7 +214,8 @@ def main():
           "clear_refs), one process per backend")
     print(f"{'workload':<40}{'numpy ms':>9}{'torch ms':>9}{'ratio':>7}"
           f"{'np MiB':>8}{'pt MiB':>8}{'np GF/s':>8}{'pt GF/s':>8}{'% GEMM':>7}")
-    chosen = [w for w in WORKLOADS if args.only.lower() in w.name.lower()]
+    chosen = [w for w in WORKLOADS
+              if any(part in w.name.lower() for part in args.only.lower().split("|"))]
     if args.batches:
         chosen = [dataclasses.replace(w, name=f"{w.name} b{batch}", batch=batch)
                   for w in chosen for batch in map(int, args.batches.split(","))]
