@@ -14,6 +14,8 @@ Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet] [--bat
 [--lengths 32,64,128,256,512]
 (`--batches` times every chosen workload at each batch size instead of its own, `--lengths`
 every sequence workload at each length, to show how the step time grows.)
+`BENCH_THREADS` (default 2) is the thread count of both backends, NumPy's BLAS included; on a
+busy machine use 1, as multithreaded runs then mostly measure spin-waiting.
 Ratios from interleaved blocks in one process are steadier than absolute times (which move
 20-30% with the machine's load); the load average is printed with the figures.
 """
