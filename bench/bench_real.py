@@ -14,6 +14,8 @@ Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet] [--bat
 [--lengths 32,64,128,256,512]
 (`--batches` times every chosen workload at each batch size instead of its own, `--lengths`
 every sequence workload at each length, to show how the step time grows.)
+`BENCH_THREADS` (default 2) is the thread count of both backends, NumPy's BLAS included; on a
+busy machine use 1, as multithreaded runs then mostly measure spin-waiting.
 Ratios from interleaved blocks in one process are steadier than absolute times (which move
 20-30% with the machine's load); the load average is printed with the figures.
 """
@@ -56,6 +58,8 @@ WORKLOADS = [
     Workload("ViT encoder 64x48 d128 L4 h4", "vit_encoder.nn", 32, length="patches"),
     Workload("tiny GPT T64 d128 L4 h4", "tiny_gpt.nn", 32, vocab=65, length="ctx"),
     Workload("char GRU LM T64 H256", "char_gru_lm.nn", 32, vocab=65, length="ctx"),
+    Workload("U-Net 1x64x64 16/32/64 (tconv, upsample)", "unet_small.nn", 8),
+    Workload("LeNet-5 1x28x28", "lenet5.nn", 64),
 ]
 
 
@@ -144,9 +148,17 @@ def _status_kib(field_name: str) -> int:
     raise KeyError(field_name)
 
 
-def _peak_growth(workload: Workload, backend: int, steps: int, queue) -> None:
+def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
+                 queue) -> None:
     """In a child process: the resident peak of a backend's first steps above the resident
     size before them (MiB)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
+    if backend == 1:
+        import torch
+
+        torch.set_num_threads(threads)
     step = make_steps(workload)[backend]
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size
@@ -156,13 +168,14 @@ def _peak_growth(workload: Workload, backend: int, steps: int, queue) -> None:
     queue.put((_status_kib("VmHWM") - before) / 1024.0)
 
 
-def peak_memory_mib(workload: Workload, steps: int = 3) -> tuple[float, float]:
+def peak_memory_mib(workload: Workload, threads: int, steps: int = 3
+                    ) -> tuple[float, float]:
     """(numpy, torch) growth of the resident peak over a few steps, each in a fresh process."""
     context = multiprocessing.get_context("spawn")
     peaks = []
     for backend in (0, 1):
         queue = context.Queue()
-        child = context.Process(target=_peak_growth, args=(workload, backend, steps, queue))
+        child = context.Process(target=_peak_growth, args=(workload, backend, threads, steps, queue))
         child.start()
         peaks.append(queue.get())
         child.join()
@@ -179,11 +192,13 @@ def _blas() -> str:
 
 def main():
     import torch
+    from threadpoolctl import threadpool_limits
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7, help="interleaved blocks per backend")
     parser.add_argument("--block", type=int, default=5, help="steps per timed block")
-    parser.add_argument("--only", default="", help="run the workloads whose name contains this")
+    parser.add_argument("--only", default="",
+                        help="run the workloads whose name contains this (or any of a|b)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep")
     parser.add_argument("--lengths", default="",
@@ -191,6 +206,8 @@ def main():
     args = parser.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
+    # the same thread count for NumPy's BLAS, whatever OMP_NUM_THREADS says
+    threadpool_limits(threads, user_api="blas")
     gemm = gemm_gflops()
     print(f"one training step: median of {args.repeats} interleaved blocks of {args.block} "
           f"steps; torch threads {threads}; numpy BLAS {_blas()}; float32 GEMM "
@@ -199,7 +216,8 @@ def main():
           "clear_refs), one process per backend")
     print(f"{'workload':<40}{'numpy ms':>9}{'torch ms':>9}{'ratio':>7}"
           f"{'np MiB':>8}{'pt MiB':>8}{'np GF/s':>8}{'pt GF/s':>8}{'% GEMM':>7}")
-    chosen = [w for w in WORKLOADS if args.only.lower() in w.name.lower()]
+    chosen = [w for w in WORKLOADS
+              if any(part in w.name.lower() for part in args.only.lower().split("|"))]
     if args.batches:
         chosen = [dataclasses.replace(w, name=f"{w.name} b{batch}", batch=batch)
                   for w in chosen for batch in map(int, args.batches.split(","))]
@@ -216,7 +234,7 @@ def main():
             a.append(_seconds(ours, args.block))
             b.append(_seconds(theirs, args.block))
         na, nb = statistics.median(a), statistics.median(b)
-        mem = (float("nan"),) * 2 if args.no_memory else peak_memory_mib(workload)
+        mem = (float("nan"),) * 2 if args.no_memory else peak_memory_mib(workload, threads)
         flops = step_flops(workload)
         print(f"{workload.name:<40}{na * 1e3:>9.1f}{nb * 1e3:>9.1f}{na / nb:>7.2f}"
               f"{mem[0]:>8.1f}{mem[1]:>8.1f}{flops / na / 1e9:>8.1f}{flops / nb / 1e9:>8.1f}"

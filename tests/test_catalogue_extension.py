@@ -23,7 +23,8 @@ import pytest
 from nnspec.backends import graphviz as gv
 from nnspec.backends.numpy.gradcheck import check_gradients
 from nnspec.backends.numpy.model import NumpyModel
-from nnspec.backends.numpy.rules import RULES, sinusoidal_table
+from nnspec.backends.numpy.rules import RULES
+from nnspec.backends.numpy.rules_layers import sinusoidal_table
 from nnspec.backends.torch import generate
 from nnspec.backends.torch.emit import FORWARD, INIT
 from nnspec.ir import ops

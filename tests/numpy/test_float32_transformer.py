@@ -26,7 +26,8 @@ model Tiny(vocab = 11, ctx = 6, d = 8, heads = 2) {
 train Tiny { loss cross_entropy; optimizer adam(lr = 1e-3); batch 3 }
 """
 
-WATCHED = (str(Path(activations.__file__).parent), rules.__file__)
+# rules.py and its families, rules_layers.py and rules_tensor.py
+WATCHED = (str(Path(activations.__file__).parent), str(Path(rules.__file__).with_suffix("")))
 
 
 def float64_arrays(value):

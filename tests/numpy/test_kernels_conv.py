@@ -306,6 +306,8 @@ def test_batch_norm_refuses_a_single_value_per_channel_in_training():
         (2, 6, 12, 6, (2, 1), (1, 2), ((2, 1), (0, 2))),     # depthwise, multiplier 2
         (2, 8, 12, 4, (2, 2), (2, 1), ((1, 0), (1, 1))),     # grouped
         (2, 16, 32, 1, (2, 2), (1, 1), ((0, 0), (0, 0))),    # strided 1x1 projection
+        (2, 16, 24, 1, (1, 1), (1, 1), ((0, 0), (0, 0))),    # pointwise 1x1 (own path)
+        (1, 16, 8, 1, (1,), (1,), ((0, 0),)),                # pointwise 1d
         (1, 8, 8, 8, (2,), (2,), ((2, 1),)),                 # depthwise 1d
         (1, 6, 9, 3, (1,), (3,), ((0, 3),)),                 # grouped 1d
     ],

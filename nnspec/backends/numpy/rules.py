@@ -4,15 +4,14 @@ A rule takes the node, its input arrays (batch first, PyTorch layout), its param
 local name and the run context, and returns `(out, backward)`; `backward(d_out)` returns
 `(input_grads, param_grads)`. Per-sample dims of the IR (batch implicit) become array axes
 here. Regular ops get a rule derived from their catalogue entry (`derived_rule`: the kernel
-called on inputs, weights and attributes); the irregular ones below are written by hand and
-win. `RULES` must cover every op of `nnspec.ir.ops.OPS` — a test checks it.
+called on inputs, weights and attributes); the irregular ones are written by hand, by
+family, in `rules_layers.py` and `rules_tensor.py`, and win. `RULES` must cover every op of `nnspec.ir.ops.OPS` — a test checks it.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ from nnspec.backends.numpy.kernels import (
     shape,
 )
 from nnspec.ir.graph import Node
-from nnspec.ir.ops import OPS, OpDef, conv_pads, permutation, tensor_keywords
+from nnspec.ir.ops import OPS, OpDef, tensor_keywords
 
 
 @dataclass
@@ -52,16 +51,16 @@ class Context:
     input_grad: bool = True
 
 
-def _tuple(value, n: int) -> tuple[int, ...]:
+def as_tuple(value, n: int) -> tuple[int, ...]:
     return (value,) * n if isinstance(value, int) else tuple(value)
 
 
-def _axis(node: Node, dim: int) -> int:
+def array_axis(node: Node, dim: int) -> int:
     """A per-sample dim as an axis of the array (batch first when the tensor is batched)."""
     return dim + 1 if dim >= 0 and node.type.batched else dim
 
 
-def _inputs_only(kernel_out):
+def inputs_only(kernel_out):
     """Wrap a kernel whose backward returns only input gradients."""
     out, backward = kernel_out
 
@@ -71,7 +70,7 @@ def _inputs_only(kernel_out):
     return out, rule_backward
 
 
-def _with_params(kernel_out, n_inputs: int, names: tuple[str, ...]):
+def with_params(kernel_out, n_inputs: int, names: tuple[str, ...]):
     """Wrap a kernel whose backward returns (inputs..., params...) in argument order."""
     out, backward = kernel_out
 
@@ -119,282 +118,6 @@ def rule(*names):
     return register
 
 
-# ---- feed-forward and shape --------------------------------------------------------------
-
-
-def _reshape_to(x, shape):
-    out = x.reshape(shape)
-
-    def backward(d_out):
-        return (d_out.reshape(x.shape),), {}
-
-    return out, backward
-
-
-@rule("flatten")
-def _flatten(node, ins, params, ctx):
-    return _reshape_to(ins[0], (ins[0].shape[0], -1))
-
-
-@rule("reshape")
-def _reshape(node, ins, params, ctx):
-    """A symbolic dim (at most one, the shape rule checks) is the one NumPy works out."""
-    dims = tuple(d if isinstance(d, int) else -1 for d in node.type.shape)
-    return _reshape_to(ins[0], (ins[0].shape[0],) + dims)
-
-
-@rule("select")
-def _select(node, ins, params, ctx):
-    x = ins[0]
-    axis = _axis(node, node.attrs.dim)
-    out = np.take(x, node.attrs.index, axis=axis)
-
-    def backward(d_out):
-        dx = np.zeros_like(x)
-        index = [slice(None)] * x.ndim
-        index[axis] = node.attrs.index
-        dx[tuple(index)] = d_out
-        return (dx,), {}
-
-    return out, backward
-
-
-# ---- convolution and pooling ---------------------------------------------------------------
-
-
-def _conv(spatial, kernel_fn):
-    def run(node, ins, params, ctx):
-        a = node.attrs
-        out = kernel_fn(ins[0], params["weight"], params.get("bias"),
-                        stride=_tuple(a.stride, spatial), padding=conv_pads(a, spatial),
-                        dilation=_tuple(a.dilation, spatial), groups=a.groups,
-                        input_grad=ctx.input_grad)
-        return _with_params(out, 1, ("weight", "bias"))
-
-    return run
-
-
-RULES["conv1d"] = _conv(1, conv.conv1d)
-RULES["conv2d"] = _conv(2, conv.conv2d)
-
-
-def _pool(kind):
-    def run(node, ins, params, ctx):
-        x = ins[0]
-        spatial = x.ndim - 2
-        a = node.attrs
-        kernel = _tuple(a.kernel, spatial)
-        stride = _tuple(a.stride if a.stride is not None else kernel, spatial)
-        padding = tuple((p, p) for p in _tuple(a.padding, spatial))
-        fn = getattr(pool, f"{kind}_pool{spatial}d")
-        counting = {"count_include_pad": a.count_include_pad} if kind == "avg" else {}
-        return _inputs_only(fn(x, kernel=kernel, stride=stride, padding=padding,
-                               ceil_mode=a.ceil_mode, **counting))
-
-    return run
-
-
-for _name in ("maxpool", "maxpool1d", "maxpool2d"):
-    RULES[_name] = _pool("max")
-for _name in ("avgpool", "avgpool1d", "avgpool2d"):
-    RULES[_name] = _pool("avg")
-
-
-def _adaptive(kind):
-    def run(node, ins, params, ctx):
-        x = ins[0]
-        spatial = x.ndim - 2
-        fn = getattr(pool, f"adaptive_{kind}_pool{spatial}d")
-        return _inputs_only(fn(x, output_size=_tuple(node.attrs.size, spatial)))
-
-    return run
-
-
-RULES["adaptive_avgpool"] = _adaptive("avg")
-RULES["adaptive_maxpool"] = _adaptive("max")
-
-
-@rule("global_avgpool")
-def _global_avgpool(node, ins, params, ctx):
-    x = ins[0]
-    axes = tuple(range(2, x.ndim))
-    count = math.prod(x.shape[2:])
-    out = x.mean(axis=axes) if axes else x.copy()
-
-    def backward(d_out):
-        dx = np.broadcast_to((d_out / count).reshape(d_out.shape + (1,) * len(axes)), x.shape)
-        return (np.ascontiguousarray(dx),), {}
-
-    return out, backward
-
-
-# ---- normalisation -------------------------------------------------------------------------
-
-
-@rule("batchnorm")
-def _batchnorm(node, ins, params, ctx):
-    a = node.attrs
-    mean_name, var_name = node.params["running_mean"], node.params["running_var"]
-    out = norm_batch.batch_norm(ins[0], params.get("weight"), params.get("bias"),
-                                ctx.buffers[mean_name], ctx.buffers[var_name], train=ctx.train,
-                                momentum=a.momentum, eps=a.eps)
-    if ctx.train:
-        ctx.buffers[node.params["num_batches_tracked"]] += 1
-    return _with_params(out, 1, ("weight", "bias"))
-
-
-@rule("layernorm")
-def _layernorm(node, ins, params, ctx):
-    a = node.attrs
-    out = norm_layer.layer_norm(ins[0], params.get("weight"), params.get("bias"),
-                                normalized_ndim=a.dims, eps=a.eps)
-    return _with_params(out, 1, ("weight", "bias"))
-
-
-@rule("instancenorm")
-def _instancenorm(node, ins, params, ctx):
-    """Running statistics only with track_running_stats; torch's InstanceNorm never counts
-    `num_batches_tracked` up."""
-    a = node.attrs
-    tracked = a.track_running_stats
-    mean = ctx.buffers[node.params["running_mean"]] if tracked else None
-    var = ctx.buffers[node.params["running_var"]] if tracked else None
-    out = norm_group.instance_norm(ins[0], params.get("weight"), params.get("bias"), mean, var,
-                                   use_input_stats=ctx.train or not tracked,
-                                   momentum=a.momentum, eps=a.eps)
-    return _with_params(out, 1, ("weight", "bias"))
-
-
-# ---- embeddings and positions --------------------------------------------------------------
-
-
-def _length(node, ins) -> int:
-    return ins[0].shape[1] if ins else node.attrs.max_len
-
-
-@rule("positions")
-def _positions(node, ins, params, ctx):
-    steps = _length(node, ins)
-    weight = params["weight"]
-    out = weight[:steps]
-
-    def backward(d_out):
-        d_weight = np.zeros_like(weight)
-        d_weight[:steps] = d_out
-        return (None,) * len(ins), {"weight": d_weight}
-
-    return out, backward
-
-
-def sinusoidal_table(steps: int, dim: int) -> np.ndarray:
-    """sin on even features, cos on odd ones, wavelengths 2*pi .. 10000*2*pi (Vaswani et al.)."""
-    position = np.arange(steps, dtype=np.float64)[:, None]
-    rate = np.exp(np.arange(0, dim, 2, dtype=np.float64) * (-math.log(10000.0) / dim))
-    table = np.zeros((steps, dim), dtype=np.float64)
-    table[:, 0::2] = np.sin(position * rate)
-    table[:, 1::2] = np.cos(position * rate[: dim // 2])
-    return table.astype(np.float32)
-
-
-@rule("sinusoidal")
-def _sinusoidal(node, ins, params, ctx):
-    out = sinusoidal_table(_length(node, ins), node.attrs.dim)
-    return out, lambda d_out: ((None,) * len(ins), {})
-
-
-# ---- attention and recurrence --------------------------------------------------------------
-
-
-@rule("attention")
-def _attention(node, ins, params, ctx):
-    a = node.attrs
-    given = tensor_keywords(OPS["attention"], a)
-    memory = ins[1] if len(ins) - len(given) == 2 else None
-    masks = {name: ins[i] for name, i in given.items()}
-    out, backward = attention.attention(
-        ins[0], memory, params, heads=a.heads, kv_heads=a.kv_heads or a.heads, causal=a.causal,
-        dropout=a.dropout, rope_theta=a.rope_theta if a.rope else None, train=ctx.train,
-        rng=ctx.rng, **masks)
-
-    def rule_backward(d_out):
-        dx, d_memory, d_params, d_padding, d_mask = backward(d_out)
-        mask_grads = {"key_padding_mask": d_padding, "attn_mask": d_mask}
-        inputs = (dx,) + ((d_memory,) if memory is not None else ())
-        return inputs + tuple(mask_grads[name] for name in given), d_params
-
-    return out, rule_backward
-
-
-class ResultGrads(tuple):
-    """The gradients of a multi-result op's tensors (None where one got none). The reverse
-    pass adds the gradients a value gets from several consumers; these add result by
-    result."""
-
-    def __add__(self, other):
-        return ResultGrads(b if a is None else a if b is None else a + b
-                           for a, b in zip(self, other, strict=True))
-
-
-@rule("result")
-def _result(node, ins, params, ctx):
-    index, count = node.attrs.index, len(ins[0])
-
-    def backward(d_out):
-        return (ResultGrads(d_out if i == index else None for i in range(count)),), {}
-
-    return ins[0][index], backward
-
-
-def _recurrent(mode):
-    def run(node, ins, params, ctx):
-        a = node.attrs
-        x = ins[0]
-        shared = x.ndim == 2  # one sequence (a position table) for every sample's states
-        if shared:
-            batch = next(state.shape[0] for state in ins[1:] if state.ndim == 3)
-            x = np.broadcast_to(x, (batch, *x.shape))
-        (output, *finals), backward = recurrent.rnn_states(
-            x, tuple(ins[1:]), params, mode=mode, hidden=a.hidden, layers=a.layers,
-            bidirectional=a.bidirectional, nonlinearity=a.get("nonlinearity", "tanh"),
-            dropout=a.dropout, rng=ctx.rng if ctx.train else None)
-        summary_backward = None
-        if a.last:
-            output, summary_backward = recurrent.last_step(output, hidden=a.hidden,
-                                                           bidirectional=a.bidirectional)
-
-        def run_backward(d_out):
-            d_output, *d_finals = d_out if a.states else (d_out,)
-            if d_output is not None and summary_backward is not None:
-                (d_output,) = summary_backward(d_output)
-            dx, *d_initial, d_params = backward(d_output, *d_finals)
-            return (dx.sum(axis=0) if shared else dx, *d_initial), d_params
-
-        return ((output, *finals) if a.states else output), run_backward
-
-    return run
-
-
-for _name in ("rnn", "lstm", "gru"):
-    RULES[_name] = _recurrent(_name)
-
-
-# ---- activations ---------------------------------------------------------------------------
-
-
-def _softmax_like(fn):
-    def run(node, ins, params, ctx):
-        return _inputs_only(fn(ins[0], dim=_axis(node, node.attrs.dim)))
-
-    return run
-
-
-RULES["softmax"] = _softmax_like(activations.softmax)
-RULES["log_softmax"] = _softmax_like(activations.log_softmax)
-
-
-# ---- elementwise, merges, reductions -------------------------------------------------------
-
-
 def align_batched(node: Node, in_types, arrays):
     """Per-sample broadcasting with the batch first: a batched operand of lower rank gets
     unit axes after its batch axis (NumPy alone would align it against the batch axis).
@@ -414,119 +137,6 @@ def needs_batch_of_one(op: OpDef, in_types) -> bool:
     """Layers written for batches (conv, pooling, batchnorm, recurrence, attention, reshapes)
     run on an unbatched input (e.g. a position table) as a batch of one."""
     return op.needs_batch and bool(in_types) and not any(t.batched for t in in_types)
-
-
-@rule("clip")
-def _clip(node, ins, params, ctx):
-    return _inputs_only(elementwise.clip(ins[0], lo=node.attrs.min, hi=node.attrs.max))
-
-
-def batch_shared(ins, batched_ndim: int):
-    """Inputs joined with batched ones: a shared (unbatched) array, one axis short, is
-    repeated for every sample; its gradient sums over the batch."""
-    batch = next((a.shape[0] for a in ins if a.ndim == batched_ndim), None)
-    if batch is None:
-        return list(ins), lambda grads: tuple(grads)
-    shared = [a.ndim < batched_ndim for a in ins]
-    arrays = [np.broadcast_to(a, (batch,) + a.shape) if s else a for a, s in zip(ins, shared)]
-
-    def restore(grads):
-        return tuple(g.sum(axis=0) if s else g for g, s in zip(grads, shared))
-
-    return arrays, restore
-
-
-@rule("concat")
-def _concat(node, ins, params, ctx):
-    arrays, restore = batch_shared(ins, node.type.rank + node.type.batched)
-    out, backward = elementwise.concat(arrays, axis=_axis(node, node.attrs.dim))
-    return out, lambda d_out: (restore(backward(d_out)), {})
-
-
-def _reduction(fn):
-    def run(node, ins, params, ctx):
-        a = node.attrs
-        if a.dim is None:
-            axis = None
-        else:
-            dims = (a.dim,) if isinstance(a.dim, int) else tuple(a.dim)
-            axis = tuple(_axis(node, d) for d in dims)
-        return _inputs_only(fn(ins[0], axis=axis, keepdims=a.keepdim))
-
-    return run
-
-
-RULES["mean"] = _reduction(elementwise.mean)
-RULES["sum"] = _reduction(elementwise.sum)
-RULES["max"] = _reduction(elementwise.max)
-
-
-@rule("scalar")
-def _scalar(node, ins, params, ctx):
-    return np.asarray(node.attrs.value, dtype=np.float32), lambda d_out: ((), {})
-
-
-# ---- losses --------------------------------------------------------------------------------
-
-
-@rule("binary_cross_entropy")
-def _bce(node, ins, params, ctx):
-    a = node.attrs
-    if a.logits:
-        return _inputs_only(losses.binary_cross_entropy_with_logits(
-            ins[0], ins[1], pos_weight=a.pos_weight, reduction=a.reduction))
-    return _inputs_only(losses.binary_cross_entropy(ins[0], ins[1], reduction=a.reduction))
-
-
-# ---- tensor ops: transpose, permute, slicing, stack, pad, learned parameters ---------------
-
-
-def _axis_of(node: Node, dim: int, rank: int) -> int:
-    """A per-sample dim of a `rank`-d sample as a non-negative array axis."""
-    return dim % rank + (1 if node.type.batched else 0)
-
-
-@rule("transpose")
-def _transpose(node, ins, params, ctx):
-    rank = node.type.rank
-    return _inputs_only(shape.transpose(ins[0], axis0=_axis_of(node, node.attrs.dim0, rank),
-                                        axis1=_axis_of(node, node.attrs.dim1, rank)))
-
-
-@rule("permute")
-def _permute(node, ins, params, ctx):
-    dims = permutation(node.type.rank, node.attrs.dims)
-    axes = (0, *(d + 1 for d in dims)) if node.type.batched else dims
-    return _inputs_only(shape.permute(ins[0], axes=axes))
-
-
-@rule("slice")
-def _slice(node, ins, params, ctx):
-    a = node.attrs
-    return _inputs_only(shape.slice_axis(ins[0], axis=_axis_of(node, a.dim, node.type.rank),
-                                         start=a.start, stop=a.stop, step=a.step))
-
-
-@rule("stack")
-def _stack(node, ins, params, ctx):
-    arrays, restore = batch_shared(ins, node.type.rank + node.type.batched - 1)
-    out, backward = shape.stack(arrays, axis=_axis_of(node, node.attrs.dim, node.type.rank))
-    return out, lambda d_out: (restore(backward(d_out)), {})
-
-
-@rule("pad")
-def _pad(node, ins, params, ctx):
-    x = ins[0]
-    pads = (node.attrs.pads,) if isinstance(node.attrs.pads, int) else node.attrs.pads
-    widths = [(0, 0)] * x.ndim
-    for i in range(len(pads) // 2):
-        widths[x.ndim - 1 - i] = (pads[2 * i], pads[2 * i + 1])
-    return _inputs_only(shape.pad(x, widths=tuple(widths), value=node.attrs.value))
-
-
-@rule("parameter")
-def _parameter(node, ins, params, ctx):
-    return params[""], lambda d_out: ((), {"": d_out})
 
 
 # ---- regular ops: rules derived from the catalogue -----------------------------------------
@@ -583,26 +193,26 @@ def derived_rule(opdef: OpDef) -> Rule | None:
         def run(node, ins, params, ctx):
             out = kernel(*ins, *[params.get(w) for w in weights],
                          **{a: node.attrs[a] for a in attrs}, input_grad=ctx.input_grad)
-            return _with_params(out, n_inputs, weights)
+            return with_params(out, n_inputs, weights)
     elif weights and attrs:
         def run(node, ins, params, ctx):
             out = kernel(*ins, *[params.get(w) for w in weights],
                          **{a: node.attrs[a] for a in attrs})
-            return _with_params(out, n_inputs, weights)
+            return with_params(out, n_inputs, weights)
     elif weights:
         def run(node, ins, params, ctx):
-            return _with_params(kernel(*ins, *[params.get(w) for w in weights]), n_inputs,
+            return with_params(kernel(*ins, *[params.get(w) for w in weights]), n_inputs,
                                 weights)
     elif opdef.random:
         def run(node, ins, params, ctx):
             kwargs = {a: node.attrs[a] for a in attrs}
-            return _inputs_only(kernel(*ins, **kwargs, train=ctx.train, rng=ctx.rng))
+            return inputs_only(kernel(*ins, **kwargs, train=ctx.train, rng=ctx.rng))
     elif attrs:
         def run(node, ins, params, ctx):
-            return _inputs_only(kernel(*ins, **{a: node.attrs[a] for a in attrs}))
+            return inputs_only(kernel(*ins, **{a: node.attrs[a] for a in attrs}))
     else:
         def run(node, ins, params, ctx):
-            return _inputs_only(kernel(*ins))
+            return inputs_only(kernel(*ins))
     return run
 
 
@@ -636,6 +246,9 @@ def _rule_with_tensor_keywords(opdef: OpDef, kernel: Callable, weights: tuple[st
 
     return run
 
+
+# the hand-written rules register themselves on import, before any is derived
+from nnspec.backends.numpy import rules_layers, rules_tensor  # noqa: F401
 
 for _name, _opdef in OPS.items():
     if _name not in RULES and (_derived := derived_rule(_opdef)) is not None:
