@@ -110,8 +110,8 @@ def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[
         unit = writer.write(inputs, names, output, logits_switch)
         for child in unit.children:
             inner = regions.by_path[child.path]
-            values, value = boundary(inner, consumers, outputs)
-            write(inner, values, _input_names(graph, context.program, inner, values), (value,))
+            values, results = boundary(inner, consumers, outputs)
+            write(inner, values, _input_names(graph, context.program, inner, values), results)
         order.append(unit)
 
     write(regions.root, list(root.inputs), list(root.names), root.outputs, root.logits_switch)
@@ -153,7 +153,7 @@ class _Step:
     node: Node | None
     region: Region | None
     inputs: tuple[str, ...]
-    output: str
+    outputs: tuple[str, ...]  # several only for a unit returning several values
 
 
 class _Writer:
@@ -225,12 +225,12 @@ class _Writer:
             unit = next((r for r in self.regions.chain(self.region, node.name)
                          if r.role != "inline"), None)
             if unit is None:
-                steps.append(_Step("op", node, None, node.inputs, node.name))
+                steps.append(_Step("op", node, None, node.inputs, (node.name,)))
             elif unit.path not in seen:
                 seen.add(unit.path)
-                inputs, out = boundary(unit, self.consumers, set(self.graph.outputs))
+                inputs, outs = boundary(unit, self.consumers, set(self.graph.outputs))
                 kind = "loop" if unit.role == "loop" else "unit"
-                steps.append(_Step(kind, None, unit, tuple(inputs), out))
+                steps.append(_Step(kind, None, unit, tuple(inputs), outs))
         return steps
 
     def _child(self, region: Region) -> Instance:
@@ -248,42 +248,48 @@ class _Writer:
             return FORWARD["scalar"](Site(node, [], []))[0].value
         return self.env[name]
 
-    def _target(self, step: _Step, i: int, last_use: dict[str, int], output: str) -> str:
+    def _targets(self, step: _Step, i: int, last_use: dict[str, int], output: str) -> list[str]:
+        """A variable for each value the step gives (`_` for one nothing reads); the first
+        reuses its first input's variable when that input dies here."""
         dying = [v for v in step.inputs if last_use.get(v) == i and v in self.env]
         for v in dying:
             self.live.pop(self.env[v][0], None)
-        if step.output != output and last_use.get(step.output, -1) <= i:
-            return "_"  # a value nothing uses (the interpreter still computes it)
         first = step.inputs[0] if step.inputs else None
-        if first in dying and _generic(self.env[first][0]):
-            name = self.env[first][0]
-        else:
-            n = 0
-            while True:
-                name = _GENERIC[n] if n < len(_GENERIC) else f"h{n}"
-                if name not in self.live and name not in self.context.local_taken:
-                    break
-                n += 1
-        self.live[name] = step.output
-        return name
+        reusable = first in dying and _generic(self.env[first][0])
+        names = []
+        for value in step.outputs:
+            if value != output and last_use.get(value, -1) <= i:
+                names.append("_")  # a value nothing uses (the interpreter still computes it)
+                continue
+            if reusable:
+                name, reusable = self.env[first][0], False
+            else:
+                n = 0
+                while True:
+                    name = _GENERIC[n] if n < len(_GENERIC) else f"h{n}"
+                    if name not in self.live and name not in self.context.local_taken:
+                        break
+                    n += 1
+            self.live[name] = value
+            names.append(name)
+        return names
 
     # ---- steps ---------------------------------------------------------------------------------
 
     def _write_step(self, step: _Step, i: int, last_use: dict[str, int], output: str) -> list:
         args = [self.value(v) for v in step.inputs]
+        if step.kind == "op" and step.node.module is not None:
+            self._declare(step.node)
+        targets = self._targets(step, i, last_use, output)
+        target = ", ".join(targets)
         if step.kind == "op":
-            node = step.node
-            if node.module is not None:
-                self._declare(node)
-            target = self._target(step, i, last_use, output)
-            stmts = self._op_lines(node, args, self._module_access(node), target)
+            stmts = self._op_lines(step.node, args, self._module_access(step.node), target)
         elif step.kind == "unit":
-            target = self._target(step, i, last_use, output)
             stmts = [self._unit_call(step, args, target)]
         else:
-            target = self._target(step, i, last_use, output)
             stmts = self._loop(step, args, target)
-        self.env[step.output] = (target,)
+        for value, name in zip(step.outputs, targets):
+            self.env[value] = (name,)
         return stmts
 
     def _op_lines(self, node: Node, args: list[Expr], module: Expr, target: str) -> list:
@@ -298,7 +304,8 @@ class _Writer:
     def _unit_call(self, step: _Step, args: list[Expr], target: str) -> Stmt:
         region = step.region
         instance = self._child(region)
-        out_type = self.graph.node(step.output).type
+        types = [self.graph.node(v).type for v in step.outputs]
+        out_type = types[0] if len(types) == 1 else None
         if unit_kind(region) == "function":
             return Stmt(target, expr(Instance(instance.unit, tuple(args))),
                         self.comment(out_type, region.span))
@@ -311,7 +318,7 @@ class _Writer:
         region = step.region
         rel = self.region.relative(region.path)
         items = loop_items(region, self.regions.by_path)
-        out_type = self.graph.node(step.output).type
+        out_type = self.graph.node(step.outputs[-1]).type
         stmts = []
         if args[0] != (target,):
             in_type = self.graph.node(step.inputs[0]).type
