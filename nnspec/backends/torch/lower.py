@@ -144,7 +144,7 @@ def unit_kind(region: Region) -> UnitKind:
     return "class" if region.role == "class" else "function"
 
 
-StepKind = Literal["op", "unit", "loop"]
+StepKind = Literal["op", "unit", "loop", "sequential"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,8 @@ class _Step:
     region: Region | None
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]  # several only for a unit returning several values
+    parts: tuple[_Step, ...] = ()  # a sequential's steps, one per numbered layer
+    path: str = ""  # a sequential's relative module path
 
 
 class _Writer:
@@ -176,6 +178,7 @@ class _Writer:
         self.names = Namespace(context.local_taken)
         self.children: list[UnitKey] = []
         self.helpers: set[str] = set()
+        self.sequential: set[str] = set()  # relative paths written as nn.Sequential
 
     # ---- the whole unit ---------------------------------------------------------------------
 
@@ -231,7 +234,68 @@ class _Writer:
                 inputs, outs = boundary(unit, self.consumers, set(self.graph.outputs))
                 kind = "loop" if unit.role == "loop" else "unit"
                 steps.append(_Step(kind, None, unit, tuple(inputs), outs))
-        return steps
+        return self._sequentials(steps)
+
+    def _sequentials(self, steps: list[_Step]) -> list[_Step]:
+        """Runs of steps that are a labelled chain's numbered layers `P.0 -> P.1 -> ...`,
+        each reading only the one before and nothing else under `P`, become one
+        `nn.Sequential` step: `x = self.P(x)`, under the same `state_dict` keys."""
+        paths = [self._layer_path(s) for s in steps]
+        out: list[_Step] = []
+        i = 0
+        while i < len(steps):
+            run = self._chain_from(steps, paths, i)
+            if run:
+                parts = tuple(steps[i:i + run])
+                path = paths[i].rsplit(".", 1)[0]
+                out.append(_Step("sequential", None, None, parts[0].inputs,
+                                 parts[-1].outputs, parts, path))
+                i += run
+            else:
+                out.append(steps[i])
+                i += 1
+        return out
+
+    def _chain_from(self, steps: list[_Step], paths: list[str | None], i: int) -> int:
+        """How many steps from `i` form a whole chain `P.0 .. P.k`; 0 if they do not."""
+        path = paths[i]
+        if path is None or not path.endswith(".0"):
+            return 0
+        prefix = path[:-1]
+        n = 0
+        while i + n < len(steps) and paths[i + n] == f"{prefix}{n}":
+            step = steps[i + n]
+            if n and step.inputs != steps[i + n - 1].outputs:
+                break
+            n += 1
+        if any(p is not None and p.startswith(prefix) for p in paths[i + n:] + paths[:i]):
+            return 0
+        for step, after in zip(steps[i:i + n - 1], steps[i + 1:i + n]):
+            value = step.outputs[0]
+            inside = ({after.node.name} if after.kind == "op"
+                      else {m.name for m in after.region.members})
+            if value in self.graph.outputs or not set(self.consumers[value]) <= inside:
+                return 0
+        return n
+
+    def _layer_path(self, step: _Step) -> str | None:
+        """The relative module path of a step that is one plain call of one layer with one
+        input and one output: a layer with weights, or a class instance."""
+        if len(step.inputs) != 1 or len(step.outputs) != 1:
+            return None
+        if step.kind == "unit" and step.region.role == "class":
+            return self.region.relative(step.region.path)
+        if step.kind != "op" or step.node.module is None or step.node.params and any(
+                full != param_name(step.node.module, local)
+                for local, full in step.node.params.items()):
+            return None
+        node = step.node
+        types = [self.graph.node(v).type for v in node.inputs]
+        site = Site(node, [("x",)], types, ("layer",), "x", self.training, set())
+        lines = FORWARD[node.op](site)
+        if len(lines) != 1 or lines[0].unpack or flat(lines[0].value, str) != "layer(x)":
+            return None
+        return self.region.relative(node.module)
 
     def _child(self, region: Region) -> Instance:
         key = UnitKey(self.regions.graph, region.path)
@@ -286,6 +350,8 @@ class _Writer:
             stmts = self._op_lines(step.node, args, self._module_access(step.node), target)
         elif step.kind == "unit":
             stmts = [self._unit_call(step, args, target)]
+        elif step.kind == "sequential":
+            stmts = [self._sequential(step, args, target)]
         else:
             stmts = self._loop(step, args, target)
         for value, name in zip(step.outputs, targets):
@@ -313,6 +379,21 @@ class _Writer:
         self.leaves[rel] = expr(instance)
         return Stmt(target, expr(call(self._access(rel, region.span), *args)),
                     self.comment(out_type, region.span))
+
+    def _sequential(self, step: _Step, args: list[Expr], target: str) -> Stmt:
+        for part in step.parts:
+            if part.kind == "op":
+                self._declare(part.node)
+            else:
+                self.leaves[self.region.relative(part.region.path)] = expr(
+                    self._child(part.region))
+        self.sequential.add(step.path)
+        last = step.parts[-1]
+        node = last.node if last.kind == "op" else None
+        span = node.span if node is not None else last.region.span
+        out_type = self.graph.node(step.outputs[0]).type
+        return Stmt(target, expr(call(self._access(step.path, span), *args)),
+                    self.comment(out_type, span))
 
     def _loop(self, step: _Step, args: list[Expr], target: str) -> list:
         region = step.region
@@ -382,7 +463,8 @@ class _Writer:
             for p in parts[:-1]:
                 level = level.setdefault(p, {})
             level[parts[-1]] = value
-        stmts = [Stmt(f"self.{key}", _container(sub)) for key, sub in tree.items()]
+        stmts = [Stmt(f"self.{key}", _container(sub, key, self.sequential))
+                 for key, sub in tree.items()]
         return stmts + self.extras + self.ties
 
     # ---- comments --------------------------------------------------------------------------
@@ -406,13 +488,18 @@ class _Writer:
         return expr(*parts)
 
 
-def _container(sub) -> Expr:
-    """A level of the module tree: a layer, or an nn.ModuleList / nn.ModuleDict of levels."""
+def _container(sub, path: str, sequential: set[str]) -> Expr:
+    """A level of the module tree: a layer, or an nn.Sequential (a chain called whole),
+    nn.ModuleList or nn.ModuleDict of levels."""
     if not isinstance(sub, dict):
         return sub
     keys = list(sub)
+    if path in sequential:
+        return expr(call("nn.Sequential", *(sub[str(i)] for i in range(len(keys)))))
     if all(k.isdigit() for k in keys):  # a `seq`'s layers without weights leave gaps
         last = max(int(k) for k in keys)
-        return expr(module_list([_container(sub[str(i)]) if str(i) in sub
-                                 else expr(call("nn.Identity")) for i in range(last + 1)]))
-    return expr(call("nn.ModuleDict", dict_of([(k, _container(sub[k])) for k in keys])))
+        return expr(module_list([_container(sub[str(i)], f"{path}.{i}", sequential)
+                                 if str(i) in sub else expr(call("nn.Identity"))
+                                 for i in range(last + 1)]))
+    return expr(call("nn.ModuleDict", dict_of([(k, _container(sub[k], f"{path}.{k}", sequential))
+                                               for k in keys])))

@@ -46,11 +46,9 @@ class BasicBlock2(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = nn.ModuleList(
-            [
-                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(channels),
-            ]
+        self.downsample = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x):
@@ -59,8 +57,7 @@ class BasicBlock2(nn.Module):
         h = F.relu(h)  # (B, channels, H/2, W/2)  resnet18.nn:7
         h = self.conv2(h)  # (B, channels, H/2, W/2)  resnet18.nn:8
         h = self.bn2(h)  # (B, channels, H/2, W/2)  resnet18.nn:9
-        x = self.downsample[0](x)  # (B, channels, H/2, W/2)  resnet18.nn:12
-        x = self.downsample[1](x)  # (B, channels, H/2, W/2)  resnet18.nn:12
+        x = self.downsample(x)  # (B, channels, H/2, W/2)  resnet18.nn:12
         h = h + x  # (B, channels, H/2, W/2)  resnet18.nn:14
         return F.relu(h)  # (B, channels, H/2, W/2)  resnet18.nn:14
 
@@ -83,10 +80,10 @@ class ResNet18(nn.Module):
         self.config = config
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = nn.ModuleList([BasicBlock(64) for _ in range(2)])
-        self.layer2 = nn.ModuleList([BasicBlock2(64, 128, 2), BasicBlock(128)])
-        self.layer3 = nn.ModuleList([BasicBlock2(128, 256, 2), BasicBlock(256)])
-        self.layer4 = nn.ModuleList([BasicBlock2(256, 512, 2), BasicBlock(512)])
+        self.layer1 = nn.Sequential(BasicBlock(64), BasicBlock(64))
+        self.layer2 = nn.Sequential(BasicBlock2(64, 128, 2), BasicBlock(128))
+        self.layer3 = nn.Sequential(BasicBlock2(128, 256, 2), BasicBlock(256))
+        self.layer4 = nn.Sequential(BasicBlock2(256, 512, 2), BasicBlock(512))
         self.fc = nn.Linear(512, config.classes)
 
     def forward(self, image):
@@ -94,14 +91,10 @@ class ResNet18(nn.Module):
         x = self.bn1(x)  # (B, 64, H/2, W/2)  resnet18.nn:20
         x = F.relu(x)  # (B, 64, H/2, W/2)  resnet18.nn:20
         x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, 64, H/4, W/4)  resnet18.nn:21
-        x = self.layer1[0](x)  # (B, 64, H/4, W/4)  resnet18.nn:22
-        x = self.layer1[1](x)  # (B, 64, H/4, W/4)  resnet18.nn:22
-        x = self.layer2[0](x)  # (B, 128, H/8, W/8)  resnet18.nn:23
-        x = self.layer2[1](x)  # (B, 128, H/8, W/8)  resnet18.nn:23
-        x = self.layer3[0](x)  # (B, 256, H/16, W/16)  resnet18.nn:24
-        x = self.layer3[1](x)  # (B, 256, H/16, W/16)  resnet18.nn:24
-        x = self.layer4[0](x)  # (B, 512, H/32, W/32)  resnet18.nn:25
-        x = self.layer4[1](x)  # (B, 512, H/32, W/32)  resnet18.nn:25
+        x = self.layer1(x)  # (B, 64, H/4, W/4)  resnet18.nn:22
+        x = self.layer2(x)  # (B, 128, H/8, W/8)  resnet18.nn:23
+        x = self.layer3(x)  # (B, 256, H/16, W/16)  resnet18.nn:24
+        x = self.layer4(x)  # (B, 512, H/32, W/32)  resnet18.nn:25
         x = x.mean(dim=(2, 3))  # (B, 512)  resnet18.nn:26
         return self.fc(x)  # (B, classes)  resnet18.nn:27
 
