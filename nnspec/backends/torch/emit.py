@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nnspec.backends.torch.names import literal
 from nnspec.backends.torch.source import Expr, Group, Num, Stmt, call, expr, list_of
 from nnspec.backends.torch.source import is_simple_power_operand as _simple
+from nnspec.diagnostics import SpecError
 from nnspec.ir.graph import Node
 from nnspec.ir.ops import (
     OPS,
@@ -119,12 +121,23 @@ def _value(source: str, attrs, ins: list[TensorType], hint: str) -> Num:
 
 
 def _keywords(opdef: OpDef, attrs, ins: list[TensorType]) -> dict[str, Num]:
-    """The torch form's keywords whose attribute differs from the catalogue default."""
+    """The torch form's keywords; one at its catalogue default is left out when printed."""
     out = {}
     for hint, source in map(_binding, opdef.torch.keywords):
-        if source.startswith("input[") or attrs[source] != opdef.attr(source).default:
-            out[hint] = _value(source, attrs, ins, hint)
+        value = _value(source, attrs, ins, hint)
+        if not source.startswith("input["):
+            value = _with_default(value, opdef.attr(source).default)
+        out[hint] = value
     return out
+
+
+def _with_default(num: Num, default) -> Num:
+    """`num`, left out of a call when its text is `default`'s (see `source.substitute`)."""
+    try:
+        text = literal(default)
+    except SpecError:
+        return num
+    return Num(num.value, num.hint, num.primary, num.comment, text)
 
 
 def _module_args(node: Node, ins: list[TensorType]) -> list[Num]:
@@ -142,21 +155,15 @@ def _default(node: Node, name: str):
 def _conv(spatial: int):
     def init(node: Node, ins: list[TensorType]) -> Group:
         a = node.attrs
-        kwargs = {}
-        if _one(a.stride) != _default(node, "stride"):
-            kwargs["stride"] = Num(_one(a.stride), "stride")
+        kwargs = {"stride": _with_default(Num(_one(a.stride), "stride"),
+                                          _default(node, "stride"))}
         if a.padding == "same":
             kwargs["padding"] = Num("same", "padding")
         else:
             pads = tuple(low for low, _ in conv_pads(a, spatial))
-            if any(pads):
-                kwargs["padding"] = Num(_one(pads), "padding")
-        if _one(a.dilation) != _default(node, "dilation"):
-            kwargs["dilation"] = Num(_one(a.dilation), "dilation")
-        if a.groups != _default(node, "groups"):
-            kwargs["groups"] = Num(a.groups, "groups")
-        if a.bias != _default(node, "bias"):
-            kwargs["bias"] = Num(a.bias, "bias")
+            kwargs["padding"] = _with_default(Num(_one(pads), "padding"), 0)
+        for name in ("dilation", "groups", "bias"):
+            kwargs[name] = _with_default(Num(_one(a[name]), name), _default(node, name))
         return call(f"nn.Conv{spatial}d", Num(ins[0].shape[0], "in_channels", False),
                     Num(a.channels, "out_channels"), Num(_one(a.kernel), "kernel_size"),
                     **kwargs)

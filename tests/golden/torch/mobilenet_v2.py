@@ -35,7 +35,7 @@ class InvertedResidual(nn.Module):
 class InvertedResidual2(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13.
 
-    Used as features.2, features.4, features.7 and 1 more.
+    Used as features.2, features.4, features.7 and 3 more.
     """
 
     def __init__(self, in_channels, channels, out, stride, expand):
@@ -66,10 +66,10 @@ class InvertedResidual2(nn.Module):
     def forward(self, x):
         x = self.conv[0](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
         x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[1](x)  # (B, channels, H/2, W/2)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H/2, W/2)  mobilenet_v2.nn:10
-        x = self.conv[2](x)  # (B, out, H/2, W/2)  mobilenet_v2.nn:17
-        return self.conv[3](x)  # (B, out, H/2, W/2)  mobilenet_v2.nn:17
+        x = self.conv[1](x)  # (B, channels, ?, ?)  mobilenet_v2.nn:10
+        x = F.relu6(x)  # (B, channels, ?, ?)  mobilenet_v2.nn:10
+        x = self.conv[2](x)  # (B, out, ?, ?)  mobilenet_v2.nn:17
+        return self.conv[3](x)  # (B, out, ?, ?)  mobilenet_v2.nn:17
 
 
 class InvertedResidual3(nn.Module):
@@ -106,40 +106,6 @@ class InvertedResidual3(nn.Module):
         return x + h  # (B, out, H, W)  mobilenet_v2.nn:20
 
 
-class InvertedResidual4(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13.
-
-    Used as features.11, features.17.
-    """
-
-    def __init__(self, in_channels, channels, out, stride, expand):
-        super().__init__()
-        self.conv = nn.ModuleList(
-            [
-                nn.Sequential(
-                    nn.Conv2d(in_channels, channels, 1, bias=False),
-                    nn.BatchNorm2d(channels),
-                ),
-                nn.Sequential(
-                    nn.Conv2d(
-                        channels, channels, 3, padding=1, groups=channels, bias=False
-                    ),
-                    nn.BatchNorm2d(channels),
-                ),
-                nn.Conv2d(channels, out, 1, bias=False),
-                nn.BatchNorm2d(out),
-            ]
-        )
-
-    def forward(self, x):
-        x = self.conv[0](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[1](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[2](x)  # (B, out, H, W)  mobilenet_v2.nn:17
-        return self.conv[3](x)  # (B, out, H, W)  mobilenet_v2.nn:17
-
-
 @dataclass
 class MobileNetV2Config:
     """Hyperparameters of `model MobileNetV2`."""
@@ -172,13 +138,13 @@ class MobileNetV2(nn.Module):
                 InvertedResidual3(384, 64, 1, 6),
                 InvertedResidual3(384, 64, 1, 6),
                 InvertedResidual3(384, 64, 1, 6),
-                InvertedResidual4(64, 384, 96, 1, 6),
+                InvertedResidual2(64, 384, 96, 1, 6),
                 InvertedResidual3(576, 96, 1, 6),
                 InvertedResidual3(576, 96, 1, 6),
                 InvertedResidual2(96, 576, 160, 2, 6),
                 InvertedResidual3(960, 160, 1, 6),
                 InvertedResidual3(960, 160, 1, 6),
-                InvertedResidual4(160, 960, 320, 1, 6),
+                InvertedResidual2(160, 960, 320, 1, 6),
                 nn.Sequential(
                     nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280)
                 ),
