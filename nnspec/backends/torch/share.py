@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from nnspec.backends.torch import variants
 from nnspec.backends.torch.lists import fold, fold_units
 from nnspec.backends.torch.lower import Unit, UnitKey, UnitKind
 from nnspec.backends.torch.names import Namespace, checked_identifier, literal
@@ -35,6 +36,7 @@ from nnspec.backends.torch.source import (
 )
 from nnspec.backends.torch.spec_exprs import expressions
 from nnspec.backends.torch.structure import GraphKind, Region, spec_definition
+from nnspec.backends.torch.variants import UNKNOWN
 from nnspec.ir.arithmetic import is_number
 from nnspec.ir.graph import Scope
 from nnspec.syntax import ast
@@ -103,39 +105,97 @@ def share(units: list[Unit], context: Context, names: Globals,
     folded = fold_units(raw, order)
     probe_raw = [{u.key: u for u in p} for p in probes]
     probe_folded = [fold_units(table, [u.key for u in p]) for table, p in zip(probe_raw, probes)]
-    groups: dict[tuple, list[Unit]] = {}
-    group_of: dict[UnitKey, int] = {}
-    index: dict[tuple, int] = {}
-
-    def join(sharing: tuple, unit: Unit) -> None:
-        if sharing not in groups:
-            index[sharing] = len(groups)
-            groups[sharing] = []
-        group_of[unit.key] = index[sharing]
-        groups[sharing].append(unit)
-
-    for key in order:
-        unit = raw[key]
-        sharing = _sharing_key(unit, group_of)
-        same = [folded[m.key] for m in groups.get(sharing, [])] + [folded[key]]
-        if len({_shape_text(u) for u in same}) > 1:  # folds in one use and not in another
-            same = [raw[m.key] for m in groups.get(sharing, [])] + [unit]
-            if len({_shape_text(u) for u in same}) > 1:
-                sharing += (_shape_text(unit),)
-        join(sharing, unit)
+    groups, group_of = _group(order, raw, folded, {})
+    plans, reasons = _plans(groups, context)
+    if plans:
+        family = {m.key: m.region.label for g in groups for m in g
+                  if m.region.kind == "block" and m.region.label in plans}
+        groups, group_of = _group(order, raw, folded, family)
     definitions: list[Definition] = []
     by_unit: dict[UnitKey, Definition] = {}
-    for members in _children_first(list(groups.values()), group_of):
-        if len({_shape_text(folded[m.key]) for m in members}) == 1:
+    for members in _children_first(groups, group_of):
+        label = members[0].region.label if members[0].region.kind == "block" else None
+        if label in plans:
+            builds = [_conformed(table, members, plans[label], context, b)
+                      for b, table in enumerate([raw, *probe_raw])]
+        elif len({_shape_text(folded[m.key]) for m in members}) == 1:
             builds = [folded, *probe_folded]
         else:
             builds = [raw, *probe_raw]
         members = [builds[0][m.key] for m in members]
-        definition = _Parameterise(members, context, names, by_unit, builds).definition()
+        definition = _Parameterise(members, context, names, by_unit, builds,
+                                   reasons.get(label)).definition()
         definitions.append(definition)
         for member in members:
             by_unit[member.key] = definition
     return definitions
+
+
+def _group(order: list[UnitKey], raw: Mapping[UnitKey, Unit], folded: Mapping[UnitKey, Unit],
+           family: Mapping[UnitKey, str]) -> tuple[list[list[Unit]], dict[UnitKey, int]]:
+    """Units that read alike, children first; the units in `family` join their block's
+    one group whatever their text."""
+    groups: dict[tuple, list[Unit]] = {}
+    group_of: dict[UnitKey, int] = {}
+    index: dict[tuple, int] = {}
+    for key in order:
+        unit = raw[key]
+        if key in family:
+            sharing: tuple = ("variants", family[key])
+        else:
+            sharing = _sharing_key(unit, group_of)
+            same = [folded[m.key] for m in groups.get(sharing, [])] + [folded[key]]
+            if len({_shape_text(u) for u in same}) > 1:  # folds in one use and not another
+                same = [raw[m.key] for m in groups.get(sharing, [])] + [unit]
+                if len({_shape_text(u) for u in same}) > 1:
+                    sharing += (_shape_text(unit),)
+        if sharing not in groups:
+            index[sharing] = len(groups)
+            groups[sharing] = []
+        group_of[key] = index[sharing]
+        groups[sharing].append(unit)
+    return list(groups.values()), group_of
+
+
+def _plans(groups: list[list[Unit]], context: Context
+           ) -> tuple[dict[str, variants.Plan], dict[str, str]]:
+    """For each block whose uses make several groups: how they are one class, or why not."""
+    by_label: dict[str, list[list[Unit]]] = {}
+    for g in groups:
+        if g[0].region.kind == "block" and g[0].kind == "class":
+            by_label.setdefault(g[0].region.label, []).append(g)
+    plans, reasons = {}, {}
+    for label, family in by_label.items():
+        if len(family) < 2:
+            continue
+        definition = spec_definition(context.program, family[0][0].region)
+        found = variants.plan(family, definition,
+                              lambda u, d=definition: _use_env(u, context, 0, d))
+        if isinstance(found, str):
+            reasons[label] = found
+        else:
+            plans[label] = found
+    return plans, reasons
+
+
+def _use_env(unit: Unit, context: Context, build: int, definition) -> dict:
+    scopes = (context.build_scopes[build] if context.build_scopes and unit.key.graph == "model"
+              else context.scopes[unit.key.graph])
+    scope = scopes.get(unit.region.path)
+    return variants.use_env(unit, dict(scope.params) if scope else {}, definition)
+
+
+def _conformed(table: Mapping[UnitKey, Unit], members: list[Unit], plan: variants.Plan,
+               context: Context, build: int) -> dict[UnitKey, Unit]:
+    """The members of a block's one group in that build, each in the plan's form."""
+    definition = spec_definition(context.program, members[0].region)
+    out = {}
+    for m in members:
+        unit = table.get(m.key)
+        if unit is not None:
+            out[m.key] = variants.conform(unit, plan, _use_env(unit, context, build,
+                                                               definition)) or unit
+    return out
 
 
 def _children_first(groups: list[list[Unit]], group_of: Mapping[UnitKey, int]
@@ -194,7 +254,10 @@ class _Parameterise:
     number and instance."""
 
     def __init__(self, members: list[Unit], context: Context, names: Globals,
-                 by_unit: Mapping[UnitKey, Definition], builds: list[Mapping[UnitKey, Unit]]):
+                 by_unit: Mapping[UnitKey, Definition], builds: list[Mapping[UnitKey, Unit]],
+                 separate: str | None = None):
+        """`separate`: why the block's uses could not be one class (said in the docstring)."""
+        self.separate = separate
         self.members = members
         self.context = context
         self.names = names
@@ -272,53 +335,62 @@ class _Parameterise:
         assert len({len(c) for c in columns}) == 1, "instances of one definition differ"
         vectors = list(zip(*columns))  # each number of the definition, cell by cell
         init_count = len(self._numbers(first, 0, [first.init]))
-        extras: dict[tuple, int] = {}  # the values of a number no parameter gives -> its index
+        extras: list[list] = []  # each extra argument's value cell by cell (UNKNOWN: any)
+        extra_of: dict[int, int] = {}  # number -> its extra argument
         hints: list[list[tuple[str, bool]]] = []
-        firsts: list[int] = []  # where each extra argument first occurs
         chosen: dict[int, _Candidate] = {}
         for j, nums in enumerate(vectors):
-            values = _key(nums)
-            if nums[0].comment:
+            known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
+            ref = nums[known[0]]
+            if ref.comment:
                 continue
-            match = [c for c in candidates if _key_values(c.values) == values]
-            if len(set(values)) == 1:  # a parameter only where that cannot be chance
-                if nums[0].value in (0, 1) or isinstance(nums[0].value, bool):
+            values = _key(nums)
+            match = [c for c in candidates if _agrees(_key_values(c.values), values)]
+            if len({values[k] for k in known}) == 1:  # a parameter only where not by chance
+                if ref.value in (0, 1) or isinstance(ref.value, bool):
                     continue
-                named = [c for c in match if c.comment == nums[0].hint]
+                named = [c for c in match if c.comment == ref.hint]
                 if named:
                     chosen[j] = named[0]
                 continue
             if match:
-                chosen[j] = next((c for c in match if c.comment == nums[0].hint), match[0])
+                chosen[j] = next((c for c in match if c.comment == ref.hint), match[0])
                 continue
-            if values not in extras:
-                extras[values] = len(hints)
+            cells = [n.value for n in nums]
+            index = next((i for i, e in enumerate(extras) if _agrees(_key(e), values)), None)
+            if index is None:
+                index = len(extras)
+                extras.append(cells)
                 hints.append([])
-                firsts.append(j)
-            hints[extras[values]].append((nums[0].hint, nums[0].primary))
+            else:
+                extras[index] = [v if v is not UNKNOWN else w for v, w in
+                                 zip(extras[index], cells)]
+            extra_of[j] = index
+            hints[index].append((ref.hint, ref.primary))
         extra_names = self._param_names(hints, self._spec_names(extras, envs), params)
         if self.is_model:  # the model takes only its config: other numbers stay as built
-            extras, extra_names, firsts = {}, [], []
+            extras, extra_names, extra_of = [], [], {}
         texts = []
         for j, nums in enumerate(vectors):
             in_forward = j >= init_count and first.kind == "class"
-            if nums[0].comment:
+            known = [n for n in nums if n.value is not UNKNOWN]
+            if known[0].comment:
                 texts.append(self._comment_dim(nums, extras, extra_names, candidates))
             elif j in chosen:
                 texts.append(chosen[j].forward if in_forward else chosen[j].init)
-            elif _key(nums) in extras:
-                arg = extra_names[extras[_key(nums)]]
+            elif j in extra_of:
+                arg = extra_names[extra_of[j]]
                 texts.append(f"self.{arg}" if in_forward else arg)
             else:
-                texts.append(literal(nums[0].value))
+                texts.append(literal(known[0].value))
         omitted = 0 if self.is_model else trailing_defaults(self.spec, params, envs)
         build_arguments: list[dict[UnitKey, tuple[Num, ...]]] = []
         for c, (unit, build) in enumerate(self.cells):
             while len(build_arguments) <= build:
                 build_arguments.append({})
             spec_values = tuple(Num(envs[c][p], p) for p in params[:len(params) - omitted])
-            extra_values = tuple(Num(vectors[j][c].value, extra_names[i])
-                                 for i, j in enumerate(firsts))
+            extra_values = tuple(Num(None if e[c] is UNKNOWN else e[c], extra_names[i])
+                                 for i, e in enumerate(extras))
             build_arguments[build][unit.key] = extra_values + spec_values
         item_texts = iter(self._item_texts(texts))
         init = substitute(first.init, item_texts)
@@ -413,7 +485,7 @@ class _Parameterise:
             names.append(scope.claim(wanted))
         return names
 
-    def _spec_names(self, extras: dict[tuple, int], envs: list[dict]) -> dict[int, str]:
+    def _spec_names(self, extras: list[list], envs: list[dict]) -> dict[int, str]:
         """Extra arguments whose values, cell by cell, are exactly one of the block's or fn's
         hyperparameters take that hyperparameter's name."""
         if not envs or not all(envs):
@@ -423,24 +495,32 @@ class _Parameterise:
             values = [env.get(name) for env in envs]
             if all(is_number(v) for v in values):
                 candidates.setdefault(_key_values(values), []).append(name)
-        return {index: candidates[key][0] for key, index in extras.items()
-                if len(candidates.get(key, ())) == 1}
+        out = {}
+        for index, cells in enumerate(extras):
+            names = [n for key, found in candidates.items() if _agrees(key, _key(cells))
+                     for n in found]
+            if len(names) == 1:
+                out[index] = names[0]
+        return out
 
-    def _comment_dim(self, nums: tuple[Num, ...], extras: dict[tuple, int],
+    def _comment_dim(self, nums: tuple[Num, ...], extras: list[list],
                      names: list[str], candidates: list[_Candidate]) -> str:
         """A dim in a shape comment: its size when it never changes, else the input dim
-        (`T`), parameter or expression (`4 * d`) it follows, else `?`."""
-        values = _key(nums)
+        (`T`), parameter or expression (`4 * d`) it follows, else `?`. Cells where the
+        line is not computed (`UNKNOWN`) say nothing."""
+        known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
+        values = tuple(_key(nums)[k] for k in known)
         if len(set(values)) == 1:
-            return _dim_text(nums[0].value)
+            return _dim_text(nums[known[0]].value)
         for candidate in candidates:
-            if _key_values(candidate.values) == values:
+            if tuple(_key_values(candidate.values)[k] for k in known) == values:
                 return candidate.comment
-        raw = [n.value for n in nums]
+        raw = [nums[k].value for k in known]
         for declared_only in (True, False):
             symbols = self._input_symbols(declared_only)
-            symbols.sort(key=lambda s: s[0] != nums[0].hint)  # the same position first
-            for _, symbol, dims in symbols:
+            symbols.sort(key=lambda s: s[0] != nums[known[0]].hint)  # the same position first
+            for _, symbol, all_dims in symbols:
+                dims = [all_dims[k] for k in known]
                 if dims == raw:
                     return symbol
                 if all(isinstance(d, int) and isinstance(v, int) and v for d, v in zip(dims, raw)):
@@ -448,8 +528,15 @@ class _Parameterise:
                     if ratio > 1 and all(d // ratio == v or -(-d // ratio) == v
                                          for d, v in zip(dims, raw)):
                         return f"{symbol}/{ratio}"
-        if values in extras:
-            return names[extras[values]]
+                for candidate in candidates:  # a stride: H/stride
+                    divisors = [candidate.values[k] for k in known]
+                    if all(isinstance(d, int) and isinstance(p, int) and p > 0
+                           and -(-d // p) == v for d, p, v in zip(dims, divisors, raw)):
+                        text = candidate.comment
+                        return f"{symbol}/{text if text.isidentifier() else f'({text})'}"
+        for index, cells in enumerate(extras):
+            if tuple(_key(cells)[k] for k in known) == values:
+                return names[index]
         return "?"
 
     def _input_symbols(self, declared_only: bool) -> list[tuple[str, str, list]]:
@@ -494,11 +581,19 @@ class _Parameterise:
             return doc
         if region.kind == "item":
             return [f"One copy of the layers repeated at {where}.", *details]
+        if self.separate:
+            details.append(f"One class per structure: {self.separate}.")
         return [f"`{region.kind} {region.label}` of {where}.", *details]
 
 
 def _key(nums) -> tuple:
-    return _key_values(n.value for n in nums)
+    return _key_values(n.value if isinstance(n, Num) else n for n in nums)
+
+
+def _agrees(a: tuple, b: tuple) -> bool:
+    """Two keys cell by cell, an unknown cell agreeing with anything."""
+    unknown = _key_values([UNKNOWN])[0]
+    return all(x == y or unknown in (x, y) for x, y in zip(a, b))
 
 
 def _key_values(values) -> tuple:

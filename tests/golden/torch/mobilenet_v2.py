@@ -10,7 +10,10 @@ from torch import nn
 
 
 class InvertedResidual(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13."""
+    """`block InvertedResidual` of mobilenet_v2.nn:13.
+
+    One class per structure: `self.conv` is built differently in different uses.
+    """
 
     def __init__(self, out, stride, expand):
         super().__init__()
@@ -36,6 +39,7 @@ class InvertedResidual2(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13.
 
     Used as features.2, features.4, features.7 and 3 more.
+    One class per structure: `self.conv` is built differently in different uses.
     """
 
     def __init__(self, in_channels, channels, out, stride, expand):
@@ -66,16 +70,17 @@ class InvertedResidual2(nn.Module):
     def forward(self, x):
         x = self.conv[0](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
         x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[1](x)  # (B, channels, ?, ?)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, ?, ?)  mobilenet_v2.nn:10
-        x = self.conv[2](x)  # (B, out, ?, ?)  mobilenet_v2.nn:17
-        return self.conv[3](x)  # (B, out, ?, ?)  mobilenet_v2.nn:17
+        x = self.conv[1](x)  # (B, channels, H/stride, W/stride)  mobilenet_v2.nn:10
+        x = F.relu6(x)  # (B, channels, H/stride, W/stride)  mobilenet_v2.nn:10
+        x = self.conv[2](x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:17
+        return self.conv[3](x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:17
 
 
 class InvertedResidual3(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13.
 
     Used as features.3, features.5, features.6 and 7 more.
+    One class per structure: `self.conv` is built differently in different uses.
     """
 
     def __init__(self, channels, out, stride, expand):

@@ -12,7 +12,7 @@ from torch import nn
 class Bottleneck(nn.Module):
     """`block Bottleneck` of resnet50.nn:4.
 
-    Used as layer1.0, layer2.0, layer3.0 and 1 more.
+    Used as layer1.0, layer1.1, layer1.2 and 13 more.
     """
 
     def __init__(self, in_channels, planes, stride=1):
@@ -23,51 +23,27 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(4 * planes)
-        self.downsample = nn.Sequential(
-            nn.Conv2d(in_channels, 4 * planes, 1, stride=stride, bias=False),
-            nn.BatchNorm2d(4 * planes),
-        )
+        self.downsample = None
+        if not (stride == 1 and in_channels == 4 * planes):
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, 4 * planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(4 * planes),
+            )
 
     def forward(self, x):
         h = self.conv1(x)  # (B, planes, H, W)  resnet50.nn:6
         h = self.bn1(h)  # (B, planes, H, W)  resnet50.nn:6
         h = F.relu(h)  # (B, planes, H, W)  resnet50.nn:6
-        h = self.conv2(h)  # (B, planes, ?, ?)  resnet50.nn:7
-        h = self.bn2(h)  # (B, planes, ?, ?)  resnet50.nn:8
-        h = F.relu(h)  # (B, planes, ?, ?)  resnet50.nn:8
-        h = self.conv3(h)  # (B, 4 * planes, ?, ?)  resnet50.nn:9
-        h = self.bn3(h)  # (B, 4 * planes, ?, ?)  resnet50.nn:9
-        x = self.downsample(x)  # (B, 4 * planes, ?, ?)  resnet50.nn:11
-        h = h + x  # (B, 4 * planes, ?, ?)  resnet50.nn:13
-        return F.relu(h)  # (B, 4 * planes, ?, ?)  resnet50.nn:13
-
-
-class Bottleneck2(nn.Module):
-    """`block Bottleneck` of resnet50.nn:4.
-
-    Used as layer1.1, layer1.2, layer2.1 and 9 more.
-    """
-
-    def __init__(self, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(4 * planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(4 * planes)
-
-    def forward(self, x):
-        h = self.conv1(x)  # (B, planes, H, W)  resnet50.nn:6
-        h = self.bn1(h)  # (B, planes, H, W)  resnet50.nn:6
-        h = F.relu(h)  # (B, planes, H, W)  resnet50.nn:6
-        h = self.conv2(h)  # (B, planes, H, W)  resnet50.nn:7
-        h = self.bn2(h)  # (B, planes, H, W)  resnet50.nn:8
-        h = F.relu(h)  # (B, planes, H, W)  resnet50.nn:8
-        h = self.conv3(h)  # (B, 4 * planes, H, W)  resnet50.nn:9
-        h = self.bn3(h)  # (B, 4 * planes, H, W)  resnet50.nn:9
-        h = h + x  # (B, 4 * planes, H, W)  resnet50.nn:13
-        return F.relu(h)  # (B, 4 * planes, H, W)  resnet50.nn:13
+        h = self.conv2(h)  # (B, planes, H/stride, W/stride)  resnet50.nn:7
+        h = self.bn2(h)  # (B, planes, H/stride, W/stride)  resnet50.nn:8
+        h = F.relu(h)  # (B, planes, H/stride, W/stride)  resnet50.nn:8
+        h = self.conv3(h)  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:9
+        h = self.bn3(h)  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:9
+        if self.downsample is not None:
+            # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:11
+            x = self.downsample(x)
+        h = h + x  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:13
+        return F.relu(h)  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:13
 
 
 @dataclass
@@ -89,24 +65,24 @@ class ResNet50(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = nn.Sequential(
-            Bottleneck(64, 64, 1), Bottleneck2(64), Bottleneck2(64)
+            Bottleneck(64, 64, 1), Bottleneck(256, 64, 1), Bottleneck(256, 64, 1)
         )
         self.layer2 = nn.Sequential(
             Bottleneck(256, 128, 2),
-            Bottleneck2(128),
-            Bottleneck2(128),
-            Bottleneck2(128),
+            Bottleneck(512, 128, 1),
+            Bottleneck(512, 128, 1),
+            Bottleneck(512, 128, 1),
         )
         self.layer3 = nn.Sequential(
             Bottleneck(512, 256, 2),
-            Bottleneck2(256),
-            Bottleneck2(256),
-            Bottleneck2(256),
-            Bottleneck2(256),
-            Bottleneck2(256),
+            Bottleneck(1024, 256, 1),
+            Bottleneck(1024, 256, 1),
+            Bottleneck(1024, 256, 1),
+            Bottleneck(1024, 256, 1),
+            Bottleneck(1024, 256, 1),
         )
         self.layer4 = nn.Sequential(
-            Bottleneck(1024, 512, 2), Bottleneck2(512), Bottleneck2(512)
+            Bottleneck(1024, 512, 2), Bottleneck(2048, 512, 1), Bottleneck(2048, 512, 1)
         )
         self.fc = nn.Linear(2048, config.classes)
 
