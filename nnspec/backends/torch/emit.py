@@ -208,15 +208,14 @@ def _attention_init(node, ins):
             kwargs["kdim"] = kwargs["vdim"] = Num(memory.shape[-1], "kdim", False)
         return call("nn.MultiheadAttention", *_module_args(node, ins), **kwargs,
                     batch_first="True")
-    kwargs = {}
-    if a.kv_heads is not None and a.kv_heads != a.heads:
-        kwargs["kv_heads"] = Num(a.kv_heads, "kv_heads")
+    # kv_heads always written: a use with as many key/value heads as heads reads like one
+    # with fewer, so both share a class
+    kwargs = {"kv_heads": Num(a.heads if a.kv_heads is None else a.kv_heads, "kv_heads")}
     if memory.shape[-1] != ins[0].shape[-1]:
         kwargs["kdim"] = Num(memory.shape[-1], "kdim", False)
     if not a.bias:
         kwargs["bias"] = "False"
-    if a.dropout:
-        kwargs["dropout"] = Num(a.dropout, "dropout")
+    kwargs["dropout"] = _with_default(Num(a.dropout, "dropout"), 0.0)
     if a.rope:
         kwargs["rope_theta"] = Num(a.rope_theta, "rope_theta")
     return call("GroupedQueryAttention", *_module_args(node, ins), **kwargs)

@@ -312,6 +312,7 @@ class _Parameterise:
         out = [_Candidate(tuple(env[p] for env in envs), *texts(p)) for p in params]
         if self.spec is None or not params:
             return out
+        multiples = _multiples(out) if self.is_model else []
         for e in expressions(self.spec, frozenset(params)):
             values = tuple(e.value(env) for env in envs)
             if any(v is None for v in values):
@@ -321,7 +322,7 @@ class _Parameterise:
             out.append(_Candidate(values, e.text(dict(zip(params, init)), integral),
                                   e.text(dict(zip(params, forward)), integral),
                                   e.text(dict(zip(params, comment)), integral)))
-        return out
+        return out + multiples
 
     # ---- the definition -------------------------------------------------------------------
 
@@ -584,6 +585,19 @@ class _Parameterise:
         if self.separate:
             details.append(f"One class per structure: {self.separate}.")
         return [f"`{region.kind} {region.label}` of {where}.", *details]
+
+
+def _multiples(params: list[_Candidate]) -> list[_Candidate]:
+    """`2 * hidden` .. `8 * hidden`: sizes the spec does not write but its layers make (a
+    concat of two `hidden`-wide values), tried after the spec's own expressions. Only for
+    the model: the probes change its hyperparameters, so such a size is seen to follow
+    one; a block's sizes may follow its input instead, which no argument says."""
+    out = []
+    for c in params:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in c.values):
+            out += [_Candidate(tuple(k * v for v in c.values), f"{k} * {c.init}",
+                               f"{k} * {c.forward}", f"{k} * {c.comment}") for k in range(2, 9)]
+    return out
 
 
 def _key(nums) -> tuple:

@@ -123,7 +123,9 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(self, rope_theta, d, heads, kv_heads, ff, eps, theta):
         super().__init__()
         self.input_layernorm = nn.RMSNorm(d, eps=eps)
-        self.self_attn = GroupedQueryAttention(d, 32, bias=False, rope_theta=rope_theta)
+        self.self_attn = GroupedQueryAttention(
+            d, heads, kv_heads=kv_heads, bias=False, rope_theta=rope_theta
+        )
         self.post_attention_layernorm = nn.RMSNorm(d, eps=eps)
         self.mlp = LlamaMLP(d, ff)
 
