@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from nnspec.backends.torch.emit import FORWARD, INIT, Site, init_extra
+from nnspec.backends.torch.emit import FORWARD, INIT
+from nnspec.backends.torch.emit_layers import init_extra
+from nnspec.backends.torch.emit_site import Site
 from nnspec.backends.torch.names import Namespace, checked_identifier, module_component
 from nnspec.backends.torch.source import (
     Block,

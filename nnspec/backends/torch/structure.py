@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from nnspec.backends.torch.emit import FORWARD, Site
+from nnspec.backends.torch.emit import FORWARD
+from nnspec.backends.torch.emit_site import Site
 from nnspec.backends.torch.names import camel
 from nnspec.backends.torch.source import Num, flat
 from nnspec.diagnostics import Span
