@@ -13,10 +13,10 @@ Each phase reads the previous one's frozen output and changes nothing of it. The
 depends only on the spec, never on dict order or the clock.
 
 Classes parameterised like the spec's blocks change the sharing phase: which units share a
-definition (`share._sharing_key`), what its arguments are and what they are called
-(`share._Parameterise`); a config dataclass is one more kind of definition to print. A
-labelled chain as `nn.Sequential` is one more role (`structure.py`) that lowering writes
-as one call.
+definition (`share._sharing_key`; `variants.py` for uses that build different layers), what
+its arguments are and what they are called (`parameterise.Parameterise`); a config
+dataclass is one more kind of definition to print. A labelled chain called whole is an
+`nn.Sequential`, which lowering writes as one call (`lower._Writer._sequentials`).
 """
 
 from __future__ import annotations
