@@ -458,7 +458,10 @@ def _agrees(a: tuple, b: tuple) -> bool:
 
 
 def _key_values(values) -> tuple:
-    return tuple((type(v).__name__, repr(v)) for v in values)
+    """Values compared by kind and value: a bool is no number, but the spec's `10000` is the
+    `10000.0` a float attribute made of it."""
+    return tuple(("number", repr(float(v))) if is_number(v) and not isinstance(v, bool)
+                 else (type(v).__name__, repr(v)) for v in values)
 
 
 def _dim_text(value) -> str:
