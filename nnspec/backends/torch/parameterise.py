@@ -310,7 +310,8 @@ class Parameterise:
                 callee = self.by_unit[item.unit]
                 count = len(callee.arguments[item.unit])
                 tensors = [flat(a, lambda n: literal(n.value)) for a in item.call_args]
-                out.append(call(callee.name, *tensors, *texts[at:at + count]))
+                args = _without_defaults(texts[at:at + count], callee.params)
+                out.append(call(callee.name, *tensors, *args))
                 at += count
             else:
                 out.append(texts[at])
@@ -445,6 +446,16 @@ def _multiples(params: list[_Candidate]) -> list[_Candidate]:
             out += [_Candidate(tuple(k * v for v in c.values), f"{k} * {c.init}",
                                f"{k} * {c.forward}", f"{k} * {c.comment}") for k in range(2, 9)]
     return out
+
+
+def _without_defaults(args: list[str], signature: tuple[str, ...]) -> list[str]:
+    """A call's arguments without the trailing ones its signature's defaults give
+    (`BasicBlock(64, 64)` for `BasicBlock(in_channels, channels, stride=1)`)."""
+    args = list(args)
+    while args and len(args) <= len(signature) \
+            and signature[len(args) - 1].partition("=")[2] == args[-1]:
+        args.pop()
+    return args
 
 
 def _key(nums) -> tuple:

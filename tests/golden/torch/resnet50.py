@@ -65,24 +65,24 @@ class ResNet50(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = nn.Sequential(
-            Bottleneck(64, 64, 1), Bottleneck(256, 64, 1), Bottleneck(256, 64, 1)
+            Bottleneck(64, 64), Bottleneck(256, 64), Bottleneck(256, 64)
         )
         self.layer2 = nn.Sequential(
             Bottleneck(256, 128, 2),
-            Bottleneck(512, 128, 1),
-            Bottleneck(512, 128, 1),
-            Bottleneck(512, 128, 1),
+            Bottleneck(512, 128),
+            Bottleneck(512, 128),
+            Bottleneck(512, 128),
         )
         self.layer3 = nn.Sequential(
             Bottleneck(512, 256, 2),
-            Bottleneck(1024, 256, 1),
-            Bottleneck(1024, 256, 1),
-            Bottleneck(1024, 256, 1),
-            Bottleneck(1024, 256, 1),
-            Bottleneck(1024, 256, 1),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
         )
         self.layer4 = nn.Sequential(
-            Bottleneck(1024, 512, 2), Bottleneck(2048, 512, 1), Bottleneck(2048, 512, 1)
+            Bottleneck(1024, 512, 2), Bottleneck(2048, 512), Bottleneck(2048, 512)
         )
         self.fc = nn.Linear(2048, config.classes)
 
