@@ -115,3 +115,17 @@ model Mobile {
   image -> Inverted(4, 1, 1) -> Inverted(6, 1, 2) -> Inverted(6, 1, 2)
 }
 """
+
+
+@pytest.mark.parametrize("chain, sequential", [
+    ("seq(dense(8), relu, dense(8))", False),  # relu has no module: it stays a call of its own
+    ("seq(dense(8), dense(8))", True),
+    ("seq(dense(8), dense(8), lstm(5))", False),  # an lstm call unpacks: not one call
+])
+def test_a_labelled_chain_is_an_nn_sequential_only_when_called_whole(chain, sequential):
+    text = f"model M {{\n  input x: [6, 4]\n  x -> {chain} as body -> dense(2)\n}}\n"
+    spec = load_text(text, "chain.nn")
+    code = generate(spec)
+    assert ("self.body = nn.Sequential(" in code) == sequential, code
+    assert ("self.body(x)" in code) == sequential
+    _compare_with_interpreter(spec)

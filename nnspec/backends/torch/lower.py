@@ -270,8 +270,9 @@ class _Writer:
             if n and step.inputs != steps[i + n - 1].outputs:
                 break
             n += 1
-        if any(p is not None and p.startswith(prefix) for p in paths[i + n:] + paths[:i]):
-            return 0
+        others = steps[:i] + steps[i + n:]
+        if any(p is not None and p.startswith(prefix) for p in map(self._owned_path, others)):
+            return 0  # another layer under the same name would land in the nn.Sequential
         for step, after in zip(steps[i:i + n - 1], steps[i + 1:i + n]):
             value = step.outputs[0]
             inside = ({after.node.name} if after.kind == "op"
@@ -279,6 +280,15 @@ class _Writer:
             if value in self.graph.outputs or not set(self.consumers[value]) <= inside:
                 return 0
         return n
+
+    def _owned_path(self, step: _Step) -> str | None:
+        """The relative module path a step's layers live under, if it has any."""
+        if step.kind == "op":
+            module = step.node.module
+            return self.region.relative(module) if module is not None else None
+        if unit_kind(step.region) == "function":
+            return None
+        return self.region.relative(step.region.path)
 
     def _layer_path(self, step: _Step) -> str | None:
         """The relative module path of a step that is one plain call of one layer with one
