@@ -102,10 +102,22 @@ class Generator:
         """Phase 1 for a model graph: the spec's, or a probe of it."""
         context = self._lower_context()
         names = tuple(checked_identifier(n, graph.node(n).span) for n in graph.inputs)
+        logits = self._logits_node(graph)
         model = lower.Root(tuple(graph.inputs), names, tuple(graph.outputs), "self.training",
-                           logits_switch=self.fused)
-        keep_whole = graph.outputs[0] if self.fused else None  # the fused softmax stays whole
+                           logits=logits)
+        keep_whole = graph.outputs[0] if logits else None  # the fused softmax stays whole
         return lower.lower(graph, regions(graph, "model", keep_whole), context, model)
+
+    def _logits_node(self, graph: Graph) -> str | None:
+        """The node the training rewrite exposes as `logits` (the input of the softmax it
+        fused into the loss), which `model(x, return_logits=True)` returns; None when
+        nothing is fused. A probe of the model names its nodes as the spec's graph does."""
+        train = self.spec.train
+        if not self.fused:
+            return None
+        read = dict(train.outputs)
+        added = [node for name, node in read.items() if name not in self.spec.graph.output_names]
+        return added[0] if added and any(n.name == added[0] for n in graph.nodes) else None
 
     def _lower_context(self) -> lower.Context:
         return lower.Context(self.spec.program, self.file,

@@ -96,7 +96,9 @@ class Root:
     names: tuple[str, ...]
     outputs: tuple[str, ...]
     training: str  # the expression of the training flag
-    logits_switch: bool = False  # `return_logits` returns the input of the output node
+    # the node `return_logits` returns before the output is computed: the rewrite's
+    # `logits` output of a softmax fused into the loss (`ir/rewrite.py:fuse_softmax`)
+    logits: str | None = None
 
 
 def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[Unit]:
@@ -107,16 +109,16 @@ def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[
     order: list[Unit] = []
 
     def write(region: Region, inputs: list[str], names: list[str], output: tuple[str, ...],
-              logits_switch: bool = False) -> None:
+              logits: str | None = None) -> None:
         writer = _Writer(graph, regions, region, consumers, context, root.training)
-        unit = writer.write(inputs, names, output, logits_switch)
+        unit = writer.write(inputs, names, output, logits)
         for child in unit.children:
             inner = regions.by_path[child.path]
             values, results = boundary(inner, consumers, outputs)
             write(inner, values, _input_names(graph, context.program, inner, values), results)
         order.append(unit)
 
-    write(regions.root, list(root.inputs), list(root.names), root.outputs, root.logits_switch)
+    write(regions.root, list(root.inputs), list(root.names), root.outputs, root.logits)
     return order
 
 
@@ -185,7 +187,7 @@ class _Writer:
     # ---- the whole unit ---------------------------------------------------------------------
 
     def write(self, inputs: list[str], wanted_names: list[str], outputs: tuple[str, ...],
-              logits_switch: bool = False) -> Unit:
+              logits: str | None = None) -> Unit:
         output = outputs[-1]
         params = []
         for value, wanted in zip(inputs, wanted_names):
@@ -202,9 +204,9 @@ class _Writer:
             last_use[value] = len(steps)
         body: list = []
         for i, step in enumerate(steps):
-            if logits_switch and step.node is not None and step.node.name == output:
+            if logits is not None and step.node is not None and step.node.name == output:
                 body.append(Block(("if return_logits",), (
-                    Stmt(None, self.env[step.node.inputs[0]], keyword="return",
+                    Stmt(None, self.env[logits], keyword="return",
                          comment=("logits for the loss, which fuses this softmax",)),)))
             body += self._write_step(step, i, last_use, output)
         last = body[-1] if body else None
