@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from nnspec.backends.torch.lower import Unit, UnitKey, UnitKind
 from nnspec.backends.torch.names import Namespace, checked_identifier, literal
@@ -93,6 +94,10 @@ class _Candidate:
     init: str
     forward: str
     comment: str
+
+    @cached_property
+    def key(self) -> tuple:
+        return _key_values(self.values)
 
 
 class Parameterise:
@@ -193,7 +198,7 @@ class Parameterise:
             if ref.comment:
                 continue
             values = _key(nums)
-            match = [c for c in candidates if _agrees(_key_values(c.values), values)]
+            match = [c for c in candidates if _agrees(c.key, values)]
             if len({values[k] for k in known}) == 1:  # a parameter only where not by chance
                 if ref.value in (0, 1) or isinstance(ref.value, bool):
                     continue
@@ -346,7 +351,8 @@ class Parameterise:
                 candidates.setdefault(_key_values(values), []).append(name)
         out = {}
         for index, cells in enumerate(extras):
-            names = [n for key, found in candidates.items() if _agrees(key, _key(cells))
+            cells_key = _key(cells)
+            names = [n for key, found in candidates.items() if _agrees(key, cells_key)
                      for n in found]
             if len(names) == 1:
                 out[index] = names[0]
@@ -358,11 +364,12 @@ class Parameterise:
         (`T`), parameter or expression (`4 * d`) it follows, else `?`. Cells where the
         line is not computed (`UNKNOWN`) say nothing."""
         known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
-        values = tuple(_key(nums)[k] for k in known)
+        keys = _key(nums)
+        values = tuple(keys[k] for k in known)
         if len(set(values)) == 1:
             return _dim_text(nums[known[0]].value)
         for candidate in candidates:
-            if tuple(_key_values(candidate.values)[k] for k in known) == values:
+            if tuple(candidate.key[k] for k in known) == values:
                 return candidate.comment
         raw = [nums[k].value for k in known]
         for declared_only in (True, False):
@@ -384,7 +391,8 @@ class Parameterise:
                         text = candidate.comment
                         return f"{symbol}/{text if text.isidentifier() else f'({text})'}"
         for index, cells in enumerate(extras):
-            if tuple(_key(cells)[k] for k in known) == values:
+            cells_key = _key(cells)
+            if tuple(cells_key[k] for k in known) == values:
                 return names[index]
         return "?"
 
