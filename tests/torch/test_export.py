@@ -111,3 +111,58 @@ def test_cli_exports_trained_weights(tmp_path):
     refused = _cli("export", str(other), "--weights", "run", cwd=tmp_path)
     assert refused.exit_code == 1 and "do not fit this model" in refused.output
     assert "Traceback" not in refused.output and not (tmp_path / "other.onnx").exists()
+
+
+RECURRENT_STATES = """
+model Recurrent(hidden = 6) {
+  input seq: [T, 4]
+  input h0: [2, hidden]
+  input c0: [2, hidden]
+  out, h, c = seq -> lstm(h0, c0, hidden, layers = 2, states = true)
+  y = out -> dense(3)
+  y, h, c
+}
+"""
+
+GQA = """
+model Grouped(d = 16) {
+  input x: [T, d]
+  x -> attention(4, kv_heads = 2, causal = true) -> dense(3)
+}
+"""
+
+
+def _all_outputs_agree(spec, path: Path, reference: NumpyModel, shapes) -> None:
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(spec.graph.output_names)
+    rng = np.random.default_rng(0)
+    for batch, steps in shapes:
+        arrays = _inputs(spec.graph, batch, steps, rng)
+        got = session.run(None, dict(zip(spec.graph.inputs, arrays)))
+        expected = reference.outputs(tuple(arrays) if len(arrays) > 1 else arrays[0])
+        for array, name in zip(got, spec.graph.output_names):
+            np.testing.assert_allclose(array, expected[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+
+
+def test_a_recurrent_model_with_initial_and_final_states_exports(tmp_path):
+    spec = load_text(RECURRENT_STATES, "recurrent.nn")
+    reference = NumpyModel.from_spec(spec, seed=2)
+    path = export_onnx(spec, tmp_path / "recurrent.onnx", reference.state_dict())
+    _all_outputs_agree(spec, path, reference, shapes=((2, 5), (3, 7)))
+
+
+def test_grouped_query_attention_exports(tmp_path):
+    spec = load_text(GQA, "gqa.nn")
+    reference = NumpyModel.from_spec(spec, seed=4)
+    path = export_onnx(spec, tmp_path / "gqa.onnx", reference.state_dict())
+    _all_outputs_agree(spec, path, reference, shapes=((2, 5), (3, 8)))
+
+
+def test_the_batch_dim_is_named_batch(tmp_path):
+    spec = load_text(GQA, "gqa.nn")
+    path = export_onnx(spec, tmp_path / "gqa.onnx", NumpyModel.from_spec(spec).state_dict())
+    model = onnx.load(str(path))
+    for value in (*model.graph.input, *model.graph.output):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name

@@ -13,10 +13,10 @@ Each phase reads the previous one's frozen output and changes nothing of it. The
 depends only on the spec, never on dict order or the clock.
 
 Classes parameterised like the spec's blocks change the sharing phase: which units share a
-definition (`share._sharing_key`), what its arguments are and what they are called
-(`share._Parameterise`); a config dataclass is one more kind of definition to print. A
-labelled chain as `nn.Sequential` is one more role (`structure.py`) that lowering writes
-as one call.
+definition (`share._sharing_key`; `variants.py` for uses that build different layers), what
+its arguments are and what they are called (`parameterise.Parameterise`); a config
+dataclass is one more kind of definition to print. A labelled chain called whole is an
+`nn.Sequential`, which lowering writes as one call (`lower._Writer._sequentials`).
 """
 
 from __future__ import annotations
@@ -102,10 +102,22 @@ class Generator:
         """Phase 1 for a model graph: the spec's, or a probe of it."""
         context = self._lower_context()
         names = tuple(checked_identifier(n, graph.node(n).span) for n in graph.inputs)
+        logits = self._logits_node(graph)
         model = lower.Root(tuple(graph.inputs), names, tuple(graph.outputs), "self.training",
-                           logits_switch=self.fused)
-        keep_whole = graph.outputs[0] if self.fused else None  # the fused softmax stays whole
+                           logits=logits)
+        keep_whole = graph.outputs[0] if logits else None  # the fused softmax stays whole
         return lower.lower(graph, regions(graph, "model", keep_whole), context, model)
+
+    def _logits_node(self, graph: Graph) -> str | None:
+        """The node the training rewrite exposes as `logits` (the input of the softmax it
+        fused into the loss), which `model(x, return_logits=True)` returns; None when
+        nothing is fused. A probe of the model names its nodes as the spec's graph does."""
+        train = self.spec.train
+        if not self.fused:
+            return None
+        read = dict(train.outputs)
+        added = [node for name, node in read.items() if name not in self.spec.graph.output_names]
+        return added[0] if added and any(n.name == added[0] for n in graph.nodes) else None
 
     def _lower_context(self) -> lower.Context:
         return lower.Context(self.spec.program, self.file,

@@ -12,270 +12,45 @@ irregular ones below are written by hand and win. `FORWARD` must cover every op 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
-from nnspec.backends.torch.source import Expr, Group, Num, Stmt, call, expr, list_of
+from nnspec.backends.torch.emit_layers import (
+    attention_forward,
+    attention_init,
+    batch_first,
+    batchnorm,
+    conv,
+    instancenorm,
+    layernorm,
+    positions_forward,
+    recurrent_forward,
+    rope_forward,
+    sinusoidal,
+)
+from nnspec.backends.torch.emit_site import (
+    Forward,
+    Init,
+    Line,
+    Site,
+    Table,
+    attr_value,
+    binding,
+    default_of,
+    ints,
+    keywords,
+    one,
+    split_args,
+    torch_dim,
+)
+from nnspec.backends.torch.source import Expr, Group, Num, call, expr, list_of
 from nnspec.backends.torch.source import is_simple_power_operand as _simple
 from nnspec.ir.graph import Node
 from nnspec.ir.ops import (
     OPS,
     OpDef,
-    attention_layout,
-    attention_memory,
     class_dim,
-    conv_pads,
     param_shape,
     permutation,
-    tensor_keywords,
 )
 from nnspec.ir.types import TensorType
-
-
-@dataclass
-class Site:
-    """Where an op is written: its node, input expressions and types, and how to reach its
-    module (`self.conv1`, or a loop variable)."""
-
-    node: Node
-    args: list[Expr]
-    types: list[TensorType]
-    module: Expr = ()
-    target: str = "x"  # the variable the op's value goes to (multi-line ops reuse it)
-    training: str = "self.training"
-    helpers: set[str] = field(default_factory=set)
-
-    @property
-    def x(self) -> Expr:
-        return self.args[0]
-
-    @property
-    def a(self):
-        return self.node.attrs
-
-    @property
-    def out(self) -> TensorType:
-        return self.node.type
-
-
-@dataclass(frozen=True)
-class Line:
-    """One forward assignment. `unpack`: the call returns a pair whose first item is kept
-    (`h, _ = self.lstm(h)`); `shape`: the value's type when it is not the node's own."""
-
-    value: Expr
-    unpack: bool = False
-    shape: TensorType | None = None
-
-
-def torch_dim(dim: int, t: TensorType) -> int:
-    """A per-sample dim as a torch dim: negative dims count from the end either way."""
-    return dim + 1 if dim >= 0 and t.batched else dim
-
-
-def _ints(value, n: int) -> tuple[int, ...]:
-    return (value,) * n if isinstance(value, int) else tuple(value)
-
-
-def _one(value):
-    """`3` for `(3, 3)`: torch accepts either, and the short form reads better."""
-    return value[0] if isinstance(value, tuple) and len(set(value)) == 1 else value
-
-
-# ---- the catalogue's `Torch` forms ---------------------------------------------------------
-
-
-Init = Callable[[Node, list[TensorType]], Group]
-Forward = Callable[[Site], list[Line]]
-
-
-class _Table(dict):
-    """Hand-written and derived entries; an op registered after import (a plugin's, a
-    test's) gets its derived entry when it is looked up."""
-
-    def __init__(self, derive: Callable[[OpDef], Callable | None], entries: dict):
-        super().__init__(entries)
-        self._derive = derive
-
-    def __missing__(self, op: str):
-        opdef = OPS.get(op)
-        derived = self._derive(opdef) if opdef is not None else None
-        if derived is None:
-            raise KeyError(op)
-        return derived
-
-
-def _binding(text: str) -> tuple[str, str]:
-    """`"in_features=input[-1]"` -> (hint, source); a bare name is both."""
-    hint, _, source = text.partition("=")
-    return hint, source or hint
-
-
-def _value(source: str, attrs, ins: list[TensorType], hint: str) -> Num:
-    """An attribute's value, or `input[i]`: the first input's per-sample dim i (derived from
-    the input, so a block's constructor names it after the layer's own values)."""
-    if source.startswith("input["):
-        return Num(ins[0].shape[int(source[len("input["):-1])], hint, False)
-    return Num(attrs[source], hint)
-
-
-def _keywords(opdef: OpDef, attrs, ins: list[TensorType]) -> dict[str, Num]:
-    """The torch form's keywords whose attribute differs from the catalogue default."""
-    out = {}
-    for hint, source in map(_binding, opdef.torch.keywords):
-        if source.startswith("input[") or attrs[source] != opdef.attr(source).default:
-            out[hint] = _value(source, attrs, ins, hint)
-    return out
-
-
-def _module_args(node: Node, ins: list[TensorType]) -> list[Num]:
-    return [_value(source, node.attrs, ins, hint)
-            for hint, source in map(_binding, OPS[node.op].torch.args)]
-
-
-def _default(node: Node, name: str):
-    return OPS[node.op].attr(name).default
-
-
-# ---- constructors of layers with weights ---------------------------------------------------
-
-
-def _conv(spatial: int):
-    def init(node: Node, ins: list[TensorType]) -> Group:
-        a = node.attrs
-        kwargs = {}
-        if _one(a.stride) != _default(node, "stride"):
-            kwargs["stride"] = Num(_one(a.stride), "stride")
-        if a.padding == "same":
-            kwargs["padding"] = Num("same", "padding")
-        else:
-            pads = tuple(low for low, _ in conv_pads(a, spatial))
-            if any(pads):
-                kwargs["padding"] = Num(_one(pads), "padding")
-        if _one(a.dilation) != _default(node, "dilation"):
-            kwargs["dilation"] = Num(_one(a.dilation), "dilation")
-        if a.groups != _default(node, "groups"):
-            kwargs["groups"] = Num(a.groups, "groups")
-        if a.bias != _default(node, "bias"):
-            kwargs["bias"] = Num(a.bias, "bias")
-        return call(f"nn.Conv{spatial}d", Num(ins[0].shape[0], "in_channels", False),
-                    Num(a.channels, "out_channels"), Num(_one(a.kernel), "kernel_size"),
-                    **kwargs)
-
-    return init
-
-
-def _batchnorm(node, ins):
-    kind = "2d" if ins[0].rank == 3 else "1d"
-    return call(f"nn.BatchNorm{kind}", *_module_args(node, ins),
-                **_keywords(OPS[node.op], node.attrs, ins))
-
-
-def _instancenorm(node, ins):
-    kind = "2d" if ins[0].rank == 3 else "1d"
-    return call(f"nn.InstanceNorm{kind}", *_module_args(node, ins),
-                **_keywords(OPS[node.op], node.attrs, ins))
-
-
-def _layernorm(node, ins):
-    shape = tuple(ins[0].shape[-node.attrs.dims:])
-    return call("nn.LayerNorm", Num(shape[0] if len(shape) == 1 else shape, "normalized_shape",
-                                    False), **_keywords(OPS[node.op], node.attrs, ins))
-
-
-def _batch_first(node, ins):
-    """The module form, batch first (and `bidirectional=True`, a flag torch takes last)."""
-    kwargs = {**_keywords(OPS[node.op], node.attrs, ins), "batch_first": "True"}
-    if node.attrs.get("bidirectional"):
-        kwargs["bidirectional"] = "True"
-    return call(OPS[node.op].torch.name, *_module_args(node, ins), **kwargs)
-
-
-def _attention_init(node, ins):
-    """nn.MultiheadAttention where it can express the layer, else the generated file's
-    GroupedQueryAttention (LLaMA's parameter names)."""
-    a = node.attrs
-    memory = attention_memory(ins, a)
-    if attention_layout(ins, a) != "llama":
-        kwargs = _keywords(OPS["attention"], a, ins)
-        if memory is not ins[0] and memory.shape[-1] != ins[0].shape[-1]:
-            kwargs["kdim"] = kwargs["vdim"] = Num(memory.shape[-1], "kdim", False)
-        return call("nn.MultiheadAttention", *_module_args(node, ins), **kwargs,
-                    batch_first="True")
-    kwargs = {}
-    if a.kv_heads is not None and a.kv_heads != a.heads:
-        kwargs["kv_heads"] = Num(a.kv_heads, "kv_heads")
-    if memory.shape[-1] != ins[0].shape[-1]:
-        kwargs["kdim"] = Num(memory.shape[-1], "kdim", False)
-    if not a.bias:
-        kwargs["bias"] = "False"
-    if a.dropout:
-        kwargs["dropout"] = Num(a.dropout, "dropout")
-    if a.rope:
-        kwargs["rope_theta"] = Num(a.rope_theta, "rope_theta")
-    return call("GroupedQueryAttention", *_module_args(node, ins), **kwargs)
-
-
-def derived_init(opdef: OpDef) -> Init | None:
-    """`nn.Module(args..., keywords...)` from the op's `Torch` module form."""
-    if opdef.torch is None or not opdef.torch.is_module:
-        return None
-    args = [_binding(a) for a in opdef.torch.args]
-
-    def init(node: Node, ins: list[TensorType]) -> Group:
-        values = [_value(source, node.attrs, ins, hint) for hint, source in args]
-        return call(opdef.torch.name, *values, **_keywords(opdef, node.attrs, ins))
-
-    return init
-
-
-INIT: dict[str, Init] = _Table(derived_init, {
-    "conv1d": _conv(1),
-    "conv2d": _conv(2),
-    "batchnorm": _batchnorm,
-    "layernorm": _layernorm,
-    "instancenorm": _instancenorm,
-    "attention": _attention_init,
-    "rnn": _batch_first,
-    "lstm": _batch_first,
-    "gru": _batch_first,
-})
-
-
-def init_extra(node: Node, module: Expr) -> list[Stmt]:
-    """Initialisation the spec asks for beyond torch's default (an embedding's `std`), and
-    state built once instead of in every forward (a causal mask)."""
-    torch = OPS[node.op].torch
-    attr = OPS[node.op].attr(torch.weight_std) if torch is not None and torch.weight_std else None
-    if attr is None or node.attrs[attr.name] == attr.default:
-        return _causal_buffer(node, module)
-    return [Stmt(None, expr(call("nn.init.normal_", expr(module, ".weight"),
-                                 std=Num(node.attrs[attr.name], attr.name))))]
-
-
-def _causal_steps(node: Node) -> int | None:
-    """The fixed sequence length of a causal self-attention layer in nn.MultiheadAttention
-    that is given no mask of its own (None if symbolic)."""
-    a = node.attrs
-    if node.op != "attention" or not a.get("causal") or node.type is None \
-            or a.get("attn_mask") is not None or a.get("rope") \
-            or a.get("kv_heads") not in (None, a.get("heads")):
-        return None
-    steps = node.type.shape[-2] if node.type.rank >= 2 else None
-    return steps if isinstance(steps, int) else None
-
-
-def _causal_buffer(node: Node, module: Expr) -> list[Stmt]:
-    """The causal mask as a buffer of the attention module (not saved with the weights),
-    built once at the layer's full length; `forward` takes its top-left corner."""
-    steps = _causal_steps(node)
-    if steps is None:
-        return []
-    ones = call("torch.ones", Num(steps, "steps"), Num(steps, "steps"), dtype="torch.bool")
-    mask = expr(ones, ".triu(1)")
-    return [Stmt(None, expr(call(expr(module, ".register_buffer"), '"causal_mask"', mask,
-                                 persistent="False")))]
-
 
 # ---- forward expressions -------------------------------------------------------------------
 
@@ -306,15 +81,15 @@ def _pool(kind: str):
     def forward(s: Site) -> list[Line]:
         spatial = s.types[0].rank - 1
         kwargs = {}
-        if s.a.stride != _default(s.node, "stride"):
-            kwargs["stride"] = Num(_one(s.a.stride), "stride")
-        if _one(s.a.padding) != _default(s.node, "padding"):
-            kwargs["padding"] = Num(_one(s.a.padding), "padding")
+        if s.a.stride != default_of(s.node, "stride"):
+            kwargs["stride"] = Num(one(s.a.stride), "stride")
+        if one(s.a.padding) != default_of(s.node, "padding"):
+            kwargs["padding"] = Num(one(s.a.padding), "padding")
         if s.a.ceil_mode:
             kwargs["ceil_mode"] = "True"
         if not s.a.get("count_include_pad", True):
             kwargs["count_include_pad"] = "False"
-        return [Line(expr(call(f"F.{kind}_pool{spatial}d", s.x, Num(_one(s.a.kernel), "kernel_size"),
+        return [Line(expr(call(f"F.{kind}_pool{spatial}d", s.x, Num(one(s.a.kernel), "kernel_size"),
                                **kwargs)))]
 
     return forward
@@ -323,16 +98,16 @@ def _pool(kind: str):
 def _adaptive(kind: str):
     def forward(s: Site) -> list[Line]:
         spatial = s.types[0].rank - 1
-        size = _ints(s.a.size, spatial)
+        size = ints(s.a.size, spatial)
         return [Line(expr(call(f"F.adaptive_{kind}_pool{spatial}d", s.x,
-                               Num(_one(size), "output_size"))))]
+                               Num(one(size), "output_size"))))]
 
     return forward
 
 
 def _upsample(s: Site) -> list[Line]:
     """F.interpolate reads a sample's first dim as the batch: an unbatched input gets one."""
-    kwargs = _keywords(OPS["upsample"], s.a, s.types)
+    kwargs = keywords(OPS["upsample"], s.a, s.types)
     if s.types[0].batched:
         return [Line(expr(call("F.interpolate", s.x, **kwargs)))]
     return [Line(expr(call("F.interpolate", expr(s.x, "[None]"), **kwargs), "[0]"))]
@@ -346,126 +121,6 @@ def _global_avgpool(s: Site) -> list[Line]:
 
 def _dims_text(dims: tuple[int, ...]) -> str:
     return str(dims[0]) if len(dims) == 1 else "(" + ", ".join(map(str, dims)) + ")"
-
-
-def _positions_forward(s: Site) -> list[Line]:
-    if not s.args:
-        return [Line(expr(s.module, ".weight"))]
-    steps = expr(s.x, ".shape[1]" if s.types[0].batched else ".shape[0]")
-    return [Line(expr(call(s.module, call("torch.arange", steps, device=expr(s.x, ".device")))))]
-
-
-def _sinusoidal(s: Site) -> list[Line]:
-    s.helpers.add("sinusoidal_positions")
-    if not s.args:
-        return [Line(expr(call("sinusoidal_positions", Num(s.a.max_len, "max_len"),
-                               Num(s.a.dim, "dim"))))]
-    steps = expr(s.x, ".shape[1]" if s.types[0].batched else ".shape[0]")
-    return [Line(expr(call("sinusoidal_positions", steps, Num(s.a.dim, "dim"),
-                           expr(s.x, ".device"))))]
-
-
-def _attention_forward(s: Site) -> list[Line]:
-    """`x, _ = self.attn(x, m, m, key_padding_mask=..., attn_mask=..., need_weights=False)`
-    for nn.MultiheadAttention (a causal mask joined to a given one; a per-sample mask
-    repeated per head, as it wants); `self.attn(x, m, ...)` for GroupedQueryAttention."""
-    (x, *rest), masks = split_args(s)
-    memory = rest[0] if rest else x
-    given = tensor_keywords(OPS["attention"], s.a)
-    types = {name: s.types[i] for name, i in given.items()}
-    llama = attention_layout(s.types, s.a) == "llama"
-    batched = s.types[0].batched
-    kwargs = {}
-    if "key_padding_mask" in masks:
-        pad = masks["key_padding_mask"]
-        if batched and not types["key_padding_mask"].batched and not llama:
-            pad = expr(call(expr(pad, ".expand"), expr(x, ".shape[0]"), "-1"))
-        kwargs["key_padding_mask"] = pad
-    if "attn_mask" in masks:
-        mask = masks["attn_mask"]
-        if s.a.causal and not llama:
-            s.helpers.add("causal_mask")
-            hidden = expr(call("causal_mask", x))
-            mask = (expr(mask, " | ", hidden) if types["attn_mask"].dtype == "bool" else
-                    expr(call(expr(mask, ".masked_fill"), hidden, 'float("-inf")')))
-        if types["attn_mask"].batched and not llama:  # (B * heads, T, S), as torch wants
-            mask = expr(call(expr(mask, ".repeat_interleave"), Num(s.a.heads, "num_heads"), "0"))
-        kwargs["attn_mask"] = mask
-    elif s.a.causal and _causal_steps(s.node) is not None:
-        steps = expr(x, ".shape[-2]")
-        kwargs["attn_mask"] = expr(s.module, ".causal_mask[: ", steps, ", : ", steps, "]")
-    elif s.a.causal and not llama:
-        s.helpers.add("causal_mask")
-        kwargs["attn_mask"] = expr(call("causal_mask", x))
-    if llama:
-        s.helpers.update(("rotary_embedding", "GroupedQueryAttention"))
-        if s.a.causal:
-            kwargs["is_causal"] = "True"
-        args = (x, memory) if rest else (x,)
-        if not batched:
-            return [Line(expr(call(s.module, *(expr(a, "[None]") for a in args), **kwargs),
-                              "[0]"))]
-        return [Line(expr(call(s.module, *args, **kwargs)))]
-    kwargs["need_weights"] = "False"
-    if s.a.causal and "attn_mask" not in masks:
-        kwargs["is_causal"] = "True"
-    return [Line(expr(call(s.module, x, memory, memory, **kwargs)), unpack=True)]
-
-
-def _rope_forward(s: Site) -> list[Line]:
-    s.helpers.add("rotary_embedding")
-    return [Line(expr(call("rotary_embedding", s.x, Num(s.a.theta, "theta"), seq_dim="-3")))]
-
-
-def _initial_state(s: Site, i: int) -> Expr:
-    """An initial state in torch's (layers * dirs, B, H) layout: ours is batch first, or one
-    state for every sample."""
-    if s.types[i].batched:
-        return expr(call(expr(s.args[i], ".transpose"), "0", "1"), ".contiguous()")
-    batch = expr(s.x, ".shape[0]")  # the sequences are batched when a state is not
-    return expr(call(expr(s.args[i], "[:, None].expand"), "-1", batch, "-1"), ".contiguous()")
-
-
-def _recurrent_forward(s: Site) -> list[Line]:
-    """`out, _ = self.lstm(x)`; from initial states `self.lstm(x, (h0, c0))`; with
-    `states = true` the value is the tuple (out, h_n[, c_n]), states batch first, that the
-    `result` nodes pick from."""
-    t = s.types[0]
-    a = s.a
-    dirs = 2 if a.bidirectional else 1
-    starts = [_initial_state(s, i) for i in range(1, len(s.args))]
-    args = [s.x]
-    if not t.batched and s.out.batched:  # one sequence for every sample's states
-        batch = expr(next(e for e, u in zip(s.args, s.types) if u.batched), ".shape[0]")
-        args = [expr(call(expr(s.x, "[None].expand"), batch, "-1", "-1"))]
-    if starts:
-        args.append(Group((), "(", tuple(starts), ")") if len(starts) > 1 else starts[0])
-    module_call = expr(call(s.module, *args))
-    if not a.states:
-        if not a.last:
-            return [Line(module_call, unpack=True)]
-        sequence = t.with_shape((t.shape[0], a.hidden * dirs))
-        return [Line(module_call, unpack=True, shape=sequence),
-                Line(_last_step(s, (s.target,)))]
-    output = expr(s.target, "[0]")
-    if a.last:
-        output = _last_step(s, output)
-    finals = [expr(s.target, "[1]")] if s.node.op != "lstm" else [
-        expr(s.target, "[1][0]"), expr(s.target, "[1][1]")]
-    finals = [expr(call(expr(f, ".transpose"), "0", "1")) for f in finals]
-    return [Line(module_call), Line(expr(Group((), "(", (output, *finals), ")")))]
-
-
-def _last_step(s: Site, sequence: Expr) -> Expr:
-    """The top layer's final state from the output sequence: the forward direction's last
-    step, and the backward direction's first."""
-    batch = ":, " if s.types[0].batched else ""
-    if s.a.bidirectional:
-        h = Num(s.a.hidden, "hidden_size")
-        last = expr(sequence, "[", batch, "-1, :", h, "]")
-        first = expr(sequence, "[", batch, "0, ", h, ":]")
-        return expr(call("torch.cat", list_of([last, first]), dim="-1"))
-    return expr(sequence, f"[{batch}-1]")
 
 
 def _result(s: Site) -> list[Line]:
@@ -568,7 +223,7 @@ def _class_loss(function: str):
             pred = expr(pred, ".flatten(0, -2)")
             target = expr(target, ".flatten()" if s.types[1].dtype == "int64"
                           else ".flatten(0, -2)")
-        kwargs = _keywords(OPS[s.node.op], s.a, s.types)
+        kwargs = keywords(OPS[s.node.op], s.a, s.types)
         if s.a.weight is not None:
             kwargs["weight"] = expr(call("torch.tensor", list_of(
                 [Num(w, "weight") for w in s.a.weight]), device=expr(scores, ".device")))
@@ -642,7 +297,7 @@ def _stack(s: Site) -> list[Line]:
 def _pad(s: Site) -> list[Line]:
     pads = (s.a.pads,) if isinstance(s.a.pads, int) else s.a.pads
     widths = Group((), "(", tuple(expr(Num(p, "pad")) for p in pads), ")")
-    return [Line(expr(call("F.pad", s.x, widths, **_keywords(OPS["pad"], s.a, s.types))))]
+    return [Line(expr(call("F.pad", s.x, widths, **keywords(OPS["pad"], s.a, s.types))))]
 
 
 def _parameter_init(node: Node, ins: list[TensorType]) -> Group:
@@ -654,13 +309,6 @@ def _parameter_init(node: Node, ins: list[TensorType]) -> Group:
     else:
         value = call(f"torch.{a.init}", *dims)
     return call("nn.Parameter", value)
-
-
-def split_args(s: Site) -> tuple[list[Expr], dict[str, Expr]]:
-    """A site's positional input expressions, and its tensor keywords (masks) by name."""
-    given = tensor_keywords(OPS[s.node.op], s.a)
-    positional = len(s.args) - len(given)
-    return s.args[:positional], {name: s.args[i] for name, i in given.items()}
 
 
 def derived_forward(opdef: OpDef) -> Forward | None:
@@ -687,7 +335,7 @@ def derived_forward(opdef: OpDef) -> Forward | None:
         args, tensors = split_args(s)
         if opdef.broadcast:
             args = [_aligned(s, i) for i in range(len(args))]
-        kwargs = {**_keywords(opdef, s.a, s.types), **tensors}
+        kwargs = {**keywords(opdef, s.a, s.types), **tensors}
         if opdef.random:
             kwargs["training"] = s.training
         return [Line(expr(call(opdef.torch.name, *args, **kwargs)))]
@@ -695,7 +343,33 @@ def derived_forward(opdef: OpDef) -> Forward | None:
     return function_call
 
 
-FORWARD: dict[str, Forward] = _Table(derived_forward, {
+def derived_init(opdef: OpDef) -> Init | None:
+    """`nn.Module(args..., keywords...)` from the op's `Torch` module form."""
+    if opdef.torch is None or not opdef.torch.is_module:
+        return None
+    args = [binding(a) for a in opdef.torch.args]
+
+    def init(node: Node, ins: list[TensorType]) -> Group:
+        values = [attr_value(source, node.attrs, ins, hint) for hint, source in args]
+        return call(opdef.torch.name, *values, **keywords(opdef, node.attrs, ins))
+
+    return init
+
+
+INIT: dict[str, Init] = Table(derived_init, {
+    "conv1d": conv(1),
+    "conv2d": conv(2),
+    "batchnorm": batchnorm,
+    "layernorm": layernorm,
+    "instancenorm": instancenorm,
+    "attention": attention_init,
+    "rnn": batch_first,
+    "lstm": batch_first,
+    "gru": batch_first,
+})
+
+
+FORWARD: dict[str, Forward] = Table(derived_forward, {
     "dropout": _dropout,
     "flatten": _flatten,
     "reshape": _reshape,
@@ -710,13 +384,13 @@ FORWARD: dict[str, Forward] = _Table(derived_forward, {
     "adaptive_maxpool": _adaptive("max"),
     "global_avgpool": _global_avgpool,
     "upsample": _upsample,
-    "positions": _positions_forward,
-    "sinusoidal": _sinusoidal,
-    "attention": _attention_forward,
-    "rope": _rope_forward,
-    "rnn": _recurrent_forward,
-    "lstm": _recurrent_forward,
-    "gru": _recurrent_forward,
+    "positions": positions_forward,
+    "sinusoidal": sinusoidal,
+    "attention": attention_forward,
+    "rope": rope_forward,
+    "rnn": recurrent_forward,
+    "lstm": recurrent_forward,
+    "gru": recurrent_forward,
     "result": _result,
     "softmax": _softmax("F.softmax"),
     "log_softmax": _softmax("F.log_softmax"),

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from nnspec.backends.torch.emit import FORWARD, INIT, Site, init_extra
+from nnspec.backends.torch.emit import FORWARD, INIT
+from nnspec.backends.torch.emit_layers import init_extra
+from nnspec.backends.torch.emit_site import Site
 from nnspec.backends.torch.names import Namespace, checked_identifier, module_component
 from nnspec.backends.torch.source import (
     Block,
@@ -94,7 +96,9 @@ class Root:
     names: tuple[str, ...]
     outputs: tuple[str, ...]
     training: str  # the expression of the training flag
-    logits_switch: bool = False  # `return_logits` returns the input of the output node
+    # the node `return_logits` returns before the output is computed: the rewrite's
+    # `logits` output of a softmax fused into the loss (`ir/rewrite.py:fuse_softmax`)
+    logits: str | None = None
 
 
 def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[Unit]:
@@ -105,16 +109,16 @@ def lower(graph: Graph, regions: Regions, context: Context, root: Root) -> list[
     order: list[Unit] = []
 
     def write(region: Region, inputs: list[str], names: list[str], output: tuple[str, ...],
-              logits_switch: bool = False) -> None:
+              logits: str | None = None) -> None:
         writer = _Writer(graph, regions, region, consumers, context, root.training)
-        unit = writer.write(inputs, names, output, logits_switch)
+        unit = writer.write(inputs, names, output, logits)
         for child in unit.children:
             inner = regions.by_path[child.path]
-            values, value = boundary(inner, consumers, outputs)
-            write(inner, values, _input_names(graph, context.program, inner, values), (value,))
+            values, results = boundary(inner, consumers, outputs)
+            write(inner, values, _input_names(graph, context.program, inner, values), results)
         order.append(unit)
 
-    write(regions.root, list(root.inputs), list(root.names), root.outputs, root.logits_switch)
+    write(regions.root, list(root.inputs), list(root.names), root.outputs, root.logits)
     return order
 
 
@@ -144,7 +148,7 @@ def unit_kind(region: Region) -> UnitKind:
     return "class" if region.role == "class" else "function"
 
 
-StepKind = Literal["op", "unit", "loop"]
+StepKind = Literal["op", "unit", "loop", "sequential"]
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,9 @@ class _Step:
     node: Node | None
     region: Region | None
     inputs: tuple[str, ...]
-    output: str
+    outputs: tuple[str, ...]  # several only for a unit returning several values
+    parts: tuple[_Step, ...] = ()  # a sequential's steps, one per numbered layer
+    path: str = ""  # a sequential's relative module path
 
 
 class _Writer:
@@ -176,11 +182,12 @@ class _Writer:
         self.names = Namespace(context.local_taken)
         self.children: list[UnitKey] = []
         self.helpers: set[str] = set()
+        self.sequential: set[str] = set()  # relative paths written as nn.Sequential
 
     # ---- the whole unit ---------------------------------------------------------------------
 
     def write(self, inputs: list[str], wanted_names: list[str], outputs: tuple[str, ...],
-              logits_switch: bool = False) -> Unit:
+              logits: str | None = None) -> Unit:
         output = outputs[-1]
         params = []
         for value, wanted in zip(inputs, wanted_names):
@@ -197,9 +204,9 @@ class _Writer:
             last_use[value] = len(steps)
         body: list = []
         for i, step in enumerate(steps):
-            if logits_switch and step.node is not None and step.node.name == output:
+            if logits is not None and step.node is not None and step.node.name == output:
                 body.append(Block(("if return_logits",), (
-                    Stmt(None, self.env[step.node.inputs[0]], keyword="return",
+                    Stmt(None, self.env[logits], keyword="return",
                          comment=("logits for the loss, which fuses this softmax",)),)))
             body += self._write_step(step, i, last_use, output)
         last = body[-1] if body else None
@@ -225,13 +232,84 @@ class _Writer:
             unit = next((r for r in self.regions.chain(self.region, node.name)
                          if r.role != "inline"), None)
             if unit is None:
-                steps.append(_Step("op", node, None, node.inputs, node.name))
+                steps.append(_Step("op", node, None, node.inputs, (node.name,)))
             elif unit.path not in seen:
                 seen.add(unit.path)
-                inputs, out = boundary(unit, self.consumers, set(self.graph.outputs))
+                inputs, outs = boundary(unit, self.consumers, set(self.graph.outputs))
                 kind = "loop" if unit.role == "loop" else "unit"
-                steps.append(_Step(kind, None, unit, tuple(inputs), out))
-        return steps
+                steps.append(_Step(kind, None, unit, tuple(inputs), outs))
+        return self._sequentials(steps)
+
+    def _sequentials(self, steps: list[_Step]) -> list[_Step]:
+        """Runs of steps that are a labelled chain's numbered layers `P.0 -> P.1 -> ...`,
+        each reading only the one before and nothing else under `P`, become one
+        `nn.Sequential` step: `x = self.P(x)`, under the same `state_dict` keys."""
+        paths = [self._layer_path(s) for s in steps]
+        out: list[_Step] = []
+        i = 0
+        while i < len(steps):
+            run = self._chain_from(steps, paths, i)
+            if run:
+                parts = tuple(steps[i:i + run])
+                path = paths[i].rsplit(".", 1)[0]
+                out.append(_Step("sequential", None, None, parts[0].inputs,
+                                 parts[-1].outputs, parts, path))
+                i += run
+            else:
+                out.append(steps[i])
+                i += 1
+        return out
+
+    def _chain_from(self, steps: list[_Step], paths: list[str | None], i: int) -> int:
+        """How many steps from `i` form a whole chain `P.0 .. P.k`; 0 if they do not."""
+        path = paths[i]
+        if path is None or not path.endswith(".0"):
+            return 0
+        prefix = path[:-1]
+        n = 0
+        while i + n < len(steps) and paths[i + n] == f"{prefix}{n}":
+            step = steps[i + n]
+            if n and step.inputs != steps[i + n - 1].outputs:
+                break
+            n += 1
+        others = steps[:i] + steps[i + n:]
+        if any(p is not None and p.startswith(prefix) for p in map(self._owned_path, others)):
+            return 0  # another layer under the same name would land in the nn.Sequential
+        for step, after in zip(steps[i:i + n - 1], steps[i + 1:i + n]):
+            value = step.outputs[0]
+            inside = ({after.node.name} if after.kind == "op"
+                      else {m.name for m in after.region.members})
+            if value in self.graph.outputs or not set(self.consumers[value]) <= inside:
+                return 0
+        return n
+
+    def _owned_path(self, step: _Step) -> str | None:
+        """The relative module path a step's layers live under, if it has any."""
+        if step.kind == "op":
+            module = step.node.module
+            return self.region.relative(module) if module is not None else None
+        if unit_kind(step.region) == "function":
+            return None
+        return self.region.relative(step.region.path)
+
+    def _layer_path(self, step: _Step) -> str | None:
+        """The relative module path of a step that is one plain call of one layer with one
+        input and one output: a layer with weights, or a class instance."""
+        if len(step.inputs) != 1 or len(step.outputs) != 1:
+            return None
+        if step.kind == "unit" and step.region.role == "class":
+            return self.region.relative(step.region.path)
+        if step.kind != "op" or step.node.module is None or step.node.params and any(
+                full != param_name(step.node.module, local)
+                for local, full in step.node.params.items()):
+            return None
+        node = step.node
+        types = [self.graph.node(v).type for v in node.inputs]
+        site = Site(node, [("x",)], types, ("layer",), "x", self.training, set())
+        lines = FORWARD[node.op](site)
+        if len(lines) != 1 or lines[0].unpack or flat(lines[0].value, str) != "layer(x)":
+            return None
+        return self.region.relative(node.module)
 
     def _child(self, region: Region) -> Instance:
         key = UnitKey(self.regions.graph, region.path)
@@ -248,42 +326,50 @@ class _Writer:
             return FORWARD["scalar"](Site(node, [], []))[0].value
         return self.env[name]
 
-    def _target(self, step: _Step, i: int, last_use: dict[str, int], output: str) -> str:
+    def _targets(self, step: _Step, i: int, last_use: dict[str, int], output: str) -> list[str]:
+        """A variable for each value the step gives (`_` for one nothing reads); the first
+        reuses its first input's variable when that input dies here."""
         dying = [v for v in step.inputs if last_use.get(v) == i and v in self.env]
         for v in dying:
             self.live.pop(self.env[v][0], None)
-        if step.output != output and last_use.get(step.output, -1) <= i:
-            return "_"  # a value nothing uses (the interpreter still computes it)
         first = step.inputs[0] if step.inputs else None
-        if first in dying and _generic(self.env[first][0]):
-            name = self.env[first][0]
-        else:
-            n = 0
-            while True:
-                name = _GENERIC[n] if n < len(_GENERIC) else f"h{n}"
-                if name not in self.live and name not in self.context.local_taken:
-                    break
-                n += 1
-        self.live[name] = step.output
-        return name
+        reusable = first in dying and _generic(self.env[first][0])
+        names = []
+        for value in step.outputs:
+            if value != output and last_use.get(value, -1) <= i:
+                names.append("_")  # a value nothing uses (the interpreter still computes it)
+                continue
+            if reusable:
+                name, reusable = self.env[first][0], False
+            else:
+                n = 0
+                while True:
+                    name = _GENERIC[n] if n < len(_GENERIC) else f"h{n}"
+                    if name not in self.live and name not in self.context.local_taken:
+                        break
+                    n += 1
+            self.live[name] = value
+            names.append(name)
+        return names
 
     # ---- steps ---------------------------------------------------------------------------------
 
     def _write_step(self, step: _Step, i: int, last_use: dict[str, int], output: str) -> list:
         args = [self.value(v) for v in step.inputs]
+        if step.kind == "op" and step.node.module is not None:
+            self._declare(step.node)
+        targets = self._targets(step, i, last_use, output)
+        target = ", ".join(targets)
         if step.kind == "op":
-            node = step.node
-            if node.module is not None:
-                self._declare(node)
-            target = self._target(step, i, last_use, output)
-            stmts = self._op_lines(node, args, self._module_access(node), target)
+            stmts = self._op_lines(step.node, args, self._module_access(step.node), target)
         elif step.kind == "unit":
-            target = self._target(step, i, last_use, output)
             stmts = [self._unit_call(step, args, target)]
+        elif step.kind == "sequential":
+            stmts = [self._sequential(step, args, target)]
         else:
-            target = self._target(step, i, last_use, output)
             stmts = self._loop(step, args, target)
-        self.env[step.output] = (target,)
+        for value, name in zip(step.outputs, targets):
+            self.env[value] = (name,)
         return stmts
 
     def _op_lines(self, node: Node, args: list[Expr], module: Expr, target: str) -> list:
@@ -298,7 +384,8 @@ class _Writer:
     def _unit_call(self, step: _Step, args: list[Expr], target: str) -> Stmt:
         region = step.region
         instance = self._child(region)
-        out_type = self.graph.node(step.output).type
+        types = [self.graph.node(v).type for v in step.outputs]
+        out_type = types[0] if len(types) == 1 else None
         if unit_kind(region) == "function":
             return Stmt(target, expr(Instance(instance.unit, tuple(args))),
                         self.comment(out_type, region.span))
@@ -307,11 +394,26 @@ class _Writer:
         return Stmt(target, expr(call(self._access(rel, region.span), *args)),
                     self.comment(out_type, region.span))
 
+    def _sequential(self, step: _Step, args: list[Expr], target: str) -> Stmt:
+        for part in step.parts:
+            if part.kind == "op":
+                self._declare(part.node)
+            else:
+                self.leaves[self.region.relative(part.region.path)] = expr(
+                    self._child(part.region))
+        self.sequential.add(step.path)
+        last = step.parts[-1]
+        node = last.node if last.kind == "op" else None
+        span = node.span if node is not None else last.region.span
+        out_type = self.graph.node(step.outputs[0]).type
+        return Stmt(target, expr(call(self._access(step.path, span), *args)),
+                    self.comment(out_type, span))
+
     def _loop(self, step: _Step, args: list[Expr], target: str) -> list:
         region = step.region
         rel = self.region.relative(region.path)
         items = loop_items(region, self.regions.by_path)
-        out_type = self.graph.node(step.output).type
+        out_type = self.graph.node(step.outputs[-1]).type
         stmts = []
         if args[0] != (target,):
             in_type = self.graph.node(step.inputs[0]).type
@@ -375,7 +477,8 @@ class _Writer:
             for p in parts[:-1]:
                 level = level.setdefault(p, {})
             level[parts[-1]] = value
-        stmts = [Stmt(f"self.{key}", _container(sub)) for key, sub in tree.items()]
+        stmts = [Stmt(f"self.{key}", _container(sub, key, self.sequential))
+                 for key, sub in tree.items()]
         return stmts + self.extras + self.ties
 
     # ---- comments --------------------------------------------------------------------------
@@ -399,13 +502,18 @@ class _Writer:
         return expr(*parts)
 
 
-def _container(sub) -> Expr:
-    """A level of the module tree: a layer, or an nn.ModuleList / nn.ModuleDict of levels."""
+def _container(sub, path: str, sequential: set[str]) -> Expr:
+    """A level of the module tree: a layer, or an nn.Sequential (a chain called whole),
+    nn.ModuleList or nn.ModuleDict of levels."""
     if not isinstance(sub, dict):
         return sub
     keys = list(sub)
+    if path in sequential:
+        return expr(call("nn.Sequential", *(sub[str(i)] for i in range(len(keys)))))
     if all(k.isdigit() for k in keys):  # a `seq`'s layers without weights leave gaps
         last = max(int(k) for k in keys)
-        return expr(module_list([_container(sub[str(i)]) if str(i) in sub
-                                 else expr(call("nn.Identity")) for i in range(last + 1)]))
-    return expr(call("nn.ModuleDict", dict_of([(k, _container(sub[k])) for k in keys])))
+        return expr(module_list([_container(sub[str(i)], f"{path}.{i}", sequential)
+                                 if str(i) in sub else expr(call("nn.Identity"))
+                                 for i in range(last + 1)]))
+    return expr(call("nn.ModuleDict", dict_of([(k, _container(sub[k], f"{path}.{k}", sequential))
+                                               for k in keys])))

@@ -11,7 +11,7 @@ import itertools
 import tokenize
 
 from nnspec.backends.torch.names import checked_identifier, literal
-from nnspec.backends.torch.share import Definition
+from nnspec.backends.torch.parameterise import Definition
 from nnspec.backends.torch.source import call, expr, layout, split_statement
 from nnspec.diagnostics import SpecError
 

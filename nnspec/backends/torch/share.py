@@ -1,81 +1,28 @@
 """Sharing: which units become one class (or function), and which of their numbers become
 constructor (or function) arguments.
 
-Units that read the same up to their numbers join one `Definition`; the numbers that differ
-between them become arguments, named after the spec's hyperparameter that holds them when
-there is one, else after what they are (`in_channels`, `out_channels`). Every decision is
-made here, children before parents, so that printing only lays out text.
+Units that read the same up to their numbers join one group, and so do the uses of one
+block that build different layers where `variants.py` finds one form for them; each group
+becomes one `Definition` (`parameterise.py`: the numbers that differ become arguments,
+named after the spec's hyperparameter that holds them when there is one, else after what
+they are). Every decision is made here, children before parents, so that printing only
+lays out text.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from nnspec.backends.torch import variants
 from nnspec.backends.torch.lists import fold, fold_units
-from nnspec.backends.torch.lower import Unit, UnitKey, UnitKind
-from nnspec.backends.torch.names import Namespace, checked_identifier, literal
-from nnspec.backends.torch.signature import (
-    default_expression,
-    default_text,
-    signature_of,
-    trailing_defaults,
-)
-from nnspec.backends.torch.source import (
-    Block,
-    Instance,
-    Num,
-    Stmt,
-    call,
-    flat,
-    layout,
-    substitute,
-    walk,
-)
-from nnspec.backends.torch.spec_exprs import expressions
-from nnspec.backends.torch.structure import GraphKind, Region, spec_definition
-from nnspec.ir.arithmetic import is_number
-from nnspec.ir.graph import Scope
-from nnspec.syntax import ast
+from nnspec.backends.torch.lower import Unit, UnitKey
+from nnspec.backends.torch.names import Namespace
+from nnspec.backends.torch.parameterise import Context, Definition, Parameterise, shape_text
+from nnspec.backends.torch.source import Instance, flat, layout
+from nnspec.backends.torch.structure import spec_definition
 
-_USUAL_DIMS = {1: ("F",), 2: ("T", "F"), 3: ("C", "H", "W")}
 _LOCAL_PATTERN = re.compile(r"(x|h\d*|y|z|x\d+|block\d*|layer\d*|pred|target)\Z")
-
-
-@dataclass(frozen=True)
-class Definition:
-    """One class or function of the output, ready to print: its name, its arguments and its
-    statements as text, and the units it stands for with each one's arguments."""
-
-    kind: UnitKind
-    name: str
-    region: Region  # its first unit's region
-    members: tuple[Unit, ...]
-    params: tuple[str, ...]  # constructor arguments (a function's arguments after tensors)
-    forward_params: tuple[str, ...]  # forward's (or the function's tensor) arguments
-    arguments: Mapping[UnitKey, tuple[Num, ...]]  # each member's values of `params`
-    init: tuple  # statements, numbers and instances already text
-    forward: tuple
-    doc: tuple[str, ...]  # docstring: a summary line, then details
-    # the arguments of the members in each build (0: the spec as given, then its probes)
-    build_arguments: tuple[Mapping[UnitKey, tuple[Num, ...]], ...] = ()
-    config: tuple[tuple[str, str], ...] = ()  # a model's config fields: (name, default text)
-    config_name: str = ""
-
-
-@dataclass(frozen=True)
-class Context:
-    """What sharing needs from the spec."""
-
-    program: ast.Program
-    file: str
-    scopes: Mapping[GraphKind, Mapping[str, Scope]]  # each graph's scopes by path
-    loss_line: int | None  # where the train section names its loss
-    fused: bool  # the model's final softmax is fused into the loss
-    # the model graph's scopes and hyperparameters in each build (0: as given, then probes)
-    build_scopes: tuple[Mapping[str, Scope], ...] = ()
-    build_hyper: tuple[Mapping[str, object], ...] = ()
 
 
 class Globals(Namespace):
@@ -103,39 +50,97 @@ def share(units: list[Unit], context: Context, names: Globals,
     folded = fold_units(raw, order)
     probe_raw = [{u.key: u for u in p} for p in probes]
     probe_folded = [fold_units(table, [u.key for u in p]) for table, p in zip(probe_raw, probes)]
-    groups: dict[tuple, list[Unit]] = {}
-    group_of: dict[UnitKey, int] = {}
-    index: dict[tuple, int] = {}
-
-    def join(sharing: tuple, unit: Unit) -> None:
-        if sharing not in groups:
-            index[sharing] = len(groups)
-            groups[sharing] = []
-        group_of[unit.key] = index[sharing]
-        groups[sharing].append(unit)
-
-    for key in order:
-        unit = raw[key]
-        sharing = _sharing_key(unit, group_of)
-        same = [folded[m.key] for m in groups.get(sharing, [])] + [folded[key]]
-        if len({_shape_text(u) for u in same}) > 1:  # folds in one use and not in another
-            same = [raw[m.key] for m in groups.get(sharing, [])] + [unit]
-            if len({_shape_text(u) for u in same}) > 1:
-                sharing += (_shape_text(unit),)
-        join(sharing, unit)
+    groups, group_of = _group(order, raw, folded, {})
+    plans, reasons = _plans(groups, context)
+    if plans:
+        family = {m.key: m.region.label for g in groups for m in g
+                  if m.region.kind == "block" and m.region.label in plans}
+        groups, group_of = _group(order, raw, folded, family)
     definitions: list[Definition] = []
     by_unit: dict[UnitKey, Definition] = {}
-    for members in _children_first(list(groups.values()), group_of):
-        if len({_shape_text(folded[m.key]) for m in members}) == 1:
+    for members in _children_first(groups, group_of):
+        label = members[0].region.label if members[0].region.kind == "block" else None
+        if label in plans:
+            builds = [_conformed(table, members, plans[label], context, b)
+                      for b, table in enumerate([raw, *probe_raw])]
+        elif len({shape_text(folded[m.key]) for m in members}) == 1:
             builds = [folded, *probe_folded]
         else:
             builds = [raw, *probe_raw]
         members = [builds[0][m.key] for m in members]
-        definition = _Parameterise(members, context, names, by_unit, builds).definition()
+        definition = Parameterise(members, context, names, by_unit, builds,
+                                   reasons.get(label)).definition()
         definitions.append(definition)
         for member in members:
             by_unit[member.key] = definition
     return definitions
+
+
+def _group(order: list[UnitKey], raw: Mapping[UnitKey, Unit], folded: Mapping[UnitKey, Unit],
+           family: Mapping[UnitKey, str]) -> tuple[list[list[Unit]], dict[UnitKey, int]]:
+    """Units that read alike, children first; the units in `family` join their block's
+    one group whatever their text."""
+    groups: dict[tuple, list[Unit]] = {}
+    group_of: dict[UnitKey, int] = {}
+    index: dict[tuple, int] = {}
+    for key in order:
+        unit = raw[key]
+        if key in family:
+            sharing: tuple = ("variants", family[key])
+        else:
+            sharing = _sharing_key(unit, group_of)
+            same = [folded[m.key] for m in groups.get(sharing, [])] + [folded[key]]
+            if len({shape_text(u) for u in same}) > 1:  # folds in one use and not another
+                same = [raw[m.key] for m in groups.get(sharing, [])] + [unit]
+                if len({shape_text(u) for u in same}) > 1:
+                    sharing += (shape_text(unit),)
+        if sharing not in groups:
+            index[sharing] = len(groups)
+            groups[sharing] = []
+        group_of[key] = index[sharing]
+        groups[sharing].append(unit)
+    return list(groups.values()), group_of
+
+
+def _plans(groups: list[list[Unit]], context: Context
+           ) -> tuple[dict[str, variants.Plan], dict[str, str]]:
+    """For each block whose uses make several groups: how they are one class, or why not."""
+    by_label: dict[str, list[list[Unit]]] = {}
+    for g in groups:
+        if g[0].region.kind == "block" and g[0].kind == "class":
+            by_label.setdefault(g[0].region.label, []).append(g)
+    plans, reasons = {}, {}
+    for label, family in by_label.items():
+        if len(family) < 2:
+            continue
+        definition = spec_definition(context.program, family[0][0].region)
+        found = variants.plan(family, definition,
+                              lambda u, d=definition: _use_env(u, context, 0, d))
+        if isinstance(found, str):
+            reasons[label] = found
+        else:
+            plans[label] = found
+    return plans, reasons
+
+
+def _use_env(unit: Unit, context: Context, build: int, definition) -> dict:
+    scopes = (context.build_scopes[build] if context.build_scopes and unit.key.graph == "model"
+              else context.scopes[unit.key.graph])
+    scope = scopes.get(unit.region.path)
+    return variants.use_env(unit, dict(scope.params) if scope else {}, definition)
+
+
+def _conformed(table: Mapping[UnitKey, Unit], members: list[Unit], plan: variants.Plan,
+               context: Context, build: int) -> dict[UnitKey, Unit]:
+    """The members of a block's one group in that build, each in the plan's form."""
+    definition = spec_definition(context.program, members[0].region)
+    out = {}
+    for m in members:
+        unit = table.get(m.key)
+        if unit is not None:
+            out[m.key] = variants.conform(unit, plan, _use_env(unit, context, build,
+                                                               definition)) or unit
+    return out
 
 
 def _children_first(groups: list[list[Unit]], group_of: Mapping[UnitKey, int]
@@ -170,343 +175,3 @@ def _sharing_key(unit: Unit, group_of: Mapping[UnitKey, int]) -> tuple:
     return unit.kind, unit.region.kind, unit.region.label, text
 
 
-def _blank(item) -> str:
-    return "<>" if isinstance(item, Instance) else "\0"
-
-
-def _shape_text(unit: Unit) -> str:
-    return "\n".join(layout(unit.init + unit.forward, _blank))
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A name or spec expression a number may be: its values cell by cell, its texts."""
-
-    values: tuple
-    init: str
-    forward: str
-    comment: str
-
-
-class _Parameterise:
-    """Turns the members of one group into a definition: which numbers are the spec's
-    parameters or expressions of them, which become more arguments, and the text of every
-    number and instance."""
-
-    def __init__(self, members: list[Unit], context: Context, names: Globals,
-                 by_unit: Mapping[UnitKey, Definition], builds: list[Mapping[UnitKey, Unit]]):
-        self.members = members
-        self.context = context
-        self.names = names
-        self.by_unit = by_unit
-        self.first = members[0]
-        self.spec = spec_definition(context.program, self.first.region)
-        self.is_model = self.first.region.kind == "model"
-        in_model = self.first.key.graph == "model"
-        self.cells: list[tuple[Unit, int]] = []  # (the member's unit in a build, the build)
-        shape = _shape_text(self.first)
-        for b, build in enumerate(builds if in_model else builds[:1]):
-            units = [build.get(m.key) for m in members]
-            if all(u is not None and _shape_text(u) == shape and self._has_arguments(u, b)
-                   for u in units):
-                self.cells += [(u, b) for u in units]
-
-    def _has_arguments(self, unit: Unit, build: int) -> bool:
-        return all(len(self.by_unit[i.unit].build_arguments) > build
-                   and i.unit in self.by_unit[i.unit].build_arguments[build]
-                   for i in walk([unit.init, unit.forward]) if isinstance(i, Instance))
-
-    # ---- the parameters of the spec and their values ----------------------------------------
-
-    def _env(self, cell: tuple[Unit, int]) -> dict:
-        unit, build = cell
-        if self.is_model:
-            return dict(self.context.build_hyper[build]) if self.context.build_hyper else {}
-        scopes = (self.context.build_scopes[build] if self.context.build_scopes
-                  and unit.key.graph == "model" else self.context.scopes[unit.key.graph])
-        scope = scopes.get(unit.region.path)
-        return dict(scope.params) if scope is not None else {}
-
-    def _spec_params(self, envs: list[dict]) -> list[str]:
-        """The spec's parameters that become constructor arguments (a block's) or config
-        fields (the model's): those whose values can be written as Python."""
-        if self.first.kind != "class" or self.spec is None \
-                or self.first.region.kind not in ("block", "model"):
-            return []
-        out = []
-        for name in (p.name for p in self.spec.params):
-            values = [env.get(name) for env in envs]
-            if all(is_number(v) or isinstance(v, bool) for v in values):
-                out.append(checked_identifier(name))
-        return out
-
-    def _candidates(self, params: list[str], envs: list[dict]) -> list[_Candidate]:
-        def texts(name: str) -> tuple[str, str, str]:
-            if self.is_model:
-                return f"config.{name}", f"self.config.{name}", name
-            return name, f"self.{name}", name
-
-        out = [_Candidate(tuple(env[p] for env in envs), *texts(p)) for p in params]
-        if self.spec is None or not params:
-            return out
-        for e in expressions(self.spec, frozenset(params)):
-            values = tuple(e.value(env) for env in envs)
-            if any(v is None for v in values):
-                continue
-            integral = all(isinstance(v, int) for v in values)
-            init, forward, comment = zip(*(texts(p) for p in params))
-            out.append(_Candidate(values, e.text(dict(zip(params, init)), integral),
-                                  e.text(dict(zip(params, forward)), integral),
-                                  e.text(dict(zip(params, comment)), integral)))
-        return out
-
-    # ---- the definition -------------------------------------------------------------------
-
-    def definition(self) -> Definition:
-        first = self.first
-        name = self._name(first.region)
-        envs = [self._env(c) for c in self.cells]
-        params = self._spec_params(envs)
-        candidates = self._candidates(params, envs)
-        columns = [self._numbers(unit, build) for unit, build in self.cells]
-        assert len({len(c) for c in columns}) == 1, "instances of one definition differ"
-        vectors = list(zip(*columns))  # each number of the definition, cell by cell
-        init_count = len(self._numbers(first, 0, [first.init]))
-        extras: dict[tuple, int] = {}  # the values of a number no parameter gives -> its index
-        hints: list[list[tuple[str, bool]]] = []
-        firsts: list[int] = []  # where each extra argument first occurs
-        chosen: dict[int, _Candidate] = {}
-        for j, nums in enumerate(vectors):
-            values = _key(nums)
-            if nums[0].comment:
-                continue
-            match = [c for c in candidates if _key_values(c.values) == values]
-            if len(set(values)) == 1:  # a parameter only where that cannot be chance
-                if nums[0].value in (0, 1) or isinstance(nums[0].value, bool):
-                    continue
-                named = [c for c in match if c.comment == nums[0].hint]
-                if named:
-                    chosen[j] = named[0]
-                continue
-            if match:
-                chosen[j] = next((c for c in match if c.comment == nums[0].hint), match[0])
-                continue
-            if values not in extras:
-                extras[values] = len(hints)
-                hints.append([])
-                firsts.append(j)
-            hints[extras[values]].append((nums[0].hint, nums[0].primary))
-        extra_names = self._param_names(hints, self._spec_names(extras, envs), params)
-        if self.is_model:  # the model takes only its config: other numbers stay as built
-            extras, extra_names, firsts = {}, [], []
-        texts = []
-        for j, nums in enumerate(vectors):
-            in_forward = j >= init_count and first.kind == "class"
-            if nums[0].comment:
-                texts.append(self._comment_dim(nums, extras, extra_names, candidates))
-            elif j in chosen:
-                texts.append(chosen[j].forward if in_forward else chosen[j].init)
-            elif _key(nums) in extras:
-                arg = extra_names[extras[_key(nums)]]
-                texts.append(f"self.{arg}" if in_forward else arg)
-            else:
-                texts.append(literal(nums[0].value))
-        omitted = 0 if self.is_model else trailing_defaults(self.spec, params, envs)
-        build_arguments: list[dict[UnitKey, tuple[Num, ...]]] = []
-        for c, (unit, build) in enumerate(self.cells):
-            while len(build_arguments) <= build:
-                build_arguments.append({})
-            spec_values = tuple(Num(envs[c][p], p) for p in params[:len(params) - omitted])
-            extra_values = tuple(Num(vectors[j][c].value, extra_names[i])
-                                 for i, j in enumerate(firsts))
-            build_arguments[build][unit.key] = extra_values + spec_values
-        item_texts = iter(self._item_texts(texts))
-        init = substitute(first.init, item_texts)
-        forward = substitute(first.forward, item_texts)
-        config, self.config_name = (), ""
-        if self.is_model and params:
-            self.config_name = self.names.claim(f"{name}Config")
-            config = tuple((p, literal(envs[0][p])) for p in params)
-        init = self._init_head(params + extra_names, texts[init_count:]) + init
-        forward_params = first.params
-        if first.region.kind == "model" and self.context.fused:
-            forward_params += ("return_logits=False",)
-        if self.is_model:
-            signature: tuple[str, ...] = ("config=None",) if params else ()
-        else:
-            signature = tuple(extra_names) + signature_of(self.spec, params)
-        return Definition(first.kind, name, first.region, tuple(self.members), signature,
-                          forward_params, build_arguments[0], init, forward,
-                          tuple(self._docstring()), tuple(build_arguments), config,
-                          self.config_name)
-
-    def _name(self, region: Region) -> str:
-        if region.kind == "model":
-            return self.names.claim(region.label)
-        if region.kind == "loss":
-            return "loss_fn"
-        return self.names.claim(checked_identifier(region.label))
-
-    def _numbers(self, unit: Unit, build: int, parts=None) -> list[Num]:
-        """Every number of a unit (or of some of its `parts`) in `walk`'s order, an
-        instance's arguments in that build in its place."""
-        out = []
-        for item in walk([unit.init, unit.forward] if parts is None else parts):
-            if isinstance(item, Instance):
-                out += self.by_unit[item.unit].build_arguments[build][item.unit]
-            else:
-                out.append(item)
-        return out
-
-    def _init_head(self, params: list[str], forward_texts: list[str]) -> tuple:
-        """The statements `__init__` starts with: the model's config; a block's defaults
-        that are expressions of other arguments; the arguments `forward` reads."""
-        if self.first.kind != "class":
-            return ()
-        if self.is_model:
-            name = self.config_name
-            if not name:
-                return ()
-            return (Block(("if config is None",), (Stmt("config", (f"{name}()",)),)),
-                    Stmt("self.config", ("config",)))
-        head = []
-        for p in self.spec.params if self.spec is not None else ():
-            if p.name in params and p.default is not None and default_text(p) is None:
-                text = default_expression(self.spec, p, params)
-                head.append(Block((f"if {p.name} is None",), (Stmt(p.name, (text,)),)))
-        used = " ".join(forward_texts)
-        head += [Stmt(f"self.{p}", (p,)) for p in params
-                 if re.search(rf"\bself\.{p}\b", used)]
-        return tuple(head)
-
-    def _item_texts(self, texts: list[str]) -> list:
-        """The text of each number and instance of the first member, in `walk`'s order
-        (`texts` has one entry per number, an instance's arguments in its place)."""
-        out = []
-        at = 0
-        member = self.first
-        for item in walk([member.init, member.forward]):
-            if isinstance(item, Instance):
-                callee = self.by_unit[item.unit]
-                count = len(callee.arguments[item.unit])
-                tensors = [flat(a, lambda n: literal(n.value)) for a in item.call_args]
-                out.append(call(callee.name, *tensors, *texts[at:at + count]))
-                at += count
-            else:
-                out.append(texts[at])
-                at += 1
-        return out
-
-    def _param_names(self, hints: list[list[tuple[str, bool]]],
-                     spec_names: dict[int, str], params: list[str]) -> list[str]:
-        """Name each extra argument after the spec's hyperparameter that holds it, else after
-        what it is; a number that is both a layer's input and output width (`in_channels`
-        and `out_channels`) is just `channels`."""
-        scope = Namespace(self.names.taken | {"self", "config", *params})
-        names = []
-        for index, group in enumerate(hints):
-            seen = [h for h, _ in group]
-            wanted = spec_names.get(index) or next(
-                (h[3:] for h in seen if h.startswith("in_") and f"out_{h[3:]}" in seen), None)
-            if wanted is None:
-                wanted = next((h for h, primary in group if primary), seen[0])
-            names.append(scope.claim(wanted))
-        return names
-
-    def _spec_names(self, extras: dict[tuple, int], envs: list[dict]) -> dict[int, str]:
-        """Extra arguments whose values, cell by cell, are exactly one of the block's or fn's
-        hyperparameters take that hyperparameter's name."""
-        if not envs or not all(envs):
-            return {}
-        candidates: dict[tuple, list[str]] = {}
-        for name in envs[0]:
-            values = [env.get(name) for env in envs]
-            if all(is_number(v) for v in values):
-                candidates.setdefault(_key_values(values), []).append(name)
-        return {index: candidates[key][0] for key, index in extras.items()
-                if len(candidates.get(key, ())) == 1}
-
-    def _comment_dim(self, nums: tuple[Num, ...], extras: dict[tuple, int],
-                     names: list[str], candidates: list[_Candidate]) -> str:
-        """A dim in a shape comment: its size when it never changes, else the input dim
-        (`T`), parameter or expression (`4 * d`) it follows, else `?`."""
-        values = _key(nums)
-        if len(set(values)) == 1:
-            return _dim_text(nums[0].value)
-        for candidate in candidates:
-            if _key_values(candidate.values) == values:
-                return candidate.comment
-        raw = [n.value for n in nums]
-        for declared_only in (True, False):
-            symbols = self._input_symbols(declared_only)
-            symbols.sort(key=lambda s: s[0] != nums[0].hint)  # the same position first
-            for _, symbol, dims in symbols:
-                if dims == raw:
-                    return symbol
-                if all(isinstance(d, int) and isinstance(v, int) and v for d, v in zip(dims, raw)):
-                    ratio = dims[0] // raw[0]
-                    if ratio > 1 and all(d // ratio == v or -(-d // ratio) == v
-                                         for d, v in zip(dims, raw)):
-                        return f"{symbol}/{ratio}"
-        if values in extras:
-            return names[extras[values]]
-        return "?"
-
-    def _input_symbols(self, declared_only: bool) -> list[tuple[str, str, list]]:
-        """Names for the dims of a class's one input, with their sizes cell by cell: the
-        block's own (`input x: [C, H, W]`), or the usual letters for the input's rank."""
-        types = [unit.input_types for unit, _ in self.cells]
-        if not types or any(len(t) != 1 for t in types):
-            return []
-        rank = types[0][0].rank
-        names: list = [] if declared_only else list(_USUAL_DIMS.get(rank, ()))
-        if declared_only and self.spec is not None and self.spec.kind == "block":
-            declared = [s for s in self.spec.body if isinstance(s, ast.Input)]
-            if len(declared) == 1 and declared[0].type is not None:
-                names = [d.id if isinstance(d, ast.Name) else None
-                         for d in declared[0].type.dims]
-        return [(f"dim{j}", checked_identifier(name), [t[0].shape[j] for t in types])
-                for j, name in enumerate(names[:rank]) if name is not None]
-
-    def _docstring(self) -> list[str]:
-        """A summary line (where the definition is in the spec), then details if any."""
-        region = self.members[0].region
-        file = self.context.file
-        definition = spec_definition(self.context.program, region)
-        where = file
-        if definition is not None:
-            where += f":{definition.name_span.line}"
-        elif region.span is not None:
-            where += f":{region.span.line}"
-        paths = [m.region.path for m in self.members]
-        details = []
-        if len(paths) > 1:
-            shown = ", ".join(paths[:3])
-            more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-            details.append(f"Used as {shown}{more}.")
-        if region.kind == "model":
-            return [f"`model {region.label}` of {where}."]
-        if region.kind == "loss":
-            doc = [f"The training loss of {file}:{self.context.loss_line}."]
-            if self.context.fused:
-                doc += ["`pred` are the logits, `model(x, return_logits=True)`: the model's",
-                        "final softmax is fused into the loss, as nnspec trains it."]
-            return doc
-        if region.kind == "item":
-            return [f"One copy of the layers repeated at {where}.", *details]
-        return [f"`{region.kind} {region.label}` of {where}.", *details]
-
-
-def _key(nums) -> tuple:
-    return _key_values(n.value for n in nums)
-
-
-def _key_values(values) -> tuple:
-    return tuple((type(v).__name__, repr(v)) for v in values)
-
-
-def _dim_text(value) -> str:
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    return text if re.fullmatch(r"[A-Za-z0-9_+\-*/() ]+", text) else "?"

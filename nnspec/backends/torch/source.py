@@ -26,13 +26,16 @@ class Num:
     `hint` names the parameter it would become; `primary` says the spec gave the value
     directly (a layer's width), not derived it from an input's shape (its input width), which
     decides whose name wins when several values always agree. `comment` values appear only
-    in shape comments and never become parameters.
+    in shape comments and never become parameters. `default` is the text of a keyword
+    argument's default: the keyword is left out where the value's final text is that, so
+    uses at and off the default still read alike and share a class.
     """
 
     value: Any
     hint: str = "value"
     primary: bool = True
     comment: bool = False
+    default: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +151,10 @@ def substitute(node, texts: Iterator[str]):
         return next(texts)
     if isinstance(node, Group):
         prefix = substitute(node.prefix, texts)
-        return replace(node, prefix=prefix, items=tuple(substitute(i, texts) for i in node.items))
+        items = [substitute(i, texts) for i in node.items]
+        kept = tuple(new for old, new in zip(node.items, items)
+                     if not _at_default(old, new))
+        return replace(node, prefix=prefix, items=kept)
     if isinstance(node, tuple):
         return tuple(substitute(item, texts) for item in node)
     if isinstance(node, list):
@@ -160,6 +166,13 @@ def substitute(node, texts: Iterator[str]):
         header = substitute(node.header, texts)
         return replace(node, header=header, body=substitute(node.body, texts))
     return node
+
+
+def _at_default(old: Expr, new: Expr) -> bool:
+    """A keyword argument (`stride=<Num>`) whose text came out as its default."""
+    return (len(old) == 2 and isinstance(old[0], str) and old[0].endswith("=")
+            and isinstance(old[1], Num) and old[1].default is not None
+            and new[1] == old[1].default)
 
 
 # ---- layout ----------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from nnspec.backends.torch.emit import FORWARD, Site
+from nnspec.backends.torch.emit import FORWARD
+from nnspec.backends.torch.emit_site import Site
 from nnspec.backends.torch.names import camel
 from nnspec.backends.torch.source import Num, flat
 from nnspec.diagnostics import Span
@@ -185,9 +186,9 @@ def _fingerprint(num: Num) -> str:
 
 
 def boundary(region: Region, consumers: Mapping[str, list[str]],
-             outputs: set[str]) -> tuple[list[str], str]:
-    """A region's inputs (values from outside, in order of first use) and its output (the
-    one value used outside, or its last node when nothing outside uses it)."""
+             outputs: set[str]) -> tuple[list[str], tuple[str, ...]]:
+    """A region's inputs (values from outside, in order of first use) and its outputs (the
+    values used outside, in graph order, or its last node when nothing outside uses it)."""
     inside = {n.name for n in region.members}
     inputs: list[str] = []
     for n in region.members:
@@ -196,7 +197,7 @@ def boundary(region: Region, consumers: Mapping[str, list[str]],
                 inputs.append(i)
     escaping = [n.name for n in region.members
                 if n.name in outputs or any(c not in inside for c in consumers[n.name])]
-    return inputs, (escaping[-1] if escaping else region.members[-1].name)
+    return inputs, tuple(escaping) if escaping else (region.members[-1].name,)
 
 
 def spec_definition(program: ast.Program, region: Region) -> ast.Definition | None:

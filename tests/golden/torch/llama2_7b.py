@@ -120,10 +120,12 @@ class LlamaDecoderLayer(nn.Module):
     Used as model.layers.0, model.layers.1, model.layers.2 and 29 more.
     """
 
-    def __init__(self, rope_theta, d, heads, kv_heads, ff, eps, theta):
+    def __init__(self, d, heads, kv_heads, ff, eps, theta):
         super().__init__()
         self.input_layernorm = nn.RMSNorm(d, eps=eps)
-        self.self_attn = GroupedQueryAttention(d, 32, bias=False, rope_theta=rope_theta)
+        self.self_attn = GroupedQueryAttention(
+            d, heads, kv_heads=kv_heads, bias=False, rope_theta=theta
+        )
         self.post_attention_layernorm = nn.RMSNorm(d, eps=eps)
         self.mlp = LlamaMLP(d, ff)
 
@@ -165,7 +167,6 @@ class Llama2(nn.Module):
                 "layers": nn.ModuleList(
                     [
                         LlamaDecoderLayer(
-                            10000.0,
                             config.d,
                             config.heads,
                             config.kv_heads,

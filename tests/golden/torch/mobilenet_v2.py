@@ -10,17 +10,18 @@ from torch import nn
 
 
 class InvertedResidual(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13."""
+    """`block InvertedResidual` of mobilenet_v2.nn:13.
+
+    One class per structure: `self.conv` is built differently in different uses.
+    """
 
     def __init__(self, out, stride, expand):
         super().__init__()
         self.conv = nn.ModuleList(
             [
-                nn.ModuleList(
-                    [
-                        nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
-                        nn.BatchNorm2d(32),
-                    ]
+                nn.Sequential(
+                    nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
+                    nn.BatchNorm2d(32),
                 ),
                 nn.Conv2d(32, 16, 1, bias=False),
                 nn.BatchNorm2d(16),
@@ -28,8 +29,7 @@ class InvertedResidual(nn.Module):
         )
 
     def forward(self, x):
-        x = self.conv[0][0](x)  # (B, 32, H, W)  mobilenet_v2.nn:8
-        x = self.conv[0][1](x)  # (B, 32, H, W)  mobilenet_v2.nn:10
+        x = self.conv[0](x)  # (B, 32, H, W)  mobilenet_v2.nn:10
         x = F.relu6(x)  # (B, 32, H, W)  mobilenet_v2.nn:10
         x = self.conv[1](x)  # (B, 16, H, W)  mobilenet_v2.nn:17
         return self.conv[2](x)  # (B, 16, H, W)  mobilenet_v2.nn:17
@@ -38,32 +38,29 @@ class InvertedResidual(nn.Module):
 class InvertedResidual2(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13.
 
-    Used as features.2, features.4, features.7 and 1 more.
+    Used as features.2, features.4, features.7 and 3 more.
+    One class per structure: `self.conv` is built differently in different uses.
     """
 
     def __init__(self, in_channels, channels, out, stride, expand):
         super().__init__()
         self.conv = nn.ModuleList(
             [
-                nn.ModuleList(
-                    [
-                        nn.Conv2d(in_channels, channels, 1, bias=False),
-                        nn.BatchNorm2d(channels),
-                    ]
+                nn.Sequential(
+                    nn.Conv2d(in_channels, channels, 1, bias=False),
+                    nn.BatchNorm2d(channels),
                 ),
-                nn.ModuleList(
-                    [
-                        nn.Conv2d(
-                            channels,
-                            channels,
-                            3,
-                            stride=stride,
-                            padding=1,
-                            groups=channels,
-                            bias=False,
-                        ),
-                        nn.BatchNorm2d(channels),
-                    ]
+                nn.Sequential(
+                    nn.Conv2d(
+                        channels,
+                        channels,
+                        3,
+                        stride=stride,
+                        padding=1,
+                        groups=channels,
+                        bias=False,
+                    ),
+                    nn.BatchNorm2d(channels),
                 ),
                 nn.Conv2d(channels, out, 1, bias=False),
                 nn.BatchNorm2d(out),
@@ -71,41 +68,33 @@ class InvertedResidual2(nn.Module):
         )
 
     def forward(self, x):
-        x = self.conv[0][0](x)  # (B, channels, H, W)  mobilenet_v2.nn:8
-        x = self.conv[0][1](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
+        x = self.conv[0](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
         x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[1][0](x)  # (B, channels, H/2, W/2)  mobilenet_v2.nn:8
-        x = self.conv[1][1](x)  # (B, channels, H/2, W/2)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H/2, W/2)  mobilenet_v2.nn:10
-        x = self.conv[2](x)  # (B, out, H/2, W/2)  mobilenet_v2.nn:17
-        return self.conv[3](x)  # (B, out, H/2, W/2)  mobilenet_v2.nn:17
+        x = self.conv[1](x)  # (B, channels, H/stride, W/stride)  mobilenet_v2.nn:10
+        x = F.relu6(x)  # (B, channels, H/stride, W/stride)  mobilenet_v2.nn:10
+        x = self.conv[2](x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:17
+        return self.conv[3](x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:17
 
 
 class InvertedResidual3(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13.
 
     Used as features.3, features.5, features.6 and 7 more.
+    One class per structure: `self.conv` is built differently in different uses.
     """
 
     def __init__(self, channels, out, stride, expand):
         super().__init__()
         self.conv = nn.ModuleList(
             [
-                nn.ModuleList(
-                    [nn.Conv2d(out, channels, 1, bias=False), nn.BatchNorm2d(channels)]
+                nn.Sequential(
+                    nn.Conv2d(out, channels, 1, bias=False), nn.BatchNorm2d(channels)
                 ),
-                nn.ModuleList(
-                    [
-                        nn.Conv2d(
-                            channels,
-                            channels,
-                            3,
-                            padding=1,
-                            groups=channels,
-                            bias=False,
-                        ),
-                        nn.BatchNorm2d(channels),
-                    ]
+                nn.Sequential(
+                    nn.Conv2d(
+                        channels, channels, 3, padding=1, groups=channels, bias=False
+                    ),
+                    nn.BatchNorm2d(channels),
                 ),
                 nn.Conv2d(channels, out, 1, bias=False),
                 nn.BatchNorm2d(out),
@@ -113,60 +102,13 @@ class InvertedResidual3(nn.Module):
         )
 
     def forward(self, x):
-        h = self.conv[0][0](x)  # (B, channels, H, W)  mobilenet_v2.nn:8
-        h = self.conv[0][1](h)  # (B, channels, H, W)  mobilenet_v2.nn:10
+        h = self.conv[0](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
         h = F.relu6(h)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        h = self.conv[1][0](h)  # (B, channels, H, W)  mobilenet_v2.nn:8
-        h = self.conv[1][1](h)  # (B, channels, H, W)  mobilenet_v2.nn:10
+        h = self.conv[1](h)  # (B, channels, H, W)  mobilenet_v2.nn:10
         h = F.relu6(h)  # (B, channels, H, W)  mobilenet_v2.nn:10
         h = self.conv[2](h)  # (B, out, H, W)  mobilenet_v2.nn:17
         h = self.conv[3](h)  # (B, out, H, W)  mobilenet_v2.nn:17
         return x + h  # (B, out, H, W)  mobilenet_v2.nn:20
-
-
-class InvertedResidual4(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13.
-
-    Used as features.11, features.17.
-    """
-
-    def __init__(self, in_channels, channels, out, stride, expand):
-        super().__init__()
-        self.conv = nn.ModuleList(
-            [
-                nn.ModuleList(
-                    [
-                        nn.Conv2d(in_channels, channels, 1, bias=False),
-                        nn.BatchNorm2d(channels),
-                    ]
-                ),
-                nn.ModuleList(
-                    [
-                        nn.Conv2d(
-                            channels,
-                            channels,
-                            3,
-                            padding=1,
-                            groups=channels,
-                            bias=False,
-                        ),
-                        nn.BatchNorm2d(channels),
-                    ]
-                ),
-                nn.Conv2d(channels, out, 1, bias=False),
-                nn.BatchNorm2d(out),
-            ]
-        )
-
-    def forward(self, x):
-        x = self.conv[0][0](x)  # (B, channels, H, W)  mobilenet_v2.nn:8
-        x = self.conv[0][1](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[1][0](x)  # (B, channels, H, W)  mobilenet_v2.nn:8
-        x = self.conv[1][1](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[2](x)  # (B, out, H, W)  mobilenet_v2.nn:17
-        return self.conv[3](x)  # (B, out, H, W)  mobilenet_v2.nn:17
 
 
 @dataclass
@@ -187,11 +129,9 @@ class MobileNetV2(nn.Module):
         self.config = config
         self.features = nn.ModuleList(
             [
-                nn.ModuleList(
-                    [
-                        nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False),
-                        nn.BatchNorm2d(32),
-                    ]
+                nn.Sequential(
+                    nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(32),
                 ),
                 InvertedResidual(16, 1, 1),
                 InvertedResidual2(16, 96, 24, 2, 6),
@@ -203,15 +143,15 @@ class MobileNetV2(nn.Module):
                 InvertedResidual3(384, 64, 1, 6),
                 InvertedResidual3(384, 64, 1, 6),
                 InvertedResidual3(384, 64, 1, 6),
-                InvertedResidual4(64, 384, 96, 1, 6),
+                InvertedResidual2(64, 384, 96, 1, 6),
                 InvertedResidual3(576, 96, 1, 6),
                 InvertedResidual3(576, 96, 1, 6),
                 InvertedResidual2(96, 576, 160, 2, 6),
                 InvertedResidual3(960, 160, 1, 6),
                 InvertedResidual3(960, 160, 1, 6),
-                InvertedResidual4(160, 960, 320, 1, 6),
-                nn.ModuleList(
-                    [nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280)]
+                InvertedResidual2(160, 960, 320, 1, 6),
+                nn.Sequential(
+                    nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280)
                 ),
             ]
         )
@@ -220,8 +160,7 @@ class MobileNetV2(nn.Module):
         )
 
     def forward(self, image):
-        x = self.features[0][0](image)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:8
-        x = self.features[0][1](x)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:10
+        x = self.features[0](image)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:10
         x = F.relu6(x)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:10
         x = self.features[1](x)  # (B, 16, H/2, W/2)  mobilenet_v2.nn:26
         x = self.features[2](x)  # (B, 24, H/4, W/4)  mobilenet_v2.nn:27
@@ -240,8 +179,7 @@ class MobileNetV2(nn.Module):
         x = self.features[15](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
         x = self.features[16](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
         x = self.features[17](x)  # (B, 320, H/32, W/32)  mobilenet_v2.nn:32
-        x = self.features[18][0](x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:8
-        x = self.features[18][1](x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:10
+        x = self.features[18](x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:10
         x = F.relu6(x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:10
         x = x.mean(dim=(2, 3))  # (B, 1280)  mobilenet_v2.nn:34
         x = F.dropout(x, p=0.2, training=self.training)  # (B, 1280)  mobilenet_v2.nn:35

@@ -12,30 +12,7 @@ from torch import nn
 class BasicBlock(nn.Module):
     """`block BasicBlock` of resnet18.nn:4.
 
-    Used as layer1.0, layer1.1, layer2.1 and 2 more.
-    """
-
-    def __init__(self, channels, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        h = self.conv1(x)  # (B, channels, H, W)  resnet18.nn:6
-        h = self.bn1(h)  # (B, channels, H, W)  resnet18.nn:7
-        h = F.relu(h)  # (B, channels, H, W)  resnet18.nn:7
-        h = self.conv2(h)  # (B, channels, H, W)  resnet18.nn:8
-        h = self.bn2(h)  # (B, channels, H, W)  resnet18.nn:9
-        h = h + x  # (B, channels, H, W)  resnet18.nn:14
-        return F.relu(h)  # (B, channels, H, W)  resnet18.nn:14
-
-
-class BasicBlock2(nn.Module):
-    """`block BasicBlock` of resnet18.nn:4.
-
-    Used as layer2.0, layer3.0, layer4.0.
+    Used as layer1.0, layer1.1, layer2.0 and 5 more.
     """
 
     def __init__(self, in_channels, channels, stride=1):
@@ -46,23 +23,23 @@ class BasicBlock2(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = nn.ModuleList(
-            [
+        self.downsample = None
+        if not (stride == 1 and in_channels == channels):
+            self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(channels),
-            ]
-        )
+            )
 
     def forward(self, x):
-        h = self.conv1(x)  # (B, channels, H/2, W/2)  resnet18.nn:6
-        h = self.bn1(h)  # (B, channels, H/2, W/2)  resnet18.nn:7
-        h = F.relu(h)  # (B, channels, H/2, W/2)  resnet18.nn:7
-        h = self.conv2(h)  # (B, channels, H/2, W/2)  resnet18.nn:8
-        h = self.bn2(h)  # (B, channels, H/2, W/2)  resnet18.nn:9
-        x = self.downsample[0](x)  # (B, channels, H/2, W/2)  resnet18.nn:12
-        x = self.downsample[1](x)  # (B, channels, H/2, W/2)  resnet18.nn:12
-        h = h + x  # (B, channels, H/2, W/2)  resnet18.nn:14
-        return F.relu(h)  # (B, channels, H/2, W/2)  resnet18.nn:14
+        h = self.conv1(x)  # (B, channels, H/stride, W/stride)  resnet18.nn:6
+        h = self.bn1(h)  # (B, channels, H/stride, W/stride)  resnet18.nn:7
+        h = F.relu(h)  # (B, channels, H/stride, W/stride)  resnet18.nn:7
+        h = self.conv2(h)  # (B, channels, H/stride, W/stride)  resnet18.nn:8
+        h = self.bn2(h)  # (B, channels, H/stride, W/stride)  resnet18.nn:9
+        if self.downsample is not None:
+            x = self.downsample(x)  # (B, channels, H/2, W/2)  resnet18.nn:12
+        h = h + x  # (B, channels, H/stride, W/stride)  resnet18.nn:14
+        return F.relu(h)  # (B, channels, H/stride, W/stride)  resnet18.nn:14
 
 
 @dataclass
@@ -83,10 +60,10 @@ class ResNet18(nn.Module):
         self.config = config
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = nn.ModuleList([BasicBlock(64) for _ in range(2)])
-        self.layer2 = nn.ModuleList([BasicBlock2(64, 128, 2), BasicBlock(128)])
-        self.layer3 = nn.ModuleList([BasicBlock2(128, 256, 2), BasicBlock(256)])
-        self.layer4 = nn.ModuleList([BasicBlock2(256, 512, 2), BasicBlock(512)])
+        self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
+        self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
+        self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
+        self.layer4 = nn.Sequential(BasicBlock(256, 512, 2), BasicBlock(512, 512))
         self.fc = nn.Linear(512, config.classes)
 
     def forward(self, image):
@@ -94,14 +71,10 @@ class ResNet18(nn.Module):
         x = self.bn1(x)  # (B, 64, H/2, W/2)  resnet18.nn:20
         x = F.relu(x)  # (B, 64, H/2, W/2)  resnet18.nn:20
         x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, 64, H/4, W/4)  resnet18.nn:21
-        x = self.layer1[0](x)  # (B, 64, H/4, W/4)  resnet18.nn:22
-        x = self.layer1[1](x)  # (B, 64, H/4, W/4)  resnet18.nn:22
-        x = self.layer2[0](x)  # (B, 128, H/8, W/8)  resnet18.nn:23
-        x = self.layer2[1](x)  # (B, 128, H/8, W/8)  resnet18.nn:23
-        x = self.layer3[0](x)  # (B, 256, H/16, W/16)  resnet18.nn:24
-        x = self.layer3[1](x)  # (B, 256, H/16, W/16)  resnet18.nn:24
-        x = self.layer4[0](x)  # (B, 512, H/32, W/32)  resnet18.nn:25
-        x = self.layer4[1](x)  # (B, 512, H/32, W/32)  resnet18.nn:25
+        x = self.layer1(x)  # (B, 64, H/4, W/4)  resnet18.nn:22
+        x = self.layer2(x)  # (B, 128, H/8, W/8)  resnet18.nn:23
+        x = self.layer3(x)  # (B, 256, H/16, W/16)  resnet18.nn:24
+        x = self.layer4(x)  # (B, 512, H/32, W/32)  resnet18.nn:25
         x = x.mean(dim=(2, 3))  # (B, 512)  resnet18.nn:26
         return self.fc(x)  # (B, classes)  resnet18.nn:27
 

@@ -10,67 +10,9 @@ from torch import nn
 
 
 class Bottleneck(nn.Module):
-    """`block Bottleneck` of resnet50.nn:4."""
-
-    def __init__(self, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(64, 64, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.conv3 = nn.Conv2d(64, 256, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(256)
-        self.downsample = nn.ModuleList(
-            [nn.Conv2d(64, 256, 1, bias=False), nn.BatchNorm2d(256)]
-        )
-
-    def forward(self, x):
-        h = self.conv1(x)  # (B, 64, H, W)  resnet50.nn:6
-        h = self.bn1(h)  # (B, 64, H, W)  resnet50.nn:6
-        h = F.relu(h)  # (B, 64, H, W)  resnet50.nn:6
-        h = self.conv2(h)  # (B, 64, H, W)  resnet50.nn:7
-        h = self.bn2(h)  # (B, 64, H, W)  resnet50.nn:8
-        h = F.relu(h)  # (B, 64, H, W)  resnet50.nn:8
-        h = self.conv3(h)  # (B, 256, H, W)  resnet50.nn:9
-        h = self.bn3(h)  # (B, 256, H, W)  resnet50.nn:9
-        x = self.downsample[0](x)  # (B, 256, H, W)  resnet50.nn:11
-        x = self.downsample[1](x)  # (B, 256, H, W)  resnet50.nn:11
-        h = h + x  # (B, 256, H, W)  resnet50.nn:13
-        return F.relu(h)  # (B, 256, H, W)  resnet50.nn:13
-
-
-class Bottleneck2(nn.Module):
     """`block Bottleneck` of resnet50.nn:4.
 
-    Used as layer1.1, layer1.2, layer2.1 and 9 more.
-    """
-
-    def __init__(self, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(4 * planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(4 * planes)
-
-    def forward(self, x):
-        h = self.conv1(x)  # (B, planes, H, W)  resnet50.nn:6
-        h = self.bn1(h)  # (B, planes, H, W)  resnet50.nn:6
-        h = F.relu(h)  # (B, planes, H, W)  resnet50.nn:6
-        h = self.conv2(h)  # (B, planes, H, W)  resnet50.nn:7
-        h = self.bn2(h)  # (B, planes, H, W)  resnet50.nn:8
-        h = F.relu(h)  # (B, planes, H, W)  resnet50.nn:8
-        h = self.conv3(h)  # (B, 4 * planes, H, W)  resnet50.nn:9
-        h = self.bn3(h)  # (B, 4 * planes, H, W)  resnet50.nn:9
-        h = h + x  # (B, 4 * planes, H, W)  resnet50.nn:13
-        return F.relu(h)  # (B, 4 * planes, H, W)  resnet50.nn:13
-
-
-class Bottleneck3(nn.Module):
-    """`block Bottleneck` of resnet50.nn:4.
-
-    Used as layer2.0, layer3.0, layer4.0.
+    Used as layer1.0, layer1.1, layer1.2 and 13 more.
     """
 
     def __init__(self, in_channels, planes, stride=1):
@@ -81,26 +23,27 @@ class Bottleneck3(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(4 * planes)
-        self.downsample = nn.ModuleList(
-            [
+        self.downsample = None
+        if not (stride == 1 and in_channels == 4 * planes):
+            self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, 4 * planes, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(4 * planes),
-            ]
-        )
+            )
 
     def forward(self, x):
         h = self.conv1(x)  # (B, planes, H, W)  resnet50.nn:6
         h = self.bn1(h)  # (B, planes, H, W)  resnet50.nn:6
         h = F.relu(h)  # (B, planes, H, W)  resnet50.nn:6
-        h = self.conv2(h)  # (B, planes, H/2, W/2)  resnet50.nn:7
-        h = self.bn2(h)  # (B, planes, H/2, W/2)  resnet50.nn:8
-        h = F.relu(h)  # (B, planes, H/2, W/2)  resnet50.nn:8
-        h = self.conv3(h)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:9
-        h = self.bn3(h)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:9
-        x = self.downsample[0](x)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:11
-        x = self.downsample[1](x)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:11
-        h = h + x  # (B, 4 * planes, H/2, W/2)  resnet50.nn:13
-        return F.relu(h)  # (B, 4 * planes, H/2, W/2)  resnet50.nn:13
+        h = self.conv2(h)  # (B, planes, H/stride, W/stride)  resnet50.nn:7
+        h = self.bn2(h)  # (B, planes, H/stride, W/stride)  resnet50.nn:8
+        h = F.relu(h)  # (B, planes, H/stride, W/stride)  resnet50.nn:8
+        h = self.conv3(h)  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:9
+        h = self.bn3(h)  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:9
+        if self.downsample is not None:
+            # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:11
+            x = self.downsample(x)
+        h = h + x  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:13
+        return F.relu(h)  # (B, 4 * planes, H/stride, W/stride)  resnet50.nn:13
 
 
 @dataclass
@@ -121,27 +64,25 @@ class ResNet50(nn.Module):
         self.config = config
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = nn.ModuleList([Bottleneck(64), Bottleneck2(64), Bottleneck2(64)])
-        self.layer2 = nn.ModuleList(
-            [
-                Bottleneck3(256, 128, 2),
-                Bottleneck2(128),
-                Bottleneck2(128),
-                Bottleneck2(128),
-            ]
+        self.layer1 = nn.Sequential(
+            Bottleneck(64, 64), Bottleneck(256, 64), Bottleneck(256, 64)
         )
-        self.layer3 = nn.ModuleList(
-            [
-                Bottleneck3(512, 256, 2),
-                Bottleneck2(256),
-                Bottleneck2(256),
-                Bottleneck2(256),
-                Bottleneck2(256),
-                Bottleneck2(256),
-            ]
+        self.layer2 = nn.Sequential(
+            Bottleneck(256, 128, 2),
+            Bottleneck(512, 128),
+            Bottleneck(512, 128),
+            Bottleneck(512, 128),
         )
-        self.layer4 = nn.ModuleList(
-            [Bottleneck3(1024, 512, 2), Bottleneck2(512), Bottleneck2(512)]
+        self.layer3 = nn.Sequential(
+            Bottleneck(512, 256, 2),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
+            Bottleneck(1024, 256),
+        )
+        self.layer4 = nn.Sequential(
+            Bottleneck(1024, 512, 2), Bottleneck(2048, 512), Bottleneck(2048, 512)
         )
         self.fc = nn.Linear(2048, config.classes)
 
@@ -150,22 +91,10 @@ class ResNet50(nn.Module):
         x = self.bn1(x)  # (B, 64, H/2, W/2)  resnet50.nn:19
         x = F.relu(x)  # (B, 64, H/2, W/2)  resnet50.nn:19
         x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, 64, H/4, W/4)  resnet50.nn:20
-        x = self.layer1[0](x)  # (B, 256, H/4, W/4)  resnet50.nn:21
-        x = self.layer1[1](x)  # (B, 256, H/4, W/4)  resnet50.nn:21
-        x = self.layer1[2](x)  # (B, 256, H/4, W/4)  resnet50.nn:21
-        x = self.layer2[0](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
-        x = self.layer2[1](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
-        x = self.layer2[2](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
-        x = self.layer2[3](x)  # (B, 512, H/8, W/8)  resnet50.nn:22
-        x = self.layer3[0](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
-        x = self.layer3[1](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
-        x = self.layer3[2](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
-        x = self.layer3[3](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
-        x = self.layer3[4](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
-        x = self.layer3[5](x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
-        x = self.layer4[0](x)  # (B, 2048, H/32, W/32)  resnet50.nn:24
-        x = self.layer4[1](x)  # (B, 2048, H/32, W/32)  resnet50.nn:24
-        x = self.layer4[2](x)  # (B, 2048, H/32, W/32)  resnet50.nn:24
+        x = self.layer1(x)  # (B, 256, H/4, W/4)  resnet50.nn:21
+        x = self.layer2(x)  # (B, 512, H/8, W/8)  resnet50.nn:22
+        x = self.layer3(x)  # (B, 1024, H/16, W/16)  resnet50.nn:23
+        x = self.layer4(x)  # (B, 2048, H/32, W/32)  resnet50.nn:24
         x = x.mean(dim=(2, 3))  # (B, 2048)  resnet50.nn:25
         return self.fc(x)  # (B, classes)  resnet50.nn:26
 

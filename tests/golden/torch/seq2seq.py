@@ -37,7 +37,7 @@ class Seq2Seq(nn.Module):
         self.cross_attention = nn.MultiheadAttention(
             config.hidden, config.heads, batch_first=True
         )
-        self.dense_1 = nn.Linear(256, config.vocab)
+        self.dense_1 = nn.Linear(2 * config.hidden, config.vocab)
 
     def forward(self, tokens):
         x = self.embedding_1(tokens)  # (B, steps, d)  seq2seq.nn:9
@@ -55,7 +55,7 @@ class Seq2Seq(nn.Module):
         )
         # (B, steps, hidden)  seq2seq.nn:12
         x, _ = self.cross_attention(h3, h, h, need_weights=False)
-        h3 = torch.cat([h3, x], dim=-1)  # (B, steps, ?)  seq2seq.nn:13
+        h3 = torch.cat([h3, x], dim=-1)  # (B, steps, 2 * hidden)  seq2seq.nn:13
         return self.dense_1(h3)  # (B, steps, vocab)  seq2seq.nn:13
 
     @torch.no_grad()

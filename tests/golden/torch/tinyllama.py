@@ -120,11 +120,11 @@ class LlamaDecoderLayer(nn.Module):
     Used as model.layers.0, model.layers.1, model.layers.2 and 19 more.
     """
 
-    def __init__(self, rope_theta, d, heads, kv_heads, ff, eps, theta):
+    def __init__(self, d, heads, kv_heads, ff, eps, theta):
         super().__init__()
         self.input_layernorm = nn.RMSNorm(d, eps=eps)
         self.self_attn = GroupedQueryAttention(
-            d, heads, kv_heads=kv_heads, bias=False, rope_theta=rope_theta
+            d, heads, kv_heads=kv_heads, bias=False, rope_theta=theta
         )
         self.post_attention_layernorm = nn.RMSNorm(d, eps=eps)
         self.mlp = LlamaMLP(d, ff)
@@ -167,7 +167,6 @@ class TinyLlama(nn.Module):
                 "layers": nn.ModuleList(
                     [
                         LlamaDecoderLayer(
-                            10000.0,
                             config.d,
                             config.heads,
                             config.kv_heads,

@@ -1,0 +1,131 @@
+"""Blocks in the generated code: one class per spec block, whatever its uses build (an
+optional layer is None where the spec's condition says so), a labelled chain as an
+nn.Sequential, a block with several outputs as one class whose `forward` returns a tuple;
+and the generated module still computes what the interpreter computes."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnspec.backends.torch import generate
+from nnspec.spec import load_text
+from tests.torch.test_codegen import _compare_with_interpreter, _module
+
+pytestmark = pytest.mark.torch
+
+TWO_LAYERS = """
+block Two(d) {
+  input x: [d]
+  a = x -> dense(d) as left
+  b = x -> tanh -> dense(d) as right
+  a, b
+}
+
+model M(d = 8) {
+  input x: [d]
+  p, q = x -> Two(d)
+  r, s = p -> Two(d)
+  p * q + r - s
+}
+"""
+
+HALVES = """
+block Halves(d) {
+  input x: [T, d]
+  y = x -> dense(2 * d) as proj
+  a, b = chunk(y, 2, dim = -1)
+  a, b
+}
+
+model Gated(d = 8) {
+  input x: [4, d]
+  p, q = x -> Halves(d)
+  p * sigmoid(q)
+}
+"""
+
+
+@pytest.mark.parametrize("text", [TWO_LAYERS, HALVES], ids=["two-layers", "chunk"])
+def test_a_block_with_several_outputs_returns_a_tuple(text):
+    spec = load_text(text, "several.nn")
+    code = generate(spec)
+    assert code.count("class Two(") + code.count("class Halves(") == 1
+    assert "return h, x" in code or "return x, h" in code
+    _compare_with_interpreter(spec)
+
+
+SMALL_RESNET = """
+block Basic(channels, stride = 1) {
+  input x: [C, H, W]
+  y = x -> conv2d(channels, 3, stride = stride, padding = 1, bias = false) as conv1
+        -> batchnorm as bn1 -> relu
+        -> conv2d(channels, 3, padding = 1, bias = false) as conv2 -> batchnorm as bn2
+  shortcut = x if stride == 1 and C == channels
+             else (x -> seq(conv2d(channels, 1, stride = stride, bias = false), batchnorm)
+                   as downsample)
+  relu(y + shortcut)
+}
+
+model Small(width = 4) {
+  input image: [3, 8, 8]
+  image -> conv2d(width, 3, padding = 1) as stem
+        -> seq(Basic(width), Basic(width)) as layer1
+        -> seq(Basic(2 * width, 2), Basic(2 * width)) as layer2
+        -> seq(Basic(3 * width), Basic(3 * width)) as layer3
+        -> global_avgpool -> dense(5) as fc
+}
+"""
+
+
+def test_uses_with_and_without_an_optional_layer_are_one_class():
+    spec = load_text(SMALL_RESNET, "small.nn")
+    code = generate(spec)
+    assert code.count("class Basic") == 1, code
+    assert "if self.downsample is not None:" in code
+    assert "self.layer1 = nn.Sequential(" in code
+    # the class follows its arguments: a use the spec does not make builds its layers too
+    module = _module(code)
+    assert module.Basic(6, 6).downsample is None
+    assert module.Basic(6, 6, 2).downsample is not None
+    assert module.Basic(4, 6).downsample is not None
+    model = module.Small()
+    names = {n for n, _ in model.named_parameters()}
+    assert names == {n for n, p in spec.graph.params.items() if p.spec.trainable}
+    assert "layer2.0.downsample.0.weight" in names and "layer3.0.downsample.1.bias" in names
+    assert not any(n.startswith(("layer1.0.downsample", "layer2.1.downsample")) for n in names)
+    _compare_with_interpreter(spec)
+
+
+def test_blocks_that_cannot_be_one_class_say_why():
+    code = generate(load_text(MOBILE, "mobile.nn"))
+    assert code.count("One class per structure:") == code.count("class Inverted") > 1
+
+
+MOBILE = """
+block Inverted(out, stride, expand) {
+  input x: [C, H, W]
+  hidden = C * expand
+  y = x -> (seq(conv2d(hidden, 1), conv2d(out, 1)) if expand != 1
+            else seq(conv2d(out, 1))) as conv
+  x + y if stride == 1 and C == out else y
+}
+
+model Mobile {
+  input image: [4, 8, 8]
+  image -> Inverted(4, 1, 1) -> Inverted(6, 1, 2) -> Inverted(6, 1, 2)
+}
+"""
+
+
+@pytest.mark.parametrize("chain, sequential", [
+    ("seq(dense(8), relu, dense(8))", False),  # relu has no module: it stays a call of its own
+    ("seq(dense(8), dense(8))", True),
+    ("seq(dense(8), dense(8), lstm(5))", False),  # an lstm call unpacks: not one call
+])
+def test_a_labelled_chain_is_an_nn_sequential_only_when_called_whole(chain, sequential):
+    text = f"model M {{\n  input x: [6, 4]\n  x -> {chain} as body -> dense(2)\n}}\n"
+    spec = load_text(text, "chain.nn")
+    code = generate(spec)
+    assert ("self.body = nn.Sequential(" in code) == sequential, code
+    assert ("self.body(x)" in code) == sequential
+    _compare_with_interpreter(spec)
