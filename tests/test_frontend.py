@@ -290,6 +290,21 @@ def test_checking_many_models_is_linear():
         assert ratio < 35, ratio
 
 
+def test_a_long_flat_sum_compiles_in_a_fn_and_a_model():
+    """A sum of 3,000 terms nests 3,000 left operands deep; the evaluator and the layer
+    estimate walk it as a list, so it builds (it was E004 from 350 terms on), its layer
+    count is exact and its first bad term is still located."""
+    terms = " + ".join(f"x * {i + 1}.0" for i in range(3000))
+    text = (f"fn Mix(x) {{\n  {terms}\n}}\n"
+            "model M {\n  input x: [8]\n  x -> Mix -> dense(2)\n}\n")
+    graph = analyze(text, "sum.nn").graph
+    assert graph is not None
+    assert sum(n.op == "add" for n in graph.nodes) == 2999
+    broken = text.replace("x * 1500.0", "x * dense(4)")
+    (error,) = analyze(broken, "sum.nn").errors
+    assert error.code == "E135" and error.span.line == 2  # a layer, not a value
+
+
 def test_a_planted_pickle_in_the_cache_directory_never_runs(tmp_path: Path):
     """The parser's tables ship as JSON; nothing is read from or written to the user's cache
     directory, so a pickle planted where Lark's cache used to be is never loaded."""

@@ -129,8 +129,7 @@ class Evaluator:
     # ---- expressions --------------------------------------------------------------------
 
     def eval(self, expr, frame: Frame):
-        method = getattr(self, f"eval_{type(expr).__name__}")
-        return method(expr, frame)
+        return _EVAL[type(expr)](self, expr, frame)
 
     def eval_value(self, expr, frame: Frame):
         """A plain value (a number, string, list...): E134 for a tensor or a layer. (Nested
@@ -199,7 +198,14 @@ class Evaluator:
             if expr.op == "and":
                 return left and self.value(self.eval(expr.right, frame), expr.right)
             return left or self.value(self.eval(expr.right, frame), expr.right)
-        left = self.eval(expr.left, frame)
+        chain = ast.operator_chain(expr)
+        value = self.eval(chain[0].left, frame)
+        for link in chain:
+            value = self.binary(link, value, frame)
+        return value
+
+    def binary(self, expr: ast.BinOp, left, frame: Frame):
+        """`left op right` for one link of an operator chain, `left` already evaluated."""
         right = self.eval(expr.right, frame)
         if left is POISON or right is POISON:
             return POISON
@@ -613,3 +619,7 @@ def _entry_count(layer: Layer) -> int:
     if layer.kind == "repeat":
         return _entry_count(layer.parts[0]) * layer.count
     return 1
+
+
+_EVAL = {getattr(ast, name[5:]): method for name, method in vars(Evaluator).items()
+         if name.startswith("eval_") and hasattr(ast, name[5:])}  # ast type -> its method

@@ -23,7 +23,13 @@ class Tensor:
     node: str
     type: TensorType | None  # None: its layer failed; errors were already reported
     span: Span | None
-    origin: str  # how to name the producer in messages, e.g. "`dense(64)`"
+    producer: str | None = None  # how messages name what made it; None: the text at `span`
+
+    @property
+    def origin(self) -> str:
+        """The producer as messages name it, e.g. "`dense(64)`" (quoted only when a message
+        needs it: most tensors are never in one)."""
+        return self.producer if self.producer is not None else f"`{source_text(self.span)}`"
 
 
 @dataclass(frozen=True)

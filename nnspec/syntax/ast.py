@@ -65,6 +65,17 @@ class BinOp(Node):
     right: Expr
 
 
+def operator_chain(expr: BinOp) -> list[BinOp]:
+    """`a + b - c` as the operators applied in order (`a + b`, then `- c`): the left operands
+    of a long sum nest one level per term, so passes walk this list instead of recursing
+    (a thousand-term expression must not exhaust Python's stack). `and`/`or` end a chain."""
+    chain = [expr]
+    while isinstance(chain[-1].left, BinOp) and chain[-1].left.op not in ("and", "or"):
+        chain.append(chain[-1].left)
+    chain.reverse()
+    return chain
+
+
 @dataclass(frozen=True)
 class Unary(Node):
     op: str  # "-" or "not"
