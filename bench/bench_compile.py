@@ -63,7 +63,40 @@ model Deep {{
 """
 
 
-STYLES = {"chain": chain, "statements": statements, "repeat": repeat}
+def nested(layers: int) -> str:
+    """Blocks eight deep, each level applying the one below twice (256 layers per copy of
+    the top block), repeated to the size."""
+    levels = ["block Level0(d) {\n  input x: [d]\n  x -> dense(d) -> relu\n}\n"]
+    for level in range(1, 8):
+        levels.append(f"block Level{level}(d) {{\n  input x: [d]\n"
+                      f"  x -> Level{level - 1}(d) -> Level{level - 1}(d)\n}}\n")
+    return "".join(levels) + (f"model Nested {{\n  input x: [32]\n"
+                              f"  x -> repeat({max(1, layers // 256)}, Level7(32))\n}}\n")
+
+
+def models(layers: int) -> str:
+    """Many small models in one file (4 layers each), every one built by `check`."""
+    return "".join(f"model M{i} {{\n  input x: [16]\n  x -> dense(16) -> relu -> dense(4)"
+                   " -> softmax\n}\n" for i in range(max(1, layers // 4)))
+
+
+def long_fn(layers: int) -> str:
+    """A fn whose body is one long expression (3 layers a term: a scalar, `*`, `+`), used
+    once: a sum nests one level per term."""
+    terms = " + ".join(f"x * {i + 1}.0" for i in range(max(1, layers // 3)))
+    return f"fn Mix(x) {{\n  {terms}\n}}\n\nmodel Long {{\n  input x: [64]\n  x -> Mix\n}}\n"
+
+
+def wide_concat(layers: int) -> str:
+    """One `concat` of many branches, each its own named step."""
+    count = max(1, layers // 2)
+    lines = [f"  b{i} = x -> dense(4)" for i in range(count)]
+    names = ", ".join(f"b{i}" for i in range(count))
+    return "model Wide {\n  input x: [8]\n" + "\n".join(lines) + f"\n  concat({names})\n}}\n"
+
+
+STYLES = {"chain": chain, "statements": statements, "repeat": repeat, "nested": nested,
+          "models": models, "long_fn": long_fn, "concat": wide_concat}
 
 
 def measure(text: str, runs: int) -> tuple[float, float]:
