@@ -185,12 +185,14 @@ class Tables:
         end_state = self.end_states[start]
         values: list = []
         places: list = []  # (line, col, end_line, end_col) of each value, None if empty
+        taken: list[Lexeme] = []  # every token so far, for the message of a syntax error
         for tok in itertools.chain(statement_newlines(self.lex(text)), (_END,)):
             kind = tok.type
+            taken.append(tok)
             while True:
                 action = actions[states[-1]].get(kind)
                 if action is None:
-                    raise self._unexpected(tok, states[-1], text)
+                    raise self._unexpected(tok, states[-1], taken[:-1])
                 if action >= 0:
                     states.append(action)
                     values.append(tok)
@@ -225,15 +227,8 @@ class Tables:
             action = self.states[top].get(kind)
         return top
 
-    def _unexpected(self, tok: Lexeme, state: int, text: str) -> SyntaxFailure:
-        """The failure at `tok`, with the tokens before it lexed again (keeping every token
-        while parsing, for the rare text that fails, cost a tenth of the parse)."""
+    def _unexpected(self, tok: Lexeme, state: int, before: list[Lexeme]) -> SyntaxFailure:
         expected = frozenset(s for s in self.states[state] if s.isupper())
-        before = []
-        for taken in statement_newlines(self.lex(text)):
-            if tok is not _END and taken.start_pos >= tok.start_pos:
-                break
-            before.append(taken)
         return SyntaxFailure(tok, expected, tok.start_pos, tok.line, tok.column, before)
 
 
