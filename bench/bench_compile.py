@@ -70,13 +70,14 @@ model Deep {{
 
 def nested(layers: int) -> str:
     """Blocks eight deep, each level applying the one below twice (256 layers per copy of
-    the top block), repeated to the size."""
+    the top block), repeated to the size; the remainder as copies of the 2-layer leaf."""
     levels = ["block Level0(d) {\n  input x: [d]\n  x -> dense(d) -> relu\n}\n"]
     for level in range(1, 8):
         levels.append(f"block Level{level}(d) {{\n  input x: [d]\n"
                       f"  x -> Level{level - 1}(d) -> Level{level - 1}(d)\n}}\n")
     return "".join(levels) + (f"model Nested {{\n  input x: [32]\n"
-                              f"  x -> repeat({max(1, layers // 256)}, Level7(32))\n}}\n")
+                              f"  x -> repeat({layers // 256}, Level7(32))"
+                              f" -> repeat({layers % 256 // 2}, Level0(32))\n}}\n")
 
 
 def models(layers: int) -> str:
