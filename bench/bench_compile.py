@@ -1,9 +1,13 @@
 """Compile time of `nnspec check` (parse + build + shape check) on generated specs of 10 to
-10,000 layers, in three styles people write:
+100,000 layers, in the shapes people write:
 
   chain       one long pipeline: x -> dense(64) -> relu -> layernorm -> ...
   statements  one named step per line: h12 = h11 -> relu
   repeat      residual blocks expanded from `repeat(n, Residual(64))` (5 layers each)
+  nested      blocks eight deep, each level applying the one below twice, repeated
+  models      many small models in one file (4 layers each), all built by `check`
+  long_fn     a fn whose body is one long sum (`x * 1.0 + x * 2.0 + ...`)
+  concat      one `concat` of thousands of named branches
 
 Prints the machine (CPU model, cores, Python, load), the median wall time
 (time.perf_counter) of a few runs, the CPU time of the same runs (time.process_time: what
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,7 +68,41 @@ model Deep {{
 """
 
 
-STYLES = {"chain": chain, "statements": statements, "repeat": repeat}
+def nested(layers: int) -> str:
+    """Blocks eight deep, each level applying the one below twice (256 layers per copy of
+    the top block), repeated to the size; the remainder as copies of the 2-layer leaf."""
+    levels = ["block Level0(d) {\n  input x: [d]\n  x -> dense(d) -> relu\n}\n"]
+    for level in range(1, 8):
+        levels.append(f"block Level{level}(d) {{\n  input x: [d]\n"
+                      f"  x -> Level{level - 1}(d) -> Level{level - 1}(d)\n}}\n")
+    return "".join(levels) + (f"model Nested {{\n  input x: [32]\n"
+                              f"  x -> repeat({layers // 256}, Level7(32))"
+                              f" -> repeat({layers % 256 // 2}, Level0(32))\n}}\n")
+
+
+def models(layers: int) -> str:
+    """Many small models in one file (4 layers each), every one built by `check`."""
+    return "".join(f"model M{i} {{\n  input x: [16]\n  x -> dense(16) -> relu -> dense(4)"
+                   " -> softmax\n}\n" for i in range(max(1, layers // 4)))
+
+
+def long_fn(layers: int) -> str:
+    """A fn whose body is one long expression (3 layers a term: a scalar, `*`, `+`), used
+    once: a sum nests one level per term."""
+    terms = " + ".join(f"x * {i + 1}.0" for i in range(max(1, layers // 3)))
+    return f"fn Mix(x) {{\n  {terms}\n}}\n\nmodel Long {{\n  input x: [64]\n  x -> Mix\n}}\n"
+
+
+def wide_concat(layers: int) -> str:
+    """One `concat` of many branches, each its own named step."""
+    count = max(1, layers // 2)
+    lines = [f"  b{i} = x -> dense(4)" for i in range(count)]
+    names = ", ".join(f"b{i}" for i in range(count))
+    return "model Wide {\n  input x: [8]\n" + "\n".join(lines) + f"\n  concat({names})\n}}\n"
+
+
+STYLES = {"chain": chain, "statements": statements, "repeat": repeat, "nested": nested,
+          "models": models, "long_fn": long_fn, "concat": wide_concat}
 
 
 def measure(text: str, runs: int) -> tuple[float, float]:
@@ -88,15 +127,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def command_seconds(args: list[str], runs: int = 5) -> float:
-    """Median wall seconds of `nnspec ARGS` in a fresh process (imports included)."""
-    times = []
+def command_seconds(args: list[str], runs: int = 5) -> tuple[float, float]:
+    """Median wall and CPU seconds of `nnspec ARGS` in a fresh process (imports included),
+    with compiled bytecode as an installed package has it: PYTHONDONTWRITEBYTECODE would
+    make every run compile each module from source (0.1 s more), so it is unset and a
+    first run writes the bytecode."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    command = [sys.executable, "-m", "nnspec.cli", *args]
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    wall, cpu = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "nnspec.cli", *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        subprocess.run(command, check=True, env=env, capture_output=True)
+        wall.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> int:
@@ -133,8 +180,9 @@ def main() -> int:
                                 0.2),
                                ("`nnspec summary` of a Llama-2-7B-sized model", LLAMA_SIZED,
                                 0.5)):
-        seconds = command_seconds(args)
-        print(f"{what}: {seconds * 1e3:.0f} ms (target < {target * 1e3:.0f} ms)")
+        seconds, cpu = command_seconds(args)
+        print(f"{what}: {seconds * 1e3:.0f} ms wall, {cpu * 1e3:.0f} ms cpu "
+              f"(target < {target * 1e3:.0f} ms)")
         if seconds >= target:
             failures.append(f"{what} took {seconds:.2f} s (target < {target} s)")
     for failure in failures:

@@ -10,6 +10,7 @@ them reads a file twice.
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,17 +100,20 @@ def analyze_file(path: str | Path, model: str | None = None,
 
 def analyze(text: str, path: str = "<string>", model: str | None = None,
             overrides: Mapping[str, Any] | None = None, *,
-            every_model: bool = False, max_layers: int = MAX_LAYERS) -> Analysis:
+            every_model: bool = False, max_layers: int = MAX_LAYERS,
+            reuse: ModelCache | None = None) -> Analysis:
     """Parse `text` and build one model (`model`, else the trained one, else the last) with
     `overrides` replacing its hyperparameters, or with `every_model` all of them (what
     `nnspec check` and editors want). A model may have at most `max_layers` nodes after
-    `repeat`s and blocks are expanded (E401). Never raises for a mistake in the spec."""
+    `repeat`s and blocks are expanded (E401). `reuse` keeps what each model built between
+    calls (an editor's document), so a model whose text and dependencies did not change is
+    not built again. Never raises for a mistake in the spec."""
     if every_model and model is not None:
         raise ValueError("analyze: give `model` or `every_model`, not both")
     overrides = dict(overrides or {})
     try:
         with _no_collector_pauses():
-            return _analyze(text, path, model, overrides, every_model, max_layers)
+            return _analyze(text, path, model, overrides, every_model, max_layers, reuse)
     except RecursionError:
         return Analysis(None, {}, {}, (_too_deep(path),), model, overrides)
 
@@ -126,7 +130,8 @@ def evaluate_value(text: str, path: str = "<value>"):
 
 
 def _analyze(text: str, path: str, model: str | None, overrides: dict[str, Any],
-             every_model: bool, max_layers: int) -> Analysis:
+             every_model: bool, max_layers: int, reuse: ModelCache | None = None
+             ) -> Analysis:
     try:
         program = parse(text, path)
     except SpecError as err:
@@ -151,19 +156,103 @@ def _analyze(text: str, path: str, model: str | None, overrides: dict[str, Any],
         sections.setdefault(section.model, []).append(section)
     graphs: dict[str, Graph] = {}
     trains: dict[str, TrainConfig] = {}
+    keys = reuse.keys(program, (path, max_layers, tuple(sorted(overrides.items())))) \
+        if reuse is not None else {}
     for definition in wanted:
         if builder.defs.get(definition.name) is not definition:
             continue  # a second `model Net` or a model named like an op: already reported
-        try:
-            graph = builder.build_model(definition.name,
-                                        _known_overrides(builder, definition, overrides))
+        key = keys.get(definition.name)
+        built = reuse.get(key) if reuse is not None else None
+        if built is None:
+            built = _build(builder, definition, sections.get(definition.name, ()), overrides)
+            if reuse is not None:
+                reuse.put(key, built)
+        graph, train, diagnostics = built
+        builder.diagnostics.extend(diagnostics)
+        if graph is not None:
             graphs[definition.name] = graph
-            for section in sections.get(definition.name, ()):
-                trains[definition.name] = build_train(builder, section, graph)
-        except DiagnosticError as err:
-            builder.diagnostics.append(err.diagnostic)
+        if train is not None:
+            trains[definition.name] = train
+    if reuse is not None:
+        reuse.forget_unused()
     return Analysis(program, MappingProxyType(graphs), MappingProxyType(trains),
                     _sorted(builder.diagnostics), model, overrides)
+
+
+def _build(builder: Builder, definition: ast.Definition, sections, overrides: dict[str, Any]
+           ) -> tuple[Graph | None, TrainConfig | None, tuple[Diagnostic, ...]]:
+    """One model and its train section built, with the diagnostics that building gave."""
+    outer, builder.diagnostics = builder.diagnostics, []
+    graph = train = None
+    try:
+        graph = builder.build_model(definition.name,
+                                    _known_overrides(builder, definition, overrides))
+        for section in sections:
+            train = build_train(builder, section, graph)
+    except DiagnosticError as err:
+        builder.diagnostics.append(err.diagnostic)
+    finally:
+        made, builder.diagnostics = tuple(builder.diagnostics), outer
+    return graph, train, made
+
+
+class ModelCache:
+    """What each model of one document built, keyed by the text it was built from: the
+    model's own text and place, its train sections', and those of every block, fn and
+    constant it names (directly or through them), with every top-level name (hints suggest
+    them) and the options. An edit inside one definition rebuilds only the models that
+    use it; entries the latest analysis did not use are dropped, so the cache holds one
+    version of the document."""
+
+    def __init__(self):
+        self.entries: dict[tuple, tuple] = {}
+        self.used: set[tuple] = set()
+        self.hits = 0  # models reused, for tests and curious editors
+
+    def keys(self, program: ast.Program, options: tuple) -> dict[str, tuple]:
+        source = program.source
+        texts = {}
+        names: dict[str, list] = {}
+        for item in program.items:
+            name = item.model if isinstance(item, ast.Train) else item.name
+            text = "\n".join(source.lines[item.span.line - 1:item.span.end_line])
+            texts[id(item)] = (type(item).__name__, item.span.line, item.span.col, text)
+            names.setdefault(name, []).append(item)
+        everything = tuple((type(i).__name__, getattr(i, "kind", ""), i.model if isinstance(
+            i, ast.Train) else i.name) for i in program.items)
+        keys = {}
+        for model in program.definitions("model"):
+            parts = [texts[id(i)] for i in names[model.name]]  # the model and its trains
+            seen, todo = {model.name}, [texts[id(i)][3] for i in names[model.name]]
+            while todo:
+                for word in _WORD.findall(todo.pop()):
+                    if word in names and word not in seen:
+                        seen.add(word)
+                        for item in names[word]:
+                            if not (isinstance(item, ast.Definition) and item.kind == "model"):
+                                parts.append(texts[id(item)])
+                                todo.append(texts[id(item)][3])
+            keys[model.name] = (model.name, options, everything, tuple(sorted(parts)))
+        return keys
+
+    def get(self, key: tuple | None):
+        found = self.entries.get(key)
+        if found is not None:
+            self.used.add(key)
+            self.hits += 1
+        return found
+
+    def put(self, key: tuple | None, built: tuple):
+        if key is not None:
+            self.entries[key] = built
+            self.used.add(key)
+
+    def forget_unused(self):
+        self.entries = {k: v for k, v in self.entries.items() if k in self.used}
+        self.used = set()
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _known_overrides(builder: Builder, definition: ast.Definition,

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import nnspec
 from nnspec.cli import main
 from nnspec.diagnostics import SpecError
-from nnspec.frontend import analyze, analyze_file, evaluate_value
+from nnspec.frontend import ModelCache, analyze, analyze_file, evaluate_value
 from nnspec.spec import check_text, load_text
 from nnspec.syntax import MAX_INT, parse, parse_value
 
@@ -288,6 +288,66 @@ def test_checking_many_models_is_linear():
     for run in (lambda t: check_text(t, "m.nn"), lambda t: check_text(t + broken, "m.nn")):
         ratio = min(cpu(run, large) for _ in range(2)) / min(cpu(run, small) for _ in range(3))
         assert ratio < 35, ratio
+
+
+def test_a_long_flat_sum_compiles_in_a_fn_and_a_model():
+    """A sum of 3,000 terms nests 3,000 left operands deep; the evaluator and the layer
+    estimate walk it as a list, so it builds (it was E004 from 350 terms on), its layer
+    count is exact and its first bad term is still located."""
+    terms = " + ".join(f"x * {i + 1}.0" for i in range(3000))
+    text = (f"fn Mix(x) {{\n  {terms}\n}}\n"
+            "model M {\n  input x: [8]\n  x -> Mix -> dense(2)\n}\n")
+    graph = analyze(text, "sum.nn").graph
+    assert graph is not None
+    assert sum(n.op == "add" for n in graph.nodes) == 2999
+    broken = text.replace("x * 1500.0", "x * dense(4)")
+    (error,) = analyze(broken, "sum.nn").errors
+    assert error.code == "E135" and error.span.line == 2  # a layer, not a value
+
+
+def _built(analysis):
+    return (analysis.diagnostics, sorted(analysis.trains),
+            {name: [(n.name, n.op, n.type, n.span) for n in graph.nodes]
+             for name, graph in analysis.graphs.items()})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "specs").glob("*.nn")), ids=lambda p: p.name)
+def test_reanalysing_after_a_one_line_edit_reuses_and_equals_a_fresh_check(path: Path):
+    """What an editor does on each keystroke: one line of the spec changes (a number, a
+    comment, a mistake), and the analysis reusing the unchanged models must give exactly
+    what a fresh one gives, within 50 ms of CPU (a generous bound: ~3-20 ms measured)."""
+    text = path.read_text(encoding="utf-8")
+    cache = ModelCache()
+    analyze(text, str(path), every_model=True, reuse=cache)
+    lines = text.split("\n")
+    for index in sorted({len(lines) // 3, len(lines) // 2, 2 * len(lines) // 3}):
+        line = lines[index]
+        for edit in (line + "  # edited", line.replace("4", "5", 1), line + " ->"):
+            edited = "\n".join([*lines[:index], edit, *lines[index + 1:]])
+            start = time.process_time()
+            reused = analyze(edited, str(path), every_model=True, reuse=cache)
+            seconds = time.process_time() - start
+            assert _built(reused) == _built(analyze(edited, str(path), every_model=True))
+            assert seconds < 0.05, (edit, seconds)
+
+
+def test_an_edit_in_one_model_reuses_the_other_and_a_block_edit_rebuilds_its_users():
+    cache = ModelCache()
+    first = analyze(TWO_MODELS, "two.nn", every_model=True, reuse=cache)
+    names = sorted(first.graphs)
+    assert len(names) == 2
+    last = first.program.definitions("model")[-1]
+    line = last.span.end_line - 2  # a line of the last model's body (0-based: the one before)
+    lines = TWO_MODELS.split("\n")
+    lines[line] += "  # edited"
+    second = analyze("\n".join(lines), "two.nn", every_model=True, reuse=cache)
+    untouched = [n for n in names if n != last.name]
+    assert all(second.graphs[n] is first.graphs[n] for n in untouched)
+    assert second.graphs[last.name] is not first.graphs[last.name]
+    block_edit = TWO_MODELS.replace("scale = 2", "scale = 3")
+    third = analyze(block_edit, "two.nn", every_model=True, reuse=cache)
+    assert _built(third) == _built(analyze(block_edit, "two.nn", every_model=True))
+    assert all(third.graphs[n] is not second.graphs[n] for n in names)  # both use `Mix`
 
 
 def test_a_planted_pickle_in_the_cache_directory_never_runs(tmp_path: Path):

@@ -92,13 +92,17 @@ class LayerFloor:
                 return env[expr.id]
             return _plain(self.consts.get(expr.id, UNKNOWN))
         if isinstance(expr, ast.BinOp) and expr.op not in ("and", "or"):
-            left, right = self.value(expr.left, env), self.value(expr.right, env)
-            if left is UNKNOWN or right is UNKNOWN:
-                return UNKNOWN
-            try:
-                return combine(expr.op, left, right, expr.span)
-            except DiagnosticError:
-                return UNKNOWN
+            chain = ast.operator_chain(expr)
+            value = self.value(chain[0].left, env)
+            for link in chain:
+                right = self.value(link.right, env)
+                if value is UNKNOWN or right is UNKNOWN:
+                    return UNKNOWN
+                try:
+                    value = combine(link.op, value, right, link.span)
+                except DiagnosticError:
+                    return UNKNOWN
+            return value
         if isinstance(expr, ast.Unary) and expr.op == "-":
             operand = self.value(expr.operand, env)
             return -operand if is_number(operand) else UNKNOWN
@@ -149,11 +153,17 @@ class _Body:
             if not is_tensor:  # a composition of layers, built where it is applied
                 return layers, False
             return layers + sum(self.stage(s.layer) for s in expr.stages), True
+        if isinstance(expr, ast.BinOp) and expr.op not in ("and", "or"):
+            chain = ast.operator_chain(expr)
+            layers, tensor = self.expr(chain[0].left)
+            for link in chain:
+                right, right_tensor = self.expr(link.right)
+                tensor = tensor or right_tensor
+                layers += right + tensor
+            return layers, tensor
         if isinstance(expr, ast.BinOp):
-            left, left_tensor = self.expr(expr.left)
-            right, right_tensor = self.expr(expr.right)
-            tensor = (left_tensor or right_tensor) and expr.op not in ("and", "or")
-            return left + right + tensor, tensor
+            left, _ = self.expr(expr.left)
+            return left + self.expr(expr.right)[0], False
         if isinstance(expr, ast.Unary):
             layers, is_tensor = self.expr(expr.operand)
             tensor = is_tensor and expr.op == "-"

@@ -1,5 +1,6 @@
-"""Evaluating definitions' bodies: expressions to values, and layers applied to tensors,
-which expands blocks, repeats and fns into nodes of a graph with hierarchical names.
+"""Evaluating definitions' bodies: statements and expressions to values (numbers, tensors,
+layers); applying a layer, which expands blocks, repeats and fns into nodes of a graph with
+hierarchical names, is the other half of the `Evaluator`, in application.py.
 
 Hyperparameters are evaluated here (they may be arithmetic on other hyperparameters), so
 the evaluator is also the type checker: each layer's shape rule runs as its node is made.
@@ -16,12 +17,11 @@ from typing import Any
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span
 from nnspec.ir import ops
+from nnspec.ir.application import Application
 from nnspec.ir.arithmetic import BUILTIN_FUNCS, call_builtin, combine
-from nnspec.ir.attrs import bind_params
 from nnspec.ir.definitions import find_recursion, index_definitions
 from nnspec.ir.estimate import LayerFloor
-from nnspec.ir.frames import Frame, constant_frame, snake
-from nnspec.ir.graph import Scope
+from nnspec.ir.frames import Frame, constant_frame
 from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.indexing import (
     SPLITS,
@@ -37,12 +37,11 @@ from nnspec.ir.suggest import unknown_name_hint
 from nnspec.ir.values import POISON, Layer, Tensor, Tensors, describe, source_text
 from nnspec.syntax import ast
 
-MAX_NESTING = 64  # blocks and fns inside one another; deeper is a mistake, not a network
 _TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow", "<": "lt",
                "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne", "@": "matmul"}
 
 
-class Evaluator:
+class Evaluator(Application):
     """A program's definitions and constants, and the diagnostics of evaluating them."""
 
     def __init__(self, program: ast.Program, max_layers: int = MAX_LAYERS):
@@ -51,6 +50,7 @@ class Evaluator:
         self.defs, self.diagnostics = index_definitions(program)
         self.consts: dict[str, Any] = {}
         self.call_stack: list[tuple[str, Span]] = []
+        self.input_counts: dict[str, int] = {}  # block name -> its inputs (its arity)
         frame = constant_frame()
         for item in program.consts:
             value = self.guard(lambda item=item: self.eval_value(item.value, frame))
@@ -129,8 +129,7 @@ class Evaluator:
     # ---- expressions --------------------------------------------------------------------
 
     def eval(self, expr, frame: Frame):
-        method = getattr(self, f"eval_{type(expr).__name__}")
-        return method(expr, frame)
+        return _EVAL[type(expr)](self, expr, frame)
 
     def eval_value(self, expr, frame: Frame):
         """A plain value (a number, string, list...): E134 for a tensor or a layer. (Nested
@@ -199,7 +198,14 @@ class Evaluator:
             if expr.op == "and":
                 return left and self.value(self.eval(expr.right, frame), expr.right)
             return left or self.value(self.eval(expr.right, frame), expr.right)
-        left = self.eval(expr.left, frame)
+        chain = ast.operator_chain(expr)
+        value = self.eval(chain[0].left, frame)
+        for link in chain:
+            value = self.binary(link, value, frame)
+        return value
+
+    def binary(self, expr: ast.BinOp, left, frame: Frame):
+        """`left op right` for one link of an operator chain, `left` already evaluated."""
         right = self.eval(expr.right, frame)
         if left is POISON or right is POISON:
             return POISON
@@ -324,8 +330,9 @@ class Evaluator:
                                       "only tensors to it", expr.span)
             layer = callee
         else:
-            layer = replace(callee, span=expr.span, args=tuple(args), kwargs=kwargs,
-                            arg_spans=tuple(a.span for a in arg_nodes[len(tensors):]))
+            layer = Layer(callee.kind, callee.name, expr.span, tuple(args),  # not replace():
+                          tuple(a.span for a in arg_nodes[len(tensors):]),  # 4x the cost
+                          kwargs, callee.parts, callee.count, callee.module, callee.numbered)
         low, high = self.arity(layer)
         room = piped and (high is None or len(tensors) < high)
         if tensors and len(tensors) >= low and not room:
@@ -344,7 +351,10 @@ class Evaluator:
         if layer.kind == "op":
             return ops.lookup(layer.name).arity
         if layer.kind == "block":
-            n = sum(isinstance(s, ast.Input) for s in self.defs[layer.name].body)
+            n = self.input_counts.get(layer.name)
+            if n is None:
+                n = self.input_counts[layer.name] = sum(
+                    isinstance(s, ast.Input) for s in self.defs[layer.name].body)
             return (n, n)
         return (1, None)
 
@@ -426,177 +436,6 @@ class Evaluator:
                             self.report)
         return self.tensor(value, expr, frame)
 
-    # ---- applying layers ----------------------------------------------------------------
-
-    def apply(self, layer: Layer, inputs: list, frame: Frame, label: str | None, span: Span,
-              named: bool = True):
-        """`layer` applied to `inputs`; `label` names its node or scope (`as enc`, or made
-        up by the caller when `named` is false: a repeat's `3`)."""
-        tensors = list(inputs) + [a for a in layer.args if isinstance(a, Tensor)]
-        values = [a for a in layer.args if not isinstance(a, Tensor)]
-        if any(t is POISON for t in tensors):
-            return POISON
-        if label is not None:
-            self.claim(label, frame, span)
-        if layer.kind == "op":
-            out = apply_op(layer.name, tensors, {k: v for k, v, _ in layer.kwargs}, span, frame,
-                           self.report, label, layer, values, named)
-            if label is not None and layer.module is None:
-                frame.vars[label] = replace(layer, module=frame.qualify(label))
-            return out
-        if layer.kind == "seq" and layer.numbered:
-            return self.apply_numbered(layer, tensors[0], frame, label, span)
-        if layer.kind == "seq":
-            path = frame.qualify(label) if label else None
-            inner = Frame(path, frame.vars, frame.kind, frame.graph) if path else frame
-            current = tensors[0]
-            for part in layer.parts:
-                if current is POISON:
-                    return POISON
-                current = self.apply(part, [current], inner, None, part.span or span)
-            return current
-        named = label is not None and named
-        if layer.kind == "repeat":
-            return self.apply_repeat(layer, tensors, frame, label, named, span)
-        return self.apply_definition(layer, tensors, values, frame, label, named, span)
-
-    def claim(self, local: str, frame: Frame, span: Span):
-        clash = frame.clash(local)
-        if clash == local:
-            raise DiagnosticError("E123", f"the name `{local}` is already used here", span,
-                                  "pick another name after `as`")
-        if clash is not None:
-            raise DiagnosticError("E124", f"the name `{local}` clashes with `{clash}` used "
-                                  "here: one layer's name cannot also hold other layers",
-                                  span, "pick another name after `as`")
-        frame.take(local)
-
-    def apply_numbered(self, layer: Layer, current, frame: Frame, label: str | None, span):
-        """A `seq`'s layers named 0, 1, 2... under its label; without one, in the enclosing
-        scope itself (a block whose body is a `seq` is an nn.Sequential)."""
-        inner = frame
-        if label:
-            inner = Frame(frame.qualify(label), frame.vars, frame.kind, frame.graph)
-            frame.graph.add_scope(Scope(inner.path, "block", "seq", span, named=True))
-        for index, part in enumerate(layer.parts):
-            if current is POISON:
-                return POISON
-            current = self.apply(part, [current], inner, str(index), part.span or span)
-        return current
-
-    def apply_repeat(self, layer: Layer, tensors, frame: Frame, label: str | None, named: bool,
-                     span):
-        if layer.count == 0:
-            return tensors[0]  # the identity, as an empty nn.Sequential
-        local = label or frame.fresh("repeat")
-        frame.used.add(local)
-        path = frame.qualify(local)
-        frame.graph.add_scope(Scope(path, "repeat", "repeat", span, layer.count, named=named))
-        inner = frame.inner(path, "repeat")
-        graph = frame.graph
-        graph.check_repeat(layer.count, max(1, self.floor.of_layer(layer.parts[0])), span)
-        current = tensors[0]
-        for i in range(layer.count):
-            if current is POISON:
-                return POISON
-            before = len(graph.nodes)
-            current = self.apply(layer.parts[0], [current], inner, str(i), span, named=False)
-            if i == 0:
-                graph.check_repeat(layer.count, len(graph.nodes) - before, span)
-        return current
-
-    def apply_definition(self, layer: Layer, tensors, values, frame: Frame, label: str | None,
-                         named: bool, span):
-        if layer.name in self.recursive:
-            return POISON  # E155 was reported with the definitions
-        definition = self.defs[layer.name]
-        if definition.kind == "fn" and not tensors:
-            raise DiagnosticError("E154", f"`{layer.name}` needs a tensor argument", span)
-        self.call_stack.append((layer.name, span))
-        try:
-            if len(self.call_stack) > MAX_NESTING:
-                raise DiagnosticError("E157", f"blocks and fns are nested {len(self.call_stack)} "
-                                      f"deep here; the limit is {MAX_NESTING}", span,
-                                      "merge some levels, or use `repeat` for a stack of "
-                                      "identical layers")
-            local = label or frame.fresh(snake(layer.name) if definition.kind == "block"
-                                         else layer.name)
-            frame.used.add(local)
-            path = frame.qualify(local)
-            frame.graph.add_scope(Scope(path, definition.kind, layer.name, span, named=named))
-            inner = frame.inner(path, definition.kind)
-            if definition.kind == "block":
-                return self.run_body(definition, layer, tensors, values, inner, span)
-            return self.run_body(definition, layer, [], list(tensors) + list(values), inner, span)
-        finally:
-            self.call_stack.pop()
-
-    def run_body(self, definition: ast.Definition, layer: Layer, tensors, values, frame: Frame,
-                 span):
-        keywords = {k: v for k, v, _ in layer.kwargs}
-        spans = {k: s for k, _, s in layer.kwargs}
-        inputs = [s for s in definition.body if isinstance(s, ast.Input)]
-        if definition.kind == "block" and len(tensors) != len(inputs):
-            raise DiagnosticError("E147", f"block `{definition.name}` takes {len(inputs)} input(s) "
-                                  f"but gets {len(tensors)}", span,
-                                  notes=(Note(definition.name_span, "defined here"),))
-        bound = bind_params(definition, values, keywords, frame.vars,
-                            lambda expr: self.eval_value(expr, frame), span, spans)
-        frame.graph.check_room(self.floor.of_definition(definition, bound),
-                               f"`{definition.name}`", span)
-        for stmt, tensor in zip(inputs, tensors):
-            self.bind_input(stmt, tensor, frame, span)
-        names = [(s.name, t.node) for s, t in zip(inputs, tensors)]
-        names += [(k, v.node) for k, v in bound.items() if isinstance(v, Tensor)]
-        values = tuple((k, v) for k, v in bound.items() if not isinstance(v, (Tensor, Layer)))
-        frame.graph.bind_scope(frame.path, tuple(names), values)
-        result = POISON
-        outputs = 0
-        for stmt in definition.body:
-            if isinstance(stmt, ast.Input):
-                continue
-            value = self.statement(stmt, frame)
-            if isinstance(stmt, ast.Output):
-                result, outputs = value, outputs + 1
-        if outputs == 0:
-            raise DiagnosticError("E110", f"`{definition.name}` has no output", span,
-                                  "end its body with the expression to return",
-                                  (Note(definition.name_span, "defined here"),))
-        return result
-
-    def bind_input(self, stmt: ast.Input, tensor: Tensor, frame: Frame, span: Span):
-        """Match a block's `input x: [T, d]` against the incoming shape, binding new names."""
-        frame.vars[stmt.name] = tensor
-        if stmt.type is None or tensor.type is None:
-            return
-        actual = tensor.type
-        declared = stmt.type
-        shown = source_text(declared.span)
-        note = Note(stmt.span, f"`{stmt.name}` is declared as {shown} here")
-        came = Note(tensor.span, f"the input comes from {tensor.origin}, which gives {actual}")
-        if (declared.dtype == "int") != (actual.dtype == "int64"):
-            raise DiagnosticError("E303", f"`{stmt.name}` expects {shown} but gets {actual}",
-                                  span, notes=(note, came))
-        if len(declared.dims) != actual.rank:
-            raise DiagnosticError("E302", f"`{stmt.name}` expects {shown} but gets {actual}",
-                                  span, notes=(note, came))
-        for dim_expr, dim in zip(declared.dims, actual.shape):
-            if isinstance(dim_expr, ast.Name) and self.lookup_optional(dim_expr.id, frame) is None:
-                frame.vars[dim_expr.id] = dim
-                continue
-            expected = self.value(self.eval(dim_expr, frame), dim_expr)
-            if expected != dim:
-                raise DiagnosticError("E301", f"`{stmt.name}` expects {shown} "
-                                      f"= {self.show_dims(declared, frame)} but gets {actual}",
-                                      span, notes=(note, came))
-
-    def show_dims(self, declared: ast.TensorTypeExpr, frame: Frame) -> str:
-        shown = []
-        for d in declared.dims:
-            value = self.guard(lambda d=d: self.eval_value(d, frame), None)
-            shown.append(str(value) if value is not None else source_text(d.span))
-        return "[" + ", ".join(shown) + "]"
-
 
 def _spliced(layer: Layer) -> list[Layer]:
     """The entries a layer gives a `seq`: a chain's and a repeat's layers one by one."""
@@ -613,3 +452,7 @@ def _entry_count(layer: Layer) -> int:
     if layer.kind == "repeat":
         return _entry_count(layer.parts[0]) * layer.count
     return 1
+
+
+_EVAL = {getattr(ast, name[5:]): method for name, method in vars(Evaluator).items()
+         if name.startswith("eval_") and hasattr(ast, name[5:])}  # ast type -> its method

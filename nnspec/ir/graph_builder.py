@@ -85,8 +85,10 @@ class GraphBuilder:
     def bind_scope(self, path: str, inputs: tuple[tuple[str, str], ...],
                    params: tuple[tuple[str, Any], ...]):
         """Record what a block or fn instance was given, once its arguments are bound."""
-        if path in self.scopes:
-            self.scopes[path] = replace(self.scopes[path], inputs=inputs, params=params)
+        scope = self.scopes.get(path)
+        if scope is not None:  # made anew: dataclasses.replace costs four times as much
+            self.scopes[path] = Scope(scope.path, scope.kind, scope.label, scope.span,
+                                      scope.count, inputs, params, scope.named)
 
     def scope_of(self, path: str) -> str:
         """The innermost scope that holds a node made under `path`."""

@@ -11,7 +11,7 @@ from nnspec.ir import ops
 from nnspec.ir.attrs import argument_spans, bind_attrs
 from nnspec.ir.frames import Frame
 from nnspec.ir.graph import Node
-from nnspec.ir.values import Layer, Tensor, Tensors, source_text
+from nnspec.ir.values import Layer, Tensor, Tensors
 
 
 def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame: Frame,
@@ -54,11 +54,10 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     input_names = tuple(t.node for t in tensors)
     in_types = [t.type for t in tensors]
     scope = graph.scope_of(frame.path)
-    origin = f"`{source_text(span)}`"
     if None in in_types:
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
-        return _results(opdef, None, attrs, Tensor(node_name, None, span, origin), frame)
+        return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
     try:
         out_type = opdef.infer(in_types, attrs)
     except ops.ShapeError as err:
@@ -67,7 +66,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         report(Diagnostic(err.code, err.message, span, err.hint, notes=notes))
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, error=err.message, named=named))
-        return _results(opdef, None, attrs, Tensor(node_name, None, span, origin), frame)
+        return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
     params = {}
     module_path = None
     if opdef.has_params:
@@ -81,7 +80,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, out_type, span,
                         module_path, params, scope, named=named))
     return _results(opdef, [t.type for t in tensors], attrs,
-                    Tensor(node_name, out_type, span, origin), frame)
+                    Tensor(node_name, out_type, span), frame)
 
 
 def _results(opdef: ops.OpDef, in_types, attrs, made: Tensor, frame: Frame) -> Tensor | Tensors:

@@ -16,14 +16,29 @@ from nnspec.diagnostics import Span
 from nnspec.ir.types import TensorType
 
 LayerKind = Literal["op", "seq", "repeat", "block", "fn"]
+_set = object.__setattr__  # what a frozen dataclass's own __init__ calls once per field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Tensor:
+    """A node's output as an expression's value."""
+
     node: str
     type: TensorType | None  # None: its layer failed; errors were already reported
     span: Span | None
-    origin: str  # how to name the producer in messages, e.g. "`dense(64)`"
+    producer: str | None = None  # how messages name what made it; None: the text at `span`
+
+    def __init__(self, node: str, type: TensorType | None, span: Span | None,
+                 producer: str | None = None):
+        # One per node and one Layer per stage: fields set in one step (see Span).
+        _set(self, "__dict__", {"node": node, "type": type, "span": span,
+                                "producer": producer})
+
+    @property
+    def origin(self) -> str:
+        """The producer as messages name it, e.g. "`dense(64)`" (quoted only when a message
+        needs it: most tensors are never in one)."""
+        return self.producer if self.producer is not None else f"`{source_text(self.span)}`"
 
 
 @dataclass(frozen=True)
@@ -35,8 +50,11 @@ class Tensors:
     span: Span | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Layer:
+    """Something applicable to tensors: an op with its arguments, a block, a fn, a repeat
+    or a composition."""
+
     kind: LayerKind
     name: str  # op or definition name ("pipeline" for a seq, "repeat" for a repeat)
     span: Span | None
@@ -47,6 +65,13 @@ class Layer:
     count: int = 1
     module: str | None = None  # set when bound to a name: applications share weights
     numbered: bool = False  # a `seq(...)`: its parts are named 0, 1, 2... like nn.Sequential
+
+    def __init__(self, kind: LayerKind, name: str, span: Span | None, args: tuple = (),
+                 arg_spans: tuple = (), kwargs: tuple = (), parts: tuple = (),
+                 count: int = 1, module: str | None = None, numbered: bool = False):
+        _set(self, "__dict__", {"kind": kind, "name": name, "span": span, "args": args,
+                                "arg_spans": arg_spans, "kwargs": kwargs, "parts": parts,
+                                "count": count, "module": module, "numbered": numbered})
 
 
 class _Poison:

@@ -12,7 +12,7 @@ from pygls.lsp.server import LanguageServer
 
 from nnspec import __version__
 from nnspec.diagnostics import Diagnostic, Span, SpecError
-from nnspec.frontend import Analysis, analyze
+from nnspec.frontend import Analysis, ModelCache, analyze
 from nnspec.lsp import queries
 
 _SEVERITY = {"error": types.DiagnosticSeverity.Error,
@@ -25,15 +25,18 @@ _KINDS = {"op": types.CompletionItemKind.Function, "block": types.CompletionItem
 
 
 class SpecServer(LanguageServer):
-    """Keeps the latest analysis of each open document (one `analyze` per edit)."""
+    """Keeps the latest analysis of each open document (one `analyze` per edit, reusing
+    the models whose text and dependencies the edit did not touch)."""
 
     def __init__(self):
         super().__init__("nnspec", __version__)
         self.analyses: dict[str, Analysis] = {}
+        self.caches: dict[str, ModelCache] = {}
 
     def refresh(self, uri: str) -> None:
         document = self.workspace.get_text_document(uri)
-        analysis = analyze(document.source, _path(uri), every_model=True)
+        analysis = analyze(document.source, _path(uri), every_model=True,
+                           reuse=self.caches.setdefault(uri, ModelCache()))
         self.analyses[uri] = analysis
         self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
             uri=uri, version=document.version,
@@ -59,6 +62,7 @@ def make_server() -> SpecServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: SpecServer, params: types.DidCloseTextDocumentParams):
         ls.analyses.pop(params.text_document.uri, None)
+        ls.caches.pop(params.text_document.uri, None)
         ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
             uri=params.text_document.uri, diagnostics=[]))
 

@@ -9,6 +9,9 @@ from nnspec.diagnostics import Source, Span
 
 @dataclass(frozen=True)
 class Node:
+    """What every AST node has: the span of its text. (A docstring on each class spares
+    `dataclass` an `inspect.signature` call to make one: a tenth of `nnspec check`'s start.)"""
+
     span: Span = field(repr=False, compare=False)
 
 
@@ -17,16 +20,22 @@ class Node:
 
 @dataclass(frozen=True)
 class Name(Node):
+    """A name read in an expression: `x`, `hidden`, `relu`."""
+
     id: str
 
 
 @dataclass(frozen=True)
 class Number(Node):
+    """An integer or float literal."""
+
     value: int | float
 
 
 @dataclass(frozen=True)
 class String(Node):
+    """A string literal, its escapes already read."""
+
     value: str
 
 
@@ -39,17 +48,23 @@ class Constant(Node):
 
 @dataclass(frozen=True)
 class ListExpr(Node):
+    """`[a, b, c]`."""
+
     items: tuple[Expr, ...]
 
 
 @dataclass(frozen=True)
 class Kwarg(Node):
+    """`name = value` among a call's arguments."""
+
     name: str
     value: Expr
 
 
 @dataclass(frozen=True)
 class Call(Node):
+    """`func(args, name = value)`: an op, block or fn with its arguments."""
+
     func: str
     func_span: Span = field(repr=False, compare=False)
     args: tuple[Expr, ...] = ()
@@ -65,8 +80,21 @@ class BinOp(Node):
     right: Expr
 
 
+def operator_chain(expr: BinOp) -> list[BinOp]:
+    """`a + b - c` as the operators applied in order (`a + b`, then `- c`): the left operands
+    of a long sum nest one level per term, so passes walk this list instead of recursing
+    (a thousand-term expression must not exhaust Python's stack). `and`/`or` end a chain."""
+    chain = [expr]
+    while isinstance(chain[-1].left, BinOp) and chain[-1].left.op not in ("and", "or"):
+        chain.append(chain[-1].left)
+    chain.reverse()
+    return chain
+
+
 @dataclass(frozen=True)
 class Unary(Node):
+    """`-x` or `not x`."""
+
     op: str  # "-" or "not"
     operand: Expr
 
@@ -81,6 +109,8 @@ class Stage(Node):
 
 @dataclass(frozen=True)
 class Pipeline(Node):
+    """`head -> stage -> stage`: the head's value through each stage in order."""
+
     head: Expr
     stages: tuple[Stage, ...]
 
@@ -124,12 +154,16 @@ Expr = Name | Number | String | Constant | ListExpr | Call | BinOp | Unary | Pip
 
 @dataclass(frozen=True)
 class TensorTypeExpr(Node):
+    """`[T, d]` or `int[ctx]`: the declared per-sample shape of an input or param."""
+
     dtype: str  # "float" or "int"
     dims: tuple[Expr, ...]
 
 
 @dataclass(frozen=True)
 class Input(Node):
+    """`input x: [T, d]`: a tensor the model or block takes."""
+
     name: str
     type: TensorTypeExpr | None
     name_span: Span | None = field(default=None, repr=False, compare=False)
@@ -147,6 +181,8 @@ class ParamDecl(Node):
 
 @dataclass(frozen=True)
 class Assign(Node):
+    """`name = expr`."""
+
     name: str
     value: Expr
 
@@ -177,6 +213,8 @@ Stmt = Input | ParamDecl | Assign | Unpack | Output
 
 @dataclass(frozen=True)
 class Param(Node):
+    """A hyperparameter of a definition, `d` or `ff = 4 * d`, with its default."""
+
     name: str
     default: Expr | None
 
@@ -194,12 +232,16 @@ class Definition(Node):
 
 @dataclass(frozen=True)
 class Setting(Node):
+    """One line of a `train` section: `optimizer adam(lr = 1e-3)`."""
+
     key: str
     values: tuple[Expr, ...]
 
 
 @dataclass(frozen=True)
 class Train(Node):
+    """`train Model { ... }`: how to train one model."""
+
     model: str
     model_span: Span = field(repr=False, compare=False)
     settings: tuple[Setting, ...] = ()
@@ -207,12 +249,16 @@ class Train(Node):
 
 @dataclass(frozen=True)
 class Const(Node):
+    """`name = expr` at the top level: a constant every definition can read."""
+
     name: str
     value: Expr
 
 
 @dataclass(frozen=True)
 class Program:
+    """A whole spec: its definitions, train sections and constants in file order."""
+
     source: Source
     items: tuple[Definition | Train | Const, ...]
 

@@ -3,9 +3,10 @@ reductions call the AST builder directly, so no parse tree is ever made.
 
 Lark analyses the grammar; `python scripts/gen_grammar_tables.py` writes what it found to
 `grammar/nnspec.tables.json` (plain JSON: no pickle, no cache), and running needs only that
-file, not Lark. The file records the grammar's hash: when it differs (an edited grammar) the
-grammar is analysed with Lark instead, so the grammar file stays the single source of the
-syntax. A test keeps the shipped file current.
+file, not Lark. The file records the grammar it was made from (compared as text: no hash
+library to import at start-up): when it differs (an edited grammar) the grammar is analysed
+with Lark instead, so the grammar file stays the single source of the syntax. A test keeps
+the shipped file current.
 
 Each rule of the grammar is reduced the way Lark would shape its tree (tokens written as
 "quoted strings" dropped, `_rule`s spliced into their parent, `?rule`s with one child
@@ -18,18 +19,18 @@ parentheses counts its parentheses, a bare token does not.
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 import re
-from importlib import resources
+from pathlib import Path
 
 from nnspec.diagnostics import Source, Span
 from nnspec.syntax.lexing import Lexeme, statement_newlines
 
 GRAMMAR = "grammar/nnspec.lark"
 TABLES = "grammar/nnspec.tables.json"
-FORMAT = 2  # of the tables file; a file in another format is not used
+FORMAT = 3  # of the tables file; a file in another format is not used
+PACKAGE = Path(__file__).resolve().parent.parent  # the installed `nnspec` directory
 STARTS = ("start", "value")  # `start` parses a file; `value` one expression (`--set d=64`)
 END = "$END"
 _BAD_CHAR = "BAD_CHAR_"  # the lexer's last alternative: a character no terminal starts with
@@ -124,8 +125,6 @@ class Tables:
         self.rules = [Reduction(*rule) for rule in data["rules"]]
         self.units: dict[tuple[int, int, str], int] = {}  # memo of `_after_units`
         bad = rf"(?P<{_BAD_CHAR}>[\s\S])"
-        every = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals]
-        self.every_token = re.compile("|".join([*every, bad]))
         # What the parser reads: ignored text (spaces, comments) is skipped before each token
         # rather than found as a token of its own; at the end only ignored text remains.
         ignored = "|".join(regexp for name, regexp in self.terminals if name in self.ignore)
@@ -133,6 +132,13 @@ class Tables:
                 if name not in self.ignore]
         self.next_token = re.compile(f"(?:{ignored})*(?:" + "|".join(
             [*kept, rf"(?P<{_AT_END}>\Z)", bad]) + ")")
+
+    @functools.cached_property
+    def every_token(self) -> re.Pattern:
+        """Every token, spaces and comments too: for the formatter, so compiled on first use
+        (`check` never needs it)."""
+        every = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals]
+        return re.compile("|".join([*every, rf"(?P<{_BAD_CHAR}>[\s\S])"]))
 
     def callbacks(self) -> set[str]:
         """The builder methods the rules call."""
@@ -233,26 +239,21 @@ _END = Lexeme(END, "", 0, 1, 1, 1, 1)  # after the last token (messages do not s
 
 
 def grammar_text() -> str:
-    return resources.files("nnspec").joinpath(GRAMMAR).read_text(encoding="utf-8")
+    return (PACKAGE / GRAMMAR).read_text(encoding="utf-8")
 
 
 @functools.cache
 def tables() -> Tables:
     grammar = grammar_text()
     shipped = _shipped_tables()
-    if shipped is None or shipped.get("grammar_sha256") != _sha256(grammar) \
-            or shipped.get("format") != FORMAT:
+    if shipped is None or shipped.get("grammar") != grammar or shipped.get("format") != FORMAT:
         shipped = build_tables(grammar)
     return Tables(shipped)
 
 
-def _sha256(grammar: str) -> str:
-    return hashlib.sha256(grammar.encode("utf-8")).hexdigest()
-
-
 def _shipped_tables() -> dict | None:
     try:
-        return json.loads(resources.files("nnspec").joinpath(TABLES).read_text(encoding="utf-8"))
+        return json.loads((PACKAGE / TABLES).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -279,7 +280,7 @@ def build_tables(grammar: str) -> dict:
     states = [{names[token]: (arg if action == 0 else ~rule_ids[arg["@"]])
                for token, (action, arg) in table["states"][state].items()}
               for state in range(len(table["states"]))]
-    return {"grammar_sha256": _sha256(grammar), "format": FORMAT,
+    return {"grammar": grammar, "format": FORMAT,
             **_lexer_tables(terminals, lexer_conf["ignore"]),
             "states": states, "start_states": table["start_states"],
             "end_states": table["end_states"],
