@@ -14,6 +14,7 @@ from nnspec.cli_common import (
     load_or_exit,
     parse_overrides,
 )
+from nnspec.cli_weights import fine_tuning_options, with_fine_tuning
 from nnspec.diagnostics import SpecError
 
 
@@ -49,11 +50,13 @@ from nnspec.diagnostics import SpecError
 @click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None,
               help="numpy: the built-in interpreter [default]; torch: the generated PyTorch "
               "module, in this process (needs torch).")
+@fine_tuning_options
 def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
           epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
           seed: int | None, val: float | None, data: str | None, early_stop: int | None,
           checkpoint_every: float, model: str | None, overrides: tuple[str, ...],
-          backend: str | None):
+          backend: str | None, init: Path | None, init_layout: Path | None,
+          fresh: tuple[str, ...], freeze: tuple[str, ...]):
     """Train the model of FILE on the NumPy interpreter (or, with --backend torch, through
     its generated PyTorch module), as its train section says.
 
@@ -72,7 +75,8 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
             given = {"--epochs": epochs, "--batch": batch, "--lr": lr, "--optimizer": optimizer,
                      "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
                      "--model": model, "--set": overrides or None, "--force": force or None,
-                     "--backend": backend}
+                     "--backend": backend, "--init": init, "--init-layout": init_layout,
+                     "--fresh": fresh or None, "--freeze": freeze or None}
             clash = [flag for flag, value in given.items() if value is not None]
             if clash:
                 raise click.UsageError(f"--resume continues a run with the settings it started "
@@ -97,6 +101,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                 early_stop=early_stop,
                 optimizer=loop.parse_setting("optimizer", optimizer) if optimizer else None,
                 data=loop.parse_setting("data", data) if data else None)
+            config = with_fine_tuning(config, spec.graph, init, init_layout, fresh, freeze)
             held_out = val if val is not None else (
                 spec.train.val if "val" in spec.train.spans else None)
             default_out = Path("runs") / Path(file).stem

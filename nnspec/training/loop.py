@@ -501,6 +501,11 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
     base_dir = Path() if data_from_cli else Path(spec_path).parent
     dataset, split, model = prepare(spec, train, val=val, base_dir=base_dir)
     build_optimizer(train.optimizer, model)  # bad hyperparameters fail before any file is written
+    if train.init is not None or train.init_layout is not None or train.fresh:
+        from nnspec.weights.finetune import start_from_init  # fine-tuning (docs/weights.md)
+
+        for line in start_from_init(model, train, Path(spec_path).parent):
+            progress.info(line)
     model = on_backend(backend, spec, train, model)
     fp = rundir.fingerprint(spec)
     spec_hash = rundir.digest(fp)
@@ -575,6 +580,7 @@ def _train_from_json(spec, config: dict) -> TrainConfig:
     return dataclasses.replace(
         own, epochs=saved["epochs"], batch=saved["batch"], seed=saved["seed"], val=saved["val"],
         clip=saved["clip"], early_stop=saved["early_stop"], metrics=tuple(saved["metrics"]),
+        freeze=tuple(saved.get("freeze", own.freeze)),
         optimizer=own.optimizer if same else Setting(name, optimizer, None), data=data_setting)
 
 

@@ -186,6 +186,17 @@ class Differences:
                  for name, shape in self.unexpected]
         return rows
 
+    def table(self) -> str:
+        """The rows as a plain-text table, with a count line."""
+        header = ("problem", "spec name", "checkpoint name", "detail")
+        rows = self.rows()
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                 for row in [header, *rows]]
+        count = (f"  {len(self.missing)} missing, {len(self.mismatched)} of another shape, "
+                 f"{len(self.unexpected)} unexpected")
+        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], count])
+
 
 def to_spec(tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple],
             layout: Layout, skip=lambda name: False) -> tuple[dict[str, np.ndarray], Differences]:

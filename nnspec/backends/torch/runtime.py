@@ -97,6 +97,9 @@ class TorchModel:
         self.code, model_class = load_generated(spec)
         self.net = model_class()
         load_numpy_state(self.net, self.graph, weights)
+        frozen = set(train.frozen_params(self.graph)) if train is not None else set()
+        for name, param in self.net.named_parameters():  # no gradient: no step, no decay
+            param.requires_grad_(name not in frozen)
         torch.manual_seed(seed + 1)
         self._loss: torch.Tensor | None = None
 
