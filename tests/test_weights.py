@@ -192,3 +192,95 @@ def test_imported_weights_load_into_the_interpreter_buffers_included(tmp_path):
     model = NumpyModel(load(spec).graph)
     model.load(out)  # a 0-d buffer stays 0-d
     assert model.state_dict()["bn.num_batches_tracked"] == 7
+
+
+# ---- fine-tuning from the command line (tests/torch/test_finetune.py: ResNet-18, torch) ----
+
+TRAINED_TINY = TINY + """
+train Tiny {
+  data      npz("data.npz")
+  loss      cross_entropy
+  optimizer adamw(lr = 1e-2)
+  epochs    2
+  batch     8
+}
+"""
+
+
+def _tiny_run(tmp_path, *flags, spec_text=TRAINED_TINY):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(spec_text)
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", x=rng.standard_normal((40, 4)).astype(np.float32),
+             y=rng.integers(0, 3, 40))
+    out = tmp_path / "run"
+    return invoke("train", spec, "-o", out, "--force", *flags), out
+
+
+def test_train_init_and_freeze_from_the_command_line(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path)
+    result, run = _tiny_run(tmp_path, "--init", ckpt, "--freeze", "body.*")
+    assert result.exit_code == 0, result.output
+    assert "init: 4 of 4 tensors" in result.output and "2 parameters frozen" in result.output
+    given, after = load_file(str(ckpt)), load_file(str(run / "last.safetensors"))
+    for name in ("body.0.weight", "body.0.bias"):  # adamw's decay spares them too
+        assert np.array_equal(after[name], given[name]), name
+    for name in ("fc.weight", "fc.bias"):
+        assert not np.array_equal(after[name], given[name]), name
+    import json
+
+    train = json.loads((run / "config.json").read_text())["train"]
+    assert train["freeze"] == ["body.*"] and train["init"] == str(ckpt.resolve())
+
+
+def test_init_from_a_run_directory_with_a_new_head(tmp_path):
+    first, run = _tiny_run(tmp_path)
+    assert first.exit_code == 0, first.output
+    start = tmp_path / "first"
+    run.rename(start)
+    result, run = _tiny_run(tmp_path, "--init", start, "--fresh", "fc.*", "--set", "classes=5",
+                            "--lr", "0")
+    assert result.exit_code == 0, result.output
+    assert "fresh: fc.weight [5, 8] starts from the initialisation (the file has fc.weight " \
+           "[3, 8])" in result.output
+    best, after = load_file(str(start / "best.safetensors")), load_file(str(run / "last.safetensors"))
+    assert np.array_equal(after["body.0.weight"], best["body.0.weight"])
+    assert not np.array_equal(after["fc.weight"], best["fc.weight"])
+
+
+def test_init_in_the_train_section_is_read_beside_the_spec(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path)
+    text = TRAINED_TINY.replace("  batch     8\n", f'  batch 8\n  init "{ckpt.name}"\n'
+                                '  freeze "fc.weight"\n')
+    result, run = _tiny_run(tmp_path, spec_text=text)
+    assert result.exit_code == 0, result.output
+    given, after = load_file(str(ckpt)), load_file(str(run / "last.safetensors"))
+    assert np.array_equal(after["fc.weight"], given["fc.weight"])
+    assert not np.array_equal(after["fc.bias"], given["fc.bias"])
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--freeze", "bdy.*"], "--freeze 'bdy.*' names no trainable parameter"),
+    (["--fresh", "fc.*"], "`fresh` is about the weights of `init`, which is not set"),
+])
+def test_fine_tuning_mistakes_are_plain_errors(tmp_path, flags, words):
+    result, _ = _tiny_run(tmp_path, *flags)
+    assert result.exit_code in (1, 2) and words in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_checkpoint_that_does_not_fit_stops_the_run_with_the_table(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path, **{"fc.weight": (5, 8)})
+    result, run = _tiny_run(tmp_path, "--init", ckpt)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert any(line.split()[:2] == ["shape", "fc.weight"] for line in result.output.splitlines())
+    assert not (run / "last.safetensors").exists()
+
+
+def test_a_pickle_given_to_train_init_is_refused_and_nothing_in_it_runs(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(_hostile(marker))
+    result, _ = _tiny_run(tmp_path, "--init", evil)
+    assert result.exit_code == 1 and "is a pickle" in result.output
+    assert "import-weights" in result.output and not marker.exists()
