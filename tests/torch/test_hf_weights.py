@@ -85,7 +85,9 @@ def test_gpt2_weights_import_run_and_export(tmp_path):
                lambda model, t: model(input_ids=t).logits)
 
 
-def test_bert_weights_import_run_and_export(tmp_path):
+def test_bert_with_a_padding_mask_import_run_and_export(tmp_path):
+    """BertModel's attention_mask (1: a token, 0: padding) hides the padded keys in every
+    layer; the two samples are padded differently."""
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=80, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=128,
@@ -94,10 +96,19 @@ def test_bert_weights_import_run_and_export(tmp_path):
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 80, (2, 12), generator=gen)
     segments = torch.randint(0, 2, (2, 12), generator=gen)
+    mask = torch.ones(2, 12, dtype=torch.int64)
+    mask[0, 8:], mask[1, 5:] = 0, 0
+
+    def pooled(model, t, m, s):
+        return model(input_ids=t, attention_mask=m, token_type_ids=s).pooler_output
+
+    with torch.no_grad():  # the mask matters: without it the output is another
+        unmasked = pooled(reference.eval(), tokens, torch.ones_like(mask), segments)
+        assert not torch.allclose(unmasked, pooled(reference, tokens, mask, segments),
+                                  atol=1e-3)
     round_trip(tmp_path, reference, "bert_base",
                {"vocab": 80, "max_len": 24, "seq": 12, "d": 32, "layers": 2, "heads": 4},
-               (tokens, segments),
-               lambda model, t, s: model(input_ids=t, token_type_ids=s).pooler_output)
+               (tokens, mask, segments), pooled)
 
 
 @pytest.mark.slow
