@@ -284,3 +284,59 @@ def test_a_pickle_given_to_train_init_is_refused_and_nothing_in_it_runs(tmp_path
     result, _ = _tiny_run(tmp_path, "--init", evil)
     assert result.exit_code == 1 and "is a pickle" in result.output
     assert "import-weights" in result.output and not marker.exists()
+
+
+# ---- tying to a layer with a dotted label ---------------------------------------------------
+
+TIED = """
+model Tied(vocab = 20, d = 8) {
+  input tokens: int[5]
+  tokens -> embedding(vocab, d) as model.embed_tokens -> layernorm as model.norm
+         -> dense(vocab, bias = false, tie = "%s") as lm_head
+}
+"""
+
+
+def test_tie_names_a_dotted_label_by_its_path():
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.spec import load_text
+
+    spec = load_text(TIED % "model.embed_tokens")
+    assert "lm_head.weight" not in spec.graph.params  # stored once, under the owner's name
+    model = NumpyModel(spec.graph, seed=0)
+    tokens = np.random.default_rng(0).integers(0, 20, (2, 5))
+    emb = model.params["model.embed_tokens.weight"]
+    x = emb[tokens]
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    x = x * model.params["model.norm.weight"] + model.params["model.norm.bias"]
+    np.testing.assert_allclose(model.forward(tokens), x @ emb.T, rtol=1e-5, atol=1e-5)
+
+
+def test_tie_to_a_path_that_is_no_layer_is_a_located_error():
+    from nnspec.diagnostics import SpecError
+    from nnspec.spec import load_text
+
+    with pytest.raises(SpecError) as caught:
+        load_text(TIED % "model.embed_token")
+    (error,) = caught.value.diagnostics
+    assert error.code == "E171" and "`model.embed_token` has no weight" in error.message
+    assert error.span.line == 5
+
+
+@pytest.mark.torch
+def test_the_generated_module_ties_by_path_too():
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.backends.torch.runtime import load_generated, load_numpy_state
+    from nnspec.spec import load_text
+
+    spec = load_text(TIED % "model.embed_tokens")
+    interpreter = NumpyModel(spec.graph, seed=0)
+    _, model_class = load_generated(spec)
+    net = model_class().eval()
+    load_numpy_state(net, spec.graph, interpreter.state_dict())
+    assert sum(p.numel() for p in net.parameters()) == 20 * 8 + 2 * 8  # one shared weight
+    tokens = np.random.default_rng(0).integers(0, 20, (2, 5))
+    with torch.no_grad():
+        got = net(torch.from_numpy(tokens)).numpy()
+    np.testing.assert_allclose(got, interpreter.forward(tokens), rtol=1e-5, atol=1e-5)
