@@ -340,3 +340,17 @@ def test_the_generated_module_ties_by_path_too():
     with torch.no_grad():
         got = net(torch.from_numpy(tokens)).numpy()
     np.testing.assert_allclose(got, interpreter.forward(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_several_spec_names_on_the_left_cut_one_tensor_at_the_spec_sizes():
+    layout = parse_layout("q.w, k.w, v.w <- qkv.w\n")
+    file = {"qkv.w": np.arange(16, dtype=np.float32).reshape(8, 2)}
+    shapes = {"q.w": (4, 2), "k.w": (2, 2), "v.w": (2, 2)}
+    arrays, problems = to_spec(file, shapes, layout)
+    assert not problems
+    assert [arrays[n][0, 0] for n in shapes] == [0, 8, 12]
+    np.testing.assert_array_equal(from_spec(arrays, layout)["qkv.w"], file["qkv.w"])
+    _, problems = to_spec(file, {"q.w": (4, 2), "k.w": (4, 2), "v.w": (4, 2)}, layout)
+    assert [m[0] for m in problems.mismatched] == ["q.w", "k.w", "v.w"]  # 12 rows wanted, 8
+    with pytest.raises(LayoutError, match="one name on the right"):
+        parse_layout("q.w, k.w <- a.w, b.w\n")
