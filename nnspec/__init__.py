@@ -43,7 +43,7 @@ def make_optimizer(spec: Spec, model: NumpyModel, **overrides):
     name = setting.name if setting else "adam"
     hyper = dict(setting.args) if setting else {}
     hyper.update(overrides)
-    return build(name, model.buffer, **hyper)
+    return build(name, model.trained, **hyper)  # frozen parameters (`freeze`) left out
 
 
 def make_schedule(spec: Spec, optimizer, epochs: int | None = None):

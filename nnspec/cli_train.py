@@ -14,6 +14,7 @@ from nnspec.cli_common import (
     load_or_exit,
     parse_overrides,
 )
+from nnspec.cli_weights import fine_tuning_options, with_fine_tuning
 from nnspec.diagnostics import SpecError
 
 
@@ -67,12 +68,15 @@ from nnspec.diagnostics import SpecError
               show_default=True, metavar="SECONDS",
               help="When the output is not a terminal, print a progress line at most this "
               "often (0: epoch lines only).")
+@fine_tuning_options
 def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
           epochs: int | None, batch: int | None, lr: float | None, optimizer: str | None,
           seed: int | None, val: float | None, data: str | None, early_stop: int | None,
           checkpoint_every: float, model: str | None, overrides: tuple[str, ...],
           backend: str | None, device: str | None, precision: str | None, compiled: bool,
-          log: str | None, log_every: int | None, log_every_seconds: float):
+          log: str | None, log_every: int | None, log_every_seconds: float,
+          init: Path | None, init_layout: Path | None, fresh: tuple[str, ...],
+          freeze: tuple[str, ...]):
     """Train the model of FILE on the NumPy interpreter (or, with --backend torch, through
     its generated PyTorch module), as its train section says.
 
@@ -95,7 +99,9 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                      "--seed": seed, "--val": val, "--data": data, "--early-stop": early_stop,
                      "--model": model, "--set": overrides or None, "--force": force or None,
                      "--backend": backend, "--precision": precision,
-                     "--compile": compiled or None, "--log": log}
+                     "--compile": compiled or None, "--log": log, "--init": init,
+                     "--init-layout": init_layout, "--fresh": fresh or None,
+                     "--freeze": freeze or None}
             clash = [flag for flag, value in given.items() if value is not None]
             if clash:
                 raise click.UsageError(f"--resume continues a run with the settings it started "
@@ -122,6 +128,7 @@ def train(file: str | None, out: Path | None, resume: Path | None, force: bool,
                 early_stop=early_stop,
                 optimizer=loop.parse_setting("optimizer", optimizer) if optimizer else None,
                 data=loop.parse_setting("data", data) if data else None)
+            config = with_fine_tuning(config, spec.graph, init, init_layout, fresh, freeze)
             held_out = val if val is not None else (
                 spec.train.val if "val" in spec.train.spans else None)
             default_out = Path("runs") / Path(file).stem

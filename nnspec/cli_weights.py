@@ -38,13 +38,6 @@ def _layout_or_exit(path: Path | None):
         _fail(str(err))
 
 
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-             for row in [header, *rows]]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
 def weight_commands(load_spec: Callable) -> list[click.Command]:
     """The two commands; `load_spec(file, model, overrides)` gives the checked spec (or
     prints its diagnostics and exits)."""
@@ -91,10 +84,7 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
         if problems:
             click.echo(f"error: {checkpoint} does not fit {graph.name} of {file}"
                        f"{' through ' + str(layout) if layout else ''}:", err=True)
-            click.echo(_table(problems.rows(), ("problem", "spec name", "checkpoint name",
-                                               "detail")), err=True)
-            click.echo(f"  {len(problems.missing)} missing, {len(problems.mismatched)} of another "
-                       f"shape, {len(problems.unexpected)} unexpected", err=True)
+            click.echo(problems.table(), err=True)
             click.echo("  hint: fix the spec's names (`as`, `seq`) or write a layout "
                        "(docs/weights.md); --fresh PATTERN starts a replaced layer afresh",
                        err=True)
@@ -158,3 +148,47 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
         click.echo(f"wrote {where}: {len(converted)} tensors", err=where == "standard output")
 
     return [import_weights, export_weights]
+
+
+def fine_tuning_options(command):
+    """`nnspec train`'s options to start from imported weights and freeze parameters: the
+    command-line twins of the train section's init, init_layout, fresh and freeze."""
+    options = [
+        click.option("--init", type=click.Path(path_type=Path), default=None,
+                     metavar="WEIGHTS", help="Start from these weights (a .safetensors file or "
+                     "a run directory) instead of a fresh initialisation: fine-tuning."),
+        click.option("--init-layout", type=click.Path(path_type=Path), default=None,
+                     metavar="LAYOUT", help="How --init's names map to the spec's "
+                     "(docs/weights.md)."),
+        click.option("--fresh", multiple=True, metavar="PATTERN",
+                     help="Parameters not taken from --init (a new head), e.g. 'fc.*'. "
+                     "Repeatable; replaces the train section's `fresh`."),
+        click.option("--freeze", multiple=True, metavar="PATTERN",
+                     help="Parameters the optimizer leaves alone, e.g. 'layer1.*'. "
+                     "Repeatable; replaces the train section's `freeze`."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def with_fine_tuning(train, graph, init: Path | None, init_layout: Path | None,
+                     fresh: tuple[str, ...], freeze: tuple[str, ...]):
+    """The train section with the command line's fine-tuning options; paths made absolute
+    (the section's own are read beside the spec). A pattern that names no parameter is a
+    usage error, as in the spec."""
+    import dataclasses
+
+    from nnspec.ir.train import matches_any
+
+    for flag, patterns, trainable in (("--fresh", fresh, False), ("--freeze", freeze, True)):
+        names = [n for n, p in graph.params.items() if p.spec.trainable or not trainable]
+        for pattern in patterns:
+            if not any(matches_any(n, (pattern,)) for n in names):
+                raise click.UsageError(f"{flag} {pattern!r} names no "
+                                       f"{'trainable ' if trainable else ''}parameter of "
+                                       f"`{graph.name}` (`nnspec summary` lists them)")
+    changes = {"init": init and str(init.resolve()),
+               "init_layout": init_layout and str(init_layout.resolve()),
+               "fresh": fresh or None, "freeze": freeze or None}
+    return dataclasses.replace(train, **{k: v for k, v in changes.items() if v is not None})

@@ -133,9 +133,12 @@ def check_attr(owner: str, attr: ops.Attr, value, span: Span):
                                   span)
         return value
     elif kind == "layer":
+        if isinstance(value, str) and value:  # a layer by its path: `tie = "model.embed_tokens"`
+            return Layer("op", value, span, module=value)
         if not isinstance(value, Layer) or value.module is None:
             raise DiagnosticError("E162", f"{where} must name a layer (label one with "
-                                  "`-> embedding(...) as wte`)", span)
+                                  "`-> embedding(...) as wte`), or give its path as text "
+                                  '(`"model.embed_tokens"`)', span)
         return value
     if not ok:
         raise DiagnosticError("E160", f"{where} must be {_EXPECTED[kind]}, got "

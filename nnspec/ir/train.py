@@ -7,6 +7,7 @@ defaults, schedules, metrics) so a typo in `optimizer adma(lr = 1e-3)` is report
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,15 @@ class TrainConfig:
     early_stop_metric: str = "val_loss"  # the history column early stopping and `best` watch
     early_stop_mode: str = "min"  # min: lower is better; max: higher is better
     metric_outputs: tuple[tuple[str, str], ...] = ()  # (metric, output): `accuracy(kind)`
+    init: str | None = None  # fine-tuning: a weights file or run directory to start from
+    init_layout: str | None = None  # how its names map to the spec's (docs/weights.md)
+    fresh: tuple[str, ...] = ()  # patterns of parameters not taken from `init` (a new head)
+    freeze: tuple[str, ...] = ()  # patterns of parameters the optimizer leaves alone
+
+    def frozen_params(self, graph: Graph) -> list[str]:
+        """The trainable parameters `freeze` names, in the graph's order."""
+        return [name for name, p in graph.params.items()
+                if p.spec.trainable and matches_any(name, self.freeze)]
 
     @property
     def targets(self) -> dict[str, TensorType]:
@@ -87,7 +97,9 @@ class TrainConfig:
                 "seed": self.seed, "val": self.val, "clip": self.clip,
                 "early_stop": self.early_stop, "early_stop_metric": self.early_stop_metric,
                 "early_stop_mode": self.early_stop_mode,
-                "metric_outputs": [list(pair) for pair in self.metric_outputs]}
+                "metric_outputs": [list(pair) for pair in self.metric_outputs],
+                "init": self.init, "init_layout": self.init_layout, "fresh": list(self.fresh),
+                "freeze": list(self.freeze)}
 
 
 _SCALARS = {  # key: (kind, default, minimum)
@@ -97,7 +109,14 @@ _SCALARS = {  # key: (kind, default, minimum)
     "val": ("float", 0.2, 0.0),
     "clip": ("float", None, 0.0),
 }
-KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS, "early_stop")
+FINE_TUNING = ("init", "init_layout", "fresh", "freeze")
+KEYS = ("data", "loss", "optimizer", "schedule", "metrics", *_SCALARS, "early_stop",
+        *FINE_TUNING)
+
+
+def matches_any(name: str, patterns) -> bool:
+    """Shell-style patterns (`layer1.*`, `fc.weight`), matched against the whole name."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def default_target(loss: str, pred: TensorType) -> TensorType:
@@ -139,6 +158,7 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
         lambda: _metrics(builder, seen.get("metrics"), model.output_names), ((), ()))
     stop = builder.guard(lambda: _early_stop(builder, seen.get("early_stop"), metrics),
                          (0, "val_loss", "min"))
+    tuning = builder.guard(lambda: _fine_tuning(seen, model), {})
     if optimizer is None and "optimizer" not in seen:
         optimizer = Setting("adam", {a.name: a.default for a in ops.OPTIMIZERS["adam"].hyper}, None)
     loss, loss_graph, bindings, fused = None, None, (), None
@@ -170,7 +190,7 @@ def build_train(builder: Evaluator, train: ast.Train, model: Graph) -> TrainConf
                        {k: s.span for k, s in seen.items()}, tuple(bindings),
                        fused.outputs if fused is not None else _outputs(model),
                        early_stop_metric=stop[1], early_stop_mode=stop[2],
-                       metric_outputs=metric_outputs)
+                       metric_outputs=metric_outputs, **tuning)
 
 
 def _single(setting: ast.Setting) -> ast.Expr:
@@ -227,6 +247,50 @@ def hyper_setting(builder: Evaluator, setting: ast.Setting | None,
     spans = _argument_spans(expr, definition)
     return Setting(name, dict(bind_attrs(name, definition.hyper, args, kwargs, spans, expr.span)),
                    expr.span)
+
+
+def _strings(setting: ast.Setting) -> list[tuple[str, Span]]:
+    """A setting's values as text: quoted strings, or lists of them."""
+    out = []
+    for expr in setting.values:
+        items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
+        for item in items:
+            if not isinstance(item, ast.String):
+                raise DiagnosticError("E224", f"`{setting.key}` takes quoted text, e.g. "
+                                      f'`{setting.key} "{_EXAMPLES[setting.key]}"`', item.span)
+            out.append((item.value, item.span))
+    return out
+
+
+_EXAMPLES = {"init": "resnet18.safetensors", "init_layout": "resnet18.layout",
+             "fresh": "fc.*", "freeze": "layer1.*"}
+
+
+def _fine_tuning(seen: dict[str, ast.Setting], model: Graph) -> dict[str, Any]:
+    """`init`, `init_layout`, `fresh`, `freeze`: what a run starts from and what it keeps.
+    A pattern that names no parameter is an error (a typo would otherwise train all)."""
+    out: dict[str, Any] = {}
+    for key in ("init", "init_layout"):
+        if key in seen:
+            values = _strings(seen[key])
+            if len(values) != 1:
+                raise DiagnosticError("E205", f"`{key}` takes one value", seen[key].span)
+            out[key] = values[0][0]
+    for key in ("fresh", "freeze"):
+        if key not in seen:
+            continue
+        names = [n for n, p in model.params.items() if key == "fresh" or p.spec.trainable]
+        patterns = _strings(seen[key])
+        for pattern, span in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                tops = sorted({n.split(".")[0] + ".*" for n in names})
+                raise DiagnosticError("E225", f"`{key} \"{pattern}\"` names no "
+                                      f"{'trainable ' if key == 'freeze' else ''}parameter of "
+                                      f"`{model.name}`", span,
+                                      did_you_mean(pattern, tops)
+                                      or f"its parameters start with: {', '.join(tops[:8])}")
+        out[key] = tuple(p for p, _ in patterns)
+    return out
 
 
 def _metrics(builder: Evaluator, setting: ast.Setting | None, outputs: list[str]

@@ -86,6 +86,11 @@ def start(spec, spec_path: str, train: TrainConfig, *, out: Path | None, default
     base_dir = Path() if data_from_cli else Path(spec_path).parent
     dataset, split, model = prepare(spec, train, val=val, base_dir=base_dir)
     build_optimizer(train.optimizer, model)  # bad hyperparameters fail before any file is written
+    if train.init is not None or train.init_layout is not None or train.fresh:
+        from nnspec.weights.finetune import start_from_init  # fine-tuning (docs/weights.md)
+
+        for line in start_from_init(model, train, Path(spec_path).parent):
+            progress.info(line)
     model = on_backend(backend, spec, train, model, torch_settings)
     fp = rundir.fingerprint(spec)
     spec_hash = rundir.digest(fp)
@@ -188,6 +193,7 @@ def _train_from_json(spec, config: dict) -> TrainConfig:
         early_stop_metric=saved.get("early_stop_metric", "val_loss"),
         early_stop_mode=saved.get("early_stop_mode", "min"),
         metric_outputs=tuple(tuple(pair) for pair in saved.get("metric_outputs", ())),
+        freeze=tuple(saved.get("freeze", own.freeze)),
         optimizer=own.optimizer if same else Setting(name, optimizer, None), data=data_setting)
 
 

@@ -17,8 +17,10 @@ matches keeps its own name. Several sources separated by commas are concatenated
 first axis on import and split back into equal parts on export (packed and separate q/k/v);
 `transpose` swaps the last two axes of each part (Hugging Face's `Conv1D` stores a linear
 layer's weight as [in, out]). Alternatives separated by `|` are the same tensor under several
-names (a tied weight): imported from the first the file has, exported under each. `ignore`
-names checkpoint tensors that the spec does not need.
+names (a tied weight): imported from the first the file has, exported under each. Several
+spec names on the left share one checkpoint tensor: it is cut along the first axis at the
+spec's sizes (unequal for grouped-query q/k/v) and packed again on export. `ignore` names
+checkpoint tensors that the spec does not need.
 """
 
 from __future__ import annotations
@@ -74,10 +76,14 @@ class Pattern:
 
 @dataclass(frozen=True)
 class Rule:
-    target: Pattern  # the spec's parameter name
+    targets: tuple[Pattern, ...]  # the spec's parameter name(s): several share one tensor
     choices: tuple[tuple[Pattern, ...], ...]  # names of one tensor; each: parts to concatenate
     transpose: bool
     line: int
+
+    @property
+    def target(self) -> Pattern:
+        return self.targets[0]
 
 
 @dataclass(frozen=True)
@@ -89,11 +95,26 @@ class Layout:
     def route(self, param: str) -> tuple[Rule | None, list[list[str]]]:
         """The first rule matching `param` and the checkpoint names it gives (alternatives,
         each a list of parts); no rule and the parameter's own name when none matches."""
+        rule, values, _ = self._match(param)
+        if rule is None:
+            return None, [[param]]
+        return rule, [[p.fill(values) for p in parts] for parts in rule.choices]
+
+    def siblings(self, param: str) -> tuple[list[str], int]:
+        """The spec names that share `param`'s checkpoint tensor (a rule with several names on
+        the left: packed q/k/v cut into the spec's parts), and `param`'s place among them."""
+        rule, values, index = self._match(param)
+        if rule is None or len(rule.targets) == 1:
+            return [param], 0
+        return [t.fill(values) for t in rule.targets], index
+
+    def _match(self, param: str):
         for rule in self.rules:
-            values = rule.target.match(param)
-            if values is not None:
-                return rule, [[p.fill(values) for p in parts] for parts in rule.choices]
-        return None, [[param]]
+            for index, target in enumerate(rule.targets):
+                values = target.match(param)
+                if values is not None:
+                    return rule, values, index
+        return None, None, 0
 
     def is_ignored(self, name: str) -> bool:
         return any(p.match(name) is not None for p in self.ignored)
@@ -118,7 +139,8 @@ def parse_layout(text: str, path: str = "<layout>") -> Layout:
             ignored += [Pattern.parse(n) for n in names]
             continue
         target, arrow, rest = line.partition("<-")
-        if not arrow or not target.strip() or len(target.split()) != 1:
+        targets = [t.strip() for t in target.split(",")]
+        if not arrow or any(not t or len(t.split()) != 1 for t in targets):
             raise LayoutError(path, number, "a rule reads `nnspec_name <- checkpoint_name "
                               "[, more names] [transpose]`")
         rest = rest.strip()
@@ -133,11 +155,14 @@ def parse_layout(text: str, path: str = "<layout>") -> Layout:
                               f"is {', '.join(TRANSFORMS)}")
         if len({len(choice) for choice in choices}) != 1:
             raise LayoutError(path, number, "each alternative after `|` needs as many parts")
-        rule = Rule(Pattern.parse(target.strip()),
+        if len(targets) > 1 and any(len(choice) > 1 for choice in choices):
+            raise LayoutError(path, number, "several spec names share one checkpoint tensor: "
+                              "it takes one name on the right")
+        rule = Rule(tuple(Pattern.parse(t) for t in targets),
                     tuple(tuple(Pattern.parse(p) for p in choice) for choice in choices),
                     transpose, number)
         given = [p.names for choice in rule.choices for p in choice]
-        unknown = set().union(*given) - rule.target.names
+        unknown = set().union(*given) - set.intersection(*(t.names for t in rule.targets))
         if unknown:
             raise LayoutError(path, number, f"`{{{min(unknown)}}}` is not on the left "
                               "of `<-`, so nothing gives its value")
@@ -186,6 +211,17 @@ class Differences:
                  for name, shape in self.unexpected]
         return rows
 
+    def table(self) -> str:
+        """The rows as a plain-text table, with a count line."""
+        header = ("problem", "spec name", "checkpoint name", "detail")
+        rows = self.rows()
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                 for row in [header, *rows]]
+        count = (f"  {len(self.missing)} missing, {len(self.mismatched)} of another shape, "
+                 f"{len(self.unexpected)} unexpected")
+        return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], count])
+
 
 def to_spec(tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple],
             layout: Layout, skip=lambda name: False) -> tuple[dict[str, np.ndarray], Differences]:
@@ -210,6 +246,9 @@ def to_spec(tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple],
         parts = [np.swapaxes(tensors[n], -1, -2) if transpose and tensors[n].ndim >= 2
                  else tensors[n] for n in names]
         array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        siblings, index = layout.siblings(param)
+        if len(siblings) > 1:
+            array = _cut(array, [shapes.get(s) for s in siblings], index)
         if tuple(array.shape) != tuple(want):
             problems.mismatched.append((param, tuple(want), tuple(array.shape),
                                         ", ".join(names)))
@@ -220,11 +259,30 @@ def to_spec(tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple],
     return out, problems
 
 
+def _cut(array: np.ndarray, shapes: list, index: int) -> np.ndarray:
+    """Part `index` of a packed tensor cut along the first axis into the spec's parts
+    (of unequal sizes: grouped-query q/k/v); the whole when the sizes do not add up, so
+    the shape check reports it."""
+    if any(s is None or not s for s in shapes) or sum(s[0] for s in shapes) != array.shape[0]:
+        return array
+    start = sum(s[0] for s in shapes[:index])
+    return array[start:start + shapes[index][0]]
+
+
 def from_spec(arrays: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
     """The spec's weights under the checkpoint's names and layouts: the inverse of
-    `to_spec` (a tied weight written under each of its names)."""
+    `to_spec` (a tied weight written under each of its names; parts packed again)."""
     out: dict[str, np.ndarray] = {}
     for param, array in arrays.items():
+        siblings, index = layout.siblings(param)
+        if len(siblings) > 1:
+            if index != 0:
+                continue  # written with the first part
+            missing = [s for s in siblings if s not in arrays]
+            if missing:
+                raise ValueError(f"`{param}` is packed with `{missing[0]}`, which the "
+                                 "weights do not have")
+            array = np.concatenate([arrays[s] for s in siblings], axis=0)
         rule, choices = layout.route(param)
         for names in choices:
             if len(names) > 1 and array.shape[0] % len(names):

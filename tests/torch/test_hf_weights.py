@@ -85,7 +85,9 @@ def test_gpt2_weights_import_run_and_export(tmp_path):
                lambda model, t: model(input_ids=t).logits)
 
 
-def test_bert_weights_import_run_and_export(tmp_path):
+def test_bert_with_a_padding_mask_import_run_and_export(tmp_path):
+    """BertModel's attention_mask (1: a token, 0: padding) hides the padded keys in every
+    layer; the two samples are padded differently."""
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=80, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=128,
@@ -94,10 +96,19 @@ def test_bert_weights_import_run_and_export(tmp_path):
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 80, (2, 12), generator=gen)
     segments = torch.randint(0, 2, (2, 12), generator=gen)
+    mask = torch.ones(2, 12, dtype=torch.int64)
+    mask[0, 8:], mask[1, 5:] = 0, 0
+
+    def pooled(model, t, m, s):
+        return model(input_ids=t, attention_mask=m, token_type_ids=s).pooler_output
+
+    with torch.no_grad():  # the mask matters: without it the output is another
+        unmasked = pooled(reference.eval(), tokens, torch.ones_like(mask), segments)
+        assert not torch.allclose(unmasked, pooled(reference, tokens, mask, segments),
+                                  atol=1e-3)
     round_trip(tmp_path, reference, "bert_base",
                {"vocab": 80, "max_len": 24, "seq": 12, "d": 32, "layers": 2, "heads": 4},
-               (tokens, segments),
-               lambda model, t, s: model(input_ids=t, token_type_ids=s).pooler_output)
+               (tokens, mask, segments), pooled)
 
 
 @pytest.mark.slow
@@ -125,3 +136,64 @@ def test_gpt2_small_at_full_size_through_torch(tmp_path):
     back, _ = read_safetensors(exported)
     assert {k: v.shape for k, v in back.items()} == {
         k: tuple(v.shape) for k, v in reference.state_dict().items()}
+
+
+def test_grouped_query_attention_packed_into_one_tensor_is_cut_into_unequal_parts(tmp_path):
+    """LlamaForCausalLM with 4 query heads and 2 key/value heads, its q/k/v projections
+    packed into one `qkv_proj` tensor as Phi-3's checkpoints are ([16 + 8 + 8, 16]): a layout
+    rule with three spec names on the left cuts it into the spec's q_proj, k_proj, v_proj
+    (of unequal sizes) on import, and packs them again on export."""
+    from safetensors.numpy import save_file
+
+    overrides = {"vocab": 50, "ctx": 7, "d": 16, "layers": 2, "heads": 4, "kv_heads": 2,
+                 "ff": 24, "eps": 1e-5, "theta": 500}
+    config = transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500.0,
+        max_position_embeddings=7, tie_word_embeddings=False, attention_bias=False)
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(config).eval()
+    state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+    packed = {}
+    for name, array in state.items():
+        if ".self_attn.q_proj." in name:
+            stem = name.replace(".q_proj.", ".{}.")
+            packed[stem.format("qkv_proj")] = np.concatenate(
+                [state[stem.format(p)] for p in ("q_proj", "k_proj", "v_proj")])
+        elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
+            packed[name] = array
+    assert packed["model.layers.0.self_attn.qkv_proj.weight"].shape == (32, 16)
+    save_file(packed, str(tmp_path / "packed.safetensors"))
+    layout = tmp_path / "phi3_style.layout"
+    layout.write_text("# three spec tensors in one checkpoint tensor, cut at the spec's sizes\n"
+                      "{l}.self_attn.q_proj.{p}, {l}.self_attn.k_proj.{p}, "
+                      "{l}.self_attn.v_proj.{p} <- {l}.self_attn.qkv_proj.{p}\n")
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    imported = tmp_path / "imported.safetensors"
+    nnspec_cli("import-weights", SPECS / "tinyllama.nn", tmp_path / "packed.safetensors",
+               "--layout", layout, "-o", imported, *sets)
+    arrays, _ = read_safetensors(imported)
+    assert arrays["model.layers.1.self_attn.k_proj.weight"].shape == (8, 16)
+    np.testing.assert_array_equal(arrays["model.layers.1.self_attn.v_proj.weight"],
+                                  state["model.layers.1.self_attn.v_proj.weight"])
+
+    tokens = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = reference(tokens).logits.numpy()
+    spec = load(SPECS / "tinyllama.nn", overrides=overrides)
+    interpreter = NumpyModel(spec.graph)
+    interpreter.load_state_dict(arrays)
+    assert_agree(interpreter.forward(tokens.numpy()), want)
+    _, model_class = load_generated(spec)
+    generated = model_class().eval()
+    load_numpy_state(generated, spec.graph, arrays)
+    with torch.no_grad():
+        assert_agree(generated(tokens).numpy(), want)
+
+    exported = tmp_path / "exported.safetensors"
+    nnspec_cli("export-weights", SPECS / "tinyllama.nn", imported, "--layout", layout,
+               "-o", exported, *sets)
+    back, _ = read_safetensors(exported)
+    assert back.keys() == packed.keys()
+    for name, array in packed.items():
+        np.testing.assert_array_equal(back[name], array, err_msg=name)

@@ -113,8 +113,11 @@ class NumpyModel:
         self.train = train
         state = initial_state(graph, seed)
         trainable = {n: p.spec.shape for n, p in graph.params.items() if p.spec.trainable}
-        self.buffer = ParamBuffer(trainable)
+        frozen = set(train.frozen_params(graph)) if train is not None else set()
+        order = sorted(trainable, key=lambda n: n in frozen)  # frozen last: a stable sort
+        self.buffer = ParamBuffer({n: trainable[n] for n in order})
         self.buffer.load({n: state[n] for n in trainable})
+        self.trained = self.buffer.leading(len(order) - len(frozen))  # what the optimizer steps
         self.buffers = {n: state[n] for n, p in graph.params.items() if not p.spec.trainable}
         self.rng = np.random.default_rng(seed + 1)
         self.input_grads: dict[str, np.ndarray] = {}
@@ -160,12 +163,12 @@ class NumpyModel:
         """The optimizer of a train section's `Setting` over the flat parameter buffer."""
         from nnspec.backends.numpy.optim import make_optimizer
 
-        return make_optimizer(setting.name, self.buffer, **setting.args)
+        return make_optimizer(setting.name, self.trained, **setting.args)
 
     def clip_grad_norm(self, max_norm: float) -> float:
         from nnspec.backends.numpy.schedules import clip_grad_norm
 
-        return clip_grad_norm(self.buffer, max_norm)
+        return clip_grad_norm(self.trained, max_norm)
 
     @property
     def dropout_state(self) -> dict:

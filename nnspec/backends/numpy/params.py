@@ -36,6 +36,17 @@ class ParamBuffer:
             self.grads[name] = self.grad[offset:end].reshape(shape)
             offset = end
 
+    def leading(self, count: int) -> ParamBuffer:
+        """The first `count` parameters as a buffer of their own over the same memory: what
+        the optimizer and gradient clipping see when the parameters after them are frozen."""
+        part = ParamBuffer({})
+        part.shapes = dict(list(self.shapes.items())[:count])
+        end = sum(math.prod(shape) for shape in part.shapes.values())
+        part.data, part.grad = self.data[:end], self.grad[:end]
+        part.params = {name: self.params[name] for name in part.shapes}
+        part.grads = {name: self.grads[name] for name in part.shapes}
+        return part
+
     def zero_grad(self) -> None:
         """Clear every gradient before a backward pass accumulates into them."""
         self.grad.fill(0.0)

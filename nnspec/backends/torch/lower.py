@@ -35,6 +35,7 @@ from nnspec.backends.torch.structure import (
     Region,
     Regions,
     boundary,
+    chained_input,
     loop_items,
     spec_definition,
 )
@@ -415,14 +416,17 @@ class _Writer:
         items = loop_items(region, self.regions.by_path)
         out_type = self.graph.node(step.outputs[-1]).type
         stmts = []
-        if args[0] != (target,):
-            in_type = self.graph.node(step.inputs[0]).type
-            stmts.append(Stmt(target, args[0], self.comment(in_type, region.span)))
-        if all(isinstance(item, Region) for item in items):
+        classes = all(isinstance(item, Region) for item in items)
+        chained = chained_input(items) if classes else 0  # the others: the same for every copy
+        if args[chained] != (target,):
+            in_type = self.graph.node(step.inputs[chained]).type
+            stmts.append(Stmt(target, args[chained], self.comment(in_type, region.span)))
+        if classes:
             var = self._loop_variable("block")
             for item in items:
                 self.leaves[self.region.relative(item.path)] = expr(self._child(item))
-            body = [Stmt(target, expr(call(var, target)), self.comment(out_type, region.span))]
+            passed = [(target,) if i == chained else a for i, a in enumerate(args)]
+            body = [Stmt(target, expr(call(var, *passed)), self.comment(out_type, region.span))]
         else:
             var = self._loop_variable("layer")
             for node in items:

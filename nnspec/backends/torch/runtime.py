@@ -169,6 +169,9 @@ class TorchModel:
         self.code, model_class = load_generated(spec)
         self.net = model_class().to(self.device)
         load_numpy_state(self.net, self.graph, weights)
+        frozen = set(train.frozen_params(self.graph)) if train is not None else set()
+        for name, param in self.net.named_parameters():  # no gradient: no step, no decay
+            param.requires_grad_(name not in frozen)
         self.call = torch.compile(self.net) if settings.compile else self.net  # what runs
         torch.manual_seed(seed + 1)
         self._loss: torch.Tensor | None = None

@@ -167,12 +167,32 @@ def loop_items(region: Region, by_path: Mapping[str, Region]) -> list[Region] | 
     return []
 
 
+def outside_inputs(region: Region) -> list[str]:
+    """The values a region reads from outside it, in order of first use."""
+    inside = {n.name for n in region.members}
+    return list(dict.fromkeys(i for n in region.members for i in n.inputs if i not in inside))
+
+
+def chained_input(copies: list[Region]) -> int | None:
+    """Which input of a repeat's copies each copy passes on to the next (the others, such
+    as a mask every layer reads, are the same for all); None when they are not a chain."""
+    reads = [outside_inputs(copy) for copy in copies]
+    if len(reads[0]) == 1:
+        return 0
+    changing = {i for r in reads[1:] for i, (a, b) in enumerate(zip(reads[0], r)) if a != b}
+    if len(copies) < 2 or len(changing) != 1 or any(len(r) != len(reads[0]) for r in reads):
+        return None
+    (index,) = changing
+    previous = [copy.members[-1].name for copy in copies[:-1]]
+    return index if [r[index] for r in reads[1:]] == previous else None
+
+
 def _loopable(region: Region, by_path: Mapping[str, Region], graph: Graph) -> bool:
     items = loop_items(region, by_path)
     if not items:
         return False
     if isinstance(items[0], Region):
-        return True
+        return chained_input(items) is not None
     forwards = set()
     for node in items:
         types = [graph.node(v).type for v in node.inputs]

@@ -11,7 +11,7 @@ from torch import nn
 
 
 class EncoderLayer(nn.Module):
-    """`block EncoderLayer` of bert_base.nn:6.
+    """`block EncoderLayer` of bert_base.nn:7.
 
     Used as encoder.layer.0, encoder.layer.1, encoder.layer.2 and 9 more.
     """
@@ -29,18 +29,19 @@ class EncoderLayer(nn.Module):
             {"dense": nn.Linear(ff, d), "LayerNorm": nn.LayerNorm(d, eps=1e-12)}
         )
 
-    def forward(self, x):
-        # (B, T, d)  bert_base.nn:8
-        h, _ = self.attention["self"](x, x, x, need_weights=False)
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  bert_base.nn:8
-        x = x + h  # (B, T, d)  bert_base.nn:8
-        x = self.attention["output"]["LayerNorm"](x)  # (B, T, d)  bert_base.nn:9
-        h = self.intermediate["dense"](x)  # (B, T, ff)  bert_base.nn:10
-        h = F.gelu(h)  # (B, T, ff)  bert_base.nn:10
-        h = self.output["dense"](h)  # (B, T, d)  bert_base.nn:10
-        h = F.dropout(h, p=0.1, training=self.training)  # (B, T, d)  bert_base.nn:10
-        x = x + h  # (B, T, d)  bert_base.nn:10
-        return self.output["LayerNorm"](x)  # (B, T, d)  bert_base.nn:11
+    def forward(self, attention_mask, x):
+        h = attention_mask == 0.0  # (B, ?)  bert_base.nn:10
+        # (B, ?, d)  bert_base.nn:11
+        h, _ = self.attention["self"](x, x, x, key_padding_mask=h, need_weights=False)
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, ?, d)  bert_base.nn:11
+        x = x + h  # (B, ?, d)  bert_base.nn:11
+        x = self.attention["output"]["LayerNorm"](x)  # (B, ?, d)  bert_base.nn:12
+        h = self.intermediate["dense"](x)  # (B, ?, ff)  bert_base.nn:13
+        h = F.gelu(h)  # (B, ?, ff)  bert_base.nn:13
+        h = self.output["dense"](h)  # (B, ?, d)  bert_base.nn:13
+        h = F.dropout(h, p=0.1, training=self.training)  # (B, ?, d)  bert_base.nn:13
+        x = x + h  # (B, ?, d)  bert_base.nn:13
+        return self.output["LayerNorm"](x)  # (B, ?, d)  bert_base.nn:14
 
 
 @dataclass
@@ -56,7 +57,7 @@ class BertBaseConfig:
 
 
 class BertBase(nn.Module):
-    """`model BertBase` of bert_base.nn:14."""
+    """`model BertBase` of bert_base.nn:17."""
 
     def __init__(self, config=None):
         super().__init__()
@@ -83,23 +84,23 @@ class BertBase(nn.Module):
         )
         self.pooler = nn.ModuleDict({"dense": nn.Linear(config.d, config.d)})
 
-    def forward(self, tokens, segments):
-        x = self.embeddings["word_embeddings"](tokens)  # (B, seq, d)  bert_base.nn:17
-        # (seq, d)  bert_base.nn:18
+    def forward(self, tokens, attention_mask, segments):
+        x = self.embeddings["word_embeddings"](tokens)  # (B, seq, d)  bert_base.nn:21
+        # (seq, d)  bert_base.nn:22
         h = self.embeddings["position_embeddings"](
             torch.arange(tokens.shape[1], device=tokens.device)
         )
-        x = x + h  # (B, seq, d)  bert_base.nn:17
-        # (B, seq, d)  bert_base.nn:19
+        x = x + h  # (B, seq, d)  bert_base.nn:21
+        # (B, seq, d)  bert_base.nn:23
         h = self.embeddings["token_type_embeddings"](segments)
-        x = x + h  # (B, seq, d)  bert_base.nn:17
-        x = self.embeddings["LayerNorm"](x)  # (B, seq, d)  bert_base.nn:20
-        x = F.dropout(x, p=0.1, training=self.training)  # (B, seq, d)  bert_base.nn:20
+        x = x + h  # (B, seq, d)  bert_base.nn:21
+        x = self.embeddings["LayerNorm"](x)  # (B, seq, d)  bert_base.nn:24
+        x = F.dropout(x, p=0.1, training=self.training)  # (B, seq, d)  bert_base.nn:24
         for block in self.encoder["layer"]:
-            x = block(x)  # (B, seq, d)  bert_base.nn:21
-        x = x.select(1, 0)  # (B, d)  bert_base.nn:22
-        x = self.pooler["dense"](x)  # (B, d)  bert_base.nn:23
-        return torch.tanh(x)  # (B, d)  bert_base.nn:23
+            x = block(attention_mask, x)  # (B, seq, d)  bert_base.nn:25
+        x = x.select(1, 0)  # (B, d)  bert_base.nn:26
+        x = self.pooler["dense"](x)  # (B, d)  bert_base.nn:27
+        return torch.tanh(x)  # (B, d)  bert_base.nn:27
 
 
 def save_weights(model, path):
