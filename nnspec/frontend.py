@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def analyze(text: str, path: str = "<string>", model: str | None = None,
         raise ValueError("analyze: give `model` or `every_model`, not both")
     overrides = dict(overrides or {})
     try:
-        with _no_collector_pauses():
+        with _no_collector_pauses(), _stack_of_fixed_depth():
             return _analyze(text, path, model, overrides, every_model, max_layers, reuse)
     except RecursionError:
         return Analysis(None, {}, {}, (_too_deep(path),), model, overrides)
@@ -303,6 +304,25 @@ def _no_collector_pauses():
         gc.unfreeze()
         if enabled:
             gc.enable()
+
+
+STACK_FRAMES = 1000  # frames the front end may use below its caller
+
+
+@contextmanager
+def _stack_of_fixed_depth():
+    """Python's recursion limit counts every frame of the process, and callers change it
+    (torch.compile raises it): the front end gets the same `STACK_FRAMES` below whoever
+    calls it, so whether a deep expression is E004 does not depend on the caller."""
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + STACK_FRAMES)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
 
 
 def _too_deep(path: str) -> Diagnostic:
