@@ -104,3 +104,26 @@ def test_the_estimate_counts_arguments_and_never_refuses_a_model_that_fits():
     refused = analyze(SIZED.format(n=50, wide="true"), max_layers=2_150)
     assert _codes(refused) == ["E401"]
     assert refused.diagnostics[0].span.line == 9  # before the repeat's first copy
+
+
+def test_a_repeat_after_an_error_builds_one_copy_not_every_one():
+    """Downstream of an error no shape can be checked, so copying a repeat 32 times (of a
+    block that repeats another 32 times) was 12,700 unchecked nodes per pass: the saved fuzz
+    case hang-ir-build-build_model-677685a1 timed out under load."""
+    text = """block Inner { input x: [4]
+  x -> dense(4) -> relu -> dense(4)
+}
+block Outer { input x: [4]
+  x -> repeat(32, Inner)
+}
+model M {
+  input x: [4]
+  input y: [5]
+  (x + y) -> repeat(32, Outer)
+}
+"""
+    analysis = analyze(text)
+    assert _codes(analysis) == ["E305"]
+    assert len(analysis.graph.nodes) < 20
+    fine = analyze(text.replace("[5]", "[4]"))
+    assert fine.ok and len(fine.graph.nodes) == 3 + 32 * 32 * 3

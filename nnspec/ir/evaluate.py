@@ -499,6 +499,8 @@ class Evaluator:
         for i in range(layer.count):
             if current is POISON:
                 return POISON
+            if i and isinstance(current, Tensor) and current.type is None:
+                break  # after a reported error the copies cannot check a shape: one is drawn
             before = len(graph.nodes)
             current = self.apply(layer.parts[0], [current], inner, str(i), span, named=False)
             if i == 0:
