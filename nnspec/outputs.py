@@ -128,7 +128,11 @@ def _folder_for(path: Path | None, special: bool, make_parents: bool) -> Path:
         import tempfile
 
         return Path(tempfile.gettempdir())
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise _explain(error, path) from None
+    if is_dir:
         raise OutputError(f"{path}: is a directory", "give a file name inside it")
     if make_parents:
         try:

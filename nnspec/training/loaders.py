@@ -101,6 +101,8 @@ def _read_text(path: str | os.PathLike) -> str:
         raise DataError(f"{path}: is a directory, not a data file") from None
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
+    except OSError as error:  # a device or /proc file that cannot be read as text
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
     except UnicodeDecodeError as error:
         line = error.object[: error.start].count(b"\n") + 1
         raise DataError(
