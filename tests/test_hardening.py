@@ -500,3 +500,71 @@ def _trained_run(tmp_path: Path) -> Path:
     result = invoke("train", SMALL, "--epochs", "1", "--out", out)
     assert result.exit_code == 0, result.output
     return out
+
+
+# ---- constructs the fuzzer's grown generator found broken ----------------------------------
+
+
+TWO_WAY = """block Swap {{
+  input a: [4]
+  input b: [4]
+  b -> dense(4), a
+}}
+
+block Fork {{
+  input x: [4]
+  x -> relu, x
+}}
+
+model M {{
+  input x: [4]
+  {body}
+}}
+"""
+
+
+def test_a_repeat_passes_several_outputs_on_as_several_inputs():
+    """The second copy of a block with two outputs got them as one value: AttributeError."""
+    from nnspec.frontend import analyze
+
+    built = analyze(TWO_WAY.format(body="a, b = x -> Fork -> repeat(3, Swap)\n  a + b"))
+    assert built.ok, built.diagnostics
+    assert sum(n.op == "dense" for n in built.graph.nodes) == 3
+    refused = analyze(TWO_WAY.format(body="x -> repeat(2, Fork)"))
+    assert [d.code for d in refused.diagnostics] == ["E147"]
+    assert "takes 1 input(s) but gets 2" in refused.diagnostics[0].message
+
+
+NUMBERED = """model M {
+  input x: [6]
+  x -> dense(5) as 7 -> relu -> seq(layernorm, dense(4)) -> dense(3) as head
+}
+"""
+
+
+@pytest.mark.torch
+def test_number_labels_at_the_top_of_a_model_compile_to_running_code(tmp_path: Path):
+    """`as 7` and an unlabelled `seq` name layers 7, 0, 1 beside named ones: the generated
+    `self.7 = ...` did not parse. The torch module now agrees with the interpreter."""
+    torch = pytest.importorskip("torch")
+    import importlib.util
+
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.backends.torch.codegen import generate
+    from nnspec.spec import load_text
+
+    spec = load_text(NUMBERED, "numbered.nn")
+    file = tmp_path / "numbered.py"
+    file.write_text(generate(spec))
+    loaded = importlib.util.spec_from_file_location("numbered", file)
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    net = NumpyModel.from_spec(spec, seed=0)
+    twin = module.M()
+    assert sorted(twin.state_dict()) == sorted(net.state_dict())
+    twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in net.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    expected = net.forward(x)
+    with torch.no_grad():
+        got = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -260,8 +260,7 @@ class Evaluator:
             layer = self.stage_layer(stage, frame)
             if layer is POISON or current is POISON:
                 return POISON
-            inputs = list(current.items) if isinstance(current, Tensors) else [current]
-            current = self.apply(layer, inputs, frame, stage.label, stage.span)
+            current = self.apply(layer, as_inputs(current), frame, stage.label, stage.span)
         return current
 
     def stage_layer(self, stage: ast.Stage, frame: Frame):
@@ -453,7 +452,7 @@ class Evaluator:
             for part in layer.parts:
                 if current is POISON:
                     return POISON
-                current = self.apply(part, [current], inner, None, part.span or span)
+                current = self.apply(part, as_inputs(current), inner, None, part.span or span)
             return current
         named = label is not None and named
         if layer.kind == "repeat":
@@ -481,13 +480,14 @@ class Evaluator:
         for index, part in enumerate(layer.parts):
             if current is POISON:
                 return POISON
-            current = self.apply(part, [current], inner, str(index), part.span or span)
+            current = self.apply(part, as_inputs(current), inner, str(index), part.span or span)
         return current
 
     def apply_repeat(self, layer: Layer, tensors, frame: Frame, label: str | None, named: bool,
                      span):
+        current = tensors[0] if len(tensors) == 1 else Tensors(tuple(tensors), span)
         if layer.count == 0:
-            return tensors[0]  # the identity, as an empty nn.Sequential
+            return current  # the identity, as an empty nn.Sequential
         local = label or frame.fresh("repeat")
         frame.used.add(local)
         path = frame.qualify(local)
@@ -495,14 +495,14 @@ class Evaluator:
         inner = frame.inner(path, "repeat")
         graph = frame.graph
         graph.check_repeat(layer.count, max(1, self.floor.of_layer(layer.parts[0])), span)
-        current = tensors[0]
         for i in range(layer.count):
             if current is POISON:
                 return POISON
             if i and isinstance(current, Tensor) and current.type is None:
                 break  # after a reported error the copies cannot check a shape: one is drawn
             before = len(graph.nodes)
-            current = self.apply(layer.parts[0], [current], inner, str(i), span, named=False)
+            current = self.apply(layer.parts[0], as_inputs(current), inner, str(i), span,
+                                 named=False)
             if i == 0:
                 graph.check_repeat(layer.count, len(graph.nodes) - before, span)
         return current
@@ -615,3 +615,9 @@ def _entry_count(layer: Layer) -> int:
     if layer.kind == "repeat":
         return _entry_count(layer.parts[0]) * layer.count
     return 1
+
+
+def as_inputs(value) -> list:
+    """What a layer after `value` receives: each of several outputs (a block's `a, b`, an op's
+    pieces) as its own input, like a pipeline stage."""
+    return list(value.items) if isinstance(value, Tensors) else [value]
