@@ -73,7 +73,7 @@ def safetensors_with(path: Path, weights: Path, metadata: dict | None = None,
 
 
 def cases(tmp: Path) -> list[Case]:
-    nn = lambda name, text: spec(tmp, name, text)  # noqa: E731
+    nn = lambda name, text: spec(tmp, name, text)
     trained = nn("trained", TRAINED)
     run = tmp / "run"
     subprocess.run([sys.executable, "-m", "nnspec", "train", trained, "-o", str(run)],
@@ -93,7 +93,7 @@ def cases(tmp: Path) -> list[Case]:
     nested.append("block N80 { input x: [4]\n  x -> relu }")
     many = "".join(f"model M{i} {{\n  input x: [4]\n  x -> dense(4)\n}}\n" for i in range(20000))
     best = run / "best.safetensors"
-    w = lambda name, **kw: safetensors_with(tmp / name, best, **kw)  # noqa: E731
+    w = lambda name, **kw: safetensors_with(tmp / name, best, **kw)
     bitrot = bytearray(best.read_bytes())
     bitrot[-1] ^= 0x40  # the exponent of the last float: 2 becomes about 7e38
     (tmp / "bitrot.safetensors").write_bytes(bytes(bitrot))
@@ -206,7 +206,7 @@ def ctrl_c(cwd: Path) -> tuple[bool, str, float]:
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
     time.sleep(0.1)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=SECONDS)
+    _, err = process.communicate(timeout=SECONDS)
     ok = process.returncode == 130 and "Traceback" not in err
     return ok, f"exit {process.returncode}", time.monotonic() - start
 

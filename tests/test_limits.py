@@ -127,3 +127,10 @@ model M {
     assert len(analysis.graph.nodes) < 20
     fine = analyze(text.replace("[5]", "[4]"))
     assert fine.ok and len(fine.graph.nodes) == 3 + 32 * 32 * 3
+
+
+def test_a_slice_of_a_dim_past_any_machine_integer_is_counted():
+    """`x[:, 1:, 1:]` of a dim of 2^70: range() overflowed (OverflowError in every command)."""
+    analysis = analyze("model M {\n  input x: [4, 22, 2 ^ 70]\n  x[:, 1:, ::2]\n}\n")
+    assert analysis.ok, analysis.diagnostics
+    assert analysis.graph.node(analysis.graph.outputs[0]).type.shape == (4, 21, 2 ** 69)

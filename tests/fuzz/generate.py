@@ -152,8 +152,8 @@ class _Program:
             "sequence": [(f"{x}[0]", "vector"), (f"{x}[:, 1:3]", "sequence"),
                          (f"{x}[..., :{self.number(1, 8)}]", "sequence"), (f"{x}[-1]", "vector"),
                          (f"softmax({x} @ transpose({r.choice(same)}, -1, -2)) @ {x}", "sequence"),
-                         (f"{x} -> attention({r.choice([1, 2])}, attn_mask = {x} @ transpose("
-                          f"{x}, -1, -2))", "sequence"),
+                         ((f"{x} -> attention({r.choice([1, 2])}, attn_mask = {x} @ "
+                           f"transpose({x}, -1, -2))"), "sequence"),
                          (f"{x} -> attention({r.choice(same)}, {r.choice([1, 2, 4])})", "sequence"),
                          (f"{x} * noise({x})", "sequence")],
             "image": [(f"{x}[0]", None), (f"{x}[:, 1:, 1:]", "image"), (f"{x}[..., ::2]", "image"),
