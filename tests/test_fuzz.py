@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 import warnings
@@ -128,3 +129,24 @@ def test_the_harness_survives_a_hang_and_reports_a_traceback(monkeypatch):
     monkeypatch.setattr(oracle, "load_text", broken)
     result = run_one("model M {\n input x: [4]\n x\n}\n", {}, 2.0)
     assert result.outcome == "traceback" and "KeyError" in result.signature
+
+
+GROWN = {"subscript": "[0]", "slice": "[:, 1:3]", "unpack": ", b", "param": "param p",
+         "seq": "seq(", "states": "states = true", "matmul": " @ ", "noise": "noise(",
+         "padding mask": "key_padding_mask", "attention mask": "attn_mask",
+         "transposed conv": "conv_transpose", "upsample": "upsample(", "shuffle": "pixel_shuffle",
+         "number label": "as 0", "dotted label": "as encoder.layer.0", "loss expression": "mse(h0",
+         "recurrent state input": "lstm(h"}
+
+
+def test_the_generator_writes_every_construct_of_the_language():
+    """The fuzzer reaches what the language grew (a new construct needs a line here and in
+    tests/fuzz/generate.py), and the mutator's corpus is every example spec."""
+    from fuzz.generate import generated
+    from fuzz.mutate import corpus
+
+    texts = "\n".join(generated(random.Random(f"grown:{i}"))[0] for i in range(600))
+    assert [name for name, marker in GROWN.items() if marker not in texts] == []
+    specs = {str(p.relative_to(CASES.parent.parent)) for p in
+             (CASES.parent.parent / "specs").glob("*.nn")}
+    assert specs <= {name for name, _ in corpus()}
