@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -60,10 +61,11 @@ def main(argv=None) -> int:
     seed = args.seed or os.urandom(4).hex()
     campaign = Campaign(seed, args.count, args.workers, args.time_limit, args.memory << 20,
                         args.minutes * 60 if args.minutes else float("inf"), cli=args.cli)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` keeps the findings too
     print(f"fuzzing {args.count:,} {'command lines' if args.cli else 'inputs'}, seed {seed} (rerun: --seed {seed})", flush=True)
     try:
         campaign.run(lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or kill (a background job ignores SIGINT)
         print("interrupted: the summary covers the inputs tried so far")
     if campaign.findings and not args.no_save:
         campaign.minimise_tracebacks()
