@@ -238,7 +238,7 @@ def trained(tmp_path: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("names", ["not json {", "[1, 2, 3]", '{"a": 1}'])
+@pytest.mark.parametrize("names", ["not json {", "[1, 2, 3]", '{"a": 1}', "[" * 100_000])
 def test_class_names_that_are_not_a_list_of_strings_give_class_numbers(trained: Path,
                                                                        names: str):
     _rewrite(trained / "best.safetensors", metadata={"class_names": names})
@@ -568,3 +568,18 @@ def test_number_labels_at_the_top_of_a_model_compile_to_running_code(tmp_path: P
     with torch.no_grad():
         got = twin(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("file", ["config.json", "resume"])
+def test_json_nested_past_the_recursion_limit_is_a_damaged_run(trained: Path, file: str):
+    """Found by `scripts/fuzz.py --cli`: a config.json (or resume state) of 100,000 nested
+    arrays raised RecursionError out of json.loads."""
+    deep = "[" * 100_000 + "]" * 100_000
+    if file == "config.json":
+        (trained / "config.json").write_text(deep)
+    else:
+        _rewrite(trained / "resume.safetensors", metadata={"nnspec": deep})
+    result = invoke("train", "--resume", trained)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
