@@ -583,3 +583,15 @@ def test_json_nested_past_the_recursion_limit_is_a_damaged_run(trained: Path, fi
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_export_refuses_an_empty_name_before_importing_torch():
+    """The name is checked first: under load, importing torch took 28 s before the refusal."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom nnspec.cli import main\n"
+            f"result = CliRunner().invoke(main, ['export', {str(SMALL)!r}, '-o', ''])\n"
+            "assert result.exit_code == 1, result.output\n"
+            "assert 'the output file name is empty' in result.output\n"
+            "assert 'torch' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr

@@ -134,3 +134,23 @@ def test_a_slice_of_a_dim_past_any_machine_integer_is_counted():
     analysis = analyze("model M {\n  input x: [4, 22, 2 ^ 70]\n  x[:, 1:, ::2]\n}\n")
     assert analysis.ok, analysis.diagnostics
     assert analysis.graph.node(analysis.graph.outputs[0]).type.shape == (4, 21, 2 ** 69)
+
+
+def test_recurrent_layers_past_the_attribute_bound_are_located():
+    analysis = analyze("model M {\n  input x: [5, 8]\n  x -> lstm(8, layers = 1000000000)\n}\n")
+    assert _codes(analysis) == ["E163"]
+    assert (analysis.diagnostics[0].span.line, analysis.diagnostics[0].span.col) == (3, 16)
+
+
+def test_the_example_transformers_with_65536_layers_are_refused_at_once():
+    """`--set layers=65536` on TinyGPT or BERT was minutes of building before a refusal."""
+    from pathlib import Path
+
+    from nnspec.frontend import analyze_file
+
+    specs = Path(__file__).parent.parent / "specs"
+    for name in ("tiny_gpt.nn", "bert_base.nn"):
+        start = time.perf_counter()
+        analysis = analyze_file(specs / name, overrides={"layers": 65536})
+        assert time.perf_counter() - start < 5
+        assert _codes(analysis) == ["E401"], name
