@@ -308,6 +308,8 @@ class Campaign:
     elapsed: float = 0.0
 
     def run(self, progress=print) -> None:
+        if self.cli:
+            workspace()  # trained once here, before the workers fork and the clocks start
         pool = Pool(self.workers, self.seed, self.time_limit, self.memory_limit)
         start = last = time.monotonic()
 
@@ -411,6 +413,8 @@ def save_cases(findings, directory: Path) -> list[Path]:
 def replay(paths, workers: int, time_limit: float, memory_limit: int) -> dict[Path, Result]:
     """Each saved case with every option set, under the limits."""
     results: dict[Path, Result] = {}
+    if any(Path(p).suffix == ".json" for p in paths):
+        workspace()
     pool = Pool(workers, "replay", time_limit, memory_limit)
 
     def on_result(job, result: Result) -> None:
