@@ -595,3 +595,12 @@ def test_export_refuses_an_empty_name_before_importing_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_slice_of_several_outputs_is_a_located_error():
+    """`h[:]` of a block's two outputs reached a missing eval_Slice (AttributeError)."""
+    from nnspec.frontend import analyze
+
+    text = "model M {\n  input x: [8]\n  c = chunk(x, 2)[:]\n  c\n}\n"
+    diagnostics = analyze(text).diagnostics
+    assert [(d.code, d.span.line, d.span.col) for d in diagnostics] == [("E135", 3, 7)]

@@ -221,7 +221,8 @@ class Evaluator:
         value = self.eval(expr.value, frame)
         if value is POISON:
             return POISON
-        if isinstance(value, Tensors) and len(expr.items) == 1:  # `chunk(x, 3)[0]`
+        if (isinstance(value, Tensors) and len(expr.items) == 1  # `chunk(x, 3)[0]`
+                and not isinstance(expr.items[0], ast.Slice)):
             return pick(value, expr, self.value(self.eval(expr.items[0], frame), expr.items[0]))
         tensor = self.tensor(value, expr.value, frame)
         items = [subscript_item(item, lambda e: self.eval(e, frame)) for item in expr.items]
