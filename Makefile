@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 NOTORCH_VENV ?= /tmp/nnspec-notorch
 
-.PHONY: setup demo test test-notorch bench docs fuzz
+.PHONY: setup demo test test-notorch bench docs fuzz fuzz-issue9
 
 setup:
 	@command -v dot >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq graphviz)
@@ -55,9 +55,17 @@ docs: setup
 	$(PYTHON) scripts/render_docs.py
 
 # Fuzz check, summary, render (DOT) and compile with FUZZ_COUNT mutated and generated specs in
-# 2 worker processes (10 s and 3 GiB per input); every crasher and hang is saved under
-# tests/fuzz_cases/, which the test suite replays. FUZZ_SEED reruns one campaign.
+# 2 worker processes (10 s and 3 GiB per input), then train/eval/predict/import-weights/...
+# with FUZZ_CLI_COUNT hostile command lines and damaged data files; every crasher and hang
+# is saved under tests/fuzz_cases/, which the test suite replays. FUZZ_SEED reruns one
+# campaign; `make fuzz-issue9` runs every case of issue 9 through the real CLI.
 FUZZ_COUNT ?= 100000
+FUZZ_CLI_COUNT ?= 5000
 FUZZ_SEED ?=
 fuzz:
 	$(PYTHON) scripts/fuzz.py --count $(FUZZ_COUNT) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+	$(PYTHON) scripts/fuzz.py --cli --count $(FUZZ_CLI_COUNT) --time-limit 20 \
+		$(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
+fuzz-issue9:
+	$(PYTHON) scripts/fuzz_issue9.py

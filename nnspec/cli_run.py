@@ -123,7 +123,7 @@ def _class_names(metadata: dict, weights: Path) -> list[str] | None:
         return None
     try:
         names = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         click.echo(f"warning: {weights}: the class_names metadata is not a JSON list of "

@@ -79,6 +79,13 @@ def export_command(file: str, fmt: str, weights: Path | None, out: str | None,
     passes onnx.checker; its batch and symbolic dims stay dynamic."""
     import importlib.util
 
+    from nnspec.outputs import OutputError, check_target
+
+    out = out if out is not None else Path(file).stem + ".onnx"
+    try:
+        check_target(out)  # before torch is imported: seconds, under load half a minute
+    except OutputError as err:
+        fail_plain(err.message, err.hint)
     missing = [m for m in ("torch", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         fail_plain(f"export goes through torch.onnx, which needs {' and '.join(missing)}",
@@ -95,9 +102,7 @@ def export_command(file: str, fmt: str, weights: Path | None, out: str | None,
         spec, net, _ = load_trained(file, model, overrides, weights, EXPORT_PARAM_COPIES + 1)
         state = net.state_dict()
     from nnspec.backends.torch.export import ExportError, export_onnx
-    from nnspec.outputs import OutputError
 
-    out = out if out is not None else Path(file).stem + ".onnx"
     try:
         written = export_onnx(spec, out, state)
     except ExportError as err:

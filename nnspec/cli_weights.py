@@ -91,6 +91,12 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
             sys.exit(1)
         if any(is_fresh(name) for name in shapes):
             from nnspec.backends.numpy.model import NumpyModel
+            from nnspec.training.budget import TooBig, check_fits
+
+            try:  # the fresh weights are allocated here: refuse what cannot fit first
+                check_fits(graph, what=f"initialising {graph.name}", batch=1, param_copies=2)
+            except TooBig as err:
+                _fail(err.message, err.hint)
 
             initial = NumpyModel(graph, seed=seed).state_dict()
             arrays.update({n: initial[n] for n in shapes if is_fresh(n)})

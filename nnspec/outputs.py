@@ -75,6 +75,15 @@ def staged(target: str | os.PathLike, *, make_parents: bool = False) -> Iterator
         partial.unlink(missing_ok=True)
 
 
+def check_target(target: str | os.PathLike) -> None:
+    """The checks `staged` makes of the name, made up front: a command that works a while
+    before writing (export imports torch and traces) learns of an empty name or a directory
+    at once. Raises OutputError."""
+    name = _checked_name(target)
+    if name != STDOUT and not _is_special(Path(name)):
+        _folder_for(Path(name), False, False)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Replace the regular file `path` by `data` atomically (OSError on failure, with no
     partial file left behind); refuses to rename over anything that is not a regular file."""
@@ -128,7 +137,11 @@ def _folder_for(path: Path | None, special: bool, make_parents: bool) -> Path:
         import tempfile
 
         return Path(tempfile.gettempdir())
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise _explain(error, path) from None
+    if is_dir:
         raise OutputError(f"{path}: is a directory", "give a file name inside it")
     if make_parents:
         try:

@@ -6,7 +6,12 @@ a time limit and a memory limit. Any exception that is not nnspec's diagnostics,
 and any memory-limit hit is a finding; the shortest input of each distinct finding is
 saved under tests/fuzz_cases/ (tracebacks minimised), where tests/test_fuzz.py replays it.
 
-    python scripts/fuzz.py --count 100000 [--seed S] [--workers 2] [--time-limit 10]
+With --cli the inputs are hostile command lines instead (tests/fuzz/hostile.py): train,
+eval, predict, import-weights, compile, render... with odd option values and damaged data
+files, weights and run directories, run in-process; each must exit 0, 1, 2 or 130. Their
+findings are saved as .json scenarios beside the .nn cases.
+
+    python scripts/fuzz.py --count 100000 [--seed S] [--workers 2] [--time-limit 10] [--cli]
     python scripts/fuzz.py --replay            # only replay tests/fuzz_cases/
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,7 +31,7 @@ from fuzz.runner import Campaign, replay, save_cases
 
 
 def _replay(args) -> int:
-    cases = sorted(CASES.glob("*.nn"))
+    cases = sorted([*CASES.glob("*.nn"), *CASES.glob("*.json")])
     results = replay(cases, args.workers, args.time_limit, args.memory << 20)
     failed = {p: r for p, r in results.items() if r.failed}
     for path, result in sorted(failed.items()):
@@ -46,17 +52,20 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop starting new inputs after this long")
     parser.add_argument("--replay", action="store_true", help="only replay the saved cases")
+    parser.add_argument("--cli", action="store_true", help="hostile command lines and data "
+                        "files instead of specs")
     parser.add_argument("--no-save", action="store_true", help="do not write new cases")
     args = parser.parse_args(argv)
     if args.replay:
         return 1 if _replay(args) else 0
     seed = args.seed or os.urandom(4).hex()
     campaign = Campaign(seed, args.count, args.workers, args.time_limit, args.memory << 20,
-                        args.minutes * 60 if args.minutes else float("inf"))
-    print(f"fuzzing {args.count:,} inputs, seed {seed} (rerun: --seed {seed})", flush=True)
+                        args.minutes * 60 if args.minutes else float("inf"), cli=args.cli)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` keeps the findings too
+    print(f"fuzzing {args.count:,} {'command lines' if args.cli else 'inputs'}, seed {seed} (rerun: --seed {seed})", flush=True)
     try:
         campaign.run(lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or kill (a background job ignores SIGINT)
         print("interrupted: the summary covers the inputs tried so far")
     if campaign.findings and not args.no_save:
         campaign.minimise_tracebacks()

@@ -10,18 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnspec.training.csv_files import load_csv
+from nnspec.training.data import from_user_data
 from nnspec.training.datasets import (
     CHAR_ALPHABET,
     DATASETS,
     Dataset,
-    from_user_data,
     load_dataset,
 )
 from nnspec.training.loaders import (
     DataError,
     UserData,
     iterate_minibatches,
-    load_csv,
     load_npy,
     load_npz,
     train_val_split,

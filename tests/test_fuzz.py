@@ -9,7 +9,9 @@ saves every crasher and hang under tests/fuzz_cases/, which `test_saved_case` re
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import sys
 import time
 import warnings
@@ -19,8 +21,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fuzz import oracle
-from fuzz.runner import Pool, make_input, run_one
+from fuzz import hostile, oracle
+from fuzz.runner import Pool, make_input, make_scenario, run_one, run_scenario
 
 CASES = Path(__file__).parent / "fuzz_cases"
 SECONDS = 4.0  # of inputs per run; the last input may add its time limit
@@ -62,8 +64,23 @@ def test_mutated_and_generated_specs_give_results_or_diagnostics():
     assert "built" in outcomes and "diagnostics" in outcomes, (seed, outcomes)
 
 
+def test_hostile_command_lines_and_data_files_exit_cleanly():
+    """A few seconds of `scripts/fuzz.py --cli`: train/eval/predict/import-weights/compile
+    with odd options and damaged files end with exit 0, 1, 2 or 130, never a traceback."""
+    seed, start, index = _seed(), time.monotonic(), 0
+    outcomes = []
+    while time.monotonic() - start < SECONDS:
+        scenario = make_scenario(seed, index)
+        result = run_scenario(scenario, 20.0)
+        assert result.outcome not in ("traceback", "died"), (
+            f"command line {index} of seed {seed}: {scenario.origin}\n{result.detail}")
+        outcomes.append(result.outcome)
+        index += 1
+    assert "diagnostics" in outcomes, (seed, outcomes)
+
+
 def _case_params():
-    for path in sorted(CASES.glob("*.nn")):
+    for path in sorted([*CASES.glob("*.nn"), *CASES.glob("*.json")]):
         reason = EXPECTED_FAILURES.get(path.name)
         marks = []
         if reason:
@@ -78,12 +95,15 @@ def _case_params():
 def test_saved_case(path):
     """Each crasher the fuzzer found gives a result or diagnostics with every option set."""
     text = path.read_text(encoding="utf-8")
-    result = run_one(text, None, 10.0)
+    if path.suffix == ".json":
+        result = run_scenario(hostile.Scenario.from_json(json.loads(text)), 20.0)
+    else:
+        result = run_one(text, None, 10.0)
     assert not result.failed, f"{result.signature}\n{result.detail}"
 
 
 def test_every_expected_failure_is_a_saved_case():
-    assert set(EXPECTED_FAILURES) <= {p.name for p in CASES.glob("*.nn")}
+    assert set(EXPECTED_FAILURES) <= {p.name for p in CASES.iterdir()}
 
 
 # Slower than the limits below, though not unbounded: 99,000 layers through every backend.
@@ -109,3 +129,24 @@ def test_the_harness_survives_a_hang_and_reports_a_traceback(monkeypatch):
     monkeypatch.setattr(oracle, "load_text", broken)
     result = run_one("model M {\n input x: [4]\n x\n}\n", {}, 2.0)
     assert result.outcome == "traceback" and "KeyError" in result.signature
+
+
+GROWN = {"subscript": "[0]", "slice": "[:, 1:3]", "unpack": ", b", "param": "param p",
+         "seq": "seq(", "states": "states = true", "matmul": " @ ", "noise": "noise(",
+         "padding mask": "key_padding_mask", "attention mask": "attn_mask",
+         "transposed conv": "conv_transpose", "upsample": "upsample(", "shuffle": "pixel_shuffle",
+         "number label": "as 0", "dotted label": "as encoder.layer.0", "loss expression": "mse(h0",
+         "recurrent state input": "lstm(h"}
+
+
+def test_the_generator_writes_every_construct_of_the_language():
+    """The fuzzer reaches what the language grew (a new construct needs a line here and in
+    tests/fuzz/generate.py), and the mutator's corpus is every example spec."""
+    from fuzz.generate import generated
+    from fuzz.mutate import corpus
+
+    texts = "\n".join(generated(random.Random(f"grown:{i}"))[0] for i in range(600))
+    assert [name for name, marker in GROWN.items() if marker not in texts] == []
+    specs = {str(p.relative_to(CASES.parent.parent)) for p in
+             (CASES.parent.parent / "specs").glob("*.nn")}
+    assert specs <= {name for name, _ in corpus()}

@@ -238,7 +238,7 @@ def trained(tmp_path: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("names", ["not json {", "[1, 2, 3]", '{"a": 1}'])
+@pytest.mark.parametrize("names", ["not json {", "[1, 2, 3]", '{"a": 1}', "[" * 100_000])
 def test_class_names_that_are_not_a_list_of_strings_give_class_numbers(trained: Path,
                                                                        names: str):
     _rewrite(trained / "best.safetensors", metadata={"class_names": names})
@@ -500,3 +500,107 @@ def _trained_run(tmp_path: Path) -> Path:
     result = invoke("train", SMALL, "--epochs", "1", "--out", out)
     assert result.exit_code == 0, result.output
     return out
+
+
+# ---- constructs the fuzzer's grown generator found broken ----------------------------------
+
+
+TWO_WAY = """block Swap {{
+  input a: [4]
+  input b: [4]
+  b -> dense(4), a
+}}
+
+block Fork {{
+  input x: [4]
+  x -> relu, x
+}}
+
+model M {{
+  input x: [4]
+  {body}
+}}
+"""
+
+
+def test_a_repeat_passes_several_outputs_on_as_several_inputs():
+    """The second copy of a block with two outputs got them as one value: AttributeError."""
+    from nnspec.frontend import analyze
+
+    built = analyze(TWO_WAY.format(body="a, b = x -> Fork -> repeat(3, Swap)\n  a + b"))
+    assert built.ok, built.diagnostics
+    assert sum(n.op == "dense" for n in built.graph.nodes) == 3
+    refused = analyze(TWO_WAY.format(body="x -> repeat(2, Fork)"))
+    assert [d.code for d in refused.diagnostics] == ["E147"]
+    assert "takes 1 input(s) but gets 2" in refused.diagnostics[0].message
+
+
+NUMBERED = """model M {
+  input x: [6]
+  x -> dense(5) as 7 -> relu -> seq(layernorm, dense(4)) -> dense(3) as head
+}
+"""
+
+
+@pytest.mark.torch
+def test_number_labels_at_the_top_of_a_model_compile_to_running_code(tmp_path: Path):
+    """`as 7` and an unlabelled `seq` name layers 7, 0, 1 beside named ones: the generated
+    `self.7 = ...` did not parse. The torch module now agrees with the interpreter."""
+    torch = pytest.importorskip("torch")
+    import importlib.util
+
+    from nnspec.backends.numpy.model import NumpyModel
+    from nnspec.backends.torch.codegen import generate
+    from nnspec.spec import load_text
+
+    spec = load_text(NUMBERED, "numbered.nn")
+    file = tmp_path / "numbered.py"
+    file.write_text(generate(spec))
+    loaded = importlib.util.spec_from_file_location("numbered", file)
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    net = NumpyModel.from_spec(spec, seed=0)
+    twin = module.M()
+    assert sorted(twin.state_dict()) == sorted(net.state_dict())
+    twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in net.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    expected = net.forward(x)
+    with torch.no_grad():
+        got = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("file", ["config.json", "resume"])
+def test_json_nested_past_the_recursion_limit_is_a_damaged_run(trained: Path, file: str):
+    """Found by `scripts/fuzz.py --cli`: a config.json (or resume state) of 100,000 nested
+    arrays raised RecursionError out of json.loads."""
+    deep = "[" * 100_000 + "]" * 100_000
+    if file == "config.json":
+        (trained / "config.json").write_text(deep)
+    else:
+        _rewrite(trained / "resume.safetensors", metadata={"nnspec": deep})
+    result = invoke("train", "--resume", trained)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_export_refuses_an_empty_name_before_importing_torch():
+    """The name is checked first: under load, importing torch took 28 s before the refusal."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom nnspec.cli import main\n"
+            f"result = CliRunner().invoke(main, ['export', {str(SMALL)!r}, '-o', ''])\n"
+            "assert result.exit_code == 1, result.output\n"
+            "assert 'the output file name is empty' in result.output\n"
+            "assert 'torch' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_slice_of_several_outputs_is_a_located_error():
+    """`h[:]` of a block's two outputs reached a missing eval_Slice (AttributeError)."""
+    from nnspec.frontend import analyze
+
+    text = "model M {\n  input x: [8]\n  c = chunk(x, 2)[:]\n  c\n}\n"
+    diagnostics = analyze(text).diagnostics
+    assert [(d.code, d.span.line, d.span.col) for d in diagnostics] == [("E135", 3, 7)]

@@ -104,3 +104,53 @@ def test_the_estimate_counts_arguments_and_never_refuses_a_model_that_fits():
     refused = analyze(SIZED.format(n=50, wide="true"), max_layers=2_150)
     assert _codes(refused) == ["E401"]
     assert refused.diagnostics[0].span.line == 9  # before the repeat's first copy
+
+
+def test_a_repeat_after_an_error_builds_one_copy_not_every_one():
+    """Downstream of an error no shape can be checked, so copying a repeat 32 times (of a
+    block that repeats another 32 times) was 12,700 unchecked nodes per pass: the saved fuzz
+    case hang-ir-build-build_model-677685a1 timed out under load."""
+    text = """block Inner { input x: [4]
+  x -> dense(4) -> relu -> dense(4)
+}
+block Outer { input x: [4]
+  x -> repeat(32, Inner)
+}
+model M {
+  input x: [4]
+  input y: [5]
+  (x + y) -> repeat(32, Outer)
+}
+"""
+    analysis = analyze(text)
+    assert _codes(analysis) == ["E305"]
+    assert len(analysis.graph.nodes) < 20
+    fine = analyze(text.replace("[5]", "[4]"))
+    assert fine.ok and len(fine.graph.nodes) == 3 + 32 * 32 * 3
+
+
+def test_a_slice_of_a_dim_past_any_machine_integer_is_counted():
+    """`x[:, 1:, 1:]` of a dim of 2^70: range() overflowed (OverflowError in every command)."""
+    analysis = analyze("model M {\n  input x: [4, 22, 2 ^ 70]\n  x[:, 1:, ::2]\n}\n")
+    assert analysis.ok, analysis.diagnostics
+    assert analysis.graph.node(analysis.graph.outputs[0]).type.shape == (4, 21, 2 ** 69)
+
+
+def test_recurrent_layers_past_the_attribute_bound_are_located():
+    analysis = analyze("model M {\n  input x: [5, 8]\n  x -> lstm(8, layers = 1000000000)\n}\n")
+    assert _codes(analysis) == ["E163"]
+    assert (analysis.diagnostics[0].span.line, analysis.diagnostics[0].span.col) == (3, 16)
+
+
+def test_the_example_transformers_with_65536_layers_are_refused_at_once():
+    """`--set layers=65536` on TinyGPT or BERT was minutes of building before a refusal."""
+    from pathlib import Path
+
+    from nnspec.frontend import analyze_file
+
+    specs = Path(__file__).parent.parent / "specs"
+    for name in ("tiny_gpt.nn", "bert_base.nn"):
+        start = time.perf_counter()
+        analysis = analyze_file(specs / name, overrides={"layers": 65536})
+        assert time.perf_counter() - start < 5
+        assert _codes(analysis) == ["E401"], name

@@ -16,7 +16,7 @@ from nnspec.ir.attrs import bind_params
 from nnspec.ir.frames import Frame, snake
 from nnspec.ir.graph import Scope
 from nnspec.ir.nodes import apply_op
-from nnspec.ir.values import POISON, Layer, Tensor, source_text
+from nnspec.ir.values import POISON, Layer, Tensor, Tensors, source_text
 from nnspec.syntax import ast
 
 MAX_NESTING = 64  # blocks and fns inside one another; deeper is a mistake, not a network
@@ -51,7 +51,7 @@ class Application:
             for part in layer.parts:
                 if current is POISON:
                     return POISON
-                current = self.apply(part, [current], inner, None, part.span or span)
+                current = self.apply(part, as_inputs(current), inner, None, part.span or span)
             return current
         named = label is not None and named
         if layer.kind == "repeat":
@@ -79,13 +79,14 @@ class Application:
         for index, part in enumerate(layer.parts):
             if current is POISON:
                 return POISON
-            current = self.apply(part, [current], inner, str(index), part.span or span)
+            current = self.apply(part, as_inputs(current), inner, str(index), part.span or span)
         return current
 
     def apply_repeat(self, layer: Layer, tensors, frame: Frame, label: str | None, named: bool,
                      span):
+        current = tensors[0] if len(tensors) == 1 else Tensors(tuple(tensors), span)
         if layer.count == 0:
-            return tensors[0]  # the identity, as an empty nn.Sequential
+            return current  # the identity, as an empty nn.Sequential
         local = label or frame.fresh("repeat")
         frame.used.add(local)
         path = frame.qualify(local)
@@ -93,12 +94,14 @@ class Application:
         inner = frame.inner(path, "repeat")
         graph = frame.graph
         graph.check_repeat(layer.count, max(1, self.floor.of_layer(layer.parts[0])), span)
-        current = tensors[0]
         for i in range(layer.count):
             if current is POISON:
                 return POISON
+            if i and isinstance(current, Tensor) and current.type is None:
+                break  # after a reported error the copies cannot check a shape: one is drawn
             before = len(graph.nodes)
-            current = self.apply(layer.parts[0], [current], inner, str(i), span, named=False)
+            current = self.apply(layer.parts[0], as_inputs(current), inner, str(i), span,
+                                 named=False)
             if i == 0:
                 graph.check_repeat(layer.count, len(graph.nodes) - before, span)
         return current
@@ -198,3 +201,9 @@ class Application:
             value = self.guard(lambda d=d: self.eval_value(d, frame), None)
             shown.append(str(value) if value is not None else source_text(d.span))
         return "[" + ", ".join(shown) + "]"
+
+
+def as_inputs(value) -> list:
+    """What a layer after `value` receives: each of several outputs (a block's `a, b`, an op's
+    pieces) as its own input, like a pipeline stage."""
+    return list(value.items) if isinstance(value, Tensors) else [value]

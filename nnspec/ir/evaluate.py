@@ -17,7 +17,7 @@ from typing import Any
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span
 from nnspec.ir import ops
-from nnspec.ir.application import Application
+from nnspec.ir.application import Application, as_inputs
 from nnspec.ir.arithmetic import BUILTIN_FUNCS, call_builtin, combine
 from nnspec.ir.definitions import find_recursion, index_definitions
 from nnspec.ir.estimate import LayerFloor
@@ -227,7 +227,8 @@ class Evaluator(Application):
         value = self.eval(expr.value, frame)
         if value is POISON:
             return POISON
-        if isinstance(value, Tensors) and len(expr.items) == 1:  # `chunk(x, 3)[0]`
+        if (isinstance(value, Tensors) and len(expr.items) == 1  # `chunk(x, 3)[0]`
+                and not isinstance(expr.items[0], ast.Slice)):
             return pick(value, expr, self.value(self.eval(expr.items[0], frame), expr.items[0]))
         tensor = self.tensor(value, expr.value, frame)
         items = [subscript_item(item, lambda e: self.eval(e, frame)) for item in expr.items]
@@ -266,8 +267,7 @@ class Evaluator(Application):
             layer = self.stage_layer(stage, frame)
             if layer is POISON or current is POISON:
                 return POISON
-            inputs = list(current.items) if isinstance(current, Tensors) else [current]
-            current = self.apply(layer, inputs, frame, stage.label, stage.span)
+            current = self.apply(layer, as_inputs(current), frame, stage.label, stage.span)
         return current
 
     def stage_layer(self, stage: ast.Stage, frame: Frame):

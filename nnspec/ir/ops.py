@@ -1560,7 +1560,8 @@ def slice_size(size: Dim, start: int | None, stop: int | None, step: int) -> Dim
     symbolic size is sliced only where the count does not depend on it, or by a fixed
     offset with step 1 (`x[1:]` of T is T-1)."""
     if isinstance(size, int):
-        count = len(range(size)[start:stop:step])
+        first, end, stride = slice(start, stop, step).indices(size)  # a dim past 2^63 too
+        count = max(0, (end - first + stride - (1 if stride > 0 else -1)) // stride)
         if count == 0:
             raise ShapeError(f"the slice {_slice_text(start, stop, step)} of a dim of size "
                              f"{size} is empty", code="E304")

@@ -27,12 +27,88 @@ import numpy as np
 from nnspec.diagnostics import Diagnostic, Note, Span, SpecError
 from nnspec.ir import ops
 from nnspec.ir.train import Setting
-from nnspec.training import loaders
-from nnspec.training.datasets import DATASETS, Dataset, from_user_data, load_dataset
+from nnspec.training import csv_files, loaders
+from nnspec.training.datasets import DATASETS, TASKS, Dataset, load_dataset
 from nnspec.training.loaders import DataError
 from nnspec.training.metrics import MetricError, check_metric
 
 DATA_SEED = 0  # the data and its split do not depend on --seed: runs compare on the same samples
+
+
+def from_user_data(
+    data: loaders.UserData,
+    *,
+    task: str | None = None,
+    val: float = 0.2,
+    seed: int = 0,
+    name: str = "user data",
+) -> Dataset:
+    """Turn arrays read from a user's file into a Dataset, holding out `val` if it had no split.
+
+    The task follows the targets unless given: integer ids mean classification (per position
+    when each target is a sequence), floats mean regression. Regression targets of shape (N,)
+    become (N, 1) to match a `dense(1)` output.
+    """
+    if data.x_val is not None and data.y_val is not None:
+        x_train, y_train, x_val, y_val = data.x, data.y, data.x_val, data.y_val
+    else:
+        x_train, y_train, x_val, y_val = loaders.train_val_split(data.x, data.y, val, seed)
+    if task is None:
+        is_ids = y_train.dtype == np.int64 and y_val.dtype == np.int64
+        task = (
+            "regression"
+            if not is_ids
+            else ("classification" if y_train.ndim == 1 else "sequence_classification")
+        )
+    if task not in TASKS:
+        raise DataError(f"unknown task `{task}`", hint=loaders.suggest(task, TASKS))
+    num_classes = None
+    if task == "regression":
+        y_train, y_val = (_as_regression_targets(y) for y in (y_train, y_val))
+    else:
+        y_train, y_val = (_as_class_ids(name, y) for y in (y_train, y_val))
+        num_classes = _count_classes(name, y_train, y_val, data.class_names)
+    return Dataset(
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        task=task,
+        num_classes=num_classes,
+        input_shape=x_train.shape[1:],
+        description=f"{name}: {len(x_train)} training and {len(x_val)} validation samples",
+        attribution="supplied by the user",
+        name=name,
+        class_names=data.class_names,
+    )
+
+
+def _as_regression_targets(y: np.ndarray) -> np.ndarray:
+    y = y.astype(np.float32)
+    return y.reshape(-1, 1) if y.ndim == 1 else y
+
+
+def _as_class_ids(name: str, y: np.ndarray) -> np.ndarray:
+    if y.dtype != np.int64:
+        if not np.all(y == np.round(y)):
+            raise DataError(
+                f"{name}: classification needs integer class ids, but the targets hold fractions",
+                hint="use a regression loss such as mse, or store class ids 0..K-1",
+            )
+        y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise DataError(
+            f"{name}: class ids must be 0 or more, but the targets hold {int(y.min())}",
+            hint="number the classes 0..K-1, or store the labels as strings",
+        )
+    return y
+
+
+def _count_classes(
+    name: str, y_train: np.ndarray, y_val: np.ndarray, class_names: tuple[str, ...] | None
+) -> int:
+    seen = int(max(y_train.max(initial=0), y_val.max(initial=0))) + 1
+    return max(seen, len(class_names)) if class_names else seen
 
 
 def data_error(code: str, message: str, span: Span | None, hint: str | None = None,
@@ -95,8 +171,8 @@ def _load(setting: Setting, base_dir: Path, val: float | None, task: str | None
         return dataset, "the set's own split" if own_split else _held_out(dataset)
     path = base_dir / args.pop("path")
     if setting.name == "csv":
-        _check_options("csv", args, loaders.load_csv)
-        data = loaders.load_csv(path, **args)
+        _check_options("csv", args, csv_files.load_csv)
+        data = csv_files.load_csv(path, **args)
     elif setting.name == "npz":
         _check_options("npz", args, loaders.load_npz)
         data = loaders.load_npz(path)
@@ -153,12 +229,12 @@ def load_inputs(path: str | Path, drop_column: str | None = None,
 
 
 def _csv_features(path: Path, drop_column: str | None) -> np.ndarray:
-    header, rows, lines = loaders._parse_rows(path, loaders._read_text(path), ",")
+    header, rows, lines = csv_files.parse_rows(path, csv_files.read_text(path), ",")
     names = [name for name in header if name != drop_column]
     columns = list(zip(*rows))
     x = np.empty((len(rows), len(names)), dtype=np.float32)
     for j, name in enumerate(names):
-        x[:, j] = loaders._numeric_column(path, name, columns[header.index(name)], lines)
+        x[:, j] = csv_files.numeric_column(path, name, columns[header.index(name)], lines)
     return x
 
 

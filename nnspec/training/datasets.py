@@ -22,7 +22,9 @@ from importlib import resources
 import numpy as np
 
 from nnspec.training import segmentation
-from nnspec.training.loaders import DataError, UserData, suggest, train_val_split
+from nnspec.training.char_text import CHAR_ALPHABET, sentences, windows
+from nnspec.training.loaders import DataError, suggest, train_val_split
+from nnspec.training.set_bounds import amount, check_size, count
 
 # "named": several inputs or targets, each a field of a structured array (npz by name)
 TASKS = ("classification", "regression", "sequence_classification", "segmentation", "named")
@@ -124,117 +126,6 @@ def load_dataset(name: str, *, seed: int = 0, **options: object) -> Dataset:
     return info.make(seed=seed, **options)
 
 
-def from_user_data(
-    data: UserData,
-    *,
-    task: str | None = None,
-    val: float = 0.2,
-    seed: int = 0,
-    name: str = "user data",
-) -> Dataset:
-    """Turn arrays read from a user's file into a Dataset, holding out `val` if it had no split.
-
-    The task follows the targets unless given: integer ids mean classification (per position
-    when each target is a sequence), floats mean regression. Regression targets of shape (N,)
-    become (N, 1) to match a `dense(1)` output.
-    """
-    if data.x_val is not None and data.y_val is not None:
-        x_train, y_train, x_val, y_val = data.x, data.y, data.x_val, data.y_val
-    else:
-        x_train, y_train, x_val, y_val = train_val_split(data.x, data.y, val, seed)
-    if task is None:
-        is_ids = y_train.dtype == np.int64 and y_val.dtype == np.int64
-        task = (
-            "regression"
-            if not is_ids
-            else ("classification" if y_train.ndim == 1 else "sequence_classification")
-        )
-    if task not in TASKS:
-        raise DataError(f"unknown task `{task}`", hint=suggest(task, TASKS))
-    num_classes = None
-    if task == "regression":
-        y_train, y_val = (_as_regression_targets(y) for y in (y_train, y_val))
-    else:
-        y_train, y_val = (_as_class_ids(name, y) for y in (y_train, y_val))
-        num_classes = _count_classes(name, y_train, y_val, data.class_names)
-    return Dataset(
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        task=task,
-        num_classes=num_classes,
-        input_shape=x_train.shape[1:],
-        description=f"{name}: {len(x_train)} training and {len(x_val)} validation samples",
-        attribution="supplied by the user",
-        name=name,
-        class_names=data.class_names,
-    )
-
-
-def _as_regression_targets(y: np.ndarray) -> np.ndarray:
-    y = y.astype(np.float32)
-    return y.reshape(-1, 1) if y.ndim == 1 else y
-
-
-def _as_class_ids(name: str, y: np.ndarray) -> np.ndarray:
-    if y.dtype != np.int64:
-        if not np.all(y == np.round(y)):
-            raise DataError(
-                f"{name}: classification needs integer class ids, but the targets hold fractions",
-                hint="use a regression loss such as mse, or store class ids 0..K-1",
-            )
-        y = y.astype(np.int64)
-    if y.size and y.min() < 0:
-        raise DataError(
-            f"{name}: class ids must be 0 or more, but the targets hold {int(y.min())}",
-            hint="number the classes 0..K-1, or store the labels as strings",
-        )
-    return y
-
-
-def _count_classes(
-    name: str, y_train: np.ndarray, y_val: np.ndarray, class_names: tuple[str, ...] | None
-) -> int:
-    seen = int(max(y_train.max(initial=0), y_val.max(initial=0))) + 1
-    return max(seen, len(class_names)) if class_names else seen
-
-
-# ---------------------------------------------------------------- option checks
-
-
-# Upper bounds of the generated sets' options (docs/training.md): far above any use, far
-# below what would take a machine down before a single sample is made.
-MAXIMUM = {"n": 10_000_000, "length": 100_000, "classes": 100_000, "vocab": 1_000_000,
-           "chars": 100_000_000, "shape": 64}
-MAX_NUMBERS = 200_000_000  # numbers in one generated set (800 MB of float32)
-
-
-def _count(option: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DataError(
-            f"option `{option}` must be a whole number of at least {minimum}, not {value!r}"
-        )
-    if value > MAXIMUM[option]:
-        raise DataError(f"option `{option}` is {value:,}; the most a generated set takes is "
-                        f"{MAXIMUM[option]:,}", hint="for more data, use a file (npz, csv)")
-    return int(value)
-
-
-def _check_size(name: str, numbers: int) -> None:
-    """Refuse options that together would make a set too big to hold (n x length x ...)."""
-    if numbers > MAX_NUMBERS:
-        raise DataError(f"these options make `{name}` hold {numbers:,} numbers; the most a "
-                        f"generated set holds is {MAX_NUMBERS:,}",
-                        hint="lower `n`, `length`, `classes`, `vocab` or `chars`")
-
-
-def _amount(option: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise DataError(f"option `{option}` must be a number of 0 or more, not {value!r}")
-    return float(value)
-
-
 def _generated(
     name: str,
     x: np.ndarray,
@@ -269,7 +160,7 @@ def _generated(
 @_register("xor", "2-D points labelled by the sign of x1*x2 (2 classes, chance 50%)")
 def make_xor(*, seed: int, n: int = 400, noise: float = 0.1, val: float = 0.2) -> Dataset:
     """Not linearly separable, so a model without a hidden layer stays near chance."""
-    n, noise = _count("n", n, 2), _amount("noise", noise)
+    n, noise = count("n", n, 2), amount("noise", noise)
     rng = np.random.default_rng(seed)
     points = rng.uniform(-1.0, 1.0, size=(n, 2))
     labels = ((points[:, 0] > 0) != (points[:, 1] > 0)).astype(np.int64)
@@ -290,7 +181,7 @@ def make_xor(*, seed: int, n: int = 400, noise: float = 0.1, val: float = 0.2) -
 @_register("moons", "2-D points on two interleaving half circles (2 classes, chance 50%)")
 def make_moons(*, seed: int, n: int = 400, noise: float = 0.1, val: float = 0.2) -> Dataset:
     """The classic curved boundary: the upper moon and the lower moon shifted to interleave."""
-    n, noise = _count("n", n, 2), _amount("noise", noise)
+    n, noise = count("n", n, 2), amount("noise", noise)
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int64) % 2
     angle = rng.uniform(0.0, math.pi, size=n)
@@ -324,11 +215,11 @@ def make_spirals(
     val: float = 0.2,
 ) -> Dataset:
     """Arms wound `turns` times around the origin: needs a deep or wide non-linear model."""
-    n, classes = _count("n", n, 2), _count("classes", classes, 2)
+    n, classes = count("n", n, 2), count("classes", classes, 2)
     if classes > n:
         raise DataError(f"{classes:,} spiral arms need at least as many points, not {n:,}",
                         hint="raise `n` or lower `classes`")
-    turns, noise = _amount("turns", turns), _amount("noise", noise)
+    turns, noise = amount("turns", turns), amount("noise", noise)
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int64) % classes
     along = rng.uniform(0.0, 1.0, size=n)
@@ -357,7 +248,7 @@ def make_spirals(
 )
 def make_sine(*, seed: int, n: int = 500, noise: float = 0.05, val: float = 0.2) -> Dataset:
     """The smallest curve fit: x of shape (N, 1), y of shape (N, 1)."""
-    n, noise = _count("n", n, 2), _amount("noise", noise)
+    n, noise = count("n", n, 2), amount("noise", noise)
     rng = np.random.default_rng(seed)
     x = rng.uniform(-math.pi, math.pi, size=(n, 1))
     y = np.sin(x) + rng.normal(0.0, noise, size=x.shape)
@@ -419,7 +310,7 @@ def _digits_view(shape: object) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
     try:
-        view = tuple(_count("shape", size) for size in shape)  # type: ignore[union-attr]
+        view = tuple(count("shape", size) for size in shape)  # type: ignore[union-attr]
     except (TypeError, DataError):
         view = ()
     if math.prod(view) != 64 or not view:
@@ -442,8 +333,8 @@ def make_adding(*, seed: int, n: int = 2000, length: int = 30, val: float = 0.2)
     marks one step in each half; the target is the sum of the two marked values. Predicting
     the constant 1.0 scores MSE 1/6, so a model that remembers goes well below it.
     """
-    n, length = _count("n", n, 2), _count("length", length, 2)
-    _check_size("adding", n * length * 2)
+    n, length = count("n", n, 2), count("length", length, 2)
+    check_size("adding", n * length * 2)
     rng = np.random.default_rng(seed)
     half = length // 2
     x = np.zeros((n, length, 2), dtype=np.float32)
@@ -477,11 +368,11 @@ def make_recall(
     first half is marked and the label is its digit, so the net must keep it to the end.
     """
     n, length, classes = (
-        _count("n", n, 2),
-        _count("length", length, 2),
-        _count("classes", classes, 2),
+        count("n", n, 2),
+        count("length", length, 2),
+        count("classes", classes, 2),
     )
-    _check_size("recall", n * length * (classes + 2))
+    check_size("recall", n * length * (classes + 2))
     rng = np.random.default_rng(seed)
     digits = rng.integers(0, classes, size=(n, length))
     marked = rng.integers(0, max(1, length // 2), size=n)
@@ -553,13 +444,13 @@ def make_sort(
 def make_shapes(*, seed: int, n: int = 400, size: int = 32, classes: int = 3,
                 val: float = 0.2) -> Dataset:
     """Segmentation (nnspec/training/segmentation.py): per-pixel class ids, [C, H, W] scores."""
-    n = _count("n", n, 2)
+    n = count("n", n, 2)
     if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 512:
         raise DataError(f"option `size` of `shapes` must be a whole number from 4 to 512, "
                         f"not {size!r}")
     if classes not in segmentation.CLASS_NAMES:
         raise DataError(f"option `classes` of `shapes` must be 2 or 3, not {classes!r}")
-    _check_size("shapes", n * size * size * 3)
+    check_size("shapes", n * size * size * 3)
     images, masks = segmentation.draw_shapes(np.random.default_rng(seed), n, size, classes)
     return _generated("shapes", images, masks, val=val, seed=seed,
                       task="segmentation", num_classes=classes,
@@ -568,67 +459,12 @@ def make_shapes(*, seed: int, n: int = 400, size: int = 32, classes: int = 3,
 
 
 def _random_tokens(seed: int, n: object, length: object, vocab: object) -> np.ndarray:
-    n, length, vocab = _count("n", n, 2), _count("length", length), _count("vocab", vocab, 2)
-    _check_size("tokens", n * length * 2)
+    n, length, vocab = count("n", n, 2), count("length", length), count("vocab", vocab, 2)
+    check_size("tokens", n * length * 2)
     return np.random.default_rng(seed).integers(0, vocab, size=(n, length), dtype=np.int64)
 
 
 # ---------------------------------------------------------------- character language model
-
-_SUBJECTS = (
-    "the cat",
-    "the old dog",
-    "a small bird",
-    "the farmer",
-    "my sister",
-    "our teacher",
-    "the young king",
-    "a tired sailor",
-    "the baker",
-    "her brother",
-    "the quiet girl",
-    "a fox",
-)
-_VERBS = (
-    "sees",
-    "finds",
-    "likes",
-    "follows",
-    "paints",
-    "carries",
-    "watches",
-    "calls",
-    "helps",
-    "remembers",
-    "visits",
-    "feeds",
-)
-_OBJECTS = (
-    "the river",
-    "a red boat",
-    "the green hill",
-    "an apple",
-    "the little house",
-    "a letter",
-    "the moon",
-    "a basket of bread",
-    "the garden gate",
-    "an old map",
-    "the white horse",
-)
-_PLACES = (
-    "near the river",
-    "in the garden",
-    "on the hill",
-    "at the market",
-    "by the old bridge",
-    "under the tall tree",
-    "in the village",
-)
-_TIMES = ("every morning", "at night", "in the spring", "after dinner", "on sunday", "once again")
-_CONNECTIVES = ("and then", "but", "so", "because")
-_FRAGMENTS = (*_SUBJECTS, *_VERBS, *_OBJECTS, *_PLACES, *_TIMES, *_CONNECTIVES)
-CHAR_ALPHABET = "".join(sorted(set("".join(_FRAGMENTS)) | set(" .,\n")))
 
 
 @_register(
@@ -641,11 +477,11 @@ def make_char_lm(*, seed: int, chars: int = 60000, length: int = 64, val: float 
     are learnable while word choice stays random. The last `val` of the text is held out
     whole, so no validation window overlaps training text.
     """
-    chars, length = _count("chars", chars, 4), _count("length", length)
-    _check_size("char_lm", chars * length * 2)
+    chars, length = count("chars", chars, 4), count("length", length)
+    check_size("char_lm", chars * length * 2)
     if not 0.0 < val < 1.0:
         raise DataError(f"option `val` must lie strictly between 0 and 1, not {val!r}")
-    text = _sentences(np.random.default_rng(seed), chars + 1)
+    text = sentences(np.random.default_rng(seed), chars + 1)
     ids = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     lookup = np.zeros(128, dtype=np.int64)
     lookup[np.frombuffer(CHAR_ALPHABET.encode("ascii"), dtype=np.uint8)] = np.arange(
@@ -653,8 +489,8 @@ def make_char_lm(*, seed: int, chars: int = 60000, length: int = 64, val: float 
     )
     ids = lookup[ids]
     cut = int(len(ids) * (1.0 - val))
-    x_train, y_train = _windows(ids[: cut + 1], length)
-    x_val, y_val = _windows(ids[cut:], length)
+    x_train, y_train = windows(ids[: cut + 1], length)
+    x_val, y_val = windows(ids[cut:], length)
     if len(x_train) == 0 or len(x_val) == 0:
         raise DataError(
             f"{chars} characters make no full window of {length} in both splits",
@@ -672,39 +508,3 @@ def make_char_lm(*, seed: int, chars: int = 60000, length: int = 64, val: float 
         name="char_lm",
         class_names=tuple(CHAR_ALPHABET),
     )
-
-
-def _sentences(rng: np.random.Generator, size: int) -> str:
-    """Paragraphs of three to six grammar-made sentences, cut to exactly `size` characters."""
-
-    def pick(words: tuple[str, ...]) -> str:
-        return words[rng.integers(len(words))]
-
-    def sentence() -> str:
-        clause = f"{pick(_SUBJECTS)} {pick(_VERBS)} {pick(_OBJECTS)}"
-        form = rng.integers(4)
-        if form == 1:
-            return f"{clause} {pick(_PLACES)}."
-        if form == 2:
-            return f"{pick(_TIMES)}, {clause}."
-        if form == 3:
-            return (
-                f"{clause} {pick(_CONNECTIVES)} {pick(_SUBJECTS)} {pick(_VERBS)} {pick(_OBJECTS)}."
-            )
-        return f"{clause}."
-
-    paragraphs: list[str] = []
-    total = 0
-    while total < size:
-        paragraph = " ".join(sentence() for _ in range(int(rng.integers(3, 7)))) + "\n"
-        paragraphs.append(paragraph)
-        total += len(paragraph)
-    return "".join(paragraphs)[:size]
-
-
-def _windows(ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping windows: inputs ids[i:i+T], targets ids[i+1:i+T+1]."""
-    count = (len(ids) - 1) // length
-    inputs = ids[: count * length].reshape(count, length)
-    targets = ids[1 : count * length + 1].reshape(count, length)
-    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)

@@ -1,4 +1,5 @@
-"""Read the user's own data files, split them, and cut them into minibatches.
+"""Read the user's own data files (.npz, .npy here; CSV in csv_files.py), split them, and cut
+them into minibatches.
 
 A user's data file is user input like their spec: every way it can be malformed (missing,
 empty, ragged, non-numeric, NaN, wrong keys) becomes a `DataError` whose message names the
@@ -11,9 +12,7 @@ integer or the target column holds strings (mapped to ids in sorted order), floa
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnspec.training.npy_sizes import memory_problem, size_problem
+from nnspec.training.npy_sizes import size_problem
 
 
 class DataError(Exception):
@@ -52,64 +51,23 @@ def suggest(word: str, candidates: Sequence[str]) -> str | None:
     return f"did you mean `{by_lower[close[0]]}`?" if close else None
 
 
-# ---------------------------------------------------------------- CSV
+def class_ids(labels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    names, ids = np.unique(labels, return_inverse=True)
+    return ids.astype(np.int64).reshape(labels.shape), tuple(str(name) for name in names)
 
 
-def load_csv(
-    path: str | os.PathLike,
-    *,
-    target: str = "y",
-    features: Sequence[str] | None = None,
-    delimiter: str = ",",
-) -> UserData:
-    """Read a CSV file with a header row: numeric feature columns and one target column.
-
-    `features` picks and orders the feature columns (default: every column but the target).
-    Blank lines are skipped; line numbers in errors are the file's own, as an editor shows them.
-    """
-    text = _read_text(path)
-    header, rows, line_numbers = _parse_rows(path, text, delimiter)
-    if target not in header:
-        raise DataError(
-            f"{path}: no column named `{target}`; the columns are: {', '.join(header)}",
-            hint=suggest(target, header) or 'name the target column with target="..."',
-        )
-    feature_names = _choose_features(path, header, target, features)
-    columns = list(zip(*rows))
-    x = np.empty((len(rows), len(feature_names)), dtype=np.float32)
-    for j, name in enumerate(feature_names):
-        cells = columns[header.index(name)]
-        x[:, j] = _numeric_column(path, name, cells, line_numbers)
-    y, class_names = _target_column(path, target, columns[header.index(target)], line_numbers)
-    return UserData(x=x, y=y, class_names=class_names)
+EXACT_INTEGERS = 2**53  # whole numbers beyond this are not ids; float64 cannot tell them apart
 
 
-CSV_MEMORY_FACTOR = 20  # parsed into Python rows, a CSV takes about this many times its size
+def numeric_targets(values: np.ndarray) -> np.ndarray:
+    """Whole numbers become int64 ids (checked before the cast, which would wrap 1e23 round
+    to a negative number); anything else stays a float target."""
+    if np.all(values == np.round(values)) and np.all(np.abs(values) < EXACT_INTEGERS):
+        return values.astype(np.int64)
+    return values.astype(np.float32)
 
 
-def _read_text(path: str | os.PathLike) -> str:
-    try:
-        needed = os.stat(path).st_size * CSV_MEMORY_FACTOR
-        problem = memory_problem(f"reading {Path(path).name}", needed)
-        if problem:
-            raise DataError(f"{path}: {problem}", hint="convert it to .npz (np.savez), which "
-                            "loads without parsing")
-        return Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a data file") from None
-    except PermissionError:
-        raise DataError(f"{path}: permission denied") from None
-    except UnicodeDecodeError as error:
-        line = error.object[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: is not UTF-8 text (byte {error.object[error.start]:#04x} cannot be decoded)",
-            hint="save the file as UTF-8 CSV",
-        ) from None
-
-
-def _sibling_hint(path: Path) -> str | None:
+def sibling_hint(path: Path) -> str | None:
     """Suggest a file with a similar name in the same folder: typos in paths are common."""
     folder = path.parent if str(path.parent) else Path(".")
     try:
@@ -118,154 +76,6 @@ def _sibling_hint(path: Path) -> str | None:
         return None
     close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
     return f"did you mean `{folder / close[0]}`?" if close else None
-
-
-def _parse_rows(
-    path: str | os.PathLike, text: str, delimiter: str
-) -> tuple[list[str], list[list[str]], list[int]]:
-    """Split text into a header and equal-length rows, remembering each row's line number."""
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty", hint="a CSV needs a header row and data rows")
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
-    header: list[str] | None = None
-    rows: list[list[str]] = []
-    line_numbers: list[int] = []
-    try:
-        for cells in reader:
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue  # a blank line
-            if header is None:
-                header = _check_header(path, [cell.strip() for cell in cells], reader.line_num)
-                continue
-            if len(cells) != len(header):
-                raise DataError(
-                    f"{path}:{reader.line_num}: this row has {len(cells)} cells but the header "
-                    f"names {len(header)} columns",
-                    hint="every row needs one value per column",
-                )
-            rows.append(cells)
-            line_numbers.append(reader.line_num)
-    except csv.Error as error:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
-    assert header is not None  # the text was not blank, so some row had a non-blank cell
-    if not rows:
-        raise DataError(f"{path}: the header is there but no data rows follow it")
-    return header, rows, line_numbers
-
-
-def _check_header(path: str | os.PathLike, names: list[str], line: int) -> list[str]:
-    for index, name in enumerate(names, start=1):
-        if not name:
-            raise DataError(
-                f"{path}:{line}: column {index} of the header has no name",
-                hint="the first row must name every column",
-            )
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise DataError(f"{path}:{line}: the header names column `{name}` twice")
-        seen.add(name)
-    if len(names) < 2:
-        other = next((sep for sep in (";", "\t", "|") if sep in names[0]), None)
-        raise DataError(
-            f"{path}:{line}: the header names only one column",
-            hint=f"the columns seem to be separated by {other!r}: pass delimiter={other!r}"
-            if other
-            else "a CSV needs feature columns and a target column",
-        )
-    return names
-
-
-def _choose_features(
-    path: str | os.PathLike, header: list[str], target: str, features: Sequence[str] | None
-) -> list[str]:
-    if features is None:
-        chosen = [name for name in header if name != target]
-    else:
-        chosen = list(features)
-        for name in chosen:
-            if name not in header:
-                raise DataError(
-                    f"{path}: no column named `{name}`; the columns are: {', '.join(header)}",
-                    hint=suggest(name, header),
-                )
-        if target in chosen:
-            raise DataError(f"{path}: column `{target}` is the target and cannot be a feature")
-    if not chosen:
-        raise DataError(f"{path}: there are no feature columns besides the target `{target}`")
-    return chosen
-
-
-def _numeric_column(
-    path: str | os.PathLike, name: str, cells: Sequence[str], line_numbers: list[int]
-) -> np.ndarray:
-    """Parse one column as finite floats, pointing at the first offending cell otherwise."""
-    try:
-        values = np.fromiter(map(float, cells), dtype=np.float64, count=len(cells))
-    except ValueError:
-        values = np.array(
-            [_parse_cell(path, name, cell, line) for cell, line in zip(cells, line_numbers)]
-        )
-    with np.errstate(over="ignore"):
-        bad = np.flatnonzero(~np.isfinite(values.astype(np.float32)))
-    if bad.size:
-        first = int(bad[0])
-        raise DataError(
-            f"{path}:{line_numbers[first]}: column `{name}` holds `{cells[first].strip()}`, "
-            "which is not a finite float32 number",
-            hint="remove or fill in rows with missing or infinite values",
-        )
-    return values
-
-
-def _parse_cell(path: str | os.PathLike, name: str, cell: str, line: int) -> float:
-    if not cell.strip():
-        raise DataError(
-            f"{path}:{line}: column `{name}` is empty",
-            hint="remove or fill in rows with missing values",
-        )
-    try:
-        return float(cell)
-    except ValueError:
-        raise DataError(
-            f"{path}:{line}: column `{name}` holds `{cell.strip()}`, which is not a number",
-            hint="feature columns must be numeric; only the target column may hold labels",
-        ) from None
-
-
-def _target_column(
-    path: str | os.PathLike, name: str, cells: Sequence[str], line_numbers: list[int]
-) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    """Numeric targets stay numbers; a column with any non-number is a column of labels."""
-    labels = [cell.strip() for cell in cells]
-    for label, line in zip(labels, line_numbers):
-        if not label:
-            raise DataError(
-                f"{path}:{line}: the target column `{name}` is empty",
-                hint="every row needs a target value",
-            )
-    try:
-        [float(label) for label in labels]
-    except ValueError:
-        return _class_ids(np.asarray(labels))
-    values = _numeric_column(path, name, cells, line_numbers)
-    return _numeric_targets(values), None
-
-
-def _class_ids(labels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-    names, ids = np.unique(labels, return_inverse=True)
-    return ids.astype(np.int64).reshape(labels.shape), tuple(str(name) for name in names)
-
-
-EXACT_INTEGERS = 2**53  # whole numbers beyond this are not ids; float64 cannot tell them apart
-
-
-def _numeric_targets(values: np.ndarray) -> np.ndarray:
-    """Whole numbers become int64 ids (checked before the cast, which would wrap 1e23 round
-    to a negative number); anything else stays a float target."""
-    if np.all(values == np.round(values)) and np.all(np.abs(values) < EXACT_INTEGERS):
-        return values.astype(np.int64)
-    return values.astype(np.float32)
 
 
 # ---------------------------------------------------------------- NumPy files
@@ -400,7 +210,7 @@ def _open_numpy(path: str | os.PathLike):
                             hint="write it again with np.save or np.savez, or use less data")
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file", hint=_sibling_hint(Path(path))) from None
+        raise DataError(f"{path}: no such file", hint=sibling_hint(Path(path))) from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not a data file") from None
     except PermissionError:
@@ -471,9 +281,9 @@ def _npz_targets(
     """Targets of train and validation together, so string labels share one set of ids."""
     if y.dtype.kind in "US" or (y_val is not None and y_val.dtype.kind in "US"):
         if y_val is None:
-            ids, names = _class_ids(y)
+            ids, names = class_ids(y)
             return ids, None, names
-        both, names = _class_ids(np.concatenate([y.astype(str).ravel(), y_val.astype(str).ravel()]))
+        both, names = class_ids(np.concatenate([y.astype(str).ravel(), y_val.astype(str).ravel()]))
         return both[: y.size].reshape(y.shape), both[y.size :].reshape(y_val.shape), names
     targets = _numeric_array(path, "y", y)
     return targets, (None if y_val is None else _numeric_array(path, "y_val", y_val)), None
@@ -489,7 +299,7 @@ def _numeric_array(path: str | os.PathLike, key: str, array: np.ndarray) -> np.n
             f"{path}: `{key}` has dtype {array.dtype}, but targets must be numbers or labels"
         )
     _check_finite(path, f"`{key}`", array)
-    return _numeric_targets(array.astype(np.float64))
+    return numeric_targets(array.astype(np.float64))
 
 
 def _check_pair(

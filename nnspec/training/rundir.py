@@ -281,6 +281,8 @@ class RunDir:
                               "pass the --out directory of an earlier `nnspec train`") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RunDirError(f"{path}: cannot be read ({error})") from None
+        except RecursionError:  # arrays nested thousands deep: no config of ours
+            raise RunDirError(f"{path}: is not the config of an nnspec run") from None
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise RunDirError(f"{path}: is not the config of an nnspec run")
         return config
@@ -306,7 +308,7 @@ class RunDir:
         tensors, metadata = read_safetensors(self.file(RESUME))
         try:
             state = json.loads(metadata["nnspec"])
-        except (KeyError, json.JSONDecodeError):
+        except (KeyError, json.JSONDecodeError, RecursionError):
             raise RunDirError(f"{self.file(RESUME)}: holds no nnspec training state") from None
         parts: tuple[dict, dict, dict] = ({}, {}, {})
         for name, array in tensors.items():

@@ -1,7 +1,10 @@
 """Generated specs: random programs of the .nn language (nnspec/grammar/nnspec.lark) built
 from its constructs -- constants, fns, blocks with parameters, models, pipelines with `as`
-names, residuals, concat, conditionals, repeat and train sections. Most are valid or nearly
-so, so the inputs reach the builder, the shape rules and the backends, not only the parser."""
+names (words, numbers, dotted paths), residuals, concat, conditionals, repeat, `seq(...)`,
+subscripts and slices, `a, b = ...` unpacking (chunk, split, recurrent states), learned
+`param`s, `@`, attention masks, `noise`, several outputs with loss expressions over them,
+and train sections. Most are valid or nearly so, so the inputs reach the builder, the shape
+rules and the backends, not only the parser."""
 
 from __future__ import annotations
 
@@ -13,18 +16,28 @@ ACTIVATIONS = ["relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu", "sil
 # (layer, the family of its output: None keeps the input's)
 VECTOR_LAYERS = [("dense({u})", None), ("dense({u}, bias = false)", None), ("linear({u})", None),
                  ("layernorm", None), ("batchnorm", None), ("dropout(0.5)", None),
-                 ("reshape([{k}, -1])", "sequence")]
+                 ("reshape([{k}, -1])", "sequence"), ("rmsnorm", None),
+                 ("seq(dense({u}), relu, dense({u}))", None), ("reshape([{u}, 1, 1])", "image")]
 SEQUENCE_LAYERS = [("lstm({u})", None), ("gru({u}, bidirectional = true)", None),
                    ("rnn({u}, layers = {k})", None), ("lstm({u}, last = true)", "vector"),
                    ("attention({h})", None), ("attention({h}, causal = true)", None),
                    ("layernorm", None), ("dense({u})", None),
                    ("conv1d({u}, {k}, padding = \"same\")", None), ("maxpool1d({k})", None),
-                   ("mean(dim = 0)", "vector"), ("flatten", "vector"), ("select(0)", "vector")]
+                   ("mean(dim = 0)", "vector"), ("flatten", "vector"), ("select(0)", "vector"),
+                   ("gru({u}, layers = {k})", None), ("rnn({u}, bidirectional = true)", None),
+                   ("attention({h}, kv_heads = 1, rope = true)", None), ("rmsnorm", None),
+                   ("conv_transpose1d({u}, {k}, stride = 2)", None), ("upsample(2)", None),
+                   ("upsample(2, mode = \"linear\")", None), ("seq(layernorm, dense({u}))", None)]
 IMAGE_LAYERS = [("conv2d({u}, {k})", None), ("conv2d({u}, {k}, stride = 2, padding = 1)", None),
                 ("conv2d({u}, 3, padding = \"same\", groups = 1)", None), ("maxpool({k})", None),
                 ("avgpool(2, stride = 1)", None), ("batchnorm", None),
                 ("global_avgpool", "vector"), ("adaptive_avgpool([2, 2])", None),
-                ("flatten", "vector"), ("reshape([-1])", "vector")]
+                ("flatten", "vector"), ("reshape([-1])", "vector"),
+                ("conv_transpose2d({u}, {k}, stride = 2, padding = 1)", None),
+                ("conv_transpose2d({u}, 4, bias = false)", None), ("upsample(2)", None),
+                ("upsample(2, mode = \"bilinear\", align_corners = true)", None),
+                ("upsample(size = [{u}, {u}])", None), ("pixel_shuffle(2)", None),
+                ("pixel_unshuffle(2)", None), ("seq(conv2d({u}, 1), batchnorm, relu)", None)]
 TOKEN_LAYERS = [("embedding({v}, {u})", "sequence"), ("positions({t}, {u})", "sequence"),
                 ("sinusoidal({t}, {u})", "sequence")]
 DATA = ["digits", "moons(noise = 0.1)", "xor", "spirals", "sine", "adding", "recall",
@@ -32,9 +45,15 @@ DATA = ["digits", "moons(noise = 0.1)", "xor", "spirals", "sine", "adding", "rec
         'npz("data.npz")']
 LOSSES = ["cross_entropy", "cross_entropy(label_smoothing = 0.1)", "mse", "l1",
           "binary_cross_entropy(logits = true)"]
+# Losses written over named outputs, inputs and targets (`pred`, `target`, the model's names).
+LOSS_EXPRS = ["mse(h0, target) + 0.1 * mean(h1 ^ 2)", "cross_entropy(pred, target)",
+              "l1(h0, x)", "binary_cross_entropy(sigmoid(h0), target) + mean(a0)",
+              "64 * mse(pred, x) + mean(exp(h1) - h1)", "mean((pred - target) ^ 2)"]
 OPTIMIZERS = ["adam(lr = 1e-3)", "sgd(lr = 0.1, momentum = 0.9, nesterov = true)",
               "adamw(lr = 3e-4, weight_decay = 0.01)", "rmsprop", "adagrad(lr = 0.01)"]
 SCHEDULES = ["cosine(warmup = 2)", "step(step_size = 10, gamma = 0.5)", "cosine"]
+LABELS = ["fc", "proj", "attn", "conv", "head", "0", "1", "encoder.layer.0", "blocks.1.mlp",
+          "model.norm"]
 WILD = ["0", "-1", "1000000000", "2.5", '"x"', "true", "none", "[1, 2]", "10 ** 20", "1 / 0",
         "7 % 0", "2 ^ 70", "-3 * 4"]
 
@@ -89,7 +108,8 @@ class _Program:
         for i in range(r.randint(1, 5)):
             stage, family = self.layer(family, scope)
             if r.random() < 0.15:
-                stage += f" as {r.choice(['fc', 'proj', 'attn', 'conv', 'head'])}{i}"
+                label = r.choice(LABELS)
+                stage += f" as {label}{i if not label.isdigit() else ''}"
             stages.append(stage)
         return " -> ".join([start] + stages), family
 
@@ -98,7 +118,11 @@ class _Program:
         x = r.choice(sorted(names))
         family = names[x]
         same = [n for n, f in names.items() if f == family]
-        kind = r.randrange(8)
+        kind = r.randrange(14)
+        if kind >= 8:
+            grown = self.grown_expression(x, family, same)
+            if grown:
+                return grown
         if kind == 0 and family != "tokens":
             body, _ = self.pipeline(x, family, scope)
             return f"{x} + ({body})", family
@@ -114,6 +138,59 @@ class _Program:
         if kind == 4 and self.fns and family != "tokens":
             return f"{r.choice(self.fns)}({x})", family
         return self.pipeline(x, family, scope)
+
+    def grown_expression(self, x: str, family: str, same: list[str]) -> tuple[str, str] | None:
+        """The constructs the language gained after the first fuzzer: subscripts and slices,
+        `@`, noise, masks over attention."""
+        r = self.rng
+        if family == "tokens":
+            return None
+        choices = {
+            "vector": [(f"{x}[:{self.number(1, 8)}]", "vector"), (f"{x}[1:]", "vector"),
+                       (f"{x} + 0.1 * noise({x})", "vector"), (f"{x}[0]", None),
+                       (f"{x}[::2]", "vector")],
+            "sequence": [(f"{x}[0]", "vector"), (f"{x}[:, 1:3]", "sequence"),
+                         (f"{x}[..., :{self.number(1, 8)}]", "sequence"), (f"{x}[-1]", "vector"),
+                         (f"softmax({x} @ transpose({r.choice(same)}, -1, -2)) @ {x}", "sequence"),
+                         ((f"{x} -> attention({r.choice([1, 2])}, attn_mask = {x} @ "
+                           f"transpose({x}, -1, -2))"), "sequence"),
+                         (f"{x} -> attention({r.choice(same)}, {r.choice([1, 2, 4])})", "sequence"),
+                         (f"{x} * noise({x})", "sequence")],
+            "image": [(f"{x}[0]", None), (f"{x}[:, 1:, 1:]", "image"), (f"{x}[..., ::2]", "image"),
+                      (f"{x} @ {r.choice(same)}", "image")],
+        }[family]
+        text, after = r.choice(choices)
+        return (text, after) if after else None
+
+    def statement(self, names: dict[str, str], i: int) -> tuple[list[str], dict[str, str]] | None:
+        """A statement that binds several names or a learned tensor, or None."""
+        r = self.rng
+        x = r.choice(sorted(names))
+        family = names[x]
+        kind = r.randrange(6)
+        if family == "tokens" and kind < 3:
+            return [f"  pad{i} = {x} == 0",
+                    f"  e{i} = {x} -> embedding({self.number(2, 100)}, {self.number(4, 32)})",
+                    f"  m{i} = e{i} -> attention(2, key_padding_mask = pad{i})"], \
+                {f"e{i}": "sequence", f"m{i}": "sequence"}
+        if family == "sequence" and kind == 0:
+            cell = r.choice(["lstm", "gru", "rnn"])
+            u = self.number(4, 32)
+            states = "h{i}, c{i}" if cell == "lstm" else "h{i}"
+            states = states.format(i=i)
+            return [f"  o{i}, {states} = {x} -> {cell}({u}, states = true)",
+                    f"  s{i} = {x} -> {cell}({states}, {u})"], {f"o{i}": "sequence",
+                                                                 f"s{i}": "sequence"}
+        if family in ("vector", "sequence") and kind == 1:
+            pieces = r.choice([f"chunk({x}, 2, dim = -1)", f"split({x}, [1, 1], dim = -1)",
+                               f"chunk({x}, {r.randint(1, 3)})"])
+            return [f"  a{i}, b{i} = {pieces}"], {f"a{i}": family, f"b{i}": family}
+        if kind == 2 and family != "tokens":
+            shape = {"vector": "[{d}]", "sequence": "[1, {d}]", "image": "[{d}, 1, 1]"}[family]
+            init = r.choice(["", " = normal(std = 0.02)", " = zeros", " = ones"])
+            return [f"  param p{i}: {shape.format(d=self.number(1, 32))}{init}",
+                    f"  q{i} = {x} + p{i}"], {f"q{i}": family}
+        return None
 
     def input_line(self, name: str, family: str, scope: list[str]) -> str:
         r = self.rng
@@ -134,9 +211,18 @@ class _Program:
             lines.append(self.input_line("y", family, scope))
             names["y"] = family
         for i in range(r.randint(0, 4)):
+            grown = self.statement(names, i) if r.random() < 0.3 else None
+            if grown:
+                lines += grown[0]
+                names.update(grown[1])
+                continue
             text, names[f"h{i}"] = self.expression(names, scope)
             lines.append(f"  h{i} = {text}")
-        lines.append(f"  {self.expression(names, scope)[0]}")
+        last = self.expression(names, scope)[0]
+        named = [n for n in names if n != "x"]
+        if named and r.random() < 0.2:  # several outputs
+            last = ", ".join(r.sample(named, min(len(named), r.randint(1, 3))) + [f"({last})"])
+        lines.append(f"  {last}")
         return lines
 
     def params(self, allow_empty=True) -> list[tuple[str, str | None]]:
@@ -176,7 +262,7 @@ class _Program:
 
     def train(self, model: str) -> str:
         r = self.rng
-        required = [f"data {r.choice(DATA)}", f"loss {r.choice(LOSSES + self.fns)}"]
+        required = [f"data {r.choice(DATA)}", f"loss {r.choice(LOSSES + self.fns + LOSS_EXPRS)}"]
         settings = [f"optimizer {r.choice(OPTIMIZERS)}", f"epochs {r.randint(1, 30)}",
                     f"batch {r.choice([1, 16, 64])}", "metrics accuracy",
                     f"schedule {r.choice(SCHEDULES)}", f"seed {r.randint(0, 9)}",

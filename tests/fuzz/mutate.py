@@ -1,6 +1,7 @@
-"""Mutated specs: every file of specs/ and tests/errors/ after a few edits of the kinds that
-typing, truncation and hostile users produce (deletions, duplications, swaps, grammar
-terminals, huge numbers, deep nesting, unicode)."""
+"""Mutated specs: every file of specs/ and tests/errors/ (found afresh, so a new example spec
+joins the corpus by being added) after a few edits of the kinds that typing, truncation and
+hostile users produce (deletions, duplications, swaps, grammar terminals and the newer
+constructs, huge numbers, deep nesting, unicode)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,13 @@ def terminals() -> tuple[str, ...]:
              "seed", "val", "clip", "early_stop", "digits", "moons", "csv", "npz", "adam",
              "sgd", "cosine", "step", "cross_entropy", "mse", "accuracy", "tie", "causal",
              "layers", "units", "kernel", "stride", "padding", '"same"', '"valid"', '""',
-             '"\\"', "#", "\\\n", "\n", ";", "-1", "0", "1", "0.5", "1e-3", "-0"}
+             '"\\"', "#", "\\\n", "\n", ";", "-1", "0", "1", "0.5", "1e-3", "-0",
+             # what the language grew: its examples are in specs/ (vae, seq2seq, unet, vit...)
+             "seq", "param", "noise", "chunk", "split", "transpose", "permute", "states",
+             "key_padding_mask", "attn_mask", "conv_transpose2d", "conv_transpose1d", "upsample",
+             "pixel_shuffle", "pixel_unshuffle", "rmsnorm", "kv_heads", "rope", "x[0]",
+             "x[:, 1:]", "x[..., :2]", "a, b =", "as 0", "as a.b.0", "@", "...", "::",
+             "normal(std = 0.02)"}
     return tuple(sorted(quoted | words))
 
 

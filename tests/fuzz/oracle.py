@@ -29,7 +29,8 @@ OPTIONS = (
     {"depth": 3, "format": "md", "direction": "LR"},
 )
 _CODE = re.compile(r"[EWN]\d{3}")
-SYNTAX = {"E001", "E002", "E003"}
+# Codes after which nothing is built: loading would stop in the same place.
+SYNTAX = {"E001", "E002", "E003", "E004"}
 
 
 class OracleError(AssertionError):
@@ -92,12 +93,17 @@ def _compile(spec, options: dict) -> None:
 
 def run(text: str, options: dict | None = None) -> str:
     """'built' or 'diagnostics'; raises on anything else (the caller shows the input)."""
-    options = options or {}
+    return run_all_options(text, (options or {},))
+
+
+def run_all_options(text: str, option_sets=OPTIONS) -> str:
+    """Check and load once, then summary, render and compile with each option set (every
+    one of them when replaying a saved case)."""
     diagnostics = check_text(text, PATH)
     check_diagnostics(diagnostics, text)
     checked = not any(d.severity == "error" for d in diagnostics)
     if any(d.code in SYNTAX for d in diagnostics):
-        return "diagnostics"  # loading would stop in the same parse: half the fuzzer's time
+        return "diagnostics"  # half the fuzzer's time
     try:
         spec = load_text(text, PATH)
     except SpecError as err:
@@ -107,16 +113,12 @@ def run(text: str, options: dict | None = None) -> str:
                               + render_text(err.diagnostics)) from None
         partial = _partial_graph(text)
         if partial is not None:
-            _dot(partial, options)
+            for options in option_sets:
+                _dot(partial, options)
         return "diagnostics"
     check_diagnostics(spec.notes, text)
-    _summary(spec, options)
-    _dot(spec, options)
-    _compile(spec, options)
+    for options in option_sets:
+        _summary(spec, options)
+        _dot(spec, options)
+        _compile(spec, options)
     return "built"
-
-
-def run_all_options(text: str) -> str:
-    """Every option set in turn (replaying a saved case)."""
-    results = {run(text, options) for options in OPTIONS}
-    return results.pop() if len(results) == 1 else "built"

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from fuzz import oracle
+from fuzz import hostile, oracle
 from fuzz.generate import generated
 from fuzz.mutate import mutated
 
@@ -37,6 +37,23 @@ def make_input(seed: str, index: int) -> tuple[str, str, dict]:
     rng = random.Random(f"{seed}:{index}")
     text, origin = mutated(rng) if rng.random() < 0.6 else generated(rng)
     return text, origin, rng.choice(oracle.OPTIONS)
+
+
+def make_scenario(seed: str, index: int) -> hostile.Scenario:
+    """Hostile command line `index` of a `--cli` campaign: the same for a given seed."""
+    return hostile.make_scenario(random.Random(f"{seed}:cli:{index}"))
+
+
+_WORKSPACE: list[Path] = []
+
+
+def workspace() -> Path:
+    """This process's prepared files for hostile command lines (made on first use)."""
+    if not _WORKSPACE:
+        import tempfile
+
+        _WORKSPACE.append(hostile.prepare(Path(tempfile.mkdtemp(prefix="nnspec-fuzz-")) / "base"))
+    return _WORKSPACE[0]
 
 
 @dataclass(frozen=True)
@@ -74,11 +91,21 @@ def _raise_timeout(signum, frame):
 
 def run_one(text: str, options: dict | None, time_limit: float) -> Result:
     """One input under a SIGALRM time limit (main thread only); all options when None."""
+    return run_limited(lambda: oracle.run_all_options(text) if options is None
+                       else oracle.run(text, options), time_limit)
+
+
+def run_scenario(scenario: hostile.Scenario, time_limit: float) -> Result:
+    """One hostile command line in a scratch copy of this process's workspace."""
+    base = workspace()
+    return run_limited(lambda: hostile.run(scenario, base), time_limit)
+
+
+def run_limited(thunk, time_limit: float) -> Result:
     previous = signal.signal(signal.SIGALRM, _raise_timeout)
     signal.setitimer(signal.ITIMER_REAL, time_limit)
     try:
-        outcome = oracle.run_all_options(text) if options is None else oracle.run(text, options)
-        return Result(outcome)
+        return Result(thunk())
     except Timeout as err:
         return Result("hang", signature("hang", err), _short_traceback(err))
     except MemoryError as err:
@@ -150,8 +177,12 @@ def _worker(conn, seed: str, time_limit: float, memory_limit: int) -> None:
         if kind == "index":
             text, _, options = make_input(seed, payload)
             result = run_one(text, options, time_limit)
+        elif kind == "cli":
+            result = run_scenario(make_scenario(seed, payload), time_limit)
         elif kind == "replay":
             result = run_one(payload, None, time_limit)
+        elif kind == "replay-cli":
+            result = run_scenario(hostile.Scenario.from_json(json.loads(payload)), time_limit)
         else:  # minimise
             text, options, wanted = payload
             result = Result("minimised", "", minimise(text, options, wanted, MINIMISE_SECONDS,
@@ -259,6 +290,7 @@ class Finding:
     options: dict
     detail: str
     count: int = 1
+    suffix: str = ".nn"  # ".json" for a hostile command line (hostile.Scenario)
 
 
 @dataclass
@@ -269,12 +301,15 @@ class Campaign:
     time_limit: float = 10.0
     memory_limit: int = 3 << 30
     max_seconds: float = float("inf")
+    cli: bool = False  # hostile command lines and data files instead of specs
     tried: int = 0
     outcomes: Counter = field(default_factory=Counter)
     findings: dict[str, Finding] = field(default_factory=dict)
     elapsed: float = 0.0
 
     def run(self, progress=print) -> None:
+        if self.cli:
+            workspace()  # trained once here, before the workers fork and the clocks start
         pool = Pool(self.workers, self.seed, self.time_limit, self.memory_limit)
         start = last = time.monotonic()
 
@@ -291,17 +326,23 @@ class Campaign:
         try:
             in_time = itertools.takewhile(lambda _: time.monotonic() - start < self.max_seconds,
                                           range(self.count))
-            pool.run((["index", i] for i in in_time), on_result)
+            kind = "cli" if self.cli else "index"
+            pool.run(([kind, i] for i in in_time), on_result)
         finally:
             self.elapsed = time.monotonic() - start
             pool.close()
 
     def _record(self, index: int, result: Result) -> None:
-        text, origin, options = make_input(self.seed, index)
+        if self.cli:
+            scenario = make_scenario(self.seed, index)
+            text, origin, options = json.dumps(scenario.to_json(), indent=1), scenario.origin, {}
+        else:
+            text, origin, options = make_input(self.seed, index)
         known = self.findings.get(result.signature)
         if known is None:
             self.findings[result.signature] = Finding(result.signature, index, text, origin,
-                                                      options, result.detail)
+                                                      options, result.detail,
+                                                      suffix=".json" if self.cli else ".nn")
         else:
             known.count += 1
             if len(text) < len(known.text):  # the shortest input is the best example
@@ -311,7 +352,8 @@ class Campaign:
 
     def minimise_tracebacks(self) -> None:
         """Shrink each traceback's input in a worker (with the same limits)."""
-        wanted = [f for f in self.findings.values() if f.signature.startswith("traceback")]
+        wanted = [f for f in self.findings.values()
+                  if f.signature.startswith("traceback") and f.suffix == ".nn"]
         if not wanted:
             return
         pool = Pool(self.workers, self.seed, self.time_limit, self.memory_limit)
@@ -335,7 +377,8 @@ class Campaign:
     def summary(self) -> str:
         o = self.outcomes
         lines = [
-            (f"fuzz: seed {self.seed}, {self.workers} workers, {self.time_limit:g} s and "
+            (f"fuzz{' --cli' if self.cli else ''}: seed {self.seed}, {self.workers} workers, "
+             f"{self.time_limit:g} s and "
              f"{self.memory_limit >> 20} MiB per input"),
             self.progress_line(self.elapsed),
             f"  results: {o['built']:,} built, {o['diagnostics']:,} diagnostics",
@@ -352,7 +395,7 @@ def case_name(finding: Finding) -> str:
     signature as a file name, then a digest of the text."""
     slug = re.sub(r"[^A-Za-z0-9_]+", "-", finding.signature.replace("nnspec/", "")).strip("-")
     digest = hashlib.sha256(finding.text.encode("utf-8")).hexdigest()[:8]
-    return f"{slug[:90]}-{digest}.nn"
+    return f"{slug[:90]}-{digest}{finding.suffix}"
 
 
 def save_cases(findings, directory: Path) -> list[Path]:
@@ -370,14 +413,16 @@ def save_cases(findings, directory: Path) -> list[Path]:
 def replay(paths, workers: int, time_limit: float, memory_limit: int) -> dict[Path, Result]:
     """Each saved case with every option set, under the limits."""
     results: dict[Path, Result] = {}
+    if any(Path(p).suffix == ".json" for p in paths):
+        workspace()
     pool = Pool(workers, "replay", time_limit, memory_limit)
 
     def on_result(job, result: Result) -> None:
         results[Path(job[2])] = result
 
     try:
-        pool.run([["replay", Path(p).read_text(encoding="utf-8"), str(p)] for p in paths],
-                 on_result)
+        pool.run([["replay-cli" if Path(p).suffix == ".json" else "replay",
+                   Path(p).read_text(encoding="utf-8"), str(p)] for p in paths], on_result)
     finally:
         pool.close()
     return results

@@ -467,7 +467,8 @@ class _Writer:
 
     def _access(self, rel: str, span: Span | None) -> Expr:
         parts = rel.split(".")
-        text = "self." + module_component(parts[0], span)
+        root = module_component(parts[0], span)
+        text = f'getattr(self, "{root}")' if root.isdigit() else f"self.{root}"
         for p in parts[1:]:
             p = module_component(p, span)
             text += f"[{p}]" if p.isdigit() else f'["{p}"]'
@@ -481,8 +482,12 @@ class _Writer:
             for p in parts[:-1]:
                 level = level.setdefault(p, {})
             level[parts[-1]] = value
-        stmts = [Stmt(f"self.{key}", _container(sub, key, self.sequential))
-                 for key, sub in tree.items()]
+        stmts = []
+        for key, sub in tree.items():
+            value = _container(sub, key, self.sequential)
+            stmts.append(Stmt(None, expr(f'self.add_module("{key}", ', value, ")"))
+                         if key.isdigit()  # `as 0`, an unlabelled `seq`: not a Python name
+                         else Stmt(f"self.{key}", value))
         return stmts + self.extras + self.ties
 
     # ---- comments --------------------------------------------------------------------------
