@@ -45,9 +45,11 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
     @click.command("import-weights")
     @click.argument("file", type=SPEC)
     @click.argument("checkpoint", type=click.Path(path_type=Path))
-    @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+    @click.option("-o", "--output", "out", required=True,
+                  type=click.Path(dir_okay=False, allow_dash=True),
                   help="The weights file to write (.safetensors, under the spec's names), "
-                  "for `nnspec predict/eval --weights` and the generated load_weights.")
+                  "for `nnspec predict/eval --weights` and the generated load_weights (- for "
+                  "stdout).")
     @click.option("--layout", type=click.Path(path_type=Path), default=None, help=LAYOUT_HELP)
     @click.option("--fresh", "fresh", multiple=True, metavar="PATTERN",
                   help="Parameters that start from a fresh initialisation instead of the "
@@ -60,14 +62,15 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
     @click.option("--model", default=None, help="Which model of the file.")
     @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
                   help="Override a model hyperparameter (e.g. a new number of classes).")
-    def import_weights(file: str, checkpoint: Path, out: Path, layout: Path | None,
+    def import_weights(file: str, checkpoint: Path, out: str, layout: Path | None,
                        fresh: tuple[str, ...], allow_pickle: bool, seed: int, model: str | None,
                        overrides: tuple[str, ...]):
         """Check CHECKPOINT against the spec FILE (every name and shape, through --layout) and
         write its weights under the spec's names. Differences are listed as a table (exit 1)."""
         import numpy as np
+        from safetensors.numpy import save
 
-        from nnspec.training.rundir import RunDirError, write_safetensors
+        from nnspec.outputs import OutputError, write_output
         from nnspec.weights.checkpoint import CheckpointError, read_checkpoint
         from nnspec.weights.layout import to_spec
 
@@ -100,14 +103,19 @@ def weight_commands(load_spec: Callable) -> list[click.Command]:
 
             initial = NumpyModel(graph, seed=seed).state_dict()
             arrays.update({n: initial[n] for n in shapes if is_fresh(n)})
-        arrays = {n: np.asarray(arrays[n], dtype=graph.params[n].spec.dtype) for n in shapes}
+        arrays = {n: np.require(np.asarray(arrays[n], dtype=graph.params[n].spec.dtype),
+                                requirements="C") for n in shapes}
+        data = save(arrays, metadata={"model": graph.name, "imported_from": checkpoint.name})
         try:
-            write_safetensors(out, arrays, {"model": graph.name, "imported_from": checkpoint.name})
-        except (OSError, RunDirError) as err:
+            where = write_output(out, data, make_parents=True)
+        except OutputError as err:
+            _fail(err.message, err.hint)
+        except OSError as err:
             _fail(f"cannot write {out}: {err}")
         kept = sum(1 for n in shapes if not is_fresh(n))
-        click.echo(f"wrote {out}: {kept} of {len(shapes)} tensors from {checkpoint}"
-                   + (f", {len(shapes) - kept} fresh" if kept < len(shapes) else ""))
+        click.echo(f"wrote {where}: {kept} of {len(shapes)} tensors from {checkpoint}"
+                   + (f", {len(shapes) - kept} fresh" if kept < len(shapes) else ""),
+                   err=where == "standard output")
 
 
     @click.command("export-weights")

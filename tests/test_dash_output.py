@@ -47,6 +47,8 @@ CASES = {
                 lambda out: np.load(io.BytesIO(out)).shape == (5, 10)),
     "export-weights": (["export-weights", str(SPEC), "{w}/w.safetensors"],
                        lambda out: "dense_1.weight" in read_safetensors(out)),
+    "import-weights": (["import-weights", str(SPEC), "{w}/w.safetensors"],
+                       lambda out: read_safetensors(out)["dense_1.weight"].shape == (128, 64)),
 }
 
 
