@@ -637,3 +637,24 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial(tmp_path):
     assert result.stdout.startswith(f"cannot write {out}: File too large"), result.stdout
     assert out.read_text() == "the diagram from before"
     assert [p.name for p in tmp_path.iterdir()] == ["m.dot"]
+
+
+def _fake_dot(folder, script: str):
+    dot = folder / "dot"
+    dot.write_text("#!/bin/sh\n" + script + "\n")
+    dot.chmod(0o755)
+
+
+def test_a_dot_that_never_finishes_is_stopped_and_reported(tmp_path, monkeypatch):
+    _fake_dot(tmp_path, "exec sleep 30")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    with pytest.raises(RenderError, match="did not finish drawing in 0.5 s"):
+        gv.pipe("digraph {}", "svg", seconds=0.5)
+
+
+def test_a_dot_that_hangs_once_is_run_again(tmp_path, monkeypatch):
+    # the first run spins (as Graphviz was seen to in a busy test run); the second draws
+    marker = tmp_path / "ran"
+    _fake_dot(tmp_path, f'if [ -e {marker} ]; then cat; else touch {marker}; exec sleep 30; fi')
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    assert gv.pipe("digraph {}", "svg", seconds=0.5) == b"digraph {}"

@@ -23,18 +23,36 @@ class RenderError(Exception):
     """Rendering could not run or be written; the message says what to do."""
 
 
-def pipe(dot: str, fmt: str) -> bytes:
-    """The diagram in `fmt`, drawn by the Graphviz `dot` program from DOT text."""
-    import graphviz
+DOT_SECONDS = 120  # per run of `dot`; a layout past this is reported, not waited for
 
-    try:
-        return graphviz.pipe("dot", fmt, dot.encode("utf-8"), quiet=True)
-    except graphviz.ExecutableNotFound:
+
+def pipe(dot: str, fmt: str, seconds: float = DOT_SECONDS) -> bytes:
+    """The diagram in `fmt`, drawn by the Graphviz `dot` program from DOT text.
+
+    `dot`'s layout has been seen to spin without end on a small graph it draws at once
+    when run again (in a busy test run), so a run past `seconds` is stopped and tried once
+    more before it is reported."""
+    import shutil
+    import subprocess
+
+    program = shutil.which("dot")
+    if program is None:
         raise RenderError(f"the Graphviz `dot` program was not found; {INSTALL_HINT}; or write "
-                          "DOT text (`--format dot`), which needs no Graphviz") from None
-    except graphviz.CalledProcessError as err:
-        message = (err.stderr or b"").decode("utf-8", "replace").strip()
-        raise RenderError(f"`dot` failed: {message or err}") from None
+                          "DOT text (`--format dot`), which needs no Graphviz")
+    for attempt in (1, 2):
+        try:
+            done = subprocess.run([program, "-Kdot", f"-T{fmt}"], input=dot.encode("utf-8"),
+                                  capture_output=True, timeout=seconds, check=False)
+            break
+        except subprocess.TimeoutExpired:
+            if attempt == 2:
+                raise RenderError(f"`dot` did not finish drawing in {seconds:g} s (twice); "
+                                  "fold blocks with --depth N, or write DOT text with "
+                                  "--format dot") from None
+    if done.returncode != 0:
+        message = done.stderr.decode("utf-8", "replace").strip()
+        raise RenderError(f"`dot` failed: {message or f'exit status {done.returncode}'}")
+    return done.stdout
 
 
 def _with_dpi(dot: str, dpi: int) -> str:
