@@ -198,18 +198,9 @@ def private_imports(root: Path, package: str, under: str) -> list[str]:
     return sorted(set(out))
 
 
-# Known offenders, left to the engineer splitting these modules: remove an entry with its use.
-_PRIVATE_USES_BEING_SPLIT = {"nnspec.training.data: loaders._numeric_column",
-                             "nnspec.training.data: loaders._parse_rows",
-                             "nnspec.training.data: loaders._read_text"}
-
-
 def test_no_module_takes_a_private_name_from_another_module():
     """The house rule, package-wide: what another module needs is public."""
-    found = set(private_imports(ROOT, "nnspec", "nnspec"))
-    assert found <= _PRIVATE_USES_BEING_SPLIT, "\n".join(sorted(found - _PRIVATE_USES_BEING_SPLIT))
-    assert found == _PRIVATE_USES_BEING_SPLIT, "fixed: remove from the list " + \
-        ", ".join(sorted(_PRIVATE_USES_BEING_SPLIT - found))
+    assert private_imports(ROOT, "nnspec", "nnspec") == []
 
 
 # ---- the checker itself, on a small package it must catch ---------------------------------

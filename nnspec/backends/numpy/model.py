@@ -20,7 +20,8 @@ import numpy as np
 from nnspec.backends.numpy.allocator import keep_freed_memory
 from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.params import ParamBuffer
-from nnspec.backends.numpy.rules import RULES, Context, align_batched, needs_batch_of_one
+from nnspec.backends.numpy.rules import RULES, align_batched, needs_batch_of_one
+from nnspec.backends.numpy.rules_base import Context
 from nnspec.ir.graph import Graph
 from nnspec.ir.ops import CLASS_INDEX_LOSSES, OPS, class_dim
 from nnspec.ir.rewrite import unread_nodes

@@ -13,10 +13,8 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
-
+from nnspec.backends.numpy import rules_layers, rules_tensor  # noqa: F401  (they register)
 from nnspec.backends.numpy.kernels import (
     activations,
     attention,
@@ -35,54 +33,9 @@ from nnspec.backends.numpy.kernels import (
     resample,
     shape,
 )
+from nnspec.backends.numpy.rules_base import HAND_WRITTEN, Rule, inputs_only, with_params
 from nnspec.ir.graph import Node
 from nnspec.ir.ops import OPS, OpDef, tensor_keywords
-
-
-@dataclass
-class Context:
-    train: bool
-    rng: np.random.Generator
-    buffers: dict[str, np.ndarray]  # batchnorm running statistics, updated in place
-    # False while running a node none of whose inputs needs a gradient (none depends on a
-    # trainable parameter or on an input whose gradient is wanted): a kernel that takes
-    # `input_grad` is told, and skips its input gradient (a first convolution's costs as much
-    # as its weight gradient)
-    input_grad: bool = True
-
-
-def as_tuple(value, n: int) -> tuple[int, ...]:
-    return (value,) * n if isinstance(value, int) else tuple(value)
-
-
-def array_axis(node: Node, dim: int) -> int:
-    """A per-sample dim as an axis of the array (batch first when the tensor is batched)."""
-    return dim + 1 if dim >= 0 and node.type.batched else dim
-
-
-def inputs_only(kernel_out):
-    """Wrap a kernel whose backward returns only input gradients."""
-    out, backward = kernel_out
-
-    def rule_backward(d_out):
-        return tuple(backward(d_out)), {}
-
-    return out, rule_backward
-
-
-def with_params(kernel_out, n_inputs: int, names: tuple[str, ...]):
-    """Wrap a kernel whose backward returns (inputs..., params...) in argument order."""
-    out, backward = kernel_out
-
-    def rule_backward(d_out):
-        grads = backward(d_out)
-        return tuple(grads[:n_inputs]), {n: g for n, g in zip(names, grads[n_inputs:])
-                                        if g is not None}
-
-    return out, rule_backward
-
-
-Rule = Callable[[Node, list, dict, Context], tuple]
 
 
 class _Rules(dict):
@@ -107,15 +60,6 @@ class _Rules(dict):
 
 
 RULES: dict[str, Rule] = _Rules()
-
-
-def rule(*names):
-    def register(fn):
-        for name in names:
-            RULES[name] = fn
-        return fn
-
-    return register
 
 
 def align_batched(node: Node, in_types, arrays):
@@ -247,8 +191,8 @@ def _rule_with_tensor_keywords(opdef: OpDef, kernel: Callable, weights: tuple[st
     return run
 
 
-# the hand-written rules register themselves on import, before any is derived
-from nnspec.backends.numpy import rules_layers, rules_tensor  # noqa: F401
+# the hand-written rules (registered as their modules load) win over derived ones
+RULES.update(HAND_WRITTEN)
 
 for _name, _opdef in OPS.items():
     if _name not in RULES and (_derived := derived_rule(_opdef)) is not None:

@@ -16,7 +16,7 @@ from nnspec.backends.numpy.kernels import (
     pool,
     recurrent,
 )
-from nnspec.backends.numpy.rules import RULES, as_tuple, inputs_only, rule, with_params
+from nnspec.backends.numpy.rules_base import HAND_WRITTEN, as_tuple, inputs_only, rule, with_params
 from nnspec.ir.ops import OPS, conv_pads, tensor_keywords
 
 # ---- convolution and pooling ---------------------------------------------------------------
@@ -34,8 +34,8 @@ def _conv(spatial, kernel_fn):
     return run
 
 
-RULES["conv1d"] = _conv(1, conv.conv1d)
-RULES["conv2d"] = _conv(2, conv.conv2d)
+HAND_WRITTEN["conv1d"] = _conv(1, conv.conv1d)
+HAND_WRITTEN["conv2d"] = _conv(2, conv.conv2d)
 
 
 def _pool(kind):
@@ -55,9 +55,9 @@ def _pool(kind):
 
 
 for _name in ("maxpool", "maxpool1d", "maxpool2d"):
-    RULES[_name] = _pool("max")
+    HAND_WRITTEN[_name] = _pool("max")
 for _name in ("avgpool", "avgpool1d", "avgpool2d"):
-    RULES[_name] = _pool("avg")
+    HAND_WRITTEN[_name] = _pool("avg")
 
 
 def _adaptive(kind):
@@ -70,8 +70,8 @@ def _adaptive(kind):
     return run
 
 
-RULES["adaptive_avgpool"] = _adaptive("avg")
-RULES["adaptive_maxpool"] = _adaptive("max")
+HAND_WRITTEN["adaptive_avgpool"] = _adaptive("avg")
+HAND_WRITTEN["adaptive_maxpool"] = _adaptive("max")
 
 
 @rule("global_avgpool")
@@ -235,4 +235,4 @@ def _recurrent(mode):
 
 
 for _name in ("rnn", "lstm", "gru"):
-    RULES[_name] = _recurrent(_name)
+    HAND_WRITTEN[_name] = _recurrent(_name)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from nnspec.backends.numpy.kernels import activations, elementwise, losses, shape
-from nnspec.backends.numpy.rules import (
-    RULES,
+from nnspec.backends.numpy.rules_base import (
+    HAND_WRITTEN,
     array_axis,
     inputs_only,
     rule,
@@ -66,8 +66,8 @@ def _softmax_like(fn):
     return run
 
 
-RULES["softmax"] = _softmax_like(activations.softmax)
-RULES["log_softmax"] = _softmax_like(activations.log_softmax)
+HAND_WRITTEN["softmax"] = _softmax_like(activations.softmax)
+HAND_WRITTEN["log_softmax"] = _softmax_like(activations.log_softmax)
 
 
 # ---- elementwise, merges, reductions -------------------------------------------------------
@@ -113,9 +113,9 @@ def _reduction(fn):
     return run
 
 
-RULES["mean"] = _reduction(elementwise.mean)
-RULES["sum"] = _reduction(elementwise.sum)
-RULES["max"] = _reduction(elementwise.max)
+HAND_WRITTEN["mean"] = _reduction(elementwise.mean)
+HAND_WRITTEN["sum"] = _reduction(elementwise.sum)
+HAND_WRITTEN["max"] = _reduction(elementwise.max)
 
 
 @rule("scalar")
