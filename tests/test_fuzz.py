@@ -28,7 +28,12 @@ CASES = Path(__file__).parent / "fuzz_cases"
 SECONDS = 4.0  # of inputs per run; the last input may add its time limit
 TIME_LIMIT = 2.0
 # Saved cases whose fix belongs to another change; the lead removes a line with its fix.
-EXPECTED_FAILURES: dict[str, str] = {}
+EXPECTED_FAILURES: dict[str, str] = {
+    "hang-in-load_text-at-syntax-lexing-py-__init__-88ed4f95.nn":
+        "a flat 100,000-term sum: since long sums build (no longer E004) it is refused at the "
+        "layer budget (E401) after 100,000 nodes, and drawing and compiling that partial graph "
+        "take longer than the 10 s limit (bounded, linear, but slow; issue 9)",
+}
 
 
 def _seed() -> str:

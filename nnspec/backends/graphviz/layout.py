@@ -6,8 +6,6 @@ of the graph.
 
 from __future__ import annotations
 
-import bisect
-
 from nnspec.backends.graphviz.view import Edge, View
 
 # A long network is cut into columns so that it fits this page (inches, inside margins) at
@@ -15,6 +13,7 @@ from nnspec.backends.graphviz.view import Edge, View
 _PAGE = (10.0, 7.5)
 _READABLE_SCALE = 0.75
 _MAX_COLUMNS = 8
+_MAX_WRAPPED_UNITS = 2000  # past this many top-level boxes, columns cannot make a page
 _MIN_COLUMN_SHARE = 0.3  # no column shorter than this share of the tallest
 _RANK_INCHES, _BOX_INCHES, _CLUSTER_INCHES, _TITLE_INCHES = 0.8, 1.8, 1.0, 1.0
 _RANK_INCHES_LR, _BOX_INCHES_LR, _CLUSTER_INCHES_LR = 2.4, 0.8, 0.3
@@ -32,20 +31,22 @@ def _columns(heights: list[float], limit: float) -> list[int]:
 
 
 def _balanced_columns(heights: list[float], n: int) -> list[int]:
-    """Units cut into at most n columns in order, the tallest column as short as possible."""
-    prefix = [0.0]
-    for h in heights:
-        prefix.append(prefix[-1] + h)
-    candidates = sorted({b - a for i, a in enumerate(prefix) for b in prefix[i + 1:]})
-    candidates = candidates[bisect.bisect_left(candidates, max(heights)):]
-    low, high = 0, len(candidates) - 1
-    while low < high:  # the fewest columns needed falls as the limit grows
-        mid = (low + high) // 2
-        if _columns(heights, candidates[mid])[-1] < n:
+    """Units cut into at most n columns in order, the tallest column as short as possible.
+
+    The fewest columns the greedy cut needs falls as the limit grows, so the limit is found
+    by bisection between the tallest unit and the whole height: linear work per step (the
+    limits worth trying are every sum of a run of units: quadratic in a 100,000-box graph).
+    """
+    low, high = max(heights), sum(heights)
+    for _ in range(64):
+        if high - low <= 1e-9 * high:
+            break
+        mid = (low + high) / 2
+        if _columns(heights, mid)[-1] < n:
             high = mid
         else:
-            low = mid + 1
-    return _columns(heights, candidates[low])
+            low = mid
+    return _columns(heights, high)
 
 
 def _page_scale(columns: list[int], heights: list[float], rows: list[dict[int, int]],
@@ -81,6 +82,8 @@ def wrap_columns(view: View, lr: bool) -> list[tuple[str, str]]:
     unit_of = {key: (item.clusters[0] if item.clusters else key)
                for key, item in view.items.items()}
     units = list(dict.fromkeys(unit_of.values()))
+    if len(units) > _MAX_WRAPPED_UNITS:
+        return []  # no page holds it at any scale: one column, and linear work
     order = {k: i for i, k in enumerate(view.items)}
     rank = dict.fromkeys(view.items, 0)  # longest path from an input
     for e in sorted(view.edges, key=lambda e: order[e.dst]):
