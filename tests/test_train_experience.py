@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -179,7 +180,8 @@ def test_piped_train_of_a_slow_spec_prints_progress_and_an_estimate_early(tmp_pa
     assert progress_lines, (lines, process.stderr.read())
     at, text = progress_lines[0]
     assert at < 15, lines
-    assert text.startswith("epoch  1/50  step ") and "loss " in text and "epoch ends in" in text
+    # the first line comes in whichever epoch is running 2 s in (a quiet machine is past the first)
+    assert re.match(r"epoch +\d+/50  step \d+/\d+  loss ", text) and "epoch ends in" in text, text
     assert any(t.startswith("estimated time: about ") for _, t in lines), lines
     assert "\x1b" not in "".join(t for _, t in lines)
 
