@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Span, SpecError, did_you_mean
 from nnspec.ir.build import Builder, pick_model
@@ -27,6 +27,8 @@ from nnspec.ir.graph_builder import MAX_LAYERS
 from nnspec.ir.train import TrainConfig, build_train
 from nnspec.syntax import ast
 from nnspec.syntax.parser import parse, parse_value
+
+SymbolKind = Literal["model", "block", "fn", "const", "param", "input", "value", "label"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Symbol:
     covers the name, `extent` the whole definition or statement."""
 
     name: str
-    kind: str
+    kind: SymbolKind
     span: Span
     extent: Span
     parent: str | None = None

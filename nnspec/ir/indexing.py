@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Span, did_you_mean
 from nnspec.ir import ops
@@ -35,7 +36,7 @@ SPLITS = {
 class Item:
     """One subscript, evaluated: an index, a slice (start, stop, step) or `...`."""
 
-    kind: str  # "index" | "slice" | "ellipsis"
+    kind: Literal["index", "slice", "ellipsis"]
     value: int | tuple | None
     span: Span
 

@@ -8,6 +8,7 @@ Nothing here runs a model: shapes, parameter counts and MACs come from the IR.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from nnspec.diagnostics import Span, SpecError
 from nnspec.frontend import Analysis, Symbol
@@ -24,7 +25,7 @@ TRAIN_CHOICES = {"loss": "LOSSES", "optimizer": "OPTIMIZERS", "schedule": "SCHED
 @dataclass(frozen=True)
 class Completion:
     label: str
-    kind: str  # op, block, fn, value, argument, setting
+    kind: Literal["op", "block", "fn", "value", "argument", "setting"]
     detail: str = ""
     insert: str | None = None  # text to insert when it is not the label
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from nnspec.diagnostics import Source, Span
 
@@ -223,7 +224,7 @@ class Param(Node):
 class Definition(Node):
     """A `model`, `block` or `fn`: a named, parameterised body of statements."""
 
-    kind: str
+    kind: Literal["model", "block", "fn"]
     name: str
     name_span: Span = field(repr=False, compare=False)
     params: tuple[Param, ...] = ()

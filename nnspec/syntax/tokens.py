@@ -9,6 +9,7 @@ applies, syntax/lexing.py). Between two tokens there are only spaces, tabs and f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from nnspec.diagnostics import Source, Span, SpecError
 from nnspec.syntax import lalr
@@ -20,6 +21,10 @@ _KINDS = {"NAME": "name", "NUMBER": "number", "STRING": "string", "DTYPE": "dtyp
 _LINE_JOIN = "\\"
 
 
+TokenKind = Literal["name", "number", "string", "dtype", "keyword", "punctuation", "comment",
+                   "newline", "line_join"]
+
+
 @dataclass(frozen=True)
 class Token:
     """`kind` is one of name, number, string, dtype, keyword, punctuation, comment, newline
@@ -27,7 +32,7 @@ class Token:
     newline token holds the line break and the next line's indentation, several lines when
     blank lines follow); `offset` is where it starts in the text."""
 
-    kind: str
+    kind: TokenKind
     text: str
     span: Span
     offset: int
