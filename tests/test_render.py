@@ -450,6 +450,21 @@ def test_thousands_of_layers_are_folded_with_a_warning():
     assert time.perf_counter() - start < 10
 
 
+
+@pytest.mark.dot
+def test_an_input_feeding_hundreds_of_far_layers_is_drawn_through_connectors_quickly():
+    # every edge from x crossed every rank between: `dot` spun for minutes on 500 of them
+    steps = "\n".join(f"  h{i} = h{i - 1} + x" for i in range(1, 300))
+    spec = load_text(f"model Fan {{\n  input x: [4]\n  h0 = x -> dense(4)\n{steps}\n  h299\n}}")
+    dot = to_dot(spec)
+    arrivals = set(re.findall(r'"(@[A-Z0-9]+\.in\d*)" \[', dot))
+    assert len(arrivals) > 200
+    for i in range(1, 300):  # each sum still has both its inputs
+        assert len(re.findall(rf'-> "add_{i}" ', dot)) == 2
+    start = time.perf_counter()
+    gv.pipe(dot, "svg")
+    assert time.perf_counter() - start < 10
+
 def test_expanded_repeats_fold_by_depth_first():
     spec = load_text("""
 block B(d) {

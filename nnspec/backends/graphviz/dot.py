@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from nnspec.backends.graphviz.labels import SYMBOLS, Html, Labels
-from nnspec.backends.graphviz.layout import wrap_columns
+from nnspec.backends.graphviz.layout import cut_long_edges, wrap_columns
 from nnspec.backends.graphviz.style import (
     EDGE,
     ERROR_FILL,
@@ -204,6 +204,7 @@ def to_dot(spec_or_graph, *, depth: int | None = None, direction: str = "TB",
     view = fitting_view(graph, depth, expand, fuse=detail != "full")
     mark_edges(view)
     connectors = wrap_columns(view, direction == "LR")
+    cut_long_edges(view, connectors)
     writer = _Writer(graph, view, detail)
     lines = [
         f"digraph {dot_id(graph.name)} {{",

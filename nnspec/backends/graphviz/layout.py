@@ -17,6 +17,10 @@ _MAX_WRAPPED_UNITS = 2000  # past this many top-level boxes, columns cannot make
 _MIN_COLUMN_SHARE = 0.3  # no column shorter than this share of the tallest
 _RANK_INCHES, _BOX_INCHES, _CLUSTER_INCHES, _TITLE_INCHES = 0.8, 1.8, 1.0, 1.0
 _RANK_INCHES_LR, _BOX_INCHES_LR, _CLUSTER_INCHES_LR = 2.4, 0.8, 0.3
+# Edges that pass through one rank without stopping: past a few dozen, `dot`'s crossing
+# minimisation takes seconds to hours (one input added into 70 nested sums: 1 s; 100: 13 s;
+# 500: over 12 minutes). Measured with Graphviz 2.43 on a 2-core machine.
+_MAX_PASSING = 24
 
 
 def _columns(heights: list[float], limit: float) -> list[int]:
@@ -128,6 +132,82 @@ def wrap_columns(view: View, lr: bool) -> list[tuple[str, str]]:
                           e.port, e.shape_only))
     view.edges = edges
     return connectors
+
+
+def cut_long_edges(view: View, connectors: list[tuple[str, str]]) -> None:
+    """Draw the longest edges as lettered connectors until no rank has too many passing.
+
+    A source feeding many far-away layers (`x + (x + (x + ...)))`) makes `dot` route every
+    edge through every rank between: the layout time explodes (see `_MAX_PASSING`). Each cut
+    edge leaves its source into a lettered circle and arrives from a copy of the letter
+    just above its layer, as the column connectors do. Ordinary networks (residual skips,
+    U-Net's bridges) stay far below the limit and are drawn as before.
+    """
+    rank = _longest_paths(view.edges)
+    passing = [0] * (max(rank.values(), default=0) + 1)
+    long_edges = []
+    for e in view.edges:
+        if rank[e.dst] - rank[e.src] > 1:
+            long_edges.append(e)
+            for r in range(rank[e.src] + 1, rank[e.dst]):
+                passing[r] += 1
+    if max(passing, default=0) <= _MAX_PASSING:
+        return
+    letters = {letter for _, letter in connectors}
+    arrivals = {letter: sum(1 for node_id, seen in connectors
+                            if seen == letter and node_id.endswith(".in")) for letter in letters}
+    letter_of: dict[tuple[str, str], str] = {}
+    replaced: dict[int, list[Edge]] = {}
+    for e in sorted(long_edges, key=lambda e: rank[e.src] - rank[e.dst]):
+        through = range(rank[e.src] + 1, rank[e.dst])
+        if max(passing[r] for r in through) <= _MAX_PASSING:
+            continue
+        for r in through:
+            passing[r] -= 1
+        new = replaced[id(e)] = []
+        letter = _letter_of_arrival(e.src)
+        if letter is None:
+            if (e.src, e.port) not in letter_of:
+                letter_of[e.src, e.port] = _connector_letter(len(letters))
+                letters.add(letter_of[e.src, e.port])
+                connectors.append((f"@{letter_of[e.src, e.port]}.out",
+                                   letter_of[e.src, e.port]))
+                new.append(Edge(e.src, f"@{letter_of[e.src, e.port]}.out", e.type, e.skip,
+                                port=e.port))
+            letter = letter_of[e.src, e.port]
+        arrivals[letter] = arrivals.get(letter, 0) + 1
+        arrival = f"@{letter}.in{arrivals[letter]}"
+        connectors.append((arrival, letter))
+        new.append(Edge(arrival, e.dst, e.type, e.skip, e.label, e.port, e.shape_only))
+    view.edges = [new for e in view.edges for new in replaced.get(id(e), [e])]
+
+
+def _letter_of_arrival(node_id: str) -> str | None:
+    """The letter of a connector's arrival circle: a cut edge from it gets another copy."""
+    if node_id.startswith("@") and ".in" in node_id:
+        return node_id[1:node_id.index(".in")]
+    return None
+
+
+def _longest_paths(edges: list[Edge]) -> dict[str, int]:
+    """Each node's rank as `dot` would first place it: the longest path from a source."""
+    successors: dict[str, list[str]] = {}
+    indegree: dict[str, int] = {}
+    for e in edges:
+        successors.setdefault(e.src, []).append(e.dst)
+        successors.setdefault(e.dst, [])
+        indegree[e.dst] = indegree.get(e.dst, 0) + 1
+        indegree.setdefault(e.src, 0)
+    rank = dict.fromkeys(successors, 0)
+    ready = [node for node, n in indegree.items() if n == 0]
+    while ready:
+        node = ready.pop()
+        for nxt in successors[node]:
+            rank[nxt] = max(rank[nxt], rank[node] + 1)
+            indegree[nxt] -= 1
+            if not indegree[nxt]:
+                ready.append(nxt)
+    return rank
 
 
 def _connector_letter(index: int) -> str:

@@ -341,8 +341,12 @@ def fitting_view(graph: Graph, depth: int | None, expand: bool, fuse: bool) -> V
     how = [f"blocks folded from depth {view.depth}"] if view.depth is not None else []
     if any(item.kind == "run" for item in view.items.values()):
         how.append("runs of layers merged")
+    if how:
+        drew = f"drew {view.size:,} ({', '.join(how)}). Pass a depth (`--depth N`) to choose " \
+               "what is folded."
+    else:
+        drew = f"drew all {view.size:,}: it has no blocks to fold and no runs of layers to merge."
     warnings.warn(f"{graph.name}: {asked:,} boxes are too many for `dot` to lay out quickly; "
-                  f"drew {view.size:,} ({', '.join(how)}). Pass a depth (`--depth N`) to "
-                  "choose what is folded.", RenderWarning, stacklevel=3)
+                  + drew, RenderWarning, stacklevel=3)
     return view
 
