@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnspec.backends.numpy.kernels import conv as conv_module
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
 from nnspec.backends.numpy.kernels.pool import (
@@ -321,6 +322,37 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
         "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
     }
     check_conv_against_torch(nd, case)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "nd, channels, out_channels, groups, kernel, dilation, padding, spatial, flipped",
+    [
+        (2, 16, 16, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 7), True),    # same padding
+        (2, 8, 24, 1, (3, 3), (1, 1), ((0, 0), (0, 0)), (5, 11), True),    # valid
+        (2, 12, 10, 1, (3, 3), (2, 1), ((4, 1), (0, 2)), (8, 6), True),    # dilated, uneven
+        (2, 32, 16, 2, (3, 2), (1, 1), ((2, 0), (1, 1)), (7, 7), True),    # groups, 3x2
+        (2, 9, 5, 1, (5, 5), (1, 1), ((2, 2), (2, 2)), (6, 9), True),      # 5x5, odd channels
+        (1, 16, 8, 1, (3,), (3,), ((3, 3),), (13,), True),                 # 1d dilated
+        (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (6, 6), False),     # padding > reach
+        (2, 7, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (6, 6), False),     # too few channels
+    ],
+)
+def test_stride_one_input_gradient_as_a_flipped_kernel_convolution_matches_torch(
+        monkeypatch, nd, channels, out_channels, groups, kernel, dilation, padding, spatial,
+        flipped):
+    calls = []
+    taken = conv_module._unit_stride_input_grad
+    monkeypatch.setattr(conv_module, "_unit_stride_input_grad",
+                        lambda *args: calls.append(1) or taken(*args))
+    case = {
+        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
+        "kernel": kernel, "has_bias": True,
+        "attrs": {"stride": (1,) * nd, "padding": padding, "dilation": dilation,
+                  "groups": groups},
+    }
+    check_conv_against_torch(nd, case)
+    assert bool(calls) == flipped
 
 
 @pytest.mark.parametrize("groups", [1, 3])

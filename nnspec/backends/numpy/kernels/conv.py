@@ -137,6 +137,14 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         dbias = None if bias is None else dy_rows.reshape(out_channels, -1).sum(axis=1)
         if not input_grad:
             return None, dweight, dbias
+        reach = [(k - 1) * d for k, d in zip(kernel, dilation)]
+        # at fewer than 8 input channels per group the flipped product's rows are too few
+        # for BLAS (3 channels: 3x slower than the column gradient)
+        if group_channels >= 8 and all(s == 1 for s in stride) \
+                and all(lo <= r and hi <= r for (lo, hi), r in zip(padding, reach)):
+            dx = _unit_stride_input_grad(dy_rows.reshape(out_channels, n, *out), weight,
+                                         groups, padding, dilation, x.shape[2:])
+            return np.ascontiguousarray(np.swapaxes(dx, 0, 1)), dweight, dbias
         if all(s == 1 for s in stride):
             dx_padded = _unit_stride_col2im(dy_rows.reshape(out_channels, n, *out),
                                             weight_groups, x_padded.shape, kernel, dilation)
@@ -291,6 +299,26 @@ def _im2col(x_padded, kernel, stride, dilation, out):
     for number, offset in enumerate(kernel_offsets(kernel)):
         columns[:, number] = x_padded[offset_index(offset, stride, dilation, out)]
     return columns.reshape(channels * math.prod(kernel), -1)
+
+
+def _unit_stride_input_grad(dy, weight, groups, padding, dilation, spatial):
+    """The input gradient of a stride-1 convolution, (C, N, *spatial), as a forward
+    convolution of ``dy`` (O, N, *out) with the flipped, transposed kernel: the product
+    then has the forward's shape, (C/g, O/g*K) by (O/g*K, N*P), which OpenBLAS runs
+    1.3-2x faster than the column gradient (C/g*K, O/g) by (O/g, N*P) at 8-32 channels,
+    and the columns of ``dy`` are gathered instead of scattering 9 column gradients.
+    Needs each padding side no wider than the kernel's reach, (k - 1) * dilation."""
+    out_channels, n = dy.shape[:2]
+    kernel = weight.shape[2:]
+    reach = [(k - 1) * d for k, d in zip(kernel, dilation)]
+    dy_padded = pad_spatial(dy, [(r - lo, r - hi) for (lo, hi), r in zip(padding, reach)])
+    flipped = weight[(Ellipsis, *(slice(None, None, -1) for _ in kernel))]
+    per_group = flipped.reshape(groups, out_channels // groups, -1, math.prod(kernel))
+    weight_t = np.ascontiguousarray(per_group.transpose(0, 2, 1, 3)).reshape(
+        groups, per_group.shape[2], -1)
+    columns = _im2col(dy_padded, kernel, (1,) * len(kernel), dilation, spatial)
+    dx_rows = _grouped_product(weight_t, columns.reshape(groups, -1, columns.shape[1]))
+    return dx_rows.reshape(-1, n, *spatial)
 
 
 def _unit_stride_col2im(dy, weight_groups, padded_shape, kernel, dilation):
