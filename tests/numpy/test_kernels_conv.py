@@ -326,25 +326,32 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
 
 @pytest.mark.torch
 @pytest.mark.parametrize(
-    "nd, channels, out_channels, groups, kernel, dilation, padding, spatial, flipped",
+    "nd, channels, out_channels, groups, kernel, dilation, padding, spatial, path",
     [
-        (2, 16, 16, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 7), True),    # same padding
-        (2, 8, 24, 1, (3, 3), (1, 1), ((0, 0), (0, 0)), (5, 11), True),    # valid
-        (2, 12, 10, 1, (3, 3), (2, 1), ((4, 1), (0, 2)), (8, 6), True),    # dilated, uneven
-        (2, 32, 16, 2, (3, 2), (1, 1), ((2, 0), (1, 1)), (7, 7), True),    # groups, 3x2
-        (2, 9, 5, 1, (5, 5), (1, 1), ((2, 2), (2, 2)), (6, 9), True),      # 5x5, odd channels
-        (1, 16, 8, 1, (3,), (3,), ((3, 3),), (13,), True),                 # 1d dilated
-        (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (6, 6), False),     # padding > reach
-        (2, 7, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (6, 6), False),     # too few channels
+        (2, 16, 16, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 7), "shifted"),
+        (2, 8, 8, 1, (3, 3), (2, 2), ((2, 2), (2, 2)), (20, 17), "shifted"),   # dilated
+        (2, 6, 10, 1, (3, 2), (1, 1), ((2, 0), (1, 0)), (16, 15), "shifted"),  # uneven
+        (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (14, 14), "shifted"),   # pad > reach
+        (1, 16, 8, 1, (3,), (3,), ((3, 3),), (13,), "shifted"),                # 1d dilated
+        (2, 8, 24, 1, (3, 3), (1, 1), ((0, 0), (0, 0)), (5, 11), "flipped"),   # small valid
+        (2, 12, 10, 1, (3, 3), (2, 1), ((4, 1), (0, 2)), (8, 6), "flipped"),
+        (2, 32, 16, 2, (3, 2), (1, 1), ((2, 0), (1, 1)), (7, 7), "flipped"),   # groups
+        (2, 9, 5, 1, (5, 5), (1, 1), ((2, 2), (2, 2)), (6, 9), "flipped"),     # 5x5, odd
+        (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (6, 6), "col2im"),      # pad > reach
+        (2, 7, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (6, 6), "col2im"),
+        (2, 4, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (16, 16), "col2im"),    # few channels
     ],
 )
-def test_stride_one_input_gradient_as_a_flipped_kernel_convolution_matches_torch(
+def test_each_stride_one_convolution_path_matches_torch(
         monkeypatch, nd, channels, out_channels, groups, kernel, dilation, padding, spatial,
-        flipped):
-    calls = []
-    taken = conv_module._unit_stride_input_grad
-    monkeypatch.setattr(conv_module, "_unit_stride_input_grad",
-                        lambda *args: calls.append(1) or taken(*args))
+        path):
+    taken = []
+    for name, function in [("shifted", "_shifted"), ("flipped", "_unit_stride_input_grad"),
+                           ("col2im", "_unit_stride_col2im")]:
+        original = getattr(conv_module, function)
+        monkeypatch.setattr(conv_module, function,
+                            lambda *args, _name=name, _original=original:
+                            taken.append(_name) or _original(*args))
     case = {
         "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
         "kernel": kernel, "has_bias": True,
@@ -352,15 +359,17 @@ def test_stride_one_input_gradient_as_a_flipped_kernel_convolution_matches_torch
                   "groups": groups},
     }
     check_conv_against_torch(nd, case)
-    assert bool(calls) == flipped
+    assert taken == [path]
 
 
-@pytest.mark.parametrize("groups", [1, 3])
-def test_conv_told_its_input_needs_no_gradient_skips_only_the_input_gradient(groups):
+@pytest.mark.parametrize("groups, stride, spatial",
+                         [(1, (1, 2), (6, 5)), (3, (1, 2), (6, 5)), (1, (1, 1), (12, 11))])
+def test_conv_told_its_input_needs_no_gradient_skips_only_the_input_gradient(
+        groups, stride, spatial):
     case = {
-        "batch": 3, "in_channels": 6, "out_channels": 6, "spatial": (6, 5), "kernel": (3, 2),
+        "batch": 3, "in_channels": 6, "out_channels": 6, "spatial": spatial, "kernel": (3, 2),
         "has_bias": True,
-        "attrs": {"stride": (1, 2), "padding": ((1, 1), (0, 1)), "dilation": (1, 1),
+        "attrs": {"stride": stride, "padding": ((1, 1), (0, 1)), "dilation": (1, 1),
                   "groups": groups},
     }
     x, weight, bias = conv_arrays(case, seed=4)

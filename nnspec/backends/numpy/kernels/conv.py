@@ -112,6 +112,9 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
     if groups == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in stride) \
             and not any(lo or hi for lo, hi in padding):
         return _pointwise(x, weight, bias, input_grad)
+    if groups == 1 and all(s == 1 for s in stride) and _shifted_pays(channels, x.shape[2:],
+                                                                      padding, kernel, dilation):
+        return _shifted(x, weight, bias, padding, dilation, input_grad)
     x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
     out = output_size(x_padded.shape[2:], kernel, stride, dilation)
     weight_groups = weight.reshape(groups, out_channels // groups, -1)
@@ -183,6 +186,80 @@ def _pointwise(x, weight, bias, input_grad):
         return dx, dweight.reshape(weight.shape), dbias
 
     return y.reshape(n, out_channels, *x.shape[2:]), backward
+
+
+def _shifted_pays(channels, spatial, padding, kernel, dilation):
+    """Whether ``_shifted`` measured faster than im2col for this stride-1 convolution."""
+    padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
+    out = [p - (k - 1) * d for p, k, d in zip(padded, kernel, dilation)]
+    return channels >= SHIFTED_MIN_CHANNELS and \
+        math.prod(padded) <= SHIFTED_MAX_WASTE * math.prod(out)
+
+
+# measured against im2col, fwd + both gradients: 0.56x at 6 input channels, 1.5x at 3-4;
+# 0.6-0.9x on 8x8 maps padded to 10x10 (1.56x the output), 1.5-2.6x on 4x4 ones (2.25x)
+SHIFTED_MIN_CHANNELS = 6
+SHIFTED_MAX_WASTE = 1.6
+
+
+def _shifted(x, weight, bias, padding, dilation, input_grad):
+    """A stride-1 convolution without columns: with each padded (C, N, *padded) map
+    flattened to (C, N * prod(padded)), the inputs of kernel offset k for every output
+    position form one contiguous slice shifted by the offset's flat start, so the output
+    is a sum of K products weight_k (O, C) @ slice_k (C, L), computed in the padded frame
+    (the positions past each row's end are cropped). The weight gradient is K products of
+    the output gradient, zero at those positions, with the slices; the input gradient
+    adds weight_k.T @ that gradient into each shifted slice. No K-times-the-input column
+    buffer is written or read: 1.2-2.7x faster than im2col's product at 8-32 channels."""
+    n, channels = x.shape[:2]
+    out_channels = weight.shape[0]
+    kernel = weight.shape[2:]
+    x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
+    padded = x_padded.shape[2:]
+    out = output_size(padded, kernel, stride=(1,) * len(kernel), dilation=dilation)
+    flat_strides = [math.prod(padded[i + 1:]) for i in range(len(padded))]
+    starts = [sum(o * d * f for o, d, f in zip(offset, dilation, flat_strides))
+              for offset in kernel_offsets(kernel)]
+    frame = n * math.prod(padded)
+    length = frame - starts[-1]
+    x_flat = x_padded.reshape(channels, frame)
+    taps = np.ascontiguousarray(np.moveaxis(weight.reshape(out_channels, channels, -1), 2, 0))
+    y_frame = np.empty((out_channels, frame), dtype=x.dtype)
+    y_rows = y_frame[:, :length]
+    term = np.empty_like(y_rows)
+    for number, start in enumerate(starts):
+        window = x_flat[:, start:start + length]
+        if number == 0:
+            np.matmul(taps[0], window, out=y_rows)
+        else:
+            y_rows += np.matmul(taps[number], window, out=term)
+    valid = (slice(None), slice(None), *(slice(0, o) for o in out))
+    y_frame = y_frame.reshape(out_channels, n, *padded)
+    y = np.swapaxes(y_frame[valid], 0, 1)
+    if bias is not None:
+        y = y + bias.reshape(-1, *(1,) * len(out))
+    y = np.ascontiguousarray(y)
+
+    def backward(dy):
+        dy_frame = np.zeros((out_channels, n, *padded), dtype=dy.dtype)
+        dy_frame[valid] = np.swapaxes(dy, 0, 1)
+        dy_rows = dy_frame.reshape(out_channels, frame)[:, :length]
+        dtaps = np.empty((len(starts), channels, out_channels), dtype=dy.dtype)
+        for number, start in enumerate(starts):
+            np.matmul(x_flat[:, start:start + length], dy_rows.T, out=dtaps[number])
+        dweight = np.ascontiguousarray(dtaps.transpose(2, 1, 0)).reshape(weight.shape)
+        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
+        if not input_grad:
+            return None, dweight, dbias
+        dx_flat = np.zeros((channels, frame), dtype=dy.dtype)
+        term = np.empty((channels, length), dtype=dy.dtype)
+        for number, start in enumerate(starts):
+            dx_flat[:, start:start + length] += np.matmul(taps[number].T, dy_rows, out=term)
+        dx_padded = dx_flat.reshape(channels, n, *padded)
+        dx = np.ascontiguousarray(np.swapaxes(crop_padding(dx_padded, padding), 0, 1))
+        return dx, dweight, dbias
+
+    return y, backward
 
 
 _CACHE_FLOATS = 1 << 16  # 256 KiB of float32: a working set that stays in L2
