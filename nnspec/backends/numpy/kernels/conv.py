@@ -1,5 +1,9 @@
 """Convolutions as im2col + one matrix product per group, and the window helpers pooling shares.
 
+Stride-1 convolutions with 6 or more input channels skip the columns (``_shifted``): their
+products read shifted slices of the flattened padded map; 1x1 and depthwise ones have their
+own paths too.
+
 Every window sweep (im2col, col2im, pooling) is one strided view per kernel offset of the
 padded map (no Python loop over samples or output pixels); gradients go back through
 ``scatter_windows``, one strided add per offset.
