@@ -1,6 +1,6 @@
 """Convolutions as im2col + one matrix product per group, and the window helpers pooling shares.
 
-Stride-1 convolutions with 6 or more input channels skip the columns (``_shifted``): their
+Stride-1 convolutions with 6 to 64 input channels skip the columns (``_shifted``): their
 products read shifted slices of the flattened padded map; 1x1 and depthwise ones have their
 own paths too.
 
@@ -196,13 +196,16 @@ def _shifted_pays(channels, spatial, padding, kernel, dilation):
     """Whether ``_shifted`` measured faster than im2col for this stride-1 convolution."""
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
     out = [p - (k - 1) * d for p, k, d in zip(padded, kernel, dilation)]
-    return channels >= SHIFTED_MIN_CHANNELS and \
+    return SHIFTED_MIN_CHANNELS <= channels <= SHIFTED_MAX_CHANNELS and \
         math.prod(padded) <= SHIFTED_MAX_WASTE * math.prod(out)
 
 
-# measured against im2col, fwd + both gradients: 0.56x at 6 input channels, 1.5x at 3-4;
-# 0.6-0.9x on 8x8 maps padded to 10x10 (1.56x the output), 1.5-2.6x on 4x4 ones (2.25x)
+# measured against im2col, fwd + both gradients: 0.56x at 6 input channels, 1.5x at 3-4,
+# 0.7-0.9x at 64, 1.15-1.5x at 128 (batch 32-128: there im2col's product, inner dimension
+# 1152, runs near the GEMM peak); 0.6-0.9x on 8x8 maps padded to 10x10 (1.56x the
+# output), 1.5-2.6x on 4x4 ones (2.25x)
 SHIFTED_MIN_CHANNELS = 6
+SHIFTED_MAX_CHANNELS = 64
 SHIFTED_MAX_WASTE = 1.6
 
 
