@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnspec.backends.numpy.kernels import conv as conv_module
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
 from nnspec.backends.numpy.kernels.pool import (
@@ -323,12 +324,53 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
     check_conv_against_torch(nd, case)
 
 
-@pytest.mark.parametrize("groups", [1, 3])
-def test_conv_told_its_input_needs_no_gradient_skips_only_the_input_gradient(groups):
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "nd, channels, out_channels, groups, kernel, dilation, padding, spatial, path",
+    [
+        (2, 16, 16, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 7), "shifted"),
+        (2, 8, 8, 1, (3, 3), (2, 2), ((2, 2), (2, 2)), (20, 17), "shifted"),   # dilated
+        (2, 6, 10, 1, (3, 2), (1, 1), ((2, 0), (1, 0)), (16, 15), "shifted"),  # uneven
+        (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (14, 14), "shifted"),   # pad > reach
+        (1, 16, 8, 1, (3,), (3,), ((3, 3),), (13,), "shifted"),                # 1d dilated
+        (2, 8, 24, 1, (3, 3), (1, 1), ((0, 0), (0, 0)), (5, 11), "flipped"),   # small valid
+        (2, 12, 10, 1, (3, 3), (2, 1), ((4, 1), (0, 2)), (8, 6), "flipped"),
+        (2, 32, 16, 2, (3, 2), (1, 1), ((2, 0), (1, 1)), (7, 7), "flipped"),   # groups
+        (2, 9, 5, 1, (5, 5), (1, 1), ((2, 2), (2, 2)), (6, 9), "flipped"),     # 5x5, odd
+        (2, 72, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 9), "flipped"),    # wide
+        (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (6, 6), "col2im"),      # pad > reach
+        (2, 7, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (6, 6), "col2im"),
+        (2, 4, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (16, 16), "col2im"),    # few channels
+    ],
+)
+def test_each_stride_one_convolution_path_matches_torch(
+        monkeypatch, nd, channels, out_channels, groups, kernel, dilation, padding, spatial,
+        path):
+    taken = []
+    for name, function in [("shifted", "_shifted"), ("flipped", "_unit_stride_input_grad"),
+                           ("col2im", "_unit_stride_col2im")]:
+        original = getattr(conv_module, function)
+        monkeypatch.setattr(conv_module, function,
+                            lambda *args, _name=name, _original=original:
+                            taken.append(_name) or _original(*args))
     case = {
-        "batch": 3, "in_channels": 6, "out_channels": 6, "spatial": (6, 5), "kernel": (3, 2),
+        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
+        "kernel": kernel, "has_bias": True,
+        "attrs": {"stride": (1,) * nd, "padding": padding, "dilation": dilation,
+                  "groups": groups},
+    }
+    check_conv_against_torch(nd, case)
+    assert taken == [path]
+
+
+@pytest.mark.parametrize("groups, stride, spatial",
+                         [(1, (1, 2), (6, 5)), (3, (1, 2), (6, 5)), (1, (1, 1), (12, 11))])
+def test_conv_told_its_input_needs_no_gradient_skips_only_the_input_gradient(
+        groups, stride, spatial):
+    case = {
+        "batch": 3, "in_channels": 6, "out_channels": 6, "spatial": spatial, "kernel": (3, 2),
         "has_bias": True,
-        "attrs": {"stride": (1, 2), "padding": ((1, 1), (0, 1)), "dilation": (1, 1),
+        "attrs": {"stride": stride, "padding": ((1, 1), (0, 1)), "dilation": (1, 1),
                   "groups": groups},
     }
     x, weight, bias = conv_arrays(case, seed=4)
