@@ -643,3 +643,37 @@ def test_each_op_matches_the_interpreter(name):
     spec = load_text(f"model Op {{\n  input x: {shape}\n  {body}\n}}\n", f"{name}.nn")
     assert name in {n.op for n in spec.graph.nodes}
     _compare_with_interpreter(spec)
+
+
+DEEP = """
+block Layer(width) {
+  input x: [C]
+  x + (x -> dense(width) -> relu)
+}
+
+model Deep(depth = 1500, width = 8) {
+  input x: [width]
+  x -> repeat(depth, Layer(width)) -> dense(3)
+}
+"""
+
+
+def test_a_deep_repeat_count_is_probed_halved_and_still_becomes_the_config(tmp_path):
+    """Doubling `depth` would build the model twice over: its probe is halved instead,
+    refused by the layer floor before it builds, and the generated model still follows
+    `depth` and `width` as the interpreter does."""
+    from nnspec.backends.torch.probe import probe_budget, probes
+
+    spec = load_text(DEEP)
+    layers = len(spec.graph.nodes)
+    graphs = probes(spec.program, "Deep", spec.graph.hyper, {}, layers)
+    assert len(graphs) == 2
+    by_depth, by_width = graphs
+    assert by_depth.hyper["depth"] == 750 and len(by_depth.nodes) < layers
+    assert by_width.hyper["width"] == 16 and len(by_width.nodes) <= probe_budget(layers)
+    module = _module(generate(spec))
+    for depth, width in [(3, 8), (5, 4), (1, 6)]:
+        model = module.Deep(module.DeepConfig(depth=depth, width=width))
+        expected = load_text(DEEP, overrides={"depth": depth, "width": width}).graph
+        count = sum(p.numel() for p in model.parameters())
+        assert count == sum(math.prod(p.spec.shape) for p in expected.params.values())

@@ -50,7 +50,8 @@ class Generator:
         """The whole file; `script(model_class)` gives text to append after everything
         else (the train script), whose imports join the file's own."""
         spec = self.spec
-        graphs = probe.probes(spec.program, spec.graph.name, spec.graph.hyper, spec.overrides)
+        graphs = probe.probes(spec.program, spec.graph.name, spec.graph.hyper, spec.overrides,
+                              len(spec.graph.nodes))
         probes = tuple(self._model_units(g) for g in graphs)
         context = self._share_context((spec.graph, *graphs))
         definitions = share.share(self._units(), context, self._globals(), probes)

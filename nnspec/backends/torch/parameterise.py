@@ -120,11 +120,12 @@ class Parameterise:
         in_model = self.first.key.graph == "model"
         self.cells: list[tuple[Unit, int]] = []  # (the member's unit in a build, the build)
         shape = shape_text(self.first)
+        # a probe may build fewer uses (a halved repeat count): the uses it builds alike
+        # still tell which numbers follow its hyperparameter
         for b, build in enumerate(builds if in_model else builds[:1]):
             units = [build.get(m.key) for m in members]
-            if all(u is not None and shape_text(u) == shape and self._has_arguments(u, b)
-                   for u in units):
-                self.cells += [(u, b) for u in units]
+            self.cells += [(u, b) for u in units if u is not None and shape_text(u) == shape
+                           and self._has_arguments(u, b)]
 
     def _has_arguments(self, unit: Unit, build: int) -> bool:
         return all(len(self.by_unit[i.unit].build_arguments) > build

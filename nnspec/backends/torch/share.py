@@ -83,17 +83,22 @@ def _group(order: list[UnitKey], raw: Mapping[UnitKey, Unit], folded: Mapping[Un
     groups: dict[tuple, list[Unit]] = {}
     group_of: dict[UnitKey, int] = {}
     index: dict[tuple, int] = {}
+    # each group's distinct texts, folded and raw: kept as members join, so that a unit
+    # is compared with its group in one look-up (a deep repeat has thousands of members)
+    folded_texts: dict[tuple, set[str]] = {}
+    raw_texts: dict[tuple, set[str]] = {}
     for key in order:
         unit = raw[key]
         if key in family:
             sharing: tuple = ("variants", family[key])
         else:
             sharing = _sharing_key(unit, group_of)
-            same = [folded[m.key] for m in groups.get(sharing, [])] + [folded[key]]
-            if len({shape_text(u) for u in same}) > 1:  # folds in one use and not another
-                same = [raw[m.key] for m in groups.get(sharing, [])] + [unit]
-                if len({shape_text(u) for u in same}) > 1:
-                    sharing += (shape_text(unit),)
+            folded_text, raw_text = shape_text(folded[key]), shape_text(unit)
+            if folded_texts.get(sharing, set()) | {folded_text} != {folded_text} and \
+                    raw_texts.get(sharing, set()) | {raw_text} != {raw_text}:
+                sharing += (raw_text,)  # folds in one use and not another
+            folded_texts.setdefault(sharing, set()).add(folded_text)
+            raw_texts.setdefault(sharing, set()).add(raw_text)
         if sharing not in groups:
             index[sharing] = len(groups)
             groups[sharing] = []
