@@ -8,6 +8,7 @@ into graphs of their own.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from nnspec.ir.graph_builder import GraphBuilder
 FrameKind = Literal["model", "block", "fn", "repeat", "const"]
 
 
+@functools.cache  # one regex substitution per block name, not per instance
 def snake(name: str) -> str:
     """`ResBlock` -> `res_block`: how an unlabelled block instance is named."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -181,7 +181,8 @@ class Tables:
         brackets nested past the limit)."""
         actions, rules, units = self.states, self.rules, self.units
         methods = {name: getattr(builder, name) for name in self.callbacks()}
-        states = [self.start_states[start]]
+        state = self.start_states[start]
+        states = [state]  # the stack of states; `state` is its top
         end_state = self.end_states[start]
         values: list = []
         places: list = []  # (line, col, end_line, end_col) of each value, None if empty
@@ -190,34 +191,35 @@ class Tables:
             kind = tok.type
             taken.append(tok)
             while True:
-                action = actions[states[-1]].get(kind)
+                action = actions[state].get(kind)
                 if action is None:
-                    raise self._unexpected(tok, states[-1], taken[:-1])
+                    raise self._unexpected(tok, state, taken[:-1])
                 if action >= 0:
                     states.append(action)
+                    state = action
                     values.append(tok)
                     places.append((tok.line, tok.column, tok.end_line, tok.end_column))
                     break
                 rule = rules[~action]
                 if rule.unit:  # `x` becomes an atom, a power, ..., an expression at once
-                    key = (states[-2], states[-1], kind)
+                    key = (states[-2], state, kind)
                     top = units.get(key)
                     if top is None:
                         top = units[key] = self._after_units(*key)
-                    states[-1] = top
+                    states[-1] = state = top
                     continue
                 size = rule.size
                 if size:
-                    popped, where = values[-size:], places[-size:]
+                    value, place = rule.reduce(values[-size:], places[-size:], methods, source)
                     del values[-size:], places[-size:], states[-size:]
                 else:
-                    popped, where = [], []
-                value, place = rule.reduce(popped, where, methods, source)
-                states.append(actions[states[-1]][rule.origin])
+                    value, place = rule.reduce([], [], methods, source)
+                state = actions[states[-1]][rule.origin]
+                states.append(state)
                 values.append(value)
                 places.append(place)
-                if kind == END and states[-1] == end_state:
-                    return values[-1]
+                if kind == END and state == end_state:
+                    return value
 
     def _after_units(self, below: int, top: int, kind: str) -> int:
         """The state after every unit reduction that `kind` asks for in `top` over `below`."""
