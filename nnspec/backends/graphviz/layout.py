@@ -145,10 +145,10 @@ def cut_long_edges(view: View, connectors: list[tuple[str, str]]) -> None:
     """
     rank = _longest_paths(view.edges)
     passing = [0] * (max(rank.values(), default=0) + 1)
-    long_edges = []
-    for e in view.edges:
+    long_edges = []  # indices into view.edges
+    for index, e in enumerate(view.edges):
         if rank[e.dst] - rank[e.src] > 1:
-            long_edges.append(e)
+            long_edges.append(index)
             for r in range(rank[e.src] + 1, rank[e.dst]):
                 passing[r] += 1
     if max(passing, default=0) <= _MAX_PASSING:
@@ -158,13 +158,14 @@ def cut_long_edges(view: View, connectors: list[tuple[str, str]]) -> None:
                             if seen == letter and node_id.endswith(".in")) for letter in letters}
     letter_of: dict[tuple[str, str], str] = {}
     replaced: dict[int, list[Edge]] = {}
-    for e in sorted(long_edges, key=lambda e: rank[e.src] - rank[e.dst]):
+    for index in sorted(long_edges, key=lambda i: rank[view.edges[i].src] - rank[view.edges[i].dst]):
+        e = view.edges[index]
         through = range(rank[e.src] + 1, rank[e.dst])
         if max(passing[r] for r in through) <= _MAX_PASSING:
             continue
         for r in through:
             passing[r] -= 1
-        new = replaced[id(e)] = []
+        new = replaced[index] = []
         letter = _letter_of_arrival(e.src)
         if letter is None:
             if (e.src, e.port) not in letter_of:
@@ -179,7 +180,8 @@ def cut_long_edges(view: View, connectors: list[tuple[str, str]]) -> None:
         arrival = f"@{letter}.in{arrivals[letter]}"
         connectors.append((arrival, letter))
         new.append(Edge(arrival, e.dst, e.type, e.skip, e.label, e.port, e.shape_only))
-    view.edges = [new for e in view.edges for new in replaced.get(id(e), [e])]
+    view.edges = [new for index, e in enumerate(view.edges)
+                  for new in replaced.get(index, [e])]
 
 
 def _letter_of_arrival(node_id: str) -> str | None:
