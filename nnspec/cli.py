@@ -68,7 +68,8 @@ class _Commands(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="nnspec")
 @click.option("--max-layers", type=click.IntRange(1), default=None, metavar="N",
-              help="Refuse a model that expands to more than N layers (default 100,000).")
+              help="Refuse a model that expands to more than N layers (default 100,000; "
+              "`compile` writes code for up to 5,000).")
 def main(max_layers: int | None):
     """nnspec: write a neural network as a short .nn spec; check its shapes, summarise it,
     draw it, train it in NumPy or compile it to PyTorch.

@@ -49,13 +49,17 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
     return out
 
 
+def asked_layer_budget() -> int | None:
+    """`nnspec --max-layers N`'s N, None when not given."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().params.get("max_layers") if ctx is not None else None
+
+
 def layer_budget() -> int:
     """The layer budget of this run: `nnspec --max-layers N`, else the front end's default."""
     from nnspec.ir.graph_builder import MAX_LAYERS
 
-    ctx = click.get_current_context(silent=True)
-    given = ctx.find_root().params.get("max_layers") if ctx is not None else None
-    return given or MAX_LAYERS
+    return asked_layer_budget() or MAX_LAYERS
 
 
 def load_or_exit(path: str, model: str | None = None, overrides: dict | None = None,

@@ -9,6 +9,7 @@ import click
 from nnspec.cli_common import (
     OUTPUT,
     SPEC,
+    asked_layer_budget,
     fail,
     fail_plain,
     fits_or_exit,
@@ -38,14 +39,15 @@ def compile_command(file: str, backend: str, out: str | None, train_script: bool
     """Compile the model of FILE to one readable PyTorch file that runs without nnspec:
     a module class per block, the train section's loss_fn, make_optimizer and
     make_scheduler, and save_weights/load_weights for nnspec's safetensors files."""
-    from nnspec.backends.torch.codegen import generate
+    from nnspec.backends.torch.codegen import MAX_GENERATED_LAYERS, generate
 
     spec = load_or_exit(file, model, parse_overrides(overrides))
     if train_script and spec.train is None:
         fail_plain(f"{file}: has no train section for `{spec.name}`, so no training script",
                     f"add `train {spec.name} {{ data ... loss ... }}`")
     try:
-        text = generate(spec, train_script=train_script)
+        text = generate(spec, train_script=train_script,
+                        max_layers=asked_layer_budget() or MAX_GENERATED_LAYERS)
     except SpecError as err:
         fail(err.diagnostics)
     except ValueError as err:  # a train script for a model it cannot feed

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from nnspec.frontend import analyze
 
 DEEP = """model Net {{
@@ -154,3 +156,28 @@ def test_the_example_transformers_with_65536_layers_are_refused_at_once():
         analysis = analyze_file(specs / name, overrides={"layers": 65536})
         assert time.perf_counter() - start < 5
         assert _codes(analysis) == ["E401"], name
+
+
+def test_code_generation_refuses_a_model_past_its_own_limit_at_once_and_can_be_asked_for_more(
+        tmp_path):
+    from nnspec.backends.torch.codegen import MAX_GENERATED_LAYERS, generate
+    from nnspec.diagnostics import SpecError
+    from nnspec.spec import load_text
+
+    spec = load_text(DEEP.format(outer=MAX_GENERATED_LAYERS // 10 + 1, inner=10))
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as refused_early:
+        generate(spec)
+    assert time.perf_counter() - start < 0.5
+    (diagnostic,) = refused_early.value.diagnostics
+    assert diagnostic.code == "E402" and diagnostic.span.line == 1
+    assert f"at most {MAX_GENERATED_LAYERS:,}" in diagnostic.message
+    small = load_text(DEEP.format(outer=3, inner=10))
+    assert "class Net" in generate(small, max_layers=40)
+    with pytest.raises(SpecError, match="at most 20"):
+        generate(small, max_layers=20)
+    (tmp_path / "big.nn").write_text(DEEP.format(outer=MAX_GENERATED_LAYERS // 10 + 1, inner=10))
+    refused = subprocess.run([sys.executable, "-m", "nnspec.cli", "compile", "big.nn", "-o", "-"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "E402" in refused.stderr and "--max-layers" in refused.stderr
+    assert "Traceback" not in refused.stderr and not refused.stdout

@@ -28,18 +28,28 @@ from pathlib import Path
 from nnspec.backends.torch import extras, lower, printer, probe, share
 from nnspec.backends.torch.names import INDEX, checked_identifier, file_label, literal
 from nnspec.backends.torch.structure import regions, spec_definition
+from nnspec.diagnostics import Diagnostic, SpecError
 from nnspec.ir.graph import Graph
 from nnspec.syntax import ast
 
 # Names of generated code that no local variable may take.
 _FIXED_LOCALS = ("self", "torch", "nn", "F", "math", "return_logits", *extras.FIXED_NAMES)
+# The most layers (graph nodes) code is generated for unless asked for more. Generation
+# takes 1-3 ms a layer on a 2-core machine (the model is built again once per
+# hyperparameter to tell which numbers follow it): 5-15 s here. The largest published
+# models are far below it: Llama-2-7B is 324 nodes, ResNet-1001 about 3,400.
+MAX_GENERATED_LAYERS = 5_000
 
 
 class Generator:
     """The file of one spec; `model_class` is the model's class name once `text` ran."""
 
-    def __init__(self, spec, reserved: tuple[str, ...] = ()):
-        """`reserved`: more module-level names the output defines (the train script's)."""
+    def __init__(self, spec, reserved: tuple[str, ...] = (),
+                 max_layers: int | None = MAX_GENERATED_LAYERS):
+        """`reserved`: more module-level names the output defines (the train script's).
+        Raises SpecError E402 for a model of more than `max_layers` layers (None: any)."""
+        if max_layers is not None:
+            _check_size(spec, max_layers)
         self.spec = spec
         self.reserved = reserved
         self.file = file_label(spec.program.source.path)
@@ -180,14 +190,29 @@ def _param_key(name: str) -> str:
     return name
 
 
-def generate(spec, *, train_script: bool = False) -> str:
+def _check_size(spec, max_layers: int) -> None:
+    layers = len(spec.graph.nodes)
+    if layers <= max_layers:
+        return
+    model = next((d for d in spec.program.definitions("model") if d.name == spec.graph.name),
+                 None)
+    raise SpecError([Diagnostic(
+        "E402", f"`{spec.graph.name}` has {layers:,} layers; PyTorch code is generated for "
+        f"at most {max_layers:,} (it would take about {layers // 400:,} s or more)",
+        model.name_span if model is not None else None,
+        f"a smaller configuration, or `nnspec --max-layers {layers} ...` to wait for it")])
+
+
+def generate(spec, *, train_script: bool = False,
+             max_layers: int | None = MAX_GENERATED_LAYERS) -> str:
     """The PyTorch source of a loaded spec (`nnspec.spec.load`): one standalone file.
-    `train_script=True` appends a command-line training entry point (`train_script.py`)."""
+    `train_script=True` appends a command-line training entry point (`train_script.py`).
+    A model of more than `max_layers` layers is SpecError E402."""
     if not train_script:
-        return Generator(spec).text()
+        return Generator(spec, max_layers=max_layers).text()
     from nnspec.backends.torch import train_script as script
 
-    generator = Generator(spec, reserved=script.RESERVED)
+    generator = Generator(spec, reserved=script.RESERVED, max_layers=max_layers)
     return generator.text(lambda model_class: script.script_text(spec, model_class))
 
 

@@ -31,8 +31,9 @@ LOW_PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def load_generated(spec) -> tuple[types.ModuleType, type]:
     """The generated source of `spec` as a fresh module (no file is written), and its model
-    class. Tracebacks show the generated lines."""
-    generator = Generator(spec)
+    class. Tracebacks show the generated lines. Any size: training a big model takes far
+    longer than generating its code (the limit is `nnspec compile`'s, for the file)."""
+    generator = Generator(spec, max_layers=None)
     source = generator.text()
     filename = f"<nnspec generated {generator.model_class}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)

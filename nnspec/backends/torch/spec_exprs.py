@@ -18,6 +18,7 @@ from nnspec.syntax import ast
 
 _ARITHMETIC = ("+", "-", "*", "/", "%", "^")
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2, "**": 4}
+_MAX_TERMS = 64  # nodes of a sub-expression worth recognising (`4 * d`, `d // heads + 1`)
 
 
 @dataclass(frozen=True)
@@ -55,40 +56,54 @@ def expressions(definition: ast.Definition, params: frozenset[str]) -> list[Spec
     return list(found.values())
 
 
-def _subexpressions(node) -> Iterator[ast.Expr]:
-    if node is None:
-        return
-    if isinstance(node, (ast.BinOp, ast.Unary)) and _names(node) is not None:
-        yield node
-    children: tuple = ()
-    if isinstance(node, ast.BinOp):
-        children = (node.left, node.right)
-    elif isinstance(node, ast.Unary):
-        children = (node.operand,)
-    elif isinstance(node, ast.Call):
-        children = (*node.args, *(k.value for k in node.kwargs))
-    elif isinstance(node, ast.Pipeline):
-        children = (node.head, *(s.layer for s in node.stages))
-    elif isinstance(node, ast.Conditional):
-        children = (node.then, node.cond, node.otherwise)
-    elif isinstance(node, ast.ListExpr):
-        children = node.items
-    for child in children:
-        yield from _subexpressions(child)
+def _subexpressions(root) -> Iterator[ast.Expr]:
+    """Every arithmetic sub-expression, in source order; a loop, not recursion: a sum of
+    thousands of terms is as deep as it is long."""
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if node is None:
+            continue
+        if isinstance(node, (ast.BinOp, ast.Unary)) and _names(node) is not None:
+            yield node
+        children: tuple = ()
+        if isinstance(node, ast.BinOp):
+            children = (node.left, node.right)
+        elif isinstance(node, ast.Unary):
+            children = (node.operand,)
+        elif isinstance(node, ast.Call):
+            children = (*node.args, *(k.value for k in node.kwargs))
+        elif isinstance(node, ast.Pipeline):
+            children = (node.head, *(s.layer for s in node.stages))
+        elif isinstance(node, ast.Conditional):
+            children = (node.then, node.cond, node.otherwise)
+        elif isinstance(node, ast.ListExpr):
+            children = node.items
+        todo.extend(reversed(children))
 
 
 def _names(node) -> set[str] | None:
-    """The names an arithmetic expression reads; None if it is not plain arithmetic."""
-    if isinstance(node, ast.Number):
-        return set()
-    if isinstance(node, ast.Name):
-        return {node.id}
-    if isinstance(node, ast.Unary) and node.op == "-":
-        return _names(node.operand)
-    if isinstance(node, ast.BinOp) and node.op in _ARITHMETIC:
-        left, right = _names(node.left), _names(node.right)
-        return None if left is None or right is None else left | right
-    return None
+    """The names an arithmetic expression reads; None if it is not plain arithmetic, or
+    longer than a size anyone writes (`_MAX_TERMS`), which also bounds the recursion of
+    `_evaluate` and `_text`."""
+    names: set[str] = set()
+    todo, seen = [node], 0
+    while todo:
+        node = todo.pop()
+        seen += 1
+        if seen > _MAX_TERMS:
+            return None
+        if isinstance(node, ast.Number):
+            continue
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Unary) and node.op == "-":
+            todo.append(node.operand)
+        elif isinstance(node, ast.BinOp) and node.op in _ARITHMETIC:
+            todo += (node.left, node.right)
+        else:
+            return None
+    return names
 
 
 def _evaluate(node, env: Mapping[str, object]):
