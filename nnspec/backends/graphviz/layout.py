@@ -135,53 +135,65 @@ def wrap_columns(view: View, lr: bool) -> list[tuple[str, str]]:
 
 
 def cut_long_edges(view: View, connectors: list[tuple[str, str]]) -> None:
-    """Draw the longest edges as lettered connectors until no rank has too many passing.
+    """Draw edges longer than some number of ranks as lettered connectors, the number
+    chosen as the largest that leaves no rank with too many edges passing through.
 
     A source feeding many far-away layers (`x + (x + (x + ...)))`) makes `dot` route every
     edge through every rank between: the layout time explodes (see `_MAX_PASSING`). Each cut
     edge leaves its source into a lettered circle and arrives from a copy of the letter
     just above its layer, as the column connectors do. Ordinary networks (residual skips,
-    U-Net's bridges) stay far below the limit and are drawn as before.
+    U-Net's bridges) stay far below the limit and are drawn as before. Linear work per
+    length tried (counts by difference arrays), a logarithmic number of lengths.
     """
     rank = _longest_paths(view.edges)
-    passing = [0] * (max(rank.values(), default=0) + 1)
-    long_edges = []  # indices into view.edges
-    for index, e in enumerate(view.edges):
-        if rank[e.dst] - rank[e.src] > 1:
-            long_edges.append(index)
-            for r in range(rank[e.src] + 1, rank[e.dst]):
-                passing[r] += 1
-    if max(passing, default=0) <= _MAX_PASSING:
+    spans = [rank[e.dst] - rank[e.src] for e in view.edges]
+    longest = max(spans, default=0)
+    if _most_passing(view.edges, spans, rank, longest) <= _MAX_PASSING:
         return
+    kept, cut = 1, longest  # edges of `kept` ranks are fine; of `cut`, too many pass
+    while cut - kept > 1:
+        middle = (kept + cut) // 2
+        if _most_passing(view.edges, spans, rank, middle) <= _MAX_PASSING:
+            kept = middle
+        else:
+            cut = middle
     letters = {letter for _, letter in connectors}
     arrivals = {letter: sum(1 for node_id, seen in connectors
                             if seen == letter and node_id.endswith(".in")) for letter in letters}
     letter_of: dict[tuple[str, str], str] = {}
-    replaced: dict[int, list[Edge]] = {}
-    for index in sorted(long_edges, key=lambda i: rank[view.edges[i].src] - rank[view.edges[i].dst]):
-        e = view.edges[index]
-        through = range(rank[e.src] + 1, rank[e.dst])
-        if max(passing[r] for r in through) <= _MAX_PASSING:
+    edges = []
+    for e, span in zip(view.edges, spans):
+        if span <= kept:
+            edges.append(e)
             continue
-        for r in through:
-            passing[r] -= 1
-        new = replaced[index] = []
         letter = _letter_of_arrival(e.src)
         if letter is None:
             if (e.src, e.port) not in letter_of:
-                letter_of[e.src, e.port] = _connector_letter(len(letters))
-                letters.add(letter_of[e.src, e.port])
-                connectors.append((f"@{letter_of[e.src, e.port]}.out",
-                                   letter_of[e.src, e.port]))
-                new.append(Edge(e.src, f"@{letter_of[e.src, e.port]}.out", e.type, e.skip,
-                                port=e.port))
+                letter = letter_of[e.src, e.port] = _connector_letter(len(letters))
+                letters.add(letter)
+                connectors.append((f"@{letter}.out", letter))
+                edges.append(Edge(e.src, f"@{letter}.out", e.type, e.skip, port=e.port))
             letter = letter_of[e.src, e.port]
         arrivals[letter] = arrivals.get(letter, 0) + 1
         arrival = f"@{letter}.in{arrivals[letter]}"
         connectors.append((arrival, letter))
-        new.append(Edge(arrival, e.dst, e.type, e.skip, e.label, e.port, e.shape_only))
-    view.edges = [new for index, e in enumerate(view.edges)
-                  for new in replaced.get(index, [e])]
+        edges.append(Edge(arrival, e.dst, e.type, e.skip, e.label, e.port, e.shape_only))
+    view.edges = edges
+
+
+def _most_passing(edges: list[Edge], spans: list[int], rank: dict[str, int],
+                  longest: int) -> int:
+    """The most edges of at most `longest` ranks that pass through one rank."""
+    starts = [0] * (max(rank.values(), default=0) + 2)
+    for e, span in zip(edges, spans):
+        if 1 < span <= longest:
+            starts[rank[e.src] + 1] += 1
+            starts[rank[e.dst]] -= 1
+    most = passing = 0
+    for change in starts:
+        passing += change
+        most = max(most, passing)
+    return most
 
 
 def _letter_of_arrival(node_id: str) -> str | None:
