@@ -658,6 +658,7 @@ model Deep(depth = 1500, width = 8) {
 """
 
 
+@pytest.mark.torch
 def test_a_deep_repeat_count_is_probed_halved_and_still_becomes_the_config(tmp_path):
     """Doubling `depth` would build the model twice over: its probe is halved instead,
     refused by the layer floor before it builds, and the generated model still follows
