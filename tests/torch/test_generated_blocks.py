@@ -118,7 +118,11 @@ model Mobile {
 
 
 @pytest.mark.parametrize("chain, sequential", [
-    ("seq(dense(8), relu, dense(8))", False),  # relu has no module: it stays a call of its own
+    ("seq(dense(8), relu, dense(8))", True),  # relu is an nn.ReLU() there
+    ("seq(dense(8), relu, dropout(0.5), dense(8))", True),  # nn.Dropout(p=0.5)
+    # a softmax stays a call (the training rewrite may fuse it into the loss), so the chain
+    # is not one call
+    ("seq(dense(8), softmax, dense(8))", False),
     ("seq(dense(8), dense(8))", True),
     ("seq(dense(8), dense(8), lstm(5))", False),  # an lstm call unpacks: not one call
 ])
