@@ -77,6 +77,9 @@ class Unit:
     forward: tuple
     children: tuple[UnitKey, ...]  # units it instantiates or calls, in order of first use
     helpers: frozenset[str]  # module-level helper functions its code calls
+    # each attribute that is an nn.Sequential (`self.conv`) -> where in the spec each of its
+    # members comes from (line, column), so uses of a block can tell which members they share
+    chains: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ class _Writer:
         self.children: list[UnitKey] = []
         self.helpers: set[str] = set()
         self.sequential: set[str] = set()  # relative paths written as nn.Sequential
+        self.chains: dict[str, tuple[tuple[int, int], ...]] = {}  # attribute -> members' origins
 
     # ---- the whole unit ---------------------------------------------------------------------
 
@@ -230,7 +234,8 @@ class _Writer:
         types = tuple(self.graph.node(v).type for v in inputs)
         return Unit(UnitKey(self.regions.graph, self.region.path), self.region,
                     unit_kind(self.region), tuple(params), types, tuple(self._init()),
-                    tuple(body), tuple(self.children), frozenset(self.helpers))
+                    tuple(body), tuple(self.children), frozenset(self.helpers),
+                    tuple(self.chains.items()))
 
     def _steps(self) -> list[_Step]:
         steps: list[_Step] = []
@@ -444,6 +449,17 @@ class _Writer:
                 self.leaves[self.region.relative(part.region.path)] = expr(
                     self._child(part.region))
         self.sequential.add(step.path)
+        if step.path.isidentifier():
+            self.chains[f"self.{step.path}"] = tuple(self._origin(part) for part in step.parts)
+
+    def _origin(self, step: _Step) -> tuple[int, int]:
+        """Where in the spec a chain's member is written (a block's or `seq`'s call)."""
+        if step.kind == "sequential":
+            scope = self.graph.scopes.get(self.region.prefix + step.path)
+            span = scope.span if scope is not None else self._span_of(step)
+        else:
+            span = self._span_of(step)
+        return (span.line, span.col) if span is not None else (0, 0)
 
     def _span_of(self, step: _Step) -> Span | None:
         if step.kind == "sequential":

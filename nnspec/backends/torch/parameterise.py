@@ -189,39 +189,14 @@ class Parameterise:
         assert len({len(c) for c in columns}) == 1, "instances of one definition differ"
         vectors = list(zip(*columns))  # each number of the definition, cell by cell
         init_count = len(self._numbers(first, 0, [first.init]))
-        extras: list[list] = []  # each extra argument's value cell by cell (UNKNOWN: any)
-        extra_of: dict[int, int] = {}  # number -> its extra argument
-        hints: list[list[tuple[str, bool]]] = []
-        chosen: dict[int, _Candidate] = {}
-        for j, nums in enumerate(vectors):
-            known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
-            ref = nums[known[0]]
-            if ref.comment:
-                continue
-            values = _key(nums)
-            match = [c for c in candidates if _agrees(c.key, values)]
-            if len({values[k] for k in known}) == 1:  # a parameter only where not by chance
-                if ref.value in (0, 1) or isinstance(ref.value, bool):
-                    continue
-                named = [c for c in match if c.comment == ref.hint]
-                if named:
-                    chosen[j] = named[0]
-                continue
-            if match:
-                chosen[j] = next((c for c in match if c.comment == ref.hint), match[0])
-                continue
-            cells = [n.value for n in nums]
-            index = next((i for i, e in enumerate(extras) if _agrees(_key(e), values)), None)
-            if index is None:
-                index = len(extras)
-                extras.append(cells)
-                hints.append([])
-            else:
-                extras[index] = [v if v is not UNKNOWN else w for v, w in
-                                 zip(extras[index], cells)]
-            extra_of[j] = index
-            hints[index].append((ref.hint, ref.primary))
+        extras, extra_of, hints, chosen = self._assign(vectors, candidates)
         extra_names = self._param_names(hints, self._spec_names(extras, envs), params)
+        dims = self._dim_candidates(params, envs, extras, extra_names)
+        if dims:  # again, with `C * expand` written `in_channels * expand`
+            again = self._assign(vectors, candidates + [c for c, _ in dims])
+            names = self._param_names(again[2], self._spec_names(again[0], envs), params)
+            if all(arg in names for c, arg in dims if c in again[3].values()):
+                (extras, extra_of, hints, chosen), extra_names = again, names
         if self.is_model:  # the model takes only its config: other numbers stay as built
             extras, extra_names, extra_of = [], [], {}
         texts = []
@@ -265,6 +240,72 @@ class Parameterise:
                           forward_params, build_arguments[0], init, forward,
                           tuple(self._docstring()), tuple(build_arguments), config,
                           self.config_name)
+
+    def _assign(self, vectors: list[tuple[Num, ...]], candidates: list[_Candidate]):
+        """Each number as a candidate (a parameter or expression), an extra argument, or
+        (neither) a literal: (extras' values, number -> extra, extras' hints, chosen)."""
+        extras: list[list] = []  # each extra argument's value cell by cell (UNKNOWN: any)
+        extra_of: dict[int, int] = {}  # number -> its extra argument
+        hints: list[list[tuple[str, bool]]] = []
+        chosen: dict[int, _Candidate] = {}
+        for j, nums in enumerate(vectors):
+            known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
+            ref = nums[known[0]]
+            if ref.comment:
+                continue
+            values = _key(nums)
+            match = [c for c in candidates if _agrees(c.key, values)]
+            if len({values[k] for k in known}) == 1:  # a parameter only where not by chance
+                named = [c for c in match if c.comment == ref.hint]
+                if ref.named and named:
+                    chosen[j] = named[0]
+                    continue
+                if ref.value in (0, 1) or isinstance(ref.value, bool):
+                    continue
+                if named:
+                    chosen[j] = named[0]
+                continue
+            if match:
+                chosen[j] = next((c for c in match if c.comment == ref.hint), match[0])
+                continue
+            cells = [n.value for n in nums]
+            index = next((i for i, e in enumerate(extras) if _agrees(_key(e), values)), None)
+            if index is None:
+                index = len(extras)
+                extras.append(cells)
+                hints.append([])
+            else:
+                extras[index] = [v if v is not UNKNOWN else w for v, w in
+                                 zip(extras[index], cells)]
+            extra_of[j] = index
+            hints[index].append((ref.hint, ref.primary))
+        return extras, extra_of, hints, chosen
+
+    def _dim_candidates(self, params: list[str], envs: list[dict], extras: list[list],
+                        extra_names: list[str]) -> list[tuple[_Candidate, str]]:
+        """The spec's expressions of its input's dims (`hidden = C * expand` for `input x:
+        [C, H, W]`) where an extra argument holds that dim (`in_channels`), written with
+        it; each with the argument it needs."""
+        if self.spec is None or self.is_model or not extras:
+            return []
+        out = []
+        for _, symbol, sizes in self._input_symbols(True):
+            index = next((i for i, e in enumerate(extras)
+                          if _agrees(_key(e), _key_values(sizes))), None)
+            if index is None or symbol in params:
+                continue
+            arg = extra_names[index]
+            for e in expressions(self.spec, frozenset(params) | {symbol}):
+                if symbol not in e.names or isinstance(e.node, ast.Name):
+                    continue
+                values = tuple(e.value({**env, symbol: size}) for env, size in zip(envs, sizes))
+                if any(v is None for v in values):
+                    continue
+                integral = all(isinstance(v, int) for v in values)
+                texts = [e.text({**{p: f"{prefix}{p}" for p in params}, symbol: dim}, integral)
+                         for prefix, dim in (("", arg), ("self.", f"self.{arg}"), ("", symbol))]
+                out.append((_Candidate(values, *texts), arg))
+        return out
 
     def _name(self, region: Region) -> str:
         if region.kind == "model":

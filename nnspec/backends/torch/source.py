@@ -28,7 +28,9 @@ class Num:
     decides whose name wins when several values always agree. `comment` values appear only
     in shape comments and never become parameters. `default` is the text of a keyword
     argument's default: the keyword is left out where the value's final text is that, so
-    uses at and off the default still read alike and share a class.
+    uses at and off the default still read alike and share a class. `named`: the spec writes
+    the name `hint` here (a condition's `stride == 1`), so it stays that name even where
+    every use has the same value.
     """
 
     value: Any
@@ -36,6 +38,7 @@ class Num:
     primary: bool = True
     comment: bool = False
     default: str | None = None
+    named: bool = False
 
 
 @dataclass(frozen=True, eq=False)

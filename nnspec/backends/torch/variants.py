@@ -19,10 +19,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from nnspec.backends.torch.lower import Unit
-from nnspec.backends.torch.source import Block, Group, Instance, Num, Stmt, expr, layout, walk
+from nnspec.backends.torch.source import (
+    Block,
+    Group,
+    Instance,
+    Num,
+    Stmt,
+    call,
+    expr,
+    layout,
+    list_of,
+    walk,
+)
 from nnspec.diagnostics import DiagnosticError
 from nnspec.ir.arithmetic import combine, is_number
 from nnspec.syntax import ast
@@ -51,6 +62,10 @@ class Plan:
 
     full: Unit  # a use that builds every optional layer
     optional: Mapping[str, tuple[ast.Expr, bool]]  # attribute -> (condition, built when)
+    # an nn.Sequential attribute -> its optional members by index -> (condition, built when)
+    members: Mapping[str, Mapping[int, tuple[ast.Expr, bool]]] = field(default_factory=dict)
+    residual: tuple[ast.Expr, bool] | None = None  # when `return x + h` rather than `h`
+    local: str = "layers"  # the list `__init__` builds an nn.Sequential's members in
 
 
 def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
@@ -63,44 +78,80 @@ def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
     if any(a is None for a in attrs):
         return "its uses build their layers differently"
     union = set().union(*attrs)
-    full = next((u for u, a in zip(reps, attrs) if set(a) == union), None)
-    if full is None:
+    complete = [u for u, a in zip(reps, attrs) if set(a) == union]
+    if not complete:
         return "no use builds every layer the others build"
+    # the use with the most chain members, then the longest forward (the one with a residual)
+    full = max(complete, key=lambda u: (sum(len(o) for _, o in u.chains), len(u.forward)))
     full_attrs = _attributes(full)
     optional = [t for t in full_attrs if any(t not in a for a in attrs)]
+    missing: dict[str, list[set[int]]] = {}  # chain attribute -> each use's absent members
     for t in full_attrs:
         stmts = [a[t] for a in attrs if t in a]
-        if len({_blank_text([s]) for s in stmts}) > 1:
-            return f"`{t}` is built differently in different uses"
         if t in optional and any(isinstance(i, Instance) for i in walk(stmts[0])):
             return f"the optional `{t}` holds a block"
+        if len({_blank_text([s]) for s in stmts}) == 1:
+            continue
+        aligned = [_align(full, u, t) if t in a else [] for u, a in zip(reps, attrs)]
+        if t in optional or any(found is None for found in aligned):
+            return f"`{t}` is built differently in different uses"
+        count = len(_chain_items(full_attrs[t]))
+        missing[t] = [set(range(count)) - set(found) for found in aligned]
+        for index in set().union(*missing[t]):
+            if any(isinstance(i, Instance) for i in walk(_chain_items(full_attrs[t])[index])):
+                return f"the optional member {index} of `{t}` holds a block"
     names = {t.removeprefix("self.") for t in optional}
     guards = [_guard(line, names) for line in full.forward]
     if guards and guards[-1]:
         return "its uses return different values"
+    tails = []  # each use: returns the full use's last line (True) or the value before it
     for unit, present in zip(reps, attrs):
         kept = [line for line, g in zip(full.forward, guards)
                 if all(f"self.{n}" in present for n in g)]
-        if _blank_text(kept) != _blank_text(unit.forward) or \
-                [t for t in full_attrs if t in present] != list(present):
+        if [t for t in full_attrs if t in present] != list(present):
+            return "its uses compute different things"
+        if _blank_text(kept) == _blank_text(unit.forward):
+            tails.append(True)
+        elif (reduced := _without_residual(kept, full.params)) is not None and \
+                _blank_text(reduced) == _blank_text(unit.forward):
+            tails.append(False)
+        else:
             return "its uses compute different things"
     conditions = _conditions(definition)
     members = [u for g in groups for u in g]
-    chosen: dict[str, tuple[ast.Expr, bool]] = {}
-    for t in optional:
-        built = [t in _attributes(u) for u in members]
-        found = None
+
+    def condition_of(built: list[bool]) -> tuple[ast.Expr, bool] | None:
         for cond in conditions:
             values = [_evaluate(cond, env(u)) for u in members]
             if any(not isinstance(v, bool) for v in values):
                 continue
             if values == built or [not v for v in values] == built:
-                found = (cond, values == built)
-                break
+                return cond, values == built
+        return None
+
+    chosen: dict[str, tuple[ast.Expr, bool]] = {}
+    for t in optional:
+        found = condition_of([t in _attributes(u) for u in members])
         if found is None:
             return f"no condition of the spec says which uses build `{t}`"
         chosen[t.removeprefix("self.")] = found
-    return Plan(full, chosen)
+    chain_members: dict[str, dict[int, tuple[ast.Expr, bool]]] = {}
+    for t, absent in missing.items():
+        for index in sorted(set().union(*absent)):
+            found = condition_of([index not in a for a, g in zip(absent, groups) for _ in g])
+            if found is None:
+                return f"no condition of the spec says which uses build member {index} of `{t}`"
+            chain_members.setdefault(t, {})[index] = found
+    residual = None
+    if not all(tails):
+        residual = condition_of([t for t, g in zip(tails, groups) for _ in g])
+        if residual is None:
+            return "no condition of the spec says which uses add their input"
+        if "self.use_residual" in full_attrs:
+            return "`self.use_residual` is one of its layers"
+    taken = {p.name for p in definition.params} | set(full.params)
+    local = next(n for n in ("layers", "layers_", "members") if n not in taken)
+    return Plan(full, chosen, chain_members, residual, local)
 
 
 def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
@@ -113,22 +164,68 @@ def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
     for stmt in plan.full.init:
         name = stmt.target.removeprefix("self.")
         own = mine.get(stmt.target)
+        if stmt.target in plan.members:
+            chain = own and _chain_form(stmt, own, unit, plan, env)
+            if not chain:
+                return None
+            init += chain
+            continue
         if name not in plan.optional:
             if own is None:
                 return None
             init.append(own)
             continue
-        cond, when = plan.optional[name]
+        header = _header(plan.optional[name], env)
+        if header is None:
+            return None
         value = own.value if own is not None else _unknown(stmt.value)
-        test = _condition_expr(cond, env)
+        init += [Stmt(stmt.target, ("None",)),
+                 Block(header, (replace(stmt, value=value),))]
+    full_lines = plan.full.forward
+    lines = list(unit.forward)
+    if plan.residual is not None:
+        test = _condition_expr(plan.residual[0], env)
         if test is None:
             return None
-        header = ("if ", test) if when else ("if not (", test, ")")
-        init += [Stmt(stmt.target, ("None",)),
-                 Block(expr(*header), (replace(stmt, value=value),))]
-    lines = iter(unit.forward)
+        init.append(Stmt("self.use_residual", test if plan.residual[1]
+                         else expr("not (", test, ")")))
+        before, tail = full_lines[-2], full_lines[-1]
+        adds = len(lines) == len(_kept(plan, mine))
+        if not adds:  # `return self.conv(x)`: its value named as where the input is added
+            last = lines[-1]
+            lines[-1] = Stmt(before.target, last.value, last.comment)
+        own_tail = lines.pop() if adds else _renumbered(_unknown(tail), lines[-1].comment)
+        full_lines = full_lines[:-1]
+    forward = _forward(full_lines, iter(lines), plan, mine)
+    if forward is None:
+        return None
+    if plan.residual is not None:
+        forward.append(Stmt(None, expr(*own_tail.value, " if self.use_residual else ",
+                                       before.target), own_tail.comment, keyword="return"))
+    return replace(unit, init=tuple(init), forward=tuple(forward),
+                   children=tuple(dict.fromkeys((*plan.full.children, *unit.children))),
+                   helpers=plan.full.helpers | unit.helpers)
+
+
+def _renumbered(line: Stmt, comment) -> Stmt:
+    """`line` with the dims of its shape comment taken from `comment` (a value of the same
+    shape written elsewhere)."""
+    dims = iter([p for p in comment if isinstance(p, Num)])
+    parts = tuple(next(dims, p) if isinstance(p, Num) else p for p in line.comment)
+    return replace(line, comment=parts)
+
+
+def _kept(plan: Plan, mine: Mapping[str, Stmt]) -> list:
+    """The full use's forward lines a use with these layers computes."""
+    return [line for line in plan.full.forward
+            if all(f"self.{n}" in mine for n in _guard(line, set(plan.optional)))]
+
+
+def _forward(full_lines, lines, plan: Plan, mine: Mapping[str, Stmt]) -> list | None:
+    """The full use's lines with a use's own where it computes them; lines calling an
+    optional layer under `if self.<layer> is not None:`."""
     forward: list = []
-    for line in plan.full.forward:
+    for line in full_lines:
         guard = _guard(line, set(plan.optional))
         built = all(f"self.{n}" in mine for n in guard)
         own = next(lines, None) if built else _unknown(line)
@@ -143,9 +240,55 @@ def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
         forward.append(own)
     if next(lines, None) is not None:
         return None
-    return replace(unit, init=tuple(init), forward=tuple(forward),
-                   children=tuple(dict.fromkeys((*plan.full.children, *unit.children))),
-                   helpers=plan.full.helpers | unit.helpers)
+    return forward
+
+
+def _header(condition: tuple[ast.Expr, bool], env: Mapping[str, object]):
+    cond, when = condition
+    test = _condition_expr(cond, env)
+    if test is None:
+        return None
+    return expr("if ", test) if when else expr("if not (", test, ")")
+
+
+def _chain_form(stmt: Stmt, own: Stmt, unit: Unit, plan: Plan, env: Mapping[str, object]
+                ) -> list | None:
+    """`self.conv = nn.Sequential(...)` whose members a spec condition leaves out, as
+    torchvision writes it: the members collected in a list (`layers.append(...)` under the
+    condition), then `self.conv = nn.Sequential(*layers)`."""
+    found = _align(plan.full, unit, stmt.target)
+    if found is None:
+        return None
+    items = [_unknown(item) for item in _chain_items(stmt)]
+    for index, item in zip(found, _chain_items(own)):
+        items[index] = item
+    optional = plan.members[stmt.target]
+    local = plan.local
+    out: list = []
+    run: list = []
+
+    def flush() -> None:
+        if run and not out:
+            out.append(Stmt(local, expr(list_of(run))))
+        elif len(run) == 1:
+            out.append(Stmt(None, expr(call(f"{local}.append", run[0]))))
+        elif run:
+            out.append(Stmt(None, expr(call(f"{local}.extend", list_of(run)))))
+        run.clear()
+
+    for index, item in enumerate(items):
+        if index not in optional:
+            run.append(item)
+            continue
+        flush()
+        if not out:
+            out.append(Stmt(local, ("[]",)))
+        header = _header(optional[index], env)
+        if header is None:
+            return None
+        out.append(Block(header, (Stmt(None, expr(call(f"{local}.append", item))),)))
+    flush()
+    return out + [Stmt(stmt.target, expr(call("nn.Sequential", f"*{local}")))]
 
 
 def use_env(unit: Unit, params: Mapping[str, object], definition: ast.Definition
@@ -166,6 +309,61 @@ def use_env(unit: Unit, params: Mapping[str, object], definition: ast.Definition
 
 
 # ---- reading units ----------------------------------------------------------------------
+
+
+def _chain_items(stmt: Stmt) -> tuple | None:
+    """The members of `self.conv = nn.Sequential(a, b, c)`; None for any other value."""
+    value = stmt.value
+    if len(value) == 1 and isinstance(value[0], Group) and value[0].prefix == ("nn.Sequential",):
+        return value[0].items
+    return None
+
+
+def _align(full: Unit, unit: Unit, target: str) -> list[int] | None:
+    """Which of the full use's members of the nn.Sequential `target` each of `unit`'s is, in
+    order; None when `unit`'s are not some of the full use's. A member is the one written at
+    the same place of the spec and alike up to numbers; where the spec writes the chain
+    twice (`seq(a, b, c) if .. else seq(b, c)`), the one alike, matched from the end, as
+    the optional members of a chain usually come first."""
+    origins, full_origins = dict(unit.chains).get(target), dict(full.chains).get(target)
+    items = _chain_items(_attributes(unit)[target])
+    full_items = _chain_items(_attributes(full)[target])
+    if None in (origins, full_origins, items, full_items) or len(items) != len(origins):
+        return None
+    texts = [_blank_text([Stmt(None, i)]) for i in items]
+    full_texts = [_blank_text([Stmt(None, i)]) for i in full_items]
+    same_place = _subsequence(list(zip(origins, texts)), list(zip(full_origins, full_texts)))
+    if same_place is not None:
+        return same_place
+    backwards = _subsequence(texts[::-1], full_texts[::-1])
+    return None if backwards is None else [len(full_items) - 1 - j for j in backwards[::-1]]
+
+
+def _subsequence(keys: list, full_keys: list) -> list[int] | None:
+    """Where each of `keys` is found in `full_keys`, in order, each as early as it can be."""
+    out, j = [], 0
+    for key in keys:
+        while j < len(full_keys) and full_keys[j] != key:
+            j += 1
+        if j == len(full_keys):
+            return None
+        out.append(j)
+        j += 1
+    return out
+
+
+def _without_residual(lines: list, params: tuple[str, ...]) -> list | None:
+    """`h = f(x); return x + h` as `return f(x)`: the lines of a use that does not add its
+    input; None when the last line is not that sum."""
+    if len(lines) < 2 or not isinstance(lines[-1], Stmt) or not isinstance(lines[-2], Stmt):
+        return None
+    last, before = lines[-1], lines[-2]
+    value = before.target
+    if last.keyword != "return" or value is None or \
+            last.value not in ((p, " + ", value) for p in params) and \
+            last.value not in ((value, " + ", p) for p in params):
+        return None
+    return [*lines[:-2], Stmt(None, before.value, before.comment, keyword="return")]
 
 
 def _attributes(unit: Unit) -> dict[str, Stmt] | None:
@@ -278,7 +476,7 @@ def _code(node, env: Mapping[str, object]) -> tuple[tuple, int]:
         value = env[node.id]
         if not (is_number(value) or isinstance(value, bool)):
             raise TypeError(node.id)
-        return (Num(value, node.id, primary=False),), 9
+        return (Num(value, node.id, primary=False, named=True),), 9
     if isinstance(node, ast.Unary):
         op = "not" if node.op == "not" else "neg"
         inner, prec = _code(node.operand, env)

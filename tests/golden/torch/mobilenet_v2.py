@@ -11,90 +11,46 @@ from torch import nn
 class InvertedResidual(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13.
 
-    One class per structure: `self.conv` is built differently in different uses.
+    Used as features.1, features.2, features.3 and 14 more.
     """
 
-    def __init__(self, out, stride, expand):
+    def __init__(self, in_channels, out, stride, expand):
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Sequential(
-                nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
-                nn.BatchNorm2d(32),
-                nn.ReLU6(),
-            ),
-            nn.Conv2d(32, 16, 1, bias=False),
-            nn.BatchNorm2d(16),
-        )
-
-    def forward(self, x):
-        return self.conv(x)  # (B, 16, H, W)  mobilenet_v2.nn:18
-
-
-class InvertedResidual2(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13.
-
-    Used as features.2, features.4, features.7 and 3 more.
-    One class per structure: `self.conv` is built differently in different uses.
-    """
-
-    def __init__(self, in_channels, channels, out, stride, expand):
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.ReLU6(),
-            ),
-            nn.Sequential(
-                nn.Conv2d(
-                    channels,
-                    channels,
-                    3,
-                    stride=stride,
-                    padding=1,
-                    groups=channels,
-                    bias=False,
+        layers = []
+        if expand != 1:
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, in_channels * expand, 1, bias=False),
+                    nn.BatchNorm2d(in_channels * expand),
+                    nn.ReLU6(),
+                )
+            )
+        layers.extend(
+            [
+                nn.Sequential(
+                    nn.Conv2d(
+                        in_channels * expand,
+                        in_channels * expand,
+                        3,
+                        stride=stride,
+                        padding=1,
+                        groups=in_channels * expand,
+                        bias=False,
+                    ),
+                    nn.BatchNorm2d(in_channels * expand),
+                    nn.ReLU6(),
                 ),
-                nn.BatchNorm2d(channels),
-                nn.ReLU6(),
-            ),
-            nn.Conv2d(channels, out, 1, bias=False),
-            nn.BatchNorm2d(out),
+                nn.Conv2d(in_channels * expand, out, 1, bias=False),
+                nn.BatchNorm2d(out),
+            ]
         )
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out
 
     def forward(self, x):
-        return self.conv(x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:18
-
-
-class InvertedResidual3(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13.
-
-    Used as features.3, features.5, features.6 and 7 more.
-    One class per structure: `self.conv` is built differently in different uses.
-    """
-
-    def __init__(self, channels, out, stride, expand):
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Sequential(
-                nn.Conv2d(out, channels, 1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.ReLU6(),
-            ),
-            nn.Sequential(
-                nn.Conv2d(
-                    channels, channels, 3, padding=1, groups=channels, bias=False
-                ),
-                nn.BatchNorm2d(channels),
-                nn.ReLU6(),
-            ),
-            nn.Conv2d(channels, out, 1, bias=False),
-            nn.BatchNorm2d(out),
-        )
-
-    def forward(self, x):
-        h = self.conv(x)  # (B, out, H, W)  mobilenet_v2.nn:18
-        return x + h  # (B, out, H, W)  mobilenet_v2.nn:20
+        h = self.conv(x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:18
+        # (B, out, H/stride, W/stride)  mobilenet_v2.nn:20
+        return x + h if self.use_residual else h
 
 
 @dataclass
@@ -119,23 +75,23 @@ class MobileNetV2(nn.Module):
                 nn.BatchNorm2d(32),
                 nn.ReLU6(),
             ),
-            InvertedResidual(16, 1, 1),
-            InvertedResidual2(16, 96, 24, 2, 6),
-            InvertedResidual3(144, 24, 1, 6),
-            InvertedResidual2(24, 144, 32, 2, 6),
-            InvertedResidual3(192, 32, 1, 6),
-            InvertedResidual3(192, 32, 1, 6),
-            InvertedResidual2(32, 192, 64, 2, 6),
-            InvertedResidual3(384, 64, 1, 6),
-            InvertedResidual3(384, 64, 1, 6),
-            InvertedResidual3(384, 64, 1, 6),
-            InvertedResidual2(64, 384, 96, 1, 6),
-            InvertedResidual3(576, 96, 1, 6),
-            InvertedResidual3(576, 96, 1, 6),
-            InvertedResidual2(96, 576, 160, 2, 6),
-            InvertedResidual3(960, 160, 1, 6),
-            InvertedResidual3(960, 160, 1, 6),
-            InvertedResidual2(160, 960, 320, 1, 6),
+            InvertedResidual(32, 16, 1, 1),
+            InvertedResidual(16, 24, 2, 6),
+            InvertedResidual(24, 24, 1, 6),
+            InvertedResidual(24, 32, 2, 6),
+            InvertedResidual(32, 32, 1, 6),
+            InvertedResidual(32, 32, 1, 6),
+            InvertedResidual(32, 64, 2, 6),
+            InvertedResidual(64, 64, 1, 6),
+            InvertedResidual(64, 64, 1, 6),
+            InvertedResidual(64, 64, 1, 6),
+            InvertedResidual(64, 96, 1, 6),
+            InvertedResidual(96, 96, 1, 6),
+            InvertedResidual(96, 96, 1, 6),
+            InvertedResidual(96, 160, 2, 6),
+            InvertedResidual(160, 160, 1, 6),
+            InvertedResidual(160, 160, 1, 6),
+            InvertedResidual(160, 320, 1, 6),
             nn.Sequential(
                 nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()
             ),
