@@ -121,11 +121,12 @@ def test_a_chain_with_an_optional_first_member_and_a_conditional_residual_is_one
     code = generate(spec)
     assert code.count("class Inverted(") == 1 and "One class per structure" not in code
     assert "    def __init__(self, in_channels, out, stride, expand):" in code
-    assert """        layers = []
+    assert """        hidden = in_channels * expand
+        layers = []
         if expand != 1:
-            layers.append(nn.Conv2d(in_channels, in_channels * expand, 1))
-        layers.append(nn.Conv2d(in_channels * expand, out, 1))
-""" in code
+            layers.append(nn.Conv2d(in_channels, hidden, 1))
+        layers.append(nn.Conv2d(hidden, out, 1))
+""" in code, code
     assert "        self.conv = nn.Sequential(*layers)\n" in code
     assert "        self.use_residual = stride == 1 and in_channels == out\n" in code
     assert "return x + h if self.use_residual else h" in code

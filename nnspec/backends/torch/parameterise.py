@@ -94,6 +94,7 @@ class _Candidate:
     init: str
     forward: str
     comment: str
+    local: str = ""  # the spec's name for it (`hidden = C * expand`), if it names one
 
     @cached_property
     def key(self) -> tuple:
@@ -174,7 +175,8 @@ class Parameterise:
             init, forward, comment = zip(*(texts(p) for p in params))
             out.append(_Candidate(values, e.text(dict(zip(params, init)), integral),
                                   e.text(dict(zip(params, forward)), integral),
-                                  e.text(dict(zip(params, comment)), integral)))
+                                  e.text(dict(zip(params, comment)), integral),
+                                  self._local_names.get(repr(e.node), "")))
         return out + multiples
 
     # ---- the definition -------------------------------------------------------------------
@@ -221,6 +223,8 @@ class Parameterise:
             extra_values = tuple(Num(None if e[c] is UNKNOWN else e[c], extra_names[i])
                                  for i, e in enumerate(extras))
             build_arguments[build][unit.key] = extra_values + spec_values
+        local_of = self._locals_used(chosen, init_count, params + extra_names)
+        texts = [local_of.get(j, t) for j, t in enumerate(texts)]
         item_texts = iter(self._item_texts(texts))
         init = substitute(first.init, item_texts)
         forward = substitute(first.forward, item_texts)
@@ -228,7 +232,11 @@ class Parameterise:
         if self.is_model and params:
             self.config_name = self.names.claim(f"{name}Config")
             config = tuple((p, literal(envs[0][p])) for p in params)
-        init = self._init_head(params + extra_names, texts[init_count:]) + init
+        first_use: dict[str, int] = {}
+        for j, local in sorted(local_of.items()):
+            first_use.setdefault(local, j)
+        lets = tuple(Stmt(local, (chosen[j].init,)) for local, j in first_use.items())
+        init = self._init_head(params + extra_names, texts[init_count:]) + lets + init
         forward_params = first.params
         if first.region.kind == "model" and self.context.fused:
             forward_params += ("return_logits=False",)
@@ -281,6 +289,25 @@ class Parameterise:
             hints[index].append((ref.hint, ref.primary))
         return extras, extra_of, hints, chosen
 
+    @cached_property
+    def _local_names(self) -> dict[str, str]:
+        """The spec's local sizes (`hidden = C * expand`) by their expression."""
+        body = self.spec.body if self.spec is not None else ()
+        return {repr(s.value): s.name for s in body if isinstance(s, ast.Assign)}
+
+    def _locals_used(self, chosen: Mapping[int, _Candidate], init_count: int,
+                     taken: list[str]) -> dict[int, str]:
+        """The numbers of `__init__` written with a local of the spec's name (`hidden`),
+        where that local's expression is used more than once there."""
+        uses: dict[str, list[int]] = {}
+        for j, candidate in chosen.items():
+            if j < init_count and candidate.local:
+                uses.setdefault(candidate.local, []).append(j)
+        free = {n for n in uses if n not in {*taken, "self", "config", "layers", "layers_",
+                                             "members"} and n.isidentifier()}
+        return {j: name for name, js in uses.items() if name in free and len(js) > 1
+                for j in js}
+
     def _dim_candidates(self, params: list[str], envs: list[dict], extras: list[list],
                         extra_names: list[str]) -> list[tuple[_Candidate, str]]:
         """The spec's expressions of its input's dims (`hidden = C * expand` for `input x:
@@ -304,7 +331,8 @@ class Parameterise:
                 integral = all(isinstance(v, int) for v in values)
                 texts = [e.text({**{p: f"{prefix}{p}" for p in params}, symbol: dim}, integral)
                          for prefix, dim in (("", arg), ("self.", f"self.{arg}"), ("", symbol))]
-                out.append((_Candidate(values, *texts), arg))
+                local = self._local_names.get(repr(e.node), "")
+                out.append((_Candidate(values, *texts, local), arg))
         return out
 
     def _name(self, region: Region) -> str:

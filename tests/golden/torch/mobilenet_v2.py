@@ -16,12 +16,13 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, in_channels, out, stride, expand):
         super().__init__()
+        hidden = in_channels * expand
         layers = []
         if expand != 1:
             layers.append(
                 nn.Sequential(
-                    nn.Conv2d(in_channels, in_channels * expand, 1, bias=False),
-                    nn.BatchNorm2d(in_channels * expand),
+                    nn.Conv2d(in_channels, hidden, 1, bias=False),
+                    nn.BatchNorm2d(hidden),
                     nn.ReLU6(),
                 )
             )
@@ -29,18 +30,18 @@ class InvertedResidual(nn.Module):
             [
                 nn.Sequential(
                     nn.Conv2d(
-                        in_channels * expand,
-                        in_channels * expand,
+                        hidden,
+                        hidden,
                         3,
                         stride=stride,
                         padding=1,
-                        groups=in_channels * expand,
+                        groups=hidden,
                         bias=False,
                     ),
-                    nn.BatchNorm2d(in_channels * expand),
+                    nn.BatchNorm2d(hidden),
                     nn.ReLU6(),
                 ),
-                nn.Conv2d(in_channels * expand, out, 1, bias=False),
+                nn.Conv2d(hidden, out, 1, bias=False),
                 nn.BatchNorm2d(out),
             ]
         )
