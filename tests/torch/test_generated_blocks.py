@@ -133,6 +133,13 @@ def test_a_chain_with_an_optional_first_member_and_a_conditional_residual_is_one
     _compare_with_interpreter(spec)
 
 
+def test_a_condition_names_a_parameter_that_every_use_gives_the_same_value():
+    """`stride == 1` stays `stride == 1` where every use has stride 1 (no `1 == 1`)."""
+    text = MOBILE.replace(" -> Inverted(6, 2, 1)", "")
+    code = generate(load_text(text, "mobile.nn"))
+    assert "        self.use_residual = stride == 1 and in_channels == out\n" in code, code
+
+
 INTERIOR = """
 block Mid(out, deep) {
   input x: [F]
