@@ -11,8 +11,18 @@ optional layer one of the spec's conditions whose value, use by use, says whethe
 built. `conform` then writes each use in that one form, with `UNKNOWN` for the numbers of a
 layer it does not build, so the sharing phase treats the uses as one group.
 
-Where no such form exists (the uses differ in a shared layer, or no condition of the spec
-says which layer is built), the uses stay separate classes and the plan says why.
+Two more differences have a form of their own, as in torchvision's InvertedResidual:
+
+- a labelled chain (`self.conv = nn.Sequential(...)`) whose uses leave out some members
+  (MobileNetV2's expansion when `expand == 1`) collects its members in a list, each
+  optional one appended under the spec's condition, then `nn.Sequential(*layers)`; members
+  are matched by where the spec writes them (`lower.Unit.chains`), else alike from the end;
+- an input added in some uses only (`x + y if stride == 1 and C == out else y`) is
+  `self.use_residual = <condition>` and `return x + h if self.use_residual else h`.
+
+Where no such form exists (the uses differ in a shared layer, a chain's members come in
+another order, or no condition of the spec says which layer is built), the uses stay
+separate classes and the plan says why.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from nnspec.backends.torch.conditions import condition_code, conditions, evaluate
 from nnspec.backends.torch.lower import Unit
 from nnspec.backends.torch.source import (
     Block,
@@ -34,8 +45,6 @@ from nnspec.backends.torch.source import (
     list_of,
     walk,
 )
-from nnspec.diagnostics import DiagnosticError
-from nnspec.ir.arithmetic import combine, is_number
 from nnspec.syntax import ast
 
 
@@ -48,9 +57,6 @@ class _Unknown:
 
 UNKNOWN = _Unknown()
 
-_COMPARE = ("<", "<=", ">", ">=", "==", "!=")
-_PYTHON_PRECEDENCE = {"or": 1, "and": 2, "not": 3, **dict.fromkeys(_COMPARE, 4), "+": 5,
-                      "-": 5, "*": 6, "/": 6, "%": 6, "neg": 7, "^": 8}
 _ATTRIBUTE = re.compile(r"\bself\.(\w+)")
 
 Env = Callable[[Unit], Mapping[str, object]]  # a use's parameters and input dims by name
@@ -117,12 +123,12 @@ def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
             tails.append(False)
         else:
             return "its uses compute different things"
-    conditions = _conditions(definition)
+    spec_conditions = conditions(definition)
     members = [u for g in groups for u in g]
 
     def condition_of(built: list[bool]) -> tuple[ast.Expr, bool] | None:
-        for cond in conditions:
-            values = [_evaluate(cond, env(u)) for u in members]
+        for cond in spec_conditions:
+            values = [evaluate(cond, env(u)) for u in members]
             if any(not isinstance(v, bool) for v in values):
                 continue
             if values == built or [not v for v in values] == built:
@@ -184,7 +190,7 @@ def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
     full_lines = plan.full.forward
     lines = list(unit.forward)
     if plan.residual is not None:
-        test = _condition_expr(plan.residual[0], env)
+        test = condition_code(plan.residual[0], env)
         if test is None:
             return None
         init.append(Stmt("self.use_residual", test if plan.residual[1]
@@ -245,7 +251,7 @@ def _forward(full_lines, lines, plan: Plan, mine: Mapping[str, Stmt]) -> list | 
 
 def _header(condition: tuple[ast.Expr, bool], env: Mapping[str, object]):
     cond, when = condition
-    test = _condition_expr(cond, env)
+    test = condition_code(cond, env)
     if test is None:
         return None
     return expr("if ", test) if when else expr("if not (", test, ")")
@@ -402,95 +408,3 @@ def _unknown(node):
     if isinstance(node, Block):
         return replace(node, header=_unknown(node.header), body=_unknown(node.body))
     return node
-
-
-# ---- the spec's conditions ----------------------------------------------------------------
-
-
-def _conditions(definition: ast.Definition) -> list[ast.Expr]:
-    """The conditions of the block's `a if cond else b` expressions, in source order."""
-    out: list[ast.Expr] = []
-
-    def visit(node) -> None:
-        if isinstance(node, ast.Conditional):
-            out.append(node.cond)
-        if isinstance(node, ast.Node):
-            for value in vars(node).values():
-                for child in value if isinstance(value, tuple) else (value,):
-                    if isinstance(child, ast.Node):
-                        visit(child)
-
-    for stmt in definition.body:
-        visit(stmt)
-    return out
-
-
-def _evaluate(node, env: Mapping[str, object]):
-    """The value of a condition for one use; None where it reads something else."""
-    try:
-        return _value(node, env)
-    except (KeyError, TypeError, ArithmeticError, ValueError, DiagnosticError):
-        return None
-
-
-def _value(node, env: Mapping[str, object]):
-    if isinstance(node, ast.Number):
-        return node.value
-    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
-        return node.value
-    if isinstance(node, ast.Name):
-        value = env[node.id]
-        if not (is_number(value) or isinstance(value, bool)):
-            raise TypeError(node.id)
-        return value
-    if isinstance(node, ast.Unary):
-        inner = _value(node.operand, env)
-        return (not inner) if node.op == "not" else -inner
-    if isinstance(node, ast.BinOp):
-        if node.op in ("and", "or"):
-            left, right = _value(node.left, env), _value(node.right, env)
-            return (left and right) if node.op == "and" else (left or right)
-        left, right = _value(node.left, env), _value(node.right, env)
-        if node.op in ("<", "<=", ">", ">="):
-            return {"<": left < right, "<=": left <= right, ">": left > right,
-                    ">=": left >= right}[node.op]
-        return combine(node.op, left, right, node.span)
-    raise TypeError(type(node).__name__)
-
-
-def _condition_expr(node, env: Mapping[str, object]):
-    """A condition as code whose names are `Num`s (so sharing makes them the block's
-    arguments); None where it reads something that is not a number."""
-    try:
-        return _code(node, env)[0]
-    except (KeyError, TypeError):
-        return None
-
-
-def _code(node, env: Mapping[str, object]) -> tuple[tuple, int]:
-    if isinstance(node, ast.Number):
-        return (repr(node.value),), 9
-    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
-        return (repr(node.value),), 9
-    if isinstance(node, ast.Name):
-        value = env[node.id]
-        if not (is_number(value) or isinstance(value, bool)):
-            raise TypeError(node.id)
-        return (Num(value, node.id, primary=False, named=True),), 9
-    if isinstance(node, ast.Unary):
-        op = "not" if node.op == "not" else "neg"
-        inner, prec = _code(node.operand, env)
-        prec_op = _PYTHON_PRECEDENCE[op]
-        inner = inner if prec > prec_op else ("(", *inner, ")")
-        return (("not " if op == "not" else "-"), *inner), prec_op
-    if isinstance(node, ast.BinOp) and node.op in _PYTHON_PRECEDENCE:
-        prec = _PYTHON_PRECEDENCE[node.op]
-        left, left_prec = _code(node.left, env)
-        right, right_prec = _code(node.right, env)
-        if left_prec < prec or (prec == 4 and left_prec == 4):
-            left = ("(", *left, ")")
-        if right_prec <= prec:
-            right = ("(", *right, ")")
-        op = {"^": "**"}.get(node.op, node.op)
-        return (*left, f" {op} ", *right), prec
-    raise TypeError(type(node).__name__)
