@@ -200,25 +200,27 @@ def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
         if not adds:  # `return self.conv(x)`: its value named as where the input is added
             last = lines[-1]
             lines[-1] = Stmt(before.target, last.value, last.comment)
-        own_tail = lines.pop() if adds else _renumbered(_unknown(tail), lines[-1].comment)
+        own_tail = lines.pop() if adds else _unknown(tail)
         full_lines = full_lines[:-1]
     forward = _forward(full_lines, iter(lines), plan, mine)
     if forward is None:
         return None
     if plan.residual is not None:
+        # the shape is the line's above in either case: the comment gives the spec line
         forward.append(Stmt(None, expr(*own_tail.value, " if self.use_residual else ",
-                                       before.target), own_tail.comment, keyword="return"))
+                                       before.target), _where(own_tail.comment),
+                            keyword="return"))
     return replace(unit, init=tuple(init), forward=tuple(forward),
                    children=tuple(dict.fromkeys((*plan.full.children, *unit.children))),
                    helpers=plan.full.helpers | unit.helpers)
 
 
-def _renumbered(line: Stmt, comment) -> Stmt:
-    """`line` with the dims of its shape comment taken from `comment` (a value of the same
-    shape written elsewhere)."""
-    dims = iter([p for p in comment if isinstance(p, Num)])
-    parts = tuple(next(dims, p) if isinstance(p, Num) else p for p in line.comment)
-    return replace(line, comment=parts)
+def _where(comment: tuple) -> tuple:
+    """A line comment's spec line alone (`mobilenet_v2.nn:20` of `(B, C, H, W)  ...:20`)."""
+    last = comment[-1] if comment else None
+    if isinstance(last, str) and (len(comment) == 1 or last.startswith("  ")):
+        return (last.strip(),)
+    return ()
 
 
 def _kept(plan: Plan, mine: Mapping[str, Stmt]) -> list:

@@ -50,8 +50,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x):
         h = self.conv(x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:18
-        # (B, out, H/stride, W/stride)  mobilenet_v2.nn:20
-        return x + h if self.use_residual else h
+        return x + h if self.use_residual else h  # mobilenet_v2.nn:20
 
 
 @dataclass
