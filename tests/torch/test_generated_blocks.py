@@ -170,6 +170,56 @@ def test_an_optional_member_inside_a_chain_is_appended_in_its_place():
     _compare_with_interpreter(spec)
 
 
+PLAIN_RESIDUAL = """
+block Plain(out, stride) {
+  input x: [C, H, W]
+  y = x -> conv2d(out, 3, stride = stride, padding = 1) -> relu -> conv2d(out, 3, padding = 1)
+  y + x if stride == 1 and C == out else y
+}
+
+model M {
+  input image: [4, 8, 8]
+  image -> Plain(4, 1) -> Plain(6, 2) -> Plain(6, 1)
+}
+"""
+
+
+def test_a_residual_under_a_condition_after_several_lines_is_one_class():
+    """The uses without the residual name their values `x`, those with it `h` (x is still
+    needed): read alike all the same."""
+    spec = load_text(PLAIN_RESIDUAL, "plain.nn")
+    code = generate(spec)
+    assert code.count("class Plain(") == 1 and "One class per structure" not in code, code
+    assert "        return h + x if self.use_residual else h  # plain.nn:5\n" in code
+    _compare_with_interpreter(spec)
+
+
+TWO_OPTIONAL = """
+block Expand(out, expand) {
+  input x: [C, H, W]
+  y = x -> (seq(conv2d(C * expand, 1), relu6, conv2d(out, 1)) if expand != 1
+            else seq(conv2d(out, 1))) as conv
+  y + x if C == out else y
+}
+
+model M {
+  input image: [4, 8, 8]
+  image -> Expand(4, 1) -> Expand(6, 2) -> Expand(6, 2)
+}
+"""
+
+
+def test_optional_members_under_one_condition_are_added_together():
+    spec = load_text(TWO_OPTIONAL, "expand.nn")
+    code = generate(spec)
+    assert """        layers = []
+        if expand != 1:
+            layers.extend([nn.Conv2d(in_channels, in_channels * expand, 1), nn.ReLU6()])
+        layers.append(nn.Conv2d(in_channels * expand, out, 1))
+""" in code, code
+    _compare_with_interpreter(spec)
+
+
 REORDERED = """
 block Odd(out) {
   input x: [F]

@@ -43,6 +43,7 @@ from nnspec.backends.torch.source import (
     expr,
     layout,
     list_of,
+    substitute,
     walk,
 )
 from nnspec.syntax import ast
@@ -119,7 +120,8 @@ def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
         if _blank_text(kept) == _blank_text(unit.forward):
             tails.append(True)
         elif (reduced := _without_residual(kept, full.params)) is not None and \
-                _blank_text(reduced) == _blank_text(unit.forward):
+                _blank_text(_canonical(reduced, full.params)) == \
+                _blank_text(_canonical(unit.forward, unit.params)):
             tails.append(False)
         else:
             return "its uses compute different things"
@@ -196,10 +198,13 @@ def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
         init.append(Stmt("self.use_residual", test if plan.residual[1]
                          else expr("not (", test, ")")))
         before, tail = full_lines[-2], full_lines[-1]
-        adds = len(lines) == len(_kept(plan, mine))
-        if not adds:  # `return self.conv(x)`: its value named as where the input is added
-            last = lines[-1]
-            lines[-1] = Stmt(before.target, last.value, last.comment)
+        kept = _kept(plan, mine)
+        adds = len(lines) == len(kept)
+        if not adds:  # its lines with its numbers, its values named as where x is added
+            if len(lines) != len(kept) - 1:
+                return None
+            lines = [substitute(line, iter(list(walk(own))))
+                     for line, own in zip(kept[:-1], lines)]
         own_tail = lines.pop() if adds else _unknown(tail)
         full_lines = full_lines[:-1]
     forward = _forward(full_lines, iter(lines), plan, mine)
@@ -272,30 +277,31 @@ def _chain_form(stmt: Stmt, own: Stmt, unit: Unit, plan: Plan, env: Mapping[str,
         items[index] = item
     optional = plan.members[stmt.target]
     local = plan.local
-    out: list = []
-    run: list = []
 
-    def flush() -> None:
-        if run and not out:
-            out.append(Stmt(local, expr(list_of(run))))
-        elif len(run) == 1:
-            out.append(Stmt(None, expr(call(f"{local}.append", run[0]))))
-        elif run:
-            out.append(Stmt(None, expr(call(f"{local}.extend", list_of(run)))))
-        run.clear()
+    def added(members: list) -> Stmt:
+        if len(members) == 1:
+            return Stmt(None, expr(call(f"{local}.append", members[0])))
+        return Stmt(None, expr(call(f"{local}.extend", list_of(members))))
 
+    # runs of members built together: (condition or None for every use, members)
+    runs: list[tuple[tuple | None, list]] = []
     for index, item in enumerate(items):
-        if index not in optional:
-            run.append(item)
+        condition = optional.get(index)
+        if runs and runs[-1][0] == condition:
+            runs[-1][1].append(item)
+        else:
+            runs.append((condition, [item]))
+    out: list = []
+    for condition, members in runs:
+        if condition is None:
+            out.append(added(members) if out else Stmt(local, expr(list_of(members))))
             continue
-        flush()
-        if not out:
-            out.append(Stmt(local, ("[]",)))
-        header = _header(optional[index], env)
+        header = _header(condition, env)
         if header is None:
             return None
-        out.append(Block(header, (Stmt(None, expr(call(f"{local}.append", item))),)))
-    flush()
+        if not out:
+            out.append(Stmt(local, ("[]",)))
+        out.append(Block(header, (added(members),)))
     return out + [Stmt(stmt.target, expr(call("nn.Sequential", f"*{local}")))]
 
 
@@ -372,6 +378,37 @@ def _without_residual(lines: list, params: tuple[str, ...]) -> list | None:
             last.value not in ((value, " + ", p) for p in params):
         return None
     return [*lines[:-2], Stmt(None, before.value, before.comment, keyword="return")]
+
+
+def _canonical(lines, params: tuple[str, ...]) -> list:
+    """`lines` with each variable named by the order its value was made, so that uses
+    naming their values differently (`x = f(x)` where `h = f(x)` keeps `x` for a residual)
+    read alike."""
+    names = {p: f"<in{i}>" for i, p in enumerate(params)}
+    made = 0
+
+    def rename(node):
+        if isinstance(node, str):
+            return names.get(node, node)
+        if isinstance(node, Group):
+            return replace(node, prefix=rename(node.prefix),
+                           items=tuple(rename(i) for i in node.items))
+        return tuple(rename(i) for i in node) if isinstance(node, tuple) else node
+
+    def visit(line):
+        nonlocal made
+        if isinstance(line, Block):
+            return replace(line, header=rename(line.header), body=tuple(map(visit, line.body)))
+        value = rename(line.value)
+        targets = []
+        for name in (line.target or "").split(", ") if line.target else ():
+            if name != "_":
+                made += 1
+                names[name] = f"<v{made}>"
+            targets.append(names.get(name, name))
+        return replace(line, value=value, target=", ".join(targets) if targets else None)
+
+    return [visit(line) for line in lines]
 
 
 def _attributes(unit: Unit) -> dict[str, Stmt] | None:
