@@ -428,8 +428,7 @@ class _Writer:
 
     def _sequential(self, step: _Step, args: list[Expr], target: str) -> Stmt:
         self._declare_chain(step)
-        scope = self.graph.scopes.get(self.region.prefix + step.path)  # the chain's `seq`
-        span = scope.span if scope is not None else self._span_of(step.parts[-1])
+        span = self._span_of(step)
         out_type = self.graph.node(step.outputs[0]).type
         return Stmt(target, expr(call(self._access(step.path, span), *args)),
                     self.comment(out_type, span))
@@ -450,20 +449,16 @@ class _Writer:
                     self._child(part.region))
         self.sequential.add(step.path)
         if step.path.isidentifier():
-            self.chains[f"self.{step.path}"] = tuple(self._origin(part) for part in step.parts)
-
-    def _origin(self, step: _Step) -> tuple[int, int]:
-        """Where in the spec a chain's member is written (a block's or `seq`'s call)."""
-        if step.kind == "sequential":
-            scope = self.graph.scopes.get(self.region.prefix + step.path)
-            span = scope.span if scope is not None else self._span_of(step)
-        else:
-            span = self._span_of(step)
-        return (span.line, span.col) if span is not None else (0, 0)
+            spans = [self._span_of(part) for part in step.parts]
+            self.chains[f"self.{step.path}"] = tuple((s.line, s.col) if s else (0, 0)
+                                                     for s in spans)
 
     def _span_of(self, step: _Step) -> Span | None:
+        """Where in the spec a step is written: a chain's `seq` (else its last member), a
+        block's call, an op."""
         if step.kind == "sequential":
-            return self._span_of(step.parts[-1])
+            scope = self.graph.scopes.get(self.region.prefix + step.path)
+            return scope.span if scope is not None else self._span_of(step.parts[-1])
         return step.node.span if step.kind == "op" else step.region.span
 
     def _loop(self, step: _Step, args: list[Expr], target: str) -> list:
