@@ -220,6 +220,42 @@ def test_optional_members_under_one_condition_are_added_together():
     _compare_with_interpreter(spec)
 
 
+HOLDS_A_BLOCK = """
+block Project(out, stride = 1) {
+  input x: [C, H, W]
+  x -> conv2d(out, 1, stride = stride) as proj
+}
+
+block Stage(out, expand, stride) {
+  input x: [C, H, W]
+  y = x -> (seq(Project(C * expand), conv2d(out, 1, stride = stride)) if expand != 1
+            else seq(conv2d(out, 1, stride = stride))) as conv
+  s = x if stride == 1 and C == out else (x -> Project(out, stride) as downsample)
+  y + s
+}
+
+model M {
+  input image: [4, 8, 8]
+  image -> Stage(4, 1, 1) -> Stage(6, 2, 1) -> Stage(6, 2, 1) -> Stage(8, 1, 2)
+}
+"""
+
+
+def test_an_optional_member_or_layer_may_be_a_block():
+    """A block instance that some uses do not build (in a chain, or as an optional layer):
+    its arguments are unknown there, like the numbers of any layer not built."""
+    spec = load_text(HOLDS_A_BLOCK, "stage.nn")
+    code = generate(spec)
+    assert code.count("class Stage(") == 1 and "One class per structure" not in code, code
+    assert """        if expand != 1:
+            layers.append(Project(in_channels, in_channels * expand))
+""" in code, code
+    assert """        if not (stride == 1 and in_channels == out):
+            self.downsample = Project(in_channels, out, stride)
+""" in code, code
+    _compare_with_interpreter(spec)
+
+
 REORDERED = """
 block Odd(out) {
   input x: [F]

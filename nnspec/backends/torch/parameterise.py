@@ -123,7 +123,8 @@ class Parameterise:
     def _has_arguments(self, unit: Unit, build: int) -> bool:
         return all(len(self.by_unit[i.unit].build_arguments) > build
                    and i.unit in self.by_unit[i.unit].build_arguments[build]
-                   for i in walk([unit.init, unit.forward]) if isinstance(i, Instance))
+                   for i in walk([unit.init, unit.forward])
+                   if isinstance(i, Instance) and not i.unknown)
 
     # ---- the parameters of the spec and their values ----------------------------------------
 
@@ -286,7 +287,10 @@ class Parameterise:
         instance's arguments in that build in its place."""
         out = []
         for item in walk([unit.init, unit.forward] if parts is None else parts):
-            if isinstance(item, Instance):
+            if isinstance(item, Instance) and item.unknown:  # a layer this use does not build
+                out += [Num(UNKNOWN, n.hint)
+                        for n in self.by_unit[item.unit].build_arguments[0][item.unit]]
+            elif isinstance(item, Instance):
                 out += self.by_unit[item.unit].build_arguments[build][item.unit]
             else:
                 out.append(item)

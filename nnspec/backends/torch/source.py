@@ -48,6 +48,9 @@ class Instance:
 
     unit: Hashable  # the callee's key (lower.UnitKey)
     call_args: tuple = ()  # leading tensor arguments of a function call
+    # in a layer a use of a block does not build (`variants.py`): another use's instance,
+    # whose arguments are unknown for this use
+    unknown: bool = False
 
 
 Expr = tuple  # of parts: str (code text), Num, Group or Instance

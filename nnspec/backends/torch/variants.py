@@ -95,8 +95,6 @@ def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
     missing: dict[str, list[set[int]]] = {}  # chain attribute -> each use's absent members
     for t in full_attrs:
         stmts = [a[t] for a in attrs if t in a]
-        if t in optional and any(isinstance(i, Instance) for i in walk(stmts[0])):
-            return f"the optional `{t}` holds a block"
         if len({_blank_text([s]) for s in stmts}) == 1:
             continue
         aligned = [_align(full, u, t) if t in a else [] for u, a in zip(reps, attrs)]
@@ -104,9 +102,6 @@ def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
             return f"`{t}` is built differently in different uses"
         count = len(_chain_items(full_attrs[t]))
         missing[t] = [set(range(count)) - set(found) for found in aligned]
-        for index in set().union(*missing[t]):
-            if any(isinstance(i, Instance) for i in walk(_chain_items(full_attrs[t])[index])):
-                return f"the optional member {index} of `{t}` holds a block"
     names = {t.removeprefix("self.") for t in optional}
     guards = [_guard(line, names) for line in full.forward]
     if guards and guards[-1]:
@@ -437,6 +432,8 @@ def _unknown(node):
     """`node` with every number unknown."""
     if isinstance(node, Num):
         return replace(node, value=UNKNOWN)
+    if isinstance(node, Instance):
+        return replace(node, unknown=True)
     if isinstance(node, Group):
         return replace(node, prefix=_unknown(node.prefix),
                        items=tuple(_unknown(i) for i in node.items))
