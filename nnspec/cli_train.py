@@ -18,6 +18,25 @@ from nnspec.cli_weights import fine_tuning_options, with_fine_tuning
 from nnspec.diagnostics import SpecError
 
 
+class _Device(click.ParamType):
+    """`cpu`, `cuda`, `cuda:N`, `mps` or `auto`: the form is checked here, and whether that
+    device exists only when torch is loaded to train."""
+
+    name = "cpu|cuda|cuda:N|mps|auto"
+
+    def convert(self, value, param, ctx):
+        kind, colon, index = str(value).partition(":")
+        if kind in ("cpu", "mps", "auto") and not colon:
+            return kind
+        if kind == "cuda" and (not colon or index.isascii() and index.isdigit()):
+            return f"cuda:{int(index)}" if colon else kind
+        self.fail(f"{value!r} is not a device: use cpu, cuda, cuda:N (a GPU's index, "
+                  "cuda:0 the first), mps or auto", param, ctx)
+
+
+DEVICE = _Device()
+
+
 @click.command()
 @click.argument("file", required=False, type=SPEC)
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
@@ -51,9 +70,10 @@ from nnspec.diagnostics import SpecError
 @click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None,
               help="numpy: the built-in interpreter [default]; torch: the generated PyTorch "
               "module, in this process (needs torch).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "mps", "auto"]), default=None,
-              help="With --backend torch: where to train; auto picks a GPU if there is one "
-              "[default: cpu]. With --resume: continue a torch run there.")
+@click.option("--device", type=DEVICE, default=None,
+              help="With --backend torch: where to train (cpu, cuda, cuda:N for the Nth GPU, "
+              "mps or auto, which picks a GPU if there is one) [default: cpu]. With --resume: "
+              "continue a torch run there.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="With --backend torch: autocast to this type (weights stay float32; fp16 "
               "adds a gradient scaler) [default: fp32].")

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +226,93 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
+@pytest.mark.parametrize("device", ["cuda:x", "cuda:", "gpu", "cpu:0", "cuda:-1", "cuda:١"])
+def test_a_device_that_is_no_device_is_a_usage_error(tmp_path, device):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    done = _nnspec("train", spec, "--backend", "torch", "--device", device, "--out",
+                   tmp_path / "run")
+    assert done.exit_code == 2 and "is not a device: use cpu, cuda, cuda:N" in done.output
+    assert not (tmp_path / "run").exists()
+
+
+def _gpus(monkeypatch, count: int) -> None:
+    """Make torch report `count` CUDA GPUs (the index check runs before any is used)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize(("count", "seen"), [(1, "only cuda:0"), (2, "only cuda:0, cuda:1")])
+def test_a_gpu_index_past_the_last_gpu_is_a_clear_error(tmp_path, monkeypatch, count, seen):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    _gpus(monkeypatch, count)
+    done = _nnspec("train", spec, "--backend", "torch", "--device", f"cuda:{count}", "--out",
+                   tmp_path / "run")
+    assert done.exit_code == 1, done.output
+    assert f"--device cuda:{count}: PyTorch sees {seen}" in done.output
+    assert "CUDA_VISIBLE_DEVICES" in done.output  # the hint
+    assert "Traceback" not in done.output and isinstance(done.exception, SystemExit)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_gpu_index_names_that_gpu(monkeypatch):
+    from nnspec.backends.torch.runtime import pick_device
+
+    _gpus(monkeypatch, 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("cuda") == torch.device("cuda")
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU")
+def test_a_gpu_index_without_a_gpu_is_a_clear_error(tmp_path):
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    done = _nnspec("train", spec, "--backend", "torch", "--device", "cuda:0", "--out",
+                   tmp_path / "run")
+    assert done.exit_code == 1 and "--device cuda:0: PyTorch sees no CUDA GPU" in done.output
+
+
+# ---- the generated training script's --device --------------------------------------------------
+
+
+def _script(tmp_path: Path) -> Path:
+    from nnspec.backends.torch import generate
+
+    script = tmp_path / "tiny.py"
+    script.write_text(generate(load_text(TINY, str(tmp_path / "tiny.nn")), train_script=True),
+                      encoding="utf-8")
+    return script
+
+
+def _run_script(script: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          cwd=script.parent, env=env, check=False, timeout=300)
+
+
+def test_the_scripts_device_is_checked_before_training(tmp_path):
+    script = _script(tmp_path)
+    wrong = _run_script(script, "--device", "cuda:x", "--epochs", "1")
+    assert wrong.returncode == 2 and "'cuda:x' is not a device" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    if not CUDA:
+        missing = _run_script(script, "--device", "cuda:1", "--epochs", "1")
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr
+        assert "--device cuda:1: PyTorch sees no CUDA GPU" in missing.stderr
+
+
+def test_the_scripts_gpu_index_is_checked_against_the_gpus(tmp_path, monkeypatch):
+    module = types.ModuleType("tiny_script")
+    code = _script(tmp_path).read_text(encoding="utf-8")
+    exec(compile(code, "tiny.py", "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - code under test
+    _gpus(monkeypatch, 2)
+    assert module.pick_device("cuda:1") == "cuda:1"
+    with pytest.raises(SystemExit, match=r"--device cuda:2: PyTorch sees only cuda:0, cuda:1"):
+        module.pick_device("cuda:2")
+    assert module.parse_args(["--device", "cuda:01"]).device == "cuda:1"
+
+
 # ---- on a GPU (pytest -m gpu) -----------------------------------------------------------------
 
 
@@ -265,3 +356,32 @@ def test_a_cpu_run_continues_on_cuda(tmp_path):
     outcome = resumed.run_to_end()
     np.testing.assert_allclose([r["val_loss"] for r in outcome.history],
                                [r["val_loss"] for r in whole.history], rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cli_trains_on_the_last_gpu_by_index(tmp_path):
+    last = f"cuda:{torch.cuda.device_count() - 1}"
+    spec = tmp_path / "tiny.nn"
+    spec.write_text(TINY)
+    done = _nnspec("train", spec, "--backend", "torch", "--device", last, "--epochs", "1",
+                   "--out", tmp_path / "run")
+    assert done.exit_code == 0, done.output
+    assert last in done.output
+    loaded = load_text(TINY, "tiny.nn")
+    model = TorchModel.from_numpy(loaded, loaded.train, NumpyModel.from_spec(loaded, seed=0),
+                                  TorchSettings(last))
+    assert next(model.net.parameters()).device == torch.device(last)
+    model.dropout_state = model.dropout_state  # that GPU's generator, saved and restored
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_the_script_trains_on_the_last_gpu_by_index(tmp_path):
+    last = f"cuda:{torch.cuda.device_count() - 1}"
+    x = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    done = _run_script(_script(tmp_path), "--data", "data.npz", "--epochs", "1",
+                       "--device", last, "--out", "ck")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"on {last}" in done.stdout

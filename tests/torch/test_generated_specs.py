@@ -24,8 +24,6 @@ pytestmark = pytest.mark.torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "specs").glob("*.nn"))
-# Blocks still written as several classes, each saying why in its docstring.
-SEPARATE = {("mobilenet_v2", "InvertedResidual")}
 
 
 def _module(code: str) -> types.ModuleType:
@@ -62,9 +60,6 @@ def test_one_class_per_spec_block(path):
     for block in spec.program.definitions("block"):
         mine = [c for c in classes.values()
                 if (pyast.get_docstring(c) or "").startswith(f"`block {block.name}`")]
-        if (path.stem, block.name) in SEPARATE:
-            assert all("One class per structure:" in pyast.get_docstring(c) for c in mine)
-            continue
         assert len(mine) <= 1, f"block {block.name}: {[c.name for c in mine]}"
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 
 from nnspec.backends.torch.emit import FORWARD, INIT
 from nnspec.backends.torch.emit_layers import init_extra
+from nnspec.backends.torch.emit_modules import stateless_module
 from nnspec.backends.torch.emit_site import Site
 from nnspec.backends.torch.names import Namespace, checked_identifier, module_component
 from nnspec.backends.torch.source import (
@@ -76,6 +77,9 @@ class Unit:
     forward: tuple
     children: tuple[UnitKey, ...]  # units it instantiates or calls, in order of first use
     helpers: frozenset[str]  # module-level helper functions its code calls
+    # each attribute that is an nn.Sequential (`self.conv`) -> where in the spec each of its
+    # members comes from (line, column), so uses of a block can tell which members they share
+    chains: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,13 @@ class _Step:
     path: str = ""  # a sequential's relative module path
 
 
+def _names(step: _Step) -> set[str]:
+    """The nodes a step computes."""
+    if step.kind == "sequential":
+        return set().union(*map(_names, step.parts))
+    return {step.node.name} if step.kind == "op" else {m.name for m in step.region.members}
+
+
 class _Writer:
     """Writes one unit; it reads the regions and the graph and changes neither."""
 
@@ -184,6 +195,7 @@ class _Writer:
         self.children: list[UnitKey] = []
         self.helpers: set[str] = set()
         self.sequential: set[str] = set()  # relative paths written as nn.Sequential
+        self.chains: dict[str, tuple[tuple[int, int], ...]] = {}  # attribute -> members' origins
 
     # ---- the whole unit ---------------------------------------------------------------------
 
@@ -222,7 +234,8 @@ class _Writer:
         types = tuple(self.graph.node(v).type for v in inputs)
         return Unit(UnitKey(self.regions.graph, self.region.path), self.region,
                     unit_kind(self.region), tuple(params), types, tuple(self._init()),
-                    tuple(body), tuple(self.children), frozenset(self.helpers))
+                    tuple(body), tuple(self.children), frozenset(self.helpers),
+                    tuple(self.chains.items()))
 
     def _steps(self) -> list[_Step]:
         steps: list[_Step] = []
@@ -244,7 +257,16 @@ class _Writer:
     def _sequentials(self, steps: list[_Step]) -> list[_Step]:
         """Runs of steps that are a labelled chain's numbered layers `P.0 -> P.1 -> ...`,
         each reading only the one before and nothing else under `P`, become one
-        `nn.Sequential` step: `x = self.P(x)`, under the same `state_dict` keys."""
+        `nn.Sequential` step: `x = self.P(x)`, under the same `state_dict` keys. A chain's
+        member may itself be such a chain (`features.0.0`, `features.0.1` inside
+        `features`), so runs are found again until none is left."""
+        while True:
+            merged = self._merge_runs(steps)
+            if len(merged) == len(steps):
+                return merged
+            steps = merged
+
+    def _merge_runs(self, steps: list[_Step]) -> list[_Step]:
         paths = [self._layer_path(s) for s in steps]
         out: list[_Step] = []
         i = 0
@@ -278,14 +300,14 @@ class _Writer:
             return 0  # another layer under the same name would land in the nn.Sequential
         for step, after in zip(steps[i:i + n - 1], steps[i + 1:i + n]):
             value = step.outputs[0]
-            inside = ({after.node.name} if after.kind == "op"
-                      else {m.name for m in after.region.members})
-            if value in self.graph.outputs or not set(self.consumers[value]) <= inside:
+            if value in self.graph.outputs or not set(self.consumers[value]) <= _names(after):
                 return 0
         return n
 
     def _owned_path(self, step: _Step) -> str | None:
         """The relative module path a step's layers live under, if it has any."""
+        if step.kind == "sequential":
+            return step.path
         if step.kind == "op":
             module = step.node.module
             return self.region.relative(module) if module is not None else None
@@ -300,12 +322,21 @@ class _Writer:
             return None
         if step.kind == "unit" and step.region.role == "class":
             return self.region.relative(step.region.path)
-        if step.kind != "op" or step.node.module is None or step.node.params and any(
-                full != param_name(step.node.module, local)
-                for local, full in step.node.params.items()):
+        if step.kind == "sequential":
+            return step.path
+        if step.kind != "op":
             return None
         node = step.node
         types = [self.graph.node(v).type for v in node.inputs]
+        if node.module is None:  # `relu` in a chain: a module there (nn.ReLU())
+            numbered = node.name.startswith(self.region.prefix) and \
+                node.name.rsplit(".", 1)[-1].isdigit() and "." in node.name
+            if numbered and stateless_module(node, types) is not None:
+                return self.region.relative(node.name)
+            return None
+        if node.params and any(full != param_name(node.module, local)
+                               for local, full in node.params.items()):
+            return None
         site = Site(node, [("x",)], types, ("layer",), "x", self.training, set())
         lines = FORWARD[node.op](site)
         if len(lines) != 1 or lines[0].unpack or flat(lines[0].value, str) != "layer(x)":
@@ -396,19 +427,39 @@ class _Writer:
                     self.comment(out_type, region.span))
 
     def _sequential(self, step: _Step, args: list[Expr], target: str) -> Stmt:
+        self._declare_chain(step)
+        span = self._span_of(step)
+        out_type = self.graph.node(step.outputs[0]).type
+        return Stmt(target, expr(call(self._access(step.path, span), *args)),
+                    self.comment(out_type, span))
+
+    def _declare_chain(self, step: _Step) -> None:
+        """A chain's members as the modules of its nn.Sequential."""
         for part in step.parts:
-            if part.kind == "op":
+            if part.kind == "sequential":
+                self._declare_chain(part)
+            elif part.kind == "op" and part.node.module is None:
+                types = [self.graph.node(v).type for v in part.node.inputs]
+                self.leaves[self.region.relative(part.node.name)] = expr(
+                    stateless_module(part.node, types))
+            elif part.kind == "op":
                 self._declare(part.node)
             else:
                 self.leaves[self.region.relative(part.region.path)] = expr(
                     self._child(part.region))
         self.sequential.add(step.path)
-        last = step.parts[-1]
-        node = last.node if last.kind == "op" else None
-        span = node.span if node is not None else last.region.span
-        out_type = self.graph.node(step.outputs[0]).type
-        return Stmt(target, expr(call(self._access(step.path, span), *args)),
-                    self.comment(out_type, span))
+        if step.path.isidentifier():
+            spans = [self._span_of(part) for part in step.parts]
+            self.chains[f"self.{step.path}"] = tuple((s.line, s.col) if s else (0, 0)
+                                                     for s in spans)
+
+    def _span_of(self, step: _Step) -> Span | None:
+        """Where in the spec a step is written: a chain's `seq` (else its last member), a
+        block's call, an op."""
+        if step.kind == "sequential":
+            scope = self.graph.scopes.get(self.region.prefix + step.path)
+            return scope.span if scope is not None else self._span_of(step.parts[-1])
+        return step.node.span if step.kind == "op" else step.region.span
 
     def _loop(self, step: _Step, args: list[Expr], target: str) -> list:
         region = step.region
@@ -518,7 +569,8 @@ def _container(sub, path: str, sequential: set[str]) -> Expr:
         return sub
     keys = list(sub)
     if path in sequential:
-        return expr(call("nn.Sequential", *(sub[str(i)] for i in range(len(keys)))))
+        return expr(call("nn.Sequential", *(_container(sub[str(i)], f"{path}.{i}", sequential)
+                                            for i in range(len(keys)))))
     if all(k.isdigit() for k in keys):  # a `seq`'s layers without weights leave gaps
         last = max(int(k) for k in keys)
         return expr(module_list([_container(sub[str(i)], f"{path}.{i}", sequential)

@@ -11,8 +11,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 
+from nnspec.backends.torch.candidates import (
+    Candidate,
+    agrees,
+    dim_candidates,
+    key_of,
+    key_values,
+    param_candidates,
+    spec_locals,
+)
 from nnspec.backends.torch.lower import Unit, UnitKey, UnitKind
 from nnspec.backends.torch.names import Namespace, checked_identifier, literal
 from nnspec.backends.torch.signature import (
@@ -32,7 +40,6 @@ from nnspec.backends.torch.source import (
     substitute,
     walk,
 )
-from nnspec.backends.torch.spec_exprs import expressions
 from nnspec.backends.torch.structure import GraphKind, Region, spec_definition
 from nnspec.backends.torch.variants import UNKNOWN
 from nnspec.ir.arithmetic import is_number
@@ -86,20 +93,6 @@ def shape_text(unit: Unit) -> str:
 
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    """A name or spec expression a number may be: its values cell by cell, its texts."""
-
-    values: tuple
-    init: str
-    forward: str
-    comment: str
-
-    @cached_property
-    def key(self) -> tuple:
-        return _key_values(self.values)
-
-
 class Parameterise:
     """Turns the members of one group into a definition: which numbers are the spec's
     parameters or expressions of them, which become more arguments, and the text of every
@@ -130,7 +123,8 @@ class Parameterise:
     def _has_arguments(self, unit: Unit, build: int) -> bool:
         return all(len(self.by_unit[i.unit].build_arguments) > build
                    and i.unit in self.by_unit[i.unit].build_arguments[build]
-                   for i in walk([unit.init, unit.forward]) if isinstance(i, Instance))
+                   for i in walk([unit.init, unit.forward])
+                   if isinstance(i, Instance) and not i.unknown)
 
     # ---- the parameters of the spec and their values ----------------------------------------
 
@@ -156,27 +150,6 @@ class Parameterise:
                 out.append(checked_identifier(name))
         return out
 
-    def _candidates(self, params: list[str], envs: list[dict]) -> list[_Candidate]:
-        def texts(name: str) -> tuple[str, str, str]:
-            if self.is_model:
-                return f"config.{name}", f"self.config.{name}", name
-            return name, f"self.{name}", name
-
-        out = [_Candidate(tuple(env[p] for env in envs), *texts(p)) for p in params]
-        if self.spec is None or not params:
-            return out
-        multiples = _multiples(out) if self.is_model else []
-        for e in expressions(self.spec, frozenset(params)):
-            values = tuple(e.value(env) for env in envs)
-            if any(v is None for v in values):
-                continue
-            integral = all(isinstance(v, int) for v in values)
-            init, forward, comment = zip(*(texts(p) for p in params))
-            out.append(_Candidate(values, e.text(dict(zip(params, init)), integral),
-                                  e.text(dict(zip(params, forward)), integral),
-                                  e.text(dict(zip(params, comment)), integral)))
-        return out + multiples
-
     # ---- the definition -------------------------------------------------------------------
 
     def definition(self) -> Definition:
@@ -184,44 +157,21 @@ class Parameterise:
         name = self._name(first.region)
         envs = [self._env(c) for c in self.cells]
         params = self._spec_params(envs)
-        candidates = self._candidates(params, envs)
+        locals_ = spec_locals(self.spec)
+        candidates = param_candidates(self.spec, params, envs, self.is_model, locals_)
         columns = [self._numbers(unit, build) for unit, build in self.cells]
         assert len({len(c) for c in columns}) == 1, "instances of one definition differ"
         vectors = list(zip(*columns))  # each number of the definition, cell by cell
         init_count = len(self._numbers(first, 0, [first.init]))
-        extras: list[list] = []  # each extra argument's value cell by cell (UNKNOWN: any)
-        extra_of: dict[int, int] = {}  # number -> its extra argument
-        hints: list[list[tuple[str, bool]]] = []
-        chosen: dict[int, _Candidate] = {}
-        for j, nums in enumerate(vectors):
-            known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
-            ref = nums[known[0]]
-            if ref.comment:
-                continue
-            values = _key(nums)
-            match = [c for c in candidates if _agrees(c.key, values)]
-            if len({values[k] for k in known}) == 1:  # a parameter only where not by chance
-                if ref.value in (0, 1) or isinstance(ref.value, bool):
-                    continue
-                named = [c for c in match if c.comment == ref.hint]
-                if named:
-                    chosen[j] = named[0]
-                continue
-            if match:
-                chosen[j] = next((c for c in match if c.comment == ref.hint), match[0])
-                continue
-            cells = [n.value for n in nums]
-            index = next((i for i, e in enumerate(extras) if _agrees(_key(e), values)), None)
-            if index is None:
-                index = len(extras)
-                extras.append(cells)
-                hints.append([])
-            else:
-                extras[index] = [v if v is not UNKNOWN else w for v, w in
-                                 zip(extras[index], cells)]
-            extra_of[j] = index
-            hints[index].append((ref.hint, ref.primary))
+        extras, extra_of, hints, chosen = self._assign(vectors, candidates)
         extra_names = self._param_names(hints, self._spec_names(extras, envs), params)
+        dims = [] if self.is_model else dim_candidates(
+            self.spec, params, envs, self._input_symbols(True), extras, extra_names, locals_)
+        if dims:  # again, with `C * expand` written `in_channels * expand`
+            again = self._assign(vectors, candidates + [c for c, _ in dims])
+            names = self._param_names(again[2], self._spec_names(again[0], envs), params)
+            if all(arg in names for c, arg in dims if c in again[3].values()):
+                (extras, extra_of, hints, chosen), extra_names = again, names
         if self.is_model:  # the model takes only its config: other numbers stay as built
             extras, extra_names, extra_of = [], [], {}
         texts = []
@@ -246,6 +196,8 @@ class Parameterise:
             extra_values = tuple(Num(None if e[c] is UNKNOWN else e[c], extra_names[i])
                                  for i, e in enumerate(extras))
             build_arguments[build][unit.key] = extra_values + spec_values
+        local_of = self._locals_used(chosen, init_count, params + extra_names)
+        texts = [local_of.get(j, t) for j, t in enumerate(texts)]
         item_texts = iter(self._item_texts(texts))
         init = substitute(first.init, item_texts)
         forward = substitute(first.forward, item_texts)
@@ -253,7 +205,11 @@ class Parameterise:
         if self.is_model and params:
             self.config_name = self.names.claim(f"{name}Config")
             config = tuple((p, literal(envs[0][p])) for p in params)
-        init = self._init_head(params + extra_names, texts[init_count:]) + init
+        first_use: dict[str, int] = {}
+        for j, local in sorted(local_of.items()):
+            first_use.setdefault(local, j)
+        lets = tuple(Stmt(local, (chosen[j].init,)) for local, j in first_use.items())
+        init = self._init_head(params + extra_names, texts[init_count:]) + lets + init
         forward_params = first.params
         if first.region.kind == "model" and self.context.fused:
             forward_params += ("return_logits=False",)
@@ -265,6 +221,59 @@ class Parameterise:
                           forward_params, build_arguments[0], init, forward,
                           tuple(self._docstring()), tuple(build_arguments), config,
                           self.config_name)
+
+    def _assign(self, vectors: list[tuple[Num, ...]], candidates: list[Candidate]):
+        """Each number as a candidate (a parameter or expression), an extra argument, or
+        (neither) a literal: (extras' values, number -> extra, extras' hints, chosen)."""
+        extras: list[list] = []  # each extra argument's value cell by cell (UNKNOWN: any)
+        extra_of: dict[int, int] = {}  # number -> its extra argument
+        hints: list[list[tuple[str, bool]]] = []
+        chosen: dict[int, Candidate] = {}
+        for j, nums in enumerate(vectors):
+            known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
+            ref = nums[known[0]]
+            if ref.comment:
+                continue
+            values = key_of(nums)
+            match = [c for c in candidates if agrees(c.key, values)]
+            if len({values[k] for k in known}) == 1:  # a parameter only where not by chance
+                named = [c for c in match if c.comment == ref.hint]
+                if ref.named and named:
+                    chosen[j] = named[0]
+                    continue
+                if ref.value in (0, 1) or isinstance(ref.value, bool):
+                    continue
+                if named:
+                    chosen[j] = named[0]
+                continue
+            if match:
+                chosen[j] = next((c for c in match if c.comment == ref.hint), match[0])
+                continue
+            cells = [n.value for n in nums]
+            index = next((i for i, e in enumerate(extras) if agrees(key_of(e), values)), None)
+            if index is None:
+                index = len(extras)
+                extras.append(cells)
+                hints.append([])
+            else:
+                extras[index] = [v if v is not UNKNOWN else w for v, w in
+                                 zip(extras[index], cells)]
+            extra_of[j] = index
+            hints[index].append((ref.hint, ref.primary))
+        return extras, extra_of, hints, chosen
+
+    def _locals_used(self, chosen: Mapping[int, Candidate], init_count: int,
+                     taken: list[str]) -> dict[int, str]:
+        """The numbers of `__init__` written with a local of the spec's name (`hidden`),
+        where that local's expression is used more than once there."""
+        uses: dict[str, list[int]] = {}
+        for j, candidate in chosen.items():
+            if j < init_count and candidate.local:
+                uses.setdefault(candidate.local, []).append(j)
+        free = {n for n in uses if n not in {*taken, "self", "config", "layers", "layers_",
+                                             "members"} and n.isidentifier()}
+        return {j: name for name, js in uses.items() if name in free and len(js) > 1
+                for j in js}
 
     def _name(self, region: Region) -> str:
         if region.kind == "model":
@@ -278,7 +287,10 @@ class Parameterise:
         instance's arguments in that build in its place."""
         out = []
         for item in walk([unit.init, unit.forward] if parts is None else parts):
-            if isinstance(item, Instance):
+            if isinstance(item, Instance) and item.unknown:  # a layer this use does not build
+                out += [Num(UNKNOWN, n.hint)
+                        for n in self.by_unit[item.unit].build_arguments[0][item.unit]]
+            elif isinstance(item, Instance):
                 out += self.by_unit[item.unit].build_arguments[build][item.unit]
             else:
                 out.append(item)
@@ -349,23 +361,23 @@ class Parameterise:
         for name in envs[0]:
             values = [env.get(name) for env in envs]
             if all(is_number(v) for v in values):
-                candidates.setdefault(_key_values(values), []).append(name)
+                candidates.setdefault(key_values(values), []).append(name)
         out = {}
         for index, cells in enumerate(extras):
-            cells_key = _key(cells)
-            names = [n for key, found in candidates.items() if _agrees(key, cells_key)
+            cells_key = key_of(cells)
+            names = [n for key, found in candidates.items() if agrees(key, cells_key)
                      for n in found]
             if len(names) == 1:
                 out[index] = names[0]
         return out
 
     def _comment_dim(self, nums: tuple[Num, ...], extras: list[list],
-                     names: list[str], candidates: list[_Candidate]) -> str:
+                     names: list[str], candidates: list[Candidate]) -> str:
         """A dim in a shape comment: its size when it never changes, else the input dim
         (`T`), parameter or expression (`4 * d`) it follows, else `?`. Cells where the
         line is not computed (`UNKNOWN`) say nothing."""
         known = [k for k, n in enumerate(nums) if n.value is not UNKNOWN]
-        keys = _key(nums)
+        keys = key_of(nums)
         values = tuple(keys[k] for k in known)
         if len(set(values)) == 1:
             return _dim_text(nums[known[0]].value)
@@ -392,7 +404,7 @@ class Parameterise:
                         text = candidate.comment
                         return f"{symbol}/{text if text.isidentifier() else f'({text})'}"
         for index, cells in enumerate(extras):
-            cells_key = _key(cells)
+            cells_key = key_of(cells)
             if tuple(cells_key[k] for k in known) == values:
                 return names[index]
         return "?"
@@ -444,19 +456,6 @@ class Parameterise:
         return [f"`{region.kind} {region.label}` of {where}.", *details]
 
 
-def _multiples(params: list[_Candidate]) -> list[_Candidate]:
-    """`2 * hidden` .. `8 * hidden`: sizes the spec does not write but its layers make (a
-    concat of two `hidden`-wide values), tried after the spec's own expressions. Only for
-    the model: the probes change its hyperparameters, so such a size is seen to follow
-    one; a block's sizes may follow its input instead, which no argument says."""
-    out = []
-    for c in params:
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in c.values):
-            out += [_Candidate(tuple(k * v for v in c.values), f"{k} * {c.init}",
-                               f"{k} * {c.forward}", f"{k} * {c.comment}") for k in range(2, 9)]
-    return out
-
-
 def _without_defaults(args: list[str], signature: tuple[str, ...]) -> list[str]:
     """A call's arguments without the trailing ones its signature's defaults give
     (`BasicBlock(64, 64)` for `BasicBlock(in_channels, channels, stride=1)`)."""
@@ -465,23 +464,6 @@ def _without_defaults(args: list[str], signature: tuple[str, ...]) -> list[str]:
             and signature[len(args) - 1].partition("=")[2] == args[-1]:
         args.pop()
     return args
-
-
-def _key(nums) -> tuple:
-    return _key_values(n.value if isinstance(n, Num) else n for n in nums)
-
-
-def _agrees(a: tuple, b: tuple) -> bool:
-    """Two keys cell by cell, an unknown cell agreeing with anything."""
-    unknown = _key_values([UNKNOWN])[0]
-    return all(x == y or unknown in (x, y) for x, y in zip(a, b))
-
-
-def _key_values(values) -> tuple:
-    """Values compared by kind and value: a bool is no number, but the spec's `10000` is the
-    `10000.0` a float attribute made of it."""
-    return tuple(("number", repr(float(v))) if is_number(v) and not isinstance(v, bool)
-                 else (type(v).__name__, repr(v)) for v in values)
 
 
 def _dim_text(value) -> str:

@@ -50,16 +50,21 @@ def load_numpy_state(net: torch.nn.Module, graph: Graph, arrays) -> None:
 
 
 def pick_device(requested: str) -> torch.device:
-    """`auto`: CUDA if there is a GPU, else Apple's MPS, else the CPU; a device this PyTorch
-    cannot reach is a BackendError."""
+    """`auto`: CUDA if there is a GPU, else Apple's MPS, else the CPU; `cuda:N` the GPU of
+    that index; a device this PyTorch cannot reach is a BackendError."""
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if requested == "auto":
         requested = "cuda" if cuda else "mps" if mps else "cpu"
-    if requested == "cuda" and not cuda:
+    kind, _, index = requested.partition(":")
+    if kind == "cuda" and not cuda:
         cpu_build = torch.version.cuda is None
-        raise BackendError("--device cuda: PyTorch sees no CUDA GPU" + (
+        raise BackendError(f"--device {requested}: PyTorch sees no CUDA GPU" + (
             f" (this PyTorch, {torch.__version__}, is built without CUDA)" if cpu_build else ""),
             "--device auto uses a GPU when there is one, else the CPU")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        seen = ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        raise BackendError(f"--device {requested}: PyTorch sees only {seen}",
+                           "CUDA_VISIBLE_DEVICES, when set, numbers the GPUs it lists from 0")
     if requested == "mps" and not mps:
         raise BackendError("--device mps: Apple's Metal (MPS) is not available here",
                            "--device auto uses a GPU when there is one, else the CPU")
@@ -292,14 +297,15 @@ class TorchModel:
         if self.device.type not in _ACCELERATORS:
             return state
         accelerator = getattr(torch, self.device.type)
-        return {"cpu": state, self.device.type: _encode(accelerator.get_rng_state())}
+        return {"cpu": state, self.device.type: _encode(accelerator.get_rng_state(self.device))}
 
     @dropout_state.setter
     def dropout_state(self, state: str | dict[str, str]) -> None:
         states = state if isinstance(state, dict) else {"cpu": state}
         torch.set_rng_state(_decode(states["cpu"]))
         if self.device.type in _ACCELERATORS and self.device.type in states:
-            getattr(torch, self.device.type).set_rng_state(_decode(states[self.device.type]))
+            getattr(torch, self.device.type).set_rng_state(_decode(states[self.device.type]),
+                                                           self.device)
 
 
 _ACCELERATORS = ("cuda", "mps")  # torch.cuda, torch.mps: generators of their own

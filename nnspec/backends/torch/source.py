@@ -28,7 +28,9 @@ class Num:
     decides whose name wins when several values always agree. `comment` values appear only
     in shape comments and never become parameters. `default` is the text of a keyword
     argument's default: the keyword is left out where the value's final text is that, so
-    uses at and off the default still read alike and share a class.
+    uses at and off the default still read alike and share a class. `named`: the spec writes
+    the name `hint` here (a condition's `stride == 1`), so it stays that name even where
+    every use has the same value.
     """
 
     value: Any
@@ -36,6 +38,7 @@ class Num:
     primary: bool = True
     comment: bool = False
     default: str | None = None
+    named: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +48,9 @@ class Instance:
 
     unit: Hashable  # the callee's key (lower.UnitKey)
     call_args: tuple = ()  # leading tensor arguments of a function call
+    # in a layer a use of a block does not build (`variants.py`): another use's instance,
+    # whose arguments are unknown for this use
+    unknown: bool = False
 
 
 Expr = tuple  # of parts: str (code text), Num, Group or Instance

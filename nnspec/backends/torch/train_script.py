@@ -21,8 +21,9 @@ SCRIPT_METRICS = ("accuracy", "mae", "mse")  # what `metric_sums` in the script 
 # Module-level names the script defines or imports; the generator keeps them free.
 RESERVED = ("TRAIN_SECTION", "read_data_file", "read_arrays", "start_from", "read_sample_set",
             "check_counts", "hold_out", "as_inputs", "as_targets", "metric_sums", "evaluate",
-            "setup_processes", "save_atomically", "pick_device", "shard_by_block", "cpu_state",
-            "parse_args", "main", "train", "argparse", "csv", "gc", "os", "time", "np", "dist")
+            "setup_processes", "save_atomically", "device_name", "pick_device",
+            "shard_by_block", "cpu_state", "parse_args", "main", "train", "argparse", "csv",
+            "gc", "os", "time", "np", "dist")
 
 _HEAD = '''\
 # ---- training entry point ----------------------------------------------------------------
@@ -36,15 +37,36 @@ _HEAD = '''\
 '''
 
 _SCRIPT = _HEAD + script_data.TEXT + '''\
+def device_name(text):
+    """--device's form: cpu, cuda, cuda:N, mps or auto."""
+    kind, colon, index = text.partition(":")
+    if kind in ("cpu", "mps", "auto") and not colon:
+        return kind
+    if kind == "cuda" and (not colon or index.isascii() and index.isdigit()):
+        return f"cuda:{int(index)}" if colon else kind
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a device: use cpu, cuda, cuda:N (a GPU's index), mps or auto"
+    )
+
+
 def pick_device(requested):
-    """`auto`: CUDA if there is a GPU, else Apple's MPS, else the CPU."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """`auto`: CUDA if there is a GPU, else Apple's MPS, else the CPU; a device this
+    machine does not have stops the script with a message."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    kind, _, index = requested.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SystemExit(f"--device {requested}: PyTorch sees no CUDA GPU")
+        if index and int(index) >= count:
+            seen = ", ".join(f"cuda:{i}" for i in range(count))
+            raise SystemExit(f"--device {requested}: PyTorch sees only {seen}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("--device mps: Apple's Metal (MPS) is not available here")
+    return requested
 
 
 def shard_by_block(model):
@@ -74,7 +96,10 @@ def setup_processes(requested):
     """(rank, world size, device). Under torchrun (which sets WORLD_SIZE) this process joins
     the group first: NCCL with one GPU per process for CUDA, Gloo for the CPU."""
     if "WORLD_SIZE" not in os.environ:
-        return 0, 1, torch.device(requested)
+        device = torch.device(requested)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # what torch puts on "cuda" goes there too
+        return 0, 1, device
     if requested.startswith("cuda"):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -153,8 +178,10 @@ def parse_args(argv=None):
     add("--out", default="checkpoints", help="folder for the weights (%(default)s)")
     add(
         "--device",
+        type=device_name,
         default="auto",
-        help="cpu, cuda, cuda:N, mps or auto (%(default)s: cuda, else mps, else cpu)",
+        help="cpu, cuda, cuda:N, mps or auto (%(default)s: cuda, else mps, else cpu); "
+        "under torchrun each process takes the GPU of its LOCAL_RANK",
     )
     add(
         "--precision",

@@ -11,20 +11,41 @@ optional layer one of the spec's conditions whose value, use by use, says whethe
 built. `conform` then writes each use in that one form, with `UNKNOWN` for the numbers of a
 layer it does not build, so the sharing phase treats the uses as one group.
 
-Where no such form exists (the uses differ in a shared layer, or no condition of the spec
-says which layer is built), the uses stay separate classes and the plan says why.
+Two more differences have a form of their own, as in torchvision's InvertedResidual:
+
+- a labelled chain (`self.conv = nn.Sequential(...)`) whose uses leave out some members
+  (MobileNetV2's expansion when `expand == 1`) collects its members in a list, each
+  optional one appended under the spec's condition, then `nn.Sequential(*layers)`; members
+  are matched by where the spec writes them (`lower.Unit.chains`), else alike from the end;
+- an input added in some uses only (`x + y if stride == 1 and C == out else y`) is
+  `self.use_residual = <condition>` and `return x + h if self.use_residual else h`.
+
+Where no such form exists (the uses differ in a shared layer, a chain's members come in
+another order, or no condition of the spec says which layer is built), the uses stay
+separate classes and the plan says why.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from nnspec.backends.torch.conditions import condition_code, conditions, evaluate
 from nnspec.backends.torch.lower import Unit
-from nnspec.backends.torch.source import Block, Group, Instance, Num, Stmt, expr, layout, walk
-from nnspec.diagnostics import DiagnosticError
-from nnspec.ir.arithmetic import combine, is_number
+from nnspec.backends.torch.source import (
+    Block,
+    Group,
+    Instance,
+    Num,
+    Stmt,
+    call,
+    expr,
+    layout,
+    list_of,
+    substitute,
+    walk,
+)
 from nnspec.syntax import ast
 
 
@@ -37,9 +58,6 @@ class _Unknown:
 
 UNKNOWN = _Unknown()
 
-_COMPARE = ("<", "<=", ">", ">=", "==", "!=")
-_PYTHON_PRECEDENCE = {"or": 1, "and": 2, "not": 3, **dict.fromkeys(_COMPARE, 4), "+": 5,
-                      "-": 5, "*": 6, "/": 6, "%": 6, "neg": 7, "^": 8}
 _ATTRIBUTE = re.compile(r"\bself\.(\w+)")
 
 Env = Callable[[Unit], Mapping[str, object]]  # a use's parameters and input dims by name
@@ -51,6 +69,10 @@ class Plan:
 
     full: Unit  # a use that builds every optional layer
     optional: Mapping[str, tuple[ast.Expr, bool]]  # attribute -> (condition, built when)
+    # an nn.Sequential attribute -> its optional members by index -> (condition, built when)
+    members: Mapping[str, Mapping[int, tuple[ast.Expr, bool]]] = field(default_factory=dict)
+    residual: tuple[ast.Expr, bool] | None = None  # when `return x + h` rather than `h`
+    local: str = "layers"  # the list `__init__` builds an nn.Sequential's members in
 
 
 def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
@@ -63,44 +85,76 @@ def plan(groups: list[list[Unit]], definition: ast.Definition | None, env: Env
     if any(a is None for a in attrs):
         return "its uses build their layers differently"
     union = set().union(*attrs)
-    full = next((u for u, a in zip(reps, attrs) if set(a) == union), None)
-    if full is None:
+    complete = [u for u, a in zip(reps, attrs) if set(a) == union]
+    if not complete:
         return "no use builds every layer the others build"
+    # the use with the most chain members, then the longest forward (the one with a residual)
+    full = max(complete, key=lambda u: (sum(len(o) for _, o in u.chains), len(u.forward)))
     full_attrs = _attributes(full)
     optional = [t for t in full_attrs if any(t not in a for a in attrs)]
+    missing: dict[str, list[set[int]]] = {}  # chain attribute -> each use's absent members
     for t in full_attrs:
         stmts = [a[t] for a in attrs if t in a]
-        if len({_blank_text([s]) for s in stmts}) > 1:
+        if len({_blank_text([s]) for s in stmts}) == 1:
+            continue
+        aligned = [_align(full, u, t) if t in a else [] for u, a in zip(reps, attrs)]
+        if t in optional or any(found is None for found in aligned):
             return f"`{t}` is built differently in different uses"
-        if t in optional and any(isinstance(i, Instance) for i in walk(stmts[0])):
-            return f"the optional `{t}` holds a block"
+        count = len(_chain_items(full_attrs[t]))
+        missing[t] = [set(range(count)) - set(found) for found in aligned]
     names = {t.removeprefix("self.") for t in optional}
     guards = [_guard(line, names) for line in full.forward]
     if guards and guards[-1]:
         return "its uses return different values"
+    tails = []  # each use: returns the full use's last line (True) or the value before it
     for unit, present in zip(reps, attrs):
         kept = [line for line, g in zip(full.forward, guards)
                 if all(f"self.{n}" in present for n in g)]
-        if _blank_text(kept) != _blank_text(unit.forward) or \
-                [t for t in full_attrs if t in present] != list(present):
+        if [t for t in full_attrs if t in present] != list(present):
             return "its uses compute different things"
-    conditions = _conditions(definition)
+        if _blank_text(kept) == _blank_text(unit.forward):
+            tails.append(True)
+        elif (reduced := _without_residual(kept, full.params)) is not None and \
+                _blank_text(_canonical(reduced, full.params)) == \
+                _blank_text(_canonical(unit.forward, unit.params)):
+            tails.append(False)
+        else:
+            return "its uses compute different things"
+    spec_conditions = conditions(definition)
     members = [u for g in groups for u in g]
-    chosen: dict[str, tuple[ast.Expr, bool]] = {}
-    for t in optional:
-        built = [t in _attributes(u) for u in members]
-        found = None
-        for cond in conditions:
-            values = [_evaluate(cond, env(u)) for u in members]
+
+    def condition_of(built: list[bool]) -> tuple[ast.Expr, bool] | None:
+        for cond in spec_conditions:
+            values = [evaluate(cond, env(u)) for u in members]
             if any(not isinstance(v, bool) for v in values):
                 continue
             if values == built or [not v for v in values] == built:
-                found = (cond, values == built)
-                break
+                return cond, values == built
+        return None
+
+    chosen: dict[str, tuple[ast.Expr, bool]] = {}
+    for t in optional:
+        found = condition_of([t in _attributes(u) for u in members])
         if found is None:
             return f"no condition of the spec says which uses build `{t}`"
         chosen[t.removeprefix("self.")] = found
-    return Plan(full, chosen)
+    chain_members: dict[str, dict[int, tuple[ast.Expr, bool]]] = {}
+    for t, absent in missing.items():
+        for index in sorted(set().union(*absent)):
+            found = condition_of([index not in a for a, g in zip(absent, groups) for _ in g])
+            if found is None:
+                return f"no condition of the spec says which uses build member {index} of `{t}`"
+            chain_members.setdefault(t, {})[index] = found
+    residual = None
+    if not all(tails):
+        residual = condition_of([t for t, g in zip(tails, groups) for _ in g])
+        if residual is None:
+            return "no condition of the spec says which uses add their input"
+        if "self.use_residual" in full_attrs:
+            return "`self.use_residual` is one of its layers"
+    taken = {p.name for p in definition.params} | set(full.params)
+    local = next(n for n in ("layers", "layers_", "members") if n not in taken)
+    return Plan(full, chosen, chain_members, residual, local)
 
 
 def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
@@ -113,22 +167,73 @@ def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
     for stmt in plan.full.init:
         name = stmt.target.removeprefix("self.")
         own = mine.get(stmt.target)
+        if stmt.target in plan.members:
+            chain = own and _chain_form(stmt, own, unit, plan, env)
+            if not chain:
+                return None
+            init += chain
+            continue
         if name not in plan.optional:
             if own is None:
                 return None
             init.append(own)
             continue
-        cond, when = plan.optional[name]
+        header = _header(plan.optional[name], env)
+        if header is None:
+            return None
         value = own.value if own is not None else _unknown(stmt.value)
-        test = _condition_expr(cond, env)
+        init += [Stmt(stmt.target, ("None",)),
+                 Block(header, (replace(stmt, value=value),))]
+    full_lines = plan.full.forward
+    lines = list(unit.forward)
+    if plan.residual is not None:
+        test = condition_code(plan.residual[0], env)
         if test is None:
             return None
-        header = ("if ", test) if when else ("if not (", test, ")")
-        init += [Stmt(stmt.target, ("None",)),
-                 Block(expr(*header), (replace(stmt, value=value),))]
-    lines = iter(unit.forward)
+        init.append(Stmt("self.use_residual", test if plan.residual[1]
+                         else expr("not (", test, ")")))
+        before, tail = full_lines[-2], full_lines[-1]
+        kept = _kept(plan, mine)
+        adds = len(lines) == len(kept)
+        if not adds:  # its lines with its numbers, its values named as where x is added
+            if len(lines) != len(kept) - 1:
+                return None
+            lines = [substitute(line, iter(list(walk(own))))
+                     for line, own in zip(kept[:-1], lines)]
+        own_tail = lines.pop() if adds else _unknown(tail)
+        full_lines = full_lines[:-1]
+    forward = _forward(full_lines, iter(lines), plan, mine)
+    if forward is None:
+        return None
+    if plan.residual is not None:
+        # the shape is the line's above in either case: the comment gives the spec line
+        forward.append(Stmt(None, expr(*own_tail.value, " if self.use_residual else ",
+                                       before.target), _where(own_tail.comment),
+                            keyword="return"))
+    return replace(unit, init=tuple(init), forward=tuple(forward),
+                   children=tuple(dict.fromkeys((*plan.full.children, *unit.children))),
+                   helpers=plan.full.helpers | unit.helpers)
+
+
+def _where(comment: tuple) -> tuple:
+    """A line comment's spec line alone (`mobilenet_v2.nn:20` of `(B, C, H, W)  ...:20`)."""
+    last = comment[-1] if comment else None
+    if isinstance(last, str) and (len(comment) == 1 or last.startswith("  ")):
+        return (last.strip(),)
+    return ()
+
+
+def _kept(plan: Plan, mine: Mapping[str, Stmt]) -> list:
+    """The full use's forward lines a use with these layers computes."""
+    return [line for line in plan.full.forward
+            if all(f"self.{n}" in mine for n in _guard(line, set(plan.optional)))]
+
+
+def _forward(full_lines, lines, plan: Plan, mine: Mapping[str, Stmt]) -> list | None:
+    """The full use's lines with a use's own where it computes them; lines calling an
+    optional layer under `if self.<layer> is not None:`."""
     forward: list = []
-    for line in plan.full.forward:
+    for line in full_lines:
         guard = _guard(line, set(plan.optional))
         built = all(f"self.{n}" in mine for n in guard)
         own = next(lines, None) if built else _unknown(line)
@@ -143,9 +248,56 @@ def conform(unit: Unit, plan: Plan, env: Mapping[str, object]) -> Unit | None:
         forward.append(own)
     if next(lines, None) is not None:
         return None
-    return replace(unit, init=tuple(init), forward=tuple(forward),
-                   children=tuple(dict.fromkeys((*plan.full.children, *unit.children))),
-                   helpers=plan.full.helpers | unit.helpers)
+    return forward
+
+
+def _header(condition: tuple[ast.Expr, bool], env: Mapping[str, object]):
+    cond, when = condition
+    test = condition_code(cond, env)
+    if test is None:
+        return None
+    return expr("if ", test) if when else expr("if not (", test, ")")
+
+
+def _chain_form(stmt: Stmt, own: Stmt, unit: Unit, plan: Plan, env: Mapping[str, object]
+                ) -> list | None:
+    """`self.conv = nn.Sequential(...)` whose members a spec condition leaves out, as
+    torchvision writes it: the members collected in a list (`layers.append(...)` under the
+    condition), then `self.conv = nn.Sequential(*layers)`."""
+    found = _align(plan.full, unit, stmt.target)
+    if found is None:
+        return None
+    items = [_unknown(item) for item in _chain_items(stmt)]
+    for index, item in zip(found, _chain_items(own)):
+        items[index] = item
+    optional = plan.members[stmt.target]
+    local = plan.local
+
+    def added(members: list) -> Stmt:
+        if len(members) == 1:
+            return Stmt(None, expr(call(f"{local}.append", members[0])))
+        return Stmt(None, expr(call(f"{local}.extend", list_of(members))))
+
+    # runs of members built together: (condition or None for every use, members)
+    runs: list[tuple[tuple | None, list]] = []
+    for index, item in enumerate(items):
+        condition = optional.get(index)
+        if runs and runs[-1][0] == condition:
+            runs[-1][1].append(item)
+        else:
+            runs.append((condition, [item]))
+    out: list = []
+    for condition, members in runs:
+        if condition is None:
+            out.append(added(members) if out else Stmt(local, expr(list_of(members))))
+            continue
+        header = _header(condition, env)
+        if header is None:
+            return None
+        if not out:
+            out.append(Stmt(local, ("[]",)))
+        out.append(Block(header, (added(members),)))
+    return out + [Stmt(stmt.target, expr(call("nn.Sequential", f"*{local}")))]
 
 
 def use_env(unit: Unit, params: Mapping[str, object], definition: ast.Definition
@@ -166,6 +318,92 @@ def use_env(unit: Unit, params: Mapping[str, object], definition: ast.Definition
 
 
 # ---- reading units ----------------------------------------------------------------------
+
+
+def _chain_items(stmt: Stmt) -> tuple | None:
+    """The members of `self.conv = nn.Sequential(a, b, c)`; None for any other value."""
+    value = stmt.value
+    if len(value) == 1 and isinstance(value[0], Group) and value[0].prefix == ("nn.Sequential",):
+        return value[0].items
+    return None
+
+
+def _align(full: Unit, unit: Unit, target: str) -> list[int] | None:
+    """Which of the full use's members of the nn.Sequential `target` each of `unit`'s is, in
+    order; None when `unit`'s are not some of the full use's. A member is the one written at
+    the same place of the spec and alike up to numbers; where the spec writes the chain
+    twice (`seq(a, b, c) if .. else seq(b, c)`), the one alike, matched from the end, as
+    the optional members of a chain usually come first."""
+    origins, full_origins = dict(unit.chains).get(target), dict(full.chains).get(target)
+    items = _chain_items(_attributes(unit)[target])
+    full_items = _chain_items(_attributes(full)[target])
+    if None in (origins, full_origins, items, full_items) or len(items) != len(origins):
+        return None
+    texts = [_blank_text([Stmt(None, i)]) for i in items]
+    full_texts = [_blank_text([Stmt(None, i)]) for i in full_items]
+    same_place = _subsequence(list(zip(origins, texts)), list(zip(full_origins, full_texts)))
+    if same_place is not None:
+        return same_place
+    backwards = _subsequence(texts[::-1], full_texts[::-1])
+    return None if backwards is None else [len(full_items) - 1 - j for j in backwards[::-1]]
+
+
+def _subsequence(keys: list, full_keys: list) -> list[int] | None:
+    """Where each of `keys` is found in `full_keys`, in order, each as early as it can be."""
+    out, j = [], 0
+    for key in keys:
+        while j < len(full_keys) and full_keys[j] != key:
+            j += 1
+        if j == len(full_keys):
+            return None
+        out.append(j)
+        j += 1
+    return out
+
+
+def _without_residual(lines: list, params: tuple[str, ...]) -> list | None:
+    """`h = f(x); return x + h` as `return f(x)`: the lines of a use that does not add its
+    input; None when the last line is not that sum."""
+    if len(lines) < 2 or not isinstance(lines[-1], Stmt) or not isinstance(lines[-2], Stmt):
+        return None
+    last, before = lines[-1], lines[-2]
+    value = before.target
+    if last.keyword != "return" or value is None or \
+            last.value not in ((p, " + ", value) for p in params) and \
+            last.value not in ((value, " + ", p) for p in params):
+        return None
+    return [*lines[:-2], Stmt(None, before.value, before.comment, keyword="return")]
+
+
+def _canonical(lines, params: tuple[str, ...]) -> list:
+    """`lines` with each variable named by the order its value was made, so that uses
+    naming their values differently (`x = f(x)` where `h = f(x)` keeps `x` for a residual)
+    read alike."""
+    names = {p: f"<in{i}>" for i, p in enumerate(params)}
+    made = 0
+
+    def rename(node):
+        if isinstance(node, str):
+            return names.get(node, node)
+        if isinstance(node, Group):
+            return replace(node, prefix=rename(node.prefix),
+                           items=tuple(rename(i) for i in node.items))
+        return tuple(rename(i) for i in node) if isinstance(node, tuple) else node
+
+    def visit(line):
+        nonlocal made
+        if isinstance(line, Block):
+            return replace(line, header=rename(line.header), body=tuple(map(visit, line.body)))
+        value = rename(line.value)
+        targets = []
+        for name in (line.target or "").split(", ") if line.target else ():
+            if name != "_":
+                made += 1
+                names[name] = f"<v{made}>"
+            targets.append(names.get(name, name))
+        return replace(line, value=value, target=", ".join(targets) if targets else None)
+
+    return [visit(line) for line in lines]
 
 
 def _attributes(unit: Unit) -> dict[str, Stmt] | None:
@@ -194,6 +432,8 @@ def _unknown(node):
     """`node` with every number unknown."""
     if isinstance(node, Num):
         return replace(node, value=UNKNOWN)
+    if isinstance(node, Instance):
+        return replace(node, unknown=True)
     if isinstance(node, Group):
         return replace(node, prefix=_unknown(node.prefix),
                        items=tuple(_unknown(i) for i in node.items))
@@ -204,95 +444,3 @@ def _unknown(node):
     if isinstance(node, Block):
         return replace(node, header=_unknown(node.header), body=_unknown(node.body))
     return node
-
-
-# ---- the spec's conditions ----------------------------------------------------------------
-
-
-def _conditions(definition: ast.Definition) -> list[ast.Expr]:
-    """The conditions of the block's `a if cond else b` expressions, in source order."""
-    out: list[ast.Expr] = []
-
-    def visit(node) -> None:
-        if isinstance(node, ast.Conditional):
-            out.append(node.cond)
-        if isinstance(node, ast.Node):
-            for value in vars(node).values():
-                for child in value if isinstance(value, tuple) else (value,):
-                    if isinstance(child, ast.Node):
-                        visit(child)
-
-    for stmt in definition.body:
-        visit(stmt)
-    return out
-
-
-def _evaluate(node, env: Mapping[str, object]):
-    """The value of a condition for one use; None where it reads something else."""
-    try:
-        return _value(node, env)
-    except (KeyError, TypeError, ArithmeticError, ValueError, DiagnosticError):
-        return None
-
-
-def _value(node, env: Mapping[str, object]):
-    if isinstance(node, ast.Number):
-        return node.value
-    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
-        return node.value
-    if isinstance(node, ast.Name):
-        value = env[node.id]
-        if not (is_number(value) or isinstance(value, bool)):
-            raise TypeError(node.id)
-        return value
-    if isinstance(node, ast.Unary):
-        inner = _value(node.operand, env)
-        return (not inner) if node.op == "not" else -inner
-    if isinstance(node, ast.BinOp):
-        if node.op in ("and", "or"):
-            left, right = _value(node.left, env), _value(node.right, env)
-            return (left and right) if node.op == "and" else (left or right)
-        left, right = _value(node.left, env), _value(node.right, env)
-        if node.op in ("<", "<=", ">", ">="):
-            return {"<": left < right, "<=": left <= right, ">": left > right,
-                    ">=": left >= right}[node.op]
-        return combine(node.op, left, right, node.span)
-    raise TypeError(type(node).__name__)
-
-
-def _condition_expr(node, env: Mapping[str, object]):
-    """A condition as code whose names are `Num`s (so sharing makes them the block's
-    arguments); None where it reads something that is not a number."""
-    try:
-        return _code(node, env)[0]
-    except (KeyError, TypeError):
-        return None
-
-
-def _code(node, env: Mapping[str, object]) -> tuple[tuple, int]:
-    if isinstance(node, ast.Number):
-        return (repr(node.value),), 9
-    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
-        return (repr(node.value),), 9
-    if isinstance(node, ast.Name):
-        value = env[node.id]
-        if not (is_number(value) or isinstance(value, bool)):
-            raise TypeError(node.id)
-        return (Num(value, node.id, primary=False),), 9
-    if isinstance(node, ast.Unary):
-        op = "not" if node.op == "not" else "neg"
-        inner, prec = _code(node.operand, env)
-        prec_op = _PYTHON_PRECEDENCE[op]
-        inner = inner if prec > prec_op else ("(", *inner, ")")
-        return (("not " if op == "not" else "-"), *inner), prec_op
-    if isinstance(node, ast.BinOp) and node.op in _PYTHON_PRECEDENCE:
-        prec = _PYTHON_PRECEDENCE[node.op]
-        left, left_prec = _code(node.left, env)
-        right, right_prec = _code(node.right, env)
-        if left_prec < prec or (prec == 4 and left_prec == 4):
-            left = ("(", *left, ")")
-        if right_prec <= prec:
-            right = ("(", *right, ")")
-        op = {"^": "**"}.get(node.op, node.op)
-        return (*left, f" {op} ", *right), prec
-    raise TypeError(type(node).__name__)

@@ -5,110 +5,52 @@
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import nn
 
 
 class InvertedResidual(nn.Module):
     """`block InvertedResidual` of mobilenet_v2.nn:13.
 
-    One class per structure: `self.conv` is built differently in different uses.
+    Used as features.1, features.2, features.3 and 14 more.
     """
 
-    def __init__(self, out, stride, expand):
+    def __init__(self, in_channels, out, stride, expand):
         super().__init__()
-        self.conv = nn.ModuleList(
-            [
+        hidden = in_channels * expand
+        layers = []
+        if expand != 1:
+            layers.append(
                 nn.Sequential(
-                    nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
-                    nn.BatchNorm2d(32),
-                ),
-                nn.Conv2d(32, 16, 1, bias=False),
-                nn.BatchNorm2d(16),
-            ]
-        )
-
-    def forward(self, x):
-        x = self.conv[0](x)  # (B, 32, H, W)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, 32, H, W)  mobilenet_v2.nn:10
-        x = self.conv[1](x)  # (B, 16, H, W)  mobilenet_v2.nn:17
-        return self.conv[2](x)  # (B, 16, H, W)  mobilenet_v2.nn:17
-
-
-class InvertedResidual2(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13.
-
-    Used as features.2, features.4, features.7 and 3 more.
-    One class per structure: `self.conv` is built differently in different uses.
-    """
-
-    def __init__(self, in_channels, channels, out, stride, expand):
-        super().__init__()
-        self.conv = nn.ModuleList(
+                    nn.Conv2d(in_channels, hidden, 1, bias=False),
+                    nn.BatchNorm2d(hidden),
+                    nn.ReLU6(),
+                )
+            )
+        layers.extend(
             [
-                nn.Sequential(
-                    nn.Conv2d(in_channels, channels, 1, bias=False),
-                    nn.BatchNorm2d(channels),
-                ),
                 nn.Sequential(
                     nn.Conv2d(
-                        channels,
-                        channels,
+                        hidden,
+                        hidden,
                         3,
                         stride=stride,
                         padding=1,
-                        groups=channels,
+                        groups=hidden,
                         bias=False,
                     ),
-                    nn.BatchNorm2d(channels),
+                    nn.BatchNorm2d(hidden),
+                    nn.ReLU6(),
                 ),
-                nn.Conv2d(channels, out, 1, bias=False),
+                nn.Conv2d(hidden, out, 1, bias=False),
                 nn.BatchNorm2d(out),
             ]
         )
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out
 
     def forward(self, x):
-        x = self.conv[0](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        x = self.conv[1](x)  # (B, channels, H/stride, W/stride)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, channels, H/stride, W/stride)  mobilenet_v2.nn:10
-        x = self.conv[2](x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:17
-        return self.conv[3](x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:17
-
-
-class InvertedResidual3(nn.Module):
-    """`block InvertedResidual` of mobilenet_v2.nn:13.
-
-    Used as features.3, features.5, features.6 and 7 more.
-    One class per structure: `self.conv` is built differently in different uses.
-    """
-
-    def __init__(self, channels, out, stride, expand):
-        super().__init__()
-        self.conv = nn.ModuleList(
-            [
-                nn.Sequential(
-                    nn.Conv2d(out, channels, 1, bias=False), nn.BatchNorm2d(channels)
-                ),
-                nn.Sequential(
-                    nn.Conv2d(
-                        channels, channels, 3, padding=1, groups=channels, bias=False
-                    ),
-                    nn.BatchNorm2d(channels),
-                ),
-                nn.Conv2d(channels, out, 1, bias=False),
-                nn.BatchNorm2d(out),
-            ]
-        )
-
-    def forward(self, x):
-        h = self.conv[0](x)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        h = F.relu6(h)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        h = self.conv[1](h)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        h = F.relu6(h)  # (B, channels, H, W)  mobilenet_v2.nn:10
-        h = self.conv[2](h)  # (B, out, H, W)  mobilenet_v2.nn:17
-        h = self.conv[3](h)  # (B, out, H, W)  mobilenet_v2.nn:17
-        return x + h  # (B, out, H, W)  mobilenet_v2.nn:20
+        h = self.conv(x)  # (B, out, H/stride, W/stride)  mobilenet_v2.nn:18
+        return x + h if self.use_residual else h  # mobilenet_v2.nn:20
 
 
 @dataclass
@@ -127,63 +69,41 @@ class MobileNetV2(nn.Module):
         if config is None:
             config = MobileNetV2Config()
         self.config = config
-        self.features = nn.ModuleList(
-            [
-                nn.Sequential(
-                    nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False),
-                    nn.BatchNorm2d(32),
-                ),
-                InvertedResidual(16, 1, 1),
-                InvertedResidual2(16, 96, 24, 2, 6),
-                InvertedResidual3(144, 24, 1, 6),
-                InvertedResidual2(24, 144, 32, 2, 6),
-                InvertedResidual3(192, 32, 1, 6),
-                InvertedResidual3(192, 32, 1, 6),
-                InvertedResidual2(32, 192, 64, 2, 6),
-                InvertedResidual3(384, 64, 1, 6),
-                InvertedResidual3(384, 64, 1, 6),
-                InvertedResidual3(384, 64, 1, 6),
-                InvertedResidual2(64, 384, 96, 1, 6),
-                InvertedResidual3(576, 96, 1, 6),
-                InvertedResidual3(576, 96, 1, 6),
-                InvertedResidual2(96, 576, 160, 2, 6),
-                InvertedResidual3(960, 160, 1, 6),
-                InvertedResidual3(960, 160, 1, 6),
-                InvertedResidual2(160, 960, 320, 1, 6),
-                nn.Sequential(
-                    nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280)
-                ),
-            ]
+        self.features = nn.Sequential(
+            nn.Sequential(
+                nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(32),
+                nn.ReLU6(),
+            ),
+            InvertedResidual(32, 16, 1, 1),
+            InvertedResidual(16, 24, 2, 6),
+            InvertedResidual(24, 24, 1, 6),
+            InvertedResidual(24, 32, 2, 6),
+            InvertedResidual(32, 32, 1, 6),
+            InvertedResidual(32, 32, 1, 6),
+            InvertedResidual(32, 64, 2, 6),
+            InvertedResidual(64, 64, 1, 6),
+            InvertedResidual(64, 64, 1, 6),
+            InvertedResidual(64, 64, 1, 6),
+            InvertedResidual(64, 96, 1, 6),
+            InvertedResidual(96, 96, 1, 6),
+            InvertedResidual(96, 96, 1, 6),
+            InvertedResidual(96, 160, 2, 6),
+            InvertedResidual(160, 160, 1, 6),
+            InvertedResidual(160, 160, 1, 6),
+            InvertedResidual(160, 320, 1, 6),
+            nn.Sequential(
+                nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()
+            ),
         )
-        self.classifier = nn.ModuleList(
-            [nn.Identity(), nn.Linear(1280, config.classes)]
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=0.2), nn.Linear(1280, config.classes)
         )
 
     def forward(self, image):
-        x = self.features[0](image)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, 32, H/2, W/2)  mobilenet_v2.nn:10
-        x = self.features[1](x)  # (B, 16, H/2, W/2)  mobilenet_v2.nn:26
-        x = self.features[2](x)  # (B, 24, H/4, W/4)  mobilenet_v2.nn:27
-        x = self.features[3](x)  # (B, 24, H/4, W/4)  mobilenet_v2.nn:27
-        x = self.features[4](x)  # (B, 32, H/8, W/8)  mobilenet_v2.nn:28
-        x = self.features[5](x)  # (B, 32, H/8, W/8)  mobilenet_v2.nn:28
-        x = self.features[6](x)  # (B, 32, H/8, W/8)  mobilenet_v2.nn:28
-        x = self.features[7](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
-        x = self.features[8](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
-        x = self.features[9](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
-        x = self.features[10](x)  # (B, 64, H/16, W/16)  mobilenet_v2.nn:29
-        x = self.features[11](x)  # (B, 96, H/16, W/16)  mobilenet_v2.nn:30
-        x = self.features[12](x)  # (B, 96, H/16, W/16)  mobilenet_v2.nn:30
-        x = self.features[13](x)  # (B, 96, H/16, W/16)  mobilenet_v2.nn:30
-        x = self.features[14](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
-        x = self.features[15](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
-        x = self.features[16](x)  # (B, 160, H/32, W/32)  mobilenet_v2.nn:31
-        x = self.features[17](x)  # (B, 320, H/32, W/32)  mobilenet_v2.nn:32
-        x = self.features[18](x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:10
-        x = F.relu6(x)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:10
+        x = self.features(image)  # (B, 1280, H/32, W/32)  mobilenet_v2.nn:25
         x = x.mean(dim=(2, 3))  # (B, 1280)  mobilenet_v2.nn:34
-        x = F.dropout(x, p=0.2, training=self.training)  # (B, 1280)  mobilenet_v2.nn:35
-        return self.classifier[1](x)  # (B, classes)  mobilenet_v2.nn:35
+        return self.classifier(x)  # (B, classes)  mobilenet_v2.nn:35
 
 
 def save_weights(model, path):

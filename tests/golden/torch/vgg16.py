@@ -25,92 +25,54 @@ class VGG16(nn.Module):
         if config is None:
             config = VGG16Config()
         self.config = config
-        self.features = nn.ModuleList(
-            [
-                nn.Conv2d(3, 64, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(64, 64, 3, padding=1),
-                nn.Identity(),
-                nn.Identity(),
-                nn.Conv2d(64, 128, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(128, 128, 3, padding=1),
-                nn.Identity(),
-                nn.Identity(),
-                nn.Conv2d(128, 256, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(256, 256, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(256, 256, 3, padding=1),
-                nn.Identity(),
-                nn.Identity(),
-                nn.Conv2d(256, 512, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(512, 512, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(512, 512, 3, padding=1),
-                nn.Identity(),
-                nn.Identity(),
-                nn.Conv2d(512, 512, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(512, 512, 3, padding=1),
-                nn.Identity(),
-                nn.Conv2d(512, 512, 3, padding=1),
-            ]
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(128, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(256, 512, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(512, 512, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(512, 512, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(512, 512, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(512, 512, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(512, 512, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
-        self.classifier = nn.ModuleList(
-            [
-                nn.Linear(25088, 4096),
-                nn.Identity(),
-                nn.Identity(),
-                nn.Linear(4096, 4096),
-                nn.Identity(),
-                nn.Identity(),
-                nn.Linear(4096, config.classes),
-            ]
+        self.classifier = nn.Sequential(
+            nn.Linear(25088, 4096),
+            nn.ReLU(),
+            nn.Dropout(p=0.5),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Dropout(p=0.5),
+            nn.Linear(4096, config.classes),
         )
 
     def forward(self, image):
-        x = self.features[0](image)  # (B, 64, size, size)  vgg16.nn:7
-        x = F.relu(x)  # (B, 64, size, size)  vgg16.nn:7
-        x = self.features[2](x)  # (B, 64, size, size)  vgg16.nn:7
-        x = F.relu(x)  # (B, 64, size, size)  vgg16.nn:7
-        x = F.max_pool2d(x, 2)  # (B, 64, H/2, W/2)  vgg16.nn:7
-        x = self.features[5](x)  # (B, 128, H/2, W/2)  vgg16.nn:8
-        x = F.relu(x)  # (B, 128, H/2, W/2)  vgg16.nn:8
-        x = self.features[7](x)  # (B, 128, H/2, W/2)  vgg16.nn:8
-        x = F.relu(x)  # (B, 128, H/2, W/2)  vgg16.nn:8
-        x = F.max_pool2d(x, 2)  # (B, 128, H/4, W/4)  vgg16.nn:8
-        x = self.features[10](x)  # (B, 256, H/4, W/4)  vgg16.nn:9
-        x = F.relu(x)  # (B, 256, H/4, W/4)  vgg16.nn:9
-        x = self.features[12](x)  # (B, 256, H/4, W/4)  vgg16.nn:9
-        x = F.relu(x)  # (B, 256, H/4, W/4)  vgg16.nn:9
-        x = self.features[14](x)  # (B, 256, H/4, W/4)  vgg16.nn:9
-        x = F.relu(x)  # (B, 256, H/4, W/4)  vgg16.nn:9
-        x = F.max_pool2d(x, 2)  # (B, 256, H/8, W/8)  vgg16.nn:9
-        x = self.features[17](x)  # (B, 512, H/8, W/8)  vgg16.nn:10
-        x = F.relu(x)  # (B, 512, H/8, W/8)  vgg16.nn:10
-        x = self.features[19](x)  # (B, 512, H/8, W/8)  vgg16.nn:10
-        x = F.relu(x)  # (B, 512, H/8, W/8)  vgg16.nn:10
-        x = self.features[21](x)  # (B, 512, H/8, W/8)  vgg16.nn:10
-        x = F.relu(x)  # (B, 512, H/8, W/8)  vgg16.nn:10
-        x = F.max_pool2d(x, 2)  # (B, 512, H/16, W/16)  vgg16.nn:10
-        x = self.features[24](x)  # (B, 512, H/16, W/16)  vgg16.nn:11
-        x = F.relu(x)  # (B, 512, H/16, W/16)  vgg16.nn:11
-        x = self.features[26](x)  # (B, 512, H/16, W/16)  vgg16.nn:11
-        x = F.relu(x)  # (B, 512, H/16, W/16)  vgg16.nn:11
-        x = self.features[28](x)  # (B, 512, H/16, W/16)  vgg16.nn:11
-        x = F.relu(x)  # (B, 512, H/16, W/16)  vgg16.nn:11
-        x = F.max_pool2d(x, 2)  # (B, 512, H/32, W/32)  vgg16.nn:11
+        x = self.features(image)  # (B, 512, H/32, W/32)  vgg16.nn:7
         x = F.adaptive_avg_pool2d(x, 7)  # (B, 512, 7, 7)  vgg16.nn:12
         x = x.flatten(1)  # (B, 25088)  vgg16.nn:12
-        x = self.classifier[0](x)  # (B, 4096)  vgg16.nn:13
-        x = F.relu(x)  # (B, 4096)  vgg16.nn:13
-        x = F.dropout(x, p=0.5, training=self.training)  # (B, 4096)  vgg16.nn:13
-        x = self.classifier[3](x)  # (B, 4096)  vgg16.nn:14
-        x = F.relu(x)  # (B, 4096)  vgg16.nn:14
-        x = F.dropout(x, p=0.5, training=self.training)  # (B, 4096)  vgg16.nn:14
-        return self.classifier[6](x)  # (B, classes)  vgg16.nn:15
+        return self.classifier(x)  # (B, classes)  vgg16.nn:13
 
 
 def save_weights(model, path):
