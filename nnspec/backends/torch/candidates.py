@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from nnspec.backends.torch.source import Num
-from nnspec.backends.torch.spec_exprs import expressions
+from nnspec.backends.torch.spec_exprs import expressions, is_arithmetic
 from nnspec.backends.torch.variants import UNKNOWN
 from nnspec.ir.arithmetic import is_number
 from nnspec.syntax import ast
@@ -32,9 +32,11 @@ class Candidate:
 
 
 def spec_locals(spec: ast.Definition | None) -> dict[str, str]:
-    """The spec's local sizes (`hidden = C * expand`) by their expression."""
+    """The spec's local sizes (`hidden = C * expand`) by their expression (only arithmetic
+    can be one: a tensor's 3,000-term sum is not, and its repr would recurse per term)."""
     body = spec.body if spec is not None else ()
-    return {repr(s.value): s.name for s in body if isinstance(s, ast.Assign)}
+    return {repr(s.value): s.name for s in body
+            if isinstance(s, ast.Assign) and is_arithmetic(s.value)}
 
 
 def param_candidates(spec: ast.Definition | None, params: list[str], envs: list[dict],

@@ -82,6 +82,11 @@ def _subexpressions(root) -> Iterator[ast.Expr]:
         todo.extend(reversed(children))
 
 
+def is_arithmetic(node) -> bool:
+    """Plain arithmetic of numbers and names, short enough to be a size someone wrote."""
+    return _names(node) is not None
+
+
 def _names(node) -> set[str] | None:
     """The names an arithmetic expression reads; None if it is not plain arithmetic, or
     longer than a size anyone writes (`_MAX_TERMS`), which also bounds the recursion of
