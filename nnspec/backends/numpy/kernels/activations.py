@@ -173,7 +173,10 @@ def gelu(x, *, approximate="none"):
             np.exp(density, out=density)
         density *= _INV_SQRT_2PI
         density *= x
-        density += np.divide(out, x, out=np.full_like(x, 0.5), where=x != 0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 at x = 0, set below
+            cdf = out / x
+        np.copyto(cdf, 0.5, where=x == 0)
+        density += cdf
         density *= d_out
         return (density,)
 
