@@ -86,9 +86,12 @@ def _sigmoid(x):
 
 def relu(x):
     out = np.maximum(x, 0)
+    # a mask, a quarter of the output's size: a convolution next keeps a padded copy of
+    # its input, so the output itself is often held by nothing else
+    positive = out > 0
 
     def backward(d_out):
-        return (d_out * (out > 0),)
+        return (d_out * positive,)
 
     return out, backward
 

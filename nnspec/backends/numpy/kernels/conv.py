@@ -35,6 +35,14 @@ def crop_padding(x_padded, padding):
     return np.ascontiguousarray(x_padded[index])
 
 
+def crop_to_batch_first(padded, padding):
+    """The interior of a channels-first (C, N, *padded) map as a contiguous (N, C, *spatial)
+    array, in one copy (cropping first, then transposing, were two)."""
+    index = (slice(None), slice(None)) + tuple(
+        slice(lo, size - hi) for (lo, hi), size in zip(padding, padded.shape[2:]))
+    return np.ascontiguousarray(np.swapaxes(padded[index], 0, 1))
+
+
 def output_size(padded, kernel, stride, dilation):
     """Output length per spatial dim of a window sweep over an already padded input."""
     sizes = tuple(
@@ -160,7 +168,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
             dcolumns = dcolumns.reshape(channels, *kernel, n, *out)
             dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
                                         x_padded.shape, kernel, stride, dilation, out, dy.dtype)
-        dx = np.ascontiguousarray(np.swapaxes(crop_padding(dx_padded, padding), 0, 1))
+        dx = crop_to_batch_first(dx_padded, padding)
         return dx, dweight, dbias
 
     return y, backward
@@ -262,8 +270,9 @@ def _shifted(x, weight, bias, padding, dilation, input_grad):
         term = np.empty((channels, length), dtype=dy.dtype)
         for number, start in enumerate(starts):
             dx_flat[:, start:start + length] += np.matmul(taps[number].T, dy_rows, out=term)
+        del term, dy_frame, dy_rows  # freed before the copy out
         dx_padded = dx_flat.reshape(channels, n, *padded)
-        dx = np.ascontiguousarray(np.swapaxes(crop_padding(dx_padded, padding), 0, 1))
+        dx = crop_to_batch_first(dx_padded, padding)
         return dx, dweight, dbias
 
     return y, backward
