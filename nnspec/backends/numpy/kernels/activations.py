@@ -156,8 +156,34 @@ def gelu(x, *, approximate="none"):
         return _gelu_tanh(x)
     if approximate != "none":
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    for block in _blocks(x.size):
+        _gelu_block(x.reshape(-1)[block], out.reshape(-1)[block])
+
+    def backward(d_out):
+        grad = np.empty_like(x)
+        d_flat = np.ascontiguousarray(d_out).reshape(-1)
+        for block in _blocks(x.size):
+            _gelu_grad_block(x.reshape(-1)[block], out.reshape(-1)[block], d_flat[block],
+                             grad.reshape(-1)[block])
+        return (grad,)
+
+    return out, backward
+
+
+# GELU runs over blocks of this many values: a block's half-dozen temporaries stay in the
+# core's cache, and none is the size of the whole activation (a transformer's largest)
+_GELU_BLOCK = 1 << 16
+
+
+def _blocks(size):
+    return (slice(start, start + _GELU_BLOCK) for start in range(0, size, _GELU_BLOCK))
+
+
+def _gelu_block(x, out):
     scaled = x * _SQRT_HALF
-    half_square = np.square(scaled)  # x^2 / 2, also the exponent of the density in backward
+    half_square = np.square(scaled)  # x^2 / 2
     cdf = _erf_rational(scaled, np.minimum(half_square, _ERF_CLAMP**2))
     # Past |x / sqrt(2)| = 3.9 erf rounds to +-1 in float32; setting it exactly there (which
     # also covers the unclamped, meaningless rational beyond 4) keeps x * Phi(x) exactly 0 for
@@ -165,25 +191,24 @@ def gelu(x, *, approximate="none"):
     np.copysign(1, scaled, out=cdf, where=half_square >= _ERF_SATURATED**2)
     cdf += 1
     cdf *= 0.5
-    out = np.multiply(x, cdf, out=cdf)
+    np.multiply(x, cdf, out=out)
 
-    def backward(d_out):
-        # Phi(x) is read back from the output (out / x, 1/2 at 0), which the next layer
-        # keeps anyway: the step holds no array of its own (the erf costs 7x this divide)
-        density = np.square(x)
-        density *= -0.5
-        with np.errstate(under="ignore"):  # the density underflows to 0 for |x| > ~14
-            np.exp(density, out=density)
-        density *= _INV_SQRT_2PI
-        density *= x
-        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 at x = 0, set below
-            cdf = out / x
-        np.copyto(cdf, 0.5, where=x == 0)
-        density += cdf
-        density *= d_out
-        return (density,)
 
-    return out, backward
+def _gelu_grad_block(x, out, d_out, grad):
+    """Phi(x) + x phi(x), times d_out. Phi(x) is read back from the output (out / x, 1/2 at
+    0), which the next layer keeps anyway: the step holds no array of its own (the erf
+    costs 7x this divide)."""
+    density = np.square(x)
+    density *= -0.5
+    with np.errstate(under="ignore"):  # the density underflows to 0 for |x| > ~14
+        np.exp(density, out=density)
+    density *= _INV_SQRT_2PI
+    density *= x
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 at x = 0, set below
+        cdf = out / x
+    np.copyto(cdf, 0.5, where=x == 0)
+    density += cdf
+    np.multiply(density, d_out, out=grad)
 
 
 def _gelu_tanh(x):
