@@ -5,13 +5,13 @@ Each workload is one `.nn` spec under bench/specs/ plus a batch size: `WORKLOADS
 only list to extend. Per workload it prints ms per step of each backend, the ratio
 numpy/torch (lower is better), the peak memory of each backend's steps (in a fresh child
 process per backend: the resident peak `VmHWM` is reset through /proc/self/clear_refs after
-the model is built, and the figure is that peak over three steps minus the resident size
-before them) and the achieved GFLOP/s of each
+the model and batch are made, nothing having run yet, and the figure is that peak over three
+steps minus the resident size before them) and the achieved GFLOP/s of each
 against the machine's float32 GEMM rate, measured first. FLOPs per step are counted as
 3 x 2 x MACs x batch (forward, then input and weight gradients), from `nnspec summary`'s MACs.
 
 Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet] [--batches 8,64,256]
-[--lengths 32,64,128,256,512]
+[--lengths 32,64,128,256,512] [--memory-only]
 (`--batches` times every chosen workload at each batch size instead of its own, `--lengths`
 every sequence workload at each length, to show how the step time grows.)
 `BENCH_THREADS` (default 2) is the thread count of both backends, NumPy's BLAS included; on a
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import multiprocessing
 import os
 import statistics
@@ -71,8 +72,6 @@ def load_workload(workload: Workload):
 
 def make_batch(spec, workload: Workload, rng) -> tuple:
     """Random inputs of the declared types and targets shaped like the model's output."""
-    from nnspec.backends.numpy.model import NumpyModel
-
     arrays = []
     for name in spec.graph.inputs:
         declared = spec.graph.node(name).type
@@ -82,12 +81,15 @@ def make_batch(spec, workload: Workload, rng) -> tuple:
         else:
             arrays.append(rng.standard_normal(shape).astype(np.float32))
     x = arrays[0] if len(arrays) == 1 else tuple(arrays)
-    out = NumpyModel.from_spec(spec)(x)
+    # the output's shape from its type, not from running the model: a forward pass here
+    # would leave freed memory in the process and hide part of the measured steps' peak
+    declared = spec.graph.node(spec.graph.outputs[0]).type
+    out_shape = (workload.batch, *(workload.dims.get(d, d) for d in declared.shape))
     target_type = spec.train.loss_graph.node("target").type
     if target_type.dtype == "int64":
-        target = rng.integers(0, out.shape[-1], out.shape[:-1])
+        target = rng.integers(0, out_shape[-1], out_shape[:-1])
     else:
-        target = rng.standard_normal(out.shape).astype(np.float32)
+        target = rng.standard_normal(out_shape).astype(np.float32)
     return x, target
 
 
@@ -160,6 +162,7 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
 
         torch.set_num_threads(threads)
     step = make_steps(workload)[backend]
+    gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size
     before = _status_kib("VmRSS")
@@ -200,6 +203,8 @@ def main():
     parser.add_argument("--only", default="",
                         help="run the workloads whose name contains this (or any of a|b)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="measure the peaks only (no timing)")
     parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep")
     parser.add_argument("--lengths", default="",
                         help="comma-separated sequence lengths to sweep (sequence workloads)")
@@ -225,6 +230,10 @@ def main():
         chosen = [dataclasses.replace(w, name=f"{w.name} T{n}", hyper={w.length: n})
                   for w in chosen if w.length for n in map(int, args.lengths.split(","))]
     for workload in chosen:
+        if args.memory_only:
+            mem = peak_memory_mib(workload, threads)
+            print(f"{workload.name:<40}{'':>25}{mem[0]:>8.1f}{mem[1]:>8.1f}", flush=True)
+            continue
         ours, theirs = make_steps(workload)
         for _ in range(2):
             ours()

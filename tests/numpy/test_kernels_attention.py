@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnspec.backends.numpy.kernels import attention as attention_kernels
 from nnspec.backends.numpy.kernels.attention import CAUSAL_BLOCK, attention, rope
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
 from nnspec.backends.numpy.kernels.norm_rms import rms_norm
@@ -102,8 +103,22 @@ def check_self_attention(batch, steps, heads, head_dim, causal, has_bias):
 def test_cross_attention_with_both_masks_matches_torch(kdim, masks, per_sample_mask):
     """Queries from x, keys/values from memory; a key-padding mask and an attention mask,
     boolean (True hides) or additive float (which also gets its gradient)."""
+    check_cross_attention(kdim, masks, per_sample_mask, steps=4)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("masks", ["bool", "float"])
+def test_attention_over_several_query_blocks_matches_torch(masks, monkeypatch):
+    """Past SCORE_BLOCK_FLOATS of scores, attention runs over blocks of queries (here a
+    3-block split of 135 queries), masks and their gradients sliced per block."""
+    monkeypatch.setattr(attention_kernels, "SCORE_BLOCK_FLOATS", 1)
+    check_self_attention(2, 2 * CAUSAL_BLOCK + 7, 2, 3, False, True)
+    check_cross_attention(5, masks, True, steps=2 * CAUSAL_BLOCK + 7)
+
+
+def check_cross_attention(kdim, masks, per_sample_mask, steps):
     rng = np.random.default_rng(1)
-    batch, steps, keys, embed, heads = 3, 4, 6, 8, 2
+    batch, keys, embed, heads = 3, 6, 8, 2
     x = rng.standard_normal((batch, steps, embed)).astype(np.float32)
     memory = rng.standard_normal((batch, keys, kdim)).astype(np.float32)
     mask_shape = (batch, steps, keys) if per_sample_mask else (steps, keys)

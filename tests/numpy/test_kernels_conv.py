@@ -363,6 +363,22 @@ def test_each_stride_one_convolution_path_matches_torch(
     assert taken == [path]
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("nd, kernel, padding, spatial", [
+    (2, (3, 3), ((1, 1), (1, 1)), (9, 7)), (1, (3,), ((2, 2),), (13,))])
+def test_the_column_free_path_over_several_column_blocks_matches_torch(
+        monkeypatch, nd, kernel, padding, spatial):
+    """Its products go over blocks of SHIFTED_BLOCK columns (here 50: blocks that start
+    mid-row, and a short last one)."""
+    monkeypatch.setattr(conv_module, "SHIFTED_BLOCK", 50)
+    case = {
+        "batch": 3, "in_channels": 8, "out_channels": 6, "spatial": spatial, "kernel": kernel,
+        "has_bias": True,
+        "attrs": {"stride": (1,) * nd, "padding": padding, "dilation": (1,) * nd, "groups": 1},
+    }
+    check_conv_against_torch(nd, case)
+
+
 @pytest.mark.parametrize("groups, stride, spatial",
                          [(1, (1, 2), (6, 5)), (3, (1, 2), (6, 5)), (1, (1, 1), (12, 11))])
 def test_conv_told_its_input_needs_no_gradient_skips_only_the_input_gradient(

@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
+from nnspec.backends.numpy import optim
 from nnspec.backends.numpy.optim import OPTIMIZERS, hyperparameters, make_optimizer
 from nnspec.backends.numpy.params import ParamBuffer
 from tests.numpy.helpers import torch
@@ -122,6 +123,21 @@ def test_load_rejects_missing_and_unexpected_names():
 
 
 # ---------------------------------------------------------------- optimizers against torch
+
+
+@pytest.mark.parametrize(("name", "hyper"), CASES, ids=CASE_IDS)
+def test_an_update_over_blocks_equals_one_over_the_whole_buffer(name, hyper, trajectory,
+                                                                 monkeypatch):
+    """Steps go over blocks of the flat buffers (scratch of one block's size); each value's
+    operations are the same, so 7-value blocks (the last one short) give the same bits."""
+    initial, grads = trajectory
+    whole, _ = run_numpy(name, hyper, initial, grads)
+    monkeypatch.setattr(optim, "_BLOCK", 7)
+    blocked, optimizer = run_numpy(name, hyper, initial, grads)
+    assert optimizer._tmp.size == 7
+    for ours, reference in zip(blocked, whole, strict=True):
+        for key in SHAPES:
+            np.testing.assert_array_equal(ours[key], reference[key])
 
 
 @pytest.mark.torch

@@ -126,6 +126,7 @@ class NumpyModel:
         self._loss_tape: list[_Step] = []
         self._seeds: dict[str, str] = {}  # loss input -> the model node its gradient goes to
         self._unread = unread_nodes(graph, train) if train is not None else frozenset()
+        self._release_plans: dict[tuple, list[tuple[str, ...]]] = {}
 
     @classmethod
     def from_spec(cls, spec, seed: int | None = None) -> NumpyModel:
@@ -218,14 +219,18 @@ class NumpyModel:
         return arrays
 
     def _run(self, graph: Graph, values: dict[str, np.ndarray], *, train: bool, record: bool,
-             skip: frozenset[str] = frozenset(), input_grads: bool = True
-             ) -> dict[str, np.ndarray]:
+             skip: frozenset[str] = frozenset(), input_grads: bool = True,
+             keep: frozenset[str] | None = frozenset()) -> dict[str, np.ndarray]:
+        """Run the graph from `values` (the inputs by name). A value leaves `values` once its
+        last reader has run unless it is an input, an output or in `keep` (None keeps every
+        value): what backward needs, the backward closures hold, and nothing else stays."""
         ctx = Context(train, self.rng, self.buffers)
+        release = None if keep is None else self._release_plan(graph, skip, keep)
         params = self.buffer.params
         # a value needs a gradient when it depends on a trainable parameter or on an input
         # whose gradient is wanted; a node is told whether any of its inputs does
         needs_grad = dict.fromkeys(graph.inputs, input_grads)
-        for node in graph.nodes:
+        for index, node in enumerate(graph.nodes):
             if node.op == "input" or node.name in skip:
                 continue
             ctx.input_grad = any(needs_grad.get(i, False) for i in node.inputs)
@@ -239,7 +244,30 @@ class NumpyModel:
             values[node.name] = out if isinstance(out, (np.ndarray, tuple)) else np.asarray(out)
             if record:
                 self._tape.append(_Step(node.name, node.inputs, node.params, backward))
+            if release is not None:
+                for name in release[index]:
+                    del values[name]
         return values
+
+    def _release_plan(self, graph: Graph, skip: frozenset[str], keep: frozenset[str]
+                      ) -> list[tuple[str, ...]]:
+        """Per node of `graph`, the values nothing after it reads (remembered per graph,
+        skipped set and kept set: a few of each in a model's life)."""
+        key = (id(graph), skip, keep)
+        plan = self._release_plans.get(key)
+        if plan is None:
+            last_reader = {}
+            for index, node in enumerate(graph.nodes):
+                if node.name not in skip:
+                    last_reader.update(dict.fromkeys(node.inputs, index))
+            kept = keep | set(graph.inputs) | set(graph.outputs)
+            plan = [[] for _ in graph.nodes]
+            for name, index in last_reader.items():
+                if name not in kept:
+                    plan[index].append(name)
+            plan = [tuple(names) for names in plan]
+            self._release_plans[key] = plan
+        return plan
 
     def forward(self, x, *, train: bool = False, record: bool = False):
         """The model's output for a batch, a tuple in the spec's order when it has several
@@ -259,7 +287,7 @@ class NumpyModel:
 
     def activations(self, x, *, train: bool = False) -> dict[str, np.ndarray]:
         """Every node's value for a batch, by node name (inputs included), for inspection."""
-        return self._run(self.graph, self.feeds(x), train=train, record=False)
+        return self._run(self.graph, self.feeds(x), train=train, record=False, keep=None)
 
     def loss(self, x, target=None, *, train: bool = True, input_grads: bool = False) -> float:
         """Forward and loss in one pass, keeping the tape; then call `backward()`. `target`
@@ -273,9 +301,9 @@ class NumpyModel:
         config = self.train
         self._tape = []
         feeds = self.feeds(x)
-        values = self._run(self.graph, feeds, train=train, record=True, skip=self._unread,
-                           input_grads=input_grads)
         outputs = dict(config.outputs)
+        values = self._run(self.graph, feeds, train=train, record=True, skip=self._unread,
+                           input_grads=input_grads, keep=frozenset(outputs.values()))
         loss_feeds, self._seeds = {}, {}
         for b in config.bindings:
             if b.source == "output":
@@ -376,8 +404,11 @@ class NumpyModel:
         return {node: g for node, g in zip(self.graph.outputs, d_output) if g is not None}
 
     def _reverse(self, tape: list[_Step], grads: dict[str, np.ndarray]) -> None:
+        """Backward over `tape`, emptying it: each step's closure, and the forward arrays
+        only it held, are freed as soon as its gradients are out."""
         param_grads = self.buffer.grads
-        for step in reversed(tape):
+        while tape:
+            step = tape.pop()
             d_out = grads.pop(step.node, None)
             if d_out is None:
                 continue

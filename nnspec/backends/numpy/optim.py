@@ -1,19 +1,38 @@
 """Optimizers with torch.optim's update rules and defaults, over a flat ParamBuffer.
 
-Each ``step()`` is a short sequence of whole-buffer in-place ufunc calls into
-preallocated scratch arrays. The order of operations follows torch's single-tensor
-code path (the one torch uses on CPU), so both backends round alike and training runs
-stay together step for step. ``buf.grad`` is only read, never changed, as in torch.
+Each ``step()`` is a short sequence of in-place ufunc calls into preallocated scratch
+arrays, over blocks of the flat buffers: the scratch is one block's (not two or three more
+copies of the model, which the largest models could not spare) and stays in cache. The
+order of operations follows torch's single-tensor code path (the one torch uses on CPU),
+so both backends round alike and training runs stay together step for step. ``buf.grad``
+is only read, never changed, as in torch.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+from dataclasses import dataclass
 
 import numpy as np
 
 from nnspec.backends.numpy.params import ParamBuffer
+
+# values per block of an update: a few blocks of scratch fit the core's cache
+_BLOCK = 1 << 17
+
+
+@dataclass
+class _Block:
+    """One block of an update: views of the parameters, their gradient and each state
+    array, and the scratch (`tmp`, `update`, `grad` for a changed gradient) cut to size."""
+
+    data: np.ndarray
+    grad: np.ndarray
+    state: dict[str, np.ndarray]
+    tmp: np.ndarray
+    update: np.ndarray
+    own_grad: np.ndarray | None
 
 
 def _require(condition: bool, message: str) -> None:
@@ -39,28 +58,29 @@ class Optimizer:
         self.maximize = bool(maximize)
         self.step_count = 0
         self._state: dict[str, np.ndarray] = {}
-        self._tmp = np.empty_like(buf.data)
-        self._update_buf = np.empty_like(buf.data)
+        self._block = max(1, min(_BLOCK, buf.data.size))
+        self._tmp = np.empty(self._block, buf.data.dtype)
+        self._update_buf = np.empty(self._block, buf.data.dtype)
         needs_own_grad = self.maximize or (self.weight_decay != 0.0 and not self._decoupled)
-        self._grad = np.empty_like(buf.data) if needs_own_grad else None
+        self._grad = np.empty(self._block, buf.data.dtype) if needs_own_grad else None
 
     def _new_state(self, name: str, fill: float = 0.0) -> np.ndarray:
         array = np.full_like(self.buf.data, fill)
         self._state[name] = array
         return array
 
-    def _gradient(self) -> np.ndarray:
+    def _gradient(self, block: _Block) -> np.ndarray:
         """The gradient the update follows: negated to maximize, plus L2 weight decay."""
-        grad = self.buf.grad
-        if self._grad is None:
+        grad = block.grad
+        if block.own_grad is None:
             return grad
         if self.maximize:
-            np.negative(grad, out=self._grad)
-            grad = self._grad
+            np.negative(grad, out=block.own_grad)
+            grad = block.own_grad
         if self.weight_decay != 0.0 and not self._decoupled:
-            np.multiply(self.buf.data, self.weight_decay, out=self._tmp)
-            np.add(grad, self._tmp, out=self._grad)
-        return self._grad
+            np.multiply(block.data, self.weight_decay, out=block.tmp)
+            np.add(grad, block.tmp, out=block.own_grad)
+        return block.own_grad
 
     def step(self) -> None:
         """Update ``buf.data`` in place from ``buf.grad``.
@@ -69,10 +89,18 @@ class Optimizer:
         operation, so underflow is never an error here, even under ``np.seterr``.
         """
         self.step_count += 1
+        data, grad, step = self.buf.data, self.buf.grad, self._block
         with np.errstate(under="ignore"):
-            self._update(self._gradient())
+            for start in range(0, data.size, step):
+                part = slice(start, start + step)
+                size = min(step, data.size - start)
+                block = _Block(data[part], grad[part],
+                               {name: array[part] for name, array in self._state.items()},
+                               self._tmp[:size], self._update_buf[:size],
+                               None if self._grad is None else self._grad[:size])
+                self._update(self._gradient(block), block)
 
-    def _update(self, grad: np.ndarray) -> None:
+    def _update(self, grad: np.ndarray, block: _Block) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -128,10 +156,10 @@ class SGD(Optimizer):
         if self.momentum != 0.0:
             self._new_state("momentum_buffer")
 
-    def _update(self, grad: np.ndarray) -> None:
-        tmp, data = self._tmp, self.buf.data
+    def _update(self, grad: np.ndarray, block: _Block) -> None:
+        tmp, data = block.tmp, block.data
         if self.momentum != 0.0:
-            velocity = self._state["momentum_buffer"]
+            velocity = block.state["momentum_buffer"]
             if self.step_count == 1:  # torch starts the buffer at the first gradient
                 np.copyto(velocity, grad)
             else:
@@ -173,10 +201,10 @@ class Adam(Optimizer):
         if self.amsgrad:
             self._new_state("max_exp_avg_sq")
 
-    def _update(self, grad: np.ndarray) -> None:
+    def _update(self, grad: np.ndarray, block: _Block) -> None:
         beta1, beta2 = self.betas
-        tmp, update, data = self._tmp, self._update_buf, self.buf.data
-        exp_avg, exp_avg_sq = self._state["exp_avg"], self._state["exp_avg_sq"]
+        tmp, update, data = block.tmp, block.update, block.data
+        exp_avg, exp_avg_sq = block.state["exp_avg"], block.state["exp_avg_sq"]
         if self._decoupled and self.weight_decay != 0.0:
             data *= 1.0 - self.lr * self.weight_decay
         np.subtract(grad, exp_avg, out=tmp)  # exp_avg.lerp_(grad, 1 - beta1)
@@ -188,8 +216,8 @@ class Adam(Optimizer):
         exp_avg_sq += tmp
         second_moment = exp_avg_sq
         if self.amsgrad:
-            second_moment = np.maximum(self._state["max_exp_avg_sq"], exp_avg_sq,
-                                       out=self._state["max_exp_avg_sq"])
+            second_moment = np.maximum(block.state["max_exp_avg_sq"], exp_avg_sq,
+                                       out=block.state["max_exp_avg_sq"])
         bias_correction1 = 1.0 - beta1**self.step_count
         bias_correction2_sqrt = (1.0 - beta2**self.step_count) ** 0.5
         denom = np.sqrt(second_moment, out=tmp)
@@ -246,16 +274,16 @@ class RMSprop(Optimizer):
         if self.centered:
             self._new_state("grad_avg")
 
-    def _update(self, grad: np.ndarray) -> None:
+    def _update(self, grad: np.ndarray, block: _Block) -> None:
         alpha = self.alpha
-        tmp, update, data = self._tmp, self._update_buf, self.buf.data
-        square_avg = self._state["square_avg"]
+        tmp, update, data = block.tmp, block.update, block.data
+        square_avg = block.state["square_avg"]
         square_avg *= alpha
         np.multiply(grad, 1.0 - alpha, out=tmp)
         tmp *= grad
         square_avg += tmp
         if self.centered:
-            grad_avg = self._state["grad_avg"]
+            grad_avg = block.state["grad_avg"]
             np.subtract(grad, grad_avg, out=tmp)  # grad_avg.lerp_(grad, 1 - alpha)
             tmp *= 1.0 - alpha
             grad_avg += tmp
@@ -266,7 +294,7 @@ class RMSprop(Optimizer):
             avg = np.sqrt(square_avg, out=tmp)
         avg += self.eps
         if self.momentum > 0.0:
-            velocity = self._state["momentum_buffer"]
+            velocity = block.state["momentum_buffer"]
             velocity *= self.momentum
             np.divide(grad, avg, out=update)
             velocity += update
@@ -301,10 +329,10 @@ class Adagrad(Optimizer):
         self.eps = float(eps)
         self._new_state("sum", fill=initial_accumulator_value)
 
-    def _update(self, grad: np.ndarray) -> None:
-        tmp, update, data = self._tmp, self._update_buf, self.buf.data
+    def _update(self, grad: np.ndarray, block: _Block) -> None:
+        tmp, update, data = block.tmp, block.update, block.data
         decayed_lr = self.lr / (1.0 + (self.step_count - 1) * self.lr_decay)
-        squared_sum = self._state["sum"]
+        squared_sum = block.state["sum"]
         np.multiply(grad, grad, out=tmp)
         squared_sum += tmp
         std = np.sqrt(squared_sum, out=tmp)

@@ -86,9 +86,12 @@ def _sigmoid(x):
 
 def relu(x):
     out = np.maximum(x, 0)
+    # a mask, a quarter of the output's size: a convolution next keeps a padded copy of
+    # its input, so the output itself is often held by nothing else
+    positive = out > 0
 
     def backward(d_out):
-        return (d_out * (out > 0),)
+        return (d_out * positive,)
 
     return out, backward
 
@@ -153,8 +156,34 @@ def gelu(x, *, approximate="none"):
         return _gelu_tanh(x)
     if approximate != "none":
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    for block in _blocks(x.size):
+        _gelu_block(x.reshape(-1)[block], out.reshape(-1)[block])
+
+    def backward(d_out):
+        grad = np.empty_like(x)
+        d_flat = np.ascontiguousarray(d_out).reshape(-1)
+        for block in _blocks(x.size):
+            _gelu_grad_block(x.reshape(-1)[block], out.reshape(-1)[block], d_flat[block],
+                             grad.reshape(-1)[block])
+        return (grad,)
+
+    return out, backward
+
+
+# GELU runs over blocks of this many values: a block's half-dozen temporaries stay in the
+# core's cache, and none is the size of the whole activation (a transformer's largest)
+_GELU_BLOCK = 1 << 16
+
+
+def _blocks(size):
+    return (slice(start, start + _GELU_BLOCK) for start in range(0, size, _GELU_BLOCK))
+
+
+def _gelu_block(x, out):
     scaled = x * _SQRT_HALF
-    half_square = np.square(scaled)  # x^2 / 2, also the exponent of the density in backward
+    half_square = np.square(scaled)  # x^2 / 2
     cdf = _erf_rational(scaled, np.minimum(half_square, _ERF_CLAMP**2))
     # Past |x / sqrt(2)| = 3.9 erf rounds to +-1 in float32; setting it exactly there (which
     # also covers the unclamped, meaningless rational beyond 4) keeps x * Phi(x) exactly 0 for
@@ -162,19 +191,24 @@ def gelu(x, *, approximate="none"):
     np.copysign(1, scaled, out=cdf, where=half_square >= _ERF_SATURATED**2)
     cdf += 1
     cdf *= 0.5
-    out = x * cdf
+    np.multiply(x, cdf, out=out)
 
-    def backward(d_out):
-        density = np.negative(half_square)
-        with np.errstate(under="ignore"):  # the density underflows to 0 for |x| > ~14
-            np.exp(density, out=density)
-        density *= _INV_SQRT_2PI
-        density *= x
-        density += cdf
-        density *= d_out
-        return (density,)
 
-    return out, backward
+def _gelu_grad_block(x, out, d_out, grad):
+    """Phi(x) + x phi(x), times d_out. Phi(x) is read back from the output (out / x, 1/2 at
+    0), which the next layer keeps anyway: the step holds no array of its own (the erf
+    costs 7x this divide)."""
+    density = np.square(x)
+    density *= -0.5
+    with np.errstate(under="ignore"):  # the density underflows to 0 for |x| > ~14
+        np.exp(density, out=density)
+    density *= _INV_SQRT_2PI
+    density *= x
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 at x = 0, set below
+        cdf = out / x
+    np.copyto(cdf, 0.5, where=x == 0)
+    density += cdf
+    np.multiply(density, d_out, out=grad)
 
 
 def _gelu_tanh(x):
@@ -184,16 +218,19 @@ def _gelu_tanh(x):
     inner += 1
     inner *= x
     inner *= _SQRT_2_OVER_PI
-    t = np.tanh(inner)
-    half_x = x * 0.5
+    t = np.tanh(inner, out=inner)
     out = t + 1
-    out *= half_x
+    out *= x
+    out *= 0.5
 
     def backward(d_out):
-        d_inner = x_squared * (3 * _GELU_TANH_CUBIC)
+        # x^2 and x / 2 again rather than kept: two cheap passes for two fewer saved arrays
+        d_inner = np.square(x)
+        d_inner *= 3 * _GELU_TANH_CUBIC
         d_inner += 1
         d_inner *= _SQRT_2_OVER_PI
-        d_inner *= half_x
+        d_inner *= x
+        d_inner *= 0.5
         d_inner *= 1 - np.square(t)
         d_inner += 0.5 * (1 + t)
         d_inner *= d_out

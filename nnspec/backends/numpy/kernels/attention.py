@@ -12,6 +12,10 @@ import numpy as np
 # last query only: at T 512 that skips 44% of the score products and softmax passes, which
 # a full masked score matrix would compute and then throw away.
 CAUSAL_BLOCK = 64
+# Other attention runs over blocks of queries whose scores fill at most this many floats (and
+# at least CAUSAL_BLOCK queries): the backward's score gradients are one block's, not the
+# whole (N, heads, T, S) matrix, a long sequence's largest temporary.
+SCORE_BLOCK_FLOATS = 1 << 21
 
 
 def rotary_tables(steps: int, dim: int, theta: float, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +80,8 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     # (N, KVH, S, d) views; query head h = kv * group + g, queries stored (N, T, KVH, G, d)
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     q5 = q.reshape(batch, steps, kv_heads, group, dim)
-    step = CAUSAL_BLOCK if causal else steps
+    step = CAUSAL_BLOCK if causal else max(CAUSAL_BLOCK,
+                                           SCORE_BLOCK_FLOATS // (batch * heads * keys_total))
     blocks = [(s, min(s + step, steps)) for s in range(0, steps, step)]
     blocks = [(s, e, e if causal else keys_total) for s, e in blocks]
     dropping = train and dropout > 0

@@ -35,6 +35,14 @@ def crop_padding(x_padded, padding):
     return np.ascontiguousarray(x_padded[index])
 
 
+def crop_to_batch_first(padded, padding):
+    """The interior of a channels-first (C, N, *padded) map as a contiguous (N, C, *spatial)
+    array, in one copy (cropping first, then transposing, were two)."""
+    index = (slice(None), slice(None)) + tuple(
+        slice(lo, size - hi) for (lo, hi), size in zip(padding, padded.shape[2:]))
+    return np.ascontiguousarray(np.swapaxes(padded[index], 0, 1))
+
+
 def output_size(padded, kernel, stride, dilation):
     """Output length per spatial dim of a window sweep over an already padded input."""
     sizes = tuple(
@@ -160,7 +168,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
             dcolumns = dcolumns.reshape(channels, *kernel, n, *out)
             dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
                                         x_padded.shape, kernel, stride, dilation, out, dy.dtype)
-        dx = np.ascontiguousarray(np.swapaxes(crop_padding(dx_padded, padding), 0, 1))
+        dx = crop_to_batch_first(dx_padded, padding)
         return dx, dweight, dbias
 
     return y, backward
@@ -207,6 +215,9 @@ def _shifted_pays(channels, spatial, padding, kernel, dilation):
 SHIFTED_MIN_CHANNELS = 6
 SHIFTED_MAX_CHANNELS = 64
 SHIFTED_MAX_WASTE = 1.6
+# columns per block of the shifted products: the per-offset term is one block's, not the
+# size of the layer's input or output
+SHIFTED_BLOCK = 1 << 17
 
 
 def _shifted(x, weight, bias, padding, dilation, input_grad):
@@ -232,14 +243,16 @@ def _shifted(x, weight, bias, padding, dilation, input_grad):
     x_flat = x_padded.reshape(channels, frame)
     taps = np.ascontiguousarray(np.moveaxis(weight.reshape(out_channels, channels, -1), 2, 0))
     y_frame = np.empty((out_channels, frame), dtype=x.dtype)
-    y_rows = y_frame[:, :length]
-    term = np.empty_like(y_rows)
-    for number, start in enumerate(starts):
-        window = x_flat[:, start:start + length]
-        if number == 0:
-            np.matmul(taps[0], window, out=y_rows)
-        else:
-            y_rows += np.matmul(taps[number], window, out=term)
+    term = np.empty((out_channels, min(length, SHIFTED_BLOCK)), dtype=x.dtype)
+    for first in range(0, length, SHIFTED_BLOCK):  # a block of columns: a small term
+        end = min(first + SHIFTED_BLOCK, length)
+        y_rows = y_frame[:, first:end]
+        for number, start in enumerate(starts):
+            window = x_flat[:, start + first:start + end]
+            if number == 0:
+                np.matmul(taps[0], window, out=y_rows)
+            else:
+                y_rows += np.matmul(taps[number], window, out=term[:, :end - first])
     valid = (slice(None), slice(None), *(slice(0, o) for o in out))
     y_frame = y_frame.reshape(out_channels, n, *padded)
     y = np.swapaxes(y_frame[valid], 0, 1)
@@ -259,11 +272,15 @@ def _shifted(x, weight, bias, padding, dilation, input_grad):
         if not input_grad:
             return None, dweight, dbias
         dx_flat = np.zeros((channels, frame), dtype=dy.dtype)
-        term = np.empty((channels, length), dtype=dy.dtype)
-        for number, start in enumerate(starts):
-            dx_flat[:, start:start + length] += np.matmul(taps[number].T, dy_rows, out=term)
+        term = np.empty((channels, min(length, SHIFTED_BLOCK)), dtype=dy.dtype)
+        for first in range(0, length, SHIFTED_BLOCK):
+            end = min(first + SHIFTED_BLOCK, length)
+            for number, start in enumerate(starts):
+                dx_flat[:, start + first:start + end] += np.matmul(
+                    taps[number].T, dy_rows[:, first:end], out=term[:, :end - first])
+        del dy_frame, dy_rows  # freed before the copy out
         dx_padded = dx_flat.reshape(channels, n, *padded)
-        dx = np.ascontiguousarray(np.swapaxes(crop_padding(dx_padded, padding), 0, 1))
+        dx = crop_to_batch_first(dx_padded, padding)
         return dx, dweight, dbias
 
     return y, backward

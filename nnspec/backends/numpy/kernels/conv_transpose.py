@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import check_spatial, conv1d, conv2d, crop_padding, scatter_windows
+from .conv import check_spatial, conv1d, conv2d, crop_to_batch_first, scatter_windows
 
 CONV = {1: conv1d, 2: conv2d}
 
@@ -63,7 +63,7 @@ def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilati
     columns = columns.reshape(out_channels, *kernel, n, *size)
     y_full = scatter_windows(lambda offset: columns[(slice(None), *offset)],
                              (out_channels, n, *full), kernel, stride, dilation, size, x.dtype)
-    y = np.ascontiguousarray(np.swapaxes(crop_padding(y_full, pads), 0, 1))
+    y = crop_to_batch_first(y_full, pads)
     if bias is not None:
         y += bias.reshape((1, -1) + (1,) * nd)
 

@@ -51,24 +51,36 @@ def _grad_for(operand, grad):
     return unbroadcast(grad, operand.shape) if _differentiable(operand) else None
 
 
+def _grad_shape(operand):
+    """What the backward of a sum needs of an operand: its shape when it gets a gradient
+    (None when not), so the closure does not keep the operand's values alive."""
+    return operand.shape if _differentiable(operand) else None
+
+
+def _grad_to(shape, grad):
+    return None if shape is None else unbroadcast(grad, shape)
+
+
 # ---- binary arithmetic ------------------------------------------------------------------------
 
 
 def add(a, b):
     out = np.add(*_as_arrays(a, b))
+    shape_a, shape_b = _grad_shape(a), _grad_shape(b)
 
     def backward(d_out):
-        return _grad_for(a, d_out), _grad_for(b, d_out)
+        return _grad_to(shape_a, d_out), _grad_to(shape_b, d_out)
 
     return out, backward
 
 
 def sub(a, b):
     out = np.subtract(*_as_arrays(a, b))
+    shape_a, shape_b = _grad_shape(a), _grad_shape(b)
 
     def backward(d_out):
-        d_b = _grad_for(b, -d_out) if _differentiable(b) else None
-        return _grad_for(a, d_out), d_b
+        d_b = None if shape_b is None else unbroadcast(-d_out, shape_b)
+        return _grad_to(shape_a, d_out), d_b
 
     return out, backward
 

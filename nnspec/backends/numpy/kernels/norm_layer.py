@@ -18,7 +18,8 @@ def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
     ``weight`` and ``bias`` have the normalised shape, or are None without an affine
     transform. Backward gives ``(dx, dweight, dbias)``.
     """
-    normalized_shape = x.shape[x.ndim - normalized_ndim:]
+    shape = x.shape  # backward keeps the shape, not x
+    normalized_shape = shape[x.ndim - normalized_ndim:]
     size = math.prod(normalized_shape)
     rows = x.reshape(-1, size)
     averaging = np.full(size, 1 / size, rows.dtype)  # rows @ averaging: the row means
@@ -59,6 +60,6 @@ def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
             np.einsum("ij,ij->j", dy_rows, x_hat).reshape(weight.shape))
         dbias = None if bias is None else (
             np.ones(len(dy_rows), dy_rows.dtype) @ dy_rows).reshape(bias.shape)
-        return dx.reshape(x.shape), dweight, dbias
+        return dx.reshape(shape), dweight, dbias
 
-    return y.reshape(x.shape), backward
+    return y.reshape(shape), backward

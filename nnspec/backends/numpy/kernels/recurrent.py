@@ -185,9 +185,10 @@ class _Cell:
     ``states`` array to fill (its state 0 already the initial one) and ``start``, the given
     initial states (``()`` when zero; an LSTM's cell state is its second). It returns
     ``backward(d_states, d_final_cell) -> (d_pre, d_recurrent, d_start)``, the gradients
-    (T, G, N) of the (unhalved) input and recurrent projections and those of the given
-    initial states, and the final cell state (an LSTM's; else None). The backward runs once,
-    so it may overwrite ``pre`` and whatever ``run`` saved.
+    of the (unhalved) input and recurrent projections, each a tuple of (T, rows, N) blocks
+    that stack to the G gate rows (the same tuple when they are equal), and those of the
+    given initial states, and the final cell state (an LSTM's; else None). The backward runs
+    once, so it may overwrite ``pre`` and whatever ``run`` saved.
     """
 
     gate_order: tuple[int, ...]  # torch's gate block for each internal block
@@ -214,6 +215,14 @@ def _feature_major(time_rows_batch):
     that sums a weight gradient over all steps."""
     steps, rows, batch = time_rows_batch.shape
     return np.ascontiguousarray(time_rows_batch.transpose(1, 0, 2)).reshape(rows, steps * batch)
+
+
+def _feature_major_parts(parts, block):
+    """The feature-major rows of steps ``block`` of gradients given as row blocks (T, R_i, N)
+    that stack to the gates' rows."""
+    if len(parts) == 1:
+        return _feature_major(parts[0][block])
+    return np.concatenate([_feature_major(part[block]) for part in parts])
 
 
 def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse, nonlinearity):
@@ -258,21 +267,39 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
             d_states[-1] += d_final_h
         d_pre, d_recurrent, d_start = steps_backward(np.ascontiguousarray(d_states),
                                                      d_final_cell)
-        d_pre_rows = _feature_major(in_time_order(d_pre))
-        if d_recurrent is d_pre:
-            d_recurrent_rows = d_pre_rows
-        else:
-            d_recurrent_rows = _feature_major(in_time_order(d_recurrent))
-        previous_states = _feature_major(in_time_order(states[:-1]))
-        d_input_weights = _to_torch_order(d_pre_rows @ input_rows.T, order)
-        d_recurrent_weights = _to_torch_order(d_recurrent_rows @ previous_states.T, order)
+        same = d_recurrent is d_pre
+        d_pre = [in_time_order(part) for part in d_pre]
+        d_recurrent = [in_time_order(part) for part in d_recurrent]
+        previous = in_time_order(states[:-1])
+        dtype = layer_input.dtype
+        d_input_weights = np.zeros((gate_rows, input_rows.shape[0]), dtype)
+        d_recurrent_weights = np.zeros((gate_rows, hidden + 1), dtype)
+        d_input_rows = np.empty((input_rows.shape[0] - 1, steps * batch), dtype)
+        # a block of steps at a time: the gradients in feature-major rows are copies, and
+        # whole-sequence ones were 7 sequences of states at once, a recurrent step's peak
+        per_block = max(1, _BLOCK_COLUMNS // batch)
+        for first in range(0, steps, per_block):
+            block = slice(first, first + per_block)
+            columns = slice(first * batch, (first + per_block) * batch)
+            d_pre_rows = _feature_major_parts(d_pre, block)
+            d_input_weights += d_pre_rows @ input_rows[:, columns].T
+            np.matmul(input_weights[:, :-1].T, d_pre_rows, out=d_input_rows[:, columns])
+            d_recurrent_rows = d_pre_rows if same else _feature_major_parts(d_recurrent, block)
+            d_recurrent_weights += d_recurrent_rows @ _feature_major(previous[block]).T
+        d_input_weights = _to_torch_order(d_input_weights, order)
+        d_recurrent_weights = _to_torch_order(d_recurrent_weights, order)
         return (
-            input_weights[:, :-1].T @ d_pre_rows, d_start,
+            d_input_rows, d_start,
             d_input_weights[:, :-1], d_input_weights[:, -1],
             d_recurrent_weights[:, :-1], d_recurrent_weights[:, -1],
         )
 
     return in_time_order(states[1:, :hidden]), final, backward
+
+
+# columns (steps x batch) per block of the weight-gradient products: an inner dimension
+# long enough for BLAS's full rate, a few MiB of copies
+_BLOCK_COLUMNS = 512
 
 
 def _with_bias_column(weight, bias):
@@ -374,6 +401,7 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start
         d_start = ()
         if start:  # through step 0's recurrent projection, and its forget gate
             d_start = (recurrent_weight_t @ next_d_gate, next_forget * next_dc)
+        d_gates = (d_gates,)
         return d_gates, d_gates, d_start
 
     return backward, final_cell
@@ -381,24 +409,29 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start
 
 def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start):
     """GRU recurrence in torch's gate order (r, z, n), with torch's
-    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and h' = (1 - z) * n + z * h."""
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and h' = (1 - z) * n + z * h.
+
+    Saved for backward: the gates r and z, the candidates n and W_hn h + b_hn (and the
+    states), not the input or recurrent projections, whose storage backward would only
+    reuse; its factors are then computed in the storage of the saved values they replace."""
     steps, gate_rows, batch = pre.shape
     hidden = gate_rows // 3
     dtype = pre.dtype
-    projections = np.empty((steps, gate_rows, batch), dtype)
+    projection = np.empty((gate_rows, batch), dtype)  # one step's recurrent projection
     resets_updates = np.empty((steps, 2 * hidden, batch), dtype)
     candidates = np.empty((steps, hidden, batch), dtype)
+    projected_n = np.empty((steps, hidden, batch), dtype)
     resets, updates = resets_updates[:, :hidden], resets_updates[:, hidden:]
-    projected_n = projections[:, 2 * hidden:]
     pre_rz, pre_n = pre[:, : 2 * hidden], pre[:, 2 * hidden:]
     previous, outputs = states[:-1, :hidden], states[1:, :hidden]
     for t in range(steps):
-        _project_state(recurrent, states[t], t == 0 and not start, projections[t])
+        _project_state(recurrent, states[t], t == 0 and not start, projection)
         gate = resets_updates[t]
-        np.add(projections[t, : 2 * hidden], pre_rz[t], out=gate)
+        np.add(projection[: 2 * hidden], pre_rz[t], out=gate)
         np.tanh(gate, out=gate)
         gate *= 0.5
         gate += 0.5
+        np.copyto(projected_n[t], projection[2 * hidden:])
         candidate = candidates[t]
         np.multiply(resets[t], projected_n[t], out=candidate)
         candidate += pre_n[t]
@@ -408,17 +441,27 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
         outputs[t] += candidate
 
     def backward(d_states, _d_final_cell):
-        dh_dn = (1 - updates) * (1 - candidates * candidates)  # through n's tanh
         # factors from d_h to the gradient of the recurrent projection (r, z, n)
-        factors = np.empty((steps, gate_rows, batch), dtype)
-        dh_dr, dh_dz, dh_dhn = (factors[:, k * hidden:(k + 1) * hidden] for k in range(3))
-        np.multiply(dh_dn * projected_n, resets * (1 - resets), out=dh_dr)
-        np.multiply(previous - candidates, updates * (1 - updates), out=dh_dz)
-        np.multiply(dh_dn, resets, out=dh_dhn)
+        dh_dz = np.subtract(previous, candidates)  # (h - n) z (1 - z)
+        scratch = np.subtract(1, updates)
+        scratch *= updates
+        dh_dz *= scratch
+        dh_dn = candidates  # (1 - z)(1 - n^2): through n's tanh
+        np.square(candidates, out=dh_dn)
+        np.subtract(1, dh_dn, out=dh_dn)
+        np.subtract(1, updates, out=scratch)
+        dh_dn *= scratch
+        dh_dr = projected_n  # dh_dn (W_hn h + b_hn) r (1 - r)
+        dh_dr *= dh_dn
+        np.subtract(1, resets, out=scratch)
+        scratch *= resets
+        dh_dr *= scratch
+        dh_dhn = resets  # dh_dn r
+        dh_dhn *= dh_dn
 
-        d_projections = projections  # only the factors above read them
+        d_projections = np.empty((steps, gate_rows, batch), dtype)
         d_r, d_z, d_hn = (d_projections[:, k * hidden:(k + 1) * hidden] for k in range(3))
-        dhs = np.empty((steps, hidden, batch), dtype)
+        dhs = scratch
         carried = np.empty((hidden, batch), dtype)
         for t in reversed(range(steps)):
             dh = dhs[t]
@@ -435,10 +478,9 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
         d_start = ()
         if start:  # through step 0's recurrent projection and its update gate
             d_start = (recurrent_weight_t @ d_projections[0] + updates[0] * dhs[0],)
-        d_pre = pre
-        d_pre[:, : 2 * hidden] = d_projections[:, : 2 * hidden]
-        np.multiply(dhs, dh_dn, out=d_pre[:, 2 * hidden:])
-        return d_pre, d_projections, d_start
+        d_pre_n = dh_dn
+        d_pre_n *= dhs
+        return (d_projections[:, : 2 * hidden], d_pre_n), (d_projections,), d_start
 
     return backward, None
 
@@ -468,6 +510,7 @@ def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity, start
                 grad += d_states[t]
             grad *= slope[t]
         d_start = (recurrent_weight_t @ d_pre[0],) if start else ()
+        d_pre = (d_pre,)
         return d_pre, d_pre, d_start
 
     return backward, None
