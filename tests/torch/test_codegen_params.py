@@ -185,3 +185,32 @@ def test_only_language_models_get_generate():
 
     assert "def generate(" in generate(load("specs/char_lstm_lm.nn"))
     assert "def generate(" not in generate(load("specs/digits_cnn.nn"))
+
+
+FLATTENED = """
+block Stem(out, k = 3) {
+  input x: [C, H, W]
+  x -> conv2d(out, k, padding = 1) -> batchnorm -> relu
+}
+model Net(width = 8, size = 32, classes = 10) {
+  input image: [3, size, size]
+  image -> Stem(width) -> maxpool(2) -> maxpool(2) -> flatten -> dense(classes)
+}
+"""
+
+
+@pytest.mark.parametrize("other", [{"width": 16}, {"size": 64, "width": 3},
+                                   {"size": 16, "classes": 4}])
+def test_a_flattened_width_follows_the_hyperparameters_it_is_made_of(other):
+    """The spec never writes the dense layer's input width (width * (size / 4)^2): the
+    config still gives a model that runs with other sizes, as the interpreter builds it."""
+    spec = load_text(FLATTENED)
+    code = generate(spec)
+    assert "nn.Linear(config.width * config.size ** 2 // 16, config.classes)" in code
+    module = _module(code)
+    model = module.Net(module.NetConfig(**other))
+    resized = load_text(FLATTENED, overrides=other)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        int(np.prod(p.spec.shape)) for p in resized.graph.params.values() if p.spec.trainable)
+    size = other.get("size", 32)
+    assert model(torch.zeros(2, 3, size, size)).shape == (2, other.get("classes", 10))

@@ -5,8 +5,10 @@ build by build, so that a number is that expression where the values agree.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import cached_property
 
 from nnspec.backends.torch.source import Num
@@ -106,6 +108,70 @@ def _multiples(params: list[Candidate]) -> list[Candidate]:
             out += [Candidate(tuple(k * v for v in c.values), f"{k} * {c.init}",
                                f"{k} * {c.forward}", f"{k} * {c.comment}") for k in range(2, 9)]
     return out
+
+
+def monomials(vectors: list[tuple], candidates: list[Candidate], envs: list[dict],
+               params: list[str]) -> list[Candidate]:
+    """The model's sizes that follow its hyperparameters but are no expression the spec
+    writes (a flatten's width, `1024 * config.width`), each as a product of powers of them.
+
+    Only for the model, whose builds are the probes: each probe changes one hyperparameter,
+    so how a size moves between two builds gives that hyperparameter's power in it. Without
+    this such a size stayed the literal of the spec's configuration, and the class built
+    with another config did not run."""
+    out: list[Candidate] = []
+    for nums in vectors:
+        if any(n.comment for n in nums):
+            continue  # a shape comment's dims have their own names (`H/2`)
+        values = [n.value for n in nums]
+        known = {v for v in values if v is not UNKNOWN}
+        if len(known) < 2 or not all(type(v) is int and v > 0 for v in known):
+            continue
+        if any(agrees(c.key, key_of(nums)) for c in [*candidates, *out]):
+            continue
+        found = _monomial(values, envs, params)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _monomial(values: list, envs: list[dict], params: list[str]) -> Candidate | None:
+    base, first = envs[0], values[0]
+    if first is UNKNOWN:
+        return None
+    powers: dict[str, int] = {}
+    for env, value in zip(envs[1:], values[1:]):
+        changed = [p for p in params if env.get(p) != base.get(p)]
+        if value is UNKNOWN or len(changed) != 1:
+            continue
+        name = changed[0]
+        was, now = base[name], env[name]
+        if not (type(was) is int and type(now) is int and was > 0 and now > 0 and was != now):
+            return None
+        power = round(math.log(value / first) / math.log(now / was))
+        if not 0 <= power <= 4 or powers.get(name, power) != power:
+            return None
+        powers[name] = power
+    powers = {name: power for name, power in powers.items() if power}
+    if not powers:
+        return None
+    made = Fraction(first, math.prod(base[name] ** power for name, power in powers.items()))
+    for env, value in zip(envs, values):
+        if value is not UNKNOWN and made * math.prod(env[name] ** power for name, power
+                                                     in powers.items()) != value:
+            return None
+    if made.numerator != 1 and made.denominator != 1:
+        return None
+
+    def text(prefix: str) -> str:
+        factors = [f"{prefix}{name}" + (f" ** {power}" if power > 1 else "")
+                   for name, power in powers.items()]
+        if made.numerator > 1:
+            factors.insert(0, str(made.numerator))
+        product = " * ".join(factors)
+        return product if made.denominator == 1 else f"{product} // {made.denominator}"
+
+    return Candidate(tuple(values), text("config."), text("self.config."), text(""))
 
 
 def key_of(nums) -> tuple:

@@ -18,6 +18,7 @@ from nnspec.backends.torch.candidates import (
     dim_candidates,
     key_of,
     key_values,
+    monomials,
     param_candidates,
     spec_locals,
 )
@@ -163,6 +164,8 @@ class Parameterise:
         assert len({len(c) for c in columns}) == 1, "instances of one definition differ"
         vectors = list(zip(*columns))  # each number of the definition, cell by cell
         init_count = len(self._numbers(first, 0, [first.init]))
+        if self.is_model:
+            candidates += monomials(vectors, candidates, envs, params)
         extras, extra_of, hints, chosen = self._assign(vectors, candidates)
         extra_names = self._param_names(hints, self._spec_names(extras, envs), params)
         dims = [] if self.is_model else dim_candidates(
