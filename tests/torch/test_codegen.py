@@ -663,6 +663,7 @@ def test_a_deep_repeat_count_is_probed_halved_and_still_becomes_the_config(tmp_p
     """Doubling `depth` would build the model twice over: its probe is halved instead,
     refused by the layer floor before it builds, and the generated model still follows
     `depth` and `width` as the interpreter does."""
+    pytest.importorskip("torch")
     from nnspec.backends.torch.probe import probe_budget, probes
 
     spec = load_text(DEEP)
