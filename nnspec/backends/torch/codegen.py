@@ -28,6 +28,7 @@ from pathlib import Path
 from nnspec.backends.torch import extras, lower, printer, probe, share
 from nnspec.backends.torch.names import INDEX, checked_identifier, file_label, literal
 from nnspec.backends.torch.structure import regions, spec_definition
+from nnspec.backends.torch.units import Context, Root, Unit
 from nnspec.diagnostics import Diagnostic, SpecError
 from nnspec.ir.graph import Graph
 from nnspec.syntax import ast
@@ -109,12 +110,12 @@ class Generator:
         scores = f"self({window}, return_logits=True)" if self.fused else f"self({window})"
         return extras.GENERATE.replace("__CONTEXT__", context).replace("__SCORES__", scores)
 
-    def _model_units(self, graph: Graph) -> list[lower.Unit]:
+    def _model_units(self, graph: Graph) -> list[Unit]:
         """Phase 1 for a model graph: the spec's, or a probe of it."""
         context = self._lower_context()
         names = tuple(checked_identifier(n, graph.node(n).span) for n in graph.inputs)
         logits = self._logits_node(graph)
-        model = lower.Root(tuple(graph.inputs), names, tuple(graph.outputs), "self.training",
+        model = Root(tuple(graph.inputs), names, tuple(graph.outputs), "self.training",
                            logits=logits)
         keep_whole = graph.outputs[0] if logits else None  # the fused softmax stays whole
         return lower.lower(graph, regions(graph, "model", keep_whole), context, model)
@@ -130,11 +131,11 @@ class Generator:
         added = [node for name, node in read.items() if name not in self.spec.graph.output_names]
         return added[0] if added and any(n.name == added[0] for n in graph.nodes) else None
 
-    def _lower_context(self) -> lower.Context:
-        return lower.Context(self.spec.program, self.file,
+    def _lower_context(self) -> Context:
+        return Context(self.spec.program, self.file,
                              frozenset({*_FIXED_LOCALS, *self.reserved}))
 
-    def _units(self) -> list[lower.Unit]:
+    def _units(self) -> list[Unit]:
         """Phase 1: the model's units, then the loss's."""
         spec = self.spec
         context = self._lower_context()
@@ -142,7 +143,7 @@ class Generator:
         loss_graph = spec.train.loss_graph if spec.train is not None else None
         if loss_graph is not None:
             names = tuple(checked_identifier(n) for n in loss_graph.inputs)
-            loss = lower.Root(tuple(loss_graph.inputs), names, tuple(loss_graph.outputs),
+            loss = Root(tuple(loss_graph.inputs), names, tuple(loss_graph.outputs),
                               "True")
             units += lower.lower(loss_graph, regions(loss_graph, "loss", None), context, loss)
         return units

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from nnspec.backends.torch.lower import Unit, UnitKey
 from nnspec.backends.torch.source import Block, Group, Instance, Num, Stmt, expr, flat, layout
+from nnspec.backends.torch.units import Unit, UnitKey
 
 
 def fold_units(units: Mapping[UnitKey, Unit], order: list[UnitKey]) -> dict[UnitKey, Unit]:

@@ -22,7 +22,6 @@ from nnspec.backends.torch.candidates import (
     param_candidates,
     spec_locals,
 )
-from nnspec.backends.torch.lower import Unit, UnitKey, UnitKind
 from nnspec.backends.torch.names import Namespace, checked_identifier, literal
 from nnspec.backends.torch.signature import (
     default_expression,
@@ -42,6 +41,7 @@ from nnspec.backends.torch.source import (
     walk,
 )
 from nnspec.backends.torch.structure import GraphKind, Region, spec_definition
+from nnspec.backends.torch.units import Unit, UnitKey, UnitKind
 from nnspec.backends.torch.variants import UNKNOWN
 from nnspec.ir.arithmetic import is_number
 from nnspec.ir.graph import Scope

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 
 from nnspec.backends.torch import variants
 from nnspec.backends.torch.lists import fold, fold_units
-from nnspec.backends.torch.lower import Unit, UnitKey
 from nnspec.backends.torch.names import Namespace
 from nnspec.backends.torch.parameterise import Context, Definition, Parameterise, shape_text
 from nnspec.backends.torch.source import Instance, flat, layout
 from nnspec.backends.torch.structure import spec_definition
+from nnspec.backends.torch.units import Unit, UnitKey
 
 _LOCAL_PATTERN = re.compile(r"(x|h\d*|y|z|x\d+|block\d*|layer\d*|pred|target)\Z")
 

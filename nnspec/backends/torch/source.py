@@ -46,7 +46,7 @@ class Instance:
     """Placeholder for `ClassName(args)` (or a call of a generated function); the arguments
     are known only once every instance of the callee has been seen."""
 
-    unit: Hashable  # the callee's key (lower.UnitKey)
+    unit: Hashable  # the callee's key (units.UnitKey)
     call_args: tuple = ()  # leading tensor arguments of a function call
     # in a layer a use of a block does not build (`variants.py`): another use's instance,
     # whose arguments are unknown for this use

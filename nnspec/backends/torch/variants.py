@@ -16,7 +16,7 @@ Two more differences have a form of their own, as in torchvision's InvertedResid
 - a labelled chain (`self.conv = nn.Sequential(...)`) whose uses leave out some members
   (MobileNetV2's expansion when `expand == 1`) collects its members in a list, each
   optional one appended under the spec's condition, then `nn.Sequential(*layers)`; members
-  are matched by where the spec writes them (`lower.Unit.chains`), else alike from the end;
+  are matched by where the spec writes them (`units.Unit.chains`), else alike from the end;
 - an input added in some uses only (`x + y if stride == 1 and C == out else y`) is
   `self.use_residual = <condition>` and `return x + h if self.use_residual else h`.
 
@@ -32,7 +32,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from nnspec.backends.torch.conditions import condition_code, conditions, evaluate
-from nnspec.backends.torch.lower import Unit
 from nnspec.backends.torch.source import (
     Block,
     Group,
@@ -46,6 +45,7 @@ from nnspec.backends.torch.source import (
     substitute,
     walk,
 )
+from nnspec.backends.torch.units import Unit
 from nnspec.syntax import ast
 
 
