@@ -181,3 +181,18 @@ def test_code_generation_refuses_a_model_past_its_own_limit_at_once_and_can_be_a
                              cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 1 and "E402" in refused.stderr and "--max-layers" in refused.stderr
     assert "Traceback" not in refused.stderr and not refused.stdout
+
+
+def test_the_summary_table_of_a_huge_model_shows_its_ends_and_says_how_many_rows_are_not():
+    from nnspec.spec import load_text
+    from nnspec.summary import MAX_TABLE_ROWS, render_csv, render_table, summarize
+
+    stages = " -> ".join(["dense(4) -> relu"] * 1500)
+    summary = summarize(load_text(f"model Deep {{\n  input x: [4]\n  x -> {stages}\n}}").graph)
+    start = time.perf_counter()
+    table = render_table(summary)
+    assert time.perf_counter() - start < 5
+    assert "dense_1 " in table and "relu_1500" in table and "relu_700 " not in table
+    assert f"{3001 - MAX_TABLE_ROWS:,} of 3,001 rows not shown" in table
+    assert "Total params:" in table and "30,000" in table  # the totals count every row
+    assert len(render_csv(summary).splitlines()) == 3001 + 1
