@@ -219,7 +219,8 @@ def _cells(row: Row) -> list[str]:
 
 HEADERS = ["layer", "op", "output", "params", "MACs"]
 # The table shows the first and last half of this many rows of a bigger model; the other
-# formats list every row. A 100,000-layer table took 45 s to lay out and fills no screen.
+# formats list every row. A 20,001-row summary took 9.5 s, most of it laying the table
+# out, and fills no screen.
 MAX_TABLE_ROWS = 1000
 
 

@@ -447,7 +447,6 @@ def test_thousands_of_layers_are_folded_with_a_warning():
     assert time.perf_counter() - start < 10
 
 
-
 @pytest.mark.dot
 def test_an_input_feeding_hundreds_of_far_layers_is_drawn_through_connectors_quickly():
     # every edge from x crossed every rank between: `dot` spun for minutes on 500 of them
@@ -461,6 +460,7 @@ def test_an_input_feeding_hundreds_of_far_layers_is_drawn_through_connectors_qui
     start = time.perf_counter()
     gv.pipe(dot, "svg")
     assert time.perf_counter() - start < 10
+
 
 def test_expanded_repeats_fold_by_depth_first():
     spec = load_text("""

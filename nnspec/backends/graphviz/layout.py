@@ -88,10 +88,7 @@ def wrap_columns(view: View, lr: bool) -> list[tuple[str, str]]:
     units = list(dict.fromkeys(unit_of.values()))
     if len(units) > _MAX_WRAPPED_UNITS:
         return []  # no page holds it at any scale: one column, and linear work
-    order = {k: i for i, k in enumerate(view.items)}
-    rank = dict.fromkeys(view.items, 0)  # longest path from an input
-    for e in sorted(view.edges, key=lambda e: order[e.dst]):
-        rank[e.dst] = max(rank[e.dst], rank[e.src] + 1)
+    rank = {**dict.fromkeys(view.items, 0), **_longest_paths(view.edges)}
     rows: dict[str, dict[int, int]] = {u: {} for u in units}
     clusters: dict[str, set[str]] = {u: set() for u in units}
     for key, unit in unit_of.items():
