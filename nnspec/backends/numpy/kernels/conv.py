@@ -1,86 +1,26 @@
-"""Convolutions as im2col + one matrix product per group, and the window helpers pooling shares.
+"""Convolutions as im2col + one matrix product per group.
 
 Stride-1 convolutions with 6 to 64 input channels skip the columns (``_shifted``): their
 products read shifted slices of the flattened padded map; 1x1 and depthwise ones have their
-own paths too.
-
-Every window sweep (im2col, col2im, pooling) is one strided view per kernel offset of the
-padded map (no Python loop over samples or output pixels); gradients go back through
-``scatter_windows``, one strided add per offset.
+own paths (depthwise in ``conv_depthwise``).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 
-
-def pad_spatial(x, padding, value=0.0):
-    """Pad the trailing spatial dims of (N, C, *spatial) by explicit (lo, hi) pairs."""
-    if all(lo == 0 and hi == 0 for lo, hi in padding):
-        return x
-    widths = ((0, 0), (0, 0), *((lo, hi) for lo, hi in padding))
-    return np.pad(x, widths, mode="constant", constant_values=value)
-
-
-def crop_padding(x_padded, padding):
-    """Undo ``pad_spatial``: the gradient of the unpadded input, as a contiguous array."""
-    if all(lo == 0 and hi == 0 for lo, hi in padding):
-        return x_padded
-    index = (slice(None), slice(None)) + tuple(
-        slice(lo, size - hi) for (lo, hi), size in zip(padding, x_padded.shape[2:])
-    )
-    return np.ascontiguousarray(x_padded[index])
-
-
-def crop_to_batch_first(padded, padding):
-    """The interior of a channels-first (C, N, *padded) map as a contiguous (N, C, *spatial)
-    array, in one copy (cropping first, then transposing, were two)."""
-    index = (slice(None), slice(None)) + tuple(
-        slice(lo, size - hi) for (lo, hi), size in zip(padding, padded.shape[2:]))
-    return np.ascontiguousarray(np.swapaxes(padded[index], 0, 1))
-
-
-def output_size(padded, kernel, stride, dilation):
-    """Output length per spatial dim of a window sweep over an already padded input."""
-    sizes = tuple(
-        (size - d * (k - 1) - 1) // s + 1
-        for size, k, s, d in zip(padded, kernel, stride, dilation)
-    )
-    if min(sizes) < 1:
-        raise ValueError(
-            f"window {tuple(kernel)} (dilation {tuple(dilation)}) does not fit "
-            f"the padded input {tuple(padded)}"
-        )
-    return sizes
-
-
-def kernel_offsets(kernel):
-    """Every position inside a window, in row-major order (torch's scan order)."""
-    return list(itertools.product(*(range(k) for k in kernel)))
-
-
-def offset_index(offset, stride, dilation, out):
-    """Index of the (N, C, *out) strided view of the input element at ``offset`` of every window."""
-    return (slice(None), slice(None)) + tuple(
-        slice(o * d, o * d + s * (n - 1) + 1, s)
-        for o, d, s, n in zip(offset, dilation, stride, out)
-    )
-
-
-def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out, dtype):
-    """Sum window gradients back into the padded input: one strided add per kernel offset.
-
-    ``grad_at_offset(offset)`` gives the gradient that flows to the input element at
-    ``offset`` inside every window, shaped like the two leading dims of ``padded_shape``
-    (batch and channels, in either order) and ``out``.
-    """
-    grad = np.zeros(padded_shape, dtype=dtype)
-    for offset in kernel_offsets(kernel):
-        grad[offset_index(offset, stride, dilation, out)] += grad_at_offset(offset)
-    return grad
+from .conv_depthwise import depthwise
+from .windows import (
+    check_spatial,
+    crop_to_batch_first,
+    kernel_offsets,
+    offset_index,
+    output_size,
+    pad_spatial,
+    scatter_windows,
+)
 
 
 def conv1d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True):
@@ -97,15 +37,6 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=Tru
     return _conv(x, weight, bias, stride, padding, dilation, groups, input_grad)
 
 
-def check_spatial(name, x, nd, **attrs):
-    """Reject an input without ``nd`` spatial dims, or an attribute without one entry per dim."""
-    if x.ndim != nd + 2:
-        raise ValueError(f"{name} expects a {nd + 2}-d input, got shape {x.shape}")
-    for key, value in attrs.items():
-        if isinstance(value, int) or len(value) != nd:
-            raise ValueError(f"{name}: {key} needs one entry per spatial dim ({nd}), got {value!r}")
-
-
 def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
     """Any-rank convolution as one product per group with the batch folded into the columns:
     weight (O/g, C/g*K) times columns (C/g*K, N*P). Inside, maps are channels first and
@@ -120,7 +51,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
             f"conv with {groups} groups: input has {channels} channels, weight {weight.shape}"
         )
     if groups == channels > 1:
-        return _depthwise(x, weight, bias, stride, padding, dilation, input_grad)
+        return depthwise(x, weight, bias, stride, padding, dilation, input_grad)
     if groups == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in stride) \
             and not any(lo or hi for lo, hi in padding):
         return _pointwise(x, weight, bias, input_grad)
@@ -284,113 +215,6 @@ def _shifted(x, weight, bias, padding, dilation, input_grad):
         return dx, dweight, dbias
 
     return y, backward
-
-
-_CACHE_FLOATS = 1 << 16  # 256 KiB of float32: a working set that stays in L2
-
-
-def _depthwise(x, weight, bias, stride, padding, dilation, input_grad):
-    """A depthwise convolution (one group per input channel, ``m`` outputs each) as one
-    per-channel multiply-add per kernel offset: its matrix products would have an inner
-    dimension of one, which BLAS wastes its time on. Output channel ``c * m + j`` reads
-    channel c, as in torch.
-
-    The padded input is split into its stride phases (``_phases``), so every offset reads one
-    phase at unit stride; with each spatial plane flattened, an offset's windows are then one
-    contiguous stretch per (sample, channel), long runs for NumPy's loops. The stretch also
-    covers the positions between rows, whose results are cropped away (forward) or zero
-    (backward)."""
-    n, channels = x.shape[:2]
-    kernel = weight.shape[2:]
-    multiplier = weight.shape[0] // channels
-    x_padded = pad_spatial(x, padding)
-    padded = x_padded.shape[2:]
-    out = output_size(padded, kernel, stride, dilation)
-    phases, grid = _phases(x_padded, stride)
-    grid_strides = [math.prod(grid[i + 1:]) for i in range(len(grid))]
-    length = 1 + sum((o - 1) * f for o, f in zip(out, grid_strides))
-    wide = out[0] * grid_strides[0]  # the output's rows at the grid's row length
-    reads = []  # per offset: (phase number, start of the stretch in the flattened phase)
-    for offset in kernel_offsets(kernel):
-        steps = [k * d for k, d in zip(offset, dilation)]
-        phase = 0
-        for step, s in zip(steps, stride):
-            phase = phase * s + step % s
-        reads.append((phase, sum(step // s * f for step, s, f in zip(steps, stride, grid_strides))))
-    taps = weight.reshape(channels, multiplier, len(reads))
-
-    def stretch(source, number):
-        phase, begin = reads[number]
-        return source[phase, :, :, None, begin:begin + length]  # (N, C, 1, length)
-
-    y_wide = np.empty((n, channels, multiplier, wide), dtype=x.dtype)
-    # a few samples at a time, so the sum and the product stay in the core's cache
-    chunk = max(1, _CACHE_FLOATS // (channels * multiplier * length))
-    product = np.empty((min(chunk, n), channels, multiplier, length), dtype=x.dtype)
-    for first in range(0, n, chunk):
-        rows = slice(first, first + chunk)
-        y_rows = y_wide[rows, ..., :length]
-        for number in range(len(reads)):
-            tap = taps[:, :, number, None]
-            window = stretch(phases, number)[rows]
-            if number == 0:
-                np.multiply(window, tap, out=y_rows)
-            else:
-                y_rows += np.multiply(window, tap, out=product[:len(window)])
-    crop = (Ellipsis, *(slice(0, o) for o in out[1:]))
-    y = np.ascontiguousarray(y_wide.reshape(n, channels * multiplier, out[0], *grid[1:])[crop])
-    if bias is not None:
-        y += bias.reshape(-1, *(1,) * len(out))
-
-    def backward(dy):
-        dy_wide = np.zeros((n, channels * multiplier, out[0], *grid[1:]), dtype=dy.dtype)
-        dy_wide[crop] = dy
-        dy_wide = dy_wide.reshape(n, channels, multiplier, wide)[..., :length]
-        dweight = np.empty_like(taps)
-        for number in range(len(reads)):
-            dweight[:, :, number] = np.einsum("ncmp,ncmp->cm", dy_wide, stretch(phases, number))
-        dweight = dweight.reshape(weight.shape)
-        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
-        if not input_grad:
-            return None, dweight, dbias
-        d_phases = np.zeros(phases.shape, dtype=dy.dtype)
-        for first in range(0, n, chunk):
-            rows = slice(first, first + chunk)
-            dy_rows = dy_wide[rows]
-            for number in range(len(reads)):
-                part = np.multiply(dy_rows, taps[:, :, number, None], out=product[:len(dy_rows)])
-                stretch(d_phases, number)[rows, :, 0] += (part[:, :, 0] if multiplier == 1
-                                                         else part.sum(axis=2))
-        dx_padded = _unphase(d_phases, grid, stride, padded)
-        return np.ascontiguousarray(crop_padding(dx_padded, padding)), dweight, dbias
-
-    return y, backward
-
-
-def _phases(x_padded, stride):
-    """The stride phases of a padded (N, C, *padded) map, (prod(stride), N, C, prod(grid)):
-    phase (r_1, ..., r_d) (row-major) holds the elements at r_i + s_i * g_i; the map is
-    zero-padded up to a multiple of the stride first. Unit stride: one phase, no copy."""
-    n, channels, *padded = x_padded.shape
-    grid = [-(-p // s) for p, s in zip(padded, stride)]
-    if all(s == 1 for s in stride):
-        return x_padded.reshape(1, n, channels, -1), grid
-    fitted = pad_spatial(x_padded, [(0, g * s - p) for g, s, p in zip(grid, stride, padded)])
-    split = fitted.reshape(n, channels, *(d for g, s in zip(grid, stride) for d in (g, s)))
-    nd = len(grid)
-    order = (*(3 + 2 * i for i in range(nd)), 0, 1, *(2 + 2 * i for i in range(nd)))
-    return np.ascontiguousarray(split.transpose(order)).reshape(-1, n, channels,
-                                                                math.prod(grid)), grid
-
-
-def _unphase(d_phases, grid, stride, padded):
-    """Undo ``_phases``: the (N, C, *padded) map of gradients gathered by phase."""
-    _, n, channels, _ = d_phases.shape
-    nd = len(grid)
-    split = d_phases.reshape(*stride, n, channels, *grid)
-    order = (nd, nd + 1, *(i for d in range(nd) for i in (nd + 2 + d, d)))
-    fitted = split.transpose(order).reshape(n, channels, *(g * s for g, s in zip(grid, stride)))
-    return fitted[(Ellipsis, *(slice(0, p) for p in padded))]
 
 
 def _im2col(x_padded, kernel, stride, dilation, out):

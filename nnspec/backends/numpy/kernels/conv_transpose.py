@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import check_spatial, conv1d, conv2d, crop_to_batch_first, scatter_windows
+from .conv import conv1d, conv2d
+from .windows import check_spatial, crop_to_batch_first, scatter_windows
 
 CONV = {1: conv1d, 2: conv2d}
 

@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from .conv import (
+from .windows import (
     check_spatial,
     crop_padding,
     kernel_offsets,
