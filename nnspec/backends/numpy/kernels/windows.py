@@ -6,6 +6,7 @@ output pixels."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -74,6 +75,46 @@ def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out,
     for offset in kernel_offsets(kernel):
         grad[offset_index(offset, stride, dilation, out)] += grad_at_offset(offset)
     return grad
+
+
+def pad_into_phases(x, padding, stride):
+    """The stride phases of a (A, B, *spatial) map padded by (lo, hi) pairs, in one copy:
+    (prod(stride), A, B, *grid), phase (r_1, ..., r_d) (row-major) holding the padded map's
+    elements at r_i + s_i * g_i (zeros where that is padding or past the padded end). A
+    window's element at a kernel offset then reads one phase at unit stride."""
+    a, b, *spatial = x.shape
+    padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
+    grid = [-(-p // s) for p, s in zip(padded, stride)]
+    phases = np.zeros((math.prod(stride), a, b, *grid), dtype=x.dtype)
+    for number, (phase, source) in enumerate(_phase_regions(spatial, padding, stride)):
+        phases[(number, Ellipsis, *phase)] = x[(Ellipsis, *source)]
+    return phases, grid
+
+
+def gather_from_phases(d_phases, padding, stride, out):
+    """Undo ``pad_into_phases``: write the unpadded interior of gradients held by phase into
+    ``out``, a (possibly strided) (A, B, *spatial) view, one strided copy per phase."""
+    for number, (phase, target) in enumerate(_phase_regions(out.shape[2:], padding, stride)):
+        out[(Ellipsis, *target)] = d_phases[(number, Ellipsis, *phase)]
+    return out
+
+
+def _phase_regions(spatial, padding, stride):
+    """Per phase (row-major), the slices of its grid and of the unpadded map that hold the
+    same elements: padded position r + s * j is map position r + s * j - lo."""
+    per_dim = []
+    for size, (lo, _), s in zip(spatial, padding, stride):
+        regions = []
+        for r in range(s):
+            first = max(0, -(-(lo - r) // s))
+            last = (size - 1 + lo - r) // s
+            count = max(0, last - first + 1)
+            start = r + s * first - lo
+            regions.append((slice(first, first + count),
+                            slice(start, start + s * (count - 1) + 1 if count else start, s)))
+        per_dim.append(regions)
+    for combination in itertools.product(*per_dim):
+        yield tuple(c[0] for c in combination), tuple(c[1] for c in combination)
 
 
 def check_spatial(name, x, nd, **attrs):

@@ -1,0 +1,179 @@
+"""Time dense convolution layers one by one: the NumPy kernel (forward, then the input and
+weight gradients) against torch eager's F.conv2d forward and backward on the same arrays,
+interleaved in one process, printing ms per layer of each and the ratio numpy/torch.
+
+The layers are those of the bench/ workloads (CIFAR ResNet, MobileNet-style, U-Net) and
+others of the same kinds: widths 8-128, maps 4-64, batches 8-128, strides 1 and 2, 1x1
+projections with stride 2, 3x3, 5x5 and 7x7 stems (a stem's input needs no gradient).
+
+Run: python bench/bench_conv.py [--repeats 7] [--only 16x16] [--quick]
+`BENCH_THREADS` (default 2) is the thread count of both backends; on a busy machine use 1,
+which times CPU time (time.process_time) instead of wall time: with one thread each, it
+moves far less than wall time when other processes share the cores.
+Ratios are the median of per-round ratios (one numpy block, one torch block per round), which
+move far less than the absolute times; the load average is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One convolution: batch, in and out channels, square map, square kernel, stride,
+    padding on every side; ``stem`` when its input needs no gradient."""
+
+    batch: int
+    channels: int
+    out_channels: int
+    size: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 1
+    stem: bool = False
+
+    @property
+    def name(self) -> str:
+        kind = " stem" if self.stem else ""
+        return (f"N{self.batch} {self.channels}->{self.out_channels} {self.size}x{self.size} "
+                f"k{self.kernel} s{self.stride} p{self.padding}{kind}")
+
+
+LAYERS = [
+    # CIFAR ResNet-20, batch 32
+    Layer(32, 3, 16, 32, stem=True),
+    Layer(32, 16, 16, 32),
+    Layer(32, 16, 32, 32, stride=2),
+    Layer(32, 16, 32, 32, kernel=1, stride=2, padding=0),
+    Layer(32, 32, 32, 16),
+    Layer(32, 32, 64, 16, stride=2),
+    Layer(32, 32, 64, 16, kernel=1, stride=2, padding=0),
+    Layer(32, 64, 64, 8),
+    # U-Net 1x64x64, batch 8
+    Layer(8, 1, 16, 64, stem=True),
+    Layer(8, 16, 16, 64),
+    Layer(8, 16, 32, 32),
+    Layer(8, 32, 32, 32),
+    Layer(8, 32, 64, 16),
+    Layer(8, 64, 64, 16),
+    Layer(8, 64, 32, 32),
+    Layer(8, 32, 16, 64),
+    # MobileNet-style stem
+    Layer(32, 3, 32, 32, stem=True),
+    # other widths, maps, batches, kernels
+    Layer(8, 8, 8, 64),
+    Layer(64, 8, 16, 32, stride=2),
+    Layer(128, 16, 16, 16),
+    Layer(16, 24, 48, 32),
+    Layer(32, 48, 48, 8),
+    Layer(32, 96, 96, 8),
+    Layer(32, 128, 128, 4),
+    Layer(64, 64, 128, 8, stride=2),
+    Layer(16, 64, 128, 16, kernel=1, stride=2, padding=0),
+    Layer(16, 3, 32, 32, kernel=5, padding=2, stem=True),
+    Layer(8, 3, 64, 64, kernel=7, stride=2, padding=3, stem=True),
+    Layer(16, 16, 16, 24, kernel=5, padding=2),
+]
+
+
+def make_arrays(layer: Layer, rng):
+    x = rng.standard_normal((layer.batch, layer.channels, layer.size, layer.size), np.float32)
+    weight = rng.standard_normal((layer.out_channels, layer.channels, layer.kernel,
+                                  layer.kernel), np.float32) * 0.1
+    bias = rng.standard_normal(layer.out_channels, np.float32)
+    out = (layer.size + 2 * layer.padding - layer.kernel) // layer.stride + 1
+    dy = rng.standard_normal((layer.batch, layer.out_channels, out, out), np.float32)
+    return x, weight, bias, dy
+
+
+def numpy_step(layer: Layer, x, weight, bias, dy):
+    from nnspec.backends.numpy.kernels.conv import conv2d
+
+    pad = ((layer.padding, layer.padding),) * 2
+    y, backward = conv2d(x, weight, bias, stride=(layer.stride,) * 2, padding=pad,
+                         dilation=(1, 1), groups=1, input_grad=not layer.stem)
+    return backward(dy)
+
+
+def torch_step(layer: Layer, x, weight, bias, dy):
+    import torch.nn.functional as F
+
+    for tensor in (x, weight, bias):
+        tensor.grad = None
+    y = F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding)
+    y.backward(dy)
+
+
+def time_block(step, args, reps, clock=time.perf_counter):
+    start = clock()
+    for _ in range(reps):
+        step(*args)
+    return (clock() - start) / reps * 1e3
+
+
+def bench_layer(layer: Layer, repeats: int, clock, budget_ms: float = 40.0):
+    """(numpy ms, torch ms, ratio): medians over interleaved rounds."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    arrays = make_arrays(layer, rng)
+    tensors = [torch.from_numpy(a.copy()) for a in arrays]
+    for tensor in tensors[:3]:
+        tensor.requires_grad_(True)
+    tensors[0].requires_grad_(not layer.stem)
+    np_args, torch_args = (layer, *arrays), (layer, *tensors)
+    once = min(time_block(numpy_step, np_args, 1), time_block(torch_step, torch_args, 1))
+    reps = max(1, int(budget_ms / max(once, 1e-3)))
+    numpy_ms, torch_ms, ratios = [], [], []
+    for _ in range(repeats):
+        a = time_block(numpy_step, np_args, reps, clock)
+        b = time_block(torch_step, torch_args, reps, clock)
+        numpy_ms.append(a)
+        torch_ms.append(b)
+        ratios.append(a / b)
+    return statistics.median(numpy_ms), statistics.median(torch_ms), statistics.median(ratios)
+
+
+def main() -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from threadpoolctl import threadpool_limits
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", default="", help="layers whose name contains this text")
+    args = parser.parse_args()
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    torch.set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")
+    # one thread each: CPU time, which other processes on a busy machine barely move
+    clock = time.process_time if threads == 1 else time.perf_counter
+    table = Table(title=f"dense conv layers, fwd + bwd, {threads} thread(s), "
+                        f"load {os.getloadavg()[0]:.2f} at start")
+    for column in ("layer", "numpy ms", "torch ms", "ratio"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    ratios = []
+    for layer in LAYERS:
+        if args.only not in layer.name:
+            continue
+        numpy_ms, torch_ms, ratio = bench_layer(layer, args.repeats, clock)
+        ratios.append(ratio)
+        table.add_row(layer.name, f"{numpy_ms:.2f}", f"{torch_ms:.2f}", f"{ratio:.2f}")
+        print(f"{layer.name:40s} {numpy_ms:8.2f} {torch_ms:8.2f} {ratio:6.2f}", flush=True)
+    Console().print(table)
+    if ratios:
+        geo = float(np.exp(np.mean(np.log(ratios))))
+        print(f"geometric mean ratio {geo:.2f}, worst {max(ratios):.2f}; "
+              f"load {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
