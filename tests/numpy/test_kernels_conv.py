@@ -364,6 +364,36 @@ def test_each_stride_one_convolution_path_matches_torch(
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize(
+    "nd, channels, out_channels, kernel, stride, dilation, padding, spatial",
+    [
+        (2, 16, 32, (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), (16, 16)),   # ResNet downsample
+        (2, 8, 8, (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), (9, 7)),       # odd sizes
+        (2, 8, 12, (3, 3), (2, 3), (1, 1), ((0, 2), (1, 0)), (11, 13)),    # uneven stride, pad
+        (2, 12, 8, (3, 3), (2, 2), (2, 1), ((2, 2), (1, 1)), (12, 10)),    # dilated
+        (2, 8, 6, (5, 5), (2, 2), (1, 1), ((2, 2), (2, 2)), (21, 20)),     # 5x5
+        (2, 8, 8, (3, 3), (2, 2), (1, 1), ((4, 3), (1, 5)), (8, 9)),       # pad > reach
+        (2, 6, 9, (2, 4), (3, 2), (1, 1), ((1, 1), (2, 1)), (10, 9)),      # even kernel
+        (1, 16, 8, (3,), (2,), (2,), ((2, 1),), (15,)),                    # 1d
+        (1, 8, 8, (4,), (3,), (1,), ((0, 0),), (16,)),                     # 1d, no padding
+    ],
+)
+def test_strided_convolutions_on_the_column_free_path_match_torch(
+        monkeypatch, nd, channels, out_channels, kernel, stride, dilation, padding, spatial):
+    taken = []
+    original = conv_module._shifted
+    monkeypatch.setattr(conv_module, "_shifted",
+                        lambda *args: taken.append(args[3]) or original(*args))
+    case = {
+        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
+        "kernel": kernel, "has_bias": True,
+        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
+    }
+    check_conv_against_torch(nd, case)
+    assert taken == [stride]
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("nd, kernel, padding, spatial", [
     (2, (3, 3), ((1, 1), (1, 1)), (9, 7)), (1, (3,), ((2, 2),), (13,))])
 def test_the_column_free_path_over_several_column_blocks_matches_torch(
