@@ -340,7 +340,9 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
         (2, 72, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 9), "flipped"),    # wide
         (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (6, 6), "col2im"),      # pad > reach
         (2, 7, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (6, 6), "col2im"),
-        (2, 4, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (16, 16), "col2im"),    # few channels
+        (2, 4, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (16, 16), "per_sample"),  # few channels
+        (2, 3, 8, 1, (3, 3), (2, 1), ((3, 1), (0, 2)), (9, 8), "per_sample"),   # pad > reach
+        (1, 2, 5, 1, (5,), (2,), ((4, 4),), (11,), "per_sample"),               # 1d dilated
     ],
 )
 def test_each_stride_one_convolution_path_matches_torch(
@@ -348,7 +350,8 @@ def test_each_stride_one_convolution_path_matches_torch(
         path):
     taken = []
     for name, function in [("shifted", "_shifted"), ("flipped", "_unit_stride_input_grad"),
-                           ("col2im", "_unit_stride_col2im")]:
+                           ("col2im", "_unit_stride_col2im"),
+                           ("per_sample", "_per_sample_columns")]:
         original = getattr(conv_module, function)
         monkeypatch.setattr(conv_module, function,
                             lambda *args, _name=name, _original=original:
@@ -390,6 +393,50 @@ def test_strided_convolutions_on_the_column_free_path_match_torch(
         "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
     }
     check_conv_against_torch(nd, case)
+    assert taken == [stride]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "nd, channels, out_channels, kernel, stride, dilation, padding, spatial",
+    [
+        (2, 3, 16, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (12, 12)),    # CIFAR stem
+        (2, 3, 8, (7, 7), (2, 2), (1, 1), ((3, 3), (3, 3)), (17, 16)),     # ImageNet stem
+        (2, 1, 6, (5, 5), (1, 1), (1, 1), ((2, 2), (2, 2)), (9, 11)),      # 5x5, 1 channel
+        (2, 5, 4, (3, 2), (3, 2), (2, 1), ((0, 3), (1, 0)), (13, 8)),      # uneven everything
+        (2, 2, 3, (1, 1), (2, 2), (1, 1), ((0, 0), (0, 0)), (7, 6)),       # 1x1, stride 2
+        (1, 3, 4, (3,), (2,), (1,), ((1, 1),), (10,)),                     # 1d
+    ],
+)
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_few_channel_convolutions_on_per_sample_columns_match_torch(
+        monkeypatch, nd, channels, out_channels, kernel, stride, dilation, padding, spatial,
+        input_grad):
+    taken = []
+    original = conv_module._per_sample_columns
+    monkeypatch.setattr(conv_module, "_per_sample_columns",
+                        lambda *args: taken.append(args[3]) or original(*args))
+    case = {
+        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
+        "kernel": kernel, "has_bias": True,
+        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
+    }
+    if input_grad:
+        check_conv_against_torch(nd, case)
+    else:
+        x, weight, bias = conv_arrays(case, seed=3)
+        y, backward = CONV[nd](x, weight, bias, **case["attrs"], input_grad=False)
+        tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
+        tx.requires_grad_(False)
+        ty = {1: F.conv1d, 2: F.conv2d}[nd](
+            F.pad(tx, torch_pad(padding)), tweight, tbias, stride=stride, dilation=dilation)
+        assert_close(y, ty)
+        dy = np.random.default_rng(4).standard_normal(y.shape, np.float32)
+        ty.backward(torch.tensor(dy))
+        dx, dweight, dbias = backward(dy)
+        assert dx is None
+        assert_close(dweight, tweight.grad, atol=1e-4)
+        assert_close(dbias, tbias.grad, atol=1e-4)
     assert taken == [stride]
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from .conv_depthwise import depthwise
 from .windows import (
     check_spatial,
+    crop_padding,
     crop_to_batch_first,
     gather_from_phases,
     kernel_offsets,
@@ -59,6 +60,8 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         return _pointwise(x, weight, bias, input_grad)
     if groups == 1 and _shifted_pays(channels, x.shape[2:], padding, kernel, stride, dilation):
         return _shifted(x, weight, bias, stride, padding, dilation, input_grad)
+    if groups == 1 and channels < SHIFTED_MIN_CHANNELS:
+        return _per_sample_columns(x, weight, bias, stride, padding, dilation, input_grad)
     x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
     out = output_size(x_padded.shape[2:], kernel, stride, dilation)
     weight_groups = weight.reshape(groups, out_channels // groups, -1)
@@ -132,6 +135,49 @@ def _pointwise(x, weight, bias, input_grad):
     return y.reshape(n, out_channels, *x.shape[2:]), backward
 
 
+def _per_sample_columns(x, weight, bias, stride, padding, dilation, input_grad):
+    """A convolution of few input channels (a stem) as im2col in torch's layout: columns
+    (N, C*K, P) gathered from the padded (N, C, *padded) input, then one (O, C*K) @
+    (C*K, P) product per sample, whose (N, O, P) result is the output as it is (no copy
+    out), and per-sample products summed for the weight gradient. The columns are kept for
+    the backward: at under 6 channels they are at most a few times the layer's output.
+    Against the batch-folded columns, 1.4-2x faster at 1-3 channels with 3x3 kernels and
+    about 1.1x with 5x5 and 7x7 ones."""
+    n, channels = x.shape[:2]
+    out_channels = weight.shape[0]
+    kernel = weight.shape[2:]
+    x_padded = pad_spatial(x, padding)
+    out = output_size(x_padded.shape[2:], kernel, stride, dilation)
+    columns = np.empty((n, channels, math.prod(kernel), *out), dtype=x.dtype)
+    for number, offset in enumerate(kernel_offsets(kernel)):
+        columns[:, :, number] = x_padded[offset_index(offset, stride, dilation, out)]
+    columns = columns.reshape(n, channels * math.prod(kernel), -1)
+    spatial = x.shape[2:]  # the backward keeps no reference to x
+    del x_padded
+    matrix = weight.reshape(out_channels, -1)
+    y = np.matmul(matrix, columns)
+    if bias is not None:
+        y += bias[:, None]
+
+    def backward(dy):
+        dy_rows = dy.reshape(n, out_channels, -1)
+        dweight = np.zeros_like(matrix)
+        term = np.empty_like(matrix)
+        for sample in range(n):  # summed as it goes: no (N, O, C*K) temporary
+            dweight += np.matmul(dy_rows[sample], columns[sample].T, out=term)
+        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
+        if not input_grad:
+            return None, dweight.reshape(weight.shape), dbias
+        dcolumns = np.matmul(matrix.T, dy_rows).reshape(n, channels, *kernel, *out)
+        padded_shape = (n, channels, *(size + lo + hi for size, (lo, hi)
+                                       in zip(spatial, padding)))
+        dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), slice(None), *offset)],
+                                    padded_shape, kernel, stride, dilation, out, dy.dtype)
+        return crop_padding(dx_padded, padding), dweight.reshape(weight.shape), dbias
+
+    return y.reshape(n, out_channels, *out), backward
+
+
 def _shifted_pays(channels, spatial, padding, kernel, stride, dilation):
     """Whether ``_shifted`` measured faster than im2col for this convolution."""
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
@@ -183,6 +229,7 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
     frame = n * math.prod(grid)
     length = frame - max(start for _, start in reads)
     flat = phases.reshape(len(phases), channels, frame)
+    x_shape, phases_shape = x.shape, phases.shape  # the backward keeps no reference to x
     taps = np.ascontiguousarray(np.moveaxis(weight.reshape(out_channels, channels, -1), 2, 0))
     y_frame = np.empty((out_channels, frame), dtype=x.dtype)
     term = np.empty((out_channels, min(length, SHIFTED_BLOCK)), dtype=x.dtype)
@@ -217,7 +264,7 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         dy_rows = np.zeros((out_channels, n, *grid), dtype=dy.dtype)
         dy_rows[(slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
         dy_rows = dy_rows.reshape(out_channels, frame)
-        d_phases = np.zeros((len(phases), channels, frame), dtype=dy.dtype)
+        d_phases = np.zeros((phases_shape[0], channels, frame), dtype=dy.dtype)
         term = np.empty((channels, min(length, SHIFTED_BLOCK)), dtype=dy.dtype)
         for first in range(0, length, SHIFTED_BLOCK):
             end = min(first + SHIFTED_BLOCK, length)
@@ -225,8 +272,8 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
                 d_phases[phase, :, start + first:start + end] += np.matmul(
                     taps[number].T, dy_rows[:, first:end], out=term[:, :end - first])
         del dy_rows  # freed before the copy out
-        dx = np.empty_like(x)
-        gather_from_phases(d_phases.reshape(phases.shape), padding, stride,
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        gather_from_phases(d_phases.reshape(phases_shape), padding, stride,
                            np.swapaxes(dx, 0, 1))
         return dx, dweight, dbias
 
