@@ -6,7 +6,7 @@ The layers are those of the bench/ workloads (CIFAR ResNet, MobileNet-style, U-N
 others of the same kinds: widths 8-128, maps 4-64, batches 8-128, strides 1 and 2, 1x1
 projections with stride 2, 3x3, 5x5 and 7x7 stems (a stem's input needs no gradient).
 
-Run: python bench/bench_conv.py [--repeats 7] [--only 16x16] [--quick]
+Run: python bench/bench_conv.py [--repeats 7] [--only "k3 s2"]
 `BENCH_THREADS` (default 2) is the thread count of both backends; on a busy machine use 1,
 which times CPU time (time.process_time) instead of wall time: with one thread each, it
 moves far less than wall time when other processes share the cores.
@@ -97,7 +97,7 @@ def numpy_step(layer: Layer, x, weight, bias, dy):
     from nnspec.backends.numpy.kernels.conv import conv2d
 
     pad = ((layer.padding, layer.padding),) * 2
-    y, backward = conv2d(x, weight, bias, stride=(layer.stride,) * 2, padding=pad,
+    _, backward = conv2d(x, weight, bias, stride=(layer.stride,) * 2, padding=pad,
                          dilation=(1, 1), groups=1, input_grad=not layer.stem)
     return backward(dy)
 
@@ -156,19 +156,21 @@ def main() -> None:
     threadpool_limits(threads, user_api="blas")
     # one thread each: CPU time, which other processes on a busy machine barely move
     clock = time.process_time if threads == 1 else time.perf_counter
-    table = Table(title=f"dense conv layers, fwd + bwd, {threads} thread(s), "
-                        f"load {os.getloadavg()[0]:.2f} at start")
+    table = Table(title=f"conv fwd + bwd, {threads} thread(s), "
+                        f"{'CPU' if threads == 1 else 'wall'} time, load {os.getloadavg()[0]:.1f}")
     for column in ("layer", "numpy ms", "torch ms", "ratio"):
         table.add_column(column, justify="left" if column == "layer" else "right")
     ratios = []
-    for layer in LAYERS:
-        if args.only not in layer.name:
-            continue
-        numpy_ms, torch_ms, ratio = bench_layer(layer, args.repeats, clock)
-        ratios.append(ratio)
-        table.add_row(layer.name, f"{numpy_ms:.2f}", f"{torch_ms:.2f}", f"{ratio:.2f}")
-        print(f"{layer.name:40s} {numpy_ms:8.2f} {torch_ms:8.2f} {ratio:6.2f}", flush=True)
-    Console().print(table)
+    console = Console()
+    with console.status("") as status:
+        for layer in LAYERS:
+            if args.only not in layer.name:
+                continue
+            status.update(f"timing {layer.name}")
+            numpy_ms, torch_ms, ratio = bench_layer(layer, args.repeats, clock)
+            ratios.append(ratio)
+            table.add_row(layer.name, f"{numpy_ms:.2f}", f"{torch_ms:.2f}", f"{ratio:.2f}")
+    console.print(table)
     if ratios:
         geo = float(np.exp(np.mean(np.log(ratios))))
         print(f"geometric mean ratio {geo:.2f}, worst {max(ratios):.2f}; "

@@ -1,8 +1,9 @@
 """Convolutions as im2col + one matrix product per group.
 
-Stride-1 convolutions with 6 to 64 input channels skip the columns (``_shifted``): their
-products read shifted slices of the flattened padded map; 1x1 and depthwise ones have their
-own paths (depthwise in ``conv_depthwise``).
+Convolutions with 6 to 64 input channels skip the columns (``_shifted``): their products
+read shifted slices of the flattened padded map (of its stride phases when strided); those
+of fewer channels (stems) take per-sample columns in torch's layout; unit-stride 1x1 and
+depthwise ones have their own paths (depthwise in ``conv_depthwise``).
 """
 
 from __future__ import annotations
@@ -191,7 +192,9 @@ def _shifted_pays(channels, spatial, padding, kernel, stride, dilation):
 # measured against im2col, fwd + both gradients: 0.56x at 6 input channels, 1.5x at 3-4,
 # 0.7-0.9x at 64, 1.15-1.5x at 128 (batch 32-128: there im2col's product, inner dimension
 # 1152, runs near the GEMM peak); 0.6-0.9x on 8x8 maps padded to 10x10 (1.56x the
-# output), 1.5-2.6x on 4x4 ones (2.25x)
+# output), 1.5-2.6x on 4x4 ones (2.25x). Stride 2 (3x3, grid of the phases against the
+# output): 0.63-0.67x at 8-32 channels, 1.0x at 64 on 8x8 maps, 0.9-1.15x at 128;
+# stride 1 at 96-256 channels 0.9-1.4x
 SHIFTED_MIN_CHANNELS = 6
 SHIFTED_MAX_CHANNELS = 64
 SHIFTED_MAX_WASTE = 1.6
