@@ -182,11 +182,14 @@ def _per_sample_columns(x, weight, bias, stride, padding, dilation, input_grad):
 def _shifted_pays(channels, spatial, padding, kernel, stride, dilation):
     """Whether ``_shifted`` measured faster than im2col for this convolution."""
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
-    grid = [-(-p // s) for p, s in zip(padded, stride)]
     out = output_size(padded, kernel, stride, dilation)
+    if all(s == 1 for s in stride):
+        frame = _shared_padding_periods(spatial, padding, kernel, dilation)
+    else:
+        frame = [-(-p // s) for p, s in zip(padded, stride)]
     return math.prod(kernel) > 1 and \
         SHIFTED_MIN_CHANNELS <= channels <= SHIFTED_MAX_CHANNELS and \
-        math.prod(grid) <= SHIFTED_MAX_WASTE * math.prod(out)
+        math.prod(frame) <= SHIFTED_MAX_WASTE * math.prod(out)
 
 
 # measured against im2col, fwd + both gradients: 0.56x at 6 input channels, 1.5x at 3-4,
@@ -204,83 +207,141 @@ SHIFTED_BLOCK = 1 << 17
 
 
 def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
-    """A convolution without columns. The padded input is split into its stride phases
-    (one phase, the padded map itself, at unit stride), each (C, N, *grid) flattened to
-    (C, N * prod(grid)); the inputs of kernel offset k for every output position then form
-    one contiguous slice of one phase, shifted by the offset's flat start, so the output is
-    a sum of K products weight_k (O, C) @ slice_k (C, L), computed over the whole grid (the
-    positions past the output's end in each row are cropped). The weight gradient is K
-    products of the slices with the output gradient, zero at those positions; the input
-    gradient adds weight_k.T @ that gradient into each shifted slice. No K-times-the-input
-    column buffer is written or read: 1.2-2.7x faster than im2col's product at 8-32
-    channels, and a stride-2 layer skips im2col's stride-2 element gathers and the
-    strided scatter of its input gradient."""
+    """A convolution without columns. The input is laid out flat, channels first, in a
+    frame where every kernel offset's inputs for all output positions are one contiguous
+    slice, shifted by the offset's flat start (``_shared_padding_frame`` at unit stride,
+    ``_phase_frames`` otherwise), so the output is a sum of K products weight_k (O, C) @
+    slice_k (C, L), computed over the whole frame (the positions between the outputs are
+    cropped). The weight gradient is K products of the slices with the output gradient,
+    zero at those positions; the input gradient adds weight_k.T @ that gradient into each
+    shifted slice. No K-times-the-input column buffer is written or read: 1.2-2.7x faster
+    than im2col's product at 8-32 channels, and a stride-2 layer skips im2col's stride-2
+    element gathers and the strided scatter of its input gradient."""
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]
     kernel = weight.shape[2:]
-    phases, grid = pad_into_phases(np.swapaxes(x, 0, 1), padding, stride)
     padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
     out = output_size(padded, kernel, stride, dilation)
-    grid_strides = [math.prod(grid[i + 1:]) for i in range(len(grid))]
-    reads = []  # per kernel offset: (phase number, flat start in the phase)
-    for offset in kernel_offsets(kernel):
-        steps = [k * d for k, d in zip(offset, dilation)]
-        phase = 0
-        for step, s in zip(steps, stride):
-            phase = phase * s + step % s
-        reads.append((phase, sum(step // s * f for step, s, f in zip(steps, stride, grid_strides))))
-    frame = n * math.prod(grid)
-    length = frame - max(start for _, start in reads)
-    flat = phases.reshape(len(phases), channels, frame)
-    x_shape, phases_shape = x.shape, phases.shape  # the backward keeps no reference to x
+    if all(s == 1 for s in stride):
+        flat, reads, frame_shape, unframe = _shared_padding_frame(x, padding, kernel, dilation)
+    else:
+        flat, reads, frame_shape, unframe = _phase_frames(x, padding, stride, kernel, dilation)
+    frame = math.prod(frame_shape)
+    # the last output's position plus one: every output lies before it
+    length = 1 + sum((o - 1) * math.prod(frame_shape[i + 2:])
+                     for i, o in enumerate(out)) + (n - 1) * math.prod(frame_shape[1:])
+    x_shape = x.shape  # the backward keeps no reference to x
     taps = np.ascontiguousarray(np.moveaxis(weight.reshape(out_channels, channels, -1), 2, 0))
     y_frame = np.empty((out_channels, frame), dtype=x.dtype)
     term = np.empty((out_channels, min(length, SHIFTED_BLOCK)), dtype=x.dtype)
     for first in range(0, length, SHIFTED_BLOCK):  # a block of columns: a small term
         end = min(first + SHIFTED_BLOCK, length)
         y_rows = y_frame[:, first:end]
-        for number, (phase, start) in enumerate(reads):
-            window = flat[phase, :, start + first:start + end]
+        for number, (source, start) in enumerate(reads):
+            window = flat[source, :, start + first:start + end]
             if number == 0:
                 np.matmul(taps[0], window, out=y_rows)
             else:
                 y_rows += np.matmul(taps[number], window, out=term[:, :end - first])
     valid = (slice(None), slice(None), *(slice(0, o) for o in out))
-    y = np.ascontiguousarray(np.swapaxes(y_frame.reshape(out_channels, n, *grid)[valid], 0, 1))
+    y = np.ascontiguousarray(np.swapaxes(y_frame.reshape(out_channels, *frame_shape)[valid],
+                                         0, 1))
     if bias is not None:
         y += bias.reshape(-1, *(1,) * len(out))
 
     def backward(dy):
-        # the gradient on the grid, zero past the output, in both orientations: the weight
-        # gradient's products read it as (L, O) rows, 1.6x faster than a transposed view
-        dy_grid = np.zeros((n, *grid, out_channels), dtype=dy.dtype)
-        dy_grid[(slice(None), *(slice(0, o) for o in out))] = np.moveaxis(dy, 1, -1)
-        dy_columns = dy_grid.reshape(frame, out_channels)[:length]
+        # the gradient on the frame, zero between the outputs, in both orientations: the
+        # weight gradient's products read it as (L, O) rows, 1.6x faster than a transposed
+        # view
+        dy_frame = np.zeros((*frame_shape, out_channels), dtype=dy.dtype)
+        dy_frame[(slice(None), *(slice(0, o) for o in out))] = np.moveaxis(dy, 1, -1)
+        dy_columns = dy_frame.reshape(frame, out_channels)[:length]
         dtaps = np.empty((len(reads), channels, out_channels), dtype=dy.dtype)
-        for number, (phase, start) in enumerate(reads):
-            np.matmul(flat[phase, :, start:start + length], dy_columns, out=dtaps[number])
+        for number, (source, start) in enumerate(reads):
+            np.matmul(flat[source, :, start:start + length], dy_columns, out=dtaps[number])
         dweight = np.ascontiguousarray(dtaps.transpose(2, 1, 0)).reshape(weight.shape)
         dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
         if not input_grad:
             return None, dweight, dbias
-        del dy_grid, dy_columns
-        dy_rows = np.zeros((out_channels, n, *grid), dtype=dy.dtype)
+        del dy_frame, dy_columns
+        dy_rows = np.zeros((out_channels, *frame_shape), dtype=dy.dtype)
         dy_rows[(slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
         dy_rows = dy_rows.reshape(out_channels, frame)
-        d_phases = np.zeros((phases_shape[0], channels, frame), dtype=dy.dtype)
+        d_flat = np.zeros(flat.shape, dtype=dy.dtype)
         term = np.empty((channels, min(length, SHIFTED_BLOCK)), dtype=dy.dtype)
         for first in range(0, length, SHIFTED_BLOCK):
             end = min(first + SHIFTED_BLOCK, length)
-            for number, (phase, start) in enumerate(reads):
-                d_phases[phase, :, start + first:start + end] += np.matmul(
+            for number, (source, start) in enumerate(reads):
+                d_flat[source, :, start + first:start + end] += np.matmul(
                     taps[number].T, dy_rows[:, first:end], out=term[:, :end - first])
         del dy_rows  # freed before the copy out
         dx = np.empty(x_shape, dtype=dy.dtype)
-        gather_from_phases(d_phases.reshape(phases_shape), padding, stride,
-                           np.swapaxes(dx, 0, 1))
+        unframe(d_flat, np.swapaxes(dx, 0, 1))
         return dx, dweight, dbias
 
     return y, backward
+
+
+def _shared_padding_periods(spatial, padding, kernel, dilation):
+    """Per spatial dim, the period of ``_shared_padding_frame``: the map's size plus one gap
+    of zeros that serves as the high padding of one row (or plane, or sample) and the low
+    padding of the next, wide enough that no two outputs share a position."""
+    return [size + max(lo, hi, lo + hi - (k - 1) * d)
+            for size, (lo, hi), k, d in zip(spatial, padding, kernel, dilation)]
+
+
+def _shared_padding_frame(x, padding, kernel, dilation):
+    """A unit-stride convolution's input laid out flat: (1, C, total), each sample a block of
+    (*periods) whose leading corner holds the map, zeros elsewhere (``_shared_padding_periods``:
+    a 32x32 map padded by 1 takes 33x33 positions, not 34x34), after a margin of zeros for
+    the first sample's low padding. Output position p of a sample lies at the block's flat
+    index of p, and reads its offset-k input at that index plus the offset's flat start.
+    Returns (flat, reads, frame_shape, unframe): the reads as (0, start) per kernel offset,
+    the (N, *periods) frame that the outputs lie in, and the function that writes the
+    gradient of the map from the flat one into a (C, N, *spatial) view."""
+    n, channels, *spatial = x.shape
+    periods = _shared_padding_periods(spatial, padding, kernel, dilation)
+    strides = [math.prod(periods[i + 1:]) for i in range(len(periods))]
+    block = math.prod(periods)
+    margin = sum(lo * f for (lo, _), f in zip(padding, strides))
+    reads = [(0, sum(k * d * f for k, d, f in zip(offset, dilation, strides)))
+             for offset in kernel_offsets(kernel)]
+    total = margin + n * block + reads[-1][1]  # room for the last offset's slice
+    flat = np.zeros((1, channels, total), dtype=x.dtype)
+    interior = (slice(None), slice(None), *(slice(0, size) for size in spatial))
+
+    def maps(buffer):
+        return buffer[0, :, margin:margin + n * block].reshape(channels, n, *periods)[interior]
+
+    maps(flat)[...] = np.swapaxes(x, 0, 1)
+
+    def unframe(d_flat, out):
+        out[...] = maps(d_flat)
+
+    return flat, reads, (n, *periods), unframe
+
+
+def _phase_frames(x, padding, stride, kernel, dilation):
+    """A strided convolution's input as its stride phases (``pad_into_phases``), each
+    flattened to (C, N * prod(grid)): every kernel offset reads one phase at unit stride.
+    Returns (flat, reads, frame_shape, unframe) as ``_shared_padding_frame`` does, the
+    reads as (phase, start)."""
+    n, channels = x.shape[:2]
+    phases, grid = pad_into_phases(np.swapaxes(x, 0, 1), padding, stride)
+    strides = [math.prod(grid[i + 1:]) for i in range(len(grid))]
+    reads = []
+    for offset in kernel_offsets(kernel):
+        steps = [k * d for k, d in zip(offset, dilation)]
+        phase = 0
+        for step, s in zip(steps, stride):
+            phase = phase * s + step % s
+        reads.append((phase, sum(step // s * f for step, s, f in zip(steps, stride, strides))))
+    shape = phases.shape
+
+    def unframe(d_flat, out):
+        gather_from_phases(d_flat.reshape(shape), padding, stride, out)
+
+    return phases.reshape(len(phases), channels, -1), reads, (n, *grid), unframe
 
 
 def _im2col(x_padded, kernel, stride, dilation, out):
