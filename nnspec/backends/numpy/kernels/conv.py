@@ -185,22 +185,24 @@ def _shifted_pays(channels, spatial, padding, kernel, stride, dilation):
     out = output_size(padded, kernel, stride, dilation)
     if all(s == 1 for s in stride):
         frame = _shared_padding_periods(spatial, padding, kernel, dilation)
+        most_channels, most_waste = SHIFTED_MAX_CHANNELS, SHIFTED_MAX_WASTE
     else:
         frame = [-(-p // s) for p, s in zip(padded, stride)]
-    return math.prod(kernel) > 1 and \
-        SHIFTED_MIN_CHANNELS <= channels <= SHIFTED_MAX_CHANNELS and \
-        math.prod(frame) <= SHIFTED_MAX_WASTE * math.prod(out)
+        most_channels, most_waste = STRIDED_SHIFTED_MAX_CHANNELS, STRIDED_SHIFTED_MAX_WASTE
+    return math.prod(kernel) > 1 and SHIFTED_MIN_CHANNELS <= channels <= most_channels and \
+        math.prod(frame) <= most_waste * math.prod(out)
 
 
-# measured against im2col, fwd + both gradients: 0.56x at 6 input channels, 1.5x at 3-4,
-# 0.7-0.9x at 64, 1.15-1.5x at 128 (batch 32-128: there im2col's product, inner dimension
-# 1152, runs near the GEMM peak); 0.6-0.9x on 8x8 maps padded to 10x10 (1.56x the
-# output), 1.5-2.6x on 4x4 ones (2.25x). Stride 2 (3x3, grid of the phases against the
-# output): 0.63-0.67x at 8-32 channels, 1.0x at 64 on 8x8 maps, 0.9-1.15x at 128;
-# stride 1 at 96-256 channels 0.9-1.4x
+# measured against im2col, fwd + both gradients (the frame's positions against the
+# output's are the waste): at unit stride 0.56x at 6 input channels, 1.5x at 3-4;
+# 0.8-0.9x at 96-160 channels on 4x4 to 16x16 maps, 1.14x at 256; 0.6-0.9x on 2x2 maps
+# (waste 2.25). Strided (3x3, stride 2, over the phases' grid): 0.63-0.67x at 8-32
+# channels, 1.0x at 64 on 8x8 maps (waste 1.56), 0.9-1.3x at 96-128
 SHIFTED_MIN_CHANNELS = 6
-SHIFTED_MAX_CHANNELS = 64
-SHIFTED_MAX_WASTE = 1.6
+SHIFTED_MAX_CHANNELS = 160
+SHIFTED_MAX_WASTE = 2.3
+STRIDED_SHIFTED_MAX_CHANNELS = 64
+STRIDED_SHIFTED_MAX_WASTE = 1.6
 # columns per block of the shifted products: the per-offset term is one block's, not the
 # size of the layer's input or output
 SHIFTED_BLOCK = 1 << 17
