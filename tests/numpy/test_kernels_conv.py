@@ -104,6 +104,17 @@ def test_conv2d_matches_torch(case):
 
 
 @pytest.mark.torch
+@FEW
+@given(conv_cases(nd=2), st.integers(6, 10), st.data())
+def test_conv2d_of_6_to_10_channels_matches_torch(case, channels, data):
+    """The cases above at the channel counts of the column-free path (whichever path the
+    sizes choose)."""
+    case = {**case, "in_channels": channels, "attrs": {**case["attrs"], "groups": 1},
+            "out_channels": data.draw(st.integers(1, 9))}
+    check_conv_against_torch(2, case)
+
+
+@pytest.mark.torch
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("kernel", [(2, 4), (3, 4), (5, 2)])
 def test_same_padding_pairs_put_the_extra_on_the_high_side_like_torch(kernel):
