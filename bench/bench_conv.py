@@ -65,8 +65,12 @@ LAYERS = [
     Layer(8, 64, 64, 16),
     Layer(8, 64, 32, 32),
     Layer(8, 32, 16, 64),
-    # MobileNet-style stem
+    # MobileNet-style stem, 1x1 expansions and projections
     Layer(32, 3, 32, 32, stem=True),
+    Layer(32, 16, 96, 32, kernel=1, padding=0),
+    Layer(32, 96, 24, 16, kernel=1, padding=0),
+    Layer(32, 32, 192, 8, kernel=1, padding=0),
+    Layer(32, 384, 64, 4, kernel=1, padding=0),
     # other widths, maps, batches, kernels
     Layer(8, 8, 8, 64),
     Layer(64, 8, 16, 32, stride=2),
