@@ -4,7 +4,9 @@ interleaved in one process, printing ms per layer of each and the ratio numpy/to
 
 The layers are those of the bench/ workloads (CIFAR ResNet, MobileNet-style, U-Net) and
 others of the same kinds: widths 8-128, maps 4-64, batches 8-128, strides 1 and 2, 1x1
-projections with stride 2, 3x3, 5x5 and 7x7 stems (a stem's input needs no gradient).
+projections with stride 2, MobileNet's 1x1 expansions and projections, 3x3, 5x5 and 7x7
+stems (a stem's input needs no gradient). Both backends run with a steady heap
+(``steady_heap``), as inside a training loop.
 
 Run: python bench/bench_conv.py [--repeats 7] [--only "k3 s2"]
 `BENCH_THREADS` (default 2) is the thread count of both backends; on a busy machine use 1,
