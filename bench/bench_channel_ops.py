@@ -4,7 +4,7 @@ one process, at the shapes the MobileNet, ResNet and U-Net workloads of `bench_r
 
 Per case it prints the NumPy ms, the torch ms and their ratio (lower is better), medians of
 interleaved blocks. `BENCH_THREADS` (default 2) sets both backends' thread counts, NumPy's
-BLAS included; on a busy machine use 1.
+BLAS included; on a busy machine use 1, which also times CPU time instead of wall time.
 
 Run: python bench/bench_channel_ops.py [--only depthwise|batchnorm] [--repeats 7] [--block 5]
 """
@@ -164,17 +164,20 @@ def torch_step(case: Case, x: np.ndarray, rng):
     return step
 
 
-def _seconds(fn, steps: int) -> float:
-    start = time.perf_counter()
+def _seconds(fn, steps: int, clock) -> float:
+    start = clock()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
 def main():
     import torch
     from threadpoolctl import threadpool_limits
 
+    from nnspec.backends.numpy.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the interpreter does: freed blocks are reused, not faulted in again
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="", help="cases whose op or net contains this (a|b)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved blocks per backend")
@@ -183,8 +186,12 @@ def main():
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
     threadpool_limits(threads, user_api="blas")
+    # one thread: CPU time, which other processes on a busy machine disturb far less than
+    # wall time; more threads: wall time (CPU time would count their spin-waiting)
+    clock = time.process_time if threads == 1 else time.perf_counter
     print(f"forward + backward per layer, median of {args.repeats} interleaved blocks of "
-          f"{args.block}; {threads} thread(s) each; load average {os.getloadavg()[0]:.1f}")
+          f"{args.block}; {threads} thread(s) each, {'CPU' if threads == 1 else 'wall'} time; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'op':<15}{'net':<10}{'input (N, C, H, W)':<22}{'stride':>6}"
           f"{'numpy ms':>10}{'torch ms':>10}{'ratio':>7}")
     parts = args.only.lower().split("|")
@@ -200,8 +207,8 @@ def main():
             theirs()
         a, b = [], []
         for _ in range(args.repeats):
-            a.append(_seconds(ours, args.block))
-            b.append(_seconds(theirs, args.block))
+            a.append(_seconds(ours, args.block, clock))
+            b.append(_seconds(theirs, args.block, clock))
         na, nb = statistics.median(a), statistics.median(b)
         ratios.append(na / nb)
         shape = str((BATCH[case.net], *case.shape))
