@@ -46,15 +46,18 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
         # the output gradient in the wide layout, zero between rows and samples, after
         # `reach` zeros: the input gradient reads it up to `reach` cells back
         reach = max(begin for _, begin in reads)
-        dy_wide = np.zeros((channels, multiplier, reach + n * plan.cells), dtype=dy.dtype)
+        dy_wide = np.empty((channels, multiplier, reach + n * plan.cells), dtype=dy.dtype)
+        dy_wide[:, :, :reach] = 0
         plan.scatter_output(dy, dy_wide[:, :, reach:].reshape(channels * multiplier, -1))
         dbias = None if bias is None else dy_wide.sum(axis=2, dtype=dy.dtype).reshape(-1)
-        d_source = np.zeros_like(source) if input_grad else None
+        d_source = np.empty_like(source) if input_grad else None
         dweight = np.zeros_like(taps)
         for phase in range(len(source)):
             mine = [k for k, (p, _) in enumerate(reads) if p == phase]
             pairs = [(j, k) for j in range(multiplier) for k in mine]
-            if not pairs:
+            if not pairs:  # a phase no tap reads (a stride above the kernel's reach)
+                if d_source is not None:
+                    d_source[phase] = 0
                 continue
             # d_source[c, q] = sum over (j, k) of w[c, j, k] * dy_wide[c, j, q - begin_k],
             # dweight[c, j, k] = sum over q of source[c, q] * dy_wide[c, j, q - begin_k]
@@ -109,10 +112,11 @@ class _Plan:
     def split(self, x):
         """(N, C, *size) -> the zero-padded phases, (phases, C, N * G), in one copy."""
         channels = x.shape[1]
-        phases = np.zeros((math.prod(self.stride), channels, self.n * self.cells), x.dtype)
+        phases = np.empty((math.prod(self.stride), channels, self.n * self.cells), x.dtype)
         for number, (x_index, grid_index) in enumerate(self._phase_slices()):
             grid = phases[number].reshape(channels, self.n, *self.grid)
             grid[grid_index] = np.swapaxes(x[x_index], 0, 1)
+            _zero_outside(grid, grid_index[2:])
         return phases
 
     def merge(self, d_phases, dtype):
@@ -133,7 +137,21 @@ class _Plan:
         return np.ascontiguousarray(np.swapaxes(self._kept(wide), 0, 1))
 
     def scatter_output(self, dy, wide):
-        self._kept(wide)[...] = np.swapaxes(dy, 0, 1)
+        """Write dy (N, C, *out) into a wide (C, N * G) array, zero elsewhere."""
+        grid = wide.reshape(wide.shape[0], self.n, *self.grid)
+        kept = tuple(slice(0, o) for o in self.out)
+        grid[(slice(None), slice(None), *kept)] = np.swapaxes(dy, 0, 1)
+        _zero_outside(grid, kept)
+
+
+def _zero_outside(grid, inside):
+    """Zero a (C, N, *grid) array outside the box ``inside`` (one slice per grid dim): a
+    strip before and after the box along each dim, cheaper than zeroing all of it first."""
+    for axis, box in enumerate(inside, start=2):
+        for strip in (slice(0, box.start), slice(box.stop, None)):
+            index = [slice(None)] * grid.ndim
+            index[axis] = strip
+            grid[tuple(index)] = 0
 
 
 def _blocks(channels, taps, length, dtype):
