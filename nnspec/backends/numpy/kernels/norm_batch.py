@@ -56,6 +56,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
 
     def backward(dy):
         dy_rows = dy.reshape(rows.shape)
+        # remade, not kept from the forward: each is 1/N of an activation
+        mean_columns, scale_columns = _columns(mean, positions), _columns(scale, positions)
         # sums over the batch of dy and of dy * (x - mean): x_hat is never stored, inv_std
         # is folded into per-channel factors
         sum_dy, sum_dy_centered = _gradient_sums(dy_rows, rows, mean_columns, channels)
