@@ -10,7 +10,7 @@ never kept). A block of channels and a segment of the run is copied tap by tap i
 per block weights and sums the taps: a BLAS product reading each copy once, where a
 multiply-add per tap made 2 passes per tap over the output. The input gradient is the same
 weighted sum over the output gradient (the taps reversed, per phase), and the weight gradient
-the product of the output gradient with the same copies.
+the product of the input with those same copies of the output gradient, in the same sweep.
 """
 
 from __future__ import annotations

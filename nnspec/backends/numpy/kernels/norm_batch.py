@@ -4,8 +4,8 @@ Every pass works on the (N, C * L) view of the activations with per-column coeff
 channel's value repeated over its L positions): runs of C * L contiguous values broadcast
 over the batch, whatever the map size. Reductions go over the batch first, as matrix-vector
 products (BLAS), then over each channel's L columns; passes go block by block over the batch
-so that a block's temporary stays in the core's cache. Nothing of the activations' size is
-kept for backward but the input the caller holds anyway.
+so that a block's temporary stays in the core's cache. For backward it keeps its input (a
+centred copy kept instead would be as large), nothing else of the activations' size.
 """
 
 from __future__ import annotations
