@@ -2,6 +2,8 @@
 multipliers, uneven padding, 1d and 2d, blocks split every way) and batch normalisation on
 blocks of one row and of many."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,26 @@ def test_depthwise_convolution_matches_torch_in_blocks_of_any_size(case, block_f
 @pytest.mark.torch
 def test_depthwise_convolution_without_input_gradient_still_gives_the_weight_gradient():
     run_depthwise_against_torch(*DEPTHWISE[1], input_grad=False)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_backward_keeps_its_padded_phases_and_not_its_input(stride):
+    """Between forward and backward the kernel holds the padded copy it reads (16x16 maps
+    padded to 18x18 here), nothing of the input's or the output's size besides."""
+    weight = np.ones((16, 1, 3, 3), np.float32)
+    tracemalloc.start()
+    try:
+        x = np.ones((8, 16, 16, 16), np.float32)
+        y, backward = conv2d(x, weight, None, stride=(stride,) * 2, padding=((1, 1), (1, 1)),
+                             dilation=(1, 1), groups=16)
+        input_bytes = x.nbytes
+        del x, y
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held <= input_bytes * 18 * 18 / (16 * 16) * 1.05
+    dx = backward(np.ones((8, 16, 16 // stride, 16 // stride), np.float32))[0]
+    assert dx.shape == (8, 16, 16, 16)
 
 
 @pytest.mark.torch

@@ -67,7 +67,8 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
                 None if d_source is None else d_source[phase][:, None], n * plan.cells)
             dweight[:, :, mine] += grads.reshape(channels, multiplier, len(mine))
         dweight = dweight.reshape(weight.shape)
-        dx = None if d_source is None else plan.merge(d_source, x.dtype)
+        # (source.dtype, not x.dtype: the closure must not keep x alive)
+        dx = None if d_source is None else plan.merge(d_source, source.dtype)
         return dx, dweight, dbias
 
     return y, backward
