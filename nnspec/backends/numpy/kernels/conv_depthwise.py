@@ -34,7 +34,7 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
     plan = _Plan(n, size, kernel, stride, padding, dilation)
     source = plan.split(x)  # (phases, C, N * G)
     taps = weight.reshape(channels, multiplier, -1)
-    reads = [(phase, begin) for phase, begin in plan.taps]
+    reads = plan.taps  # per kernel offset: (phase, first cell)
     y_wide = np.empty((channels, multiplier, n * plan.cells), dtype=x.dtype)
     _weighted_taps([source[phase] for phase, _ in reads], [b for _, b in reads], taps,
                    y_wide, plan.length)
