@@ -1,8 +1,18 @@
-"""Batch normalisation over (N, C), (N, C, L) and (N, C, H, W), with torch's running statistics."""
+"""Batch normalisation over (N, C), (N, C, L) and (N, C, H, W), with torch's running statistics.
+
+Every pass works on the (N, C * L) view of the activations with per-column coefficients (a
+channel's value repeated over its L positions): runs of C * L contiguous values broadcast
+over the batch, whatever the map size. Reductions go over the batch first, as matrix-vector
+products (BLAS), then over each channel's L columns; passes go block by block over the batch
+so that a block's temporary stays in the core's cache. For backward it keeps its input (a
+centred copy kept instead would be as large), nothing else of the activations' size.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+_BLOCK_FLOATS = 1 << 16  # a block's temporary: 256 KiB of float32
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.1, eps=1e-5):
@@ -13,57 +23,129 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
     running buffers. ``weight`` and ``bias`` are None without an affine transform; the running
     buffers may be None in training (torch's track_running_stats=False).
     """
-    channels = x.shape[1]
+    n, channels = x.shape[:2]
     count = x.size // channels
-    shape = (1, channels) + (1,) * (x.ndim - 2)
+    if train and count < 2:
+        raise ValueError(
+            f"batch_norm in training needs more than one value per channel, got shape {x.shape}"
+        )
+    rows = x.reshape(n, -1)
+    positions = rows.shape[1] // channels
+    dtype = x.dtype
     if train:
-        if count < 2:
-            raise ValueError(
-                f"batch_norm in training needs more than one value per channel, got shape {x.shape}"
-            )
-        mean = _channel_sum(x) / count
-        centered = x - mean.reshape(shape)
-        var = _channel_dot(centered, centered) / count
+        mean, var = _statistics(rows, channels, count)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
-            running_mean += momentum * mean
+            running_mean += momentum * mean.astype(running_mean.dtype)
             running_var *= 1.0 - momentum
-            running_var += (momentum * count / (count - 1)) * var
+            running_var += (momentum * count / (count - 1)) * var.astype(running_var.dtype)
+        mean, var = mean.astype(dtype), var.astype(dtype)
     else:
-        centered = x - running_mean.reshape(shape)
-        var = running_var
-    inv_std = 1.0 / np.sqrt(var + eps)
+        mean, var = running_mean.astype(dtype), running_var.astype(dtype)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(dtype)
     scale = inv_std if weight is None else inv_std * weight
-    y = centered * scale.reshape(shape)
-    if bias is not None:
-        y += bias.reshape(shape)
+    mean_columns, scale_columns = _columns(mean, positions), _columns(scale, positions)
+    bias_columns = None if bias is None else _columns(bias.astype(dtype), positions)
+    y = np.empty_like(rows)
+    for block in _blocks(rows):
+        part = y[block]
+        np.subtract(rows[block], mean_columns, out=part)
+        part *= scale_columns
+        if bias_columns is not None:
+            part += bias_columns
 
     def backward(dy):
-        # x_hat = centered * inv_std is never stored: every use folds inv_std into a
-        # per-channel factor, which saves full-size passes over the activations.
-        sum_dy = _channel_sum(dy)
-        sum_dy_x_hat = _channel_dot(dy, centered) * inv_std
-        dx = dy * scale.reshape(shape)
-        if train:
-            # the batch mean and variance depend on every x, which adds two terms
-            dx -= centered * (scale * inv_std * sum_dy_x_hat / count).reshape(shape)
-            dx -= (scale * sum_dy / count).reshape(shape)
+        dy_rows = dy.reshape(rows.shape)
+        # remade, not kept from the forward: each is 1/N of an activation
+        mean_columns, scale_columns = _columns(mean, positions), _columns(scale, positions)
+        # sums over the batch of dy and of dy * (x - mean): x_hat is never stored, inv_std
+        # is folded into per-channel factors
+        sum_dy, sum_dy_centered = _gradient_sums(dy_rows, rows, mean_columns, channels)
+        sum_dy_x_hat = sum_dy_centered * inv_std
+        dx = np.empty_like(rows)
+        if not train:
+            np.multiply(dy_rows, scale_columns, out=dx)
+        else:
+            # the batch mean and variance depend on every x, which adds two terms:
+            # dx = scale * dy + b * (x - mean) + c per channel
+            b = _columns(-scale * inv_std * sum_dy_x_hat / count, positions)
+            c = _columns(-scale * sum_dy / count, positions)
+            centered = _scratch(rows)
+            for block in _blocks(rows):
+                part, term = dx[block], centered[:len(dx[block])]
+                np.multiply(dy_rows[block], scale_columns, out=part)
+                np.subtract(rows[block], mean_columns, out=term)
+                term *= b
+                part += term
+                part += c
         dweight = None if weight is None else sum_dy_x_hat
         dbias = None if bias is None else sum_dy
-        return dx, dweight, dbias, None, None
+        return dx.reshape(x.shape), dweight, dbias, None, None
 
-    return y, backward
-
-
-def _per_channel(a):
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    return y.reshape(x.shape), backward
 
 
-def _channel_sum(a):
-    """Per-channel sum: contiguous (pairwise, vectorised) reduction first, batch axis second."""
-    return _per_channel(a).sum(axis=2).sum(axis=0)
+def _columns(per_channel, positions):
+    """A per-channel vector repeated over each channel's positions, (C * L,)."""
+    return per_channel if positions == 1 else np.repeat(per_channel, positions)
 
 
-def _channel_dot(a, b):
-    """Per-channel sum of a * b without a full-size temporary."""
-    return np.einsum("nci,nci->nc", _per_channel(a), _per_channel(b)).sum(axis=0)
+def _blocks(rows):
+    """Slices of whole rows (samples) of about _BLOCK_FLOATS values each."""
+    step = max(1, _BLOCK_FLOATS // max(1, rows.shape[1]))
+    return [slice(first, first + step) for first in range(0, rows.shape[0], step)]
+
+
+def _scratch(rows):
+    """A temporary of one block's shape."""
+    return np.empty((min(len(rows), _blocks(rows)[0].stop), rows.shape[1]), dtype=rows.dtype)
+
+
+def _statistics(rows, channels, count):
+    """Per-channel mean and (biased) variance of (N, C * L) in one read of the input: sums
+    of x - shift and of its square, with the first sample's channel means as the shift, so
+    the variance does not cancel away when the mean is large against the spread."""
+    positions = rows.shape[1] // channels
+    shift = rows[0].reshape(channels, positions).mean(axis=1, dtype=rows.dtype)
+    shift_columns = _columns(shift, positions)
+    sums = np.zeros(rows.shape[1], dtype=rows.dtype)
+    squares = np.zeros(rows.shape[1], dtype=rows.dtype)
+    centered = _scratch(rows)
+    ones = np.ones(len(centered), dtype=rows.dtype)
+    for block in _blocks(rows):
+        part = centered[:len(rows[block])]
+        np.subtract(rows[block], shift_columns, out=part)
+        _add_rows(sums, part, ones)
+        np.square(part, out=part)
+        _add_rows(squares, part, ones)
+    # float64 from here on: per-channel values only
+    mean_offset = sums.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count
+    square_mean = squares.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count
+    var = np.maximum(square_mean - mean_offset**2, 0.0)
+    return shift + mean_offset, var
+
+
+def _gradient_sums(dy_rows, rows, mean_columns, channels):
+    """Per-channel sums of dy and of dy * (x - mean), in one read of each."""
+    sums = np.zeros(rows.shape[1], dtype=dy_rows.dtype)
+    products = np.zeros(rows.shape[1], dtype=dy_rows.dtype)
+    centered = _scratch(rows)
+    ones = np.ones(len(centered), dtype=rows.dtype)
+    for block in _blocks(rows):
+        part = centered[:len(rows[block])]
+        np.subtract(rows[block], mean_columns, out=part)
+        part *= dy_rows[block]
+        _add_rows(products, part, ones)
+        _add_rows(sums, dy_rows[block], ones)
+    positions = rows.shape[1] // channels
+    return (sums.reshape(channels, positions).sum(axis=1),
+            products.reshape(channels, positions).sum(axis=1))
+
+
+def _add_rows(total, block, ones):
+    """total += the sum of the block's rows: a matrix-vector product, save for one row
+    (which OpenBLAS takes ten times longer over than an add)."""
+    if len(block) == 1:
+        total += block[0]
+    else:
+        total += ones[:len(block)] @ block
