@@ -635,7 +635,7 @@ NOT_KERNELS = {
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",
     "windows.kernel_offsets", "windows.offset_index", "windows.output_size", "windows.pad_spatial",
-    "windows.scatter_windows",
+    "windows.scatter_windows", "windows.pad_into_phases", "windows.gather_from_phases",
     "elementwise.unbroadcast",
 }
 
