@@ -68,7 +68,7 @@ class Attr:
     variadic: bool = False  # the last attribute may collect extra positional arguments
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ParamSpec:
     """A parameter or buffer: PyTorch shape and the init scheme both backends follow."""
 
@@ -78,6 +78,13 @@ class ParamSpec:
     trainable: bool = True
     std: float = 1.0  # for "normal"
     dtype: str = "float32"
+
+    def __init__(self, shape: tuple[int, ...], init: str, fan_in: int = 0,
+                 trainable: bool = True, std: float = 1.0, dtype: str = "float32"):
+        # Made by every shape-checked layer with weights: fields set in one step (see Span).
+        object.__setattr__(self, "__dict__", {"shape": shape, "init": init, "fan_in": fan_in,
+                                              "trainable": trainable, "std": std,
+                                              "dtype": dtype})
 
 
 class Attrs(dict):
