@@ -47,12 +47,15 @@ def signature_hint(name: str, schema: Sequence[ops.Attr]) -> str:
 
 
 def bind_attrs(name: str, schema: Sequence[ops.Attr], values: list, keywords: dict,
-               spans: dict[str | int, Span], span: Span) -> ops.Attrs:
+               spans: dict[str | int, Span], span: Span,
+               positional: Sequence[ops.Attr] | None = None) -> ops.Attrs:
     """Every attribute of `schema` from the call `name(*values, **keywords)`, checked, with
-    defaults filled in; DiagnosticError at the offending argument (else at `span`)."""
+    defaults filled in; DiagnosticError at the offending argument (else at `span`).
+    `positional` is `settable(schema)` when the caller already has it (an op's)."""
     given = {}
     if values:
-        positional = settable(schema)
+        if positional is None:
+            positional = settable(schema)
         if positional and positional[-1].variadic and len(values) > len(positional):
             keep = len(positional) - 1
             values = values[:keep] + [list(values[keep:])]

@@ -51,6 +51,7 @@ class Evaluator(Application):
         self.consts: dict[str, Any] = {}
         self.call_stack: list[tuple[str, Span]] = []
         self.input_counts: dict[str, int] = {}  # block name -> its inputs (its arity)
+        self.bodies: dict[int, tuple[list, list]] = {}  # id(definition) -> see body_of
         frame = constant_frame()
         for item in program.consts:
             value = self.guard(lambda item=item: self.eval_value(item.value, frame))
@@ -83,8 +84,14 @@ class Evaluator(Application):
     # ---- statements ---------------------------------------------------------------------
 
     def statement(self, stmt, frame: Frame):
+        """One statement of a body; errors are reported and leave `POISON` (the try blocks
+        are `guard` written out: two Python frames less per level of nested blocks)."""
         if isinstance(stmt, ast.Assign):
-            value = self.guard(lambda: self.eval(stmt.value, frame))
+            try:
+                value = _EVAL[type(stmt.value)](self, stmt.value, frame)
+            except DiagnosticError as err:
+                self.report(err.diagnostic)
+                value = POISON
             if isinstance(value, Layer) and value.module is None and value.kind in ("op", "seq"):
                 value = replace(value, module=frame.qualify(stmt.name))
             frame.vars[stmt.name] = value
@@ -96,11 +103,16 @@ class Evaluator(Application):
             frame.vars[stmt.name] = value
             return value
         if isinstance(stmt, ast.Output):
-            results = [self.guard(lambda v=v: self.tensor(self.eval(v, frame), v, frame))
-                       for v in stmt.values]
+            results = []
+            for v in stmt.values:
+                try:
+                    results.append(self.tensor(_EVAL[type(v)](self, v, frame), v, frame))
+                except DiagnosticError as err:
+                    self.report(err.diagnostic)
+                    results.append(POISON)
             if len(results) == 1:
                 return results[0]
-            if POISON in results:
+            if any(r is POISON for r in results):
                 return POISON
             return Tensors(tuple(results), stmt.span)
         if isinstance(stmt, ast.Input):
@@ -165,17 +177,22 @@ class Evaluator(Application):
         return None
 
     def eval_Name(self, expr, frame):
-        value = self.lookup_optional(expr.id, frame, expr.span)
+        return self.resolve(expr.id, expr.span, frame)
+
+    def resolve(self, name: str, span: Span, frame: Frame):
+        """The value of the name `name` written at `span` (a variable, a constant, a block,
+        a fn or an op); E100 or E101 when it has none here."""
+        value = self.lookup_optional(name, frame, span)
         if value is None:
-            if expr.id in self.defs:
-                raise DiagnosticError("E101", f"`{expr.id}` is a model; only blocks and fns can be "
-                                      "used inside another definition", expr.span,
-                                      f"declare it as `block {expr.id}`")
-            raise DiagnosticError("E100", f"unknown name `{expr.id}`", expr.span,
-                                  unknown_name_hint(expr.id, [*frame.vars, *self.consts,
-                                                              *self.defs, *SPLITS]))
+            if name in self.defs:
+                raise DiagnosticError("E101", f"`{name}` is a model; only blocks and fns can be "
+                                      "used inside another definition", span,
+                                      f"declare it as `block {name}`")
+            raise DiagnosticError("E100", f"unknown name `{name}`", span,
+                                  unknown_name_hint(name, [*frame.vars, *self.consts,
+                                                           *self.defs, *SPLITS]))
         if isinstance(value, Layer) and value.span is None:
-            value = replace(value, span=expr.span)
+            value = replace(value, span=span)
         return value
 
     def eval_Unary(self, expr, frame):
@@ -297,26 +314,29 @@ class Evaluator(Application):
         builtin = expr.func in BUILTIN_FUNCS and not shadowed
         if builtin and ops.lookup(expr.func) is None:
             return self.builtin_call(expr, [self.eval(a, frame) for a in expr.args])
-        callee = self.eval_Name(ast.Name(expr.func_span, expr.func), frame)
+        callee = self.resolve(expr.func, expr.func_span, frame)
         if not isinstance(callee, Layer):
             raise DiagnosticError("E151", f"`{expr.func}` is {describe(callee)}, not "
                                   "something that can be called", expr.func_span)
         args, arg_nodes = [], []
         for node in expr.args:
             value = self.eval(node, frame)
-            items = value.items if isinstance(value, Tensors) else (value,)
-            args.extend(items)
-            arg_nodes.extend([node] * len(items))
-        kwargs = tuple((k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs)
-        if POISON in args or any(v is POISON for _, v, _ in kwargs):
+            if isinstance(value, Tensors):
+                args.extend(value.items)
+                arg_nodes.extend([node] * len(value.items))
+            else:
+                args.append(value)
+                arg_nodes.append(node)
+        kwargs = tuple([(k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs])
+        if any(a is POISON for a in args) or any(v is POISON for _, v, _ in kwargs):
             return POISON
         if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
                                                        for a in args):
             return self.builtin_call(expr, args)  # `max(a, b)` on numbers; `max(x)` reduces x
-        most = self.arity(callee)[1]
+        low, most = self.arity(callee)
         for i, (a, node) in enumerate(zip(args, arg_nodes)):
-            if self.nullary(a) and (most is None or i < most):  # `concat(positions(1, d), p)`
-                args[i] = self.tensor(a, node, frame)
+            if isinstance(a, Layer) and self.nullary(a) and (most is None or i < most):
+                args[i] = self.tensor(a, node, frame)  # `concat(positions(1, d), p)`
         tensors = []
         while args and isinstance(args[0], Tensor):
             tensors.append(args.pop(0))
@@ -331,10 +351,9 @@ class Evaluator(Application):
             layer = callee
         else:
             layer = Layer(callee.kind, callee.name, expr.span, tuple(args),  # not replace():
-                          tuple(a.span for a in arg_nodes[len(tensors):]),  # 4x the cost
+                          tuple([a.span for a in arg_nodes[len(tensors):]]),  # 4x the cost
                           kwargs, callee.parts, callee.count, callee.module, callee.numbered)
-        low, high = self.arity(layer)
-        room = piped and (high is None or len(tensors) < high)
+        room = piped and (most is None or len(tensors) < most)
         if tensors and len(tensors) >= low and not room:
             return self.apply(layer, tensors, frame, None, expr.span)
         if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first

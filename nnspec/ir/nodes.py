@@ -22,20 +22,28 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     after the layer's module, or made up). A shape error is reported and gives a node
     without a type, so the graph still shows where it happened."""
     opdef = ops.lookup(name)
-    spans = {}
-    if layer is not None and (layer.arg_spans or layer.kwargs):  # most layers have none
-        spans = argument_spans(opdef.attrs, layer.arg_spans, ((k, s) for k, _, s in layer.kwargs))
-    attrs = bind_attrs(opdef.name, opdef.attrs, list(values or []), keywords, spans, span)
+    try:  # where each argument was written matters only for a message: found on failure
+        attrs = bind_attrs(opdef.name, opdef.attrs, list(values) if values else [], keywords,
+                           _NO_SPANS, span, opdef.positional)
+    except DiagnosticError:
+        if layer is None or not (layer.arg_spans or layer.kwargs):
+            raise
+        spans = argument_spans(opdef.attrs, layer.arg_spans,
+                               ((k, s) for k, _, s in layer.kwargs))
+        bind_attrs(opdef.name, opdef.attrs, list(values or []), keywords, spans, span,
+                   opdef.positional)
+        raise
     low, high = opdef.arity
-    if len(tensors) < low or (high is not None and len(tensors) > high):
+    count = len(tensors)
+    if count < low or (high is not None and count > high):
         want = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
         raise DiagnosticError("E148", f"`{opdef.name}` takes {want} input(s) but gets "
-                              f"{len(tensors)}", span)
+                              f"{count}", span)
     tensors = list(tensors)
-    for attr in opdef.attrs:  # tensor keywords (masks) become inputs after the positional ones
-        if attr.kind == "tensor" and attrs[attr.name] is not None:
-            tensors.append(attrs[attr.name])
-            attrs[attr.name] = len(tensors) - 1
+    for attr in opdef.tensor_attrs:  # masks become inputs after the positional ones
+        if attrs[attr] is not None:
+            tensors.append(attrs[attr])
+            attrs[attr] = len(tensors) - 1
     graph = frame.graph
     module = layer.module if layer else None
     if label is not None:
@@ -49,12 +57,12 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     if node_name in graph.node_names:
         node_name = graph.unique_name(node_name)
     attrs_out = attrs
-    if any(isinstance(v, Layer) for v in attrs.values()):  # `tie = wte` is not an attribute
+    if opdef.layer_attrs and any(isinstance(attrs[k], Layer) for k in opdef.layer_attrs):
         attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
-    input_names = tuple(t.node for t in tensors)
+    input_names = tuple([t.node for t in tensors])
     in_types = [t.type for t in tensors]
     scope = graph.scope_of(frame.path)
-    if None in in_types:
+    if any(t is None for t in in_types):  # identity: `None in` would call each type's __eq__
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
         return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
@@ -69,7 +77,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
     params = {}
     module_path = None
-    if opdef.has_params:
+    if opdef.params is not None:
         if frame.kind == "fn":
             raise DiagnosticError("E156", f"`{opdef.name}` has weights, which a `fn` cannot "
                                   "hold", span, "use a `block` for layers with weights")
@@ -79,8 +87,13 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
                                        node_name, span, tie.module if tie else None)
     graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, out_type, span,
                         module_path, params, scope, named=named))
-    return _results(opdef, [t.type for t in tensors], attrs,
-                    Tensor(node_name, out_type, span), frame)
+    made = Tensor(node_name, out_type, span)
+    if opdef.results is None:
+        return made
+    return _results(opdef, in_types, attrs, made, frame)
+
+
+_NO_SPANS: dict = {}  # binding that fails is redone with the spans (see apply_op)
 
 
 def _results(opdef: ops.OpDef, in_types, attrs, made: Tensor, frame: Frame) -> Tensor | Tensors:

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from nnspec.ir.types import (
@@ -180,6 +181,24 @@ class OpDef:
     @property
     def has_params(self) -> bool:
         return self.params is not None
+
+    # What the builder asks of every node of the op, worked out once per op:
+
+    @cached_property
+    def positional(self) -> tuple[Attr, ...]:
+        """The attributes a call may pass by position (`layer` and `tensor` ones only by
+        keyword)."""
+        return tuple(a for a in self.attrs if a.kind not in ("layer", "tensor"))
+
+    @cached_property
+    def tensor_attrs(self) -> tuple[str, ...]:
+        """The tensor keywords (masks), which become inputs of the node."""
+        return tuple(a.name for a in self.attrs if a.kind == "tensor")
+
+    @cached_property
+    def layer_attrs(self) -> tuple[str, ...]:
+        """The attributes naming another layer (`tie = wte`), which a node does not keep."""
+        return tuple(a.name for a in self.attrs if a.kind == "layer")
 
 
 # ---- helpers used by the shape rules -------------------------------------------------------
