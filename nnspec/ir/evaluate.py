@@ -52,6 +52,7 @@ class Evaluator(Application):
         self.call_stack: list[tuple[str, Span]] = []
         self.input_counts: dict[str, int] = {}  # block name -> its inputs (its arity)
         self.bodies: dict[int, tuple[list, list]] = {}  # id(definition) -> see body_of
+        self.rules: dict[tuple, list] = {}  # shape rules' results, for every graph built
         frame = constant_frame()
         for item in program.consts:
             value = self.guard(lambda item=item: self.eval_value(item.value, frame))

@@ -104,10 +104,12 @@ class Graph:
     output_names: list[str] = field(default_factory=list)  # one per output, in order
 
     def node(self, name: str) -> Node:
-        return self._index[name]
+        index = self.__dict__.get("_index")
+        if index is None:  # made on first use: `nnspec check` never asks for a node
+            index = self._index = {n.name: n for n in self.nodes}
+        return index[name]
 
     def __post_init__(self):
-        self._index = {n.name: n for n in self.nodes}
         if len(self.output_names) != len(self.outputs):
             self.output_names = output_names([None] * len(self.outputs), self.inputs)
 

@@ -66,8 +66,11 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
         return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
+    known = _known_rules(opdef, in_types, attrs, graph.rules)
     try:
-        out_type = opdef.infer(in_types, attrs)
+        if known[0] is None:
+            known[0] = opdef.infer(in_types, attrs)
+        out_type = known[0]
     except ops.ShapeError as err:
         notes = tuple(Note(t.span, f"the input comes from {t.origin}, which gives {t.type}")
                       for t in tensors if t.span is not None)
@@ -83,8 +86,10 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
                                   "hold", span, "use a `block` for layers with weights")
         module_path = module or node_name
         tie = attrs.get("tie")
-        params = graph.register_params(opdef, in_types, attrs, module_path,
-                                       node_name, span, tie.module if tie else None)
+        if known[1] is None:
+            known[1] = opdef.params(in_types, attrs)
+        params = graph.register_params(opdef, known[1], module_path, node_name, span,
+                                       tie.module if tie else None)
     graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, out_type, span,
                         module_path, params, scope, named=named))
     made = Tensor(node_name, out_type, span)
@@ -94,6 +99,23 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
 
 
 _NO_SPANS: dict = {}  # binding that fails is redone with the spans (see apply_op)
+
+
+def _known_rules(opdef: ops.OpDef, in_types: list, attrs: ops.Attrs, rules: dict) -> list:
+    """[output type, parameter shapes] of a layer with weights, each None until its rule
+    has run once for these input types and attributes: a network applies the same layer to
+    the same shapes again and again (a 10,000-layer chain has three), and the rules are
+    pure. Other ops' rules cost less than the lookup, so they get a fresh [None, None]."""
+    if opdef.params is None:
+        return [None, None]
+    try:  # the attribute values in schema order, so no names are needed in the key
+        key = (opdef.name, *in_types, *attrs.values())
+        known = rules.get(key)
+    except TypeError:  # an attribute no key can hold (a layer given a list)
+        return [None, None]
+    if known is None:
+        known = rules[key] = [None, None]
+    return known
 
 
 def _results(opdef: ops.OpDef, in_types, attrs, made: Tensor, frame: Frame) -> Tensor | Tensors:
