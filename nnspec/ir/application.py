@@ -41,8 +41,9 @@ class Application:
         if label is not None:
             self.claim(label, frame, span)
         if layer.kind == "op":
-            out = apply_op(layer.name, tensors, {k: v for k, v, _ in layer.kwargs}, span, frame,
-                           self.report, label, layer, values, named)
+            keywords = {k: v for k, v, _ in layer.kwargs} if layer.kwargs else {}
+            out = apply_op(layer.name, tensors, keywords, span, frame, self.report, label, layer,
+                           values, named)
             if label is not None and layer.module is None:
                 frame.vars[label] = replace(layer, module=frame.qualify(label))
             return out

@@ -63,7 +63,8 @@ def bind_attrs(name: str, schema: Sequence[ops.Attr], values: list, keywords: di
             raise DiagnosticError("E140", f"`{name}` takes at most {len(positional)} "
                                   f"argument(s) but got {len(values)}",
                                   spans.get(len(positional), span), signature_hint(name, schema))
-        given = dict(zip((a.name for a in positional), values))
+        for attr, value in zip(positional, values):
+            given[attr.name] = value
     names = [a.name for a in schema] if keywords else []
     for key, value in keywords.items():
         if key not in names:

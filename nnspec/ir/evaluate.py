@@ -178,6 +178,9 @@ class Evaluator(Application):
         return None
 
     def eval_Name(self, expr, frame):
+        value = frame.vars.get(expr.id)
+        if value is not None and value.__class__ is not Layer:
+            return value  # what `resolve` gives a variable of the body, found in one step
         return self.resolve(expr.id, expr.span, frame)
 
     def resolve(self, name: str, span: Span, frame: Frame):
@@ -277,10 +280,11 @@ class Evaluator(Application):
             return POISON
         if isinstance(current, Layer) and not self.nullary(current):
             stages = [self.stage_layer(s, frame) for s in expr.stages]
-            if POISON in stages:
+            if any(s is POISON for s in stages):
                 return POISON
             return Layer("seq", "pipeline", expr.span, parts=(current, *stages))
-        current = self.tensor(current, expr.head, frame)
+        if current.__class__ is not Tensor:
+            current = self.tensor(current, expr.head, frame)
         for stage in expr.stages:
             layer = self.stage_layer(stage, frame)
             if layer is POISON or current is POISON:
@@ -320,16 +324,22 @@ class Evaluator(Application):
             raise DiagnosticError("E151", f"`{expr.func}` is {describe(callee)}, not "
                                   "something that can be called", expr.func_span)
         args, arg_nodes = [], []
+        poisoned = False
         for node in expr.args:
-            value = self.eval(node, frame)
+            value = _EVAL[type(node)](self, node, frame)
             if isinstance(value, Tensors):
                 args.extend(value.items)
                 arg_nodes.extend([node] * len(value.items))
+                poisoned = poisoned or any(v is POISON for v in value.items)
             else:
                 args.append(value)
                 arg_nodes.append(node)
-        kwargs = tuple([(k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs])
-        if any(a is POISON for a in args) or any(v is POISON for _, v, _ in kwargs):
+                poisoned = poisoned or value is POISON
+        kwargs = ()
+        if expr.kwargs:
+            kwargs = tuple([(k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs])
+            poisoned = poisoned or any(v is POISON for _, v, _ in kwargs)
+        if poisoned:
             return POISON
         if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
                                                        for a in args):

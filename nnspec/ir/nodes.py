@@ -23,8 +23,11 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     without a type, so the graph still shows where it happened."""
     opdef = ops.lookup(name)
     try:  # where each argument was written matters only for a message: found on failure
-        attrs = bind_attrs(opdef.name, opdef.attrs, list(values) if values else [], keywords,
-                           _NO_SPANS, span, opdef.positional)
+        if not values and not keywords and opdef.defaults is not None:
+            attrs = ops.Attrs(opdef.defaults)  # what bind_attrs gives, without its checks
+        else:
+            attrs = bind_attrs(opdef.name, opdef.attrs, list(values) if values else [],
+                               keywords, _NO_SPANS, span, opdef.positional)
     except DiagnosticError:
         if layer is None or not (layer.arg_spans or layer.kwargs):
             raise
@@ -53,7 +56,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     else:
         local, named = frame.fresh(opdef.name), False
     frame.used.add(local)
-    node_name = frame.qualify(local)
+    node_name = f"{frame.path}.{local}" if frame.path else local  # frame.qualify, inlined
     if node_name in graph.node_names:
         node_name = graph.unique_name(node_name)
     attrs_out = attrs
@@ -66,11 +69,14 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
         return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
-    known = _known_rules(opdef, in_types, attrs, graph.rules)
+    known = None if opdef.params is None else _known_rules(opdef, in_types, attrs, graph.rules)
     try:
-        if known[0] is None:
-            known[0] = opdef.infer(in_types, attrs)
-        out_type = known[0]
+        if known is None:
+            out_type = opdef.infer(in_types, attrs)
+        elif known[0] is None:
+            out_type = known[0] = opdef.infer(in_types, attrs)
+        else:
+            out_type = known[0]
     except ops.ShapeError as err:
         notes = tuple(Note(t.span, f"the input comes from {t.origin}, which gives {t.type}")
                       for t in tensors if t.span is not None)
@@ -105,9 +111,7 @@ def _known_rules(opdef: ops.OpDef, in_types: list, attrs: ops.Attrs, rules: dict
     """[output type, parameter shapes] of a layer with weights, each None until its rule
     has run once for these input types and attributes: a network applies the same layer to
     the same shapes again and again (a 10,000-layer chain has three), and the rules are
-    pure. Other ops' rules cost less than the lookup, so they get a fresh [None, None]."""
-    if opdef.params is None:
-        return [None, None]
+    pure. (Other ops' rules cost less than the lookup.)"""
     try:  # the attribute values in schema order, so no names are needed in the key
         key = (opdef.name, *in_types, *attrs.values())
         known = rules.get(key)

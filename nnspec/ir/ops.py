@@ -191,6 +191,14 @@ class OpDef:
         return tuple(a for a in self.attrs if a.kind not in ("layer", "tensor"))
 
     @cached_property
+    def defaults(self) -> dict[str, Any] | None:
+        """The attributes of a call without arguments (`relu`), or None when one is
+        required."""
+        if any(a.default is REQUIRED for a in self.attrs):
+            return None
+        return {a.name: a.default for a in self.attrs}
+
+    @cached_property
     def tensor_attrs(self) -> tuple[str, ...]:
         """The tensor keywords (masks), which become inputs of the node."""
         return tuple(a.name for a in self.attrs if a.kind == "tensor")
