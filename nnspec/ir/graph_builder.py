@@ -31,6 +31,7 @@ class GraphBuilder:
         self.rules: dict[tuple, list] = {} if rules is None else rules
         self.max_layers = max_layers
         self.nodes: list[Node] = []
+        self.result_nodes = 0  # nodes of op `result`: `finish` leaves out the unread ones
         self.node_names: set[str] = set()
         self.params: dict[str, Param] = {}
         self.modules: dict[str, tuple[str, dict[str, str]]] = {}  # path -> (op, local->full)
@@ -42,7 +43,7 @@ class GraphBuilder:
         nodes nothing reads (an lstm's unused output when only its final states are wanted)
         compute nothing, so they are left out."""
         nodes = list(self.nodes)
-        if any(n.op == "result" for n in nodes):
+        if self.result_nodes:
             read = {i for n in nodes for i in n.inputs} | set(outputs)
             nodes = [n for n in nodes if n.op != "result" or n.name in read]
         return Graph(self.name, nodes, self.params, inputs, outputs, self.scopes, hyper,
@@ -58,6 +59,8 @@ class GraphBuilder:
                                   "with `--max-layers`")
         self.nodes.append(node)
         self.node_names.add(node.name)
+        if node.op == "result":
+            self.result_nodes += 1
 
     def check_repeat(self, count: int, per_copy: int, span: Span):
         """Refuse a `repeat` whose copies would pass the layer budget, before building them."""

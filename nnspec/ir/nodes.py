@@ -5,6 +5,7 @@ input came from)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span
 from nnspec.ir import ops
@@ -42,10 +43,9 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         want = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
         raise DiagnosticError("E148", f"`{opdef.name}` takes {want} input(s) but gets "
                               f"{count}", span)
-    tensors = list(tensors)
     for attr in opdef.tensor_attrs:  # masks become inputs after the positional ones
         if attrs[attr] is not None:
-            tensors.append(attrs[attr])
+            tensors = [*tensors, attrs[attr]]
             attrs[attr] = len(tensors) - 1
     graph = frame.graph
     module = layer.module if layer else None
@@ -62,10 +62,10 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     attrs_out = attrs
     if opdef.layer_attrs and any(isinstance(attrs[k], Layer) for k in opdef.layer_attrs):
         attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
-    input_names = tuple([t.node for t in tensors])
-    in_types = [t.type for t in tensors]
+    input_names = tuple(map(_NODE, tensors))
+    in_types = list(map(_TYPE, tensors))
     scope = graph.scope_of(frame.path)
-    if any(t is None for t in in_types):  # identity: `None in` would call each type's __eq__
+    if not all(in_types):  # a None (types are true): `None in` calls each type's __eq__
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
         return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
@@ -104,6 +104,7 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     return _results(opdef, in_types, attrs, made, frame)
 
 
+_NODE, _TYPE = attrgetter("node"), attrgetter("type")
 _NO_SPANS: dict = {}  # binding that fails is redone with the spans (see apply_op)
 
 
@@ -112,8 +113,11 @@ def _known_rules(opdef: ops.OpDef, in_types: list, attrs: ops.Attrs, rules: dict
     has run once for these input types and attributes: a network applies the same layer to
     the same shapes again and again (a 10,000-layer chain has three), and the rules are
     pure. (Other ops' rules cost less than the lookup.)"""
-    try:  # the attribute values in schema order, so no names are needed in the key
-        key = (opdef.name, *in_types, *attrs.values())
+    key = [opdef.name, *attrs.values()]  # in schema order, so no names are needed
+    for t in in_types:  # a type's own fields: its dataclass __hash__ and __eq__ cost more
+        key += (t.shape, t.dtype, t.batched)
+    try:
+        key = tuple(key)
         known = rules.get(key)
     except TypeError:  # an attribute no key can hold (a layer given a list)
         return [None, None]
