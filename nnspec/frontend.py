@@ -270,6 +270,8 @@ def _known_overrides(builder: Builder, definition: ast.Definition,
                      overrides: dict[str, Any]) -> dict[str, Any]:
     """The overrides that name a hyperparameter of the model; E104 for the first that does
     not (the model is still built, with the others, so a diagram can be drawn)."""
+    if not overrides:
+        return {}
     names = [p.name for p in definition.params]
     unknown = sorted(set(overrides) - set(names))
     if unknown:

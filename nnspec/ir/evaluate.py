@@ -324,37 +324,39 @@ class Evaluator(Application):
             raise DiagnosticError("E151", f"`{expr.func}` is {describe(callee)}, not "
                                   "something that can be called", expr.func_span)
         args, arg_nodes = [], []
-        poisoned = False
+        poisoned, values_only = False, True  # values_only: no tensor or layer among them
         for node in expr.args:
             value = _EVAL[type(node)](self, node, frame)
             if isinstance(value, Tensors):
                 args.extend(value.items)
                 arg_nodes.extend([node] * len(value.items))
                 poisoned = poisoned or any(v is POISON for v in value.items)
+                values_only = False
             else:
                 args.append(value)
                 arg_nodes.append(node)
                 poisoned = poisoned or value is POISON
+                values_only = values_only and not isinstance(value, (Tensor, Layer))
         kwargs = ()
         if expr.kwargs:
             kwargs = tuple([(k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs])
             poisoned = poisoned or any(v is POISON for _, v, _ in kwargs)
         if poisoned:
             return POISON
-        if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
-                                                       for a in args):
+        if builtin and args and not kwargs and values_only:
             return self.builtin_call(expr, args)  # `max(a, b)` on numbers; `max(x)` reduces x
         low, most = self.arity(callee)
-        for i, (a, node) in enumerate(zip(args, arg_nodes)):
-            if isinstance(a, Layer) and self.nullary(a) and (most is None or i < most):
-                args[i] = self.tensor(a, node, frame)  # `concat(positions(1, d), p)`
         tensors = []
-        while args and isinstance(args[0], Tensor):
-            tensors.append(args.pop(0))
-        for a, node in zip(args, arg_nodes[len(tensors):]):
-            if isinstance(a, Tensor):
-                raise DiagnosticError("E152", "tensor arguments must come before the other "
-                                      "arguments", node.span)
+        if not values_only:  # (most calls, `dense(64)`, skip this)
+            for i, (a, node) in enumerate(zip(args, arg_nodes)):
+                if isinstance(a, Layer) and self.nullary(a) and (most is None or i < most):
+                    args[i] = self.tensor(a, node, frame)  # `concat(positions(1, d), p)`
+            while args and isinstance(args[0], Tensor):
+                tensors.append(args.pop(0))
+            for a, node in zip(args, arg_nodes[len(tensors):]):
+                if isinstance(a, Tensor):
+                    raise DiagnosticError("E152", "tensor arguments must come before the "
+                                          "other arguments", node.span)
         if callee.args or callee.kwargs:
             if args or kwargs:
                 raise DiagnosticError("E153", f"`{expr.func}` already has its arguments; pass "
