@@ -53,6 +53,7 @@ class Evaluator(Application):
         self.input_counts: dict[str, int] = {}  # block name -> its inputs (its arity)
         self.bodies: dict[int, tuple[list, list]] = {}  # id(definition) -> see body_of
         self.rules: dict[tuple, list] = {}  # shape rules' results, for every graph built
+        self.def_layers: dict[str, Layer] = {}  # a block's or fn's name as a value
         frame = constant_frame()
         for item in program.consts:
             value = self.guard(lambda item=item: self.eval_value(item.value, frame))
@@ -168,10 +169,14 @@ class Evaluator(Application):
         if name in self.consts:
             return self.consts[name]
         if name in self.defs:
-            definition = self.defs[name]
-            if definition.kind == "model":
-                return None
-            return Layer(definition.kind, name, definition.name_span)
+            layer = self.def_layers.get(name)
+            if layer is None:  # one per block or fn: layers are immutable values
+                definition = self.defs[name]
+                if definition.kind == "model":
+                    return None
+                layer = self.def_layers[name] = Layer(definition.kind, name,
+                                                      definition.name_span)
+            return layer
         opdef = ops.lookup(name)
         if opdef is not None:
             return Layer("op", opdef.name, span)
