@@ -54,6 +54,7 @@ class Evaluator(Application):
         self.bodies: dict[int, tuple[list, list]] = {}  # id(definition) -> see body_of
         self.rules: dict[tuple, list] = {}  # shape rules' results, for every graph built
         self.def_layers: dict[str, Layer] = {}  # a block's or fn's name as a value
+        self.op_layers: dict[str, Layer] = {}  # an op's name called (see eval_Call)
         frame = constant_frame()
         for item in program.consts:
             value = self.guard(lambda item=item: self.eval_value(item.value, frame))
@@ -324,7 +325,12 @@ class Evaluator(Application):
         builtin = expr.func in BUILTIN_FUNCS and not shadowed
         if builtin and ops.lookup(expr.func) is None:
             return self.builtin_call(expr, [self.eval(a, frame) for a in expr.args])
-        callee = self.resolve(expr.func, expr.func_span, frame)
+        opdef = None if shadowed else ops.lookup(expr.func)
+        if opdef is not None:  # what `resolve` gives, less the span the call replaces below
+            callee = self.op_layers.get(opdef.name) or self.op_layers.setdefault(
+                opdef.name, Layer("op", opdef.name, None))
+        else:
+            callee = self.resolve(expr.func, expr.func_span, frame)
         if not isinstance(callee, Layer):
             raise DiagnosticError("E151", f"`{expr.func}` is {describe(callee)}, not "
                                   "something that can be called", expr.func_span)
