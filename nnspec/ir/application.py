@@ -30,15 +30,20 @@ class Application:
               named: bool = True):
         """`layer` applied to `inputs`; `label` names its node or scope (`as enc`, or made
         up by the caller when `named` is false: a repeat's `3`)."""
-        tensors = list(inputs) + [a for a in layer.args if isinstance(a, Tensor)]
-        values = [a for a in layer.args if not isinstance(a, Tensor)]
-        if any(t is POISON for t in tensors):
-            return POISON
+        if layer.args:
+            tensors = list(inputs) + [a for a in layer.args if isinstance(a, Tensor)]
+            values = [a for a in layer.args if not isinstance(a, Tensor)]
+        else:  # most applications: `-> relu`, a block's own layers
+            tensors, values = inputs, []
+        for t in tensors:
+            if t is POISON:
+                return POISON
         if label is not None:
             self.claim(label, frame, span)
         if layer.kind == "op":
-            out = apply_op(layer.name, tensors, {k: v for k, v, _ in layer.kwargs}, span, frame,
-                           self.report, label, layer, values, named)
+            keywords = {k: v for k, v, _ in layer.kwargs} if layer.kwargs else {}
+            out = apply_op(layer.name, tensors, keywords, span, frame, self.report, label, layer,
+                           values, named)
             if label is not None and layer.module is None:
                 frame.vars[label] = replace(layer, module=frame.qualify(label))
             return out
@@ -136,7 +141,7 @@ class Application:
                  span):
         keywords = {k: v for k, v, _ in layer.kwargs}
         spans = {k: s for k, _, s in layer.kwargs}
-        inputs = [s for s in definition.body if isinstance(s, ast.Input)]
+        inputs, statements = self.body_of(definition)
         if definition.kind == "block" and len(tensors) != len(inputs):
             raise DiagnosticError("E147", f"block `{definition.name}` takes {len(inputs)} input(s) "
                                   f"but gets {len(tensors)}", span,
@@ -153,9 +158,7 @@ class Application:
         frame.graph.bind_scope(frame.path, tuple(names), values)
         result = POISON
         outputs = 0
-        for stmt in definition.body:
-            if isinstance(stmt, ast.Input):
-                continue
+        for stmt in statements:
             value = self.statement(stmt, frame)
             if isinstance(stmt, ast.Output):
                 result, outputs = value, outputs + 1
@@ -164,6 +167,16 @@ class Application:
                                   "end its body with the expression to return",
                                   (Note(definition.name_span, "defined here"),))
         return result
+
+    def body_of(self, definition: ast.Definition) -> tuple[list, list]:
+        """A block's or fn's `input` lines and its other statements, split once per
+        definition, not at each of its uses."""
+        split = self.bodies.get(id(definition))
+        if split is None:
+            split = self.bodies[id(definition)] = (
+                [s for s in definition.body if isinstance(s, ast.Input)],
+                [s for s in definition.body if not isinstance(s, ast.Input)])
+        return split
 
     def bind_input(self, stmt: ast.Input, tensor: Tensor, frame: Frame, span: Span):
         """Match a block's `input x: [T, d]` against the incoming shape, binding new names."""

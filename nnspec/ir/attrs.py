@@ -47,12 +47,15 @@ def signature_hint(name: str, schema: Sequence[ops.Attr]) -> str:
 
 
 def bind_attrs(name: str, schema: Sequence[ops.Attr], values: list, keywords: dict,
-               spans: dict[str | int, Span], span: Span) -> ops.Attrs:
+               spans: dict[str | int, Span], span: Span,
+               positional: Sequence[ops.Attr] | None = None) -> ops.Attrs:
     """Every attribute of `schema` from the call `name(*values, **keywords)`, checked, with
-    defaults filled in; DiagnosticError at the offending argument (else at `span`)."""
+    defaults filled in; DiagnosticError at the offending argument (else at `span`).
+    `positional` is `settable(schema)` when the caller already has it (an op's)."""
     given = {}
     if values:
-        positional = settable(schema)
+        if positional is None:
+            positional = settable(schema)
         if positional and positional[-1].variadic and len(values) > len(positional):
             keep = len(positional) - 1
             values = values[:keep] + [list(values[keep:])]
@@ -60,7 +63,8 @@ def bind_attrs(name: str, schema: Sequence[ops.Attr], values: list, keywords: di
             raise DiagnosticError("E140", f"`{name}` takes at most {len(positional)} "
                                   f"argument(s) but got {len(values)}",
                                   spans.get(len(positional), span), signature_hint(name, schema))
-        given = dict(zip((a.name for a in positional), values))
+        for attr, value in zip(positional, values):
+            given[attr.name] = value
     names = [a.name for a in schema] if keywords else []
     for key, value in keywords.items():
         if key not in names:

@@ -28,7 +28,7 @@ class Builder(Evaluator):
 
     def build_model(self, name: str, overrides: dict[str, Any] | None = None) -> Graph:
         definition = self.defs[name]
-        frame = Frame("", {}, "model", GraphBuilder(name, self.max_layers))
+        frame = Frame("", {}, "model", GraphBuilder(name, self.max_layers, self.rules))
         hyper = self.guard(lambda: bind_params(definition, [], dict(overrides or {}), frame.vars,
                                                lambda expr: self.eval_value(expr, frame),
                                                definition.name_span), {})

@@ -51,6 +51,10 @@ class Evaluator(Application):
         self.consts: dict[str, Any] = {}
         self.call_stack: list[tuple[str, Span]] = []
         self.input_counts: dict[str, int] = {}  # block name -> its inputs (its arity)
+        self.bodies: dict[int, tuple[list, list]] = {}  # id(definition) -> see body_of
+        self.rules: dict[tuple, list] = {}  # shape rules' results, for every graph built
+        self.def_layers: dict[str, Layer] = {}  # a block's or fn's name as a value
+        self.op_layers: dict[str, Layer] = {}  # an op's name called (see eval_Call)
         frame = constant_frame()
         for item in program.consts:
             value = self.guard(lambda item=item: self.eval_value(item.value, frame))
@@ -83,8 +87,14 @@ class Evaluator(Application):
     # ---- statements ---------------------------------------------------------------------
 
     def statement(self, stmt, frame: Frame):
+        """One statement of a body; errors are reported and leave `POISON` (the try blocks
+        are `guard` written out: two Python frames less per level of nested blocks)."""
         if isinstance(stmt, ast.Assign):
-            value = self.guard(lambda: self.eval(stmt.value, frame))
+            try:
+                value = _EVAL[type(stmt.value)](self, stmt.value, frame)
+            except DiagnosticError as err:
+                self.report(err.diagnostic)
+                value = POISON
             if isinstance(value, Layer) and value.module is None and value.kind in ("op", "seq"):
                 value = replace(value, module=frame.qualify(stmt.name))
             frame.vars[stmt.name] = value
@@ -96,11 +106,16 @@ class Evaluator(Application):
             frame.vars[stmt.name] = value
             return value
         if isinstance(stmt, ast.Output):
-            results = [self.guard(lambda v=v: self.tensor(self.eval(v, frame), v, frame))
-                       for v in stmt.values]
+            results = []
+            for v in stmt.values:
+                try:
+                    results.append(self.tensor(_EVAL[type(v)](self, v, frame), v, frame))
+                except DiagnosticError as err:
+                    self.report(err.diagnostic)
+                    results.append(POISON)
             if len(results) == 1:
                 return results[0]
-            if POISON in results:
+            if any(r is POISON for r in results):
                 return POISON
             return Tensors(tuple(results), stmt.span)
         if isinstance(stmt, ast.Input):
@@ -155,27 +170,39 @@ class Evaluator(Application):
         if name in self.consts:
             return self.consts[name]
         if name in self.defs:
-            definition = self.defs[name]
-            if definition.kind == "model":
-                return None
-            return Layer(definition.kind, name, definition.name_span)
+            layer = self.def_layers.get(name)
+            if layer is None:  # one per block or fn: layers are immutable values
+                definition = self.defs[name]
+                if definition.kind == "model":
+                    return None
+                layer = self.def_layers[name] = Layer(definition.kind, name,
+                                                      definition.name_span)
+            return layer
         opdef = ops.lookup(name)
         if opdef is not None:
             return Layer("op", opdef.name, span)
         return None
 
     def eval_Name(self, expr, frame):
-        value = self.lookup_optional(expr.id, frame, expr.span)
+        value = frame.vars.get(expr.id)
+        if value is not None and value.__class__ is not Layer:
+            return value  # what `resolve` gives a variable of the body, found in one step
+        return self.resolve(expr.id, expr.span, frame)
+
+    def resolve(self, name: str, span: Span, frame: Frame):
+        """The value of the name `name` written at `span` (a variable, a constant, a block,
+        a fn or an op); E100 or E101 when it has none here."""
+        value = self.lookup_optional(name, frame, span)
         if value is None:
-            if expr.id in self.defs:
-                raise DiagnosticError("E101", f"`{expr.id}` is a model; only blocks and fns can be "
-                                      "used inside another definition", expr.span,
-                                      f"declare it as `block {expr.id}`")
-            raise DiagnosticError("E100", f"unknown name `{expr.id}`", expr.span,
-                                  unknown_name_hint(expr.id, [*frame.vars, *self.consts,
-                                                              *self.defs, *SPLITS]))
+            if name in self.defs:
+                raise DiagnosticError("E101", f"`{name}` is a model; only blocks and fns can be "
+                                      "used inside another definition", span,
+                                      f"declare it as `block {name}`")
+            raise DiagnosticError("E100", f"unknown name `{name}`", span,
+                                  unknown_name_hint(name, [*frame.vars, *self.consts,
+                                                           *self.defs, *SPLITS]))
         if isinstance(value, Layer) and value.span is None:
-            value = replace(value, span=expr.span)
+            value = replace(value, span=span)
         return value
 
     def eval_Unary(self, expr, frame):
@@ -259,10 +286,11 @@ class Evaluator(Application):
             return POISON
         if isinstance(current, Layer) and not self.nullary(current):
             stages = [self.stage_layer(s, frame) for s in expr.stages]
-            if POISON in stages:
+            if any(s is POISON for s in stages):
                 return POISON
             return Layer("seq", "pipeline", expr.span, parts=(current, *stages))
-        current = self.tensor(current, expr.head, frame)
+        if current.__class__ is not Tensor:
+            current = self.tensor(current, expr.head, frame)
         for stage in expr.stages:
             layer = self.stage_layer(stage, frame)
             if layer is POISON or current is POISON:
@@ -297,33 +325,49 @@ class Evaluator(Application):
         builtin = expr.func in BUILTIN_FUNCS and not shadowed
         if builtin and ops.lookup(expr.func) is None:
             return self.builtin_call(expr, [self.eval(a, frame) for a in expr.args])
-        callee = self.eval_Name(ast.Name(expr.func_span, expr.func), frame)
+        opdef = None if shadowed else ops.lookup(expr.func)
+        if opdef is not None:  # what `resolve` gives, less the span the call replaces below
+            callee = self.op_layers.get(opdef.name) or self.op_layers.setdefault(
+                opdef.name, Layer("op", opdef.name, None))
+        else:
+            callee = self.resolve(expr.func, expr.func_span, frame)
         if not isinstance(callee, Layer):
             raise DiagnosticError("E151", f"`{expr.func}` is {describe(callee)}, not "
                                   "something that can be called", expr.func_span)
         args, arg_nodes = [], []
+        poisoned, values_only = False, True  # values_only: no tensor or layer among them
         for node in expr.args:
-            value = self.eval(node, frame)
-            items = value.items if isinstance(value, Tensors) else (value,)
-            args.extend(items)
-            arg_nodes.extend([node] * len(items))
-        kwargs = tuple((k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs)
-        if POISON in args or any(v is POISON for _, v, _ in kwargs):
+            value = _EVAL[type(node)](self, node, frame)
+            if isinstance(value, Tensors):
+                args.extend(value.items)
+                arg_nodes.extend([node] * len(value.items))
+                poisoned = poisoned or any(v is POISON for v in value.items)
+                values_only = False
+            else:
+                args.append(value)
+                arg_nodes.append(node)
+                poisoned = poisoned or value is POISON
+                values_only = values_only and not isinstance(value, (Tensor, Layer))
+        kwargs = ()
+        if expr.kwargs:
+            kwargs = tuple([(k.name, self.eval(k.value, frame), k.span) for k in expr.kwargs])
+            poisoned = poisoned or any(v is POISON for _, v, _ in kwargs)
+        if poisoned:
             return POISON
-        if builtin and args and not kwargs and not any(isinstance(a, (Tensor, Layer))
-                                                       for a in args):
+        if builtin and args and not kwargs and values_only:
             return self.builtin_call(expr, args)  # `max(a, b)` on numbers; `max(x)` reduces x
-        most = self.arity(callee)[1]
-        for i, (a, node) in enumerate(zip(args, arg_nodes)):
-            if self.nullary(a) and (most is None or i < most):  # `concat(positions(1, d), p)`
-                args[i] = self.tensor(a, node, frame)
+        low, most = self.arity(callee)
         tensors = []
-        while args and isinstance(args[0], Tensor):
-            tensors.append(args.pop(0))
-        for a, node in zip(args, arg_nodes[len(tensors):]):
-            if isinstance(a, Tensor):
-                raise DiagnosticError("E152", "tensor arguments must come before the other "
-                                      "arguments", node.span)
+        if not values_only:  # (most calls, `dense(64)`, skip this)
+            for i, (a, node) in enumerate(zip(args, arg_nodes)):
+                if isinstance(a, Layer) and self.nullary(a) and (most is None or i < most):
+                    args[i] = self.tensor(a, node, frame)  # `concat(positions(1, d), p)`
+            while args and isinstance(args[0], Tensor):
+                tensors.append(args.pop(0))
+            for a, node in zip(args, arg_nodes[len(tensors):]):
+                if isinstance(a, Tensor):
+                    raise DiagnosticError("E152", "tensor arguments must come before the "
+                                          "other arguments", node.span)
         if callee.args or callee.kwargs:
             if args or kwargs:
                 raise DiagnosticError("E153", f"`{expr.func}` already has its arguments; pass "
@@ -331,10 +375,9 @@ class Evaluator(Application):
             layer = callee
         else:
             layer = Layer(callee.kind, callee.name, expr.span, tuple(args),  # not replace():
-                          tuple(a.span for a in arg_nodes[len(tensors):]),  # 4x the cost
+                          tuple([a.span for a in arg_nodes[len(tensors):]]),  # 4x the cost
                           kwargs, callee.parts, callee.count, callee.module, callee.numbered)
-        low, high = self.arity(layer)
-        room = piped and (high is None or len(tensors) < high)
+        room = piped and (most is None or len(tensors) < most)
         if tensors and len(tensors) >= low and not room:
             return self.apply(layer, tensors, frame, None, expr.span)
         if tensors:  # fewer tensors than it takes: `a -> Merge(b)` pipes `a` in first

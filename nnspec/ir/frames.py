@@ -58,10 +58,12 @@ class Frame:
         return f"{self.path}.{local}" if self.path else local
 
     def fresh(self, base: str) -> str:
+        number = self.counters.get(base, 0)
         while True:
-            self.counters[base] = self.counters.get(base, 0) + 1
-            local = f"{base}_{self.counters[base]}"
+            number += 1
+            local = f"{base}_{number}"
             if local not in self.used:
+                self.counters[base] = number
                 return local
 
     def inner(self, path: str, kind: FrameKind) -> Frame:

@@ -19,9 +19,10 @@ from nnspec.ir.types import TensorType
 
 ScopeKind = Literal["block", "repeat", "fn"]
 BindingSource = Literal["output", "input", "target"]
+_set = object.__setattr__  # how a frozen dataclass sets its fields
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Scope:
     """A block instance, a repeat or a fn call, for summaries and diagram clusters."""
 
@@ -34,8 +35,15 @@ class Scope:
     params: tuple[tuple[str, Any], ...] = ()  # the hyperparameters it was built with
     named: bool = False  # its last path part was given by the spec (`as enc`), not made up
 
+    def __init__(self, path: str, kind: ScopeKind, label: str, span: Span | None = None,
+                 count: int = 1, inputs: tuple = (), params: tuple = (), named: bool = False):
+        # Two per block instance: the fields set in one step (see Node).
+        _set(self, "__dict__", {"path": path, "kind": kind, "label": label, "span": span,
+                                "count": count, "inputs": inputs, "params": params,
+                                "named": named})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Node:
     name: str
     op: str  # an op of the catalogue, or "input"
@@ -50,13 +58,28 @@ class Node:
     named: bool = False  # its local name was given by the spec (an input, `as`, `f = ...`),
     #                      not made up by the builder (`relu_2`, a repeat's `3`)
 
+    def __init__(self, name: str, op: str, inputs: tuple[str, ...], attrs: Attrs,
+                 type: TensorType | None, span: Span | None, module: str | None = None,
+                 params: dict[str, str] | None = None, scope: str = "",
+                 error: str | None = None, named: bool = False):
+        # One per layer: the fields set in one step, not eleven guarded assignments (the
+        # frozen dataclass's own __init__ took a tenth of building a 10,000-layer chain).
+        _set(self, "__dict__", {"name": name, "op": op, "inputs": inputs, "attrs": attrs,
+                                "type": type, "span": span, "module": module,
+                                "params": {} if params is None else params, "scope": scope,
+                                "error": error, "named": named})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Param:
     name: str
     spec: ParamSpec
     owner: str  # the node that created it
     tied_from: tuple[str, ...] = ()  # other layers that use it
+
+    def __init__(self, name: str, spec: ParamSpec, owner: str, tied_from: tuple[str, ...] = ()):
+        _set(self, "__dict__", {"name": name, "spec": spec, "owner": owner,
+                                "tied_from": tied_from})
 
 
 @dataclass(frozen=True)
@@ -81,10 +104,12 @@ class Graph:
     output_names: list[str] = field(default_factory=list)  # one per output, in order
 
     def node(self, name: str) -> Node:
-        return self._index[name]
+        index = self.__dict__.get("_index")
+        if index is None:  # made on first use: `nnspec check` never asks for a node
+            index = self._index = {n.name: n for n in self.nodes}
+        return index[name]
 
     def __post_init__(self):
-        self._index = {n.name: n for n in self.nodes}
         if len(self.output_names) != len(self.outputs):
             self.output_names = output_names([None] * len(self.outputs), self.inputs)
 

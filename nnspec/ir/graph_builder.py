@@ -13,7 +13,6 @@ from typing import Any
 from nnspec.diagnostics import DiagnosticError, Note, Span
 from nnspec.ir import ops
 from nnspec.ir.graph import Graph, Node, Param, Scope
-from nnspec.ir.types import TensorType
 
 MAX_LAYERS = 100_000  # nodes per graph; `--max-layers` / `analyze(max_layers=...)` change it
 
@@ -25,10 +24,14 @@ def param_name(module: str, local: str) -> str:
 
 
 class GraphBuilder:
-    def __init__(self, name: str, max_layers: int = MAX_LAYERS):
+    def __init__(self, name: str, max_layers: int = MAX_LAYERS, rules: dict | None = None):
+        """`rules` remembers shape rules' results (see nodes.py); graphs built from one
+        program share it."""
         self.name = name
+        self.rules: dict[tuple, list] = {} if rules is None else rules
         self.max_layers = max_layers
         self.nodes: list[Node] = []
+        self.result_nodes = 0  # nodes of op `result`: `finish` leaves out the unread ones
         self.node_names: set[str] = set()
         self.params: dict[str, Param] = {}
         self.modules: dict[str, tuple[str, dict[str, str]]] = {}  # path -> (op, local->full)
@@ -39,8 +42,10 @@ class GraphBuilder:
         """The graph; `names` are the outputs' names (made up when not given). The `result`
         nodes nothing reads (an lstm's unused output when only its final states are wanted)
         compute nothing, so they are left out."""
-        read = {i for n in self.nodes for i in n.inputs} | set(outputs)
-        nodes = [n for n in self.nodes if n.op != "result" or n.name in read]
+        nodes = list(self.nodes)
+        if self.result_nodes:
+            read = {i for n in nodes for i in n.inputs} | set(outputs)
+            nodes = [n for n in nodes if n.op != "result" or n.name in read]
         return Graph(self.name, nodes, self.params, inputs, outputs, self.scopes, hyper,
                      names or [])
 
@@ -54,6 +59,8 @@ class GraphBuilder:
                                   "with `--max-layers`")
         self.nodes.append(node)
         self.node_names.add(node.name)
+        if node.op == "result":
+            self.result_nodes += 1
 
     def check_repeat(self, count: int, per_copy: int, span: Span):
         """Refuse a `repeat` whose copies would pass the layer budget, before building them."""
@@ -98,13 +105,12 @@ class GraphBuilder:
 
     # ---- parameters ---------------------------------------------------------------------
 
-    def register_params(self, opdef: ops.OpDef, in_types: list[TensorType], attrs: ops.Attrs,
+    def register_params(self, opdef: ops.OpDef, specs: dict[str, ops.ParamSpec],
                         module: str, node_name: str, span: Span,
                         tie: str | None = None) -> dict[str, str]:
-        """The full names of the parameters of `opdef` applied as `module` (local -> full);
-        the first application creates them, later ones must see the same shapes. `tie` is
-        the module path whose weight this layer's weight is."""
-        specs = opdef.params(in_types, attrs)
+        """The full names of the parameters `specs` of `opdef` applied as `module` (local ->
+        full); the first application creates them, later ones must see the same shapes.
+        `tie` is the module path whose weight this layer's weight is."""
         if module in self.modules:
             op, existing = self.modules[module]
             for local, spec in specs.items():
@@ -121,7 +127,7 @@ class GraphBuilder:
             return dict(existing)
         mapping = {}
         for local, spec in specs.items():
-            full = param_name(module, local)
+            full = f"{module}.{local}" if local else module  # param_name, inlined
             if local == "weight" and tie is not None:
                 full = self.tied_weight(tie, spec, span)
                 owner = self.params[full]

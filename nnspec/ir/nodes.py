@@ -5,6 +5,7 @@ input came from)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Note, Span
 from nnspec.ir import ops
@@ -22,20 +23,30 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     after the layer's module, or made up). A shape error is reported and gives a node
     without a type, so the graph still shows where it happened."""
     opdef = ops.lookup(name)
-    spans = {}
-    if layer is not None and (layer.arg_spans or layer.kwargs):  # most layers have none
-        spans = argument_spans(opdef.attrs, layer.arg_spans, ((k, s) for k, _, s in layer.kwargs))
-    attrs = bind_attrs(opdef.name, opdef.attrs, list(values or []), keywords, spans, span)
+    try:  # where each argument was written matters only for a message: found on failure
+        if not values and not keywords and opdef.defaults is not None:
+            attrs = ops.Attrs(opdef.defaults)  # what bind_attrs gives, without its checks
+        else:
+            attrs = bind_attrs(opdef.name, opdef.attrs, list(values) if values else [],
+                               keywords, _NO_SPANS, span, opdef.positional)
+    except DiagnosticError:
+        if layer is None or not (layer.arg_spans or layer.kwargs):
+            raise
+        spans = argument_spans(opdef.attrs, layer.arg_spans,
+                               ((k, s) for k, _, s in layer.kwargs))
+        bind_attrs(opdef.name, opdef.attrs, list(values or []), keywords, spans, span,
+                   opdef.positional)
+        raise
     low, high = opdef.arity
-    if len(tensors) < low or (high is not None and len(tensors) > high):
+    count = len(tensors)
+    if count < low or (high is not None and count > high):
         want = f"{low}" if low == high else f"{low} to {high}" if high else f"at least {low}"
         raise DiagnosticError("E148", f"`{opdef.name}` takes {want} input(s) but gets "
-                              f"{len(tensors)}", span)
-    tensors = list(tensors)
-    for attr in opdef.attrs:  # tensor keywords (masks) become inputs after the positional ones
-        if attr.kind == "tensor" and attrs[attr.name] is not None:
-            tensors.append(attrs[attr.name])
-            attrs[attr.name] = len(tensors) - 1
+                              f"{count}", span)
+    for attr in opdef.tensor_attrs:  # masks become inputs after the positional ones
+        if attrs[attr] is not None:
+            tensors = [*tensors, attrs[attr]]
+            attrs[attr] = len(tensors) - 1
     graph = frame.graph
     module = layer.module if layer else None
     if label is not None:
@@ -45,21 +56,27 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
     else:
         local, named = frame.fresh(opdef.name), False
     frame.used.add(local)
-    node_name = frame.qualify(local)
+    node_name = f"{frame.path}.{local}" if frame.path else local  # frame.qualify, inlined
     if node_name in graph.node_names:
         node_name = graph.unique_name(node_name)
     attrs_out = attrs
-    if any(isinstance(v, Layer) for v in attrs.values()):  # `tie = wte` is not an attribute
+    if opdef.layer_attrs and any(isinstance(attrs[k], Layer) for k in opdef.layer_attrs):
         attrs_out = ops.Attrs((k, v) for k, v in attrs.items() if not isinstance(v, Layer))
-    input_names = tuple(t.node for t in tensors)
-    in_types = [t.type for t in tensors]
+    input_names = tuple(map(_NODE, tensors))
+    in_types = list(map(_TYPE, tensors))
     scope = graph.scope_of(frame.path)
-    if None in in_types:
+    if not all(in_types):  # a None (types are true): `None in` calls each type's __eq__
         graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, None, span,
                             scope=scope, named=named))
         return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
+    known = None if opdef.params is None else _known_rules(opdef, in_types, attrs, graph.rules)
     try:
-        out_type = opdef.infer(in_types, attrs)
+        if known is None:
+            out_type = opdef.infer(in_types, attrs)
+        elif known[0] is None:
+            out_type = known[0] = opdef.infer(in_types, attrs)
+        else:
+            out_type = known[0]
     except ops.ShapeError as err:
         notes = tuple(Note(t.span, f"the input comes from {t.origin}, which gives {t.type}")
                       for t in tensors if t.span is not None)
@@ -69,18 +86,44 @@ def apply_op(name: str, tensors: list[Tensor], keywords: dict, span: Span, frame
         return _results(opdef, None, attrs, Tensor(node_name, None, span), frame)
     params = {}
     module_path = None
-    if opdef.has_params:
+    if opdef.params is not None:
         if frame.kind == "fn":
             raise DiagnosticError("E156", f"`{opdef.name}` has weights, which a `fn` cannot "
                                   "hold", span, "use a `block` for layers with weights")
         module_path = module or node_name
         tie = attrs.get("tie")
-        params = graph.register_params(opdef, in_types, attrs, module_path,
-                                       node_name, span, tie.module if tie else None)
+        if known[1] is None:
+            known[1] = opdef.params(in_types, attrs)
+        params = graph.register_params(opdef, known[1], module_path, node_name, span,
+                                       tie.module if tie else None)
     graph.add_node(Node(node_name, opdef.name, input_names, attrs_out, out_type, span,
                         module_path, params, scope, named=named))
-    return _results(opdef, [t.type for t in tensors], attrs,
-                    Tensor(node_name, out_type, span), frame)
+    made = Tensor(node_name, out_type, span)
+    if opdef.results is None:
+        return made
+    return _results(opdef, in_types, attrs, made, frame)
+
+
+_NODE, _TYPE = attrgetter("node"), attrgetter("type")
+_NO_SPANS: dict = {}  # binding that fails is redone with the spans (see apply_op)
+
+
+def _known_rules(opdef: ops.OpDef, in_types: list, attrs: ops.Attrs, rules: dict) -> list:
+    """[output type, parameter shapes] of a layer with weights, each None until its rule
+    has run once for these input types and attributes: a network applies the same layer to
+    the same shapes again and again (a 10,000-layer chain has three), and the rules are
+    pure. (Other ops' rules cost less than the lookup.)"""
+    key = [opdef.name, *attrs.values()]  # in schema order, so no names are needed
+    for t in in_types:  # a type's own fields: its dataclass __hash__ and __eq__ cost more
+        key += (t.shape, t.dtype, t.batched)
+    try:
+        key = tuple(key)
+        known = rules.get(key)
+    except TypeError:  # an attribute no key can hold (a layer given a list)
+        return [None, None]
+    if known is None:
+        known = rules[key] = [None, None]
+    return known
 
 
 def _results(opdef: ops.OpDef, in_types, attrs, made: Tensor, frame: Frame) -> Tensor | Tensors:

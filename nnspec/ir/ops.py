@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from nnspec.ir.types import (
@@ -68,7 +69,7 @@ class Attr:
     variadic: bool = False  # the last attribute may collect extra positional arguments
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ParamSpec:
     """A parameter or buffer: PyTorch shape and the init scheme both backends follow."""
 
@@ -78,6 +79,13 @@ class ParamSpec:
     trainable: bool = True
     std: float = 1.0  # for "normal"
     dtype: str = "float32"
+
+    def __init__(self, shape: tuple[int, ...], init: str, fan_in: int = 0,
+                 trainable: bool = True, std: float = 1.0, dtype: str = "float32"):
+        # Made by every shape-checked layer with weights: fields set in one step (see Span).
+        object.__setattr__(self, "__dict__", {"shape": shape, "init": init, "fan_in": fan_in,
+                                              "trainable": trainable, "std": std,
+                                              "dtype": dtype})
 
 
 class Attrs(dict):
@@ -173,6 +181,32 @@ class OpDef:
     @property
     def has_params(self) -> bool:
         return self.params is not None
+
+    # What the builder asks of every node of the op, worked out once per op:
+
+    @cached_property
+    def positional(self) -> tuple[Attr, ...]:
+        """The attributes a call may pass by position (`layer` and `tensor` ones only by
+        keyword)."""
+        return tuple(a for a in self.attrs if a.kind not in ("layer", "tensor"))
+
+    @cached_property
+    def defaults(self) -> dict[str, Any] | None:
+        """The attributes of a call without arguments (`relu`), or None when one is
+        required."""
+        if any(a.default is REQUIRED for a in self.attrs):
+            return None
+        return {a.name: a.default for a in self.attrs}
+
+    @cached_property
+    def tensor_attrs(self) -> tuple[str, ...]:
+        """The tensor keywords (masks), which become inputs of the node."""
+        return tuple(a.name for a in self.attrs if a.kind == "tensor")
+
+    @cached_property
+    def layer_attrs(self) -> tuple[str, ...]:
+        """The attributes naming another layer (`tie = wte`), which a node does not keep."""
+        return tuple(a.name for a in self.attrs if a.kind == "layer")
 
 
 # ---- helpers used by the shape rules -------------------------------------------------------

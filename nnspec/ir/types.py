@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 Dim = int | str
+_set = object.__setattr__  # how a frozen dataclass sets its fields
 
 
 def _wrap(d: Dim) -> str:
@@ -99,11 +100,15 @@ def is_concrete(dims) -> bool:
     return all(isinstance(d, int) for d in dims)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TensorType:
     shape: tuple[Dim, ...]
     dtype: str = "float32"  # float32 | int64 | bool
     batched: bool = True
+
+    def __init__(self, shape: tuple[Dim, ...], dtype: str = "float32", batched: bool = True):
+        # One per node: the fields set in one step, not three guarded assignments (see Span).
+        _set(self, "__dict__", {"shape": shape, "dtype": dtype, "batched": batched})
 
     @property
     def rank(self) -> int:
