@@ -14,18 +14,32 @@ replaced by it, `[optional]` parts that are absent given as None), then handed t
 builder's method named after the rule (or its `-> alias`) as `method(span, children)`. The
 span runs from the first to the last token of the rule, as Lark's positions do: a child in
 parentheses counts its parentheses, a bare token does not.
+
+`Tables.parse` is the hot path of every check (an editor re-checks on each keystroke), so
+it is one loop that lexes, applies the newline rule of syntax/lexing.py and takes the LALR
+actions, with symbols numbered and each rule turned into a function of its own shape when
+the parse starts (`_reducer`); `lex` and `lexing.statement_newlines` are the same steps one
+at a time, for the formatter and for the tokens a syntax error's message looks back on.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import re
 from pathlib import Path
 
 from nnspec.diagnostics import Source, Span
-from nnspec.syntax.lexing import Lexeme, statement_newlines
+from nnspec.syntax.lexing import (
+    CLOSERS,
+    CONTINUE_AFTER,
+    CONTINUE_BEFORE,
+    MAX_BRACKETS,
+    OPENERS,
+    Lexeme,
+    TooDeep,
+    statement_newlines,
+)
 
 GRAMMAR = "grammar/nnspec.lark"
 TABLES = "grammar/nnspec.tables.json"
@@ -35,6 +49,8 @@ STARTS = ("start", "value")  # `start` parses a file; `value` one expression (`-
 END = "$END"
 _BAD_CHAR = "BAD_CHAR_"  # the lexer's last alternative: a character no terminal starts with
 _AT_END = "AT_END_"  # the end of the text, after ignored text
+_NEWLINE, _STRING = "_NL", "STRING"  # the terminals the newline rule singles out
+_BRACKETS = OPENERS | CLOSERS
 
 
 class SyntaxFailure(Exception):
@@ -73,8 +89,7 @@ class Reduction:
         self.unit = self.passes and size == 1
 
     def children(self, values: list) -> list:
-        if self.identity:
-            return values
+        """The children made of the rule's `size` stack entries, by the plan."""
         out: list = []
         for index, splice, nones in self.plan:
             if nones:
@@ -89,26 +104,80 @@ class Reduction:
             out += [None] * self.trailing
         return out
 
-    def reduce(self, values: list, places: list, methods: dict, source: Source):
-        """The rule's value made of the stack entries `values` (at `places`), and its place."""
-        place = None
-        if places:
-            first, final = places[0], places[-1]
-            if first is None or final is None:  # an empty rule's value takes no room
-                placed = [p for p in places if p is not None]
-                first, final = (placed[0], placed[-1]) if placed else (None, None)
-            if first is not None:
-                place = (first[0], first[1], final[2], final[3])
-        children = self.children(values)
-        if self.inline:
-            return children, place
-        if self.expand1 and len(children) == 1:
-            child = children[0]
-            if isinstance(child, Lexeme):  # a bare token keeps its own place, not its brackets'
-                return child, (child.line, child.column, child.end_line, child.end_column)
-            return child, place
-        span = Span(source, *place) if place else Span(source, 1, 1, 1, 1)
-        return methods[self.callback](span, children), place
+    def picker(self):
+        """A function of the whole value stack giving the rule's children, written for the
+        rule's shape: most rules only pick entries, which needs no plan read per reduction."""
+        size = self.size
+        if not size:
+            return lambda values: [None] * self.trailing
+        if self.identity:
+            return lambda values: values[-size:]
+        if self.trailing or any(splice or nones for _, splice, nones in self.plan):
+            return lambda values: self.children(values[len(values) - size:])
+        picks = [index - size for index, _, _ in self.plan]
+        if len(picks) == 1:
+            (only,) = picks
+            return lambda values: [values[only]]
+        if len(picks) == 2:
+            first, second = picks
+            return lambda values: [values[first], values[second]]
+        return lambda values: [values[i] for i in picks]
+
+
+def _place_of(places: list, size: int) -> tuple | None:
+    """The place from the first to the last of the top `size` entries that take room (an
+    empty rule's value takes none); None when none does."""
+    placed = [p for p in places[len(places) - size:] if p is not None]
+    return (placed[0][0], placed[0][1], placed[-1][2], placed[-1][3]) if placed else None
+
+
+def _reducer(rule: Reduction, method, source: Source):
+    """The function that replaces the rule's entries at the top of the value and place stacks
+    by the rule's value and its place: (line, col, end_line, end_col), None for no text."""
+    size, pick = rule.size, rule.picker()
+    if rule.inline and size:
+        def reduce_inline(values: list, places: list) -> None:
+            first, last = places[-size], places[-1]
+            if first is None or last is None:
+                place = _place_of(places, size)
+            else:
+                place = (first[0], first[1], last[2], last[3])
+            children = pick(values)
+            del values[-size:], places[-size:]
+            values.append(children)
+            places.append(place)
+        return reduce_inline
+    if not rule.expand1 and size:
+        def reduce_call(values: list, places: list) -> None:
+            first, last = places[-size], places[-1]
+            if first is None or last is None:
+                place = _place_of(places, size)
+                span = Span(source, *place) if place else Span(source, 1, 1, 1, 1)
+            else:
+                place = (first[0], first[1], last[2], last[3])
+                span = Span(source, first[0], first[1], last[2], last[3])
+            value = method(span, pick(values))
+            del values[-size:], places[-size:]
+            values.append(value)
+            places.append(place)
+        return reduce_call
+
+    def reduce(values: list, places: list) -> None:  # an empty rule, or a `?rule`
+        place = _place_of(places, size)
+        children = pick(values)
+        if rule.inline:
+            value = children
+        elif rule.expand1 and len(children) == 1:
+            value = children[0]
+            if isinstance(value, Lexeme):  # a bare token keeps its own place, not its brackets'
+                place = (value.line, value.column, value.end_line, value.end_column)
+        else:
+            value = method(Span(source, *place) if place else Span(source, 1, 1, 1, 1), children)
+        if size:
+            del values[-size:], places[-size:]
+        values.append(value)
+        places.append(place)
+    return reduce
 
 
 class Tables:
@@ -123,7 +192,7 @@ class Tables:
         self.start_states: dict[str, int] = data["start_states"]
         self.end_states: dict[str, int] = data["end_states"]
         self.rules = [Reduction(*rule) for rule in data["rules"]]
-        self.units: dict[tuple[int, int, str], int] = {}  # memo of `_after_units`
+        self.units: dict[tuple[int, int, int], int] = {}  # memo of `_after_units`
         bad = rf"(?P<{_BAD_CHAR}>[\s\S])"
         # What the parser reads: ignored text (spaces, comments) is skipped before each token
         # rather than found as a token of its own; at the end only ignored text remains.
@@ -132,6 +201,32 @@ class Tables:
                 if name not in self.ignore]
         self.next_token = re.compile(f"(?:{ignored})*(?:" + "|".join(
             [*kept, rf"(?P<{_AT_END}>\Z)", bad]) + ")")
+        self._number_symbols()
+
+    def _number_symbols(self) -> None:
+        """Terminals and rules as list indexes for `parse`: `rows[state][symbol]` is the
+        action (None: a syntax error), `group_symbols[match.lastindex]` a token's terminal.
+        The end and a bad character come last, so one comparison tells both apart."""
+        names = {name for row in self.states for name in row}
+        names |= {name for name, _ in self.terminals} | {r.origin for r in self.rules}
+        names |= {kind for words in self.keywords.values() for kind in words.values()}
+        names -= {END, _BAD_CHAR}
+        self.symbols = [*sorted(names), END, _BAD_CHAR]
+        ids = {name: i for i, name in enumerate(self.symbols)}
+        self.rows = [[None] * len(ids) for _ in self.states]
+        for row, actions in zip(self.rows, self.states):
+            for name, action in actions.items():
+                row[ids[name]] = action
+        aliases = {_AT_END: END}
+        self.group_symbols = [None] * (self.next_token.groups + 1)
+        for name, group in self.next_token.groupindex.items():
+            self.group_symbols[group] = ids[aliases.get(name, name)]
+        self.keyword_symbols = [None] * len(ids)  # NAME -> {"model": MODEL's number}
+        for name, words in self.keywords.items():
+            self.keyword_symbols[ids[name]] = {word: ids[kind] for word, kind in words.items()}
+        self.rule_symbols = [ids[r.origin] for r in self.rules]
+        self.rule_sizes = [r.size for r in self.rules]
+        self.newline, self.string = ids.get(_NEWLINE), ids.get(_STRING)
 
     @functools.cached_property
     def every_token(self) -> re.Pattern:
@@ -178,59 +273,128 @@ class Tables:
     def parse(self, text: str, start: str, builder, source: Source):
         """Parse `text` from the rule `start`, calling `builder`'s methods as rules are
         reduced; the value of the whole text, or SyntaxFailure (lexing.TooDeep for
-        brackets nested past the limit)."""
-        actions, rules, units = self.states, self.rules, self.units
-        methods = {name: getattr(builder, name) for name in self.callbacks()}
+        brackets nested past the limit).
+
+        One loop does what `statement_newlines(self.lex(text))` and an LALR driver would do
+        token by token (the tokens a syntax error's message needs are lexed again then)."""
+        rows, units, symbols = self.rows, self.units, self.symbols
+        sizes, gotos = self.rule_sizes, self.rule_symbols
+        group_symbols, keyword_symbols = self.group_symbols, self.keyword_symbols
+        newline, string = self.newline, self.string
+        end = len(symbols) - 2  # and a bad character is end + 1
+        reducers = self._reducers(builder, source)
         state = self.start_states[start]
-        states = [state]  # the stack of states; `state` is its top
         end_state = self.end_states[start]
+        states = [state]  # the stack of states; `state` is its top
         values: list = []
         places: list = []  # (line, col, end_line, end_col) of each value, None if empty
-        taken: list[Lexeme] = []  # every token so far, for the message of a syntax error
-        for tok in itertools.chain(statement_newlines(self.lex(text)), (_END,)):
-            kind = tok.type
-            taken.append(tok)
+        line, line_start, last_end = 1, 0, 0  # last_end: where the previous match ended
+        depth = 0  # brackets open
+        previous = None  # the text of the last token other than a newline
+        pending = None  # a newline that ends a statement, unless the next line continues it
+        later = later_kind = None  # a token that waits while `pending` is taken
+        for match in self.next_token.finditer(text):
+            group = match.lastindex
+            kind = group_symbols[group]
+            begin, stop = match.span(group)
+            if last_end != begin and text.find("\n", last_end, begin) >= 0:  # a `\` joined
+                line += text.count("\n", last_end, begin)  # lines in the ignored text
+                line_start = text.rindex("\n", last_end, begin) + 1
+            last_end = stop
+            value = match.group(group)
+            column = begin - line_start + 1
+            if kind == newline:
+                first_line = line
+                line += value.count("\n")
+                line_start = begin + value.rindex("\n") + 1
+                if depth == 0 and previous is not None and previous not in CONTINUE_AFTER:
+                    pending = Lexeme(_NEWLINE, value, begin, first_line, column, line,
+                                     stop - line_start + 1)
+                continue
+            words = keyword_symbols[kind]
+            if words is not None:
+                kind = words.get(value, kind)
+            if kind >= end:
+                if kind > end:
+                    raise SyntaxFailure(None, frozenset(), begin, line, column)
+                tok = _END
+            elif "\n" in value:  # a token over several lines
+                first_line = line
+                line += value.count("\n")
+                line_start = begin + value.rindex("\n") + 1
+                tok = Lexeme(symbols[kind], value, begin, first_line, column, line,
+                             stop - line_start + 1)
+            else:
+                tok = Lexeme(symbols[kind], value, begin, line, column, line,
+                             column + stop - begin)
+            if value in _BRACKETS and kind != string:
+                if value in OPENERS:
+                    depth += 1
+                    if depth > MAX_BRACKETS:
+                        raise TooDeep(tok)
+                elif depth:
+                    depth -= 1
+            if pending is not None:
+                if value not in CONTINUE_BEFORE or kind == string:
+                    later, later_kind = tok, kind
+                    tok, kind = pending, newline
+                pending = None
+            previous = value
             while True:
-                action = actions[state].get(kind)
+                action = rows[state][kind]
                 if action is None:
-                    raise self._unexpected(tok, state, taken[:-1])
+                    raise self._unexpected(tok, state, text)
                 if action >= 0:
                     states.append(action)
                     state = action
                     values.append(tok)
                     places.append((tok.line, tok.column, tok.end_line, tok.end_column))
-                    break
-                rule = rules[~action]
-                if rule.unit:  # `x` becomes an atom, a power, ..., an expression at once
+                    if later is None:
+                        break
+                    tok, kind, later = later, later_kind, None
+                    continue
+                rule = ~action
+                reduce = reducers[rule]
+                if reduce is None:  # `x` becomes an atom, a power, ..., an expression at once
                     key = (states[-2], state, kind)
                     top = units.get(key)
                     if top is None:
                         top = units[key] = self._after_units(*key)
                     states[-1] = state = top
                     continue
-                size = rule.size
+                reduce(values, places)
+                size = sizes[rule]
                 if size:
-                    value, place = rule.reduce(values[-size:], places[-size:], methods, source)
-                    del values[-size:], places[-size:], states[-size:]
-                else:
-                    value, place = rule.reduce([], [], methods, source)
-                state = actions[states[-1]][rule.origin]
+                    del states[-size:]
+                state = rows[states[-1]][gotos[rule]]
                 states.append(state)
-                values.append(value)
-                places.append(place)
-                if kind == END and state == end_state:
-                    return value
+                if state == end_state and kind == end:
+                    return values[-1]
 
-    def _after_units(self, below: int, top: int, kind: str) -> int:
+    def _reducers(self, builder, source: Source) -> list:
+        """Each rule's reducing function for this parse (None for a unit rule, which only
+        changes the state)."""
+        methods = {name: getattr(builder, name) for name in self.callbacks()}
+        return [None if rule.unit else _reducer(rule, methods.get(rule.callback), source)
+                for rule in self.rules]
+
+    def _after_units(self, below: int, top: int, kind: int) -> int:
         """The state after every unit reduction that `kind` asks for in `top` over `below`."""
-        action = self.states[top].get(kind)
-        while action is not None and action < 0 and self.rules[~action].unit:
-            top = self.states[below][self.rules[~action].origin]
-            action = self.states[top].get(kind)
+        rows, rules = self.rows, self.rules
+        action = rows[top][kind]
+        while action is not None and action < 0 and rules[~action].unit:
+            top = rows[below][self.rule_symbols[~action]]
+            action = rows[top][kind]
         return top
 
-    def _unexpected(self, tok: Lexeme, state: int, before: list[Lexeme]) -> SyntaxFailure:
+    def _unexpected(self, tok: Lexeme, state: int, text: str) -> SyntaxFailure:
+        """The failure at `tok`, with the tokens taken before it lexed again."""
         expected = frozenset(s for s in self.states[state] if s.isupper())
+        before = []
+        for taken in statement_newlines(self.lex(text)):
+            if tok is not _END and taken.start_pos >= tok.start_pos:
+                break
+            before.append(taken)
         return SyntaxFailure(tok, expected, tok.start_pos, tok.line, tok.column, before)
 
 
