@@ -31,7 +31,7 @@ class Source:
         return lines[number - 1] if 0 < number <= len(lines) else ""
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True, init=False, slots=True)
 class Span:
     source: Source = field(compare=False, repr=False)
     line: int
@@ -40,10 +40,14 @@ class Span:
     end_col: int
 
     def __init__(self, source: Source, line: int, col: int, end_line: int, end_col: int):
-        # The parser makes one per token and rule: setting the fields in one step costs half
-        # of the frozen dataclass's five guarded assignments.
-        object.__setattr__(self, "__dict__", {"source": source, "line": line, "col": col,
-                                              "end_line": end_line, "end_col": end_col})
+        # The parser makes one per token and rule: filling the slots through their
+        # descriptors skips the frozen dataclass's guarded assignments, and slots (no
+        # __dict__) leave the garbage collector half the objects to track.
+        _set_source(self, source)
+        _set_line(self, line)
+        _set_col(self, col)
+        _set_end_line(self, end_line)
+        _set_end_col(self, end_col)
 
     @property
     def path(self) -> str:
@@ -60,6 +64,10 @@ class Span:
             "end_line": self.end_line,
             "end_col": self.end_col,
         }
+
+
+_set_source, _set_line, _set_col, _set_end_line, _set_end_col = (
+    Span.__dict__[name].__set__ for name in ("source", "line", "col", "end_line", "end_col"))
 
 
 @dataclass(frozen=True)
