@@ -25,6 +25,7 @@ at a time, for the formatter and for the tokens a syntax error's message looks b
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import re
 from pathlib import Path
@@ -112,7 +113,18 @@ class Reduction:
             return lambda values: [None] * self.trailing
         if self.identity:
             return lambda values: values[-size:]
-        if self.trailing or any(splice or nones for _, splice, nones in self.plan):
+        if self.trailing or any(nones for *_, nones in self.plan):
+            return lambda values: self.children(values[len(values) - size:])
+        if self.plan and all(splice for _, splice, _ in self.plan):  # `_l: _l _item _sep`
+            head, *rest = [index - size for index, _, _ in self.plan]
+
+            def spliced(values: list) -> list:
+                out = values[head]  # grows in place: linear in the list's length
+                for index in rest:
+                    out += values[index]
+                return out
+            return spliced
+        if any(splice for _, splice, _ in self.plan):
             return lambda values: self.children(values[len(values) - size:])
         picks = [index - size for index, _, _ in self.plan]
         if len(picks) == 1:
@@ -275,7 +287,19 @@ class Tables:
         reduced; the value of the whole text, or SyntaxFailure (lexing.TooDeep for
         brackets nested past the limit).
 
-        One loop does what `statement_newlines(self.lex(text))` and an LALR driver would do
+        The parse makes a handful of objects per token and frees almost none, which would
+        only make the cyclic garbage collector run (a fifth of the time) to find nothing, so
+        it is paused meanwhile."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._parse(text, start, builder, source)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _parse(self, text: str, start: str, builder, source: Source):
+        """One loop does what `statement_newlines(self.lex(text))` and an LALR driver would do
         token by token (the tokens a syntax error's message needs are lexed again then)."""
         rows, units, symbols = self.rows, self.units, self.symbols
         sizes, gotos = self.rule_sizes, self.rule_symbols
