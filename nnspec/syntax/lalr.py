@@ -315,8 +315,9 @@ class Tables:
         line, line_start, last_end = 1, 0, 0  # last_end: where the previous match ended
         depth = 0  # brackets open
         previous = None  # the text of the last token other than a newline
-        pending = None  # a newline that ends a statement, unless the next line continues it
-        later = later_kind = None  # a token that waits while `pending` is taken
+        pending = None  # a newline that ends a statement, unless the next line continues it:
+        # its text, offset and place, made a Lexeme only if it does not
+        later = later_kind = later_place = None  # a token that waits while `pending` is taken
         for match in self.next_token.finditer(text):
             group = match.lastindex
             kind = group_symbols[group]
@@ -332,8 +333,7 @@ class Tables:
                 line += value.count("\n")
                 line_start = begin + value.rindex("\n") + 1
                 if depth == 0 and previous is not None and previous not in CONTINUE_AFTER:
-                    pending = Lexeme(_NEWLINE, value, begin, first_line, column, line,
-                                     stop - line_start + 1)
+                    pending = (value, begin, first_line, column, line, stop - line_start + 1)
                 continue
             words = keyword_symbols[kind]
             if words is not None:
@@ -341,14 +341,14 @@ class Tables:
             if kind >= end:
                 if kind > end:
                     raise SyntaxFailure(None, frozenset(), begin, line, column)
-                tok = _END
+                tok, place = _END, None
             elif "\n" in value:  # a token over several lines
-                first_line = line
-                line += value.count("\n")
-                line_start = begin + value.rindex("\n") + 1
-                tok = Lexeme(symbols[kind], value, begin, first_line, column, line,
-                             stop - line_start + 1)
+                place = (line, column, line + value.count("\n"),
+                         stop - begin - value.rindex("\n"))
+                line, line_start = place[2], begin + value.rindex("\n") + 1
+                tok = Lexeme(symbols[kind], value, begin, *place)
             else:
+                place = (line, column, line, column + stop - begin)
                 tok = Lexeme(symbols[kind], value, begin, line, column, line,
                              column + stop - begin)
             if value in _BRACKETS and kind != string:
@@ -360,8 +360,8 @@ class Tables:
                     depth -= 1
             if pending is not None:
                 if value not in CONTINUE_BEFORE or kind == string:
-                    later, later_kind = tok, kind
-                    tok, kind = pending, newline
+                    later, later_kind, later_place = tok, kind, place
+                    tok, kind, place = Lexeme(_NEWLINE, *pending), newline, pending[2:]
                 pending = None
             previous = value
             while True:
@@ -372,10 +372,10 @@ class Tables:
                     states.append(action)
                     state = action
                     values.append(tok)
-                    places.append((tok.line, tok.column, tok.end_line, tok.end_column))
+                    places.append(place)
                     if later is None:
                         break
-                    tok, kind, later = later, later_kind, None
+                    tok, kind, place, later = later, later_kind, later_place, None
                     continue
                 rule = ~action
                 reduce = reducers[rule]
