@@ -143,10 +143,11 @@ def _place_of(places: list, size: int) -> tuple | None:
     return (placed[0][0], placed[0][1], placed[-1][2], placed[-1][3]) if placed else None
 
 
-def _reducer(rule: Reduction, method, source: Source):
+def _reducer(rule: Reduction, pick, method, source: Source):
     """The function that replaces the rule's entries at the top of the value and place stacks
-    by the rule's value and its place: (line, col, end_line, end_col), None for no text."""
-    size, pick = rule.size, rule.picker()
+    by the rule's value and its place: (line, col, end_line, end_col), None for no text;
+    `pick` gives its children (`Reduction.picker`)."""
+    size = rule.size
     if rule.inline and size:
         def reduce_inline(values: list, places: list) -> None:
             first, last = places[-size], places[-1]
@@ -238,6 +239,7 @@ class Tables:
             self.keyword_symbols[ids[name]] = {word: ids[kind] for word, kind in words.items()}
         self.rule_symbols = [ids[r.origin] for r in self.rules]
         self.rule_sizes = [r.size for r in self.rules]
+        self.pickers = [r.picker() for r in self.rules]
         self.newline, self.string = ids.get(_NEWLINE), ids.get(_STRING)
 
     @functools.cached_property
@@ -301,12 +303,12 @@ class Tables:
     def _parse(self, text: str, start: str, builder, source: Source):
         """One loop does what `statement_newlines(self.lex(text))` and an LALR driver would do
         token by token (the tokens a syntax error's message needs are lexed again then)."""
-        rows, units, symbols = self.rows, self.units, self.symbols
+        rows, units, symbols, rules = self.rows, self.units, self.symbols, self.rules
         sizes, gotos = self.rule_sizes, self.rule_symbols
         group_symbols, keyword_symbols = self.group_symbols, self.keyword_symbols
         newline, string = self.newline, self.string
         end = len(symbols) - 2  # and a bad character is end + 1
-        reducers = self._reducers(builder, source)
+        reducers: list = [None] * len(self.rules)  # each rule's `_reducer`, made on first use
         state = self.start_states[start]
         end_state = self.end_states[start]
         states = [state]  # the stack of states; `state` is its top
@@ -379,13 +381,15 @@ class Tables:
                     continue
                 rule = ~action
                 reduce = reducers[rule]
-                if reduce is None:  # `x` becomes an atom, a power, ..., an expression at once
-                    key = (states[-2], state, kind)
-                    top = units.get(key)
-                    if top is None:
-                        top = units[key] = self._after_units(*key)
-                    states[-1] = state = top
-                    continue
+                if reduce is None:
+                    if rules[rule].unit:  # `x` becomes an atom, ..., an expression at once
+                        key = (states[-2], state, kind)
+                        top = units.get(key)
+                        if top is None:
+                            top = units[key] = self._after_units(*key)
+                        states[-1] = state = top
+                        continue
+                    reduce = reducers[rule] = self._reducer(rule, builder, source)
                 reduce(values, places)
                 size = sizes[rule]
                 if size:
@@ -395,12 +399,11 @@ class Tables:
                 if state == end_state and kind == end:
                     return values[-1]
 
-    def _reducers(self, builder, source: Source) -> list:
-        """Each rule's reducing function for this parse (None for a unit rule, which only
-        changes the state)."""
-        methods = {name: getattr(builder, name) for name in self.callbacks()}
-        return [None if rule.unit else _reducer(rule, methods.get(rule.callback), source)
-                for rule in self.rules]
+    def _reducer(self, number: int, builder, source: Source):
+        """The reducing function of rule `number`, calling `builder`'s method."""
+        rule = self.rules[number]
+        method = None if rule.inline or rule.passes else getattr(builder, rule.callback)
+        return _reducer(rule, self.pickers[number], method, source)
 
     def _after_units(self, below: int, top: int, kind: int) -> int:
         """The state after every unit reduction that `kind` asks for in `top` over `below`."""
