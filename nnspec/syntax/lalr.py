@@ -44,7 +44,7 @@ from nnspec.syntax.lexing import (
 
 GRAMMAR = "grammar/nnspec.lark"
 TABLES = "grammar/nnspec.tables.json"
-FORMAT = 3  # of the tables file; a file in another format is not used
+FORMAT = 4  # of the tables file; a file in another format is not used
 PACKAGE = Path(__file__).resolve().parent.parent  # the installed `nnspec` directory
 STARTS = ("start", "value")  # `start` parses a file; `value` one expression (`--set d=64`)
 END = "$END"
@@ -205,6 +205,7 @@ class Tables:
         self.start_states: dict[str, int] = data["start_states"]
         self.end_states: dict[str, int] = data["end_states"]
         self.rules = [Reduction(*rule) for rule in data["rules"]]
+        self.kept_terminals = frozenset(data["kept"])  # the tokens rules keep as children
         self.units: dict[tuple[int, int, int], int] = {}  # memo of `_after_units`
         bad = rf"(?P<{_BAD_CHAR}>[\s\S])"
         # What the parser reads: ignored text (spaces, comments) is skipped before each token
@@ -240,6 +241,7 @@ class Tables:
         self.rule_symbols = [ids[r.origin] for r in self.rules]
         self.rule_sizes = [r.size for r in self.rules]
         self.pickers = [r.picker() for r in self.rules]
+        self.kept = [name in self.kept_terminals for name in self.symbols]
         self.newline, self.string = ids.get(_NEWLINE), ids.get(_STRING)
 
     @functools.cached_property
@@ -305,7 +307,7 @@ class Tables:
         token by token (the tokens a syntax error's message needs are lexed again then)."""
         rows, units, symbols, rules = self.rows, self.units, self.symbols, self.rules
         sizes, gotos = self.rule_sizes, self.rule_symbols
-        group_symbols, keyword_symbols = self.group_symbols, self.keyword_symbols
+        group_symbols, keyword_symbols, kept = self.group_symbols, self.keyword_symbols, self.kept
         newline, string = self.newline, self.string
         end = len(symbols) - 2  # and a bad character is end + 1
         reducers: list = [None] * len(self.rules)  # each rule's `_reducer`, made on first use
@@ -350,14 +352,15 @@ class Tables:
                 line, line_start = place[2], begin + value.rindex("\n") + 1
                 tok = Lexeme(symbols[kind], value, begin, *place)
             else:
-                place = (line, column, line, column + stop - begin)
+                end_column = column + stop - begin
+                place = (line, column, line, end_column)
                 tok = Lexeme(symbols[kind], value, begin, line, column, line,
-                             column + stop - begin)
+                             end_column) if kept[kind] else None
             if value in _BRACKETS and kind != string:
                 if value in OPENERS:
                     depth += 1
                     if depth > MAX_BRACKETS:
-                        raise TooDeep(tok)
+                        raise TooDeep(Lexeme(symbols[kind], value, begin, *place))
                 elif depth:
                     depth -= 1
             if pending is not None:
@@ -368,16 +371,17 @@ class Tables:
             previous = value
             while True:
                 action = rows[state][kind]
-                if action is None:
-                    raise self._unexpected(tok, state, text)
+                if action is None:  # (a token no rule keeps has no Lexeme yet)
+                    raise self._unexpected(tok or Lexeme(symbols[kind], value, begin, *place),
+                                           state, text)
                 if action >= 0:
                     states.append(action)
                     state = action
                     values.append(tok)
                     places.append(place)
-                    if later is None:
+                    if later_kind is None:
                         break
-                    tok, kind, place, later = later, later_kind, later_place, None
+                    tok, kind, place, later_kind = later, later_kind, later_place, None
                     continue
                 rule = ~action
                 reduce = reducers[rule]
@@ -477,7 +481,16 @@ def build_tables(grammar: str) -> dict:
             **_lexer_tables(terminals, lexer_conf["ignore"]),
             "states": states, "start_states": table["start_states"],
             "end_states": table["end_states"],
-            "rules": [_rule_entry(rules[memo_id]) for memo_id in sorted(rules)]}
+            "rules": [_rule_entry(rules[memo_id]) for memo_id in sorted(rules)],
+            "kept": _kept_terminals(rules.values())}
+
+
+def _kept_terminals(rules) -> list[str]:
+    """The terminals some rule keeps as a child (NAME, NUMBER, ...): the parser makes a
+    Lexeme only for these; the others (`(`, `model`, newlines) only take their place."""
+    return sorted({symbol["name"] for rule in rules for symbol in rule["expansion"]
+                   if symbol["__type__"] == "Terminal" and (
+                       rule["options"]["keep_all_tokens"] or not symbol.get("filter_out"))})
 
 
 def _lexer_tables(terminals: list[dict], ignore: list[str]) -> dict:
