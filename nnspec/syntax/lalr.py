@@ -127,6 +127,8 @@ class Reduction:
         if any(splice for _, splice, _ in self.plan):
             return lambda values: self.children(values[len(values) - size:])
         picks = [index - size for index, _, _ in self.plan]
+        if not picks:  # `_sep: _NL`
+            return lambda values: []
         if len(picks) == 1:
             (only,) = picks
             return lambda values: [values[only]]
