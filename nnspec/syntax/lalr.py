@@ -106,79 +106,88 @@ class Reduction:
         return out
 
     def picker(self):
-        """A function of the whole value stack giving the rule's children, written for the
-        rule's shape: most rules only pick entries, which needs no plan read per reduction."""
+        """A function of the parse stack giving the rule's children, written for the rule's
+        shape: most rules only pick entries, which needs no plan read per reduction. (The
+        stack holds a value, its place and a state per entry: `Tables._parse`.)"""
         size = self.size
         if not size:
-            return lambda values: [None] * self.trailing
+            return lambda stack: [None] * self.trailing
         if self.identity:
-            return lambda values: values[-size:]
+            return lambda stack: stack[-_ENTRY * size::_ENTRY]
         absent = self.trailing or any(nones for *_, nones in self.plan)
+        picks = [_ENTRY * (index - size) for index, _, _ in self.plan]
         if self.plan and not absent and all(splice for _, splice, _ in self.plan):
-            head, *rest = [index - size for index, _, _ in self.plan]  # `_l: _l _item _sep`
+            head, *rest = picks  # `_list: _list _item _sep`
 
-            def spliced(values: list) -> list:
-                out = values[head]  # grows in place: linear in the list's length
+            def spliced(stack: list) -> list:
+                out = stack[head]  # grows in place: linear in the list's length
                 for index in rest:
-                    out += values[index]
+                    out += stack[index]
                 return out
             return spliced
         if absent or any(splice for _, splice, _ in self.plan):
-            return lambda values: self.children(values[len(values) - size:])
-        picks = [index - size for index, _, _ in self.plan]
+            return lambda stack: self.children(stack[len(stack) - _ENTRY * size::_ENTRY])
         if not picks:  # `_sep: _NL`
-            return lambda values: []
+            return lambda stack: []
         if len(picks) == 1:
             (only,) = picks
-            return lambda values: [values[only]]
+            return lambda stack: [stack[only]]
         if len(picks) == 2:
             first, second = picks
-            return lambda values: [values[first], values[second]]
-        return lambda values: [values[i] for i in picks]
+            return lambda stack: [stack[first], stack[second]]
+        return lambda stack: [stack[i] for i in picks]
 
 
-def _place_of(places: list, size: int) -> tuple | None:
+_ENTRY = 3  # stack items per entry: value, place, state
+
+
+def _place_of(stack: list, size: int) -> tuple | None:
     """The place from the first to the last of the top `size` entries that take room (an
     empty rule's value takes none); None when none does."""
-    placed = [p for p in places[len(places) - size:] if p is not None]
+    placed = [p for p in stack[len(stack) - _ENTRY * size + 1::_ENTRY] if p is not None]
     return (placed[0][0], placed[0][1], placed[-1][2], placed[-1][3]) if placed else None
 
 
-def _reducer(rule: Reduction, pick, method, source: Source):
-    """The function that replaces the rule's entries at the top of the value and place stacks
-    by the rule's value and its place: (line, col, end_line, end_col), None for no text;
-    `pick` gives its children (`Reduction.picker`)."""
+def _reducer(rule: Reduction, pick, method, source: Source, goto: list):
+    """The function that replaces the rule's entries at the top of the stack by one entry:
+    the rule's value, its place ((line, col, end_line, end_col), None for no text) and the
+    state `goto` gives for the state below; it returns that state. `pick` gives the rule's
+    children (`Reduction.picker`)."""
     size = rule.size
+    items = _ENTRY * size
+    first_place = 1 - items  # where the first entry's place is; the last one's is at -2
     if rule.inline and size:
-        def reduce_inline(values: list, places: list) -> None:
-            first, last = places[-size], places[-1]
+        def reduce_inline(stack: list) -> int:
+            first, last = stack[first_place], stack[-2]
             if first is None or last is None:
-                place = _place_of(places, size)
+                place = _place_of(stack, size)
             else:
                 place = (first[0], first[1], last[2], last[3])
-            children = pick(values)
-            del values[-size:], places[-size:]
-            values.append(children)
-            places.append(place)
+            children = pick(stack)
+            del stack[-items:]
+            state = goto[stack[-1]]
+            stack += (children, place, state)
+            return state
         return reduce_inline
     if not rule.expand1 and size:
-        def reduce_call(values: list, places: list) -> None:
-            first, last = places[-size], places[-1]
+        def reduce_call(stack: list) -> int:
+            first, last = stack[first_place], stack[-2]
             if first is None or last is None:
-                place = _place_of(places, size)
+                place = _place_of(stack, size)
                 span = Span(source, *place) if place else Span(source, 1, 1, 1, 1)
             else:
                 place = (first[0], first[1], last[2], last[3])
                 span = Span(source, first[0], first[1], last[2], last[3])
-            value = method(span, pick(values))
-            del values[-size:], places[-size:]
-            values.append(value)
-            places.append(place)
+            value = method(span, pick(stack))
+            del stack[-items:]
+            state = goto[stack[-1]]
+            stack += (value, place, state)
+            return state
         return reduce_call
 
-    def reduce(values: list, places: list) -> None:  # an empty rule, or a `?rule`
-        place = _place_of(places, size)
-        children = pick(values)
+    def reduce(stack: list) -> int:  # an empty rule, or a `?rule`
+        place = _place_of(stack, size)
+        children = pick(stack)
         if rule.inline:
             value = children
         elif rule.expand1 and len(children) == 1:
@@ -188,9 +197,10 @@ def _reducer(rule: Reduction, pick, method, source: Source):
         else:
             value = method(Span(source, *place) if place else Span(source, 1, 1, 1, 1), children)
         if size:
-            del values[-size:], places[-size:]
-        values.append(value)
-        places.append(place)
+            del stack[-items:]
+        state = goto[stack[-1]]
+        stack += (value, place, state)
+        return state
     return reduce
 
 
@@ -240,7 +250,8 @@ class Tables:
         for name, words in self.keywords.items():
             self.keyword_symbols[ids[name]] = {word: ids[kind] for word, kind in words.items()}
         self.rule_symbols = [ids[r.origin] for r in self.rules]
-        self.rule_sizes = [r.size for r in self.rules]
+        self.gotos = {symbol: [row[symbol] for row in self.rows]  # a rule's state after it,
+                      for symbol in set(self.rule_symbols)}  # by the state below it
         self.pickers = [r.picker() for r in self.rules]
         self.kept = [name in self.kept_terminals for name in self.symbols]
         self.newline, self.string = ids.get(_NEWLINE), ids.get(_STRING)
@@ -308,16 +319,16 @@ class Tables:
         """One loop does what `statement_newlines(self.lex(text))` and an LALR driver would do
         token by token (the tokens a syntax error's message needs are lexed again then)."""
         rows, units, symbols, rules = self.rows, self.units, self.symbols, self.rules
-        sizes, gotos = self.rule_sizes, self.rule_symbols
         group_symbols, keyword_symbols, kept = self.group_symbols, self.keyword_symbols, self.kept
         newline, string = self.newline, self.string
         end = len(symbols) - 2  # and a bad character is end + 1
         reducers: list = [None] * len(self.rules)  # each rule's `_reducer`, made on first use
         state = self.start_states[start]
         end_state = self.end_states[start]
-        states = [state]  # the stack of states; `state` is its top
-        values: list = []
-        places: list = []  # (line, col, end_line, end_col) of each value, None if empty
+        # The stack: the start state, then per entry a value (a Lexeme, a builder's result),
+        # its place ((line, col, end_line, end_col), None if it takes no room) and the state
+        # after it; `state` is its top.
+        stack: list = [state]
         line, line_start, last_end = 1, 0, 0  # last_end: where the previous match ended
         depth = 0  # brackets open
         previous = None  # the text of the last token other than a newline
@@ -377,10 +388,8 @@ class Tables:
                     raise self._unexpected(tok or Lexeme(symbols[kind], value, begin, *place),
                                            state, text)
                 if action >= 0:
-                    states.append(action)
+                    stack += (tok, place, action)
                     state = action
-                    values.append(tok)
-                    places.append(place)
                     if later_kind is None:
                         break
                     tok, kind, place, later_kind = later, later_kind, later_place, None
@@ -389,27 +398,23 @@ class Tables:
                 reduce = reducers[rule]
                 if reduce is None:
                     if rules[rule].unit:  # `x` becomes an atom, ..., an expression at once
-                        key = (states[-2], state, kind)
+                        key = (stack[-4], state, kind)
                         top = units.get(key)
                         if top is None:
                             top = units[key] = self._after_units(*key)
-                        states[-1] = state = top
+                        stack[-1] = state = top
                         continue
                     reduce = reducers[rule] = self._reducer(rule, builder, source)
-                reduce(values, places)
-                size = sizes[rule]
-                if size:
-                    del states[-size:]
-                state = rows[states[-1]][gotos[rule]]
-                states.append(state)
+                state = reduce(stack)
                 if state == end_state and kind == end:
-                    return values[-1]
+                    return stack[-3]
 
     def _reducer(self, number: int, builder, source: Source):
         """The reducing function of rule `number`, calling `builder`'s method."""
         rule = self.rules[number]
         method = None if rule.inline or rule.passes else getattr(builder, rule.callback)
-        return _reducer(rule, self.pickers[number], method, source)
+        return _reducer(rule, self.pickers[number], method, source,
+                        self.gotos[self.rule_symbols[number]])
 
     def _after_units(self, below: int, top: int, kind: int) -> int:
         """The state after every unit reduction that `kind` asks for in `top` over `below`."""
