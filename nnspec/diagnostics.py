@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,41 @@ class Source:
         return lines[number - 1] if 0 < number <= len(lines) else ""
 
 
-@dataclass(frozen=True, init=False, slots=True)
 class Span:
-    source: Source = field(compare=False, repr=False)
-    line: int
-    col: int
-    end_line: int
-    end_col: int
+    """Where in a file a piece of text is: its first line and column and one past its last
+    (1-based), as an editor counts them. Immutable, and equal to a span of the same place
+    whatever its source.
+
+    The parser makes one per token and rule, so the fields are plain slots that `__init__`
+    fills directly, read through read-only properties: a frozen dataclass would fill each
+    through its guarded `__setattr__`, twice the cost of the whole object."""
+
+    __slots__ = ("_col", "_end_col", "_end_line", "_line", "_source")
 
     def __init__(self, source: Source, line: int, col: int, end_line: int, end_col: int):
-        # The parser makes one per token and rule: filling the slots through their
-        # descriptors skips the frozen dataclass's guarded assignments, and slots (no
-        # __dict__) leave the garbage collector half the objects to track.
-        _set_source(self, source)
-        _set_line(self, line)
-        _set_col(self, col)
-        _set_end_line(self, end_line)
-        _set_end_col(self, end_col)
+        self._source, self._line, self._col = source, line, col
+        self._end_line, self._end_col = end_line, end_col
+
+    source = property(attrgetter("_source"))
+    line = property(attrgetter("_line"))
+    col = property(attrgetter("_col"))
+    end_line = property(attrgetter("_end_line"))
+    end_col = property(attrgetter("_end_col"))
+
+    def _place(self) -> tuple[int, int, int, int]:
+        return self._line, self._col, self._end_line, self._end_col
+
+    def __eq__(self, other) -> bool:
+        if other.__class__ is not Span:
+            return NotImplemented
+        return self._place() == other._place()
+
+    def __hash__(self) -> int:
+        return hash(self._place())
+
+    def __repr__(self) -> str:
+        return (f"Span(line={self._line}, col={self._col}, end_line={self._end_line}, "
+                f"end_col={self._end_col})")
 
     @property
     def path(self) -> str:
@@ -64,10 +83,6 @@ class Span:
             "end_line": self.end_line,
             "end_col": self.end_col,
         }
-
-
-_set_source, _set_line, _set_col, _set_end_line, _set_end_col = (
-    Span.__dict__[name].__set__ for name in ("source", "line", "col", "end_line", "end_col"))
 
 
 @dataclass(frozen=True)
