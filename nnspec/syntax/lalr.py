@@ -139,6 +139,17 @@ class Reduction:
 
 
 _ENTRY = 3  # stack items per entry: value, place, state
+_BAD = (_BAD_CHAR, r"[\s\S]")  # the lexer's last alternative
+
+
+def _scanner(skipped: str, terminals: list[tuple[str, str]]) -> re.Pattern:
+    """The regular expression of the next token: `skipped` (ignored text), then the first
+    of the terminals that matches, in order. Each terminal is followed by an empty group
+    named after it, not wrapped in one: the regex engine then passes over an alternative
+    at its first character, and `match.lastindex` still names the terminal (its group
+    closes last); group 1 ends where the token starts."""
+    return re.compile(f"({skipped})(?:" + "|".join(
+        f"(?:{regexp})(?P<{name}>)" for name, regexp in terminals) + ")")
 
 
 def _place_of(stack: list, size: int) -> tuple | None:
@@ -218,14 +229,11 @@ class Tables:
         self.rules = [Reduction(*rule) for rule in data["rules"]]
         self.kept_terminals = frozenset(data["kept"])  # the tokens rules keep as children
         self.units: dict[tuple[int, int, int], int] = {}  # memo of `_after_units`
-        bad = rf"(?P<{_BAD_CHAR}>[\s\S])"
         # What the parser reads: ignored text (spaces, comments) is skipped before each token
         # rather than found as a token of its own; at the end only ignored text remains.
         ignored = "|".join(regexp for name, regexp in self.terminals if name in self.ignore)
-        kept = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals
-                if name not in self.ignore]
-        self.next_token = re.compile(f"(?:{ignored})*(?:" + "|".join(
-            [*kept, rf"(?P<{_AT_END}>\Z)", bad]) + ")")
+        kept = [(name, regexp) for name, regexp in self.terminals if name not in self.ignore]
+        self.next_token = _scanner(f"(?:{ignored})*", [*kept, (_AT_END, r"\Z"), _BAD])
         self._number_symbols()
 
     def _number_symbols(self) -> None:
@@ -260,8 +268,7 @@ class Tables:
     def every_token(self) -> re.Pattern:
         """Every token, spaces and comments too: for the formatter, so compiled on first use
         (`check` never needs it)."""
-        every = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals]
-        return re.compile("|".join([*every, rf"(?P<{_BAD_CHAR}>[\s\S])"]))
+        return _scanner("", [*self.terminals, _BAD])
 
     def callbacks(self) -> set[str]:
         """The builder methods the rules call."""
@@ -277,7 +284,7 @@ class Tables:
         line, line_start = 1, 0
         for match in scanner.finditer(text):
             kind = match.lastgroup
-            start, skipped = match.start(kind), match.start()
+            start, skipped = match.end(1), match.start()
             if skipped < start and "\n" in text[skipped:start]:  # a `\` that joins lines
                 line += text.count("\n", skipped, start)
                 line_start = text.rindex("\n", skipped, start) + 1
@@ -286,7 +293,7 @@ class Tables:
                 return
             if kind == _BAD_CHAR:
                 raise SyntaxFailure(None, frozenset(), start, line, column)
-            value = match.group(kind)
+            value = text[start:match.end()]
             first_line = line
             if "\n" in value:
                 line += value.count("\n")
@@ -338,12 +345,12 @@ class Tables:
         for match in self.next_token.finditer(text):
             group = match.lastindex
             kind = group_symbols[group]
-            begin, stop = match.span(group)
+            begin, stop = match.end(1), match.end()
             if last_end != begin and text.find("\n", last_end, begin) >= 0:  # a `\` joined
                 line += text.count("\n", last_end, begin)  # lines in the ignored text
                 line_start = text.rindex("\n", last_end, begin) + 1
             last_end = stop
-            value = match.group(group)
+            value = text[begin:stop]
             column = begin - line_start + 1
             if kind == newline:
                 first_line = line
