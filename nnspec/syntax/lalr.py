@@ -28,6 +28,7 @@ import functools
 import gc
 import json
 import re
+from operator import itemgetter
 from pathlib import Path
 
 from nnspec.diagnostics import Source, Span
@@ -112,8 +113,10 @@ class Reduction:
         size = self.size
         if not size:
             return lambda stack: [None] * self.trailing
+        # (itemgetter picks without a Python call of its own; a builder's children may be
+        # a tuple, an inline rule's are a list its parent splices)
         if self.identity:
-            return lambda stack: stack[-_ENTRY * size::_ENTRY]
+            return itemgetter(slice(-_ENTRY * size, None, _ENTRY))
         absent = self.trailing or any(nones for *_, nones in self.plan)
         picks = [_ENTRY * (index - size) for index, _, _ in self.plan]
         if self.plan and not absent and all(splice for _, splice, _ in self.plan):
@@ -129,6 +132,8 @@ class Reduction:
             return lambda stack: self.children(stack[len(stack) - _ENTRY * size::_ENTRY])
         if not picks:  # `_sep: _NL`
             return lambda stack: []
+        if len(picks) > 1 and not self.inline:
+            return itemgetter(*picks)
         if len(picks) == 1:
             (only,) = picks
             return lambda stack: [stack[only]]
