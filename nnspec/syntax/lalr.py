@@ -131,15 +131,11 @@ class Reduction:
         if absent or any(splice for _, splice, _ in self.plan):
             return lambda stack: self.children(stack[len(stack) - _ENTRY * size::_ENTRY])
         if not picks:  # `_sep: _NL`
-            return lambda stack: []
-        if len(picks) > 1 and not self.inline:
+            return itemgetter(slice(0, 0))
+        if len(picks) == 1:  # a list of the one entry
+            return itemgetter(slice(picks[0], picks[0] + 1))
+        if not self.inline:
             return itemgetter(*picks)
-        if len(picks) == 1:
-            (only,) = picks
-            return lambda stack: [stack[only]]
-        if len(picks) == 2:
-            first, second = picks
-            return lambda stack: [stack[first], stack[second]]
         return lambda stack: [stack[i] for i in picks]
 
 
