@@ -18,8 +18,9 @@ parentheses counts its parentheses, a bare token does not.
 `Tables.parse` is the hot path of every check (an editor re-checks on each keystroke), so
 it is one loop that lexes, applies the newline rule of syntax/lexing.py and takes the LALR
 actions, with symbols numbered and each rule turned into a function of its own shape
-(`_reducer`, made when a parse first reduces the rule); `lex` and `lexing.statement_newlines` are the same steps one
-at a time, for the formatter and for the tokens a syntax error's message looks back on.
+(`_reducer`, made when a parse first reduces the rule; `children` is then a tuple or a
+list); `lex` and `lexing.statement_newlines` are the same steps one at a time, for the
+formatter and for the tokens a syntax error's message looks back on.
 """
 
 from __future__ import annotations
