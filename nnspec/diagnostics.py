@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 
 
 @dataclass(frozen=True)
@@ -31,19 +32,41 @@ class Source:
         return lines[number - 1] if 0 < number <= len(lines) else ""
 
 
-@dataclass(frozen=True, init=False)
 class Span:
-    source: Source = field(compare=False, repr=False)
-    line: int
-    col: int
-    end_line: int
-    end_col: int
+    """Where in a file a piece of text is: its first line and column and one past its last
+    (1-based), as an editor counts them. Immutable, and equal to a span of the same place
+    whatever its source.
+
+    The parser makes one per token and rule, so the fields are plain slots that `__init__`
+    fills directly, read through read-only properties: a frozen dataclass would fill each
+    through its guarded `__setattr__`, twice the cost of the whole object."""
+
+    __slots__ = ("_col", "_end_col", "_end_line", "_line", "_source")
 
     def __init__(self, source: Source, line: int, col: int, end_line: int, end_col: int):
-        # The parser makes one per token and rule: setting the fields in one step costs half
-        # of the frozen dataclass's five guarded assignments.
-        object.__setattr__(self, "__dict__", {"source": source, "line": line, "col": col,
-                                              "end_line": end_line, "end_col": end_col})
+        self._source, self._line, self._col = source, line, col
+        self._end_line, self._end_col = end_line, end_col
+
+    source = property(attrgetter("_source"))
+    line = property(attrgetter("_line"))
+    col = property(attrgetter("_col"))
+    end_line = property(attrgetter("_end_line"))
+    end_col = property(attrgetter("_end_col"))
+
+    def _place(self) -> tuple[int, int, int, int]:
+        return self._line, self._col, self._end_line, self._end_col
+
+    def __eq__(self, other) -> bool:
+        if other.__class__ is not Span:
+            return NotImplemented
+        return self._place() == other._place()
+
+    def __hash__(self) -> int:
+        return hash(self._place())
+
+    def __repr__(self) -> str:
+        return (f"Span(line={self._line}, col={self._col}, end_line={self._end_line}, "
+                f"end_col={self._end_col})")
 
     @property
     def path(self) -> str:

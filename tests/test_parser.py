@@ -206,3 +206,32 @@ def test_deep_parentheses_parse():
 def test_an_empty_file_has_no_items():
     assert parse("").items == ()
     assert parse("# nothing here\n\n").items == ()
+
+
+def test_parsing_leaves_the_garbage_collector_as_it_found_it():
+    """The parser pauses the collector while it builds (syntax/lalr.py): it must run again
+    after a parse, a syntax error and a nesting error alike, and stay off if it was off."""
+    import gc
+
+    texts = ["K = 1\n", "model M {\n  x -> -> relu\n}\n", "K = " + "(" * 1001 + "1\n"]
+    assert gc.isenabled()
+    for text in texts:
+        try:
+            parse(text)
+        except SpecError:
+            pass
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        parse(texts[0])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_syntax_error_names_the_token_before_it():
+    """The tokens the parser took are lexed again for the message only: the `->` before the
+    bad `}` (the newline after it continues the statement) is the one the message names."""
+    [d] = syntax_error("model M {\n  input x: [4]\n  x -> relu ->\n}\n")
+    assert (d.code, d.span.line, d.span.col) == ("E001", 3, 13)
+    assert "`->` needs something after it" in d.message

@@ -8,7 +8,7 @@ from typing import Literal
 from nnspec.diagnostics import Source, Span
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """What every AST node has: the span of its text. (A docstring on each class spares
     `dataclass` an `inspect.signature` call to make one: a tenth of `nnspec check`'s start.)"""
@@ -19,42 +19,42 @@ class Node:
 # ---- expressions -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Name(Node):
     """A name read in an expression: `x`, `hidden`, `relu`."""
 
     id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Number(Node):
     """An integer or float literal."""
 
     value: int | float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class String(Node):
     """A string literal, its escapes already read."""
 
     value: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Constant(Node):
     """`true`, `false`, `none`."""
 
     value: bool | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListExpr(Node):
     """`[a, b, c]`."""
 
     items: tuple[Expr, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Kwarg(Node):
     """`name = value` among a call's arguments."""
 
@@ -62,7 +62,7 @@ class Kwarg(Node):
     value: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Call(Node):
     """`func(args, name = value)`: an op, block or fn with its arguments."""
 
@@ -72,7 +72,7 @@ class Call(Node):
     kwargs: tuple[Kwarg, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BinOp(Node):
     """Arithmetic, comparison and boolean operators: `+ - * / % ^ @ == != < <= > >= and or`."""
 
@@ -92,7 +92,7 @@ def operator_chain(expr: BinOp) -> list[BinOp]:
     return chain
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unary(Node):
     """`-x` or `not x`."""
 
@@ -100,7 +100,7 @@ class Unary(Node):
     operand: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stage(Node):
     """One `-> layer [as name]` step of a pipeline."""
 
@@ -108,7 +108,7 @@ class Stage(Node):
     label: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pipeline(Node):
     """`head -> stage -> stage`: the head's value through each stage in order."""
 
@@ -116,7 +116,7 @@ class Pipeline(Node):
     stages: tuple[Stage, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Conditional(Node):
     """`a if cond else b`: only the chosen branch is built."""
 
@@ -125,7 +125,7 @@ class Conditional(Node):
     otherwise: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slice(Node):
     """`start:stop:step` inside a subscript; a missing part is None."""
 
@@ -134,12 +134,12 @@ class Slice(Node):
     step: Expr | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EllipsisItem(Node):
     """`...` inside a subscript: as many whole dims as the others leave."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscript(Node):
     """`x[0]`, `x[:, 1:3]`, `x[..., :d]`: indexes and slices of per-sample dims."""
 
@@ -153,7 +153,7 @@ Expr = Name | Number | String | Constant | ListExpr | Call | BinOp | Unary | Pip
 # ---- statements and definitions ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorTypeExpr(Node):
     """`[T, d]` or `int[ctx]`: the declared per-sample shape of an input or param."""
 
@@ -161,7 +161,7 @@ class TensorTypeExpr(Node):
     dims: tuple[Expr, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Input(Node):
     """`input x: [T, d]`: a tensor the model or block takes."""
 
@@ -170,7 +170,7 @@ class Input(Node):
     name_span: Span | None = field(default=None, repr=False, compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParamDecl(Node):
     """`param cls: [1, d] = zeros`: a learned tensor of the model or block, with its init."""
 
@@ -180,7 +180,7 @@ class ParamDecl(Node):
     init: Expr | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assign(Node):
     """`name = expr`."""
 
@@ -188,7 +188,7 @@ class Assign(Node):
     value: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unpack(Node):
     """`a, b = expr`: one name per tensor of a value that holds several."""
 
@@ -197,7 +197,7 @@ class Unpack(Node):
     value: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output(Node):
     """The last bare statement of a body: one expression, or several (`mu, logvar`)."""
 
@@ -212,7 +212,7 @@ class Output(Node):
 Stmt = Input | ParamDecl | Assign | Unpack | Output
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Param(Node):
     """A hyperparameter of a definition, `d` or `ff = 4 * d`, with its default."""
 
@@ -220,7 +220,7 @@ class Param(Node):
     default: Expr | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Definition(Node):
     """A `model`, `block` or `fn`: a named, parameterised body of statements."""
 
@@ -231,7 +231,7 @@ class Definition(Node):
     body: tuple[Stmt, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Setting(Node):
     """One line of a `train` section: `optimizer adam(lr = 1e-3)`."""
 
@@ -239,7 +239,7 @@ class Setting(Node):
     values: tuple[Expr, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Train(Node):
     """`train Model { ... }`: how to train one model."""
 
@@ -248,7 +248,7 @@ class Train(Node):
     settings: tuple[Setting, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Const(Node):
     """`name = expr` at the top level: a constant every definition can read."""
 
@@ -256,7 +256,7 @@ class Const(Node):
     value: Expr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Program:
     """A whole spec: its definitions, train sections and constants in file order."""
 

@@ -14,27 +14,46 @@ replaced by it, `[optional]` parts that are absent given as None), then handed t
 builder's method named after the rule (or its `-> alias`) as `method(span, children)`. The
 span runs from the first to the last token of the rule, as Lark's positions do: a child in
 parentheses counts its parentheses, a bare token does not.
+
+`Tables.parse` is the hot path of every check (an editor re-checks on each keystroke), so
+it is one loop that lexes, applies the newline rule of syntax/lexing.py and takes the LALR
+actions, with symbols numbered and each rule turned into a function of its own shape
+(`_reducer`, made when a parse first reduces the rule; `children` is then a tuple or a
+list); `lex` and `lexing.statement_newlines` are the same steps one at a time, for the
+formatter and for the tokens a syntax error's message looks back on.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+import gc
 import json
 import re
+from operator import itemgetter
 from pathlib import Path
 
 from nnspec.diagnostics import Source, Span
-from nnspec.syntax.lexing import Lexeme, statement_newlines
+from nnspec.syntax.lexing import (
+    CLOSERS,
+    CONTINUE_AFTER,
+    CONTINUE_BEFORE,
+    MAX_BRACKETS,
+    OPENERS,
+    Lexeme,
+    TooDeep,
+    statement_newlines,
+)
 
 GRAMMAR = "grammar/nnspec.lark"
 TABLES = "grammar/nnspec.tables.json"
-FORMAT = 3  # of the tables file; a file in another format is not used
+FORMAT = 4  # of the tables file; a file in another format is not used
 PACKAGE = Path(__file__).resolve().parent.parent  # the installed `nnspec` directory
 STARTS = ("start", "value")  # `start` parses a file; `value` one expression (`--set d=64`)
 END = "$END"
 _BAD_CHAR = "BAD_CHAR_"  # the lexer's last alternative: a character no terminal starts with
 _AT_END = "AT_END_"  # the end of the text, after ignored text
+_NEWLINE, _STRING = "_NL", "STRING"  # the terminals the newline rule singles out
+_BRACKETS = OPENERS | CLOSERS
 
 
 class SyntaxFailure(Exception):
@@ -73,8 +92,7 @@ class Reduction:
         self.unit = self.passes and size == 1
 
     def children(self, values: list) -> list:
-        if self.identity:
-            return values
+        """The children made of the rule's `size` stack entries, by the plan."""
         out: list = []
         for index, splice, nones in self.plan:
             if nones:
@@ -89,26 +107,114 @@ class Reduction:
             out += [None] * self.trailing
         return out
 
-    def reduce(self, values: list, places: list, methods: dict, source: Source):
-        """The rule's value made of the stack entries `values` (at `places`), and its place."""
-        place = None
-        if places:
-            first, final = places[0], places[-1]
-            if first is None or final is None:  # an empty rule's value takes no room
-                placed = [p for p in places if p is not None]
-                first, final = (placed[0], placed[-1]) if placed else (None, None)
-            if first is not None:
-                place = (first[0], first[1], final[2], final[3])
-        children = self.children(values)
-        if self.inline:
-            return children, place
-        if self.expand1 and len(children) == 1:
-            child = children[0]
-            if isinstance(child, Lexeme):  # a bare token keeps its own place, not its brackets'
-                return child, (child.line, child.column, child.end_line, child.end_column)
-            return child, place
-        span = Span(source, *place) if place else Span(source, 1, 1, 1, 1)
-        return methods[self.callback](span, children), place
+    def picker(self):
+        """A function of the parse stack giving the rule's children, written for the rule's
+        shape: most rules only pick entries, which needs no plan read per reduction. (The
+        stack holds a value, its place and a state per entry: `Tables._parse`.)"""
+        size = self.size
+        if not size:
+            return lambda stack: [None] * self.trailing
+        # (itemgetter picks without a Python call of its own; a builder's children may be
+        # a tuple, an inline rule's are a list its parent splices)
+        if self.identity:
+            return itemgetter(slice(-_ENTRY * size, None, _ENTRY))
+        absent = self.trailing or any(nones for *_, nones in self.plan)
+        picks = [_ENTRY * (index - size) for index, _, _ in self.plan]
+        if self.plan and not absent and all(splice for _, splice, _ in self.plan):
+            head, *rest = picks  # `_list: _list _item _sep`
+
+            def spliced(stack: list) -> list:
+                out = stack[head]  # grows in place: linear in the list's length
+                for index in rest:
+                    out += stack[index]
+                return out
+            return spliced
+        if absent or any(splice for _, splice, _ in self.plan):
+            return lambda stack: self.children(stack[len(stack) - _ENTRY * size::_ENTRY])
+        if not picks:  # `_sep: _NL`
+            return itemgetter(slice(0, 0))
+        if len(picks) == 1:  # a list of the one entry
+            return itemgetter(slice(picks[0], picks[0] + 1))
+        if not self.inline:
+            return itemgetter(*picks)
+        return lambda stack: [stack[i] for i in picks]
+
+
+_ENTRY = 3  # stack items per entry: value, place, state
+_BAD = (_BAD_CHAR, r"[\s\S]")  # the lexer's last alternative
+
+
+def _scanner(skipped: str, terminals: list[tuple[str, str]]) -> re.Pattern:
+    """The regular expression of the next token: `skipped` (ignored text), then the first
+    of the terminals that matches, in order. Each terminal is followed by an empty group
+    named after it, not wrapped in one: the regex engine then passes over an alternative
+    at its first character, and `match.lastindex` still names the terminal (its group
+    closes last); group 1 ends where the token starts."""
+    return re.compile(f"({skipped})(?:" + "|".join(
+        f"(?:{regexp})(?P<{name}>)" for name, regexp in terminals) + ")")
+
+
+def _place_of(stack: list, size: int) -> tuple | None:
+    """The place from the first to the last of the top `size` entries that take room (an
+    empty rule's value takes none); None when none does."""
+    placed = [p for p in stack[len(stack) - _ENTRY * size + 1::_ENTRY] if p is not None]
+    return (placed[0][0], placed[0][1], placed[-1][2], placed[-1][3]) if placed else None
+
+
+def _reducer(rule: Reduction, pick, method, source: Source, goto: list):
+    """The function that replaces the rule's entries at the top of the stack by one entry:
+    the rule's value, its place ((line, col, end_line, end_col), None for no text) and the
+    state `goto` gives for the state below; it returns that state. `pick` gives the rule's
+    children (`Reduction.picker`)."""
+    size = rule.size
+    items = _ENTRY * size
+    first_place = 1 - items  # where the first entry's place is; the last one's is at -2
+    if rule.inline and size:
+        def reduce_inline(stack: list) -> int:
+            first, last = stack[first_place], stack[-2]
+            if first is None or last is None:
+                place = _place_of(stack, size)
+            else:
+                place = (first[0], first[1], last[2], last[3])
+            children = pick(stack)
+            del stack[-items:]
+            state = goto[stack[-1]]
+            stack += (children, place, state)
+            return state
+        return reduce_inline
+    if not rule.expand1 and size:
+        def reduce_call(stack: list) -> int:
+            first, last = stack[first_place], stack[-2]
+            if first is None or last is None:
+                place = _place_of(stack, size)
+                span = Span(source, *place) if place else Span(source, 1, 1, 1, 1)
+            else:
+                place = (first[0], first[1], last[2], last[3])
+                span = Span(source, first[0], first[1], last[2], last[3])
+            value = method(span, pick(stack))
+            del stack[-items:]
+            state = goto[stack[-1]]
+            stack += (value, place, state)
+            return state
+        return reduce_call
+
+    def reduce(stack: list) -> int:  # an empty rule, or a `?rule`
+        place = _place_of(stack, size)
+        children = pick(stack)
+        if rule.inline:
+            value = children
+        elif rule.expand1 and len(children) == 1:
+            value = children[0]
+            if isinstance(value, Lexeme):  # a bare token keeps its own place, not its brackets'
+                place = (value.line, value.column, value.end_line, value.end_column)
+        else:
+            value = method(Span(source, *place) if place else Span(source, 1, 1, 1, 1), children)
+        if size:
+            del stack[-items:]
+        state = goto[stack[-1]]
+        stack += (value, place, state)
+        return state
+    return reduce
 
 
 class Tables:
@@ -123,22 +229,48 @@ class Tables:
         self.start_states: dict[str, int] = data["start_states"]
         self.end_states: dict[str, int] = data["end_states"]
         self.rules = [Reduction(*rule) for rule in data["rules"]]
-        self.units: dict[tuple[int, int, str], int] = {}  # memo of `_after_units`
-        bad = rf"(?P<{_BAD_CHAR}>[\s\S])"
+        self.kept_terminals = frozenset(data["kept"])  # the tokens rules keep as children
+        self.units: dict[tuple[int, int, int], int] = {}  # memo of `_after_units`
         # What the parser reads: ignored text (spaces, comments) is skipped before each token
         # rather than found as a token of its own; at the end only ignored text remains.
         ignored = "|".join(regexp for name, regexp in self.terminals if name in self.ignore)
-        kept = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals
-                if name not in self.ignore]
-        self.next_token = re.compile(f"(?:{ignored})*(?:" + "|".join(
-            [*kept, rf"(?P<{_AT_END}>\Z)", bad]) + ")")
+        kept = [(name, regexp) for name, regexp in self.terminals if name not in self.ignore]
+        self.next_token = _scanner(f"(?:{ignored})*", [*kept, (_AT_END, r"\Z"), _BAD])
+        self._number_symbols()
+
+    def _number_symbols(self) -> None:
+        """Terminals and rules as list indexes for `parse`: `rows[state][symbol]` is the
+        action (None: a syntax error), `group_symbols[match.lastindex]` a token's terminal.
+        The end and a bad character come last, so one comparison tells both apart."""
+        names = {name for row in self.states for name in row}
+        names |= {name for name, _ in self.terminals} | {r.origin for r in self.rules}
+        names |= {kind for words in self.keywords.values() for kind in words.values()}
+        names -= {END, _BAD_CHAR}
+        self.symbols = [*sorted(names), END, _BAD_CHAR]
+        ids = {name: i for i, name in enumerate(self.symbols)}
+        self.rows = [[None] * len(ids) for _ in self.states]
+        for row, actions in zip(self.rows, self.states):
+            for name, action in actions.items():
+                row[ids[name]] = action
+        aliases = {_AT_END: END}
+        self.group_symbols = [None] * (self.next_token.groups + 1)
+        for name, group in self.next_token.groupindex.items():
+            self.group_symbols[group] = ids[aliases.get(name, name)]
+        self.keyword_symbols = [None] * len(ids)  # NAME -> {"model": MODEL's number}
+        for name, words in self.keywords.items():
+            self.keyword_symbols[ids[name]] = {word: ids[kind] for word, kind in words.items()}
+        self.rule_symbols = [ids[r.origin] for r in self.rules]
+        self.gotos = {symbol: [row[symbol] for row in self.rows]  # a rule's state after it,
+                      for symbol in set(self.rule_symbols)}  # by the state below it
+        self.pickers = [r.picker() for r in self.rules]
+        self.kept = [name in self.kept_terminals for name in self.symbols]
+        self.newline, self.string = ids.get(_NEWLINE), ids.get(_STRING)
 
     @functools.cached_property
     def every_token(self) -> re.Pattern:
         """Every token, spaces and comments too: for the formatter, so compiled on first use
         (`check` never needs it)."""
-        every = [f"(?P<{name}>{regexp})" for name, regexp in self.terminals]
-        return re.compile("|".join([*every, rf"(?P<{_BAD_CHAR}>[\s\S])"]))
+        return _scanner("", [*self.terminals, _BAD])
 
     def callbacks(self) -> set[str]:
         """The builder methods the rules call."""
@@ -154,7 +286,7 @@ class Tables:
         line, line_start = 1, 0
         for match in scanner.finditer(text):
             kind = match.lastgroup
-            start, skipped = match.start(kind), match.start()
+            start, skipped = match.end(1), match.start()
             if skipped < start and "\n" in text[skipped:start]:  # a `\` that joins lines
                 line += text.count("\n", skipped, start)
                 line_start = text.rindex("\n", skipped, start) + 1
@@ -163,7 +295,7 @@ class Tables:
                 return
             if kind == _BAD_CHAR:
                 raise SyntaxFailure(None, frozenset(), start, line, column)
-            value = match.group(kind)
+            value = text[start:match.end()]
             first_line = line
             if "\n" in value:
                 line += value.count("\n")
@@ -178,59 +310,138 @@ class Tables:
     def parse(self, text: str, start: str, builder, source: Source):
         """Parse `text` from the rule `start`, calling `builder`'s methods as rules are
         reduced; the value of the whole text, or SyntaxFailure (lexing.TooDeep for
-        brackets nested past the limit)."""
-        actions, rules, units = self.states, self.rules, self.units
-        methods = {name: getattr(builder, name) for name in self.callbacks()}
-        state = self.start_states[start]
-        states = [state]  # the stack of states; `state` is its top
-        end_state = self.end_states[start]
-        values: list = []
-        places: list = []  # (line, col, end_line, end_col) of each value, None if empty
-        taken: list[Lexeme] = []  # every token so far, for the message of a syntax error
-        for tok in itertools.chain(statement_newlines(self.lex(text)), (_END,)):
-            kind = tok.type
-            taken.append(tok)
-            while True:
-                action = actions[state].get(kind)
-                if action is None:
-                    raise self._unexpected(tok, state, taken[:-1])
-                if action >= 0:
-                    states.append(action)
-                    state = action
-                    values.append(tok)
-                    places.append((tok.line, tok.column, tok.end_line, tok.end_column))
-                    break
-                rule = rules[~action]
-                if rule.unit:  # `x` becomes an atom, a power, ..., an expression at once
-                    key = (states[-2], state, kind)
-                    top = units.get(key)
-                    if top is None:
-                        top = units[key] = self._after_units(*key)
-                    states[-1] = state = top
-                    continue
-                size = rule.size
-                if size:
-                    value, place = rule.reduce(values[-size:], places[-size:], methods, source)
-                    del values[-size:], places[-size:], states[-size:]
-                else:
-                    value, place = rule.reduce([], [], methods, source)
-                state = actions[states[-1]][rule.origin]
-                states.append(state)
-                values.append(value)
-                places.append(place)
-                if kind == END and state == end_state:
-                    return value
+        brackets nested past the limit).
 
-    def _after_units(self, below: int, top: int, kind: str) -> int:
+        The parse makes a handful of objects per token and frees almost none: the cyclic
+        garbage collector, paused meanwhile, would walk the growing heap again and again
+        (15-20% of a 10,000-layer parse) to find nothing; after the parse it looks at the
+        new objects once."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._parse(text, start, builder, source)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _parse(self, text: str, start: str, builder, source: Source):
+        """One loop does what `statement_newlines(self.lex(text))` and an LALR driver would do
+        token by token (the tokens a syntax error's message needs are lexed again then)."""
+        rows, units, symbols, rules = self.rows, self.units, self.symbols, self.rules
+        group_symbols, keyword_symbols, kept = self.group_symbols, self.keyword_symbols, self.kept
+        newline, string = self.newline, self.string
+        end = len(symbols) - 2  # and a bad character is end + 1
+        reducers: list = [None] * len(self.rules)  # each rule's `_reducer`, made on first use
+        state = self.start_states[start]
+        end_state = self.end_states[start]
+        # The stack: the start state, then per entry a value (a Lexeme, a builder's result),
+        # its place ((line, col, end_line, end_col), None if it takes no room) and the state
+        # after it; `state` is its top.
+        stack: list = [state]
+        line, line_start, last_end = 1, 0, 0  # last_end: where the previous match ended
+        depth = 0  # brackets open
+        previous = None  # the text of the last token other than a newline
+        pending = None  # a newline that ends a statement, unless the next line continues it:
+        # its text, offset and place, made a Lexeme only if it does not
+        later = later_kind = later_place = None  # a token that waits while `pending` is taken
+        for match in self.next_token.finditer(text):
+            group = match.lastindex
+            kind = group_symbols[group]
+            begin, stop = match.end(1), match.end()
+            if last_end != begin and text.find("\n", last_end, begin) >= 0:  # a `\` joined
+                line += text.count("\n", last_end, begin)  # lines in the ignored text
+                line_start = text.rindex("\n", last_end, begin) + 1
+            last_end = stop
+            value = text[begin:stop]
+            column = begin - line_start + 1
+            if kind == newline:
+                first_line = line
+                line += value.count("\n")
+                line_start = begin + value.rindex("\n") + 1
+                if depth == 0 and previous is not None and previous not in CONTINUE_AFTER:
+                    pending = (value, begin, first_line, column, line, stop - line_start + 1)
+                continue
+            words = keyword_symbols[kind]
+            if words is not None:
+                kind = words.get(value, kind)
+            if kind >= end:
+                if kind > end:
+                    raise SyntaxFailure(None, frozenset(), begin, line, column)
+                tok, place = _END, None
+            elif "\n" in value:  # a token over several lines
+                place = (line, column, line + value.count("\n"),
+                         stop - begin - value.rindex("\n"))
+                line, line_start = place[2], begin + value.rindex("\n") + 1
+                tok = Lexeme(symbols[kind], value, begin, *place)
+            else:
+                end_column = column + stop - begin
+                place = (line, column, line, end_column)
+                tok = Lexeme(symbols[kind], value, begin, line, column, line,
+                             end_column) if kept[kind] else None
+            if value in _BRACKETS and kind != string:
+                if value in OPENERS:
+                    depth += 1
+                    if depth > MAX_BRACKETS:
+                        raise TooDeep(Lexeme(symbols[kind], value, begin, *place))
+                elif depth:
+                    depth -= 1
+            if pending is not None:
+                if value not in CONTINUE_BEFORE or kind == string:
+                    later, later_kind, later_place = tok, kind, place
+                    tok, kind, place = Lexeme(_NEWLINE, *pending), newline, pending[2:]
+                pending = None
+            previous = value
+            while True:
+                action = rows[state][kind]
+                if action is None:  # (a token no rule keeps has no Lexeme yet)
+                    raise self._unexpected(tok or Lexeme(symbols[kind], value, begin, *place),
+                                           state, text)
+                if action >= 0:
+                    stack += (tok, place, action)
+                    state = action
+                    if later_kind is None:
+                        break
+                    tok, kind, place, later_kind = later, later_kind, later_place, None
+                    continue
+                rule = ~action
+                reduce = reducers[rule]
+                if reduce is None:
+                    if rules[rule].unit:  # `x` becomes an atom, ..., an expression at once
+                        key = (stack[-4], state, kind)
+                        top = units.get(key)
+                        if top is None:
+                            top = units[key] = self._after_units(*key)
+                        stack[-1] = state = top
+                        continue
+                    reduce = reducers[rule] = self._reducer(rule, builder, source)
+                state = reduce(stack)
+                if state == end_state and kind == end:
+                    return stack[-3]
+
+    def _reducer(self, number: int, builder, source: Source):
+        """The reducing function of rule `number`, calling `builder`'s method."""
+        rule = self.rules[number]
+        method = None if rule.inline or rule.passes else getattr(builder, rule.callback)
+        return _reducer(rule, self.pickers[number], method, source,
+                        self.gotos[self.rule_symbols[number]])
+
+    def _after_units(self, below: int, top: int, kind: int) -> int:
         """The state after every unit reduction that `kind` asks for in `top` over `below`."""
-        action = self.states[top].get(kind)
-        while action is not None and action < 0 and self.rules[~action].unit:
-            top = self.states[below][self.rules[~action].origin]
-            action = self.states[top].get(kind)
+        rows, rules = self.rows, self.rules
+        action = rows[top][kind]
+        while action is not None and action < 0 and rules[~action].unit:
+            top = rows[below][self.rule_symbols[~action]]
+            action = rows[top][kind]
         return top
 
-    def _unexpected(self, tok: Lexeme, state: int, before: list[Lexeme]) -> SyntaxFailure:
+    def _unexpected(self, tok: Lexeme, state: int, text: str) -> SyntaxFailure:
+        """The failure at `tok`, with the tokens taken before it lexed again."""
         expected = frozenset(s for s in self.states[state] if s.isupper())
+        before = []
+        for taken in statement_newlines(self.lex(text)):
+            if tok is not _END and taken.start_pos >= tok.start_pos:
+                break
+            before.append(taken)
         return SyntaxFailure(tok, expected, tok.start_pos, tok.line, tok.column, before)
 
 
@@ -286,7 +497,16 @@ def build_tables(grammar: str) -> dict:
             **_lexer_tables(terminals, lexer_conf["ignore"]),
             "states": states, "start_states": table["start_states"],
             "end_states": table["end_states"],
-            "rules": [_rule_entry(rules[memo_id]) for memo_id in sorted(rules)]}
+            "rules": [_rule_entry(rules[memo_id]) for memo_id in sorted(rules)],
+            "kept": _kept_terminals(rules.values())}
+
+
+def _kept_terminals(rules) -> list[str]:
+    """The terminals some rule keeps as a child (NAME, NUMBER, ...): the parser makes a
+    Lexeme only for these; the others (`(`, `model`, newlines) only take their place."""
+    return sorted({symbol["name"] for rule in rules for symbol in rule["expansion"]
+                   if symbol["__type__"] == "Terminal" and (
+                       rule["options"]["keep_all_tokens"] or not symbol.get("filter_out"))})
 
 
 def _lexer_tables(terminals: list[dict], ignore: list[str]) -> dict:

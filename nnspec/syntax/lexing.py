@@ -2,8 +2,11 @@
 
 Newlines end statements, except inside brackets, after a token that cannot end an
 expression (`->`, `+`, `,`, ...) and before a line that starts with `->`, so long
-pipelines can be written one stage per line. The parser and `tokens()` share this rule,
-and the limit on how deeply brackets nest (the builder recurses once per level).
+pipelines can be written one stage per line. `statement_newlines` is the rule on its own
+(for `tokens()` and the tokens a syntax error's message looks back on); the parser's loop
+(syntax/lalr.py) applies the same rule inline, to these same sets, and
+tests/test_syntax_tables.py checks it against Lark's parser fed by `statement_newlines`.
+Both keep the limit on how deeply brackets nest (the builder recurses once per level).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from nnspec.syntax.errors import nesting_diagnostic, syntax_diagnostic
 from nnspec.syntax.lexing import BOM, Lexeme, TooDeep
 
 MAX_INT = 2**63 - 1  # the largest integer literal: int64, which every size, count and seed fits
+_MAX_DIGITS = len(str(MAX_INT))
 _ESCAPE = re.compile(r"\\(.)")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}  # not unicode_escape: it mangles UTF-8
 
@@ -140,13 +141,15 @@ class AstBuilder:
         wrap them in a tree, which halves the work of Lark's position propagation through the
         ten precedence levels above an atom), and pipelines as a growing `_Chain`; make them
         AST nodes here."""
-        if isinstance(node, Lexeme):
+        kind = type(node)
+        if kind is Lexeme:
             if node.type == "NAME":
-                return ast.Name(self._tok(node), node.value)
+                return ast.Name(Span(self.source, node.line, node.column, node.end_line,
+                                     node.end_column), node.value)
             if node.type == "NUMBER":
                 return self._number(node)
             return self._string(node)
-        if isinstance(node, _Chain):
+        if kind is _Chain:
             return ast.Pipeline(node.span, node.head, tuple(node.stages))
         return node
 
@@ -218,18 +221,19 @@ class AstBuilder:
 
     def call(self, span, children):
         func, args = children
-        seen_keyword = False
+        positional, keywords, misplaced = [], [], None
         for a in args or ():
-            if isinstance(a, ast.Kwarg):
-                seen_keyword = True
-            elif seen_keyword:
-                self.errors.append(Diagnostic(
-                    "E003", "a positional argument after a keyword argument", a.span,
-                    "put positional arguments first, or name this one too"))
-                break
-        positional = tuple(a for a in (args or ()) if not isinstance(a, ast.Kwarg))
-        keywords = tuple(a for a in (args or ()) if isinstance(a, ast.Kwarg))
-        return ast.Call(span, func.value, self._tok(func), positional, keywords)
+            if type(a) is ast.Kwarg:
+                keywords.append(a)
+            else:
+                if keywords and misplaced is None:
+                    misplaced = a
+                positional.append(a)
+        if misplaced is not None:
+            self.errors.append(Diagnostic(
+                "E003", "a positional argument after a keyword argument", misplaced.span,
+                "put positional arguments first, or name this one too"))
+        return ast.Call(span, func.value, self._tok(func), tuple(positional), tuple(keywords))
 
     def args(self, span, children):
         return [self._expr(c) for c in children if c is not None]
@@ -248,8 +252,10 @@ class AstBuilder:
         text, span = tok.value, self._tok(tok)
         if text.isdigit():
             digits = text.lstrip("0") or "0"
-            if len(digits) <= len(str(MAX_INT)) and int(digits) <= MAX_INT:
-                return ast.Number(span, int(digits))
+            if len(digits) <= _MAX_DIGITS:
+                value = int(digits)
+                if value <= MAX_INT:
+                    return ast.Number(span, value)
             self.errors.append(Diagnostic(
                 "E005", f"the integer {_shorten(text)} is too large", span,
                 f"integers go up to 2^63 - 1 = {MAX_INT:,}"))

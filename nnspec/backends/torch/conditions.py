@@ -6,6 +6,7 @@ class's arguments (`stride == 1 and in_channels == out`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 
 from nnspec.backends.torch.source import Num
 from nnspec.diagnostics import DiagnosticError
@@ -25,7 +26,7 @@ def conditions(definition: ast.Definition) -> list[ast.Expr]:
         if isinstance(node, ast.Conditional):
             out.append(node.cond)
         if isinstance(node, ast.Node):
-            for value in vars(node).values():
+            for value in (getattr(node, f.name) for f in fields(node)):
                 for child in value if isinstance(value, tuple) else (value,):
                     if isinstance(child, ast.Node):
                         visit(child)
