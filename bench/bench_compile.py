@@ -9,9 +9,10 @@
   long_fn     a fn whose body is one long sum (`x * 1.0 + x * 2.0 + ...`)
   concat      one `concat` of thousands of named branches
 
-Prints the machine (CPU model, cores, Python, load), the median wall time
-(time.perf_counter) of a few runs, the CPU time of the same runs (time.process_time: what
-the compiler costs even when other processes share the cores), the time per layer, and the
+Each style runs in a fresh process. Prints the machine (CPU model, cores, Python, load),
+the median wall time (time.perf_counter) of a few runs (three from 10,000 layers up), the
+CPU time of the same runs (time.process_time: what the compiler costs even when other
+processes share the cores), the time per layer, and the
 growth from one size to the next (10x the layers should cost about 10x). Then two whole
 commands as a user runs them, each a fresh process: a cold `nnspec check` of a small spec
 and `nnspec summary` of a Llama-2-7B-sized model (GPT-2's spec with d 4096, 32 layers, 32
@@ -27,6 +28,7 @@ Run: python bench/bench_compile.py
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import resource
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from nnspec.spec import check_text
@@ -117,6 +120,13 @@ def measure(text: str, runs: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def measure_style(style: str) -> dict[int, tuple[float, float]]:
+    """Median wall and CPU seconds of every size of one style (in a child process)."""
+    check_text(chain(3), "warm-up.nn")  # loads the parser tables once, as every process does
+    return {size: measure(STYLES[style](size), runs=7 if size < 10_000 else 3)
+            for size in SIZES}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -147,7 +157,6 @@ def command_seconds(args: list[str], runs: int = 5) -> tuple[float, float]:
 
 
 def main() -> int:
-    check_text(chain(3), "warm-up.nn")  # loads the parser tables once, as every process does
     load = os.getloadavg()[0]
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
           f", load average {load:.1f}"
@@ -155,13 +164,15 @@ def main() -> int:
     print(f"{'style':<11} {'layers':>7} {'wall (ms)':>10} {'cpu (ms)':>9} {'us/layer':>9} "
           f"{'x prev (wall, cpu)':>19}")
     failures = []
-    for style, make in STYLES.items():
-        results: dict[int, tuple[float, float]] = {}
+    for style in STYLES:
+        # each style in a fresh process, as a user's `nnspec check` runs: after the larger
+        # sizes of the styles before it, a process's heap made the next style's 100,000
+        # layers 20-30% slower (growth 12-14x where a fresh process measures 10-11x)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            results = child.submit(measure_style, style).result()
         for size in SIZES:
-            wall, cpu = measure(make(size), runs=7 if size < 10_000 else 3 if size < 100_000
-                                else 1)
+            wall, cpu = results[size]
             previous = results.get(size // 10)
-            results[size] = wall, cpu
             growth = (f"{wall / previous[0]:.1f}, {cpu / previous[1]:.1f}" if previous
                       else "-")
             print(f"{style:<11} {size:>7} {wall * 1e3:>10.1f} {cpu * 1e3:>9.1f} "
