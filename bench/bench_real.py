@@ -64,6 +64,14 @@ WORKLOADS = [
 ]
 
 
+# a pause before each timed block, so the other backend's idle threads have stopped
+# spin-waiting: torch's OpenMP workers and OpenBLAS's spin for a while after their work and
+# took a core from the next block (in one process or two). At two threads NumPy's ResNet-20
+# steps, 155 ms alone, measured 169-336 ms right after torch's, 157-176 ms after the pause,
+# and torch's 83-100 ms, 65-70 ms after it; one thread each has no such workers
+SETTLE_SECONDS = 0.3
+
+
 def load_workload(workload: Workload):
     from nnspec.spec import load
 
@@ -240,7 +248,9 @@ def main():
             theirs()
         a, b = [], []
         for _ in range(args.repeats):
+            time.sleep(SETTLE_SECONDS)
             a.append(_seconds(ours, args.block))
+            time.sleep(SETTLE_SECONDS)
             b.append(_seconds(theirs, args.block))
         na, nb = statistics.median(a), statistics.median(b)
         mem = (float("nan"),) * 2 if args.no_memory else peak_memory_mib(workload, threads)
