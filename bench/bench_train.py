@@ -123,6 +123,11 @@ def torch_step(module_cls, make_opt, shape, target_kind, rng):
     return step
 
 
+# a pause before each block, so the other library's idle worker threads have stopped
+# spin-waiting (see bench_real.py: at two threads they took a core from the next block)
+SETTLE_SECONDS = 0.3
+
+
 def timed(fn, steps: int) -> float:
     """Seconds per step over a block of steps: alternating single steps lets the two
     libraries' spinning worker threads slow each other down."""
@@ -159,7 +164,9 @@ def main():
             theirs()
         a, b = [], []
         for _ in range(args.repeats):
+            time.sleep(SETTLE_SECONDS)
             a.append(timed(ours, args.block))
+            time.sleep(SETTLE_SECONDS)
             b.append(timed(theirs, args.block))
         na, nb = statistics.median(a) * 1e3, statistics.median(b) * 1e3
         print(f"{name:<52}{na:>10.2f}{nb:>10.2f}{na / nb:>8.2f}")
