@@ -75,7 +75,7 @@ def test_a_dense_gelu_layer_keeps_two_activations():
 
 def test_a_residual_conv_block_keeps_what_its_backward_reads():
     """Per block: each 3x3 convolution keeps its padded input (18x18 of 16x16 maps), each
-    batchnorm its centred input, each relu a boolean mask (a quarter); the sum keeps
+    batchnorm its input, each relu a boolean mask (a quarter); the sum keeps
     nothing. Keeping every forward value (and relu outputs, the sum's operands) was 11.7."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 8, 16, 16)).astype(np.float32)

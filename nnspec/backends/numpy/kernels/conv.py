@@ -125,10 +125,7 @@ def _pointwise(x, weight, bias, input_grad):
 
     def backward(dy):
         dy_rows = dy.reshape(n, out_channels, -1)
-        dweight = np.zeros_like(matrix)
-        term = np.empty_like(matrix)
-        for sample in range(n):  # summed as it goes: no (N, O, C) temporary
-            dweight += np.matmul(dy_rows[sample], rows[sample].T, out=term)
+        dweight = _summed_sample_products(dy_rows, rows)
         dbias = None if bias is None else dy_rows.sum(axis=2).sum(axis=0)
         dx = np.matmul(matrix.T, dy_rows).reshape(x.shape) if input_grad else None
         return dx, dweight.reshape(weight.shape), dbias
@@ -164,10 +161,7 @@ def _per_sample_columns(x, weight, bias, stride, padding, dilation, input_grad):
     def backward(dy):
         dy_rows = dy.reshape(n, out_channels, -1)
         columns = gather_columns()
-        dweight = np.zeros_like(matrix)
-        term = np.empty_like(matrix)
-        for sample in range(n):  # summed as it goes: no (N, O, C*K) temporary
-            dweight += np.matmul(dy_rows[sample], columns[sample].T, out=term)
+        dweight = _summed_sample_products(dy_rows, columns)
         del columns
         dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
         if not input_grad:
@@ -178,6 +172,16 @@ def _per_sample_columns(x, weight, bias, stride, padding, dilation, input_grad):
         return crop_padding(dx_padded, padding), dweight.reshape(weight.shape), dbias
 
     return y.reshape(n, out_channels, *out), backward
+
+
+def _summed_sample_products(dy_rows, columns):
+    """The weight gradient of per-sample products, sum over samples of dy[s] @ columns[s].T,
+    summed as it goes: no (N, O, C*K) temporary."""
+    dweight = np.zeros((dy_rows.shape[1], columns.shape[1]), dtype=dy_rows.dtype)
+    term = np.empty_like(dweight)
+    for dy_sample, sample_columns in zip(dy_rows, columns):
+        dweight += np.matmul(dy_sample, sample_columns.T, out=term)
+    return dweight
 
 
 def _shifted_pays(channels, spatial, padding, kernel, stride, dilation):
