@@ -164,6 +164,11 @@ def torch_step(case: Case, x: np.ndarray, rng):
     return step
 
 
+# at more than one thread, a pause before each timed block so that the other backend's idle
+# workers have stopped spin-waiting and no longer hold a core (as in bench_real.py)
+SETTLE_SECONDS = 0.3
+
+
 def _seconds(fn, steps: int, clock) -> float:
     start = clock()
     for _ in range(steps):
@@ -206,8 +211,11 @@ def main():
             ours()
             theirs()
         a, b = [], []
+        settle = SETTLE_SECONDS if threads > 1 else 0.0
         for _ in range(args.repeats):
+            time.sleep(settle)
             a.append(_seconds(ours, args.block, clock))
+            time.sleep(settle)
             b.append(_seconds(theirs, args.block, clock))
         na, nb = statistics.median(a), statistics.median(b)
         ratios.append(na / nb)

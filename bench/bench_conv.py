@@ -125,7 +125,14 @@ def time_block(step, args, reps, clock=time.perf_counter):
     return (clock() - start) / reps * 1e3
 
 
-def bench_layer(layer: Layer, repeats: int, clock, budget_ms: float = 40.0):
+# at more than one thread, a pause before each timed block so that the other backend's idle
+# workers (OpenBLAS's, torch's OpenMP ones) have stopped spin-waiting and no longer hold a
+# core, as in bench_real.py: without it torch's blocks, timed right after NumPy's, lost a
+# core to OpenBLAS's spinning threads (ResNet-20's 32->32 16x16 layer: 3.4 ms alone)
+SETTLE_SECONDS = 0.3
+
+
+def bench_layer(layer: Layer, repeats: int, clock, settle: float, budget_ms: float = 40.0):
     """(numpy ms, torch ms, ratio): medians over interleaved rounds."""
     import torch
 
@@ -140,7 +147,9 @@ def bench_layer(layer: Layer, repeats: int, clock, budget_ms: float = 40.0):
     reps = max(1, int(budget_ms / max(once, 1e-3)))
     numpy_ms, torch_ms, ratios = [], [], []
     for _ in range(repeats):
+        time.sleep(settle)
         a = time_block(numpy_step, np_args, reps, clock)
+        time.sleep(settle)
         b = time_block(torch_step, torch_args, reps, clock)
         numpy_ms.append(a)
         torch_ms.append(b)
@@ -188,7 +197,8 @@ def main() -> None:
             if args.only not in layer.name:
                 continue
             status.update(f"timing {layer.name}")
-            numpy_ms, torch_ms, ratio = bench_layer(layer, args.repeats, clock)
+            numpy_ms, torch_ms, ratio = bench_layer(layer, args.repeats, clock,
+                                                    SETTLE_SECONDS if threads > 1 else 0.0)
             ratios.append(ratio)
             table.add_row(layer.name, f"{numpy_ms:.2f}", f"{torch_ms:.2f}", f"{ratio:.2f}")
     console.print(table)

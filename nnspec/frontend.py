@@ -9,7 +9,6 @@ them reads a file twice.
 
 from __future__ import annotations
 
-import gc
 import re
 import sys
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from nnspec.collector import collector_paused
 from nnspec.diagnostics import Diagnostic, DiagnosticError, Span, SpecError, did_you_mean
 from nnspec.ir.build import Builder, pick_model
 from nnspec.ir.graph import Graph
@@ -123,7 +123,7 @@ def _analyze_within_limits(text: str, path: str, model: str | None, overrides: d
                            ) -> Analysis:
     """`_analyze` with the collector paused and a stack of fixed depth (E004 beyond it)."""
     try:
-        with _no_collector_pauses(), _stack_of_fixed_depth():
+        with collector_paused(freeze_survivors=True), _stack_of_fixed_depth():
             return _analyze(text, path, model, overrides, every_model, max_layers, reuse)
     except RecursionError:
         return Analysis(None, {}, {}, (_too_deep(path),), model, overrides)
@@ -298,24 +298,6 @@ def _sorted(diagnostics: list[Diagnostic]) -> tuple[Diagnostic, ...]:
             seen.add(key)
             out.append(d)
     return tuple(sorted(out, key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0)))
-
-
-@contextmanager
-def _no_collector_pauses():
-    """Compiling allocates hundreds of thousands of small objects (tokens, AST, IR) and no
-    reference cycles, so the cyclic collector only rescans them: a quarter of the time of a
-    10,000-layer check. It is paused while the front end runs and restored after, with what
-    survived moved to the oldest generation (freeze, unfreeze): otherwise the first
-    collection after the pause rescans all of it at once."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.unfreeze()
-        if enabled:
-            gc.enable()
 
 
 STACK_FRAMES = 1000  # frames the front end may use below its caller

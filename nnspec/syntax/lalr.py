@@ -26,12 +26,12 @@ formatter and for the tokens a syntax error's message looks back on.
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import re
 from operator import itemgetter
 from pathlib import Path
 
+from nnspec.collector import collector_paused
 from nnspec.diagnostics import Source, Span
 from nnspec.syntax.lexing import (
     CLOSERS,
@@ -316,13 +316,8 @@ class Tables:
         garbage collector, paused meanwhile, would walk the growing heap again and again
         (15-20% of a 10,000-layer parse) to find nothing; after the parse it looks at the
         new objects once."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_paused():
             return self._parse(text, start, builder, source)
-        finally:
-            if collecting:
-                gc.enable()
 
     def _parse(self, text: str, start: str, builder, source: Source):
         """One loop does what `statement_newlines(self.lex(text))` and an LALR driver would do
