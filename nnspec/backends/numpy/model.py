@@ -129,7 +129,6 @@ class NumpyModel:
         self._unread = unread_nodes(graph, train) if train is not None else frozenset()
         self._release_plans: dict[tuple, list[tuple[str, ...]]] = {}
 
-
     @classmethod
     def from_spec(cls, spec, seed: int | None = None) -> NumpyModel:
         train = spec.train
