@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nnspec.backends.torch import compile_to_file, generate
@@ -215,7 +215,11 @@ def test_torch_compile_runs_a_transformer_without_graph_breaks(tmp_path):
 
 def _compare_with_interpreter(spec, seed=0):
     """Copy the interpreter's weights into the generated module; outputs and gradients of
-    sum(out * d) must agree in float32 (eval mode: no dropout, batchnorm running stats)."""
+    sum(out * d) must agree in float32 (eval mode: no dropout, batchnorm running stats).
+    A gradient's absolute tolerance grows with its largest entry: a float32 sum of terms
+    that large is off by that much times ~1e-6, and a small entry of a large gradient (a
+    weight gradient of 10-15 with an entry of 0.0032: float64 says -0.0032056, NumPy gave
+    -0.0032105 and torch -0.0031976) is not held to 1e-5 of an exact zero."""
     torch = pytest.importorskip("torch")
     from nnspec.backends.numpy.model import NumpyModel
 
@@ -248,13 +252,19 @@ def _compare_with_interpreter(spec, seed=0):
     for name, grad in grads.items():
         got = params[name].grad
         got = np.zeros_like(grad) if got is None else got.numpy()
-        np.testing.assert_allclose(got, grad, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got, grad, rtol=1e-4, atol=_gradient_atol(grad), err_msg=name)
     for name, tensor in zip(graph.inputs, inputs):
         if tensor.requires_grad:
             got = np.zeros(tensor.shape, np.float32) if tensor.grad is None else tensor.grad
             expected_grad = reference.input_grads.get(name, np.zeros(tensor.shape, np.float32))
-            np.testing.assert_allclose(np.asarray(got), expected_grad, rtol=1e-4, atol=1e-5,
-                                       err_msg=f"input {name}")
+            np.testing.assert_allclose(np.asarray(got), expected_grad, rtol=1e-4,
+                                       atol=_gradient_atol(expected_grad), err_msg=f"input {name}")
+
+
+def _gradient_atol(grad) -> float:
+    """1e-5, or 2e-6 of the gradient's largest entry (about 16 float32 roundings of it) when
+    that is larger."""
+    return max(1e-5, 2e-6 * float(np.abs(grad).max(initial=0.0)))
 
 
 @pytest.mark.torch
@@ -377,6 +387,11 @@ model Random {{
 @pytest.mark.torch
 @settings(max_examples=12, deadline=None)
 @given(text=_random_specs())
+# found by CI on an Intel machine: a weight gradient of scale 10 whose 0.0032 entry the two
+# backends' float32 sums put 1.3e-5 apart (see _compare_with_interpreter)
+@example(text="model Random {\n  input x: [T, 4]\n"
+              "  y = x -> dense(6, bias = true) -> repeat(2, dense(6) -> sigmoid) -> relu\n"
+              "    -> layernorm\n  z = x -> layernorm\n  concat(y, z)\n}\n")
 def test_random_specs_match_the_interpreter(text):
     _compare_with_interpreter(load_text(text, "random.nn"))
 
