@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-from nnspec.backends.torch.export import export_onnx
+from nnspec.backends.torch.export import ExportError, export_onnx
 
 pytestmark = pytest.mark.torch
 
@@ -151,6 +151,29 @@ def test_a_recurrent_model_with_initial_and_final_states_exports(tmp_path):
     reference = NumpyModel.from_spec(spec, seed=2)
     path = export_onnx(spec, tmp_path / "recurrent.onnx", reference.state_dict())
     _all_outputs_agree(spec, path, reference, shapes=((2, 5), (3, 7)))
+
+
+def test_a_recurrent_model_exported_twice_in_one_process_stays_dynamic(tmp_path):
+    """torch swaps in its while-loop LSTM/GRU kernel for each export without clearing the
+    op's dispatch cache: the second export in a process fixed T at its tracing size."""
+    spec = load_text(RECURRENT_STATES, "recurrent.nn")
+    reference = NumpyModel.from_spec(spec, seed=2)
+    for name in ("first.onnx", "second.onnx"):
+        path = export_onnx(spec, tmp_path / name, reference.state_dict())
+        _all_outputs_agree(spec, path, reference, shapes=((2, 5), (3, 7)))
+
+
+def test_a_length_the_exporter_fixes_is_refused_not_written(tmp_path):
+    spec = load_text("model Elman {\n  input seq: [T, 4]\n  seq -> rnn(8) -> dense(3)\n}\n",
+                     "elman.nn")
+    with pytest.raises(ExportError, match=r"fixed the dim `T` of input `seq` at 4"):
+        export_onnx(spec, tmp_path / "elman.onnx", NumpyModel.from_spec(spec).state_dict())
+    assert list(tmp_path.iterdir()) == []
+    fixed = load_text("model Elman {\n  input seq: [9, 4]\n  seq -> rnn(8) -> dense(3)\n}\n",
+                      "elman.nn")
+    reference = NumpyModel.from_spec(fixed)
+    path = export_onnx(fixed, tmp_path / "elman.onnx", reference.state_dict())
+    _agrees_with_the_interpreter(fixed, path, reference)
 
 
 def test_grouped_query_attention_exports(tmp_path):

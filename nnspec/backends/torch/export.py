@@ -63,20 +63,52 @@ def export_onnx(spec, out_path, weights: dict[str, np.ndarray]):
     chatter = io.StringIO()
     with staged(out_path, make_parents=True) as tmp:
         try:
+            _forget_rnn_kernels()
             with _quiet(), contextlib.redirect_stdout(chatter), \
                     contextlib.redirect_stderr(chatter):
                 torch.onnx.export(net, inputs, str(tmp), input_names=list(spec.graph.inputs),
                                   output_names=list(spec.graph.output_names), dynamic_shapes=dynamic, dynamo=True,
                                   external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
-        except OSError:
-            raise  # the disk, not the model: nnspec.outputs explains it
+            _check_dims_stayed_dynamic(onnx.load(str(tmp)), spec.graph)
+        except (OSError, ExportError):
+            raise  # the disk (nnspec.outputs explains it), or a file refused above
         except Exception as error:  # the exporter's many error types all mean "cannot export"
             text = str(error).strip()
             first = text.splitlines()[0] if text else type(error).__name__
             raise ExportError(f"torch.onnx could not export {spec.graph.name}: {first}"
                               ) from error
     return "standard output" if os.fspath(out_path) == STDOUT else out_path
+
+
+def _forget_rnn_kernels():
+    """torch.onnx exports an LSTM or GRU over a dynamic sequence length by swapping in a
+    while-loop kernel for the export (torch.export._patches); it edits the op's kernel table
+    without clearing the op's dispatch cache, so from the second export in a process the
+    cached kernel of the first trace wins and the length is fixed at the tracing size
+    (`_check_dims_stayed_dynamic` caught it). Clearing the caches makes every export see
+    the swap."""
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if cache is not None:
+            cache.clear()
+
+
+def _check_dims_stayed_dynamic(model, graph) -> None:
+    """The exporter may fix a dim the spec leaves symbolic at its tracing size without a word
+    (an Elman `rnn` over `[T, F]`: torch 2.13 has no while-loop form for it); such a file
+    would refuse every other size, so it is refused here instead."""
+    for value in model.graph.input:
+        declared = graph.node(value.name).type
+        symbols = (["batch"] if declared.batched else []) + [
+            None if isinstance(d, int) else str(d) for d in declared.shape]
+        for symbol, dim in zip(symbols, value.type.tensor_type.shape.dim):
+            if symbol is not None and not dim.dim_param:
+                raise ExportError(
+                    f"torch.onnx fixed the dim `{symbol}` of input `{value.name}` at "
+                    f"{dim.dim_value}, the size it traced with, so the file would take no "
+                    f"other size; give `{symbol}` a fixed size in the spec to export it "
+                    f"(torch cannot keep an Elman `rnn`'s length dynamic, for one)")
 
 
 @contextlib.contextmanager
