@@ -21,10 +21,9 @@ many small steps, and each step's elementwise calls then run over contiguous blo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
+
+from .recurrent_cells import ACTIVATIONS, CELLS
 
 
 def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
@@ -79,10 +78,10 @@ def rnn_states(x, initial, params, *, mode, hidden, layers, bidirectional, nonli
 def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity, dropout, rng):
     """The layers one after another: the output, the final states [h_n, c_n] (N, L * D, H),
     and ``backward(d_output, d_finals) -> (dx, d_initial, d_params)``."""
-    cell = _CELLS.get(mode)
+    cell = CELLS.get(mode)
     if cell is None:
-        raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {sorted(_CELLS)}")
-    if mode == "rnn" and nonlinearity not in _ACTIVATIONS:
+        raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {sorted(CELLS)}")
+    if mode == "rnn" and nonlinearity not in ACTIVATIONS:
         raise ValueError(f"rnn nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     batch, steps, _ = x.shape
     directions = 2 if bidirectional else 1
@@ -173,27 +172,6 @@ def last_step(output, *, hidden, bidirectional):
         return (d_output,)
 
     return summary, backward
-
-
-@dataclass(frozen=True)
-class _Cell:
-    """How one recurrent mode arranges its gates and runs its recurrence.
-
-    ``run(pre, recurrent, recurrent_weight_t, states, nonlinearity, start)`` gets the input
-    projections (T, G, N) in processing order, the recurrent weights with their bias column
-    (G, H + 1), both with sigmoid rows halved, the plain W_hh.T for the backward, the
-    ``states`` array to fill (its state 0 already the initial one) and ``start``, the given
-    initial states (``()`` when zero; an LSTM's cell state is its second). It returns
-    ``backward(d_states, d_final_cell) -> (d_pre, d_recurrent, d_start)``, the gradients
-    of the (unhalved) input and recurrent projections, each a tuple of (T, rows, N) blocks
-    that stack to the G gate rows (the same tuple when they are equal), and those of the
-    given initial states, and the final cell state (an LSTM's; else None). The backward runs
-    once, so it may overwrite ``pre`` and whatever ``run`` saved.
-    """
-
-    gate_order: tuple[int, ...]  # torch's gate block for each internal block
-    sigmoid_gates: int  # the leading internal blocks that pass through a sigmoid
-    run: Callable
 
 
 def _parameter_names(layer, direction):
@@ -311,219 +289,3 @@ def _to_torch_order(internal, order):
     result = np.empty_like(internal)
     result[order] = internal
     return result
-
-
-def _project_state(recurrent, state, zero, out):
-    """out = recurrent @ state; a zero state leaves only the bias column."""
-    if zero:
-        np.copyto(out, recurrent[:, -1:])
-    else:
-        np.matmul(recurrent, state, out=out)
-
-
-def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start):
-    """LSTM recurrence with internal gate order (o, i, f, g): the sigmoid gates first."""
-    steps, gate_rows, batch = pre.shape
-    hidden = gate_rows // 4
-    dtype = pre.dtype
-    gates = np.empty((steps, gate_rows, batch), dtype)
-    cells = np.empty((steps + 1, hidden, batch), dtype)
-    cells[0] = start[1] if start else 0
-    tanh_cells = np.empty((steps, hidden, batch), dtype)
-    input_times_candidate = np.empty((steps, hidden, batch), dtype)
-    o, i, f, g = (slice(k * hidden, (k + 1) * hidden) for k in range(4))
-    sigmoids = slice(0, 3 * hidden)
-    outputs = states[1:, :hidden]
-    # iterating over per-step views costs less interpreter time than indexing every array
-    per_step = zip(pre, gates, states[:-1], outputs, cells[:-1], cells[1:],
-                   input_times_candidate, tanh_cells)
-    for t, (pre_t, gate, h_prev, h, c_prev, c, i_times_g, tanh_c) in enumerate(per_step):
-        _project_state(recurrent, h_prev, t == 0 and not start, gate)
-        gate += pre_t
-        np.tanh(gate, out=gate)
-        gate[sigmoids] *= 0.5
-        gate[sigmoids] += 0.5
-        np.multiply(gate[f], c_prev, out=c)
-        np.multiply(gate[i], gate[g], out=i_times_g)
-        c += i_times_g
-        np.tanh(c, out=tanh_c)
-        np.multiply(gate[o], tanh_c, out=h)
-    final_cell = cells[-1].copy()
-
-    def backward(d_states, d_final_cell):
-        # The factors that turn d_h into d_c and d_o, and d_c into d_i, d_f and d_g, each in
-        # two passes from the saved products h = o tanh c and i g. They overwrite saved arrays
-        # the rest of the backward no longer reads (it runs once), as do d_gates and d_cells.
-        gate_o, gate_i, gate_f, gate_g = (gates[:, block] for block in (o, i, f, g))
-        dh_dc = tanh_cells  # o (1 - tanh^2 c)
-        np.multiply(outputs, tanh_cells, out=dh_dc)
-        np.subtract(gate_o, dh_dc, out=dh_dc)
-        dc_dg = gate_g  # i (1 - g^2)
-        np.multiply(input_times_candidate, gate_g, out=dc_dg)
-        np.subtract(gate_i, dc_dg, out=dc_dg)
-        dc_di = gate_i  # g i (1 - i)
-        np.multiply(input_times_candidate, gate_i, out=dc_di)
-        np.subtract(input_times_candidate, dc_di, out=dc_di)
-        dh_do = gate_o  # tanh c o (1 - o)
-        np.multiply(outputs, gate_o, out=dh_do)
-        np.subtract(outputs, dh_do, out=dh_do)
-        dc_df = input_times_candidate  # c_prev f (1 - f)
-        np.multiply(gate_f, gate_f, out=dc_df)
-        np.subtract(gate_f, dc_df, out=dc_df)
-        dc_df *= cells[:-1]
-
-        # d_gates[t] holds the gradient of the pre-activations (o, i, f, g) in one block
-        d_gates = pre
-        d_cells = cells[1:]
-        dh_buffer = np.empty((hidden, batch), dtype)
-        carried = np.empty((hidden, batch), dtype)
-        next_d_gate = next_dc = next_forget = None  # of step t + 1
-        per_step = zip(*(a[::-1] for a in (d_states, dh_dc, dh_do, dc_di, dc_df, dc_dg,
-                                            d_gates, d_cells, gate_f)))
-        for d_out, dh_dc_t, dh_do_t, dc_di_t, dc_df_t, dc_dg_t, d_gate, dc, forget in per_step:
-            if next_d_gate is None:
-                dh = d_out
-            else:
-                dh = dh_buffer
-                np.matmul(recurrent_weight_t, next_d_gate, out=dh)
-                dh += d_out
-            np.multiply(dh, dh_do_t, out=d_gate[o])
-            np.multiply(dh, dh_dc_t, out=dc)
-            if next_d_gate is not None:
-                np.multiply(next_forget, next_dc, out=carried)
-                dc += carried
-            elif d_final_cell is not None:
-                dc += d_final_cell
-            np.multiply(dc, dc_di_t, out=d_gate[i])
-            np.multiply(dc, dc_df_t, out=d_gate[f])
-            np.multiply(dc, dc_dg_t, out=d_gate[g])
-            next_d_gate, next_dc, next_forget = d_gate, dc, forget
-        d_start = ()
-        if start:  # through step 0's recurrent projection, and its forget gate
-            d_start = (recurrent_weight_t @ next_d_gate, next_forget * next_dc)
-        d_gates = (d_gates,)
-        return d_gates, d_gates, d_start
-
-    return backward, final_cell
-
-
-def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start):
-    """GRU recurrence in torch's gate order (r, z, n), with torch's
-    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) and h' = (1 - z) * n + z * h.
-
-    Saved for backward: the gates r and z, the candidates n and W_hn h + b_hn (and the
-    states), not the input or recurrent projections, whose storage backward would only
-    reuse; its factors are then computed in the storage of the saved values they replace."""
-    steps, gate_rows, batch = pre.shape
-    hidden = gate_rows // 3
-    dtype = pre.dtype
-    projection = np.empty((gate_rows, batch), dtype)  # one step's recurrent projection
-    resets_updates = np.empty((steps, 2 * hidden, batch), dtype)
-    candidates = np.empty((steps, hidden, batch), dtype)
-    projected_n = np.empty((steps, hidden, batch), dtype)
-    resets, updates = resets_updates[:, :hidden], resets_updates[:, hidden:]
-    pre_rz, pre_n = pre[:, : 2 * hidden], pre[:, 2 * hidden:]
-    previous, outputs = states[:-1, :hidden], states[1:, :hidden]
-    for t in range(steps):
-        _project_state(recurrent, states[t], t == 0 and not start, projection)
-        gate = resets_updates[t]
-        np.add(projection[: 2 * hidden], pre_rz[t], out=gate)
-        np.tanh(gate, out=gate)
-        gate *= 0.5
-        gate += 0.5
-        np.copyto(projected_n[t], projection[2 * hidden:])
-        candidate = candidates[t]
-        np.multiply(resets[t], projected_n[t], out=candidate)
-        candidate += pre_n[t]
-        np.tanh(candidate, out=candidate)
-        np.subtract(previous[t], candidate, out=outputs[t])
-        outputs[t] *= updates[t]
-        outputs[t] += candidate
-
-    def backward(d_states, _d_final_cell):
-        # factors from d_h to the gradient of the recurrent projection (r, z, n)
-        dh_dz = np.subtract(previous, candidates)  # (h - n) z (1 - z)
-        scratch = np.subtract(1, updates)
-        scratch *= updates
-        dh_dz *= scratch
-        dh_dn = candidates  # (1 - z)(1 - n^2): through n's tanh
-        np.square(candidates, out=dh_dn)
-        np.subtract(1, dh_dn, out=dh_dn)
-        np.subtract(1, updates, out=scratch)
-        dh_dn *= scratch
-        dh_dr = projected_n  # dh_dn (W_hn h + b_hn) r (1 - r)
-        dh_dr *= dh_dn
-        np.subtract(1, resets, out=scratch)
-        scratch *= resets
-        dh_dr *= scratch
-        dh_dhn = resets  # dh_dn r
-        dh_dhn *= dh_dn
-
-        d_projections = np.empty((steps, gate_rows, batch), dtype)
-        d_r, d_z, d_hn = (d_projections[:, k * hidden:(k + 1) * hidden] for k in range(3))
-        dhs = scratch
-        carried = np.empty((hidden, batch), dtype)
-        for t in reversed(range(steps)):
-            dh = dhs[t]
-            if t == steps - 1:
-                np.copyto(dh, d_states[t])
-            else:
-                np.matmul(recurrent_weight_t, d_projections[t + 1], out=dh)
-                dh += d_states[t]
-                np.multiply(updates[t + 1], dhs[t + 1], out=carried)
-                dh += carried
-            np.multiply(dh, dh_dr[t], out=d_r[t])
-            np.multiply(dh, dh_dz[t], out=d_z[t])
-            np.multiply(dh, dh_dhn[t], out=d_hn[t])
-        d_start = ()
-        if start:  # through step 0's recurrent projection and its update gate
-            d_start = (recurrent_weight_t @ d_projections[0] + updates[0] * dhs[0],)
-        d_pre_n = dh_dn
-        d_pre_n *= dhs
-        return (d_projections[:, : 2 * hidden], d_pre_n), (d_projections,), d_start
-
-    return backward, None
-
-
-def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity, start):
-    """Elman recurrence h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
-    steps, hidden, _ = pre.shape
-    activation = _ACTIVATIONS[nonlinearity]
-    outputs = states[1:, :hidden]
-    for t in range(steps):
-        _project_state(recurrent, states[t], t == 0 and not start, outputs[t])
-        outputs[t] += pre[t]
-        activation(outputs[t], out=outputs[t])
-
-    def backward(d_states, _d_final_cell):
-        if nonlinearity == "tanh":
-            slope = 1 - outputs * outputs
-        else:
-            slope = (outputs > 0).astype(pre.dtype)
-        d_pre = pre  # the backward runs once; the input projection is no longer needed
-        for t in reversed(range(steps)):
-            grad = d_pre[t]
-            if t == steps - 1:
-                np.copyto(grad, d_states[t])
-            else:
-                np.matmul(recurrent_weight_t, d_pre[t + 1], out=grad)
-                grad += d_states[t]
-            grad *= slope[t]
-        d_start = (recurrent_weight_t @ d_pre[0],) if start else ()
-        d_pre = (d_pre,)
-        return d_pre, d_pre, d_start
-
-    return backward, None
-
-
-def _relu(a, out):
-    return np.maximum(a, 0, out=out)
-
-
-_ACTIVATIONS = {"tanh": np.tanh, "relu": _relu}
-
-_CELLS = {
-    "rnn": _Cell(gate_order=(0,), sigmoid_gates=0, run=_elman_steps),
-    "lstm": _Cell(gate_order=(3, 0, 1, 2), sigmoid_gates=3, run=_lstm_steps),
-    "gru": _Cell(gate_order=(0, 1, 2), sigmoid_gates=2, run=_gru_steps),
-}
