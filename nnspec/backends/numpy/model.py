@@ -219,6 +219,7 @@ class NumpyModel:
             raise InputError(f"the inputs have different batch sizes: {sorted(batches)}")
         return arrays
 
+    @collector_paused()  # a step makes closures and arrays, and no reference cycles
     def _run(self, graph: Graph, values: dict[str, np.ndarray], *, train: bool, record: bool,
              skip: frozenset[str] = frozenset(), input_grads: bool = True,
              keep: frozenset[str] | None = frozenset()) -> dict[str, np.ndarray]:
@@ -230,25 +231,24 @@ class NumpyModel:
         params = self.buffer.params
         # a value needs a gradient when it depends on a trainable parameter or on an input
         # whose gradient is wanted; a node is told whether any of its inputs does
-        with collector_paused():  # a step makes closures and arrays, and no cycles
-            needs_grad = dict.fromkeys(graph.inputs, input_grads)
-            for index, node in enumerate(graph.nodes):
-                if node.op == "input" or node.name in skip:
-                    continue
-                ctx.input_grad = any(needs_grad.get(i, False) for i in node.inputs)
-                needs_grad[node.name] = ctx.input_grad or any(full in params
-                                                              for full in node.params.values())
-                local = {k: params[full] if full in params else self.buffers[full]
-                         for k, full in node.params.items()}
-                out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)
-                # a loss gives a NumPy scalar; as an operand (`64 * bce(...)`) it must be an array
-                # (a layer with several results gives their tuple, which `result` nodes read)
-                values[node.name] = out if isinstance(out, (np.ndarray, tuple)) else np.asarray(out)
-                if record:
-                    self._tape.append(_Step(node.name, node.inputs, node.params, backward))
-                if release is not None:
-                    for name in release[index]:
-                        del values[name]
+        needs_grad = dict.fromkeys(graph.inputs, input_grads)
+        for index, node in enumerate(graph.nodes):
+            if node.op == "input" or node.name in skip:
+                continue
+            ctx.input_grad = any(needs_grad.get(i, False) for i in node.inputs)
+            needs_grad[node.name] = ctx.input_grad or any(full in params
+                                                          for full in node.params.values())
+            local = {k: params[full] if full in params else self.buffers[full]
+                     for k, full in node.params.items()}
+            out, backward = _apply(graph, node, [values[i] for i in node.inputs], local, ctx)
+            # a loss gives a NumPy scalar; as an operand (`64 * bce(...)`) it must be an array
+            # (a layer with several results gives their tuple, which `result` nodes read)
+            values[node.name] = out if isinstance(out, (np.ndarray, tuple)) else np.asarray(out)
+            if record:
+                self._tape.append(_Step(node.name, node.inputs, node.params, backward))
+            if release is not None:
+                for name in release[index]:
+                    del values[name]
         return values
 
     def _release_plan(self, graph: Graph, skip: frozenset[str], keep: frozenset[str]
@@ -405,25 +405,25 @@ class NumpyModel:
             raise ValueError(f"backward needs {len(outputs)} gradients, one per output")
         return {node: g for node, g in zip(self.graph.outputs, d_output) if g is not None}
 
+    @collector_paused()
     def _reverse(self, tape: list[_Step], grads: dict[str, np.ndarray]) -> None:
         """Backward over `tape`, emptying it: each step's closure, and the forward arrays
         only it held, are freed as soon as its gradients are out."""
         param_grads = self.buffer.grads
-        with collector_paused():
-            while tape:
-                step = tape.pop()
-                d_out = grads.pop(step.node, None)
-                if d_out is None:
+        while tape:
+            step = tape.pop()
+            d_out = grads.pop(step.node, None)
+            if d_out is None:
+                continue
+            input_grads, local_grads = step.backward(d_out)
+            for name, grad in zip(step.inputs, input_grads):
+                if grad is None:
                     continue
-                input_grads, local_grads = step.backward(d_out)
-                for name, grad in zip(step.inputs, input_grads):
-                    if grad is None:
-                        continue
-                    if name in grads:
-                        grads[name] = grads[name] + grad
-                    else:
-                        grads[name] = grad
-                for local, grad in local_grads.items():
-                    full = step.params[local]
-                    if full in param_grads:
-                        param_grads[full] += grad
+                if name in grads:
+                    grads[name] = grads[name] + grad
+                else:
+                    grads[name] = grad
+            for local, grad in local_grads.items():
+                full = step.params[local]
+                if full in param_grads:
+                    param_grads[full] += grad

@@ -23,6 +23,7 @@ from .windows import (
     output_size,
     pad_into_phases,
     pad_spatial,
+    phase_reads,
     scatter_windows,
 )
 
@@ -388,14 +389,7 @@ def _phase_frames(x, padding, stride, kernel, dilation):
     reads as (phase, start)."""
     n, channels = x.shape[:2]
     phases, grid = pad_into_phases(np.swapaxes(x, 0, 1), padding, stride)
-    strides = [math.prod(grid[i + 1:]) for i in range(len(grid))]
-    reads = []
-    for offset in kernel_offsets(kernel):
-        steps = [k * d for k, d in zip(offset, dilation)]
-        phase = 0
-        for step, s in zip(steps, stride):
-            phase = phase * s + step % s
-        reads.append((phase, sum(step // s * f for step, s, f in zip(steps, stride, strides))))
+    reads = phase_reads(kernel, stride, dilation, grid)
     shape = phases.shape
 
     def unframe(d_flat, out):

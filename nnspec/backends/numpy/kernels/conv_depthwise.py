@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .windows import kernel_offsets, output_size
+from .windows import output_size, phase_reads, phase_regions
 
 _BLOCK_FLOATS = 1 << 17  # the tap copies of one block: 512 KiB of float32, inside L2
 
@@ -80,35 +80,21 @@ class _Plan:
 
     def __init__(self, n, size, kernel, stride, padding, dilation):
         self.n, self.size, self.stride = n, size, stride
-        self.lows = [lo for lo, _ in padding]
         padded = [s + lo + hi for s, (lo, hi) in zip(size, padding)]
         self.out = output_size(padded, kernel, stride, dilation)
         self.grid = [-(-p // s) for p, s in zip(padded, stride)]
         self.cells = math.prod(self.grid)
+        self.padding = padding
+        self.taps = phase_reads(kernel, stride, dilation, self.grid)  # (phase, first cell)
         grid_strides = [math.prod(self.grid[i + 1:]) for i in range(len(self.grid))]
-        self.taps = []  # per kernel offset: (phase number, first cell it reads)
-        for offset in kernel_offsets(kernel):
-            steps = [k * d for k, d in zip(offset, dilation)]
-            phase = 0
-            for step, s in zip(steps, stride):
-                phase = phase * s + step % s
-            self.taps.append((phase, sum(step // s * g
-                                         for step, s, g in zip(steps, stride, grid_strides))))
         # every kept output lies in the first `length` cells of the wide layout
         self.length = (n - 1) * self.cells + 1 + sum(
             (o - 1) * g for o, g in zip(self.out, grid_strides))
 
     def _phase_slices(self):
         """Per phase: (its index into the input, its index into the (C, N, *grid) phase)."""
-        for phase in np.ndindex(*self.stride):
-            x_index, grid_index = [slice(None), slice(None)], [slice(None), slice(None)]
-            for r, s, lo, length in zip(phase, self.stride, self.lows, self.size):
-                first = (r - lo) % s  # the first input position in this phase
-                count = len(range(first, length, s))
-                start = (first + lo) // s
-                x_index.append(slice(first, length, s))
-                grid_index.append(slice(start, start + count))
-            yield tuple(x_index), tuple(grid_index)
+        for grid_index, x_index in phase_regions(self.size, self.padding, self.stride):
+            yield (slice(None), slice(None), *x_index), (slice(None), slice(None), *grid_index)
 
     def split(self, x):
         """(N, C, *size) -> the zero-padded phases, (phases, C, N * G)."""

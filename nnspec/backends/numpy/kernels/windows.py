@@ -86,20 +86,35 @@ def pad_into_phases(x, padding, stride):
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
     grid = [-(-p // s) for p, s in zip(padded, stride)]
     phases = np.zeros((math.prod(stride), a, b, *grid), dtype=x.dtype)
-    for number, (phase, source) in enumerate(_phase_regions(spatial, padding, stride)):
+    for number, (phase, source) in enumerate(phase_regions(spatial, padding, stride)):
         phases[(number, Ellipsis, *phase)] = x[(Ellipsis, *source)]
     return phases, grid
+
+
+def phase_reads(kernel, stride, dilation, grid):
+    """Per kernel offset (row-major), the stride phase its elements lie in and its first
+    cell in that phase's flattened ``grid``: offset k of the window at output position o
+    reads phase (k * d) % s at cell o + (k * d) // s, per dim."""
+    grid_strides = [math.prod(grid[i + 1:]) for i in range(len(grid))]
+    reads = []
+    for offset in kernel_offsets(kernel):
+        steps = [k * d for k, d in zip(offset, dilation)]
+        phase = 0
+        for step, s in zip(steps, stride):
+            phase = phase * s + step % s
+        reads.append((phase, sum(step // s * g for step, s, g in zip(steps, stride, grid_strides))))
+    return reads
 
 
 def gather_from_phases(d_phases, padding, stride, out):
     """Undo ``pad_into_phases``: write the unpadded interior of gradients held by phase into
     ``out``, a (possibly strided) (A, B, *spatial) view, one strided copy per phase."""
-    for number, (phase, target) in enumerate(_phase_regions(out.shape[2:], padding, stride)):
+    for number, (phase, target) in enumerate(phase_regions(out.shape[2:], padding, stride)):
         out[(Ellipsis, *target)] = d_phases[(number, Ellipsis, *phase)]
     return out
 
 
-def _phase_regions(spatial, padding, stride):
+def phase_regions(spatial, padding, stride):
     """Per phase (row-major), the slices of its grid and of the unpadded map that hold the
     same elements: padded position r + s * j is map position r + s * j - lo."""
     per_dim = []
