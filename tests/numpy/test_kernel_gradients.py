@@ -242,6 +242,13 @@ CASES["scaled_dot_product_grouped"] = Case(
                                      rng.standard_normal((2, 6, 2, 3)),
                                      rng.standard_normal((2, 6)), rng.standard_normal((5, 6))],
     lambda q, k, v, pad, mask: scaled_dot_product(q, k, v, pad, mask, causal=True), atol=1e-7)
+# the backward recomputes the probabilities and must apply the same dropout mask again
+CASES["scaled_dot_product_dropout"] = Case(
+    scaled_dot_product, lambda rng: [rng.standard_normal((2, 5, 4, 3)),
+                                     rng.standard_normal((2, 6, 2, 3)),
+                                     rng.standard_normal((2, 6, 2, 3)), None, None],
+    lambda q, k, v, pad, mask: scaled_dot_product(q, k, v, pad, mask, dropout=0.4, train=True,
+                                                  rng=np.random.default_rng(0)), atol=1e-7)
 CASES["rope"] = Case(rope, normal(2, 5, 3, 4), lambda x: rope(x, theta=50.0))
 CASES["rms_norm"] = Case(rms_norm, lambda rng: [rng.standard_normal((2, 3, 5)),
                                                 rng.standard_normal(5)],

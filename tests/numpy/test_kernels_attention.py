@@ -109,8 +109,9 @@ def test_cross_attention_with_both_masks_matches_torch(kdim, masks, per_sample_m
 @pytest.mark.torch
 @pytest.mark.parametrize("masks", ["bool", "float"])
 def test_attention_over_several_query_blocks_matches_torch(masks, monkeypatch):
-    """Past SCORE_BLOCK_FLOATS of scores, attention runs over blocks of queries (here a
-    3-block split of 135 queries), masks and their gradients sliced per block."""
+    """Past SCORE_BLOCK_FLOATS of scores, attention runs over blocks of samples, heads and
+    queries (here one sample and head at a time, and a 3-block split of 135 queries), masks
+    and their gradients sliced per block."""
     monkeypatch.setattr(attention_kernels, "SCORE_BLOCK_FLOATS", 1)
     check_self_attention(2, 2 * CAUSAL_BLOCK + 7, 2, 3, False, True)
     check_cross_attention(5, masks, True, steps=2 * CAUSAL_BLOCK + 7)

@@ -8,14 +8,16 @@ import math
 
 import numpy as np
 
-# Causal attention runs over blocks of this many queries, each against the keys up to its
-# last query only: at T 512 that skips 44% of the score products and softmax passes, which
-# a full masked score matrix would compute and then throw away.
+# Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
+# about this many floats (1 MiB): a block's scores, probabilities and their gradients stay in
+# the core's cache across the half-dozen passes over them, and the backward recomputes them
+# from the saved row log-sum-exps (as flash attention does) instead of keeping every
+# probability matrix, the largest thing a long sequence would hold.
+SCORE_BLOCK_FLOATS = 1 << 18
+# Causal attention takes its queries CAUSAL_BLOCK at a time, each block against the keys up
+# to its last query only: at T 512 that skips 44% of the score products and softmax passes,
+# which a full masked score matrix would compute and then throw away.
 CAUSAL_BLOCK = 64
-# Other attention runs over blocks of queries whose scores fill at most this many floats (and
-# at least CAUSAL_BLOCK queries): the backward's score gradients are one block's, not the
-# whole (N, heads, T, S) matrix, a long sequence's largest temporary.
-SCORE_BLOCK_FLOATS = 1 << 21
 
 
 def rotary_tables(steps: int, dim: int, theta: float, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -77,96 +79,102 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     dtype = q.dtype
     padding, padding_grad = _additive(key_padding_mask)
     mask, mask_grad = _additive(attn_mask)
-    # (N, KVH, S, d) views; query head h = kv * group + g, queries stored (N, T, KVH, G, d)
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    # Keys and values as (N, KVH, d, S) copies and each block's queries as a (n, kv, G * Tq, d)
+    # copy: then every product below reads both operands transposed or both not, which
+    # OpenBLAS runs up to 2.5x faster than a product with one of them transposed.
+    kt, vt = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (k, v))
+    # query head h = kv * group + g, queries stored (N, T, KVH, G, d)
     q5 = q.reshape(batch, steps, kv_heads, group, dim)
-    step = CAUSAL_BLOCK if causal else max(CAUSAL_BLOCK,
-                                           SCORE_BLOCK_FLOATS // (batch * heads * keys_total))
-    blocks = [(s, min(s + step, steps)) for s in range(0, steps, step)]
-    blocks = [(s, e, e if causal else keys_total) for s, e in blocks]
+    head_blocks, query_blocks = _plan(batch, kv_heads, group, steps, keys_total, causal)
     dropping = train and dropout > 0
     context = np.empty((batch, steps, kv_heads, group, dim), dtype)
+
+    def queries(samples, kvs, start, end):
+        """The block's queries, scaled, as (n, kv, G * Tq, d): one score product per kv head."""
+        block = q5[samples, start:end, kvs].transpose(0, 2, 3, 1, 4)
+        scaled = np.multiply(block, scale, out=np.empty(block.shape, dtype))
+        return scaled.reshape(*scaled.shape[:2], -1, dim)
+
+    def exp_scores(samples, kvs, qb, start, end, keys, shift):
+        """exp(scores + masks - shift) of the block, key-major: probs[key, n, kv, g * query],
+        so the softmax reduces over the first axis, which NumPy vectorises across whole rows
+        (about twice as fast as reducing many short last-axis rows). ``shift`` None subtracts
+        each row's max and returns it too."""
+        scores = np.empty((keys, *qb.shape[:2], qb.shape[2]), dtype)
+        np.matmul(kt[samples, kvs, :, :keys].transpose(0, 1, 3, 2), qb.transpose(0, 1, 3, 2),
+                  out=scores.transpose(1, 2, 0, 3))
+        bias = _block_bias(padding, mask, causal, samples, start, end, keys, dtype)
+        if bias is not None:
+            grouped = scores.reshape(keys, *qb.shape[:2], group, end - start)
+            grouped += bias[:, :, None, None]
+        if shift is None:
+            shift = scores.max(axis=0)
+        scores -= shift
+        np.exp(scores, out=scores)
+        return scores, shift
+
     saved = []
-    for start, end, keys in blocks:
-        width = end - start
-        # this block's queries, scaled, as (N, KVH, G * Tq, d): one score product per kv head
-        if group == 1 and scale == 1:  # a view, no copy
-            qb = q5[:, start:end, :, 0].transpose(0, 2, 1, 3)
-        else:
-            qb = np.empty((batch, kv_heads, group, width, dim), dtype)
-            np.multiply(q5[:, start:end].transpose(0, 2, 3, 1, 4), scale, out=qb)
-            qb = qb.reshape(batch, kv_heads, group * width, dim)
-        # Scores are stored key-major, probs[key, n, kv, g * query]: the softmax then reduces
-        # over the first axis, which NumPy vectorises across whole rows, about twice as fast
-        # as reducing many short last-axis rows.
-        probs = np.empty((keys, batch, kv_heads, group * width), dtype)
-        np.matmul(kt[:, :, :keys], qb.transpose(0, 1, 3, 2), out=probs.transpose(1, 2, 0, 3))
-        bias = _block_bias(padding, mask, causal, start, end, keys, dtype)
-        if bias is not None and group == 1:
-            probs += bias[:, :, None]
-        elif bias is not None:
-            probs.reshape(keys, batch, kv_heads, group, width)[...] += bias[:, :, None, None]
-        probs -= probs.max(axis=0)
-        np.exp(probs, out=probs)
-        probs *= 1 / probs.sum(axis=0)
-        used, keep = probs, None
-        if dropping:
-            keep = (rng.random(probs.shape, dtype=np.float32) >= dropout) / dtype.type(1 - dropout)
-            used = probs * keep
-        if group == 1:  # straight into (N, heads, T, d)
-            np.matmul(used.transpose(1, 2, 3, 0), vt[:, :, :keys],
-                      out=context[:, :, :, 0].transpose(0, 2, 1, 3)[:, :, start:end])
-        else:
-            out = used.transpose(1, 2, 3, 0) @ vt[:, :, :keys]
-            context[:, start:end] = out.reshape(batch, kv_heads, group, width, dim).transpose(
-                0, 3, 1, 2, 4)
-        saved.append((qb, probs, used, keep))
+    for samples, kvs in head_blocks:
+        for start, end, keys in query_blocks:
+            qb = queries(samples, kvs, start, end)
+            probs, peak = exp_scores(samples, kvs, qb, start, end, keys, None)
+            total = probs.sum(axis=0)
+            keep = None
+            if dropping:
+                keep = (rng.random(probs.shape, dtype=np.float32) >= dropout) / dtype.type(
+                    1 - dropout)
+                probs *= keep
+            # the rows are normalised after the product, on (Tq, d) instead of (S, Tq)
+            out = probs.transpose(1, 2, 3, 0) @ vt[samples, kvs, :, :keys].transpose(0, 1, 3, 2)
+            out /= total[..., None]
+            width = end - start
+            context[samples, start:end, kvs] = out.reshape(
+                *out.shape[:2], group, width, dim).transpose(0, 3, 1, 2, 4)
+            np.log(total, out=total)
+            total += peak  # the rows' log-sum-exp
+            saved.append((qb, total, keep))
 
     def backward(d_context):
         d_context = d_context.reshape(batch, steps, kv_heads, group, dim)
+        # sum(d_probs * probs) of each row is d_context . context (as flash attention has it)
+        row_dots = np.einsum("ntkgd,ntkgd->nkgt", d_context, context)
         dq = np.empty((batch, steps, kv_heads, group, dim), dtype)
-        # with several blocks the keys of a block are also every later block's
-        several = len(blocks) > 1 or blocks[0][2] != keys_total
+        several = len(query_blocks) > 1 or query_blocks[0][2] != keys_total
         # (N, S, KVH, d) like k and v, written through (N, KVH, S, d) views
         dk_rows = (np.zeros if several else np.empty)((batch, keys_total, kv_heads, dim), dtype)
         dv_rows = (np.zeros if several else np.empty)((batch, keys_total, kv_heads, dim), dtype)
         dk, dv = dk_rows.transpose(0, 2, 1, 3), dv_rows.transpose(0, 2, 1, 3)
         d_padding = np.zeros_like(padding) if padding_grad else None
         d_mask = np.zeros_like(mask) if mask_grad else None
-        for (start, end, keys), (qb, probs, used, keep) in zip(blocks, saved):
+        blocks = ((h, b) for h in head_blocks for b in query_blocks)
+        for ((samples, kvs), (start, end, keys)), (qb, log_sum, keep) in zip(blocks, saved):
             width = end - start
-            if group == 1:
-                dcb = d_context[:, start:end, :, 0].transpose(0, 2, 1, 3)
-            else:
-                dcb = np.ascontiguousarray(d_context[:, start:end].transpose(0, 2, 3, 1, 4))
-                dcb = dcb.reshape(batch, kv_heads, group * width, dim)
-            d_scores = np.empty_like(probs)  # key-major, like probs
-            np.matmul(vt[:, :, :keys], dcb.transpose(0, 1, 3, 2),
-                      out=d_scores.transpose(1, 2, 0, 3))
+            probs, _ = exp_scores(samples, kvs, qb, start, end, keys, log_sum)
+            used = probs if keep is None else probs * keep
+            dcb = np.ascontiguousarray(
+                d_context[samples, start:end, kvs].transpose(0, 2, 3, 1, 4)).reshape(qb.shape)
             if several:
-                dv[:, :, :keys] += used.transpose(1, 2, 0, 3) @ dcb
+                dv[samples, kvs, :keys] += used.transpose(1, 2, 0, 3) @ dcb
             else:
-                np.matmul(used.transpose(1, 2, 0, 3), dcb, out=dv)
+                np.matmul(used.transpose(1, 2, 0, 3), dcb, out=dv[samples, kvs])
+            d_scores = np.empty_like(probs)  # key-major, like probs
+            np.matmul(vt[samples, kvs, :, :keys].transpose(0, 1, 3, 2), dcb.transpose(0, 1, 3, 2),
+                      out=d_scores.transpose(1, 2, 0, 3))
             if keep is not None:
                 d_scores *= keep
-            # softmax backward: p * (dp - sum(dp * p)); masked positions have p = 0 (the sum
-            # is an einsum row dot: no temporary the size of the scores)
-            d_scores -= np.einsum("k...,k...->...", d_scores, probs)
+            # softmax backward: p * (dp - sum(dp * p)); masked positions have p = 0
+            d_scores -= row_dots[samples, kvs, :, start:end].reshape(qb.shape[:3])
             d_scores *= probs
             if padding_grad or mask_grad:
-                d_bias = d_scores.reshape(keys, batch, kv_heads, group, width).sum(axis=(2, 3))
-                _accumulate_mask_grads(d_bias, d_padding, d_mask, start, end, keys)
-            if group == 1:
-                np.matmul(d_scores.transpose(1, 2, 3, 0), kt[:, :, :keys],
-                          out=dq[:, :, :, 0].transpose(0, 2, 1, 3)[:, :, start:end])
-            else:
-                dqb = d_scores.transpose(1, 2, 3, 0) @ kt[:, :, :keys]
-                dq[:, start:end] = dqb.reshape(batch, kv_heads, group, width, dim).transpose(
-                    0, 3, 1, 2, 4)
+                d_bias = d_scores.reshape(keys, *qb.shape[:2], group, width).sum(axis=(2, 3))
+                _accumulate_mask_grads(d_bias, d_padding, d_mask, samples, start, end, keys)
+            dqb = d_scores.transpose(1, 2, 3, 0) @ kt[samples, kvs, :, :keys].transpose(0, 1, 3, 2)
+            dq[samples, start:end, kvs] = dqb.reshape(
+                *dqb.shape[:2], group, width, dim).transpose(0, 3, 1, 2, 4)
             if several:
-                dk[:, :, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb
+                dk[samples, kvs, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb
             else:
-                np.matmul(d_scores.transpose(1, 2, 0, 3), qb, out=dk)
+                np.matmul(d_scores.transpose(1, 2, 0, 3), qb, out=dk[samples, kvs])
         if scale != 1:
             dq *= scale
         return (dq.reshape(q.shape), dk_rows, dv_rows,
@@ -175,17 +183,36 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     return context.reshape(batch, steps, heads, dim), backward
 
 
-def _block_bias(padding, mask, causal, start, end, keys, dtype):
-    """What is added to a block's scores, (keys, N or 1, queries); None when nothing is."""
+def _plan(batch, kv_heads, group, steps, keys_total, causal):
+    """The blocks attention runs over: (samples, kv heads) slices, and (start, end, keys)
+    query ranges with the keys they read. Queries come whole where one head's scores fit
+    SCORE_BLOCK_FLOATS (so each block's key and value gradients come from one product over
+    all its queries), and as many heads join a block as fit beside them."""
+    if causal:
+        width = min(steps, CAUSAL_BLOCK)
+    else:
+        width = min(steps, max(CAUSAL_BLOCK, SCORE_BLOCK_FLOATS // (group * keys_total)))
+    query_blocks = [(s, min(s + width, steps)) for s in range(0, steps, width)]
+    query_blocks = [(s, e, e if causal else keys_total) for s, e in query_blocks]
+    pairs = max(1, SCORE_BLOCK_FLOATS // (group * width * keys_total))
+    kv_step = min(kv_heads, pairs)
+    sample_step = max(1, pairs // kv_heads)
+    head_blocks = [(slice(n, n + sample_step), slice(h, h + kv_step))
+                   for n in range(0, batch, sample_step) for h in range(0, kv_heads, kv_step)]
+    return head_blocks, query_blocks
+
+
+def _block_bias(padding, mask, causal, samples, start, end, keys, dtype):
+    """What is added to a block's scores, (keys, n or 1, queries); None when nothing is."""
     terms = []
     if causal:  # key j is hidden from query start + c when j > start + c
         terms.append(np.tril(np.full((keys, end - start), -np.inf, dtype), -start - 1)[:, None])
     if mask is not None:
         block = mask[..., start:end, :keys]
-        terms.append(block.T[:, None] if block.ndim == 2 else block.transpose(2, 0, 1))
+        terms.append(block.T[:, None] if block.ndim == 2 else block[samples].transpose(2, 0, 1))
     if padding is not None:
         block = padding[..., :keys]
-        terms.append(block[:, None, None] if block.ndim == 1 else block.T[:, :, None])
+        terms.append(block[:, None, None] if block.ndim == 1 else block[samples].T[:, :, None])
     if not terms:
         return None
     bias = terms[0]
@@ -194,18 +221,18 @@ def _block_bias(padding, mask, causal, start, end, keys, dtype):
     return bias
 
 
-def _accumulate_mask_grads(d_bias, d_padding, d_mask, start, end, keys):
-    """Add a block's score gradients, d_bias (keys, N, queries), to the float masks'."""
+def _accumulate_mask_grads(d_bias, d_padding, d_mask, samples, start, end, keys):
+    """Add a block's score gradients, d_bias (keys, n, queries), to the float masks'."""
     if d_mask is not None:
         if d_mask.ndim == 2:
             d_mask[start:end, :keys] += d_bias.sum(axis=1).T
         else:
-            d_mask[:, start:end, :keys] += d_bias.transpose(1, 2, 0)
+            d_mask[samples, start:end, :keys] += d_bias.transpose(1, 2, 0)
     if d_padding is not None:
         if d_padding.ndim == 1:
             d_padding[:keys] += d_bias.sum(axis=(1, 2))
         else:
-            d_padding[:, :keys] += d_bias.sum(axis=2).T
+            d_padding[samples, :keys] += d_bias.sum(axis=2).T
 
 
 # ---- the layer: projections around scaled_dot_product ---------------------------------------
