@@ -637,7 +637,6 @@ def test_gradients_match_central_differences(name):
 
 # Public functions of the kernel modules that are not kernels (no `(out, backward)`).
 NOT_KERNELS = {
-    "activations.erf",
     "attention.rotary_tables",
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",

@@ -1,4 +1,4 @@
-"""Activation kernels and erf: torch as the oracle in float32 (central differences in
+"""Activation kernels: torch as the oracle in float32 (central differences in
 test_kernel_gradients.py)."""
 
 import math
@@ -89,34 +89,43 @@ def test_tiny_inputs_match_torch(name):
     assert_matches_torch(name, x)
 
 
-def test_erf_is_within_one_float32_ulp_of_the_true_value():
-    dense = np.linspace(-6.0, 6.0, 400_001, dtype=np.float32)
+def exact_gelu(x):
+    return np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+
+
+def test_gelu_in_float32_is_as_close_to_the_true_value_as_float32_allows():
+    """Its normal CDF is fitted to within 3e-8 of the true one, so with float32's own rounding
+    the output is within a few ulp where x * Phi(x) is well conditioned, and elsewhere within
+    what float32 rounding of Phi near 1 (6e-8) and of 1 + erf for negative x allows."""
+    dense = np.linspace(-12.0, 12.0, 1_200_001, dtype=np.float32)
     tiny = np.float32(10.0) ** np.linspace(-38, 0, 20_001, dtype=np.float32)
-    x = np.concatenate([dense, tiny, -tiny, [0.0, 3.9, 4.0, 4.1, 10.0, 1e30, -1e30]])
+    x = np.concatenate([dense, tiny, -tiny, [0.0, 6.5, 1e19, 3e38, -1e19, -3e38]])
     x = x.astype(np.float32)
-    got = act.erf(x)
-    want = np.array([math.erf(v) for v in x.astype(np.float64)])
+    got = act.gelu(x)[0]
+    want = exact_gelu(x)
     assert got.dtype == np.float32
     error = np.abs(got.astype(np.float64) - want)
+    # 1 + erf(x / sqrt 2) rounds to a multiple of 6e-8 near 1 and cancels for negative x
+    assert np.all(error <= 2e-7 * np.maximum(np.abs(x), 1) + 1e-45)
+    well_conditioned = x > -0.5
     ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
-    assert np.max(error / np.maximum(ulp, np.finfo(np.float32).smallest_subnormal)) <= 1.0
-    nonzero = want != 0
-    assert np.max(error[nonzero] / np.abs(want[nonzero])) < 1.2e-7
+    assert np.max((error / np.maximum(ulp, 1e-45))[well_conditioned]) <= 4.0
+    assert np.array_equal(got[x >= 6.5], x[x >= 6.5])  # Phi is exactly 1 there
+    assert np.all(got[x <= -6.5] == 0)
 
 
-def test_erf_in_float64_is_accurate_to_the_fit():
-    x = np.linspace(-5.0, 5.0, 20_001)
-    want = np.array([math.erf(v) for v in x])
-    error = np.abs(act.erf(x) - want)
-    assert np.max(error[want != 0] / np.abs(want[want != 0])) < 2e-8
-    assert np.max(error) < 2e-8
+def test_gelu_in_float64_is_exact():
+    x = np.linspace(-9.0, 9.0, 2_001)
+    np.testing.assert_allclose(act.gelu(x)[0], exact_gelu(x), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.torch
-def test_erf_matches_torch_erf():
-    x = np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * 3
-    np.testing.assert_allclose(act.erf(x), torch.erf(torch.tensor(x)).numpy(), rtol=2e-7,
-                               atol=1e-7)
+def test_gelu_is_closer_to_the_true_value_than_torchs():
+    x = np.random.default_rng(0).standard_normal(200_000).astype(np.float32) * 3
+    want = exact_gelu(x)
+    ours = np.abs(act.gelu(x)[0] - want).max()
+    theirs = np.abs(F.gelu(torch.from_numpy(x)).numpy() - want).max()
+    assert ours <= theirs
 
 
 def test_gelu_rejects_unknown_approximation():

@@ -1,4 +1,4 @@
-"""Activation kernels with torch's exact semantics, and the erf that exact GELU needs.
+"""Activation kernels with torch's exact semantics.
 
 Each kernel returns ``(out, backward)``; ``backward(d_out)`` returns ``(d_x,)``. Backward reuses
 what the forward computed (the sigmoid, the GELU's normal CDF) instead of recomputing it.
@@ -10,64 +10,25 @@ import math
 
 import numpy as np
 
-# erf(x) = x * P(x^2) / Q(x^2) on |x| <= 4, coefficients lowest degree first. A (6, 5) rational
-# fitted to erf(x)/x by iteratively reweighted least squares against 40-digit mpmath values;
-# its largest relative error on [0, 4] is 2.0e-9, far below float32's 6e-8 half-ulp. Past 4,
-# 1 - erf(x) < 1.6e-8 rounds away in float32, so |x| is clamped there.
-_ERF_CLAMP = 4.0
-_ERF_SATURATED = 3.9
-_ERF_P = (
-    1.1283791693774032,
-    0.18520311595347408,
-    0.054316904449994624,
-    0.0038496081697562807,
-    0.00037960904745963945,
-    4.6847848887253624e-06,
-    -1.3202262181540633e-08,
+# Exact GELU's normal CDF in float32: Phi(x) = (1 + tanh(x * g(x^2))) / 2, where g is the
+# degree-6 polynomial (coefficients lowest degree first) for which tanh(x g(x^2)) is closest to
+# erf(x / sqrt 2), fitted by reweighted least squares for the largest error of Phi on [0, 6.5]: 2.9e-8,
+# under float32's half-ulp of 1 (6e-8). Past 6.5 tanh has saturated to +-1, and g's positive
+# leading term keeps it there. It is 17 NumPy passes and one tanh where the rational erf it
+# replaced took 30 and a divide: the GELU forward is 1.7x faster.
+_PHI_TANH_ARGUMENT = (
+    0.7978849414622557,
+    0.03633308456436552,
+    -3.259496350868289e-05,
+    -5.5306199420768116e-05,
+    3.964745581826159e-06,
+    -1.322634414335892e-07,
+    1.7561738313659805e-09,
 )
-_ERF_Q = (
-    1.0,
-    0.49746540188477917,
-    0.11395837872488279,
-    0.015462083646608168,
-    0.0013075694312427253,
-    6.311064812990467e-05,
-)
-_SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_TANH_CUBIC = 0.044715
-
-
-def _horner(coefficients, t):
-    """Evaluates sum(c_k * t^k) in place on one fresh array."""
-    acc = coefficients[-1] * t
-    for coefficient in coefficients[-2:0:-1]:
-        acc += coefficient
-        acc *= t
-    acc += coefficients[0]
-    return acc
-
-
-def _erf_rational(clamped, t):
-    """x * P(x^2) / Q(x^2) for ``clamped`` = clip(x, -4, 4) and ``t`` = its square, both in
-    the dtype to evaluate in; ``t`` is reused as the result's storage."""
-    numerator = _horner(_ERF_P, t)
-    denominator = _horner(_ERF_Q, t)
-    numerator *= clamped
-    numerator /= denominator
-    return numerator
-
-
-def erf(x):
-    """The error function, elementwise, to within 1 float32 ulp (NumPy has none).
-
-    Float32 input is evaluated in float64 and rounded once: float32 Horner steps alone would
-    accumulate about 7 ulp near |x| = 4.
-    """
-    work_dtype = np.promote_types(x.dtype, np.float64)
-    clamped = np.clip(x, -_ERF_CLAMP, _ERF_CLAMP, dtype=work_dtype)
-    return _erf_rational(clamped, np.square(clamped)).astype(x.dtype, copy=False)
 
 
 def _sigmoid(x):
@@ -150,9 +111,8 @@ def log_softmax(x, *, dim=-1):
 def gelu(x, *, approximate="none"):
     """x * Phi(x) with the exact normal CDF (torch's default), or torch's tanh approximation.
 
-    The erf inside is evaluated in the input's dtype, not widened as `erf` does: in float32
-    that costs at most 7 ulp of erf (4e-7 absolute), far inside the 1e-4 agreement with
-    torch, and is six times faster than a float64 pass with its conversions.
+    In float32 Phi is within 2.9e-8 of the true value (the fit above), closer than torch's own
+    float32 GELU; float64 input (gradient checks) takes math.erf per element.
     """
     if approximate == "tanh":
         return _gelu_tanh(x)
@@ -160,8 +120,11 @@ def gelu(x, *, approximate="none"):
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
-    for block in _blocks(x.size):
-        _gelu_block(x.reshape(-1)[block], out.reshape(-1)[block])
+    if x.dtype == np.float64:
+        np.multiply(x, _normal_cdf_exact(x), out=out)
+    else:
+        for block in _blocks(x.size):
+            _gelu_block(x.reshape(-1)[block], out.reshape(-1)[block])
 
     def backward(d_out):
         grad = np.empty_like(x)
@@ -174,8 +137,8 @@ def gelu(x, *, approximate="none"):
     return out, backward
 
 
-# GELU runs over blocks of this many values: a block's half-dozen temporaries stay in the
-# core's cache, and none is the size of the whole activation (a transformer's largest)
+# GELU runs over blocks of this many values: a block's few temporaries stay in the core's
+# cache, and none is the size of the whole activation (a transformer's largest)
 _GELU_BLOCK = 1 << 16
 
 
@@ -183,23 +146,33 @@ def _blocks(size):
     return (slice(start, start + _GELU_BLOCK) for start in range(0, size, _GELU_BLOCK))
 
 
+def _normal_cdf_exact(x):
+    erf = np.frompyfunc(math.erf, 1, 1)(x * _SQRT_HALF).astype(x.dtype)
+    erf += 1
+    erf *= 0.5
+    return erf
+
+
 def _gelu_block(x, out):
-    scaled = x * _SQRT_HALF
-    half_square = np.square(scaled)  # x^2 / 2
-    cdf = _erf_rational(scaled, np.minimum(half_square, _ERF_CLAMP**2))
-    # Past |x / sqrt(2)| = 3.9 erf rounds to +-1 in float32; setting it exactly there (which
-    # also covers the unclamped, meaningless rational beyond 4) keeps x * Phi(x) exactly 0 for
-    # very negative x, where a float32 ulp of erf times a large |x| would show.
-    np.copysign(1, scaled, out=cdf, where=half_square >= _ERF_SATURATED**2)
-    cdf += 1
+    """x * (1 + tanh(x g(x^2))) / 2, with g evaluated by Horner's rule in place."""
+    *rest, highest = _PHI_TANH_ARGUMENT
+    with np.errstate(over="ignore"):  # to inf past |x| = 1.8e19, where tanh gives its limit
+        square = np.square(x)
+        argument = np.multiply(square, highest)
+        for coefficient in reversed(rest[1:]):
+            argument += coefficient
+            argument *= square
+        argument += rest[0]
+        argument *= x
+    cdf = np.tanh(argument, out=argument)
     cdf *= 0.5
+    cdf += 0.5
     np.multiply(x, cdf, out=out)
 
 
 def _gelu_grad_block(x, out, d_out, grad):
     """Phi(x) + x phi(x), times d_out. Phi(x) is read back from the output (out / x, 1/2 at
-    0), which the next layer keeps anyway: the step holds no array of its own (the erf
-    costs 7x this divide)."""
+    0), which the next layer keeps anyway: the step holds no array of its own."""
     density = np.square(x)
     density *= -0.5
     with np.errstate(under="ignore"):  # the density underflows to 0 for |x| > ~14
