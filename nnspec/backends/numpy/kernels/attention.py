@@ -9,11 +9,12 @@ import math
 import numpy as np
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
-# about this many floats (1 MiB): a block's scores, probabilities and their gradients stay in
-# the core's cache across the half-dozen passes over them, and the backward recomputes them
-# from the saved row log-sum-exps (as flash attention does) instead of keeping every
-# probability matrix, the largest thing a long sequence would hold.
-SCORE_BLOCK_FLOATS = 1 << 18
+# about this many floats (512 KiB): a block's scores, probabilities and their gradients stay
+# in the core's cache across the half-dozen passes over them. 2^16 to 2^18 measured within
+# 10% of it from T 64 to 512, smaller and larger blocks up to 35% slower. The backward
+# recomputes the probabilities from the saved rows' log-sum-exps (as flash attention does)
+# instead of keeping every probability matrix, the largest thing a long sequence would hold.
+SCORE_BLOCK_FLOATS = 1 << 17
 # Causal attention takes its queries CAUSAL_BLOCK at a time, each block against the keys up
 # to its last query only: at T 512 that skips 44% of the score products and softmax passes,
 # which a full masked score matrix would compute and then throw away.
@@ -79,10 +80,14 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     dtype = q.dtype
     padding, padding_grad = _additive(key_padding_mask)
     mask, mask_grad = _additive(attn_mask)
-    # Keys and values as (N, KVH, d, S) copies and each block's queries as a (n, kv, G * Tq, d)
-    # copy: then every product below reads both operands transposed or both not, which
-    # OpenBLAS runs up to 2.5x faster than a product with one of them transposed.
-    kt, vt = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (k, v))
+    # Keys and values as (N, KVH, d + 1, S) copies and each block's queries as a
+    # (n, kv, G * Tq, d + 1) copy: every product below then reads both operands transposed or
+    # both not, which OpenBLAS runs up to 2.5x faster than a product with one of them
+    # transposed. The keys' and values' last row is ones; it meets a last column of per-row
+    # constants (minus the row's log-sum-exp in the queries, minus sum(dP * P) in the output
+    # gradients), so the backward's products subtract those themselves instead of two passes
+    # over every block of scores.
+    kt, vt = (_with_ones_row(a.transpose(0, 2, 3, 1)) for a in (k, v))
     # query head h = kv * group + g, queries stored (N, T, KVH, G, d)
     q5 = q.reshape(batch, steps, kv_heads, group, dim)
     head_blocks, query_blocks = _plan(batch, kv_heads, group, steps, keys_total, causal)
@@ -90,34 +95,38 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     context = np.empty((batch, steps, kv_heads, group, dim), dtype)
 
     def queries(samples, kvs, start, end):
-        """The block's queries, scaled, as (n, kv, G * Tq, d): one score product per kv head."""
+        """The block's queries, scaled, as (n, kv, G * Tq, d + 1): one score product per kv
+        head (the last column, the row constant, is set once the forward knows it)."""
         block = q5[samples, start:end, kvs].transpose(0, 2, 3, 1, 4)
-        scaled = np.multiply(block, scale, out=np.empty(block.shape, dtype))
-        return scaled.reshape(*scaled.shape[:2], -1, dim)
+        scaled = np.empty((*block.shape[:-1], dim + 1), dtype)
+        np.multiply(block, scale, out=scaled[..., :dim])
+        return scaled.reshape(*scaled.shape[:2], -1, dim + 1)
 
-    def exp_scores(samples, kvs, qb, start, end, keys, shift):
+    def exp_scores(samples, kvs, qb, start, end, keys, shifted):
         """exp(scores + masks - shift) of the block, key-major: probs[key, n, kv, g * query],
         so the softmax reduces over the first axis, which NumPy vectorises across whole rows
-        (about twice as fast as reducing many short last-axis rows). ``shift`` None subtracts
-        each row's max and returns it too."""
+        (about twice as fast as reducing many short last-axis rows). The shift is each row's
+        max, returned too, or when ``shifted`` the log-sum-exp in the queries' last column."""
+        used = slice(None) if shifted else slice(dim)
         scores = np.empty((keys, *qb.shape[:2], qb.shape[2]), dtype)
-        np.matmul(kt[samples, kvs, :, :keys].transpose(0, 1, 3, 2), qb.transpose(0, 1, 3, 2),
-                  out=scores.transpose(1, 2, 0, 3))
+        np.matmul(kt[samples, kvs, used, :keys].transpose(0, 1, 3, 2),
+                  qb[..., used].transpose(0, 1, 3, 2), out=scores.transpose(1, 2, 0, 3))
         bias = _block_bias(padding, mask, causal, samples, start, end, keys, dtype)
         if bias is not None:
             grouped = scores.reshape(keys, *qb.shape[:2], group, end - start)
             grouped += bias[:, :, None, None]
-        if shift is None:
-            shift = scores.max(axis=0)
-        scores -= shift
+        peak = None
+        if not shifted:
+            peak = scores.max(axis=0)
+            scores -= peak
         np.exp(scores, out=scores)
-        return scores, shift
+        return scores, peak
 
     saved = []
     for samples, kvs in head_blocks:
         for start, end, keys in query_blocks:
             qb = queries(samples, kvs, start, end)
-            probs, peak = exp_scores(samples, kvs, qb, start, end, keys, None)
+            probs, peak = exp_scores(samples, kvs, qb, start, end, keys, False)
             total = probs.sum(axis=0)
             keep = None
             if dropping:
@@ -125,19 +134,22 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
                     1 - dropout)
                 probs *= keep
             # the rows are normalised after the product, on (Tq, d) instead of (S, Tq)
-            out = probs.transpose(1, 2, 3, 0) @ vt[samples, kvs, :, :keys].transpose(0, 1, 3, 2)
+            out = probs.transpose(1, 2, 3, 0) @ vt[samples, kvs, :dim, :keys].transpose(0, 1, 3, 2)
             out /= total[..., None]
             width = end - start
             context[samples, start:end, kvs] = out.reshape(
                 *out.shape[:2], group, width, dim).transpose(0, 3, 1, 2, 4)
             np.log(total, out=total)
             total += peak  # the rows' log-sum-exp
-            saved.append((qb, total, keep))
+            np.negative(total, out=qb[..., dim])
+            saved.append((qb, keep))
 
     def backward(d_context):
         d_context = d_context.reshape(batch, steps, kv_heads, group, dim)
         # sum(d_probs * probs) of each row is d_context . context (as flash attention has it)
-        row_dots = np.einsum("ntkgd,ntkgd->nkgt", d_context, context)
+        # (einsum lays it out as its operands are, (n, t, kv, g): made (n, kv, g, t) so that a
+        # block's rows are contiguous and subtract from its scores at full speed)
+        row_dots = np.ascontiguousarray(np.einsum("ntkgd,ntkgd->nkgt", d_context, context))
         dq = np.empty((batch, steps, kv_heads, group, dim), dtype)
         several = len(query_blocks) > 1 or query_blocks[0][2] != keys_total
         # (N, S, KVH, d) like k and v, written through (N, KVH, S, d) views
@@ -147,40 +159,56 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         d_padding = np.zeros_like(padding) if padding_grad else None
         d_mask = np.zeros_like(mask) if mask_grad else None
         blocks = ((h, b) for h in head_blocks for b in query_blocks)
-        for ((samples, kvs), (start, end, keys)), (qb, log_sum, keep) in zip(blocks, saved):
+        for ((samples, kvs), (start, end, keys)), (qb, keep) in zip(blocks, saved):
             width = end - start
-            probs, _ = exp_scores(samples, kvs, qb, start, end, keys, log_sum)
+            probs, _ = exp_scores(samples, kvs, qb, start, end, keys, True)
             used = probs if keep is None else probs * keep
-            dcb = np.ascontiguousarray(
-                d_context[samples, start:end, kvs].transpose(0, 2, 3, 1, 4)).reshape(qb.shape)
-            if several:
-                dv[samples, kvs, :keys] += used.transpose(1, 2, 0, 3) @ dcb
+            # softmax backward: p * (dp - sum(dp * p)), the sum in the gradients' last column
+            # (when no dropout mask must scale dp first); masked positions have p = 0
+            dcb = np.empty(qb.shape, dtype)
+            grads = dcb.reshape(*qb.shape[:2], group, width, dim + 1)
+            grads[..., :dim] = d_context[samples, start:end, kvs].transpose(0, 2, 3, 1, 4)
+            dots = row_dots[samples, kvs, :, start:end]
+            if keep is None:
+                np.negative(dots, out=grads[..., dim])
             else:
-                np.matmul(used.transpose(1, 2, 0, 3), dcb, out=dv[samples, kvs])
+                grads[..., dim] = 0
+            if several:
+                dv[samples, kvs, :keys] += used.transpose(1, 2, 0, 3) @ dcb[..., :dim]
+            else:
+                np.matmul(used.transpose(1, 2, 0, 3), dcb[..., :dim], out=dv[samples, kvs])
             d_scores = np.empty_like(probs)  # key-major, like probs
             np.matmul(vt[samples, kvs, :, :keys].transpose(0, 1, 3, 2), dcb.transpose(0, 1, 3, 2),
                       out=d_scores.transpose(1, 2, 0, 3))
             if keep is not None:
                 d_scores *= keep
-            # softmax backward: p * (dp - sum(dp * p)); masked positions have p = 0
-            d_scores -= row_dots[samples, kvs, :, start:end].reshape(qb.shape[:3])
+                d_scores -= dots.reshape(qb.shape[:3])
             d_scores *= probs
             if padding_grad or mask_grad:
                 d_bias = d_scores.reshape(keys, *qb.shape[:2], group, width).sum(axis=(2, 3))
                 _accumulate_mask_grads(d_bias, d_padding, d_mask, samples, start, end, keys)
-            dqb = d_scores.transpose(1, 2, 3, 0) @ kt[samples, kvs, :, :keys].transpose(0, 1, 3, 2)
+            dqb = d_scores.transpose(1, 2, 3, 0) @ kt[samples, kvs, :dim, :keys].transpose(
+                0, 1, 3, 2)
             dq[samples, start:end, kvs] = dqb.reshape(
                 *dqb.shape[:2], group, width, dim).transpose(0, 3, 1, 2, 4)
             if several:
-                dk[samples, kvs, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb
+                dk[samples, kvs, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb[..., :dim]
             else:
-                np.matmul(d_scores.transpose(1, 2, 0, 3), qb, out=dk[samples, kvs])
+                np.matmul(d_scores.transpose(1, 2, 0, 3), qb[..., :dim], out=dk[samples, kvs])
         if scale != 1:
             dq *= scale
         return (dq.reshape(q.shape), dk_rows, dv_rows,
                 d_padding, d_mask)
 
     return context.reshape(batch, steps, heads, dim), backward
+
+
+def _with_ones_row(rows):
+    """``rows`` (..., d, S) copied into (..., d + 1, S), the last row ones."""
+    out = np.empty((*rows.shape[:-2], rows.shape[-2] + 1, rows.shape[-1]), rows.dtype)
+    out[..., :-1, :] = rows
+    out[..., -1, :] = 1
+    return out
 
 
 def _plan(batch, kv_heads, group, steps, keys_total, causal):
