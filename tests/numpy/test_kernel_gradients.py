@@ -638,6 +638,7 @@ def test_gradients_match_central_differences(name):
 # Public functions of the kernel modules that are not kernels (no `(out, backward)`).
 NOT_KERNELS = {
     "attention.rotary_tables",
+    "dense.column_sums",
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",
     "windows.kernel_offsets", "windows.offset_index", "windows.output_size", "windows.pad_spatial",

@@ -4,9 +4,12 @@ packed or separate projections, or LLaMA's q_proj/k_proj/v_proj/o_proj)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
+
+from nnspec.backends.numpy.kernels.dense import column_sums
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
 # about this many floats (512 KiB): a block's scores, probabilities and their gradients stay
@@ -144,17 +147,23 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             np.negative(total, out=qb[..., dim])
             saved.append((qb, keep))
 
-    def backward(d_context):
+    def backward(d_context, into=None):
+        """``into``: arrays shaped as q, k and v (views into one buffer, say) to write the
+        gradients to, instead of new ones."""
         d_context = d_context.reshape(batch, steps, kv_heads, group, dim)
         # sum(d_probs * probs) of each row is d_context . context (as flash attention has it)
         # (einsum lays it out as its operands are, (n, t, kv, g): made (n, kv, g, t) so that a
         # block's rows are contiguous and subtract from its scores at full speed)
         row_dots = np.ascontiguousarray(np.einsum("ntkgd,ntkgd->nkgt", d_context, context))
-        dq = np.empty((batch, steps, kv_heads, group, dim), dtype)
+        if into is None:
+            into = [np.empty(a.shape, dtype) for a in (q, k, v)]
+        dq_out, dk_rows, dv_rows = into
+        dq = dq_out.reshape(batch, steps, kv_heads, group, dim)
         several = len(query_blocks) > 1 or query_blocks[0][2] != keys_total
+        if several:  # key and value gradients gather over query blocks
+            dk_rows[...] = 0
+            dv_rows[...] = 0
         # (N, S, KVH, d) like k and v, written through (N, KVH, S, d) views
-        dk_rows = (np.zeros if several else np.empty)((batch, keys_total, kv_heads, dim), dtype)
-        dv_rows = (np.zeros if several else np.empty)((batch, keys_total, kv_heads, dim), dtype)
         dk, dv = dk_rows.transpose(0, 2, 1, 3), dv_rows.transpose(0, 2, 1, 3)
         d_padding = np.zeros_like(padding) if padding_grad else None
         d_mask = np.zeros_like(mask) if mask_grad else None
@@ -197,8 +206,7 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
                 np.matmul(d_scores.transpose(1, 2, 0, 3), qb[..., :dim], out=dk[samples, kvs])
         if scale != 1:
             dq *= scale
-        return (dq.reshape(q.shape), dk_rows, dv_rows,
-                d_padding, d_mask)
+        return dq_out, dk_rows, dv_rows, d_padding, d_mask
 
     return context.reshape(batch, steps, heads, dim), backward
 
@@ -306,11 +314,17 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
     bq = None if bq is None else bq * scale
     x_rows = x.reshape(-1, embed)
     src_rows = source.reshape(-1, source.shape[-1])
-    if memory is None and nq == nk == nv == "in_proj_weight":  # one GEMM for q, k and v
-        qkv = x_rows @ np.concatenate([wq, wk, wv]).T
-        if bq is not None:
-            qkv += np.concatenate([bq, bk, bv])
-        q, k, v = (qkv[:, i * embed:(i + 1) * embed] for i in range(3))
+    projections = ((wq, bq, nq, sq, scale), (wk, bk, nk, sk, 1), (wv, bv, nv, sv, 1))
+    if memory is None:  # one product for q, k and v forward, and one for each gradient back
+        stacked = np.concatenate([wq, wk, wv])
+        ends = np.cumsum([0, len(wq), len(wk), len(wv)])
+        spans = [slice(start, end) for start, end in itertools.pairwise(ends)]
+        has_bias = [b is not None for b in (bq, bk, bv)]
+        qkv = x_rows @ stacked.T
+        if any(has_bias):
+            qkv += np.concatenate([b if b is not None else np.zeros(len(w), w.dtype)
+                                   for w, b in ((wq, bq), (wk, bk), (wv, bv))])
+        q, k, v = (qkv[:, span] for span in spans)
     else:
         q, k, v = (_linear(rows, w, b) for rows, w, b in ((x_rows, wq, bq), (src_rows, wk, bk),
                                                          (src_rows, wv, bv)))
@@ -331,22 +345,42 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
         grads = {}
         _weight_grads(grads, no, None, dy_rows, context_rows, bo is not None)
         d_context = (dy_rows @ wo).reshape(batch, steps, heads, head_dim)
-        dq, dk, dv, d_padding, d_mask = attend_back(d_context)
-        if rope_theta is not None:
-            (dq,) = q_rope_back(dq)
-            (dk,) = k_rope_back(dk)
+        if memory is None:
+            dx, mask_grads = self_attention_backward(grads, d_context)
+            return dx, None, grads, *mask_grads
+        dq, dk, dv, *mask_grads = attend_back(d_context)
+        dq, dk = unrotate(dq, dk)
         dq, dk, dv = (d.reshape(-1, d.shape[2] * head_dim) for d in (dq, dk, dv))
         dx = dq @ wq
         d_source = dk @ wk
         d_source += dv @ wv
-        for d, rows, name, part, b, factor in (
-                (dq, x_rows, nq, sq, bq, scale), (dk, src_rows, nk, sk, bk, 1),
-                (dv, src_rows, nv, sv, bv, 1)):
+        for d, rows, (_, b, name, part, factor) in zip((dq, dk, dv), (x_rows, src_rows, src_rows),
+                                                       projections):
             _weight_grads(grads, name, part, d, rows, b is not None, weights, factor)
-        if memory is None:
-            dx += d_source
-            return dx.reshape(x.shape), None, grads, d_padding, d_mask
-        return dx.reshape(x.shape), d_source.reshape(memory.shape), grads, d_padding, d_mask
+        return dx.reshape(x.shape), d_source.reshape(memory.shape), grads, *mask_grads
+
+    def self_attention_backward(grads, d_context):
+        """dx and the masks' gradients, with the projections' gradients (into `grads`) from
+        one product each over [dq, dk, dv]."""
+        d_qkv = np.empty(qkv.shape, qkv.dtype)
+        parts = [d_qkv[:, span].reshape(a.shape) for span, a in zip(spans, (q, k, v))]
+        if rope_theta is None:  # straight into their columns
+            mask_grads = attend_back(d_context, into=parts)[3:]
+        else:
+            dq, dk, dv, *mask_grads = attend_back(d_context)
+            for part, d in zip(parts, (*unrotate(dq, dk), dv)):
+                part[...] = d
+        d_weight = d_qkv.T @ x_rows
+        d_bias = column_sums(d_qkv) if any(has_bias) else None
+        for span, (_, b, name, part, factor) in zip(spans, projections):
+            _store_grads(grads, name, part, d_weight[span],
+                         None if b is None else d_bias[span], weights, factor)
+        return (d_qkv @ stacked).reshape(x.shape), mask_grads
+
+    def unrotate(dq, dk):
+        if rope_theta is None:
+            return dq, dk
+        return q_rope_back(dq)[0], k_rope_back(dk)[0]
 
     return y.reshape(batch, steps, embed), backward
 
@@ -359,23 +393,27 @@ def _linear(rows, weight, bias):
 
 
 def _weight_grads(grads, name, rows, d_out, inputs, has_bias, weights=None, factor=1):
+    """A projection's weight and bias gradients, stored as `_store_grads` does."""
+    _store_grads(grads, name, rows, d_out.T @ inputs,
+                 column_sums(d_out) if has_bias else None, weights, factor)
+
+
+def _store_grads(grads, name, rows, d_weight, d_bias, weights, factor):
     """A projection's weight and bias gradients (times `factor`, a scale folded into the
     projection) under its parameter names: `q_proj.weight` and `q_proj.bias`,
     `q_proj_weight`, or `rows` of the packed `in_proj_weight`; the biases of
     nn.MultiheadAttention's projections are `rows` of `in_proj_bias`."""
-    d_weight = d_out.T @ inputs
-    d_bias = d_out.sum(axis=0) if has_bias else None
     if factor != 1:
-        d_weight *= factor
+        d_weight = d_weight * factor
         d_bias = None if d_bias is None else d_bias * factor
     if rows is None:
         grads[f"{name}.weight"] = d_weight
-        if has_bias:
+        if d_bias is not None:
             grads[f"{name}.bias"] = d_bias
         return
     if name == "in_proj_weight":
         grads.setdefault(name, np.zeros_like(weights[name]))[rows] = d_weight
     else:
         grads[name] = d_weight
-    if has_bias:
+    if d_bias is not None:
         grads.setdefault("in_proj_bias", np.zeros_like(weights["in_proj_bias"]))[rows] = d_bias

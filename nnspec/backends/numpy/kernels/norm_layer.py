@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from nnspec.backends.numpy.kernels.dense import column_sums
+
 
 def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
     """Normalise each sample over its last ``normalized_ndim`` axes (biased variance).
@@ -59,7 +61,7 @@ def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
         dweight = None if weight is None else (
             np.einsum("ij,ij->j", dy_rows, x_hat).reshape(weight.shape))
         dbias = None if bias is None else (
-            np.ones(len(dy_rows), dy_rows.dtype) @ dy_rows).reshape(bias.shape)
+            column_sums(dy_rows)).reshape(bias.shape)
         return dx.reshape(shape), dweight, dbias
 
     return y.reshape(shape), backward
