@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import os
 import random
 import re
 import resource
@@ -152,7 +153,15 @@ def minimise(text: str, options: dict | None, wanted: str, budget: float,
 
 
 def _limit_memory(limit: int) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    """Let the worker grow by `limit` over the address space it was forked with, its
+    parent's: a test process that has loaded torch and run the kernel tests already maps
+    about 1.7 GiB, which an absolute 2 GiB limit left no room above (every input hit it)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # no /proc: the limit counts from nothing
+        mapped = 0
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + limit, mapped + limit))
 
 
 def _send(conn, message) -> None:
