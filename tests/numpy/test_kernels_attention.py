@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnspec.backends.numpy.kernels import attention as attention_kernels
-from nnspec.backends.numpy.kernels.attention import CAUSAL_BLOCK, attention, rope
+from nnspec.backends.numpy.kernels.attention import (
+    CAUSAL_BLOCK,
+    attention,
+    rope,
+    scaled_dot_product,
+)
 from nnspec.backends.numpy.kernels.norm_layer import layer_norm
 from nnspec.backends.numpy.kernels.norm_rms import rms_norm
 from tests.numpy.helpers import F, as_torch, assert_close, torch
@@ -115,6 +120,34 @@ def test_attention_over_several_query_blocks_matches_torch(masks, monkeypatch):
     monkeypatch.setattr(attention_kernels, "SCORE_BLOCK_FLOATS", 1)
     check_self_attention(2, 2 * CAUSAL_BLOCK + 7, 2, 3, False, True)
     check_cross_attention(5, masks, True, steps=2 * CAUSAL_BLOCK + 7)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_recomputed_probabilities_give_the_kept_ones_gradients(causal, dropout, monkeypatch):
+    """Past KEPT_PROBABILITIES_KEYS keys the backward recomputes the probabilities (from the
+    rows' log-sum-exps) instead of keeping them: every gradient must come out the same, with
+    grouped heads, both float masks and attention dropout, over several blocks."""
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 70, 4, 3)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 70, 2, 3)).astype(np.float32) for _ in range(2))
+    padding = rng.standard_normal((2, 70)).astype(np.float32)
+    mask = rng.standard_normal((70, 70)).astype(np.float32)
+    probe = rng.standard_normal(q.shape).astype(np.float32)
+    monkeypatch.setattr(attention_kernels, "SCORE_BLOCK_FLOATS", 1)
+
+    def run(kept_keys):
+        monkeypatch.setattr(attention_kernels, "KEPT_PROBABILITIES_KEYS", kept_keys)
+        out, backward = scaled_dot_product(q, k, v, padding, mask, causal=causal,
+                                           dropout=dropout, train=True,
+                                           rng=np.random.default_rng(0))
+        return out, backward(probe)
+
+    kept_out, kept_grads = run(70)
+    out, grads = run(0)
+    np.testing.assert_allclose(out, kept_out, rtol=1e-5, atol=1e-6)  # normalised apart
+    for grad, kept in zip(grads, kept_grads):  # float32 sums in another order
+        np.testing.assert_allclose(grad, kept, rtol=1e-5, atol=1e-6 * np.abs(kept).max())
 
 
 def check_cross_attention(kdim, masks, per_sample_mask, steps):

@@ -14,10 +14,16 @@ from nnspec.backends.numpy.kernels.dense import column_sums
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
 # about this many floats (512 KiB): a block's scores, probabilities and their gradients stay
 # in the core's cache across the half-dozen passes over them. 2^16 to 2^18 measured within
-# 10% of it from T 64 to 512, smaller and larger blocks up to 35% slower. The backward
-# recomputes the probabilities from the saved rows' log-sum-exps (as flash attention does)
-# instead of keeping every probability matrix, the largest thing a long sequence would hold.
+# 10% of it from T 64 to 512, smaller and larger blocks up to 35% slower. Past
+# KEPT_PROBABILITIES_KEYS keys the backward recomputes the probabilities from the saved rows'
+# log-sum-exps (as flash attention does) instead of keeping every probability matrix, the
+# largest thing a long sequence would hold.
 SCORE_BLOCK_FLOATS = 1 << 17
+# Up to this many keys the forward keeps its probabilities for the backward instead: there a
+# head's score products are too small for BLAS to redo them cheaply (recomputing measured
+# 1.2-1.4x slower at 32-64 keys, 0.9x at 128), and the probabilities take no more memory than
+# the layer's queries, keys and values do at a head size of 32.
+KEPT_PROBABILITIES_KEYS = 64
 # Causal attention takes its queries CAUSAL_BLOCK at a time, each block against the keys up
 # to its last query only: at T 512 that skips 44% of the score products and softmax passes,
 # which a full masked score matrix would compute and then throw away.
@@ -95,6 +101,7 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     q5 = q.reshape(batch, steps, kv_heads, group, dim)
     head_blocks, query_blocks = _plan(batch, kv_heads, group, steps, keys_total, causal)
     dropping = train and dropout > 0
+    keep_probs = keys_total <= KEPT_PROBABILITIES_KEYS
     context = np.empty((batch, steps, kv_heads, group, dim), dtype)
 
     def queries(samples, kvs, start, end):
@@ -131,21 +138,24 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             qb = queries(samples, kvs, start, end)
             probs, peak = exp_scores(samples, kvs, qb, start, end, keys, False)
             total = probs.sum(axis=0)
+            if keep_probs:  # normalised for the backward
+                probs *= 1 / total
             keep = None
+            used = probs
             if dropping:
                 keep = (rng.random(probs.shape, dtype=np.float32) >= dropout) / dtype.type(
                     1 - dropout)
-                probs *= keep
-            # the rows are normalised after the product, on (Tq, d) instead of (S, Tq)
-            out = probs.transpose(1, 2, 3, 0) @ vt[samples, kvs, :dim, :keys].transpose(0, 1, 3, 2)
-            out /= total[..., None]
+                used = probs * keep if keep_probs else np.multiply(probs, keep, out=probs)
+            out = used.transpose(1, 2, 3, 0) @ vt[samples, kvs, :dim, :keys].transpose(0, 1, 3, 2)
+            if not keep_probs:  # normalised after the product, on (Tq, d) instead of (S, Tq)
+                out /= total[..., None]
             width = end - start
             context[samples, start:end, kvs] = out.reshape(
                 *out.shape[:2], group, width, dim).transpose(0, 3, 1, 2, 4)
             np.log(total, out=total)
             total += peak  # the rows' log-sum-exp
             np.negative(total, out=qb[..., dim])
-            saved.append((qb, keep))
+            saved.append((qb, keep, probs if keep_probs else None))
 
     def backward(d_context, into=None):
         """``into``: arrays shaped as q, k and v (views into one buffer, say) to write the
@@ -168,9 +178,10 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         d_padding = np.zeros_like(padding) if padding_grad else None
         d_mask = np.zeros_like(mask) if mask_grad else None
         blocks = ((h, b) for h in head_blocks for b in query_blocks)
-        for ((samples, kvs), (start, end, keys)), (qb, keep) in zip(blocks, saved):
+        for ((samples, kvs), (start, end, keys)), (qb, keep, probs) in zip(blocks, saved):
             width = end - start
-            probs, _ = exp_scores(samples, kvs, qb, start, end, keys, True)
+            if probs is None:
+                probs, _ = exp_scores(samples, kvs, qb, start, end, keys, True)
             used = probs if keep is None else probs * keep
             # softmax backward: p * (dp - sum(dp * p)), the sum in the gradients' last column
             # (when no dropout mask must scale dp first); masked positions have p = 0
