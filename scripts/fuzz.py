@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", default=None, help="default: a fresh one (printed)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--time-limit", type=float, default=10.0, help="seconds per input")
-    parser.add_argument("--memory", type=int, default=3072, help="MiB of address space per "
-                        "worker")
+    parser.add_argument("--memory", type=int, default=3072, help="MiB of address space a "
+                        "worker may add to what it was forked with")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop starting new inputs after this long")
     parser.add_argument("--replay", action="store_true", help="only replay the saved cases")
