@@ -40,6 +40,16 @@ def _project_state(recurrent, state, zero, out):
         np.matmul(recurrent, state, out=out)
 
 
+def _state_grad(d_state, recurrent_weight_t, d_next_projection, out):
+    """out = the gradient reaching a step's state: the output's own, plus (before the last
+    step, ``d_next_projection`` not None) what the next step's recurrent projection sends."""
+    if d_next_projection is None:
+        np.copyto(out, d_state)
+    else:
+        np.matmul(recurrent_weight_t, d_next_projection, out=out)
+        out += d_state
+
+
 def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start):
     """LSTM recurrence with internal gate order (o, i, f, g): the sigmoid gates first."""
     steps, gate_rows, batch = pre.shape
@@ -184,11 +194,10 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
         carried = np.empty((hidden, batch), dtype)
         for t in reversed(range(steps)):
             dh = dhs[t]
-            if t == steps - 1:
-                np.copyto(dh, d_states[t])
-            else:
-                np.matmul(recurrent_weight_t, d_projections[t + 1], out=dh)
-                dh += d_states[t]
+            last = t == steps - 1
+            _state_grad(d_states[t], recurrent_weight_t, None if last else d_projections[t + 1],
+                        dh)
+            if not last:
                 np.multiply(updates[t + 1], dhs[t + 1], out=carried)
                 dh += carried
             np.multiply(dh, dh_dr[t], out=d_r[t])
@@ -222,11 +231,8 @@ def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity, start
         d_pre = pre  # the backward runs once; the input projection is no longer needed
         for t in reversed(range(steps)):
             grad = d_pre[t]
-            if t == steps - 1:
-                np.copyto(grad, d_states[t])
-            else:
-                np.matmul(recurrent_weight_t, d_pre[t + 1], out=grad)
-                grad += d_states[t]
+            _state_grad(d_states[t], recurrent_weight_t, None if t == steps - 1 else d_pre[t + 1],
+                        grad)
             grad *= slope[t]
         d_start = (recurrent_weight_t @ d_pre[0],) if start else ()
         d_pre = (d_pre,)
