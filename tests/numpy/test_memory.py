@@ -64,9 +64,9 @@ def growth_per_layer(text: str, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_a_dense_gelu_layer_keeps_two_activations():
-    """dense keeps its input, gelu its input (its output is the next dense's input): what
-    torch's autograd saves for the same layers. Keeping every forward value, and gelu's
-    own Phi(x) and x^2/2, was 4."""
+    """dense keeps its input, gelu its slope (its output is the next dense's input): as many
+    as torch's autograd saves for the same layers (it keeps gelu's input). Keeping every
+    forward value, and gelu's own Phi(x) and x^2/2, was 4."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((512, 256)).astype(np.float32)
     y = rng.integers(0, 10, 512)

@@ -230,12 +230,13 @@ class NumpyModel:
         release = None if keep is None else self._release_plan(graph, skip, keep)
         params = self.buffer.params
         # a value needs a gradient when it depends on a trainable parameter or on an input
-        # whose gradient is wanted; a node is told whether any of its inputs does
+        # whose gradient is wanted, and a run is recorded; a node is told whether any of its
+        # inputs does
         needs_grad = dict.fromkeys(graph.inputs, input_grads)
         for index, node in enumerate(graph.nodes):
             if node.op == "input" or node.name in skip:
                 continue
-            ctx.input_grad = any(needs_grad.get(i, False) for i in node.inputs)
+            ctx.input_grad = record and any(needs_grad.get(i, False) for i in node.inputs)
             needs_grad[node.name] = ctx.input_grad or any(full in params
                                                           for full in node.params.values())
             local = {k: params[full] if full in params else self.buffers[full]

@@ -18,9 +18,9 @@ class Context:
     rng: np.random.Generator
     buffers: dict[str, np.ndarray]  # batchnorm running statistics, updated in place
     # False while running a node none of whose inputs needs a gradient (none depends on a
-    # trainable parameter or on an input whose gradient is wanted): a kernel that takes
-    # `input_grad` is told, and skips its input gradient (a first convolution's costs as much
-    # as its weight gradient)
+    # trainable parameter or on an input whose gradient is wanted, or the run is not recorded):
+    # a kernel that takes `input_grad` is told, and skips its input gradient (a first
+    # convolution's costs as much as its weight gradient) and what only that would read
     input_grad: bool = True
 
 
