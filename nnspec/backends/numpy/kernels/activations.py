@@ -144,13 +144,13 @@ def gelu(x, *, approximate="none", input_grad=True):
     return out, backward
 
 
-# GELU runs over blocks of this many values: a block's few temporaries stay in the core's
-# cache, and none is the size of the whole activation (a transformer's largest)
-_GELU_BLOCK = 1 << 16
+# GELU and SiLU run over blocks of this many values: a block's few temporaries stay in the
+# core's cache, and none is the size of the whole activation (a transformer's largest)
+_BLOCK = 1 << 16
 
 
 def _blocks(size):
-    return (slice(start, start + _GELU_BLOCK) for start in range(0, size, _GELU_BLOCK))
+    return (slice(start, start + _BLOCK) for start in range(0, size, _BLOCK))
 
 
 def _normal_cdf_exact(x):
@@ -255,16 +255,30 @@ def relu6(x):
     return out, backward
 
 
-def silu(x):
-    s = _sigmoid(x)
-    out = x * s
+def silu(x, *, input_grad=True):
+    """x * sigmoid(x). Like GELU it runs over cache-sized blocks, and while training the forward
+    writes the slope s (1 + x (1 - s)) from the block it has in cache, so that the backward is
+    one product. ``input_grad`` False skips the slope."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    slope = np.empty_like(x) if input_grad else None
+    flat, out_flat = x.reshape(-1), out.reshape(-1)
+    slope_flat = None if slope is None else slope.reshape(-1)
+    for block in _blocks(x.size):
+        _silu_block(flat[block], out_flat[block], None if slope is None else slope_flat[block])
 
     def backward(d_out):
-        slope = 1 - s
-        slope *= x
-        slope += 1
-        slope *= s
-        slope *= d_out
-        return (slope,)
+        if slope is None:
+            return (None,)
+        return (np.multiply(d_out, slope, out=slope),)
 
     return out, backward
+
+
+def _silu_block(x, out, slope):
+    s = _sigmoid(x)
+    np.multiply(x, s, out=out)
+    if slope is not None:  # s + x s (1 - s) = s + out (1 - s)
+        np.subtract(1, s, out=slope)
+        slope *= out
+        slope += s
