@@ -1,8 +1,9 @@
 """Root-mean-square normalisation (torch.nn.RMSNorm, LLaMA's RMSNorm).
 
 As in layer norm, the row statistics are `einsum` row dots (one pass each, no squared
-temporary) and every broadcast product writes into an `empty_like` array: 3x faster than
-NumPy's `mean(square(x))` and fresh broadcast results (a mini-LLaMA step's norms 40 -> 13 ms).
+temporary) and every broadcast product writes into an `empty_like` array: forward and
+backward over 2,048 x 256 values 5.8 -> 3.9 ms against `mean(square(x))` and fresh broadcast
+results (a mini-LLaMA step's norms 40 -> 31 ms).
 """
 
 from __future__ import annotations
