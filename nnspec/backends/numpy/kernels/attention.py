@@ -142,10 +142,10 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         scores = np.empty((keys, *qb.shape[:2], qb.shape[2]), dtype)
         np.matmul(kt[samples, kvs, used, :keys].transpose(0, 1, 3, 2),
                   qb[..., used].transpose(0, 1, 3, 2), out=scores.transpose(1, 2, 0, 3))
-        bias = _block_bias(padding, mask, causal, samples, start, end, keys, dtype)
+        bias, first = _block_bias(padding, mask, causal, samples, start, end, keys, dtype)
         if bias is not None:
             grouped = scores.reshape(keys, *qb.shape[:2], group, end - start)
-            grouped += bias[:, :, None, None]
+            grouped[first:] += bias[:, :, None, None]
         peak = None
         if not shifted:
             peak = scores.max(axis=0)
@@ -271,10 +271,14 @@ def _plan(batch, kv_heads, group, steps, keys_total, causal):
 
 
 def _block_bias(padding, mask, causal, samples, start, end, keys, dtype):
-    """What is added to a block's scores, (keys, n or 1, queries); None when nothing is."""
+    """What is added to a block's scores from key ``first`` on, as ``(bias (keys - first, n
+    or 1, queries), first)``; (None, 0) when nothing is. A causal mask alone hides no key
+    before the block's first query, so it covers the keys from there only."""
+    first = start if causal and mask is None and padding is None else 0
     terms = []
     if causal:  # key j is hidden from query start + c when j > start + c
-        terms.append(np.tril(np.full((keys, end - start), -np.inf, dtype), -start - 1)[:, None])
+        terms.append(np.tril(np.full((keys - first, end - start), -np.inf, dtype),
+                             first - start - 1)[:, None])
     if mask is not None:
         block = mask[..., start:end, :keys]
         terms.append(block.T[:, None] if block.ndim == 2 else block[samples].transpose(2, 0, 1))
@@ -282,11 +286,11 @@ def _block_bias(padding, mask, causal, samples, start, end, keys, dtype):
         block = padding[..., :keys]
         terms.append(block[:, None, None] if block.ndim == 1 else block[samples].T[:, :, None])
     if not terms:
-        return None
+        return None, 0
     bias = terms[0]
     for term in terms[1:]:
         bias = bias + term
-    return bias
+    return bias, first
 
 
 def _accumulate_mask_grads(d_bias, d_padding, d_mask, samples, start, end, keys):
