@@ -70,9 +70,11 @@ def rope(x, *, theta):
     return out.reshape(shape), backward
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=4)
 def _rope_tables(steps, heads, dim, theta, dtype):
-    """cos and sin over (T, heads, d), flat, and rotate_half as a (d, d) matrix: x @ turn."""
+    """cos and sin over (T, heads, d), flat, and rotate_half as a (d, d) matrix: x @ turn.
+    A model's queries and keys take two entries (heads and kv heads); the cache stays small
+    because the tables grow with T * heads * d."""
     cos, sin = rotary_tables(steps, dim, theta, dtype)
     cos, sin = (np.repeat(t[:, None, :], heads, axis=1).reshape(-1) for t in (cos, sin))
     half = dim // 2
