@@ -11,9 +11,10 @@ against the machine's float32 GEMM rate, measured first. FLOPs per step are coun
 3 x 2 x MACs x batch (forward, then input and weight gradients), from `nnspec summary`'s MACs.
 
 Run: python bench/bench_real.py [--repeats 7] [--block 5] [--only resnet] [--batches 8,64,256]
-[--lengths 32,64,128,256,512] [--memory-only]
+[--lengths 32,64,128,256,512] [--memory-only] [--variants]
 (`--batches` times every chosen workload at each batch size instead of its own, `--lengths`
-every sequence workload at each length, to show how the step time grows.)
+every sequence workload at each length, to show how the step time grows; `--variants` times
+VARIANTS instead, other widths, depths, head sizes and lengths of the same kinds.)
 `BENCH_THREADS` (default 2) is the thread count of both backends, NumPy's BLAS included; on a
 busy machine use 1, as multithreaded runs then mostly measure spin-waiting.
 Ratios from interleaved blocks in one process are steadier than absolute times (which move
@@ -61,6 +62,42 @@ WORKLOADS = [
     Workload("char GRU LM T64 H256", "char_gru_lm.nn", 32, vocab=65, length="ctx"),
     Workload("U-Net 1x64x64 16/32/64 (tconv, upsample)", "unet_small.nn", 8),
     Workload("LeNet-5 1x28x28", "lenet5.nn", 64),
+]
+
+# The same kinds at other widths, depths, head sizes, lengths and batches (`--variants`): a
+# speed-up that only the configurations above get, or a cliff elsewhere, shows here. The
+# LSTM, the LLaMA-style decoder and the ImageNet-style stem are kinds WORKLOADS lacks.
+VARIANTS = [
+    Workload("char LSTM LM T64 H256", "char_lstm_lm.nn", 32, vocab=65, length="ctx"),
+    Workload("char LSTM LM 2 layers T128 H512 b16", "char_lstm_lm.nn", 16, vocab=65,
+             hyper={"ctx": 128, "hidden": 512, "layers": 2}),
+    Workload("char GRU LM T128 H512 b64", "char_gru_lm.nn", 64, vocab=65,
+             hyper={"ctx": 128, "hidden": 512}),
+    Workload("char GRU LM T32 H128 b128", "char_gru_lm.nn", 128, vocab=65,
+             hyper={"ctx": 32, "hidden": 128}),
+    Workload("ViT d192 h3 (head 64) L6 T65", "vit_encoder.nn", 32,
+             hyper={"d": 192, "heads": 3, "layers": 6, "patches": 65}),
+    Workload("ViT d256 h8 L4 T196 b16", "vit_encoder.nn", 16,
+             hyper={"d": 256, "heads": 8, "patches": 196}),
+    Workload("ViT d64 h2 L2 T16 b64", "vit_encoder.nn", 64,
+             hyper={"d": 64, "heads": 2, "layers": 2, "patches": 16}),
+    Workload("GPT d256 h8 L4 T128 b16", "tiny_gpt.nn", 16, vocab=65,
+             hyper={"d": 256, "heads": 8, "ctx": 128}),
+    Workload("GPT d384 h6 L2 T256 b8", "tiny_gpt.nn", 8, vocab=65,
+             hyper={"d": 384, "heads": 6, "layers": 2, "ctx": 256}),
+    Workload("GPT d64 h4 (head 16) L2 T100", "tiny_gpt.nn", 32, vocab=65,
+             hyper={"d": 64, "heads": 4, "layers": 2, "ctx": 100}),
+    Workload("mini LLaMA d256 h8/kv2 L4 T128 b16", "mini_llama.nn", 16, vocab=256,
+             length="ctx"),
+    Workload("ResNet 32/64/128 2 blocks/stage", "resnet_wide.nn", 32),
+    Workload("ResNet 16/32/64 2 blocks/stage 64x64 b16", "resnet_wide.nn", 16,
+             hyper={"w": 16, "size": 64}),
+    Workload("ResNet 8/16/32 2 blocks/stage b128", "resnet_wide.nn", 128, hyper={"w": 8}),
+    Workload("7x7/2 stem, 3x3/2 max pool, 5x5 64x64", "stem_net.nn", 32),
+    Workload("MobileNetV2-style b8", "mobilenet_cifar.nn", 8),
+    Workload("MobileNetV2-style b128", "mobilenet_cifar.nn", 128),
+    Workload("U-Net 8/16/32 1x32x32 b32", "unet_small.nn", 32, hyper={"width": 8, "size": 32}),
+    Workload("U-Net 32/64/128 1x64x64 b4", "unet_small.nn", 4, hyper={"width": 32}),
 ]
 
 
@@ -231,6 +268,8 @@ def main():
     parser.add_argument("--batches", default="", help="comma-separated batch sizes to sweep")
     parser.add_argument("--lengths", default="",
                         help="comma-separated sequence lengths to sweep (sequence workloads)")
+    parser.add_argument("--variants", action="store_true",
+                        help="time VARIANTS (other sizes of the same kinds) instead")
     args = parser.parse_args()
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
@@ -244,7 +283,7 @@ def main():
           "clear_refs), one process per backend")
     print(f"{'workload':<40}{'numpy ms':>9}{'torch ms':>9}{'ratio':>7}"
           f"{'np MiB':>8}{'pt MiB':>8}{'np GF/s':>8}{'pt GF/s':>8}{'% GEMM':>7}")
-    chosen = [w for w in WORKLOADS
+    chosen = [w for w in (VARIANTS if args.variants else WORKLOADS)
               if any(part in w.name.lower() for part in args.only.lower().split("|"))]
     if args.batches:
         chosen = [dataclasses.replace(w, name=f"{w.name} b{batch}", batch=batch)
