@@ -47,7 +47,8 @@ def rope(x, *, theta):
 
     rotate_half is one product with a signed permutation (d x d) over all rows, and the
     tables span (T, heads, d), so that every pass runs over whole samples: slicing halves of
-    32-wide heads made NumPy walk 16-value runs (3.2 -> 0.9 ms for a mini-LLaMA's queries)."""
+    32-wide heads made NumPy walk 16-value runs (queries' and keys' rope in a mini-LLaMA
+    training step, forward and backward: 25 -> 16 ms)."""
     batch, steps, heads, dim = x.shape
     if dim % 2:
         raise ValueError(f"rotary embeddings need an even head size, got {dim}")
