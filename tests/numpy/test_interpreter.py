@@ -84,6 +84,32 @@ def test_input_gradients_after_a_recorded_forward():
     np.testing.assert_allclose(model.input_grads["x"], tx.grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_only_a_recorded_run_tells_kernels_their_inputs_need_a_gradient(monkeypatch):
+    """Evaluation and sampling run unrecorded: kernels that take `input_grad` (GELU's slope,
+    a convolution's input gradient) skip what only a backward would read."""
+    model = _model("""
+model M {
+  input x: [6]
+  x -> dense(8) -> gelu -> dense(3)
+}
+train M { loss cross_entropy }
+""")
+    told = []
+    rule = RULES["gelu"]
+
+    def spying(node, ins, params, ctx):
+        told.append(ctx.input_grad)
+        return rule(node, ins, params, ctx)
+
+    monkeypatch.setitem(RULES, "gelu", spying)
+    x = np.random.default_rng(5).standard_normal((4, 6)).astype(np.float32)
+    evaluated = model.forward(x)
+    model.loss(x, np.array([0, 1, 2, 0]))
+    recorded = model.forward(x, record=True)
+    assert told == [False, True, True]
+    np.testing.assert_array_equal(evaluated, recorded)
+
+
 TIED = """
 model Tied(vocab = 11, d = 8) {
   input tokens: int[5]

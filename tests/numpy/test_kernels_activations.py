@@ -131,3 +131,15 @@ def test_gelu_is_closer_to_the_true_value_than_torchs():
 def test_gelu_rejects_unknown_approximation():
     with pytest.raises(ValueError, match="approximate"):
         act.gelu(np.zeros(2, np.float32), approximate="fast")
+
+
+@pytest.mark.parametrize("kernel", [act.gelu, act.silu])
+def test_told_no_input_needs_a_gradient_the_output_is_the_same_and_no_slope_is_made(kernel):
+    """GELU and SiLU write their slope in the forward only while training: told otherwise,
+    the output is bit for bit the training one and the backward has nothing to give."""
+    x = np.random.default_rng(4).standard_normal((300, 257)).astype(np.float32) * 3
+    trained, backward = kernel(x)
+    evaluated, no_backward = kernel(x, input_grad=False)
+    np.testing.assert_array_equal(evaluated, trained)
+    assert no_backward(np.ones_like(x)) == (None,)
+    assert backward(np.ones_like(x))[0].shape == x.shape
