@@ -213,15 +213,18 @@ def test_pooling_matches_torch(kind, nd, data):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("kernel", [2, 3])
 @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (3, 3)])
 @pytest.mark.parametrize("padding", [0, 1])
 @pytest.mark.parametrize("size", [6, 7])
-def test_max_pool_routes_ties_to_the_first_maximum_like_torch(stride, padding, size):
-    """Overlapping windows (stride 1), windows that tile the input (2x2 stride 2 on 6x6:
-    the gradient is written in place, nothing zeroed), that leave rows out (7x7) or gaps
-    (stride 3), with and without padding; zeros and ones make ties everywhere."""
+def test_max_pool_routes_ties_to_the_first_maximum_like_torch(kernel, stride, padding, size):
+    """Overlapping windows (2x2 stride 1; 3x3 stride 1 and 2, over stride phases), windows
+    that tile the input (2x2 stride 2 on 6x6: the gradient is written in place, nothing
+    zeroed), that leave rows out (7x7) or gaps (2x2 stride 3), with and without padding;
+    zeros and ones make ties everywhere."""
     x = np.random.default_rng(7).integers(0, 2, (2, 3, size, size)).astype(np.float32)
-    attrs = {"kernel": (2, 2), "stride": stride, "padding": ((padding, padding),) * 2}
+    attrs = {"kernel": (kernel, kernel), "stride": stride,
+             "padding": ((padding, padding),) * 2}
     check_pool_against_torch("max", 2, x, attrs)
 
 
