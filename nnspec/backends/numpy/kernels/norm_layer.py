@@ -30,12 +30,7 @@ def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
     with np.errstate(invalid="ignore"):
         means = rows @ averaging
     x_hat = np.subtract(rows, means[:, None], out=np.empty_like(rows))
-    var = np.einsum("ij,ij->i", x_hat, x_hat)
-    var *= 1 / size
-    var += eps
-    inv_std = np.sqrt(var, out=var)
-    np.reciprocal(inv_std, out=inv_std)
-    inv_std = inv_std[:, None]
+    inv_std = inverse_root_mean_square(x_hat, eps)
     x_hat *= inv_std
     if weight is None:
         y = x_hat.copy()
@@ -65,3 +60,14 @@ def layer_norm(x, weight, bias, *, normalized_ndim=1, eps=1e-5):
         return dx.reshape(shape), dweight, dbias
 
     return y.reshape(shape), backward
+
+
+def inverse_root_mean_square(rows, eps):
+    """1 / sqrt(mean(rows^2) + eps) of each row, as a (rows, 1) column: the scale of layer
+    norm (of centred rows) and of RMS norm."""
+    mean_square = np.einsum("ij,ij->i", rows, rows)
+    mean_square *= 1 / rows.shape[1]
+    mean_square += eps
+    inverse = np.sqrt(mean_square, out=mean_square)
+    np.reciprocal(inverse, out=inverse)
+    return inverse[:, None]

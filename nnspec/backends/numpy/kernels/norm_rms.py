@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnspec.backends.numpy.kernels.norm_layer import inverse_root_mean_square
+
 
 def rms_norm(x, weight, *, eps):
     """``x / sqrt(mean(x^2, last dim) + eps) * weight``; ``eps`` None is the float32 machine
@@ -18,12 +20,7 @@ def rms_norm(x, weight, *, eps):
         eps = float(np.finfo(x.dtype).eps)
     size = x.shape[-1]
     rows = x.reshape(-1, size)
-    mean_square = np.einsum("ij,ij->i", rows, rows)
-    mean_square *= 1 / size
-    mean_square += eps
-    inv_rms = np.sqrt(mean_square, out=mean_square)
-    np.reciprocal(inv_rms, out=inv_rms)
-    inv_rms = inv_rms[:, None]
+    inv_rms = inverse_root_mean_square(rows, eps)
     normed = np.multiply(rows, inv_rms, out=np.empty_like(rows))
     out = normed if weight is None else np.multiply(normed, weight, out=np.empty_like(normed))
 
