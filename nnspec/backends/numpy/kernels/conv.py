@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from .blas import add_product
 from .conv_depthwise import depthwise
 from .windows import (
     check_spatial,
@@ -179,9 +180,8 @@ def _summed_sample_products(dy_rows, columns):
     """The weight gradient of per-sample products, sum over samples of dy[s] @ columns[s].T,
     summed as it goes: no (N, O, C*K) temporary."""
     dweight = np.zeros((dy_rows.shape[1], columns.shape[1]), dtype=dy_rows.dtype)
-    term = np.empty_like(dweight)
     for dy_sample, sample_columns in zip(dy_rows, columns):
-        dweight += np.matmul(dy_sample, sample_columns.T, out=term)
+        add_product(dy_sample, sample_columns.T, dweight)
     return dweight
 
 
@@ -249,8 +249,7 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
     block = SHIFTED_BLOCK if channels >= SHIFTED_FEW_CHANNELS else \
         min(SHIFTED_BLOCK, SHIFTED_BLOCK_FEW_CHANNELS)
     y_frame = np.empty((out_channels, frame), dtype=x.dtype)
-    term = np.empty((out_channels, min(length, block)), dtype=x.dtype)
-    for first in range(0, length, block):  # a block of columns: a small term
+    for first in range(0, length, block):  # a block of columns stays in cache across taps
         end = min(first + block, length)
         y_rows = y_frame[:, first:end]
         for number, (source, start) in enumerate(reads):
@@ -258,7 +257,7 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
             if number == 0:
                 np.matmul(taps[0], window, out=y_rows)
             else:
-                y_rows += np.matmul(taps[number], window, out=term[:, :end - first])
+                add_product(taps[number], window, y_rows)
     valid = (slice(None), slice(None), *(slice(0, o) for o in out))
     y = np.ascontiguousarray(np.swapaxes(y_frame.reshape(out_channels, *frame_shape)[valid],
                                          0, 1))
@@ -280,67 +279,22 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         if not input_grad:
             return None, dweight, dbias
         del dy_frame, dy_columns
-        # zero columns before the frame (margin) and after it, to the input frame's length:
-        # every offset's slice lies inside when the gradient is gathered
-        margin = max(start for _, start in reads)
-        dy_rows = np.zeros((out_channels, margin + flat.shape[2]), dtype=dy.dtype)
-        dy_rows[:, margin:margin + frame].reshape(out_channels, *frame_shape)[
+        # the gradient on the frame, zero between the outputs, as (O, L) rows this time
+        dy_rows = np.zeros((out_channels, frame), dtype=dy.dtype)
+        dy_rows.reshape(out_channels, *frame_shape)[
             (slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
-        if out_channels <= UNFOLDED_INPUT_GRAD_MAX_OUT and \
-                channels >= UNFOLDED_INPUT_GRAD_MIN_RATIO * out_channels:
-            d_flat = _unfolded_input_grad(dy_rows, margin, taps, reads, flat.shape)
-            del dy_rows
-            dx = np.empty(x_shape, dtype=dy.dtype)
-            unframe(d_flat, np.swapaxes(dx, 0, 1))
-            return dx, dweight, dbias
-        dy_rows = dy_rows[:, margin:margin + frame]
         d_flat = np.zeros(flat.shape, dtype=dy.dtype)
-        term = np.empty((channels, min(length, block)), dtype=dy.dtype)
         for first in range(0, length, block):
             end = min(first + block, length)
             for number, (source, start) in enumerate(reads):
-                d_flat[source, :, start + first:start + end] += np.matmul(
-                    taps[number].T, dy_rows[:, first:end], out=term[:, :end - first])
+                add_product(taps[number].T, dy_rows[:, first:end],
+                            d_flat[source, :, start + first:start + end])
         del dy_rows  # freed before the copy out
         dx = np.empty(x_shape, dtype=dy.dtype)
         unframe(d_flat, np.swapaxes(dx, 0, 1))
         return dx, dweight, dbias
 
     return y, backward
-
-
-def _unfolded_input_grad(dy_rows, margin, taps, reads, flat_shape):
-    """The shifted path's input gradient gathered rather than scattered: position q of a
-    source (phase) frame receives weight_k.T @ dy[q - start_k] from each offset k reading
-    it, so a block of columns is one product (C, K*O) @ (K*O, block) over the K slices of
-    the output gradient copied one above the other (``dy_rows`` has ``margin`` zero columns
-    before the frame and zeros after it). At a few output channels the scattering products, inner
-    dimension O, each write a whole C-row term to add: measured 1.2-1.4x slower at O = 16
-    and C >= 32, even at O = C = 32; at O = C = 16 the gathered product is the slower."""
-    out_channels = dy_rows.shape[0]
-    d_flat = np.empty(flat_shape, dtype=dy_rows.dtype)
-    block = max(1, SHIFTED_BLOCK // 16)  # a stack of K*O rows, not K*O of the frame's size
-    for source in range(flat_shape[0]):
-        offsets = [(number, start) for number, (src, start) in enumerate(reads) if src == source]
-        if not offsets:
-            d_flat[source] = 0
-            continue
-        matrix = np.concatenate([taps[number].T for number, _ in offsets], axis=1)
-        stack = np.empty((len(offsets), out_channels, min(block, flat_shape[2])),
-                         dtype=dy_rows.dtype)
-        for first in range(0, flat_shape[2], block):
-            end = min(first + block, flat_shape[2])
-            for row, (_, start) in enumerate(offsets):
-                stack[row, :, :end - first] = dy_rows[:, margin - start + first:
-                                                      margin - start + end]
-            np.matmul(matrix, stack[:, :, :end - first].reshape(-1, end - first),
-                      out=d_flat[source, :, first:end])
-    return d_flat
-
-
-# where the input gradient is gathered (see _unfolded_input_grad)
-UNFOLDED_INPUT_GRAD_MAX_OUT = 16
-UNFOLDED_INPUT_GRAD_MIN_RATIO = 2
 
 
 def _shared_padding_periods(spatial, padding, kernel, dilation):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blas import add_product
 from .recurrent_cells import ACTIVATIONS, CELLS
 
 
@@ -260,10 +261,10 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
             block = slice(first, first + per_block)
             columns = slice(first * batch, (first + per_block) * batch)
             d_pre_rows = _feature_major_parts(d_pre, block)
-            d_input_weights += d_pre_rows @ input_rows[:, columns].T
+            add_product(d_pre_rows, input_rows[:, columns].T, d_input_weights)
             np.matmul(input_weights[:, :-1].T, d_pre_rows, out=d_input_rows[:, columns])
             d_recurrent_rows = d_pre_rows if same else _feature_major_parts(d_recurrent, block)
-            d_recurrent_weights += d_recurrent_rows @ _feature_major(previous[block]).T
+            add_product(d_recurrent_rows, _feature_major(previous[block]).T, d_recurrent_weights)
         d_input_weights = _to_torch_order(d_input_weights, order)
         d_recurrent_weights = _to_torch_order(d_recurrent_weights, order)
         return (

@@ -1,0 +1,87 @@
+"""Matrix products that add into their output, ``out += a @ b``: BLAS's gemm with beta = 1,
+which NumPy's matmul does not offer (it writes a fresh product, which a second pass then
+adds). A convolution summing one product per kernel offset saves a pass over its output per
+offset: a 16-channel 3x3 layer's forward 3.3 -> 1.4 ms at batch 32.
+
+The gemm is the CBLAS one of the OpenBLAS that NumPy's wheels ship (``scipy_cblas_sgemm64_``
+and ``..._dgemm64_``, 64-bit integers); where NumPy has another BLAS, or an operand's layout is
+not one BLAS takes, the product and the add are NumPy's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import os
+
+import numpy as np
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+# multiply-adds below which NumPy's product and add are the faster: the foreign call and its
+# pointers cost about 7 us, NumPy's 1 (a 16 x 16 by 16 x 1024 product: 13 us against 8; a
+# 16 x 6 by 6 x 8192 one, 0.8M multiply-adds: 33 against 40)
+SMALL_PRODUCT = 1 << 19
+
+
+@functools.cache
+def _gemms() -> dict:
+    """{dtype: cblas gemm} from NumPy's bundled scipy-openblas; empty when there is none."""
+    directory = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(directory, "libscipy_openblas64_*.so*"))):
+        try:
+            library = ctypes.CDLL(path)
+            functions = {np.dtype(np.float32): library.scipy_cblas_sgemm64_,
+                         np.dtype(np.float64): library.scipy_cblas_dgemm64_}
+        except (OSError, AttributeError):
+            continue
+        for dtype, function in functions.items():
+            scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+            index, pointer, enum = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+            function.argtypes = [enum, enum, enum, index, index, index, scalar, pointer,
+                                 index, pointer, index, scalar, pointer, index]
+            function.restype = None
+        return functions
+    return {}
+
+
+def accumulates() -> bool:
+    """Whether ``add_product`` runs as one BLAS call here."""
+    return bool(_gemms())
+
+
+def add_product(a, b, out):
+    """out += a @ b for 2-d arrays; ``out`` may be a strided view (a block of columns) but
+    must not share memory with ``a`` or ``b``."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m * n * k < SMALL_PRODUCT:  # also every empty one
+        if min(m, n, k) > 0:
+            out += a @ b
+        return
+    gemm = _gemms().get(out.dtype) if out.flags.writeable else None
+    layout_a, layout_b = _layout(a), _layout(b)
+    if gemm is None or a.dtype != out.dtype or b.dtype != out.dtype or layout_a is None \
+            or layout_b is None or _layout(out, transposable=False) is None:
+        out += a @ b
+        return
+    (trans_a, lda), (trans_b, ldb) = layout_a, layout_b
+    gemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
+         1.0, out.ctypes.data, out.strides[0] // out.itemsize)
+
+
+def _layout(matrix, transposable=True):
+    """(transpose flag, leading dimension) under which BLAS reads ``matrix`` row-major:
+    as it is when its rows are unit-stride runs, transposed when its columns are; None
+    when neither holds (or the leading dimension would not be a valid one)."""
+    if matrix.ndim != 2:
+        return None
+    rows, columns = matrix.shape
+    size = matrix.itemsize
+    row_stride, column_stride = matrix.strides
+    if column_stride == size and row_stride % size == 0 and row_stride >= size * max(1, columns):
+        return _NO_TRANS, row_stride // size
+    if transposable and row_stride == size and column_stride % size == 0 \
+            and column_stride >= size * max(1, rows):
+        return _TRANS, column_stride // size
+    return None
