@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nnspec.backends.numpy.kernels import blas
 from nnspec.backends.numpy.kernels import conv as conv_module
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
@@ -371,6 +372,9 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
 def test_each_stride_one_convolution_path_matches_torch(
         monkeypatch, nd, channels, out_channels, groups, kernel, dilation, padding, spatial,
         path):
+    # the paths as they are chosen where NumPy's product and add run the column-free sums
+    # (with BLAS adding them, every ungrouped convolution of 6 or more channels is shifted)
+    monkeypatch.setattr(conv_module, "accumulates", lambda: False)
     taken = []
     for name, function in [("shifted", "_shifted"), ("flipped", "_unit_stride_input_grad"),
                            ("col2im", "_unit_stride_col2im"),
@@ -387,6 +391,27 @@ def test_each_stride_one_convolution_path_matches_torch(
     }
     check_conv_against_torch(nd, case)
     assert taken == [path]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("channels, stride, spatial", [
+    (168, (1, 1), (5, 6)), (96, (2, 2), (9, 8)), (40, (1, 1), (1, 1))])
+def test_with_blas_adding_products_wide_convolutions_take_the_column_free_path(
+        monkeypatch, channels, stride, spatial):
+    if not blas.accumulates():
+        pytest.skip("NumPy's BLAS here is not the OpenBLAS its wheels ship")
+    taken = []
+    original = conv_module._shifted
+    monkeypatch.setattr(conv_module, "_shifted",
+                        lambda *args: taken.append(True) or original(*args))
+    case = {
+        "batch": 3, "in_channels": channels, "out_channels": 8, "spatial": spatial,
+        "kernel": (3, 3), "has_bias": True,
+        "attrs": {"stride": stride, "padding": ((1, 1), (1, 1)), "dilation": (1, 1),
+                  "groups": 1},
+    }
+    check_conv_against_torch(2, case)
+    assert taken == [True]
 
 
 @pytest.mark.torch
