@@ -55,6 +55,11 @@ def test_layouts_blas_cannot_read_and_empty_products_take_numpys_way(monkeypatch
     out = np.ones((5, 3), np.float32)
     blas.add_product(a, b, out)
     np.testing.assert_allclose(out, 1 + a @ b, rtol=1e-6)
+    buffer = np.zeros(4 * 20 + 1, np.uint8)[1:].view(np.float32).reshape(4, 5)  # unaligned
+    buffer[...] = rng.standard_normal((4, 5))
+    out = np.ones((5, 5), np.float32)
+    blas.add_product(a, buffer, out)
+    np.testing.assert_allclose(out, 1 + a @ buffer, rtol=1e-6)
     empty = np.ones((5, 3), np.float32)
     blas.add_product(np.zeros((5, 0), np.float32), np.zeros((0, 3), np.float32), empty)
     assert (empty == 1).all()

@@ -73,8 +73,9 @@ def add_product(a, b, out):
 def _layout(matrix, transposable=True):
     """(transpose flag, leading dimension) under which BLAS reads ``matrix`` row-major:
     as it is when its rows are unit-stride runs, transposed when its columns are; None
-    when neither holds (or the leading dimension would not be a valid one)."""
-    if matrix.ndim != 2:
+    when neither holds, the leading dimension would not be a valid one, or the data is not
+    aligned to its type."""
+    if matrix.ndim != 2 or not matrix.flags.aligned:
         return None
     rows, columns = matrix.shape
     size = matrix.itemsize
