@@ -121,20 +121,21 @@ def gelu(x, *, approximate="none", input_grad=True):
         return _gelu_tanh(x)
     if approximate != "none":
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _with_slope(x, _gelu_block_exact if x.dtype == np.float64 else _gelu_block,
+                       input_grad)
+
+
+def _with_slope(x, block_kernel, input_grad):
+    """``block_kernel(x, out, slope)`` over cache-sized blocks of ``x``, writing the output
+    and (while training, else None) the derivative; the backward is then one product."""
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
     slope = np.empty_like(x) if input_grad else None
-    if x.dtype == np.float64:
-        cdf = _normal_cdf_exact(x)
-        np.multiply(x, cdf, out=out)
-        if slope is not None:
-            _add_x_times_density(x, np.square(x), cdf, slope)
-    else:
-        flat, out_flat = x.reshape(-1), out.reshape(-1)
-        slope_flat = None if slope is None else slope.reshape(-1)
-        for block in _blocks(x.size):
-            _gelu_block(flat[block], out_flat[block],
-                        None if slope_flat is None else slope_flat[block])
+    flat, out_flat = x.reshape(-1), out.reshape(-1)
+    slope_flat = None if slope is None else slope.reshape(-1)
+    for block in _blocks(x.size):
+        block_kernel(flat[block], out_flat[block],
+                     None if slope_flat is None else slope_flat[block])
 
     def backward(d_out):
         if slope is None:
@@ -153,11 +154,14 @@ def _blocks(size):
     return (slice(start, start + _BLOCK) for start in range(0, size, _BLOCK))
 
 
-def _normal_cdf_exact(x):
-    erf = np.frompyfunc(math.erf, 1, 1)(x * _SQRT_HALF).astype(x.dtype)
-    erf += 1
-    erf *= 0.5
-    return erf
+def _gelu_block_exact(x, out, slope):
+    """``_gelu_block`` with Phi from math.erf per element (float64: the gradient checks)."""
+    cdf = np.frompyfunc(math.erf, 1, 1)(x * _SQRT_HALF).astype(x.dtype)
+    cdf += 1
+    cdf *= 0.5
+    np.multiply(x, cdf, out=out)
+    if slope is not None:
+        _add_x_times_density(x, np.square(x), cdf, slope)
 
 
 def _gelu_block(x, out, slope):
@@ -259,20 +263,7 @@ def silu(x, *, input_grad=True):
     """x * sigmoid(x). Like GELU it runs over cache-sized blocks, and while training the forward
     writes the slope s (1 + x (1 - s)) from the block it has in cache, so that the backward is
     one product. ``input_grad`` False skips the slope."""
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    slope = np.empty_like(x) if input_grad else None
-    flat, out_flat = x.reshape(-1), out.reshape(-1)
-    slope_flat = None if slope is None else slope.reshape(-1)
-    for block in _blocks(x.size):
-        _silu_block(flat[block], out_flat[block], None if slope is None else slope_flat[block])
-
-    def backward(d_out):
-        if slope is None:
-            return (None,)
-        return (np.multiply(d_out, slope, out=slope),)
-
-    return out, backward
+    return _with_slope(x, _silu_block, input_grad)
 
 
 def _silu_block(x, out, slope):

@@ -22,9 +22,9 @@ from .windows import (
     kernel_offsets,
     offset_index,
     output_size,
+    pad_into_phases,
     pad_spatial,
     phase_reads,
-    phase_regions,
     scatter_windows,
 )
 
@@ -170,51 +170,52 @@ def _first_maxima(candidates, maxima, claimed):
 
 def _overlapping_max_pool(x, kernel, stride, padding):
     """Max pooling whose windows overlap (a ResNet stem's 3x3 stride 2), over the input's
-    stride phases: each kernel offset reads one phase at unit stride, and rows are computed
-    phase-wide (a few columns past the output's, dropped at the end), so that every pass runs
-    over a sample's whole plane instead of one output row at a time. With the strided views
-    of the disjoint path, a 32x32x32x32 input's 3x3 stride-2 pool took 4.4 ms forward and
-    13.2 backward inside a training step (torch: 4.0 and 1.2); this takes 3.5 and 7.6, and
-    162 -> 107 ms forward and backward at 32x64x56x56 (a ResNet stem's). The stride-2 copies
-    into and out of the phases are most of what is left."""
-    batch, channels, *spatial = x.shape
-    padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
-    out = output_size(padded, kernel, stride, (1,) * len(kernel))
-    grid = [-(-size // s) for size, s in zip(padded, stride)]
-    reads = phase_reads(kernel, stride, (1,) * len(kernel), grid)
-    # output rows o read grid rows o + k // s: a phase-wide output covers all of a row's grid
-    # columns, and its last row's reads run one grid row past the last output's
-    wide_shape = (*out[:-1], grid[-1])
-    length = math.prod(wide_shape)
-    cells = math.prod(grid)
-    plane = max(cells, max(first for _, first in reads) + length)
-    phases = np.full((math.prod(stride), batch, channels, plane),
-                     -np.inf, x.dtype)
-    grids = phases[..., :cells].reshape(len(phases), batch, channels, *grid)
-    for number, (phase, source) in enumerate(phase_regions(spatial, padding, stride)):
-        grids[(number, Ellipsis, *phase)] = x[(Ellipsis, *source)]
+    stride phases (``pad_into_phases``, padded with -inf), every (sample, channel) plane of a
+    phase one after another: each kernel offset reads one slice of a phase at unit stride,
+    across all planes at once, and the positions between the outputs (the grid's last rows
+    and columns) are computed and dropped, as in the column-free convolution. With the
+    strided views of the disjoint path, a 32x32x32x32 input's 3x3 stride-2 pool took 4.4 ms
+    forward and 13.2 backward inside a training step (torch: 4.0 and 1.2); this takes 3.5
+    and 7.6, and 162 -> 107 ms forward and backward at 32x64x56x56 (a ResNet stem's). The
+    stride-2 copies into and out of the phases are most of what is left."""
+    unit = (1,) * len(kernel)
+    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
+    out = output_size(padded, kernel, stride, unit)
+    phases, grid = pad_into_phases(x, padding, stride, value=-np.inf)
+    flat = phases.reshape(len(phases), -1)
+    reads = phase_reads(kernel, stride, unit, grid)
+    planes, cells = x.shape[0] * x.shape[1], math.prod(grid)
+    # one past the last output's cell: every output lies before it, and every read inside
+    length = (planes - 1) * cells + 1 + sum(
+        (o - 1) * math.prod(grid[i + 1:]) for i, o in enumerate(out))
+    on_grid = np.empty(planes * cells, x.dtype)  # the maxima at every cell of the grid
+    maxima = on_grid[:length]
     phase, first = reads[0]
-    wide = phases[phase, ..., first:first + length].copy()
+    np.copyto(maxima, flat[phase, first:first + length])
     for phase, first in reads[1:]:
-        np.maximum(wide, phases[phase, ..., first:first + length], out=wide)
-    wide_grid = wide.reshape(batch, channels, *wide_shape)
-    y = np.ascontiguousarray(wide_grid[..., :out[-1]])
-    wide_grid[..., out[-1]:] = np.nan  # the columns past the output's never win a gradient
+        np.maximum(maxima, flat[phase, first:first + length], out=maxima)
+    grid_view = on_grid.reshape(*x.shape[:2], *grid)
+    valid = (slice(None), slice(None), *(slice(0, o) for o in out))
+    y = np.ascontiguousarray(grid_view[valid])
+    # the cells between the outputs never win a gradient
+    on_grid[length:] = np.nan
+    for axis, o in enumerate(out):
+        grid_view[(slice(None), slice(None), *(slice(None),) * axis, slice(o, None))] = np.nan
 
     def backward(dy):
-        dy_wide = np.zeros((batch, channels, *wide_shape), dy.dtype)
-        dy_wide[..., :out[-1]] = dy
-        dy_wide = dy_wide.reshape(batch, channels, length)
-        claimed = np.zeros(wide.shape, dtype=bool)
-        d_phases = np.zeros_like(phases)
-        share = np.empty_like(dy_wide)
+        dy_on_grid = np.zeros(on_grid.shape, dy.dtype)
+        dy_on_grid.reshape(grid_view.shape)[valid] = dy
+        dy_on_grid = dy_on_grid[:length]
+        claimed = np.zeros(length, dtype=bool)
+        d_flat = np.zeros_like(flat)
+        share = np.empty_like(dy_on_grid)
         for phase, first in reads:
             window = slice(first, first + length)
-            np.multiply(dy_wide, _first_maxima(phases[phase, ..., window], wide, claimed),
+            np.multiply(dy_on_grid, _first_maxima(flat[phase, window], maxima, claimed),
                         out=share)
-            d_phases[phase, ..., window] += share
-        d_grids = d_phases[..., :cells].reshape(len(phases), batch, channels, *grid)
-        return (gather_from_phases(d_grids, padding, stride, np.empty_like(x)),)
+            d_flat[phase, window] += share
+        return (gather_from_phases(d_flat.reshape(phases.shape), padding, stride,
+                                   np.empty_like(x)),)
 
     return y, backward
 

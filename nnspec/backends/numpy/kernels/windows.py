@@ -77,15 +77,15 @@ def scatter_windows(grad_at_offset, padded_shape, kernel, stride, dilation, out,
     return grad
 
 
-def pad_into_phases(x, padding, stride):
+def pad_into_phases(x, padding, stride, value=0.0):
     """The stride phases of a (A, B, *spatial) map padded by (lo, hi) pairs, in one copy:
     (prod(stride), A, B, *grid), phase (r_1, ..., r_d) (row-major) holding the padded map's
-    elements at r_i + s_i * g_i (zeros where that is padding or past the padded end). A
+    elements at r_i + s_i * g_i (``value`` where that is padding or past the padded end). A
     window's element at a kernel offset then reads one phase at unit stride."""
     a, b, *spatial = x.shape
     padded = [size + lo + hi for size, (lo, hi) in zip(spatial, padding)]
     grid = [-(-p // s) for p, s in zip(padded, stride)]
-    phases = np.zeros((math.prod(stride), a, b, *grid), dtype=x.dtype)
+    phases = np.full((math.prod(stride), a, b, *grid), value, dtype=x.dtype)
     for number, (phase, source) in enumerate(phase_regions(spatial, padding, stride)):
         phases[(number, Ellipsis, *phase)] = x[(Ellipsis, *source)]
     return phases, grid
