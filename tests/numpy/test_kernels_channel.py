@@ -28,6 +28,13 @@ DEPTHWISE = [
     (2, 3, 1, (6, 6), (1, 1), (2, 2), (1, 1), ((0, 0), (0, 0))),     # 1x1, strided: phases no tap reads
     (3, 5, 1, (11,), (3,), (2,), (1,), ((1, 1),)),                   # 1d
     (2, 4, 3, (15,), (4,), (3,), (2,), ((0, 3),)),                   # 1d, multiplier 3
+    # unit stride, the output the input's size: maps framed whole, not split
+    (3, 4, 1, (7, 9), (5, 5), (1, 1), (1, 1), ((2, 2), (2, 2))),     # 5x5
+    (2, 3, 2, (8, 6), (3, 3), (1, 1), (2, 2), ((2, 2), (2, 2))),     # dilated, multiplier 2
+    (2, 5, 1, (6, 7), (4, 2), (1, 1), (1, 1), ((1, 2), (1, 0))),     # even kernels, uneven
+    (2, 3, 1, (5, 3), (3, 7), (1, 1), (1, 1), ((1, 1), (3, 3))),     # wider than the map
+    (3, 4, 1, (12,), (5,), (1,), (1,), ((2, 2),)),                   # 1d
+    (2, 3, 2, (9,), (3,), (1,), (3,), ((4, 2),)),                    # 1d, dilated, uneven
 ]
 
 
@@ -64,7 +71,7 @@ def test_depthwise_convolution_matches_torch(case):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("block_floats", [1, 7, 100])
-@pytest.mark.parametrize("case", [DEPTHWISE[1], DEPTHWISE[2], DEPTHWISE[4], DEPTHWISE[10]])
+@pytest.mark.parametrize("case", [DEPTHWISE[i] for i in (0, 1, 2, 4, 10, 12, 14, 15)])
 def test_depthwise_convolution_matches_torch_in_blocks_of_any_size(case, block_floats,
                                                                    monkeypatch):
     """Blocks of one channel and a few positions, of several channels and a part of the run:

@@ -5,19 +5,22 @@ Inside, a map is channels first and batch second, split into its stride phases a
 per channel: ``(phases, C, N * G)`` with G the cells of one phase's grid. Every kernel tap
 then reads one phase at unit stride, and its windows for every sample are ONE contiguous run
 per channel (the runs also cover positions between rows and samples, whose results are
-never kept). A block of channels and a segment of the run is copied tap by tap into a
+never kept). A block of channels and a segment of the run is copied (a kernel row at once) into a
 ``(channels, taps, segment)`` buffer that stays in the core's cache, and one batched product
 per block weights and sums the taps: a BLAS product reading each copy once, where a
 multiply-add per tap made 2 passes per tap over the output. The input gradient is the same
 weighted sum over the output gradient (the taps reversed, per phase), and the weight gradient
 the product of the input with those same copies of the output gradient, in the same sweep.
+A unit-stride convolution that keeps the map's size skips the phase split (``_SamePlan``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .windows import output_size, phase_reads, phase_regions
 
@@ -31,24 +34,30 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
     n, channels, *size = x.shape
     kernel = weight.shape[2:]
     multiplier = weight.shape[0] // channels
-    plan = _Plan(n, size, kernel, stride, padding, dilation)
-    source = plan.split(x)  # (phases, C, N * G)
+    if _SamePlan.applies(size, kernel, stride, padding, dilation):
+        plan = _SamePlan(n, size, kernel, padding, dilation)
+    else:
+        plan = _Plan(n, size, kernel, stride, padding, dilation)
+    source = plan.split(x)  # (phases, C, plan.span)
     taps = weight.reshape(channels, multiplier, -1)
     reads = plan.taps  # per kernel offset: (phase, first cell)
     y_wide = np.empty((channels, multiplier, n * plan.cells), dtype=x.dtype)
     _weighted_taps([source[phase] for phase, _ in reads], [b for _, b in reads], taps,
-                   y_wide, plan.length)
+                   y_wide, plan.length, plan.output_masks)
     y = plan.gather_output(y_wide.reshape(channels * multiplier, -1))
     if bias is not None:
         y += bias.reshape(-1, *(1,) * len(size))
 
     def backward(dy):
         # the output gradient in the wide layout, zero between rows and samples, after
-        # `reach` zeros: the input gradient reads it up to `reach` cells back
+        # `reach` zeros: the input gradient reads it up to `reach` cells back, and up to
+        # the source's span on
         reach = max(begin for _, begin in reads)
-        dy_wide = np.empty((channels, multiplier, reach + n * plan.cells), dtype=dy.dtype)
+        dy_wide = np.empty((channels, multiplier, reach + plan.span), dtype=dy.dtype)
         dy_wide[:, :, :reach] = 0
-        plan.scatter_output(dy, dy_wide[:, :, reach:].reshape(channels * multiplier, -1))
+        dy_wide[:, :, reach + n * plan.cells:] = 0
+        plan.scatter_output(dy, dy_wide[:, :, reach:reach + n * plan.cells]
+                            .reshape(channels * multiplier, -1))
         dbias = None if bias is None else dy_wide.sum(axis=2, dtype=dy.dtype).reshape(-1)
         d_source = np.empty_like(source) if input_grad else None
         dweight = np.zeros_like(taps)
@@ -64,7 +73,8 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
             grads = _shifted_products(
                 [dy_wide[:, j] for j, _ in pairs], [reach - reads[k][1] for _, k in pairs],
                 taps[:, :, mine].reshape(channels, 1, -1), source[phase],
-                None if d_source is None else d_source[phase][:, None], n * plan.cells)
+                None if d_source is None else d_source[phase][:, None], plan.span,
+                plan.source_masks)
             dweight[:, :, mine] += grads.reshape(channels, multiplier, len(mine))
         dweight = dweight.reshape(weight.shape)
         # (source.dtype, not x.dtype: the closure must not keep x alive)
@@ -72,6 +82,85 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
         return dx, dweight, dbias
 
     return y, backward
+
+
+class _SamePlan:
+    """A unit-stride depthwise convolution whose output has its input's size (1-d or 2-d):
+    the phase split's padded copy is not needed. A sample's map goes in one copy into a
+    frame of its rows followed by ``gap`` zero rows, which serve as the bottom padding of
+    one sample and the top padding of the next; a tap's reads that cross the side of a row
+    land on the neighbouring row instead of padding, and are zeroed in the tap's copy (the
+    columns a tap cannot read, ``output_masks`` / ``source_masks``). The outputs keep the
+    input's positions, so the output and its gradient move as whole maps too, not row by
+    row. Against the phase split, forward and backward: 0.63-0.92x the time on MobileNet's
+    3x3 layers (4x4 to 32x32 maps), 0.68x for a 7x7 one; MobileNet's step 215 -> 206 ms
+    (A/B in one process)."""
+
+    @staticmethod
+    def applies(size, kernel, stride, padding, dilation):
+        return len(size) <= 2 and all(s == 1 for s in stride) and all(
+            lo + hi == d * (k - 1) for (lo, hi), k, d in zip(padding, kernel, dilation))
+
+    def __init__(self, n, size, kernel, padding, dilation):
+        self.size = size
+        # a 1-d map is a 2-d one of one column
+        (height, width), kernel, dilation = (*size, 1)[:2], (*kernel, 1)[:2], \
+            (*dilation, 1)[:2]
+        (top, bottom), (left, right) = (*padding, (0, 0))[:2]
+        self.n, self.map_cells = n, height * width
+        self.cells = (height + max(top, bottom)) * width  # a sample's frame
+        self.margin = top * width + left
+        self.length = (n - 1) * self.cells + self.map_cells
+        self.span = self.margin + n * self.cells + right
+        self.taps = [(0, self.margin + (ky * dilation[0] - top) * width
+                      + kx * dilation[1] - left)
+                     for ky, kx in itertools.product(range(kernel[0]), range(kernel[1]))]
+        # the taps of kernel column kx (every kernel[1]-th, from kx) read the output's
+        # column j at the input's j + shift; the gradient reaches source column j from
+        # output column j - shift (positions q of source column (q - margin) mod width)
+        self.output_masks, self.source_masks = [], []
+        for kx in range(kernel[1]):
+            shift = kx * dilation[1] - left
+            outside = [j for j in range(width) if not 0 <= j + shift < width]
+            unreached = [(j + self.margin) % width for j in range(width)
+                         if not 0 <= j - shift < width]
+            self.output_masks.append((kx, kernel[1], width, outside))
+            self.source_masks.append((kx, kernel[1], width, unreached))
+
+    def _maps(self, framed):
+        """The (C, N, H * W) view of the maps inside a framed (C, >= N * cells) array."""
+        return framed[:, :self.n * self.cells].reshape(len(framed), self.n, self.cells)[
+            :, :, :self.map_cells]
+
+    def split(self, x):
+        """(N, C, *size) -> (1, C, span): the framed maps after ``margin`` zeros."""
+        channels = x.shape[1]
+        source = np.empty((1, channels, self.span), dtype=x.dtype)
+        source[0, :, :self.margin] = 0
+        source[0, :, self.margin + self.n * self.cells:] = 0
+        body = source[0, :, self.margin:self.margin + self.n * self.cells]
+        body.reshape(channels, self.n, self.cells)[:, :, self.map_cells:] = 0
+        _copy(self._maps(body), np.swapaxes(x.reshape(self.n, channels, -1), 0, 1))
+        return source
+
+    def merge(self, d_source, dtype):
+        """Undo ``split``: the (N, C, *size) gradient of the input from the framed one's."""
+        channels = d_source.shape[1]
+        dx = np.empty((self.n, channels, self.map_cells), dtype=dtype)
+        _copy(np.swapaxes(dx, 0, 1),
+              self._maps(d_source[0, :, self.margin:self.margin + self.n * self.cells]))
+        return dx.reshape(self.n, channels, *self.size)
+
+    def gather_output(self, wide):
+        """The outputs of a wide (C, N * cells) array as (N, C, *size)."""
+        y = np.empty((self.n, wide.shape[0], self.map_cells), dtype=wide.dtype)
+        _copy(np.swapaxes(y, 0, 1), self._maps(wide))
+        return y.reshape(self.n, wide.shape[0], *self.size)
+
+    def scatter_output(self, dy, wide):
+        """Write dy (N, C, *size) into a wide (C, N * cells) array, zero elsewhere."""
+        wide.reshape(len(wide), self.n, self.cells)[:, :, self.map_cells:] = 0
+        _copy(self._maps(wide), np.swapaxes(dy.reshape(self.n, len(wide), -1), 0, 1))
 
 
 class _Plan:
@@ -90,6 +179,9 @@ class _Plan:
         # every kept output lies in the first `length` cells of the wide layout
         self.length = (n - 1) * self.cells + 1 + sum(
             (o - 1) * g for o, g in zip(self.out, grid_strides))
+        self.span = n * self.cells  # of each phase
+        # every tap reads padding where its window leaves the map: nothing to zero
+        self.output_masks = self.source_masks = ()
 
     def _phase_slices(self):
         """Per phase: (its index into the input, its index into the (C, N, *grid) phase)."""
@@ -184,32 +276,69 @@ def _blocks(channels, taps, length, dtype):
     return copies, blocks
 
 
-def _weighted_taps(runs, begins, weights, out, length):
-    """out[c, j, r] = sum over k of weights[c, j, k] * runs[k][c, begins[k] + r], r < length:
-    per block, the taps' runs copied side by side, then one batched product."""
+def _weighted_taps(runs, begins, weights, out, length, masks):
+    """out[c, j, r] = sum over k of weights[c, j, k] * runs[k][c, begins[k] + r], r < length,
+    where the terms ``masks`` names count as zero (``_zero_masked``): per block, the taps' runs copied side by side, then one batched product."""
     channels, _, count = weights.shape
     copies, blocks = _blocks(channels, count, length, out.dtype)
+    groups = _tap_groups(runs, begins, length)
     for rows, start, width in blocks:
         block = copies[:rows.stop - rows.start, :, :width]
-        for k, begin in enumerate(begins):
-            block[:, k] = runs[k][rows, start + begin:start + begin + width]
+        for first, taps in groups:
+            block[:, first:first + taps.shape[1]] = taps[rows, :, start:start + width]
+        _zero_masked(block, start, masks)
         np.matmul(weights[rows], block, out=out[rows, :, start:start + width])
 
 
-def _shifted_products(runs, begins, weights, values, out, length):
+def _shifted_products(runs, begins, weights, values, out, length, masks):
     """The input and weight gradients in one sweep over the shifted output gradients
-    ``runs[t][c, begins[t] + q]``: out[c, 0, q] = sum over t of weights[c, 0, t] times them
-    (when ``out`` is given), and the returned (C, taps) sums over q < length of
-    values[c, q] times them."""
+    ``runs[t][c, begins[t] + q]`` (zero where ``masks`` says, ``_zero_masked``):
+    out[c, 0, q] = sum over t of weights[c, 0, t] times them (when ``out`` is given), and
+    the returned (C, taps) sums over q < length of values[c, q] times them."""
     channels, _, count = weights.shape
     grad = np.zeros((channels, 1, count), dtype=values.dtype)
     copies, blocks = _blocks(channels, count, length, values.dtype)
+    groups = _tap_groups(runs, begins, length)
     for rows, start, width in blocks:
         block = copies[:rows.stop - rows.start, :, :width]
-        for t, begin in enumerate(begins):
-            block[:, t] = runs[t][rows, start + begin:start + begin + width]
+        for first, taps in groups:
+            block[:, first:first + taps.shape[1]] = taps[rows, :, start:start + width]
+        _zero_masked(block, start, masks)
         if out is not None:
             np.matmul(weights[rows], block, out=out[rows, :, start:start + width])
         grad[rows] += np.matmul(values[rows, None, start:start + width],
                                 block.transpose(0, 2, 1))
     return grad[:, 0]
+
+
+def _tap_groups(runs, begins, length):
+    """The taps' reads, runs[t][c, begins[t] + r] for r < length, as (first tap, view)
+    pairs: consecutive taps that read one run at a fixed step apart (a kernel row, at unit
+    stride) share one (C, taps, length) strided view, so a block copies them in one call
+    (a 7x7 kernel's block took 49 copies, each mostly call overhead)."""
+    groups, first = [], 0
+    while first < len(begins):
+        run, count = runs[first], 1
+        step = begins[first + 1] - begins[first] if first + 1 < len(begins) else 0
+        while first + count < len(begins) and _same_array(runs[first + count], run) and \
+                begins[first + count] - begins[first + count - 1] == step:
+            count += 1
+        column = run.strides[1]
+        groups.append((first, as_strided(run[:, begins[first]:], (len(run), count, length),
+                                          (run.strides[0], step * column, column),
+                                          writeable=False)))
+        first += count
+    return groups
+
+
+def _same_array(a, b):
+    return a.__array_interface__ == b.__array_interface__
+
+
+def _zero_masked(block, start, masks):
+    """Zero what ``masks`` names in a block of tap copies (channels, taps, width) of the
+    positions from ``start``: per entry (first tap, tap step, period, residues), the copies
+    of taps first, first + step, ... at the positions of those residues."""
+    for first, step, period, residues in masks:
+        for residue in residues:
+            block[:, first::step, (residue - start) % period::period] = 0
