@@ -35,6 +35,12 @@ DEPTHWISE = [
     (2, 3, 1, (5, 3), (3, 7), (1, 1), (1, 1), ((1, 1), (3, 3))),     # wider than the map
     (3, 4, 1, (12,), (5,), (1,), (1,), ((2, 2),)),                   # 1d
     (2, 3, 2, (9,), (3,), (1,), (3,), ((4, 2),)),                    # 1d, dilated, uneven
+    # every stride phase the output's size: the phases framed the same way
+    (3, 4, 1, (8, 10), (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1))),    # stride 2, even map
+    (2, 3, 2, (12, 8), (5, 5), (2, 2), (1, 1), ((2, 2), (2, 2))),    # 5x5, multiplier 2
+    (2, 5, 1, (6, 8), (3, 3), (2, 2), (1, 1), ((0, 1), (0, 1))),     # TF's 'same'
+    (2, 4, 1, (9, 9), (3, 3), (3, 3), (1, 1), ((0, 0), (0, 0))),     # stride 3, no padding
+    (3, 4, 1, (14,), (3,), (2,), (1,), ((1, 1),)),                   # 1d, stride 2
 ]
 
 
@@ -71,7 +77,7 @@ def test_depthwise_convolution_matches_torch(case):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("block_floats", [1, 7, 100])
-@pytest.mark.parametrize("case", [DEPTHWISE[i] for i in (0, 1, 2, 4, 10, 12, 14, 15)])
+@pytest.mark.parametrize("case", [DEPTHWISE[i] for i in (0, 1, 2, 4, 10, 12, 14, 15, 18, 19)])
 def test_depthwise_convolution_matches_torch_in_blocks_of_any_size(case, block_floats,
                                                                    monkeypatch):
     """Blocks of one channel and a few positions, of several channels and a part of the run:

@@ -11,7 +11,7 @@ per block weights and sums the taps: a BLAS product reading each copy once, wher
 multiply-add per tap made 2 passes per tap over the output. The input gradient is the same
 weighted sum over the output gradient (the taps reversed, per phase), and the weight gradient
 the product of the input with those same copies of the output gradient, in the same sweep.
-A unit-stride convolution that keeps the map's size skips the phase split (``_SamePlan``).
+A unit-stride convolution that keeps the map's size skips the padded copy (``_FramedPlan``).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
     n, channels, *size = x.shape
     kernel = weight.shape[2:]
     multiplier = weight.shape[0] // channels
-    if _SamePlan.applies(size, kernel, stride, padding, dilation):
-        plan = _SamePlan(n, size, kernel, padding, dilation)
+    if _FramedPlan.applies(size, kernel, stride, padding, dilation):
+        plan = _FramedPlan(n, size, kernel, stride, padding, dilation)
     else:
         plan = _Plan(n, size, kernel, stride, padding, dilation)
     source = plan.split(x)  # (phases, C, plan.span)
@@ -74,7 +74,7 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
                 [dy_wide[:, j] for j, _ in pairs], [reach - reads[k][1] for _, k in pairs],
                 taps[:, :, mine].reshape(channels, 1, -1), source[phase],
                 None if d_source is None else d_source[phase][:, None], plan.span,
-                plan.source_masks)
+                [plan.source_masks[k] for _, k in pairs])
             dweight[:, :, mine] += grads.reshape(channels, multiplier, len(mine))
         dweight = dweight.reshape(weight.shape)
         # (source.dtype, not x.dtype: the closure must not keep x alive)
@@ -84,83 +84,120 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
     return y, backward
 
 
-class _SamePlan:
-    """A unit-stride depthwise convolution whose output has its input's size (1-d or 2-d):
-    the phase split's padded copy is not needed. A sample's map goes in one copy into a
-    frame of its rows followed by ``gap`` zero rows, which serve as the bottom padding of
-    one sample and the top padding of the next; a tap's reads that cross the side of a row
-    land on the neighbouring row instead of padding, and are zeroed in the tap's copy (the
-    columns a tap cannot read, ``output_masks`` / ``source_masks``). The outputs keep the
-    input's positions, so the output and its gradient move as whole maps too, not row by
-    row. Against the phase split, forward and backward: 0.63-0.92x the time on MobileNet's
-    3x3 layers (4x4 to 32x32 maps), 0.68x for a 7x7 one; MobileNet's step 215 -> 206 ms
-    (A/B in one process)."""
+class _FramedPlan:
+    """A depthwise convolution (1-d or 2-d) whose every stride phase has the output's size
+    (unit stride keeping the map's size; stride 2 with 'same' padding on even maps): no
+    padded copy is needed. Each phase of a sample goes into a frame of the output's rows
+    followed by ``gap`` zero rows, which serve as the bottom padding of one sample and the
+    top padding of the next, so a tap reads its phase at a fixed shift. A tap's reads that
+    cross the side of a row land on the neighbouring row instead of padding, and are
+    zeroed in the tap's copy (``output_masks`` / ``source_masks``: per tap, the residues
+    of those positions). The output keeps its own positions, so it and its gradient move
+    as whole maps, not row by row. Against the padded phases, forward and backward:
+    0.63-0.92x the time on MobileNet's unit-stride 3x3 layers (4x4 to 32x32 maps), 0.68x
+    for a 7x7 one; MobileNet's step 213 -> 201 ms (A/B in one process), of which the
+    stride-2 layers 1%."""
 
     @staticmethod
     def applies(size, kernel, stride, padding, dilation):
-        return len(size) <= 2 and all(s == 1 for s in stride) and all(
-            lo + hi == d * (k - 1) for (lo, hi), k, d in zip(padding, kernel, dilation))
+        if len(size) > 2:
+            return False
+        for extent, k, s, (lo, hi), d in zip(size, kernel, stride, padding, dilation):
+            out = (extent + lo + hi - d * (k - 1) - 1) // s + 1
+            if out < 1 or any(-(-(extent - r) // s) != out for r in range(s)):
+                return False
+        return True
 
-    def __init__(self, n, size, kernel, padding, dilation):
-        self.size = size
+    def __init__(self, n, size, kernel, stride, padding, dilation):
+        self.n, self.size, self.stride = n, size, stride
         # a 1-d map is a 2-d one of one column
-        (height, width), kernel, dilation = (*size, 1)[:2], (*kernel, 1)[:2], \
-            (*dilation, 1)[:2]
-        (top, bottom), (left, right) = (*padding, (0, 0))[:2]
-        self.n, self.map_cells = n, height * width
-        self.cells = (height + max(top, bottom)) * width  # a sample's frame
-        self.margin = top * width + left
+        kernel, stride, dilation = ((*t, 1)[:2] for t in (kernel, stride, dilation))
+        (top, _), (left, _) = (*padding, (0, 0))[:2]
+        self.out = [-(-extent // s) for extent, s in zip(size, stride)]
+        rows, width = (*self.out, 1)[:2]
+        self.map_cells = rows * width
+        # per tap: its phase (row-major) and its shift in phase cells, per dim
+        reads = []
+        for ky, kx in itertools.product(range(kernel[0]), range(kernel[1])):
+            (ry, dy), (rx, dx) = (divmod(k * d - lo, s)[::-1] for k, d, lo, s in
+                                  zip((ky, kx), dilation, (top, left), stride))
+            reads.append((ry * stride[1] + rx, dy, dx))
+        shifts_y, shifts_x = [dy for _, dy, _ in reads], [dx for _, _, dx in reads]
+        gap = max(0, -min(shifts_y), max(shifts_y))
+        self.cells = (rows + gap) * width  # a sample's frame
+        self.margin = max(0, -min(shifts_y)) * width + max(0, -min(shifts_x))
         self.length = (n - 1) * self.cells + self.map_cells
-        self.span = self.margin + n * self.cells + right
-        self.taps = [(0, self.margin + (ky * dilation[0] - top) * width
-                      + kx * dilation[1] - left)
-                     for ky, kx in itertools.product(range(kernel[0]), range(kernel[1]))]
-        # the taps of kernel column kx (every kernel[1]-th, from kx) read the output's
-        # column j at the input's j + shift; the gradient reaches source column j from
-        # output column j - shift (positions q of source column (q - margin) mod width)
-        self.output_masks, self.source_masks = [], []
-        for kx in range(kernel[1]):
-            shift = kx * dilation[1] - left
-            outside = [j for j in range(width) if not 0 <= j + shift < width]
-            unreached = [(j + self.margin) % width for j in range(width)
-                         if not 0 <= j - shift < width]
-            self.output_masks.append((kx, kernel[1], width, outside))
-            self.source_masks.append((kx, kernel[1], width, unreached))
+        self.span = self.margin + n * self.cells + max(0, max(shifts_x))
+        self.taps = [(phase, self.margin + dy * width + dx) for phase, dy, dx in reads]
+        # output column j of a tap reads its phase's column j + dx; the gradient reaches
+        # source column j (positions q with (q - margin) mod width = j) from j - dx
+        self.output_masks = [(width, [j for j in range(width) if not 0 <= j + dx < width])
+                             for _, _, dx in reads]
+        self.source_masks = [(width, [(j + self.margin) % width for j in range(width)
+                                      if not 0 <= j - dx < width]) for _, _, dx in reads]
 
     def _maps(self, framed):
-        """The (C, N, H * W) view of the maps inside a framed (C, >= N * cells) array."""
-        return framed[:, :self.n * self.cells].reshape(len(framed), self.n, self.cells)[
+        """The (C, N, rows, width) view of the maps inside a framed (C, >= N * cells)
+        array, or (C, N, rows * width) with ``flat``."""
+        rows, width = (*self.out, 1)[:2]
+        maps = framed[:, :self.n * self.cells].reshape(len(framed), self.n, self.cells)[
             :, :, :self.map_cells]
+        return maps.reshape(len(framed), self.n, rows, width)
+
+    def _phase_rows(self, x):
+        """Per phase (row-major), the (N, C, rows, width) view of the map's elements in it:
+        strided rows, unit-stride columns (one strided copy per column phase makes them)."""
+        size2, stride = (*self.size, 1)[:2], (*self.stride, 1)[:2]
+        x = x.reshape(*x.shape[:2], *size2)
+        columns = [x] if stride[1] == 1 else [
+            np.ascontiguousarray(x.reshape(-1, stride[1])[:, r]).reshape(
+                *x.shape[:3], -1) for r in range(stride[1])]
+        return [columns[rx][:, :, ry::stride[0]]
+                for ry in range(stride[0]) for rx in range(stride[1])]
 
     def split(self, x):
-        """(N, C, *size) -> (1, C, span): the framed maps after ``margin`` zeros."""
+        """(N, C, *size) -> (phases, C, span): the framed phases after ``margin`` zeros."""
         channels = x.shape[1]
-        source = np.empty((1, channels, self.span), dtype=x.dtype)
-        source[0, :, :self.margin] = 0
-        source[0, :, self.margin + self.n * self.cells:] = 0
-        body = source[0, :, self.margin:self.margin + self.n * self.cells]
-        body.reshape(channels, self.n, self.cells)[:, :, self.map_cells:] = 0
-        _copy(self._maps(body), np.swapaxes(x.reshape(self.n, channels, -1), 0, 1))
+        phases = self._phase_rows(x)
+        source = np.empty((len(phases), channels, self.span), dtype=x.dtype)
+        source[:, :, :self.margin] = 0
+        source[:, :, self.margin + self.n * self.cells:] = 0
+        for framed, phase in zip(source, phases):
+            body = framed[:, self.margin:self.margin + self.n * self.cells]
+            body.reshape(channels, self.n, self.cells)[:, :, self.map_cells:] = 0
+            _copy(self._maps(body), np.swapaxes(phase, 0, 1))
         return source
 
     def merge(self, d_source, dtype):
-        """Undo ``split``: the (N, C, *size) gradient of the input from the framed one's."""
+        """Undo ``split``: the (N, C, *size) gradient of the input from the framed
+        phases'."""
         channels = d_source.shape[1]
-        dx = np.empty((self.n, channels, self.map_cells), dtype=dtype)
-        _copy(np.swapaxes(dx, 0, 1),
-              self._maps(d_source[0, :, self.margin:self.margin + self.n * self.cells]))
+        size2, stride = (*self.size, 1)[:2], (*self.stride, 1)[:2]
+        dx = np.empty((self.n, channels, *size2), dtype=dtype)
+        columns = [dx] if stride[1] == 1 else [
+            np.empty((self.n, channels, size2[0], size2[1] // stride[1]), dtype)
+            for _ in range(stride[1])]
+        for number, framed in enumerate(d_source):
+            ry, rx = divmod(number, stride[1])
+            _copy(np.swapaxes(columns[rx][:, :, ry::stride[0]], 0, 1),
+                  self._maps(framed[:, self.margin:self.margin + self.n * self.cells]))
+        if stride[1] > 1:
+            interleaved = dx.reshape(-1, stride[1])
+            for rx, part in enumerate(columns):
+                interleaved[:, rx] = part.reshape(-1)
         return dx.reshape(self.n, channels, *self.size)
 
     def gather_output(self, wide):
-        """The outputs of a wide (C, N * cells) array as (N, C, *size)."""
-        y = np.empty((self.n, wide.shape[0], self.map_cells), dtype=wide.dtype)
+        """The outputs of a wide (C, N * cells) array as (N, C, *out)."""
+        y = np.empty((self.n, wide.shape[0], *(*self.out, 1)[:2]), dtype=wide.dtype)
         _copy(np.swapaxes(y, 0, 1), self._maps(wide))
-        return y.reshape(self.n, wide.shape[0], *self.size)
+        return y.reshape(self.n, wide.shape[0], *self.out)
 
     def scatter_output(self, dy, wide):
-        """Write dy (N, C, *size) into a wide (C, N * cells) array, zero elsewhere."""
+        """Write dy (N, C, *out) into a wide (C, N * cells) array, zero elsewhere."""
         wide.reshape(len(wide), self.n, self.cells)[:, :, self.map_cells:] = 0
-        _copy(self._maps(wide), np.swapaxes(dy.reshape(self.n, len(wide), -1), 0, 1))
+        _copy(self._maps(wide), np.swapaxes(
+            dy.reshape(self.n, len(wide), *(*self.out, 1)[:2]), 0, 1))
 
 
 class _Plan:
@@ -181,7 +218,7 @@ class _Plan:
             (o - 1) * g for o, g in zip(self.out, grid_strides))
         self.span = n * self.cells  # of each phase
         # every tap reads padding where its window leaves the map: nothing to zero
-        self.output_masks = self.source_masks = ()
+        self.output_masks = self.source_masks = [(1, ())] * len(self.taps)
 
     def _phase_slices(self):
         """Per phase: (its index into the input, its index into the (C, N, *grid) phase)."""
@@ -244,15 +281,26 @@ class _Plan:
 
 
 def _copy(target, source):
-    """target[...] = source; where both have unit-stride rows, each row is copied as one
-    element of a row-sized void dtype, which NumPy moves several times faster than the
-    floats of short rows (a 4x4 map's) one inner loop per row."""
-    if target.dtype == source.dtype and target.shape[-1] > 1 and \
-            target.strides[-1] == source.strides[-1] == target.itemsize:
-        row = np.dtype((np.void, target.shape[-1] * target.itemsize))
-        target.view(row)[...] = source.view(row)
-    else:
+    """target[...] = source; where both have unit-stride rows, each row (with the rows
+    after it while both are contiguous across them: a whole map) is copied as one element
+    of a row-sized void dtype, which NumPy moves several times faster than the floats of
+    short rows (a 4x4 map's) one inner loop per row."""
+    item = target.itemsize
+    if target.shape != source.shape or target.dtype != source.dtype or target.ndim == 0 \
+            or target.strides[-1] != item or source.strides[-1] != item:
         target[...] = source
+        return
+    dims = 1  # trailing dims both arrays hold as one contiguous run
+    while dims < target.ndim and all(
+            a.strides[-dims - 1] == a.strides[-dims] * a.shape[-dims] for a in (target, source)):
+        dims += 1
+    length = math.prod(target.shape[-dims:])
+    if length == 1:
+        target[...] = source
+        return
+    row = np.dtype((np.void, length * item))
+    runs = (*target.shape[:-dims], length)
+    target.reshape(runs).view(row)[...] = source.reshape(runs).view(row)
 
 
 def _zero_outside(grid, inside):
@@ -281,12 +329,12 @@ def _weighted_taps(runs, begins, weights, out, length, masks):
     where the terms ``masks`` names count as zero (``_zero_masked``): per block, the taps' runs copied side by side, then one batched product."""
     channels, _, count = weights.shape
     copies, blocks = _blocks(channels, count, length, out.dtype)
-    groups = _tap_groups(runs, begins, length)
+    groups, masked = _tap_groups(runs, begins, length), _masked_taps(masks)
     for rows, start, width in blocks:
         block = copies[:rows.stop - rows.start, :, :width]
         for first, taps in groups:
             block[:, first:first + taps.shape[1]] = taps[rows, :, start:start + width]
-        _zero_masked(block, start, masks)
+        _zero_masked(block, start, masked)
         np.matmul(weights[rows], block, out=out[rows, :, start:start + width])
 
 
@@ -298,12 +346,12 @@ def _shifted_products(runs, begins, weights, values, out, length, masks):
     channels, _, count = weights.shape
     grad = np.zeros((channels, 1, count), dtype=values.dtype)
     copies, blocks = _blocks(channels, count, length, values.dtype)
-    groups = _tap_groups(runs, begins, length)
+    groups, masked = _tap_groups(runs, begins, length), _masked_taps(masks)
     for rows, start, width in blocks:
         block = copies[:rows.stop - rows.start, :, :width]
         for first, taps in groups:
             block[:, first:first + taps.shape[1]] = taps[rows, :, start:start + width]
-        _zero_masked(block, start, masks)
+        _zero_masked(block, start, masked)
         if out is not None:
             np.matmul(weights[rows], block, out=out[rows, :, start:start + width])
         grad[rows] += np.matmul(values[rows, None, start:start + width],
@@ -335,10 +383,28 @@ def _same_array(a, b):
     return a.__array_interface__ == b.__array_interface__
 
 
-def _zero_masked(block, start, masks):
-    """Zero what ``masks`` names in a block of tap copies (channels, taps, width) of the
-    positions from ``start``: per entry (first tap, tap step, period, residues), the copies
-    of taps first, first + step, ... at the positions of those residues."""
-    for first, step, period, residues in masks:
+def _masked_taps(masks):
+    """Per tap (period, residues) -> (taps, period, residue) for each residue, the taps
+    that share it gathered, so a block zeroes each in one call."""
+    shared = {}
+    for tap, (period, residues) in enumerate(masks):
         for residue in residues:
-            block[:, first::step, (residue - start) % period::period] = 0
+            shared.setdefault((period, residue), []).append(tap)
+    return [(_as_index(taps), period, residue) for (period, residue), taps in shared.items()]
+
+
+def _as_index(taps):
+    """An index of the taps: a slice where they are evenly spaced (basic indexing, several
+    times cheaper per call than an index array)."""
+    steps = {b - a for a, b in itertools.pairwise(taps)}
+    if len(steps) <= 1:
+        step = steps.pop() if steps else 1
+        return slice(taps[0], taps[-1] + 1, step)
+    return np.array(taps)
+
+
+def _zero_masked(block, start, masked):
+    """Zero the (taps, period, residue) entries of ``masked`` in a block of tap copies
+    (channels, taps, width) of the positions from ``start``."""
+    for taps, period, residue in masked:
+        block[:, taps, (residue - start) % period::period] = 0
