@@ -5,13 +5,15 @@ Inside, a map is channels first and batch second, split into its stride phases a
 per channel: ``(phases, C, N * G)`` with G the cells of one phase's grid. Every kernel tap
 then reads one phase at unit stride, and its windows for every sample are ONE contiguous run
 per channel (the runs also cover positions between rows and samples, whose results are
-never kept). A block of channels and a segment of the run is copied (a kernel row at once) into a
-``(channels, taps, segment)`` buffer that stays in the core's cache, and one batched product
-per block weights and sums the taps: a BLAS product reading each copy once, where a
-multiply-add per tap made 2 passes per tap over the output. The input gradient is the same
-weighted sum over the output gradient (the taps reversed, per phase), and the weight gradient
-the product of the input with those same copies of the output gradient, in the same sweep.
-A unit-stride convolution that keeps the map's size skips the padded copy (``_FramedPlan``).
+never kept). A block of channels and a segment of the run is copied (a kernel row's taps at
+once) into a ``(channels, taps, segment)`` buffer that stays in the core's cache, and one
+batched product per block weights and sums the taps: a BLAS product reading each copy once,
+where a multiply-add per tap made 2 passes per tap over the output. The input gradient is the
+same weighted sum over the output gradient (the taps reversed, per phase), and the weight
+gradient the product of the input with those same copies of the output gradient, in the
+same sweep. A convolution whose stride phases all have the output's size (unit stride
+keeping the map's size, stride 2 with 'same' padding on even maps) frames whole maps
+instead of padding them (``_FramedPlan``).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ class _FramedPlan:
 
     def _maps(self, framed):
         """The (C, N, rows, width) view of the maps inside a framed (C, >= N * cells)
-        array, or (C, N, rows * width) with ``flat``."""
+        array."""
         rows, width = (*self.out, 1)[:2]
         maps = framed[:, :self.n * self.cells].reshape(len(framed), self.n, self.cells)[
             :, :, :self.map_cells]
@@ -302,7 +304,8 @@ def _blocks(channels, taps, length, dtype):
 
 def _weighted_taps(runs, begins, weights, out, length, masks):
     """out[c, j, r] = sum over k of weights[c, j, k] * runs[k][c, begins[k] + r], r < length,
-    where the terms ``masks`` names count as zero (``_zero_masked``): per block, the taps' runs copied side by side, then one batched product."""
+    the terms ``masks`` names counting as zero (``_zero_masked``): per block, the taps' runs
+    copied side by side, then one batched product."""
     channels, _, count = weights.shape
     copies, blocks = _blocks(channels, count, length, out.dtype)
     groups, masked = _tap_groups(runs, begins, length), _masked_taps(masks)
