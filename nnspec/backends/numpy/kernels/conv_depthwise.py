@@ -44,12 +44,8 @@ def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
     taps = weight.reshape(channels, multiplier, -1)
     reads = plan.taps  # per kernel offset: (phase, first cell)
     y_wide = np.empty((channels, multiplier, n * plan.cells), dtype=x.dtype)
-    # the taps by phase and first cell, so that those reading one phase at a fixed step
-    # (a kernel row's taps of one phase) are copied together
-    order = sorted(range(len(reads)), key=reads.__getitem__)
-    _weighted_taps([source[reads[k][0]] for k in order], [reads[k][1] for k in order],
-                   taps[:, :, order], y_wide, plan.length,
-                   [plan.output_masks[k] for k in order])
+    _weighted_taps([source[phase] for phase, _ in reads], [b for _, b in reads], taps,
+                   y_wide, plan.length, plan.output_masks)
     y = plan.gather_output(y_wide.reshape(channels * multiplier, -1))
     if bias is not None:
         y += bias.reshape(-1, *(1,) * len(size))
