@@ -27,6 +27,7 @@ from numpy.lib.stride_tricks import as_strided
 from .windows import output_size, phase_reads, phase_regions
 
 _BLOCK_FLOATS = 1 << 17  # the tap copies of one block: 512 KiB of float32, inside L2
+_PHASE_CHUNK_FLOATS = 1 << 17  # the map's values a range of channels of strided copies spans
 
 
 def depthwise(x, weight, bias, stride, padding, dilation, input_grad):
@@ -167,20 +168,38 @@ class _FramedPlan:
         source = np.empty((len(phases), channels, self.span), dtype=x.dtype)
         source[:, :, :self.margin] = 0
         source[:, :, self.margin + self.n * self.cells:] = 0
-        for framed, phase in zip(source, phases):
+        frames = []
+        for framed in source:
             body = framed[:, self.margin:self.margin + self.n * self.cells]
             body.reshape(channels, self.n, self.cells)[:, :, self.map_cells:] = 0
-            _copy(self._maps(body), np.swapaxes(phase, 0, 1))
+            frames.append(self._maps(body))
+        for chunk in self._chunks(channels, len(phases)):
+            for frame, phase in zip(frames, phases):
+                _copy(frame[chunk], np.swapaxes(phase, 0, 1)[chunk])
         return source
+
+    def _chunks(self, channels, phases):
+        """Channel ranges for the phases' strided copies: with several phases, each reads
+        (or writes) every s-th value of the map, so they go a range of channels at a time,
+        all phases of a range while its cache lines are in cache. (Phase by phase over the
+        whole map, MobileNet's 32x96x32x32 stride-2 layer spent 8.8 ms of a training step
+        writing its input gradient, 3 ms when timed alone.)"""
+        if phases == 1:
+            return [slice(None)]
+        step = max(1, _PHASE_CHUNK_FLOATS // (self.n * math.prod(self.size)))
+        return [slice(first, first + step) for first in range(0, channels, step)]
 
     def merge(self, d_source, dtype):
         """Undo ``split``: the (N, C, *size) gradient of the input from the framed
         phases'."""
         channels = d_source.shape[1]
         dx = np.empty((self.n, channels, *self.size), dtype=dtype)
-        for phase, framed in zip(self._phases(dx), d_source):
-            _copy(np.swapaxes(phase, 0, 1),
-                  self._maps(framed[:, self.margin:self.margin + self.n * self.cells]))
+        phases = self._phases(dx)
+        frames = [self._maps(framed[:, self.margin:self.margin + self.n * self.cells])
+                  for framed in d_source]
+        for chunk in self._chunks(channels, len(phases)):
+            for phase, frame in zip(phases, frames):
+                _copy(np.swapaxes(phase, 0, 1)[chunk], frame[chunk])
         return dx
 
     def gather_output(self, wide):
