@@ -80,9 +80,11 @@ def test_depthwise_convolution_matches_torch(case):
 @pytest.mark.parametrize("case", [DEPTHWISE[i] for i in (0, 1, 2, 4, 10, 12, 14, 15, 18, 19)])
 def test_depthwise_convolution_matches_torch_in_blocks_of_any_size(case, block_floats,
                                                                    monkeypatch):
-    """Blocks of one channel and a few positions, of several channels and a part of the run:
-    every way of cutting the work gives the same sums."""
+    """Blocks of one channel and a few positions, of several channels and a part of the run,
+    and strided phases copied one channel or a few at a time: every way of cutting the work
+    gives the same sums."""
     monkeypatch.setattr(conv_depthwise, "_BLOCK_FLOATS", block_floats)
+    monkeypatch.setattr(conv_depthwise, "_PHASE_CHUNK_FLOATS", block_floats)
     run_depthwise_against_torch(*case)
 
 
