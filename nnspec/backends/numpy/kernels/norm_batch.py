@@ -125,8 +125,8 @@ def _columns(per_channel, positions):
 def _blocks(rows):
     """(row slice, column slice) blocks of (N, C * L) of about _BLOCK_FLOATS values each:
     whole rows (samples) a few at a time, or, when one row is longer than a block (large
-    maps), every row over a range of columns, so that a block's temporaries stay in the
-    core's cache and its column sums reduce several rows at once."""
+    maps), groups of _WIDE_ROWS rows over a range of columns, so that a block's temporaries
+    stay in the core's cache and its column sums reduce several rows at once."""
     count, width = rows.shape
     if width <= _BLOCK_FLOATS or count == 1:
         step = max(1, _BLOCK_FLOATS // max(1, width))
