@@ -508,17 +508,25 @@ def test_the_input_gradient_added_into_the_frame_matches_torch(
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("nd, kernel, padding, spatial", [
-    (2, (3, 3), ((1, 1), (1, 1)), (9, 7)), (1, (3,), ((2, 2),), (13,))])
+@pytest.mark.parametrize("nd, kernel, stride, dilation, padding, spatial", [
+    (2, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (9, 7)),
+    (1, (3,), (1,), (1,), ((2, 2),), (13,)),
+    (2, (3, 4), (2, 2), (1, 2), ((1, 2), (3, 1)), (11, 12)),   # strided, dilated, even
+    (2, (5, 5), (1, 1), (1, 1), ((0, 0), (0, 0)), (14, 14)),   # LeNet's second layer
+])
+@pytest.mark.parametrize("block", [50, 7])
 def test_the_column_free_path_over_several_column_blocks_matches_torch(
-        monkeypatch, nd, kernel, padding, spatial):
-    """Its products go over blocks of SHIFTED_BLOCK columns (here 50: blocks that start
-    mid-row, and a short last one)."""
-    monkeypatch.setattr(conv_module, "SHIFTED_BLOCK", 50)
+        monkeypatch, nd, kernel, stride, dilation, padding, spatial, block):
+    """Its products go over blocks of SHIFTED_BLOCK columns, and its weight gradient's
+    shifted copies over blocks of positions (here 50 or 7 each: blocks that start mid-row,
+    and a short last one)."""
+    monkeypatch.setattr(conv_module, "SHIFTED_BLOCK", block)
+    monkeypatch.setattr(conv_module, "WEIGHT_GRAD_BLOCK_FLOATS", 1)
+    monkeypatch.setattr(conv_module, "WEIGHT_GRAD_MIN_POSITIONS", block)
     case = {
         "batch": 3, "in_channels": 8, "out_channels": 6, "spatial": spatial, "kernel": kernel,
         "has_bias": True,
-        "attrs": {"stride": (1,) * nd, "padding": padding, "dilation": (1,) * nd, "groups": 1},
+        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
     }
     check_conv_against_torch(nd, case)
 
