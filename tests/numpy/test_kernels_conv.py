@@ -521,8 +521,8 @@ def test_the_column_free_path_over_several_column_blocks_matches_torch(
     shifted copies over blocks of positions (here 50 or 7 each: blocks that start mid-row,
     and a short last one)."""
     monkeypatch.setattr(conv_module, "SHIFTED_BLOCK", block)
-    monkeypatch.setattr(conv_module, "WEIGHT_GRAD_BLOCK_FLOATS", 1)
-    monkeypatch.setattr(conv_module, "WEIGHT_GRAD_MIN_POSITIONS", block)
+    monkeypatch.setattr(conv_module, "ROW_COPY_FLOATS", 1)
+    monkeypatch.setattr(conv_module, "ROW_COPY_MIN_POSITIONS", block)
     case = {
         "batch": 3, "in_channels": 8, "out_channels": 6, "spatial": spatial, "kernel": kernel,
         "has_bias": True,

@@ -257,15 +257,18 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
     block = SHIFTED_BLOCK if channels >= SHIFTED_FEW_CHANNELS else \
         min(SHIFTED_BLOCK, SHIFTED_BLOCK_FEW_CHANNELS)
     y_frame = np.empty((out_channels, frame), dtype=x.dtype)
-    for first in range(0, length, block):  # a block of columns stays in cache across taps
-        end = min(first + block, length)
-        y_rows = y_frame[:, first:end]
-        for number, (source, start) in enumerate(reads):
-            window = flat[source, :, start + first:start + end]
-            if number == 0:
-                np.matmul(taps[0], window, out=y_rows)
-            else:
-                add_product(taps[number], window, y_rows)
+    if channels < SHIFTED_FEW_CHANNELS and kernel[-1] > 1:
+        _few_channel_forward(flat, reads, taps, kernel[-1], length, y_frame)
+    else:
+        for first in range(0, length, block):  # a block of columns stays in cache across taps
+            end = min(first + block, length)
+            y_rows = y_frame[:, first:end]
+            for number, (source, start) in enumerate(reads):
+                window = flat[source, :, start + first:start + end]
+                if number == 0:
+                    np.matmul(taps[0], window, out=y_rows)
+                else:
+                    add_product(taps[number], window, y_rows)
     valid = (slice(None), slice(None), *(slice(0, o) for o in out))
     y = np.ascontiguousarray(np.swapaxes(y_frame.reshape(out_channels, *frame_shape)[valid],
                                          0, 1))
@@ -303,56 +306,89 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
     return y, backward
 
 
-# positions per block of the weight gradient's shifted copies: a block of (kernel width *
-# channels) rows of about this many floats (4 MiB); 2k to 32k positions measured alike
-WEIGHT_GRAD_BLOCK_FLOATS = 1 << 20
-WEIGHT_GRAD_MIN_POSITIONS = 2048
+# positions per block of the kernel rows' shifted copies (``_kernel_row_reads``): a block of
+# (kernel width * channels) rows of about this many floats (4 MiB); 2k to 32k positions
+# measured alike
+ROW_COPY_FLOATS = 1 << 20
+ROW_COPY_MIN_POSITIONS = 2048
+
+
+def _kernel_row_reads(flat, reads, width, length):
+    """The reads of ``_shifted`` a kernel row at a time. Offset k of the kernel reads
+    flat[source_k, :, start_k + p] for positions p < length; the ``width`` offsets of a
+    kernel row (the last dim's) read the same positions shifted by a few places, so a block
+    of positions is copied ``width`` times, shifted, into one (width * C, positions) buffer,
+    which serves every kernel row that reads alike (every row at unit stride, the rows of one
+    stride phase otherwise). Yields (begin, end, [(row, columns)]) per block of positions,
+    ``columns`` the row's (width * C, end - begin) matrix: a product over it does the work of
+    ``width`` products over C rows, which OpenBLAS runs slowly when C is small."""
+    channels = flat.shape[1]
+    patterns: dict = {}  # {the taps' sources and starts relative to the row's first: rows}
+    for row in range(len(reads) // width):
+        taps = reads[row * width:(row + 1) * width]
+        first = taps[0][1]
+        pattern = tuple((source, start - first) for source, start in taps)
+        patterns.setdefault(pattern, []).append((row, first))
+    block = max(ROW_COPY_MIN_POSITIONS, ROW_COPY_FLOATS // (width * channels))
+    copies = []  # per pattern: its rows, the lowest first start, its reach and its buffer
+    for pattern, rows in patterns.items():
+        lowest = min(first for _, first in rows)
+        reach = max(first for _, first in rows) - lowest
+        buffer = np.empty((width, channels, min(block, length) + reach), dtype=flat.dtype)
+        copies.append((pattern, rows, lowest, reach, buffer))
+    for begin in range(0, length, block):
+        end = min(begin + block, length)
+        row_columns = []
+        for pattern, rows, lowest, reach, buffer in copies:
+            span = end - begin + reach
+            for tap, (source, offset) in enumerate(pattern):
+                origin = lowest + offset + begin
+                buffer[tap, :, :span] = flat[source, :, origin:origin + span]
+            matrix = buffer.reshape(width * channels, -1)
+            row_columns += [(row, matrix[:, first - lowest:first - lowest + end - begin])
+                            for row, first in rows]
+        yield begin, end, row_columns
+
+
+def _few_channel_forward(flat, reads, taps, width, length, y_frame):
+    """``_shifted``'s forward a kernel row at a time over shifted copies
+    (``_kernel_row_reads``), for layers of few input channels: one product per kernel row
+    with width * C rows against one per offset with C rows, where each of those adds a term
+    to the whole output block. LeNet's 6 -> 16 5x5 layer 1.28 -> 0.56 ms at batch 64; 6 ->
+    16 3x3 0.48 -> 0.29, 8 -> 16 1.27 -> 0.94 (at 16 channels, 1.47 -> 1.91: not taken)."""
+    out_channels, channels = taps.shape[1:]
+    row_weights = np.ascontiguousarray(
+        taps.reshape(-1, width, out_channels, channels).transpose(0, 2, 1, 3)
+    ).reshape(-1, out_channels, width * channels)
+    for begin, end, row_columns in _kernel_row_reads(flat, reads, width, length):
+        y_rows = y_frame[:, begin:end]
+        for number, (row, columns) in enumerate(row_columns):
+            if number == 0:
+                np.matmul(row_weights[row], columns, out=y_rows)
+            else:
+                add_product(row_weights[row], columns, y_rows)
 
 
 def _tap_weight_grads(flat, reads, width, dy_columns, length):
-    """The weight gradient of ``_shifted``, per kernel offset (K, C, O): offset k's is
-    flat[source_k, :, start_k + p] (C, L) times dy_columns (L, O). The offsets of a kernel
-    row (``width`` of them, the last dim's) read the same positions shifted by a few places,
-    so a block of positions is copied ``width`` times, shifted, into one (width * C, L)
-    buffer, and each kernel row takes one product of it: K / width products with width
-    times the rows, against K products of C rows, which OpenBLAS runs slowly (16 x 16
-    outputs over 35k positions: 60 GFLOP/s on two cores). Kernel rows that read alike
-    (every row at unit stride; rows of one stride phase otherwise) share the copies.
-    ResNet-20's 3x3 layers' weight gradients: 16 channels 2.8 -> 2.0 ms, 32 channels 2.5 ->
-    1.5, 64 channels 1.6 -> 1.1; 16 -> 32 channels 6.4 -> 2.9."""
+    """The weight gradient of ``_shifted`` per kernel offset, (K, C, O): offset k's is its
+    reads (C, L) times dy_columns (L, O), taken a kernel row at a time over shifted copies
+    (``_kernel_row_reads``): K / width products of width * C rows instead of K products of C
+    rows, which OpenBLAS runs slowly (16 x 16 outputs over 35k positions: 60 GFLOP/s on two
+    cores). ResNet-20's 3x3 layers' weight gradients: 16 channels 2.8 -> 2.0 ms, 32
+    channels 2.5 -> 1.5, 64 channels 1.6 -> 1.1; 16 -> 32 channels 6.4 -> 2.9."""
     channels, out_channels = flat.shape[1], dy_columns.shape[1]
     dtaps = np.empty((len(reads), channels, out_channels), dtype=dy_columns.dtype)
     if width == 1:
         for number, (source, start) in enumerate(reads):
             np.matmul(flat[source, :, start:start + length], dy_columns, out=dtaps[number])
         return dtaps
-    # kernel rows by their pattern: the sources and start offsets of their taps relative to
-    # the row's first; each pattern's copies start at its rows' lowest first start
-    patterns: dict = {}
-    for row in range(len(reads) // width):
-        taps = reads[row * width:(row + 1) * width]
-        first = taps[0][1]
-        pattern = tuple((source, start - first) for source, start in taps)
-        patterns.setdefault(pattern, []).append((row, first))
-    block = max(WEIGHT_GRAD_MIN_POSITIONS, WEIGHT_GRAD_BLOCK_FLOATS // (width * channels))
     rows_grads = dtaps.reshape(-1, width * channels, out_channels)
-    for pattern, rows in patterns.items():
-        lowest = min(first for _, first in rows)
-        reach = max(first for _, first in rows) - lowest
-        shifted = np.empty((width, channels, min(block, length) + reach), dtype=flat.dtype)
-        matrix = shifted.reshape(width * channels, -1)
-        for begin in range(0, length, block):
-            end = min(begin + block, length)
-            span = end - begin + reach
-            for tap, (source, offset) in enumerate(pattern):
-                origin = lowest + offset + begin
-                shifted[tap, :, :span] = flat[source, :, origin:origin + span]
-            for row, first in rows:
-                columns = matrix[:, first - lowest:first - lowest + end - begin]
-                if begin == 0:
-                    np.matmul(columns, dy_columns[begin:end], out=rows_grads[row])
-                else:
-                    add_product(columns, dy_columns[begin:end], rows_grads[row])
+    for begin, end, row_columns in _kernel_row_reads(flat, reads, width, length):
+        for row, columns in row_columns:
+            if begin == 0:
+                np.matmul(columns, dy_columns[begin:end], out=rows_grads[row])
+            else:
+                add_product(columns, dy_columns[begin:end], rows_grads[row])
     return dtaps
 
 
