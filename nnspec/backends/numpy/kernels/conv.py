@@ -220,7 +220,9 @@ SHIFTED_BLOCK = 1 << 17
 # below 16 input channels each product is cheap and the output's block is the cost: blocks
 # this long keep it in the core's cache (LeNet's 6 -> 16 5x5 layer at batch 64: forward
 # 2.9 -> 1.8 ms, backward 4.4 -> 2.7, measured when each product still wrote a term; at
-# 16-32 channels such blocks were 0-20% slower, the products then being the cost)
+# 16-32 channels such blocks were 0-20% slower, the products then being the cost). The
+# forwards of such layers now go a kernel row at a time unless the kernel is one wide;
+# their input gradients still take these blocks
 SHIFTED_BLOCK_FEW_CHANNELS = 1 << 13
 SHIFTED_FEW_CHANNELS = 16
 
@@ -232,8 +234,9 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
     ``_phase_frames`` otherwise), so the output is a sum of K products weight_k (O, C) @
     slice_k (C, L), computed over the whole frame (the positions between the outputs are
     cropped). The weight gradient is K products of the slices with the output gradient,
-    zero at those positions; the input gradient adds weight_k.T @ that gradient into each
-    shifted slice. Each product adds into the output's block (``add_product``, BLAS with
+    zero at those positions, taken a kernel row at a time (``_tap_weight_grads``), as is the
+    forward of layers with few input channels (``_few_channel_forward``); the input gradient
+    adds weight_k.T @ that gradient into each shifted slice. Each product adds into the output's block (``add_product``, BLAS with
     beta = 1) rather than writing a term that a second pass adds: a 16-channel layer's
     forward 3.3 -> 1.4 ms, ResNet-20's step 208 -> 167 ms. No K-times-the-input column
     buffer is written or read: 1.2-2.7x faster than im2col's product at 8-32 channels
@@ -325,9 +328,9 @@ def _kernel_row_reads(flat, reads, width, length):
     channels = flat.shape[1]
     patterns: dict = {}  # {the taps' sources and starts relative to the row's first: rows}
     for row in range(len(reads) // width):
-        taps = reads[row * width:(row + 1) * width]
-        first = taps[0][1]
-        pattern = tuple((source, start - first) for source, start in taps)
+        row_reads = reads[row * width:(row + 1) * width]
+        first = row_reads[0][1]
+        pattern = tuple((source, start - first) for source, start in row_reads)
         patterns.setdefault(pattern, []).append((row, first))
     block = max(ROW_COPY_MIN_POSITIONS, ROW_COPY_FLOATS // (width * channels))
     copies = []  # per pattern: its rows, the lowest first start, its reach and its buffer
