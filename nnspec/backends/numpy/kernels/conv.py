@@ -296,11 +296,14 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         dy_rows.reshape(out_channels, *frame_shape)[
             (slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
         d_flat = np.zeros(flat.shape, dtype=dy.dtype)
-        for first in range(0, length, block):
-            end = min(first + block, length)
-            for number, (source, start) in enumerate(reads):
-                add_product(taps[number].T, dy_rows[:, first:end],
-                            d_flat[source, :, start + first:start + end])
+        if channels < SHIFTED_FEW_CHANNELS and kernel[-1] > 1:
+            _few_channel_input_grad(dy_rows, reads, taps, kernel[-1], length, d_flat)
+        else:
+            for first in range(0, length, block):
+                end = min(first + block, length)
+                for number, (source, start) in enumerate(reads):
+                    add_product(taps[number].T, dy_rows[:, first:end],
+                                d_flat[source, :, start + first:start + end])
         del dy_rows  # freed before the copy out
         dx = np.empty(x_shape, dtype=dy.dtype)
         unframe(d_flat, np.swapaxes(dx, 0, 1))
@@ -316,6 +319,26 @@ ROW_COPY_FLOATS = 1 << 20
 ROW_COPY_MIN_POSITIONS = 2048
 
 
+def _kernel_row_patterns(reads, width):
+    """The kernel rows grouped by how they read: per group, the sources and starts of its
+    taps relative to a row's first, its rows as (row, first start), the lowest first start
+    and how far the others reach past it."""
+    patterns: dict = {}
+    for row in range(len(reads) // width):
+        row_reads = reads[row * width:(row + 1) * width]
+        first = row_reads[0][1]
+        pattern = tuple((source, start - first) for source, start in row_reads)
+        patterns.setdefault(pattern, []).append((row, first))
+    return [(pattern, rows, min(first for _, first in rows),
+             max(first for _, first in rows) - min(first for _, first in rows))
+            for pattern, rows in patterns.items()]
+
+
+def _row_block(width, channels):
+    """Positions per block of a kernel row's (width * C, positions) buffer."""
+    return max(ROW_COPY_MIN_POSITIONS, ROW_COPY_FLOATS // (width * channels))
+
+
 def _kernel_row_reads(flat, reads, width, length):
     """The reads of ``_shifted`` a kernel row at a time. Offset k of the kernel reads
     flat[source_k, :, start_k + p] for positions p < length; the ``width`` offsets of a
@@ -326,19 +349,10 @@ def _kernel_row_reads(flat, reads, width, length):
     ``columns`` the row's (width * C, end - begin) matrix: a product over it does the work of
     ``width`` products over C rows, which OpenBLAS runs slowly when C is small."""
     channels = flat.shape[1]
-    patterns: dict = {}  # {the taps' sources and starts relative to the row's first: rows}
-    for row in range(len(reads) // width):
-        row_reads = reads[row * width:(row + 1) * width]
-        first = row_reads[0][1]
-        pattern = tuple((source, start - first) for source, start in row_reads)
-        patterns.setdefault(pattern, []).append((row, first))
-    block = max(ROW_COPY_MIN_POSITIONS, ROW_COPY_FLOATS // (width * channels))
-    copies = []  # per pattern: its rows, the lowest first start, its reach and its buffer
-    for pattern, rows in patterns.items():
-        lowest = min(first for _, first in rows)
-        reach = max(first for _, first in rows) - lowest
-        buffer = np.empty((width, channels, min(block, length) + reach), dtype=flat.dtype)
-        copies.append((pattern, rows, lowest, reach, buffer))
+    block = _row_block(width, channels)
+    copies = [(pattern, rows, lowest, reach,
+               np.empty((width, channels, min(block, length) + reach), dtype=flat.dtype))
+              for pattern, rows, lowest, reach in _kernel_row_patterns(reads, width)]
     for begin in range(0, length, block):
         end = min(begin + block, length)
         row_columns = []
@@ -370,6 +384,33 @@ def _few_channel_forward(flat, reads, taps, width, length, y_frame):
                 np.matmul(row_weights[row], columns, out=y_rows)
             else:
                 add_product(row_weights[row], columns, y_rows)
+
+
+def _few_channel_input_grad(dy_rows, reads, taps, width, length, d_flat):
+    """``_shifted``'s input gradient for layers of few input channels, a kernel row at a
+    time: a row's (width * C, O) weights times dy (O, positions) give its taps' gradients as
+    one (width * C, positions) block, added into a buffer at the row's shift; the buffer's
+    ``width`` parts are then added into ``d_flat`` at their taps' shifts. Against one product
+    per offset (C rows each, each adding into the frame): LeNet's 6 -> 16 5x5 layer 0.89 ->
+    0.71 ms at batch 64, 8 -> 16 3x3 1.54 -> 1.09."""
+    out_channels, channels = taps.shape[1:]
+    row_weights_t = np.ascontiguousarray(
+        taps.reshape(-1, width, out_channels, channels).transpose(0, 1, 3, 2)
+    ).reshape(-1, width * channels, out_channels)
+    block = _row_block(width, channels)
+    for pattern, rows, lowest, reach in _kernel_row_patterns(reads, width):
+        buffer = np.empty((width, channels, min(block, length) + reach), dtype=d_flat.dtype)
+        matrix = buffer.reshape(width * channels, -1)
+        for begin in range(0, length, block):
+            end = min(begin + block, length)
+            span = end - begin + reach
+            buffer[:, :, :span] = 0
+            for row, first in rows:
+                add_product(row_weights_t[row], dy_rows[:, begin:end],
+                            matrix[:, first - lowest:first - lowest + end - begin])
+            for tap, (source, offset) in enumerate(pattern):
+                origin = lowest + offset + begin
+                d_flat[source, :, origin:origin + span] += buffer[tap, :, :span]
 
 
 def _tap_weight_grads(flat, reads, width, dy_columns, length):
