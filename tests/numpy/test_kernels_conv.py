@@ -452,7 +452,7 @@ def test_strided_convolutions_on_the_column_free_path_match_torch(
         (2, 3, 8, (7, 7), (2, 2), (1, 1), ((3, 3), (3, 3)), (17, 16)),     # ImageNet stem
         (2, 1, 6, (5, 5), (1, 1), (1, 1), ((2, 2), (2, 2)), (9, 11)),      # 5x5, 1 channel
         (2, 5, 4, (3, 2), (3, 2), (2, 1), ((0, 3), (1, 0)), (13, 8)),      # uneven everything
-        (2, 2, 3, (1, 1), (2, 2), (1, 1), ((0, 0), (0, 0)), (7, 6)),       # 1x1, stride 2
+        (2, 2, 3, (1, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), (7, 6)),       # 1x2, stride 2
         (1, 3, 4, (3,), (2,), (1,), ((1, 1),), (10,)),                     # 1d
     ],
 )
@@ -478,6 +478,44 @@ def test_few_channel_convolutions_on_per_sample_columns_match_torch(
         tx.requires_grad_(False)
         ty = {1: F.conv1d, 2: F.conv2d}[nd](
             F.pad(tx, torch_pad(padding)), tweight, tbias, stride=stride, dilation=dilation)
+        assert_close(y, ty)
+        dy = np.random.default_rng(4).standard_normal(y.shape, np.float32)
+        ty.backward(torch.tensor(dy))
+        dx, dweight, dbias = backward(dy)
+        assert dx is None
+        assert_close(dweight, tweight.grad, atol=1e-4)
+        assert_close(dbias, tbias.grad, atol=1e-4)
+    assert taken == [stride]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("nd, channels, out_channels, stride, spatial", [
+    (2, 16, 32, (2, 2), (9, 8)),      # ResNet's projection shortcut, odd rows
+    (2, 2, 3, (2, 3), (7, 11)),       # few channels, uneven stride
+    (1, 12, 5, (3,), (10,)),          # 1d
+    (2, 8, 6, (1, 2), (5, 7)),        # one dim unstrided
+])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_strided_1x1_convolutions_sample_the_input_and_match_torch(
+        monkeypatch, nd, channels, out_channels, stride, spatial, input_grad):
+    taken = []
+    original = conv_module._strided_pointwise
+    monkeypatch.setattr(conv_module, "_strided_pointwise",
+                        lambda *args: taken.append(args[3]) or original(*args))
+    case = {
+        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
+        "kernel": (1,) * nd, "has_bias": True,
+        "attrs": {"stride": stride, "padding": ((0, 0),) * nd, "dilation": (1,) * nd,
+                  "groups": 1},
+    }
+    if input_grad:
+        check_conv_against_torch(nd, case)
+    else:
+        x, weight, bias = conv_arrays(case, seed=3)
+        y, backward = CONV[nd](x, weight, bias, **case["attrs"], input_grad=False)
+        tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
+        tx.requires_grad_(False)
+        ty = {1: F.conv1d, 2: F.conv2d}[nd](tx, tweight, tbias, stride=stride)
         assert_close(y, ty)
         dy = np.random.default_rng(4).standard_normal(y.shape, np.float32)
         ty.backward(torch.tensor(dy))

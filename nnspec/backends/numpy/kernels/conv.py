@@ -2,8 +2,8 @@
 
 Convolutions with 6 to 64 input channels skip the columns (``_shifted``): their products
 read shifted slices of the flattened padded map (of its stride phases when strided); those
-of fewer channels (stems) take per-sample columns in torch's layout; unit-stride 1x1 and
-depthwise ones have their own paths (depthwise in ``conv_depthwise``).
+of fewer channels (stems) take per-sample columns in torch's layout; 1x1 and depthwise
+ones have their own paths (depthwise in ``conv_depthwise``).
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         )
     if groups == channels > 1:
         return depthwise(x, weight, bias, stride, padding, dilation, input_grad)
-    if groups == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in stride) \
-            and not any(lo or hi for lo, hi in padding):
-        return _pointwise(x, weight, bias, input_grad)
+    if groups == 1 and all(k == 1 for k in kernel) and not any(lo or hi for lo, hi in padding):
+        if all(s == 1 for s in stride):
+            return _pointwise(x, weight, bias, input_grad)
+        return _strided_pointwise(x, weight, bias, stride, input_grad)
     if groups == 1 and _shifted_pays(channels, x.shape[2:], padding, kernel, stride, dilation):
         return _shifted(x, weight, bias, stride, padding, dilation, input_grad)
     if groups == 1 and channels < SHIFTED_MIN_CHANNELS:
@@ -133,6 +134,29 @@ def _pointwise(x, weight, bias, input_grad):
         return dx, dweight.reshape(weight.shape), dbias
 
     return y.reshape(n, out_channels, *x.shape[2:]), backward
+
+
+def _strided_pointwise(x, weight, bias, stride, input_grad):
+    """A 1x1 convolution at a stride over 1 without padding (a ResNet's projection
+    shortcut): ``_pointwise`` over the input's strided sample, whose input gradient is zero
+    between the sampled positions. Against im2col's strided gather and the (C, N) layouts
+    in and out, forward and backward: 1.5-2.1x faster on ResNet-20's two projections and a
+    ResNet-50's 64 -> 128 at 56x56, 1.1-1.3x on 256 -> 512 at 28x28 and 512 -> 1024 at
+    14x14 (slower forward there, faster backward)."""
+    sampled = (slice(None), slice(None), *(slice(None, None, s) for s in stride))
+    y, sampled_backward = _pointwise(np.ascontiguousarray(x[sampled]), weight, bias,
+                                     input_grad)
+    x_shape = x.shape  # the backward keeps no reference to x
+
+    def backward(dy):
+        d_sampled, dweight, dbias = sampled_backward(dy)
+        if d_sampled is None:
+            return None, dweight, dbias
+        dx = np.zeros(x_shape, dtype=dy.dtype)
+        dx[sampled] = d_sampled
+        return dx, dweight, dbias
+
+    return y, backward
 
 
 def _per_sample_columns(x, weight, bias, stride, padding, dilation, input_grad):
