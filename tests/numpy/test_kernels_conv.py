@@ -546,6 +546,28 @@ def test_the_input_gradient_added_into_the_frame_matches_torch(
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("channels, out_channels, kernel, stride, dilation, padding", [
+    (16, 8, (5, 5), (1, 1), (1, 1), ((2, 2), (2, 2))),    # wide kernel: input gradient by row
+    (18, 20, (3, 7), (2, 1), (1, 1), ((1, 0), (3, 2))),   # wide rows, strided
+    (20, 6, (3, 3), (1, 1), (2, 1), ((2, 2), (1, 1))),    # more inputs than outputs: by offset
+])
+@pytest.mark.parametrize("block", [7, 2048])
+def test_wide_kernels_and_narrowing_layers_on_the_column_free_path_match_torch(
+        monkeypatch, channels, out_channels, kernel, stride, dilation, padding, block):
+    """Layers of 16 channels and more whose kernels are 5 or more wide take the input
+    gradient a kernel row at a time; those with more input than output channels take the
+    weight gradient one offset at a time."""
+    monkeypatch.setattr(conv_module, "ROW_COPY_FLOATS", 1)
+    monkeypatch.setattr(conv_module, "ROW_COPY_MIN_POSITIONS", block)
+    case = {
+        "batch": 2, "in_channels": channels, "out_channels": out_channels, "spatial": (11, 13),
+        "kernel": kernel, "has_bias": True,
+        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
+    }
+    check_conv_against_torch(2, case)
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("nd, kernel, stride, dilation, padding, spatial", [
     (2, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (9, 7)),
     (1, (3,), (1,), (1,), ((2, 2),), (13,)),

@@ -245,8 +245,8 @@ SHIFTED_BLOCK = 1 << 17
 # this long keep it in the core's cache (LeNet's 6 -> 16 5x5 layer at batch 64: forward
 # 2.9 -> 1.8 ms, backward 4.4 -> 2.7, measured when each product still wrote a term; at
 # 16-32 channels such blocks were 0-20% slower, the products then being the cost). The
-# forwards of such layers now go a kernel row at a time unless the kernel is one wide;
-# their input gradients still take these blocks
+# forwards and input gradients of such layers now go a kernel row at a time unless the
+# kernel is one wide, which still takes these blocks
 SHIFTED_BLOCK_FEW_CHANNELS = 1 << 13
 SHIFTED_FEW_CHANNELS = 16
 
@@ -260,12 +260,13 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
     cropped). The weight gradient is K products of the slices with the output gradient,
     zero at those positions, taken a kernel row at a time (``_tap_weight_grads``), as is the
     forward of layers with few input channels (``_few_channel_forward``); the input gradient
-    adds weight_k.T @ that gradient into each shifted slice. Each product adds into the output's block (``add_product``, BLAS with
-    beta = 1) rather than writing a term that a second pass adds: a 16-channel layer's
-    forward 3.3 -> 1.4 ms, ResNet-20's step 208 -> 167 ms. No K-times-the-input column
-    buffer is written or read: 1.2-2.7x faster than im2col's product at 8-32 channels
-    (before the adds went into BLAS), and a stride-2 layer skips im2col's stride-2 element
-    gathers and the strided scatter of its input gradient."""
+    adds weight_k.T @ that gradient into each shifted slice (a kernel row at a time for few
+    channels or wide kernels, ``_row_input_grad``). Each product adds into the output's
+    block (``add_product``, BLAS with beta = 1) rather than writing a term that a second pass
+    adds: a 16-channel layer's forward 3.3 -> 1.4 ms, ResNet-20's step 208 -> 167 ms. No
+    K-times-the-input column buffer is written or read: 1.2-2.7x faster than im2col's
+    product at 8-32 channels (before the adds went into BLAS), and a stride-2 layer skips
+    im2col's stride-2 element gathers and the strided scatter of its input gradient."""
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]
     kernel = weight.shape[2:]
@@ -320,8 +321,8 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         dy_rows.reshape(out_channels, *frame_shape)[
             (slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
         d_flat = np.zeros(flat.shape, dtype=dy.dtype)
-        if channels < SHIFTED_FEW_CHANNELS and kernel[-1] > 1:
-            _few_channel_input_grad(dy_rows, reads, taps, kernel[-1], length, d_flat)
+        if kernel[-1] > 1 and (channels < SHIFTED_FEW_CHANNELS or kernel[-1] >= ROW_WIDE_KERNEL):
+            _row_input_grad(dy_rows, reads, taps, kernel[-1], length, d_flat)
         else:
             for first in range(0, length, block):
                 end = min(first + block, length)
@@ -341,6 +342,8 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
 # measured alike
 ROW_COPY_FLOATS = 1 << 20
 ROW_COPY_MIN_POSITIONS = 2048
+# kernels at least this wide take their input gradient a row at a time at any channel count
+ROW_WIDE_KERNEL = 5
 
 
 def _kernel_row_patterns(reads, width):
@@ -410,13 +413,15 @@ def _few_channel_forward(flat, reads, taps, width, length, y_frame):
                 add_product(row_weights[row], columns, y_rows)
 
 
-def _few_channel_input_grad(dy_rows, reads, taps, width, length, d_flat):
-    """``_shifted``'s input gradient for layers of few input channels, a kernel row at a
-    time: a row's (width * C, O) weights times dy (O, positions) give its taps' gradients as
-    one (width * C, positions) block, added into a buffer at the row's shift; the buffer's
-    ``width`` parts are then added into ``d_flat`` at their taps' shifts. Against one product
-    per offset (C rows each, each adding into the frame): LeNet's 6 -> 16 5x5 layer 0.89 ->
-    0.71 ms at batch 64, 8 -> 16 3x3 1.54 -> 1.09."""
+def _row_input_grad(dy_rows, reads, taps, width, length, d_flat):
+    """``_shifted``'s input gradient a kernel row at a time, for layers of few input
+    channels or wide kernels: a row's (width * C, O) weights times dy (O, positions) give its
+    taps' gradients as one (width * C, positions) block, added into a buffer at the row's
+    shift; the buffer's ``width`` parts are then added into ``d_flat`` at their taps' shifts.
+    Against one product per offset (C rows each, each adding into the frame): LeNet's 6 ->
+    16 5x5 layer 0.89 -> 0.71 ms at batch 64, 8 -> 16 3x3 1.54 -> 1.09; 5x5 layers of 16-64
+    channels 4-22% faster, 7x7 at 32 channels 6%; 3x3 layers of 16 channels and more
+    1.1-1.3x slower (not taken)."""
     out_channels, channels = taps.shape[1:]
     row_weights_t = np.ascontiguousarray(
         taps.reshape(-1, width, out_channels, channels).transpose(0, 1, 3, 2)
@@ -443,10 +448,12 @@ def _tap_weight_grads(flat, reads, width, dy_columns, length):
     (``_kernel_row_reads``): K / width products of width * C rows instead of K products of C
     rows, which OpenBLAS runs slowly (16 x 16 outputs over 35k positions: 60 GFLOP/s on two
     cores). ResNet-20's 3x3 layers' weight gradients: 16 channels 2.8 -> 2.0 ms, 32
-    channels 2.5 -> 1.5, 64 channels 1.6 -> 1.1; 16 -> 32 channels 6.4 -> 2.9."""
+    channels 2.5 -> 1.5, 64 channels 1.6 -> 1.1; 16 -> 32 channels 6.4 -> 2.9. Layers with
+    more input channels than output channels (and more than 16) keep one product per offset:
+    a row at a time was 1.1-1.2x slower there (32 -> 16, 64 -> 32, 128 -> 64)."""
     channels, out_channels = flat.shape[1], dy_columns.shape[1]
     dtaps = np.empty((len(reads), channels, out_channels), dtype=dy_columns.dtype)
-    if width == 1:
+    if width == 1 or channels > max(out_channels, SHIFTED_FEW_CHANNELS):
         for number, (source, start) in enumerate(reads):
             np.matmul(flat[source, :, start:start + length], dy_columns, out=dtaps[number])
         return dtaps
