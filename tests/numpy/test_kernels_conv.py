@@ -90,6 +90,26 @@ def check_conv_against_torch(nd, case):
         assert_close(dbias, tbias.grad, atol=1e-4)
 
 
+def check_conv_without_input_grad_against_torch(nd, case):
+    """A convolution told its input needs no gradient: the output and the weight and bias
+    gradients as torch's, and no input gradient."""
+    attrs = case["attrs"]
+    x, weight, bias = conv_arrays(case, seed=3)
+    y, backward = CONV[nd](x, weight, bias, **attrs, input_grad=False)
+    tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
+    tx.requires_grad_(False)
+    ty = {1: F.conv1d, 2: F.conv2d}[nd](
+        F.pad(tx, torch_pad(attrs["padding"])), tweight, tbias, stride=attrs["stride"],
+        dilation=attrs["dilation"])
+    assert_close(y, ty)
+    dy = np.random.default_rng(4).standard_normal(y.shape, np.float32)
+    ty.backward(torch.tensor(dy))
+    dx, dweight, dbias = backward(dy)
+    assert dx is None
+    assert_close(dweight, tweight.grad, atol=1e-4)
+    assert_close(dbias, tbias.grad, atol=1e-4)
+
+
 @pytest.mark.torch
 @FEW
 @given(conv_cases(nd=1))
@@ -474,19 +494,7 @@ def test_few_channel_convolutions_on_per_sample_columns_match_torch(
     if input_grad:
         check_conv_against_torch(nd, case)
     else:
-        x, weight, bias = conv_arrays(case, seed=3)
-        y, backward = CONV[nd](x, weight, bias, **case["attrs"], input_grad=False)
-        tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
-        tx.requires_grad_(False)
-        ty = {1: F.conv1d, 2: F.conv2d}[nd](
-            F.pad(tx, torch_pad(padding)), tweight, tbias, stride=stride, dilation=dilation)
-        assert_close(y, ty)
-        dy = np.random.default_rng(4).standard_normal(y.shape, np.float32)
-        ty.backward(torch.tensor(dy))
-        dx, dweight, dbias = backward(dy)
-        assert dx is None
-        assert_close(dweight, tweight.grad, atol=1e-4)
-        assert_close(dbias, tbias.grad, atol=1e-4)
+        check_conv_without_input_grad_against_torch(nd, case)
     assert taken == [stride]
 
 
@@ -513,18 +521,7 @@ def test_strided_1x1_convolutions_sample_the_input_and_match_torch(
     if input_grad:
         check_conv_against_torch(nd, case)
     else:
-        x, weight, bias = conv_arrays(case, seed=3)
-        y, backward = CONV[nd](x, weight, bias, **case["attrs"], input_grad=False)
-        tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
-        tx.requires_grad_(False)
-        ty = {1: F.conv1d, 2: F.conv2d}[nd](tx, tweight, tbias, stride=stride)
-        assert_close(y, ty)
-        dy = np.random.default_rng(4).standard_normal(y.shape, np.float32)
-        ty.backward(torch.tensor(dy))
-        dx, dweight, dbias = backward(dy)
-        assert dx is None
-        assert_close(dweight, tweight.grad, atol=1e-4)
-        assert_close(dbias, tbias.grad, atol=1e-4)
+        check_conv_without_input_grad_against_torch(nd, case)
     assert taken == [stride]
 
 

@@ -364,9 +364,20 @@ def _kernel_row_patterns(reads, width):
         first = row_reads[0][1]
         pattern = tuple((source, start - first) for source, start in row_reads)
         patterns.setdefault(pattern, []).append((row, first))
-    return [(pattern, rows, min(first for _, first in rows),
-             max(first for _, first in rows) - min(first for _, first in rows))
-            for pattern, rows in patterns.items()]
+    grouped = []
+    for pattern, rows in patterns.items():
+        firsts = [first for _, first in rows]
+        grouped.append((pattern, rows, min(firsts), max(firsts) - min(firsts)))
+    return grouped
+
+
+def _row_weights(taps, width):
+    """The (K, O, C) offsets' weights a kernel row at a time: (rows, O, width * C), the
+    columns in the order of ``_kernel_row_reads``' buffer rows (offset, channel)."""
+    out_channels, channels = taps.shape[1:]
+    return np.ascontiguousarray(
+        taps.reshape(-1, width, out_channels, channels).transpose(0, 2, 1, 3)
+    ).reshape(-1, out_channels, width * channels)
 
 
 def _row_block(width, channels):
@@ -408,10 +419,7 @@ def _few_channel_forward(flat, reads, taps, width, length, y_frame):
     with width * C rows against one per offset with C rows, where each of those adds a term
     to the whole output block. LeNet's 6 -> 16 5x5 layer 1.28 -> 0.56 ms at batch 64; 6 ->
     16 3x3 0.48 -> 0.29, 8 -> 16 1.27 -> 0.94 (at 16 channels, 1.47 -> 1.91: not taken)."""
-    out_channels, channels = taps.shape[1:]
-    row_weights = np.ascontiguousarray(
-        taps.reshape(-1, width, out_channels, channels).transpose(0, 2, 1, 3)
-    ).reshape(-1, out_channels, width * channels)
+    row_weights = _row_weights(taps, width)
     for begin, end, row_columns in _kernel_row_reads(flat, reads, width, length):
         y_rows = y_frame[:, begin:end]
         for number, (row, columns) in enumerate(row_columns):
@@ -430,10 +438,8 @@ def _row_input_grad(dy_rows, reads, taps, width, length, d_flat):
     16 5x5 layer 0.89 -> 0.71 ms at batch 64, 8 -> 16 3x3 1.54 -> 1.09; 5x5 layers of 16-64
     channels 4-22% faster, 7x7 at 32 channels 6%; 3x3 layers of 16 channels and more
     1.1-1.3x slower (not taken)."""
-    out_channels, channels = taps.shape[1:]
-    row_weights_t = np.ascontiguousarray(
-        taps.reshape(-1, width, out_channels, channels).transpose(0, 1, 3, 2)
-    ).reshape(-1, width * channels, out_channels)
+    channels = taps.shape[2]
+    row_weights = _row_weights(taps, width)
     block = _row_block(width, channels)
     for pattern, rows, lowest, reach in _kernel_row_patterns(reads, width):
         buffer = np.empty((width, channels, min(block, length) + reach), dtype=d_flat.dtype)
@@ -443,7 +449,7 @@ def _row_input_grad(dy_rows, reads, taps, width, length, d_flat):
             span = end - begin + reach
             buffer[:, :, :span] = 0
             for row, first in rows:
-                add_product(row_weights_t[row], dy_rows[:, begin:end],
+                add_product(row_weights[row].T, dy_rows[:, begin:end],
                             matrix[:, first - lowest:first - lowest + end - begin])
             for tap, (source, offset) in enumerate(pattern):
                 origin = lowest + offset + begin
