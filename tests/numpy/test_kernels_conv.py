@@ -100,7 +100,7 @@ def check_conv_without_input_grad_against_torch(nd, case):
     tx.requires_grad_(False)
     ty = {1: F.conv1d, 2: F.conv2d}[nd](
         F.pad(tx, torch_pad(attrs["padding"])), tweight, tbias, stride=attrs["stride"],
-        dilation=attrs["dilation"])
+        dilation=attrs["dilation"], groups=attrs["groups"])
     assert_close(y, ty)
     dy = np.random.default_rng(4).standard_normal(y.shape, np.float32)
     ty.backward(torch.tensor(dy))
@@ -375,14 +375,11 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
         (1, 16, 8, 1, (3,), (3,), ((3, 3),), (13,), "shifted"),                # 1d dilated
         (2, 8, 24, 1, (3, 3), (1, 1), ((0, 0), (0, 0)), (5, 11), "shifted"),   # small valid
         (2, 12, 10, 1, (3, 3), (2, 1), ((4, 1), (0, 2)), (8, 6), "shifted"),
-        (2, 32, 16, 2, (3, 2), (1, 1), ((2, 0), (1, 1)), (7, 7), "flipped"),   # groups
-        (2, 18, 10, 2, (5, 5), (1, 1), ((2, 2), (2, 2)), (6, 9), "flipped"),   # 5x5, odd
         (2, 168, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (5, 6), "flipped"),   # wide
         (2, 8, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (6, 6), "shifted"),     # pad > reach
         (2, 7, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (6, 6), "shifted"),
         (2, 8, 8, 1, (3, 3), (1, 1), ((3, 3), (2, 3)), (7, 6), "shifted"),     # both > reach
         (2, 6, 4, 1, (2, 3), (3, 1), ((3, 3), (0, 4)), (9, 5), "shifted"),     # even, dilated
-        (2, 8, 8, 2, (3, 3), (1, 1), ((1, 1), (1, 1)), (6, 6), "col2im"),      # 4 per group
         (2, 168, 8, 1, (3, 3), (1, 1), ((3, 1), (1, 1)), (5, 5), "col2im"),    # pad > reach
         (2, 4, 8, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (16, 16), "per_sample"),  # few channels
         (2, 3, 8, 1, (3, 3), (2, 1), ((3, 1), (0, 2)), (9, 8), "per_sample"),   # pad > reach
@@ -413,6 +410,76 @@ def test_each_stride_one_convolution_path_matches_torch(
     # a stem with a wide kernel takes the column-free forward; its backward is its own
     wide_stem = path == "per_sample" and kernel[-1] >= conv_module.ROW_WIDE_KERNEL
     assert taken == [path] + (["shifted"] if wide_stem else [])
+
+
+GROUPED_CASES = [
+    # nd, channels, out channels, groups, kernel, stride, dilation, padding, spatial, path
+    (2, 8, 8, 2, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (6, 6), "blocks"),
+    (2, 18, 10, 2, (5, 5), (1, 1), (1, 1), ((2, 2), (2, 2)), (6, 9), "blocks"),
+    (2, 16, 24, 4, (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), (9, 8), "blocks"),
+    (2, 24, 12, 3, (3, 3), (2, 1), (1, 2), ((2, 1), (0, 2)), (11, 9), "blocks"),
+    (2, 12, 12, 4, (3, 3), (1, 1), (1, 1), ((3, 1), (1, 1)), (8, 8), "blocks"),  # pad > reach
+    (2, 12, 6, 3, (2, 3), (3, 2), (2, 1), ((0, 3), (1, 0)), (10, 9), "blocks"),  # even, odd
+    (1, 12, 8, 4, (5,), (3,), (2,), ((4, 1),), (23,), "blocks"),
+    (2, 16, 16, 2, (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0)), (5, 5), "blocks"),  # 1x1
+    (2, 32, 16, 2, (3, 2), (1, 1), (1, 1), ((2, 0), (1, 1)), (7, 7), "by_group"),
+    (2, 64, 32, 2, (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), (9, 9), "by_group"),
+    (2, 32, 32, 2, (1, 1), (2, 2), (1, 1), ((0, 0), (0, 0)), (5, 5), "by_group"),  # 1x1/2
+    (1, 32, 64, 2, (3,), (1,), (1,), ((1, 1),), (12,), "by_group"),
+]
+
+
+def grouped_case(nd, channels, out_channels, groups, kernel, stride, dilation, padding,
+                 spatial):
+    return {"batch": 3, "in_channels": channels, "out_channels": out_channels,
+            "spatial": spatial, "kernel": kernel, "has_bias": True,
+            "attrs": {"stride": stride, "padding": padding, "dilation": dilation,
+                      "groups": groups}}
+
+
+def record_grouped_paths(monkeypatch):
+    taken = []
+    for name, function in [("blocks", "_grouped_blocks"), ("by_group", "_group_by_group")]:
+        original = getattr(conv_module, function)
+        monkeypatch.setattr(conv_module, function,
+                            lambda *args, _name=name, _original=original:
+                            taken.append(_name) or _original(*args))
+    return taken
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "nd, channels, out_channels, groups, kernel, stride, dilation, padding, spatial, path",
+    GROUPED_CASES)
+def test_grouped_convolutions_match_torch_on_their_paths(
+        monkeypatch, nd, channels, out_channels, groups, kernel, stride, dilation, padding,
+        spatial, path):
+    # few channels per group: every group's columns in blocks of positions, one stacked
+    # product each; 16 or more: one ungrouped convolution per group
+    taken = record_grouped_paths(monkeypatch)
+    case = grouped_case(nd, channels, out_channels, groups, kernel, stride, dilation, padding,
+                        spatial)
+    check_conv_against_torch(nd, case)
+    check_conv_without_input_grad_against_torch(nd, case)
+    assert taken == [path, path]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("positions", [7, 50])
+@pytest.mark.parametrize(
+    "nd, channels, out_channels, groups, kernel, stride, dilation, padding, spatial, path",
+    [case for case in GROUPED_CASES if case[-1] == "blocks"])
+def test_grouped_convolutions_in_small_blocks_match_torch(
+        monkeypatch, positions, nd, channels, out_channels, groups, kernel, stride, dilation,
+        padding, spatial, path):
+    # blocks far shorter than the frame: the columns, the weight gradient's sum over blocks
+    # and the input gradient's gathered reads must line up across block boundaries
+    monkeypatch.setattr(conv_module, "GROUPED_COLUMN_FLOATS", 1)
+    monkeypatch.setattr(conv_module, "GROUPED_MIN_POSITIONS", positions)
+    taken = record_grouped_paths(monkeypatch)
+    check_conv_against_torch(nd, grouped_case(nd, channels, out_channels, groups, kernel, stride,
+                                              dilation, padding, spatial))
+    assert taken == [path]
 
 
 @pytest.mark.torch

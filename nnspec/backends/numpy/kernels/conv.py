@@ -1,9 +1,10 @@
-"""Convolutions as im2col + one matrix product per group.
+"""Convolutions as matrix products with the batch folded into the columns.
 
 Convolutions with 6 to 64 input channels skip the columns (``_shifted``): their products
 read shifted slices of the flattened padded map (of its stride phases when strided); those
 of fewer channels (stems) take per-sample columns in torch's layout; 1x1 and depthwise
-ones have their own paths (depthwise in ``conv_depthwise``).
+ones have their own paths (depthwise in ``conv_depthwise``), and so do grouped ones (one
+group at a time, or every group's columns in blocks of positions); the rest, im2col.
 """
 
 from __future__ import annotations
@@ -44,11 +45,10 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=Tru
 
 
 def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
-    """Any-rank convolution as one product per group with the batch folded into the columns:
-    weight (O/g, C/g*K) times columns (C/g*K, N*P). Inside, maps are channels first and
-    batch second, (C, N, *spatial), so the columns, the output's rows and the input
-    gradient's kernel offsets are all contiguous runs; the layout at the boundary stays
-    torch's."""
+    """Any-rank convolution, on the path for its kind; the fallback is im2col, weight (O,
+    C*K) times columns (C*K, N*P). Inside, maps are channels first and batch second, (C, N,
+    *spatial), so the columns, the output's rows and the input gradient's kernel offsets are
+    all contiguous runs; the layout at the boundary stays torch's."""
     n, channels = x.shape[:2]
     out_channels, group_channels = weight.shape[:2]
     kernel = weight.shape[2:]
@@ -58,19 +58,23 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         )
     if groups == channels > 1:
         return depthwise(x, weight, bias, stride, padding, dilation, input_grad)
-    if groups == 1 and all(k == 1 for k in kernel) and not any(lo or hi for lo, hi in padding):
+    if groups > 1:
+        if group_channels >= GROUP_BY_GROUP_CHANNELS:
+            return _group_by_group(x, weight, bias, stride, padding, dilation, groups,
+                                   input_grad)
+        return _grouped_blocks(x, weight, bias, stride, padding, dilation, groups, input_grad)
+    if all(k == 1 for k in kernel) and not any(lo or hi for lo, hi in padding):
         if all(s == 1 for s in stride):
             return _pointwise(x, weight, bias, input_grad)
         return _strided_pointwise(x, weight, bias, stride, input_grad)
-    if groups == 1 and _shifted_pays(channels, x.shape[2:], padding, kernel, stride, dilation):
+    if _shifted_pays(channels, x.shape[2:], padding, kernel, stride, dilation):
         return _shifted(x, weight, bias, stride, padding, dilation, input_grad)
-    if groups == 1 and channels < SHIFTED_MIN_CHANNELS:
+    if channels < SHIFTED_MIN_CHANNELS:
         return _per_sample_columns(x, weight, bias, stride, padding, dilation, input_grad)
     x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
     out = output_size(x_padded.shape[2:], kernel, stride, dilation)
-    weight_groups = weight.reshape(groups, out_channels // groups, -1)
-    y_rows = _grouped_product(weight_groups, _im2col(x_padded, kernel, stride, dilation, out)
-                              .reshape(groups, -1, n * math.prod(out)))
+    weight_rows = weight.reshape(out_channels, -1)
+    y_rows = weight_rows @ _im2col(x_padded, kernel, stride, dilation, out)
     if bias is not None:
         y_rows += bias[:, None]
     y = np.ascontiguousarray(np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1))
@@ -80,31 +84,26 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         # the input, which a deep net holds for every layer until its backward (a U-Net
         # step's peak fell from 204 to 88 MiB), and building them is a few % of a step
         columns = _im2col(x_padded, kernel, stride, dilation, out)
-        dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(groups, -1, columns.shape[1])
+        dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(out_channels, -1)
         # columns @ dy.T, then transposed: OpenBLAS runs this orientation about twice as
         # fast as dy @ columns.T when the inner dimension (N * P) is long
-        dweight_t = _grouped_product(columns.reshape(groups, -1, columns.shape[1]), dy_rows,
-                                     transpose_b=True)
-        dweight = np.ascontiguousarray(
-            dweight_t.reshape(groups, -1, out_channels // groups).transpose(0, 2, 1)
-        ).reshape(weight.shape)
-        dbias = None if bias is None else dy_rows.reshape(out_channels, -1).sum(axis=1)
+        dweight = np.ascontiguousarray((columns @ dy_rows.T).T).reshape(weight.shape)
+        dbias = None if bias is None else dy_rows.sum(axis=1)
         if not input_grad:
             return None, dweight, dbias
         reach = [(k - 1) * d for k, d in zip(kernel, dilation)]
-        # at fewer than 8 input channels per group the flipped product's rows are too few
-        # for BLAS (3 channels: 3x slower than the column gradient)
-        if group_channels >= 8 and all(s == 1 for s in stride) \
+        # at fewer than 8 input channels the flipped product's rows are too few for BLAS (3
+        # channels: 3x slower than the column gradient)
+        if channels >= 8 and all(s == 1 for s in stride) \
                 and all(lo <= r and hi <= r for (lo, hi), r in zip(padding, reach)):
             dx = _unit_stride_input_grad(dy_rows.reshape(out_channels, n, *out), weight,
-                                         groups, padding, dilation, x.shape[2:])
+                                         padding, dilation, x.shape[2:])
             return np.ascontiguousarray(np.swapaxes(dx, 0, 1)), dweight, dbias
         if all(s == 1 for s in stride):
             dx_padded = _unit_stride_col2im(dy_rows.reshape(out_channels, n, *out),
-                                            weight_groups, x_padded.shape, kernel, dilation)
+                                            weight_rows, x_padded.shape, kernel, dilation)
         else:
-            dcolumns = _grouped_product(weight_groups, dy_rows, transpose_a=True)
-            dcolumns = dcolumns.reshape(channels, *kernel, n, *out)
+            dcolumns = (weight_rows.T @ dy_rows).reshape(channels, *kernel, n, *out)
             dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
                                         x_padded.shape, kernel, stride, dilation, out, dy.dtype)
         dx = crop_to_batch_first(dx_padded, padding)
@@ -275,19 +274,12 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
     K-times-the-input column buffer is written or read: 1.2-2.7x faster than im2col's
     product at 8-32 channels (before the adds went into BLAS), and a stride-2 layer skips
     im2col's stride-2 element gathers and the strided scatter of its input gradient."""
-    n, channels = x.shape[:2]
+    channels = x.shape[1]
     out_channels = weight.shape[0]
     kernel = weight.shape[2:]
-    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
-    out = output_size(padded, kernel, stride, dilation)
-    if all(s == 1 for s in stride):
-        flat, reads, frame_shape, unframe = _shared_padding_frame(x, padding, kernel, dilation)
-    else:
-        flat, reads, frame_shape, unframe = _phase_frames(x, padding, stride, kernel, dilation)
+    flat, reads, frame_shape, unframe, out, length = _framed(x, kernel, stride, padding,
+                                                             dilation)
     frame = math.prod(frame_shape)
-    # the last output's position plus one: every output lies before it
-    length = 1 + sum((o - 1) * math.prod(frame_shape[i + 2:])
-                     for i, o in enumerate(out)) + (n - 1) * math.prod(frame_shape[1:])
     x_shape = x.shape  # the backward keeps no reference to x
     taps = np.ascontiguousarray(np.moveaxis(weight.reshape(out_channels, channels, -1), 2, 0))
     block = SHIFTED_BLOCK if channels >= SHIFTED_FEW_CHANNELS else \
@@ -343,6 +335,142 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         return dx, dweight, dbias
 
     return y, backward
+
+
+def _group_by_group(x, weight, bias, stride, padding, dilation, groups, input_grad):
+    """A grouped convolution as one ungrouped convolution per group, each on its paths for
+    that many channels, the results joined along the channels."""
+    group_channels = x.shape[1] // groups
+    group_out = weight.shape[0] // groups
+    inputs = [slice(i * group_channels, (i + 1) * group_channels) for i in range(groups)]
+    outputs = [slice(i * group_out, (i + 1) * group_out) for i in range(groups)]
+    parts = [_conv(x[:, rows], weight[columns], None if bias is None else bias[columns], stride,
+                   padding, dilation, 1, input_grad) for rows, columns in zip(inputs, outputs)]
+    y = np.concatenate([part for part, _ in parts], axis=1)
+
+    def backward(dy):
+        grads = [part_backward(dy[:, columns])
+                 for (_, part_backward), columns in zip(parts, outputs)]
+        dx = np.concatenate([g[0] for g in grads], axis=1) if input_grad else None
+        dweight = np.concatenate([g[1] for g in grads])
+        dbias = None if bias is None else np.concatenate([g[2] for g in grads])
+        return dx, dweight, dbias
+
+    return y, backward
+
+
+def _grouped_blocks(x, weight, bias, stride, padding, dilation, groups, input_grad):
+    """A grouped convolution (1 < groups < channels) in blocks of positions. It reads the
+    frames of ``_shifted``. Each block's columns for every group are built in the cache,
+    (groups, C/g * K, positions), and the block's output comes from one stacked product,
+    weight[g] (O/g, C/g * K) times columns[g].
+
+    Whole columns (im2col) would be K times the input, written out and read back once per
+    product. At 4-16 channels per group the products are too small for OpenBLAS to hide
+    that traffic. A 64 -> 64, 8-group 3x3 layer at 32x32 and batch 32 spent 18 ms in its
+    forward that way."""
+    channels = x.shape[1]
+    out_channels = weight.shape[0]
+    kernel = weight.shape[2:]
+    taps = math.prod(kernel)
+    group_channels, group_out = channels // groups, out_channels // groups
+    flat, reads, frame_shape, unframe, out, length = _framed(x, kernel, stride, padding,
+                                                             dilation)
+    frame = math.prod(frame_shape)
+    x_shape = x.shape
+    weight_groups = weight.reshape(groups, group_out, group_channels * taps)
+    block = max(GROUPED_MIN_POSITIONS, GROUPED_COLUMN_FLOATS // (channels * taps))
+    columns = np.empty((groups, group_channels, taps, min(block, length)), dtype=x.dtype)
+
+    def block_columns(begin, end):
+        """The block's columns as (groups, C/g * K, positions)."""
+        view = columns[..., :end - begin]
+        for number, (source, start) in enumerate(reads):
+            view[:, :, number] = flat[source, :, start + begin:start + end].reshape(
+                groups, group_channels, -1)
+        return view.reshape(groups, group_channels * taps, -1)
+
+    y_frame = np.empty((out_channels, frame), dtype=x.dtype)
+    for begin in range(0, length, block):
+        end = min(begin + block, length)
+        np.matmul(weight_groups, block_columns(begin, end),
+                  out=y_frame[:, begin:end].reshape(groups, group_out, -1))
+    valid = (slice(None), slice(None), *(slice(0, o) for o in out))
+    y = np.ascontiguousarray(np.swapaxes(y_frame.reshape(out_channels, *frame_shape)[valid],
+                                         0, 1))
+    del y_frame
+    if bias is not None:
+        y += bias.reshape(-1, *(1,) * len(out))
+
+    def backward(dy):
+        # the gradient on the frame, zero between the outputs, after a margin of zeros as
+        # long as the farthest read: the input gradient reads it that far back
+        margin = max(start for _, start in reads)
+        dy_padded = np.zeros((out_channels, margin + flat.shape[2]), dtype=dy.dtype)
+        dy_rows = dy_padded[:, margin:margin + frame]
+        dy_rows.reshape(out_channels, *frame_shape)[
+            (slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
+        dweight = np.zeros(weight_groups.shape, dtype=dy.dtype)
+        for begin in range(0, length, block):
+            end = min(begin + block, length)
+            dy_block = dy_rows[:, begin:end].reshape(groups, group_out, -1)
+            dweight += np.matmul(dy_block, block_columns(begin, end).transpose(0, 2, 1))
+        dweight = dweight.reshape(weight.shape)
+        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
+        if not input_grad:
+            return None, dweight, dbias
+        d_flat = _grouped_input_grad(dy_padded, margin, reads, weight_groups, flat.shape, block)
+        del dy_padded, dy_rows
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        unframe(d_flat, np.swapaxes(dx, 0, 1))
+        return dx, dweight, dbias
+
+    return y, backward
+
+
+def _grouped_input_grad(dy_padded, margin, reads, weight_groups, flat_shape, block):
+    """The gradient of ``_grouped_blocks``' frames, (sources, C, positions), gathered rather
+    than scattered. Position q of a source gets W_k.T dy[q - start_k] from each offset k that
+    reads that source at start_k: per source, a forward product over columns of the shifted
+    ``dy_padded`` (O, margin + positions), the output gradient after ``margin`` zeros. Each
+    block of the gradient is written once, with no add per offset."""
+    groups, group_out, row_length = weight_groups.shape
+    taps = len(reads)
+    group_channels = row_length // taps
+    sources, _, positions = flat_shape
+    per_tap = weight_groups.reshape(groups, group_out, group_channels, taps)
+    d_flat = np.empty(flat_shape, dtype=dy_padded.dtype)
+    for source in range(sources):
+        numbers = [k for k, (read_source, _) in enumerate(reads) if read_source == source]
+        if not numbers:
+            d_flat[source] = 0
+            continue
+        # (groups, C/g, O/g * taps of this source), columns (output channel, tap)
+        weights = np.ascontiguousarray(per_tap[..., numbers].transpose(0, 2, 1, 3)).reshape(
+            groups, group_channels, -1)
+        columns = np.empty((groups, group_out, len(numbers), min(block, positions)),
+                           dtype=dy_padded.dtype)
+        for begin in range(0, positions, block):
+            end = min(begin + block, positions)
+            view = columns[..., :end - begin]
+            for j, number in enumerate(numbers):
+                first = margin + begin - reads[number][1]
+                view[:, :, j] = dy_padded[:, first:first + end - begin].reshape(
+                    groups, group_out, -1)
+            np.matmul(weights, view.reshape(groups, group_out * len(numbers), -1),
+                      out=d_flat[source, :, begin:end].reshape(groups, group_channels, -1))
+    return d_flat
+
+
+# a block's columns in ``_grouped_blocks``: about this many floats (1 MiB), and no fewer
+# positions than the minimum (2^16 to 2^21 floats measured alike, within 5%)
+GROUPED_COLUMN_FLOATS = 1 << 18
+GROUPED_MIN_POSITIONS = 512
+# groups of at least this many channels go one group at a time through the ungrouped paths
+# (64 -> 64 channels in 4 groups at 32x32, batch 32: 15.5 + 31.8 -> 9.7 + 19.8 ms forward +
+# backward; 256 -> 256 in 8 groups at 8x8: 6.1 + 12.1 -> 5.2 + 8.8), fewer together in
+# blocks (64 -> 64 in 8 groups: 9.3 + 17.3 against 10.0 + 21.7 one group at a time)
+GROUP_BY_GROUP_CHANNELS = 16
 
 
 # positions per block of the kernel rows' shifted copies (``_kernel_row_reads``): a block of
@@ -481,6 +609,23 @@ def _tap_weight_grads(flat, reads, width, dy_columns, length):
     return dtaps
 
 
+def _framed(x, kernel, stride, padding, dilation):
+    """The input of a column-free convolution in its frame (``_shared_padding_frame`` at unit
+    stride, ``_phase_frames`` otherwise): (flat, reads, frame_shape, unframe) as those
+    give them, the output's size, and the frame position just past the last output."""
+    n = x.shape[0]
+    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
+    out = output_size(padded, kernel, stride, dilation)
+    if all(s == 1 for s in stride):
+        framed = _shared_padding_frame(x, padding, kernel, dilation)
+    else:
+        framed = _phase_frames(x, padding, stride, kernel, dilation)
+    frame_shape = framed[2]
+    length = 1 + sum((o - 1) * math.prod(frame_shape[i + 2:])
+                     for i, o in enumerate(out)) + (n - 1) * math.prod(frame_shape[1:])
+    return (*framed, out, length)
+
+
 def _shared_padding_periods(spatial, padding, kernel, dilation):
     """Per spatial dim, the period of ``_shared_padding_frame``: the map's size plus one gap
     of zeros that serves as the high padding of one row (or plane, or sample) and the low
@@ -545,27 +690,26 @@ def _im2col(x_padded, kernel, stride, dilation, out):
     return columns.reshape(channels * math.prod(kernel), -1)
 
 
-def _unit_stride_input_grad(dy, weight, groups, padding, dilation, spatial):
+def _unit_stride_input_grad(dy, weight, padding, dilation, spatial):
     """The input gradient of a stride-1 convolution, (C, N, *spatial), as a forward
     convolution of ``dy`` (O, N, *out) with the flipped, transposed kernel: the product
-    then has the forward's shape, (C/g, O/g*K) by (O/g*K, N*P), which OpenBLAS runs
-    1.3-2x faster than the column gradient (C/g*K, O/g) by (O/g, N*P) at 8-32 channels,
-    and the columns of ``dy`` are gathered instead of scattering 9 column gradients.
-    Needs each padding side no wider than the kernel's reach, (k - 1) * dilation."""
+    then has the forward's shape, C by (O*K, N*P), which OpenBLAS runs 1.3-2x faster than
+    the column gradient (C*K, O) by (O, N*P) at 8-32 channels, and the columns of ``dy``
+    are gathered instead of scattering 9 column gradients. Needs each padding side no wider
+    than the kernel's reach, (k - 1) * dilation."""
     out_channels, n = dy.shape[:2]
     kernel = weight.shape[2:]
     reach = [(k - 1) * d for k, d in zip(kernel, dilation)]
     dy_padded = pad_spatial(dy, [(r - lo, r - hi) for (lo, hi), r in zip(padding, reach)])
     flipped = weight[(Ellipsis, *(slice(None, None, -1) for _ in kernel))]
-    per_group = flipped.reshape(groups, out_channels // groups, -1, math.prod(kernel))
-    weight_t = np.ascontiguousarray(per_group.transpose(0, 2, 1, 3)).reshape(
-        groups, per_group.shape[2], -1)
+    weight_t = np.ascontiguousarray(
+        flipped.reshape(out_channels, -1, math.prod(kernel)).transpose(1, 0, 2)).reshape(
+        flipped.shape[1], -1)
     columns = _im2col(dy_padded, kernel, (1,) * len(kernel), dilation, spatial)
-    dx_rows = _grouped_product(weight_t, columns.reshape(groups, -1, columns.shape[1]))
-    return dx_rows.reshape(-1, n, *spatial)
+    return (weight_t @ columns).reshape(-1, n, *spatial)
 
 
-def _unit_stride_col2im(dy, weight_groups, padded_shape, kernel, dilation):
+def _unit_stride_col2im(dy, weight_rows, padded_shape, kernel, dilation):
     """The input gradient of a stride-1 convolution, (C, N, *padded), with one add of long
     contiguous runs per kernel offset. ``dy`` (O, N, *out) is placed at its positions in the
     padded frame (zeros between rows), so every offset's window gradients form one
@@ -574,9 +718,8 @@ def _unit_stride_col2im(dy, weight_groups, padded_shape, kernel, dilation):
     channels, padded = padded_shape[0], padded_shape[2:]
     wide = np.zeros((out_channels, n, out[0], *padded[1:]), dtype=dy.dtype)
     wide[(slice(None), slice(None), slice(None), *(slice(0, o) for o in out[1:]))] = dy
-    groups = weight_groups.shape[0]
-    dcolumns = _grouped_product(weight_groups, wide.reshape(groups, out_channels // groups, -1),
-                                transpose_a=True).reshape(channels, -1, n, wide[0, 0].size)
+    dcolumns = (weight_rows.T @ wide.reshape(out_channels, -1)).reshape(
+        channels, -1, n, wide[0, 0].size)
     flat_strides = [math.prod(padded[i + 1:]) for i in range(len(padded))]
     length = 1 + sum((o - 1) * f for o, f in zip(out, flat_strides))
     grad = np.zeros((channels, n, math.prod(padded)), dtype=dy.dtype)
@@ -584,18 +727,3 @@ def _unit_stride_col2im(dy, weight_groups, padded_shape, kernel, dilation):
         start = sum(k * d * f for k, d, f in zip(offset, dilation, flat_strides))
         grad[:, :, start:start + length] += dcolumns[:, number, :, :length]
     return grad.reshape(padded_shape)
-
-
-def _grouped_product(a, b, *, transpose_a=False, transpose_b=False):
-    """a[g] @ b[g] for every group g (one BLAS call each) as a (rows of all groups, columns)
-    matrix; a transposed operand is a view, which BLAS reads as it is."""
-    if transpose_a:
-        a = a.transpose(0, 2, 1)
-    if transpose_b:
-        b = b.transpose(0, 2, 1)
-    if a.shape[0] == 1:
-        return a[0] @ b[0]
-    # an inner dimension of one (a depthwise input gradient) is an outer product per group,
-    # which a broadcast multiply does many times faster than stacked matrix products
-    product = a * b if a.shape[2] == 1 else np.matmul(a, b)
-    return product.reshape(-1, product.shape[2])
