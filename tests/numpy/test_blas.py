@@ -1,4 +1,5 @@
-"""``add_product``: out += a @ b through BLAS's gemm with beta = 1, against NumPy's own."""
+"""The BLAS extensions: ``add_product`` (out += a @ b through gemm with beta = 1) and
+``transpose`` (omatcopy), against NumPy's own."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def test_numpys_bundled_openblas_is_used_where_numpy_has_it():
     if name != "scipy-openblas":
         pytest.skip(f"NumPy's BLAS here is {name}")
     assert blas.accumulates()
+    assert ("omatcopy", np.dtype(np.float32)) in blas._openblas()
 
 
 def operand(rng, shape, dtype, layout):
@@ -68,3 +70,24 @@ def test_layouts_blas_cannot_read_and_empty_products_take_numpys_way(monkeypatch
     with pytest.raises(ValueError):
         blas.add_product(rng.standard_normal((5, 4)).astype(np.float32),
                          rng.standard_normal((4, 3)).astype(np.float32), read_only)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["rows", "block"])
+@pytest.mark.parametrize("through_blas", [True, False])
+@pytest.mark.parametrize("given_out", [True, False])
+def test_transpose_copies_every_element_exactly(monkeypatch, dtype, layout, through_blas,
+                                                given_out):
+    if through_blas:  # small matrices would take NumPy's way
+        monkeypatch.setattr(blas, "SMALL_TRANSPOSE", 0)
+    rng = np.random.default_rng(1)
+    matrix = operand(rng, (37, 23), dtype, layout)
+    matrix[3, 5], matrix[7, 2], matrix[0, 0] = np.nan, -np.inf, -0.0
+    out = np.full((23, 37), 7, dtype) if given_out else None
+    result = blas.transpose(matrix, out)
+    assert result.flags.c_contiguous and result.dtype == dtype
+    if given_out:
+        assert result is out
+    np.testing.assert_array_equal(result, matrix.T)
+    assert np.signbit(result[0, 0])  # -0.0 stays negative: a copy, not arithmetic
+

@@ -640,7 +640,7 @@ NOT_KERNELS = {
     "attention.rotary_tables",
     "dense.column_sums",
     "norm_layer.inverse_root_mean_square",
-    "blas.accumulates", "blas.add_product",
+    "blas.accumulates", "blas.add_product", "blas.transpose",
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",
     "windows.kernel_offsets", "windows.offset_index", "windows.output_size", "windows.pad_spatial",
