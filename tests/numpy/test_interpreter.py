@@ -211,6 +211,25 @@ def test_inputs_are_checked_against_the_declared_shape():
         model.loss(np.zeros((2, 2, 5, 5), np.float32), np.array([0, 7]))
 
 
+@pytest.mark.parametrize("logits", [False, True])
+def test_binary_cross_entropy_targets_must_be_probabilities(logits):
+    model = _model(f"""
+model Scorer {{
+  input x: [3]
+  x -> dense(2) -> sigmoid
+}}
+train Scorer {{ loss binary_cross_entropy(logits = {str(logits).lower()}); optimizer sgd(lr = 0.1) }}
+""")
+    x = np.zeros((2, 3), np.float32)
+    for target in ([[0.0, 1.7], [0.5, 1.0]], [[0.0, np.nan], [0.5, 1.0]]):
+        if logits:  # torch's with-logits loss takes any target, and so does ours
+            model.loss(x, np.array(target, np.float32))
+        else:
+            with pytest.raises(InputError, match="between 0 and 1"):
+                model.loss(x, np.array(target, np.float32))
+    model.loss(x, np.array([[0.0, 1.0], [0.25, 1.0]], np.float32))
+
+
 def test_symbolic_dims_resolve_from_the_batch():
     model = _model("""
 model Seq {

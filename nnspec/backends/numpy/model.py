@@ -371,6 +371,12 @@ class NumpyModel:
                 bad = target[~valid].flat[0]
                 raise InputError(f"the label {bad} is out of range: the model gives {classes} "
                                  f"class scores, so labels must be 0..{classes - 1}")
+        if use is not None and use.op == "binary_cross_entropy" and not use.attrs.get("logits"):
+            # torch refuses these too; as logs of probabilities they would give a wrong loss
+            outside = ~((target >= 0) & (target <= 1))
+            if outside.any():
+                raise InputError(f"binary_cross_entropy needs targets between 0 and 1, got "
+                                 f"{target[outside].flat[0]:g}")
         return target
 
     def backward(self, d_output=None) -> dict[str, np.ndarray]:
