@@ -1,11 +1,13 @@
-"""Time dense convolution layers one by one: the NumPy kernel (forward, then the input and
+"""Time convolution layers one by one: the NumPy kernel (forward, then the input and
 weight gradients) against torch eager's F.conv2d forward and backward on the same arrays,
 interleaved in one process, printing ms per layer of each and the ratio numpy/torch.
 
 The layers are those of the bench/ workloads (CIFAR ResNet, MobileNet-style, U-Net) and
 others of the same kinds: widths 8-128, maps 4-64, batches 8-128, strides 1 and 2, 1x1
 projections with stride 2, MobileNet's 1x1 expansions and projections, 3x3, 5x5 and 7x7
-stems (a stem's input needs no gradient). Both backends run with a steady heap
+stems (a stem's input needs no gradient), ResNet-18's widest layers on the small maps of
+64x64 images, and grouped convolutions (ResNeXt's 32 groups of 4 channels; 8 groups of 8 and
+16). Depthwise ones are in ``bench_channel_ops.py``. Both backends run with a steady heap
 (``steady_heap``), as inside a training loop.
 
 Run: python bench/bench_conv.py [--repeats 7] [--only "k3 s2"]
@@ -31,7 +33,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Layer:
     """One convolution: batch, in and out channels, square map, square kernel, stride,
-    padding on every side; ``stem`` when its input needs no gradient."""
+    padding on every side, groups; ``stem`` when its input needs no gradient."""
 
     batch: int
     channels: int
@@ -41,12 +43,14 @@ class Layer:
     stride: int = 1
     padding: int = 1
     stem: bool = False
+    groups: int = 1
 
     @property
     def name(self) -> str:
         kind = " stem" if self.stem else ""
+        grouped = f" g{self.groups}" if self.groups > 1 else ""
         return (f"N{self.batch} {self.channels}->{self.out_channels} {self.size}x{self.size} "
-                f"k{self.kernel} s{self.stride} p{self.padding}{kind}")
+                f"k{self.kernel} s{self.stride} p{self.padding}{grouped}{kind}")
 
 
 LAYERS = [
@@ -87,13 +91,20 @@ LAYERS = [
     Layer(16, 3, 32, 32, kernel=5, padding=2, stem=True),
     Layer(8, 3, 64, 64, kernel=7, stride=2, padding=3, stem=True),
     Layer(16, 16, 16, 24, kernel=5, padding=2),
+    # ResNet-18 on 64x64 images: its widest layers on 4x4 and 2x2 maps, batch 16
+    Layer(16, 256, 256, 4),
+    Layer(16, 512, 512, 2),
+    # grouped: 8 channels a group, ResNeXt's 32 groups of 4, 16 a group and strided
+    Layer(32, 64, 64, 32, groups=8),
+    Layer(32, 128, 128, 16, groups=32),
+    Layer(32, 128, 128, 32, stride=2, groups=8),
 ]
 
 
 def make_arrays(layer: Layer, rng):
     x = rng.standard_normal((layer.batch, layer.channels, layer.size, layer.size), np.float32)
-    weight = rng.standard_normal((layer.out_channels, layer.channels, layer.kernel,
-                                  layer.kernel), np.float32) * 0.1
+    weight = rng.standard_normal((layer.out_channels, layer.channels // layer.groups,
+                                  layer.kernel, layer.kernel), np.float32) * 0.1
     bias = rng.standard_normal(layer.out_channels, np.float32)
     out = (layer.size + 2 * layer.padding - layer.kernel) // layer.stride + 1
     dy = rng.standard_normal((layer.batch, layer.out_channels, out, out), np.float32)
@@ -105,7 +116,7 @@ def numpy_step(layer: Layer, x, weight, bias, dy):
 
     pad = ((layer.padding, layer.padding),) * 2
     _, backward = conv2d(x, weight, bias, stride=(layer.stride,) * 2, padding=pad,
-                         dilation=(1, 1), groups=1, input_grad=not layer.stem)
+                         dilation=(1, 1), groups=layer.groups, input_grad=not layer.stem)
     return backward(dy)
 
 
@@ -114,7 +125,8 @@ def torch_step(layer: Layer, x, weight, bias, dy):
 
     for tensor in (x, weight, bias):
         tensor.grad = None
-    y = F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding)
+    y = F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding,
+                 groups=layer.groups)
     y.backward(dy)
 
 

@@ -66,7 +66,8 @@ WORKLOADS = [
 
 # The same kinds at other widths, depths, head sizes, lengths and batches (`--variants`): a
 # speed-up that only the configurations above get, or a cliff elsewhere, shows here. The
-# LSTM, the LLaMA-style decoder and the ImageNet-style stem are kinds WORKLOADS lacks.
+# LSTM, the LLaMA-style decoder, the ImageNet-style stem and grouped convolutions are kinds
+# WORKLOADS lacks.
 VARIANTS = [
     Workload("char LSTM LM T64 H256", "char_lstm_lm.nn", 32, vocab=65, length="ctx"),
     Workload("char LSTM LM 2 layers T128 H512 b16", "char_lstm_lm.nn", 16, vocab=65,
@@ -93,6 +94,11 @@ VARIANTS = [
     Workload("ResNet 16/32/64 2 blocks/stage 64x64 b16", "resnet_wide.nn", 16,
              hyper={"w": 16, "size": 64}),
     Workload("ResNet 8/16/32 2 blocks/stage b128", "resnet_wide.nn", 128, hyper={"w": 8}),
+    Workload("ResNet 128/256/512 2 blocks 16x16 b16", "resnet_wide.nn", 16,
+             hyper={"w": 128, "size": 16}),
+    Workload("grouped convs, 8 groups of 8 and 16", "grouped_net.nn", 32),
+    Workload("grouped convs, 32 groups of 4", "grouped_net.nn", 32,
+             hyper={"w": 128, "g": 32}),
     Workload("7x7/2 stem, 3x3/2 max pool, 5x5 64x64", "stem_net.nn", 32),
     Workload("MobileNetV2-style b8", "mobilenet_cifar.nn", 8),
     Workload("MobileNetV2-style b128", "mobilenet_cifar.nn", 128),
