@@ -209,6 +209,8 @@ def test_inputs_are_checked_against_the_declared_shape():
         model(np.zeros((4, 3, 5, 5), np.float32))
     with pytest.raises(InputError, match="out of range"):
         model.loss(np.zeros((2, 2, 5, 5), np.float32), np.array([0, 7]))
+    with pytest.raises(InputError, match="batch is empty"):
+        model(np.zeros((0, 2, 5, 5), np.float32))
 
 
 @pytest.mark.parametrize("logits", [False, True])

@@ -217,6 +217,9 @@ class NumpyModel:
         batches = {a.shape[0] for a in arrays.values()}
         if len(batches) > 1:
             raise InputError(f"the inputs have different batch sizes: {sorted(batches)}")
+        if any(arrays[n].shape[0] == 0 for n in names if self.graph.node(n).type.batched):
+            # an empty batch is a data pipeline's slip; a kernel would fail on it far from here
+            raise InputError("the batch is empty: every input needs at least one sample")
         return arrays
 
     @collector_paused()  # a step makes closures and arrays, and no reference cycles
