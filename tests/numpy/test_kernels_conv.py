@@ -364,6 +364,31 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
     check_conv_against_torch(nd, case)
 
 
+def conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation, groups=1,
+              batch=3, has_bias=True):
+    """A case for ``check_conv_against_torch``."""
+    return {"batch": batch, "in_channels": channels, "out_channels": out_channels,
+            "spatial": spatial, "kernel": kernel, "has_bias": has_bias,
+            "attrs": {"stride": stride, "padding": padding, "dilation": dilation,
+                      "groups": groups}}
+
+
+def record_calls(monkeypatch, functions, note=lambda label, args: label):
+    """Wrap conv.py's ``functions`` ({label: function name}); each call appends
+    ``note(label, its arguments)`` to the list returned."""
+    taken = []
+    for label, function in functions.items():
+        original = getattr(conv_module, function)
+        monkeypatch.setattr(conv_module, function,
+                            lambda *args, _label=label, _original=original:
+                            taken.append(note(_label, args)) or _original(*args))
+    return taken
+
+
+def its_stride(_label, args):
+    return args[3]
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize(
     "nd, channels, out_channels, groups, kernel, dilation, padding, spatial, path",
@@ -392,21 +417,11 @@ def test_each_stride_one_convolution_path_matches_torch(
     # the paths as they are chosen where NumPy's product and add run the column-free sums
     # (with BLAS adding them, every ungrouped convolution of 6 or more channels is shifted)
     monkeypatch.setattr(conv_module, "accumulates", lambda: False)
-    taken = []
-    for name, function in [("shifted", "_shifted"), ("flipped", "_unit_stride_input_grad"),
-                           ("col2im", "_unit_stride_col2im"),
-                           ("per_sample", "_per_sample_columns")]:
-        original = getattr(conv_module, function)
-        monkeypatch.setattr(conv_module, function,
-                            lambda *args, _name=name, _original=original:
-                            taken.append(_name) or _original(*args))
-    case = {
-        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
-        "kernel": kernel, "has_bias": True,
-        "attrs": {"stride": (1,) * nd, "padding": padding, "dilation": dilation,
-                  "groups": groups},
-    }
-    check_conv_against_torch(nd, case)
+    taken = record_calls(monkeypatch, {
+        "shifted": "_shifted", "flipped": "_unit_stride_input_grad",
+        "col2im": "_unit_stride_col2im", "per_sample": "_per_sample_columns"})
+    check_conv_against_torch(nd, conv_case(channels, out_channels, spatial, kernel, (1,) * nd,
+                                           padding, dilation, groups))
     # a stem with a wide kernel takes the column-free forward; its backward is its own
     wide_stem = path == "per_sample" and kernel[-1] >= conv_module.ROW_WIDE_KERNEL
     assert taken == [path] + (["shifted"] if wide_stem else [])
@@ -429,22 +444,9 @@ GROUPED_CASES = [
 ]
 
 
-def grouped_case(nd, channels, out_channels, groups, kernel, stride, dilation, padding,
-                 spatial):
-    return {"batch": 3, "in_channels": channels, "out_channels": out_channels,
-            "spatial": spatial, "kernel": kernel, "has_bias": True,
-            "attrs": {"stride": stride, "padding": padding, "dilation": dilation,
-                      "groups": groups}}
-
-
 def record_grouped_paths(monkeypatch):
-    taken = []
-    for name, function in [("blocks", "_grouped_blocks"), ("by_group", "_group_by_group")]:
-        original = getattr(conv_module, function)
-        monkeypatch.setattr(conv_module, function,
-                            lambda *args, _name=name, _original=original:
-                            taken.append(_name) or _original(*args))
-    return taken
+    return record_calls(monkeypatch, {"blocks": "_grouped_blocks",
+                                      "by_group": "_group_by_group"})
 
 
 @pytest.mark.torch
@@ -457,8 +459,7 @@ def test_grouped_convolutions_match_torch_on_their_paths(
     # few channels per group: every group's columns in blocks of positions, one stacked
     # product each; 16 or more: one ungrouped convolution per group
     taken = record_grouped_paths(monkeypatch)
-    case = grouped_case(nd, channels, out_channels, groups, kernel, stride, dilation, padding,
-                        spatial)
+    case = conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation, groups)
     check_conv_against_torch(nd, case)
     check_conv_without_input_grad_against_torch(nd, case)
     assert taken == [path, path]
@@ -477,8 +478,8 @@ def test_grouped_convolutions_in_small_blocks_match_torch(
     monkeypatch.setattr(conv_module, "GROUPED_COLUMN_FLOATS", 1)
     monkeypatch.setattr(conv_module, "GROUPED_MIN_POSITIONS", positions)
     taken = record_grouped_paths(monkeypatch)
-    check_conv_against_torch(nd, grouped_case(nd, channels, out_channels, groups, kernel, stride,
-                                              dilation, padding, spatial))
+    check_conv_against_torch(nd, conv_case(channels, out_channels, spatial, kernel, stride,
+                                           padding, dilation, groups))
     assert taken == [path]
 
 
@@ -489,17 +490,9 @@ def test_with_blas_adding_products_wide_convolutions_take_the_column_free_path(
         monkeypatch, channels, stride, spatial):
     if not blas.accumulates():
         pytest.skip("NumPy's BLAS here is not the OpenBLAS its wheels ship")
-    taken = []
-    original = conv_module._shifted
-    monkeypatch.setattr(conv_module, "_shifted",
-                        lambda *args: taken.append(True) or original(*args))
-    case = {
-        "batch": 3, "in_channels": channels, "out_channels": 8, "spatial": spatial,
-        "kernel": (3, 3), "has_bias": True,
-        "attrs": {"stride": stride, "padding": ((1, 1), (1, 1)), "dilation": (1, 1),
-                  "groups": 1},
-    }
-    check_conv_against_torch(2, case)
+    taken = record_calls(monkeypatch, {True: "_shifted"})
+    check_conv_against_torch(2, conv_case(channels, 8, spatial, (3, 3), stride,
+                                          ((1, 1), (1, 1)), (1, 1)))
     assert taken == [True]
 
 
@@ -520,16 +513,9 @@ def test_with_blas_adding_products_wide_convolutions_take_the_column_free_path(
 )
 def test_strided_convolutions_on_the_column_free_path_match_torch(
         monkeypatch, nd, channels, out_channels, kernel, stride, dilation, padding, spatial):
-    taken = []
-    original = conv_module._shifted
-    monkeypatch.setattr(conv_module, "_shifted",
-                        lambda *args: taken.append(args[3]) or original(*args))
-    case = {
-        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
-        "kernel": kernel, "has_bias": True,
-        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
-    }
-    check_conv_against_torch(nd, case)
+    taken = record_calls(monkeypatch, {"shifted": "_shifted"}, its_stride)
+    check_conv_against_torch(nd, conv_case(channels, out_channels, spatial, kernel, stride,
+                                           padding, dilation))
     assert taken == [stride]
 
 
@@ -549,15 +535,8 @@ def test_strided_convolutions_on_the_column_free_path_match_torch(
 def test_few_channel_convolutions_on_per_sample_columns_match_torch(
         monkeypatch, nd, channels, out_channels, kernel, stride, dilation, padding, spatial,
         input_grad):
-    taken = []
-    original = conv_module._per_sample_columns
-    monkeypatch.setattr(conv_module, "_per_sample_columns",
-                        lambda *args: taken.append(args[3]) or original(*args))
-    case = {
-        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
-        "kernel": kernel, "has_bias": True,
-        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
-    }
+    taken = record_calls(monkeypatch, {"per_sample": "_per_sample_columns"}, its_stride)
+    case = conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation)
     if input_grad:
         check_conv_against_torch(nd, case)
     else:
@@ -575,16 +554,9 @@ def test_few_channel_convolutions_on_per_sample_columns_match_torch(
 @pytest.mark.parametrize("input_grad", [True, False])
 def test_strided_1x1_convolutions_sample_the_input_and_match_torch(
         monkeypatch, nd, channels, out_channels, stride, spatial, input_grad):
-    taken = []
-    original = conv_module._strided_pointwise
-    monkeypatch.setattr(conv_module, "_strided_pointwise",
-                        lambda *args: taken.append(args[3]) or original(*args))
-    case = {
-        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
-        "kernel": (1,) * nd, "has_bias": True,
-        "attrs": {"stride": stride, "padding": ((0, 0),) * nd, "dilation": (1,) * nd,
-                  "groups": 1},
-    }
+    taken = record_calls(monkeypatch, {"strided_1x1": "_strided_pointwise"}, its_stride)
+    case = conv_case(channels, out_channels, spatial, (1,) * nd, stride, ((0, 0),) * nd,
+                     (1,) * nd)
     if input_grad:
         check_conv_against_torch(nd, case)
     else:
@@ -603,12 +575,8 @@ def test_the_input_gradient_added_into_the_frame_matches_torch(
         channels, out_channels, stride, dilation, padding, spatial):
     """The column-free path adds each offset's product into its slice of the input frame
     (BLAS adding into strided blocks of the frame, where it can)."""
-    case = {
-        "batch": 3, "in_channels": channels, "out_channels": out_channels, "spatial": spatial,
-        "kernel": (3, 3), "has_bias": False,
-        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
-    }
-    check_conv_against_torch(2, case)
+    check_conv_against_torch(2, conv_case(channels, out_channels, spatial, (3, 3), stride,
+                                          padding, dilation, has_bias=False))
 
 
 @pytest.mark.torch
@@ -625,12 +593,8 @@ def test_wide_kernels_and_narrowing_layers_on_the_column_free_path_match_torch(
     weight gradient one offset at a time."""
     monkeypatch.setattr(conv_module, "ROW_COPY_FLOATS", 1)
     monkeypatch.setattr(conv_module, "ROW_COPY_MIN_POSITIONS", block)
-    case = {
-        "batch": 2, "in_channels": channels, "out_channels": out_channels, "spatial": (11, 13),
-        "kernel": kernel, "has_bias": True,
-        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
-    }
-    check_conv_against_torch(2, case)
+    check_conv_against_torch(2, conv_case(channels, out_channels, (11, 13), kernel, stride,
+                                          padding, dilation, batch=2))
 
 
 @pytest.mark.torch
@@ -649,24 +613,14 @@ def test_the_column_free_path_over_several_column_blocks_matches_torch(
     monkeypatch.setattr(conv_module, "SHIFTED_BLOCK", block)
     monkeypatch.setattr(conv_module, "ROW_COPY_FLOATS", 1)
     monkeypatch.setattr(conv_module, "ROW_COPY_MIN_POSITIONS", block)
-    case = {
-        "batch": 3, "in_channels": 8, "out_channels": 6, "spatial": spatial, "kernel": kernel,
-        "has_bias": True,
-        "attrs": {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1},
-    }
-    check_conv_against_torch(nd, case)
+    check_conv_against_torch(nd, conv_case(8, 6, spatial, kernel, stride, padding, dilation))
 
 
 @pytest.mark.parametrize("groups, stride, spatial",
                          [(1, (1, 2), (6, 5)), (3, (1, 2), (6, 5)), (1, (1, 1), (12, 11))])
 def test_conv_told_its_input_needs_no_gradient_skips_only_the_input_gradient(
         groups, stride, spatial):
-    case = {
-        "batch": 3, "in_channels": 6, "out_channels": 6, "spatial": spatial, "kernel": (3, 2),
-        "has_bias": True,
-        "attrs": {"stride": stride, "padding": ((1, 1), (0, 1)), "dilation": (1, 1),
-                  "groups": groups},
-    }
+    case = conv_case(6, 6, spatial, (3, 2), stride, ((1, 1), (0, 1)), (1, 1), groups)
     x, weight, bias = conv_arrays(case, seed=4)
     y, backward = conv2d(x, weight, bias, **case["attrs"])
     y_skip, backward_skip = conv2d(x, weight, bias, **case["attrs"], input_grad=False)

@@ -297,9 +297,7 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
                     np.matmul(taps[0], window, out=y_rows)
                 else:
                     add_product(taps[number], window, y_rows)
-    valid = (slice(None), slice(None), *(slice(0, o) for o in out))
-    y = np.ascontiguousarray(np.swapaxes(y_frame.reshape(out_channels, *frame_shape)[valid],
-                                         0, 1))
+    y = _outputs_of_frame(y_frame, frame_shape, out)
     if bias is not None:
         y += bias.reshape(-1, *(1,) * len(out))
 
@@ -318,8 +316,7 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         del dy_frame, dy_columns
         # the gradient on the frame, zero between the outputs, as (O, L) rows this time
         dy_rows = np.zeros((out_channels, frame), dtype=dy.dtype)
-        dy_rows.reshape(out_channels, *frame_shape)[
-            (slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
+        _onto_frame(dy, dy_rows, frame_shape)
         d_flat = np.zeros(flat.shape, dtype=dy.dtype)
         if kernel[-1] > 1 and (channels < SHIFTED_FEW_CHANNELS or kernel[-1] >= ROW_WIDE_KERNEL):
             _row_input_grad(dy_rows, reads, taps, kernel[-1], length, d_flat)
@@ -364,7 +361,7 @@ def _grouped_blocks(x, weight, bias, stride, padding, dilation, groups, input_gr
     of ``_shifted``. The forward builds each block's columns for every group in the cache,
     (groups, C/g * K, positions), and takes one stacked product, weight[g] (O/g, C/g * K)
     times columns[g]. The weight gradient takes a kernel row at a time over shifted copies
-    (``_grouped_row_reads``), the input gradient gathers (``_grouped_input_grad``).
+    (``_kernel_row_reads``), the input gradient gathers (``_grouped_input_grad``).
 
     Whole columns (im2col) would be K times the input, written out and read back once per
     product. At 4-16 channels per group the products are too small for OpenBLAS to hide
@@ -394,9 +391,7 @@ def _grouped_blocks(x, weight, bias, stride, padding, dilation, groups, input_gr
         np.matmul(weight_groups, view.reshape(groups, group_channels * taps, -1),
                   out=y_frame[:, begin:end].reshape(groups, group_out, -1))
     del columns
-    valid = (slice(None), slice(None), *(slice(0, o) for o in out))
-    y = np.ascontiguousarray(np.swapaxes(y_frame.reshape(out_channels, *frame_shape)[valid],
-                                         0, 1))
+    y = _outputs_of_frame(y_frame, frame_shape, out)
     del y_frame
     if bias is not None:
         y += bias.reshape(-1, *(1,) * len(out))
@@ -407,13 +402,12 @@ def _grouped_blocks(x, weight, bias, stride, padding, dilation, groups, input_gr
         margin = max(start for _, start in reads)
         dy_padded = np.zeros((out_channels, margin + flat.shape[2]), dtype=dy.dtype)
         dy_rows = dy_padded[:, margin:margin + frame]
-        dy_rows.reshape(out_channels, *frame_shape)[
-            (slice(None), slice(None), *(slice(0, o) for o in out))] = np.swapaxes(dy, 0, 1)
+        _onto_frame(dy, dy_rows, frame_shape)
         width = kernel[-1]
         # per kernel row, (groups, O/g, C/g * width), the columns (channel, offset in the row)
         row_grads = np.zeros((taps // width, groups, group_out, group_channels * width),
                              dtype=dy.dtype)
-        for begin, end, row_reads in _grouped_row_reads(flat, reads, width, length, groups):
+        for begin, end, row_reads in _kernel_row_reads(flat, reads, width, length, groups):
             dy_block = dy_rows[:, begin:end].reshape(groups, group_out, -1)
             for row, matrix in row_reads:
                 row_grads[row] += np.matmul(dy_block, matrix.transpose(0, 2, 1))
@@ -430,29 +424,6 @@ def _grouped_blocks(x, weight, bias, stride, padding, dilation, groups, input_gr
         return dx, dweight, dbias
 
     return y, backward
-
-
-def _grouped_row_reads(flat, reads, width, length, groups):
-    """``_kernel_row_reads`` for ``_grouped_blocks``: per block of positions, (begin, end,
-    [(kernel row, its reads as (groups, C/g * width, positions))]). The copies are laid out
-    (C, width, positions), so each group's rows are one matrix."""
-    channels = flat.shape[1]
-    block = max(GROUPED_MIN_POSITIONS, GROUPED_COLUMN_FLOATS // (channels * width))
-    patterns = _kernel_row_patterns(reads, width)
-    buffers = [np.empty((channels, width, min(block, length) + reach), dtype=flat.dtype)
-               for _, _, _, reach in patterns]
-    for begin in range(0, length, block):
-        end = min(begin + block, length)
-        row_reads = []
-        for (pattern, rows, lowest, reach), buffer in zip(patterns, buffers):
-            span = end - begin + reach
-            for tap, (source, offset) in enumerate(pattern):
-                origin = lowest + offset + begin
-                buffer[:, tap, :span] = flat[source, :, origin:origin + span]
-            grouped = buffer.reshape(groups, channels // groups * width, -1)
-            row_reads += [(row, grouped[..., first - lowest:first - lowest + end - begin])
-                          for row, first in rows]
-        yield begin, end, row_reads
 
 
 def _grouped_input_grad(dy_padded, margin, reads, weight_groups, flat_shape, block):
@@ -558,7 +529,7 @@ def _row_block(width, channels):
     return max(ROW_COPY_MIN_POSITIONS, ROW_COPY_FLOATS // (width * channels))
 
 
-def _kernel_row_reads(flat, reads, width, length):
+def _kernel_row_reads(flat, reads, width, length, groups=None):
     """The reads of ``_shifted`` a kernel row at a time. Offset k of the kernel reads
     flat[source_k, :, start_k + p] for positions p < length; the ``width`` offsets of a
     kernel row (the last dim's) read the same positions shifted by a few places, so a block
@@ -566,22 +537,30 @@ def _kernel_row_reads(flat, reads, width, length):
     which serves every kernel row that reads alike (every row at unit stride, the rows of one
     stride phase otherwise). Yields (begin, end, [(row, columns)]) per block of positions,
     ``columns`` the row's (width * C, end - begin) matrix: a product over it does the work of
-    ``width`` products over C rows, which OpenBLAS runs slowly when C is small."""
+    ``width`` products over C rows, which OpenBLAS runs slowly when C is small. With
+    ``groups`` (``_grouped_blocks``), the copies are laid out (C, width, positions) and
+    ``columns`` is (groups, C/g * width, end - begin), each group's rows one matrix."""
     channels = flat.shape[1]
-    block = _row_block(width, channels)
+    if groups is None:
+        block, layout = _row_block(width, channels), (width, channels)
+    else:
+        block = max(GROUPED_MIN_POSITIONS, GROUPED_COLUMN_FLOATS // (channels * width))
+        layout = (channels, width)
     copies = [(pattern, rows, lowest, reach,
-               np.empty((width, channels, min(block, length) + reach), dtype=flat.dtype))
+               np.empty((*layout, min(block, length) + reach), dtype=flat.dtype))
               for pattern, rows, lowest, reach in _kernel_row_patterns(reads, width)]
     for begin in range(0, length, block):
         end = min(begin + block, length)
         row_columns = []
         for pattern, rows, lowest, reach, buffer in copies:
             span = end - begin + reach
+            by_tap = buffer if groups is None else buffer.swapaxes(0, 1)  # (width, C, ...)
             for tap, (source, offset) in enumerate(pattern):
                 origin = lowest + offset + begin
-                buffer[tap, :, :span] = flat[source, :, origin:origin + span]
-            matrix = buffer.reshape(width * channels, -1)
-            row_columns += [(row, matrix[:, first - lowest:first - lowest + end - begin])
+                by_tap[tap, :, :span] = flat[source, :, origin:origin + span]
+            matrix = buffer.reshape(*(() if groups is None else (groups,)), -1,
+                                    buffer.shape[-1])
+            row_columns += [(row, matrix[..., first - lowest:first - lowest + end - begin])
                             for row, first in rows]
         yield begin, end, row_columns
 
@@ -652,6 +631,20 @@ def _tap_weight_grads(flat, reads, width, dy_columns, length):
             else:
                 add_product(columns, dy_columns[begin:end], rows_grads[row])
     return dtaps
+
+
+def _outputs_of_frame(y_frame, frame_shape, out):
+    """The outputs (N, O, *out) held in an (O, frame) array laid out as ``frame_shape``."""
+    valid = (slice(None), slice(None), *(slice(0, o) for o in out))
+    return np.ascontiguousarray(np.swapaxes(y_frame.reshape(len(y_frame), *frame_shape)[valid],
+                                            0, 1))
+
+
+def _onto_frame(dy, rows, frame_shape):
+    """Write dy (N, O, *out) to its positions in ``rows``, an (O, frame) array laid out as
+    ``frame_shape`` (the rest is left as it is)."""
+    rows.reshape(len(rows), *frame_shape)[
+        (slice(None), slice(None), *(slice(0, o) for o in dy.shape[2:]))] = np.swapaxes(dy, 0, 1)
 
 
 def _framed(x, kernel, stride, padding, dilation):
