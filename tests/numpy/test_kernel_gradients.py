@@ -639,7 +639,7 @@ def test_gradients_match_central_differences(name):
 NOT_KERNELS = {
     "attention.rotary_tables",
     "dense.column_sums",
-    "norm_layer.inverse_root_mean_square",
+    "norm_layer.flat_parameter",
     "blas.accumulates", "blas.add_product", "blas.transpose",
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from nnspec.backends.numpy.kernels import conv_depthwise, norm_batch
+from nnspec.backends.numpy.kernels import conv_depthwise, fused
 from nnspec.backends.numpy.kernels.activations import relu, relu6
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
@@ -115,16 +115,13 @@ def test_depthwise_backward_keeps_its_padded_phases_and_not_its_input(stride):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("shape", [(6, 3), (5, 4, 7), (3, 5, 6, 4), (1, 3, 5, 5), (11, 2, 3, 4)])
-@pytest.mark.parametrize("block_floats", [1, 40, 1 << 16])
-@pytest.mark.parametrize("wide_rows", [2, 8])
+@pytest.mark.parametrize("span", [1, 7, 1 << 12])
 @pytest.mark.parametrize("train", [True, False])
-def test_batch_norm_matches_torch_in_blocks_of_one_row_and_of_many(shape, block_floats,
-                                                                   wide_rows, train,
-                                                                   monkeypatch):
-    """Blocks of whole rows, and of row groups over column ranges where a row is longer
-    than a block (every row (sample) of a map larger than the block)."""
-    monkeypatch.setattr(norm_batch, "_BLOCK_FLOATS", block_floats)
-    monkeypatch.setattr(norm_batch, "_WIDE_ROWS", wide_rows)
+def test_batch_norm_matches_torch_over_column_spans_of_any_width(shape, span, train,
+                                                                 monkeypatch):
+    """The loops go down the batch a span of columns at a time: spans of one column, of a
+    part of a channel's positions, and wider than every row."""
+    monkeypatch.setattr(fused, "COLUMN_SPAN", span)
     rng = np.random.default_rng(21)
     channels = shape[1]
     x = (rng.standard_normal(shape) * 3 - 2).astype(np.float32)

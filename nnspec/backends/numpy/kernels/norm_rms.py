@@ -1,16 +1,14 @@
 """Root-mean-square normalisation (torch.nn.RMSNorm, LLaMA's RMSNorm).
 
-As in layer norm, the row statistics are `einsum` row dots (one pass each, no squared
-temporary) and every broadcast product writes into an `empty_like` array: forward and
-backward over 2,048 x 256 values 5.8 -> 3.9 ms against `mean(square(x))` and fresh broadcast
-results (a mini-LLaMA step's norms 40 -> 31 ms).
+As layer norm, two compiled loops (``fused``): one pass over each row forward, one back.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels.norm_layer import inverse_root_mean_square
+from nnspec.backends.numpy.kernels import fused
+from nnspec.backends.numpy.kernels.norm_layer import flat_parameter
 
 
 def rms_norm(x, weight, *, eps):
@@ -19,24 +17,20 @@ def rms_norm(x, weight, *, eps):
     if eps is None:
         eps = float(np.finfo(x.dtype).eps)
     size = x.shape[-1]
-    rows = x.reshape(-1, size)
-    inv_rms = inverse_root_mean_square(rows, eps)
-    normed = np.multiply(rows, inv_rms, out=np.empty_like(rows))
-    out = normed if weight is None else np.multiply(normed, weight, out=np.empty_like(normed))
+    rows = np.ascontiguousarray(x).reshape(-1, size)
+    dtype = rows.dtype
+    affine = weight is not None
+    scale = flat_parameter(weight, size, dtype, 1)
+    normed = np.empty_like(rows)
+    out = np.empty_like(rows) if affine else normed  # outputs are read-only to their callers
+    inv_rms = np.empty(len(rows), dtype)
+    fused.rms_norm_forward(rows, scale, affine, eps, normed, out, inv_rms)
 
     def backward(dy):
-        dy_rows = dy.reshape(-1, size)
-        if weight is None:
-            d_normed = dy_rows
-        else:
-            d_normed = np.multiply(dy_rows, weight, out=np.empty_like(dy_rows))
-        # normed has unit mean square per row, which removes that direction
-        d_scale = np.einsum("ij,ij->i", d_normed, normed)
-        d_scale *= 1 / size
-        dx = np.multiply(normed, d_scale[:, None], out=np.empty_like(normed))
-        np.subtract(d_normed, dx, out=dx)
-        dx *= inv_rms
-        d_weight = None if weight is None else np.einsum("ij,ij->j", dy_rows, normed)
-        return dx.reshape(x.shape), d_weight
+        dy_rows = np.ascontiguousarray(dy, dtype=dtype).reshape(-1, size)
+        dx = np.empty_like(dy_rows)
+        d_weight = np.empty(size, dtype)
+        fused.rms_norm_backward(dy_rows, normed, scale, affine, inv_rms, dx, d_weight)
+        return dx.reshape(x.shape), (d_weight.reshape(weight.shape) if affine else None)
 
     return out.reshape(x.shape), backward
