@@ -307,3 +307,47 @@ def test_the_public_api_trains_a_spec():
         model.backward()
         optimizer.step()
     assert model.loss(x, y) < 0.05 * first
+
+
+BATCHNORM_ACTIVATIONS = """
+model Net {
+  input x: [3, 8, 8]
+  h = x -> conv2d(4, 3, padding = 1) -> batchnorm -> relu
+  branch = h -> conv2d(4, 3, padding = 1) -> batchnorm
+  h = relu6(branch) + branch
+  h -> conv2d(4, 1) -> batchnorm -> relu6 -> global_avgpool -> dense(3)
+}
+train Net { loss cross_entropy; optimizer sgd(lr = 0.1) }
+"""
+
+
+def test_a_batchnorm_applies_the_activation_that_alone_reads_it_with_the_same_results(
+        monkeypatch):
+    """The first and last batch norms apply their relu / relu6 themselves; the middle one,
+    whose output two nodes read, does not. Loss and gradients equal the unfused run's."""
+    from nnspec.backends.numpy import rules_layers
+
+    seen = []
+    batch_norm = rules_layers.norm_batch.batch_norm
+
+    def spying(*args, activation=None, **kwargs):
+        seen.append(activation)
+        return batch_norm(*args, activation=activation, **kwargs)
+
+    monkeypatch.setattr(rules_layers.norm_batch, "batch_norm", spying)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    runs = []
+    for fusing in (True, False):
+        if not fusing:
+            monkeypatch.setattr(NumpyModel, "_fusion_plan", lambda self, *args: {})
+        model = _model(BATCHNORM_ACTIVATIONS)
+        seen.clear()
+        loss = model.loss(x, y)
+        runs.append((loss, model.backward(), list(seen)))
+    (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = runs
+    assert fused_seen == ["relu", None, "relu6"] and plain_seen == [None] * 3
+    assert fused_loss == loss
+    for name, grad in grads.items():
+        np.testing.assert_array_equal(fused_grads[name], grad, err_msg=name)

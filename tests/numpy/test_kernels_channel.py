@@ -167,3 +167,28 @@ def test_relus_match_torch_at_their_kinks_and_keep_nan(kernel, torch_name):
     ty.backward(torch.ones_like(ty))
     np.testing.assert_array_equal(backward(np.ones_like(x))[0], tx.grad.numpy())
     assert y.dtype == backward(np.ones_like(x))[0].dtype == np.float32
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("kernel, name", [(relu, "relu"), (relu6, "relu6")])
+def test_batch_norm_applying_its_activation_equals_the_activation_after_it(kernel, name,
+                                                                         train):
+    """Bit for bit, forward and backward, across the kinks (outputs spread over (-9, 9)),
+    with a NaN channel; the activation's gradient comes from the output found again."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((6, 4, 5, 5)) * 3).astype(np.float32)
+    x[2, 3, 1, 1] = np.nan
+    weight = np.array([3.0, -2.0, 0.5, 1.0], np.float32)
+    bias = np.array([1.0, 0.0, 5.9, -0.5], np.float32)
+    stats = [np.zeros(4, np.float32), np.ones(4, np.float32)]
+    plain, plain_backward = batch_norm(x, weight, bias, *(s.copy() for s in stats), train=train)
+    activated, activation_backward = kernel(plain)
+    fused_out, fused_backward = batch_norm(x, weight, bias, *(s.copy() for s in stats),
+                                           train=train, activation=name)
+    np.testing.assert_array_equal(fused_out, activated)
+    assert np.isnan(fused_out[:, 3]).all() == train  # the batch statistics spread the NaN
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    want = plain_backward(activation_backward(dy)[0])
+    got = fused_backward(dy)
+    for ours, theirs in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(ours, theirs)

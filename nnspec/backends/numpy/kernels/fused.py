@@ -255,25 +255,58 @@ def column_moments(rows, shift, sums, squares, span):
                 total_squares[j] += centred * centred
 
 
+# the activation a batch norm's loops apply to their output (and differentiate): none,
+# max(y, 0) or min(max(y, 0), 6), with the gradient inside (0, 6) and at NaN, as torch
+NO_ACTIVATION, RELU, RELU6 = 0, 1, 2
+
+
+@_inline
+def _activate(value, activation):
+    """The activation of ``value``; NaN stays NaN. (The float32 constants take the dtype
+    of ``value``, float64 in the gradient checks.)"""
+    if activation == NO_ACTIVATION:
+        return value
+    if value <= 0:
+        return _F(0.0)
+    if activation == RELU6 and value >= 6:
+        return _F(6.0)
+    return value
+
+
+@_inline
+def _passes(value, activation):
+    """Whether the activation passes its gradient at ``value`` (its input)."""
+    if activation == NO_ACTIVATION:
+        return True
+    if activation == RELU6:
+        return not (value <= 0 or value >= 6)
+    return not value <= 0
+
+
 @_reducing
-def column_gradient_sums(d_out, rows, shift, sums, products, span):
-    """sums and products (W,) = the column sums of d_out and of d_out * (rows - shift)."""
+def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, products, span):
+    """sums and products (W,) = the column sums of g and of g * (rows - shift), g = d_out
+    where the activation of (rows - shift) * scale + offset (the forward's output, found
+    again) passes its gradient, else 0."""
     count, width = rows.shape
     for first in range(0, width, span):
         columns = slice(first, min(first + span, width))
-        centre, total, total_products = shift[columns], sums[columns], products[columns]
+        centre, factor, add = shift[columns], scale[columns], offset[columns]
+        total, total_products = sums[columns], products[columns]
         total[:] = 0
         total_products[:] = 0
         for i in range(count):
             dy, row = d_out[i, columns], rows[i, columns]
             for j in range(row.size):
-                total[j] += dy[j]
-                total_products[j] += dy[j] * (row[j] - centre[j])
+                centred = row[j] - centre[j]
+                g = dy[j] if _passes(centred * factor[j] + add[j], activation) else _F(0.0)
+                total[j] += g
+                total_products[j] += g * centred
 
 
 @_compile
-def normalise_columns(rows, shift, scale, offset, out, span):
-    """out = (rows - shift) * scale + offset, per column."""
+def normalise_columns(rows, shift, scale, offset, activation, out, span):
+    """out = the activation of (rows - shift) * scale + offset, per column."""
     count, width = rows.shape
     for first in range(0, width, span):
         columns = slice(first, min(first + span, width))
@@ -281,19 +314,22 @@ def normalise_columns(rows, shift, scale, offset, out, span):
         for i in range(count):
             row, target = rows[i, columns], out[i, columns]
             for j in range(row.size):
-                target[j] = (row[j] - centre[j]) * factor[j] + add[j]
+                target[j] = _activate((row[j] - centre[j]) * factor[j] + add[j], activation)
 
 
 @_compile
-def combine_columns(d_out, d_scale, rows, shift, row_scale, offset, out, span):
-    """out = d_out * d_scale + (rows - shift) * row_scale + offset, per column: batch
-    norm's dx."""
+def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, row_offset, out,
+                    span):
+    """out = g * scale + (rows - shift) * row_scale + row_offset per column, g as in
+    ``column_gradient_sums``: batch norm's dx."""
     count, width = rows.shape
     for first in range(0, width, span):
         columns = slice(first, min(first + span, width))
-        dy_factor, centre = d_scale[columns], shift[columns]
-        factor, add = row_scale[columns], offset[columns]
+        factor, centre, add = scale[columns], shift[columns], offset[columns]
+        row_factor, row_add = row_scale[columns], row_offset[columns]
         for i in range(count):
             dy, row, target = d_out[i, columns], rows[i, columns], out[i, columns]
             for j in range(row.size):
-                target[j] = dy[j] * dy_factor[j] + (row[j] - centre[j]) * factor[j] + add[j]
+                centred = row[j] - centre[j]
+                g = dy[j] if _passes(centred * factor[j] + add[j], activation) else _F(0.0)
+                target[j] = g * factor[j] + centred * row_factor[j] + row_add[j]
