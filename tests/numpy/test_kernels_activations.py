@@ -144,3 +144,30 @@ def test_told_no_input_needs_a_gradient_the_output_is_the_same_and_no_slope_is_m
     np.testing.assert_array_equal(evaluated, trained)
     assert no_backward(np.ones_like(x)) == (None,)
     assert backward(np.ones_like(x))[0].shape == x.shape
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["gelu", "silu"])
+def test_compiled_activations_match_torch_at_the_extremes(name):
+    """The compiled loops clamp their exponentials; outputs and slopes at the ends of
+    float32's range and at NaN are still torch's (NaN where torch gives NaN)."""
+    x = np.array([np.nan, 1e38, -1e38, 1e19, -1e19, 100.0, -100.0, 88.0, -88.0, 20.0, -20.0,
+                  0.0, -0.0, 1e-40, -1e-40], np.float32)
+    kernel = getattr(act, name)
+    y, backward = kernel(x)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = getattr(F, name)(tx)
+    ty.backward(torch.ones_like(ty))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(backward(np.ones_like(x))[0], tx.grad.numpy(), rtol=1e-6,
+                               atol=1e-30)
+
+
+@pytest.mark.parametrize("name", ["gelu", "silu"])
+def test_compiled_activations_keep_the_limits_at_infinity(name):
+    """Where torch's float32 kernels overflow (GELU of inf is NaN there, of 3e38 inf), the
+    limits: x itself far right, -0 far left; -inf times a zero probability stays NaN."""
+    x = np.array([np.inf, 3e38, -3e38, -np.inf], np.float32)
+    y = getattr(act, name)(x)[0]
+    np.testing.assert_array_equal(y[:3], x[:2].tolist() + [-0.0])
+    assert np.isnan(y[3])
