@@ -145,6 +145,19 @@ def test_the_estimate_is_said_once_with_a_torch_note_for_long_numpy_runs(monkeyp
     assert len(said) == 1
 
 
+def test_the_first_step_is_not_in_the_estimate():
+    """It may take seconds (the interpreter's loops compile on a machine's first run); the
+    rate comes from the steps after it."""
+    clock = FakeClock()
+    estimate = eta.RunEstimate("torch", 1000, clock=clock.perf_counter)
+    clock.now += 6.0
+    said = estimate.step()
+    for _ in range(8):
+        clock.now += 0.5
+        said += estimate.step()
+    assert len(said) == 1 and said[0].startswith("estimated time: about 8m 20s")
+
+
 def test_torch_installed_does_not_import_torch():
     code = ("import sys; from nnspec.training import eta; eta.torch_installed(); "
             "print('torch' in sys.modules)")

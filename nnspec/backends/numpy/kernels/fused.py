@@ -333,3 +333,29 @@ def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, ro
                 centred = row[j] - centre[j]
                 g = dy[j] if _passes(centred * factor[j] + add[j], activation) else _F(0.0)
                 target[j] = g * factor[j] + centred * row_factor[j] + row_add[j]
+
+
+def warm_up() -> None:
+    """Run every loop once on a few float32 values: loads its compiled code (compiles it, on
+    a machine's first run) and starts numba's runtime, which takes about 60 MB and 0.3 s
+    the first time any loop runs in a process. Benchmarks call it so that what they measure
+    is training steps, as they measure torch's steps after its import."""
+    flat = np.ones(4, _F)
+    for kernel in (gelu, silu):
+        kernel(flat, np.empty_like(flat), np.empty_like(flat), True)
+    rows, column = np.ones((2, 4), _F), np.ones(4, _F)
+    inverse = np.empty(2, _F)
+    layer_norm_forward(rows, column, column, True, 1e-5, np.empty_like(rows),
+                       np.empty_like(rows), inverse)
+    layer_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),
+                        np.empty_like(column), np.empty_like(column))
+    rms_norm_forward(rows, column, True, 1e-5, np.empty_like(rows), np.empty_like(rows),
+                     inverse)
+    rms_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),
+                      np.empty_like(column))
+    column_moments(rows, column, np.empty_like(column), np.empty_like(column), COLUMN_SPAN)
+    column_gradient_sums(rows, rows, column, column, column, RELU, np.empty_like(column),
+                         np.empty_like(column), COLUMN_SPAN)
+    normalise_columns(rows, column, column, column, RELU, np.empty_like(rows), COLUMN_SPAN)
+    combine_columns(rows, column, rows, column, column, RELU, column, column,
+                    np.empty_like(rows), COLUMN_SPAN)
