@@ -640,6 +640,7 @@ NOT_KERNELS = {
     "attention.rotary_tables",
     "dense.column_sums",
     "norm_layer.flat_parameter",
+    "fused.warm_up",
     "blas.accumulates", "blas.add_product", "blas.transpose",
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",
