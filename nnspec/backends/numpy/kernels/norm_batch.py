@@ -6,7 +6,7 @@ the batch a span of columns at a time: the statistics in one read of x, the outp
 more, and the backward's sums and dx in one read each of dy and x. Values are taken about a
 shift (the first sample's channel means), so that nothing cancels away when a channel's mean
 is large against its spread. Against the NumPy passes they replaced (32 x 96 x 32 x 32,
-forward and backward): 12.9 -> 5.2 ms.
+forward and backward): 15.5 -> 7.0 ms, torch's at two threads 7.0-7.6.
 
 A ReLU or ReLU6 that alone reads the output runs inside (``activation``): the loops clamp
 the output as they write it, and the backward's find where it passed the gradient from the

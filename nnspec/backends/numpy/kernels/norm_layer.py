@@ -2,7 +2,7 @@
 
 The arithmetic is two compiled loops (``fused``): one pass over each row for the forward
 and one for the backward, where NumPy took eleven passes of broadcasts and row dots
-(2,048 x 128 values, forward and backward: 1.27 -> 0.35 ms).
+(2,048 x 128 values, forward and backward: 1.27 -> 0.27 ms).
 """
 
 from __future__ import annotations
