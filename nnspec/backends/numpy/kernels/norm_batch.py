@@ -19,7 +19,6 @@ import numpy as np
 
 from nnspec.backends.numpy.kernels import fused
 
-
 # the activations a batch norm can apply to its own output
 ACTIVATIONS = {None: fused.NO_ACTIVATION, "relu": fused.RELU, "relu6": fused.RELU6}
 
