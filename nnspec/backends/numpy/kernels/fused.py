@@ -70,22 +70,6 @@ def _sigmoid(z):
     return (_F(1.0) if z >= 0 else e) / (_F(1.0) + e)
 
 
-@_inline
-def _tanh(x):
-    """float32 tanh as Cephes' tanhf: an odd polynomial below 0.625, where 1 - e would
-    cancel, else (1 - e) / (1 + e) with e = exp(-2 |x|), the sign put back. Relative error
-    about 1e-7; NaN stays NaN, +-inf gives +-1."""
-    magnitude = abs(x)
-    if magnitude < _F(0.625):
-        z = x * x
-        return ((((_F(-5.70498872745e-3) * z + _F(2.06390887954e-2)) * z
-                  - _F(5.37397155531e-2)) * z + _F(1.33314422036e-1)) * z
-                - _F(3.33332819422e-1)) * z * x + x
-    e = _exp_negative(_F(-2.0) * magnitude)
-    result = (_F(1.0) - e) / (_F(1.0) + e)
-    return result if x > 0 else -result
-
-
 # The exact GELU's normal CDF: Phi(x) = (1 + tanh(x g(x^2))) / 2 = sigmoid(2 x g(x^2)),
 # where g is the degree-6 polynomial (the coefficients below are 2 g's,
 # lowest degree first) for which tanh(x g(x^2)) is closest to erf(x / sqrt 2): fitted by
@@ -249,53 +233,6 @@ def rms_norm_backward(d_out, normed, weight, affine, inv_rms, d_x, d_weight):
                 dx[j] = (dy[j] - row_normed[j] * projection) * scale
 
 
-# One LSTM time step's element-wise work, on flat (rows * batch) views of its (rows, batch)
-# blocks, in the interpreter's internal gate order (o, i, f, g), whose sigmoid gates' weights
-# are halved so that sigmoid(x) = (1 + tanh(x / 2)) / 2 takes the same tanh. Float32 only:
-# the float64 gradient checks keep NumPy's tanh.
-
-
-@_compile
-def lstm_step(gate, pre, c_prev, c, i_times_g, tanh_c, h):
-    """``gate`` holds the step's recurrent projection, and ``pre`` its input projection:
-    gate becomes the four gates; then c = f c_prev + i g, i g, tanh c, and h = o tanh c."""
-    size = c.size
-    for j in range(3 * size):
-        gate[j] = _F(0.5) + _F(0.5) * _tanh(gate[j] + pre[j])
-    for j in range(size):
-        candidate = _tanh(gate[3 * size + j] + pre[3 * size + j])
-        gate[3 * size + j] = candidate
-        product = gate[size + j] * candidate
-        i_times_g[j] = product
-        cell = gate[2 * size + j] * c_prev[j] + product
-        c[j] = cell
-        squashed = _tanh(cell)
-        tanh_c[j] = squashed
-        h[j] = gate[j] * squashed
-
-
-@_compile
-def lstm_step_backward(dh, d_out, with_d_out, dh_do, dh_dc, dc_di, dc_df, dc_dg, carry, forget,
-                       carried, d_gate, dc):
-    """The gradients of one step's gates (into d_gate, o, i, f, g) and cell (dc), from dh
-    (plus d_out when ``with_d_out``) and the step's factors; ``carry`` 1 adds the next
-    step's forget gate times its dc (``forget * carried``), 2 adds ``carried`` itself (the
-    final cell state's gradient), 0 nothing."""
-    size = dc.size
-    for j in range(size):
-        grad = dh[j] + d_out[j] if with_d_out else dh[j]
-        d_gate[j] = grad * dh_do[j]
-        cell = grad * dh_dc[j]
-        if carry == 1:
-            cell += forget[j] * carried[j]
-        elif carry == 2:
-            cell += carried[j]
-        dc[j] = cell
-        d_gate[size + j] = cell * dc_di[j]
-        d_gate[2 * size + j] = cell * dc_df[j]
-        d_gate[3 * size + j] = cell * dc_dg[j]
-
-
 # Batch norm's loops read (N, W) rows, W = C * L, with per-column coefficients (a channel's
 # value repeated over its L positions). They go over the columns ``span`` (COLUMN_SPAN) at a
 # time, down every row of the batch: a span's coefficients and sums (16 KiB each) stay in
@@ -418,10 +355,6 @@ def warm_up() -> None:
                      inverse)
     rms_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),
                       np.empty_like(column))
-    gates, cell = np.zeros(16, _F), np.zeros(4, _F)
-    lstm_step(gates, gates, cell, *(np.empty_like(cell) for _ in range(4)))
-    lstm_step_backward(cell, cell, True, cell, cell, cell, cell, cell, 1, cell, cell,
-                       np.empty_like(gates), np.empty_like(cell))
     column_moments(rows, column, np.empty_like(column), np.empty_like(column), COLUMN_SPAN)
     column_gradient_sums(rows, rows, column, column, column, RELU, np.empty_like(column),
                          np.empty_like(column), COLUMN_SPAN)

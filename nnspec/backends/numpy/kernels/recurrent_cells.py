@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import fused
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -32,13 +30,6 @@ class Cell:
     gate_order: tuple[int, ...]  # torch's gate block for each internal block
     sigmoid_gates: int  # the leading internal blocks that pass through a sigmoid
     run: Callable
-
-
-def _flat(block):
-    """A contiguous block as a flat view, for the compiled loops (never a copy)."""
-    view = block.view()
-    view.shape = (-1,)
-    return view
 
 
 def _project_state(recurrent, state, zero, out):
@@ -75,12 +66,8 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start
     # iterating over per-step views costs less interpreter time than indexing every array
     per_step = zip(pre, gates, states[:-1], outputs, cells[:-1], cells[1:],
                    input_times_candidate, tanh_cells)
-    compiled = dtype == np.float32  # one compiled loop a step (``fused.lstm_step``)
     for t, (pre_t, gate, h_prev, h, c_prev, c, i_times_g, tanh_c) in enumerate(per_step):
         _project_state(recurrent, h_prev, t == 0 and not start, gate)
-        if compiled:
-            fused.lstm_step(*map(_flat, (gate, pre_t, c_prev, c, i_times_g, tanh_c, h)))
-            continue
         gate += pre_t
         np.tanh(gate, out=gate)
         gate[sigmoids] *= 0.5
@@ -123,21 +110,6 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start
         per_step = zip(*(a[::-1] for a in (d_states, dh_dc, dh_do, dc_di, dc_df, dc_dg,
                                             d_gates, d_cells, gate_f)))
         for d_out, dh_dc_t, dh_do_t, dc_di_t, dc_df_t, dc_dg_t, d_gate, dc, forget in per_step:
-            if compiled:
-                if next_d_gate is None:
-                    dh, carry = d_out, 0 if d_final_cell is None else 2
-                    carried = None if d_final_cell is None else np.ascontiguousarray(
-                        d_final_cell, dtype)
-                else:
-                    dh, carry, carried = dh_buffer, 1, next_dc
-                    np.matmul(recurrent_weight_t, next_d_gate, out=dh)
-                fused.lstm_step_backward(
-                    *map(_flat, (dh, d_out)), dh is dh_buffer,
-                    *map(_flat, (dh_do_t, dh_dc_t, dc_di_t, dc_df_t, dc_dg_t)), carry,
-                    *map(_flat, (dh if next_forget is None else next_forget,
-                                 dh if carried is None else carried, d_gate, dc)))
-                next_d_gate, next_dc, next_forget = d_gate, dc, forget
-                continue
             if next_d_gate is None:
                 dh = d_out
             else:
