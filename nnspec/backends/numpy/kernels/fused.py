@@ -102,6 +102,26 @@ def gelu(x, out, slope, with_slope):
             slope[i] = cdf + v * _INV_SQRT_2PI * _exp_negative(_F(-0.5) * square)
 
 
+_SQRT_2_OVER_PI = _F(0.7978845608028654)
+_GELU_TANH_CUBIC = _F(0.044715)
+
+
+@_compile
+def gelu_tanh(x, out, slope, with_slope):
+    """torch's approximate="tanh" GELU, x (1 + tanh(u)) / 2 with u = sqrt(2 / pi) (x +
+    0.044715 x^3), as x sigmoid(2 u), and, ``with_slope``, its derivative
+    s + x s (1 - s) 2 u', over flat float32 arrays."""
+    for i in range(x.size):
+        v = x[i]
+        square = v * v
+        s = _sigmoid(_F(2.0) * _SQRT_2_OVER_PI * (v + _GELU_TANH_CUBIC * square * v))
+        y = v * s
+        out[i] = y
+        if with_slope:
+            du = _F(2.0) * _SQRT_2_OVER_PI * (_F(1.0) + _F(3.0) * _GELU_TANH_CUBIC * square)
+            slope[i] = s + y * (_F(1.0) - s) * du
+
+
 @_compile
 def silu(x, out, slope, with_slope):
     """out = x s and, ``with_slope``, slope = s + x s (1 - s), s = sigmoid(x), over flat
@@ -343,7 +363,7 @@ def warm_up() -> None:
     the first time any loop runs in a process. Benchmarks call it so that what they measure
     is training steps, as they measure torch's steps after its import."""
     flat = np.ones(4, _F)
-    for kernel in (gelu, silu):
+    for kernel in (gelu, gelu_tanh, silu):
         kernel(flat, np.empty_like(flat), np.empty_like(flat), True)
     rows, column = np.ones((2, 4), _F), np.ones(4, _F)
     inverse = np.empty(2, _F)
