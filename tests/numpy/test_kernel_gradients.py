@@ -639,7 +639,7 @@ def test_gradients_match_central_differences(name):
 NOT_KERNELS = {
     "attention.rotary_tables",
     "dense.column_sums",
-    "norm_layer.flat_parameter",
+    "norm_layer.flat_parameter", "norm_layer.normalise_rows", "norm_layer.normalise_rows_backward",
     "fused.warm_up",
     "blas.accumulates", "blas.add_product", "blas.transpose",
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case

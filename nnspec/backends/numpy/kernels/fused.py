@@ -138,7 +138,9 @@ def silu(x, out, slope, with_slope):
 @_reducing
 def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
     """Each row centred and scaled (two-pass variance) into x_hat; out = x_hat * weight +
-    bias when ``affine`` (out may be x_hat otherwise); inv_std gets each row's 1 / std."""
+    bias when ``affine`` (out may be x_hat otherwise); inv_std gets each row's 1 / std.
+    weight and bias are (k, size): row i takes row i % k of them (layer norm has one, group
+    norm one per group, its channels' values repeated over their positions)."""
     count, size = rows.shape
     one = rows.dtype.type(1)
     per_value = one / rows.dtype.type(size)
@@ -159,17 +161,17 @@ def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
         for j in range(size):
             normed[j] = (row[j] - mean) * scale
         if affine:
-            target = out[i]
+            target, factor, shift = out[i], weight[i % len(weight)], bias[i % len(bias)]
             for j in range(size):
-                target[j] = normed[j] * weight[j] + bias[j]
+                target[j] = normed[j] * factor[j] + shift[j]
 
 
 @_reducing
 def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_bias):
     """dx of each row from d(x_hat) = d_out * weight, less its mean and its projection on
     x_hat (x_hat has zero mean and unit variance per row, which removes those directions);
-    with ``affine``, d_weight and d_bias accumulate the column sums of d_out * x_hat and
-    d_out (both zeroed here)."""
+    with ``affine``, d_weight and d_bias (k, size, as the weights of the forward) accumulate
+    the column sums of d_out * x_hat and d_out of their rows (both zeroed here)."""
     count, size = d_out.shape
     per_value = d_out.dtype.type(1) / d_out.dtype.type(size)
     if affine:
@@ -180,12 +182,14 @@ def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_
         total = d_out.dtype.type(0)
         projection = d_out.dtype.type(0)
         if affine:
+            factor = weight[i % len(weight)]
+            d_factor, d_shift = d_weight[i % len(weight)], d_bias[i % len(weight)]
             for j in range(size):
-                g = dy[j] * weight[j]
+                g = dy[j] * factor[j]
                 total += g
                 projection += g * normed[j]
-                d_weight[j] += dy[j] * normed[j]
-                d_bias[j] += dy[j]
+                d_factor[j] += dy[j] * normed[j]
+                d_shift[j] += dy[j]
         else:
             for j in range(size):
                 total += dy[j]
@@ -194,8 +198,9 @@ def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_
         projection *= per_value
         scale = inv_std[i]
         if affine:
+            factor = weight[i % len(weight)]
             for j in range(size):
-                dx[j] = (dy[j] * weight[j] - mean - normed[j] * projection) * scale
+                dx[j] = (dy[j] * factor[j] - mean - normed[j] * projection) * scale
         else:
             for j in range(size):
                 dx[j] = (dy[j] - mean - normed[j] * projection) * scale
@@ -367,10 +372,11 @@ def warm_up() -> None:
         kernel(flat, np.empty_like(flat), np.empty_like(flat), True)
     rows, column = np.ones((2, 4), _F), np.ones(4, _F)
     inverse = np.empty(2, _F)
-    layer_norm_forward(rows, column, column, True, 1e-5, np.empty_like(rows),
+    affine = rows[:1]  # (k, size) weights
+    layer_norm_forward(rows, affine, affine, True, 1e-5, np.empty_like(rows),
                        np.empty_like(rows), inverse)
-    layer_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),
-                        np.empty_like(column), np.empty_like(column))
+    layer_norm_backward(rows, rows, affine, True, inverse, np.empty_like(rows),
+                        np.empty_like(affine), np.empty_like(affine))
     rms_norm_forward(rows, column, True, 1e-5, np.empty_like(rows), np.empty_like(rows),
                      inverse)
     rms_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),

@@ -11,30 +11,37 @@ from __future__ import annotations
 import numpy as np
 
 from .norm_batch import batch_norm
-from .norm_layer import layer_norm
+from .norm_layer import normalise_rows, normalise_rows_backward
 
 
 def group_norm(x, weight, bias, *, groups, eps=1e-5):
     """Normalise each sample over each group of channels and all positions; backward gives
-    (dx, dweight, dbias), the weight ones None without an affine transform."""
+    (dx, dweight, dbias), the weight ones None without an affine transform. Each (sample,
+    group) is a row of layer norm's compiled loops, which apply the channels' weight and
+    bias (repeated over their positions) in the same pass."""
     n, channels = x.shape[:2]
     if channels % groups:
         raise ValueError(f"group_norm: {groups} groups do not divide {channels} channels")
-    x_hat, normalise_backward = layer_norm(x.reshape(n, groups, -1), None, None, eps=eps)
-    x_hat = x_hat.reshape(n, channels, -1)
-    y = x_hat if weight is None else x_hat * weight[:, None]
-    if bias is not None:
-        y = y + bias[:, None]
+    positions = x[0, 0].size
+    shape = x.shape  # the backward keeps the shape, not x
+    rows = np.ascontiguousarray(x).reshape(n * groups, -1)
+    dtype = rows.dtype
+    affine = weight is not None or bias is not None
+
+    def per_group(parameter, default):
+        values = np.full(channels, default, dtype) if parameter is None else parameter
+        return np.repeat(values.astype(dtype, copy=False), positions).reshape(groups, -1)
+
+    scale, shift = per_group(weight, 1), per_group(bias, 0)
+    y, x_hat, inv_std = normalise_rows(rows, scale, shift, affine, eps)
 
     def backward(dy):
-        dy_rows = dy.reshape(n, channels, -1)
-        d_x_hat = dy_rows if weight is None else dy_rows * weight[:, None]
-        dx = normalise_backward(d_x_hat.reshape(n, groups, -1))[0]
-        dweight = None if weight is None else np.einsum("ncp,ncp->c", dy_rows, x_hat)
-        dbias = None if bias is None else dy_rows.sum(axis=(0, 2))
-        return dx.reshape(x.shape), dweight, dbias
+        dx, d_scale, d_shift = normalise_rows_backward(dy, x_hat, scale, affine, inv_std)
+        dweight = None if weight is None else d_scale.reshape(channels, positions).sum(axis=1)
+        dbias = None if bias is None else d_shift.reshape(channels, positions).sum(axis=1)
+        return dx.reshape(shape), dweight, dbias
 
-    return y.reshape(x.shape), backward
+    return y.reshape(shape), backward
 
 
 def instance_norm(x, weight, bias, running_mean, running_var, *, use_input_stats,
