@@ -258,6 +258,22 @@ def rms_norm_backward(d_out, normed, weight, affine, inv_rms, d_x, d_weight):
                 dx[j] = (dy[j] - row_normed[j] * projection) * scale
 
 
+@_reducing
+def exp_rows(rows, peaks, out, totals):
+    """out = exp(row - peak) for each row of (count, size) float32 values and its peak (the
+    row's max, from NumPy: a max reduction does not vectorise without fast-math's nnan),
+    with the sums of out: the softmax's subtract, exp and sum in one read of each row."""
+    count, size = rows.shape
+    for i in range(count):
+        row, target, peak = rows[i], out[i], peaks[i]
+        total = _F(0.0)
+        for j in range(size):
+            e = _exp_negative(row[j] - peak)
+            target[j] = e
+            total += e
+        totals[i] = total
+
+
 # Batch norm's loops read (N, W) rows, W = C * L, with per-column coefficients (a channel's
 # value repeated over its L positions). They go over the columns ``span`` (COLUMN_SPAN) at a
 # time, down every row of the batch: a span's coefficients and sums (16 KiB each) stay in
@@ -381,6 +397,7 @@ def warm_up() -> None:
                      inverse)
     rms_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),
                       np.empty_like(column))
+    exp_rows(rows, inverse, np.empty_like(rows), np.empty_like(inverse))
     column_moments(rows, column, np.empty_like(column), np.empty_like(column), COLUMN_SPAN)
     column_gradient_sums(rows, rows, column, column, column, RELU, np.empty_like(column),
                          np.empty_like(column), COLUMN_SPAN)

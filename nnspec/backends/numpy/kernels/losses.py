@@ -14,6 +14,7 @@ import functools
 
 import numpy as np
 
+from nnspec.backends.numpy.kernels import fused
 from nnspec.backends.numpy.kernels.activations import sigmoid
 from nnspec.backends.numpy.kernels.elementwise import unbroadcast
 
@@ -132,11 +133,7 @@ def cross_entropy(logits, target, *, weight=None, reduction="mean", label_smooth
     probabilities and get a gradient too; their mean is over positions. With label smoothing
     eps, the target mixes (1 - eps) of the given one with eps of the uniform one.
     """
-    row_max = logits.max(axis=-1, keepdims=True)
-    exp_shifted = logits - row_max
-    with np.errstate(under="ignore"):  # classes far below the best underflow to their limit, 0
-        np.exp(exp_shifted, out=exp_shifted)
-    sum_exp = exp_shifted.sum(axis=-1, keepdims=True)
+    row_max, exp_shifted, sum_exp = _exp_shifted(logits)
     # Backward turns exp_shifted into the softmax in place: exp_shifted / sum_exp.
     saved = (logits, row_max, exp_shifted, sum_exp)
     weight = None if weight is None else np.asarray(weight, logits.dtype)
@@ -144,6 +141,26 @@ def cross_entropy(logits, target, *, weight=None, reduction="mean", label_smooth
         return _cross_entropy_probabilities(*saved, target, weight, reduction, label_smoothing)
     return _cross_entropy_indices(*saved, target, weight, reduction, label_smoothing,
                                   ignore_index)
+
+
+def _exp_shifted(logits):
+    """(row max, exp(logits - row max), its sum), the maxima and sums keeping the class
+    axis (size 1). In float32 the last three are one compiled loop over each row
+    (``fused.exp_rows``), where NumPy made three passes over the whole logits."""
+    if logits.dtype == np.float32:
+        rows = np.ascontiguousarray(logits).reshape(-1, logits.shape[-1])
+        exp_shifted = np.empty_like(rows)
+        row_max = rows.max(axis=1, keepdims=True)
+        sum_exp = np.empty((len(rows), 1), rows.dtype)
+        fused.exp_rows(rows, row_max[:, 0], exp_shifted, sum_exp[:, 0])
+        kept = (*logits.shape[:-1], 1)
+        return (row_max.reshape(kept), exp_shifted.reshape(logits.shape),
+                sum_exp.reshape(kept))
+    row_max = logits.max(axis=-1, keepdims=True)
+    exp_shifted = logits - row_max
+    with np.errstate(under="ignore"):  # classes far below the best underflow to their limit, 0
+        np.exp(exp_shifted, out=exp_shifted)
+    return row_max, exp_shifted, exp_shifted.sum(axis=-1, keepdims=True)
 
 
 # The interpreter fuses a model's trailing softmax with a cross_entropy loss: it skips the
@@ -191,14 +208,11 @@ def _cross_entropy_indices(logits, row_max, exp_shifted, sum_exp, target, weight
     def backward(d_loss):
         # d/dz = (1 - eps) w_y (p - e_y) + eps / C (W p - w), times each position's share
         share = np.asarray(scale(d_loss), logits.dtype)  # 0 where ignored
+        softmax_share = share if weight is None else share * (
+            (1 - label_smoothing) * target_weight + label_smoothing / classes_count * weight.sum())
+        # the softmax times each position's share in one pass over the classes
         d_logits = exp_shifted
-        d_logits /= sum_exp
-        if weight is None:
-            d_logits *= share[..., None]
-        else:
-            row = (1 - label_smoothing) * target_weight + label_smoothing / classes_count * (
-                weight.sum())
-            d_logits *= (row * share)[..., None]
+        d_logits *= softmax_share[..., None] / sum_exp
         if label_smoothing:
             spread = share[..., None] if weight is None else share[..., None] * weight
             d_logits -= (label_smoothing / classes_count) * spread
