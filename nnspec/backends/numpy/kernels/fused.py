@@ -148,21 +148,23 @@ def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
     for i in range(count):
         # about the row's first value: x - pivot is exact where x is near it, so a mean far
         # from zero against the spread (683 +- 1) loses nothing to float32's sum
-        row = rows[i]
+        # (each difference stored before the next is taken: reassociation, allowed here
+        # for the sums, would otherwise fold pivot and offset together first)
+        row, normed = rows[i], x_hat[i]
         pivot = row[0]
         total = rows.dtype.type(0)
         for j in range(size):
-            total += row[j] - pivot
+            normed[j] = row[j] - pivot
+            total += normed[j]
         offset = total * per_value  # mean - pivot
         squares = rows.dtype.type(0)
         for j in range(size):
-            centred = (row[j] - pivot) - offset
+            centred = normed[j] - offset
             squares += centred * centred
         scale = one / np.sqrt(squares * per_value + eps)
         inv_std[i] = scale
-        normed = x_hat[i]
         for j in range(size):
-            normed[j] = ((row[j] - pivot) - offset) * scale
+            normed[j] = (normed[j] - offset) * scale
         if affine:
             target, factor, shift = out[i], weight[i % len(weight)], bias[i % len(bias)]
             for j in range(size):
