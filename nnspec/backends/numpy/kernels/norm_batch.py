@@ -47,17 +47,18 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
     positions = rows.shape[1] // channels
     dtype = x.dtype
     if train:
-        shift, mean, var = _statistics(rows, channels, count)
+        shift, mean_offset, var = _statistics(rows, channels, count)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
-            running_mean += momentum * mean.astype(running_mean.dtype)
+            running_mean += momentum * (shift + mean_offset).astype(running_mean.dtype)
             running_var *= 1.0 - momentum
             running_var += (momentum * count / (count - 1)) * var.astype(running_var.dtype)
-        mean, var = mean.astype(dtype), var.astype(dtype)
+        # rows - shift = x - mean + gap; the gap straight from the float64 statistics, not
+        # as a difference of the rounded mean and the shift (a mean of 1e4 rounds by 5e-4)
+        gap, var = mean_offset.astype(dtype), var.astype(dtype)
     else:
         mean, var = running_mean.astype(dtype), running_var.astype(dtype)
-        shift = mean
-    gap = mean - shift  # rows - shift = x - mean + gap
+        shift, gap = mean, np.zeros_like(mean)
     inv_std = (1.0 / np.sqrt(var + eps)).astype(dtype)
     scale = inv_std if weight is None else inv_std * weight
     shift_columns, scale_columns = _columns(shift, positions), _columns(scale, positions)
@@ -102,9 +103,9 @@ def _columns(per_channel, positions):
 
 
 def _statistics(rows, channels, count):
-    """Per-channel shift, mean and (biased) variance of (N, C * L) in one read of the input:
-    sums of x - shift and of its square, with the first sample's channel means as the shift,
-    so the variance does not cancel away when the mean is large against the spread."""
+    """Per-channel shift, mean - shift and (biased) variance of (N, C * L) in one read of the
+    input: sums of x - shift and of its square, with the first sample's channel means as the
+    shift, so the variance does not cancel away when the mean is large against the spread."""
     positions = rows.shape[1] // channels
     shift = rows[0].reshape(channels, positions).mean(axis=1, dtype=rows.dtype)
     sums = np.empty(rows.shape[1], dtype=rows.dtype)
@@ -114,4 +115,4 @@ def _statistics(rows, channels, count):
     mean_offset = sums.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count
     square_mean = squares.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count
     var = np.maximum(square_mean - mean_offset**2, 0.0)
-    return shift, shift + mean_offset, var
+    return shift, mean_offset, var
