@@ -274,3 +274,40 @@ def test_make_optimizer_explains_unknown_hyperparameters():
 def test_invalid_hyperparameter_values_are_refused(name, hyper, message):
     with pytest.raises(ValueError, match=message):
         make_optimizer(name, ParamBuffer(SHAPES), **hyper)
+
+
+def _adam_in_numpy_passes(data, grads, lr, betas, eps, weight_decay, amsgrad, decoupled):
+    """torch's single-tensor Adam as NumPy passes (the interpreter's code before the
+    compiled loop): the reference the loop must give bit for bit."""
+    beta1, beta2 = betas
+    exp_avg, exp_avg_sq, highest = (np.zeros_like(data) for _ in range(3))
+    for step, grad in enumerate(grads, start=1):
+        if decoupled:
+            data *= 1.0 - lr * weight_decay
+        else:  # L2: through the gradient
+            grad = grad + data * weight_decay
+        exp_avg += (grad - exp_avg) * (1.0 - beta1)
+        exp_avg_sq *= beta2
+        exp_avg_sq += grad * (1.0 - beta2) * grad
+        second = np.maximum(highest, exp_avg_sq, out=highest) if amsgrad else exp_avg_sq
+        denom = np.sqrt(second) / (1.0 - beta2**step) ** 0.5 + eps
+        update = exp_avg * (-lr / (1.0 - beta1**step))
+        update /= denom
+        data += update
+    return data
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_gives_the_bits_of_its_numpy_passes(name, amsgrad, trajectory):
+    """The compiled update keeps every operation's order and precision (no fused
+    multiply-adds): a contraction there would move training runs off torch's."""
+    initial, grads = trajectory
+    hyper = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1,
+             "amsgrad": amsgrad}
+    history, _ = run_numpy(name, hyper, initial, grads)
+    for key in SHAPES:
+        want = _adam_in_numpy_passes(initial[key].copy(), [g[key] for g in grads],
+                                     hyper["lr"], hyper["betas"], hyper["eps"], 0.1, amsgrad,
+                                     decoupled=name == "adamw")
+        np.testing.assert_array_equal(history[-1][key], want, err_msg=key)

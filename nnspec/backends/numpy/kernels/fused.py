@@ -279,6 +279,34 @@ def exp_rows(rows, peaks, out, totals):
         totals[i] = total
 
 
+# exact IEEE arithmetic in source order, not even multiply-adds fused: the optimizers'
+# updates give the bits of the NumPy passes they replace (and so stay with torch's)
+_exact = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_exact
+def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, decay,
+                one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
+                step_size):
+    """torch's single-tensor Adam (AdamW: ``decay`` = 1 - lr weight_decay) over flat arrays,
+    each operation in the order of its code path: the parameters decay, exp_avg.lerp_(grad,
+    1 - beta1), exp_avg_sq = exp_avg_sq beta2 + grad (1 - beta2) grad, its running maximum
+    with AMSGrad (NaN kept, as np.maximum), then param += exp_avg step_size / (sqrt(second
+    moment) / sqrt(bias correction 2) + eps). Scalars come in the arrays' dtype."""
+    for i in range(data.size):
+        g = grad[i]
+        m = exp_avg[i]
+        m = m + (g - m) * one_minus_beta1
+        exp_avg[i] = m
+        v = exp_avg_sq[i] * beta2 + g * one_minus_beta2 * g
+        exp_avg_sq[i] = v
+        if amsgrad:
+            highest = max_exp_avg_sq[i]
+            v = highest if highest >= v or np.isnan(highest) else v
+            max_exp_avg_sq[i] = v
+        data[i] = data[i] * decay + m * step_size / (np.sqrt(v) / bias_correction2_sqrt + eps)
+
+
 # Batch norm's loops read (N, W) rows, W = C * L, with per-column coefficients (a channel's
 # value repeated over its L positions). They go over the columns ``span`` (COLUMN_SPAN) at a
 # time, down every row of the batch: a span's coefficients and sums (16 KiB each) stay in
