@@ -431,6 +431,9 @@ def warm_up() -> None:
     rms_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),
                       np.empty_like(column))
     exp_rows(rows, inverse, np.empty_like(rows), np.empty_like(inverse))
+    one = _F(1.0)
+    adam_update(np.zeros(4, _F), flat, np.zeros(4, _F), np.zeros(4, _F), flat, False, one, one,
+                one, one, one, one, one)
     column_moments(rows, column, np.empty_like(column), np.empty_like(column), COLUMN_SPAN)
     column_gradient_sums(rows, rows, column, column, column, RELU, np.empty_like(column),
                          np.empty_like(column), COLUMN_SPAN)
