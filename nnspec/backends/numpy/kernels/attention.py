@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from nnspec.backends.numpy.kernels import fused
 from nnspec.backends.numpy.kernels.dense import column_sums
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
@@ -140,7 +141,9 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         """exp(scores + masks - shift) of the block, key-major: probs[key, n, kv, g * query],
         so the softmax reduces over the first axis, which NumPy vectorises across whole rows
         (about twice as fast as reducing many short last-axis rows). The shift is each row's
-        max, returned too, or when ``shifted`` the log-sum-exp in the queries' last column."""
+        log-sum-exp in the queries' last column when ``shifted``, else its max; then the
+        rows' max and sum are returned too, and the probabilities are normalised when the
+        backward keeps them (in float32 one compiled loop, ``fused.exp_columns``)."""
         used = slice(None) if shifted else slice(dim)
         scores = np.empty((keys, *qb.shape[:2], qb.shape[2]), dtype)
         np.matmul(kt[samples, kvs, used, :keys].transpose(0, 1, 3, 2),
@@ -149,21 +152,27 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         if bias is not None:
             grouped = scores.reshape(keys, *qb.shape[:2], group, end - start)
             grouped[first:] += bias[:, :, None, None]
-        peak = None
-        if not shifted:
-            peak = scores.max(axis=0)
-            scores -= peak
+        if shifted:
+            np.exp(scores, out=scores)
+            return scores, None, None
+        peak = scores.max(axis=0)
+        if dtype == np.float32:
+            total = np.empty_like(peak)
+            fused.exp_columns(scores.reshape(keys, -1), peak.reshape(-1), total.reshape(-1),
+                              keep_probs)
+            return scores, peak, total
+        scores -= peak
         np.exp(scores, out=scores)
-        return scores, peak
+        total = scores.sum(axis=0)
+        if keep_probs:  # normalised for the backward
+            scores *= 1 / total
+        return scores, peak, total
 
     saved = []
     for samples, kvs in head_blocks:
         for start, end, keys in query_blocks:
             qb = queries(samples, kvs, start, end)
-            probs, peak = exp_scores(samples, kvs, qb, start, end, keys, False)
-            total = probs.sum(axis=0)
-            if keep_probs:  # normalised for the backward
-                probs *= 1 / total
+            probs, peak, total = exp_scores(samples, kvs, qb, start, end, keys, False)
             keep = None
             used = probs
             if dropping:
@@ -205,7 +214,7 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         for ((samples, kvs), (start, end, keys)), (qb, keep, probs) in zip(blocks, saved):
             width = end - start
             if probs is None:
-                probs, _ = exp_scores(samples, kvs, qb, start, end, keys, True)
+                probs, _, _ = exp_scores(samples, kvs, qb, start, end, keys, True)
             used = probs if keep is None else probs * keep
             # softmax backward: p * (dp - sum(dp * p)), the sum in the gradients' last column
             # (when no dropout mask must scale dp first); masked positions have p = 0
