@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnspec.backends.numpy.kernels import fused
+
 
 def embedding(indices, weight, *, padding_idx=None):
     """Rows ``weight[indices]`` of shape (*indices.shape, dim); backward gives (None, dweight).
@@ -21,12 +23,11 @@ def embedding(indices, weight, *, padding_idx=None):
     y = weight[indices]
 
     def backward(dy):
-        dweight = np.zeros(weight.shape, dtype=weight.dtype)  # C order: the flat view below
-        # add.at on flat element indices takes NumPy's 1-d fast path: 2-6x faster than
-        # scattering whole rows, and every repeat of an index still accumulates
-        rows = indices.reshape(-1, 1).astype(np.intp, copy=False)
-        flat_index = (rows * dim + np.arange(dim)).ravel()
-        np.add.at(dweight.reshape(-1), flat_index, dy.reshape(-1))
+        # one compiled loop over the rows (``fused.add_rows``), the same sums in the same
+        # order as NumPy's add.at on flat element indices, which took 3 ns a value
+        dweight = np.zeros(weight.shape, dtype=weight.dtype)
+        fused.add_rows(indices.reshape(-1).astype(np.int64, copy=False),
+                       np.ascontiguousarray(dy, dtype=weight.dtype).reshape(-1, dim), dweight)
         if padding_idx is not None:
             dweight[padding_idx] = 0
         return None, dweight

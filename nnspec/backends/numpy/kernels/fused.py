@@ -307,6 +307,17 @@ _exact = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @_exact
+def add_rows(indices, values, out):
+    """out[indices[i]] += values[i] for every row i in turn (repeats accumulate in that
+    order, as NumPy's add.at does): an embedding's weight gradient. Indices are checked
+    by the caller (the forward refuses any outside the table)."""
+    for i in range(len(indices)):
+        target, source = out[indices[i]], values[i]
+        for j in range(source.size):
+            target[j] += source[j]
+
+
+@_exact
 def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, decay,
                 one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
                 step_size):
@@ -454,6 +465,7 @@ def warm_up() -> None:
                       np.empty_like(column))
     exp_rows(rows, inverse, np.empty_like(rows), np.empty_like(inverse))
     exp_columns(np.ones((2, 4), _F), column, np.empty_like(column), True)
+    add_rows(np.zeros(2, np.int64), rows, np.zeros_like(rows))
     one = _F(1.0)
     adam_update(np.zeros(4, _F), flat, np.zeros(4, _F), np.zeros(4, _F), flat, False, one, one,
                 one, one, one, one, one)
