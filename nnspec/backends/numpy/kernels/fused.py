@@ -12,9 +12,11 @@ absent affine parameters, float64 for the gradient checks). Compiled with:
 
 - ``error_model="numpy"``: a float division by zero gives inf as in NumPy, instead of
   numba's Python-style ZeroDivisionError check, which also stops LLVM vectorising the loop;
-- fast-math flags that let LLVM reorder sums (vectorised reductions), fuse multiply-adds and
-  use reciprocals, but not ``nnan``/``ninf``: NaN and inf still flow through as in torch (a
-  NaN loss must stop training, not vanish);
+- fast-math flags only as far as each kind of loop needs: element-wise loops may fuse
+  multiply-adds, row reductions may also reorder their sums (so that they vectorise), and
+  the optimizer's and the embedding gradient's loops take none (their bits are NumPy's);
+  never ``nnan``/``ninf``: NaN and inf still flow through as in torch (a NaN loss must stop
+  training, not vanish);
 - ``cache=True``: compiled once per machine into ``__pycache__``, loaded in milliseconds.
 """
 
@@ -23,8 +25,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# element-wise loops: exact IEEE arithmetic in source order, so a loop's variants (with
-# and without the slope) give the same bits; LLVM vectorises them without fast-math
+# element-wise loops: multiply-adds may fuse, nothing is reordered (a loop's variants with
+# and without the slope give the same outputs to the bit, which a test checks)
 _compile = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 _inline = numba.njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 # row reductions: sums may be reordered (vectorised) and multiply-adds fused
