@@ -272,8 +272,10 @@ class NumpyModel:
                      ) -> dict[str, str | None]:
         """{batchnorm: the activation it applies, that activation: None} for each batchnorm
         whose output only a relu or relu6 reads and nobody sees (not an output, not kept):
-        the pair then makes one pass over the activations where it made three (MobileNet's
-        step 215 -> 200 ms). Remembered as the release plans are."""
+        the batch norm's compiled loops then clamp its output and mask its gradient, and the
+        activation's own passes (a clip, a mask, a product) are gone (MobileNet against
+        torch 1.93 -> 1.72 in `bench_real.py` runs before and after). Remembered as the
+        release plans are."""
         key = (id(graph), skip, keep)
         plan = self._fusion_plans.get(key)
         if plan is None:
