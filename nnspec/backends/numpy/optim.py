@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import fused
+from nnspec.backends.numpy.kernels import parallel
 from nnspec.backends.numpy.params import ParamBuffer
 
 # values per block of an update: a few blocks of scratch fit the core's cache
@@ -210,7 +210,7 @@ class Adam(Optimizer):
         decay = 1.0 - self.lr * self.weight_decay if self._decoupled else 1.0
         bias_correction1 = 1.0 - beta1**self.step_count
         bias_correction2_sqrt = (1.0 - beta2**self.step_count) ** 0.5
-        fused.adam_update(block.data, grad, block.state["exp_avg"], block.state["exp_avg_sq"],
+        parallel.adam_update(block.data, grad, block.state["exp_avg"], block.state["exp_avg_sq"],
                           block.state.get("max_exp_avg_sq", block.tmp), self.amsgrad,
                           scalar(decay), scalar(1.0 - beta1), scalar(beta2),
                           scalar(1.0 - beta2), scalar(bias_correction2_sqrt), scalar(self.eps),

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import fused
+from nnspec.backends.numpy.kernels import fused, parallel
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
@@ -113,9 +113,6 @@ def gelu(x, *, approximate="none", input_grad=True):
                                 input_grad)
 
 
-_NO_SLOPE = np.empty(0, np.float32)  # not ``out``: arrays that alias are not vectorised
-
-
 def _compiled_with_slope(x, kernel, input_grad):
     """A compiled float32 activation over all of ``x``, with (while training) its slope, so
     that the backward is one product; other float dtypes are computed in float32."""
@@ -123,7 +120,7 @@ def _compiled_with_slope(x, kernel, input_grad):
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = np.empty_like(flat)
     slope = np.empty_like(flat) if input_grad else None
-    kernel(flat, out, _NO_SLOPE if slope is None else slope, input_grad)
+    parallel.activation(kernel, flat, out, slope, input_grad)
 
     def backward(d_out):
         if slope is None:

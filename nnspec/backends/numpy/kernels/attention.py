@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import fused
+from nnspec.backends.numpy.kernels import fused, workers
 from nnspec.backends.numpy.kernels.dense import column_sums
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
@@ -158,8 +158,9 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         peak = scores.max(axis=0)
         if dtype == np.float32:
             total = np.empty_like(peak)
-            fused.exp_columns(scores.reshape(keys, -1), peak.reshape(-1), total.reshape(-1),
-                              keep_probs)
+            columns = scores.reshape(keys, -1)
+            fused.exp_columns(columns, peak.reshape(-1), total.reshape(-1), keep_probs, 0,
+                              columns.shape[1])
             return scores, peak, total
         scores -= peak
         np.exp(scores, out=scores)
@@ -168,27 +169,38 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             scores *= 1 / total
         return scores, peak, total
 
-    saved = []
-    for samples, kvs in head_blocks:
-        for start, end, keys in query_blocks:
-            qb = queries(samples, kvs, start, end)
-            probs, peak, total = exp_scores(samples, kvs, qb, start, end, keys, False)
-            keep = None
-            used = probs
-            if dropping:
-                keep = (rng.random(probs.shape, dtype=np.float32) >= dropout) / dtype.type(
-                    1 - dropout)
-                used = probs * keep if keep_probs else np.multiply(probs, keep, out=probs)
-            out = used.transpose(1, 2, 3, 0) @ vt[samples, kvs, :dim, :keys].transpose(0, 1, 3, 2)
-            if not keep_probs:  # normalised after the product, on (Tq, d) instead of (S, Tq)
-                out /= total[..., None]
-            width = end - start
-            context[samples, start:end, kvs] = out.reshape(
-                *out.shape[:2], group, width, dim).transpose(0, 3, 1, 2, 4)
-            np.log(total, out=total)
-            total += peak  # the rows' log-sum-exp
-            np.negative(total, out=qb[..., dim])
-            saved.append((qb, keep, probs if keep_probs else None))
+    # per (head block, query block), what the backward needs of it
+    saved: list = [None] * (len(head_blocks) * len(query_blocks))
+    # the head blocks split between the cores (``workers.in_parts``), unless dropout draws
+    # random numbers (their order would be the threads')
+    parts = 1 if dropping else _parts(head_blocks, batch * heads * steps * keys_total)
+
+    def forward_blocks(part):
+        for index in range(part, len(head_blocks), parts):
+            samples, kvs = head_blocks[index]
+            for number, (start, end, keys) in enumerate(query_blocks):
+                qb = queries(samples, kvs, start, end)
+                probs, peak, total = exp_scores(samples, kvs, qb, start, end, keys, False)
+                keep = None
+                used = probs
+                if dropping:
+                    keep = (rng.random(probs.shape, dtype=np.float32) >= dropout) / dtype.type(
+                        1 - dropout)
+                    used = probs * keep if keep_probs else np.multiply(probs, keep, out=probs)
+                out = used.transpose(1, 2, 3, 0) @ vt[samples, kvs, :dim, :keys].transpose(
+                    0, 1, 3, 2)
+                if not keep_probs:  # normalised after the product, on (Tq, d), not (S, Tq)
+                    out /= total[..., None]
+                width = end - start
+                context[samples, start:end, kvs] = out.reshape(
+                    *out.shape[:2], group, width, dim).transpose(0, 3, 1, 2, 4)
+                np.log(total, out=total)
+                total += peak  # the rows' log-sum-exp
+                np.negative(total, out=qb[..., dim])
+                saved[index * len(query_blocks) + number] = (
+                    qb, keep, probs if keep_probs else None)
+
+    workers.in_parts(forward_blocks, parts)
 
     def backward(d_context, into=None):
         """``into``: arrays shaped as q, k and v (views into one buffer, say) to write the
@@ -210,8 +222,19 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         dk, dv = dk_rows.transpose(0, 2, 1, 3), dv_rows.transpose(0, 2, 1, 3)
         d_padding = np.zeros_like(padding) if padding_grad else None
         d_mask = np.zeros_like(mask) if mask_grad else None
-        blocks = ((h, b) for h in head_blocks for b in query_blocks)
-        for ((samples, kvs), (start, end, keys)), (qb, keep, probs) in zip(blocks, saved):
+        # the head blocks between the cores as forward, unless the masks take gradients
+        # (every block adds to them)
+        back_parts = 1 if padding_grad or mask_grad else parts
+
+        def backward_blocks(part):
+            for index in range(part, len(head_blocks), back_parts):
+                for number, query_block in enumerate(query_blocks):
+                    backward_block(head_blocks[index], query_block,
+                                   saved[index * len(query_blocks) + number])
+
+        def backward_block(head_block, query_block, saved_block):
+            (samples, kvs), (start, end, keys), (qb, keep, probs) = \
+                head_block, query_block, saved_block
             width = end - start
             if probs is None:
                 probs, _, _ = exp_scores(samples, kvs, qb, start, end, keys, True)
@@ -248,6 +271,8 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
                 dk[samples, kvs, :keys] += d_scores.transpose(1, 2, 0, 3) @ qb[..., :dim]
             else:
                 np.matmul(d_scores.transpose(1, 2, 0, 3), qb[..., :dim], out=dk[samples, kvs])
+
+        workers.in_parts(backward_blocks, back_parts)
         if scale != 1:
             dq *= scale
         return dq_out, dk_rows, dv_rows, d_padding, d_mask
@@ -261,6 +286,18 @@ def _with_ones_row(rows):
     out[..., :-1, :] = rows
     out[..., -1, :] = 1
     return out
+
+
+# scores (over all heads and samples) below which one core runs every block: splitting them
+# costs about 30 us
+PARALLEL_MIN_SCORES = 1 << 18
+
+
+def _parts(head_blocks, scores):
+    """How many cores share the head blocks of a layer with this many scores."""
+    if len(head_blocks) < 2 or scores < PARALLEL_MIN_SCORES:
+        return 1
+    return min(len(head_blocks), workers.parts())
 
 
 def _plan(batch, kv_heads, group, steps, keys_total, causal):

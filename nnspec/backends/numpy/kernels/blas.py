@@ -31,31 +31,42 @@ SMALL_PRODUCT = 1 << 19
 
 
 @functools.cache
-def _openblas() -> dict:
-    """{(name, dtype): function} of NumPy's bundled scipy-openblas: "gemm" and "omatcopy" for
-    float32 and float64; empty when there is none."""
+def library() -> ctypes.CDLL | None:
+    """NumPy's bundled scipy-openblas, or None when NumPy has another BLAS."""
     directory = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in sorted(glob.glob(os.path.join(directory, "libscipy_openblas64_*.so*"))):
         try:
             library = ctypes.CDLL(path)
-            names = {("gemm", np.dtype(np.float32)): library.scipy_cblas_sgemm64_,
-                     ("gemm", np.dtype(np.float64)): library.scipy_cblas_dgemm64_,
-                     ("omatcopy", np.dtype(np.float32)): library.scipy_cblas_somatcopy64_,
-                     ("omatcopy", np.dtype(np.float64)): library.scipy_cblas_domatcopy64_}
-        except (OSError, AttributeError):
+        except OSError:
             continue
-        index, pointer, enum = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-        for (name, dtype), function in names.items():
-            scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-            if name == "gemm":
-                function.argtypes = [enum, enum, enum, index, index, index, scalar, pointer,
-                                     index, pointer, index, scalar, pointer, index]
-            else:
-                function.argtypes = [enum, enum, index, index, scalar, pointer, index, pointer,
-                                     index]
-            function.restype = None
-        return names
-    return {}
+        if hasattr(library, "scipy_cblas_sgemm64_"):
+            return library
+    return None
+
+
+@functools.cache
+def _openblas() -> dict:
+    """{(name, dtype): function} of NumPy's bundled scipy-openblas: "gemm" and "omatcopy" for
+    float32 and float64; empty when there is none."""
+    library_ = library()
+    try:
+        names = {("gemm", np.dtype(np.float32)): library_.scipy_cblas_sgemm64_,
+                 ("gemm", np.dtype(np.float64)): library_.scipy_cblas_dgemm64_,
+                 ("omatcopy", np.dtype(np.float32)): library_.scipy_cblas_somatcopy64_,
+                 ("omatcopy", np.dtype(np.float64)): library_.scipy_cblas_domatcopy64_}
+    except AttributeError:  # also no library at all
+        return {}
+    index, pointer, enum = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    for (name, dtype), function in names.items():
+        scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        if name == "gemm":
+            function.argtypes = [enum, enum, enum, index, index, index, scalar, pointer,
+                                 index, pointer, index, scalar, pointer, index]
+        else:
+            function.argtypes = [enum, enum, index, index, scalar, pointer, index, pointer,
+                                 index]
+        function.restype = None
+    return names
 
 
 def accumulates() -> bool:

@@ -282,24 +282,28 @@ def exp_rows(rows, peaks, out, totals):
 
 
 @_reducing
-def exp_columns(scores, peaks, totals, normalise):
-    """scores (rows, M) <- exp(scores - peaks) down each column (peaks (M,) the columns'
-    maxima, from NumPy), totals (M,) the columns' sums; with ``normalise`` the scores are
-    then scaled by 1 / total: attention's softmax over its keys (the rows) in one pass, and
-    one more for the normalisation, where NumPy made four and one."""
-    rows, width = scores.shape
-    totals[:] = 0
+def exp_columns(scores, peaks, totals, normalise, first, last):
+    """scores (rows, M) <- exp(scores - peaks) down each column from ``first`` to ``last``
+    (peaks (M,) the columns' maxima, from NumPy), totals (M,) the columns' sums; with
+    ``normalise`` the scores are then scaled by 1 / total: attention's softmax over its keys
+    (the rows) in one pass, and one more for the normalisation, where NumPy made four and
+    one. (Column ranges are arguments, not slices: a slice of columns would be a strided
+    array, whose loops numba does not vectorise.)"""
+    rows = scores.shape[0]
+    # zero-based slices: a loop indexed from ``first`` is not vectorised
+    column_peaks, column_totals = peaks[first:last], totals[first:last]
+    column_totals[:] = 0
     for r in range(rows):
-        row = scores[r]
-        for j in range(width):
-            e = _exp_negative(row[j] - peaks[j])
+        row = scores[r, first:last]
+        for j in range(row.size):
+            e = _exp_negative(row[j] - column_peaks[j])
             row[j] = e
-            totals[j] += e
+            column_totals[j] += e
     if normalise:
-        inverse = 1 / totals
+        inverse = 1 / column_totals
         for r in range(rows):
-            row = scores[r]
-            for j in range(width):
+            row = scores[r, first:last]
+            for j in range(row.size):
                 row[j] *= inverse[j]
 
 
@@ -346,15 +350,17 @@ def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, decay,
 # value repeated over its L positions). They go over the columns ``span`` (COLUMN_SPAN) at a
 # time, down every row of the batch: a span's coefficients and sums (16 KiB each) stay in
 # the core's first-level cache while the rows stream past, whatever the map size.
+# Each loop covers the columns from ``first`` to ``last`` (all of them: 0 and W), so that
+# cores can take a range each.
 COLUMN_SPAN = 4096
 
 
 @_reducing
-def column_moments(rows, shift, sums, squares, span):
+def column_moments(rows, shift, sums, squares, span, first, last):
     """sums and squares (W,) = the column sums of rows - shift and of its square."""
-    count, width = rows.shape
-    for first in range(0, width, span):
-        columns = slice(first, min(first + span, width))
+    count = rows.shape[0]
+    for begin in range(first, last, span):
+        columns = slice(begin, min(begin + span, last))
         centre, total, total_squares = shift[columns], sums[columns], squares[columns]
         total[:] = 0
         total_squares[:] = 0
@@ -395,13 +401,13 @@ def _passes(value, activation):
 
 
 @_reducing
-def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, products, span):
+def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, products, span, first, last):
     """sums and products (W,) = the column sums of g and of g * (rows - shift), g = d_out
     where the activation of (rows - shift) * scale + offset (the forward's output, found
     again) passes its gradient, else 0."""
-    count, width = rows.shape
-    for first in range(0, width, span):
-        columns = slice(first, min(first + span, width))
+    count = rows.shape[0]
+    for begin in range(first, last, span):
+        columns = slice(begin, min(begin + span, last))
         centre, factor, add = shift[columns], scale[columns], offset[columns]
         total, total_products = sums[columns], products[columns]
         total[:] = 0
@@ -416,11 +422,11 @@ def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, pr
 
 
 @_compile
-def normalise_columns(rows, shift, scale, offset, activation, out, span):
+def normalise_columns(rows, shift, scale, offset, activation, out, span, first, last):
     """out = the activation of (rows - shift) * scale + offset, per column."""
-    count, width = rows.shape
-    for first in range(0, width, span):
-        columns = slice(first, min(first + span, width))
+    count = rows.shape[0]
+    for begin in range(first, last, span):
+        columns = slice(begin, min(begin + span, last))
         centre, factor, add = shift[columns], scale[columns], offset[columns]
         for i in range(count):
             row, target = rows[i, columns], out[i, columns]
@@ -430,12 +436,12 @@ def normalise_columns(rows, shift, scale, offset, activation, out, span):
 
 @_compile
 def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, row_offset, out,
-                    span):
+                    span, first, last):
     """out = g * scale + (rows - shift) * row_scale + row_offset per column, g as in
     ``column_gradient_sums``: batch norm's dx."""
-    count, width = rows.shape
-    for first in range(0, width, span):
-        columns = slice(first, min(first + span, width))
+    count = rows.shape[0]
+    for begin in range(first, last, span):
+        columns = slice(begin, min(begin + span, last))
         factor, centre, add = scale[columns], shift[columns], offset[columns]
         row_factor, row_add = row_scale[columns], row_offset[columns]
         for i in range(count):
@@ -466,14 +472,16 @@ def warm_up() -> None:
     rms_norm_backward(rows, rows, column, True, inverse, np.empty_like(rows),
                       np.empty_like(column))
     exp_rows(rows, inverse, np.empty_like(rows), np.empty_like(inverse))
-    exp_columns(np.ones((2, 4), _F), column, np.empty_like(column), True)
+    exp_columns(np.ones((2, 4), _F), column, np.empty_like(column), True, 0, 4)
     add_rows(np.zeros(2, np.int64), rows, np.zeros_like(rows))
     one = _F(1.0)
     adam_update(np.zeros(4, _F), flat, np.zeros(4, _F), np.zeros(4, _F), flat, False, one, one,
                 one, one, one, one, one)
-    column_moments(rows, column, np.empty_like(column), np.empty_like(column), COLUMN_SPAN)
+    column_moments(rows, column, np.empty_like(column), np.empty_like(column), COLUMN_SPAN,
+                   0, 4)
     column_gradient_sums(rows, rows, column, column, column, RELU, np.empty_like(column),
-                         np.empty_like(column), COLUMN_SPAN)
-    normalise_columns(rows, column, column, column, RELU, np.empty_like(rows), COLUMN_SPAN)
+                         np.empty_like(column), COLUMN_SPAN, 0, 4)
+    normalise_columns(rows, column, column, column, RELU, np.empty_like(rows), COLUMN_SPAN,
+                      0, 4)
     combine_columns(rows, column, rows, column, column, RELU, column, column,
-                    np.empty_like(rows), COLUMN_SPAN)
+                    np.empty_like(rows), COLUMN_SPAN, 0, 4)

@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import fused
+from nnspec.backends.numpy.kernels import parallel
 from nnspec.backends.numpy.kernels.activations import sigmoid
 from nnspec.backends.numpy.kernels.elementwise import unbroadcast
 
@@ -152,7 +152,7 @@ def _exp_shifted(logits):
         exp_shifted = np.empty_like(rows)
         row_max = rows.max(axis=1, keepdims=True)
         sum_exp = np.empty((len(rows), 1), rows.dtype)
-        fused.exp_rows(rows, row_max[:, 0], exp_shifted, sum_exp[:, 0])
+        parallel.exp_rows(rows, row_max[:, 0], exp_shifted, sum_exp[:, 0])
         kept = (*logits.shape[:-1], 1)
         return (row_max.reshape(kept), exp_shifted.reshape(logits.shape),
                 sum_exp.reshape(kept))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import fused
+from nnspec.backends.numpy.kernels import fused, parallel
 
 # the activations a batch norm can apply to its own output
 ACTIVATIONS = {None: fused.NO_ACTIVATION, "relu": fused.RELU, "relu6": fused.RELU6}
@@ -66,7 +66,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
     offset_columns = _columns(bias - gap * scale, positions)
     y = np.empty_like(rows)
     # y = (x - shift) * scale + bias - gap * scale
-    fused.normalise_columns(rows, shift_columns, scale_columns, offset_columns, activate, y,
+    parallel.normalise_columns(rows, shift_columns, scale_columns, offset_columns, activate, y,
                             fused.COLUMN_SPAN)
 
     def backward(dy):
@@ -75,7 +75,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
         # is folded into per-channel factors
         sums = np.empty(rows.shape[1], dtype)
         products = np.empty(rows.shape[1], dtype)
-        fused.column_gradient_sums(dy_rows, rows, shift_columns, scale_columns, offset_columns,
+        parallel.column_gradient_sums(dy_rows, rows, shift_columns, scale_columns, offset_columns,
                                    activate, sums, products, fused.COLUMN_SPAN)
         sum_dy, sum_dy_centered = (s.reshape(channels, positions).sum(axis=1)
                                    for s in (sums, products))
@@ -86,7 +86,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
         # dx = scale * dy + b * (x - mean) + c per channel, with x - mean = (x - shift) - gap
         b = -scale * inv_std * sum_dy_x_hat / count if train else np.zeros_like(scale)
         c = -scale * sum_dy / count - b * gap if train else b
-        fused.combine_columns(dy_rows, scale_columns, rows, shift_columns, offset_columns,
+        parallel.combine_columns(dy_rows, scale_columns, rows, shift_columns, offset_columns,
                               activate, _columns(b, positions), _columns(c, positions), dx,
                               fused.COLUMN_SPAN)
         dweight = None if weight is None else sum_dy_x_hat
@@ -110,7 +110,7 @@ def _statistics(rows, channels, count):
     shift = rows[0].reshape(channels, positions).mean(axis=1, dtype=rows.dtype)
     sums = np.empty(rows.shape[1], dtype=rows.dtype)
     squares = np.empty(rows.shape[1], dtype=rows.dtype)
-    fused.column_moments(rows, _columns(shift, positions), sums, squares, fused.COLUMN_SPAN)
+    parallel.column_moments(rows, _columns(shift, positions), sums, squares, fused.COLUMN_SPAN)
     # float64 from here on: per-channel values only
     mean_offset = sums.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count
     square_mean = squares.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count

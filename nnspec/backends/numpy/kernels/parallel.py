@@ -1,0 +1,331 @@
+"""``fused``'s loops split across the cores, each part a job on OpenBLAS's workers
+(``workers``). Every function here has its loop's arguments and meaning; short loops (see
+``ACTIVATION_MIN_VALUES``), or where there is one part, run as they are.
+
+Each loop is split so that every output value is computed as the whole loop would compute
+it: element-wise loops by runs of values, row loops (cross-entropy's softmax, layer norm) by
+rows, and batch norm's column sums by columns. The results are the whole loop's to the bit,
+but for sums along a row, which the jobs' compiled copy of a loop may vectorise in another
+order (float32 rounding apart; tests/numpy/test_parallel.py).
+(Attention's column softmax stays whole: its blocks, at most 2^17 scores, measured slower
+split, and attention splits its heads between the cores instead.) The norms' weight gradients sum their rows in parts,
+then add the parts (in float32, one rounding more than one loop's sum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import fused, workers
+from .workers import floats, number, part_range
+
+_F = np.float32
+
+
+def _flat_job(kernel):
+    """``kernel(x, out, slope, with_slope)`` (an activation) over a run of flat arrays:
+    params (parts, count, x, out, slope, with_slope)."""
+    @workers.task
+    def job(args, range_m, range_n, sa, sb, part):
+        params = workers.parameters(args, 6)
+        count = params[1]
+        start, end = part_range(count, part, params[0], 16)
+        with_slope = params[5] != 0
+        x = floats(params, 2, (count,))
+        out = floats(params, 3, (count,))
+        slope = floats(params, 4, (count if with_slope else 0,))
+        kernel(x[start:end], out[start:end], slope[start:end] if with_slope else slope,
+               with_slope)
+        return 0
+    return job
+
+
+_ACTIVATION_JOBS = {kernel: _flat_job(kernel)
+                    for kernel in (fused.gelu, fused.gelu_tanh, fused.silu)}
+
+
+# values from which a loop is split: a job's dispatch costs about 8 us, so an activation
+# (about 1 ns a value on one core) pays from 2^15 values and the loops that mostly move
+# memory (norms, softmax, batch norm, Adam: 0.15-0.6 ns a value) from 2^17. At 2^18 values
+# on two cores (Intel Xeon): GELU with its slope 289 -> 177 us, layer norm forward 155 ->
+# 77, backward 174 -> 145, the softmax's exp 100 -> 68, Adam 170 -> 117
+ACTIVATION_MIN_VALUES = 1 << 15
+MEMORY_MIN_VALUES = 1 << 17
+
+
+def _split(count: int, *arrays, least: int = MEMORY_MIN_VALUES) -> int:
+    """How many parts a loop over ``count`` values takes: one when it is shorter than
+    ``least``, or when an array is not C-ordered float32 (the jobs see their arrays so)."""
+    if count < least or not all(a.dtype == _F and a.flags.c_contiguous for a in arrays):
+        return 1
+    return workers.parts()
+
+
+# the slope's stand-in when there is none: not ``out``, as arrays that alias are not vectorised
+_NO_SLOPE = np.empty(0, _F)
+
+
+def activation(kernel, x, out, slope, with_slope):
+    """``kernel`` (``fused.gelu``, ``gelu_tanh`` or ``silu``) over flat float32 arrays;
+    ``slope`` is None unless ``with_slope``."""
+    slope = slope if with_slope else _NO_SLOPE
+    parts = _split(x.size, x, out, slope, least=ACTIVATION_MIN_VALUES)
+    if parts == 1:
+        kernel(x, out, slope, with_slope)
+        return
+    workers.run(_ACTIVATION_JOBS[kernel], np.array(
+        [parts, x.size, x.ctypes.data, out.ctypes.data, slope.ctypes.data, with_slope],
+        np.int64))
+
+
+@workers.task
+def _layer_norm_forward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, size, k, rows, weight, bias, affine, eps, x_hat, out,
+    inv_std); the parts' rows start at multiples of k (weight row i % k)."""
+    params = workers.parameters(args, 12)
+    count, size, k = params[1], params[2], params[3]
+    start, end = part_range(count, part, params[0], k)
+    rows = floats(params, 4, (count, size))
+    weight = floats(params, 5, (k, size))
+    bias = floats(params, 6, (k, size))
+    x_hat = floats(params, 9, (count, size))
+    out = floats(params, 10, (count, size))
+    inv_std = floats(params, 11, (count,))
+    fused.layer_norm_forward(rows[start:end], weight, bias, params[7] != 0,
+                             number(params, 8), x_hat[start:end], out[start:end],
+                             inv_std[start:end])
+    return 0
+
+
+def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
+    """``fused.layer_norm_forward``, its rows in parts."""
+    parts = _split(rows.size, rows, weight, bias, x_hat, out, inv_std)
+    if parts == 1:
+        fused.layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std)
+        return
+    count, size = rows.shape
+    workers.run(_layer_norm_forward_job, np.array(
+        [parts, count, size, len(weight), rows.ctypes.data, weight.ctypes.data,
+         bias.ctypes.data, affine, workers.float_bits(eps), x_hat.ctypes.data,
+         (out if affine else x_hat).ctypes.data, inv_std.ctypes.data], np.int64))
+
+
+@workers.task
+def _layer_norm_backward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, size, k, d_out, x_hat, weight, affine, inv_std, d_x,
+    d_weight, d_bias); d_weight and d_bias are (parts, k, size), one per part."""
+    params = workers.parameters(args, 12)
+    parts, count, size, k = params[0], params[1], params[2], params[3]
+    start, end = part_range(count, part, parts, k)
+    d_out = floats(params, 4, (count, size))
+    x_hat = floats(params, 5, (count, size))
+    weight = floats(params, 6, (k, size))
+    inv_std = floats(params, 8, (count,))
+    d_x = floats(params, 9, (count, size))
+    d_weight = floats(params, 10, (parts, k, size))
+    d_bias = floats(params, 11, (parts, k, size))
+    fused.layer_norm_backward(d_out[start:end], x_hat[start:end], weight, params[7] != 0,
+                              inv_std[start:end], d_x[start:end], d_weight[part],
+                              d_bias[part])
+    return 0
+
+
+def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_bias):
+    """``fused.layer_norm_backward``, its rows in parts (and the weight gradients' row sums
+    in parts, then added)."""
+    parts = _split(d_out.size, d_out, x_hat, weight, inv_std, d_x)
+    if parts == 1:
+        fused.layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_bias)
+        return
+    count, size = d_out.shape
+    partial_weight = np.empty((parts, *weight.shape), _F)
+    partial_bias = np.empty((parts, *weight.shape), _F)
+    workers.run(_layer_norm_backward_job, np.array(
+        [parts, count, size, len(weight), d_out.ctypes.data, x_hat.ctypes.data,
+         weight.ctypes.data, affine, inv_std.ctypes.data, d_x.ctypes.data,
+         partial_weight.ctypes.data, partial_bias.ctypes.data], np.int64))
+    if affine:
+        np.sum(partial_weight, axis=0, out=d_weight)
+        np.sum(partial_bias, axis=0, out=d_bias)
+
+
+@workers.task
+def _exp_rows_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, size, rows, peaks, out, totals)."""
+    params = workers.parameters(args, 7)
+    count, size = params[1], params[2]
+    start, end = part_range(count, part, params[0], 1)
+    rows = floats(params, 3, (count, size))
+    peaks = floats(params, 4, (count,))
+    out = floats(params, 5, (count, size))
+    totals = floats(params, 6, (count,))
+    fused.exp_rows(rows[start:end], peaks[start:end], out[start:end], totals[start:end])
+    return 0
+
+
+def exp_rows(rows, peaks, out, totals):
+    """``fused.exp_rows``, its rows in parts."""
+    parts = _split(rows.size, rows, peaks, out, totals)
+    if parts == 1:
+        fused.exp_rows(rows, peaks, out, totals)
+        return
+    count, size = rows.shape
+    workers.run(_exp_rows_job, np.array(
+        [parts, count, size, rows.ctypes.data, peaks.ctypes.data, out.ctypes.data,
+         totals.ctypes.data], np.int64))
+
+
+@workers.task
+def _adam_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, and
+    the float32 scalars as float64: decay, one_minus_beta1, beta2, one_minus_beta2,
+    bias_correction2_sqrt, eps, step_size)."""
+    params = workers.parameters(args, 15)
+    count = params[1]
+    start, end = part_range(count, part, params[0], 16)
+    data = floats(params, 2, (count,))
+    grad = floats(params, 3, (count,))
+    exp_avg = floats(params, 4, (count,))
+    exp_avg_sq = floats(params, 5, (count,))
+    amsgrad = params[7] != 0
+    highest = floats(params, 6, (count if amsgrad else 0,))
+    fused.adam_update(data[start:end], grad[start:end], exp_avg[start:end],
+                      exp_avg_sq[start:end], highest[start:end] if amsgrad else highest,
+                      amsgrad, _F(number(params, 8)), _F(number(params, 9)),
+                      _F(number(params, 10)), _F(number(params, 11)), _F(number(params, 12)),
+                      _F(number(params, 13)), _F(number(params, 14)))
+    return 0
+
+
+def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scalars):
+    """``fused.adam_update`` over float32 arrays, in runs of values."""
+    parts = _split(data.size, data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    if parts == 1:
+        fused.adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scalars)
+        return
+    workers.run(_adam_job, np.array(
+        [parts, data.size, data.ctypes.data, grad.ctypes.data, exp_avg.ctypes.data,
+         exp_avg_sq.ctypes.data, max_exp_avg_sq.ctypes.data, amsgrad,
+         *(workers.float_bits(float(s)) for s in scalars)], np.int64))
+
+
+@workers.task
+def _column_moments_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, width, rows, shift, sums, squares, span)."""
+    params = workers.parameters(args, 8)
+    count, width = params[1], params[2]
+    start, end = part_range(width, part, params[0], 16)
+    rows = floats(params, 3, (count, width))
+    shift = floats(params, 4, (width,))
+    sums = floats(params, 5, (width,))
+    squares = floats(params, 6, (width,))
+    fused.column_moments(rows, shift, sums, squares, params[7], start, end)
+    return 0
+
+
+def column_moments(rows, shift, sums, squares, span):
+    """``fused.column_moments``, its columns in parts."""
+    parts = _split(rows.size, rows, shift, sums, squares)
+    if parts == 1:
+        fused.column_moments(rows, shift, sums, squares, span, 0, rows.shape[1])
+        return
+    count, width = rows.shape
+    workers.run(_column_moments_job, np.array(
+        [parts, count, width, rows.ctypes.data, shift.ctypes.data, sums.ctypes.data,
+         squares.ctypes.data, span], np.int64))
+
+
+@workers.task
+def _column_gradient_sums_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, width, d_out, rows, shift, scale, offset, activation, sums,
+    products, span)."""
+    params = workers.parameters(args, 12)
+    count, width = params[1], params[2]
+    start, end = part_range(width, part, params[0], 16)
+    d_out = floats(params, 3, (count, width))
+    rows = floats(params, 4, (count, width))
+    shift = floats(params, 5, (width,))
+    scale = floats(params, 6, (width,))
+    offset = floats(params, 7, (width,))
+    sums = floats(params, 9, (width,))
+    products = floats(params, 10, (width,))
+    fused.column_gradient_sums(d_out, rows, shift, scale, offset, params[8], sums, products,
+                               params[11], start, end)
+    return 0
+
+
+def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, products, span):
+    """``fused.column_gradient_sums``, its columns in parts."""
+    parts = _split(rows.size, d_out, rows, shift, scale, offset, sums, products)
+    if parts == 1:
+        fused.column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums,
+                                   products, span, 0, rows.shape[1])
+        return
+    count, width = rows.shape
+    workers.run(_column_gradient_sums_job, np.array(
+        [parts, count, width, d_out.ctypes.data, rows.ctypes.data, shift.ctypes.data,
+         scale.ctypes.data, offset.ctypes.data, activation, sums.ctypes.data,
+         products.ctypes.data, span], np.int64))
+
+
+@workers.task
+def _normalise_columns_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, width, rows, shift, scale, offset, activation, out, span)."""
+    params = workers.parameters(args, 10)
+    count, width = params[1], params[2]
+    start, end = part_range(width, part, params[0], 16)
+    rows = floats(params, 3, (count, width))
+    shift = floats(params, 4, (width,))
+    scale = floats(params, 5, (width,))
+    offset = floats(params, 6, (width,))
+    out = floats(params, 8, (count, width))
+    fused.normalise_columns(rows, shift, scale, offset, params[7], out, params[9], start, end)
+    return 0
+
+
+def normalise_columns(rows, shift, scale, offset, activation, out, span):
+    """``fused.normalise_columns``, its columns in parts."""
+    parts = _split(rows.size, rows, shift, scale, offset, out)
+    if parts == 1:
+        fused.normalise_columns(rows, shift, scale, offset, activation, out, span, 0,
+                                rows.shape[1])
+        return
+    count, width = rows.shape
+    workers.run(_normalise_columns_job, np.array(
+        [parts, count, width, rows.ctypes.data, shift.ctypes.data, scale.ctypes.data,
+         offset.ctypes.data, activation, out.ctypes.data, span], np.int64))
+
+
+@workers.task
+def _combine_columns_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, width, d_out, scale, rows, shift, offset, activation,
+    row_scale, row_offset, out, span)."""
+    params = workers.parameters(args, 13)
+    count, width = params[1], params[2]
+    start, end = part_range(width, part, params[0], 16)
+    d_out = floats(params, 3, (count, width))
+    scale = floats(params, 4, (width,))
+    rows = floats(params, 5, (count, width))
+    shift = floats(params, 6, (width,))
+    offset = floats(params, 7, (width,))
+    row_scale = floats(params, 9, (width,))
+    row_offset = floats(params, 10, (width,))
+    out = floats(params, 11, (count, width))
+    fused.combine_columns(d_out, scale, rows, shift, offset, params[8], row_scale, row_offset,
+                          out, params[12], start, end)
+    return 0
+
+
+def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, row_offset, out,
+                    span):
+    """``fused.combine_columns``, its columns in parts."""
+    parts = _split(rows.size, d_out, scale, rows, shift, offset, row_scale, row_offset, out)
+    if parts == 1:
+        fused.combine_columns(d_out, scale, rows, shift, offset, activation, row_scale,
+                              row_offset, out, span, 0, rows.shape[1])
+        return
+    count, width = rows.shape
+    workers.run(_combine_columns_job, np.array(
+        [parts, count, width, d_out.ctypes.data, scale.ctypes.data, rows.ctypes.data,
+         shift.ctypes.data, offset.ctypes.data, activation, row_scale.ctypes.data,
+         row_offset.ctypes.data, out.ctypes.data, span], np.int64))

@@ -1,0 +1,191 @@
+"""Compiled loops on both cores, run by OpenBLAS's own worker threads.
+
+After every threaded product OpenBLAS's workers spin on their core for about 0.1 s (nop
+loops, ``THREAD_TIMEOUT``), waiting for the next one. A training step makes products often
+enough that they never sleep, so a second pool of threads (numba's ``parallel=True``, Python
+threads) finds its cores taken: a layer norm that took 0.11 ms on two threads took 5-8 ms
+right after a product. Making the workers sleep at once (``OPENBLAS_THREAD_TIMEOUT=4``, read
+when NumPy loads) costs every threaded product a wake-up instead: ResNet-20's step 128 ->
+147 ms, a GRU's 32 -> 42 (Intel Xeon, 2 vCPUs).
+
+So the loops go to those spinning workers: OpenBLAS's ``exec_blas`` runs a queue of jobs,
+the first on the calling thread and each other one on a worker, and returns when all are
+done. A job is a C function (a numba ``cfunc``, ``TASK_SIGNATURE``) that gets a pointer
+(``args``) and its part number; here ``args`` points to an int64 array of parameters
+(addresses, sizes, float64 bits), whose first entry is the number of parts. Dispatching a
+job costs about 8 us, so callers split only longer loops (``parallel``); the product right
+after runs as fast as before.
+
+Only a job entry's head is relied on: blas_queue_t (common_thread.h) starts with routine,
+position, assigned, args, range_m, range_n, sa, sb, next, as it has since GotoBLAS. Entries
+are zeroed blocks of ``_ENTRY_BYTES`` linked through ``next`` (OpenBLAS walks the links and
+never indexes the queue), mode 0 (a plain routine). Where NumPy's BLAS is not a threaded
+(pthreads) scipy-openblas, or runs one thread (threadpoolctl, ``OPENBLAS_NUM_THREADS``), the
+parts run in turn on the calling thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+import threading
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+from .blas import library
+
+TASK_SIGNATURE = types.intc(types.voidptr, types.voidptr, types.voidptr, types.voidptr,
+                            types.voidptr, types.int64)
+# a job compiled for OpenBLAS's queue; cached like the loops it calls
+task = numba.cfunc(TASK_SIGNATURE, cache=True, error_model="numpy")
+
+_ENTRY_BYTES = 256
+_ROUTINE, _ARGS, _NEXT = 0, 24, 64
+_POINTER = ctypes.c_uint64
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """An int64 address as a void pointer, for ``numba.carray``."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+    return types.voidptr(types.int64), codegen
+
+
+@numba.njit(inline="always")
+def parameters(args, count):
+    """The job's parameters: the int64 array ``args`` points to, ``count`` long."""
+    return numba.carray(args, (count,), dtype=np.int64)
+
+
+@numba.njit(inline="always")
+def floats(params, index, shape):
+    """The float32 array whose address is ``params[index]``, C-ordered, of ``shape``."""
+    return numba.carray(_pointer(params[index]), shape, dtype=np.float32)
+
+
+@numba.njit(inline="always")
+def number(params, index):
+    """The float64 whose bits are ``params[index]``."""
+    return params[index:index + 1].view(np.float64)[0]
+
+
+@numba.njit(inline="always")
+def part_range(count, part, parts, multiple):
+    """Part ``part`` of ``parts`` of range(count): about equal runs that start at multiples
+    of ``multiple`` (16 for runs of float32 values: two cores then never write one cache
+    line)."""
+    start = (count * part // parts) // multiple * multiple
+    end = count if part == parts - 1 else (count * (part + 1) // parts) // multiple * multiple
+    return start, end
+
+
+def float_bits(value: float) -> int:
+    """``value`` as the int64 of its float64 bits (read back by ``number``)."""
+    return int(np.array(value, np.float64).view(np.int64))
+
+
+@functools.cache
+def _openblas():
+    """OpenBLAS's exec_blas and its thread count's getter and setter, or None where jobs
+    cannot go to its workers (another BLAS, an OpenMP or single-threaded build, or not
+    Linux)."""
+    openblas = library()
+    if openblas is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        execute = openblas.exec_blas
+        get_threads = openblas.scipy_openblas_get_num_threads64_
+        set_threads = openblas.scipy_openblas_set_num_threads64_
+        threading_model = openblas.scipy_openblas_get_parallel64_
+    except AttributeError:
+        return None
+    threading_model.restype = ctypes.c_int
+    if threading_model() != 1:  # 0 sequential, 1 pthreads, 2 OpenMP
+        return None
+    execute.argtypes = [ctypes.c_int64, ctypes.c_void_p]
+    execute.restype = ctypes.c_int
+    get_threads.restype = ctypes.c_int
+    set_threads.argtypes = [ctypes.c_int]
+    set_threads.restype = None
+    return execute, get_threads, set_threads
+
+
+_queues = threading.local()
+
+
+def parts() -> int:
+    """How many parts work is split into: OpenBLAS's thread count (2 on a 2-core machine,
+    or what threadpoolctl set), 1 where jobs cannot go to its workers."""
+    found = _openblas()
+    return 1 if found is None else max(1, found[1]())
+
+
+def _execute(routine: int, args: int, count: int) -> None:
+    """exec_blas over ``count`` entries that run ``routine`` (an address) with ``args``."""
+    queue = getattr(_queues, "buffer", None)
+    if queue is None or len(queue) < count * _ENTRY_BYTES:
+        queue = _queues.buffer = np.zeros(count * _ENTRY_BYTES, np.uint8)
+    base = queue.ctypes.data
+    for part in range(count):
+        entry = base + part * _ENTRY_BYTES
+        _POINTER.from_address(entry + _ROUTINE).value = routine
+        _POINTER.from_address(entry + _ARGS).value = args
+        _POINTER.from_address(entry + _NEXT).value = \
+            entry + _ENTRY_BYTES if part < count - 1 else 0
+    _openblas()[0](count, base)
+
+
+def run(job, params: np.ndarray) -> None:
+    """Runs the compiled ``job`` over parts 0 .. params[0] - 1, part 0 on this thread and
+    the others on OpenBLAS's workers; returns when all are done. ``params`` is int64,
+    C-ordered, and stays alive (and unchanged) until then."""
+    count = int(params[0])
+    if count == 1 or _openblas() is None:
+        for part in range(count):
+            job.ctypes(params.ctypes.data, None, None, None, None, part)
+        return
+    _execute(job.address, params.ctypes.data, count)
+
+
+_PYTHON_JOB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+def in_parts(function, count: int) -> None:
+    """Calls ``function(part)`` for each part in range(count), part 0 on this thread and the
+    others on OpenBLAS's workers, at once; returns when all are done, raising the first
+    part's error if any raised. The parts share the interpreter's lock, so this pays where
+    ``function`` spends its time in NumPy's products and loops, which let go of it. BLAS
+    runs one thread meanwhile (each part's products on its own core; a threaded product
+    from a worker would wait for itself). The parts must write disjoint arrays and draw no
+    random numbers (their order is the threads')."""
+    found = _openblas()
+    if count == 1 or found is None:
+        for part in range(count):
+            function(part)
+        return
+    errors: list = [None] * count
+
+    def call(args, range_m, range_n, sa, sb, part):
+        try:
+            function(part)
+        except BaseException as error:  # noqa: BLE001 -- raised again below, on this thread
+            errors[part] = error
+        return 0
+
+    routine = _PYTHON_JOB(call)  # kept alive until exec_blas returns
+    _, get_threads, set_threads = found
+    threads = get_threads()
+    set_threads(1)
+    try:
+        _execute(ctypes.cast(routine, ctypes.c_void_p).value, 0, count)
+    finally:
+        set_threads(threads)
+    for error in errors:
+        if error is not None:
+            raise error

@@ -1,0 +1,212 @@
+"""Work split across the cores (kernels/workers.py, kernels/parallel.py) against the same
+work whole, at sizes over the split thresholds: element-wise loops and batch norm's column
+loops give the whole loop's values bit for bit, loops that sum along a row (layer norm, the
+softmax's totals) the same to float32 rounding (the jobs' compiled copy of a loop may order
+a vectorised sum differently), and attention split by heads what one core gives."""
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from nnspec.backends.numpy.kernels import attention, fused, parallel, workers
+
+F = np.float32
+rng = np.random.default_rng(0)
+SPLIT = workers.parts() > 1
+needs_two = pytest.mark.skipif(not SPLIT, reason="OpenBLAS runs one thread here")
+
+
+def test_parts_follow_the_blas_thread_count():
+    with threadpool_limits(1, user_api="blas"):
+        assert workers.parts() == 1
+    assert workers.parts() >= 1
+
+
+@needs_two
+def test_in_parts_runs_every_part_on_its_own_thread_and_blas_single_threaded_meanwhile():
+    seen = {}
+
+    def part(number):
+        seen[number] = (threading.get_ident(), workers.parts())
+
+    workers.in_parts(part, 2)
+    assert sorted(seen) == [0, 1]
+    assert seen[0][0] == threading.get_ident() and seen[1][0] != seen[0][0]
+    assert seen[0][1] == seen[1][1] == 1  # nested loops run whole, BLAS one thread
+    assert workers.parts() == 2  # restored
+
+
+def test_in_parts_raises_a_parts_error_after_every_part_is_done():
+    finished = []
+
+    def part(number):
+        if number == 1:
+            raise ValueError("part one")
+        finished.append(number)
+
+    with pytest.raises(ValueError, match="part one"):
+        workers.in_parts(part, 2)
+    assert finished == [0]
+    assert workers.parts() >= 1
+
+
+def _activation_case(kernel, size, with_slope):
+    x = (rng.standard_normal(size) * 3).astype(F)
+    x[::997] = np.nan
+    whole = (np.empty_like(x), np.empty_like(x))
+    split = (np.empty_like(x), np.empty_like(x))
+    kernel(x, whole[0], whole[1] if with_slope else np.empty(0, F), with_slope)
+    parallel.activation(kernel, x, split[0], split[1] if with_slope else None, with_slope)
+    return whole, split
+
+
+@needs_two
+@pytest.mark.parametrize("kernel", [fused.gelu, fused.gelu_tanh, fused.silu])
+@pytest.mark.parametrize("size", [parallel.ACTIVATION_MIN_VALUES + 7, 3 << 17])
+def test_activations_in_parts_are_the_whole_loops_bits(kernel, size):
+    for with_slope in (True, False):
+        (out, slope), (split_out, split_slope) = _activation_case(kernel, size, with_slope)
+        np.testing.assert_array_equal(split_out, out)
+        if with_slope:
+            np.testing.assert_array_equal(split_slope, slope)
+
+
+@needs_two
+@pytest.mark.parametrize("k", [1, 8])  # layer norm, group norm's weight rows
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_in_parts(k, affine):
+    count, size = 8 * 131, 160  # rows not a multiple of the parts
+    rows = (rng.standard_normal((count, size)) * 4 + 50).astype(F)
+    weight = rng.standard_normal((k, size)).astype(F)
+    bias = rng.standard_normal((k, size)).astype(F)
+    outputs = []
+    for run in (fused.layer_norm_forward, parallel.layer_norm_forward):
+        x_hat, inv_std = np.empty_like(rows), np.empty(count, F)
+        out = np.empty_like(rows) if affine else x_hat
+        run(rows, weight, bias, affine, 1e-5, x_hat, out, inv_std)
+        outputs.append((x_hat, out, inv_std))
+    for whole, split in zip(*outputs):
+        np.testing.assert_allclose(split, whole, rtol=2e-6, atol=2e-6)
+    x_hat, _, inv_std = outputs[0]
+    d_out = rng.standard_normal((count, size)).astype(F)
+    grads = []
+    for run in (fused.layer_norm_backward, parallel.layer_norm_backward):
+        d_x, d_weight, d_bias = np.empty_like(rows), np.empty_like(weight), np.empty_like(bias)
+        run(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_bias)
+        grads.append((d_x, d_weight, d_bias))
+    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=2e-6, atol=2e-6)
+    if affine:  # summed in parts, then added: float32 rounding apart
+        for whole, split in zip(grads[0][1:], grads[1][1:]):
+            np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-4)
+
+
+@needs_two
+def test_exp_rows_in_parts():
+    rows = (rng.standard_normal((1031, 200)) * 5).astype(F)
+    peaks = rows.max(axis=1)
+    results = []
+    for run in (fused.exp_rows, parallel.exp_rows):
+        out, totals = np.empty_like(rows), np.empty(len(rows), F)
+        run(rows, peaks, out, totals)
+        results.append((out, totals))
+    (out, totals), (split_out, split_totals) = results
+    np.testing.assert_array_equal(split_out, out)
+    np.testing.assert_allclose(split_totals, totals, rtol=1e-6)
+
+
+@needs_two
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_in_parts(amsgrad):
+    size = parallel.MEMORY_MIN_VALUES + 333
+    grad = rng.standard_normal(size).astype(F)
+    start = [rng.standard_normal(size).astype(F) for _ in range(3)] + [
+        np.abs(rng.standard_normal(size)).astype(F)]
+    scalars = [F(0.999), F(0.1), F(0.999), F(0.001), F(0.03), F(1e-8), F(-1e-3)]
+    results = []
+    for run in (fused.adam_update, parallel.adam_update):
+        data, exp_avg, exp_avg_sq, highest = (a.copy() for a in start)
+        exp_avg_sq = np.abs(exp_avg_sq)
+        run(data, grad, exp_avg, exp_avg_sq, highest, amsgrad, *scalars)
+        results.append((data, exp_avg, exp_avg_sq, highest))
+    for whole, split in zip(*results):
+        np.testing.assert_array_equal(split, whole)
+
+
+@needs_two
+@pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU, fused.RELU6])
+def test_batch_norm_loops_in_parts(activation):
+    count, width = 33, 8 * 1024 + 48  # columns past a span, not a multiple of the parts
+    rows = (rng.standard_normal((count, width)) * 3 + 1).astype(F)
+    d_out = rng.standard_normal((count, width)).astype(F)
+    shift, scale, offset, row_scale, row_offset = (
+        rng.standard_normal(width).astype(F) for _ in range(5))
+    span = fused.COLUMN_SPAN
+    results = []
+    for module, tail in ((fused, (0, width)), (parallel, ())):
+        sums, squares = np.empty(width, F), np.empty(width, F)
+        module.column_moments(rows, shift, sums, squares, span, *tail)
+        out = np.empty_like(rows)
+        module.normalise_columns(rows, shift, scale, offset, activation, out, span, *tail)
+        g_sums, products = np.empty(width, F), np.empty(width, F)
+        module.column_gradient_sums(d_out, rows, shift, scale, offset, activation, g_sums,
+                                    products, span, *tail)
+        d_x = np.empty_like(rows)
+        module.combine_columns(d_out, scale, rows, shift, offset, activation, row_scale,
+                               row_offset, d_x, span, *tail)
+        results.append((sums, squares, out, g_sums, products, d_x))
+    for whole, split in zip(*results):
+        np.testing.assert_array_equal(split, whole)
+
+
+def test_strided_or_float64_arrays_run_whole():
+    x = rng.standard_normal(2 * parallel.ACTIVATION_MIN_VALUES).astype(F)
+    out = np.empty(2 * x.size, F)[::2]  # strided: the jobs could not see it
+    parallel.activation(fused.silu, x, out, None, False)
+    expected = np.empty_like(x)
+    fused.silu(x, expected, np.empty(0, F), False)
+    np.testing.assert_array_equal(out, expected)
+
+
+@needs_two
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_attention_split_by_heads_is_one_cores_result(causal, kv_heads, monkeypatch):
+    batch, steps, heads, dim = 8, 96, 4, 16
+    q = rng.standard_normal((batch, steps, heads, dim)).astype(F)
+    k, v = (rng.standard_normal((batch, steps, kv_heads, dim)).astype(F) for _ in range(2))
+    d_context = rng.standard_normal(q.shape).astype(F)
+    monkeypatch.setattr(attention, "PARALLEL_MIN_SCORES", 0)
+    counts = []
+    in_parts = workers.in_parts
+    monkeypatch.setattr(workers, "in_parts",
+                        lambda function, count: counts.append(count) or in_parts(function, count))
+    split_context, split_back = attention.scaled_dot_product(q, k, v, causal=causal)
+    split_grads = split_back(d_context)[:3]
+    assert counts == [2, 2]  # forward and backward both split
+    monkeypatch.setattr(attention, "_parts", lambda head_blocks, scores: 1)
+    context, back = attention.scaled_dot_product(q, k, v, causal=causal)
+    grads = back(d_context)[:3]
+    np.testing.assert_array_equal(split_context, context)
+    for split, whole in zip(split_grads, grads):
+        np.testing.assert_array_equal(split, whole)
+
+
+@needs_two
+@pytest.mark.parametrize("stride, multiplier", [(1, 1), (2, 1), (1, 2)])
+def test_depthwise_split_by_channels_is_one_calls_result(stride, multiplier, monkeypatch):
+    from nnspec.backends.numpy.kernels import conv, conv_depthwise
+    channels = 7  # parts of 3 and 4 channels
+    x = rng.standard_normal((4, channels, 12, 12)).astype(F)
+    weight = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(F)
+    bias = rng.standard_normal(channels * multiplier).astype(F)
+    args = ((stride, stride), ((1, 1), (1, 1)), (1, 1), True)
+    monkeypatch.setattr(conv, "DEPTHWISE_PARALLEL_MIN", 0)
+    y, back = conv.conv2d(x, weight, bias, stride=args[0], padding=args[1], dilation=args[2],
+                          groups=channels)
+    y_whole, back_whole = conv_depthwise.depthwise(x, weight, bias, *args)
+    np.testing.assert_array_equal(y, y_whole)
+    dy = rng.standard_normal(y.shape).astype(F)
+    for split, whole in zip(back(dy), back_whole(dy)):
+        np.testing.assert_array_equal(split, whole)
