@@ -192,21 +192,3 @@ def test_attention_split_by_heads_is_one_cores_result(causal, kv_heads, monkeypa
     for split, whole in zip(split_grads, grads):
         np.testing.assert_array_equal(split, whole)
 
-
-@needs_two
-@pytest.mark.parametrize("stride, multiplier", [(1, 1), (2, 1), (1, 2)])
-def test_depthwise_split_by_channels_is_one_calls_result(stride, multiplier, monkeypatch):
-    from nnspec.backends.numpy.kernels import conv, conv_depthwise
-    channels = 7  # parts of 3 and 4 channels
-    x = rng.standard_normal((4, channels, 12, 12)).astype(F)
-    weight = rng.standard_normal((channels * multiplier, 1, 3, 3)).astype(F)
-    bias = rng.standard_normal(channels * multiplier).astype(F)
-    args = ((stride, stride), ((1, 1), (1, 1)), (1, 1), True)
-    monkeypatch.setattr(conv, "DEPTHWISE_PARALLEL_MIN", 0)
-    y, back = conv.conv2d(x, weight, bias, stride=args[0], padding=args[1], dilation=args[2],
-                          groups=channels)
-    y_whole, back_whole = conv_depthwise.depthwise(x, weight, bias, *args)
-    np.testing.assert_array_equal(y, y_whole)
-    dy = rng.standard_normal(y.shape).astype(F)
-    for split, whole in zip(back(dy), back_whole(dy)):
-        np.testing.assert_array_equal(split, whole)

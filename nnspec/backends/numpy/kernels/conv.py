@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 
-from . import workers
 from .blas import accumulates, add_product, transpose
 from .conv_depthwise import depthwise
 from .windows import (
@@ -58,7 +57,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
             f"conv with {groups} groups: input has {channels} channels, weight {weight.shape}"
         )
     if groups == channels > 1:
-        return _depthwise_in_parts(x, weight, bias, stride, padding, dilation, input_grad)
+        return depthwise(x, weight, bias, stride, padding, dilation, input_grad)
     if groups > 1:
         if group_channels >= GROUP_BY_GROUP_CHANNELS:
             return _group_by_group(x, weight, bias, stride, padding, dilation, groups,
@@ -108,57 +107,6 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
             dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
                                         x_padded.shape, kernel, stride, dilation, out, dy.dtype)
         dx = crop_to_batch_first(dx_padded, padding)
-        return dx, dweight, dbias
-
-    return y, backward
-
-
-# a depthwise layer's input values times kernel taps from which its channels are split
-# between the cores: a part's dispatch and the copies of its outputs into the whole cost
-# about 50 us
-DEPTHWISE_PARALLEL_MIN = 1 << 19
-
-
-def _depthwise_in_parts(x, weight, bias, stride, padding, dilation, input_grad):
-    """``depthwise``, its channels split between the cores (``workers.in_parts``): each
-    part convolves its channels, forward and backward, and copies its results into the
-    whole layer's (channels are independent, so every value is what one call gives).
-    MobileNetV2's layers at 32x32 and batch 32 spent 2.6-3.5x torch's time on one core."""
-    n, channels = x.shape[:2]
-    parts = workers.parts() if x.size * weight[0].size >= DEPTHWISE_PARALLEL_MIN else 1
-    if parts == 1:
-        return depthwise(x, weight, bias, stride, padding, dilation, input_grad)
-    multiplier = weight.shape[0] // channels
-    inputs = [slice(channels * p // parts, channels * (p + 1) // parts) for p in range(parts)]
-    outputs = [slice(c.start * multiplier, c.stop * multiplier) for c in inputs]
-    backwards = [None] * parts
-    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
-    y = np.empty((n, weight.shape[0], *output_size(padded, weight.shape[2:], stride, dilation)),
-                 x.dtype)
-
-    def forward(part):
-        rows = outputs[part]
-        y[:, rows], backwards[part] = depthwise(
-            x[:, inputs[part]], weight[rows], None if bias is None else bias[rows], stride,
-            padding, dilation, input_grad)
-
-    workers.in_parts(forward, parts)
-    x_shape = x.shape
-
-    def backward(dy):
-        dx = np.empty(x_shape, dy.dtype) if input_grad else None
-        dweight = np.empty(weight.shape, dy.dtype)
-        dbias = None if bias is None else np.empty(bias.shape, dy.dtype)
-
-        def backward_part(part):
-            rows = outputs[part]
-            dx_part, dweight[rows], db_part = backwards[part](dy[:, rows])
-            if dx is not None:
-                dx[:, inputs[part]] = dx_part
-            if dbias is not None:
-                dbias[rows] = db_part
-
-        workers.in_parts(backward_part, parts)
         return dx, dweight, dbias
 
     return y, backward
