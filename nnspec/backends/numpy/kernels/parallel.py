@@ -14,6 +14,7 @@ then add the parts (in float32, one rounding more than one loop's sum).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import fused, workers
@@ -22,26 +23,43 @@ from .workers import floats, number, part_range
 _F = np.float32
 
 
-def _flat_job(kernel):
-    """``kernel(x, out, slope, with_slope)`` (an activation) over a run of flat arrays:
-    params (parts, count, x, out, slope, with_slope)."""
-    @workers.task
-    def job(args, range_m, range_n, sa, sb, part):
-        params = workers.parameters(args, 6)
-        count = params[1]
-        start, end = part_range(count, part, params[0], 16)
-        with_slope = params[5] != 0
-        x = floats(params, 2, (count,))
-        out = floats(params, 3, (count,))
-        slope = floats(params, 4, (count if with_slope else 0,))
-        kernel(x[start:end], out[start:end], slope[start:end] if with_slope else slope,
-               with_slope)
-        return 0
-    return job
+@numba.njit(inline="always")
+def _flat_part(args, part):
+    """An activation job's part of its flat arrays: params (parts, count, x, out, slope,
+    with_slope); the slope is empty without ``with_slope``."""
+    params = workers.parameters(args, 6)
+    count = params[1]
+    start, end = part_range(count, part, params[0], 16)
+    with_slope = params[5] != 0
+    x = floats(params, 2, (count,))
+    out = floats(params, 3, (count,))
+    slope = floats(params, 4, (count if with_slope else 0,))
+    return (x[start:end], out[start:end], slope[start:end] if with_slope else slope,
+            with_slope)
 
 
-_ACTIVATION_JOBS = {kernel: _flat_job(kernel)
-                    for kernel in (fused.gelu, fused.gelu_tanh, fused.silu)}
+# one job per activation, each a function of its own: numba caches no job made in a closure
+# (it compiled such jobs again in every process, adding to the cache each time)
+@workers.Task
+def _gelu_job(args, range_m, range_n, sa, sb, part):
+    fused.gelu(*_flat_part(args, part))
+    return 0
+
+
+@workers.Task
+def _gelu_tanh_job(args, range_m, range_n, sa, sb, part):
+    fused.gelu_tanh(*_flat_part(args, part))
+    return 0
+
+
+@workers.Task
+def _silu_job(args, range_m, range_n, sa, sb, part):
+    fused.silu(*_flat_part(args, part))
+    return 0
+
+
+_ACTIVATION_JOBS = {fused.gelu: _gelu_job, fused.gelu_tanh: _gelu_tanh_job,
+                    fused.silu: _silu_job}
 
 
 # values from which a loop is split: a job's dispatch costs about 8 us, so an activation
@@ -78,7 +96,7 @@ def activation(kernel, x, out, slope, with_slope):
         np.int64))
 
 
-@workers.task
+@workers.Task
 def _layer_norm_forward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, size, k, rows, weight, bias, affine, eps, x_hat, out,
     inv_std); the parts' rows start at multiples of k (weight row i % k)."""
@@ -110,7 +128,7 @@ def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
          (out if affine else x_hat).ctypes.data, inv_std.ctypes.data], np.int64))
 
 
-@workers.task
+@workers.Task
 def _layer_norm_backward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, size, k, d_out, x_hat, weight, affine, inv_std, d_x,
     d_weight, d_bias); d_weight and d_bias are (parts, k, size), one per part."""
@@ -149,7 +167,7 @@ def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_
         np.sum(partial_bias, axis=0, out=d_bias)
 
 
-@workers.task
+@workers.Task
 def _exp_rows_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, size, rows, peaks, out, totals)."""
     params = workers.parameters(args, 7)
@@ -175,7 +193,7 @@ def exp_rows(rows, peaks, out, totals):
          totals.ctypes.data], np.int64))
 
 
-@workers.task
+@workers.Task
 def _adam_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, and
     the float32 scalars as float64: decay, one_minus_beta1, beta2, one_minus_beta2,
@@ -209,7 +227,7 @@ def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scala
          *(workers.float_bits(float(s)) for s in scalars)], np.int64))
 
 
-@workers.task
+@workers.Task
 def _column_moments_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, width, rows, shift, sums, squares, span)."""
     params = workers.parameters(args, 8)
@@ -235,7 +253,7 @@ def column_moments(rows, shift, sums, squares, span):
          squares.ctypes.data, span], np.int64))
 
 
-@workers.task
+@workers.Task
 def _column_gradient_sums_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, width, d_out, rows, shift, scale, offset, activation, sums,
     products, span)."""
@@ -268,7 +286,7 @@ def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, pr
          products.ctypes.data, span], np.int64))
 
 
-@workers.task
+@workers.Task
 def _normalise_columns_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, width, rows, shift, scale, offset, activation, out, span)."""
     params = workers.parameters(args, 10)
@@ -296,7 +314,7 @@ def normalise_columns(rows, shift, scale, offset, activation, out, span):
          offset.ctypes.data, activation, out.ctypes.data, span], np.int64))
 
 
-@workers.task
+@workers.Task
 def _combine_columns_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, width, d_out, scale, rows, shift, offset, activation,
     row_scale, row_offset, out, span)."""

@@ -40,8 +40,18 @@ from .blas import library
 
 TASK_SIGNATURE = types.intc(types.voidptr, types.voidptr, types.voidptr, types.voidptr,
                             types.voidptr, types.int64)
-# a job compiled for OpenBLAS's queue; cached like the loops it calls
-task = numba.cfunc(TASK_SIGNATURE, cache=True, error_model="numpy")
+class Task:
+    """A job for OpenBLAS's queue: ``function`` compiled as a ``TASK_SIGNATURE`` cfunc when
+    first run (cached on disk like the loops it calls). Loading a cached job takes about 65
+    ms, so a process loads only the jobs its model runs."""
+
+    def __init__(self, function):
+        self.function = function
+
+    @functools.cached_property
+    def compiled(self):
+        return numba.cfunc(TASK_SIGNATURE, cache=True, error_model="numpy")(self.function)
+
 
 _ENTRY_BYTES = 256
 _ROUTINE, _ARGS, _NEXT = 0, 24, 64
@@ -147,9 +157,9 @@ def run(job, params: np.ndarray) -> None:
     count = int(params[0])
     if count == 1 or _openblas() is None:
         for part in range(count):
-            job.ctypes(params.ctypes.data, None, None, None, None, part)
+            job.compiled.ctypes(params.ctypes.data, None, None, None, None, part)
         return
-    _execute(job.address, params.ctypes.data, count)
+    _execute(job.compiled.address, params.ctypes.data, count)
 
 
 _PYTHON_JOB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
