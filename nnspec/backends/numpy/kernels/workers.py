@@ -8,13 +8,23 @@ right after a product. Making the workers sleep at once (``OPENBLAS_THREAD_TIMEO
 when NumPy loads) costs every threaded product a wake-up instead: ResNet-20's step 128 ->
 147 ms, a GRU's 32 -> 42 (Intel Xeon, 2 vCPUs).
 
-So the loops go to those spinning workers: OpenBLAS's ``exec_blas`` runs a queue of jobs,
+So the work goes to those spinning workers: OpenBLAS's ``exec_blas`` runs a queue of jobs,
 the first on the calling thread and each other one on a worker, and returns when all are
-done. A job is a C function (a numba ``cfunc``, ``TASK_SIGNATURE``) that gets a pointer
-(``args``) and its part number; here ``args`` points to an int64 array of parameters
-(addresses, sizes, float64 bits), whose first entry is the number of parts. Dispatching a
-job costs about 8 us, so callers split only longer loops (``parallel``); the product right
-after runs as fast as before.
+done. Two kinds of job:
+
+- ``run``: a compiled job, a C function (a numba ``cfunc``, ``Task``) that gets a pointer
+  (``args``) and its part number; here ``args`` points to an int64 array of parameters
+  (addresses, sizes, float64 bits), whose first entry is the number of parts. Dispatching
+  one costs about 8 us, so callers split only longer loops (``parallel``); the product right
+  after runs as fast as before.
+- ``in_parts``: a Python function, called through a ctypes callback, which takes the
+  interpreter's lock on the worker's thread. The parts run at once where their time is in
+  NumPy's products and loops, which let go of the lock: attention's head blocks (B16 T196
+  H8 d32, forward and backward, 46 -> 30 ms). About 50 us a call. Where the work is products
+  that OpenBLAS already splits, or copies that memory bandwidth bounds, it gains nothing:
+  depthwise convolutions split by channels measured 1.4x slower (many small products and
+  copies contend for the lock), a convolution's weight gradient split by positions, and
+  copies of whole maps, the same.
 
 Only a job entry's head is relied on: blas_queue_t (common_thread.h) starts with routine,
 position, assigned, args, range_m, range_n, sa, sb, next, as it has since GotoBLAS. Entries
