@@ -192,3 +192,28 @@ def test_attention_split_by_heads_is_one_cores_result(causal, kv_heads, monkeypa
     for split, whole in zip(split_grads, grads):
         np.testing.assert_array_equal(split, whole)
 
+
+
+@needs_two
+def test_in_parts_lets_go_of_its_function():
+    # what a part's closure holds (attention's arrays) must be freed when the caller drops
+    # it, not when the cycle collector next runs (a tiny GPT's step peak was 105 -> 139 MiB)
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    held = Held()
+    alive = weakref.ref(held)
+
+    def part(number, held=held):
+        pass
+
+    gc.disable()
+    try:
+        workers.in_parts(part, 2)
+        del part, held
+        assert alive() is None
+    finally:
+        gc.enable()
