@@ -213,10 +213,10 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
 
         torch.set_num_threads(threads)
     step = make_steps(workload)[backend]
-    if backend == 0:  # numba's runtime starts with the first compiled loop: a library's
-        from nnspec.backends.numpy.kernels import fused  # load, as torch's import is
+    if backend == 0:  # numba's runtime starts with the first compiled loop, and the jobs
+        from nnspec.backends.numpy.kernels import parallel  # load on their first run: a
 
-        fused.warm_up()
+        parallel.warm_up()  # library's load, as torch's import is
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size

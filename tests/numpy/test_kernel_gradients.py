@@ -644,10 +644,9 @@ NOT_KERNELS = {
     # fused's loops in parts (the kernels' cases run them; tests/numpy/test_parallel.py
     # compares them with the loops whole) and the workers that run the parts
     "parallel.activation", "parallel.adam_update", "parallel.column_gradient_sums",
-    "parallel.column_moments", "parallel.combine_columns",
-    "parallel.exp_rows", "parallel.layer_norm_backward", "parallel.layer_norm_forward",
-    "parallel.normalise_columns", "workers.float_bits", "workers.parts", "workers.run",
-    "workers.in_parts",
+    "parallel.column_moments", "parallel.combine_columns", "parallel.exp_rows",
+    "parallel.layer_norm_backward", "parallel.layer_norm_forward", "parallel.normalise_columns",
+    "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
     "blas.accumulates", "blas.add_product", "blas.transpose",
     "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",

@@ -217,3 +217,10 @@ def test_in_parts_lets_go_of_its_function():
         assert alive() is None
     finally:
         gc.enable()
+
+
+def test_warm_up_loads_every_job():
+    parallel.warm_up()
+    jobs = [job for job in vars(parallel).values() if isinstance(job, workers.Task)]
+    assert len(jobs) >= 11
+    assert all("compiled" in vars(job) for job in jobs)

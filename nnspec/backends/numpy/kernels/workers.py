@@ -63,6 +63,10 @@ class Task:
     def compiled(self):
         return numba.cfunc(TASK_SIGNATURE, cache=True, error_model="numpy")(self.function)
 
+    def load(self) -> None:
+        """Compile the job now (or load it from the cache), not on its first run."""
+        self.compiled  # noqa: B018 -- the property compiles it
+
 
 _ENTRY_BYTES = 256
 _ROUTINE, _ARGS, _NEXT = 0, 24, 64
