@@ -229,3 +229,19 @@ def test_warm_up_loads_every_job():
     jobs = [job for job in vars(parallel).values() if isinstance(job, workers.Task)]
     assert len(jobs) >= 11
     assert all("compiled" in vars(job) for job in jobs)
+
+
+@needs_two
+def test_work_split_inside_a_part_runs_there():
+    # a worker that queued work for the workers would wait for itself
+    x = rng.standard_normal(4 * parallel.ACTIVATION_MIN_VALUES).astype(F)
+    outs = [np.empty_like(x) for _ in range(2)]
+    inner = []
+
+    def part(number):
+        workers.in_parts(inner.append, 2)
+        parallel.activation(fused.silu, x, outs[number], None, False)
+
+    workers.in_parts(part, 2)
+    assert sorted(inner) == [0, 0, 1, 1]
+    np.testing.assert_array_equal(outs[0], outs[1])

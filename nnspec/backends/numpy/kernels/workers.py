@@ -170,7 +170,7 @@ def run(job, params: np.ndarray) -> None:
     the others on OpenBLAS's workers; returns when all are done. ``params`` is int64,
     C-ordered, and stays alive (and unchanged) until then."""
     count = int(params[0])
-    if count == 1 or _openblas() is None:
+    if count == 1 or parts() == 1:  # also inside ``in_parts``: a worker would wait for itself
         for part in range(count):
             job.compiled.ctypes(params.ctypes.data, None, None, None, None, part)
         return
@@ -208,7 +208,7 @@ def in_parts(function, count: int) -> None:
     from a worker would wait for itself). The parts must write disjoint arrays and draw no
     random numbers (their order is the threads')."""
     found = _openblas()
-    if count == 1 or found is None:
+    if count == 1 or parts() == 1:  # also inside another call: a worker would wait for itself
         for part in range(count):
             function(part)
         return
