@@ -79,6 +79,14 @@ def _split(count: int, *arrays, least: int = MEMORY_MIN_VALUES) -> int:
     return workers.parts()
 
 
+def _params(*values) -> np.ndarray:
+    """A job's parameters: arrays as their addresses, floats as their float64 bits, the
+    rest (counts, flags) as they are."""
+    return np.array([value.ctypes.data if isinstance(value, np.ndarray)
+                     else workers.float_bits(value) if isinstance(value, float | np.floating)
+                     else int(value) for value in values], np.int64)
+
+
 # the slope's stand-in when there is none: not ``out``, as arrays that alias are not vectorised
 _NO_SLOPE = np.empty(0, _F)
 
@@ -91,9 +99,7 @@ def activation(kernel, x, out, slope, with_slope):
     if parts == 1:
         kernel(x, out, slope, with_slope)
         return
-    workers.run(_ACTIVATION_JOBS[kernel], np.array(
-        [parts, x.size, x.ctypes.data, out.ctypes.data, slope.ctypes.data, with_slope],
-        np.int64))
+    workers.run(_ACTIVATION_JOBS[kernel], _params(parts, x.size, x, out, slope, with_slope))
 
 
 @workers.Task
@@ -122,10 +128,9 @@ def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
         fused.layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std)
         return
     count, size = rows.shape
-    workers.run(_layer_norm_forward_job, np.array(
-        [parts, count, size, len(weight), rows.ctypes.data, weight.ctypes.data,
-         bias.ctypes.data, affine, workers.float_bits(eps), x_hat.ctypes.data,
-         (out if affine else x_hat).ctypes.data, inv_std.ctypes.data], np.int64))
+    workers.run(_layer_norm_forward_job, _params(
+        parts, count, size, len(weight), rows, weight, bias, affine, eps, x_hat,
+        out if affine else x_hat, inv_std))
 
 
 @workers.Task
@@ -158,10 +163,9 @@ def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_
     count, size = d_out.shape
     partial_weight = np.empty((parts, *weight.shape), _F)
     partial_bias = np.empty((parts, *weight.shape), _F)
-    workers.run(_layer_norm_backward_job, np.array(
-        [parts, count, size, len(weight), d_out.ctypes.data, x_hat.ctypes.data,
-         weight.ctypes.data, affine, inv_std.ctypes.data, d_x.ctypes.data,
-         partial_weight.ctypes.data, partial_bias.ctypes.data], np.int64))
+    workers.run(_layer_norm_backward_job, _params(
+        parts, count, size, len(weight), d_out, x_hat, weight, affine, inv_std, d_x,
+        partial_weight, partial_bias))
     if affine:
         np.sum(partial_weight, axis=0, out=d_weight)
         np.sum(partial_bias, axis=0, out=d_bias)
@@ -188,9 +192,7 @@ def exp_rows(rows, peaks, out, totals):
         fused.exp_rows(rows, peaks, out, totals)
         return
     count, size = rows.shape
-    workers.run(_exp_rows_job, np.array(
-        [parts, count, size, rows.ctypes.data, peaks.ctypes.data, out.ctypes.data,
-         totals.ctypes.data], np.int64))
+    workers.run(_exp_rows_job, _params(parts, count, size, rows, peaks, out, totals))
 
 
 @workers.Task
@@ -221,10 +223,9 @@ def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scala
     if parts == 1:
         fused.adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scalars)
         return
-    workers.run(_adam_job, np.array(
-        [parts, data.size, data.ctypes.data, grad.ctypes.data, exp_avg.ctypes.data,
-         exp_avg_sq.ctypes.data, max_exp_avg_sq.ctypes.data, amsgrad,
-         *(workers.float_bits(float(s)) for s in scalars)], np.int64))
+    workers.run(_adam_job, _params(
+        parts, data.size, data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad,
+        *(float(s) for s in scalars)))
 
 
 @workers.Task
@@ -248,9 +249,8 @@ def column_moments(rows, shift, sums, squares, span):
         fused.column_moments(rows, shift, sums, squares, span, 0, rows.shape[1])
         return
     count, width = rows.shape
-    workers.run(_column_moments_job, np.array(
-        [parts, count, width, rows.ctypes.data, shift.ctypes.data, sums.ctypes.data,
-         squares.ctypes.data, span], np.int64))
+    workers.run(_column_moments_job,
+                _params(parts, count, width, rows, shift, sums, squares, span))
 
 
 @workers.Task
@@ -280,10 +280,8 @@ def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, pr
                                    products, span, 0, rows.shape[1])
         return
     count, width = rows.shape
-    workers.run(_column_gradient_sums_job, np.array(
-        [parts, count, width, d_out.ctypes.data, rows.ctypes.data, shift.ctypes.data,
-         scale.ctypes.data, offset.ctypes.data, activation, sums.ctypes.data,
-         products.ctypes.data, span], np.int64))
+    workers.run(_column_gradient_sums_job, _params(
+        parts, count, width, d_out, rows, shift, scale, offset, activation, sums, products, span))
 
 
 @workers.Task
@@ -309,9 +307,8 @@ def normalise_columns(rows, shift, scale, offset, activation, out, span):
                                 rows.shape[1])
         return
     count, width = rows.shape
-    workers.run(_normalise_columns_job, np.array(
-        [parts, count, width, rows.ctypes.data, shift.ctypes.data, scale.ctypes.data,
-         offset.ctypes.data, activation, out.ctypes.data, span], np.int64))
+    workers.run(_normalise_columns_job, _params(
+        parts, count, width, rows, shift, scale, offset, activation, out, span))
 
 
 @workers.Task
@@ -343,10 +340,9 @@ def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, ro
                               row_offset, out, span, 0, rows.shape[1])
         return
     count, width = rows.shape
-    workers.run(_combine_columns_job, np.array(
-        [parts, count, width, d_out.ctypes.data, scale.ctypes.data, rows.ctypes.data,
-         shift.ctypes.data, offset.ctypes.data, activation, row_scale.ctypes.data,
-         row_offset.ctypes.data, out.ctypes.data, span], np.int64))
+    workers.run(_combine_columns_job, _params(
+        parts, count, width, d_out, scale, rows, shift, offset, activation, row_scale, row_offset,
+        out, span))
 
 
 def warm_up() -> None:
