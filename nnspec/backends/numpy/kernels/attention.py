@@ -23,9 +23,10 @@ from nnspec.backends.numpy.kernels.dense import column_sums
 SCORE_BLOCK_FLOATS = 1 << 17
 # Up to this many keys the forward keeps its probabilities for the backward instead: there a
 # head's score products are too small for BLAS to redo them cheaply (recomputing measured
-# 1.2-1.4x slower at 32-64 keys, 0.9x at 128), and the probabilities take no more memory than
-# the layer's queries, keys and values do at a head size of 32.
-KEPT_PROBABILITIES_KEYS = 64
+# 1.2-1.4x slower at 32-64 keys; with the heads split between the cores, 1.06-1.12x at
+# 100-128, causal or not), and the probabilities take about the memory of the layer's
+# queries, keys and values at a head size of 32 (torch's attention keeps them too).
+KEPT_PROBABILITIES_KEYS = 128
 # Causal attention takes its queries CAUSAL_BLOCK at a time, each block against the keys up
 # to its last query only: at T 512 that skips 44% of the score products and softmax passes,
 # which a full masked score matrix would compute and then throw away.
