@@ -290,7 +290,7 @@ def _with_ones_row(rows):
 
 
 # scores (over all heads and samples) below which one core runs every block: splitting them
-# costs about 30 us
+# costs about 50 us
 PARALLEL_MIN_SCORES = 1 << 18
 
 
