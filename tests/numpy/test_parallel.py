@@ -165,7 +165,7 @@ def test_batch_norm_loops_in_parts(activation):
         np.testing.assert_array_equal(split, whole)
 
 
-def test_strided_or_float64_arrays_run_whole():
+def test_strided_arrays_run_whole():
     x = rng.standard_normal(2 * parallel.ACTIVATION_MIN_VALUES).astype(F)
     out = np.empty(2 * x.size, F)[::2]  # strided: the jobs could not see it
     parallel.activation(fused.silu, x, out, None, False)

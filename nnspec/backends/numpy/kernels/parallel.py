@@ -6,10 +6,11 @@ Each loop is split so that every output value is computed as the whole loop woul
 it: element-wise loops by runs of values, row loops (cross-entropy's softmax, layer norm) by
 rows, and batch norm's column sums by columns. The results are the whole loop's to the bit,
 but for sums along a row, which the jobs' compiled copy of a loop may vectorise in another
-order (float32 rounding apart; tests/numpy/test_parallel.py).
-(Attention's column softmax stays whole: its blocks, at most 2^17 scores, measured slower
-split, and attention splits its heads between the cores instead.) The norms' weight gradients sum their rows in parts,
-then add the parts (in float32, one rounding more than one loop's sum).
+order (float32 rounding apart; tests/numpy/test_parallel.py), and for layer norm's weight
+gradients, whose parts' row sums are added afterwards (one float32 rounding more).
+
+Attention's column softmax stays whole: its blocks, at most 2^17 scores, measured slower
+split, and attention splits its heads between the cores instead (``workers.in_parts``).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
         return
     count, size = rows.shape
     workers.run(_layer_norm_forward_job, _params(
-        parts, count, size, len(weight), rows, weight, bias, affine, eps, x_hat,
-        out if affine else x_hat, inv_std))
+        parts, count, size, len(weight), rows, weight, bias, affine, eps, x_hat, out,
+        inv_std))
 
 
 @workers.Task
@@ -224,8 +225,7 @@ def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scala
         fused.adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scalars)
         return
     workers.run(_adam_job, _params(
-        parts, data.size, data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad,
-        *(float(s) for s in scalars)))
+        parts, data.size, data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scalars))
 
 
 @workers.Task
