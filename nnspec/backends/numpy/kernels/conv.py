@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from . import tiled
 from .blas import accumulates, add_product, transpose
 from .conv_depthwise import depthwise
 from .windows import (
@@ -258,7 +259,62 @@ SHIFTED_BLOCK_FEW_CHANNELS = 1 << 13
 SHIFTED_FEW_CHANNELS = 16
 
 
+def _tiled(x, weight, bias, stride, padding, dilation, input_grad):
+    """tiled shifted"""
+    channels = x.shape[1]
+    out_channels = weight.shape[0]
+    kernel = weight.shape[2:]
+    flat, reads, frame_shape, unframe, out, length = _framed(x, kernel, stride, padding,
+                                                             dilation)
+    sources, _, total = flat.shape
+    frame = math.prod(frame_shape)
+    x_shape = x.shape
+    taps = _taps(weight)  # (K, O, C)
+    offsets = np.array([source * channels * total + c * total + start
+                        for source, start in reads for c in range(channels)], np.int64)
+    y_frame = np.empty((out_channels, frame), dtype=x.dtype)
+    tiled.products(y_frame, flat, offsets, taps.transpose(1, 0, 2).reshape(out_channels, -1),
+                   length)
+    y = _outputs_of_frame(y_frame, frame_shape, out)
+    if bias is not None:
+        y += bias.reshape(-1, *(1,) * len(out))
+
+    def backward(dy):
+        margin = -(-max(start for _, start in reads) // 16) * 16
+        dy_rows = tiled.aligned_zeros(out_channels, margin + total)
+        width = dy_rows.shape[1]
+        _onto_frame(dy, dy_rows[:, margin:margin + frame], frame_shape)
+        dtaps = tiled.sums(flat, offsets, dy_rows,
+                           np.arange(out_channels, dtype=np.int64) * width + margin, length)
+        dweight = _weight_from_taps(dtaps.reshape(len(reads), channels, out_channels),
+                                    weight.shape)
+        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
+        if not input_grad:
+            return None, dweight, dbias
+        d_flat = np.empty(flat.shape, dtype=dy.dtype)
+        for source in range(sources):
+            numbers = [k for k, (s, _) in enumerate(reads) if s == source]
+            if not numbers:
+                d_flat[source] = 0
+                continue
+            shifts = np.array([margin - reads[k][1] + o * width for k in numbers
+                               for o in range(out_channels)], np.int64)
+            weights = taps[numbers].transpose(2, 0, 1).reshape(channels, -1)
+            tiled.products(d_flat[source], dy_rows, shifts, weights, total)
+        del dy_rows
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        unframe(d_flat, np.swapaxes(dx, 0, 1))
+        return dx, dweight, dbias
+
+    return y, backward
+
+
+USE_TILED = True
+
+
 def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
+    if USE_TILED and x.dtype == np.float32:
+        return _tiled(x, weight, bias, stride, padding, dilation, input_grad)
     """A convolution without columns. The input is laid out flat, channels first, in a
     frame where every kernel offset's inputs for all output positions are one contiguous
     slice, shifted by the offset's flat start (``_shared_padding_frame`` at unit stride,

@@ -1,0 +1,94 @@
+"""The register-tiled products (kernels/tiled.py) against float64 NumPy: every block of output
+rows the tiles take (full, halved, single), masked tails of every length, reads anywhere in
+the buffer, and the same values however many parts the positions are split into. The
+convolutions that run on them are checked against torch in test_kernels_conv.py."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnspec.backends.numpy.kernels import tiled, workers
+
+F = np.float32
+
+
+def _reads(x, offsets, length):
+    return np.stack([x[o:o + length] for o in offsets]).astype(np.float64) if len(offsets) \
+        else np.zeros((0, length))
+
+
+def _one_part():
+    _, get_threads, set_threads = workers._openblas() or (None, None, None)
+    return get_threads, set_threads
+
+
+@settings(max_examples=60, deadline=None)
+@given(out_rows=st.integers(1, 2 * tiled.ROWS + 3), reads=st.integers(1, 40),
+       length=st.integers(1, 5 * tiled.TILE + 7), slack=st.integers(0, 20),
+       seed=st.integers(0, 2**31))
+def test_products_match_float64(out_rows, reads, length, slack, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(length + 300, dtype=F)
+    offsets = rng.integers(0, 301, reads)
+    weights = rng.standard_normal((out_rows, reads), dtype=F)
+    out = np.full((out_rows, length + slack), 7, F)
+    tiled.products(out, x, offsets, weights, length)
+    expected = weights.astype(np.float64) @ _reads(x, offsets, length)
+    np.testing.assert_allclose(out[:, :length], expected, rtol=1e-5, atol=1e-5 * reads)
+    assert (out[:, length:] == 7).all()  # nothing written past ``length``
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 2 * tiled.SUM_ROWS + 3), columns=st.integers(1, 2 * tiled.SUM_COLUMNS + 3),
+       length=st.integers(0, 3 * tiled.SUM_BLOCK + 37), seed=st.integers(0, 2**31))
+def test_sums_match_float64(rows, columns, length, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(length + 200, dtype=F)
+    dy = rng.standard_normal(columns * (length + 5), dtype=F)
+    x_offsets = rng.integers(0, 201, rows)
+    dy_offsets = np.arange(columns) * (length + 5) + rng.integers(0, 6, columns)
+    got = tiled.sums(x, x_offsets, dy, dy_offsets, length)
+    expected = _reads(x, x_offsets, length) @ _reads(dy, dy_offsets, length).T
+    assert got.shape == (rows, columns)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * max(length, 1) ** 0.5)
+
+
+@pytest.mark.skipif(workers.parts() < 2, reason="OpenBLAS runs one thread here")
+def test_parts_give_the_values_of_one_part():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(50_000, dtype=F)
+    offsets = rng.integers(0, 10_000, 50)
+    weights = rng.standard_normal((19, 50), dtype=F)
+    dy = rng.standard_normal(19 * 40_000, dtype=F)
+    dy_offsets = np.arange(19) * 40_000
+
+    def both():
+        out = np.empty((19, 39_999), F)
+        tiled.products(out, x, offsets, weights, 39_999)
+        return out, tiled.sums(x, offsets, dy, dy_offsets, 39_999)
+
+    split = both()
+    get_threads, set_threads = _one_part()
+    threads = get_threads()
+    set_threads(1)
+    try:
+        assert workers.parts() == 1
+        whole = both()
+    finally:
+        set_threads(threads)
+    for a, b in zip(split, whole):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reads_outside_the_buffer_are_refused():
+    x = np.zeros(100, F)
+    out = np.empty((2, 10), F)
+    with pytest.raises(ValueError, match="outside"):
+        tiled.products(out, x, np.array([91]), np.ones((2, 1), F), 10)
+    with pytest.raises(ValueError, match="outside"):
+        tiled.products(out, x, np.array([-1]), np.ones((2, 1), F), 10)
+    with pytest.raises(ValueError, match="outside"):
+        tiled.sums(x, np.array([0]), x, np.array([95]), 10)
+    with pytest.raises(ValueError, match="float32"):
+        tiled.products(out, x.astype(np.float64), np.array([0]), np.ones((2, 1), F), 10)
