@@ -648,8 +648,9 @@ NOT_KERNELS = {
     "parallel.layer_norm_backward", "parallel.layer_norm_forward", "parallel.normalise_columns",
     "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
     "blas.accumulates", "blas.add_product", "blas.transpose",
-    "tiled.products", "tiled.sums", "tiled.load",  # conv2d's products: test_tiled.py
-    "conv_depthwise.depthwise",  # conv2d's path at groups == channels: the conv2d_depthwise case
+    # conv2d's products and frames: test_tiled.py, test_kernels_conv.py against torch
+    "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty",
+    "frames.copy", "frames.applies", "frames.load",
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",
     "windows.kernel_offsets", "windows.offset_index", "windows.output_size", "windows.pad_spatial",
     "windows.scatter_windows", "windows.pad_into_phases", "windows.gather_from_phases",

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from nnspec.backends.numpy.kernels import conv_depthwise, fused
+from nnspec.backends.numpy.kernels import fused
 from nnspec.backends.numpy.kernels.activations import relu, relu6
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
@@ -72,19 +72,6 @@ def run_depthwise_against_torch(batch, channels, multiplier, size, kernel, strid
 @pytest.mark.torch
 @pytest.mark.parametrize("case", DEPTHWISE)
 def test_depthwise_convolution_matches_torch(case):
-    run_depthwise_against_torch(*case)
-
-
-@pytest.mark.torch
-@pytest.mark.parametrize("block_floats", [1, 7, 100])
-@pytest.mark.parametrize("case", [DEPTHWISE[i] for i in (0, 1, 2, 4, 10, 12, 14, 15, 18, 19)])
-def test_depthwise_convolution_matches_torch_in_blocks_of_any_size(case, block_floats,
-                                                                   monkeypatch):
-    """Blocks of one channel and a few positions, of several channels and a part of the run,
-    and strided phases copied one channel or a few at a time: every way of cutting the work
-    gives the same sums."""
-    monkeypatch.setattr(conv_depthwise, "_BLOCK_FLOATS", block_floats)
-    monkeypatch.setattr(conv_depthwise, "_PHASE_CHUNK_FLOATS", block_floats)
     run_depthwise_against_torch(*case)
 
 

@@ -54,6 +54,46 @@ def test_sums_match_float64(rows, columns, length, seed):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * max(length, 1) ** 0.5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(items=st.integers(1, 5), out_rows=st.integers(1, 12), reads=st.integers(1, 12),
+       length=st.integers(1, 3 * tiled.TILE + 5), own_weights=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_products_of_items(items, out_rows, reads, length, own_weights, seed):
+    rng = np.random.default_rng(seed)
+    step = length + 40
+    x = rng.standard_normal(items * step, dtype=F)
+    offsets = rng.integers(0, 41, reads)
+    weights = rng.standard_normal((items, out_rows, reads) if own_weights else (out_rows, reads),
+                                  dtype=F)
+    out = np.empty((items, out_rows, length), F)
+    tiled.products(out, x, offsets, weights, length, x_step=step)
+    for item in range(items):
+        w = weights[item] if own_weights else weights
+        expected = w.astype(np.float64) @ _reads(x[item * step:], offsets, length)
+        np.testing.assert_allclose(out[item], expected, rtol=1e-5, atol=1e-5 * reads)
+
+
+@settings(max_examples=40, deadline=None)
+@given(items=st.integers(1, 5), rows=st.integers(1, 20), columns=st.integers(1, 9),
+       length=st.integers(0, tiled.SUM_BLOCK + 37), each=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_sums_of_items(items, rows, columns, length, each, seed):
+    """Summed over the items, or each item's own; one column takes the narrow tile."""
+    rng = np.random.default_rng(seed)
+    x_step, dy_step = length + 30, columns * length + 3
+    x = rng.standard_normal(items * x_step, dtype=F)
+    dy = rng.standard_normal(items * dy_step, dtype=F)
+    x_offsets = rng.integers(0, 31, rows)
+    dy_offsets = np.arange(columns) * length
+    got = tiled.sums(x, x_offsets, dy, dy_offsets, length, items=items, x_step=x_step,
+                     dy_step=dy_step, each=each)
+    per_item = np.stack([_reads(x[i * x_step:], x_offsets, length)
+                         @ _reads(dy[i * dy_step:], dy_offsets, length).T for i in range(items)])
+    expected = per_item if each else per_item.sum(axis=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5,
+                               atol=1e-5 * max(length * items, 1) ** 0.5)
+
+
 @pytest.mark.skipif(workers.parts() < 2, reason="OpenBLAS runs one thread here")
 def test_parts_give_the_values_of_one_part():
     rng = np.random.default_rng(3)
@@ -92,3 +132,16 @@ def test_reads_outside_the_buffer_are_refused():
         tiled.sums(x, np.array([0]), x, np.array([95]), 10)
     with pytest.raises(ValueError, match="float32"):
         tiled.products(out, x.astype(np.float64), np.array([0]), np.ones((2, 1), F), 10)
+
+
+def test_products_of_more_reads_than_one_pass_add_the_passes():
+    """Past READ_BLOCK reads the tiles take the reads in passes, each adding to the last's."""
+    rng = np.random.default_rng(5)
+    reads = 2 * tiled.READ_BLOCK + 5
+    x = rng.standard_normal(3000, dtype=F)
+    offsets = rng.integers(0, 1000, reads)
+    weights = rng.standard_normal((11, reads), dtype=F) / np.sqrt(reads)
+    out = np.empty((11, 1001), F)
+    tiled.products(out, x, offsets, weights, 1001)
+    expected = weights.astype(np.float64) @ _reads(x, offsets, 1001)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -42,14 +42,23 @@ LANES = 16 if "+avx512f" in llvmlite.binding.get_host_cpu_features().flatten() e
 ROWS = 8 if LANES == 16 else 4
 VECTORS = 3
 TILE = LANES * VECTORS
-# a sum tile: SUM_ROWS reads of x by SUM_COLUMNS rows of dy
+# a single row's tile is wider: 3 vectors would be 3 chains of multiply-adds, each waiting
+# for the last (depthwise convolutions' rows; 1.x -> 1.y ms)
+SINGLE_VECTORS = 8
+SINGLE_TILE = LANES * SINGLE_VECTORS
+# a sum tile: SUM_ROWS reads of x by SUM_COLUMNS rows of dy; a narrow one for a single row
+# of dy (a depthwise convolution's channel), NARROW_ROWS reads (a 3x3 kernel's taps)
 SUM_ROWS, SUM_COLUMNS = (6, 4) if LANES == 16 else (3, 4)
+NARROW_ROWS = 9
 # positions per block of the sums: each tile then ends with a horizontal sum per entry
 # (under 10% of its work) and its rows stay in the core's caches
 SUM_BLOCK = 512
 # tiles per block of positions in the products: the block's rows of x stay in cache while
 # every block of output rows reads them
 PRODUCT_BLOCK_TILES = 8
+# reads per pass over a block's tiles, each pass adding to the last's sums: the reads of
+# many channels would not stay in the core's cache
+READ_BLOCK = 576
 
 
 class _Emitter:
@@ -161,39 +170,46 @@ class _Emitter:
 
 
 def _product_tile(rows, masked):
-    """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < TILE (below
-    ``count`` when ``masked``); weights (reads, rows) C-ordered, out rows ``stride`` apart."""
+    """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < TILE (one row:
+    SINGLE_TILE), below ``count`` when ``masked``, added to out's values when ``accumulate``
+    is not 0; weights (reads, rows) C-ordered, out rows ``stride`` apart."""
+    vectors = SINGLE_VECTORS if rows == 1 else VECTORS
 
     @intrinsic
-    def tile(typingctx, out, stride, x, offsets, weights, reads, count):
-        signature = types.void(*(types.int64,) * 7)
+    def tile(typingctx, out, stride, x, offsets, weights, reads, count, accumulate):
+        signature = types.void(*(types.int64,) * 8)
 
         def codegen(context, builder, signature, args):
-            out, stride, x, offsets, weights, reads, count = args
+            out, stride, x, offsets, weights, reads, count, accumulate = args
             emit = _Emitter(builder)
-            x, weights = emit.floats(x), emit.floats(weights)
+            x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
             offsets = builder.inttoptr(offsets, _I64.as_pointer())
-            masks = [emit.mask(count, v * LANES) if masked else None for v in range(VECTORS)]
+            masks = [emit.mask(count, v * LANES) if masked else None for v in range(vectors)]
+            adding = builder.icmp_signed("!=", accumulate, emit.int(0))
+            starts = []
+            for r in range(rows):
+                row = builder.mul(stride, emit.int(r))
+                starts += [builder.select(adding, emit.load(out, builder.add(
+                    row, emit.int(v * LANES)), masks[v]), emit.zero) for v in range(vectors)]
 
             def step(j, sums):
                 offset = builder.load(emit.at(offsets, j))
                 reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), masks[v])
-                         for v in range(VECTORS)]
+                         for v in range(vectors)]
                 first = builder.mul(j, emit.int(rows))
                 updated = []
                 for r in range(rows):
                     weight = emit.splat(builder.load(emit.at(weights, builder.add(
                         first, emit.int(r)))))
-                    updated += [builder.call(emit.fma, [weight, reads[v], sums[r * VECTORS + v]])
-                                for v in range(VECTORS)]
+                    updated += [builder.call(emit.fma, [weight, reads[v], sums[r * vectors + v]])
+                                for v in range(vectors)]
                 return updated
 
-            sums = emit.loop(reads, [emit.zero] * (rows * VECTORS), step)
-            out = emit.floats(out)
+            sums = emit.loop(reads, starts, step)
             for r in range(rows):
                 row = builder.mul(stride, emit.int(r))
-                for v in range(VECTORS):
-                    emit.store(sums[r * VECTORS + v], out, builder.add(row, emit.int(v * LANES)),
+                for v in range(vectors):
+                    emit.store(sums[r * vectors + v], out, builder.add(row, emit.int(v * LANES)),
                                masks[v])
             return context.get_dummy_value()
 
@@ -202,9 +218,10 @@ def _product_tile(rows, masked):
     return tile
 
 
-def _sum_tile():
+def _sum_tile(tile_rows, tile_columns):
     """sums[r, c] += sum_p x[x_offsets[r] + p] * dy[dy_offsets[c] + p] for p < count, r <
-    SUM_ROWS, c < SUM_COLUMNS; sums' rows ``stride`` apart. The last part vector is masked."""
+    tile_rows, c < tile_columns; sums' rows ``stride`` apart. The last part vector is
+    masked."""
 
     @intrinsic
     def tile(typingctx, sums, stride, x, x_offsets, dy, dy_offsets, count):
@@ -217,18 +234,18 @@ def _sum_tile():
             x_offsets = builder.inttoptr(x_offsets, _I64.as_pointer())
             dy_offsets = builder.inttoptr(dy_offsets, _I64.as_pointer())
             x_rows = [emit.at(x, builder.load(emit.at(x_offsets, emit.int(r))))
-                      for r in range(SUM_ROWS)]
+                      for r in range(tile_rows)]
             dy_rows = [emit.at(dy, builder.load(emit.at(dy_offsets, emit.int(c))))
-                       for c in range(SUM_COLUMNS)]
+                       for c in range(tile_columns)]
 
             def accumulate(position, totals, mask=None):
                 xs = [emit.load(row, position, mask) for row in x_rows]
                 dys = [emit.load(row, position, mask) for row in dy_rows]
-                return [builder.call(emit.fma, [xs[r], dys[c], totals[r * SUM_COLUMNS + c]])
-                        for r in range(SUM_ROWS) for c in range(SUM_COLUMNS)]
+                return [builder.call(emit.fma, [xs[r], dys[c], totals[r * tile_columns + c]])
+                        for r in range(tile_rows) for c in range(tile_columns)]
 
             whole = builder.sdiv(count, emit.int(LANES))
-            totals = emit.loop(whole, [emit.zero] * (SUM_ROWS * SUM_COLUMNS),
+            totals = emit.loop(whole, [emit.zero] * (tile_rows * tile_columns),
                                lambda i, t: accumulate(builder.mul(i, emit.int(LANES)), t))
             rest = builder.sub(count, builder.mul(whole, emit.int(LANES)))
             position = builder.mul(whole, emit.int(LANES))
@@ -242,12 +259,12 @@ def _sum_tile():
                 phi.add_incoming(unmasked, before)
                 phi.add_incoming(value, last)
                 joined.append(phi)
-            for r in range(SUM_ROWS):
+            for r in range(tile_rows):
                 row = builder.mul(stride, emit.int(r))
-                for c in range(SUM_COLUMNS):
+                for c in range(tile_columns):
                     pointer = emit.at(sums, builder.add(row, emit.int(c)))
                     builder.store(builder.fadd(builder.load(pointer),
-                                               emit.total(joined[r * SUM_COLUMNS + c])),
+                                               emit.total(joined[r * tile_columns + c])),
                                   pointer)
             return context.get_dummy_value()
 
@@ -260,7 +277,8 @@ _tile_8, _tile_8_masked = _product_tile(8, False), _product_tile(8, True)
 _tile_4, _tile_4_masked = _product_tile(4, False), _product_tile(4, True)
 _tile_2, _tile_2_masked = _product_tile(2, False), _product_tile(2, True)
 _tile_1, _tile_1_masked = _product_tile(1, False), _product_tile(1, True)
-_sum = _sum_tile()
+_sum = _sum_tile(SUM_ROWS, SUM_COLUMNS)
+_sum_narrow = _sum_tile(NARROW_ROWS, 1)
 
 
 @numba.njit(inline="always")
@@ -273,68 +291,101 @@ def _block_rows(left):
 
 
 @numba.njit(inline="always")
-def _product(rows, masked, out, stride, x, offsets, weights, reads, count):
+def _product(rows, masked, out, stride, x, offsets, weights, reads, count, accumulate):
     if rows == 8:
         if masked:
-            _tile_8_masked(out, stride, x, offsets, weights, reads, count)
+            _tile_8_masked(out, stride, x, offsets, weights, reads, count, accumulate)
         else:
-            _tile_8(out, stride, x, offsets, weights, reads, count)
+            _tile_8(out, stride, x, offsets, weights, reads, count, accumulate)
     elif rows == 4:
         if masked:
-            _tile_4_masked(out, stride, x, offsets, weights, reads, count)
+            _tile_4_masked(out, stride, x, offsets, weights, reads, count, accumulate)
         else:
-            _tile_4(out, stride, x, offsets, weights, reads, count)
+            _tile_4(out, stride, x, offsets, weights, reads, count, accumulate)
     elif rows == 2:
         if masked:
-            _tile_2_masked(out, stride, x, offsets, weights, reads, count)
+            _tile_2_masked(out, stride, x, offsets, weights, reads, count, accumulate)
         else:
-            _tile_2(out, stride, x, offsets, weights, reads, count)
+            _tile_2(out, stride, x, offsets, weights, reads, count, accumulate)
     elif masked:
-        _tile_1_masked(out, stride, x, offsets, weights, reads, count)
+        _tile_1_masked(out, stride, x, offsets, weights, reads, count, accumulate)
     else:
-        _tile_1(out, stride, x, offsets, weights, reads, count)
+        _tile_1(out, stride, x, offsets, weights, reads, count, accumulate)
 
 
 @workers.Task
 def _products_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, out, stride, out rows, x, offsets, packed weights, reads, length)."""
-    params = workers.parameters(args, 9)
+    """params (parts, out, stride, out rows, x, offsets, packed weights, reads, length,
+    items, and the items' steps through out, x and the packed weights)."""
+    params = workers.parameters(args, 13)
     out, stride, out_rows, x = params[1], params[2], params[3], params[4]
     offsets, weights, reads, length = params[5], params[6], params[7], params[8]
+    out_step, x_step, weights_step = params[10], params[11], params[12]
     tiles = (length + TILE - 1) // TILE
-    start, end = part_range(tiles, part, params[0], 1)
-    for first in range(start, end, PRODUCT_BLOCK_TILES):
-        last = min(first + PRODUCT_BLOCK_TILES, end)
-        row = 0
-        while row < out_rows:
-            rows = _block_rows(out_rows - row)
-            for tile in range(first, last):
-                position = tile * TILE
-                _product(rows, position + TILE > length, out + 4 * (row * stride + position),
-                         stride, x + 4 * position, offsets, weights + 4 * row * reads, reads,
-                         length - position)
-            row += rows
+    start, end = part_range(params[9] * tiles, part, params[0], 1)
+    unit = start
+    while unit < end:  # a unit is one item's tile
+        item, first = unit // tiles, unit % tiles
+        last = min(first + PRODUCT_BLOCK_TILES, tiles, first + end - unit)
+        item_out, item_x = out + 4 * item * out_step, x + 4 * item * x_step
+        item_weights = weights + 4 * item * weights_step
+        for read in range(0, reads, READ_BLOCK):
+            count = min(READ_BLOCK, reads - read)
+            row = 0
+            while row < out_rows:
+                rows = _block_rows(out_rows - row)
+                width = SINGLE_TILE if rows == 1 else TILE
+                position, block_end = first * TILE, min(last * TILE, length)
+                while position < block_end:
+                    _product(rows, position + width > block_end,
+                             item_out + 4 * (row * stride + position), stride,
+                             item_x + 4 * position, offsets + 8 * read,
+                             item_weights + 4 * (row * reads + read * rows), count,
+                             block_end - position, read)
+                    position += width
+                row += rows
+        unit += last - first
     return 0
+
+
+@numba.njit(inline="always")
+def _sum_block(narrow, sums, stride, x, x_offsets, dy, dy_offsets, count):
+    if narrow:
+        _sum_narrow(sums, stride, x, x_offsets, dy, dy_offsets, count)
+    else:
+        _sum(sums, stride, x, x_offsets, dy, dy_offsets, count)
 
 
 @workers.Task
 def _sums_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, sums, columns, x, x offsets, dy, dy offsets, rows, length); rows and
-    columns are multiples of SUM_ROWS and SUM_COLUMNS."""
-    params = workers.parameters(args, 9)
+    """params (parts, sums, columns, x, x offsets, dy, dy offsets, rows, length, items, the
+    items' steps through sums (0: one sum over them all), x and dy, narrow); rows and
+    columns are multiples of the tile's. A unit is one tile of sums (of one item's, when
+    the items have their own); the parts take runs of units."""
+    params = workers.parameters(args, 14)
     sums, columns, x, x_offsets = params[1], params[2], params[3], params[4]
-    dy, dy_offsets, rows, length = params[5], params[6], params[7], params[8]
-    start, end = part_range(rows // SUM_ROWS, part, params[0], 1)
-    mine = numba.carray(workers._pointer(sums + 4 * start * SUM_ROWS * columns),
-                        ((end - start) * SUM_ROWS * columns,), dtype=np.float32)
-    mine[:] = 0
-    for first in range(0, length, SUM_BLOCK):
-        count = min(SUM_BLOCK, length - first)
-        for block in range(start, end):
-            for column in range(0, columns, SUM_COLUMNS):
-                _sum(sums + 4 * (block * SUM_ROWS * columns + column), columns, x + 4 * first,
-                     x_offsets + 8 * block * SUM_ROWS, dy + 4 * first,
-                     dy_offsets + 8 * column, count)
+    dy, dy_offsets, rows, length, items = params[5], params[6], params[7], params[8], params[9]
+    sums_step, x_step, dy_step, narrow = params[10], params[11], params[12], params[13] != 0
+    tile_rows, tile_columns = (NARROW_ROWS, 1) if narrow else (SUM_ROWS, SUM_COLUMNS)
+    across = columns // tile_columns
+    units = (rows // tile_rows) * across
+    own = sums_step != 0
+    start, end = part_range(units * (items if own else 1), part, params[0], 1)
+    for item in range(items):
+        first_unit, last_unit = start, end
+        if own:
+            first_unit, last_unit = max(start - item * units, 0), min(end - item * units, units)
+            if first_unit >= last_unit:
+                continue
+        item_sums = sums + 4 * item * sums_step
+        for first in range(0, length, SUM_BLOCK):
+            count = min(SUM_BLOCK, length - first)
+            item_x = x + 4 * (item * x_step + first)
+            item_dy = dy + 4 * (item * dy_step + first)
+            for unit in range(first_unit, last_unit):
+                row, column = unit // across * tile_rows, unit % across * tile_columns
+                _sum_block(narrow, item_sums + 4 * (row * columns + column), columns, item_x,
+                           x_offsets + 8 * row, item_dy, dy_offsets + 8 * column, count)
     return 0
 
 
@@ -353,61 +404,81 @@ def _pack(weights):
     return packed
 
 
-def _check_reads(buffer, offsets, length):
-    """The reads stay inside ``buffer`` (the tiles read raw memory)."""
-    if len(offsets) and (offsets.min() < 0 or offsets.max() + length > buffer.size):
-        raise ValueError(f"reads at {offsets.min()}..{offsets.max()} + {length} outside "
-                         f"{buffer.size} floats")
+def _check_reads(buffer, offsets, length, items, step):
+    """Every item's reads stay inside ``buffer`` (the tiles read raw memory)."""
+    if len(offsets) and (offsets.min() < 0 or
+                         offsets.max() + (items - 1) * step + length > buffer.size):
+        raise ValueError(f"reads at {offsets.min()}..{offsets.max()} + {length} (items "
+                         f"{items}, {step} apart) outside {buffer.size} floats")
 
 
-def aligned_zeros(rows, width):
-    """Zeros (rows, >= width) whose rows start at 64-byte boundaries: the sums read such
-    rows 10-15% faster than rows that straddle cache lines."""
+def _check_float32(name, array):
+    if array.dtype != np.float32 or not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-ordered float32")
+
+
+def aligned_empty(rows, width):
+    """A float32 (rows, >= width) array whose rows start at 64-byte boundaries: the sums
+    read such rows 10-15% faster than rows that straddle cache lines."""
     padded = -(-width // 16) * 16
-    buffer = np.zeros(rows * padded + 16, np.float32)
+    buffer = np.empty(rows * padded + 16, np.float32)
     start = (-buffer.ctypes.data % 64) // 4
     return buffer[start:start + rows * padded].reshape(rows, padded)
 
 
-def products(out, x, offsets, weights, length):
-    """out[m, p] = sum_j weights[m, j] * x.flat[offsets[j] + p] for p < length: ``out`` an
-    (M, >= length) float32 array with unit stride along its rows, ``x`` C-ordered float32,
-    ``offsets`` int64 (reads,), ``weights`` (M, reads)."""
-    if out.strides[1] != 4 or out.shape[1] < length or out.dtype != np.float32:
+def products(out, x, offsets, weights, length, x_step=0):
+    """out[..., m, p] = sum_j weights[..., m, j] * x.flat[i * x_step + offsets[j] + p] for p <
+    length and each item i of the leading dim, if any: ``out`` (..., M, >= length) float32,
+    unit stride along its rows, ``x`` C-ordered float32, ``offsets`` int64 (reads,),
+    ``weights`` (M, reads), or (items, M, reads) for weights of their own."""
+    if out.ndim == 2:
+        out = out[None]
+    items = out.shape[0]
+    if out.dtype != np.float32 or out.strides[2] != 4 or out.shape[2] < length:
         raise ValueError("products: out must be float32 rows with unit stride")
-    if not x.flags.c_contiguous or x.dtype != np.float32:
-        raise ValueError("products: x must be C-ordered float32")
+    _check_float32("products: x", x)
     offsets = np.ascontiguousarray(offsets, np.int64)
-    _check_reads(x, offsets, length)
-    packed = _pack(np.asarray(weights, np.float32))
-    parts = workers.parts() if length >= 2 * TILE else 1
-    params = np.array([parts, out.ctypes.data, out.strides[0] // 4, out.shape[0], x.ctypes.data,
-                       offsets.ctypes.data, packed.ctypes.data, len(offsets), length], np.int64)
+    _check_reads(x, offsets, length, items, x_step)
+    weights = np.asarray(weights, np.float32)
+    packed = np.stack([_pack(w) for w in weights]) if weights.ndim == 3 else _pack(weights)[None]
+    parts = workers.parts() if items * length >= 2 * TILE else 1
+    params = np.array([parts, out.ctypes.data, out.strides[1] // 4, out.shape[1], x.ctypes.data,
+                       offsets.ctypes.data, packed.ctypes.data, len(offsets), length, items,
+                       out.strides[0] // 4, x_step, packed.shape[1] if len(packed) > 1 else 0],
+                      np.int64)
     workers.run(_products_job, params)
 
 
-def sums(x, x_offsets, dy, dy_offsets, length):
-    """sums[j, m] = sum_p x.flat[x_offsets[j] + p] * dy.flat[dy_offsets[m] + p] for p <
-    length, (reads, M) float32; ``x`` and ``dy`` C-ordered float32."""
-    for array in (x, dy):
-        if not array.flags.c_contiguous or array.dtype != np.float32:
-            raise ValueError("sums: x and dy must be C-ordered float32")
-    rows = -(-len(x_offsets) // SUM_ROWS) * SUM_ROWS
-    columns = -(-len(dy_offsets) // SUM_COLUMNS) * SUM_COLUMNS
-    # the tiles' spare rows and columns read the first ones' positions again
-    x_reads = np.full(rows, x_offsets[0] if len(x_offsets) else 0, np.int64)
-    x_reads[:len(x_offsets)] = x_offsets
-    dy_reads = np.full(columns, dy_offsets[0] if len(dy_offsets) else 0, np.int64)
-    dy_reads[:len(dy_offsets)] = dy_offsets
-    _check_reads(x, x_reads, length)
-    _check_reads(dy, dy_reads, length)
-    out = np.empty((rows, columns), np.float32)
-    parts = min(workers.parts(), rows // SUM_ROWS)
-    params = np.array([max(parts, 1), out.ctypes.data, columns, x.ctypes.data,
-                       x_reads.ctypes.data, dy.ctypes.data, dy_reads.ctypes.data, rows, length],
-                      np.int64)
+def _padded_reads(offsets, multiple):
+    """``offsets`` padded to a multiple of a tile's side: the spare rows read the first
+    one's positions again."""
+    padded = np.full(-(-len(offsets) // multiple) * multiple, offsets[0] if len(offsets) else 0,
+                     np.int64)
+    padded[:len(offsets)] = offsets
+    return padded
+
+
+def sums(x, x_offsets, dy, dy_offsets, length, items=1, x_step=0, dy_step=0, each=False):
+    """sums[j, m] = sum_i sum_p x.flat[i * x_step + x_offsets[j] + p] * dy.flat[i * dy_step +
+    dy_offsets[m] + p] for p < length over the ``items``, (reads, M) float32; with ``each``,
+    each item's own, (items, reads, M). ``x`` and ``dy`` C-ordered float32."""
+    _check_float32("sums: x", x)
+    _check_float32("sums: dy", dy)
+    narrow = len(dy_offsets) == 1
+    x_reads = _padded_reads(x_offsets, NARROW_ROWS if narrow else SUM_ROWS)
+    dy_reads = _padded_reads(dy_offsets, 1 if narrow else SUM_COLUMNS)
+    _check_reads(x, x_reads, length, items, x_step)
+    _check_reads(dy, dy_reads, length, items, dy_step)
+    rows, columns = len(x_reads), len(dy_reads)
+    out = np.zeros((items if each else 1, rows, columns), np.float32)
+    tiles = rows * columns // (NARROW_ROWS if narrow else SUM_ROWS * SUM_COLUMNS)
+    parts = max(1, min(workers.parts(), tiles * (items if each else 1)))
+    params = np.array([parts, out.ctypes.data, columns, x.ctypes.data, x_reads.ctypes.data,
+                       dy.ctypes.data, dy_reads.ctypes.data, rows, length, items,
+                       rows * columns if each else 0, x_step, dy_step, narrow], np.int64)
     workers.run(_sums_job, params)
-    return out[:len(x_offsets), :len(dy_offsets)]
+    out = out[:, :len(x_offsets), :len(dy_offsets)]
+    return out if each else out[0]
 
 
 def load() -> None:
