@@ -214,9 +214,11 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         torch.set_num_threads(threads)
     step = make_steps(workload)[backend]
     if backend == 0:  # numba's runtime starts with the first compiled loop, and the jobs
-        from nnspec.backends.numpy.kernels import parallel  # load on their first run: a
+        from nnspec.backends.numpy.kernels import frames, parallel, tiled  # load on their
 
-        parallel.warm_up()  # library's load, as torch's import is
+        parallel.warm_up()  # first run: a library's load, as torch's import is
+        tiled.load()
+        frames.load()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size
