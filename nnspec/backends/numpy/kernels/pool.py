@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import max_pool
 from .windows import (
     check_spatial,
     crop_padding,
@@ -131,6 +132,10 @@ def _max_pool(x, kernel, stride, padding, ceil_mode):
     """Running maximum over the kernel offsets; backward finds each window's first maximum."""
     unit = (1,) * len(kernel)
     padding = _ceil_padding(x.shape[2:], kernel, stride, padding, ceil_mode)
+    if max_pool.applies(x, padding, kernel):
+        padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
+        return max_pool.max_pool(x, kernel, stride, padding,
+                                 output_size(padded, kernel, stride, unit))
     if any(k > s for k, s in zip(kernel, stride)):
         return _overlapping_max_pool(x, kernel, stride, padding)
     x_padded = pad_spatial(x, padding, value=-np.inf)
