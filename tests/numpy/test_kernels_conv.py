@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.backends.numpy.kernels import blas
+from nnspec.backends.numpy.kernels import blas, tiled
 from nnspec.backends.numpy.kernels import conv as conv_module
 from nnspec.backends.numpy.kernels.conv import conv1d, conv2d
 from nnspec.backends.numpy.kernels.norm_batch import batch_norm
@@ -462,6 +462,33 @@ def test_each_stride_one_convolution_on_the_tiles_matches_torch(
     check_conv_against_torch(nd, conv_case(channels, out_channels, spatial, kernel, (1,) * nd,
                                            padding, dilation, groups))
     assert taken == ["tiles"]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("nd, channels, out_channels, groups, kernel, dilation, padding, spatial", [
+    (2, 16, 16, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 8)),
+    (2, 5, 7, 1, (3, 3), (2, 1), ((2, 2), (1, 1)), (11, 13)),      # dilated rows
+    (2, 6, 4, 1, (2, 4), (1, 1), ((0, 1), (2, 1)), (8, 10)),       # even kernel, uneven
+    (2, 70, 12, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (8, 9)),      # two passes of reads
+    (2, 12, 12, 12, (3, 3), (1, 1), ((1, 1), (1, 1)), (10, 7)),    # depthwise
+    (2, 8, 24, 4, (5, 5), (1, 1), ((2, 2), (2, 2)), (9, 9)),       # grouped
+    (2, 3, 17, 1, (7, 7), (1, 1), ((3, 3), (3, 3)), (16, 12)),     # a stem, odd outputs
+    (1, 16, 8, 1, (5,), (2,), ((4, 4),), (70,)),                   # 1d dilated
+])
+def test_same_size_convolutions_read_in_place_match_torch(
+        monkeypatch, nd, channels, out_channels, groups, kernel, dilation, padding, spatial):
+    """Stride 1 keeping the map's size: the forward and the input gradient read the maps as
+    they are, taps past the edges masked; the weight gradient over frames."""
+    taken = []
+    direct = tiled.direct_products
+    monkeypatch.setattr(tiled, "direct_products",
+                        lambda *args: taken.append(True) or direct(*args))
+    case = conv_case(channels, out_channels, spatial, kernel, (1,) * nd, padding, dilation,
+                     groups)
+    case["scale"] = 1 / math.sqrt(channels // groups * math.prod(kernel))  # a layer's scale
+    check_conv_against_torch(nd, case)
+    check_conv_without_input_grad_against_torch(nd, case)
+    assert taken == [True, True, True]  # two forwards, one input gradient
 
 
 def use_route(monkeypatch, route):

@@ -20,6 +20,8 @@ the registers either way. Tiles at the end of a row are masked, so no buffer nee
 
 from __future__ import annotations
 
+import functools
+
 import llvmlite.binding
 import numba
 import numpy as np
@@ -218,6 +220,101 @@ def _product_tile(rows, masked):
     return tile
 
 
+def _direct_tile(rows):
+    """A tile of a stride-1 convolution read straight from the (C, H, W) map, no frame:
+    out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] at the TILE positions p = first + q
+    of the plane, where read j belongs to tap ``taps_of[j]`` (its row and column shifts in
+    ``taps_a``, ``taps_b``) and is zero where it falls outside the map. ``heights[q]``,
+    ``widths[q]`` are the positions' rows and columns (rows below zero past the plane: those
+    positions are not written). Each tap's masks are worked out once a tile and kept on the
+    stack; the loop over the reads is the frame tile's with a masked load (kept in registers
+    across a nested loop over the taps, they pushed the sums out of the registers)."""
+    vectors = VECTORS
+
+    @intrinsic
+    def tile(typingctx, out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b,
+             taps, heights, widths, height, width, accumulate):
+        signature = types.void(*(types.int64,) * 15)
+
+        def codegen(context, builder, signature, args):
+            (out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps, heights,
+             widths, height, width, accumulate) = args
+            emit = _Emitter(builder)
+            i32 = ir.VectorType(_I32, LANES)
+            mask_type = ir.VectorType(_I1, LANES)
+            x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
+            offsets = builder.inttoptr(offsets, _I64.as_pointer())
+            taps_of = builder.inttoptr(taps_of, _I64.as_pointer())
+            taps_a = builder.inttoptr(taps_a, _I64.as_pointer())
+            taps_b = builder.inttoptr(taps_b, _I64.as_pointer())
+            heights = builder.inttoptr(heights, _I32.as_pointer())
+            widths = builder.inttoptr(widths, _I32.as_pointer())
+
+            def integers(pointer, v):
+                return builder.load(builder.bitcast(emit.at(pointer, emit.int(v * LANES)),
+                                                    i32.as_pointer()), align=4)
+
+            def splat32(value):
+                one = builder.insert_element(ir.Constant(i32, ir.Undefined),
+                                             builder.trunc(value, _I32), ir.Constant(_I32, 0))
+                return builder.shuffle_vector(one, one, ir.Constant(i32, [0] * LANES))
+
+            zero32 = ir.Constant(i32, None)
+            written = [builder.icmp_signed(">=", integers(heights, v), zero32)
+                       for v in range(vectors)]
+            rows_limit, columns_limit = splat32(height), splat32(width)
+            masks = builder.alloca(mask_type, size=builder.mul(taps, emit.int(vectors)))
+
+            def tap(k, carried):
+                a32 = splat32(builder.load(emit.at(taps_a, k)))
+                b32 = splat32(builder.load(emit.at(taps_b, k)))
+                for v in range(vectors):
+                    h = builder.add(integers(heights, v), a32)
+                    w = builder.add(integers(widths, v), b32)
+                    inside = builder.and_(builder.icmp_signed(">=", h, zero32),
+                                          builder.icmp_signed("<", h, rows_limit))
+                    inside = builder.and_(inside, builder.icmp_signed(">=", w, zero32))
+                    inside = builder.and_(inside, builder.icmp_signed("<", w, columns_limit))
+                    builder.store(inside, builder.gep(masks, [builder.add(
+                        builder.mul(k, emit.int(vectors)), emit.int(v))]))
+                return carried
+
+            emit.loop(taps, [], tap)
+            adding = builder.icmp_signed("!=", accumulate, emit.int(0))
+            starts = []
+            for r in range(rows):
+                row = builder.mul(stride, emit.int(r))
+                starts += [builder.select(adding, emit.load(out, builder.add(
+                    row, emit.int(v * LANES)), written[v]), emit.zero) for v in range(vectors)]
+
+            def step(j, sums):
+                offset = builder.load(emit.at(offsets, j))
+                first_mask = builder.mul(builder.load(emit.at(taps_of, j)), emit.int(vectors))
+                reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), builder.load(
+                    builder.gep(masks, [builder.add(first_mask, emit.int(v))])))
+                    for v in range(vectors)]
+                first = builder.mul(j, emit.int(rows))
+                updated = []
+                for r in range(rows):
+                    weight = emit.splat(builder.load(emit.at(weights, builder.add(
+                        first, emit.int(r)))))
+                    updated += [builder.call(emit.fma, [weight, reads[v], sums[r * vectors + v]])
+                                for v in range(vectors)]
+                return updated
+
+            sums = emit.loop(reads, starts, step)
+            for r in range(rows):
+                row = builder.mul(stride, emit.int(r))
+                for v in range(vectors):
+                    emit.store(sums[r * vectors + v], out, builder.add(row, emit.int(v * LANES)),
+                               written[v])
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile
+
+
 def _sum_tile(tile_rows, tile_columns):
     """sums[r, c] += sum_p x[x_offsets[r] + p] * dy[dy_offsets[c] + p] for p < count, r <
     tile_rows, c < tile_columns; sums' rows ``stride`` apart. The last part vector is
@@ -389,6 +486,111 @@ def _sums_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
+_direct_8, _direct_4 = _direct_tile(8), _direct_tile(4)
+_direct_2, _direct_1 = _direct_tile(2), _direct_tile(1)
+
+
+@numba.njit(inline="always")
+def _direct(rows, out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
+            heights, widths, height, width, accumulate):
+    if rows == 8:
+        _direct_8(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
+                  heights, widths, height, width, accumulate)
+    elif rows == 4:
+        _direct_4(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
+                  heights, widths, height, width, accumulate)
+    elif rows == 2:
+        _direct_2(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
+                  heights, widths, height, width, accumulate)
+    else:
+        _direct_1(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
+                  heights, widths, height, width, accumulate)
+
+
+@workers.Task
+def _direct_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, out, out rows, x, item step through x, reads' offsets, reads' taps,
+    reads, taps' row and column shifts, taps, packed weights, group step through them,
+    groups, the positions' rows and columns, height, width, items, item step through out);
+    the reads channel by channel, a tap at a time within a channel."""
+    params = workers.parameters(args, 20)
+    out, out_rows, x, x_step = params[1], params[2], params[3], params[4]
+    offsets, taps_of, reads, taps_a = params[5], params[6], params[7], params[8]
+    taps_b, taps, weights, weights_step = params[9], params[10], params[11], params[12]
+    groups, heights, widths, height = params[13], params[14], params[15], params[16]
+    width, items, out_step = params[17], params[18], params[19]
+    length = height * width
+    tiles = (length + TILE - 1) // TILE
+    chunk = max(1, READ_BLOCK // taps) * taps  # whole channels per pass
+    start, end = part_range(items * tiles, part, params[0], 1)
+    unit = start
+    while unit < end:  # a unit is one item's tile
+        item, first = unit // tiles, unit % tiles
+        last = min(first + PRODUCT_BLOCK_TILES, tiles, first + end - unit)
+        item_out, item_x = out + 4 * item * out_step, x + 4 * item * x_step
+        item_weights = weights + 4 * (item % groups) * weights_step
+        for read in range(0, reads, chunk):
+            count = min(chunk, reads - read)
+            row = 0
+            while row < out_rows:
+                rows = _block_rows(out_rows - row)
+                for tile in range(first, last):
+                    position = tile * TILE
+                    _direct(rows, item_out + 4 * (row * length + position), length,
+                            item_x + 4 * position, offsets + 8 * read, taps_of + 8 * read,
+                            item_weights + 4 * (row * reads + read * rows), count, taps_a,
+                            taps_b, taps, heights + 4 * position, widths + 4 * position,
+                            height, width, read)
+                row += rows
+        unit += last - first
+    return 0
+
+
+@functools.cache
+def _positions(height, width):
+    """Each position's row and column in a (height, width) plane, then a tile's worth of
+    rows below zero (positions past the plane: never written)."""
+    count = height * width
+    heights = np.full(count + SINGLE_TILE, -1, np.int32)
+    widths = np.zeros(count + SINGLE_TILE, np.int32)
+    heights[:count] = np.repeat(np.arange(height, dtype=np.int32), width)
+    widths[:count] = np.tile(np.arange(width, dtype=np.int32), height)
+    return heights, widths
+
+
+def direct_products(out, x, taps, weights, groups=1):
+    """A stride-1 convolution of maps whose output has the input's size, read straight from
+    them: out[n, g * M + m, p] = sum over taps (a, b) and the group's channels c of
+    weights[g * M + m, c, k] * x[n, g * C + c, p + a * W + b], zero where that lies outside
+    the map. ``out`` (N, groups * M, H, W) and ``x`` (N, groups * C, H, W) C-ordered
+    float32, ``taps`` [(a, b)], ``weights`` (groups * M, C, taps)."""
+    samples, _, height, width = x.shape
+    out_rows, channels = weights.shape[0] // groups, weights.shape[1]
+    for array in (out, x):
+        _check_float32("direct_products", array)
+    if out.shape[2:] != x.shape[2:] or x.shape[1] != groups * channels:
+        raise ValueError(f"direct_products: out {out.shape}, x {x.shape}, weights "
+                         f"{weights.shape} in {groups} groups")
+    taps_a = np.array([a for a, _ in taps], np.int64)
+    taps_b = np.array([b for _, b in taps], np.int64)
+    # read j = channel * taps + tap, as the weights' (M, C * taps) rows hold them
+    plane = height * width
+    offsets = (np.arange(channels, dtype=np.int64)[:, None] * plane
+               + (taps_a * width + taps_b)[None, :]).ravel()
+    taps_of = np.tile(np.arange(len(taps), dtype=np.int64), channels)
+    packed = np.stack([_pack(np.ascontiguousarray(w).reshape(out_rows, -1))
+                       for w in weights.reshape(groups, out_rows, channels, len(taps))])
+    heights, widths = _positions(height, width)
+    items = samples * groups
+    parts = workers.parts() if items * plane >= 2 * TILE else 1
+    params = np.array([parts, out.ctypes.data, out_rows, x.ctypes.data, channels * plane,
+                       offsets.ctypes.data, taps_of.ctypes.data, len(offsets),
+                       taps_a.ctypes.data, taps_b.ctypes.data, len(taps), packed.ctypes.data,
+                       packed.shape[1], groups, heights.ctypes.data, widths.ctypes.data,
+                       height, width, items, out_rows * plane], np.int64)
+    workers.run(_direct_job, params)
+
+
 def _pack(weights):
     """(M, reads) weights as the product tiles read them: each block of rows (``_block_rows``)
     transposed, (reads, rows), one after the other."""
@@ -485,3 +687,4 @@ def load() -> None:
     """Compile the jobs now (or load them from the cache), not on their first run."""
     _products_job.load()
     _sums_job.load()
+    _direct_job.load()
