@@ -650,6 +650,7 @@ NOT_KERNELS = {
     "blas.accumulates", "blas.add_product", "blas.transpose",
     # conv2d's products and frames: test_tiled.py, test_kernels_conv.py against torch
     "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty", "tiled.direct_products",
+    "tiled.direct_sums",
     "frames.copy", "frames.applies", "frames.load",
     # max pooling's compiled loops, the float32 path of max_pool1d/2d (their cases check
     # float64): test_kernels_conv.py and test_kernels_decoders.py against torch

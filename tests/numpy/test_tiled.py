@@ -145,3 +145,30 @@ def test_products_of_more_reads_than_one_pass_add_the_passes():
     tiled.products(out, x, offsets, weights, 1001)
     expected = weights.astype(np.float64) @ _reads(x, offsets, 1001)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("samples, channels, out_channels, height, width, kernel, groups", [
+    (2, 3, 5, 7, 9, 3, 1), (3, 8, 12, 5, 6, 5, 2), (2, 70, 19, 6, 7, 3, 1),
+    (1, 4, 4, 9, 1, 3, 1), (2, 12, 12, 10, 7, 3, 12), (5, 16, 16, 8, 8, 3, 1),
+    (3, 6, 6, 40, 30, 3, 1),
+])
+def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_channels, height,
+                                                      width, kernel, groups):
+    """Planes larger and smaller than a block of positions (several samples a block), one
+    dy row a group (depthwise: the narrow tile), taps reaching past every edge."""
+    import torch
+    import torch.nn.functional as torch_functional
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((samples, channels, height, width), dtype=F)
+    weight = rng.standard_normal((out_channels, channels // groups, kernel, kernel), dtype=F)
+    pad = kernel // 2
+    taps = [(a - pad, b - pad) for a in range(kernel) for b in range(kernel)]
+    tweight = torch.tensor(weight, requires_grad=True)
+    y = torch_functional.conv2d(torch.tensor(x), tweight, padding=pad, groups=groups)
+    dy = rng.standard_normal(y.shape, dtype=F)
+    y.backward(torch.tensor(dy))
+    got = tiled.direct_sums(x, dy, taps, groups)
+    expected = tweight.grad.numpy().reshape(out_channels, channels // groups, -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

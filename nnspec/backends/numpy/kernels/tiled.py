@@ -55,6 +55,7 @@ NARROW_ROWS = 9
 # positions per block of the sums: each tile then ends with a horizontal sum per entry
 # (under 10% of its work) and its rows stay in the core's caches
 SUM_BLOCK = 512
+DIRECT_SUM_BLOCK = 1024
 # tiles per block of positions in the products: the block's rows of x stay in cache while
 # every block of output rows reads them
 PRODUCT_BLOCK_TILES = 8
@@ -370,12 +371,81 @@ def _sum_tile(tile_rows, tile_columns):
     return tile
 
 
+def _masked_sum_tile(tile_rows, tile_columns):
+    """sums[r, c] += sum over the samples n and the LANES-position vectors i < vectors of
+    x[n * x_sample + x_offsets[r] + i * LANES:][:LANES] * dy[n * dy_sample + dy_offsets[c] +
+    i * LANES:][:LANES], x's lanes where bits masks[mask_rows[r] + i] are set and dy's where
+    masks[valid + i] are (zero elsewhere, and not read): the weight gradient of a
+    convolution read in place, a row's mask its tap's. The samples go inside the tile, so
+    that a small plane's few vectors do not each end in a sum across the lanes."""
+    mask_int = ir.IntType(LANES)
+
+    @intrinsic
+    def tile(typingctx, sums, stride, x, x_offsets, dy, dy_offsets, vectors, masks, mask_rows,
+             valid, samples, x_sample, dy_sample):
+        signature = types.void(*(types.int64,) * 13)
+
+        def codegen(context, builder, signature, args):
+            (sums, stride, x, x_offsets, dy, dy_offsets, vectors, masks, mask_rows,
+             valid, samples, x_sample, dy_sample) = args
+            emit = _Emitter(builder)
+            mask_type = ir.VectorType(_I1, LANES)
+            x, dy, sums = emit.floats(x), emit.floats(dy), emit.floats(sums)
+            x_offsets = builder.inttoptr(x_offsets, _I64.as_pointer())
+            dy_offsets = builder.inttoptr(dy_offsets, _I64.as_pointer())
+            masks = builder.inttoptr(masks, mask_int.as_pointer())
+            mask_rows = builder.inttoptr(mask_rows, _I64.as_pointer())
+            x_rows = [emit.at(x, builder.load(emit.at(x_offsets, emit.int(r))))
+                      for r in range(tile_rows)]
+            dy_rows = [emit.at(dy, builder.load(emit.at(dy_offsets, emit.int(c))))
+                       for c in range(tile_columns)]
+            row_masks = [emit.at(masks, builder.load(emit.at(mask_rows, emit.int(r))))
+                         for r in range(tile_rows)]
+            valid_masks = emit.at(masks, valid)
+
+            def mask(pointer, i):
+                return builder.bitcast(builder.load(emit.at(pointer, i)), mask_type)
+
+            def sample(n, totals):
+                x_start = builder.mul(n, x_sample)
+                dy_start = builder.mul(n, dy_sample)
+
+                def accumulate(i, totals):
+                    position = builder.mul(i, emit.int(LANES))
+                    x_position = builder.add(x_start, position)
+                    dy_position = builder.add(dy_start, position)
+                    dy_mask = mask(valid_masks, i)
+                    xs = [emit.load(row, x_position, mask(row_mask, i))
+                          for row, row_mask in zip(x_rows, row_masks)]
+                    dys = [emit.load(row, dy_position, dy_mask) for row in dy_rows]
+                    return [builder.call(emit.fma, [xs[r], dys[c], totals[r * tile_columns + c]])
+                            for r in range(tile_rows) for c in range(tile_columns)]
+
+                return emit.loop(vectors, totals, accumulate)
+
+            totals = emit.loop(samples, [emit.zero] * (tile_rows * tile_columns), sample)
+            for r in range(tile_rows):
+                row = builder.mul(stride, emit.int(r))
+                for c in range(tile_columns):
+                    pointer = emit.at(sums, builder.add(row, emit.int(c)))
+                    builder.store(builder.fadd(builder.load(pointer),
+                                               emit.total(totals[r * tile_columns + c])),
+                                  pointer)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile
+
+
 _tile_8, _tile_8_masked = _product_tile(8, False), _product_tile(8, True)
 _tile_4, _tile_4_masked = _product_tile(4, False), _product_tile(4, True)
 _tile_2, _tile_2_masked = _product_tile(2, False), _product_tile(2, True)
 _tile_1, _tile_1_masked = _product_tile(1, False), _product_tile(1, True)
 _sum = _sum_tile(SUM_ROWS, SUM_COLUMNS)
 _sum_narrow = _sum_tile(NARROW_ROWS, 1)
+_masked_sum = _masked_sum_tile(SUM_ROWS, SUM_COLUMNS)
+_masked_sum_narrow = _masked_sum_tile(NARROW_ROWS, 1)
 
 
 @numba.njit(inline="always")
@@ -591,6 +661,109 @@ def direct_products(out, x, taps, weights, groups=1):
     workers.run(_direct_job, params)
 
 
+@numba.njit(inline="always")
+def _masked_sum_block(narrow, sums, stride, x, x_offsets, dy, dy_offsets, vectors, masks,
+                      mask_rows, valid, samples, x_sample, dy_sample):
+    if narrow:
+        _masked_sum_narrow(sums, stride, x, x_offsets, dy, dy_offsets, vectors, masks,
+                           mask_rows, valid, samples, x_sample, dy_sample)
+    else:
+        _masked_sum(sums, stride, x, x_offsets, dy, dy_offsets, vectors, masks, mask_rows,
+                    valid, samples, x_sample, dy_sample)
+
+
+@workers.Task
+def _direct_sums_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, sums, columns, x, x offsets, dy, dy offsets, rows, plane, samples,
+    groups, the steps through x and dy of a sample and of a group, masks, the x rows' first
+    masks, the first valid mask, narrow); sums (groups, rows, columns), a group's summed
+    over the samples. A unit is one tile of one group's sums."""
+    params = workers.parameters(args, 20)
+    sums, columns, x, x_offsets = params[1], params[2], params[3], params[4]
+    dy, dy_offsets, rows, plane = params[5], params[6], params[7], params[8]
+    samples, groups, x_sample, x_group = params[9], params[10], params[11], params[12]
+    dy_sample, dy_group, masks, mask_rows = params[13], params[14], params[15], params[16]
+    valid, narrow = params[17], params[18] != 0
+    tile_rows, tile_columns = (NARROW_ROWS, 1) if narrow else (SUM_ROWS, SUM_COLUMNS)
+    across = columns // tile_columns
+    per_group = (rows // tile_rows) * across
+    start, end = part_range(per_group * groups, part, params[0], 1)
+    mask_bytes = LANES // 8
+    # a block: positions of one sample, or whole planes of a few samples, about SUM_BLOCK
+    # together (their rows stay in the core's cache while every unit reads them)
+    chunk = max(1, DIRECT_SUM_BLOCK // plane)
+    for sample in range(0, samples, chunk):
+        count = min(chunk, samples - sample)
+        for first in range(0, plane, SUM_BLOCK):
+            vectors = (min(SUM_BLOCK, plane - first) + LANES - 1) // LANES
+            block_masks = masks + mask_bytes * (first // LANES)
+            for unit in range(start, end):
+                group, within = unit // per_group, unit % per_group
+                row, column = within // across * tile_rows, within % across * tile_columns
+                _masked_sum_block(
+                    narrow, sums + 4 * ((group * rows + row) * columns + column), columns,
+                    x + 4 * (sample * x_sample + group * x_group + first), x_offsets + 8 * row,
+                    dy + 4 * (sample * dy_sample + group * dy_group + first),
+                    dy_offsets + 8 * column, vectors, block_masks, mask_rows + 8 * row, valid,
+                    count, x_sample, dy_sample)
+    return 0
+
+
+@functools.cache
+def _tap_masks(height, width, taps):
+    """Per tap (a, b), then for the plane itself, bit masks of the positions whose read lies
+    inside the (height, width) map, LANES positions a word; and the words per row of them."""
+    plane = height * width
+    words = -(-plane // LANES)
+    positions = np.arange(words * LANES)
+    row, column = positions // width, positions % width
+    inside = [(row + a >= 0) & (row + a < height) & (column + b >= 0) & (column + b < width)
+              & (positions < plane) for a, b in taps] + [positions < plane]
+    bits = np.packbits(np.stack(inside).reshape(len(inside), words, LANES), axis=2,
+                       bitorder="little")
+    return np.ascontiguousarray(bits).reshape(-1), words
+
+
+def direct_sums(x, dy, taps, groups=1):
+    """The weight gradient of ``direct_products``: sums (groups * M, C, taps) of x's reads
+    (zero outside the map) against dy, over the samples and positions. ``x`` (N, groups * C,
+    H, W) and ``dy`` (N, groups * M, H, W) C-ordered float32."""
+    samples, all_channels, height, width = x.shape
+    out_channels = dy.shape[1]
+    channels, out_rows = all_channels // groups, out_channels // groups
+    for array in (x, dy):
+        _check_float32("direct_sums", array)
+    plane = height * width
+    narrow = out_rows == 1
+    taps_a = np.array([a for a, _ in taps], np.int64)
+    taps_b = np.array([b for _, b in taps], np.int64)
+    # read j = channel * taps + tap (the weights' order); spare rows read the first again
+    x_reads = _padded_reads((np.arange(channels, dtype=np.int64)[:, None] * plane
+                             + (taps_a * width + taps_b)[None, :]).ravel(),
+                            NARROW_ROWS if narrow else SUM_ROWS)
+    dy_reads = _padded_reads(np.arange(out_rows, dtype=np.int64) * plane,
+                             1 if narrow else SUM_COLUMNS)
+    masks, words = _tap_masks(height, width, tuple(taps))
+    tap_of = np.tile(np.arange(len(taps), dtype=np.int64), channels)
+    mask_rows = np.full(len(x_reads), 0, np.int64)
+    mask_rows[:len(tap_of)] = tap_of * words
+    rows, columns = len(x_reads), len(dy_reads)
+    out = np.zeros((groups, rows, columns), np.float32)
+    tiles = rows * columns // (NARROW_ROWS if narrow else SUM_ROWS * SUM_COLUMNS)
+    parts = max(1, min(workers.parts(), tiles * groups))
+    params = np.array([parts, out.ctypes.data, columns, x.ctypes.data, x_reads.ctypes.data,
+                       dy.ctypes.data, dy_reads.ctypes.data, rows, plane, samples, groups,
+                       all_channels * plane, channels * plane, out_channels * plane,
+                       out_rows * plane, masks.ctypes.data, mask_rows.ctypes.data,
+                       len(taps) * words, narrow, 0], np.int64)
+    workers.run(_direct_sums_job, params)
+    # (groups, C * taps, M) -> (groups * M, C, taps)
+    sums = out[:, :channels * len(taps), :out_rows].reshape(groups, channels, len(taps),
+                                                             out_rows)
+    return np.ascontiguousarray(sums.transpose(0, 3, 1, 2)).reshape(out_channels, channels,
+                                                                    len(taps))
+
+
 def _pack(weights):
     """(M, reads) weights as the product tiles read them: each block of rows (``_block_rows``)
     transposed, (reads, rows), one after the other."""
@@ -688,3 +861,4 @@ def load() -> None:
     _products_job.load()
     _sums_job.load()
     _direct_job.load()
+    _direct_sums_job.load()
