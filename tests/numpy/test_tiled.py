@@ -172,3 +172,43 @@ def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_cha
     got = tiled.direct_sums(x, dy, taps, groups)
     expected = tweight.grad.numpy().reshape(out_channels, channels // groups, -1)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+_EIGHT_LANES = """
+import llvmlite.binding, numpy as np
+features = llvmlite.binding.get_host_cpu_features()
+features["avx512f"] = False
+llvmlite.binding.get_host_cpu_features = lambda: features
+from nnspec.backends.numpy.kernels import conv, tiled
+assert tiled.LANES == 8 and tiled.ROWS == 4
+rng = np.random.default_rng(0)
+for shape, kernel, stride, groups in [((2, 6, 9, 10), 3, 1, 1), ((2, 8, 11, 9), 3, 2, 1),
+                                      ((3, 12, 8, 8), 3, 1, 12), ((2, 70, 7, 8), 3, 1, 1)]:
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = (rng.standard_normal((10 if groups == 1 else shape[1], shape[1] // groups, kernel,
+                              kernel)) / 10).astype(np.float32)
+    y, backward = conv.conv2d(x, w, None, stride=(stride, stride), padding=((1, 1), (1, 1)),
+                              dilation=(1, 1), groups=groups)
+    dx, dw, _ = backward(np.ones_like(y))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    y64, backward64 = conv.conv2d(x64, w64, None, stride=(stride, stride),
+                                  padding=((1, 1), (1, 1)), dilation=(1, 1), groups=groups)
+    dx64, dw64, _ = backward64(np.ones_like(y64))
+    for ours, blas in ((y, y64), (dx, dx64), (dw, dw64)):
+        np.testing.assert_allclose(ours, blas, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_the_tiles_for_eight_float_vectors_give_the_same_convolutions(tmp_path):
+    """The AVX2-sized build (LANES 8, tiles of 4 rows), compiled into a cache of its own,
+    against the float64 BLAS paths: frames, strided phases, in place, depthwise, passes."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _EIGHT_LANES], env=environment, check=False,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
