@@ -132,6 +132,13 @@ def test_reads_outside_the_buffer_are_refused():
         tiled.sums(x, np.array([0]), x, np.array([95]), 10)
     with pytest.raises(ValueError, match="float32"):
         tiled.products(out, x.astype(np.float64), np.array([0]), np.ones((2, 1), F), 10)
+    with pytest.raises(ValueError, match="weights"):  # more reads than weights: refused
+        tiled.products(out, x, np.array([0, 1]), np.ones((2, 1), F), 10)
+    maps = np.zeros((1, 2, 3, 4), F)
+    with pytest.raises(ValueError, match="direct_products"):
+        tiled.direct_products(np.zeros((1, 3, 3, 4), F), maps, [(0, 0)], np.ones((2, 2, 1), F))
+    with pytest.raises(ValueError, match="direct_sums"):
+        tiled.direct_sums(maps, np.zeros((2, 2, 3, 4), F), [(0, 0)])
 
 
 def test_products_of_more_reads_than_one_pass_add_the_passes():

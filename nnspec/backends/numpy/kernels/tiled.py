@@ -642,7 +642,8 @@ def direct_products(out, x, taps, weights, groups=1):
     out_rows, channels = weights.shape[0] // groups, weights.shape[1]
     for array in (out, x):
         _check_float32("direct_products", array)
-    if out.shape[2:] != x.shape[2:] or x.shape[1] != groups * channels:
+    if out.shape[2:] != x.shape[2:] or x.shape[1] != groups * channels or \
+            out.shape[:2] != (samples, weights.shape[0]) or weights.shape[2] != len(taps):
         raise ValueError(f"direct_products: out {out.shape}, x {x.shape}, weights "
                          f"{weights.shape} in {groups} groups")
     taps_a = np.array([a for a, _ in taps], np.int64)
@@ -737,6 +738,9 @@ def direct_sums(x, dy, taps, groups=1):
     channels, out_rows = all_channels // groups, out_channels // groups
     for array in (x, dy):
         _check_float32("direct_sums", array)
+    if dy.shape[0] != samples or dy.shape[2:] != x.shape[2:] or all_channels % groups or \
+            out_channels % groups:
+        raise ValueError(f"direct_sums: x {x.shape}, dy {dy.shape} in {groups} groups")
     plane = height * width
     narrow = out_rows == 1
     taps_a = np.array([a for a, _ in taps], np.int64)
@@ -819,6 +823,10 @@ def products(out, x, offsets, weights, length, x_step=0):
     offsets = np.ascontiguousarray(offsets, np.int64)
     _check_reads(x, offsets, length, items, x_step)
     weights = np.asarray(weights, np.float32)
+    if weights.shape[-2:] != (out.shape[1], len(offsets)) or \
+            (weights.ndim == 3 and len(weights) != items):
+        raise ValueError(f"products: weights {weights.shape} for {items} items of "
+                         f"{out.shape[1]} rows and {len(offsets)} reads")
     packed = np.stack([_pack(w) for w in weights]) if weights.ndim == 3 else _pack(weights)[None]
     parts = workers.parts() if items * length >= 2 * TILE else 1
     params = np.array([parts, out.ctypes.data, out.strides[1] // 4, out.shape[1], x.ctypes.data,
