@@ -474,6 +474,8 @@ def test_each_stride_one_convolution_on_the_tiles_matches_torch(
     (2, 8, 24, 4, (5, 5), (1, 1), ((2, 2), (2, 2)), (9, 9)),       # grouped
     (2, 3, 17, 1, (7, 7), (1, 1), ((3, 3), (3, 3)), (16, 12)),     # a stem, odd outputs
     (1, 16, 8, 1, (5,), (2,), ((4, 4),), (70,)),                   # 1d dilated
+    (2, 24, 10, 1, (3, 3), (1, 1), ((1, 1), (1, 1)), (8, 8)),      # wide tiles: 6 + 3 + 1 rows
+    (2, 72, 72, 72, (3, 3), (1, 1), ((1, 1), (1, 1)), (10, 10)),   # wide, depthwise
 ])
 def test_same_size_convolutions_read_in_place_match_torch(
         monkeypatch, nd, channels, out_channels, groups, kernel, dilation, padding, spatial):
