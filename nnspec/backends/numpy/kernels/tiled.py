@@ -636,7 +636,7 @@ def _direct_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # per map size: bounded for inputs of many lengths
 def _positions(height, width):
     """Each position's row and column in a (height, width) plane, then a tile's worth of
     rows below zero (positions past the plane: never written)."""
@@ -736,7 +736,7 @@ def _direct_sums_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # per map size: bounded for inputs of many lengths
 def _tap_masks(height, width, taps):
     """Per tap (a, b), then for the plane itself, bit masks of the positions whose read lies
     inside the (height, width) map, LANES positions a word; and the words per row of them."""
