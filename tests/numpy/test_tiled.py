@@ -219,3 +219,14 @@ def test_the_tiles_for_eight_float_vectors_give_the_same_convolutions(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
+
+
+def test_many_tiles_of_many_taps_in_one_job_keep_the_stack_bounded():
+    """A long 1-D map read in place: 16,000 tiles of 31 taps in one job. The taps' masks
+    once took stack space every tile until the job returned, and this crashed."""
+    length, taps = 100_000, [(0, b - 15) for b in range(31)]
+    x = np.ones((8, 2, 1, length), F)
+    out = np.empty_like(x)
+    tiled.direct_products(out, x, taps, np.ones((2, 2, 31), F))
+    assert out[0, 0, 0, 15:-15].min() == out[0, 0, 0, 15:-15].max() == 62  # 2 channels x 31
+    np.testing.assert_array_equal(out[0, 0, 0, :3], [32, 34, 36])  # taps past the start masked

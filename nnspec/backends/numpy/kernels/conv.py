@@ -302,6 +302,7 @@ def _direct_taps(spatial, kernel, stride, padding, dilation):
     the others."""
     if len(kernel) > 2 or any(s != 1 for s in stride) or \
             math.prod(spatial) < DIRECT_MIN_POSITIONS or \
+            math.prod(kernel) > tiled.DIRECT_MAX_TAPS or \
             any(lo + hi != (k - 1) * d for (lo, hi), k, d in zip(padding, kernel, dilation)):
         return None
     rows = [(k * dilation[0] - padding[0][0], 0) for k in range(kernel[0])] \

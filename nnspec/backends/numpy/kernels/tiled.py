@@ -67,6 +67,8 @@ PRODUCT_BLOCK_TILES = 8
 # reads per pass over a block's tiles, each pass adding to the last's sums: the reads of
 # many channels would not stay in the core's cache
 READ_BLOCK = 576
+# the most taps a convolution read in place may have (its masks are kept on the stack)
+DIRECT_MAX_TAPS = 64
 
 
 class _Emitter:
@@ -268,7 +270,10 @@ def _direct_tile(rows, vectors=VECTORS):
             written = [builder.icmp_signed(">=", integers(heights, v), zero32)
                        for v in range(vectors)]
             rows_limit, columns_limit = splat32(height), splat32(width)
-            masks = builder.alloca(mask_type, size=builder.mul(taps, emit.int(vectors)))
+            # in the function's entry block, of a fixed size: an alloca in the loop that
+            # calls the tile would take more stack every call until the job returns
+            masks = cgutils.alloca_once(builder, mask_type,
+                                        size=ir.Constant(_I64, DIRECT_MAX_TAPS * vectors))
 
             def tap(k, carried):
                 a32 = splat32(builder.load(emit.at(taps_a, k)))
@@ -658,6 +663,8 @@ def direct_products(out, x, taps, weights, groups=1):
     out_rows, channels = weights.shape[0] // groups, weights.shape[1]
     for array in (out, x):
         _check_float32("direct_products", array)
+    if len(taps) > DIRECT_MAX_TAPS:
+        raise ValueError(f"direct_products: {len(taps)} taps, at most {DIRECT_MAX_TAPS}")
     if out.shape[2:] != x.shape[2:] or x.shape[1] != groups * channels or \
             out.shape[:2] != (samples, weights.shape[0]) or weights.shape[2] != len(taps):
         raise ValueError(f"direct_products: out {out.shape}, x {x.shape}, weights "
