@@ -83,7 +83,8 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     dx[start * size:end * size] = 0
     for plane in range(start, end):
         for out in range(plane * outputs, (plane + 1) * outputs):
-            dx[plane * size + winners[out]] += dy[out]
+            if winners[out] >= 0:  # a window wholly in the padding has no winner
+                dx[plane * size + winners[out]] += dy[out]
     return 0
 
 
