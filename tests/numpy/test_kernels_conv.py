@@ -734,3 +734,41 @@ train Two { loss cross_entropy; optimizer sgd(lr = 0.1); batch 4 }
     model.loss(x, target, input_grads=True)
     model.backward()
     assert told == [True, True] and model.input_grads["image"].shape == x.shape
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_float32_convolutions_agree_with_the_float64_blas_paths(data):
+    """Random convolutions (1-D and 2-D, any stride, dilation and padding, "same" ones read in
+    place, grouped and depthwise with multipliers) on their float32 paths (the tiles over
+    frames, in place) against the float64 BLAS paths the gradient checks use."""
+    nd = data.draw(st.integers(1, 2))
+    depthwise = data.draw(st.booleans())
+    groups = data.draw(st.integers(1, 12)) if depthwise else data.draw(st.sampled_from([1, 2, 3]))
+    channels = groups if depthwise else groups * data.draw(st.integers(1, 5))
+    out_channels = groups * data.draw(st.integers(1, 3 if depthwise else 5))
+    kernel = tuple(data.draw(st.integers(1, 7)) for _ in range(nd))
+    dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    if data.draw(st.booleans()):  # "same": read in place when the map has 64+ positions
+        stride = (1,) * nd
+        padding = tuple(((k - 1) * d // 2, (k - 1) * d - (k - 1) * d // 2)
+                        for k, d in zip(kernel, dilation))
+    else:
+        stride = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+        padding = tuple((data.draw(st.integers(0, 4)), data.draw(st.integers(0, 4)))
+                        for _ in range(nd))
+    reach = [(k - 1) * d + 1 - lo - hi for k, d, (lo, hi) in zip(kernel, dilation, padding)]
+    spatial = tuple(data.draw(st.integers(max(1, r), max(1, r) + 30)) for r in reach)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    x = rng.standard_normal((data.draw(st.integers(1, 3)), channels, *spatial), np.float32)
+    weight = (rng.standard_normal((out_channels, channels // groups, *kernel)) / 3).astype(
+        np.float32)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    attrs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    y, backward = CONV[nd](x, weight, bias, **attrs)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    y64, backward64 = CONV[nd](*(a.astype(np.float64) for a in (x, weight, bias)), **attrs)
+    for ours, theirs in zip((y, *backward(dy)), (y64, *backward64(dy.astype(np.float64)))):
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4,
+                                   atol=1e-4 * max(1.0, np.abs(theirs).max()))
