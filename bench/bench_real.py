@@ -214,11 +214,16 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         torch.set_num_threads(threads)
     step = make_steps(workload)[backend]
     if backend == 0:  # numba's runtime starts with the first compiled loop, and the jobs
-        from nnspec.backends.numpy.kernels import frames, parallel, tiled  # load on their
+        from nnspec.backends.numpy.kernels import (  # load on their first run: a library's
+            frames,  # load, as torch's import is
+            max_pool,
+            parallel,
+            tiled,
+        )
 
-        parallel.warm_up()  # first run: a library's load, as torch's import is
-        tiled.load()
-        frames.load()
+        parallel.warm_up()
+        for module in (tiled, frames, max_pool):
+            module.load()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size

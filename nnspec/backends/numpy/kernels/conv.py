@@ -238,10 +238,11 @@ SHIFTED_BLOCK = 1 << 17
 
 
 # float32 layers of at most this many input channels per group run on the tiles; wider ones
-# on BLAS (``_shifted``), whose products are no longer skinny there. Forward + backward at
-# 3x3, tiles against BLAS: 1.3-1.9x faster at 1-64 channels (stems, LeNet, ResNet-20,
-# grouped and depthwise layers 2-4x), even at 96-128, 1.15x slower at 192, 1.3-1.9x at
-# 256-512 (Intel Xeon, 2 cores)
+# on BLAS (``_shifted``), whose products are no longer skinny there. Forward + backward,
+# tiles against the BLAS paths they replaced: 1.1x faster on a 3x3 stem of 3 channels,
+# 1.5-3.4x at 1-64 channels otherwise (LeNet's layers 2.5-3.4x, a 7x7 stride-2 stem 2.2x),
+# 3-4x on grouped layers, even to 1.14x faster at 96-128 channels, 1.1x slower at 192 and
+# 1.3-1.8x slower at 256-512 (Intel Xeon, 2 cores)
 TILED_MAX_CHANNELS = 128
 
 
@@ -305,10 +306,10 @@ def _direct_taps(spatial, kernel, stride, padding, dilation):
             math.prod(kernel) > tiled.DIRECT_MAX_TAPS or \
             any(lo + hi != (k - 1) * d for (lo, hi), k, d in zip(padding, kernel, dilation)):
         return None
-    rows = [(k * dilation[0] - padding[0][0], 0) for k in range(kernel[0])] \
-        if len(kernel) == 2 else [(0, 0)]
+    rows = [k * dilation[0] - padding[0][0] for k in range(kernel[0])] if len(kernel) == 2 \
+        else [0]
     columns = [k * dilation[-1] - padding[-1][0] for k in range(kernel[-1])]
-    return [(a, b) for a, _ in rows for b in columns]
+    return [(a, b) for a in rows for b in columns]
 
 
 def _tiled_on_frames(x, weight, bias, stride, padding, dilation, groups, input_grad):

@@ -57,7 +57,7 @@ SUM_ROWS, SUM_COLUMNS = (6, 4) if LANES == 16 else (3, 4)
 NARROW_ROWS = 9
 # positions per block of the sums: each tile then ends with a horizontal sum per entry
 # (under 10% of its work) and its rows stay in the core's caches (256 to 4096 measured
-# within 10%); in place, a small plane's samples go into one tile up to DIRECT_SUM_BLOCK
+# within 15%, 128 15-20% slower); in place, a small plane's samples go into one tile up to DIRECT_SUM_BLOCK
 # positions together (a 64-channel 8x8 layer's weight gradient 1.75 -> 0.99 ms)
 SUM_BLOCK = 512
 DIRECT_SUM_BLOCK = 1024
@@ -146,6 +146,55 @@ class _Emitter:
             value = builder.fadd(low, high)
         return builder.extract_element(value, ir.Constant(_I32, 0))
 
+    def starting_sums(self, out, stride, rows, vectors, masks, accumulate):
+        """A product tile's sums to start from: out's values (rows ``stride`` apart, lanes
+        where ``masks``) where ``accumulate`` is not 0, else zeros."""
+        builder = self.builder
+        adding = builder.icmp_signed("!=", accumulate, self.int(0))
+        starts = []
+        for r in range(rows):
+            row = builder.mul(stride, self.int(r))
+            starts += [builder.select(adding, self.load(out, builder.add(
+                row, self.int(v * LANES)), masks[v]), self.zero) for v in range(vectors)]
+        return starts
+
+    def multiply_add(self, weights, j, rows, reads, sums):
+        """sums[r, v] + weights[j, r] * reads[v]: one read's step of a product tile, its
+        weights (reads, rows) C-ordered."""
+        builder = self.builder
+        first = builder.mul(j, self.int(rows))
+        updated = []
+        for r in range(rows):
+            weight = self.splat(builder.load(self.at(weights, builder.add(first, self.int(r)))))
+            updated += [builder.call(self.fma, [weight, read, sums[r * len(reads) + v]])
+                        for v, read in enumerate(reads)]
+        return updated
+
+    def store_rows(self, sums, out, stride, rows, vectors, masks):
+        """A product tile's sums into out, rows ``stride`` apart, lanes where ``masks``."""
+        builder = self.builder
+        for r in range(rows):
+            row = builder.mul(stride, self.int(r))
+            for v in range(vectors):
+                self.store(sums[r * vectors + v], out, builder.add(row, self.int(v * LANES)),
+                           masks[v])
+
+    def rows_at(self, base, offsets, count):
+        """Pointers to base + offsets[i] for i < count, ``offsets`` an int64 address."""
+        offsets = self.builder.inttoptr(offsets, _I64.as_pointer())
+        return [self.at(base, self.builder.load(self.at(offsets, self.int(i))))
+                for i in range(count)]
+
+    def add_totals(self, sums, stride, totals, rows, columns):
+        """sums[r, c] += the lanes of totals[r * columns + c] summed, rows ``stride`` apart."""
+        builder = self.builder
+        for r in range(rows):
+            row = builder.mul(stride, self.int(r))
+            for c in range(columns):
+                pointer = self.at(sums, builder.add(row, self.int(c)))
+                builder.store(builder.fadd(builder.load(pointer),
+                                           self.total(totals[r * columns + c])), pointer)
+
     def loop(self, count, carried, body):
         """``carried`` vectors through ``body(index, carried) -> carried`` for index in
         range(count); returns the last ones (``carried`` when count is 0)."""
@@ -183,7 +232,6 @@ def _product_tile(rows, masked):
     """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < TILE,
     below ``count`` when ``masked``, added to out's values when ``accumulate`` is not 0;
     weights (reads, rows) C-ordered, out rows ``stride`` apart."""
-    vectors = VECTORS
 
     @intrinsic
     def tile(typingctx, out, stride, x, offsets, weights, reads, count, accumulate):
@@ -194,33 +242,17 @@ def _product_tile(rows, masked):
             emit = _Emitter(builder)
             x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
             offsets = builder.inttoptr(offsets, _I64.as_pointer())
-            masks = [emit.mask(count, v * LANES) if masked else None for v in range(vectors)]
-            adding = builder.icmp_signed("!=", accumulate, emit.int(0))
-            starts = []
-            for r in range(rows):
-                row = builder.mul(stride, emit.int(r))
-                starts += [builder.select(adding, emit.load(out, builder.add(
-                    row, emit.int(v * LANES)), masks[v]), emit.zero) for v in range(vectors)]
+            masks = [emit.mask(count, v * LANES) if masked else None for v in range(VECTORS)]
+            starts = emit.starting_sums(out, stride, rows, VECTORS, masks, accumulate)
 
             def step(j, sums):
                 offset = builder.load(emit.at(offsets, j))
                 reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), masks[v])
-                         for v in range(vectors)]
-                first = builder.mul(j, emit.int(rows))
-                updated = []
-                for r in range(rows):
-                    weight = emit.splat(builder.load(emit.at(weights, builder.add(
-                        first, emit.int(r)))))
-                    updated += [builder.call(emit.fma, [weight, reads[v], sums[r * vectors + v]])
-                                for v in range(vectors)]
-                return updated
+                         for v in range(VECTORS)]
+                return emit.multiply_add(weights, j, rows, reads, sums)
 
             sums = emit.loop(reads, starts, step)
-            for r in range(rows):
-                row = builder.mul(stride, emit.int(r))
-                for v in range(vectors):
-                    emit.store(sums[r * vectors + v], out, builder.add(row, emit.int(v * LANES)),
-                               masks[v])
+            emit.store_rows(sums, out, stride, rows, VECTORS, masks)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -290,12 +322,7 @@ def _direct_tile(rows, vectors=VECTORS):
                 return carried
 
             emit.loop(taps, [], tap)
-            adding = builder.icmp_signed("!=", accumulate, emit.int(0))
-            starts = []
-            for r in range(rows):
-                row = builder.mul(stride, emit.int(r))
-                starts += [builder.select(adding, emit.load(out, builder.add(
-                    row, emit.int(v * LANES)), written[v]), emit.zero) for v in range(vectors)]
+            starts = emit.starting_sums(out, stride, rows, vectors, written, accumulate)
 
             def step(j, sums):
                 offset = builder.load(emit.at(offsets, j))
@@ -303,21 +330,10 @@ def _direct_tile(rows, vectors=VECTORS):
                 reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), builder.load(
                     builder.gep(masks, [builder.add(first_mask, emit.int(v))])))
                     for v in range(vectors)]
-                first = builder.mul(j, emit.int(rows))
-                updated = []
-                for r in range(rows):
-                    weight = emit.splat(builder.load(emit.at(weights, builder.add(
-                        first, emit.int(r)))))
-                    updated += [builder.call(emit.fma, [weight, reads[v], sums[r * vectors + v]])
-                                for v in range(vectors)]
-                return updated
+                return emit.multiply_add(weights, j, rows, reads, sums)
 
             sums = emit.loop(reads, starts, step)
-            for r in range(rows):
-                row = builder.mul(stride, emit.int(r))
-                for v in range(vectors):
-                    emit.store(sums[r * vectors + v], out, builder.add(row, emit.int(v * LANES)),
-                               written[v])
+            emit.store_rows(sums, out, stride, rows, vectors, written)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -338,12 +354,8 @@ def _sum_tile(tile_rows, tile_columns):
             sums, stride, x, x_offsets, dy, dy_offsets, count = args
             emit = _Emitter(builder)
             x, dy, sums = emit.floats(x), emit.floats(dy), emit.floats(sums)
-            x_offsets = builder.inttoptr(x_offsets, _I64.as_pointer())
-            dy_offsets = builder.inttoptr(dy_offsets, _I64.as_pointer())
-            x_rows = [emit.at(x, builder.load(emit.at(x_offsets, emit.int(r))))
-                      for r in range(tile_rows)]
-            dy_rows = [emit.at(dy, builder.load(emit.at(dy_offsets, emit.int(c))))
-                       for c in range(tile_columns)]
+            x_rows = emit.rows_at(x, x_offsets, tile_rows)
+            dy_rows = emit.rows_at(dy, dy_offsets, tile_columns)
 
             def accumulate(position, totals, mask=None):
                 xs = [emit.load(row, position, mask) for row in x_rows]
@@ -366,13 +378,7 @@ def _sum_tile(tile_rows, tile_columns):
                 phi.add_incoming(unmasked, before)
                 phi.add_incoming(value, last)
                 joined.append(phi)
-            for r in range(tile_rows):
-                row = builder.mul(stride, emit.int(r))
-                for c in range(tile_columns):
-                    pointer = emit.at(sums, builder.add(row, emit.int(c)))
-                    builder.store(builder.fadd(builder.load(pointer),
-                                               emit.total(joined[r * tile_columns + c])),
-                                  pointer)
+            emit.add_totals(sums, stride, joined, tile_rows, tile_columns)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -400,16 +406,10 @@ def _masked_sum_tile(tile_rows, tile_columns):
             emit = _Emitter(builder)
             mask_type = ir.VectorType(_I1, LANES)
             x, dy, sums = emit.floats(x), emit.floats(dy), emit.floats(sums)
-            x_offsets = builder.inttoptr(x_offsets, _I64.as_pointer())
-            dy_offsets = builder.inttoptr(dy_offsets, _I64.as_pointer())
             masks = builder.inttoptr(masks, mask_int.as_pointer())
-            mask_rows = builder.inttoptr(mask_rows, _I64.as_pointer())
-            x_rows = [emit.at(x, builder.load(emit.at(x_offsets, emit.int(r))))
-                      for r in range(tile_rows)]
-            dy_rows = [emit.at(dy, builder.load(emit.at(dy_offsets, emit.int(c))))
-                       for c in range(tile_columns)]
-            row_masks = [emit.at(masks, builder.load(emit.at(mask_rows, emit.int(r))))
-                         for r in range(tile_rows)]
+            x_rows = emit.rows_at(x, x_offsets, tile_rows)
+            dy_rows = emit.rows_at(dy, dy_offsets, tile_columns)
+            row_masks = emit.rows_at(masks, mask_rows, tile_rows)
             valid_masks = emit.at(masks, valid)
 
             def mask(pointer, i):
@@ -433,13 +433,7 @@ def _masked_sum_tile(tile_rows, tile_columns):
                 return emit.loop(vectors, totals, accumulate)
 
             totals = emit.loop(samples, [emit.zero] * (tile_rows * tile_columns), sample)
-            for r in range(tile_rows):
-                row = builder.mul(stride, emit.int(r))
-                for c in range(tile_columns):
-                    pointer = emit.at(sums, builder.add(row, emit.int(c)))
-                    builder.store(builder.fadd(builder.load(pointer),
-                                               emit.total(totals[r * tile_columns + c])),
-                                  pointer)
+            emit.add_totals(sums, stride, totals, tile_rows, tile_columns)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -653,6 +647,17 @@ def _positions(height, width):
     return heights, widths
 
 
+def _tap_reads(taps, channels, height, width):
+    """A map read in place, read j = channel * taps + tap (the weights' (M, C * taps) order):
+    the taps' row and column shifts, each read's offset in a sample's (C, H, W) map and its
+    tap, all int64."""
+    taps_a = np.array([a for a, _ in taps], np.int64)
+    taps_b = np.array([b for _, b in taps], np.int64)
+    offsets = (np.arange(channels, dtype=np.int64)[:, None] * (height * width)
+               + (taps_a * width + taps_b)[None, :]).ravel()
+    return taps_a, taps_b, offsets, np.tile(np.arange(len(taps), dtype=np.int64), channels)
+
+
 def direct_products(out, x, taps, weights, groups=1):
     """A stride-1 convolution of maps whose output has the input's size, read straight from
     them: out[n, g * M + m, p] = sum over taps (a, b) and the group's channels c of
@@ -669,13 +674,8 @@ def direct_products(out, x, taps, weights, groups=1):
             out.shape[:2] != (samples, weights.shape[0]) or weights.shape[2] != len(taps):
         raise ValueError(f"direct_products: out {out.shape}, x {x.shape}, weights "
                          f"{weights.shape} in {groups} groups")
-    taps_a = np.array([a for a, _ in taps], np.int64)
-    taps_b = np.array([b for _, b in taps], np.int64)
-    # read j = channel * taps + tap, as the weights' (M, C * taps) rows hold them
     plane = height * width
-    offsets = (np.arange(channels, dtype=np.int64)[:, None] * plane
-               + (taps_a * width + taps_b)[None, :]).ravel()
-    taps_of = np.tile(np.arange(len(taps), dtype=np.int64), channels)
+    taps_a, taps_b, offsets, taps_of = _tap_reads(taps, channels, height, width)
     # the wide tiles where the others would leave a fifth of their lanes masked and they
     # fewer: 64-channel 8x8 layers 0.80 -> 0.72 ms forward (at 16x16 and up the 8-row
     # tiles are faster)
@@ -772,18 +772,14 @@ def direct_sums(x, dy, taps, groups=1):
         raise ValueError(f"direct_sums: x {x.shape}, dy {dy.shape} in {groups} groups")
     plane = height * width
     narrow = out_rows == 1
-    taps_a = np.array([a for a, _ in taps], np.int64)
-    taps_b = np.array([b for _, b in taps], np.int64)
-    # read j = channel * taps + tap (the weights' order); spare rows read the first again
-    x_reads = _padded_reads((np.arange(channels, dtype=np.int64)[:, None] * plane
-                             + (taps_a * width + taps_b)[None, :]).ravel(),
-                            NARROW_ROWS if narrow else SUM_ROWS)
+    _, _, offsets, taps_of = _tap_reads(taps, channels, height, width)
+    # spare rows read the first again
+    x_reads = _padded_reads(offsets, NARROW_ROWS if narrow else SUM_ROWS)
     dy_reads = _padded_reads(np.arange(out_rows, dtype=np.int64) * plane,
                              1 if narrow else SUM_COLUMNS)
     masks, words = _tap_masks(height, width, tuple(taps))
-    tap_of = np.tile(np.arange(len(taps), dtype=np.int64), channels)
     mask_rows = np.full(len(x_reads), 0, np.int64)
-    mask_rows[:len(tap_of)] = tap_of * words
+    mask_rows[:len(taps_of)] = taps_of * words
     rows, columns = len(x_reads), len(dy_reads)
     out = np.zeros((groups, rows, columns), np.float32)
     tiles = rows * columns // (NARROW_ROWS if narrow else SUM_ROWS * SUM_COLUMNS)
