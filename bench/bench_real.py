@@ -215,6 +215,7 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
     step = make_steps(workload)[backend]
     if backend == 0:  # numba's runtime starts with the first compiled loop, and the jobs
         from nnspec.backends.numpy.kernels import (  # load on their first run: a library's
+            columns,
             frames,  # load, as torch's import is
             max_pool,
             parallel,
@@ -222,7 +223,7 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         )
 
         parallel.warm_up()
-        for module in (tiled, frames, max_pool):
+        for module in (tiled, frames, columns, max_pool):
             module.load()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:

@@ -652,6 +652,7 @@ NOT_KERNELS = {
     "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty", "tiled.direct_products",
     "tiled.direct_sums",
     "frames.copy", "frames.applies", "frames.load",
+    "columns.gather", "columns.scatter", "columns.applies", "columns.load",  # test_columns.py
     # max pooling's compiled loops, the float32 path of max_pool1d/2d (their cases check
     # float64): test_kernels_conv.py and test_kernels_decoders.py against torch
     "max_pool.max_pool", "max_pool.applies", "max_pool.load",

@@ -494,9 +494,12 @@ def test_same_size_convolutions_read_in_place_match_torch(
 
 def use_route(monkeypatch, route):
     """"tiles": float32 convolutions as they run (the tiles up to TILED_MAX_CHANNELS);
-    "blas": every one on the BLAS paths that wider layers and float64 take."""
-    if route == "blas":
+    "columns": every one on the compiled columns that wider float32 layers take; "blas":
+    every one on the BLAS paths that float64 and 3-D layers take."""
+    if route in ("columns", "blas"):
         monkeypatch.setattr(conv_module, "TILED_MAX_CHANNELS", 0)
+    if route == "blas":
+        monkeypatch.setattr(conv_module.columns, "applies", lambda x: False)
 
 
 GROUPED_CASES = [
@@ -520,7 +523,7 @@ GROUPED_CASES = [
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("route", ["tiles", "blas"])
+@pytest.mark.parametrize("route", ["tiles", "columns", "blas"])
 @pytest.mark.parametrize(
     "nd, channels, out_channels, groups, kernel, stride, dilation, padding, spatial",
     GROUPED_CASES)
@@ -531,6 +534,7 @@ def test_grouped_convolutions_match_torch_on_their_paths(
     use_route(monkeypatch, route)
     taken = record_calls(monkeypatch, {"tiles": "_tiled", "by_group": "_group_by_group"})
     case = conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation, groups)
+    case["scale"] = 1 / math.sqrt(channels // groups * math.prod(kernel))  # a layer's scale
     check_conv_against_torch(nd, case)
     check_conv_without_input_grad_against_torch(nd, case)
     tiles = route == "tiles" and channels // groups <= conv_module.TILED_MAX_CHANNELS
@@ -539,15 +543,19 @@ def test_grouped_convolutions_match_torch_on_their_paths(
 
 @pytest.mark.torch
 @pytest.mark.parametrize("channels, stride, spatial", [
-    (168, (1, 1), (5, 6)), (136, (2, 2), (9, 8)), (144, (1, 1), (1, 1))])
-def test_with_blas_adding_products_wide_convolutions_take_the_column_free_path(
-        monkeypatch, channels, stride, spatial):
-    if not blas.accumulates():
+    (168, (1, 1), (5, 6)), (136, (2, 2), (9, 8)), (144, (1, 1), (1, 1)), (256, (1, 2), (4, 7))])
+@pytest.mark.parametrize("route", ["columns", "blas"])
+def test_wide_convolutions_take_the_columns_in_float32_and_the_column_free_path_else(
+        monkeypatch, route, channels, stride, spatial):
+    if route == "blas" and not blas.accumulates():
         pytest.skip("NumPy's BLAS here is not the OpenBLAS its wheels ship")
-    taken = record_calls(monkeypatch, {True: "_shifted"})
-    check_conv_against_torch(2, conv_case(channels, 8, spatial, (3, 3), stride,
-                                          ((1, 1), (1, 1)), (1, 1)))
-    assert taken == [True]
+    use_route(monkeypatch, route)
+    taken = record_calls(monkeypatch, {"columns": "_on_columns", "blas": "_shifted"})
+    case = conv_case(channels, 8, spatial, (3, 3), stride, ((1, 1), (1, 1)), (1, 1))
+    case["scale"] = 1 / math.sqrt(channels * 9)
+    check_conv_against_torch(2, case)
+    check_conv_without_input_grad_against_torch(2, case)
+    assert taken == [route] * 2
 
 
 @pytest.mark.torch
@@ -565,12 +573,13 @@ def test_with_blas_adding_products_wide_convolutions_take_the_column_free_path(
         (1, 8, 8, (4,), (3,), (1,), ((0, 0),), (16,)),                     # 1d, no padding
     ],
 )
-@pytest.mark.parametrize("route", ["tiles", "blas"])
+@pytest.mark.parametrize("route", ["tiles", "columns", "blas"])
 def test_strided_convolutions_on_the_column_free_paths_match_torch(
         monkeypatch, route, nd, channels, out_channels, kernel, stride, dilation, padding,
         spatial):
     use_route(monkeypatch, route)
-    taken = record_calls(monkeypatch, {"tiles": "_tiled", "blas": "_shifted"}, its_stride)
+    taken = record_calls(monkeypatch, {"tiles": "_tiled", "columns": "_on_columns",
+                                       "blas": "_shifted"}, its_stride)
     check_conv_against_torch(nd, conv_case(channels, out_channels, spatial, kernel, stride,
                                            padding, dilation))
     assert taken == [stride]
@@ -628,7 +637,7 @@ def test_strided_1x1_convolutions_sample_the_input_and_match_torch(
     (9, 3, (4, 2), (1, 1), ((1, 1), (1, 1)), (15, 10)),      # a phase no offset reads
     (16, 16, (1, 1), (1, 1), ((1, 1), (1, 1)), (11, 10)),    # as many outputs
 ])
-@pytest.mark.parametrize("route", ["tiles", "blas"])
+@pytest.mark.parametrize("route", ["tiles", "columns", "blas"])
 def test_the_input_gradient_on_the_frame_matches_torch(
         monkeypatch, route, channels, out_channels, stride, dilation, padding, spatial):
     """The tiles gather each input position's gradient from the output gradient's frame per
@@ -646,7 +655,7 @@ def test_the_input_gradient_on_the_frame_matches_torch(
     (20, 6, (3, 3), (1, 1), (2, 1), ((2, 2), (1, 1))),    # more inputs than outputs
     (72, 40, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),   # more reads than a pass of the tiles
 ])
-@pytest.mark.parametrize("route", ["tiles", "blas"])
+@pytest.mark.parametrize("route", ["tiles", "columns", "blas"])
 def test_wide_kernels_and_narrowing_layers_match_torch(
         monkeypatch, route, channels, out_channels, kernel, stride, dilation, padding):
     use_route(monkeypatch, route)
@@ -740,7 +749,8 @@ train Two { loss cross_entropy; optimizer sgd(lr = 0.1); batch 4 }
 def test_float32_convolutions_agree_with_the_float64_blas_paths(data):
     """Random convolutions (1-D and 2-D, any stride, dilation and padding, "same" ones read in
     place, grouped and depthwise with multipliers) on their float32 paths (the tiles over
-    frames, in place) against the float64 BLAS paths the gradient checks use."""
+    frames, in place, or the compiled columns) against the float64 BLAS paths the gradient
+    checks use."""
     nd = data.draw(st.integers(1, 2))
     depthwise = data.draw(st.booleans())
     groups = data.draw(st.integers(1, 12)) if depthwise else data.draw(st.sampled_from([1, 2, 3]))
@@ -764,10 +774,13 @@ def test_float32_convolutions_agree_with_the_float64_blas_paths(data):
         np.float32)
     bias = rng.standard_normal(out_channels).astype(np.float32)
     attrs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-    y, backward = CONV[nd](x, weight, bias, **attrs)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_route(monkeypatch, data.draw(st.sampled_from(["tiles", "columns"])))
+        y, backward = CONV[nd](x, weight, bias, **attrs)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        grads = backward(dy)
     y64, backward64 = CONV[nd](*(a.astype(np.float64) for a in (x, weight, bias)), **attrs)
-    for ours, theirs in zip((y, *backward(dy)), (y64, *backward64(dy.astype(np.float64)))):
+    for ours, theirs in zip((y, *grads), (y64, *backward64(dy.astype(np.float64)))):
         assert ours.dtype == np.float32
         np.testing.assert_allclose(ours, theirs, rtol=1e-4,
                                    atol=1e-4 * max(1.0, np.abs(theirs).max()))

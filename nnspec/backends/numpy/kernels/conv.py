@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import frames, tiled
+from . import columns, frames, tiled
 from .blas import accumulates, add_product, transpose
 from .windows import (
     check_spatial,
@@ -66,6 +66,8 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         return _tiled(x, weight, bias, stride, padding, dilation, groups, input_grad)
     if groups > 1:
         return _group_by_group(x, weight, bias, stride, padding, dilation, groups, input_grad)
+    if columns.applies(x):
+        return _on_columns(x, weight, bias, stride, padding, dilation, input_grad)
     if _shifted_pays(channels, x.shape[2:], padding, kernel, stride, dilation):
         return _shifted(x, weight, bias, stride, padding, dilation, input_grad)
     x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
@@ -467,6 +469,34 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         del dy_rows  # freed before the copy out
         dx = np.empty(x_shape, dtype=dy.dtype)
         unframe(d_flat, dx)
+        return dx, dweight, dbias
+
+    return y, backward
+
+
+def _on_columns(x, weight, bias, stride, padding, dilation, input_grad):
+    """im2col on BLAS, the columns made and summed back by compiled copies (``columns``):
+    one product of weight (O, C*K) by columns (C*K, N*P) per step, and one per gradient."""
+    n = x.shape[0]
+    out_channels = weight.shape[0]
+    kernel = weight.shape[2:]
+    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
+    out = output_size(padded, kernel, stride, dilation)
+    sweep = (kernel, stride, padding, dilation, out)
+    x = np.ascontiguousarray(x)
+    weight_rows = weight.reshape(out_channels, -1)
+    y_rows = weight_rows @ columns.gather(x, *sweep)
+    y = np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1)
+    y = y + bias.reshape(-1, *(1,) * len(out)) if bias is not None else \
+        np.ascontiguousarray(y)
+
+    def backward(dy):
+        dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(out_channels, -1)
+        dweight = (dy_rows @ columns.gather(x, *sweep).T).reshape(weight.shape)
+        dbias = None if bias is None else dy_rows.sum(axis=1)
+        if not input_grad:
+            return None, dweight, dbias
+        dx = columns.scatter(weight_rows.T @ dy_rows, x.shape, *sweep)
         return dx, dweight, dbias
 
     return y, backward

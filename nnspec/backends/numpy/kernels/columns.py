@@ -1,0 +1,144 @@
+"""A float32 1-D or 2-D map's columns (im2col) and their sum back onto the map (col2im),
+compiled, on both cores: the copies of the wide convolutions' single large products
+(``conv._on_columns``).
+
+The columns of an (N, C, H, W) map are (C * K, N * P): row (c, kh, kw) holds, per sample and
+output position (oh, ow), the map's element (oh * sh + kh * dh - top, ow * sw + kw * dw -
+left), zero where that lies outside the map. NumPy made them as one strided copy per kernel
+offset after padding the map (a 16x512x4x4 map's 3x3 columns, rows of four values: 1.2 ms);
+here each channel's rows are written once, the channels split between the cores.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import workers
+from .workers import floats, part_range
+
+
+@numba.njit(inline="always")
+def _inside(offset, stride, size, count):
+    """The output positions [first, last) whose input position offset + i * stride lies in
+    [0, size)."""
+    first = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    last = min(count, (size - 1 - offset) // stride + 1) if offset < size else 0
+    return first, max(first, last)
+
+
+@workers.Task
+def _columns_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, map, columns, to_columns, samples, channels, height, width, kernel
+    rows, kernel columns, row stride, column stride, top, left, row dilation, column
+    dilation, output rows, output columns)."""
+    params = workers.parameters(args, 18)
+    to_columns = params[3] != 0
+    samples, channels, height, width = params[4], params[5], params[6], params[7]
+    kernel_rows, kernel_columns = params[8], params[9]
+    row_stride, column_stride, top, left = params[10], params[11], params[12], params[13]
+    row_dilation, column_dilation = params[14], params[15]
+    out_rows, out_columns = params[16], params[17]
+    plane = height * width
+    positions = out_rows * out_columns
+    values = floats(params, 1, (samples * channels * plane,))
+    columns = floats(params, 2, (channels * kernel_rows * kernel_columns * samples * positions,))
+    start, end = part_range(channels, part, params[0], 1)
+    for channel in range(start, end):
+        if not to_columns:  # the sum starts from zero
+            for sample in range(samples):
+                base = np.uint64((sample * channels + channel) * plane)
+                for j in range(np.uint64(plane)):
+                    values[base + j] = 0
+        for kh in range(kernel_rows):
+            row_offset = kh * row_dilation - top
+            first_row, last_row = _inside(row_offset, row_stride, height, out_rows)
+            for kw in range(kernel_columns):
+                column_offset = kw * column_dilation - left
+                first, last = _inside(column_offset, column_stride, width, out_columns)
+                row = (channel * kernel_rows + kh) * kernel_columns + kw
+                for sample in range(samples):
+                    target = (row * samples + sample) * positions
+                    source = (sample * channels + channel) * plane + column_offset
+                    for oh in range(out_rows):
+                        cells = np.uint64(target + oh * out_columns)
+                        if oh < first_row or oh >= last_row or first >= last:
+                            if to_columns:
+                                for j in range(np.uint64(out_columns)):
+                                    columns[cells + j] = 0
+                            continue
+                        line = np.uint64(source + (oh * row_stride + row_offset) * width)
+                        if to_columns:
+                            for j in range(np.uint64(first)):
+                                columns[cells + j] = 0
+                            for j in range(np.uint64(last), np.uint64(out_columns)):
+                                columns[cells + j] = 0
+                        _run(values, columns, to_columns, line, cells, first, last,
+                             column_stride)
+    return 0
+
+
+@numba.njit(inline="always")
+def _run(values, columns, to_columns, line, cells, first, last, stride):
+    """Cells [first, last) of one output row: copied from the map's line, or added onto it."""
+    step = np.uint64(stride)
+    if to_columns:
+        if stride == 1:
+            for j in range(np.uint64(first), np.uint64(last)):
+                columns[cells + j] = values[line + j]
+        else:
+            for j in range(np.uint64(first), np.uint64(last)):
+                columns[cells + j] = values[line + step * j]
+    elif stride == 1:
+        for j in range(np.uint64(first), np.uint64(last)):
+            values[line + j] += columns[cells + j]
+    else:
+        for j in range(np.uint64(first), np.uint64(last)):
+            values[line + step * j] += columns[cells + j]
+
+
+def applies(map_array) -> bool:
+    """Whether the job copies this map: 1-D or 2-D (N, C, ...) float32."""
+    return map_array.dtype == np.float32 and map_array.ndim in (3, 4)
+
+
+def _run_job(map_array, columns, to_columns, kernel, stride, padding, dilation, out):
+    if not (map_array.flags.c_contiguous and columns.flags.c_contiguous
+            and applies(map_array) and columns.dtype == np.float32):
+        raise ValueError("columns: C-ordered float32 maps and columns of 1 or 2 dims")
+    if map_array.ndim == 3:  # 1-D: one row
+        map_array = map_array[:, :, None]
+        kernel, stride, dilation, out = (1, *kernel), (1, *stride), (1, *dilation), (1, *out)
+        padding = ((0, 0), *padding)
+    samples, channels, height, width = map_array.shape
+    if columns.size != channels * kernel[0] * kernel[1] * samples * out[0] * out[1]:
+        raise ValueError(f"columns: {columns.shape} are not the columns of {map_array.shape}")
+    parts = workers.parts() if columns.size >= 1 << 15 else 1
+    params = np.array([parts, map_array.ctypes.data, columns.ctypes.data, to_columns,
+                       samples, channels, height, width, kernel[0], kernel[1], stride[0],
+                       stride[1], padding[0][0], padding[1][0], dilation[0], dilation[1],
+                       out[0], out[1]], np.int64)
+    workers.run(_columns_job, params)
+
+
+def gather(x, kernel, stride, padding, dilation, out):
+    """The columns (C * K, N * P) of the C-ordered float32 map ``x`` (N, C, *spatial) for a
+    window sweep of ``kernel`` whose outputs are ``out``, padding (lo, hi) per dim."""
+    channels, samples = x.shape[1], x.shape[0]
+    columns = np.empty((channels * int(np.prod(kernel)), samples * int(np.prod(out))), x.dtype)
+    _run_job(x, columns, True, kernel, stride, padding, dilation, out)
+    return columns
+
+
+def scatter(columns, shape, kernel, stride, padding, dilation, out):
+    """The map of ``shape`` (N, C, *spatial) whose every element is the sum of its entries in
+    ``columns`` (C-ordered float32, as ``gather`` lays them out): the input gradient of the
+    sweep, from its columns' gradient."""
+    x = np.empty(shape, np.float32)
+    _run_job(x, columns, False, kernel, stride, padding, dilation, out)
+    return x
+
+
+def load() -> None:
+    """Compile the job now (or load it from the cache), not on its first run."""
+    _columns_job.load()
