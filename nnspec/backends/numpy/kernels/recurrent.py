@@ -224,7 +224,12 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
     recurrent_weights = _with_bias_column(w_hh, b_hh)[order]
     scale = np.ones((gate_rows, 1), layer_input.dtype)
     scale[: cell.sigmoid_gates * hidden] = 0.5
-    pre = np.matmul(input_weights * scale, layer_input)
+    # one product for all steps (NumPy's matmul over the (T, F + 1, N) stack made one small
+    # product per step: 2048 x 513 by 513 x 16, 128 steps, 35 ms against 7), feature-major,
+    # then the (T, G, N) layout the steps read
+    pre_rows = (input_weights * scale) @ _feature_major(layer_input)
+    pre = np.ascontiguousarray(pre_rows.reshape(gate_rows, steps, batch).transpose(1, 0, 2))
+    del pre_rows
     states = np.empty((steps + 1, hidden + 1, batch), layer_input.dtype)
     states[0, :hidden] = start[0] if start else 0
     states[:, hidden] = 1
