@@ -217,13 +217,14 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         from nnspec.backends.numpy.kernels import (  # load on their first run: a library's
             columns,
             frames,  # load, as torch's import is
+            lstm_steps,
             max_pool,
             parallel,
             tiled,
         )
 
         parallel.warm_up()
-        for module in (tiled, frames, columns, max_pool):
+        for module in (tiled, frames, columns, lstm_steps, max_pool):
             module.load()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:

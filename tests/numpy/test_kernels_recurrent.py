@@ -201,3 +201,58 @@ def test_dropout_between_layers_zeroes_and_rescales_only_lower_layers_outputs():
     (first_plain, _), _ = rnn_states(x, (), {k: v for k, v in params.items()
                                              if k.endswith("0")}, **one_layer)
     np.testing.assert_array_equal(first, first_plain)  # never after the last layer
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch, hidden, bidirectional", [
+    (13, 300, True),   # rows packed 8 + 4 + 1; the backward product's 1200 reads in passes
+    (32, 128, False),  # the steps split between the cores
+    (1, 70, False),    # one sample: one part
+])
+def test_float32_lstm_steps_at_real_sizes_match_torch_and_the_float64_passes(
+        batch, hidden, bidirectional):
+    """A float32 LSTM runs ``lstm_steps``' sample-major steps (the recurrent products on the
+    tiles, the gate arithmetic compiled); float64 runs NumPy's passes. Both, from given
+    initial states and with gradients through the final ones, against torch."""
+    layers, features, steps = 2, 9, 7
+    directions = 2 if bidirectional else 1
+    params = recurrent_params("lstm", features, hidden, layers, bidirectional, True,
+                              np.random.default_rng(3))
+    module = make_module("lstm", params, features, hidden, layers, bidirectional, "tanh")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((batch, steps, features)).astype(np.float32)
+    initial = [rng.standard_normal((batch, layers * directions, hidden)).astype(np.float32)
+               for _ in range(2)]
+    results = {}
+    for dtype in (np.float32, np.float64):
+        cast = {name: value.astype(dtype) for name, value in params.items()}
+        outs, backward = rnn_states(x.astype(dtype), tuple(s.astype(dtype) for s in initial),
+                                    cast, mode="lstm", hidden=hidden, layers=layers,
+                                    bidirectional=bidirectional)
+        probes = [np.random.default_rng(5 + k).standard_normal(o.shape).astype(dtype)
+                  for k, o in enumerate(outs)]
+        kept = [probe.copy() for probe in probes]
+        dx, *d_initial, d_params = backward(*probes)
+        for probe, before in zip(probes, kept):  # the gradients given are not written over
+            np.testing.assert_array_equal(probe, before)
+        results[dtype] = (outs, dx, d_initial, d_params, probes)
+    outs, dx, d_initial, d_params, probes = results[np.float32]
+    assert all(o.dtype == np.float32 for o in (*outs, dx, *d_initial, *d_params.values()))
+    outs64, dx64, d_initial64, d_params64, _ = results[np.float64]
+    for ours, theirs in zip((*outs, dx, *d_initial, *(d_params[k] for k in sorted(d_params))),
+                            (*outs64, dx64, *d_initial64,
+                             *(d_params64[k] for k in sorted(d_params64)))):
+        # float32's own error at these sizes: NumPy's float32 passes were 3-4e-5 off too
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4,
+                                   atol=1e-4 * max(1.0, np.abs(theirs).max()))
+
+    tx = torch.tensor(x, requires_grad=True)
+    t_initial = [torch.tensor(s, requires_grad=True) for s in initial]
+    t_out, t_final = module(tx, torch_states("lstm", t_initial, batch, False))
+    t_outs = [t_out] + [f.transpose(0, 1) for f in t_final]
+    sum((o * torch.from_numpy(p)).sum() for o, p in zip(t_outs, probes)).backward()
+    # to 1e-4 of each result's largest value (the input gradient reaches 46 here)
+    for ours, theirs in [*zip(outs, t_outs), (dx, tx.grad),
+                         *((d, t.grad) for d, t in zip(d_initial, t_initial)),
+                         *((d_params[name], p.grad) for name, p in module.named_parameters())]:
+        assert_close(ours, theirs, atol=1e-4 * max(1.0, theirs.abs().max().item()))

@@ -486,8 +486,9 @@ def _product(rows, masked, out, stride, x, offsets, weights, reads, count, accum
 @workers.Task
 def _products_job(args, range_m, range_n, sa, sb, part):
     """params (parts, out, stride, out rows, x, offsets, packed weights, reads, length,
-    items, and the items' steps through out, x and the packed weights)."""
-    params = workers.parameters(args, 13)
+    items, the items' steps through out, x and the packed weights, and whether the products
+    add to out's values)."""
+    params = workers.parameters(args, 14)
     out, stride, out_rows, x = params[1], params[2], params[3], params[4]
     offsets, weights, reads, length = params[5], params[6], params[7], params[8]
     out_step, x_step, weights_step = params[10], params[11], params[12]
@@ -510,7 +511,7 @@ def _products_job(args, range_m, range_n, sa, sb, part):
                              item_out + 4 * (row * stride + position), stride,
                              item_x + 4 * position, offsets + 8 * read,
                              item_weights + 4 * (row * reads + read * rows), count,
-                             block_end - position, read)
+                             block_end - position, read + params[13])
                     position += TILE
                 row += rows
         unit += last - first
@@ -856,9 +857,46 @@ def products(out, x, offsets, weights, length, x_step=0):
     parts = workers.parts() if items * length >= 2 * TILE else 1
     params = np.array([parts, out.ctypes.data, out.strides[1] // 4, out.shape[1], x.ctypes.data,
                        offsets.ctypes.data, packed.ctypes.data, len(offsets), length, items,
-                       out.strides[0] // 4, x_step, packed.shape[1] if len(packed) > 1 else 0],
-                      np.int64)
+                       out.strides[0] // 4, x_step, packed.shape[1] if len(packed) > 1 else 0,
+                       0], np.int64)
     workers.run(_products_job, params)
+
+
+class Product:
+    """out (M, >= length) += weights (M, reads) times x's reads (``products`` with one item),
+    made again and again on the same x and offsets with new out and weights (a recurrent
+    layer's steps): its parameters are made once, and the caller lays the weights out as
+    the tiles read them (``packed_places``), so no step packs or checks."""
+
+    def __init__(self, rows, stride, x, offsets, length):
+        _check_float32("Product: x", x)
+        self.offsets = np.ascontiguousarray(offsets, np.int64)
+        _check_reads(x, self.offsets, length, 1, 0)
+        self.x = x  # kept alive: the job reads it by address
+        tiles = -(-length // TILE)
+        parts = min(workers.parts(), tiles)
+        self.params = np.array([parts, 0, stride, rows, x.ctypes.data, self.offsets.ctypes.data,
+                                0, len(self.offsets), length, 1, 0, 0, 0, 1], np.int64)
+
+    def add(self, out, packed):
+        """out += the product, by addresses: out's rows ``stride`` floats apart, ``packed``
+        the weights where ``packed_places`` puts them."""
+        self.params[1], self.params[6] = out, packed
+        workers.run(_products_job, self.params)
+
+
+def packed_places(rows, reads):
+    """Where the tiles read weight (m, j) of an (rows, reads) matrix: at start[m] + j *
+    step[m] of the packed weights (``_pack``'s layout), as int64 arrays start and step."""
+    start = np.empty(rows, np.int64)
+    step = np.empty(rows, np.int64)
+    row = 0
+    while row < rows:
+        block = _block_rows(rows - row)
+        start[row:row + block] = row * reads + np.arange(block)
+        step[row:row + block] = block
+        row += block
+    return start, step
 
 
 def _padded_reads(offsets, multiple):

@@ -1,0 +1,232 @@
+"""A float32 LSTM direction in sample-major layout: each step's recurrent product on the
+register tiles, its gate arithmetic one compiled pass, both on both cores.
+
+`recurrent.py` keeps its sequences time-major with the batch innermost, (T, rows, N), for
+NumPy's passes; an LSTM step there was BLAS's product of the (4H, H + 1) weights with the
+(H + 1, N) state (2 x 1024 x 257 x 32 flops in 78 us, the narrow N its weak shape), ten
+NumPy passes over (4H, N) blocks, and in the backward five passes over the whole sequence
+and seven a step. Here a step's rows are samples, (N, 4H): the recurrent product is the
+tiles' (``tiled.Product``: N rows of weights, the state's, by the transposed recurrent
+weights' rows, 4H positions long; 65 us), and one job makes a step's gates, cell and state
+(or, backward, their gradients) from it, writing the next product's weights already packed.
+The input projection is one product over every step before the loop, and the weight
+gradients one product each after it, (4H, T * N) by (T * N, F + 1 or H + 1), of arrays that
+are already in that layout. Gates are (o, i, f, g), the sigmoid ones' pre-activations
+halved, as in `recurrent_cells`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import tiled, workers
+from .fused import _exp_negative
+from .workers import floats, part_range
+
+_F = np.float32
+
+
+@numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _tanh(x):
+    """tanh from exp(-2|x|) (``fused._exp_negative``): (1 - e) / (1 + e), its sign x's.
+    Absolute error under 2e-7; NaN stays NaN."""
+    e = _exp_negative(_F(-2.0) * abs(x))
+    t = (_F(1.0) - e) / (_F(1.0) + e)
+    return t if x >= 0 else -t
+
+
+@numba.njit(inline="always")
+def _indices(params, index, count):
+    return numba.carray(workers._pointer(params[index]), (count,), dtype=np.int64)
+
+
+@numba.njit(inline="always")
+def _gate_rows(gates, n, hidden):
+    """Sample n's four gate rows (o, i, f, g) of the (N, 4H) gates, as slices."""
+    row = n * 4 * hidden
+    return (gates[row:row + hidden], gates[row + hidden:row + 2 * hidden],
+            gates[row + 2 * hidden:row + 3 * hidden], gates[row + 3 * hidden:row + 4 * hidden])
+
+
+@workers.Task
+def _forward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, state,
+    packed, packed starts, packed steps). ``gates`` (N, 4H) holds the step's
+    pre-activations and gets the gates; the cells are (N, H), the state (N, H + 1) (its
+    last column the ones), and the new state also goes to ``packed``, as the next step's
+    product reads it (``tiled.packed_places``)."""
+    params = workers.parameters(args, 11)
+    hidden, batch = params[1], params[2]
+    gate_rows = 4 * hidden
+    gates = floats(params, 3, (batch * gate_rows,))
+    previous = floats(params, 4, (batch * hidden,))
+    cell = floats(params, 5, (batch * hidden,))
+    tanh_cell = floats(params, 6, (batch * hidden,))
+    state = floats(params, 7, (batch * (hidden + 1),))
+    packed = floats(params, 8, (batch * (hidden + 1),))
+    starts, steps = _indices(params, 9, batch), _indices(params, 10, batch)
+    half = _F(0.5)
+    first, end = part_range(batch, part, params[0], 1)
+    for n in range(first, end):  # a sample's rows as slices: LLVM vectorises those loops
+        o, i, f, g = _gate_rows(gates, n, hidden)
+        units = slice(n * hidden, (n + 1) * hidden)
+        c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
+        h = state[n * (hidden + 1):n * (hidden + 1) + hidden]
+        for u in range(hidden):
+            out_gate = half + half * _tanh(o[u])
+            in_gate = half + half * _tanh(i[u])
+            forget = half + half * _tanh(f[u])
+            candidate = _tanh(g[u])
+            value = forget * c_prev[u] + in_gate * candidate
+            squashed = _tanh(value)
+            o[u], i[u], f[u], g[u] = out_gate, in_gate, forget, candidate
+            c[u], tanh_c[u], h[u] = value, squashed, out_gate * squashed
+        start, step = starts[n], steps[n]
+        for u in range(hidden):
+            packed[start + u * step] = h[u]
+    return 0
+
+
+@workers.Task
+def _backward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, hidden, batch, gates, d_state, previous cell, tanh of the cell,
+    carried, carried in, packed, packed starts, packed steps). From the step's gates (N, 4H)
+    and the gradient reaching its state (N, H), ``gates`` gets the gradients of their
+    (unhalved) pre-activations, also written to ``packed`` as the next product reads them;
+    ``carried`` (N, H) holds dc f of the step after (added when ``carried in``) and gets
+    this step's."""
+    params = workers.parameters(args, 12)
+    hidden, batch = params[1], params[2]
+    gate_rows = 4 * hidden
+    gates = floats(params, 3, (batch * gate_rows,))
+    d_state = floats(params, 4, (batch * hidden,))
+    previous = floats(params, 5, (batch * hidden,))
+    tanh_cell = floats(params, 6, (batch * hidden,))
+    carried = floats(params, 7, (batch * hidden,))
+    carried_in = params[8] != 0
+    packed = floats(params, 9, (batch * gate_rows,))
+    starts, steps = _indices(params, 10, batch), _indices(params, 11, batch)
+    one = _F(1.0)
+    first, end = part_range(batch, part, params[0], 1)
+    for n in range(first, end):
+        o, i, f, g = _gate_rows(gates, n, hidden)
+        units = slice(n * hidden, (n + 1) * hidden)
+        dh, c_prev, tanh_c, dc_next = d_state[units], previous[units], tanh_cell[units], \
+            carried[units]
+        for u in range(hidden):
+            t = tanh_c[u]
+            dc = dh[u] * o[u] * (one - t * t)
+            if carried_in:
+                dc += dc_next[u]
+            forget = f[u]
+            out_gate, in_gate, candidate = o[u], i[u], g[u]
+            o[u] = dh[u] * t * out_gate * (one - out_gate)
+            i[u] = dc * candidate * in_gate * (one - in_gate)
+            f[u] = dc * c_prev[u] * forget * (one - forget)
+            g[u] = dc * in_gate * (one - candidate * candidate)
+            dc_next[u] = dc * forget
+        row = gates[n * 4 * hidden:(n + 1) * 4 * hidden]
+        start, step = starts[n], steps[n]
+        for j in range(4 * hidden):
+            packed[start + j * step] = row[j]
+    return 0
+
+
+class _Packed:
+    """A (rows, reads) matrix as ``tiled.Product`` reads its weights, with where each of its
+    elements goes (``tiled.packed_places``), for the jobs that write it."""
+
+    def __init__(self, rows, reads):
+        self.starts, self.steps = tiled.packed_places(rows, reads)
+        self.values = np.empty(rows * reads, _F)
+
+    def fill(self, matrix):
+        places = self.starts[:, None] + np.arange(matrix.shape[1]) * self.steps[:, None]
+        self.values[places] = matrix
+
+
+def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse):
+    """One LSTM direction over ``layer_input`` (T, F + 1, N), its last row ones, from
+    ``start`` (``()`` or (h0, c0), each (H, N)); the weights (4H, F + 1) and (4H, H + 1)
+    carry their bias columns, in the internal gate order, unscaled, and ``scale`` (4H, 1)
+    halves the sigmoid rows. Returns the states (T, H, N) in time order, the final (h, c),
+    each (H, N), and ``backward(d_states, d_final) -> (d_input (F, T * N) rows, d_start,
+    d_input_weights, d_recurrent_weights)``, the weight gradients in the internal order."""
+    steps, _, batch = layer_input.shape
+    gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
+    inputs = layer_input[::-1] if reverse else layer_input  # processing order
+    x_rows = np.ascontiguousarray(inputs.transpose(0, 2, 1)).reshape(steps * batch, -1)
+    gates = (x_rows @ (input_weights * scale).T).reshape(steps, batch, gate_rows)
+    recurrent_t = np.ascontiguousarray((recurrent_weights * scale).T)  # (H + 1, 4H)
+    states = np.empty((steps + 1, batch, hidden + 1), _F)
+    states[:, :, hidden] = 1
+    states[0, :, :hidden] = start[0].T if start else 0
+    cells = np.empty((steps + 1, batch, hidden), _F)
+    cells[0] = start[1].T if start else 0
+    tanh_cells = np.empty((steps, batch, hidden), _F)
+    product = tiled.Product(batch, gate_rows, recurrent_t,
+                            np.arange(hidden + 1, dtype=np.int64) * gate_rows, gate_rows)
+    packed = _Packed(batch, hidden + 1)
+    packed.fill(states[0])
+    parts = min(batch, workers.parts()) if batch * hidden >= 1 << 12 else 1
+    params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
+                       packed.starts.ctypes.data, packed.steps.ctypes.data], np.int64)
+    for s in range(steps):
+        if s == 0 and not start:  # a zero state: its bias row alone
+            gates[0] += recurrent_t[hidden]
+        else:
+            product.add(gates[s].ctypes.data, packed.values.ctypes.data)
+        params[3], params[4], params[5] = (gates[s].ctypes.data, cells[s].ctypes.data,
+                                           cells[s + 1].ctypes.data)
+        params[6], params[7] = tanh_cells[s].ctypes.data, states[s + 1].ctypes.data
+        workers.run(_forward_job, params)
+    outputs = states[1:, :, :hidden].transpose(0, 2, 1)
+    final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
+
+    def backward(d_states, d_final):
+        d_final_h, d_final_cell = (*d_final, None, None)[:2]
+        if reverse:
+            d_states = d_states[::-1]
+        # (T, N, H) in processing order, a copy: the products add into it (for one sample
+        # the transposed view is contiguous, and would have been the caller's array)
+        d_rows = d_states.transpose(0, 2, 1).copy()
+        if d_final_h is not None:
+            d_rows[-1] += d_final_h.T
+        recurrent_plain = np.ascontiguousarray(recurrent_weights[:, :hidden])  # (4H, H)
+        back_product = tiled.Product(batch, hidden, recurrent_plain,
+                                     np.arange(gate_rows, dtype=np.int64) * hidden, hidden)
+        packed_grads = _Packed(batch, gate_rows)
+        carried = np.empty((batch, hidden), _F)
+        if d_final_cell is not None:
+            carried[...] = d_final_cell.T
+        back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
+                         packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
+                         packed_grads.steps.ctypes.data], np.int64)
+        for s in reversed(range(steps)):
+            last = s == steps - 1
+            if not last:  # what step s + 1 sends back through its recurrent product
+                back_product.add(d_rows[s].ctypes.data, packed_grads.values.ctypes.data)
+            back[3], back[4], back[5] = (gates[s].ctypes.data, d_rows[s].ctypes.data,
+                                         cells[s].ctypes.data)
+            back[6], back[8] = tanh_cells[s].ctypes.data, not last or d_final_cell is not None
+            workers.run(_backward_job, back)
+        d_start = ()
+        if start:  # through step 0's recurrent product, and its forget gate
+            d_start = ((gates[0] @ recurrent_plain).T, carried.T)
+        d_pre = gates.reshape(steps * batch, gate_rows)
+        d_input_weights = d_pre.T @ x_rows
+        d_recurrent_weights = d_pre.T @ states[:-1].reshape(steps * batch, hidden + 1)
+        d_input = input_weights[:, :-1].T @ d_pre.T  # (F, T * N), processing order
+        if reverse:
+            d_input = np.ascontiguousarray(
+                d_input.reshape(-1, steps, batch)[:, ::-1]).reshape(-1, steps * batch)
+        return d_input, d_start, d_input_weights, d_recurrent_weights
+
+    return (outputs[::-1] if reverse else outputs), final, backward
+
+
+def load() -> None:
+    """Compile the jobs now (or load them from the cache), not on their first run."""
+    _forward_job.load()
+    _backward_job.load()
