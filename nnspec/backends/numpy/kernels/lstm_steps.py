@@ -30,9 +30,14 @@ _F = np.float32
 @numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
 def _tanh(x):
     """tanh from exp(-2|x|) (``fused._exp_negative``): (1 - e) / (1 + e), its sign x's.
-    Absolute error under 2e-7; NaN stays NaN."""
-    e = _exp_negative(_F(-2.0) * abs(x))
+    Absolute error under 2e-7; NaN stays NaN. |x| is clamped at 10, where float32's tanh
+    is 1 already, so that exp never goes subnormal: the underflow flag it would raise
+    stays set for NumPy's next product to report."""
+    magnitude = min(abs(x), _F(10.0))
+    e = _exp_negative(_F(-2.0) * magnitude)
     t = (_F(1.0) - e) / (_F(1.0) + e)
+    if np.isnan(x):
+        return x
     return t if x >= 0 else -t
 
 
@@ -133,17 +138,55 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
+def _items(batch, parts, weight_bytes):
+    """How many items a step's product splits its rows into: one per part where each
+    part's core can keep the whole of the weights in its cache, else 1 (the parts split
+    the positions, each reading half the weights)."""
+    fits = weight_bytes <= _CACHED_WEIGHT_BYTES and batch % parts == 0
+    return parts if fits else 1
+
+
+# a core's L2 is 2 MiB here (Intel Xeon): weights up to 1.5 MiB stay in it from step to step
+_CACHED_WEIGHT_BYTES = 3 << 19
+
+
 class _Packed:
     """A (rows, reads) matrix as ``tiled.Product`` reads its weights, with where each of its
     elements goes (``tiled.packed_places``), for the jobs that write it."""
 
-    def __init__(self, rows, reads):
-        self.starts, self.steps = tiled.packed_places(rows, reads)
+    def __init__(self, rows, reads, items=1):
+        self.starts, self.steps = tiled.packed_places(rows, reads, items)
         self.values = np.empty(rows * reads, _F)
 
     def fill(self, matrix):
         places = self.starts[:, None] + np.arange(matrix.shape[1]) * self.steps[:, None]
         self.values[places] = matrix
+
+
+class _Addresses:
+    """Step s's block of each (T, ...) C-ordered array, by address (a view a step, and its
+    ``ctypes``, cost microseconds each). Holds the arrays: the jobs read them by address."""
+
+    def __init__(self, gates, cells=None, tanh_cells=None, states=None):
+        self._arrays = (gates, cells, tanh_cells, states)
+        self._places = [(a.ctypes.data, a[0].nbytes) if a is not None else None
+                        for a in self._arrays]
+
+    def _of(self, kind, s):
+        base, size = self._places[kind]
+        return base + s * size
+
+    def gates(self, s):
+        return self._of(0, s)
+
+    def cells(self, s):
+        return self._of(1, s)
+
+    def tanh_cells(self, s):
+        return self._of(2, s)
+
+    def states(self, s):
+        return self._of(3, s)
 
 
 def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse):
@@ -157,7 +200,8 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
     inputs = layer_input[::-1] if reverse else layer_input  # processing order
     x_rows = np.ascontiguousarray(inputs.transpose(0, 2, 1)).reshape(steps * batch, -1)
-    gates = (x_rows @ (input_weights * scale).T).reshape(steps, batch, gate_rows)
+    input_t = np.ascontiguousarray((input_weights * scale).T)  # (F + 1, 4H)
+    gates = (x_rows @ input_t).reshape(steps, batch, gate_rows)
     recurrent_t = np.ascontiguousarray((recurrent_weights * scale).T)  # (H + 1, 4H)
     states = np.empty((steps + 1, batch, hidden + 1), _F)
     states[:, :, hidden] = 1
@@ -165,21 +209,26 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     cells = np.empty((steps + 1, batch, hidden), _F)
     cells[0] = start[1].T if start else 0
     tanh_cells = np.empty((steps, batch, hidden), _F)
-    product = tiled.Product(batch, gate_rows, recurrent_t,
-                            np.arange(hidden + 1, dtype=np.int64) * gate_rows, gate_rows)
-    packed = _Packed(batch, hidden + 1)
-    packed.fill(states[0])
     parts = min(batch, workers.parts()) if batch * hidden >= 1 << 12 else 1
-    params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
-                       packed.starts.ctypes.data, packed.steps.ctypes.data], np.int64)
+    params = np.zeros(11, np.int64)
+    params[:3] = parts, hidden, batch
+    at = _Addresses(gates, cells, tanh_cells, states)
+    # each part's samples on its core throughout: the product's rows (with the whole of
+    # the weights, when they fit in its cache) and the step's arithmetic
+    items = _items(batch, parts, recurrent_t.nbytes)
+    product = tiled.Product(batch, gate_rows, recurrent_t,
+                            np.arange(hidden + 1, dtype=np.int64) * gate_rows, gate_rows, items)
+    packed = _Packed(batch, hidden + 1, items)
+    packed.fill(states[0])
+    params[8:] = (packed.values.ctypes.data, packed.starts.ctypes.data,
+                  packed.steps.ctypes.data)
     for s in range(steps):
         if s == 0 and not start:  # a zero state: its bias row alone
             gates[0] += recurrent_t[hidden]
         else:
-            product.add(gates[s].ctypes.data, packed.values.ctypes.data)
-        params[3], params[4], params[5] = (gates[s].ctypes.data, cells[s].ctypes.data,
-                                           cells[s + 1].ctypes.data)
-        params[6], params[7] = tanh_cells[s].ctypes.data, states[s + 1].ctypes.data
+            product.add(at.gates(s), packed.values.ctypes.data)
+        params[3], params[4], params[5] = at.gates(s), at.cells(s), at.cells(s + 1)
+        params[6], params[7] = at.tanh_cells(s), at.states(s + 1)
         workers.run(_forward_job, params)
     outputs = states[1:, :, :hidden].transpose(0, 2, 1)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
@@ -194,22 +243,24 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         if d_final_h is not None:
             d_rows[-1] += d_final_h.T
         recurrent_plain = np.ascontiguousarray(recurrent_weights[:, :hidden])  # (4H, H)
+        back_items = _items(batch, parts, recurrent_plain.nbytes)
         back_product = tiled.Product(batch, hidden, recurrent_plain,
-                                     np.arange(gate_rows, dtype=np.int64) * hidden, hidden)
-        packed_grads = _Packed(batch, gate_rows)
+                                     np.arange(gate_rows, dtype=np.int64) * hidden, hidden,
+                                     back_items)
+        packed_grads = _Packed(batch, gate_rows, back_items)
         carried = np.empty((batch, hidden), _F)
         if d_final_cell is not None:
             carried[...] = d_final_cell.T
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
                          packed_grads.steps.ctypes.data], np.int64)
+        d_at = _Addresses(d_rows)
         for s in reversed(range(steps)):
             last = s == steps - 1
             if not last:  # what step s + 1 sends back through its recurrent product
-                back_product.add(d_rows[s].ctypes.data, packed_grads.values.ctypes.data)
-            back[3], back[4], back[5] = (gates[s].ctypes.data, d_rows[s].ctypes.data,
-                                         cells[s].ctypes.data)
-            back[6], back[8] = tanh_cells[s].ctypes.data, not last or d_final_cell is not None
+                back_product.add(d_at.gates(s), packed_grads.values.ctypes.data)
+            back[3], back[4], back[5] = at.gates(s), d_at.gates(s), at.cells(s)
+            back[6], back[8] = at.tanh_cells(s), not last or d_final_cell is not None
             workers.run(_backward_job, back)
         d_start = ()
         if start:  # through step 0's recurrent product, and its forget gate

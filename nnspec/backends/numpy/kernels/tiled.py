@@ -863,20 +863,26 @@ def products(out, x, offsets, weights, length, x_step=0):
 
 
 class Product:
-    """out (M, >= length) += weights (M, reads) times x's reads (``products`` with one item),
-    made again and again on the same x and offsets with new out and weights (a recurrent
-    layer's steps): its parameters are made once, and the caller lays the weights out as
-    the tiles read them (``packed_places``), so no step packs or checks."""
+    """out (M, >= length) += weights (M, reads) times x's reads (``products``), made again
+    and again on the same x and offsets with new out and weights (a recurrent layer's
+    steps): its parameters are made once, and the caller lays the weights out as the tiles
+    read them (``packed_places``), so no step packs or checks. With ``items``, the rows are
+    that many equal items, each a part's (so a part's rows stay on its core, with the whole
+    of x); else the parts split the positions."""
 
-    def __init__(self, rows, stride, x, offsets, length):
+    def __init__(self, rows, stride, x, offsets, length, items=1):
         _check_float32("Product: x", x)
+        if rows % items:
+            raise ValueError(f"Product: {rows} rows in {items} equal items")
         self.offsets = np.ascontiguousarray(offsets, np.int64)
         _check_reads(x, self.offsets, length, 1, 0)
         self.x = x  # kept alive: the job reads it by address
-        tiles = -(-length // TILE)
-        parts = min(workers.parts(), tiles)
-        self.params = np.array([parts, 0, stride, rows, x.ctypes.data, self.offsets.ctypes.data,
-                                0, len(self.offsets), length, 1, 0, 0, 0, 1], np.int64)
+        item_rows = rows // items
+        parts = min(workers.parts(), items * -(-length // TILE))
+        self.params = np.array([parts, 0, stride, item_rows, x.ctypes.data,
+                                self.offsets.ctypes.data, 0, len(self.offsets), length, items,
+                                item_rows * stride, 0, item_rows * len(self.offsets), 1],
+                               np.int64)
 
     def add(self, out, packed):
         """out += the product, by addresses: out's rows ``stride`` floats apart, ``packed``
@@ -885,14 +891,17 @@ class Product:
         workers.run(_products_job, self.params)
 
 
-def packed_places(rows, reads):
-    """Where the tiles read weight (m, j) of an (rows, reads) matrix: at start[m] + j *
-    step[m] of the packed weights (``_pack``'s layout), as int64 arrays start and step."""
+def packed_places(rows, reads, items=1):
+    """Where the tiles read weight (m, j) of an (rows, reads) matrix, in ``items`` equal
+    items of rows: at start[m] + j * step[m] of the packed weights (``_pack``'s layout, item
+    after item), as int64 arrays start and step."""
+    item_rows = rows // items
     start = np.empty(rows, np.int64)
     step = np.empty(rows, np.int64)
     row = 0
     while row < rows:
-        block = _block_rows(rows - row)
+        item_end = (row // item_rows + 1) * item_rows
+        block = _block_rows(item_end - row)
         start[row:row + block] = row * reads + np.arange(block)
         step[row:row + block] = block
         row += block
