@@ -351,3 +351,48 @@ def test_a_batchnorm_applies_the_activation_that_alone_reads_it_with_the_same_re
     assert fused_loss == loss
     for name, grad in grads.items():
         np.testing.assert_array_equal(fused_grads[name], grad, err_msg=name)
+
+
+
+RESIDUAL_JOINS = """
+block Join(c) {
+  input x: [C, H, W]
+  y = x -> conv2d(c, 3, padding = 1) -> batchnorm
+  relu(y + x)
+}
+model Net {
+  input x: [4, 16, 16]
+  h = x -> Join(4) -> Join(4)
+  s = h + x
+  both = relu(s) + s
+  both -> global_avgpool -> dense(3)
+}
+train Net { loss cross_entropy; optimizer sgd(lr = 0.1) }
+"""
+
+
+def test_a_sum_that_only_a_relu_reads_is_one_op_with_the_same_results(monkeypatch):
+    """Both residual joins run as ``add_relu``; a sum that two nodes read does not. Loss
+    and gradients equal the unfused run's."""
+    from nnspec.backends.numpy.kernels import elementwise
+
+    seen = []
+    add_relu = elementwise.add_relu
+    monkeypatch.setattr(elementwise, "add_relu",
+                        lambda a, b: seen.append(a.shape) or add_relu(a, b))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    runs = []
+    for fusing in (True, False):
+        if not fusing:
+            monkeypatch.setattr(NumpyModel, "_fusion_plan", lambda self, *args: {})
+        model = _model(RESIDUAL_JOINS)
+        seen.clear()
+        loss = model.loss(x, y)
+        runs.append((loss, model.backward(), list(seen)))
+    (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = runs
+    assert fused_seen == [(5, 4, 16, 16)] * 2 and plain_seen == []
+    assert fused_loss == loss
+    for name, grad in grads.items():
+        np.testing.assert_array_equal(fused_grads[name], grad, err_msg=name)

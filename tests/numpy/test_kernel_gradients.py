@@ -394,6 +394,17 @@ for name, (kernel, second) in BINARY.items():
     CASES[f"{name}_broadcast_row"] = Case(kernel, operands(first(2, 3), second(3)))
     CASES[f"{name}_broadcast_outer"] = Case(kernel, operands(first(2, 1), second(1, 3)))
 
+def sums_off_the_kink(rng):
+    """Two operands whose sum stays clear of relu's kink at 0."""
+    a, b = rng.standard_normal((2, 3, 5))
+    a[np.abs(a + b) < 1e-2] += 0.5
+    return [a, b]
+
+
+CASES["add_relu"] = Case(ew.add_relu, sums_off_the_kink)
+CASES["add_relu_broadcast"] = Case(ew.add_relu, lambda rng: [
+    rng.standard_normal((2, 3)) + 3, rng.standard_normal(3)])
+
 NUMBER_OPERANDS = {
     "x + 2": (ew.add, [gaussian(3, 4), 2.0]),
     "2 - x": (ew.sub, [2.0, gaussian(3, 4)]),
@@ -647,6 +658,7 @@ NOT_KERNELS = {
     "parallel.column_moments", "parallel.combine_columns", "parallel.exp_rows",
     "parallel.layer_norm_backward", "parallel.layer_norm_forward", "parallel.normalise_columns",
     "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
+    "parallel.add_relu", "parallel.relu_gradient",
     "blas.accumulates", "blas.add_product", "blas.transpose",
     # conv2d's products and frames: test_tiled.py, test_kernels_conv.py against torch
     "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty", "tiled.direct_products",

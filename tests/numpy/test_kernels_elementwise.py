@@ -289,3 +289,33 @@ def test_unbroadcast_sums_back_to_each_operand_shape():
     np.testing.assert_array_equal(ew.unbroadcast(grad, (3, 1)), grad.sum(axis=(0, 2))[:, None])
     np.testing.assert_array_equal(ew.unbroadcast(grad, ()), grad.sum())
     assert ew.unbroadcast(grad, (2, 3, 4)) is grad
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("size", [(4, 5), (8, 64, 32, 32)])  # one part, and in parts
+def test_add_relu_is_torch_relu_of_the_sum_with_its_gradient(size):
+    """The residual join the interpreter fuses: float32 operands of one shape take the
+    compiled pass (in parts when large); NaN and the infinities pass as in torch."""
+    rng = np.random.default_rng(0)
+    a, b = normal(rng, size), normal(rng, size)
+    a.flat[:4] = [np.nan, np.inf, -np.inf, 0.0]
+    b.flat[:4] = [1.0, 1.0, 1.0, -0.0]
+    out, backward = ew.add_relu(a, b)
+    d_out = normal(rng, size)
+    d_a, d_b = backward(d_out)
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    t_out = torch.relu(ta + tb)
+    t_out.backward(torch.from_numpy(d_out))
+    assert_close(out, t_out)
+    assert_close(d_a, ta.grad)
+    assert_close(d_b, tb.grad)
+
+
+def test_add_relu_of_operands_that_broadcast_is_the_two_kernels():
+    a = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    b = np.float32([1.0, -1.0, 0.5])
+    out, backward = ew.add_relu(a, b)
+    np.testing.assert_array_equal(out, np.maximum(a + b, 0))
+    d_a, d_b = backward(np.ones_like(out))
+    np.testing.assert_array_equal(d_a, (a + b > 0).astype(np.float32))
+    np.testing.assert_array_equal(d_b, (a + b > 0).sum(axis=0, dtype=np.float32))

@@ -274,8 +274,9 @@ class NumpyModel:
         whose output only a relu or relu6 reads and nobody sees (not an output, not kept):
         the batch norm's compiled loops then clamp its output and mask its gradient, and the
         activation's own passes (a clip, a mask, a product) are gone (MobileNet against
-        torch 1.93 -> 1.72 in `bench_real.py` runs before and after). Remembered as the
-        release plans are."""
+        torch 1.93 -> 1.72 in `bench_real.py` runs before and after). The same for a sum of
+        same-shape operands that only a relu reads (a residual join, `relu(y + shortcut)`:
+        ``elementwise.add_relu``). Remembered as the release plans are."""
         key = (id(graph), skip, keep)
         plan = self._fusion_plans.get(key)
         if plan is None:
@@ -284,9 +285,12 @@ class NumpyModel:
             seen = set(graph.outputs) | keep
             for node in graph.nodes:
                 after = [graph.node(r) for r in readers.get(node.name, ()) if r not in skip]
-                if node.op == "batchnorm" and node.name not in skip and node.name not in seen \
-                        and node.type.batched and len(after) == 1 \
-                        and after[0].op in NORM_ACTIVATIONS and tuple(after[0].inputs) == (node.name,):
+                if node.name in skip or node.name in seen or not node.type.batched \
+                        or len(after) != 1 or tuple(after[0].inputs) != (node.name,):
+                    continue
+                if node.op == "batchnorm" and after[0].op in NORM_ACTIVATIONS or \
+                        node.op == "add" and after[0].op == "relu" and all(
+                            graph.node(i).type == node.type for i in node.inputs):
                     plan[node.name] = after[0].op
                     plan[after[0].name] = None
             self._fusion_plans[key] = plan

@@ -22,8 +22,9 @@ class Context:
     # a kernel that takes `input_grad` is told, and skips its input gradient (a first
     # convolution's costs as much as its weight gradient) and what only that would read
     input_grad: bool = True
-    # the activation (relu, relu6) a batchnorm applies to its output itself, its one reader
-    # then passing values and gradients through (`NumpyModel._run` plans which)
+    # the activation (relu, relu6) a batchnorm (or relu, an add) applies to its output
+    # itself, its one reader then passing values and gradients through (`NumpyModel._run`
+    # plans which)
     activation: str | None = None
 
 

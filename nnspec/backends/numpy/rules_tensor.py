@@ -19,6 +19,13 @@ from nnspec.ir.ops import permutation
 # ---- feed-forward and shape --------------------------------------------------------------
 
 
+@rule("add")
+def _add(node: Node, inputs, params, ctx):
+    """A sum, or a residual join and the relu that alone reads it (``ctx.activation``)."""
+    kernel = elementwise.add_relu if ctx.activation == "relu" else elementwise.add
+    return inputs_only(kernel(*inputs))
+
+
 def _reshape_to(x, shape):
     out = x.reshape(shape)
 

@@ -452,6 +452,22 @@ def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, ro
                 target[j] = g * factor[j] + centred * row_factor[j] + row_add[j]
 
 
+@_compile
+def add_relu(a, b, out):
+    """out = relu(a + b) over flat arrays: a residual join and the relu that alone reads it,
+    in one pass (NaN stays NaN, as in torch's relu)."""
+    for i in range(out.size):
+        out[i] = _activate(a[i] + b[i], RELU)
+
+
+@_compile
+def relu_gradient(d_out, out, d_in):
+    """d_in = d_out where the relu's output ``out`` passed its input, else 0 (torch's test
+    is out <= 0, so NaN passes the gradient)."""
+    for i in range(out.size):
+        d_in[i] = d_out[i] if _passes(out[i], RELU) else _F(0.0)
+
+
 def warm_up() -> None:
     """Run every loop once on a few float32 values: loads its compiled code (compiles it, on
     a machine's first run) and starts numba's runtime, which takes about 60 MB and 0.3 s
@@ -485,3 +501,5 @@ def warm_up() -> None:
                       0, 4)
     combine_columns(rows, column, rows, column, column, RELU, column, column,
                     np.empty_like(rows), COLUMN_SPAN, 0, 4)
+    add_relu(flat, flat, np.empty_like(flat))
+    relu_gradient(flat, flat, np.empty_like(flat))

@@ -104,6 +104,47 @@ def activation(kernel, x, out, slope, with_slope):
 
 
 @workers.Task
+def _add_relu_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, a, b, out)."""
+    params = workers.parameters(args, 5)
+    count = params[1]
+    start, end = part_range(count, part, params[0], 16)
+    fused.add_relu(floats(params, 2, (count,))[start:end],
+                   floats(params, 3, (count,))[start:end], floats(params, 4, (count,))[start:end])
+    return 0
+
+
+def add_relu(a, b, out):
+    """``fused.add_relu`` over flat float32 arrays, in runs of values."""
+    parts = _split(out.size, a, b, out)
+    if parts == 1:
+        fused.add_relu(a, b, out)
+        return
+    workers.run(_add_relu_job, _params(parts, out.size, a, b, out))
+
+
+@workers.Task
+def _relu_gradient_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, d_out, out, d_in)."""
+    params = workers.parameters(args, 5)
+    count = params[1]
+    start, end = part_range(count, part, params[0], 16)
+    fused.relu_gradient(floats(params, 2, (count,))[start:end],
+                        floats(params, 3, (count,))[start:end],
+                        floats(params, 4, (count,))[start:end])
+    return 0
+
+
+def relu_gradient(d_out, out, d_in):
+    """``fused.relu_gradient`` over flat float32 arrays, in runs of values."""
+    parts = _split(out.size, d_out, out, d_in)
+    if parts == 1:
+        fused.relu_gradient(d_out, out, d_in)
+        return
+    workers.run(_relu_gradient_job, _params(parts, out.size, d_out, out, d_in))
+
+
+@workers.Task
 def _layer_norm_forward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, size, k, rows, weight, bias, affine, eps, x_hat, out,
     inv_std); the parts' rows start at multiples of k (weight row i % k)."""
