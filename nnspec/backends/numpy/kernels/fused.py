@@ -65,6 +65,17 @@ def _exp_negative(x):
 
 
 @_inline
+def tanh(x):
+    """tanh from exp(-2|x|): (1 - e) / (1 + e), its sign x's. Absolute error under 2e-7;
+    NaN stays NaN."""
+    e = _exp_negative(_F(-2.0) * abs(x))
+    t = (_F(1.0) - e) / (_F(1.0) + e)
+    if np.isnan(x):
+        return x
+    return t if x >= 0 else -t
+
+
+@_inline
 def _sigmoid(z):
     """1 / (1 + exp(-z)) from exp(-|z|) in (0, 1]: no overflow, and no cancellation for
     negative z (e / (1 + e) there)."""

@@ -21,29 +21,10 @@ import numba
 import numpy as np
 
 from . import tiled, workers
-from .fused import _exp_negative
-from .workers import floats, part_range
+from .fused import tanh
+from .workers import floats, integers, part_range
 
 _F = np.float32
-
-
-@numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def _tanh(x):
-    """tanh from exp(-2|x|) (``fused._exp_negative``): (1 - e) / (1 + e), its sign x's.
-    Absolute error under 2e-7; NaN stays NaN. |x| is clamped at 10, where float32's tanh
-    is 1 already, so that exp never goes subnormal: the underflow flag it would raise
-    stays set for NumPy's next product to report."""
-    magnitude = min(abs(x), _F(10.0))
-    e = _exp_negative(_F(-2.0) * magnitude)
-    t = (_F(1.0) - e) / (_F(1.0) + e)
-    if np.isnan(x):
-        return x
-    return t if x >= 0 else -t
-
-
-@numba.njit(inline="always")
-def _indices(params, index, count):
-    return numba.carray(workers._pointer(params[index]), (count,), dtype=np.int64)
 
 
 @numba.njit(inline="always")
@@ -70,7 +51,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     tanh_cell = floats(params, 6, (batch * hidden,))
     state = floats(params, 7, (batch * (hidden + 1),))
     packed = floats(params, 8, (batch * (hidden + 1),))
-    starts, steps = _indices(params, 9, batch), _indices(params, 10, batch)
+    starts, steps = integers(params, 9, batch), integers(params, 10, batch)
     half = _F(0.5)
     first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):  # a sample's rows as slices: LLVM vectorises those loops
@@ -79,12 +60,12 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
         h = state[n * (hidden + 1):n * (hidden + 1) + hidden]
         for u in range(hidden):
-            out_gate = half + half * _tanh(o[u])
-            in_gate = half + half * _tanh(i[u])
-            forget = half + half * _tanh(f[u])
-            candidate = _tanh(g[u])
+            out_gate = half + half * tanh(o[u])
+            in_gate = half + half * tanh(i[u])
+            forget = half + half * tanh(f[u])
+            candidate = tanh(g[u])
             value = forget * c_prev[u] + in_gate * candidate
-            squashed = _tanh(value)
+            squashed = tanh(value)
             o[u], i[u], f[u], g[u] = out_gate, in_gate, forget, candidate
             c[u], tanh_c[u], h[u] = value, squashed, out_gate * squashed
         start, step = starts[n], steps[n]
@@ -111,7 +92,7 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     carried = floats(params, 7, (batch * hidden,))
     carried_in = params[8] != 0
     packed = floats(params, 9, (batch * gate_rows,))
-    starts, steps = _indices(params, 10, batch), _indices(params, 11, batch)
+    starts, steps = integers(params, 10, batch), integers(params, 11, batch)
     one = _F(1.0)
     first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):

@@ -97,6 +97,12 @@ def floats(params, index, shape):
 
 
 @numba.njit(inline="always")
+def integers(params, index, count):
+    """The int64 array of ``count`` values whose address is ``params[index]``."""
+    return numba.carray(_pointer(params[index]), (count,), dtype=np.int64)
+
+
+@numba.njit(inline="always")
 def number(params, index):
     """The float64 whose bits are ``params[index]``."""
     return params[index:index + 1].view(np.float64)[0]
