@@ -217,6 +217,7 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         from nnspec.backends.numpy.kernels import (  # load on their first run: a library's
             columns,
             frames,  # load, as torch's import is
+            gru_steps,
             lstm_steps,
             max_pool,
             parallel,
@@ -224,7 +225,7 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         )
 
         parallel.warm_up()
-        for module in (tiled, frames, columns, lstm_steps, max_pool):
+        for module in (tiled, frames, columns, gru_steps, lstm_steps, max_pool):
             module.load()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:

@@ -204,30 +204,32 @@ def test_dropout_between_layers_zeroes_and_rescales_only_lower_layers_outputs():
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
 @pytest.mark.parametrize("batch, hidden, bidirectional", [
     (13, 300, True),   # rows packed 8 + 4 + 1; the backward product's 1200 reads in passes
     (32, 128, False),  # the steps split between the cores
     (1, 70, False),    # one sample: one part
 ])
-def test_float32_lstm_steps_at_real_sizes_match_torch_and_the_float64_passes(
-        batch, hidden, bidirectional):
+def test_float32_recurrent_steps_at_real_sizes_match_torch_and_the_float64_passes(
+        mode, batch, hidden, bidirectional):
     """A float32 LSTM runs ``lstm_steps``' sample-major steps (the recurrent products on the
-    tiles, the gate arithmetic compiled); float64 runs NumPy's passes. Both, from given
-    initial states and with gradients through the final ones, against torch."""
+    tiles, the gate arithmetic compiled), a float32 GRU ``gru_steps``' compiled
+    arithmetic; float64 runs NumPy's passes. Both, from given initial states and with
+    gradients through the final ones, against torch."""
     layers, features, steps = 2, 9, 7
     directions = 2 if bidirectional else 1
-    params = recurrent_params("lstm", features, hidden, layers, bidirectional, True,
+    params = recurrent_params(mode, features, hidden, layers, bidirectional, True,
                               np.random.default_rng(3))
-    module = make_module("lstm", params, features, hidden, layers, bidirectional, "tanh")
+    module = make_module(mode, params, features, hidden, layers, bidirectional, "tanh")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((batch, steps, features)).astype(np.float32)
     initial = [rng.standard_normal((batch, layers * directions, hidden)).astype(np.float32)
-               for _ in range(2)]
+               for _ in range(2 if mode == "lstm" else 1)]
     results = {}
     for dtype in (np.float32, np.float64):
         cast = {name: value.astype(dtype) for name, value in params.items()}
         outs, backward = rnn_states(x.astype(dtype), tuple(s.astype(dtype) for s in initial),
-                                    cast, mode="lstm", hidden=hidden, layers=layers,
+                                    cast, mode=mode, hidden=hidden, layers=layers,
                                     bidirectional=bidirectional)
         probes = [np.random.default_rng(5 + k).standard_normal(o.shape).astype(dtype)
                   for k, o in enumerate(outs)]
@@ -248,7 +250,8 @@ def test_float32_lstm_steps_at_real_sizes_match_torch_and_the_float64_passes(
 
     tx = torch.tensor(x, requires_grad=True)
     t_initial = [torch.tensor(s, requires_grad=True) for s in initial]
-    t_out, t_final = module(tx, torch_states("lstm", t_initial, batch, False))
+    t_out, t_final = module(tx, torch_states(mode, t_initial, batch, False))
+    t_final = list(t_final) if mode == "lstm" else [t_final]
     t_outs = [t_out] + [f.transpose(0, 1) for f in t_final]
     sum((o * torch.from_numpy(p)).sum() for o, p in zip(t_outs, probes)).backward()
     # to 1e-4 of each result's largest value (the input gradient reaches 46 here)
@@ -256,3 +259,16 @@ def test_float32_lstm_steps_at_real_sizes_match_torch_and_the_float64_passes(
                          *((d, t.grad) for d, t in zip(d_initial, t_initial)),
                          *((d_params[name], p.grad) for name, p in module.named_parameters())]:
         assert_close(ours, theirs, atol=1e-4 * max(1.0, theirs.abs().max().item()))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_large_batches_take_a_product_per_step_and_match_torch(monkeypatch, mode, bidirectional):
+    """From ``_STEPWISE_MIN_BATCH`` samples on, the input projection and the weight
+    gradients are a product per step (here from 1 sample, so that a small case runs it)."""
+    from nnspec.backends.numpy.kernels import recurrent
+
+    monkeypatch.setattr(recurrent, "_STEPWISE_MIN_BATCH", 1)
+    ours, theirs = run_both(mode, 5, 6, 3, 4, 2, bidirectional)
+    assert_matches_torch(ours, theirs)

@@ -228,12 +228,15 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
     if cell is CELLS["lstm"] and layer_input.dtype == np.float32:
         return _compiled_lstm(layer_input, input_weights, recurrent_weights, scale, order,
                               start, reverse)
-    # one product for all steps (NumPy's matmul over the (T, F + 1, N) stack made one small
-    # product per step: 2048 x 513 by 513 x 16, 128 steps, 35 ms against 7), feature-major,
-    # then the (T, G, N) layout the steps read
-    pre_rows = (input_weights * scale) @ _feature_major(layer_input)
-    pre = np.ascontiguousarray(pre_rows.reshape(gate_rows, steps, batch).transpose(1, 0, 2))
-    del pre_rows
+    if batch >= _STEPWISE_MIN_BATCH:  # a product per step, over the batch
+        pre = np.matmul(input_weights * scale, layer_input)
+    else:
+        # one product for all steps (a product per step over a small batch, 2048 x 513 by
+        # 513 x 16 for 128 steps, took 35 ms against 7), feature-major, then the (T, G, N)
+        # layout the steps read
+        pre_rows = (input_weights * scale) @ _feature_major(layer_input)
+        pre = np.ascontiguousarray(pre_rows.reshape(gate_rows, steps, batch).transpose(1, 0, 2))
+        del pre_rows
     states = np.empty((steps + 1, hidden + 1, batch), layer_input.dtype)
     states[0, :hidden] = start[0] if start else 0
     states[:, hidden] = 1
@@ -263,6 +266,19 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
         d_input_weights = np.zeros((gate_rows, input_rows.shape[0]), dtype)
         d_recurrent_weights = np.zeros((gate_rows, hidden + 1), dtype)
         d_input_rows = np.empty((input_rows.shape[0] - 1, steps * batch), dtype)
+        if batch >= _STEPWISE_MIN_BATCH:  # a step's (rows, N) blocks as they are
+            for t in range(steps):
+                columns = slice(t * batch, (t + 1) * batch)
+                for grad, parts, rows_of in ((d_input_weights, d_pre, input_rows[:, columns].T),
+                                             (d_recurrent_weights, d_recurrent, previous[t].T)):
+                    first = 0
+                    for part in parts:
+                        add_product(part[t], rows_of, grad[first:first + part.shape[1]])
+                        first += part.shape[1]
+                np.matmul(input_weights[:, :-1].T, _stacked(d_pre, t),
+                          out=d_input_rows[:, columns])
+            return _direction_grads(d_input_rows, d_start, d_input_weights,
+                                    d_recurrent_weights, order)
         # a block of steps at a time: the gradients in feature-major rows are copies, and
         # whole-sequence ones were 7 sequences of states at once, a recurrent step's peak
         per_block = max(1, _BLOCK_COLUMNS // batch)
@@ -274,15 +290,23 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
             np.matmul(input_weights[:, :-1].T, d_pre_rows, out=d_input_rows[:, columns])
             d_recurrent_rows = d_pre_rows if same else _feature_major_parts(d_recurrent, block)
             add_product(d_recurrent_rows, _feature_major(previous[block]).T, d_recurrent_weights)
-        d_input_weights = _to_torch_order(d_input_weights, order)
-        d_recurrent_weights = _to_torch_order(d_recurrent_weights, order)
-        return (
-            d_input_rows, d_start,
-            d_input_weights[:, :-1], d_input_weights[:, -1],
-            d_recurrent_weights[:, :-1], d_recurrent_weights[:, -1],
-        )
+        return _direction_grads(d_input_rows, d_start, d_input_weights, d_recurrent_weights,
+                                order)
 
     return in_time_order(states[1:, :hidden]), final, backward
+
+
+def _stacked(parts, t):
+    """Step t of gradients given as row blocks (T, R_i, N), stacked to the gates' rows."""
+    return parts[0][t] if len(parts) == 1 else np.concatenate([part[t] for part in parts])
+
+
+def _direction_grads(d_input_rows, d_start, d_input_weights, d_recurrent_weights, order):
+    """A direction backward's results, its weight gradients in torch's gate order."""
+    d_input_weights = _to_torch_order(d_input_weights, order)
+    d_recurrent_weights = _to_torch_order(d_recurrent_weights, order)
+    return (d_input_rows, d_start, d_input_weights[:, :-1], d_input_weights[:, -1],
+            d_recurrent_weights[:, :-1], d_recurrent_weights[:, -1])
 
 
 def _compiled_lstm(layer_input, input_weights, recurrent_weights, scale, order, start,
@@ -301,6 +325,12 @@ def _compiled_lstm(layer_input, input_weights, recurrent_weights, scale, order, 
 
     return states, final, backward
 
+
+# from this batch on, the input projection and the weight gradients are one product per
+# step, over the batch (long enough for BLAS), instead of one product over feature-major
+# copies of the whole sequence or of blocks of steps (GRU T64 H256 at batch 256: those
+# copies took 50 ms of a 230 ms step)
+_STEPWISE_MIN_BATCH = 128
 
 # columns (steps x batch) per block of the weight-gradient products: an inner dimension
 # long enough for BLAS's full rate, a few MiB of copies

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import gru_steps
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -142,7 +144,8 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
 
     Saved for backward: the gates r and z, the candidates n and W_hn h + b_hn (and the
     states), not the input or recurrent projections, whose storage backward would only
-    reuse; its factors are then computed in the storage of the saved values they replace."""
+    reuse; its factors are then computed in the storage of the saved values they replace.
+    Float32 runs each step's arithmetic as one compiled job (``gru_steps``)."""
     steps, gate_rows, batch = pre.shape
     hidden = gate_rows // 3
     dtype = pre.dtype
@@ -153,6 +156,9 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
     resets, updates = resets_updates[:, :hidden], resets_updates[:, hidden:]
     pre_rz, pre_n = pre[:, : 2 * hidden], pre[:, 2 * hidden:]
     previous, outputs = states[:-1, :hidden], states[1:, :hidden]
+    if dtype == np.float32:
+        return _compiled_gru_steps(pre, recurrent, recurrent_weight_t, states, start,
+                                   projection, resets_updates, projected_n, candidates)
     for t in range(steps):
         _project_state(recurrent, states[t], t == 0 and not start, projection)
         gate = resets_updates[t]
@@ -208,6 +214,47 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
             d_start = (recurrent_weight_t @ d_projections[0] + updates[0] * dhs[0],)
         d_pre_n = dh_dn
         d_pre_n *= dhs
+        return (d_projections[:, : 2 * hidden], d_pre_n), (d_projections,), d_start
+
+    return backward, None
+
+
+def _compiled_gru_steps(pre, recurrent, recurrent_weight_t, states, start, projection,
+                        resets_updates, projected_n, candidates):
+    """``_gru_steps`` in float32, its arithmetic ``gru_steps``' jobs: the same saved values,
+    and in the backward no passes over the whole sequence."""
+    steps, gate_rows, batch = pre.shape
+    hidden = gate_rows // 3
+    jobs = gru_steps.Steps(hidden, batch)
+    block = hidden * batch * 4  # bytes of an (H, N) block
+    state_bytes = states[0].nbytes
+    for t in range(steps):
+        _project_state(recurrent, states[t], t == 0 and not start, projection)
+        jobs.step(projection.ctypes.data, pre[t].ctypes.data,
+                  states.ctypes.data + t * state_bytes, resets_updates[t].ctypes.data,
+                  projected_n.ctypes.data + t * block, candidates.ctypes.data + t * block,
+                  states.ctypes.data + (t + 1) * state_bytes)
+
+    def backward(d_states, _d_final_cell):
+        d_states = np.ascontiguousarray(d_states, np.float32)
+        d_projections = np.empty((steps, gate_rows, batch), np.float32)
+        d_pre_n = np.empty((steps, hidden, batch), np.float32)
+        from_next = np.empty((hidden, batch), np.float32)
+        carried = np.empty((hidden, batch), np.float32)
+        for t in reversed(range(steps)):
+            last = t == steps - 1
+            if not last:  # what step t + 1 sends back through its recurrent product
+                np.matmul(recurrent_weight_t, d_projections[t + 1], out=from_next)
+            jobs.step_back(d_states.ctypes.data + t * block,
+                           0 if last else from_next.ctypes.data, carried.ctypes.data,
+                           not last, resets_updates[t].ctypes.data,
+                           projected_n.ctypes.data + t * block,
+                           candidates.ctypes.data + t * block,
+                           states.ctypes.data + t * state_bytes,
+                           d_projections[t].ctypes.data, d_pre_n.ctypes.data + t * block)
+        d_start = ()
+        if start:  # through step 0's recurrent projection and its update gate (carried)
+            d_start = (recurrent_weight_t @ d_projections[0] + carried,)
         return (d_projections[:, : 2 * hidden], d_pre_n), (d_projections,), d_start
 
     return backward, None
