@@ -75,7 +75,7 @@ def test_layouts_blas_cannot_read_and_empty_products_take_numpys_way(monkeypatch
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["rows", "block"])
 @pytest.mark.parametrize("through_blas", [True, False])
-@pytest.mark.parametrize("given_out", [True, False])
+@pytest.mark.parametrize("given_out", [False, "whole", "block"])
 def test_transpose_copies_every_element_exactly(monkeypatch, dtype, layout, through_blas,
                                                 given_out):
     if through_blas:  # small matrices would take NumPy's way
@@ -83,11 +83,19 @@ def test_transpose_copies_every_element_exactly(monkeypatch, dtype, layout, thro
     rng = np.random.default_rng(1)
     matrix = operand(rng, (37, 23), dtype, layout)
     matrix[3, 5], matrix[7, 2], matrix[0, 0] = np.nan, -np.inf, -0.0
-    out = np.full((23, 37), 7, dtype) if given_out else None
+    # "block": rows of a larger array (a time step of a batch-first sequence), whose other
+    # columns stay as they are
+    larger = np.full((23, 50), 7, dtype)
+    out = {False: None, "whole": np.full((23, 37), 7, dtype), "block": larger[:, 5:42]}[
+        given_out]
     result = blas.transpose(matrix, out)
-    assert result.flags.c_contiguous and result.dtype == dtype
+    assert result.dtype == dtype
     if given_out:
         assert result is out
+    else:
+        assert result.flags.c_contiguous
     np.testing.assert_array_equal(result, matrix.T)
     assert np.signbit(result[0, 0])  # -0.0 stays negative: a copy, not arithmetic
+    if given_out == "block":
+        assert (larger[:, :5] == 7).all() and (larger[:, 42:] == 7).all()
 

@@ -118,17 +118,21 @@ SMALL_TRANSPOSE = 1 << 14
 
 
 def transpose(matrix, out=None):
-    """``matrix.T`` as a C-ordered copy, into ``out`` (a C-ordered array of that shape) when
-    given. ``matrix`` is 2-d; its elements are copied exactly (omatcopy's scale is one)."""
+    """``matrix.T`` as a C-ordered copy, or into ``out`` (an array of that shape whose rows
+    are unit-stride runs, such as a block of a larger array) when given. ``matrix`` is 2-d;
+    its elements are copied exactly (omatcopy's scale is one). NumPy's copy of a transposed
+    view runs at 0.5-1 GB/s at large sizes (a (T * H, N) sequence of 16 MB: 31 ms against
+    3.3)."""
     rows, columns = matrix.shape
     if out is None:
         out = np.empty((columns, rows), matrix.dtype)
     copy = _openblas().get(("omatcopy", matrix.dtype))
     layout = _layout(matrix, transposable=False)
-    if copy is None or matrix.size < SMALL_TRANSPOSE or layout is None \
-            or out.dtype != matrix.dtype or not out.flags.c_contiguous:
+    target = _layout(out, transposable=False)
+    if copy is None or matrix.size < SMALL_TRANSPOSE or layout is None or target is None \
+            or out.dtype != matrix.dtype or out.shape != (columns, rows):
         np.copyto(out, matrix.T)
         return out
     copy(_ROW_MAJOR, _TRANS, rows, columns, 1.0, matrix.ctypes.data, layout[1],
-         out.ctypes.data, rows)
+         out.ctypes.data, target[1])
     return out
