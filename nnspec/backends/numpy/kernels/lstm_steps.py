@@ -38,18 +38,19 @@ def _gate_rows(gates, n, hidden):
 @workers.Task
 def _forward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, state,
-    packed, packed starts, packed steps). ``gates`` (N, 4H) holds the step's
-    pre-activations and gets the gates; the cells are (N, H), the state (N, H + 1) (its
-    last column the ones), and the new state also goes to ``packed``, as the next step's
-    product reads it (``tiled.packed_places``)."""
-    params = workers.parameters(args, 11)
+    packed, packed starts, packed steps, the state's row stride). ``gates`` (N, 4H) holds
+    the step's pre-activations and gets the gates; the cells are (N, H), the state N rows
+    of H, and the new state also goes to ``packed``, as the next step's product reads it
+    (``tiled.packed_places``)."""
+    params = workers.parameters(args, 12)
     hidden, batch = params[1], params[2]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
     previous = floats(params, 4, (batch * hidden,))
     cell = floats(params, 5, (batch * hidden,))
     tanh_cell = floats(params, 6, (batch * hidden,))
-    state = floats(params, 7, (batch * (hidden + 1),))
+    state_stride = params[11]
+    state = floats(params, 7, (batch * state_stride,))
     packed = floats(params, 8, (batch * (hidden + 1),))
     starts, steps = integers(params, 9, batch), integers(params, 10, batch)
     half = _F(0.5)
@@ -58,7 +59,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
         o, i, f, g = _gate_rows(gates, n, hidden)
         units = slice(n * hidden, (n + 1) * hidden)
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
-        h = state[n * (hidden + 1):n * (hidden + 1) + hidden]
+        h = state[n * state_stride:n * state_stride + hidden]
         for u in range(hidden):
             out_gate = half + half * tanh(o[u])
             in_gate = half + half * tanh(i[u])
@@ -145,12 +146,13 @@ class _Packed:
 
 
 class _Addresses:
-    """Step s's block of each (T, ...) C-ordered array, by address (a view a step, and its
-    ``ctypes``, cost microseconds each). Holds the arrays: the jobs read them by address."""
+    """Where step s's block of each (T, ...) array starts, by address (a view a step, and
+    its ``ctypes``, cost microseconds each). Holds the arrays: the jobs read them by
+    address."""
 
     def __init__(self, gates, cells=None, tanh_cells=None, states=None):
         self._arrays = (gates, cells, tanh_cells, states)
-        self._places = [(a.ctypes.data, a[0].nbytes) if a is not None else None
+        self._places = [(a.ctypes.data, a.strides[0]) if a is not None else None
                         for a in self._arrays]
 
     def _of(self, kind, s):
@@ -180,19 +182,26 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     steps, _, batch = layer_input.shape
     gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
     inputs = layer_input[::-1] if reverse else layer_input  # processing order
-    x_rows = np.ascontiguousarray(inputs.transpose(0, 2, 1)).reshape(steps * batch, -1)
+    features = inputs.shape[1]  # F + 1, the ones row included
+    # each step's input and the state it starts from side by side, (T + 1, N, F + 1 + H +
+    # 1): the weight gradients are then one product (T64 H256: 5.8 -> 5.2 ms)
+    rows = np.empty((steps + 1, batch, features + hidden + 1), _F)
+    rows[:steps, :, :features] = inputs.transpose(0, 2, 1)
+    rows[steps, :, :features] = 0
+    step_rows = rows[:steps].reshape(steps * batch, -1)
     input_t = np.ascontiguousarray((input_weights * scale).T)  # (F + 1, 4H)
-    gates = (x_rows @ input_t).reshape(steps, batch, gate_rows)
+    gates = (step_rows[:, :features] @ input_t).reshape(steps, batch, gate_rows)
     recurrent_t = np.ascontiguousarray((recurrent_weights * scale).T)  # (H + 1, 4H)
-    states = np.empty((steps + 1, batch, hidden + 1), _F)
+    states = rows[:, :, features:]
     states[:, :, hidden] = 1
     states[0, :, :hidden] = start[0].T if start else 0
     cells = np.empty((steps + 1, batch, hidden), _F)
     cells[0] = start[1].T if start else 0
     tanh_cells = np.empty((steps, batch, hidden), _F)
     parts = min(batch, workers.parts()) if batch * hidden >= 1 << 12 else 1
-    params = np.zeros(11, np.int64)
+    params = np.zeros(12, np.int64)
     params[:3] = parts, hidden, batch
+    params[11] = rows.shape[2]
     at = _Addresses(gates, cells, tanh_cells, states)
     # each part's samples on its core throughout: the product's rows (with the whole of
     # the weights, when they fit in its cache) and the step's arithmetic
@@ -201,8 +210,8 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
                             np.arange(hidden + 1, dtype=np.int64) * gate_rows, gate_rows, items)
     packed = _Packed(batch, hidden + 1, items)
     packed.fill(states[0])
-    params[8:] = (packed.values.ctypes.data, packed.starts.ctypes.data,
-                  packed.steps.ctypes.data)
+    params[8:11] = (packed.values.ctypes.data, packed.starts.ctypes.data,
+                    packed.steps.ctypes.data)
     for s in range(steps):
         if s == 0 and not start:  # a zero state: its bias row alone
             gates[0] += recurrent_t[hidden]
@@ -247,8 +256,8 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         if start:  # through step 0's recurrent product, and its forget gate
             d_start = ((gates[0] @ recurrent_plain).T, carried.T)
         d_pre = gates.reshape(steps * batch, gate_rows)
-        d_input_weights = d_pre.T @ x_rows
-        d_recurrent_weights = d_pre.T @ states[:-1].reshape(steps * batch, hidden + 1)
+        d_weights = d_pre.T @ step_rows
+        d_input_weights, d_recurrent_weights = d_weights[:, :features], d_weights[:, features:]
         d_input = input_weights[:, :-1].T @ d_pre.T  # (F, T * N), processing order
         if reverse:
             d_input = np.ascontiguousarray(

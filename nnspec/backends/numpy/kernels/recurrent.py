@@ -138,7 +138,8 @@ def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity
                 layer_backwards))):
             if layer < len(masks):
                 d_layer_output = d_layer_output * masks[layer]
-            input_rows = _feature_major(layer_input)
+            # the float32 LSTM's steps keep their inputs in their own layout
+            input_rows = None if compiled_lstm else _feature_major(layer_input)
             d_layer_input = None
             for direction, (names, index, direction_backward) in enumerate(direction_backwards):
                 d_states = d_layer_output[:, direction * hidden:(direction + 1) * hidden]
