@@ -37,12 +37,31 @@ def _gate_rows(gates, n, hidden):
 
 @workers.Task
 def _forward_job(args, range_m, range_n, sa, sb, part):
+    _forward_part(workers.parameters(args, _FORWARD_PARAMETERS), part)
+    return 0
+
+
+@workers.Task
+def _forward_step_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, the product's parameters, the forward job's): a step's recurrent
+    product, then its arithmetic, each part on its own samples (the product's items), in
+    one dispatch."""
+    params = workers.parameters(args, 3)
+    tiled.products_part(integers(params, 1, tiled.PRODUCT_PARAMETERS), part)
+    _forward_part(integers(params, 2, _FORWARD_PARAMETERS), part)
+    return 0
+
+
+_FORWARD_PARAMETERS = 12
+
+
+@numba.njit(inline="always")
+def _forward_part(params, part):
     """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, state,
     packed, packed starts, packed steps, the state's row stride). ``gates`` (N, 4H) holds
     the step's pre-activations and gets the gates; the cells are (N, H), the state N rows
     of H, and the new state also goes to ``packed``, as the next step's product reads it
     (``tiled.packed_places``)."""
-    params = workers.parameters(args, 12)
     hidden, batch = params[1], params[2]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
@@ -72,18 +91,37 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
         start, step = starts[n], steps[n]
         for u in range(hidden):
             packed[start + u * step] = h[u]
-    return 0
 
 
 @workers.Task
 def _backward_job(args, range_m, range_n, sa, sb, part):
+    _backward_part(workers.parameters(args, _BACKWARD_PARAMETERS), part)
+    return 0
+
+
+@workers.Task
+def _backward_step_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, the product's parameters or 0 for none, the backward job's): what the
+    step after sends back through its recurrent product, then the step's gradients, each
+    part on its own samples, in one dispatch."""
+    params = workers.parameters(args, 3)
+    if params[1] != 0:
+        tiled.products_part(integers(params, 1, tiled.PRODUCT_PARAMETERS), part)
+    _backward_part(integers(params, 2, _BACKWARD_PARAMETERS), part)
+    return 0
+
+
+_BACKWARD_PARAMETERS = 12
+
+
+@numba.njit(inline="always")
+def _backward_part(params, part):
     """params (parts, hidden, batch, gates, d_state, previous cell, tanh of the cell,
     carried, carried in, packed, packed starts, packed steps). From the step's gates (N, 4H)
     and the gradient reaching its state (N, H), ``gates`` gets the gradients of their
     (unhalved) pre-activations, also written to ``packed`` as the next product reads them;
     ``carried`` (N, H) holds dc f of the step after (added when ``carried in``) and gets
     this step's."""
-    params = workers.parameters(args, 12)
     hidden, batch = params[1], params[2]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
@@ -117,7 +155,6 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
         start, step = starts[n], steps[n]
         for j in range(4 * hidden):
             packed[start + j * step] = row[j]
-    return 0
 
 
 def _items(batch, parts, weight_bytes):
@@ -212,13 +249,20 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     packed.fill(states[0])
     params[8:11] = (packed.values.ctypes.data, packed.starts.ctypes.data,
                     packed.steps.ctypes.data)
+    # where each part's product rows are its samples, a step is one dispatch
+    fused = parts > 1 and items == parts == product.params[0]
+    both = np.array([parts, product.params.ctypes.data, params.ctypes.data], np.int64)
     for s in range(steps):
-        if s == 0 and not start:  # a zero state: its bias row alone
-            gates[0] += recurrent_t[hidden]
-        else:
-            product.add(at.gates(s), packed.values.ctypes.data)
         params[3], params[4], params[5] = at.gates(s), at.cells(s), at.cells(s + 1)
         params[6], params[7] = at.tanh_cells(s), at.states(s + 1)
+        if s == 0 and not start:  # a zero state: its bias row alone
+            gates[0] += recurrent_t[hidden]
+        elif fused:
+            product.bind(at.gates(s), packed.values.ctypes.data)
+            workers.run(_forward_step_job, both)
+            continue
+        else:
+            product.add(at.gates(s), packed.values.ctypes.data)
         workers.run(_forward_job, params)
     outputs = states[1:, :, :hidden].transpose(0, 2, 1)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
@@ -245,12 +289,19 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
                          packed_grads.steps.ctypes.data], np.int64)
         d_at = _Addresses(d_rows)
+        back_fused = parts > 1 and back_items == parts == back_product.params[0]
+        back_both = np.array([parts, 0, back.ctypes.data], np.int64)
         for s in reversed(range(steps)):
             last = s == steps - 1
-            if not last:  # what step s + 1 sends back through its recurrent product
-                back_product.add(d_at.gates(s), packed_grads.values.ctypes.data)
             back[3], back[4], back[5] = at.gates(s), d_at.gates(s), at.cells(s)
             back[6], back[8] = at.tanh_cells(s), not last or d_final_cell is not None
+            if back_fused:  # the product, if any, and the step in one dispatch
+                back_product.bind(d_at.gates(s), packed_grads.values.ctypes.data)
+                back_both[1] = 0 if last else back_product.params.ctypes.data
+                workers.run(_backward_step_job, back_both)
+                continue
+            if not last:  # what step s + 1 sends back through its recurrent product
+                back_product.add(d_at.gates(s), packed_grads.values.ctypes.data)
             workers.run(_backward_job, back)
         d_start = ()
         if start:  # through step 0's recurrent product, and its forget gate
@@ -269,5 +320,5 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
 
 def load() -> None:
     """Compile the jobs now (or load them from the cache), not on their first run."""
-    _forward_job.load()
-    _backward_job.load()
+    for job in (_forward_job, _backward_job, _forward_step_job, _backward_step_job):
+        job.load()

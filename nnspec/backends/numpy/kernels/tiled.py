@@ -488,7 +488,17 @@ def _products_job(args, range_m, range_n, sa, sb, part):
     """params (parts, out, stride, out rows, x, offsets, packed weights, reads, length,
     items, the items' steps through out, x and the packed weights, and whether the products
     add to out's values)."""
-    params = workers.parameters(args, 14)
+    products_part(workers.parameters(args, PRODUCT_PARAMETERS), part)
+    return 0
+
+
+PRODUCT_PARAMETERS = 14
+
+
+@numba.njit(inline="always")
+def products_part(params, part):
+    """Part ``part`` of the products ``params`` describes (``_products_job``'s): for a job
+    that makes a product and then works on its results on the same core."""
     out, stride, out_rows, x = params[1], params[2], params[3], params[4]
     offsets, weights, reads, length = params[5], params[6], params[7], params[8]
     out_step, x_step, weights_step = params[10], params[11], params[12]
@@ -515,7 +525,6 @@ def _products_job(args, range_m, range_n, sa, sb, part):
                     position += TILE
                 row += rows
         unit += last - first
-    return 0
 
 
 @numba.njit(inline="always")
@@ -887,8 +896,13 @@ class Product:
     def add(self, out, packed):
         """out += the product, by addresses: out's rows ``stride`` floats apart, ``packed``
         the weights where ``packed_places`` puts them."""
-        self.params[1], self.params[6] = out, packed
+        self.bind(out, packed)
         workers.run(_products_job, self.params)
+
+    def bind(self, out, packed):
+        """Set the addresses ``add`` takes, for a job that runs ``products_part`` itself on
+        these parameters."""
+        self.params[1], self.params[6] = out, packed
 
 
 def packed_places(rows, reads, items=1):
