@@ -235,7 +235,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     cells = np.empty((steps + 1, batch, hidden), _F)
     cells[0] = start[1].T if start else 0
     tanh_cells = np.empty((steps, batch, hidden), _F)
-    parts = min(batch, workers.parts()) if batch * hidden >= 1 << 12 else 1
+    parts = min(batch, workers.parts()) if batch * hidden >= 1 << 10 else 1
     params = np.zeros(12, np.int64)
     params[:3] = parts, hidden, batch
     params[11] = rows.shape[2]
