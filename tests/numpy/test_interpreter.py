@@ -321,6 +321,27 @@ train Net { loss cross_entropy; optimizer sgd(lr = 0.1) }
 """
 
 
+def fused_and_plain(monkeypatch, spec, x, y, seen):
+    """A training step of ``spec`` with the interpreter's fusion plan, then without it:
+    (loss, gradients, what ``seen`` recorded) of each."""
+    runs = []
+    for fusing in (True, False):
+        if not fusing:
+            monkeypatch.setattr(NumpyModel, "_fusion_plan", lambda self, *args: {})
+        model = _model(spec)
+        seen.clear()
+        loss = model.loss(x, y)
+        runs.append((loss, model.backward(), list(seen)))
+    return runs
+
+
+def assert_same_training(fused_loss, fused_grads, loss, grads):
+    """Loss and gradients of the fused run are the unfused run's, to the bit."""
+    assert fused_loss == loss
+    for name, grad in grads.items():
+        np.testing.assert_array_equal(fused_grads[name], grad, err_msg=name)
+
+
 def test_a_batchnorm_applies_the_activation_that_alone_reads_it_with_the_same_results(
         monkeypatch):
     """The first and last batch norms apply their relu / relu6 themselves; the middle one,
@@ -338,19 +359,10 @@ def test_a_batchnorm_applies_the_activation_that_alone_reads_it_with_the_same_re
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, 5)
-    runs = []
-    for fusing in (True, False):
-        if not fusing:
-            monkeypatch.setattr(NumpyModel, "_fusion_plan", lambda self, *args: {})
-        model = _model(BATCHNORM_ACTIVATIONS)
-        seen.clear()
-        loss = model.loss(x, y)
-        runs.append((loss, model.backward(), list(seen)))
-    (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = runs
+    (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = fused_and_plain(
+        monkeypatch, BATCHNORM_ACTIVATIONS, x, y, seen)
     assert fused_seen == ["relu", None, "relu6"] and plain_seen == [None] * 3
-    assert fused_loss == loss
-    for name, grad in grads.items():
-        np.testing.assert_array_equal(fused_grads[name], grad, err_msg=name)
+    assert_same_training(fused_loss, fused_grads, loss, grads)
 
 
 
@@ -383,16 +395,7 @@ def test_a_sum_that_only_a_relu_reads_is_one_op_with_the_same_results(monkeypatc
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 4, 16, 16)).astype(np.float32)
     y = rng.integers(0, 3, 5)
-    runs = []
-    for fusing in (True, False):
-        if not fusing:
-            monkeypatch.setattr(NumpyModel, "_fusion_plan", lambda self, *args: {})
-        model = _model(RESIDUAL_JOINS)
-        seen.clear()
-        loss = model.loss(x, y)
-        runs.append((loss, model.backward(), list(seen)))
-    (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = runs
+    (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = fused_and_plain(
+        monkeypatch, RESIDUAL_JOINS, x, y, seen)
     assert fused_seen == [(5, 4, 16, 16)] * 2 and plain_seen == []
-    assert fused_loss == loss
-    for name, grad in grads.items():
-        np.testing.assert_array_equal(fused_grads[name], grad, err_msg=name)
+    assert_same_training(fused_loss, fused_grads, loss, grads)

@@ -673,6 +673,7 @@ NOT_KERNELS = {
     "max_pool.max_pool", "max_pool.applies", "max_pool.load",
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",
     "windows.kernel_offsets", "windows.offset_index", "windows.output_size", "windows.pad_spatial",
+    "windows.padded_output_size",
     "windows.scatter_windows", "windows.pad_into_phases", "windows.gather_from_phases",
     "windows.phase_reads", "windows.phase_regions",
     "elementwise.unbroadcast",

@@ -132,6 +132,19 @@ def torch_states(mode, tensors, batch, unbatched):
     return tuple(states) if mode == "lstm" else states[0]
 
 
+def torch_run_with_states(mode, module, x, initial, probes, batch, unbatched):
+    """torch's module from the given initial states, its output and final states (batch
+    first) backpropagated against ``probes``: (its results, its input, its initial states),
+    the tensors holding their gradients."""
+    tx = torch.tensor(x, requires_grad=True)
+    t_initial = [torch.tensor(s, requires_grad=True) for s in initial]
+    t_out, t_final = module(tx, torch_states(mode, t_initial, batch, unbatched))
+    t_final = list(t_final) if mode == "lstm" else [t_final]
+    t_outs = [t_out] + [f.transpose(0, 1) for f in t_final]
+    sum((o * torch.from_numpy(p)).sum() for o, p in zip(t_outs, probes)).backward()
+    return t_outs, tx, t_initial
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -153,12 +166,8 @@ def test_initial_and_final_states_match_torch_with_gradients_through_both(mode, 
     probes = [rng.standard_normal(o.shape).astype(np.float32) for o in outs]
     dx, *d_initial, d_params = backward(*probes)
 
-    tx = torch.tensor(x, requires_grad=True)
-    t_initial = [torch.tensor(s, requires_grad=True) for s in initial]
-    t_out, t_final = module(tx, torch_states(mode, t_initial, batch, unbatched))
-    t_final = list(t_final) if mode == "lstm" else [t_final]
-    t_outs = [t_out] + [f.transpose(0, 1) for f in t_final]
-    sum((o * torch.from_numpy(p)).sum() for o, p in zip(t_outs, probes)).backward()
+    t_outs, tx, t_initial = torch_run_with_states(mode, module, x, initial, probes, batch,
+                                                  unbatched)
     for ours, theirs in zip(outs, t_outs):
         assert ours.shape == tuple(theirs.shape)
         assert_close(ours, theirs, atol=1e-5)
@@ -248,12 +257,8 @@ def test_float32_recurrent_steps_at_real_sizes_match_torch_and_the_float64_passe
         np.testing.assert_allclose(ours, theirs, rtol=1e-4,
                                    atol=1e-4 * max(1.0, np.abs(theirs).max()))
 
-    tx = torch.tensor(x, requires_grad=True)
-    t_initial = [torch.tensor(s, requires_grad=True) for s in initial]
-    t_out, t_final = module(tx, torch_states(mode, t_initial, batch, False))
-    t_final = list(t_final) if mode == "lstm" else [t_final]
-    t_outs = [t_out] + [f.transpose(0, 1) for f in t_final]
-    sum((o * torch.from_numpy(p)).sum() for o, p in zip(t_outs, probes)).backward()
+    t_outs, tx, t_initial = torch_run_with_states(mode, module, x, initial, probes, batch,
+                                                  False)
     # to 1e-4 of each result's largest value (the input gradient reaches 46 here)
     for ours, theirs in [*zip(outs, t_outs), (dx, tx.grad),
                          *((d, t.grad) for d, t in zip(d_initial, t_initial)),

@@ -26,6 +26,7 @@ from .windows import (
     output_size,
     pad_into_phases,
     pad_spatial,
+    padded_output_size,
     phase_reads,
     scatter_windows,
 )
@@ -483,8 +484,7 @@ def _columns_pay(x, kernel, stride, padding, dilation):
     64-128 channels stride 1 on 7x7; 0.7-0.8x on wider maps or fewer channels."""
     if not columns.applies(x) or x.shape[1] < COLUMNS_MIN_CHANNELS:
         return False
-    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
-    positions = math.prod(output_size(padded, kernel, stride, dilation))
+    positions = math.prod(padded_output_size(x.shape[2:], padding, kernel, stride, dilation))
     if any(s > 1 for s in stride):
         return positions <= COLUMNS_MAX_STRIDED_POSITIONS
     return x.shape[1] >= TILED_MAX_CHANNELS and positions <= COLUMNS_MAX_POSITIONS
@@ -501,8 +501,7 @@ def _on_columns(x, weight, bias, stride, padding, dilation, input_grad):
     n = x.shape[0]
     out_channels = weight.shape[0]
     kernel = weight.shape[2:]
-    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
-    out = output_size(padded, kernel, stride, dilation)
+    out = padded_output_size(x.shape[2:], padding, kernel, stride, dilation)
     sweep = (kernel, stride, padding, dilation, out)
     x = np.ascontiguousarray(x)
     weight_rows = weight.reshape(out_channels, -1)
@@ -587,8 +586,7 @@ def _framed(x, kernel, stride, padding, dilation):
     stride, ``_phase_frames`` otherwise): (flat, reads, frame_shape, unframe) as those
     give them, the output's size, and the frame position just past the last output."""
     n = x.shape[0]
-    padded = [size + lo + hi for size, (lo, hi) in zip(x.shape[2:], padding)]
-    out = output_size(padded, kernel, stride, dilation)
+    out = padded_output_size(x.shape[2:], padding, kernel, stride, dilation)
     if all(s == 1 for s in stride):
         framed = _shared_padding_frame(x, padding, kernel, dilation)
     else:

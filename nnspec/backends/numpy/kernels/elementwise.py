@@ -80,7 +80,7 @@ def add_relu(a, b):
     """relu(a + b): a residual join whose sum only a relu reads, which the interpreter runs
     as one op (the sum is never stored, and the relu keeps no mask: its output is the
     mask). Same-shape float32 operands take one compiled pass each way on both cores (a
-    ResNet's joins and relus: 9.0 -> 3.4 ms a step); others the two kernels in turn."""
+    ResNet's joins and relus, 32/64/128 channels at batch 32: 9.0 -> 3.2 ms a step); others the two kernels in turn."""
     a, b = _as_arrays(a, b)
     shape_a, shape_b = _grad_shape(a), _grad_shape(b)
     if a.shape != b.shape or not all(o.dtype == np.float32 and o.flags.c_contiguous

@@ -8,11 +8,12 @@ NumPy passes over (4H, N) blocks, and in the backward five passes over the whole
 and seven a step. Here a step's rows are samples, (N, 4H): the recurrent product is the
 tiles' (``tiled.Product``: N rows of weights, the state's, by the transposed recurrent
 weights' rows, 4H positions long; 65 us), and one job makes a step's gates, cell and state
-(or, backward, their gradients) from it, writing the next product's weights already packed.
-The input projection is one product over every step before the loop, and the weight
-gradients one product each after it, (4H, T * N) by (T * N, F + 1 or H + 1), of arrays that
-are already in that layout. Gates are (o, i, f, g), the sigmoid ones' pre-activations
-halved, as in `recurrent_cells`.
+(or, backward, their gradients) from it, writing the next product's weights already packed;
+where each core's product rows are its own samples, the product and the arithmetic are one
+job. The input projection is one product over every step before the loop, and the weight
+gradients one product after it, (4H, T * N) by (T * N, F + 1 + H + 1), each step's input
+kept beside the state it starts from. Gates are (o, i, f, g), the sigmoid ones'
+pre-activations halved, as in `recurrent_cells`.
 """
 
 from __future__ import annotations
@@ -36,23 +37,21 @@ def _gate_rows(gates, n, hidden):
 
 
 @workers.Task
-def _forward_job(args, range_m, range_n, sa, sb, part):
-    _forward_part(workers.parameters(args, _FORWARD_PARAMETERS), part)
+def _step_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, a recurrent product's parameters or 0 for none, the step's, 1 for the
+    backward): the product (``tiled.products_part``, when each part's rows are its own
+    samples), then the step's arithmetic on those samples, in one dispatch."""
+    params = workers.parameters(args, 4)
+    if params[1] != 0:
+        tiled.products_part(integers(params, 1, tiled.PRODUCT_PARAMETERS), part)
+    if params[3] != 0:
+        _backward_part(integers(params, 2, _STEP_PARAMETERS), part)
+    else:
+        _forward_part(integers(params, 2, _STEP_PARAMETERS), part)
     return 0
 
 
-@workers.Task
-def _forward_step_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, the product's parameters, the forward job's): a step's recurrent
-    product, then its arithmetic, each part on its own samples (the product's items), in
-    one dispatch."""
-    params = workers.parameters(args, 3)
-    tiled.products_part(integers(params, 1, tiled.PRODUCT_PARAMETERS), part)
-    _forward_part(integers(params, 2, _FORWARD_PARAMETERS), part)
-    return 0
-
-
-_FORWARD_PARAMETERS = 12
+_STEP_PARAMETERS = 12
 
 
 @numba.njit(inline="always")
@@ -91,27 +90,6 @@ def _forward_part(params, part):
         start, step = starts[n], steps[n]
         for u in range(hidden):
             packed[start + u * step] = h[u]
-
-
-@workers.Task
-def _backward_job(args, range_m, range_n, sa, sb, part):
-    _backward_part(workers.parameters(args, _BACKWARD_PARAMETERS), part)
-    return 0
-
-
-@workers.Task
-def _backward_step_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, the product's parameters or 0 for none, the backward job's): what the
-    step after sends back through its recurrent product, then the step's gradients, each
-    part on its own samples, in one dispatch."""
-    params = workers.parameters(args, 3)
-    if params[1] != 0:
-        tiled.products_part(integers(params, 1, tiled.PRODUCT_PARAMETERS), part)
-    _backward_part(integers(params, 2, _BACKWARD_PARAMETERS), part)
-    return 0
-
-
-_BACKWARD_PARAMETERS = 12
 
 
 @numba.njit(inline="always")
@@ -182,31 +160,21 @@ class _Packed:
         self.values[places] = matrix
 
 
-class _Addresses:
-    """Where step s's block of each (T, ...) array starts, by address (a view a step, and
-    its ``ctypes``, cost microseconds each). Holds the arrays: the jobs read them by
-    address."""
+class _Blocks:
+    """Where step s's block of a (T, ...) array starts, by address (a view a step, and its
+    ``ctypes``, cost microseconds each). Holds the array: the jobs read it by address."""
 
-    def __init__(self, gates, cells=None, tanh_cells=None, states=None):
-        self._arrays = (gates, cells, tanh_cells, states)
-        self._places = [(a.ctypes.data, a.strides[0]) if a is not None else None
-                        for a in self._arrays]
+    def __init__(self, array):
+        self.array = array
+        self._base, self._step = array.ctypes.data, array.strides[0]
 
-    def _of(self, kind, s):
-        base, size = self._places[kind]
-        return base + s * size
+    def __call__(self, s):
+        return self._base + s * self._step
 
-    def gates(self, s):
-        return self._of(0, s)
 
-    def cells(self, s):
-        return self._of(1, s)
-
-    def tanh_cells(self, s):
-        return self._of(2, s)
-
-    def states(self, s):
-        return self._of(3, s)
+# units (samples x hidden) from which a step's jobs split between the cores: at batch 8,
+# H 256 (2,048 units) the LSTM's step went 1.71 -> 1.36 against torch split
+_SPLIT_MIN_UNITS = 1 << 10
 
 
 def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse):
@@ -223,8 +191,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     # each step's input and the state it starts from side by side, (T + 1, N, F + 1 + H +
     # 1): the weight gradients are then one product (T64 H256: 5.8 -> 5.2 ms)
     rows = np.empty((steps + 1, batch, features + hidden + 1), _F)
-    rows[:steps, :, :features] = inputs.transpose(0, 2, 1)
-    rows[steps, :, :features] = 0
+    rows[:steps, :, :features] = inputs.transpose(0, 2, 1)  # the last step's is not read
     step_rows = rows[:steps].reshape(steps * batch, -1)
     input_t = np.ascontiguousarray((input_weights * scale).T)  # (F + 1, 4H)
     gates = (step_rows[:, :features] @ input_t).reshape(steps, batch, gate_rows)
@@ -235,35 +202,31 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     cells = np.empty((steps + 1, batch, hidden), _F)
     cells[0] = start[1].T if start else 0
     tanh_cells = np.empty((steps, batch, hidden), _F)
-    parts = min(batch, workers.parts()) if batch * hidden >= 1 << 10 else 1
-    params = np.zeros(12, np.int64)
-    params[:3] = parts, hidden, batch
-    params[11] = rows.shape[2]
-    at = _Addresses(gates, cells, tanh_cells, states)
+    parts = min(batch, workers.parts()) if batch * hidden >= _SPLIT_MIN_UNITS else 1
     # each part's samples on its core throughout: the product's rows (with the whole of
-    # the weights, when they fit in its cache) and the step's arithmetic
+    # the weights, when they fit in its cache) and the step's arithmetic, one dispatch
     items = _items(batch, parts, recurrent_t.nbytes)
     product = tiled.Product(batch, gate_rows, recurrent_t,
                             np.arange(hidden + 1, dtype=np.int64) * gate_rows, gate_rows, items)
     packed = _Packed(batch, hidden + 1, items)
     packed.fill(states[0])
-    params[8:11] = (packed.values.ctypes.data, packed.starts.ctypes.data,
-                    packed.steps.ctypes.data)
-    # where each part's product rows are its samples, a step is one dispatch
-    fused = parts > 1 and items == parts == product.params[0]
-    both = np.array([parts, product.params.ctypes.data, params.ctypes.data], np.int64)
+    gates_at, cells_at, tanh_at, states_at = map(_Blocks, (gates, cells, tanh_cells, states))
+    params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
+                       packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2]],
+                      np.int64)
+    job = np.array([parts, 0, params.ctypes.data, 0], np.int64)
     for s in range(steps):
-        params[3], params[4], params[5] = at.gates(s), at.cells(s), at.cells(s + 1)
-        params[6], params[7] = at.tanh_cells(s), at.states(s + 1)
+        params[3], params[4], params[5] = gates_at(s), cells_at(s), cells_at(s + 1)
+        params[6], params[7] = tanh_at(s), states_at(s + 1)
+        job[1] = 0
         if s == 0 and not start:  # a zero state: its bias row alone
             gates[0] += recurrent_t[hidden]
-        elif fused:
-            product.bind(at.gates(s), packed.values.ctypes.data)
-            workers.run(_forward_step_job, both)
-            continue
+        elif items > 1:  # the product in the step's job
+            product.bind(gates_at(s), packed.values.ctypes.data)
+            job[1] = product.params.ctypes.data
         else:
-            product.add(at.gates(s), packed.values.ctypes.data)
-        workers.run(_forward_job, params)
+            product.add(gates_at(s), packed.values.ctypes.data)
+        workers.run(_step_job, job)
     outputs = states[1:, :, :hidden].transpose(0, 2, 1)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
 
@@ -288,21 +251,20 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
                          packed_grads.steps.ctypes.data], np.int64)
-        d_at = _Addresses(d_rows)
-        back_fused = parts > 1 and back_items == parts == back_product.params[0]
-        back_both = np.array([parts, 0, back.ctypes.data], np.int64)
+        back_job = np.array([parts, 0, back.ctypes.data, 1], np.int64)
+        d_at = _Blocks(d_rows)
         for s in reversed(range(steps)):
             last = s == steps - 1
-            back[3], back[4], back[5] = at.gates(s), d_at.gates(s), at.cells(s)
-            back[6], back[8] = at.tanh_cells(s), not last or d_final_cell is not None
-            if back_fused:  # the product, if any, and the step in one dispatch
-                back_product.bind(d_at.gates(s), packed_grads.values.ctypes.data)
-                back_both[1] = 0 if last else back_product.params.ctypes.data
-                workers.run(_backward_step_job, back_both)
-                continue
+            back[3], back[4], back[5] = gates_at(s), d_at(s), cells_at(s)
+            back[6], back[8] = tanh_at(s), not last or d_final_cell is not None
+            back_job[1] = 0
             if not last:  # what step s + 1 sends back through its recurrent product
-                back_product.add(d_at.gates(s), packed_grads.values.ctypes.data)
-            workers.run(_backward_job, back)
+                if back_items > 1:  # in the step's job
+                    back_product.bind(d_at(s), packed_grads.values.ctypes.data)
+                    back_job[1] = back_product.params.ctypes.data
+                else:
+                    back_product.add(d_at(s), packed_grads.values.ctypes.data)
+            workers.run(_step_job, back_job)
         d_start = ()
         if start:  # through step 0's recurrent product, and its forget gate
             d_start = ((gates[0] @ recurrent_plain).T, carried.T)
@@ -319,6 +281,5 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
 
 
 def load() -> None:
-    """Compile the jobs now (or load them from the cache), not on their first run."""
-    for job in (_forward_job, _backward_job, _forward_step_job, _backward_step_job):
-        job.load()
+    """Compile the job now (or load it from the cache), not on its first run."""
+    _step_job.load()

@@ -103,45 +103,46 @@ def activation(kernel, x, out, slope, with_slope):
     workers.run(_ACTIVATION_JOBS[kernel], _params(parts, x.size, x, out, slope, with_slope))
 
 
-@workers.Task
-def _add_relu_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, count, a, b, out)."""
+@numba.njit(inline="always")
+def _three_runs(args, part):
+    """An element-wise job's part of its three flat arrays: params (parts, count, first,
+    second, third)."""
     params = workers.parameters(args, 5)
     count = params[1]
     start, end = part_range(count, part, params[0], 16)
-    fused.add_relu(floats(params, 2, (count,))[start:end],
-                   floats(params, 3, (count,))[start:end], floats(params, 4, (count,))[start:end])
+    return (floats(params, 2, (count,))[start:end], floats(params, 3, (count,))[start:end],
+            floats(params, 4, (count,))[start:end])
+
+
+@workers.Task
+def _add_relu_job(args, range_m, range_n, sa, sb, part):
+    fused.add_relu(*_three_runs(args, part))
     return 0
-
-
-def add_relu(a, b, out):
-    """``fused.add_relu`` over flat float32 arrays, in runs of values."""
-    parts = _split(out.size, a, b, out)
-    if parts == 1:
-        fused.add_relu(a, b, out)
-        return
-    workers.run(_add_relu_job, _params(parts, out.size, a, b, out))
 
 
 @workers.Task
 def _relu_gradient_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, count, d_out, out, d_in)."""
-    params = workers.parameters(args, 5)
-    count = params[1]
-    start, end = part_range(count, part, params[0], 16)
-    fused.relu_gradient(floats(params, 2, (count,))[start:end],
-                        floats(params, 3, (count,))[start:end],
-                        floats(params, 4, (count,))[start:end])
+    fused.relu_gradient(*_three_runs(args, part))
     return 0
+
+
+def _in_runs(loop, job, first, second, third):
+    """``loop`` over three flat float32 arrays, in runs of values (``job`` its parts)."""
+    parts = _split(third.size, first, second, third)
+    if parts == 1:
+        loop(first, second, third)
+        return
+    workers.run(job, _params(parts, third.size, first, second, third))
+
+
+def add_relu(a, b, out):
+    """``fused.add_relu`` over flat float32 arrays, in runs of values."""
+    _in_runs(fused.add_relu, _add_relu_job, a, b, out)
 
 
 def relu_gradient(d_out, out, d_in):
     """``fused.relu_gradient`` over flat float32 arrays, in runs of values."""
-    parts = _split(out.size, d_out, out, d_in)
-    if parts == 1:
-        fused.relu_gradient(d_out, out, d_in)
-        return
-    workers.run(_relu_gradient_job, _params(parts, out.size, d_out, out, d_in))
+    _in_runs(fused.relu_gradient, _relu_gradient_job, d_out, out, d_in)
 
 
 @workers.Task

@@ -51,6 +51,12 @@ def output_size(padded, kernel, stride, dilation):
     return sizes
 
 
+def padded_output_size(spatial, padding, kernel, stride, dilation):
+    """``output_size`` of a sweep over ``spatial`` padded by (lo, hi) pairs."""
+    return output_size([size + lo + hi for size, (lo, hi) in zip(spatial, padding)], kernel,
+                       stride, dilation)
+
+
 def kernel_offsets(kernel):
     """Every position inside a window, in row-major order (torch's scan order)."""
     return list(itertools.product(*(range(k) for k in kernel)))
