@@ -218,6 +218,7 @@ def test_dropout_between_layers_zeroes_and_rescales_only_lower_layers_outputs():
     (13, 300, True),   # rows packed 8 + 4 + 1; the backward product's 1200 reads in passes
     (32, 128, False),  # the steps split between the cores
     (1, 70, False),    # one sample: one part
+    (6, 203, False),   # 6 samples of 203 units: 3 a core
 ])
 def test_float32_recurrent_steps_at_real_sizes_match_torch_and_the_float64_passes(
         mode, batch, hidden, bidirectional):

@@ -232,13 +232,15 @@ def test_many_tiles_of_many_taps_in_one_job_keep_the_stack_bounded():
     np.testing.assert_array_equal(out[0, 0, 0, :3], [32, 34, 36])  # taps past the start masked
 
 
-@pytest.mark.parametrize("rows, items", [(1, 1), (13, 1), (32, 2), (26, 2), (12, 3), (16, 2)])
-def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, items):
+@pytest.mark.parametrize("rows, items, length", [(1, 1, 100), (13, 1, 100), (32, 2, 100),
+                                                 (26, 2, 900), (12, 3, 100), (16, 2, 768),
+                                                 (9, 1, 1000), (3, 1, 0)])
+def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, items, length):
     """``Product`` (a recurrent layer's steps): weights placed by ``packed_places`` are
     ``_pack``'s layout item after item, and each ``add`` adds the product to out, as many
-    times as it is run."""
+    times as it is run, over matrices of one panel and of several."""
     rng = np.random.default_rng(rows)
-    reads, length = 7, 100
+    reads = 7
     weights = rng.standard_normal((rows, reads)).astype(np.float32)
     starts, steps = tiled.packed_places(rows, reads, items)
     packed = np.zeros(rows * reads, np.float32)
@@ -247,12 +249,12 @@ def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, 
     np.testing.assert_array_equal(packed, np.concatenate(
         [tiled._pack(weights[i * item_rows:(i + 1) * item_rows]) for i in range(items)]))
     x = rng.standard_normal((reads, length)).astype(np.float32)
-    out = rng.standard_normal((rows, length)).astype(np.float32)
-    expected = out.astype(np.float64) + 2 * (weights.astype(np.float64) @ x)
-    product = tiled.Product(rows, length, x, np.arange(reads, dtype=np.int64) * length, length,
-                            items)
+    out = rng.standard_normal((rows, length + 5)).astype(np.float32)
+    expected = out.astype(np.float64)
+    expected[:, :length] += 2 * (weights.astype(np.float64) @ x)
+    product = tiled.Product(rows, length + 5, x, items)
     for _ in range(2):
         product.add(out.ctypes.data, packed.ctypes.data)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)  # the last 5 untouched
     with pytest.raises(ValueError, match="equal items"):
-        tiled.Product(2 * rows + 1, length, x, np.arange(reads) * length, length, 2)
+        tiled.Product(2 * rows + 1, length, x, 2)

@@ -206,8 +206,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     # each part's samples on its core throughout: the product's rows (with the whole of
     # the weights, when they fit in its cache) and the step's arithmetic, one dispatch
     items = _items(batch, parts, recurrent_t.nbytes)
-    product = tiled.Product(batch, gate_rows, recurrent_t,
-                            np.arange(hidden + 1, dtype=np.int64) * gate_rows, gate_rows, items)
+    product = tiled.Product(batch, gate_rows, recurrent_t, items)
     packed = _Packed(batch, hidden + 1, items)
     packed.fill(states[0])
     gates_at, cells_at, tanh_at, states_at = map(_Blocks, (gates, cells, tanh_cells, states))
@@ -241,9 +240,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
             d_rows[-1] += d_final_h.T
         recurrent_plain = np.ascontiguousarray(recurrent_weights[:, :hidden])  # (4H, H)
         back_items = _items(batch, parts, recurrent_plain.nbytes)
-        back_product = tiled.Product(batch, hidden, recurrent_plain,
-                                     np.arange(gate_rows, dtype=np.int64) * hidden, hidden,
-                                     back_items)
+        back_product = tiled.Product(batch, hidden, recurrent_plain, back_items)
         packed_grads = _Packed(batch, gate_rows, back_items)
         carried = np.empty((batch, hidden), _F)
         if d_final_cell is not None:
