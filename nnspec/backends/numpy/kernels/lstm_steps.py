@@ -182,8 +182,9 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     ``start`` (``()`` or (h0, c0), each (H, N)); the weights (4H, F + 1) and (4H, H + 1)
     carry their bias columns, in the internal gate order, unscaled, and ``scale`` (4H, 1)
     halves the sigmoid rows. Returns the states (T, H, N) in time order, the final (h, c),
-    each (H, N), and ``backward(d_states, d_final) -> (d_input (F, T * N) rows, d_start,
-    d_input_weights, d_recurrent_weights)``, the weight gradients in the internal order."""
+    each (H, N), and ``backward(d_states, d_final) -> (d_input (T, N, F) in time order,
+    d_start, d_input_weights, d_recurrent_weights)``, the weight gradients in the internal
+    order. The input reads fastest as a (T, N, F + 1) array seen as (T, F + 1, N)."""
     steps, _, batch = layer_input.shape
     gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
     inputs = layer_input[::-1] if reverse else layer_input  # processing order
@@ -268,11 +269,11 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         d_pre = gates.reshape(steps * batch, gate_rows)
         d_weights = d_pre.T @ step_rows
         d_input_weights, d_recurrent_weights = d_weights[:, :features], d_weights[:, features:]
-        d_input = input_weights[:, :-1].T @ d_pre.T  # (F, T * N), processing order
-        if reverse:
-            d_input = np.ascontiguousarray(
-                d_input.reshape(-1, steps, batch)[:, ::-1]).reshape(-1, steps * batch)
-        return d_input, d_start, d_input_weights, d_recurrent_weights
+        # (T, N, F), sample-major as the layer below takes it (this orientation: T64 N32
+        # F64 H256 1.38 -> 1.08 ms)
+        d_input = (d_pre @ input_weights[:, :-1]).reshape(steps, batch, -1)
+        return d_input[::-1] if reverse else d_input, d_start, d_input_weights, \
+            d_recurrent_weights
 
     return (outputs[::-1] if reverse else outputs), final, backward
 

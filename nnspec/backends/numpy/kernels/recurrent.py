@@ -92,16 +92,19 @@ def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity
                               (batch, layers * directions, hidden)).transpose(1, 2, 0)
               for state in initial]
     finals = [np.empty((batch, layers * directions, hidden), x.dtype) for _ in range(2)]
-    layer_input = _time_major_with_ones(x)
+    # the float32 LSTM's steps are sample-major: between its layers the sequences are
+    # (T, N, F) arrays seen as (T, F, N), so each hand-over copies runs of features
+    compiled_lstm = _sample_major(cell, x.dtype)
+    layer_input = _with_ones(x, compiled_lstm)
     result = np.empty((batch, steps, directions * hidden), x.dtype)
     layer_backwards = []
     masks = []
-    compiled_lstm = _sample_major(cell, x.dtype)
     for layer in range(layers):
         if layer == layers - 1:
             output = result.transpose(1, 2, 0)
         else:
-            output = np.empty((steps, directions * hidden + 1, batch), x.dtype)
+            output = _time_major_array(steps, directions * hidden + 1, batch, x.dtype,
+                                       compiled_lstm)
             output[:, -1] = 1
         direction_backwards = []
         for direction in range(directions):
@@ -155,9 +158,13 @@ def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity
                 for name, grad in zip(names, d_weights):
                     if name in params:
                         d_params[name] = grad
-            d_layer_output = d_layer_input.reshape(-1, steps, batch).transpose(1, 0, 2)
+            d_layer_output = d_layer_input.transpose(0, 2, 1) if compiled_lstm else \
+                d_layer_input.reshape(-1, steps, batch).transpose(1, 0, 2)
         dx = np.empty(x.shape, x.dtype)
-        _between_layouts(d_layer_output, dx.transpose(1, 2, 0))
+        if compiled_lstm:  # (T, N, F) to (N, T, F): runs of features
+            dx.transpose(1, 0, 2)[...] = d_layer_input
+        else:
+            _between_layouts(d_layer_output, dx.transpose(1, 2, 0))
         return dx, tuple(np.ascontiguousarray(d.transpose(2, 0, 1)) for d in d_initial), \
             d_params
 
@@ -191,12 +198,22 @@ def _parameter_names(layer, direction):
     return tuple(f"{kind}{suffix}" for kind in ("weight_ih", "bias_ih", "weight_hh", "bias_hh"))
 
 
-def _time_major_with_ones(x):
-    """A batch-first (N, T, F) sequence as a contiguous (T, F + 1, N) array whose last row is
-    ones."""
+def _time_major_array(steps, rows, batch, dtype, sample_major):
+    """An empty (T, R, N) array, or with ``sample_major`` a (T, N, R) one seen as (T, R, N)."""
+    if sample_major:
+        return np.empty((steps, batch, rows), dtype).transpose(0, 2, 1)
+    return np.empty((steps, rows, batch), dtype)
+
+
+def _with_ones(x, sample_major):
+    """A batch-first (N, T, F) sequence as a (T, F + 1, N) array whose last row is ones
+    (``_time_major_array``'s)."""
     batch, steps, features = x.shape
-    extended = np.empty((steps, features + 1, batch), x.dtype)
-    _between_layouts(x.transpose(1, 2, 0), extended[:, :-1])
+    extended = _time_major_array(steps, features + 1, batch, x.dtype, sample_major)
+    if sample_major:
+        extended.transpose(0, 2, 1)[:, :, :-1] = x.transpose(1, 0, 2)
+    else:
+        _between_layouts(x.transpose(1, 2, 0), extended[:, :-1])
     extended[:, -1] = 1
     return extended
 
@@ -250,7 +267,8 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
     ``backward(d_states, input_rows, d_final)``, which takes d_states (T, H, N) in time order,
     the input as ``_feature_major`` rows and the final states' gradients (each may be None)
     and returns ``(d_input as (F, T * N) rows, d_start, d_w_ih, d_b_ih, d_w_hh, d_b_hh)``,
-    ``d_start`` holding the gradients of the given initial states.
+    ``d_start`` holding the gradients of the given initial states; the float32 LSTM's
+    ``d_input`` is (T, N, F) (``_sample_major``).
     """
     steps, _, batch = layer_input.shape
     hidden = w_hh.shape[1]
