@@ -267,7 +267,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         if start:  # through step 0's recurrent product, and its forget gate
             d_start = ((gates[0] @ recurrent_plain).T, carried.T)
         d_pre = gates.reshape(steps * batch, gate_rows)
-        d_weights = d_pre.T @ step_rows
+        d_weights = (step_rows.T @ d_pre).T  # this orientation: 4.96 -> 4.66 ms at T64 H256
         d_input_weights, d_recurrent_weights = d_weights[:, :features], d_weights[:, features:]
         # (T, N, F), sample-major as the layer below takes it (this orientation: T64 N32
         # F64 H256 1.38 -> 1.08 ms)
