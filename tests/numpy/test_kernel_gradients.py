@@ -658,7 +658,7 @@ NOT_KERNELS = {
     "parallel.column_moments", "parallel.combine_columns", "parallel.exp_rows",
     "parallel.layer_norm_backward", "parallel.layer_norm_forward", "parallel.normalise_columns",
     "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
-    "parallel.add_relu", "parallel.relu_gradient",
+    "parallel.add_relu", "parallel.relu_gradient", "parallel.sgd_update",
     "blas.accumulates", "blas.add_product", "blas.transpose",
     # conv2d's products and frames: test_tiled.py, test_kernels_conv.py against torch
     "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty", "tiled.direct_products",

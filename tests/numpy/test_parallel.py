@@ -140,6 +140,32 @@ def test_adam_in_parts(amsgrad):
 
 
 @needs_two
+@pytest.mark.parametrize("momentum_on, first, nesterov", [(True, True, False), (True, False, False),
+                                                         (True, False, True), (False, False, False)])
+def test_sgd_in_parts(momentum_on, first, nesterov):
+    """The SGD step split between the cores gives the whole loop's bits, and the whole loop
+    NumPy's sequence of rounded passes (torch's order)."""
+    size = parallel.MEMORY_MIN_VALUES + 333
+    grad = rng.standard_normal(size).astype(F)
+    data0, velocity0 = (rng.standard_normal(size).astype(F) for _ in range(2))
+    scalars = (F(0.9), F(0.7), nesterov, F(-0.05))
+    results = []
+    for run in (fused.sgd_update, parallel.sgd_update):
+        data, velocity = data0.copy(), velocity0.copy()
+        run(data, grad, velocity, momentum_on, first, *scalars)
+        results.append((data, velocity))
+    for whole, split in zip(*results):
+        np.testing.assert_array_equal(split, whole)
+    momentum, one_minus_dampening, _, step = scalars
+    velocity = velocity0.copy()
+    if momentum_on:
+        velocity = grad.copy() if first else velocity * momentum + grad * one_minus_dampening
+    g = (grad + velocity * momentum if nesterov else velocity) if momentum_on else grad
+    np.testing.assert_array_equal(results[0][0], data0 + g * step)
+    np.testing.assert_array_equal(results[0][1], velocity if momentum_on else velocity0)
+
+
+@needs_two
 @pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU, fused.RELU6])
 def test_batch_norm_loops_in_parts(activation):
     count, width = 33, 8 * 1024 + 48  # columns past a span, not a multiple of the parts

@@ -357,6 +357,22 @@ def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, decay,
         data[i] = data[i] * decay + m * step_size / (np.sqrt(v) / bias_correction2_sqrt + eps)
 
 
+@_exact
+def sgd_update(data, grad, velocity, momentum_on, first, momentum, one_minus_dampening,
+               nesterov, step):
+    """torch's single-tensor SGD over flat arrays, each operation in the order of its code
+    path: with momentum, the buffer starts as the gradient, then buf = buf momentum + grad
+    (1 - dampening) (Nesterov: the gradient plus buf momentum); param += that step (-lr).
+    Scalars come in the arrays' dtype."""
+    for i in range(data.size):
+        g = grad[i]
+        if momentum_on:
+            v = g if first else velocity[i] * momentum + g * one_minus_dampening
+            velocity[i] = v
+            g = g + v * momentum if nesterov else v
+        data[i] = data[i] + g * step
+
+
 # Batch norm's loops read (N, W) rows, W = C * L, with per-column coefficients (a channel's
 # value repeated over its L positions). They go over the columns ``span`` (COLUMN_SPAN) at a
 # time, down every row of the batch: a span's coefficients and sums (16 KiB each) stay in

@@ -38,20 +38,53 @@ def _gate_rows(gates, n, hidden):
 
 @workers.Task
 def _step_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, a recurrent product's parameters or 0 for none, the step's, 1 for the
-    backward): the product (``tiled.products_part``, when each part's rows are its own
-    samples), then the step's arithmetic on those samples, in one dispatch."""
-    params = workers.parameters(args, 4)
-    if params[1] != 0:
-        tiled.products_part(integers(params, 1, tiled.PRODUCT_PARAMETERS), part)
-    if params[3] != 0:
-        _backward_part(integers(params, 2, _STEP_PARAMETERS), part)
+    """params (parts, the step's parameters, 1 for the backward): one step's arithmetic, the
+    parts split by samples, after a product the parts split by positions."""
+    params = workers.parameters(args, 3)
+    if params[2] != 0:
+        _backward_part(integers(params, 1, _STEP_PARAMETERS), part)
     else:
-        _forward_part(integers(params, 2, _STEP_PARAMETERS), part)
+        _forward_part(integers(params, 1, _STEP_PARAMETERS), part)
     return 0
 
 
 _STEP_PARAMETERS = 12
+
+
+@workers.Task
+def _steps_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, steps, 1 for the backward, the parts' product parameters (a row of
+    ``tiled.PRODUCT_PARAMETERS`` each), their step parameters (a row of ``_STEP_PARAMETERS``
+    each), the step parameters that move with the step (rows of index, address at step 0,
+    bytes a step, step offset), how many, the product's out at step 0 and its bytes a step,
+    and 1 where the first step in time has a product (an initial state), or backward where
+    the last has a cell gradient carried in (a final one's)). Every step of a direction on
+    this part's own samples, in one dispatch: where a part's samples, its product's rows and
+    its weights are its own, the parts need not meet between steps."""
+    params = workers.parameters(args, 10)
+    steps, backward, given = params[1], params[2] != 0, params[9] != 0
+    size = tiled.PRODUCT_PARAMETERS
+    product = integers(params, 3, params[0] * size)[part * size:(part + 1) * size]
+    step_params = integers(params, 4, params[0] * _STEP_PARAMETERS)[
+        part * _STEP_PARAMETERS:(part + 1) * _STEP_PARAMETERS]
+    moving = integers(params, 5, 4 * params[6])
+    for k in range(steps):
+        s = steps - 1 - k if backward else k
+        for field in range(params[6]):
+            row = moving[4 * field:4 * field + 4]
+            step_params[row[0]] = row[1] + (s + row[3]) * row[2]
+        # forward, step 0 multiplies a given state only; backward, the last step has no
+        # step after it to send its gradient back
+        edge = s == (steps - 1 if backward else 0)
+        if not edge or (given and not backward):
+            product[1] = params[7] + s * params[8]
+            tiled.products_part(product, part)
+        if backward:
+            step_params[8] = 1 if not edge or given else 0
+            _backward_part(step_params, part)
+        else:
+            _forward_part(step_params, part)
+    return 0
 
 
 @numba.njit(inline="always")
@@ -166,10 +199,25 @@ class _Blocks:
 
     def __init__(self, array):
         self.array = array
-        self._base, self._step = array.ctypes.data, array.strides[0]
+        self.base, self.step = array.ctypes.data, array.strides[0]
 
     def __call__(self, s):
-        return self._base + s * self._step
+        return self.base + s * self.step
+
+    def moving(self, index, offset=0):
+        """A row of ``_steps_job``'s moving step parameters: step s's block, s + offset."""
+        return (index, self.base, self.step, offset)
+
+
+def _all_steps(parts, steps, backward, product, step_params, moving, out, given):
+    """Runs ``_steps_job``: every step on each part's own samples, one dispatch (each part
+    its own copy of the parameters it moves)."""
+    moving = np.array(moving, np.int64)
+    rows = np.tile(step_params, (parts, 1))
+    products = np.tile(product.params, (parts, 1))
+    params = np.array([parts, steps, backward, products.ctypes.data, rows.ctypes.data,
+                       moving.ctypes.data, len(moving), out.base, out.step, given], np.int64)
+    workers.run(_steps_job, params)
 
 
 # units (samples x hidden) from which a step's jobs split between the cores: at batch 8,
@@ -207,24 +255,25 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     # each part's samples on its core throughout: the product's rows (with the whole of
     # the weights, when they fit in its cache) and the step's arithmetic, one dispatch
     items = _items(batch, parts, recurrent_t.nbytes)
-    product = tiled.Product(batch, gate_rows, recurrent_t, items)
+    product = tiled.Product(batch, gate_rows, recurrent_t, items, parts)
     packed = _Packed(batch, hidden + 1, items)
     packed.fill(states[0])
     gates_at, cells_at, tanh_at, states_at = map(_Blocks, (gates, cells, tanh_cells, states))
     params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
                        packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2]],
                       np.int64)
-    job = np.array([parts, 0, params.ctypes.data, 0], np.int64)
-    for s in range(steps):
+    if not start:  # a zero state: step 0's product is its bias row alone
+        gates[0] += recurrent_t[hidden]
+    job = np.array([parts, params.ctypes.data, 0], np.int64)
+    if items == parts:  # the parts' samples their own throughout: one dispatch
+        product.bind(0, packed.values.ctypes.data)
+        _all_steps(parts, steps, False, product, params,
+                   [gates_at.moving(3), cells_at.moving(4), cells_at.moving(5, 1),
+                    tanh_at.moving(6), states_at.moving(7, 1)], gates_at, bool(start))
+    for s in range(steps if items != parts else 0):
         params[3], params[4], params[5] = gates_at(s), cells_at(s), cells_at(s + 1)
         params[6], params[7] = tanh_at(s), states_at(s + 1)
-        job[1] = 0
-        if s == 0 and not start:  # a zero state: its bias row alone
-            gates[0] += recurrent_t[hidden]
-        elif items > 1:  # the product in the step's job
-            product.bind(gates_at(s), packed.values.ctypes.data)
-            job[1] = product.params.ctypes.data
-        else:
+        if s > 0 or start:
             product.add(gates_at(s), packed.values.ctypes.data)
         workers.run(_step_job, job)
     outputs = states[1:, :, :hidden].transpose(0, 2, 1)
@@ -241,7 +290,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
             d_rows[-1] += d_final_h.T
         recurrent_plain = np.ascontiguousarray(recurrent_weights[:, :hidden])  # (4H, H)
         back_items = _items(batch, parts, recurrent_plain.nbytes)
-        back_product = tiled.Product(batch, hidden, recurrent_plain, back_items)
+        back_product = tiled.Product(batch, hidden, recurrent_plain, back_items, parts)
         packed_grads = _Packed(batch, gate_rows, back_items)
         carried = np.empty((batch, hidden), _F)
         if d_final_cell is not None:
@@ -249,19 +298,19 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
                          packed_grads.steps.ctypes.data], np.int64)
-        back_job = np.array([parts, 0, back.ctypes.data, 1], np.int64)
+        back_job = np.array([parts, back.ctypes.data, 1], np.int64)
         d_at = _Blocks(d_rows)
-        for s in reversed(range(steps)):
+        if back_items == parts:
+            back_product.bind(0, packed_grads.values.ctypes.data)
+            _all_steps(parts, steps, True, back_product, back,
+                       [gates_at.moving(3), d_at.moving(4), cells_at.moving(5),
+                        tanh_at.moving(6)], d_at, d_final_cell is not None)
+        for s in reversed(range(steps if back_items != parts else 0)):
             last = s == steps - 1
             back[3], back[4], back[5] = gates_at(s), d_at(s), cells_at(s)
             back[6], back[8] = tanh_at(s), not last or d_final_cell is not None
-            back_job[1] = 0
             if not last:  # what step s + 1 sends back through its recurrent product
-                if back_items > 1:  # in the step's job
-                    back_product.bind(d_at(s), packed_grads.values.ctypes.data)
-                    back_job[1] = back_product.params.ctypes.data
-                else:
-                    back_product.add(d_at(s), packed_grads.values.ctypes.data)
+                back_product.add(d_at(s), packed_grads.values.ctypes.data)
             workers.run(_step_job, back_job)
         d_start = ()
         if start:  # through step 0's recurrent product, and its forget gate
@@ -279,5 +328,6 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
 
 
 def load() -> None:
-    """Compile the job now (or load it from the cache), not on its first run."""
+    """Compile the jobs now (or load them from the cache), not on their first run."""
     _step_job.load()
+    _steps_job.load()

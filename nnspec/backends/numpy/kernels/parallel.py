@@ -271,6 +271,36 @@ def adam_update(data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, *scala
 
 
 @workers.Task
+def _sgd_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, data, grad, velocity, momentum on, first step, nesterov, and
+    the float32 scalars as float64: momentum, one_minus_dampening, step)."""
+    params = workers.parameters(args, 11)
+    count = params[1]
+    start, end = part_range(count, part, params[0], 16)
+    data = floats(params, 2, (count,))
+    grad = floats(params, 3, (count,))
+    momentum_on = params[5] != 0
+    velocity = floats(params, 4, (count if momentum_on else 0,))
+    fused.sgd_update(data[start:end], grad[start:end],
+                     velocity[start:end] if momentum_on else velocity, momentum_on,
+                     params[6] != 0, _F(number(params, 8)), _F(number(params, 9)),
+                     params[7] != 0, _F(number(params, 10)))
+    return 0
+
+
+def sgd_update(data, grad, velocity, momentum_on, first, momentum, one_minus_dampening,
+               nesterov, step):
+    """``fused.sgd_update`` over float32 arrays, in runs of values."""
+    parts = _split(data.size, data, grad, velocity)
+    if parts == 1:
+        fused.sgd_update(data, grad, velocity, momentum_on, first, momentum,
+                         one_minus_dampening, nesterov, step)
+        return
+    workers.run(_sgd_job, _params(parts, data.size, data, grad, velocity, momentum_on, first,
+                                  nesterov, momentum, one_minus_dampening, step))
+
+
+@workers.Task
 def _column_moments_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, width, rows, shift, sums, squares, span)."""
     params = workers.parameters(args, 8)

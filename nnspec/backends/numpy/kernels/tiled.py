@@ -892,7 +892,7 @@ class Product:
     items, each a part's (so a part's rows stay on its core, with the whole of the matrix);
     else the parts split the positions."""
 
-    def __init__(self, rows, stride, matrix, items=1):
+    def __init__(self, rows, stride, matrix, items=1, parts=None):
         if rows % items:
             raise ValueError(f"Product: {rows} rows in {items} equal items")
         reads, length = matrix.shape
@@ -903,7 +903,7 @@ class Product:
             self.panels[index, :, :columns.shape[1]] = columns
         self.offsets = np.arange(reads, dtype=np.int64) * PANEL
         item_rows = rows // items
-        parts = min(workers.parts(), max(1, items * -(-length // TILE)))
+        parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
         self.params = np.array([parts, 0, stride, item_rows, self.panels.ctypes.data,
                                 self.offsets.ctypes.data, 0, reads, length, items,
                                 item_rows * stride, 0, item_rows * reads, 1, PANEL], np.int64)
