@@ -271,3 +271,51 @@ def test_work_split_inside_a_part_runs_there():
     workers.in_parts(part, 2)
     assert sorted(inner) == [0, 0, 1, 1]
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@workers.Task
+def _meeting_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, sync address, marks address, seen address, rounds): each round, every
+    part marks its own slot, the parts meet, and each adds up the others' marks."""
+    params = workers.parameters(args, 5)
+    parts, sync = params[0], params[1]
+    marks, seen = workers.integers(params, 2, parts), workers.integers(params, 3, parts + 1)
+    first, end = part, part + 1
+    if not workers.together(sync, part, parts):
+        if part != 0:
+            return 0
+        first, end = 0, parts
+        seen[parts] = 1  # alone
+    for round_ in range(params[4]):
+        for p in range(first, end):
+            marks[p] = round_ + 1
+        if end - first == 1:
+            workers.meet(sync + 8, parts, 2 * round_ + 1)
+        for p in range(first, end):
+            for other in range(parts):
+                seen[p] += marks[other]
+        if end - first == 1:
+            workers.meet(sync + 8, parts, 2 * round_ + 2)
+    return 0
+
+
+@pytest.mark.parametrize("one_after_another", [False, True])
+def test_parts_meet_or_one_does_them_all(one_after_another):
+    """Parts that run at once meet between phases (each sees every mark of the round);
+    parts run one after another (``workers.run``'s fallback) would wait for each other for
+    ever, so the first does every part's work and the late one nothing."""
+    if not SPLIT and not one_after_another:
+        pytest.skip("OpenBLAS runs one thread here")
+    parts, rounds = 2, 50
+    sync = np.zeros(2, np.int64)
+    marks = np.zeros(parts, np.int64)
+    seen = np.zeros(parts + 1, np.int64)
+    params = np.array([parts, sync.ctypes.data, marks.ctypes.data, seen.ctypes.data, rounds],
+                      np.int64)
+    if one_after_another:
+        for part in range(parts):
+            _meeting_job.compiled.ctypes(params.ctypes.data, None, None, None, None, part)
+    else:
+        workers.run(_meeting_job, params)
+    expected = parts * rounds * (rounds + 1) // 2  # every part's marks of every round
+    np.testing.assert_array_equal(seen, [expected, expected, int(one_after_another)])

@@ -36,18 +36,6 @@ def _gate_rows(gates, n, hidden):
             gates[row + 2 * hidden:row + 3 * hidden], gates[row + 3 * hidden:row + 4 * hidden])
 
 
-@workers.Task
-def _step_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, the step's parameters, 1 for the backward): one step's arithmetic, the
-    parts split by samples, after a product the parts split by positions."""
-    params = workers.parameters(args, 3)
-    if params[2] != 0:
-        _backward_part(integers(params, 1, _STEP_PARAMETERS), part)
-    else:
-        _forward_part(integers(params, 1, _STEP_PARAMETERS), part)
-    return 0
-
-
 _STEP_PARAMETERS = 12
 
 
@@ -57,33 +45,54 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     ``tiled.PRODUCT_PARAMETERS`` each), their step parameters (a row of ``_STEP_PARAMETERS``
     each), the step parameters that move with the step (rows of index, address at step 0,
     bytes a step, step offset), how many, the product's out at step 0 and its bytes a step,
-    and 1 where the first step in time has a product (an initial state), or backward where
-    the last has a cell gradient carried in (a final one's)). Every step of a direction on
-    this part's own samples, in one dispatch: where a part's samples, its product's rows and
-    its weights are its own, the parts need not meet between steps."""
-    params = workers.parameters(args, 10)
-    steps, backward, given = params[1], params[2] != 0, params[9] != 0
+    1 where the first step in time has a product (an initial state), or backward where the
+    last has a cell gradient carried in (a final one's), 1 where the parts must meet, and
+    the address of two int64 zeros for their meetings). Every step of a direction in one
+    dispatch. Where a part's samples, its product's rows and its weights are its own, the
+    parts never meet; else (the weights too large for one core's cache) each step's product
+    splits the positions and its arithmetic the samples, and the parts meet after each."""
+    params = workers.parameters(args, 12)
+    parts, steps, backward, given = params[0], params[1], params[2] != 0, params[9] != 0
+    meeting, sync = params[10] != 0, params[11]
+    first, end = part, part + 1
+    if meeting and not workers.together(sync, part, parts):
+        if part != 0:  # part 0 does it all
+            return 0
+        first, end, meeting = 0, parts, False
     size = tiled.PRODUCT_PARAMETERS
-    product = integers(params, 3, params[0] * size)[part * size:(part + 1) * size]
-    step_params = integers(params, 4, params[0] * _STEP_PARAMETERS)[
-        part * _STEP_PARAMETERS:(part + 1) * _STEP_PARAMETERS]
+    products = integers(params, 3, parts * size)
+    step_rows = integers(params, 4, parts * _STEP_PARAMETERS)
     moving = integers(params, 5, 4 * params[6])
+    meetings = 0
     for k in range(steps):
         s = steps - 1 - k if backward else k
-        for field in range(params[6]):
-            row = moving[4 * field:4 * field + 4]
-            step_params[row[0]] = row[1] + (s + row[3]) * row[2]
         # forward, step 0 multiplies a given state only; backward, the last step has no
         # step after it to send its gradient back
         edge = s == (steps - 1 if backward else 0)
-        if not edge or (given and not backward):
-            product[1] = params[7] + s * params[8]
-            tiled.products_part(product, part)
-        if backward:
-            step_params[8] = 1 if not edge or given else 0
-            _backward_part(step_params, part)
-        else:
-            _forward_part(step_params, part)
+        multiply = not edge or (given and not backward)
+        for p in range(first, end):
+            step_params = step_rows[p * _STEP_PARAMETERS:(p + 1) * _STEP_PARAMETERS]
+            for field in range(params[6]):
+                row = moving[4 * field:4 * field + 4]
+                step_params[row[0]] = row[1] + (s + row[3]) * row[2]
+            if backward:
+                step_params[8] = 1 if not edge or given else 0
+            if multiply:
+                product = products[p * size:(p + 1) * size]
+                product[1] = params[7] + s * params[8]
+                tiled.products_part(product, p)
+        if multiply and meeting:
+            meetings += 1
+            workers.meet(sync + 8, parts, meetings)
+        for p in range(first, end):
+            step_params = step_rows[p * _STEP_PARAMETERS:(p + 1) * _STEP_PARAMETERS]
+            if backward:
+                _backward_part(step_params, p)
+            else:
+                _forward_part(step_params, p)
+        if meeting:
+            meetings += 1
+            workers.meet(sync + 8, parts, meetings)
     return 0
 
 
@@ -209,14 +218,16 @@ class _Blocks:
         return (index, self.base, self.step, offset)
 
 
-def _all_steps(parts, steps, backward, product, step_params, moving, out, given):
-    """Runs ``_steps_job``: every step on each part's own samples, one dispatch (each part
-    its own copy of the parameters it moves)."""
+def _all_steps(parts, steps, backward, product, step_params, moving, out, given, meeting):
+    """Runs ``_steps_job``: every step of a direction, one dispatch (each part its own copy
+    of the parameters it moves)."""
     moving = np.array(moving, np.int64)
     rows = np.tile(step_params, (parts, 1))
     products = np.tile(product.params, (parts, 1))
+    sync = np.zeros(2, np.int64)
     params = np.array([parts, steps, backward, products.ctypes.data, rows.ctypes.data,
-                       moving.ctypes.data, len(moving), out.base, out.step, given], np.int64)
+                       moving.ctypes.data, len(moving), out.base, out.step, given, meeting,
+                       sync.ctypes.data], np.int64)
     workers.run(_steps_job, params)
 
 
@@ -264,18 +275,11 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
                       np.int64)
     if not start:  # a zero state: step 0's product is its bias row alone
         gates[0] += recurrent_t[hidden]
-    job = np.array([parts, params.ctypes.data, 0], np.int64)
-    if items == parts:  # the parts' samples their own throughout: one dispatch
-        product.bind(0, packed.values.ctypes.data)
-        _all_steps(parts, steps, False, product, params,
-                   [gates_at.moving(3), cells_at.moving(4), cells_at.moving(5, 1),
-                    tanh_at.moving(6), states_at.moving(7, 1)], gates_at, bool(start))
-    for s in range(steps if items != parts else 0):
-        params[3], params[4], params[5] = gates_at(s), cells_at(s), cells_at(s + 1)
-        params[6], params[7] = tanh_at(s), states_at(s + 1)
-        if s > 0 or start:
-            product.add(gates_at(s), packed.values.ctypes.data)
-        workers.run(_step_job, job)
+    product.bind(0, packed.values.ctypes.data)
+    _all_steps(parts, steps, False, product, params,
+               [gates_at.moving(3), cells_at.moving(4), cells_at.moving(5, 1),
+                tanh_at.moving(6), states_at.moving(7, 1)], gates_at, bool(start),
+               items != parts)
     outputs = states[1:, :, :hidden].transpose(0, 2, 1)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
 
@@ -298,20 +302,11 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
                          packed_grads.steps.ctypes.data], np.int64)
-        back_job = np.array([parts, back.ctypes.data, 1], np.int64)
         d_at = _Blocks(d_rows)
-        if back_items == parts:
-            back_product.bind(0, packed_grads.values.ctypes.data)
-            _all_steps(parts, steps, True, back_product, back,
-                       [gates_at.moving(3), d_at.moving(4), cells_at.moving(5),
-                        tanh_at.moving(6)], d_at, d_final_cell is not None)
-        for s in reversed(range(steps if back_items != parts else 0)):
-            last = s == steps - 1
-            back[3], back[4], back[5] = gates_at(s), d_at(s), cells_at(s)
-            back[6], back[8] = tanh_at(s), not last or d_final_cell is not None
-            if not last:  # what step s + 1 sends back through its recurrent product
-                back_product.add(d_at(s), packed_grads.values.ctypes.data)
-            workers.run(_step_job, back_job)
+        back_product.bind(0, packed_grads.values.ctypes.data)
+        _all_steps(parts, steps, True, back_product, back,
+                   [gates_at.moving(3), d_at.moving(4), cells_at.moving(5), tanh_at.moving(6)],
+                   d_at, d_final_cell is not None, back_items != parts)
         d_start = ()
         if start:  # through step 0's recurrent product, and its forget gate
             d_start = ((gates[0] @ recurrent_plain).T, carried.T)
@@ -328,6 +323,5 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
 
 
 def load() -> None:
-    """Compile the jobs now (or load them from the cache), not on their first run."""
-    _step_job.load()
+    """Compile the job now (or load it from the cache), not on its first run."""
     _steps_job.load()

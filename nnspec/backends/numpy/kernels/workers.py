@@ -42,9 +42,12 @@ import itertools
 import sys
 import threading
 
+import llvmlite.binding
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .blas import library
@@ -116,6 +119,125 @@ def part_range(count, part, parts, multiple):
     start = (count * part // parts) // multiple * multiple
     end = count if part == parts - 1 else (count * (part + 1) // parts) // multiple * multiple
     return start, end
+
+
+@intrinsic
+def _fetch_add(typingctx, address, value):
+    """Atomically add ``value`` to the int64 at ``address``; the value before."""
+    def codegen(context, builder, signature, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", pointer, args[1], "seq_cst")
+    return types.int64(types.int64, types.int64), codegen
+
+
+@intrinsic
+def _load(typingctx, address):
+    """The int64 at ``address``, read atomically (what was written before it was stored
+    is seen too)."""
+    def codegen(context, builder, signature, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(pointer, "acquire", 8)
+    return types.int64(types.int64), codegen
+
+
+@intrinsic
+def _compare_exchange(typingctx, address, expected, value):
+    """Store ``value`` at ``address`` if it holds ``expected``; the value it held."""
+    def codegen(context, builder, signature, args):
+        pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        pair = builder.cmpxchg(pointer, args[1], args[2], "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+    return types.int64(types.int64, types.int64, types.int64), codegen
+
+
+_X86 = llvmlite.binding.get_default_triple().startswith(("x86_64", "i386", "i686"))
+
+
+@intrinsic
+def _pause(typingctx):
+    """x86's spin-wait hint (nothing elsewhere)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(function, [])
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+@intrinsic
+def _give_way(typingctx):
+    """Let another thread have this core (``sched_yield``, linked from the C library)."""
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(function, [])
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
+@numba.njit(inline="always")
+def _wait(spins):
+    """One turn of a spin-wait: a pause for the first ``_SPINS_BEFORE_YIELDING`` turns,
+    then the core given up each turn, so that a part whose thread the system has not run
+    (more threads than cores) gets it sooner."""
+    if spins < _SPINS_BEFORE_YIELDING:
+        _pause()
+    else:
+        _give_way()
+
+
+# turns of a spin-wait before it yields (about 50 ns each): a part's partner on another core
+# arrives within microseconds; with more threads than cores, a spinning thread held the core
+# its partner needed for the rest of its time slice (a step's 256 meetings took 0.9 s)
+_SPINS_BEFORE_YIELDING = 1 << 11
+# how long a job's first part waits for the others to join before it does all the parts
+# itself: they start within microseconds when they run at once, and never when the parts run
+# one after another (``run``'s fallback)
+_JOIN_SPINS = 1 << 14
+_DECIDED, _ALONE = 1 << 40, 1 << 41
+
+
+@numba.njit(inline="always")
+def together(state, part, parts):
+    """Whether the job's parts run at the same time, so they may ``meet``: part 0 waits for
+    the others to join and decides; if they do not all join in time, it does every part's
+    work itself, and this returns False to it and to the parts that come late (which then
+    do nothing). ``state`` is the address of an int64 that is 0 before the job."""
+    if parts == 1:
+        return True
+    spins = 0
+    if part != 0:
+        _fetch_add(state, 1)
+        while True:
+            seen = _load(state)
+            if seen & _DECIDED:
+                return (seen & _ALONE) == 0
+            _wait(spins)
+            spins += 1
+    while True:
+        seen = _load(state)
+        if seen == parts - 1:
+            if _compare_exchange(state, seen, seen | _DECIDED) == seen:
+                return True
+        elif spins >= _JOIN_SPINS:
+            if _compare_exchange(state, seen, seen | _DECIDED | _ALONE) == seen:
+                return False
+        else:
+            _wait(spins)
+            spins += 1
+
+
+@numba.njit(inline="always")
+def meet(counter, parts, times):
+    """Wait until every part has come here ``times`` times, counting at ``counter`` (an
+    int64 that was 0 before the job): a barrier between the phases of a job whose parts
+    run ``together``."""
+    _fetch_add(counter, 1)
+    spins = 0
+    while _load(counter) < times * parts:
+        _wait(spins)
+        spins += 1
 
 
 def float_bits(value: float) -> int:
