@@ -7,10 +7,12 @@ NumPy's passes; an LSTM step there was BLAS's product of the (4H, H + 1) weights
 NumPy passes over (4H, N) blocks, and in the backward five passes over the whole sequence
 and seven a step. Here a step's rows are samples, (N, 4H): the recurrent product is the
 tiles' (``tiled.Product``: N rows of weights, the state's, by the transposed recurrent
-weights' rows, 4H positions long; 65 us), and one job makes a step's gates, cell and state
-(or, backward, their gradients) from it, writing the next product's weights already packed;
-where each core's product rows are its own samples, the product and the arithmetic are one
-job. The input projection is one product over every step before the loop, and the weight
+weights' rows, 4H positions long, read from panels), and compiled arithmetic makes a
+step's gates, cell and state (or, backward, their gradients) from it, writing the next
+product's weights already packed. Every step of a direction is one job
+(``_steps_job``): where each core's product rows are its own samples the cores never meet;
+else they meet at a barrier after each step's product and after its arithmetic. The input
+projection is one product over every step before the loop, and the weight
 gradients one product after it, (4H, T * N) by (T * N, F + 1 + H + 1), each step's input
 kept beside the state it starts from. Gates are (o, i, f, g), the sigmoid ones'
 pre-activations halved, as in `recurrent_cells`.

@@ -26,6 +26,11 @@ done. Two kinds of job:
   copies contend for the lock), a convolution's weight gradient split by positions, and
   copies of whole maps, the same.
 
+A job whose parts must wait for each other between its phases (a recurrent layer's steps)
+checks that they run ``together`` and then ``meet`` at a barrier: counts updated
+atomically, a spin that yields its core after a while. When the parts run in turn instead,
+the first does them all.
+
 Only a job entry's head is relied on: blas_queue_t (common_thread.h) starts with routine,
 position, assigned, args, range_m, range_n, sa, sb, next, as it has since GotoBLAS. Entries
 are zeroed blocks of ``_ENTRY_BYTES`` linked through ``next`` (OpenBLAS walks the links and
