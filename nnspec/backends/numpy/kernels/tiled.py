@@ -896,11 +896,11 @@ class Product:
         if rows % items:
             raise ValueError(f"Product: {rows} rows in {items} equal items")
         reads, length = matrix.shape
-        panels = -(-length // PANEL)
-        self.panels = np.zeros((panels, reads, PANEL), np.float32)  # kept: read by address
-        for index in range(panels):
-            columns = matrix[:, index * PANEL:(index + 1) * PANEL]
-            self.panels[index, :, :columns.shape[1]] = columns
+        whole = length // PANEL
+        self.panels = np.zeros((-(-length // PANEL), reads, PANEL), np.float32)  # read by address
+        self.panels[:whole] = matrix[:, :whole * PANEL].reshape(reads, whole, PANEL).transpose(
+            1, 0, 2)
+        self.panels[whole:, :, :length - whole * PANEL] = matrix[:, whole * PANEL:]
         self.offsets = np.arange(reads, dtype=np.int64) * PANEL
         item_rows = rows // items
         parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
