@@ -205,15 +205,13 @@ class _Packed:
 
 
 class _Blocks:
-    """Where step s's block of a (T, ...) array starts, by address (a view a step, and its
-    ``ctypes``, cost microseconds each). Holds the array: the jobs read it by address."""
+    """A (T, ...) array's step blocks by address, as ``_steps_job`` moves through them (a
+    view a step, and its ``ctypes``, cost microseconds each). Holds the array: the job reads
+    it by address."""
 
     def __init__(self, array):
         self.array = array
         self.base, self.step = array.ctypes.data, array.strides[0]
-
-    def __call__(self, s):
-        return self.base + s * self.step
 
     def moving(self, index, offset=0):
         """A row of ``_steps_job``'s moving step parameters: step s's block, s + offset."""
@@ -273,7 +271,8 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     product = tiled.Product(batch, gate_rows, recurrent_t, items, parts)
     packed = _Packed(batch, hidden + 1, items)
     packed.fill(states[0])
-    gates_at, cells_at, tanh_at, states_at = map(_Blocks, (gates, cells, tanh_cells, states))
+    gate_blocks, cell_blocks, tanh_blocks, state_blocks = map(
+        _Blocks, (gates, cells, tanh_cells, states))
     params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
                        packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2]],
                       np.int64)
@@ -281,8 +280,8 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         gates[0] += recurrent_t[hidden]
     product.bind(0, packed.values.ctypes.data)
     _all_steps(parts, steps, False, product, params,
-               [gates_at.moving(3), cells_at.moving(4), cells_at.moving(5, 1),
-                tanh_at.moving(6), states_at.moving(7, 1)], gates_at, bool(start),
+               [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
+                tanh_blocks.moving(6), state_blocks.moving(7, 1)], gate_blocks, bool(start),
                items != parts)
     outputs = states[1:, :, :hidden].transpose(0, 2, 1)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
@@ -306,11 +305,11 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
                          packed_grads.steps.ctypes.data], np.int64)
-        d_at = _Blocks(d_rows)
+        d_blocks = _Blocks(d_rows)
         back_product.bind(0, packed_grads.values.ctypes.data)
         _all_steps(parts, steps, True, back_product, back,
-                   [gates_at.moving(3), d_at.moving(4), cells_at.moving(5), tanh_at.moving(6)],
-                   d_at, d_final_cell is not None, back_items != parts)
+                   [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5), tanh_blocks.moving(6)],
+                   d_blocks, d_final_cell is not None, back_items != parts)
         d_start = ()
         if start:  # through step 0's recurrent product, and its forget gate
             d_start = ((gates[0] @ recurrent_plain).T, carried.T)
