@@ -265,8 +265,9 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     cells[0] = start[1].T if start else 0
     tanh_cells = np.empty((steps, batch, hidden), _F)
     parts = min(batch, workers.parts()) if batch * hidden >= _SPLIT_MIN_UNITS else 1
-    # each part's samples on its core throughout: the product's rows (with the whole of
-    # the weights, when they fit in its cache) and the step's arithmetic, one dispatch
+    # each part's samples on its core throughout (the product's rows, with the whole of
+    # the weights, and the step's arithmetic) where the weights fit its cache: the parts
+    # never meet; else the products split the positions and the parts meet twice a step
     items = _items(batch, parts, recurrent_t.nbytes)
     product = tiled.Product(batch, gate_rows, recurrent_t, items, parts)
     packed = _Packed(batch, hidden + 1, items)
@@ -308,8 +309,9 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         d_blocks = _Blocks(d_rows)
         back_product.bind(0, packed_grads.values.ctypes.data)
         _all_steps(parts, steps, True, back_product, back,
-                   [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5), tanh_blocks.moving(6)],
-                   d_blocks, d_final_cell is not None, back_items != parts)
+                   [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),
+                    tanh_blocks.moving(6)], d_blocks, d_final_cell is not None,
+                   back_items != parts)
         d_start = ()
         if start:  # through step 0's recurrent product, and its forget gate
             d_start = ((gates[0] @ recurrent_plain).T, carried.T)
