@@ -140,8 +140,8 @@ def test_adam_in_parts(amsgrad):
 
 
 @needs_two
-@pytest.mark.parametrize("momentum_on, first, nesterov", [(True, True, False), (True, False, False),
-                                                         (True, False, True), (False, False, False)])
+@pytest.mark.parametrize("momentum_on, first, nesterov", [
+    (True, True, False), (True, False, False), (True, False, True), (False, False, False)])
 def test_sgd_in_parts(momentum_on, first, nesterov):
     """The SGD step split between the cores gives the whole loop's bits, and the whole loop
     NumPy's sequence of rounded passes (torch's order)."""
