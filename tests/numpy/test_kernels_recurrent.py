@@ -278,3 +278,31 @@ def test_large_batches_take_a_product_per_step_and_match_torch(monkeypatch, mode
     monkeypatch.setattr(recurrent, "_STEPWISE_MIN_BATCH", 1)
     ours, theirs = run_both(mode, 5, 6, 3, 4, 2, bidirectional)
     assert_matches_torch(ours, theirs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_empty_batch_or_sequence_runs_nothing_and_hands_the_states_through(mode, dtype):
+    """No samples (torch gives empty results too) or no steps (torch refuses; here the final
+    states are the initial ones): no internal error, and the final states' gradients go to
+    the initial ones."""
+    hidden, features, layers = 5, 3, 2
+    params = {name: value.astype(dtype) for name, value in recurrent_params(
+        mode, features, hidden, layers, True, True, np.random.default_rng(0)).items()}
+    kinds = 2 if mode == "lstm" else 1
+    for batch, steps in [(0, 4), (3, 0)]:
+        rng = np.random.default_rng(1)
+        initial = tuple(rng.standard_normal((batch, 2 * layers, hidden)).astype(dtype)
+                        for _ in range(kinds))
+        (out, *finals), backward = rnn_states(np.zeros((batch, steps, features), dtype),
+                                              initial, params, mode=mode, hidden=hidden,
+                                              layers=layers, bidirectional=True)
+        assert out.shape == (batch, steps, 2 * hidden)
+        for final, start in zip(finals, initial):
+            np.testing.assert_array_equal(final, start)
+        d_finals = [rng.standard_normal(f.shape).astype(dtype) for f in finals]
+        dx, *d_initial, d_params = backward(np.zeros_like(out), *d_finals)
+        assert dx.shape == (batch, steps, features)
+        for d, handed in zip(d_initial, d_finals):
+            np.testing.assert_array_equal(d, handed)
+        assert set(d_params) == set(params) and not any(g.any() for g in d_params.values())

@@ -91,6 +91,8 @@ def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity
     starts = [np.broadcast_to(state if state.ndim == 3 else state[None],
                               (batch, layers * directions, hidden)).transpose(1, 2, 0)
               for state in initial]
+    if not batch or not steps:
+        return _no_steps(x, params, starts, hidden, layers * directions, directions)
     finals = [np.empty((batch, layers * directions, hidden), x.dtype) for _ in range(2)]
     # the float32 LSTM's steps are sample-major: between its layers the sequences are
     # (T, N, F) arrays seen as (T, F, N), so each hand-over copies runs of features
@@ -191,6 +193,25 @@ def last_step(output, *, hidden, bidirectional):
         return (d_output,)
 
     return summary, backward
+
+
+def _no_steps(x, params, starts, hidden, states, directions):
+    """``_stack`` over an empty batch or sequence: an empty output, the initial states as the
+    final ones, and a backward that hands the final states' gradients to the initial ones
+    (and zeros to the input and the weights)."""
+    batch, steps, _ = x.shape
+    output = np.zeros((batch, steps, directions * hidden), x.dtype)
+    finals = [np.zeros((batch, states, hidden), x.dtype) for _ in range(2)]
+    for final, start in zip(finals, starts):
+        final[...] = start.transpose(2, 0, 1)
+
+    def backward(d_output, d_finals):
+        d_initial = tuple(np.zeros((batch, states, hidden), x.dtype) if d is None else
+                          np.array(d, x.dtype) for d, _ in zip((*d_finals, None, None), starts))
+        return np.zeros_like(x), d_initial, {name: np.zeros_like(value)
+                                             for name, value in params.items()}
+
+    return output, finals, backward
 
 
 def _parameter_names(layer, direction):
