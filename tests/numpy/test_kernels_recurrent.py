@@ -145,6 +145,22 @@ def torch_run_with_states(mode, module, x, initial, probes, batch, unbatched):
     return t_outs, tx, t_initial
 
 
+def case_with_states(mode, features, hidden, layers, bidirectional, batch, steps, seeds,
+                     unbatched=False):
+    """Parameters (from seeds[0]), their torch module, an input and initial states (from
+    seeds[1]; one state for every sample when ``unbatched``), and that generator."""
+    directions = 2 if bidirectional else 1
+    params = recurrent_params(mode, features, hidden, layers, bidirectional, True,
+                              np.random.default_rng(seeds[0]))
+    module = make_module(mode, params, features, hidden, layers, bidirectional, "tanh")
+    rng = np.random.default_rng(seeds[1])
+    x = rng.standard_normal((batch, steps, features)).astype(np.float32)
+    shape = (layers * directions, hidden) if unbatched else (batch, layers * directions, hidden)
+    initial = [rng.standard_normal(shape).astype(np.float32)
+               for _ in range(2 if mode == "lstm" else 1)]
+    return params, module, x, initial, rng
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -152,15 +168,9 @@ def torch_run_with_states(mode, module, x, initial, probes, batch, unbatched):
 def test_initial_and_final_states_match_torch_with_gradients_through_both(mode, bidirectional,
                                                                           unbatched):
     layers, features, hidden, batch, steps = 2, 3, 4, 5, 6
-    directions = 2 if bidirectional else 1
-    params = recurrent_params(mode, features, hidden, layers, bidirectional, True,
-                              np.random.default_rng(0))
-    module = make_module(mode, params, features, hidden, layers, bidirectional, "tanh")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((batch, steps, features)).astype(np.float32)
-    shape = (layers * directions, hidden) if unbatched else (batch, layers * directions, hidden)
-    initial = [rng.standard_normal(shape).astype(np.float32)
-               for _ in range(2 if mode == "lstm" else 1)]
+    params, module, x, initial, rng = case_with_states(mode, features, hidden, layers,
+                                                       bidirectional, batch, steps, (0, 1),
+                                                       unbatched)
     outs, backward = rnn_states(x, tuple(initial), params, mode=mode, hidden=hidden,
                                 layers=layers, bidirectional=bidirectional)
     probes = [rng.standard_normal(o.shape).astype(np.float32) for o in outs]
@@ -227,14 +237,8 @@ def test_float32_recurrent_steps_at_real_sizes_match_torch_and_the_float64_passe
     arithmetic; float64 runs NumPy's passes. Both, from given initial states and with
     gradients through the final ones, against torch."""
     layers, features, steps = 2, 9, 7
-    directions = 2 if bidirectional else 1
-    params = recurrent_params(mode, features, hidden, layers, bidirectional, True,
-                              np.random.default_rng(3))
-    module = make_module(mode, params, features, hidden, layers, bidirectional, "tanh")
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((batch, steps, features)).astype(np.float32)
-    initial = [rng.standard_normal((batch, layers * directions, hidden)).astype(np.float32)
-               for _ in range(2 if mode == "lstm" else 1)]
+    params, module, x, initial, _ = case_with_states(mode, features, hidden, layers,
+                                                     bidirectional, batch, steps, (3, 4))
     results = {}
     for dtype in (np.float32, np.float64):
         cast = {name: value.astype(dtype) for name, value in params.items()}

@@ -218,9 +218,11 @@ class _Blocks:
         return (index, self.base, self.step, offset)
 
 
-def _all_steps(parts, steps, backward, product, step_params, moving, out, given, meeting):
+def _all_steps(parts, steps, backward, product, packed, step_params, moving, out, given,
+               meeting):
     """Runs ``_steps_job``: every step of a direction, one dispatch (each part its own copy
-    of the parameters it moves)."""
+    of the parameters it moves), the product's weights read from ``packed``."""
+    product.bind(0, packed.values.ctypes.data)  # its out moves with the step, in the job
     moving = np.array(moving, np.int64)
     rows = np.tile(step_params, (parts, 1))
     products = np.tile(product.params, (parts, 1))
@@ -279,8 +281,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
                       np.int64)
     if not start:  # a zero state: step 0's product is its bias row alone
         gates[0] += recurrent_t[hidden]
-    product.bind(0, packed.values.ctypes.data)
-    _all_steps(parts, steps, False, product, params,
+    _all_steps(parts, steps, False, product, packed, params,
                [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
                 tanh_blocks.moving(6), state_blocks.moving(7, 1)], gate_blocks, bool(start),
                items != parts)
@@ -307,8 +308,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
                          packed_grads.steps.ctypes.data], np.int64)
         d_blocks = _Blocks(d_rows)
-        back_product.bind(0, packed_grads.values.ctypes.data)
-        _all_steps(parts, steps, True, back_product, back,
+        _all_steps(parts, steps, True, back_product, packed_grads, back,
                    [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),
                     tanh_blocks.moving(6)], d_blocks, d_final_cell is not None,
                    back_items != parts)

@@ -495,7 +495,7 @@ def _products_job(args, range_m, range_n, sa, sb, part):
 
 PRODUCT_PARAMETERS = 15
 # positions per panel of a matrix the products read (``Product``): a tile's, so that a tile
-# reads its panel front to back (a block of 8 tiles a panel: 175 us, against 135)
+# reads its panel front to back (a block of 8 tiles a panel: 175-184 us, against 135)
 PANEL = TILE
 
 
