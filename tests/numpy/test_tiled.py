@@ -159,11 +159,20 @@ def test_products_of_more_reads_than_one_pass_add_the_passes():
     (2, 3, 5, 7, 9, 3, 1), (3, 8, 12, 5, 6, 5, 2), (2, 70, 19, 6, 7, 3, 1),
     (1, 4, 4, 9, 1, 3, 1), (2, 12, 12, 10, 7, 3, 12), (5, 16, 16, 8, 8, 3, 1),
     (3, 6, 6, 40, 30, 3, 1),
+    # the gradient products: every tile shape, channels and outputs that fill no whole
+    # tile, planes in bands of rows, rows shorter than a tap's reach, groups
+    (3, 40, 64, 5, 7, 3, 1), (2, 33, 97, 40, 30, 3, 1), (2, 64, 96, 6, 6, 3, 2),
+    (1, 32, 50, 9, 11, 5, 1), (2, 35, 48, 1, 50, 3, 1), (5, 48, 130, 4, 4, 3, 1),
+    (2, 32, 200, 3, 2, 3, 1),
 ])
+@pytest.mark.parametrize("as_products", [False, True])
 def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_channels, height,
-                                                      width, kernel, groups):
+                                                      width, kernel, groups, as_products,
+                                                      monkeypatch):
     """Planes larger and smaller than a block of positions (several samples a block), one
-    dy row a group (depthwise: the narrow tile), taps reaching past every edge."""
+    dy row a group (depthwise: the narrow tile), taps reaching past every edge; each case
+    both as sums and as products (whichever ``GRADIENT_MIN_CHANNELS`` and
+    ``GRADIENT_MIN_OUTPUTS`` would pick)."""
     import torch
     import torch.nn.functional as torch_functional
 
@@ -176,6 +185,9 @@ def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_cha
     y = torch_functional.conv2d(torch.tensor(x), tweight, padding=pad, groups=groups)
     dy = rng.standard_normal(y.shape, dtype=F)
     y.backward(torch.tensor(dy))
+    least = 0 if as_products else 1 << 30
+    monkeypatch.setattr(tiled, "GRADIENT_MIN_CHANNELS", least)
+    monkeypatch.setattr(tiled, "GRADIENT_MIN_OUTPUTS", least)
     got = tiled.direct_sums(x, dy, taps, groups)
     expected = tweight.grad.numpy().reshape(out_channels, channels // groups, -1)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -189,11 +201,12 @@ llvmlite.binding.get_host_cpu_features = lambda: features
 from nnspec.backends.numpy.kernels import conv, tiled
 assert tiled.LANES == 8 and tiled.ROWS == 4
 rng = np.random.default_rng(0)
-for shape, kernel, stride, groups in [((2, 6, 9, 10), 3, 1, 1), ((2, 8, 11, 9), 3, 2, 1),
-                                      ((3, 12, 8, 8), 3, 1, 12), ((2, 70, 7, 8), 3, 1, 1)]:
+for shape, kernel, stride, groups, outputs in [
+        ((2, 6, 9, 10), 3, 1, 1, 10), ((2, 8, 11, 9), 3, 2, 1, 10), ((3, 12, 8, 8), 3, 1, 12, 12),
+        ((2, 70, 7, 8), 3, 1, 1, 10), ((2, 40, 7, 8), 3, 1, 1, 57)]:
     x = rng.standard_normal(shape).astype(np.float32)
-    w = (rng.standard_normal((10 if groups == 1 else shape[1], shape[1] // groups, kernel,
-                              kernel)) / 10).astype(np.float32)
+    w = (rng.standard_normal((outputs, shape[1] // groups, kernel, kernel)) / 10).astype(
+        np.float32)
     y, backward = conv.conv2d(x, w, None, stride=(stride, stride), padding=((1, 1), (1, 1)),
                               dilation=(1, 1), groups=groups)
     dx, dw, _ = backward(np.ones_like(y))
@@ -209,7 +222,8 @@ print("ok")
 
 def test_the_tiles_for_eight_float_vectors_give_the_same_convolutions(tmp_path):
     """The AVX2-sized build (LANES 8, tiles of 4 rows), compiled into a cache of its own,
-    against the float64 BLAS paths: frames, strided phases, in place, depthwise, passes."""
+    against the float64 BLAS paths: frames, strided phases, in place, depthwise, passes,
+    the weight gradient as products."""
     import os
     import subprocess
     import sys
