@@ -163,16 +163,16 @@ def test_products_of_more_reads_than_one_pass_add_the_passes():
     # tile, planes in bands of rows, rows shorter than a tap's reach, groups
     (3, 40, 64, 5, 7, 3, 1), (2, 33, 97, 40, 30, 3, 1), (2, 64, 96, 6, 6, 3, 2),
     (1, 32, 50, 9, 11, 5, 1), (2, 35, 48, 1, 50, 3, 1), (5, 48, 130, 4, 4, 3, 1),
-    (2, 32, 200, 3, 2, 3, 1),
+    (2, 32, 200, 3, 2, 3, 1), (3, 40, 50, 6, 6, 1, 1), (2, 150, 64, 5, 5, 1, 1),
 ])
 @pytest.mark.parametrize("as_products", [False, True])
 def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_channels, height,
                                                       width, kernel, groups, as_products,
                                                       monkeypatch):
     """Planes larger and smaller than a block of positions (several samples a block), one
-    dy row a group (depthwise: the narrow tile), taps reaching past every edge; each case
-    both as sums and as products (whichever ``GRADIENT_MIN_CHANNELS`` and
-    ``GRADIENT_MIN_OUTPUTS`` would pick)."""
+    dy row a group (depthwise: the narrow tile), taps reaching past every edge, 1x1 layers;
+    each case both as sums and as products (whichever the ``GRADIENT_MIN_...`` thresholds
+    would pick)."""
     import torch
     import torch.nn.functional as torch_functional
 
@@ -186,8 +186,8 @@ def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_cha
     dy = rng.standard_normal(y.shape, dtype=F)
     y.backward(torch.tensor(dy))
     least = 0 if as_products else 1 << 30
-    monkeypatch.setattr(tiled, "GRADIENT_MIN_CHANNELS", least)
-    monkeypatch.setattr(tiled, "GRADIENT_MIN_OUTPUTS", least)
+    for threshold in ("GRADIENT_MIN_CHANNELS", "GRADIENT_MIN_OUTPUTS", "GRADIENT_MIN_READS"):
+        monkeypatch.setattr(tiled, threshold, least)
     got = tiled.direct_sums(x, dy, taps, groups)
     expected = tweight.grad.numpy().reshape(out_channels, channels // groups, -1)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -161,9 +161,8 @@ def _tiled_pointwise(x, weight, bias, input_grad):
 
     def backward(dy):
         dy = np.ascontiguousarray(dy)
-        dweight = tiled.sums(dy.reshape(-1), np.arange(out_channels) * positions, x.reshape(-1),
-                             np.arange(channels) * positions, positions, items=n,
-                             x_step=out_channels * positions, dy_step=channels * positions)
+        dweight = tiled.direct_sums(x.reshape(n, channels, 1, positions),
+                                    dy.reshape(n, out_channels, 1, positions), [(0, 0)])
         dbias = None if bias is None else dy.reshape(n, out_channels, -1).sum(axis=2).sum(axis=0)
         if not input_grad:
             return None, dweight.reshape(weight.shape), dbias

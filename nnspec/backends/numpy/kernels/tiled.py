@@ -477,14 +477,17 @@ def _gradient_tile(rows, vectors):
                     dy_row = builder.add(dy_sample_first, builder.mul(along, dy_step))
 
                     def position(t, carried):
-                        at = builder.add(x_row, t)
-                        xs = [emit.splat(builder.load(emit.at(base, at))) for base in x_rows]
                         outputs = builder.add(dy_row, builder.mul(t, dy_step))
                         dys = [emit.load(dy, builder.add(outputs, emit.int(v * LANES)),
                                          masks[v]) for v in range(vectors)]
-                        return [builder.call(emit.fma, [xs[r], dys[v],
-                                                        carried[r * vectors + v]])
-                                for r in range(rows) for v in range(vectors)]
+                        at = builder.add(x_row, t)
+                        updated = []
+                        for r, base in enumerate(x_rows):  # each broadcast used at once
+                            value = emit.splat(builder.load(emit.at(base, at)))
+                            updated += [builder.call(emit.fma, [value, dys[v],
+                                                                carried[r * vectors + v]])
+                                        for v in range(vectors)]
+                        return updated
 
                     return emit.loop(row_length, carried, position)
 
@@ -899,10 +902,13 @@ def _gradient_job(args, range_m, range_n, sa, sb, part):
 
 
 # the fewest channels and outputs a group for which the gradient products (with dy's copy)
-# measured faster than the sums: 1.5-1.7x at 64 or more of each, 1.2x at 32 -> 64 channels,
-# 1.4x at 64 -> 48; even at 16 -> 64 and 128 -> 32, 0.8-0.9x at 16 -> 16, 16 -> 32 and
-# 32 -> 32 (the tiles of two vectors or one, at 150-180 GFLOP/s against the sums' 190)
-GRADIENT_MIN_CHANNELS, GRADIENT_MIN_OUTPUTS = 32, 48
+# measured faster than the sums: 1.4-1.6x at 64 or more of each, 1.25x at 32 -> 64
+# channels and 64 -> 32, 1.4x at 48 -> 48; even at 32 -> 32, 16 -> 64 and 32 -> 16,
+# 0.75-0.85x at 16 -> 16 and 16 -> 32 (rows of spare channels)
+GRADIENT_MIN_CHANNELS, GRADIENT_MIN_OUTPUTS = 32, 32
+# and the fewest reads (channels x taps) a group: each reads dy's copy once more, and a 1x1
+# layer's products paid at 144 and 192 channels (1.2-1.8x), not at 32 (0.4x)
+GRADIENT_MIN_READS = 128
 # positions per block of the gradient products: a tile's outputs there, 1024 x 64 floats,
 # stay in the core's cache while each tap and run of channels reads them (512 and 2048
 # within 5%, 256 up to 10% slower)
@@ -1014,9 +1020,15 @@ def direct_sums(x, dy, taps, groups=1):
     if dy.shape[0] != samples or dy.shape[2:] != x.shape[2:] or all_channels % groups or \
             out_channels % groups:
         raise ValueError(f"direct_sums: x {x.shape}, dy {dy.shape} in {groups} groups")
-    if channels >= GRADIENT_MIN_CHANNELS and out_rows >= GRADIENT_MIN_OUTPUTS:
+    if channels >= GRADIENT_MIN_CHANNELS and out_rows >= GRADIENT_MIN_OUTPUTS and \
+            channels * len(taps) >= GRADIENT_MIN_READS:
         return _gradient_products(x, dy, taps, groups)
     plane = height * width
+    if groups == 1 and list(taps) == [(0, 0)]:  # a 1x1 convolution: plain rows
+        return sums(dy.reshape(-1), np.arange(out_rows) * plane, x.reshape(-1),
+                    np.arange(channels) * plane, plane, items=samples,
+                    x_step=out_rows * plane, dy_step=channels * plane).reshape(
+            out_rows, channels, 1)
     narrow = out_rows == 1
     _, _, offsets, taps_of = _tap_reads(taps, channels, height, width)
     # spare rows read the first again
@@ -1037,10 +1049,10 @@ def direct_sums(x, dy, taps, groups=1):
                        len(taps) * words, narrow, 0], np.int64)
     workers.run(_direct_sums_job, params)
     # (groups, C * taps, M) -> (groups * M, C, taps)
-    sums = out[:, :channels * len(taps), :out_rows].reshape(groups, channels, len(taps),
-                                                             out_rows)
-    return np.ascontiguousarray(sums.transpose(0, 3, 1, 2)).reshape(out_channels, channels,
-                                                                    len(taps))
+    found = out[:, :channels * len(taps), :out_rows].reshape(groups, channels, len(taps),
+                                                              out_rows)
+    return np.ascontiguousarray(found.transpose(0, 3, 1, 2)).reshape(out_channels, channels,
+                                                                     len(taps))
 
 
 def _pack(weights, most=ROWS):
