@@ -768,9 +768,8 @@ def direct_products(out, x, taps, weights, groups=1):
     # tiles are faster)
     covered, wide_covered = -(-plane // TILE) * TILE, -(-plane // WIDE_TILE) * WIDE_TILE
     wide = covered > 1.2 * plane and wide_covered < covered
-    packed = np.stack([_pack(np.ascontiguousarray(w).reshape(out_rows, -1),
-                             WIDE_ROWS if wide else ROWS)
-                       for w in weights.reshape(groups, out_rows, channels, len(taps))])
+    packed = _pack(weights.reshape(groups, out_rows, channels * len(taps)),
+                   WIDE_ROWS if wide else ROWS)
     heights, widths = _positions(height, width)
     items = samples * groups
     parts = workers.parts() if items * plane >= 2 * TILE else 1
@@ -1056,16 +1055,19 @@ def direct_sums(x, dy, taps, groups=1):
 
 
 def _pack(weights, most=ROWS):
-    """(M, reads) weights as the product tiles read them: each block of rows (``_block_rows``
-    with ``most``) transposed, (reads, rows), one after the other."""
-    out_rows, reads = weights.shape
-    packed = np.empty(out_rows * reads, np.float32)
+    """(items, M, reads) weights as the product tiles read them, (items, M * reads): each
+    block of rows (``_block_rows`` with ``most``) transposed, (reads, rows), one after the
+    other. All items at once: packed one at a time, a depthwise layer's 192 items took 0.3
+    ms, ten times its product."""
+    items, out_rows, reads = weights.shape
+    packed = np.empty((items, out_rows * reads), np.float32)
     row = 0
     while row < out_rows:
         rows = most
         while rows > out_rows - row:
             rows //= 2
-        packed[row * reads:(row + rows) * reads] = weights[row:row + rows].T.ravel()
+        packed[:, row * reads:(row + rows) * reads] = weights[:, row:row + rows].transpose(
+            0, 2, 1).reshape(items, -1)
         row += rows
     return packed
 
@@ -1110,7 +1112,7 @@ def products(out, x, offsets, weights, length, x_step=0):
             (weights.ndim == 3 and len(weights) != items):
         raise ValueError(f"products: weights {weights.shape} for {items} items of "
                          f"{out.shape[1]} rows and {len(offsets)} reads")
-    packed = np.stack([_pack(w) for w in weights]) if weights.ndim == 3 else _pack(weights)[None]
+    packed = _pack(weights if weights.ndim == 3 else weights[None])
     parts = workers.parts() if items * length >= 2 * TILE else 1
     params = np.array([parts, out.ctypes.data, out.strides[1] // 4, out.shape[1], x.ctypes.data,
                        offsets.ctypes.data, packed.ctypes.data, len(offsets), length, items,
