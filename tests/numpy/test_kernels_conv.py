@@ -384,6 +384,44 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
     check_conv_against_torch(nd, case)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("nd, channels, out_channels, kernel, stride, padding, spatial, groups", [
+    (2, 16, 24, (3, 3), (1, 1), ((1, 1), (1, 1)), (12, 10), 1),   # in place (direct tiles)
+    (2, 40, 48, (3, 3), (1, 1), ((1, 1), (1, 1)), (9, 9), 1),     # gradient products
+    (2, 8, 12, (3, 3), (2, 2), ((1, 1), (1, 1)), (11, 9), 1),     # frames, strided
+    (2, 64, 32, (3, 3), (2, 2), ((1, 1), (1, 1)), (8, 8), 1),     # columns
+    (2, 200, 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (5, 6), 1),    # BLAS, wide
+    (2, 24, 160, (1, 1), (1, 1), ((0, 0), (0, 0)), (12, 10), 1),  # pointwise tiles
+    (2, 12, 12, (3, 3), (1, 1), ((1, 1), (1, 1)), (7, 9), 12),    # depthwise
+    (1, 16, 8, (3,), (1,), ((1, 1),), (30,), 2),                  # 1-D, grouped
+])
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_convolution_with_its_relu_in_one_pass_matches_torch(
+        nd, channels, out_channels, kernel, stride, padding, spatial, groups, has_bias, dtype):
+    """``relu=True`` (the interpreter's fusion of a convolution and the relu that alone reads
+    it): the bias and the relu applied in place in one pass (float32) or NumPy's (float64),
+    the gradient masked by the output. (NaN's way through the loops: test_parallel.py.)"""
+    case = conv_case(channels, out_channels, spatial, kernel, stride, padding, (1,) * nd,
+                     groups=groups, has_bias=has_bias)
+    x, weight, bias = (None if a is None else a.astype(dtype) for a in conv_arrays(case, 5))
+    y, backward = CONV[nd](x, weight, bias, **case["attrs"], relu=True)
+    tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
+    ty = F.relu({1: F.conv1d, 2: F.conv2d}[nd](
+        F.pad(tx, torch_pad(padding)), tweight, tbias, stride=stride, groups=groups))
+    dy = np.random.default_rng(6).standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    dx, dweight, dbias = backward(dy)
+    assert y.dtype == dx.dtype == dweight.dtype == dtype
+    assert (y == 0).mean() > 0.3  # the relu cut about half
+    for ours, theirs in ((y, ty), (dx, tx.grad), (dweight, tweight.grad),
+                         (dbias, tbias.grad if has_bias else None)):
+        if theirs is None:
+            assert ours is None
+        else:
+            np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation, groups=1,
               batch=3, has_bias=True):
     """A case for ``check_conv_against_torch``."""
@@ -406,7 +444,7 @@ def record_calls(monkeypatch, functions, note=lambda label, args: label):
 
 
 def its_stride(_label, args):
-    return args[3]
+    return args[2]
 
 
 STRIDE_ONE_CASES = [

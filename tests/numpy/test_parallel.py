@@ -191,6 +191,38 @@ def test_batch_norm_loops_in_parts(activation):
         np.testing.assert_array_equal(split, whole)
 
 
+@needs_two
+@pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU])
+def test_channel_bias_loops_in_parts(activation):
+    """A convolution's bias and relu in rows: the parts give the whole loop's outputs and
+    gradients to the bit, and its row sums to float32 rounding (vectorised in another
+    order)."""
+    samples, channels, positions = 5, 7, 4099  # rows not a multiple of the parts
+    out0 = rng.standard_normal((samples * channels, positions)).astype(F)
+    out0[3, :5] = np.nan  # NaN stays NaN, and passes its gradient
+    bias = rng.standard_normal(channels).astype(F)
+    d_out = rng.standard_normal(out0.shape).astype(F)
+    results = []
+    for module, tail in ((fused, (0, len(out0))), (parallel, ())):
+        out = out0.copy()
+        module.channel_bias(out, bias, activation, *tail)
+        d_in, row_sums = np.empty_like(out), np.empty(len(out), F)
+        module.channel_bias_gradient(d_out, out, activation, d_in, row_sums, *tail)
+        results.append((out, d_in, row_sums))
+    (out, d_in, row_sums), (split_out, split_d_in, split_sums) = results
+    np.testing.assert_array_equal(split_out, out)
+    np.testing.assert_array_equal(split_d_in, d_in)
+    np.testing.assert_allclose(split_sums, row_sums, rtol=1e-5, atol=1e-3)
+    expected = out0 + np.tile(bias, samples)[:, None]
+    if activation == fused.RELU:
+        expected = np.where(expected > 0, expected, np.where(np.isnan(expected), expected, 0))
+    np.testing.assert_array_equal(out, expected)
+    passed = d_out if activation == fused.NO_ACTIVATION else np.where(out <= 0, 0, d_out)
+    np.testing.assert_array_equal(d_in, passed)
+    np.testing.assert_allclose(row_sums, passed.astype(np.float64).sum(axis=1), rtol=1e-4,
+                               atol=1e-3)
+
+
 def test_strided_arrays_run_whole():
     x = rng.standard_normal(2 * parallel.ACTIVATION_MIN_VALUES).astype(F)
     out = np.empty(2 * x.size, F)[::2]  # strided: the jobs could not see it

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import columns, frames, tiled
+from . import columns, frames, fused, parallel, tiled
 from .blas import accumulates, add_product, transpose
 from .windows import (
     check_spatial,
@@ -32,21 +32,61 @@ from .windows import (
 )
 
 
-def conv1d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True):
-    """Convolve (N, C, L) with weight [out, C/groups, k]; backward gives (dx, dweight, dbias),
-    dx None when ``input_grad`` is False."""
+def conv1d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True,
+           relu=False):
+    """Convolve (N, C, L) with weight [out, C/groups, k], then relu when ``relu``; backward
+    gives (dx, dweight, dbias), dx None when ``input_grad`` is False."""
     check_spatial("conv1d", x, 1, stride=stride, padding=padding, dilation=dilation)
-    return _conv(x, weight, bias, stride, padding, dilation, groups, input_grad)
+    return with_bias(*_conv(x, weight, stride, padding, dilation, groups, input_grad), bias,
+                     relu)
 
 
-def conv2d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True):
-    """Convolve (N, C, H, W) with weight [out, C/groups, kH, kW]; backward gives (dx, dweight,
-    dbias), dx None when ``input_grad`` is False."""
+def conv2d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True,
+           relu=False):
+    """Convolve (N, C, H, W) with weight [out, C/groups, kH, kW], then relu when ``relu``;
+    backward gives (dx, dweight, dbias), dx None when ``input_grad`` is False."""
     check_spatial("conv2d", x, 2, stride=stride, padding=padding, dilation=dilation)
-    return _conv(x, weight, bias, stride, padding, dilation, groups, input_grad)
+    return with_bias(*_conv(x, weight, stride, padding, dilation, groups, input_grad), bias,
+                     relu)
 
 
-def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
+def with_bias(y, backward, bias, relu=False):
+    """A layer's output (N, C, *spatial), new and held by nothing else, given its per-channel
+    ``bias`` and then relu in place, in one compiled pass on both cores (float32); and its
+    ``backward`` (dy -> (dx, dweight)) given the gradient the relu lets through, with the
+    bias gradient summed in the same pass. A bias add, a relu's new output and mask, and the
+    bias's and relu's gradients were five NumPy passes: 0.3-0.5 ms a 2 MB map."""
+    activation = fused.RELU if relu else fused.NO_ACTIVATION
+    if bias is None and not relu:
+        return y, lambda dy: (*backward(dy), None)
+    rows = y.reshape(y.shape[0] * y.shape[1], -1)
+    if y.dtype == np.float32 and y.flags.c_contiguous and \
+            (bias is None or bias.dtype == np.float32):
+        parallel.channel_bias(rows, np.zeros(y.shape[1], np.float32) if bias is None
+                              else np.ascontiguousarray(bias), activation)
+    else:  # float64 (the gradient checks): NumPy's passes
+        if bias is not None:
+            y += bias.reshape(-1, *(1,) * (y.ndim - 2))
+        if relu:
+            np.maximum(y, 0, out=y, where=~np.isnan(y))
+
+    def biased_backward(dy):
+        dy = np.ascontiguousarray(dy, y.dtype)
+        d_in = np.empty_like(y)
+        row_sums = np.empty(len(rows), y.dtype)
+        if y.dtype == np.float32:
+            parallel.channel_bias_gradient(dy.reshape(rows.shape), rows, activation,
+                                           d_in.reshape(rows.shape), row_sums)
+        else:
+            fused.channel_bias_gradient(dy.reshape(rows.shape), rows, activation,
+                                        d_in.reshape(rows.shape), row_sums, 0, len(rows))
+        dbias = None if bias is None else row_sums.reshape(y.shape[:2]).sum(axis=0)
+        return (*backward(d_in), dbias)
+
+    return y, biased_backward
+
+
+def _conv(x, weight, stride, padding, dilation, groups, input_grad):
     """Any-rank convolution, on the path for its kind; the fallback is im2col, weight (O,
     C*K) times columns (C*K, N*P). Inside, maps are channels first and batch second, (C, N,
     *spatial), so the columns, the output's rows and the input gradient's kernel offsets are
@@ -61,23 +101,21 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
     pointwise = all(k == 1 for k in kernel) and not any(lo or hi for lo, hi in padding)
     if pointwise and groups == 1:
         if all(s == 1 for s in stride):
-            return _pointwise(x, weight, bias, input_grad)
-        return _strided_pointwise(x, weight, bias, stride, input_grad)
+            return _pointwise(x, weight, input_grad)
+        return _strided_pointwise(x, weight, stride, input_grad)
     if x.dtype == np.float32 and group_channels <= TILED_MAX_CHANNELS and \
             not (groups == 1 and _columns_pay(x, kernel, stride, padding, dilation)):
-        return _tiled(x, weight, bias, stride, padding, dilation, groups, input_grad)
+        return _tiled(x, weight, stride, padding, dilation, groups, input_grad)
     if groups > 1:
-        return _group_by_group(x, weight, bias, stride, padding, dilation, groups, input_grad)
+        return _group_by_group(x, weight, stride, padding, dilation, groups, input_grad)
     if columns.applies(x):
-        return _on_columns(x, weight, bias, stride, padding, dilation, input_grad)
+        return _on_columns(x, weight, stride, padding, dilation, input_grad)
     if _shifted_pays(channels, x.shape[2:], padding, kernel, stride, dilation):
-        return _shifted(x, weight, bias, stride, padding, dilation, input_grad)
+        return _shifted(x, weight, stride, padding, dilation, input_grad)
     x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
     out = output_size(x_padded.shape[2:], kernel, stride, dilation)
     weight_rows = weight.reshape(out_channels, -1)
     y_rows = weight_rows @ _im2col(x_padded, kernel, stride, dilation, out)
-    if bias is not None:
-        y_rows += bias[:, None]
     y = np.ascontiguousarray(np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1))
 
     def backward(dy):
@@ -89,9 +127,8 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
         # columns @ dy.T, then transposed: OpenBLAS runs this orientation about twice as
         # fast as dy @ columns.T when the inner dimension (N * P) is long
         dweight = transpose(columns @ dy_rows.T).reshape(weight.shape)
-        dbias = None if bias is None else dy_rows.sum(axis=1)
         if not input_grad:
-            return None, dweight, dbias
+            return None, dweight
         reach = [(k - 1) * d for k, d in zip(kernel, dilation)]
         # at fewer than 8 input channels the flipped product's rows are too few for BLAS (3
         # channels: 3x slower than the column gradient)
@@ -99,7 +136,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
                 and all(lo <= r and hi <= r for (lo, hi), r in zip(padding, reach)):
             dx = _unit_stride_input_grad(dy_rows.reshape(out_channels, n, *out), weight,
                                          padding, dilation, x.shape[2:])
-            return np.ascontiguousarray(np.swapaxes(dx, 0, 1)), dweight, dbias
+            return np.ascontiguousarray(np.swapaxes(dx, 0, 1)), dweight
         if all(s == 1 for s in stride):
             dx_padded = _unit_stride_col2im(dy_rows.reshape(out_channels, n, *out),
                                             weight_rows, x_padded.shape, kernel, dilation)
@@ -107,13 +144,12 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, input_grad):
             dcolumns = (weight_rows.T @ dy_rows).reshape(channels, *kernel, n, *out)
             dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
                                         x_padded.shape, kernel, stride, dilation, out, dy.dtype)
-        dx = crop_to_batch_first(dx_padded, padding)
-        return dx, dweight, dbias
+        return crop_to_batch_first(dx_padded, padding), dweight
 
     return y, backward
 
 
-def _pointwise(x, weight, bias, input_grad):
+def _pointwise(x, weight, input_grad):
     """A 1x1 convolution at unit stride without padding: per sample, the weight matrix
     times the (C, P) map, in torch's layout as it is (no copy in or out of a column
     buffer). Measured against one product with the batch folded into the columns, this
@@ -121,19 +157,16 @@ def _pointwise(x, weight, bias, input_grad):
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]
     if x.dtype == np.float32 and math.prod(x.shape[2:]) >= TILED_POINTWISE_MIN_POSITIONS:
-        return _tiled_pointwise(x, weight, bias, input_grad)
+        return _tiled_pointwise(x, weight, input_grad)
     rows = x.reshape(n, channels, -1)
     matrix = weight.reshape(out_channels, channels)
     y = np.matmul(matrix, rows)
-    if bias is not None:
-        y += bias[:, None]
 
     def backward(dy):
         dy_rows = dy.reshape(n, out_channels, -1)
         dweight = _summed_sample_products(dy_rows, rows)
-        dbias = None if bias is None else dy_rows.sum(axis=2).sum(axis=0)
         dx = np.matmul(matrix.T, dy_rows).reshape(x.shape) if input_grad else None
-        return dx, dweight.reshape(weight.shape), dbias
+        return dx, dweight.reshape(weight.shape)
 
     return y.reshape(n, out_channels, *x.shape[2:]), backward
 
@@ -143,7 +176,7 @@ def _pointwise(x, weight, bias, input_grad):
 TILED_POINTWISE_MIN_POSITIONS = 2 * tiled.TILE
 
 
-def _tiled_pointwise(x, weight, bias, input_grad):
+def _tiled_pointwise(x, weight, input_grad):
     """``_pointwise`` on the register tiles, per sample: the weight matrix times the map's
     (C, P) rows, its transpose times dy's, and the weight gradient summed over the samples'
     positions. MobileNetV2's 1x1 layers at 16x16 and 32x32, batch 32: forward 1.5-1.8x,
@@ -156,25 +189,22 @@ def _tiled_pointwise(x, weight, bias, input_grad):
     y = np.empty((n, out_channels, positions), x.dtype)
     tiled.products(y, x.reshape(-1), np.arange(channels) * positions, matrix, positions,
                    x_step=channels * positions)
-    if bias is not None:
-        y += bias[:, None]
 
     def backward(dy):
         dy = np.ascontiguousarray(dy)
         dweight = tiled.direct_sums(x.reshape(n, channels, 1, positions),
                                     dy.reshape(n, out_channels, 1, positions), [(0, 0)])
-        dbias = None if bias is None else dy.reshape(n, out_channels, -1).sum(axis=2).sum(axis=0)
         if not input_grad:
-            return None, dweight.reshape(weight.shape), dbias
+            return None, dweight.reshape(weight.shape)
         dx = np.empty((n, channels, positions), x.dtype)
         tiled.products(dx, dy.reshape(-1), np.arange(out_channels) * positions,
                        np.ascontiguousarray(matrix.T), positions, x_step=out_channels * positions)
-        return dx.reshape(x.shape), dweight.reshape(weight.shape), dbias
+        return dx.reshape(x.shape), dweight.reshape(weight.shape)
 
     return y.reshape(n, out_channels, *x.shape[2:]), backward
 
 
-def _strided_pointwise(x, weight, bias, stride, input_grad):
+def _strided_pointwise(x, weight, stride, input_grad):
     """A 1x1 convolution at a stride over 1 without padding (a ResNet's projection
     shortcut): ``_pointwise`` over the input's strided sample, whose input gradient is zero
     between the sampled positions. Against im2col's strided gather and the (C, N) layouts
@@ -182,17 +212,16 @@ def _strided_pointwise(x, weight, bias, stride, input_grad):
     ResNet-50's 64 -> 128 at 56x56, 1.1-1.3x on 256 -> 512 at 28x28 and 512 -> 1024 at
     14x14 (slower forward there, faster backward)."""
     sampled = (slice(None), slice(None), *(slice(None, None, s) for s in stride))
-    y, sampled_backward = _pointwise(np.ascontiguousarray(x[sampled]), weight, bias,
-                                     input_grad)
+    y, sampled_backward = _pointwise(np.ascontiguousarray(x[sampled]), weight, input_grad)
     x_shape = x.shape  # the backward keeps no reference to x
 
     def backward(dy):
-        d_sampled, dweight, dbias = sampled_backward(dy)
+        d_sampled, dweight = sampled_backward(dy)
         if d_sampled is None:
-            return None, dweight, dbias
+            return None, dweight
         dx = np.zeros(x_shape, dtype=dy.dtype)
         dx[sampled] = d_sampled
-        return dx, dweight, dbias
+        return dx, dweight
 
     return y, backward
 
@@ -249,7 +278,7 @@ SHIFTED_BLOCK = 1 << 17
 TILED_MAX_CHANNELS = 128
 
 
-def _tiled(x, weight, bias, stride, padding, dilation, groups, input_grad):
+def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
     """A convolution on the register tiles (``tiled``). Stride 1 keeping the map's size (a
     "same" convolution) reads the map as it is (``tiled.direct_products``: a tap's reads
     outside the map are masked lanes) and writes the output in place, and so do its input
@@ -269,28 +298,25 @@ def _tiled(x, weight, bias, stride, padding, dilation, groups, input_grad):
     kernel = weight.shape[2:]
     taps = _direct_taps(x.shape[2:], kernel, stride, padding, dilation)
     if taps is None:
-        return _tiled_on_frames(x, weight, bias, stride, padding, dilation, groups, input_grad)
+        return _tiled_on_frames(x, weight, stride, padding, dilation, groups, input_grad)
     maps = np.ascontiguousarray(x).reshape(*x.shape[:2], -1, x.shape[-1])  # 1-D: one row
     y = np.empty((x.shape[0], out_channels, *maps.shape[2:]), x.dtype)
     tiled.direct_products(y, maps, taps, weight.reshape(out_channels, group_channels, -1),
                           groups)
     y = y.reshape(x.shape[0], out_channels, *x.shape[2:])
-    if bias is not None:
-        y += bias.reshape(-1, *(1,) * len(kernel))
 
     def backward(dy):
         dy_maps = np.ascontiguousarray(dy).reshape(maps.shape[0], out_channels, *maps.shape[2:])
         dweight = tiled.direct_sums(maps, dy_maps, taps, groups).reshape(weight.shape)
-        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
         if not input_grad:
-            return None, dweight, dbias
+            return None, dweight
         # dx[c, p] = sum over o and k of weight[o, c, k] * dy[o, p - shift_k]
         flipped = weight.reshape(groups, group_outputs, group_channels, -1).transpose(0, 2, 1, 3)
         dx = np.empty(maps.shape, dy.dtype)
         tiled.direct_products(dx, dy_maps, [(-a, -b) for a, b in taps],
                               np.ascontiguousarray(flipped).reshape(-1, group_outputs,
                                                                     len(taps)), groups)
-        return dx.reshape(x.shape), dweight, dbias
+        return dx.reshape(x.shape), dweight
 
     return y, backward
 
@@ -315,7 +341,7 @@ def _direct_taps(spatial, kernel, stride, padding, dilation):
     return [(a, b) for a in rows for b in columns]
 
 
-def _tiled_on_frames(x, weight, bias, stride, padding, dilation, groups, input_grad):
+def _tiled_on_frames(x, weight, stride, padding, dilation, groups, input_grad):
     """``_tiled`` over the input's frame."""
     channels = x.shape[1]
     out_channels, group_channels = weight.shape[:2]
@@ -334,17 +360,14 @@ def _tiled_on_frames(x, weight, bias, stride, padding, dilation, groups, input_g
                    weights.reshape(groups, group_outputs, -1), length,
                    x_step=group_channels * total)
     y = _outputs_of_frame(y_frame, frame_shape, out)
-    if bias is not None:
-        y += bias.reshape(-1, *(1,) * len(out))
 
     def backward(dy):
         dy_rows, margin = _gradient_frame(dy, reads, total, frame_shape, out)
         width = dy_rows.shape[1]
         dweight = _frame_weight_grad(flat, reads, frame_shape, out, length, dy, weight.shape,
                                      groups, (dy_rows, margin))
-        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
         if not input_grad:
-            return None, dweight, dbias
+            return None, dweight
         dy_flat = dy_rows.reshape(-1)
         d_flat = np.empty(flat.shape, dtype=dy.dtype)
         for source in range(sources):
@@ -362,7 +385,7 @@ def _tiled_on_frames(x, weight, bias, stride, padding, dilation, groups, input_g
         del dy_rows, dy_flat
         dx = np.empty(x_shape, dtype=dy.dtype)
         unframe(d_flat, dx)
-        return dx, dweight, dbias
+        return dx, dweight
 
     return y, backward
 
@@ -414,7 +437,7 @@ def _frame_weight_grad(flat, reads, frame_shape, out, length, dy, shape, groups,
 
 
 
-def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
+def _shifted(x, weight, stride, padding, dilation, input_grad):
     """A convolution without columns, on BLAS: over the input's frame (``_framed``), the
     output is a sum of K products weight_k (O, C) @ slice_k (C, L), one per kernel offset,
     each adding into the output's block (``add_product``, BLAS with beta = 1); the weight
@@ -441,8 +464,6 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
             else:
                 add_product(taps[number], window, y_rows)
     y = _outputs_of_frame(y_frame, frame_shape, out)
-    if bias is not None:
-        y += bias.reshape(-1, *(1,) * len(out))
 
     def backward(dy):
         # the gradient on the frame, zero between the outputs, in both orientations: the
@@ -455,9 +476,8 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         for number, (source, start) in enumerate(reads):
             np.matmul(flat[source, :, start:start + length], dy_columns, out=dtaps[number])
         dweight = _weight_from_taps(dtaps, weight.shape)
-        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
         if not input_grad:
-            return None, dweight, dbias
+            return None, dweight
         del dy_frame, dy_columns
         dy_rows = np.zeros((out_channels, frame), dtype=dy.dtype)
         _onto_frame(dy, dy_rows, frame_shape)
@@ -470,7 +490,7 @@ def _shifted(x, weight, bias, stride, padding, dilation, input_grad):
         del dy_rows  # freed before the copy out
         dx = np.empty(x_shape, dtype=dy.dtype)
         unframe(d_flat, dx)
-        return dx, dweight, dbias
+        return dx, dweight
 
     return y, backward
 
@@ -494,7 +514,7 @@ COLUMNS_MAX_STRIDED_POSITIONS = 64
 COLUMNS_MAX_POSITIONS = 16
 
 
-def _on_columns(x, weight, bias, stride, padding, dilation, input_grad):
+def _on_columns(x, weight, stride, padding, dilation, input_grad):
     """im2col on BLAS, the columns made and summed back by compiled copies (``columns``):
     one product of weight (O, C*K) by columns (C*K, N*P) per step, and one per gradient."""
     n = x.shape[0]
@@ -505,40 +525,34 @@ def _on_columns(x, weight, bias, stride, padding, dilation, input_grad):
     x = np.ascontiguousarray(x)
     weight_rows = weight.reshape(out_channels, -1)
     y_rows = weight_rows @ columns.gather(x, *sweep)
-    y = np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1)
-    y = y + bias.reshape(-1, *(1,) * len(out)) if bias is not None else \
-        np.ascontiguousarray(y)
+    y = np.ascontiguousarray(np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1))
 
     def backward(dy):
         dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(out_channels, -1)
         dweight = (dy_rows @ columns.gather(x, *sweep).T).reshape(weight.shape)
-        dbias = None if bias is None else dy_rows.sum(axis=1)
         if not input_grad:
-            return None, dweight, dbias
-        dx = columns.scatter(weight_rows.T @ dy_rows, x.shape, *sweep)
-        return dx, dweight, dbias
+            return None, dweight
+        return columns.scatter(weight_rows.T @ dy_rows, x.shape, *sweep), dweight
 
     return y, backward
 
 
-def _group_by_group(x, weight, bias, stride, padding, dilation, groups, input_grad):
+def _group_by_group(x, weight, stride, padding, dilation, groups, input_grad):
     """A grouped convolution as one ungrouped convolution per group, each on its paths for
     that many channels, the results joined along the channels."""
     group_channels = x.shape[1] // groups
     group_out = weight.shape[0] // groups
     inputs = [slice(i * group_channels, (i + 1) * group_channels) for i in range(groups)]
     outputs = [slice(i * group_out, (i + 1) * group_out) for i in range(groups)]
-    parts = [_conv(x[:, rows], weight[columns], None if bias is None else bias[columns], stride,
-                   padding, dilation, 1, input_grad) for rows, columns in zip(inputs, outputs)]
+    parts = [_conv(x[:, rows], weight[columns], stride, padding, dilation, 1, input_grad)
+             for rows, columns in zip(inputs, outputs)]
     y = np.concatenate([part for part, _ in parts], axis=1)
 
     def backward(dy):
         grads = [part_backward(dy[:, columns])
                  for (_, part_backward), columns in zip(parts, outputs)]
         dx = np.concatenate([g[0] for g in grads], axis=1) if input_grad else None
-        dweight = np.concatenate([g[1] for g in grads])
-        dbias = None if bias is None else np.concatenate([g[2] for g in grads])
-        return dx, dweight, dbias
+        return dx, np.concatenate([g[1] for g in grads])
 
     return y, backward
 

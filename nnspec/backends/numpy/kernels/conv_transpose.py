@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import conv1d, conv2d
+from .conv import conv1d, conv2d, with_bias
 from .windows import check_spatial, crop_to_batch_first, scatter_windows
 
 CONV = {1: conv1d, 2: conv2d}
@@ -65,8 +65,6 @@ def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilati
     y_full = scatter_windows(lambda offset: columns[(slice(None), *offset)],
                              (out_channels, n, *full), kernel, stride, dilation, size, x.dtype)
     y = crop_to_batch_first(y_full, pads)
-    if bias is not None:
-        y += bias.reshape((1, -1) + (1,) * nd)
 
     def backward(dy):
         conv = CONV[nd]
@@ -81,8 +79,6 @@ def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilati
             upstream[inside] = x
         # the weight gradient of that convolution for an upstream gradient equal to x
         _, dweight, _ = conv_backward(upstream)
-        dx = np.ascontiguousarray(dx_wide[inside]) if input_grad else None
-        dbias = None if bias is None else dy.sum(axis=(0, *range(2, dy.ndim)))
-        return dx, dweight, dbias
+        return (np.ascontiguousarray(dx_wide[inside]) if input_grad else None), dweight
 
-    return y, backward
+    return with_bias(y, backward, bias)

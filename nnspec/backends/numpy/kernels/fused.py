@@ -495,6 +495,33 @@ def relu_gradient(d_out, out, d_in):
         d_in[i] = d_out[i] if _passes(out[i], RELU) else _F(0.0)
 
 
+@_compile
+def channel_bias(rows, bias, activation, first, last):
+    """rows[r] = the activation of rows[r] + bias[r % C] in place, for rows first..last - 1 of
+    an (N * C, positions) map: a convolution's bias, and the relu that alone reads its
+    output, in one pass."""
+    channels = bias.size
+    for r in range(first, last):
+        add, row = bias[r % channels], rows[r]
+        for j in range(row.size):
+            row[j] = _activate(row[j] + add, activation)
+
+
+@_reducing
+def channel_bias_gradient(d_out, out, activation, d_in, row_sums, first, last):
+    """For rows first..last - 1: d_in = d_out where the activation let the gradient through
+    at its output ``out``, else 0, and row_sums[r] the sum of d_in's row r (the bias
+    gradient, summed over the samples afterwards)."""
+    for r in range(first, last):
+        dy, row, target = d_out[r], out[r], d_in[r]
+        total = _F(0.0)
+        for j in range(row.size):
+            g = dy[j] if _passes(row[j], activation) else _F(0.0)
+            target[j] = g
+            total += g
+        row_sums[r] = total
+
+
 def warm_up() -> None:
     """Run every loop once on a few float32 values: loads its compiled code (compiles it, on
     a machine's first run) and starts numba's runtime, which takes about 60 MB and 0.3 s
@@ -530,3 +557,5 @@ def warm_up() -> None:
                     np.empty_like(rows), COLUMN_SPAN, 0, 4)
     add_relu(flat, flat, np.empty_like(flat))
     relu_gradient(flat, flat, np.empty_like(flat))
+    channel_bias(np.ones((2, 4), _F), column[:2], RELU, 0, 2)
+    channel_bias_gradient(rows, rows, RELU, np.empty_like(rows), np.empty_like(inverse), 0, 2)

@@ -417,6 +417,50 @@ def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, ro
         out, span))
 
 
+@workers.Task
+def _channel_bias_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, rows, length, map, bias, channels, activation)."""
+    params = workers.parameters(args, 7)
+    count, length = params[1], params[2]
+    start, end = part_range(count, part, params[0], 1)
+    fused.channel_bias(floats(params, 3, (count, length)), floats(params, 4, (params[5],)),
+                       params[6], start, end)
+    return 0
+
+
+def channel_bias(rows, bias, activation):
+    """``fused.channel_bias`` over all of ``rows`` (N * C, positions), its rows in parts."""
+    parts = _split(rows.size, rows, bias)
+    if parts == 1:
+        fused.channel_bias(rows, bias, activation, 0, len(rows))
+        return
+    workers.run(_channel_bias_job, _params(parts, *rows.shape, rows, bias, bias.size,
+                                           activation))
+
+
+@workers.Task
+def _channel_bias_gradient_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, rows, length, d_out, out, activation, d_in, row sums)."""
+    params = workers.parameters(args, 8)
+    count, length = params[1], params[2]
+    start, end = part_range(count, part, params[0], 1)
+    fused.channel_bias_gradient(floats(params, 3, (count, length)),
+                                floats(params, 4, (count, length)), params[5],
+                                floats(params, 6, (count, length)), floats(params, 7, (count,)),
+                                start, end)
+    return 0
+
+
+def channel_bias_gradient(d_out, out, activation, d_in, row_sums):
+    """``fused.channel_bias_gradient`` over all rows, in parts."""
+    parts = _split(out.size, d_out, out, d_in, row_sums)
+    if parts == 1:
+        fused.channel_bias_gradient(d_out, out, activation, d_in, row_sums, 0, len(out))
+        return
+    workers.run(_channel_bias_gradient_job, _params(parts, *out.shape, d_out, out, activation,
+                                                    d_in, row_sums))
+
+
 def warm_up() -> None:
     """``fused.warm_up``, then load every job (compile it, on a machine's first run): about
     25 MB resident for them all, a library's load like numba's runtime. Benchmarks call it
