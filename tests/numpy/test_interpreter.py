@@ -70,6 +70,37 @@ def test_residual_and_shared_layer_gradients_accumulate_like_torch():
                                atol=1e-6)
 
 
+TWO_HEADS = """
+model TwoHeads {
+  input x: [6]
+  h = x -> dense(6) as trunk -> tanh
+  a = h -> dense(2) as head_a
+  b = h -> dense(3) as head_b
+  a, b
+}
+"""
+
+
+def test_each_backward_gives_its_own_gradients_and_zero_to_parameters_it_misses():
+    """A parameter's first gradient is copied into its buffer, not added to the last
+    backward's: gradients by one output after gradients by the other are that output's
+    alone, zero for the other head."""
+    model = _model(TWO_HEADS)
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    d_a = np.random.default_rng(3).standard_normal((4, 2)).astype(np.float32)
+    d_b = np.random.default_rng(4).standard_normal((4, 3)).astype(np.float32)
+    model.forward(x, record=True)
+    alone = {k: v.copy() for k, v in model.backward({"a": d_a}).items()}
+    model.forward(x, record=True)
+    assert model.backward({"b": d_b})["head_b.weight"].any()
+    model.forward(x, record=True)
+    again = model.backward({"a": d_a})
+    assert not again["head_b.weight"].any() and not again["head_b.bias"].any()
+    assert again["head_a.weight"].any()
+    for name, grad in alone.items():
+        np.testing.assert_array_equal(again[name], grad, err_msg=name)
+
+
 @pytest.mark.torch
 def test_input_gradients_after_a_recorded_forward():
     model = _model(RESIDUAL)

@@ -47,10 +47,6 @@ class ParamBuffer:
         part.grads = {name: self.grads[name] for name in part.shapes}
         return part
 
-    def zero_grad(self) -> None:
-        """Clear every gradient before a backward pass accumulates into them."""
-        self.grad.fill(0.0)
-
     def load(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Copy ``arrays`` into the parameters; all names and shapes must match exactly.
 
