@@ -164,6 +164,7 @@ def test_products_of_more_reads_than_one_pass_add_the_passes():
     (3, 40, 64, 5, 7, 3, 1), (2, 33, 97, 40, 30, 3, 1), (2, 64, 96, 6, 6, 3, 2),
     (1, 32, 50, 9, 11, 5, 1), (2, 35, 48, 1, 50, 3, 1), (5, 48, 130, 4, 4, 3, 1),
     (2, 32, 200, 3, 2, 3, 1), (3, 40, 50, 6, 6, 1, 1), (2, 150, 64, 5, 5, 1, 1),
+    (2, 32, 40, 1, 2500, 3, 1), (1, 32, 33, 3, 1100, 3, 1),
 ])
 @pytest.mark.parametrize("as_products", [False, True])
 def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_channels, height,
@@ -190,7 +191,9 @@ def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_cha
         monkeypatch.setattr(tiled, threshold, least)
     got = tiled.direct_sums(x, dy, taps, groups)
     expected = tweight.grad.numpy().reshape(out_channels, channels // groups, -1)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # float32 sums of thousands of terms: their rounding grows as the root of the count
+    positions = samples * height * width
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * max(1, positions / 1000) ** 0.5)
 
 
 _EIGHT_LANES = """

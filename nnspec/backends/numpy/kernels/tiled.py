@@ -856,7 +856,8 @@ def _gradient_job(args, range_m, range_n, sa, sb, part):
     channels, outputs a group, groups, x's step a group, tile shape, its vectors and rows);
     sums (groups, taps, padded channels, columns). A unit is one tile: a tap's run of
     channels against a run of a group's outputs. A block of positions (a few samples' planes,
-    or a band of a large plane's rows) is read by every unit before the next block."""
+    a band of a large plane's rows, or a run of a long row's columns) is read by every unit
+    before the next block."""
     params = workers.parameters(args, 21)
     sums, columns, x, x_offsets = params[1], params[2], params[3], params[4]
     dy, dy_step, samples, x_sample = params[5], params[6], params[7], params[8]
@@ -871,32 +872,36 @@ def _gradient_job(args, range_m, range_n, sa, sb, part):
     plane = height * width
     chunk, band = (1, max(1, GRADIENT_BLOCK // width)) if plane >= GRADIENT_BLOCK else \
         (GRADIENT_BLOCK // plane, height)
+    span = min(width, GRADIENT_BLOCK)  # the columns of a block: a long 1-D map's in runs
     for sample in range(0, samples, chunk):
         count = min(chunk, samples - sample)
         for top in range(0, height, band):
             bottom = min(height, top + band)
-            for unit in range(start, end):
-                channels = unit % channel_tiles * rows
-                tap = unit // channel_tiles % taps
-                outputs = unit // (channel_tiles * taps) % output_tiles * tile_width
-                group = unit // (channel_tiles * taps * output_tiles)
-                a, b = taps_a[tap], taps_b[tap]
-                row_first, row_end = max(top, -a), min(bottom, height - a)
-                column_first, column_end = max(0, -b), min(width, width - b)
-                if row_end <= row_first or column_end <= column_first:
-                    continue
-                if column_first == 0 and column_end == width:  # whole rows: one run
-                    row_count, row_length = 1, (row_end - row_first) * width
-                else:
-                    row_count, row_length = row_end - row_first, column_end - column_first
-                sums_row = (group * taps + tap) * padded + channels
-                _gradient(shape, sums + 4 * (sums_row * columns + outputs), columns,
-                          x + 4 * (sample * x_sample + group * x_group),
-                          x_offsets + 8 * (tap * padded + channels),
-                          dy + 4 * (sample * plane * dy_step + group * group_outputs + outputs),
-                          dy_step, min(tile_width, group_outputs - outputs), count, x_sample,
-                          plane, row_first * width + column_first, row_count, row_length,
-                          width)
+            for left in range(0, width, span):
+                right = min(width, left + span)
+                for unit in range(start, end):
+                    channels = unit % channel_tiles * rows
+                    tap = unit // channel_tiles % taps
+                    outputs = unit // (channel_tiles * taps) % output_tiles * tile_width
+                    group = unit // (channel_tiles * taps * output_tiles)
+                    a, b = taps_a[tap], taps_b[tap]
+                    row_first, row_end = max(top, -a), min(bottom, height - a)
+                    column_first, column_end = max(left, -b), min(right, width - b)
+                    if row_end <= row_first or column_end <= column_first:
+                        continue
+                    if column_first == 0 and column_end == width:  # whole rows: one run
+                        row_count, row_length = 1, (row_end - row_first) * width
+                    else:
+                        row_count, row_length = row_end - row_first, column_end - column_first
+                    sums_row = (group * taps + tap) * padded + channels
+                    _gradient(shape, sums + 4 * (sums_row * columns + outputs), columns,
+                              x + 4 * (sample * x_sample + group * x_group),
+                              x_offsets + 8 * (tap * padded + channels),
+                              dy + 4 * (sample * plane * dy_step + group * group_outputs
+                                        + outputs),
+                              dy_step, min(tile_width, group_outputs - outputs), count,
+                              x_sample, plane, row_first * width + column_first, row_count,
+                              row_length, width)
     return 0
 
 
