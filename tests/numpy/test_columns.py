@@ -63,6 +63,26 @@ def test_the_columns_are_the_strided_windows_and_their_sum_is_the_adjoint(sweep,
     np.testing.assert_array_equal(counts, expected_counts)
 
 
+@pytest.mark.parametrize("shape, kernel, padding, dilation", [
+    ((2, 3, 4, 4), (3, 3), ((1, 1), (1, 1)), (1, 1)),   # a 4x4 map, rows of four
+    ((1, 2, 5, 7), (5, 5), ((2, 2), (2, 2)), (1, 1)),   # offsets two rows and columns out
+    ((2, 2, 6, 6), (3, 3), ((2, 2), (2, 2)), (2, 2)),   # dilated
+    ((1, 3, 5, 6), (3, 3), ((0, 2), (2, 0)), (1, 1)),   # padding on one side
+    ((1, 2, 2, 2), (5, 5), ((2, 2), (2, 2)), (1, 1)),   # offsets wholly outside the map
+    ((3, 2, 9), (3,), ((1, 1),), (1,)),                 # 1-D
+])
+def test_same_size_columns_copy_the_rows_inside_as_one_run(shape, kernel, padding, dilation):
+    """At unit strides with outputs as large as the map, an offset's rows inside the map are
+    one run (``_rows_in_one_run``), its cells past the map's sides zeroed after: the first
+    and last cells of the run would read past the map's ends."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    stride = (1,) * len(kernel)
+    expected, out = reference_columns(x, kernel, stride, padding, dilation)
+    assert out == shape[2:]
+    found = columns.gather(x, kernel, stride, padding, dilation, out)
+    np.testing.assert_array_equal(found, expected.astype(np.float32))
+
+
 def test_large_maps_split_between_the_cores_agree_with_one_part():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 67, 9, 11)).astype(np.float32)
