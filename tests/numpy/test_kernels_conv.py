@@ -422,6 +422,25 @@ def test_a_convolution_with_its_relu_in_one_pass_matches_torch(
             np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_with_bias_of_an_output_laid_out_otherwise_masks_by_the_biased_output(dtype):
+    """``with_bias`` given a non-contiguous output (a path that returns a view): the bias
+    and relu applied, and the backward's mask and bias gradient taken from that output."""
+    rng = np.random.default_rng(8)
+    y0 = rng.standard_normal((6, 3, 4, 5)).astype(dtype)
+    bias = rng.standard_normal(6).astype(dtype)
+    seen = []
+    y, backward = conv_module.with_bias(y0.transpose(1, 0, 2, 3), lambda d: seen.append(d) or
+                                        (None, None), bias, relu=True)
+    expected = np.maximum(y0.transpose(1, 0, 2, 3) + bias[:, None, None], 0)
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    _, _, dbias = backward(dy)
+    passed = np.where(expected > 0, dy, 0)
+    np.testing.assert_allclose(seen[0], passed, rtol=1e-6)
+    np.testing.assert_allclose(dbias, passed.sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+
+
 def conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation, groups=1,
               batch=3, has_bias=True):
     """A case for ``check_conv_against_torch``."""

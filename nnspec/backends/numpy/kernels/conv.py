@@ -59,9 +59,9 @@ def with_bias(y, backward, bias, relu=False):
     activation = fused.RELU if relu else fused.NO_ACTIVATION
     if bias is None and not relu:
         return y, lambda dy: (*backward(dy), None)
+    y = np.ascontiguousarray(y)  # ``rows`` below must be a view of it
     rows = y.reshape(y.shape[0] * y.shape[1], -1)
-    if y.dtype == np.float32 and y.flags.c_contiguous and \
-            (bias is None or bias.dtype == np.float32):
+    if y.dtype == np.float32 and (bias is None or bias.dtype == np.float32):
         parallel.channel_bias(rows, np.zeros(y.shape[1], np.float32) if bias is None
                               else np.ascontiguousarray(bias), activation)
     else:  # float64 (the gradient checks): NumPy's passes

@@ -13,7 +13,7 @@ gradient is the other product, a sum over positions: sums[j, m] = sum_p x[offset
 dy[m, p], tiled ``SUM_ROWS`` x ``SUM_COLUMNS`` with vectors along the positions, each tile
 ending in sums across its lanes. From 32 channels and outputs a group it is a product like
 the others (``_gradient_tile``): dy copied channels last, a position's outputs one to four
-vectors, x's values broadcasts, the positions the loop (a 128-channel 16x16 layer's 190 ->
+vectors, x's values broadcasts, the positions the loop (a 128-channel 16x16 layer's 200 ->
 320 GFLOP/s).
 
 A stride-1 convolution that keeps the map's size needs no frame at all: its reads are the
