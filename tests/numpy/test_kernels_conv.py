@@ -441,6 +441,46 @@ def test_with_bias_of_an_output_laid_out_otherwise_masks_by_the_biased_output(dt
     np.testing.assert_allclose(dbias, passed.sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("channels, out_channels, spatial, kernel, stride, pad, groups, dtype", [
+    (64, 64, (8, 8), (3, 3), (1, 1), 1, 1, np.float32),      # in place, gradient products
+    (8, 8, (8, 8), (3, 3), (1, 1), 1, 1, np.float32),        # in place, sums
+    (16, 32, (9, 9), (3, 3), (2, 2), 1, 1, np.float32),      # frames
+    (64, 32, (8, 8), (3, 3), (2, 2), 1, 1, np.float32),      # columns
+    (200, 16, (5, 6), (3, 3), (1, 1), 1, 1, np.float32),     # wide
+    (24, 160, (12, 10), (1, 1), (1, 1), 0, 1, np.float32),   # pointwise tiles
+    (24, 16, (8, 8), (1, 1), (2, 2), 0, 1, np.float32),      # strided pointwise
+    (12, 12, (7, 9), (3, 3), (1, 1), 1, 12, np.float32),     # depthwise
+    (16, 8, (30,), (3,), (1,), 1, 2, np.float32),            # 1-D grouped
+    (200, 16, (5, 6), (3, 3), (2, 2), 1, 4, np.float64),     # float64, grouped
+])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients_like_torch(
+        channels, out_channels, spatial, kernel, stride, pad, groups, dtype):
+    """No samples: every path once raised on its reshapes (an internal error)."""
+    from nnspec.backends.numpy.kernels.conv_transpose import conv_transpose2d
+
+    x = np.zeros((0, channels, *spatial), dtype)
+    weight = np.ones((out_channels, channels // groups, *kernel), dtype)
+    bias = np.ones(out_channels, dtype)
+    padding = tuple((pad, pad) for _ in spatial)
+    y, backward = CONV[len(spatial)](x, weight, bias, stride=stride, padding=padding,
+                                     dilation=(1,) * len(spatial), groups=groups, relu=True)
+    expected = {1: F.conv1d, 2: F.conv2d}[len(spatial)](
+        torch.zeros(x.shape, dtype=torch.float64), torch.ones(weight.shape, dtype=torch.float64),
+        stride=stride, padding=pad, groups=groups)
+    assert y.shape == tuple(expected.shape) and y.dtype == dtype
+    dx, dweight, dbias = backward(np.zeros(y.shape, dtype))
+    assert dx.shape == x.shape and dweight.shape == weight.shape and dbias.shape == bias.shape
+    assert not dweight.any() and not dbias.any()
+    if len(spatial) == 2:
+        y, backward = conv_transpose2d(np.zeros((0, channels, *spatial), dtype),
+                                       np.ones((channels, out_channels // groups, 2, 2), dtype),
+                                       bias, stride=2, groups=groups)
+        assert y.shape == (0, out_channels, 2 * spatial[0], 2 * spatial[1])
+        dx, dweight, dbias = backward(np.zeros(y.shape, dtype))
+        assert dx.shape == (0, channels, *spatial) and not dweight.any() and not dbias.any()
+
+
 def conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation, groups=1,
               batch=3, has_bias=True):
     """A case for ``check_conv_against_torch``."""

@@ -50,6 +50,14 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=Tru
                      relu)
 
 
+def no_samples(x, weight, sample_shape):
+    """A convolution of an empty batch (``x`` (0, C, ...)), as torch gives it: an empty
+    output of samples shaped ``sample_shape``, and a backward giving an empty input gradient
+    and a zero weight gradient."""
+    y = np.empty((0, *sample_shape), x.dtype)
+    return y, lambda dy: (np.zeros(x.shape, x.dtype), np.zeros(weight.shape, x.dtype))
+
+
 def with_bias(y, backward, bias, relu=False):
     """A layer's output (N, C, *spatial), new and held by nothing else, given its per-channel
     ``bias`` and then relu in place, in one compiled pass on both cores (float32); and its
@@ -60,7 +68,7 @@ def with_bias(y, backward, bias, relu=False):
     if bias is None and not relu:
         return y, lambda dy: (*backward(dy), None)
     y = np.ascontiguousarray(y)  # ``rows`` below must be a view of it
-    rows = y.reshape(y.shape[0] * y.shape[1], -1)
+    rows = y.reshape(y.shape[0] * y.shape[1], math.prod(y.shape[2:]))
     if y.dtype == np.float32 and (bias is None or bias.dtype == np.float32):
         parallel.channel_bias(rows, np.zeros(y.shape[1], np.float32) if bias is None
                               else np.ascontiguousarray(bias), activation)
@@ -98,6 +106,9 @@ def _conv(x, weight, stride, padding, dilation, groups, input_grad):
         raise ValueError(
             f"conv with {groups} groups: input has {channels} channels, weight {weight.shape}"
         )
+    if n == 0:  # as torch: no outputs, and no gradient to the weight
+        return no_samples(x, weight, (out_channels, *padded_output_size(
+            x.shape[2:], padding, kernel, stride, dilation)))
     pointwise = all(k == 1 for k in kernel) and not any(lo or hi for lo, hi in padding)
     if pointwise and groups == 1:
         if all(s == 1 for s in stride):
@@ -299,7 +310,8 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
     taps = _direct_taps(x.shape[2:], kernel, stride, padding, dilation)
     if taps is None:
         return _tiled_on_frames(x, weight, stride, padding, dilation, groups, input_grad)
-    maps = np.ascontiguousarray(x).reshape(*x.shape[:2], -1, x.shape[-1])  # 1-D: one row
+    # 1-D: one row (the rows counted, not -1: an empty batch has no size to divide)
+    maps = np.ascontiguousarray(x).reshape(*x.shape[:2], math.prod(x.shape[2:-1]), x.shape[-1])
     y = np.empty((x.shape[0], out_channels, *maps.shape[2:]), x.dtype)
     tiled.direct_products(y, maps, taps, weight.reshape(out_channels, group_channels, -1),
                           groups)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import conv1d, conv2d, with_bias
+from .conv import conv1d, conv2d, no_samples, with_bias
 from .windows import check_spatial, crop_to_batch_first, scatter_windows
 
 CONV = {1: conv1d, 2: conv2d}
@@ -57,6 +57,9 @@ def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilati
     pads = tuple((p, p) for p in padding)
     if any(f - 2 * p < 1 for f, p in zip(full, padding)):
         raise ValueError(f"conv_transpose: padding {padding} leaves no output of {tuple(full)}")
+    if n == 0:
+        sizes = tuple(f - 2 * p for f, p in zip(full, padding))
+        return with_bias(*no_samples(x, weight, (out_channels, *sizes)), bias)
     # columns (groups, C_out/g * K, N * P): channels first, batch second inside
     rows = np.ascontiguousarray(np.swapaxes(x, 0, 1)).reshape(groups, channels // groups, -1)
     weight_groups = weight.reshape(groups, channels // groups, -1)
