@@ -96,6 +96,8 @@ VARIANTS = [
     Workload("ResNet 8/16/32 2 blocks/stage b128", "resnet_wide.nn", 128, hyper={"w": 8}),
     Workload("ResNet 128/256/512 2 blocks 16x16 b16", "resnet_wide.nn", 16,
              hyper={"w": 128, "size": 16}),
+    Workload("ResNet 64/128/256 2 blocks 16x16 b32", "resnet_wide.nn", 32,
+             hyper={"w": 64, "size": 16}),
     Workload("grouped convs, 8 groups of 8 and 16", "grouped_net.nn", 32),
     Workload("grouped convs, 32 groups of 4", "grouped_net.nn", 32,
              hyper={"w": 128, "g": 32}),
@@ -104,6 +106,8 @@ VARIANTS = [
     Workload("MobileNetV2-style b128", "mobilenet_cifar.nn", 128),
     Workload("U-Net 8/16/32 1x32x32 b32", "unet_small.nn", 32, hyper={"width": 8, "size": 32}),
     Workload("U-Net 32/64/128 1x64x64 b4", "unet_small.nn", 4, hyper={"width": 32}),
+    Workload("U-Net 64/128/256 1x32x32 b4", "unet_small.nn", 4,
+             hyper={"width": 64, "size": 32}),
 ]
 
 
