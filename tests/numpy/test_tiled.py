@@ -196,6 +196,69 @@ def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_cha
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * max(1, positions / 1000) ** 0.5)
 
 
+def _direct_reference(x, taps, weights, groups):
+    """out[n, g * M + m, h, w] = sum over taps (a, b) and the group's channels of
+    weights[g * M + m, c, k] * x[n, g * C + c, h + a, w + b], zero outside the map, in
+    float64."""
+    samples, _, height, width = x.shape
+    channels, out_rows = weights.shape[1], weights.shape[0] // groups
+    reach = max(max(abs(a), abs(b)) for a, b in taps)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (reach, reach), (reach, reach)))
+    out = np.zeros((samples, weights.shape[0], height, width))
+    for g in range(groups):
+        group = padded[:, g * channels:(g + 1) * channels]
+        for k, (a, b) in enumerate(taps):
+            shifted = group[:, :, reach + a:reach + a + height, reach + b:reach + b + width]
+            out[:, g * out_rows:(g + 1) * out_rows] += np.einsum(
+                "mc,nchw->nmhw", weights[g * out_rows:(g + 1) * out_rows, :, k], shifted)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(samples=st.integers(1, 7), channels=st.integers(1, 12), out_rows=st.integers(1, 20),
+       height=st.integers(1, 9), width=st.integers(1, 20), depthwise=st.booleans(),
+       kernel=st.sampled_from([(3, 3), (1, 3), (5, 5)]), seed=st.integers(0, 2**31))
+def test_direct_products_match_float64(samples, channels, out_rows, height, width, depthwise,
+                                       kernel, seed):
+    """Planes of every size against the tiles' vectors: one vector a plane and several,
+    tiles whose vectors are of several samples, tiles past the last sample's end, the
+    8-row and the wide tiles with every smaller block, groups."""
+    rng = np.random.default_rng(seed)
+    groups = channels if depthwise else 1
+    x = rng.standard_normal((samples, channels, height, width), dtype=F)
+    taps = [(a - kernel[0] // 2, b - kernel[1] // 2)
+            for a in range(kernel[0]) for b in range(kernel[1])]
+    outputs = groups * out_rows if depthwise else out_rows
+    weights = rng.standard_normal((outputs, channels // groups, len(taps)), dtype=F)
+    out = np.full((samples, outputs, height, width), np.nan, F)
+    tiled.direct_products(out, x, taps, weights, groups)
+    np.testing.assert_allclose(out, _direct_reference(x, taps, weights, groups),
+                               rtol=1e-4, atol=1e-5 * len(taps) * (channels // groups))
+
+
+@pytest.mark.skipif(workers.parts() < 2, reason="OpenBLAS runs one thread here")
+@pytest.mark.parametrize("samples, channels, out_rows, height, width", [
+    (7, 20, 16, 4, 4), (3, 70, 12, 16, 16), (2, 8, 48, 13, 11)])
+def test_direct_products_of_parts_give_the_values_of_one_part(samples, channels, out_rows,
+                                                              height, width):
+    rng = np.random.default_rng(samples)
+    x = rng.standard_normal((samples, channels, height, width), dtype=F)
+    taps = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    weights = rng.standard_normal((out_rows, channels, 9), dtype=F)
+    split, whole = np.empty((samples, out_rows, height, width), F), np.empty(
+        (samples, out_rows, height, width), F)
+    tiled.direct_products(split, x, taps, weights)
+    get_threads, set_threads = _one_part()
+    threads = get_threads()
+    set_threads(1)
+    try:
+        assert workers.parts() == 1
+        tiled.direct_products(whole, x, taps, weights)
+    finally:
+        set_threads(threads)
+    np.testing.assert_array_equal(split, whole)
+
+
 _EIGHT_LANES = """
 import llvmlite.binding, numpy as np
 features = llvmlite.binding.get_host_cpu_features()

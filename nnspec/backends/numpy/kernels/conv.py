@@ -329,17 +329,10 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
         # dx[c, p] = sum over o and k of weight[o, c, k] * dy[o, p - shift_k]
         flipped = weight.reshape(groups, group_outputs, group_channels, -1).transpose(0, 2, 1, 3)
         dx = np.empty(maps.shape, dy.dtype)
-        tiled.direct_products(dx, dy_maps, [(-a, -b) for a, b in taps],
-                              np.ascontiguousarray(flipped).reshape(-1, group_outputs,
-                                                                    len(taps)), groups)
+        tiled.direct_products(dx, dy_maps, [(-a, -b) for a, b in taps], flipped, groups)
         return dx.reshape(x.shape), dweight
 
     return y, backward
-
-
-# maps of fewer positions take the frames: the direct tiles cover a sample's plane alone,
-# and most of a 48-position tile past a small plane's end is masked (at 4x4, two thirds)
-DIRECT_MIN_POSITIONS = 64
 
 
 def _direct_taps(spatial, kernel, stride, padding, dilation):
@@ -347,7 +340,6 @@ def _direct_taps(spatial, kernel, stride, padding, dilation):
     whose output has the input's size, read in place (``tiled.direct_products``); None for
     the others."""
     if len(kernel) > 2 or any(s != 1 for s in stride) or \
-            math.prod(spatial) < DIRECT_MIN_POSITIONS or \
             math.prod(kernel) > tiled.DIRECT_MAX_TAPS or \
             any(lo + hi != (k - 1) * d for (lo, hi), k, d in zip(padding, kernel, dilation)):
         return None
@@ -513,10 +505,11 @@ def _shifted(x, weight, stride, padding, dilation, input_grad):
 
 def _columns_pay(x, kernel, stride, padding, dilation):
     """Whether a float32 layer the tiles could take runs faster on the columns: small
-    output maps (whose frames waste the most), strided or wide. Forward and backward, batch
-    32: 128 -> 256 channels 3x3 stride 2 on 16x16 maps 13.4 -> 7.9 ms, 48 -> 96 on 8x8
-    1.7 -> 1.2, 128 channels stride 1 on 4x4 4.2 -> 3.3; even at 32 -> 64 to 8x8 and at
-    64-128 channels stride 1 on 7x7; 0.7-0.8x on wider maps or fewer channels."""
+    strided output maps (whose frames waste the most), and the smallest maps at the tiles'
+    widest. Forward and backward, batch 32: 128 -> 256 channels 3x3 stride 2 on 16x16 maps
+    13.4 -> 7.9 ms, 48 -> 96 on 8x8 1.7 -> 1.2, even at 32 -> 64 to 8x8; 0.7-0.8x on wider
+    maps or fewer channels. At stride 1, 128 channels on 3x3 maps 2.0 -> 1.75 ms, on 2x2
+    1.9 -> 1.1, where 4x4 maps read in place are faster (2.6 on the columns, 2.2)."""
     if not columns.applies(x) or x.shape[1] < COLUMNS_MIN_CHANNELS:
         return False
     positions = math.prod(padded_output_size(x.shape[2:], padding, kernel, stride, dilation))
@@ -527,7 +520,7 @@ def _columns_pay(x, kernel, stride, padding, dilation):
 
 COLUMNS_MIN_CHANNELS = 32
 COLUMNS_MAX_STRIDED_POSITIONS = 64
-COLUMNS_MAX_POSITIONS = 16
+COLUMNS_MAX_POSITIONS = 9
 
 
 def _on_columns(x, weight, stride, padding, dilation, input_grad):

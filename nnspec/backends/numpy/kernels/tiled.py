@@ -265,85 +265,77 @@ def _product_tile(rows, masked):
     return tile
 
 
-def _direct_tile(rows, vectors=VECTORS):
-    """A tile of a stride-1 convolution read straight from the (C, H, W) map, no frame:
-    out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] at the TILE positions p = first + q
-    of the plane, where read j belongs to tap ``taps_of[j]`` (its row and column shifts in
-    ``taps_a``, ``taps_b``) and is zero where it falls outside the map. ``heights[q]``,
-    ``widths[q]`` are the positions' rows and columns (rows below zero past the plane: those
-    positions are not written). Each tap's masks are worked out once a tile and kept on the
-    stack; the loop over the reads is the frame tile's with a masked load (kept in registers
-    across a nested loop over the taps, they pushed the sums out of the registers)."""
+def _emit_direct(builder, rows, vectors, out, stride, x, plane, channels, weights, tap_step,
+                 taps_a, taps_b, taps, units, heights, widths, height, width, accumulate):
+    """A tile of a stride-1 convolution read straight from (C, H, W) maps, no frame: out[r,
+    v, q] = sum over taps k and channels c < ``channels`` of weights[k * tap_step + c * rows
+    + r] * x[x_v + c * plane + a_k * width + b_k + q], zero where the read falls outside the
+    map, for each of the tile's vectors v, whose (x offset x_v, out offset, first position)
+    are ``units[3 v:3 v + 3]``: a vector is LANES positions of one sample's plane, and a
+    tile's vectors may be of several samples (a 4x4 plane is one vector). ``heights[q]``,
+    ``widths[q]`` are the positions' rows and columns (rows below zero past the plane: not
+    written, and never read). The taps are the outer loop: a tap's masks are worked out
+    once, and the loop over its channels is a frame tile's with a masked load."""
+    emit = _Emitter(builder)
+    i32 = ir.VectorType(_I32, LANES)
+    x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
+    taps_a = builder.inttoptr(taps_a, _I64.as_pointer())
+    taps_b = builder.inttoptr(taps_b, _I64.as_pointer())
+    units = builder.inttoptr(units, _I64.as_pointer())
+    heights = builder.inttoptr(heights, _I32.as_pointer())
+    widths = builder.inttoptr(widths, _I32.as_pointer())
 
-    @intrinsic
-    def tile(typingctx, out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b,
-             taps, heights, widths, height, width, accumulate):
-        signature = types.void(*(types.int64,) * 15)
+    def unit(v, field):
+        return builder.load(emit.at(units, emit.int(3 * v + field)))
 
-        def codegen(context, builder, signature, args):
-            (out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps, heights,
-             widths, height, width, accumulate) = args
-            emit = _Emitter(builder)
-            i32 = ir.VectorType(_I32, LANES)
-            mask_type = ir.VectorType(_I1, LANES)
-            x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
-            offsets = builder.inttoptr(offsets, _I64.as_pointer())
-            taps_of = builder.inttoptr(taps_of, _I64.as_pointer())
-            taps_a = builder.inttoptr(taps_a, _I64.as_pointer())
-            taps_b = builder.inttoptr(taps_b, _I64.as_pointer())
-            heights = builder.inttoptr(heights, _I32.as_pointer())
-            widths = builder.inttoptr(widths, _I32.as_pointer())
+    def integers(pointer, v):
+        return builder.load(builder.bitcast(emit.at(pointer, unit(v, 2)), i32.as_pointer()),
+                            align=4)
 
-            def integers(pointer, v):
-                return builder.load(builder.bitcast(emit.at(pointer, emit.int(v * LANES)),
-                                                    i32.as_pointer()), align=4)
+    def splat32(value):
+        one = builder.insert_element(ir.Constant(i32, ir.Undefined),
+                                     builder.trunc(value, _I32), ir.Constant(_I32, 0))
+        return builder.shuffle_vector(one, one, ir.Constant(i32, [0] * LANES))
 
-            def splat32(value):
-                one = builder.insert_element(ir.Constant(i32, ir.Undefined),
-                                             builder.trunc(value, _I32), ir.Constant(_I32, 0))
-                return builder.shuffle_vector(one, one, ir.Constant(i32, [0] * LANES))
+    zero32 = ir.Constant(i32, None)
+    x_vectors = [emit.at(x, unit(v, 0)) for v in range(vectors)]
+    out_vectors = [emit.at(out, unit(v, 1)) for v in range(vectors)]
+    position_rows = [integers(heights, v) for v in range(vectors)]
+    position_columns = [integers(widths, v) for v in range(vectors)]
+    written = [builder.icmp_signed(">=", h, zero32) for h in position_rows]
+    rows_limit, columns_limit = splat32(height), splat32(width)
+    adding = builder.icmp_signed("!=", accumulate, emit.int(0))
+    starts = [builder.select(adding, emit.load(out_vectors[v], builder.mul(stride, emit.int(r)),
+                                               written[v]), emit.zero)
+              for r in range(rows) for v in range(vectors)]
 
-            zero32 = ir.Constant(i32, None)
-            written = [builder.icmp_signed(">=", integers(heights, v), zero32)
-                       for v in range(vectors)]
-            rows_limit, columns_limit = splat32(height), splat32(width)
-            # in the function's entry block, of a fixed size: an alloca in the loop that
-            # calls the tile would take more stack every call until the job returns
-            masks = cgutils.alloca_once(builder, mask_type,
-                                        size=ir.Constant(_I64, DIRECT_MAX_TAPS * vectors))
+    def tap(k, sums):
+        a, b = builder.load(emit.at(taps_a, k)), builder.load(emit.at(taps_b, k))
+        a32, b32 = splat32(a), splat32(b)
+        masks = []
+        for v in range(vectors):
+            h = builder.add(position_rows[v], a32)
+            w = builder.add(position_columns[v], b32)
+            inside = builder.and_(builder.icmp_signed(">=", h, zero32),
+                                  builder.icmp_signed("<", h, rows_limit))
+            inside = builder.and_(inside, builder.icmp_signed(">=", w, zero32))
+            masks.append(builder.and_(inside, builder.icmp_signed("<", w, columns_limit)))
+        shift = builder.add(builder.mul(a, width), b)
+        x_taps = [emit.at(x_vector, shift) for x_vector in x_vectors]
+        weights_tap = emit.at(weights, builder.mul(k, tap_step))
 
-            def tap(k, carried):
-                a32 = splat32(builder.load(emit.at(taps_a, k)))
-                b32 = splat32(builder.load(emit.at(taps_b, k)))
-                for v in range(vectors):
-                    h = builder.add(integers(heights, v), a32)
-                    w = builder.add(integers(widths, v), b32)
-                    inside = builder.and_(builder.icmp_signed(">=", h, zero32),
-                                          builder.icmp_signed("<", h, rows_limit))
-                    inside = builder.and_(inside, builder.icmp_signed(">=", w, zero32))
-                    inside = builder.and_(inside, builder.icmp_signed("<", w, columns_limit))
-                    builder.store(inside, builder.gep(masks, [builder.add(
-                        builder.mul(k, emit.int(vectors)), emit.int(v))]))
-                return carried
+        def channel(c, sums):
+            at = builder.mul(c, plane)
+            reads = [emit.load(x_tap, at, mask) for x_tap, mask in zip(x_taps, masks)]
+            return emit.multiply_add(weights_tap, c, rows, reads, sums)
 
-            emit.loop(taps, [], tap)
-            starts = emit.starting_sums(out, stride, rows, vectors, written, accumulate)
+        return emit.loop(channels, sums, channel)
 
-            def step(j, sums):
-                offset = builder.load(emit.at(offsets, j))
-                first_mask = builder.mul(builder.load(emit.at(taps_of, j)), emit.int(vectors))
-                reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), builder.load(
-                    builder.gep(masks, [builder.add(first_mask, emit.int(v))])))
-                    for v in range(vectors)]
-                return emit.multiply_add(weights, j, rows, reads, sums)
-
-            sums = emit.loop(reads, starts, step)
-            emit.store_rows(sums, out, stride, rows, vectors, written)
-            return context.get_dummy_value()
-
-        return signature, codegen
-
-    return tile
+    sums = emit.loop(taps, starts, tap)
+    for r in range(rows):
+        for v in range(vectors):
+            emit.store(sums[r * vectors + v], out_vectors[v], builder.mul(stride, emit.int(r)),
+                       written[v])
 
 
 def _sum_tile(tile_rows, tile_columns):
@@ -491,29 +483,27 @@ def _emit_gradient(builder, rows, vectors, sums, stride, x, x_offsets, dy, dy_st
     emit.store_rows(final, sums, stride, rows, vectors, [None] * vectors)
 
 
-@intrinsic
-def _gradient(typingctx, shape, sums, stride, x, x_offsets, dy, dy_step, lanes, samples,
-              x_sample, dy_sample, first, row_count, row_length, width):
-    """``_emit_gradient``'s tile of GRADIENT_SHAPES[shape] (the last for any other
-    ``shape``): one branch a tile, each shape's code its own."""
-    signature = types.void(*(types.int64,) * 15)
+def _shape_switch(name, shapes, emit_tile):
+    """The codegen of an intrinsic of (shape, *operands): ``emit_tile(builder,
+    *shapes[shape], *operands)``, the last shape for any other ``shape``; one branch a tile,
+    each shape's code its own."""
 
     def codegen(context, builder, signature, args):
         shape, *operands = args
-        cases = [builder.append_basic_block(f"gradient_shape_{index}")
-                 for index in range(len(GRADIENT_SHAPES))]
-        done = builder.append_basic_block("gradient_done")
+        cases = [builder.append_basic_block(f"{name}_shape_{index}")
+                 for index in range(len(shapes))]
+        done = builder.append_basic_block(f"{name}_done")
         switch = builder.switch(shape, cases[-1])
-        for index, ((vectors, rows), case) in enumerate(zip(GRADIENT_SHAPES, cases)):
+        for index, (dimensions, case) in enumerate(zip(shapes, cases)):
             if index < len(cases) - 1:
                 switch.add_case(ir.Constant(_I64, index), case)
             builder.position_at_end(case)
-            _emit_gradient(builder, rows, vectors, *operands)
+            emit_tile(builder, *dimensions, *operands)
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
 
-    return signature, codegen
+    return codegen
 
 
 _tile_8, _tile_8_masked = _product_tile(8, False), _product_tile(8, True)
@@ -529,6 +519,16 @@ _masked_sum_narrow = _masked_sum_tile(NARROW_ROWS, 1)
 # it makes a broadcast a multiply-add
 GRADIENT_SHAPES = ((4, 6), (3, 8), (2, 12), (1, 24), (1, 16)) if LANES == 16 else \
     ((4, 3), (3, 4), (2, 6), (1, 12), (1, 8))
+
+
+@intrinsic
+def _gradient(typingctx, shape, sums, stride, x, x_offsets, dy, dy_step, lanes, samples,
+              x_sample, dy_sample, first, row_count, row_length, width):
+    """``_emit_gradient``'s tile of GRADIENT_SHAPES[shape]."""
+    return types.void(*(types.int64,) * 15), _shape_switch(
+        "gradient", GRADIENT_SHAPES,
+        lambda builder, vectors, rows, *operands: _emit_gradient(builder, rows, vectors,
+                                                                 *operands))
 
 
 @numba.njit(inline="always")
@@ -657,104 +657,173 @@ def _sums_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
-_direct_8, _direct_4 = _direct_tile(8), _direct_tile(4)
-_direct_2, _direct_1 = _direct_tile(2), _direct_tile(1)
 # tiles of WIDE_VECTORS vectors (and at most WIDE_ROWS rows) for small planes: an 8x8 plane
 # is one such tile, where 48-position tiles leave a third of their lanes masked
 WIDE_VECTORS, WIDE_ROWS = 4, (6 if LANES == 16 else 3)
 WIDE_TILE = LANES * WIDE_VECTORS
-_wide_6, _wide_3 = _direct_tile(6, WIDE_VECTORS), _direct_tile(3, WIDE_VECTORS)
-_wide_1 = _direct_tile(1, WIDE_VECTORS)
+# the direct tiles' (rows, vectors): ROWS x VECTORS and the wide ones, each with the smaller
+# blocks ``_block_rows`` leaves at the end of the outputs
+DIRECT_SHAPES = tuple((rows, VECTORS) for rows in (ROWS, ROWS // 2, ROWS // 4, 1)) + \
+    tuple((rows, WIDE_VECTORS) for rows in (WIDE_ROWS, WIDE_ROWS // 2, 1))
 
 
 @numba.njit(inline="always")
-def _direct(wide, rows, out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b,
-            taps, heights, widths, height, width, accumulate):
+def _direct_shape(wide, rows):
+    """The index in DIRECT_SHAPES of the tile of ``rows`` rows."""
     if wide:
-        if rows == 6:
-            _wide_6(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
-                    heights, widths, height, width, accumulate)
-        elif rows == 3:
-            _wide_3(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
-                    heights, widths, height, width, accumulate)
-        else:
-            _wide_1(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
-                    heights, widths, height, width, accumulate)
-    elif rows == 8:
-        _direct_8(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
-                  heights, widths, height, width, accumulate)
-    elif rows == 4:
-        _direct_4(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
-                  heights, widths, height, width, accumulate)
-    elif rows == 2:
-        _direct_2(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
-                  heights, widths, height, width, accumulate)
-    else:
-        _direct_1(out, stride, x, offsets, taps_of, weights, reads, taps_a, taps_b, taps,
-                  heights, widths, height, width, accumulate)
+        return 4 if rows == WIDE_ROWS else (5 if rows == WIDE_ROWS // 2 else 6)
+    return 0 if rows == ROWS else (1 if rows == ROWS // 2 else (2 if rows == ROWS // 4 else 3))
+
+
+@intrinsic
+def _direct(typingctx, shape, out, stride, x, plane, channels, weights, tap_step, taps_a,
+            taps_b, taps, units, heights, widths, height, width, accumulate):
+    """``_emit_direct``'s tile of DIRECT_SHAPES[shape]."""
+    return types.void(*(types.int64,) * 17), _shape_switch("direct", DIRECT_SHAPES,
+                                                           _emit_direct)
 
 
 @workers.Task
 def _direct_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, out, out rows, x, item step through x, reads' offsets, reads' taps,
-    reads, taps' row and column shifts, taps, packed weights, group step through them,
-    groups, the positions' rows and columns, height, width, items, item step through out,
-    wide); the reads channel by channel, a tap at a time within a channel."""
+    """params (parts, out, out rows, x, channels, taps' row and column shifts, taps, packed
+    weights, group step through them, groups, the units (x offset, out offset, position),
+    units a group, the positions' rows and columns, height, width, group step through x,
+    group step through out, wide); per block of a group's tiles, the channels in passes of
+    whole channels, each pass's reads a tap at a time; the weights of a block of output
+    rows stay in cache while every tile of the block reads them (per tile, a 512-channel
+    layer's 9 MB of weights came from memory: 4x4 maps 160 -> 0 GF/s)."""
     params = workers.parameters(args, 21)
-    out, out_rows, x, x_step = params[1], params[2], params[3], params[4]
-    offsets, taps_of, reads, taps_a = params[5], params[6], params[7], params[8]
-    taps_b, taps, weights, weights_step = params[9], params[10], params[11], params[12]
-    groups, heights, widths, height = params[13], params[14], params[15], params[16]
-    width, items, out_step, wide = params[17], params[18], params[19], params[20] != 0
-    tile_width, most = (WIDE_TILE, WIDE_ROWS) if wide else (TILE, ROWS)
-    length = height * width
-    tiles = (length + tile_width - 1) // tile_width
-    chunk = max(1, READ_BLOCK // taps) * taps  # whole channels per pass
-    start, end = part_range(items * tiles, part, params[0], 1)
-    unit = start
-    while unit < end:  # a unit is one item's tile
-        item, first = unit // tiles, unit % tiles
-        last = min(first + PRODUCT_BLOCK_TILES, tiles, first + end - unit)
-        item_out, item_x = out + 4 * item * out_step, x + 4 * item * x_step
-        item_weights = weights + 4 * (item % groups) * weights_step
-        for read in range(0, reads, chunk):
-            count = min(chunk, reads - read)
-            row = 0
-            while row < out_rows:
-                rows = _block_rows(out_rows - row, most)
+    out, out_rows, x, channels = params[1], params[2], params[3], params[4]
+    taps_a, taps_b, taps, weights = params[5], params[6], params[7], params[8]
+    weights_step, groups, units, unit_count = params[9], params[10], params[11], params[12]
+    heights, widths, height, width = params[13], params[14], params[15], params[16]
+    x_group, out_group, wide, by_rows = params[17], params[18], params[19] != 0, params[20] != 0
+    vectors, most = (WIDE_VECTORS, WIDE_ROWS) if wide else (VECTORS, ROWS)
+    plane = height * width
+    reads = channels * taps
+    tiles = (unit_count + vectors - 1) // vectors
+    chunk = max(1, READ_BLOCK // taps)  # channels per pass
+    if by_rows:  # every tile, a part of the blocks of output rows
+        start, end = 0, groups * tiles
+        first_block, last_block = part_range((out_rows + most - 1) // most, part, params[0], 1)
+        first_row, last_row = first_block * most, min(last_block * most, out_rows)
+    else:
+        start, end = part_range(groups * tiles, part, params[0], 1)
+        first_row, last_row = 0, out_rows
+    work = start
+    while work < end:  # blocks of a group's tiles, whose reads stay in the core's cache
+        group, first = work // tiles, work % tiles
+        last = min(first + PRODUCT_BLOCK_TILES, tiles, first + end - work)
+        group_out, group_x = out + 4 * group * out_group, x + 4 * group * x_group
+        group_weights = weights + 4 * group * weights_step
+        for channel in range(0, channels, chunk):
+            count = min(chunk, channels - channel)
+            row = first_row
+            while row < last_row:
+                rows = _block_rows(last_row - row, most)
+                shape = _direct_shape(wide, rows)
                 for tile in range(first, last):
-                    position = tile * tile_width
-                    _direct(wide, rows, item_out + 4 * (row * length + position), length,
-                            item_x + 4 * position, offsets + 8 * read, taps_of + 8 * read,
-                            item_weights + 4 * (row * reads + read * rows), count, taps_a,
-                            taps_b, taps, heights + 4 * position, widths + 4 * position,
-                            height, width, read)
+                    _direct(shape, group_out + 4 * row * plane, plane,
+                            group_x + 4 * channel * plane, plane, count,
+                            group_weights + 4 * (row * reads + channel * taps * rows),
+                            count * rows, taps_a, taps_b, taps,
+                            units + 8 * 3 * tile * vectors, heights, widths, height, width,
+                            channel)
                 row += rows
-        unit += last - first
+        work += last - first
     return 0
 
 
 @functools.lru_cache(maxsize=64)  # per map size: bounded for inputs of many lengths
 def _positions(height, width):
     """Each position's row and column in a (height, width) plane, then a tile's worth of
-    rows below zero (positions past the plane: never written)."""
+    rows far below zero: positions past the plane, never written, and never read whatever
+    a tap's shift (rows of -1 would read past the map's end at a shift of a row)."""
     count = height * width
-    heights = np.full(count + WIDE_TILE, -1, np.int32)
+    heights = np.full(count + WIDE_TILE, -(1 << 30), np.int32)
     widths = np.zeros(count + WIDE_TILE, np.int32)
     heights[:count] = np.repeat(np.arange(height, dtype=np.int32), width)
     widths[:count] = np.tile(np.arange(width, dtype=np.int32), height)
     return heights, widths
 
 
+def _direct_units(samples, plane, x_sample, out_sample, vectors):
+    """The direct tiles' vectors, (x offset, out offset, first position) each, int64:
+    ``samples`` planes of ``plane`` positions cut into vectors of LANES, one after the
+    other, and as many more as fill the last tile, reading and writing nothing."""
+    per_plane = -(-plane // LANES)
+    count = -(-samples * per_plane // vectors) * vectors
+    units = np.zeros((count, 3), np.int64)
+    units[:, 2] = per_plane * LANES  # the rows below zero past the plane
+    sample, first = np.divmod(np.arange(samples * per_plane, dtype=np.int64), per_plane)
+    units[:len(sample), 0] = sample * x_sample + first * LANES
+    units[:len(sample), 1] = sample * out_sample + first * LANES
+    units[:len(sample), 2] = first * LANES
+    return units
+
+
 def _tap_reads(taps, channels, height, width):
     """A map read in place, read j = channel * taps + tap (the weights' (M, C * taps) order):
-    the taps' row and column shifts, each read's offset in a sample's (C, H, W) map and its
-    tap, all int64."""
-    taps_a = np.array([a for a, _ in taps], np.int64)
-    taps_b = np.array([b for _, b in taps], np.int64)
+    each read's offset in a sample's (C, H, W) map and its tap, int64."""
+    shifts = np.array([a * width + b for a, b in taps], np.int64)
     offsets = (np.arange(channels, dtype=np.int64)[:, None] * (height * width)
-               + (taps_a * width + taps_b)[None, :]).ravel()
-    return taps_a, taps_b, offsets, np.tile(np.arange(len(taps), dtype=np.int64), channels)
+               + shifts[None, :]).ravel()
+    return offsets, np.tile(np.arange(len(taps), dtype=np.int64), channels)
+
+
+@workers.Task
+def _pack_direct_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, weights, their extent, their steps along groups, rows, channels and
+    taps, groups, rows, channels, taps, most rows a block, packed): the weights, read
+    through their steps (a transposed view as it is), as ``_direct_job`` reads them: per
+    group, each block of rows (``_block_rows``) one after the other, in it the channels'
+    passes, each a tap at a time, rows fastest."""
+    params = workers.parameters(args, 13)
+    source = workers.floats(params, 1, (params[2],))
+    group_step, row_step, channel_step, tap_step = params[3], params[4], params[5], params[6]
+    groups, out_rows, channels, taps, most = params[7], params[8], params[9], params[10], \
+        params[11]
+    reads = channels * taps
+    packed = workers.floats(params, 12, (groups * out_rows * reads,))
+    chunk = max(1, READ_BLOCK // taps)
+    blocks = (out_rows + most - 1) // most
+    start, end = part_range(groups * blocks, part, params[0], 1)
+    for unit in range(start, end):
+        group, block = unit // blocks, unit % blocks
+        row, block_end = block * most, min(block * most + most, out_rows)
+        while row < block_end:
+            rows = _block_rows(block_end - row, most)
+            for first in range(0, channels, chunk):
+                count = min(chunk, channels - first)
+                base = group * out_rows * reads + row * reads + first * taps * rows
+                for r in range(rows):
+                    for c in range(count):
+                        read = group * group_step + (row + r) * row_step + \
+                            (first + c) * channel_step
+                        for k in range(taps):
+                            packed[base + (k * count + c) * rows + r] = \
+                                source[read + k * tap_step]
+            row += rows
+    return 0
+
+
+def _pack_direct(weights, most):
+    """(groups, M, C, taps) float32 weights, any steps, packed for ``_direct_job`` on both
+    cores, (groups, M * C * taps). NumPy's transposes and ``_pack`` took 0.15 ms on a
+    128-channel layer's weights and 3 ms on a 512-channel one's (twice that for the input
+    gradient's transposed weights): a fifth of the layer's time on 4x4 maps."""
+    groups, out_rows, channels, taps = weights.shape
+    steps = [step // 4 for step in weights.strides]
+    if min(steps) < 0 or weights.dtype != np.float32:
+        raise ValueError("direct_products: weights must be float32 with positive steps")
+    extent = 1 + sum((size - 1) * step for size, step in zip(weights.shape, steps))
+    packed = np.empty((groups, out_rows * channels * taps), np.float32)
+    parts = workers.parts() if weights.size >= 1 << 16 else 1
+    params = np.array([parts, weights.ctypes.data, extent, *steps, groups, out_rows,
+                       channels, taps, most,
+                       packed.ctypes.data], np.int64)
+    workers.run(_pack_direct_job, params)
+    return packed
 
 
 def direct_products(out, x, taps, weights, groups=1):
@@ -762,34 +831,43 @@ def direct_products(out, x, taps, weights, groups=1):
     them: out[n, g * M + m, p] = sum over taps (a, b) and the group's channels c of
     weights[g * M + m, c, k] * x[n, g * C + c, p + a * W + b], zero where that lies outside
     the map. ``out`` (N, groups * M, H, W) and ``x`` (N, groups * C, H, W) C-ordered
-    float32, ``taps`` [(a, b)], ``weights`` (groups * M, C, taps)."""
+    float32, ``taps`` [(a, b)], ``weights`` (groups * M, C, taps) or (groups, M, C, taps)
+    float32 with any steps (the input gradient's transposed weights as they are)."""
     samples, _, height, width = x.shape
-    out_rows, channels = weights.shape[0] // groups, weights.shape[1]
     for array in (out, x):
         _check_float32("direct_products", array)
     if len(taps) > DIRECT_MAX_TAPS:
         raise ValueError(f"direct_products: {len(taps)} taps, at most {DIRECT_MAX_TAPS}")
-    if out.shape[2:] != x.shape[2:] or x.shape[1] != groups * channels or \
-            out.shape[:2] != (samples, weights.shape[0]) or weights.shape[2] != len(taps):
+    if weights.ndim == 3 and weights.shape[0] % groups == 0:
+        weights = weights.reshape(groups, -1, *weights.shape[1:])
+    if weights.ndim != 4 or len(weights) != groups or out.shape[2:] != x.shape[2:] or \
+            x.shape[1] != groups * weights.shape[2] or weights.shape[3] != len(taps) or \
+            out.shape[:2] != (samples, groups * weights.shape[1]):
         raise ValueError(f"direct_products: out {out.shape}, x {x.shape}, weights "
                          f"{weights.shape} in {groups} groups")
+    out_rows, channels = weights.shape[1:3]
     plane = height * width
-    taps_a, taps_b, offsets, taps_of = _tap_reads(taps, channels, height, width)
-    # the wide tiles where the others would leave a fifth of their lanes masked and they
-    # fewer: 64-channel 8x8 layers 0.80 -> 0.72 ms forward (at 16x16 and up the 8-row
-    # tiles are faster)
-    covered, wide_covered = -(-plane // TILE) * TILE, -(-plane // WIDE_TILE) * WIDE_TILE
-    wide = covered > 1.2 * plane and wide_covered < covered
-    packed = _pack(weights.reshape(groups, out_rows, channels * len(taps)),
-                   WIDE_ROWS if wide else ROWS)
+    taps_a = np.array([a for a, _ in taps], np.int64)
+    taps_b = np.array([b for _, b in taps], np.int64)
+    # 8-row tiles where they cover the outputs in whole blocks, the wide ones (fewer rows,
+    # more vectors) otherwise: 48 and 96 outputs are whole blocks of 6
+    wide = out_rows % ROWS != 0 and out_rows % WIDE_ROWS == 0
+    vectors, most = (WIDE_VECTORS, WIDE_ROWS) if wide else (VECTORS, ROWS)
+    packed = _pack_direct(weights, most)
     heights, widths = _positions(height, width)
-    items = samples * groups
-    parts = workers.parts() if items * plane >= 2 * TILE else 1
-    params = np.array([parts, out.ctypes.data, out_rows, x.ctypes.data, channels * plane,
-                       offsets.ctypes.data, taps_of.ctypes.data, len(offsets),
+    units = _direct_units(samples, plane, groups * channels * plane, groups * out_rows * plane,
+                          vectors)
+    parts = workers.parts() if groups * len(units) >= 4 * vectors else 1
+    # few tiles (small maps, few samples) and many outputs: each part takes every tile and
+    # a share of the output rows, so that it reads only its share of the weights, and
+    # reads those from its cache for every tile (256 channels at 4x4, batch 32: 2.8 -> 2.6 ms)
+    by_rows = groups * len(units) < parts * PRODUCT_BLOCK_TILES * vectors and \
+        out_rows >= parts * most
+    params = np.array([parts, out.ctypes.data, out_rows, x.ctypes.data, channels,
                        taps_a.ctypes.data, taps_b.ctypes.data, len(taps), packed.ctypes.data,
-                       packed.shape[1], groups, heights.ctypes.data, widths.ctypes.data,
-                       height, width, items, out_rows * plane, wide], np.int64)
+                       packed.shape[1], groups, units.ctypes.data, len(units),
+                       heights.ctypes.data, widths.ctypes.data, height, width,
+                       channels * plane, out_rows * plane, wide, by_rows], np.int64)
     workers.run(_direct_job, params)
 
 
@@ -1026,7 +1104,7 @@ def direct_sums(x, dy, taps, groups=1):
                     x_step=out_rows * plane, dy_step=channels * plane).reshape(
             out_rows, channels, 1)
     narrow = out_rows == 1
-    _, _, offsets, taps_of = _tap_reads(taps, channels, height, width)
+    offsets, taps_of = _tap_reads(taps, channels, height, width)
     # spare rows read the first again
     x_reads = _padded_reads(offsets, NARROW_ROWS if narrow else SUM_ROWS)
     dy_reads = _padded_reads(np.arange(out_rows, dtype=np.int64) * plane,
@@ -1212,6 +1290,7 @@ def load() -> None:
     _products_job.load()
     _sums_job.load()
     _direct_job.load()
+    _pack_direct_job.load()
     _direct_sums_job.load()
     _gradient_job.load()
     _channels_last_job.load()
