@@ -772,7 +772,7 @@ def _tap_reads(taps, channels, height, width):
 
 
 @workers.Task
-def _pack_direct_job(args, range_m, range_n, sa, sb, part):
+def _pack_job(args, range_m, range_n, sa, sb, part):
     """params (parts, weights, their extent, their steps along groups, rows, channels and
     taps, groups, rows, channels, taps, most rows a block, packed): the weights, read
     through their steps (a transposed view as it is), as ``_direct_job`` reads them: per
@@ -807,22 +807,27 @@ def _pack_direct_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
-def _pack_direct(weights, most):
-    """(groups, M, C, taps) float32 weights, any steps, packed for ``_direct_job`` on both
-    cores, (groups, M * C * taps). NumPy's transposes and ``_pack`` took 0.15 ms on a
-    128-channel layer's weights and 3 ms on a 512-channel one's (twice that for the input
-    gradient's transposed weights): a fifth of the layer's time on 4x4 maps."""
+def _pack(weights, most=ROWS):
+    """(groups, M, C, taps) float32 weights, any steps, as the tiles read them, on both
+    cores, (groups, M * C * taps): per group each block of rows (``_block_rows`` with
+    ``most``) one after the other, in it the channels' passes (``_direct_job``), each a tap
+    at a time, the rows fastest; (items, M, 1, reads) weights are the product tiles' (reads,
+    rows) blocks. NumPy's transposes took 0.15 ms on a 128-channel layer's weights and 3 ms
+    on a 512-channel one's (twice that for the input gradient's transposed weights): a fifth
+    of the layer's time on 4x4 maps; a depthwise layer's 192 items packed one at a time, 0.3
+    ms, ten times its product."""
+    weights = np.asarray(weights, np.float32)
+    if min(weights.strides) < 0:
+        weights = np.ascontiguousarray(weights)
     groups, out_rows, channels, taps = weights.shape
     steps = [step // 4 for step in weights.strides]
-    if min(steps) < 0 or weights.dtype != np.float32:
-        raise ValueError("direct_products: weights must be float32 with positive steps")
     extent = 1 + sum((size - 1) * step for size, step in zip(weights.shape, steps))
     packed = np.empty((groups, out_rows * channels * taps), np.float32)
     parts = workers.parts() if weights.size >= 1 << 16 else 1
     params = np.array([parts, weights.ctypes.data, extent, *steps, groups, out_rows,
                        channels, taps, most,
                        packed.ctypes.data], np.int64)
-    workers.run(_pack_direct_job, params)
+    workers.run(_pack_job, params)
     return packed
 
 
@@ -853,7 +858,7 @@ def direct_products(out, x, taps, weights, groups=1):
     # more vectors) otherwise: 48 and 96 outputs are whole blocks of 6
     wide = out_rows % ROWS != 0 and out_rows % WIDE_ROWS == 0
     vectors, most = (WIDE_VECTORS, WIDE_ROWS) if wide else (VECTORS, ROWS)
-    packed = _pack_direct(weights, most)
+    packed = _pack(weights, most)
     heights, widths = _positions(height, width)
     units = _direct_units(samples, plane, groups * channels * plane, groups * out_rows * plane,
                           vectors)
@@ -1129,24 +1134,6 @@ def direct_sums(x, dy, taps, groups=1):
                                                                      len(taps))
 
 
-def _pack(weights, most=ROWS):
-    """(items, M, reads) weights as the product tiles read them, (items, M * reads): each
-    block of rows (``_block_rows`` with ``most``) transposed, (reads, rows), one after the
-    other. All items at once: packed one at a time, a depthwise layer's 192 items took 0.3
-    ms, ten times its product."""
-    items, out_rows, reads = weights.shape
-    packed = np.empty((items, out_rows * reads), np.float32)
-    row = 0
-    while row < out_rows:
-        rows = most
-        while rows > out_rows - row:
-            rows //= 2
-        packed[:, row * reads:(row + rows) * reads] = weights[:, row:row + rows].transpose(
-            0, 2, 1).reshape(items, -1)
-        row += rows
-    return packed
-
-
 def _check_reads(buffer, offsets, length, items, step):
     """Every item's reads stay inside ``buffer`` (the tiles read raw memory)."""
     if len(offsets) and (offsets.min() < 0 or
@@ -1187,7 +1174,7 @@ def products(out, x, offsets, weights, length, x_step=0):
             (weights.ndim == 3 and len(weights) != items):
         raise ValueError(f"products: weights {weights.shape} for {items} items of "
                          f"{out.shape[1]} rows and {len(offsets)} reads")
-    packed = _pack(weights if weights.ndim == 3 else weights[None])
+    packed = _pack((weights if weights.ndim == 3 else weights[None])[:, :, None, :])
     parts = workers.parts() if items * length >= 2 * TILE else 1
     params = np.array([parts, out.ctypes.data, out.strides[1] // 4, out.shape[1], x.ctypes.data,
                        offsets.ctypes.data, packed.ctypes.data, len(offsets), length, items,
@@ -1290,7 +1277,7 @@ def load() -> None:
     _products_job.load()
     _sums_job.load()
     _direct_job.load()
-    _pack_direct_job.load()
+    _pack_job.load()
     _direct_sums_job.load()
     _gradient_job.load()
     _channels_last_job.load()
