@@ -590,11 +590,13 @@ def test_same_size_convolutions_read_in_place_match_torch(
 
 
 def use_route(monkeypatch, route):
-    """"tiles": float32 convolutions as they run (the tiles up to TILED_MAX_CHANNELS);
+    """"tiles": float32 convolutions as they run (the tiles up to TILED_MAX_CHANNELS, or
+    DIRECT_MAX_CHANNELS read in place);
     "columns": every one on the compiled columns that wider float32 layers take; "blas":
     every one on the BLAS paths that float64 and 3-D layers take."""
     if route in ("columns", "blas"):
         monkeypatch.setattr(conv_module, "TILED_MAX_CHANNELS", 0)
+        monkeypatch.setattr(conv_module, "DIRECT_MAX_CHANNELS", 0)
     if route == "blas":
         monkeypatch.setattr(conv_module.columns, "applies", lambda x: False)
 
@@ -640,7 +642,8 @@ def test_grouped_convolutions_match_torch_on_their_paths(
 
 @pytest.mark.torch
 @pytest.mark.parametrize("channels, stride, spatial", [
-    (168, (1, 1), (5, 6)), (136, (2, 2), (9, 8)), (144, (1, 1), (1, 1)), (256, (1, 2), (4, 7))])
+    (272, (1, 1), (5, 6)), (136, (2, 2), (9, 8)), (144, (1, 1), (1, 1)), (256, (1, 2), (4, 7)),
+    (200, (1, 1), (7, 7))])  # past DIRECT_MAX_CHANNELS; strided; a 1x1 map; 7x7 fills 77%
 @pytest.mark.parametrize("route", ["columns", "blas"])
 def test_wide_convolutions_take_the_columns_in_float32_and_the_column_free_path_else(
         monkeypatch, route, channels, stride, spatial):
@@ -653,6 +656,24 @@ def test_wide_convolutions_take_the_columns_in_float32_and_the_column_free_path_
     check_conv_against_torch(2, case)
     check_conv_without_input_grad_against_torch(2, case)
     assert taken == [route] * 2
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("nd, channels, out_channels, spatial, columns_grad", [
+    (2, 160, 24, (4, 4), False), (2, 200, 16, (5, 6), True), (2, 256, 40, (8, 8), True),
+    (1, 256, 8, (48,), True)])
+def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_columns(
+        monkeypatch, nd, channels, out_channels, spatial, columns_grad):
+    """Past TILED_MAX_CHANNELS, a stride-1 convolution keeping its map's size still reads
+    it in place where the plane fills the tiles' vectors, and takes its weight gradient on
+    the columns past DIRECT_SUMS_MAX_CHANNELS."""
+    taken = record_calls(monkeypatch, {"tiles": "_tiled", "columns": "_on_columns",
+                                       "weight on columns": "_weight_grad_on_columns"})
+    kernel, padding = (3,) * nd, ((1, 1),) * nd
+    case = conv_case(channels, out_channels, spatial, kernel, (1,) * nd, padding, (1,) * nd)
+    case["scale"] = 1 / math.sqrt(channels * 3 ** nd)
+    check_conv_against_torch(nd, case)
+    assert taken == ["tiles"] + ["weight on columns"] * columns_grad
 
 
 @pytest.mark.torch

@@ -3,7 +3,8 @@
 A float32 convolution of up to ``TILED_MAX_CHANNELS`` input channels per group (dense,
 grouped or depthwise, of any rank and stride) runs on the register tiles (``_tiled``, over
 ``tiled``'s compiled products): each output is a sum over shifted reads of the flattened,
-padded map (of its stride phases when strided). 1x1 convolutions without padding take the
+padded map (of its stride phases when strided), or of the map itself at stride 1 keeping its
+size (up to ``DIRECT_MAX_CHANNELS`` then). 1x1 convolutions without padding take the
 map as it is (``_pointwise``). Wider layers, and float64 (the gradient checks), take BLAS:
 one product per kernel offset over the same frame (``_shifted``), one group at a time when
 grouped, or im2col where the frame would waste too much.
@@ -118,7 +119,10 @@ def _conv(x, weight, stride, padding, dilation, groups, input_grad):
         if all(s == 1 for s in stride):
             return _pointwise(x, weight, input_grad)
         return _strided_pointwise(x, weight, stride, input_grad)
-    if x.dtype == np.float32 and group_channels <= TILED_MAX_CHANNELS and \
+    if x.dtype == np.float32 and (
+            group_channels <= TILED_MAX_CHANNELS or group_channels <= DIRECT_MAX_CHANNELS and
+            _direct_taps(x.shape[2:], kernel, stride, padding, dilation) is not None and
+            _lanes_filled(x.shape[2:]) >= DIRECT_WIDE_MIN_LANES) and \
             not (groups == 1 and _columns_pay(x, kernel, stride, padding, dilation)):
         return _tiled(x, weight, stride, padding, dilation, groups, input_grad)
     if groups > 1:
@@ -291,6 +295,23 @@ SHIFTED_BLOCK = 1 << 17
 # 3-4x on grouped layers, even to 1.14x faster at 96-128 channels, 1.1x slower at 192 and
 # 1.3-1.8x slower at 256-512 (Intel Xeon, 2 cores)
 TILED_MAX_CHANNELS = 128
+# and up to this many when read in place (``tiled.direct_products``), at stride 1 keeping
+# the map's size: forward and input gradient 1.05-1.2x faster than the columns at 160-256
+# channels on 4x4 to 16x16 maps, 1.1-1.3x slower at 512. Their weight gradient stays on the
+# columns from DIRECT_SUMS_MAX_CHANNELS up (``tiled.direct_sums`` 1.2x slower at 256
+# channels on 8x8 maps, 1.6x on 4x4; 1.1x faster at 160-192)
+DIRECT_MAX_CHANNELS = 256
+DIRECT_SUMS_MAX_CHANNELS = 192
+# where their planes fill this much of the tiles' vectors (a vector holds one sample's
+# positions: 4x4 and 8x8 planes fill theirs, 14x14 94%, 7x7 77%, where 256 channels went
+# 1.1x slower than on the columns)
+DIRECT_WIDE_MIN_LANES = 0.9
+
+
+def _lanes_filled(spatial):
+    """The share of the direct tiles' lanes a plane of this size fills."""
+    plane = math.prod(spatial)
+    return plane / max(1, -(-plane // tiled.LANES) * tiled.LANES)
 
 
 def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
@@ -323,7 +344,11 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
 
     def backward(dy):
         dy_maps = np.ascontiguousarray(dy).reshape(maps.shape[0], out_channels, *maps.shape[2:])
-        dweight = tiled.direct_sums(maps, dy_maps, taps, groups).reshape(weight.shape)
+        if group_channels <= DIRECT_SUMS_MAX_CHANNELS or groups > 1:
+            dweight = tiled.direct_sums(maps, dy_maps, taps, groups).reshape(weight.shape)
+        else:
+            dweight = _weight_grad_on_columns(maps.reshape(x.shape), dy, weight.shape, (
+                kernel, stride, padding, dilation, x.shape[2:]))
         if not input_grad:
             return None, dweight
         # dx[c, p] = sum over o and k of weight[o, c, k] * dy[o, p - shift_k]
@@ -537,13 +562,25 @@ def _on_columns(x, weight, stride, padding, dilation, input_grad):
     y = np.ascontiguousarray(np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1))
 
     def backward(dy):
-        dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(out_channels, -1)
-        dweight = (dy_rows @ columns.gather(x, *sweep).T).reshape(weight.shape)
+        dy_rows = _output_rows(dy)
+        dweight = _weight_grad_on_columns(x, dy_rows, weight.shape, sweep)
         if not input_grad:
             return None, dweight
         return columns.scatter(weight_rows.T @ dy_rows, x.shape, *sweep), dweight
 
     return y, backward
+
+
+def _output_rows(dy):
+    """(N, O, *spatial) as (O, N * positions), the columns' order."""
+    return np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(dy.shape[1], -1)
+
+
+def _weight_grad_on_columns(x, dy, weight_shape, sweep):
+    """The weight gradient as one product of the output gradient's rows (``dy`` as
+    (N, O, *spatial) or already (O, N * positions)) by x's columns; ``x`` C-ordered."""
+    dy_rows = dy if dy.ndim == 2 else _output_rows(dy)
+    return (dy_rows @ columns.gather(x, *sweep).T).reshape(weight_shape)
 
 
 def _group_by_group(x, weight, stride, padding, dilation, groups, input_grad):
