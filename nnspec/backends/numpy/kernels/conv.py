@@ -347,8 +347,9 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
         if group_channels <= DIRECT_SUMS_MAX_CHANNELS or groups > 1:
             dweight = tiled.direct_sums(maps, dy_maps, taps, groups).reshape(weight.shape)
         else:
-            dweight = _weight_grad_on_columns(maps.reshape(x.shape), dy, weight.shape, (
-                kernel, stride, padding, dilation, x.shape[2:]))
+            dweight = _weight_grad_on_columns(maps.reshape(x.shape), _output_rows(dy),
+                                              weight.shape, (kernel, stride, padding,
+                                                             dilation, x.shape[2:]))
         if not input_grad:
             return None, dweight
         # dx[c, p] = sum over o and k of weight[o, c, k] * dy[o, p - shift_k]
@@ -576,10 +577,9 @@ def _output_rows(dy):
     return np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(dy.shape[1], -1)
 
 
-def _weight_grad_on_columns(x, dy, weight_shape, sweep):
-    """The weight gradient as one product of the output gradient's rows (``dy`` as
-    (N, O, *spatial) or already (O, N * positions)) by x's columns; ``x`` C-ordered."""
-    dy_rows = dy if dy.ndim == 2 else _output_rows(dy)
+def _weight_grad_on_columns(x, dy_rows, weight_shape, sweep):
+    """The weight gradient as one product of the output gradient's rows (``_output_rows``)
+    by x's columns; ``x`` C-ordered."""
     return (dy_rows @ columns.gather(x, *sweep).T).reshape(weight_shape)
 
 

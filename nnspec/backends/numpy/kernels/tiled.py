@@ -657,8 +657,9 @@ def _sums_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
-# tiles of WIDE_VECTORS vectors (and at most WIDE_ROWS rows) for small planes: an 8x8 plane
-# is one such tile, where 48-position tiles leave a third of their lanes masked
+# tiles of WIDE_VECTORS vectors and at most WIDE_ROWS rows, 24 sums as the others: for
+# outputs that come in whole blocks of 6 and not of 8 (90 outputs: 15 blocks, where 8-row
+# tiles end in a 2-row one)
 WIDE_VECTORS, WIDE_ROWS = 4, (6 if LANES == 16 else 3)
 WIDE_TILE = LANES * WIDE_VECTORS
 # the direct tiles' (rows, vectors): ROWS x VECTORS and the wide ones, each with the smaller
@@ -688,10 +689,10 @@ def _direct_job(args, range_m, range_n, sa, sb, part):
     """params (parts, out, out rows, x, channels, taps' row and column shifts, taps, packed
     weights, group step through them, groups, the units (x offset, out offset, position),
     units a group, the positions' rows and columns, height, width, group step through x,
-    group step through out, wide); per block of a group's tiles, the channels in passes of
-    whole channels, each pass's reads a tap at a time; the weights of a block of output
-    rows stay in cache while every tile of the block reads them (per tile, a 512-channel
-    layer's 9 MB of weights came from memory: 4x4 maps 160 -> 0 GF/s)."""
+    group step through out, wide, 1 to split the output rows between the parts instead of
+    the tiles); per block of a group's tiles, the channels in passes of whole channels,
+    each pass's reads a tap at a time (``_pack``'s order), every block of output rows in
+    turn, whose weights stay in cache while each tile of the block reads them."""
     params = workers.parameters(args, 21)
     out, out_rows, x, channels = params[1], params[2], params[3], params[4]
     taps_a, taps_b, taps, weights = params[5], params[6], params[7], params[8]
