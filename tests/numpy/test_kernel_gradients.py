@@ -649,7 +649,7 @@ def test_gradients_match_central_differences(name):
 # Public functions of the kernel modules that are not kernels (no `(out, backward)`).
 NOT_KERNELS = {
     "attention.rotary_tables",
-    "dense.column_sums",
+    "dense.affine", "dense.column_sums",
     "norm_layer.flat_parameter", "norm_layer.normalise_rows", "norm_layer.normalise_rows_backward",
     "fused.warm_up",
     # fused's loops in parts (the kernels' cases run them; tests/numpy/test_parallel.py

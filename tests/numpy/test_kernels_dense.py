@@ -47,6 +47,28 @@ def test_linear_matches_torch(leading, in_features, out_features, has_bias):
         assert dbias is None
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, in_features, out_features, strided", [
+    (300, 70, 200, False), (257, 128, 384, True), (0, 64, 96, False)])
+def test_linear_adds_its_product_to_the_bias_as_torch(dtype, rows, in_features, out_features,
+                                                      strided):
+    """Products large enough for BLAS to add them to the bias written first (gemm with beta
+    = 1), rows of a wider array, an empty batch."""
+    rng = np.random.default_rng(rows)
+    wide = rng.standard_normal((rows, in_features + 5 * strided)).astype(dtype)
+    x = wide[:, :in_features]
+    weight = rng.standard_normal((out_features, in_features)).astype(dtype)
+    bias = rng.standard_normal(out_features).astype(dtype)
+    y, _ = linear(x, weight, bias)
+    assert y.dtype == dtype
+    expected = F.linear(*(as_torch(a) for a in (x, weight, bias)))
+    if dtype == np.float32:
+        assert_close(y, expected)
+    else:
+        np.testing.assert_allclose(y, expected.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
 def test_linear_names_the_feature_mismatch():
     with pytest.raises(ValueError, match="expects 4 input features"):
         linear(np.zeros((2, 3), np.float32), np.zeros((5, 4), np.float32), None)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from nnspec.backends.numpy.kernels import fused, workers
-from nnspec.backends.numpy.kernels.dense import column_sums
+from nnspec.backends.numpy.kernels.dense import affine, column_sums
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
 # about this many floats (512 KiB): a block's scores, probabilities and their gradients stay
@@ -416,13 +416,12 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
         ends = np.cumsum([0, len(wq), len(wk), len(wv)])
         spans = [slice(start, end) for start, end in itertools.pairwise(ends)]
         has_bias = [b is not None for b in (bq, bk, bv)]
-        qkv = x_rows @ stacked.T
-        if any(has_bias):
-            qkv += np.concatenate([b if b is not None else np.zeros(len(w), w.dtype)
-                                   for w, b in ((wq, bq), (wk, bk), (wv, bv))])
+        qkv = affine(x_rows, stacked, np.concatenate([
+            b if b is not None else np.zeros(len(w), w.dtype)
+            for w, b in ((wq, bq), (wk, bk), (wv, bv))]) if any(has_bias) else None)
         q, k, v = (qkv[:, span] for span in spans)
     else:
-        q, k, v = (_linear(rows, w, b) for rows, w, b in ((x_rows, wq, bq), (src_rows, wk, bk),
+        q, k, v = (affine(rows, w, b) for rows, w, b in ((x_rows, wq, bq), (src_rows, wk, bk),
                                                          (src_rows, wv, bv)))
     q = q.reshape(batch, steps, heads, head_dim)
     k = k.reshape(batch, keys, kv_heads, head_dim)
@@ -434,7 +433,7 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
                                               causal=causal, dropout=dropout, train=train,
                                               rng=rng, scale=1.0)
     context_rows = context.reshape(-1, embed)
-    y = _linear(context_rows, wo, bo)
+    y = affine(context_rows, wo, bo)
 
     def backward(dy):
         dy_rows = dy.reshape(-1, embed)
@@ -479,13 +478,6 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
         return q_rope_back(dq)[0], k_rope_back(dk)[0]
 
     return y.reshape(batch, steps, embed), backward
-
-
-def _linear(rows, weight, bias):
-    out = rows @ weight.T
-    if bias is not None:
-        out += bias
-    return out
 
 
 def _weight_grads(grads, name, rows, d_out, inputs, has_bias, weights=None, factor=1):

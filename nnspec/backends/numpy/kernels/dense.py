@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blas import add_product
+
 
 def linear(x, weight, bias):
     """y = x @ weight.T + bias for x of shape (..., in); backward gives (dx, dweight, dbias)."""
@@ -11,9 +13,7 @@ def linear(x, weight, bias):
     if x.shape[-1] != in_features:
         raise ValueError(f"linear expects {in_features} input features, got shape {x.shape}")
     rows = x.reshape(-1, in_features)
-    y = rows @ weight.T
-    if bias is not None:
-        y += bias
+    y = affine(rows, weight, bias)
 
     def backward(dy):
         dy_rows = dy.reshape(-1, weight.shape[0])
@@ -23,6 +23,18 @@ def linear(x, weight, bias):
         return dx, dweight, dbias
 
     return y.reshape(*x.shape[:-1], weight.shape[0]), backward
+
+
+def affine(rows, weight, bias):
+    """rows @ weight.T + bias (None: none): the bias written first and the product added to
+    it by BLAS (gemm with beta = 1), where a product and then a pass adding the bias read
+    and wrote the output twice (2048 x 128 -> 384: 0.79 -> 0.69 ms)."""
+    if bias is None:
+        return rows @ weight.T
+    out = np.empty((len(rows), len(weight)), np.result_type(rows, weight))
+    out[...] = bias
+    add_product(rows, weight.T, out)
+    return out
 
 
 def column_sums(rows):
