@@ -18,8 +18,10 @@ vectors, x's values broadcasts, the positions the loop (a 128-channel 16x16 laye
 
 A stride-1 convolution that keeps the map's size needs no frame at all: its reads are the
 (C, H, W) map shifted by each tap's a * W + b, and a read past the map's edge is a masked
-lane (``direct_products``; AVX-512 loads with a zeroing mask cost what plain ones do). Its
-weight gradient masks each tap's reads by a table of bits (``direct_sums``).
+lane (``direct_products``; AVX-512 loads with a zeroing mask cost what plain ones do). A
+vector there is 16 positions of one sample's plane and a tile's vectors may be of several
+samples, so planes of any size fill the tiles (a 4x4 plane is one vector). Its weight
+gradient masks each tap's reads by a table of bits (``direct_sums``).
 
 The tiles are LLVM IR written here (``numba.extending.intrinsic``): numba vectorises loops but
 does not keep a tile of sums in registers across a loop. The vectors are 16 floats where the
