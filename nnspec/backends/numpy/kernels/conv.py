@@ -119,10 +119,8 @@ def _conv(x, weight, stride, padding, dilation, groups, input_grad):
         if all(s == 1 for s in stride):
             return _pointwise(x, weight, input_grad)
         return _strided_pointwise(x, weight, stride, input_grad)
-    if x.dtype == np.float32 and (
-            group_channels <= TILED_MAX_CHANNELS or group_channels <= DIRECT_MAX_CHANNELS and
-            _direct_taps(x.shape[2:], kernel, stride, padding, dilation) is not None and
-            _lanes_filled(x.shape[2:]) >= DIRECT_WIDE_MIN_LANES) and \
+    if x.dtype == np.float32 and _tiles_take(x, group_channels, kernel, stride, padding,
+                                             dilation) and \
             not (groups == 1 and _columns_pay(x, kernel, stride, padding, dilation)):
         return _tiled(x, weight, stride, padding, dilation, groups, input_grad)
     if groups > 1:
@@ -308,10 +306,16 @@ DIRECT_SUMS_MAX_CHANNELS = 192
 DIRECT_WIDE_MIN_LANES = 0.9
 
 
-def _lanes_filled(spatial):
-    """The share of the direct tiles' lanes a plane of this size fills."""
-    plane = math.prod(spatial)
-    return plane / max(1, -(-plane // tiled.LANES) * tiled.LANES)
+def _tiles_take(x, group_channels, kernel, stride, padding, dilation):
+    """Whether the tiles can take a layer of this many channels a group: up to
+    TILED_MAX_CHANNELS, or up to DIRECT_MAX_CHANNELS read in place where its planes fill
+    the vectors."""
+    if group_channels <= TILED_MAX_CHANNELS:
+        return True
+    plane = math.prod(x.shape[2:])
+    filled = plane / max(1, -(-plane // tiled.LANES) * tiled.LANES)
+    return group_channels <= DIRECT_MAX_CHANNELS and filled >= DIRECT_WIDE_MIN_LANES and \
+        _direct_taps(x.shape[2:], kernel, stride, padding, dilation) is not None
 
 
 def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
@@ -319,7 +323,7 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
     "same" convolution) reads the map as it is (``tiled.direct_products``: a tap's reads
     outside the map are masked lanes) and writes the output in place, and so do its input
     gradient (the taps reversed) and weight gradient (``tiled.direct_sums``, each tap's
-    reads masked by a table of bits); others go over the input's frame (``_framed``): output o at
+    reads masked by a table of bits; past DIRECT_SUMS_MAX_CHANNELS on the columns); others go over the input's frame (``_framed``): output o at
     frame position p is the sum over taps k and the group's channels c of weight[o, c, k] *
     frame[c, start_k + p] (``tiled.products``, every group at once, a depthwise layer's
     groups single rows), cropped to the outputs, and the input gradient, per stride phase,

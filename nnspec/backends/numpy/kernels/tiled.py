@@ -828,8 +828,7 @@ def _pack(weights, most=ROWS):
     packed = np.empty((groups, out_rows * channels * taps), np.float32)
     parts = workers.parts() if weights.size >= 1 << 16 else 1
     params = np.array([parts, weights.ctypes.data, extent, *steps, groups, out_rows,
-                       channels, taps, most,
-                       packed.ctypes.data], np.int64)
+                       channels, taps, most, packed.ctypes.data], np.int64)
     workers.run(_pack_job, params)
     return packed
 
@@ -857,8 +856,8 @@ def direct_products(out, x, taps, weights, groups=1):
     plane = height * width
     taps_a = np.array([a for a, _ in taps], np.int64)
     taps_b = np.array([b for _, b in taps], np.int64)
-    # 8-row tiles where they cover the outputs in whole blocks, the wide ones (fewer rows,
-    # more vectors) otherwise: 48 and 96 outputs are whole blocks of 6
+    # 8-row tiles unless the outputs come in whole blocks of 6 and not of 8 (90 outputs):
+    # then the wide ones (fewer rows, more vectors)
     wide = out_rows % ROWS != 0 and out_rows % WIDE_ROWS == 0
     vectors, most = (WIDE_VECTORS, WIDE_ROWS) if wide else (VECTORS, ROWS)
     packed = _pack(weights, most)
