@@ -117,8 +117,8 @@ def _tanh_all(x, out):
         out[i] = fused.tanh(x[i])
 
 
-def test_tanh_is_float64s_to_2e7_and_passes_nan_and_the_infinities():
-    """The LSTM steps' tanh: within 2e-7 of float64's over [-100, 100], exactly 1 (-1) past
+def test_tanh_is_float64s_to_4e7_and_passes_nan_and_the_infinities():
+    """The recurrent steps' tanh: within 4e-7 of float64's over [-100, 100], exactly 1 (-1) past
     float32's saturation, NaN for NaN, with no floating-point flag raised."""
     x = np.concatenate([np.linspace(-100, 100, 400_001), [np.nan, np.inf, -np.inf, 0.0, 1e-30]]
                        ).astype(np.float32)
@@ -126,7 +126,7 @@ def test_tanh_is_float64s_to_2e7_and_passes_nan_and_the_infinities():
     with np.errstate(all="raise"):
         _tanh_all(x, out)
     finite = x[:-5]
-    assert np.abs(out[:-5] - np.tanh(finite.astype(np.float64))).max() < 2e-7
+    assert np.abs(out[:-5] - np.tanh(finite.astype(np.float64))).max() < 4e-7
     assert np.all(out[:-5][finite >= 10] == 1) and np.all(out[:-5][finite <= -10] == -1)
     assert np.isnan(out[-5]) and out[-4] == 1 and out[-3] == -1 and out[-2] == 0
     assert abs(out[-1]) <= 1e-30

@@ -64,15 +64,34 @@ def _exp_negative(x):
     return _F(0.0) if x < _EXP_LOWEST else p * power
 
 
+# tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], P of degree 6 and Q of degree 3, both with a
+# constant term of 1 (so that small x lose nothing): fitted by reweighted least squares
+# against float64 tanh for the largest absolute error, 1e-8 in float64 (float32's rounding
+# of the evaluation makes it 3.2e-7). Past 9, float32's tanh is 1 to within an ulp. One
+# division and ten multiply-adds: the LSTM step's five tanh over 128 samples x 256 units
+# 179 -> 106 us against the exp-based form (Intel Xeon, one core)
+_TANH_SATURATED = _F(9.0)
+_TANH_P1, _TANH_P2, _TANH_P3, _TANH_P4, _TANH_P5, _TANH_P6 = (
+    _F(0.13086748123168945), _F(0.003106992691755295), _F(1.118545787903713e-05),
+    _F(-2.034780521853463e-08), _F(5.3348568618272196e-11), _F(-8.62935956957682e-14))
+_TANH_Q1, _TANH_Q2, _TANH_Q3 = (
+    _F(0.4642007648944855), _F(0.02450733073055744), _F(0.00025505313533358276))
+
+
 @_inline
 def tanh(x):
-    """tanh from exp(-2|x|): (1 - e) / (1 + e), its sign x's. Absolute error under 2e-7;
-    NaN stays NaN."""
-    e = _exp_negative(_F(-2.0) * abs(x))
-    t = (_F(1.0) - e) / (_F(1.0) + e)
-    if np.isnan(x):
-        return x
-    return t if x >= 0 else -t
+    """tanh by the rational fit above, exactly 1 (-1) from 9 (-9) on; NaN stays NaN (the
+    clamps' comparisons are false for it)."""
+    # written out, not min and max: these keep NaN, whichever way numba orders min's operands
+    c = _TANH_SATURATED if x > _TANH_SATURATED else x  # noqa: FURB136
+    c = -_TANH_SATURATED if c < -_TANH_SATURATED else c  # noqa: FURB136
+    s = c * c
+    p = (((((_TANH_P6 * s + _TANH_P5) * s + _TANH_P4) * s + _TANH_P3) * s + _TANH_P2) * s
+         + _TANH_P1) * s + _F(1.0)
+    q = ((_TANH_Q3 * s + _TANH_Q2) * s + _TANH_Q1) * s + _F(1.0)
+    t = c * p / q
+    t = _F(1.0) if c == _TANH_SATURATED else t
+    return _F(-1.0) if c == -_TANH_SATURATED else t
 
 
 @_inline

@@ -38,7 +38,7 @@ def _gate_rows(gates, n, hidden):
             gates[row + 2 * hidden:row + 3 * hidden], gates[row + 3 * hidden:row + 4 * hidden])
 
 
-_STEP_PARAMETERS = 12
+_STEP_PARAMETERS = 13
 
 
 @workers.Task
@@ -47,14 +47,15 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     ``tiled.PRODUCT_PARAMETERS`` each), their step parameters (a row of ``_STEP_PARAMETERS``
     each), the step parameters that move with the step (rows of index, address at step 0,
     bytes a step, step offset), how many, the product's out at step 0 and its bytes a step,
-    1 where the first step in time has a product (an initial state), or backward where the
-    last has a cell gradient carried in (a final one's), 1 where the parts must meet, and
+    backward 1 where the last step has a cell gradient carried in (a final one's), 1 where
+    the parts must meet, and
     the address of two int64 zeros for their meetings). Every step of a direction in one
     dispatch. Where a part's samples, its product's rows and its weights are its own, the
     parts never meet; else (the weights too large for one core's cache) each step's product
     splits the positions and its arithmetic the samples, and the parts meet after each."""
     params = workers.parameters(args, 12)
-    parts, steps, backward, given = params[0], params[1], params[2] != 0, params[9] != 0
+    parts, steps, backward = params[0], params[1], params[2] != 0
+    carried_in = params[9] != 0
     meeting, sync = params[10] != 0, params[11]
     first, end = part, part + 1
     if meeting and not workers.together(sync, part, parts):
@@ -68,17 +69,16 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     meetings = 0
     for k in range(steps):
         s = steps - 1 - k if backward else k
-        # forward, step 0 multiplies a given state only; backward, the last step has no
-        # step after it to send its gradient back
-        edge = s == (steps - 1 if backward else 0)
-        multiply = not edge or (given and not backward)
+        # backward, the last step has no step after it to send its gradient back
+        edge = backward and s == steps - 1
+        multiply = not edge
         for p in range(first, end):
             step_params = step_rows[p * _STEP_PARAMETERS:(p + 1) * _STEP_PARAMETERS]
             for field in range(params[6]):
                 row = moving[4 * field:4 * field + 4]
                 step_params[row[0]] = row[1] + (s + row[3]) * row[2]
             if backward:
-                step_params[8] = 1 if not edge or given else 0
+                step_params[8] = 1 if not edge or carried_in else 0
             if multiply:
                 product = products[p * size:(p + 1) * size]
                 product[1] = params[7] + s * params[8]
@@ -100,20 +100,21 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
 
 @numba.njit(inline="always")
 def _forward_part(params, part):
-    """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, state,
-    packed, packed starts, packed steps, the state's row stride). ``gates`` (N, 4H) holds
-    the step's pre-activations and gets the gates; the cells are (N, H), the state N rows
-    of H, and the new state also goes to ``packed``, as the next step's product reads it
-    (``tiled.packed_places``)."""
-    hidden, batch = params[1], params[2]
+    """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, the next
+    step's rows, packed, packed starts, packed steps, the rows' stride, features).
+    ``gates`` (N, 4H) holds the step's pre-activations and gets the gates; the cells are
+    (N, H). The next step's rows are N of its input (``features`` long, the ones included)
+    followed by the state, which gets the new one; both also go to ``packed``, where the
+    next step's product reads them (``tiled.packed_places``)."""
+    hidden, batch, features = params[1], params[2], params[12]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
     previous = floats(params, 4, (batch * hidden,))
     cell = floats(params, 5, (batch * hidden,))
     tanh_cell = floats(params, 6, (batch * hidden,))
-    state_stride = params[11]
-    state = floats(params, 7, (batch * state_stride,))
-    packed = floats(params, 8, (batch * (hidden + 1),))
+    row_stride = params[11]
+    rows = floats(params, 7, (batch * row_stride,))
+    packed = floats(params, 8, (batch * (features + hidden + 1),))
     starts, steps = integers(params, 9, batch), integers(params, 10, batch)
     half = _F(0.5)
     first, end = part_range(batch, part, params[0], 1)
@@ -121,7 +122,8 @@ def _forward_part(params, part):
         o, i, f, g = _gate_rows(gates, n, hidden)
         units = slice(n * hidden, (n + 1) * hidden)
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
-        h = state[n * state_stride:n * state_stride + hidden]
+        row = rows[n * row_stride:n * row_stride + features + hidden]
+        h = row[features:]
         for u in range(hidden):
             out_gate = half + half * tanh(o[u])
             in_gate = half + half * tanh(i[u])
@@ -132,8 +134,8 @@ def _forward_part(params, part):
             o[u], i[u], f[u], g[u] = out_gate, in_gate, forget, candidate
             c[u], tanh_c[u], h[u] = value, squashed, out_gate * squashed
         start, step = starts[n], steps[n]
-        for u in range(hidden):
-            packed[start + u * step] = h[u]
+        for j in range(features + hidden):
+            packed[start + j * step] = row[j]
 
 
 @numba.njit(inline="always")
@@ -218,7 +220,7 @@ class _Blocks:
         return (index, self.base, self.step, offset)
 
 
-def _all_steps(parts, steps, backward, product, packed, step_params, moving, out, given,
+def _all_steps(parts, steps, backward, product, packed, step_params, moving, out, carried_in,
                meeting):
     """Runs ``_steps_job``: every step of a direction, one dispatch (each part its own copy
     of the parameters it moves), the product's weights read from ``packed``."""
@@ -228,7 +230,7 @@ def _all_steps(parts, steps, backward, product, packed, step_params, moving, out
     products = np.tile(product.params, (parts, 1))
     sync = np.zeros(2, np.int64)
     params = np.array([parts, steps, backward, products.ctypes.data, rows.ctypes.data,
-                       moving.ctypes.data, len(moving), out.base, out.step, given, meeting,
+                       moving.ctypes.data, len(moving), out.base, out.step, carried_in, meeting,
                        sync.ctypes.data], np.int64)
     workers.run(_steps_job, params)
 
@@ -253,37 +255,37 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     # each step's input and the state it starts from side by side, (T + 1, N, F + 1 + H +
     # 1): the weight gradients are then one product (T64 H256: 5.8 -> 5.2 ms)
     rows = np.empty((steps + 1, batch, features + hidden + 1), _F)
-    rows[:steps, :, :features] = inputs.transpose(0, 2, 1)  # the last step's is not read
+    rows[:steps, :, :features] = inputs.transpose(0, 2, 1)
+    rows[steps, :, :features] = 0  # the last step packs it as the next input
     step_rows = rows[:steps].reshape(steps * batch, -1)
-    # the transposed weights as views: BLAS reads them as they are, and the Product's
-    # panels are copies already
-    gates = (step_rows[:, :features] @ (input_weights * scale).T).reshape(steps, batch,
-                                                                          gate_rows)
-    recurrent_t = (recurrent_weights * scale).T  # (H + 1, 4H)
     states = rows[:, :, features:]
     states[:, :, hidden] = 1
     states[0, :, :hidden] = start[0].T if start else 0
     cells = np.empty((steps + 1, batch, hidden), _F)
     cells[0] = start[1].T if start else 0
     tanh_cells = np.empty((steps, batch, hidden), _F)
+    # each step's product reads its input and the state it starts from, (N, F + 1 + H + 1)
+    # by the weights (F + 1 + H + 1, 4H): the input's share of a step is a product that
+    # BLAS ran at its worst, 65 reads over 64 MB of output, before the steps (T64 H256
+    # batch 256: 10.3 ms), and each step then read that output back
+    weights_t = np.concatenate([(input_weights * scale).T, (recurrent_weights * scale).T])
+    gates = np.empty((steps, batch, gate_rows), _F)
     parts = min(batch, workers.parts()) if batch * hidden >= _SPLIT_MIN_UNITS else 1
     # each part's samples on its core throughout (the product's rows, with the whole of
     # the weights, and the step's arithmetic) where the weights fit its cache: the parts
     # never meet; else the products split the positions and the parts meet twice a step
-    items = _items(batch, parts, recurrent_t.nbytes)
-    product = tiled.Product(batch, gate_rows, recurrent_t, items, parts)
-    packed = _Packed(batch, hidden + 1, items)
-    packed.fill(states[0])
-    gate_blocks, cell_blocks, tanh_blocks, state_blocks = map(
-        _Blocks, (gates, cells, tanh_cells, states))
+    items = _items(batch, parts, weights_t.nbytes)
+    product = tiled.Product(batch, gate_rows, weights_t, items, parts, accumulate=False)
+    packed = _Packed(batch, features + hidden + 1, items)
+    packed.fill(rows[0])
+    gate_blocks, cell_blocks, tanh_blocks, row_blocks = map(
+        _Blocks, (gates, cells, tanh_cells, rows))
     params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
-                       packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2]],
-                      np.int64)
-    if not start:  # a zero state: step 0's product is its bias row alone
-        gates[0] += recurrent_t[hidden]
+                       packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2],
+                       features], np.int64)
     _all_steps(parts, steps, False, product, packed, params,
                [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
-                tanh_blocks.moving(6), state_blocks.moving(7, 1)], gate_blocks, bool(start),
+                tanh_blocks.moving(6), row_blocks.moving(7, 1)], gate_blocks, False,
                items != parts)
     outputs = states[1:, :, :hidden].transpose(0, 2, 1)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
@@ -306,7 +308,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
             carried[...] = d_final_cell.T
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
-                         packed_grads.steps.ctypes.data], np.int64)
+                         packed_grads.steps.ctypes.data, 0], np.int64)
         d_blocks = _Blocks(d_rows)
         _all_steps(parts, steps, True, back_product, packed_grads, back,
                    [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),

@@ -1193,11 +1193,12 @@ class Product:
     (reads, PANEL) on end: a tile then reads one run of memory, where the matrix's rows
     would have it read three cache lines from each of ``reads`` pages (M 16 by 2048
     positions of 513 reads, an H 512 LSTM's step: 340 -> 135 us on two cores, 250 GFLOP/s;
-    NumPy's BLAS took 300 us, torch's 183). With ``items``, the rows are that many equal
+    NumPy's BLAS took 300 us, torch's 183). Without ``accumulate``, out gets the product
+    instead, its old values never read. With ``items``, the rows are that many equal
     items, each a part's (so a part's rows stay on its core, with the whole of the matrix);
     else the parts split the positions."""
 
-    def __init__(self, rows, stride, matrix, items=1, parts=None):
+    def __init__(self, rows, stride, matrix, items=1, parts=None, accumulate=True):
         if rows % items:
             raise ValueError(f"Product: {rows} rows in {items} equal items")
         reads, length = matrix.shape
@@ -1211,10 +1212,11 @@ class Product:
         parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
         self.params = np.array([parts, 0, stride, item_rows, self.panels.ctypes.data,
                                 self.offsets.ctypes.data, 0, reads, length, items,
-                                item_rows * stride, 0, item_rows * reads, 1, PANEL], np.int64)
+                                item_rows * stride, 0, item_rows * reads, int(accumulate),
+                                PANEL], np.int64)
 
     def add(self, out, packed):
-        """out += the product, by addresses: out's rows ``stride`` floats apart, ``packed``
+        """out += the product (out = it, made without ``accumulate``), by addresses: out's rows ``stride`` floats apart, ``packed``
         the weights where ``packed_places`` puts them."""
         self.bind(out, packed)
         workers.run(_products_job, self.params)
