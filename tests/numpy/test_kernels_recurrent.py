@@ -222,20 +222,39 @@ def test_dropout_between_layers_zeroes_and_rescales_only_lower_layers_outputs():
     np.testing.assert_array_equal(first, first_plain)  # never after the last layer
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
-@pytest.mark.parametrize("batch, hidden, bidirectional", [
+REAL_SIZES = [
     (13, 300, True),   # rows packed 8 + 4 + 1; the backward product's 1200 reads in passes
     (32, 128, False),  # the steps split between the cores
     (1, 70, False),    # one sample: one part
     (6, 203, False),   # 6 samples of 203 units: 3 a core
-])
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("batch, hidden, bidirectional", REAL_SIZES)
 def test_float32_recurrent_steps_at_real_sizes_match_torch_and_the_float64_passes(
         mode, batch, hidden, bidirectional):
-    """A float32 LSTM runs ``lstm_steps``' sample-major steps (the recurrent products on the
-    tiles, the gate arithmetic compiled), a float32 GRU ``gru_steps``' compiled
-    arithmetic; float64 runs NumPy's passes. Both, from given initial states and with
-    gradients through the final ones, against torch."""
+    """A float32 LSTM runs ``lstm_steps``' sample-major steps (the products on the tiles,
+    the input's share in them, the gate arithmetic compiled), a float32 GRU
+    ``gru_steps``' compiled arithmetic; float64 runs NumPy's passes. Both, from given
+    initial states and with gradients through the final ones, against torch."""
+    _check_steps_at_real_sizes(mode, batch, hidden, bidirectional)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch, hidden, bidirectional", REAL_SIZES)
+def test_float32_lstm_steps_with_the_input_products_apart_match_torch(
+        monkeypatch, batch, hidden, bidirectional):
+    """Where the input is wide (``lstm_steps._folds``), its share is a product of its own
+    before the steps, and its gradient one after."""
+    from nnspec.backends.numpy.kernels import lstm_steps
+
+    monkeypatch.setattr(lstm_steps, "_folds", lambda *_: False)
+    _check_steps_at_real_sizes("lstm", batch, hidden, bidirectional)
+
+
+def _check_steps_at_real_sizes(mode, batch, hidden, bidirectional):
     layers, features, steps = 2, 9, 7
     params, module, x, initial, _ = case_with_states(mode, features, hidden, layers,
                                                      bidirectional, batch, steps, (3, 4))

@@ -5,17 +5,19 @@ register tiles, its gate arithmetic one compiled pass, both on both cores.
 NumPy's passes; an LSTM step there was BLAS's product of the (4H, H + 1) weights with the
 (H + 1, N) state (2 x 1024 x 257 x 32 flops in 78 us, the narrow N its weak shape), ten
 NumPy passes over (4H, N) blocks, and in the backward five passes over the whole sequence
-and seven a step. Here a step's rows are samples, (N, 4H): the recurrent product is the
-tiles' (``tiled.Product``: N rows of weights, the state's, by the transposed recurrent
-weights' rows, 4H positions long, read from panels), and compiled arithmetic makes a
-step's gates, cell and state (or, backward, their gradients) from it, writing the next
-product's weights already packed. Every step of a direction is one job
+and seven a step. Here a step's rows are samples, (N, 4H): a step's product is the tiles'
+(``tiled.Product``: N rows of weights, the state the step starts from, by the transposed
+recurrent weights' rows, 4H positions long, read from panels; where the input is narrow,
+``_folds``, the step's input beside the state, by the input weights' rows stacked on
+them), and compiled arithmetic makes the step's gates, cell and state from it, writing
+the next product's weights already packed. Backward, a step's product takes its gate
+gradients back to the state before it (and, where it folds, to its input), and the
+arithmetic makes the gate gradients. Every step of a direction is one job
 (``_steps_job``): where each core's product rows are its own samples the cores never meet;
-else they meet at a barrier after each step's product and after its arithmetic. The input
-projection is one product over every step before the loop, and the weight
-gradients one product after it, (4H, T * N) by (T * N, F + 1 + H + 1), each step's input
-kept beside the state it starts from. Gates are (o, i, f, g), the sigmoid ones'
-pre-activations halved, as in `recurrent_cells`.
+else they meet at a barrier after each step's product and after its arithmetic. The weight
+gradients are one product after the loop, (4H, T * N) by (T * N, F + 1 + H + 1), each
+step's input kept beside the state it starts from. Gates are (o, i, f, g), the sigmoid
+ones' pre-activations halved, as in `recurrent_cells`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _gate_rows(gates, n, hidden):
             gates[row + 2 * hidden:row + 3 * hidden], gates[row + 3 * hidden:row + 4 * hidden])
 
 
-_STEP_PARAMETERS = 13
+_STEP_PARAMETERS = 14
 
 
 @workers.Task
@@ -50,7 +52,8 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     backward 1 where the last step has a cell gradient carried in (a final one's), 1 where
     the parts must meet, and
     the address of two int64 zeros for their meetings). Every step of a direction in one
-    dispatch. Where a part's samples, its product's rows and its weights are its own, the
+    dispatch; backward, a last product after the steps, at step -1's out, takes step 0's
+    gate gradients back. Where a part's samples, its product's rows and its weights are its own, the
     parts never meet; else (the weights too large for one core's cache) each step's product
     splits the positions and its arithmetic the samples, and the parts meet after each."""
     params = workers.parameters(args, 12)
@@ -95,18 +98,24 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
         if meeting:
             meetings += 1
             workers.meet(sync + 8, parts, meetings)
+    if backward:  # step 0's gradients through the product: the initial state's and its input's
+        for p in range(first, end):
+            product = products[p * size:(p + 1) * size]
+            product[1] = params[7] - params[8]
+            tiled.products_part(product, p)
     return 0
 
 
 @numba.njit(inline="always")
 def _forward_part(params, part):
     """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, the next
-    step's rows, packed, packed starts, packed steps, the rows' stride, features).
-    ``gates`` (N, 4H) holds the step's pre-activations and gets the gates; the cells are
-    (N, H). The next step's rows are N of its input (``features`` long, the ones included)
-    followed by the state, which gets the new one; both also go to ``packed``, where the
-    next step's product reads them (``tiled.packed_places``)."""
-    hidden, batch, features = params[1], params[2], params[12]
+    step's rows, packed, packed starts, packed steps, the rows' stride, features, packed
+    inputs). ``gates`` (N, 4H) holds the step's pre-activations and gets the gates; the
+    cells are (N, H). The next step's rows are N of its input (``features`` long, the ones
+    included) followed by the state, which gets the new one; the state, after the input's
+    last ``packed inputs`` values, also goes to ``packed``, where the next step's product
+    reads them (``tiled.packed_places``)."""
+    hidden, batch, features, packed_inputs = params[1], params[2], params[12], params[13]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
     previous = floats(params, 4, (batch * hidden,))
@@ -114,7 +123,7 @@ def _forward_part(params, part):
     tanh_cell = floats(params, 6, (batch * hidden,))
     row_stride = params[11]
     rows = floats(params, 7, (batch * row_stride,))
-    packed = floats(params, 8, (batch * (features + hidden + 1),))
+    packed = floats(params, 8, (batch * (packed_inputs + hidden + 1),))
     starts, steps = integers(params, 9, batch), integers(params, 10, batch)
     half = _F(0.5)
     first, end = part_range(batch, part, params[0], 1)
@@ -134,22 +143,24 @@ def _forward_part(params, part):
             o[u], i[u], f[u], g[u] = out_gate, in_gate, forget, candidate
             c[u], tanh_c[u], h[u] = value, squashed, out_gate * squashed
         start, step = starts[n], steps[n]
-        for j in range(features + hidden):
-            packed[start + j * step] = row[j]
+        for j in range(packed_inputs + hidden):
+            packed[start + j * step] = row[features - packed_inputs + j]
 
 
 @numba.njit(inline="always")
 def _backward_part(params, part):
     """params (parts, hidden, batch, gates, d_state, previous cell, tanh of the cell,
-    carried, carried in, packed, packed starts, packed steps). From the step's gates (N, 4H)
-    and the gradient reaching its state (N, H), ``gates`` gets the gradients of their
+    carried, carried in, packed, packed starts, packed steps, d_state's row stride). From
+    the step's gates (N, 4H) and the gradient reaching its state (N rows of H), ``gates``
+    gets the gradients of their
     (unhalved) pre-activations, also written to ``packed`` as the next product reads them;
     ``carried`` (N, H) holds dc f of the step after (added when ``carried in``) and gets
     this step's."""
     hidden, batch = params[1], params[2]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
-    d_state = floats(params, 4, (batch * hidden,))
+    d_stride = params[12]
+    d_state = floats(params, 4, (batch * d_stride,))
     previous = floats(params, 5, (batch * hidden,))
     tanh_cell = floats(params, 6, (batch * hidden,))
     carried = floats(params, 7, (batch * hidden,))
@@ -161,8 +172,8 @@ def _backward_part(params, part):
     for n in range(first, end):
         o, i, f, g = _gate_rows(gates, n, hidden)
         units = slice(n * hidden, (n + 1) * hidden)
-        dh, c_prev, tanh_c, dc_next = d_state[units], previous[units], tanh_cell[units], \
-            carried[units]
+        dh = d_state[n * d_stride:n * d_stride + hidden]
+        c_prev, tanh_c, dc_next = previous[units], tanh_cell[units], carried[units]
         for u in range(hidden):
             t = tanh_c[u]
             dc = dh[u] * o[u] * (one - t * t)
@@ -187,6 +198,17 @@ def _items(batch, parts, weight_bytes):
     the positions, each reading half the weights)."""
     fits = weight_bytes <= _CACHED_WEIGHT_BYTES and batch % parts == 0
     return parts if fits else 1
+
+
+def _folds(inputs, hidden) -> bool:
+    """Whether a step's product takes the input's share too (the stacked weights): where
+    the input is narrow, at most half the state. Its share as one product over the
+    sequence is then one BLAS runs at its worst, few reads (or, backward, few outputs a
+    row) over a large output (H 256 batch 256, T 64: F 64 fwd 67 -> 60 ms, bwd 123 ->
+    116; F 128 82 -> 71, 151 -> 135); with an input as wide as the state the stacked
+    weights no longer stay in a core's cache, and the steps were slower (F 256 at batch
+    128: 59 -> 66, 106 -> 116)."""
+    return 2 * inputs <= hidden
 
 
 # a core's L2 is 2 MiB here (Intel Xeon): weights up to 1.5 MiB stay in it from step to step
@@ -264,25 +286,30 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     cells = np.empty((steps + 1, batch, hidden), _F)
     cells[0] = start[1].T if start else 0
     tanh_cells = np.empty((steps, batch, hidden), _F)
-    # each step's product reads its input and the state it starts from, (N, F + 1 + H + 1)
-    # by the weights (F + 1 + H + 1, 4H): the input's share of a step is a product that
-    # BLAS ran at its worst, 65 reads over 64 MB of output, before the steps (T64 H256
-    # batch 256: 10.3 ms), and each step then read that output back
-    weights_t = np.concatenate([(input_weights * scale).T, (recurrent_weights * scale).T])
-    gates = np.empty((steps, batch, gate_rows), _F)
+    # where ``_folds``, each step's product reads its input and the state it starts from,
+    # (N, F + 1 + H + 1), by the stacked weights (F + 1 + H + 1, 4H); else the input's
+    # share is one product before the steps, which the steps' products add to
+    input_t, recurrent_t = (input_weights * scale).T, (recurrent_weights * scale).T
     parts = min(batch, workers.parts()) if batch * hidden >= _SPLIT_MIN_UNITS else 1
+    if _folds(features - 1, hidden):
+        weights_t, packed_inputs = np.concatenate([input_t, recurrent_t]), features
+        gates = np.empty((steps, batch, gate_rows), _F)
+    else:
+        weights_t, packed_inputs = recurrent_t, 0
+        gates = (step_rows[:, :features] @ input_t).reshape(steps, batch, gate_rows)
     # each part's samples on its core throughout (the product's rows, with the whole of
     # the weights, and the step's arithmetic) where the weights fit its cache: the parts
     # never meet; else the products split the positions and the parts meet twice a step
     items = _items(batch, parts, weights_t.nbytes)
-    product = tiled.Product(batch, gate_rows, weights_t, items, parts, accumulate=False)
-    packed = _Packed(batch, features + hidden + 1, items)
-    packed.fill(rows[0])
+    product = tiled.Product(batch, gate_rows, weights_t, items, parts,
+                            accumulate=not packed_inputs)
+    packed = _Packed(batch, packed_inputs + hidden + 1, items)
+    packed.fill(rows[0, :, features - packed_inputs:])
     gate_blocks, cell_blocks, tanh_blocks, row_blocks = map(
         _Blocks, (gates, cells, tanh_cells, rows))
     params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
                        packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2],
-                       features], np.int64)
+                       features, packed_inputs], np.int64)
     _all_steps(parts, steps, False, product, packed, params,
                [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
                 tanh_blocks.moving(6), row_blocks.moving(7, 1)], gate_blocks, False,
@@ -294,37 +321,45 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         d_final_h, d_final_cell = (*d_final, None, None)[:2]
         if reverse:
             d_states = d_states[::-1]
-        # (T, N, H) in processing order, a copy: the products add into it (for one sample
-        # the transposed view is contiguous, and would have been the caller's array)
-        d_rows = d_states.transpose(0, 2, 1).copy()
+        # each backward step's product sends its gate gradients back to the state before
+        # it, added to the gradient from above, and, where ``_folds``, to its own input,
+        # through the stacked weights (4H, H + F). back_rows[k] holds the gradient of state
+        # k - 1 (of the initial state at k = 0), then that of input k; a product after the
+        # steps gives block 0
+        back_weights = recurrent_weights[:, :hidden]  # (4H, H)
+        if _folds(features - 1, hidden):
+            back_weights = np.concatenate([back_weights, input_weights[:, :-1]], axis=1)
+        width = back_weights.shape[1]
+        back_rows = np.empty((steps + 1, batch, width), _F)
+        back_rows[0, :, :hidden] = 0
+        back_rows[1:, :, :hidden] = d_states.transpose(0, 2, 1)
+        back_rows[:, :, hidden:] = 0
         if d_final_h is not None:
-            d_rows[-1] += d_final_h.T
-        recurrent_plain = recurrent_weights[:, :hidden]  # (4H, H)
-        back_items = _items(batch, parts, recurrent_plain.nbytes)
-        back_product = tiled.Product(batch, hidden, recurrent_plain, back_items, parts)
+            back_rows[-1, :, :hidden] += d_final_h.T
+        back_items = _items(batch, parts, back_weights.nbytes)
+        back_product = tiled.Product(batch, width, back_weights, back_items, parts)
         packed_grads = _Packed(batch, gate_rows, back_items)
         carried = np.empty((batch, hidden), _F)
         if d_final_cell is not None:
             carried[...] = d_final_cell.T
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
-                         packed_grads.steps.ctypes.data, 0], np.int64)
-        d_blocks = _Blocks(d_rows)
+                         packed_grads.steps.ctypes.data, width, 0], np.int64)
+        d_blocks = _Blocks(back_rows[1:])  # step s's product writes block s + 1
         _all_steps(parts, steps, True, back_product, packed_grads, back,
                    [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),
                     tanh_blocks.moving(6)], d_blocks, d_final_cell is not None,
                    back_items != parts)
-        d_start = ()
-        if start:  # through step 0's recurrent product, and its forget gate
-            d_start = ((gates[0] @ recurrent_plain).T, carried.T)
+        d_start = (back_rows[0, :, :hidden].T, carried.T) if start else ()
         d_pre = gates.reshape(steps * batch, gate_rows)
         # C-ordered: the product the other way round ran 6% faster, but its transposed
         # result made the reorder to torch's gate order a strided gather (6.3 ms at H 512)
         d_weights = d_pre.T @ step_rows
         d_input_weights, d_recurrent_weights = d_weights[:, :features], d_weights[:, features:]
-        # (T, N, F), sample-major as the layer below takes it (this orientation: T64 N32
-        # F64 H256 1.38 -> 1.08 ms)
-        d_input = (d_pre @ input_weights[:, :-1]).reshape(steps, batch, -1)
+        if width > hidden:  # (T, N, F), sample-major as the layer below takes it
+            d_input = back_rows[:steps, :, hidden:]
+        else:
+            d_input = (d_pre @ input_weights[:, :-1]).reshape(steps, batch, -1)
         return d_input[::-1] if reverse else d_input, d_start, d_input_weights, \
             d_recurrent_weights
 
