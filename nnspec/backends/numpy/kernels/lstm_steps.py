@@ -50,12 +50,12 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     each), the step parameters that move with the step (rows of index, address at step 0,
     bytes a step, step offset), how many, the product's out at step 0 and its bytes a step,
     backward 1 where the last step has a cell gradient carried in (a final one's), 1 where
-    the parts must meet, and
-    the address of two int64 zeros for their meetings). Every step of a direction in one
-    dispatch; backward, a last product after the steps, at step -1's out, takes step 0's
-    gate gradients back. Where a part's samples, its product's rows and its weights are its own, the
-    parts never meet; else (the weights too large for one core's cache) each step's product
-    splits the positions and its arithmetic the samples, and the parts meet after each."""
+    the parts must meet, and the address of two int64 zeros for their meetings). Every step
+    of a direction in one dispatch; backward, a last product after the steps, at step -1's
+    out, takes step 0's gate gradients back. Where a part's samples, its product's rows and
+    its weights are its own, the parts never meet; else (the weights too large for one
+    core's cache) each step's product splits the positions and its arithmetic the samples,
+    and the parts meet after each."""
     params = workers.parameters(args, 12)
     parts, steps, backward = params[0], params[1], params[2] != 0
     carried_in = params[9] != 0
@@ -98,7 +98,7 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
         if meeting:
             meetings += 1
             workers.meet(sync + 8, parts, meetings)
-    if backward:  # step 0's gradients through the product: the initial state's and its input's
+    if backward:  # step 0's gate gradients back: to the initial state, and its input
         for p in range(first, end):
             product = products[p * size:(p + 1) * size]
             product[1] = params[7] - params[8]
@@ -152,10 +152,9 @@ def _backward_part(params, part):
     """params (parts, hidden, batch, gates, d_state, previous cell, tanh of the cell,
     carried, carried in, packed, packed starts, packed steps, d_state's row stride). From
     the step's gates (N, 4H) and the gradient reaching its state (N rows of H), ``gates``
-    gets the gradients of their
-    (unhalved) pre-activations, also written to ``packed`` as the next product reads them;
-    ``carried`` (N, H) holds dc f of the step after (added when ``carried in``) and gets
-    this step's."""
+    gets the gradients of their (unhalved) pre-activations, also written to ``packed`` as
+    the next product reads them; ``carried`` (N, H) holds dc f of the step after (added
+    when ``carried in``) and gets this step's."""
     hidden, batch = params[1], params[2]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
