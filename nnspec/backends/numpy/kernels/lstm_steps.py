@@ -40,7 +40,7 @@ def _gate_rows(gates, n, hidden):
             gates[row + 2 * hidden:row + 3 * hidden], gates[row + 3 * hidden:row + 4 * hidden])
 
 
-_STEP_PARAMETERS = 14
+_STEP_PARAMETERS = 16
 
 
 @workers.Task
@@ -110,11 +110,12 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
 def _forward_part(params, part):
     """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, the next
     step's rows, packed, packed starts, packed steps, the rows' stride, features, packed
-    inputs). ``gates`` (N, 4H) holds the step's pre-activations and gets the gates; the
-    cells are (N, H). The next step's rows are N of its input (``features`` long, the ones
-    included) followed by the state, which gets the new one; the state, after the input's
-    last ``packed inputs`` values, also goes to ``packed``, where the next step's product
-    reads them (``tiled.packed_places``)."""
+    inputs, the step's output, its stride). ``gates`` (N, 4H) holds the step's
+    pre-activations and gets the gates; the cells are (N, H). The next step's rows are N of
+    its input (``features`` long, the ones included) followed by the state, which gets the
+    new one; the state, after the input's last ``packed inputs`` values, also goes to
+    ``packed``, where the next step's product reads them (``tiled.packed_places``), and to
+    the output, N rows of H."""
     hidden, batch, features, packed_inputs = params[1], params[2], params[12], params[13]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
@@ -125,6 +126,8 @@ def _forward_part(params, part):
     rows = floats(params, 7, (batch * row_stride,))
     packed = floats(params, 8, (batch * (packed_inputs + hidden + 1),))
     starts, steps = integers(params, 9, batch), integers(params, 10, batch)
+    out_stride = params[15]
+    out = floats(params, 14, ((batch - 1) * out_stride + hidden,))
     half = _F(0.5)
     first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):  # a sample's rows as slices: LLVM vectorises those loops
@@ -133,6 +136,7 @@ def _forward_part(params, part):
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
         row = rows[n * row_stride:n * row_stride + features + hidden]
         h = row[features:]
+        h_out = out[n * out_stride:n * out_stride + hidden]
         for u in range(hidden):
             out_gate = half + half * tanh(o[u])
             in_gate = half + half * tanh(i[u])
@@ -141,7 +145,8 @@ def _forward_part(params, part):
             value = forget * c_prev[u] + in_gate * candidate
             squashed = tanh(value)
             o[u], i[u], f[u], g[u] = out_gate, in_gate, forget, candidate
-            c[u], tanh_c[u], h[u] = value, squashed, out_gate * squashed
+            state = out_gate * squashed
+            c[u], tanh_c[u], h[u], h_out[u] = value, squashed, state, state
         start, step = starts[n], steps[n]
         for j in range(packed_inputs + hidden):
             packed[start + j * step] = row[features - packed_inputs + j]
@@ -261,11 +266,13 @@ def _all_steps(parts, steps, backward, product, packed, step_params, moving, out
 _SPLIT_MIN_UNITS = 1 << 10
 
 
-def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse):
+def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse, into):
     """One LSTM direction over ``layer_input`` (T, F + 1, N), its last row ones, from
     ``start`` (``()`` or (h0, c0), each (H, N)); the weights (4H, F + 1) and (4H, H + 1)
     carry their bias columns, in the internal gate order, unscaled, and ``scale`` (4H, 1)
-    halves the sigmoid rows. Returns the states (T, H, N) in time order, the final (h, c),
+    halves the sigmoid rows. Writes the states to ``into``, a float32 (T, H, N) view whose
+    H is its unit-stride axis (the layer's output, batch-first or a block of the next
+    layer's input), in time order. Returns the final (h, c),
     each (H, N), and ``backward(d_states, d_final) -> (d_input (T, N, F) in time order,
     d_start, d_input_weights, d_recurrent_weights)``, the weight gradients in the internal
     order. The input reads fastest as a (T, N, F + 1) array seen as (T, F + 1, N)."""
@@ -306,14 +313,17 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     packed.fill(rows[0, :, features - packed_inputs:])
     gate_blocks, cell_blocks, tanh_blocks, row_blocks = map(
         _Blocks, (gates, cells, tanh_cells, rows))
+    out_rows = into.transpose(0, 2, 1)  # (T, N, H)
+    if into.dtype != _F or out_rows.strides[2] != 4:
+        raise ValueError("direction: the states go to float32 rows of H with unit stride")
+    out_blocks = _Blocks(out_rows[::-1] if reverse else out_rows)
     params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
                        packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2],
-                       features, packed_inputs], np.int64)
+                       features, packed_inputs, 0, out_rows.strides[1] // 4], np.int64)
     _all_steps(parts, steps, False, product, packed, params,
                [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
-                tanh_blocks.moving(6), row_blocks.moving(7, 1)], gate_blocks, False,
-               items != parts)
-    outputs = states[1:, :, :hidden].transpose(0, 2, 1)
+                tanh_blocks.moving(6), row_blocks.moving(7, 1), out_blocks.moving(14)],
+               gate_blocks, False, items != parts)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
 
     def backward(d_states, d_final):
@@ -343,7 +353,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
             carried[...] = d_final_cell.T
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
-                         packed_grads.steps.ctypes.data, width, 0], np.int64)
+                         packed_grads.steps.ctypes.data, width, 0, 0, 0], np.int64)
         d_blocks = _Blocks(back_rows[1:])  # step s's product writes block s + 1
         _all_steps(parts, steps, True, back_product, packed_grads, back,
                    [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),
@@ -362,7 +372,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         return d_input[::-1] if reverse else d_input, d_start, d_input_weights, \
             d_recurrent_weights
 
-    return (outputs[::-1] if reverse else outputs), final, backward
+    return final, backward
 
 
 def load() -> None:

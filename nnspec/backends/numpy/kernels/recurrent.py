@@ -112,16 +112,12 @@ def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity
         for direction in range(directions):
             names = _parameter_names(layer, direction)
             index = layer * directions + direction
-            states, final, direction_backward = _run_direction(
+            units = slice(direction * hidden, (direction + 1) * hidden)
+            final, direction_backward = _run_direction(
                 cell, layer_input, *(params.get(name) for name in names),
-                tuple(start[index] for start in starts),
+                tuple(start[index] for start in starts), output[:, units],
                 reverse=direction == 1, nonlinearity=nonlinearity,
             )
-            if layer == layers - 1:
-                _between_layouts(states, result[:, :, direction * hidden:(direction + 1)
-                                                * hidden].transpose(1, 2, 0))
-            else:
-                output[:, direction * hidden:(direction + 1) * hidden] = states
             for kind, state in enumerate(final):
                 finals[kind][:, index] = state.T
             direction_backwards.append((names, index, direction_backward))
@@ -280,11 +276,13 @@ def _feature_major_parts(parts, block):
     return np.concatenate([_feature_major(part[block]) for part in parts])
 
 
-def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse, nonlinearity):
+def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, reverse,
+                   nonlinearity):
     """One direction of one layer over ``layer_input`` (T, F + 1, N) from ``start``: ``()``
     for zero states, or its initial (h,) or (h, c), each (H, N).
 
-    Returns its states (T, H, N) in time order, its final (h,) or (h, c) (H, N), and
+    Writes its states to ``into`` (T, H, N), in time order, and returns its final (h,) or
+    (h, c) (H, N), and
     ``backward(d_states, input_rows, d_final)``, which takes d_states (T, H, N) in time order,
     the input as ``_feature_major`` rows and the final states' gradients (each may be None)
     and returns ``(d_input as (F, T * N) rows, d_start, d_w_ih, d_b_ih, d_w_hh, d_b_hh)``,
@@ -303,7 +301,7 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
     scale[: cell.sigmoid_gates * hidden] = 0.5
     if _sample_major(cell, layer_input.dtype):
         return _compiled_lstm(layer_input, input_weights, recurrent_weights, scale, order,
-                              start, reverse)
+                              start, into, reverse)
     if batch >= _STEPWISE_MIN_BATCH:  # a product per step, over the batch
         pre = np.matmul(input_weights * scale, layer_input)
     else:
@@ -369,7 +367,8 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, *, reverse,
         return _direction_grads(d_input_rows, d_start, d_input_weights, d_recurrent_weights,
                                 order)
 
-    return in_time_order(states[1:, :hidden]), final, backward
+    _between_layouts(in_time_order(states[1:, :hidden]), into)
+    return final, backward
 
 
 def _stacked(parts, t):
@@ -391,15 +390,15 @@ def _sample_major(cell, dtype) -> bool:
 
 
 def _compiled_lstm(layer_input, input_weights, recurrent_weights, scale, order, start,
-                   reverse):
+                   into, reverse):
     """``_run_direction`` of a float32 LSTM, on ``lstm_steps``' sample-major steps."""
-    states, final, steps_backward = lstm_steps.direction(
-        layer_input, input_weights, recurrent_weights, scale, start, reverse)
+    final, steps_backward = lstm_steps.direction(
+        layer_input, input_weights, recurrent_weights, scale, start, reverse, into)
 
     def backward(d_states, _input_rows, d_final):
         return _direction_grads(*steps_backward(d_states, d_final), order)
 
-    return states, final, backward
+    return final, backward
 
 
 # from this batch on, the input projection and the weight gradients are one product per
