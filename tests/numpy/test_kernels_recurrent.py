@@ -329,3 +329,36 @@ def test_an_empty_batch_or_sequence_runs_nothing_and_hands_the_states_through(mo
         for d, handed in zip(d_initial, d_finals):
             np.testing.assert_array_equal(d, handed)
         assert set(d_params) == set(params) and not any(g.any() for g in d_params.values())
+
+
+@pytest.mark.parametrize("layout", ["time-major", "broadcast", "float64"])
+def test_float32_lstm_takes_the_output_gradient_in_any_layout(layout):
+    """The float32 LSTM's backward steps read the output's gradient where it lies (rows of
+    H with unit stride), else from a copy: a time-major array, one broadcast along the
+    batch and time, and a float64 one give the gradients of its float32 contiguous copy."""
+    batch, steps, features, hidden = 6, 5, 3, 20
+    params = {name: value.astype(np.float32) for name, value in recurrent_params(
+        "lstm", features, hidden, 2, True, True, np.random.default_rng(0)).items()}
+    x = np.random.default_rng(1).standard_normal((batch, steps, features)).astype(np.float32)
+    shape = (batch, steps, 2 * hidden)
+    rng = np.random.default_rng(2)
+    if layout == "time-major":
+        d_out = np.ascontiguousarray(rng.standard_normal(shape).astype(np.float32)
+                                     .transpose(1, 2, 0)).transpose(2, 0, 1)
+    elif layout == "broadcast":
+        d_out = np.broadcast_to(rng.standard_normal(shape[-1]).astype(np.float32), shape)
+    else:
+        d_out = rng.standard_normal(shape)
+    kept = d_out.copy()
+
+    def gradients(d_output):  # a fresh forward each: a backward runs once
+        _, backward = rnn_states(x, (), params, mode="lstm", hidden=hidden, layers=2,
+                                 bidirectional=True)
+        return backward(d_output, None, None)
+
+    dx, d_params = gradients(d_out)
+    np.testing.assert_array_equal(d_out, kept)
+    want_dx, want_params = gradients(np.ascontiguousarray(d_out, np.float32))
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
+    for name, grad in want_params.items():
+        np.testing.assert_allclose(d_params[name], grad, rtol=1e-6, atol=1e-6)

@@ -155,11 +155,12 @@ def _forward_part(params, part):
 @numba.njit(inline="always")
 def _backward_part(params, part):
     """params (parts, hidden, batch, gates, d_state, previous cell, tanh of the cell,
-    carried, carried in, packed, packed starts, packed steps, d_state's row stride). From
-    the step's gates (N, 4H) and the gradient reaching its state (N rows of H), ``gates``
-    gets the gradients of their (unhalved) pre-activations, also written to ``packed`` as
-    the next product reads them; ``carried`` (N, H) holds dc f of the step after (added
-    when ``carried in``) and gets this step's."""
+    carried, carried in, packed, packed starts, packed steps, d_state's row stride, the
+    step's output gradient, its row stride). From the step's gates (N, 4H) and the gradient
+    reaching its state, the step after's (``d_state``, N rows of H) plus the output's (N
+    rows of H), ``gates`` gets the gradients of their (unhalved) pre-activations, also
+    written to ``packed`` as the next product reads them; ``carried`` (N, H) holds dc f of
+    the step after (added when ``carried in``) and gets this step's."""
     hidden, batch = params[1], params[2]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
@@ -171,21 +172,25 @@ def _backward_part(params, part):
     carried_in = params[8] != 0
     packed = floats(params, 9, (batch * gate_rows,))
     starts, steps = integers(params, 10, batch), integers(params, 11, batch)
+    above_stride = params[14]
+    above = floats(params, 13, ((batch - 1) * above_stride + hidden,))
     one = _F(1.0)
     first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):
         o, i, f, g = _gate_rows(gates, n, hidden)
         units = slice(n * hidden, (n + 1) * hidden)
-        dh = d_state[n * d_stride:n * d_stride + hidden]
+        dh_after = d_state[n * d_stride:n * d_stride + hidden]
+        dh_above = above[n * above_stride:n * above_stride + hidden]
         c_prev, tanh_c, dc_next = previous[units], tanh_cell[units], carried[units]
         for u in range(hidden):
             t = tanh_c[u]
-            dc = dh[u] * o[u] * (one - t * t)
+            dh = dh_after[u] + dh_above[u]
+            dc = dh * o[u] * (one - t * t)
             if carried_in:
                 dc += dc_next[u]
             forget = f[u]
             out_gate, in_gate, candidate = o[u], i[u], g[u]
-            o[u] = dh[u] * t * out_gate * (one - out_gate)
+            o[u] = dh * t * out_gate * (one - out_gate)
             i[u] = dc * candidate * in_gate * (one - in_gate)
             f[u] = dc * c_prev[u] * forget * (one - forget)
             g[u] = dc * in_gate * (one - candidate * candidate)
@@ -331,34 +336,36 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         if reverse:
             d_states = d_states[::-1]
         # each backward step's product sends its gate gradients back to the state before
-        # it, added to the gradient from above, and, where ``_folds``, to its own input,
-        # through the stacked weights (4H, H + F). back_rows[k] holds the gradient of state
-        # k - 1 (of the initial state at k = 0), then that of input k; a product after the
-        # steps gives block 0
+        # it (the step's arithmetic adds the output's gradient) and, where ``_folds``, to
+        # its own input, through the stacked weights (4H, H + F). back_rows[k] holds the
+        # gradient of state k - 1 from step k (of the initial state at k = 0), then that
+        # of input k; a product after the steps gives block 0, and the last step's block
+        # holds the final state's gradient
         back_weights = recurrent_weights[:, :hidden]  # (4H, H)
         if _folds(features - 1, hidden):
             back_weights = np.concatenate([back_weights, input_weights[:, :-1]], axis=1)
         width = back_weights.shape[1]
         back_rows = np.empty((steps + 1, batch, width), _F)
-        back_rows[0, :, :hidden] = 0
-        back_rows[1:, :, :hidden] = d_states.transpose(0, 2, 1)
-        back_rows[:, :, hidden:] = 0
-        if d_final_h is not None:
-            back_rows[-1, :, :hidden] += d_final_h.T
+        back_rows[-1, :, :hidden] = 0 if d_final_h is None else d_final_h.T
+        above = d_states.transpose(0, 2, 1)  # (T, N, H), read as it is where it can be
+        if above.dtype != _F or above.strides[2] != 4 or above.strides[1] < 0:
+            above = np.ascontiguousarray(above, _F)
         back_items = _items(batch, parts, back_weights.nbytes)
-        back_product = tiled.Product(batch, width, back_weights, back_items, parts)
+        back_product = tiled.Product(batch, width, back_weights, back_items, parts,
+                                     accumulate=False)
         packed_grads = _Packed(batch, gate_rows, back_items)
         carried = np.empty((batch, hidden), _F)
         if d_final_cell is not None:
             carried[...] = d_final_cell.T
         back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
                          packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
-                         packed_grads.steps.ctypes.data, width, 0, 0, 0], np.int64)
+                         packed_grads.steps.ctypes.data, width, 0, above.strides[1] // 4, 0],
+                        np.int64)
         d_blocks = _Blocks(back_rows[1:])  # step s's product writes block s + 1
         _all_steps(parts, steps, True, back_product, packed_grads, back,
                    [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),
-                    tanh_blocks.moving(6)], d_blocks, d_final_cell is not None,
-                   back_items != parts)
+                    tanh_blocks.moving(6), _Blocks(above).moving(13)], d_blocks,
+                   d_final_cell is not None, back_items != parts)
         d_start = (back_rows[0, :, :hidden].T, carried.T) if start else ()
         d_pre = gates.reshape(steps * batch, gate_rows)
         # C-ordered: the product the other way round ran 6% faster, but its transposed
