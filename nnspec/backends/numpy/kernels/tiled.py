@@ -584,7 +584,10 @@ PANEL = TILE
 @numba.njit(inline="always")
 def products_part(params, part):
     """Part ``part`` of the products ``params`` describes (``_products_job``'s): for a job
-    that makes a product and then works on its results on the same core."""
+    that makes a product and then works on its results on the same core. Parts from
+    ``params[0]`` on have none of it (a job of more parts than the products have tiles)."""
+    if part >= params[0]:
+        return
     out, stride, out_rows, x = params[1], params[2], params[3], params[4]
     offsets, weights, reads, length = params[5], params[6], params[7], params[8]
     out_step, x_step, weights_step = params[10], params[11], params[12]
