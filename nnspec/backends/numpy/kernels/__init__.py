@@ -9,3 +9,7 @@ kernel is free to release or reuse what it saved. Outputs and gradients may shar
 with inputs or saved arrays (dropout in evaluation returns its input), so callers treat them
 as read-only. Kernels are dtype-generic: float32 in training, float64 in the gradient checks.
 """
+
+from nnspec.backends.numpy.kernels import compile_cache
+
+compile_cache.install()  # before any loop below is declared: numba picks its cache then
