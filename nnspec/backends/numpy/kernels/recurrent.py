@@ -282,12 +282,11 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
     for zero states, or its initial (h,) or (h, c), each (H, N).
 
     Writes its states to ``into`` (T, H, N), in time order, and returns its final (h,) or
-    (h, c) (H, N), and
-    ``backward(d_states, input_rows, d_final)``, which takes d_states (T, H, N) in time order,
-    the input as ``_feature_major`` rows and the final states' gradients (each may be None)
-    and returns ``(d_input as (F, T * N) rows, d_start, d_w_ih, d_b_ih, d_w_hh, d_b_hh)``,
-    ``d_start`` holding the gradients of the given initial states; the float32 LSTM's
-    ``d_input`` is (T, N, F) (``_sample_major``).
+    (h, c) (H, N) and ``backward(d_states, input_rows, d_final)``, which takes d_states
+    (T, H, N) in time order, the input as ``_feature_major`` rows and the final states'
+    gradients (each may be None) and returns ``(d_input as (F, T * N) rows, d_start, d_w_ih,
+    d_b_ih, d_w_hh, d_b_hh)``, ``d_start`` holding the gradients of the given initial
+    states; the float32 LSTM's ``d_input`` is (T, N, F) (``_sample_major``).
     """
     steps, _, batch = layer_input.shape
     hidden = w_hh.shape[1]

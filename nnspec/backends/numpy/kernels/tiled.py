@@ -1219,8 +1219,9 @@ class Product:
                                 PANEL], np.int64)
 
     def add(self, out, packed):
-        """out += the product (out = it, made without ``accumulate``), by addresses: out's rows ``stride`` floats apart, ``packed``
-        the weights where ``packed_places`` puts them."""
+        """out += the product (out = it, made without ``accumulate``), by addresses: out's
+        rows ``stride`` floats apart, ``packed`` the weights where ``packed_places`` puts
+        them."""
         self.bind(out, packed)
         workers.run(_products_job, self.params)
 
