@@ -340,3 +340,10 @@ def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, 
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)  # the last 5 untouched
     with pytest.raises(ValueError, match="equal items"):
         tiled.Product(2 * rows + 1, length, x, 2)
+
+
+def test_every_direct_tile_shape_is_found_by_its_rows():
+    """``_direct_shape`` (numba-compiled, so written out) names each tile of DIRECT_SHAPES
+    by its rows and width, as ``_block_rows`` leaves them at the end of the outputs."""
+    for index, (rows, vectors) in enumerate(tiled.DIRECT_SHAPES):
+        assert tiled._direct_shape(vectors == tiled.WIDE_VECTORS, rows) == index

@@ -74,7 +74,6 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
         s = steps - 1 - k if backward else k
         # backward, the last step has no step after it to send its gradient back
         edge = backward and s == steps - 1
-        multiply = not edge
         for p in range(first, end):
             step_params = step_rows[p * _STEP_PARAMETERS:(p + 1) * _STEP_PARAMETERS]
             for field in range(params[6]):
@@ -82,11 +81,11 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
                 step_params[row[0]] = row[1] + (s + row[3]) * row[2]
             if backward:
                 step_params[8] = 1 if not edge or carried_in else 0
-            if multiply:
+            if not edge:
                 product = products[p * size:(p + 1) * size]
                 product[1] = params[7] + s * params[8]
                 tiled.products_part(product, p)
-        if multiply and meeting:
+        if not edge and meeting:
             meetings += 1
             workers.meet(sync + 8, parts, meetings)
         for p in range(first, end):
@@ -277,10 +276,10 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     carry their bias columns, in the internal gate order, unscaled, and ``scale`` (4H, 1)
     halves the sigmoid rows. Writes the states to ``into``, a float32 (T, H, N) view whose
     H is its unit-stride axis (the layer's output, batch-first or a block of the next
-    layer's input), in time order. Returns the final (h, c),
-    each (H, N), and ``backward(d_states, d_final) -> (d_input (T, N, F) in time order,
-    d_start, d_input_weights, d_recurrent_weights)``, the weight gradients in the internal
-    order. The input reads fastest as a (T, N, F + 1) array seen as (T, F + 1, N)."""
+    layer's input), in time order. Returns the final (h, c), each (H, N), and
+    ``backward(d_states, d_final) -> (d_input (T, N, F) in time order, d_start,
+    d_input_weights, d_recurrent_weights)``, the weight gradients in the internal order.
+    The input reads fastest as a (T, N, F + 1) array seen as (T, F + 1, N)."""
     steps, _, batch = layer_input.shape
     gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
     inputs = layer_input[::-1] if reverse else layer_input  # processing order
@@ -342,7 +341,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
         # of input k; a product after the steps gives block 0, and the last step's block
         # holds the final state's gradient
         back_weights = recurrent_weights[:, :hidden]  # (4H, H)
-        if _folds(features - 1, hidden):
+        if packed_inputs:  # as the forward folded
             back_weights = np.concatenate([back_weights, input_weights[:, :-1]], axis=1)
         width = back_weights.shape[1]
         back_rows = np.empty((steps + 1, batch, width), _F)
