@@ -777,6 +777,12 @@ def _tap_reads(taps, channels, height, width):
     return offsets, np.tile(np.arange(len(taps), dtype=np.int64), channels)
 
 
+# taps (reads) a row from which ``_pack`` reads each row's in order rather than writing the
+# packed weights in order: a product's (1024, 322) weights 0.21 -> 0.13 ms; a convolution's
+# 9 taps written in order, (256, 256, 9) 0.39-0.52 -> 0.28, transposed 0.55 -> 0.32
+PACK_READ_RUN = 64
+
+
 @workers.Task
 def _pack_job(args, range_m, range_n, sa, sb, part):
     """params (parts, weights, their extent, their steps along groups, rows, channels and
@@ -801,14 +807,21 @@ def _pack_job(args, range_m, range_n, sa, sb, part):
             rows = _block_rows(block_end - row, most)
             for first in range(0, channels, chunk):
                 count = min(chunk, channels - first)
-                base = group * out_rows * reads + row * reads + first * taps * rows
-                for r in range(rows):
+                at = group * out_rows * reads + row * reads + first * taps * rows
+                corner = group * group_step + row * row_step + first * channel_step
+                if tap_step == 1 and taps >= PACK_READ_RUN:  # each row's taps read in order
+                    for r in range(rows):
+                        for c in range(count):
+                            read = corner + r * row_step + c * channel_step
+                            for k in range(taps):
+                                packed[at + (k * count + c) * rows + r] = source[read + k]
+                    continue
+                for k in range(taps):  # written in order
                     for c in range(count):
-                        read = group * group_step + (row + r) * row_step + \
-                            (first + c) * channel_step
-                        for k in range(taps):
-                            packed[base + (k * count + c) * rows + r] = \
-                                source[read + k * tap_step]
+                        read = corner + c * channel_step + k * tap_step
+                        for r in range(rows):
+                            packed[at + r] = source[read + r * row_step]
+                        at += rows
             row += rows
     return 0
 
