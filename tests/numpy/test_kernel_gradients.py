@@ -659,6 +659,7 @@ NOT_KERNELS = {
     "parallel.layer_norm_backward", "parallel.layer_norm_forward", "parallel.normalise_columns",
     "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
     "parallel.add_relu", "parallel.relu_gradient", "parallel.sgd_update",
+    "parallel.rotate_halves",
     "parallel.channel_bias", "parallel.channel_bias_gradient",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and
     # test_kernels_conv.py against torch with the relu; an empty batch's convolution:

@@ -122,6 +122,27 @@ def test_exp_rows_in_parts():
 
 
 @needs_two
+def test_rotary_turn_in_parts_reads_and_writes_strided_rows():
+    """The queries' columns of a projection in, a view into the gradients' columns out, as
+    attention passes them: the parts give the whole loop's bits, and the columns around are
+    left as they were."""
+    steps, heads, half = 37, 3, 8
+    width = heads * 2 * half
+    source = rng.standard_normal((40 * steps, width + 11)).astype(F)
+    angles = rng.uniform(-3, 3, (steps, half))
+    cos, sin = np.cos(angles).astype(F), np.sin(angles).astype(F)
+    results = []
+    for run, first in ((fused.rotate_halves, True), (parallel.rotate_halves, False)):
+        target = np.full((len(source), width + 5), 7, F)
+        x, out = source[:, 3:3 + width], target[:, 2:2 + width]
+        run(x, out, cos, sin, heads, *((0, len(x)) if first else ()))
+        results.append(target)
+    whole, split = results
+    np.testing.assert_array_equal(split, whole)
+    assert (whole[:, :2] == 7).all() and (whole[:, 2 + width:] == 7).all()
+
+
+@needs_two
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_adam_in_parts(amsgrad):
     size = parallel.MEMORY_MIN_VALUES + 333

@@ -295,6 +295,23 @@ def rms_norm_backward(d_out, normed, weight, affine, inv_rms, d_x, d_weight):
                 dx[j] = (dy[j] - row_normed[j] * projection) * scale
 
 
+@_compile
+def rotate_halves(x, out, cos, sin, heads, first, last):
+    """Rows first..last of ``x`` (positions, heads * d), any row step, turned into ``out``:
+    at position t = row % T (``cos``, ``sin`` (T, d / 2)), each head's halves (a, b) become
+    (a cos - b sin, b cos + a sin), the rotary embedding; with -sin, its transpose."""
+    steps, half = cos.shape
+    for row in range(first, last):
+        step = row % steps
+        cosines, sines = cos[step], sin[step]
+        for head in range(heads):
+            low, high = head * 2 * half, head * 2 * half + half
+            for j in range(half):
+                a, b = x[row, low + j], x[row, high + j]
+                out[row, low + j] = a * cosines[j] - b * sines[j]
+                out[row, high + j] = b * cosines[j] + a * sines[j]
+
+
 @_reducing
 def exp_rows(rows, peaks, out, totals):
     """out = exp(row - peak) for each row of (count, size) float32 values and its peak (the

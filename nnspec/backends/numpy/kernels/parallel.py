@@ -239,6 +239,33 @@ def exp_rows(rows, peaks, out, totals):
 
 
 @workers.Task
+def _rotate_halves_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, rows, width, x, its row step, out, its row step, cos, sin, steps,
+    half, heads); the parts' rows in runs."""
+    params = workers.parameters(args, 12)
+    rows, width, steps, half = params[1], params[2], params[9], params[10]
+    start, end = part_range(rows, part, params[0], 1)
+    x = floats(params, 3, (rows, params[4]))[:, :width]
+    out = floats(params, 5, (rows, params[6]))[:, :width]
+    fused.rotate_halves(x, out, floats(params, 7, (steps, half)),
+                        floats(params, 8, (steps, half)), params[11], start, end)
+    return 0
+
+
+def rotate_halves(x, out, cos, sin, heads):
+    """``fused.rotate_halves`` of every row, in parts; ``x`` and ``out`` float32 with
+    unit-stride rows, ``cos`` and ``sin`` C-ordered."""
+    rows, width = x.shape
+    parts = _split(x.size, cos, sin)
+    if parts == 1 or x.strides[1] != 4 or out.strides[1] != 4 or x.dtype != _F or \
+            out.dtype != _F:
+        fused.rotate_halves(x, out, cos, sin, heads, 0, rows)
+        return
+    workers.run(_rotate_halves_job, _params(parts, rows, width, x, x.strides[0] // 4, out,
+                                            out.strides[0] // 4, cos, sin, *cos.shape, heads))
+
+
+@workers.Task
 def _adam_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, data, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, and
     the float32 scalars as float64: decay, one_minus_beta1, beta2, one_minus_beta2,
