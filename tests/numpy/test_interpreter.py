@@ -470,3 +470,38 @@ def test_a_sum_that_only_a_relu_reads_is_one_op_with_the_same_results(monkeypatc
         monkeypatch, RESIDUAL_JOINS, x, y, seen)
     assert fused_seen == [(5, 4, 16, 16)] * 2 and plain_seen == []
     assert_same_training(fused_loss, fused_grads, loss, grads)
+
+GATED_PRODUCTS = """
+model Net {
+  input x: [12]
+  up = x -> dense(16)
+  h = silu(x -> dense(16)) * up
+  late = h -> dense(16)
+  k = (h -> dense(16)) * silu(late)
+  shared = silu(k)
+  both = shared * k + shared
+  squared = silu(both) * silu(both)
+  squared -> dense(3)
+}
+train Net { loss cross_entropy; optimizer sgd(lr = 0.1) }
+"""
+
+
+def test_a_silu_that_only_a_product_reads_is_applied_by_the_product_with_the_same_results(
+        monkeypatch):
+    """The first two products gate their silu operand themselves (the gate first, then
+    second), and a product of two silus one of them; a silu that two nodes read is not
+    gated. Loss and gradients equal the unfused run's."""
+    from nnspec.backends.numpy.kernels import elementwise
+
+    seen = []
+    silu_mul = elementwise.silu_mul
+    monkeypatch.setattr(elementwise, "silu_mul",
+                        lambda a, b: seen.append(a.shape) or silu_mul(a, b))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 7)
+    (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = fused_and_plain(
+        monkeypatch, GATED_PRODUCTS, x, y, seen)
+    assert fused_seen == [(7, 16)] * 3 and plain_seen == []
+    assert_same_training(fused_loss, fused_grads, loss, grads)

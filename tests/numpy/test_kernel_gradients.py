@@ -404,6 +404,8 @@ def sums_off_the_kink(rng):
 CASES["add_relu"] = Case(ew.add_relu, sums_off_the_kink)
 CASES["add_relu_broadcast"] = Case(ew.add_relu, lambda rng: [
     rng.standard_normal((2, 3)) + 3, rng.standard_normal(3)])
+CASES["silu_mul"] = Case(ew.silu_mul, operands(gaussian(3, 5), gaussian(3, 5)))
+CASES["silu_mul_broadcast"] = Case(ew.silu_mul, operands(gaussian(2, 3), gaussian(3)))
 
 NUMBER_OPERANDS = {
     "x + 2": (ew.add, [gaussian(3, 4), 2.0]),
@@ -659,7 +661,7 @@ NOT_KERNELS = {
     "parallel.layer_norm_backward", "parallel.layer_norm_forward", "parallel.normalise_columns",
     "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
     "parallel.add_relu", "parallel.relu_gradient", "parallel.sgd_update",
-    "parallel.rotate_halves",
+    "parallel.rotate_halves", "parallel.silu_mul", "parallel.silu_mul_gradient",
     "parallel.channel_bias", "parallel.channel_bias_gradient",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and
     # test_kernels_conv.py against torch with the relu; an empty batch's convolution:

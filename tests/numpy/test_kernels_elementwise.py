@@ -319,3 +319,36 @@ def test_add_relu_of_operands_that_broadcast_is_the_two_kernels():
     d_a, d_b = backward(np.ones_like(out))
     np.testing.assert_array_equal(d_a, (a + b > 0).astype(np.float32))
     np.testing.assert_array_equal(d_b, (a + b > 0).sum(axis=0, dtype=np.float32))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("size", [(3, 7), (64, 1030)])
+def test_silu_mul_is_torchs_gated_product_with_its_gradients(size):
+    """The SwiGLU product the interpreter fuses: float32 operands of one shape take the
+    compiled pass (in parts when large); NaN and the infinities pass as in torch."""
+    rng = np.random.default_rng(1)
+    a, b = normal(rng, size) * 4, normal(rng, size)
+    a.flat[:5] = [np.nan, np.inf, -np.inf, 0.0, -100.0]
+    b.flat[:5] = [1.0, 1.0, 1.0, -0.0, 2.0]
+    out, backward = ew.silu_mul(a, b)
+    d_out = normal(rng, size)
+    d_a, d_b = backward(d_out)
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    t_out = torch.nn.functional.silu(ta) * tb
+    t_out.backward(torch.from_numpy(d_out))
+    assert_close(out, t_out)
+    assert_close(d_a, ta.grad)
+    assert_close(d_b, tb.grad)
+
+
+def test_silu_mul_of_operands_that_broadcast_is_the_two_kernels():
+    a = np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)
+    b = np.float32([1.0, -1.0, 0.5])
+    out, backward = ew.silu_mul(a, b)
+    silu = a / (1 + np.exp(-a))
+    np.testing.assert_allclose(out, silu * b, rtol=1e-6)
+    d_a, d_b = backward(np.ones_like(out))
+    np.testing.assert_allclose(d_b, silu.sum(axis=0), rtol=1e-6)
+    sigmoid = 1 / (1 + np.exp(-a))
+    np.testing.assert_allclose(d_a, np.broadcast_to(b, a.shape) * sigmoid * (1 + a * (1 - sigmoid)),
+                               rtol=1e-5)

@@ -372,3 +372,19 @@ def test_parts_meet_or_one_does_them_all(one_after_another):
         workers.run(_meeting_job, params)
     expected = parts * rounds * (rounds + 1) // 2  # every part's marks of every round
     np.testing.assert_array_equal(seen, [expected, expected, int(one_after_another)])
+
+
+@needs_two
+def test_gated_product_in_parts_is_the_whole_loops_bits():
+    size = parallel.ACTIVATION_MIN_VALUES * 3 + 5
+    d_out, a, b = ((rng.standard_normal(size) * 3).astype(F) for _ in range(3))
+    a[::997] = np.nan
+    results = []
+    for forward, gradient in ((fused.silu_mul, fused.silu_mul_gradient),
+                              (parallel.silu_mul, parallel.silu_mul_gradient)):
+        out, d_a, d_b = (np.empty(size, F) for _ in range(3))
+        forward(a, b, out)
+        gradient(d_out, a, b, d_a, d_b)
+        results.append((out, d_a, d_b))
+    for whole, split in zip(*results):
+        np.testing.assert_array_equal(split, whole)

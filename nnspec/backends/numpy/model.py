@@ -24,7 +24,7 @@ from nnspec.backends.numpy.params import ParamBuffer
 from nnspec.backends.numpy.rules import RULES, align_batched, needs_batch_of_one
 from nnspec.backends.numpy.rules_base import Context
 from nnspec.collector import collector_paused
-from nnspec.ir.graph import Graph
+from nnspec.ir.graph import Graph, Node
 from nnspec.ir.ops import CLASS_INDEX_LOSSES, OPS, class_dim
 from nnspec.ir.rewrite import unread_nodes
 from nnspec.ir.train import TrainConfig
@@ -78,8 +78,16 @@ def _check_array(name: str, declared: TensorType, array, symbols: dict) -> np.nd
 CONVOLUTIONS = ("conv1d", "conv2d")
 
 
+def _gates(graph: Graph, silu: Node, reader: Node) -> bool:
+    """Whether ``reader`` is a product of ``silu`` and another operand of its own shape."""
+    return reader.op == "mul" and len(reader.inputs) == 2 and \
+        list(reader.inputs).count(silu.name) == 1 and \
+        all(graph.node(i).type == reader.type for i in reader.inputs)
+
+
 def _passed_through(d_out):
-    """The backward of an activation its batchnorm applied (and differentiates) itself."""
+    """The backward of an activation that its neighbour (its input's node, or the product
+    that reads it) applied and differentiates itself."""
     return (d_out,), {}
 
 
@@ -282,7 +290,10 @@ class NumpyModel:
         same-shape operands that only a relu reads (a residual join, `relu(y + shortcut)`:
         ``elementwise.add_relu``), and for a convolution that only a relu reads (``relu``
         of ``conv.with_bias``: the U-Net's step against torch 1.17 -> 1.06, its relus had
-        taken 3.2 of 38 ms). Remembered as the release plans are."""
+        taken 3.2 of 38 ms). A silu that only a product of same-shape operands reads is
+        applied by the product ({product: ("silu", the operand's index), silu: None}:
+        ``elementwise.silu_mul``, a SwiGLU feed-forward). Remembered as the release plans
+        are."""
         key = (id(graph), skip, keep)
         plan = self._fusion_plans.get(key)
         if plan is None:
@@ -292,7 +303,14 @@ class NumpyModel:
             for node in graph.nodes:
                 after = [graph.node(r) for r in readers.get(node.name, ()) if r not in skip]
                 if node.name in skip or node.name in seen or not node.type.batched \
-                        or len(after) != 1 or tuple(after[0].inputs) != (node.name,):
+                        or len(after) != 1:
+                    continue
+                if node.op == "silu" and node.name not in plan and \
+                        after[0].name not in plan and _gates(graph, node, after[0]):
+                    plan[node.name] = None
+                    plan[after[0].name] = ("silu", list(after[0].inputs).index(node.name))
+                    continue
+                if tuple(after[0].inputs) != (node.name,):
                     continue
                 if node.op == "batchnorm" and after[0].op in NORM_ACTIVATIONS or \
                         node.op in CONVOLUTIONS and after[0].op == "relu" or \

@@ -23,9 +23,10 @@ class Context:
     # convolution's costs as much as its weight gradient) and what only that would read
     input_grad: bool = True
     # the activation (relu, relu6) a batchnorm (or relu, an add) applies to its output
-    # itself, its one reader then passing values and gradients through (`NumpyModel._run`
-    # plans which)
-    activation: str | None = None
+    # itself, its one reader then passing values and gradients through, or ("silu", index)
+    # for a product applying silu to its operand `index`, the silu's node passing its input
+    # through (`NumpyModel._run` plans which)
+    activation: str | tuple[str, int] | None = None
 
 
 def as_tuple(value, n: int) -> tuple[int, ...]:

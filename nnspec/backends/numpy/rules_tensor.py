@@ -26,6 +26,23 @@ def _add(node: Node, inputs, params, ctx):
     return inputs_only(kernel(*inputs))
 
 
+@rule("mul")
+def _mul(node: Node, inputs, params, ctx):
+    """A product, or a gated one: silu of the operand that ``ctx.activation`` names ("silu",
+    its index), whose node passes its input through (``elementwise.silu_mul``)."""
+    if ctx.activation is None:
+        return inputs_only(elementwise.mul(*inputs))
+    first = ctx.activation[1] == 0  # read now: the context moves on to the next node
+    gate, up = inputs if first else inputs[::-1]
+    out, backward = elementwise.silu_mul(gate, up)
+
+    def gated_backward(d_out):
+        d_gate, d_up = backward(d_out)
+        return ((d_gate, d_up) if first else (d_up, d_gate)), {}
+
+    return out, gated_backward
+
+
 def _reshape_to(x, shape):
     out = x.reshape(shape)
 

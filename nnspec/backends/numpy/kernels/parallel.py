@@ -146,6 +146,40 @@ def relu_gradient(d_out, out, d_in):
 
 
 @workers.Task
+def _silu_mul_job(args, range_m, range_n, sa, sb, part):
+    fused.silu_mul(*_three_runs(args, part))
+    return 0
+
+
+def silu_mul(a, b, out):
+    """``fused.silu_mul`` over flat float32 arrays, in runs of values."""
+    _in_runs(fused.silu_mul, _silu_mul_job, a, b, out)
+
+
+@workers.Task
+def _silu_mul_gradient_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, d_out, a, b, d_a, d_b)."""
+    params = workers.parameters(args, 7)
+    count = params[1]
+    start, end = part_range(count, part, params[0], 16)
+    fused.silu_mul_gradient(floats(params, 2, (count,))[start:end],
+                            floats(params, 3, (count,))[start:end],
+                            floats(params, 4, (count,))[start:end],
+                            floats(params, 5, (count,))[start:end],
+                            floats(params, 6, (count,))[start:end])
+    return 0
+
+
+def silu_mul_gradient(d_out, a, b, d_a, d_b):
+    """``fused.silu_mul_gradient`` over flat float32 arrays, in runs of values."""
+    parts = _split(a.size, d_out, a, b, d_a, d_b, least=ACTIVATION_MIN_VALUES)
+    if parts == 1:
+        fused.silu_mul_gradient(d_out, a, b, d_a, d_b)
+        return
+    workers.run(_silu_mul_gradient_job, _params(parts, a.size, d_out, a, b, d_a, d_b))
+
+
+@workers.Task
 def _layer_norm_forward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, size, k, rows, weight, bias, affine, eps, x_hat, out,
     inv_std); the parts' rows start at multiples of k (weight row i % k)."""
