@@ -119,7 +119,9 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     # constants (minus the row's log-sum-exp in the queries, minus sum(dP * P) in the output
     # gradients), so the backward's products subtract those themselves instead of two passes
     # over every block of scores.
-    kt, vt = (_with_ones_row(a.transpose(0, 2, 3, 1)) for a in (k, v))
+    # (filled per head block by the forward's parts: a serial copy was a quarter of a GPT
+    # layer's attention forward on two cores)
+    kt, vt = (np.empty((batch, kv_heads, dim + 1, keys_total), dtype) for _ in (k, v))
     # query head h = kv * group + g, queries stored (N, T, KVH, G, d)
     q5 = q.reshape(batch, steps, kv_heads, group, dim)
     head_blocks, query_blocks = _plan(batch, kv_heads, group, steps, keys_total, causal)
@@ -176,6 +178,9 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     def forward_blocks(part):
         for index in range(part, len(head_blocks), parts):
             samples, kvs = head_blocks[index]
+            for rows, source in ((kt, k), (vt, v)):
+                _with_ones_row(source[samples, :, kvs].transpose(0, 2, 3, 1),
+                               rows[samples, kvs])
             for number, (start, end, keys) in enumerate(query_blocks):
                 qb = queries(samples, kvs, start, end)
                 probs, peak, total = exp_scores(samples, kvs, qb, start, end, keys, False)
@@ -277,12 +282,10 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     return context.reshape(batch, steps, heads, dim), backward
 
 
-def _with_ones_row(rows):
-    """``rows`` (..., d, S) copied into (..., d + 1, S), the last row ones."""
-    out = np.empty((*rows.shape[:-2], rows.shape[-2] + 1, rows.shape[-1]), rows.dtype)
+def _with_ones_row(rows, out):
+    """``rows`` (..., d, S) copied into ``out`` (..., d + 1, S), the last row ones."""
     out[..., :-1, :] = rows
     out[..., -1, :] = 1
-    return out
 
 
 # scores (over all heads and samples) below which one core runs every block: splitting them
