@@ -226,6 +226,8 @@ REAL_SIZES = [
     (13, 300, True),   # rows packed 8 + 4 + 1; the backward product's 1200 reads in passes
     (32, 128, False),  # the steps split between the cores
     (1, 70, False),    # one sample: one part
+    (1, 260, False),   # one sample of many units: both cores, each step's positions split
+    (2, 256, True),    # one sample a core: the positions split too
     (6, 203, False),   # 6 samples of 203 units: 3 a core
     # an odd batch splits each step's positions between the cores, here one tile of them:
     # the second core must take none (it once made a phantom second item, after the end)

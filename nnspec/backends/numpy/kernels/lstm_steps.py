@@ -202,9 +202,13 @@ def _backward_part(params, part):
 
 def _items(batch, parts, weight_bytes):
     """How many items a step's product splits its rows into: one per part where each
-    part's core can keep the whole of the weights in its cache, else 1 (the parts split
-    the positions, each reading half the weights)."""
-    fits = weight_bytes <= _CACHED_WEIGHT_BYTES and batch % parts == 0
+    part's core can keep the whole of the weights in its cache and has two samples or
+    more, else 1 (the parts split the positions, each reading half the weights: with one
+    sample a part, a step's product reads each weight for one or two multiply-adds, and
+    reading all of them on each core cost more than the meetings; B 2 H 256, forward and
+    backward, 3.2 + 3.6 -> 2.4 + 3.0 ms)."""
+    fits = weight_bytes <= _CACHED_WEIGHT_BYTES and batch % parts == 0 and \
+        batch >= 2 * parts
     return parts if fits else 1
 
 
@@ -266,8 +270,13 @@ def _all_steps(parts, steps, backward, product, packed, step_params, moving, out
 
 
 # units (samples x hidden) from which a step's jobs split between the cores: at batch 8,
-# H 256 (2,048 units) the LSTM's step went 1.71 -> 1.36 against torch split
+# H 256 (2,048 units) the LSTM's step went 1.71 -> 1.36 against torch split. They split at
+# any batch from MEETING_MIN_HIDDEN units a sample, the cores splitting each step's
+# product (``_items``): one core alone read all the weights every step, T 128 forward and
+# backward, B 1 H 256 2.9 + 3.0 -> 2.0 + 2.1 ms, B 3 6.1 + 6.6 -> 3.1 + 5.1, B 1 H 512
+# 21.8 + 23.4 -> 9.6 + 9.7 (at H 64 the same, at H 128 within 10%)
 _SPLIT_MIN_UNITS = 1 << 10
+_MEETING_MIN_HIDDEN = 256
 
 
 def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse, into):
@@ -300,7 +309,8 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     # (N, F + 1 + H + 1), by the stacked weights (F + 1 + H + 1, 4H); else the input's
     # share is one product before the steps, which the steps' products add to
     input_t, recurrent_t = (input_weights * scale).T, (recurrent_weights * scale).T
-    parts = min(batch, workers.parts()) if batch * hidden >= _SPLIT_MIN_UNITS else 1
+    parts = workers.parts() if batch * hidden >= _SPLIT_MIN_UNITS or \
+        hidden >= _MEETING_MIN_HIDDEN else 1
     if _folds(features - 1, hidden):
         weights_t, packed_inputs = np.concatenate([input_t, recurrent_t]), features
         gates = np.empty((steps, batch, gate_rows), _F)
