@@ -326,8 +326,8 @@ def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, 
     packed = np.zeros(rows * reads, np.float32)
     packed[starts[:, None] + np.arange(reads) * steps[:, None]] = weights
     item_rows = rows // items
-    np.testing.assert_array_equal(
-        packed, tiled._pack(weights.reshape(items, item_rows, 1, reads)).reshape(-1))
+    by_pack = tiled._pack(weights.reshape(items, item_rows, 1, reads), product=True)
+    np.testing.assert_array_equal(packed, by_pack.reshape(-1))
     x = rng.standard_normal((reads, length)).astype(np.float32)
     out = rng.standard_normal((rows, length + 5)).astype(np.float32)
     expected = out.astype(np.float64)

@@ -235,36 +235,25 @@ class _Emitter:
         return finals
 
 
-def _product_tile(rows, masked):
+def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads, count,
+                  accumulate):
     """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < TILE,
     below ``count`` when ``masked``, added to out's values when ``accumulate`` is not 0;
     weights (reads, rows) C-ordered, out rows ``stride`` apart."""
+    emit = _Emitter(builder)
+    x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
+    offsets = builder.inttoptr(offsets, _I64.as_pointer())
+    masks = [emit.mask(count, v * LANES) if masked else None for v in range(VECTORS)]
+    starts = emit.starting_sums(out, stride, rows, VECTORS, masks, accumulate)
 
-    @intrinsic
-    def tile(typingctx, out, stride, x, offsets, weights, reads, count, accumulate):
-        signature = types.void(*(types.int64,) * 8)
+    def step(j, sums):
+        offset = builder.load(emit.at(offsets, j))
+        reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), masks[v])
+                 for v in range(VECTORS)]
+        return emit.multiply_add(weights, j, rows, reads, sums)
 
-        def codegen(context, builder, signature, args):
-            out, stride, x, offsets, weights, reads, count, accumulate = args
-            emit = _Emitter(builder)
-            x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
-            offsets = builder.inttoptr(offsets, _I64.as_pointer())
-            masks = [emit.mask(count, v * LANES) if masked else None for v in range(VECTORS)]
-            starts = emit.starting_sums(out, stride, rows, VECTORS, masks, accumulate)
-
-            def step(j, sums):
-                offset = builder.load(emit.at(offsets, j))
-                reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), masks[v])
-                         for v in range(VECTORS)]
-                return emit.multiply_add(weights, j, rows, reads, sums)
-
-            sums = emit.loop(reads, starts, step)
-            emit.store_rows(sums, out, stride, rows, VECTORS, masks)
-            return context.get_dummy_value()
-
-        return signature, codegen
-
-    return tile
+    sums = emit.loop(reads, starts, step)
+    emit.store_rows(sums, out, stride, rows, VECTORS, masks)
 
 
 def _emit_direct(builder, rows, vectors, out, stride, x, plane, channels, weights, tap_step,
@@ -508,10 +497,19 @@ def _shape_switch(name, shapes, emit_tile):
     return codegen
 
 
-_tile_8, _tile_8_masked = _product_tile(8, False), _product_tile(8, True)
-_tile_4, _tile_4_masked = _product_tile(4, False), _product_tile(4, True)
-_tile_2, _tile_2_masked = _product_tile(2, False), _product_tile(2, True)
-_tile_1, _tile_1_masked = _product_tile(1, False), _product_tile(1, True)
+# the product tiles' (rows, masked): every row count to ROWS, so that a block of outputs
+# is one pass over the reads whatever its rows (an LSTM step of 3 or 7 samples read its
+# weights in 2 or 3 passes: B 7 H 512, T 64, forward 12.3 -> 9.6 ms)
+PRODUCT_SHAPES = tuple((rows, masked) for rows in range(1, ROWS + 1) for masked in (0, 1))
+
+
+@intrinsic
+def _product(typingctx, shape, out, stride, x, offsets, weights, reads, count, accumulate):
+    """``_emit_product``'s tile of PRODUCT_SHAPES[shape]."""
+    return types.void(*(types.int64,) * 9), _shape_switch("product", PRODUCT_SHAPES,
+                                                          _emit_product)
+
+
 _sum = _sum_tile(SUM_ROWS, SUM_COLUMNS)
 _sum_narrow = _sum_tile(NARROW_ROWS, 1)
 _masked_sum = _masked_sum_tile(SUM_ROWS, SUM_COLUMNS)
@@ -543,26 +541,9 @@ def _block_rows(left, most=ROWS):
 
 
 @numba.njit(inline="always")
-def _product(rows, masked, out, stride, x, offsets, weights, reads, count, accumulate):
-    if rows == 8:
-        if masked:
-            _tile_8_masked(out, stride, x, offsets, weights, reads, count, accumulate)
-        else:
-            _tile_8(out, stride, x, offsets, weights, reads, count, accumulate)
-    elif rows == 4:
-        if masked:
-            _tile_4_masked(out, stride, x, offsets, weights, reads, count, accumulate)
-        else:
-            _tile_4(out, stride, x, offsets, weights, reads, count, accumulate)
-    elif rows == 2:
-        if masked:
-            _tile_2_masked(out, stride, x, offsets, weights, reads, count, accumulate)
-        else:
-            _tile_2(out, stride, x, offsets, weights, reads, count, accumulate)
-    elif masked:
-        _tile_1_masked(out, stride, x, offsets, weights, reads, count, accumulate)
-    else:
-        _tile_1(out, stride, x, offsets, weights, reads, count, accumulate)
+def _product_rows(left):
+    """Rows of a product's next block of outputs: ROWS, then the rest in one block."""
+    return min(left, ROWS)
 
 
 @workers.Task
@@ -608,10 +589,10 @@ def products_part(params, part):
             count = min(READ_BLOCK, reads - read)
             row = 0
             while row < out_rows:
-                rows = _block_rows(out_rows - row)
+                rows = _product_rows(out_rows - row)
                 position, block_end = first * TILE, min(last * TILE, length)
                 while position < block_end:
-                    _product(rows, position + TILE > block_end,
+                    _product(2 * (rows - 1) + (position + TILE > block_end),
                              item_out + 4 * (row * stride + position), stride,
                              item_x + 4 * position, offsets + 8 * read,
                              item_weights + 4 * (row * reads + read * rows), count,
@@ -786,11 +767,12 @@ PACK_READ_RUN = 64
 @workers.Task
 def _pack_job(args, range_m, range_n, sa, sb, part):
     """params (parts, weights, their extent, their steps along groups, rows, channels and
-    taps, groups, rows, channels, taps, most rows a block, packed): the weights, read
-    through their steps (a transposed view as it is), as ``_direct_job`` reads them: per
-    group, each block of rows (``_block_rows``) one after the other, in it the channels'
-    passes, each a tap at a time, rows fastest."""
-    params = workers.parameters(args, 13)
+    taps, groups, rows, channels, taps, most rows a block, packed, 1 for the products'
+    blocks (``_product_rows``, else ``_block_rows``)): the weights, read through their
+    steps (a transposed view as it is), as ``_direct_job`` or the products read them: per
+    group, each block of rows one after the other, in it the channels' passes, each a tap
+    at a time, rows fastest."""
+    params = workers.parameters(args, 14)
     source = workers.floats(params, 1, (params[2],))
     group_step, row_step, channel_step, tap_step = params[3], params[4], params[5], params[6]
     groups, out_rows, channels, taps, most = params[7], params[8], params[9], params[10], \
@@ -804,7 +786,8 @@ def _pack_job(args, range_m, range_n, sa, sb, part):
         group, block = unit // blocks, unit % blocks
         row, block_end = block * most, min(block * most + most, out_rows)
         while row < block_end:
-            rows = _block_rows(block_end - row, most)
+            rows = _product_rows(block_end - row) if params[13] != 0 else \
+                _block_rows(block_end - row, most)
             for first in range(0, channels, chunk):
                 count = min(chunk, channels - first)
                 at = group * out_rows * reads + row * reads + first * taps * rows
@@ -826,12 +809,12 @@ def _pack_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
-def _pack(weights, most=ROWS):
+def _pack(weights, most=ROWS, product=False):
     """(groups, M, C, taps) float32 weights, any steps, as the tiles read them, on both
     cores, (groups, M * C * taps): per group each block of rows (``_block_rows`` with
     ``most``) one after the other, in it the channels' passes (``_direct_job``), each a tap
-    at a time, the rows fastest; (items, M, 1, reads) weights are the product tiles' (reads,
-    rows) blocks. NumPy's transposes took 0.15 ms on a 128-channel layer's weights and 3 ms
+    at a time, the rows fastest; (items, M, 1, reads) weights with ``product`` are the
+    product tiles' (reads, rows) blocks, of ``_product_rows``. NumPy's transposes took 0.15 ms on a 128-channel layer's weights and 3 ms
     on a 512-channel one's (twice that for the input gradient's transposed weights): a fifth
     of the layer's time on 4x4 maps; a depthwise layer's 192 items packed one at a time, 0.3
     ms, ten times its product."""
@@ -844,7 +827,7 @@ def _pack(weights, most=ROWS):
     packed = np.empty((groups, out_rows * channels * taps), np.float32)
     parts = workers.parts() if weights.size >= 1 << 16 else 1
     params = np.array([parts, weights.ctypes.data, extent, *steps, groups, out_rows,
-                       channels, taps, most, packed.ctypes.data], np.int64)
+                       channels, taps, most, packed.ctypes.data, int(product)], np.int64)
     workers.run(_pack_job, params)
     return packed
 
@@ -1192,7 +1175,8 @@ def products(out, x, offsets, weights, length, x_step=0):
             (weights.ndim == 3 and len(weights) != items):
         raise ValueError(f"products: weights {weights.shape} for {items} items of "
                          f"{out.shape[1]} rows and {len(offsets)} reads")
-    packed = _pack((weights if weights.ndim == 3 else weights[None])[:, :, None, :])
+    packed = _pack((weights if weights.ndim == 3 else weights[None])[:, :, None, :],
+                   product=True)
     parts = workers.parts() if items * length >= 2 * TILE else 1
     params = np.array([parts, out.ctypes.data, out.strides[1] // 4, out.shape[1], x.ctypes.data,
                        offsets.ctypes.data, packed.ctypes.data, len(offsets), length, items,
@@ -1254,7 +1238,7 @@ def packed_places(rows, reads, items=1):
     row = 0
     while row < rows:
         item_end = (row // item_rows + 1) * item_rows
-        block = _block_rows(item_end - row)
+        block = _product_rows(item_end - row)
         start[row:row + block] = row * reads + np.arange(block)
         step[row:row + block] = block
         row += block
