@@ -236,6 +236,21 @@ def test_direct_products_match_float64(samples, channels, out_rows, height, widt
                                rtol=1e-4, atol=1e-5 * len(taps) * (channels // groups))
 
 
+@pytest.mark.parametrize("samples, height", [(2, 5), (12, 16)])
+def test_direct_products_read_transposed_weights_in_place_or_packed(samples, height):
+    """The input gradient's weights, a transposed view: read where they lie over a few
+    tiles, packed over many (``DIRECT_PACKED_MIN_UNITS``), the same products either way."""
+    rng = np.random.default_rng(samples)
+    channels, out_rows = 12, 10
+    x = rng.standard_normal((samples, channels, height, height), dtype=F)
+    taps = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    weights = rng.standard_normal((channels, out_rows, len(taps)), dtype=F).transpose(1, 0, 2)
+    out = np.empty((samples, out_rows, height, height), F)
+    tiled.direct_products(out, x, taps, weights)
+    np.testing.assert_allclose(out, _direct_reference(x, taps, weights, 1), rtol=1e-4,
+                               atol=1e-4)
+
+
 @pytest.mark.skipif(workers.parts() < 2, reason="OpenBLAS runs one thread here")
 @pytest.mark.parametrize("samples, channels, out_rows, height, width", [
     (7, 20, 16, 4, 4), (3, 70, 12, 16, 16), (2, 8, 48, 13, 11)])

@@ -76,6 +76,10 @@ PRODUCT_BLOCK_TILES = 8
 READ_BLOCK = 576
 # the most taps a convolution read in place may have (its masks are kept on the stack)
 DIRECT_MAX_TAPS = 64
+# a convolution read in place splits between the cores from this many vector multiply-adds
+DIRECT_SPLIT_MIN_WORK = 1 << 18
+# and reads transposed weights packed from this many vectors of positions
+DIRECT_PACKED_MIN_UNITS = 64
 
 
 class _Emitter:
@@ -256,17 +260,20 @@ def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads
     emit.store_rows(sums, out, stride, rows, VECTORS, masks)
 
 
-def _emit_direct(builder, rows, vectors, out, stride, x, plane, channels, weights, tap_step,
-                 taps_a, taps_b, taps, units, heights, widths, height, width, accumulate):
+def _emit_direct(builder, rows, vectors, out, stride, x, plane, channels, weights, row_step,
+                 channel_step, tap_step, taps_a, taps_b, taps, units, heights, widths, height,
+                 width, accumulate):
     """A tile of a stride-1 convolution read straight from (C, H, W) maps, no frame: out[r,
-    v, q] = sum over taps k and channels c < ``channels`` of weights[k * tap_step + c * rows
-    + r] * x[x_v + c * plane + a_k * width + b_k + q], zero where the read falls outside the
-    map, for each of the tile's vectors v, whose (x offset x_v, out offset, first position)
-    are ``units[3 v:3 v + 3]``: a vector is LANES positions of one sample's plane, and a
-    tile's vectors may be of several samples (a 4x4 plane is one vector). ``heights[q]``,
-    ``widths[q]`` are the positions' rows and columns (rows below zero past the plane: not
-    written, and never read). The taps are the outer loop: a tap's masks are worked out
-    once, and the loop over its channels is a frame tile's with a masked load."""
+    v, q] = sum over taps k and channels c < ``channels`` of weights[r * row_step + c *
+    channel_step + k * tap_step] * x[x_v + c * plane + a_k * width + b_k + q], zero where
+    the read falls outside the map, for each of the tile's vectors v, whose (x offset x_v,
+    out offset, first position) are ``units[3 v:3 v + 3]``: a vector is LANES positions of
+    one sample's plane, and a tile's vectors may be of several samples (a 4x4 plane is one
+    vector). ``heights[q]``, ``widths[q]`` are the positions' rows and columns (rows below
+    zero past the plane: not written, and never read). The taps are the outer loop: a tap's
+    masks are worked out once, and the loop over its channels is a frame tile's with a
+    masked load. The weights are read where they lie, through their steps: the block's
+    rows of a pass (ROWS x 576 values) stay in the core's cache as packed ones would."""
     emit = _Emitter(builder)
     i32 = ir.VectorType(_I32, LANES)
     x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
@@ -318,7 +325,14 @@ def _emit_direct(builder, rows, vectors, out, stride, x, plane, channels, weight
         def channel(c, sums):
             at = builder.mul(c, plane)
             reads = [emit.load(x_tap, at, mask) for x_tap, mask in zip(x_taps, masks)]
-            return emit.multiply_add(weights_tap, c, rows, reads, sums)
+            weights_channel = emit.at(weights_tap, builder.mul(c, channel_step))
+            updated = []
+            for r in range(rows):
+                weight = emit.splat(builder.load(emit.at(
+                    weights_channel, builder.mul(row_step, emit.int(r)))))
+                updated += [builder.call(emit.fma, [weight, read, sums[r * vectors + v]])
+                            for v, read in enumerate(reads)]
+            return updated
 
         return emit.loop(channels, sums, channel)
 
@@ -663,28 +677,33 @@ def _direct_shape(wide, rows):
 
 
 @intrinsic
-def _direct(typingctx, shape, out, stride, x, plane, channels, weights, tap_step, taps_a,
-            taps_b, taps, units, heights, widths, height, width, accumulate):
+def _direct(typingctx, shape, out, stride, x, plane, channels, weights, row_step,
+            channel_step, tap_step, taps_a, taps_b, taps, units, heights, widths, height, width,
+            accumulate):
     """``_emit_direct``'s tile of DIRECT_SHAPES[shape]."""
-    return types.void(*(types.int64,) * 17), _shape_switch("direct", DIRECT_SHAPES,
+    return types.void(*(types.int64,) * 19), _shape_switch("direct", DIRECT_SHAPES,
                                                            _emit_direct)
 
 
 @workers.Task
 def _direct_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, out, out rows, x, channels, taps' row and column shifts, taps, packed
-    weights, group step through them, groups, the units (x offset, out offset, position),
-    units a group, the positions' rows and columns, height, width, group step through x,
-    group step through out, wide, 1 to split the output rows between the parts instead of
-    the tiles); per block of a group's tiles, the channels in passes of whole channels,
-    each pass's reads a tap at a time (``_pack``'s order), every block of output rows in
-    turn, whose weights stay in cache while each tile of the block reads them."""
-    params = workers.parameters(args, 21)
+    """params (parts, out, out rows, x, channels, taps' row and column shifts, taps,
+    weights, their steps along groups, rows, channels and taps, groups, the units (x offset,
+    out offset, position), units a group, the positions' rows and columns, height, width,
+    group step through x, group step through out, wide, 1 to split the output rows between
+    the parts instead of the tiles, 1 for weights as ``_pack`` lays them out (then the group
+    step alone)); per block of a group's tiles, the channels in passes of whole channels,
+    each pass's reads a tap at a time, every block of output rows in turn, whose weights
+    stay in cache while each tile of the block reads them."""
+    params = workers.parameters(args, 25)
     out, out_rows, x, channels = params[1], params[2], params[3], params[4]
     taps_a, taps_b, taps, weights = params[5], params[6], params[7], params[8]
-    weights_step, groups, units, unit_count = params[9], params[10], params[11], params[12]
-    heights, widths, height, width = params[13], params[14], params[15], params[16]
-    x_group, out_group, wide, by_rows = params[17], params[18], params[19] != 0, params[20] != 0
+    group_step, row_step, channel_step, tap_step = params[9], params[10], params[11], \
+        params[12]
+    groups, units, unit_count = params[13], params[14], params[15]
+    heights, widths, height, width = params[16], params[17], params[18], params[19]
+    x_group, out_group, wide, by_rows = params[20], params[21], params[22] != 0, params[23] != 0
+    packed = params[24] != 0
     vectors, most = (WIDE_VECTORS, WIDE_ROWS) if wide else (VECTORS, ROWS)
     plane = height * width
     reads = channels * taps
@@ -702,18 +721,23 @@ def _direct_job(args, range_m, range_n, sa, sb, part):
         group, first = work // tiles, work % tiles
         last = min(first + PRODUCT_BLOCK_TILES, tiles, first + end - work)
         group_out, group_x = out + 4 * group * out_group, x + 4 * group * x_group
-        group_weights = weights + 4 * group * weights_step
+        group_weights = weights + 4 * group * group_step
         for channel in range(0, channels, chunk):
             count = min(chunk, channels - channel)
             row = first_row
             while row < last_row:
                 rows = _block_rows(last_row - row, most)
                 shape = _direct_shape(wide, rows)
+                if packed:  # the pass's block: taps, then channels, then rows
+                    block = group_weights + 4 * (row * reads + channel * taps * rows)
+                    steps = (1, rows, count * rows)
+                else:
+                    block = group_weights + 4 * (row * row_step + channel * channel_step)
+                    steps = (row_step, channel_step, tap_step)
                 for tile in range(first, last):
                     _direct(shape, group_out + 4 * row * plane, plane,
-                            group_x + 4 * channel * plane, plane, count,
-                            group_weights + 4 * (row * reads + channel * taps * rows),
-                            count * rows, taps_a, taps_b, taps,
+                            group_x + 4 * channel * plane, plane, count, block,
+                            steps[0], steps[1], steps[2], taps_a, taps_b, taps,
                             units + 8 * 3 * tile * vectors, heights, widths, height, width,
                             channel)
                 row += rows
@@ -859,21 +883,36 @@ def direct_products(out, x, taps, weights, groups=1):
     # then the wide ones (fewer rows, more vectors)
     wide = out_rows % ROWS != 0 and out_rows % WIDE_ROWS == 0
     vectors, most = (WIDE_VECTORS, WIDE_ROWS) if wide else (VECTORS, ROWS)
-    packed = _pack(weights, most)
     heights, widths = _positions(height, width)
     units = _direct_units(samples, plane, groups * channels * plane, groups * out_rows * plane,
                           vectors)
-    parts = workers.parts() if groups * len(units) >= 4 * vectors else 1
+    # the weights are read where they lie (a 256-channel layer's packing took 0.27 ms, a
+    # third of its forward at batch 8, 0.85 -> 0.59 ms without it), but for a transposed
+    # view (the input gradient's) over many tiles: its rows a few floats apart, each
+    # channel's far from the last, cost 4-5% more than packed at 128 tiles and up
+    packed = weights.strides[-3] < weights.strides[-2] and len(units) >= DIRECT_PACKED_MIN_UNITS
+    if packed:
+        weights = _pack(weights, most)
+        weight_steps = (weights.shape[1], 0, 0, 0)
+    else:
+        weights = np.asarray(weights, np.float32)
+        if min(weights.strides) < 0:
+            weights = np.ascontiguousarray(weights)
+        weight_steps = tuple(step // 4 for step in weights.strides)
+    # vector multiply-adds from which the cores share the work (about 40 us on one core)
+    parts = workers.parts() if groups * len(units) * out_rows * channels * len(taps) >= \
+        DIRECT_SPLIT_MIN_WORK else 1
     # few tiles (small maps, few samples) and many outputs: each part takes every tile and
     # a share of the output rows, so that it reads only its share of the weights, and
-    # reads those from its cache for every tile (256 channels at 4x4, batch 32: 2.8 -> 2.6 ms)
+    # reads those from its cache for every tile (256 channels at 4x4, batch 32: 2.8 -> 2.6
+    # ms; at batch 8, three tiles, one core had done it all: 0.94 -> 0.48)
     by_rows = groups * len(units) < parts * PRODUCT_BLOCK_TILES * vectors and \
         out_rows >= parts * most
     params = np.array([parts, out.ctypes.data, out_rows, x.ctypes.data, channels,
-                       taps_a.ctypes.data, taps_b.ctypes.data, len(taps), packed.ctypes.data,
-                       packed.shape[1], groups, units.ctypes.data, len(units),
-                       heights.ctypes.data, widths.ctypes.data, height, width,
-                       channels * plane, out_rows * plane, wide, by_rows], np.int64)
+                       taps_a.ctypes.data, taps_b.ctypes.data, len(taps), weights.ctypes.data,
+                       *weight_steps, groups, units.ctypes.data,
+                       len(units), heights.ctypes.data, widths.ctypes.data, height, width,
+                       channels * plane, out_rows * plane, wide, by_rows, packed], np.int64)
     workers.run(_direct_job, params)
 
 
