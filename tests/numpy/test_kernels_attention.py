@@ -374,3 +374,20 @@ def test_layer_norm_of_a_constant_row_is_the_bias():
     bias = np.arange(5, dtype=np.float32)
     y, _ = layer_norm(x, np.ones(5, np.float32), bias)
     np.testing.assert_allclose(y, np.broadcast_to(bias, (2, 5)), atol=1e-6)
+
+
+def test_rope_reads_any_layout_and_writes_its_gradient_into_a_view():
+    """The queries come as a projection's columns, a gradient in any layout; the gradient
+    can go straight into the projection gradient's columns."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
+    probe = rng.standard_normal(x.shape).astype(np.float32)
+    y, backward = rope(x, theta=100.0)
+    (dx,) = backward(probe)
+    columns = np.zeros((2 * 6, 3 * 4 + 5), np.float32)  # a wider array's first columns
+    sample_second = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    y_strided, backward_strided = rope(sample_second, theta=100.0)
+    backward_strided(np.asfortranarray(probe), into=columns[:, :12].reshape(x.shape))
+    np.testing.assert_array_equal(y_strided, y)
+    np.testing.assert_array_equal(columns[:, :12].reshape(x.shape), dx)
+    assert not columns[:, 12:].any()

@@ -57,22 +57,27 @@ def rope(x, *, theta):
         raise ValueError(f"rotary embeddings need an even head size, got {dim}")
     cos, sin, back_sin = _rope_tables(steps, dim, float(theta), x.dtype)
     out = np.empty(x.shape, x.dtype)
-    parallel.rotate_halves(_position_rows(x), _position_rows(out), cos, sin, heads)
+    parallel.rotate_halves(_position_rows(x, readonly=True), _position_rows(out), cos, sin,
+                           heads)
 
     def backward(dy, into=None):
         # the transpose of the rotation: the turn by the negated angles
         dx = np.empty(x.shape, x.dtype) if into is None else into
-        parallel.rotate_halves(_position_rows(np.asarray(dy, x.dtype)), _position_rows(dx),
-                               cos, back_sin, heads)
+        parallel.rotate_halves(_position_rows(np.asarray(dy, x.dtype), readonly=True),
+                               _position_rows(dx), cos, back_sin, heads)
         return (dx,)
 
     return out, backward
 
 
-def _position_rows(a):
-    """(N, T, heads, d) as (N * T, heads * d), a view (an error if it cannot be one)."""
+def _position_rows(a, readonly=False):
+    """(N, T, heads, d) as (N * T, heads * d): a view, or (``readonly``) a copy where
+    ``a``'s steps allow none (an array to write into must be a view: an error then)."""
+    shape = (a.shape[0] * a.shape[1], a.shape[2] * a.shape[3])
+    if readonly:
+        return a.reshape(shape)
     rows = a.view()
-    rows.shape = (a.shape[0] * a.shape[1], a.shape[2] * a.shape[3])
+    rows.shape = shape
     return rows
 
 
