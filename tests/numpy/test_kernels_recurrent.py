@@ -229,6 +229,7 @@ REAL_SIZES = [
     (1, 260, False),   # one sample of many units: both cores, each step's positions split
     (2, 256, True),    # one sample a core: the positions split too
     (6, 203, False),   # 6 samples of 203 units: 3 a core
+    (9, 130, True),    # an odd batch with a phantom sample: 5 a core
     # an odd batch splits each step's positions between the cores, here one tile of them:
     # the second core must take none (it once made a phantom second item, after the end)
     (33, 36, False),   # the backward's H + F <= 48
