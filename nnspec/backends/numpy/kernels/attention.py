@@ -129,7 +129,8 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
     kt, vt = (np.empty((batch, kv_heads, dim + 1, keys_total), dtype) for _ in (k, v))
     # query head h = kv * group + g, queries stored (N, T, KVH, G, d)
     q5 = q.reshape(batch, steps, kv_heads, group, dim)
-    head_blocks, query_blocks = _plan(batch, kv_heads, group, steps, keys_total, causal)
+    head_blocks, query_blocks = _plan(batch, kv_heads, group, steps, keys_total, causal,
+                                      workers.parts())
     dropping = train and dropout > 0
     keep_probs = keys_total <= KEPT_PROBABILITIES_KEYS
     context = np.empty((batch, steps, kv_heads, group, dim), dtype)
@@ -305,11 +306,13 @@ def _parts(head_blocks, scores):
     return min(len(head_blocks), workers.parts())
 
 
-def _plan(batch, kv_heads, group, steps, keys_total, causal):
+@functools.lru_cache(maxsize=32)
+def _plan(batch, kv_heads, group, steps, keys_total, causal, cores):
     """The blocks attention runs over: (samples, kv heads) slices, and (start, end, keys)
     query ranges with the keys they read. Queries come whole where one head's scores fit
     SCORE_BLOCK_FLOATS (so each block's key and value gradients come from one product over
-    all its queries), and as many heads join a block as fit beside them."""
+    all its queries), and as many heads join a block as fit beside them, fewer where the
+    ``cores`` parts' shares (every cores-th block each) would be uneven. Read-only."""
     if causal:
         width = min(steps, CAUSAL_BLOCK)
     else:
@@ -317,11 +320,31 @@ def _plan(batch, kv_heads, group, steps, keys_total, causal):
     query_blocks = [(s, min(s + width, steps)) for s in range(0, steps, width)]
     query_blocks = [(s, e, e if causal else keys_total) for s, e in query_blocks]
     pairs = max(1, SCORE_BLOCK_FLOATS // (group * width * keys_total))
+    # blocks down to half as large where that evens the cores' shares (32 samples of 3
+    # heads at T 65 made blocks of 30, 30, 30 and 6 pairs, one core taking 60 and the other
+    # 36; in blocks of 24 a ViT layer's attention, forward and backward, 5.1 -> 4.5 ms).
+    # Smaller still cost more in calls than the uneven shares did (3 samples of 8 heads)
+    for fewer in range(pairs, (pairs + 1) // 2 - 1, -1):
+        head_blocks = _head_blocks(batch, kv_heads, fewer)
+        if _even_shares(head_blocks, cores):
+            return head_blocks, query_blocks
+    return _head_blocks(batch, kv_heads, pairs), query_blocks
+
+
+def _head_blocks(batch, kv_heads, pairs):
+    """(samples, kv heads) slices of at most ``pairs`` pairs, heads first."""
     kv_step = min(kv_heads, pairs)
     sample_step = max(1, pairs // kv_heads)
-    head_blocks = [(slice(n, n + sample_step), slice(h, h + kv_step))
-                   for n in range(0, batch, sample_step) for h in range(0, kv_heads, kv_step)]
-    return head_blocks, query_blocks
+    return [(slice(n, min(n + sample_step, batch)), slice(h, min(h + kv_step, kv_heads)))
+            for n in range(0, batch, sample_step) for h in range(0, kv_heads, kv_step)]
+
+
+def _even_shares(head_blocks, cores):
+    """Whether the cores' shares of the blocks (every ``cores``-th each, as the parts take
+    them) are within a fifth of each other."""
+    sizes = [(s.stop - s.start) * (k.stop - k.start) for s, k in head_blocks]
+    shares = [sum(sizes[part::cores]) for part in range(cores)]
+    return max(shares) <= 1.2 * min(shares)
 
 
 def _block_bias(padding, mask, causal, samples, start, end, keys, dtype):
