@@ -889,7 +889,7 @@ def direct_products(out, x, taps, weights, groups=1):
     # the weights are read where they lie (a 256-channel layer's packing took 0.27 ms, a
     # third of its forward at batch 8, 0.85 -> 0.59 ms without it), but for a transposed
     # view (the input gradient's) over many tiles: its rows a few floats apart, each
-    # channel's far from the last, cost 4-5% more than packed at 128 tiles and up
+    # channel's far from the last, cost 4-5% more than packed from 128 vectors of positions
     packed = weights.strides[-3] < weights.strides[-2] and len(units) >= DIRECT_PACKED_MIN_UNITS
     if packed:
         weights = _pack(weights, most)
