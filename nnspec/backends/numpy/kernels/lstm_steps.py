@@ -282,9 +282,9 @@ _MEETING_MIN_HIDDEN = 256
 def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse, into):
     """``_direction``, an odd batch from PADDED_MIN_SAMPLES a sample more where that lets
     each core keep its own samples (``_items``): the phantom sample's input is zeros, its
-    ones row too, so its state and cell stay zero and it adds nothing to any gradient. Its
-    steps then never meet, where the odd batch's split every step's products (T 64 H 256,
-    forward and backward: B 9 8.7 -> 6.9 ms, B 11 9.7 -> 7.6)."""
+    ones row too, so its state and cell stay zero and it adds nothing to any gradient. The
+    cores then never meet, where the odd batch's split each step's product and met twice a
+    step (T 64 H 256, forward and backward: B 9 8.7 -> 6.9 ms, B 11 9.7 -> 7.6)."""
     steps, features, batch = layer_input.shape
     gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
     parts = _parts(batch, hidden)
