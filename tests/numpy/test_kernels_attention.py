@@ -391,3 +391,24 @@ def test_rope_reads_any_layout_and_writes_its_gradient_into_a_view():
     np.testing.assert_array_equal(y_strided, y)
     np.testing.assert_array_equal(columns[:, :12].reshape(x.shape), dx)
     assert not columns[:, 12:].any()
+
+
+@pytest.mark.parametrize("batch, kv_heads, group, steps, causal", [
+    (3, 8, 1, 128, True), (32, 3, 1, 65, False), (5, 4, 1, 64, True), (16, 8, 1, 196, False),
+    (2, 2, 4, 128, True), (1, 1, 1, 7, False)])
+def test_attention_head_blocks_cover_every_pair_once_and_share_evenly_where_split(
+        batch, kv_heads, group, steps, causal):
+    """``_plan``'s head blocks: every (sample, kv head) pair in exactly one block; where
+    the layer runs on two cores, shares within a fifth of each other for these shapes
+    (3 samples of 8 heads once made blocks of 16 and 8 pairs)."""
+    from nnspec.backends.numpy.kernels.attention import PARALLEL_MIN_SCORES, _plan
+
+    head_blocks, _ = _plan(batch, kv_heads, group, steps, steps, causal, 2)
+    covered = np.zeros((batch, kv_heads), int)
+    for samples, kvs in head_blocks:
+        covered[samples, kvs] += 1
+    assert (covered == 1).all()
+    if batch * kv_heads * group * steps * steps >= PARALLEL_MIN_SCORES:
+        sizes = [(s.stop - s.start) * (k.stop - k.start) for s, k in head_blocks]
+        shares = [sum(sizes[part::2]) for part in range(2)]
+        assert max(shares) <= 1.2 * min(shares)

@@ -324,17 +324,23 @@ def _plan(batch, kv_heads, group, steps, keys_total, causal, cores):
     # heads at T 65 made blocks of 30, 30, 30 and 6 pairs, one core taking 60 and the other
     # 36; in blocks of 24 a ViT layer's attention, forward and backward, 5.1 -> 4.5 ms).
     # Smaller still cost more in calls than the uneven shares did (3 samples of 8 heads)
+    # (3 samples of 8 heads: two blocks of 3 samples by 4 heads, not 16 and 8 pairs)
+    plain = _head_blocks(batch, kv_heads, min(kv_heads, pairs), pairs // kv_heads)
+    if _even_shares(plain, cores) or \
+            batch * kv_heads * group * steps * keys_total < PARALLEL_MIN_SCORES:  # one core
+        return plain, query_blocks
     for fewer in range(pairs, (pairs + 1) // 2 - 1, -1):
-        head_blocks = _head_blocks(batch, kv_heads, fewer)
-        if _even_shares(head_blocks, cores):
-            return head_blocks, query_blocks
-    return _head_blocks(batch, kv_heads, pairs), query_blocks
+        for kv_step in range(min(kv_heads, fewer), 0, -1):
+            head_blocks = _head_blocks(batch, kv_heads, kv_step, fewer // kv_step)
+            if kv_heads % kv_step == 0 and _even_shares(head_blocks, cores):
+                return head_blocks, query_blocks
+    return plain, query_blocks
 
 
-def _head_blocks(batch, kv_heads, pairs):
-    """(samples, kv heads) slices of at most ``pairs`` pairs, heads first."""
-    kv_step = min(kv_heads, pairs)
-    sample_step = max(1, pairs // kv_heads)
+def _head_blocks(batch, kv_heads, kv_step, sample_step):
+    """(samples, kv heads) slices of ``sample_step`` samples by ``kv_step`` heads (at least
+    one sample)."""
+    sample_step = max(1, sample_step)
     return [(slice(n, min(n + sample_step, batch)), slice(h, min(h + kv_step, kv_heads)))
             for n in range(0, batch, sample_step) for h in range(0, kv_heads, kv_step)]
 
