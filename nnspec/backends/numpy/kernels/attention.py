@@ -51,30 +51,32 @@ def rope(x, *, theta):
     with its row steps as it is (the queries' and keys' columns of one projection): NumPy's
     product with a signed permutation, two multiplies and an add, after a copy of the
     strided input, took 0.63 ms on a mini-LLaMA layer's queries (16 x 128 x 8 x 32), this
-    0.1."""
+    0.14."""
     steps, heads, dim = x.shape[1:]
     if dim % 2:
         raise ValueError(f"rotary embeddings need an even head size, got {dim}")
     cos, sin, back_sin = _rope_tables(steps, dim, float(theta), x.dtype)
     out = np.empty(x.shape, x.dtype)
-    parallel.rotate_halves(_position_rows(x, readonly=True), _position_rows(out), cos, sin,
+    parallel.rotate_halves(_position_rows(x, may_copy=True), _position_rows(out), cos, sin,
                            heads)
+    shape, dtype = x.shape, x.dtype  # the backward keeps these, not x
 
     def backward(dy, into=None):
         # the transpose of the rotation: the turn by the negated angles
-        dx = np.empty(x.shape, x.dtype) if into is None else into
-        parallel.rotate_halves(_position_rows(np.asarray(dy, x.dtype), readonly=True),
+        dx = np.empty(shape, dtype) if into is None else into
+        parallel.rotate_halves(_position_rows(np.asarray(dy, dtype), may_copy=True),
                                _position_rows(dx), cos, back_sin, heads)
         return (dx,)
 
     return out, backward
 
 
-def _position_rows(a, readonly=False):
-    """(N, T, heads, d) as (N * T, heads * d): a view, or (``readonly``) a copy where
-    ``a``'s steps allow none (an array to write into must be a view: an error then)."""
+def _position_rows(a, may_copy=False):
+    """(N, T, heads, d) as (N * T, heads * d): a view, or (``may_copy``, for an array only
+    read) a copy where ``a``'s steps allow none; an array written into must be a view (an
+    error otherwise)."""
     shape = (a.shape[0] * a.shape[1], a.shape[2] * a.shape[3])
-    if readonly:
+    if may_copy:
         return a.reshape(shape)
     rows = a.view()
     rows.shape = shape
@@ -320,19 +322,22 @@ def _plan(batch, kv_heads, group, steps, keys_total, causal, cores):
     query_blocks = [(s, min(s + width, steps)) for s in range(0, steps, width)]
     query_blocks = [(s, e, e if causal else keys_total) for s, e in query_blocks]
     pairs = max(1, SCORE_BLOCK_FLOATS // (group * width * keys_total))
-    # blocks down to half as large where that evens the cores' shares (32 samples of 3
-    # heads at T 65 made blocks of 30, 30, 30 and 6 pairs, one core taking 60 and the other
-    # 36; in blocks of 24 a ViT layer's attention, forward and backward, 5.1 -> 4.5 ms).
-    # Smaller still cost more in calls than the uneven shares did (3 samples of 8 heads)
-    # (3 samples of 8 heads: two blocks of 3 samples by 4 heads, not 16 and 8 pairs)
     plain = _head_blocks(batch, kv_heads, min(kv_heads, pairs), pairs // kv_heads)
     if _even_shares(plain, cores) or \
             batch * kv_heads * group * steps * keys_total < PARALLEL_MIN_SCORES:  # one core
         return plain, query_blocks
+    # uneven shares on two cores: blocks down to half as large, of fewer heads if need be,
+    # where that evens them (32 samples of 3 heads at T 65 made blocks of 30, 30, 30 and 6
+    # pairs, one core taking 60 and the other 36: in blocks of 24 a ViT layer's attention,
+    # forward and backward, 5.1 -> 4.5 ms; 3 samples of 8 heads made 16 and 8, in two of 3
+    # samples by 4 heads a GPT layer's 1.86 -> 1.60). Smaller blocks cost more in calls
+    # than the uneven shares did (3 samples of 8 heads in six of 4 pairs: 1.86 -> 2.3)
     for fewer in range(pairs, (pairs + 1) // 2 - 1, -1):
         for kv_step in range(min(kv_heads, fewer), 0, -1):
+            if kv_heads % kv_step:
+                continue
             head_blocks = _head_blocks(batch, kv_heads, kv_step, fewer // kv_step)
-            if kv_heads % kv_step == 0 and _even_shares(head_blocks, cores):
+            if _even_shares(head_blocks, cores):
                 return head_blocks, query_blocks
     return plain, query_blocks
 

@@ -274,7 +274,8 @@ def _all_steps(parts, steps, backward, product, packed, step_params, moving, out
 # any batch from MEETING_MIN_HIDDEN units a sample, the cores splitting each step's
 # product (``_items``): one core alone read all the weights every step, T 128 forward and
 # backward, B 1 H 256 2.9 + 3.0 -> 2.0 + 2.1 ms, B 3 6.1 + 6.6 -> 3.1 + 5.1, B 1 H 512
-# 21.8 + 23.4 -> 9.6 + 9.7 (at H 64 the same, at H 128 within 10%)
+# 21.8 + 23.4 -> 9.6 + 9.7 (at H 64 the same; at H 128 B 1 0.9 + 1.0 -> 0.7 + 0.8 and B 3
+# 1.4 + 1.6 -> 1.2 + 1.6, not tried further, so the split starts at 256)
 _SPLIT_MIN_UNITS = 1 << 10
 _MEETING_MIN_HIDDEN = 256
 
@@ -284,7 +285,7 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     each core keep its own samples (``_items``): the phantom sample's input is zeros, its
     ones row too, so its state and cell stay zero and it adds nothing to any gradient. The
     cores then never meet, where the odd batch's split each step's product and met twice a
-    step (T 64 H 256, forward and backward: B 9 8.7 -> 6.9 ms, B 11 9.7 -> 7.6)."""
+    step (T 64 H 256, forward and backward: B 9 8.7 -> 7.1 ms, B 11 9.7 -> 8.0)."""
     steps, features, batch = layer_input.shape
     gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
     parts = _parts(batch, hidden)

@@ -838,10 +838,10 @@ def _pack(weights, most=ROWS, product=False):
     cores, (groups, M * C * taps): per group each block of rows (``_block_rows`` with
     ``most``) one after the other, in it the channels' passes (``_direct_job``), each a tap
     at a time, the rows fastest; (items, M, 1, reads) weights with ``product`` are the
-    product tiles' (reads, rows) blocks, of ``_product_rows``. NumPy's transposes took 0.15 ms on a 128-channel layer's weights and 3 ms
-    on a 512-channel one's (twice that for the input gradient's transposed weights): a fifth
-    of the layer's time on 4x4 maps; a depthwise layer's 192 items packed one at a time, 0.3
-    ms, ten times its product."""
+    product tiles' (reads, rows) blocks, of ``_product_rows``. NumPy's transposes took 0.15
+    ms on a 128-channel layer's weights and 3 ms on a 512-channel one's (twice that for the
+    input gradient's transposed weights): a fifth of the layer's time on 4x4 maps; a
+    depthwise layer's 192 items packed one at a time, 0.3 ms, ten times its product."""
     weights = np.asarray(weights, np.float32)
     if min(weights.strides) < 0:
         weights = np.ascontiguousarray(weights)
