@@ -6,7 +6,15 @@ check; 6% of a ResNet-20 step, whose process holds a few hundred thousand object
 from __future__ import annotations
 
 import gc
+import itertools
 from contextlib import contextmanager
+
+# Moving survivors to the oldest generation also resets the youngest's count, so the
+# collections that objects made between steps (a trainer's) would have started may never
+# come: every this many moves a full collection runs instead, which finds any cycles
+# among them (about 0.1 ms a step where a ResNet-20 step's collections took 0.1-1.5).
+MOVES_A_COLLECTION = 1000
+_moves = itertools.count(1)
 
 
 @contextmanager
@@ -14,14 +22,19 @@ def collector_paused(*, freeze_survivors: bool = False):
     """Pause the collector, restoring it after (unless the caller had it off).
     ``freeze_survivors`` moves what survived to the oldest generation (freeze, unfreeze):
     after a build of many long-lived objects the first collection would otherwise rescan
-    all of them at once."""
+    all of them at once, and after a training step's forward the tape it keeps for the
+    backward would be rescanned and promoted, generation by generation, until full
+    collections of the whole process came every hundred steps or so."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if freeze_survivors:
-            gc.freeze()
-            gc.unfreeze()
+            if next(_moves) % MOVES_A_COLLECTION == 0:
+                gc.collect()
+            else:
+                gc.freeze()
+                gc.unfreeze()
         if enabled:
             gc.enable()

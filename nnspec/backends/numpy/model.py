@@ -241,7 +241,7 @@ class NumpyModel:
             raise InputError("the batch is empty: every input needs at least one sample")
         return arrays
 
-    @collector_paused()  # a step makes closures and arrays, and no reference cycles
+    @collector_paused(freeze_survivors=True)  # a step makes closures and arrays, no cycles
     def _run(self, graph: Graph, values: dict[str, np.ndarray], *, train: bool, record: bool,
              skip: frozenset[str] = frozenset(), input_grads: bool = True,
              keep: frozenset[str] | None = frozenset()) -> dict[str, np.ndarray]:
@@ -484,7 +484,7 @@ class NumpyModel:
             raise ValueError(f"backward needs {len(outputs)} gradients, one per output")
         return {node: g for node, g in zip(self.graph.outputs, d_output) if g is not None}
 
-    @collector_paused()
+    @collector_paused(freeze_survivors=True)
     def _reverse(self, tape: list[_Step], grads: dict[str, np.ndarray], written: set[str]
                  ) -> None:
         """Backward over `tape`, emptying it: each step's closure, and the forward arrays

@@ -12,6 +12,7 @@ grouped, or im2col where the frame would waste too much.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -104,6 +105,9 @@ def _conv(x, weight, stride, padding, dilation, groups, input_grad):
     C*K) times columns (C*K, N*P). Inside, maps are channels first and batch second, (C, N,
     *spatial), so the columns, the output's rows and the input gradient's kernel offsets are
     all contiguous runs; the layout at the boundary stays torch's."""
+    # tuples throughout: the paths' choices are cached per layer shape
+    stride, dilation = tuple(stride), tuple(dilation)
+    padding = tuple(tuple(pair) for pair in padding)
     n, channels = x.shape[:2]
     out_channels, group_channels = weight.shape[:2]
     kernel = weight.shape[2:]
@@ -360,16 +364,17 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
         # dx[c, p] = sum over o and k of weight[o, c, k] * dy[o, p - shift_k]
         flipped = weight.reshape(groups, group_outputs, group_channels, -1).transpose(0, 2, 1, 3)
         dx = np.empty(maps.shape, dy.dtype)
-        tiled.direct_products(dx, dy_maps, [(-a, -b) for a, b in taps], flipped, groups)
+        tiled.direct_products(dx, dy_maps, _reversed_taps(taps), flipped, groups)
         return dx.reshape(x.shape), dweight
 
     return y, backward
 
 
+@functools.lru_cache(maxsize=256)  # per layer shape, as _columns_pay_for
 def _direct_taps(spatial, kernel, stride, padding, dilation):
     """The (row, column) shift of each kernel offset of a stride-1, 1-D or 2-D convolution
-    whose output has the input's size, read in place (``tiled.direct_products``); None for
-    the others."""
+    whose output has the input's size, read in place (``tiled.direct_products``), a tuple;
+    None for the others."""
     if len(kernel) > 2 or any(s != 1 for s in stride) or \
             math.prod(kernel) > tiled.DIRECT_MAX_TAPS or \
             any(lo + hi != (k - 1) * d for (lo, hi), k, d in zip(padding, kernel, dilation)):
@@ -377,7 +382,12 @@ def _direct_taps(spatial, kernel, stride, padding, dilation):
     rows = [k * dilation[0] - padding[0][0] for k in range(kernel[0])] if len(kernel) == 2 \
         else [0]
     columns = [k * dilation[-1] - padding[-1][0] for k in range(kernel[-1])]
-    return [(a, b) for a in rows for b in columns]
+    return tuple((a, b) for a in rows for b in columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _reversed_taps(taps):
+    return tuple((-a, -b) for a, b in taps)
 
 
 def _tiled_on_frames(x, weight, stride, padding, dilation, groups, input_grad):
@@ -541,12 +551,18 @@ def _columns_pay(x, kernel, stride, padding, dilation):
     13.4 -> 7.9 ms, 48 -> 96 on 8x8 1.7 -> 1.2, even at 32 -> 64 to 8x8; 0.7-0.8x on wider
     maps or fewer channels. At stride 1, 128 channels on 3x3 maps 2.0 -> 1.75 ms, on 2x2
     1.9 -> 1.1, where 4x4 maps read in place are faster (2.6 on the columns, 2.2)."""
-    if not columns.applies(x) or x.shape[1] < COLUMNS_MIN_CHANNELS:
+    return columns.applies(x) and _columns_pay_for(x.shape[1], x.shape[2:], kernel, stride,
+                                                   padding, dilation)
+
+
+@functools.lru_cache(maxsize=256)  # per layer shape: a small batch's step calls it per layer
+def _columns_pay_for(channels, spatial, kernel, stride, padding, dilation):
+    if channels < COLUMNS_MIN_CHANNELS:
         return False
-    positions = math.prod(padded_output_size(x.shape[2:], padding, kernel, stride, dilation))
+    positions = math.prod(padded_output_size(spatial, padding, kernel, stride, dilation))
     if any(s > 1 for s in stride):
         return positions <= COLUMNS_MAX_STRIDED_POSITIONS
-    return x.shape[1] >= TILED_MAX_CHANNELS and positions <= COLUMNS_MAX_POSITIONS
+    return channels >= TILED_MAX_CHANNELS and positions <= COLUMNS_MAX_POSITIONS
 
 
 COLUMNS_MIN_CHANNELS = 32

@@ -61,9 +61,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
         shift, gap = mean, np.zeros_like(mean)
     inv_std = (1.0 / np.sqrt(var + eps)).astype(dtype)
     scale = inv_std if weight is None else inv_std * weight
-    shift_columns, scale_columns = _columns(shift, positions), _columns(scale, positions)
-    bias = np.zeros_like(scale) if bias is None else bias.astype(dtype)
-    offset_columns = _columns(bias - gap * scale, positions)
+    offset = -gap * scale if bias is None else bias.astype(dtype) - gap * scale
+    shift_columns, scale_columns, offset_columns = _columns(positions, shift, scale, offset)
     y = np.empty_like(rows)
     # y = (x - shift) * scale + bias - gap * scale
     parallel.normalise_columns(rows, shift_columns, scale_columns, offset_columns, activate, y,
@@ -77,8 +76,10 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
         products = np.empty(rows.shape[1], dtype)
         parallel.column_gradient_sums(dy_rows, rows, shift_columns, scale_columns, offset_columns,
                                    activate, sums, products, fused.COLUMN_SPAN)
-        sum_dy, sum_dy_centered = (s.reshape(channels, positions).sum(axis=1)
-                                   for s in (sums, products))
+        totals = np.empty((2, channels))
+        fused.channel_totals(sums, channels, totals[0])
+        fused.channel_totals(products, channels, totals[1])
+        sum_dy, sum_dy_centered = totals.astype(dtype)
         sum_dy_centered -= gap * sum_dy
         sum_dy_x_hat = sum_dy_centered * inv_std
         dx = np.empty_like(dy_rows)
@@ -87,8 +88,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
         b = -scale * inv_std * sum_dy_x_hat / count if train else np.zeros_like(scale)
         c = -scale * sum_dy / count - b * gap if train else b
         parallel.combine_columns(dy_rows, scale_columns, rows, shift_columns, offset_columns,
-                              activate, _columns(b, positions), _columns(c, positions), dx,
-                              fused.COLUMN_SPAN)
+                              activate, *_columns(positions, b, c), dx, fused.COLUMN_SPAN)
         dweight = None if weight is None else sum_dy_x_hat
         dbias = sum_dy if has_bias else None
         return dx.reshape(x_shape), dweight, dbias, None, None
@@ -96,10 +96,12 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
     return y.reshape(x_shape), backward
 
 
-def _columns(per_channel, positions):
-    """A per-channel vector repeated over each channel's positions, (C * L,)."""
-    return np.ascontiguousarray(per_channel if positions == 1
-                                else np.repeat(per_channel, positions))
+def _columns(positions, *per_channel):
+    """Per-channel vectors, each repeated over each channel's positions, (C * L,)."""
+    first = per_channel[0]
+    out = np.empty((len(per_channel), first.size * positions), first.dtype)
+    fused.repeat_channels(per_channel, positions, out)
+    return out
 
 
 def _statistics(rows, channels, count):
@@ -107,12 +109,16 @@ def _statistics(rows, channels, count):
     input: sums of x - shift and of its square, with the first sample's channel means as the
     shift, so the variance does not cancel away when the mean is large against the spread."""
     positions = rows.shape[1] // channels
-    shift = rows[0].reshape(channels, positions).mean(axis=1, dtype=rows.dtype)
+    totals = np.empty((2, channels))
+    fused.channel_totals(rows[0], channels, totals[0])
+    shift = (totals[0] / positions).astype(rows.dtype)
     sums = np.empty(rows.shape[1], dtype=rows.dtype)
     squares = np.empty(rows.shape[1], dtype=rows.dtype)
-    parallel.column_moments(rows, _columns(shift, positions), sums, squares, fused.COLUMN_SPAN)
+    parallel.column_moments(rows, _columns(positions, shift)[0], sums, squares,
+                            fused.COLUMN_SPAN)
     # float64 from here on: per-channel values only
-    mean_offset = sums.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count
-    square_mean = squares.reshape(channels, positions).sum(axis=1, dtype=np.float64) / count
+    fused.channel_totals(sums, channels, totals[0])
+    fused.channel_totals(squares, channels, totals[1])
+    mean_offset, square_mean = totals / count
     var = np.maximum(square_mean - mean_offset**2, 0.0)
     return shift, mean_offset, var

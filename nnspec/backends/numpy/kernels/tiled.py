@@ -758,6 +758,19 @@ def _positions(height, width):
     return heights, widths
 
 
+@functools.lru_cache(maxsize=256)  # per layer shape: a small batch's step asks per layer
+def _tap_shifts(taps):
+    """Each tap's row shifts and column shifts, int64 arrays (read-only)."""
+    return _read_only(np.array([a for a, _ in taps], np.int64)), \
+        _read_only(np.array([b for _, b in taps], np.int64))
+
+
+def _read_only(array):
+    array.flags.writeable = False
+    return array
+
+
+@functools.lru_cache(maxsize=256)
 def _direct_units(samples, plane, x_sample, out_sample, vectors):
     """The direct tiles' vectors, (x offset, out offset, first position) each, int64:
     ``samples`` planes of ``plane`` positions cut into vectors of LANES, one after the
@@ -770,7 +783,7 @@ def _direct_units(samples, plane, x_sample, out_sample, vectors):
     units[:len(sample), 0] = sample * x_sample + first * LANES
     units[:len(sample), 1] = sample * out_sample + first * LANES
     units[:len(sample), 2] = first * LANES
-    return units
+    return _read_only(units)
 
 
 def _tap_reads(taps, channels, height, width):
@@ -877,8 +890,7 @@ def direct_products(out, x, taps, weights, groups=1):
                          f"{weights.shape} in {groups} groups")
     out_rows, channels = weights.shape[1:3]
     plane = height * width
-    taps_a = np.array([a for a, _ in taps], np.int64)
-    taps_b = np.array([b for _, b in taps], np.int64)
+    taps_a, taps_b = _tap_shifts(tuple(taps))
     # 8-row tiles unless the outputs come in whole blocks of 6 and not of 8 (90 outputs):
     # then the wide ones (fewer rows, more vectors)
     wide = out_rows % ROWS != 0 and out_rows % WIDE_ROWS == 0
@@ -1066,6 +1078,7 @@ def _channels_last(maps):
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _gradient_shape(group_outputs, channels):
     """The gradient tile that wastes least of its lanes and rows on a group's outputs and
     channels, the widest of those; (index in GRADIENT_SHAPES, vectors, rows)."""
@@ -1091,12 +1104,9 @@ def _gradient_products(x, dy, taps, groups):
     tile_width = vectors * LANES
     padded = -(-channels // rows) * rows
     plane = height * width
-    taps_a = np.array([a for a, _ in taps], np.int64)
-    taps_b = np.array([b for _, b in taps], np.int64)
-    read_channels = np.arange(padded, dtype=np.int64)
-    read_channels[channels:] = 0  # spare rows read the first channel again
-    x_offsets = np.ascontiguousarray(
-        (taps_a * width + taps_b)[:, None] + read_channels[None, :] * plane)
+    taps = tuple(taps)
+    taps_a, taps_b = _tap_shifts(taps)
+    x_offsets = _gradient_reads(taps, padded, channels, height, width)
     columns = -(-group_outputs // tile_width) * tile_width
     out = np.zeros((groups, len(taps), padded, columns), np.float32)
     dy_last = _channels_last(dy)
@@ -1110,6 +1120,18 @@ def _gradient_products(x, dy, taps, groups):
     # (groups, taps, C, M) -> (groups * M, C, taps)
     return np.ascontiguousarray(out[:, :, :channels, :group_outputs].transpose(0, 3, 2, 1)
                                 ).reshape(out_channels, channels, len(taps))
+
+
+@functools.lru_cache(maxsize=256)
+def _gradient_reads(taps, padded, channels, height, width):
+    """Where each (tap, channel) read of ``_gradient_products`` starts in a sample's map,
+    (taps, padded) int64 (read-only); spare rows past ``channels`` read the first channel
+    again."""
+    shifts = np.array([a * width + b for a, b in taps], np.int64)
+    read_channels = np.arange(padded, dtype=np.int64)
+    read_channels[channels:] = 0
+    return _read_only(np.ascontiguousarray(shifts[:, None]
+                                           + read_channels[None, :] * (height * width)))
 
 
 @functools.lru_cache(maxsize=64)  # per map size: bounded for inputs of many lengths
