@@ -902,3 +902,28 @@ def test_float32_convolutions_agree_with_the_float64_blas_paths(data):
         assert ours.dtype == np.float32
         np.testing.assert_allclose(ours, theirs, rtol=1e-4,
                                    atol=1e-4 * max(1.0, np.abs(theirs).max()))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch, path", [(1, "columns"), (2, "columns"), (3, "tiles")])
+def test_a_strided_convolution_of_one_or_two_samples_takes_the_columns(monkeypatch, batch,
+                                                                       path):
+    """A batch of one or two: a strided 16-channel layer's few columns cost less than the
+    frames' copies (``COLUMNS_STRIDED_MAX_SAMPLES``); from three the tiles take it again."""
+    taken = record_calls(monkeypatch, {"tiles": "_tiled", "columns": "_on_columns"})
+    check_conv_against_torch(2, conv_case(16, 32, (12, 10), (3, 3), (2, 2), ((1, 1), (1, 1)),
+                                          (1, 1), batch=batch))
+    assert taken == [path]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch, channels, out_channels, spatial, path", [
+    (1, 16, 32, (16, 16), "products"),     # 131k multiply-adds: the per-sample products
+    (4, 24, 160, (24, 20), "tiles"),       # 7.4M: the tiles
+])
+def test_a_pointwise_convolution_takes_the_tiles_only_for_enough_work(
+        monkeypatch, batch, channels, out_channels, spatial, path):
+    taken = record_calls(monkeypatch, {"tiles": "_tiled_pointwise"})
+    check_conv_against_torch(2, conv_case(channels, out_channels, spatial, (1, 1), (1, 1),
+                                          ((0, 0), (0, 0)), (1, 1), batch=batch))
+    assert taken == ([] if path == "products" else ["tiles"])

@@ -177,7 +177,9 @@ def _pointwise(x, weight, input_grad):
     was 1.2-3x faster at maps of 16 to 1024 pixels."""
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]
-    if x.dtype == np.float32 and math.prod(x.shape[2:]) >= TILED_POINTWISE_MIN_POSITIONS:
+    positions = math.prod(x.shape[2:])
+    if x.dtype == np.float32 and positions >= TILED_POINTWISE_MIN_POSITIONS and \
+            n * positions * channels * out_channels >= TILED_POINTWISE_MIN_WORK:
         return _tiled_pointwise(x, weight, input_grad)
     rows = x.reshape(n, channels, -1)
     matrix = weight.reshape(out_channels, channels)
@@ -195,6 +197,10 @@ def _pointwise(x, weight, input_grad):
 # maps of fewer positions leave most of a tile's 48 lanes masked: at 4x4 (MobileNet's last
 # layers) the tiles were 1.2-1.5x slower than the per-sample products, at 8x8 even
 TILED_POINTWISE_MIN_POSITIONS = 2 * tiled.TILE
+# and fewer multiply-adds than this cost less in the per-sample products than the tiles'
+# packing and set-up (MobileNetV2's 1x1 layers at batch 1, forward and backward, 2-3x
+# faster on BLAS: 32 -> 16 at 32x32 116 -> 51 us; at batch 4 within 10% either way)
+TILED_POINTWISE_MIN_WORK = 1 << 21
 
 
 def _tiled_pointwise(x, weight, input_grad):
@@ -551,12 +557,14 @@ def _columns_pay(x, kernel, stride, padding, dilation):
     13.4 -> 7.9 ms, 48 -> 96 on 8x8 1.7 -> 1.2, even at 32 -> 64 to 8x8; 0.7-0.8x on wider
     maps or fewer channels. At stride 1, 128 channels on 3x3 maps 2.0 -> 1.75 ms, on 2x2
     1.9 -> 1.1, where 4x4 maps read in place are faster (2.6 on the columns, 2.2)."""
-    return columns.applies(x) and _columns_pay_for(x.shape[1], x.shape[2:], kernel, stride,
+    return columns.applies(x) and _columns_pay_for(*x.shape[:2], x.shape[2:], kernel, stride,
                                                    padding, dilation)
 
 
 @functools.lru_cache(maxsize=256)  # per layer shape: a small batch's step calls it per layer
-def _columns_pay_for(channels, spatial, kernel, stride, padding, dilation):
+def _columns_pay_for(samples, channels, spatial, kernel, stride, padding, dilation):
+    if samples <= COLUMNS_STRIDED_MAX_SAMPLES and any(s > 1 for s in stride):
+        return True
     if channels < COLUMNS_MIN_CHANNELS:
         return False
     positions = math.prod(padded_output_size(spatial, padding, kernel, stride, dilation))
@@ -566,6 +574,11 @@ def _columns_pay_for(channels, spatial, kernel, stride, padding, dilation):
 
 
 COLUMNS_MIN_CHANNELS = 32
+# and any strided layer of a batch this small, whose frames' copies and phases cost more
+# than the few columns (forward and backward, batch 1: 16 -> 32 channels 3x3/2 at 32x32
+# 375 -> 159 us, 3 -> 16 229 -> 55, a 7x7/2 stem on 64x64 996 -> 568; batch 2 455 -> 271,
+# 8 -> 16 337 -> 144; from batch 3 the 16-channel layer was slower on the columns)
+COLUMNS_STRIDED_MAX_SAMPLES = 2
 COLUMNS_MAX_STRIDED_POSITIONS = 64
 COLUMNS_MAX_POSITIONS = 9
 

@@ -77,7 +77,9 @@ READ_BLOCK = 576
 # the most taps a convolution read in place may have (its masks are kept on the stack)
 DIRECT_MAX_TAPS = 64
 # a convolution read in place splits between the cores from this many vector multiply-adds
-DIRECT_SPLIT_MIN_WORK = 1 << 18
+# (about 20 us on one core; a batch of one's 16-64 channel layers, forward, 60-80 -> 48-54
+# us, backward 128-174 -> 110-147, where 2^18 had kept them on one core)
+DIRECT_SPLIT_MIN_WORK = 1 << 17
 # and reads transposed weights packed from this many vectors of positions
 DIRECT_PACKED_MIN_UNITS = 64
 
@@ -911,7 +913,6 @@ def direct_products(out, x, taps, weights, groups=1):
         if min(weights.strides) < 0:
             weights = np.ascontiguousarray(weights)
         weight_steps = tuple(step // 4 for step in weights.strides)
-    # vector multiply-adds from which the cores share the work (about 40 us on one core)
     parts = workers.parts() if groups * len(units) * out_rows * channels * len(taps) >= \
         DIRECT_SPLIT_MIN_WORK else 1
     # few tiles (small maps, few samples) and many outputs: each part takes every tile and
