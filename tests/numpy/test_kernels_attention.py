@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnspec.backends.numpy.kernels import attention as attention_kernels
+from nnspec.backends.numpy.kernels import attention_tiles
 from nnspec.backends.numpy.kernels.attention import (
     CAUSAL_BLOCK,
     attention,
@@ -412,3 +413,83 @@ def test_attention_head_blocks_cover_every_pair_once_and_share_evenly_where_spli
         sizes = [(s.stop - s.start) * (k.stop - k.start) for s, k in head_blocks]
         shares = [sum(sizes[part::2]) for part in range(2)]
         assert max(shares) <= 1.2 * min(shares)
+
+
+def _long_attention(rng, batch, steps, heads, kv_heads, head_dim):
+    """q, k and v as views of one packed projection, (N, T, H + 2 KVH, d) (what a layer
+    gives the kernel), and an output gradient."""
+    packed = rng.standard_normal((batch, steps, heads + 2 * kv_heads, head_dim)
+                                 ).astype(np.float32)
+    q, k, v = (packed[:, :, :heads], packed[:, :, heads:heads + kv_heads],
+               packed[:, :, heads + kv_heads:])
+    return q, k, v, rng.standard_normal((batch, steps, heads, head_dim)).astype(np.float32)
+
+
+def _record_tiles(monkeypatch):
+    taken = []
+    forward = attention_tiles.forward
+    monkeypatch.setattr(attention_tiles, "forward",
+                        lambda *args, **kwargs: taken.append(1) or forward(*args, **kwargs))
+    return taken
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch, steps, heads, kv_heads, head_dim, causal", [
+    (2, 150, 4, 2, 8, True),      # grouped heads, three causal query blocks
+    (3, 200, 3, 3, 17, False),    # a head size no tile divides, one query block
+    (1, 300, 2, 1, 64, True),     # one kv head for two, wide heads
+    (5, 130, 1, 1, 3, False),     # just past the kept probabilities
+])
+def test_long_attention_in_one_compiled_job_matches_torch(monkeypatch, batch, steps, heads,
+                                                          kv_heads, head_dim, causal):
+    """Past KEPT_PROBABILITIES_KEYS the forward is ``attention_tiles``' job (the backward
+    makes the probabilities again from what it wrote): torch's float64 attention as the
+    oracle for the context and all three gradients."""
+    taken = _record_tiles(monkeypatch)
+    q, k, v, probe = _long_attention(np.random.default_rng(3), batch, steps, heads, kv_heads,
+                                     head_dim)
+    out, backward = scaled_dot_product(q, k, v, causal=causal, train=True)
+    dq, dk, dv, _, _ = backward(probe)
+    assert taken == [1]
+    group = heads // kv_heads
+    tq, tk, tv = (torch.tensor(a.transpose(0, 2, 1, 3), dtype=torch.float64,
+                               requires_grad=True) for a in (q, k, v))
+    ty = F.scaled_dot_product_attention(tq, tk.repeat_interleave(group, 1),
+                                        tv.repeat_interleave(group, 1), is_causal=causal)
+    ty.backward(torch.tensor(probe.transpose(0, 2, 1, 3), dtype=torch.float64))
+    for ours, theirs in ((out, ty), (dq, tq.grad), (dk, tk.grad), (dv, tv.grad)):
+        np.testing.assert_allclose(ours, theirs.detach().numpy().transpose(0, 2, 1, 3),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_the_compiled_job_gives_one_cores_bits_on_two(monkeypatch):
+    """Each (sample, kv head) pair is one core's work, whatever the split."""
+    from nnspec.backends.numpy.kernels import workers
+
+    q, k, v, _ = _long_attention(np.random.default_rng(4), 3, 140, 4, 2, 16)
+
+    def run():
+        out, _ = scaled_dot_product(q, k, v, causal=True, train=True)
+        return out
+
+    split = run()
+    monkeypatch.setattr(workers, "parts", lambda: 1)
+    np.testing.assert_array_equal(run(), split)
+
+
+@pytest.mark.parametrize("case", ["kept probabilities", "padding mask", "dropout",
+                                  "float64"])
+def test_the_compiled_job_takes_only_what_it_can(monkeypatch, case):
+    """NumPy's forward for the rest: probabilities kept for the backward (up to
+    KEPT_PROBABILITIES_KEYS keys), masks, attention dropout and float64."""
+    taken = _record_tiles(monkeypatch)
+    steps = 100 if case == "kept probabilities" else 140
+    q, k, v, probe = _long_attention(np.random.default_rng(5), 2, steps, 2, 2, 8)
+    if case == "float64":
+        q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    padding = np.zeros((2, steps), bool) if case == "padding mask" else None
+    _, backward = scaled_dot_product(q, k, v, padding, causal=False, train=True,
+                                     dropout=0.1 if case == "dropout" else 0.0,
+                                     rng=np.random.default_rng(0))
+    backward(probe)
+    assert taken == []

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import fused, parallel, workers
+from nnspec.backends.numpy.kernels import attention_tiles, fused, parallel, workers
 from nnspec.backends.numpy.kernels.dense import affine, column_sums
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
@@ -211,7 +211,13 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
                 saved[index * len(query_blocks) + number] = (
                     qb, keep, probs if keep_probs else None)
 
-    workers.in_parts(forward_blocks, parts)
+    if not keep_probs and dtype == np.float32 and not dropping and padding is None and \
+            mask is None and attention_tiles.applies(q, k, v):  # one compiled job
+        saved = [(queries_block, None, None) for queries_block in attention_tiles.forward(
+            q, k, v, causal=causal, scale=scale, head_blocks=head_blocks,
+            query_blocks=query_blocks, kt=kt, vt=vt, context=context)]
+    else:
+        workers.in_parts(forward_blocks, parts)
 
     def backward(d_context, into=None):
         """``into``: arrays shaped as q, k and v (views into one buffer, say; None for a

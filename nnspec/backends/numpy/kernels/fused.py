@@ -40,28 +40,32 @@ _I = np.int32
 # overflows): x = k ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so k ln 2 is exact),
 # exp(r) by a degree-7 polynomial, 2^k built in the exponent bits. Relative error under
 # 3e-7; 0 below -87, where float32's own exp is subnormal or 0
-_LOG2_E = _F(1.4426950408889634)
-_LN2_HIGH = _F(0.693359375)
-_LN2_LOW = _F(-2.12194440e-4)
-_EXP_LOWEST = _F(-87.0)
+LOG2_E = _F(1.4426950408889634)
+LN2_HIGH = _F(0.693359375)
+LN2_LOW = _F(-2.12194440e-4)
+EXP_LOWEST = _F(-87.0)
+# the polynomial's coefficients, highest degree first (also attention_tiles' vector exp)
+EXP_POLYNOMIAL = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                  1.6666665459e-1, 5.0000001201e-1)
+_P0, _P1, _P2, _P3, _P4, _P5 = (_F(c) for c in EXP_POLYNOMIAL)
 
 
 @_inline
 def _exp_negative(x):
-    clamped = max(x, _EXP_LOWEST)
-    k = np.floor(clamped * _LOG2_E + _F(0.5))
-    r = clamped - k * _LN2_HIGH - k * _LN2_LOW
-    p = _F(1.9875691500e-4)
-    p = p * r + _F(1.3981999507e-3)
-    p = p * r + _F(8.3334519073e-3)
-    p = p * r + _F(4.1665795894e-2)
-    p = p * r + _F(1.6666665459e-1)
-    p = p * r + _F(5.0000001201e-1)
+    clamped = max(x, EXP_LOWEST)
+    k = np.floor(clamped * LOG2_E + _F(0.5))
+    r = clamped - k * LN2_HIGH - k * LN2_LOW
+    p = _P0
+    p = p * r + _P1
+    p = p * r + _P2
+    p = p * r + _P3
+    p = p * r + _P4
+    p = p * r + _P5
     p = p * r * r + r + _F(1.0)
     power = _I(_I(_I(k) + _I(127)) << _I(23)).view(_F)
     if np.isnan(x):  # NaN stays NaN (the clamp would have made it -87)
         return x
-    return _F(0.0) if x < _EXP_LOWEST else p * power
+    return _F(0.0) if x < EXP_LOWEST else p * power
 
 
 # tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], P of degree 6 and Q of degree 3, both with a

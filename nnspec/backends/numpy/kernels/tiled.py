@@ -84,7 +84,7 @@ DIRECT_SPLIT_MIN_WORK = 1 << 17
 DIRECT_PACKED_MIN_UNITS = 64
 
 
-class _Emitter:
+class Emitter:
     """The IR of one tile, on numba's builder."""
 
     def __init__(self, builder):
@@ -171,11 +171,12 @@ class _Emitter:
                 row, self.int(v * LANES)), masks[v]), self.zero) for v in range(vectors)]
         return starts
 
-    def multiply_add(self, weights, j, rows, reads, sums):
+    def multiply_add(self, weights, j, rows, reads, sums, step=None):
         """sums[r, v] + weights[j, r] * reads[v]: one read's step of a product tile, its
-        weights (reads, rows) C-ordered."""
+        weights (reads, rows), each read's rows ``step`` apart (an i64; C-ordered when
+        None)."""
         builder = self.builder
-        first = builder.mul(j, self.int(rows))
+        first = builder.mul(j, self.int(rows) if step is None else step)
         updated = []
         for r in range(rows):
             weight = self.splat(builder.load(self.at(weights, builder.add(first, self.int(r)))))
@@ -242,11 +243,12 @@ class _Emitter:
 
 
 def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads, count,
-                  accumulate):
+                  accumulate, weights_step=None):
     """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < TILE,
     below ``count`` when ``masked``, added to out's values when ``accumulate`` is not 0;
-    weights (reads, rows) C-ordered, out rows ``stride`` apart."""
-    emit = _Emitter(builder)
+    weights (reads, rows), C-ordered or with a read's rows ``weights_step`` apart, out rows
+    ``stride`` apart."""
+    emit = Emitter(builder)
     x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
     offsets = builder.inttoptr(offsets, _I64.as_pointer())
     masks = [emit.mask(count, v * LANES) if masked else None for v in range(VECTORS)]
@@ -256,7 +258,7 @@ def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads
         offset = builder.load(emit.at(offsets, j))
         reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), masks[v])
                  for v in range(VECTORS)]
-        return emit.multiply_add(weights, j, rows, reads, sums)
+        return emit.multiply_add(weights, j, rows, reads, sums, weights_step)
 
     sums = emit.loop(reads, starts, step)
     emit.store_rows(sums, out, stride, rows, VECTORS, masks)
@@ -276,7 +278,7 @@ def _emit_direct(builder, rows, vectors, out, stride, x, plane, channels, weight
     masks are worked out once, and the loop over its channels is a frame tile's with a
     masked load. The weights are read where they lie, through their steps: the block's
     rows of a pass (ROWS x 576 values) stay in the core's cache as packed ones would."""
-    emit = _Emitter(builder)
+    emit = Emitter(builder)
     i32 = ir.VectorType(_I32, LANES)
     x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
     taps_a = builder.inttoptr(taps_a, _I64.as_pointer())
@@ -356,7 +358,7 @@ def _sum_tile(tile_rows, tile_columns):
 
         def codegen(context, builder, signature, args):
             sums, stride, x, x_offsets, dy, dy_offsets, count = args
-            emit = _Emitter(builder)
+            emit = Emitter(builder)
             x, dy, sums = emit.floats(x), emit.floats(dy), emit.floats(sums)
             x_rows = emit.rows_at(x, x_offsets, tile_rows)
             dy_rows = emit.rows_at(dy, dy_offsets, tile_columns)
@@ -407,7 +409,7 @@ def _masked_sum_tile(tile_rows, tile_columns):
         def codegen(context, builder, signature, args):
             (sums, stride, x, x_offsets, dy, dy_offsets, vectors, masks, mask_rows,
              valid, samples, x_sample, dy_sample) = args
-            emit = _Emitter(builder)
+            emit = Emitter(builder)
             mask_type = ir.VectorType(_I1, LANES)
             x, dy, sums = emit.floats(x), emit.floats(dy), emit.floats(sums)
             masks = builder.inttoptr(masks, mask_int.as_pointer())
@@ -455,7 +457,7 @@ def _emit_gradient(builder, rows, vectors, sums, stride, x, x_offsets, dy, dy_st
     each x value is a broadcast. The rows of a tile share one tap, so that each position
     range it reads lies inside the map (no masks), a run of whole rows of the plane or the
     same columns of several."""
-    emit = _Emitter(builder)
+    emit = Emitter(builder)
     x, dy, sums = emit.floats(x), emit.floats(dy), emit.floats(sums)
     x_rows = emit.rows_at(x, x_offsets, rows)
     masks = [emit.mask(lanes, v * LANES) for v in range(vectors)]
@@ -524,6 +526,18 @@ def _product(typingctx, shape, out, stride, x, offsets, weights, reads, count, a
     """``_emit_product``'s tile of PRODUCT_SHAPES[shape]."""
     return types.void(*(types.int64,) * 9), _shape_switch("product", PRODUCT_SHAPES,
                                                           _emit_product)
+
+
+@intrinsic
+def stepped_product(typingctx, shape, out, stride, x, offsets, weights, weights_step, reads,
+                     count):
+    """``_emit_product``'s tile of PRODUCT_SHAPES[shape] whose weights' reads are
+    ``weights_step`` apart (a matrix's rows read in place), not added to out."""
+    return types.void(*(types.int64,) * 9), _shape_switch(
+        "stepped_product", PRODUCT_SHAPES,
+        lambda builder, rows, masked, out, stride, x, offsets, weights, weights_step, reads,
+        count: _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads,
+                             count, ir.Constant(_I64, 0), weights_step))
 
 
 _sum = _sum_tile(SUM_ROWS, SUM_COLUMNS)

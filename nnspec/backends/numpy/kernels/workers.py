@@ -111,6 +111,12 @@ def integers(params, index, count):
 
 
 @numba.njit(inline="always")
+def int32s(address, count):
+    """The int32 array of ``count`` values at ``address`` (an int64)."""
+    return numba.carray(_pointer(address), (count,), dtype=np.int32)
+
+
+@numba.njit(inline="always")
 def number(params, index):
     """The float64 whose bits are ``params[index]``."""
     return params[index:index + 1].view(np.float64)[0]
