@@ -25,8 +25,11 @@ SCORE_BLOCK_FLOATS = 1 << 17
 # head's score products are too small for BLAS to redo them cheaply (recomputing measured
 # 1.2-1.4x slower at 32-64 keys; with the heads split between the cores, 1.06-1.12x at
 # 100-128, causal or not), and the probabilities take about the memory of the layer's
-# queries, keys and values at a head size of 32 (torch's attention keeps them too).
-KEPT_PROBABILITIES_KEYS = 128
+# queries, keys and values at a head size of 32 (torch's attention keeps them too). Past it
+# the forward is ``attention_tiles``' compiled job, whose gain outweighs the recomputing
+# from 100 keys (a step at 128 keys 1-2% faster than with them kept, at 100 keys and heads
+# of 16 3%; at 65 keys 0.6-1.6% slower)
+KEPT_PROBABILITIES_KEYS = 96
 # Causal attention takes its queries CAUSAL_BLOCK at a time, each block against the keys up
 # to its last query only: at T 512 that skips 44% of the score products and softmax passes,
 # which a full masked score matrix would compute and then throw away.
