@@ -97,7 +97,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
 
 
 def _columns(positions, *per_channel):
-    """Per-channel vectors, each repeated over each channel's positions, (C * L,)."""
+    """Per-channel vectors, each repeated over each channel's positions: (k, C * L), a row
+    a vector."""
     first = per_channel[0]
     out = np.empty((len(per_channel), first.size * positions), first.dtype)
     fused.repeat_channels(per_channel, positions, out)

@@ -786,7 +786,7 @@ def _read_only(array):
     return array
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)  # per batch and map size (up to 1.5 MB each at 256 x 64x64)
 def _direct_units(samples, plane, x_sample, out_sample, vectors):
     """The direct tiles' vectors, (x offset, out offset, first position) each, int64:
     ``samples`` planes of ``plane`` positions cut into vectors of LANES, one after the
