@@ -19,6 +19,8 @@ MEMORY = ("m", "[5, 8]")
 NARROW_MEMORY = ("m", "[5, 6]")
 PADDING = ("p", "[5]")
 MASK = ("q", "[6, 5]")
+# past the kept-probabilities length (96 keys): the forward is attention_tiles' job
+LONG = ("x", "[120, 8]")
 
 CASES = {
     "cross_packed": ([X, MEMORY], "x -> attention(m, 2)"),
@@ -37,6 +39,9 @@ CASES = {
                             "x -> attention(m, 4, kv_heads = 2, key_padding_mask = p, attn_mask = q)"),
     "rope_causal_mask": ([X, ("q", "[6, 6]")],
                          "x -> attention(2, rope = true, causal = true, attn_mask = q)"),
+    "long_grouped_causal_rope": ([LONG],
+                                 "x -> attention(4, kv_heads = 2, causal = true, rope = true)"),
+    "long_cross": ([LONG, ("m", "[110, 8]")], "x -> attention(m, 2)"),
 }
 
 
