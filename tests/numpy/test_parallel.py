@@ -244,6 +244,24 @@ def test_channel_bias_loops_in_parts(activation):
                                atol=1e-3)
 
 
+@needs_two
+def test_filled_rows_in_parts_are_the_vector_in_every_row(monkeypatch):
+    """A dense layer's bias written ahead of its product: every row, whichever part wrote
+    it (rows not a multiple of the parts), and the loop whole gives the same."""
+    vector = rng.standard_normal(130).astype(F)
+    vector[7] = np.nan
+    runs = []
+    for least in (1, 1 << 40):  # split, and NumPy's fill whole
+        monkeypatch.setattr(parallel, "FILL_MIN_VALUES", least)
+        out = np.full((4099, 130), 7.0, F)
+        parallel.fill_rows(vector, out)
+        runs.append(out)
+    loop = np.full((4099, 130), 7.0, F)
+    fused.fill_rows(vector, loop)
+    for out in (*runs, loop):
+        np.testing.assert_array_equal(out, np.broadcast_to(vector, out.shape))
+
+
 def test_strided_arrays_run_whole():
     x = rng.standard_normal(2 * parallel.ACTIVATION_MIN_VALUES).astype(F)
     out = np.empty(2 * x.size, F)[::2]  # strided: the jobs could not see it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import parallel
 from .blas import add_product
 
 
@@ -32,7 +33,10 @@ def affine(rows, weight, bias):
     if bias is None:
         return rows @ weight.T
     out = np.empty((len(rows), len(weight)), np.result_type(rows, weight))
-    out[...] = bias
+    if out.dtype == bias.dtype == np.float32 and bias.flags.c_contiguous:
+        parallel.fill_rows(bias, out)
+    else:
+        out[...] = bias
     add_product(rows, weight.T, out)
     return out
 

@@ -572,6 +572,14 @@ def add_relu(a, b, out):
 
 
 @_compile
+def fill_rows(vector, out):
+    """Every row of ``out`` (rows, n) set to ``vector`` (n,): a dense layer's bias, which its
+    product then adds to (BLAS's beta = 1)."""
+    for r in range(out.shape[0]):
+        out[r] = vector
+
+
+@_compile
 def relu_gradient(d_out, out, d_in):
     """d_in = d_out where the relu's output ``out`` passed its input, else 0 (torch's test
     is out <= 0, so NaN passes the gradient)."""
@@ -643,6 +651,7 @@ def warm_up() -> None:
     for count in (1, 2, 3):  # the forward's shift, its three coefficients, the backward's two
         repeat_channels((column,) * count, 2, np.empty((count, 8), _F))
     add_relu(flat, flat, np.empty_like(flat))
+    fill_rows(column, np.empty((2, 4), _F))
     relu_gradient(flat, flat, np.empty_like(flat))
     channel_bias(np.ones((2, 4), _F), column[:2], RELU, 0, 2)
     channel_bias_gradient(rows, rows, RELU, np.empty_like(rows), np.empty_like(inverse), 0, 2)

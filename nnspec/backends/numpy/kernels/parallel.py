@@ -135,6 +135,30 @@ def _in_runs(loop, job, first, second, third):
     workers.run(job, _params(parts, third.size, first, second, third))
 
 
+FILL_MIN_VALUES = 1 << 19
+
+
+@workers.Task
+def _fill_rows_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, rows, width, vector, out)."""
+    params = workers.parameters(args, 5)
+    rows, width = params[1], params[2]
+    start, end = part_range(rows, part, params[0], 1)
+    fused.fill_rows(floats(params, 3, (width,)), floats(params, 4, (rows, width))[start:end])
+    return 0
+
+
+def fill_rows(vector, out):
+    """``fused.fill_rows``, its rows in parts from FILL_MIN_VALUES (a 2048 x 512 layer's bias
+    took 0.15 ms on one core, a seventh of its forward: forward 1.05 -> 0.99 ms, 4096 x 1024
+    7.3 -> 6.9; at 2048 x 128 the job's dispatch cost what it saved)."""
+    parts = _split(out.size, vector, out, least=FILL_MIN_VALUES)
+    if parts == 1:
+        out[...] = vector  # (NumPy's broadcast beats the loop's row slices when short)
+        return
+    workers.run(_fill_rows_job, _params(parts, *out.shape, vector, out))
+
+
 def add_relu(a, b, out):
     """``fused.add_relu`` over flat float32 arrays, in runs of values."""
     _in_runs(fused.add_relu, _add_relu_job, a, b, out)
