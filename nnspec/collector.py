@@ -12,9 +12,9 @@ from contextlib import contextmanager
 # Moving survivors to the oldest generation also resets the youngest's count, so the
 # collections that objects made between steps (a trainer's) would have started may never
 # come: every this many moves a full collection runs instead, which finds any cycles
-# among them (one of 50-150 ms every 500 steps, in a process holding numba and torch;
-# before, a ResNet-20 step's young collections took 0.1-0.2 ms and a full one came about
-# every hundred steps).
+# among them (every 500 steps. Before, a ResNet-20 step's young collections took 0.1 ms
+# each, and a full one, about 140 ms in a process holding numba and torch, came about every
+# hundred steps).
 MOVES_A_COLLECTION = 1000
 _moves = itertools.count(1)
 

@@ -59,7 +59,7 @@ def _emit_softmax(builder, scores, seen, lanes, causal, positions, peaks, totals
     reach = [builder.load(builder.bitcast(builder.gep(integers, [emit.int(v * LANES)]),
                                           int_vector.as_pointer()), align=4)
              for v in range(vectors)]
-    causal_on = _splat_bit(builder, builder.icmp_signed("!=", causal, emit.int(0)))
+    causal_on = _splat(builder, builder.icmp_signed("!=", causal, emit.int(0)))
     minus_infinity = ir.Constant(vector, [float("-inf")] * LANES)
 
     def constant(value):
@@ -67,9 +67,7 @@ def _emit_softmax(builder, scores, seen, lanes, causal, positions, peaks, totals
 
     def row_scores(j):
         """Row j's vectors, -inf where the causal mask hides them."""
-        row = builder.insert_element(ir.Constant(int_vector, None), builder.trunc(j, _I32),
-                                     ir.Constant(_I32, 0))
-        row = builder.shuffle_vector(row, row, ir.Constant(int_vector, [0] * LANES))
+        row = _splat(builder, builder.trunc(j, _I32))
         loaded = []
         for v in range(vectors):
             value = emit.load(scores, builder.add(builder.mul(j, emit.int(TILE)),
@@ -118,10 +116,10 @@ def _emit_softmax(builder, scores, seen, lanes, causal, positions, peaks, totals
         emit.store(sums[v], totals, emit.int(v * LANES))
 
 
-def _splat_bit(builder, bit):
-    """An i1 as a vector of LANES copies."""
-    vector = ir.VectorType(ir.IntType(1), LANES)
-    one = builder.insert_element(ir.Constant(vector, None), bit, ir.Constant(_I32, 0))
+def _splat(builder, scalar):
+    """An integer (an i1 or i32) as a vector of LANES copies."""
+    vector = ir.VectorType(scalar.type, LANES)
+    one = builder.insert_element(ir.Constant(vector, None), scalar, ir.Constant(_I32, 0))
     return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, LANES),
                                                         [0] * LANES))
 
@@ -133,7 +131,6 @@ def _softmax(typingctx, scores, seen, lanes, causal, positions, peaks, totals):
         _emit_softmax(builder, *args)
         return context.get_dummy_value()
     return types.void(*(types.int64,) * 7), codegen
-
 
 
 @workers.Task
@@ -168,21 +165,22 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     queries_table = workers.integers(params, 24, (batch + sample_step - 1) // sample_step
                                      * kv_blocks * block_count)
     query_blocks = workers.integers(params, 25, 3 * block_count)
-    # the part's scratch: the queries transposed (d, TILE), the scores (S, TILE), the
-    # context transposed (d, TILE), the lanes' maxima, sums and query positions
-    base = part * per_part
-    queries_at = params[30] + 4 * base
-    scores_at = queries_at + 4 * dim * TILE
-    out_at = scores_at + 4 * keys_total * TILE
-    peaks_at = out_at + 4 * dim * TILE
-    totals_at, positions_at = peaks_at + 4 * TILE, peaks_at + 8 * TILE
+    # the part's scratch, in floats from its start: the queries transposed (d, TILE), the
+    # scores (S, TILE), the context transposed (d, TILE), the lanes' maxima, sums and query
+    # positions (TILE each); the tiles take addresses, the loops views
     scratch = workers.floats(params, 30, (params[0] * per_part,))
-    qt = scratch[base:base + dim * TILE]
-    out = scratch[base + (dim + keys_total) * TILE:base + (2 * dim + keys_total) * TILE]
-    peaks = scratch[base + (2 * dim + keys_total) * TILE:base + (2 * dim + keys_total + 1)
-                    * TILE]
-    totals = scratch[base + (2 * dim + keys_total + 1) * TILE:base + (2 * dim + keys_total
-                                                                      + 2) * TILE]
+    queries_from = part * per_part
+    scores_from = queries_from + dim * TILE
+    out_from = scores_from + keys_total * TILE
+    peaks_from = out_from + dim * TILE
+    totals_from, positions_from = peaks_from + TILE, peaks_from + 2 * TILE
+    queries_at, scores_at = params[30] + 4 * queries_from, params[30] + 4 * scores_from
+    out_at, peaks_at = params[30] + 4 * out_from, params[30] + 4 * peaks_from
+    totals_at, positions_at = params[30] + 4 * totals_from, params[30] + 4 * positions_from
+    qt = scratch[queries_from:scores_from]
+    out = scratch[out_from:peaks_from]
+    peaks = scratch[peaks_from:totals_from]
+    totals = scratch[totals_from:positions_from]
     positions = workers.int32s(positions_at, TILE)
     start_pair, end_pair = part_range(batch * kv_heads, part, params[0], 1)
     for pair in range(start_pair, end_pair):
@@ -265,8 +263,10 @@ def applies(q, k, v) -> bool:
                all(step % 4 == 0 for step in a.strides) for a in (q, k, v))
 
 
-# scores (over all pairs) below which one core does them all
-PARALLEL_MIN_SCORES = 1 << 16
+# scores (over all pairs) below which one core does them all: the second core's dispatch
+# costs about what a core takes for these (not tuned; the job runs from 97 keys, where
+# even two pairs pass it)
+SPLIT_MIN_SCORES = 1 << 16
 
 
 def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, context):
@@ -288,7 +288,7 @@ def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, contex
     per_part = -(-(2 * dim + keys_total + 3) * TILE // 16) * 16  # the job's scratch
     pairs = batch * kv_heads
     parts = min(workers.parts(), pairs) if pairs * group * steps * keys_total >= \
-        PARALLEL_MIN_SCORES else 1
+        SPLIT_MIN_SCORES else 1
     scratch = np.empty(parts * per_part, np.float32)
     params = np.array([
         parts, q.ctypes.data, *(step // 4 for step in q.strides[:3]),
