@@ -1,6 +1,8 @@
 """RNN, LSTM and GRU kernels: torch's nn modules as the oracle (central differences in
 test_kernel_gradients.py)."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -250,14 +252,16 @@ def test_float32_recurrent_steps_at_real_sizes_match_torch_and_the_float64_passe
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("folds", [False, True])
 @pytest.mark.parametrize("batch, hidden, bidirectional", REAL_SIZES)
-def test_float32_lstm_steps_with_the_input_products_apart_match_torch(
-        monkeypatch, batch, hidden, bidirectional):
-    """Where the input is wide (``lstm_steps._folds``), its share is a product of its own
-    before the steps, and its gradient one after."""
+def test_float32_lstm_steps_with_the_input_products_folded_or_apart_match_torch(
+        monkeypatch, folds, batch, hidden, bidirectional):
+    """The input's share in each step's product (``lstm_steps._folds``: a narrow input, a
+    large batch) or a product of its own before the steps, and its gradient one after,
+    whatever the sizes would choose."""
     from nnspec.backends.numpy.kernels import lstm_steps
 
-    monkeypatch.setattr(lstm_steps, "_folds", lambda *_: False)
+    monkeypatch.setattr(lstm_steps, "_folds", lambda *_: folds)
     _check_steps_at_real_sizes("lstm", batch, hidden, bidirectional)
 
 
@@ -369,3 +373,22 @@ def test_float32_lstm_takes_the_output_gradient_in_any_layout(layout):
     np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
     for name, grad in want_params.items():
         np.testing.assert_allclose(d_params[name], grad, rtol=1e-6, atol=1e-6)
+
+
+def test_lstm_step_arithmetic_is_vectorised():
+    """A step's gate arithmetic runs on vectors, for a part's samples and for a part's
+    units: its loops over a sample's units vectorise only while LLVM can see their indices
+    are not negative (a loop from a part's first unit, not from 0, ran one unit at a time,
+    5x slower). Its tanh's division shows it."""
+    import numba
+
+    from nnspec.backends.numpy.kernels import lstm_steps
+
+    for by_units in (False, True):
+        @numba.njit(error_model="numpy")
+        def forward(params):
+            lstm_steps._forward_part(params, 0, by_units)  # noqa: B023 -- compiled now
+
+        forward.compile((numba.int64[:],))
+        code = forward.inspect_llvm(forward.signatures[0])
+        assert re.search(r"fdiv (fast )?<\d+ x float>", code), by_units

@@ -33,11 +33,14 @@ _F = np.float32
 
 
 @numba.njit(inline="always")
-def _gate_rows(gates, n, hidden):
-    """Sample n's four gate rows (o, i, f, g) of the (N, 4H) gates, as slices."""
+def _gate_rows(gates, n, hidden, first, end):
+    """Units first to end of sample n's four gate rows (o, i, f, g) of the (N, 4H) gates,
+    as slices (a loop from 0 over slices vectorises; one from ``first`` indexes them with
+    numbers that might be negative, and did not)."""
     row = n * 4 * hidden
-    return (gates[row:row + hidden], gates[row + hidden:row + 2 * hidden],
-            gates[row + 2 * hidden:row + 3 * hidden], gates[row + 3 * hidden:row + 4 * hidden])
+    return (gates[row + first:row + end], gates[row + hidden + first:row + hidden + end],
+            gates[row + 2 * hidden + first:row + 2 * hidden + end],
+            gates[row + 3 * hidden + first:row + 3 * hidden + end])
 
 
 _STEP_PARAMETERS = 16
@@ -54,12 +57,13 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     of a direction in one dispatch; backward, a last product after the steps, at step -1's
     out, takes step 0's gate gradients back. Where a part's samples, its product's rows and
     its weights are its own, the parts never meet; else (the weights too large for one
-    core's cache) each step's product splits the positions and its arithmetic the samples,
+    core's cache) each step's product splits the positions and its arithmetic the units,
     and the parts meet after each."""
     params = workers.parameters(args, 12)
     parts, steps, backward = params[0], params[1], params[2] != 0
     carried_in = params[9] != 0
     meeting, sync = params[10] != 0, params[11]
+    by_units = meeting  # the parts' shares of the arithmetic (``_share``), alone or not
     first, end = part, part + 1
     if meeting and not workers.together(sync, part, parts):
         if part != 0:  # part 0 does it all
@@ -91,9 +95,9 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
         for p in range(first, end):
             step_params = step_rows[p * _STEP_PARAMETERS:(p + 1) * _STEP_PARAMETERS]
             if backward:
-                _backward_part(step_params, p)
+                _backward_part(step_params, p, by_units)
             else:
-                _forward_part(step_params, p)
+                _forward_part(step_params, p, by_units)
         if meeting:
             meetings += 1
             workers.meet(sync + 8, parts, meetings)
@@ -106,7 +110,23 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
 
 
 @numba.njit(inline="always")
-def _forward_part(params, part):
+def _share(batch, hidden, features, part, parts, by_units):
+    """A part's share of a step's arithmetic: (first sample, end, first unit, end, first
+    input value, end). Split by samples where each part's samples are its own product's rows;
+    where the parts share one product, by units: its weights are then the samples' rows side
+    by side, a position's eight values in one half of a cache line, so parts that wrote
+    their own samples there wrote into the same lines, each write taking the line from the
+    other core (H 384 at batch 8, T 64: the backward 8.7 -> 7.2 ms)."""
+    if by_units:
+        first_unit, end_unit = part_range(hidden, part, parts, 16)
+        first_input, end_input = part_range(features, part, parts, 16)
+        return 0, batch, first_unit, end_unit, first_input, end_input
+    first, end = part_range(batch, part, parts, 1)
+    return first, end, 0, hidden, 0, features
+
+
+@numba.njit(inline="always")
+def _forward_part(params, part, by_units):
     """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, the next
     step's rows, packed, packed starts, packed steps, the rows' stride, features, packed
     inputs, the step's output, its stride). ``gates`` (N, 4H) holds the step's
@@ -128,15 +148,16 @@ def _forward_part(params, part):
     out_stride = params[15]
     out = floats(params, 14, ((batch - 1) * out_stride + hidden,))
     half = _F(0.5)
-    first, end = part_range(batch, part, params[0], 1)
+    first, end, first_unit, end_unit, first_input, end_input = _share(
+        batch, hidden, packed_inputs, part, params[0], by_units)
     for n in range(first, end):  # a sample's rows as slices: LLVM vectorises those loops
-        o, i, f, g = _gate_rows(gates, n, hidden)
-        units = slice(n * hidden, (n + 1) * hidden)
+        o, i, f, g = _gate_rows(gates, n, hidden, first_unit, end_unit)
+        units = slice(n * hidden + first_unit, n * hidden + end_unit)
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
         row = rows[n * row_stride:n * row_stride + features + hidden]
-        h = row[features:]
-        h_out = out[n * out_stride:n * out_stride + hidden]
-        for u in range(hidden):
+        h = row[features + first_unit:features + end_unit]
+        h_out = out[n * out_stride + first_unit:n * out_stride + end_unit]
+        for u in range(end_unit - first_unit):
             out_gate = half + half * tanh(o[u])
             in_gate = half + half * tanh(i[u])
             forget = half + half * tanh(f[u])
@@ -147,12 +168,14 @@ def _forward_part(params, part):
             state = out_gate * squashed
             c[u], tanh_c[u], h[u], h_out[u] = value, squashed, state, state
         start, step = starts[n], steps[n]
-        for j in range(packed_inputs + hidden):
+        for j in range(first_input, end_input):
+            packed[start + j * step] = row[features - packed_inputs + j]
+        for j in range(packed_inputs + first_unit, packed_inputs + end_unit):
             packed[start + j * step] = row[features - packed_inputs + j]
 
 
 @numba.njit(inline="always")
-def _backward_part(params, part):
+def _backward_part(params, part, by_units):
     """params (parts, hidden, batch, gates, d_state, previous cell, tanh of the cell,
     carried, carried in, packed, packed starts, packed steps, d_state's row stride, the
     step's output gradient, its row stride). From the step's gates (N, 4H) and the gradient
@@ -174,14 +197,15 @@ def _backward_part(params, part):
     above_stride = params[14]
     above = floats(params, 13, ((batch - 1) * above_stride + hidden,))
     one = _F(1.0)
-    first, end = part_range(batch, part, params[0], 1)
+    first, end, first_unit, end_unit, _, _ = _share(batch, hidden, 0, part, params[0],
+                                                    by_units)
     for n in range(first, end):
-        o, i, f, g = _gate_rows(gates, n, hidden)
-        units = slice(n * hidden, (n + 1) * hidden)
-        dh_after = d_state[n * d_stride:n * d_stride + hidden]
-        dh_above = above[n * above_stride:n * above_stride + hidden]
+        o, i, f, g = _gate_rows(gates, n, hidden, first_unit, end_unit)
+        units = slice(n * hidden + first_unit, n * hidden + end_unit)
+        dh_after = d_state[n * d_stride + first_unit:n * d_stride + end_unit]
+        dh_above = above[n * above_stride + first_unit:n * above_stride + end_unit]
         c_prev, tanh_c, dc_next = previous[units], tanh_cell[units], carried[units]
-        for u in range(hidden):
+        for u in range(end_unit - first_unit):
             t = tanh_c[u]
             dh = dh_after[u] + dh_above[u]
             dc = dh * o[u] * (one - t * t)
@@ -196,8 +220,9 @@ def _backward_part(params, part):
             dc_next[u] = dc * forget
         row = gates[n * 4 * hidden:(n + 1) * 4 * hidden]
         start, step = starts[n], steps[n]
-        for j in range(4 * hidden):
-            packed[start + j * step] = row[j]
+        for gate in range(0, 4 * hidden, hidden):
+            for j in range(gate + first_unit, gate + end_unit):
+                packed[start + j * step] = row[j]
 
 
 def _items(batch, parts, weight_bytes):
@@ -212,17 +237,24 @@ def _items(batch, parts, weight_bytes):
     return parts if fits else 1
 
 
-def _folds(inputs, hidden) -> bool:
+def _folds(inputs, hidden, batch, parts) -> bool:
     """Whether a step's product takes the input's share too (the stacked weights): where
-    the input is narrow, at most half the state. Its share as one product over the
-    sequence is then one BLAS runs at its worst, few reads (or, backward, few outputs a
-    row) over a large output (H 256 batch 256, T 64: F 64 fwd 67 -> 60 ms, bwd 123 ->
-    116; F 128 82 -> 71, 151 -> 135); with an input as wide as the state the stacked
-    weights no longer stay in a core's cache, and the steps were slower (F 256 at batch
-    128: 59 -> 66, 106 -> 116)."""
-    return 2 * inputs <= hidden
+    the input is narrow, at most half the state, the batch large and each core's share of
+    the stacked weights stays in its cache. Its share as one product over the sequence is
+    then one BLAS runs at its worst, few reads (or, backward, few outputs a row) over a
+    large output (H 256 batch 256, T 64: F 64 fwd 67 -> 60 ms, bwd 123 -> 116; F 128 82 ->
+    71, 151 -> 135). With fewer samples a step's product reads each weight for few rows,
+    and reads added to it cost more than that one product (T 64 F 64, forward and backward:
+    B 8 H 256 7.5 -> 6.4 ms, B 24 15.6 -> 15.0, B 8 H 384 12.1 -> 11.2; at B 32 the same,
+    at B 48 H 256 F 32 folding gained 1 ms); with an input as wide as the state, or a
+    state of 512 (B 32: 38.8 -> 35.0), the stacked weights no longer stay in the cores'
+    caches (F 256 at batch 128: 59 -> 66, 106 -> 116)."""
+    stacked_bytes = 4 * (inputs + hidden + 2) * 4 * hidden
+    return 2 * inputs <= hidden and batch >= _FOLDING_MIN_SAMPLES and \
+        stacked_bytes <= parts * _CACHED_WEIGHT_BYTES
 
 
+_FOLDING_MIN_SAMPLES = 32
 # a core's L2 is 2 MiB here (Intel Xeon): weights up to 1.5 MiB stay in it from step to step
 _CACHED_WEIGHT_BYTES = 3 << 19
 
@@ -289,8 +321,9 @@ def direction(layer_input, input_weights, recurrent_weights, scale, start, rever
     steps, features, batch = layer_input.shape
     gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
     parts = _parts(batch, hidden)
-    reads = features + hidden + 1 if _folds(features - 1, hidden) else hidden + 1
     padded = -(-batch // parts) * parts
+    reads = features + hidden + 1 if _folds(features - 1, hidden, padded, parts) else \
+        hidden + 1
     if padded == batch or batch < PADDED_MIN_SAMPLES or \
             _items(padded, parts, 4 * reads * gate_rows) != parts:
         return _direction(layer_input, input_weights, recurrent_weights, scale, start,
@@ -370,7 +403,7 @@ def _direction(layer_input, input_weights, recurrent_weights, scale, start, reve
     # share is one product before the steps, which the steps' products add to
     input_t, recurrent_t = (input_weights * scale).T, (recurrent_weights * scale).T
     parts = _parts(batch, hidden)
-    if _folds(features - 1, hidden):
+    if _folds(features - 1, hidden, batch, parts):
         weights_t, packed_inputs = np.concatenate([input_t, recurrent_t]), features
         gates = np.empty((steps, batch, gate_rows), _F)
     else:
