@@ -53,17 +53,18 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     each), the step parameters that move with the step (rows of index, address at step 0,
     bytes a step, step offset), how many, the product's out at step 0 and its bytes a step,
     backward 1 where the last step has a cell gradient carried in (a final one's), 1 where
-    the parts must meet, and the address of two int64 zeros for their meetings). Every step
+    the parts must meet, the address of two int64 zeros for their meetings, and 1 where
+    the parts split each step's arithmetic by units, not samples, ``_share``). Every step
     of a direction in one dispatch; backward, a last product after the steps, at step -1's
     out, takes step 0's gate gradients back. Where a part's samples, its product's rows and
     its weights are its own, the parts never meet; else (the weights too large for one
     core's cache) each step's product splits the positions and its arithmetic the units,
     and the parts meet after each."""
-    params = workers.parameters(args, 12)
+    params = workers.parameters(args, 13)
     parts, steps, backward = params[0], params[1], params[2] != 0
     carried_in = params[9] != 0
     meeting, sync = params[10] != 0, params[11]
-    by_units = meeting  # the parts' shares of the arithmetic (``_share``), alone or not
+    by_units = params[12] != 0  # alone or not
     first, end = part, part + 1
     if meeting and not workers.together(sync, part, parts):
         if part != 0:  # part 0 does it all
@@ -112,11 +113,11 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
 @numba.njit(inline="always")
 def _share(batch, hidden, features, part, parts, by_units):
     """A part's share of a step's arithmetic: (first sample, end, first unit, end, first
-    input value, end). Split by samples where each part's samples are its own product's rows;
-    where the parts share one product, by units: its weights are then the samples' rows side
-    by side, a position's eight values in one half of a cache line, so parts that wrote
-    their own samples there wrote into the same lines, each write taking the line from the
-    other core (H 384 at batch 8, T 64: the backward 8.7 -> 7.2 ms)."""
+    input value, end). By samples, unless the parts share a step's product and their
+    samples share a block of its rows (``_all_steps``): its weights are then those samples'
+    values side by side, a position's eight in half a cache line, so parts that wrote their
+    own samples there wrote into the same lines, each write taking the line from the other
+    core (H 384 at batch 8, T 64: the backward 8.7 -> 7.2 ms); by units they do not."""
     if by_units:
         first_unit, end_unit = part_range(hidden, part, parts, 16)
         first_input, end_input = part_range(features, part, parts, 16)
@@ -287,9 +288,16 @@ class _Blocks:
 
 
 def _all_steps(parts, steps, backward, product, packed, step_params, moving, out, carried_in,
-               meeting):
+               items):
     """Runs ``_steps_job``: every step of a direction, one dispatch (each part its own copy
-    of the parameters it moves), the product's weights read from ``packed``."""
+    of the parameters it moves), the product's weights read from ``packed``, its rows in
+    ``items`` (``_items``)."""
+    batch = product.params[3] * items
+    meeting = items != parts
+    # the parts' samples are whole blocks of the product's rows, or they would write into
+    # each other's cache lines (``_share``; split by units where they need not, B 16 H 512
+    # at T 128, a backward took 40.8 -> 43.2 ms)
+    by_units = meeting and batch % (parts * tiled.ROWS) != 0
     product.bind(0, packed.values.ctypes.data)  # its out moves with the step, in the job
     moving = np.array(moving, np.int64)
     rows = np.tile(step_params, (parts, 1))
@@ -297,7 +305,7 @@ def _all_steps(parts, steps, backward, product, packed, step_params, moving, out
     sync = np.zeros(2, np.int64)
     params = np.array([parts, steps, backward, products.ctypes.data, rows.ctypes.data,
                        moving.ctypes.data, len(moving), out.base, out.step, carried_in, meeting,
-                       sync.ctypes.data], np.int64)
+                       sync.ctypes.data, by_units], np.int64)
     workers.run(_steps_job, params)
 
 
@@ -429,7 +437,7 @@ def _direction(layer_input, input_weights, recurrent_weights, scale, start, reve
     _all_steps(parts, steps, False, product, packed, params,
                [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
                 tanh_blocks.moving(6), row_blocks.moving(7, 1), out_blocks.moving(14)],
-               gate_blocks, False, items != parts)
+               gate_blocks, False, items)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
 
     def backward(d_states, d_final):
@@ -466,7 +474,7 @@ def _direction(layer_input, input_weights, recurrent_weights, scale, start, reve
         _all_steps(parts, steps, True, back_product, packed_grads, back,
                    [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),
                     tanh_blocks.moving(6), _Blocks(above).moving(13)], d_blocks,
-                   d_final_cell is not None, back_items != parts)
+                   d_final_cell is not None, back_items)
         d_start = (back_rows[0, :, :hidden].T, carried.T) if start else ()
         d_pre = gates.reshape(steps * batch, gate_rows)
         # C-ordered: the product the other way round ran 6% faster, but its transposed
