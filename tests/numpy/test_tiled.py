@@ -348,13 +348,13 @@ def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, 
     expected = out.astype(np.float64)
     expected[:, :length] += 2 * (weights.astype(np.float64) @ x)
     # a transposed view, as the LSTM gives its weights, reads the same
-    product = tiled.Product(rows, length + 5, np.ascontiguousarray(x.T).T if rows % 2 else x,
-                            items)
+    product = tiled.Product(rows, length + 5, tiled.panels(
+        np.ascontiguousarray(x.T).T if rows % 2 else x), length, items)
     for _ in range(2):
         product.add(out.ctypes.data, packed.ctypes.data)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)  # the last 5 untouched
     with pytest.raises(ValueError, match="equal items"):
-        tiled.Product(2 * rows + 1, length, x, 2)
+        tiled.Product(2 * rows + 1, length, tiled.panels(x), length, 2)
 
 
 def test_every_direct_tile_shape_is_found_by_its_rows():

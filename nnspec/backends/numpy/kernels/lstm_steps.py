@@ -226,6 +226,65 @@ def _backward_part(params, part, by_units):
                 packed[start + j * step] = row[j]
 
 
+@workers.Task
+def _panels_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, panels, their reads, positions (4H), weights, their row stride, the
+    columns taken, an extra column's values or 0, order, scale or 0, the first read or
+    column, 1 for the backward's matrix): ``_panels``."""
+    params = workers.parameters(args, 12)
+    reads, positions, stride, columns = params[2], params[3], params[5], params[6]
+    first, backward, panel = params[10], params[11] != 0, tiled.PANEL
+    weights = floats(params, 4, (positions * stride,))
+    order = integers(params, 8, positions)
+    if backward:  # position p is read p; the columns go from column ``first`` on
+        panels = floats(params, 1, (-(-(first + columns) // panel) * positions * panel,))
+        start, end = part_range(positions, part, params[0], 1)
+        for p in range(start, end):
+            row, done = order[p] * stride, 0
+            while done < columns:  # a run of columns within one panel at a time
+                column = first + done
+                lane = column % panel
+                run = min(panel - lane, columns - done)
+                at = ((column // panel) * positions + p) * panel + lane
+                panels[at:at + run] = weights[row + done:row + done + run]
+                done += run
+        return 0
+    # forward: position p is column p of the matrix, its reads from ``first`` on
+    panels = floats(params, 1, (-(-positions // panel) * reads * panel,))
+    extra = floats(params, 7, (positions,))
+    scale = floats(params, 9, (positions,))
+    start, end = part_range(positions, part, params[0], panel)
+    for p in range(start, end):
+        row, factor = order[p] * stride, scale[p]
+        at = ((p // panel) * reads + first) * panel + p % panel
+        for j in range(columns):
+            panels[at + j * panel] = factor * weights[row + j]
+        if params[7] != 0:
+            panels[at + columns * panel] = factor * extra[order[p]]
+    return 0
+
+
+def _panels(out, weights, order, first, scale=None, extra=None, columns=None):
+    """Fills ``out`` (``tiled.empty_panels``) from ``weights`` (rows in torch's gate order,
+    ``order`` the internal order's rows in it) in one pass on both cores, where the gates'
+    reorder, the sigmoid rows' halving, the bias column, the transpose and the panels' copy
+    were five (H 512: 1.7 -> 0.4 ms). With ``scale``, the forward's (reads, 4H) matrix: read
+    ``first + j`` of position p is scale[p] * weights[order[p], j], and after them
+    scale[p] * extra[order[p]] (the bias; None: none); without, the backward's (4H, width)
+    matrix: column ``first + c`` of read p is weights[order[p], c]. ``columns``: the
+    weights' first columns only (None: all)."""
+    weights = np.ascontiguousarray(weights, _F)
+    extra = None if extra is None else np.ascontiguousarray(extra, _F)
+    scale = None if scale is None else np.ascontiguousarray(scale, _F).reshape(-1)
+    parts = workers.parts() if weights.size >= 1 << 16 else 1
+    params = np.array([parts, out.ctypes.data, out.shape[1], len(order), weights.ctypes.data,
+                       weights.shape[1], weights.shape[1] if columns is None else columns,
+                       0 if extra is None else extra.ctypes.data,
+                       order.ctypes.data, 0 if scale is None else scale.ctypes.data, first,
+                       scale is None], np.int64)
+    workers.run(_panels_job, params)
+
+
 def _items(batch, parts, weight_bytes):
     """How many items a step's product splits its rows into: one per part where each
     part's core can keep the whole of the weights in its cache and has two samples or
@@ -320,26 +379,26 @@ _SPLIT_MIN_UNITS = 1 << 10
 _MEETING_MIN_HIDDEN = 256
 
 
-def direction(layer_input, input_weights, recurrent_weights, scale, start, reverse, into):
+def direction(layer_input, input_weights, recurrent, scale, start, reverse, into):
     """``_direction``, an odd batch from PADDED_MIN_SAMPLES a sample more where that lets
     each core keep its own samples (``_items``): the phantom sample's input is zeros, its
     ones row too, so its state and cell stay zero and it adds nothing to any gradient. The
     cores then never meet, where the odd batch's split each step's product and met twice a
     step (T 64 H 256, forward and backward: B 9 8.7 -> 7.1 ms, B 11 9.7 -> 8.0)."""
     steps, features, batch = layer_input.shape
-    gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
+    gate_rows, hidden = recurrent[0].shape
     parts = _parts(batch, hidden)
     padded = -(-batch // parts) * parts
     reads = features + hidden + 1 if _folds(features - 1, hidden, padded, parts) else \
         hidden + 1
     if padded == batch or batch < PADDED_MIN_SAMPLES or \
             _items(padded, parts, 4 * reads * gate_rows) != parts:
-        return _direction(layer_input, input_weights, recurrent_weights, scale, start,
-                          reverse, into)
+        return _direction(layer_input, input_weights, recurrent, scale, start, reverse,
+                          into)
     inputs = np.zeros((steps, features, padded), _F)
     inputs[:, :, :batch] = layer_input
     states = _sample_major(steps, hidden, padded)
-    final, inner_backward = _direction(inputs, input_weights, recurrent_weights, scale,
+    final, inner_backward = _direction(inputs, input_weights, recurrent, scale,
                                        tuple(_with_phantoms(s, padded) for s in start),
                                        reverse, states)
     into[...] = states[:, :, :batch]
@@ -380,18 +439,22 @@ def _with_phantoms(columns, batch):
     return out
 
 
-def _direction(layer_input, input_weights, recurrent_weights, scale, start, reverse, into):
+def _direction(layer_input, input_weights, recurrent, scale, start, reverse, into):
     """One LSTM direction over ``layer_input`` (T, F + 1, N), its last row ones, from
-    ``start`` (``()`` or (h0, c0), each (H, N)); the weights (4H, F + 1) and (4H, H + 1)
-    carry their bias columns, in the internal gate order, unscaled, and ``scale`` (4H, 1)
-    halves the sigmoid rows. Writes the states to ``into``, a float32 (T, H, N) view whose
+    ``start`` (``()`` or (h0, c0), each (H, N)); the input weights (4H, F + 1) carry their
+    bias column, in the internal gate order, unscaled; ``recurrent`` is (w_hh (4H, H), b_hh
+    (4H,) or None, order) in torch's layout, ``order`` the internal order's rows in it; and
+    ``scale`` (4H, 1) halves the sigmoid rows. Writes the states to ``into``, a float32 (T, H, N) view whose
     H is its unit-stride axis (the layer's output, batch-first or a block of the next
     layer's input), in time order. Returns the final (h, c), each (H, N), and
     ``backward(d_states, d_final) -> (d_input (T, N, F) in time order, d_start,
     d_input_weights, d_recurrent_weights)``, the weight gradients in the internal order.
     The input reads fastest as a (T, N, F + 1) array seen as (T, F + 1, N)."""
     steps, _, batch = layer_input.shape
-    gate_rows, hidden = recurrent_weights.shape[0], recurrent_weights.shape[1] - 1
+    recurrent_weight, recurrent_bias, order = recurrent
+    gate_rows, hidden = recurrent_weight.shape
+    if recurrent_bias is None:
+        recurrent_bias = np.zeros(gate_rows, _F)
     inputs = layer_input[::-1] if reverse else layer_input  # processing order
     features = inputs.shape[1]  # F + 1, the ones row included
     # each step's input and the state it starts from side by side, (T + 1, N, F + 1 + H +
@@ -409,19 +472,22 @@ def _direction(layer_input, input_weights, recurrent_weights, scale, start, reve
     # where ``_folds``, each step's product reads its input and the state it starts from,
     # (N, F + 1 + H + 1), by the stacked weights (F + 1 + H + 1, 4H); else the input's
     # share is one product before the steps, which the steps' products add to
-    input_t, recurrent_t = (input_weights * scale).T, (recurrent_weights * scale).T
     parts = _parts(batch, hidden)
-    if _folds(features - 1, hidden, batch, parts):
-        weights_t, packed_inputs = np.concatenate([input_t, recurrent_t]), features
+    in_order = np.arange(gate_rows)  # the input weights' rows are in the internal order
+    packed_inputs = features if _folds(features - 1, hidden, batch, parts) else 0
+    matrix = tiled.empty_panels(packed_inputs + hidden + 1, gate_rows)
+    if packed_inputs:
+        _panels(matrix, input_weights, in_order, 0, scale)
         gates = np.empty((steps, batch, gate_rows), _F)
     else:
-        weights_t, packed_inputs = recurrent_t, 0
-        gates = (step_rows[:, :features] @ input_t).reshape(steps, batch, gate_rows)
+        gates = (step_rows[:, :features] @ (input_weights * scale).T).reshape(
+            steps, batch, gate_rows)
+    _panels(matrix, recurrent_weight, order, packed_inputs, scale, recurrent_bias)
     # each part's samples on its core throughout (the product's rows, with the whole of
     # the weights, and the step's arithmetic) where the weights fit its cache: the parts
     # never meet; else the products split the positions and the parts meet twice a step
-    items = _items(batch, parts, weights_t.nbytes)
-    product = tiled.Product(batch, gate_rows, weights_t, items, parts,
+    items = _items(batch, parts, 4 * matrix.shape[1] * gate_rows)
+    product = tiled.Product(batch, gate_rows, matrix, gate_rows, items, parts,
                             accumulate=not packed_inputs)
     packed = _Packed(batch, packed_inputs + hidden + 1, items)
     packed.fill(rows[0, :, features - packed_inputs:])
@@ -450,17 +516,18 @@ def _direction(layer_input, input_weights, recurrent_weights, scale, start, reve
         # gradient of state k - 1 from step k (of the initial state at k = 0), then that
         # of input k; a product after the steps gives block 0, and the last step's block
         # holds the final state's gradient
-        back_weights = recurrent_weights[:, :hidden]  # (4H, H)
+        width = hidden + packed_inputs - (packed_inputs > 0)  # (4H, H [+ F])
+        back_matrix = tiled.empty_panels(gate_rows, width)
+        _panels(back_matrix, recurrent_weight, order, 0)
         if packed_inputs:  # as the forward folded
-            back_weights = np.concatenate([back_weights, input_weights[:, :-1]], axis=1)
-        width = back_weights.shape[1]
+            _panels(back_matrix, input_weights, in_order, hidden, columns=packed_inputs - 1)
         back_rows = np.empty((steps + 1, batch, width), _F)
         back_rows[-1, :, :hidden] = 0 if d_final_h is None else d_final_h.T
         above = d_states.transpose(0, 2, 1)  # (T, N, H), read as it is where it can be
         if above.dtype != _F or above.strides[2] != 4 or above.strides[1] < 0:
             above = np.ascontiguousarray(above, _F)
-        back_items = _items(batch, parts, back_weights.nbytes)
-        back_product = tiled.Product(batch, width, back_weights, back_items, parts,
+        back_items = _items(batch, parts, 4 * gate_rows * width)
+        back_product = tiled.Product(batch, width, back_matrix, width, back_items, parts,
                                      accumulate=False)
         packed_grads = _Packed(batch, gate_rows, back_items)
         carried = np.empty((batch, hidden), _F)
@@ -492,5 +559,6 @@ def _direction(layer_input, input_weights, recurrent_weights, scale, start, reve
 
 
 def load() -> None:
-    """Compile the job now (or load it from the cache), not on its first run."""
+    """Compile the jobs now (or load them from the cache), not on their first run."""
     _steps_job.load()
+    _panels_job.load()

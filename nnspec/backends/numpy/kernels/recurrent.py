@@ -295,12 +295,12 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
         [np.arange(block * hidden, (block + 1) * hidden) for block in cell.gate_order]
     )
     input_weights = _with_bias_column(w_ih, b_ih)[order]
-    recurrent_weights = _with_bias_column(w_hh, b_hh)[order]
     scale = np.ones((gate_rows, 1), layer_input.dtype)
     scale[: cell.sigmoid_gates * hidden] = 0.5
-    if _sample_major(cell, layer_input.dtype):
-        return _compiled_lstm(layer_input, input_weights, recurrent_weights, scale, order,
+    if _sample_major(cell, layer_input.dtype):  # the recurrent weights as torch has them
+        return _compiled_lstm(layer_input, input_weights, (w_hh, b_hh, order), scale, order,
                               start, into, reverse)
+    recurrent_weights = _with_bias_column(w_hh, b_hh)[order]
     if batch >= _STEPWISE_MIN_BATCH:  # a product per step, over the batch
         pre = np.matmul(input_weights * scale, layer_input)
     else:
@@ -388,11 +388,11 @@ def _sample_major(cell, dtype) -> bool:
     return cell is CELLS["lstm"] and dtype == np.float32
 
 
-def _compiled_lstm(layer_input, input_weights, recurrent_weights, scale, order, start,
-                   into, reverse):
+def _compiled_lstm(layer_input, input_weights, recurrent, scale, order, start, into,
+                   reverse):
     """``_run_direction`` of a float32 LSTM, on ``lstm_steps``' sample-major steps."""
     final, steps_backward = lstm_steps.direction(
-        layer_input, input_weights, recurrent_weights, scale, start, reverse, into)
+        layer_input, input_weights, recurrent, scale, start, reverse, into)
 
     def backward(d_states, _input_rows, d_final):
         return _direction_grads(*steps_backward(d_states, d_final), order)

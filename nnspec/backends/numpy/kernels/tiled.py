@@ -1265,24 +1265,23 @@ class Product:
     """out (M, >= length) += weights (M, reads) times a (reads, length) matrix, made again
     and again with new out and weights (a recurrent layer's steps): its parameters are made
     once, and the caller lays the weights out as the tiles read them (``packed_places``), so
-    no step packs or checks. The matrix is copied into panels of ``PANEL`` columns, each
-    (reads, PANEL) on end: a tile then reads one run of memory, where the matrix's rows
-    would have it read three cache lines from each of ``reads`` pages (M 16 by 2048
+    no step packs or checks. The matrix comes as ``panels`` (``panels``), each (reads,
+    PANEL) of its columns on end: a tile then reads one run of memory, where the matrix's
+    rows would have it read three cache lines from each of ``reads`` pages (M 16 by 2048
     positions of 513 reads, an H 512 LSTM's step: 340 -> 135 us on two cores, 250 GFLOP/s;
     NumPy's BLAS took 300 us, torch's 183). Without ``accumulate``, out gets the product
     instead, its old values never read. With ``items``, the rows are that many equal
     items, each a part's (so a part's rows stay on its core, with the whole of the matrix);
     else the parts split the positions."""
 
-    def __init__(self, rows, stride, matrix, items=1, parts=None, accumulate=True):
+    def __init__(self, rows, stride, panels, length, items=1, parts=None, accumulate=True):
         if rows % items:
             raise ValueError(f"Product: {rows} rows in {items} equal items")
-        reads, length = matrix.shape
-        whole = length // PANEL
-        self.panels = np.zeros((-(-length // PANEL), reads, PANEL), np.float32)  # read by address
-        self.panels[:whole] = matrix[:, :whole * PANEL].reshape(reads, whole, PANEL).transpose(
-            1, 0, 2)
-        self.panels[whole:, :, :length - whole * PANEL] = matrix[:, whole * PANEL:]
+        if panels.dtype != np.float32 or not panels.flags.c_contiguous or \
+                panels.shape[0] != -(-length // PANEL) or panels.shape[2] != PANEL:
+            raise ValueError(f"Product: panels {panels.shape} for {length} columns")
+        reads = panels.shape[1]
+        self.panels = panels  # read by address
         self.offsets = np.arange(reads, dtype=np.int64) * PANEL
         item_rows = rows // items
         parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
@@ -1302,6 +1301,25 @@ class Product:
         """Set the addresses ``add`` takes, for a job that runs ``products_part`` itself on
         these parameters."""
         self.params[1], self.params[6] = out, packed
+
+
+def empty_panels(reads, length):
+    """Panels for a (reads, length) matrix (``Product``), to be filled: the last one's
+    columns past the matrix are zeros (its tiles read them, and store none of them)."""
+    panels = np.empty((-(-length // PANEL), reads, PANEL), np.float32)
+    if length % PANEL:
+        panels[-1, :, length % PANEL:] = 0
+    return panels
+
+
+def panels(matrix):
+    """A (reads, length) matrix as ``Product`` reads it."""
+    reads, length = matrix.shape
+    whole = length // PANEL
+    out = empty_panels(reads, length)
+    out[:whole] = matrix[:, :whole * PANEL].reshape(reads, whole, PANEL).transpose(1, 0, 2)
+    out[whole:, :, :length - whole * PANEL] = matrix[:, whole * PANEL:]
+    return out
 
 
 def packed_places(rows, reads, items=1):
