@@ -168,11 +168,11 @@ def _forward_part(params, part, by_units):
             o[u], i[u], f[u], g[u] = out_gate, in_gate, forget, candidate
             state = out_gate * squashed
             c[u], tanh_c[u], h[u], h_out[u] = value, squashed, state, state
-        start, step = starts[n], steps[n]
-        for j in range(first_input, end_input):
-            packed[start + j * step] = row[features - packed_inputs + j]
-        for j in range(packed_inputs + first_unit, packed_inputs + end_unit):
-            packed[start + j * step] = row[features - packed_inputs + j]
+    skipped = features - packed_inputs  # the input's values the product does not read
+    _pack_rows(packed, starts, steps, rows, row_stride, skipped, first, end, first_input,
+               end_input)
+    _pack_rows(packed, starts, steps, rows, row_stride, skipped, first, end,
+               packed_inputs + first_unit, packed_inputs + end_unit)
 
 
 @numba.njit(inline="always")
@@ -219,11 +219,27 @@ def _backward_part(params, part, by_units):
             f[u] = dc * c_prev[u] * forget * (one - forget)
             g[u] = dc * in_gate * (one - candidate * candidate)
             dc_next[u] = dc * forget
-        row = gates[n * 4 * hidden:(n + 1) * 4 * hidden]
-        start, step = starts[n], steps[n]
-        for gate in range(0, 4 * hidden, hidden):
-            for j in range(gate + first_unit, gate + end_unit):
-                packed[start + j * step] = row[j]
+    for gate in range(0, gate_rows, hidden):
+        _pack_rows(packed, starts, steps, gates, gate_rows, 0, first, end, gate + first_unit,
+                   gate + end_unit)
+
+
+@numba.njit(inline="always")
+def _pack_rows(packed, starts, steps, values, stride, offset, first, end, first_read,
+               end_read):
+    """Writes values[n * stride + offset + j] of samples ``first`` to ``end`` (whole blocks
+    of the product's rows) for reads j from ``first_read`` to ``end_read`` where the next
+    product reads them (``tiled.packed_places``): a block's rows at a time, so that each
+    read's values go to one run of memory (a sample at a time, every value a step of 8
+    floats from the last, took 73 us of a B 64 H 512 backward step, this 25)."""
+    n = first
+    while n < end:
+        rows, base = steps[n], starts[n]
+        for j in range(first_read, end_read):
+            at = base + j * rows
+            for r in range(rows):
+                packed[at + r] = values[(n + r) * stride + offset + j]
+        n += rows
 
 
 @workers.Task
