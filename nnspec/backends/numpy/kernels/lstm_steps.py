@@ -290,6 +290,7 @@ def _panels(out, weights, order, first, scale=None, extra=None, columns=None):
     matrix: column ``first + c`` of read p is weights[order[p], c]. ``columns``: the
     weights' first columns only (None: all)."""
     weights = np.ascontiguousarray(weights, _F)
+    order = np.ascontiguousarray(order, np.int64)
     extra = None if extra is None else np.ascontiguousarray(extra, _F)
     scale = None if scale is None else np.ascontiguousarray(scale, _F).reshape(-1)
     parts = workers.parts() if weights.size >= 1 << 16 else 1
@@ -460,9 +461,9 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
     ``start`` (``()`` or (h0, c0), each (H, N)); the input weights (4H, F + 1) carry their
     bias column, in the internal gate order, unscaled; ``recurrent`` is (w_hh (4H, H), b_hh
     (4H,) or None, order) in torch's layout, ``order`` the internal order's rows in it; and
-    ``scale`` (4H, 1) halves the sigmoid rows. Writes the states to ``into``, a float32 (T, H, N) view whose
-    H is its unit-stride axis (the layer's output, batch-first or a block of the next
-    layer's input), in time order. Returns the final (h, c), each (H, N), and
+    ``scale`` (4H, 1) halves the sigmoid rows. Writes the states to ``into``, a float32 (T,
+    H, N) view whose H is its unit-stride axis (the layer's output, batch-first or a block
+    of the next layer's input), in time order. Returns the final (h, c), each (H, N), and
     ``backward(d_states, d_final) -> (d_input (T, N, F) in time order, d_start,
     d_input_weights, d_recurrent_weights)``, the weight gradients in the internal order.
     The input reads fastest as a (T, N, F + 1) array seen as (T, F + 1, N)."""
