@@ -362,3 +362,17 @@ def test_every_direct_tile_shape_is_found_by_its_rows():
     by its rows and width, as ``_block_rows`` leaves them at the end of the outputs."""
     for index, (rows, vectors) in enumerate(tiled.DIRECT_SHAPES):
         assert tiled._direct_shape(vectors == tiled.WIDE_VECTORS, rows) == index
+
+
+@pytest.mark.parametrize("shape", [(1,), (5, 7), (3, 4, 48)])
+def test_aligned_arrays_start_on_a_cache_line(shape):
+    """``aligned_array`` and ``empty_panels`` (the tiles' panels and the LSTM's product
+    outputs) start on a 64-byte line whatever NumPy's allocation gave, C-ordered float32 of
+    the shape asked; the panels' spare columns are zeros."""
+    for _ in range(4):  # allocations land at different offsets
+        array = tiled.aligned_array(shape)
+        assert array.shape == shape and array.dtype == np.float32
+        assert array.flags.c_contiguous and array.ctypes.data % 64 == 0
+    panels = tiled.empty_panels(3, 50)
+    assert panels.shape == (2, 3, tiled.PANEL) and panels.ctypes.data % 64 == 0
+    assert not panels[-1, :, 2:].any()

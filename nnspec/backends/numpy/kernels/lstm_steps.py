@@ -493,12 +493,13 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
     in_order = np.arange(gate_rows)  # the input weights' rows are in the internal order
     packed_inputs = features if _folds(features - 1, hidden, batch, parts) else 0
     matrix = tiled.empty_panels(packed_inputs + hidden + 1, gate_rows)
+    # the products' outputs start on a cache line, as their panels (``tiled.aligned_array``)
+    gates = tiled.aligned_array((steps, batch, gate_rows))
     if packed_inputs:
         _panels(matrix, input_weights, in_order, 0, scale)
-        gates = np.empty((steps, batch, gate_rows), _F)
     else:
-        gates = (step_rows[:, :features] @ (input_weights * scale).T).reshape(
-            steps, batch, gate_rows)
+        np.matmul(step_rows[:, :features], (input_weights * scale).T,
+                  out=gates.reshape(steps * batch, gate_rows))
     _panels(matrix, recurrent_weight, order, packed_inputs, scale, recurrent_bias)
     # each part's samples on its core throughout (the product's rows, with the whole of
     # the weights, and the step's arithmetic) where the weights fit its cache: the parts
@@ -538,7 +539,7 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
         _panels(back_matrix, recurrent_weight, order, 0)
         if packed_inputs:  # as the forward folded
             _panels(back_matrix, input_weights, in_order, hidden, columns=packed_inputs - 1)
-        back_rows = np.empty((steps + 1, batch, width), _F)
+        back_rows = tiled.aligned_array((steps + 1, batch, width))
         back_rows[-1, :, :hidden] = 0 if d_final_h is None else d_final_h.T
         above = d_states.transpose(0, 2, 1)  # (T, N, H), read as it is where it can be
         if above.dtype != _F or above.strides[2] != 4 or above.strides[1] < 0:

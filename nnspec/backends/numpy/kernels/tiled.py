@@ -1224,13 +1224,21 @@ def _check_float32(name, array):
         raise ValueError(f"{name} must be C-ordered float32")
 
 
+_LINE_FLOATS = 16  # a 64-byte cache line
+
+
+def aligned_array(shape):
+    """A new C-ordered float32 array that starts on a cache line (a view of a larger one)."""
+    count = math.prod(shape)
+    storage = np.empty(count + _LINE_FLOATS, np.float32)
+    start = (-storage.ctypes.data // 4) % _LINE_FLOATS
+    return storage[start:start + count].reshape(shape)
+
+
 def aligned_empty(rows, width):
     """A float32 (rows, >= width) array whose rows start at 64-byte boundaries: the sums
     read such rows 10-15% faster than rows that straddle cache lines."""
-    padded = -(-width // 16) * 16
-    buffer = np.empty(rows * padded + 16, np.float32)
-    start = (-buffer.ctypes.data % 64) // 4
-    return buffer[start:start + rows * padded].reshape(rows, padded)
+    return aligned_array((rows, -(-width // _LINE_FLOATS) * _LINE_FLOATS))
 
 
 def products(out, x, offsets, weights, length, x_step=0):
@@ -1305,8 +1313,10 @@ class Product:
 
 def empty_panels(reads, length):
     """Panels for a (reads, length) matrix (``Product``), to be filled: the last one's
-    columns past the matrix are zeros (its tiles read them, and store none of them)."""
-    panels = np.empty((-(-length // PANEL), reads, PANEL), np.float32)
+    columns past the matrix are zeros (its tiles read them, and store none of them). They
+    start on a cache line, so that no vector the tiles load spans two (NumPy's arrays start
+    16 bytes into one, or 32 or 48: a 2048 x 128 by 128 x 512 product 2-3% slower)."""
+    panels = aligned_array((-(-length // PANEL), reads, PANEL))
     if length % PANEL:
         panels[-1, :, length % PANEL:] = 0
     return panels
