@@ -58,8 +58,8 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     of a direction in one dispatch; backward, a last product after the steps, at step -1's
     out, takes step 0's gate gradients back. Where a part's samples, its product's rows and
     its weights are its own, the parts never meet; else (the weights too large for one
-    core's cache) each step's product splits the positions and its arithmetic the units,
-    and the parts meet after each."""
+    core's cache) each step's product splits the positions, its arithmetic the samples or
+    the units (``_share``), and the parts meet after each."""
     params = workers.parameters(args, 13)
     parts, steps, backward = params[0], params[1], params[2] != 0
     carried_in = params[9] != 0
@@ -155,8 +155,8 @@ def _forward_part(params, part, by_units):
         o, i, f, g = _gate_rows(gates, n, hidden, first_unit, end_unit)
         units = slice(n * hidden + first_unit, n * hidden + end_unit)
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
-        row = rows[n * row_stride:n * row_stride + features + hidden]
-        h = row[features + first_unit:features + end_unit]
+        state_at = n * row_stride + features  # the next step's rows: input, then state
+        h = rows[state_at + first_unit:state_at + end_unit]
         h_out = out[n * out_stride + first_unit:n * out_stride + end_unit]
         for u in range(end_unit - first_unit):
             out_gate = half + half * tanh(o[u])

@@ -298,8 +298,8 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
     scale = np.ones((gate_rows, 1), layer_input.dtype)
     scale[: cell.sigmoid_gates * hidden] = 0.5
     if _sample_major(cell, layer_input.dtype):  # the recurrent weights as torch has them
-        return _compiled_lstm(layer_input, input_weights, (w_hh, b_hh, order), scale, order,
-                              start, into, reverse)
+        return _compiled_lstm(layer_input, input_weights, (w_hh, b_hh, order), scale, start,
+                              into, reverse)
     recurrent_weights = _with_bias_column(w_hh, b_hh)[order]
     if batch >= _STEPWISE_MIN_BATCH:  # a product per step, over the batch
         pre = np.matmul(input_weights * scale, layer_input)
@@ -388,14 +388,14 @@ def _sample_major(cell, dtype) -> bool:
     return cell is CELLS["lstm"] and dtype == np.float32
 
 
-def _compiled_lstm(layer_input, input_weights, recurrent, scale, order, start, into,
-                   reverse):
-    """``_run_direction`` of a float32 LSTM, on ``lstm_steps``' sample-major steps."""
+def _compiled_lstm(layer_input, input_weights, recurrent, scale, start, into, reverse):
+    """``_run_direction`` of a float32 LSTM, on ``lstm_steps``' sample-major steps;
+    ``recurrent`` is (w_hh, b_hh, order) as ``lstm_steps.direction`` takes it."""
     final, steps_backward = lstm_steps.direction(
         layer_input, input_weights, recurrent, scale, start, reverse, into)
 
     def backward(d_states, _input_rows, d_final):
-        return _direction_grads(*steps_backward(d_states, d_final), order)
+        return _direction_grads(*steps_backward(d_states, d_final), recurrent[2])
 
     return final, backward
 

@@ -1273,8 +1273,8 @@ class Product:
     """out (M, >= length) += weights (M, reads) times a (reads, length) matrix, made again
     and again with new out and weights (a recurrent layer's steps): its parameters are made
     once, and the caller lays the weights out as the tiles read them (``packed_places``), so
-    no step packs or checks. The matrix comes as ``panels`` (``panels``), each (reads,
-    PANEL) of its columns on end: a tile then reads one run of memory, where the matrix's
+    no step packs or checks. The matrix comes as panels (``panels``, ``empty_panels``),
+    each (reads, PANEL) of its columns on end: a tile then reads one run of memory, where the matrix's
     rows would have it read three cache lines from each of ``reads`` pages (M 16 by 2048
     positions of 513 reads, an H 512 LSTM's step: 340 -> 135 us on two cores, 250 GFLOP/s;
     NumPy's BLAS took 300 us, torch's 183). Without ``accumulate``, out gets the product
