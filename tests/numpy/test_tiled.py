@@ -275,7 +275,7 @@ def test_direct_products_of_parts_give_the_values_of_one_part(samples, channels,
 
 
 # x's floats end on a page that cannot be read, and start right after one: a direct tile
-# whose reads past the map's edge were loaded rather than masked would stop the process
+# that loaded plainly (``_reads_in_buffer``) reads past x's buffer would stop the process
 _GUARDED_READS = """
 import ctypes, mmap, numpy as np
 from nnspec.backends.numpy.kernels import tiled
@@ -311,10 +311,10 @@ print("ok")
 
 
 def test_direct_tiles_read_nothing_outside_the_maps_buffer():
-    """The direct tiles' reads past the map's edge are masked loads, which read no memory:
-    x between two pages that fault when read, at its start and at its end, gives the
-    products and no crash. (Plain loads with masked multiply-adds where a tile's reads
-    stay in the buffer were 7-9% faster, and crashed it: an edge tile ran plain loads.)"""
+    """Only the direct tiles whose reads all lie in x's buffer load them plainly (their
+    lanes outside the map left out by masked multiply-adds); the others mask their loads,
+    which read no memory there: x between two pages that fault when read, at its start and
+    at its end, gives the products and no crash."""
     import subprocess
     import sys
 
@@ -408,9 +408,9 @@ def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, 
 
 def test_every_direct_tile_shape_is_found_by_its_rows():
     """``_direct_shape`` (numba-compiled, so written out) names each tile of DIRECT_SHAPES
-    by its rows and width, as ``_block_rows`` leaves them at the end of the outputs."""
-    for index, (rows, vectors) in enumerate(tiled.DIRECT_SHAPES):
-        assert tiled._direct_shape(vectors == tiled.WIDE_VECTORS, rows) == index
+    by its rows, width and reads, as ``_block_rows`` leaves them at the end of the outputs."""
+    for index, (rows, vectors, in_buffer) in enumerate(tiled.DIRECT_SHAPES):
+        assert tiled._direct_shape(vectors == tiled.WIDE_VECTORS, rows, in_buffer) == index
 
 
 @pytest.mark.parametrize("shape", [(1,), (5, 7), (3, 4, 48)])
