@@ -643,7 +643,7 @@ def test_grouped_convolutions_match_torch_on_their_paths(
 @pytest.mark.torch
 @pytest.mark.parametrize("channels, stride, spatial", [
     (272, (1, 1), (5, 6)), (136, (2, 2), (9, 8)), (144, (1, 1), (1, 1)), (256, (1, 2), (4, 7)),
-    (200, (1, 1), (7, 7))])  # past DIRECT_MAX_CHANNELS; strided; a 1x1 map; 7x7 fills 77%
+    (200, (1, 1), (7, 7))])  # wide; strided; a 1x1 map; 7x7 fills 77%
 @pytest.mark.parametrize("route", ["columns", "blas"])
 def test_wide_convolutions_take_the_columns_in_float32_and_the_column_free_path_else(
         monkeypatch, route, channels, stride, spatial):
@@ -659,13 +659,29 @@ def test_wide_convolutions_take_the_columns_in_float32_and_the_column_free_path_
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("channels, spatial", [(520, (4, 4)), (400, (16, 16)), (272, (7, 7))])
+def test_same_size_convolutions_past_the_direct_limits_take_the_columns(
+        monkeypatch, channels, spatial):
+    """Past DIRECT_MAX_CHANNELS, past DIRECT_LARGE_MAX_CHANNELS on a plane of more than
+    DIRECT_SMALL_PLANE positions, past DIRECT_PARTIAL_MAX_CHANNELS on a plane that fills its
+    vectors partly: the columns, forward and backward."""
+    taken = record_calls(monkeypatch, {"tiles": "_tiled", "columns": "_on_columns"})
+    case = conv_case(channels, 8, spatial, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
+    case["scale"] = 1 / math.sqrt(channels * 9)
+    check_conv_against_torch(2, case)
+    assert taken == ["columns"]
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("nd, channels, out_channels, spatial, columns_grad", [
     (2, 160, 24, (4, 4), False), (2, 200, 16, (5, 6), True), (2, 256, 40, (8, 8), True),
-    (1, 256, 8, (48,), True)])
+    (1, 256, 8, (48,), True), (2, 384, 24, (4, 4), True), (2, 320, 16, (14, 14), True),
+    (2, 192, 24, (6, 6), False)])
 def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_columns(
         monkeypatch, nd, channels, out_channels, spatial, columns_grad):
     """Past TILED_MAX_CHANNELS, a stride-1 convolution keeping its map's size still reads
-    it in place where the plane fills the tiles' vectors, and takes its weight gradient on
+    it in place where the plane fills the tiles' vectors (up to 512 channels on small planes,
+    384 on larger ones, 256 where a 6x6 plane fills 75%), and takes its weight gradient on
     the columns past DIRECT_SUMS_MAX_CHANNELS."""
     taken = record_calls(monkeypatch, {"tiles": "_tiled", "columns": "_on_columns",
                                        "weight on columns": "_weight_grad_on_columns"})

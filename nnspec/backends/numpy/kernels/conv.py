@@ -305,26 +305,39 @@ SHIFTED_BLOCK = 1 << 17
 TILED_MAX_CHANNELS = 128
 # and up to this many when read in place (``tiled.direct_products``), at stride 1 keeping
 # the map's size: forward and input gradient 1.05-1.2x faster than the columns at 160-256
-# channels on 4x4 to 16x16 maps, 1.1-1.3x slower at 512. Their weight gradient stays on the
-# columns from DIRECT_SUMS_MAX_CHANNELS up (``tiled.direct_sums`` 1.2x slower at 256
-# channels on 8x8 maps, 1.6x on 4x4; 1.1x faster at 160-192)
-DIRECT_MAX_CHANNELS = 256
+# channels on 4x4 to 16x16 maps; with the tiles' masked multiply-adds, forward and backward
+# 0.86-0.95x the columns' time at 384-512 channels on 4x4 and 8x8 maps, even at 320-384 on
+# 14x14 and 16x16 ones, 1.01-1.07x at 512 there (so up to DIRECT_LARGE_MAX_CHANNELS on planes
+# of more than DIRECT_SMALL_PLANE positions). Their weight gradient stays on the columns
+# from DIRECT_SUMS_MAX_CHANNELS up (``tiled.direct_sums`` 1.2x slower at 256 channels on
+# 8x8 maps, 1.6x on 4x4; 1.1x faster at 160-192)
+DIRECT_MAX_CHANNELS = 512
+DIRECT_SMALL_PLANE = 64
+DIRECT_LARGE_MAX_CHANNELS = 384
 DIRECT_SUMS_MAX_CHANNELS = 192
 # where their planes fill this much of the tiles' vectors (a vector holds one sample's
-# positions: 4x4 and 8x8 planes fill theirs, 14x14 94%, 7x7 77%, where 256 channels went
-# 1.1x slower than on the columns)
+# positions: 4x4 and 8x8 planes fill theirs, 14x14 94%, 7x7 77%, 6x6 75%); planes that fill
+# DIRECT_PARTIAL_MIN_LANES up to DIRECT_PARTIAL_MAX_CHANNELS (192 channels on 6x6 and 7x7
+# maps, forward and backward, 0.82-0.92x the columns' time; 256 even; 384-512 1.01-1.14x)
 DIRECT_WIDE_MIN_LANES = 0.9
+DIRECT_PARTIAL_MIN_LANES = 0.7
+DIRECT_PARTIAL_MAX_CHANNELS = 256
 
 
 def _tiles_take(x, group_channels, kernel, stride, padding, dilation):
     """Whether the tiles can take a layer of this many channels a group: up to
     TILED_MAX_CHANNELS, or up to DIRECT_MAX_CHANNELS read in place where its planes fill
-    the vectors."""
+    the vectors (DIRECT_LARGE_MAX_CHANNELS on large planes, DIRECT_PARTIAL_MAX_CHANNELS where
+    they fill them partly)."""
     if group_channels <= TILED_MAX_CHANNELS:
         return True
     plane = math.prod(x.shape[2:])
     filled = plane / max(1, -(-plane // tiled.LANES) * tiled.LANES)
-    return group_channels <= DIRECT_MAX_CHANNELS and filled >= DIRECT_WIDE_MIN_LANES and \
+    fills = filled >= DIRECT_WIDE_MIN_LANES or (
+        filled >= DIRECT_PARTIAL_MIN_LANES and group_channels <= DIRECT_PARTIAL_MAX_CHANNELS)
+    most = DIRECT_MAX_CHANNELS if plane <= DIRECT_SMALL_PLANE else \
+        min(DIRECT_MAX_CHANNELS, DIRECT_LARGE_MAX_CHANNELS)
+    return group_channels <= most and fills and \
         _direct_taps(x.shape[2:], kernel, stride, padding, dilation) is not None
 
 
