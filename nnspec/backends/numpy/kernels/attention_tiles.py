@@ -37,6 +37,7 @@ from .tiled import LANES, ROWS, TILE, Emitter, stepped_product
 from .workers import part_range
 
 PARAMETERS = 32
+_I1 = ir.IntType(1)
 _I32 = ir.IntType(32)
 
 
@@ -116,6 +117,63 @@ def _emit_softmax(builder, scores, seen, lanes, causal, positions, peaks, totals
         emit.store(sums[v], totals, emit.int(v * LANES))
 
 
+def _emit_transpose(builder, sources, rows, columns, scale, destinations, row_scales):
+    """A block of LANES x LANES floats transposed in registers: destination row c (c <
+    ``columns``) gets lanes r < ``rows`` of source row r's lane c times ``scale`` times
+    row_scales[c]. ``sources`` and ``destinations`` are the addresses of LANES row addresses
+    (int64) each, ``row_scales`` of LANES floats; a source row past ``rows`` or a lane past
+    ``columns`` is not read, a destination lane past ``rows`` or row past ``columns`` not
+    written. Each of log2(LANES) rounds swaps one bit of the row number with the same bit
+    of the lane number, one two-vector shuffle a row: the scalar copies it replaced moved
+    an element in about 4 cycles."""
+    emit = Emitter(builder)
+    i64 = ir.IntType(64)
+    source_rows = builder.inttoptr(sources, i64.as_pointer())
+    destination_rows = builder.inttoptr(destinations, i64.as_pointer())
+    factors = emit.floats(row_scales)
+    in_columns = emit.mask(columns, 0)
+    in_rows = emit.mask(rows, 0)
+    no_lanes = ir.Constant(ir.VectorType(_I1, LANES), None)
+    vectors = []
+    for r in range(LANES):
+        row = emit.floats(builder.load(emit.at(source_rows, emit.int(r))))
+        mask = builder.select(builder.icmp_signed(">", rows, emit.int(r)), in_columns,
+                              no_lanes)
+        vectors.append(emit.load(row, emit.int(0), mask))
+    bit = 1
+    while bit < LANES:
+        for i in range(LANES):
+            if i & bit:
+                continue
+            j = i | bit
+            low = [lane if not lane & bit else LANES + (lane ^ bit) for lane in range(LANES)]
+            high = [lane ^ bit if not lane & bit else LANES + lane for lane in range(LANES)]
+            vectors[i], vectors[j] = (
+                builder.shuffle_vector(vectors[i], vectors[j],
+                                       ir.Constant(ir.VectorType(_I32, LANES), low)),
+                builder.shuffle_vector(vectors[i], vectors[j],
+                                       ir.Constant(ir.VectorType(_I32, LANES), high)))
+        bit *= 2
+    factor = emit.splat(scale)
+    for c in range(LANES):
+        written = builder.icmp_signed(">", columns, emit.int(c))
+        with builder.if_then(written):
+            row = emit.floats(builder.load(emit.at(destination_rows, emit.int(c))))
+            scaled = builder.fmul(vectors[c], builder.fmul(
+                factor, emit.splat(builder.load(emit.at(factors, emit.int(c))))))
+            emit.store(scaled, row, emit.int(0), in_rows)
+
+
+@intrinsic
+def _transpose(typingctx, sources, rows, columns, scale, destinations, row_scales):
+    """``_emit_transpose`` (addresses and counts as int64, ``scale`` a float32)."""
+    def codegen(context, builder, signature, args):
+        _emit_transpose(builder, *args)
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64, types.int64, types.float32, types.int64,
+                      types.int64), codegen
+
+
 def _splat(builder, scalar):
     """An integer (an i1 or i32) as a vector of LANES copies."""
     vector = ir.VectorType(scalar.type, LANES)
@@ -154,11 +212,6 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     kv_blocks = (kv_heads + kv_step - 1) // kv_step
     qf = workers.floats(params, 1, ((batch - 1) * q_sample + (steps - 1) * q_step
                                     + (heads - 1) * q_head + dim,))
-    kf = workers.floats(params, 5, ((batch - 1) * k_sample + (keys_total - 1) * k_step
-                                    + (kv_heads - 1) * k_head + dim,))
-    vf = workers.floats(params, 9, ((batch - 1) * v_sample + (keys_total - 1) * v_step
-                                    + (kv_heads - 1) * v_head + dim,))
-    context = workers.floats(params, 13, (batch * steps * heads * dim,))
     rows_width = dim + 1
     kt = workers.floats(params, 22, (batch * kv_heads * rows_width * keys_total,))
     vt = workers.floats(params, 23, (batch * kv_heads * rows_width * keys_total,))
@@ -166,8 +219,10 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                                      * kv_blocks * block_count)
     query_blocks = workers.integers(params, 25, 3 * block_count)
     # the part's scratch, in floats from its start: the queries transposed (d, TILE), the
-    # scores (S, TILE), the context transposed (d, TILE), the lanes' maxima, sums and query
-    # positions (TILE each); the tiles take addresses, the loops views
+    # scores (S, TILE), the context transposed (d, TILE), the lanes' maxima, sums, query
+    # positions and inverse sums (TILE each), the lanes' context rows (TILE int64), a
+    # transpose's source and destination rows (LANES int64 each) and LANES ones; the tiles
+    # take addresses, the loops views
     scratch = workers.floats(params, 30, (params[0] * per_part,))
     queries_from = part * per_part
     scores_from = queries_from + dim * TILE
@@ -177,11 +232,20 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     queries_at, scores_at = params[30] + 4 * queries_from, params[30] + 4 * scores_from
     out_at, peaks_at = params[30] + 4 * out_from, params[30] + 4 * peaks_from
     totals_at, positions_at = params[30] + 4 * totals_from, params[30] + 4 * positions_from
-    qt = scratch[queries_from:scores_from]
-    out = scratch[out_from:peaks_from]
     peaks = scratch[peaks_from:totals_from]
     totals = scratch[totals_from:positions_from]
     positions = workers.int32s(positions_at, TILE)
+    inverses_at = positions_at + 4 * TILE
+    inverses = workers.floats_at(inverses_at, TILE)
+    context_rows_at = inverses_at + 4 * TILE
+    context_rows = workers.int64s(context_rows_at, TILE)
+    sources_at = context_rows_at + 8 * TILE
+    sources = workers.int64s(sources_at, LANES)
+    destinations_at = sources_at + 8 * LANES
+    destinations = workers.int64s(destinations_at, LANES)
+    ones_at = destinations_at + 8 * LANES
+    workers.floats_at(ones_at, LANES)[:] = 1
+    one = np.float32(1)
     start_pair, end_pair = part_range(batch * kv_heads, part, params[0], 1)
     for pair in range(start_pair, end_pair):
         sample, kv = pair // kv_heads, pair % kv_heads
@@ -190,12 +254,17 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
         # for the scores' tiles)
         k_pair = sample * k_sample + kv * k_head
         v_pair = sample * v_sample + kv * v_head
-        for c in range(dim):
-            key_row = kt[pair_rows + c * keys_total:pair_rows + (c + 1) * keys_total]
-            value_row = vt[pair_rows + c * keys_total:pair_rows + (c + 1) * keys_total]
-            for j in range(keys_total):
-                key_row[j] = kf[k_pair + j * k_step + c]
-                value_row[j] = vf[v_pair + j * v_step + c]
+        for j in range(0, keys_total, LANES):
+            rows = min(LANES, keys_total - j)
+            for c in range(0, dim, LANES):
+                columns = min(LANES, dim - c)
+                for source, step, pair_at, into in ((params[5], k_step, k_pair, params[22]),
+                                                    (params[9], v_step, v_pair, params[23])):
+                    for r in range(LANES):
+                        sources[r] = source + 4 * (pair_at + (j + min(r, rows - 1)) * step + c)
+                        destinations[r] = into + 4 * (
+                            pair_rows + (c + min(r, columns - 1)) * keys_total + j)
+                    _transpose(sources_at, rows, columns, one, destinations_at, ones_at)
         kt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
         vt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
         first_sample, first_kv = sample - sample % sample_step, kv - kv % kv_step
@@ -211,6 +280,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
             queries = workers.floats(queries_table, head_block * block_count + number,
                                      (block_samples * block_kvs * block_rows * rows_width,))
             pair_queries = local * block_rows * rows_width
+            queries_address = queries_table[head_block * block_count + number]
             for first in range(0, block_rows, TILE):
                 lanes = min(TILE, block_rows - first)
                 last_position = 0
@@ -220,10 +290,22 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     positions[p] = t
                     last_position = max(last_position, t)
                     q_row = sample * q_sample + t * q_step + (kv * group + g) * q_head
+                    at = pair_queries + row * rows_width
                     for c in range(dim):
-                        scaled = qf[q_row + c] * scale
-                        queries[pair_queries + row * rows_width + c] = scaled
-                        qt[c * TILE + p] = scaled
+                        queries[at + c] = qf[q_row + c] * scale
+                    context_rows[p] = params[13] + 4 * (
+                        (((sample * steps + t) * kv_heads + kv) * group + g) * dim)
+                # the tile's queries transposed: qt[c, p]
+                for p in range(0, lanes, LANES):
+                    rows = min(LANES, lanes - p)
+                    for c in range(0, dim, LANES):
+                        columns = min(LANES, dim - c)
+                        for r in range(LANES):
+                            sources[r] = queries_address + 4 * (
+                                pair_queries + (first + p + min(r, rows - 1)) * rows_width + c)
+                            destinations[r] = queries_at + 4 * (
+                                (c + min(r, columns - 1)) * TILE + p)
+                        _transpose(sources_at, rows, columns, one, destinations_at, ones_at)
                 seen = min(keys, last_position + 1) if causal else keys
                 masked = lanes < TILE
                 # scores[j, p] = sum over c of keys[j, c] * queries[p, c]: the transposed
@@ -249,11 +331,17 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     row = first + p
                     queries[pair_queries + row * rows_width + dim] = \
                         -(peaks[p] + np.log(totals[p]))
-                    inverse = 1 / totals[p]
-                    g, t = row // width, start + row % width
-                    at = (((sample * steps + t) * kv_heads + kv) * group + g) * dim
-                    for c in range(dim):
-                        context[at + c] = out[c * TILE + p] * inverse
+                    inverses[p] = 1 / totals[p]
+                # the context rows: out[c, p] / totals[p], transposed
+                for p in range(0, lanes, LANES):
+                    columns = min(LANES, lanes - p)
+                    for c in range(0, dim, LANES):
+                        rows = min(LANES, dim - c)
+                        for r in range(LANES):
+                            sources[r] = out_at + 4 * ((c + min(r, rows - 1)) * TILE + p)
+                            destinations[r] = context_rows[p + min(r, columns - 1)] + 4 * c
+                        _transpose(sources_at, rows, columns, one, destinations_at,
+                                   inverses_at + 4 * p)
     return 0
 
 
@@ -285,7 +373,8 @@ def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, contex
     table = np.array([block.ctypes.data for block in queries], np.int64)
     blocks = np.array(query_blocks, np.int64).reshape(-1)
     offsets = np.arange(max(keys_total, dim), dtype=np.int64) * TILE
-    per_part = -(-(2 * dim + keys_total + 3) * TILE // 16) * 16  # the job's scratch
+    # the job's scratch
+    per_part = -(-((2 * dim + keys_total + 6) * TILE + 5 * LANES) // 16) * 16
     pairs = batch * kv_heads
     parts = min(workers.parts(), pairs) if pairs * group * steps * keys_total >= \
         SPLIT_MIN_SCORES else 1

@@ -117,6 +117,18 @@ def int32s(address, count):
 
 
 @numba.njit(inline="always")
+def floats_at(address, count):
+    """The float32 array of ``count`` values at ``address`` (an int64)."""
+    return numba.carray(_pointer(address), (count,), dtype=np.float32)
+
+
+@numba.njit(inline="always")
+def int64s(address, count):
+    """The int64 array of ``count`` values at ``address`` (an int64)."""
+    return numba.carray(_pointer(address), (count,), dtype=np.int64)
+
+
+@numba.njit(inline="always")
 def number(params, index):
     """The float64 whose bits are ``params[index]``."""
     return params[index:index + 1].view(np.float64)[0]
