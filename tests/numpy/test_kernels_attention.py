@@ -439,12 +439,16 @@ def _record_tiles(monkeypatch):
     (3, 200, 3, 3, 17, False),    # a head size no tile divides, one query block
     (1, 300, 2, 1, 64, True),     # one kv head for two, wide heads
     (5, 97, 1, 1, 3, False),      # just past the kept probabilities
+    (2, 96, 4, 2, 8, True),       # the job keeps them: grouped, causal
+    (3, 40, 3, 3, 17, False),     # and at a head size no tile divides
+    (4, 24, 2, 1, 32, True),      # at COMPILED_MIN_KEYS
 ])
 def test_long_attention_in_one_compiled_job_matches_torch(monkeypatch, batch, steps, heads,
                                                           kv_heads, head_dim, causal):
-    """Past KEPT_PROBABILITIES_KEYS the forward is ``attention_tiles``' job (the backward
-    makes the probabilities again from what it wrote): torch's float64 attention as the
-    oracle for the context and all three gradients."""
+    """From COMPILED_MIN_KEYS the forward is ``attention_tiles``' job (past
+    KEPT_PROBABILITIES_KEYS the backward makes the probabilities again from what it wrote,
+    up to it they are the job's): torch's float64 attention as the oracle for the context
+    and all three gradients."""
     taken = _record_tiles(monkeypatch)
     q, k, v, probe = _long_attention(np.random.default_rng(3), batch, steps, heads, kv_heads,
                                      head_dim)
@@ -477,14 +481,13 @@ def test_the_compiled_job_gives_one_cores_bits_on_two(monkeypatch):
     np.testing.assert_array_equal(run(), split)
 
 
-@pytest.mark.parametrize("case", ["kept probabilities", "padding mask", "dropout",
-                                  "float64"])
+@pytest.mark.parametrize("case", ["few keys", "padding mask", "dropout", "float64"])
 def test_the_compiled_job_takes_only_what_it_can(monkeypatch, case):
-    """NumPy's forward for the rest: probabilities kept for the backward (up to
-    KEPT_PROBABILITIES_KEYS keys), masks, attention dropout and float64."""
+    """NumPy's forward for the rest: fewer than COMPILED_MIN_KEYS keys, masks, attention
+    dropout and float64."""
     taken = _record_tiles(monkeypatch)
-    kept = attention_kernels.KEPT_PROBABILITIES_KEYS
-    steps = kept if case == "kept probabilities" else kept + 40
+    few = attention_kernels.COMPILED_MIN_KEYS - 1
+    steps = few if case == "few keys" else attention_kernels.KEPT_PROBABILITIES_KEYS + 40
     q, k, v, probe = _long_attention(np.random.default_rng(5), 2, steps, 2, 2, 8)
     if case == "float64":
         q, k, v = (a.astype(np.float64) for a in (q, k, v))

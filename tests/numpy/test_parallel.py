@@ -280,6 +280,7 @@ def test_attention_split_by_heads_is_one_cores_result(causal, kv_heads, monkeypa
     k, v = (rng.standard_normal((batch, steps, kv_heads, dim)).astype(F) for _ in range(2))
     d_context = rng.standard_normal(q.shape).astype(F)
     monkeypatch.setattr(attention, "PARALLEL_MIN_SCORES", 0)
+    monkeypatch.setattr(attention, "COMPILED_MIN_KEYS", steps + 1)  # NumPy's forward
     counts = []
     in_parts = workers.in_parts
     monkeypatch.setattr(workers, "in_parts",

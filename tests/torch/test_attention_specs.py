@@ -19,7 +19,9 @@ MEMORY = ("m", "[5, 8]")
 NARROW_MEMORY = ("m", "[5, 6]")
 PADDING = ("p", "[5]")
 MASK = ("q", "[6, 5]")
-# past the kept-probabilities length (96 keys): the forward is attention_tiles' job
+# from 24 keys the forward is attention_tiles' job, keeping the probabilities up to 96 keys
+# and not past them
+MIDDLE = ("x", "[40, 8]")
 LONG = ("x", "[120, 8]")
 
 CASES = {
@@ -42,6 +44,8 @@ CASES = {
     "long_grouped_causal_rope": ([LONG],
                                  "x -> attention(4, kv_heads = 2, causal = true, rope = true)"),
     "long_cross": ([LONG, ("m", "[110, 8]")], "x -> attention(m, 2)"),
+    "middle_grouped_causal": ([MIDDLE], "x -> attention(4, kv_heads = 2, causal = true)"),
+    "middle_cross": ([MIDDLE, ("m", "[30, 8]")], "x -> attention(m, 2)"),
 }
 
 

@@ -26,10 +26,14 @@ SCORE_BLOCK_FLOATS = 1 << 17
 # 1.2-1.4x slower at 32-64 keys; with the heads split between the cores, 1.06-1.12x at
 # 100-128, causal or not), and the probabilities take about the memory of the layer's
 # queries, keys and values at a head size of 32 (torch's attention keeps them too). Past it
-# the forward is ``attention_tiles``' compiled job, whose gain outweighs the recomputing
-# from 100 keys (a step at 128 keys 1-2% faster than with them kept, at 100 keys and heads
-# of 16 3%; at 65 keys 0.6-1.6% slower)
+# the backward recomputes them, from 100 keys (a step at 128 keys 1-2% faster than with them
+# kept, at 100 keys and heads of 16 3%; at 65 keys 0.6-1.6% slower)
 KEPT_PROBABILITIES_KEYS = 96
+# The forward is ``attention_tiles``' compiled job from this many queries and keys, keeping
+# the probabilities or not (32 samples of 4 heads of 32, causal: 64 keys 1.01 -> 0.81 ms,
+# 48 0.86 -> 0.47; 64 samples of 4 heads of 16 at 24 keys 0.51 -> 0.29), NumPy's below (at
+# 16 keys the job's 48-query tiles run a third full: 0.22 -> 0.28 ms)
+COMPILED_MIN_KEYS = 24
 # Causal attention takes its queries CAUSAL_BLOCK at a time, each block against the keys up
 # to its last query only: at T 512 that skips 44% of the score products and softmax passes,
 # which a full masked score matrix would compute and then throw away.
@@ -214,11 +218,13 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
                 saved[index * len(query_blocks) + number] = (
                     qb, keep, probs if keep_probs else None)
 
-    if not keep_probs and dtype == np.float32 and not dropping and padding is None and \
-            mask is None and attention_tiles.applies(q, k, v):  # one compiled job
-        saved = [(queries_block, None, None) for queries_block in attention_tiles.forward(
-            q, k, v, causal=causal, scale=scale, head_blocks=head_blocks,
-            query_blocks=query_blocks, kt=kt, vt=vt, context=context)]
+    if dtype == np.float32 and not dropping and padding is None and mask is None and \
+            min(steps, keys_total) >= COMPILED_MIN_KEYS and \
+            attention_tiles.applies(q, k, v):  # one compiled job
+        saved = [(queries_block, None, probs) for queries_block, probs in zip(
+            *attention_tiles.forward(q, k, v, causal=causal, scale=scale,
+                                     head_blocks=head_blocks, query_blocks=query_blocks,
+                                     kt=kt, vt=vt, context=context, keep=keep_probs))]
     else:
         workers.in_parts(forward_blocks, parts)
 

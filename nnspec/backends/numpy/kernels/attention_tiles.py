@@ -1,5 +1,4 @@
-"""Attention's forward past the kept-probabilities length in one compiled job on the register
-tiles, on both cores.
+"""Attention's forward in one compiled job on the register tiles, on both cores.
 
 NumPy's forward makes each block of a few (sample, head) pairs in about twenty calls
 (transposed copies, two batched products, the max, the exponentials, the context's
@@ -17,11 +16,12 @@ flash attention: 3.6); 512 causal 8.4-9.2 -> 5.9, 1024 16.7 -> 10.8; a step of t
 256 patches 184 -> 173 ms, of the GPT at T 512 208 -> 196 (Intel Xeon, 2 cores).
 
 It writes what NumPy's forward wrote, as the backward reads it: the keys and values
-transposed with a row of ones, and each block's scaled queries with minus their rows'
-log-sum-exps in the last column; past KEPT_PROBABILITIES_KEYS the backward keeps no
-probabilities but makes them again from those. Below that length NumPy's forward stays:
-there the transposes and copies per pair cost more than the calls (a GPT layer at T 64,
-32 samples of 4 heads of 32: 1.2 ms in NumPy, 1.45 here).
+transposed with a row of ones, each block's scaled queries with minus their rows'
+log-sum-exps in the last column, and up to KEPT_PROBABILITIES_KEYS the probabilities
+(past it the backward makes them again from those). Those copies are blocks of LANES x
+LANES transposed in registers (``_transpose``); one float at a time they had been 60% of
+the job at 64 keys (a GPT layer at T 64, 32 samples of 4 heads of 32: 1.45 ms, where
+NumPy's forward took 1.2; now 0.81) and 20% at 196.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from . import fused, workers
 from .tiled import LANES, ROWS, TILE, Emitter, stepped_product
 from .workers import part_range
 
-PARAMETERS = 32
+PARAMETERS = 33
 _I1 = ir.IntType(1)
 _I32 = ir.IntType(32)
 
@@ -208,6 +208,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     scale = np.float32(workers.number(params, 21))
     block_count, sample_step, kv_step = params[26], params[27], params[28]
     offsets, per_part = params[29], params[31]
+    probabilities_table = params[32]  # 0: not kept
     heads = kv_heads * group
     kv_blocks = (kv_heads + kv_step - 1) // kv_step
     qf = workers.floats(params, 1, ((batch - 1) * q_sample + (steps - 1) * q_step
@@ -233,6 +234,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     out_at, peaks_at = params[30] + 4 * out_from, params[30] + 4 * peaks_from
     totals_at, positions_at = params[30] + 4 * totals_from, params[30] + 4 * positions_from
     peaks = scratch[peaks_from:totals_from]
+    scores = scratch[scores_from:out_from]
     totals = scratch[totals_from:positions_from]
     positions = workers.int32s(positions_at, TILE)
     inverses_at = positions_at + 4 * TILE
@@ -318,6 +320,23 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                                      keys_total, dim, lanes)
                     j += rows
                 _softmax(scores_at, seen, lanes, causal, positions_at, peaks_at, totals_at)
+                for p in range(lanes):
+                    inverses[p] = 1 / totals[p]
+                if probabilities_table:  # probs[j, n, kv, row], kept for the backward
+                    block_probabilities = workers.floats_at(
+                        workers.int64s(probabilities_table, head_block * block_count
+                                       + number + 1)[head_block * block_count + number],
+                        keys * block_samples * block_kvs * block_rows)
+                    key_step = block_samples * block_kvs * block_rows
+                    at = local * block_rows + first
+                    for j in range(keys):
+                        row = block_probabilities[j * key_step + at:j * key_step + at + lanes]
+                        if j < seen:
+                            exps = scores[j * TILE:j * TILE + lanes]
+                            for p in range(lanes):
+                                row[p] = exps[p] * inverses[p]
+                        else:
+                            row[:] = 0
                 # out[e, p] = sum over j of values[j, e] * exp scores[j, p]: the values'
                 # rows read in place, ROWS of the head's values a tile
                 e = 0
@@ -331,7 +350,6 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     row = first + p
                     queries[pair_queries + row * rows_width + dim] = \
                         -(peaks[p] + np.log(totals[p]))
-                    inverses[p] = 1 / totals[p]
                 # the context rows: out[c, p] / totals[p], transposed
                 for p in range(0, lanes, LANES):
                     columns = min(LANES, lanes - p)
@@ -357,12 +375,14 @@ def applies(q, k, v) -> bool:
 SPLIT_MIN_SCORES = 1 << 16
 
 
-def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, context):
-    """``attention.scaled_dot_product``'s forward without masks or dropout, its
-    probabilities not kept: fills ``context`` (N, T, KVH, G, d), ``kt`` and ``vt`` (N, KVH,
-    d + 1, S), and returns each (head block, query block)'s scaled queries with minus
-    their rows' log-sum-exps last, (n, kv, G * Tq, d + 1), in that order. ``head_blocks``
-    are the plan's grid of (samples, kv heads) slices."""
+def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, context,
+            keep=False):
+    """``attention.scaled_dot_product``'s forward without masks or dropout: fills
+    ``context`` (N, T, KVH, G, d), ``kt`` and ``vt`` (N, KVH, d + 1, S), and returns each
+    (head block, query block)'s scaled queries with minus their rows' log-sum-exps last,
+    (n, kv, G * Tq, d + 1), in that order, and with ``keep`` its probabilities as the
+    backward keeps them, (keys, n, kv, G * Tq) (else None each). ``head_blocks`` are the
+    plan's grid of (samples, kv heads) slices."""
     batch, steps, heads, dim = q.shape
     keys_total, kv_heads = k.shape[1], k.shape[2]
     group = heads // kv_heads
@@ -371,6 +391,11 @@ def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, contex
                         np.float32)
                for s, h in head_blocks for start, end, _ in query_blocks]
     table = np.array([block.ctypes.data for block in queries], np.int64)
+    probabilities = [np.empty((keys, s.stop - s.start, h.stop - h.start,
+                               group * (end - start)), np.float32) if keep else None
+                     for s, h in head_blocks for start, end, keys in query_blocks]
+    probabilities_table = np.array([block.ctypes.data for block in probabilities], np.int64) \
+        if keep else None
     blocks = np.array(query_blocks, np.int64).reshape(-1)
     offsets = np.arange(max(keys_total, dim), dtype=np.int64) * TILE
     # the job's scratch
@@ -386,9 +411,10 @@ def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, contex
         context.ctypes.data, batch, kv_heads, group, dim, steps, keys_total, int(causal),
         workers.float_bits(scale), kt.ctypes.data, vt.ctypes.data, table.ctypes.data,
         blocks.ctypes.data, len(query_blocks), samples.stop - samples.start,
-        kvs.stop - kvs.start, offsets.ctypes.data, scratch.ctypes.data, per_part], np.int64)
+        kvs.stop - kvs.start, offsets.ctypes.data, scratch.ctypes.data, per_part,
+        0 if probabilities_table is None else probabilities_table.ctypes.data], np.int64)
     workers.run(_forward_job, params)
-    return queries
+    return queries, probabilities
 
 
 def load() -> None:
