@@ -674,15 +674,16 @@ def test_same_size_convolutions_past_the_direct_limits_take_the_columns(
 
 @pytest.mark.torch
 @pytest.mark.parametrize("nd, channels, out_channels, spatial, columns_grad", [
-    (2, 160, 24, (4, 4), False), (2, 200, 16, (5, 6), True), (2, 256, 40, (8, 8), True),
-    (1, 256, 8, (48,), True), (2, 384, 24, (4, 4), True), (2, 320, 16, (14, 14), True),
-    (2, 192, 24, (6, 6), False)])
+    (2, 160, 24, (4, 4), False), (2, 240, 16, (5, 6), True), (2, 256, 40, (8, 8), True),
+    (1, 256, 8, (48,), True), (2, 384, 24, (4, 4), True), (2, 320, 16, (14, 14), False),
+    (2, 384, 16, (14, 14), True), (2, 192, 24, (6, 6), False)])
 def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_columns(
         monkeypatch, nd, channels, out_channels, spatial, columns_grad):
     """Past TILED_MAX_CHANNELS, a stride-1 convolution keeping its map's size still reads
     it in place where the plane fills the tiles' vectors (up to 512 channels on small planes,
     384 on larger ones, 256 where a 6x6 plane fills 75%), and takes its weight gradient on
-    the columns past DIRECT_SUMS_MAX_CHANNELS."""
+    the columns past DIRECT_SUMS_MAX_CHANNELS (past DIRECT_SUMS_LARGE_MAX_CHANNELS on planes
+    of DIRECT_SUMS_LARGE_PLANE positions)."""
     taken = record_calls(monkeypatch, {"tiles": "_tiled", "columns": "_on_columns",
                                        "weight on columns": "_weight_grad_on_columns"})
     kernel, padding = (3,) * nd, ((1, 1),) * nd

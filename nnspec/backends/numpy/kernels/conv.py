@@ -309,12 +309,16 @@ TILED_MAX_CHANNELS = 128
 # 0.86-0.95x the columns' time at 384-512 channels on 4x4 and 8x8 maps, even at 320-384 on
 # 14x14 and 16x16 ones, 1.01-1.07x at 512 there (so up to DIRECT_LARGE_MAX_CHANNELS on planes
 # of more than DIRECT_SMALL_PLANE positions). Their weight gradient stays on the columns
-# from DIRECT_SUMS_MAX_CHANNELS up (``tiled.direct_sums`` 1.2x slower at 256 channels on
-# 8x8 maps, 1.6x on 4x4; 1.1x faster at 160-192)
+# past DIRECT_SUMS_MAX_CHANNELS (``tiled.direct_sums`` against the columns: 0.84x at 224
+# channels on 8x8 maps, 1.3x at 256, 1.5x at 256 on 4x4), but for planes of
+# DIRECT_SUMS_LARGE_PLANE positions and more up to DIRECT_SUMS_LARGE_MAX_CHANNELS (0.82-0.94x
+# at 256 on 16x16 maps, 0.87x at 320 on 14x14; 1.05x at 384 on 14x14, 1.07x at 256 on 10x10)
 DIRECT_MAX_CHANNELS = 512
 DIRECT_SMALL_PLANE = 64
 DIRECT_LARGE_MAX_CHANNELS = 384
-DIRECT_SUMS_MAX_CHANNELS = 192
+DIRECT_SUMS_MAX_CHANNELS = 224
+DIRECT_SUMS_LARGE_PLANE = 196
+DIRECT_SUMS_LARGE_MAX_CHANNELS = 320
 # where their planes fill this much of the tiles' vectors (a vector holds one sample's
 # positions: 4x4 and 8x8 planes fill theirs, 14x14 94%, 7x7 77%, 6x6 75%); planes that fill
 # DIRECT_PARTIAL_MIN_LANES up to DIRECT_PARTIAL_MAX_CHANNELS (192 channels on 6x6 and 7x7
@@ -346,7 +350,8 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
     "same" convolution) reads the map as it is (``tiled.direct_products``: a tap's reads
     outside the map are masked lanes) and writes the output in place, and so do its input
     gradient (the taps reversed) and weight gradient (``tiled.direct_sums``, each tap's
-    reads masked by a table of bits; past DIRECT_SUMS_MAX_CHANNELS on the columns); others
+    reads masked by a table of bits; past DIRECT_SUMS_MAX_CHANNELS, but on large planes, on
+    the columns); others
     go over the input's frame (``_framed``): output o at frame position p is the sum over
     taps k and the group's channels c of weight[o, c, k] * frame[c, start_k + p]
     (``tiled.products``, every group at once, a depthwise layer's groups single rows),
@@ -372,7 +377,9 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
 
     def backward(dy):
         dy_maps = np.ascontiguousarray(dy).reshape(maps.shape[0], out_channels, *maps.shape[2:])
-        if group_channels <= DIRECT_SUMS_MAX_CHANNELS or groups > 1:
+        if group_channels <= DIRECT_SUMS_MAX_CHANNELS or groups > 1 or (
+                group_channels <= DIRECT_SUMS_LARGE_MAX_CHANNELS and
+                math.prod(x.shape[2:]) >= DIRECT_SUMS_LARGE_PLANE):
             dweight = tiled.direct_sums(maps, dy_maps, taps, groups).reshape(weight.shape)
         else:
             dweight = _weight_grad_on_columns(maps.reshape(x.shape), _output_rows(dy),
