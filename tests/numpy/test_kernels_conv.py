@@ -694,6 +694,43 @@ def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_c
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("channels, out_channels, kernel, stride, dilation, padding, spatial", [
+    (32, 64, (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), (16, 16)),   # a ResNet's downsampling
+    (48, 40, (5, 5), (2, 2), (1, 1), ((2, 2), (2, 2)), (16, 8)),    # 5x5, 8x4 outputs
+    (32, 16, (3, 3), (2, 1), (1, 1), ((1, 1), (1, 1)), (8, 16)),    # strided along rows only
+    (36, 8, (3, 3), (2, 2), (2, 2), ((2, 2), (2, 2)), (16, 16)),    # dilated
+    (32, 8, (4, 4), (2, 2), (1, 1), ((1, 2), (1, 2)), (16, 16)),    # even kernel, uneven pad
+    (33, 8, (3, 3), (3, 3), (1, 1), ((1, 1), (1, 1)), (12, 12)),    # stride 3
+])
+def test_strided_convolutions_over_their_stride_phases_match_torch(
+        monkeypatch, channels, out_channels, kernel, stride, dilation, padding, spatial):
+    """A strided convolution whose output is its input's size over the stride reads its
+    input's stride phases on the direct tiles (``_on_phases``), each tap its phase's map
+    shifted; the backward is the columns'."""
+    taken = record_calls(monkeypatch, {"phases": "_on_phases"})
+    case = conv_case(channels, out_channels, spatial, kernel, stride, padding, dilation)
+    case["scale"] = 1 / math.sqrt(channels * math.prod(kernel))
+    check_conv_against_torch(2, case)
+    check_conv_without_input_grad_against_torch(2, case)
+    assert taken == ["phases"] * 2
+
+
+@pytest.mark.parametrize("channels, kernel, stride, padding, spatial", [
+    (32, (3, 3), (2, 2), ((1, 1), (1, 1)), (15, 15)),   # odd maps: no equal phases
+    (32, (3, 3), (2, 2), ((0, 0), (0, 0)), (16, 16)),   # 7x7 outputs, not 8x8
+    (256, (3, 3), (2, 2), ((1, 1), (1, 1)), (4, 4)),    # 2x2 planes fill a quarter vector
+    (16, (3, 3), (2, 2), ((1, 1), (1, 1)), (32, 32)),   # few channels: the frames
+])
+def test_other_strided_convolutions_keep_their_paths(monkeypatch, channels, kernel, stride,
+                                                      padding, spatial):
+    taken = record_calls(monkeypatch, {"phases": "_on_phases"})
+    x = np.random.default_rng(0).standard_normal((2, channels, *spatial), np.float32)
+    weight = np.random.default_rng(1).standard_normal((8, channels, *kernel), np.float32)
+    conv_module._conv(x, weight, stride, padding, (1, 1), 1, True)
+    assert taken == []
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "nd, channels, out_channels, kernel, stride, dilation, padding, spatial",
     [

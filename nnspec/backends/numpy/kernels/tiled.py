@@ -265,11 +265,11 @@ def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads
 
 
 def _emit_direct(builder, rows, vectors, in_buffer, out, stride, x, plane, channels, weights,
-                 row_step, channel_step, tap_step, taps_a, taps_b, taps, units, heights,
-                 widths, height, width, accumulate):
+                 row_step, channel_step, tap_step, taps_a, taps_b, taps_base, taps, units,
+                 heights, widths, height, width, accumulate):
     """A tile of a stride-1 convolution read straight from (C, H, W) maps, no frame: out[r,
     v, q] = sum over taps k and channels c < ``channels`` of weights[r * row_step + c *
-    channel_step + k * tap_step] * x[x_v + c * plane + a_k * width + b_k + q], zero where
+    channel_step + k * tap_step] * x[x_v + base_k + c * plane + a_k * width + b_k + q], zero where
     the read falls outside the map, for each of the tile's vectors v, whose (x offset x_v,
     out offset, first position) are ``units[3 v:3 v + 3]``: a vector is LANES positions of
     one sample's plane, and a tile's vectors may be of several samples (a 4x4 plane is one
@@ -286,6 +286,7 @@ def _emit_direct(builder, rows, vectors, in_buffer, out, stride, x, plane, chann
     i32 = ir.VectorType(_I32, LANES)
     x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
     taps_a = builder.inttoptr(taps_a, _I64.as_pointer())
+    taps_base = builder.inttoptr(taps_base, _I64.as_pointer())
     taps_b = builder.inttoptr(taps_b, _I64.as_pointer())
     units = builder.inttoptr(units, _I64.as_pointer())
     heights = builder.inttoptr(heights, _I32.as_pointer())
@@ -326,7 +327,8 @@ def _emit_direct(builder, rows, vectors, in_buffer, out, stride, x, plane, chann
                                   builder.icmp_signed("<", h, rows_limit))
             inside = builder.and_(inside, builder.icmp_signed(">=", w, zero32))
             masks.append(builder.and_(inside, builder.icmp_signed("<", w, columns_limit)))
-        shift = builder.add(builder.mul(a, width), b)
+        shift = builder.add(builder.load(emit.at(taps_base, k)),
+                            builder.add(builder.mul(a, width), b))
         x_taps = [emit.at(x_vector, shift) for x_vector in x_vectors]
         weights_tap = emit.at(weights, builder.mul(k, tap_step))
 
@@ -730,10 +732,10 @@ def _reads_in_buffer(units, tile, vectors, first, last, shifts, x_size):
 
 @intrinsic
 def _direct(typingctx, shape, out, stride, x, plane, channels, weights, row_step,
-            channel_step, tap_step, taps_a, taps_b, taps, units, heights, widths, height, width,
-            accumulate):
+            channel_step, tap_step, taps_a, taps_b, taps_base, taps, units, heights, widths,
+            height, width, accumulate):
     """``_emit_direct``'s tile of DIRECT_SHAPES[shape]."""
-    return types.void(*(types.int64,) * 19), _shape_switch("direct", DIRECT_SHAPES,
+    return types.void(*(types.int64,) * 20), _shape_switch("direct", DIRECT_SHAPES,
                                                            _emit_direct)
 
 
@@ -744,11 +746,12 @@ def _direct_job(args, range_m, range_n, sa, sb, part):
     out offset, position), units a group, the positions' rows and columns, height, width,
     group step through x, group step through out, wide, 1 to split the output rows between
     the parts instead of the tiles, 1 for weights as ``_pack`` lays them out (then the group
-    step alone), x's size in floats); per block of a group's tiles, the channels in passes
+    step alone), x's size in floats, each tap's first read in a sample's x, the least and
+    the most a tap shifts a read); per block of a group's tiles, the channels in passes
     of whole channels, each pass's reads a tap at a time, every block of output rows in
     turn, whose weights stay in cache while each tile of the block reads them. A tile whose
     reads all lie in x's buffer loads them plainly (``_emit_direct``)."""
-    params = workers.parameters(args, 26)
+    params = workers.parameters(args, 29)
     out, out_rows, x, channels = params[1], params[2], params[3], params[4]
     taps_a, taps_b, taps, weights = params[5], params[6], params[7], params[8]
     group_step, row_step, channel_step, tap_step = params[9], params[10], params[11], \
@@ -761,12 +764,7 @@ def _direct_job(args, range_m, range_n, sa, sb, part):
     plane = height * width
     reads = channels * taps
     tile_units = workers.integers(params, 14, 3 * unit_count)
-    shifts_a, shifts_b = workers.integers(params, 5, taps), workers.integers(params, 6, taps)
-    # the least and the most a tap shifts a read
-    shifts = (shifts_a[0] * width + shifts_b[0], shifts_a[0] * width + shifts_b[0])
-    for k in range(1, taps):
-        shift = shifts_a[k] * width + shifts_b[k]
-        shifts = (min(shifts[0], shift), max(shifts[1], shift))
+    taps_base, shifts = params[26], (params[27], params[28])
     tiles = (unit_count + vectors - 1) // vectors
     chunk = max(1, READ_BLOCK // taps)  # channels per pass
     if by_rows:  # every tile, a part of the blocks of output rows
@@ -799,7 +797,7 @@ def _direct_job(args, range_m, range_n, sa, sb, part):
                         group * x_group + (channel + count - 1) * plane, shifts, x_size)
                     _direct(_direct_shape(wide, rows, in_buffer), group_out + 4 * row * plane,
                             plane, group_x + 4 * channel * plane, plane, count, block,
-                            steps[0], steps[1], steps[2], taps_a, taps_b, taps,
+                            steps[0], steps[1], steps[2], taps_a, taps_b, taps_base, taps,
                             units + 8 * 3 * tile * vectors, heights, widths, height, width,
                             channel)
                 row += rows
@@ -825,6 +823,13 @@ def _tap_shifts(taps):
     """Each tap's row shifts and column shifts, int64 arrays (read-only)."""
     return _read_only(np.array([a for a, _ in taps], np.int64)), \
         _read_only(np.array([b for _, b in taps], np.int64))
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_bases(sources, step):
+    """Where each tap's reads start in a sample's x: its source (a stride phase) times
+    ``step`` floats, int64 (read-only)."""
+    return _read_only(np.array(sources, np.int64) * step)
 
 
 def _read_only(array):
@@ -931,13 +936,15 @@ def _pack(weights, most=ROWS, product=False):
     return packed
 
 
-def direct_products(out, x, taps, weights, groups=1):
+def direct_products(out, x, taps, weights, groups=1, sources=None):
     """A stride-1 convolution of maps whose output has the input's size, read straight from
     them: out[n, g * M + m, p] = sum over taps (a, b) and the group's channels c of
     weights[g * M + m, c, k] * x[n, g * C + c, p + a * W + b], zero where that lies outside
     the map. ``out`` (N, groups * M, H, W) and ``x`` (N, groups * C, H, W) C-ordered
     float32, ``taps`` [(a, b)], ``weights`` (groups * M, C, taps) or (groups, M, C, taps)
-    float32 with any steps (the input gradient's transposed weights as they are)."""
+    float32 with any steps (the input gradient's transposed weights as they are). With
+    ``sources`` (one group), x is (N, S * C, H, W), S maps of C channels each (a strided
+    convolution's input by its stride phases), and tap k reads map sources[k]."""
     samples, _, height, width = x.shape
     for array in (out, x):
         _check_float32("direct_products", array)
@@ -945,20 +952,25 @@ def direct_products(out, x, taps, weights, groups=1):
         raise ValueError(f"direct_products: {len(taps)} taps, at most {DIRECT_MAX_TAPS}")
     if weights.ndim == 3 and weights.shape[0] % groups == 0:
         weights = weights.reshape(groups, -1, *weights.shape[1:])
+    maps = 1 if sources is None or weights.ndim != 4 else x.shape[1] // max(1, weights.shape[2])
     if weights.ndim != 4 or len(weights) != groups or out.shape[2:] != x.shape[2:] or \
-            x.shape[1] != groups * weights.shape[2] or weights.shape[3] != len(taps) or \
-            out.shape[:2] != (samples, groups * weights.shape[1]):
+            x.shape[1] != maps * groups * weights.shape[2] or weights.shape[3] != len(taps) or \
+            out.shape[:2] != (samples, groups * weights.shape[1]) or \
+            (sources is not None and (groups != 1 or len(sources) != len(taps) or
+                                      not 0 <= min(sources) <= max(sources) < maps)):
         raise ValueError(f"direct_products: out {out.shape}, x {x.shape}, weights "
                          f"{weights.shape} in {groups} groups")
     out_rows, channels = weights.shape[1:3]
     plane = height * width
     taps_a, taps_b = _tap_shifts(tuple(taps))
+    taps_base = _tap_bases(tuple(sources or [0] * len(taps)), channels * plane)
+    shifts = taps_base + taps_a * width + taps_b
     # 8-row tiles unless the outputs come in whole blocks of 6 and not of 8 (90 outputs):
     # then the wide ones (fewer rows, more vectors)
     wide = out_rows % ROWS != 0 and out_rows % WIDE_ROWS == 0
     vectors, most = (WIDE_VECTORS, WIDE_ROWS) if wide else (VECTORS, ROWS)
     heights, widths = _positions(height, width)
-    units = _direct_units(samples, plane, groups * channels * plane, groups * out_rows * plane,
+    units = _direct_units(samples, plane, x.shape[1] * plane, groups * out_rows * plane,
                           vectors)
     # the weights are read where they lie (a 256-channel layer's packing took 0.27 ms, a
     # third of its forward at batch 8, 0.85 -> 0.59 ms without it), but for a transposed
@@ -985,8 +997,8 @@ def direct_products(out, x, taps, weights, groups=1):
                        taps_a.ctypes.data, taps_b.ctypes.data, len(taps), weights.ctypes.data,
                        *weight_steps, groups, units.ctypes.data,
                        len(units), heights.ctypes.data, widths.ctypes.data, height, width,
-                       channels * plane, out_rows * plane, wide, by_rows, packed, x.size],
-                      np.int64)
+                       channels * plane, out_rows * plane, wide, by_rows, packed, x.size,
+                       taps_base.ctypes.data, min(shifts), max(shifts)], np.int64)
     workers.run(_direct_job, params)
 
 
