@@ -502,15 +502,15 @@ def test_the_compiled_job_takes_only_what_it_can(monkeypatch, case):
 @pytest.mark.parametrize("rows, columns", [(16, 16), (16, 5), (7, 16), (7, 5), (1, 1), (3, 16)])
 def test_the_jobs_transposed_blocks_move_each_value_once_and_nothing_else(rows, columns):
     """``_transpose`` (the job's copies of keys, values, queries and context rows):
-    destination row c, lane r is source row r's lane c times the scales, for r < rows and
-    c < columns; nothing past them is read (NaN there) or written (NaN kept)."""
+    destination row c, lane r is source row r's lane c times row c's scale, for r < rows
+    and c < columns; nothing past them is written (NaN kept)."""
     import numba
 
     from nnspec.backends.numpy.kernels.tiled import LANES
 
     @numba.njit
-    def transpose(sources, rows, columns, scale, destinations, scales):
-        attention_tiles._transpose(sources.ctypes.data, rows, columns, scale,
+    def transpose(sources, rows, columns, destinations, scales):
+        attention_tiles._transpose(sources.ctypes.data, rows, columns,
                                    destinations.ctypes.data, scales.ctypes.data)
 
     rows, columns = min(rows, LANES), min(columns, LANES)
@@ -520,9 +520,9 @@ def test_the_jobs_transposed_blocks_move_each_value_once_and_nothing_else(rows, 
     out = np.full((LANES, 40), np.nan, np.float32)
     scales = rng.standard_normal(LANES).astype(np.float32)
     transpose(np.array([source[r, 3:].ctypes.data for r in range(LANES)], np.int64), rows,
-              columns, np.float32(0.5),
-              np.array([out[c, 2:].ctypes.data for c in range(LANES)], np.int64), scales)
-    expected = source[:rows, 3:3 + columns].T * np.float32(0.5) * scales[:columns, None]
+              columns, np.array([out[c, 2:].ctypes.data for c in range(LANES)], np.int64),
+              scales)
+    expected = source[:rows, 3:3 + columns].T * scales[:columns, None]
     np.testing.assert_allclose(out[:columns, 2:2 + rows], expected, rtol=1e-6)
     written = np.zeros(out.shape, bool)
     written[:columns, 2:2 + rows] = True

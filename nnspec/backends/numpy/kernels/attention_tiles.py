@@ -117,11 +117,11 @@ def _emit_softmax(builder, scores, seen, lanes, causal, positions, peaks, totals
         emit.store(sums[v], totals, emit.int(v * LANES))
 
 
-def _emit_transpose(builder, sources, rows, columns, scale, destinations, row_scales):
+def _emit_transpose(builder, sources, rows, columns, destinations, row_scales):
     """A block of LANES x LANES floats transposed in registers: destination row c (c <
-    ``columns``) gets lanes r < ``rows`` of source row r's lane c times ``scale`` times
-    row_scales[c]. ``sources`` and ``destinations`` are the addresses of LANES row addresses
-    (int64) each, ``row_scales`` of LANES floats; a source row past ``rows`` or a lane past
+    ``columns``) gets lanes r < ``rows`` of source row r's lane c times row_scales[c].
+    ``sources`` and ``destinations`` are the addresses of LANES row addresses (int64)
+    each, ``row_scales`` of LANES floats; a source row past ``rows`` or a lane past
     ``columns`` is not read, a destination lane past ``rows`` or row past ``columns`` not
     written. Each of log2(LANES) rounds swaps one bit of the row number with the same bit
     of the lane number, one two-vector shuffle a row: the scalar copies it replaced moved
@@ -154,24 +154,22 @@ def _emit_transpose(builder, sources, rows, columns, scale, destinations, row_sc
                 builder.shuffle_vector(vectors[i], vectors[j],
                                        ir.Constant(ir.VectorType(_I32, LANES), high)))
         bit *= 2
-    factor = emit.splat(scale)
     for c in range(LANES):
         written = builder.icmp_signed(">", columns, emit.int(c))
         with builder.if_then(written):
             row = emit.floats(builder.load(emit.at(destination_rows, emit.int(c))))
-            scaled = builder.fmul(vectors[c], builder.fmul(
-                factor, emit.splat(builder.load(emit.at(factors, emit.int(c))))))
+            scaled = builder.fmul(vectors[c],
+                                  emit.splat(builder.load(emit.at(factors, emit.int(c)))))
             emit.store(scaled, row, emit.int(0), in_rows)
 
 
 @intrinsic
-def _transpose(typingctx, sources, rows, columns, scale, destinations, row_scales):
-    """``_emit_transpose`` (addresses and counts as int64, ``scale`` a float32)."""
+def _transpose(typingctx, sources, rows, columns, destinations, row_scales):
+    """``_emit_transpose`` (addresses and counts as int64)."""
     def codegen(context, builder, signature, args):
         _emit_transpose(builder, *args)
         return context.get_dummy_value()
-    return types.void(types.int64, types.int64, types.int64, types.float32, types.int64,
-                      types.int64), codegen
+    return types.void(*(types.int64,) * 5), codegen
 
 
 def _splat(builder, scalar):
@@ -247,7 +245,6 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     destinations = workers.int64s(destinations_at, LANES)
     ones_at = destinations_at + 8 * LANES
     workers.floats_at(ones_at, LANES)[:] = 1
-    one = np.float32(1)
     start_pair, end_pair = part_range(batch * kv_heads, part, params[0], 1)
     for pair in range(start_pair, end_pair):
         sample, kv = pair // kv_heads, pair % kv_heads
@@ -266,7 +263,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                         sources[r] = source + 4 * (pair_at + (j + min(r, rows - 1)) * step + c)
                         destinations[r] = into + 4 * (
                             pair_rows + (c + min(r, columns - 1)) * keys_total + j)
-                    _transpose(sources_at, rows, columns, one, destinations_at, ones_at)
+                    _transpose(sources_at, rows, columns, destinations_at, ones_at)
         kt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
         vt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
         first_sample, first_kv = sample - sample % sample_step, kv - kv % kv_step
@@ -307,7 +304,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                                 pair_queries + (first + p + min(r, rows - 1)) * rows_width + c)
                             destinations[r] = queries_at + 4 * (
                                 (c + min(r, columns - 1)) * TILE + p)
-                        _transpose(sources_at, rows, columns, one, destinations_at, ones_at)
+                        _transpose(sources_at, rows, columns, destinations_at, ones_at)
                 seen = min(keys, last_position + 1) if causal else keys
                 masked = lanes < TILE
                 # scores[j, p] = sum over c of keys[j, c] * queries[p, c]: the transposed
@@ -358,7 +355,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                         for r in range(LANES):
                             sources[r] = out_at + 4 * ((c + min(r, rows - 1)) * TILE + p)
                             destinations[r] = context_rows[p + min(r, columns - 1)] + 4 * c
-                        _transpose(sources_at, rows, columns, one, destinations_at,
+                        _transpose(sources_at, rows, columns, destinations_at,
                                    inverses_at + 4 * p)
     return 0
 

@@ -269,9 +269,10 @@ def _emit_direct(builder, rows, vectors, in_buffer, out, stride, x, plane, chann
                  heights, widths, height, width, accumulate):
     """A tile of a stride-1 convolution read straight from (C, H, W) maps, no frame: out[r,
     v, q] = sum over taps k and channels c < ``channels`` of weights[r * row_step + c *
-    channel_step + k * tap_step] * x[x_v + base_k + c * plane + a_k * width + b_k + q], zero where
-    the read falls outside the map, for each of the tile's vectors v, whose (x offset x_v,
-    out offset, first position) are ``units[3 v:3 v + 3]``: a vector is LANES positions of
+    channel_step + k * tap_step] * x[x_v + base_k + c * plane + a_k * width + b_k + q],
+    zero where the read falls outside the map (base_k: where tap k's map starts, a stride
+    phase's; 0 for a map read in place), for each of the tile's vectors v, whose (x offset
+    x_v, out offset, first position) are ``units[3 v:3 v + 3]``: a vector is LANES positions of
     one sample's plane, and a tile's vectors may be of several samples (a 4x4 plane is one
     vector). ``heights[q]``, ``widths[q]`` are the positions' rows and columns (rows below
     zero past the plane: not written, and never read). The taps are the outer loop: a tap's
