@@ -275,7 +275,7 @@ def test_direct_products_of_parts_give_the_values_of_one_part(samples, channels,
 
 
 # x's floats end on a page that cannot be read, and start right after one: a direct tile
-# that loaded plainly (``_reads_in_buffer``) reads past x's buffer would stop the process
+# loading plainly where its reads pass x's buffer (``_reads_in_buffer``) stops the process
 _GUARDED_READS = """
 import ctypes, mmap, numpy as np
 from nnspec.backends.numpy.kernels import tiled
@@ -308,6 +308,22 @@ for samples, channels, out_rows, height, width in [(3, 70, 16, 8, 8), (2, 20, 24
         del x
 print("ok")
 """
+
+
+def test_only_the_direct_tiles_at_the_buffers_ends_mask_their_loads():
+    """``_reads_in_buffer`` on 3 samples of 70 channels, 8x8, 3x3 taps (shifts -9 to 9): the
+    first tile's first pass reads before x and the last tile's last pass past it; every
+    other tile and pass loads plainly."""
+    samples, channels, plane, vectors = 3, 70, 64, tiled.VECTORS
+    units = tiled._direct_units(samples, plane, channels * plane, channels * plane, vectors)
+    tiles = len(units) // vectors
+    passes = [(0, 63), (64, 69)]  # channel passes: first and last channel
+    plain = [[tiled._reads_in_buffer(units.ravel(), tile, vectors, first * plane,
+                                     last * plane, (-9, 9), samples * channels * plane)
+              for first, last in passes] for tile in range(tiles)]
+    masked = {(tile, number) for tile in range(tiles) for number in range(2)
+              if not plain[tile][number]}
+    assert masked == {(0, 0), (tiles - 1, 1)}
 
 
 def test_direct_tiles_read_nothing_outside_the_maps_buffer():

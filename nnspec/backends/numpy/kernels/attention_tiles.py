@@ -26,6 +26,7 @@ NumPy's forward took 1.2; now 0.81) and 20% at 196.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -172,6 +173,27 @@ def _transpose(typingctx, sources, rows, columns, destinations, row_scales):
     return types.void(*(types.int64,) * 5), codegen
 
 
+@numba.njit(inline="always")
+def _transposed_copy(source, source_step, rows, columns, destination, destination_step,
+                     scratch):
+    """destination[c * destination_step + r] = source[r * source_step + c] for r < rows and
+    c < columns (float32 addresses, steps in floats), by ``_transpose``'s blocks; ``scratch``
+    (addresses of LANES int64 source rows, LANES int64 destination rows, LANES ones)."""
+    sources_at, destinations_at, ones_at = scratch
+    sources, destinations = workers.int64s(sources_at, LANES), \
+        workers.int64s(destinations_at, LANES)
+    for first_row in range(0, rows, LANES):
+        block_rows = min(LANES, rows - first_row)
+        for first_column in range(0, columns, LANES):
+            block_columns = min(LANES, columns - first_column)
+            for r in range(LANES):
+                sources[r] = source + 4 * (
+                    (first_row + min(r, block_rows - 1)) * source_step + first_column)
+                destinations[r] = destination + 4 * (
+                    (first_column + min(r, block_columns - 1)) * destination_step + first_row)
+            _transpose(sources_at, block_rows, block_columns, destinations_at, ones_at)
+
+
 def _splat(builder, scalar):
     """An integer (an i1 or i32) as a vector of LANES copies."""
     vector = ir.VectorType(scalar.type, LANES)
@@ -206,7 +228,6 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     scale = np.float32(workers.number(params, 21))
     block_count, sample_step, kv_step = params[26], params[27], params[28]
     offsets, per_part = params[29], params[31]
-    probabilities_table = params[32]  # 0: not kept
     heads = kv_heads * group
     kv_blocks = (kv_heads + kv_step - 1) // kv_step
     qf = workers.floats(params, 1, ((batch - 1) * q_sample + (steps - 1) * q_step
@@ -245,6 +266,9 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
     destinations = workers.int64s(destinations_at, LANES)
     ones_at = destinations_at + 8 * LANES
     workers.floats_at(ones_at, LANES)[:] = 1
+    transposing = (sources_at, destinations_at, ones_at)
+    # each (head block, query block)'s kept probabilities (none where not kept)
+    probability_blocks = workers.int64s(params[32], len(queries_table) if params[32] else 0)
     start_pair, end_pair = part_range(batch * kv_heads, part, params[0], 1)
     for pair in range(start_pair, end_pair):
         sample, kv = pair // kv_heads, pair % kv_heads
@@ -253,17 +277,10 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
         # for the scores' tiles)
         k_pair = sample * k_sample + kv * k_head
         v_pair = sample * v_sample + kv * v_head
-        for j in range(0, keys_total, LANES):
-            rows = min(LANES, keys_total - j)
-            for c in range(0, dim, LANES):
-                columns = min(LANES, dim - c)
-                for source, step, pair_at, into in ((params[5], k_step, k_pair, params[22]),
-                                                    (params[9], v_step, v_pair, params[23])):
-                    for r in range(LANES):
-                        sources[r] = source + 4 * (pair_at + (j + min(r, rows - 1)) * step + c)
-                        destinations[r] = into + 4 * (
-                            pair_rows + (c + min(r, columns - 1)) * keys_total + j)
-                    _transpose(sources_at, rows, columns, destinations_at, ones_at)
+        _transposed_copy(params[5] + 4 * k_pair, k_step, keys_total, dim,
+                         params[22] + 4 * pair_rows, keys_total, transposing)
+        _transposed_copy(params[9] + 4 * v_pair, v_step, keys_total, dim,
+                         params[23] + 4 * pair_rows, keys_total, transposing)
         kt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
         vt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
         first_sample, first_kv = sample - sample % sample_step, kv - kv % kv_step
@@ -276,10 +293,10 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
             keys = query_blocks[3 * number + 2]
             width = end - start
             block_rows = group * width
-            queries = workers.floats(queries_table, head_block * block_count + number,
+            block = head_block * block_count + number
+            queries = workers.floats(queries_table, block,
                                      (block_samples * block_kvs * block_rows * rows_width,))
             pair_queries = local * block_rows * rows_width
-            queries_address = queries_table[head_block * block_count + number]
             for first in range(0, block_rows, TILE):
                 lanes = min(TILE, block_rows - first)
                 last_position = 0
@@ -295,16 +312,8 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     context_rows[p] = params[13] + 4 * (
                         (((sample * steps + t) * kv_heads + kv) * group + g) * dim)
                 # the tile's queries transposed: qt[c, p]
-                for p in range(0, lanes, LANES):
-                    rows = min(LANES, lanes - p)
-                    for c in range(0, dim, LANES):
-                        columns = min(LANES, dim - c)
-                        for r in range(LANES):
-                            sources[r] = queries_address + 4 * (
-                                pair_queries + (first + p + min(r, rows - 1)) * rows_width + c)
-                            destinations[r] = queries_at + 4 * (
-                                (c + min(r, columns - 1)) * TILE + p)
-                        _transpose(sources_at, rows, columns, destinations_at, ones_at)
+                _transposed_copy(queries_table[block] + 4 * (pair_queries + first * rows_width),
+                                 rows_width, lanes, dim, queries_at, TILE, transposing)
                 seen = min(keys, last_position + 1) if causal else keys
                 masked = lanes < TILE
                 # scores[j, p] = sum over c of keys[j, c] * queries[p, c]: the transposed
@@ -319,11 +328,9 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                 _softmax(scores_at, seen, lanes, causal, positions_at, peaks_at, totals_at)
                 for p in range(lanes):
                     inverses[p] = 1 / totals[p]
-                if probabilities_table:  # probs[j, n, kv, row], kept for the backward
+                if params[32]:  # probs[j, n, kv, row], kept for the backward
                     block_probabilities = workers.floats_at(
-                        workers.int64s(probabilities_table, head_block * block_count
-                                       + number + 1)[head_block * block_count + number],
-                        keys * block_samples * block_kvs * block_rows)
+                        probability_blocks[block], keys * block_samples * block_kvs * block_rows)
                     key_step = block_samples * block_kvs * block_rows
                     at = local * block_rows + first
                     for j in range(keys):

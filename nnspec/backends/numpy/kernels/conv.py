@@ -338,13 +338,19 @@ def _tiles_take(x, group_channels, kernel, stride, padding, dilation):
     if group_channels <= TILED_MAX_CHANNELS:
         return True
     plane = math.prod(x.shape[2:])
-    filled = plane / max(1, -(-plane // tiled.LANES) * tiled.LANES)
+    filled = _lanes_filled(plane)
     fills = filled >= DIRECT_WIDE_MIN_LANES or (
         filled >= DIRECT_PARTIAL_MIN_LANES and group_channels <= DIRECT_PARTIAL_MAX_CHANNELS)
     most = DIRECT_MAX_CHANNELS if plane <= DIRECT_SMALL_PLANE else \
         min(DIRECT_MAX_CHANNELS, DIRECT_LARGE_MAX_CHANNELS)
     return group_channels <= most and fills and \
         _direct_taps(x.shape[2:], kernel, stride, padding, dilation) is not None
+
+
+def _lanes_filled(plane):
+    """The share of the direct tiles' vector lanes a plane of this many positions fills (a
+    vector holds one sample's positions)."""
+    return plane / max(1, -(-plane // tiled.LANES) * tiled.LANES)
 
 
 def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
@@ -647,8 +653,8 @@ def _phases_take(x, kernel, stride, padding, dilation):
             not COLUMNS_MIN_CHANNELS <= x.shape[1] <= DIRECT_MAX_CHANNELS or \
             _phase_taps(x.shape[2:], kernel, stride, padding, dilation) is None:
         return False
-    plane = math.prod(size // s for size, s in zip(x.shape[2:], stride))
-    return plane / (-(-plane // tiled.LANES) * tiled.LANES) >= DIRECT_WIDE_MIN_LANES
+    out_plane = math.prod(size // s for size, s in zip(x.shape[2:], stride))
+    return _lanes_filled(out_plane) >= DIRECT_WIDE_MIN_LANES
 
 
 @functools.lru_cache(maxsize=256)
@@ -681,17 +687,17 @@ def _on_phases(x, weight, stride, padding, dilation, input_grad):
     n, channels, height, width = x.shape
     out_channels = weight.shape[0]
     kernel = weight.shape[2:]
-    rows, columns_ = height // stride[0], width // stride[1]
+    out = (height // stride[0], width // stride[1])
     taps, sources = _phase_taps(x.shape[2:], kernel, stride, padding, dilation)
     x = np.ascontiguousarray(x)
-    phases = np.ascontiguousarray(x.reshape(n, channels, rows, stride[0], columns_, stride[1])
+    phases = np.ascontiguousarray(x.reshape(n, channels, out[0], stride[0], out[1], stride[1])
                                   .transpose(0, 3, 5, 1, 2, 4))
-    y = np.empty((n, out_channels, rows, columns_), np.float32)
-    tiled.direct_products(y, phases.reshape(n, -1, rows, columns_), taps,
+    y = np.empty((n, out_channels, *out), np.float32)
+    tiled.direct_products(y, phases.reshape(n, -1, *out), taps,
                           weight.reshape(out_channels, channels, -1), sources=sources)
     del phases
-    return y, _columns_backward(x, weight, (kernel, stride, padding, dilation,
-                                            (rows, columns_)), input_grad)
+    return y, _columns_backward(x, weight, (kernel, stride, padding, dilation, out),
+                                input_grad)
 
 
 def _output_rows(dy):

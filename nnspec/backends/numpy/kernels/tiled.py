@@ -465,8 +465,8 @@ def _emit_gradient(builder, rows, vectors, whole, sums, stride, x, x_offsets, dy
     x[x_offsets[r] + p] * dy[(n * dy_sample + p') * dy_step + q], for q < LANES * vectors
     (dy's lanes from ``lanes`` on not read; every lane, plain loads, where ``whole``), p = n *
     x_sample + first + i * width + t, p' the same without x's sample step. ``dy`` is
-    channels last, a position's outputs a vector;
-    each x value is a broadcast. The rows of a tile share one tap, so that each position
+    channels last, a position's outputs a vector; each x value is a broadcast. The rows of
+    a tile share one tap, so that each position
     range it reads lies inside the map (no masks), a run of whole rows of the plane or the
     same columns of several."""
     emit = Emitter(builder)
@@ -953,7 +953,8 @@ def direct_products(out, x, taps, weights, groups=1, sources=None):
         raise ValueError(f"direct_products: {len(taps)} taps, at most {DIRECT_MAX_TAPS}")
     if weights.ndim == 3 and weights.shape[0] % groups == 0:
         weights = weights.reshape(groups, -1, *weights.shape[1:])
-    maps = 1 if sources is None or weights.ndim != 4 else x.shape[1] // max(1, weights.shape[2])
+    maps = 1 if sources is None or weights.ndim != 4 else \
+        x.shape[1] // max(1, weights.shape[2])
     if weights.ndim != 4 or len(weights) != groups or out.shape[2:] != x.shape[2:] or \
             x.shape[1] != maps * groups * weights.shape[2] or weights.shape[3] != len(taps) or \
             out.shape[:2] != (samples, groups * weights.shape[1]) or \

@@ -107,7 +107,7 @@ def floats(params, index, shape):
 @numba.njit(inline="always")
 def integers(params, index, count):
     """The int64 array of ``count`` values whose address is ``params[index]``."""
-    return numba.carray(_pointer(params[index]), (count,), dtype=np.int64)
+    return int64s(params[index], count)
 
 
 @numba.njit(inline="always")
