@@ -1,5 +1,5 @@
 """The BLAS extensions: ``add_product`` (out += a @ b through gemm with beta = 1) and
-``transpose`` (omatcopy), against NumPy's own."""
+``transpose`` (omatcopy), against NumPy's own; ``address``, against ``ndarray.ctypes``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ def test_numpys_bundled_openblas_is_used_where_numpy_has_it():
         pytest.skip(f"NumPy's BLAS here is {name}")
     assert blas.accumulates()
     assert ("omatcopy", np.dtype(np.float32)) in blas._openblas()
+
+
+def test_the_quick_address_is_numpys_own_for_every_kind_of_array(tmp_path):
+    """Every job reads memory at these addresses: one off would read another array."""
+    if np.dtype(np.intp).itemsize == 8:  # CPython's standard 64-bit build: the field read
+        assert blas.address is blas._address_by_field
+    base = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    arrays = [base, base[1:], base[:, 2:, 1:], base.T, base[..., ::2], base.ravel()[7:],
+              np.empty(0, np.float32), np.zeros((2, 3)), np.asfortranarray(base),
+              np.float32(3) * np.ones(1, np.float32), base.view(np.int32),
+              np.memmap(tmp_path / "mapped", np.float32, "w+", shape=(4, 4))[1:]]
+    for array in arrays:
+        assert blas.address(array) == array.ctypes.data
 
 
 def operand(rng, shape, dtype, layout):

@@ -667,7 +667,7 @@ NOT_KERNELS = {
     # test_kernels_conv.py against torch with the relu; an empty batch's convolution:
     # test_kernels_conv.py against torch's shapes
     "conv.with_bias", "conv.no_samples",
-    "blas.accumulates", "blas.add_product", "blas.transpose",
+    "blas.accumulates", "blas.add_product", "blas.transpose", "blas.address",
     # conv2d's products and frames: test_tiled.py, test_kernels_conv.py against torch
     "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty", "tiled.direct_products",
     "tiled.direct_sums",

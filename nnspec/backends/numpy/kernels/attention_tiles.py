@@ -34,6 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import fused, workers
+from .blas import address
 from .tiled import LANES, ROWS, TILE, Emitter, stepped_product
 from .workers import part_range
 
@@ -394,11 +395,11 @@ def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, contex
     queries = [np.empty((s.stop - s.start, h.stop - h.start, group * (end - start), dim + 1),
                         np.float32)
                for s, h in head_blocks for start, end, _ in query_blocks]
-    table = np.array([block.ctypes.data for block in queries], np.int64)
+    table = np.array([address(block) for block in queries], np.int64)
     probabilities = [np.empty((keys, s.stop - s.start, h.stop - h.start,
                                group * (end - start)), np.float32) if keep else None
                      for s, h in head_blocks for start, end, keys in query_blocks]
-    probabilities_table = np.array([block.ctypes.data for block in probabilities], np.int64) \
+    probabilities_table = np.array([address(block) for block in probabilities], np.int64) \
         if keep else None
     blocks = np.array(query_blocks, np.int64).reshape(-1)
     offsets = np.arange(max(keys_total, dim), dtype=np.int64) * TILE
@@ -409,14 +410,14 @@ def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, contex
         SPLIT_MIN_SCORES else 1
     scratch = np.empty(parts * per_part, np.float32)
     params = np.array([
-        parts, q.ctypes.data, *(step // 4 for step in q.strides[:3]),
-        k.ctypes.data, *(step // 4 for step in k.strides[:3]),
-        v.ctypes.data, *(step // 4 for step in v.strides[:3]),
-        context.ctypes.data, batch, kv_heads, group, dim, steps, keys_total, int(causal),
-        workers.float_bits(scale), kt.ctypes.data, vt.ctypes.data, table.ctypes.data,
-        blocks.ctypes.data, len(query_blocks), samples.stop - samples.start,
-        kvs.stop - kvs.start, offsets.ctypes.data, scratch.ctypes.data, per_part,
-        0 if probabilities_table is None else probabilities_table.ctypes.data], np.int64)
+        parts, address(q), *(step // 4 for step in q.strides[:3]),
+        address(k), *(step // 4 for step in k.strides[:3]),
+        address(v), *(step // 4 for step in v.strides[:3]),
+        address(context), batch, kv_heads, group, dim, steps, keys_total, int(causal),
+        workers.float_bits(scale), address(kt), address(vt), address(table),
+        address(blocks), len(query_blocks), samples.stop - samples.start,
+        kvs.stop - kvs.start, address(offsets), address(scratch), per_part,
+        0 if probabilities_table is None else address(probabilities_table)], np.int64)
     workers.run(_forward_job, params)
     return queries, probabilities
 

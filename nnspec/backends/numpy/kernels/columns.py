@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from . import workers
+from .blas import address
 from .workers import floats, part_range
 
 
@@ -150,7 +151,7 @@ def _run_job(map_array, columns, to_columns, kernel, stride, padding, dilation, 
     if columns.size != channels * kernel[0] * kernel[1] * samples * out[0] * out[1]:
         raise ValueError(f"columns: {columns.shape} are not the columns of {map_array.shape}")
     parts = workers.parts() if columns.size >= 1 << 15 else 1
-    params = np.array([parts, map_array.ctypes.data, columns.ctypes.data, to_columns,
+    params = np.array([parts, address(map_array), address(columns), to_columns,
                        samples, channels, height, width, kernel[0], kernel[1], stride[0],
                        stride[1], padding[0][0], padding[1][0], dilation[0], dilation[1],
                        out[0], out[1]], np.int64)

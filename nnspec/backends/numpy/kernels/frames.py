@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from . import workers
+from .blas import address
 from .workers import floats, part_range
 
 
@@ -128,7 +129,7 @@ def copy(map_array, frame, to_frame, stride, corner, grid, margin):
         raise ValueError(f"frames.copy: frame {frame.shape} does not hold map "
                          f"{map_array.shape} at stride {stride}, grid {grid}")
     parts = workers.parts() if map_array.size >= 1 << 15 else 1
-    params = np.array([parts, map_array.ctypes.data, frame.ctypes.data, to_frame, samples,
+    params = np.array([parts, address(map_array), address(frame), to_frame, samples,
                        channels, height, width, stride[0], stride[1], corner[0], corner[1],
                        grid[0], grid[1], margin, length], np.int64)
     workers.run(_frame_job, params)

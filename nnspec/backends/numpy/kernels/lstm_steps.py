@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 from . import tiled, workers
+from .blas import address
 from .fused import tanh
 from .workers import floats, integers, part_range
 
@@ -294,10 +295,10 @@ def _panels(out, weights, order, first, scale=None, extra=None, columns=None):
     extra = None if extra is None else np.ascontiguousarray(extra, _F)
     scale = None if scale is None else np.ascontiguousarray(scale, _F).reshape(-1)
     parts = workers.parts() if weights.size >= 1 << 16 else 1
-    params = np.array([parts, out.ctypes.data, out.shape[1], len(order), weights.ctypes.data,
+    params = np.array([parts, address(out), out.shape[1], len(order), address(weights),
                        weights.shape[1], weights.shape[1] if columns is None else columns,
-                       0 if extra is None else extra.ctypes.data,
-                       order.ctypes.data, 0 if scale is None else scale.ctypes.data, first,
+                       0 if extra is None else address(extra),
+                       address(order), 0 if scale is None else address(scale), first,
                        scale is None], np.int64)
     workers.run(_panels_job, params)
 
@@ -356,7 +357,7 @@ class _Blocks:
 
     def __init__(self, array):
         self.array = array
-        self.base, self.step = array.ctypes.data, array.strides[0]
+        self.base, self.step = address(array), array.strides[0]
 
     def moving(self, index, offset=0):
         """A row of ``_steps_job``'s moving step parameters: step s's block, s + offset."""
@@ -374,14 +375,14 @@ def _all_steps(parts, steps, backward, product, packed, step_params, moving, out
     # each other's cache lines (``_share``; split by units where they need not, B 16 H 512
     # at T 128, a backward took 40.8 -> 43.2 ms)
     by_units = meeting and batch % (parts * tiled.ROWS) != 0
-    product.bind(0, packed.values.ctypes.data)  # its out moves with the step, in the job
+    product.bind(0, address(packed.values))  # its out moves with the step, in the job
     moving = np.array(moving, np.int64)
     rows = np.tile(step_params, (parts, 1))
     products = np.tile(product.params, (parts, 1))
     sync = np.zeros(2, np.int64)
-    params = np.array([parts, steps, backward, products.ctypes.data, rows.ctypes.data,
-                       moving.ctypes.data, len(moving), out.base, out.step, carried_in, meeting,
-                       sync.ctypes.data, by_units], np.int64)
+    params = np.array([parts, steps, backward, address(products), address(rows),
+                       address(moving), len(moving), out.base, out.step, carried_in, meeting,
+                       address(sync), by_units], np.int64)
     workers.run(_steps_job, params)
 
 
@@ -515,8 +516,8 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
     if into.dtype != _F or out_rows.strides[2] != 4:
         raise ValueError("direction: the states go to float32 rows of H with unit stride")
     out_blocks = _Blocks(out_rows[::-1] if reverse else out_rows)
-    params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, packed.values.ctypes.data,
-                       packed.starts.ctypes.data, packed.steps.ctypes.data, rows.shape[2],
+    params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, address(packed.values),
+                       address(packed.starts), address(packed.steps), rows.shape[2],
                        features, packed_inputs, 0, out_rows.strides[1] // 4], np.int64)
     _all_steps(parts, steps, False, product, packed, params,
                [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
@@ -551,9 +552,9 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
         carried = np.empty((batch, hidden), _F)
         if d_final_cell is not None:
             carried[...] = d_final_cell.T
-        back = np.array([parts, hidden, batch, 0, 0, 0, 0, carried.ctypes.data, 0,
-                         packed_grads.values.ctypes.data, packed_grads.starts.ctypes.data,
-                         packed_grads.steps.ctypes.data, width, 0, above.strides[1] // 4, 0],
+        back = np.array([parts, hidden, batch, 0, 0, 0, 0, address(carried), 0,
+                         address(packed_grads.values), address(packed_grads.starts),
+                         address(packed_grads.steps), width, 0, above.strides[1] // 4, 0],
                         np.int64)
         d_blocks = _Blocks(back_rows[1:])  # step s's product writes block s + 1
         _all_steps(parts, steps, True, back_product, packed_grads, back,

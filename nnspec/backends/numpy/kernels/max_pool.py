@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 from . import workers
+from .blas import address
 from .workers import floats, part_range
 
 
@@ -108,7 +109,7 @@ def max_pool(x, kernel, stride, padding, out):
     winners = np.empty(y.size, np.int32)
     parts = workers.parts() if x.size >= 1 << 15 else 1
     workers.run(_forward_job, np.array(
-        [parts, x.ctypes.data, y.ctypes.data, winners.ctypes.data, planes, height, width,
+        [parts, address(x), address(y), address(winners), planes, height, width,
          out[0], out[1], kernel[0], kernel[1], stride[0], stride[1], padding[0][0],
          padding[1][0]], np.int64))
 
@@ -116,7 +117,7 @@ def max_pool(x, kernel, stride, padding, out):
         dy = np.ascontiguousarray(dy, np.float32)
         dx = np.empty(shape, np.float32)
         workers.run(_backward_job, np.array(
-            [parts, dy.ctypes.data, dx.ctypes.data, winners.ctypes.data, planes,
+            [parts, address(dy), address(dx), address(winners), planes,
              height * width, out[0] * out[1]], np.int64))
         return (dx,)
 

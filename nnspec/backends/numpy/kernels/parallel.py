@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from . import fused, workers
+from .blas import address
 from .workers import floats, number, part_range
 
 _F = np.float32
@@ -83,7 +84,7 @@ def _split(count: int, *arrays, least: int = MEMORY_MIN_VALUES) -> int:
 def _params(*values) -> np.ndarray:
     """A job's parameters: arrays as their addresses, floats as their float64 bits, the
     rest (counts, flags) as they are."""
-    return np.array([value.ctypes.data if isinstance(value, np.ndarray)
+    return np.array([address(value) if isinstance(value, np.ndarray)
                      else workers.float_bits(value) if isinstance(value, float | np.floating)
                      else int(value) for value in values], np.int64)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import gru_steps
+from .blas import address
 
 
 @dataclass(frozen=True)
@@ -230,10 +231,10 @@ def _compiled_gru_steps(pre, recurrent, recurrent_weight_t, states, start, proje
     state_bytes = states[0].nbytes
     for t in range(steps):
         _project_state(recurrent, states[t], t == 0 and not start, projection)
-        jobs.step(projection.ctypes.data, pre[t].ctypes.data,
-                  states.ctypes.data + t * state_bytes, resets_updates[t].ctypes.data,
-                  projected_n.ctypes.data + t * block, candidates.ctypes.data + t * block,
-                  states.ctypes.data + (t + 1) * state_bytes)
+        jobs.step(address(projection), address(pre[t]),
+                  address(states) + t * state_bytes, address(resets_updates[t]),
+                  address(projected_n) + t * block, address(candidates) + t * block,
+                  address(states) + (t + 1) * state_bytes)
 
     def backward(d_states, _d_final_cell):
         d_states = np.ascontiguousarray(d_states, np.float32)
@@ -245,13 +246,13 @@ def _compiled_gru_steps(pre, recurrent, recurrent_weight_t, states, start, proje
             last = t == steps - 1
             if not last:  # what step t + 1 sends back through its recurrent product
                 np.matmul(recurrent_weight_t, d_projections[t + 1], out=from_next)
-            jobs.step_back(d_states.ctypes.data + t * block,
-                           0 if last else from_next.ctypes.data, carried.ctypes.data,
-                           not last, resets_updates[t].ctypes.data,
-                           projected_n.ctypes.data + t * block,
-                           candidates.ctypes.data + t * block,
-                           states.ctypes.data + t * state_bytes,
-                           d_projections[t].ctypes.data, d_pre_n.ctypes.data + t * block)
+            jobs.step_back(address(d_states) + t * block,
+                           0 if last else address(from_next), address(carried),
+                           not last, address(resets_updates[t]),
+                           address(projected_n) + t * block,
+                           address(candidates) + t * block,
+                           address(states) + t * state_bytes,
+                           address(d_projections[t]), address(d_pre_n) + t * block)
         d_start = ()
         if start:  # through step 0's recurrent projection and its update gate (carried)
             d_start = (recurrent_weight_t @ d_projections[0] + carried,)

@@ -45,6 +45,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import workers
+from .blas import address
 from .workers import part_range
 
 _F32 = ir.FloatType()
@@ -931,8 +932,8 @@ def _pack(weights, most=ROWS, product=False):
     extent = 1 + sum((size - 1) * step for size, step in zip(weights.shape, steps))
     packed = np.empty((groups, out_rows * channels * taps), np.float32)
     parts = workers.parts() if weights.size >= 1 << 16 else 1
-    params = np.array([parts, weights.ctypes.data, extent, *steps, groups, out_rows,
-                       channels, taps, most, packed.ctypes.data, int(product)], np.int64)
+    params = np.array([parts, address(weights), extent, *steps, groups, out_rows,
+                       channels, taps, most, address(packed), int(product)], np.int64)
     workers.run(_pack_job, params)
     return packed
 
@@ -995,12 +996,12 @@ def direct_products(out, x, taps, weights, groups=1, sources=None):
     # ms; at batch 8, three tiles, one core had done it all: 0.94 -> 0.48)
     by_rows = groups * len(units) < parts * PRODUCT_BLOCK_TILES * vectors and \
         out_rows >= parts * most
-    params = np.array([parts, out.ctypes.data, out_rows, x.ctypes.data, channels,
-                       taps_a.ctypes.data, taps_b.ctypes.data, len(taps), weights.ctypes.data,
-                       *weight_steps, groups, units.ctypes.data,
-                       len(units), heights.ctypes.data, widths.ctypes.data, height, width,
+    params = np.array([parts, address(out), out_rows, address(x), channels,
+                       address(taps_a), address(taps_b), len(taps), address(weights),
+                       *weight_steps, groups, address(units),
+                       len(units), address(heights), address(widths), height, width,
                        channels * plane, out_rows * plane, wide, by_rows, packed, x.size,
-                       taps_base.ctypes.data, min(shifts), max(shifts)], np.int64)
+                       address(taps_base), min(shifts), max(shifts)], np.int64)
     workers.run(_direct_job, params)
 
 
@@ -1152,7 +1153,7 @@ def _channels_last(maps):
     samples, channels = maps.shape[:2]
     positions = math.prod(maps.shape[2:])
     out = aligned_array((samples, positions, channels))
-    params = np.array([workers.parts(), maps.ctypes.data, out.ctypes.data, samples, channels,
+    params = np.array([workers.parts(), address(maps), address(out), samples, channels,
                        positions], np.int64)
     workers.run(_channels_last_job, params)
     return out
@@ -1191,10 +1192,10 @@ def _gradient_products(x, dy, taps, groups):
     out = np.zeros((groups, len(taps), padded, columns), np.float32)
     dy_last = _channels_last(dy)
     units = groups * (columns // tile_width) * len(taps) * (padded // rows)
-    params = np.array([max(1, min(workers.parts(), units)), out.ctypes.data, columns,
-                       x.ctypes.data, x_offsets.ctypes.data, dy_last.ctypes.data, out_channels,
-                       samples, all_channels * plane, height, width, taps_a.ctypes.data,
-                       taps_b.ctypes.data, len(taps), padded, group_outputs, groups,
+    params = np.array([max(1, min(workers.parts(), units)), address(out), columns,
+                       address(x), address(x_offsets), address(dy_last), out_channels,
+                       samples, all_channels * plane, height, width, address(taps_a),
+                       address(taps_b), len(taps), padded, group_outputs, groups,
                        channels * plane, shape, vectors, rows], np.int64)
     workers.run(_gradient_job, params)
     # (groups, taps, C, M) -> (groups * M, C, taps)
@@ -1263,10 +1264,10 @@ def direct_sums(x, dy, taps, groups=1):
     out = np.zeros((groups, rows, columns), np.float32)
     tiles = rows * columns // (NARROW_ROWS if narrow else SUM_ROWS * SUM_COLUMNS)
     parts = max(1, min(workers.parts(), tiles * groups))
-    params = np.array([parts, out.ctypes.data, columns, x.ctypes.data, x_reads.ctypes.data,
-                       dy.ctypes.data, dy_reads.ctypes.data, rows, plane, samples, groups,
+    params = np.array([parts, address(out), columns, address(x), address(x_reads),
+                       address(dy), address(dy_reads), rows, plane, samples, groups,
                        all_channels * plane, channels * plane, out_channels * plane,
-                       out_rows * plane, masks.ctypes.data, mask_rows.ctypes.data,
+                       out_rows * plane, address(masks), address(mask_rows),
                        len(taps) * words, narrow, 0], np.int64)
     workers.run(_direct_sums_job, params)
     # (groups, C * taps, M) -> (groups * M, C, taps)
@@ -1296,7 +1297,7 @@ def aligned_array(shape):
     """A new C-ordered float32 array that starts on a cache line (a view of a larger one)."""
     count = math.prod(shape)
     storage = np.empty(count + _LINE_FLOATS, np.float32)
-    start = (-storage.ctypes.data // 4) % _LINE_FLOATS
+    start = (-address(storage) // 4) % _LINE_FLOATS
     return storage[start:start + count].reshape(shape)
 
 
@@ -1327,8 +1328,8 @@ def products(out, x, offsets, weights, length, x_step=0):
     packed = _pack((weights if weights.ndim == 3 else weights[None])[:, :, None, :],
                    product=True)
     parts = workers.parts() if items * length >= 2 * TILE else 1
-    params = np.array([parts, out.ctypes.data, out.strides[1] // 4, out.shape[1], x.ctypes.data,
-                       offsets.ctypes.data, packed.ctypes.data, len(offsets), length, items,
+    params = np.array([parts, address(out), out.strides[1] // 4, out.shape[1], address(x),
+                       address(offsets), address(packed), len(offsets), length, items,
                        out.strides[0] // 4, x_step, packed.shape[1] if len(packed) > 1 else 0,
                        0, 0], np.int64)
     workers.run(_products_job, params)
@@ -1358,8 +1359,8 @@ class Product:
         self.offsets = np.arange(reads, dtype=np.int64) * PANEL
         item_rows = rows // items
         parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
-        self.params = np.array([parts, 0, stride, item_rows, self.panels.ctypes.data,
-                                self.offsets.ctypes.data, 0, reads, length, items,
+        self.params = np.array([parts, 0, stride, item_rows, address(self.panels),
+                                address(self.offsets), 0, reads, length, items,
                                 item_rows * stride, 0, item_rows * reads, int(accumulate),
                                 PANEL], np.int64)
 
@@ -1438,8 +1439,8 @@ def sums(x, x_offsets, dy, dy_offsets, length, items=1, x_step=0, dy_step=0, eac
     out = np.zeros((items if each else 1, rows, columns), np.float32)
     tiles = rows * columns // (NARROW_ROWS if narrow else SUM_ROWS * SUM_COLUMNS)
     parts = max(1, min(workers.parts(), tiles * (items if each else 1)))
-    params = np.array([parts, out.ctypes.data, columns, x.ctypes.data, x_reads.ctypes.data,
-                       dy.ctypes.data, dy_reads.ctypes.data, rows, length, items,
+    params = np.array([parts, address(out), columns, address(x), address(x_reads),
+                       address(dy), address(dy_reads), rows, length, items,
                        rows * columns if each else 0, x_step, dy_step, narrow], np.int64)
     workers.run(_sums_job, params)
     out = out[:, :len(x_offsets), :len(dy_offsets)]

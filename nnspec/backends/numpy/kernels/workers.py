@@ -55,7 +55,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .blas import library
+from .blas import address, library
 
 TASK_SIGNATURE = types.intc(types.voidptr, types.voidptr, types.voidptr, types.voidptr,
                             types.voidptr, types.int64)
@@ -80,8 +80,9 @@ class Task:
 
 
 _ENTRY_BYTES = 256
-_ROUTINE, _ARGS, _NEXT = 0, 24, 64
-_POINTER = ctypes.c_uint64
+_ENTRY_WORDS = _ENTRY_BYTES // 8
+# the fields' places in an entry, in 8-byte words
+_ROUTINE, _ARGS, _NEXT = 0, 3, 8
 
 
 @intrinsic
@@ -307,16 +308,16 @@ def parts() -> int:
 
 def _execute(routine: int, args: int, count: int) -> None:
     """exec_blas over ``count`` entries that run ``routine`` (an address) with ``args``."""
-    queue = getattr(_queues, "buffer", None)
-    if queue is None or len(queue) < count * _ENTRY_BYTES:
-        queue = _queues.buffer = np.zeros(count * _ENTRY_BYTES, np.uint8)
-    base = queue.ctypes.data
+    found = getattr(_queues, "entries", None)
+    if found is None or len(found[0]) < count * _ENTRY_WORDS:
+        words = np.zeros(count * _ENTRY_WORDS, np.uint64)
+        found = _queues.entries = (words, address(words))
+    words, base = found
     for part in range(count):
-        entry = base + part * _ENTRY_BYTES
-        _POINTER.from_address(entry + _ROUTINE).value = routine
-        _POINTER.from_address(entry + _ARGS).value = args
-        _POINTER.from_address(entry + _NEXT).value = \
-            entry + _ENTRY_BYTES if part < count - 1 else 0
+        entry = part * _ENTRY_WORDS
+        words[entry + _ROUTINE] = routine
+        words[entry + _ARGS] = args
+        words[entry + _NEXT] = base + (part + 1) * _ENTRY_BYTES if part < count - 1 else 0
     _openblas()[0](count, base)
 
 
@@ -327,9 +328,9 @@ def run(job, params: np.ndarray) -> None:
     count = int(params[0])
     if count == 1 or parts() == 1:  # also inside ``in_parts``: a worker would wait for itself
         for part in range(count):
-            job.compiled.ctypes(params.ctypes.data, None, None, None, None, part)
+            job.compiled.ctypes(address(params), None, None, None, None, part)
         return
-    _execute(job.compiled.address, params.ctypes.data, count)
+    _execute(job.compiled.address, address(params), count)
 
 
 _PYTHON_JOB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
