@@ -656,9 +656,9 @@ NOT_KERNELS = {
     "fused.warm_up",
     # fused's loops in parts (the kernels' cases run them; tests/numpy/test_parallel.py
     # compares them with the loops whole) and the workers that run the parts
-    "parallel.activation", "parallel.adam_update", "parallel.column_gradient_sums",
-    "parallel.column_moments", "parallel.combine_columns", "parallel.exp_rows",
-    "parallel.layer_norm_backward", "parallel.layer_norm_forward", "parallel.normalise_columns",
+    "parallel.activation", "parallel.adam_update", "parallel.batch_norm_backward",
+    "parallel.batch_norm_forward", "parallel.exp_rows",
+    "parallel.layer_norm_backward", "parallel.layer_norm_forward",
     "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
     "parallel.add_relu", "parallel.relu_gradient", "parallel.sgd_update",
     "parallel.rotate_halves", "parallel.silu_mul", "parallel.silu_mul_gradient",

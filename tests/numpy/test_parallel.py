@@ -188,28 +188,39 @@ def test_sgd_in_parts(momentum_on, first, nesterov):
 
 @needs_two
 @pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU, fused.RELU6])
-def test_batch_norm_loops_in_parts(activation):
-    count, width = 33, 8 * 1024 + 48  # columns past a span, not a multiple of the parts
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("channels, positions", [(5, 1700), (3, 5000), (300, 3), (1, 40000)])
+def test_batch_norm_loops_in_parts(activation, train, channels, positions):
+    """Each core takes a run of whole channels: chunks of many channels, channels wider than
+    a span, channels of a few columns, one channel (one part); the parts give the whole
+    loop's outputs, statistics and gradients to the bit."""
+    count = 33
+    width = channels * positions
     rows = (rng.standard_normal((count, width)) * 3 + 1).astype(F)
     d_out = rng.standard_normal((count, width)).astype(F)
-    shift, scale, offset, row_scale, row_offset = (
-        rng.standard_normal(width).astype(F) for _ in range(5))
+    weight, bias = (rng.standard_normal(channels).astype(F) for _ in range(2))
+    given = rng.standard_normal((5, channels)).astype(F)
     span = fused.COLUMN_SPAN
     results = []
-    for module, tail in ((fused, (0, width)), (parallel, ())):
-        sums, squares = np.empty(width, F), np.empty(width, F)
-        module.column_moments(rows, shift, sums, squares, span, *tail)
-        out = np.empty_like(rows)
-        module.normalise_columns(rows, shift, scale, offset, activation, out, span, *tail)
-        g_sums, products = np.empty(width, F), np.empty(width, F)
-        module.column_gradient_sums(d_out, rows, shift, scale, offset, activation, g_sums,
-                                    products, span, *tail)
-        d_x = np.empty_like(rows)
-        module.combine_columns(d_out, scale, rows, shift, offset, activation, row_scale,
-                               row_offset, d_x, span, *tail)
-        results.append((sums, squares, out, g_sums, products, d_x))
+    for whole in (True, False):
+        coefficients, moments = given.copy(), np.full((2, channels), np.nan)
+        out, d_x = np.empty_like(rows), np.empty_like(rows)
+        gradients, totals = np.empty((4, channels), F), np.empty((2, channels))
+        if whole:
+            fused.batch_norm_forward(rows, coefficients, moments, weight, bias, 1e-5, train,
+                                     activation, out, np.empty((5, width), F), span, 0,
+                                     channels)
+            fused.batch_norm_backward(d_out, rows, coefficients, train, activation, gradients,
+                                      totals, d_x, np.empty((7, width), F), span, 0, channels)
+        else:
+            parallel.batch_norm_forward(rows, coefficients, moments, weight, bias, 1e-5, train,
+                                        activation, out, span)
+            parallel.batch_norm_backward(d_out, rows, coefficients, train, activation,
+                                         gradients, totals, d_x, span)
+        results.append((coefficients, out, gradients, d_x) + ((moments,) if train else ()))
     for whole, split in zip(*results):
         np.testing.assert_array_equal(split, whole)
+    assert np.isfinite(results[0][1]).all() and np.isfinite(results[0][3]).all()
 
 
 @needs_two

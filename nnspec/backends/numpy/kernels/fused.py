@@ -432,57 +432,6 @@ def sgd_update(data, grad, velocity, momentum_on, first, momentum, one_minus_dam
         data[i] = data[i] + g * step
 
 
-# Batch norm's loops read (N, W) rows, W = C * L, with per-column coefficients (a channel's
-# value repeated over its L positions). They go over the columns ``span`` (COLUMN_SPAN) at a
-# time, down every row of the batch: a span's coefficients and sums (16 KiB each) stay in
-# the core's first-level cache while the rows stream past, whatever the map size.
-# Each loop covers the columns from ``first`` to ``last`` (all of them: 0 and W), so that
-# cores can take a range each.
-COLUMN_SPAN = 4096
-
-
-@_reducing
-def column_moments(rows, shift, sums, squares, span, first, last):
-    """sums and squares (W,) = the column sums of rows - shift and of its square."""
-    count = rows.shape[0]
-    for begin in range(first, last, span):
-        columns = slice(begin, min(begin + span, last))
-        centre, total, total_squares = shift[columns], sums[columns], squares[columns]
-        total[:] = 0
-        total_squares[:] = 0
-        for i in range(count):
-            row = rows[i, columns]
-            for j in range(row.size):
-                centred = row[j] - centre[j]
-                total[j] += centred
-                total_squares[j] += centred * centred
-
-
-@_reducing
-def channel_totals(columns, channels, out):
-    """out (C,) float64 = the sums of the C runs of ``columns`` (C * L,): a batch norm's
-    column sums gathered per channel in one call (NumPy's float64 sums of float32 rows took
-    10 us a call, a sixth of a small layer's forward)."""
-    positions = columns.size // channels
-    for c in range(channels):
-        run = columns[c * positions:(c + 1) * positions]  # (a zero-based loop vectorises)
-        total = 0.0
-        for index in range(run.size):
-            total += np.float64(run[index])
-        out[c] = total
-
-
-@_compile
-def repeat_channels(values, positions, out):
-    """out (k, C * L) = each of the k (C,) arrays of the tuple ``values`` with every
-    channel's value repeated over its ``positions``: a batch norm's per-column coefficients,
-    all of them in one call (np.repeat took 3 us each)."""
-    for i in range(len(values)):
-        per_channel = values[i]
-        for c in range(per_channel.size):
-            out[i, c * positions:(c + 1) * positions] = per_channel[c]
-
-
 # the activation a batch norm's loops apply to their output (and differentiate): none,
 # max(y, 0) or min(max(y, 0), 6), with the gradient inside (0, 6) and at NaN, as torch
 NO_ACTIVATION, RELU, RELU6 = 0, 1, 2
@@ -511,56 +460,173 @@ def _passes(value, activation):
     return not value <= 0
 
 
+# Batch norm's loops read (N, W) rows, W = C * L: each row holds a sample's C channels of L
+# positions side by side. A part takes a run of whole channels [first, last) and goes over it
+# a chunk of channels at a time (about ``span`` columns, COLUMN_SPAN): down every row of the
+# batch for the chunk's sums (``span`` columns at a time: their sums, 16 KiB, stay in the
+# core's first-level cache while the rows stream past, whatever the map size), then the
+# chunk's per-channel coefficients, then down the rows again for the output, which finds the
+# chunk's rows still in the core's cache (the second pass had read them from memory). The
+# loops read per-column coefficients (``_spread``), so that rows of one position a channel,
+# a dense layer's batch norm, vectorise as well as large maps.
+COLUMN_SPAN = 4096
+# the rows of a batch norm's per-channel coefficients (5, C), which its backward reuses:
+# y = (x - shift) * scale + offset, scale = weight * inv_std, and gap = mean - shift
+SHIFT, SCALE, OFFSET, INV_STD, GAP = range(5)
+# the rows of its backward's per-channel results (4, C): dweight, dbias, and the two training
+# terms of dx = g * scale + (x - shift) * row_scale + row_offset
+D_WEIGHT, D_BIAS, ROW_SCALE, ROW_OFFSET = range(4)
+
+
+@_inline
+def _spread(values, index, first, last, positions, out):
+    """out[(c - first) * positions + l] = values[index, c] for channels [first, last)."""
+    for c in range(first, last):
+        value = values[index, c]
+        at = (c - first) * positions
+        for position in range(positions):
+            out[at + position] = value
+
+
+@_inline
+def _fold(column_sums, begin, end, positions, totals, index):
+    """Add the float32 sums of columns [begin, end) to their channels' float64
+    totals[index, c]."""
+    c = begin // positions
+    while c * positions < end:
+        low, high = max(begin, c * positions), min(end, (c + 1) * positions)
+        total = 0.0
+        for j in range(low - begin, high - begin):
+            total += np.float64(column_sums[j])
+        totals[index, c] += total
+        c += 1
+
+
 @_reducing
-def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, products, span, first, last):
-    """sums and products (W,) = the column sums of g and of g * (rows - shift), g = d_out
-    where the activation of (rows - shift) * scale + offset (the forward's output, found
-    again) passes its gradient, else 0."""
-    count = rows.shape[0]
-    for begin in range(first, last, span):
-        columns = slice(begin, min(begin + span, last))
-        centre, factor, add = shift[columns], scale[columns], offset[columns]
-        total, total_products = sums[columns], products[columns]
-        total[:] = 0
-        total_products[:] = 0
+def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, activation, out,
+                       scratch, span, first, last):
+    """out = the activation of (rows - shift) * scale + offset for channels [first, last).
+    In training first the batch statistics, about a shift (the first sample's channel mean,
+    so that nothing cancels away when the mean is large against the spread): moments (2, C)
+    float64 gets each channel's mean - shift and biased variance, and ``coefficients`` (5,
+    C) its values from them, ``weight`` and ``bias``; otherwise ``coefficients`` is given.
+    ``scratch`` (5, >= the most columns of a chunk): the loops' per-column values."""
+    count, width = rows.shape
+    channels = coefficients.shape[1]
+    positions = width // channels
+    values = count * positions
+    chunk = max(1, span // positions)
+    shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
+    sums, squares = scratch[3], scratch[4]
+    for low in range(first, last, chunk):
+        high = min(low + chunk, last)
+        columns = (high - low) * positions
+        base = low * positions
+        if train:
+            for c in range(low, high):
+                total = 0.0
+                for position in range(c * positions, (c + 1) * positions):
+                    total += np.float64(rows[0, position])
+                coefficients[SHIFT, c] = total / positions
+                moments[0, c] = 0.0
+                moments[1, c] = 0.0
+            _spread(coefficients, SHIFT, low, high, positions, shift_columns)
+            for begin in range(0, columns, span):
+                end = min(begin + span, columns)
+                centre, total, total_squares = shift_columns[begin:end], sums[begin:end], \
+                    squares[begin:end]
+                total[:] = 0
+                total_squares[:] = 0
+                for i in range(count):
+                    row = rows[i, base + begin:base + end]
+                    for j in range(row.size):
+                        centred = row[j] - centre[j]
+                        total[j] += centred
+                        total_squares[j] += centred * centred
+                _fold(total, base + begin, base + end, positions, moments, 0)
+                _fold(total_squares, base + begin, base + end, positions, moments, 1)
+            for c in range(low, high):
+                mean_offset = moments[0, c] / values
+                variance = max(moments[1, c] / values - mean_offset * mean_offset, 0.0)
+                moments[0, c], moments[1, c] = mean_offset, variance
+                coefficients[GAP, c] = mean_offset
+                coefficients[INV_STD, c] = 1.0 / np.sqrt(variance + eps)
+                coefficients[SCALE, c] = coefficients[INV_STD, c] * weight[c]
+                coefficients[OFFSET, c] = bias[c] - coefficients[GAP, c] * coefficients[SCALE, c]
+        else:
+            _spread(coefficients, SHIFT, low, high, positions, shift_columns)
+        _spread(coefficients, SCALE, low, high, positions, scale_columns)
+        _spread(coefficients, OFFSET, low, high, positions, offset_columns)
         for i in range(count):
-            dy, row = d_out[i, columns], rows[i, columns]
-            for j in range(row.size):
-                centred = row[j] - centre[j]
-                g = dy[j] if _passes(centred * factor[j] + add[j], activation) else _F(0.0)
-                total[j] += g
-                total_products[j] += g * centred
+            row, target = rows[i, base:base + columns], out[i, base:base + columns]
+            for j in range(columns):
+                target[j] = _activate((row[j] - shift_columns[j]) * scale_columns[j]
+                                      + offset_columns[j], activation)
 
 
-@_compile
-def normalise_columns(rows, shift, scale, offset, activation, out, span, first, last):
-    """out = the activation of (rows - shift) * scale + offset, per column."""
-    count = rows.shape[0]
-    for begin in range(first, last, span):
-        columns = slice(begin, min(begin + span, last))
-        centre, factor, add = shift[columns], scale[columns], offset[columns]
+@_reducing
+def batch_norm_backward(d_out, rows, coefficients, train, activation, results, totals, out,
+                        scratch, span, first, last):
+    """out = batch norm's dx for channels [first, last), from the forward's ``coefficients``;
+    g = d_out where the activation of the forward's output (found again from rows) passes its
+    gradient, else 0. totals (2, C) float64 gets the sums of g and of g * (rows - shift),
+    ``results`` (4, C) dweight, dbias and dx's training terms from them. ``scratch`` (7, >=
+    the most columns of a chunk)."""
+    count, width = rows.shape
+    channels = coefficients.shape[1]
+    positions = width // channels
+    values = count * positions
+    chunk = max(1, span // positions)
+    shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
+    row_scales, row_offsets, sums, products = scratch[3], scratch[4], scratch[5], scratch[6]
+    for low in range(first, last, chunk):
+        high = min(low + chunk, last)
+        columns = (high - low) * positions
+        base = low * positions
+        _spread(coefficients, SHIFT, low, high, positions, shift_columns)
+        _spread(coefficients, SCALE, low, high, positions, scale_columns)
+        _spread(coefficients, OFFSET, low, high, positions, offset_columns)
+        for c in range(low, high):
+            totals[0, c] = 0.0
+            totals[1, c] = 0.0
+        for begin in range(0, columns, span):
+            end = min(begin + span, columns)
+            centre, factor, add = shift_columns[begin:end], scale_columns[begin:end], \
+                offset_columns[begin:end]
+            total, total_products = sums[begin:end], products[begin:end]
+            total[:] = 0
+            total_products[:] = 0
+            for i in range(count):
+                dy, row = d_out[i, base + begin:base + end], rows[i, base + begin:base + end]
+                for j in range(row.size):
+                    centred = row[j] - centre[j]
+                    g = dy[j] if _passes(centred * factor[j] + add[j], activation) else _F(0.0)
+                    total[j] += g
+                    total_products[j] += g * centred
+            _fold(total, base + begin, base + end, positions, totals, 0)
+            _fold(total_products, base + begin, base + end, positions, totals, 1)
+        for c in range(low, high):
+            sum_dy = totals[0, c]
+            scale, inv_std, gap = coefficients[SCALE, c], coefficients[INV_STD, c], \
+                coefficients[GAP, c]
+            sum_dy_x_hat = (totals[1, c] - gap * sum_dy) * inv_std
+            results[D_WEIGHT, c] = sum_dy_x_hat
+            results[D_BIAS, c] = sum_dy
+            # in training the batch mean and variance depend on every x: two more terms
+            row_scale = -scale * inv_std * sum_dy_x_hat / values if train else 0.0
+            results[ROW_SCALE, c] = row_scale
+            results[ROW_OFFSET, c] = -scale * sum_dy / values - row_scale * gap if train else 0.0
+        _spread(results, ROW_SCALE, low, high, positions, row_scales)
+        _spread(results, ROW_OFFSET, low, high, positions, row_offsets)
         for i in range(count):
-            row, target = rows[i, columns], out[i, columns]
-            for j in range(row.size):
-                target[j] = _activate((row[j] - centre[j]) * factor[j] + add[j], activation)
-
-
-@_compile
-def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, row_offset, out,
-                    span, first, last):
-    """out = g * scale + (rows - shift) * row_scale + row_offset per column, g as in
-    ``column_gradient_sums``: batch norm's dx."""
-    count = rows.shape[0]
-    for begin in range(first, last, span):
-        columns = slice(begin, min(begin + span, last))
-        factor, centre, add = scale[columns], shift[columns], offset[columns]
-        row_factor, row_add = row_scale[columns], row_offset[columns]
-        for i in range(count):
-            dy, row, target = d_out[i, columns], rows[i, columns], out[i, columns]
-            for j in range(row.size):
-                centred = row[j] - centre[j]
-                g = dy[j] if _passes(centred * factor[j] + add[j], activation) else _F(0.0)
-                target[j] = g * factor[j] + centred * row_factor[j] + row_add[j]
+            dy, row = d_out[i, base:base + columns], rows[i, base:base + columns]
+            target = out[i, base:base + columns]
+            for j in range(columns):
+                centred = row[j] - shift_columns[j]
+                factor = scale_columns[j]
+                g = dy[j] if _passes(centred * factor + offset_columns[j], activation) \
+                    else _F(0.0)
+                target[j] = g * factor + centred * row_scales[j] + row_offsets[j]
 
 
 @_compile
@@ -639,17 +705,12 @@ def warm_up() -> None:
     one = _F(1.0)
     adam_update(np.zeros(4, _F), flat, np.zeros(4, _F), np.zeros(4, _F), flat, False, one, one,
                 one, one, one, one, one)
-    column_moments(rows, column, np.empty_like(column), np.empty_like(column), COLUMN_SPAN,
-                   0, 4)
-    column_gradient_sums(rows, rows, column, column, column, RELU, np.empty_like(column),
-                         np.empty_like(column), COLUMN_SPAN, 0, 4)
-    normalise_columns(rows, column, column, column, RELU, np.empty_like(rows), COLUMN_SPAN,
-                      0, 4)
-    combine_columns(rows, column, rows, column, column, RELU, column, column,
-                    np.empty_like(rows), COLUMN_SPAN, 0, 4)
-    channel_totals(flat, 2, np.empty(2))
-    for count in (1, 2, 3):  # the forward's shift, its three coefficients, the backward's two
-        repeat_channels((column,) * count, 2, np.empty((count, 8), _F))
+    coefficients, pair = np.ones((5, 2), _F), column[:2]
+    batch_norm_forward(rows, coefficients, np.empty((2, 2)), pair, pair, 1e-5, True, RELU,
+                       np.empty_like(rows), np.empty((5, 4), _F), COLUMN_SPAN, 0, 2)
+    batch_norm_backward(rows, rows, coefficients, True, RELU, np.empty((4, 2), _F),
+                        np.empty((2, 2)), np.empty_like(rows), np.empty((7, 4), _F),
+                        COLUMN_SPAN, 0, 2)
     add_relu(flat, flat, np.empty_like(flat))
     fill_rows(column, np.empty((2, 4), _F))
     relu_gradient(flat, flat, np.empty_like(flat))

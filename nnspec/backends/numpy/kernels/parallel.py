@@ -20,7 +20,7 @@ import numpy as np
 
 from . import fused, workers
 from .blas import address
-from .workers import floats, number, part_range
+from .workers import doubles, floats, number, part_range
 
 _F = np.float32
 
@@ -387,120 +387,75 @@ def sgd_update(data, grad, velocity, momentum_on, first, momentum, one_minus_dam
 
 
 @workers.Task
-def _column_moments_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, count, width, rows, shift, sums, squares, span)."""
-    params = workers.parameters(args, 8)
-    count, width = params[1], params[2]
-    start, end = part_range(width, part, params[0], 16)
-    rows = floats(params, 3, (count, width))
-    shift = floats(params, 4, (width,))
-    sums = floats(params, 5, (width,))
-    squares = floats(params, 6, (width,))
-    fused.column_moments(rows, shift, sums, squares, params[7], start, end)
+def _batch_norm_forward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, width, channels, rows, coefficients, moments, weight, bias,
+    eps, train, activation, out, scratch (parts, 5, scratch width), scratch width, span)."""
+    params = workers.parameters(args, 16)
+    count, width, channels, scratch_width = params[1], params[2], params[3], params[14]
+    first, last = part_range(channels, part, params[0], 1)
+    fused.batch_norm_forward(
+        floats(params, 4, (count, width)), floats(params, 5, (5, channels)),
+        doubles(params, 6, (2, channels)), floats(params, 7, (channels,)),
+        floats(params, 8, (channels,)), number(params, 9), params[10] != 0, params[11],
+        floats(params, 12, (count, width)),
+        floats(params, 13, (params[0], 5, scratch_width))[part], params[15], first, last)
     return 0
 
 
-def column_moments(rows, shift, sums, squares, span):
-    """``fused.column_moments``, its columns in parts."""
-    parts = _split(rows.size, rows, shift, sums, squares)
+def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, activation, out,
+                       span):
+    """``fused.batch_norm_forward``, its channels in parts."""
+    channels = coefficients.shape[1]
+    parts = min(channels, _split(rows.size, rows, coefficients, weight, bias, out))
+    scratch = np.empty((parts, 5, _chunk_columns(rows.shape[1] // max(1, channels), span)),
+                       rows.dtype)
     if parts == 1:
-        fused.column_moments(rows, shift, sums, squares, span, 0, rows.shape[1])
+        fused.batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train,
+                                 activation, out, scratch[0], span, 0, channels)
         return
     count, width = rows.shape
-    workers.run(_column_moments_job,
-                _params(parts, count, width, rows, shift, sums, squares, span))
+    workers.run(_batch_norm_forward_job, _params(
+        parts, count, width, channels, rows, coefficients, moments, weight, bias, float(eps),
+        train, activation, out, scratch, scratch.shape[2], span))
 
 
 @workers.Task
-def _column_gradient_sums_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, count, width, d_out, rows, shift, scale, offset, activation, sums,
-    products, span)."""
-    params = workers.parameters(args, 12)
-    count, width = params[1], params[2]
-    start, end = part_range(width, part, params[0], 16)
-    d_out = floats(params, 3, (count, width))
-    rows = floats(params, 4, (count, width))
-    shift = floats(params, 5, (width,))
-    scale = floats(params, 6, (width,))
-    offset = floats(params, 7, (width,))
-    sums = floats(params, 9, (width,))
-    products = floats(params, 10, (width,))
-    fused.column_gradient_sums(d_out, rows, shift, scale, offset, params[8], sums, products,
-                               params[11], start, end)
+def _batch_norm_backward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, width, channels, d_out, rows, coefficients, train, activation,
+    results, totals, out, scratch (parts, 7, scratch width), scratch width, span)."""
+    params = workers.parameters(args, 15)
+    count, width, channels, scratch_width = params[1], params[2], params[3], params[13]
+    first, last = part_range(channels, part, params[0], 1)
+    fused.batch_norm_backward(
+        floats(params, 4, (count, width)), floats(params, 5, (count, width)),
+        floats(params, 6, (5, channels)), params[7] != 0, params[8],
+        floats(params, 9, (4, channels)), doubles(params, 10, (2, channels)),
+        floats(params, 11, (count, width)),
+        floats(params, 12, (params[0], 7, scratch_width))[part], params[14], first, last)
     return 0
 
 
-def column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums, products, span):
-    """``fused.column_gradient_sums``, its columns in parts."""
-    parts = _split(rows.size, d_out, rows, shift, scale, offset, sums, products)
+def batch_norm_backward(d_out, rows, coefficients, train, activation, results, totals, out,
+                        span):
+    """``fused.batch_norm_backward``, its channels in parts."""
+    channels = coefficients.shape[1]
+    parts = min(channels, _split(rows.size, d_out, rows, coefficients, results, out))
+    scratch = np.empty((parts, 7, _chunk_columns(rows.shape[1] // max(1, channels), span)),
+                       rows.dtype)
     if parts == 1:
-        fused.column_gradient_sums(d_out, rows, shift, scale, offset, activation, sums,
-                                   products, span, 0, rows.shape[1])
+        fused.batch_norm_backward(d_out, rows, coefficients, train, activation, results,
+                                  totals, out, scratch[0], span, 0, channels)
         return
     count, width = rows.shape
-    workers.run(_column_gradient_sums_job, _params(
-        parts, count, width, d_out, rows, shift, scale, offset, activation, sums, products, span))
+    workers.run(_batch_norm_backward_job, _params(
+        parts, count, width, channels, d_out, rows, coefficients, train, activation, results,
+        totals, out, scratch, scratch.shape[2], span))
 
 
-@workers.Task
-def _normalise_columns_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, count, width, rows, shift, scale, offset, activation, out, span)."""
-    params = workers.parameters(args, 10)
-    count, width = params[1], params[2]
-    start, end = part_range(width, part, params[0], 16)
-    rows = floats(params, 3, (count, width))
-    shift = floats(params, 4, (width,))
-    scale = floats(params, 5, (width,))
-    offset = floats(params, 6, (width,))
-    out = floats(params, 8, (count, width))
-    fused.normalise_columns(rows, shift, scale, offset, params[7], out, params[9], start, end)
-    return 0
-
-
-def normalise_columns(rows, shift, scale, offset, activation, out, span):
-    """``fused.normalise_columns``, its columns in parts."""
-    parts = _split(rows.size, rows, shift, scale, offset, out)
-    if parts == 1:
-        fused.normalise_columns(rows, shift, scale, offset, activation, out, span, 0,
-                                rows.shape[1])
-        return
-    count, width = rows.shape
-    workers.run(_normalise_columns_job, _params(
-        parts, count, width, rows, shift, scale, offset, activation, out, span))
-
-
-@workers.Task
-def _combine_columns_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, count, width, d_out, scale, rows, shift, offset, activation,
-    row_scale, row_offset, out, span)."""
-    params = workers.parameters(args, 13)
-    count, width = params[1], params[2]
-    start, end = part_range(width, part, params[0], 16)
-    d_out = floats(params, 3, (count, width))
-    scale = floats(params, 4, (width,))
-    rows = floats(params, 5, (count, width))
-    shift = floats(params, 6, (width,))
-    offset = floats(params, 7, (width,))
-    row_scale = floats(params, 9, (width,))
-    row_offset = floats(params, 10, (width,))
-    out = floats(params, 11, (count, width))
-    fused.combine_columns(d_out, scale, rows, shift, offset, params[8], row_scale, row_offset,
-                          out, params[12], start, end)
-    return 0
-
-
-def combine_columns(d_out, scale, rows, shift, offset, activation, row_scale, row_offset, out,
-                    span):
-    """``fused.combine_columns``, its columns in parts."""
-    parts = _split(rows.size, d_out, scale, rows, shift, offset, row_scale, row_offset, out)
-    if parts == 1:
-        fused.combine_columns(d_out, scale, rows, shift, offset, activation, row_scale,
-                              row_offset, out, span, 0, rows.shape[1])
-        return
-    count, width = rows.shape
-    workers.run(_combine_columns_job, _params(
-        parts, count, width, d_out, scale, rows, shift, offset, activation, row_scale, row_offset,
-        out, span))
+def _chunk_columns(positions, span):
+    """The most columns of a batch norm's chunk of channels: whole channels up to ``span``
+    columns, or one channel."""
+    return max(1, span // max(1, positions)) * positions
 
 
 @workers.Task

@@ -106,6 +106,12 @@ def floats(params, index, shape):
 
 
 @numba.njit(inline="always")
+def doubles(params, index, shape):
+    """The float64 array whose address is ``params[index]``, C-ordered, of ``shape``."""
+    return numba.carray(_pointer(params[index]), shape, dtype=np.float64)
+
+
+@numba.njit(inline="always")
 def integers(params, index, count):
     """The int64 array of ``count`` values whose address is ``params[index]``."""
     return int64s(params[index], count)
