@@ -368,6 +368,8 @@ def test_batch_norm_refuses_a_single_value_per_channel_in_training():
         (2, 8, 12, 4, (2, 2), (2, 1), ((1, 0), (1, 1))),     # grouped
         (2, 16, 32, 1, (2, 2), (1, 1), ((0, 0), (0, 0))),    # strided 1x1 projection
         (2, 16, 24, 1, (1, 1), (1, 1), ((0, 0), (0, 0))),    # pointwise 1x1 (own path)
+        (2, 16, 1, 1, (1, 1), (1, 1), ((0, 0), (0, 0))),     # to one channel: dx an outer product
+        (2, 1, 12, 1, (1, 1), (1, 1), ((0, 0), (0, 0))),     # from one: y an outer product
         (1, 16, 8, 1, (1,), (1,), ((0, 0),)),                # pointwise 1d
         (1, 8, 8, 8, (2,), (2,), ((2, 1),)),                 # depthwise 1d
         (1, 6, 9, 3, (1,), (3,), ((0, 3),)),                 # grouped 1d
@@ -375,7 +377,7 @@ def test_batch_norm_refuses_a_single_value_per_channel_in_training():
 )
 def test_grouped_depthwise_and_projection_convolutions_match_torch(
         nd, channels, out_channels, groups, stride, dilation, padding):
-    kernel = (1,) * nd if channels == 16 else (3,) * nd
+    kernel = (1,) * nd if channels in (1, 16) else (3,) * nd
     case = {
         "batch": 5, "in_channels": channels, "out_channels": out_channels,
         "spatial": (9, 7)[:nd], "kernel": kernel, "has_bias": True,

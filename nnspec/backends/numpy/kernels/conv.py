@@ -185,15 +185,24 @@ def _pointwise(x, weight, input_grad):
         return _tiled_pointwise(x, weight, input_grad)
     rows = x.reshape(n, channels, -1)
     matrix = weight.reshape(out_channels, channels)
-    y = np.matmul(matrix, rows)
+    y = _sample_products(matrix, rows)
 
     def backward(dy):
         dy_rows = dy.reshape(n, out_channels, -1)
         dweight = _summed_sample_products(dy_rows, rows)
-        dx = np.matmul(matrix.T, dy_rows).reshape(x.shape) if input_grad else None
+        dx = _sample_products(matrix.T, dy_rows).reshape(x.shape) if input_grad else None
         return dx, dweight.reshape(weight.shape)
 
     return y.reshape(n, out_channels, *x.shape[2:]), backward
+
+
+def _sample_products(matrix, rows):
+    """matrix (M, K) @ rows (N, K, P) per sample; with K = 1 an outer product, as a
+    broadcast multiply: NumPy's matmul took 0.6 ms over a single shared axis (a U-Net's 16
+    -> 1 output layer's input gradient at 64x64, batch 8), the multiply 0.06."""
+    if matrix.shape[1] == 1:
+        return matrix[None] * rows
+    return np.matmul(matrix, rows)
 
 
 # maps of fewer positions leave most of a tile's 48 lanes masked: at 4x4 (MobileNet's last
