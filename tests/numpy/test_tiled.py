@@ -196,6 +196,27 @@ def test_direct_sums_are_the_weight_gradient_of_torch(samples, channels, out_cha
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * max(1, positions / 1000) ** 0.5)
 
 
+@pytest.mark.parametrize("channels, outputs, as_products", [
+    (32, 16, True), (48, 16, True), (64, 64, True), (16, 16, False), (40, 16, False),
+    (48, 8, False), (48, 24, False)])
+def test_the_weight_gradient_takes_the_products_where_they_measured_faster(
+        channels, outputs, as_products, monkeypatch):
+    """Products from 32 channels to 32 outputs, and to one vector of outputs from whole
+    16-row tiles of channels (on 16-row tiles, the narrowest that wastes no rows)."""
+    taken = []
+    products = tiled._gradient_products
+    monkeypatch.setattr(tiled, "_gradient_products",
+                        lambda *args: taken.append(args[1].shape[1]) or products(*args))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, channels, 6, 6), dtype=F)
+    dy = rng.standard_normal((2, outputs, 6, 6), dtype=F)
+    taps = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    tiled.direct_sums(x, dy, taps)
+    assert bool(taken) == as_products
+    if outputs == 16 and channels % 16 == 0:
+        assert tiled._gradient_shape(outputs, channels)[1:] == (1, 16)
+
+
 def _direct_reference(x, taps, weights, groups):
     """out[n, g * M + m, h, w] = sum over taps (a, b) and the group's channels of
     weights[g * M + m, c, k] * x[n, g * C + c, h + a, w + b], zero outside the map, in

@@ -1113,9 +1113,14 @@ def _gradient_job(args, range_m, range_n, sa, sb, part):
 
 # the fewest channels and outputs a group for which the gradient products (with dy's copy)
 # measured faster than the sums: 1.4-1.6x at 64 or more of each, 1.25x at 32 -> 64
-# channels and 64 -> 32, 1.4x at 48 -> 48; even at 32 -> 32, 16 -> 64 and 32 -> 16,
-# 0.75-0.85x at 16 -> 16 and 16 -> 32 (rows of spare channels)
+# channels and 64 -> 32, 1.4x at 48 -> 48; even at 32 -> 32 and 16 -> 64, 0.75-0.85x at 16
+# -> 16 and 16 -> 32 (rows of spare channels)
 GRADIENT_MIN_CHANNELS, GRADIENT_MIN_OUTPUTS = 32, 32
+# and a group of one vector of outputs from whole 16-row tiles of channels (a U-Net's
+# decoder layers to 16 channels): 32 -> 16 at 64x64 b8 1.77 -> 1.47 ms, 64 -> 16 at 16x16
+# b32 0.77 -> 0.61, 128 -> 16 at 8x8 0.44 -> 0.30; not from 48 channels (24-row tiles:
+# 0.58 -> 0.62) nor to 8 or 24 outputs (1.1-1.7x slower)
+GRADIENT_VECTOR_OUTPUTS = LANES
 # and the fewest reads (channels x taps) a group: each reads dy's copy once more, and a 1x1
 # layer's products paid at 144 and 192 channels (1.2-1.8x), not at 32 (0.4x)
 GRADIENT_MIN_READS = 128
@@ -1162,7 +1167,9 @@ def _channels_last(maps):
 @functools.lru_cache(maxsize=256)
 def _gradient_shape(group_outputs, channels):
     """The gradient tile that wastes least of its lanes and rows on a group's outputs and
-    channels, the widest of those; (index in GRADIENT_SHAPES, vectors, rows)."""
+    channels, the widest of those, and of those the fewest rows (16-row tiles measured 5-15%
+    faster than 24-row ones on 48 and 96 channels to 16 outputs); (index in
+    GRADIENT_SHAPES, vectors, rows)."""
     def waste(index):
         vectors, rows = GRADIENT_SHAPES[index]
         return (-(-group_outputs // (vectors * LANES)) * vectors * LANES
@@ -1171,7 +1178,7 @@ def _gradient_shape(group_outputs, channels):
     usable = [i for i, (vectors, _) in enumerate(GRADIENT_SHAPES)
               if (vectors == 1) == (group_outputs <= LANES)
               and group_outputs > (vectors - 1) * LANES]
-    index = min(usable, key=lambda i: (waste(i), -GRADIENT_SHAPES[i][0]))
+    index = min(usable, key=lambda i: (waste(i), -GRADIENT_SHAPES[i][0], GRADIENT_SHAPES[i][1]))
     return (index, *GRADIENT_SHAPES[index])
 
 
@@ -1242,8 +1249,9 @@ def direct_sums(x, dy, taps, groups=1):
     if dy.shape[0] != samples or dy.shape[2:] != x.shape[2:] or all_channels % groups or \
             out_channels % groups:
         raise ValueError(f"direct_sums: x {x.shape}, dy {dy.shape} in {groups} groups")
-    if channels >= GRADIENT_MIN_CHANNELS and out_rows >= GRADIENT_MIN_OUTPUTS and \
-            channels * len(taps) >= GRADIENT_MIN_READS:
+    one_vector = out_rows == GRADIENT_VECTOR_OUTPUTS and channels % LANES == 0
+    if channels >= GRADIENT_MIN_CHANNELS and (out_rows >= GRADIENT_MIN_OUTPUTS or one_vector) \
+            and channels * len(taps) >= GRADIENT_MIN_READS:
         return _gradient_products(x, dy, taps, groups)
     plane = height * width
     if groups == 1 and list(taps) == [(0, 0)]:  # a 1x1 convolution: plain rows
