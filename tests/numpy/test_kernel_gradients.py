@@ -660,7 +660,7 @@ NOT_KERNELS = {
     "parallel.batch_norm_forward", "parallel.exp_rows",
     "parallel.layer_norm_backward", "parallel.layer_norm_forward",
     "parallel.warm_up", "workers.float_bits", "workers.parts", "workers.run", "workers.in_parts",
-    "parallel.add_relu", "parallel.relu_gradient", "parallel.sgd_update",
+    "parallel.add", "parallel.add_relu", "parallel.relu_gradient", "parallel.sgd_update",
     "parallel.rotate_halves", "parallel.silu_mul", "parallel.silu_mul_gradient",
     "parallel.channel_bias", "parallel.channel_bias_gradient", "parallel.fill_rows",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and
@@ -688,7 +688,7 @@ NOT_KERNELS = {
     "windows.padded_output_size",
     "windows.scatter_windows", "windows.pad_into_phases", "windows.gather_from_phases",
     "windows.phase_reads", "windows.phase_regions",
-    "elementwise.unbroadcast",
+    "elementwise.unbroadcast", "elementwise.sum_of",  # add's sum: add's cases
     "compile_cache.install", "compile_cache.stamp",  # numba's cache key: test_compile_cache.py
 }
 

@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from nnspec.backends.numpy.gradcheck import check_gradients
 from nnspec.backends.numpy.kernels import elementwise as ew
+from nnspec.backends.numpy.kernels import parallel
 from tests.numpy.helpers import assert_close, torch, torch_op
 
 pytestmark = pytest.mark.strict_numerics(under="ignore")  # tiny gradients flush to 0
@@ -309,6 +310,30 @@ def test_add_relu_is_torch_relu_of_the_sum_with_its_gradient(size):
     assert_close(out, t_out)
     assert_close(d_a, ta.grad)
     assert_close(d_b, tb.grad)
+
+
+@pytest.mark.parametrize("size", [(4, 5), (8, 64, 32, 32), (3, 1 << 17)])
+def test_a_large_same_shape_add_on_both_cores_is_numpys_sum(size, monkeypatch):
+    """float32 joins of one shape from MEMORY_MIN_VALUES values take the compiled pass in
+    parts: to the bit NumPy's sum (NaN and the infinities too), its gradient each
+    operand's."""
+    taken = []
+    split = parallel.add
+    monkeypatch.setattr(parallel, "add", lambda *args: taken.append(1) or split(*args))
+    rng = np.random.default_rng(2)
+    a, b = normal(rng, size), normal(rng, size)
+    a.flat[:4] = [np.nan, np.inf, -np.inf, 0.0]
+    b.flat[:4] = [1.0, -np.inf, 1.0, -0.0]
+    with np.errstate(invalid="ignore"):  # inf - inf
+        want = a + b
+        out, backward = ew.add(a, b)
+    assert bool(taken) == (a.size >= parallel.MEMORY_MIN_VALUES)
+    np.testing.assert_array_equal(out, want)
+    assert out.dtype == np.float32 and np.signbit(out.flat[3]) == np.signbit(want.flat[3])
+    d_out = normal(rng, size)
+    d_a, d_b = backward(d_out)
+    np.testing.assert_array_equal(d_a, d_out)
+    np.testing.assert_array_equal(d_b, d_out)
 
 
 def test_add_relu_of_operands_that_broadcast_is_the_two_kernels():

@@ -19,6 +19,7 @@ import numpy as np
 
 from nnspec.backends.numpy.allocator import keep_freed_memory
 from nnspec.backends.numpy.init import initial_state
+from nnspec.backends.numpy.kernels.elementwise import sum_of
 from nnspec.backends.numpy.kernels.norm_batch import ACTIVATIONS as NORM_ACTIVATIONS
 from nnspec.backends.numpy.params import ParamBuffer
 from nnspec.backends.numpy.rules import RULES, align_batched, needs_batch_of_one
@@ -502,8 +503,8 @@ class NumpyModel:
             for name, grad in zip(step.inputs, input_grads):
                 if grad is None:
                     continue
-                if name in grads:
-                    grads[name] = grads[name] + grad
+                if name in grads:  # a value that feeds several ops
+                    grads[name] = sum_of(grads[name], grad)
                 else:
                     grads[name] = grad
             for local, grad in local_grads.items():

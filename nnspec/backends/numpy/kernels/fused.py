@@ -630,6 +630,13 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
 
 
 @_compile
+def add(a, b, out):
+    """out = a + b over flat arrays (a residual join: its parts on both cores)."""
+    for i in range(out.size):
+        out[i] = a[i] + b[i]
+
+
+@_compile
 def add_relu(a, b, out):
     """out = relu(a + b) over flat arrays: a residual join and the relu that alone reads it,
     in one pass (NaN stays NaN, as in torch's relu)."""
@@ -711,6 +718,7 @@ def warm_up() -> None:
     batch_norm_backward(rows, rows, coefficients, True, RELU, np.empty((4, 2), _F),
                         np.empty((2, 2)), np.empty_like(rows), np.empty((7, 4), _F),
                         COLUMN_SPAN, 0, 2)
+    add(flat, flat, np.empty_like(flat))
     add_relu(flat, flat, np.empty_like(flat))
     fill_rows(column, np.empty((2, 4), _F))
     relu_gradient(flat, flat, np.empty_like(flat))

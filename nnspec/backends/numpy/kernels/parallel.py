@@ -116,6 +116,12 @@ def _three_runs(args, part):
 
 
 @workers.Task
+def _add_job(args, range_m, range_n, sa, sb, part):
+    fused.add(*_three_runs(args, part))
+    return 0
+
+
+@workers.Task
 def _add_relu_job(args, range_m, range_n, sa, sb, part):
     fused.add_relu(*_three_runs(args, part))
     return 0
@@ -158,6 +164,11 @@ def fill_rows(vector, out):
         out[...] = vector  # (NumPy's broadcast beats the loop's row slices when short)
         return
     workers.run(_fill_rows_job, _params(parts, *out.shape, vector, out))
+
+
+def add(a, b, out):
+    """``fused.add`` over flat float32 arrays, in runs of values."""
+    _in_runs(fused.add, _add_job, a, b, out)
 
 
 def add_relu(a, b, out):
