@@ -672,9 +672,10 @@ NOT_KERNELS = {
     "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty", "tiled.direct_products",
     "tiled.direct_sums",
     "frames.copy", "frames.applies", "frames.load",
-    # attention's forward past the kept probabilities, one compiled job (the float64 cases
+    # attention's forward and backward in compiled jobs (the float64 cases
     # here take NumPy's): test_kernels_attention.py against torch
-    "attention_tiles.forward", "attention_tiles.applies", "attention_tiles.load",
+    "attention_tiles.forward", "attention_tiles.backward", "attention_tiles.applies",
+    "attention_tiles.load",
     "columns.gather", "columns.scatter", "columns.applies", "columns.load",  # test_columns.py
     # the float32 LSTM's steps (float64 takes NumPy's passes, whose cases are here):
     # test_kernels_recurrent.py against torch and those passes

@@ -455,30 +455,70 @@ def test_long_attention_in_one_compiled_job_matches_torch(monkeypatch, batch, st
     out, backward = scaled_dot_product(q, k, v, causal=causal, train=True)
     dq, dk, dv, _, _ = backward(probe)
     assert taken == [1]
-    group = heads // kv_heads
+    for ours, theirs in zip((out, dq, dk, dv), _torch_attention(q, k, v, probe, causal)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def _torch_attention(q, k, v, probe, causal):
+    """torch's float64 attention of (N, T, H, d) q, k and v, grouped heads repeated: the
+    context and the gradients of all three for ``probe``, in their layouts."""
+    group = q.shape[2] // k.shape[2]
     tq, tk, tv = (torch.tensor(a.transpose(0, 2, 1, 3), dtype=torch.float64,
                                requires_grad=True) for a in (q, k, v))
     ty = F.scaled_dot_product_attention(tq, tk.repeat_interleave(group, 1),
                                         tv.repeat_interleave(group, 1), is_causal=causal)
     ty.backward(torch.tensor(probe.transpose(0, 2, 1, 3), dtype=torch.float64))
-    for ours, theirs in ((out, ty), (dq, tq.grad), (dk, tk.grad), (dv, tv.grad)):
-        np.testing.assert_allclose(ours, theirs.detach().numpy().transpose(0, 2, 1, 3),
-                                   rtol=1e-4, atol=1e-5)
+    return [a.detach().numpy().transpose(0, 2, 1, 3) for a in (ty, tq.grad, tk.grad, tv.grad)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch, steps, heads, kv_heads, head_dim, causal, compiled", [
+    (2, 64, 4, 2, 32, True, True),      # grouped, causal, one block of 64 queries
+    (3, 40, 3, 3, 17, False, True),     # a head size no tile divides
+    (2, 65, 3, 3, 64, False, True),     # 65 queries and keys, wide heads
+    (1, 24, 2, 1, 32, True, True),      # at COMPILED_MIN_KEYS, one kv head for two
+    (2, 50, 6, 3, 24, True, True),      # narrow tiles for the head, wide for 50 keys
+    (2, 96, 4, 2, 8, True, False),      # two causal query blocks: NumPy's backward
+])
+def test_the_backward_in_one_compiled_job_matches_torch(monkeypatch, batch, steps, heads,
+                                                        kv_heads, head_dim, causal, compiled):
+    """Up to KEPT_PROBABILITIES_KEYS, one query block of every query: the backward is
+    ``attention_tiles``' job too (from the kept probabilities, writing the gradients
+    through the packed projection's steps); torch's float64 attention as the oracle."""
+    taken = []
+    backward_job = attention_tiles.backward
+    monkeypatch.setattr(attention_tiles, "backward", lambda *args, **kwargs:
+                        taken.append(1) or backward_job(*args, **kwargs))
+    rng = np.random.default_rng(6)
+    q, k, v, probe = _long_attention(rng, batch, steps, heads, kv_heads, head_dim)
+    _, backward = scaled_dot_product(q, k, v, causal=causal, train=True)
+    packed = np.full((batch, steps, heads + 2 * kv_heads, head_dim), np.nan, np.float32)
+    into = [packed[:, :, :heads], packed[:, :, heads:heads + kv_heads],
+            packed[:, :, heads + kv_heads:]]
+    dq, dk, dv, _, _ = backward(probe, into=into)
+    assert taken == ([1] if compiled else [])
+    assert all(given is got for given, got in zip(into, (dq, dk, dv)))
+    assert not np.isnan(packed).any()
+    for ours, theirs in zip((dq, dk, dv), _torch_attention(q, k, v, probe, causal)[1:]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_the_compiled_job_gives_one_cores_bits_on_two(monkeypatch):
-    """Each (sample, kv head) pair is one core's work, whatever the split."""
+    """Each (sample, kv head) pair is one core's work, whatever the split, forward and
+    backward."""
     from nnspec.backends.numpy.kernels import workers
 
-    q, k, v, _ = _long_attention(np.random.default_rng(4), 3, 140, 4, 2, 16)
+    def run(q, k, v, probe):
+        out, backward = scaled_dot_product(q, k, v, causal=True, train=True)
+        return out, *backward(probe)[:3]
 
-    def run():
-        out, _ = scaled_dot_product(q, k, v, causal=True, train=True)
-        return out
-
-    split = run()
-    monkeypatch.setattr(workers, "parts", lambda: 1)
-    np.testing.assert_array_equal(run(), split)
+    for steps in (140, 64):  # the backward's job too at 64 keys
+        arrays = _long_attention(np.random.default_rng(4), 3, steps, 4, 2, 16)
+        with monkeypatch.context() as patched:
+            split = run(*arrays)
+            patched.setattr(workers, "parts", lambda: 1)
+            for ours, one_core in zip(split, run(*arrays)):
+                np.testing.assert_array_equal(one_core, ours)
 
 
 @pytest.mark.parametrize("case", ["few keys", "padding mask", "dropout", "float64"])

@@ -232,14 +232,19 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         """``into``: arrays shaped as q, k and v (views into one buffer, say; None for a
         new one) to write the gradients to."""
         d_context = d_context.reshape(batch, steps, kv_heads, group, dim)
-        # sum(d_probs * probs) of each row is d_context . context (as flash attention has it)
-        # (einsum lays it out as its operands are, (n, t, kv, g): made (n, kv, g, t) so that a
-        # block's rows are contiguous and subtract from its scores at full speed)
-        row_dots = np.ascontiguousarray(np.einsum("ntkgd,ntkgd->nkgt", d_context, context))
         dq_out, dk_rows, dv_rows = (np.empty(a.shape, dtype) if given is None else given
                                     for a, given in zip((q, k, v), into or (None,) * 3))
         dq = dq_out.reshape(batch, steps, kv_heads, group, dim)
         several = len(query_blocks) > 1 or query_blocks[0][2] != keys_total
+
+        def compiled_backward(*outputs):
+            """Whether ``attention_tiles``' job takes the backward: one query block of every
+            query, its probabilities kept (as the compiled forward keeps them), no masks or
+            dropout, float32 arrays it reads as they are."""
+            return dtype == np.float32 and keep_probs and not several and \
+                not dropping and padding is None and mask is None and \
+                min(steps, keys_total) >= COMPILED_MIN_KEYS and \
+                attention_tiles.applies(q, k, v) and attention_tiles.applies(*outputs)
         if several:  # key and value gradients gather over query blocks
             dk_rows[...] = 0
             dv_rows[...] = 0
@@ -297,7 +302,19 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             else:
                 np.matmul(d_scores.transpose(1, 2, 0, 3), qb[..., :dim], out=dk[samples, kvs])
 
-        workers.in_parts(backward_blocks, back_parts)
+        if compiled_backward(dq_out, dk_rows, dv_rows):
+            attention_tiles.backward(
+                k, dq_out, dk_rows, dv_rows, vt=vt, d_context=d_context, context=context,
+                head_blocks=head_blocks, queries=[block[0] for block in saved],
+                probabilities=[block[2] for block in saved])
+        else:
+            # sum(d_probs * probs) of each row is d_context . context (as flash attention has
+            # it) (einsum lays it out as its operands are, (n, t, kv, g): made (n, kv, g, t)
+            # so that a block's rows are contiguous and subtract from its scores at full
+            # speed)
+            row_dots = np.ascontiguousarray(np.einsum("ntkgd,ntkgd->nkgt", d_context,
+                                                      context))
+            workers.in_parts(backward_blocks, back_parts)
         if scale != 1:
             dq *= scale
         return dq_out, dk_rows, dv_rows, d_padding, d_mask

@@ -244,25 +244,25 @@ class Emitter:
 
 
 def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads, count,
-                  accumulate, weights_step=None):
-    """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < TILE,
-    below ``count`` when ``masked``, added to out's values when ``accumulate`` is not 0;
-    weights (reads, rows), C-ordered or with a read's rows ``weights_step`` apart, out rows
-    ``stride`` apart."""
+                  accumulate, weights_step=None, vectors=VECTORS):
+    """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < ``vectors`` *
+    LANES (TILE), below ``count`` when ``masked``, added to out's values when
+    ``accumulate`` is not 0; weights (reads, rows), C-ordered or with a read's rows
+    ``weights_step`` apart, out rows ``stride`` apart."""
     emit = Emitter(builder)
     x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
     offsets = builder.inttoptr(offsets, _I64.as_pointer())
-    masks = [emit.mask(count, v * LANES) if masked else None for v in range(VECTORS)]
-    starts = emit.starting_sums(out, stride, rows, VECTORS, masks, accumulate)
+    masks = [emit.mask(count, v * LANES) if masked else None for v in range(vectors)]
+    starts = emit.starting_sums(out, stride, rows, vectors, masks, accumulate)
 
     def step(j, sums):
         offset = builder.load(emit.at(offsets, j))
         reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), masks[v])
-                 for v in range(VECTORS)]
+                 for v in range(vectors)]
         return emit.multiply_add(weights, j, rows, reads, sums, weights_step)
 
     sums = emit.loop(reads, starts, step)
-    emit.store_rows(sums, out, stride, rows, VECTORS, masks)
+    emit.store_rows(sums, out, stride, rows, vectors, masks)
 
 
 def _emit_direct(builder, rows, vectors, in_buffer, out, stride, x, plane, channels, weights,
@@ -551,6 +551,22 @@ def stepped_product(typingctx, shape, out, stride, x, offsets, weights, weights_
         lambda builder, rows, masked, out, stride, x, offsets, weights, weights_step, reads,
         count: _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads,
                              count, ir.Constant(_I64, 0), weights_step))
+
+
+# positions of a narrow product tile: two vectors, for runs of 32 or 64 (a head of 32 or 64
+# values, 64 queries or keys), which three-vector tiles would fill to two thirds
+NARROW_TILE = 2 * LANES
+
+
+@intrinsic
+def narrow_stepped_product(typingctx, shape, out, stride, x, offsets, weights, weights_step,
+                           reads, count):
+    """``stepped_product`` on NARROW_TILE positions."""
+    return types.void(*(types.int64,) * 9), _shape_switch(
+        "narrow_stepped_product", PRODUCT_SHAPES,
+        lambda builder, rows, masked, out, stride, x, offsets, weights, weights_step, reads,
+        count: _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads,
+                             count, ir.Constant(_I64, 0), weights_step, 2))
 
 
 _sum = _sum_tile(SUM_ROWS, SUM_COLUMNS)
