@@ -504,7 +504,8 @@ class NumpyModel:
                 if grad is None:
                     continue
                 if name in grads:  # a value that feeds several ops
-                    grads[name] = sum_of(grads[name], grad)
+                    grads[name] = sum_of(grads[name], grad) if isinstance(grad, np.ndarray) \
+                        else grads[name] + grad  # (a multi-result op's ResultGrads)
                 else:
                     grads[name] = grad
             for local, grad in local_grads.items():
