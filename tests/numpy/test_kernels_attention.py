@@ -478,13 +478,17 @@ def _torch_attention(q, k, v, probe, causal):
     (2, 65, 3, 3, 64, False, True),     # 65 queries and keys, wide heads
     (1, 24, 2, 1, 32, True, True),      # at COMPILED_MIN_KEYS, one kv head for two
     (2, 50, 6, 3, 24, True, True),      # narrow tiles for the head, wide for 50 keys
-    (2, 96, 4, 2, 8, True, False),      # two causal query blocks: NumPy's backward
+    (2, 96, 4, 2, 8, True, True),       # two causal query blocks, dK and dV gathered
+    (2, 150, 4, 2, 8, True, True),      # past the kept probabilities: made again, causal
+    (3, 200, 3, 3, 17, False, True),    # and not
+    (2, 20, 2, 2, 16, False, False),    # under COMPILED_MIN_KEYS: NumPy's backward
 ])
-def test_the_backward_in_one_compiled_job_matches_torch(monkeypatch, batch, steps, heads,
+def test_the_backward_in_a_compiled_job_matches_torch(monkeypatch, batch, steps, heads,
                                                         kv_heads, head_dim, causal, compiled):
-    """Up to KEPT_PROBABILITIES_KEYS, one query block of every query: the backward is
-    ``attention_tiles``' job too (from the kept probabilities, writing the gradients
-    through the packed projection's steps); torch's float64 attention as the oracle."""
+    """Where the forward is ``attention_tiles``' job, the backward is its other job: from
+    the kept probabilities or making them again, one query block or several (causal),
+    writing the gradients through the packed projection's steps; torch's float64
+    attention as the oracle."""
     taken = []
     backward_job = attention_tiles.backward
     monkeypatch.setattr(attention_tiles, "backward", lambda *args, **kwargs:

@@ -27,7 +27,8 @@ SCORE_BLOCK_FLOATS = 1 << 17
 # 100-128, causal or not), and the probabilities take about the memory of the layer's
 # queries, keys and values at a head size of 32 (torch's attention keeps them too). Past it
 # the backward recomputes them, from 100 keys (a step at 128 keys 1-2% faster than with them
-# kept, at 100 keys and heads of 16 3%; at 65 keys 0.6-1.6% slower)
+# kept, at 100 keys and heads of 16 3%; at 65 keys 0.6-1.6% slower; measured with NumPy's
+# backward, before ``attention_tiles``' backward job)
 KEPT_PROBABILITIES_KEYS = 96
 # The forward is ``attention_tiles``' compiled job from this many queries and keys, keeping
 # the probabilities or not (32 samples of 4 heads of 32, causal: 64 keys 1.01 -> 0.81 ms,
@@ -238,12 +239,11 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
         several = len(query_blocks) > 1 or query_blocks[0][2] != keys_total
 
         def compiled_backward(*outputs):
-            """Whether ``attention_tiles``' job takes the backward: one query block of every
-            query, its probabilities kept (as the compiled forward keeps them), no masks or
-            dropout, float32 arrays it reads as they are."""
-            return dtype == np.float32 and keep_probs and not several and \
-                not dropping and padding is None and mask is None and \
-                min(steps, keys_total) >= COMPILED_MIN_KEYS and \
+            """Whether ``attention_tiles``' job takes the backward: where the compiled
+            forward ran (no masks or dropout, float32, from COMPILED_MIN_KEYS), writing
+            gradients it can write as they are."""
+            return dtype == np.float32 and not dropping and padding is None and \
+                mask is None and min(steps, keys_total) >= COMPILED_MIN_KEYS and \
                 attention_tiles.applies(q, k, v) and attention_tiles.applies(*outputs)
         if several:  # key and value gradients gather over query blocks
             dk_rows[...] = 0
@@ -304,9 +304,10 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
 
         if compiled_backward(dq_out, dk_rows, dv_rows):
             attention_tiles.backward(
-                k, dq_out, dk_rows, dv_rows, vt=vt, d_context=d_context, context=context,
-                head_blocks=head_blocks, queries=[block[0] for block in saved],
-                probabilities=[block[2] for block in saved])
+                k, dq_out, dk_rows, dv_rows, kt=kt, vt=vt, d_context=d_context,
+                context=context, head_blocks=head_blocks, query_blocks=query_blocks,
+                queries=[block[0] for block in saved],
+                probabilities=[block[2] for block in saved], causal=causal)
         else:
             # sum(d_probs * probs) of each row is d_context . context (as flash attention has
             # it) (einsum lays it out as its operands are, (n, t, kv, g): made (n, kv, g, t)

@@ -1,5 +1,4 @@
-"""Attention's forward in one compiled job on the register tiles, on both cores, and its
-backward in another where the forward kept the probabilities of one block of every query.
+"""Attention's forward and backward in compiled jobs on the register tiles, on both cores.
 
 NumPy's forward makes each block of a few (sample, head) pairs in about twenty calls
 (transposed copies, two batched products, the max, the exponentials, the context's
@@ -24,16 +23,19 @@ LANES transposed in registers (``_transpose``); one float at a time they had bee
 the job at 64 keys (a GPT layer at T 64, 32 samples of 4 heads of 32: 1.45 ms, where
 NumPy's forward took 1.2; now 0.81) and 20% at 196.
 
-The backward job (``backward``) takes a (sample, kv head) pair at a time too, from the kept
-probabilities: the scores' gradient as the output gradients' rows against the values (vt's
-row of ones meeting minus each row's dC . C, worked out in the job) times the
-probabilities, then dV, dK and dQ as three more products, each operand read in place or
-from one transposed copy, the gradients written through their steps (a packed
-projection's). Heads of 32 or 64 values and 64 queries would fill three-vector tiles to two
-thirds: those products take two-vector ones (``narrow_stepped_product``). Where NumPy's
-backward made four batched products of 32 small matrices a block (164 GFLOP/s) and some
-ten calls around them: a GPT layer at T 64 (32 samples of 4 heads of 32, causal) 1.08 ->
-0.88 ms, the tiny GPT's step's attention backward 5.1 -> 4.2 ms.
+The backward job (``backward``) takes a (sample, kv head) pair at a time too, each of its
+query blocks in turn: the probabilities the forward kept (up to KEPT_PROBABILITIES_KEYS),
+or made again as exp(the scores minus each row's log-sum-exp, which the queries' last
+column holds against kt's row of ones); the scores' gradient as the output gradients' rows
+against the values (vt's ones row meeting minus each row's dC . C) times them; then dV, dK
+and dQ as three more products, each operand read in place or from one transposed copy,
+the gradients written through their steps (a packed projection's), dK and dV gathered
+over a causal layer's query blocks. Heads of 32 or 64 values and 64 queries would fill
+three-vector tiles to two thirds: those products take two-vector ones
+(``narrow_stepped_product``). NumPy's backward made four batched products of small
+matrices a block (164 GFLOP/s at 64 keys) and some ten calls around them: 32 samples of 4
+heads of 32, 64 keys, causal, 1.26 -> 0.87 ms; 16 of 8 heads at 196 keys 11.1 -> 8.5
+(torch 10.0); 128 causal 5.1 -> 4.3; 8 of 6 heads of 64 at 256 causal 8.9 -> 7.9.
 """
 
 from __future__ import annotations
@@ -434,7 +436,7 @@ def forward(q, k, v, *, causal, scale, head_blocks, query_blocks, kt, vt, contex
     return queries, probabilities
 
 
-BACKWARD_PARAMETERS = 36
+BACKWARD_PARAMETERS = 42
 
 
 @numba.njit(inline="always")
@@ -467,130 +469,197 @@ def _stepped_products(out, out_step, x, offsets, weights, weights_step, reads, r
 @workers.Task
 def _backward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, k and its three steps, dq and its three steps, dk and its three steps,
-    dv and its three steps, samples, kv heads, group, d, steps, keys, vt, d_context, each
-    head block's queries and kept probabilities (address tables), samples and kv heads a
-    head block, offsets j * R, offsets row * (d + 1), scratch, its floats a part, offsets e
-    * S, context, each row's place in a pair's rows of d_context): the backward of one query
-    block holding every query, its probabilities kept; a (sample, kv head) pair a unit."""
+    dv and its three steps, samples, kv heads, group, d, steps, keys, kt, vt, d_context,
+    context, each (head block, query block)'s queries and kept probabilities (address
+    tables; no probabilities: 0), samples and kv heads a head block, the query blocks'
+    (start, end, keys), their count, causal, the most rows a block (R), offsets j * R,
+    offsets e * S, offsets row * (d + 1), each block's rows' places in a pair's rows of
+    d_context and where each block's start, scratch, its floats a part): a (sample, kv
+    head) pair a unit, its query blocks in turn."""
     params = workers.parameters(args, BACKWARD_PARAMETERS)
     k_sample, k_step, k_head = params[2], params[3], params[4]
     dq_sample, dq_step, dq_head = params[6], params[7], params[8]
     dk_sample, dk_step, dk_head = params[10], params[11], params[12]
     dv_sample, dv_step, dv_head = params[14], params[15], params[16]
     batch, kv_heads, group, dim = params[17], params[18], params[19], params[20]
-    steps, keys = params[21], params[22]
-    rows = group * steps  # a pair's query rows, g * steps + t
+    steps, keys_total = params[21], params[22]
     rows_width = dim + 1
-    sample_step, kv_step = params[27], params[28]
+    sample_step, kv_step = params[29], params[30]
+    block_count, causal, most_rows = params[32], params[33] != 0, params[34]
     kv_blocks = (kv_heads + kv_step - 1) // kv_step
-    blocks = (batch + sample_step - 1) // sample_step * kv_blocks
-    queries_table = workers.integers(params, 25, blocks)
-    probabilities_table = workers.integers(params, 26, blocks)
-    by_rows, by_widths = params[29], params[30]
-    per_part = params[32]
+    tables = (batch + sample_step - 1) // sample_step * kv_blocks * block_count
+    queries_table = workers.integers(params, 27, tables)
+    kept = params[28] != 0
+    probabilities_table = workers.integers(params, 28, tables if kept else 0)
+    query_blocks = workers.integers(params, 31, 3 * block_count)
+    by_rows, by_keys, by_widths = params[35], params[36], params[37]
+    row_starts = workers.integers(params, 39, block_count + 1)
+    row_offsets = workers.int64s(params[38], row_starts[block_count])
+    row_step = kv_heads * group * dim
+    values = batch * steps * row_step
+    d_context = workers.floats_at(params[25], values)
+    context = workers.floats_at(params[26], values)
+    several = block_count > 1 or query_blocks[2] != keys_total
     # the part's scratch, in floats: the output gradients' rows transposed (d + 1, R), the
-    # probabilities (R, S), the scores' gradient key-major (S, R) and query-major (R, S),
-    # the queries' gradient transposed (d, R), then a transpose's rows and ones
-    base = params[31] + 4 * part * per_part
-    gradients_t = base
-    probabilities = gradients_t + 4 * rows_width * rows
-    scores_t = probabilities + 4 * rows * keys
-    scores = scores_t + 4 * keys * rows
-    queries_t = scores + 4 * rows * keys
-    minus_sums = workers.floats_at(gradients_t + 4 * dim * rows, rows)
-    sources_at = queries_t + 4 * dim * rows
+    # queries transposed (d + 1, R), the probabilities and the scores' gradient query-major
+    # (R, S each), the scores key-major (S, R), the queries' gradient transposed (d, R), dV
+    # and dK of a block (S, d each), then a transpose's rows and ones
+    per_part = params[41]
+    gradients_t = params[40] + 4 * part * per_part
+    queries_t = gradients_t + 4 * rows_width * most_rows
+    probabilities = queries_t + 4 * rows_width * most_rows
+    scores = probabilities + 4 * most_rows * keys_total
+    scores_t = scores + 4 * most_rows * keys_total
+    d_queries_t = scores_t + 4 * keys_total * most_rows
+    d_values = d_queries_t + 4 * dim * most_rows
+    d_keys = d_values + 4 * keys_total * dim
+    sources_at = d_keys + 4 * keys_total * dim
     destinations_at = sources_at + 8 * LANES
     ones_at = destinations_at + 8 * LANES
     workers.floats_at(ones_at, LANES)[:] = 1
     transposing = (sources_at, destinations_at, ones_at)
-    scores_view = workers.floats_at(scores, keys * rows)
-    probabilities_view = workers.floats_at(probabilities, keys * rows)
-    by_keys = params[33]
-    row_step = kv_heads * group * dim
-    row_offsets = workers.int64s(params[35], rows)
-    values = batch * steps * row_step
-    d_context = workers.floats_at(params[24], values)
-    context = workers.floats_at(params[34], values)
+    minus_sums = workers.floats_at(gradients_t + 4 * dim * most_rows, most_rows)
+    scores_view = workers.floats_at(scores, most_rows * keys_total)
+    probabilities_view = workers.floats_at(probabilities, most_rows * keys_total)
+    scores_t_view = workers.floats_at(scores_t, keys_total * most_rows)
     start_pair, end_pair = part_range(batch * kv_heads, part, params[0], 1)
     for pair in range(start_pair, end_pair):
         sample, kv = pair // kv_heads, pair % kv_heads
         first_sample, first_kv = sample - sample % sample_step, kv - kv % kv_step
         head_block = sample // sample_step * kv_blocks + kv // kv_step
         block_kvs = min(kv_step, kv_heads - first_kv)
+        block_samples = min(sample_step, batch - first_sample)
         local = (sample - first_sample) * block_kvs + kv - first_kv
-        key_step = min(sample_step, batch - first_sample) * block_kvs * rows
-        kept = probabilities_table[head_block] + 4 * local * rows
-        queries = queries_table[head_block] + 4 * local * rows * rows_width
-        # the output gradients' rows transposed, with minus each row's dC . C (its sum of dP
-        # * P) last; the rows read in place, (g, t) at pair + t * row_step + g * d
-        pair_rows = (sample * steps * kv_heads + kv) * group * dim
-        gradients = params[24] + 4 * pair_rows
-        for g in range(group):
-            _transposed_copy(gradients + 4 * g * dim, row_step, steps, dim,
-                             gradients_t + 4 * g * steps, rows, transposing)
-        for row in range(rows):
-            at = pair_rows + row_offsets[row]
-            total = np.float32(0)
-            for e in range(dim):
-                total += d_context[at + e] * context[at + e]
-            minus_sums[row] = -total
-        _transposed_copy(kept, key_step, keys, rows, probabilities, keys, transposing)
         k_pair = params[1] + 4 * (sample * k_sample + kv * k_head)
-        vt_pair = params[23] + 4 * pair * rows_width * keys
-        # dP - sum(dP * P): the output gradients' rows against the values, their minus sums
-        # meeting vt's row of ones; times P, the scores' gradient (and key-major)
-        _stepped_products(scores, keys, vt_pair, by_keys, gradients_t, rows, rows_width, rows,
-                          keys)
-        for at in range(rows * keys):
-            scores_view[at] *= probabilities_view[at]
-        _transposed_copy(scores, keys, rows, keys, scores_t, rows, transposing)
-        # dV[j, e] = sum over rows of P[row, j] dC[row, e]; dK[j, e] of dS[row, j] Q[row, e]
-        _stepped_products(params[13] + 4 * (sample * dv_sample + kv * dv_head), dv_step,
-                          gradients, params[35], probabilities, keys, rows, keys, dim)
-        _stepped_products(params[9] + 4 * (sample * dk_sample + kv * dk_head), dk_step,
-                          queries, by_widths, scores, keys, rows, keys, dim)
-        # dQ transposed: dQ^T[e, row] = sum over keys of K[j, e] dS^T[j, row]
-        _stepped_products(queries_t, rows, scores_t, by_rows, k_pair, k_step, keys, dim, rows)
-        for g in range(group):
-            _transposed_copy(queries_t + 4 * g * steps, rows, dim, steps,
-                             params[5] + 4 * (sample * dq_sample + (kv * group + g) * dq_head),
-                             dq_step, transposing)
+        kt_pair = params[23] + 4 * pair * rows_width * keys_total
+        vt_pair = params[24] + 4 * pair * rows_width * keys_total
+        dk_pair = params[9] + 4 * (sample * dk_sample + kv * dk_head)
+        dv_pair = params[13] + 4 * (sample * dv_sample + kv * dv_head)
+        # the pair's rows of d_context: (g, t) at pair_rows + t * row_step + g * d
+        pair_rows = (sample * steps * kv_heads + kv) * group * dim
+        if several:  # dK and dV gather over the query blocks
+            for target, target_step in ((dk_pair, dk_step), (dv_pair, dv_step)):
+                for j in range(keys_total):
+                    workers.floats_at(target + 4 * j * target_step, dim)[:] = 0
+        for number in range(block_count):
+            start, end = query_blocks[3 * number], query_blocks[3 * number + 1]
+            keys = query_blocks[3 * number + 2]
+            width = end - start
+            rows = group * width
+            block = head_block * block_count + number
+            queries = queries_table[block] + 4 * local * rows * rows_width
+            offsets = params[38] + 8 * row_starts[number]
+            # the output gradients' rows transposed, with minus each row's dC . C (its sum
+            # of dP * P) last
+            for g in range(group):
+                _transposed_copy(params[25] + 4 * (pair_rows + start * row_step + g * dim),
+                                 row_step, width, dim, gradients_t + 4 * g * width, most_rows,
+                                 transposing)
+            for row in range(rows):
+                at = pair_rows + row_offsets[row_starts[number] + row]
+                minus_sums[row] = -fused.dot(d_context[at:at + dim], context[at:at + dim])
+            if kept:  # the forward's probabilities, key-major
+                key_step = block_samples * block_kvs * rows
+                _transposed_copy(probabilities_table[block] + 4 * local * rows, key_step, keys,
+                                 rows, probabilities, keys_total, transposing)
+            else:  # made again: exp(scores minus each row's log-sum-exp), which the queries'
+                # last column holds against kt's row of ones
+                _transposed_copy(queries, rows_width, rows, rows_width, queries_t, most_rows,
+                                 transposing)
+                _stepped_products(scores_t, most_rows, queries_t, by_rows, kt_pair, keys_total,
+                                  rows_width, keys, rows)
+                for j in range(keys):
+                    row = scores_t_view[j * most_rows:j * most_rows + rows]
+                    fused.exp_in_place(row)
+                    hidden = min(width, j - start) if causal else 0
+                    for g in range(group if hidden > 0 else 0):  # queries before key j
+                        row[g * width:g * width + hidden] = 0
+                _transposed_copy(scores_t, most_rows, keys, rows, probabilities, keys_total,
+                                 transposing)
+            # dP - sum(dP * P): the output gradients' rows against the values, their minus
+            # sums meeting vt's row of ones; times P, the scores' gradient (and key-major)
+            _stepped_products(scores, keys_total, vt_pair, by_keys, gradients_t, most_rows,
+                              rows_width, rows, keys)
+            for row in range(rows):
+                at = row * keys_total
+                fused.multiply_in_place(scores_view[at:at + keys],
+                                        probabilities_view[at:at + keys])
+            _transposed_copy(scores, keys_total, rows, keys, scores_t, most_rows, transposing)
+            # dV[j, e] = sum over rows of P[row, j] dC[row, e]; dK[j, e] of dS[row, j]
+            # Q[row, e]: straight into dV and dK, or added to them over several blocks
+            for target, target_step, weights, x, x_offsets, gathered in (
+                    (dv_pair, dv_step, probabilities, params[25] + 4 * pair_rows, offsets,
+                     d_values),
+                    (dk_pair, dk_step, scores, queries, by_widths, d_keys)):
+                if not several:
+                    _stepped_products(target, target_step, x, x_offsets, weights, keys_total,
+                                      rows, keys, dim)
+                    continue
+                _stepped_products(gathered, dim, x, x_offsets, weights, keys_total, rows, keys,
+                                  dim)
+                block_sums = workers.floats_at(gathered, keys * dim)
+                for j in range(keys):
+                    workers.floats_at(target + 4 * j * target_step, dim)[:] += \
+                        block_sums[j * dim:(j + 1) * dim]
+            # dQ transposed: dQ^T[e, row] = sum over keys of K[j, e] dS^T[j, row]
+            _stepped_products(d_queries_t, most_rows, scores_t, by_rows, k_pair, k_step, keys,
+                              dim, rows)
+            for g in range(group):
+                _transposed_copy(d_queries_t + 4 * g * width, most_rows, dim, width,
+                                 params[5] + 4 * (sample * dq_sample + start * dq_step
+                                                  + (kv * group + g) * dq_head),
+                                 dq_step, transposing)
     return 0
 
 
-def backward(k, dq, dk, dv, *, vt, d_context, context, head_blocks, queries, probabilities):
-    """``attention.scaled_dot_product``'s backward of one query block holding every query
-    and key, the probabilities kept, no masks or dropout: fills ``dq`` (N, T, H, d), ``dk``
-    and ``dv`` (N, S, KVH, d) (any steps, each head's values one run) from ``d_context``
-    (N, T, KVH, G, d) and the forward's ``context`` (C-ordered, as it), ``vt``, and per
-    head block ``queries`` and ``probabilities``."""
+def backward(k, dq, dk, dv, *, kt, vt, d_context, context, head_blocks, query_blocks,
+             queries, probabilities, causal):
+    """``attention.scaled_dot_product``'s backward without masks or dropout: fills ``dq``
+    (N, T, H, d), ``dk`` and ``dv`` (N, S, KVH, d) (any steps, each head's values one run)
+    from ``d_context`` (N, T, KVH, G, d), the forward's ``context`` (C-ordered, as it),
+    ``kt`` and ``vt``, and per (head block, query block) its ``queries`` (minus their
+    rows' log-sum-exps last) and kept ``probabilities`` (None each where not kept: the job
+    makes them again)."""
     batch, keys, kv_heads, dim = k.shape
     steps, group = d_context.shape[1], d_context.shape[3]
-    rows = group * steps
+    row_step = kv_heads * group * dim
     d_context = np.ascontiguousarray(d_context)
     samples, kvs = head_blocks[0]
+    most_rows = group * max(end - start for start, end, _ in query_blocks)
     queries_table = np.array([address(block) for block in queries], np.int64)
-    probabilities_table = np.array([address(block) for block in probabilities], np.int64)
-    by_rows = np.arange(max(keys, dim + 1), dtype=np.int64) * rows
-    by_widths = np.arange(rows, dtype=np.int64) * (dim + 1)
-    # (g, t)'s place in a pair's rows of d_context
-    row_offsets = (np.arange(steps, dtype=np.int64)[None, :] * (kv_heads * group * dim)
-                   + np.arange(group, dtype=np.int64)[:, None] * dim).reshape(-1)
+    kept = probabilities[0] is not None
+    probabilities_table = np.array([address(block) for block in probabilities], np.int64) \
+        if kept else None
+    blocks = np.array(query_blocks, np.int64).reshape(-1)
+    by_rows = np.arange(max(keys, dim + 1), dtype=np.int64) * most_rows
     by_keys = np.arange(dim + 1, dtype=np.int64) * keys
-    per_part = -(-((dim + 1) * rows + 3 * rows * keys + dim * rows + 5 * LANES) // 16) * 16
+    by_widths = np.arange(most_rows, dtype=np.int64) * (dim + 1)
+    # each block's rows (g, t) as places in a pair's rows of d_context
+    row_offsets = np.concatenate([
+        ((start + np.arange(end - start, dtype=np.int64))[None, :] * row_step
+         + np.arange(group, dtype=np.int64)[:, None] * dim).reshape(-1)
+        for start, end, _ in query_blocks])
+    row_starts = np.concatenate([[0], np.cumsum([group * (end - start)
+                                                 for start, end, _ in query_blocks])])
+    row_starts = row_starts.astype(np.int64)
+    per_part = -(-(2 * (dim + 1) * most_rows + 3 * most_rows * keys + dim * most_rows
+                   + 2 * keys * dim + 5 * LANES) // 16) * 16
     pairs = batch * kv_heads
-    parts = min(workers.parts(), pairs) if pairs * rows * keys >= SPLIT_MIN_SCORES else 1
+    parts = min(workers.parts(), pairs) if pairs * group * steps * keys >= SPLIT_MIN_SCORES \
+        else 1
     scratch = np.empty(parts * per_part, np.float32)
     params = np.array([
         parts, address(k), *(step // 4 for step in k.strides[:3]),
         address(dq), *(step // 4 for step in dq.strides[:3]),
         address(dk), *(step // 4 for step in dk.strides[:3]),
         address(dv), *(step // 4 for step in dv.strides[:3]),
-        batch, kv_heads, group, dim, steps, keys, address(vt), address(d_context),
-        address(queries_table), address(probabilities_table),
-        samples.stop - samples.start, kvs.stop - kvs.start, address(by_rows),
-        address(by_widths), address(scratch), per_part, address(by_keys), address(context),
-        address(row_offsets)], np.int64)
+        batch, kv_heads, group, dim, steps, keys, address(kt), address(vt),
+        address(d_context), address(context), address(queries_table),
+        0 if probabilities_table is None else address(probabilities_table),
+        samples.stop - samples.start, kvs.stop - kvs.start, address(blocks),
+        len(query_blocks), int(causal), most_rows, address(by_rows), address(by_keys),
+        address(by_widths), address(row_offsets), address(row_starts), address(scratch),
+        per_part], np.int64)
     workers.run(_backward_job, params)
 
 

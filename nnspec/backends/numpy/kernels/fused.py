@@ -630,6 +630,31 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
 
 
 @_compile
+def exp_in_place(values):
+    """values = exp(values) for values <= 0 (``_exp_negative``): attention's probabilities
+    made again in its backward's job (its own loops did not vectorise)."""
+    for i in range(values.size):
+        values[i] = _exp_negative(values[i])
+
+
+@_compile
+def multiply_in_place(values, factors):
+    """values *= factors over flat arrays (the scores' gradient times the probabilities)."""
+    for i in range(values.size):
+        values[i] *= factors[i]
+
+
+@_reducing
+def dot(a, b):
+    """The float32 dot product of two flat arrays (a row of output gradients and its
+    output's)."""
+    total = _F(0.0)
+    for i in range(a.size):
+        total += a[i] * b[i]
+    return total
+
+
+@_compile
 def add(a, b, out):
     """out = a + b over flat arrays (a residual join: its parts on both cores)."""
     for i in range(out.size):
@@ -719,6 +744,9 @@ def warm_up() -> None:
                         np.empty((2, 2)), np.empty_like(rows), np.empty((7, 4), _F),
                         COLUMN_SPAN, 0, 2)
     add(flat, flat, np.empty_like(flat))
+    exp_in_place(-flat)
+    multiply_in_place(np.ones(4, _F), flat)
+    dot(flat, flat)
     add_relu(flat, flat, np.empty_like(flat))
     fill_rows(column, np.empty((2, 4), _F))
     relu_gradient(flat, flat, np.empty_like(flat))
