@@ -245,9 +245,7 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             return dtype == np.float32 and not dropping and padding is None and \
                 mask is None and min(steps, keys_total) >= COMPILED_MIN_KEYS and \
                 attention_tiles.applies(q, k, v) and attention_tiles.applies(*outputs)
-        if several:  # key and value gradients gather over query blocks
-            dk_rows[...] = 0
-            dv_rows[...] = 0
+
         # (N, S, KVH, d) like k and v, written through (N, KVH, S, d) views
         dk, dv = dk_rows.transpose(0, 2, 1, 3), dv_rows.transpose(0, 2, 1, 3)
         d_padding = np.zeros_like(padding) if padding_grad else None
@@ -315,6 +313,9 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             # speed)
             row_dots = np.ascontiguousarray(np.einsum("ntkgd,ntkgd->nkgt", d_context,
                                                       context))
+            if several:  # key and value gradients gather over query blocks
+                dk_rows[...] = 0
+                dv_rows[...] = 0
             workers.in_parts(backward_blocks, back_parts)
         if scale != 1:
             dq *= scale
