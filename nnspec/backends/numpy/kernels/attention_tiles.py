@@ -322,8 +322,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     last_position = max(last_position, t)
                     q_row = sample * q_sample + t * q_step + (kv * group + g) * q_head
                     at = pair_queries + row * rows_width
-                    for c in range(dim):
-                        queries[at + c] = qf[q_row + c] * scale
+                    fused.scaled(qf[q_row:q_row + dim], scale, queries[at:at + dim])
                     context_rows[p] = params[13] + 4 * (
                         (((sample * steps + t) * kv_heads + kv) * group + g) * dim)
                 # the tile's queries transposed: qt[c, p]
@@ -351,9 +350,8 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     for j in range(keys):
                         row = block_probabilities[j * key_step + at:j * key_step + at + lanes]
                         if j < seen:
-                            exps = scores[j * TILE:j * TILE + lanes]
-                            for p in range(lanes):
-                                row[p] = exps[p] * inverses[p]
+                            fused.multiply(scores[j * TILE:j * TILE + lanes], inverses[:lanes],
+                                           row)
                         else:
                             row[:] = 0
                 # out[e, p] = sum over j of values[j, e] * exp scores[j, p]: the values'

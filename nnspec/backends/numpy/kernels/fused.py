@@ -644,6 +644,20 @@ def multiply_in_place(values, factors):
         values[i] *= factors[i]
 
 
+@_compile
+def scaled(values, factor, out):
+    """out = values * factor over flat arrays (attention's queries, scaled as copied)."""
+    for i in range(out.size):
+        out[i] = values[i] * factor
+
+
+@_compile
+def multiply(a, b, out):
+    """out = a * b over flat arrays (a tile's exponentials times its rows' inverse sums)."""
+    for i in range(out.size):
+        out[i] = a[i] * b[i]
+
+
 @_reducing
 def dot(a, b):
     """The float32 dot product of two flat arrays (a row of output gradients and its
@@ -746,6 +760,8 @@ def warm_up() -> None:
     add(flat, flat, np.empty_like(flat))
     exp_in_place(-flat)
     multiply_in_place(np.ones(4, _F), flat)
+    scaled(flat, _F(2.0), np.empty_like(flat))
+    multiply(flat, flat, np.empty_like(flat))
     dot(flat, flat)
     add_relu(flat, flat, np.empty_like(flat))
     fill_rows(column, np.empty((2, 4), _F))
