@@ -298,11 +298,8 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                          params[23] + 4 * pair_rows, keys_total, transposing)
         kt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
         vt[pair_rows + dim * keys_total:pair_rows + rows_width * keys_total] = 1
-        first_sample, first_kv = sample - sample % sample_step, kv - kv % kv_step
-        head_block = sample // sample_step * kv_blocks + kv // kv_step
-        block_samples = min(sample_step, batch - first_sample)
-        block_kvs = min(kv_step, kv_heads - first_kv)
-        local = (sample - first_sample) * block_kvs + kv - first_kv
+        head_block, block_samples, block_kvs, local = _in_head_block(
+            sample, kv, batch, kv_heads, sample_step, kv_step)
         for number in range(block_count):
             start, end = query_blocks[3 * number], query_blocks[3 * number + 1]
             keys = query_blocks[3 * number + 2]
@@ -438,6 +435,19 @@ BACKWARD_PARAMETERS = 42
 
 
 @numba.njit(inline="always")
+def _in_head_block(sample, kv, batch, kv_heads, sample_step, kv_step):
+    """A (sample, kv head) pair's head block of the plan's grid (blocks of ``sample_step``
+    samples by ``kv_step`` kv heads, row-major), the block's samples and kv heads, and the
+    pair's index within it."""
+    first_sample, first_kv = sample - sample % sample_step, kv - kv % kv_step
+    kv_blocks = (kv_heads + kv_step - 1) // kv_step
+    block_kvs = min(kv_step, kv_heads - first_kv)
+    return (sample // sample_step * kv_blocks + kv // kv_step,
+            min(sample_step, batch - first_sample), block_kvs,
+            (sample - first_sample) * block_kvs + kv - first_kv)
+
+
+@numba.njit(inline="always")
 def _stepped_products(out, out_step, x, offsets, weights, weights_step, reads, rows,
                       positions):
     """out[r * out_step + p] = sum over j < reads of weights[j * weights_step + r] *
@@ -523,11 +533,8 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     start_pair, end_pair = part_range(batch * kv_heads, part, params[0], 1)
     for pair in range(start_pair, end_pair):
         sample, kv = pair // kv_heads, pair % kv_heads
-        first_sample, first_kv = sample - sample % sample_step, kv - kv % kv_step
-        head_block = sample // sample_step * kv_blocks + kv // kv_step
-        block_kvs = min(kv_step, kv_heads - first_kv)
-        block_samples = min(sample_step, batch - first_sample)
-        local = (sample - first_sample) * block_kvs + kv - first_kv
+        head_block, block_samples, block_kvs, local = _in_head_block(
+            sample, kv, batch, kv_heads, sample_step, kv_step)
         k_pair = params[1] + 4 * (sample * k_sample + kv * k_head)
         kt_pair = params[23] + 4 * pair * rows_width * keys_total
         vt_pair = params[24] + 4 * pair * rows_width * keys_total

@@ -489,6 +489,15 @@ def _spread(values, index, first, last, positions, out):
 
 
 @_inline
+def _chunks(rows, channels, span):
+    """(samples, positions a channel, values a channel, channels a chunk) of (N, C * L)
+    rows: whole channels up to ``span`` columns a chunk, or one."""
+    count, width = rows.shape
+    positions = width // channels
+    return count, positions, count * positions, max(1, span // positions)
+
+
+@_inline
 def _fold(column_sums, begin, end, positions, totals, index):
     """Add the float32 sums of columns [begin, end) to their channels' float64
     totals[index, c]."""
@@ -511,11 +520,7 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
     float64 gets each channel's mean - shift and biased variance, and ``coefficients`` (5,
     C) its values from them, ``weight`` and ``bias``; otherwise ``coefficients`` is given.
     ``scratch`` (5, >= the most columns of a chunk): the loops' per-column values."""
-    count, width = rows.shape
-    channels = coefficients.shape[1]
-    positions = width // channels
-    values = count * positions
-    chunk = max(1, span // positions)
+    count, positions, values, chunk = _chunks(rows, coefficients.shape[1], span)
     shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
     sums, squares = scratch[3], scratch[4]
     for low in range(first, last, chunk):
@@ -572,11 +577,7 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
     gradient, else 0. totals (2, C) float64 gets the sums of g and of g * (rows - shift),
     ``results`` (4, C) dweight, dbias and dx's training terms from them. ``scratch`` (7, >=
     the most columns of a chunk)."""
-    count, width = rows.shape
-    channels = coefficients.shape[1]
-    positions = width // channels
-    values = count * positions
-    chunk = max(1, span // positions)
+    count, positions, values, chunk = _chunks(rows, coefficients.shape[1], span)
     shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
     row_scales, row_offsets, sums, products = scratch[3], scratch[4], scratch[5], scratch[6]
     for low in range(first, last, chunk):

@@ -9,7 +9,8 @@ nothing cancels away when a channel's mean is large against its spread. Against 
 passes they first replaced (32 x 96 x 32 x 32, forward and backward): 15.5 -> 7.0 ms,
 torch's at two threads 7.0-7.6. One job a direction, with the per-channel arithmetic inside,
 where two jobs had some thirty NumPy calls between them: a 64-channel 8x8 layer at batch 32,
-forward and backward, 146 -> 100 us; a MobileNetV2-style step 46.3 -> 42.2 ms, ResNet-20 47.2 -> 45.6.
+forward and backward, 146 -> 100 us; a MobileNetV2-style step 46.3 -> 42.2 ms, ResNet-20
+47.2 -> 45.6.
 
 A ReLU or ReLU6 that alone reads the output runs inside (``activation``): the loops clamp
 the output as they write it, and the backward's find where it passed the gradient from the
@@ -74,13 +75,12 @@ def batch_norm(x, weight, bias, running_mean, running_var, *, train, momentum=0.
 
     def backward(dy):
         dy_rows = np.ascontiguousarray(dy, dtype=dtype).reshape(rows.shape)
-        # sums over the batch of dy and of dy * (x - mean): x_hat is never stored, inv_std
-        # is folded into per-channel factors
+        # x_hat is never stored: the job finds it again from x and the coefficients
         results = np.empty((4, channels), dtype)
         dx = np.empty_like(dy_rows)
         parallel.batch_norm_backward(dy_rows, rows, coefficients, train, activate, results,
                                      np.empty((2, channels)), dx, fused.COLUMN_SPAN)
-        dweight = None if not has_weight else results[fused.D_WEIGHT]
+        dweight = results[fused.D_WEIGHT] if has_weight else None
         dbias = results[fused.D_BIAS] if has_bias else None
         return dx.reshape(x_shape), dweight, dbias, None, None
 
