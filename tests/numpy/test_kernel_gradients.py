@@ -663,6 +663,7 @@ NOT_KERNELS = {
     "parallel.add", "parallel.add_relu", "parallel.relu_gradient", "parallel.sgd_update",
     "parallel.rotate_halves", "parallel.silu_mul", "parallel.silu_mul_gradient",
     "parallel.channel_bias", "parallel.channel_bias_gradient", "parallel.fill_rows",
+    "parallel.repeat_rows", "parallel.sum_row_blocks",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and
     # test_kernels_conv.py against torch with the relu; an empty batch's convolution:
     # test_kernels_conv.py against torch's shapes

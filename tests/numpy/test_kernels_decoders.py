@@ -139,6 +139,25 @@ def test_upsample_matches_torch_interpolate(shape, mode, options, align):
         [x])
 
 
+@pytest.mark.parametrize("shape, scale", [
+    ((4, 32, 48, 40), 2.0),  # over parallel's split: the jobs' path
+    ((2, 3, 4, 5), (3.0, 1.0)), ((2, 3, 4, 5), (1.0, 3.0)), ((3, 2, 33), 4.0),
+])
+def test_whole_number_nearest_upsampling_is_torchs(shape, scale):
+    """The compiled repeat of nearest up-sampling by whole numbers (``_repeated``): torch's
+    values, and its gradient's sums of each value's block."""
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    check_against_torch(lambda a: upsample(a, scale_factor=scale),
+                        lambda t: F.interpolate(t, scale_factor=scale, mode="nearest"), [x])
+    y, backward = upsample(x, scale_factor=scale)
+    dy = np.random.default_rng(7).standard_normal(y.shape).astype(np.float32)
+    scales = (scale,) * (x.ndim - 2) if isinstance(scale, float) else scale
+    blocks = dy.reshape(*x.shape[:2], *[s for size, k in zip(x.shape[2:], scales)
+                                         for s in (size, int(k))])
+    np.testing.assert_allclose(backward(dy)[0], blocks.sum(axis=tuple(range(3, dy.ndim + len(
+        scales), 2))), rtol=1e-6, atol=1e-5)
+
+
 def test_pixel_shuffle_and_unshuffle_match_torch_and_invert_each_other():
     x = np.random.default_rng(5).standard_normal((2, 18, 2, 3)).astype(np.float32)
     check_against_torch(lambda a: pixel_shuffle(a, upscale=3), lambda t: F.pixel_shuffle(t, 3),

@@ -273,6 +273,28 @@ def test_filled_rows_in_parts_are_the_vector_in_every_row(monkeypatch):
         np.testing.assert_array_equal(out, np.broadcast_to(vector, out.shape))
 
 
+@needs_two
+@pytest.mark.parametrize("row_repeats, column_repeats", [(2, 2), (1, 3), (3, 1)])
+def test_repeated_rows_and_their_block_sums_in_parts(row_repeats, column_repeats):
+    """Nearest up-sampling's repeat and its gradient's block sums split by rows (an odd
+    count) give the loops' values whole, to the bit."""
+    rows = rng.standard_normal((parallel.MEMORY_MIN_VALUES // 37 + 1, 37)).astype(F)
+    wide = (len(rows) * row_repeats, 37 * column_repeats)
+    out, whole = np.empty(wide, F), np.empty(wide, F)
+    parallel.repeat_rows(rows, row_repeats, column_repeats, out)
+    fused.repeat_rows(rows, row_repeats, column_repeats, whole)
+    np.testing.assert_array_equal(out, whole)
+    np.testing.assert_array_equal(out[row_repeats - 1::row_repeats, column_repeats - 1::
+                                      column_repeats], rows)
+    d_out = rng.standard_normal(wide).astype(F)
+    sums, whole_sums = np.empty_like(rows), np.empty_like(rows)
+    parallel.sum_row_blocks(d_out, row_repeats, column_repeats, sums)
+    fused.sum_row_blocks(d_out, row_repeats, column_repeats, whole_sums)
+    np.testing.assert_array_equal(sums, whole_sums)
+    np.testing.assert_allclose(sums, d_out.reshape(len(rows), row_repeats, 37, column_repeats)
+                               .sum(axis=(1, 3)), rtol=1e-5, atol=1e-5)
+
+
 def test_strided_arrays_run_whole():
     x = rng.standard_normal(2 * parallel.ACTIVATION_MIN_VALUES).astype(F)
     out = np.empty(2 * x.size, F)[::2]  # strided: the jobs could not see it

@@ -693,6 +693,58 @@ def fill_rows(vector, out):
 
 
 @_compile
+def repeat_rows(rows, row_repeats, column_repeats, out):
+    """Nearest up-sampling by whole numbers: row r of ``rows`` (R, W), each value repeated
+    ``column_repeats`` times, is rows r * row_repeats to (r + 1) * row_repeats - 1 of
+    ``out`` (R * row_repeats, W * column_repeats). NumPy's two gathers, one an axis, took 0.8
+    ms over 2 x 32 x 64 x 64 values; this loop 0.18."""
+    width = rows.shape[1]
+    for r in range(rows.shape[0]):
+        first, values = out[r * row_repeats], rows[r]
+        if column_repeats == 2:  # the common case, as stores LLVM interleaves in vectors
+            for w in range(width):
+                first[2 * w] = values[w]
+                first[2 * w + 1] = values[w]
+        else:
+            for w in range(width):
+                for j in range(column_repeats):
+                    first[w * column_repeats + j] = values[w]
+        for i in range(1, row_repeats):
+            out[r * row_repeats + i] = first
+
+
+@_compile
+def sum_row_blocks(d_out, row_repeats, column_repeats, out):
+    """``repeat_rows``' gradient: each value of ``out`` (R, W) the sum of its block of
+    ``d_out`` (R * row_repeats, W * column_repeats), each of the block's rows summed first,
+    then the rows in order."""
+    width = out.shape[1]
+    for r in range(out.shape[0]):
+        sums = out[r]
+        first = d_out[r * row_repeats]
+        if column_repeats == 2:
+            for w in range(width):
+                sums[w] = first[2 * w] + first[2 * w + 1]
+        else:
+            for w in range(width):
+                total = first[w * column_repeats]
+                for j in range(1, column_repeats):
+                    total += first[w * column_repeats + j]
+                sums[w] = total
+        for i in range(1, row_repeats):
+            row = d_out[r * row_repeats + i]
+            if column_repeats == 2:
+                for w in range(width):
+                    sums[w] += row[2 * w] + row[2 * w + 1]
+            else:
+                for w in range(width):
+                    total = row[w * column_repeats]
+                    for j in range(1, column_repeats):
+                        total += row[w * column_repeats + j]
+                    sums[w] += total
+
+
+@_compile
 def relu_gradient(d_out, out, d_in):
     """d_in = d_out where the relu's output ``out`` passed its input, else 0 (torch's test
     is out <= 0, so NaN passes the gradient)."""
@@ -766,6 +818,8 @@ def warm_up() -> None:
     dot(flat, flat)
     add_relu(flat, flat, np.empty_like(flat))
     fill_rows(column, np.empty((2, 4), _F))
+    repeat_rows(rows, 2, 2, np.empty((4, 8), _F))
+    sum_row_blocks(np.ones((4, 8), _F), 2, 2, np.empty_like(rows))
     relu_gradient(flat, flat, np.empty_like(flat))
     channel_bias(np.ones((2, 4), _F), column[:2], RELU, 0, 2)
     channel_bias_gradient(rows, rows, RELU, np.empty_like(rows), np.empty_like(inverse), 0, 2)

@@ -166,6 +166,54 @@ def fill_rows(vector, out):
     workers.run(_fill_rows_job, _params(parts, *out.shape, vector, out))
 
 
+@numba.njit(inline="always")
+def _row_blocks(args, part):
+    """An up-sampling job's part: params (parts, rows, width, row repeats, column repeats,
+    the rows (rows, width), the repeated rows (rows * row repeats, width * column
+    repeats)); its share of the rows and of the repeated rows, and the repeats."""
+    params = workers.parameters(args, 7)
+    rows, width, row_repeats, column_repeats = params[1], params[2], params[3], params[4]
+    start, end = part_range(rows, part, params[0], 1)
+    small = floats(params, 5, (rows, width))[start:end]
+    large = floats(params, 6, (rows * row_repeats, width * column_repeats))[
+        start * row_repeats:end * row_repeats]
+    return small, large, row_repeats, column_repeats
+
+
+@workers.Task
+def _repeat_rows_job(args, range_m, range_n, sa, sb, part):
+    rows, repeated, row_repeats, column_repeats = _row_blocks(args, part)
+    fused.repeat_rows(rows, row_repeats, column_repeats, repeated)
+    return 0
+
+
+@workers.Task
+def _sum_row_blocks_job(args, range_m, range_n, sa, sb, part):
+    sums, d_out, row_repeats, column_repeats = _row_blocks(args, part)
+    fused.sum_row_blocks(d_out, row_repeats, column_repeats, sums)
+    return 0
+
+
+def repeat_rows(rows, row_repeats, column_repeats, out):
+    """``fused.repeat_rows``, its rows in parts (split so from MEMORY_MIN_VALUES)."""
+    parts = _split(out.size, rows, out)
+    if parts == 1:
+        fused.repeat_rows(rows, row_repeats, column_repeats, out)
+        return
+    workers.run(_repeat_rows_job, _params(parts, *rows.shape, row_repeats, column_repeats,
+                                          rows, out))
+
+
+def sum_row_blocks(d_out, row_repeats, column_repeats, out):
+    """``fused.sum_row_blocks``, its rows in parts (split so from MEMORY_MIN_VALUES)."""
+    parts = _split(d_out.size, d_out, out)
+    if parts == 1:
+        fused.sum_row_blocks(d_out, row_repeats, column_repeats, out)
+        return
+    workers.run(_sum_row_blocks_job, _params(parts, *out.shape, row_repeats, column_repeats,
+                                             out, d_out))
+
+
 def add(a, b, out):
     """``fused.add`` over flat float32 arrays, in runs of values."""
     _in_runs(fused.add, _add_job, a, b, out)

