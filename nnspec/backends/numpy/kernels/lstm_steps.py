@@ -47,7 +47,7 @@ def _gate_rows(gates, n, hidden, first, end):
 _STEP_PARAMETERS = 16
 
 
-@workers.Task
+@workers.Task.element_wise
 def _steps_job(args, range_m, range_n, sa, sb, part):
     """params (parts, steps, 1 for the backward, the parts' product parameters (a row of
     ``tiled.PRODUCT_PARAMETERS`` each), their step parameters (a row of ``_STEP_PARAMETERS``

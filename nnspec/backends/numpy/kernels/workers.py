@@ -57,6 +57,9 @@ from numba.extending import intrinsic
 
 from .blas import address, library
 
+# the flags of element-wise arithmetic (``fused``'s): multiply-adds may fuse
+ELEMENT_WISE = frozenset({"contract"})
+
 TASK_SIGNATURE = types.intc(types.voidptr, types.voidptr, types.voidptr, types.voidptr,
                             types.voidptr, types.int64)
 
@@ -65,14 +68,23 @@ class Task:
     """A job for OpenBLAS's queue: ``function`` compiled as a ``TASK_SIGNATURE`` cfunc when
     first run (cached on disk like the loops it calls: 0.2 s to compile, 2-4 ms to load;
     about 24 MB resident for all of parallel's), so a process loads only the jobs its model
-    runs."""
+    runs. ``fastmath``: the flags of its loops, as ``fused``'s (the loops it inlines take the
+    job's flags, not their own; ``Task.element_wise``)."""
 
-    def __init__(self, function):
+    def __init__(self, function, fastmath: frozenset = frozenset()):
         self.function = function
+        self.fastmath = set(fastmath)
 
     @functools.cached_property
     def compiled(self):
-        return numba.cfunc(TASK_SIGNATURE, cache=True, error_model="numpy")(self.function)
+        return numba.cfunc(TASK_SIGNATURE, cache=True, error_model="numpy",
+                           fastmath=self.fastmath)(self.function)
+
+    @classmethod
+    def element_wise(cls, function):
+        """A job whose arithmetic may fuse multiply-adds (``ELEMENT_WISE``): the LSTM step's
+        gates (their tanh's polynomials), T 64 H 256 B 32 forward 5.5 -> 5.2 ms."""
+        return cls(function, ELEMENT_WISE)
 
     def load(self) -> None:
         """Compile the job now (or load it from the cache), not on its first run."""
