@@ -549,14 +549,14 @@ CASES["binary_cross_entropy_with_logits_pos_weight"] = Case(
 
 
 def transposed_convolution(nd, has_bias, groups=2, stride=(2, 1), padding=(1, 0),
-                           output_padding=(1, 1), dilation=(1, 2)):
+                           output_padding=(1, 1), dilation=(1, 2), kernel_size=(3, 2)):
     attrs = {"stride": stride[:nd], "padding": padding[:nd],
              "output_padding": output_padding[:nd], "dilation": dilation[:nd], "groups": groups}
     kernel = {1: conv_transpose1d, 2: conv_transpose2d}[nd]
 
     def arrays(rng):
         return [rng.standard_normal((2, 4, *(3, 4)[:nd])),
-                rng.standard_normal((4, 6 // groups, *(3, 2)[:nd])),
+                rng.standard_normal((4, 6 // groups, *kernel_size[:nd])),
                 rng.standard_normal(6) if has_bias else None]
 
     return Case(kernel, arrays, lambda x, w, b: kernel(x, w, b, **attrs))
@@ -565,8 +565,11 @@ def transposed_convolution(nd, has_bias, groups=2, stride=(2, 1), padding=(1, 0)
 for nd in (1, 2):
     CASES[f"conv_transpose{nd}d"] = transposed_convolution(nd, True)
     CASES[f"conv_transpose{nd}d_no_bias"] = transposed_convolution(nd, False, groups=1)
-CASES["conv_transpose2d_unet_up"] = transposed_convolution(
-    2, True, groups=1, stride=(2, 2), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1))
+CASES["conv_transpose2d_unet_up"] = transposed_convolution(  # the windows tile the output
+    2, True, groups=1, stride=(2, 2), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1),
+    kernel_size=(2, 2))
+CASES["conv_transpose1d_tiling_groups"] = transposed_convolution(
+    1, False, stride=(3,), padding=(0,), output_padding=(0,), dilation=(1,), kernel_size=(3,))
 
 DECODER_POOLS = {
     "max_pool2d_ceil": (max_pool2d, {"kernel": (3, 3), "stride": (2, 2),

@@ -87,12 +87,21 @@ def test_conv_transpose2d_matches_torch(case):
     check_transposed(2, case)
 
 
-def test_unet_up_convolution_matches_torch():
-    """ConvTranspose2d(c, c/2, 2, stride 2): the windows tile the output without overlap."""
-    case = {"shape": (2, 8, 5, 6), "weight": (8, 4, 2, 2), "bias": True,
-            "attrs": {"stride": (2, 2), "padding": (0, 0), "output_padding": (0, 0),
-                      "dilation": (1, 1), "groups": 1}}
-    check_transposed(2, case)
+@pytest.mark.parametrize("shape, kernel, groups, bias", [
+    ((2, 8, 5, 6), (2, 2), 1, True),  # ConvTranspose2d(c, c/2, 2, stride 2), a U-Net's
+    ((3, 6, 4, 3), (2, 3), 3, False), ((2, 4, 7), (3,), 2, True), ((1, 5, 2, 2), (1, 1), 1, True),
+    ((2, 64, 16, 16), (2, 2), 1, True),  # products over BLAS's small-product threshold
+])
+def test_transposed_convolutions_whose_windows_tile_the_output_match_torch(
+        shape, kernel, groups, bias):
+    """kernel = stride, no padding or dilation: each window its own block of the output
+    (``conv_transpose._tiling``)."""
+    case = {"shape": shape, "weight": (shape[1], 2, *kernel),
+            "bias": bias,
+            "attrs": {"stride": kernel, "padding": (0,) * len(kernel),
+                      "output_padding": (0,) * len(kernel), "dilation": (1,) * len(kernel),
+                      "groups": groups}}
+    check_transposed(len(kernel), case)
 
 
 def test_conv_transpose_told_its_input_needs_no_gradient_skips_only_that():

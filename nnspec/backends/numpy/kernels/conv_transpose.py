@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fused
 from .conv import conv1d, conv2d, no_samples, with_bias
 from .windows import check_spatial, crop_to_batch_first, scatter_windows
 
@@ -65,6 +66,10 @@ def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilati
     weight_groups = weight.reshape(groups, channels // groups, -1)
     columns = np.matmul(weight_groups.transpose(0, 2, 1), rows)
     columns = columns.reshape(out_channels, *kernel, n, *size)
+    if kernel == stride and all(d == 1 for d in dilation) and not any(padding) and \
+            not any(output_padding):
+        return with_bias(*_tiling(columns, rows, weight_groups, weight.shape, x.shape, input_grad),
+                         bias)
     y_full = scatter_windows(lambda offset: columns[(slice(None), *offset)],
                              (out_channels, n, *full), kernel, stride, dilation, size, x.dtype)
     y = crop_to_batch_first(y_full, pads)
@@ -85,3 +90,35 @@ def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilati
         return (np.ascontiguousarray(dx_wide[inside]) if input_grad else None), dweight
 
     return with_bias(y, backward, bias)
+
+
+def _tiling(columns, rows, weight_groups, weight_shape, x_shape, input_grad):
+    """A transposed convolution whose windows tile the output (kernel = stride, no padding
+    or dilation: a U-Net's 2x2 up-convolution): each input position's window is its own
+    block of outputs, so the columns (C_out, *K, N, *P) are the output reordered
+    (``fused.spread_windows``), and backward the output gradient reordered back is the
+    columns' gradient, of which the input's and the weight's are one product each (the
+    frames' scatter and a convolution's forward and backward were three passes and two
+    products more: 64 -> 32 channels 2x2/2 on 32x32 maps, batch 2, forward 0.66 -> 0.35 ms,
+    backward 0.73 -> 0.56; torch 0.34 and 0.65)."""
+    nd = len(x_shape) - 2
+    out_channels, kernel = columns.shape[0], columns.shape[1:1 + nd]
+    n, size = x_shape[0], x_shape[2:]
+    # as 2-D: (C_out, K_1, K_2, N, P_1, P_2), 1-D with K_1 = P_1 = 1
+    windows = (out_channels, *(1,) * (2 - nd), *kernel, n, *(1,) * (2 - nd), *size)
+    blocks = (n, out_channels, windows[4], windows[1], windows[5], windows[2])
+    y = np.empty(blocks, columns.dtype)
+    fused.spread_windows(columns.reshape(windows), y)
+    y = y.reshape(n, out_channels, *(p * k for p, k in zip(size, kernel)))
+
+    def backward(dy):
+        d_columns = np.empty(windows, dy.dtype)
+        fused.gather_windows(np.ascontiguousarray(dy).reshape(blocks), d_columns)
+        d_columns = d_columns.reshape(len(weight_groups), -1, rows.shape[-1])
+        dweight = np.matmul(rows, d_columns.transpose(0, 2, 1)).reshape(weight_shape)
+        if not input_grad:
+            return None, dweight
+        dx = np.matmul(weight_groups, d_columns).reshape(x_shape[1], n, *size)
+        return np.ascontiguousarray(np.swapaxes(dx, 0, 1)), dweight
+
+    return y, backward

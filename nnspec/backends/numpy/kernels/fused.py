@@ -745,6 +745,52 @@ def sum_row_blocks(d_out, row_repeats, column_repeats, out):
 
 
 @_compile
+def spread_windows(columns, out):
+    """A transposed convolution's output where its windows tile it (``conv_transpose``):
+    ``columns`` (O, K1, K2, N, H, W), each input position's window, to ``out`` (N, O, H,
+    K1, W, K2), each window's block in place (NumPy's six-axis transposing copy took 0.40
+    ms at 32 x 2 x 2 x 2 x 32 x 32)."""
+    outputs, rows, columns_, samples, height, width = columns.shape
+    for n in range(samples):
+        for o in range(outputs):
+            for h in range(height):
+                for i in range(rows):
+                    line = out[n, o, h, i]
+                    if columns_ == 2:  # the common case, as stores LLVM interleaves
+                        first, second = columns[o, i, 0, n, h], columns[o, i, 1, n, h]
+                        for w in range(width):
+                            line[w, 0] = first[w]
+                            line[w, 1] = second[w]
+                    else:
+                        for j in range(columns_):
+                            source = columns[o, i, j, n, h]
+                            for w in range(width):
+                                line[w, j] = source[w]
+
+
+@_compile
+def gather_windows(d_out, d_columns):
+    """``spread_windows``' inverse, for the gradients: ``d_out`` (N, O, H, K1, W, K2) to
+    ``d_columns`` (O, K1, K2, N, H, W)."""
+    outputs, rows, columns_, samples, height, width = d_columns.shape
+    for n in range(samples):
+        for o in range(outputs):
+            for h in range(height):
+                for i in range(rows):
+                    line = d_out[n, o, h, i]
+                    if columns_ == 2:
+                        first, second = d_columns[o, i, 0, n, h], d_columns[o, i, 1, n, h]
+                        for w in range(width):
+                            first[w] = line[w, 0]
+                            second[w] = line[w, 1]
+                    else:
+                        for j in range(columns_):
+                            target = d_columns[o, i, j, n, h]
+                            for w in range(width):
+                                target[w] = line[w, j]
+
+
+@_compile
 def relu_gradient(d_out, out, d_in):
     """d_in = d_out where the relu's output ``out`` passed its input, else 0 (torch's test
     is out <= 0, so NaN passes the gradient)."""
@@ -820,6 +866,9 @@ def warm_up() -> None:
     fill_rows(column, np.empty((2, 4), _F))
     repeat_rows(rows, 2, 2, np.empty((4, 8), _F))
     sum_row_blocks(np.ones((4, 8), _F), 2, 2, np.empty_like(rows))
+    windows = np.ones((1, 1, 2, 1, 1, 2), _F)
+    spread_windows(windows, np.empty((1, 1, 1, 1, 2, 2), _F))
+    gather_windows(np.ones((1, 1, 1, 1, 2, 2), _F), windows)
     relu_gradient(flat, flat, np.empty_like(flat))
     channel_bias(np.ones((2, 4), _F), column[:2], RELU, 0, 2)
     channel_bias_gradient(rows, rows, RELU, np.empty_like(rows), np.empty_like(inverse), 0, 2)
