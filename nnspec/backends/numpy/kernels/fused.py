@@ -750,19 +750,19 @@ def spread_windows(columns, out):
     ``columns`` (O, K1, K2, N, H, W), each input position's window, to ``out`` (N, O, H,
     K1, W, K2), each window's block in place (NumPy's six-axis transposing copy took 0.40
     ms at 32 x 2 x 2 x 2 x 32 x 32)."""
-    outputs, rows, columns_, samples, height, width = columns.shape
+    outputs, window_rows, window_columns, samples, height, width = columns.shape
     for n in range(samples):
         for o in range(outputs):
             for h in range(height):
-                for i in range(rows):
+                for i in range(window_rows):
                     line = out[n, o, h, i]
-                    if columns_ == 2:  # the common case, as stores LLVM interleaves
+                    if window_columns == 2:  # the common case, as stores LLVM interleaves
                         first, second = columns[o, i, 0, n, h], columns[o, i, 1, n, h]
                         for w in range(width):
                             line[w, 0] = first[w]
                             line[w, 1] = second[w]
                     else:
-                        for j in range(columns_):
+                        for j in range(window_columns):
                             source = columns[o, i, j, n, h]
                             for w in range(width):
                                 line[w, j] = source[w]
@@ -772,19 +772,19 @@ def spread_windows(columns, out):
 def gather_windows(d_out, d_columns):
     """``spread_windows``' inverse, for the gradients: ``d_out`` (N, O, H, K1, W, K2) to
     ``d_columns`` (O, K1, K2, N, H, W)."""
-    outputs, rows, columns_, samples, height, width = d_columns.shape
+    outputs, window_rows, window_columns, samples, height, width = d_columns.shape
     for n in range(samples):
         for o in range(outputs):
             for h in range(height):
-                for i in range(rows):
+                for i in range(window_rows):
                     line = d_out[n, o, h, i]
-                    if columns_ == 2:
+                    if window_columns == 2:
                         first, second = d_columns[o, i, 0, n, h], d_columns[o, i, 1, n, h]
                         for w in range(width):
                             first[w] = line[w, 0]
                             second[w] = line[w, 1]
                     else:
-                        for j in range(columns_):
+                        for j in range(window_columns):
                             target = d_columns[o, i, j, n, h]
                             for w in range(width):
                                 target[w] = line[w, j]
