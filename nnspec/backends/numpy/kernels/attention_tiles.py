@@ -29,8 +29,8 @@ or made again as exp(the scores minus each row's log-sum-exp, which the queries'
 column holds against kt's row of ones); the scores' gradient as the output gradients' rows
 against the values (vt's ones row meeting minus each row's dC . C) times them; then dV, dK
 and dQ as three more products, each operand read in place or from one transposed copy,
-the gradients written through their steps (a packed projection's), dK and dV gathered
-over a causal layer's query blocks. Heads of 32 or 64 values and 64 queries would fill
+the gradients written through their steps (a packed projection's), dK and dV added to
+over a layer's query blocks. Heads of 32 or 64 values and 64 queries would fill
 three-vector tiles to two thirds: those products take two-vector ones
 (``narrow_stepped_product``). NumPy's backward made four batched products of small
 matrices a block (164 GFLOP/s at 64 keys) and some ten calls around them: 32 samples of 4
@@ -334,7 +334,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     rows = min(ROWS, seen - j)
                     stepped_product(2 * (rows - 1) + masked, scores_at + 4 * j * TILE, TILE,
                                      queries_at, offsets, params[22] + 4 * (pair_rows + j),
-                                     keys_total, dim, lanes)
+                                     keys_total, dim, lanes, 0)
                     j += rows
                 _softmax(scores_at, seen, lanes, causal, positions_at, peaks_at, totals_at)
                 for p in range(lanes):
@@ -358,7 +358,7 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
                     rows = min(ROWS, dim - e)
                     stepped_product(2 * (rows - 1) + masked, out_at + 4 * e * TILE, TILE,
                                      scores_at, offsets, params[9] + 4 * (v_pair + e), v_step,
-                                     seen, lanes)
+                                     seen, lanes, 0)
                     e += rows
                 for p in range(lanes):
                     row = first + p
@@ -449,11 +449,12 @@ def _in_head_block(sample, kv, batch, kv_heads, sample_step, kv_step):
 
 @numba.njit(inline="always")
 def _stepped_products(out, out_step, x, offsets, weights, weights_step, reads, rows,
-                      positions):
+                      positions, accumulate=0):
     """out[r * out_step + p] = sum over j < reads of weights[j * weights_step + r] *
-    x[offsets[j] + p] for r < rows, p < positions (float32 addresses, steps in floats):
-    ``stepped_product``'s tiles of ROWS rows by TILE positions, or by NARROW_TILE where
-    those cover the positions with fewer lanes (64 of them: 64 lanes against 96)."""
+    x[offsets[j] + p] for r < rows, p < positions (float32 addresses, steps in floats),
+    added to out's values where ``accumulate`` is not 0: ``stepped_product``'s tiles of
+    ROWS rows by TILE positions, or by NARROW_TILE where those cover the positions with
+    fewer lanes (64 of them: 64 lanes against 96)."""
     narrow = (positions + NARROW_TILE - 1) // NARROW_TILE * NARROW_TILE < \
         (positions + TILE - 1) // TILE * TILE
     width = NARROW_TILE if narrow else TILE
@@ -466,10 +467,11 @@ def _stepped_products(out, out_step, x, offsets, weights, weights_step, reads, r
             if narrow:
                 narrow_stepped_product(shape, out + 4 * (r * out_step + p), out_step, x + 4 * p,
                                        offsets, weights + 4 * r, weights_step, reads,
-                                       positions - p)
+                                       positions - p, accumulate)
             else:
                 stepped_product(shape, out + 4 * (r * out_step + p), out_step, x + 4 * p,
-                                offsets, weights + 4 * r, weights_step, reads, positions - p)
+                                offsets, weights + 4 * r, weights_step, reads, positions - p,
+                                accumulate)
             p += width
         r += tile_rows
 
@@ -507,11 +509,13 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     values = batch * steps * row_step
     d_context = workers.floats_at(params[25], values)
     context = workers.floats_at(params[26], values)
-    several = block_count > 1 or query_blocks[2] != keys_total
+    # dK and dV gather over a pair's query blocks (zeroed first, each block's products
+    # added to them)
+    several = 1 if block_count > 1 or query_blocks[2] != keys_total else 0
     # the part's scratch, in floats: the output gradients' rows transposed (d + 1, R), the
     # queries transposed (d + 1, R), the probabilities and the scores' gradient query-major
-    # (R, S each), the scores key-major (S, R), the queries' gradient transposed (d, R), dV
-    # and dK of a block (S, d each), then a transpose's rows and ones
+    # (R, S each), the scores key-major (S, R), the queries' gradient transposed (d, R),
+    # then a transpose's rows and ones
     per_part = params[41]
     gradients_t = params[40] + 4 * part * per_part
     queries_t = gradients_t + 4 * rows_width * most_rows
@@ -519,9 +523,7 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     scores = probabilities + 4 * most_rows * keys_total
     scores_t = scores + 4 * most_rows * keys_total
     d_queries_t = scores_t + 4 * keys_total * most_rows
-    d_values = d_queries_t + 4 * dim * most_rows
-    d_keys = d_values + 4 * keys_total * dim
-    sources_at = d_keys + 4 * keys_total * dim
+    sources_at = d_queries_t + 4 * dim * most_rows
     destinations_at = sources_at + 8 * LANES
     ones_at = destinations_at + 8 * LANES
     workers.floats_at(ones_at, LANES)[:] = 1
@@ -542,7 +544,7 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
         dv_pair = params[13] + 4 * (sample * dv_sample + kv * dv_head)
         # the pair's rows of d_context: (g, t) at pair_rows + t * row_step + g * d
         pair_rows = (sample * steps * kv_heads + kv) * group * dim
-        if several:  # dK and dV gather over the query blocks
+        if several:
             for target, target_step in ((dk_pair, dk_step), (dv_pair, dv_step)):
                 for j in range(keys_total):
                     workers.floats_at(target + 4 * j * target_step, dim)[:] = 0
@@ -591,21 +593,14 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
                                         probabilities_view[at:at + keys])
             _transposed_copy(scores, keys_total, rows, keys, scores_t, most_rows, transposing)
             # dV[j, e] = sum over rows of P[row, j] dC[row, e]; dK[j, e] of dS[row, j]
-            # Q[row, e]: straight into dV and dK, or added to them over several blocks
-            for target, target_step, weights, x, x_offsets, gathered in (
-                    (dv_pair, dv_step, probabilities, params[25] + 4 * pair_rows, offsets,
-                     d_values),
-                    (dk_pair, dk_step, scores, queries, by_widths, d_keys)):
-                if not several:
-                    _stepped_products(target, target_step, x, x_offsets, weights, keys_total,
-                                      rows, keys, dim)
-                    continue
-                _stepped_products(gathered, dim, x, x_offsets, weights, keys_total, rows, keys,
-                                  dim)
-                block_sums = workers.floats_at(gathered, keys * dim)
-                for j in range(keys):
-                    workers.floats_at(target + 4 * j * target_step, dim)[:] += \
-                        block_sums[j * dim:(j + 1) * dim]
+            # Q[row, e]: straight into dV and dK, added to them over several blocks (a
+            # block's sums added key by key afterwards took 13 of a layer's 74 ms at 512
+            # keys, 32 samples of 4 heads)
+            for target, target_step, weights, x, x_offsets in (
+                    (dv_pair, dv_step, probabilities, params[25] + 4 * pair_rows, offsets),
+                    (dk_pair, dk_step, scores, queries, by_widths)):
+                _stepped_products(target, target_step, x, x_offsets, weights, keys_total,
+                                  rows, keys, dim, several)
             # dQ transposed: dQ^T[e, row] = sum over keys of K[j, e] dS^T[j, row]
             _stepped_products(d_queries_t, most_rows, scores_t, by_rows, k_pair, k_step, keys,
                               dim, rows)
@@ -648,7 +643,7 @@ def backward(k, dq, dk, dv, *, kt, vt, d_context, context, head_blocks, query_bl
                                                  for start, end, _ in query_blocks])])
     row_starts = row_starts.astype(np.int64)
     per_part = -(-(2 * (dim + 1) * most_rows + 3 * most_rows * keys + dim * most_rows
-                   + 2 * keys * dim + 5 * LANES) // 16) * 16
+                   + 5 * LANES) // 16) * 16
     pairs = batch * kv_heads
     parts = min(workers.parts(), pairs) if pairs * group * steps * keys >= SPLIT_MIN_SCORES \
         else 1

@@ -543,21 +543,22 @@ def _product(typingctx, shape, out, stride, x, offsets, weights, reads, count, a
 
 def _stepped_codegen(name, vectors):
     """The codegen of a stepped product intrinsic: ``_emit_product``'s tiles of
-    PRODUCT_SHAPES on ``vectors`` vectors of positions, weights ``weights_step`` apart, not
-    added to out."""
+    PRODUCT_SHAPES on ``vectors`` vectors of positions, weights ``weights_step`` apart."""
     return _shape_switch(
         name, PRODUCT_SHAPES,
         lambda builder, rows, masked, out, stride, x, offsets, weights, weights_step, reads,
-        count: _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads,
-                             count, ir.Constant(_I64, 0), weights_step, vectors))
+        count, accumulate: _emit_product(builder, rows, masked, out, stride, x, offsets,
+                                         weights, reads, count, accumulate, weights_step,
+                                         vectors))
 
 
 @intrinsic
 def stepped_product(typingctx, shape, out, stride, x, offsets, weights, weights_step, reads,
-                     count):
+                     count, accumulate):
     """``_emit_product``'s tile of PRODUCT_SHAPES[shape] whose weights' reads are
-    ``weights_step`` apart (a matrix's rows read in place), not added to out."""
-    return types.void(*(types.int64,) * 9), _stepped_codegen("stepped_product", VECTORS)
+    ``weights_step`` apart (a matrix's rows read in place), added to out's values where
+    ``accumulate`` is not 0."""
+    return types.void(*(types.int64,) * 10), _stepped_codegen("stepped_product", VECTORS)
 
 
 # positions of a narrow product tile: two vectors, for runs of 32 or 64 (a head of 32 or 64
@@ -567,10 +568,10 @@ NARROW_TILE = 2 * LANES
 
 @intrinsic
 def narrow_stepped_product(typingctx, shape, out, stride, x, offsets, weights, weights_step,
-                           reads, count):
+                           reads, count, accumulate):
     """``stepped_product`` on NARROW_TILE positions."""
-    return types.void(*(types.int64,) * 9), _stepped_codegen("narrow_stepped_product",
-                                                            NARROW_TILE // LANES)
+    return types.void(*(types.int64,) * 10), _stepped_codegen("narrow_stepped_product",
+                                                             NARROW_TILE // LANES)
 
 
 _sum = _sum_tile(SUM_ROWS, SUM_COLUMNS)
