@@ -2,6 +2,7 @@
 transformers' LlamaAttention / LlamaRMSNorm as the oracles (central differences in
 test_kernel_gradients.py)."""
 
+import functools
 import importlib.util
 
 import numpy as np
@@ -112,13 +113,24 @@ def test_cross_attention_with_both_masks_matches_torch(kdim, masks, per_sample_m
     check_cross_attention(kdim, masks, per_sample_mask, steps=4)
 
 
+def in_smallest_blocks(monkeypatch):
+    """Attention's blocks one (sample, kv head) pair by CAUSAL_BLOCK queries, causal or not."""
+    monkeypatch.setattr(attention_kernels, "SCORE_BLOCK_FLOATS", 1)
+    monkeypatch.setattr(attention_kernels, "QUERY_BLOCK_FLOATS", 1)
+    monkeypatch.setattr(attention_kernels, "QUERY_BLOCK_LEAST", CAUSAL_BLOCK)
+    # a cache of its own meanwhile: plans made before stay out, these stay in
+    monkeypatch.setattr(attention_kernels, "_plan",
+                        functools.lru_cache(maxsize=32)(attention_kernels._plan.__wrapped__))
+    assert len(attention_kernels._plan(1, 1, 1, 135, 135, False, 1)[1]) == 3
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("masks", ["bool", "float"])
 def test_attention_over_several_query_blocks_matches_torch(masks, monkeypatch):
     """Past SCORE_BLOCK_FLOATS of scores, attention runs over blocks of samples, heads and
     queries (here one sample and head at a time, and a 3-block split of 135 queries), masks
     and their gradients sliced per block."""
-    monkeypatch.setattr(attention_kernels, "SCORE_BLOCK_FLOATS", 1)
+    in_smallest_blocks(monkeypatch)
     check_self_attention(2, 2 * CAUSAL_BLOCK + 7, 2, 3, False, True)
     check_cross_attention(5, masks, True, steps=2 * CAUSAL_BLOCK + 7)
 
@@ -135,7 +147,7 @@ def test_recomputed_probabilities_give_the_kept_ones_gradients(causal, dropout, 
     padding = rng.standard_normal((2, 70)).astype(np.float32)
     mask = rng.standard_normal((70, 70)).astype(np.float32)
     probe = rng.standard_normal(q.shape).astype(np.float32)
-    monkeypatch.setattr(attention_kernels, "SCORE_BLOCK_FLOATS", 1)
+    in_smallest_blocks(monkeypatch)
 
     def run(kept_keys):
         monkeypatch.setattr(attention_kernels, "KEPT_PROBABILITIES_KEYS", kept_keys)

@@ -35,6 +35,14 @@ KEPT_PROBABILITIES_KEYS = 96
 # 48 0.86 -> 0.47; 64 samples of 4 heads of 16 at 24 keys 0.51 -> 0.29), NumPy's below (at
 # 16 keys the job's 48-query tiles run a third full: 0.22 -> 0.28 ms)
 COMPILED_MIN_KEYS = 24
+# A block's queries, where not causal: as many as keep its scores under QUERY_BLOCK_FLOATS
+# (256 KiB), so that the backward job's three arrays of a block's scores stay in a core's
+# L2 (2 MiB here), but at least QUERY_BLOCK_LEAST: 32 samples of 4 heads of 32 at 512 keys,
+# backward, 68.7 ms in blocks of 256 queries (3 MiB of arrays), 58.2 in blocks of 128; at
+# 1024 keys, forward and backward, blocks of 64 29.8 + 59.9 ms, 128 22.1 + 65.0, 256 22.8 +
+# 82.1 (torch 19.0 + 44.7)
+QUERY_BLOCK_FLOATS = 1 << 16
+QUERY_BLOCK_LEAST = 128
 # Causal attention takes its queries CAUSAL_BLOCK at a time, each block against the keys up
 # to its last query only: at T 512 that skips 44% of the score products and softmax passes,
 # which a full masked score matrix would compute and then throw away.
@@ -346,13 +354,13 @@ def _parts(head_blocks, scores):
 def _plan(batch, kv_heads, group, steps, keys_total, causal, cores):
     """The blocks attention runs over: (samples, kv heads) slices, and (start, end, keys)
     query ranges with the keys they read. Queries come whole where one head's scores fit
-    SCORE_BLOCK_FLOATS (so each block's key and value gradients come from one product over
-    all its queries), and as many heads join a block as fit beside them, fewer where the
+    QUERY_BLOCK_FLOATS (so each block's key and value gradients come from one product over
+    all its queries), and as many heads join a block as fit SCORE_BLOCK_FLOATS beside them, fewer where the
     ``cores`` parts' shares (every cores-th block each) would be uneven. Read-only."""
     if causal:
         width = min(steps, CAUSAL_BLOCK)
     else:
-        width = min(steps, max(CAUSAL_BLOCK, SCORE_BLOCK_FLOATS // (group * keys_total)))
+        width = min(steps, max(QUERY_BLOCK_LEAST, QUERY_BLOCK_FLOATS // (group * keys_total)))
     query_blocks = [(s, min(s + width, steps)) for s in range(0, steps, width)]
     query_blocks = [(s, e, e if causal else keys_total) for s, e in query_blocks]
     pairs = max(1, SCORE_BLOCK_FLOATS // (group * width * keys_total))
