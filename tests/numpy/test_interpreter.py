@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -149,6 +151,59 @@ model Tied(vocab = 11, d = 8) {
 }
 train Tied { loss cross_entropy }
 """
+
+
+WIDE_CONV = """
+model WideConv {
+  input x: [256, 4, 4]
+  x -> conv2d(8, 3, padding = 1) as conv -> relu -> flatten -> dense(3) as head
+}
+train WideConv { loss cross_entropy; optimizer sgd(lr = 0.1) }
+"""
+
+
+def test_weight_gradients_are_written_into_the_models_buffer(monkeypatch):
+    """A dense layer and a convolution whose weight gradient is one product on the columns
+    (256 channels) write it straight into the model's gradient slots (``gradient_slots``):
+    the gradients are the ones every slot copied in gives, to the bit, and the slots were
+    taken, on every step."""
+    from nnspec.backends.numpy.kernels import gradient_slots
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 256, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 2)
+    copied = _model(WIDE_CONV)
+    with monkeypatch.context() as patch:  # no slot offered: every gradient a copy
+        patch.setattr(gradient_slots, "empty", lambda shape, dtype: np.empty(shape, dtype))
+        copied.loss(x, y)
+        expected = {k: v.copy() for k, v in copied.backward().items()}
+    taken = []
+    offer = gradient_slots.empty
+
+    def watched(shape, dtype):
+        array = offer(shape, dtype)
+        taken.append(array)
+        return array
+
+    monkeypatch.setattr(gradient_slots, "empty", watched)
+    model = _model(WIDE_CONV)
+    for _ in range(2):  # the second backward writes over the first's slots
+        taken.clear()
+        model.loss(x, y)
+        grads = model.backward()
+        for name in ("conv.weight", "head.weight"):
+            assert any(array is grads[name] for array in taken), name
+        for name, grad in expected.items():
+            np.testing.assert_array_equal(grads[name], grad, err_msg=name)
+
+
+def test_a_gradient_slot_is_offered_only_where_its_shape_is_the_steps_alone():
+    """Two parameters of one shape in a step: neither slot is offered (a kernel taking the
+    slot of its shape could take the other's); nor a slot already written this backward."""
+    buffer = {"a": np.zeros((2, 3), np.float32), "b": np.zeros((2, 3), np.float32),
+              "c": np.zeros(3, np.float32), "d": np.zeros(4, np.float32)}
+    step = SimpleNamespace(params={"w1": "a", "w2": "b", "bias": "c", "other": "d"})
+    assert NumpyModel._free_slots(step, buffer, {"d"}) == [buffer["c"]]
 
 
 @pytest.mark.torch

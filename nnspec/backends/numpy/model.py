@@ -19,6 +19,7 @@ import numpy as np
 
 from nnspec.backends.numpy.allocator import keep_freed_memory
 from nnspec.backends.numpy.init import initial_state
+from nnspec.backends.numpy.kernels import gradient_slots
 from nnspec.backends.numpy.kernels.elementwise import sum_of
 from nnspec.backends.numpy.kernels.norm_batch import ACTIVATIONS as NORM_ACTIVATIONS
 from nnspec.backends.numpy.params import ParamBuffer
@@ -115,6 +116,13 @@ def _apply(graph: Graph, node, arrays, params, ctx):
 
         return out[0], unbatched_backward
     return rule(node, arrays, params, ctx)
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays are the same memory seen the same way (a kernel's gradient written
+    into its slot, ``gradient_slots``)."""
+    return a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype and \
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
 class NumpyModel:
@@ -475,6 +483,18 @@ class NumpyModel:
         self._tape = []
         return self.buffer.grads
 
+    @staticmethod
+    def _free_slots(step: _Step, param_grads: dict[str, np.ndarray], written: set[str]
+                    ) -> list[np.ndarray]:
+        """The step's parameters' gradient slots that a kernel may write into
+        (``gradient_slots``): not yet written this backward, and of a shape no other of its
+        parameters has."""
+        slots = [param_grads[full] for full in step.params.values() if full in param_grads]
+        shapes = [slot.shape for slot in slots]
+        return [param_grads[full] for full in step.params.values()
+                if full in param_grads and full not in written
+                and shapes.count(param_grads[full].shape) == 1]
+
     def _output_grads(self, d_output) -> dict[str, object]:
         outputs = self.graph.named_outputs
         if isinstance(d_output, dict):
@@ -499,7 +519,8 @@ class NumpyModel:
             d_out = grads.pop(step.node, None)
             if d_out is None:
                 continue
-            input_grads, local_grads = step.backward(d_out)
+            with gradient_slots.offered(self._free_slots(step, param_grads, written)):
+                input_grads, local_grads = step.backward(d_out)
             for name, grad in zip(step.inputs, input_grads):
                 if grad is None:
                     continue
@@ -513,5 +534,6 @@ class NumpyModel:
                 if full in written:
                     param_grads[full] += grad
                 elif full in param_grads:
-                    np.copyto(param_grads[full], grad)
+                    if not _same_view(grad, param_grads[full]):  # written there already
+                        np.copyto(param_grads[full], grad)
                     written.add(full)

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import columns, frames, fused, parallel, tiled
+from . import columns, frames, fused, gradient_slots, parallel, tiled
 from .blas import accumulates, add_product, transpose
 from .windows import (
     check_spatial,
@@ -716,8 +716,11 @@ def _output_rows(dy):
 
 def _weight_grad_on_columns(x, dy_rows, weight_shape, sweep):
     """The weight gradient as one product of the output gradient's rows (``_output_rows``)
-    by x's columns; ``x`` C-ordered."""
-    return (dy_rows @ columns.gather(x, *sweep).T).reshape(weight_shape)
+    by x's columns, into the model's slot for it (``gradient_slots``); ``x`` C-ordered."""
+    x_columns = columns.gather(x, *sweep)
+    dweight = gradient_slots.empty(weight_shape, np.result_type(dy_rows, x_columns))
+    np.matmul(dy_rows, x_columns.T, out=dweight.reshape(len(dy_rows), -1))
+    return dweight
 
 
 def _group_by_group(x, weight, stride, padding, dilation, groups, input_grad):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import parallel
+from . import gradient_slots, parallel
 from .blas import add_product
 
 
@@ -19,7 +19,8 @@ def linear(x, weight, bias):
     def backward(dy):
         dy_rows = dy.reshape(-1, weight.shape[0])
         dx = (dy_rows @ weight).reshape(x.shape)
-        dweight = dy_rows.T @ rows
+        dweight = np.matmul(dy_rows.T, rows, out=gradient_slots.empty(
+            weight.shape, np.result_type(dy_rows, rows)))
         dbias = None if bias is None else column_sums(dy_rows)
         return dx, dweight, dbias
 
