@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import attention_tiles, fused, parallel, workers
+from nnspec.backends.numpy.kernels import attention_tiles, fused, gradient_slots, parallel, workers
 from nnspec.backends.numpy.kernels.dense import affine, column_sums
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
@@ -545,11 +545,21 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
             dq, dk, _, *mask_grads = attend_back(d_context, into=[None, None, parts[2]])
             q_rope_back(dq, into=parts[0])
             k_rope_back(dk, into=parts[1])
-        d_weight = d_qkv.T @ x_rows
+        # into the model's slot for the packed projection where there is one
+        d_weight = np.matmul(d_qkv.T, x_rows, out=gradient_slots.empty(
+            (len(stacked), x_rows.shape[1]), np.result_type(d_qkv, x_rows)))
         d_bias = column_sums(d_qkv) if any(has_bias) else None
-        for span, (_, b, name, part, factor) in zip(spans, projections):
-            _store_grads(grads, name, part, d_weight[span],
-                         None if b is None else d_bias[span], weights, factor)
+        if all(name == "in_proj_weight" for _, _, name, _, _ in projections):
+            # nn.MultiheadAttention's packed layout: the gradients are its, as they are
+            for span, (_, b, _, _, factor) in zip(spans, projections):
+                _scale(d_weight[span], None if b is None else d_bias[span], factor)
+            grads["in_proj_weight"] = d_weight
+            if d_bias is not None:
+                grads["in_proj_bias"] = d_bias
+        else:
+            for span, (_, b, name, part, factor) in zip(spans, projections):
+                _store_grads(grads, name, part, d_weight[span],
+                             None if b is None else d_bias[span], weights, factor)
         return (d_qkv @ stacked).reshape(x.shape), mask_grads
 
     def unrotate(dq, dk):
@@ -561,9 +571,22 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
 
 
 def _weight_grads(grads, name, rows, d_out, inputs, has_bias, weights=None, factor=1):
-    """A projection's weight and bias gradients, stored as `_store_grads` does."""
-    _store_grads(grads, name, rows, d_out.T @ inputs,
-                 column_sums(d_out) if has_bias else None, weights, factor)
+    """A projection's weight and bias gradients, stored as `_store_grads` does (the weight's
+    into the model's slot for it where it is a whole parameter, ``gradient_slots``)."""
+    shape = (d_out.shape[1], inputs.shape[1])
+    d_weight = np.matmul(d_out.T, inputs, out=gradient_slots.empty(
+        shape, np.result_type(d_out, inputs)) if rows is None else None)
+    _store_grads(grads, name, rows, d_weight, column_sums(d_out) if has_bias else None,
+                 weights, factor)
+
+
+def _scale(d_weight, d_bias, factor):
+    """A projection's gradients times ``factor`` (a scale folded into it), in place: they
+    are the backward's own arrays."""
+    if factor != 1:
+        d_weight *= factor
+        if d_bias is not None:
+            d_bias *= factor
 
 
 def _store_grads(grads, name, rows, d_weight, d_bias, weights, factor):
@@ -571,9 +594,7 @@ def _store_grads(grads, name, rows, d_weight, d_bias, weights, factor):
     projection) under its parameter names: `q_proj.weight` and `q_proj.bias`,
     `q_proj_weight`, or `rows` of the packed `in_proj_weight`; the biases of
     nn.MultiheadAttention's projections are `rows` of `in_proj_bias`."""
-    if factor != 1:
-        d_weight = d_weight * factor
-        d_bias = None if d_bias is None else d_bias * factor
+    _scale(d_weight, d_bias, factor)
     if rows is None:
         grads[f"{name}.weight"] = d_weight
         if d_bias is not None:
