@@ -156,17 +156,18 @@ train Tied { loss cross_entropy }
 WIDE_CONV = """
 model WideConv {
   input x: [256, 4, 4]
-  x -> conv2d(8, 3, padding = 1) as conv -> relu -> flatten -> dense(3) as head
+  x -> conv2d(32, 3, padding = 1) as conv -> relu -> conv2d(16, 3, padding = 1) as narrow
+    -> relu -> flatten -> dense(3) as head
 }
 train WideConv { loss cross_entropy; optimizer sgd(lr = 0.1) }
 """
 
 
 def test_weight_gradients_are_written_into_the_models_buffer(monkeypatch):
-    """A dense layer and a convolution whose weight gradient is one product on the columns
-    (256 channels) write it straight into the model's gradient slots (``gradient_slots``):
-    the gradients are the ones every slot copied in gives, to the bit, and the slots were
-    taken, on every step."""
+    """A dense layer, a convolution whose weight gradient is one product on the columns (256
+    channels) and one whose gradient is the direct tiles' sums (32) write theirs straight
+    into the model's gradient slots (``gradient_slots``): the gradients are the ones every
+    slot copied in gives, to the bit, and the slots were taken, on every step."""
     from nnspec.backends.numpy.kernels import gradient_slots
 
     rng = np.random.default_rng(6)
@@ -191,7 +192,7 @@ def test_weight_gradients_are_written_into_the_models_buffer(monkeypatch):
         taken.clear()
         model.loss(x, y)
         grads = model.backward()
-        for name in ("conv.weight", "head.weight"):
+        for name in ("conv.weight", "narrow.weight", "head.weight"):
             assert any(array is grads[name] for array in taken), name
         for name, grad in expected.items():
             np.testing.assert_array_equal(grads[name], grad, err_msg=name)

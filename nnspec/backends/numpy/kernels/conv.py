@@ -397,7 +397,9 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
         if group_channels <= DIRECT_SUMS_MAX_CHANNELS or groups > 1 or (
                 group_channels <= DIRECT_SUMS_LARGE_MAX_CHANNELS and
                 math.prod(x.shape[2:]) >= DIRECT_SUMS_LARGE_PLANE):
-            dweight = tiled.direct_sums(maps, dy_maps, taps, groups).reshape(weight.shape)
+            dweight = gradient_slots.empty(weight.shape, np.float32)  # the model's slot
+            tiled.direct_sums(maps, dy_maps, taps, groups,
+                              out=dweight.reshape(out_channels, group_channels, -1))
         else:
             dweight = _weight_grad_on_columns(maps.reshape(x.shape), _output_rows(dy),
                                               weight.shape, (kernel, stride, padding,

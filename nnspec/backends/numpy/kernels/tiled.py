@@ -1203,9 +1203,9 @@ def _gradient_shape(group_outputs, channels):
     return (index, *GRADIENT_SHAPES[index])
 
 
-def _gradient_products(x, dy, taps, groups):
+def _gradient_products(x, dy, taps, groups, result=None):
     """``direct_sums`` as products (``_emit_gradient``): dy made channels last, each of a
-    position's outputs a lane, each x value a broadcast."""
+    position's outputs a lane, each x value a broadcast; into ``result`` where given."""
     samples, all_channels, height, width = x.shape
     out_channels = dy.shape[1]
     channels, group_outputs = all_channels // groups, out_channels // groups
@@ -1227,8 +1227,11 @@ def _gradient_products(x, dy, taps, groups):
                        channels * plane, shape, vectors, rows], np.int64)
     workers.run(_gradient_job, params)
     # (groups, taps, C, M) -> (groups * M, C, taps)
-    return np.ascontiguousarray(out[:, :, :channels, :group_outputs].transpose(0, 3, 2, 1)
-                                ).reshape(out_channels, channels, len(taps))
+    found = out[:, :, :channels, :group_outputs].transpose(0, 3, 2, 1)
+    if result is None:
+        return np.ascontiguousarray(found).reshape(out_channels, channels, len(taps))
+    np.copyto(result.reshape(groups, group_outputs, channels, len(taps)), found)
+    return result
 
 
 @functools.lru_cache(maxsize=256)
@@ -1258,10 +1261,19 @@ def _tap_masks(height, width, taps):
     return np.ascontiguousarray(bits).reshape(-1), words
 
 
-def direct_sums(x, dy, taps, groups=1):
+def direct_sums(x, dy, taps, groups=1, out=None):
     """The weight gradient of ``direct_products``: sums (groups * M, C, taps) of x's reads
-    (zero outside the map) against dy, over the samples and positions. ``x`` (N, groups * C,
-    H, W) and ``dy`` (N, groups * M, H, W) C-ordered float32."""
+    (zero outside the map) against dy, over the samples and positions, into ``out`` where
+    given (a C-ordered float32 array of that shape). ``x`` (N, groups * C, H, W) and ``dy``
+    (N, groups * M, H, W) C-ordered float32."""
+    found = _direct_sums(x, dy, taps, groups, out)
+    if out is None or found is out:
+        return found
+    out[...] = found
+    return out
+
+
+def _direct_sums(x, dy, taps, groups, result):
     samples, all_channels, height, width = x.shape
     out_channels = dy.shape[1]
     channels, out_rows = all_channels // groups, out_channels // groups
@@ -1273,7 +1285,7 @@ def direct_sums(x, dy, taps, groups=1):
     one_vector = out_rows == GRADIENT_VECTOR_OUTPUTS and channels % LANES == 0
     if channels >= GRADIENT_MIN_CHANNELS and (out_rows >= GRADIENT_MIN_OUTPUTS or one_vector) \
             and channels * len(taps) >= GRADIENT_MIN_READS:
-        return _gradient_products(x, dy, taps, groups)
+        return _gradient_products(x, dy, taps, groups, result)
     plane = height * width
     if groups == 1 and list(taps) == [(0, 0)]:  # a 1x1 convolution: plain rows
         return sums(dy.reshape(-1), np.arange(out_rows) * plane, x.reshape(-1),
