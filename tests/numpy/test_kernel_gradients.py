@@ -667,7 +667,7 @@ NOT_KERNELS = {
     "parallel.rotate_halves", "parallel.silu_mul", "parallel.silu_mul_gradient",
     "parallel.channel_bias", "parallel.channel_bias_gradient", "parallel.fill_rows",
     "parallel.repeat_rows", "parallel.sum_row_blocks",
-    # where a weight gradient is written: tests/numpy/test_model.py's slot tests
+    # where a weight gradient is written: test_interpreter.py's slot tests
     "gradient_slots.offered", "gradient_slots.empty",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and
     # test_kernels_conv.py against torch with the relu; an empty batch's convolution:
