@@ -489,11 +489,10 @@ class NumpyModel:
         """The step's parameters' gradient slots that a kernel may write into
         (``gradient_slots``): not yet written this backward, and of a shape no other of its
         parameters has."""
-        slots = [param_grads[full] for full in step.params.values() if full in param_grads]
-        shapes = [slot.shape for slot in slots]
-        return [param_grads[full] for full in step.params.values()
-                if full in param_grads and full not in written
-                and shapes.count(param_grads[full].shape) == 1]
+        owned = [full for full in step.params.values() if full in param_grads]
+        shapes = [param_grads[full].shape for full in owned]
+        return [param_grads[full] for full in owned
+                if full not in written and shapes.count(param_grads[full].shape) == 1]
 
     def _output_grads(self, d_output) -> dict[str, object]:
         outputs = self.graph.named_outputs

@@ -301,11 +301,8 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
         head_block, block_samples, block_kvs, local = _in_head_block(
             sample, kv, batch, kv_heads, sample_step, kv_step)
         for number in range(block_count):
-            start, end = query_blocks[3 * number], query_blocks[3 * number + 1]
-            keys = query_blocks[3 * number + 2]
-            width = end - start
-            block_rows = group * width
-            block = head_block * block_count + number
+            start, keys, width, block_rows, block = _query_block(
+                query_blocks, number, group, head_block, block_count)
             queries = workers.floats(queries_table, block,
                                      (block_samples * block_kvs * block_rows * rows_width,))
             pair_queries = local * block_rows * rows_width
@@ -448,6 +445,17 @@ def _in_head_block(sample, kv, batch, kv_heads, sample_step, kv_step):
 
 
 @numba.njit(inline="always")
+def _query_block(query_blocks, number, group, head_block, block_count):
+    """Query block ``number`` of a pair (the (start, end, keys) rows of ``query_blocks``):
+    its first query, the keys it reads, its queries, its rows (a query's ``group`` heads
+    each) and its index among all (head block, query block)s."""
+    start, end = query_blocks[3 * number], query_blocks[3 * number + 1]
+    width = end - start
+    return (start, query_blocks[3 * number + 2], width, group * width,
+            head_block * block_count + number)
+
+
+@numba.njit(inline="always")
 def _stepped_products(out, out_step, x, offsets, weights, weights_step, reads, rows,
                       positions, accumulate=0):
     """out[r * out_step + p] = sum over j < reads of weights[j * weights_step + r] *
@@ -549,11 +557,8 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
                 for j in range(keys_total):
                     workers.floats_at(target + 4 * j * target_step, dim)[:] = 0
         for number in range(block_count):
-            start, end = query_blocks[3 * number], query_blocks[3 * number + 1]
-            keys = query_blocks[3 * number + 2]
-            width = end - start
-            rows = group * width
-            block = head_block * block_count + number
+            start, keys, width, rows, block = _query_block(query_blocks, number, group,
+                                                           head_block, block_count)
             queries = queries_table[block] + 4 * local * rows * rows_width
             offsets = params[38] + 8 * row_starts[number]
             # the output gradients' rows transposed, with minus each row's dC . C (its sum

@@ -195,23 +195,26 @@ def _sum_row_blocks_job(args, range_m, range_n, sa, sb, part):
 
 
 def repeat_rows(rows, row_repeats, column_repeats, out):
-    """``fused.repeat_rows``, its rows in parts (split so from MEMORY_MIN_VALUES)."""
-    parts = _split(out.size, rows, out)
-    if parts == 1:
-        fused.repeat_rows(rows, row_repeats, column_repeats, out)
-        return
-    workers.run(_repeat_rows_job, _params(parts, *rows.shape, row_repeats, column_repeats,
-                                          rows, out))
+    """``fused.repeat_rows``, its rows in parts."""
+    _in_row_blocks(fused.repeat_rows, _repeat_rows_job, rows, out, rows, out, row_repeats,
+                   column_repeats)
 
 
 def sum_row_blocks(d_out, row_repeats, column_repeats, out):
-    """``fused.sum_row_blocks``, its rows in parts (split so from MEMORY_MIN_VALUES)."""
-    parts = _split(d_out.size, d_out, out)
+    """``fused.sum_row_blocks``, its rows in parts."""
+    _in_row_blocks(fused.sum_row_blocks, _sum_row_blocks_job, d_out, out, out, d_out,
+                   row_repeats, column_repeats)
+
+
+def _in_row_blocks(loop, job, source, target, rows, repeated, row_repeats, column_repeats):
+    """``loop(source, row_repeats, column_repeats, target)``, ``rows`` (R, W) and their
+    ``repeated`` ones (R * row_repeats, W * column_repeats) split by rows (``_row_blocks``)
+    from MEMORY_MIN_VALUES."""
+    parts = _split(repeated.size, rows, repeated)
     if parts == 1:
-        fused.sum_row_blocks(d_out, row_repeats, column_repeats, out)
+        loop(source, row_repeats, column_repeats, target)
         return
-    workers.run(_sum_row_blocks_job, _params(parts, *out.shape, row_repeats, column_repeats,
-                                             out, d_out))
+    workers.run(job, _params(parts, *rows.shape, row_repeats, column_repeats, rows, repeated))
 
 
 def add(a, b, out):
