@@ -226,10 +226,11 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
             max_pool,
             parallel,
             tiled,
+            winograd,
         )
 
         parallel.warm_up()
-        for module in (tiled, frames, columns, gru_steps, lstm_steps, max_pool):
+        for module in (tiled, frames, columns, gru_steps, lstm_steps, max_pool, winograd):
             module.load()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:

@@ -5,7 +5,7 @@ grouped or depthwise, of any rank and stride) runs on the register tiles (``_til
 ``tiled``'s compiled products): each output is a sum over shifted reads of the flattened,
 padded map (of its stride phases when strided), or of the map itself at stride 1 keeping its
 size (up to ``DIRECT_MAX_CHANNELS`` then). 1x1 convolutions without padding take the
-map as it is (``_pointwise``). Wider layers, and float64 (the gradient checks), take BLAS:
+map as it is (``_pointwise``); wide 3x3 "same" ones, Winograd's transforms (``winograd``). Wider layers, and float64 (the gradient checks), take BLAS:
 one product per kernel offset over the same frame (``_shifted``), one group at a time when
 grouped, or im2col where the frame would waste too much.
 """
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import columns, frames, fused, gradient_slots, parallel, tiled
+from . import columns, frames, fused, gradient_slots, parallel, tiled, winograd
 from .blas import accumulates, add_product, transpose
 from .windows import (
     check_spatial,
@@ -123,6 +123,8 @@ def _conv(x, weight, stride, padding, dilation, groups, input_grad):
         if all(s == 1 for s in stride):
             return _pointwise(x, weight, input_grad)
         return _strided_pointwise(x, weight, stride, input_grad)
+    if winograd.applies(x, weight, stride, padding, dilation, groups):
+        return winograd.conv(x, weight, input_grad)
     if groups == 1 and _phases_take(x, kernel, stride, padding, dilation):
         return _on_phases(x, weight, stride, padding, dilation, input_grad)
     if x.dtype == np.float32 and _tiles_take(x, group_channels, kernel, stride, padding,
