@@ -180,11 +180,19 @@ def _blocks(n, tiles, channels):
 
 
 @_inline
-def _half_sum(out, a, b, c, sign):
-    """out = (a + sign * b + c) / 2, ``sign`` 1 or -1."""
+def _sum_and_difference(plus, minus, a, b, c):
+    """plus = (a + b + c) / 2, minus = (a - b + c) / 2."""
     half = np.float32(0.5)
-    for l in range(out.shape[0]):
-        out[l] = half * (a[l] + sign * b[l] + c[l])
+    for l in range(plus.shape[0]):
+        plus[l] = half * (a[l] + b[l] + c[l])
+        minus[l] = half * (a[l] - b[l] + c[l])
+
+
+@_inline
+def _copies(first, second, a, b):
+    for l in range(first.shape[0]):
+        first[l] = a[l]
+        second[l] = b[l]
 
 
 @_inline
@@ -208,15 +216,13 @@ def _kernel_tiles(g, middle, out, index):
     rows ``out[k, index]`` (k = 0 to 15), ``middle`` (6, L) scratch; G = [[1, 0, 0], [1/2,
     1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
     for j in range(3):  # G g's middle two rows; its first and last are g's
-        _half_sum(middle[j], g[j], g[3 + j], g[6 + j], np.float32(1))
-        _half_sum(middle[3 + j], g[j], g[3 + j], g[6 + j], np.float32(-1))
+        _sum_and_difference(middle[j], middle[3 + j], g[j], g[3 + j], g[6 + j])
     for i in range(4):  # then each row times G^T
         rows = g[0:3] if i == 0 else middle[0:3] if i == 1 else middle[3:6] if i == 2 \
             else g[6:9]
-        out[4 * i, index] = rows[0]
-        _half_sum(out[4 * i + 1, index], rows[0], rows[1], rows[2], np.float32(1))
-        _half_sum(out[4 * i + 2, index], rows[0], rows[1], rows[2], np.float32(-1))
-        out[4 * i + 3, index] = rows[2]
+        _copies(out[4 * i, index], out[4 * i + 3, index], rows[0], rows[2])
+        _sum_and_difference(out[4 * i + 1, index], out[4 * i + 2, index], rows[0], rows[1],
+                            rows[2])
 
 
 @_inline
