@@ -27,16 +27,26 @@ def layer(batch, channels, out_channels, height, width, seed=0):
 
 
 def check_against_torch(x, weight, dy, y, backward, input_grad=True):
-    tx, tw = as_torch(x), as_torch(weight)
+    """Against torch in float64: each result within 1e-4 of its value plus 2e-6 of its
+    largest. The weight gradient's long sums cancel to small values here and there, where
+    float32 is off by more than 1e-4 of the value (torch's own, by up to 2.8e-6 of the
+    largest at 128 channels on 8x8 maps, batch 24), and the transforms spread their rounding
+    differently over the kernels' nine taps than the direct sums do."""
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, weight))
     ty = F.conv2d(tx, tw, padding=1)
-    ty.backward(as_torch(dy))
-    assert_close(y, ty)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
     dx, dweight = backward(dy)
-    assert_close(dweight, tw.grad)
-    if input_grad:
-        assert_close(dx, tx.grad)
-    else:
+    pairs = [(y, ty), (dweight, tw.grad)] + ([(dx, tx.grad)] if input_grad else [])
+    for ours, theirs in pairs:
+        theirs = theirs.detach().numpy()
+        assert ours.dtype == np.float32 and ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=2e-6 * np.abs(theirs).max())
+    if not input_grad:
         assert dx is None
+
+
+# the backward's two ways: the whole batch's transforms at once, or blocks of samples
+BACKWARDS = {"by positions": 10 ** 12, "by samples": -10 ** 12}
 
 
 @pytest.mark.torch
@@ -50,16 +60,26 @@ def check_against_torch(x, weight, dy, y, backward, input_grad=True):
     (4, 40, 24, 8, 8),    # fewer
 ])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_the_transforms_match_torch(batch, channels, out_channels, height, width, input_grad):
+@pytest.mark.parametrize("way", BACKWARDS)
+def test_the_transforms_match_torch(monkeypatch, batch, channels, out_channels, height, width,
+                                    input_grad, way):
+    monkeypatch.setattr(winograd, "BY_POSITIONS_MAX_FLOATS", BACKWARDS[way])
+    calls = []
+    for name in ("_backward_by_positions", "_backward_by_samples"):
+        backward_way = getattr(winograd, name)
+        monkeypatch.setattr(winograd, name, lambda *args, name=name, backward_way=backward_way:
+                            calls.append(name) or backward_way(*args))
     x, weight, dy = layer(batch, channels, out_channels, height, width)
     y, backward = winograd.conv(x, weight, input_grad)
     check_against_torch(x, weight, dy, y, backward, input_grad)
+    assert calls == ["_backward_" + way.replace(" ", "_")]
 
 
 @pytest.mark.torch
 def test_blocks_of_samples_within_a_part_match_torch(monkeypatch):
     # blocks of one sample: each part's products add into its weight-gradient sums
     monkeypatch.setattr(winograd, "BLOCK_FLOATS", 1)
+    monkeypatch.setattr(winograd, "BY_POSITIONS_MAX_FLOATS", BACKWARDS["by samples"])
     x, weight, dy = layer(5, 6, 10, 6, 6, seed=1)
     assert [len(part) for part in winograd._blocks(5, 9, 10)] in ([2, 3], [5])
     y, backward = winograd.conv(x, weight, True)
@@ -67,36 +87,30 @@ def test_blocks_of_samples_within_a_part_match_torch(monkeypatch):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("batch, channels, out_channels, size", [
-    (24, 128, 128, 8),   # ResNet's stage of 128 on 8x8 maps
-    (8, 256, 128, 14),   # a decoder's 256 -> 128 on 14x14
+@pytest.mark.parametrize("batch, channels, out_channels, size, route", [
+    (16, 256, 256, 8, ["conv", "backward"]),   # both ways by the transforms
+    (24, 128, 128, 8, ["backward"]),           # the direct forward, the transforms' backward
+    (8, 256, 128, 14, ["backward"]),           # a decoder's 256 -> 128 on 14x14
 ])
 def test_wide_layers_take_the_transforms_and_match_torch(monkeypatch, batch, channels,
-                                                         out_channels, size):
-    """At real widths, as a model's layer calls it, against torch in float64: the weight
-    gradient's sums of 1,500 products cancel to small values here and there, where float32
-    (torch's own too) is off by more than 1e-4 of the value; so each result is held to 1e-4
-    of its value plus 2e-6 of its largest (torch's float32 weight gradient: 2.8e-6 of it)."""
+                                                         out_channels, size, route):
+    """At real widths, as a model's layer calls it: sums of 1,152 to 2,304 products."""
     calls = []
-    transforms = winograd.conv
-    monkeypatch.setattr(winograd, "conv", lambda *args: calls.append(1) or transforms(*args))
+    for name in ("conv", "backward"):
+        function = getattr(winograd, name)
+        monkeypatch.setattr(winograd, name, lambda *args, name=name, function=function:
+                            calls.append(name) or function(*args))
     x, weight, dy = layer(batch, channels, out_channels, size, size, seed=2)
     y, backward = conv2d(x, weight, None, **SAME)
     dx, dweight, dbias = backward(dy)
-    assert calls == [1] and dbias is None
-    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, weight))
-    ty = F.conv2d(tx, tw, padding=1)
-    ty.backward(torch.tensor(dy, dtype=torch.float64))
-    for ours, theirs in [(y, ty), (dx, tx.grad), (dweight, tw.grad)]:
-        theirs = theirs.detach().numpy()
-        assert ours.dtype == np.float32
-        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=2e-6 * np.abs(theirs).max())
+    assert calls == route and dbias is None
+    check_against_torch(x, weight, dy, y, lambda _: (dx, dweight))
 
 
 @pytest.mark.torch
 def test_a_routed_layer_with_its_bias_and_relu_matches_torch(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(winograd, "MIN_TILE_CHANNELS", 1)
+    for rule in ("MIN_CHANNELS", "MIN_TILE_CHANNELS", "FORWARD_MIN_TILE_CHANNELS"):
+        monkeypatch.setattr(winograd, rule, 1)
     x, weight, dy = layer(3, 6, 5, 6, 8, seed=3)
     bias = np.linspace(-0.5, 0.5, 5).astype(np.float32)
     assert winograd.applies(x, weight, **SAME)
@@ -119,20 +133,26 @@ def test_the_weight_gradient_goes_into_the_offered_slot():
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({}, True),
-    ({"stride": (2, 2)}, False),
-    ({"dilation": (2, 2)}, False),
-    ({"padding": ((0, 0), (0, 0))}, False),
-    ({"padding": ((1, 1), (0, 2))}, False),
-    ({"groups": 2}, False),
-    ({"channels": 96}, False),       # below MIN_CHANNELS in
-    ({"out_channels": 96}, False),   # or out
-    ({"batch": 8}, False),           # too few tiles for the channels: 8 x 16 x 128
-    ({"size": 7}, False),            # 4x4 tiles of 8x8 over 7x7: overhang 1.31
-    ({"size": 14}, True),
-    ({"dtype": np.float64}, False),  # the gradient checks stay on the direct sums
+    ({}, (True, True)),
+    ({"stride": (2, 2)}, (False, None)),
+    ({"dilation": (2, 2)}, (False, None)),
+    ({"padding": ((0, 0), (0, 0))}, (False, None)),
+    ({"padding": ((1, 1), (0, 2))}, (False, None)),
+    ({"groups": 2}, (False, None)),
+    ({"channels": 96}, (False, None)),                 # below MIN_CHANNELS in
+    ({"out_channels": 96}, (False, None)),             # or out
+    ({"batch": 8}, (False, None)),                     # 8 x 16 tiles x 128: too few
+    ({"batch": 16, "channels": 256, "out_channels": 256}, (True, True)),
+    ({"batch": 24}, (True, False)),                    # 24 x 16 x 128: the backward only
+    ({"batch": 32, "size": 4, "channels": 256, "out_channels": 256}, (True, False)),
+    ({"size": 7}, (False, None)),                      # 4x4 tiles of 8x8 over 7x7: 1.31
+    ({"size": 14}, (True, True)),
+    ({"channels": 384, "out_channels": 128}, (True, True)),
+    ({"channels": 512, "out_channels": 256}, (False, None)),  # kernels of 8 MB
+    ({"dtype": np.float64}, (False, None)),  # the gradient checks stay on the direct sums
 ])
 def test_which_convolutions_take_the_transforms(change, expected):
+    """(applies, forward_pays) for a layer of 128 channels on 8x8 maps, batch 32, changed."""
     shape = {"batch": 32, "channels": 128, "out_channels": 128, "size": 8,
              "dtype": np.float32, **{k: v for k, v in change.items() if k not in SAME}}
     attrs = {**SAME, **{k: v for k, v in change.items() if k in SAME}}
@@ -140,7 +160,8 @@ def test_which_convolutions_take_the_transforms(change, expected):
                  shape["dtype"])
     weight = np.zeros((shape["out_channels"], shape["channels"] // attrs["groups"], 3, 3),
                       shape["dtype"])
-    assert winograd.applies(x, weight, **attrs) is expected
+    applies = winograd.applies(x, weight, **attrs)
+    assert (applies, winograd.forward_pays(x, weight) if applies else None) == expected
 
 
 def test_a_5x5_kernel_stays_on_the_direct_paths():

@@ -124,7 +124,19 @@ def _conv(x, weight, stride, padding, dilation, groups, input_grad):
             return _pointwise(x, weight, input_grad)
         return _strided_pointwise(x, weight, stride, input_grad)
     if winograd.applies(x, weight, stride, padding, dilation, groups):
-        return winograd.conv(x, weight, input_grad)
+        if winograd.forward_pays(x, weight):
+            return winograd.conv(x, weight, input_grad)
+        y, _ = _direct(x, weight, stride, padding, dilation, groups, input_grad)
+        return y, winograd.backward(x, weight, input_grad)
+    return _direct(x, weight, stride, padding, dilation, groups, input_grad)
+
+
+def _direct(x, weight, stride, padding, dilation, groups, input_grad):
+    """``_conv`` without Winograd's transforms: the tiles, the columns or BLAS, as the
+    layer's shape suits."""
+    n, channels = x.shape[:2]
+    out_channels, group_channels = weight.shape[:2]
+    kernel = weight.shape[2:]
     if groups == 1 and _phases_take(x, kernel, stride, padding, dilation):
         return _on_phases(x, weight, stride, padding, dilation, input_grad)
     if x.dtype == np.float32 and _tiles_take(x, group_channels, kernel, stride, padding,

@@ -9,19 +9,23 @@ dM = A dY A^T, dV = dM U gives the input's gradient (B dV B^T, added over the ti
 input position is in) and dU = dM^T V the kernels' (G^T dU G).
 
 The transforms' matrices hold 0, 1, -1 and 1/2, so float32 loses about what the direct sum
-does (within 2e-6 of the largest value against torch, as the direct paths). The transforms
-vectorise over the channels: each sample's maps are read channels last, and a tile's sixteen
-transformed values are rows of channels. Each call splits the batch between the cores
-(``workers.in_parts``): a part transforms its samples, runs its sixteen products single-
-threaded and transforms back, in blocks that stay in cache.
+does (against torch in float64, within 1e-6 of the largest value, as torch's float32 is).
+The transforms vectorise over the channels: each sample's maps are read channels last, and
+a tile's sixteen transformed values are rows of channels. The cores split the work by
+``workers.in_parts``: the forward by samples, each part transforming its own, running its
+sixteen products single-threaded and transforming back, in blocks that stay in cache; the
+backward by samples for the transforms and by tile positions for the products
+(``_backward_by_positions``), or, where the whole batch's transforms would take too much
+memory, by samples throughout (``_backward_by_samples``).
 
-Against the direct tiles and columns (``conv``), forward and backward (Intel Xeon, 2 cores):
-0.73-0.76x at 256 channels on 8x8 and 14x14 maps (batch 8-64), 0.86-0.94x at 128-192 on
-8x8 to 28x28 maps, 0.88x at 512 on 4x4 (batch 32); slower at 64 channels (1.2-1.5x), and
-where the batch holds few tiles for its channels (192 channels on 8x8 at batch 8, 1.05x; 384
-and 512 on 4x4 at batch 16, 1.2-1.3x: the kernels' transforms, 16 values for 9, grow with
-the channels and the products shrink with the tiles) or the tiles overhang the map (512 on
-7x7, 1.13x): ``applies`` keeps those on the direct paths.
+Forward and backward against the direct tiles and columns (``conv``), Intel Xeon, 2 cores:
+0.71-0.76x at 256 channels on 8x8 and 14x14 maps (batch 8-16), 0.82-0.92x at 128-192 on
+8x8 to 16x16 maps. Where the batch holds fewer tiles for its channels the forward is slower
+(the kernels' transforms, 16 values for 9, grow with the channels, the products shrink with
+the tiles: 256 channels on 4x4 maps, batch 32, 2.0 ms against 1.65) but the backward still
+faster (3.0 against 4.3), so a layer may take the direct forward and this backward (0.79x
+there); at 64 channels both are slower (1.1-1.2x), and so are maps the tiles overhang (512
+on 7x7, 1.13x). ``applies`` and ``forward_pays`` choose.
 """
 
 from __future__ import annotations
@@ -39,29 +43,51 @@ _inline = numba.njit(cache=True, error_model="numpy", inline="always", fastmath=
 # of V or M): forward and backward at 128 channels on 8x8 maps, batch 32, 6.6 ms in blocks
 # of 2^17, 4.8 from 2^19 on
 BLOCK_FLOATS = 1 << 19
+# the backward takes the whole batch's transforms at once up to this many floats of them
+# beyond the sum of dU it saves (``_backward_by_positions``)
+BY_POSITIONS_MAX_FLOATS = 4 * BLOCK_FLOATS
 # from this many channels in and out ...
 MIN_CHANNELS = 128
-# ... and this many tiles in the batch times those channels (192 channels on 8x8 maps, batch
-# 16: 0.88x; at batch 8, 1.05x; 512 channels on 4x4 maps, batch 32: 0.88x, batch 16 1.23x)
-MIN_TILE_CHANNELS = 3 << 14
+# ... and this many tiles in the batch times those channels, the backward (256 channels on
+# 4x4 maps, batch 16, 0.91x the direct paths' forward and backward with it; 384 channels at
+# batch 8, 1.15x) ...
+MIN_TILE_CHANNELS = 3 << 13
+# ... and from this many the forward too (at 256 on 4x4 maps, batch 32, 2.0 ms against the
+# direct tiles' 1.65; at 256 on 8x8, batch 16, 3.0 against 3.3)
+FORWARD_MIN_TILE_CHANNELS = 1 << 16
 # where the tiles cover no more than the map and this share again (odd maps: 7x7 in 4x4
 # tiles of 8x8, 1.31)
 MOST_OVERHANG = 1.1
+# and the transformed kernels (and then their gradients), 16 floats a kernel, are at most
+# this many: at 512 channels they are 16.8 MB, and a ResNet of 128/256/512 channels on 16x16
+# maps, batch 16, peaked at 81 MiB with them against 68 without (torch: 70-100)
+MOST_KERNEL_FLOATS = 16 * 256 * 256
 
 
 def applies(x, weight, stride, padding, dilation, groups) -> bool:
-    """Whether this convolution runs here: float32, 2-D, 3x3 at stride 1 with padding 1,
-    dense, and wide and large enough (``MIN_CHANNELS``, ``MIN_TILE_CHANNELS``,
-    ``MOST_OVERHANG``)."""
+    """Whether this convolution's backward runs here: float32, 2-D, 3x3 at stride 1 with
+    padding 1, dense, and wide and large enough (``MIN_CHANNELS``, ``MIN_TILE_CHANNELS``,
+    ``MOST_OVERHANG``) but not too wide (``MOST_KERNEL_FLOATS``)."""
     if not (x.dtype == np.float32 and weight.dtype == np.float32 and x.ndim == 4 and
             groups == 1 and weight.shape[2:] == (3, 3) and stride == (1, 1) and
             dilation == (1, 1) and padding == ((1, 1), (1, 1))):
         return False
-    n, channels, height, width = x.shape
-    least = min(channels, weight.shape[0])
+    height, width = x.shape[2:]
+    least = min(x.shape[1], weight.shape[0])
     tiles = _tiles(height, width)
-    return least >= MIN_CHANNELS and n * tiles * least >= MIN_TILE_CHANNELS and \
-        4 * tiles <= MOST_OVERHANG * height * width
+    return least >= MIN_CHANNELS and _batch_tiles(x) * least >= MIN_TILE_CHANNELS and \
+        4 * tiles <= MOST_OVERHANG * height * width and \
+        16 * x.shape[1] * weight.shape[0] <= MOST_KERNEL_FLOATS
+
+
+def forward_pays(x, weight) -> bool:
+    """Whether a convolution ``applies`` accepts runs its forward here too
+    (``FORWARD_MIN_TILE_CHANNELS``)."""
+    return _batch_tiles(x) * min(x.shape[1], weight.shape[0]) >= FORWARD_MIN_TILE_CHANNELS
+
+
+def _batch_tiles(x):
+    return x.shape[0] * _tiles(*x.shape[2:])
 
 
 def conv(x, weight, input_grad):
@@ -84,55 +110,132 @@ def conv(x, weight, input_grad):
         v, m = scratch[part]
         for first, end in blocks[part]:
             count = (end - first) * tiles
-            _input_tiles(x[first:end], v)
+            _input_tiles(x[first:end], v, 0)
             for k in range(16):
                 np.matmul(_matrix(v, k, count, channels), kernel_tiles[k],
                           out=_matrix(m, k, count, out_channels))
-            _output_tiles(m, y[first:end])
+            _output_tiles(m, y[first:end], 0)
 
     workers.in_parts(forward_part, len(blocks))
 
-    def backward(dy):
+    return y, backward(x, weight, input_grad)
+
+
+def backward(x, weight, input_grad):
+    """The backward (dy -> (dx, dweight)) of the convolution of ``x`` (N, C, H, W) with
+    ``weight`` (O, C, 3, 3), padding 1, by the transforms (whichever way made the output)."""
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    n, channels, height, width = x.shape
+    out_channels = weight.shape[0]
+    tiles = _tiles(height, width)
+
+    def of(dy):
         dy = np.ascontiguousarray(dy, np.float32)
-        dx = np.empty(x.shape, np.float32) if input_grad else None
-        sums = np.empty((len(blocks), 16, out_channels, channels), np.float32)
-        transformed = None  # U as (O, C) matrices, for dV = dM U
+        if 16 * n * tiles * (channels + out_channels) <= \
+                BY_POSITIONS_MAX_FLOATS + 16 * out_channels * channels:
+            return _backward_by_positions(x, weight, dy, input_grad)
+        blocks = _blocks(n, tiles, max(channels, out_channels))
+        return _backward_by_samples(x, weight, dy, input_grad, blocks)
+
+    return of
+
+
+def _backward_by_positions(x, weight, dy, input_grad):
+    """The backward with the whole batch's transforms at once: the cores split the samples
+    to transform them, then the sixteen tile positions, each position's two products over
+    every tile (dV_k = dM_k U_k, then dU_k = dM_k^T V_k in U_k's place, dV_k copied into
+    V_k's), then the samples again for the input's gradient and the kernels for theirs.
+    One sum of dU, and products over all the tiles: ``_backward_by_samples``' parts each
+    sum their own dU, which for few tiles (small maps, small batches) costs more than the
+    products."""
+    n, channels, height, width = x.shape
+    out_channels = weight.shape[0]
+    tiles = _tiles(height, width)
+    count = n * tiles
+    parts = min(workers.parts(), n)
+    v, dm = (np.empty((16, count * width_ + _SKEW), np.float32)
+             for width_ in (channels, out_channels))
+    # U, then dU position by position, as (1, 16, O, C): ``_weight_gradient``'s parts' sums
+    kernel_tiles = np.empty((1, 16, out_channels, channels), np.float32)
+    dv = [np.empty((count, channels), np.float32) for _ in range(parts)] if input_grad else []
+    dx = np.empty(x.shape, np.float32) if input_grad else None
+    dweight = gradient_slots.empty(weight.shape, np.float32)  # the model's slot
+
+    def transform(part):
+        first, end = _share(n, part, parts)
+        _gradient_tiles(dy[first:end], dm, first * tiles)
+        _input_tiles(x[first:end], v, first * tiles)
         if input_grad:
-            transformed = np.empty((16, out_channels, channels), np.float32)
-            _in_ranges(_weight_tiles, weight, transformed, out_channels, len(blocks))
+            _weight_tiles(weight, kernel_tiles[0], *_share(out_channels, part, parts))
 
-        scratch = _scratch(blocks, tiles, channels, out_channels)
+    def products(part):
+        for k in range(*_share(16, part, parts)):
+            dm_k, v_k = _matrix(dm, k, count, out_channels), _matrix(v, k, count, channels)
+            if input_grad:
+                np.matmul(dm_k, kernel_tiles[0, k], out=dv[part])
+            np.matmul(dm_k.T, v_k, out=kernel_tiles[0, k])
+            if input_grad:
+                v_k[...] = dv[part]
 
-        def backward_part(part):
-            v, dm = scratch[part]
-            for number, (first, end) in enumerate(blocks[part]):
-                count = (end - first) * tiles
-                dm_k = [_matrix(dm, k, count, out_channels) for k in range(16)]
-                v_k = [_matrix(v, k, count, channels) for k in range(16)]
-                _gradient_tiles(dy[first:end], dm)
-                if input_grad:
-                    for k in range(16):
-                        np.matmul(dm_k[k], transformed[k], out=v_k[k])
-                    _input_gradient(v, dx[first:end])
-                _input_tiles(x[first:end], v)
+    def gradients(part):
+        if input_grad:
+            first, end = _share(n, part, parts)
+            _input_gradient(v, dx[first:end], first * tiles)
+        _weight_gradient(kernel_tiles, dweight, *_share(out_channels, part, parts))
+
+    for phase in (transform, products, gradients):
+        workers.in_parts(phase, parts)
+    return dx, dweight
+
+
+def _backward_by_samples(x, weight, dy, input_grad, blocks):
+    """The backward in blocks of samples, each part its own: dM and dV = dM U, the input's
+    gradient, V again and dU = dM^T V summed over the part's blocks; then the parts' sums
+    to the kernels' gradient."""
+    channels, height, width = x.shape[1:]
+    out_channels = weight.shape[0]
+    tiles = _tiles(height, width)
+    dx = np.empty(x.shape, np.float32) if input_grad else None
+    sums = np.empty((len(blocks), 16, out_channels, channels), np.float32)
+    transformed = None  # U as (O, C) matrices, for dV = dM U
+    if input_grad:
+        transformed = np.empty((16, out_channels, channels), np.float32)
+        _in_ranges(_weight_tiles, weight, transformed, out_channels, len(blocks))
+    scratch = _scratch(blocks, tiles, channels, out_channels)
+
+    def backward_part(part):
+        v, dm = scratch[part]
+        for number, (first, end) in enumerate(blocks[part]):
+            count = (end - first) * tiles
+            dm_k = [_matrix(dm, k, count, out_channels) for k in range(16)]
+            v_k = [_matrix(v, k, count, channels) for k in range(16)]
+            _gradient_tiles(dy[first:end], dm, 0)
+            if input_grad:
                 for k in range(16):
-                    if number == 0:
-                        np.matmul(dm_k[k].T, v_k[k], out=sums[part, k])
-                    else:
-                        add_product(dm_k[k].T, v_k[k], sums[part, k])
+                    np.matmul(dm_k[k], transformed[k], out=v_k[k])
+                _input_gradient(v, dx[first:end], 0)
+            _input_tiles(x[first:end], v, 0)
+            for k in range(16):
+                if number == 0:
+                    np.matmul(dm_k[k].T, v_k[k], out=sums[part, k])
+                else:
+                    add_product(dm_k[k].T, v_k[k], sums[part, k])
 
-        workers.in_parts(backward_part, len(blocks))
-        dweight = gradient_slots.empty(weight.shape, np.float32)  # the model's slot
-        _in_ranges(_weight_gradient, sums, dweight, out_channels, len(blocks))
-        return dx, dweight
+    workers.in_parts(backward_part, len(blocks))
+    dweight = gradient_slots.empty(weight.shape, np.float32)  # the model's slot
+    _in_ranges(_weight_gradient, sums, dweight, out_channels, len(blocks))
+    return dx, dweight
 
-    return y, backward
+
+def _share(count, part, parts):
+    """Part ``part``'s range of ``count`` items split into ``parts``."""
+    return count * part // parts, count * (part + 1) // parts
 
 
 def _in_ranges(loop, source, target, count, parts):
     """``loop(source, target, first, end)`` over ``count`` rows split into ``parts``."""
-    workers.in_parts(lambda part: loop(source, target, count * part // parts,
-                                       count * (part + 1) // parts), parts)
+    workers.in_parts(lambda part: loop(source, target, *_share(count, part, parts)), parts)
 
 
 # floats between one tile position's matrix and the next in a block's scratch: without them
@@ -317,7 +420,7 @@ def _from_channels_last(values, top, left, planes):
 
 
 @_compile
-def _input_tiles(x, out):
+def _input_tiles(x, out, first):
     """V = B^T d B of each 4x4 tile d of ``x`` (N, C, H, W) padded by a zero on each side,
     tile (i, j) at rows 2i to 2i + 3 and columns 2j to 2j + 3 of the padded map, into
     ``out`` (16, N * tiles * C + skew), tile (n, i, j)'s channels at run n * tiles + i *
@@ -328,7 +431,7 @@ def _input_tiles(x, out):
     rows = np.empty((4, 2 * tile_columns + 2, channels), np.float32)
     for s in range(n):
         _to_channels_last(x[s], padded, 1, 1)
-        t = s * tile_rows * tile_columns
+        t = first + s * tile_rows * tile_columns
         for i in range(tile_rows):
             d0, d1, d2, d3 = padded[2 * i], padded[2 * i + 1], padded[2 * i + 2], \
                 padded[2 * i + 3]
@@ -355,7 +458,7 @@ def _input_tiles(x, out):
 
 
 @_compile
-def _output_tiles(m, y):
+def _output_tiles(m, y, first):
     """Y = A^T M A of each tile of ``m`` (16, N * tiles * O + skew) into its 2x2 block of
     ``y`` (N, O, H, W), as ``_input_tiles`` numbers them; A^T = [[1, 1, 1, 0], [0, 1, -1,
     -1]]."""
@@ -364,7 +467,7 @@ def _output_tiles(m, y):
     block = np.empty((2 * tile_rows, 2 * tile_columns, channels), np.float32)
     r = np.empty((2, 4, channels), np.float32)
     for s in range(n):
-        t = s * tile_rows * tile_columns
+        t = first + s * tile_rows * tile_columns
         for i in range(tile_rows):
             for j in range(tile_columns):
                 run = slice(t * channels, (t + 1) * channels)
@@ -383,7 +486,7 @@ def _output_tiles(m, y):
 
 
 @_compile
-def _gradient_tiles(dy, out):
+def _gradient_tiles(dy, out, first):
     """dM = A dY A^T of each 2x2 block of ``dy`` (N, O, H, W) (zero past an odd edge), into
     ``out`` (16, N * tiles * O + skew) as ``_input_tiles`` numbers the tiles."""
     n, channels, height, width = dy.shape
@@ -392,7 +495,7 @@ def _gradient_tiles(dy, out):
     e = np.empty((4, 2, channels), np.float32)
     for s in range(n):
         _to_channels_last(dy[s], block, 0, 0)
-        t = s * tile_rows * tile_columns
+        t = first + s * tile_rows * tile_columns
         for i in range(tile_rows):
             for j in range(tile_columns):
                 for b in range(2):  # A dY, column by column
@@ -416,7 +519,7 @@ def _gradient_tiles(dy, out):
 
 
 @_compile
-def _input_gradient(dv, dx):
+def _input_gradient(dv, dx, first):
     """The input's gradient from each tile's dV in ``dv`` (16, N * tiles * C + skew): B dV
     B^T added into the tile's 4x4 window of the padded map, the padding dropped, into
     ``dx`` (N, C, H, W)."""
@@ -426,7 +529,7 @@ def _input_gradient(dv, dx):
     p = np.empty((4, 4, channels), np.float32)
     for s in range(n):
         padded[:] = 0
-        t = s * tile_rows * tile_columns
+        t = first + s * tile_rows * tile_columns
         for i in range(tile_rows):
             for j in range(tile_columns):
                 run = slice(t * channels, (t + 1) * channels)
