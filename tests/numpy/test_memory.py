@@ -6,6 +6,8 @@ from a net of 4 layers or blocks to one of 12, per added one, in units of one ac
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -83,3 +85,20 @@ def test_a_residual_conv_block_keeps_what_its_backward_reads():
     padded = 18 * 18 / (16 * 16)
     budget = 2 * padded + 2 * 1.0 + 2 * 0.25
     assert growth_per_layer(RESIDUAL_CONV, x, y) <= budget + 0.25
+
+
+def test_a_model_keeps_numpy_off_huge_pages():
+    """A training process allocates on ordinary pages (``allocator.small_pages``): NumPy's
+    advice for huge pages, on by default where the kernel offers them, is off once a model
+    exists. In a fresh process, as the switch is process-wide."""
+    code = (
+        "from numpy._core import multiarray\n"
+        "multiarray._set_madvise_hugepage(True)\n"
+        "from nnspec.backends.numpy.model import NumpyModel\n"
+        "from nnspec.spec import load_text\n"
+        f"NumpyModel.from_spec(load_text({DENSE_GELU!r}))\n"
+        "print(multiarray._get_madvise_hugepage())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"

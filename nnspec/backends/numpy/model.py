@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnspec.backends.numpy.allocator import keep_freed_memory
+from nnspec.backends.numpy.allocator import keep_freed_memory, small_pages
 from nnspec.backends.numpy.init import initial_state
 from nnspec.backends.numpy.kernels import gradient_slots
 from nnspec.backends.numpy.kernels.elementwise import sum_of
@@ -138,6 +138,7 @@ class NumpyModel:
     def __init__(self, graph: Graph, *, seed: int = 0, train: TrainConfig | None = None):
         """`train`: the train section whose loss `loss()` computes (None: forward only)."""
         keep_freed_memory()
+        small_pages()
         self.graph = graph
         self.train = train
         state = initial_state(graph, seed)
