@@ -117,7 +117,6 @@ def conv(x, weight, input_grad):
             _output_tiles(m, y[first:end], 0)
 
     workers.in_parts(forward_part, len(blocks))
-
     return y, backward(x, weight, input_grad)
 
 
@@ -423,8 +422,9 @@ def _from_channels_last(values, top, left, planes):
 def _input_tiles(x, out, first):
     """V = B^T d B of each 4x4 tile d of ``x`` (N, C, H, W) padded by a zero on each side,
     tile (i, j) at rows 2i to 2i + 3 and columns 2j to 2j + 3 of the padded map, into
-    ``out`` (16, N * tiles * C + skew), tile (n, i, j)'s channels at run n * tiles + i *
-    columns + j. B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
+    ``out`` (16, (first + N * tiles) * C + ...), tile (n, i, j)'s channels at run first + n
+    * tiles + i * columns + j. B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0,
+    -1]]."""
     n, channels, height, width = x.shape
     tile_rows, tile_columns = (height + 1) // 2, (width + 1) // 2
     padded = np.zeros((2 * tile_rows + 2, 2 * tile_columns + 2, channels), np.float32)
@@ -459,9 +459,9 @@ def _input_tiles(x, out, first):
 
 @_compile
 def _output_tiles(m, y, first):
-    """Y = A^T M A of each tile of ``m`` (16, N * tiles * O + skew) into its 2x2 block of
-    ``y`` (N, O, H, W), as ``_input_tiles`` numbers them; A^T = [[1, 1, 1, 0], [0, 1, -1,
-    -1]]."""
+    """Y = A^T M A of each tile of ``m`` (16, (first + N * tiles) * O + ...) into its 2x2
+    block of ``y`` (N, O, H, W), as ``_input_tiles`` numbers them; A^T = [[1, 1, 1, 0], [0,
+    1, -1, -1]]."""
     n, channels, height, width = y.shape
     tile_rows, tile_columns = (height + 1) // 2, (width + 1) // 2
     block = np.empty((2 * tile_rows, 2 * tile_columns, channels), np.float32)
@@ -488,7 +488,7 @@ def _output_tiles(m, y, first):
 @_compile
 def _gradient_tiles(dy, out, first):
     """dM = A dY A^T of each 2x2 block of ``dy`` (N, O, H, W) (zero past an odd edge), into
-    ``out`` (16, N * tiles * O + skew) as ``_input_tiles`` numbers the tiles."""
+    ``out`` (16, (first + N * tiles) * O + ...) as ``_input_tiles`` numbers the tiles."""
     n, channels, height, width = dy.shape
     tile_rows, tile_columns = (height + 1) // 2, (width + 1) // 2
     block = np.zeros((2 * tile_rows, 2 * tile_columns, channels), np.float32)
@@ -520,9 +520,9 @@ def _gradient_tiles(dy, out, first):
 
 @_compile
 def _input_gradient(dv, dx, first):
-    """The input's gradient from each tile's dV in ``dv`` (16, N * tiles * C + skew): B dV
-    B^T added into the tile's 4x4 window of the padded map, the padding dropped, into
-    ``dx`` (N, C, H, W)."""
+    """The input's gradient from each tile's dV in ``dv`` (16, (first + N * tiles) * C +
+    ...): B dV B^T added into the tile's 4x4 window of the padded map, the padding dropped,
+    into ``dx`` (N, C, H, W)."""
     n, channels, height, width = dx.shape
     tile_rows, tile_columns = (height + 1) // 2, (width + 1) // 2
     padded = np.empty((2 * tile_rows + 2, 2 * tile_columns + 2, channels), np.float32)
