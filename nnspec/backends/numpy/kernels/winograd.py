@@ -19,13 +19,14 @@ backward by samples for the transforms and by tile positions for the products
 memory, by samples throughout (``_backward_by_samples``).
 
 Forward and backward against the direct tiles and columns (``conv``), Intel Xeon, 2 cores:
-0.71-0.76x at 256 channels on 8x8 and 14x14 maps (batch 8-16), 0.82-0.92x at 128-192 on
+0.65-0.73x at 256 channels on 8x8 and 14x14 maps (batch 8-16), 0.82-0.92x at 128-192 on
 8x8 to 16x16 maps. Where the batch holds fewer tiles for its channels the forward is slower
 (the kernels' transforms, 16 values for 9, grow with the channels, the products shrink with
 the tiles: 256 channels on 4x4 maps, batch 32, 2.0 ms against 1.65) but the backward still
 faster (3.0 against 4.3), so a layer may take the direct forward and this backward (0.79x
-there); at 64 channels both are slower (1.1-1.2x), and so are maps the tiles overhang (512
-on 7x7, 1.13x). ``applies`` and ``forward_pays`` choose.
+there); at 64 channels both are slower (1.1-1.2x), and so are maps the tiles overhang (7x7
+in tiles covering 8x8: 512 channels, batch 8, 1.13x). ``applies`` and ``forward_pays``
+choose.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ _compile = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"co
 _inline = numba.njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 
 # the sixteen products' operands of a part's block of samples stay about this size (floats
-# of V or M): forward and backward at 128 channels on 8x8 maps, batch 32, 6.6 ms in blocks
-# of 2^17, 4.8 from 2^19 on
+# of V or M): the forward at 128 channels on 8x8 maps, batch 32, 2.4 ms in blocks of 2^17,
+# 1.7 from 2^19 on
 BLOCK_FLOATS = 1 << 19
 # the backward takes the whole batch's transforms at once up to this many floats of them
 # beyond the sum of dU it saves (``_backward_by_positions``)
