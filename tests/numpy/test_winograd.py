@@ -109,7 +109,7 @@ def test_wide_layers_take_the_transforms_and_match_torch(monkeypatch, batch, cha
 
 @pytest.mark.torch
 def test_a_routed_layer_with_its_bias_and_relu_matches_torch(monkeypatch):
-    for rule in ("MIN_CHANNELS", "MIN_TILE_CHANNELS", "FORWARD_MIN_TILE_CHANNELS"):
+    for rule in ("MIN_CHANNELS", "MIN_TILE_KERNELS", "FORWARD_MIN_TILE_CHANNELS"):
         monkeypatch.setattr(winograd, rule, 1)
     x, weight, dy = layer(3, 6, 5, 6, 8, seed=3)
     bias = np.linspace(-0.5, 0.5, 5).astype(np.float32)
@@ -141,7 +141,9 @@ def test_the_weight_gradient_goes_into_the_offered_slot():
     ({"groups": 2}, (False, None)),
     ({"channels": 96}, (False, None)),                 # below MIN_CHANNELS in
     ({"out_channels": 96}, (False, None)),             # or out
-    ({"batch": 8}, (False, None)),                     # 8 x 16 tiles x 128: too few
+    ({"batch": 8}, (False, None)),                     # 8 x 16 tiles x 128 x 128: too few
+    ({"batch": 16, "size": 4, "channels": 256, "out_channels": 256}, (True, False)),
+    ({"batch": 8, "size": 4, "channels": 256, "out_channels": 256}, (False, None)),
     ({"batch": 16, "channels": 256, "out_channels": 256}, (True, True)),
     ({"batch": 24}, (True, False)),                    # 24 x 16 x 128: the backward only
     ({"batch": 32, "size": 4, "channels": 256, "out_channels": 256}, (True, False)),

@@ -49,10 +49,11 @@ BLOCK_FLOATS = 1 << 19
 BY_POSITIONS_MAX_FLOATS = 4 * BLOCK_FLOATS
 # from this many channels in and out ...
 MIN_CHANNELS = 128
-# ... and this many tiles in the batch times those channels, the backward (256 channels on
-# 4x4 maps, batch 16, 0.91x the direct paths' forward and backward with it; 384 channels at
-# batch 8, 1.15x) ...
-MIN_TILE_CHANNELS = 3 << 13
+# ... and this many tiles in the batch times the channels in times those out, the backward
+# (the direct forward with it against the direct paths: 256 channels on 4x4 maps, batch 16,
+# 0.91x; 128 on 8x8, batch 16, 0.95x; 192 on 8x8, batch 8, 0.87x; below: 128 channels on 4x4
+# at batch 32 and on 8x8 at batch 8, 1.05-1.08x, 256 on 4x4 at batch 8, 1.14x) ...
+MIN_TILE_KERNELS = 1 << 22
 # ... and from this many the forward too (at 256 on 4x4 maps, batch 32, 2.0 ms against the
 # direct tiles' 1.65; at 256 on 8x8, batch 16, 3.0 against 3.3)
 FORWARD_MIN_TILE_CHANNELS = 1 << 16
@@ -67,7 +68,7 @@ MOST_KERNEL_FLOATS = 16 * 256 * 256
 
 def applies(x, weight, stride, padding, dilation, groups) -> bool:
     """Whether this convolution's backward runs here: float32, 2-D, 3x3 at stride 1 with
-    padding 1, dense, and wide and large enough (``MIN_CHANNELS``, ``MIN_TILE_CHANNELS``,
+    padding 1, dense, and wide and large enough (``MIN_CHANNELS``, ``MIN_TILE_KERNELS``,
     ``MOST_OVERHANG``) but not too wide (``MOST_KERNEL_FLOATS``)."""
     if not (x.dtype == np.float32 and weight.dtype == np.float32 and x.ndim == 4 and
             groups == 1 and weight.shape[2:] == (3, 3) and stride == (1, 1) and
@@ -76,7 +77,8 @@ def applies(x, weight, stride, padding, dilation, groups) -> bool:
     height, width = x.shape[2:]
     least = min(x.shape[1], weight.shape[0])
     tiles = _tiles(height, width)
-    return least >= MIN_CHANNELS and _batch_tiles(x) * least >= MIN_TILE_CHANNELS and \
+    return least >= MIN_CHANNELS and \
+        _batch_tiles(x) * x.shape[1] * weight.shape[0] >= MIN_TILE_KERNELS and \
         4 * tiles <= MOST_OVERHANG * height * width and \
         16 * x.shape[1] * weight.shape[0] <= MOST_KERNEL_FLOATS
 
