@@ -25,8 +25,8 @@ Forward and backward against the direct tiles and columns (``conv``), Intel Xeon
 the tiles: 256 channels on 4x4 maps, batch 32, 2.0 ms against 1.65) but the backward still
 faster (3.0 against 4.3), so a layer may take the direct forward and this backward (0.79x
 there); at 64 channels both are slower (1.1-1.2x), and so are maps the tiles overhang (7x7
-in tiles covering 8x8: 512 channels, batch 8, 1.13x). ``applies`` and ``forward_pays``
-choose.
+in tiles covering 8x8: 512 channels, batch 8, 1.13x with this module's first backward).
+``applies`` and ``forward_pays`` choose.
 """
 
 from __future__ import annotations
@@ -106,7 +106,6 @@ def conv(x, weight, input_grad):
     # each part's products read U as (C, O) matrices: V (tiles, C) @ U_k.T
     kernel_tiles = np.empty((16, channels, out_channels), np.float32)
     _in_ranges(_transposed_weight_tiles, weight, kernel_tiles, channels, len(blocks))
-
     scratch = _scratch(blocks, tiles, channels, out_channels)
 
     def forward_part(part):
