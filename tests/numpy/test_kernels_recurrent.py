@@ -294,11 +294,15 @@ def _check_steps_at_real_sizes(mode, batch, hidden, bidirectional):
 
     t_outs, tx, t_initial = torch_run_with_states(mode, module, x, initial, probes, batch,
                                                   False)
-    # to 1e-4 of each result's largest value (the input gradient reaches 46 here)
+    # to 2e-4 of each result's largest value (the input gradient reaches 46 here, the first
+    # layer's weight gradients 700): each float32 result is within about 1e-4 of it from
+    # float64's (above), in its own direction: a bidirectional GRU of 300 units, batch 13,
+    # had ours 0.071 and torch's 0.054 from float64 on a gradient of largest value 673, 0.08
+    # from each other (AMD EPYC, OpenBLAS's Haswell kernels)
     for ours, theirs in [*zip(outs, t_outs), (dx, tx.grad),
                          *((d, t.grad) for d, t in zip(d_initial, t_initial)),
                          *((d_params[name], p.grad) for name, p in module.named_parameters())]:
-        assert_close(ours, theirs, atol=1e-4 * max(1.0, theirs.abs().max().item()))
+        assert_close(ours, theirs, atol=2e-4 * max(1.0, theirs.abs().max().item()))
 
 
 @pytest.mark.torch

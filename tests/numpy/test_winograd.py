@@ -7,13 +7,20 @@ import numpy as np
 import pytest
 
 from nnspec.backends.numpy.kernels import conv as conv_module
-from nnspec.backends.numpy.kernels import gradient_slots, winograd
+from nnspec.backends.numpy.kernels import gemm, gradient_slots, winograd
 from nnspec.backends.numpy.kernels.conv import conv2d
 from tests.numpy.helpers import F, as_torch, assert_close, torch
 
 pytestmark = pytest.mark.strict_numerics
 
 SAME = {"stride": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 1}
+
+
+@pytest.fixture(autouse=True)
+def wide_blas(monkeypatch):
+    """The rules as they stand where NumPy's BLAS runs the CPU's widest vectors (where it
+    does not, the transforms are off: ``test_narrow_blas_keeps_the_direct_paths``)."""
+    monkeypatch.setattr(gemm, "blas_is_narrow", lambda: False)
 
 
 def layer(batch, channels, out_channels, height, width, seed=0):
@@ -179,3 +186,12 @@ def test_conv_routes_only_what_the_rules_accept(monkeypatch):
     x, weight, _ = layer(2, 8, 8, 4, 4)
     conv_module._conv(x, weight, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, True)
     assert taken == []
+
+
+def test_narrow_blas_keeps_the_direct_paths(monkeypatch):
+    """Where NumPy's BLAS runs narrower vectors than the CPU has, the transforms' products
+    would run at half the direct tiles' rate: no layer takes them."""
+    x, weight, _ = layer(16, 256, 256, 8, 8)
+    assert winograd.applies(x, weight, **SAME)
+    monkeypatch.setattr(gemm, "blas_is_narrow", lambda: True)
+    assert not winograd.applies(x, weight, **SAME)

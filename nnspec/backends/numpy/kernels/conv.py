@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import columns, frames, fused, gradient_slots, parallel, tiled, winograd
+from . import columns, frames, fused, gemm, gradient_slots, parallel, tiled, winograd
 from .blas import accumulates, add_product, transpose
 from .windows import (
     check_spatial,
@@ -152,7 +152,7 @@ def _direct(x, weight, stride, padding, dilation, groups, input_grad):
     x_padded = pad_spatial(np.swapaxes(x, 0, 1), padding)
     out = output_size(x_padded.shape[2:], kernel, stride, dilation)
     weight_rows = weight.reshape(out_channels, -1)
-    y_rows = weight_rows @ _im2col(x_padded, kernel, stride, dilation, out)
+    y_rows = gemm.matmul(weight_rows, _im2col(x_padded, kernel, stride, dilation, out))
     y = np.ascontiguousarray(np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1))
 
     def backward(dy):
@@ -163,7 +163,7 @@ def _direct(x, weight, stride, padding, dilation, groups, input_grad):
         dy_rows = np.ascontiguousarray(np.swapaxes(dy, 0, 1)).reshape(out_channels, -1)
         # columns @ dy.T, then transposed: OpenBLAS runs this orientation about twice as
         # fast as dy @ columns.T when the inner dimension (N * P) is long
-        dweight = transpose(columns @ dy_rows.T).reshape(weight.shape)
+        dweight = transpose(gemm.matmul(columns, dy_rows.T)).reshape(weight.shape)
         if not input_grad:
             return None, dweight
         reach = [(k - 1) * d for k, d in zip(kernel, dilation)]
@@ -178,7 +178,7 @@ def _direct(x, weight, stride, padding, dilation, groups, input_grad):
             dx_padded = _unit_stride_col2im(dy_rows.reshape(out_channels, n, *out),
                                             weight_rows, x_padded.shape, kernel, dilation)
         else:
-            dcolumns = (weight_rows.T @ dy_rows).reshape(channels, *kernel, n, *out)
+            dcolumns = gemm.matmul(weight_rows.T, dy_rows).reshape(channels, *kernel, n, *out)
             dx_padded = scatter_windows(lambda offset: dcolumns[(slice(None), *offset)],
                                         x_padded.shape, kernel, stride, dilation, out, dy.dtype)
         return crop_to_batch_first(dx_padded, padding), dweight
@@ -646,7 +646,7 @@ def _on_columns(x, weight, stride, padding, dilation, input_grad):
     sweep = (kernel, stride, padding, dilation, out)
     x = np.ascontiguousarray(x)
     weight_rows = weight.reshape(out_channels, -1)
-    y_rows = weight_rows @ columns.gather(x, *sweep)
+    y_rows = gemm.matmul(weight_rows, columns.gather(x, *sweep))
     y = np.ascontiguousarray(np.swapaxes(y_rows.reshape(out_channels, n, *out), 0, 1))
     return y, _columns_backward(x, weight, sweep, input_grad)
 
@@ -660,7 +660,7 @@ def _columns_backward(x, weight, sweep, input_grad):
         dweight = _weight_grad_on_columns(x, dy_rows, weight.shape, sweep)
         if not input_grad:
             return None, dweight
-        return columns.scatter(weight_rows.T @ dy_rows, x.shape, *sweep), dweight
+        return columns.scatter(gemm.matmul(weight_rows.T, dy_rows), x.shape, *sweep), dweight
 
     return backward
 
@@ -735,7 +735,7 @@ def _weight_grad_on_columns(x, dy_rows, weight_shape, sweep):
     by x's columns, into the model's slot for it (``gradient_slots``); ``x`` C-ordered."""
     x_columns = columns.gather(x, *sweep)
     dweight = gradient_slots.empty(weight_shape, np.result_type(dy_rows, x_columns))
-    np.matmul(dy_rows, x_columns.T, out=dweight.reshape(len(dy_rows), -1))
+    gemm.matmul(dy_rows, x_columns.T, out=dweight.reshape(len(dy_rows), -1))
     return dweight
 
 
@@ -913,7 +913,7 @@ def _unit_stride_input_grad(dy, weight, padding, dilation, spatial):
         flipped.reshape(out_channels, -1, math.prod(kernel)).transpose(1, 0, 2)).reshape(
         flipped.shape[1], -1)
     columns = _im2col(dy_padded, kernel, (1,) * len(kernel), dilation, spatial)
-    return (weight_t @ columns).reshape(-1, n, *spatial)
+    return gemm.matmul(weight_t, columns).reshape(-1, n, *spatial)
 
 
 def _unit_stride_col2im(dy, weight_rows, padded_shape, kernel, dilation):
@@ -925,7 +925,7 @@ def _unit_stride_col2im(dy, weight_rows, padded_shape, kernel, dilation):
     channels, padded = padded_shape[0], padded_shape[2:]
     wide = np.zeros((out_channels, n, out[0], *padded[1:]), dtype=dy.dtype)
     wide[(slice(None), slice(None), slice(None), *(slice(0, o) for o in out[1:]))] = dy
-    dcolumns = (weight_rows.T @ wide.reshape(out_channels, -1)).reshape(
+    dcolumns = gemm.matmul(weight_rows.T, wide.reshape(out_channels, -1)).reshape(
         channels, -1, n, wide[0, 0].size)
     flat_strides = [math.prod(padded[i + 1:]) for i in range(len(padded))]
     length = 1 + sum((o - 1) * f for o, f in zip(out, flat_strides))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gradient_slots, parallel
-from .blas import add_product
+from . import gemm, gradient_slots, parallel
 
 
 def linear(x, weight, bias):
@@ -18,8 +17,8 @@ def linear(x, weight, bias):
 
     def backward(dy):
         dy_rows = dy.reshape(-1, weight.shape[0])
-        dx = (dy_rows @ weight).reshape(x.shape)
-        dweight = np.matmul(dy_rows.T, rows, out=gradient_slots.empty(
+        dx = gemm.matmul(dy_rows, weight).reshape(x.shape)
+        dweight = gemm.matmul(dy_rows.T, rows, out=gradient_slots.empty(
             weight.shape, np.result_type(dy_rows, rows)))
         dbias = None if bias is None else column_sums(dy_rows)
         return dx, dweight, dbias
@@ -32,13 +31,13 @@ def affine(rows, weight, bias):
     it by BLAS (gemm with beta = 1), where a product and then a pass adding the bias read
     and wrote the output twice (2048 x 128 -> 384: 0.79 -> 0.69 ms)."""
     if bias is None:
-        return rows @ weight.T
+        return gemm.matmul(rows, weight.T)
     out = np.empty((len(rows), len(weight)), np.result_type(rows, weight))
     if out.dtype == bias.dtype == np.float32 and bias.flags.c_contiguous:
         parallel.fill_rows(bias, out)
     else:
         out[...] = bias
-    add_product(rows, weight.T, out)
+    gemm.add_product(rows, weight.T, out)
     return out
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import tiled, workers
+from . import gemm, tiled, workers
 from .blas import address
 from .fused import tanh
 from .workers import floats, integers, part_range
@@ -499,8 +499,8 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
     if packed_inputs:
         _panels(matrix, input_weights, in_order, 0, scale)
     else:
-        np.matmul(step_rows[:, :features], (input_weights * scale).T,
-                  out=gates.reshape(steps * batch, gate_rows))
+        gemm.matmul(step_rows[:, :features], (input_weights * scale).T,
+                    out=gates.reshape(steps * batch, gate_rows))
     _panels(matrix, recurrent_weight, order, packed_inputs, scale, recurrent_bias)
     # each part's samples on its core throughout (the product's rows, with the whole of
     # the weights, and the step's arithmetic) where the weights fit its cache: the parts
@@ -565,12 +565,12 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
         d_pre = gates.reshape(steps * batch, gate_rows)
         # C-ordered: the product the other way round ran 6% faster, but its transposed
         # result made the reorder to torch's gate order a strided gather (6.3 ms at H 512)
-        d_weights = d_pre.T @ step_rows
+        d_weights = gemm.matmul(d_pre.T, step_rows)
         d_input_weights, d_recurrent_weights = d_weights[:, :features], d_weights[:, features:]
         if width > hidden:  # (T, N, F), sample-major as the layer below takes it
             d_input = back_rows[:steps, :, hidden:]
         else:
-            d_input = (d_pre @ input_weights[:, :-1]).reshape(steps, batch, -1)
+            d_input = gemm.matmul(d_pre, input_weights[:, :-1]).reshape(steps, batch, -1)
         return d_input[::-1] if reverse else d_input, d_start, d_input_weights, \
             d_recurrent_weights
 

@@ -926,6 +926,12 @@ def _pack_job(args, range_m, range_n, sa, sb, part):
                             for k in range(taps):
                                 packed[at + (k * count + c) * rows + r] = source[read + k]
                     continue
+                if taps == 1 and channel_step == 1:  # each row's reads in order (a matrix)
+                    for r in range(rows):
+                        read = corner + r * row_step
+                        for c in range(count):
+                            packed[at + c * rows + r] = source[read + c]
+                    continue
                 for k in range(taps):  # written in order
                     for c in range(count):
                         read = corner + c * channel_step + k * tap_step
@@ -1392,18 +1398,19 @@ class Product:
     def __init__(self, rows, stride, panels, length, items=1, parts=None, accumulate=True):
         if rows % items:
             raise ValueError(f"Product: {rows} rows in {items} equal items")
-        if panels.dtype != np.float32 or not panels.flags.c_contiguous or \
-                panels.shape[0] != -(-length // PANEL) or panels.shape[2] != PANEL:
+        width = panels.shape[2] if panels.ndim == 3 else 0
+        if panels.dtype != np.float32 or not panels.flags.c_contiguous or not width or \
+                width % TILE or panels.shape[0] != -(-length // width):
             raise ValueError(f"Product: panels {panels.shape} for {length} columns")
         reads = panels.shape[1]
         self.panels = panels  # read by address
-        self.offsets = np.arange(reads, dtype=np.int64) * PANEL
+        self.offsets = np.arange(reads, dtype=np.int64) * width
         item_rows = rows // items
         parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
         self.params = np.array([parts, 0, stride, item_rows, address(self.panels),
                                 address(self.offsets), 0, reads, length, items,
                                 item_rows * stride, 0, item_rows * reads, int(accumulate),
-                                PANEL], np.int64)
+                                width], np.int64)
 
     def add(self, out, packed):
         """out += the product (out = it, made without ``accumulate``), by addresses: out's
@@ -1418,24 +1425,31 @@ class Product:
         self.params[1], self.params[6] = out, packed
 
 
-def empty_panels(reads, length):
-    """Panels for a (reads, length) matrix (``Product``), to be filled: the last one's
+def empty_panels(reads, length, width=PANEL):
+    """Panels of ``width`` columns (a multiple of ``TILE``) for a (reads, length) matrix
+    (``Product``), to be filled: the last one's
     columns past the matrix are zeros (its tiles read them, and store none of them). They
     start on a cache line, so that no vector the tiles load spans two (NumPy's arrays start
     16 bytes into one, or 32 or 48: a 2048 x 128 by 128 x 512 product 2-3% slower)."""
-    panels = aligned_array((-(-length // PANEL), reads, PANEL))
-    if length % PANEL:
-        panels[-1, :, length % PANEL:] = 0
+    panels = aligned_array((-(-length // width), reads, width))
+    if length % width:
+        panels[-1, :, length % width:] = 0
     return panels
 
 
-def panels(matrix):
-    """A (reads, length) matrix as ``Product`` reads it."""
+def pack_rows(matrix):
+    """A (rows, reads) matrix, any steps, as ``Product`` reads its weights (one item)."""
+    rows, reads = matrix.shape
+    return _pack(matrix.reshape(1, rows, 1, reads), product=True)
+
+
+def panels(matrix, width=PANEL):
+    """A (reads, length) matrix as ``Product`` reads it, in panels of ``width`` columns."""
     reads, length = matrix.shape
-    whole = length // PANEL
-    out = empty_panels(reads, length)
-    out[:whole] = matrix[:, :whole * PANEL].reshape(reads, whole, PANEL).transpose(1, 0, 2)
-    out[whole:, :, :length - whole * PANEL] = matrix[:, whole * PANEL:]
+    whole = length // width
+    out = empty_panels(reads, length, width)
+    out[:whole] = matrix[:, :whole * width].reshape(reads, whole, width).transpose(1, 0, 2)
+    out[whole:, :, :length - whole * width] = matrix[:, whole * width:]
     return out
 
 

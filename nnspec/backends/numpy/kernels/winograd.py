@@ -34,7 +34,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import gradient_slots, workers
+from . import gemm, gradient_slots, workers
 from .blas import add_product
 
 _compile = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -70,6 +70,8 @@ def applies(x, weight, stride, padding, dilation, groups) -> bool:
     """Whether this convolution's backward runs here: float32, 2-D, 3x3 at stride 1 with
     padding 1, dense, and wide and large enough (``MIN_CHANNELS``, ``MIN_TILE_KERNELS``,
     ``MOST_OVERHANG``) but not too wide (``MOST_KERNEL_FLOATS``)."""
+    if gemm.blas_is_narrow():  # its products at half the rate the direct tiles run at
+        return False
     if not (x.dtype == np.float32 and weight.dtype == np.float32 and x.ndim == 4 and
             groups == 1 and weight.shape[2:] == (3, 3) and stride == (1, 1) and
             dilation == (1, 1) and padding == ((1, 1), (1, 1))):

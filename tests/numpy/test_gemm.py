@@ -1,0 +1,127 @@
+"""Large float32 products on the register tiles (``gemm``) where NumPy's BLAS runs narrower
+vectors than the CPU has: float64 products as the oracle, over the operands' layouts and the
+tiles' edges, and the rule that routes them."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nnspec.backends.numpy.kernels import gemm, tiled, workers
+
+
+@pytest.fixture
+def narrow(monkeypatch):
+    """Route as a machine whose BLAS is narrow does, whatever this one's is."""
+    monkeypatch.setattr(gemm, "blas_is_narrow", lambda: True)
+
+
+def operand(rng, rows, columns, transposed):
+    """A float32 (rows, columns) matrix, C-ordered or a transposed view."""
+    if transposed:
+        return rng.standard_normal((columns, rows)).astype(np.float32).T
+    return rng.standard_normal((rows, columns)).astype(np.float32)
+
+
+def check(ours, a, b, start=None):
+    """Within float32's error of a float64 product: 2e-6 of the largest value times the
+    square root of the sum's length."""
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    if start is not None:
+        expected += start
+    tolerance = 2e-6 * np.sqrt(a.shape[1]) * np.abs(expected).max()
+    assert ours.dtype == np.float32 and ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance)
+
+
+# (M, K, N): M off the tiles' 8 rows, N off a tile's 48 columns and a panel's, K past a
+# block of reads (``tiled.READ_BLOCK``), one row, one panel exactly
+SHAPES = [(300, 777, 500), (2048, 513, 192), (1, 5000, 1000), (17, 2500, 4 * 48),
+          (129, 64, 1153), (1000, 3000, 200)]
+
+
+@pytest.mark.parametrize("a_transposed", [False, True])
+@pytest.mark.parametrize("b_transposed", [False, True])
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_products_on_the_tiles_match_float64(narrow, m, k, n, a_transposed, b_transposed):
+    rng = np.random.default_rng(m + k + n)
+    a, b = operand(rng, m, k, a_transposed), operand(rng, k, n, b_transposed)
+    assert gemm._tiles_pay(a, b, None)
+    check(gemm.matmul(a, b), a, b)
+
+
+@pytest.mark.parametrize("a_transposed", [False, True])
+def test_products_into_a_block_of_columns_and_added_to_it(narrow, a_transposed):
+    """``out`` a strided view (rows wider than the product) gets the product, or the product
+    added to its values; the columns around it are not touched."""
+    rng = np.random.default_rng(3)
+    a, b = operand(rng, 203, 700, a_transposed), operand(rng, 700, 410, False)
+    wide = rng.standard_normal((203, 500)).astype(np.float32)
+    start = wide.copy()
+    block = wide[:, 40:450]
+    assert gemm._tiles_pay(a, b, block)
+    assert gemm.matmul(a, b, out=block) is block
+    check(block, a, b)
+    gemm.add_product(a, b, block)
+    check(block, a, b, start=a.astype(np.float64) @ b)
+    np.testing.assert_array_equal(wide[:, :40], start[:, :40])
+    np.testing.assert_array_equal(wide[:, 450:], start[:, 450:])
+
+
+def test_added_products_match_float64(narrow):
+    rng = np.random.default_rng(4)
+    a, b = operand(rng, 96, 2000, True), operand(rng, 2000, 300, True)
+    out = rng.standard_normal((96, 300)).astype(np.float32)
+    start = out.astype(np.float64)
+    gemm.add_product(a, b, out)
+    check(out, a, b, start=start)
+
+
+def test_a_part_of_in_parts_runs_its_own_product(narrow):
+    """Inside ``workers.in_parts`` each part's product runs on its own core (one part)."""
+    rng = np.random.default_rng(5)
+    pairs = [(operand(rng, 150, 600, part == 1), operand(rng, 600, 2 * tiled.TILE, False))
+             for part in range(2)]
+    results = [None, None]
+
+    def part_product(part):
+        results[part] = gemm.matmul(*pairs[part])
+
+    workers.in_parts(part_product, 2)
+    for (a, b), ours in zip(pairs, results):
+        check(ours, a, b)
+
+
+@pytest.mark.parametrize("a, b, out, expected", [
+    ((512, 512), (512, 512), None, True),
+    ((64, 64), (64, 256), None, False),                   # too few multiply-adds to pay
+    ((4096, 1024), (1024, 100), None, False),             # too few columns to split
+    ((512, 512), (512, 512), "float64", False),           # float32 only
+    ((512, 512), (512, 512), "strided", False),           # out's rows not unit stride
+])
+def test_which_products_take_the_tiles(narrow, a, b, out, expected):
+    x, y = np.ones(a, np.float32), np.ones(b, np.float32)
+    if out == "float64":
+        y = y.astype(np.float64)
+    target = np.empty((a[0], 2 * b[1]), np.float32)[:, ::2] if out == "strided" else None
+    assert gemm._tiles_pay(x, y, target) is expected
+
+
+def test_a_wide_blas_keeps_numpys_product(monkeypatch):
+    monkeypatch.setattr(gemm, "blas_is_narrow", lambda: False)
+    rng = np.random.default_rng(6)
+    a, b = operand(rng, 512, 512, False), operand(rng, 512, 512, True)
+    np.testing.assert_array_equal(gemm.matmul(a, b), np.matmul(a, b))
+
+
+def test_blas_pinned_to_an_older_core_reads_as_narrow():
+    """``OPENBLAS_CORETYPE=Haswell`` (AVX2 kernels) on a CPU with AVX-512 is narrow; on one
+    without, the tiles have nothing to gain."""
+    code = ("from nnspec.backends.numpy.kernels import gemm, blas, tiled; "
+            "print(int(gemm.blas_is_narrow()), int(tiled.LANES == 16 and blas.library() is not None))")
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    narrow_now, could_be = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                          capture_output=True, text=True).stdout.split()
+    assert narrow_now == could_be
