@@ -10,7 +10,14 @@ import math
 
 import numpy as np
 
-from nnspec.backends.numpy.kernels import attention_tiles, fused, gradient_slots, parallel, workers
+from nnspec.backends.numpy.kernels import (
+    attention_tiles,
+    fused,
+    gemm,
+    gradient_slots,
+    parallel,
+    workers,
+)
 from nnspec.backends.numpy.kernels.dense import affine, column_sums
 
 # Attention runs over blocks of (sample, kv head) pairs and queries whose scores fill at most
@@ -519,16 +526,16 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
         dy_rows = dy.reshape(-1, embed)
         grads = {}
         _weight_grads(grads, no, None, dy_rows, context_rows, bo is not None)
-        d_context = (dy_rows @ wo).reshape(batch, steps, heads, head_dim)
+        d_context = gemm.matmul(dy_rows, wo).reshape(batch, steps, heads, head_dim)
         if memory is None:
             dx, mask_grads = self_attention_backward(grads, d_context)
             return dx, None, grads, *mask_grads
         dq, dk, dv, *mask_grads = attend_back(d_context)
         dq, dk = unrotate(dq, dk)
         dq, dk, dv = (d.reshape(-1, d.shape[2] * head_dim) for d in (dq, dk, dv))
-        dx = dq @ wq
-        d_source = dk @ wk
-        d_source += dv @ wv
+        dx = gemm.matmul(dq, wq)
+        d_source = gemm.matmul(dk, wk)
+        gemm.add_product(dv, wv, d_source)
         for d, rows, (_, b, name, part, factor) in zip((dq, dk, dv), (x_rows, src_rows, src_rows),
                                                        projections):
             _weight_grads(grads, name, part, d, rows, b is not None, weights, factor)
@@ -546,7 +553,7 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
             q_rope_back(dq, into=parts[0])
             k_rope_back(dk, into=parts[1])
         # into the model's slot for the packed projection where there is one
-        d_weight = np.matmul(d_qkv.T, x_rows, out=gradient_slots.empty(
+        d_weight = gemm.matmul(d_qkv.T, x_rows, out=gradient_slots.empty(
             (len(stacked), x_rows.shape[1]), np.result_type(d_qkv, x_rows)))
         d_bias = column_sums(d_qkv) if any(has_bias) else None
         if all(name == "in_proj_weight" for _, _, name, _, _ in projections):
@@ -560,7 +567,7 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
             for span, (_, b, name, part, factor) in zip(spans, projections):
                 _store_grads(grads, name, part, d_weight[span],
                              None if b is None else d_bias[span], weights, factor)
-        return (d_qkv @ stacked).reshape(x.shape), mask_grads
+        return gemm.matmul(d_qkv, stacked).reshape(x.shape), mask_grads
 
     def unrotate(dq, dk):
         if rope_theta is None:
@@ -574,7 +581,7 @@ def _weight_grads(grads, name, rows, d_out, inputs, has_bias, weights=None, fact
     """A projection's weight and bias gradients, stored as `_store_grads` does (the weight's
     into the model's slot for it where it is a whole parameter, ``gradient_slots``)."""
     shape = (d_out.shape[1], inputs.shape[1])
-    d_weight = np.matmul(d_out.T, inputs, out=gradient_slots.empty(
+    d_weight = gemm.matmul(d_out.T, inputs, out=gradient_slots.empty(
         shape, np.result_type(d_out, inputs)) if rows is None else None)
     _store_grads(grads, name, rows, d_weight, column_sums(d_out) if has_bias else None,
                  weights, factor)

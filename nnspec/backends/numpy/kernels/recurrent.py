@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import lstm_steps
-from .blas import SMALL_TRANSPOSE, add_product, transpose
+from . import gemm, lstm_steps
+from .blas import SMALL_TRANSPOSE, transpose
 from .recurrent_cells import ACTIVATIONS, CELLS
 
 
@@ -307,7 +307,7 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
         # one product for all steps (a product per step over a small batch, 2048 x 513 by
         # 513 x 16 for 128 steps, took 35 ms; one product and this copy, 16), feature-major,
         # then the (T, G, N) layout the steps read
-        pre_rows = (input_weights * scale) @ _feature_major(layer_input)
+        pre_rows = gemm.matmul(input_weights * scale, _feature_major(layer_input))
         pre = np.ascontiguousarray(pre_rows.reshape(gate_rows, steps, batch).transpose(1, 0, 2))
         del pre_rows
     states = np.empty((steps + 1, hidden + 1, batch), layer_input.dtype)
@@ -346,7 +346,7 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
                                              (d_recurrent_weights, d_recurrent, previous[t].T)):
                     first = 0
                     for part in parts:
-                        add_product(part[t], rows_of, grad[first:first + part.shape[1]])
+                        gemm.add_product(part[t], rows_of, grad[first:first + part.shape[1]])
                         first += part.shape[1]
                 np.matmul(input_weights[:, :-1].T, _stacked(d_pre, t),
                           out=d_input_rows[:, columns])
@@ -359,10 +359,11 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
             block = slice(first, first + per_block)
             columns = slice(first * batch, (first + per_block) * batch)
             d_pre_rows = _feature_major_parts(d_pre, block)
-            add_product(d_pre_rows, input_rows[:, columns].T, d_input_weights)
-            np.matmul(input_weights[:, :-1].T, d_pre_rows, out=d_input_rows[:, columns])
+            gemm.add_product(d_pre_rows, input_rows[:, columns].T, d_input_weights)
+            gemm.matmul(input_weights[:, :-1].T, d_pre_rows, out=d_input_rows[:, columns])
             d_recurrent_rows = d_pre_rows if same else _feature_major_parts(d_recurrent, block)
-            add_product(d_recurrent_rows, _feature_major(previous[block]).T, d_recurrent_weights)
+            gemm.add_product(d_recurrent_rows, _feature_major(previous[block]).T,
+                             d_recurrent_weights)
         return _direction_grads(d_input_rows, d_start, d_input_weights, d_recurrent_weights,
                                 order)
 
