@@ -5,13 +5,19 @@ OpenBLAS picks its kernels by the CPU it finds, unless ``OPENBLAS_CORETYPE`` nam
 some machines name an older core than they have (this project's AMD EPYC machines set
 Haswell: AVX2 kernels on a CPU with AVX-512). NumPy's products then run at about half the
 core's rate: 1024 x 1024 x 1024 at 230-260 GFLOP/s on two cores, against 415-506 with
-OpenBLAS's own choice (SkylakeX) and 500 on ``tiled.Product``'s tiles, which LLVM compiles
-for the CPU at hand; with their operands packed each call 430-480 (2048 x 513 x 2048, an
-LSTM's input projection: 483 against 252). Torch's kernels pick their vectors themselves.
-So where OpenBLAS runs without AVX-512 on a CPU that has it, the products large enough to
-carry the packing (``MIN_MULTIPLY_ADDS``) and wide enough to split between the cores by
-their columns (``MIN_COLUMNS``) go to the tiles; everywhere else, and with OpenBLAS's own
-choice, NumPy's BLAS keeps them (there the two are within 10% of each other either way).
+OpenBLAS's own choice (SkylakeX); torch's kernels pick their vectors themselves. The
+register tiles (``tiled.stepped_product``), which LLVM compiles for the CPU at hand, run
+such products at 340-470 GFLOP/s with their operands laid out each call (AMD EPYC, two
+cores: an LSTM's input projection, 2048 x 512 x 2048, 438 against 240; its weight
+gradient, 2048 x 2048 x 1026, 357 against 244). So where OpenBLAS runs without AVX-512 on
+a CPU that has it, the products large enough to carry the layout (``MIN_MULTIPLY_ADDS``)
+and wide enough to fill the tiles' vectors (``MIN_COLUMNS``) go to the tiles; everywhere
+else NumPy's BLAS keeps them (with OpenBLAS's own choice the two are within 10% of each
+other either way).
+
+The right operand is copied into panels of ``PANEL_WIDTH`` columns (a transposed one by
+``blas.transpose`` first); a transposed left operand, its rows consecutive floats, is read
+where it lies (a weight gradient's dy.T), another is packed (``tiled.pack_rows``).
 """
 
 from __future__ import annotations
@@ -29,12 +35,12 @@ from .workers import part_range
 AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # below this the packing and the call's Python (20-40 us) cost what the tiles would save
 MIN_MULTIPLY_ADDS = 1 << 22
-# columns below this leave a core with a sliver (a product's parts split its columns by
-# tiles of ``tiled.TILE``)
+# columns below this leave a core with a sliver where the parts split the columns, or
+# many masked lanes; a part's own product (inside ``workers.in_parts``) only the latter
 MIN_COLUMNS = 4 * tiled.TILE
-# a part's own product (inside ``workers.in_parts``) wastes a masked tile's lanes only
 MIN_COLUMNS_ONE_PART = 2 * tiled.TILE
-# columns per panel of the right operand
+# columns per panel of the right operand: a part runs its rows over a panel's tiles, one
+# block of reads at a time, which then stays in the core's L2 (576 x 192 floats: 442 KB)
 PANEL_WIDTH = 4 * tiled.TILE
 
 
@@ -57,49 +63,67 @@ def _tiles_pay(a, b, out) -> bool:
     if not blas_is_narrow() or a.ndim != 2 or b.ndim != 2:
         return False
     (m, k), n = a.shape, b.shape[1]
-    return n >= (MIN_COLUMNS if workers.parts() > 1 else MIN_COLUMNS_ONE_PART) and m * k * n >= MIN_MULTIPLY_ADDS and \
+    least_columns = MIN_COLUMNS if workers.parts() > 1 else MIN_COLUMNS_ONE_PART
+    return n >= least_columns and m * k * n >= MIN_MULTIPLY_ADDS and \
         a.dtype == np.float32 and b.dtype == np.float32 and \
         (out is None or out.dtype == np.float32 and out.strides[1] == 4 and
          out.strides[0] % 4 == 0 and out.strides[0] >= 4 * n and out.flags.writeable)
 
 
-_PARAMETERS = 11
+_PARAMETERS = 13
 
 
 @workers.Task
-def _in_place_job(args, range_m, range_n, sa, sb, part):
+def _products_job(args, range_m, range_n, sa, sb, part):
     """params (parts, out, its stride, rows, panels, the panels' offsets, the left operand,
-    the step between its columns, reads, length, whether the products add to out): a
-    product whose left operand is a transposed matrix, read where it lies, its rows
-    consecutive floats (``tiled.stepped_product``): its columns need no packing. Every
-    part takes blocks of tiles within one panel and runs every row over them."""
+    the step between its columns or 0 where it is packed (``tiled.pack_rows``), reads,
+    length, whether the products add to out, 1 where the parts split the rows, not the
+    columns): out = a @ b on the tiles (``tiled.stepped_product``). A transposed left
+    operand, its rows consecutive floats, is read where it lies; another is packed first.
+    A part takes blocks of tiles within one panel (``PANEL_WIDTH``) and runs its rows over
+    each, in blocks of ``tiled.READ_BLOCK`` reads."""
     params = workers.parameters(args, _PARAMETERS)
     out, stride, out_rows, x, offsets = params[1], params[2], params[3], params[4], params[5]
     weights, weights_step, reads, length = params[6], params[7], params[8], params[9]
-    panel = PANEL_WIDTH
     tiles = (length + tiled.TILE - 1) // tiled.TILE
-    start, end = part_range(tiles, part, params[0], 1)
-    first = start
+    first, end, row_start, row_end = 0, tiles, 0, out_rows
+    if params[11]:
+        blocks = (out_rows + tiled.ROWS - 1) // tiled.ROWS
+        row_start, row_end = part_range(blocks, part, params[0], 1)
+        row_start, row_end = row_start * tiled.ROWS, min(out_rows, row_end * tiled.ROWS)
+    else:
+        first, end = part_range(tiles, part, params[0], 1)
     while first < end:
-        index = first * tiled.TILE // panel
-        last = min(end, (index + 1) * panel // tiled.TILE)
-        block_x = x + 4 * index * panel * (reads - 1)
+        index = first * tiled.TILE // PANEL_WIDTH
+        last = min(end, (index + 1) * PANEL_WIDTH // tiled.TILE)
+        block_x = x + 4 * index * PANEL_WIDTH * (reads - 1)
         for read in range(0, reads, tiled.READ_BLOCK):
             count = min(tiled.READ_BLOCK, reads - read)
-            row = 0
-            while row < out_rows:
-                rows = min(out_rows - row, tiled.ROWS)
+            row = row_start
+            while row < row_end:
+                rows = min(row_end - row, tiled.ROWS)
+                if weights_step:
+                    row_weights, step = weights + 4 * (read * weights_step + row), weights_step
+                else:  # the packed block's reads, each its rows' values together
+                    row_weights, step = weights + 4 * (row * reads + read * rows), rows
                 position, block_end = first * tiled.TILE, min(last * tiled.TILE, length)
                 while position < block_end:
                     tiled.stepped_product(
                         2 * (rows - 1) + (position + tiled.TILE > block_end),
                         out + 4 * (row * stride + position), stride, block_x + 4 * position,
-                        offsets + 8 * read, weights + 4 * (read * weights_step + row),
-                        weights_step, count, block_end - position, read + params[10])
+                        offsets + 8 * read, row_weights, step, count, block_end - position,
+                        read + params[10])
                     position += tiled.TILE
                 row += rows
         first = last
     return 0
+
+
+def _split_rows(rows, tiles, parts) -> bool:
+    """Whether the parts share the rows (each reading all of b) rather than the tiles of
+    columns (each reading all of a): whichever leaves the busier part less to do."""
+    blocks = -(-rows // tiled.ROWS)
+    return -(-blocks // parts) * parts * tiles < -(-tiles // parts) * parts * blocks
 
 
 def _tiles(a, b, out, accumulate):
@@ -109,16 +133,16 @@ def _tiles(a, b, out, accumulate):
         b = blas.transpose(b.T)  # into panels would walk it across its rows
     panels = tiled.panels(b, PANEL_WIDTH)
     if a.strides[0] == 4 and a.strides[1] % 4 == 0:  # a transposed matrix, read in place
-        offsets = np.arange(k, dtype=np.int64) * PANEL_WIDTH
-        parts = min(workers.parts(), -(-n // tiled.TILE))
-        params = np.array([parts, address(out), out.strides[0] // 4, m, address(panels),
-                           address(offsets), address(a), a.strides[1] // 4, k, n,
-                           int(accumulate)], np.int64)
-        workers.run(_in_place_job, params)
-        return
-    packed = tiled.pack_rows(a)
-    product = tiled.Product(m, out.strides[0] // 4, panels, n, accumulate=accumulate)
-    product.add(address(out), address(packed))
+        weights, weights_step = a, a.strides[1] // 4
+    else:
+        weights, weights_step = tiled.pack_rows(a), 0
+    offsets = np.arange(k, dtype=np.int64) * PANEL_WIDTH
+    tiles = -(-n // tiled.TILE)
+    parts = workers.parts()
+    params = np.array([parts, address(out), out.strides[0] // 4, m, address(panels),
+                       address(offsets), address(weights), weights_step, k, n,
+                       int(accumulate), int(_split_rows(m, tiles, parts)), 0], np.int64)
+    workers.run(_products_job, params)
 
 
 def matmul(a, b, out=None):
