@@ -6,18 +6,19 @@ some machines name an older core than they have (this project's AMD EPYC machine
 Haswell: AVX2 kernels on a CPU with AVX-512). NumPy's products then run at about half the
 core's rate: 1024 x 1024 x 1024 at 230-260 GFLOP/s on two cores, against 415-506 with
 OpenBLAS's own choice (SkylakeX); torch's kernels pick their vectors themselves. The
-register tiles (``tiled.stepped_product``), which LLVM compiles for the CPU at hand, run
-such products at 340-470 GFLOP/s with their operands laid out each call (AMD EPYC, two
-cores: an LSTM's input projection, 2048 x 512 x 2048, 438 against 240; its weight
-gradient, 2048 x 2048 x 1026, 357 against 244). So where OpenBLAS runs without AVX-512 on
-a CPU that has it, the products large enough to carry the layout (``MIN_MULTIPLY_ADDS``)
-and wide enough to fill the tiles' vectors (``MIN_COLUMNS``) go to the tiles; everywhere
-else NumPy's BLAS keeps them (with OpenBLAS's own choice the two are within 10% of each
-other either way).
+register tiles (``tiled.stepped_product``, ``tiled.strided_product``), which LLVM compiles
+for the CPU at hand, run them at 390-455 GFLOP/s, the right operand copied into panels
+each call (AMD EPYC, two cores: an LSTM's input projection, 2048 x 512 x 2048, 455 against
+239; its weight gradient, 2048 x 2048 x 1026, 409 against 244; its input gradient 440
+against 241). So where OpenBLAS runs without AVX-512 on a CPU that has it, the products
+large enough to carry the copy (``MIN_MULTIPLY_ADDS``) and wide enough to fill the tiles'
+vectors (``MIN_COLUMNS``) go to the tiles; everywhere else NumPy's BLAS keeps them (with
+OpenBLAS's own choice the two are within 10% of each other either way).
 
-The right operand is copied into panels of ``PANEL_WIDTH`` columns (a transposed one by
-``blas.transpose`` first); a transposed left operand, its rows consecutive floats, is read
-where it lies (a weight gradient's dy.T), another is packed (``tiled.pack_rows``).
+The left operand is read where it lies, any strides: a transposed one (a weight
+gradient's dy.T) a read's rows one run of floats, a C-ordered one each row a run of reads.
+The right operand goes into panels of ``PANEL_WIDTH`` columns (a transposed one by
+``blas.transpose`` first: NumPy's copy would walk it across its rows).
 """
 
 from __future__ import annotations
@@ -81,15 +82,14 @@ _PARAMETERS = 13
 @workers.Task
 def _products_job(args, range_m, range_n, sa, sb, part):
     """params (parts, out, its stride, rows, panels, the panels' offsets, the left operand,
-    the step between its columns or 0 where it is packed (``tiled.pack_rows``), reads,
-    length, whether the products add to out, 1 where the parts split the rows, not the
-    columns): out = a @ b on the tiles (``tiled.stepped_product``). A transposed left
-    operand, its rows consecutive floats, is read where it lies; another is packed first.
-    A part runs a block of ``tiled.READ_BLOCK`` reads at a time, and in it ``ROW_BLOCK``
-    rows at a time over every tile of its columns."""
+    the steps between its columns, reads, length, whether the products add to out, 1
+    where the parts split the rows, not the columns, the step between its rows): out =
+    a @ b on the tiles. A part runs a block of ``tiled.READ_BLOCK`` reads at a time, and in
+    it ``ROW_BLOCK`` rows at a time over every tile of its columns."""
     params = workers.parameters(args, _PARAMETERS)
     out, stride, out_rows, x, offsets = params[1], params[2], params[3], params[4], params[5]
     weights, weights_step, reads, length = params[6], params[7], params[8], params[9]
+    row_step = params[12]
     tiles = (length + tiled.TILE - 1) // tiled.TILE
     first, end, row_start, row_end = 0, tiles, 0, out_rows
     if params[11]:
@@ -110,15 +110,16 @@ def _products_job(args, range_m, range_n, sa, sb, part):
                 row = chunk
                 while row < chunk_end:
                     rows = min(chunk_end - row, tiled.ROWS)
-                    if weights_step:
-                        row_weights, step = weights + 4 * (read * weights_step + row), \
-                            weights_step
-                    else:  # the packed block's reads, each its rows' values together
-                        row_weights, step = weights + 4 * (row * reads + read * rows), rows
-                    tiled.stepped_product(2 * (rows - 1) + masked,
-                                          out + 4 * (row * stride + position), stride, tile_x,
-                                          offsets + 8 * read, row_weights, step, count,
-                                          length - position, read + params[10])
+                    shape, tile_out = 2 * (rows - 1) + masked, out + 4 * (row * stride + position)
+                    tile_weights = weights + 4 * (read * weights_step + row * row_step)
+                    if row_step == 1:  # a transposed matrix: a read's rows one run of floats
+                        tiled.stepped_product(shape, tile_out, stride, tile_x, offsets + 8 * read,
+                                              tile_weights, weights_step, count,
+                                              length - position, read + params[10])
+                    else:
+                        tiled.strided_product(shape, tile_out, stride, tile_x, offsets + 8 * read,
+                                              tile_weights, weights_step, row_step, count,
+                                              length - position, read + params[10])
                     row += rows
     return 0
 
@@ -131,21 +132,21 @@ def _split_rows(rows, tiles, parts) -> bool:
 
 
 def _tiles(a, b, out, accumulate):
+    """out = a @ b (or out += it) on the tiles, ``_products_job``'s way."""
     m, k = a.shape
     n = b.shape[1]
     if not b.flags.c_contiguous and b.strides[0] == 4:  # a transposed matrix: NumPy's copy
         b = blas.transpose(b.T)  # into panels would walk it across its rows
     panels = tiled.panels(b, PANEL_WIDTH)
-    if a.strides[0] == 4 and a.strides[1] % 4 == 0:  # a transposed matrix, read in place
-        weights, weights_step = a, a.strides[1] // 4
-    else:
-        weights, weights_step = tiled.pack_rows(a), 0
+    if a.strides[0] % 4 or a.strides[1] % 4 or min(a.strides) < 0:
+        a = np.ascontiguousarray(a)
     offsets = np.arange(k, dtype=np.int64) * PANEL_WIDTH
     tiles = -(-n // tiled.TILE)
     parts = workers.parts()
     params = np.array([parts, address(out), out.strides[0] // 4, m, address(panels),
-                       address(offsets), address(weights), weights_step, k, n,
-                       int(accumulate), int(_split_rows(m, tiles, parts)), 0], np.int64)
+                       address(offsets), address(a), a.strides[1] // 4, k, n,
+                       int(accumulate), int(_split_rows(m, tiles, parts)), a.strides[0] // 4],
+                      np.int64)
     workers.run(_products_job, params)
 
 

@@ -172,15 +172,16 @@ class Emitter:
                 row, self.int(v * LANES)), masks[v]), self.zero) for v in range(vectors)]
         return starts
 
-    def multiply_add(self, weights, j, rows, reads, sums, step=None):
+    def multiply_add(self, weights, j, rows, reads, sums, step=None, row_step=None):
         """sums[r, v] + weights[j, r] * reads[v]: one read's step of a product tile, its
         weights (reads, rows), each read's rows ``step`` apart (an i64; C-ordered when
-        None)."""
+        None), a read's rows consecutive or ``row_step`` apart."""
         builder = self.builder
         first = builder.mul(j, self.int(rows) if step is None else step)
         updated = []
         for r in range(rows):
-            weight = self.splat(builder.load(self.at(weights, builder.add(first, self.int(r)))))
+            row = self.int(r) if row_step is None else builder.mul(row_step, self.int(r))
+            weight = self.splat(builder.load(self.at(weights, builder.add(first, row))))
             updated += [builder.call(self.fma, [weight, read, sums[r * len(reads) + v]])
                         for v, read in enumerate(reads)]
         return updated
@@ -244,11 +245,11 @@ class Emitter:
 
 
 def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads, count,
-                  accumulate, weights_step=None, vectors=VECTORS):
+                  accumulate, weights_step=None, vectors=VECTORS, row_step=None):
     """out[r, q] = sum_j weights[j, r] * x[offsets[j] + q] for r < rows, q < ``vectors`` *
     LANES (TILE), below ``count`` when ``masked``, added to out's values when
     ``accumulate`` is not 0; weights (reads, rows), C-ordered or with a read's rows
-    ``weights_step`` apart, out rows ``stride`` apart."""
+    ``weights_step`` apart (and a row's reads ``row_step``), out rows ``stride`` apart."""
     emit = Emitter(builder)
     x, weights, out = emit.floats(x), emit.floats(weights), emit.floats(out)
     offsets = builder.inttoptr(offsets, _I64.as_pointer())
@@ -259,7 +260,7 @@ def _emit_product(builder, rows, masked, out, stride, x, offsets, weights, reads
         offset = builder.load(emit.at(offsets, j))
         reads = [emit.load(x, builder.add(offset, emit.int(v * LANES)), masks[v])
                  for v in range(vectors)]
-        return emit.multiply_add(weights, j, rows, reads, sums, weights_step)
+        return emit.multiply_add(weights, j, rows, reads, sums, weights_step, row_step)
 
     sums = emit.loop(reads, starts, step)
     emit.store_rows(sums, out, stride, rows, vectors, masks)
@@ -559,6 +560,19 @@ def stepped_product(typingctx, shape, out, stride, x, offsets, weights, weights_
     ``weights_step`` apart (a matrix's rows read in place), added to out's values where
     ``accumulate`` is not 0."""
     return types.void(*(types.int64,) * 10), _stepped_codegen("stepped_product", VECTORS)
+
+
+@intrinsic
+def strided_product(typingctx, shape, out, stride, x, offsets, weights, weights_step,
+                    row_step, reads, count, accumulate):
+    """``stepped_product`` whose weights' rows are ``row_step`` apart too: weight (j, r) at
+    weights[j * weights_step + r * row_step] (a C-ordered matrix's rows, read in place)."""
+    return types.void(*(types.int64,) * 11), _shape_switch(
+        "strided_product", PRODUCT_SHAPES,
+        lambda builder, rows, masked, out, stride, x, offsets, weights, weights_step,
+        row_step, reads, count, accumulate: _emit_product(
+            builder, rows, masked, out, stride, x, offsets, weights, reads, count,
+            accumulate, weights_step, VECTORS, row_step))
 
 
 # positions of a narrow product tile: two vectors, for runs of 32 or 64 (a head of 32 or 64
@@ -925,12 +939,6 @@ def _pack_job(args, range_m, range_n, sa, sb, part):
                             read = corner + r * row_step + c * channel_step
                             for k in range(taps):
                                 packed[at + (k * count + c) * rows + r] = source[read + k]
-                    continue
-                if taps == 1 and channel_step == 1:  # each row's reads in order (a matrix)
-                    for r in range(rows):
-                        read = corner + r * row_step
-                        for c in range(count):
-                            packed[at + c * rows + r] = source[read + c]
                     continue
                 for k in range(taps):  # written in order
                     for c in range(count):
@@ -1398,19 +1406,18 @@ class Product:
     def __init__(self, rows, stride, panels, length, items=1, parts=None, accumulate=True):
         if rows % items:
             raise ValueError(f"Product: {rows} rows in {items} equal items")
-        width = panels.shape[2] if panels.ndim == 3 else 0
-        if panels.dtype != np.float32 or not panels.flags.c_contiguous or not width or \
-                width % TILE or panels.shape[0] != -(-length // width):
+        if panels.dtype != np.float32 or not panels.flags.c_contiguous or \
+                panels.shape[0] != -(-length // PANEL) or panels.shape[2] != PANEL:
             raise ValueError(f"Product: panels {panels.shape} for {length} columns")
         reads = panels.shape[1]
         self.panels = panels  # read by address
-        self.offsets = np.arange(reads, dtype=np.int64) * width
+        self.offsets = np.arange(reads, dtype=np.int64) * PANEL
         item_rows = rows // items
         parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
         self.params = np.array([parts, 0, stride, item_rows, address(self.panels),
                                 address(self.offsets), 0, reads, length, items,
                                 item_rows * stride, 0, item_rows * reads, int(accumulate),
-                                width], np.int64)
+                                PANEL], np.int64)
 
     def add(self, out, packed):
         """out += the product (out = it, made without ``accumulate``), by addresses: out's
@@ -1427,7 +1434,7 @@ class Product:
 
 def empty_panels(reads, length, width=PANEL):
     """Panels of ``width`` columns (a multiple of ``TILE``) for a (reads, length) matrix
-    (``Product``), to be filled: the last one's
+    (``Product`` takes PANEL's, ``gemm`` wider ones), to be filled: the last one's
     columns past the matrix are zeros (its tiles read them, and store none of them). They
     start on a cache line, so that no vector the tiles load spans two (NumPy's arrays start
     16 bytes into one, or 32 or 48: a 2048 x 128 by 128 x 512 product 2-3% slower)."""
@@ -1435,12 +1442,6 @@ def empty_panels(reads, length, width=PANEL):
     if length % width:
         panels[-1, :, length % width:] = 0
     return panels
-
-
-def pack_rows(matrix):
-    """A (rows, reads) matrix, any steps, as ``Product`` reads its weights (one item)."""
-    rows, reads = matrix.shape
-    return _pack(matrix.reshape(1, rows, 1, reads), product=True)
 
 
 def panels(matrix, width=PANEL):
