@@ -258,9 +258,12 @@ def peak_memory_mib(workload: Workload, threads: int, steps: int = 3
 def _blas() -> str:
     from threadpoolctl import threadpool_info
 
+    from nnspec.backends.numpy.kernels import gemm
+
     info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} x{i['num_threads']}"
-                     for i in info) or "?"
+    found = ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} x{i['num_threads']}"
+                      for i in info) or "?"
+    return f"{found} (its large products on nnspec's tiles)" if gemm.blas_is_narrow() else found
 
 
 def _cpu() -> str:
