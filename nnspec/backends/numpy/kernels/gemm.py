@@ -135,9 +135,10 @@ def _tiles(a, b, out, accumulate):
     """out = a @ b (or out += it) on the tiles, ``_products_job``'s way."""
     m, k = a.shape
     n = b.shape[1]
-    if not b.flags.c_contiguous and b.strides[0] == 4:  # a transposed matrix: NumPy's copy
-        b = blas.transpose(b.T)  # into panels would walk it across its rows
-    panels = tiled.panels(b, PANEL_WIDTH)
+    # a transposed matrix C-ordered first (NumPy's copy into panels would walk it across its
+    # rows), that copy gone before the product
+    panels = tiled.panels(blas.transpose(b.T) if not b.flags.c_contiguous and b.strides[0] == 4
+                          else b, PANEL_WIDTH)
     if a.strides[0] % 4 or a.strides[1] % 4 or min(a.strides) < 0:
         a = np.ascontiguousarray(a)
     offsets = np.arange(k, dtype=np.int64) * PANEL_WIDTH
