@@ -70,6 +70,18 @@ def test_products_into_a_block_of_columns_and_added_to_it(narrow, a_transposed):
     np.testing.assert_array_equal(wide[:, 450:], start[:, 450:])
 
 
+def test_operands_with_gaps_match_float64(narrow):
+    """Views with steps of their own: every other column of a (a read's step 2), a block of
+    b's columns, b a transposed block of rows."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((150, 1400)).astype(np.float32)[:, ::2]
+    b = rng.standard_normal((700, 900)).astype(np.float32)[:, 100:500]
+    c = rng.standard_normal((450, 800)).astype(np.float32)[20:420, :700].T
+    for right in (b, c):
+        assert gemm._tiles_pay(a, right, None)
+        check(gemm.matmul(a, right), a, right)
+
+
 def test_added_products_match_float64(narrow):
     rng = np.random.default_rng(4)
     a, b = operand(rng, 96, 2000, True), operand(rng, 2000, 300, True)
@@ -120,7 +132,8 @@ def test_blas_pinned_to_an_older_core_reads_as_narrow():
     """``OPENBLAS_CORETYPE=Haswell`` (AVX2 kernels) on a CPU with AVX-512 is narrow; on one
     without, the tiles have nothing to gain."""
     code = ("from nnspec.backends.numpy.kernels import gemm, blas, tiled; "
-            "print(int(gemm.blas_is_narrow()), int(tiled.LANES == 16 and blas.library() is not None))")
+            "print(int(gemm.blas_is_narrow()), "
+            "int(tiled.LANES == 16 and blas.library() is not None))")
     env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
     narrow_now, could_be = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                                           capture_output=True, text=True).stdout.split()

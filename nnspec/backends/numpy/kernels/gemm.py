@@ -34,7 +34,7 @@ from .workers import part_range
 
 # OpenBLAS's cores whose float32 kernels use AVX-512 (``openblas_get_corename``'s names)
 AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
-# below this the packing and the call's Python (20-40 us) cost what the tiles would save
+# below this the panels' copy and the call's Python (20-40 us) cost what the tiles save
 MIN_MULTIPLY_ADDS = 1 << 22
 # columns below this leave a core with a sliver where the parts split the columns, or
 # many masked lanes; a part's own product (inside ``workers.in_parts``) only the latter
