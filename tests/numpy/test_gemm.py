@@ -72,12 +72,14 @@ def test_products_into_a_block_of_columns_and_added_to_it(narrow, a_transposed):
 
 def test_operands_with_gaps_match_float64(narrow):
     """Views with steps of their own: every other column of a (a read's step 2), a block of
-    b's columns, b a transposed block of rows."""
+    b's columns (long rows, into panels; short ones, read in place), b a transposed block
+    of rows."""
     rng = np.random.default_rng(7)
     a = rng.standard_normal((150, 1400)).astype(np.float32)[:, ::2]
     b = rng.standard_normal((700, 900)).astype(np.float32)[:, 100:500]
     c = rng.standard_normal((450, 800)).astype(np.float32)[20:420, :700].T
-    for right in (b, c):
+    short = rng.standard_normal((700, 250)).astype(np.float32)[:, 10:240]  # read in place
+    for right in (b, c, short):
         assert gemm._tiles_pay(a, right, None)
         check(gemm.matmul(a, right), a, right)
 

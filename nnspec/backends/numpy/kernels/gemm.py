@@ -43,6 +43,10 @@ MIN_COLUMNS_ONE_PART = 2 * tiled.TILE
 # columns per panel of the right operand (a tile's reads one run of 192 floats after
 # another; a tile's own panels measured no faster)
 PANEL_WIDTH = 4 * tiled.TILE
+# the right operand is read where it lies when its rows are at most this long (a dense
+# layer's weight gradient, 65 x 2048 x 256: 257 -> 355 GFLOP/s, no copy); longer rows, a
+# page apart or more, read slower than panels (2048 x 2048 x 578: 392 -> 308)
+IN_PLACE_MOST_COLUMNS = 256
 # rows a part runs over every tile of its columns before the next block of them: the block's
 # reads of the left operand stay in the core's L2 while the tiles read theirs (an LSTM's
 # weight gradient 2048 x 2048 x 1026: 357 -> 390-405 GFLOP/s, against one tile group of
@@ -76,7 +80,7 @@ def _tiles_pay(a, b, out) -> bool:
          out.strides[0] % 4 == 0 and out.strides[0] >= 4 * n and out.flags.writeable)
 
 
-_PARAMETERS = 13
+_PARAMETERS = 14
 
 
 @workers.Task
@@ -89,7 +93,7 @@ def _products_job(args, range_m, range_n, sa, sb, part):
     params = workers.parameters(args, _PARAMETERS)
     out, stride, out_rows, x, offsets = params[1], params[2], params[3], params[4], params[5]
     weights, weights_step, reads, length = params[6], params[7], params[8], params[9]
-    row_step = params[12]
+    row_step, panel = params[12], params[13]
     tiles = (length + tiled.TILE - 1) // tiled.TILE
     first, end, row_start, row_end = 0, tiles, 0, out_rows
     if params[11]:
@@ -104,8 +108,8 @@ def _products_job(args, range_m, range_n, sa, sb, part):
             chunk_end = min(row_end, chunk + ROW_BLOCK)
             for tile in range(first, end):
                 position = tile * tiled.TILE
-                index = position // PANEL_WIDTH
-                tile_x = x + 4 * (index * PANEL_WIDTH * (reads - 1) + position)
+                index = position // panel
+                tile_x = x + 4 * (index * panel * (reads - 1) + position)
                 masked = position + tiled.TILE > length
                 row = chunk
                 while row < chunk_end:
@@ -135,19 +139,24 @@ def _tiles(a, b, out, accumulate):
     """out = a @ b (or out += it) on the tiles, ``_products_job``'s way."""
     m, k = a.shape
     n = b.shape[1]
-    # a transposed matrix C-ordered first (NumPy's copy into panels would walk it across its
-    # rows), that copy gone before the product
-    panels = tiled.panels(blas.transpose(b.T) if not b.flags.c_contiguous and b.strides[0] == 4
-                          else b, PANEL_WIDTH)
+    row = b.strides[0] // 4
+    if b.strides[1] == 4 and b.strides[0] % 4 == 0 and n <= row <= IN_PLACE_MOST_COLUMNS:
+        panels, panel, step = b, row, row  # read in place: one panel, b's rows
+    else:
+        # a transposed matrix C-ordered first (NumPy's copy into panels would walk it across
+        # its rows), that copy gone before the product
+        panels = tiled.panels(blas.transpose(b.T) if not b.flags.c_contiguous and
+                              b.strides[0] == 4 else b, PANEL_WIDTH)
+        panel = step = PANEL_WIDTH
     if a.strides[0] % 4 or a.strides[1] % 4 or min(a.strides) < 0:
         a = np.ascontiguousarray(a)
-    offsets = np.arange(k, dtype=np.int64) * PANEL_WIDTH
+    offsets = np.arange(k, dtype=np.int64) * step
     tiles = -(-n // tiled.TILE)
     parts = workers.parts()
     params = np.array([parts, address(out), out.strides[0] // 4, m, address(panels),
                        address(offsets), address(a), a.strides[1] // 4, k, n,
-                       int(accumulate), int(_split_rows(m, tiles, parts)), a.strides[0] // 4],
-                      np.int64)
+                       int(accumulate), int(_split_rows(m, tiles, parts)), a.strides[0] // 4,
+                       panel], np.int64)
     workers.run(_products_job, params)
 
 
