@@ -17,8 +17,9 @@ OpenBLAS's own choice the two are within 10% of each other either way).
 
 The left operand is read where it lies, any strides: a transposed one (a weight
 gradient's dy.T) a read's rows one run of floats, a C-ordered one each row a run of reads.
-The right operand goes into panels of ``PANEL_WIDTH`` columns (a transposed one by
-``blas.transpose`` first: NumPy's copy would walk it across its rows).
+The right operand is read where it lies when its rows are short (``IN_PLACE_MOST_COLUMNS``),
+else copied into panels of ``PANEL_WIDTH`` columns (a transposed one by ``blas.transpose``
+first: NumPy's copy would walk it across its rows).
 """
 
 from __future__ import annotations
