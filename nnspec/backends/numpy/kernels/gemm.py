@@ -140,18 +140,17 @@ def _tiles(a, b, out, accumulate):
     """out = a @ b (or out += it) on the tiles, ``_products_job``'s way."""
     m, k = a.shape
     n = b.shape[1]
+    if not b.flags.c_contiguous and b.strides[0] == 4:  # a transposed matrix: C-ordered
+        b = blas.transpose(b.T)  # first (NumPy's copy into panels walks it across its rows)
     row = b.strides[0] // 4
     if b.strides[1] == 4 and b.strides[0] % 4 == 0 and n <= row <= IN_PLACE_MOST_COLUMNS:
-        panels, panel, step = b, row, row  # read in place: one panel, b's rows
+        panels, panel = b, row  # read in place: one panel, b's rows
     else:
-        # a transposed matrix C-ordered first (NumPy's copy into panels would walk it across
-        # its rows), that copy gone before the product
-        panels = tiled.panels(blas.transpose(b.T) if not b.flags.c_contiguous and
-                              b.strides[0] == 4 else b, PANEL_WIDTH)
-        panel = step = PANEL_WIDTH
+        panels, panel = tiled.panels(b, PANEL_WIDTH), PANEL_WIDTH
+    del b  # a transposed matrix's copy, once in panels, is not kept through the product
     if a.strides[0] % 4 or a.strides[1] % 4 or min(a.strides) < 0:
         a = np.ascontiguousarray(a)
-    offsets = np.arange(k, dtype=np.int64) * step
+    offsets = np.arange(k, dtype=np.int64) * panel
     tiles = -(-n // tiled.TILE)
     parts = workers.parts()
     params = np.array([parts, address(out), out.strides[0] // 4, m, address(panels),
