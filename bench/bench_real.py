@@ -219,8 +219,10 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
     step = make_steps(workload)[backend]
     if backend == 0:  # numba's runtime starts with the first compiled loop, and the jobs
         from nnspec.backends.numpy.kernels import (  # load on their first run: a library's
+            attention_tiles,
             columns,
             frames,  # load, as torch's import is
+            gemm,
             gru_steps,
             lstm_steps,
             max_pool,
@@ -230,7 +232,8 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         )
 
         parallel.warm_up()
-        for module in (tiled, frames, columns, gru_steps, lstm_steps, max_pool, winograd):
+        for module in (tiled, gemm, frames, columns, gru_steps, lstm_steps, max_pool, winograd,
+                       attention_tiles):
             module.load()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:

@@ -93,6 +93,38 @@ def test_added_products_match_float64(narrow):
     check(out, a, b, start=start)
 
 
+@pytest.mark.parametrize("turned", [False, True])
+@pytest.mark.parametrize("a_transposed", [False, True])
+def test_either_way_round_into_a_block_of_columns(narrow, monkeypatch, turned, a_transposed):
+    """A transposed right operand, the product as it is or turned (out.T = b.T @ a.T, out
+    through a transposed copy), into a block of a wider array and added to it."""
+    monkeypatch.setattr(gemm, "_turn_pays", lambda a, b: turned)
+    rng = np.random.default_rng(8)
+    a, b = operand(rng, 130, 900, a_transposed), operand(rng, 900, 500, True)
+    wide = rng.standard_normal((130, 600)).astype(np.float32)
+    start = wide.copy()
+    block = wide[:, 50:550]
+    gemm.matmul(a, b, out=block)
+    check(block, a, b)
+    gemm.add_product(a, b, block)
+    check(block, a, b, start=a.astype(np.float64) @ b)
+    np.testing.assert_array_equal(wide[:, :50], start[:, :50])
+    np.testing.assert_array_equal(wide[:, 550:], start[:, 550:])
+
+
+@pytest.mark.parametrize("m, k, n, b_transposed, expected", [
+    (128, 4096, 1152, True, True),     # a convolution's weight gradient: dy @ columns.T
+    (64, 8192, 576, True, True),
+    (512, 256, 4608, True, False),     # its output, turned and back, outweighs b's copies
+    (32, 8192, 576, True, False),      # too few rows to fill a tile turned
+    (128, 4096, 1152, False, False),   # b C-ordered: one copy into panels
+])
+def test_which_products_turn(m, k, n, b_transposed, expected):
+    a = np.ones((m, k), np.float32)
+    b = np.ones((n, k), np.float32).T if b_transposed else np.ones((k, n), np.float32)
+    assert gemm._turn_pays(a, b) is expected
+
+
 def test_a_part_of_in_parts_runs_its_own_product(narrow):
     """Inside ``workers.in_parts`` each part's product runs on its own core (one part)."""
     rng = np.random.default_rng(5)
