@@ -169,7 +169,24 @@ def case_with_states(mode, features, hidden, layers, bidirectional, batch, steps
 @pytest.mark.parametrize("unbatched", [False, True])
 def test_initial_and_final_states_match_torch_with_gradients_through_both(mode, bidirectional,
                                                                           unbatched):
-    layers, features, hidden, batch, steps = 2, 3, 4, 5, 6
+    check_states_against_torch(mode, bidirectional, unbatched, steps=6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_backward_hands_its_gradients_over_in_blocks_of_steps(monkeypatch, mode,
+                                                                  bidirectional):
+    """Blocks of two steps of the batch of 5 (``BLOCK_COLUMNS`` 10), the first of 7 steps
+    a block of its own, each direction's products taking them as they come."""
+    from nnspec.backends.numpy.kernels import recurrent_cells
+
+    monkeypatch.setattr(recurrent_cells, "BLOCK_COLUMNS", 10)
+    check_states_against_torch(mode, bidirectional, False, steps=7)
+
+
+def check_states_against_torch(mode, bidirectional, unbatched, steps):
+    layers, features, hidden, batch = 2, 3, 4, 5
     params, module, x, initial, rng = case_with_states(mode, features, hidden, layers,
                                                        bidirectional, batch, steps, (0, 1),
                                                        unbatched)
@@ -309,11 +326,11 @@ def _check_steps_at_real_sizes(mode, batch, hidden, bidirectional):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_large_batches_take_a_product_per_step_and_match_torch(monkeypatch, mode, bidirectional):
-    """From ``_STEPWISE_MIN_BATCH`` samples on, the input projection and the weight
+    """From ``STEPWISE_MIN_BATCH`` samples on, the input projection and the weight
     gradients are a product per step (here from 1 sample, so that a small case runs it)."""
-    from nnspec.backends.numpy.kernels import recurrent
+    from nnspec.backends.numpy.kernels import recurrent_cells
 
-    monkeypatch.setattr(recurrent, "_STEPWISE_MIN_BATCH", 1)
+    monkeypatch.setattr(recurrent_cells, "STEPWISE_MIN_BATCH", 1)
     ours, theirs = run_both(mode, 5, 6, 3, 4, 2, bidirectional)
     assert_matches_torch(ours, theirs)
 

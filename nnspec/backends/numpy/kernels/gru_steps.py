@@ -60,11 +60,11 @@ def _forward_job(args, range_m, range_n, sa, sb, part):
 @workers.Task
 def _backward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, hidden, batch, d_state, recurrent gradient or 0, carried, carried in,
-    resets and updates, projected n, candidate, previous state, d_projection, d_n). From
+    resets and updates, projected n, candidate, previous state, d_rows, their step). From
     the gradient reaching the step's state (its own, what the next step's product sends,
-    and ``carried``, z dh of the next step, when ``carried in``): the gradients of the
-    recurrent projection (r, z, n; 3H, N) and of n's pre-activation (H, N); ``carried``
-    gets this step's z dh."""
+    and ``carried``, z dh of the next step, when ``carried in``): the gradients of n's
+    pre-activation and of the recurrent projection (r, z, n), 4H rows of N values
+    ``d_rows``' step apart; ``carried`` gets this step's z dh."""
     params = workers.parameters(args, 13)
     hidden, batch = params[1], params[2]
     d_state = floats(params, 3, (hidden * batch,))
@@ -76,21 +76,21 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     projected_n = floats(params, 8, (hidden * batch,))
     candidates = floats(params, 9, (hidden * batch,))
     previous = floats(params, 10, (hidden * batch,))
-    d_projection = floats(params, 11, (3 * hidden * batch,))
-    d_n = floats(params, 12, (hidden * batch,))
+    row_step = params[12]
+    d_rows = floats(params, 11, ((4 * hidden - 1) * row_step + batch,))
     one = _F(1.0)
     start, end = part_range(hidden, part, params[0], 1)
     for unit in range(start, end):
-        r_at, z_at, n_at = unit * batch, (hidden + unit) * batch, (2 * hidden + unit) * batch
-        at = unit * batch
+        r_at, z_at, at = unit * batch, (hidden + unit) * batch, unit * batch
         own, sent, kept = (d_state[at:at + batch], from_next[at:at + batch],
                            carried[at:at + batch])
         resets, updates = gates[r_at:r_at + batch], gates[z_at:z_at + batch]
         hidden_ns, cands, h_prev = (projected_n[at:at + batch], candidates[at:at + batch],
                                     previous[at:at + batch])
-        d_r, d_z, d_hn = (d_projection[r_at:r_at + batch], d_projection[z_at:z_at + batch],
-                          d_projection[n_at:n_at + batch])
-        d_pre_n = d_n[at:at + batch]
+        n_row, r_row = unit * row_step, (hidden + unit) * row_step
+        z_row, hn_row = (2 * hidden + unit) * row_step, (3 * hidden + unit) * row_step
+        d_pre_n, d_r = d_rows[n_row:n_row + batch], d_rows[r_row:r_row + batch]
+        d_z, d_hn = d_rows[z_row:z_row + batch], d_rows[hn_row:hn_row + batch]
         for n in range(batch):
             dh = own[n]
             if recurrent:
@@ -124,10 +124,12 @@ class Steps:
         workers.run(_forward_job, self.forward)
 
     def step_back(self, d_state, from_next, carried, carried_in, gates, projected_n,
-                  candidate, previous, d_projection, d_n):
-        """``from_next`` 0 for none; the others addresses as in ``step``."""
+                  candidate, previous, d_rows, row_step):
+        """``from_next`` 0 for none; ``d_rows`` the address of the step's first value of 4H
+        rows (n's pre-activation, r, z, n), ``row_step`` floats apart; the others addresses
+        as in ``step``."""
         self.backward[3:] = (d_state, from_next, carried, carried_in, gates, projected_n,
-                             candidate, previous, d_projection, d_n)
+                             candidate, previous, d_rows, row_step)
         workers.run(_backward_job, self.backward)
 
 

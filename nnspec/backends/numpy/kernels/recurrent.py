@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gemm, lstm_steps
+from . import gemm, lstm_steps, recurrent_cells
 from .blas import SMALL_TRANSPOSE, transpose
-from .recurrent_cells import ACTIVATIONS, CELLS
+from .recurrent_cells import ACTIVATIONS, CELLS, feature_major
 
 
 def rnn(x, params, *, mode, hidden, layers, bidirectional, nonlinearity="tanh"):
@@ -140,7 +140,7 @@ def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity
             if layer < len(masks):
                 d_layer_output = d_layer_output * masks[layer]
             # the float32 LSTM's steps keep their inputs in their own layout
-            input_rows = None if compiled_lstm else _feature_major(layer_input)
+            input_rows = None if compiled_lstm else feature_major(layer_input)
             d_layer_input = None
             for direction, (names, index, direction_backward) in enumerate(direction_backwards):
                 d_states = d_layer_output[:, direction * hidden:(direction + 1) * hidden]
@@ -157,7 +157,7 @@ def _stack(x, params, initial, mode, hidden, layers, bidirectional, nonlinearity
                     if name in params:
                         d_params[name] = grad
             d_layer_output = d_layer_input.transpose(0, 2, 1) if compiled_lstm else \
-                d_layer_input.reshape(-1, steps, batch).transpose(1, 0, 2)
+                d_layer_input.transpose(1, 0, 2)
         dx = np.empty(x.shape, x.dtype)
         if compiled_lstm:  # (T, N, F) to (N, T, F): runs of features
             dx.transpose(1, 0, 2)[...] = d_layer_input
@@ -261,21 +261,6 @@ def _between_layouts(source, target):
             transpose(step.T, out=target[t])
 
 
-def _feature_major(time_rows_batch):
-    """(T, R, N) -> contiguous (R, T * N): every step's columns side by side, for one product
-    that sums a weight gradient over all steps."""
-    steps, rows, batch = time_rows_batch.shape
-    return np.ascontiguousarray(time_rows_batch.transpose(1, 0, 2)).reshape(rows, steps * batch)
-
-
-def _feature_major_parts(parts, block):
-    """The feature-major rows of steps ``block`` of gradients given as row blocks (T, R_i, N)
-    that stack to the gates' rows."""
-    if len(parts) == 1:
-        return _feature_major(parts[0][block])
-    return np.concatenate([_feature_major(part[block]) for part in parts])
-
-
 def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, reverse,
                    nonlinearity):
     """One direction of one layer over ``layer_input`` (T, F + 1, N) from ``start``: ``()``
@@ -283,8 +268,8 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
 
     Writes its states to ``into`` (T, H, N), in time order, and returns its final (h,) or
     (h, c) (H, N) and ``backward(d_states, input_rows, d_final)``, which takes d_states
-    (T, H, N) in time order, the input as ``_feature_major`` rows and the final states'
-    gradients (each may be None) and returns ``(d_input as (F, T * N) rows, d_start, d_w_ih,
+    (T, H, N) in time order, the input as ``feature_major`` rows and the final states'
+    gradients (each may be None) and returns ``(d_input as (F, T, N), d_start, d_w_ih,
     d_b_ih, d_w_hh, d_b_hh)``, ``d_start`` holding the gradients of the given initial
     states; the float32 LSTM's ``d_input`` is (T, N, F) (``_sample_major``).
     """
@@ -301,13 +286,13 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
         return _compiled_lstm(layer_input, input_weights, (w_hh, b_hh, order), scale, start,
                               into, reverse)
     recurrent_weights = _with_bias_column(w_hh, b_hh)[order]
-    if batch >= _STEPWISE_MIN_BATCH:  # a product per step, over the batch
+    if batch >= recurrent_cells.STEPWISE_MIN_BATCH:  # a product per step, over the batch
         pre = np.matmul(input_weights * scale, layer_input)
     else:
         # one product for all steps (a product per step over a small batch, 2048 x 513 by
         # 513 x 16 for 128 steps, took 35 ms; one product and this copy, 16), feature-major,
         # then the (T, G, N) layout the steps read
-        pre_rows = gemm.matmul(input_weights * scale, _feature_major(layer_input))
+        pre_rows = gemm.matmul(input_weights * scale, feature_major(layer_input))
         pre = np.ascontiguousarray(pre_rows.reshape(gate_rows, steps, batch).transpose(1, 0, 2))
         del pre_rows
     states = np.empty((steps + 1, hidden + 1, batch), layer_input.dtype)
@@ -329,51 +314,40 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
         if d_final_h is not None:
             d_states = np.array(d_states)
             d_states[-1] += d_final_h
-        d_pre, d_recurrent, d_start = steps_backward(np.ascontiguousarray(d_states),
-                                                     d_final_cell)
-        same = d_recurrent is d_pre
-        d_pre = [in_time_order(part) for part in d_pre]
-        d_recurrent = [in_time_order(part) for part in d_recurrent]
-        previous = in_time_order(states[:-1])
         dtype = layer_input.dtype
         d_input_weights = np.zeros((gate_rows, input_rows.shape[0]), dtype)
         d_recurrent_weights = np.zeros((gate_rows, hidden + 1), dtype)
-        d_input_rows = np.empty((input_rows.shape[0] - 1, steps * batch), dtype)
-        if batch >= _STEPWISE_MIN_BATCH:  # a step's (rows, N) blocks as they are
-            for t in range(steps):
-                columns = slice(t * batch, (t + 1) * batch)
-                for grad, parts, rows_of in ((d_input_weights, d_pre, input_rows[:, columns].T),
-                                             (d_recurrent_weights, d_recurrent, previous[t].T)):
-                    first = 0
-                    for part in parts:
-                        gemm.add_product(part[t], rows_of, grad[first:first + part.shape[1]])
-                        first += part.shape[1]
-                np.matmul(input_weights[:, :-1].T, _stacked(d_pre, t),
-                          out=d_input_rows[:, columns])
-            return _direction_grads(d_input_rows, d_start, d_input_weights,
-                                    d_recurrent_weights, order)
-        # a block of steps at a time: the gradients in feature-major rows are copies, and
-        # whole-sequence ones were 7 sequences of states at once, a recurrent step's peak
-        per_block = max(1, _BLOCK_COLUMNS // batch)
-        for first in range(0, steps, per_block):
-            block = slice(first, first + per_block)
-            columns = slice(first * batch, (first + per_block) * batch)
-            d_pre_rows = _feature_major_parts(d_pre, block)
-            gemm.add_product(d_pre_rows, input_rows[:, columns].T, d_input_weights)
-            gemm.matmul(input_weights[:, :-1].T, d_pre_rows, out=d_input_rows[:, columns])
-            d_recurrent_rows = d_pre_rows if same else _feature_major_parts(d_recurrent, block)
-            gemm.add_product(d_recurrent_rows, _feature_major(previous[block]).T,
-                             d_recurrent_weights)
-        return _direction_grads(d_input_rows, d_start, d_input_weights, d_recurrent_weights,
-                                order)
+        # in processing order; the reverse direction's seen in time order at the end
+        d_input_rows = np.empty((input_rows.shape[0] - 1, steps, batch), dtype)
+        inputs = input_rows.reshape(-1, steps, batch)
+
+        def take(block, d_pre, d_recurrent):
+            """The weight gradients' and the input gradient's products of a block of steps."""
+            if reverse:  # the block's input columns in processing order
+                block_inputs = inputs[:, steps - block.stop:steps - block.start][:, ::-1]
+            else:
+                block_inputs = inputs[:, block]
+            block_inputs = block_inputs.reshape(len(block_inputs), -1)
+            d_block_inputs = d_input_rows[:, block].reshape(len(d_input_rows), -1)
+            previous = feature_major(states[block])
+            for grads, weights, parts, rows_of in (
+                    (d_input_weights, input_weights, d_pre, block_inputs),
+                    (d_recurrent_weights, None, d_recurrent, previous)):
+                first = 0
+                for part in parts:
+                    rows = slice(first, first + len(part))
+                    gemm.add_product(part, rows_of.T, grads[rows])
+                    if weights is not None:
+                        (gemm.add_product if first else gemm.matmul)(
+                            weights[rows, :-1].T, part, d_block_inputs)
+                    first += len(part)
+
+        d_start = steps_backward(np.ascontiguousarray(d_states), d_final_cell, take)
+        return _direction_grads(d_input_rows[:, ::-1] if reverse else d_input_rows, d_start,
+                                d_input_weights, d_recurrent_weights, order)
 
     _between_layouts(in_time_order(states[1:, :hidden]), into)
     return final, backward
-
-
-def _stacked(parts, t):
-    """Step t of gradients given as row blocks (T, R_i, N), stacked to the gates' rows."""
-    return parts[0][t] if len(parts) == 1 else np.concatenate([part[t] for part in parts])
 
 
 def _direction_grads(d_input_rows, d_start, d_input_weights, d_recurrent_weights, order):
@@ -399,17 +373,6 @@ def _compiled_lstm(layer_input, input_weights, recurrent, scale, start, into, re
         return _direction_grads(*steps_backward(d_states, d_final), recurrent[2])
 
     return final, backward
-
-
-# from this batch on, the input projection and the weight gradients are one product per
-# step, over the batch (long enough for BLAS), instead of one product over feature-major
-# copies of the whole sequence or of blocks of steps (GRU T64 H256 at batch 256: those
-# copies took 40 ms of a 230 ms step)
-_STEPWISE_MIN_BATCH = 128
-
-# columns (steps x batch) per block of the weight-gradient products: an inner dimension
-# long enough for BLAS's full rate, a few MiB of copies
-_BLOCK_COLUMNS = 512
 
 
 def _with_bias_column(weight, bias):

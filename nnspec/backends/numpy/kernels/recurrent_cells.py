@@ -23,16 +23,49 @@ class Cell:
     (G, H + 1), both with sigmoid rows halved, the plain W_hh.T for the backward, the
     ``states`` array to fill (its state 0 already the initial one) and ``start``, the given
     initial states (``()`` when zero; an LSTM's cell state is its second). It returns
-    ``backward(d_states, d_final_cell) -> (d_pre, d_recurrent, d_start)``, the gradients
-    of the (unhalved) input and recurrent projections, each a tuple of (T, rows, N) blocks
-    that stack to the G gate rows (the same tuple when they are equal), and those of the
-    given initial states, and the final cell state (an LSTM's; else None). The backward runs
+    ``backward(d_states, d_final_cell, take) -> d_start``, the gradients of the given
+    initial states, and the final cell state (an LSTM's; else None). The backward hands the
+    gradients of the (unhalved) input and recurrent projections to ``take(steps, d_pre,
+    d_recurrent)`` a block of steps at a time (``steps`` a slice, in processing order),
+    each a tuple of feature-major (rows, steps * N) blocks that stack to the G gate rows
+    (the same tuple when they are equal), valid until ``take`` returns. The backward runs
     once, so it may overwrite ``pre`` and whatever ``run`` saved.
     """
 
     gate_order: tuple[int, ...]  # torch's gate block for each internal block
     sigmoid_gates: int  # the leading internal blocks that pass through a sigmoid
     run: Callable
+
+
+# from this batch on, the input projection and the weight gradients are one product per
+# step, over the batch (long enough for BLAS), instead of one product over feature-major
+# copies of the whole sequence or of blocks of steps (GRU T64 H256 at batch 256: those
+# copies took 40 ms of a 230 ms step)
+STEPWISE_MIN_BATCH = 128
+
+# columns (steps x batch) per block of the weight-gradient products: an inner dimension
+# long enough for BLAS's full rate, a few MiB of gradients at a time
+BLOCK_COLUMNS = 512
+
+
+def feature_major(time_rows_batch):
+    """(T, R, N) -> contiguous (R, T * N): every step's columns side by side, for one product
+    that sums a weight gradient over all steps."""
+    steps, rows, batch = time_rows_batch.shape
+    return np.ascontiguousarray(time_rows_batch.transpose(1, 0, 2)).reshape(rows, steps * batch)
+
+
+def _in_blocks(d_pre, d_recurrent, take):
+    """``take`` every block of steps of whole-sequence gradients given as (T, R_i, N) row
+    blocks: feature-major copies of a block of steps, or one step's rows as they are from
+    ``STEPWISE_MIN_BATCH`` on."""
+    steps, _, batch = d_pre[0].shape
+    span = 1 if batch >= STEPWISE_MIN_BATCH else max(1, BLOCK_COLUMNS // batch)
+    for first in range(0, steps, span):
+        block = slice(first, min(steps, first + span))
+        pre_rows = tuple(feature_major(part[block]) for part in d_pre)
+        take(block, pre_rows, pre_rows if d_recurrent is d_pre else
+             tuple(feature_major(part[block]) for part in d_recurrent))
 
 
 def _project_state(recurrent, state, zero, out):
@@ -82,7 +115,7 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start
         np.multiply(gate[o], tanh_c, out=h)
     final_cell = cells[-1].copy()
 
-    def backward(d_states, d_final_cell):
+    def backward(d_states, d_final_cell, take):
         # The factors that turn d_h into d_c and d_o, and d_c into d_i, d_f and d_g, each in
         # two passes from the saved products h = o tanh c and i g. They overwrite saved arrays
         # the rest of the backward no longer reads (it runs once), as do d_gates and d_cells.
@@ -134,7 +167,8 @@ def _lstm_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start
         if start:  # through step 0's recurrent projection, and its forget gate
             d_start = (recurrent_weight_t @ next_d_gate, next_forget * next_dc)
         d_gates = (d_gates,)
-        return d_gates, d_gates, d_start
+        _in_blocks(d_gates, d_gates, take)
+        return d_start
 
     return backward, final_cell
 
@@ -176,7 +210,7 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
         outputs[t] *= updates[t]
         outputs[t] += candidate
 
-    def backward(d_states, _d_final_cell):
+    def backward(d_states, _d_final_cell, take):
         # factors from d_h to the gradient of the recurrent projection (r, z, n)
         dh_dz = np.subtract(previous, candidates)  # (h - n) z (1 - z)
         scratch = np.subtract(1, updates)
@@ -215,7 +249,8 @@ def _gru_steps(pre, recurrent, recurrent_weight_t, states, _nonlinearity, start)
             d_start = (recurrent_weight_t @ d_projections[0] + updates[0] * dhs[0],)
         d_pre_n = dh_dn
         d_pre_n *= dhs
-        return (d_projections[:, : 2 * hidden], d_pre_n), (d_projections,), d_start
+        _in_blocks((d_projections[:, : 2 * hidden], d_pre_n), (d_projections,), take)
+        return d_start
 
     return backward, None
 
@@ -236,27 +271,34 @@ def _compiled_gru_steps(pre, recurrent, recurrent_weight_t, states, start, proje
                   address(projected_n) + t * block, address(candidates) + t * block,
                   address(states) + (t + 1) * state_bytes)
 
-    def backward(d_states, _d_final_cell):
+    def backward(d_states, _d_final_cell, take):
         d_states = np.ascontiguousarray(d_states, np.float32)
-        d_projections = np.empty((steps, gate_rows, batch), np.float32)
-        d_pre_n = np.empty((steps, hidden, batch), np.float32)
-        from_next = np.empty((hidden, batch), np.float32)
+        span = min(steps, max(1, BLOCK_COLUMNS // batch))
+        # a block of steps' gradients, feature-major (rows, steps, N), written by the steps
+        # where ``take`` reads them: n's pre-activation, then the recurrent projection's
+        # (r, z, n). A whole sequence of them and its feature-major copies were the GRU's
+        # backward peak (T 64, H 256, batch 32: 6 + 2 + 3 MiB, now 2)
+        rows = np.empty((4 * hidden, span, batch), np.float32)
+        from_next = np.empty((hidden, batch), np.float32)  # the next step's product sends
         carried = np.empty((hidden, batch), np.float32)
-        for t in reversed(range(steps)):
-            last = t == steps - 1
-            if not last:  # what step t + 1 sends back through its recurrent product
-                np.matmul(recurrent_weight_t, d_projections[t + 1], out=from_next)
-            jobs.step_back(address(d_states) + t * block,
-                           0 if last else address(from_next), address(carried),
-                           not last, address(resets_updates[t]),
-                           address(projected_n) + t * block,
-                           address(candidates) + t * block,
-                           address(states) + t * state_bytes,
-                           address(d_projections[t]), address(d_pre_n) + t * block)
-        d_start = ()
-        if start:  # through step 0's recurrent projection and its update gate (carried)
-            d_start = (recurrent_weight_t @ d_projections[0] + carried,)
-        return (d_projections[:, : 2 * hidden], d_pre_n), (d_projections,), d_start
+        for end in range(steps, 0, -span):
+            first = max(0, end - span)
+            for t in reversed(range(first, end)):
+                column = t - first
+                jobs.step_back(address(d_states) + t * block,
+                               0 if t == steps - 1 else address(from_next), address(carried),
+                               t != steps - 1, address(resets_updates[t]),
+                               address(projected_n) + t * block,
+                               address(candidates) + t * block,
+                               address(states) + t * state_bytes,
+                               address(rows) + column * batch * 4, span * batch)
+                if t or start:  # what this step sends back through its recurrent product
+                    np.matmul(recurrent_weight_t, rows[hidden:, column], out=from_next)
+            d_rows = rows[:, : end - first].reshape(4 * hidden, -1)
+            take(slice(first, end), (d_rows[hidden:3 * hidden], d_rows[:hidden]),
+                 (d_rows[hidden:],))
+        # through step 0's recurrent projection and its update gate (carried)
+        return (from_next + carried,) if start else ()
 
     return backward, None
 
@@ -271,7 +313,7 @@ def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity, start
         outputs[t] += pre[t]
         activation(outputs[t], out=outputs[t])
 
-    def backward(d_states, _d_final_cell):
+    def backward(d_states, _d_final_cell, take):
         if nonlinearity == "tanh":
             slope = 1 - outputs * outputs
         else:
@@ -284,7 +326,8 @@ def _elman_steps(pre, recurrent, recurrent_weight_t, states, nonlinearity, start
             grad *= slope[t]
         d_start = (recurrent_weight_t @ d_pre[0],) if start else ()
         d_pre = (d_pre,)
-        return d_pre, d_pre, d_start
+        _in_blocks(d_pre, d_pre, take)
+        return d_start
 
     return backward, None
 
