@@ -786,10 +786,10 @@ def test_few_channel_convolutions_on_the_tiles_match_torch(
 
 @pytest.mark.torch
 @pytest.mark.parametrize("nd, channels, out_channels, stride, spatial", [
-    (2, 16, 32, (2, 2), (9, 8)),      # ResNet's projection shortcut, odd rows
-    (2, 2, 3, (2, 3), (7, 11)),       # few channels, uneven stride
-    (1, 12, 5, (3,), (10,)),          # 1d
-    (2, 8, 6, (1, 2), (5, 7)),        # one dim unstrided
+    (2, 16, 32, (2, 2), (19, 18)),    # ResNet's projection shortcut, odd rows
+    (2, 2, 3, (2, 3), (17, 31)),      # few channels, uneven stride
+    (1, 12, 5, (3,), (200,)),         # 1d
+    (2, 8, 6, (1, 2), (9, 15)),       # one dim unstrided
 ])
 @pytest.mark.parametrize("input_grad", [True, False])
 def test_strided_1x1_convolutions_sample_the_input_and_match_torch(
@@ -802,6 +802,28 @@ def test_strided_1x1_convolutions_sample_the_input_and_match_torch(
     else:
         check_conv_without_input_grad_against_torch(nd, case)
     assert taken == [stride]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("nd, channels, out_channels, stride, spatial", [
+    (2, 64, 32, (1, 1), (7, 7)),      # a ResNet-50's last stage at 224
+    (2, 24, 40, (2, 2), (8, 8)),      # a projection shortcut onto 4x4
+    (2, 16, 8, (1, 1), (1, 1)),       # one position
+    (1, 12, 5, (2,), (30,)),          # 1d
+])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_1x1_convolutions_onto_small_maps_fold_the_batch_and_match_torch(
+        monkeypatch, nd, channels, out_channels, stride, spatial, input_grad):
+    """At most ``FOLDED_MAX_POSITIONS`` output positions: one product over the batch's
+    channel rows (``_on_columns``), not a skinny product per sample."""
+    taken = record_calls(monkeypatch, {"folded": "_on_columns", "per sample": "_pointwise"})
+    case = conv_case(channels, out_channels, spatial, (1,) * nd, stride, ((0, 0),) * nd,
+                     (1,) * nd, batch=5)
+    if input_grad:
+        check_conv_against_torch(nd, case)
+    else:
+        check_conv_without_input_grad_against_torch(nd, case)
+    assert taken == ["folded"]
 
 
 @pytest.mark.torch
