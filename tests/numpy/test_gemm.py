@@ -45,7 +45,9 @@ SHAPES = [(300, 777, 500), (2048, 513, 192), (1, 5000, 1000), (17, 2500, 4 * 48)
 @pytest.mark.parametrize("a_transposed", [False, True])
 @pytest.mark.parametrize("b_transposed", [False, True])
 @pytest.mark.parametrize("m, k, n", SHAPES)
-def test_products_on_the_tiles_match_float64(narrow, m, k, n, a_transposed, b_transposed):
+def test_products_on_the_tiles_match_float64(narrow, monkeypatch, m, k, n, a_transposed,
+                                             b_transposed):
+    monkeypatch.setattr(gemm, "_copies_pay", lambda a, b: True)  # one row, say, too
     rng = np.random.default_rng(m + k + n)
     a, b = operand(rng, m, k, a_transposed), operand(rng, k, n, b_transposed)
     assert gemm._tiles_pay(a, b, None)
@@ -153,6 +155,20 @@ def test_which_products_take_the_tiles(narrow, a, b, out, expected):
         y = y.astype(np.float64)
     target = np.empty((a[0], 2 * b[1]), np.float32)[:, ::2] if out == "strided" else None
     assert gemm._tiles_pay(x, y, target) is expected
+
+
+@pytest.mark.parametrize("m, k, n, b_transposed, expected", [
+    (8, 4096, 4096, True, False),      # a dense layer's forward at batch 8: W.T copied twice
+    (32, 32768, 288, True, False),     # a weight gradient of 32 outputs over long columns
+    (128, 4096, 4096, True, True),     # turned: only x.T is copied
+    (32, 1024, 1024, False, True),     # 32 rows per float of a panel copy within the cache
+    (64, 4096, 4096, False, False),    # a 64 MB panel copy needs 128
+    (128, 4096, 4096, False, True),
+])
+def test_copies_must_pay_for_themselves(narrow, m, k, n, b_transposed, expected):
+    a = np.ones((m, k), np.float32)
+    b = np.ones((n, k), np.float32).T if b_transposed else np.ones((k, n), np.float32)
+    assert gemm._tiles_pay(a, b, None) is expected
 
 
 def test_a_wide_blas_keeps_numpys_product(monkeypatch):

@@ -48,6 +48,15 @@ PANEL_WIDTH = 4 * tiled.TILE
 # layer's weight gradient, 65 x 2048 x 256: 257 -> 355 GFLOP/s, no copy); longer rows, a
 # page apart or more, read slower than panels (2048 x 2048 x 578: 392 -> 308)
 IN_PLACE_MOST_COLUMNS = 256
+# multiply-adds each copied float must take part in (the rows of a, for a copy of b) for the
+# tiles to beat NumPy's narrow BLAS, which copies nothing whole: a C-ordered b into panels
+# broke even at 24 rows for a 1024 x 1024 b, 50 for 3072 x 768, 90-128 for 2048 x 2048 to
+# 4096 x 1024 and 150-190 for 4096 x 4096 and 25088 x 512; at 8-32 rows a transposed
+# 4096 x 4096 b, copied twice, ran at a fifth to a third of BLAS's rate (a dense layer's
+# forward at batch 8: VGG-16's classifier)
+ROWS_PER_COPY = 32
+ROWS_PER_LARGE_COPY = 128
+LARGE_COPY = 1 << 21  # floats (8 MB): copies larger than this stream from memory
 # rows a part runs over every tile of its columns before the next block of them: the block's
 # reads of the left operand stay in the core's L2 while the tiles read theirs (an LSTM's
 # weight gradient 2048 x 2048 x 1026: 357 -> 390-405 GFLOP/s, against one tile group of
@@ -75,7 +84,7 @@ def _tiles_pay(a, b, out) -> bool:
         return False
     (m, k), n = a.shape, b.shape[1]
     least_columns = MIN_COLUMNS if workers.parts() > 1 else MIN_COLUMNS_ONE_PART
-    return n >= least_columns and m * k * n >= MIN_MULTIPLY_ADDS and \
+    return n >= least_columns and m * k * n >= MIN_MULTIPLY_ADDS and _copies_pay(a, b) and \
         a.dtype == np.float32 and b.dtype == np.float32 and \
         (out is None or out.dtype == np.float32 and out.strides[1] == 4 and
          out.strides[0] % 4 == 0 and out.strides[0] >= 4 * n and out.flags.writeable)
@@ -141,6 +150,17 @@ def _split_rows(rows, tiles, parts) -> bool:
     return -(-blocks // parts) * parts * tiles < -(-tiles // parts) * parts * blocks
 
 
+def _copies_pay(a, b) -> bool:
+    """Whether each float the tiles copy (``_copied_floats``, either way round) takes part
+    in enough multiply-adds to repay its copy: ``ROWS_PER_COPY``, or ``ROWS_PER_LARGE_COPY``
+    where the copies pass ``LARGE_COPY``."""
+    (m, k), n = a.shape, b.shape[1]
+    copied = _turned_floats(a, b) if _turn_pays(a, b) else \
+        _copied_floats(k, n, b.strides[0] == 4 and not b.flags.c_contiguous)
+    rows = ROWS_PER_LARGE_COPY if copied > LARGE_COPY else ROWS_PER_COPY
+    return m * k * n >= rows * copied
+
+
 def _copied_floats(rows, columns, transposed) -> int:
     """Floats ``_product`` copies of a right operand: its transposed copy, its panels."""
     return rows * columns * (int(transposed) + int(columns > IN_PLACE_MOST_COLUMNS))
@@ -155,8 +175,13 @@ def _turn_pays(a, b) -> bool:
     (m, k), n = a.shape, b.shape[1]
     if b.strides[0] != 4 or m < tiled.TILE:
         return False
-    turned = _copied_floats(k, m, a.strides[0] != 4) + 2 * m * n
-    return turned < _copied_floats(k, n, True)
+    return _turned_floats(a, b) < _copied_floats(k, n, True)
+
+
+def _turned_floats(a, b) -> int:
+    """Floats copied turned: a.T's, then out's transposed copy and back."""
+    (m, k), n = a.shape, b.shape[1]
+    return _copied_floats(k, m, a.strides[0] != 4) + 2 * m * n
 
 
 def _tiles(a, b, out, accumulate):
