@@ -42,7 +42,8 @@ SPECS = Path(__file__).parent / "specs"
 class Workload:
     """A spec and the batch it is timed at; `dims` fixes the symbolic dims of its inputs
     (e.g. {"T": 64}), `vocab` bounds integer token inputs, `hyper` overrides the model's
-    hyperparameters (as `--set` does) and `length` names the one `--lengths` sweeps."""
+    hyperparameters (as `--set` does), `length` names the one `--lengths` sweeps and
+    `train` is a train section for a spec without one (the reference specs in specs/)."""
 
     name: str
     spec: str
@@ -51,6 +52,7 @@ class Workload:
     vocab: int = 0
     hyper: dict = field(default_factory=dict)
     length: str = ""
+    train: str = ""
 
 
 WORKLOADS = [
@@ -108,6 +110,21 @@ VARIANTS = [
     Workload("U-Net 32/64/128 1x64x64 b4", "unet_small.nn", 4, hyper={"width": 32}),
     Workload("U-Net 64/128/256 1x32x32 b4", "unet_small.nn", 4,
              hyper={"width": 64, "size": 32}),
+    # the reference specs as written for ImageNet, at CIFAR-like sizes: ResNet-50's
+    # bottlenecks (1x1 layers onto 2x2 to 16x16 maps), torchvision's MobileNetV2 and VGG-16
+    # (its classifier 25088 -> 4096 -> 4096 at batch 8)
+    Workload("ResNet-50 3x64x64 b8", "../../specs/resnet50.nn", 8,
+             hyper={"size": 64, "classes": 10},
+             train="train ResNet50 { loss cross_entropy; optimizer sgd(lr = 0.1, "
+                   "momentum = 0.9); batch 8 }"),
+    Workload("MobileNetV2 3x64x64 b16", "../../specs/mobilenet_v2.nn", 16,
+             hyper={"size": 64, "classes": 10},
+             train="train MobileNetV2 { loss cross_entropy; optimizer sgd(lr = 0.1, "
+                   "momentum = 0.9); batch 16 }"),
+    Workload("VGG-16 3x32x32 b8", "../../specs/vgg16.nn", 8,
+             hyper={"size": 32, "classes": 10},
+             train="train VGG16 { loss cross_entropy; optimizer sgd(lr = 0.01, "
+                   "momentum = 0.9); batch 8 }"),
 ]
 
 
@@ -120,9 +137,13 @@ SETTLE_SECONDS = 0.3
 
 
 def load_workload(workload: Workload):
-    from nnspec.spec import load
+    from nnspec.spec import load, load_text
 
-    return load(SPECS / workload.spec, overrides=workload.hyper)
+    path = SPECS / workload.spec
+    if workload.train:
+        return load_text(path.read_text() + "\n" + workload.train, str(path),
+                         overrides=workload.hyper)
+    return load(path, overrides=workload.hyper)
 
 
 def make_batch(spec, workload: Workload, rng) -> tuple:
