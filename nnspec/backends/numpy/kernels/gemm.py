@@ -156,14 +156,32 @@ def _copies_pay(a, b) -> bool:
     where the copies pass ``LARGE_COPY``."""
     (m, k), n = a.shape, b.shape[1]
     copied = _turned_floats(a, b) if _turn_pays(a, b) else \
-        _copied_floats(k, n, b.strides[0] == 4 and not b.flags.c_contiguous)
+        _copied_floats(k, n, _is_transposed(b))
     rows = ROWS_PER_LARGE_COPY if copied > LARGE_COPY else ROWS_PER_COPY
     return m * k * n >= rows * copied
 
 
 def _copied_floats(rows, columns, transposed) -> int:
-    """Floats ``_product`` copies of a right operand: its transposed copy, its panels."""
-    return rows * columns * (int(transposed) + int(columns > IN_PLACE_MOST_COLUMNS))
+    """Floats ``_product`` copies of a right operand: into panels, or transposed."""
+    return rows * columns * int(transposed or columns > IN_PLACE_MOST_COLUMNS)
+
+
+def _is_transposed(matrix) -> bool:
+    return matrix.strides[0] == 4 and not matrix.flags.c_contiguous
+
+
+def _transposed_panels(b):
+    """``tiled.panels`` of a transposed matrix, each panel transposed from its rows of b.T
+    (``blas.transpose``): one copy, not a C-ordered one and then the panels (a
+    convolution's weight gradient on 512-channel columns, 256 x 4608: its transient
+    copies 9 -> 4.5 MB)."""
+    reads, length = b.shape
+    out = tiled.empty_panels(reads, length, PANEL_WIDTH)
+    rows = b.T
+    for index, first in enumerate(range(0, length, PANEL_WIDTH)):
+        block = rows[first:first + PANEL_WIDTH]
+        blas.transpose(block, out=out[index, :, :len(block)])
+    return out
 
 
 def _turn_pays(a, b) -> bool:
@@ -173,7 +191,7 @@ def _turn_pays(a, b) -> bool:
     1152: its columns transposed and then in panels, two copies of 19 MB, 10.4 ms; turned,
     dy's 2 MB, 3.5 ms)."""
     (m, k), n = a.shape, b.shape[1]
-    if b.strides[0] != 4 or m < tiled.TILE:
+    if not _is_transposed(b) or m < tiled.TILE:
         return False
     return _turned_floats(a, b) < _copied_floats(k, n, True)
 
@@ -181,7 +199,7 @@ def _turn_pays(a, b) -> bool:
 def _turned_floats(a, b) -> int:
     """Floats copied turned: a.T's, then out's transposed copy and back."""
     (m, k), n = a.shape, b.shape[1]
-    return _copied_floats(k, m, a.strides[0] != 4) + 2 * m * n
+    return _copied_floats(k, m, _is_transposed(a.T)) + 2 * m * n
 
 
 def _tiles(a, b, out, accumulate):
@@ -200,13 +218,16 @@ def _product(a, b, out, accumulate):
     """out = a @ b (or out += it) on the tiles, ``_products_job``'s way."""
     m, k = a.shape
     n = b.shape[1]
-    if not b.flags.c_contiguous and b.strides[0] == 4:  # a transposed matrix: C-ordered
-        b = blas.transpose(b.T)  # first (NumPy's copy into panels walks it across its rows)
-    row = b.strides[0] // 4
-    if b.strides[1] == 4 and b.strides[0] % 4 == 0 and n <= row <= IN_PLACE_MOST_COLUMNS:
-        panels, panel = b, row  # read in place: one panel, b's rows
+    if _is_transposed(b) and n > IN_PLACE_MOST_COLUMNS:
+        panels, panel = _transposed_panels(b), PANEL_WIDTH
     else:
-        panels, panel = tiled.panels(b, PANEL_WIDTH), PANEL_WIDTH
+        if _is_transposed(b):  # C-ordered first (NumPy's copy walks it across its rows)
+            b = blas.transpose(b.T)
+        row = b.strides[0] // 4
+        if b.strides[1] == 4 and b.strides[0] % 4 == 0 and n <= row <= IN_PLACE_MOST_COLUMNS:
+            panels, panel = b, row  # read in place: one panel, b's rows
+        else:
+            panels, panel = tiled.panels(b, PANEL_WIDTH), PANEL_WIDTH
     del b  # a transposed matrix's copy, once in panels, is not kept through the product
     if a.strides[0] % 4 or a.strides[1] % 4 or min(a.strides) < 0:
         a = np.ascontiguousarray(a)
