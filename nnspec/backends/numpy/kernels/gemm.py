@@ -37,10 +37,11 @@ from .workers import part_range
 AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # below this the panels' copy and the call's Python (20-40 us) cost what the tiles save
 MIN_MULTIPLY_ADDS = 1 << 22
-# columns below this leave a core with a sliver where the parts split the columns, or
-# many masked lanes; a part's own product (inside ``workers.in_parts``) only the latter
-MIN_COLUMNS = 4 * tiled.TILE
-MIN_COLUMNS_ONE_PART = 2 * tiled.TILE
+# fewer columns than a tile leave most of its lanes masked; from one tile on the tiles beat
+# the narrow BLAS (the parts then split the rows): 2048 x 512 by 512 x n at n = 48, 64,
+# 96, 128: 377, 300, 460, 405 GFLOP/s against 203-245 (a ResNet-50's last stage, its 2x2
+# maps' 128 columns at batch 32; a language model's head of 65 characters)
+MIN_COLUMNS = tiled.TILE
 # columns per panel of the right operand (a tile's reads one run of 192 floats after
 # another; a tile's own panels measured no faster)
 PANEL_WIDTH = 4 * tiled.TILE
@@ -83,8 +84,7 @@ def _tiles_pay(a, b, out) -> bool:
     if not blas_is_narrow() or a.ndim != 2 or b.ndim != 2:
         return False
     (m, k), n = a.shape, b.shape[1]
-    least_columns = MIN_COLUMNS if workers.parts() > 1 else MIN_COLUMNS_ONE_PART
-    return n >= least_columns and m * k * n >= MIN_MULTIPLY_ADDS and _copies_pay(a, b) and \
+    return n >= MIN_COLUMNS and m * k * n >= MIN_MULTIPLY_ADDS and _copies_pay(a, b) and \
         a.dtype == np.float32 and b.dtype == np.float32 and \
         (out is None or out.dtype == np.float32 and out.strides[1] == 4 and
          out.strides[0] % 4 == 0 and out.strides[0] >= 4 * n and out.flags.writeable)
