@@ -39,7 +39,8 @@ def check(ours, a, b, start=None):
 # (M, K, N): M off the tiles' 8 rows, N off a tile's 48 columns and a panel's, K past a
 # block of reads (``tiled.READ_BLOCK``), one row, one panel exactly, one tile and a part of one
 SHAPES = [(300, 777, 500), (2048, 513, 192), (1, 5000, 1000), (17, 2500, 4 * 48),
-          (129, 64, 1153), (1000, 3000, 200), (1000, 700, 65), (300, 2000, 48)]
+          (129, 64, 1153), (1000, 3000, 200), (1000, 700, 65), (300, 2000, 48),
+          (4608, 512, 32)]
 
 
 @pytest.mark.parametrize("a_transposed", [False, True])
@@ -145,7 +146,7 @@ def test_a_part_of_in_parts_runs_its_own_product(narrow):
 @pytest.mark.parametrize("a, b, out, expected", [
     ((512, 512), (512, 512), None, True),
     ((64, 64), (64, 256), None, False),                   # too few multiply-adds to pay
-    ((4096, 1024), (1024, 40), None, False),              # fewer columns than a tile
+    ((4096, 1024), (1024, 24), None, False),              # most of a tile's lanes idle
     ((4096, 1024), (1024, 64), None, True),               # one tile and a part of one
     ((512, 512), (512, 512), "float64", False),           # float32 only
     ((512, 512), (512, 512), "strided", False),           # out's rows not unit stride

@@ -37,11 +37,12 @@ from .workers import part_range
 AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 # below this the panels' copy and the call's Python (20-40 us) cost what the tiles save
 MIN_MULTIPLY_ADDS = 1 << 22
-# fewer columns than a tile leave most of its lanes masked; from one tile on the tiles beat
-# the narrow BLAS (the parts then split the rows): 2048 x 512 by 512 x n at n = 48, 64,
-# 96, 128: 377, 300, 460, 405 GFLOP/s against 203-245 (a ResNet-50's last stage, its 2x2
-# maps' 128 columns at batch 32; a language model's head of 65 characters)
-MIN_COLUMNS = tiled.TILE
+# fewer columns than two of a tile's three vectors leave most of its lanes masked; from
+# there the tiles beat the narrow BLAS (the parts then split the rows): 2048 x 512 by 512 x
+# n at n = 32, 48, 64, 96, 128: 261, 377, 300, 460, 405 GFLOP/s against 203-245; 4608 x
+# 512 by 512 x 32 (ResNet-18's 512-channel layers on 1x1 maps at batch 32) 235 against
+# 142; at n = 16 within 15% either way
+MIN_COLUMNS = 2 * tiled.LANES
 # columns per panel of the right operand (a tile's reads one run of 192 floats after
 # another; a tile's own panels measured no faster)
 PANEL_WIDTH = 4 * tiled.TILE
