@@ -147,6 +147,7 @@ def test_a_part_of_in_parts_runs_its_own_product(narrow):
     ((512, 512), (512, 512), None, True),
     ((64, 64), (64, 256), None, False),                   # too few multiply-adds to pay
     ((4096, 1024), (1024, 24), None, False),              # most of a tile's lanes idle
+    ((256, 512), (512, 64), None, False),                 # narrow, and too few to pay
     ((4096, 1024), (1024, 64), None, True),               # one tile and a part of one
     ((512, 512), (512, 512), "float64", False),           # float32 only
     ((512, 512), (512, 512), "strided", False),           # out's rows not unit stride

@@ -43,6 +43,11 @@ MIN_MULTIPLY_ADDS = 1 << 22
 # 512 by 512 x 32 (ResNet-18's 512-channel layers on 1x1 maps at batch 32) 235 against
 # 142; at n = 16 within 15% either way
 MIN_COLUMNS = 2 * tiled.LANES
+# products narrower than a panel (``PANEL_WIDTH``) need four times the multiply-adds: their
+# tiles do less a call for the same set-up (MobileNet's 1x1 weight gradients at batch 32,
+# 256 x 512 by 512 x 64 and 192 x 2048 by 2048 x 32: 0.10 and 0.17 ms on the tiles against
+# 0.08 and 0.14 on BLAS; its step 0.93-0.98 of torch's -> 1.00-1.01 with them there)
+MIN_NARROW_MULTIPLY_ADDS = 4 * MIN_MULTIPLY_ADDS
 # columns per panel of the right operand (a tile's reads one run of 192 floats after
 # another; a tile's own panels measured no faster)
 PANEL_WIDTH = 4 * tiled.TILE
@@ -85,7 +90,8 @@ def _tiles_pay(a, b, out) -> bool:
     if not blas_is_narrow() or a.ndim != 2 or b.ndim != 2:
         return False
     (m, k), n = a.shape, b.shape[1]
-    return n >= MIN_COLUMNS and m * k * n >= MIN_MULTIPLY_ADDS and _copies_pay(a, b) and \
+    least = MIN_MULTIPLY_ADDS if n >= PANEL_WIDTH else MIN_NARROW_MULTIPLY_ADDS
+    return n >= MIN_COLUMNS and m * k * n >= least and _copies_pay(a, b) and \
         a.dtype == np.float32 and b.dtype == np.float32 and \
         (out is None or out.dtype == np.float32 and out.strides[1] == 4 and
          out.strides[0] % 4 == 0 and out.strides[0] >= 4 * n and out.flags.writeable)
