@@ -18,8 +18,10 @@ OpenBLAS's own choice the two are within 10% of each other either way).
 The left operand is read where it lies, any strides: a transposed one (a weight
 gradient's dy.T) a read's rows one run of floats, a C-ordered one each row a run of reads.
 The right operand is read where it lies when its rows are short (``IN_PLACE_MOST_COLUMNS``),
-else copied into panels of ``PANEL_WIDTH`` columns (a transposed one by ``blas.transpose``
-first: NumPy's copy would walk it across its rows).
+else copied into panels of ``PANEL_WIDTH`` columns (a transposed one by ``blas.transpose``,
+a panel at a time: NumPy's copy would walk it across its rows). Where a transposed right
+operand is the longer one, the product runs turned (``_turn_pays``), and the tiles take a
+product only where what they copy pays for itself (``_copies_pay``).
 """
 
 from __future__ import annotations
