@@ -43,12 +43,13 @@ MIN_MULTIPLY_ADDS = 1 << 22
 # there the tiles beat the narrow BLAS (the parts then split the rows): 2048 x 512 by 512 x
 # n at n = 32, 48, 64, 96, 128: 261, 377, 300, 460, 405 GFLOP/s against 203-245; 4608 x
 # 512 by 512 x 32 (ResNet-18's 512-channel layers on 1x1 maps at batch 32) 235 against
-# 142; at n = 16 within 15% either way
+# 142; at n = 16 within 20% either way
 MIN_COLUMNS = 2 * tiled.LANES
 # products narrower than a panel (``PANEL_WIDTH``) need four times the multiply-adds: their
 # tiles do less a call for the same set-up (MobileNet's 1x1 weight gradients at batch 32,
 # 256 x 512 by 512 x 64 and 192 x 2048 by 2048 x 32: 0.10 and 0.17 ms on the tiles against
-# 0.08 and 0.14 on BLAS; its step 0.93-0.98 of torch's -> 1.00-1.01 with them there)
+# 0.08 and 0.14 on BLAS; its step 0.86-0.98 of torch's with them on BLAS, 0.96-1.01 on
+# the tiles, over three interleaved runs)
 MIN_NARROW_MULTIPLY_ADDS = 4 * MIN_MULTIPLY_ADDS
 # columns per panel of the right operand (a tile's reads one run of 192 floats after
 # another; a tile's own panels measured no faster)
