@@ -3,10 +3,11 @@ spec's generated PyTorch module (same weights, same batch), interleaved in one p
 
 Each workload is one `.nn` spec under bench/specs/ plus a batch size: `WORKLOADS` below is the
 only list to extend. Per workload it prints ms per step of each backend, the ratio
-numpy/torch (lower is better), the peak memory of each backend's steps (in a fresh child
-process per backend: the resident peak `VmHWM` is reset through /proc/self/clear_refs after
-the model and batch are made, nothing having run yet, and the figure is that peak over three
-steps minus the resident size before them) and the achieved GFLOP/s of each
+numpy/torch (lower is better), the peak memory of each backend's steps (each backend in a
+fresh process of its own, as its user runs it, its runtime loaded and its model built: the
+resident peak `VmHWM` is reset through /proc/self/clear_refs, the optimizer made, and the
+figure is the peak over three steps minus the resident size before them: optimizer state,
+gradients, activations and scratch) and the achieved GFLOP/s of each
 against the machine's float32 GEMM rate, measured first. FLOPs per step are counted as
 3 x 2 x MACs x batch (forward, then input and weight gradients), from `nnspec summary`'s MACs.
 
@@ -226,23 +227,64 @@ def _status_kib(field_name: str) -> int:
     raise KeyError(field_name)
 
 
+def _give_back_freed_memory() -> None:
+    """Return the set-up's freed memory to the system (glibc's malloc_trim), so that the
+    steps measured after it cannot reuse it unseen."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
+
+
+def _warm_torch() -> None:
+    """Two steps of a throwaway three-layer net: torch's first backward starts its runtime
+    (the autograd engine's thread, oneDNN), about 90 MiB on this machine whatever the
+    model (LeNet-5's first three steps grew 98 MiB without it, 14 with it). It is loaded
+    before the measured steps, as nnspec's compiled jobs are: a library's cost, not a
+    step's."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 5))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x, target = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), target).backward()
+        optimizer.step()
+
+
 def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
-                 queue) -> None:
-    """In a child process: the resident peak of a backend's first steps above the resident
-    size before them (MiB)."""
+                 weights_path: str, queue) -> None:
+    """In a child process that runs one backend, as its user would: the resident peak of
+    the first steps above the resident size once the model is built (MiB), the optimizer
+    made after that so that its state counts for both backends (nnspec's at creation,
+    torch's at the first step)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads, user_api="blas")
-    if backend == 1:
-        import torch
+    spec = load_workload(workload)
+    x, target = make_batch(spec, workload, np.random.default_rng(0))
+    if backend == 1:  # torch, with glibc's allocator as a torch user has it and the weights
+        import torch  # from a file, as a checkpoint's; no interpreter model in the process
+
+        from nnspec.backends.torch.runtime import TorchModel
 
         torch.set_num_threads(threads)
-    step = make_steps(workload)[backend]
-    if backend == 0:  # numba's runtime starts with the first compiled loop, and the jobs
-        from nnspec.backends.numpy.kernels import (  # load on their first run: a library's
-            attention_tiles,
+        _warm_torch()
+        from safetensors.numpy import load_file
+
+        weights = load_file(weights_path)
+        model = TorchModel(spec, weights, seed=0)
+        del weights  # (not given back: the steps may reuse it, in torch's favour)
+    else:
+        from nnspec.backends.numpy.kernels import (  # the compiled jobs load on their first
+            attention_tiles,  # run: a library's load, as torch's runtime is
             columns,
-            frames,  # load, as torch's import is
+            frames,
             gemm,
             gru_steps,
             lstm_steps,
@@ -251,31 +293,55 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
             tiled,
             winograd,
         )
+        from nnspec.backends.numpy.model import NumpyModel
 
+        model = NumpyModel.from_spec(spec, seed=0)
         parallel.warm_up()
         for module in (tiled, gemm, frames, columns, gru_steps, lstm_steps, max_pool, winograd,
                        attention_tiles):
             module.load()
+        gc.collect()
+        # the initialisation's temporaries, kept in the process (``allocator``), would
+        # hold a step's activations unseen: ResNet-50's 3x64x64 b8 peak 181 -> 235 MiB
+        _give_back_freed_memory()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size
     before = _status_kib("VmRSS")
+    optimizer = model.make_optimizer(spec.train.optimizer)
     for _ in range(steps):
-        step()
+        model.loss(x, target)
+        model.backward()
+        optimizer.step()
     queue.put((_status_kib("VmHWM") - before) / 1024.0)
 
 
 def peak_memory_mib(workload: Workload, threads: int, steps: int = 3
                     ) -> tuple[float, float]:
-    """(numpy, torch) growth of the resident peak over a few steps, each in a fresh process."""
+    """(numpy, torch) growth of the resident peak over a few training steps, each backend in
+    a fresh process of its own: one backend's steps never reuse memory the other's set-up
+    freed (both in one process, torch's steps had reused the interpreter model's freed
+    memory: the ResNet of 128/256/512 on 16x16 maps read 74-88 MiB, 159-171 alone), and
+    both start from the same weights (written to a file here)."""
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    from nnspec.backends.numpy.model import NumpyModel
+
     context = multiprocessing.get_context("spawn")
     peaks = []
-    for backend in (0, 1):
-        queue = context.Queue()
-        child = context.Process(target=_peak_growth, args=(workload, backend, threads, steps, queue))
-        child.start()
-        peaks.append(queue.get())
-        child.join()
+    with tempfile.TemporaryDirectory() as folder:
+        weights_path = os.path.join(folder, "weights.safetensors")
+        save_file(NumpyModel.from_spec(load_workload(workload), seed=0).state_dict(),
+                  weights_path)
+        for backend in (0, 1):
+            queue = context.Queue()
+            child = context.Process(target=_peak_growth, args=(
+                workload, backend, threads, steps, weights_path, queue))
+            child.start()
+            peaks.append(queue.get())
+            child.join()
     return peaks[0], peaks[1]
 
 
@@ -331,8 +397,9 @@ def main():
     print(f"one training step: median of {args.repeats} interleaved blocks of {args.block} "
           f"steps; {_cpu()}, {os.cpu_count()} cores; torch threads {threads}; numpy BLAS "
           f"{_blas()}; float32 GEMM {gemm:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
-    print("MiB = resident peak over 3 steps above the resident size before them (VmHWM after "
-          "clear_refs), one process per backend")
+    print("MiB = resident peak over 3 steps (the optimizer made first) above the resident "
+          "size with the model built (VmHWM after clear_refs), each backend in a process of "
+          "its own, its runtime loaded")
     print(f"{'workload':<40}{'numpy ms':>9}{'torch ms':>9}{'ratio':>7}"
           f"{'np MiB':>8}{'pt MiB':>8}{'np GF/s':>8}{'pt GF/s':>8}{'% GEMM':>7}")
     chosen = [w for w in (VARIANTS if args.variants else WORKLOADS)
