@@ -234,22 +234,29 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
                 saved[index * len(query_blocks) + number] = (
                     qb, keep, probs if keep_probs else None)
 
-    if dtype == np.float32 and not dropping and padding is None and mask is None and \
-            min(steps, keys_total) >= COMPILED_MIN_KEYS and \
-            attention_tiles.applies(q, k, v):  # one compiled job
+    compiled = dtype == np.float32 and not dropping and padding is None and mask is None \
+        and min(steps, keys_total) >= COMPILED_MIN_KEYS and attention_tiles.applies(q, k, v)
+    if compiled:  # one compiled job
         saved = [(queries_block, None, probs) for queries_block, probs in zip(
             *attention_tiles.forward(q, k, v, causal=causal, scale=scale,
                                      head_blocks=head_blocks, query_blocks=query_blocks,
                                      kt=kt, vt=vt, context=context, keep=keep_probs))]
     else:
         workers.in_parts(forward_blocks, parts)
+    # the backward keeps the shapes of q, k and v, not them: its own copies (kt, vt, the
+    # queries' blocks) hold what it reads, but for the compiled job's keys, which it reads
+    # as rows (a copy where they are columns of one projection's output, a third of its
+    # size: the projection's output, often only held here, is then freed: a ViT layer's
+    # 3 MiB at batch 32, d 128, T 64)
+    shapes = (q.shape, k.shape, v.shape)
+    key_rows = np.ascontiguousarray(k) if compiled else None
 
     def backward(d_context, into=None):
         """``into``: arrays shaped as q, k and v (views into one buffer, say; None for a
         new one) to write the gradients to."""
         d_context = d_context.reshape(batch, steps, kv_heads, group, dim)
-        dq_out, dk_rows, dv_rows = (np.empty(a.shape, dtype) if given is None else given
-                                    for a, given in zip((q, k, v), into or (None,) * 3))
+        dq_out, dk_rows, dv_rows = (np.empty(shape, dtype) if given is None else given
+                                    for shape, given in zip(shapes, into or (None,) * 3))
         dq = dq_out.reshape(batch, steps, kv_heads, group, dim)
         several = len(query_blocks) > 1 or query_blocks[0][2] != keys_total
 
@@ -257,9 +264,7 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
             """Whether ``attention_tiles``' job takes the backward: where the compiled
             forward ran (no masks or dropout, float32, from COMPILED_MIN_KEYS), writing
             gradients it can write as they are."""
-            return dtype == np.float32 and not dropping and padding is None and \
-                mask is None and min(steps, keys_total) >= COMPILED_MIN_KEYS and \
-                attention_tiles.applies(q, k, v) and attention_tiles.applies(*outputs)
+            return compiled and attention_tiles.applies(*outputs)
 
         # (N, S, KVH, d) like k and v, written through (N, KVH, S, d) views
         dk, dv = dk_rows.transpose(0, 2, 1, 3), dv_rows.transpose(0, 2, 1, 3)
@@ -317,7 +322,7 @@ def scaled_dot_product(q, k, v, key_padding_mask=None, attn_mask=None, *, causal
 
         if compiled_backward(dq_out, dk_rows, dv_rows):
             attention_tiles.backward(
-                k, dq_out, dk_rows, dv_rows, kt=kt, vt=vt, d_context=d_context,
+                key_rows, dq_out, dk_rows, dv_rows, kt=kt, vt=vt, d_context=d_context,
                 context=context, head_blocks=head_blocks, query_blocks=query_blocks,
                 queries=[block[0] for block in saved],
                 probabilities=[block[2] for block in saved], causal=causal)
@@ -521,6 +526,10 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
                                               rng=rng, scale=1.0)
     context_rows = context.reshape(-1, embed)
     y = affine(context_rows, wo, bo)
+    # the backward keeps the projections' shapes, not their outputs (``scaled_dot_product``
+    # keeps what it reads of them)
+    qkv_shape = (len(x_rows), ends[-1]) if memory is None else None
+    part_shapes = (q.shape, k.shape, v.shape)
 
     def backward(dy):
         dy_rows = dy.reshape(-1, embed)
@@ -544,8 +553,8 @@ def attention(x, memory, weights, key_padding_mask=None, attn_mask=None, *, head
     def self_attention_backward(grads, d_context):
         """dx and the masks' gradients, with the projections' gradients (into `grads`) from
         one product each over [dq, dk, dv]."""
-        d_qkv = np.empty(qkv.shape, qkv.dtype)
-        parts = [d_qkv[:, span].reshape(a.shape) for span, a in zip(spans, (q, k, v))]
+        d_qkv = np.empty(qkv_shape, np.result_type(x_rows, stacked))
+        parts = [d_qkv[:, span].reshape(shape) for span, shape in zip(spans, part_shapes)]
         if rope_theta is None:  # straight into their columns
             mask_grads = attend_back(d_context, into=parts)[3:]
         else:  # dv straight into its columns, dq and dk turned back into theirs
