@@ -504,9 +504,10 @@ def _fold(column_sums, begin, end, positions, totals, index):
     c = begin // positions
     while c * positions < end:
         low, high = max(begin, c * positions), min(end, (c + 1) * positions)
+        part = column_sums[low - begin:high - begin]  # a loop over a slice vectorises
         total = 0.0
-        for j in range(low - begin, high - begin):
-            total += np.float64(column_sums[j])
+        for j in range(part.size):
+            total += np.float64(part[j])
         totals[index, c] += total
         c += 1
 
@@ -529,9 +530,10 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
         base = low * positions
         if train:
             for c in range(low, high):
+                first_sample = rows[0, c * positions:(c + 1) * positions]
                 total = 0.0
-                for position in range(c * positions, (c + 1) * positions):
-                    total += np.float64(rows[0, position])
+                for position in range(first_sample.size):
+                    total += np.float64(first_sample[position])
                 coefficients[SHIFT, c] = total / positions
                 moments[0, c] = 0.0
                 moments[1, c] = 0.0
