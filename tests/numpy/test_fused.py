@@ -29,13 +29,15 @@ def test_the_exp_is_within_3e_7_of_the_true_one_down_to_where_float32_flushes():
 
 
 @settings(max_examples=60, deadline=None)
-@given(samples=st.integers(2, 9), channels=st.integers(1, 5), positions=st.integers(1, 40),
+@given(samples=st.integers(2, 9), channels=st.integers(1, 5),
+       positions=st.integers(1, 40) | st.integers(fused.BY_CHANNEL_MIN_POSITIONS, 150),
        span=st.integers(1, 70), offset=st.floats(-1e3, 1e3), train=st.booleans(),
        activation=st.sampled_from([None, "relu", "relu6"]), seed=st.integers(0, 2**16))
 def test_batch_norm_loops_match_float64_numpy(samples, channels, positions, span, offset,
                                                train, activation, seed):
-    """Any column span, maps of any size, means far from zero (the shift keeps the variance),
-    each activation; forward and backward against the textbook formulas in float64."""
+    """Any column span, maps of any size (the chunks' loops, and a channel at a time from
+    BY_CHANNEL_MIN_POSITIONS), means far from zero (the shift keeps the variance), each
+    activation; forward and backward against the textbook formulas in float64."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((samples, channels, positions)) * 2 + offset).astype(np.float32)
     weight, bias = (rng.standard_normal(channels).astype(np.float32) for _ in range(2))

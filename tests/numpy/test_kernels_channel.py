@@ -105,13 +105,15 @@ def test_depthwise_backward_keeps_its_padded_phases_and_not_its_input(stride):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("shape", [(6, 3), (5, 4, 7), (3, 5, 6, 4), (1, 3, 5, 5), (11, 2, 3, 4)])
+@pytest.mark.parametrize("shape", [(6, 3), (5, 4, 7), (3, 5, 6, 4), (1, 3, 5, 5), (11, 2, 3, 4),
+                                   (2, 3, 9, 9), (1, 2, 80)])
 @pytest.mark.parametrize("span", [1, 7, 1 << 12])
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_norm_matches_torch_over_column_spans_of_any_width(shape, span, train,
                                                                  monkeypatch):
     """The loops go down the batch a span of columns at a time: spans of one column, of a
-    part of a channel's positions, and wider than every row."""
+    part of a channel's positions, and wider than every row; from 64 positions a channel
+    (the last two shapes) a channel at a time."""
     monkeypatch.setattr(fused, "COLUMN_SPAN", span)
     rng = np.random.default_rng(21)
     channels = shape[1]
@@ -160,14 +162,16 @@ def test_relus_match_torch_at_their_kinks_and_keep_nan(kernel, torch_name):
     assert y.dtype == backward(np.ones_like(x))[0].dtype == np.float32
 
 
+@pytest.mark.parametrize("shape", [(6, 4, 5, 5), (3, 4, 9, 9)])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("kernel, name", [(relu, "relu"), (relu6, "relu6")])
 def test_batch_norm_applying_its_activation_equals_the_activation_after_it(kernel, name,
-                                                                         train):
+                                                                         train, shape):
     """Bit for bit, forward and backward, across the kinks (outputs spread over (-9, 9)),
-    with a NaN channel; the activation's gradient comes from the output found again."""
+    with a NaN channel; the activation's gradient comes from the output found again. On
+    5x5 maps the chunks' loops, on 9x9 a channel at a time."""
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal((6, 4, 5, 5)) * 3).astype(np.float32)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
     x[2, 3, 1, 1] = np.nan
     weight = np.array([3.0, -2.0, 0.5, 1.0], np.float32)
     bias = np.array([1.0, 0.0, 5.9, -0.5], np.float32)

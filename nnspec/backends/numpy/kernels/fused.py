@@ -468,7 +468,8 @@ def _passes(value, activation):
 # chunk's per-channel coefficients, then down the rows again for the output, which finds the
 # chunk's rows still in the core's cache (the second pass had read them from memory). The
 # loops read per-column coefficients (``_spread``), so that rows of one position a channel,
-# a dense layer's batch norm, vectorise as well as large maps.
+# a dense layer's batch norm, vectorise; maps of BY_CHANNEL_MIN_POSITIONS positions and more
+# go a channel at a time instead.
 COLUMN_SPAN = 4096
 # the rows of a batch norm's per-channel coefficients (5, C), which its backward reuses:
 # y = (x - shift) * scale + offset, scale = weight * inv_std, and gap = mean - shift
@@ -512,6 +513,93 @@ def _fold(column_sums, begin, end, positions, totals, index):
         c += 1
 
 
+# from this many positions a channel, batch norm's loops go a channel at a time, down its
+# run of positions in each sample with the channel's coefficients as scalars and float64
+# sums: the chunks' per-column coefficients (``_spread``) and float32 column sums pay where
+# runs are short (a dense layer's are one position), and over long ones cost passes of
+# their own. Forward and backward on one core: 96 channels of 32x32 at batch 1 293 -> 31
+# us, 32 of 16x16 at batch 32 190 -> 97, 16 of 32x32 at batch 64 699 -> 336, 64 of 8x8 at
+# batch 8 30 -> 19; from 16 positions the chunks stayed faster below 64 (32 channels of 7x7
+# at batch 64: 59 against 94 a channel at a time)
+BY_CHANNEL_MIN_POSITIONS = 64
+
+
+@_inline
+def _channel_statistics(rows, c, positions, weight, bias, eps, coefficients, moments):
+    """Channel c's batch statistics into ``moments`` and its coefficients, as
+    ``batch_norm_forward``'s chunks make them: about the first sample's mean, in float64."""
+    first_sample = rows[0, c * positions:(c + 1) * positions]
+    total = 0.0
+    for position in range(first_sample.size):
+        total += np.float64(first_sample[position])
+    coefficients[SHIFT, c] = total / positions
+    shift = coefficients[SHIFT, c]
+    total = 0.0
+    total_squares = 0.0
+    for i in range(rows.shape[0]):
+        run = rows[i, c * positions:(c + 1) * positions]
+        for j in range(run.size):
+            centred = np.float64(run[j] - shift)
+            total += centred
+            total_squares += centred * centred
+    values = rows.shape[0] * positions
+    mean_offset = total / values
+    variance = max(total_squares / values - mean_offset * mean_offset, 0.0)
+    moments[0, c], moments[1, c] = mean_offset, variance
+    coefficients[GAP, c] = mean_offset
+    coefficients[INV_STD, c] = 1.0 / np.sqrt(variance + eps)
+    coefficients[SCALE, c] = coefficients[INV_STD, c] * weight
+    coefficients[OFFSET, c] = bias - coefficients[GAP, c] * coefficients[SCALE, c]
+
+
+@_inline
+def _normalise_channel(rows, c, positions, coefficients, activation, out):
+    """out = the activation of (rows - shift) * scale + offset over channel c."""
+    shift, scale, offset = coefficients[SHIFT, c], coefficients[SCALE, c], \
+        coefficients[OFFSET, c]
+    for i in range(rows.shape[0]):
+        run = rows[i, c * positions:(c + 1) * positions]
+        target = out[i, c * positions:(c + 1) * positions]
+        for j in range(run.size):
+            target[j] = _activate((run[j] - shift) * scale + offset, activation)
+
+
+@_inline
+def _channel_gradient(d_out, rows, c, positions, coefficients, train, activation, results,
+                      totals, out):
+    """``batch_norm_backward`` over channel c."""
+    shift, scale, offset = coefficients[SHIFT, c], coefficients[SCALE, c], \
+        coefficients[OFFSET, c]
+    sum_dy = 0.0
+    sum_dy_centred = 0.0
+    for i in range(rows.shape[0]):
+        dy = d_out[i, c * positions:(c + 1) * positions]
+        run = rows[i, c * positions:(c + 1) * positions]
+        for j in range(run.size):
+            centred = run[j] - shift
+            g = dy[j] if _passes(centred * scale + offset, activation) else _F(0.0)
+            sum_dy += np.float64(g)
+            sum_dy_centred += np.float64(g * centred)
+    totals[0, c], totals[1, c] = sum_dy, sum_dy_centred
+    values = rows.shape[0] * positions
+    inv_std, gap = coefficients[INV_STD, c], coefficients[GAP, c]
+    sum_dy_x_hat = (sum_dy_centred - gap * sum_dy) * inv_std
+    results[D_WEIGHT, c] = sum_dy_x_hat
+    results[D_BIAS, c] = sum_dy
+    row_scale = -scale * inv_std * sum_dy_x_hat / values if train else 0.0
+    results[ROW_SCALE, c] = row_scale
+    results[ROW_OFFSET, c] = -scale * sum_dy / values - row_scale * gap if train else 0.0
+    row_scale, row_offset = results[ROW_SCALE, c], results[ROW_OFFSET, c]
+    for i in range(rows.shape[0]):
+        dy = d_out[i, c * positions:(c + 1) * positions]
+        run = rows[i, c * positions:(c + 1) * positions]
+        target = out[i, c * positions:(c + 1) * positions]
+        for j in range(run.size):
+            centred = run[j] - shift
+            g = dy[j] if _passes(centred * scale + offset, activation) else _F(0.0)
+            target[j] = g * scale + centred * row_scale + row_offset
+
+
 @_reducing
 def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, activation, out,
                        scratch, span, first, last):
@@ -522,6 +610,13 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
     C) its values from them, ``weight`` and ``bias``; otherwise ``coefficients`` is given.
     ``scratch`` (5, >= the most columns of a chunk): the loops' per-column values."""
     count, positions, values, chunk = _chunks(rows, coefficients.shape[1], span)
+    if positions >= BY_CHANNEL_MIN_POSITIONS:
+        for c in range(first, last):
+            if train:
+                _channel_statistics(rows, c, positions, weight[c], bias[c], eps, coefficients,
+                                    moments)
+            _normalise_channel(rows, c, positions, coefficients, activation, out)
+        return
     shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
     sums, squares = scratch[3], scratch[4]
     for low in range(first, last, chunk):
@@ -580,6 +675,11 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
     ``results`` (4, C) dweight, dbias and dx's training terms from them. ``scratch`` (7, >=
     the most columns of a chunk)."""
     count, positions, values, chunk = _chunks(rows, coefficients.shape[1], span)
+    if positions >= BY_CHANNEL_MIN_POSITIONS:
+        for c in range(first, last):
+            _channel_gradient(d_out, rows, c, positions, coefficients, train, activation,
+                              results, totals, out)
+        return
     shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
     row_scales, row_offsets, sums, products = scratch[3], scratch[4], scratch[5], scratch[6]
     for low in range(first, last, chunk):
