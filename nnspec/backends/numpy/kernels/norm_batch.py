@@ -2,7 +2,8 @@
 
 Every pass works on the (N, C * L) view of the activations, in one compiled job each way
 (``fused.batch_norm_forward``, ``batch_norm_backward``), each core a run of whole channels:
-per chunk of channels the statistics (or the backward's sums) in one read of x (and dy), the
+per chunk of channels (or, on maps of ``fused.BY_CHANNEL_MIN_POSITIONS`` positions and more,
+per channel) the statistics (or the backward's sums) in one read of x (and dy), the
 per-channel coefficients, then the output (dx) in a second read that finds the chunk in the
 core's cache. Values are taken about a shift (the first sample's channel means), so that
 nothing cancels away when a channel's mean is large against its spread. Against the NumPy
