@@ -106,14 +106,15 @@ def test_depthwise_backward_keeps_its_padded_phases_and_not_its_input(stride):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("shape", [(6, 3), (5, 4, 7), (3, 5, 6, 4), (1, 3, 5, 5), (11, 2, 3, 4),
-                                   (2, 3, 9, 9), (1, 2, 80)])
+                                   (2, 3, 9, 9), (1, 2, 80), (70, 2, 8, 8)])
 @pytest.mark.parametrize("span", [1, 7, 1 << 12])
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_norm_matches_torch_over_column_spans_of_any_width(shape, span, train,
                                                                  monkeypatch):
     """The loops go down the batch a span of columns at a time: spans of one column, of a
-    part of a channel's positions, and wider than every row; from 64 positions a channel
-    (the last two shapes) a channel at a time."""
+    part of a channel's positions, and wider than every row; on maps of 64 positions and
+    more a channel at a time (9x9 and 80 positions), but for runs shorter than 256 in
+    batches of more than 64 (70 samples of 8x8)."""
     monkeypatch.setattr(fused, "COLUMN_SPAN", span)
     rng = np.random.default_rng(21)
     channels = shape[1]

@@ -468,8 +468,8 @@ def _passes(value, activation):
 # chunk's per-channel coefficients, then down the rows again for the output, which finds the
 # chunk's rows still in the core's cache (the second pass had read them from memory). The
 # loops read per-column coefficients (``_spread``), so that rows of one position a channel,
-# a dense layer's batch norm, vectorise; maps of BY_CHANNEL_MIN_POSITIONS positions and more
-# go a channel at a time instead.
+# a dense layer's batch norm, vectorise; maps go a channel at a time instead where that
+# reads faster (``_by_channel``).
 COLUMN_SPAN = 4096
 # the rows of a batch norm's per-channel coefficients (5, C), which its backward reuses:
 # y = (x - shift) * scale + offset, scale = weight * inv_std, and gap = mean - shift
@@ -520,8 +520,21 @@ def _fold(column_sums, begin, end, positions, totals, index):
 # their own. Forward and backward on one core: 96 channels of 32x32 at batch 1 293 -> 31
 # us, 32 of 16x16 at batch 32 190 -> 97, 16 of 32x32 at batch 64 699 -> 336, 64 of 8x8 at
 # batch 8 30 -> 19; from 16 positions the chunks stayed faster below 64 (32 channels of 7x7
-# at batch 64: 59 against 94 a channel at a time)
+# at batch 64: 59 against 94 a channel at a time). Runs shorter than BY_CHANNEL_LONG_RUN
+# go a channel at a time up to BY_CHANNEL_MOST_SAMPLES samples: a channel's many short runs
+# far apart read slower than the chunks' long rows (on both cores, 192 channels of 8x8 at
+# batch 128 0.78-1.07 ms against 1.11-1.33 a channel at a time; 64 of 8x8 at batch 32 84
+# against 69 us, 64 of 12x12 at batch 64 280 against 203)
 BY_CHANNEL_MIN_POSITIONS = 64
+BY_CHANNEL_LONG_RUN = 256
+BY_CHANNEL_MOST_SAMPLES = 64
+
+
+@_inline
+def _by_channel(count, positions):
+    """Whether batch norm's loops over (count, C * positions) rows go a channel at a time."""
+    return positions >= BY_CHANNEL_LONG_RUN or (
+        positions >= BY_CHANNEL_MIN_POSITIONS and count <= BY_CHANNEL_MOST_SAMPLES)
 
 
 @_inline
@@ -610,7 +623,7 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
     C) its values from them, ``weight`` and ``bias``; otherwise ``coefficients`` is given.
     ``scratch`` (5, >= the most columns of a chunk): the loops' per-column values."""
     count, positions, values, chunk = _chunks(rows, coefficients.shape[1], span)
-    if positions >= BY_CHANNEL_MIN_POSITIONS:
+    if _by_channel(count, positions):
         for c in range(first, last):
             if train:
                 _channel_statistics(rows, c, positions, weight[c], bias[c], eps, coefficients,
@@ -675,7 +688,7 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
     ``results`` (4, C) dweight, dbias and dx's training terms from them. ``scratch`` (7, >=
     the most columns of a chunk)."""
     count, positions, values, chunk = _chunks(rows, coefficients.shape[1], span)
-    if positions >= BY_CHANNEL_MIN_POSITIONS:
+    if _by_channel(count, positions):
         for c in range(first, last):
             _channel_gradient(d_out, rows, c, positions, coefficients, train, activation,
                               results, totals, out)
