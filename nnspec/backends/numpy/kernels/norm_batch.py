@@ -4,13 +4,13 @@ Every pass works on the (N, C * L) view of the activations, in one compiled job 
 (``fused.batch_norm_forward``, ``batch_norm_backward``), each core a run of whole channels:
 per chunk of channels (or, on maps, per channel: ``fused._by_channel``) the statistics (or
 the backward's sums) in one read of x (and dy), the per-channel coefficients, then the
-output (dx) in a second read that finds the chunk in the core's cache. Values are taken about a shift (the first sample's channel means), so that
-nothing cancels away when a channel's mean is large against its spread. Against the NumPy
-passes they first replaced (32 x 96 x 32 x 32, forward and backward): 15.5 -> 7.0 ms,
-torch's at two threads 7.0-7.6. One job a direction, with the per-channel arithmetic inside,
-where two jobs had some thirty NumPy calls between them: a 64-channel 8x8 layer at batch 32,
-forward and backward, 146 -> 100 us; a MobileNetV2-style step 46.3 -> 42.2 ms, ResNet-20
-47.2 -> 45.6.
+output (dx) in a second read that finds the chunk in the core's cache. Values are taken
+about a shift (the first sample's channel means), so that nothing cancels away when a
+channel's mean is large against its spread. Against the NumPy passes they first replaced
+(32 x 96 x 32 x 32, forward and backward): 15.5 -> 7.0 ms, torch's at two threads 7.0-7.6.
+One job a direction, with the per-channel arithmetic inside, where two jobs had some thirty
+NumPy calls between them: a 64-channel 8x8 layer at batch 32, forward and backward, 146 ->
+100 us; a MobileNetV2-style step 46.3 -> 42.2 ms, ResNet-20 47.2 -> 45.6.
 
 A ReLU or ReLU6 that alone reads the output runs inside (``activation``): the loops clamp
 the output as they write it, and the backward's find where it passed the gradient from the
