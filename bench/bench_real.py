@@ -300,11 +300,10 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
         for module in (tiled, gemm, frames, columns, gru_steps, lstm_steps, max_pool, winograd,
                        attention_tiles):
             module.load()
-        gc.collect()
-        # the initialisation's temporaries, kept in the process (``allocator``), would
-        # hold a step's activations unseen: ResNet-50's 3x64x64 b8 peak 181 -> 235 MiB
-        _give_back_freed_memory()
     gc.collect()
+    if backend == 0:  # the initialisation's temporaries, kept in the process (``allocator``),
+        # would hold a step's activations unseen: ResNet-50's 3x64x64 b8 peak 181 -> 235 MiB
+        _give_back_freed_memory()
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident size
     before = _status_kib("VmRSS")

@@ -362,7 +362,7 @@ DIRECT_SUMS_LARGE_MAX_CHANNELS = 320
 # and more, up to DIRECT_SUMS_BATCH_MAX_CHANNELS and no more outputs than inputs (weight
 # gradients on the sums against the columns, AMD EPYC: 0.67-0.92x at 256-384 channels on
 # 4x4 maps at batch 32 and 64, 0.81-0.97x on 8x8 at batch 16 and 32; 1.06-1.07x on 8x8 at
-# batch 8; 1.23x at 256 -> 512 on 8x8, 1.35-3.6x at 512 on 4x4)
+# batch 8; measured without them, 1.23x at 256 -> 512 on 8x8, 1.35-3.6x at 512 on 4x4)
 DIRECT_SUMS_MIN_SAMPLES = 16
 DIRECT_SUMS_BATCH_MAX_CHANNELS = 384
 # where their planes fill this much of the tiles' vectors (a vector holds one sample's

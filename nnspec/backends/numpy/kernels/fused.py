@@ -523,8 +523,9 @@ def _fold(column_sums, begin, end, positions, totals, index):
 # at batch 64: 59 against 94 a channel at a time). Runs shorter than BY_CHANNEL_LONG_RUN
 # go a channel at a time up to BY_CHANNEL_MOST_SAMPLES samples: a channel's many short runs
 # far apart read slower than the chunks' long rows (on both cores, 192 channels of 8x8 at
-# batch 128 0.78-1.07 ms against 1.11-1.33 a channel at a time; 64 of 8x8 at batch 32 84
-# against 69 us, 64 of 12x12 at batch 64 280 against 203)
+# batch 128: 0.78-1.14 ms against 1.11-1.33 a channel at a time; below, the channels' way
+# stays faster: 64 of 8x8 at batch 32 79-84 against 69-76 us (113 once), 64 of 12x12 at
+# batch 64 258-282 against 201-205 (273 once))
 BY_CHANNEL_MIN_POSITIONS = 64
 BY_CHANNEL_LONG_RUN = 256
 BY_CHANNEL_MOST_SAMPLES = 64
@@ -538,14 +539,50 @@ def _by_channel(count, positions):
 
 
 @_inline
-def _channel_statistics(rows, c, positions, weight, bias, eps, coefficients, moments):
-    """Channel c's batch statistics into ``moments`` and its coefficients, as
-    ``batch_norm_forward``'s chunks make them: about the first sample's mean, in float64."""
+def _first_sample_mean(rows, c, positions):
+    """Channel c's mean over the first sample (float64): the shift its statistics are
+    taken about."""
     first_sample = rows[0, c * positions:(c + 1) * positions]
     total = 0.0
     for position in range(first_sample.size):
         total += np.float64(first_sample[position])
-    coefficients[SHIFT, c] = total / positions
+    return total / positions
+
+
+@_inline
+def _set_coefficients(c, total, total_squares, values, weight, bias, eps, coefficients,
+                      moments):
+    """Channel c's moments (mean - shift, biased variance) and coefficients from the float64
+    sums of its values less the shift and of their squares."""
+    mean_offset = total / values
+    variance = max(total_squares / values - mean_offset * mean_offset, 0.0)
+    moments[0, c], moments[1, c] = mean_offset, variance
+    coefficients[GAP, c] = mean_offset
+    coefficients[INV_STD, c] = 1.0 / np.sqrt(variance + eps)
+    coefficients[SCALE, c] = coefficients[INV_STD, c] * weight
+    coefficients[OFFSET, c] = bias - coefficients[GAP, c] * coefficients[SCALE, c]
+
+
+@_inline
+def _set_gradient_terms(c, sum_dy, sum_dy_centred, values, train, coefficients, results):
+    """Channel c's dweight, dbias and dx's two training terms from the float64 sums of g and
+    of g * (x - shift)."""
+    scale, inv_std, gap = coefficients[SCALE, c], coefficients[INV_STD, c], \
+        coefficients[GAP, c]
+    sum_dy_x_hat = (sum_dy_centred - gap * sum_dy) * inv_std
+    results[D_WEIGHT, c] = sum_dy_x_hat
+    results[D_BIAS, c] = sum_dy
+    # in training the batch mean and variance depend on every x: two more terms
+    row_scale = -scale * inv_std * sum_dy_x_hat / values if train else 0.0
+    results[ROW_SCALE, c] = row_scale
+    results[ROW_OFFSET, c] = -scale * sum_dy / values - row_scale * gap if train else 0.0
+
+
+@_inline
+def _channel_statistics(rows, c, positions, weight, bias, eps, coefficients, moments):
+    """Channel c's batch statistics into ``moments`` and its coefficients, as
+    ``batch_norm_forward``'s chunks make them: about the first sample's mean, in float64."""
+    coefficients[SHIFT, c] = _first_sample_mean(rows, c, positions)
     shift = coefficients[SHIFT, c]
     total = 0.0
     total_squares = 0.0
@@ -555,14 +592,8 @@ def _channel_statistics(rows, c, positions, weight, bias, eps, coefficients, mom
             centred = np.float64(run[j] - shift)
             total += centred
             total_squares += centred * centred
-    values = rows.shape[0] * positions
-    mean_offset = total / values
-    variance = max(total_squares / values - mean_offset * mean_offset, 0.0)
-    moments[0, c], moments[1, c] = mean_offset, variance
-    coefficients[GAP, c] = mean_offset
-    coefficients[INV_STD, c] = 1.0 / np.sqrt(variance + eps)
-    coefficients[SCALE, c] = coefficients[INV_STD, c] * weight
-    coefficients[OFFSET, c] = bias - coefficients[GAP, c] * coefficients[SCALE, c]
+    _set_coefficients(c, total, total_squares, rows.shape[0] * positions, weight, bias, eps,
+                      coefficients, moments)
 
 
 @_inline
@@ -594,14 +625,8 @@ def _channel_gradient(d_out, rows, c, positions, coefficients, train, activation
             sum_dy += np.float64(g)
             sum_dy_centred += np.float64(g * centred)
     totals[0, c], totals[1, c] = sum_dy, sum_dy_centred
-    values = rows.shape[0] * positions
-    inv_std, gap = coefficients[INV_STD, c], coefficients[GAP, c]
-    sum_dy_x_hat = (sum_dy_centred - gap * sum_dy) * inv_std
-    results[D_WEIGHT, c] = sum_dy_x_hat
-    results[D_BIAS, c] = sum_dy
-    row_scale = -scale * inv_std * sum_dy_x_hat / values if train else 0.0
-    results[ROW_SCALE, c] = row_scale
-    results[ROW_OFFSET, c] = -scale * sum_dy / values - row_scale * gap if train else 0.0
+    _set_gradient_terms(c, sum_dy, sum_dy_centred, rows.shape[0] * positions, train,
+                        coefficients, results)
     row_scale, row_offset = results[ROW_SCALE, c], results[ROW_OFFSET, c]
     for i in range(rows.shape[0]):
         dy = d_out[i, c * positions:(c + 1) * positions]
@@ -638,11 +663,7 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
         base = low * positions
         if train:
             for c in range(low, high):
-                first_sample = rows[0, c * positions:(c + 1) * positions]
-                total = 0.0
-                for position in range(first_sample.size):
-                    total += np.float64(first_sample[position])
-                coefficients[SHIFT, c] = total / positions
+                coefficients[SHIFT, c] = _first_sample_mean(rows, c, positions)
                 moments[0, c] = 0.0
                 moments[1, c] = 0.0
             _spread(coefficients, SHIFT, low, high, positions, shift_columns)
@@ -661,13 +682,8 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
                 _fold(total, base + begin, base + end, positions, moments, 0)
                 _fold(total_squares, base + begin, base + end, positions, moments, 1)
             for c in range(low, high):
-                mean_offset = moments[0, c] / values
-                variance = max(moments[1, c] / values - mean_offset * mean_offset, 0.0)
-                moments[0, c], moments[1, c] = mean_offset, variance
-                coefficients[GAP, c] = mean_offset
-                coefficients[INV_STD, c] = 1.0 / np.sqrt(variance + eps)
-                coefficients[SCALE, c] = coefficients[INV_STD, c] * weight[c]
-                coefficients[OFFSET, c] = bias[c] - coefficients[GAP, c] * coefficients[SCALE, c]
+                _set_coefficients(c, moments[0, c], moments[1, c], values, weight[c], bias[c],
+                                  eps, coefficients, moments)
         else:
             _spread(coefficients, SHIFT, low, high, positions, shift_columns)
         _spread(coefficients, SCALE, low, high, positions, scale_columns)
@@ -722,16 +738,8 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
             _fold(total, base + begin, base + end, positions, totals, 0)
             _fold(total_products, base + begin, base + end, positions, totals, 1)
         for c in range(low, high):
-            sum_dy = totals[0, c]
-            scale, inv_std, gap = coefficients[SCALE, c], coefficients[INV_STD, c], \
-                coefficients[GAP, c]
-            sum_dy_x_hat = (totals[1, c] - gap * sum_dy) * inv_std
-            results[D_WEIGHT, c] = sum_dy_x_hat
-            results[D_BIAS, c] = sum_dy
-            # in training the batch mean and variance depend on every x: two more terms
-            row_scale = -scale * inv_std * sum_dy_x_hat / values if train else 0.0
-            results[ROW_SCALE, c] = row_scale
-            results[ROW_OFFSET, c] = -scale * sum_dy / values - row_scale * gap if train else 0.0
+            _set_gradient_terms(c, totals[0, c], totals[1, c], values, train, coefficients,
+                                results)
         _spread(results, ROW_SCALE, low, high, positions, row_scales)
         _spread(results, ROW_OFFSET, low, high, positions, row_offsets)
         for i in range(count):
