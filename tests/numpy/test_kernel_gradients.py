@@ -690,7 +690,7 @@ NOT_KERNELS = {
     "columns.gather", "columns.scatter", "columns.applies", "columns.load",  # test_columns.py
     # the float32 LSTM's steps (float64 takes NumPy's passes, whose cases are here):
     # test_kernels_recurrent.py against torch and those passes
-    "lstm_steps.direction", "lstm_steps.load", "tiled.packed_places", "tiled.panels",
+    "lstm_steps.direction", "lstm_steps.load", "tiled.panels",
     "tiled.empty_panels", "tiled.aligned_array", "gru_steps.load",
     "recurrent_cells.feature_major",  # a layout: the recurrent layers' cases here
     # max pooling's compiled loops, the float32 path of max_pool1d/2d (their cases check

@@ -397,22 +397,22 @@ def test_float32_lstm_takes_the_output_gradient_in_any_layout(layout):
 
 
 def test_lstm_step_arithmetic_is_vectorised():
-    """A step's gate arithmetic runs on vectors, for a part's samples and for a part's
-    units: its loops over a sample's units vectorise only while LLVM can see their indices
-    are not negative (a loop from a part's first unit, not from 0, ran one unit at a time,
-    5x slower). Its tanh's division shows it."""
+    """A step's gate arithmetic, forward and backward, runs on vectors over a sample's
+    units (a loop LLVM cannot see the indices of runs one unit at a time, 5x slower). The
+    forward's tanh division and the backward's multiplications show it."""
     import numba
 
     from nnspec.backends.numpy.kernels import lstm_steps
 
-    for by_units in (False, True):
+    for part, vector_op in ((lstm_steps._forward_part, "fdiv"),
+                            (lstm_steps._backward_part, "fmul")):
         @numba.njit(error_model="numpy")
-        def forward(params):
-            lstm_steps._forward_part(params, 0, by_units)  # noqa: B023 -- compiled now
+        def arithmetic(params):
+            part(params, 0)  # noqa: B023 -- compiled now
 
-        forward.compile((numba.int64[:],))
-        code = forward.inspect_llvm(forward.signatures[0])
-        assert re.search(r"fdiv (fast )?<\d+ x float>", code), by_units
+        arithmetic.compile((numba.int64[:],))
+        code = arithmetic.inspect_llvm(arithmetic.signatures[0])
+        assert re.search(rf"{vector_op} (fast )?<\d+ x float>", code), part.__name__
 
 
 @pytest.mark.parametrize("hidden, inputs", [(5, 3), (16, 9), (100, 31)])

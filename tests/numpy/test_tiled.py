@@ -416,31 +416,31 @@ def test_many_tiles_of_many_taps_in_one_job_keep_the_stack_bounded():
 @pytest.mark.parametrize("rows, items, length", [(1, 1, 100), (13, 1, 100), (32, 2, 100),
                                                  (26, 2, 900), (12, 3, 100), (16, 2, 768),
                                                  (9, 1, 1000), (3, 1, 0)])
-def test_a_product_made_again_reads_weights_where_packed_places_puts_them(rows, items, length):
-    """``Product`` (a recurrent layer's steps): weights placed by ``packed_places`` are
-    ``_pack``'s layout item after item, and each ``add`` adds the product to out, as many
-    times as it is run, over matrices of one panel and of several."""
+def test_a_product_made_again_reads_its_weights_where_they_lie(rows, items, length):
+    """``Product`` (a recurrent layer's steps) reads its weights in place, rows further
+    apart than their reads (a step's rows: its input and state side by side), each item's
+    from its own rows, and each ``add`` adds the product to out, as many times as it is
+    run, over matrices of one panel and of several; and it reads past 576 reads (its block
+    of reads) in place too."""
     rng = np.random.default_rng(rows)
-    reads = 7
-    weights = rng.standard_normal((rows, reads)).astype(np.float32)
-    starts, steps = tiled.packed_places(rows, reads, items)
-    packed = np.zeros(rows * reads, np.float32)
-    packed[starts[:, None] + np.arange(reads) * steps[:, None]] = weights
-    item_rows = rows // items
-    by_pack = tiled._pack(weights.reshape(items, item_rows, 1, reads), product=True)
-    np.testing.assert_array_equal(packed, by_pack.reshape(-1))
-    x = rng.standard_normal((reads, length)).astype(np.float32)
-    out = rng.standard_normal((rows, length + 5)).astype(np.float32)
-    expected = out.astype(np.float64)
-    expected[:, :length] += 2 * (weights.astype(np.float64) @ x)
-    # a transposed view makes the same panels
-    product = tiled.Product(rows, length + 5, tiled.panels(
-        np.ascontiguousarray(x.T).T if rows % 2 else x), length, items)
-    for _ in range(2):
-        product.add(out.ctypes.data, packed.ctypes.data)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)  # the last 5 untouched
+    for reads in (7, 600):
+        stride = reads + 5
+        lying = rng.standard_normal((rows, stride)).astype(np.float32)
+        weights = lying[:, 2:2 + reads]
+        x = rng.standard_normal((reads, length)).astype(np.float32)
+        out = rng.standard_normal((rows, length + 5)).astype(np.float32)
+        expected = out.astype(np.float64)
+        expected[:, :length] += 2 * (weights.astype(np.float64) @ x)
+        # a transposed view makes the same panels
+        product = tiled.Product(rows, length + 5, tiled.panels(
+            np.ascontiguousarray(x.T).T if rows % 2 else x), length, stride, items)
+        for _ in range(2):
+            product.add(out.ctypes.data, weights.ctypes.data)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3)  # the last 5 untouched
     with pytest.raises(ValueError, match="equal items"):
-        tiled.Product(2 * rows + 1, length, tiled.panels(x), length, 2)
+        tiled.Product(2 * rows + 1, length, tiled.panels(x), length, reads, 2)
+    with pytest.raises(ValueError, match="apart"):
+        tiled.Product(rows, length, tiled.panels(x), length, reads - 1)
 
 
 def test_every_direct_tile_shape_is_found_by_its_rows():

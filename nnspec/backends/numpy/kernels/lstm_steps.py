@@ -9,10 +9,10 @@ and seven a step. Here a step's rows are samples, (N, 4H): a step's product is t
 (``tiled.Product``: N rows of weights, the state the step starts from, by the transposed
 recurrent weights' rows, 4H positions long, read from panels; where the input is narrow,
 ``_folds``, the step's input beside the state, by the input weights' rows stacked on
-them), and compiled arithmetic makes the step's gates, cell and state from it, writing
-the next product's weights already packed. Backward, a step's product takes its gate
-gradients back to the state before it (and, where it folds, to its input), and the
-arithmetic makes the gate gradients. Every step of a direction is one job
+them), and compiled arithmetic makes the step's gates, cell and state from it, the state
+where the next step's product reads it (a product reads its rows in place). Backward, a
+step's product takes its gate gradients back to the state before it (and, where it folds,
+to its input), and the arithmetic makes the gate gradients. Every step of a direction is one job
 (``_steps_job``): where each core's product rows are its own samples the cores never meet;
 else they meet at a barrier after each step's product and after its arithmetic. The weight
 gradients are one product after the loop, (4H, T * N) by (T * N, F + 1 + H + 1), each
@@ -34,17 +34,15 @@ _F = np.float32
 
 
 @numba.njit(inline="always")
-def _gate_rows(gates, n, hidden, first, end):
-    """Units first to end of sample n's four gate rows (o, i, f, g) of the (N, 4H) gates,
-    as slices (a loop from 0 over slices vectorises; one from ``first`` indexes them with
-    numbers that might be negative, and did not)."""
+def _gate_rows(gates, n, hidden):
+    """Sample n's four gate rows (o, i, f, g) of the (N, 4H) gates, as slices (LLVM
+    vectorises a loop over slices)."""
     row = n * 4 * hidden
-    return (gates[row + first:row + end], gates[row + hidden + first:row + hidden + end],
-            gates[row + 2 * hidden + first:row + 2 * hidden + end],
-            gates[row + 3 * hidden + first:row + 3 * hidden + end])
+    return (gates[row:row + hidden], gates[row + hidden:row + 2 * hidden],
+            gates[row + 2 * hidden:row + 3 * hidden], gates[row + 3 * hidden:row + 4 * hidden])
 
 
-_STEP_PARAMETERS = 16
+_STEP_PARAMETERS = 12
 
 
 @workers.Task.element_wise
@@ -54,18 +52,17 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
     each), the step parameters that move with the step (rows of index, address at step 0,
     bytes a step, step offset), how many, the product's out at step 0 and its bytes a step,
     backward 1 where the last step has a cell gradient carried in (a final one's), 1 where
-    the parts must meet, the address of two int64 zeros for their meetings, and 1 where
-    the parts split each step's arithmetic by units, not samples, ``_share``). Every step
-    of a direction in one dispatch; backward, a last product after the steps, at step -1's
-    out, takes step 0's gate gradients back. Where a part's samples, its product's rows and
-    its weights are its own, the parts never meet; else (the weights too large for one
-    core's cache) each step's product splits the positions, its arithmetic the samples or
-    the units (``_share``), and the parts meet after each."""
-    params = workers.parameters(args, 13)
+    the parts must meet, the address of two int64 zeros for their meetings, and the
+    product's weights at step 0 and their bytes a step). Every step of a direction in one
+    dispatch; backward, a last product after the steps, at step -1's out and weights, takes
+    step 0's gate gradients back. Where a part's samples, its product's rows and its
+    weights are its own, the parts never meet; else (the weights too large for one core's
+    cache) each step's product splits the positions, its arithmetic the samples, and the
+    parts meet after each."""
+    params = workers.parameters(args, 14)
     parts, steps, backward = params[0], params[1], params[2] != 0
     carried_in = params[9] != 0
     meeting, sync = params[10] != 0, params[11]
-    by_units = params[12] != 0  # alone or not
     first, end = part, part + 1
     if meeting and not workers.together(sync, part, parts):
         if part != 0:  # part 0 does it all
@@ -90,6 +87,7 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
             if not edge:
                 product = products[p * size:(p + 1) * size]
                 product[1] = params[7] + s * params[8]
+                product[6] = params[12] + s * params[13]
                 tiled.products_part(product, p)
         if not edge and meeting:
             meetings += 1
@@ -97,9 +95,9 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
         for p in range(first, end):
             step_params = step_rows[p * _STEP_PARAMETERS:(p + 1) * _STEP_PARAMETERS]
             if backward:
-                _backward_part(step_params, p, by_units)
+                _backward_part(step_params, p)
             else:
-                _forward_part(step_params, p, by_units)
+                _forward_part(step_params, p)
         if meeting:
             meetings += 1
             workers.meet(sync + 8, parts, meetings)
@@ -107,59 +105,39 @@ def _steps_job(args, range_m, range_n, sa, sb, part):
         for p in range(first, end):
             product = products[p * size:(p + 1) * size]
             product[1] = params[7] - params[8]
+            product[6] = params[12] - params[13]
             tiled.products_part(product, p)
     return 0
 
 
 @numba.njit(inline="always")
-def _share(batch, hidden, features, part, parts, by_units):
-    """A part's share of a step's arithmetic: (first sample, end, first unit, end, first
-    input value, end). By samples, unless the parts share a step's product and their
-    samples share a block of its rows (``_all_steps``): its weights are then those samples'
-    values side by side, a position's eight in half a cache line, so parts that wrote their
-    own samples there wrote into the same lines, each write taking the line from the other
-    core (H 384 at batch 8, T 64: the backward 8.7 -> 7.2 ms); by units they do not."""
-    if by_units:
-        first_unit, end_unit = part_range(hidden, part, parts, 16)
-        first_input, end_input = part_range(features, part, parts, 16)
-        return 0, batch, first_unit, end_unit, first_input, end_input
-    first, end = part_range(batch, part, parts, 1)
-    return first, end, 0, hidden, 0, features
-
-
-@numba.njit(inline="always")
-def _forward_part(params, part, by_units):
+def _forward_part(params, part):
     """params (parts, hidden, batch, gates, previous cell, cell, tanh of the cell, the next
-    step's rows, packed, packed starts, packed steps, the rows' stride, features, packed
-    inputs, the step's output, its stride). ``gates`` (N, 4H) holds the step's
-    pre-activations and gets the gates; the cells are (N, H). The next step's rows are N of
-    its input (``features`` long, the ones included) followed by the state, which gets the
-    new one; the state, after the input's last ``packed inputs`` values, also goes to
-    ``packed``, where the next step's product reads them (``tiled.packed_places``), and to
-    the output, N rows of H."""
-    hidden, batch, features, packed_inputs = params[1], params[2], params[12], params[13]
+    step's rows, the rows' stride, features, the step's output, its stride). ``gates`` (N,
+    4H) holds the step's pre-activations and gets the gates; the cells are (N, H). The next
+    step's rows are N of its input (``features`` long, the ones included) followed by the
+    state, which gets the new one, where the next step's product reads it, and the output,
+    N rows of H."""
+    hidden, batch, features = params[1], params[2], params[9]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
     previous = floats(params, 4, (batch * hidden,))
     cell = floats(params, 5, (batch * hidden,))
     tanh_cell = floats(params, 6, (batch * hidden,))
-    row_stride = params[11]
+    row_stride = params[8]
     rows = floats(params, 7, (batch * row_stride,))
-    packed = floats(params, 8, (batch * (packed_inputs + hidden + 1),))
-    starts, steps = integers(params, 9, batch), integers(params, 10, batch)
-    out_stride = params[15]
-    out = floats(params, 14, ((batch - 1) * out_stride + hidden,))
+    out_stride = params[11]
+    out = floats(params, 10, ((batch - 1) * out_stride + hidden,))
     half = _F(0.5)
-    first, end, first_unit, end_unit, first_input, end_input = _share(
-        batch, hidden, packed_inputs, part, params[0], by_units)
+    first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):  # a sample's rows as slices: LLVM vectorises those loops
-        o, i, f, g = _gate_rows(gates, n, hidden, first_unit, end_unit)
-        units = slice(n * hidden + first_unit, n * hidden + end_unit)
+        o, i, f, g = _gate_rows(gates, n, hidden)
+        units = slice(n * hidden, (n + 1) * hidden)
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
         state_at = n * row_stride + features  # the next step's rows: input, then state
-        h = rows[state_at + first_unit:state_at + end_unit]
-        h_out = out[n * out_stride + first_unit:n * out_stride + end_unit]
-        for u in range(end_unit - first_unit):
+        h = rows[state_at:state_at + hidden]
+        h_out = out[n * out_stride:n * out_stride + hidden]
+        for u in range(hidden):
             out_gate = half + half * tanh(o[u])
             in_gate = half + half * tanh(i[u])
             forget = half + half * tanh(f[u])
@@ -169,45 +147,37 @@ def _forward_part(params, part, by_units):
             o[u], i[u], f[u], g[u] = out_gate, in_gate, forget, candidate
             state = out_gate * squashed
             c[u], tanh_c[u], h[u], h_out[u] = value, squashed, state, state
-    skipped = features - packed_inputs  # the input's values the product does not read
-    _pack_rows(packed, starts, steps, rows, row_stride, skipped, first, end, first_input,
-               end_input)
-    _pack_rows(packed, starts, steps, rows, row_stride, skipped, first, end,
-               packed_inputs + first_unit, packed_inputs + end_unit)
 
 
 @numba.njit(inline="always")
-def _backward_part(params, part, by_units):
+def _backward_part(params, part):
     """params (parts, hidden, batch, gates, d_state, previous cell, tanh of the cell,
-    carried, carried in, packed, packed starts, packed steps, d_state's row stride, the
-    step's output gradient, its row stride). From the step's gates (N, 4H) and the gradient
-    reaching its state, the step after's (``d_state``, N rows of H) plus the output's (N
-    rows of H), ``gates`` gets the gradients of their (unhalved) pre-activations, also
-    written to ``packed`` as the next product reads them; ``carried`` (N, H) holds dc f of
-    the step after (added when ``carried in``) and gets this step's."""
+    carried, carried in, d_state's row stride, the step's output gradient, its row stride).
+    From the step's gates (N, 4H) and the gradient reaching its state, the step after's
+    (``d_state``, N rows of H) plus the output's (N rows of H), ``gates`` gets the
+    gradients of their (unhalved) pre-activations, where the next product reads them;
+    ``carried`` (N, H) holds dc f of the step after (added when ``carried in``) and gets
+    this step's."""
     hidden, batch = params[1], params[2]
     gate_rows = 4 * hidden
     gates = floats(params, 3, (batch * gate_rows,))
-    d_stride = params[12]
+    d_stride = params[9]
     d_state = floats(params, 4, (batch * d_stride,))
     previous = floats(params, 5, (batch * hidden,))
     tanh_cell = floats(params, 6, (batch * hidden,))
     carried = floats(params, 7, (batch * hidden,))
     carried_in = params[8] != 0
-    packed = floats(params, 9, (batch * gate_rows,))
-    starts, steps = integers(params, 10, batch), integers(params, 11, batch)
-    above_stride = params[14]
-    above = floats(params, 13, ((batch - 1) * above_stride + hidden,))
+    above_stride = params[11]
+    above = floats(params, 10, ((batch - 1) * above_stride + hidden,))
     one = _F(1.0)
-    first, end, first_unit, end_unit, _, _ = _share(batch, hidden, 0, part, params[0],
-                                                    by_units)
+    first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):
-        o, i, f, g = _gate_rows(gates, n, hidden, first_unit, end_unit)
-        units = slice(n * hidden + first_unit, n * hidden + end_unit)
-        dh_after = d_state[n * d_stride + first_unit:n * d_stride + end_unit]
-        dh_above = above[n * above_stride + first_unit:n * above_stride + end_unit]
+        o, i, f, g = _gate_rows(gates, n, hidden)
+        units = slice(n * hidden, (n + 1) * hidden)
+        dh_after = d_state[n * d_stride:n * d_stride + hidden]
+        dh_above = above[n * above_stride:n * above_stride + hidden]
         c_prev, tanh_c, dc_next = previous[units], tanh_cell[units], carried[units]
-        for u in range(end_unit - first_unit):
+        for u in range(hidden):
             t = tanh_c[u]
             dh = dh_after[u] + dh_above[u]
             dc = dh * o[u] * (one - t * t)
@@ -220,27 +190,6 @@ def _backward_part(params, part, by_units):
             f[u] = dc * c_prev[u] * forget * (one - forget)
             g[u] = dc * in_gate * (one - candidate * candidate)
             dc_next[u] = dc * forget
-    for gate in range(0, gate_rows, hidden):
-        _pack_rows(packed, starts, steps, gates, gate_rows, 0, first, end, gate + first_unit,
-                   gate + end_unit)
-
-
-@numba.njit(inline="always")
-def _pack_rows(packed, starts, steps, values, stride, offset, first, end, first_read,
-               end_read):
-    """Writes values[n * stride + offset + j] of samples ``first`` to ``end`` (whole blocks
-    of the product's rows) for reads j from ``first_read`` to ``end_read`` where the next
-    product reads them (``tiled.packed_places``): a block's rows at a time, so that each
-    read's values go to one run of memory (a sample at a time, every value a step of 8
-    floats from the last, took 73 us of a B 64 H 512 backward step, this 25)."""
-    n = first
-    while n < end:
-        rows, base = steps[n], starts[n]
-        for j in range(first_read, end_read):
-            at = base + j * rows
-            for r in range(rows):
-                packed[at + r] = values[(n + r) * stride + offset + j]
-        n += rows
 
 
 @workers.Task
@@ -337,19 +286,6 @@ _FOLDING_MIN_SAMPLES = 32
 _CACHED_WEIGHT_BYTES = 3 << 19
 
 
-class _Packed:
-    """A (rows, reads) matrix as ``tiled.Product`` reads its weights, with where each of its
-    elements goes (``tiled.packed_places``), for the jobs that write it."""
-
-    def __init__(self, rows, reads, items=1):
-        self.starts, self.steps = tiled.packed_places(rows, reads, items)
-        self.values = np.empty(rows * reads, _F)
-
-    def fill(self, matrix):
-        places = self.starts[:, None] + np.arange(matrix.shape[1]) * self.steps[:, None]
-        self.values[places] = matrix
-
-
 class _Blocks:
     """A (T, ...) array's step blocks by address, as ``_steps_job`` moves through them (a
     view a step, and its ``ctypes``, cost microseconds each). Holds the array: the job reads
@@ -364,25 +300,21 @@ class _Blocks:
         return (index, self.base, self.step, offset)
 
 
-def _all_steps(parts, steps, backward, product, packed, step_params, moving, out, carried_in,
-               items):
+def _all_steps(parts, steps, backward, product, step_params, moving, out, weights,
+               carried_in, items):
     """Runs ``_steps_job``: every step of a direction, one dispatch (each part its own copy
-    of the parameters it moves), the product's weights read from ``packed``, its rows in
-    ``items`` (``_items``)."""
-    batch = product.params[3] * items
+    of the parameters it moves), the product's out and weights moving with the step
+    (``out`` and ``weights`` (``_Blocks``), step s's blocks, s + 1's for the backward's
+    weights), its rows in ``items`` (``_items``)."""
     meeting = items != parts
-    # the parts' samples are whole blocks of the product's rows, or they would write into
-    # each other's cache lines (``_share``; split by units where they need not, B 16 H 512
-    # at T 128, a backward took 40.8 -> 43.2 ms)
-    by_units = meeting and batch % (parts * tiled.ROWS) != 0
-    product.bind(0, address(packed.values))  # its out moves with the step, in the job
     moving = np.array(moving, np.int64)
     rows = np.tile(step_params, (parts, 1))
     products = np.tile(product.params, (parts, 1))
     sync = np.zeros(2, np.int64)
+    weights_at = weights.base + backward * weights.step  # the backward's reads step s + 1's
     params = np.array([parts, steps, backward, address(products), address(rows),
                        address(moving), len(moving), out.base, out.step, carried_in, meeting,
-                       address(sync), by_units], np.int64)
+                       address(sync), weights_at, weights.step], np.int64)
     workers.run(_steps_job, params)
 
 
@@ -479,7 +411,7 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
     # 1): the weight gradients are then one product (T64 H256: 5.8 -> 5.2 ms)
     rows = np.empty((steps + 1, batch, features + hidden + 1), _F)
     rows[:steps, :, :features] = inputs.transpose(0, 2, 1)
-    rows[steps, :, :features] = 0  # the last step packs it as the next input
+    # the last block's input is never read: no step comes after the last
     step_rows = rows[:steps].reshape(steps * batch, -1)
     states = rows[:, :, features:]
     states[:, :, hidden] = 1
@@ -492,37 +424,36 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
     # share is one product before the steps, which the steps' products add to
     parts = _parts(batch, hidden)
     in_order = np.arange(gate_rows)  # the input weights' rows are in the internal order
-    packed_inputs = features if _folds(features - 1, hidden, batch, parts) else 0
-    matrix = tiled.empty_panels(packed_inputs + hidden + 1, gate_rows)
+    folded_inputs = features if _folds(features - 1, hidden, batch, parts) else 0
+    matrix = tiled.empty_panels(folded_inputs + hidden + 1, gate_rows)
     # the products' outputs start on a cache line, as their panels (``tiled.aligned_array``)
     gates = tiled.aligned_array((steps, batch, gate_rows))
-    if packed_inputs:
+    if folded_inputs:
         _panels(matrix, input_weights, in_order, 0, scale)
     else:
         gemm.matmul(step_rows[:, :features], (input_weights * scale).T,
                     out=gates.reshape(steps * batch, gate_rows))
-    _panels(matrix, recurrent_weight, order, packed_inputs, scale, recurrent_bias)
+    _panels(matrix, recurrent_weight, order, folded_inputs, scale, recurrent_bias)
     # each part's samples on its core throughout (the product's rows, with the whole of
     # the weights, and the step's arithmetic) where the weights fit its cache: the parts
     # never meet; else the products split the positions and the parts meet twice a step
     items = _items(batch, parts, 4 * matrix.shape[1] * gate_rows)
-    product = tiled.Product(batch, gate_rows, matrix, gate_rows, items, parts,
-                            accumulate=not packed_inputs)
-    packed = _Packed(batch, packed_inputs + hidden + 1, items)
-    packed.fill(rows[0, :, features - packed_inputs:])
+    # a step's product reads its rows in place: the input's last ``folded_inputs`` values
+    # and the state after them
+    product = tiled.Product(batch, gate_rows, matrix, gate_rows, rows.shape[2], items, parts,
+                            accumulate=not folded_inputs)
     gate_blocks, cell_blocks, tanh_blocks, row_blocks = map(
         _Blocks, (gates, cells, tanh_cells, rows))
     out_rows = into.transpose(0, 2, 1)  # (T, N, H)
     if into.dtype != _F or out_rows.strides[2] != 4:
         raise ValueError("direction: the states go to float32 rows of H with unit stride")
     out_blocks = _Blocks(out_rows[::-1] if reverse else out_rows)
-    params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, address(packed.values),
-                       address(packed.starts), address(packed.steps), rows.shape[2],
-                       features, packed_inputs, 0, out_rows.strides[1] // 4], np.int64)
-    _all_steps(parts, steps, False, product, packed, params,
+    params = np.array([parts, hidden, batch, 0, 0, 0, 0, 0, rows.shape[2], features, 0,
+                       out_rows.strides[1] // 4], np.int64)
+    _all_steps(parts, steps, False, product, params,
                [gate_blocks.moving(3), cell_blocks.moving(4), cell_blocks.moving(5, 1),
-                tanh_blocks.moving(6), row_blocks.moving(7, 1), out_blocks.moving(14)],
-               gate_blocks, False, items)
+                tanh_blocks.moving(6), row_blocks.moving(7, 1), out_blocks.moving(10)],
+               gate_blocks, _Blocks(rows[:, :, features - folded_inputs:]), False, items)
     final = (states[-1, :, :hidden].T.copy(), cells[-1].T.copy())
 
     def backward(d_states, d_final):
@@ -535,31 +466,28 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
         # gradient of state k - 1 from step k (of the initial state at k = 0), then that
         # of input k; a product after the steps gives block 0, and the last step's block
         # holds the final state's gradient
-        width = hidden + packed_inputs - (packed_inputs > 0)  # (4H, H [+ F])
+        width = hidden + folded_inputs - (folded_inputs > 0)  # (4H, H [+ F])
         back_matrix = tiled.empty_panels(gate_rows, width)
         _panels(back_matrix, recurrent_weight, order, 0)
-        if packed_inputs:  # as the forward folded
-            _panels(back_matrix, input_weights, in_order, hidden, columns=packed_inputs - 1)
+        if folded_inputs:  # as the forward folded
+            _panels(back_matrix, input_weights, in_order, hidden, columns=folded_inputs - 1)
         back_rows = tiled.aligned_array((steps + 1, batch, width))
         back_rows[-1, :, :hidden] = 0 if d_final_h is None else d_final_h.T
         above = d_states.transpose(0, 2, 1)  # (T, N, H), read as it is where it can be
         if above.dtype != _F or above.strides[2] != 4 or above.strides[1] < 0:
             above = np.ascontiguousarray(above, _F)
         back_items = _items(batch, parts, 4 * gate_rows * width)
-        back_product = tiled.Product(batch, width, back_matrix, width, back_items, parts,
-                                     accumulate=False)
-        packed_grads = _Packed(batch, gate_rows, back_items)
+        back_product = tiled.Product(batch, width, back_matrix, width, gate_rows, back_items,
+                                     parts, accumulate=False)
         carried = np.empty((batch, hidden), _F)
         if d_final_cell is not None:
             carried[...] = d_final_cell.T
-        back = np.array([parts, hidden, batch, 0, 0, 0, 0, address(carried), 0,
-                         address(packed_grads.values), address(packed_grads.starts),
-                         address(packed_grads.steps), width, 0, above.strides[1] // 4, 0],
-                        np.int64)
+        back = np.array([parts, hidden, batch, 0, 0, 0, 0, address(carried), 0, width, 0,
+                         above.strides[1] // 4], np.int64)
         d_blocks = _Blocks(back_rows[1:])  # step s's product writes block s + 1
-        _all_steps(parts, steps, True, back_product, packed_grads, back,
+        _all_steps(parts, steps, True, back_product, back,
                    [gate_blocks.moving(3), d_blocks.moving(4), cell_blocks.moving(5),
-                    tanh_blocks.moving(6), _Blocks(above).moving(13)], d_blocks,
+                    tanh_blocks.moving(6), _Blocks(above).moving(10)], d_blocks, gate_blocks,
                    d_final_cell is not None, back_items)
         d_start = (back_rows[0, :, :hidden].T, carried.T) if start else ()
         d_pre = gates.reshape(steps * batch, gate_rows)

@@ -633,15 +633,16 @@ def _product_rows(left):
 
 @workers.Task
 def _products_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, out, stride, out rows, x, offsets, packed weights, reads, length,
-    items, the items' steps through out, x and the packed weights, whether the products
-    add to out's values, and the positions per panel of x, or 0 when its positions run
-    on unbroken)."""
+    """params (parts, out, stride, out rows, x, offsets, weights, reads, length, items,
+    the items' steps through out, x and the weights, whether the products add to out's
+    values, the positions per panel of x, or 0 when its positions run on unbroken, and
+    the weights' row stride where they are read in place, or 0 where they are packed
+    (``_pack``'s product blocks))."""
     products_part(workers.parameters(args, PRODUCT_PARAMETERS), part)
     return 0
 
 
-PRODUCT_PARAMETERS = 15
+PRODUCT_PARAMETERS = 16
 # positions per panel of a matrix the products read (``Product``): a tile's, so that a tile
 # reads its panel front to back (a block of 8 tiles a panel: 175-184 us, against 135)
 PANEL = TILE
@@ -657,7 +658,7 @@ def products_part(params, part):
     out, stride, out_rows, x = params[1], params[2], params[3], params[4]
     offsets, weights, reads, length = params[5], params[6], params[7], params[8]
     out_step, x_step, weights_step = params[10], params[11], params[12]
-    panel = params[14]
+    panel, row_stride = params[14], params[15]
     tiles = (length + TILE - 1) // TILE
     start, end = part_range(params[9] * tiles, part, params[0], 1)
     unit = start
@@ -677,11 +678,19 @@ def products_part(params, part):
                 rows = _product_rows(out_rows - row)
                 position, block_end = first * TILE, min(last * TILE, length)
                 while position < block_end:
-                    _product(2 * (rows - 1) + (position + TILE > block_end),
-                             item_out + 4 * (row * stride + position), stride,
-                             item_x + 4 * position, offsets + 8 * read,
-                             item_weights + 4 * (row * reads + read * rows), count,
-                             block_end - position, read + params[13])
+                    shape = 2 * (rows - 1) + (position + TILE > block_end)
+                    tile_out = item_out + 4 * (row * stride + position)
+                    if row_stride:
+                        strided_product(shape, tile_out, stride, item_x + 4 * position,
+                                        offsets + 8 * read,
+                                        item_weights + 4 * (row * row_stride + read), 1,
+                                        row_stride, count, block_end - position,
+                                        read + params[13])
+                    else:
+                        _product(shape, tile_out, stride, item_x + 4 * position,
+                                 offsets + 8 * read,
+                                 item_weights + 4 * (row * reads + read * rows), count,
+                                 block_end - position, read + params[13])
                     position += TILE
                 row += rows
         unit += last - first
@@ -1386,50 +1395,56 @@ def products(out, x, offsets, weights, length, x_step=0):
     params = np.array([parts, address(out), out.strides[1] // 4, out.shape[1], address(x),
                        address(offsets), address(packed), len(offsets), length, items,
                        out.strides[0] // 4, x_step, packed.shape[1] if len(packed) > 1 else 0,
-                       0, 0], np.int64)
+                       0, 0, 0], np.int64)
     workers.run(_products_job, params)
 
 
 class Product:
     """out (M, >= length) += weights (M, reads) times a (reads, length) matrix, made again
     and again with new out and weights (a recurrent layer's steps): its parameters are made
-    once, and the caller lays the weights out as the tiles read them (``packed_places``), so
-    no step packs or checks. The matrix comes as panels (``panels``, ``empty_panels``),
-    each (reads, PANEL) of its columns on end: a tile then reads one run of memory, where the matrix's
-    rows would have it read three cache lines from each of ``reads`` pages (M 16 by 2048
-    positions of 513 reads, an H 512 LSTM's step: 340 -> 135 us on two cores, 250 GFLOP/s;
-    NumPy's BLAS took 300 us, torch's 183). Without ``accumulate``, out gets the product
-    instead, its old values never read. With ``items``, the rows are that many equal
-    items, each a part's (so a part's rows stay on its core, with the whole of the matrix);
-    else the parts split the positions."""
+    once, and the weights are read where they lie, C-ordered rows ``weight_stride`` floats
+    apart (a step's states or gate gradients as the step's arithmetic wrote them), so no
+    step packs or checks (packed as ``_pack`` lays them out, a copy of every value a step:
+    an H 512 LSTM's 128 backward steps at batch 16 took 12.3-13.1 ms on two cores, in
+    place 11.6-11.8; at batch 256, H 256, 31.7 and 26.3). The matrix
+    comes as panels (``panels``, ``empty_panels``), each (reads, PANEL) of its columns on
+    end: a tile then reads one run of memory, where the matrix's rows would have it read
+    three cache lines from each of ``reads`` pages (M 16 by 2048 positions of 513 reads, an
+    H 512 LSTM's step: 340 -> 135 us on two cores, 250 GFLOP/s; NumPy's BLAS took 300 us,
+    torch's 183). Without ``accumulate``, out gets the product instead, its old values never
+    read. With ``items``, the rows are that many equal items, each a part's (so a part's
+    rows stay on its core, with the whole of the matrix); else the parts split the
+    positions."""
 
-    def __init__(self, rows, stride, panels, length, items=1, parts=None, accumulate=True):
+    def __init__(self, rows, stride, panels, length, weight_stride, items=1, parts=None,
+                 accumulate=True):
         if rows % items:
             raise ValueError(f"Product: {rows} rows in {items} equal items")
         if panels.dtype != np.float32 or not panels.flags.c_contiguous or \
                 panels.shape[0] != -(-length // PANEL) or panels.shape[2] != PANEL:
             raise ValueError(f"Product: panels {panels.shape} for {length} columns")
         reads = panels.shape[1]
+        if weight_stride < reads:
+            raise ValueError(f"Product: weight rows {weight_stride} apart for {reads} reads")
         self.panels = panels  # read by address
         self.offsets = np.arange(reads, dtype=np.int64) * PANEL
         item_rows = rows // items
         parts = min(parts or workers.parts(), max(1, items * -(-length // TILE)))
         self.params = np.array([parts, 0, stride, item_rows, address(self.panels),
                                 address(self.offsets), 0, reads, length, items,
-                                item_rows * stride, 0, item_rows * reads, int(accumulate),
-                                PANEL], np.int64)
+                                item_rows * stride, 0, item_rows * weight_stride,
+                                int(accumulate), PANEL, weight_stride], np.int64)
 
-    def add(self, out, packed):
+    def add(self, out, weights):
         """out += the product (out = it, made without ``accumulate``), by addresses: out's
-        rows ``stride`` floats apart, ``packed`` the weights where ``packed_places`` puts
-        them."""
-        self.bind(out, packed)
+        rows ``stride`` floats apart, the weights' ``weight_stride``."""
+        self.bind(out, weights)
         workers.run(_products_job, self.params)
 
-    def bind(self, out, packed):
+    def bind(self, out, weights):
         """Set the addresses ``add`` takes, for a job that runs ``products_part`` itself on
         these parameters."""
-        self.params[1], self.params[6] = out, packed
+        self.params[1], self.params[6] = out, weights
 
 
 def empty_panels(reads, length, width=PANEL):
@@ -1452,23 +1467,6 @@ def panels(matrix, width=PANEL):
     out[:whole] = matrix[:, :whole * width].reshape(reads, whole, width).transpose(1, 0, 2)
     out[whole:, :, :length - whole * width] = matrix[:, whole * width:]
     return out
-
-
-def packed_places(rows, reads, items=1):
-    """Where the tiles read weight (m, j) of an (rows, reads) matrix, in ``items`` equal
-    items of rows: at start[m] + j * step[m] of the packed weights (``_pack``'s layout, item
-    after item), as int64 arrays start and step."""
-    item_rows = rows // items
-    start = np.empty(rows, np.int64)
-    step = np.empty(rows, np.int64)
-    row = 0
-    while row < rows:
-        item_end = (row // item_rows + 1) * item_rows
-        block = _product_rows(item_end - row)
-        start[row:row + block] = row * reads + np.arange(block)
-        step[row:row + block] = block
-        row += block
-    return start, step
 
 
 def _padded_reads(offsets, multiple):
