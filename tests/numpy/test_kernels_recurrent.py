@@ -416,29 +416,28 @@ def test_lstm_step_arithmetic_is_vectorised():
 
 
 @pytest.mark.parametrize("hidden, inputs", [(5, 3), (16, 9), (100, 31)])
-def test_lstm_panels_are_the_reordered_scaled_weights_panels(hidden, inputs):
+def test_lstm_panels_are_the_scaled_weights_panels(hidden, inputs):
     """``lstm_steps._panels`` fills the products' panels in one pass: the forward's from the
     input weights (their bias column included) stacked on the recurrent ones with their
-    bias, gates reordered and scaled; the backward's from the recurrent weights beside the
-    input ones (bias column left out), reordered: as NumPy's copies would lay them out,
-    bit for bit, at sizes that leave panels part-filled."""
+    bias, scaled; the backward's from the recurrent weights beside the input ones (bias
+    column left out): as NumPy's copies would lay them out, bit for bit, at sizes that
+    leave panels part-filled."""
     from nnspec.backends.numpy.kernels import lstm_steps, tiled
 
     rng = np.random.default_rng(hidden)
     gates = 4 * hidden
-    order = np.concatenate([np.arange(k * hidden, (k + 1) * hidden) for k in (3, 0, 1, 2)])
     scale = rng.standard_normal((gates, 1)).astype(np.float32)
-    w_ih = rng.standard_normal((gates, inputs + 1)).astype(np.float32)  # internal order
-    w_hh = rng.standard_normal((gates, hidden)).astype(np.float32)  # torch's order
+    w_ih = rng.standard_normal((gates, inputs + 1)).astype(np.float32)
+    w_hh = rng.standard_normal((gates, hidden)).astype(np.float32)
     b_hh = rng.standard_normal(gates).astype(np.float32)
-    recurrent = np.concatenate([w_hh, b_hh[:, None]], axis=1)[order]
+    recurrent = np.concatenate([w_hh, b_hh[:, None]], axis=1)
     forward = tiled.empty_panels(inputs + 1 + hidden + 1, gates)
-    lstm_steps._panels(forward, w_ih, np.arange(gates), 0, scale)
-    lstm_steps._panels(forward, w_hh, order, inputs + 1, scale, b_hh)
+    lstm_steps._panels(forward, w_ih, 0, scale)
+    lstm_steps._panels(forward, w_hh, inputs + 1, scale, b_hh)
     expected = tiled.panels(np.concatenate([(w_ih * scale).T, (recurrent * scale).T]))
     np.testing.assert_array_equal(forward, expected)
     backward = tiled.empty_panels(gates, hidden + inputs)
-    lstm_steps._panels(backward, w_hh, order, 0)
-    lstm_steps._panels(backward, w_ih, np.arange(gates), hidden, columns=inputs)
-    expected = tiled.panels(np.concatenate([recurrent[:, :hidden], w_ih[:, :-1]], axis=1))
+    lstm_steps._panels(backward, w_hh, 0)
+    lstm_steps._panels(backward, w_ih, hidden, columns=inputs)
+    expected = tiled.panels(np.concatenate([w_hh, w_ih[:, :-1]], axis=1))
     np.testing.assert_array_equal(backward, expected)

@@ -16,8 +16,9 @@ to its input), and the arithmetic makes the gate gradients. Every step of a dire
 (``_steps_job``): where each core's product rows are its own samples the cores never meet;
 else they meet at a barrier after each step's product and after its arithmetic. The weight
 gradients are one product after the loop, (4H, T * N) by (T * N, F + 1 + H + 1), each
-step's input kept beside the state it starts from. Gates are (o, i, f, g), the sigmoid
-ones' pre-activations halved, as in `recurrent_cells`.
+step's input kept beside the state it starts from. Gates are in torch's order (i, f, g,
+o), so that neither the weights nor their gradients are reordered; the sigmoid ones'
+pre-activations are halved, as in `recurrent_cells`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _F = np.float32
 
 @numba.njit(inline="always")
 def _gate_rows(gates, n, hidden):
-    """Sample n's four gate rows (o, i, f, g) of the (N, 4H) gates, as slices (LLVM
+    """Sample n's four gate rows (i, f, g, o) of the (N, 4H) gates, as slices (LLVM
     vectorises a loop over slices)."""
     row = n * 4 * hidden
     return (gates[row:row + hidden], gates[row + hidden:row + 2 * hidden],
@@ -131,7 +132,7 @@ def _forward_part(params, part):
     half = _F(0.5)
     first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):  # a sample's rows as slices: LLVM vectorises those loops
-        o, i, f, g = _gate_rows(gates, n, hidden)
+        i, f, g, o = _gate_rows(gates, n, hidden)
         units = slice(n * hidden, (n + 1) * hidden)
         c_prev, c, tanh_c = previous[units], cell[units], tanh_cell[units]
         state_at = n * row_stride + features  # the next step's rows: input, then state
@@ -172,7 +173,7 @@ def _backward_part(params, part):
     one = _F(1.0)
     first, end = part_range(batch, part, params[0], 1)
     for n in range(first, end):
-        o, i, f, g = _gate_rows(gates, n, hidden)
+        i, f, g, o = _gate_rows(gates, n, hidden)
         units = slice(n * hidden, (n + 1) * hidden)
         dh_after = d_state[n * d_stride:n * d_stride + hidden]
         dh_above = above[n * above_stride:n * above_stride + hidden]
@@ -195,18 +196,17 @@ def _backward_part(params, part):
 @workers.Task
 def _panels_job(args, range_m, range_n, sa, sb, part):
     """params (parts, panels, their reads, positions (4H), weights, their row stride, the
-    columns taken, an extra column's values or 0, order, scale or 0, the first read or
-    column, 1 for the backward's matrix): ``_panels``."""
-    params = workers.parameters(args, 12)
+    columns taken, an extra column's values or 0, scale or 0, the first read or column, 1
+    for the backward's matrix): ``_panels``."""
+    params = workers.parameters(args, 11)
     reads, positions, stride, columns = params[2], params[3], params[5], params[6]
-    first, backward, panel = params[10], params[11] != 0, tiled.PANEL
+    first, backward, panel = params[9], params[10] != 0, tiled.PANEL
     weights = floats(params, 4, (positions * stride,))
-    order = integers(params, 8, positions)
     if backward:  # position p is read p; the columns go from column ``first`` on
         panels = floats(params, 1, (-(-(first + columns) // panel) * positions * panel,))
         start, end = part_range(positions, part, params[0], 1)
         for p in range(start, end):
-            row, done = order[p] * stride, 0
+            row, done = p * stride, 0
             while done < columns:  # a run of columns within one panel at a time
                 column = first + done
                 lane = column % panel
@@ -218,37 +218,35 @@ def _panels_job(args, range_m, range_n, sa, sb, part):
     # forward: position p is column p of the matrix, its reads from ``first`` on
     panels = floats(params, 1, (-(-positions // panel) * reads * panel,))
     extra = floats(params, 7, (positions,))
-    scale = floats(params, 9, (positions,))
+    scale = floats(params, 8, (positions,))
     start, end = part_range(positions, part, params[0], panel)
     for p in range(start, end):
-        row, factor = order[p] * stride, scale[p]
+        row, factor = p * stride, scale[p]
         at = ((p // panel) * reads + first) * panel + p % panel
         for j in range(columns):
             panels[at + j * panel] = factor * weights[row + j]
         if params[7] != 0:
-            panels[at + columns * panel] = factor * extra[order[p]]
+            panels[at + columns * panel] = factor * extra[p]
     return 0
 
 
-def _panels(out, weights, order, first, scale=None, extra=None, columns=None):
-    """Fills ``out`` (``tiled.empty_panels``) from ``weights`` (rows in torch's gate order,
-    ``order`` the internal order's rows in it) in one pass on both cores, where the gates'
-    reorder, the sigmoid rows' halving, the bias column, the transpose and the panels' copy
-    were five (H 512: 1.7 -> 0.4 ms). With ``scale``, the forward's (reads, 4H) matrix: read
-    ``first + j`` of position p is scale[p] * weights[order[p], j], and after them
-    scale[p] * extra[order[p]] (the bias; None: none); without, the backward's (4H, width)
-    matrix: column ``first + c`` of read p is weights[order[p], c]. ``columns``: the
+def _panels(out, weights, first, scale=None, extra=None, columns=None):
+    """Fills ``out`` (``tiled.empty_panels``) from ``weights`` (4H rows) in one pass on both
+    cores, where the sigmoid rows' halving, the bias column, the transpose and the panels'
+    copy were four (with a reorder of the gates, H 512: 1.7 -> 0.4 ms). With ``scale``, the
+    forward's (reads, 4H) matrix: read ``first + j`` of position p is scale[p] * weights[p,
+    j], and after them scale[p] * extra[p] (the bias; None: none); without, the backward's
+    (4H, width) matrix: column ``first + c`` of read p is weights[p, c]. ``columns``: the
     weights' first columns only (None: all)."""
     weights = np.ascontiguousarray(weights, _F)
-    order = np.ascontiguousarray(order, np.int64)
     extra = None if extra is None else np.ascontiguousarray(extra, _F)
     scale = None if scale is None else np.ascontiguousarray(scale, _F).reshape(-1)
     parts = workers.parts() if weights.size >= 1 << 16 else 1
-    params = np.array([parts, address(out), out.shape[1], len(order), address(weights),
+    params = np.array([parts, address(out), out.shape[1], len(weights), address(weights),
                        weights.shape[1], weights.shape[1] if columns is None else columns,
                        0 if extra is None else address(extra),
-                       address(order), 0 if scale is None else address(scale), first,
-                       scale is None], np.int64)
+                       0 if scale is None else address(scale), first, scale is None],
+                      np.int64)
     workers.run(_panels_job, params)
 
 
@@ -329,7 +327,7 @@ _SPLIT_MIN_UNITS = 1 << 10
 _MEETING_MIN_HIDDEN = 256
 
 
-def direction(layer_input, input_weights, recurrent, scale, start, reverse, into):
+def direction(layer_input, input_weights, recurrent, start, reverse, into):
     """``_direction``, an odd batch from PADDED_MIN_SAMPLES a sample more where that lets
     each core keep its own samples (``_items``): the phantom sample's input is zeros, its
     ones row too, so its state and cell stay zero and it adds nothing to any gradient. The
@@ -343,12 +341,11 @@ def direction(layer_input, input_weights, recurrent, scale, start, reverse, into
         hidden + 1
     if padded == batch or batch < PADDED_MIN_SAMPLES or \
             _items(padded, parts, 4 * reads * gate_rows) != parts:
-        return _direction(layer_input, input_weights, recurrent, scale, start, reverse,
-                          into)
+        return _direction(layer_input, input_weights, recurrent, start, reverse, into)
     inputs = np.zeros((steps, features, padded), _F)
     inputs[:, :, :batch] = layer_input
     states = _sample_major(steps, hidden, padded)
-    final, inner_backward = _direction(inputs, input_weights, recurrent, scale,
+    final, inner_backward = _direction(inputs, input_weights, recurrent,
                                        tuple(_with_phantoms(s, padded) for s in start),
                                        reverse, states)
     into[...] = states[:, :, :batch]
@@ -382,6 +379,13 @@ def _sample_major(steps, hidden, batch):
     return np.empty((steps, batch, hidden), _F).transpose(0, 2, 1)
 
 
+def _gate_scale(hidden):
+    """(4H, 1): one half for the sigmoid gates' rows (i, f, o), one for g's."""
+    scale = np.full((4 * hidden, 1), 0.5, _F)
+    scale[2 * hidden:3 * hidden] = 1
+    return scale
+
+
 def _with_phantoms(columns, batch):
     """(H, N) columns followed by zero ones up to ``batch``."""
     out = np.zeros((len(columns), batch), _F)
@@ -389,19 +393,19 @@ def _with_phantoms(columns, batch):
     return out
 
 
-def _direction(layer_input, input_weights, recurrent, scale, start, reverse, into):
+def _direction(layer_input, input_weights, recurrent, start, reverse, into):
     """One LSTM direction over ``layer_input`` (T, F + 1, N), its last row ones, from
     ``start`` (``()`` or (h0, c0), each (H, N)); the input weights (4H, F + 1) carry their
-    bias column, in the internal gate order, unscaled; ``recurrent`` is (w_hh (4H, H), b_hh
-    (4H,) or None, order) in torch's layout, ``order`` the internal order's rows in it; and
-    ``scale`` (4H, 1) halves the sigmoid rows. Writes the states to ``into``, a float32 (T,
+    bias column, and ``recurrent`` is (w_hh (4H, H), b_hh (4H,) or None), as torch has
+    them. Writes the states to ``into``, a float32 (T,
     H, N) view whose H is its unit-stride axis (the layer's output, batch-first or a block
     of the next layer's input), in time order. Returns the final (h, c), each (H, N), and
     ``backward(d_states, d_final) -> (d_input (T, N, F) in time order, d_start,
-    d_input_weights, d_recurrent_weights)``, the weight gradients in the internal order.
+    d_input_weights, d_recurrent_weights)``, the weight gradients as torch has them, each
+    with its bias column.
     The input reads fastest as a (T, N, F + 1) array seen as (T, F + 1, N)."""
     steps, _, batch = layer_input.shape
-    recurrent_weight, recurrent_bias, order = recurrent
+    recurrent_weight, recurrent_bias = recurrent
     gate_rows, hidden = recurrent_weight.shape
     if recurrent_bias is None:
         recurrent_bias = np.zeros(gate_rows, _F)
@@ -423,17 +427,17 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
     # (N, F + 1 + H + 1), by the stacked weights (F + 1 + H + 1, 4H); else the input's
     # share is one product before the steps, which the steps' products add to
     parts = _parts(batch, hidden)
-    in_order = np.arange(gate_rows)  # the input weights' rows are in the internal order
     folded_inputs = features if _folds(features - 1, hidden, batch, parts) else 0
     matrix = tiled.empty_panels(folded_inputs + hidden + 1, gate_rows)
     # the products' outputs start on a cache line, as their panels (``tiled.aligned_array``)
     gates = tiled.aligned_array((steps, batch, gate_rows))
+    scale = _gate_scale(hidden)
     if folded_inputs:
-        _panels(matrix, input_weights, in_order, 0, scale)
+        _panels(matrix, input_weights, 0, scale)
     else:
         gemm.matmul(step_rows[:, :features], (input_weights * scale).T,
                     out=gates.reshape(steps * batch, gate_rows))
-    _panels(matrix, recurrent_weight, order, folded_inputs, scale, recurrent_bias)
+    _panels(matrix, recurrent_weight, folded_inputs, scale, recurrent_bias)
     # each part's samples on its core throughout (the product's rows, with the whole of
     # the weights, and the step's arithmetic) where the weights fit its cache: the parts
     # never meet; else the products split the positions and the parts meet twice a step
@@ -468,9 +472,9 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
         # holds the final state's gradient
         width = hidden + folded_inputs - (folded_inputs > 0)  # (4H, H [+ F])
         back_matrix = tiled.empty_panels(gate_rows, width)
-        _panels(back_matrix, recurrent_weight, order, 0)
+        _panels(back_matrix, recurrent_weight, 0)
         if folded_inputs:  # as the forward folded
-            _panels(back_matrix, input_weights, in_order, hidden, columns=folded_inputs - 1)
+            _panels(back_matrix, input_weights, hidden, columns=folded_inputs - 1)
         back_rows = tiled.aligned_array((steps + 1, batch, width))
         back_rows[-1, :, :hidden] = 0 if d_final_h is None else d_final_h.T
         above = d_states.transpose(0, 2, 1)  # (T, N, H), read as it is where it can be
@@ -492,7 +496,7 @@ def _direction(layer_input, input_weights, recurrent, scale, start, reverse, int
         d_start = (back_rows[0, :, :hidden].T, carried.T) if start else ()
         d_pre = gates.reshape(steps * batch, gate_rows)
         # C-ordered: the product the other way round ran 6% faster, but its transposed
-        # result made the reorder to torch's gate order a strided gather (6.3 ms at H 512)
+        # result would be a strided copy into the model's gradients
         d_weights = gemm.matmul(d_pre.T, step_rows)
         d_input_weights, d_recurrent_weights = d_weights[:, :features], d_weights[:, features:]
         if width > hidden:  # (T, N, F), sample-major as the layer below takes it

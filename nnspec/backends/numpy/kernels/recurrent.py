@@ -273,6 +273,9 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
     d_b_ih, d_w_hh, d_b_hh)``, ``d_start`` holding the gradients of the given initial
     states; the float32 LSTM's ``d_input`` is (T, N, F) (``_sample_major``).
     """
+    if _sample_major(cell, layer_input.dtype):  # the weights as torch has them
+        return _compiled_lstm(layer_input, _with_bias_column(w_ih, b_ih), (w_hh, b_hh), start,
+                              into, reverse)
     steps, _, batch = layer_input.shape
     hidden = w_hh.shape[1]
     gate_rows = len(cell.gate_order) * hidden
@@ -282,9 +285,6 @@ def _run_direction(cell, layer_input, w_ih, b_ih, w_hh, b_hh, start, into, *, re
     input_weights = _with_bias_column(w_ih, b_ih)[order]
     scale = np.ones((gate_rows, 1), layer_input.dtype)
     scale[: cell.sigmoid_gates * hidden] = 0.5
-    if _sample_major(cell, layer_input.dtype):  # the recurrent weights as torch has them
-        return _compiled_lstm(layer_input, input_weights, (w_hh, b_hh, order), scale, start,
-                              into, reverse)
     recurrent_weights = _with_bias_column(w_hh, b_hh)[order]
     if batch >= recurrent_cells.STEPWISE_MIN_BATCH:  # a product per step, over the batch
         pre = np.matmul(input_weights * scale, layer_input)
@@ -363,14 +363,18 @@ def _sample_major(cell, dtype) -> bool:
     return cell is CELLS["lstm"] and dtype == np.float32
 
 
-def _compiled_lstm(layer_input, input_weights, recurrent, scale, start, into, reverse):
-    """``_run_direction`` of a float32 LSTM, on ``lstm_steps``' sample-major steps;
-    ``recurrent`` is (w_hh, b_hh, order) as ``lstm_steps.direction`` takes it."""
-    final, steps_backward = lstm_steps.direction(
-        layer_input, input_weights, recurrent, scale, start, reverse, into)
+def _compiled_lstm(layer_input, input_weights, recurrent, start, into, reverse):
+    """``_run_direction`` of a float32 LSTM, on ``lstm_steps``' sample-major steps, which
+    keep torch's gate order; ``recurrent`` is (w_hh, b_hh) as ``lstm_steps.direction``
+    takes it."""
+    final, steps_backward = lstm_steps.direction(layer_input, input_weights, recurrent, start,
+                                                 reverse, into)
 
     def backward(d_states, _input_rows, d_final):
-        return _direction_grads(*steps_backward(d_states, d_final), recurrent[2])
+        d_input, d_start, d_input_weights, d_recurrent_weights = steps_backward(d_states,
+                                                                                d_final)
+        return (d_input, d_start, d_input_weights[:, :-1], d_input_weights[:, -1],
+                d_recurrent_weights[:, :-1], d_recurrent_weights[:, -1])
 
     return final, backward
 
