@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from nnspec.backends.numpy.kernels import columns
+from nnspec.backends.numpy.kernels import columns, tiled
 from nnspec.backends.numpy.kernels.windows import output_size
 
 
@@ -81,6 +81,31 @@ def test_same_size_columns_copy_the_rows_inside_as_one_run(shape, kernel, paddin
     assert out == shape[2:]
     found = columns.gather(x, kernel, stride, padding, dilation, out)
     np.testing.assert_array_equal(found, expected.astype(np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sweeps(), st.integers(0, 2**31), st.sampled_from([48, 192]))
+def test_columns_made_into_panels_are_the_transposed_columns_panels(sweep, seed, width):
+    """``gather_panels`` writes (N * P, C * K), the columns transposed, as ``tiled.panels``
+    lays it out, the last panel's lanes past C * K zero (the tiles read them), from the
+    same layouts as ``gather``: every stride, dilation and padding, 1-D and 2-D."""
+    shape, kernel, stride, padding, dilation = sweep
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    expected, out = reference_columns(x, kernel, stride, padding, dilation)
+    found = columns.gather_panels(x, kernel, stride, padding, dilation, out, width)
+    np.testing.assert_array_equal(
+        found, tiled.panels(np.ascontiguousarray(expected.T).astype(np.float32), width))
+
+
+def test_large_maps_made_into_panels_on_both_cores():
+    """A map large enough for both cores, its rows (C * K = 603) ending within a panel."""
+    x = np.random.default_rng(2).standard_normal((8, 67, 9, 11)).astype(np.float32)
+    sweep = ((3, 3), (2, 1), ((1, 1), (1, 1)), (1, 2), (5, 9))
+    expected, _ = reference_columns(x, *sweep[:4])
+    found = columns.gather_panels(x, *sweep, 192)
+    assert expected.size >= 1 << 15 and expected.shape[0] % 192
+    np.testing.assert_array_equal(
+        found, tiled.panels(np.ascontiguousarray(expected.T).astype(np.float32), 192))
 
 
 def test_large_maps_split_between_the_cores_agree_with_one_part():

@@ -174,6 +174,29 @@ def test_copies_must_pay_for_themselves(narrow, m, k, n, b_transposed, expected)
     assert gemm._tiles_pay(a, b, None) is expected
 
 
+@pytest.mark.parametrize("m, k, n", [(256, 1024, 1152), (17, 700, 65), (300, 2000, 192),
+                                     (8, 5000, 1000)])
+def test_products_on_panels_made_beforehand_match_float64(m, k, n):
+    """``matmul_on_panels`` reads its right operand from panels made before (a weight
+    gradient's columns, ``columns.gather_panels``): rows off the tiles', columns off a
+    tile's and a panel's, reads past a block of them."""
+    rng = np.random.default_rng(m + n)
+    a, b = operand(rng, m, k, False), operand(rng, k, n, False)
+    out = np.full((m, n), np.nan, np.float32)
+    check(gemm.matmul_on_panels(a, tiled.panels(b, gemm.PANEL_WIDTH), n, out), a, b)
+    with pytest.raises(ValueError, match="matmul_on_panels"):
+        gemm.matmul_on_panels(a, tiled.panels(b, tiled.TILE), n, out)
+
+
+@pytest.mark.parametrize("m, k, n, expected", [
+    (256, 1024, 1152, True),     # a strided layer's weight gradient at batch 16
+    (256, 512, 32, False),       # narrower than two of a tile's vectors
+    (64, 64, 100, False),        # too few multiply-adds to pay for the call
+])
+def test_which_products_take_panels_made_beforehand(narrow, m, k, n, expected):
+    assert gemm.panels_pay(m, k, n) is expected
+
+
 def test_a_wide_blas_keeps_numpys_product(monkeypatch):
     monkeypatch.setattr(gemm, "blas_is_narrow", lambda: False)
     rng = np.random.default_rng(6)

@@ -678,7 +678,7 @@ NOT_KERNELS = {
     "winograd.load",
     "blas.accumulates", "blas.add_product", "blas.transpose", "blas.address",
     # products on the tiles where BLAS runs narrow vectors: test_gemm.py against float64
-    "gemm.matmul", "gemm.add_product", "gemm.load",
+    "gemm.matmul", "gemm.add_product", "gemm.load", "gemm.matmul_on_panels", "gemm.panels_pay",
     # conv2d's products and frames: test_tiled.py, test_kernels_conv.py against torch
     "tiled.products", "tiled.sums", "tiled.load", "tiled.aligned_empty", "tiled.direct_products",
     "tiled.direct_sums",
@@ -687,7 +687,8 @@ NOT_KERNELS = {
     # here take NumPy's): test_kernels_attention.py against torch
     "attention_tiles.forward", "attention_tiles.backward", "attention_tiles.applies",
     "attention_tiles.load",
-    "columns.gather", "columns.scatter", "columns.applies", "columns.load",  # test_columns.py
+    "columns.gather", "columns.gather_panels", "columns.scatter", "columns.applies",
+    "columns.load",  # test_columns.py
     # the float32 LSTM's steps (float64 takes NumPy's passes, whose cases are here):
     # test_kernels_recurrent.py against torch and those passes
     "lstm_steps.direction", "lstm_steps.load", "tiled.panels",

@@ -714,6 +714,30 @@ def test_wide_layers_on_small_maps_in_large_batches_take_the_direct_sums(
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("channels, out_channels, spatial, stride, batch", [
+    (64, 128, (16, 16), (2, 2), 8),     # a ResNet's downsampling, over its phases
+    (256, 256, (4, 4), (1, 1), 8),      # read in place, the weight gradient on columns
+    (70, 40, (6, 6), (2, 2), 32),       # on the columns; 630 reads: a panel part-filled
+])
+def test_weight_gradients_on_columns_made_into_panels_match_torch(
+        monkeypatch, channels, out_channels, spatial, stride, batch):
+    """Where the tiles take a weight gradient's product (BLAS narrow), its columns are made
+    transposed straight into the panels the tiles read (``columns.gather_panels``)."""
+    from nnspec.backends.numpy.kernels import columns, gemm
+
+    monkeypatch.setattr(gemm, "blas_is_narrow", lambda: True)
+    made = []
+    original = columns.gather_panels
+    monkeypatch.setattr(columns, "gather_panels",
+                        lambda *args: made.append(args[-1]) or original(*args))
+    case = conv_case(channels, out_channels, spatial, (3, 3), stride, ((1, 1), (1, 1)),
+                     (1, 1), batch=batch)
+    case["scale"] = 1 / math.sqrt(channels * 9)
+    check_conv_against_torch(2, case)
+    assert made == [gemm.PANEL_WIDTH]
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("channels, out_channels, kernel, stride, dilation, padding, spatial", [
     (32, 64, (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), (16, 16)),   # a ResNet's downsampling
     (48, 40, (5, 5), (2, 2), (1, 1), ((2, 2), (2, 2)), (16, 8)),    # 5x5, 8x4 outputs
