@@ -697,13 +697,15 @@ def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_c
 
 @pytest.mark.torch
 @pytest.mark.parametrize("channels, out_channels, spatial, batch, columns_grad", [
-    (256, 256, (4, 4), 16, False), (384, 256, (8, 8), 16, False), (256, 256, (4, 4), 8, True),
-    (256, 320, (4, 4), 16, True), (512, 512, (4, 4), 16, True), (256, 256, (10, 10), 16, True)])
+    (256, 256, (4, 4), 32, False), (384, 256, (8, 8), 16, False), (256, 256, (4, 4), 8, True),
+    (256, 256, (4, 4), 16, True), (256, 320, (4, 4), 32, True), (512, 512, (4, 4), 16, True),
+    (256, 256, (10, 10), 16, True)])
 def test_wide_layers_on_small_maps_in_large_batches_take_the_direct_sums(
         monkeypatch, channels, out_channels, spatial, batch, columns_grad):
     """Past DIRECT_SUMS_MAX_CHANNELS the weight gradient still takes the direct sums on
-    planes of up to DIRECT_SMALL_PLANE positions from DIRECT_SUMS_MIN_SAMPLES samples, up to
-    DIRECT_SUMS_BATCH_MAX_CHANNELS and no more outputs than inputs; the columns otherwise."""
+    planes of up to DIRECT_SMALL_PLANE positions from DIRECT_SUMS_MIN_SAMPLES samples and
+    DIRECT_SUMS_MIN_POSITIONS positions of them, up to DIRECT_SUMS_BATCH_MAX_CHANNELS and no
+    more outputs than inputs; the columns otherwise."""
     taken = record_calls(monkeypatch, {"tiles": "_tiled",
                                        "weight on columns": "_weight_grad_on_columns"})
     case = conv_case(channels, out_channels, spatial, (3, 3), (1, 1), ((1, 1), (1, 1)),

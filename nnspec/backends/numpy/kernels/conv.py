@@ -362,8 +362,13 @@ DIRECT_SUMS_LARGE_MAX_CHANNELS = 320
 # and more, up to DIRECT_SUMS_BATCH_MAX_CHANNELS and no more outputs than inputs (weight
 # gradients on the sums against the columns, AMD EPYC: 0.67-0.92x at 256-384 channels on
 # 4x4 maps at batch 32 and 64, 0.81-0.97x on 8x8 at batch 16 and 32; 1.06-1.07x on 8x8 at
-# batch 8; measured without them, 1.23x at 256 -> 512 on 8x8, 1.35-3.6x at 512 on 4x4)
+# batch 8; measured without them, 1.23x at 256 -> 512 on 8x8, 1.35-3.6x at 512 on 4x4),
+# from DIRECT_SUMS_MIN_POSITIONS positions of the batch's planes (with the columns made
+# into panels, ``columns.gather_panels``: the sums 1.09-1.38x the columns' time at 256 on
+# 4x4 at batch 16, 1.0-1.08x at batch 24, 0.80-0.97x at batch 32, 0.6-0.7x at 64; on 8x8
+# at batch 16 0.92-1.02x)
 DIRECT_SUMS_MIN_SAMPLES = 16
+DIRECT_SUMS_MIN_POSITIONS = 512
 DIRECT_SUMS_BATCH_MAX_CHANNELS = 384
 # where their planes fill this much of the tiles' vectors (a vector holds one sample's
 # positions: 4x4 and 8x8 planes fill theirs, 14x14 94%, 7x7 77%, 6x6 75%); planes that fill
@@ -399,7 +404,8 @@ def _direct_sums_take(x, group_channels, out_channels, groups):
         group_channels <= DIRECT_SUMS_LARGE_MAX_CHANNELS and
         plane >= DIRECT_SUMS_LARGE_PLANE) or (
         group_channels <= DIRECT_SUMS_BATCH_MAX_CHANNELS and out_channels <= group_channels
-        and plane <= DIRECT_SMALL_PLANE and x.shape[0] >= DIRECT_SUMS_MIN_SAMPLES)
+        and plane <= DIRECT_SMALL_PLANE and x.shape[0] >= DIRECT_SUMS_MIN_SAMPLES
+        and x.shape[0] * plane >= DIRECT_SUMS_MIN_POSITIONS)
 
 
 def _lanes_filled(plane):
