@@ -270,7 +270,8 @@ def matmul_on_panels(a, panels, n, out):
     """out = a @ b for float32 a (m, k) and b (k, n) given as ``tiled.empty_panels(k, n,
     PANEL_WIDTH)`` lays it out (``panels_pay``); out C-ordered (m, n) float32."""
     if panels.shape[1:] != (a.shape[1], PANEL_WIDTH) or len(panels) != -(-n // PANEL_WIDTH) \
-            or out.shape != (a.shape[0], n) or out.strides[1] != 4 or a.dtype != np.float32:
+            or out.shape != (a.shape[0], n) or out.strides[1] != 4 or a.dtype != np.float32 \
+            or out.dtype != np.float32:
         raise ValueError(f"matmul_on_panels: a {a.shape}, panels {panels.shape} of {n} "
                          f"columns, out {out.shape}")
     _on_panels(a, panels, PANEL_WIDTH, n, out, accumulate=False)
