@@ -5,6 +5,7 @@ widths, a margin, and back out of the frame."""
 
 import math
 
+import numba
 import numpy as np
 import pytest
 
@@ -51,3 +52,17 @@ def test_frames_are_the_padded_phases_and_copy_back(shape, stride, corner, grid,
     held = tuple(slice(0, min(size, g * s - lo)) for size, g, s, lo in
                  zip(shape[2:], grid, stride, corner))
     np.testing.assert_array_equal(back[(Ellipsis, *held)], x[(Ellipsis, *held)])
+
+
+def test_both_column_phases_are_copied_without_gathers_or_scatters():
+    """A pair of values at a time is loads and shuffles; every other value (a phase at a
+    time) compiled to a vector gather, which AMD's cores run a value at a time."""
+    @numba.njit(error_model="numpy")
+    def pairs(values, frame, to_frame):
+        frames._pairs(values, frame, to_frame, 0, 0, 50, 50)
+
+    values, frame = np.arange(100, dtype=np.float32), np.zeros(100, np.float32)
+    pairs(values, frame, True)
+    np.testing.assert_array_equal(frame, np.concatenate([values[::2], values[1::2]]))
+    code = pairs.inspect_llvm(pairs.signatures[0])
+    assert "llvm.masked.gather" not in code and "llvm.masked.scatter" not in code

@@ -485,8 +485,9 @@ def _spread(values, index, first, last, positions, out):
     for c in range(first, last):
         value = values[index, c]
         at = (c - first) * positions
-        for position in range(positions):
-            out[at + position] = value
+        run = out[at:at + positions]  # a slice: indexed by a signed ``at + position``, the
+        for position in range(positions):  # stores were a vector scatter
+            run[position] = value
 
 
 @_inline
