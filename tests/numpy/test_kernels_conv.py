@@ -676,7 +676,7 @@ def test_same_size_convolutions_past_the_direct_limits_take_the_columns(
 
 @pytest.mark.torch
 @pytest.mark.parametrize("nd, channels, out_channels, spatial, columns_grad", [
-    (2, 160, 24, (4, 4), False), (2, 240, 16, (5, 6), True), (2, 256, 40, (8, 8), True),
+    (2, 160, 24, (4, 4), False), (2, 240, 16, (5, 6), True), (2, 256, 40, (8, 8), False),
     (1, 256, 8, (48,), True), (2, 384, 24, (4, 4), True), (2, 320, 16, (14, 14), False),
     (2, 384, 16, (14, 14), True), (2, 192, 24, (6, 6), False)])
 def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_columns(
@@ -684,8 +684,9 @@ def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_c
     """Past TILED_MAX_CHANNELS, a stride-1 convolution keeping its map's size still reads
     it in place where the plane fills the tiles' vectors (up to 512 channels on small planes,
     384 on larger ones, 256 where a 6x6 plane fills 75%), and takes its weight gradient on
-    the columns past DIRECT_SUMS_MAX_CHANNELS (past DIRECT_SUMS_LARGE_MAX_CHANNELS on planes
-    of DIRECT_SUMS_LARGE_PLANE positions)."""
+    the sums from GRADIENT_MIN_OUTPUTS outputs; with fewer, on the columns past
+    DIRECT_SUMS_MAX_CHANNELS (past DIRECT_SUMS_LARGE_MAX_CHANNELS on planes of
+    DIRECT_SUMS_LARGE_PLANE positions)."""
     taken = record_calls(monkeypatch, {"tiles": "_tiled", "columns": "_on_columns",
                                        "weight on columns": "_weight_grad_on_columns"})
     kernel, padding = (3,) * nd, ((1, 1),) * nd
@@ -697,15 +698,14 @@ def test_wide_same_size_convolutions_read_in_place_with_the_weight_gradient_on_c
 
 @pytest.mark.torch
 @pytest.mark.parametrize("channels, out_channels, spatial, batch, columns_grad", [
-    (256, 256, (4, 4), 32, False), (384, 256, (8, 8), 16, False), (256, 256, (4, 4), 8, True),
-    (256, 256, (4, 4), 16, True), (256, 320, (4, 4), 32, True), (512, 512, (4, 4), 16, True),
-    (256, 256, (10, 10), 16, True)])
-def test_wide_layers_on_small_maps_in_large_batches_take_the_direct_sums(
+    (256, 256, (4, 4), 32, False), (384, 256, (8, 8), 16, False), (256, 256, (4, 4), 8, False),
+    (256, 320, (4, 4), 4, False), (512, 512, (4, 4), 16, False), (256, 256, (10, 10), 2, False),
+    (384, 24, (4, 4), 16, True), (256, 16, (10, 10), 2, True)])
+def test_wide_layers_take_the_direct_sums_where_they_run_as_products(
         monkeypatch, channels, out_channels, spatial, batch, columns_grad):
-    """Past DIRECT_SUMS_MAX_CHANNELS the weight gradient still takes the direct sums on
-    planes of up to DIRECT_SMALL_PLANE positions from DIRECT_SUMS_MIN_SAMPLES samples and
-    DIRECT_SUMS_MIN_POSITIONS positions of them, up to DIRECT_SUMS_BATCH_MAX_CHANNELS and no
-    more outputs than inputs; the columns otherwise."""
+    """Past DIRECT_SUMS_MAX_CHANNELS the weight gradient still takes the direct sums where
+    they run as products (GRADIENT_MIN_OUTPUTS outputs and more), at any batch and plane;
+    with fewer outputs the columns."""
     taken = record_calls(monkeypatch, {"tiles": "_tiled",
                                        "weight on columns": "_weight_grad_on_columns"})
     case = conv_case(channels, out_channels, spatial, (3, 3), (1, 1), ((1, 1), (1, 1)),
@@ -718,7 +718,7 @@ def test_wide_layers_on_small_maps_in_large_batches_take_the_direct_sums(
 @pytest.mark.torch
 @pytest.mark.parametrize("channels, out_channels, spatial, stride, batch", [
     (64, 128, (16, 16), (2, 2), 8),     # a ResNet's downsampling, over its phases
-    (256, 256, (4, 4), (1, 1), 8),      # read in place, the weight gradient on columns
+    (384, 24, (4, 4), (1, 1), 32),      # read in place, few outputs: the weight gradient on columns
     (70, 40, (6, 6), (2, 2), 32),       # on the columns; 630 reads: a panel part-filled
 ])
 def test_weight_gradients_on_columns_made_into_panels_match_torch(

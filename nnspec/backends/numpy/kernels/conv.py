@@ -347,29 +347,22 @@ TILED_MAX_CHANNELS = 128
 # channels on 4x4 to 16x16 maps; with the tiles' masked multiply-adds, forward and backward
 # 0.86-0.95x the columns' time at 384-512 channels on 4x4 and 8x8 maps, even at 320-384 on
 # 14x14 and 16x16 ones, 1.01-1.07x at 512 there (so up to DIRECT_LARGE_MAX_CHANNELS on planes
-# of more than DIRECT_SMALL_PLANE positions). Their weight gradient stays on the columns
-# past DIRECT_SUMS_MAX_CHANNELS (``tiled.direct_sums`` against the columns: 0.84x at 224
-# channels on 8x8 maps, 1.3x at 256, 1.5x at 256 on 4x4), but for planes of
+# of more than DIRECT_SMALL_PLANE positions). Their weight gradient takes the direct sums
+# (``tiled.direct_sums``) where those run as products (``tiled.GRADIENT_MIN_OUTPUTS``
+# outputs a group and more): since the products' sums leave in one transposed copy (NumPy's
+# copy had been most of their time on small maps), they beat the columns (made into
+# panels) everywhere measured, AMD EPYC, two cores: 0.60-0.89x from 256 to 512 channels on
+# 4x4 to 16x16 maps at batch 4 to 64, 256 -> 512 on 8x8 included. With fewer outputs the
+# sums are the plain tiles': on the columns past DIRECT_SUMS_MAX_CHANNELS (against them,
+# Intel Xeon: 0.84x at 224 channels on 8x8 maps, 1.3x at 256), but for planes of
 # DIRECT_SUMS_LARGE_PLANE positions and more up to DIRECT_SUMS_LARGE_MAX_CHANNELS (0.82-0.94x
-# at 256 on 16x16 maps, 0.87x at 320 on 14x14; 1.05x at 384 on 14x14, 1.07x at 256 on 10x10)
+# at 256 on 16x16 maps, 0.87x at 320 on 14x14; 1.05x at 384 on 14x14)
 DIRECT_MAX_CHANNELS = 512
 DIRECT_SMALL_PLANE = 64
 DIRECT_LARGE_MAX_CHANNELS = 384
 DIRECT_SUMS_MAX_CHANNELS = 224
 DIRECT_SUMS_LARGE_PLANE = 196
 DIRECT_SUMS_LARGE_MAX_CHANNELS = 320
-# and on planes of up to DIRECT_SMALL_PLANE positions in batches of DIRECT_SUMS_MIN_SAMPLES
-# and more, up to DIRECT_SUMS_BATCH_MAX_CHANNELS and no more outputs than inputs (weight
-# gradients on the sums against the columns, AMD EPYC: 0.67-0.92x at 256-384 channels on
-# 4x4 maps at batch 32 and 64, 0.81-0.97x on 8x8 at batch 16 and 32; 1.06-1.07x on 8x8 at
-# batch 8; measured without them, 1.23x at 256 -> 512 on 8x8, 1.35-3.6x at 512 on 4x4),
-# from DIRECT_SUMS_MIN_POSITIONS positions of the batch's planes (with the columns made
-# into panels, ``columns.gather_panels``: the sums 1.09-1.38x the columns' time at 256 on
-# 4x4 at batch 16, 1.0-1.08x at batch 24, 0.80-0.97x at batch 32, 0.6-0.7x at 64; on 8x8
-# at batch 16 0.92-1.02x)
-DIRECT_SUMS_MIN_SAMPLES = 16
-DIRECT_SUMS_MIN_POSITIONS = 512
-DIRECT_SUMS_BATCH_MAX_CHANNELS = 384
 # where their planes fill this much of the tiles' vectors (a vector holds one sample's
 # positions: 4x4 and 8x8 planes fill theirs, 14x14 94%, 7x7 77%, 6x6 75%); planes that fill
 # DIRECT_PARTIAL_MIN_LANES up to DIRECT_PARTIAL_MAX_CHANNELS (192 channels on 6x6 and 7x7
@@ -398,14 +391,13 @@ def _tiles_take(x, group_channels, kernel, stride, padding, dilation):
 
 def _direct_sums_take(x, group_channels, out_channels, groups):
     """Whether a layer read in place (``_tiled``) takes its weight gradient on the direct
-    sums, not the columns (DIRECT_SUMS_MAX_CHANNELS and after it)."""
+    sums, not the columns: where they run as products, and with fewer outputs as
+    DIRECT_SUMS_MAX_CHANNELS and after it say."""
     plane = math.prod(x.shape[2:])
-    return group_channels <= DIRECT_SUMS_MAX_CHANNELS or groups > 1 or (
-        group_channels <= DIRECT_SUMS_LARGE_MAX_CHANNELS and
-        plane >= DIRECT_SUMS_LARGE_PLANE) or (
-        group_channels <= DIRECT_SUMS_BATCH_MAX_CHANNELS and out_channels <= group_channels
-        and plane <= DIRECT_SMALL_PLANE and x.shape[0] >= DIRECT_SUMS_MIN_SAMPLES
-        and x.shape[0] * plane >= DIRECT_SUMS_MIN_POSITIONS)
+    return groups > 1 or out_channels >= tiled.GRADIENT_MIN_OUTPUTS or \
+        group_channels <= DIRECT_SUMS_MAX_CHANNELS or (
+            group_channels <= DIRECT_SUMS_LARGE_MAX_CHANNELS and
+            plane >= DIRECT_SUMS_LARGE_PLANE)
 
 
 def _lanes_filled(plane):
@@ -419,8 +411,8 @@ def _tiled(x, weight, stride, padding, dilation, groups, input_grad):
     "same" convolution) reads the map as it is (``tiled.direct_products``: a tap's reads
     outside the map are masked lanes) and writes the output in place, and so do its input
     gradient (the taps reversed) and weight gradient (``tiled.direct_sums``, each tap's
-    reads masked by a table of bits; past DIRECT_SUMS_MAX_CHANNELS, but on large planes, on
-    the columns); others
+    reads masked by a table of bits; with few outputs past DIRECT_SUMS_MAX_CHANNELS, but on
+    large planes, on the columns); others
     go over the input's frame (``_framed``): output o at frame position p is the sum over
     taps k and the group's channels c of weight[o, c, k] * frame[c, start_k + p]
     (``tiled.products``, every group at once, a depthwise layer's groups single rows),

