@@ -351,7 +351,7 @@ TILED_MAX_CHANNELS = 128
 # (``tiled.direct_sums``) where those run as products (``tiled.GRADIENT_MIN_OUTPUTS``
 # outputs a group and more): since the products' sums leave in one transposed copy (NumPy's
 # copy had been most of their time on small maps), they beat the columns (made into
-# panels) everywhere measured, AMD EPYC, two cores: 0.60-0.89x from 256 to 512 channels on
+# panels) everywhere measured, AMD EPYC, two cores: 0.56-0.89x from 256 to 512 channels on
 # 4x4 to 16x16 maps at batch 4 to 64, 256 -> 512 on 8x8 included. With fewer outputs the
 # sums are the plain tiles': on the columns past DIRECT_SUMS_MAX_CHANNELS (against them,
 # Intel Xeon: 0.84x at 224 channels on 8x8 maps, 1.3x at 256), but for planes of
