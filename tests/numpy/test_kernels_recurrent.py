@@ -273,8 +273,8 @@ def test_float32_recurrent_steps_at_real_sizes_match_torch_and_the_float64_passe
 @pytest.mark.parametrize("batch, hidden, bidirectional", REAL_SIZES)
 def test_float32_lstm_steps_with_the_input_products_folded_or_apart_match_torch(
         monkeypatch, folds, batch, hidden, bidirectional):
-    """The input's share in each step's product (``lstm_steps._folds``: a narrow input, a
-    large batch) or a product of its own before the steps, and its gradient one after,
+    """The input's share in each step's product (``lstm_steps._folds``: a narrow input, 8
+    samples or more) or a product of its own before the steps, and its gradient one after,
     whatever the sizes would choose."""
     from nnspec.backends.numpy.kernels import lstm_steps
 

@@ -264,22 +264,25 @@ def _items(batch, parts, weight_bytes):
 
 def _folds(inputs, hidden, batch, parts) -> bool:
     """Whether a step's product takes the input's share too (the stacked weights): where
-    the input is narrow, at most half the state, the batch large and each core's share of
-    the stacked weights stays in its cache. Its share as one product over the sequence is
-    then one BLAS runs at its worst, few reads (or, backward, few outputs a row) over a
-    large output (H 256 batch 256, T 64: F 64 fwd 67 -> 60 ms, bwd 123 -> 116; F 128 82 ->
-    71, 151 -> 135). With fewer samples a step's product reads each weight for few rows,
-    and reads added to it cost more than that one product (T 64 F 64, forward and backward:
-    B 8 H 256 7.5 -> 6.4 ms, B 24 15.6 -> 15.0, B 8 H 384 12.1 -> 11.2; at B 32 the same,
-    at B 48 H 256 F 32 folding gained 1 ms); with an input as wide as the state, or a
-    state of 512 (B 32: 38.8 -> 35.0), the stacked weights no longer stay in the cores'
-    caches (F 256 at batch 128: 59 -> 66, 106 -> 116)."""
-    stacked_bytes = 4 * (inputs + hidden + 2) * 4 * hidden
+    the input is narrow, at most half the state, there are 8 samples or more, and the
+    input's share of the weights stays in the cores' caches. Its share as one product over
+    the sequence is then one BLAS runs at its worst, few reads (or, backward, few outputs
+    a row) over a large output, and a step's product reads each input weight for every
+    sample it reads a recurrent one for. Forward and backward, ms, as one product / folded
+    (AMD EPYC, one process, alternately): T 64 F 64 B 32 H 1024 45.6 + 87.5 / 43.0 + 86.9;
+    B 64 H 512 26.4 + 53.4 / 23.5 + 50.5; T 128 B 16 H 512 13.6 + 26.6 / 13.1 + 24.9; B 8
+    H 512 7.1 + 15.0 / 6.8 + 14.1; T 64 B 16 H 512 F 256 8.6 + 16.4 / 8.1 + 15.5; B 24 H
+    256 3.0 + 6.0 / 2.8 + 5.7 (a rule of 32 samples or more and all the stacked weights
+    within the caches, from an Intel Xeon, had kept all of these as one product). With 4
+    samples the reads added to each step cost more (T 128 B 4 H 256 1.7 + 2.8 / 2.0 +
+    2.9), and with an input share past the caches too (T 32: F 256 B 32 H 1024, 4.2 MB,
+    29.6 + 53.3 / 31.7 + 54.2; F 512 B 16 H 1024 23.8 + 36.2 / 31.2 + 41.1)."""
+    input_bytes = 4 * (inputs + 1) * 4 * hidden
     return 2 * inputs <= hidden and batch >= _FOLDING_MIN_SAMPLES and \
-        stacked_bytes <= parts * _CACHED_WEIGHT_BYTES
+        input_bytes <= parts * _CACHED_WEIGHT_BYTES
 
 
-_FOLDING_MIN_SAMPLES = 32
+_FOLDING_MIN_SAMPLES = 8
 # a core's L2 is 2 MiB here (Intel Xeon): weights up to 1.5 MiB stay in it from step to step
 _CACHED_WEIGHT_BYTES = 3 << 19
 
