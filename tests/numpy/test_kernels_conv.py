@@ -717,7 +717,7 @@ def test_wide_layers_take_the_direct_sums_where_they_run_as_products(
 
 @pytest.mark.torch
 @pytest.mark.parametrize("channels, out_channels, spatial, stride, batch", [
-    (64, 128, (16, 16), (2, 2), 8),     # a ResNet's downsampling, over its phases
+    (64, 24, (16, 16), (2, 2), 8),      # strided to few outputs, over its phases
     (384, 24, (4, 4), (1, 1), 32),      # read in place, few outputs: the weight gradient on columns
     (70, 40, (6, 6), (2, 2), 32),       # on the columns; 630 reads: a panel part-filled
 ])
@@ -759,6 +759,23 @@ def test_strided_convolutions_over_their_stride_phases_match_torch(
     check_conv_against_torch(2, case)
     check_conv_without_input_grad_against_torch(2, case)
     assert taken == ["phases"] * 2
+
+
+@pytest.mark.parametrize("samples, channels, out_channels, over_phases", [
+    (2, 32, 64, True), (2, 64, 128, True), (2, 48, 16, True), (2, 64, 256, True),
+    (8, 32, 288, True), (2, 32, 288, False), (2, 32, 24, False), (2, 40, 16, False)])
+def test_strided_weight_gradients_take_the_sums_over_the_phases_where_they_pay(
+        monkeypatch, samples, channels, out_channels, over_phases):
+    """On the phases, the weight gradient is the direct sums' over them where those run as
+    products (32 outputs or more, or one vector of them) over 512 output positions or
+    more, or fewer to at most 256 outputs; else the columns'."""
+    taken = record_calls(monkeypatch, {"columns": "_weight_grad_on_columns"})
+    x = np.random.default_rng(0).standard_normal((samples, channels, 16, 16), np.float32)
+    weight = np.random.default_rng(1).standard_normal((out_channels, channels, 3, 3),
+                                                      np.float32)
+    y, backward = conv_module._on_phases(x, weight, (2, 2), ((1, 1), (1, 1)), (1, 1), True)
+    backward(np.ones_like(y))
+    assert taken == ([] if over_phases else ["columns"])
 
 
 @pytest.mark.parametrize("channels, kernel, stride, padding, spatial", [

@@ -217,6 +217,44 @@ def test_the_weight_gradient_takes_the_products_where_they_measured_faster(
         assert tiled._gradient_shape(outputs, channels)[1:] == (1, 16)
 
 
+@pytest.mark.parametrize("samples, channels, out_channels, height, width, maps", [
+    (2, 32, 64, 8, 8, 4), (3, 40, 50, 5, 7, 4), (1, 64, 33, 4, 4, 2), (2, 48, 16, 6, 6, 4)])
+def test_direct_sums_over_maps_read_each_taps_map(samples, channels, out_channels, height,
+                                                  width, maps):
+    """With ``sources`` (a strided layer's stride phases), tap k's reads come from map
+    sources[k], masked at its edges as a stride-1 map's: each tap's sums those of its map
+    alone, in float64."""
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((samples, maps * channels, height, width), dtype=F)
+    dy = rng.standard_normal((samples, out_channels, height, width), dtype=F)
+    taps = [(a, b) for a in (-1, 0) for b in (-1, 0, 1)] + [(1, 1)]
+    sources = [k % maps for k in range(len(taps))]
+    out = np.empty((out_channels, channels, len(taps)), F)
+    assert tiled.direct_sums(x, dy, taps, out=out, sources=sources) is out
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    padded = np.pad(x64, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for k, ((a, b), source) in enumerate(zip(taps, sources)):
+        block = padded[:, source * channels:(source + 1) * channels]
+        shifted = block[:, :, 1 + a:1 + a + height, 1 + b:1 + b + width]
+        expected = np.einsum("nmhw,nchw->mc", dy64, shifted)
+        np.testing.assert_allclose(out[:, :, k], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_direct_sums_over_maps_refuse_what_they_cannot_read():
+    """Over maps the sums need ``out`` (its channels are a map's), a source per tap within
+    the maps, and a layer wide enough for the products."""
+    x = np.zeros((1, 4 * 32, 4, 4), F)
+    dy = np.zeros((1, 64, 4, 4), F)
+    taps = [(0, 0), (0, -1)]
+    for out, sources in [(None, [0, 1]), (np.zeros((64, 32, 2), F), [0, 4]),
+                         (np.zeros((64, 32, 2), F), [0]), (np.zeros((64, 30, 2), F), [0, 1]),
+                         (np.zeros((64, 32, 3), F), [0, 1])]:
+        with pytest.raises(ValueError, match="direct_sums"):
+            tiled.direct_sums(x, dy, taps, out=out, sources=sources)
+    with pytest.raises(ValueError, match="direct_sums"):  # 8 outputs: the plain sums' layer
+        tiled.direct_sums(x, dy[:, :8], taps, out=np.zeros((8, 32, 2), F), sources=[0, 1])
+
+
 def _direct_reference(x, taps, weights, groups):
     """out[n, g * M + m, h, w] = sum over taps (a, b) and the group's channels of
     weights[g * M + m, c, k] * x[n, g * C + c, h + a, w + b], zero outside the map, in

@@ -679,13 +679,15 @@ def _on_columns(x, weight, stride, padding, dilation, input_grad):
     return y, _columns_backward(x, weight, sweep, input_grad)
 
 
-def _columns_backward(x, weight, sweep, input_grad):
-    """The backward on the columns of a convolution of C-ordered ``x`` over ``sweep``."""
+def _columns_backward(x, weight, sweep, input_grad, weight_grad=None):
+    """The backward on the columns of a convolution of C-ordered ``x`` over ``sweep``; its
+    weight gradient by ``weight_grad(dy)`` where given."""
     weight_rows = weight.reshape(len(weight), -1)
 
     def backward(dy):
-        dy_rows = _output_rows(dy)
-        dweight = _weight_grad_on_columns(x, dy_rows, weight.shape, sweep)
+        dy_rows = _output_rows(dy) if input_grad or weight_grad is None else None
+        dweight = _weight_grad_on_columns(x, dy_rows, weight.shape, sweep) \
+            if weight_grad is None else weight_grad(dy)
         if not input_grad:
             return None, dweight
         return columns.scatter(gemm.matmul(weight_rows.T, dy_rows), x.shape, *sweep), dweight
@@ -736,21 +738,60 @@ def _phase_taps(spatial, kernel, stride, padding, dilation):
 def _on_phases(x, weight, stride, padding, dilation, input_grad):
     """A strided convolution's forward on the direct tiles, over a copy of its input by
     stride phases (``_phase_taps``): each tap reads its phase's map shifted, as a stride-1
-    convolution does its map; the backward is the columns' (``_on_columns``)."""
-    n, channels, height, width = x.shape
+    convolution does its map. The backward is the columns' (``_on_columns``), but for the
+    weight gradient where the direct sums over the phases pay (``_phase_sums_take``):
+    those read the phases (made again: the forward's copy is not kept) as the forward
+    did."""
+    n, channels = x.shape[:2]
     out_channels = weight.shape[0]
     kernel = weight.shape[2:]
-    out = (height // stride[0], width // stride[1])
+    out = tuple(size // s for size, s in zip(x.shape[2:], stride))
     taps, sources = _phase_taps(x.shape[2:], kernel, stride, padding, dilation)
     x = np.ascontiguousarray(x)
-    phases = np.ascontiguousarray(x.reshape(n, channels, out[0], stride[0], out[1], stride[1])
-                                  .transpose(0, 3, 5, 1, 2, 4))
     y = np.empty((n, out_channels, *out), np.float32)
-    tiled.direct_products(y, phases.reshape(n, -1, *out), taps,
+    tiled.direct_products(y, _stride_phases(x, stride, out), taps,
                           weight.reshape(out_channels, channels, -1), sources=sources)
-    del phases
+    weight_grad = None
+    if _phase_sums_take(channels, out_channels, len(taps), n * math.prod(out)):
+        def weight_grad(dy):
+            dweight = gradient_slots.empty(weight.shape, np.float32)  # the model's slot
+            tiled.direct_sums(_stride_phases(x, stride, out),
+                              np.ascontiguousarray(dy, np.float32), taps,
+                              out=dweight.reshape(out_channels, channels, -1),
+                              sources=sources)
+            return dweight
     return y, _columns_backward(x, weight, (kernel, stride, padding, dilation, out),
-                                input_grad)
+                                input_grad, weight_grad)
+
+
+def _phase_sums_take(channels, out_channels, taps, positions):
+    """Whether a layer on the phases takes its weight gradient on the direct sums over
+    them: where those run as products, with PHASE_SUMS_MIN_POSITIONS output positions in
+    the batch, or fewer but at most PHASE_SUMS_FEW_POSITIONS_MAX_OUTPUTS outputs (the sums'
+    transposed copy out grows with the outputs times the channels, the work they save with
+    the positions too)."""
+    return tiled.sums_are_products(channels, out_channels, taps) and (
+        positions >= PHASE_SUMS_MIN_POSITIONS or
+        out_channels <= PHASE_SUMS_FEW_POSITIONS_MAX_OUTPUTS)
+
+
+# measured against the columns (made into panels), a 3x3/2 layer's whole backward, two
+# cores, interleaved (best of 11, ms): 32 -> 64 on 16x16 at batch 128 4.06 -> 3.14, 64 ->
+# 128 at 32 2.43 -> 2.06, 128 -> 256 at 32 8.32 -> 7.59, 128 -> 128 at 16 2.34 -> 2.00, on
+# 32x32 at 8 2.22 -> 2.04; on 8x8 128 -> 256 at 32 2.12 -> 1.91, 256 -> 512 at 64 14.29 ->
+# 13.88, 256 -> 256 at 16 (256 positions) 2.20 -> 1.99; within 3% either way 128 -> 256
+# on 16x16 at 16, 256 -> 512 on 8x8 at 32 and on 16x16 at 8, 192 -> 384 on 8x8 at 16;
+# slower 256 -> 512 on 8x8 at 16 and 8 (3.9-4.3 -> 4.2-4.4, 1.84 -> 2.29)
+PHASE_SUMS_MIN_POSITIONS = 512
+PHASE_SUMS_FEW_POSITIONS_MAX_OUTPUTS = 256
+
+
+def _stride_phases(x, stride, out):
+    """C-ordered (N, C, H, W) as (N, s_r * s_c * C, H / s_r, W / s_c): its stride phases,
+    phase (i, j) the rows i, i + s_r, ... and columns j, j + s_c, ... of every channel."""
+    n, channels = x.shape[:2]
+    phases = x.reshape(n, channels, out[0], stride[0], out[1], stride[1])
+    return np.ascontiguousarray(phases.transpose(0, 3, 5, 1, 2, 4)).reshape(n, -1, *out)
 
 
 def _output_rows(dy):

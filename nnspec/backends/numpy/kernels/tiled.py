@@ -1226,22 +1226,25 @@ def _gradient_shape(group_outputs, channels):
     return (index, *GRADIENT_SHAPES[index])
 
 
-def _gradient_products(x, dy, taps, groups, result=None):
+def _gradient_products(x, dy, taps, groups, result=None, sources=None):
     """``direct_sums`` as products (``_emit_gradient``): dy made channels last, each of a
     position's outputs a lane, each x value a broadcast; into ``result`` where given. The
     sums come out (C * taps, M) a group, so that one transposed copy (``blas.transpose``)
     lays them out as (M, C, taps): NumPy's copy of them from (taps, C, M) took 0.79 ms at
-    256 channels, 5.4 at 512, this 0.09 and 0.46."""
+    256 channels, 5.4 at 512, this 0.09 and 0.46. With ``sources`` (one group, ``result``
+    given), tap k reads map sources[k] of x's maps of ``result``'s C channels."""
     samples, all_channels, height, width = x.shape
     out_channels = dy.shape[1]
-    channels, group_outputs = all_channels // groups, out_channels // groups
+    channels = all_channels // groups if sources is None else result.shape[1]
+    group_outputs = out_channels // groups
     shape, vectors, rows = _gradient_shape(group_outputs, channels)
     tile_width = vectors * LANES
     padded = -(-channels // rows) * rows
     plane = height * width
     taps = tuple(taps)
     taps_a, taps_b = _tap_shifts(taps)
-    x_offsets = _gradient_reads(taps, padded, channels, height, width)
+    x_offsets = _gradient_reads(taps, padded, channels, height, width,
+                                None if sources is None else tuple(sources))
     columns = -(-group_outputs // tile_width) * tile_width
     out = np.zeros((groups, padded, len(taps), columns), np.float32)
     dy_last = _channels_last(dy)
@@ -1263,11 +1266,13 @@ def _gradient_products(x, dy, taps, groups, result=None):
 
 
 @functools.lru_cache(maxsize=256)
-def _gradient_reads(taps, padded, channels, height, width):
-    """Where each (tap, channel) read of ``_gradient_products`` starts in a sample's map,
-    (taps, padded) int64 (read-only); spare rows past ``channels`` read the first channel
-    again."""
+def _gradient_reads(taps, padded, channels, height, width, sources=None):
+    """Where each (tap, channel) read of ``_gradient_products`` starts in a sample's maps,
+    (taps, padded) int64 (read-only), each tap's in map sources[k] of ``channels`` channels
+    where given; spare rows past ``channels`` read the first channel again."""
     shifts = np.array([a * width + b for a, b in taps], np.int64)
+    if sources is not None:
+        shifts += np.array(sources, np.int64) * channels * height * width
     read_channels = np.arange(padded, dtype=np.int64)
     read_channels[channels:] = 0
     return _read_only(np.ascontiguousarray(shifts[:, None]
@@ -1289,16 +1294,47 @@ def _tap_masks(height, width, taps):
     return np.ascontiguousarray(bits).reshape(-1), words
 
 
-def direct_sums(x, dy, taps, groups=1, out=None):
+def direct_sums(x, dy, taps, groups=1, out=None, sources=None):
     """The weight gradient of ``direct_products``: sums (groups * M, C, taps) of x's reads
     (zero outside the map) against dy, over the samples and positions, into ``out`` where
     given (a C-ordered float32 array of that shape). ``x`` (N, groups * C, H, W) and ``dy``
-    (N, groups * M, H, W) C-ordered float32."""
+    (N, groups * M, H, W) C-ordered float32. With ``sources`` (one group, ``out`` given,
+    its C the channels of a map), x is (N, S * C, H, W), S maps of C channels each, and tap
+    k reads map sources[k], as ``direct_products`` reads them (a strided convolution's
+    input by its stride phases); only where the sums run as products
+    (``sums_are_products``)."""
+    if sources is not None:
+        return _sums_over_maps(x, dy, taps, out, sources)
     found = _direct_sums(x, dy, taps, groups, out)
     if out is None or found is out:
         return found
     out[...] = found
     return out
+
+
+def sums_are_products(channels, outputs, taps) -> bool:
+    """Whether ``direct_sums`` of a group of ``channels`` and ``outputs`` over ``taps``
+    taps run as products (``_gradient_products``), as the ``GRADIENT_MIN_...`` limits
+    say."""
+    one_vector = outputs == GRADIENT_VECTOR_OUTPUTS and channels % LANES == 0
+    return channels >= GRADIENT_MIN_CHANNELS and \
+        (outputs >= GRADIENT_MIN_OUTPUTS or one_vector) and \
+        channels * taps >= GRADIENT_MIN_READS
+
+
+def _sums_over_maps(x, dy, taps, out, sources):
+    for array in (x, dy):
+        _check_float32("direct_sums", array)
+    channels = 0 if out is None else out.shape[1]
+    if out is None or out.dtype != np.float32 or not out.flags.c_contiguous or \
+            out.shape != (dy.shape[1], channels, len(taps)) or not channels or \
+            x.shape[1] % channels or dy.shape[0] != x.shape[0] or \
+            dy.shape[2:] != x.shape[2:] or len(sources) != len(taps) or \
+            not 0 <= min(sources) <= max(sources) < x.shape[1] // channels or \
+            not sums_are_products(channels, dy.shape[1], len(taps)):
+        raise ValueError(f"direct_sums: x {x.shape}, dy {dy.shape}, out "
+                         f"{None if out is None else out.shape} over maps {sources}")
+    return _gradient_products(x, dy, taps, 1, out, sources)
 
 
 def _direct_sums(x, dy, taps, groups, result):
@@ -1310,9 +1346,7 @@ def _direct_sums(x, dy, taps, groups, result):
     if dy.shape[0] != samples or dy.shape[2:] != x.shape[2:] or all_channels % groups or \
             out_channels % groups:
         raise ValueError(f"direct_sums: x {x.shape}, dy {dy.shape} in {groups} groups")
-    one_vector = out_rows == GRADIENT_VECTOR_OUTPUTS and channels % LANES == 0
-    if channels >= GRADIENT_MIN_CHANNELS and (out_rows >= GRADIENT_MIN_OUTPUTS or one_vector) \
-            and channels * len(taps) >= GRADIENT_MIN_READS:
+    if sums_are_products(channels, out_rows, len(taps)):
         return _gradient_products(x, dy, taps, groups, result)
     plane = height * width
     if groups == 1 and list(taps) == [(0, 0)]:  # a 1x1 convolution: plain rows
