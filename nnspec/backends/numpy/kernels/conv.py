@@ -777,11 +777,11 @@ def _phase_sums_take(channels, out_channels, taps, positions):
 
 # measured against the columns (made into panels), a 3x3/2 layer's whole backward, two
 # cores, interleaved (best of 11, ms): 32 -> 64 on 16x16 at batch 128 4.06 -> 3.14, 64 ->
-# 128 at 32 2.43 -> 2.06, 128 -> 256 at 32 8.32 -> 7.59, 128 -> 128 at 16 2.34 -> 2.00, on
-# 32x32 at 8 2.22 -> 2.04; on 8x8 128 -> 256 at 32 2.12 -> 1.91, 256 -> 512 at 64 14.29 ->
-# 13.88, 256 -> 256 at 16 (256 positions) 2.20 -> 1.99; within 3% either way 128 -> 256
-# on 16x16 at 16, 256 -> 512 on 8x8 at 32 and on 16x16 at 8, 192 -> 384 on 8x8 at 16;
-# slower 256 -> 512 on 8x8 at 16 and 8 (3.9-4.3 -> 4.2-4.4, 1.84 -> 2.29)
+# 128 at 32 2.43 -> 2.06, 128 -> 256 at 32 8.32 -> 7.59, 128 -> 128 at 16 2.34 -> 2.00,
+# 64 -> 128 on 32x32 at 8 2.22 -> 2.04; on 8x8 128 -> 256 at 32 2.12 -> 1.91, 256 -> 512
+# at 64 14.29 -> 13.88, 256 -> 256 at 16 (256 positions) 2.20 -> 1.99; within 3% either
+# way 128 -> 256 on 16x16 at 16, 256 -> 512 on 8x8 at 32 and on 16x16 at 8, 192 -> 384
+# on 8x8 at 16; slower 256 -> 512 on 8x8 at 16 and 8 (3.9-4.3 -> 4.2-4.4, 1.84 -> 2.29)
 PHASE_SUMS_MIN_POSITIONS = 512
 PHASE_SUMS_FEW_POSITIONS_MAX_OUTPUTS = 256
 

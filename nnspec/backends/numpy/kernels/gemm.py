@@ -90,11 +90,10 @@ def blas_is_narrow() -> bool:
 
 
 def _tiles_pay(a, b, out) -> bool:
-    if not blas_is_narrow() or a.ndim != 2 or b.ndim != 2:
+    if a.ndim != 2 or b.ndim != 2:
         return False
     (m, k), n = a.shape, b.shape[1]
-    least = MIN_MULTIPLY_ADDS if n >= PANEL_WIDTH else MIN_NARROW_MULTIPLY_ADDS
-    return n >= MIN_COLUMNS and m * k * n >= least and _copies_pay(a, b) and \
+    return panels_pay(m, k, n) and _copies_pay(a, b) and \
         a.dtype == np.float32 and b.dtype == np.float32 and \
         (out is None or out.dtype == np.float32 and out.strides[1] == 4 and
          out.strides[0] % 4 == 0 and out.strides[0] >= 4 * n and out.flags.writeable)
@@ -258,10 +257,11 @@ def _on_panels(a, panels, panel, n, out, accumulate):
 
 def panels_pay(m, k, n) -> bool:
     """Whether an (m, k) by (k, n) float32 product runs on the tiles when its right operand
-    can be made straight into their panels (``matmul_on_panels``): as ``_tiles_pay``, with
-    nothing to copy (a weight gradient's columns, ``columns.gather_panels``: 256 x 1024 x
-    1152, a strided layer's, 1.64 -> 1.26 ms on two cores, 369 -> 479 GFLOP/s; 512 x 512 x
-    2304 3.21 -> 2.50)."""
+    can be made straight into their panels (``matmul_on_panels``), so that nothing is
+    copied (``_tiles_pay`` asks this and then whether its copies pay): where BLAS is narrow,
+    the product wide and large enough (a weight gradient's columns,
+    ``columns.gather_panels``: 256 x 1024 x 1152, a strided layer's, 1.64 -> 1.26 ms on two
+    cores, 369 -> 479 GFLOP/s; 512 x 512 x 2304 3.21 -> 2.50)."""
     least = MIN_MULTIPLY_ADDS if n >= PANEL_WIDTH else MIN_NARROW_MULTIPLY_ADDS
     return blas_is_narrow() and n >= MIN_COLUMNS and m * k * n >= least
 

@@ -271,8 +271,8 @@ def _folds(inputs, hidden, batch, parts) -> bool:
     sample it reads a recurrent one for. Forward and backward, ms, as one product / folded
     (AMD EPYC, one process, alternately): T 64 F 64 B 32 H 1024 45.6 + 87.5 / 43.0 + 86.9;
     B 64 H 512 26.4 + 53.4 / 23.5 + 50.5; T 128 B 16 H 512 13.6 + 26.6 / 13.1 + 24.9; B 8
-    H 512 7.1 + 15.0 / 6.8 + 14.1; T 64 B 16 H 512 F 256 8.6 + 16.4 / 8.1 + 15.5; B 24 H
-    256 3.0 + 6.0 / 2.8 + 5.7 (a rule of 32 samples or more and all the stacked weights
+    H 512 7.1 + 15.0 / 6.8 + 14.1; T 64 B 16 H 512 F 256 8.6 + 16.4 / 8.1 + 15.5; F 64 B
+    24 H 256 3.0 + 6.0 / 2.8 + 5.7 (a rule of 32 samples or more and all the stacked weights
     within the caches, from an Intel Xeon, had kept all of these as one product). With 4
     samples the reads added to each step cost more (T 128 B 4 H 256 1.7 + 2.8 / 2.0 +
     2.9), and with an input share past the caches too (T 32: F 256 B 32 H 1024, 4.2 MB,
