@@ -135,10 +135,14 @@ def test_gelu_rejects_unknown_approximation():
         act.gelu(np.zeros(2, np.float32), approximate="fast")
 
 
+COMPILED = ["gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "leaky_relu", "leaky_relu_0.2",
+            "elu", "elu_alpha_0.5"]
+
+
 @pytest.mark.parametrize("kernel", [act.gelu, functools.partial(act.gelu, approximate="tanh"),
-                                    act.silu])
+                                    act.silu, act.sigmoid, act.tanh, act.leaky_relu, act.elu])
 def test_told_no_input_needs_a_gradient_the_output_is_the_same_and_no_slope_is_made(kernel):
-    """GELU and SiLU write their slope in the forward only while training: told otherwise,
+    """The compiled activations write their slope in the forward only while training: told otherwise,
     the output is bit for bit the training one and the backward has nothing to give."""
     x = np.random.default_rng(4).standard_normal((300, 257)).astype(np.float32) * 3
     trained, backward = kernel(x)
@@ -149,7 +153,7 @@ def test_told_no_input_needs_a_gradient_the_output_is_the_same_and_no_slope_is_m
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("name", COMPILED)
 def test_compiled_activations_match_torch_at_the_extremes(name):
     """The compiled loops clamp their exponentials; outputs and slopes at the ends of
     float32's range and at NaN are still torch's (NaN where torch gives NaN)."""
@@ -175,3 +179,28 @@ def test_compiled_activations_keep_the_limits_at_infinity(name):
     y = getattr(act, name)(x)[0]
     np.testing.assert_array_equal(y[:3], x[:2].tolist() + [-0.0])
     assert np.isnan(y[3])
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", COMPILED + ["relu", "relu6"])
+@pytest.mark.parametrize("layout", ["transposed", "gappy", "column"])
+def test_activations_of_arrays_in_other_layouts_match_torch(name, layout):
+    """The compiled loops read a dense array in the order of its memory and the output takes
+    its layout; an array with gaps is read through a copy. Either way the values are torch's
+    (and the gradient, whatever d_out's layout)."""
+    base = (np.random.default_rng(3).standard_normal((4, 6, 5, 8)) * 3).astype(np.float32)
+    x = {"transposed": base.transpose(0, 3, 1, 2), "gappy": base[:, ::2].transpose(3, 1, 0, 2),
+         "column": base[..., 5]}[layout]
+    assert_matches_torch(name, x)
+    if layout == "transposed" and name in COMPILED:
+        assert ACTIVATIONS[name][0](x)[0].strides == x.strides
+
+
+def test_elu_in_float32_is_within_a_few_ulp_of_the_true_value_near_zero():
+    """exp(x) - 1 cancels near 0; the loop's series to -1/2 does not."""
+    x = np.concatenate([-np.float32(10.0) ** np.linspace(-38, 0, 20_001, dtype=np.float32),
+                        np.linspace(-20, 0, 200_001, dtype=np.float32)]).astype(np.float32)
+    got = act.elu(x)[0].astype(np.float64)
+    want = np.expm1(x.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - want) / np.maximum(ulp, 1e-45)) <= 4.0

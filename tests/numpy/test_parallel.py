@@ -57,22 +57,27 @@ def test_in_parts_raises_a_parts_error_after_every_part_is_done():
     assert workers.parts() >= 1
 
 
-def _activation_case(kernel, size, with_slope):
+def _activation_case(kernel, coefficient, size, with_slope):
     x = (rng.standard_normal(size) * 3).astype(F)
     x[::997] = np.nan
     whole = (np.empty_like(x), np.empty_like(x))
     split = (np.empty_like(x), np.empty_like(x))
-    kernel(x, whole[0], whole[1] if with_slope else np.empty(0, F), with_slope)
-    parallel.activation(kernel, x, split[0], split[1] if with_slope else None, with_slope)
+    kernel(x, whole[0], whole[1] if with_slope else np.empty(0, F), with_slope,
+           *(F(c) for c in coefficient))
+    parallel.activation(kernel, x, split[0], split[1] if with_slope else None, with_slope,
+                        *coefficient)
     return whole, split
 
 
 @needs_two
-@pytest.mark.parametrize("kernel", [fused.gelu, fused.gelu_tanh, fused.silu])
+@pytest.mark.parametrize(("kernel", "coefficient"), [
+    (fused.gelu, ()), (fused.gelu_tanh, ()), (fused.silu, ()), (fused.sigmoid, ()),
+    (fused.tanh_activation, ()), (fused.leaky_relu, (0.2,)), (fused.elu, (0.7,))])
 @pytest.mark.parametrize("size", [parallel.ACTIVATION_MIN_VALUES + 7, 3 << 17])
-def test_activations_in_parts_are_the_whole_loops_bits(kernel, size):
+def test_activations_in_parts_are_the_whole_loops_bits(kernel, coefficient, size):
     for with_slope in (True, False):
-        (out, slope), (split_out, split_slope) = _activation_case(kernel, size, with_slope)
+        (out, slope), (split_out, split_slope) = _activation_case(kernel, coefficient, size,
+                                                                  with_slope)
         np.testing.assert_array_equal(split_out, out)
         if with_slope:
             np.testing.assert_array_equal(split_slope, slope)

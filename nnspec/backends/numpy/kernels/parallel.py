@@ -60,8 +60,40 @@ def _silu_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
+@workers.Task
+def _sigmoid_job(args, range_m, range_n, sa, sb, part):
+    fused.sigmoid(*_flat_part(args, part))
+    return 0
+
+
+@workers.Task
+def _tanh_job(args, range_m, range_n, sa, sb, part):
+    fused.tanh_activation(*_flat_part(args, part))
+    return 0
+
+
+@numba.njit(inline="always")
+def _coefficient(args):
+    """A parametrised activation's coefficient, its seventh parameter."""
+    return _F(number(workers.parameters(args, 7), 6))
+
+
+@workers.Task
+def _leaky_relu_job(args, range_m, range_n, sa, sb, part):
+    fused.leaky_relu(*_flat_part(args, part), _coefficient(args))
+    return 0
+
+
+@workers.Task
+def _elu_job(args, range_m, range_n, sa, sb, part):
+    fused.elu(*_flat_part(args, part), _coefficient(args))
+    return 0
+
+
 _ACTIVATION_JOBS = {fused.gelu: _gelu_job, fused.gelu_tanh: _gelu_tanh_job,
-                    fused.silu: _silu_job}
+                    fused.silu: _silu_job, fused.sigmoid: _sigmoid_job,
+                    fused.tanh_activation: _tanh_job, fused.leaky_relu: _leaky_relu_job,
+                    fused.elu: _elu_job}
 
 
 # values from which a loop is split: a job's dispatch costs about 8 us, so an activation
@@ -93,15 +125,16 @@ def _params(*values) -> np.ndarray:
 _NO_SLOPE = np.empty(0, _F)
 
 
-def activation(kernel, x, out, slope, with_slope):
-    """``kernel`` (``fused.gelu``, ``gelu_tanh`` or ``silu``) over flat float32 arrays;
-    ``slope`` is None unless ``with_slope``."""
+def activation(kernel, x, out, slope, with_slope, *coefficient):
+    """``kernel`` (an activation's loop in ``fused``) over flat float32 arrays; ``slope`` is
+    None unless ``with_slope``; ``coefficient`` is leaky_relu's slope or elu's alpha."""
     slope = slope if with_slope else _NO_SLOPE
     parts = _split(x.size, x, out, slope, least=ACTIVATION_MIN_VALUES)
     if parts == 1:
-        kernel(x, out, slope, with_slope)
+        kernel(x, out, slope, with_slope, *(_F(c) for c in coefficient))
         return
-    workers.run(_ACTIVATION_JOBS[kernel], _params(parts, x.size, x, out, slope, with_slope))
+    workers.run(_ACTIVATION_JOBS[kernel],
+                _params(parts, x.size, x, out, slope, with_slope, *map(float, coefficient)))
 
 
 @numba.njit(inline="always")
