@@ -2,12 +2,14 @@
 ceil_mode / count_include_pad, group and instance norm: torch as the oracle for outputs and
 gradients (central differences in test_kernel_gradients.py)."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnspec.backends.numpy.kernels import pool
+from nnspec.backends.numpy.kernels import conv_transpose, pool
 from nnspec.backends.numpy.kernels.conv_transpose import conv_transpose1d, conv_transpose2d
 from nnspec.backends.numpy.kernels.norm_group import group_norm, instance_norm
 from nnspec.backends.numpy.kernels.resample import pixel_shuffle, pixel_unshuffle, upsample
@@ -16,6 +18,7 @@ from tests.numpy.helpers import F, as_torch, assert_close, torch
 pytestmark = [pytest.mark.strict_numerics, pytest.mark.torch]
 
 FEW = settings(max_examples=25, deadline=None)
+on_phases = conv_transpose._on_phases
 
 
 def check_against_torch(ours, theirs, arrays, atol=1e-5):
@@ -85,6 +88,37 @@ def test_conv_transpose1d_matches_torch(case):
 @given(transposed_cases(nd=2))
 def test_conv_transpose2d_matches_torch(case):
     check_transposed(2, case)
+
+
+@pytest.mark.parametrize("route", ["phases", "columns"])
+@pytest.mark.parametrize("nd", [1, 2])
+@FEW
+@given(data=st.data())
+def test_conv_transpose_on_either_route_matches_torch(route, nd, data):
+    """The output on the phases' stride-1 convolutions, or as the columns' scatter, whatever
+    the share of the phases' products that would read padding."""
+    case = data.draw(transposed_cases(nd=nd))
+    share = {"phases": 0.0, "columns": 2.0}[route]
+    with mock.patch.object(conv_transpose, "PHASES_MIN_SHARE", share):
+        check_transposed(nd, case)
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding, output_padding, phases", [
+    (8, 4, 2, 1, 0, True), (16, 3, 2, 1, 1, True), (7, 4, 2, 1, 0, True), (5, 3, 1, 1, 0, True),
+    (1, 4, 1, 0, 0, False), (2, 4, 2, 1, 0, False), (1, 3, 2, 1, 1, False)])
+def test_conv_transpose_takes_the_phases_where_few_of_their_products_read_padding(
+        size, kernel, stride, padding, output_padding, phases):
+    """A DCGAN generator's layers from 8x8 on the phases; its first (1x1 noise to 4x4) and
+    layers from 2x2 maps, whose phases would mostly read padding, on the columns."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 8, size, size)).astype(np.float32)
+    weight = rng.standard_normal((8, 4, kernel, kernel)).astype(np.float32)
+    taken = []
+    with mock.patch.object(conv_transpose, "_on_phases",
+                           lambda *a: taken.append(a) or on_phases(*a)):
+        conv_transpose2d(x, weight, None, stride=stride, padding=padding,
+                         output_padding=output_padding)
+    assert bool(taken) == phases
 
 
 @pytest.mark.parametrize("shape, kernel, groups, bias", [
