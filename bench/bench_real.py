@@ -69,8 +69,8 @@ WORKLOADS = [
 
 # The same kinds at other widths, depths, head sizes, lengths and batches (`--variants`): a
 # speed-up that only the configurations above get, or a cliff elsewhere, shows here. The
-# LSTM, the LLaMA-style decoder, the ImageNet-style stem and grouped convolutions are kinds
-# WORKLOADS lacks.
+# LSTM, the LLaMA-style decoder, the ImageNet-style stem, grouped and transposed
+# convolutions with leaky ReLU (DCGAN) are kinds WORKLOADS lacks.
 VARIANTS = [
     Workload("char LSTM LM T64 H256", "char_lstm_lm.nn", 32, vocab=65, length="ctx"),
     Workload("char LSTM LM 2 layers T128 H512 b16", "char_lstm_lm.nn", 16, vocab=65,
@@ -126,6 +126,13 @@ VARIANTS = [
              hyper={"size": 32, "classes": 10},
              train="train VGG16 { loss cross_entropy; optimizer sgd(lr = 0.01, "
                    "momentum = 0.9); batch 8 }"),
+    # DCGAN's two networks as the PyTorch examples write them: 4x4/2 transposed convolutions
+    # from 100 noise values to a 3x64x64 image, and 4x4/2 convolutions with leaky ReLU back
+    # down (MSE to a random target for both: the benchmark's targets are not probabilities)
+    Workload("DCGAN generator 100 -> 3x64x64 b32", "../../specs/dcgan.nn", 32,
+             train="train Generator { loss mse; optimizer adam(lr = 2e-4); batch 32 }"),
+    Workload("DCGAN discriminator 3x64x64 b32", "../../specs/dcgan.nn", 32,
+             train="train Discriminator { loss mse; optimizer adam(lr = 2e-4); batch 32 }"),
 ]
 
 
