@@ -667,6 +667,8 @@ NOT_KERNELS = {
     "parallel.rotate_halves", "parallel.silu_mul", "parallel.silu_mul_gradient",
     "parallel.channel_bias", "parallel.channel_bias_gradient", "parallel.fill_rows",
     "parallel.repeat_rows", "parallel.sum_row_blocks",
+    # float32 only: test_kernels_decoders.py's compiled interpolation against torch
+    "parallel.interpolate", "parallel.interpolate_gradient",
     # where a weight gradient is written: test_interpreter.py's slot tests
     "gradient_slots.offered", "gradient_slots.empty",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and

@@ -182,6 +182,28 @@ def test_upsample_matches_torch_interpolate(shape, mode, options, align):
         [x])
 
 
+@pytest.mark.parametrize("shape, mode, options", [
+    ((4, 32, 48, 40), "bilinear", {"scale_factor": 2.0}),  # over parallel's split
+    ((4, 32, 48, 40), "bilinear", {"scale_factor": (1.5, 0.75)}),
+    ((4, 32, 17, 9), "bilinear", {"size": (40, 33)}),
+    ((8, 64, 300), "linear", {"scale_factor": 2.0}), ((2, 3, 7), "linear", {"size": 5}),
+])
+@pytest.mark.parametrize("align", [False, True])
+def test_compiled_linear_interpolation_is_torchs(shape, mode, options, align):
+    """Linear and bilinear up-sampling in one compiled loop each way, split by planes
+    between the cores where large (``parallel.interpolate``): torch's values and gradients,
+    infinities in the input kept where torch keeps them."""
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[::1009] = np.inf
+    out, backward = upsample(x, mode=mode, align_corners=align, **options)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = F.interpolate(tx, mode=mode, align_corners=align, **options)
+    np.testing.assert_allclose(out, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    probe = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+    ty.backward(torch.tensor(probe))
+    np.testing.assert_allclose(backward(probe)[0], tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape, scale", [
     ((4, 32, 48, 40), 2.0),  # over parallel's split: the jobs' path
     ((2, 3, 4, 5), (3.0, 1.0)), ((2, 3, 4, 5), (1.0, 3.0)), ((3, 2, 33), 4.0),

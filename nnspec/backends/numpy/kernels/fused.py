@@ -933,6 +933,51 @@ def sum_row_blocks(d_out, row_repeats, column_repeats, out):
 
 
 @_compile
+def interpolate(planes, rows, row_weights, columns, column_weights, out):
+    """Linear interpolation of ``planes`` (P, H, W) into ``out`` (P, OH, OW): output (i, j)
+    mixes the columns columns[:, j] by column_weights[:, j] in the rows rows[:, i], and
+    those two by row_weights[:, i], as torch orders it; ``rows`` None: one row (1-D, H 1),
+    not mixed (a zero weight times inf would be NaN)."""
+    for p in range(planes.shape[0]):
+        plane, target = planes[p], out[p]
+        for i in range(out.shape[1]):
+            top = plane[0 if rows is None else rows[0, i]]
+            bottom = plane[0 if rows is None else rows[1, i]]
+            line = target[i]
+            for j in range(out.shape[2]):
+                left, right = columns[0, j], columns[1, j]
+                left_weight, right_weight = column_weights[0, j], column_weights[1, j]
+                mixed = left_weight * top[left] + right_weight * top[right]
+                if rows is not None:
+                    mixed = mixed * row_weights[0, i] + (
+                        left_weight * bottom[left] + right_weight * bottom[right]) \
+                        * row_weights[1, i]
+                line[j] = mixed
+
+
+@_compile
+def interpolate_gradient(d_out, rows, row_weights, columns, column_weights, d_planes):
+    """``interpolate``'s gradient: each output's share added back to its sources, a plane at
+    a time (no two planes share a source, so parts by planes never meet)."""
+    for p in range(d_out.shape[0]):
+        plane, source = d_planes[p], d_out[p]
+        plane[:] = 0
+        for i in range(d_out.shape[1]):
+            top = plane[0 if rows is None else rows[0, i]]
+            bottom = plane[0 if rows is None else rows[1, i]]
+            line = source[i]
+            for j in range(d_out.shape[2]):
+                left, right = columns[0, j], columns[1, j]
+                upper = line[j] if rows is None else row_weights[0, i] * line[j]
+                top[left] += column_weights[0, j] * upper
+                top[right] += column_weights[1, j] * upper
+                if rows is not None:
+                    lower = row_weights[1, i] * line[j]
+                    bottom[left] += column_weights[0, j] * lower
+                    bottom[right] += column_weights[1, j] * lower
+
+
+@_compile
 def spread_windows(columns, out):
     """A transposed convolution's output where its windows tile it (``conv_transpose``):
     ``columns`` (O, K1, K2, N, H, W), each input position's window, to ``out`` (N, O, H,

@@ -250,6 +250,71 @@ def _in_row_blocks(loop, job, source, target, rows, repeated, row_repeats, colum
     workers.run(job, _params(parts, *rows.shape, row_repeats, column_repeats, rows, repeated))
 
 
+@numba.njit(inline="always")
+def _interpolation_part(args, part):
+    """An interpolation job's part: params (parts, planes, height, width, out height, out
+    width, planes (P, H, W), rows (2, OH) int64, row weights (2, OH), columns (2, OW) int64,
+    column weights (2, OW), out (P, OH, OW), whether the rows are mixed); its share of the
+    planes and the tables."""
+    params = workers.parameters(args, 13)
+    planes, height, width, out_height, out_width = params[1], params[2], params[3], \
+        params[4], params[5]
+    start, end = part_range(planes, part, params[0], 1)
+    return (floats(params, 6, (planes, height, width))[start:end],
+            workers.integers(params, 7, 2 * out_height).reshape((2, out_height)),
+            floats(params, 8, (2, out_height)),
+            workers.integers(params, 9, 2 * out_width).reshape((2, out_width)),
+            floats(params, 10, (2, out_width)),
+            floats(params, 11, (planes, out_height, out_width))[start:end], params[12] != 0)
+
+
+@workers.Task
+def _interpolate_job(args, range_m, range_n, sa, sb, part):
+    planes, rows, row_weights, columns, column_weights, out, mixed = \
+        _interpolation_part(args, part)
+    if mixed:
+        fused.interpolate(planes, rows, row_weights, columns, column_weights, out)
+    else:
+        fused.interpolate(planes, None, row_weights, columns, column_weights, out)
+    return 0
+
+
+@workers.Task
+def _interpolate_gradient_job(args, range_m, range_n, sa, sb, part):
+    d_planes, rows, row_weights, columns, column_weights, d_out, mixed = \
+        _interpolation_part(args, part)
+    if mixed:
+        fused.interpolate_gradient(d_out, rows, row_weights, columns, column_weights, d_planes)
+    else:
+        fused.interpolate_gradient(d_out, None, row_weights, columns, column_weights, d_planes)
+    return 0
+
+
+def interpolate(planes, rows, row_weights, columns, column_weights, out):
+    """``fused.interpolate``, its planes in parts."""
+    _by_planes(fused.interpolate, _interpolate_job, planes, rows, row_weights, columns,
+               column_weights, out, (planes, rows, row_weights, columns, column_weights, out))
+
+
+def interpolate_gradient(d_out, rows, row_weights, columns, column_weights, d_planes):
+    """``fused.interpolate_gradient``, its planes in parts."""
+    _by_planes(fused.interpolate_gradient, _interpolate_gradient_job, d_planes, rows,
+               row_weights, columns, column_weights, d_out,
+               (d_out, rows, row_weights, columns, column_weights, d_planes))
+
+
+def _by_planes(loop, job, planes, rows, row_weights, columns, column_weights, out, arguments):
+    """``loop(*arguments)``, split by the planes (P, H, W) and their interpolations ``out``
+    (P, OH, OW) from MEMORY_MIN_VALUES; ``rows`` None for one row not mixed (1-D)."""
+    parts = min(_split(out.size, planes, row_weights, column_weights, out), len(planes))
+    if parts <= 1:
+        loop(*arguments)
+        return
+    workers.run(job, _params(parts, *planes.shape, *out.shape[1:], planes,
+                             columns if rows is None else rows, row_weights, columns,
+                             column_weights, out, rows is not None))
+
+
 def add(a, b, out):
     """``fused.add`` over flat float32 arrays, in runs of values."""
     _in_runs(fused.add, _add_job, a, b, out)

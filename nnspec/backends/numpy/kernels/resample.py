@@ -35,6 +35,8 @@ def upsample(x, *, scale_factor=None, size=None, mode="nearest", align_corners=F
     repeats = _whole_repeats(plans) if x.size else None
     if repeats is not None:
         return _repeated(x, *repeats)
+    if mode != "nearest" and x.dtype == np.float32 and x.size:
+        return _interpolated(x, [plan for _, _, plan in plans])
     y = x
     for axis, _, plan in plans:
         y = _resample(y, axis, plan)
@@ -80,6 +82,31 @@ def _repeated(x, row_repeats, column_repeats):
         return (dx,)
 
     return y, backward
+
+
+def _interpolated(x, plans):
+    """Linear and bilinear up-sampling in one compiled pass each way, by planes on both
+    cores (``parallel.interpolate``): NumPy's gathers, weightings and sums an axis at a
+    time, and their ``np.add.reduceat`` backward along the rows, took 15.5 + 82 ms for 32 x
+    64 x 32 x 32 by 2 (torch 13.7 + 11)."""
+    tables = [(np.stack([low, high]).astype(np.int64), np.stack([lower, upper]))
+              for (low, lower), (high, upper) in plans]
+    if len(tables) == 1:  # 1-D: one row a plane
+        tables.insert(0, (None, np.ones((2, 1), np.float32)))
+    (rows, row_weights), (columns, column_weights) = tables
+    n, c, *spatial = x.shape
+    planes = np.ascontiguousarray(x).reshape(n * c, -1, spatial[-1])
+    out = np.empty((n * c, row_weights.shape[1], column_weights.shape[1]), np.float32)
+    parallel.interpolate(planes, rows, row_weights, columns, column_weights, out)
+
+    def backward(dy):
+        d_planes = np.empty(planes.shape, np.float32)
+        parallel.interpolate_gradient(np.ascontiguousarray(dy, np.float32).reshape(out.shape),
+                                      rows, row_weights, columns, column_weights, d_planes)
+        return (d_planes.reshape(x.shape),)
+
+    return out.reshape(n, c, *((out.shape[1],) if len(spatial) == 2 else ()), out.shape[2]), \
+        backward
 
 
 def _axis_plan(length, target, scale, mode, align_corners, dtype):
