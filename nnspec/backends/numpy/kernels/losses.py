@@ -76,22 +76,31 @@ def l1(pred, target, *, reduction="mean"):
 
 def huber(pred, target, *, delta=1.0, reduction="mean"):
     """F.huber_loss: 0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta)."""
-    def value(diff):
-        size = np.abs(diff)
-        return np.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta))
+    return _pointwise(pred, target, reduction, lambda diff: _huber(diff, delta),
+                      lambda diff: np.clip(diff, -delta, delta))
 
-    return _pointwise(pred, target, reduction, value, lambda diff: np.clip(diff, -delta, delta))
+
+def _huber(diff, delta):
+    """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta), as c (|d| - 0.5 c) with c =
+    min(|d|, delta): the same values without np.where, which took 3.7 ns a value over
+    differences of random sign here (10 ms for 2^21 values, torch's loss 0.3)."""
+    size = np.abs(diff)
+    clipped = np.minimum(size, delta)  # NaN stays NaN
+    size -= 0.5 * clipped
+    size *= clipped
+    return size
 
 
 def smooth_l1(pred, target, *, beta=1.0, reduction="mean"):
     """F.smooth_l1_loss: 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (l1 for
-    beta 0, as in torch)."""
+    beta 0, as in torch): Huber's loss with delta beta, over beta."""
     if beta == 0:
         return l1(pred, target, reduction=reduction)
 
     def value(diff):
-        size = np.abs(diff)
-        return np.where(size < beta, 0.5 * diff * diff / beta, size - 0.5 * beta)
+        loss = _huber(diff, beta)
+        loss /= beta
+        return loss
 
     return _pointwise(pred, target, reduction, value, lambda diff: np.clip(diff / beta, -1, 1))
 
