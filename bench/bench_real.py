@@ -170,8 +170,10 @@ def make_batch(spec, workload: Workload, rng) -> tuple:
     declared = spec.graph.node(spec.graph.outputs[0]).type
     out_shape = (workload.batch, *(workload.dims.get(d, d) for d in declared.shape))
     target_type = spec.train.loss_graph.node("target").type
-    if target_type.dtype == "int64":
-        target = rng.integers(0, out_shape[-1], out_shape[:-1])
+    if target_type.dtype == "int64":  # class indices: classes last, or first of a map's
+        maps = len(declared.shape) >= 3
+        positions = out_shape[:1] + out_shape[2:] if maps else out_shape[:-1]
+        target = rng.integers(0, out_shape[1] if maps else out_shape[-1], positions)
     else:
         target = rng.standard_normal(out_shape).astype(np.float32)
     return x, target

@@ -204,3 +204,31 @@ def test_elu_in_float32_is_within_a_few_ulp_of_the_true_value_near_zero():
     want = np.expm1(x.astype(np.float64))
     ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
     assert np.max(np.abs(got - want) / np.maximum(ulp, 1e-45)) <= 4.0
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape", [(4, 300, 257), (3, 5), (1, 1)])
+def test_softmax_rows_match_torch_with_masked_and_infinite_scores(name, shape):
+    """The compiled rows (split between the cores at the first shape): torch's values and
+    gradients, with -inf scores (a mask) giving 0 (or -inf) and rows holding +inf or only
+    -inf giving NaN, as torch's."""
+    x = (np.random.default_rng(8).standard_normal(shape) * 4).astype(np.float32)
+    flat = x.reshape(-1, shape[-1])
+    flat[::3, ::2] = -np.inf
+    if len(flat) > 4:
+        flat[1] = -np.inf
+        flat[2, 0] = np.inf
+        flat[4, 3] = np.nan
+    kernel, torch_kernel = ACTIVATIONS[name]
+    with np.errstate(invalid="ignore"):
+        out, backward = kernel(x)
+        probe = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+        (grad,) = backward(probe)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch_kernel(tx)
+    ty.backward(torch.tensor(probe))
+    np.testing.assert_allclose(out, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    finite = np.isfinite(tx.grad.numpy())  # (torch's NaN rows; ours NaN there too)
+    np.testing.assert_allclose(grad[finite], tx.grad.numpy()[finite], rtol=1e-4, atol=1e-5)
+    assert np.isnan(grad[~finite]).all()

@@ -72,7 +72,10 @@ def tanh(x, *, input_grad=True):
 
 
 def softmax(x, *, dim=-1):
-    """exp(x - max) / sum: shifting by the max keeps exp in (0, 1], so nothing overflows."""
+    """exp(x - max) / sum: shifting by the max keeps exp in (0, 1], so nothing overflows.
+    Over the last axis of float32 values, one compiled loop each way (``_softmax_rows``)."""
+    if _rows_take(x, dim):
+        return _softmax_rows(x, logarithm=False)
     out = x - x.max(axis=dim, keepdims=True)
     with np.errstate(under="ignore"):  # far-below-max entries underflow to their limit, 0
         np.exp(out, out=out)
@@ -88,6 +91,8 @@ def softmax(x, *, dim=-1):
 
 def log_softmax(x, *, dim=-1):
     """(x - max) - log(sum(exp(x - max))): the log-sum-exp form never takes log of 0."""
+    if _rows_take(x, dim):
+        return _softmax_rows(x, logarithm=True)
     out = x - x.max(axis=dim, keepdims=True)
     with np.errstate(under="ignore"):
         out -= np.log(np.exp(out).sum(axis=dim, keepdims=True))
@@ -100,6 +105,29 @@ def log_softmax(x, *, dim=-1):
         return (d_x,)
 
     return out, backward
+
+
+def _rows_take(x, dim):
+    """Whether a softmax over ``dim`` runs on ``fused.softmax_rows``: float32 over the
+    last axis."""
+    return x.dtype == np.float32 and x.ndim > 0 and dim in (-1, x.ndim - 1) and x.size > 0
+
+
+def _softmax_rows(x, logarithm):
+    """The softmax (or log-softmax) over the last axis by rows, forward and backward each one
+    compiled pass (four and three NumPy passes before: 32 x 128 x 256 values 1.2 + 0.6 ms
+    here, torch 0.2 + 0.1)."""
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+    parallel.softmax_rows(rows, out, logarithm)
+
+    def backward(d_out):
+        d_rows = np.empty_like(out)
+        parallel.softmax_rows_gradient(
+            out, np.ascontiguousarray(d_out, np.float32).reshape(out.shape), d_rows, logarithm)
+        return (d_rows.reshape(x.shape),)
+
+    return out.reshape(x.shape), backward
 
 
 def gelu(x, *, approximate="none", input_grad=True):

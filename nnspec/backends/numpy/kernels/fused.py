@@ -415,6 +415,64 @@ def exp_rows(rows, peaks, out, totals):
         totals[i] = total
 
 
+# a row's max where a NaN in the row makes the result NaN whatever the max: the maximum
+# reduction vectorises only if LLVM may ignore NaN (``nnan``), and NumPy's took 0.33 ms
+# over 2^20 values, three times the softmax's own loop
+@numba.njit(cache=True, nogil=True, error_model="numpy",
+            fastmath={"nnan", "nsz", "reassoc", "contract"})
+def _peak(row):
+    peak = row[0]
+    for j in range(1, row.size):
+        peak = max(peak, row[j])
+    return peak
+
+
+@_reducing
+def softmax_rows(rows, out, logarithm):
+    """The softmax of each row of (count, size) float32 values, or with ``logarithm`` its
+    log, (row - peak) - log of the sum: the row's peak, its exponentials and their sum in
+    two reads, then the outputs while the row is in the core's cache (NumPy's passes took
+    1.2 ms for 2^20 values here). A NaN in a row makes the sum, and so every output of the
+    row, NaN, as torch's; so do +inf (inf - inf) and a row of -inf only."""
+    count, size = rows.shape
+    for i in range(count):
+        row, target = rows[i], out[i]
+        peak = _peak(row)
+        total = _F(0.0)
+        for j in range(size):
+            e = _exp_negative(row[j] - peak)
+            target[j] = e
+            total += e
+        if logarithm:
+            log_total = np.log(total)
+            for j in range(size):
+                target[j] = (row[j] - peak) - log_total
+        else:
+            for j in range(size):
+                target[j] = target[j] / total
+
+
+@_reducing
+def softmax_rows_gradient(out, d_out, d_rows, logarithm):
+    """``softmax_rows``' gradient from its output: out (d - sum(d out)), or with
+    ``logarithm`` d - exp(out) sum(d) (the log-softmax is at most 0, so its exp is
+    ``_exp_negative``'s)."""
+    count, size = out.shape
+    for i in range(count):
+        o, d, target = out[i], d_out[i], d_rows[i]
+        total = _F(0.0)
+        if logarithm:
+            for j in range(size):
+                total += d[j]
+            for j in range(size):
+                target[j] = d[j] - _exp_negative(o[j]) * total
+        else:
+            for j in range(size):
+                total += d[j] * o[j]
+            for j in range(size):
+                target[j] = o[j] * (d[j] - total)
+
+
 @_reducing
 def exp_columns(scores, peaks, totals, normalise, first, last):
     """scores (rows, M) <- exp(scores - peaks) down each column from ``first`` to ``last``

@@ -458,6 +458,48 @@ def exp_rows(rows, peaks, out, totals):
 
 
 @workers.Task
+def _softmax_rows_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, size, rows, out, logarithm)."""
+    params = workers.parameters(args, 6)
+    start, end = part_range(params[1], part, params[0], 1)
+    shape = (params[1], params[2])
+    fused.softmax_rows(floats(params, 3, shape)[start:end], floats(params, 4, shape)[start:end],
+                       params[5] != 0)
+    return 0
+
+
+@workers.Task
+def _softmax_rows_gradient_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, count, size, out, d_out, d_rows, logarithm)."""
+    params = workers.parameters(args, 7)
+    start, end = part_range(params[1], part, params[0], 1)
+    shape = (params[1], params[2])
+    fused.softmax_rows_gradient(floats(params, 3, shape)[start:end],
+                                floats(params, 4, shape)[start:end],
+                                floats(params, 5, shape)[start:end], params[6] != 0)
+    return 0
+
+
+def softmax_rows(rows, out, logarithm):
+    """``fused.softmax_rows``, its rows in parts."""
+    parts = _split(rows.size, rows, out)
+    if parts == 1:
+        fused.softmax_rows(rows, out, logarithm)
+        return
+    workers.run(_softmax_rows_job, _params(parts, *rows.shape, rows, out, logarithm))
+
+
+def softmax_rows_gradient(out, d_out, d_rows, logarithm):
+    """``fused.softmax_rows_gradient``, its rows in parts."""
+    parts = _split(out.size, out, d_out, d_rows)
+    if parts == 1:
+        fused.softmax_rows_gradient(out, d_out, d_rows, logarithm)
+        return
+    workers.run(_softmax_rows_gradient_job,
+                _params(parts, *out.shape, out, d_out, d_rows, logarithm))
+
+
+@workers.Task
 def _rotate_halves_job(args, range_m, range_n, sa, sb, part):
     """params (parts, rows, width, x, its row step, out, its row step, cos, sin, steps,
     half, heads); the parts' rows in runs."""
