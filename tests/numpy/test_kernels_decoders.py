@@ -287,8 +287,40 @@ def test_adaptive_max_pool_matches_torch(nd, spatial, output_size, ties):
 # --- group and instance norm -----------------------------------------------------------------
 
 
+def test_group_norm_far_from_zero_is_closer_to_the_true_values_than_torchs():
+    """Values of mean 300 and spread 2: the compiled rows centre each value before they
+    scale it and sum d_out (x - mean) for the weight's gradient, where torch's float32
+    takes x a + (b - mean a) and sum(d_out x) - mean sum(d_out) (7x further off in the
+    weight gradient); float64 torch is the true value."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((8, 64, 24, 20)) * 2 + 300).astype(np.float32)
+    weight, bias = (rng.standard_normal(64).astype(np.float32) for _ in range(2))
+    out, backward = group_norm(x, weight, bias, groups=8)
+    probe = rng.standard_normal(out.shape).astype(np.float32)
+    ours = (out, *backward(probe))
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        tensors = [torch.tensor(a, dtype=dtype, requires_grad=True) for a in (x, weight, bias)]
+        y = F.group_norm(tensors[0], 8, tensors[1], tensors[2])
+        y.backward(torch.tensor(probe, dtype=dtype))
+        results[dtype] = [y.detach().numpy(), *(t.grad.numpy() for t in tensors)]
+    for mine, theirs, true in zip(ours, results[torch.float32], results[torch.float64]):
+        assert np.abs(mine - true).max() <= max(np.abs(theirs - true).max(), 1e-6)
+
+
+def test_group_norm_of_a_constant_group_is_its_bias_with_torchs_gradients():
+    """A group of one value throughout (variance 0): eps alone scales it."""
+    x = np.full((2, 4, 3, 3), 2.5, np.float32)
+    x[1] = np.random.default_rng(2).standard_normal((4, 3, 3))
+    weight, bias = np.linspace(0.5, 2, 4, dtype=np.float32), np.arange(4, dtype=np.float32)
+    check_against_torch(lambda *a: group_norm(*a, groups=2, eps=1e-5),
+                        lambda *t: F.group_norm(t[0], 2, t[1], t[2], eps=1e-5),
+                        [x, weight, bias], atol=1e-4)
+
+
 @pytest.mark.parametrize("shape, groups", [((2, 6, 5, 4), 3), ((3, 4, 7), 2), ((2, 4), 4),
-                                           ((2, 6, 3, 3), 1), ((2, 6, 3, 3), 6)])
+                                           ((2, 6, 3, 3), 1), ((2, 6, 3, 3), 6),
+                                           ((8, 64, 24, 20), 8)])  # in parts on two cores
 @pytest.mark.parametrize("affine", [True, False])
 def test_group_norm_matches_torch(shape, groups, affine):
     rng = np.random.default_rng(9)

@@ -291,6 +291,70 @@ def layer_norm_forward(rows, weight, bias, affine, eps, x_hat, out, inv_std):
 
 
 @_reducing
+def group_norm_forward(x, weight, bias, eps, out, means, inv_stds):
+    """Group norm over ``x`` (R, Cg, P), a row r for each (sample, group): each row's mean
+    and 1 / std (two passes about its first value, as ``layer_norm_forward``), then out =
+    (x - mean) / std * weight + bias per channel, weight and bias (G, Cg) (row r takes
+    their row r % G). x is kept, not normalised copies: torch's memory."""
+    rows, channels, positions = x.shape
+    per_value = _F(1.0) / _F(channels * positions)
+    for r in range(rows):
+        block = x[r]
+        pivot = block[0, 0]
+        total = _F(0.0)
+        for c in range(channels):
+            for p in range(positions):
+                total += block[c, p] - pivot
+        offset = total * per_value  # mean - pivot
+        squares = _F(0.0)
+        for c in range(channels):
+            for p in range(positions):
+                centred = (block[c, p] - pivot) - offset
+                squares += centred * centred
+        inv_std = _F(1.0) / np.sqrt(squares * per_value + _F(eps))
+        means[r], inv_stds[r] = pivot + offset, inv_std
+        group_weight, group_bias = weight[r % len(weight)], bias[r % len(bias)]
+        for c in range(channels):
+            scale, shift, line, target = inv_std * group_weight[c], group_bias[c], block[c], \
+                out[r, c]
+            for p in range(positions):
+                target[p] = ((line[p] - pivot) - offset) * scale + shift
+
+
+@_reducing
+def group_norm_backward(d_out, x, weight, means, inv_stds, d_x, d_centred, d_sums):
+    """``group_norm_forward``'s input gradient, and per row and channel the sums the weight
+    gradients take: d_sums (R, Cg) of d_out, d_centred of d_out (x - mean) (the weight's
+    gradient is their sum over the samples times 1 / std). torch's formula, with x - mean
+    where it has x and -mean apart: dx = s w dy - s^3 / M (x - mean) sum(w dy (x - mean))
+    - s / M sum(w dy), s = 1 / std, M the row's values."""
+    rows, channels, positions = x.shape
+    per_value = _F(1.0) / _F(channels * positions)
+    for r in range(rows):
+        mean, inv_std = means[r], inv_stds[r]
+        group_weight = weight[r % len(weight)]
+        weighted_centred = _F(0.0)
+        weighted_sum = _F(0.0)
+        for c in range(channels):
+            line, gradient = x[r, c], d_out[r, c]
+            centred = _F(0.0)
+            total = _F(0.0)
+            for p in range(positions):
+                centred += gradient[p] * (line[p] - mean)
+                total += gradient[p]
+            d_centred[r, c], d_sums[r, c] = centred, total
+            weighted_centred += centred * group_weight[c]
+            weighted_sum += total * group_weight[c]
+        slope = weighted_centred * inv_std * inv_std * inv_std * per_value
+        shift = weighted_sum * inv_std * per_value
+        for c in range(channels):
+            scale, line, gradient, target = inv_std * group_weight[c], x[r, c], d_out[r, c], \
+                d_x[r, c]
+            for p in range(positions):
+                target[p] = scale * gradient[p] - slope * (line[p] - mean) - shift
+
+
+@_reducing
 def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_bias):
     """dx of each row from d(x_hat) = d_out * weight, less its mean and its projection on
     x_hat (x_hat has zero mean and unit variance per row, which removes those directions);

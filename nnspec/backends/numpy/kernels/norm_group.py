@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import parallel
 from .norm_batch import batch_norm
 from .norm_layer import normalise_rows, normalise_rows_backward
 
@@ -22,6 +23,8 @@ def group_norm(x, weight, bias, *, groups, eps=1e-5):
     n, channels = x.shape[:2]
     if channels % groups:
         raise ValueError(f"group_norm: {groups} groups do not divide {channels} channels")
+    if x.dtype == np.float32 and x.size:
+        return _compiled(x, weight, bias, groups, eps)
     positions = x[0, 0].size
     shape = x.shape  # the backward keeps the shape, not x
     rows = np.ascontiguousarray(x).reshape(n * groups, -1)
@@ -42,6 +45,40 @@ def group_norm(x, weight, bias, *, groups, eps=1e-5):
         return dx.reshape(shape), dweight, dbias
 
     return y.reshape(shape), backward
+
+
+def _compiled(x, weight, bias, groups, eps):
+    """Group norm in float32 as one compiled pass each way over the (sample, group) rows
+    (``fused.group_norm_forward``/``_backward``), keeping x as torch does: layer norm's
+    rows, their weights repeated over the positions and their normalised copies, took 0.72
+    + 0.81 ms over 32 x 64 x 32 x 32 values, torch 0.42 + 0.60."""
+    n, channels = x.shape[:2]
+    group_channels = channels // groups
+    rows = np.ascontiguousarray(x).reshape(n * groups, group_channels, -1)
+
+    def per_group(parameter, default):
+        values = np.full(channels, default, np.float32) if parameter is None else parameter
+        return np.ascontiguousarray(values, np.float32).reshape(groups, group_channels)
+
+    scale, shift = per_group(weight, 1), per_group(bias, 0)
+    out = np.empty_like(rows)
+    means = np.empty(len(rows), np.float32)
+    inv_stds = np.empty(len(rows), np.float32)
+    parallel.group_norm_forward(rows, scale, shift, eps, out, means, inv_stds)
+
+    def backward(dy):
+        d_rows = np.empty_like(rows)
+        d_centred = np.empty((len(rows), group_channels), np.float32)
+        d_sums = np.empty((len(rows), group_channels), np.float32)
+        parallel.group_norm_backward(np.ascontiguousarray(dy, np.float32).reshape(rows.shape),
+                                     rows, scale, means, inv_stds, d_rows, d_centred, d_sums)
+        dweight = None if weight is None else np.einsum(
+            "ngc,ng->gc", d_centred.reshape(n, groups, group_channels),
+            inv_stds.reshape(n, groups)).reshape(channels)
+        dbias = None if bias is None else d_sums.reshape(n, channels).sum(axis=0)
+        return d_rows.reshape(x.shape), dweight, dbias
+
+    return out.reshape(x.shape), backward
 
 
 def instance_norm(x, weight, bias, running_mean, running_var, *, use_input_stats,

@@ -434,6 +434,64 @@ def layer_norm_backward(d_out, x_hat, weight, affine, inv_std, d_x, d_weight, d_
 
 
 @workers.Task
+def _group_norm_forward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, rows, channels, positions, groups, x, weight, bias, eps, out, means,
+    inv_stds)."""
+    params = workers.parameters(args, 12)
+    rows, channels, positions, groups = params[1], params[2], params[3], params[4]
+    start, end = part_range(rows, part, params[0], 1)
+    shape = (rows, channels, positions)
+    fused.group_norm_forward(floats(params, 5, shape)[start:end],
+                             floats(params, 6, (groups, channels)),
+                             floats(params, 7, (groups, channels)), number(params, 8),
+                             floats(params, 9, shape)[start:end],
+                             floats(params, 10, (rows,))[start:end],
+                             floats(params, 11, (rows,))[start:end])
+    return 0
+
+
+@workers.Task
+def _group_norm_backward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, rows, channels, positions, groups, d_out, x, weight, means, inv_stds,
+    d_x, d_centred, d_sums)."""
+    params = workers.parameters(args, 13)
+    rows, channels, positions, groups = params[1], params[2], params[3], params[4]
+    start, end = part_range(rows, part, params[0], 1)
+    shape = (rows, channels, positions)
+    fused.group_norm_backward(floats(params, 5, shape)[start:end],
+                              floats(params, 6, shape)[start:end],
+                              floats(params, 7, (groups, channels)),
+                              floats(params, 8, (rows,))[start:end],
+                              floats(params, 9, (rows,))[start:end],
+                              floats(params, 10, shape)[start:end],
+                              floats(params, 11, (rows, channels))[start:end],
+                              floats(params, 12, (rows, channels))[start:end])
+    return 0
+
+
+def group_norm_forward(x, weight, bias, eps, out, means, inv_stds):
+    """``fused.group_norm_forward``, its rows (sample, group) in parts."""
+    parts = min(_split(x.size, x, weight, bias, out, means, inv_stds), len(x))
+    if parts <= 1:
+        fused.group_norm_forward(x, weight, bias, eps, out, means, inv_stds)
+        return
+    workers.run(_group_norm_forward_job, _params(parts, *x.shape, len(weight), x, weight, bias,
+                                                 float(eps), out, means, inv_stds))
+
+
+def group_norm_backward(d_out, x, weight, means, inv_stds, d_x, d_centred, d_sums):
+    """``fused.group_norm_backward``, its rows (sample, group) in parts."""
+    parts = min(_split(x.size, d_out, x, weight, means, inv_stds, d_x, d_centred, d_sums),
+                len(x))
+    if parts <= 1:
+        fused.group_norm_backward(d_out, x, weight, means, inv_stds, d_x, d_centred, d_sums)
+        return
+    workers.run(_group_norm_backward_job, _params(parts, *x.shape, len(weight), d_out, x,
+                                                  weight, means, inv_stds, d_x, d_centred,
+                                                  d_sums))
+
+
+@workers.Task
 def _exp_rows_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, size, rows, peaks, out, totals)."""
     params = workers.parameters(args, 7)
