@@ -16,16 +16,18 @@ from nnspec.backends.numpy.kernels.norm_layer import layer_norm
 
 def test_the_exp_is_within_3e_7_of_the_true_one_down_to_where_float32_flushes():
     x = np.concatenate([-np.geomspace(1e-30, 87.0, 2_000_000), np.zeros(1)]).astype(np.float32)
-    peaks = np.zeros(1, np.float32)
+    peaks = np.empty(1, np.float32)
     out, totals = np.empty((1, x.size), np.float32), np.empty(1, np.float32)
-    fused.exp_rows(x[None], peaks, out, totals)
+    fused.exp_rows(x[None], out, peaks, totals)  # (the row's peak is its 0)
     want = np.exp(x.astype(np.float64))
-    assert np.max(np.abs(out[0] / want - 1)) < 3e-7
-    below = np.array([[-87.5, -100.0, -1e30, -np.inf, np.nan]], np.float32)
+    assert peaks[0] == 0 and np.max(np.abs(out[0] / want - 1)) < 3e-7
+    below = np.array([[0.0, -87.5, -100.0, -1e30, -np.inf]], np.float32)
     got = np.empty_like(below)
-    fused.exp_rows(below, peaks, got, totals)
-    np.testing.assert_array_equal(got[0, :4], 0)
-    assert np.isnan(got[0, 4]) and np.isnan(totals[0])
+    fused.exp_rows(below, got, peaks, totals)
+    np.testing.assert_array_equal(got[0], [1, 0, 0, 0, 0])
+    with_nan = np.array([[0.0, np.nan, -1.0]], np.float32)  # whatever its peak, NaN on
+    fused.exp_rows(with_nan, np.empty_like(with_nan), peaks, totals)
+    assert np.isnan(totals[0])
 
 
 @settings(max_examples=60, deadline=None)

@@ -115,13 +115,14 @@ def test_layer_norm_in_parts(k, affine):
 @needs_two
 def test_exp_rows_in_parts():
     rows = (rng.standard_normal((1031, 200)) * 5).astype(F)
-    peaks = rows.max(axis=1)
     results = []
     for run in (fused.exp_rows, parallel.exp_rows):
-        out, totals = np.empty_like(rows), np.empty(len(rows), F)
-        run(rows, peaks, out, totals)
-        results.append((out, totals))
-    (out, totals), (split_out, split_totals) = results
+        out, peaks, totals = np.empty_like(rows), np.empty(len(rows), F), np.empty(len(rows), F)
+        run(rows, out, peaks, totals)
+        results.append((out, peaks, totals))
+    (out, peaks, totals), (split_out, split_peaks, split_totals) = results
+    np.testing.assert_array_equal(peaks, rows.max(axis=1))
+    np.testing.assert_array_equal(split_peaks, peaks)
     np.testing.assert_array_equal(split_out, out)
     np.testing.assert_allclose(split_totals, totals, rtol=1e-6)
 

@@ -493,26 +493,26 @@ def group_norm_backward(d_out, x, weight, means, inv_stds, d_x, d_centred, d_sum
 
 @workers.Task
 def _exp_rows_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, count, size, rows, peaks, out, totals)."""
+    """params (parts, count, size, rows, out, peaks, totals)."""
     params = workers.parameters(args, 7)
     count, size = params[1], params[2]
     start, end = part_range(count, part, params[0], 1)
     rows = floats(params, 3, (count, size))
-    peaks = floats(params, 4, (count,))
-    out = floats(params, 5, (count, size))
+    out = floats(params, 4, (count, size))
+    peaks = floats(params, 5, (count,))
     totals = floats(params, 6, (count,))
-    fused.exp_rows(rows[start:end], peaks[start:end], out[start:end], totals[start:end])
+    fused.exp_rows(rows[start:end], out[start:end], peaks[start:end], totals[start:end])
     return 0
 
 
-def exp_rows(rows, peaks, out, totals):
+def exp_rows(rows, out, peaks, totals):
     """``fused.exp_rows``, its rows in parts."""
-    parts = _split(rows.size, rows, peaks, out, totals)
+    parts = _split(rows.size, rows, out, peaks, totals)
     if parts == 1:
-        fused.exp_rows(rows, peaks, out, totals)
+        fused.exp_rows(rows, out, peaks, totals)
         return
     count, size = rows.shape
-    workers.run(_exp_rows_job, _params(parts, count, size, rows, peaks, out, totals))
+    workers.run(_exp_rows_job, _params(parts, count, size, rows, out, peaks, totals))
 
 
 @workers.Task
