@@ -270,6 +270,21 @@ def test_avg_pool_with_ceil_mode_and_count_include_pad_matches_torch(
                          count_include_pad=count_include_pad), [x])
 
 
+@pytest.mark.parametrize("shape, output_size", [
+    ((8, 16, 32, 32), (4, 4)), ((8, 16, 32, 32), (1, 1)), ((4, 8, 24, 30), (6, 5)),
+    ((8, 16, 512), (8,))])
+@pytest.mark.parametrize("ties", [False, True])
+def test_adaptive_max_pool_into_whole_bins_is_torchs(shape, output_size, ties):
+    """Bins that divide the map are max pooling's windows (``max_pool``): torch's values, and
+    the gradient to each window's first maximum."""
+    rng = np.random.default_rng(8)
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    nd = len(shape) - 2
+    check_against_torch(lambda a: getattr(pool, f"adaptive_max_pool{nd}d")(
+        a, output_size=output_size), lambda t: getattr(F, f"adaptive_max_pool{nd}d")(
+        t, output_size), [x])
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from([1, 2]), st.tuples(st.integers(1, 10), st.integers(1, 10)),
        st.tuples(st.integers(1, 6), st.integers(1, 6)), st.booleans())
