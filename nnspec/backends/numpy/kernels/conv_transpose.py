@@ -198,9 +198,10 @@ def _on_phases(x, weight, stride, groups, phases, out_size):
     n, channels = x.shape[:2]
     group_outputs = weight.shape[1]
     out_channels = group_outputs * groups
-    # the convolution's layout: [C_out, C_in / g, *kernel]
+    # the convolution's layout: [C_out, C_in / g, *kernel] (a view where it can be)
     conv_weight = weight.reshape(groups, channels // groups, group_outputs, *weight.shape[2:]) \
-        .swapaxes(1, 2).reshape(out_channels, channels // groups, *weight.shape[2:])
+        .swapaxes(1, 2).reshape(out_channels, channels // groups, *weight.shape[2:]) \
+        if groups > 1 else weight.swapaxes(0, 1)
     y = np.empty((n, out_channels, *out_size), x.dtype)
     for phase in itertools.product(*(range(s) for s in stride)):
         taps = [phases[d][r] for d, r in enumerate(phase)]
@@ -212,14 +213,28 @@ def _on_phases(x, weight, stride, groups, phases, out_size):
             continue
         crop = (slice(None), slice(None), *(slice(lo, length - hi) for (*_, (lo, hi), _), length
                                             in zip(taps, x.shape[2:])))
-        offsets = np.ix_(*(offsets for offsets, *_ in taps))
-        phase_weight = np.ascontiguousarray(conv_weight[(slice(None), slice(None), *offsets)])
+        phase_weight = _phase_weight(weight, conv_weight, groups,
+                                     [offsets for offsets, *_ in taps])
         y_phase, _ = CONV[nd](x[crop], phase_weight, None, stride=(1,) * nd,
                               padding=tuple(pads for _, _, pads, _, _ in taps),
                               dilation=tuple(step for _, step, *_ in taps), groups=groups,
                               input_grad=False)
         y[where] = y_phase
     return y
+
+
+def _phase_weight(weight, conv_weight, groups, offsets):
+    """A phase's convolution weight, C-ordered [C_out, C_in / g, *its offsets]: one blocked
+    compiled gather from the transposed weight in float32 with one group
+    (``fused.gather_taps``), else NumPy's index of the convolution's layout."""
+    if groups > 1 or weight.dtype != np.float32:
+        return np.ascontiguousarray(conv_weight[(slice(None), slice(None), *np.ix_(*offsets))])
+    kernel = weight.shape[2:]
+    taps = np.ravel_multi_index(np.ix_(*offsets), kernel).reshape(-1).astype(np.int64)
+    out = np.empty((weight.shape[1], weight.shape[0], *(len(o) for o in offsets)), np.float32)
+    fused.gather_taps(np.ascontiguousarray(weight).reshape(*weight.shape[:2], -1), taps,
+                      out.reshape(*out.shape[:2], -1))
+    return out
 
 
 def _as_convolution_backward(x, weight, stride, padding, dilation, groups, input_grad):
