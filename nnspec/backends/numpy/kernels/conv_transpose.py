@@ -135,7 +135,6 @@ def _tiling(columns, rows, weight_groups, weight_shape, x_shape, input_grad):
     return y, backward
 
 
-
 def _phase_taps(size, out_size, kernel, stride, padding, dilation):
     """One spatial dim of ``_on_phases``: for each output phase r (the positions q s + r),
     the kernel offsets whose products land there, in the order a stride-1 convolution of
