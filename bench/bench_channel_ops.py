@@ -1,12 +1,15 @@
 """Time the per-channel ops of convolutional nets one layer at a time: the NumPy kernel's
 forward and backward against torch eager's (forward, then every gradient), interleaved in
-one process, at the shapes the MobileNet, ResNet and U-Net workloads of `bench_real.py` run.
+one process, at the shapes the MobileNet, ResNet and U-Net workloads of `bench_real.py` run,
+and DCGAN's and a GroupNorm U-Net's (leaky ReLU, 4x4/2 transposed convolutions, group norm,
+bilinear up-sampling: kernels that were 2-30x torch's time before 2026-12-07).
 
 Per case it prints the NumPy ms, the torch ms and their ratio (lower is better), medians of
 interleaved blocks. `BENCH_THREADS` (default 2) sets both backends' thread counts, NumPy's
 BLAS included; on a busy machine use 1, which also times CPU time instead of wall time.
 
-Run: python bench/bench_channel_ops.py [--only depthwise|batchnorm] [--repeats 7] [--block 5]
+Run: python bench/bench_channel_ops.py [--only depthwise|batchnorm|dcgan] [--repeats 7]
+[--block 5]
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BATCH = {"mobilenet": 32, "resnet": 32, "unet": 8}
+BATCH = {"mobilenet": 32, "resnet": 32, "unet": 8, "dcgan": 32}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ CASES = [
     Case("concat", "unet", (16, 64, 64)),
     Case("upsample", "unet", (32, 32, 32)),
     Case("conv_transpose", "unet", (64, 16, 16), 2),
+    *(Case("leaky_relu", "dcgan", shape) for shape in [(64, 32, 32), (128, 16, 16)]),
+    *(Case("tconv4x4", "dcgan", shape, 2) for shape in [(512, 4, 4), (256, 8, 8),
+                                                         (128, 16, 16)]),
+    *(Case("groupnorm", "unet", shape) for shape in [(32, 64, 64), (64, 32, 32)]),
+    Case("bilinear", "unet", (32, 32, 32)),
 ]
 
 
@@ -56,6 +64,7 @@ def numpy_step(case: Case, x: np.ndarray, rng):
         conv_transpose,
         elementwise,
         norm_batch,
+        norm_group,
         pool,
         resample,
     )
@@ -92,6 +101,22 @@ def numpy_step(case: Case, x: np.ndarray, rng):
 
         def forward():
             return conv_transpose.conv_transpose2d(x, weight, bias, stride=2)
+    elif case.op == "leaky_relu":
+        def forward():
+            return activations.leaky_relu(x, negative_slope=0.2)
+    elif case.op == "tconv4x4":
+        weight = (rng.standard_normal((channels, channels // 2, 4, 4)) * 0.05).astype(np.float32)
+
+        def forward():
+            return conv_transpose.conv_transpose2d(x, weight, None, stride=2, padding=1)
+    elif case.op == "groupnorm":
+        weight, bias = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+
+        def forward():
+            return norm_group.group_norm(x, weight, bias, groups=8)
+    elif case.op == "bilinear":
+        def forward():
+            return resample.upsample(x, scale_factor=2, mode="bilinear")
     else:
         raise ValueError(case.op)
 
@@ -150,6 +175,26 @@ def torch_step(case: Case, x: np.ndarray, rng):
 
         def forward():
             return F.conv_transpose2d(tx, weight, bias, stride=2)
+    elif case.op == "leaky_relu":
+        def forward():
+            return F.leaky_relu(tx, 0.2)
+    elif case.op == "tconv4x4":
+        weight = torch.tensor((rng.standard_normal((channels, channels // 2, 4, 4)) * 0.05)
+                              .astype(np.float32), requires_grad=True)
+        leaves.append(weight)
+
+        def forward():
+            return F.conv_transpose2d(tx, weight, None, stride=2, padding=1)
+    elif case.op == "groupnorm":
+        weight = torch.ones(channels, requires_grad=True)
+        bias = torch.zeros(channels, requires_grad=True)
+        leaves += [weight, bias]
+
+        def forward():
+            return F.group_norm(tx, 8, weight, bias)
+    elif case.op == "bilinear":
+        def forward():
+            return F.interpolate(tx, scale_factor=2, mode="bilinear")
     else:
         raise ValueError(case.op)
     dy = None
