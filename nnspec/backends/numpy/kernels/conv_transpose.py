@@ -63,15 +63,14 @@ def _conv_transpose(nd, x, weight, bias, stride, padding, output_padding, dilati
                  for s, st, d, k, extra in zip(size, stride, dilation, kernel, output_padding))
     if any(f - 2 * p < 1 for f, p in zip(full, padding)):
         raise ValueError(f"conv_transpose: padding {padding} leaves no output of {tuple(full)}")
+    out_size = tuple(f - 2 * p for f, p in zip(full, padding))
     if n == 0:
-        sizes = tuple(f - 2 * p for f, p in zip(full, padding))
-        return with_bias(*no_samples(x, weight, (out_channels, *sizes)), bias)
+        return with_bias(*no_samples(x, weight, (out_channels, *out_size)), bias)
     if kernel == stride and all(d == 1 for d in dilation) and not any(padding) and \
             not any(output_padding):
         rows, weight_groups = _rows(x, weight, groups)
         return with_bias(*_tiling(_columns(rows, weight_groups, kernel, x.shape), rows,
                                   weight_groups, weight.shape, x.shape, input_grad), bias)
-    out_size = tuple(f - 2 * p for f, p in zip(full, padding))
     phases = [_phase_taps(*dims) for dims in zip(size, out_size, kernel, stride, padding,
                                                   dilation)]
     if _phases_pay(phases, size, kernel, stride, padding, dilation):
@@ -194,13 +193,8 @@ def _on_phases(x, weight, stride, groups, phases, out_size):
     8x8 to 16x16, batch 32, 21.8 -> 7.4 ms (torch 6.0); 3x3/2 128 -> 64 onto 64x64, batch 8,
     11.9 -> 4.1 (8.7); a 3x3 stride-1 one, 64 channels on 16x16, batch 16, 3.8 -> 0.8."""
     nd = x.ndim - 2
-    n, channels = x.shape[:2]
-    group_outputs = weight.shape[1]
-    out_channels = group_outputs * groups
-    # the convolution's layout: [C_out, C_in / g, *kernel] (a view where it can be)
-    conv_weight = weight.reshape(groups, channels // groups, group_outputs, *weight.shape[2:]) \
-        .swapaxes(1, 2).reshape(out_channels, channels // groups, *weight.shape[2:]) \
-        if groups > 1 else weight.swapaxes(0, 1)
+    n = len(x)
+    out_channels = weight.shape[1] * groups
     y = np.empty((n, out_channels, *out_size), x.dtype)
     for phase in itertools.product(*(range(s) for s in stride)):
         taps = [phases[d][r] for d, r in enumerate(phase)]
@@ -212,8 +206,7 @@ def _on_phases(x, weight, stride, groups, phases, out_size):
             continue
         crop = (slice(None), slice(None), *(slice(lo, length - hi) for (*_, (lo, hi), _), length
                                             in zip(taps, x.shape[2:])))
-        phase_weight = _phase_weight(weight, conv_weight, groups,
-                                     [offsets for offsets, *_ in taps])
+        phase_weight = _phase_weight(weight, groups, [offsets for offsets, *_ in taps])
         y_phase, _ = CONV[nd](x[crop], phase_weight, None, stride=(1,) * nd,
                               padding=tuple(pads for _, _, pads, _, _ in taps),
                               dilation=tuple(step for _, step, *_ in taps), groups=groups,
@@ -222,13 +215,15 @@ def _on_phases(x, weight, stride, groups, phases, out_size):
     return y
 
 
-def _phase_weight(weight, conv_weight, groups, offsets):
+def _phase_weight(weight, groups, offsets):
     """A phase's convolution weight, C-ordered [C_out, C_in / g, *its offsets]: one blocked
     compiled gather from the transposed weight in float32 with one group
     (``fused.gather_taps``), else NumPy's index of the convolution's layout."""
+    channels, group_outputs, *kernel = weight.shape
     if groups > 1 or weight.dtype != np.float32:
+        conv_weight = weight.reshape(groups, channels // groups, group_outputs, *kernel) \
+            .swapaxes(1, 2).reshape(group_outputs * groups, channels // groups, *kernel)
         return np.ascontiguousarray(conv_weight[(slice(None), slice(None), *np.ix_(*offsets))])
-    kernel = weight.shape[2:]
     taps = np.ravel_multi_index(np.ix_(*offsets), kernel).reshape(-1).astype(np.int64)
     out = np.empty((weight.shape[1], weight.shape[0], *(len(o) for o in offsets)), np.float32)
     fused.gather_taps(np.ascontiguousarray(weight).reshape(*weight.shape[:2], -1), taps,

@@ -292,20 +292,21 @@ def _interpolate_gradient_job(args, range_m, range_n, sa, sb, part):
 
 def interpolate(planes, rows, row_weights, columns, column_weights, out):
     """``fused.interpolate``, its planes in parts."""
-    _by_planes(fused.interpolate, _interpolate_job, planes, rows, row_weights, columns,
-               column_weights, out, (planes, rows, row_weights, columns, column_weights, out))
+    _by_planes(fused.interpolate, _interpolate_job, planes, out,
+               (planes, rows, row_weights, columns, column_weights, out))
 
 
 def interpolate_gradient(d_out, rows, row_weights, columns, column_weights, d_planes):
     """``fused.interpolate_gradient``, its planes in parts."""
-    _by_planes(fused.interpolate_gradient, _interpolate_gradient_job, d_planes, rows,
-               row_weights, columns, column_weights, d_out,
+    _by_planes(fused.interpolate_gradient, _interpolate_gradient_job, d_planes, d_out,
                (d_out, rows, row_weights, columns, column_weights, d_planes))
 
 
-def _by_planes(loop, job, planes, rows, row_weights, columns, column_weights, out, arguments):
-    """``loop(*arguments)``, split by the planes (P, H, W) and their interpolations ``out``
-    (P, OH, OW) from MEMORY_MIN_VALUES; ``rows`` None for one row not mixed (1-D)."""
+def _by_planes(loop, job, planes, out, arguments):
+    """``loop(*arguments)`` (one side, the tables, the other), split by the planes (P, H, W)
+    and their interpolations ``out`` (P, OH, OW) from MEMORY_MIN_VALUES; rows None for one
+    row not mixed (1-D: the jobs are told so, and read the columns' table in its place)."""
+    _, rows, row_weights, columns, column_weights, _ = arguments
     parts = min(_split(out.size, planes, row_weights, column_weights, out), len(planes))
     if parts <= 1:
         loop(*arguments)
