@@ -673,6 +673,9 @@ NOT_KERNELS = {
     "parallel.softmax_rows", "parallel.softmax_rows_gradient",
     # float32 only: test_kernels_decoders.py's group norm against torch
     "parallel.group_norm_forward", "parallel.group_norm_backward",
+    # a strided convolution's stride phases: test_parallel.py against NumPy's copy, the
+    # convolutions on them here and in test_kernels_conv.py against torch
+    "parallel.stride_phases",
     # where a weight gradient is written: test_interpreter.py's slot tests
     "gradient_slots.offered", "gradient_slots.empty",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and

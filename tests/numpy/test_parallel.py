@@ -301,6 +301,24 @@ def test_repeated_rows_and_their_block_sums_in_parts(row_repeats, column_repeats
                                .sum(axis=(1, 3)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [(2, 2), (3, 3), (1, 2), (2, 1), (2, 3)])
+def test_stride_phases_in_parts_are_numpys_transposing_copy(stride):
+    """A strided convolution's stride phases (``fused.stride_phases``), split by planes and
+    whole, are NumPy's copy of the six-axis view."""
+    channels, out = 7, (9, 10)
+    spatial = (out[0] * stride[0], out[1] * stride[1])
+    n = parallel.MEMORY_MIN_VALUES // (channels * spatial[0] * spatial[1]) + 1  # split
+    x = rng.standard_normal((n, channels, *spatial)).astype(F)
+    expected = np.ascontiguousarray(
+        x.reshape(n, channels, out[0], stride[0], out[1], stride[1])
+        .transpose(0, 3, 5, 1, 2, 4)).reshape(n, -1, channels, *out)
+    phases, whole = (np.full(expected.shape, np.nan, F) for _ in range(2))
+    parallel.stride_phases(x, phases)
+    fused.stride_phases(x, whole, 0, n * channels)
+    np.testing.assert_array_equal(phases, expected)
+    np.testing.assert_array_equal(whole, expected)
+
+
 def test_strided_arrays_run_whole():
     x = rng.standard_normal(2 * parallel.ACTIVATION_MIN_VALUES).astype(F)
     out = np.empty(2 * x.size, F)[::2]  # strided: the jobs could not see it

@@ -1125,6 +1125,33 @@ def gather_taps(weight, taps, out):
 
 
 @_compile
+def stride_phases(x, out, first, last):
+    """A strided convolution's input by its stride phases (``conv._on_phases``): for planes
+    (sample, channel) first..last - 1 of x (N, C, H, W), out[n, i * s_c + j, c] = the rows
+    i, i + s_r, ... and columns j, j + s_c, ... of x[n, c], with out (N, s_r * s_c, C, H /
+    s_r, W / s_c). NumPy's six-axis transposing copy took 1.2 ms at 32 x 64 x 32 x 32 by 2,
+    this loop 0.67 on one core."""
+    channels, height, width = x.shape[1:]
+    out_height, out_width = out.shape[3:]
+    row_stride, column_stride = height // out_height, width // out_width
+    for plane in range(first, last):
+        n, c = plane // channels, plane % channels
+        for r in range(out_height):
+            for i in range(row_stride):
+                source = x[n, c, r * row_stride + i]
+                if column_stride == 2:  # the common case, as loads LLVM de-interleaves
+                    even, odd = out[n, 2 * i, c, r], out[n, 2 * i + 1, c, r]
+                    for q in range(out_width):
+                        even[q] = source[2 * q]
+                        odd[q] = source[2 * q + 1]
+                else:
+                    for j in range(column_stride):
+                        target = out[n, i * column_stride + j, c, r]
+                        for q in range(out_width):
+                            target[q] = source[q * column_stride + j]
+
+
+@_compile
 def spread_windows(columns, out):
     """A transposed convolution's output where its windows tile it (``conv_transpose``):
     ``columns`` (O, K1, K2, N, H, W), each input position's window, to ``out`` (N, O, H,
@@ -1261,6 +1288,9 @@ def warm_up() -> None:
     fill_rows(column, np.empty((2, 4), _F))
     repeat_rows(rows, 2, 2, np.empty((4, 8), _F))
     sum_row_blocks(np.ones((4, 8), _F), 2, 2, np.empty_like(rows))
+    for stride in (2, 3):
+        stride_phases(np.ones((1, 1, stride, stride), _F),
+                      np.empty((1, stride * stride, 1, 1, 1), _F), 0, 1)
     windows = np.ones((1, 1, 2, 1, 1, 2), _F)
     spread_windows(windows, np.empty((1, 1, 1, 1, 2, 2), _F))
     gather_windows(np.ones((1, 1, 1, 1, 2, 2), _F), windows)

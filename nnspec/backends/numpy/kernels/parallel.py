@@ -763,6 +763,30 @@ def channel_bias_gradient(d_out, out, activation, d_in, row_sums):
                                                     d_in, row_sums))
 
 
+@workers.Task
+def _stride_phases_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, samples, channels, height, width, phases, out height, out width, x,
+    out)."""
+    params = workers.parameters(args, 10)
+    n, channels, height, width, phases, out_height, out_width = params[1:8]
+    start, end = part_range(n * channels, part, params[0], 1)
+    fused.stride_phases(floats(params, 8, (n, channels, height, width)),
+                        floats(params, 9, (n, phases, channels, out_height, out_width)),
+                        start, end)
+    return 0
+
+
+def stride_phases(x, out):
+    """``fused.stride_phases`` over all of x's planes, in parts."""
+    planes = x.shape[0] * x.shape[1]
+    parts = min(_split(x.size, x, out), planes)
+    if parts == 1:
+        fused.stride_phases(x, out, 0, planes)
+        return
+    workers.run(_stride_phases_job, _params(parts, *x.shape, *out.shape[1:2],
+                                            *out.shape[3:], x, out))
+
+
 def warm_up() -> None:
     """``fused.warm_up``, then load every job (compile it, on a machine's first run): about
     25 MB resident for them all, a library's load like numba's runtime. Benchmarks call it
