@@ -866,10 +866,33 @@ def test_strided_1x1_convolutions_sample_the_input_and_match_torch(
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("nd, channels, out_channels, kernel, stride", [
+    (2, 64, 1, (4, 4), (1, 1)),     # a DCGAN discriminator's last layer
+    (2, 16, 120, (5, 5), (1, 1)),   # LeNet-5's C5
+    (2, 16, 8, (1, 1), (1, 1)),     # a 1x1 layer on one position
+    (2, 6, 4, (2, 3), (1, 1)),      # a 2x3 map
+    (2, 5, 3, (3, 3), (2, 3)),      # strided: one window all the same
+    (1, 12, 5, (7,), (3,)),         # 1d
+])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_convolutions_whose_window_is_the_whole_map_are_dense_layers_matching_torch(
+        monkeypatch, nd, channels, out_channels, kernel, stride, input_grad):
+    """A convolution without padding whose one window is the whole map is a dense layer
+    over each sample's flattened map (``_whole_map``)."""
+    taken = record_calls(monkeypatch, {"whole map": "_whole_map"})
+    case = conv_case(channels, out_channels, kernel, kernel, stride, ((0, 0),) * nd,
+                     (1,) * nd, batch=5)
+    if input_grad:
+        check_conv_against_torch(nd, case)
+    else:
+        check_conv_without_input_grad_against_torch(nd, case)
+    assert taken == ["whole map"]
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("nd, channels, out_channels, stride, spatial", [
     (2, 64, 32, (1, 1), (7, 7)),      # a ResNet-50's last stage at 224
     (2, 24, 40, (2, 2), (8, 8)),      # a projection shortcut onto 4x4
-    (2, 16, 8, (1, 1), (1, 1)),       # one position
     (1, 12, 5, (2,), (30,)),          # 1d
 ])
 @pytest.mark.parametrize("input_grad", [True, False])
