@@ -34,7 +34,8 @@ def test_the_exp_is_within_3e_7_of_the_true_one_down_to_where_float32_flushes():
 @given(samples=st.integers(2, 9), channels=st.integers(1, 5),
        positions=st.integers(1, 40) | st.integers(fused.BY_CHANNEL_MIN_POSITIONS, 150),
        span=st.integers(1, 70), offset=st.floats(-1e3, 1e3), train=st.booleans(),
-       activation=st.sampled_from([None, "relu", "relu6"]), seed=st.integers(0, 2**16))
+       activation=st.sampled_from([None, "relu", "relu6", "leaky_relu"]),
+       seed=st.integers(0, 2**16))
 def test_batch_norm_loops_match_float64_numpy(samples, channels, positions, span, offset,
                                                train, activation, seed):
     """Any column span, maps of any size (the chunks' loops, and a channel at a time from
@@ -50,7 +51,7 @@ def test_batch_norm_loops_match_float64_numpy(samples, channels, positions, span
     fused.COLUMN_SPAN = span
     try:
         y, backward = batch_norm(x, weight, bias, *(r.copy() for r in running), train=train,
-                                 activation=activation)
+                                 activation=activation, slope=0.2)
         dx, dweight, dbias, _, _ = backward(dy)
     finally:
         fused.COLUMN_SPAN = old_span
@@ -63,13 +64,17 @@ def test_batch_norm_loops_match_float64_numpy(samples, channels, positions, span
     inv_std = 1 / np.sqrt(var + 1e-5)
     x_hat = (x64 - mean[:, None]) * inv_std[:, None]
     pre = x_hat * w64[:, None] + b64[:, None]
-    upper = {None: np.inf, "relu": np.inf, "relu6": 6.0}[activation]
-    lower = -np.inf if activation is None else 0.0
-    want = np.clip(pre, lower, upper)
+    if activation == "leaky_relu":
+        want = np.where(pre > 0, pre, 0.2 * pre)
+        factor = np.where(y > 0, 1.0, np.float64(np.float32(0.2)))  # the float32 slope
+    else:
+        upper = {None: np.inf, "relu": np.inf, "relu6": 6.0}[activation]
+        lower = -np.inf if activation is None else 0.0
+        want = np.clip(pre, lower, upper)
+        # the gradient passes where the (float32) output is strictly inside the clamp
+        factor = (y > lower) & (y < upper) if activation else np.ones(y.shape, bool)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)  # 4e-5 at 1e3 with a rounded mean
-    # the gradient passes where the (float32) output is strictly inside the clamp
-    inside = (y > lower) & (y < upper) if activation else np.ones(y.shape, bool)
-    g = dy64 * inside
+    g = dy64 * factor
     want_dbias = g.sum(axis=(0, 2))
     want_dweight = (g * x_hat).sum(axis=(0, 2))
     d_hat = g * w64[:, None]

@@ -402,7 +402,8 @@ model Net {
   h = x -> conv2d(4, 3, padding = 1) -> batchnorm -> relu
   branch = h -> conv2d(4, 3, padding = 1) -> batchnorm
   h = relu6(branch) + branch
-  h -> conv2d(4, 1) -> batchnorm -> relu6 -> global_avgpool -> dense(3)
+  h = h -> conv2d(4, 1) -> batchnorm -> relu6
+  h -> conv2d(4, 3, padding = 1) -> batchnorm -> leaky_relu(0.2) -> global_avgpool -> dense(3)
 }
 train Net { loss cross_entropy; optimizer sgd(lr = 0.1) }
 """
@@ -431,16 +432,17 @@ def assert_same_training(fused_loss, fused_grads, loss, grads):
 
 def test_a_batchnorm_applies_the_activation_that_alone_reads_it_with_the_same_results(
         monkeypatch):
-    """The first and last batch norms apply their relu / relu6 themselves; the middle one,
-    whose output two nodes read, does not. Loss and gradients equal the unfused run's."""
+    """The first batch norm and the last two apply their relu / relu6 / leaky ReLU
+    themselves; the second, whose output two nodes read, does not. Loss and gradients
+    equal the unfused run's."""
     from nnspec.backends.numpy import rules_layers
 
     seen = []
     batch_norm = rules_layers.norm_batch.batch_norm
 
-    def spying(*args, activation=None, **kwargs):
-        seen.append(activation)
-        return batch_norm(*args, activation=activation, **kwargs)
+    def spying(*args, activation=None, slope=0.0, **kwargs):
+        seen.append(activation if activation != "leaky_relu" else (activation, slope))
+        return batch_norm(*args, activation=activation, slope=slope, **kwargs)
 
     monkeypatch.setattr(rules_layers.norm_batch, "batch_norm", spying)
     rng = np.random.default_rng(3)
@@ -448,7 +450,8 @@ def test_a_batchnorm_applies_the_activation_that_alone_reads_it_with_the_same_re
     y = rng.integers(0, 3, 5)
     (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = fused_and_plain(
         monkeypatch, BATCHNORM_ACTIVATIONS, x, y, seen)
-    assert fused_seen == ["relu", None, "relu6"] and plain_seen == [None] * 3
+    assert fused_seen == ["relu", None, "relu6", ("leaky_relu", 0.2)]
+    assert plain_seen == [None] * 4
     assert_same_training(fused_loss, fused_grads, loss, grads)
 
 

@@ -193,7 +193,8 @@ def test_sgd_in_parts(momentum_on, first, nesterov):
 
 
 @needs_two
-@pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU, fused.RELU6])
+@pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU, fused.RELU6,
+                                        fused.LEAKY_RELU])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("channels, positions", [(5, 1700), (3, 5000), (300, 3), (1, 40000)])
 def test_batch_norm_loops_in_parts(activation, train, channels, positions):
@@ -206,7 +207,7 @@ def test_batch_norm_loops_in_parts(activation, train, channels, positions):
     d_out = rng.standard_normal((count, width)).astype(F)
     weight, bias = (rng.standard_normal(channels).astype(F) for _ in range(2))
     given = rng.standard_normal((5, channels)).astype(F)
-    span = fused.COLUMN_SPAN
+    span, slope = fused.COLUMN_SPAN, F(0.2)
     results = []
     for whole in (True, False):
         coefficients, moments = given.copy(), np.full((2, channels), np.nan)
@@ -214,14 +215,15 @@ def test_batch_norm_loops_in_parts(activation, train, channels, positions):
         gradients, totals = np.empty((4, channels), F), np.empty((2, channels))
         if whole:
             fused.batch_norm_forward(rows, coefficients, moments, weight, bias, 1e-5, train,
-                                     activation, out, np.empty((5, width), F), span, 0,
+                                     activation, slope, out, np.empty((5, width), F), span, 0,
                                      channels)
-            fused.batch_norm_backward(d_out, rows, coefficients, train, activation, gradients,
-                                      totals, d_x, np.empty((7, width), F), span, 0, channels)
+            fused.batch_norm_backward(d_out, rows, coefficients, train, activation, slope,
+                                      gradients, totals, d_x, np.empty((7, width), F), span, 0,
+                                      channels)
         else:
             parallel.batch_norm_forward(rows, coefficients, moments, weight, bias, 1e-5, train,
-                                        activation, out, span)
-            parallel.batch_norm_backward(d_out, rows, coefficients, train, activation,
+                                        activation, slope, out, span)
+            parallel.batch_norm_backward(d_out, rows, coefficients, train, activation, slope,
                                          gradients, totals, d_x, span)
         results.append((coefficients, out, gradients, d_x) + ((moments,) if train else ()))
     for whole, split in zip(*results):
@@ -230,11 +232,12 @@ def test_batch_norm_loops_in_parts(activation, train, channels, positions):
 
 
 @needs_two
-@pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU])
+@pytest.mark.parametrize("activation", [fused.NO_ACTIVATION, fused.RELU, fused.LEAKY_RELU])
 def test_channel_bias_loops_in_parts(activation):
-    """A convolution's bias and relu in rows: the parts give the whole loop's outputs and
-    gradients to the bit, and its row sums to float32 rounding (vectorised in another
-    order)."""
+    """A convolution's bias and relu (or leaky ReLU) in rows: the parts give the whole
+    loop's outputs and gradients to the bit, and its row sums to float32 rounding
+    (vectorised in another order)."""
+    slope = F(0.2)
     samples, channels, positions = 5, 7, 4099  # rows not a multiple of the parts
     out0 = rng.standard_normal((samples * channels, positions)).astype(F)
     out0[3, :5] = np.nan  # NaN stays NaN, and passes its gradient
@@ -243,9 +246,9 @@ def test_channel_bias_loops_in_parts(activation):
     results = []
     for module, tail in ((fused, (0, len(out0))), (parallel, ())):
         out = out0.copy()
-        module.channel_bias(out, bias, activation, *tail)
+        module.channel_bias(out, bias, activation, slope, *tail)
         d_in, row_sums = np.empty_like(out), np.empty(len(out), F)
-        module.channel_bias_gradient(d_out, out, activation, d_in, row_sums, *tail)
+        module.channel_bias_gradient(d_out, out, activation, slope, d_in, row_sums, *tail)
         results.append((out, d_in, row_sums))
     (out, d_in, row_sums), (split_out, split_d_in, split_sums) = results
     np.testing.assert_array_equal(split_out, out)
@@ -254,8 +257,11 @@ def test_channel_bias_loops_in_parts(activation):
     expected = out0 + np.tile(bias, samples)[:, None]
     if activation == fused.RELU:
         expected = np.where(expected > 0, expected, np.where(np.isnan(expected), expected, 0))
+    if activation == fused.LEAKY_RELU:
+        expected = np.where(expected > 0, expected, expected * slope)
     np.testing.assert_array_equal(out, expected)
-    passed = d_out if activation == fused.NO_ACTIVATION else np.where(out <= 0, 0, d_out)
+    passed = {fused.NO_ACTIVATION: d_out, fused.RELU: np.where(out <= 0, 0, d_out),
+              fused.LEAKY_RELU: np.where(out > 0, d_out, d_out * slope)}[activation]
     np.testing.assert_array_equal(d_in, passed)
     np.testing.assert_allclose(row_sums, passed.astype(np.float64).sum(axis=1), rtol=1e-4,
                                atol=1e-3)

@@ -291,12 +291,13 @@ class NumpyModel:
         return values
 
     def _fusion_plan(self, graph: Graph, skip: frozenset[str], keep: frozenset[str]
-                     ) -> dict[str, str | None]:
+                     ) -> dict[str, str | tuple | None]:
         """{batchnorm: the activation it applies, that activation: None} for each batchnorm
-        whose output only a relu or relu6 reads and nobody sees (not an output, not kept):
-        the batch norm's compiled loops then clamp its output and mask its gradient, and the
-        activation's own passes (a clip, a mask, a product) are gone (MobileNet against
-        torch 1.93 -> 1.72 in `bench_real.py` runs before and after). The same for a sum of
+        whose output only a relu, relu6 or leaky_relu (("leaky_relu", its slope)) reads and
+        nobody sees (not an output, not kept): the batch norm's compiled loops then clamp
+        its output and mask its gradient, and the activation's own passes (a clip, a mask,
+        a product) are gone (MobileNet against torch 1.93 -> 1.72 in `bench_real.py` runs
+        before and after). The same for a sum of
         same-shape operands that only a relu reads (a residual join, `relu(y + shortcut)`:
         ``elementwise.add_relu``), and for a convolution that only a relu reads (``relu``
         of ``conv.with_bias``: the U-Net's step against torch 1.17 -> 1.06, its relus had
@@ -326,7 +327,8 @@ class NumpyModel:
                         node.op in CONVOLUTIONS and after[0].op == "relu" or \
                         node.op == "add" and after[0].op == "relu" and all(
                             graph.node(i).type == node.type for i in node.inputs):
-                    plan[node.name] = after[0].op
+                    plan[node.name] = after[0].op if after[0].op != "leaky_relu" else \
+                        ("leaky_relu", after[0].attrs.negative_slope)
                     plan[after[0].name] = None
             self._fusion_plans[key] = plan
         return plan

@@ -22,11 +22,11 @@ class Context:
     # a kernel that takes `input_grad` is told, and skips its input gradient (a first
     # convolution's costs as much as its weight gradient) and what only that would read
     input_grad: bool = True
-    # the activation (relu, relu6) a batchnorm (or relu, an add) applies to its output
-    # itself, its one reader then passing values and gradients through, or ("silu", index)
-    # for a product applying silu to its operand `index`, the silu's node passing its input
-    # through (`NumpyModel._run` plans which)
-    activation: str | tuple[str, int] | None = None
+    # the activation (relu, relu6, ("leaky_relu", its slope)) a batchnorm (or relu, an add)
+    # applies to its output itself, its one reader then passing values and gradients
+    # through, or ("silu", index) for a product applying silu to its operand `index`, the
+    # silu's node passing its input through (`NumpyModel._run` plans which)
+    activation: str | tuple[str, int | float] | None = None
 
 
 def as_tuple(value, n: int) -> tuple[int, ...]:

@@ -62,6 +62,10 @@ def no_samples(x, weight, sample_shape):
     return y, lambda dy: (np.zeros(x.shape, x.dtype), np.zeros(weight.shape, x.dtype))
 
 
+# the fused loops' slope where the activation is none or relu (leaky ReLU's alone reads it)
+_NO_SLOPE = np.float32(0.0)
+
+
 def with_bias(y, backward, bias, relu=False):
     """A layer's output (N, C, *spatial), new and held by nothing else, given its per-channel
     ``bias`` and then relu in place, in one compiled pass on both cores (float32); and its
@@ -76,7 +80,7 @@ def with_bias(y, backward, bias, relu=False):
     rows = y.reshape(y.shape[0] * y.shape[1], math.prod(y.shape[2:]))
     if y.dtype == np.float32 and (bias is None or bias.dtype == np.float32):
         parallel.channel_bias(rows, np.zeros(y.shape[1], np.float32) if bias is None
-                              else np.ascontiguousarray(bias), activation)
+                              else np.ascontiguousarray(bias), activation, _NO_SLOPE)
     else:  # float64 (the gradient checks): NumPy's passes
         if bias is not None:
             y += bias.reshape(-1, *(1,) * (y.ndim - 2))
@@ -91,11 +95,12 @@ def with_bias(y, backward, bias, relu=False):
         d_in = np.empty_like(y)
         row_sums = np.empty(len(rows), y.dtype)
         if y.dtype == np.float32:
-            parallel.channel_bias_gradient(dy.reshape(rows.shape), rows, fused.RELU,
+            parallel.channel_bias_gradient(dy.reshape(rows.shape), rows, fused.RELU, _NO_SLOPE,
                                            d_in.reshape(rows.shape), row_sums)
         else:
             fused.channel_bias_gradient(dy.reshape(rows.shape), rows, fused.RELU,
-                                        d_in.reshape(rows.shape), row_sums, 0, len(rows))
+                                        y.dtype.type(0), d_in.reshape(rows.shape), row_sums, 0,
+                                        len(rows))
         dbias = None if bias is None else row_sums.reshape(y.shape[:2]).sum(axis=0)
         return (*backward(d_in), dbias)
 

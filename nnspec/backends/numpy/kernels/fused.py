@@ -620,32 +620,39 @@ def sgd_update(data, grad, velocity, momentum_on, first, momentum, one_minus_dam
         data[i] = data[i] + g * step
 
 
-# the activation a batch norm's loops apply to their output (and differentiate): none,
-# max(y, 0) or min(max(y, 0), 6), with the gradient inside (0, 6) and at NaN, as torch
-NO_ACTIVATION, RELU, RELU6 = 0, 1, 2
+# the activation a batch norm's (or a convolution's bias's) loops apply to their output and
+# differentiate: none, max(y, 0), min(max(y, 0), 6) with the gradient inside (0, 6) and at
+# NaN, as torch, or y where y > 0 else y times the loops' ``slope`` (leaky ReLU, whose
+# gradient is times the slope at 0 and NaN, as torch's)
+NO_ACTIVATION, RELU, RELU6, LEAKY_RELU = 0, 1, 2, 3
 
 
 @_inline
-def _activate(value, activation):
+def _activate(value, activation, slope):
     """The activation of ``value``; NaN stays NaN. (The float32 constants take the dtype
     of ``value``, float64 in the gradient checks.)"""
     if activation == NO_ACTIVATION:
         return value
-    if value <= 0:
-        return _F(0.0)
-    if activation == RELU6 and value >= 6:
-        return _F(6.0)
-    return value
+    if activation != LEAKY_RELU:
+        if value <= 0:
+            return _F(0.0)
+        if activation == RELU6 and value >= 6:
+            return _F(6.0)
+        return value
+    return value if value > 0 else value * slope
 
 
 @_inline
-def _passes(value, activation):
-    """Whether the activation passes its gradient at ``value`` (its input)."""
+def _through(g, value, activation, slope):
+    """The gradient ``g`` of the activation's output as its input's, at that input
+    ``value``: as it is, 0 where the activation passes none, or times the slope."""
     if activation == NO_ACTIVATION:
-        return True
+        return g
     if activation == RELU6:
-        return not (value <= 0 or value >= 6)
-    return not value <= 0
+        return _F(0.0) if value <= 0 or value >= 6 else g
+    if activation == RELU:
+        return _F(0.0) if value <= 0 else g
+    return g if value > 0 else g * slope
 
 
 # Batch norm's loops read (N, W) rows, W = C * L: each row holds a sample's C channels of L
@@ -786,7 +793,7 @@ def _channel_statistics(rows, c, positions, weight, bias, eps, coefficients, mom
 
 
 @_inline
-def _normalise_channel(rows, c, positions, coefficients, activation, out):
+def _normalise_channel(rows, c, positions, coefficients, activation, slope, out):
     """out = the activation of (rows - shift) * scale + offset over channel c."""
     shift, scale, offset = coefficients[SHIFT, c], coefficients[SCALE, c], \
         coefficients[OFFSET, c]
@@ -794,12 +801,12 @@ def _normalise_channel(rows, c, positions, coefficients, activation, out):
         run = rows[i, c * positions:(c + 1) * positions]
         target = out[i, c * positions:(c + 1) * positions]
         for j in range(run.size):
-            target[j] = _activate((run[j] - shift) * scale + offset, activation)
+            target[j] = _activate((run[j] - shift) * scale + offset, activation, slope)
 
 
 @_inline
-def _channel_gradient(d_out, rows, c, positions, coefficients, train, activation, results,
-                      totals, out):
+def _channel_gradient(d_out, rows, c, positions, coefficients, train, activation, slope,
+                      results, totals, out):
     """``batch_norm_backward`` over channel c."""
     shift, scale, offset = coefficients[SHIFT, c], coefficients[SCALE, c], \
         coefficients[OFFSET, c]
@@ -810,7 +817,7 @@ def _channel_gradient(d_out, rows, c, positions, coefficients, train, activation
         run = rows[i, c * positions:(c + 1) * positions]
         for j in range(run.size):
             centred = run[j] - shift
-            g = dy[j] if _passes(centred * scale + offset, activation) else _F(0.0)
+            g = _through(dy[j], centred * scale + offset, activation, slope)
             sum_dy += np.float64(g)
             sum_dy_centred += np.float64(g * centred)
     totals[0, c], totals[1, c] = sum_dy, sum_dy_centred
@@ -823,13 +830,13 @@ def _channel_gradient(d_out, rows, c, positions, coefficients, train, activation
         target = out[i, c * positions:(c + 1) * positions]
         for j in range(run.size):
             centred = run[j] - shift
-            g = dy[j] if _passes(centred * scale + offset, activation) else _F(0.0)
+            g = _through(dy[j], centred * scale + offset, activation, slope)
             target[j] = g * scale + centred * row_scale + row_offset
 
 
 @_reducing
-def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, activation, out,
-                       scratch, span, first, last):
+def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, activation,
+                       slope, out, scratch, span, first, last):
     """out = the activation of (rows - shift) * scale + offset for channels [first, last).
     In training first the batch statistics, about a shift (the first sample's channel mean,
     so that nothing cancels away when the mean is large against the spread): moments (2, C)
@@ -842,7 +849,7 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
             if train:
                 _channel_statistics(rows, c, positions, weight[c], bias[c], eps, coefficients,
                                     moments)
-            _normalise_channel(rows, c, positions, coefficients, activation, out)
+            _normalise_channel(rows, c, positions, coefficients, activation, slope, out)
         return
     shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
     sums, squares = scratch[3], scratch[4]
@@ -881,12 +888,12 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
             row, target = rows[i, base:base + columns], out[i, base:base + columns]
             for j in range(columns):
                 target[j] = _activate((row[j] - shift_columns[j]) * scale_columns[j]
-                                      + offset_columns[j], activation)
+                                      + offset_columns[j], activation, slope)
 
 
 @_reducing
-def batch_norm_backward(d_out, rows, coefficients, train, activation, results, totals, out,
-                        scratch, span, first, last):
+def batch_norm_backward(d_out, rows, coefficients, train, activation, slope, results, totals,
+                        out, scratch, span, first, last):
     """out = batch norm's dx for channels [first, last), from the forward's ``coefficients``;
     g = d_out where the activation of the forward's output (found again from rows) passes its
     gradient, else 0. totals (2, C) float64 gets the sums of g and of g * (rows - shift),
@@ -896,7 +903,7 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
     if _by_channel(count, positions):
         for c in range(first, last):
             _channel_gradient(d_out, rows, c, positions, coefficients, train, activation,
-                              results, totals, out)
+                              slope, results, totals, out)
         return
     shift_columns, scale_columns, offset_columns = scratch[0], scratch[1], scratch[2]
     row_scales, row_offsets, sums, products = scratch[3], scratch[4], scratch[5], scratch[6]
@@ -921,7 +928,7 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
                 dy, row = d_out[i, base + begin:base + end], rows[i, base + begin:base + end]
                 for j in range(row.size):
                     centred = row[j] - centre[j]
-                    g = dy[j] if _passes(centred * factor[j] + add[j], activation) else _F(0.0)
+                    g = _through(dy[j], centred * factor[j] + add[j], activation, slope)
                     total[j] += g
                     total_products[j] += g * centred
             _fold(total, base + begin, base + end, positions, totals, 0)
@@ -937,8 +944,7 @@ def batch_norm_backward(d_out, rows, coefficients, train, activation, results, t
             for j in range(columns):
                 centred = row[j] - shift_columns[j]
                 factor = scale_columns[j]
-                g = dy[j] if _passes(centred * factor + offset_columns[j], activation) \
-                    else _F(0.0)
+                g = _through(dy[j], centred * factor + offset_columns[j], activation, slope)
                 target[j] = g * factor + centred * row_scales[j] + row_offsets[j]
 
 
@@ -993,7 +999,7 @@ def add_relu(a, b, out):
     """out = relu(a + b) over flat arrays: a residual join and the relu that alone reads it,
     in one pass (NaN stays NaN, as in torch's relu)."""
     for i in range(out.size):
-        out[i] = _activate(a[i] + b[i], RELU)
+        out[i] = _activate(a[i] + b[i], RELU, _F(0.0))
 
 
 @_compile
@@ -1202,11 +1208,11 @@ def relu_gradient(d_out, out, d_in):
     """d_in = d_out where the relu's output ``out`` passed its input, else 0 (torch's test
     is out <= 0, so NaN passes the gradient)."""
     for i in range(out.size):
-        d_in[i] = d_out[i] if _passes(out[i], RELU) else _F(0.0)
+        d_in[i] = _through(d_out[i], out[i], RELU, _F(0.0))
 
 
 @_compile
-def channel_bias(rows, bias, activation, first, last):
+def channel_bias(rows, bias, activation, slope, first, last):
     """rows[r] = the activation of rows[r] + bias[r % C] in place, for rows first..last - 1 of
     an (N * C, positions) map: a convolution's bias, and the relu that alone reads its
     output, in one pass."""
@@ -1214,11 +1220,11 @@ def channel_bias(rows, bias, activation, first, last):
     for r in range(first, last):
         add, row = bias[r % channels], rows[r]
         for j in range(row.size):
-            row[j] = _activate(row[j] + add, activation)
+            row[j] = _activate(row[j] + add, activation, slope)
 
 
 @_reducing
-def channel_bias_gradient(d_out, out, activation, d_in, row_sums, first, last):
+def channel_bias_gradient(d_out, out, activation, slope, d_in, row_sums, first, last):
     """For rows first..last - 1: d_in = d_out where the activation let the gradient through
     at its output ``out``, else 0, and row_sums[r] the sum of d_in's row r (the bias
     gradient, summed over the samples afterwards)."""
@@ -1226,7 +1232,7 @@ def channel_bias_gradient(d_out, out, activation, d_in, row_sums, first, last):
         dy, row, target = d_out[r], out[r], d_in[r]
         total = _F(0.0)
         for j in range(row.size):
-            g = dy[j] if _passes(row[j], activation) else _F(0.0)
+            g = _through(dy[j], row[j], activation, slope)
             target[j] = g
             total += g
         row_sums[r] = total
@@ -1273,9 +1279,9 @@ def warm_up() -> None:
     adam_update(np.zeros(4, _F), flat, np.zeros(4, _F), np.zeros(4, _F), flat, False, one, one,
                 one, one, one, one, one)
     coefficients, pair = np.ones((5, 2), _F), column[:2]
-    batch_norm_forward(rows, coefficients, np.empty((2, 2)), pair, pair, 1e-5, True, RELU,
+    batch_norm_forward(rows, coefficients, np.empty((2, 2)), pair, pair, 1e-5, True, RELU, one,
                        np.empty_like(rows), np.empty((5, 4), _F), COLUMN_SPAN, 0, 2)
-    batch_norm_backward(rows, rows, coefficients, True, RELU, np.empty((4, 2), _F),
+    batch_norm_backward(rows, rows, coefficients, True, RELU, one, np.empty((4, 2), _F),
                         np.empty((2, 2)), np.empty_like(rows), np.empty((7, 4), _F),
                         COLUMN_SPAN, 0, 2)
     add(flat, flat, np.empty_like(flat))
@@ -1295,5 +1301,6 @@ def warm_up() -> None:
     spread_windows(windows, np.empty((1, 1, 1, 1, 2, 2), _F))
     gather_windows(np.ones((1, 1, 1, 1, 2, 2), _F), windows)
     relu_gradient(flat, flat, np.empty_like(flat))
-    channel_bias(np.ones((2, 4), _F), column[:2], RELU, 0, 2)
-    channel_bias_gradient(rows, rows, RELU, np.empty_like(rows), np.empty_like(inverse), 0, 2)
+    channel_bias(np.ones((2, 4), _F), column[:2], RELU, one, 0, 2)
+    channel_bias_gradient(rows, rows, RELU, one, np.empty_like(rows), np.empty_like(inverse), 0,
+                          2)

@@ -650,21 +650,22 @@ def sgd_update(data, grad, velocity, momentum_on, first, momentum, one_minus_dam
 @workers.Task
 def _batch_norm_forward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, width, channels, rows, coefficients, moments, weight, bias,
-    eps, train, activation, out, scratch (parts, 5, scratch width), scratch width, span)."""
-    params = workers.parameters(args, 16)
+    eps, train, activation, out, scratch (parts, 5, scratch width), scratch width, span,
+    slope)."""
+    params = workers.parameters(args, 17)
     count, width, channels, scratch_width = params[1], params[2], params[3], params[14]
     first, last = part_range(channels, part, params[0], 1)
     fused.batch_norm_forward(
         floats(params, 4, (count, width)), floats(params, 5, (5, channels)),
         doubles(params, 6, (2, channels)), floats(params, 7, (channels,)),
         floats(params, 8, (channels,)), number(params, 9), params[10] != 0, params[11],
-        floats(params, 12, (count, width)),
+        _F(number(params, 16)), floats(params, 12, (count, width)),
         floats(params, 13, (params[0], 5, scratch_width))[part], params[15], first, last)
     return 0
 
 
-def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, activation, out,
-                       span):
+def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, activation, slope,
+                       out, span):
     """``fused.batch_norm_forward``, its channels in parts."""
     channels = coefficients.shape[1]
     parts = min(channels, _split(rows.size, rows, coefficients, weight, bias, out))
@@ -672,45 +673,45 @@ def batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train, ac
                        rows.dtype)
     if parts == 1:
         fused.batch_norm_forward(rows, coefficients, moments, weight, bias, eps, train,
-                                 activation, out, scratch[0], span, 0, channels)
+                                 activation, slope, out, scratch[0], span, 0, channels)
         return
     count, width = rows.shape
     workers.run(_batch_norm_forward_job, _params(
         parts, count, width, channels, rows, coefficients, moments, weight, bias, float(eps),
-        train, activation, out, scratch, scratch.shape[2], span))
+        train, activation, out, scratch, scratch.shape[2], span, slope))
 
 
 @workers.Task
 def _batch_norm_backward_job(args, range_m, range_n, sa, sb, part):
     """params (parts, count, width, channels, d_out, rows, coefficients, train, activation,
-    results, totals, out, scratch (parts, 7, scratch width), scratch width, span)."""
-    params = workers.parameters(args, 15)
+    results, totals, out, scratch (parts, 7, scratch width), scratch width, span, slope)."""
+    params = workers.parameters(args, 16)
     count, width, channels, scratch_width = params[1], params[2], params[3], params[13]
     first, last = part_range(channels, part, params[0], 1)
     fused.batch_norm_backward(
         floats(params, 4, (count, width)), floats(params, 5, (count, width)),
-        floats(params, 6, (5, channels)), params[7] != 0, params[8],
+        floats(params, 6, (5, channels)), params[7] != 0, params[8], _F(number(params, 15)),
         floats(params, 9, (4, channels)), doubles(params, 10, (2, channels)),
         floats(params, 11, (count, width)),
         floats(params, 12, (params[0], 7, scratch_width))[part], params[14], first, last)
     return 0
 
 
-def batch_norm_backward(d_out, rows, coefficients, train, activation, results, totals, out,
-                        span):
+def batch_norm_backward(d_out, rows, coefficients, train, activation, slope, results, totals,
+                        out, span):
     """``fused.batch_norm_backward``, its channels in parts."""
     channels = coefficients.shape[1]
     parts = min(channels, _split(rows.size, d_out, rows, coefficients, results, out))
     scratch = np.empty((parts, 7, _chunk_columns(rows.shape[1] // max(1, channels), span)),
                        rows.dtype)
     if parts == 1:
-        fused.batch_norm_backward(d_out, rows, coefficients, train, activation, results,
-                                  totals, out, scratch[0], span, 0, channels)
+        fused.batch_norm_backward(d_out, rows, coefficients, train, activation, slope,
+                                  results, totals, out, scratch[0], span, 0, channels)
         return
     count, width = rows.shape
     workers.run(_batch_norm_backward_job, _params(
         parts, count, width, channels, d_out, rows, coefficients, train, activation, results,
-        totals, out, scratch, scratch.shape[2], span))
+        totals, out, scratch, scratch.shape[2], span, slope))
 
 
 def _chunk_columns(positions, span):
@@ -721,46 +722,47 @@ def _chunk_columns(positions, span):
 
 @workers.Task
 def _channel_bias_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, rows, length, map, bias, channels, activation)."""
-    params = workers.parameters(args, 7)
+    """params (parts, rows, length, map, bias, channels, activation, slope)."""
+    params = workers.parameters(args, 8)
     count, length = params[1], params[2]
     start, end = part_range(count, part, params[0], 1)
     fused.channel_bias(floats(params, 3, (count, length)), floats(params, 4, (params[5],)),
-                       params[6], start, end)
+                       params[6], _F(number(params, 7)), start, end)
     return 0
 
 
-def channel_bias(rows, bias, activation):
+def channel_bias(rows, bias, activation, slope):
     """``fused.channel_bias`` over all of ``rows`` (N * C, positions), its rows in parts."""
     parts = _split(rows.size, rows, bias)
     if parts == 1:
-        fused.channel_bias(rows, bias, activation, 0, len(rows))
+        fused.channel_bias(rows, bias, activation, slope, 0, len(rows))
         return
     workers.run(_channel_bias_job, _params(parts, *rows.shape, rows, bias, bias.size,
-                                           activation))
+                                           activation, slope))
 
 
 @workers.Task
 def _channel_bias_gradient_job(args, range_m, range_n, sa, sb, part):
-    """params (parts, rows, length, d_out, out, activation, d_in, row sums)."""
-    params = workers.parameters(args, 8)
+    """params (parts, rows, length, d_out, out, activation, d_in, row sums, slope)."""
+    params = workers.parameters(args, 9)
     count, length = params[1], params[2]
     start, end = part_range(count, part, params[0], 1)
     fused.channel_bias_gradient(floats(params, 3, (count, length)),
                                 floats(params, 4, (count, length)), params[5],
-                                floats(params, 6, (count, length)), floats(params, 7, (count,)),
-                                start, end)
+                                _F(number(params, 8)), floats(params, 6, (count, length)),
+                                floats(params, 7, (count,)), start, end)
     return 0
 
 
-def channel_bias_gradient(d_out, out, activation, d_in, row_sums):
+def channel_bias_gradient(d_out, out, activation, slope, d_in, row_sums):
     """``fused.channel_bias_gradient`` over all rows, in parts."""
     parts = _split(out.size, d_out, out, d_in, row_sums)
     if parts == 1:
-        fused.channel_bias_gradient(d_out, out, activation, d_in, row_sums, 0, len(out))
+        fused.channel_bias_gradient(d_out, out, activation, slope, d_in, row_sums, 0,
+                                    len(out))
         return
     workers.run(_channel_bias_gradient_job, _params(parts, *out.shape, d_out, out, activation,
-                                                    d_in, row_sums))
+                                                    d_in, row_sums, slope))
 
 
 @workers.Task
