@@ -460,6 +460,7 @@ model Net {
   input x: [3, 10, 10]
   h = x -> conv2d(6, 3, padding = 1) -> relu
   h = h -> conv2d(6, 3, stride = 2, padding = 1, bias = false) -> relu
+  h = h -> conv2d(6, 3, padding = 1) -> leaky_relu(0.2)
   shared = h -> conv2d(6, 1)
   both = relu(shared) + shared
   both -> flatten -> dense(8) -> relu -> dense(3)
@@ -470,18 +471,18 @@ train Net { loss cross_entropy; optimizer sgd(lr = 0.1) }
 
 def test_a_convolution_applies_the_relu_that_alone_reads_it_with_the_same_results(
         monkeypatch):
-    """The first two convolutions apply their relu themselves (with and without a bias);
-    the third, whose output two nodes read, does not. Loss and gradients equal the unfused
-    run's to the bit, but for a bias gradient's float32 rounding."""
+    """The first three convolutions apply their relu or leaky ReLU themselves (with and
+    without a bias); the fourth, whose output two nodes read, does not. Loss and gradients
+    equal the unfused run's to the bit, but for the bias gradients' float32 rounding."""
     from nnspec.backends.numpy import model as model_module
     from nnspec.backends.numpy import rules_layers
 
     seen = []
     conv2d = rules_layers.conv.conv2d
 
-    def spying(*args, relu=False, **kwargs):
-        seen.append(relu)
-        return conv2d(*args, relu=relu, **kwargs)
+    def spying(*args, activation=None, **kwargs):
+        seen.append(activation)
+        return conv2d(*args, activation=activation, **kwargs)
 
     monkeypatch.setitem(model_module.RULES, "conv2d", rules_layers._conv(2, spying))
     rng = np.random.default_rng(4)
@@ -489,10 +490,12 @@ def test_a_convolution_applies_the_relu_that_alone_reads_it_with_the_same_result
     y = rng.integers(0, 3, 5)
     (fused_loss, fused_grads, fused_seen), (loss, grads, plain_seen) = fused_and_plain(
         monkeypatch, CONVOLUTION_RELUS, x, y, seen)
-    assert fused_seen == [True, True, False] and plain_seen == [False] * 3
-    # the fused bias gradient sums the same values in a loop vectorised otherwise
-    bias = "conv2d_1.bias"
-    np.testing.assert_allclose(fused_grads.pop(bias), grads.pop(bias), rtol=1e-6, atol=1e-9)
+    assert fused_seen == ["relu", "relu", ("leaky_relu", 0.2), None]
+    assert plain_seen == [None] * 4
+    # the fused bias gradients sum the same values in a loop vectorised otherwise
+    for bias in ("conv2d_1.bias", "conv2d_3.bias"):
+        np.testing.assert_allclose(fused_grads.pop(bias), grads.pop(bias), rtol=1e-6,
+                                   atol=1e-9)
     assert_same_training(fused_loss, fused_grads, loss, grads)
 
 

@@ -399,23 +399,27 @@ def test_grouped_depthwise_and_projection_convolutions_match_torch(
 ])
 @pytest.mark.parametrize("has_bias", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["relu", ("leaky_relu", 0.2)])
 def test_a_convolution_with_its_relu_in_one_pass_matches_torch(
-        nd, channels, out_channels, kernel, stride, padding, spatial, groups, has_bias, dtype):
-    """``relu=True`` (the interpreter's fusion of a convolution and the relu that alone reads
-    it): the bias and the relu applied in place in one pass (float32) or NumPy's (float64),
-    the gradient masked by the output. (NaN's way through the loops: test_parallel.py.)"""
+        nd, channels, out_channels, kernel, stride, padding, spatial, groups, has_bias, dtype,
+        activation):
+    """``activation="relu"`` or ("leaky_relu", slope) (the interpreter's fusion of a
+    convolution and the activation that alone reads it): the bias and the activation
+    applied in place in one pass, on both cores in float32, the gradient masked (or
+    scaled) by the output. (NaN's way through the loops: test_parallel.py.)"""
     case = conv_case(channels, out_channels, spatial, kernel, stride, padding, (1,) * nd,
                      groups=groups, has_bias=has_bias)
     x, weight, bias = (None if a is None else a.astype(dtype) for a in conv_arrays(case, 5))
-    y, backward = CONV[nd](x, weight, bias, **case["attrs"], relu=True)
+    y, backward = CONV[nd](x, weight, bias, **case["attrs"], activation=activation)
     tx, tweight, tbias = (as_torch(a) for a in (x, weight, bias))
-    ty = F.relu({1: F.conv1d, 2: F.conv2d}[nd](
-        F.pad(tx, torch_pad(padding)), tweight, tbias, stride=stride, groups=groups))
+    ty = {1: F.conv1d, 2: F.conv2d}[nd](
+        F.pad(tx, torch_pad(padding)), tweight, tbias, stride=stride, groups=groups)
+    ty = F.relu(ty) if activation == "relu" else F.leaky_relu(ty, activation[1])
     dy = np.random.default_rng(6).standard_normal(y.shape).astype(dtype)
     ty.backward(torch.tensor(dy))
     dx, dweight, dbias = backward(dy)
     assert y.dtype == dx.dtype == dweight.dtype == dtype
-    assert (y == 0).mean() > 0.3  # the relu cut about half
+    assert (y < 0).mean() > 0.3 if activation != "relu" else (y == 0).mean() > 0.3
     for ours, theirs in ((y, ty), (dx, tx.grad), (dweight, tweight.grad),
                          (dbias, tbias.grad if has_bias else None)):
         if theirs is None:
@@ -433,7 +437,7 @@ def test_with_bias_of_an_output_laid_out_otherwise_masks_by_the_biased_output(dt
     bias = rng.standard_normal(6).astype(dtype)
     seen = []
     y, backward = conv_module.with_bias(y0.transpose(1, 0, 2, 3), lambda d: seen.append(d) or
-                                        (None, None), bias, relu=True)
+                                        (None, None), bias, "relu")
     expected = np.maximum(y0.transpose(1, 0, 2, 3) + bias[:, None, None], 0)
     np.testing.assert_allclose(y, expected, rtol=1e-6)
     dy = rng.standard_normal(y.shape).astype(dtype)
@@ -466,7 +470,8 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients_like_torch
     bias = np.ones(out_channels, dtype)
     padding = tuple((pad, pad) for _ in spatial)
     y, backward = CONV[len(spatial)](x, weight, bias, stride=stride, padding=padding,
-                                     dilation=(1,) * len(spatial), groups=groups, relu=True)
+                                     dilation=(1,) * len(spatial), groups=groups,
+                                     activation="relu")
     expected = {1: F.conv1d, 2: F.conv2d}[len(spatial)](
         torch.zeros(x.shape, dtype=torch.float64), torch.ones(weight.shape, dtype=torch.float64),
         stride=stride, padding=pad, groups=groups)

@@ -121,7 +121,7 @@ def test_a_routed_layer_with_its_bias_and_relu_matches_torch(monkeypatch):
     x, weight, dy = layer(3, 6, 5, 6, 8, seed=3)
     bias = np.linspace(-0.5, 0.5, 5).astype(np.float32)
     assert winograd.applies(x, weight, **SAME)
-    y, backward = conv2d(x, weight, bias, **SAME, relu=True)
+    y, backward = conv2d(x, weight, bias, **SAME, activation="relu")
     dx, dweight, dbias = backward(dy)
     tx, tw, tb = as_torch(x), as_torch(weight), as_torch(bias)
     ty = F.relu(F.conv2d(tx, tw, tb, padding=1))

@@ -299,9 +299,9 @@ class NumpyModel:
         a product) are gone (MobileNet against torch 1.93 -> 1.72 in `bench_real.py` runs
         before and after). The same for a sum of
         same-shape operands that only a relu reads (a residual join, `relu(y + shortcut)`:
-        ``elementwise.add_relu``), and for a convolution that only a relu reads (``relu``
-        of ``conv.with_bias``: the U-Net's step against torch 1.17 -> 1.06, its relus had
-        taken 3.2 of 38 ms). A silu that only a product of same-shape operands reads is
+        ``elementwise.add_relu``), and for a convolution that only a relu reads (or a leaky
+        ReLU of slope >= 0: ``conv.with_bias``; the U-Net's step against torch 1.17 -> 1.06,
+        its relus had taken 3.2 of 38 ms). A silu that only a product of same-shape operands reads is
         applied by the product ({product: ("silu", the operand's index), silu: None}:
         ``elementwise.silu_mul``, a SwiGLU feed-forward). Remembered as the release plans
         are."""
@@ -324,7 +324,9 @@ class NumpyModel:
                 if tuple(after[0].inputs) != (node.name,):
                     continue
                 if node.op == "batchnorm" and after[0].op in NORM_ACTIVATIONS or \
-                        node.op in CONVOLUTIONS and after[0].op == "relu" or \
+                        node.op in CONVOLUTIONS and (after[0].op == "relu" or (
+                            after[0].op == "leaky_relu" and
+                            after[0].attrs.negative_slope >= 0)) or \
                         node.op == "add" and after[0].op == "relu" and all(
                             graph.node(i).type == node.type for i in node.inputs):
                     plan[node.name] = after[0].op if after[0].op != "leaky_relu" else \

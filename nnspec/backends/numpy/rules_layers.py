@@ -28,7 +28,7 @@ def _conv(spatial, kernel_fn):
         out = kernel_fn(ins[0], params["weight"], params.get("bias"),
                         stride=as_tuple(a.stride, spatial), padding=conv_pads(a, spatial),
                         dilation=as_tuple(a.dilation, spatial), groups=a.groups,
-                        input_grad=ctx.input_grad, relu=ctx.activation == "relu")
+                        input_grad=ctx.input_grad, activation=ctx.activation)
         return with_params(out, 1, ("weight", "bias"))
 
     return run

@@ -37,21 +37,22 @@ from .windows import (
 
 
 def conv1d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True,
-           relu=False):
-    """Convolve (N, C, L) with weight [out, C/groups, k], then relu when ``relu``; backward
-    gives (dx, dweight, dbias), dx None when ``input_grad`` is False."""
+           activation=None):
+    """Convolve (N, C, L) with weight [out, C/groups, k], then ``activation`` (``with_bias``);
+    backward gives (dx, dweight, dbias), dx None when ``input_grad`` is False."""
     check_spatial("conv1d", x, 1, stride=stride, padding=padding, dilation=dilation)
     return with_bias(*_conv(x, weight, stride, padding, dilation, groups, input_grad), bias,
-                     relu)
+                     activation)
 
 
 def conv2d(x, weight, bias, *, stride, padding, dilation, groups, input_grad=True,
-           relu=False):
-    """Convolve (N, C, H, W) with weight [out, C/groups, kH, kW], then relu when ``relu``;
-    backward gives (dx, dweight, dbias), dx None when ``input_grad`` is False."""
+           activation=None):
+    """Convolve (N, C, H, W) with weight [out, C/groups, kH, kW], then ``activation``
+    (``with_bias``); backward gives (dx, dweight, dbias), dx None when ``input_grad`` is
+    False."""
     check_spatial("conv2d", x, 2, stride=stride, padding=padding, dilation=dilation)
     return with_bias(*_conv(x, weight, stride, padding, dilation, groups, input_grad), bias,
-                     relu)
+                     activation)
 
 
 def no_samples(x, weight, sample_shape):
@@ -62,45 +63,46 @@ def no_samples(x, weight, sample_shape):
     return y, lambda dy: (np.zeros(x.shape, x.dtype), np.zeros(weight.shape, x.dtype))
 
 
-# the fused loops' slope where the activation is none or relu (leaky ReLU's alone reads it)
-_NO_SLOPE = np.float32(0.0)
+# the activations a convolution applies to its output in its bias's pass: ones whose
+# gradient its output tells (leaky ReLU's slope must not be negative)
+ACTIVATIONS = {None: fused.NO_ACTIVATION, "relu": fused.RELU, "leaky_relu": fused.LEAKY_RELU}
 
 
-def with_bias(y, backward, bias, relu=False):
+def with_bias(y, backward, bias, activation=None):
     """A layer's output (N, C, *spatial), new and held by nothing else, given its per-channel
-    ``bias`` and then relu in place, in one compiled pass on both cores (float32); and its
-    ``backward`` (dy -> (dx, dweight)) given the gradient the relu lets through, with the
-    bias gradient summed in the same pass (without a relu, dy passes on as it is and the
-    bias gradient is its sums). A bias add, a relu's new output and mask, and the bias's and
-    relu's gradients were five NumPy passes: 0.3-0.5 ms a 2 MB map."""
-    activation = fused.RELU if relu else fused.NO_ACTIVATION
-    if bias is None and not relu:
+    ``bias`` and then ``activation`` (None, "relu" or ("leaky_relu", its slope >= 0)) in
+    place, in one compiled pass (on both cores in float32); and its ``backward`` (dy ->
+    (dx, dweight)) given the gradient the activation lets through, found from the output,
+    with the bias gradient summed in the same pass (without an activation, dy passes on as
+    it is and the bias gradient is its sums). A bias add, a relu's new output and mask, and
+    the bias's and relu's gradients were five NumPy passes: 0.3-0.5 ms a 2 MB map."""
+    name, slope = activation if isinstance(activation, tuple) else (activation, 0.0)
+    code = ACTIVATIONS[name]
+    if bias is None and name is None:
         return y, lambda dy: (*backward(dy), None)
     y = np.ascontiguousarray(y)  # ``rows`` below must be a view of it
     rows = y.reshape(y.shape[0] * y.shape[1], math.prod(y.shape[2:]))
-    if y.dtype == np.float32 and (bias is None or bias.dtype == np.float32):
-        parallel.channel_bias(rows, np.zeros(y.shape[1], np.float32) if bias is None
-                              else np.ascontiguousarray(bias), activation, _NO_SLOPE)
-    else:  # float64 (the gradient checks): NumPy's passes
-        if bias is not None:
-            y += bias.reshape(-1, *(1,) * (y.ndim - 2))
-        if relu:
-            np.maximum(y, 0, out=y, where=~np.isnan(y))
+    slope = y.dtype.type(slope)
+    bias_rows = np.zeros(y.shape[1], y.dtype) if bias is None else \
+        np.ascontiguousarray(bias, y.dtype)
+    if y.dtype == np.float32:
+        parallel.channel_bias(rows, bias_rows, code, slope)
+    else:  # float64 (the gradient checks): the loop on one core
+        fused.channel_bias(rows, bias_rows, code, slope, 0, len(rows))
 
     def biased_backward(dy):
         dy = np.ascontiguousarray(dy, y.dtype)
-        if not relu:  # nothing to mask: dy passes on as it is, the bias gradient its sums
+        if name is None:  # nothing to mask: dy passes on as it is, the bias gradient its sums
             sums = dy.reshape(rows.shape).sum(axis=1)
             return (*backward(dy), sums.reshape(y.shape[:2]).sum(axis=0))
         d_in = np.empty_like(y)
         row_sums = np.empty(len(rows), y.dtype)
         if y.dtype == np.float32:
-            parallel.channel_bias_gradient(dy.reshape(rows.shape), rows, fused.RELU, _NO_SLOPE,
+            parallel.channel_bias_gradient(dy.reshape(rows.shape), rows, code, slope,
                                            d_in.reshape(rows.shape), row_sums)
         else:
-            fused.channel_bias_gradient(dy.reshape(rows.shape), rows, fused.RELU,
-                                        y.dtype.type(0), d_in.reshape(rows.shape), row_sums, 0,
-                                        len(rows))
+            fused.channel_bias_gradient(dy.reshape(rows.shape), rows, code, slope,
+                                        d_in.reshape(rows.shape), row_sums, 0, len(rows))
         dbias = None if bias is None else row_sums.reshape(y.shape[:2]).sum(axis=0)
         return (*backward(d_in), dbias)
 
