@@ -285,6 +285,24 @@ def test_adaptive_max_pool_into_whole_bins_is_torchs(shape, output_size, ties):
         t, output_size), [x])
 
 
+@pytest.mark.parametrize("shape, output_size", [
+    ((8, 64, 32, 32), (7, 7)), ((4, 8, 10, 10), (7, 7)), ((2, 6, 9, 30), (4, 8)),
+    ((8, 128, 256), (7,)), ((0, 8, 10, 10), (3, 3))])
+def test_adaptive_max_pool_into_uneven_bins_on_the_compiled_loops_is_torchs(shape,
+                                                                             output_size):
+    """Overlapping bins of two widths (``max_pool.adaptive_max_pool``), split between the
+    cores: torch's values and gradients, a NaN taken over every number of its bin (each
+    bin holding at most the one), ties to the first maximum."""
+    rng = np.random.default_rng(10)
+    x = rng.integers(0, 4, shape).astype(np.float32)
+    if x.size:
+        x.reshape(-1)[::997] = np.nan
+    nd = len(shape) - 2
+    check_against_torch(lambda a: getattr(pool, f"adaptive_max_pool{nd}d")(
+        a, output_size=output_size), lambda t: getattr(F, f"adaptive_max_pool{nd}d")(
+        t, output_size), [x])
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from([1, 2]), st.tuples(st.integers(1, 10), st.integers(1, 10)),
        st.tuples(st.integers(1, 6), st.integers(1, 6)), st.booleans())

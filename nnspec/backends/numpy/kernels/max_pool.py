@@ -89,6 +89,37 @@ def _backward_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
+@workers.Task
+def _adaptive_forward_job(args, range_m, range_n, sa, sb, part):
+    """params (parts, x, y, winners, planes, height, width, out height, out width, the rows'
+    bins (2, out height), the columns' (2, out width)): each bin's [start, end) per dim, of
+    any width and overlapping (adaptive pooling's bins), its first maximum or first NaN."""
+    params = workers.parameters(args, 11)
+    planes, height, width = params[4], params[5], params[6]
+    out_height, out_width = params[7], params[8]
+    x = floats(params, 1, (planes * height * width,))
+    y = floats(params, 2, (planes * out_height * out_width,))
+    winners = _integers(params, 3, planes * out_height * out_width)
+    rows = workers.integers(params, 9, 2 * out_height)
+    columns = workers.integers(params, 10, 2 * out_width)
+    start, end = part_range(planes, part, params[0], 1)
+    for plane in range(start, end):
+        base = plane * height * width
+        for i in range(out_height):
+            for j in range(out_width):
+                at = rows[i] * width + columns[j]
+                best = x[base + at]
+                for h in range(rows[i], rows[out_height + i]):
+                    for w in range(columns[j], columns[out_width + j]):
+                        value = x[base + h * width + w]
+                        if value > best or (np.isnan(value) and not np.isnan(best)):
+                            best, at = value, h * width + w
+                out = (plane * out_height + i) * out_width + j
+                y[out] = best
+                winners[out] = at
+    return 0
+
+
 def applies(x, padding, kernel) -> bool:
     """Whether the loops pool this input: float32, 1-D or 2-D, every window reaching the
     input (padding under the kernel, as torch requires)."""
@@ -113,18 +144,43 @@ def max_pool(x, kernel, stride, padding, out):
          out[0], out[1], kernel[0], kernel[1], stride[0], stride[1], padding[0][0],
          padding[1][0]], np.int64))
 
+    return y, _backward(shape, winners, planes, height * width, out[0] * out[1], parts)
+
+
+def adaptive_max_pool(x, row_bins, column_bins):
+    """Max over the bins of a (N, C, [H,] W) float32 map, each dim's (2, bins) int64 [start,
+    end) (one row when 1-D); backward gives (dx,). NumPy's gather of every bin and argmax
+    took 50 ms into 7x7 bins from 32 x 64 x 32 x 32 (torch 11)."""
+    x = np.ascontiguousarray(x)
+    shape = x.shape
+    out = (row_bins.shape[1], column_bins.shape[1])
+    y = np.empty((*shape[:2], *out[2 - (x.ndim - 2):]), np.float32)
+    planes = shape[0] * shape[1]
+    height, width = shape[-2] if x.ndim == 4 else 1, shape[-1]
+    winners = np.empty(y.size, np.int32)
+    parts = workers.parts() if x.size >= 1 << 15 else 1
+    row_bins, column_bins = (np.ascontiguousarray(b, np.int64) for b in (row_bins, column_bins))
+    workers.run(_adaptive_forward_job, np.array(
+        [parts, address(x), address(y), address(winners), planes, height, width, *out,
+         address(row_bins), address(column_bins)], np.int64))
+    return y, _backward(shape, winners, planes, height * width, out[0] * out[1], parts)
+
+
+def _backward(shape, winners, planes, size, outputs, parts):
+    """Each gradient added at its window's winner (``winners``, per plane)."""
     def backward(dy):
         dy = np.ascontiguousarray(dy, np.float32)
         dx = np.empty(shape, np.float32)
         workers.run(_backward_job, np.array(
-            [parts, address(dy), address(dx), address(winners), planes,
-             height * width, out[0] * out[1]], np.int64))
+            [parts, address(dy), address(dx), address(winners), planes, size, outputs],
+            np.int64))
         return (dx,)
 
-    return y, backward
+    return backward
 
 
 def load() -> None:
     """Compile the jobs now (or load them from the cache), not on their first run."""
     _forward_job.load()
+    _adaptive_forward_job.load()
     _backward_job.load()

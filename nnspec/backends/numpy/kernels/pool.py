@@ -120,13 +120,18 @@ def _adaptive_avg_pool(x, output_size):
 
 
 def _bin_matrix(length, bins, dtype):
-    """(bins, length) averaging matrix with torch's bins [floor(i*L/n), ceil((i+1)*L/n))."""
+    """(bins, length) averaging matrix over torch's bins (``_bin_edges``)."""
     matrix = np.zeros((bins, length), dtype=dtype)
-    for i in range(bins):
-        start = (i * length) // bins
-        end = -((-(i + 1) * length) // bins)
+    for i, (start, end) in enumerate(zip(*_bin_edges(length, bins))):
         matrix[i, start:end] = 1.0 / (end - start)
     return matrix
+
+
+def _bin_edges(length, bins):
+    """torch's adaptive bins of ``length`` positions: (2, bins) int64, bin i's [floor(i * L
+    / n), ceil((i + 1) * L / n))."""
+    starts = (np.arange(bins) * length) // bins
+    return np.stack([starts, -((-np.arange(1, bins + 1) * length) // bins)])
 
 
 def _max_pool(x, kernel, stride, padding, ceil_mode):
@@ -267,9 +272,11 @@ def _inverse_counts(size, kernel, stride, padding, out, count_include_pad, dtype
 
 
 def _adaptive_max_pool(x, output_size):
-    """Every bin gathered as a (…, bins, width) block: a bin narrower than the widest repeats
-    its last position (the maximum and the first maximum stay the same), so one fancy index
-    per spatial dim reads every window; the gradient goes back by ``np.bincount``."""
+    """Bins that divide the map are max pooling's windows; others, in float32, the compiled
+    loops' (``max_pool.adaptive_max_pool``). Else (float64, the gradient checks) every bin
+    gathered as a (…, bins, width) block: a bin narrower than the widest repeats its last
+    position (the maximum and the first maximum stay the same), so one fancy index per
+    spatial dim reads every window; the gradient goes back by ``np.bincount``."""
     spatial = x.shape[2:]
     if isinstance(output_size, int):
         output_size = (output_size,) * len(spatial)
@@ -280,11 +287,14 @@ def _adaptive_max_pool(x, output_size):
         # of them: 22 ms gathered as below, torch 1.4)
         kernel = tuple(length // bins for length, bins in zip(spatial, output_size))
         return _max_pool(x, kernel, kernel, ((0, 0),) * len(kernel), False)
+    edges = [_bin_edges(length, bins) for length, bins in zip(spatial, output_size)]
+    if x.dtype == np.float32:
+        return max_pool.adaptive_max_pool(x, edges[0] if len(edges) == 2 else
+                                          np.array([[0], [1]]), edges[-1])
     nd = len(spatial)
     index = []  # per dim: (bins, width) positions, laid out for broadcasting across dims
-    for axis, (length, bins) in enumerate(zip(spatial, output_size)):
-        starts = (np.arange(bins) * length) // bins
-        ends = -((-(np.arange(1, bins + 1)) * length) // bins)
+    for axis, (starts, ends) in enumerate(edges):
+        bins = len(starts)
         width = int((ends - starts).max())
         positions = np.minimum(starts[:, None] + np.arange(width), ends[:, None] - 1)
         shape = [1] * (2 * nd)
