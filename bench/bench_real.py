@@ -292,6 +292,7 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
     else:
         from nnspec.backends.numpy.kernels import (  # the compiled jobs load on their first
             attention_tiles,  # run: a library's load, as torch's runtime is
+            avg_pool,
             columns,
             frames,
             gemm,
@@ -306,8 +307,8 @@ def _peak_growth(workload: Workload, backend: int, threads: int, steps: int,
 
         model = NumpyModel.from_spec(spec, seed=0)
         parallel.warm_up()
-        for module in (tiled, gemm, frames, columns, gru_steps, lstm_steps, max_pool, winograd,
-                       attention_tiles):
+        for module in (tiled, gemm, frames, columns, gru_steps, lstm_steps, max_pool, avg_pool,
+                       winograd, attention_tiles):
             module.load()
     gc.collect()
     if backend == 0:  # the initialisation's temporaries, kept in the process (``allocator``),

@@ -703,10 +703,11 @@ NOT_KERNELS = {
     "lstm_steps.direction", "lstm_steps.load", "tiled.panels",
     "tiled.empty_panels", "tiled.aligned_array", "gru_steps.load",
     "recurrent_cells.feature_major",  # a layout: the recurrent layers' cases here
-    # max pooling's compiled loops, the float32 path of max_pool1d/2d and of adaptive max
-    # pooling (their cases check float64): test_kernels_conv.py and test_kernels_decoders.py
+    # max and average pooling's compiled loops, the float32 path of max_pool1d/2d,
+    # avg_pool1d/2d and adaptive max pooling (their cases check float64): test_kernels_conv.py and test_kernels_decoders.py
     # against torch
     "max_pool.max_pool", "max_pool.applies", "max_pool.load", "max_pool.adaptive_max_pool",
+    "avg_pool.avg_pool", "avg_pool.applies", "avg_pool.load",
     "windows.check_spatial", "windows.crop_padding", "windows.crop_to_batch_first",
     "windows.kernel_offsets", "windows.offset_index", "windows.output_size", "windows.pad_spatial",
     "windows.padded_output_size",

@@ -270,6 +270,25 @@ def test_avg_pool_with_ceil_mode_and_count_include_pad_matches_torch(
                          count_include_pad=count_include_pad), [x])
 
 
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((8, 64, 32, 32), 3, 2, 1), ((8, 64, 32, 32), 3, 1, 1), ((4, 48, 17, 19), (3, 2), 2, 1),
+    ((8, 128, 256), 3, 2, 1), ((0, 8, 10, 10), 3, 2, 1)])
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avg_pool_on_the_compiled_loops_in_parts_matches_torch(shape, kernel, stride, padding,
+                                                               count_include_pad):
+    """Maps large enough to split between the cores (``avg_pool``): torch's means and
+    gradients, overlapping windows and padded ones counted either way."""
+    x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
+    nd = len(shape) - 2
+    kernel = kernel if isinstance(kernel, tuple) else (kernel,) * nd
+    check_against_torch(
+        lambda a: getattr(pool, f"avg_pool{nd}d")(
+            a, kernel=kernel, stride=(stride,) * nd, padding=((padding, padding),) * nd,
+            count_include_pad=count_include_pad),
+        lambda t: getattr(F, f"avg_pool{nd}d")(t, kernel, stride, padding,
+                                               count_include_pad=count_include_pad), [x])
+
+
 @pytest.mark.parametrize("shape, output_size", [
     ((8, 16, 32, 32), (4, 4)), ((8, 16, 32, 32), (1, 1)), ((4, 8, 24, 30), (6, 5)),
     ((8, 16, 512), (8,))])

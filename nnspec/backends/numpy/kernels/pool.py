@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import max_pool
+from . import avg_pool, max_pool
 from .windows import (
     check_spatial,
     crop_padding,
@@ -230,20 +230,25 @@ def _overlapping_max_pool(x, kernel, stride, padding):
 
 
 def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad):
-    """Sum of the strided views at every kernel offset, divided by each window's count."""
+    """In float32 the compiled loops' sums (``avg_pool``); else (float64, the gradient
+    checks) the sum of the strided views at every kernel offset; divided by each window's
+    count."""
     unit = (1,) * len(kernel)
     size = x.shape[2:]
     grown = _ceil_padding(size, kernel, stride, padding, ceil_mode)
+    out = padded_output_size(size, grown, kernel, stride, unit)
+    if grown == padding and count_include_pad:
+        scale = np.asarray(1.0 / math.prod(kernel), dtype=x.dtype)
+    else:
+        scale = _inverse_counts(size, kernel, stride, padding, out, count_include_pad, x.dtype)
+    if avg_pool.applies(x):
+        return avg_pool.avg_pool(x, [_window_edges(length, k, s, lo, n) for length, k, s, (lo, _),
+                                     n in zip(size, kernel, stride, grown, out)], scale)
     x_padded = pad_spatial(x, grown)
-    out = output_size(x_padded.shape[2:], kernel, stride, unit)
     offsets = kernel_offsets(kernel)
     y = x_padded[offset_index(offsets[0], stride, unit, out)].copy()
     for offset in offsets[1:]:
         y += x_padded[offset_index(offset, stride, unit, out)]
-    if grown == padding and count_include_pad:
-        scale = np.asarray(1.0 / len(offsets), dtype=x.dtype)
-    else:
-        scale = _inverse_counts(size, kernel, stride, padding, out, count_include_pad, x.dtype)
     y *= scale
 
     def backward(dy):
@@ -254,6 +259,13 @@ def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad):
         return (crop_padding(dx_padded, grown),)
 
     return y, backward
+
+
+def _window_edges(length, kernel, stride, low, windows):
+    """(2, windows) int64: each window's [start, end) inside the input of ``length``
+    positions, the input padded by ``low`` before it."""
+    starts = np.arange(windows) * stride - low
+    return np.stack([np.maximum(starts, 0), np.minimum(starts + kernel, length)])
 
 
 def _inverse_counts(size, kernel, stride, padding, out, count_include_pad, dtype):
