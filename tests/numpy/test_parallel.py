@@ -84,6 +84,18 @@ def test_activations_in_parts_are_the_whole_loops_bits(kernel, coefficient, size
 
 
 @needs_two
+def test_relu_in_parts_is_the_whole_loops_and_writes_no_slope():
+    x = (rng.standard_normal(3 << 17) * 3).astype(F)
+    x[::997] = np.nan
+    whole, split, untouched = np.empty_like(x), np.empty_like(x), np.full(4, 7, F)
+    fused.relu(x, whole, untouched, True)
+    parallel.activation(fused.relu, x, split, None, False)
+    np.testing.assert_array_equal(split, whole)
+    np.testing.assert_array_equal(whole, np.where(x > 0, x, np.where(np.isnan(x), x, 0)))
+    assert (untouched == 7).all()
+
+
+@needs_two
 @pytest.mark.parametrize("k", [1, 8])  # layer norm, group norm's weight rows
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_in_parts(k, affine):

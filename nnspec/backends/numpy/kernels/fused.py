@@ -1204,6 +1204,15 @@ def gather_windows(d_out, d_columns):
 
 
 @_compile
+def relu(x, out, slope, with_slope):
+    """out = relu(x) over flat arrays (NaN stays NaN). It writes no slope, whatever
+    ``with_slope`` says: its output is its mask (``relu_gradient``); the arguments are the
+    activations' (``parallel.activation``)."""
+    for i in range(x.size):
+        out[i] = _activate(x[i], RELU, _F(0.0))
+
+
+@_compile
 def relu_gradient(d_out, out, d_in):
     """d_in = d_out where the relu's output ``out`` passed its input, else 0 (torch's test
     is out <= 0, so NaN passes the gradient)."""
@@ -1291,6 +1300,7 @@ def warm_up() -> None:
     multiply(flat, flat, np.empty_like(flat))
     dot(flat, flat)
     add_relu(flat, flat, np.empty_like(flat))
+    relu(flat, np.empty_like(flat), flat, False)
     fill_rows(column, np.empty((2, 4), _F))
     repeat_rows(rows, 2, 2, np.empty((4, 8), _F))
     sum_row_blocks(np.ones((4, 8), _F), 2, 2, np.empty_like(rows))

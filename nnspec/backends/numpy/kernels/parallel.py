@@ -90,10 +90,16 @@ def _elu_job(args, range_m, range_n, sa, sb, part):
     return 0
 
 
+@workers.Task
+def _relu_job(args, range_m, range_n, sa, sb, part):
+    fused.relu(*_flat_part(args, part))
+    return 0
+
+
 _ACTIVATION_JOBS = {fused.gelu: _gelu_job, fused.gelu_tanh: _gelu_tanh_job,
                     fused.silu: _silu_job, fused.sigmoid: _sigmoid_job,
                     fused.tanh_activation: _tanh_job, fused.leaky_relu: _leaky_relu_job,
-                    fused.elu: _elu_job}
+                    fused.elu: _elu_job, fused.relu: _relu_job}
 
 
 # values from which a loop is split: a job's dispatch costs about 8 us, so an activation
