@@ -85,6 +85,18 @@ def test_binary_ops_broadcast_like_torch(name, shapes, seed):
     assert_matches_torch(kernel, torch_fn, operands)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("shape_b", [(8, 32, 1, 1), (1, 32, 1, 1), (32, 1, 1), (8, 1, 1, 1),
+                                     (1, 1, 1, 16), ()])
+@pytest.mark.parametrize("swapped", [False, True])
+def test_products_with_an_operand_broadcast_along_trailing_axes_match_torch(shape_b, swapped):
+    """An SE gate's or a per-channel scale's product: the broadcast operand's gradient as dot
+    products of rows (``_product_grad``), the other's as a product; on either side."""
+    rng = np.random.default_rng(12)
+    operands = [normal(rng, (8, 32, 16, 16)), normal(rng, shape_b)]
+    assert_matches_torch(ew.mul, torch_op("mul"), operands[::-1] if swapped else operands)
+
+
 SCALAR_CASES = {
     "x + 2": (ew.add, torch_op("add"), [normal, 2.0]),
     "2 - x": (ew.sub, torch_op("sub"), [2.0, normal]),
