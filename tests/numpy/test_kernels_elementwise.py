@@ -323,6 +323,27 @@ def test_concat_matches_torch_cat(count, axis, seed):
     check_gradients(kernel, arrays)
 
 
+@pytest.mark.torch
+def test_where_of_same_shape_operands_in_one_pass_is_torchs_with_nan_gradients():
+    """Same-shape float32 operands take the compiled pass (``fused.select``); the gradient
+    not chosen is 0 even where d_out is NaN or infinite, as torch's."""
+    rng = np.random.default_rng(13)
+    shape = (8, 64, 257)
+    cond = rng.random(shape) < 0.5
+    a, b = normal(rng, shape), normal(rng, shape)
+    out, backward = ew.where(cond, a, b)
+    np.testing.assert_array_equal(out, torch.where(torch.tensor(cond), torch.tensor(a),
+                                                   torch.tensor(b)).numpy())
+    d_out = normal(rng, shape)
+    d_out.reshape(-1)[::101] = np.nan
+    d_out.reshape(-1)[1::103] = np.inf
+    ta, tb = (torch.tensor(x, requires_grad=True) for x in (a, b))
+    torch.where(torch.tensor(cond), ta, tb).backward(torch.tensor(d_out))
+    _, d_a, d_b = backward(d_out)
+    np.testing.assert_array_equal(d_a, ta.grad.numpy())
+    np.testing.assert_array_equal(d_b, tb.grad.numpy())
+
+
 def test_unbroadcast_sums_back_to_each_operand_shape():
     grad = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     np.testing.assert_array_equal(ew.unbroadcast(grad, (4,)), grad.sum(axis=(0, 1)))

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import activations, parallel
+from . import activations, fused, parallel
 
 
 def _differentiable(operand):
@@ -273,14 +273,34 @@ def _pick_one(a, b, pick, a_wins):
 
 
 def where(cond, a, b):
-    """a where cond holds, else b; cond is a mask and gets no gradient."""
+    """a where cond holds, else b; cond is a mask and gets no gradient. Same-shape float32
+    operands take one compiled pass each way (``fused.select``: a Huber-style loss's where
+    over 2^21 values, 7.2 + 14.4 ms in NumPy's np.where, torch 3.5 + 7.2)."""
     mask = np.asarray(cond, dtype=bool)
     array_a, array_b = _as_arrays(a, b)
+    if mask.shape == array_a.shape == array_b.shape and all(
+            o.dtype == np.float32 and o.flags.c_contiguous for o in (array_a, array_b)) and \
+            mask.flags.c_contiguous:
+        return _selected(mask, array_a, array_b)
     out = np.where(mask, array_a, array_b)
 
     def backward(d_out):
         d_a = _grad_for(a, np.where(mask, d_out, 0)) if _differentiable(a) else None
         d_b = _grad_for(b, np.where(mask, 0, d_out)) if _differentiable(b) else None
+        return None, d_a, d_b
+
+    return out, backward
+
+
+def _selected(mask, a, b):
+    out = np.empty_like(a)
+    fused.select(mask.reshape(-1), a.reshape(-1), b.reshape(-1), out.reshape(-1))
+
+    def backward(d_out):
+        d_out = np.ascontiguousarray(d_out, np.float32).reshape(out.shape)  # 0-d stays 0-d
+        d_a, d_b = np.empty_like(d_out), np.empty_like(d_out)
+        fused.select_gradient(mask.reshape(-1), d_out.reshape(-1), d_a.reshape(-1),
+                              d_b.reshape(-1))
         return None, d_a, d_b
 
     return out, backward

@@ -1204,6 +1204,24 @@ def gather_windows(d_out, d_columns):
 
 
 @_compile
+def select(mask, a, b, out):
+    """out = a where mask else b over flat arrays (``where`` of same-shape operands): NumPy's
+    np.where over a mask of random values took 3.7 ns a value here."""
+    for i in range(out.size):
+        out[i] = a[i] if mask[i] else b[i]
+
+
+@_compile
+def select_gradient(mask, d_out, d_a, d_b):
+    """``select``'s gradients in one pass: d_a = d_out where mask else 0, d_b the rest."""
+    for i in range(d_out.size):
+        g = d_out[i]
+        chosen = mask[i]
+        d_a[i] = g if chosen else _F(0.0)
+        d_b[i] = _F(0.0) if chosen else g
+
+
+@_compile
 def relu(x, out, slope, with_slope):
     """out = relu(x) over flat arrays (NaN stays NaN). It writes no slope, whatever
     ``with_slope`` says: its output is its mask (``relu_gradient``); the arguments are the
@@ -1301,6 +1319,9 @@ def warm_up() -> None:
     dot(flat, flat)
     add_relu(flat, flat, np.empty_like(flat))
     relu(flat, np.empty_like(flat), flat, False)
+    choices = np.zeros(4, np.bool_)
+    select(choices, flat, flat, np.empty_like(flat))
+    select_gradient(choices, flat, np.empty_like(flat), np.empty_like(flat))
     fill_rows(column, np.empty((2, 4), _F))
     repeat_rows(rows, 2, 2, np.empty((4, 8), _F))
     sum_row_blocks(np.ones((4, 8), _F), 2, 2, np.empty_like(rows))
