@@ -676,6 +676,8 @@ NOT_KERNELS = {
     # a strided convolution's stride phases: test_parallel.py against NumPy's copy, the
     # convolutions on them here and in test_kernels_conv.py against torch
     "parallel.stride_phases",
+    # pixel shuffles' compiled copies: test_kernels_decoders.py against torch
+    "parallel.interleave_planes", "parallel.deinterleave_planes",
     # where a weight gradient is written: test_interpreter.py's slot tests
     "gradient_slots.offered", "gradient_slots.empty",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and

@@ -233,6 +233,19 @@ def test_pixel_shuffle_and_unshuffle_match_torch_and_invert_each_other():
     np.testing.assert_array_equal(pixel_unshuffle(shuffled, downscale=3)[0], x)
 
 
+@pytest.mark.parametrize("r, shape", [(2, (8, 64, 16, 17)), (3, (4, 27, 10, 9))])
+def test_pixel_shuffles_of_many_planes_split_between_the_cores_match_torch(r, shape):
+    """Maps over the split size (``parallel.interleave_planes`` and its inverse, by
+    planes): torch's values and gradients, each way."""
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    x = np.concatenate([x] * max(1, (1 << 18) // x.size))
+    check_against_torch(lambda a: pixel_shuffle(a, upscale=r), lambda t: F.pixel_shuffle(t, r),
+                        [x])
+    shuffled = pixel_shuffle(x, upscale=r)[0]
+    check_against_torch(lambda a: pixel_unshuffle(a, downscale=r),
+                        lambda t: F.pixel_unshuffle(t, r), [shuffled])
+
+
 # --- pooling options -------------------------------------------------------------------------
 
 

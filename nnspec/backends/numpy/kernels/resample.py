@@ -173,17 +173,18 @@ def _resample_grad(dy, axis, length, plan):
 
 def pixel_shuffle(x, *, upscale):
     """(N, C * r * r, H, W) -> (N, C, H * r, W * r), channel c * r * r + i * r + j going to
-    row offset i and column offset j as in torch; backward gives (dx,)."""
+    row offset i and column offset j as in torch; backward gives (dx,). float32 in one
+    compiled pass each way on both cores (``fused.interleave_planes``)."""
     n, channels, height, width = x.shape
     r = upscale
-    blocks = x.reshape(n, channels // (r * r), r, r, height, width)
-    y = blocks.transpose(0, 1, 4, 2, 5, 3).reshape(n, channels // (r * r), height * r, width * r)
+    blocks = x.reshape(n * (channels // (r * r)), r, r, height, width)
+    y = _rearranged(blocks, (blocks.shape[0], height, r, width, r), True)
 
     def backward(dy):
-        dx = dy.reshape(n, channels // (r * r), height, r, width, r).transpose(0, 1, 3, 5, 2, 4)
-        return (dx.reshape(x.shape),)
+        rows = dy.reshape(n * (channels // (r * r)), height, r, width, r)
+        return (_rearranged(rows, blocks.shape, False).reshape(x.shape),)
 
-    return y, backward
+    return y.reshape(n, channels // (r * r), height * r, width * r), backward
 
 
 def pixel_unshuffle(x, *, downscale):
@@ -191,11 +192,26 @@ def pixel_unshuffle(x, *, downscale):
     backward gives (dx,)."""
     n, channels, height, width = x.shape
     r = downscale
-    blocks = x.reshape(n, channels, height // r, r, width // r, r)
-    y = blocks.transpose(0, 1, 3, 5, 2, 4).reshape(n, channels * r * r, height // r, width // r)
+    rows = x.reshape(n * channels, height // r, r, width // r, r)
+    y = _rearranged(rows, (n * channels, r, r, height // r, width // r), False)
 
     def backward(dy):
-        dx = dy.reshape(n, channels, r, r, height // r, width // r).transpose(0, 1, 4, 2, 5, 3)
-        return (dx.reshape(x.shape),)
+        blocks = dy.reshape(n * channels, r, r, height // r, width // r)
+        return (_rearranged(blocks, rows.shape, True).reshape(x.shape),)
 
-    return y, backward
+    return y.reshape(n, channels * r * r, height // r, width // r), backward
+
+
+def _rearranged(source, shape, interleave):
+    """A new C-ordered array of ``shape``: (P, r, r, H, W) blocks interleaved into (P, H,
+    r, W, r) rows (a pixel shuffle), or rows into blocks; compiled for float32, else
+    NumPy's transposing copy."""
+    source = np.ascontiguousarray(source)
+    out = np.empty(shape, source.dtype)
+    if source.dtype != np.float32:
+        out[...] = source.transpose((0, 3, 1, 4, 2) if interleave else (0, 2, 4, 1, 3))
+    elif interleave:
+        parallel.interleave_planes(source, out)
+    else:
+        parallel.deinterleave_planes(source, out)
+    return out
