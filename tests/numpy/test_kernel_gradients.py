@@ -656,7 +656,7 @@ NOT_KERNELS = {
     "attention.rotary_tables",
     "dense.affine", "dense.column_sums",
     "norm_layer.flat_parameter", "norm_layer.normalise_rows", "norm_layer.normalise_rows_backward",
-    "fused.warm_up",
+    "fused.warm_up", "fused.activation_code",
     # fused's loops in parts (the kernels' cases run them; tests/numpy/test_parallel.py
     # compares them with the loops whole) and the workers that run the parts
     "parallel.activation", "parallel.adam_update", "parallel.batch_norm_backward",
@@ -676,8 +676,6 @@ NOT_KERNELS = {
     # a strided convolution's stride phases: test_parallel.py against NumPy's copy, the
     # convolutions on them here and in test_kernels_conv.py against torch
     "parallel.stride_phases",
-    # pixel shuffles' compiled copies: test_kernels_decoders.py against torch
-    "parallel.interleave_planes", "parallel.deinterleave_planes",
     # where a weight gradient is written: test_interpreter.py's slot tests
     "gradient_slots.offered", "gradient_slots.empty",
     # a convolution's bias and fused relu: conv2d's cases here (with a bias), and

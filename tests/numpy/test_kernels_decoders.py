@@ -234,9 +234,9 @@ def test_pixel_shuffle_and_unshuffle_match_torch_and_invert_each_other():
 
 
 @pytest.mark.parametrize("r, shape", [(2, (8, 64, 16, 17)), (3, (4, 27, 10, 9))])
-def test_pixel_shuffles_of_many_planes_split_between_the_cores_match_torch(r, shape):
-    """Maps over the split size (``parallel.interleave_planes`` and its inverse, by
-    planes): torch's values and gradients, each way."""
+def test_pixel_shuffles_of_many_planes_match_torch(r, shape):
+    """Many planes through the compiled copies (``fused.spread_windows`` and its inverse):
+    torch's values and gradients, each way."""
     x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
     x = np.concatenate([x] * max(1, (1 << 18) // x.size))
     check_against_torch(lambda a: pixel_shuffle(a, upscale=r), lambda t: F.pixel_shuffle(t, r),

@@ -297,11 +297,11 @@ class NumpyModel:
         nobody sees (not an output, not kept): the batch norm's compiled loops then clamp
         its output and mask its gradient, and the activation's own passes (a clip, a mask,
         a product) are gone (MobileNet against torch 1.93 -> 1.72 in `bench_real.py` runs
-        before and after). The same for a sum of
-        same-shape operands that only a relu reads (a residual join, `relu(y + shortcut)`:
-        ``elementwise.add_relu``), and for a convolution that only a relu reads (or a leaky
-        ReLU of slope >= 0: ``conv.with_bias``; the U-Net's step against torch 1.17 -> 1.06,
-        its relus had taken 3.2 of 38 ms). A silu that only a product of same-shape operands reads is
+        before and after). The same for a sum of same-shape operands that only a relu reads
+        (a residual join, `relu(y + shortcut)`: ``elementwise.add_relu``), and for a
+        convolution that only a relu reads (or a leaky ReLU of slope >= 0:
+        ``conv.with_bias``; the U-Net's step against torch 1.17 -> 1.06, its relus had
+        taken 3.2 of 38 ms). A silu that only a product of same-shape operands reads is
         applied by the product ({product: ("silu", the operand's index), silu: None}:
         ``elementwise.silu_mul``, a SwiGLU feed-forward). Remembered as the release plans
         are."""

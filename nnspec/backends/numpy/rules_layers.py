@@ -95,12 +95,9 @@ def _global_avgpool(node, ins, params, ctx):
 def _batchnorm(node, ins, params, ctx):
     a = node.attrs
     mean_name, var_name = node.params["running_mean"], node.params["running_var"]
-    activation, slope = ctx.activation if isinstance(ctx.activation, tuple) else \
-        (ctx.activation, 0.0)
     out = norm_batch.batch_norm(ins[0], params.get("weight"), params.get("bias"),
                                 ctx.buffers[mean_name], ctx.buffers[var_name], train=ctx.train,
-                                momentum=a.momentum, eps=a.eps, activation=activation,
-                                slope=slope)
+                                momentum=a.momentum, eps=a.eps, activation=ctx.activation)
     if ctx.train:
         ctx.buffers[node.params["num_batches_tracked"]] += 1
     return with_params(out, 1, ("weight", "bias"))

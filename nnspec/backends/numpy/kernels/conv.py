@@ -76,9 +76,8 @@ def with_bias(y, backward, bias, activation=None):
     with the bias gradient summed in the same pass (without an activation, dy passes on as
     it is and the bias gradient is its sums). A bias add, a relu's new output and mask, and
     the bias's and relu's gradients were five NumPy passes: 0.3-0.5 ms a 2 MB map."""
-    name, slope = activation if isinstance(activation, tuple) else (activation, 0.0)
-    code = ACTIVATIONS[name]
-    if bias is None and name is None:
+    code, slope = fused.activation_code(activation, ACTIVATIONS)
+    if bias is None and activation is None:
         return y, lambda dy: (*backward(dy), None)
     y = np.ascontiguousarray(y)  # ``rows`` below must be a view of it
     rows = y.reshape(y.shape[0] * y.shape[1], math.prod(y.shape[2:]))
@@ -92,7 +91,7 @@ def with_bias(y, backward, bias, activation=None):
 
     def biased_backward(dy):
         dy = np.ascontiguousarray(dy, y.dtype)
-        if name is None:  # nothing to mask: dy passes on as it is, the bias gradient its sums
+        if activation is None:  # nothing to mask: dy passes on as it is, the bias its sums
             sums = dy.reshape(rows.shape).sum(axis=1)
             return (*backward(dy), sums.reshape(y.shape[:2]).sum(axis=0))
         d_in = np.empty_like(y)

@@ -627,6 +627,13 @@ def sgd_update(data, grad, velocity, momentum_on, first, momentum, one_minus_dam
 NO_ACTIVATION, RELU, RELU6, LEAKY_RELU = 0, 1, 2, 3
 
 
+def activation_code(activation, codes):
+    """(the loops' activation, slope) for an activation as the interpreter's fusion plan
+    names it: None, a name in ``codes`` or ("leaky_relu", its slope)."""
+    name, slope = activation if isinstance(activation, tuple) else (activation, 0.0)
+    return codes[name], slope
+
+
 @_inline
 def _activate(value, activation, slope):
     """The activation of ``value``; NaN stays NaN. (The float32 constants take the dtype
@@ -1158,42 +1165,12 @@ def stride_phases(x, out, first, last):
 
 
 @_compile
-def interleave_planes(blocks, out, first, last):
-    """A pixel shuffle by r over planes first..last - 1: out[p, h, i, w, j] = blocks[p, i,
-    j, h, w], blocks (P, r, r, H, W) and out (P, H, r, W, r) (``resample.pixel_shuffle``;
-    NumPy's six-axis transposing copy took 3.1 ms at 32 x 256 x 32 x 32 by 2)."""
-    r, height, width = blocks.shape[1], blocks.shape[3], blocks.shape[4]
-    for p in range(first, last):
-        for h in range(height):
-            for i in range(r):
-                line = out[p, h, i]
-                for j in range(r):
-                    source = blocks[p, i, j, h]
-                    for w in range(width):
-                        line[w, j] = source[w]
-
-
-@_compile
-def deinterleave_planes(rows, blocks, first, last):
-    """``interleave_planes`` undone: blocks[p, i, j, h, w] = rows[p, h, i, w, j] (a pixel
-    unshuffle, and a shuffle's gradient)."""
-    r, height, width = blocks.shape[1], blocks.shape[3], blocks.shape[4]
-    for p in range(first, last):
-        for h in range(height):
-            for i in range(r):
-                line = rows[p, h, i]
-                for j in range(r):
-                    target = blocks[p, i, j, h]
-                    for w in range(width):
-                        target[w] = line[w, j]
-
-
-@_compile
 def spread_windows(columns, out):
     """A transposed convolution's output where its windows tile it (``conv_transpose``):
     ``columns`` (O, K1, K2, N, H, W), each input position's window, to ``out`` (N, O, H,
     K1, W, K2), each window's block in place (NumPy's six-axis transposing copy took 0.40
-    ms at 32 x 2 x 2 x 2 x 32 x 32)."""
+    ms at 32 x 2 x 2 x 2 x 32 x 32). With N = 1 and O the planes, a pixel shuffle
+    (``resample``)."""
     outputs, window_rows, window_columns, samples, height, width = columns.shape
     for n in range(samples):
         for o in range(outputs):
@@ -1359,9 +1336,6 @@ def warm_up() -> None:
     for stride in (2, 3):
         stride_phases(np.ones((1, 1, stride, stride), _F),
                       np.empty((1, stride * stride, 1, 1, 1), _F), 0, 1)
-    pixel_blocks, pixel_rows = np.ones((1, 2, 2, 1, 1), _F), np.ones((1, 1, 2, 1, 2), _F)
-    interleave_planes(pixel_blocks, np.empty_like(pixel_rows), 0, 1)
-    deinterleave_planes(pixel_rows, np.empty_like(pixel_blocks), 0, 1)
     windows = np.ones((1, 1, 2, 1, 1, 2), _F)
     spread_windows(windows, np.empty((1, 1, 1, 1, 2, 2), _F))
     gather_windows(np.ones((1, 1, 1, 1, 2, 2), _F), windows)

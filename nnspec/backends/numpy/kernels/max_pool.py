@@ -147,19 +147,21 @@ def max_pool(x, kernel, stride, padding, out):
     return y, _backward(shape, winners, planes, height * width, out[0] * out[1], parts)
 
 
-def adaptive_max_pool(x, row_bins, column_bins):
-    """Max over the bins of a (N, C, [H,] W) float32 map, each dim's (2, bins) int64 [start,
-    end) (one row when 1-D); backward gives (dx,). NumPy's gather of every bin and argmax
-    took 50 ms into 7x7 bins from 32 x 64 x 32 x 32 (torch 11)."""
+def adaptive_max_pool(x, bins):
+    """Max over the bins of a (N, C, [H,] W) float32 map, ``bins`` per spatial dim (2,
+    bins) int64 [start, end); backward gives (dx,). NumPy's gather of every bin and argmax
+    took 50 ms into 7x7 bins from 32 x 64 x 32 x 32 (torch 6-11)."""
     x = np.ascontiguousarray(x)
     shape = x.shape
+    y = np.empty((*shape[:2], *(b.shape[1] for b in bins)), np.float32)
+    if x.ndim == 3:  # one row
+        bins = (np.array([[0], [1]]), *bins)
+    row_bins, column_bins = (np.ascontiguousarray(b, np.int64) for b in bins)
     out = (row_bins.shape[1], column_bins.shape[1])
-    y = np.empty((*shape[:2], *out[2 - (x.ndim - 2):]), np.float32)
     planes = shape[0] * shape[1]
     height, width = shape[-2] if x.ndim == 4 else 1, shape[-1]
     winners = np.empty(y.size, np.int32)
     parts = workers.parts() if x.size >= 1 << 15 else 1
-    row_bins, column_bins = (np.ascontiguousarray(b, np.int64) for b in (row_bins, column_bins))
     workers.run(_adaptive_forward_job, np.array(
         [parts, address(x), address(y), address(winners), planes, height, width, *out,
          address(row_bins), address(column_bins)], np.int64))

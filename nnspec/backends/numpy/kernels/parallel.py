@@ -791,52 +791,8 @@ def stride_phases(x, out):
     if parts == 1:
         fused.stride_phases(x, out, 0, planes)
         return
-    workers.run(_stride_phases_job, _params(parts, *x.shape, *out.shape[1:2],
-                                            *out.shape[3:], x, out))
-
-
-@numba.njit(inline="always")
-def _pixel_part(args, part):
-    """A pixel shuffle job's arrays and planes: params (parts, planes, r, height, width,
-    blocks (P, r, r, H, W), rows (P, H, r, W, r))."""
-    params = workers.parameters(args, 7)
-    planes, r, height, width = params[1], params[2], params[3], params[4]
-    start, end = part_range(planes, part, params[0], 1)
-    return (floats(params, 5, (planes, r, r, height, width)),
-            floats(params, 6, (planes, height, r, width, r)), start, end)
-
-
-@workers.Task
-def _interleave_job(args, range_m, range_n, sa, sb, part):
-    blocks, rows, start, end = _pixel_part(args, part)
-    fused.interleave_planes(blocks, rows, start, end)
-    return 0
-
-
-@workers.Task
-def _deinterleave_job(args, range_m, range_n, sa, sb, part):
-    blocks, rows, start, end = _pixel_part(args, part)
-    fused.deinterleave_planes(rows, blocks, start, end)
-    return 0
-
-
-def interleave_planes(blocks, rows):
-    """``fused.interleave_planes`` over all planes, in parts."""
-    _pixel_planes(fused.interleave_planes, _interleave_job, blocks, rows, (blocks, rows))
-
-
-def deinterleave_planes(rows, blocks):
-    """``fused.deinterleave_planes`` over all planes, in parts."""
-    _pixel_planes(fused.deinterleave_planes, _deinterleave_job, blocks, rows, (rows, blocks))
-
-
-def _pixel_planes(loop, job, blocks, rows, arguments):
-    parts = min(_split(blocks.size, blocks, rows), len(blocks))
-    if parts <= 1:
-        loop(*arguments, 0, len(blocks))
-        return
-    workers.run(job, _params(parts, len(blocks), blocks.shape[1], *blocks.shape[3:], blocks,
-                             rows))
+    workers.run(_stride_phases_job, _params(parts, *x.shape, out.shape[1], *out.shape[3:], x,
+                                            out))
 
 
 def warm_up() -> None:

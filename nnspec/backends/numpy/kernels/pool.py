@@ -301,8 +301,7 @@ def _adaptive_max_pool(x, output_size):
         return _max_pool(x, kernel, kernel, ((0, 0),) * len(kernel), False)
     edges = [_bin_edges(length, bins) for length, bins in zip(spatial, output_size)]
     if x.dtype == np.float32:
-        return max_pool.adaptive_max_pool(x, edges[0] if len(edges) == 2 else
-                                          np.array([[0], [1]]), edges[-1])
+        return max_pool.adaptive_max_pool(x, edges)
     nd = len(spatial)
     index = []  # per dim: (bins, width) positions, laid out for broadcasting across dims
     for axis, (starts, ends) in enumerate(edges):

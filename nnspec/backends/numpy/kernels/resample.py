@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from . import parallel
+from . import fused, parallel
 
 
 def upsample(x, *, scale_factor=None, size=None, mode="nearest", align_corners=False):
@@ -173,45 +173,37 @@ def _resample_grad(dy, axis, length, plan):
 
 def pixel_shuffle(x, *, upscale):
     """(N, C * r * r, H, W) -> (N, C, H * r, W * r), channel c * r * r + i * r + j going to
-    row offset i and column offset j as in torch; backward gives (dx,). float32 in one
-    compiled pass each way on both cores (``fused.interleave_planes``)."""
+    row offset i and column offset j as in torch; backward gives (dx,). Each way one
+    compiled copy (``fused.spread_windows``, a transposed convolution's whose windows tile
+    its output: the same reordering, its planes the shuffle's)."""
     n, channels, height, width = x.shape
     r = upscale
-    blocks = x.reshape(n * (channels // (r * r)), r, r, height, width)
-    y = _rearranged(blocks, (blocks.shape[0], height, r, width, r), True)
+    planes = n * (channels // (r * r))
+    blocks = np.ascontiguousarray(x).reshape(planes, r, r, 1, height, width)
+    y = np.empty((1, planes, height, r, width, r), x.dtype)
+    fused.spread_windows(blocks, y)
 
     def backward(dy):
-        rows = dy.reshape(n * (channels // (r * r)), height, r, width, r)
-        return (_rearranged(rows, blocks.shape, False).reshape(x.shape),)
+        dx = np.empty_like(blocks)
+        fused.gather_windows(np.ascontiguousarray(dy).reshape(y.shape), dx)
+        return (dx.reshape(x.shape),)
 
     return y.reshape(n, channels // (r * r), height * r, width * r), backward
 
 
 def pixel_unshuffle(x, *, downscale):
-    """(N, C, H * r, W * r) -> (N, C * r * r, H, W), the inverse of ``pixel_shuffle``;
-    backward gives (dx,)."""
+    """(N, C, H * r, W * r) -> (N, C * r * r, H, W), the inverse of ``pixel_shuffle``, by
+    the inverse copy (``fused.gather_windows``); backward gives (dx,)."""
     n, channels, height, width = x.shape
     r = downscale
-    rows = x.reshape(n * channels, height // r, r, width // r, r)
-    y = _rearranged(rows, (n * channels, r, r, height // r, width // r), False)
+    planes = n * channels
+    rows = np.ascontiguousarray(x).reshape(1, planes, height // r, r, width // r, r)
+    y = np.empty((planes, r, r, 1, height // r, width // r), x.dtype)
+    fused.gather_windows(rows, y)
 
     def backward(dy):
-        blocks = dy.reshape(n * channels, r, r, height // r, width // r)
-        return (_rearranged(blocks, rows.shape, True).reshape(x.shape),)
+        dx = np.empty_like(rows)
+        fused.spread_windows(np.ascontiguousarray(dy).reshape(y.shape), dx)
+        return (dx.reshape(x.shape),)
 
     return y.reshape(n, channels * r * r, height // r, width // r), backward
-
-
-def _rearranged(source, shape, interleave):
-    """A new C-ordered array of ``shape``: (P, r, r, H, W) blocks interleaved into (P, H,
-    r, W, r) rows (a pixel shuffle), or rows into blocks; compiled for float32, else
-    NumPy's transposing copy."""
-    source = np.ascontiguousarray(source)
-    out = np.empty(shape, source.dtype)
-    if source.dtype != np.float32:
-        out[...] = source.transpose((0, 3, 1, 4, 2) if interleave else (0, 2, 4, 1, 3))
-    elif interleave:
-        parallel.interleave_planes(source, out)
-    else:
-        parallel.deinterleave_planes(source, out)
-    return out
